@@ -1,0 +1,66 @@
+//! GPU kernels for rtlab's LoRA trainer, each beside its CPU reference.
+//!
+//! The trainer issue fills this crate with cubecl kernels (fused LoRA linear, RMSNorm, RoPE, softmax
+//! cross-entropy, AdamW). Until then it holds the CPU reference of the LoRA linear forward, which is the
+//! contract every GPU kernel will be tested against.
+
+/// `y = x Wᵀ + scale · (x Aᵀ) Bᵀ` on row-major slices.
+///
+/// Shapes: `x` [n, d_in], `w` [d_out, d_in], `a` [r, d_in], `b` [d_out, r]; returns [n, d_out].
+pub fn lora_linear_forward_reference(
+    x: &[f32],
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+    r: usize,
+    scale: f32,
+) -> Vec<f32> {
+    assert_eq!(x.len(), n * d_in, "x must be [n, d_in]");
+    assert_eq!(w.len(), d_out * d_in, "w must be [d_out, d_in]");
+    assert_eq!(a.len(), r * d_in, "a must be [r, d_in]");
+    assert_eq!(b.len(), d_out * r, "b must be [d_out, r]");
+    let mut y = vec![0f32; n * d_out];
+    for i in 0..n {
+        let xi = &x[i * d_in..(i + 1) * d_in];
+        // xa = x_i Aᵀ, [r]
+        let xa: Vec<f32> = (0..r)
+            .map(|k| xi.iter().zip(&a[k * d_in..(k + 1) * d_in]).map(|(p, q)| p * q).sum())
+            .collect();
+        for o in 0..d_out {
+            let base: f32 = xi.iter().zip(&w[o * d_in..(o + 1) * d_in]).map(|(p, q)| p * q).sum();
+            let low_rank: f32 = xa.iter().zip(&b[o * r..(o + 1) * r]).map(|(p, q)| p * q).sum();
+            y[i * d_out + o] = base + scale * low_rank;
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_b_gives_the_base_projection() {
+        // PEFT starts B at zero, so a fresh adapter must not change the base model's output.
+        let (n, d_in, d_out, r) = (2, 3, 2, 1);
+        let x = [1.0, 2.0, 3.0, -1.0, 0.5, 2.0];
+        let w = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0];
+        let a = [0.3, -0.2, 0.1];
+        let b = [0.0, 0.0];
+        let y = lora_linear_forward_reference(&x, &w, &a, &b, n, d_in, d_out, r, 2.0);
+        assert_eq!(y, vec![1.0, 5.0, -1.0, 2.5]);
+    }
+
+    #[test]
+    fn low_rank_term_is_scaled() {
+        let x = [1.0, 1.0];
+        let w = [0.0, 0.0];
+        let a = [1.0, 2.0]; // xa = 3
+        let b = [0.5]; // 1.5
+        let y = lora_linear_forward_reference(&x, &w, &a, &b, 1, 2, 1, 1, 2.0);
+        assert_eq!(y, vec![3.0]);
+    }
+}

@@ -1,0 +1,251 @@
+//! The command line: parse, resolve options, dispatch. Exit codes: 0 ok, 1 script error, 2 usage error.
+
+use crate::engine::{install_ctrl_c_handler, render_error, Runtime};
+use crate::notebook::{CacheMode, Notebook, NotebookOptions};
+use clap::{Args, Parser, Subcommand};
+use rhai::{Array, Dynamic, Scope};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "rtlab", version, about = "A notebook-style runtime for LLM-for-Verilog experiments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the REPL (the default)
+    Repl(CacheArgs),
+    /// Run a script; cells (`// %%` lines) are cached so a rerun only does what changed
+    Run {
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// The .rhai script
+        file: PathBuf,
+        /// Arguments, visible to the script as the array ARGS
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Rerun a script's stale cells on every save
+    Watch {
+        #[command(flatten)]
+        cache: CacheArgs,
+        file: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Render a script as a notebook (code and output of each cell) to .html or .md
+    Report {
+        #[command(flatten)]
+        cache: CacheArgs,
+        file: PathBuf,
+        /// Output file; its extension (.html or .md) picks the format
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// List the external tools the stdlib uses, with versions and install commands
+    Doctor,
+    /// Show or drop cell cache entries
+    Cache {
+        #[command(subcommand)]
+        action: CacheCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List entries of the workspace's cache
+    Ls {
+        /// Where to look for the workspace (default: the current directory)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Drop every entry, or those of one script
+    Clear { file: Option<PathBuf> },
+}
+
+#[derive(Args, Clone)]
+struct CacheArgs {
+    /// Recompute every cell and refresh the cache
+    #[arg(long)]
+    fresh: bool,
+    /// Neither read nor write the cache
+    #[arg(long, conflicts_with = "fresh")]
+    no_cache: bool,
+    /// Persist a cell's outputs only when it took at least this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    cache_min: f64,
+}
+
+impl CacheArgs {
+    fn options(&self) -> NotebookOptions {
+        let mode = if self.fresh {
+            CacheMode::Fresh
+        } else if self.no_cache {
+            CacheMode::Off
+        } else {
+            CacheMode::Normal
+        };
+        NotebookOptions { mode, cache_min_s: self.cache_min.max(0.0), status_lines: true }
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        None => repl(NotebookOptions::default()),
+        Some(Cmd::Repl(c)) => repl(c.options()),
+        Some(Cmd::Run { cache, file, args }) => run(&file, &args, &cache.options()),
+        Some(Cmd::Watch { cache, file, args }) => watch(&file, &args, &cache.options()),
+        Some(Cmd::Report { cache, file, output }) => report(&file, &output, &cache.options()),
+        Some(Cmd::Doctor) => {
+            print!("{}", crate::doctor::report(&crate::doctor::probe()));
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Cache { action }) => cache(action),
+    }
+}
+
+fn repl(opts: NotebookOptions) -> ExitCode {
+    match crate::repl::Repl::new(opts).run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks the script exists and returns its directory, or the usage error's exit code.
+fn script_dir(file: &Path) -> Result<PathBuf, ExitCode> {
+    if !file.is_file() {
+        eprintln!("error: {}: no such script (check the path; scripts are .rhai files)", file.display());
+        return Err(ExitCode::from(2));
+    }
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok(dir.to_path_buf())
+}
+
+fn seed(args: &[String]) -> impl Fn(&mut Scope<'static>) + '_ {
+    move |scope: &mut Scope<'static>| {
+        let array: Array = args.iter().map(|a| Dynamic::from(a.clone())).collect();
+        scope.push_constant("ARGS", array);
+    }
+}
+
+fn run(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
+    let dir = match script_dir(file) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    install_ctrl_c_handler();
+    crate::runtime_fns::set_base_dir(&dir);
+    let rt = Runtime::new(&dir);
+    let mut scope = Scope::new();
+    seed(args)(&mut scope);
+    let mut notebook = Notebook::new(file);
+    match notebook.run(&rt, &mut scope, opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", render_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn watch(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
+    let dir = match script_dir(file) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    install_ctrl_c_handler();
+    crate::runtime_fns::set_base_dir(&dir);
+    let rt = Runtime::new(&dir);
+    let max_runs = std::env::var("RTLAB_WATCH_MAX_RUNS").ok().and_then(|v| v.parse().ok());
+    crate::notebook::watch(&rt, file, opts, &seed(args), max_runs);
+    ExitCode::SUCCESS
+}
+
+fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
+    let dir = match script_dir(file) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let markdown = match output.extension().and_then(|e| e.to_str()) {
+        Some("md") => true,
+        Some("html") | Some("htm") => false,
+        _ => {
+            eprintln!("error: {}: the report's extension must be .html or .md", output.display());
+            return ExitCode::from(2);
+        }
+    };
+    install_ctrl_c_handler();
+    crate::runtime_fns::set_base_dir(&dir);
+    let rt = Runtime::new(&dir);
+    rt.sink.set_quiet(true);
+    let mut scope = Scope::new();
+    seed(&[])(&mut scope);
+    let mut notebook = Notebook::new(file);
+    let result = notebook.run(&rt, &mut scope, opts);
+    let title = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let mut text = if markdown {
+        crate::notebook::report::render_markdown(&title, &notebook.last_run)
+    } else {
+        crate::notebook::report::render_html(&title, &notebook.last_run)
+    };
+    let failed = result.err();
+    if let Some(e) = &failed {
+        // The report still shows the cells that ran, then the error.
+        let msg = render_error(e);
+        text.push_str(&if markdown { format!("\n```text\n{msg}\n```\n") } else { format!("<pre class=\"error\">{}</pre>\n", crate::notebook::report::escape(&msg)) });
+        eprintln!("{msg}");
+    }
+    if let Err(e) = crate::runtime_fns::write_atomic(output, text.as_bytes()) {
+        eprintln!("error: cannot write {}: {e}", output.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!("wrote {}", output.display());
+    if failed.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn cache(action: CacheCmd) -> ExitCode {
+    use crate::notebook::cache::{workspace_dir, CellCache};
+    match action {
+        CacheCmd::Ls { dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            let cache = CellCache::new(&workspace_dir(&dir));
+            let entries = cache.list();
+            if entries.is_empty() {
+                println!("no cache entries in {}", cache.root().display());
+            }
+            for (key, m, size) in entries {
+                let cell = match &m.cell_name {
+                    Some(n) => format!("{} {n}", m.cell_index),
+                    None => m.cell_index.to_string(),
+                };
+                println!("{}  [{cell}]  saves {:.1} s  {:.1} KiB  {}", &key[..12], m.elapsed_s, size as f64 / 1024.0, m.script);
+            }
+            ExitCode::SUCCESS
+        }
+        CacheCmd::Clear { file } => {
+            let dir = file.as_deref().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let cache = CellCache::new(&workspace_dir(dir));
+            let n = cache.clear(file.as_deref());
+            println!("removed {n} cache entr{} from {}", if n == 1 { "y" } else { "ies" }, cache.root().display());
+            ExitCode::SUCCESS
+        }
+    }
+}

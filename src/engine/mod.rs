@@ -1,0 +1,96 @@
+//! The Rhai engine: one function builds it with the whole stdlib, and the small runtime services every
+//! stdlib function shares (the output sink, the cancellation flag, value display, error rendering).
+//!
+//! Main types: [`Runtime`] (an engine plus its output sink, what the REPL, the runner and the notebook
+//! drive), [`OutputSink`], [`HelpIndex`] (the doc comments `:help` shows).
+
+mod cancel;
+mod display;
+mod error;
+mod help;
+mod output;
+mod stdlib_modules;
+
+pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler};
+pub use display::display_value;
+pub use error::{render_error, ScriptError};
+pub use help::HelpIndex;
+pub use output::OutputSink;
+
+use rhai::{Dynamic, Engine, Scope, AST};
+use std::path::Path;
+
+/// An engine with the stdlib registered, and the sink its `print`/`debug` write to.
+pub struct Runtime {
+    pub engine: Engine,
+    pub sink: OutputSink,
+}
+
+impl Runtime {
+    /// Builds the engine with every stdlib package. `script_dir` is where relative `import` paths and
+    /// relative file paths resolve from (the script's directory, or the REPL's working directory).
+    pub fn new(script_dir: &Path) -> Runtime {
+        let sink = OutputSink::new();
+        let engine = build_engine(sink.clone(), script_dir);
+        Runtime { engine, sink }
+    }
+
+    /// Compiles `source` (named `origin` in errors) into an AST.
+    pub fn compile(&self, origin: &str, source: &str) -> Result<AST, ScriptError> {
+        self.engine
+            .compile(source)
+            .map_err(|e| ScriptError::from_parse(origin, source, e))
+    }
+
+    /// Runs an AST in `scope`, returning the value of its last statement.
+    pub fn eval(
+        &self,
+        origin: &str,
+        source: &str,
+        scope: &mut Scope<'static>,
+        ast: &AST,
+    ) -> Result<Dynamic, ScriptError> {
+        clear_cancel();
+        self.engine
+            .eval_ast_with_scope::<Dynamic>(scope, ast)
+            .map_err(|e| ScriptError::from_eval(origin, source, *e))
+    }
+
+    /// The doc index of every registered function, for `:help` and completion.
+    pub fn help_index(&self) -> HelpIndex {
+        HelpIndex::from_engine(&self.engine)
+    }
+}
+
+/// Builds the Rhai engine with rtlab's stdlib registered as packages, one per capability.
+pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
+    let mut engine = Engine::new();
+    // Scripts work on real datasets: raise Rhai's defaults that are sized for embedded configs.
+    engine.set_max_expr_depths(256, 256);
+    engine.set_max_call_levels(256);
+
+    let print_sink = sink.clone();
+    engine.on_print(move |text| print_sink.line(text));
+    let debug_sink = sink.clone();
+    engine.on_debug(move |text, source, pos| {
+        let at = match (source, pos.line()) {
+            (Some(src), Some(line)) => format!("[{src}:{line}] "),
+            (None, Some(line)) => format!("[line {line}] "),
+            _ => String::new(),
+        };
+        debug_sink.line(&format!("{at}{text}"));
+    });
+    // Checked on every Rhai operation: Ctrl-C sets the flag, the script stops at the next step.
+    engine.on_progress(|_| {
+        if cancel_requested() {
+            Some(Dynamic::from("cancelled by Ctrl-C"))
+        } else {
+            None
+        }
+    });
+
+    crate::data::register(&mut engine);
+    crate::runtime_fns::register(&mut engine);
+    stdlib_modules::install_resolver(&mut engine, script_dir);
+    engine
+}

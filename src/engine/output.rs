@@ -1,0 +1,54 @@
+//! The output sink: everything a script prints goes here, so the REPL, `rtlab run`, the cell cache (a
+//! cached cell replays its output) and `rtlab report` all see the same text.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+
+/// Cheap to clone; clones share the same buffer.
+#[derive(Clone, Default)]
+pub struct OutputSink {
+    inner: Rc<RefCell<SinkState>>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Text captured since the last [`OutputSink::take_capture`].
+    captured: String,
+    /// When false, lines are only captured (used by `rtlab report`, which prints nothing itself).
+    quiet: bool,
+}
+
+impl OutputSink {
+    pub fn new() -> OutputSink {
+        OutputSink::default()
+    }
+
+    /// Writes one line to stdout (unless quiet) and to the capture buffer.
+    pub fn line(&self, text: &str) {
+        let mut state = self.inner.borrow_mut();
+        if !state.quiet {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+        state.captured.push_str(text);
+        state.captured.push('\n');
+    }
+
+    /// Replays text captured earlier (a cached cell's output) as if it were printed now.
+    pub fn replay(&self, text: &str) {
+        for line in text.lines() {
+            self.line(line);
+        }
+    }
+
+    /// Returns and clears what was printed since the last call.
+    pub fn take_capture(&self) -> String {
+        std::mem::take(&mut self.inner.borrow_mut().captured)
+    }
+
+    pub fn set_quiet(&self, quiet: bool) {
+        self.inner.borrow_mut().quiet = quiet;
+    }
+}

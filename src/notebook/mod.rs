@@ -1,0 +1,16 @@
+//! Notebook cells with a persistent cache: the script split at `// %%` lines, a dependency graph from
+//! the Rhai AST, content-addressed cell keys (marimo's model), the on-disk cache, watch and report.
+//!
+//! Main types: [`Notebook`] (a script and its in-memory cell results), [`NotebookOptions`],
+//! [`CellReport`] (what happened to a cell in the last run).
+
+pub mod cache;
+pub mod cells;
+mod deps;
+mod persist;
+pub mod report;
+mod runner;
+mod watch;
+
+pub use runner::{status_line, CacheMode, CellReport, CellStatus, Notebook, NotebookOptions};
+pub use watch::watch;

@@ -1,0 +1,160 @@
+//! Turning cell outputs into bytes and back, and the content hash the cache keys on.
+//!
+//! Plain values become JSON; DataFrames become Parquet files referenced from the JSON as
+//! `{"$rtlab": "frame", "hash": ...}`, so a map holding frames persists too. Closures, function pointers
+//! and other native handles cannot be persisted: [`encode`] says why, and the cells reading them rerun.
+
+use crate::data::Frame;
+use rhai::{Array, Dynamic, Map};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// A value ready to write: its JSON, and the frames it refers to by content hash.
+pub struct Encoded {
+    pub json: Value,
+    pub frames: BTreeMap<String, Frame>,
+}
+
+impl Encoded {
+    /// The value's content hash: the JSON with frames replaced by their own content hashes.
+    pub fn content_hash(&self) -> String {
+        blake3::hash(self.json.to_string().as_bytes()).to_hex().to_string()
+    }
+}
+
+/// Why a value cannot be persisted, in words for the runner's note.
+#[derive(Debug, Clone)]
+pub struct NotPersistable(pub String);
+
+pub fn encode(value: &Dynamic) -> Result<Encoded, NotPersistable> {
+    let mut frames = BTreeMap::new();
+    let json = to_json(value, &mut frames)?;
+    Ok(Encoded { json, frames })
+}
+
+fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Value, NotPersistable> {
+    if value.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(json!(i));
+    }
+    if let Ok(f) = value.as_float() {
+        // JSON has no NaN or infinities, and serde_json would write 1.0 back as an int-looking 1.0: tag floats.
+        return Ok(json!({"$rtlab": "float", "v": f.to_string()}));
+    }
+    if let Ok(c) = value.as_char() {
+        return Ok(json!({"$rtlab": "char", "v": c.to_string()}));
+    }
+    if value.is_string() {
+        return Ok(Value::String(value.clone().into_string().unwrap_or_default()));
+    }
+    if value.is_array() {
+        let arr = value.read_lock::<Array>().ok_or_else(|| NotPersistable("an array that is locked".into()))?;
+        return Ok(Value::Array(arr.iter().map(|v| to_json(v, frames)).collect::<Result<_, _>>()?));
+    }
+    if value.is_map() {
+        let map = value.read_lock::<Map>().ok_or_else(|| NotPersistable("a map that is locked".into()))?;
+        let mut obj = serde_json::Map::new();
+        for (k, v) in map.iter() {
+            obj.insert(k.to_string(), to_json(v, frames)?);
+        }
+        // Keep user keys that start with `$rtlab` from being mistaken for tags.
+        if obj.contains_key("$rtlab") {
+            return Ok(json!({"$rtlab": "map", "v": Value::Object(obj)}));
+        }
+        return Ok(Value::Object(obj));
+    }
+    if let Some(frame) = value.read_lock::<Frame>() {
+        let hash = frame
+            .content_hash()
+            .map_err(|e| NotPersistable(format!("a DataFrame that cannot be serialized ({e})")))?
+            .to_hex()
+            .to_string();
+        frames.insert(hash.clone(), frame.clone());
+        return Ok(json!({"$rtlab": "frame", "hash": hash}));
+    }
+    if value.is_fnptr() {
+        return Err(NotPersistable("a closure or function pointer".into()));
+    }
+    Err(NotPersistable(format!("a value of type `{}`", value.type_name())))
+}
+
+/// Rebuilds a value; `load_frame` fetches a frame by its content hash.
+pub fn decode(
+    json: &Value,
+    load_frame: &mut dyn FnMut(&str) -> Result<Frame, String>,
+) -> Result<Dynamic, String> {
+    Ok(match json {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from(*b),
+        Value::Number(n) => Dynamic::from(n.as_i64().ok_or_else(|| format!("integer out of range: {n}"))?),
+        Value::String(s) => Dynamic::from(s.clone()),
+        Value::Array(items) => {
+            let arr: Array = items.iter().map(|v| decode(v, load_frame)).collect::<Result<_, _>>()?;
+            Dynamic::from_array(arr)
+        }
+        Value::Object(obj) => match obj.get("$rtlab").and_then(Value::as_str) {
+            Some("float") => {
+                let text = obj.get("v").and_then(Value::as_str).ok_or("float without a value")?;
+                Dynamic::from(text.parse::<f64>().map_err(|e| format!("bad float {text:?}: {e}"))?)
+            }
+            Some("char") => {
+                let text = obj.get("v").and_then(Value::as_str).ok_or("char without a value")?;
+                Dynamic::from(text.chars().next().ok_or("empty char")?)
+            }
+            Some("frame") => {
+                let hash = obj.get("hash").and_then(Value::as_str).ok_or("frame without a hash")?;
+                Dynamic::from(load_frame(hash)?)
+            }
+            Some("map") => decode(obj.get("v").ok_or("map without a value")?, load_frame)?,
+            Some(other) => return Err(format!("unknown tag {other:?}")),
+            None => {
+                let mut map = Map::new();
+                for (k, v) in obj {
+                    map.insert(k.as_str().into(), decode(v, load_frame)?);
+                }
+                Dynamic::from_map(map)
+            }
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(v: Dynamic) -> Dynamic {
+        let enc = encode(&v).expect("persistable");
+        decode(&enc.json, &mut |_| Err("no frames".into())).expect("decodes")
+    }
+
+    #[test]
+    fn plain_values_survive_a_round_trip_with_their_types() {
+        let engine = rhai::Engine::new();
+        let v: Dynamic = engine.eval(r#"#{a: 1, b: 1.0, c: "x", d: [true, (), 'c'], e: #{f: -2.5}}"#).unwrap();
+        let back = round_trip(v.clone());
+        assert_eq!(format!("{v:?}"), format!("{back:?}"));
+        assert!(back.read_lock::<Map>().unwrap()["b"].is_float(), "1.0 must stay a float");
+    }
+
+    #[test]
+    fn hashes_follow_content() {
+        let a = encode(&Dynamic::from(vec![Dynamic::from(1_i64)])).unwrap().content_hash();
+        let b = encode(&Dynamic::from(vec![Dynamic::from(1_i64)])).unwrap().content_hash();
+        let c = encode(&Dynamic::from(vec![Dynamic::from(2_i64)])).unwrap().content_hash();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn closures_are_not_persistable_and_say_so() {
+        let engine = rhai::Engine::new();
+        let f: Dynamic = engine.eval("|x| x + 1").unwrap();
+        let err = encode(&f).err().expect("a closure cannot persist");
+        assert!(err.0.contains("closure"));
+    }
+}

@@ -1,0 +1,412 @@
+//! Running a script as a notebook: cells in order in one scope, each keyed by its normalized code and
+//! the content of what it reads; a cell whose key is known is restored instead of run.
+//!
+//! Invariant: a cell is restored only if every value it reads hashed to the same content as when its
+//! entry was made. Whatever cannot be hashed (a closure) makes its readers rerun, with a note.
+
+use super::cache::{workspace_dir, CellCache, Lookup, Manifest, StoredValue, FORMAT};
+use super::cells::{has_markers, normalize, split_cells, Cell};
+use super::deps::{analyze, CellDeps};
+use super::persist::{decode, encode};
+use crate::engine::{display_value, Runtime, ScriptError};
+use rhai::{Dynamic, Scope, AST};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Whether the persistent cache is read and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Read and write (the default).
+    Normal,
+    /// Recompute every cell, then write (`--fresh`).
+    Fresh,
+    /// Neither read nor write (`--no-cache`).
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotebookOptions {
+    pub mode: CacheMode,
+    /// Cells faster than this many seconds are not persisted: they simply rerun.
+    pub cache_min_s: f64,
+    /// Print one status line per cell on stderr.
+    pub status_lines: bool,
+}
+
+impl Default for NotebookOptions {
+    fn default() -> Self {
+        NotebookOptions { mode: CacheMode::Normal, cache_min_s: 1.0, status_lines: true }
+    }
+}
+
+/// How a cell's outputs came to be in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellStatus {
+    Ran { elapsed_s: f64, persisted: bool },
+    /// Restored from the persistent cache; the run it came from took `saved_s`.
+    Cached { saved_s: f64 },
+    /// Restored from this process's memory (REPL `:run` again, `watch`).
+    Unchanged { saved_s: f64 },
+}
+
+/// What the runner knows about one cell after a run: for `:cells`, `rtlab report` and tests.
+#[derive(Debug, Clone)]
+pub struct CellReport {
+    pub cell: Cell,
+    pub status: CellStatus,
+    pub reads: Vec<String>,
+    pub defines: Vec<String>,
+    pub printed: String,
+    pub result_text: Option<String>,
+    pub result_html: Option<String>,
+    /// Why the cell could not be cached, if so.
+    pub note: Option<String>,
+}
+
+/// A cell's outputs kept in memory between runs of the same notebook.
+#[derive(Clone)]
+struct Remembered {
+    outputs: Vec<(String, Dynamic, bool)>,
+    printed: String,
+    result_text: Option<String>,
+    result_html: Option<String>,
+    elapsed_s: f64,
+}
+
+/// A script run as cells, with an in-memory cache that survives reruns in the same process.
+pub struct Notebook {
+    pub path: PathBuf,
+    memory: HashMap<String, Remembered>,
+    pub last_run: Vec<CellReport>,
+}
+
+/// The content hash of a scope value, or why it has none.
+type ValueHash = Result<String, String>;
+
+impl Notebook {
+    pub fn new(path: &Path) -> Notebook {
+        Notebook { path: path.to_path_buf(), memory: HashMap::new(), last_run: Vec::new() }
+    }
+
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Runs every cell of the script in `scope`. Returns the error of the first failing cell; the cells
+    /// before it keep their effects (and cache entries).
+    pub fn run(&mut self, rt: &Runtime, scope: &mut Scope<'static>, opts: &NotebookOptions) -> Result<(), ScriptError> {
+        let origin = self.origin();
+        let source = std::fs::read_to_string(&self.path)
+            .map_err(|e| ScriptError::plain(&origin, format!("cannot read the script: {e}")))?;
+        let notebook_mode = has_markers(&source);
+        let cells = split_cells(&source);
+        let script_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let cache = CellCache::new(&workspace_dir(&script_dir));
+        let script_id = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()).display().to_string();
+
+        let mut fn_lib = AST::empty();
+        let mut fn_hashes: BTreeMap<String, String> = BTreeMap::new();
+        let mut hashes: HashMap<String, ValueHash> = HashMap::new();
+        self.last_run.clear();
+        rt.sink.take_capture();
+
+        for cell in cells {
+            let code = cell.code_at_file_lines();
+            let ast = rt.compile(&origin, &code)?;
+            let deps = analyze(&ast);
+            let normalized = normalize(&cell.code);
+
+            // Reads: names the cell mentions that exist when it starts, and earlier cells' functions.
+            let reads: Vec<String> = deps.mentioned.iter().filter(|n| scope.contains(n)).cloned().collect();
+            let mut key_input = format!("rtlab {} cell\n{normalized}\n", env!("CARGO_PKG_VERSION"));
+            let mut uncacheable: Option<String> = None;
+            for name in &reads {
+                let h = hashes.entry(name.clone()).or_insert_with(|| hash_scope_value(scope, name)).clone();
+                match h {
+                    Ok(h) => key_input.push_str(&format!("read {name} {h}\n")),
+                    Err(why) => {
+                        uncacheable.get_or_insert(format!("it reads `{name}`, {why}, which cannot be cached"));
+                    }
+                }
+            }
+            for f in deps.called.iter().filter(|f| fn_hashes.contains_key(*f)) {
+                key_input.push_str(&format!("fn {f} {}\n", fn_hashes[f]));
+            }
+            let key = blake3::hash(key_input.as_bytes()).to_hex().to_string();
+
+            let combined = fn_lib.merge(&ast);
+            fn_lib = fn_lib.merge(&ast.clone_functions_only());
+            for f in &deps.functions {
+                fn_hashes.insert(f.clone(), blake3::hash(normalized.as_bytes()).to_hex().to_string());
+            }
+
+            let report = if uncacheable.is_none() && opts.mode != CacheMode::Fresh {
+                if let Some(mem) = self.memory.get(&key).cloned() {
+                    Some(self.restore_memory(rt, scope, &mut hashes, &cell, &deps, &reads, mem))
+                } else if opts.mode == CacheMode::Normal {
+                    self.restore_disk(rt, scope, &mut hashes, &cache, &key, &cell, &reads)
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            let report = match report {
+                Some(r) => r,
+                None => {
+                    let mut r = self.run_cell(rt, scope, &mut hashes, &origin, &code, &combined, &cell, &deps, &reads, &key)?;
+                    r.note = uncacheable.clone().or(r.note);
+                    let cacheable = uncacheable.is_none() && r.note.is_none();
+                    if let CellStatus::Ran { elapsed_s, .. } = r.status {
+                        if cacheable && opts.mode != CacheMode::Off && elapsed_s >= opts.cache_min_s {
+                            match self.persist(&cache, &key, &script_id, &r, scope) {
+                                Ok(()) => r.status = CellStatus::Ran { elapsed_s, persisted: true },
+                                Err(e) => eprintln!("warning: [{}] could not be cached: {e}", cell.label()),
+                            }
+                        }
+                    }
+                    r
+                }
+            };
+            if opts.status_lines && (notebook_mode || !matches!(report.status, CellStatus::Ran { .. })) {
+                eprintln!("{}", status_line(&report));
+            }
+            self.last_run.push(report);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_cell(
+        &mut self,
+        rt: &Runtime,
+        scope: &mut Scope<'static>,
+        hashes: &mut HashMap<String, ValueHash>,
+        origin: &str,
+        code: &str,
+        ast: &AST,
+        cell: &Cell,
+        deps: &CellDeps,
+        reads: &[String],
+        key: &str,
+    ) -> Result<CellReport, ScriptError> {
+        let start = Instant::now();
+        let result = rt.eval(origin, code, scope, ast);
+        let elapsed_s = start.elapsed().as_secs_f64();
+        let value = result?;
+        let result_text = (!value.is_unit()).then(|| display_value(&value));
+        if let Some(text) = &result_text {
+            rt.sink.line(text);
+        }
+        let result_html = (!value.is_unit()).then(|| crate::notebook::report::value_html(&value));
+        let printed = rt.sink.take_capture();
+
+        // Outputs: declared names, plus candidates for in-place change whose content did change.
+        let mut defines: BTreeSet<String> = deps.declared.iter().filter(|n| scope.contains(n)).cloned().collect();
+        let candidates: Vec<String> =
+            deps.mutated.iter().filter(|n| scope.contains(n) && !defines.contains(*n)).cloned().collect();
+        for name in &candidates {
+            let before = hashes.get(name.as_str()).cloned();
+            let after = hash_scope_value(scope, name);
+            if before.is_none() || before.as_ref() != Some(&after) || after.is_err() {
+                defines.insert(name.clone());
+            }
+        }
+        let mut note = None;
+        let mut outputs = Vec::new();
+        for name in &defines {
+            let h = hash_scope_value(scope, name);
+            if let Err(why) = &h {
+                note.get_or_insert(format!("`{name}` is {why}, which cannot be cached"));
+            }
+            hashes.insert(name.clone(), h);
+            let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
+            outputs.push((name.clone(), value, scope.is_constant(name).unwrap_or(false)));
+        }
+        self.memory.insert(
+            key.to_string(),
+            Remembered {
+                outputs,
+                printed: printed.clone(),
+                result_text: result_text.clone(),
+                result_html: result_html.clone(),
+                elapsed_s,
+            },
+        );
+        Ok(CellReport {
+            cell: cell.clone(),
+            status: CellStatus::Ran { elapsed_s, persisted: false },
+            reads: reads.to_vec(),
+            defines: defines.into_iter().collect(),
+            printed,
+            result_text,
+            result_html,
+            note,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_memory(
+        &self,
+        rt: &Runtime,
+        scope: &mut Scope<'static>,
+        hashes: &mut HashMap<String, ValueHash>,
+        cell: &Cell,
+        _deps: &CellDeps,
+        reads: &[String],
+        mem: Remembered,
+    ) -> CellReport {
+        for (name, value, constant) in &mem.outputs {
+            hashes.insert(name.clone(), hash_value(value));
+            set_var(scope, name, value.clone(), *constant);
+        }
+        rt.sink.replay(&mem.printed);
+        rt.sink.take_capture();
+        CellReport {
+            cell: cell.clone(),
+            status: CellStatus::Unchanged { saved_s: mem.elapsed_s },
+            reads: reads.to_vec(),
+            defines: mem.outputs.iter().map(|o| o.0.clone()).collect(),
+            printed: mem.printed,
+            result_text: mem.result_text,
+            result_html: mem.result_html,
+            note: None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_disk(
+        &mut self,
+        rt: &Runtime,
+        scope: &mut Scope<'static>,
+        hashes: &mut HashMap<String, ValueHash>,
+        cache: &CellCache,
+        key: &str,
+        cell: &Cell,
+        reads: &[String],
+    ) -> Option<CellReport> {
+        let (manifest, frames) = match cache.lookup(key) {
+            Lookup::Hit(m, f) => (m, f),
+            Lookup::Miss => return None,
+            Lookup::Corrupt(why) => {
+                eprintln!("warning: [{}] cache entry is corrupt ({why}); dropping it and recomputing", cell.label());
+                cache.remove(key);
+                return None;
+            }
+        };
+        let mut restored = Vec::new();
+        for (name, stored) in &manifest.outputs {
+            let mut load = |hash: &str| frames.get(hash).cloned().ok_or_else(|| format!("frame {hash} missing"));
+            match decode(&stored.json, &mut load) {
+                Ok(v) => restored.push((name.clone(), v, stored.hash.clone())),
+                Err(why) => {
+                    eprintln!("warning: [{}] cache entry is corrupt ({name}: {why}); dropping it and recomputing", cell.label());
+                    cache.remove(key);
+                    return None;
+                }
+            }
+        }
+        let mut outputs = Vec::new();
+        for (name, value, hash) in restored {
+            let constant = manifest.constants.contains(&name);
+            hashes.insert(name.clone(), Ok(hash));
+            set_var(scope, &name, value.clone(), constant);
+            outputs.push((name, value, constant));
+        }
+        rt.sink.replay(&manifest.printed);
+        rt.sink.take_capture();
+        self.memory.insert(
+            key.to_string(),
+            Remembered {
+                outputs: outputs.clone(),
+                printed: manifest.printed.clone(),
+                result_text: manifest.result_text.clone(),
+                result_html: manifest.result_html.clone(),
+                elapsed_s: manifest.elapsed_s,
+            },
+        );
+        Some(CellReport {
+            cell: cell.clone(),
+            status: CellStatus::Cached { saved_s: manifest.elapsed_s },
+            reads: reads.to_vec(),
+            defines: outputs.into_iter().map(|o| o.0).collect(),
+            printed: manifest.printed,
+            result_text: manifest.result_text,
+            result_html: manifest.result_html,
+            note: None,
+        })
+    }
+
+    fn persist(&self, cache: &CellCache, key: &str, script: &str, r: &CellReport, scope: &Scope<'static>) -> Result<(), String> {
+        let mut outputs = BTreeMap::new();
+        let mut frames = BTreeMap::new();
+        let mut constants = Vec::new();
+        for name in &r.defines {
+            let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
+            let enc = encode(&value).map_err(|e| format!("`{name}` is {}", e.0))?;
+            let hash = enc.content_hash();
+            frames.extend(enc.frames);
+            outputs.insert(name.clone(), StoredValue { json: enc.json, hash });
+            if scope.is_constant(name).unwrap_or(false) {
+                constants.push(name.clone());
+            }
+        }
+        let elapsed_s = match r.status {
+            CellStatus::Ran { elapsed_s, .. } => elapsed_s,
+            _ => 0.0,
+        };
+        let manifest = Manifest {
+            format: FORMAT,
+            script: script.to_string(),
+            cell_index: r.cell.index,
+            cell_name: r.cell.name.clone(),
+            elapsed_s,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            outputs,
+            constants,
+            printed: r.printed.clone(),
+            result_text: r.result_text.clone(),
+            result_html: r.result_html.clone(),
+            frames: BTreeMap::new(),
+        };
+        cache.store(key, manifest, &frames)
+    }
+}
+
+fn set_var(scope: &mut Scope<'static>, name: &str, value: Dynamic, constant: bool) {
+    if constant {
+        scope.push_constant_dynamic(name.to_string(), value);
+    } else {
+        scope.set_or_push(name.to_string(), value);
+    }
+}
+
+fn hash_scope_value(scope: &Scope<'static>, name: &str) -> ValueHash {
+    match scope.get_value::<Dynamic>(name) {
+        Some(v) => hash_value(&v),
+        None => Err("not defined".to_string()),
+    }
+}
+
+fn hash_value(value: &Dynamic) -> ValueHash {
+    encode(value).map(|e| e.content_hash()).map_err(|e| e.0)
+}
+
+/// `[3 verify] cached (saved 41.2 s)` and friends.
+pub fn status_line(r: &CellReport) -> String {
+    let label = r.cell.label();
+    let mut line = match &r.status {
+        CellStatus::Ran { elapsed_s, persisted: true } => format!("[{label}] ran in {elapsed_s:.2} s, cached"),
+        CellStatus::Ran { elapsed_s, persisted: false } => format!("[{label}] ran in {elapsed_s:.2} s"),
+        CellStatus::Cached { saved_s } => format!("[{label}] cached (saved {saved_s:.1} s)"),
+        CellStatus::Unchanged { saved_s } => format!("[{label}] unchanged (saved {saved_s:.1} s)"),
+    };
+    if let Some(note) = &r.note {
+        line.push_str(&format!(" (not cached: {note})"));
+    }
+    line
+}

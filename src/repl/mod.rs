@@ -1,0 +1,285 @@
+//! The REPL: one persistent scope, rustyline editing (history across restarts, completion,
+//! highlighting, multi-line input), `:commands` in one `match`, Ctrl-C cancelling an evaluation.
+
+mod helper;
+
+pub use helper::{is_incomplete, COMMANDS};
+
+use crate::engine::{display_value, install_ctrl_c_handler, render_error, HelpIndex, Runtime};
+use crate::notebook::{status_line, Notebook, NotebookOptions};
+use helper::ReplHelper;
+use rhai::{Dynamic, Scope};
+use rustyline::error::ReadlineError;
+use rustyline::history::FileHistory;
+use rustyline::{Config, Editor};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Where history lives: `$XDG_DATA_HOME/rtlab/history` (`~/.local/share/rtlab/history`).
+pub fn history_path() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("rtlab").join("history"))
+}
+
+pub struct Repl {
+    rt: Runtime,
+    scope: Scope<'static>,
+    help: HelpIndex,
+    variables: Rc<RefCell<Vec<String>>>,
+    last_notebook: Option<Notebook>,
+    opts: NotebookOptions,
+}
+
+impl Repl {
+    pub fn new(opts: NotebookOptions) -> Repl {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        crate::runtime_fns::set_base_dir(&cwd);
+        let rt = Runtime::new(&cwd);
+        let help = rt.help_index();
+        Repl {
+            rt,
+            scope: Scope::new(),
+            help,
+            variables: Rc::new(RefCell::new(Vec::new())),
+            last_notebook: None,
+            opts,
+        }
+    }
+
+    /// Runs until `:quit` or Ctrl-D.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        install_ctrl_c_handler();
+        let config = Config::builder().auto_add_history(false).max_history_size(10_000)?.build();
+        let mut editor: Editor<ReplHelper, FileHistory> = Editor::with_config(config)?;
+        let functions: Vec<String> = self.help.names().map(str::to_string).collect();
+        editor.set_helper(Some(ReplHelper::new(functions, self.variables.clone())));
+        let history = history_path();
+        if let Some(h) = &history {
+            let _ = editor.load_history(h);
+        }
+        println!("rtlab {} — :help for commands, Ctrl-D to quit", env!("CARGO_PKG_VERSION"));
+        loop {
+            match editor.readline("rtlab> ") {
+                Ok(input) => {
+                    if input.trim().is_empty() {
+                        continue;
+                    }
+                    let _ = editor.add_history_entry(input.as_str());
+                    if let Some(h) = &history {
+                        // Saved after every entry so a killed REPL keeps its history.
+                        if let Some(dir) = h.parent() {
+                            let _ = std::fs::create_dir_all(dir);
+                        }
+                        let _ = editor.save_history(h);
+                    }
+                    if !self.handle(&input) {
+                        break;
+                    }
+                }
+                Err(ReadlineError::Interrupted) => {
+                    println!("(Ctrl-C: input cleared; Ctrl-D or :quit to leave)");
+                }
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one input; returns false to quit.
+    pub fn handle(&mut self, input: &str) -> bool {
+        let trimmed = input.trim();
+        if let Some(command) = trimmed.strip_prefix(':') {
+            let (name, arg) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
+            let arg = arg.trim();
+            match name {
+                "quit" | "q" | "exit" => return false,
+                "help" | "h" => self.help_command(arg),
+                "vars" => self.vars(),
+                "reset" => {
+                    self.scope.clear();
+                    self.refresh_variables();
+                    println!("scope cleared");
+                }
+                "time" => {
+                    let start = Instant::now();
+                    self.eval_and_show(arg);
+                    println!("time: {:.3} s", start.elapsed().as_secs_f64());
+                }
+                "load" => self.load(arg),
+                "run" => self.run_notebook(arg),
+                "watch" => self.watch(arg),
+                "cells" => self.cells(),
+                other => println!("unknown command :{other}; :help lists the commands"),
+            }
+            return true;
+        }
+        self.eval_and_show(input);
+        true
+    }
+
+    fn eval_and_show(&mut self, code: &str) {
+        match self.rt.compile("<repl>", code).and_then(|ast| self.rt.eval("<repl>", code, &mut self.scope, &ast)) {
+            Ok(value) => show(&value),
+            Err(e) if e.cancelled => println!("cancelled (scope kept)"),
+            Err(e) => {
+                eprintln!("{}", render_error(&e));
+                if let Some(hint) = self.unknown_function_hint(&e.message) {
+                    eprintln!("{hint}");
+                }
+            }
+        }
+        self.rt.sink.take_capture();
+        self.refresh_variables();
+    }
+
+    fn unknown_function_hint(&self, message: &str) -> Option<String> {
+        let name = message.strip_prefix("Function not found: ")?.split(['(', ' ']).next()?;
+        let similar = self.help.similar(name);
+        (!similar.is_empty()).then(|| format!("hint: did you mean {}? (:help NAME shows one)", similar.join(", ")))
+    }
+
+    fn refresh_variables(&self) {
+        let mut names: Vec<String> = self.scope.iter_raw().map(|(n, _, _)| n.to_string()).collect();
+        names.sort();
+        names.dedup();
+        *self.variables.borrow_mut() = names;
+    }
+
+    fn help_command(&self, name: &str) {
+        if name.is_empty() {
+            println!("Commands:");
+            for (c, what) in COMMANDS {
+                println!("  {c} {what}");
+            }
+            println!("\nstdlib functions (:help NAME for one):");
+            let mut names: Vec<&str> = self.help.documented().map(|d| d.name.as_str()).collect();
+            names.dedup();
+            for chunk in names.chunks(6) {
+                println!("  {}", chunk.join("  "));
+            }
+            return;
+        }
+        if let Some((c, what)) = COMMANDS.iter().find(|(c, _)| c.trim_start_matches(':') == name.trim_start_matches(':')) {
+            println!("{c} {what}");
+            return;
+        }
+        match self.help.render(name) {
+            Some(text) => println!("{text}"),
+            None => {
+                let similar = self.help.similar(name);
+                if similar.is_empty() {
+                    println!("no function or command named `{name}`");
+                } else {
+                    println!("no function named `{name}`; similar: {}", similar.join(", "));
+                }
+            }
+        }
+    }
+
+    fn vars(&self) {
+        if self.scope.is_empty() {
+            println!("(no variables)");
+            return;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let entries: Vec<(String, Dynamic)> =
+            self.scope.iter_raw().map(|(n, _, v)| (n.to_string(), v.clone())).collect();
+        for (name, value) in entries.into_iter().rev() {
+            if !seen.insert(name.clone()) {
+                continue; // shadowed
+            }
+            let shown = display_value(&value);
+            let first = shown.lines().next().unwrap_or_default();
+            let short: String = first.chars().take(60).collect();
+            println!("  {name}: {} = {short}{}", value.type_name(), if first.len() > 60 || shown.contains('\n') { " …" } else { "" });
+        }
+    }
+
+    fn load(&mut self, file: &str) {
+        if file.is_empty() {
+            println!("usage: :load FILE");
+            return;
+        }
+        let path = crate::runtime_fns::resolve_path(file);
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Err(e) => eprintln!("error: cannot read {origin}: {e}"),
+            Ok(source) => {
+                let result = self.rt.compile(&origin, &source).and_then(|ast| self.rt.eval(&origin, &source, &mut self.scope, &ast));
+                match result {
+                    Ok(v) => show(&v),
+                    Err(e) => eprintln!("{}", render_error(&e)),
+                }
+            }
+        }
+        self.rt.sink.take_capture();
+        self.refresh_variables();
+    }
+
+    fn run_notebook(&mut self, file: &str) {
+        if file.is_empty() {
+            println!("usage: :run FILE");
+            return;
+        }
+        let path = crate::runtime_fns::resolve_path(file);
+        // Reuse the in-memory cell results when the same script runs again.
+        let mut notebook = match self.last_notebook.take() {
+            Some(nb) if nb.path == path => nb,
+            _ => Notebook::new(&path),
+        };
+        let mut scope = Scope::new();
+        scope.push_constant("ARGS", rhai::Array::new());
+        crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
+        let result = notebook.run(&self.rt, &mut scope, &self.opts);
+        crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
+        if let Err(e) = result {
+            eprintln!("{}", render_error(&e));
+        }
+        // The notebook's variables join the REPL's scope, as IPython's %run does.
+        let entries: Vec<(String, bool, Dynamic)> =
+            scope.iter_raw().map(|(n, c, v)| (n.to_string(), c, v.clone())).collect();
+        for (name, _constant, value) in entries {
+            if name != "ARGS" {
+                self.scope.set_or_push(name, value);
+            }
+        }
+        self.last_notebook = Some(notebook);
+        self.refresh_variables();
+    }
+
+    fn watch(&mut self, file: &str) {
+        if file.is_empty() {
+            println!("usage: :watch FILE");
+            return;
+        }
+        let path = crate::runtime_fns::resolve_path(file);
+        crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
+        crate::notebook::watch(&self.rt, &path, &self.opts, &|s| { s.push_constant("ARGS", rhai::Array::new()); }, None);
+        crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
+        crate::engine::clear_cancel();
+    }
+
+    fn cells(&self) {
+        let Some(nb) = &self.last_notebook else {
+            println!("no notebook yet: :run FILE first");
+            return;
+        };
+        for r in &nb.last_run {
+            println!("{}", status_line(r));
+            if !r.reads.is_empty() {
+                println!("    reads:   {}", r.reads.join(", "));
+            }
+            if !r.defines.is_empty() {
+                println!("    defines: {}", r.defines.join(", "));
+            }
+        }
+    }
+}
+
+fn show(value: &Dynamic) {
+    if !value.is_unit() {
+        println!("{}", display_value(value));
+    }
+}

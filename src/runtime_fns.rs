@@ -1,0 +1,130 @@
+//! General-purpose stdlib functions every script needs: files relative to the script, sleeping that
+//! Ctrl-C can interrupt, environment lookups. Paths in every stdlib function resolve through
+//! [`resolve_path`]: relative to the running script's directory, so a script works from any cwd.
+
+use rhai::plugin::*;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+thread_local! {
+    static BASE_DIR: RefCell<PathBuf> = RefCell::new(PathBuf::from("."));
+}
+
+/// Sets the directory relative paths resolve against (the script's directory, or the REPL's cwd).
+pub fn set_base_dir(dir: &Path) {
+    BASE_DIR.with(|b| *b.borrow_mut() = dir.to_path_buf());
+}
+
+/// Resolves a path given by a script: absolute paths stay, relative ones join the base directory.
+pub fn resolve_path(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        BASE_DIR.with(|b| b.borrow().join(p))
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a reader
+/// (or a crash) never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_global_module(exported_module!(runtime_functions).into());
+}
+
+#[export_module]
+mod runtime_functions {
+    use super::*;
+
+    /// Sleeps for `seconds` (a float or an int). Ctrl-C interrupts it.
+    ///
+    /// ```rhai
+    /// sleep(0.01);
+    /// ```
+    #[rhai_fn(name = "sleep", return_raw)]
+    pub fn sleep_float(seconds: f64) -> Result<(), Box<EvalAltResult>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
+        while std::time::Instant::now() < deadline {
+            if crate::engine::cancel_requested() {
+                return Err("cancelled by Ctrl-C".into());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
+        }
+        Ok(())
+    }
+
+    /// Sleeps for `seconds`. Ctrl-C interrupts it.
+    #[rhai_fn(name = "sleep", return_raw)]
+    pub fn sleep_int(seconds: i64) -> Result<(), Box<EvalAltResult>> {
+        sleep_float(seconds as f64)
+    }
+
+    /// Reads a UTF-8 text file; relative paths are relative to the script's directory.
+    ///
+    /// ```rhai
+    /// write_text("/tmp/rtlab_doc_example.txt", "hello");
+    /// assert_eq(read_text("/tmp/rtlab_doc_example.txt"), "hello");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn read_text(path: &str) -> Result<String, Box<EvalAltResult>> {
+        let full = resolve_path(path);
+        std::fs::read_to_string(&full).map_err(|e| format!("cannot read {}: {e}", full.display()).into())
+    }
+
+    /// Writes a text file atomically (temp file + rename), creating parent directories.
+    #[rhai_fn(return_raw)]
+    pub fn write_text(path: &str, text: &str) -> Result<(), Box<EvalAltResult>> {
+        let full = resolve_path(path);
+        write_atomic(&full, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", full.display()).into())
+    }
+
+    /// True when the path exists (relative to the script's directory).
+    pub fn file_exists(path: &str) -> bool {
+        resolve_path(path).exists()
+    }
+
+    /// The value of an environment variable, or `()` when unset.
+    pub fn env(name: &str) -> Dynamic {
+        std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+    }
+
+    /// Fails the script with `message` unless `a == b` (compared by their displayed values).
+    ///
+    /// ```rhai
+    /// assert_eq(1 + 1, 2);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn assert_eq(a: Dynamic, b: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        let (x, y) = (crate::engine::display_value(&a), crate::engine::display_value(&b));
+        if x == y {
+            Ok(())
+        } else {
+            Err(format!("assertion failed: {x} != {y}").into())
+        }
+    }
+
+    /// Fails the script with `message` unless `condition` is true.
+    ///
+    /// ```rhai
+    /// assert(2 > 1, "two is more than one");
+    /// ```
+    #[rhai_fn(name = "assert", return_raw)]
+    pub fn assert_msg(condition: bool, message: &str) -> Result<(), Box<EvalAltResult>> {
+        if condition {
+            Ok(())
+        } else {
+            Err(format!("assertion failed: {message}").into())
+        }
+    }
+}
