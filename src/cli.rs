@@ -94,6 +94,10 @@ impl CacheArgs {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
+    // Tables show a little more of each string than polars' default 32 characters.
+    if std::env::var_os("POLARS_FMT_STR_LEN").is_none() {
+        std::env::set_var("POLARS_FMT_STR_LEN", "48");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -10,6 +10,8 @@ mod data;
 mod doctor;
 mod engine;
 mod notebook;
+mod phase;
+mod plot;
 mod repl;
 mod runtime_fns;
 
@@ -17,3 +19,16 @@ pub use cli::main as cli_main;
 pub use engine::{display_value, HelpIndex, Runtime, ScriptError};
 pub use notebook::{cells::split_cells, CacheMode, CellReport, CellStatus, Notebook, NotebookOptions};
 pub use repl::is_incomplete;
+
+/// Runs a whole script in a fresh engine, relative paths resolving against `base_dir`, and returns what it
+/// printed. The book's examples and embedding hosts use it; `rtlab run` adds cells and caching on top.
+pub fn eval_script(origin: &str, source: &str, base_dir: &std::path::Path) -> Result<String, ScriptError> {
+    runtime_fns::set_base_dir(base_dir);
+    let rt = Runtime::new(base_dir);
+    rt.sink.set_quiet(true);
+    let ast = rt.compile(origin, source)?;
+    let mut scope = rhai::Scope::new();
+    scope.push_constant("ARGS", rhai::Array::new());
+    let _ = rt.eval(origin, source, &mut scope, &ast)?;
+    Ok(rt.sink.take_capture())
+}

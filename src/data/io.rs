@@ -93,6 +93,64 @@ fn drop_bad_lines(bytes: &[u8]) -> (Vec<u8>, Vec<usize>) {
     (kept, skipped)
 }
 
+/// Writes JSON lines atomically.
+pub fn save_jsonl(df: &DataFrame, path: &Path) -> Result<(), DataError> {
+    let bytes = super::convert::frame_to_jsonl(df)?;
+    crate::runtime_fns::write_atomic(path, &bytes).map_err(|source| DataError::Write { path: path.display().to_string(), source })
+}
+
+pub fn save_parquet(df: &DataFrame, path: &Path) -> Result<(), DataError> {
+    let bytes = frame_to_parquet_bytes(df)?;
+    crate::runtime_fns::write_atomic(path, &bytes).map_err(|source| DataError::Write { path: path.display().to_string(), source })
+}
+
+pub fn load_parquet(path: &Path) -> Result<DataFrame, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
+    frame_from_parquet_bytes(&bytes).map_err(|e| DataError::Invalid(format!("{}: not a readable Parquet file ({e})", path.display())))
+}
+
+pub fn load_csv(path: &Path) -> Result<DataFrame, DataError> {
+    if !path.exists() {
+        return Err(DataError::Read { path: path.display().to_string(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
+    }
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Markdown files under `dir` as `{content, source}`; `shown` is the directory as the user wrote it, so
+/// `source` stays relative and portable.
+pub fn read_markdown_dir(dir: &Path, shown: &str) -> Result<DataFrame, DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::Read { path: dir.display().to_string(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let read = std::fs::read_dir(&d).map_err(|source| DataError::Read { path: d.display().to_string(), source })?;
+        for entry in read.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "md") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut contents = Vec::new();
+    let mut sources = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|source| DataError::Read { path: f.display().to_string(), source })?;
+        contents.push(text);
+        let rel = f.strip_prefix(dir).unwrap_or(&f);
+        sources.push(Path::new(shown).join(rel).display().to_string());
+    }
+    Ok(DataFrame::new(contents.len(), vec![Column::new("content".into(), contents), Column::new("source".into(), sources)])?)
+}
+
 pub fn frame_to_parquet_bytes(df: &DataFrame) -> Result<Vec<u8>, DataError> {
     let mut buf = Vec::new();
     let mut df = df.clone();

@@ -1,15 +1,20 @@
 //! Datasets in the stdlib: a polars `DataFrame` wrapped for Rhai, its readers and writers, and the
 //! expression API that mirrors polars' Python one.
 //!
-//! Main types: [`Frame`] (the Rhai `DataFrame`, cheap to clone: polars columns are Arc'd), [`DataError`].
+//! Main types: [`Frame`] (the Rhai `DataFrame`, cheap to clone: polars columns are Arc'd), `Expr`
+//! (a polars expression), [`DataError`]. Relative paths resolve against the script's directory.
 
+mod convert;
+mod expr;
+mod frame_fns;
 mod io;
 
+pub use expr::column;
 pub use io::{frame_from_parquet_bytes, frame_to_parquet_bytes, load_jsonl, LoadOptions};
 
 use polars::prelude::DataFrame;
 use rhai::plugin::*;
-use rhai::Dynamic;
+use rhai::{Dynamic, Map};
 
 /// The Rhai-visible DataFrame.
 #[derive(Clone, Debug)]
@@ -58,37 +63,113 @@ fn frame_to_ipc_bytes(df: &DataFrame) -> Result<Vec<u8>, DataError> {
     Ok(buf)
 }
 
-/// The display text of rtlab's own Rhai types (DataFrame, ...), or `None` for plain Rhai values.
+/// The display text of rtlab's own Rhai types (DataFrame, plots, ...), or `None` for plain Rhai values.
 pub fn display_custom(value: &Dynamic) -> Option<String> {
     if let Some(frame) = value.read_lock::<Frame>() {
         return Some(format!("{}", frame.df));
     }
+    if let Some(plot) = value.read_lock::<crate::plot::Plot>() {
+        return Some(plot.unicode());
+    }
     None
+}
+
+/// The SVG text of a plot value, for reports; `None` for other values.
+pub fn svg_of(value: &Dynamic) -> Option<String> {
+    value.read_lock::<crate::plot::Plot>().map(|p| p.svg.clone())
 }
 
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<Frame>("DataFrame");
     engine.register_fn("to_string", |f: &mut Frame| format!("{}", f.df));
     engine.register_fn("to_debug", |f: &mut Frame| format!("{}", f.df));
-    engine.register_global_module(exported_module!(data_functions).into());
+    expr::register(engine);
+    frame_fns::register(engine);
+    engine.register_global_module(exported_module!(io_functions).into());
+}
+
+fn path_of(path: &str) -> std::path::PathBuf {
+    crate::runtime_fns::resolve_path(path)
 }
 
 #[export_module]
-mod data_functions {
+mod io_functions {
     use super::*;
 
     /// Loads a JSONL file into a DataFrame. Nested objects become struct columns (reach into them with
-    /// `col("metadata.category")`), and the schema is inferred over the whole file.
+    /// `col("metadata.category")`), and the schema is inferred over the whole file, not the first lines.
     ///
-    /// A bad line is an error naming `file:line`; see `load_jsonl(path, #{on_bad_line: "skip"})`.
+    /// A bad line is an error naming `file:line` and the start of the line; see the two-argument form to
+    /// skip bad lines. An empty file gives an empty frame.
     ///
     /// ```rhai
-    /// let df = load_jsonl("data/rtlcoder_sample.jsonl");
-    /// print(df.len());
+    /// let df = load_jsonl("../../data/rtlcoder_sample.jsonl");
+    /// assert(df.len() > 100, "the bundled sample has a few hundred rows");
     /// ```
     #[rhai_fn(name = "load_jsonl", return_raw)]
     pub fn load_jsonl_path(path: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(load_jsonl(&crate::runtime_fns::resolve_path(path), &LoadOptions::default())?.frame)
+        Ok(load_jsonl(&path_of(path), &LoadOptions::default())?.frame)
+    }
+
+    /// Loads a JSONL file with options. `#{on_bad_line: "skip"}` skips lines that are not JSON objects
+    /// (or not UTF-8) and prints how many and which; `"error"` (the default) stops at the first.
+    #[rhai_fn(name = "load_jsonl", return_raw)]
+    pub fn load_jsonl_opts(path: &str, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+        let skip = match options.get("on_bad_line").map(|v| v.to_string()) {
+            None => false,
+            Some(v) if v == "error" => false,
+            Some(v) if v == "skip" => true,
+            Some(other) => return Err(format!("load_jsonl: on_bad_line must be \"error\" or \"skip\", not {other:?}").into()),
+        };
+        let loaded = load_jsonl(&path_of(path), &LoadOptions { skip_bad_lines: skip })?;
+        if !loaded.skipped.is_empty() {
+            let shown: Vec<String> = loaded.skipped.iter().take(10).map(|l| l.to_string()).collect();
+            let more = if loaded.skipped.len() > 10 { ", ..." } else { "" };
+            let msg = format!("load_jsonl: skipped {} bad line(s) of {path}: line {}{more}", loaded.skipped.len(), shown.join(", "));
+            crate::engine::emit_line(&msg);
+        }
+        Ok(loaded.frame)
+    }
+
+    /// Writes the frame as JSON lines, nested struct columns as nested objects, atomically.
+    ///
+    /// ```rhai
+    /// let df = from_records([#{instruction: "i", metadata: #{category: "fsm"}}]);
+    /// df.save_jsonl("/tmp/rtlab_book_roundtrip.jsonl");
+    /// assert_eq(load_jsonl("/tmp/rtlab_book_roundtrip.jsonl").row(0).metadata.category, "fsm");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn save_jsonl(frame: &mut Frame, path: &str) -> Result<(), Box<EvalAltResult>> {
+        Ok(io::save_jsonl(&frame.df, &path_of(path))?)
+    }
+
+    /// Writes the frame as Parquet, atomically.
+    #[rhai_fn(return_raw)]
+    pub fn save_parquet(frame: &mut Frame, path: &str) -> Result<(), Box<EvalAltResult>> {
+        Ok(io::save_parquet(&frame.df, &path_of(path))?)
+    }
+
+    /// Loads a Parquet file.
+    #[rhai_fn(return_raw)]
+    pub fn load_parquet(path: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_parquet(&path_of(path))?))
+    }
+
+    /// Loads a CSV file with a header row.
+    #[rhai_fn(return_raw)]
+    pub fn load_csv(path: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_csv(&path_of(path))?))
+    }
+
+    /// Every `*.md` file under `dir` (recursively, sorted by path) as rows `{content, source}`.
+    ///
+    /// ```rhai
+    /// let kb = read_markdown_dir("../../data/knowledge_base");
+    /// assert_eq(kb.columns(), ["content", "source"]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn read_markdown_dir(dir: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::read_markdown_dir(&path_of(dir), dir)?))
     }
 
     /// The number of rows.
@@ -102,9 +183,4 @@ mod data_functions {
     pub fn head(frame: &mut Frame, n: i64) -> Frame {
         Frame::new(frame.df.head(Some(n.max(0) as usize)))
     }
-}
-
-/// The SVG text of a plot value, for reports; `None` for other values.
-pub fn svg_of(_value: &Dynamic) -> Option<String> {
-    None
 }

@@ -62,17 +62,20 @@ fn describe(err: EvalAltResult) -> (String, Position) {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
                 // Errors inside script-defined functions point into the same source: follow them.
                 if src.is_empty() && !inner.position().is_none() && !name.starts_with("anon$") {
-                    context.push(format!("in function `{name}`"));
+                    context.push(name.to_string());
                     current = *inner;
                 } else {
                     let (msg, _) = describe(*inner);
                     let shown = if name.starts_with("anon$") { "a closure".to_string() } else { format!("`{name}`") };
-                    context.push(format!("in {shown}"));
+                    context.push(shown);
                     return (with_context(msg, &context), pos);
                 }
             }
             EvalAltResult::ErrorRuntime(value, pos) => {
                 return (with_context(value.to_string(), &context), pos);
+            }
+            EvalAltResult::ErrorFunctionNotFound(signature, pos) => {
+                return (with_context(friendly_not_found(&signature), &context), pos);
             }
             EvalAltResult::ErrorTerminated(_, pos) => {
                 return ("cancelled by Ctrl-C".to_string(), pos);
@@ -85,11 +88,38 @@ fn describe(err: EvalAltResult) -> (String, Position) {
     }
 }
 
+/// `message (in `inner`, called from `outer`)`: the innermost function first, as a backtrace reads.
 fn with_context(message: String, context: &[String]) -> String {
-    if context.is_empty() {
-        message
+    let mut names = context.iter().rev().map(|n| if n.starts_with('`') || n == "a closure" { n.clone() } else { format!("`{n}`") });
+    match names.next() {
+        None => message,
+        Some(inner) => {
+            let rest: Vec<String> = names.collect();
+            if rest.is_empty() {
+                format!("{message} (in {inner})")
+            } else {
+                format!("{message} (in {inner}, called from {})", rest.join(" ← "))
+            }
+        }
+    }
+}
+
+/// Rhai's `Function not found: * (&str | ImmutableString | String, i64)` in the user's words.
+fn friendly_not_found(signature: &str) -> String {
+    let (name, args) = match signature.split_once(" (") {
+        Some((n, a)) => (n.trim(), a.trim_end_matches(')')),
+        None => (signature.trim(), ""),
+    };
+    let args = args
+        .replace("&str | ImmutableString | String", "string")
+        .replace("i64", "int")
+        .replace("f64", "float")
+        .replace("rhai::Array", "array")
+        .replace("rhai::Map", "map");
+    if !name.is_empty() && !name.starts_with(|c: char| c.is_alphabetic() || c == '_') {
+        format!("operator `{name}` does not apply to ({args})")
     } else {
-        format!("{message} ({})", context.join(", "))
+        format!("no function `{name}` takes ({args}); check the name and argument types with :help {name}")
     }
 }
 

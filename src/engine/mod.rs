@@ -15,7 +15,7 @@ pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler};
 pub use display::display_value;
 pub use error::{render_error, ScriptError};
 pub use help::HelpIndex;
-pub use output::OutputSink;
+pub use output::{emit_line, OutputSink};
 
 use rhai::{Dynamic, Engine, Scope, AST};
 use std::path::Path;
@@ -90,6 +90,8 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
     });
 
     crate::data::register(&mut engine);
+    crate::plot::register(&mut engine);
+    crate::phase::register(&mut engine);
     crate::runtime_fns::register(&mut engine);
     stdlib_modules::install_resolver(&mut engine, script_dir);
     engine

@@ -19,9 +19,26 @@ struct SinkState {
     quiet: bool,
 }
 
+thread_local! {
+    /// The sink of the engine built last on this thread, for stdlib functions that report progress
+    /// notes (skipped lines, say) through the same channel as `print`.
+    static CURRENT: RefCell<Option<OutputSink>> = const { RefCell::new(None) };
+}
+
+/// Prints a line through the current engine's sink (stdout when there is none).
+pub fn emit_line(text: &str) {
+    let sink = CURRENT.with(|c| c.borrow().clone());
+    match sink {
+        Some(s) => s.line(text),
+        None => println!("{text}"),
+    }
+}
+
 impl OutputSink {
     pub fn new() -> OutputSink {
-        OutputSink::default()
+        let sink = OutputSink::default();
+        CURRENT.with(|c| *c.borrow_mut() = Some(sink.clone()));
+        sink
     }
 
     /// Writes one line to stdout (unless quiet) and to the capture buffer.

@@ -80,7 +80,9 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
     if value.is_fnptr() {
         return Err(NotPersistable("a closure or function pointer".into()));
     }
-    Err(NotPersistable(format!("a value of type `{}`", value.type_name())))
+    let type_name = value.type_name();
+    let short = type_name.rsplit("::").next().unwrap_or(type_name);
+    Err(NotPersistable(format!("a `{short}` (a live object, not data)")))
 }
 
 /// Rebuilds a value; `load_frame` fetches a frame by its content hash.

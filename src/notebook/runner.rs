@@ -156,6 +156,12 @@ impl Notebook {
                 Some(r) => r,
                 None => {
                     let mut r = self.run_cell(rt, scope, &mut hashes, &origin, &code, &combined, &cell, &deps, &reads, &key)?;
+                    if let CellStatus::Ran { elapsed_s, .. } = r.status {
+                        // A cheap cell would not be persisted anyway: an unpersistable output is no news.
+                        if elapsed_s < opts.cache_min_s {
+                            r.note = None;
+                        }
+                    }
                     r.note = uncacheable.clone().or(r.note);
                     let cacheable = uncacheable.is_none() && r.note.is_none();
                     if let CellStatus::Ran { elapsed_s, .. } = r.status {

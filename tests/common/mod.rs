@@ -1,0 +1,87 @@
+//! Helpers shared by the integration tests: run the real binary, scrub output for snapshots.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn rtlab() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtlab"));
+    // Each test gets its own history and workspace unless it says otherwise.
+    cmd.env_remove("RTLAB_HOME");
+    cmd
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Status lines the runner printed for cells that ran (not restored), by label.
+    pub fn ran_cells(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with('[') && l.contains("] ran in"))
+            .map(|l| l[1..l.find(']').unwrap()].to_string())
+            .collect()
+    }
+
+    pub fn cached_cells(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with('[') && l.contains("] cached (saved"))
+            .map(|l| l[1..l.find(']').unwrap()].to_string())
+            .collect()
+    }
+}
+
+pub fn run_in(dir: &Path, args: &[&str]) -> Run {
+    Run::from(rtlab().current_dir(dir).args(args).output().expect("rtlab runs"))
+}
+
+/// Replaces timings, temp paths and the repo path so snapshots are stable.
+pub fn scrub(text: &str, paths: &[&Path]) -> String {
+    let mut out = text.to_string();
+    for p in paths {
+        out = out.replace(&p.display().to_string(), "[DIR]");
+    }
+    let secs = regex_lite_replace(&out);
+    secs
+}
+
+/// `1.23 s` → `[T] s`, without pulling in a regex crate for tests.
+fn regex_lite_replace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_alphanumeric()) {
+            let mut j = i;
+            while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.') {
+                j += 1;
+            }
+            let rest: String = chars[j..chars.len().min(j + 3)].iter().collect();
+            if rest.starts_with(" s") || rest.starts_with(" ms") {
+                out.push_str("[T]");
+                i = j;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}

@@ -1,0 +1,202 @@
+//! Datasets on real data (VerilogEval v1, vendored in data/) and on bad input, through the stdlib as a
+//! script uses it.
+
+mod common;
+
+fn run(code: &str) -> Result<String, String> {
+    let base = common::repo_root().join("data");
+    rtlab::eval_script("<test>", code, &base).map_err(|e| e.to_string())
+}
+
+fn ok(code: &str) -> String {
+    run(code).unwrap_or_else(|e| panic!("script failed: {e}\n{code}"))
+}
+
+fn err(code: &str) -> String {
+    match run(code) {
+        Ok(out) => panic!("script should fail but printed:\n{out}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn verilog_eval_v1_loads_filters_groups_and_joins() {
+    let out = ok(r#"
+        let problems = load_jsonl("verilog-eval-v1/VerilogEval_Human.jsonl");
+        let descr = load_jsonl("verilog-eval-v1/VerilogDescription_Human.jsonl");
+        print(problems.len());
+        print(problems.columns());
+        let joined = problems.join(descr, "task_id", "left");
+        print(joined.filter(col("detail_description").is_null()).len());
+        let fsm = joined.filter(col("detail_description").str_contains("(?i)state machine"));
+        print(fsm.len() > 10);
+        let lens = problems.with_column(col("canonical_solution").str_len().alias("n"));
+        print(lens.sql("SELECT COUNT(*) AS c FROM self WHERE n > 0").row(0).c);
+    "#);
+    assert_eq!(out, "156\n[\"task_id\", \"prompt\", \"canonical_solution\", \"test\"]\n0\ntrue\n156\n");
+}
+
+#[test]
+fn nested_metadata_filters_groups_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.jsonl");
+    let rows = r#"{"instruction":"a","output":"module a; endmodule","metadata":{"category":"fsm","source":"gen"}}
+{"instruction":"b","output":"module b; endmodule","metadata":{"category":"alu","source":"human"}}
+{"instruction":"c","output":"module c; endmodule","metadata":{"category":"fsm","source":"human","score":0.97}}
+"#;
+    std::fs::write(&path, rows).unwrap();
+    let out = ok(&format!(
+        r#"
+        let df = load_jsonl("{p}");
+        print(df.filter(col("metadata.category") == "fsm").len());
+        print(df.group_by(["metadata.category"]).agg([len().alias("n")]).to_records());
+        print(df.filter(col("metadata.score") >= 0.95).row(0).instruction);
+        df.save_jsonl("{p}.out");
+        let back = load_jsonl("{p}.out");
+        print(back.to_records() == df.to_records());
+        print(back.schema()["metadata"]);
+        "#,
+        p = path.display()
+    ));
+    assert_eq!(
+        out,
+        "2\n[#{\"category\": \"alu\", \"n\": 1}, #{\"category\": \"fsm\", \"n\": 2}]\nc\ntrue\nstruct[3]\n"
+    );
+    // The round trip keeps the nested shape: each line is {instruction, output, metadata: {...}}.
+    let written = std::fs::read_to_string(dir.path().join("rows.jsonl.out")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(written.lines().next().unwrap()).unwrap();
+    assert_eq!(first["metadata"]["category"], "fsm");
+    assert_eq!(first["metadata"]["source"], "gen");
+}
+
+#[test]
+fn a_truncated_last_line_names_file_and_line_and_can_be_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(&path, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3, \"b\": \"unfini").unwrap();
+    let e = err(&format!("load_jsonl(\"{}\")", path.display()));
+    assert!(e.contains("t.jsonl:3: invalid JSON"), "{e}");
+    assert!(e.contains("the line starts with \"{\\\"a\\\": 3, \\\"b\\\": \\\"unfini\""), "{e}");
+    assert!(e.contains("on_bad_line"), "the message says how to skip: {e}");
+    let out = ok(&format!("let df = load_jsonl(\"{}\", #{{on_bad_line: \"skip\"}}); print(df.len());", path.display()));
+    assert!(out.contains("skipped 1 bad line(s)"), "{out}");
+    assert!(out.contains("line 3"), "{out}");
+    assert!(out.ends_with("2\n"), "{out}");
+}
+
+#[test]
+fn invalid_utf8_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.jsonl");
+    std::fs::write(&path, b"{\"a\": \"ok\"}\n{\"a\": \"\xff\xfe\"}\n").unwrap();
+    let e = err(&format!("load_jsonl(\"{}\")", path.display()));
+    assert!(e.contains("u.jsonl:2: invalid UTF-8"), "{e}");
+}
+
+#[test]
+fn a_field_whose_type_changes_between_rows_is_unified() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.jsonl");
+    // An int then a float: the column is float. Inference reads every line, so row 3 counts.
+    std::fs::write(&path, "{\"score\": 1}\n{\"score\": 0}\n{\"score\": 0.5}\n").unwrap();
+    let out = ok(&format!("let df = load_jsonl(\"{}\"); print(df.schema().score); print(df.row(2).score);", path.display()));
+    assert_eq!(out, "f64\n0.5\n");
+}
+
+#[test]
+fn a_field_that_is_a_number_then_a_string_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.jsonl");
+    std::fs::write(&path, "{\"id\": 1}\n{\"id\": \"two\"}\n").unwrap();
+    match run(&format!("let df = load_jsonl(\"{}\"); print(df.schema().id); print(df.len());", path.display())) {
+        Ok(out) => assert!(out.ends_with("2\n"), "{out}"),
+        Err(e) => assert!(e.contains("s.jsonl"), "the error names the file: {e}"),
+    }
+}
+
+#[test]
+fn empty_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.jsonl");
+    std::fs::write(&path, "").unwrap();
+    assert_eq!(ok(&format!("print(load_jsonl(\"{}\").len());", path.display())), "0\n");
+    let e = err("load_jsonl(\"no/such.jsonl\")");
+    assert!(e.contains("cannot read") && e.contains("no/such.jsonl"), "{e}");
+}
+
+#[test]
+fn a_filter_that_keeps_nothing_gives_an_empty_frame_that_still_works() {
+    let out = ok(r#"
+        let df = from_records([#{c: "fsm", s: 1.0}]);
+        let none = df.filter(col("c") == "nothing");
+        print(none.len());
+        print(none.columns());
+        print(none.group_by(["c"]).agg([col("s").mean()]).len());
+        print(none.value_counts("c").len());
+    "#);
+    assert_eq!(out, "0\n[\"c\", \"s\"]\n0\n0\n");
+}
+
+#[test]
+fn wrong_arguments_say_what_was_expected() {
+    assert!(err("from_records([1, 2])").contains("records[0] is a i64, expected a map"));
+    assert!(err("from_records([#{a: 1}]).join(from_records([#{a: 1}]), \"a\", \"sideways\")").contains("unknown `how` \"sideways\""));
+    assert!(err("from_records([#{a: 1}]).filter(col(\"nope\") == 1)").contains("nope"));
+    assert!(err("from_records([#{a: 1}]).sample(5, 42)").contains("sample: n = 5 but the frame has 1 rows"));
+}
+
+#[test]
+fn concat_unifies_schemas_and_shuffle_is_seeded() {
+    let out = ok(r#"
+        let a = from_records([#{x: 1}, #{x: 2}, #{x: 3}, #{x: 4}, #{x: 5}]);
+        let b = from_records([#{x: 6, note: "new"}]);
+        let all = concat([a, b]);
+        print(all.columns());
+        print(all.filter(col("note").is_null()).len());
+        print(all.shuffle(42).column("x") == all.shuffle(42).column("x"));
+        print(all.shuffle(42).column("x") != all.shuffle(7).column("x"));
+        print(all.sample(3, 42).len());
+    "#);
+    assert_eq!(out, "[\"x\", \"note\"]\n5\ntrue\ntrue\n3\n");
+}
+
+#[test]
+fn parquet_and_csv_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.parquet");
+    let c = dir.path().join("f.csv");
+    std::fs::write(&c, "name,score\nfsm,0.5\nalu,1.0\n").unwrap();
+    let out = ok(&format!(
+        r#"
+        let df = load_csv("{c}");
+        df.save_parquet("{p}");
+        let back = load_parquet("{p}");
+        print(back.to_records() == df.to_records());
+        print(back.row(-1).name);
+        "#,
+        c = c.display(),
+        p = p.display()
+    ));
+    assert_eq!(out, "true\nalu\n");
+}
+
+#[test]
+fn phases_follow_the_plan_and_split_writes_its_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&format!(
+        r#"
+        let kb = read_markdown_dir("knowledge_base");
+        let s = split_by_phase(kb, "{d}");
+        print(s.column("phase"));
+        let rows = load_jsonl("{d}/synthesis/synthesis_training.jsonl");
+        print(rows.columns());
+        print(rows.row(0).metadata.phase);
+        print(rows.row(0).prompt);
+        "#,
+        d = dir.path().display()
+    ));
+    assert_eq!(
+        out,
+        "[\"synthesis\", \"placement\", \"routing\", \"timing\", \"power\", \"verification\", \"floorplan\", \"general\"]\n[\"prompt\", \"response\", \"metadata\"]\nsynthesis\nAs a synthesis expert, explain this concept:\n"
+    );
+}

@@ -1,0 +1,121 @@
+//! The REPL through a pseudo-terminal, as a user drives it.
+
+mod common;
+
+use expectrl::{ControlCode, Expect, Session};
+use std::time::Duration;
+
+fn spawn(data_home: &std::path::Path) -> expectrl::session::OsSession {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rtlab"));
+    cmd.env("XDG_DATA_HOME", data_home).env("TERM", "xterm");
+    let mut s = Session::spawn(cmd).expect("rtlab starts in a pty");
+    s.set_expect_timeout(Some(Duration::from_secs(30)));
+    s.expect("rtlab> ").expect("prompt");
+    s
+}
+
+#[test]
+fn the_scope_persists_and_multi_line_input_continues_while_brackets_are_open() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = spawn(home.path());
+    s.send_line("let xs = [1,").unwrap();
+    s.send_line("  2, 3];").unwrap();
+    s.expect("rtlab> ").unwrap();
+    s.send_line("xs.len() * 10").unwrap();
+    s.expect("30").unwrap();
+    s.send_line(":vars").unwrap();
+    s.expect("xs: array").unwrap();
+    s.send_line(":quit").unwrap();
+    s.expect(expectrl::Eof).unwrap();
+}
+
+#[test]
+fn help_shows_a_signature_and_its_doc() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = spawn(home.path());
+    s.send_line(":help read_text").unwrap();
+    s.expect("read_text(path: &str)").unwrap();
+    s.expect("relative paths are relative to the script's directory").unwrap();
+    s.send_line(":help").unwrap();
+    s.expect(":cells").unwrap();
+    s.send(ControlCode::EndOfTransmission).unwrap();
+    s.expect(expectrl::Eof).unwrap();
+}
+
+#[test]
+fn tab_completes_stdlib_functions_and_variables() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = spawn(home.path());
+    // 40 + 2, so that "42" appears only as a result, never in the echo of the input.
+    s.send_line("let dataset_size = 40 + 2;").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A unique prefix completes in place.
+    s.send("datase\t").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.send_line("").unwrap();
+    s.expect("42").unwrap();
+    s.send("read_te\t").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.send_line("(\"/nonexistent\")").unwrap();
+    s.expect("cannot read /nonexistent").unwrap();
+    s.send(ControlCode::EndOfTransmission).unwrap();
+    s.expect(expectrl::Eof).unwrap();
+}
+
+#[test]
+fn ctrl_c_cancels_a_long_loop_and_keeps_the_scope() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = spawn(home.path());
+    s.send_line("let kept = \"still here\";").unwrap();
+    s.expect("rtlab> ").unwrap();
+    s.send_line("let n = 0; loop { n += 1; }").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.send(ControlCode::EndOfText).unwrap();
+    s.expect("cancelled (scope kept)").unwrap();
+    s.send_line("kept").unwrap();
+    s.expect("\"still here\"").unwrap();
+    s.send_line("n > 0").unwrap();
+    s.expect("true").unwrap();
+    s.send(ControlCode::EndOfTransmission).unwrap();
+    s.expect(expectrl::Eof).unwrap();
+}
+
+#[test]
+fn history_survives_a_restart() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = spawn(home.path());
+    s.send_line("let remembered_value = 7;").unwrap();
+    s.expect("rtlab> ").unwrap();
+    s.send_line(":quit").unwrap();
+    s.expect(expectrl::Eof).unwrap();
+    let history = std::fs::read_to_string(home.path().join("rtlab/history")).unwrap();
+    assert!(history.contains("let remembered_value = 7;"), "{history}");
+
+    let mut s = spawn(home.path());
+    // Up twice: `:quit`, then the previous session's definition, which we run again.
+    s.send("\x1b[A\x1b[A\r").unwrap();
+    s.expect("rtlab> ").unwrap();
+    s.send_line("remembered_value + 1").unwrap();
+    s.expect("8").unwrap();
+    s.send(ControlCode::EndOfTransmission).unwrap();
+    s.expect(expectrl::Eof).unwrap();
+}
+
+#[test]
+fn run_caches_cells_and_cells_lists_them() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nb.rhai"), "// %% a\nlet a = 20;\n// %% b\nlet b = a + 1;\n").unwrap();
+    let mut s = spawn(home.path());
+    let path = dir.path().join("nb.rhai");
+    s.send_line(format!(":run {}", path.display())).unwrap();
+    s.expect("[2 b] ran in").unwrap();
+    s.send_line("b * 2").unwrap();
+    s.expect("42").unwrap();
+    s.send_line(format!(":run {}", path.display())).unwrap();
+    s.expect("[2 b] unchanged").unwrap();
+    s.send_line(":cells").unwrap();
+    s.expect("reads:   a").unwrap();
+    s.send(ControlCode::EndOfTransmission).unwrap();
+    s.expect(expectrl::Eof).unwrap();
+}
