@@ -8,6 +8,21 @@ use std::path::{Path, PathBuf};
 
 thread_local! {
     static BASE_DIR: RefCell<PathBuf> = RefCell::new(PathBuf::from("."));
+    /// Files the stdlib read since the last [`take_inputs`]: the cell cache checks them on restore.
+    static INPUTS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records that a stdlib function read `path`, so a cached cell that read it reruns when it changes.
+pub fn note_input(path: &Path) {
+    INPUTS.with(|i| i.borrow_mut().push(path.to_path_buf()));
+}
+
+/// The files read since the last call, deduplicated, in order.
+pub fn take_inputs() -> Vec<PathBuf> {
+    let mut files = INPUTS.with(|i| std::mem::take(&mut *i.borrow_mut()));
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
+    files
 }
 
 /// Sets the directory relative paths resolve against (the script's directory, or the REPL's cwd).
@@ -79,6 +94,7 @@ mod runtime_functions {
     #[rhai_fn(return_raw)]
     pub fn read_text(path: &str) -> Result<String, Box<EvalAltResult>> {
         let full = resolve_path(path);
+        note_input(&full);
         std::fs::read_to_string(&full).map_err(|e| format!("cannot read {}: {e}", full.display()).into())
     }
 

@@ -232,3 +232,63 @@ fn watch_reruns_only_the_edited_cell_and_its_readers() {
     assert!(ran[0].starts_with("[4 report]"));
     assert_eq!(second.iter().filter(|l| l.contains("unchanged")).count(), 3, "{lines:#?}");
 }
+
+#[test]
+fn a_cached_cell_reruns_when_a_file_it_read_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "first").unwrap();
+    std::fs::write(dir.path().join("nb.rhai"), "// %% read\nlet text = read_text(\"in.txt\");\n// %% show\nprint(text);\n").unwrap();
+    assert_eq!(run(dir.path(), &[]).stdout, "first\n");
+    assert_eq!(run(dir.path(), &[]).cached_cells().len(), 2);
+    std::fs::write(dir.path().join("in.txt"), "second").unwrap();
+    let r = run(dir.path(), &[]);
+    assert!(r.stderr.contains("in.txt changed since the cached run: rerunning"), "{}", r.stderr);
+    assert_eq!(r.ran_cells(), ["1 read", "2 show"]);
+    assert_eq!(r.stdout, "second\n");
+}
+
+#[test]
+fn imports_and_functions_of_earlier_cells_are_visible_later() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("nb.rhai"),
+        "// %% setup\nimport \"rtlab/fmt\" as fmt;\nfn half(x) { x / 2.0 }\n// %% use\nprint(fmt::pct(half(0.5)));\n",
+    )
+    .unwrap();
+    let r = run(dir.path(), &[]);
+    assert_eq!(r.stdout, "25.0%\n", "{}", r.stderr);
+}
+
+#[test]
+fn a_bare_file_name_finds_the_workspace_of_a_parent_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".rtlab")).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/nb.rhai"), "// %% a\nlet a = 1;\n").unwrap();
+    let r = run_in(&dir.path().join("sub"), &["run", "--cache-min", "0", "nb.rhai"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!dir.path().join("sub/.rtlab").exists(), "no second workspace is made");
+    assert!(dir.path().join(".rtlab/cache").is_dir());
+}
+
+#[test]
+fn report_renders_cells_tables_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("nb.rhai"),
+        "// %% table\nlet t = from_records([#{c: \"fsm\", n: 3}, #{c: \"alu\", n: 5}]);\nprint(\"two rows\");\nt\n// %% chart\nt.plot_bar(\"c\", \"n\")\n",
+    )
+    .unwrap();
+    let r = run_in(dir.path(), &["report", "nb.rhai", "-o", "out.html"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let html = std::fs::read_to_string(dir.path().join("out.html")).unwrap();
+    assert!(html.contains("<td>fsm</td>") && html.contains("<th>n</th>"), "tables as tables");
+    assert!(html.contains("<svg") && html.contains("n by c"), "plots inline");
+    assert!(html.contains("two rows"));
+    assert!(html.contains("let t = from_records"), "the code is shown");
+    let r = run_in(dir.path(), &["report", "nb.rhai", "-o", "out.md"]);
+    assert_eq!(r.code, 0);
+    let md = std::fs::read_to_string(dir.path().join("out.md")).unwrap();
+    assert!(md.contains("## Cell 1 table") && md.contains("```rhai"));
+    assert_eq!(run_in(dir.path(), &["report", "nb.rhai", "-o", "out.pdf"]).code, 2);
+}

@@ -14,6 +14,13 @@ fn spawn(data_home: &std::path::Path) -> expectrl::session::OsSession {
     s
 }
 
+/// Ctrl-D once the last output has settled at a prompt, then the process ends.
+fn quit(s: &mut expectrl::session::OsSession) {
+    std::thread::sleep(Duration::from_millis(300));
+    s.send(ControlCode::EndOfTransmission).unwrap();
+    s.expect(expectrl::Eof).unwrap();
+}
+
 #[test]
 fn the_scope_persists_and_multi_line_input_continues_while_brackets_are_open() {
     let home = tempfile::tempdir().unwrap();
@@ -34,12 +41,15 @@ fn help_shows_a_signature_and_its_doc() {
     let home = tempfile::tempdir().unwrap();
     let mut s = spawn(home.path());
     s.send_line(":help read_text").unwrap();
-    s.expect("read_text(path: &str)").unwrap();
+    s.expect("read_text(path: string) -> string").unwrap();
     s.expect("relative paths are relative to the script's directory").unwrap();
     s.send_line(":help").unwrap();
     s.expect(":cells").unwrap();
-    s.send(ControlCode::EndOfTransmission).unwrap();
-    s.expect(expectrl::Eof).unwrap();
+    // The last documented stdlib function, then a fresh prompt: the listing is complete.
+    s.expect("write_text").unwrap();
+    s.expect("rtlab> ").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    quit(&mut s);
 }
 
 #[test]
@@ -58,8 +68,7 @@ fn tab_completes_stdlib_functions_and_variables() {
     std::thread::sleep(Duration::from_millis(300));
     s.send_line("(\"/nonexistent\")").unwrap();
     s.expect("cannot read /nonexistent").unwrap();
-    s.send(ControlCode::EndOfTransmission).unwrap();
-    s.expect(expectrl::Eof).unwrap();
+    quit(&mut s);
 }
 
 #[test]
@@ -76,8 +85,7 @@ fn ctrl_c_cancels_a_long_loop_and_keeps_the_scope() {
     s.expect("\"still here\"").unwrap();
     s.send_line("n > 0").unwrap();
     s.expect("true").unwrap();
-    s.send(ControlCode::EndOfTransmission).unwrap();
-    s.expect(expectrl::Eof).unwrap();
+    quit(&mut s);
 }
 
 #[test]
@@ -95,10 +103,11 @@ fn history_survives_a_restart() {
     // Up twice: `:quit`, then the previous session's definition, which we run again.
     s.send("\x1b[A\x1b[A\r").unwrap();
     s.expect("rtlab> ").unwrap();
-    s.send_line("remembered_value + 1").unwrap();
-    s.expect("8").unwrap();
-    s.send(ControlCode::EndOfTransmission).unwrap();
-    s.expect(expectrl::Eof).unwrap();
+    s.send_line("remembered_value * 1000 + 123").unwrap();
+    s.expect("7123").unwrap();
+    s.expect("rtlab> ").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    quit(&mut s);
 }
 
 #[test]
@@ -116,6 +125,5 @@ fn run_caches_cells_and_cells_lists_them() {
     s.expect("[2 b] unchanged").unwrap();
     s.send_line(":cells").unwrap();
     s.expect("reads:   a").unwrap();
-    s.send(ControlCode::EndOfTransmission).unwrap();
-    s.expect(expectrl::Eof).unwrap();
+    quit(&mut s);
 }

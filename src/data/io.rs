@@ -21,6 +21,7 @@ pub struct Loaded {
 
 pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
     let shown = path.display().to_string();
+    crate::runtime_fns::note_input(path);
     let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: shown.clone(), source })?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(Loaded { frame: Frame::new(DataFrame::empty()), skipped: vec![] });
@@ -105,11 +106,13 @@ pub fn save_parquet(df: &DataFrame, path: &Path) -> Result<(), DataError> {
 }
 
 pub fn load_parquet(path: &Path) -> Result<DataFrame, DataError> {
+    crate::runtime_fns::note_input(path);
     let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
     frame_from_parquet_bytes(&bytes).map_err(|e| DataError::Invalid(format!("{}: not a readable Parquet file ({e})", path.display())))
 }
 
 pub fn load_csv(path: &Path) -> Result<DataFrame, DataError> {
+    crate::runtime_fns::note_input(path);
     if !path.exists() {
         return Err(DataError::Read { path: path.display().to_string(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
     }
@@ -143,6 +146,7 @@ pub fn read_markdown_dir(dir: &Path, shown: &str) -> Result<DataFrame, DataError
     let mut contents = Vec::new();
     let mut sources = Vec::new();
     for f in files {
+        crate::runtime_fns::note_input(&f);
         let text = std::fs::read_to_string(&f).map_err(|source| DataError::Read { path: f.display().to_string(), source })?;
         contents.push(text);
         let rel = f.strip_prefix(dir).unwrap_or(&f);

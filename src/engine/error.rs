@@ -27,6 +27,8 @@ impl ScriptError {
     pub fn from_eval(origin: &str, source: &str, err: EvalAltResult) -> ScriptError {
         let cancelled = matches!(err.unwrap_inner(), EvalAltResult::ErrorTerminated(..));
         let (message, pos) = describe(err);
+        // Long stdlib calls (sleep, batches) stop with this message when Ctrl-C is pressed.
+        let cancelled = cancelled || message.starts_with("cancelled by Ctrl-C");
         let mut e = ScriptError::at(origin, source, pos, message);
         e.cancelled = cancelled;
         e
@@ -119,7 +121,7 @@ fn friendly_not_found(signature: &str) -> String {
     if !name.is_empty() && !name.starts_with(|c: char| c.is_alphabetic() || c == '_') {
         format!("operator `{name}` does not apply to ({args})")
     } else {
-        format!("no function `{name}` takes ({args}); check the name and argument types with :help {name}")
+        format!("no function `{name}` takes ({args})")
     }
 }
 

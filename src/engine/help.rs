@@ -33,7 +33,7 @@ impl HelpIndex {
             if name.is_empty() || !name.starts_with(|c: char| c.is_alphabetic() || c == '_') || name.starts_with("get$") || name.starts_with("set$") || name.starts_with("anon$") {
                 continue;
             }
-            let signature = f.get("signature").and_then(|s| s.as_str()).unwrap_or(&name).to_string();
+            let signature = prettify(f.get("signature").and_then(|s| s.as_str()).unwrap_or(&name));
             let doc = f
                 .get("docComments")
                 .and_then(|d| d.as_array())
@@ -69,10 +69,19 @@ impl HelpIndex {
         self.by_name.values().flatten().filter(|d| !d.doc.is_empty())
     }
 
-    /// Names close to `name`, for "did you mean" hints.
+    /// Names close to `name` (a substring either way, or at most two edits), for "did you mean" hints.
     pub fn similar(&self, name: &str) -> Vec<&str> {
         let lower = name.to_lowercase();
-        self.names().filter(|n| n.contains(&lower) || lower.contains(*n) && n.len() > 3).take(8).collect()
+        let mut scored: Vec<(usize, &str)> = self
+            .names()
+            .filter_map(|n| {
+                let d = edit_distance(&lower, n);
+                let related = d <= 2 || (n.len() > 3 && (n.contains(&lower) || lower.contains(n)));
+                related.then_some((d, n))
+            })
+            .collect();
+        scored.sort();
+        scored.into_iter().map(|(_, n)| n).take(5).collect()
     }
 
     /// `:help NAME` text: every overload's signature and its doc.
@@ -92,6 +101,51 @@ impl HelpIndex {
         }
         Some(out.trim_end().to_string())
     }
+}
+
+/// Rust types in Rhai's generated signatures, in the words a script author uses.
+fn prettify(signature: &str) -> String {
+    let mut s = signature.to_string();
+    if let Some(start) = s.find("Result<") {
+        // `-> Result<T, Box<EvalAltResult>>` is `-> T` to a script (errors become script errors).
+        if let Some(comma) = s[start..].find(", Box<EvalAltResult>>") {
+            let inner = s[start + 7..start + comma].to_string();
+            s.replace_range(start..start + comma + ", Box<EvalAltResult>>".len(), &inner);
+        }
+    }
+    for (rust, rhai) in [
+        ("&mut ", ""),
+        ("&str", "string"),
+        ("ImmutableString", "string"),
+        ("String", "string"),
+        ("i64", "int"),
+        ("f64", "float"),
+        ("rhai::Array", "array"),
+        ("Array", "array"),
+        ("rhai::Map", "map"),
+        ("Map", "map"),
+        ("Dynamic", "any"),
+        ("FnPtr", "closure"),
+        ("rtlab::data::Frame", "DataFrame"),
+        ("Frame", "DataFrame"),
+        ("-> ()", ""),
+    ] {
+        s = s.replace(rust, rhai);
+    }
+    s.trim_end().to_string()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn strip_doc_marker(line: &str) -> String {

@@ -35,6 +35,28 @@ pub struct Manifest {
     pub result_html: Option<String>,
     /// Frame content hash → blake3 of its Parquet file.
     pub frames: BTreeMap<String, String>,
+    /// Files the cell read through the stdlib → blake3 of their content when it ran.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// blake3 of each file; a file that cannot be read hashes to "missing".
+pub fn hash_files(files: &[std::path::PathBuf]) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .map(|f| {
+            let h = std::fs::read(f).map(|b| blake3::hash(&b).to_hex().to_string()).unwrap_or_else(|_| "missing".to_string());
+            (f.display().to_string(), h)
+        })
+        .collect()
+}
+
+/// The first recorded input whose content changed since, if any.
+pub fn changed_input(inputs: &BTreeMap<String, String>) -> Option<String> {
+    inputs.iter().find_map(|(path, hash)| {
+        let now = hash_files(&[std::path::PathBuf::from(path)]);
+        (now.get(path) != Some(hash)).then(|| path.clone())
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -77,6 +77,11 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         frames.insert(hash.clone(), frame.clone());
         return Ok(json!({"$rtlab": "frame", "hash": hash}));
     }
+    if let Some(plot) = value.read_lock::<crate::plot::Plot>() {
+        let kind = if plot.kind == crate::plot::Kind::Bar { "bar" } else { "line" };
+        let values: Vec<Value> = plot.values.iter().map(|v| json!(v.to_string())).collect();
+        return Ok(json!({"$rtlab": "plot", "kind": kind, "title": plot.title, "labels": plot.labels, "values": values}));
+    }
     if value.is_fnptr() {
         return Err(NotPersistable("a closure or function pointer".into()));
     }
@@ -111,6 +116,13 @@ pub fn decode(
             Some("frame") => {
                 let hash = obj.get("hash").and_then(Value::as_str).ok_or("frame without a hash")?;
                 Dynamic::from(load_frame(hash)?)
+            }
+            Some("plot") => {
+                let kind = if obj.get("kind").and_then(Value::as_str) == Some("bar") { crate::plot::Kind::Bar } else { crate::plot::Kind::Line };
+                let title = obj.get("title").and_then(Value::as_str).unwrap_or_default().to_string();
+                let labels = obj.get("labels").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default();
+                let values = obj.get("values").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)).collect()).unwrap_or_default();
+                Dynamic::from(crate::plot::Plot::new(kind, title, labels, values))
             }
             Some("map") => decode(obj.get("v").ok_or("map without a value")?, load_frame)?,
             Some(other) => return Err(format!("unknown tag {other:?}")),

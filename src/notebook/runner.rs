@@ -4,7 +4,7 @@
 //! Invariant: a cell is restored only if every value it reads hashed to the same content as when its
 //! entry was made. Whatever cannot be hashed (a closure) makes its readers rerun, with a note.
 
-use super::cache::{workspace_dir, CellCache, Lookup, Manifest, StoredValue, FORMAT};
+use super::cache::{changed_input, hash_files, workspace_dir, CellCache, Lookup, Manifest, StoredValue, FORMAT};
 use super::cells::{has_markers, normalize, split_cells, Cell};
 use super::deps::{analyze, CellDeps};
 use super::persist::{decode, encode};
@@ -60,8 +60,10 @@ pub struct CellReport {
     pub printed: String,
     pub result_text: Option<String>,
     pub result_html: Option<String>,
-    /// Why the cell could not be cached, if so.
+    /// Why the cell could not be cached, or why it reran, if so.
     pub note: Option<String>,
+    /// Files the cell read through the stdlib, with their content hashes.
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// A cell's outputs kept in memory between runs of the same notebook.
@@ -72,6 +74,7 @@ struct Remembered {
     result_text: Option<String>,
     result_html: Option<String>,
     elapsed_s: f64,
+    inputs: BTreeMap<String, String>,
 }
 
 /// A script run as cells, with an in-memory cache that survives reruns in the same process.
@@ -101,7 +104,10 @@ impl Notebook {
             .map_err(|e| ScriptError::plain(&origin, format!("cannot read the script: {e}")))?;
         let notebook_mode = has_markers(&source);
         let cells = split_cells(&source);
-        let script_dir = self.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let script_dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let cache = CellCache::new(&workspace_dir(&script_dir));
         let script_id = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()).display().to_string();
 
@@ -111,8 +117,20 @@ impl Notebook {
         self.last_run.clear();
         rt.sink.take_capture();
 
+        // `import` statements of earlier cells, replayed on the (blank) first line of later cells, so a
+        // module imported in cell 1 is visible in cell 3 as it would be in a plain script.
+        let mut imports = String::new();
         for cell in cells {
-            let code = cell.code_at_file_lines();
+            let mut code = cell.code_at_file_lines();
+            if cell.first_line > 1 && !imports.is_empty() {
+                code.insert_str(0, &imports);
+            }
+            for line in cell.code.lines().map(str::trim) {
+                if line.starts_with("import ") && line.ends_with(';') {
+                    imports.push_str(line);
+                    imports.push(' ');
+                }
+            }
             let ast = rt.compile(&origin, &code)?;
             let deps = analyze(&ast);
             let normalized = normalize(&cell.code);
@@ -142,7 +160,7 @@ impl Notebook {
             }
 
             let report = if uncacheable.is_none() && opts.mode != CacheMode::Fresh {
-                if let Some(mem) = self.memory.get(&key).cloned() {
+                if let Some(mem) = self.memory.get(&key).cloned().filter(|m| changed_input(&m.inputs).is_none()) {
                     Some(self.restore_memory(rt, scope, &mut hashes, &cell, &deps, &reads, mem))
                 } else if opts.mode == CacheMode::Normal {
                     self.restore_disk(rt, scope, &mut hashes, &cache, &key, &cell, &reads)
@@ -197,9 +215,11 @@ impl Notebook {
         reads: &[String],
         key: &str,
     ) -> Result<CellReport, ScriptError> {
+        crate::runtime_fns::take_inputs();
         let start = Instant::now();
         let result = rt.eval(origin, code, scope, ast);
         let elapsed_s = start.elapsed().as_secs_f64();
+        let inputs = hash_files(&crate::runtime_fns::take_inputs());
         let value = result?;
         let result_text = (!value.is_unit()).then(|| display_value(&value));
         if let Some(text) = &result_text {
@@ -238,6 +258,7 @@ impl Notebook {
                 result_text: result_text.clone(),
                 result_html: result_html.clone(),
                 elapsed_s,
+                inputs: inputs.clone(),
             },
         );
         Ok(CellReport {
@@ -249,6 +270,7 @@ impl Notebook {
             result_text,
             result_html,
             note,
+            inputs,
         })
     }
 
@@ -278,6 +300,7 @@ impl Notebook {
             result_text: mem.result_text,
             result_html: mem.result_html,
             note: None,
+            inputs: mem.inputs,
         }
     }
 
@@ -293,6 +316,11 @@ impl Notebook {
         reads: &[String],
     ) -> Option<CellReport> {
         let (manifest, frames) = match cache.lookup(key) {
+            Lookup::Hit(m, _) if changed_input(&m.inputs).is_some() => {
+                let file = changed_input(&m.inputs).unwrap_or_default();
+                eprintln!("[{}] {file} changed since the cached run: rerunning", cell.label());
+                return None;
+            }
             Lookup::Hit(m, f) => (m, f),
             Lookup::Miss => return None,
             Lookup::Corrupt(why) => {
@@ -330,6 +358,7 @@ impl Notebook {
                 result_text: manifest.result_text.clone(),
                 result_html: manifest.result_html.clone(),
                 elapsed_s: manifest.elapsed_s,
+                inputs: manifest.inputs.clone(),
             },
         );
         Some(CellReport {
@@ -341,6 +370,7 @@ impl Notebook {
             result_text: manifest.result_text,
             result_html: manifest.result_html,
             note: None,
+            inputs: manifest.inputs,
         })
     }
 
@@ -378,6 +408,7 @@ impl Notebook {
             result_text: r.result_text.clone(),
             result_html: r.result_html.clone(),
             frames: BTreeMap::new(),
+            inputs: r.inputs.clone(),
         };
         cache.store(key, manifest, &frames)
     }

@@ -135,7 +135,7 @@ impl Repl {
     }
 
     fn unknown_function_hint(&self, message: &str) -> Option<String> {
-        let name = message.strip_prefix("Function not found: ")?.split(['(', ' ']).next()?;
+        let name = message.strip_prefix("no function `")?.split('`').next()?;
         let similar = self.help.similar(name);
         (!similar.is_empty()).then(|| format!("hint: did you mean {}? (:help NAME shows one)", similar.join(", ")))
     }
@@ -207,7 +207,10 @@ impl Repl {
         match std::fs::read_to_string(&path) {
             Err(e) => eprintln!("error: cannot read {origin}: {e}"),
             Ok(source) => {
+                // The loaded script's relative paths resolve against its own directory, as in `rtlab run`.
+                crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
                 let result = self.rt.compile(&origin, &source).and_then(|ast| self.rt.eval(&origin, &source, &mut self.scope, &ast));
+                crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
                 match result {
                     Ok(v) => show(&v),
                     Err(e) => eprintln!("{}", render_error(&e)),

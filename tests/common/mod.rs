@@ -73,8 +73,9 @@ fn regex_lite_replace(text: &str) -> String {
             while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.') {
                 j += 1;
             }
-            let rest: String = chars[j..chars.len().min(j + 3)].iter().collect();
-            if rest.starts_with(" s") || rest.starts_with(" ms") {
+            let rest: String = chars[j..chars.len().min(j + 4)].iter().collect();
+            let unit_ends = |n: usize| rest.chars().nth(n).is_none_or(|c| !c.is_alphanumeric());
+            if (rest.starts_with(" s") && unit_ends(2)) || (rest.starts_with(" ms") && unit_ends(3)) {
                 out.push_str("[T]");
                 i = j;
                 continue;
