@@ -14,6 +14,8 @@ mod phase;
 mod plot;
 mod repl;
 mod runtime_fns;
+mod store;
+mod verify;
 
 pub use cli::main as cli_main;
 pub use engine::{display_value, HelpIndex, Runtime, ScriptError};

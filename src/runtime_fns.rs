@@ -110,6 +110,18 @@ mod runtime_functions {
         resolve_path(path).exists()
     }
 
+    /// This process's peak resident memory in MiB (Linux `VmHWM`), or `()` where unknown. For memory
+    /// budgets in benchmarks: `print(peak_rss_mb())`.
+    pub fn peak_rss_mb() -> Dynamic {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| Dynamic::from(kb / 1024.0))
+            .unwrap_or(Dynamic::UNIT)
+    }
+
     /// The value of an environment variable, or `()` when unset.
     pub fn env(name: &str) -> Dynamic {
         std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)

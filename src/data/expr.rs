@@ -129,6 +129,22 @@ mod expr_functions {
         Expr(e.0.clone().str().len_chars())
     }
 
+    /// Replaces every occurrence of the literal text `pattern` with `value`.
+    ///
+    /// ```rhai
+    /// let df = from_records([#{code: "module RefModule; endmodule"}]);
+    /// let df = df.with_column(col("code").str_replace_all("RefModule", "TopModule").alias("code"));
+    /// assert_eq(df.row(0).code, "module TopModule; endmodule");
+    /// ```
+    pub fn str_replace_all(e: &mut Expr, pattern: &str, value: &str) -> Expr {
+        Expr(e.0.clone().str().replace_all(pl_lit(pattern.to_string()), pl_lit(value.to_string()), true))
+    }
+
+    /// Rounds to `decimals` places (half away from zero).
+    pub fn round(e: &mut Expr, decimals: i64) -> Expr {
+        Expr(e.0.clone().round(decimals.clamp(0, 15) as u32, pl::RoundMode::HalfAwayFromZero))
+    }
+
     /// Lower-cases a string column.
     pub fn str_to_lowercase(e: &mut Expr) -> Expr {
         Expr(e.0.clone().str().to_lowercase())

@@ -155,6 +155,55 @@ pub fn read_markdown_dir(dir: &Path, shown: &str) -> Result<DataFrame, DataError
     Ok(DataFrame::new(contents.len(), vec![Column::new("content".into(), contents), Column::new("source".into(), sources)])?)
 }
 
+/// The category of a VerilogEval problem, from keywords in its name.
+pub fn problem_category(name: &str) -> &'static str {
+    let l = name.to_lowercase();
+    let table: &[(&str, &[&str])] = &[
+        ("fsm", &["fsm", "state"]),
+        ("counter", &["count"]),
+        ("shift_register", &["shift", "lfsr", "rotate"]),
+        ("edge_detect", &["edge"]),
+        ("mux", &["mux"]),
+        ("arithmetic", &["add", "sub", "popcount", "mult"]),
+        ("gates", &["gate", "not", "wire", "xnor"]),
+    ];
+    table.iter().find(|(_, keys)| keys.iter().any(|k| l.contains(k))).map(|(c, _)| *c).unwrap_or("other")
+}
+
+pub fn load_verilog_eval(dir: &Path) -> Result<DataFrame, DataError> {
+    let read = std::fs::read_dir(dir).map_err(|source| DataError::Read { path: dir.display().to_string(), source })?;
+    let mut ids: Vec<String> = read
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix("_prompt.txt")).map(str::to_string))
+        .collect();
+    ids.sort();
+    if ids.is_empty() {
+        return Err(DataError::Invalid(format!("{}: no VerilogEval problems (files named ProbNNN_name_prompt.txt)", dir.display())));
+    }
+    let (mut prompts, mut refs, mut tests, mut cats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for id in &ids {
+        let file = |suffix: &str| {
+            let p = dir.join(format!("{id}_{suffix}"));
+            crate::runtime_fns::note_input(&p);
+            std::fs::read_to_string(&p).map_err(|source| DataError::Read { path: p.display().to_string(), source })
+        };
+        prompts.push(file("prompt.txt")?);
+        refs.push(file("ref.sv")?);
+        tests.push(file("test.sv")?);
+        cats.push(problem_category(id).to_string());
+    }
+    Ok(DataFrame::new(
+        ids.len(),
+        vec![
+            Column::new("task_id".into(), ids),
+            Column::new("prompt".into(), prompts),
+            Column::new("ref".into(), refs),
+            Column::new("test".into(), tests),
+            Column::new("category".into(), cats),
+        ],
+    )?)
+}
+
 pub fn frame_to_parquet_bytes(df: &DataFrame) -> Result<Vec<u8>, DataError> {
     let mut buf = Vec::new();
     let mut df = df.clone();

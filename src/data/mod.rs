@@ -9,6 +9,7 @@ mod expr;
 mod frame_fns;
 mod io;
 
+pub use convert::{from_records, json_to_dynamic};
 pub use expr::column;
 pub use io::{frame_from_parquet_bytes, frame_to_parquet_bytes, load_jsonl, LoadOptions};
 
@@ -170,6 +171,21 @@ mod io_functions {
     #[rhai_fn(return_raw)]
     pub fn read_markdown_dir(dir: &str) -> Result<Frame, Box<EvalAltResult>> {
         Ok(Frame::new(io::read_markdown_dir(&path_of(dir), dir)?))
+    }
+
+    /// VerilogEval v2 spec-to-rtl problems from a directory of `ProbNNN_name_{prompt.txt,ref.sv,test.sv}`:
+    /// rows `{task_id, prompt, ref, test, category}`, sorted by task id. VerilogEval has no categories;
+    /// `category` comes from keywords in the problem name (fsm, counter, shift_register, edge_detect,
+    /// mux, arithmetic, gates, other).
+    ///
+    /// ```rhai
+    /// let p = load_verilog_eval("../../data/verilog-eval-v2");
+    /// assert_eq(p.len(), 156);
+    /// assert_eq(p.row(0).task_id, "Prob001_zero");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn load_verilog_eval(dir: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_verilog_eval(&path_of(dir))?))
     }
 
     /// The number of rows.

@@ -100,6 +100,7 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
     crate::data::register(&mut engine);
     crate::plot::register(&mut engine);
     crate::phase::register(&mut engine);
+    crate::verify::register(&mut engine);
     crate::runtime_fns::register(&mut engine);
     stdlib_modules::install_resolver(&mut engine, script_dir);
     engine

@@ -1,0 +1,126 @@
+//! `cargo bench --bench datasets`: the plans' dataset job on 200k rows, in rtlab and in the two ways the
+//! plans' Python does it, measured in the same run.
+//!
+//! The job: load a JSONL file of `{instruction, output, metadata: {category, source, score}}`, keep rows
+//! of some categories with score ≥ 0.7, count by category, save the kept rows. Goals (issue 3): at least
+//! 10× a plain Python `json` loop, 3× pandas, peak memory under 2× the file size.
+//! `RTLAB_BENCH_ROWS` changes the row count.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+const CATEGORIES: [&str; 8] = ["fsm", "alu", "counter", "mux", "memory", "shift", "arbiter", "uart"];
+
+fn generate(path: &std::path::Path, rows: usize) {
+    // A small deterministic LCG: no rand dependency for a benchmark's data.
+    let mut state: u64 = 42;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..rows {
+        let cat = CATEGORIES[(next() % 8) as usize];
+        let score = (next() % 1000) as f64 / 1000.0;
+        let source = ["rtlcoder", "verilogeval", "a7"][(next() % 3) as usize];
+        let width = 1 + next() % 64;
+        let row = serde_json::json!({
+            "instruction": format!("Design a {width}-bit {cat} module number {i}. It has a clock, a synchronous reset and an enable; describe its behaviour precisely and keep it synthesizable."),
+            "output": format!("module m{i} (input clk, input rst, input en, input [{w}:0] a, output reg [{w}:0] q);\n  always @(posedge clk) begin\n    if (rst) q <= 0;\n    else if (en) q <= q + a;\n  end\nendmodule\n", w = width - 1),
+            "metadata": {"category": cat, "source": source, "score": score},
+        });
+        writeln!(f, "{row}").unwrap();
+    }
+}
+
+/// Runs a command that prints `peak_mb=X` on its last line; returns (seconds, peak MiB, stdout).
+fn measure(mut cmd: Command) -> (f64, f64, String) {
+    let start = Instant::now();
+    let out = cmd.output().expect("runs");
+    let secs = start.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let peak = stdout.lines().filter_map(|l| l.strip_prefix("peak_mb=")).last().and_then(|v| v.trim().parse().ok()).unwrap_or(f64::NAN);
+    (secs, peak, stdout)
+}
+
+fn main() {
+    let rows: usize = std::env::var("RTLAB_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    generate(&data, rows);
+    let size_mb = std::fs::metadata(&data).unwrap().len() as f64 / (1024.0 * 1024.0);
+    println!("{rows} rows, {size_mb:.1} MiB of JSONL");
+
+    let script = dir.path().join("job.rhai");
+    std::fs::write(
+        &script,
+        r#"let df = load_jsonl(ARGS[0]);
+let kept = df.filter(col("metadata.category").is_in(["fsm", "alu", "counter", "uart"]) & (col("metadata.score") >= 0.7));
+let counts = kept.value_counts("metadata.category");
+kept.save_jsonl(ARGS[1]);
+print(`kept=${kept.len()}`);
+print(`peak_mb=${peak_rss_mb()}`);
+"#,
+    )
+    .unwrap();
+    let mut rt = Command::new(env!("CARGO_BIN_EXE_rtlab"));
+    rt.args(["run", script.to_str().unwrap(), data.to_str().unwrap(), dir.path().join("rt_out.jsonl").to_str().unwrap()]);
+    let (rt_s, rt_peak, rt_out) = measure(rt);
+
+    let py_loop = r#"
+import json, sys, resource
+from collections import Counter
+keep_cats = {"fsm", "alu", "counter", "uart"}
+kept = []
+with open(sys.argv[1]) as f:
+    for line in f:
+        row = json.loads(line)
+        m = row["metadata"]
+        if m["category"] in keep_cats and m["score"] >= 0.7:
+            kept.append(row)
+counts = Counter(r["metadata"]["category"] for r in kept)
+with open(sys.argv[2], "w") as f:
+    for r in kept:
+        f.write(json.dumps(r) + "\n")
+print(f"kept={len(kept)}")
+print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+"#;
+    let mut py = Command::new("python3");
+    py.args(["-c", py_loop, data.to_str().unwrap(), dir.path().join("py_out.jsonl").to_str().unwrap()]);
+    let (py_s, py_peak, py_out) = measure(py);
+
+    let pandas = r#"
+import sys, resource
+import pandas as pd
+df = pd.read_json(sys.argv[1], lines=True)
+cat = df["metadata"].str.get("category")
+score = df["metadata"].str.get("score")
+kept = df[cat.isin(["fsm", "alu", "counter", "uart"]) & (score >= 0.7)]
+counts = kept["metadata"].str.get("category").value_counts()
+kept.to_json(sys.argv[2], orient="records", lines=True)
+print(f"kept={len(kept)}")
+print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+"#;
+    let mut pd = Command::new("python3");
+    pd.args(["-c", pandas, data.to_str().unwrap(), dir.path().join("pd_out.jsonl").to_str().unwrap()]);
+    let pandas_result = if Command::new("python3").args(["-c", "import pandas"]).output().map(|o| o.status.success()).unwrap_or(false) {
+        Some(measure(pd))
+    } else {
+        println!("pandas is not installed (pip install pandas): its column is missing");
+        None
+    };
+
+    let kept = |out: &str| out.lines().find(|l| l.starts_with("kept=")).unwrap_or("kept=?").to_string();
+    assert_eq!(kept(&rt_out), kept(&py_out), "rtlab and the Python loop must keep the same rows");
+    println!("| job | time | peak memory | rtlab speedup |");
+    println!("| --- | --- | --- | --- |");
+    println!("| rtlab (polars) | {rt_s:.2} s | {rt_peak:.0} MiB ({:.2}x the file) | 1x |", rt_peak / size_mb);
+    println!("| Python json loop | {py_s:.2} s | {py_peak:.0} MiB | {:.1}x |", py_s / rt_s);
+    if let Some((pd_s, pd_peak, pd_out)) = pandas_result {
+        assert_eq!(kept(&rt_out), kept(&pd_out), "rtlab and pandas must keep the same rows");
+        println!("| pandas | {pd_s:.2} s | {pd_peak:.0} MiB | {:.1}x |", pd_s / rt_s);
+    }
+    println!("({}, {} rows)", kept(&rt_out), rows);
+}

@@ -1,0 +1,110 @@
+//! The workspace store: one SQLite database (`.rtlab/store.sqlite`, WAL mode) for everything keyed by a
+//! content hash that many rows share: verifier results now; LLM responses and runs later.
+//!
+//! Invariant: this module owns the schema and its migrations; capabilities get typed accessors, never
+//! SQL strings of their own.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+/// Migrations in order; `meta.version` says how many have run.
+const MIGRATIONS: &[&str] = &["CREATE TABLE verify_results (key TEXT PRIMARY KEY, report TEXT NOT NULL, created INTEGER NOT NULL)"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("cannot create {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the store of a workspace directory.
+    pub fn open(workspace: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(workspace).map_err(|source| StoreError::Io { path: workspace.display().to_string(), source })?;
+        let path = workspace.join("store.sqlite");
+        let shown = path.display().to_string();
+        let err = |source| StoreError::Sqlite { path: shown.clone(), source };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL)", []).map_err(err)?;
+        let version: Option<i64> = conn.query_row("SELECT version FROM meta", [], |r| r.get(0)).optional().map_err(err)?;
+        let mut version = match version {
+            Some(v) => v,
+            None => {
+                conn.execute("INSERT INTO meta (version) VALUES (0)", []).map_err(err)?;
+                0
+            }
+        };
+        while (version as usize) < MIGRATIONS.len() {
+            conn.execute(MIGRATIONS[version as usize], []).map_err(err)?;
+            version += 1;
+            conn.execute("UPDATE meta SET version = ?1", params![version]).map_err(err)?;
+        }
+        Ok(Store { conn, path })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.display().to_string(), source }
+    }
+
+    /// A cached verifier report (JSON), by key.
+    pub fn get_verify(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT report FROM verify_results WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn put_verify(&self, key: &str, report_json: &str) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        self.conn
+            .execute("INSERT OR REPLACE INTO verify_results (key, report, created) VALUES (?1, ?2, ?3)", params![key, report_json, now])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in one transaction (batches write thousands of rows).
+    pub fn transaction<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN").map_err(|e| self.err(e))?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn count_verify(&self) -> Result<i64, StoreError> {
+        self.conn.query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0)).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_keeps_rows_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_verify("k", "{\"score\":1.0}").unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get_verify("k").unwrap().as_deref(), Some("{\"score\":1.0}"));
+        assert_eq!(s.get_verify("missing").unwrap(), None);
+        assert_eq!(s.count_verify().unwrap(), 1);
+    }
+}

@@ -1,0 +1,141 @@
+//! Verifying many examples: every core busy, an indicatif progress bar (rate, ETA) on a terminal, and
+//! results cached in the workspace store keyed by the hash of the code, testbench, reference, options
+//! and tool versions, so re-verifying unchanged rows is near-instant. Results are stored as they
+//! finish: an interrupted batch keeps what it did.
+
+use super::{tool_versions, verify, Report, VerifyOptions};
+use crate::store::Store;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+/// One example to verify.
+#[derive(Debug, Clone, Default)]
+pub struct Job {
+    pub code: String,
+    pub testbench: Option<String>,
+    pub reference: Option<String>,
+    pub top: Option<String>,
+}
+
+/// The cache key: everything that can change the verdict.
+pub fn cache_key(job: &Job, opts: &VerifyOptions) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"rtlab-verify-v1\0");
+    for part in [Some(&job.code), job.testbench.as_ref(), job.reference.as_ref(), job.top.as_ref()] {
+        match part {
+            Some(p) => {
+                h.update(&(p.len() as u64).to_le_bytes());
+                h.update(p.as_bytes());
+            }
+            None => {
+                h.update(b"\xff");
+            }
+        }
+    }
+    let mut o = opts.clone();
+    o.testbench = None;
+    o.reference = None;
+    o.top = None;
+    h.update(serde_json::to_string(&o).unwrap_or_default().as_bytes());
+    h.update(format!("{:?}", tool_versions()).as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+/// Counts of a batch run, for the closing line.
+#[derive(Debug, Default, Clone)]
+pub struct BatchStats {
+    pub total: usize,
+    pub cached: usize,
+    pub verified: usize,
+}
+
+/// Verifies every job, `workers` at a time (0: one per core). Results come back in job order.
+pub fn verify_all(jobs: &[Job], opts: &VerifyOptions, store: Option<&Store>, workers: usize) -> (Vec<Report>, BatchStats) {
+    let mut results: Vec<Option<Report>> = vec![None; jobs.len()];
+    let keys: Vec<String> = jobs.iter().map(|j| cache_key(j, opts)).collect();
+    let mut stats = BatchStats { total: jobs.len(), ..BatchStats::default() };
+    if let Some(store) = store {
+        for (i, key) in keys.iter().enumerate() {
+            if let Ok(Some(json)) = store.get_verify(key) {
+                if let Ok(r) = serde_json::from_str::<Report>(&json) {
+                    results[i] = Some(r);
+                    stats.cached += 1;
+                }
+            }
+        }
+    }
+    let todo: Vec<usize> = (0..jobs.len()).filter(|i| results[*i].is_none()).collect();
+    let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
+    let bar = progress_bar(todo.len() as u64);
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, Report)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(todo.len().max(1)) {
+            let tx = tx.clone();
+            let (todo, next) = (&todo, &next);
+            scope.spawn(move || loop {
+                if crate::engine::cancel_requested() {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = todo.get(k) else { break };
+                let job = &jobs[i];
+                let mut o = opts.clone();
+                o.testbench = job.testbench.clone();
+                o.reference = job.reference.clone();
+                o.top = job.top.clone().or(o.top);
+                if tx.send((i, verify(&job.code, &o))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        // Store as results arrive (one transaction per 64), so an interrupted batch keeps its work.
+        let mut pending: Vec<(usize, String)> = Vec::new();
+        let flush = |pending: &mut Vec<(usize, String)>| {
+            if let Some(store) = store {
+                let _ = store.transaction(|s| {
+                    for (i, json) in pending.iter() {
+                        s.put_verify(&keys[*i], json)?;
+                    }
+                    Ok(())
+                });
+            }
+            pending.clear();
+        };
+        for (i, report) in rx {
+            // A cancelled run is not a verdict: do not cache it.
+            if !report.errors.iter().any(|e| e.contains("cancelled by Ctrl-C")) {
+                pending.push((i, serde_json::to_string(&report).unwrap_or_default()));
+            }
+            results[i] = Some(report);
+            stats.verified += 1;
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            if pending.len() >= 64 {
+                flush(&mut pending);
+            }
+        }
+        flush(&mut pending);
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let reports = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Report { sim_status: "error".into(), errors: vec!["cancelled by Ctrl-C before this row ran".into()], ..Report::default() }))
+        .collect();
+    (reports, stats)
+}
+
+fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if len == 0 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} {per_sec} ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}

@@ -1,0 +1,411 @@
+//! The verifier's stages, run in order in one scratch directory: syntax (iverilog), the light Yosys
+//! pass (synthesizability, ports, I/O use), lint (Verilator), optional full synthesis, simulation.
+
+use super::process::{run_tool, Ended, Limits, Outcome};
+use super::{difftb, sandbox, tool_versions, yosys, Report, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS};
+use std::path::Path;
+use std::time::Duration;
+
+/// Lint codes already counted by the I/O check, or about file layout: not lint penalties.
+const LINT_NOT_PENALIZED: &[&str] = &["UNUSEDSIGNAL", "UNDRIVEN", "DECLFILENAME", "UNUSEDPARAM", "EOFNEWLINE"];
+
+fn available(tool: &Tool, report: &mut Report, stage: &str) -> bool {
+    match tool_versions().get(tool.program).cloned().flatten() {
+        Some(v) => {
+            report.tools.insert(tool.program.to_string(), v);
+            true
+        }
+        None => {
+            report.skipped.insert(stage.to_string(), format!("{} is not installed; install: {}", tool.program, tool.install));
+            false
+        }
+    }
+}
+
+fn lines_matching(output: &str, needles: &[&str]) -> Vec<String> {
+    output
+        .lines()
+        .map(str::trim)
+        .filter(|l| needles.iter().any(|n| l.to_lowercase().contains(n)))
+        .map(|l| l.chars().take(300).collect())
+        .take(20)
+        .collect()
+}
+
+fn ms(o: &Outcome) -> f64 {
+    (o.elapsed.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Renames `module NAME` (the declaration only) to `module NEW`.
+fn rename_module(code: &str, name: &str, new: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(i) = rest.find("module") {
+        let before_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() && rest.as_bytes()[i - 1] != b'_';
+        let after = &rest[i + 6..];
+        let trimmed = after.trim_start();
+        if before_ok && after.starts_with(char::is_whitespace) && trimmed.starts_with(name) && !trimmed[name.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+            out.push_str(&rest[..i]);
+            out.push_str("module ");
+            out.push_str(new);
+            rest = &trimmed[name.len()..];
+        } else {
+            out.push_str(&rest[..i + 6]);
+            rest = &rest[i + 6..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The design as Yosys should read it: `always_comb`/`always_latch` as `always @*`.
+fn yosys_friendly(code: &str) -> String {
+    code.replace("always_comb", "always @*").replace("always_latch", "always @*")
+}
+
+/// VerilogEval's failure classes for compile errors.
+fn compile_failure_class(log: &str) -> &'static str {
+    let l = log.to_lowercase();
+    if l.contains("syntax error") {
+        "S"
+    } else if l.contains("unknown module type") {
+        "m"
+    } else if l.contains("unable to bind") && (l.contains("`clk'") || l.contains("clk")) {
+        "c"
+    } else if l.contains("unable to bind") {
+        "p"
+    } else if l.contains("cast") {
+        "e"
+    } else if l.contains("numeric constant") {
+        "n"
+    } else {
+        "C"
+    }
+}
+
+/// Verifies one example. Never panics: every failure becomes a status in the report.
+pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
+    let mut r = Report { sim_status: "skipped".to_string(), ..Report::default() };
+    if code.trim().is_empty() {
+        r.errors.push("the design is empty".to_string());
+        return finish(r, opts);
+    }
+    for (what, text) in [("design", Some(code)), ("testbench", opts.testbench.as_deref()), ("reference", opts.reference.as_deref())] {
+        if let Some(t) = text {
+            if let Err(why) = sandbox::screen(t, what) {
+                r.errors.push(why);
+                r.sim_status = "error".to_string();
+                return finish(r, opts);
+            }
+        }
+    }
+    let scratch = match tempfile::Builder::new().prefix("rtlab-verify-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            r.errors.push(format!("cannot create a scratch directory: {e}"));
+            r.sim_status = "error".to_string();
+            return finish(r, opts);
+        }
+    };
+    let dir = scratch.path();
+    if let Err(e) = std::fs::write(dir.join("design.sv"), code) {
+        r.errors.push(format!("cannot write the design: {e}"));
+        return finish(r, opts);
+    }
+    let quick = Limits { timeout: Duration::from_secs(30), ..Limits::default() };
+
+    // Syntax and elaboration.
+    if available(&IVERILOG, &mut r, "syntax") {
+        let mut args = vec!["-g2012", "-Wall", "-o", "design.vvp"];
+        if let Some(t) = &opts.top {
+            args.extend(["-s", t.as_str()]);
+        }
+        args.push("design.sv");
+        let o = run_tool("iverilog", &args, dir, quick);
+        r.stage_ms.insert("syntax".into(), ms(&o));
+        r.syntax_ok = o.ok();
+        // iverilog says "sorry" for constructs it does not support (casts in iverilog 11).
+        r.errors.extend(lines_matching(&o.output, &["error", "sorry"]));
+        r.warnings.extend(lines_matching(&o.output, &["warning"]));
+        if !r.syntax_ok && r.errors.is_empty() {
+            r.errors.push(format!("iverilog failed ({:?}): {}", o.ended, o.output.lines().next().unwrap_or("")));
+        }
+    } else {
+        return finish(r, opts);
+    }
+    if !r.syntax_ok {
+        if opts.wants("sim") && (opts.testbench.is_some() || opts.reference.is_some()) {
+            // The sample does not compile: for a benchmark that is a failed simulation, with its class.
+            r.sim_status = "compile_err".into();
+            r.functional = Some(false);
+            r.failure_class = Some(compile_failure_class(&r.errors.join("\n")).to_string());
+        }
+        return finish(r, opts);
+    }
+    // Yosys reads a copy where `always_comb` is `always @*`: Yosys rejects some always_comb blocks
+    // that simulators and synthesis tools accept (`default: next = 'x;` "infers a latch").
+    let _ = std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code));
+
+    // The light Yosys pass: synthesizable structure, ports, I/O use.
+    let mut netlist = None;
+    if opts.wants("synth") && available(&YOSYS, &mut r, "synth") {
+        let script = yosys::light_script("design_yosys.sv", opts.top.as_deref(), "design.json");
+        let o = run_tool("yosys", &["-q", "-p", &script], dir, quick);
+        r.stage_ms.insert("synth".into(), ms(&o));
+        let parsed = if o.ok() { std::fs::read_to_string(dir.join("design.json")).map_err(|e| e.to_string()).and_then(|j| yosys::analyze(&j)) } else { Err(String::new()) };
+        match parsed {
+            Ok(n) => {
+                r.synth_ok = Some(true);
+                r.all_io_used = Some(n.unused_inputs.is_empty() && n.undriven_outputs.is_empty());
+                r.unused_inputs = n.unused_inputs.clone();
+                r.undriven_outputs = n.undriven_outputs.clone();
+                netlist = Some(n);
+            }
+            Err(e) => {
+                r.synth_ok = Some(false);
+                let mut errs = lines_matching(&o.output, &["error"]);
+                if errs.is_empty() {
+                    errs.push(if e.is_empty() { format!("yosys failed ({:?})", o.ended) } else { e });
+                }
+                r.errors.extend(errs.into_iter().map(|e| format!("yosys: {e}")));
+            }
+        }
+        r.warnings.extend(lines_matching(&o.output, &["warning"]).into_iter().map(|w| format!("yosys: {w}")));
+    }
+
+    // Lint.
+    if opts.wants("lint") && available(&VERILATOR, &mut r, "lint") {
+        let mut args = vec!["--lint-only", "-Wall", "-Wno-fatal", "-Wno-DECLFILENAME", "--no-timing"];
+        let top = opts.top.clone().or(netlist.as_ref().map(|n| n.top.clone()));
+        if let Some(t) = &top {
+            args.extend(["--top-module", t.as_str()]);
+        }
+        args.push("design.sv");
+        let o = run_tool("verilator", &args, dir, quick);
+        r.stage_ms.insert("lint".into(), ms(&o));
+        let mut codes: Vec<String> = o
+            .output
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("%Warning-"))
+            .filter_map(|l| l.split(':').next())
+            .map(str::to_string)
+            .collect();
+        codes.sort();
+        codes.dedup();
+        r.lint = codes;
+        r.warnings.extend(lines_matching(&o.output, &["%warning"]).into_iter().take(10));
+        // Verilator rejecting a construct iverilog accepts is a limit of the linter, not a lint finding.
+        r.warnings.extend(lines_matching(&o.output, &["%error"]).into_iter().take(5).map(|e| format!("verilator: {e}")));
+    }
+
+    // Full synthesis, only when asked: some designs take many seconds.
+    if opts.wants("synth_full") && available(&YOSYS, &mut r, "synth_full") {
+        let top = opts.top.clone().or(netlist.as_ref().map(|n| n.top.clone()));
+        let script = match &top {
+            Some(t) => format!("read_verilog -sv design_yosys.sv; synth -top {t}"),
+            None => "read_verilog -sv design_yosys.sv; synth -auto-top".to_string(),
+        };
+        let o = run_tool("yosys", &["-q", "-p", &script], dir, Limits { timeout: Duration::from_millis(opts.synth_timeout_ms), ..Limits::default() });
+        r.stage_ms.insert("synth_full".into(), ms(&o));
+        if !o.ok() {
+            r.synth_ok = Some(false);
+            r.errors.push(match o.ended {
+                Ended::TimedOut => format!("yosys synth timed out after {} ms", opts.synth_timeout_ms),
+                _ => format!("yosys synth failed: {}", lines_matching(&o.output, &["error"]).join("; ")),
+            });
+        }
+    }
+
+    // Simulation.
+    if opts.wants("sim") && (opts.testbench.is_some() || opts.reference.is_some()) {
+        simulate(&mut r, code, opts, dir, netlist.as_ref());
+    }
+    finish(r, opts)
+}
+
+fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, netlist: Option<&yosys::Netlist>) {
+    if !available(&IVERILOG, r, "sim") || !available(&VVP, r, "sim") {
+        r.sim_status = "skipped".into();
+        return;
+    }
+    let quick = Limits { timeout: Duration::from_secs(30), ..Limits::default() };
+    let mut files = vec!["design.sv".to_string()];
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"));
+    let prepared: Result<(), String> = (|| {
+        match (&opts.testbench, &opts.reference) {
+            (Some(tb), reference) => {
+                write("tb.sv", tb)?;
+                files.push("tb.sv".into());
+                if let Some(reference) = reference {
+                    write("ref.sv", reference)?;
+                    files.push("ref.sv".into());
+                }
+            }
+            (None, Some(reference)) => {
+                // A differential testbench: the reference's ports drive both.
+                write("ref_orig.sv", &yosys_friendly(reference))?;
+                // Ports only: no flatten or checks, so little the reference does inside can stop us.
+                let script = "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
+                let o = run_tool("yosys", &["-q", "-p", script], dir, quick);
+                let json = std::fs::read_to_string(dir.join("ref.json")).map_err(|_| format!("the reference does not elaborate in Yosys: {}", lines_matching(&o.output, &["error"]).join("; ")))?;
+                let ref_net = yosys::analyze(&json)?;
+                let dut_top = opts.top.clone().or(netlist.map(|n| n.top.clone())).ok_or("cannot tell the design's top module; pass top")?;
+                let ref_code = rename_module(reference, &ref_net.top, "RefModule");
+                let dut_code = if dut_top == "TopModule" { code.to_string() } else { rename_module(code, &dut_top, "TopModule") };
+                write("design.sv", &dut_code)?;
+                write("ref.sv", &ref_code)?;
+                write("tb.sv", &difftb::generate(&ref_net.ports, opts.diff_cycles, opts.seed))?;
+                files.push("ref.sv".into());
+                files.push("tb.sv".into());
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        r.sim_status = "error".into();
+        r.errors.push(e);
+        return;
+    }
+    let mut args: Vec<&str> = vec!["-g2012", "-Wall", "-Winfloop", "-Wno-timescale", "-o", "sim.vvp"];
+    args.extend(files.iter().map(String::as_str));
+    let compile = run_tool("iverilog", &args, dir, quick);
+    let mut elapsed = ms(&compile);
+    if !compile.ok() {
+        r.sim_status = "compile_err".into();
+        r.failure_class = Some(compile_failure_class(&compile.output).to_string());
+        r.functional = Some(false);
+        r.sim_log = compile.output.chars().take(4000).collect();
+        r.errors.extend(lines_matching(&compile.output, &["error", "sorry"]).into_iter().map(|e| format!("sim compile: {e}")));
+        r.stage_ms.insert("sim".into(), elapsed);
+        return;
+    }
+    let limits = Limits { timeout: Duration::from_millis(opts.timeout_ms), max_output: 1 << 20, ..Limits::default() };
+    let o = run_tool("vvp", &["-n", "sim.vvp"], dir, limits);
+    elapsed += ms(&o);
+    r.stage_ms.insert("sim".into(), elapsed);
+    r.sim_log = o.output.chars().take(4000).collect();
+    match o.ended {
+        Ended::TimedOut => {
+            r.sim_status = "timeout".into();
+            r.failure_class = Some("T".into());
+            r.functional = Some(false);
+            r.errors.push(format!("simulation did not finish in {} ms", opts.timeout_ms));
+            return;
+        }
+        Ended::OutputLimit => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push("simulation printed more than 1 MiB; stopped".into());
+            return;
+        }
+        Ended::Cancelled => {
+            r.sim_status = "error".into();
+            r.errors.push("cancelled by Ctrl-C".into());
+            return;
+        }
+        Ended::NotStarted(e) => {
+            r.sim_status = "error".into();
+            r.errors.push(format!("vvp did not start: {e}"));
+            return;
+        }
+        _ => {}
+    }
+    let verdict = parse_verdict(&o.output);
+    match verdict {
+        Some((pass, mismatches, samples)) => {
+            r.sim_status = if pass { "pass" } else { "mismatch" }.into();
+            r.functional = Some(pass);
+            r.mismatches = mismatches;
+            r.samples = samples;
+            if !pass {
+                r.failure_class = Some("mismatch".into());
+            }
+        }
+        None => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push("the testbench printed no verdict (no `Mismatches: N in M samples`, `TEST PASSED`/`TEST FAILED` or `Your Design Passed`)".into());
+        }
+    }
+}
+
+/// (passed, mismatches, samples) from a testbench log: VerilogEval, A7 or RTLLM style.
+pub fn parse_verdict(log: &str) -> Option<(bool, Option<i64>, Option<i64>)> {
+    for line in log.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("Mismatches: ") {
+            let mut parts = rest.split_whitespace();
+            let n = parts.next().and_then(|v| v.parse::<i64>().ok());
+            let m = parts.nth(1).and_then(|v| v.parse::<i64>().ok());
+            if let (Some(n), Some(m)) = (n, m) {
+                return Some((n == 0, Some(n), Some(m)));
+            }
+        }
+    }
+    if log.contains("TEST FAILED") {
+        return Some((false, None, None));
+    }
+    if log.contains("TEST PASSED") {
+        return Some((true, None, None));
+    }
+    if log.contains("Your Design Passed") {
+        return Some((true, None, None));
+    }
+    if log.contains("Error") && log.contains("===") {
+        return Some((false, None, None));
+    }
+    None
+}
+
+/// The score: a weighted mean of the components that ran. A design that does not compile scores 0.
+fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
+    let w = &opts.weights;
+    if !r.syntax_ok {
+        r.score = 0.0;
+        return r;
+    }
+    let mut parts: Vec<(f64, f64)> = vec![(w.syntax, 1.0)];
+    if let Some(ok) = r.synth_ok {
+        parts.push((w.synth, if ok { 1.0 } else { 0.0 }));
+    }
+    if r.all_io_used.is_some() {
+        // A penalty, not a fail: correct designs can leave an input unused.
+        let flagged = (r.unused_inputs.len() + r.undriven_outputs.len()) as f64;
+        parts.push((w.io, (1.0 - 0.5 * flagged).max(0.0)));
+    }
+    if r.tools.contains_key("verilator") && r.stage_ms.contains_key("lint") {
+        let penalized = r.lint.iter().filter(|c| !LINT_NOT_PENALIZED.contains(&c.as_str())).count() as f64;
+        parts.push((w.lint, (1.0 - 0.25 * penalized).max(0.0)));
+    }
+    if let Some(f) = r.functional {
+        parts.push((w.functional, if f { 1.0 } else { 0.0 }));
+    }
+    let total: f64 = parts.iter().map(|p| p.0).sum();
+    r.score = if total > 0.0 { parts.iter().map(|p| p.0 * p.1).sum::<f64>() / total } else { 0.0 };
+    r.score = (r.score * 10000.0).round() / 10000.0;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_renaming_touches_declarations_only() {
+        let code = "module adder(input a); endmodule\nmodule adder_tb; adder u(.a(1)); endmodule";
+        let out = rename_module(code, "adder", "TopModule");
+        assert!(out.starts_with("module TopModule(input a)"));
+        assert!(out.contains("module adder_tb;"), "{out}");
+    }
+
+    #[test]
+    fn verdicts_of_the_three_testbench_styles() {
+        assert_eq!(parse_verdict("Hint: ...\nMismatches: 0 in 217 samples\n"), Some((true, Some(0), Some(217))));
+        assert_eq!(parse_verdict("Mismatches: 3 in 100 samples"), Some((false, Some(3), Some(100))));
+        assert_eq!(parse_verdict("...\nTEST PASSED\n"), Some((true, None, None)));
+        assert_eq!(parse_verdict("TEST FAILED at 30ns"), Some((false, None, None)));
+        assert_eq!(parse_verdict("===========Your Design Passed==========="), Some((true, None, None)));
+        assert_eq!(parse_verdict("nothing useful"), None);
+    }
+}
