@@ -47,6 +47,29 @@ enum Cmd {
     },
     /// List the external tools the stdlib uses, with versions and install commands
     Doctor,
+    /// Verify every row of a JSONL file and write it back with the verifier's columns added
+    Verify {
+        /// The JSONL dataset
+        input: PathBuf,
+        /// The column holding the Verilog
+        #[arg(long, default_value = "output")]
+        code_col: String,
+        /// A column holding a testbench (VerilogEval, A7 or RTLLM style)
+        #[arg(long)]
+        testbench_col: Option<String>,
+        /// A column holding a reference module (alone: a differential testbench is generated)
+        #[arg(long)]
+        reference_col: Option<String>,
+        /// The design's top module, when it has several
+        #[arg(long)]
+        top: Option<String>,
+        /// Where to write the verified rows
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Simulation timeout per example
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
     /// Show or drop cell cache entries
     Cache {
         #[command(subcommand)]
@@ -116,6 +139,9 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Cmd::Cache { action }) => cache(action),
+        Some(Cmd::Verify { input, code_col, testbench_col, reference_col, top, output, timeout_ms }) => {
+            verify_file(&input, &code_col, testbench_col.as_deref(), reference_col.as_deref(), top.as_deref(), &output, timeout_ms)
+        }
     }
 }
 
@@ -222,6 +248,43 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `rtlab verify`: the same as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
+fn verify_file(input: &Path, code: &str, tb: Option<&str>, reference: Option<&str>, top: Option<&str>, output: &Path, timeout_ms: u64) -> ExitCode {
+    if !input.is_file() {
+        eprintln!("error: {}: no such file", input.display());
+        return ExitCode::from(2);
+    }
+    install_ctrl_c_handler();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut opts = format!("code: {}, timeout_ms: {timeout_ms}", quote(code));
+    for (key, value) in [("testbench", tb), ("reference", reference), ("top", top)] {
+        if let Some(v) = value {
+            opts.push_str(&format!(", {key}: {}", quote(v)));
+        }
+    }
+    let script = format!(
+        "let df = load_jsonl({});
+let v = df.verify(#{{{opts}}});
+v.save_jsonl({});
+let pass = v.filter(col(\"score\") >= 0.95).len();
+print(`${{v.len()}} rows verified, ${{pass}} with score ≥ 0.95 → {}`);",
+        quote(&input.display().to_string()),
+        quote(&output.display().to_string()),
+        output.display()
+    );
+    match crate::eval_script("rtlab verify", &script, &cwd) {
+        Ok(printed) => {
+            print!("{printed}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -5,6 +5,9 @@ mod common;
 #[test]
 fn every_rhai_block_in_the_book_runs() {
     let src = common::repo_root().join("book/src");
+    // The verifier's store goes to a temporary workspace, not into the repository.
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
     let mut pages: Vec<_> = std::fs::read_dir(&src).unwrap().flatten().map(|e| e.path()).collect();
     pages.sort();
     let mut blocks = 0;

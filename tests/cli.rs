@@ -95,3 +95,29 @@ fn bad_scripts_give_clear_messages() {
     }
     insta::assert_snapshot!(all);
 }
+
+#[test]
+fn verify_from_the_shell_writes_the_rows_with_results() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"instruction\":\"buffer\",\"output\":\"module a(input x, output y); assign y = x; endmodule\"}\n{\"instruction\":\"broken\",\"output\":\"module b(\"}\n",
+    )
+    .unwrap();
+    let r = Run::from(
+        rtlab()
+            .current_dir(dir.path())
+            .env("RTLAB_HOME", dir.path().join(".rtlab"))
+            .args(["verify", "in.jsonl", "--code-col", "output", "-o", "out.jsonl"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "2 rows verified, 1 with score ≥ 0.95 → out.jsonl\n");
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows[0]["syntax_ok"], true);
+    assert_eq!(rows[1]["syntax_ok"], false);
+    assert_eq!(rows[1]["instruction"], "broken", "the input columns are kept");
+    assert_eq!(run_in(dir.path(), &["verify", "missing.jsonl", "-o", "x.jsonl"]).code, 2);
+}
