@@ -5,9 +5,11 @@
 //! The binary is glue ([`cli_main`]); the library exposes the runtime for tests and embedding:
 //! [`Runtime`] (engine + output sink), [`Notebook`] (a script run as cells with a cache).
 
+mod bench;
 mod cli;
 mod data;
 mod doctor;
+mod llm;
 mod engine;
 mod notebook;
 mod phase;
@@ -15,6 +17,7 @@ mod plot;
 mod repl;
 mod runtime_fns;
 mod store;
+mod testbench;
 mod verify;
 
 pub use cli::main as cli_main;

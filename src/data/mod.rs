@@ -9,7 +9,7 @@ mod expr;
 mod frame_fns;
 mod io;
 
-pub use convert::{from_records, json_to_dynamic};
+pub use convert::{dynamic_to_json, from_records, json_to_dynamic, to_records};
 pub use expr::column;
 pub use io::{frame_from_parquet_bytes, frame_to_parquet_bytes, load_jsonl, LoadOptions};
 

@@ -101,6 +101,9 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
     crate::plot::register(&mut engine);
     crate::phase::register(&mut engine);
     crate::verify::register(&mut engine);
+    crate::llm::register(&mut engine);
+    crate::bench::register(&mut engine);
+    crate::testbench::register(&mut engine);
     crate::runtime_fns::register(&mut engine);
     stdlib_modules::install_resolver(&mut engine, script_dir);
     engine

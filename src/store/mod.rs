@@ -1,5 +1,5 @@
 //! The workspace store: one SQLite database (`.rtlab/store.sqlite`, WAL mode) for everything keyed by a
-//! content hash that many rows share: verifier results now; LLM responses and runs later.
+//! content hash that many rows share: verifier results, LLM responses (the cassette), benchmark runs.
 //!
 //! Invariant: this module owns the schema and its migrations; capabilities get typed accessors, never
 //! SQL strings of their own.
@@ -8,7 +8,38 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
 /// Migrations in order; `meta.version` says how many have run.
-const MIGRATIONS: &[&str] = &["CREATE TABLE verify_results (key TEXT PRIMARY KEY, report TEXT NOT NULL, created INTEGER NOT NULL)"];
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE verify_results (key TEXT PRIMARY KEY, report TEXT NOT NULL, created INTEGER NOT NULL)",
+    "CREATE TABLE llm_responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created INTEGER NOT NULL)",
+    "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, model TEXT NOT NULL, options TEXT NOT NULL, dataset_hash TEXT NOT NULL, metrics TEXT NOT NULL, created INTEGER NOT NULL)",
+];
+
+/// A recorded model response (one row of the cassette).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    pub key: String,
+    pub model: String,
+    pub request: String,
+    pub response: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// A benchmark run as recorded.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: i64,
+    pub name: String,
+    pub model: String,
+    pub options: String,
+    pub dataset_hash: String,
+    pub metrics: String,
+    pub created: i64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -16,6 +47,20 @@ pub enum StoreError {
     Sqlite { path: String, source: rusqlite::Error },
     #[error("cannot create {path}: {source}")]
     Io { path: String, source: std::io::Error },
+}
+
+/// The store of the running script's workspace (see `notebook::cache::workspace_dir`), or None with a
+/// warning when it cannot be opened: callers then work uncached.
+pub fn open_workspace() -> Option<Store> {
+    let base = crate::runtime_fns::resolve_path(".");
+    let ws = crate::notebook::cache::workspace_dir(&base);
+    match Store::open(&ws) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("warning: results will not be cached: {e}");
+            None
+        }
+    }
 }
 
 pub struct Store {
@@ -64,11 +109,61 @@ impl Store {
     }
 
     pub fn put_verify(&self, key: &str, report_json: &str) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         self.conn
-            .execute("INSERT OR REPLACE INTO verify_results (key, report, created) VALUES (?1, ?2, ?3)", params![key, report_json, now])
+            .execute("INSERT OR REPLACE INTO verify_results (key, report, created) VALUES (?1, ?2, ?3)", params![key, report_json, now()])
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+
+    pub fn get_response(&self, key: &str) -> Result<Option<Recorded>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT key, model, request, response, prompt_tokens, completion_tokens FROM llm_responses WHERE key = ?1",
+                params![key],
+                |r| Ok(Recorded { key: r.get(0)?, model: r.get(1)?, request: r.get(2)?, response: r.get(3)?, prompt_tokens: r.get(4)?, completion_tokens: r.get(5)? }),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn put_response(&self, rec: &Recorded) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO llm_responses (key, model, request, response, prompt_tokens, completion_tokens, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![rec.key, rec.model, rec.request, rec.response, rec.prompt_tokens, rec.completion_tokens, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every recorded response, by key (for exporting a cassette).
+    pub fn all_responses(&self) -> Result<Vec<Recorded>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, model, request, response, prompt_tokens, completion_tokens FROM llm_responses ORDER BY key")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok(Recorded { key: r.get(0)?, model: r.get(1)?, request: r.get(2)?, response: r.get(3)?, prompt_tokens: r.get(4)?, completion_tokens: r.get(5)? }))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn add_run(&self, name: &str, model: &str, options: &str, dataset_hash: &str, metrics: &str) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (name, model, options, dataset_hash, metrics, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![name, model, options, dataset_hash, metrics, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, name, model, options, dataset_hash, metrics, created FROM runs ORDER BY id").map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok(RunRow { id: r.get(0)?, name: r.get(1)?, model: r.get(2)?, options: r.get(3)?, dataset_hash: r.get(4)?, metrics: r.get(5)?, created: r.get(6)? }))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// Runs `f` in one transaction (batches write thousands of rows).

@@ -40,18 +40,6 @@ pub fn register(engine: &mut rhai::Engine) {
     engine.register_global_module(exported_module!(verify_functions).into());
 }
 
-fn store() -> Option<crate::store::Store> {
-    let base = crate::runtime_fns::resolve_path(".");
-    let ws = crate::notebook::cache::workspace_dir(&base);
-    match crate::store::Store::open(&ws) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!("warning: verify results will not be cached: {e}");
-            None
-        }
-    }
-}
-
 #[export_module]
 mod verify_functions {
     use super::*;
@@ -107,7 +95,7 @@ mod verify_functions {
         let jobs: Vec<Job> = (0..code.len())
             .map(|i| Job { code: code[i].clone().unwrap_or_default(), testbench: tbs[i].clone(), reference: refs[i].clone(), top: tops[i].clone() })
             .collect();
-        let store = store();
+        let store = crate::store::open_workspace();
         let start = std::time::Instant::now();
         let (reports, stats) = verify_all(&jobs, &opts, store.as_ref(), 0);
         if crate::engine::cancel_requested() {
