@@ -284,6 +284,12 @@ mod bench_functions {
         Ok(benchmark_impl(&model, &problems, &options)?)
     }
 
+    /// The prompt `benchmark` sends for a problem's spec (the default template,
+    /// `stdlib/prompts/verilog_eval.md`).
+    pub fn verilog_eval_prompt(prompt: &str) -> String {
+        DEFAULT_TEMPLATE.replace("{prompt}", prompt.trim_end())
+    }
+
     /// Every recorded benchmark run: id, name, model, dataset, created (unix seconds), and the headline
     /// metrics.
     #[rhai_fn(return_raw)]

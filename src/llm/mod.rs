@@ -356,6 +356,30 @@ mod llm_functions {
         Ok(Frame::new(df))
     }
 
+    /// Records `answer` as this model's response to `prompt` (with its current sampling settings), as if
+    /// the server had said it: for fixtures, hand-written answers, or answers made elsewhere. A later
+    /// `complete(prompt)`, live or replay, returns it without a request.
+    #[rhai_fn(return_raw)]
+    pub fn record(model: &mut Model, prompt: &str, answer: &str) -> Result<(), Box<EvalAltResult>> {
+        let store = crate::store::open_workspace().ok_or("record: the workspace store cannot be opened")?;
+        let messages = user(prompt);
+        let rec = Recorded {
+            key: model.request_key(&messages, 0),
+            model: model.cfg.model.clone(),
+            request: serde_json::to_string(&messages).unwrap_or_default(),
+            response: answer.to_string(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        store.put_response(&rec).map_err(|e| e.to_string().into())
+    }
+
+    /// The same model with other sampling settings: `m.with_sampling(0.85, 0.95)`.
+    #[rhai_fn(name = "with_sampling")]
+    pub fn with_sampling_fn(model: &mut Model, temperature: f64, top_p: f64) -> Model {
+        model.with_sampling(temperature, top_p)
+    }
+
     /// Requests sent, answers served from the store, tokens and retries, for this model so far.
     pub fn usage(model: &mut Model) -> Map {
         let u = model.usage();

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real binary, scrub output for snapshots.
 #![allow(dead_code)]
 
+pub mod mock_llm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,250 @@
+//! The model client against a real HTTP server on loopback that also misbehaves, then benchmarks and
+//! A7 testbenches on top of it.
+
+mod common;
+use common::mock_llm::{Fault, MockServer};
+use std::sync::OnceLock;
+
+fn setup() {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let home = HOME.get_or_init(|| tempfile::tempdir().unwrap());
+    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
+}
+
+fn run(code: &str) -> Result<String, String> {
+    setup();
+    rtlab::eval_script("<test>", code, &common::repo_root().join("data")).map_err(|e| e.to_string())
+}
+
+fn ok(code: &str) -> String {
+    run(code).unwrap_or_else(|e| panic!("script failed: {e}\n{code}"))
+}
+
+fn echo() -> MockServer {
+    MockServer::start(|p| format!("echo: {p}"))
+}
+
+#[test]
+fn the_three_wire_shapes_answer_and_count_tokens() {
+    let s = echo();
+    let out = ok(&format!(
+        r#"
+        let a = llm(#{{provider: "openai", base_url: "{o}", model: "shape-openai"}});
+        let b = llm(#{{provider: "anthropic", base_url: "{u}", model: "shape-anthropic"}});
+        let c = llm(#{{provider: "ollama", base_url: "{u}", model: "shape-ollama"}});
+        print(a.complete("one two"));
+        print(b.chat([#{{role: "system", content: "be brief"}}, #{{role: "user", content: "three"}}]));
+        print(c.complete("four"));
+        print(a.usage());
+        "#,
+        o = s.openai_url(),
+        u = s.url()
+    ));
+    assert_eq!(out, "echo: one two\necho: three\necho: four\n#{\"completion_tokens\": 3, \"from_store\": 0, \"prompt_tokens\": 2, \"requests\": 1, \"retries\": 0}\n");
+    assert_eq!(s.hits(), 3);
+}
+
+#[test]
+fn transient_faults_are_retried() {
+    let s = echo();
+    s.push_fault(Fault::TooMany { retry_after_s: 0 });
+    s.push_fault(Fault::ServerError);
+    s.push_fault(Fault::Malformed);
+    s.push_fault(Fault::DropMidBody);
+    s.push_fault(Fault::Slow { ms: 3000 });
+    let out = ok(&format!(
+        r#"let m = llm(#{{base_url: "{}", model: "flaky", timeout_s: 1.0, retries: 6}});
+        print(m.complete("survive"));
+        print(m.usage().retries);"#,
+        s.openai_url()
+    ));
+    assert_eq!(out, "echo: survive\n5\n");
+    assert_eq!(s.hits(), 6, "five faults, then the answer");
+}
+
+#[test]
+fn exhausted_retries_and_client_errors_are_reported_clearly() {
+    let s = echo();
+    for _ in 0..3 {
+        s.push_fault(Fault::ServerError);
+    }
+    let e = run(&format!(r#"llm(#{{base_url: "{}", model: "down", retries: 2}}).complete("x")"#, s.openai_url())).unwrap_err();
+    assert!(e.contains("answered 500 Internal Server Error") && e.contains("gave up after 3 tries"), "{e}");
+
+    // A 400 is not retried, and a key from the environment never shows in the message.
+    s.push_fault(Fault::BadRequest);
+    std::env::set_var("RTLAB_TEST_SECRET_KEY", "sk-very-secret-123");
+    let before = s.hits();
+    let e = run(&format!(r#"llm(#{{base_url: "{}", model: "bad", api_key_env: "RTLAB_TEST_SECRET_KEY"}}).complete("y")"#, s.openai_url())).unwrap_err();
+    assert!(e.contains("answered 400 Bad Request"), "{e}");
+    assert!(!e.contains("sk-very-secret"), "{e}");
+    assert_eq!(s.hits() - before, 1, "no retry on 400");
+}
+
+#[test]
+fn an_interrupted_batch_keeps_what_it_had_and_a_rerun_completes_it() {
+    let s = echo();
+    s.poison.lock().unwrap().extend(["prompt 3".to_string(), "prompt 7".to_string()]);
+    let script = format!(
+        r#"let m = llm(#{{base_url: "{}", model: "batchy", concurrency: 4, retries: 0}});
+        let rows = [];
+        for i in 0..10 {{ rows.push(#{{p: `prompt ${{i}}`}}); }}
+        let df = from_records(rows);
+        let out = m.complete_many(df, "p");
+        print(out.column("completion"));"#,
+        s.openai_url()
+    );
+    let e = run(&script).unwrap_err();
+    assert!(e.contains("2 of 10 requests failed") && e.contains("the 8 answered are recorded"), "{e}");
+    assert_eq!(s.hits(), 10);
+    s.poison.lock().unwrap().clear();
+    let out = ok(&script);
+    assert!(out.contains("\"echo: prompt 3\"") && out.contains("\"echo: prompt 9\""), "{out}");
+    assert_eq!(s.hits(), 12, "the rerun sent only the two that had failed");
+}
+
+#[test]
+fn recorded_responses_replay_offline_and_cassettes_travel() {
+    let s = echo();
+    ok(&format!(r#"print(llm(#{{base_url: "{}", model: "recorded-model"}}).complete("remember me"));"#, s.openai_url()));
+    let out = ok(r#"let r = llm(#{provider: "replay", model: "recorded-model"}); print(r.complete("remember me")); print(r.usage().from_store);"#);
+    assert_eq!(out, "echo: remember me\n1\n");
+    let e = run(r#"llm(#{provider: "replay", model: "recorded-model"}).complete("never asked")"#).unwrap_err();
+    assert!(e.contains("replay: no recorded response"), "{e}");
+
+    // Export, then replay from a fresh workspace in another process.
+    let dir = tempfile::tempdir().unwrap();
+    let cassette = dir.path().join("cassette.jsonl");
+    ok(&format!(r#"print(export_cassette("{}") > 0);"#, cassette.display()));
+    std::fs::write(dir.path().join("replay.rhai"), format!("import_cassette(\"{}\");\nprint(llm(#{{provider: \"replay\", model: \"recorded-model\"}}).complete(\"remember me\"));", cassette.display())).unwrap();
+    let out = common::rtlab().current_dir(dir.path()).env("RTLAB_HOME", dir.path().join("fresh")).args(["run", "replay.rhai"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: remember me\n", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A "model" that answers each VerilogEval problem with its reference, found by the prompt text.
+fn reference_model(mutate: bool) -> MockServer {
+    let dir = common::repo_root().join("data/verilog-eval-v2");
+    let mut problems = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(id) = name.strip_suffix("_prompt.txt") {
+            let prompt = std::fs::read_to_string(entry.path()).unwrap();
+            let reference = std::fs::read_to_string(dir.join(format!("{id}_ref.sv"))).unwrap().replace("module RefModule", "module TopModule");
+            problems.push((prompt.trim_end().to_string(), reference));
+        }
+    }
+    MockServer::start(move |p| {
+        let code = problems.iter().find(|(prompt, _)| p.contains(prompt.as_str())).map(|(_, r)| r.clone()).unwrap_or_default();
+        // The mutated model swaps the first `&` for `|` (or `+` for `-`), a typical near miss.
+        let code = if mutate { code.replacen(" & ", " | ", 1).replacen(" + ", " - ", 1) } else { code };
+        format!("Here is the module:\n```verilog\n{code}\n```\n")
+    })
+}
+
+#[test]
+fn a_model_answering_with_the_references_scores_153_of_156() {
+    let s = reference_model(false);
+    let out = ok(&format!(
+        r#"let m = llm(#{{base_url: "{}", model: "reference-oracle", concurrency: 8}});
+        let problems = load_verilog_eval("verilog-eval-v2");
+        let run = benchmark(m, problems, #{{n: 1, k: [1], name: "oracle"}});
+        print(run.problems.filter(col("c") == 1).len());
+        print(run.summary["pass@1"]);
+        print(run.problems.filter(col("c") == 0).column("task_id"));
+        print(expect(run, #{{"pass@1": 0.98, functional: 0.99}}));
+        print(runs().filter(col("name") == "oracle").len() >= 1);"#,
+        s.openai_url()
+    ));
+    assert_eq!(
+        out,
+        "153\n0.9808\n[\"Prob099_m2014_q6c\", \"Prob151_review2015_fsm\", \"Prob156_review2015_fancytimer\"]\n❌ functional: 0.981 < 0.99\n✅ pass@1: 0.981 ≥ 0.98\nfalse\ntrue\n"
+    );
+}
+
+#[test]
+fn a_model_answering_with_mutants_scores_what_the_verifier_says_of_each() {
+    let s = reference_model(true);
+    let out = ok(&format!(
+        r#"let m = llm(#{{base_url: "{}", model: "mutant-oracle", concurrency: 8}});
+        let problems = load_verilog_eval("verilog-eval-v2").head(40);
+        let run = benchmark(m, problems, #{{n: 1, k: [1], name: "mutants"}});
+        let agree = 0;
+        for r in run.samples.to_records() {{
+            let p = problems.filter(col("task_id") == r.task_id).row(0);
+            let direct = verify(extract_code(r.completion), #{{testbench: p.test, reference: p.ref}});
+            if direct.sim_status == r.sim_status {{ agree += 1; }}
+        }}
+        print(agree);
+        print(run.summary["pass@1"] < 1.0);
+        let base = benchmark(llm(#{{base_url: "{}", model: "mutant-oracle", concurrency: 8}}), problems, #{{n: 1, k: [1], name: "again"}});
+        print(compare(run, base).filter(col("functional_delta") != 0.0).len());"#,
+        s.openai_url(),
+        s.openai_url()
+    ));
+    assert_eq!(out, "40\ntrue\n0\n");
+}
+
+#[test]
+fn samples_and_pass_at_k_with_n_greater_than_one() {
+    let s = echo();
+    let out = ok(&format!(
+        r#"let m = llm(#{{base_url: "{}", model: "sampler"}});
+        let df = from_records([#{{p: "a"}}, #{{p: "b"}}]);
+        let out = m.complete_many(df, "p", #{{n: 3, out: "answer"}});
+        print(out.len()); print(out.column("sample"));"#,
+        s.openai_url()
+    ));
+    assert_eq!(out, "6\n[0, 1, 2, 0, 1, 2]\n");
+}
+
+const TOGGLE_RTL: &str = "module toggle_fsm(input clk, input rst_n, input go, output reg state);
+  always @(posedge clk or negedge rst_n)
+    if (!rst_n) state <= 1'b0;
+    else if (go) state <= ~state;
+endmodule";
+
+const GOOD_TB: &str = "module testbench;
+  reg clk = 0, rst_n = 0, go = 0;
+  wire state;
+  integer errors = 0;
+  toggle_fsm dut(.clk(clk), .rst_n(rst_n), .go(go), .state(state));
+  always #5 clk = ~clk;
+  initial begin
+    #12 rst_n = 1;
+    if (state !== 1'b0) errors = errors + 1;
+    go = 1; @(posedge clk); #1 if (state !== 1'b1) errors = errors + 1;
+    @(posedge clk); #1 if (state !== 1'b0) errors = errors + 1;
+    go = 0; @(posedge clk); #1 if (state !== 1'b0) errors = errors + 1;
+    go = 1; @(posedge clk); #1 if (state !== 1'b1) errors = errors + 1;
+    rst_n = 0; #1 if (state !== 1'b0) errors = errors + 1;
+    if (errors == 0) $display(\"TEST PASSED\"); else $display(\"TEST FAILED\");
+    $finish;
+  end
+endmodule";
+
+const LAZY_TB: &str = "module testbench;
+  reg clk = 0, rst_n = 0, go = 0;
+  wire state;
+  toggle_fsm dut(.clk(clk), .rst_n(rst_n), .go(go), .state(state));
+  initial begin #20 $display(\"TEST PASSED\"); $finish; end
+endmodule";
+
+#[test]
+fn a7_testbenches_are_accepted_only_if_they_kill_mutants() {
+    let good = MockServer::start(|_| format!("```systemverilog\n{GOOD_TB}\n```"));
+    let lazy = MockServer::start(|_| format!("Sure!\n```\n{LAZY_TB}\n```"));
+    let out = ok(&format!(
+        r#"let rtl = `{TOGGLE_RTL}`;
+        let g = a7_testbench("a toggle FSM", rtl, #{{model: llm(#{{base_url: "{}", model: "a7-good"}}), category: "fsm_2state"}});
+        print(`${{g.passed}} ${{g.accepted}} ${{g.killed}}/${{g.mutants}}`);
+        let l = a7_testbench("a toggle FSM", rtl, #{{model: llm(#{{base_url: "{}", model: "a7-lazy"}})}});
+        print(`${{l.passed}} ${{l.accepted}} ${{l.reason}}`);"#,
+        good.openai_url(),
+        lazy.openai_url()
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("true true "), "{out}");
+    let (killed, total) = lines[0].rsplit(' ').next().unwrap().split_once('/').unwrap();
+    assert!(killed.parse::<usize>().unwrap() >= 2 && total.parse::<usize>().unwrap() >= 2, "{out}");
+    assert!(lines[1].starts_with("true false the testbench passes the RTL but fails only 0 of"), "{out}");
+}
