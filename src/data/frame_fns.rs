@@ -328,7 +328,18 @@ mod frame_functions {
         if dfs.is_empty() {
             return Ok(Frame::new(DataFrame::empty()));
         }
-        polars::functions::concat_df_diagonal(&dfs).map(Frame::new).map_err(|e| fail("concat", e))
+        match polars::functions::concat_df_diagonal(&dfs) {
+            Ok(df) => Ok(Frame::new(df)),
+            // Struct columns with different fields (metadata from two sources, say) do not stack in
+            // polars: go through rows, which infers the union of the fields.
+            Err(_) => {
+                let mut rows = Array::new();
+                for df in dfs {
+                    rows.extend(super::to_records(&Frame::new(df))?);
+                }
+                Ok(super::from_records(&rows, "concat")?)
+            }
+        }
     }
 
     /// Builds a frame from an array of maps (nested maps become struct columns).

@@ -89,6 +89,23 @@ impl Model {
         Ok(Model { cfg: Arc::new(cfg), usage: Arc::new(Mutex::new(Usage::default())) })
     }
 
+    /// The options that rebuild this model with `from_options` (how the cell cache persists a model).
+    pub fn to_options(&self) -> Map {
+        let c = &self.cfg;
+        let mut m = Map::new();
+        m.insert("provider".into(), c.provider.name().into());
+        m.insert("base_url".into(), c.base_url.clone().into());
+        m.insert("model".into(), c.model.clone().into());
+        m.insert("api_key_env".into(), c.api_key_env.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT));
+        m.insert("temperature".into(), Dynamic::from(c.temperature));
+        m.insert("top_p".into(), Dynamic::from(c.top_p));
+        m.insert("max_tokens".into(), Dynamic::from(c.max_tokens));
+        m.insert("concurrency".into(), Dynamic::from(c.concurrency as i64));
+        m.insert("timeout_s".into(), Dynamic::from(c.timeout_s));
+        m.insert("retries".into(), Dynamic::from(c.retries as i64));
+        m
+    }
+
     fn endpoint(&self) -> Endpoint {
         Endpoint {
             provider: self.cfg.provider,

@@ -27,6 +27,16 @@ impl Provider {
         })
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Ollama => "ollama",
+            Provider::Replay => "replay",
+            Provider::Local => "local",
+        }
+    }
+
     pub fn default_base_url(self) -> &'static str {
         match self {
             Provider::OpenAi => "https://api.openai.com/v1",

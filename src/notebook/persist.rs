@@ -82,6 +82,11 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         let values: Vec<Value> = plot.values.iter().map(|v| json!(v.to_string())).collect();
         return Ok(json!({"$rtlab": "plot", "kind": kind, "title": plot.title, "labels": plot.labels, "values": values}));
     }
+    if let Some(model) = value.read_lock::<crate::llm::Model>() {
+        // A model is its configuration (the key stays in the environment); usage counters restart.
+        let opts = to_json(&Dynamic::from_map(model.to_options()), frames)?;
+        return Ok(json!({"$rtlab": "model", "options": opts}));
+    }
     if value.is_fnptr() {
         return Err(NotPersistable("a closure or function pointer".into()));
     }
@@ -123,6 +128,11 @@ pub fn decode(
                 let labels = obj.get("labels").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default();
                 let values = obj.get("values").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)).collect()).unwrap_or_default();
                 Dynamic::from(crate::plot::Plot::new(kind, title, labels, values))
+            }
+            Some("model") => {
+                let opts = decode(obj.get("options").ok_or("model without options")?, load_frame)?;
+                let map = opts.try_cast::<rhai::Map>().ok_or("model options are not a map")?;
+                Dynamic::from(crate::llm::Model::from_options(&map)?)
             }
             Some("map") => decode(obj.get("v").ok_or("map without a value")?, load_frame)?,
             Some(other) => return Err(format!("unknown tag {other:?}")),
