@@ -47,6 +47,31 @@ enum Cmd {
     },
     /// List the external tools the stdlib uses, with versions and install commands
     Doctor,
+    /// Benchmark a model on VerilogEval-style problems: pass@k, rates by category, recorded as a run
+    Bench {
+        /// A model name, or the base URL of an OpenAI-compatible server (vLLM, Ollama's /v1, llama.cpp)
+        #[arg(long)]
+        model: String,
+        /// The model name to send when --model is a URL
+        #[arg(long, default_value = "default")]
+        model_name: String,
+        /// openai, anthropic, ollama or replay (when --model is a name)
+        #[arg(long, default_value = "openai")]
+        provider: String,
+        /// A directory of ProbNNN_name_{prompt.txt,ref.sv,test.sv}
+        #[arg(long)]
+        problems: PathBuf,
+        /// Samples per problem
+        #[arg(short, default_value_t = 1)]
+        n: i64,
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        /// Requests in flight at once
+        #[arg(long, default_value_t = 8)]
+        concurrency: i64,
+    },
     /// Verify every row of a JSONL file and write it back with the verifier's columns added
     Verify {
         /// The JSONL dataset
@@ -139,6 +164,9 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Cmd::Cache { action }) => cache(action),
+        Some(Cmd::Bench { model, model_name, provider, problems, n, temperature, top_p, concurrency }) => {
+            bench(&model, &model_name, &provider, &problems, n, temperature, top_p, concurrency)
+        }
         Some(Cmd::Verify { input, code_col, testbench_col, reference_col, top, output, timeout_ms }) => {
             verify_file(&input, &code_col, testbench_col.as_deref(), reference_col.as_deref(), top.as_deref(), &output, timeout_ms)
         }
@@ -248,6 +276,44 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `rtlab bench`: the same as `benchmark(llm(...), load_verilog_eval(DIR), #{n, ...})` in a script.
+#[allow(clippy::too_many_arguments)]
+fn bench(model: &str, model_name: &str, provider: &str, problems: &Path, n: i64, temperature: Option<f64>, top_p: f64, concurrency: i64) -> ExitCode {
+    if !problems.is_dir() {
+        eprintln!("error: {}: no such directory of problems", problems.display());
+        return ExitCode::from(2);
+    }
+    install_ctrl_c_handler();
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let llm = if model.starts_with("http://") || model.starts_with("https://") {
+        format!("#{{provider: \"openai\", base_url: {}, model: {}, concurrency: {concurrency}}}", quote(model), quote(model_name))
+    } else {
+        format!("#{{provider: {}, model: {}, concurrency: {concurrency}}}", quote(provider), quote(model))
+    };
+    let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100].into_iter().filter(|k| *k <= n.max(1)).collect();
+    if !ks.contains(&n.max(1)) {
+        ks.push(n.max(1));
+    }
+    let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
+    let temp = temperature.map(|t| format!(", temperature: {t:?}")).unwrap_or_default();
+    let script = format!(
+        "let run = benchmark(llm({llm}), load_verilog_eval({}), #{{n: {n}, top_p: {top_p:?}, k: [{}]{temp}}});\nprint(`run ${{run.id}}: ${{run.model}}`);\nprint(run.summary);\nprint(run.categories);",
+        quote(&problems.display().to_string()),
+        ks.join(", ")
+    );
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    match crate::eval_script("rtlab bench", &script, &cwd) {
+        Ok(printed) => {
+            print!("{printed}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -248,3 +248,28 @@ fn a7_testbenches_are_accepted_only_if_they_kill_mutants() {
     assert!(killed.parse::<usize>().unwrap() >= 2 && total.parse::<usize>().unwrap() >= 2, "{out}");
     assert!(lines[1].starts_with("true false the testbench passes the RTL but fails only 0 of"), "{out}");
 }
+
+#[test]
+fn bench_from_the_shell() {
+    let s = reference_model(false);
+    let dir = tempfile::tempdir().unwrap();
+    let problems = dir.path().join("problems");
+    std::fs::create_dir(&problems).unwrap();
+    for entry in std::fs::read_dir(common::repo_root().join("data/verilog-eval-v2")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("Prob00") {
+            std::fs::copy(entry.path(), problems.join(&name)).unwrap();
+        }
+    }
+    let out = common::rtlab()
+        .current_dir(dir.path())
+        .env("RTLAB_HOME", dir.path().join(".rtlab"))
+        .args(["bench", "--model", &s.openai_url(), "--problems", "problems", "-n", "2", "--temperature", "0.8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("run 1: default\n"), "{stdout}");
+    assert!(stdout.contains("\"pass@1\": 1.0") && stdout.contains("\"pass@2\": 1.0") && stdout.contains("\"problems\": 9"), "{stdout}");
+    assert_eq!(s.hits(), 18, "9 problems × 2 samples");
+}
