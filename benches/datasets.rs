@@ -10,13 +10,17 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
 
-const CATEGORIES: [&str; 8] = ["fsm", "alu", "counter", "mux", "memory", "shift", "arbiter", "uart"];
+const CATEGORIES: [&str; 8] = [
+    "fsm", "alu", "counter", "mux", "memory", "shift", "arbiter", "uart",
+];
 
 fn generate(path: &std::path::Path, rows: usize) {
     // A small deterministic LCG: no rand dependency for a benchmark's data.
     let mut state: u64 = 42;
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         state >> 33
     };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
@@ -40,13 +44,25 @@ fn measure(mut cmd: Command) -> (f64, f64, String) {
     let out = cmd.output().expect("runs");
     let secs = start.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let peak = stdout.lines().filter_map(|l| l.strip_prefix("peak_mb=")).last().and_then(|v| v.trim().parse().ok()).unwrap_or(f64::NAN);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("peak_mb="))
+        .last()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
     (secs, peak, stdout)
 }
 
 fn main() {
-    let rows: usize = std::env::var("RTLAB_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let rows: usize = std::env::var("RTLAB_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data.jsonl");
     generate(&data, rows);
@@ -66,7 +82,12 @@ print(`peak_mb=${peak_rss_mb()}`);
     )
     .unwrap();
     let mut rt = Command::new(env!("CARGO_BIN_EXE_rtlab"));
-    rt.args(["run", script.to_str().unwrap(), data.to_str().unwrap(), dir.path().join("rt_out.jsonl").to_str().unwrap()]);
+    rt.args([
+        "run",
+        script.to_str().unwrap(),
+        data.to_str().unwrap(),
+        dir.path().join("rt_out.jsonl").to_str().unwrap(),
+    ]);
     let (rt_s, rt_peak, rt_out) = measure(rt);
 
     let py_loop = r#"
@@ -88,7 +109,12 @@ print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
     let mut py = Command::new("python3");
-    py.args(["-c", py_loop, data.to_str().unwrap(), dir.path().join("py_out.jsonl").to_str().unwrap()]);
+    py.args([
+        "-c",
+        py_loop,
+        data.to_str().unwrap(),
+        dir.path().join("py_out.jsonl").to_str().unwrap(),
+    ]);
     let (py_s, py_peak, py_out) = measure(py);
 
     let pandas = r#"
@@ -104,23 +130,55 @@ print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
     let mut pd = Command::new("python3");
-    pd.args(["-c", pandas, data.to_str().unwrap(), dir.path().join("pd_out.jsonl").to_str().unwrap()]);
-    let pandas_result = if Command::new("python3").args(["-c", "import pandas"]).output().map(|o| o.status.success()).unwrap_or(false) {
+    pd.args([
+        "-c",
+        pandas,
+        data.to_str().unwrap(),
+        dir.path().join("pd_out.jsonl").to_str().unwrap(),
+    ]);
+    let pandas_result = if Command::new("python3")
+        .args(["-c", "import pandas"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
         Some(measure(pd))
     } else {
         println!("pandas is not installed (pip install pandas): its column is missing");
         None
     };
 
-    let kept = |out: &str| out.lines().find(|l| l.starts_with("kept=")).unwrap_or("kept=?").to_string();
-    assert_eq!(kept(&rt_out), kept(&py_out), "rtlab and the Python loop must keep the same rows");
+    let kept = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("kept="))
+            .unwrap_or("kept=?")
+            .to_string()
+    };
+    assert_eq!(
+        kept(&rt_out),
+        kept(&py_out),
+        "rtlab and the Python loop must keep the same rows"
+    );
     println!("| job | time | peak memory | rtlab speedup |");
     println!("| --- | --- | --- | --- |");
-    println!("| rtlab (polars) | {rt_s:.2} s | {rt_peak:.0} MiB ({:.2}x the file) | 1x |", rt_peak / size_mb);
-    println!("| Python json loop | {py_s:.2} s | {py_peak:.0} MiB | {:.1}x |", py_s / rt_s);
+    println!(
+        "| rtlab (polars) | {rt_s:.2} s | {rt_peak:.0} MiB ({:.2}x the file) | 1x |",
+        rt_peak / size_mb
+    );
+    println!(
+        "| Python json loop | {py_s:.2} s | {py_peak:.0} MiB | {:.1}x |",
+        py_s / rt_s
+    );
     if let Some((pd_s, pd_peak, pd_out)) = pandas_result {
-        assert_eq!(kept(&rt_out), kept(&pd_out), "rtlab and pandas must keep the same rows");
-        println!("| pandas | {pd_s:.2} s | {pd_peak:.0} MiB | {:.1}x |", pd_s / rt_s);
+        assert_eq!(
+            kept(&rt_out),
+            kept(&pd_out),
+            "rtlab and pandas must keep the same rows"
+        );
+        println!(
+            "| pandas | {pd_s:.2} s | {pd_peak:.0} MiB | {:.1}x |",
+            pd_s / rt_s
+        );
     }
     println!("({}, {} rows)", kept(&rt_out), rows);
 }

@@ -21,7 +21,11 @@ fn time_command(mut make: impl FnMut() -> Command) -> Duration {
             .map(|_| {
                 let start = Instant::now();
                 let out = make().output().expect("command runs");
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 start.elapsed()
             })
             .collect(),
@@ -67,10 +71,17 @@ fn main() {
             })
             .collect(),
     );
-    println!("REPL start to prompt: {} median of {RUNS} (ratio to the python3 baseline {:.2})", ms(repl), repl.as_secs_f64() / baseline.as_secs_f64());
+    println!(
+        "REPL start to prompt: {} median of {RUNS} (ratio to the python3 baseline {:.2})",
+        ms(repl),
+        repl.as_secs_f64() / baseline.as_secs_f64()
+    );
 
     // A 5-cell script whose first cell is slow: the first run pays, the rerun restores.
-    let slow: f64 = std::env::var("RTLAB_BENCH_SLOW_CELL_S").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
+    let slow: f64 = std::env::var("RTLAB_BENCH_SLOW_CELL_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20.0);
     let script = dir.path().join("five.rhai");
     std::fs::write(
         &script,
@@ -83,15 +94,30 @@ fn main() {
     .unwrap();
     let run = |extra: &[&str]| {
         let start = Instant::now();
-        let out = Command::new(exe).arg("run").args(extra).arg(&script).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        (start.elapsed(), String::from_utf8_lossy(&out.stderr).to_string())
+        let out = Command::new(exe)
+            .arg("run")
+            .args(extra)
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            start.elapsed(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (first, _) = run(&["--fresh"]);
     let reruns: Vec<Duration> = (0..5)
         .map(|_| {
             let (t, stderr) = run(&[]);
-            assert!(stderr.contains("[1 slow] cached"), "the slow cell must be restored: {stderr}");
+            assert!(
+                stderr.contains("[1 slow] cached"),
+                "the slow cell must be restored: {stderr}"
+            );
             t
         })
         .collect();

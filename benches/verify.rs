@@ -18,13 +18,19 @@ fn run(script: &str, home: &std::path::Path) -> (f64, String) {
         .output()
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (secs, String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 fn main() {
     let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("{cores} cores");
     // VerilogEval: each reference (as TopModule) against its own testbench, all stages.
     let problems = data.join("verilog-eval-v2");
@@ -54,8 +60,16 @@ print(passed);"#,
     assert_eq!(seq_out, par_out);
     assert_eq!(par_out, cached_out);
     println!("VerilogEval 156 problems ({} pass):", par_out.trim());
-    println!("  sequential baseline {seq_s:.2} s ({:.1}/s)", 156.0 / seq_s);
-    println!("  df.verify           {par_s:.2} s ({:.1}/s), {:.2}x the baseline = {:.2} × cores", 156.0 / par_s, seq_s / par_s, seq_s / par_s / cores as f64);
+    println!(
+        "  sequential baseline {seq_s:.2} s ({:.1}/s)",
+        156.0 / seq_s
+    );
+    println!(
+        "  df.verify           {par_s:.2} s ({:.1}/s), {:.2}x the baseline = {:.2} × cores",
+        156.0 / par_s,
+        seq_s / par_s,
+        seq_s / par_s / cores as f64
+    );
     println!("  cached rerun        {cached_s:.2} s ({:.0}x faster than verifying; includes process start and loading)", par_s / cached_s);
 
     // A 2,000-row dataset shaped like the plans' data: the bundled RTLCoder sample repeated with a
@@ -87,7 +101,18 @@ print(ok);"#,
     let (cached_s, _) = run(&rows, &home.path().join("rows"));
     assert_eq!(seq_out, par_out);
     println!("2,000-row dataset ({} compile):", par_out.trim());
-    println!("  sequential baseline {seq_s:.2} s ({:.1}/s)", 2000.0 / seq_s);
-    println!("  df.verify           {par_s:.2} s ({:.1}/s), {:.2}x the baseline = {:.2} × cores", 2000.0 / par_s, seq_s / par_s, seq_s / par_s / cores as f64);
-    println!("  cached rerun        {cached_s:.2} s ({:.0}x faster)", par_s / cached_s);
+    println!(
+        "  sequential baseline {seq_s:.2} s ({:.1}/s)",
+        2000.0 / seq_s
+    );
+    println!(
+        "  df.verify           {par_s:.2} s ({:.1}/s), {:.2}x the baseline = {:.2} × cores",
+        2000.0 / par_s,
+        seq_s / par_s,
+        seq_s / par_s / cores as f64
+    );
+    println!(
+        "  cached rerun        {cached_s:.2} s ({:.0}x faster)",
+        par_s / cached_s
+    );
 }

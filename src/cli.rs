@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "rtlab", version, about = "A notebook-style runtime for LLM-for-Verilog experiments")]
+#[command(
+    name = "rtlab",
+    version,
+    about = "A notebook-style runtime for LLM-for-Verilog experiments"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -136,7 +140,11 @@ impl CacheArgs {
         } else {
             CacheMode::Normal
         };
-        NotebookOptions { mode, cache_min_s: self.cache_min.max(0.0), status_lines: true }
+        NotebookOptions {
+            mode,
+            cache_min_s: self.cache_min.max(0.0),
+            status_lines: true,
+        }
     }
 }
 
@@ -150,7 +158,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {
@@ -158,18 +170,52 @@ pub fn main() -> ExitCode {
         Some(Cmd::Repl(c)) => repl(c.options()),
         Some(Cmd::Run { cache, file, args }) => run(&file, &args, &cache.options()),
         Some(Cmd::Watch { cache, file, args }) => watch(&file, &args, &cache.options()),
-        Some(Cmd::Report { cache, file, output }) => report(&file, &output, &cache.options()),
+        Some(Cmd::Report {
+            cache,
+            file,
+            output,
+        }) => report(&file, &output, &cache.options()),
         Some(Cmd::Doctor) => {
             print!("{}", crate::doctor::report(&crate::doctor::probe()));
             ExitCode::SUCCESS
         }
         Some(Cmd::Cache { action }) => cache(action),
-        Some(Cmd::Bench { model, model_name, provider, problems, n, temperature, top_p, concurrency }) => {
-            bench(&model, &model_name, &provider, &problems, n, temperature, top_p, concurrency)
-        }
-        Some(Cmd::Verify { input, code_col, testbench_col, reference_col, top, output, timeout_ms }) => {
-            verify_file(&input, &code_col, testbench_col.as_deref(), reference_col.as_deref(), top.as_deref(), &output, timeout_ms)
-        }
+        Some(Cmd::Bench {
+            model,
+            model_name,
+            provider,
+            problems,
+            n,
+            temperature,
+            top_p,
+            concurrency,
+        }) => bench(
+            &model,
+            &model_name,
+            &provider,
+            &problems,
+            n,
+            temperature,
+            top_p,
+            concurrency,
+        ),
+        Some(Cmd::Verify {
+            input,
+            code_col,
+            testbench_col,
+            reference_col,
+            top,
+            output,
+            timeout_ms,
+        }) => verify_file(
+            &input,
+            &code_col,
+            testbench_col.as_deref(),
+            reference_col.as_deref(),
+            top.as_deref(),
+            &output,
+            timeout_ms,
+        ),
     }
 }
 
@@ -186,10 +232,16 @@ fn repl(opts: NotebookOptions) -> ExitCode {
 /// Checks the script exists and returns its directory, or the usage error's exit code.
 fn script_dir(file: &Path) -> Result<PathBuf, ExitCode> {
     if !file.is_file() {
-        eprintln!("error: {}: no such script (check the path; scripts are .rhai files)", file.display());
+        eprintln!(
+            "error: {}: no such script (check the path; scripts are .rhai files)",
+            file.display()
+        );
         return Err(ExitCode::from(2));
     }
-    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     Ok(dir.to_path_buf())
 }
 
@@ -228,7 +280,9 @@ fn watch(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
     install_ctrl_c_handler();
     crate::runtime_fns::set_base_dir(&dir);
     let rt = Runtime::new(&dir);
-    let max_runs = std::env::var("RTLAB_WATCH_MAX_RUNS").ok().and_then(|v| v.parse().ok());
+    let max_runs = std::env::var("RTLAB_WATCH_MAX_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     crate::notebook::watch(&rt, file, opts, &seed(args), max_runs);
     ExitCode::SUCCESS
 }
@@ -242,7 +296,10 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
         Some("md") => true,
         Some("html") | Some("htm") => false,
         _ => {
-            eprintln!("error: {}: the report's extension must be .html or .md", output.display());
+            eprintln!(
+                "error: {}: the report's extension must be .html or .md",
+                output.display()
+            );
             return ExitCode::from(2);
         }
     };
@@ -254,7 +311,10 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
     seed(&[])(&mut scope);
     let mut notebook = Notebook::new(file);
     let result = notebook.run(&rt, &mut scope, opts);
-    let title = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let title = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let mut text = if markdown {
         crate::notebook::report::render_markdown(&title, &notebook.last_run)
     } else {
@@ -264,7 +324,14 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
     if let Some(e) = &failed {
         // The report still shows the cells that ran, then the error.
         let msg = render_error(e);
-        text.push_str(&if markdown { format!("\n```text\n{msg}\n```\n") } else { format!("<pre class=\"error\">{}</pre>\n", crate::notebook::report::escape(&msg)) });
+        text.push_str(&if markdown {
+            format!("\n```text\n{msg}\n```\n")
+        } else {
+            format!(
+                "<pre class=\"error\">{}</pre>\n",
+                crate::notebook::report::escape(&msg)
+            )
+        });
         eprintln!("{msg}");
     }
     if let Err(e) = crate::runtime_fns::write_atomic(output, text.as_bytes()) {
@@ -281,24 +348,49 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
 
 /// `rtlab bench`: the same as `benchmark(llm(...), load_verilog_eval(DIR), #{n, ...})` in a script.
 #[allow(clippy::too_many_arguments)]
-fn bench(model: &str, model_name: &str, provider: &str, problems: &Path, n: i64, temperature: Option<f64>, top_p: f64, concurrency: i64) -> ExitCode {
+fn bench(
+    model: &str,
+    model_name: &str,
+    provider: &str,
+    problems: &Path,
+    n: i64,
+    temperature: Option<f64>,
+    top_p: f64,
+    concurrency: i64,
+) -> ExitCode {
     if !problems.is_dir() {
-        eprintln!("error: {}: no such directory of problems", problems.display());
+        eprintln!(
+            "error: {}: no such directory of problems",
+            problems.display()
+        );
         return ExitCode::from(2);
     }
     install_ctrl_c_handler();
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let llm = if model.starts_with("http://") || model.starts_with("https://") {
-        format!("#{{provider: \"openai\", base_url: {}, model: {}, concurrency: {concurrency}}}", quote(model), quote(model_name))
+        format!(
+            "#{{provider: \"openai\", base_url: {}, model: {}, concurrency: {concurrency}}}",
+            quote(model),
+            quote(model_name)
+        )
     } else {
-        format!("#{{provider: {}, model: {}, concurrency: {concurrency}}}", quote(provider), quote(model))
+        format!(
+            "#{{provider: {}, model: {}, concurrency: {concurrency}}}",
+            quote(provider),
+            quote(model)
+        )
     };
-    let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100].into_iter().filter(|k| *k <= n.max(1)).collect();
+    let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100]
+        .into_iter()
+        .filter(|k| *k <= n.max(1))
+        .collect();
     if !ks.contains(&n.max(1)) {
         ks.push(n.max(1));
     }
     let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
-    let temp = temperature.map(|t| format!(", temperature: {t:?}")).unwrap_or_default();
+    let temp = temperature
+        .map(|t| format!(", temperature: {t:?}"))
+        .unwrap_or_default();
     let script = format!(
         "let run = benchmark(llm({llm}), load_verilog_eval({}), #{{n: {n}, top_p: {top_p:?}, k: [{}]{temp}}});\nprint(`run ${{run.id}}: ${{run.model}}`);\nprint(run.summary);\nprint(run.categories);",
         quote(&problems.display().to_string()),
@@ -318,7 +410,15 @@ fn bench(model: &str, model_name: &str, provider: &str, problems: &Path, n: i64,
 }
 
 /// `rtlab verify`: the same as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
-fn verify_file(input: &Path, code: &str, tb: Option<&str>, reference: Option<&str>, top: Option<&str>, output: &Path, timeout_ms: u64) -> ExitCode {
+fn verify_file(
+    input: &Path,
+    code: &str,
+    tb: Option<&str>,
+    reference: Option<&str>,
+    top: Option<&str>,
+    output: &Path,
+    timeout_ms: u64,
+) -> ExitCode {
     if !input.is_file() {
         eprintln!("error: {}: no such file", input.display());
         return ExitCode::from(2);
@@ -369,15 +469,29 @@ fn cache(action: CacheCmd) -> ExitCode {
                     Some(n) => format!("{} {n}", m.cell_index),
                     None => m.cell_index.to_string(),
                 };
-                println!("{}  [{cell}]  saves {:.1} s  {:.1} KiB  {}", &key[..12], m.elapsed_s, size as f64 / 1024.0, m.script);
+                println!(
+                    "{}  [{cell}]  saves {:.1} s  {:.1} KiB  {}",
+                    &key[..12],
+                    m.elapsed_s,
+                    size as f64 / 1024.0,
+                    m.script
+                );
             }
             ExitCode::SUCCESS
         }
         CacheCmd::Clear { file } => {
-            let dir = file.as_deref().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = file
+                .as_deref()
+                .and_then(Path::parent)
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let cache = CellCache::new(&workspace_dir(dir));
             let n = cache.clear(file.as_deref());
-            println!("removed {n} cache entr{} from {}", if n == 1 { "y" } else { "ies" }, cache.root().display());
+            println!(
+                "removed {n} cache entr{} from {}",
+                if n == 1 { "y" } else { "ies" },
+                cache.root().display()
+            );
             ExitCode::SUCCESS
         }
     }

@@ -13,33 +13,54 @@ pub struct Tool {
 
 fn version_of(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = text
         .lines()
-        .find(|l| l.to_lowercase().contains("version") || l.contains("Yosys") || l.contains("Verilator"))
+        .find(|l| {
+            l.to_lowercase().contains("version") || l.contains("Yosys") || l.contains("Verilator")
+        })
         .or_else(|| text.lines().next())?;
     Some(line.trim().to_string())
 }
 
 fn vulkan_drivers() -> Option<String> {
     let mut names = Vec::new();
-    for dir in ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"] {
+    for dir in [
+        "/usr/share/vulkan/icd.d",
+        "/etc/vulkan/icd.d",
+        "/usr/local/share/vulkan/icd.d",
+    ] {
         if let Ok(read) = std::fs::read_dir(dir) {
             for e in read.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
-                let pretty = if n.starts_with("lvp") { format!("{n} (lavapipe, software)") } else { n };
+                let pretty = if n.starts_with("lvp") {
+                    format!("{n} (lavapipe, software)")
+                } else {
+                    n
+                };
                 names.push(pretty);
             }
         }
     }
-    let loader = ["/usr/lib/x86_64-linux-gnu/libvulkan.so.1", "/usr/lib/aarch64-linux-gnu/libvulkan.so.1", "/usr/lib/libvulkan.so.1"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists());
+    let loader = [
+        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+        "/usr/lib/aarch64-linux-gnu/libvulkan.so.1",
+        "/usr/lib/libvulkan.so.1",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists());
     (loader && !names.is_empty()).then(|| format!("Vulkan loader + ICDs: {}", names.join(", ")))
 }
 
 fn cuda() -> Option<String> {
-    let out = Command::new("nvidia-smi").args(["--query-gpu=name,driver_version", "--format=csv,noheader"]).output().ok()?;
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -65,7 +86,10 @@ pub fn report(tools: &[Tool]) -> String {
     for t in tools {
         match &t.version {
             Some(v) => out.push_str(&format!("  ok       {:<14} {v}\n", t.name)),
-            None => out.push_str(&format!("  missing  {:<14} needed for {}; install: {}\n", t.name, t.used_for, t.install)),
+            None => out.push_str(&format!(
+                "  missing  {:<14} needed for {}; install: {}\n",
+                t.name, t.used_for, t.install
+            )),
         }
     }
     out

@@ -9,8 +9,8 @@ mod bench;
 mod cli;
 mod data;
 mod doctor;
-mod llm;
 mod engine;
+mod llm;
 mod notebook;
 mod phase;
 mod plot;
@@ -22,12 +22,18 @@ mod verify;
 
 pub use cli::main as cli_main;
 pub use engine::{display_value, HelpIndex, Runtime, ScriptError};
-pub use notebook::{cells::split_cells, CacheMode, CellReport, CellStatus, Notebook, NotebookOptions};
+pub use notebook::{
+    cells::split_cells, CacheMode, CellReport, CellStatus, Notebook, NotebookOptions,
+};
 pub use repl::is_incomplete;
 
 /// Runs a whole script in a fresh engine, relative paths resolving against `base_dir`, and returns what it
 /// printed. The book's examples and embedding hosts use it; `rtlab run` adds cells and caching on top.
-pub fn eval_script(origin: &str, source: &str, base_dir: &std::path::Path) -> Result<String, ScriptError> {
+pub fn eval_script(
+    origin: &str,
+    source: &str,
+    base_dir: &std::path::Path,
+) -> Result<String, ScriptError> {
     runtime_fns::set_base_dir(base_dir);
     let rt = Runtime::new(base_dir);
     rt.sink.set_quiet(true);

@@ -44,14 +44,20 @@ pub fn resolve_path(path: &str) -> PathBuf {
 /// (or a crash) never sees half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     // Temp files are private (0600); the result should have the mode a plain write would give it.
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0o644);
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o644);
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -74,7 +80,8 @@ mod runtime_functions {
     /// ```
     #[rhai_fn(name = "sleep", return_raw)]
     pub fn sleep_float(seconds: f64) -> Result<(), Box<EvalAltResult>> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
         while std::time::Instant::now() < deadline {
             if crate::engine::cancel_requested() {
                 return Err("cancelled by Ctrl-C".into());
@@ -101,14 +108,16 @@ mod runtime_functions {
     pub fn read_text(path: &str) -> Result<String, Box<EvalAltResult>> {
         let full = resolve_path(path);
         note_input(&full);
-        std::fs::read_to_string(&full).map_err(|e| format!("cannot read {}: {e}", full.display()).into())
+        std::fs::read_to_string(&full)
+            .map_err(|e| format!("cannot read {}: {e}", full.display()).into())
     }
 
     /// Writes a text file atomically (temp file + rename), creating parent directories.
     #[rhai_fn(return_raw)]
     pub fn write_text(path: &str, text: &str) -> Result<(), Box<EvalAltResult>> {
         let full = resolve_path(path);
-        write_atomic(&full, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", full.display()).into())
+        write_atomic(&full, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", full.display()).into())
     }
 
     /// True when the path exists (relative to the script's directory).
@@ -130,7 +139,9 @@ mod runtime_functions {
 
     /// The value of an environment variable, or `()` when unset.
     pub fn env(name: &str) -> Dynamic {
-        std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+        std::env::var(name)
+            .map(Dynamic::from)
+            .unwrap_or(Dynamic::UNIT)
     }
 
     /// Fails the script with `message` unless `a == b` (compared by their displayed values).
@@ -140,7 +151,10 @@ mod runtime_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn assert_eq(a: Dynamic, b: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        let (x, y) = (crate::engine::display_value(&a), crate::engine::display_value(&b));
+        let (x, y) = (
+            crate::engine::display_value(&a),
+            crate::engine::display_value(&b),
+        );
         if x == y {
             Ok(())
         } else {

@@ -8,11 +8,18 @@ fn every_rhai_block_in_the_book_runs() {
     // The verifier's store goes to a temporary workspace, not into the repository.
     let home = tempfile::tempdir().unwrap();
     std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
-    let mut pages: Vec<_> = std::fs::read_dir(&src).unwrap().flatten().map(|e| e.path()).collect();
+    let mut pages: Vec<_> = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     pages.sort();
     let mut blocks = 0;
     let mut failures = Vec::new();
-    for page in pages.iter().filter(|p| p.extension().is_some_and(|e| e == "md")) {
+    for page in pages
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+    {
         let text = std::fs::read_to_string(page).unwrap();
         let mut in_block = false;
         let mut start = 0;
@@ -38,6 +45,14 @@ fn every_rhai_block_in_the_book_runs() {
         }
         assert!(!in_block, "{}: unterminated ```rhai block", page.display());
     }
-    assert!(blocks >= 5, "the book should have runnable examples, found {blocks}");
-    assert!(failures.is_empty(), "{} of {blocks} book examples failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        blocks >= 5,
+        "the book should have runnable examples, found {blocks}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {blocks} book examples failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }

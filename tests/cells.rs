@@ -45,10 +45,16 @@ fn edit(dir: &Path, from: &str, to: &str) {
 fn first_run_runs_every_cell_and_a_second_process_restores_them() {
     let dir = setup();
     let first = run(dir.path(), &[]);
-    assert_eq!(first.ran_cells(), ["1 load", "2 slow", "3 scale", "4 report"]);
+    assert_eq!(
+        first.ran_cells(),
+        ["1 load", "2 slow", "3 scale", "4 report"]
+    );
     let second = run(dir.path(), &[]);
     assert_eq!(second.ran_cells(), Vec::<String>::new());
-    assert_eq!(second.cached_cells(), ["1 load", "2 slow", "3 scale", "4 report"]);
+    assert_eq!(
+        second.cached_cells(),
+        ["1 load", "2 slow", "3 scale", "4 report"]
+    );
     // A restored cell replays what it printed.
     assert_eq!(second.stdout, first.stdout);
     assert_eq!(second.stdout, "total = 45\nscaled = 90\n");
@@ -69,7 +75,11 @@ fn editing_cell_3_reruns_cells_3_and_4_only() {
 fn comments_and_whitespace_do_not_invalidate_a_cell() {
     let dir = setup();
     run(dir.path(), &[]);
-    edit(dir.path(), "let scaled = total * 2;", "// doubled on purpose\nlet scaled   =   total * 2;\n");
+    edit(
+        dir.path(),
+        "let scaled = total * 2;",
+        "// doubled on purpose\nlet scaled   =   total * 2;\n",
+    );
     let r = run(dir.path(), &[]);
     assert!(r.ran_cells().is_empty(), "{}", r.stderr);
 }
@@ -90,7 +100,13 @@ fn fresh_recomputes_and_no_cache_neither_reads_nor_writes() {
     let dir = setup();
     let nocache = run(dir.path(), &["--no-cache"]);
     assert_eq!(nocache.ran_cells().len(), 4);
-    assert!(!dir.path().join(".rtlab/cache").exists() || std::fs::read_dir(dir.path().join(".rtlab/cache")).unwrap().count() == 0);
+    assert!(
+        !dir.path().join(".rtlab/cache").exists()
+            || std::fs::read_dir(dir.path().join(".rtlab/cache"))
+                .unwrap()
+                .count()
+                == 0
+    );
     run(dir.path(), &[]);
     let fresh = run(dir.path(), &["--fresh"]);
     assert_eq!(fresh.ran_cells().len(), 4);
@@ -119,7 +135,13 @@ fn a_closure_makes_its_readers_rerun_with_a_note() {
     run(dir.path(), &[]);
     let r = run(dir.path(), &[]);
     assert_eq!(r.ran_cells(), ["1 def", "2 use"]);
-    assert!(r.stderr.contains("not cached: it reads `f`, a closure or function pointer, which cannot be cached"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "not cached: it reads `f`, a closure or function pointer, which cannot be cached"
+        ),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -138,7 +160,12 @@ fn a_corrupt_entry_is_reported_and_recomputed() {
     }
     assert_eq!(corrupted, 1);
     let r = run(dir.path(), &[]);
-    assert!(r.stderr.contains("warning: [2 slow] cache entry is corrupt"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("warning: [2 slow] cache entry is corrupt"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.ran_cells(), ["2 slow"]);
     assert_eq!(r.stdout, "total = 45\nscaled = 90\n");
     // And the entry was rewritten.
@@ -166,7 +193,12 @@ fn a_kill_during_a_cache_write_keeps_the_previous_entry() {
     child.kill().unwrap();
     child.wait().unwrap();
     let r = run(dir.path(), &[]);
-    assert_eq!(r.cached_cells(), ["1 load", "2 slow", "3 scale", "4 report"], "{}", r.stderr);
+    assert_eq!(
+        r.cached_cells(),
+        ["1 load", "2 slow", "3 scale", "4 report"],
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("corrupt"));
 }
 
@@ -178,17 +210,29 @@ fn cache_ls_and_clear() {
     assert_eq!(ls.stdout.lines().count(), 4, "{}", ls.stdout);
     assert!(ls.stdout.contains("[2 slow]"));
     let clear = run_in(dir.path(), &["cache", "clear", "nb.rhai"]);
-    assert!(clear.stdout.starts_with("removed 4 cache entries"), "{}", clear.stdout);
+    assert!(
+        clear.stdout.starts_with("removed 4 cache entries"),
+        "{}",
+        clear.stdout
+    );
     assert_eq!(run(dir.path(), &[]).ran_cells().len(), 4);
 }
 
 #[test]
 fn an_error_in_a_cell_reports_the_file_line_and_keeps_earlier_entries() {
     let dir = setup();
-    edit(dir.path(), "let scaled = total * 2;", "let scaled = total * nope;");
+    edit(
+        dir.path(),
+        "let scaled = total * 2;",
+        "let scaled = total * nope;",
+    );
     let r = run_in(dir.path(), &["run", "--cache-min", "0", "nb.rhai"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("nb.rhai:10:22: Variable not found: nope"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("nb.rhai:10:22: Variable not found: nope"),
+        "{}",
+        r.stderr
+    );
     edit(dir.path(), "total * nope", "total * 2");
     let again = run(dir.path(), &[]);
     assert_eq!(again.cached_cells(), ["1 load", "2 slow"]);
@@ -219,10 +263,16 @@ fn watch_reruns_only_the_edited_cell_and_its_readers() {
         }
         lines
     });
-    wait_first.recv_timeout(std::time::Duration::from_secs(60)).expect("first run finishes");
+    wait_first
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("first run finishes");
     // Make sure the new mtime differs from the one watch recorded.
     std::thread::sleep(std::time::Duration::from_millis(50));
-    edit(dir.path(), "print(`scaled = ${scaled}`);", "print(`scaled: ${scaled}`);");
+    edit(
+        dir.path(),
+        "print(`scaled = ${scaled}`);",
+        "print(`scaled: ${scaled}`);",
+    );
     let status = child.wait().unwrap();
     assert!(status.success());
     let lines = reader.join().unwrap();
@@ -230,19 +280,32 @@ fn watch_reruns_only_the_edited_cell_and_its_readers() {
     let ran: Vec<&&String> = second.iter().filter(|l| l.contains("] ran in")).collect();
     assert_eq!(ran.len(), 1, "{lines:#?}");
     assert!(ran[0].starts_with("[4 report]"));
-    assert_eq!(second.iter().filter(|l| l.contains("unchanged")).count(), 3, "{lines:#?}");
+    assert_eq!(
+        second.iter().filter(|l| l.contains("unchanged")).count(),
+        3,
+        "{lines:#?}"
+    );
 }
 
 #[test]
 fn a_cached_cell_reruns_when_a_file_it_read_changes() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), "first").unwrap();
-    std::fs::write(dir.path().join("nb.rhai"), "// %% read\nlet text = read_text(\"in.txt\");\n// %% show\nprint(text);\n").unwrap();
+    std::fs::write(
+        dir.path().join("nb.rhai"),
+        "// %% read\nlet text = read_text(\"in.txt\");\n// %% show\nprint(text);\n",
+    )
+    .unwrap();
     assert_eq!(run(dir.path(), &[]).stdout, "first\n");
     assert_eq!(run(dir.path(), &[]).cached_cells().len(), 2);
     std::fs::write(dir.path().join("in.txt"), "second").unwrap();
     let r = run(dir.path(), &[]);
-    assert!(r.stderr.contains("in.txt changed since the cached run: rerunning"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("in.txt changed since the cached run: rerunning"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.ran_cells(), ["1 read", "2 show"]);
     assert_eq!(r.stdout, "second\n");
 }
@@ -265,9 +328,15 @@ fn a_bare_file_name_finds_the_workspace_of_a_parent_directory() {
     std::fs::create_dir(dir.path().join(".rtlab")).unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     std::fs::write(dir.path().join("sub/nb.rhai"), "// %% a\nlet a = 1;\n").unwrap();
-    let r = run_in(&dir.path().join("sub"), &["run", "--cache-min", "0", "nb.rhai"]);
+    let r = run_in(
+        &dir.path().join("sub"),
+        &["run", "--cache-min", "0", "nb.rhai"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(!dir.path().join("sub/.rtlab").exists(), "no second workspace is made");
+    assert!(
+        !dir.path().join("sub/.rtlab").exists(),
+        "no second workspace is made"
+    );
     assert!(dir.path().join(".rtlab/cache").is_dir());
 }
 
@@ -282,13 +351,22 @@ fn report_renders_cells_tables_and_plots() {
     let r = run_in(dir.path(), &["report", "nb.rhai", "-o", "out.html"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let html = std::fs::read_to_string(dir.path().join("out.html")).unwrap();
-    assert!(html.contains("<td>fsm</td>") && html.contains("<th>n</th>"), "tables as tables");
-    assert!(html.contains("<svg") && html.contains("n by c"), "plots inline");
+    assert!(
+        html.contains("<td>fsm</td>") && html.contains("<th>n</th>"),
+        "tables as tables"
+    );
+    assert!(
+        html.contains("<svg") && html.contains("n by c"),
+        "plots inline"
+    );
     assert!(html.contains("two rows"));
     assert!(html.contains("let t = from_records"), "the code is shown");
     let r = run_in(dir.path(), &["report", "nb.rhai", "-o", "out.md"]);
     assert_eq!(r.code, 0);
     let md = std::fs::read_to_string(dir.path().join("out.md")).unwrap();
     assert!(md.contains("## Cell 1 table") && md.contains("```rhai"));
-    assert_eq!(run_in(dir.path(), &["report", "nb.rhai", "-o", "out.pdf"]).code, 2);
+    assert_eq!(
+        run_in(dir.path(), &["report", "nb.rhai", "-o", "out.pdf"]).code,
+        2
+    );
 }

@@ -33,7 +33,10 @@ fn verilog_eval_v1_loads_filters_groups_and_joins() {
         let lens = problems.with_column(col("canonical_solution").str_len().alias("n"));
         print(lens.sql("SELECT COUNT(*) AS c FROM self WHERE n > 0").row(0).c);
     "#);
-    assert_eq!(out, "156\n[\"task_id\", \"prompt\", \"canonical_solution\", \"test\"]\n0\ntrue\n156\n");
+    assert_eq!(
+        out,
+        "156\n[\"task_id\", \"prompt\", \"canonical_solution\", \"test\"]\n0\ntrue\n156\n"
+    );
 }
 
 #[test]
@@ -76,9 +79,18 @@ fn a_truncated_last_line_names_file_and_line_and_can_be_skipped() {
     std::fs::write(&path, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3, \"b\": \"unfini").unwrap();
     let e = err(&format!("load_jsonl(\"{}\")", path.display()));
     assert!(e.contains("t.jsonl:3: invalid JSON"), "{e}");
-    assert!(e.contains("the line starts with \"{\\\"a\\\": 3, \\\"b\\\": \\\"unfini\""), "{e}");
-    assert!(e.contains("on_bad_line"), "the message says how to skip: {e}");
-    let out = ok(&format!("let df = load_jsonl(\"{}\", #{{on_bad_line: \"skip\"}}); print(df.len());", path.display()));
+    assert!(
+        e.contains("the line starts with \"{\\\"a\\\": 3, \\\"b\\\": \\\"unfini\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("on_bad_line"),
+        "the message says how to skip: {e}"
+    );
+    let out = ok(&format!(
+        "let df = load_jsonl(\"{}\", #{{on_bad_line: \"skip\"}}); print(df.len());",
+        path.display()
+    ));
     assert!(out.contains("skipped 1 bad line(s)"), "{out}");
     assert!(out.contains("line 3"), "{out}");
     assert!(out.ends_with("2\n"), "{out}");
@@ -99,7 +111,10 @@ fn a_field_whose_type_changes_between_rows_is_unified() {
     let path = dir.path().join("m.jsonl");
     // An int then a float: the column is float. Inference reads every line, so row 3 counts.
     std::fs::write(&path, "{\"score\": 1}\n{\"score\": 0}\n{\"score\": 0.5}\n").unwrap();
-    let out = ok(&format!("let df = load_jsonl(\"{}\"); print(df.schema().score); print(df.row(2).score);", path.display()));
+    let out = ok(&format!(
+        "let df = load_jsonl(\"{}\"); print(df.schema().score); print(df.row(2).score);",
+        path.display()
+    ));
     assert_eq!(out, "f64\n0.5\n");
 }
 
@@ -108,7 +123,10 @@ fn a_field_that_is_a_number_then_a_string_does_not_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.jsonl");
     std::fs::write(&path, "{\"id\": 1}\n{\"id\": \"two\"}\n").unwrap();
-    match run(&format!("let df = load_jsonl(\"{}\"); print(df.schema().id); print(df.len());", path.display())) {
+    match run(&format!(
+        "let df = load_jsonl(\"{}\"); print(df.schema().id); print(df.len());",
+        path.display()
+    )) {
         Ok(out) => assert!(out.ends_with("2\n"), "{out}"),
         Err(e) => assert!(e.contains("s.jsonl"), "the error names the file: {e}"),
     }
@@ -119,9 +137,15 @@ fn empty_and_missing_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.jsonl");
     std::fs::write(&path, "").unwrap();
-    assert_eq!(ok(&format!("print(load_jsonl(\"{}\").len());", path.display())), "0\n");
+    assert_eq!(
+        ok(&format!("print(load_jsonl(\"{}\").len());", path.display())),
+        "0\n"
+    );
     let e = err("load_jsonl(\"no/such.jsonl\")");
-    assert!(e.contains("cannot read") && e.contains("no/such.jsonl"), "{e}");
+    assert!(
+        e.contains("cannot read") && e.contains("no/such.jsonl"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -140,9 +164,13 @@ fn a_filter_that_keeps_nothing_gives_an_empty_frame_that_still_works() {
 #[test]
 fn wrong_arguments_say_what_was_expected() {
     assert!(err("from_records([1, 2])").contains("records[0] is a i64, expected a map"));
-    assert!(err("from_records([#{a: 1}]).join(from_records([#{a: 1}]), \"a\", \"sideways\")").contains("unknown `how` \"sideways\""));
+    assert!(
+        err("from_records([#{a: 1}]).join(from_records([#{a: 1}]), \"a\", \"sideways\")")
+            .contains("unknown `how` \"sideways\"")
+    );
     assert!(err("from_records([#{a: 1}]).filter(col(\"nope\") == 1)").contains("nope"));
-    assert!(err("from_records([#{a: 1}]).sample(5, 42)").contains("sample: n = 5 but the frame has 1 rows"));
+    assert!(err("from_records([#{a: 1}]).sample(5, 42)")
+        .contains("sample: n = 5 but the frame has 1 rows"));
 }
 
 #[test]

@@ -68,8 +68,15 @@ fn exhausted_retries_and_client_errors_are_reported_clearly() {
     for _ in 0..3 {
         s.push_fault(Fault::ServerError);
     }
-    let e = run(&format!(r#"llm(#{{base_url: "{}", model: "down", retries: 2}}).complete("x")"#, s.openai_url())).unwrap_err();
-    assert!(e.contains("answered 500 Internal Server Error") && e.contains("gave up after 3 tries"), "{e}");
+    let e = run(&format!(
+        r#"llm(#{{base_url: "{}", model: "down", retries: 2}}).complete("x")"#,
+        s.openai_url()
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("answered 500 Internal Server Error") && e.contains("gave up after 3 tries"),
+        "{e}"
+    );
 
     // A 400 is not retried, and a key from the environment never shows in the message.
     s.push_fault(Fault::BadRequest);
@@ -84,7 +91,10 @@ fn exhausted_retries_and_client_errors_are_reported_clearly() {
 #[test]
 fn an_interrupted_batch_keeps_what_it_had_and_a_rerun_completes_it() {
     let s = echo();
-    s.poison.lock().unwrap().extend(["prompt 3".to_string(), "prompt 7".to_string()]);
+    s.poison
+        .lock()
+        .unwrap()
+        .extend(["prompt 3".to_string(), "prompt 7".to_string()]);
     let script = format!(
         r#"let m = llm(#{{base_url: "{}", model: "batchy", concurrency: 4, retries: 0}});
         let rows = [];
@@ -95,30 +105,55 @@ fn an_interrupted_batch_keeps_what_it_had_and_a_rerun_completes_it() {
         s.openai_url()
     );
     let e = run(&script).unwrap_err();
-    assert!(e.contains("2 of 10 requests failed") && e.contains("the 8 answered are recorded"), "{e}");
+    assert!(
+        e.contains("2 of 10 requests failed") && e.contains("the 8 answered are recorded"),
+        "{e}"
+    );
     assert_eq!(s.hits(), 10);
     s.poison.lock().unwrap().clear();
     let out = ok(&script);
-    assert!(out.contains("\"echo: prompt 3\"") && out.contains("\"echo: prompt 9\""), "{out}");
+    assert!(
+        out.contains("\"echo: prompt 3\"") && out.contains("\"echo: prompt 9\""),
+        "{out}"
+    );
     assert_eq!(s.hits(), 12, "the rerun sent only the two that had failed");
 }
 
 #[test]
 fn recorded_responses_replay_offline_and_cassettes_travel() {
     let s = echo();
-    ok(&format!(r#"print(llm(#{{base_url: "{}", model: "recorded-model"}}).complete("remember me"));"#, s.openai_url()));
-    let out = ok(r#"let r = llm(#{provider: "replay", model: "recorded-model"}); print(r.complete("remember me")); print(r.usage().from_store);"#);
+    ok(&format!(
+        r#"print(llm(#{{base_url: "{}", model: "recorded-model"}}).complete("remember me"));"#,
+        s.openai_url()
+    ));
+    let out = ok(
+        r#"let r = llm(#{provider: "replay", model: "recorded-model"}); print(r.complete("remember me")); print(r.usage().from_store);"#,
+    );
     assert_eq!(out, "echo: remember me\n1\n");
-    let e = run(r#"llm(#{provider: "replay", model: "recorded-model"}).complete("never asked")"#).unwrap_err();
+    let e = run(r#"llm(#{provider: "replay", model: "recorded-model"}).complete("never asked")"#)
+        .unwrap_err();
     assert!(e.contains("replay: no recorded response"), "{e}");
 
     // Export, then replay from a fresh workspace in another process.
     let dir = tempfile::tempdir().unwrap();
     let cassette = dir.path().join("cassette.jsonl");
-    ok(&format!(r#"print(export_cassette("{}") > 0);"#, cassette.display()));
+    ok(&format!(
+        r#"print(export_cassette("{}") > 0);"#,
+        cassette.display()
+    ));
     std::fs::write(dir.path().join("replay.rhai"), format!("import_cassette(\"{}\");\nprint(llm(#{{provider: \"replay\", model: \"recorded-model\"}}).complete(\"remember me\"));", cassette.display())).unwrap();
-    let out = common::rtlab().current_dir(dir.path()).env("RTLAB_HOME", dir.path().join("fresh")).args(["run", "replay.rhai"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: remember me\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::rtlab()
+        .current_dir(dir.path())
+        .env("RTLAB_HOME", dir.path().join("fresh"))
+        .args(["run", "replay.rhai"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "echo: remember me\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A "model" that answers each VerilogEval problem with its reference, found by the prompt text.
@@ -129,14 +164,24 @@ fn reference_model(mutate: bool) -> MockServer {
         let name = entry.file_name().to_string_lossy().to_string();
         if let Some(id) = name.strip_suffix("_prompt.txt") {
             let prompt = std::fs::read_to_string(entry.path()).unwrap();
-            let reference = std::fs::read_to_string(dir.join(format!("{id}_ref.sv"))).unwrap().replace("module RefModule", "module TopModule");
+            let reference = std::fs::read_to_string(dir.join(format!("{id}_ref.sv")))
+                .unwrap()
+                .replace("module RefModule", "module TopModule");
             problems.push((prompt.trim_end().to_string(), reference));
         }
     }
     MockServer::start(move |p| {
-        let code = problems.iter().find(|(prompt, _)| p.contains(prompt.as_str())).map(|(_, r)| r.clone()).unwrap_or_default();
+        let code = problems
+            .iter()
+            .find(|(prompt, _)| p.contains(prompt.as_str()))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
         // The mutated model swaps the first `&` for `|` (or `+` for `-`), a typical near miss.
-        let code = if mutate { code.replacen(" & ", " | ", 1).replacen(" + ", " - ", 1) } else { code };
+        let code = if mutate {
+            code.replacen(" & ", " | ", 1).replacen(" + ", " - ", 1)
+        } else {
+            code
+        };
         format!("Here is the module:\n```verilog\n{code}\n```\n")
     })
 }
@@ -244,9 +289,20 @@ fn a7_testbenches_are_accepted_only_if_they_kill_mutants() {
     ));
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("true true "), "{out}");
-    let (killed, total) = lines[0].rsplit(' ').next().unwrap().split_once('/').unwrap();
-    assert!(killed.parse::<usize>().unwrap() >= 2 && total.parse::<usize>().unwrap() >= 2, "{out}");
-    assert!(lines[1].starts_with("true false the testbench passes the RTL but fails only 0 of"), "{out}");
+    let (killed, total) = lines[0]
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    assert!(
+        killed.parse::<usize>().unwrap() >= 2 && total.parse::<usize>().unwrap() >= 2,
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("true false the testbench passes the RTL but fails only 0 of"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -255,7 +311,10 @@ fn bench_from_the_shell() {
     let dir = tempfile::tempdir().unwrap();
     let problems = dir.path().join("problems");
     std::fs::create_dir(&problems).unwrap();
-    for entry in std::fs::read_dir(common::repo_root().join("data/verilog-eval-v2")).unwrap().flatten() {
+    for entry in std::fs::read_dir(common::repo_root().join("data/verilog-eval-v2"))
+        .unwrap()
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with("Prob00") {
             std::fs::copy(entry.path(), problems.join(&name)).unwrap();
@@ -264,12 +323,31 @@ fn bench_from_the_shell() {
     let out = common::rtlab()
         .current_dir(dir.path())
         .env("RTLAB_HOME", dir.path().join(".rtlab"))
-        .args(["bench", "--model", &s.openai_url(), "--problems", "problems", "-n", "2", "--temperature", "0.8"])
+        .args([
+            "bench",
+            "--model",
+            &s.openai_url(),
+            "--problems",
+            "problems",
+            "-n",
+            "2",
+            "--temperature",
+            "0.8",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.starts_with("run 1: default\n"), "{stdout}");
-    assert!(stdout.contains("\"pass@1\": 1.0") && stdout.contains("\"pass@2\": 1.0") && stdout.contains("\"problems\": 9"), "{stdout}");
+    assert!(
+        stdout.contains("\"pass@1\": 1.0")
+            && stdout.contains("\"pass@2\": 1.0")
+            && stdout.contains("\"problems\": 9"),
+        "{stdout}"
+    );
     assert_eq!(s.hits(), 18, "9 problems × 2 samples");
 }

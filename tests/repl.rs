@@ -42,7 +42,8 @@ fn help_shows_a_signature_and_its_doc() {
     let mut s = spawn(home.path());
     s.send_line(":help read_text").unwrap();
     s.expect("read_text(path: string) -> string").unwrap();
-    s.expect("relative paths are relative to the script's directory").unwrap();
+    s.expect("relative paths are relative to the script's directory")
+        .unwrap();
     s.send_line(":help").unwrap();
     s.expect(":cells").unwrap();
     // The last documented stdlib function, then a fresh prompt: the listing is complete.
@@ -114,7 +115,11 @@ fn history_survives_a_restart() {
 fn run_caches_cells_and_cells_lists_them() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("nb.rhai"), "// %% a\nlet a = 20;\n// %% b\nlet b = a + 1;\n").unwrap();
+    std::fs::write(
+        dir.path().join("nb.rhai"),
+        "// %% a\nlet a = 20;\n// %% b\nlet b = a + 1;\n",
+    )
+    .unwrap();
     let mut s = spawn(home.path());
     let path = dir.path().join("nb.rhai");
     s.send_line(format!(":run {}", path.display())).unwrap();

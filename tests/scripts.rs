@@ -7,10 +7,17 @@ use common::*;
 #[test]
 fn every_script_matches_its_snapshot() {
     let scripts = repo_root().join("scripts");
-    let mut paths: Vec<_> = std::fs::read_dir(&scripts).unwrap().flatten().map(|e| e.path()).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(&scripts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     paths.sort();
     let mut ran = 0;
-    for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "rhai")) {
+    for path in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+    {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         let out_dir = tempfile::tempdir().unwrap();
         let r = Run::from(
@@ -23,7 +30,10 @@ fn every_script_matches_its_snapshot() {
                 .unwrap(),
         );
         assert_eq!(r.code, 0, "{name} failed:\n{}\n{}", r.stdout, r.stderr);
-        let text = scrub(&format!("{}\n--- stderr ---\n{}", r.stdout, r.stderr), &[out_dir.path(), &repo_root()]);
+        let text = scrub(
+            &format!("{}\n--- stderr ---\n{}", r.stdout, r.stderr),
+            &[out_dir.path(), &repo_root()],
+        );
         insta::assert_snapshot!(name, text);
         ran += 1;
     }

@@ -24,7 +24,10 @@ fn ok(code: &str) -> String {
 #[test]
 fn the_tools_are_installed() {
     let out = ok("let r = verify(\"module m(input a, output y); assign y = a; endmodule\"); print(r.tools.keys()); print(r.skipped);");
-    assert_eq!(out, "[\"iverilog\", \"verilator\", \"yosys\"]\n#{}\n", "install iverilog, yosys and verilator (.ci/run does)");
+    assert_eq!(
+        out, "[\"iverilog\", \"verilator\", \"yosys\"]\n#{}\n",
+        "install iverilog, yosys and verilator (.ci/run does)"
+    );
 }
 
 #[test]
@@ -111,13 +114,24 @@ fn the_differential_testbench_catches_mutants_the_upstream_testbench_catches() {
         }
     "#);
     let line = |prefix: &str| -> usize {
-        out.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("{prefix} missing in {out}")).trim().parse().unwrap()
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing in {out}"))
+            .trim()
+            .parse()
+            .unwrap()
     };
-    assert!(out.contains("failing their own differential testbench: 0"), "{out}");
+    assert!(
+        out.contains("failing their own differential testbench: 0"),
+        "{out}"
+    );
     let differing = line("differing mutants: ");
     let caught = line("caught: ");
     assert!(differing >= 40, "enough mutants to measure: {out}");
-    assert!(caught as f64 >= 0.95 * differing as f64, "caught {caught} of {differing}:\n{out}");
+    assert!(
+        caught as f64 >= 0.95 * differing as f64,
+        "caught {caught} of {differing}:\n{out}"
+    );
     eprintln!("differential testbench caught {caught} of {differing} differing mutants");
 }
 
@@ -141,13 +155,35 @@ fn bad_input_ends_with_a_clear_status() {
             print(`${k}: syntax_ok=${r.syntax_ok} sim=${r.sim_status} score=${r.score} error=${if r.errors.len() > 0 { r.errors[0] } else { "" }}`);
         }
     "#);
-    let line = |k: &str| out.lines().find(|l| l.starts_with(&format!("{k}:"))).unwrap_or_else(|| panic!("{k} missing: {out}")).to_string();
+    let line = |k: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{k}:")))
+            .unwrap_or_else(|| panic!("{k} missing: {out}"))
+            .to_string()
+    };
     assert!(line("empty").contains("error=the design is empty"), "{out}");
-    assert!(line("garbage").contains("syntax_ok=false") && line("garbage").contains("score=0.0"), "{out}");
-    assert!(line("never_finishes").contains("sim=timeout") && line("never_finishes").contains("did not finish in 1000 ms"), "{out}");
-    assert!(line("prints_gigabytes").contains("sim=error") && line("prints_gigabytes").contains("more than 1 MiB"), "{out}");
-    assert!(line("system_call").contains("`$system` runs a shell command; refused"), "{out}");
-    assert!(!std::path::Path::new("/tmp/rtlab_pwned").exists(), "the attack must not run");
+    assert!(
+        line("garbage").contains("syntax_ok=false") && line("garbage").contains("score=0.0"),
+        "{out}"
+    );
+    assert!(
+        line("never_finishes").contains("sim=timeout")
+            && line("never_finishes").contains("did not finish in 1000 ms"),
+        "{out}"
+    );
+    assert!(
+        line("prints_gigabytes").contains("sim=error")
+            && line("prints_gigabytes").contains("more than 1 MiB"),
+        "{out}"
+    );
+    assert!(
+        line("system_call").contains("`$system` runs a shell command; refused"),
+        "{out}"
+    );
+    assert!(
+        !std::path::Path::new("/tmp/rtlab_pwned").exists(),
+        "the attack must not run"
+    );
     assert!(line("missing_top").contains("syntax_ok=false"), "{out}");
     assert!(line("two_modules").contains("syntax_ok=true"), "{out}");
 }
@@ -179,10 +215,22 @@ fn file_reaching_system_tasks_are_refused() {
 fn a_missing_tool_skips_its_stage_with_the_install_command() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("v.rhai"), "let r = verify(\"module m(input a, output y); assign y = a; endmodule\");\nprint(r.skipped);\nprint(r.syntax_ok);").unwrap();
-    let out = common::rtlab().current_dir(dir.path()).env("PATH", "/nonexistent").args(["run", "v.rhai"]).output().unwrap();
+    let out = common::rtlab()
+        .current_dir(dir.path())
+        .env("PATH", "/nonexistent")
+        .args(["run", "v.rhai"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("iverilog is not installed; install: apt-get install -y iverilog"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("iverilog is not installed; install: apt-get install -y iverilog"),
+        "{stdout}"
+    );
     assert!(stdout.ends_with("false\n"));
 }
 

@@ -27,11 +27,24 @@ pub fn lora_linear_forward_reference(
         let xi = &x[i * d_in..(i + 1) * d_in];
         // xa = x_i Aᵀ, [r]
         let xa: Vec<f32> = (0..r)
-            .map(|k| xi.iter().zip(&a[k * d_in..(k + 1) * d_in]).map(|(p, q)| p * q).sum())
+            .map(|k| {
+                xi.iter()
+                    .zip(&a[k * d_in..(k + 1) * d_in])
+                    .map(|(p, q)| p * q)
+                    .sum()
+            })
             .collect();
         for o in 0..d_out {
-            let base: f32 = xi.iter().zip(&w[o * d_in..(o + 1) * d_in]).map(|(p, q)| p * q).sum();
-            let low_rank: f32 = xa.iter().zip(&b[o * r..(o + 1) * r]).map(|(p, q)| p * q).sum();
+            let base: f32 = xi
+                .iter()
+                .zip(&w[o * d_in..(o + 1) * d_in])
+                .map(|(p, q)| p * q)
+                .sum();
+            let low_rank: f32 = xa
+                .iter()
+                .zip(&b[o * r..(o + 1) * r])
+                .map(|(p, q)| p * q)
+                .sum();
             y[i * d_out + o] = base + scale * low_rank;
         }
     }

@@ -31,15 +31,30 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
 }
 
 fn strings(frame: &Frame, name: &str) -> Result<Vec<String>, String> {
-    let df = frame.df.clone().lazy().select([crate::data::column(name).cast(DataType::String).alias("v")]).collect().map_err(|e| format!("column `{name}`: {e}"))?;
-    let ca = df.column("v").and_then(|c| c.str().cloned()).map_err(|e| e.to_string())?;
-    Ok(ca.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+    let df = frame
+        .df
+        .clone()
+        .lazy()
+        .select([crate::data::column(name).cast(DataType::String).alias("v")])
+        .collect()
+        .map_err(|e| format!("column `{name}`: {e}"))?;
+    let ca = df
+        .column("v")
+        .and_then(|c| c.str().cloned())
+        .map_err(|e| e.to_string())?;
+    Ok(ca
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
 }
 
 fn num(options: &Map, key: &str, default: f64) -> Result<f64, String> {
     match options.get(key) {
         None => Ok(default),
-        Some(v) => v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|_| format!("benchmark: {key} must be a number")),
+        Some(v) => v
+            .as_float()
+            .or_else(|_| v.as_int().map(|i| i as f64))
+            .map_err(|_| format!("benchmark: {key} must be a number")),
     }
 }
 
@@ -60,12 +75,24 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
     let temperature = num(options, "temperature", if n > 1 { 0.85 } else { 0.0 })?;
     let top_p = num(options, "top_p", 0.95)?;
     let ks: Vec<usize> = match options.get("k") {
-        Some(v) => v.read_lock::<Array>().ok_or("benchmark: k must be an array like [1, 5, 10]")?.iter().filter_map(|k| k.as_int().ok()).map(|k| k.max(1) as usize).collect(),
+        Some(v) => v
+            .read_lock::<Array>()
+            .ok_or("benchmark: k must be an array like [1, 5, 10]")?
+            .iter()
+            .filter_map(|k| k.as_int().ok())
+            .map(|k| k.max(1) as usize)
+            .collect(),
         None => vec![1, 5, 10],
     };
     let ks: Vec<usize> = ks.into_iter().filter(|k| *k <= n).collect();
-    let template = options.get("template").map(|t| t.to_string()).unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
-    let name = options.get("name").map(|t| t.to_string()).unwrap_or_else(|| model.cfg.model.clone());
+    let template = options
+        .get("template")
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+    let name = options
+        .get("name")
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| model.cfg.model.clone());
 
     let ids = strings(problems, "task_id")?;
     let prompts = strings(problems, "prompt")?;
@@ -78,14 +105,26 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
         .iter()
         .flat_map(|p| {
             let text = template.replace("{prompt}", p.trim_end());
-            (0..n).map(move |s| (vec![Message { role: "user".into(), content: text.clone() }], s))
+            (0..n).map(move |s| {
+                (
+                    vec![Message {
+                        role: "user".into(),
+                        content: text.clone(),
+                    }],
+                    s,
+                )
+            })
         })
         .collect();
     let store = crate::store::open_workspace().map(|s| Arc::new(Mutex::new(s)));
     let answers = sampled.answer_all(&requests, store);
     let failed = answers.iter().filter(|a| a.is_err()).count();
     if failed > 0 {
-        let first = answers.iter().find_map(|a| a.as_ref().err()).cloned().unwrap_or_default();
+        let first = answers
+            .iter()
+            .find_map(|a| a.as_ref().err())
+            .cloned()
+            .unwrap_or_default();
         return Err(format!("benchmark: {failed} of {} requests failed (answers so far are recorded: rerun to resume); first error: {first}", answers.len()));
     }
     let completions: Vec<String> = answers.into_iter().map(|a| a.unwrap_or_default()).collect();
@@ -94,30 +133,57 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
         .enumerate()
         .map(|(j, c)| {
             let p = j / n;
-            Job { code: extract_code(c), testbench: Some(tests[p].clone()), reference: Some(refs[p].clone()), top: None }
+            Job {
+                code: extract_code(c),
+                testbench: Some(tests[p].clone()),
+                reference: Some(refs[p].clone()),
+                top: None,
+            }
         })
         .collect();
     let store = crate::store::open_workspace();
     let opts = VerifyOptions::default();
     let (reports, _) = verify_all(&jobs, &opts, store.as_ref(), 0);
     if crate::engine::cancel_requested() {
-        return Err("benchmark: cancelled by Ctrl-C (verified samples are cached; rerun to resume)".into());
+        return Err(
+            "benchmark: cancelled by Ctrl-C (verified samples are cached; rerun to resume)".into(),
+        );
     }
 
     // Per problem.
     let mut per_problem: Vec<(String, String, usize, Vec<f64>)> = Vec::new();
     for (p, id) in ids.iter().enumerate() {
-        let c = reports[p * n..(p + 1) * n].iter().filter(|r| r.sim_status == "pass").count();
-        per_problem.push((id.clone(), cats[p].clone(), c, ks.iter().map(|k| pass_at_k(n, c, *k)).collect()));
+        let c = reports[p * n..(p + 1) * n]
+            .iter()
+            .filter(|r| r.sim_status == "pass")
+            .count();
+        per_problem.push((
+            id.clone(),
+            cats[p].clone(),
+            c,
+            ks.iter().map(|k| pass_at_k(n, c, *k)).collect(),
+        ));
     }
     let mut pcols = vec![
-        Column::new("task_id".into(), per_problem.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
-        Column::new("category".into(), per_problem.iter().map(|r| r.1.clone()).collect::<Vec<_>>()),
-        Column::new("c".into(), per_problem.iter().map(|r| r.2 as i64).collect::<Vec<_>>()),
+        Column::new(
+            "task_id".into(),
+            per_problem.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "category".into(),
+            per_problem.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "c".into(),
+            per_problem.iter().map(|r| r.2 as i64).collect::<Vec<_>>(),
+        ),
         Column::new("n".into(), vec![n as i64; per_problem.len()]),
     ];
     for (i, k) in ks.iter().enumerate() {
-        pcols.push(Column::new(format!("pass@{k}").into(), per_problem.iter().map(|r| r.3[i]).collect::<Vec<_>>()));
+        pcols.push(Column::new(
+            format!("pass@{k}").into(),
+            per_problem.iter().map(|r| r.3[i]).collect::<Vec<_>>(),
+        ));
     }
     let problems_df = DataFrame::new(per_problem.len(), pcols).map_err(|e| e.to_string())?;
 
@@ -129,20 +195,49 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
     let summarize = |rs: &[&Report]| -> BTreeMap<&'static str, f64> {
         let mut m = BTreeMap::new();
         m.insert("samples", rs.len() as f64);
-        m.insert("score", round4(rs.iter().map(|r| r.score).sum::<f64>() / rs.len().max(1) as f64));
-        m.insert("syntax", round4(rate(&rs.iter().map(|r| Some(r.syntax_ok)).collect::<Vec<_>>())));
-        m.insert("synth", round4(rate(&rs.iter().map(|r| r.synth_ok).collect::<Vec<_>>())));
-        m.insert("all_io_used", round4(rate(&rs.iter().map(|r| r.all_io_used).collect::<Vec<_>>())));
-        m.insert("functional", round4(rate(&rs.iter().map(|r| r.functional).collect::<Vec<_>>())));
+        m.insert(
+            "score",
+            round4(rs.iter().map(|r| r.score).sum::<f64>() / rs.len().max(1) as f64),
+        );
+        m.insert(
+            "syntax",
+            round4(rate(
+                &rs.iter().map(|r| Some(r.syntax_ok)).collect::<Vec<_>>(),
+            )),
+        );
+        m.insert(
+            "synth",
+            round4(rate(&rs.iter().map(|r| r.synth_ok).collect::<Vec<_>>())),
+        );
+        m.insert(
+            "all_io_used",
+            round4(rate(&rs.iter().map(|r| r.all_io_used).collect::<Vec<_>>())),
+        );
+        m.insert(
+            "functional",
+            round4(rate(&rs.iter().map(|r| r.functional).collect::<Vec<_>>())),
+        );
         m
     };
-    let cat_rows: Vec<(String, BTreeMap<&str, f64>)> = by_cat.iter().map(|(c, rs)| (c.clone(), summarize(rs))).collect();
+    let cat_rows: Vec<(String, BTreeMap<&str, f64>)> = by_cat
+        .iter()
+        .map(|(c, rs)| (c.clone(), summarize(rs)))
+        .collect();
     let col_of = |key: &str| cat_rows.iter().map(|(_, m)| m[key]).collect::<Vec<f64>>();
     let categories_df = DataFrame::new(
         cat_rows.len(),
         vec![
-            Column::new("category".into(), cat_rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
-            Column::new("samples".into(), col_of("samples").iter().map(|x| *x as i64).collect::<Vec<_>>()),
+            Column::new(
+                "category".into(),
+                cat_rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "samples".into(),
+                col_of("samples")
+                    .iter()
+                    .map(|x| *x as i64)
+                    .collect::<Vec<_>>(),
+            ),
             Column::new("score".into(), col_of("score")),
             Column::new("syntax".into(), col_of("syntax")),
             Column::new("synth".into(), col_of("synth")),
@@ -166,13 +261,16 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
         summary.insert(k.to_string(), serde_json::json!(v));
     }
     for (i, k) in ks.iter().enumerate() {
-        let mean = per_problem.iter().map(|r| r.3[i]).sum::<f64>() / per_problem.len().max(1) as f64;
+        let mean =
+            per_problem.iter().map(|r| r.3[i]).sum::<f64>() / per_problem.len().max(1) as f64;
         summary.insert(format!("pass@{k}"), serde_json::json!(round4(mean)));
     }
     summary.insert("problems".into(), serde_json::json!(ids.len()));
     summary.insert("failure_classes".into(), serde_json::json!(classes));
-    let categories_json: serde_json::Map<String, serde_json::Value> =
-        cat_rows.iter().map(|(c, m)| (c.clone(), serde_json::json!(m))).collect();
+    let categories_json: serde_json::Map<String, serde_json::Value> = cat_rows
+        .iter()
+        .map(|(c, m)| (c.clone(), serde_json::json!(m)))
+        .collect();
     let metrics = serde_json::json!({"summary": summary, "categories": categories_json});
 
     let mut hasher = blake3::Hasher::new();
@@ -185,19 +283,57 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
     let dataset_hash = hasher.finalize().to_hex().to_string();
     let run_options = serde_json::json!({"n": n, "temperature": temperature, "top_p": top_p, "k": ks, "provider": format!("{:?}", model.cfg.provider)});
     let id = crate::store::open_workspace()
-        .and_then(|s| s.add_run(&name, &model.cfg.model, &run_options.to_string(), &dataset_hash[..16], &metrics.to_string()).ok())
+        .and_then(|s| {
+            s.add_run(
+                &name,
+                &model.cfg.model,
+                &run_options.to_string(),
+                &dataset_hash[..16],
+                &metrics.to_string(),
+            )
+            .ok()
+        })
         .unwrap_or(-1);
 
     let samples_df = DataFrame::new(
         completions.len(),
         vec![
-            Column::new("task_id".into(), (0..completions.len()).map(|j| ids[j / n].clone()).collect::<Vec<_>>()),
-            Column::new("category".into(), (0..completions.len()).map(|j| cats[j / n].clone()).collect::<Vec<_>>()),
-            Column::new("prompt".into(), (0..completions.len()).map(|j| prompts[j / n].clone()).collect::<Vec<_>>()),
-            Column::new("sample".into(), (0..completions.len()).map(|j| (j % n) as i64).collect::<Vec<_>>()),
+            Column::new(
+                "task_id".into(),
+                (0..completions.len())
+                    .map(|j| ids[j / n].clone())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "category".into(),
+                (0..completions.len())
+                    .map(|j| cats[j / n].clone())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "prompt".into(),
+                (0..completions.len())
+                    .map(|j| prompts[j / n].clone())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "sample".into(),
+                (0..completions.len())
+                    .map(|j| (j % n) as i64)
+                    .collect::<Vec<_>>(),
+            ),
             Column::new("completion".into(), completions.clone()),
-            Column::new("score".into(), reports.iter().map(|r| r.score).collect::<Vec<_>>()),
-            Column::new("sim_status".into(), reports.iter().map(|r| r.sim_status.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "score".into(),
+                reports.iter().map(|r| r.score).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "sim_status".into(),
+                reports
+                    .iter()
+                    .map(|r| r.sim_status.clone())
+                    .collect::<Vec<_>>(),
+            ),
         ],
     )
     .map_err(|e| e.to_string())?;
@@ -206,17 +342,28 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
     run.insert("id".into(), Dynamic::from(id));
     run.insert("name".into(), name.into());
     run.insert("model".into(), model.cfg.model.clone().into());
-    run.insert("summary".into(), crate::data::json_to_dynamic(serde_json::Value::Object(summary)));
+    run.insert(
+        "summary".into(),
+        crate::data::json_to_dynamic(serde_json::Value::Object(summary)),
+    );
     run.insert("problems".into(), Dynamic::from(Frame::new(problems_df)));
-    run.insert("categories".into(), Dynamic::from(Frame::new(categories_df)));
+    run.insert(
+        "categories".into(),
+        Dynamic::from(Frame::new(categories_df)),
+    );
     run.insert("samples".into(), Dynamic::from(Frame::new(samples_df)));
     Ok(run)
 }
 
 /// Category → functional rate, from a run map or a recorded run id.
-fn categories_of(run: &Dynamic) -> Result<(String, BTreeMap<String, BTreeMap<String, f64>>), String> {
+fn categories_of(
+    run: &Dynamic,
+) -> Result<(String, BTreeMap<String, BTreeMap<String, f64>>), String> {
     let metrics: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
-        let frame = m.get("categories").and_then(|c| c.read_lock::<Frame>().map(|f| f.clone())).ok_or("a run map must hold `categories`")?;
+        let frame = m
+            .get("categories")
+            .and_then(|c| c.read_lock::<Frame>().map(|f| f.clone()))
+            .ok_or("a run map must hold `categories`")?;
         let recs = crate::data::to_records(&frame).map_err(|e| e.to_string())?;
         let mut cats = serde_json::Map::new();
         for r in recs {
@@ -226,21 +373,64 @@ fn categories_of(run: &Dynamic) -> Result<(String, BTreeMap<String, BTreeMap<Str
             }
         }
         let name = m.get("name").map(|n| n.to_string()).unwrap_or_default();
-        return Ok((name, cats.into_iter().map(|(k, v)| (k, v.as_object().map(|o| o.iter().filter_map(|(a, b)| b.as_f64().map(|x| (a.clone(), x))).collect()).unwrap_or_default())).collect()));
+        return Ok((
+            name,
+            cats.into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        v.as_object()
+                            .map(|o| {
+                                o.iter()
+                                    .filter_map(|(a, b)| b.as_f64().map(|x| (a.clone(), x)))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        ));
     } else if let Ok(id) = run.as_int() {
         let store = crate::store::open_workspace().ok_or("the workspace store cannot be opened")?;
-        let row = store.runs().map_err(|e| e.to_string())?.into_iter().find(|r| r.id == id).ok_or_else(|| format!("no run with id {id}; runs() lists them"))?;
-        let mut v: serde_json::Value = serde_json::from_str(&row.metrics).map_err(|e| e.to_string())?;
+        let row = store
+            .runs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| format!("no run with id {id}; runs() lists them"))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&row.metrics).map_err(|e| e.to_string())?;
         v["name"] = serde_json::json!(row.name);
         v
     } else {
-        return Err("compare: a run is the map benchmark() returns, or a run id from runs()".into());
+        return Err(
+            "compare: a run is the map benchmark() returns, or a run id from runs()".into(),
+        );
     };
-    let name = metrics.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    let name = metrics
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_string();
     let cats = metrics
         .get("categories")
         .and_then(|c| c.as_object())
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_object().map(|m| m.iter().filter_map(|(a, b)| b.as_f64().map(|x| (a.clone(), x))).collect()).unwrap_or_default())).collect())
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .filter_map(|(a, b)| b.as_f64().map(|x| (a.clone(), x)))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     Ok((name, cats))
 }
@@ -249,7 +439,14 @@ fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, String> {
     if let Some(m) = run.read_lock::<Map>() {
         let s = m.get("summary").ok_or("a run map must hold `summary`")?;
         let json = crate::data::dynamic_to_json(s)?;
-        return Ok(json.as_object().map(|o| o.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x))).collect()).unwrap_or_default());
+        return Ok(json
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+                    .collect()
+            })
+            .unwrap_or_default());
     }
     Err("expect: pass the map benchmark() returns".into())
 }
@@ -270,7 +467,11 @@ mod bench_functions {
     /// assert_eq(pass_at_k(10, 8, 5), 1.0);
     /// ```
     pub fn pass_at_k(n: i64, c: i64, k: i64) -> f64 {
-        super::pass_at_k(n.max(0) as usize, c.clamp(0, n.max(0)) as usize, k.max(0) as usize)
+        super::pass_at_k(
+            n.max(0) as usize,
+            c.clamp(0, n.max(0)) as usize,
+            k.max(0) as usize,
+        )
     }
 
     /// Benchmarks a model on problems (`load_verilog_eval`'s frame: task_id, prompt, ref, test,
@@ -280,7 +481,11 @@ mod bench_functions {
     /// failure_classes), and frames `problems` (c, n, pass@k), `categories` and `samples`. The run is
     /// recorded in the workspace store.
     #[rhai_fn(return_raw)]
-    pub fn benchmark(model: Model, problems: Frame, options: Map) -> Result<Map, Box<EvalAltResult>> {
+    pub fn benchmark(
+        model: Model,
+        problems: Frame,
+        options: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
         Ok(benchmark_impl(&model, &problems, &options)?)
     }
 
@@ -294,20 +499,31 @@ mod bench_functions {
     /// metrics.
     #[rhai_fn(return_raw)]
     pub fn runs() -> Result<Frame, Box<EvalAltResult>> {
-        let store = crate::store::open_workspace().ok_or("runs: the workspace store cannot be opened")?;
+        let store =
+            crate::store::open_workspace().ok_or("runs: the workspace store cannot be opened")?;
         let rows = store.runs().map_err(|e| e.to_string())?;
         let records: Array = rows
             .iter()
             .map(|r| {
-                let metrics: serde_json::Value = serde_json::from_str(&r.metrics).unwrap_or_default();
+                let metrics: serde_json::Value =
+                    serde_json::from_str(&r.metrics).unwrap_or_default();
                 let mut m = Map::new();
                 m.insert("id".into(), Dynamic::from(r.id));
                 m.insert("name".into(), r.name.clone().into());
                 m.insert("model".into(), r.model.clone().into());
                 m.insert("dataset".into(), r.dataset_hash.clone().into());
                 m.insert("created".into(), Dynamic::from(r.created));
-                for key in ["pass@1", "functional", "score", "syntax", "synth", "all_io_used"] {
-                    let v = metrics.pointer(&format!("/summary/{key}")).and_then(|v| v.as_f64());
+                for key in [
+                    "pass@1",
+                    "functional",
+                    "score",
+                    "syntax",
+                    "synth",
+                    "all_io_used",
+                ] {
+                    let v = metrics
+                        .pointer(&format!("/summary/{key}"))
+                        .and_then(|v| v.as_f64());
                     m.insert(key.into(), v.map(Dynamic::from).unwrap_or(Dynamic::UNIT));
                 }
                 let _ = &r.options;
@@ -324,15 +540,23 @@ mod bench_functions {
         let (_, a) = categories_of(&run_a)?;
         let (_, b) = categories_of(&run_b)?;
         let cats: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-        let get = |m: &BTreeMap<String, BTreeMap<String, f64>>, c: &str, k: &str| m.get(c).and_then(|x| x.get(k)).copied();
+        let get = |m: &BTreeMap<String, BTreeMap<String, f64>>, c: &str, k: &str| {
+            m.get(c).and_then(|x| x.get(k)).copied()
+        };
         let mut rows = Array::new();
         for c in cats {
             let mut m = Map::new();
             m.insert("category".into(), c.clone().into());
             for (label, key) in [("functional", "functional"), ("score", "score")] {
                 let (x, y) = (get(&a, c, key), get(&b, c, key));
-                m.insert(format!("{label}_a").into(), x.map(Dynamic::from).unwrap_or(Dynamic::UNIT));
-                m.insert(format!("{label}_b").into(), y.map(Dynamic::from).unwrap_or(Dynamic::UNIT));
+                m.insert(
+                    format!("{label}_a").into(),
+                    x.map(Dynamic::from).unwrap_or(Dynamic::UNIT),
+                );
+                m.insert(
+                    format!("{label}_b").into(),
+                    y.map(Dynamic::from).unwrap_or(Dynamic::UNIT),
+                );
                 let d = match (x, y) {
                     (Some(x), Some(y)) => Dynamic::from(round4(y - x)),
                     _ => Dynamic::UNIT,
@@ -353,8 +577,15 @@ mod bench_functions {
         let (_, cats) = categories_of(&run)?;
         let mut all = true;
         for (key, target) in criteria.iter() {
-            let target = target.as_float().or_else(|_| target.as_int().map(|i| i as f64)).map_err(|_| format!("expect: target of {key} must be a number"))?;
-            let actual = summary.get(key.as_str()).copied().or_else(|| cats.get(key.as_str()).and_then(|c| c.get("functional")).copied());
+            let target = target
+                .as_float()
+                .or_else(|_| target.as_int().map(|i| i as f64))
+                .map_err(|_| format!("expect: target of {key} must be a number"))?;
+            let actual = summary.get(key.as_str()).copied().or_else(|| {
+                cats.get(key.as_str())
+                    .and_then(|c| c.get("functional"))
+                    .copied()
+            });
             let line = match actual {
                 Some(a) if a >= target => format!("✅ {key}: {a:.3} ≥ {target}"),
                 Some(a) => {
@@ -388,11 +619,26 @@ mod bench_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn preference_pairs(samples: Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
-        let name = |k: &str, d: &str| options.get(k).map(|v| v.to_string()).unwrap_or_else(|| d.to_string());
-        let margin = options.get("margin").map(|m| m.as_float().or_else(|_| m.as_int().map(|i| i as f64)).unwrap_or(0.0)).unwrap_or(0.0);
+        let name = |k: &str, d: &str| {
+            options
+                .get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| d.to_string())
+        };
+        let margin = options
+            .get("margin")
+            .map(|m| {
+                m.as_float()
+                    .or_else(|_| m.as_int().map(|i| i as f64))
+                    .unwrap_or(0.0)
+            })
+            .unwrap_or(0.0);
         let prompts = strings(&samples, &name("prompt", "prompt"))?;
         let responses = strings(&samples, &name("response", "completion"))?;
-        let scores: Vec<f64> = strings(&samples, &name("score", "score"))?.iter().map(|s| s.parse().unwrap_or(f64::NAN)).collect();
+        let scores: Vec<f64> = strings(&samples, &name("score", "score"))?
+            .iter()
+            .map(|s| s.parse().unwrap_or(f64::NAN))
+            .collect();
         let mut order: Vec<String> = Vec::new();
         let mut groups: BTreeMap<&String, Vec<usize>> = BTreeMap::new();
         for (i, p) in prompts.iter().enumerate() {
@@ -405,9 +651,17 @@ mod bench_functions {
         for p in &order {
             let idx = &groups[p];
             // First best and last worst, so ties resolve by sample order.
-            let best = idx.iter().copied().fold(idx[0], |b, i| if scores[i] > scores[b] { i } else { b });
-            let worst = idx.iter().copied().fold(idx[0], |w, i| if scores[i] <= scores[w] { i } else { w });
-            if scores[best] - scores[worst] >= margin.max(f64::MIN_POSITIVE) && responses[best] != responses[worst] {
+            let best = idx
+                .iter()
+                .copied()
+                .fold(idx[0], |b, i| if scores[i] > scores[b] { i } else { b });
+            let worst =
+                idx.iter()
+                    .copied()
+                    .fold(idx[0], |w, i| if scores[i] <= scores[w] { i } else { w });
+            if scores[best] - scores[worst] >= margin.max(f64::MIN_POSITIVE)
+                && responses[best] != responses[worst]
+            {
                 let mut m = Map::new();
                 m.insert("prompt".into(), p.clone().into());
                 m.insert("chosen".into(), responses[best].clone().into());

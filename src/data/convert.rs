@@ -11,7 +11,9 @@ use std::num::NonZeroUsize;
 pub fn frame_to_jsonl(df: &DataFrame) -> Result<Vec<u8>, DataError> {
     let mut buf = Vec::new();
     let mut df = df.clone();
-    JsonWriter::new(&mut buf).with_json_format(JsonFormat::JsonLines).finish(&mut df)?;
+    JsonWriter::new(&mut buf)
+        .with_json_format(JsonFormat::JsonLines)
+        .finish(&mut df)?;
     Ok(buf)
 }
 
@@ -31,7 +33,8 @@ pub fn to_records(frame: &Frame) -> Result<Array, DataError> {
     let bytes = frame_to_jsonl(&frame.df)?;
     let mut rows = Array::with_capacity(frame.df.height());
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| DataError::Invalid(format!("internal JSON round trip failed: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| DataError::Invalid(format!("internal JSON round trip failed: {e}")))?;
         rows.push(json_to_dynamic(value));
     }
     Ok(rows)
@@ -42,10 +45,15 @@ pub fn from_records(records: &Array, what: &str) -> Result<Frame, DataError> {
     let mut buf = Vec::new();
     for (i, record) in records.iter().enumerate() {
         if !record.is_map() {
-            return Err(DataError::Invalid(format!("{what}[{i}] is a {}, expected a map like #{{instruction: \"...\"}}", record.type_name())));
+            return Err(DataError::Invalid(format!(
+                "{what}[{i}] is a {}, expected a map like #{{instruction: \"...\"}}",
+                record.type_name()
+            )));
         }
-        let json = dynamic_to_json(record).map_err(|e| DataError::Invalid(format!("{what}[{i}]: {e}")))?;
-        serde_json::to_writer(&mut buf, &json).map_err(|e| DataError::Invalid(format!("{what}[{i}]: {e}")))?;
+        let json =
+            dynamic_to_json(record).map_err(|e| DataError::Invalid(format!("{what}[{i}]: {e}")))?;
+        serde_json::to_writer(&mut buf, &json)
+            .map_err(|e| DataError::Invalid(format!("{what}[{i}]: {e}")))?;
         buf.push(b'\n');
     }
     Ok(Frame::new(jsonl_to_frame(&buf)?))
@@ -60,10 +68,14 @@ pub fn json_to_dynamic(value: serde_json::Value) -> Dynamic {
             None => n.as_f64().unwrap_or(f64::NAN).into(),
         },
         serde_json::Value::String(s) => s.into(),
-        serde_json::Value::Array(items) => Dynamic::from_array(items.into_iter().map(json_to_dynamic).collect()),
-        serde_json::Value::Object(obj) => {
-            Dynamic::from_map(obj.into_iter().map(|(k, v)| (k.into(), json_to_dynamic(v))).collect())
+        serde_json::Value::Array(items) => {
+            Dynamic::from_array(items.into_iter().map(json_to_dynamic).collect())
         }
+        serde_json::Value::Object(obj) => Dynamic::from_map(
+            obj.into_iter()
+                .map(|(k, v)| (k.into(), json_to_dynamic(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -78,13 +90,19 @@ pub fn dynamic_to_json(value: &Dynamic) -> Result<serde_json::Value, String> {
         return Ok(i.into());
     }
     if let Ok(f) = value.as_float() {
-        return Ok(serde_json::Number::from_f64(f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null));
+        return Ok(serde_json::Number::from_f64(f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null));
     }
     if value.is_string() || value.is_char() {
         return Ok(value.to_string().into());
     }
     if let Some(arr) = value.read_lock::<Array>() {
-        return arr.iter().map(dynamic_to_json).collect::<Result<Vec<_>, _>>().map(serde_json::Value::Array);
+        return arr
+            .iter()
+            .map(dynamic_to_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map(serde_json::Value::Array);
     }
     if let Some(map) = value.read_lock::<rhai::Map>() {
         let mut obj = serde_json::Map::new();
@@ -93,7 +111,10 @@ pub fn dynamic_to_json(value: &Dynamic) -> Result<serde_json::Value, String> {
         }
         return Ok(serde_json::Value::Object(obj));
     }
-    Err(format!("a value of type `{}` cannot go in a DataFrame", value.type_name()))
+    Err(format!(
+        "a value of type `{}` cannot go in a DataFrame",
+        value.type_name()
+    ))
 }
 
 /// A Rhai value as a polars literal expression (for `lit`, comparisons, `is_in`).
@@ -104,15 +125,28 @@ pub fn dynamic_to_series(name: &str, values: &Array) -> Result<Series, String> {
         return Ok(Series::new(name, v));
     }
     if values.iter().all(|v| v.is_int()) {
-        let v: Vec<i64> = values.iter().map(|v| v.as_int().unwrap_or_default()).collect();
+        let v: Vec<i64> = values
+            .iter()
+            .map(|v| v.as_int().unwrap_or_default())
+            .collect();
         return Ok(Series::new(name, v));
     }
     if values.iter().all(|v| v.is_int() || v.is_float()) {
-        let v: Vec<f64> = values.iter().map(|v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).unwrap_or_default()).collect();
+        let v: Vec<f64> = values
+            .iter()
+            .map(|v| {
+                v.as_float()
+                    .or_else(|_| v.as_int().map(|i| i as f64))
+                    .unwrap_or_default()
+            })
+            .collect();
         return Ok(Series::new(name, v));
     }
     if values.iter().all(|v| v.is_bool()) {
-        let v: Vec<bool> = values.iter().map(|v| v.as_bool().unwrap_or_default()).collect();
+        let v: Vec<bool> = values
+            .iter()
+            .map(|v| v.as_bool().unwrap_or_default())
+            .collect();
         return Ok(Series::new(name, v));
     }
     Err("a list for is_in must hold only strings, only numbers or only booleans".to_string())

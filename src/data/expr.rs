@@ -41,7 +41,11 @@ fn to_expr(value: &Dynamic) -> Result<PlExpr, Box<EvalAltResult>> {
     if value.is_unit() {
         return Ok(pl_lit(LiteralValue::untyped_null()));
     }
-    Err(format!("cannot use a {} in an expression; use a number, string, bool or col(...)", value.type_name()).into())
+    Err(format!(
+        "cannot use a {} in an expression; use a number, string, bool or col(...)",
+        value.type_name()
+    )
+    .into())
 }
 
 pub fn register(engine: &mut Engine) {
@@ -57,10 +61,14 @@ pub fn register(engine: &mut Engine) {
             engine.register_fn($op, move |a: Expr, b: i64| Expr(f(a.0, pl_lit(b))));
             engine.register_fn($op, move |a: Expr, b: f64| Expr(f(a.0, pl_lit(b))));
             engine.register_fn($op, move |a: Expr, b: bool| Expr(f(a.0, pl_lit(b))));
-            engine.register_fn($op, move |a: Expr, b: ImmutableString| Expr(f(a.0, pl_lit(b.to_string()))));
+            engine.register_fn($op, move |a: Expr, b: ImmutableString| {
+                Expr(f(a.0, pl_lit(b.to_string())))
+            });
             engine.register_fn($op, move |a: i64, b: Expr| Expr(f(pl_lit(a), b.0)));
             engine.register_fn($op, move |a: f64, b: Expr| Expr(f(pl_lit(a), b.0)));
-            engine.register_fn($op, move |a: ImmutableString, b: Expr| Expr(f(pl_lit(a.to_string()), b.0)));
+            engine.register_fn($op, move |a: ImmutableString, b: Expr| {
+                Expr(f(pl_lit(a.to_string()), b.0))
+            });
         }};
     }
     binary!("==", |a, b| a.eq(b));
@@ -116,12 +124,18 @@ mod expr_functions {
     #[rhai_fn(return_raw)]
     pub fn is_in(e: &mut Expr, values: Array) -> Result<Expr, Box<EvalAltResult>> {
         let series = dynamic_to_series("values", &values)?;
-        Ok(Expr(e.0.clone().is_in(pl_lit(series).implode(false), false)))
+        Ok(Expr(
+            e.0.clone().is_in(pl_lit(series).implode(false), false),
+        ))
     }
 
     /// True where the string contains `pattern`, a regular expression (`str_contains("(?i)fsm")`).
     pub fn str_contains(e: &mut Expr, pattern: &str) -> Expr {
-        Expr(e.0.clone().str().contains(pl_lit(pattern.to_string()), false))
+        Expr(
+            e.0.clone()
+                .str()
+                .contains(pl_lit(pattern.to_string()), false),
+        )
     }
 
     /// The length of a string in characters.
@@ -137,12 +151,19 @@ mod expr_functions {
     /// assert_eq(df.row(0).code, "module TopModule; endmodule");
     /// ```
     pub fn str_replace_all(e: &mut Expr, pattern: &str, value: &str) -> Expr {
-        Expr(e.0.clone().str().replace_all(pl_lit(pattern.to_string()), pl_lit(value.to_string()), true))
+        Expr(e.0.clone().str().replace_all(
+            pl_lit(pattern.to_string()),
+            pl_lit(value.to_string()),
+            true,
+        ))
     }
 
     /// Rounds to `decimals` places (half away from zero).
     pub fn round(e: &mut Expr, decimals: i64) -> Expr {
-        Expr(e.0.clone().round(decimals.clamp(0, 15) as u32, pl::RoundMode::HalfAwayFromZero))
+        Expr(e.0.clone().round(
+            decimals.clamp(0, 15) as u32,
+            pl::RoundMode::HalfAwayFromZero,
+        ))
     }
 
     /// Lower-cases a string column.
@@ -207,7 +228,11 @@ pub fn exprs_from(values: &Array, what: &str) -> Result<Vec<PlExpr>, Box<EvalAlt
             } else if let Some(e) = v.read_lock::<Expr>() {
                 Ok(e.0.clone())
             } else {
-                Err(format!("{what}[{i}] is a {}; expected a column name or col(...)", v.type_name()).into())
+                Err(format!(
+                    "{what}[{i}] is a {}; expected a column name or col(...)",
+                    v.type_name()
+                )
+                .into())
             }
         })
         .collect()

@@ -99,9 +99,18 @@ mod frame_functions {
     /// ```
     #[rhai_fn(name = "sort", return_raw)]
     pub fn sort_with(frame: &mut Frame, by: &str, options: Map) -> RhaiResult<Frame> {
-        let descending = options.get("descending").and_then(|d| d.as_bool().ok()).unwrap_or(false);
-        let opts = SortMultipleOptions::default().with_order_descending(descending).with_maintain_order(true).with_nulls_last(true);
-        lazy_collect("sort", frame.df.clone().lazy().sort_by_exprs([column(by)], opts))
+        let descending = options
+            .get("descending")
+            .and_then(|d| d.as_bool().ok())
+            .unwrap_or(false);
+        let opts = SortMultipleOptions::default()
+            .with_order_descending(descending)
+            .with_maintain_order(true)
+            .with_nulls_last(true);
+        lazy_collect(
+            "sort",
+            frame.df.clone().lazy().sort_by_exprs([column(by)], opts),
+        )
     }
 
     /// Groups rows by key columns (dotted paths allowed); follow with `.agg([...])`.
@@ -114,8 +123,15 @@ mod frame_functions {
     #[rhai_fn(return_raw)]
     pub fn group_by(frame: &mut Frame, keys: Array) -> RhaiResult<GroupBy> {
         let key_names = names_of(&keys, "group_by")?;
-        let keys = key_names.iter().map(|k| Expr(column(k).alias(key_name(k)))).collect();
-        Ok(GroupBy { frame: frame.clone(), keys, key_names: key_names.iter().map(|k| key_name(k)).collect() })
+        let keys = key_names
+            .iter()
+            .map(|k| Expr(column(k).alias(key_name(k))))
+            .collect();
+        Ok(GroupBy {
+            frame: frame.clone(),
+            keys,
+            key_names: key_names.iter().map(|k| key_name(k)).collect(),
+        })
     }
 
     /// Aggregates each group; the result is sorted by the keys.
@@ -123,8 +139,19 @@ mod frame_functions {
     pub fn agg(groups: &mut GroupBy, aggregations: Array) -> RhaiResult<Frame> {
         let aggs = exprs_from(&aggregations, "agg")?;
         let keys: Vec<_> = groups.keys.iter().map(|k| k.0.clone()).collect();
-        let names: Vec<PlSmallStr> = groups.key_names.iter().map(|k| PlSmallStr::from_str(k)).collect();
-        let lf = groups.frame.df.clone().lazy().group_by(keys).agg(aggs).sort(names, SortMultipleOptions::default());
+        let names: Vec<PlSmallStr> = groups
+            .key_names
+            .iter()
+            .map(|k| PlSmallStr::from_str(k))
+            .collect();
+        let lf = groups
+            .frame
+            .df
+            .clone()
+            .lazy()
+            .group_by(keys)
+            .agg(aggs)
+            .sort(names, SortMultipleOptions::default());
         lazy_collect("agg", lf)
     }
 
@@ -145,8 +172,13 @@ mod frame_functions {
             .group_by([column(column_name).alias(name.as_str())])
             .agg([len().cast(DataType::Int64).alias("count")])
             .sort_by_exprs(
-                [polars::prelude::col("count"), polars::prelude::col(name.as_str())],
-                SortMultipleOptions::default().with_order_descending_multi([true, false]).with_nulls_last(true),
+                [
+                    polars::prelude::col("count"),
+                    polars::prelude::col(name.as_str()),
+                ],
+                SortMultipleOptions::default()
+                    .with_order_descending_multi([true, false])
+                    .with_nulls_last(true),
             );
         lazy_collect("value_counts", lf)
     }
@@ -161,7 +193,13 @@ mod frame_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn join(frame: &mut Frame, other: Frame, on: Dynamic, how: &str) -> RhaiResult<Frame> {
-        let keys: Vec<String> = if on.is_string() { vec![on.to_string()] } else if let Some(a) = on.read_lock::<Array>() { names_of(&a, "join on")? } else { return Err("join: `on` must be a column name or an array of names".into()) };
+        let keys: Vec<String> = if on.is_string() {
+            vec![on.to_string()]
+        } else if let Some(a) = on.read_lock::<Array>() {
+            names_of(&a, "join on")?
+        } else {
+            return Err("join: `on` must be a column name or an array of names".into());
+        };
         let how = match how {
             "inner" => JoinType::Inner,
             "left" => JoinType::Left,
@@ -170,20 +208,37 @@ mod frame_functions {
             "semi" => JoinType::Semi,
             "anti" => JoinType::Anti,
             "cross" => JoinType::Cross,
-            other => return Err(format!("join: unknown `how` {other:?}; use inner, left, right, full, semi, anti or cross").into()),
+            other => return Err(format!(
+                "join: unknown `how` {other:?}; use inner, left, right, full, semi, anti or cross"
+            )
+            .into()),
         };
-        let on: Vec<_> = keys.iter().map(|k| polars::prelude::col(k.as_str())).collect();
+        let on: Vec<_> = keys
+            .iter()
+            .map(|k| polars::prelude::col(k.as_str()))
+            .collect();
         let mut args = JoinArgs::new(how);
         if matches!(args.how, JoinType::Full) {
             args = args.with_coalesce(JoinCoalesce::CoalesceColumns);
         }
-        lazy_collect("join", frame.df.clone().lazy().join(other.df.lazy(), on.clone(), on, args))
+        lazy_collect(
+            "join",
+            frame
+                .df
+                .clone()
+                .lazy()
+                .join(other.df.lazy(), on.clone(), on, args),
+        )
     }
 
     /// Drops duplicate rows (all columns), keeping the first.
     #[rhai_fn(name = "unique", return_raw)]
     pub fn unique_all(frame: &mut Frame) -> RhaiResult<Frame> {
-        frame.df.unique_stable(None, UniqueKeepStrategy::First, None).map(Frame::new).map_err(|e| fail("unique", e))
+        frame
+            .df
+            .unique_stable(None, UniqueKeepStrategy::First, None)
+            .map(Frame::new)
+            .map_err(|e| fail("unique", e))
     }
 
     /// Drops rows whose `subset` columns repeat an earlier row, keeping the first.
@@ -195,7 +250,11 @@ mod frame_functions {
     #[rhai_fn(name = "unique", return_raw)]
     pub fn unique_subset(frame: &mut Frame, subset: Array) -> RhaiResult<Frame> {
         let subset = names_of(&subset, "unique")?;
-        frame.df.unique_stable(Some(&subset), UniqueKeepStrategy::First, None).map(Frame::new).map_err(|e| fail("unique", e))
+        frame
+            .df
+            .unique_stable(Some(&subset), UniqueKeepStrategy::First, None)
+            .map(Frame::new)
+            .map_err(|e| fail("unique", e))
     }
 
     /// All rows in a random order fixed by `seed`.
@@ -207,16 +266,28 @@ mod frame_functions {
     #[rhai_fn(return_raw)]
     pub fn shuffle(frame: &mut Frame, seed: i64) -> RhaiResult<Frame> {
         let n = frame.df.height();
-        frame.df.sample_n_literal(n, false, Some(true), Some(seed as u64)).map(Frame::new).map_err(|e| fail("shuffle", e))
+        frame
+            .df
+            .sample_n_literal(n, false, Some(true), Some(seed as u64))
+            .map(Frame::new)
+            .map_err(|e| fail("shuffle", e))
     }
 
     /// `n` rows drawn without replacement, fixed by `seed`.
     #[rhai_fn(return_raw)]
     pub fn sample(frame: &mut Frame, n: i64, seed: i64) -> RhaiResult<Frame> {
         if n < 0 || n as usize > frame.df.height() {
-            return Err(format!("sample: n = {n} but the frame has {} rows", frame.df.height()).into());
+            return Err(format!(
+                "sample: n = {n} but the frame has {} rows",
+                frame.df.height()
+            )
+            .into());
         }
-        frame.df.sample_n_literal(n as usize, false, Some(true), Some(seed as u64)).map(Frame::new).map_err(|e| fail("sample", e))
+        frame
+            .df
+            .sample_n_literal(n as usize, false, Some(true), Some(seed as u64))
+            .map(Frame::new)
+            .map_err(|e| fail("sample", e))
     }
 
     /// Rows `offset..offset+len`.
@@ -232,26 +303,42 @@ mod frame_functions {
     /// Column names, in order.
     #[rhai_fn(pure)]
     pub fn columns(frame: &mut Frame) -> Array {
-        frame.df.get_column_names().into_iter().map(|n| Dynamic::from(n.to_string())).collect()
+        frame
+            .df
+            .get_column_names()
+            .into_iter()
+            .map(|n| Dynamic::from(n.to_string()))
+            .collect()
     }
 
     /// Column name → polars type, as text (`str`, `i64`, `struct[2]`, ...).
     #[rhai_fn(pure)]
     pub fn schema(frame: &mut Frame) -> Map {
-        frame.df.schema().iter().map(|(n, t)| (n.as_str().into(), Dynamic::from(t.to_string()))).collect()
+        frame
+            .df
+            .schema()
+            .iter()
+            .map(|(n, t)| (n.as_str().into(), Dynamic::from(t.to_string())))
+            .collect()
     }
 
     /// Replaces a struct column by its fields: `df.unnest("metadata")` gives `category`, `source`, ...
     #[rhai_fn(return_raw)]
     pub fn unnest(frame: &mut Frame, column_name: &str) -> RhaiResult<Frame> {
-        frame.df.unnest([column_name], None).map(Frame::new).map_err(|e| fail("unnest", e))
+        frame
+            .df
+            .unnest([column_name], None)
+            .map(Frame::new)
+            .map_err(|e| fail("unnest", e))
     }
 
     /// Summary statistics per column: type, non-null count, nulls, and mean/std/min/max (numbers) or
     /// min/max (strings, by text).
     #[rhai_fn(return_raw)]
     pub fn describe(frame: &mut Frame) -> RhaiResult<Frame> {
-        super::describe_impl(&frame.df).map(Frame::new).map_err(|e| fail("describe", e))
+        super::describe_impl(&frame.df)
+            .map(Frame::new)
+            .map_err(|e| fail("describe", e))
     }
 
     /// Every row as a map (nested structs as maps). Slow on big frames: prefer expressions.
@@ -269,7 +356,10 @@ mod frame_functions {
             return Err(format!("row {i} is out of range: the frame has {n} rows").into());
         }
         let one = Frame::new(frame.df.slice(idx, 1));
-        Ok(super::to_records(&one)?.into_iter().next().unwrap_or_default())
+        Ok(super::to_records(&one)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
     }
 
     /// Calls `f` on every row (a map) and builds a frame from the maps it returns. The slow path: each row
@@ -288,7 +378,9 @@ mod frame_functions {
             if crate::engine::cancel_requested() {
                 return Err("cancelled by Ctrl-C".into());
             }
-            let mapped: Dynamic = f.call_within_context(&ctx, (row,)).map_err(|e| fail(&format!("map_rows: row {i}"), e))?;
+            let mapped: Dynamic = f
+                .call_within_context(&ctx, (row,))
+                .map_err(|e| fail(&format!("map_rows: row {i}"), e))?;
             out.push(mapped);
         }
         Ok(super::from_records(&out, "map_rows result")?)
@@ -322,7 +414,11 @@ mod frame_functions {
         for (i, f) in frames.iter().enumerate() {
             match f.read_lock::<Frame>() {
                 Some(f) => dfs.push(f.df.clone()),
-                None => return Err(format!("concat: item {i} is a {}, not a DataFrame", f.type_name()).into()),
+                None => {
+                    return Err(
+                        format!("concat: item {i} is a {}, not a DataFrame", f.type_name()).into(),
+                    )
+                }
             }
         }
         if dfs.is_empty() {
@@ -351,10 +447,21 @@ mod frame_functions {
     /// A whole column as an array.
     #[rhai_fn(name = "column", return_raw)]
     pub fn column_values(frame: &mut Frame, name: &str) -> RhaiResult<Array> {
-        let one = lazy_collect("column", frame.df.clone().lazy().select([expr_from(&Dynamic::from(name.to_string()))?]))?;
+        let one = lazy_collect(
+            "column",
+            frame
+                .df
+                .clone()
+                .lazy()
+                .select([expr_from(&Dynamic::from(name.to_string()))?]),
+        )?;
         Ok(super::to_records(&one)?
             .into_iter()
-            .map(|r| r.read_lock::<Map>().and_then(|m| m.values().next().cloned()).unwrap_or_default())
+            .map(|r| {
+                r.read_lock::<Map>()
+                    .and_then(|m| m.values().next().cloned())
+                    .unwrap_or_default()
+            })
             .collect())
     }
 }
@@ -387,7 +494,11 @@ pub fn describe_impl(df: &DataFrame) -> Result<DataFrame, DataError> {
             let non_null = sorted.drop_nulls();
             let ca = non_null.str()?;
             let first = ca.get(0).map(|v| v.chars().take(40).collect());
-            let last = ca.len().checked_sub(1).and_then(|i| ca.get(i)).map(|v| v.chars().take(40).collect());
+            let last = ca
+                .len()
+                .checked_sub(1)
+                .and_then(|i| ca.get(i))
+                .map(|v| v.chars().take(40).collect());
             mins.push(first);
             maxs.push(last);
         } else {

@@ -22,9 +22,15 @@ pub struct Loaded {
 pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
     let shown = path.display().to_string();
     crate::runtime_fns::note_input(path);
-    let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: shown.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(Loaded { frame: Frame::new(DataFrame::empty()), skipped: vec![] });
+        return Ok(Loaded {
+            frame: Frame::new(DataFrame::empty()),
+            skipped: vec![],
+        });
     }
     let (bytes, skipped) = if opts.skip_bad_lines {
         drop_bad_lines(&bytes)
@@ -32,11 +38,19 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> 
         (bytes, vec![])
     };
     match parse_jsonl(&bytes) {
-        Ok(df) => Ok(Loaded { frame: Frame::new(df), skipped }),
+        Ok(df) => Ok(Loaded {
+            frame: Frame::new(df),
+            skipped,
+        }),
         Err(err) => {
             // polars does not say which line failed: find it ourselves, only on this slow path.
             if let Some((line, reason, start)) = first_bad_line(&bytes) {
-                Err(DataError::BadLine { path: shown, line, reason, start })
+                Err(DataError::BadLine {
+                    path: shown,
+                    line,
+                    reason,
+                    start,
+                })
             } else {
                 Err(DataError::Invalid(format!("{shown}: {err}")))
             }
@@ -97,24 +111,41 @@ fn drop_bad_lines(bytes: &[u8]) -> (Vec<u8>, Vec<usize>) {
 /// Writes JSON lines atomically.
 pub fn save_jsonl(df: &DataFrame, path: &Path) -> Result<(), DataError> {
     let bytes = super::convert::frame_to_jsonl(df)?;
-    crate::runtime_fns::write_atomic(path, &bytes).map_err(|source| DataError::Write { path: path.display().to_string(), source })
+    crate::runtime_fns::write_atomic(path, &bytes).map_err(|source| DataError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 pub fn save_parquet(df: &DataFrame, path: &Path) -> Result<(), DataError> {
     let bytes = frame_to_parquet_bytes(df)?;
-    crate::runtime_fns::write_atomic(path, &bytes).map_err(|source| DataError::Write { path: path.display().to_string(), source })
+    crate::runtime_fns::write_atomic(path, &bytes).map_err(|source| DataError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 pub fn load_parquet(path: &Path) -> Result<DataFrame, DataError> {
     crate::runtime_fns::note_input(path);
-    let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: path.display().to_string(), source })?;
-    frame_from_parquet_bytes(&bytes).map_err(|e| DataError::Invalid(format!("{}: not a readable Parquet file ({e})", path.display())))
+    let bytes = std::fs::read(path).map_err(|source| DataError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    frame_from_parquet_bytes(&bytes).map_err(|e| {
+        DataError::Invalid(format!(
+            "{}: not a readable Parquet file ({e})",
+            path.display()
+        ))
+    })
 }
 
 pub fn load_csv(path: &Path) -> Result<DataFrame, DataError> {
     crate::runtime_fns::note_input(path);
     if !path.exists() {
-        return Err(DataError::Read { path: path.display().to_string(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
+        return Err(DataError::Read {
+            path: path.display().to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
     }
     CsvReadOptions::default()
         .with_has_header(true)
@@ -127,12 +158,18 @@ pub fn load_csv(path: &Path) -> Result<DataFrame, DataError> {
 /// `source` stays relative and portable.
 pub fn read_markdown_dir(dir: &Path, shown: &str) -> Result<DataFrame, DataError> {
     if !dir.is_dir() {
-        return Err(DataError::Read { path: dir.display().to_string(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
+        return Err(DataError::Read {
+            path: dir.display().to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
     }
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let read = std::fs::read_dir(&d).map_err(|source| DataError::Read { path: d.display().to_string(), source })?;
+        let read = std::fs::read_dir(&d).map_err(|source| DataError::Read {
+            path: d.display().to_string(),
+            source,
+        })?;
         for entry in read.flatten() {
             let p = entry.path();
             if p.is_dir() {
@@ -147,12 +184,21 @@ pub fn read_markdown_dir(dir: &Path, shown: &str) -> Result<DataFrame, DataError
     let mut sources = Vec::new();
     for f in files {
         crate::runtime_fns::note_input(&f);
-        let text = std::fs::read_to_string(&f).map_err(|source| DataError::Read { path: f.display().to_string(), source })?;
+        let text = std::fs::read_to_string(&f).map_err(|source| DataError::Read {
+            path: f.display().to_string(),
+            source,
+        })?;
         contents.push(text);
         let rel = f.strip_prefix(dir).unwrap_or(&f);
         sources.push(Path::new(shown).join(rel).display().to_string());
     }
-    Ok(DataFrame::new(contents.len(), vec![Column::new("content".into(), contents), Column::new("source".into(), sources)])?)
+    Ok(DataFrame::new(
+        contents.len(),
+        vec![
+            Column::new("content".into(), contents),
+            Column::new("source".into(), sources),
+        ],
+    )?)
 }
 
 /// The category of a VerilogEval problem, from keywords in its name.
@@ -167,25 +213,44 @@ pub fn problem_category(name: &str) -> &'static str {
         ("arithmetic", &["add", "sub", "popcount", "mult"]),
         ("gates", &["gate", "not", "wire", "xnor"]),
     ];
-    table.iter().find(|(_, keys)| keys.iter().any(|k| l.contains(k))).map(|(c, _)| *c).unwrap_or("other")
+    table
+        .iter()
+        .find(|(_, keys)| keys.iter().any(|k| l.contains(k)))
+        .map(|(c, _)| *c)
+        .unwrap_or("other")
 }
 
 pub fn load_verilog_eval(dir: &Path) -> Result<DataFrame, DataError> {
-    let read = std::fs::read_dir(dir).map_err(|source| DataError::Read { path: dir.display().to_string(), source })?;
+    let read = std::fs::read_dir(dir).map_err(|source| DataError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let mut ids: Vec<String> = read
         .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix("_prompt.txt")).map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix("_prompt.txt"))
+                .map(str::to_string)
+        })
         .collect();
     ids.sort();
     if ids.is_empty() {
-        return Err(DataError::Invalid(format!("{}: no VerilogEval problems (files named ProbNNN_name_prompt.txt)", dir.display())));
+        return Err(DataError::Invalid(format!(
+            "{}: no VerilogEval problems (files named ProbNNN_name_prompt.txt)",
+            dir.display()
+        )));
     }
-    let (mut prompts, mut refs, mut tests, mut cats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut prompts, mut refs, mut tests, mut cats) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for id in &ids {
         let file = |suffix: &str| {
             let p = dir.join(format!("{id}_{suffix}"));
             crate::runtime_fns::note_input(&p);
-            std::fs::read_to_string(&p).map_err(|source| DataError::Read { path: p.display().to_string(), source })
+            std::fs::read_to_string(&p).map_err(|source| DataError::Read {
+                path: p.display().to_string(),
+                source,
+            })
         };
         prompts.push(file("prompt.txt")?);
         refs.push(file("ref.sv")?);

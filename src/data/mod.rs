@@ -39,11 +39,22 @@ impl Frame {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: {reason}; the line starts with {start:?} (pass #{{on_bad_line: \"skip\"}} to skip bad lines)")]
-    BadLine { path: String, line: usize, reason: String, start: String },
+    BadLine {
+        path: String,
+        line: usize,
+        reason: String,
+        start: String,
+    },
     #[error("{0}")]
     Polars(#[from] polars::error::PolarsError),
     #[error("{0}")]
@@ -77,7 +88,9 @@ pub fn display_custom(value: &Dynamic) -> Option<String> {
 
 /// The SVG text of a plot value, for reports; `None` for other values.
 pub fn svg_of(value: &Dynamic) -> Option<String> {
-    value.read_lock::<crate::plot::Plot>().map(|p| p.svg.clone())
+    value
+        .read_lock::<crate::plot::Plot>()
+        .map(|p| p.svg.clone())
 }
 
 pub fn register(engine: &mut Engine) {
@@ -120,13 +133,36 @@ mod io_functions {
             None => false,
             Some(v) if v == "error" => false,
             Some(v) if v == "skip" => true,
-            Some(other) => return Err(format!("load_jsonl: on_bad_line must be \"error\" or \"skip\", not {other:?}").into()),
+            Some(other) => {
+                return Err(format!(
+                    "load_jsonl: on_bad_line must be \"error\" or \"skip\", not {other:?}"
+                )
+                .into())
+            }
         };
-        let loaded = load_jsonl(&path_of(path), &LoadOptions { skip_bad_lines: skip })?;
+        let loaded = load_jsonl(
+            &path_of(path),
+            &LoadOptions {
+                skip_bad_lines: skip,
+            },
+        )?;
         if !loaded.skipped.is_empty() {
-            let shown: Vec<String> = loaded.skipped.iter().take(10).map(|l| l.to_string()).collect();
-            let more = if loaded.skipped.len() > 10 { ", ..." } else { "" };
-            let msg = format!("load_jsonl: skipped {} bad line(s) of {path}: line {}{more}", loaded.skipped.len(), shown.join(", "));
+            let shown: Vec<String> = loaded
+                .skipped
+                .iter()
+                .take(10)
+                .map(|l| l.to_string())
+                .collect();
+            let more = if loaded.skipped.len() > 10 {
+                ", ..."
+            } else {
+                ""
+            };
+            let msg = format!(
+                "load_jsonl: skipped {} bad line(s) of {path}: line {}{more}",
+                loaded.skipped.len(),
+                shown.join(", ")
+            );
             crate::engine::emit_line(&msg);
         }
         Ok(loaded.frame)

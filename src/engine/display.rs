@@ -23,12 +23,17 @@ fn pretty(value: &Dynamic, indent: usize) -> String {
     let close = "  ".repeat(indent);
     if value.is_array() {
         let arr = value.read_lock::<Array>().expect("checked is_array");
-        let items: Vec<String> = arr.iter().map(|v| format!("{pad}{},", pretty(v, indent + 1))).collect();
+        let items: Vec<String> = arr
+            .iter()
+            .map(|v| format!("{pad}{},", pretty(v, indent + 1)))
+            .collect();
         format!("[\n{}\n{close}]", items.join("\n"))
     } else {
         let map = value.read_lock::<Map>().expect("checked is_map");
-        let items: Vec<String> =
-            map.iter().map(|(k, v)| format!("{pad}{}: {},", key(k), pretty(v, indent + 1))).collect();
+        let items: Vec<String> = map
+            .iter()
+            .map(|(k, v)| format!("{pad}{}: {},", key(k), pretty(v, indent + 1)))
+            .collect();
         format!("#{{\n{}\n{close}}}", items.join("\n"))
     }
 }
@@ -44,7 +49,10 @@ fn inline(value: &Dynamic) -> String {
     }
     if value.is_map() {
         let map = value.read_lock::<Map>().expect("checked is_map");
-        let items: Vec<String> = map.iter().map(|(k, v)| format!("{}: {}", key(k), inline(v))).collect();
+        let items: Vec<String> = map
+            .iter()
+            .map(|(k, v)| format!("{}: {}", key(k), inline(v)))
+            .collect();
         return format!("#{{{}}}", items.join(", "));
     }
     if value.is_float() {
@@ -60,7 +68,10 @@ fn inline(value: &Dynamic) -> String {
 }
 
 fn key(k: &str) -> String {
-    if !k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit()) {
+    if !k.is_empty()
+        && k.chars().all(|c| c.is_alphanumeric() || c == '_')
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+    {
         k.to_string()
     } else {
         format!("{k:?}")

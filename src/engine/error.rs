@@ -49,8 +49,17 @@ impl ScriptError {
     fn at(origin: &str, source: &str, pos: Position, message: String) -> ScriptError {
         let line = pos.line();
         let col = pos.position();
-        let source_line = line.and_then(|l| source.lines().nth(l - 1)).map(str::to_string);
-        ScriptError { origin: origin.to_string(), line, col, message, source_line, cancelled: false }
+        let source_line = line
+            .and_then(|l| source.lines().nth(l - 1))
+            .map(str::to_string);
+        ScriptError {
+            origin: origin.to_string(),
+            line,
+            col,
+            message,
+            source_line,
+            cancelled: false,
+        }
     }
 }
 
@@ -68,7 +77,11 @@ fn describe(err: EvalAltResult) -> (String, Position) {
                     current = *inner;
                 } else {
                     let (msg, _) = describe(*inner);
-                    let shown = if name.starts_with("anon$") { "a closure".to_string() } else { format!("`{name}`") };
+                    let shown = if name.starts_with("anon$") {
+                        "a closure".to_string()
+                    } else {
+                        format!("`{name}`")
+                    };
                     context.push(shown);
                     return (with_context(msg, &context), pos);
                 }
@@ -92,7 +105,13 @@ fn describe(err: EvalAltResult) -> (String, Position) {
 
 /// `message (in `inner`, called from `outer`)`: the innermost function first, as a backtrace reads.
 fn with_context(message: String, context: &[String]) -> String {
-    let mut names = context.iter().rev().map(|n| if n.starts_with('`') || n == "a closure" { n.clone() } else { format!("`{n}`") });
+    let mut names = context.iter().rev().map(|n| {
+        if n.starts_with('`') || n == "a closure" {
+            n.clone()
+        } else {
+            format!("`{n}`")
+        }
+    });
     match names.next() {
         None => message,
         Some(inner) => {

@@ -24,13 +24,30 @@ impl HelpIndex {
     /// `:help len` also answers).
     pub fn from_engine(engine: &Engine) -> HelpIndex {
         let mut index = HelpIndex::default();
-        let Ok(json) = engine.gen_fn_metadata_to_json(true) else { return index };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&json) else { return index };
-        let functions = value.get("functions").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+        let Ok(json) = engine.gen_fn_metadata_to_json(true) else {
+            return index;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&json) else {
+            return index;
+        };
+        let functions = value
+            .get("functions")
+            .and_then(|f| f.as_array())
+            .cloned()
+            .unwrap_or_default();
         for f in functions {
-            let name = f.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+            let name = f
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
             // Operators and internal getters are noise for a user looking for functions.
-            if name.is_empty() || !name.starts_with(|c: char| c.is_alphabetic() || c == '_') || name.starts_with("get$") || name.starts_with("set$") || name.starts_with("anon$") {
+            if name.is_empty()
+                || !name.starts_with(|c: char| c.is_alphabetic() || c == '_')
+                || name.starts_with("get$")
+                || name.starts_with("set$")
+                || name.starts_with("anon$")
+            {
                 continue;
             }
             let signature = prettify(f.get("signature").and_then(|s| s.as_str()).unwrap_or(&name));
@@ -47,7 +64,11 @@ impl HelpIndex {
                         .join("\n")
                 })
                 .unwrap_or_default();
-            index.by_name.entry(name.clone()).or_default().push(FnDoc { name, signature, doc });
+            index.by_name.entry(name.clone()).or_default().push(FnDoc {
+                name,
+                signature,
+                doc,
+            });
         }
         for docs in index.by_name.values_mut() {
             docs.sort_by(|a, b| a.signature.cmp(&b.signature));
@@ -66,7 +87,10 @@ impl HelpIndex {
 
     /// Functions whose doc comment is not empty: rtlab's own stdlib.
     pub fn documented(&self) -> impl Iterator<Item = &FnDoc> {
-        self.by_name.values().flatten().filter(|d| !d.doc.is_empty())
+        self.by_name
+            .values()
+            .flatten()
+            .filter(|d| !d.doc.is_empty())
     }
 
     /// Names close to `name` (a substring either way, or at most two edits), for "did you mean" hints.
@@ -141,7 +165,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -150,6 +176,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 fn strip_doc_marker(line: &str) -> String {
     let t = line.trim_start();
-    let t = t.strip_prefix("///").or_else(|| t.strip_prefix("//!")).unwrap_or(t);
+    let t = t
+        .strip_prefix("///")
+        .or_else(|| t.strip_prefix("//!"))
+        .unwrap_or(t);
     t.strip_prefix(' ').unwrap_or(t).to_string()
 }

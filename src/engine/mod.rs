@@ -51,17 +51,30 @@ impl Runtime {
         ast: &AST,
     ) -> Result<Dynamic, ScriptError> {
         clear_cancel();
-        self.engine.eval_ast_with_scope::<Dynamic>(scope, ast).map_err(|e| {
-            let mut err = ScriptError::from_eval(origin, source, *e);
-            // Only on this error path: building the doc index costs a few milliseconds.
-            if let Some(name) = err.message.strip_prefix("no function `").and_then(|m| m.split('`').next()) {
-                let similar = self.help_index().similar(name).into_iter().filter(|n| *n != name).map(|n| n.to_string()).collect::<Vec<_>>();
-                if !similar.is_empty() {
-                    err.message.push_str(&format!("; did you mean {}?", similar.join(", ")));
+        self.engine
+            .eval_ast_with_scope::<Dynamic>(scope, ast)
+            .map_err(|e| {
+                let mut err = ScriptError::from_eval(origin, source, *e);
+                // Only on this error path: building the doc index costs a few milliseconds.
+                if let Some(name) = err
+                    .message
+                    .strip_prefix("no function `")
+                    .and_then(|m| m.split('`').next())
+                {
+                    let similar = self
+                        .help_index()
+                        .similar(name)
+                        .into_iter()
+                        .filter(|n| *n != name)
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>();
+                    if !similar.is_empty() {
+                        err.message
+                            .push_str(&format!("; did you mean {}?", similar.join(", ")));
+                    }
                 }
-            }
-            err
-        })
+                err
+            })
     }
 
     /// The doc index of every registered function, for `:help` and completion.

@@ -15,7 +15,9 @@ pub fn install_resolver(engine: &mut Engine, script_dir: &Path) {
     let mut embedded = StaticModuleResolver::new();
     for (name, source) in MODULES {
         // The sources are part of the binary and tested; a failure here is a bug in rtlab itself.
-        let ast = engine.compile(*source).unwrap_or_else(|e| panic!("stdlib module {name} does not compile: {e}"));
+        let ast = engine
+            .compile(*source)
+            .unwrap_or_else(|e| panic!("stdlib module {name} does not compile: {e}"));
         let module = Module::eval_ast_as_new(Scope::new(), &ast, engine)
             .unwrap_or_else(|e| panic!("stdlib module {name} does not load: {e}"));
         embedded.insert(*name, module);

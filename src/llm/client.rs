@@ -37,21 +37,36 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_secs_f64((base * jitter).min(30.0))
 }
 
-async fn attempt(client: &reqwest::Client, ep: &Endpoint, messages: &[Message], s: &Sampling) -> Attempt {
+async fn attempt(
+    client: &reqwest::Client,
+    ep: &Endpoint,
+    messages: &[Message],
+    s: &Sampling,
+) -> Attempt {
     let (path, body) = request(ep.provider, &ep.model, messages, s);
     let url = format!("{}{}", ep.base_url.trim_end_matches('/'), path);
     let mut req = client.post(&url).timeout(ep.timeout).json(&body);
     if let Some(var) = &ep.api_key_env {
         if let Ok(key) = std::env::var(var) {
             req = match ep.provider {
-                Provider::Anthropic => req.header("x-api-key", key).header("anthropic-version", "2023-06-01"),
+                Provider::Anthropic => req
+                    .header("x-api-key", key)
+                    .header("anthropic-version", "2023-06-01"),
                 _ => req.bearer_auth(key),
             };
         }
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => return Attempt::Retry(format!("no answer from {url} within {:.0} s", ep.timeout.as_secs_f64()), None),
+        Err(e) if e.is_timeout() => {
+            return Attempt::Retry(
+                format!(
+                    "no answer from {url} within {:.0} s",
+                    ep.timeout.as_secs_f64()
+                ),
+                None,
+            )
+        }
         Err(e) => return Attempt::Retry(format!("cannot reach {url}: {}", without_url(&e)), None),
     };
     let status = resp.status();
@@ -63,11 +78,21 @@ async fn attempt(client: &reqwest::Client, ep: &Endpoint, messages: &[Message], 
         .map(|s| Duration::from_secs_f64(s.clamp(0.0, 60.0)));
     let text = match resp.text().await {
         Ok(t) => t,
-        Err(e) if e.is_timeout() => return Attempt::Retry(format!("{url} stopped answering mid-response"), None),
-        Err(e) => return Attempt::Retry(format!("{url}: the response broke off ({})", without_url(&e)), None),
+        Err(e) if e.is_timeout() => {
+            return Attempt::Retry(format!("{url} stopped answering mid-response"), None)
+        }
+        Err(e) => {
+            return Attempt::Retry(
+                format!("{url}: the response broke off ({})", without_url(&e)),
+                None,
+            )
+        }
     };
     if status.as_u16() == 429 || status.is_server_error() {
-        return Attempt::Retry(format!("{url} answered {status}: {}", snippet(&text)), retry_after);
+        return Attempt::Retry(
+            format!("{url} answered {status}: {}", snippet(&text)),
+            retry_after,
+        );
     }
     if !status.is_success() {
         let hint = if status.as_u16() == 401 || status.as_u16() == 403 {
@@ -82,10 +107,20 @@ async fn attempt(client: &reqwest::Client, ep: &Endpoint, messages: &[Message], 
     }
     let json: serde_json::Value = match serde_json::from_str(&text) {
         Ok(j) => j,
-        Err(e) => return Attempt::Retry(format!("{url} sent malformed JSON ({e}): {}", snippet(&text)), None),
+        Err(e) => {
+            return Attempt::Retry(
+                format!("{url} sent malformed JSON ({e}): {}", snippet(&text)),
+                None,
+            )
+        }
     };
     match parse_response(ep.provider, &json) {
-        Ok((text, p, c)) => Attempt::Done(Reply { text, prompt_tokens: p, completion_tokens: c, retries: 0 }),
+        Ok((text, p, c)) => Attempt::Done(Reply {
+            text,
+            prompt_tokens: p,
+            completion_tokens: c,
+            retries: 0,
+        }),
         Err(e) => Attempt::Fail(format!("{url}: {e}: {}", snippet(&json.to_string()))),
     }
 }
@@ -114,7 +149,12 @@ fn snippet(text: &str) -> String {
 }
 
 /// Sends with retries. The error names the last fault and how many tries were made.
-pub async fn send(client: &reqwest::Client, ep: &Endpoint, messages: &[Message], s: &Sampling) -> Result<Reply, String> {
+pub async fn send(
+    client: &reqwest::Client,
+    ep: &Endpoint,
+    messages: &[Message],
+    s: &Sampling,
+) -> Result<Reply, String> {
     let mut last = String::new();
     for i in 0..=ep.retries {
         if crate::engine::cancel_requested() {

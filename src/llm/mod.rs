@@ -24,7 +24,13 @@ use std::time::Duration;
 /// The process's tokio runtime, made on first use.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime starts"))
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    })
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -60,20 +66,42 @@ pub struct Model {
 
 impl Model {
     pub fn from_options(options: &Map) -> Result<Model, String> {
-        let text = |k: &str| options.get(k).filter(|v| !v.is_unit()).map(|v| v.to_string());
+        let text = |k: &str| {
+            options
+                .get(k)
+                .filter(|v| !v.is_unit())
+                .map(|v| v.to_string())
+        };
         let num = |k: &str, default: f64| -> Result<f64, String> {
             match options.get(k) {
                 None => Ok(default),
-                Some(v) => v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|_| format!("llm: {k} must be a number")),
+                Some(v) => v
+                    .as_float()
+                    .or_else(|_| v.as_int().map(|i| i as f64))
+                    .map_err(|_| format!("llm: {k} must be a number")),
             }
         };
         for k in options.keys() {
-            if !["provider", "base_url", "model", "api_key_env", "temperature", "top_p", "max_tokens", "concurrency", "timeout_s", "retries"].contains(&k.as_str()) {
+            if ![
+                "provider",
+                "base_url",
+                "model",
+                "api_key_env",
+                "temperature",
+                "top_p",
+                "max_tokens",
+                "concurrency",
+                "timeout_s",
+                "retries",
+            ]
+            .contains(&k.as_str())
+            {
                 return Err(format!("llm: unknown option {k:?}; options are provider, base_url, model, api_key_env, temperature, top_p, max_tokens, concurrency, timeout_s, retries"));
             }
         }
         let provider = Provider::parse(&text("provider").unwrap_or_else(|| "openai".to_string()))?;
-        let model = text("model").ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
+        let model =
+            text("model").ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
         let cfg = ModelConfig {
             provider,
             base_url: text("base_url").unwrap_or_else(|| provider.default_base_url().to_string()),
@@ -86,7 +114,10 @@ impl Model {
             timeout_s: num("timeout_s", 120.0)?.max(0.001),
             retries: num("retries", 4.0)?.max(0.0) as u32,
         };
-        Ok(Model { cfg: Arc::new(cfg), usage: Arc::new(Mutex::new(Usage::default())) })
+        Ok(Model {
+            cfg: Arc::new(cfg),
+            usage: Arc::new(Mutex::new(Usage::default())),
+        })
     }
 
     /// The options that rebuild this model with `from_options` (how the cell cache persists a model).
@@ -96,7 +127,13 @@ impl Model {
         m.insert("provider".into(), c.provider.name().into());
         m.insert("base_url".into(), c.base_url.clone().into());
         m.insert("model".into(), c.model.clone().into());
-        m.insert("api_key_env".into(), c.api_key_env.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT));
+        m.insert(
+            "api_key_env".into(),
+            c.api_key_env
+                .clone()
+                .map(Dynamic::from)
+                .unwrap_or(Dynamic::UNIT),
+        );
         m.insert("temperature".into(), Dynamic::from(c.temperature));
         m.insert("top_p".into(), Dynamic::from(c.top_p));
         m.insert("max_tokens".into(), Dynamic::from(c.max_tokens));
@@ -118,14 +155,20 @@ impl Model {
     }
 
     fn sampling(&self) -> Sampling {
-        Sampling { temperature: self.cfg.temperature, top_p: self.cfg.top_p, max_tokens: self.cfg.max_tokens }
+        Sampling {
+            temperature: self.cfg.temperature,
+            top_p: self.cfg.top_p,
+            max_tokens: self.cfg.max_tokens,
+        }
     }
 
     /// The store key of a request: model, messages, sampling and the sample index; not the provider,
     /// URL or key, so a replay finds what a live run recorded.
     pub fn request_key(&self, messages: &[Message], sample: usize) -> String {
         let canonical = serde_json::json!({"model": self.cfg.model, "messages": messages, "sampling": self.sampling(), "sample": sample});
-        blake3::hash(canonical.to_string().as_bytes()).to_hex().to_string()
+        blake3::hash(canonical.to_string().as_bytes())
+            .to_hex()
+            .to_string()
     }
 
     /// The same model with other sampling settings (a benchmark's temperature and top_p).
@@ -133,7 +176,10 @@ impl Model {
         let mut cfg = (*self.cfg).clone();
         cfg.temperature = temperature;
         cfg.top_p = top_p;
-        Model { cfg: Arc::new(cfg), usage: self.usage.clone() }
+        Model {
+            cfg: Arc::new(cfg),
+            usage: self.usage.clone(),
+        }
     }
 
     pub fn usage(&self) -> Usage {
@@ -143,12 +189,23 @@ impl Model {
     /// Answers every request (messages, sample index), in order. Recorded answers come from the store;
     /// the rest go to the server `concurrency` at a time and are recorded as each arrives. Returns the
     /// answers, `Err` per failed request.
-    pub fn answer_all(&self, requests: &[(Vec<Message>, usize)], store: Option<Arc<Mutex<Store>>>) -> Vec<Result<String, String>> {
+    pub fn answer_all(
+        &self,
+        requests: &[(Vec<Message>, usize)],
+        store: Option<Arc<Mutex<Store>>>,
+    ) -> Vec<Result<String, String>> {
         let mut results: Vec<Option<Result<String, String>>> = vec![None; requests.len()];
-        let keys: Vec<String> = requests.iter().map(|(m, s)| self.request_key(m, *s)).collect();
+        let keys: Vec<String> = requests
+            .iter()
+            .map(|(m, s)| self.request_key(m, *s))
+            .collect();
         let mut todo = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let recorded = store.as_ref().and_then(|s| s.lock().ok().and_then(|s| s.get_response(key).ok().flatten()));
+            let recorded = store.as_ref().and_then(|s| {
+                s.lock()
+                    .ok()
+                    .and_then(|s| s.get_response(key).ok().flatten())
+            });
             match recorded {
                 Some(r) => {
                     results[i] = Some(Ok(r.response));
@@ -169,14 +226,19 @@ impl Model {
             }
         }
         if !todo.is_empty() {
-            let client = reqwest::Client::builder().build().map_err(|e| e.to_string());
+            let client = reqwest::Client::builder()
+                .build()
+                .map_err(|e| e.to_string());
             let client = match client {
                 Ok(c) => c,
                 Err(e) => {
                     for i in todo {
                         results[i] = Some(Err(format!("cannot build an HTTP client: {e}")));
                     }
-                    return results.into_iter().map(|r| r.unwrap_or_else(|| Err("not answered".into()))).collect();
+                    return results
+                        .into_iter()
+                        .map(|r| r.unwrap_or_else(|| Err("not answered".into())))
+                        .collect();
                 }
             };
             let ep = self.endpoint();
@@ -185,7 +247,14 @@ impl Model {
             let answered: Vec<(usize, Result<String, String>)> = runtime().block_on(async {
                 let mut set = tokio::task::JoinSet::new();
                 for &i in &todo {
-                    let (client, ep, sampling, sem, store, usage) = (client.clone(), ep.clone(), sampling.clone(), sem.clone(), store.clone(), self.usage.clone());
+                    let (client, ep, sampling, sem, store, usage) = (
+                        client.clone(),
+                        ep.clone(),
+                        sampling.clone(),
+                        sem.clone(),
+                        store.clone(),
+                        self.usage.clone(),
+                    );
                     let messages = requests[i].0.clone();
                     let key = keys[i].clone();
                     let model = self.cfg.model.clone();
@@ -228,7 +297,10 @@ impl Model {
                 results[i] = Some(r);
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err("the request task failed".into()))).collect()
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("the request task failed".into())))
+            .collect()
     }
 }
 
@@ -237,7 +309,10 @@ fn open_store() -> Option<Arc<Mutex<Store>>> {
 }
 
 fn user(prompt: &str) -> Vec<Message> {
-    vec![Message { role: "user".into(), content: prompt.to_string() }]
+    vec![Message {
+        role: "user".into(),
+        content: prompt.to_string(),
+    }]
 }
 
 fn messages_from(array: &Array) -> Result<Vec<Message>, String> {
@@ -245,9 +320,17 @@ fn messages_from(array: &Array) -> Result<Vec<Message>, String> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let map = m.read_lock::<Map>().ok_or_else(|| format!("chat: messages[{i}] must be a map #{{role, content}}"))?;
-            let role = map.get("role").map(|r| r.to_string()).ok_or_else(|| format!("chat: messages[{i}] has no role"))?;
-            let content = map.get("content").map(|c| c.to_string()).ok_or_else(|| format!("chat: messages[{i}] has no content"))?;
+            let map = m
+                .read_lock::<Map>()
+                .ok_or_else(|| format!("chat: messages[{i}] must be a map #{{role, content}}"))?;
+            let role = map
+                .get("role")
+                .map(|r| r.to_string())
+                .ok_or_else(|| format!("chat: messages[{i}] has no role"))?;
+            let content = map
+                .get("content")
+                .map(|c| c.to_string())
+                .ok_or_else(|| format!("chat: messages[{i}] has no content"))?;
             Ok(Message { role, content })
         })
         .collect()
@@ -271,8 +354,12 @@ pub fn extract_code(answer: &str) -> String {
 
 pub fn register(engine: &mut rhai::Engine) {
     engine.register_type_with_name::<Model>("Model");
-    engine.register_fn("to_string", |m: &mut Model| format!("Model({:?} {})", m.cfg.provider, m.cfg.model));
-    engine.register_fn("to_debug", |m: &mut Model| format!("Model({:?} {})", m.cfg.provider, m.cfg.model));
+    engine.register_fn("to_string", |m: &mut Model| {
+        format!("Model({:?} {})", m.cfg.provider, m.cfg.model)
+    });
+    engine.register_fn("to_debug", |m: &mut Model| {
+        format!("Model({:?} {})", m.cfg.provider, m.cfg.model)
+    });
     engine.register_global_module(exported_module!(llm_functions).into());
 }
 
@@ -299,7 +386,10 @@ mod llm_functions {
     #[rhai_fn(return_raw)]
     pub fn complete(model: &mut Model, prompt: &str) -> Result<String, Box<EvalAltResult>> {
         let store = open_store();
-        model.answer_all(&[(user(prompt), 0)], store).remove(0).map_err(|e| e.into())
+        model
+            .answer_all(&[(user(prompt), 0)], store)
+            .remove(0)
+            .map_err(|e| e.into())
     }
 
     /// Sends a conversation (an array of `#{role, content}`) and returns the answer.
@@ -307,12 +397,19 @@ mod llm_functions {
     pub fn chat(model: &mut Model, messages: Array) -> Result<String, Box<EvalAltResult>> {
         let msgs = messages_from(&messages)?;
         let store = open_store();
-        model.answer_all(&[(msgs, 0)], store).remove(0).map_err(|e| e.into())
+        model
+            .answer_all(&[(msgs, 0)], store)
+            .remove(0)
+            .map_err(|e| e.into())
     }
 
     /// Completes the prompt in column `prompt_col` of every row into a `completion` column.
     #[rhai_fn(return_raw)]
-    pub fn complete_many(model: &mut Model, frame: Frame, prompt_col: &str) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn complete_many(
+        model: &mut Model,
+        frame: Frame,
+        prompt_col: &str,
+    ) -> Result<Frame, Box<EvalAltResult>> {
         complete_many_with(model, frame, prompt_col, Map::new())
     }
 
@@ -321,18 +418,41 @@ mod llm_functions {
     /// recorded as they arrive, so when some fail the error says how many, and a rerun asks only for
     /// the missing ones.
     #[rhai_fn(name = "complete_many", return_raw)]
-    pub fn complete_many_with(model: &mut Model, frame: Frame, prompt_col: &str, options: Map) -> Result<Frame, Box<EvalAltResult>> {
-        let n = options.get("n").map(|v| v.as_int().unwrap_or(1)).unwrap_or(1).max(1) as usize;
-        let out = options.get("out").map(|v| v.to_string()).unwrap_or_else(|| "completion".to_string());
+    pub fn complete_many_with(
+        model: &mut Model,
+        frame: Frame,
+        prompt_col: &str,
+        options: Map,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        let n = options
+            .get("n")
+            .map(|v| v.as_int().unwrap_or(1))
+            .unwrap_or(1)
+            .max(1) as usize;
+        let out = options
+            .get("out")
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "completion".to_string());
         let prompts = frame
             .df
             .clone()
             .lazy()
-            .select([crate::data::column(prompt_col).cast(DataType::String).alias("p")])
+            .select([crate::data::column(prompt_col)
+                .cast(DataType::String)
+                .alias("p")])
             .collect()
             .map_err(|e| format!("complete_many: column `{prompt_col}`: {e}"))?;
-        let prompts: Vec<String> = prompts.column("p").and_then(|c| c.str().cloned()).map_err(|e| e.to_string())?.iter().map(|p| p.unwrap_or_default().to_string()).collect();
-        let requests: Vec<(Vec<Message>, usize)> = prompts.iter().flat_map(|p| (0..n).map(move |s| (user(p), s))).collect();
+        let prompts: Vec<String> = prompts
+            .column("p")
+            .and_then(|c| c.str().cloned())
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|p| p.unwrap_or_default().to_string())
+            .collect();
+        let requests: Vec<(Vec<Message>, usize)> = prompts
+            .iter()
+            .flat_map(|p| (0..n).map(move |s| (user(p), s)))
+            .collect();
         let before = model.usage();
         let start = std::time::Instant::now();
         let answers = model.answer_all(&requests, open_store());
@@ -360,14 +480,22 @@ mod llm_functions {
         let texts: Vec<String> = answers.into_iter().map(|a| a.unwrap_or_default()).collect();
         let df = if n == 1 {
             let mut df = frame.df.clone();
-            df.with_column(Column::new(out.as_str().into(), texts)).map_err(|e| e.to_string())?;
+            df.with_column(Column::new(out.as_str().into(), texts))
+                .map_err(|e| e.to_string())?;
             df
         } else {
-            let idx: Vec<IdxSize> = (0..prompts.len()).flat_map(|i| std::iter::repeat_n(i as IdxSize, n)).collect();
-            let mut df = frame.df.take(&IdxCa::from_vec("idx".into(), idx)).map_err(|e| e.to_string())?;
+            let idx: Vec<IdxSize> = (0..prompts.len())
+                .flat_map(|i| std::iter::repeat_n(i as IdxSize, n))
+                .collect();
+            let mut df = frame
+                .df
+                .take(&IdxCa::from_vec("idx".into(), idx))
+                .map_err(|e| e.to_string())?;
             let samples: Vec<i64> = (0..prompts.len()).flat_map(|_| 0..n as i64).collect();
-            df.with_column(Column::new("sample".into(), samples)).map_err(|e| e.to_string())?;
-            df.with_column(Column::new(out.as_str().into(), texts)).map_err(|e| e.to_string())?;
+            df.with_column(Column::new("sample".into(), samples))
+                .map_err(|e| e.to_string())?;
+            df.with_column(Column::new(out.as_str().into(), texts))
+                .map_err(|e| e.to_string())?;
             df
         };
         Ok(Frame::new(df))
@@ -378,7 +506,8 @@ mod llm_functions {
     /// `complete(prompt)`, live or replay, returns it without a request.
     #[rhai_fn(return_raw)]
     pub fn record(model: &mut Model, prompt: &str, answer: &str) -> Result<(), Box<EvalAltResult>> {
-        let store = crate::store::open_workspace().ok_or("record: the workspace store cannot be opened")?;
+        let store =
+            crate::store::open_workspace().ok_or("record: the workspace store cannot be opened")?;
         let messages = user(prompt);
         let rec = Recorded {
             key: model.request_key(&messages, 0),
@@ -404,7 +533,10 @@ mod llm_functions {
         m.insert("requests".into(), Dynamic::from(u.requests));
         m.insert("from_store".into(), Dynamic::from(u.from_store));
         m.insert("prompt_tokens".into(), Dynamic::from(u.prompt_tokens));
-        m.insert("completion_tokens".into(), Dynamic::from(u.completion_tokens));
+        m.insert(
+            "completion_tokens".into(),
+            Dynamic::from(u.completion_tokens),
+        );
         m.insert("retries".into(), Dynamic::from(u.retries));
         m
     }
@@ -422,7 +554,8 @@ mod llm_functions {
     /// Writes every recorded response of the workspace store to a JSONL cassette, returns how many.
     #[rhai_fn(return_raw)]
     pub fn export_cassette(path: &str) -> Result<i64, Box<EvalAltResult>> {
-        let store = crate::store::open_workspace().ok_or("export_cassette: the workspace store cannot be opened")?;
+        let store = crate::store::open_workspace()
+            .ok_or("export_cassette: the workspace store cannot be opened")?;
         let rows = store.all_responses().map_err(|e| e.to_string())?;
         let mut text = String::new();
         for r in &rows {
@@ -430,7 +563,8 @@ mod llm_functions {
             text.push('\n');
         }
         let full = crate::runtime_fns::resolve_path(path);
-        crate::runtime_fns::write_atomic(&full, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", full.display()))?;
+        crate::runtime_fns::write_atomic(&full, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", full.display()))?;
         Ok(rows.len() as i64)
     }
 
@@ -440,11 +574,18 @@ mod llm_functions {
     pub fn import_cassette(path: &str) -> Result<i64, Box<EvalAltResult>> {
         let full = crate::runtime_fns::resolve_path(path);
         crate::runtime_fns::note_input(&full);
-        let text = std::fs::read_to_string(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
-        let store = crate::store::open_workspace().ok_or("import_cassette: the workspace store cannot be opened")?;
+        let text = std::fs::read_to_string(&full)
+            .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+        let store = crate::store::open_workspace()
+            .ok_or("import_cassette: the workspace store cannot be opened")?;
         let mut n = 0;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let rec: Recorded = serde_json::from_str(line).map_err(|e| format!("{}:{}: not a cassette row ({e})", full.display(), i + 1))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let rec: Recorded = serde_json::from_str(line)
+                .map_err(|e| format!("{}:{}: not a cassette row ({e})", full.display(), i + 1))?;
             store.put_response(&rec).map_err(|e| e.to_string())?;
             n += 1;
         }
@@ -458,9 +599,18 @@ mod tests {
 
     #[test]
     fn code_blocks_are_extracted_in_the_plans_order() {
-        assert_eq!(extract_code("```systemverilog\nmodule a; endmodule\n```"), "module a; endmodule");
-        assert_eq!(extract_code("text\n```\nmodule b; endmodule\n```"), "module b; endmodule");
-        assert_eq!(extract_code("```sv\nmodule c; endmodule"), "module c; endmodule");
+        assert_eq!(
+            extract_code("```systemverilog\nmodule a; endmodule\n```"),
+            "module a; endmodule"
+        );
+        assert_eq!(
+            extract_code("text\n```\nmodule b; endmodule\n```"),
+            "module b; endmodule"
+        );
+        assert_eq!(
+            extract_code("```sv\nmodule c; endmodule"),
+            "module c; endmodule"
+        );
         assert_eq!(extract_code("module d; endmodule"), "module d; endmodule");
     }
 

@@ -23,7 +23,9 @@ impl Provider {
             "ollama" => Provider::Ollama,
             "replay" => Provider::Replay,
             "local" => Provider::Local,
-            other => return Err(format!("llm: unknown provider {other:?}; use openai, anthropic, ollama, replay or local")),
+            other => return Err(format!(
+                "llm: unknown provider {other:?}; use openai, anthropic, ollama, replay or local"
+            )),
         })
     }
 
@@ -71,10 +73,19 @@ pub struct Sampling {
 }
 
 /// (url path, JSON body) of a chat request.
-pub fn request(provider: Provider, model: &str, messages: &[Message], s: &Sampling) -> (String, Value) {
+pub fn request(
+    provider: Provider,
+    model: &str,
+    messages: &[Message],
+    s: &Sampling,
+) -> (String, Value) {
     match provider {
         Provider::Anthropic => {
-            let system: Vec<&str> = messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
+            let system: Vec<&str> = messages
+                .iter()
+                .filter(|m| m.role == "system")
+                .map(|m| m.content.as_str())
+                .collect();
             let rest: Vec<&Message> = messages.iter().filter(|m| m.role != "system").collect();
             let mut body = json!({"model": model, "max_tokens": s.max_tokens, "messages": rest, "temperature": s.temperature, "top_p": s.top_p});
             if !system.is_empty() {
@@ -105,15 +116,33 @@ pub fn parse_response(provider: Provider, body: &Value) -> Result<(String, i64, 
                 .iter()
                 .filter_map(|c| c.get("text").and_then(Value::as_str))
                 .collect();
-            Ok((text, int(body.pointer("/usage/input_tokens")), int(body.pointer("/usage/output_tokens"))))
+            Ok((
+                text,
+                int(body.pointer("/usage/input_tokens")),
+                int(body.pointer("/usage/output_tokens")),
+            ))
         }
         Provider::Ollama => {
-            let text = body.pointer("/message/content").and_then(Value::as_str).ok_or("no `message.content` in the response")?;
-            Ok((text.to_string(), int(body.get("prompt_eval_count")), int(body.get("eval_count"))))
+            let text = body
+                .pointer("/message/content")
+                .and_then(Value::as_str)
+                .ok_or("no `message.content` in the response")?;
+            Ok((
+                text.to_string(),
+                int(body.get("prompt_eval_count")),
+                int(body.get("eval_count")),
+            ))
         }
         _ => {
-            let text = body.pointer("/choices/0/message/content").and_then(Value::as_str).ok_or("no `choices[0].message.content` in the response")?;
-            Ok((text.to_string(), int(body.pointer("/usage/prompt_tokens")), int(body.pointer("/usage/completion_tokens"))))
+            let text = body
+                .pointer("/choices/0/message/content")
+                .and_then(Value::as_str)
+                .ok_or("no `choices[0].message.content` in the response")?;
+            Ok((
+                text.to_string(),
+                int(body.pointer("/usage/prompt_tokens")),
+                int(body.pointer("/usage/completion_tokens")),
+            ))
         }
     }
 }
@@ -123,12 +152,30 @@ mod tests {
     use super::*;
 
     fn msgs() -> Vec<Message> {
-        vec![Message { role: "system".into(), content: "be brief".into() }, Message { role: "user".into(), content: "hi".into() }]
+        vec![
+            Message {
+                role: "system".into(),
+                content: "be brief".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "hi".into(),
+            },
+        ]
     }
 
     #[test]
     fn anthropic_moves_the_system_prompt_out_of_the_messages() {
-        let (path, body) = request(Provider::Anthropic, "claude", &msgs(), &Sampling { temperature: 0.2, top_p: 0.9, max_tokens: 100 });
+        let (path, body) = request(
+            Provider::Anthropic,
+            "claude",
+            &msgs(),
+            &Sampling {
+                temperature: 0.2,
+                top_p: 0.9,
+                max_tokens: 100,
+            },
+        );
         assert_eq!(path, "/v1/messages");
         assert_eq!(body["system"], "be brief");
         assert_eq!(body["messages"].as_array().unwrap().len(), 1);
@@ -137,11 +184,20 @@ mod tests {
     #[test]
     fn each_shape_parses_text_and_usage() {
         let openai = json!({"choices": [{"message": {"content": "a"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}});
-        assert_eq!(parse_response(Provider::OpenAi, &openai).unwrap(), ("a".into(), 3, 1));
+        assert_eq!(
+            parse_response(Provider::OpenAi, &openai).unwrap(),
+            ("a".into(), 3, 1)
+        );
         let anthropic = json!({"content": [{"type": "text", "text": "b"}], "usage": {"input_tokens": 4, "output_tokens": 2}});
-        assert_eq!(parse_response(Provider::Anthropic, &anthropic).unwrap(), ("b".into(), 4, 2));
+        assert_eq!(
+            parse_response(Provider::Anthropic, &anthropic).unwrap(),
+            ("b".into(), 4, 2)
+        );
         let ollama = json!({"message": {"content": "c"}, "prompt_eval_count": 5, "eval_count": 6});
-        assert_eq!(parse_response(Provider::Ollama, &ollama).unwrap(), ("c".into(), 5, 6));
+        assert_eq!(
+            parse_response(Provider::Ollama, &ollama).unwrap(),
+            ("c".into(), 5, 6)
+        );
         assert!(parse_response(Provider::OpenAi, &json!({"oops": 1})).is_err());
     }
 }

@@ -45,7 +45,9 @@ pub fn hash_files(files: &[std::path::PathBuf]) -> BTreeMap<String, String> {
     files
         .iter()
         .map(|f| {
-            let h = std::fs::read(f).map(|b| blake3::hash(&b).to_hex().to_string()).unwrap_or_else(|_| "missing".to_string());
+            let h = std::fs::read(f)
+                .map(|b| blake3::hash(&b).to_hex().to_string())
+                .unwrap_or_else(|_| "missing".to_string());
             (f.display().to_string(), h)
         })
         .collect()
@@ -94,7 +96,9 @@ pub enum Lookup {
 
 impl CellCache {
     pub fn new(workspace: &Path) -> CellCache {
-        CellCache { root: workspace.join("cache") }
+        CellCache {
+            root: workspace.join("cache"),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -111,11 +115,18 @@ impl CellCache {
         let bytes = match std::fs::read(&manifest_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
-            Err(e) => return Lookup::Corrupt(format!("cannot read {}: {e}", manifest_path.display())),
+            Err(e) => {
+                return Lookup::Corrupt(format!("cannot read {}: {e}", manifest_path.display()))
+            }
         };
         let manifest: Manifest = match serde_json::from_slice(&bytes) {
             Ok(m) => m,
-            Err(e) => return Lookup::Corrupt(format!("{} is not a valid manifest ({e})", manifest_path.display())),
+            Err(e) => {
+                return Lookup::Corrupt(format!(
+                    "{} is not a valid manifest ({e})",
+                    manifest_path.display()
+                ))
+            }
         };
         if manifest.format != FORMAT {
             return Lookup::Miss;
@@ -128,31 +139,51 @@ impl CellCache {
                 Err(e) => return Lookup::Corrupt(format!("cannot read {}: {e}", path.display())),
             };
             if blake3::hash(&data).to_hex().as_str() != file_hash {
-                return Lookup::Corrupt(format!("{} does not match its recorded hash", path.display()));
+                return Lookup::Corrupt(format!(
+                    "{} does not match its recorded hash",
+                    path.display()
+                ));
             }
             match frame_from_parquet_bytes(&data) {
                 Ok(df) => {
                     frames.insert(hash.clone(), Frame::new(df));
                 }
-                Err(e) => return Lookup::Corrupt(format!("{} is not readable Parquet ({e})", path.display())),
+                Err(e) => {
+                    return Lookup::Corrupt(format!(
+                        "{} is not readable Parquet ({e})",
+                        path.display()
+                    ))
+                }
             }
         }
         Lookup::Hit(manifest, frames)
     }
 
     /// Writes an entry: frames first, manifest last, each atomically.
-    pub fn store(&self, key: &str, mut manifest: Manifest, frames: &BTreeMap<String, Frame>) -> Result<(), String> {
+    pub fn store(
+        &self,
+        key: &str,
+        mut manifest: Manifest,
+        frames: &BTreeMap<String, Frame>,
+    ) -> Result<(), String> {
         let dir = self.entry_dir(key);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         manifest.frames.clear();
         for (hash, frame) in frames {
             let bytes = frame_to_parquet_bytes(&frame.df).map_err(|e| e.to_string())?;
             let path = dir.join(format!("{hash}.parquet"));
-            write_atomic(&path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            manifest.frames.insert(hash.clone(), blake3::hash(&bytes).to_hex().to_string());
+            write_atomic(&path, &bytes)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            manifest
+                .frames
+                .insert(hash.clone(), blake3::hash(&bytes).to_hex().to_string());
         }
         // Fault injection for the crash-safety test: pause between the data files and the manifest.
-        if let Some(ms) = std::env::var("RTLAB_TEST_CACHE_WRITE_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(ms) = std::env::var("RTLAB_TEST_CACHE_WRITE_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             eprintln!("(test hook) pausing {ms} ms before the manifest of {key}");
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
@@ -180,15 +211,30 @@ impl CellCache {
     /// Every entry with a readable manifest: (key, manifest, bytes on disk).
     pub fn list(&self) -> Vec<(String, Manifest, u64)> {
         let mut out = Vec::new();
-        let Ok(read) = std::fs::read_dir(&self.root) else { return out };
+        let Ok(read) = std::fs::read_dir(&self.root) else {
+            return out;
+        };
         for entry in read.flatten() {
             let dir = entry.path();
-            let Ok(bytes) = std::fs::read(dir.join("manifest.json")) else { continue };
-            let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else { continue };
+            let Ok(bytes) = std::fs::read(dir.join("manifest.json")) else {
+                continue;
+            };
+            let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+                continue;
+            };
             let size = std::fs::read_dir(&dir)
-                .map(|r| r.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                .map(|r| {
+                    r.flatten()
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
                 .unwrap_or(0);
-            out.push((entry.file_name().to_string_lossy().to_string(), manifest, size));
+            out.push((
+                entry.file_name().to_string_lossy().to_string(),
+                manifest,
+                size,
+            ));
         }
         out.sort_by(|a, b| (&a.1.script, a.1.cell_index).cmp(&(&b.1.script, b.1.cell_index)));
         out
@@ -196,9 +242,16 @@ impl CellCache {
 
     /// Removes every entry, or those of one script; returns how many.
     pub fn clear(&self, script: Option<&Path>) -> usize {
-        let target = script.map(|s| std::fs::canonicalize(s).unwrap_or_else(|_| s.to_path_buf()).display().to_string());
+        let target = script.map(|s| {
+            std::fs::canonicalize(s)
+                .unwrap_or_else(|_| s.to_path_buf())
+                .display()
+                .to_string()
+        });
         let mut removed = 0;
-        let Ok(read) = std::fs::read_dir(&self.root) else { return 0 };
+        let Ok(read) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
         for entry in read.flatten() {
             let dir = entry.path();
             if !dir.is_dir() {

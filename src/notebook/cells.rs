@@ -33,10 +33,18 @@ impl Cell {
 
 /// True for a `// %%` marker line; returns the optional cell name after it.
 fn marker(line: &str) -> Option<Option<String>> {
-    let rest = line.trim_start().strip_prefix("//")?.trim_start().strip_prefix("%%")?;
+    let rest = line
+        .trim_start()
+        .strip_prefix("//")?
+        .trim_start()
+        .strip_prefix("%%")?;
     let name = rest.trim();
     // Jupytext's `// %% [markdown]` style tags are kept as part of the name.
-    Some(if name.is_empty() { None } else { Some(name.to_string()) })
+    Some(if name.is_empty() {
+        None
+    } else {
+        Some(name.to_string())
+    })
 }
 
 /// Splits a script into cells. A script without markers is one cell. Text before the first marker is a
@@ -50,7 +58,11 @@ pub fn split_cells(source: &str) -> Vec<Cell> {
     for (i, line) in source.lines().enumerate() {
         if let Some(name) = marker(line) {
             if seen_marker || !normalize(&current).is_empty() {
-                cells.push((current_name.take(), current_first, std::mem::take(&mut current)));
+                cells.push((
+                    current_name.take(),
+                    current_first,
+                    std::mem::take(&mut current),
+                ));
             }
             current.clear();
             seen_marker = true;
@@ -67,7 +79,12 @@ pub fn split_cells(source: &str) -> Vec<Cell> {
     cells
         .into_iter()
         .enumerate()
-        .map(|(i, (name, first_line, code))| Cell { index: i + 1, name, first_line, code })
+        .map(|(i, (name, first_line, code))| Cell {
+            index: i + 1,
+            name,
+            first_line,
+            code,
+        })
         .collect()
 }
 
@@ -191,6 +208,9 @@ mod tests {
         assert_eq!(normalize(a), normalize(b));
         assert_ne!(normalize("print(\"a  b\")"), normalize("print(\"a b\")"));
         assert_ne!(normalize("let x = 1;"), normalize("let x = 2;"));
-        assert_eq!(normalize("print(\"// not a comment\")"), "print(\"// not a comment\")");
+        assert_eq!(
+            normalize("print(\"// not a comment\")"),
+            "print(\"// not a comment\")"
+        );
     }
 }

@@ -76,22 +76,35 @@ mod tests {
     use super::*;
 
     fn deps(code: &str) -> CellDeps {
-        analyze(&rhai::Engine::new().compile(code).expect("test code compiles"))
+        analyze(
+            &rhai::Engine::new()
+                .compile(code)
+                .expect("test code compiles"),
+        )
     }
 
     #[test]
     fn lets_are_declared_and_uses_are_mentioned() {
         let d = deps("let a = b + c; const K = 3; if a > 1 { let inner = 2; }");
-        assert_eq!(d.declared, ["K", "a"].iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            d.declared,
+            ["K", "a"].iter().map(|s| s.to_string()).collect()
+        );
         assert!(d.mentioned.contains("b") && d.mentioned.contains("c"));
-        assert!(!d.declared.contains("inner"), "only top-level lets define cell outputs");
+        assert!(
+            !d.declared.contains("inner"),
+            "only top-level lets define cell outputs"
+        );
     }
 
     #[test]
     fn assignments_and_method_calls_mutate() {
         let d = deps("total += 1; rows.push(3); m.field = 2; xs[0] = 1; print(y.len());");
         for name in ["total", "rows", "m", "xs", "y"] {
-            assert!(d.mutated.contains(name), "{name} should count as possibly mutated");
+            assert!(
+                d.mutated.contains(name),
+                "{name} should count as possibly mutated"
+            );
         }
     }
 

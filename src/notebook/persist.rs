@@ -18,7 +18,9 @@ pub struct Encoded {
 impl Encoded {
     /// The value's content hash: the JSON with frames replaced by their own content hashes.
     pub fn content_hash(&self) -> String {
-        blake3::hash(self.json.to_string().as_bytes()).to_hex().to_string()
+        blake3::hash(self.json.to_string().as_bytes())
+            .to_hex()
+            .to_string()
     }
 }
 
@@ -50,14 +52,24 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         return Ok(json!({"$rtlab": "char", "v": c.to_string()}));
     }
     if value.is_string() {
-        return Ok(Value::String(value.clone().into_string().unwrap_or_default()));
+        return Ok(Value::String(
+            value.clone().into_string().unwrap_or_default(),
+        ));
     }
     if value.is_array() {
-        let arr = value.read_lock::<Array>().ok_or_else(|| NotPersistable("an array that is locked".into()))?;
-        return Ok(Value::Array(arr.iter().map(|v| to_json(v, frames)).collect::<Result<_, _>>()?));
+        let arr = value
+            .read_lock::<Array>()
+            .ok_or_else(|| NotPersistable("an array that is locked".into()))?;
+        return Ok(Value::Array(
+            arr.iter()
+                .map(|v| to_json(v, frames))
+                .collect::<Result<_, _>>()?,
+        ));
     }
     if value.is_map() {
-        let map = value.read_lock::<Map>().ok_or_else(|| NotPersistable("a map that is locked".into()))?;
+        let map = value
+            .read_lock::<Map>()
+            .ok_or_else(|| NotPersistable("a map that is locked".into()))?;
         let mut obj = serde_json::Map::new();
         for (k, v) in map.iter() {
             obj.insert(k.to_string(), to_json(v, frames)?);
@@ -78,9 +90,15 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         return Ok(json!({"$rtlab": "frame", "hash": hash}));
     }
     if let Some(plot) = value.read_lock::<crate::plot::Plot>() {
-        let kind = if plot.kind == crate::plot::Kind::Bar { "bar" } else { "line" };
+        let kind = if plot.kind == crate::plot::Kind::Bar {
+            "bar"
+        } else {
+            "line"
+        };
         let values: Vec<Value> = plot.values.iter().map(|v| json!(v.to_string())).collect();
-        return Ok(json!({"$rtlab": "plot", "kind": kind, "title": plot.title, "labels": plot.labels, "values": values}));
+        return Ok(
+            json!({"$rtlab": "plot", "kind": kind, "title": plot.title, "labels": plot.labels, "values": values}),
+        );
     }
     if let Some(model) = value.read_lock::<crate::llm::Model>() {
         // A model is its configuration (the key stays in the environment); usage counters restart.
@@ -92,7 +110,9 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
     }
     let type_name = value.type_name();
     let short = type_name.rsplit("::").next().unwrap_or(type_name);
-    Err(NotPersistable(format!("a `{short}` (a live object, not data)")))
+    Err(NotPersistable(format!(
+        "a `{short}` (a live object, not data)"
+    )))
 }
 
 /// Rebuilds a value; `load_frame` fetches a frame by its content hash.
@@ -103,35 +123,82 @@ pub fn decode(
     Ok(match json {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => Dynamic::from(*b),
-        Value::Number(n) => Dynamic::from(n.as_i64().ok_or_else(|| format!("integer out of range: {n}"))?),
+        Value::Number(n) => Dynamic::from(
+            n.as_i64()
+                .ok_or_else(|| format!("integer out of range: {n}"))?,
+        ),
         Value::String(s) => Dynamic::from(s.clone()),
         Value::Array(items) => {
-            let arr: Array = items.iter().map(|v| decode(v, load_frame)).collect::<Result<_, _>>()?;
+            let arr: Array = items
+                .iter()
+                .map(|v| decode(v, load_frame))
+                .collect::<Result<_, _>>()?;
             Dynamic::from_array(arr)
         }
         Value::Object(obj) => match obj.get("$rtlab").and_then(Value::as_str) {
             Some("float") => {
-                let text = obj.get("v").and_then(Value::as_str).ok_or("float without a value")?;
-                Dynamic::from(text.parse::<f64>().map_err(|e| format!("bad float {text:?}: {e}"))?)
+                let text = obj
+                    .get("v")
+                    .and_then(Value::as_str)
+                    .ok_or("float without a value")?;
+                Dynamic::from(
+                    text.parse::<f64>()
+                        .map_err(|e| format!("bad float {text:?}: {e}"))?,
+                )
             }
             Some("char") => {
-                let text = obj.get("v").and_then(Value::as_str).ok_or("char without a value")?;
+                let text = obj
+                    .get("v")
+                    .and_then(Value::as_str)
+                    .ok_or("char without a value")?;
                 Dynamic::from(text.chars().next().ok_or("empty char")?)
             }
             Some("frame") => {
-                let hash = obj.get("hash").and_then(Value::as_str).ok_or("frame without a hash")?;
+                let hash = obj
+                    .get("hash")
+                    .and_then(Value::as_str)
+                    .ok_or("frame without a hash")?;
                 Dynamic::from(load_frame(hash)?)
             }
             Some("plot") => {
-                let kind = if obj.get("kind").and_then(Value::as_str) == Some("bar") { crate::plot::Kind::Bar } else { crate::plot::Kind::Line };
-                let title = obj.get("title").and_then(Value::as_str).unwrap_or_default().to_string();
-                let labels = obj.get("labels").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default();
-                let values = obj.get("values").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)).collect()).unwrap_or_default();
+                let kind = if obj.get("kind").and_then(Value::as_str) == Some("bar") {
+                    crate::plot::Kind::Bar
+                } else {
+                    crate::plot::Kind::Line
+                };
+                let title = obj
+                    .get("title")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let labels = obj
+                    .get("labels")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().unwrap_or_default().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let values = obj
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 Dynamic::from(crate::plot::Plot::new(kind, title, labels, values))
             }
             Some("model") => {
-                let opts = decode(obj.get("options").ok_or("model without options")?, load_frame)?;
-                let map = opts.try_cast::<rhai::Map>().ok_or("model options are not a map")?;
+                let opts = decode(
+                    obj.get("options").ok_or("model without options")?,
+                    load_frame,
+                )?;
+                let map = opts
+                    .try_cast::<rhai::Map>()
+                    .ok_or("model options are not a map")?;
                 Dynamic::from(crate::llm::Model::from_options(&map)?)
             }
             Some("map") => decode(obj.get("v").ok_or("map without a value")?, load_frame)?,
@@ -159,17 +226,28 @@ mod tests {
     #[test]
     fn plain_values_survive_a_round_trip_with_their_types() {
         let engine = rhai::Engine::new();
-        let v: Dynamic = engine.eval(r#"#{a: 1, b: 1.0, c: "x", d: [true, (), 'c'], e: #{f: -2.5}}"#).unwrap();
+        let v: Dynamic = engine
+            .eval(r#"#{a: 1, b: 1.0, c: "x", d: [true, (), 'c'], e: #{f: -2.5}}"#)
+            .unwrap();
         let back = round_trip(v.clone());
         assert_eq!(format!("{v:?}"), format!("{back:?}"));
-        assert!(back.read_lock::<Map>().unwrap()["b"].is_float(), "1.0 must stay a float");
+        assert!(
+            back.read_lock::<Map>().unwrap()["b"].is_float(),
+            "1.0 must stay a float"
+        );
     }
 
     #[test]
     fn hashes_follow_content() {
-        let a = encode(&Dynamic::from(vec![Dynamic::from(1_i64)])).unwrap().content_hash();
-        let b = encode(&Dynamic::from(vec![Dynamic::from(1_i64)])).unwrap().content_hash();
-        let c = encode(&Dynamic::from(vec![Dynamic::from(2_i64)])).unwrap().content_hash();
+        let a = encode(&Dynamic::from(vec![Dynamic::from(1_i64)]))
+            .unwrap()
+            .content_hash();
+        let b = encode(&Dynamic::from(vec![Dynamic::from(1_i64)]))
+            .unwrap()
+            .content_hash();
+        let c = encode(&Dynamic::from(vec![Dynamic::from(2_i64)]))
+            .unwrap()
+            .content_hash();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

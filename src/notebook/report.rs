@@ -13,7 +13,10 @@ pub fn value_html(value: &Dynamic) -> String {
     if let Some(svg) = crate::data::svg_of(value) {
         return svg;
     }
-    format!("<pre>{}</pre>", escape(&crate::engine::display_value(value)))
+    format!(
+        "<pre>{}</pre>",
+        escape(&crate::engine::display_value(value))
+    )
 }
 
 fn frame_html(frame: &Frame, max_rows: usize) -> String {
@@ -34,12 +37,19 @@ fn frame_html(frame: &Frame, max_rows: usize) -> String {
         html.push_str("</tr>\n");
     }
     html.push_str("</tbody></table>\n");
-    html.push_str(&format!("<p class=\"shape\">{} rows × {} columns</p>", df.height(), df.width()));
+    html.push_str(&format!(
+        "<p class=\"shape\">{} rows × {} columns</p>",
+        df.height(),
+        df.width()
+    ));
     html
 }
 
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn status_text(r: &CellReport) -> String {
@@ -59,11 +69,20 @@ td,th{{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:
     );
     for r in cells {
         html.push_str("<div class=\"cell\">\n");
-        html.push_str(&format!("<div class=\"status\">{}</div>\n", escape(&status_text(r))));
-        html.push_str(&format!("<pre><code>{}</code></pre>\n", escape(r.cell.code.trim_end())));
+        html.push_str(&format!(
+            "<div class=\"status\">{}</div>\n",
+            escape(&status_text(r))
+        ));
+        html.push_str(&format!(
+            "<pre><code>{}</code></pre>\n",
+            escape(r.cell.code.trim_end())
+        ));
         let printed = strip_result(&r.printed, r.result_text.as_deref());
         if !printed.trim().is_empty() {
-            html.push_str(&format!("<pre class=\"out\">{}</pre>\n", escape(printed.trim_end())));
+            html.push_str(&format!(
+                "<pre class=\"out\">{}</pre>\n",
+                escape(printed.trim_end())
+            ));
         }
         if let Some(h) = &r.result_html {
             html.push_str(h);
@@ -78,7 +97,12 @@ td,th{{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:
 pub fn render_markdown(title: &str, cells: &[CellReport]) -> String {
     let mut md = format!("# {title}\n\n");
     for r in cells {
-        md.push_str(&format!("## Cell {}\n\n_{}_\n\n```rhai\n{}\n```\n\n", r.cell.label(), status_text(r), r.cell.code.trim_end()));
+        md.push_str(&format!(
+            "## Cell {}\n\n_{}_\n\n```rhai\n{}\n```\n\n",
+            r.cell.label(),
+            status_text(r),
+            r.cell.code.trim_end()
+        ));
         let printed = strip_result(&r.printed, None);
         if !printed.trim().is_empty() {
             md.push_str(&format!("```text\n{}\n```\n\n", printed.trim_end()));
@@ -96,7 +120,10 @@ pub fn render_markdown(title: &str, cells: &[CellReport]) -> String {
 /// The printed text without the trailing display of the cell's value (shown separately in HTML).
 fn strip_result<'a>(printed: &'a str, result: Option<&str>) -> &'a str {
     match result {
-        Some(r) => printed.trim_end().strip_suffix(r.trim_end()).unwrap_or(printed),
+        Some(r) => printed
+            .trim_end()
+            .strip_suffix(r.trim_end())
+            .unwrap_or(printed),
         None => printed,
     }
 }

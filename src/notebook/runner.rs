@@ -4,7 +4,9 @@
 //! Invariant: a cell is restored only if every value it reads hashed to the same content as when its
 //! entry was made. Whatever cannot be hashed (a closure) makes its readers rerun, with a note.
 
-use super::cache::{changed_input, hash_files, workspace_dir, CellCache, Lookup, Manifest, StoredValue, FORMAT};
+use super::cache::{
+    changed_input, hash_files, workspace_dir, CellCache, Lookup, Manifest, StoredValue, FORMAT,
+};
 use super::cells::{has_markers, normalize, split_cells, Cell};
 use super::deps::{analyze, CellDeps};
 use super::persist::{decode, encode};
@@ -36,18 +38,29 @@ pub struct NotebookOptions {
 
 impl Default for NotebookOptions {
     fn default() -> Self {
-        NotebookOptions { mode: CacheMode::Normal, cache_min_s: 1.0, status_lines: true }
+        NotebookOptions {
+            mode: CacheMode::Normal,
+            cache_min_s: 1.0,
+            status_lines: true,
+        }
     }
 }
 
 /// How a cell's outputs came to be in this run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CellStatus {
-    Ran { elapsed_s: f64, persisted: bool },
+    Ran {
+        elapsed_s: f64,
+        persisted: bool,
+    },
     /// Restored from the persistent cache; the run it came from took `saved_s`.
-    Cached { saved_s: f64 },
+    Cached {
+        saved_s: f64,
+    },
     /// Restored from this process's memory (REPL `:run` again, `watch`).
-    Unchanged { saved_s: f64 },
+    Unchanged {
+        saved_s: f64,
+    },
 }
 
 /// What the runner knows about one cell after a run: for `:cells`, `rtlab report` and tests.
@@ -89,7 +102,11 @@ type ValueHash = Result<String, String>;
 
 impl Notebook {
     pub fn new(path: &Path) -> Notebook {
-        Notebook { path: path.to_path_buf(), memory: HashMap::new(), last_run: Vec::new() }
+        Notebook {
+            path: path.to_path_buf(),
+            memory: HashMap::new(),
+            last_run: Vec::new(),
+        }
     }
 
     fn origin(&self) -> String {
@@ -98,7 +115,12 @@ impl Notebook {
 
     /// Runs every cell of the script in `scope`. Returns the error of the first failing cell; the cells
     /// before it keep their effects (and cache entries).
-    pub fn run(&mut self, rt: &Runtime, scope: &mut Scope<'static>, opts: &NotebookOptions) -> Result<(), ScriptError> {
+    pub fn run(
+        &mut self,
+        rt: &Runtime,
+        scope: &mut Scope<'static>,
+        opts: &NotebookOptions,
+    ) -> Result<(), ScriptError> {
         let origin = self.origin();
         let source = std::fs::read_to_string(&self.path)
             .map_err(|e| ScriptError::plain(&origin, format!("cannot read the script: {e}")))?;
@@ -109,7 +131,10 @@ impl Notebook {
             _ => PathBuf::from("."),
         };
         let cache = CellCache::new(&workspace_dir(&script_dir));
-        let script_id = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()).display().to_string();
+        let script_id = std::fs::canonicalize(&self.path)
+            .unwrap_or_else(|_| self.path.clone())
+            .display()
+            .to_string();
 
         let mut fn_lib = AST::empty();
         let mut fn_hashes: BTreeMap<String, String> = BTreeMap::new();
@@ -136,15 +161,25 @@ impl Notebook {
             let normalized = normalize(&cell.code);
 
             // Reads: names the cell mentions that exist when it starts, and earlier cells' functions.
-            let reads: Vec<String> = deps.mentioned.iter().filter(|n| scope.contains(n)).cloned().collect();
+            let reads: Vec<String> = deps
+                .mentioned
+                .iter()
+                .filter(|n| scope.contains(n))
+                .cloned()
+                .collect();
             let mut key_input = format!("rtlab {} cell\n{normalized}\n", env!("CARGO_PKG_VERSION"));
             let mut uncacheable: Option<String> = None;
             for name in &reads {
-                let h = hashes.entry(name.clone()).or_insert_with(|| hash_scope_value(scope, name)).clone();
+                let h = hashes
+                    .entry(name.clone())
+                    .or_insert_with(|| hash_scope_value(scope, name))
+                    .clone();
                 match h {
                     Ok(h) => key_input.push_str(&format!("read {name} {h}\n")),
                     Err(why) => {
-                        uncacheable.get_or_insert(format!("it reads `{name}`, {why}, which cannot be cached"));
+                        uncacheable.get_or_insert(format!(
+                            "it reads `{name}`, {why}, which cannot be cached"
+                        ));
                     }
                 }
             }
@@ -156,11 +191,19 @@ impl Notebook {
             let combined = fn_lib.merge(&ast);
             fn_lib = fn_lib.merge(&ast.clone_functions_only());
             for f in &deps.functions {
-                fn_hashes.insert(f.clone(), blake3::hash(normalized.as_bytes()).to_hex().to_string());
+                fn_hashes.insert(
+                    f.clone(),
+                    blake3::hash(normalized.as_bytes()).to_hex().to_string(),
+                );
             }
 
             let report = if uncacheable.is_none() && opts.mode != CacheMode::Fresh {
-                if let Some(mem) = self.memory.get(&key).cloned().filter(|m| changed_input(&m.inputs).is_none()) {
+                if let Some(mem) = self
+                    .memory
+                    .get(&key)
+                    .cloned()
+                    .filter(|m| changed_input(&m.inputs).is_none())
+                {
                     Some(self.restore_memory(rt, scope, &mut hashes, &cell, &deps, &reads, mem))
                 } else if opts.mode == CacheMode::Normal {
                     self.restore_disk(rt, scope, &mut hashes, &cache, &key, &cell, &reads)
@@ -173,7 +216,18 @@ impl Notebook {
             let report = match report {
                 Some(r) => r,
                 None => {
-                    let mut r = self.run_cell(rt, scope, &mut hashes, &origin, &code, &combined, &cell, &deps, &reads, &key)?;
+                    let mut r = self.run_cell(
+                        rt,
+                        scope,
+                        &mut hashes,
+                        &origin,
+                        &code,
+                        &combined,
+                        &cell,
+                        &deps,
+                        &reads,
+                        &key,
+                    )?;
                     if let CellStatus::Ran { elapsed_s, .. } = r.status {
                         // A cheap cell would not be persisted anyway: an unpersistable output is no news.
                         if elapsed_s < opts.cache_min_s {
@@ -183,17 +237,28 @@ impl Notebook {
                     r.note = uncacheable.clone().or(r.note);
                     let cacheable = uncacheable.is_none() && r.note.is_none();
                     if let CellStatus::Ran { elapsed_s, .. } = r.status {
-                        if cacheable && opts.mode != CacheMode::Off && elapsed_s >= opts.cache_min_s {
+                        if cacheable && opts.mode != CacheMode::Off && elapsed_s >= opts.cache_min_s
+                        {
                             match self.persist(&cache, &key, &script_id, &r, scope) {
-                                Ok(()) => r.status = CellStatus::Ran { elapsed_s, persisted: true },
-                                Err(e) => eprintln!("warning: [{}] could not be cached: {e}", cell.label()),
+                                Ok(()) => {
+                                    r.status = CellStatus::Ran {
+                                        elapsed_s,
+                                        persisted: true,
+                                    }
+                                }
+                                Err(e) => eprintln!(
+                                    "warning: [{}] could not be cached: {e}",
+                                    cell.label()
+                                ),
                             }
                         }
                     }
                     r
                 }
             };
-            if opts.status_lines && (notebook_mode || !matches!(report.status, CellStatus::Ran { .. })) {
+            if opts.status_lines
+                && (notebook_mode || !matches!(report.status, CellStatus::Ran { .. }))
+            {
                 eprintln!("{}", status_line(&report));
             }
             self.last_run.push(report);
@@ -229,9 +294,18 @@ impl Notebook {
         let printed = rt.sink.take_capture();
 
         // Outputs: declared names, plus candidates for in-place change whose content did change.
-        let mut defines: BTreeSet<String> = deps.declared.iter().filter(|n| scope.contains(n)).cloned().collect();
-        let candidates: Vec<String> =
-            deps.mutated.iter().filter(|n| scope.contains(n) && !defines.contains(*n)).cloned().collect();
+        let mut defines: BTreeSet<String> = deps
+            .declared
+            .iter()
+            .filter(|n| scope.contains(n))
+            .cloned()
+            .collect();
+        let candidates: Vec<String> = deps
+            .mutated
+            .iter()
+            .filter(|n| scope.contains(n) && !defines.contains(*n))
+            .cloned()
+            .collect();
         for name in &candidates {
             let before = hashes.get(name.as_str()).cloned();
             let after = hash_scope_value(scope, name);
@@ -248,7 +322,11 @@ impl Notebook {
             }
             hashes.insert(name.clone(), h);
             let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
-            outputs.push((name.clone(), value, scope.is_constant(name).unwrap_or(false)));
+            outputs.push((
+                name.clone(),
+                value,
+                scope.is_constant(name).unwrap_or(false),
+            ));
         }
         self.memory.insert(
             key.to_string(),
@@ -263,7 +341,10 @@ impl Notebook {
         );
         Ok(CellReport {
             cell: cell.clone(),
-            status: CellStatus::Ran { elapsed_s, persisted: false },
+            status: CellStatus::Ran {
+                elapsed_s,
+                persisted: false,
+            },
             reads: reads.to_vec(),
             defines: defines.into_iter().collect(),
             printed,
@@ -293,7 +374,9 @@ impl Notebook {
         rt.sink.take_capture();
         CellReport {
             cell: cell.clone(),
-            status: CellStatus::Unchanged { saved_s: mem.elapsed_s },
+            status: CellStatus::Unchanged {
+                saved_s: mem.elapsed_s,
+            },
             reads: reads.to_vec(),
             defines: mem.outputs.iter().map(|o| o.0.clone()).collect(),
             printed: mem.printed,
@@ -318,20 +401,31 @@ impl Notebook {
         let (manifest, frames) = match cache.lookup(key) {
             Lookup::Hit(m, _) if changed_input(&m.inputs).is_some() => {
                 let file = changed_input(&m.inputs).unwrap_or_default();
-                eprintln!("[{}] {file} changed since the cached run: rerunning", cell.label());
+                eprintln!(
+                    "[{}] {file} changed since the cached run: rerunning",
+                    cell.label()
+                );
                 return None;
             }
             Lookup::Hit(m, f) => (m, f),
             Lookup::Miss => return None,
             Lookup::Corrupt(why) => {
-                eprintln!("warning: [{}] cache entry is corrupt ({why}); dropping it and recomputing", cell.label());
+                eprintln!(
+                    "warning: [{}] cache entry is corrupt ({why}); dropping it and recomputing",
+                    cell.label()
+                );
                 cache.remove(key);
                 return None;
             }
         };
         let mut restored = Vec::new();
         for (name, stored) in &manifest.outputs {
-            let mut load = |hash: &str| frames.get(hash).cloned().ok_or_else(|| format!("frame {hash} missing"));
+            let mut load = |hash: &str| {
+                frames
+                    .get(hash)
+                    .cloned()
+                    .ok_or_else(|| format!("frame {hash} missing"))
+            };
             match decode(&stored.json, &mut load) {
                 Ok(v) => restored.push((name.clone(), v, stored.hash.clone())),
                 Err(why) => {
@@ -363,7 +457,9 @@ impl Notebook {
         );
         Some(CellReport {
             cell: cell.clone(),
-            status: CellStatus::Cached { saved_s: manifest.elapsed_s },
+            status: CellStatus::Cached {
+                saved_s: manifest.elapsed_s,
+            },
             reads: reads.to_vec(),
             defines: outputs.into_iter().map(|o| o.0).collect(),
             printed: manifest.printed,
@@ -374,7 +470,14 @@ impl Notebook {
         })
     }
 
-    fn persist(&self, cache: &CellCache, key: &str, script: &str, r: &CellReport, scope: &Scope<'static>) -> Result<(), String> {
+    fn persist(
+        &self,
+        cache: &CellCache,
+        key: &str,
+        script: &str,
+        r: &CellReport,
+        scope: &Scope<'static>,
+    ) -> Result<(), String> {
         let mut outputs = BTreeMap::new();
         let mut frames = BTreeMap::new();
         let mut constants = Vec::new();
@@ -383,7 +486,13 @@ impl Notebook {
             let enc = encode(&value).map_err(|e| format!("`{name}` is {}", e.0))?;
             let hash = enc.content_hash();
             frames.extend(enc.frames);
-            outputs.insert(name.clone(), StoredValue { json: enc.json, hash });
+            outputs.insert(
+                name.clone(),
+                StoredValue {
+                    json: enc.json,
+                    hash,
+                },
+            );
             if scope.is_constant(name).unwrap_or(false) {
                 constants.push(name.clone());
             }
@@ -437,8 +546,14 @@ fn hash_value(value: &Dynamic) -> ValueHash {
 pub fn status_line(r: &CellReport) -> String {
     let label = r.cell.label();
     let mut line = match &r.status {
-        CellStatus::Ran { elapsed_s, persisted: true } => format!("[{label}] ran in {elapsed_s:.2} s, cached"),
-        CellStatus::Ran { elapsed_s, persisted: false } => format!("[{label}] ran in {elapsed_s:.2} s"),
+        CellStatus::Ran {
+            elapsed_s,
+            persisted: true,
+        } => format!("[{label}] ran in {elapsed_s:.2} s, cached"),
+        CellStatus::Ran {
+            elapsed_s,
+            persisted: false,
+        } => format!("[{label}] ran in {elapsed_s:.2} s"),
         CellStatus::Cached { saved_s } => format!("[{label}] cached (saved {saved_s:.1} s)"),
         CellStatus::Unchanged { saved_s } => format!("[{label}] unchanged (saved {saved_s:.1} s)"),
     };

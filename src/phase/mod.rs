@@ -18,13 +18,69 @@ use std::rc::Rc;
 
 /// The plan's PHASE_KEYWORDS, in the plan's order (which breaks ties).
 pub const DEFAULT_PHASES: &[(&str, &[&str])] = &[
-    ("synthesis", &["yosys", "synthesis", "rtl", "gate-level", "netlist", "abc", "technology mapping"]),
-    ("placement", &["placement", "dreamplace", "cell placement", "wirelength", "legalization"]),
-    ("routing", &["routing", "tritonroute", "interconnect", "via", "metal layer", "global routing"]),
-    ("timing", &["timing", "sta", "slack", "setup", "hold", "clock", "critical path"]),
-    ("power", &["power", "leakage", "dynamic power", "voltage", "clock gating"]),
-    ("verification", &["verification", "drc", "lvs", "simulation", "formal"]),
-    ("floorplan", &["floorplan", "die size", "aspect ratio", "pin placement"]),
+    (
+        "synthesis",
+        &[
+            "yosys",
+            "synthesis",
+            "rtl",
+            "gate-level",
+            "netlist",
+            "abc",
+            "technology mapping",
+        ],
+    ),
+    (
+        "placement",
+        &[
+            "placement",
+            "dreamplace",
+            "cell placement",
+            "wirelength",
+            "legalization",
+        ],
+    ),
+    (
+        "routing",
+        &[
+            "routing",
+            "tritonroute",
+            "interconnect",
+            "via",
+            "metal layer",
+            "global routing",
+        ],
+    ),
+    (
+        "timing",
+        &[
+            "timing",
+            "sta",
+            "slack",
+            "setup",
+            "hold",
+            "clock",
+            "critical path",
+        ],
+    ),
+    (
+        "power",
+        &[
+            "power",
+            "leakage",
+            "dynamic power",
+            "voltage",
+            "clock gating",
+        ],
+    ),
+    (
+        "verification",
+        &["verification", "drc", "lvs", "simulation", "formal"],
+    ),
+    (
+        "floorplan",
+        &["floorplan", "die size", "aspect ratio", "pin placement"],
+    ),
 ];
 
 /// A keyword table: phases in tie-breaking order.
@@ -37,7 +93,10 @@ pub struct PhaseTable {
 impl PhaseTable {
     pub fn default_table() -> PhaseTable {
         PhaseTable {
-            phases: DEFAULT_PHASES.iter().map(|(p, ks)| (p.to_string(), ks.iter().map(|k| k.to_string()).collect())).collect(),
+            phases: DEFAULT_PHASES
+                .iter()
+                .map(|(p, ks)| (p.to_string(), ks.iter().map(|k| k.to_string()).collect()))
+                .collect(),
             whole_words: false,
         }
     }
@@ -47,18 +106,29 @@ impl PhaseTable {
     pub fn from_options(options: &Map) -> Result<PhaseTable, String> {
         let mut table = PhaseTable::default_table();
         if let Some(k) = options.get("keywords") {
-            let map = k.read_lock::<Map>().ok_or("classify_phase: `keywords` must be a map like #{synthesis: [\"yosys\"]}")?;
+            let map = k
+                .read_lock::<Map>()
+                .ok_or("classify_phase: `keywords` must be a map like #{synthesis: [\"yosys\"]}")?;
             table.phases.clear();
             for (phase, words) in map.iter() {
-                let arr = words.read_lock::<Array>().ok_or_else(|| format!("classify_phase: keywords of `{phase}` must be an array of strings"))?;
-                table.phases.push((phase.to_string(), arr.iter().map(|w| w.to_string().to_lowercase()).collect()));
+                let arr = words.read_lock::<Array>().ok_or_else(|| {
+                    format!("classify_phase: keywords of `{phase}` must be an array of strings")
+                })?;
+                table.phases.push((
+                    phase.to_string(),
+                    arr.iter().map(|w| w.to_string().to_lowercase()).collect(),
+                ));
             }
         }
         match options.get("matching").map(|m| m.to_string()) {
             None => {}
             Some(m) if m == "substring" => table.whole_words = false,
             Some(m) if m == "word" => table.whole_words = true,
-            Some(other) => return Err(format!("classify_phase: `matching` must be \"substring\" or \"word\", not {other:?}")),
+            Some(other) => {
+                return Err(format!(
+                    "classify_phase: `matching` must be \"substring\" or \"word\", not {other:?}"
+                ))
+            }
         }
         Ok(table)
     }
@@ -85,7 +155,8 @@ impl PhaseTable {
                 best = Some((phase, score));
             }
         }
-        best.map(|(p, _)| p.to_string()).unwrap_or_else(|| "general".to_string())
+        best.map(|(p, _)| p.to_string())
+            .unwrap_or_else(|| "general".to_string())
     }
 
     fn phase_names(&self) -> Vec<String> {
@@ -114,11 +185,19 @@ fn text_column(frame: &Frame, column: &str) -> Result<Vec<String>, Box<EvalAltRe
         .df
         .clone()
         .lazy()
-        .select([crate::data::column(column).cast(DataType::String).alias("t")])
+        .select([crate::data::column(column)
+            .cast(DataType::String)
+            .alias("t")])
         .collect()
         .map_err(|e| format!("phase: column `{column}`: {e}"))?;
-    let ca = df.column("t").and_then(|c| c.str().cloned()).map_err(|e| format!("phase: {e}"))?;
-    Ok(ca.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+    let ca = df
+        .column("t")
+        .and_then(|c| c.str().cloned())
+        .map_err(|e| format!("phase: {e}"))?;
+    Ok(ca
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
 }
 
 #[export_module]
@@ -157,12 +236,23 @@ mod phase_functions {
     /// Adds a `phase` column, with `classify_phase`'s options, plus `into` to name the column otherwise
     /// (a keyword table of design categories gives a `category` column, say).
     #[rhai_fn(name = "with_phase", return_raw)]
-    pub fn with_phase_opts(frame: &mut Frame, column: &str, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn with_phase_opts(
+        frame: &mut Frame,
+        column: &str,
+        options: Map,
+    ) -> Result<Frame, Box<EvalAltResult>> {
         let table = PhaseTable::from_options(&options)?;
-        let phases: Vec<String> = text_column(frame, column)?.iter().map(|t| table.classify(t)).collect();
-        let into = options.get("into").map(|v| v.to_string()).unwrap_or_else(|| "phase".to_string());
+        let phases: Vec<String> = text_column(frame, column)?
+            .iter()
+            .map(|t| table.classify(t))
+            .collect();
+        let into = options
+            .get("into")
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "phase".to_string());
         let mut df = frame.df.clone();
-        df.with_column(Column::new(into.as_str().into(), phases)).map_err(|e| format!("with_phase: {e}"))?;
+        df.with_column(Column::new(into.as_str().into(), phases))
+            .map_err(|e| format!("with_phase: {e}"))?;
         Ok(Frame::new(df))
     }
 
@@ -176,7 +266,12 @@ mod phase_functions {
         let table = PhaseTable::default_table();
         let contents = text_column(&frame, "content")?;
         let sources = text_column(&frame, "source")?;
-        let phases = if frame.df.get_column_names().iter().any(|c| c.as_str() == "phase") {
+        let phases = if frame
+            .df
+            .get_column_names()
+            .iter()
+            .any(|c| c.as_str() == "phase")
+        {
             text_column(&frame, "phase")?
         } else {
             contents.iter().map(|c| table.classify(c)).collect()
@@ -205,13 +300,21 @@ mod phase_functions {
             }
             let rel = format!("{phase}/{phase}_training.jsonl");
             let path = root.join(&rel);
-            crate::runtime_fns::write_atomic(&path, lines.as_bytes()).map_err(|e| format!("split_by_phase: cannot write {}: {e}", path.display()))?;
+            crate::runtime_fns::write_atomic(&path, lines.as_bytes())
+                .map_err(|e| format!("split_by_phase: cannot write {}: {e}", path.display()))?;
             names.push(phase.clone());
             counts.push(n);
             paths.push(format!("{out_dir}/{rel}"));
         }
-        let df = DataFrame::new(names.len(), vec![Column::new("phase".into(), names), Column::new("documents".into(), counts), Column::new("path".into(), paths)])
-            .map_err(|e| format!("split_by_phase: {e}"))?;
+        let df = DataFrame::new(
+            names.len(),
+            vec![
+                Column::new("phase".into(), names),
+                Column::new("documents".into(), counts),
+                Column::new("path".into(), paths),
+            ],
+        )
+        .map_err(|e| format!("split_by_phase: {e}"))?;
         Ok(Frame::new(df))
     }
 
@@ -228,20 +331,39 @@ mod phase_functions {
         let table = PhaseTable::from_options(&options)?;
         let mut specialists = BTreeMap::new();
         if let Some(s) = options.get("specialists") {
-            let map = s.read_lock::<Map>().ok_or("router: `specialists` must be a map phase → model name")?;
+            let map = s
+                .read_lock::<Map>()
+                .ok_or("router: `specialists` must be a map phase → model name")?;
             for (phase, model) in map.iter() {
                 specialists.insert(phase.to_string(), model.to_string());
             }
         }
-        let fallback = options.get("fallback").map(|f| f.to_string()).unwrap_or_else(|| "llama3:8b".to_string());
-        Ok(Router { table, specialists, fallback, stats: Rc::new(RefCell::new(BTreeMap::new())) })
+        let fallback = options
+            .get("fallback")
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| "llama3:8b".to_string());
+        Ok(Router {
+            table,
+            specialists,
+            fallback,
+            stats: Rc::new(RefCell::new(BTreeMap::new())),
+        })
     }
 
     /// The model a query goes to; counts the query for `stats()`.
     pub fn route(router: &mut Router, query: &str) -> String {
         let phase = router.table.classify(query);
-        let model = router.specialists.get(&phase).cloned().unwrap_or_else(|| router.fallback.clone());
-        router.stats.borrow_mut().entry(model.clone()).or_insert((0, 0)).0 += 1;
+        let model = router
+            .specialists
+            .get(&phase)
+            .cloned()
+            .unwrap_or_else(|| router.fallback.clone());
+        router
+            .stats
+            .borrow_mut()
+            .entry(model.clone())
+            .or_insert((0, 0))
+            .0 += 1;
         model
     }
 
@@ -261,7 +383,10 @@ mod phase_functions {
         let models: Vec<String> = stats.keys().cloned().collect();
         let queries: Vec<i64> = stats.values().map(|v| v.0).collect();
         let successes: Vec<i64> = stats.values().map(|v| v.1).collect();
-        let rates: Vec<Option<f64>> = stats.values().map(|v| (v.0 > 0).then(|| v.1 as f64 / v.0 as f64)).collect();
+        let rates: Vec<Option<f64>> = stats
+            .values()
+            .map(|v| (v.0 > 0).then(|| v.1 as f64 / v.0 as f64))
+            .collect();
         let df = DataFrame::new(
             models.len(),
             vec![
@@ -283,9 +408,15 @@ mod tests {
     #[test]
     fn ties_go_to_the_phase_listed_first_as_in_the_plan() {
         // One synthesis keyword and one timing keyword: synthesis is listed first.
-        assert_eq!(PhaseTable::default_table().classify("yosys and slack"), "synthesis");
+        assert_eq!(
+            PhaseTable::default_table().classify("yosys and slack"),
+            "synthesis"
+        );
         // Two timing keywords beat one synthesis keyword.
-        assert_eq!(PhaseTable::default_table().classify("yosys, slack and hold"), "timing");
+        assert_eq!(
+            PhaseTable::default_table().classify("yosys, slack and hold"),
+            "timing"
+        );
     }
 
     #[test]

@@ -32,21 +32,32 @@ pub struct Plot {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn fmt_num(v: f64) -> String {
     if v.abs() >= 1000.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
-        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 
 impl Plot {
     pub fn new(kind: Kind, title: String, labels: Vec<String>, values: Vec<f64>) -> Plot {
         let svg = render_svg(&kind, &title, &labels, &values);
-        Plot { kind, title, labels, values, svg }
+        Plot {
+            kind,
+            title,
+            labels,
+            values,
+            svg,
+        }
     }
 
     /// A terminal rendering: one bar per row for bar charts, a sparkline for line charts.
@@ -56,18 +67,41 @@ impl Plot {
         let mut out = format!("{}\n", self.title);
         match self.kind {
             Kind::Bar => {
-                let width = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).min(24);
+                let width = self
+                    .labels
+                    .iter()
+                    .map(|l| l.chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .min(24);
                 for (l, v) in self.labels.iter().zip(&self.values) {
-                    let n = if max > 0.0 { ((v / max) * 40.0).round() as usize } else { 0 };
+                    let n = if max > 0.0 {
+                        ((v / max) * 40.0).round() as usize
+                    } else {
+                        0
+                    };
                     let label: String = l.chars().take(24).collect();
-                    out.push_str(&format!("{label:>width$} │{} {}\n", "█".repeat(n), fmt_num(*v)));
+                    out.push_str(&format!(
+                        "{label:>width$} │{} {}\n",
+                        "█".repeat(n),
+                        fmt_num(*v)
+                    ));
                 }
             }
             Kind::Line => {
                 const TICKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
                 let span = (max - min).max(f64::EPSILON);
-                let line: String = self.values.iter().map(|v| TICKS[(((v - min) / span) * 7.0).round() as usize]).collect();
-                out.push_str(&format!("{line}\nmin {} · max {} · {} points\n", fmt_num(min), fmt_num(max), self.values.len()));
+                let line: String = self
+                    .values
+                    .iter()
+                    .map(|v| TICKS[(((v - min) / span) * 7.0).round() as usize])
+                    .collect();
+                out.push_str(&format!(
+                    "{line}\nmin {} · max {} · {} points\n",
+                    fmt_num(min),
+                    fmt_num(max),
+                    self.values.len()
+                ));
             }
         }
         out.trim_end().to_string()
@@ -123,7 +157,11 @@ fn render_svg(kind: &Kind, title: &str, labels: &[String], values: &[f64]) -> St
                     fmt_num(*v)
                 ));
                 if i % every == 0 {
-                    svg.push_str(&label_svg(MARGIN_LEFT + step * (i as f64 + 0.5), MARGIN_TOP + plot_h + 12.0, l));
+                    svg.push_str(&label_svg(
+                        MARGIN_LEFT + step * (i as f64 + 0.5),
+                        MARGIN_TOP + plot_h + 12.0,
+                        l,
+                    ));
                 }
             }
         }
@@ -131,11 +169,24 @@ fn render_svg(kind: &Kind, title: &str, labels: &[String], values: &[f64]) -> St
             let points: Vec<String> = values
                 .iter()
                 .enumerate()
-                .map(|(i, v)| format!("{:.1},{:.1}", MARGIN_LEFT + step * (i as f64 + 0.5), y_of(*v)))
+                .map(|(i, v)| {
+                    format!(
+                        "{:.1},{:.1}",
+                        MARGIN_LEFT + step * (i as f64 + 0.5),
+                        y_of(*v)
+                    )
+                })
                 .collect();
-            svg.push_str(&format!("<polyline fill=\"none\" stroke=\"#c0392b\" stroke-width=\"2\" points=\"{}\"/>\n", points.join(" ")));
+            svg.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"#c0392b\" stroke-width=\"2\" points=\"{}\"/>\n",
+                points.join(" ")
+            ));
             for (i, l) in labels.iter().enumerate().filter(|(i, _)| i % every == 0) {
-                svg.push_str(&label_svg(MARGIN_LEFT + step * (i as f64 + 0.5), MARGIN_TOP + plot_h + 12.0, l));
+                svg.push_str(&label_svg(
+                    MARGIN_LEFT + step * (i as f64 + 0.5),
+                    MARGIN_TOP + plot_h + 12.0,
+                    l,
+                ));
             }
         }
     }
@@ -155,11 +206,20 @@ fn xy(frame: &Frame, x: &str, y: &str) -> Result<(Vec<String>, Vec<f64>), Box<Ev
         .df
         .clone()
         .lazy()
-        .select([crate::data::column(x).cast(DataType::String).alias("x"), crate::data::column(y).cast(DataType::Float64).alias("y")])
+        .select([
+            crate::data::column(x).cast(DataType::String).alias("x"),
+            crate::data::column(y).cast(DataType::Float64).alias("y"),
+        ])
         .collect()
         .map_err(|e| format!("plot: {e}"))?;
-    let xs = df.column("x").and_then(|c| c.str().cloned()).map_err(|e| format!("plot: {e}"))?;
-    let ys = df.column("y").and_then(|c| c.f64().cloned()).map_err(|e| format!("plot: {e}"))?;
+    let xs = df
+        .column("x")
+        .and_then(|c| c.str().cloned())
+        .map_err(|e| format!("plot: {e}"))?;
+    let ys = df
+        .column("y")
+        .and_then(|c| c.f64().cloned())
+        .map_err(|e| format!("plot: {e}"))?;
     let labels = xs.iter().map(|v| v.unwrap_or("null").to_string()).collect();
     let values = ys.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
     Ok((labels, values))
@@ -193,7 +253,12 @@ mod plot_functions {
     #[rhai_fn(return_raw)]
     pub fn plot_line(frame: &mut Frame, x: &str, y: &str) -> Result<Plot, Box<EvalAltResult>> {
         let (labels, values) = xy(frame, x, y)?;
-        Ok(Plot::new(Kind::Line, format!("{y} over {x}"), labels, values))
+        Ok(Plot::new(
+            Kind::Line,
+            format!("{y} over {x}"),
+            labels,
+            values,
+        ))
     }
 
     /// The chart's SVG text.
@@ -205,6 +270,7 @@ mod plot_functions {
     #[rhai_fn(return_raw)]
     pub fn save(plot: &mut Plot, path: &str) -> Result<(), Box<EvalAltResult>> {
         let full = crate::runtime_fns::resolve_path(path);
-        crate::runtime_fns::write_atomic(&full, plot.svg.as_bytes()).map_err(|e| format!("cannot write {}: {e}", full.display()).into())
+        crate::runtime_fns::write_atomic(&full, plot.svg.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", full.display()).into())
     }
 }

@@ -13,11 +13,23 @@ use std::rc::Rc;
 
 /// REPL commands, for completion and `:help`.
 pub const COMMANDS: &[(&str, &str)] = &[
-    (":help", "[NAME]  list commands, or show a function's signature and doc"),
+    (
+        ":help",
+        "[NAME]  list commands, or show a function's signature and doc",
+    ),
     (":load", "FILE    run a script in the current scope"),
-    (":run", "FILE     run a script as a notebook (cells, cache); its variables join the scope"),
-    (":watch", "FILE   rerun a notebook's stale cells on every save (Ctrl-C stops)"),
-    (":cells", "        the cells of the last :run, with what each reads and defines"),
+    (
+        ":run",
+        "FILE     run a script as a notebook (cells, cache); its variables join the scope",
+    ),
+    (
+        ":watch",
+        "FILE   rerun a notebook's stale cells on every save (Ctrl-C stops)",
+    ),
+    (
+        ":cells",
+        "        the cells of the last :run, with what each reads and defines",
+    ),
     (":vars", "         variables in scope"),
     (":time", "EXPR     evaluate and print how long it took"),
     (":reset", "        drop every variable"),
@@ -25,9 +37,9 @@ pub const COMMANDS: &[(&str, &str)] = &[
 ];
 
 const KEYWORDS: &[&str] = &[
-    "let", "const", "if", "else", "switch", "while", "loop", "for", "in", "do", "until", "break", "continue",
-    "return", "throw", "try", "catch", "fn", "private", "import", "export", "as", "true", "false", "this",
-    "global",
+    "let", "const", "if", "else", "switch", "while", "loop", "for", "in", "do", "until", "break",
+    "continue", "return", "throw", "try", "catch", "fn", "private", "import", "export", "as",
+    "true", "false", "this", "global",
 ];
 
 pub struct ReplHelper {
@@ -42,7 +54,12 @@ pub struct ReplHelper {
 
 impl ReplHelper {
     pub fn new(functions: Vec<String>, variables: Rc<RefCell<Vec<String>>>) -> ReplHelper {
-        ReplHelper { functions, variables, files: FilenameCompleter::new(), cursor: Cell::new(None) }
+        ReplHelper {
+            functions,
+            variables,
+            files: FilenameCompleter::new(),
+            cursor: Cell::new(None),
+        }
     }
 }
 
@@ -106,14 +123,23 @@ impl Validator for ReplHelper {
         if input.trim_start().starts_with(':') {
             return Ok(ValidationResult::Valid(None));
         }
-        Ok(if is_incomplete(input) { ValidationResult::Incomplete } else { ValidationResult::Valid(None) })
+        Ok(if is_incomplete(input) {
+            ValidationResult::Incomplete
+        } else {
+            ValidationResult::Valid(None)
+        })
     }
 }
 
 impl Completer for ReplHelper {
     type Candidate = Pair;
 
-    fn complete(&self, line: &str, pos: usize, ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let before = &line[..pos];
         let trimmed = before.trim_start();
         // `:command` names, then paths after commands that take a file.
@@ -122,11 +148,17 @@ impl Completer for ReplHelper {
             let pairs = COMMANDS
                 .iter()
                 .filter(|(c, _)| c.starts_with(trimmed))
-                .map(|(c, _)| Pair { display: c.to_string(), replacement: format!("{c} ") })
+                .map(|(c, _)| Pair {
+                    display: c.to_string(),
+                    replacement: format!("{c} "),
+                })
                 .collect();
             return Ok((start, pairs));
         }
-        if [":load ", ":run ", ":watch "].iter().any(|c| trimmed.starts_with(c)) {
+        if [":load ", ":run ", ":watch "]
+            .iter()
+            .any(|c| trimmed.starts_with(c))
+        {
             return self.files.complete(line, pos, ctx);
         }
         if trimmed.starts_with(":help ") {
@@ -155,15 +187,32 @@ impl ReplHelper {
     fn matching(&self, word: &str, methods_only: bool) -> Vec<Pair> {
         let mut out: Vec<Pair> = Vec::new();
         if !methods_only {
-            for v in self.variables.borrow().iter().filter(|v| v.starts_with(word)) {
-                out.push(Pair { display: v.clone(), replacement: v.clone() });
+            for v in self
+                .variables
+                .borrow()
+                .iter()
+                .filter(|v| v.starts_with(word))
+            {
+                out.push(Pair {
+                    display: v.clone(),
+                    replacement: v.clone(),
+                });
             }
-            for k in KEYWORDS.iter().filter(|k| k.starts_with(word) && !word.is_empty()) {
-                out.push(Pair { display: k.to_string(), replacement: k.to_string() });
+            for k in KEYWORDS
+                .iter()
+                .filter(|k| k.starts_with(word) && !word.is_empty())
+            {
+                out.push(Pair {
+                    display: k.to_string(),
+                    replacement: k.to_string(),
+                });
             }
         }
         for f in self.functions.iter().filter(|f| f.starts_with(word)) {
-            out.push(Pair { display: f.clone(), replacement: f.clone() });
+            out.push(Pair {
+                display: f.clone(),
+                replacement: f.clone(),
+            });
         }
         out.sort_by(|a, b| a.display.cmp(&b.display));
         out.dedup_by(|a, b| a.display == b.display);
@@ -186,8 +235,18 @@ impl Highlighter for ReplHelper {
             return true;
         }
         // The bracket just typed, or the one under the cursor.
-        let at = |i: usize| line.as_bytes().get(i).is_some_and(|b| b"()[]{}".contains(b));
-        let p = if pos > 0 && at(pos - 1) { Some(pos - 1) } else if at(pos) { Some(pos) } else { None };
+        let at = |i: usize| {
+            line.as_bytes()
+                .get(i)
+                .is_some_and(|b| b"()[]{}".contains(b))
+        };
+        let p = if pos > 0 && at(pos - 1) {
+            Some(pos - 1)
+        } else if at(pos) {
+            Some(pos)
+        } else {
+            None
+        };
         self.cursor.set(p);
         true
     }
@@ -207,7 +266,11 @@ fn matching_bracket(line: &str, pos: usize) -> Option<usize> {
         _ => return None,
     };
     let mut depth = 0i32;
-    let indices: Box<dyn Iterator<Item = usize>> = if forward { Box::new(pos..bytes.len()) } else { Box::new((0..=pos).rev()) };
+    let indices: Box<dyn Iterator<Item = usize>> = if forward {
+        Box::new(pos..bytes.len())
+    } else {
+        Box::new((0..=pos).rev())
+    };
     for i in indices {
         if bytes[i] == open {
             depth += if forward { 1 } else { -1 };
@@ -249,7 +312,9 @@ fn colorize(line: &str, matched: Option<usize>) -> String {
             i = j + 1;
         } else if c.is_ascii_digit() {
             let mut j = i;
-            while j < chars.len() && (chars[j].1.is_ascii_alphanumeric() || chars[j].1 == '.' || chars[j].1 == '_') {
+            while j < chars.len()
+                && (chars[j].1.is_ascii_alphanumeric() || chars[j].1 == '.' || chars[j].1 == '_')
+            {
                 j += 1;
             }
             let end = chars.get(j).map(|x| x.0).unwrap_or(line.len());

@@ -50,7 +50,10 @@ impl Repl {
     /// Runs until `:quit` or Ctrl-D.
     pub fn run(mut self) -> anyhow::Result<()> {
         install_ctrl_c_handler();
-        let config = Config::builder().auto_add_history(false).max_history_size(10_000)?.build();
+        let config = Config::builder()
+            .auto_add_history(false)
+            .max_history_size(10_000)?
+            .build();
         let mut editor: Editor<ReplHelper, FileHistory> = Editor::with_config(config)?;
         let functions: Vec<String> = self.help.names().map(str::to_string).collect();
         editor.set_helper(Some(ReplHelper::new(functions, self.variables.clone())));
@@ -58,7 +61,10 @@ impl Repl {
         if let Some(h) = &history {
             let _ = editor.load_history(h);
         }
-        println!("rtlab {} — :help for commands, Ctrl-D to quit", env!("CARGO_PKG_VERSION"));
+        println!(
+            "rtlab {} — :help for commands, Ctrl-D to quit",
+            env!("CARGO_PKG_VERSION")
+        );
         loop {
             match editor.readline("rtlab> ") {
                 Ok(input) => {
@@ -91,7 +97,9 @@ impl Repl {
     pub fn handle(&mut self, input: &str) -> bool {
         let trimmed = input.trim();
         if let Some(command) = trimmed.strip_prefix(':') {
-            let (name, arg) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
+            let (name, arg) = command
+                .split_once(char::is_whitespace)
+                .unwrap_or((command, ""));
             let arg = arg.trim();
             match name {
                 "quit" | "q" | "exit" => return false,
@@ -120,7 +128,11 @@ impl Repl {
     }
 
     fn eval_and_show(&mut self, code: &str) {
-        match self.rt.compile("<repl>", code).and_then(|ast| self.rt.eval("<repl>", code, &mut self.scope, &ast)) {
+        match self
+            .rt
+            .compile("<repl>", code)
+            .and_then(|ast| self.rt.eval("<repl>", code, &mut self.scope, &ast))
+        {
             Ok(value) => show(&value),
             Err(e) if e.cancelled => println!("cancelled (scope kept)"),
             Err(e) => {
@@ -137,11 +149,20 @@ impl Repl {
     fn unknown_function_hint(&self, message: &str) -> Option<String> {
         let name = message.strip_prefix("no function `")?.split('`').next()?;
         let similar = self.help.similar(name);
-        (!similar.is_empty()).then(|| format!("hint: did you mean {}? (:help NAME shows one)", similar.join(", ")))
+        (!similar.is_empty()).then(|| {
+            format!(
+                "hint: did you mean {}? (:help NAME shows one)",
+                similar.join(", ")
+            )
+        })
     }
 
     fn refresh_variables(&self) {
-        let mut names: Vec<String> = self.scope.iter_raw().map(|(n, _, _)| n.to_string()).collect();
+        let mut names: Vec<String> = self
+            .scope
+            .iter_raw()
+            .map(|(n, _, _)| n.to_string())
+            .collect();
         names.sort();
         names.dedup();
         *self.variables.borrow_mut() = names;
@@ -161,7 +182,10 @@ impl Repl {
             }
             return;
         }
-        if let Some((c, what)) = COMMANDS.iter().find(|(c, _)| c.trim_start_matches(':') == name.trim_start_matches(':')) {
+        if let Some((c, what)) = COMMANDS
+            .iter()
+            .find(|(c, _)| c.trim_start_matches(':') == name.trim_start_matches(':'))
+        {
             println!("{c} {what}");
             return;
         }
@@ -172,7 +196,10 @@ impl Repl {
                 if similar.is_empty() {
                     println!("no function or command named `{name}`");
                 } else {
-                    println!("no function named `{name}`; similar: {}", similar.join(", "));
+                    println!(
+                        "no function named `{name}`; similar: {}",
+                        similar.join(", ")
+                    );
                 }
             }
         }
@@ -184,8 +211,11 @@ impl Repl {
             return;
         }
         let mut seen = std::collections::HashSet::new();
-        let entries: Vec<(String, Dynamic)> =
-            self.scope.iter_raw().map(|(n, _, v)| (n.to_string(), v.clone())).collect();
+        let entries: Vec<(String, Dynamic)> = self
+            .scope
+            .iter_raw()
+            .map(|(n, _, v)| (n.to_string(), v.clone()))
+            .collect();
         for (name, value) in entries.into_iter().rev() {
             if !seen.insert(name.clone()) {
                 continue; // shadowed
@@ -193,7 +223,15 @@ impl Repl {
             let shown = display_value(&value);
             let first = shown.lines().next().unwrap_or_default();
             let short: String = first.chars().take(60).collect();
-            println!("  {name}: {} = {short}{}", value.type_name(), if first.len() > 60 || shown.contains('\n') { " …" } else { "" });
+            println!(
+                "  {name}: {} = {short}{}",
+                value.type_name(),
+                if first.len() > 60 || shown.contains('\n') {
+                    " …"
+                } else {
+                    ""
+                }
+            );
         }
     }
 
@@ -209,7 +247,10 @@ impl Repl {
             Ok(source) => {
                 // The loaded script's relative paths resolve against its own directory, as in `rtlab run`.
                 crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
-                let result = self.rt.compile(&origin, &source).and_then(|ast| self.rt.eval(&origin, &source, &mut self.scope, &ast));
+                let result = self
+                    .rt
+                    .compile(&origin, &source)
+                    .and_then(|ast| self.rt.eval(&origin, &source, &mut self.scope, &ast));
                 crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
                 match result {
                     Ok(v) => show(&v),
@@ -241,8 +282,10 @@ impl Repl {
             eprintln!("{}", render_error(&e));
         }
         // The notebook's variables join the REPL's scope, as IPython's %run does.
-        let entries: Vec<(String, bool, Dynamic)> =
-            scope.iter_raw().map(|(n, c, v)| (n.to_string(), c, v.clone())).collect();
+        let entries: Vec<(String, bool, Dynamic)> = scope
+            .iter_raw()
+            .map(|(n, c, v)| (n.to_string(), c, v.clone()))
+            .collect();
         for (name, _constant, value) in entries {
             if name != "ARGS" {
                 self.scope.set_or_push(name, value);
@@ -259,7 +302,15 @@ impl Repl {
         }
         let path = crate::runtime_fns::resolve_path(file);
         crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
-        crate::notebook::watch(&self.rt, &path, &self.opts, &|s| { s.push_constant("ARGS", rhai::Array::new()); }, None);
+        crate::notebook::watch(
+            &self.rt,
+            &path,
+            &self.opts,
+            &|s| {
+                s.push_constant("ARGS", rhai::Array::new());
+            },
+            None,
+        );
         crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
         crate::engine::clear_cancel();
     }

@@ -38,15 +38,24 @@ pub struct RunRow {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("cannot create {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The store of the running script's workspace (see `notebook::cache::workspace_dir`), or None with a
@@ -71,46 +80,75 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating as needed) the store of a workspace directory.
     pub fn open(workspace: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(workspace).map_err(|source| StoreError::Io { path: workspace.display().to_string(), source })?;
+        std::fs::create_dir_all(workspace).map_err(|source| StoreError::Io {
+            path: workspace.display().to_string(),
+            source,
+        })?;
         let path = workspace.join("store.sqlite");
         let shown = path.display().to_string();
-        let err = |source| StoreError::Sqlite { path: shown.clone(), source };
+        let err = |source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
         let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL)", []).map_err(err)?;
-        let version: Option<i64> = conn.query_row("SELECT version FROM meta", [], |r| r.get(0)).optional().map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL)",
+            [],
+        )
+        .map_err(err)?;
+        let version: Option<i64> = conn
+            .query_row("SELECT version FROM meta", [], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
         let mut version = match version {
             Some(v) => v,
             None => {
-                conn.execute("INSERT INTO meta (version) VALUES (0)", []).map_err(err)?;
+                conn.execute("INSERT INTO meta (version) VALUES (0)", [])
+                    .map_err(err)?;
                 0
             }
         };
         while (version as usize) < MIGRATIONS.len() {
-            conn.execute(MIGRATIONS[version as usize], []).map_err(err)?;
+            conn.execute(MIGRATIONS[version as usize], [])
+                .map_err(err)?;
             version += 1;
-            conn.execute("UPDATE meta SET version = ?1", params![version]).map_err(err)?;
+            conn.execute("UPDATE meta SET version = ?1", params![version])
+                .map_err(err)?;
         }
         Ok(Store { conn, path })
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.display().to_string(), source }
+        StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     /// A cached verifier report (JSON), by key.
     pub fn get_verify(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row("SELECT report FROM verify_results WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row(
+                "SELECT report FROM verify_results WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))
     }
 
     pub fn put_verify(&self, key: &str, report_json: &str) -> Result<(), StoreError> {
         self.conn
-            .execute("INSERT OR REPLACE INTO verify_results (key, report, created) VALUES (?1, ?2, ?3)", params![key, report_json, now()])
+            .execute(
+                "INSERT OR REPLACE INTO verify_results (key, report, created) VALUES (?1, ?2, ?3)",
+                params![key, report_json, now()],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -143,12 +181,28 @@ impl Store {
             .prepare("SELECT key, model, request, response, prompt_tokens, completion_tokens FROM llm_responses ORDER BY key")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok(Recorded { key: r.get(0)?, model: r.get(1)?, request: r.get(2)?, response: r.get(3)?, prompt_tokens: r.get(4)?, completion_tokens: r.get(5)? }))
+            .query_map([], |r| {
+                Ok(Recorded {
+                    key: r.get(0)?,
+                    model: r.get(1)?,
+                    request: r.get(2)?,
+                    response: r.get(3)?,
+                    prompt_tokens: r.get(4)?,
+                    completion_tokens: r.get(5)?,
+                })
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    pub fn add_run(&self, name: &str, model: &str, options: &str, dataset_hash: &str, metrics: &str) -> Result<i64, StoreError> {
+    pub fn add_run(
+        &self,
+        name: &str,
+        model: &str,
+        options: &str,
+        dataset_hash: &str,
+        metrics: &str,
+    ) -> Result<i64, StoreError> {
         self.conn
             .execute(
                 "INSERT INTO runs (name, model, options, dataset_hash, metrics, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -161,13 +215,26 @@ impl Store {
     pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT id, name, model, options, dataset_hash, metrics, created FROM runs ORDER BY id").map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok(RunRow { id: r.get(0)?, name: r.get(1)?, model: r.get(2)?, options: r.get(3)?, dataset_hash: r.get(4)?, metrics: r.get(5)?, created: r.get(6)? }))
+            .query_map([], |r| {
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    model: r.get(2)?,
+                    options: r.get(3)?,
+                    dataset_hash: r.get(4)?,
+                    metrics: r.get(5)?,
+                    created: r.get(6)?,
+                })
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// Runs `f` in one transaction (batches write thousands of rows).
-    pub fn transaction<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN").map_err(|e| self.err(e))?;
         match f(self) {
             Ok(v) => {
@@ -183,7 +250,9 @@ impl Store {
 
     #[cfg(test)]
     pub fn count_verify(&self) -> Result<i64, StoreError> {
-        self.conn.query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0)).map_err(|e| self.err(e))
+        self.conn
+            .query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -198,7 +267,10 @@ mod tests {
         s.put_verify("k", "{\"score\":1.0}").unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.get_verify("k").unwrap().as_deref(), Some("{\"score\":1.0}"));
+        assert_eq!(
+            s.get_verify("k").unwrap().as_deref(),
+            Some("{\"score\":1.0}")
+        );
         assert_eq!(s.get_verify("missing").unwrap(), None);
         assert_eq!(s.count_verify().unwrap(), 1);
     }

@@ -22,7 +22,11 @@ fn module_name(rtl: &str) -> String {
     rtl.split("module")
         .skip(1)
         .find_map(|rest| {
-            let name: String = rest.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             (!name.is_empty() && rest.starts_with(char::is_whitespace)).then_some(name)
         })
         .unwrap_or_else(|| "dut".to_string())
@@ -37,7 +41,8 @@ fn template(options: &Map, key: &str, default: &str) -> Result<String, String> {
             let path = crate::runtime_fns::resolve_path(&t);
             if !t.contains('\n') && path.is_file() {
                 crate::runtime_fns::note_input(&path);
-                std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
             } else {
                 Ok(t)
             }
@@ -46,7 +51,10 @@ fn template(options: &Map, key: &str, default: &str) -> Result<String, String> {
 }
 
 pub fn a7_prompt(tpl: &str, spec: &str, rtl: &str, category: &str) -> String {
-    tpl.replace("{spec}", spec.trim()).replace("{rtl}", rtl.trim()).replace("{category}", category).replace("{module_name}", &module_name(rtl))
+    tpl.replace("{spec}", spec.trim())
+        .replace("{rtl}", rtl.trim())
+        .replace("{category}", category)
+        .replace("{module_name}", &module_name(rtl))
 }
 
 /// The outcome of one A7 testbench.
@@ -62,17 +70,48 @@ pub struct A7Result {
 
 fn ask(model: &Model, prompt: &str) -> Result<String, String> {
     let store = crate::store::open_workspace().map(|s| Arc::new(Mutex::new(s)));
-    model.answer_all(&[(vec![Message { role: "user".into(), content: prompt.to_string() }], 0)], store).remove(0)
+    model
+        .answer_all(
+            &[(
+                vec![Message {
+                    role: "user".into(),
+                    content: prompt.to_string(),
+                }],
+                0,
+            )],
+            store,
+        )
+        .remove(0)
 }
 
-pub fn a7_testbench_impl(spec: &str, rtl: &str, model: &Model, options: &Map) -> Result<A7Result, String> {
-    let category = options.get("category").map(|c| c.to_string()).unwrap_or_else(|| "FSM".to_string());
-    let n_mutants = options.get("mutants").and_then(|m| m.as_int().ok()).unwrap_or(8).max(0) as usize;
-    let min_killed = options.get("min_killed").and_then(|m| m.as_int().ok()).unwrap_or(2).max(0) as usize;
+pub fn a7_testbench_impl(
+    spec: &str,
+    rtl: &str,
+    model: &Model,
+    options: &Map,
+) -> Result<A7Result, String> {
+    let category = options
+        .get("category")
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "FSM".to_string());
+    let n_mutants = options
+        .get("mutants")
+        .and_then(|m| m.as_int().ok())
+        .unwrap_or(8)
+        .max(0) as usize;
+    let min_killed = options
+        .get("min_killed")
+        .and_then(|m| m.as_int().ok())
+        .unwrap_or(2)
+        .max(0) as usize;
     let tpl = template(options, "template", A7_TEMPLATE)?;
     let answer = ask(model, &a7_prompt(&tpl, spec, rtl, &category))?;
     let tb = extract_code(&answer);
-    let sim = VerifyOptions { testbench: Some(tb.clone()), stages: vec!["syntax".into(), "sim".into()], ..VerifyOptions::default() };
+    let sim = VerifyOptions {
+        testbench: Some(tb.clone()),
+        stages: vec!["syntax".into(), "sim".into()],
+        ..VerifyOptions::default()
+    };
     let on_rtl = verify(rtl, &sim);
     let passed = on_rtl.sim_status == "pass";
     let mut log = on_rtl.sim_log.clone();
@@ -81,24 +120,57 @@ pub fn a7_testbench_impl(spec: &str, rtl: &str, model: &Model, options: &Map) ->
     }
     // Mutants that still compile; a testbench "kills" one when it does not pass it.
     let mutants = mutate::pick(mutate::mutants(rtl), n_mutants);
-    let jobs: Vec<Job> = mutants.iter().map(|m| Job { code: m.code.clone(), testbench: Some(tb.clone()), reference: None, top: None }).collect();
+    let jobs: Vec<Job> = mutants
+        .iter()
+        .map(|m| Job {
+            code: m.code.clone(),
+            testbench: Some(tb.clone()),
+            reference: None,
+            top: None,
+        })
+        .collect();
     let store = crate::store::open_workspace();
-    let (reports, _) = verify_all(&jobs, &VerifyOptions { stages: vec!["syntax".into(), "sim".into()], ..VerifyOptions::default() }, store.as_ref(), 0);
+    let (reports, _) = verify_all(
+        &jobs,
+        &VerifyOptions {
+            stages: vec!["syntax".into(), "sim".into()],
+            ..VerifyOptions::default()
+        },
+        store.as_ref(),
+        0,
+    );
     let compiled: Vec<_> = reports.iter().filter(|r| r.syntax_ok).collect();
     let killed = compiled.iter().filter(|r| r.sim_status != "pass").count();
     let accepted = passed && killed >= min_killed.min(compiled.len().max(1));
     let reason = if !passed {
-        format!("the testbench does not pass the RTL it was written for ({})", on_rtl.sim_status)
+        format!(
+            "the testbench does not pass the RTL it was written for ({})",
+            on_rtl.sim_status
+        )
     } else if !accepted {
         format!("the testbench passes the RTL but fails only {killed} of {} mutants (needs {min_killed})", compiled.len())
     } else {
-        format!("passes the RTL and fails {killed} of {} mutants", compiled.len())
+        format!(
+            "passes the RTL and fails {killed} of {} mutants",
+            compiled.len()
+        )
     };
-    Ok(A7Result { testbench: tb, passed, log, mutants: compiled.len(), killed, accepted, reason })
+    Ok(A7Result {
+        testbench: tb,
+        passed,
+        log,
+        mutants: compiled.len(),
+        killed,
+        accepted,
+        reason,
+    })
 }
 
 fn model_opt(options: &Map, key: &str) -> Result<Model, String> {
-    options.get(key).and_then(|m| m.read_lock::<Model>().map(|m| m.clone())).ok_or_else(|| format!("pass `{key}`: a model from llm(#{{...}})"))
+    options
+        .get(key)
+        .and_then(|m| m.read_lock::<Model>().map(|m| m.clone()))
+        .ok_or_else(|| format!("pass `{key}`: a model from llm(#{{...}})"))
 }
 
 pub fn register(engine: &mut rhai::Engine) {
@@ -117,7 +189,9 @@ mod testbench_functions {
 
     /// The prompt `generate_verified` sends the spec model for a category and attempt.
     pub fn spec_prompt(category: &str, attempt: i64) -> String {
-        SPEC_TEMPLATE.replace("{category}", category).replace("{attempt}", &attempt.to_string())
+        SPEC_TEMPLATE
+            .replace("{category}", category)
+            .replace("{attempt}", &attempt.to_string())
     }
 
     /// The prompt `generate_verified` sends the RTL model for a spec.
@@ -140,7 +214,14 @@ mod testbench_functions {
         m.insert("log".into(), r.log.into());
         m.insert("mutants".into(), Dynamic::from(r.mutants as i64));
         m.insert("killed".into(), Dynamic::from(r.killed as i64));
-        m.insert("mutation_score".into(), Dynamic::from(if r.mutants > 0 { r.killed as f64 / r.mutants as f64 } else { 0.0 }));
+        m.insert(
+            "mutation_score".into(),
+            Dynamic::from(if r.mutants > 0 {
+                r.killed as f64 / r.mutants as f64
+            } else {
+                0.0
+            }),
+        );
         m.insert("accepted".into(), r.accepted.into());
         m.insert("reason".into(), r.reason.into());
         Ok(m)
@@ -155,13 +236,25 @@ mod testbench_functions {
         let spec_model = model_opt(&options, "spec_model")?;
         let rtl_model = model_opt(&options, "rtl_model")?;
         let tb_model = model_opt(&options, "tb_model")?;
-        let categories = options.get("categories").and_then(|c| c.read_lock::<Map>().map(|m| m.clone())).ok_or("generate_verified: pass categories: #{fsm_2state: 35, ...}")?;
-        let max_attempts = options.get("max_attempts").and_then(|m| m.as_int().ok()).unwrap_or(400).max(1) as usize;
+        let categories = options
+            .get("categories")
+            .and_then(|c| c.read_lock::<Map>().map(|m| m.clone()))
+            .ok_or("generate_verified: pass categories: #{fsm_2state: 35, ...}")?;
+        let max_attempts = options
+            .get("max_attempts")
+            .and_then(|m| m.as_int().ok())
+            .unwrap_or(400)
+            .max(1) as usize;
         let per_cat = (max_attempts / categories.len().max(1)).max(1);
         let mut rows = Array::new();
         for (category, target) in categories.iter() {
-            let target = target.as_int().map_err(|_| format!("generate_verified: the target of {category} must be an int"))?.max(0) as usize;
-            crate::engine::emit_line(&format!("{category} (target {target}, at most {per_cat} attempts)"));
+            let target = target
+                .as_int()
+                .map_err(|_| format!("generate_verified: the target of {category} must be an int"))?
+                .max(0) as usize;
+            crate::engine::emit_line(&format!(
+                "{category} (target {target}, at most {per_cat} attempts)"
+            ));
             let (mut passed, mut attempts) = (0usize, 0usize);
             while passed < target && attempts < per_cat {
                 if crate::engine::cancel_requested() {
@@ -175,13 +268,18 @@ mod testbench_functions {
                 let r = match a7_testbench_impl(&spec, &rtl, &tb_model, &tb_opts) {
                     Ok(r) => r,
                     Err(e) => {
-                        crate::engine::emit_line(&format!("  [{attempts}] A7 generation failed: {e}"));
+                        crate::engine::emit_line(&format!(
+                            "  [{attempts}] A7 generation failed: {e}"
+                        ));
                         continue;
                     }
                 };
                 if r.accepted {
                     passed += 1;
-                    crate::engine::emit_line(&format!("  [{attempts}] ✅ accepted ({passed}/{target}): {}", r.reason));
+                    crate::engine::emit_line(&format!(
+                        "  [{attempts}] ✅ accepted ({passed}/{target}): {}",
+                        r.reason
+                    ));
                     let meta = serde_json::json!({
                         "source": "v5_a7_verified",
                         "category": category.to_string(),
@@ -203,7 +301,11 @@ mod testbench_functions {
                     crate::engine::emit_line(&format!("  [{attempts}] ❌ rejected: {}", r.reason));
                 }
             }
-            let pct = if attempts > 0 { 100.0 * passed as f64 / attempts as f64 } else { 0.0 };
+            let pct = if attempts > 0 {
+                100.0 * passed as f64 / attempts as f64
+            } else {
+                0.0
+            };
             crate::engine::emit_line(&format!("{category}: {passed}/{target} accepted in {attempts} attempts (pass rate {pct:.0}%)"));
         }
         if rows.is_empty() {
@@ -219,7 +321,12 @@ mod tests {
 
     #[test]
     fn the_prompt_names_the_module_and_fills_the_template() {
-        let p = a7_prompt(A7_TEMPLATE, "a 2-state FSM", "module toggle_fsm(input clk); endmodule", "fsm_2state");
+        let p = a7_prompt(
+            A7_TEMPLATE,
+            "a 2-state FSM",
+            "module toggle_fsm(input clk); endmodule",
+            "fsm_2state",
+        );
         assert!(p.contains("toggle_fsm dut (...);"));
         assert!(p.contains("a 2-state FSM"));
         assert!(p.contains("Final line MUST be either \"TEST PASSED\" or \"TEST FAILED\""));

@@ -10,12 +10,33 @@ use rhai::{Array, Dynamic, Map};
 
 /// The result columns `df.verify` adds, in order.
 pub const RESULT_COLUMNS: &[&str] = &[
-    "score", "syntax_ok", "synth_ok", "all_io_used", "unused_inputs", "undriven_outputs", "lint", "sim_status", "mismatches", "samples", "functional", "failure_class", "errors",
+    "score",
+    "syntax_ok",
+    "synth_ok",
+    "all_io_used",
+    "unused_inputs",
+    "undriven_outputs",
+    "lint",
+    "sim_status",
+    "mismatches",
+    "samples",
+    "functional",
+    "failure_class",
+    "errors",
 ];
 
 fn string_column(frame: &Frame, name: &str) -> Result<Vec<Option<String>>, String> {
-    let df = frame.df.clone().lazy().select([crate::data::column(name).cast(DataType::String).alias("v")]).collect().map_err(|e| format!("verify: column `{name}`: {e}"))?;
-    let ca = df.column("v").and_then(|c| c.str().cloned()).map_err(|e| format!("verify: column `{name}`: {e}"))?;
+    let df = frame
+        .df
+        .clone()
+        .lazy()
+        .select([crate::data::column(name).cast(DataType::String).alias("v")])
+        .collect()
+        .map_err(|e| format!("verify: column `{name}`: {e}"))?;
+    let ca = df
+        .column("v")
+        .and_then(|c| c.str().cloned())
+        .map_err(|e| format!("verify: column `{name}`: {e}"))?;
     Ok(ca.iter().map(|v| v.map(str::to_string)).collect())
 }
 
@@ -27,7 +48,12 @@ fn per_row(frame: &Frame, value: Option<&Dynamic>) -> Result<Vec<Option<String>>
         Some(v) if v.is_unit() => Ok(vec![None; n]),
         Some(v) => {
             let s = v.to_string();
-            if frame.df.get_column_names().iter().any(|c| c.as_str() == s.split('.').next().unwrap_or(&s)) {
+            if frame
+                .df
+                .get_column_names()
+                .iter()
+                .any(|c| c.as_str() == s.split('.').next().unwrap_or(&s))
+            {
                 string_column(frame, &s)
             } else {
                 Ok(vec![Some(s); n])
@@ -86,14 +112,22 @@ mod verify_functions {
     /// ```
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_frame(frame: &mut Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
-        let code_col = options.get("code").map(|c| c.to_string()).ok_or("verify: pass #{code: \"<column with the Verilog>\"}")?;
+        let code_col = options
+            .get("code")
+            .map(|c| c.to_string())
+            .ok_or("verify: pass #{code: \"<column with the Verilog>\"}")?;
         let opts = VerifyOptions::from_map(&options)?;
         let code = string_column(frame, &code_col)?;
         let tbs = per_row(frame, options.get("testbench"))?;
         let refs = per_row(frame, options.get("reference"))?;
         let tops = per_row(frame, options.get("top"))?;
         let jobs: Vec<Job> = (0..code.len())
-            .map(|i| Job { code: code[i].clone().unwrap_or_default(), testbench: tbs[i].clone(), reference: refs[i].clone(), top: tops[i].clone() })
+            .map(|i| Job {
+                code: code[i].clone().unwrap_or_default(),
+                testbench: tbs[i].clone(),
+                reference: refs[i].clone(),
+                top: tops[i].clone(),
+            })
             .collect();
         let store = crate::store::open_workspace();
         let start = std::time::Instant::now();
@@ -101,7 +135,13 @@ mod verify_functions {
         if crate::engine::cancel_requested() {
             return Err("cancelled by Ctrl-C (finished rows are cached; rerun to continue)".into());
         }
-        eprintln!("verify: {} rows, {} from the store, {} verified in {:.1} s", stats.total, stats.cached, stats.verified, start.elapsed().as_secs_f64());
+        eprintln!(
+            "verify: {} rows, {} from the store, {} verified in {:.1} s",
+            stats.total,
+            stats.cached,
+            stats.verified,
+            start.elapsed().as_secs_f64()
+        );
         let records: Array = reports
             .iter()
             .map(|r| {
@@ -120,7 +160,9 @@ mod verify_functions {
                 df = df.drop(c).map_err(|e| format!("verify: {e}"))?;
             }
         }
-        let out = df.hstack(results.df.columns()).map_err(|e| format!("verify: {e}"))?;
+        let out = df
+            .hstack(results.df.columns())
+            .map_err(|e| format!("verify: {e}"))?;
         Ok(Frame::new(out))
     }
 

@@ -21,7 +21,12 @@ pub struct Job {
 pub fn cache_key(job: &Job, opts: &VerifyOptions) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"rtlab-verify-v1\0");
-    for part in [Some(&job.code), job.testbench.as_ref(), job.reference.as_ref(), job.top.as_ref()] {
+    for part in [
+        Some(&job.code),
+        job.testbench.as_ref(),
+        job.reference.as_ref(),
+        job.top.as_ref(),
+    ] {
         match part {
             Some(p) => {
                 h.update(&(p.len() as u64).to_le_bytes());
@@ -50,10 +55,18 @@ pub struct BatchStats {
 }
 
 /// Verifies every job, `workers` at a time (0: one per core). Results come back in job order.
-pub fn verify_all(jobs: &[Job], opts: &VerifyOptions, store: Option<&Store>, workers: usize) -> (Vec<Report>, BatchStats) {
+pub fn verify_all(
+    jobs: &[Job],
+    opts: &VerifyOptions,
+    store: Option<&Store>,
+    workers: usize,
+) -> (Vec<Report>, BatchStats) {
     let mut results: Vec<Option<Report>> = vec![None; jobs.len()];
     let keys: Vec<String> = jobs.iter().map(|j| cache_key(j, opts)).collect();
-    let mut stats = BatchStats { total: jobs.len(), ..BatchStats::default() };
+    let mut stats = BatchStats {
+        total: jobs.len(),
+        ..BatchStats::default()
+    };
     if let Some(store) = store {
         for (i, key) in keys.iter().enumerate() {
             if let Ok(Some(json)) = store.get_verify(key) {
@@ -65,7 +78,13 @@ pub fn verify_all(jobs: &[Job], opts: &VerifyOptions, store: Option<&Store>, wor
         }
     }
     let todo: Vec<usize> = (0..jobs.len()).filter(|i| results[*i].is_none()).collect();
-    let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
+    let workers = if workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        workers
+    };
     let bar = progress_bar(todo.len() as u64);
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<(usize, Report)>();
@@ -105,7 +124,11 @@ pub fn verify_all(jobs: &[Job], opts: &VerifyOptions, store: Option<&Store>, wor
         };
         for (i, report) in rx {
             // A cancelled run is not a verdict: do not cache it.
-            if !report.errors.iter().any(|e| e.contains("cancelled by Ctrl-C")) {
+            if !report
+                .errors
+                .iter()
+                .any(|e| e.contains("cancelled by Ctrl-C"))
+            {
                 pending.push((i, serde_json::to_string(&report).unwrap_or_default()));
             }
             results[i] = Some(report);
@@ -124,7 +147,13 @@ pub fn verify_all(jobs: &[Job], opts: &VerifyOptions, store: Option<&Store>, wor
     }
     let reports = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Report { sim_status: "error".into(), errors: vec!["cancelled by Ctrl-C before this row ran".into()], ..Report::default() }))
+        .map(|r| {
+            r.unwrap_or_else(|| Report {
+                sim_status: "error".into(),
+                errors: vec!["cancelled by Ctrl-C before this row ran".into()],
+                ..Report::default()
+            })
+        })
         .collect();
     (reports, stats)
 }
@@ -135,7 +164,9 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} {per_sec} ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} {per_sec} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     Some(bar)
 }

@@ -17,7 +17,12 @@ fn stem(name: &str) -> String {
 }
 
 pub fn is_clock(p: &Port) -> bool {
-    p.input && p.width == 1 && matches!(stem(&p.name).as_str(), "clk" | "clock" | "clk_in" | "aclk" | "sys_clk" | "clkin")
+    p.input
+        && p.width == 1
+        && matches!(
+            stem(&p.name).as_str(),
+            "clk" | "clock" | "clk_in" | "aclk" | "sys_clk" | "clkin"
+        )
 }
 
 /// Some(active_low) when the port is a reset.
@@ -26,7 +31,10 @@ pub fn reset_polarity(p: &Port) -> Option<bool> {
         return None;
     }
     let s = stem(&p.name);
-    let names = ["rst", "reset", "areset", "arst", "srst", "sreset", "rstn", "rst_n", "resetn", "reset_n", "arst_n", "aresetn", "areset_n", "nrst", "nreset", "rst_b", "reset_b"];
+    let names = [
+        "rst", "reset", "areset", "arst", "srst", "sreset", "rstn", "rst_n", "resetn", "reset_n",
+        "arst_n", "aresetn", "areset_n", "nrst", "nreset", "rst_b", "reset_b",
+    ];
     if !names.contains(&s.as_str()) {
         return None;
     }
@@ -46,23 +54,45 @@ fn random_expr(width: usize) -> String {
 /// The testbench text. `cycles` random cycles follow the corner cases.
 pub fn generate(ports: &[Port], cycles: usize, seed: u32) -> String {
     let clock = ports.iter().find(|p| is_clock(p));
-    let reset = ports.iter().find_map(|p| reset_polarity(p).map(|low| (p, low)));
-    let data_inputs: Vec<&Port> = ports.iter().filter(|p| p.input && Some(*p) != clock && reset.map(|r| r.0) != Some(*p)).collect();
+    let reset = ports
+        .iter()
+        .find_map(|p| reset_polarity(p).map(|low| (p, low)));
+    let data_inputs: Vec<&Port> = ports
+        .iter()
+        .filter(|p| p.input && Some(*p) != clock && reset.map(|r| r.0) != Some(*p))
+        .collect();
     let outputs: Vec<&Port> = ports.iter().filter(|p| !p.input).collect();
 
-    let decl = |p: &Port| if p.width == 1 { String::new() } else { format!("[{}:0] ", p.width - 1) };
+    let decl = |p: &Port| {
+        if p.width == 1 {
+            String::new()
+        } else {
+            format!("[{}:0] ", p.width - 1)
+        }
+    };
     let mut tb = String::from("`timescale 1ns/1ps\nmodule tb;\n");
     tb.push_str(&format!("  integer seed = {seed};\n  integer mismatches = 0;\n  integer samples = 0;\n  integer cycle;\n"));
     for p in ports.iter().filter(|p| p.input) {
         tb.push_str(&format!("  reg {}{} = 0;\n", decl(p), p.name));
     }
     for p in &outputs {
-        tb.push_str(&format!("  wire {}{}_ref, {}_dut;\n", decl(p), p.name, p.name));
+        tb.push_str(&format!(
+            "  wire {}{}_ref, {}_dut;\n",
+            decl(p),
+            p.name,
+            p.name
+        ));
     }
     let conns = |suffix: &str| {
         ports
             .iter()
-            .map(|p| if p.input { format!(".{0}({0})", p.name) } else { format!(".{0}({0}_{suffix})", p.name) })
+            .map(|p| {
+                if p.input {
+                    format!(".{0}({0})", p.name)
+                } else {
+                    format!(".{0}({0}_{suffix})", p.name)
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -103,9 +133,17 @@ pub fn generate(ports: &[Port], cycles: usize, seed: u32) -> String {
     if let Some(clk) = clock {
         let c = &clk.name;
         // Sequential: inputs change on the falling edge, outputs are compared just before it.
-        tb.push_str(&format!("    {c} = 0;\n    {reset_on} {}\n", set_inputs("zeros")));
-        tb.push_str(&format!("    repeat (2) begin #5 {c} = 1; #5 {c} = 0; end\n    {reset_off}\n"));
-        tb.push_str(&format!("    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n", cycles + 3));
+        tb.push_str(&format!(
+            "    {c} = 0;\n    {reset_on} {}\n",
+            set_inputs("zeros")
+        ));
+        tb.push_str(&format!(
+            "    repeat (2) begin #5 {c} = 1; #5 {c} = 0; end\n    {reset_off}\n"
+        ));
+        tb.push_str(&format!(
+            "    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n",
+            cycles + 3
+        ));
         tb.push_str(&format!(
             "      if (cycle == 0) begin {} end\n      else if (cycle == 1) begin {} end\n      else if (cycle == 2) begin {} end\n      else begin {} end\n",
             set_inputs("zeros"),
@@ -120,11 +158,16 @@ pub fn generate(ports: &[Port], cycles: usize, seed: u32) -> String {
         }
         // Compare twice a cycle: after the inputs settle (Mealy outputs see the new inputs) and after
         // the rising edge (the new state).
-        tb.push_str(&format!("      #4 compare; #1 {c} = 1; #4 compare; #1 {c} = 0;\n    end\n"));
+        tb.push_str(&format!(
+            "      #4 compare; #1 {c} = 1; #4 compare; #1 {c} = 0;\n    end\n"
+        ));
     } else {
         // Combinational (or clockless): apply, let it settle, compare.
         tb.push_str(&format!("    {reset_off}\n"));
-        tb.push_str(&format!("    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n", cycles + 3));
+        tb.push_str(&format!(
+            "    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n",
+            cycles + 3
+        ));
         tb.push_str(&format!(
             "      if (cycle == 0) begin {} end\n      else if (cycle == 1) begin {} end\n      else if (cycle == 2) begin {} end\n      else begin {} end\n      #5 compare; #5;\n    end\n",
             set_inputs("zeros"),
@@ -142,7 +185,11 @@ mod tests {
     use super::*;
 
     fn port(name: &str, input: bool, width: usize) -> Port {
-        Port { name: name.to_string(), input, width }
+        Port {
+            name: name.to_string(),
+            input,
+            width,
+        }
     }
 
     #[test]
@@ -159,10 +206,22 @@ mod tests {
 
     #[test]
     fn the_testbench_instantiates_both_and_prints_the_verilogeval_line() {
-        let tb = generate(&[port("clk", true, 1), port("reset", true, 1), port("d", true, 40), port("q", false, 8)], 100, 1);
+        let tb = generate(
+            &[
+                port("clk", true, 1),
+                port("reset", true, 1),
+                port("d", true, 40),
+                port("q", false, 8),
+            ],
+            100,
+            1,
+        );
         assert!(tb.contains("RefModule ref_inst (.clk(clk), .reset(reset), .d(d), .q(q_ref));"));
         assert!(tb.contains("TopModule dut_inst"));
-        assert!(tb.contains("d = {$random(seed), $random(seed)};"), "40 bits need two words");
+        assert!(
+            tb.contains("d = {$random(seed), $random(seed)};"),
+            "40 bits need two words"
+        );
         assert!(tb.contains("Mismatches: %0d in %0d samples"));
     }
 }

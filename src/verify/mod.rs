@@ -34,7 +34,13 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Weights { syntax: 0.2, synth: 0.2, io: 0.2, lint: 0.1, functional: 0.3 }
+        Weights {
+            syntax: 0.2,
+            synth: 0.2,
+            io: 0.2,
+            lint: 0.1,
+            functional: 0.3,
+        }
     }
 }
 
@@ -66,7 +72,10 @@ impl Default for VerifyOptions {
             spec: None,
             timeout_ms: 10_000,
             synth_timeout_ms: 60_000,
-            stages: ["syntax", "synth", "lint", "sim"].iter().map(|s| s.to_string()).collect(),
+            stages: ["syntax", "synth", "lint", "sim"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             weights: Weights::default(),
             diff_cycles: 2000,
             seed: 1,
@@ -82,7 +91,13 @@ impl VerifyOptions {
     /// From a Rhai options map; unknown keys are an error naming them.
     pub fn from_map(map: &Map) -> Result<VerifyOptions, String> {
         let mut o = VerifyOptions::default();
-        let text = |v: &Dynamic| if v.is_unit() { None } else { Some(v.to_string()) };
+        let text = |v: &Dynamic| {
+            if v.is_unit() {
+                None
+            } else {
+                Some(v.to_string())
+            }
+        };
         for (k, v) in map.iter() {
             match k.as_str() {
                 "top" => o.top = text(v),
@@ -169,10 +184,26 @@ pub struct Tool {
     pub install: &'static str,
 }
 
-pub const IVERILOG: Tool = Tool { program: "iverilog", version_args: &["-V"], install: "apt-get install -y iverilog" };
-pub const VVP: Tool = Tool { program: "vvp", version_args: &["-V"], install: "apt-get install -y iverilog" };
-pub const YOSYS: Tool = Tool { program: "yosys", version_args: &["-V"], install: "apt-get install -y yosys" };
-pub const VERILATOR: Tool = Tool { program: "verilator", version_args: &["--version"], install: "apt-get install -y verilator" };
+pub const IVERILOG: Tool = Tool {
+    program: "iverilog",
+    version_args: &["-V"],
+    install: "apt-get install -y iverilog",
+};
+pub const VVP: Tool = Tool {
+    program: "vvp",
+    version_args: &["-V"],
+    install: "apt-get install -y iverilog",
+};
+pub const YOSYS: Tool = Tool {
+    program: "yosys",
+    version_args: &["-V"],
+    install: "apt-get install -y yosys",
+};
+pub const VERILATOR: Tool = Tool {
+    program: "verilator",
+    version_args: &["--version"],
+    install: "apt-get install -y verilator",
+};
 
 /// Tool versions, probed once per process; a missing tool maps to None.
 pub fn tool_versions() -> &'static BTreeMap<&'static str, Option<String>> {
@@ -181,7 +212,8 @@ pub fn tool_versions() -> &'static BTreeMap<&'static str, Option<String>> {
         [IVERILOG, VVP, YOSYS, VERILATOR]
             .iter()
             .map(|t| {
-                let v = process::tool_version(t.program, t.version_args).map(|line| line.split(" (").next().unwrap_or(&line).to_string());
+                let v = process::tool_version(t.program, t.version_args)
+                    .map(|line| line.split(" (").next().unwrap_or(&line).to_string());
                 (t.program, v)
             })
             .collect()

@@ -50,8 +50,11 @@ fn body_ranges(text: &str) -> Vec<(usize, usize)> {
     let mut ranges = Vec::new();
     let mut from = 0;
     while let Some(m) = text[from..].find("module").map(|i| i + from) {
-        let word_ok = (m == 0 || !text.as_bytes()[m - 1].is_ascii_alphanumeric()) && text[m + 6..].starts_with(|c: char| c.is_whitespace());
-        let Some(end) = text[m..].find("endmodule").map(|i| i + m) else { break };
+        let word_ok = (m == 0 || !text.as_bytes()[m - 1].is_ascii_alphanumeric())
+            && text[m + 6..].starts_with(|c: char| c.is_whitespace());
+        let Some(end) = text[m..].find("endmodule").map(|i| i + m) else {
+            break;
+        };
         if word_ok {
             // The header ends at the first `;` after the module name.
             if let Some(semi) = text[m..end].find(';').map(|i| i + m) {
@@ -85,14 +88,27 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
         }
         let next = b.get(i + 1).copied();
         let prev = if i > 0 { b[i - 1] } else { b' ' };
-        let mut push = |desc: String, code: String| out.push(Mutant { description: format!("line {}: {desc}", line(i)), code });
+        let mut push = |desc: String, code: String| {
+            out.push(Mutant {
+                description: format!("line {}: {desc}", line(i)),
+                code,
+            })
+        };
         match b[i] {
             b'&' if next == Some(b'&') => push("&& → ||".into(), replace(code, i, 2, "||")),
             b'|' if next == Some(b'|') => push("|| → &&".into(), replace(code, i, 2, "&&")),
-            b'&' if prev != b'&' && next != Some(b'&') => push("& → |".into(), replace(code, i, 1, "|")),
-            b'|' if prev != b'|' && next != Some(b'|') => push("| → &".into(), replace(code, i, 1, "&")),
-            b'^' if prev != b'~' && next != Some(b'~') => push("^ → |".into(), replace(code, i, 1, "|")),
-            b'+' if next != Some(b':') && prev != b'+' && next != Some(b'+') => push("+ → -".into(), replace(code, i, 1, "-")),
+            b'&' if prev != b'&' && next != Some(b'&') => {
+                push("& → |".into(), replace(code, i, 1, "|"))
+            }
+            b'|' if prev != b'|' && next != Some(b'|') => {
+                push("| → &".into(), replace(code, i, 1, "&"))
+            }
+            b'^' if prev != b'~' && next != Some(b'~') => {
+                push("^ → |".into(), replace(code, i, 1, "|"))
+            }
+            b'+' if next != Some(b':') && prev != b'+' && next != Some(b'+') => {
+                push("+ → -".into(), replace(code, i, 1, "-"))
+            }
             b'-' if next != Some(b':') && next != Some(b'>') && prev != b'-' => {
                 // Not inside a range such as [WIDTH-1:0]: those change widths, not behaviour.
                 let open = text[..i].rfind('[');
@@ -101,16 +117,41 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
                     push("- → +".into(), replace(code, i, 1, "+"));
                 }
             }
-            b'=' if next == Some(b'=') && prev != b'=' && prev != b'!' && b.get(i + 2) != Some(&b'=') => push("== → !=".into(), replace(code, i, 2, "!=")),
-            b'!' if next == Some(b'=') && b.get(i + 2) != Some(&b'=') => push("!= → ==".into(), replace(code, i, 2, "==")),
-            b'~' if next != Some(b'^') && next != Some(b'&') && next != Some(b'|') && prev != b'^' => push("drop ~".into(), replace(code, i, 1, "")),
+            b'=' if next == Some(b'=')
+                && prev != b'='
+                && prev != b'!'
+                && b.get(i + 2) != Some(&b'=') =>
+            {
+                push("== → !=".into(), replace(code, i, 2, "!="))
+            }
+            b'!' if next == Some(b'=') && b.get(i + 2) != Some(&b'=') => {
+                push("!= → ==".into(), replace(code, i, 2, "=="))
+            }
+            b'~' if next != Some(b'^')
+                && next != Some(b'&')
+                && next != Some(b'|')
+                && prev != b'^' =>
+            {
+                push("drop ~".into(), replace(code, i, 1, ""))
+            }
             b'!' if next != Some(b'=') => push("drop !".into(), replace(code, i, 1, "")),
-            b'<' if next != Some(b'=') && next != Some(b'<') && prev != b'<' => push("< → >".into(), replace(code, i, 1, ">")),
-            b'>' if next != Some(b'=') && next != Some(b'>') && prev != b'>' && prev != b'-' && prev != b'=' => push("> → <".into(), replace(code, i, 1, "<")),
+            b'<' if next != Some(b'=') && next != Some(b'<') && prev != b'<' => {
+                push("< → >".into(), replace(code, i, 1, ">"))
+            }
+            b'>' if next != Some(b'=')
+                && next != Some(b'>')
+                && prev != b'>'
+                && prev != b'-'
+                && prev != b'=' =>
+            {
+                push("> → <".into(), replace(code, i, 1, "<"))
+            }
             _ => {}
         }
         // `if (` → `if (!(...))`: invert the condition.
-        if text[i..].starts_with("if") && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'_') {
+        if text[i..].starts_with("if")
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'_')
+        {
             let rest = &text[i + 2..];
             let trimmed = rest.trim_start();
             if trimmed.starts_with('(') {
@@ -124,7 +165,10 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
                             if depth == 0 {
                                 let close = open + k;
                                 let inverted = format!("(!{})", &code[open..=close]);
-                                out.push(Mutant { description: format!("line {}: invert if condition", line(i)), code: replace(code, open, close - open + 1, &inverted) });
+                                out.push(Mutant {
+                                    description: format!("line {}: invert if condition", line(i)),
+                                    code: replace(code, open, close - open + 1, &inverted),
+                                });
                                 break;
                             }
                         }
@@ -137,7 +181,10 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
         if b[i] == b'\'' && i > 0 && b[i - 1].is_ascii_digit() {
             let base = next.map(|c| c.to_ascii_lowercase());
             let digits_start = i + 2;
-            let digits_end = text[digits_start..].find(|c: char| !c.is_ascii_alphanumeric() && c != '_').map(|k| k + digits_start).unwrap_or(text.len());
+            let digits_end = text[digits_start..]
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .map(|k| k + digits_start)
+                .unwrap_or(text.len());
             if digits_end > digits_start && matches!(base, Some(b'b') | Some(b'd') | Some(b'h')) {
                 let digits = &code[digits_start..digits_end];
                 let last = digits.chars().last().unwrap_or('0');
@@ -145,29 +192,50 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
                     (Some(b'b'), '0') => Some('1'),
                     (Some(b'b'), '1') => Some('0'),
                     (_, c) if c.is_ascii_digit() && c != '9' => Some(((c as u8) ^ 1) as char),
-                    (Some(b'h'), c) if c.is_ascii_hexdigit() => Some(if c.eq_ignore_ascii_case(&'f') { 'e' } else { 'f' }),
+                    (Some(b'h'), c) if c.is_ascii_hexdigit() => {
+                        Some(if c.eq_ignore_ascii_case(&'f') {
+                            'e'
+                        } else {
+                            'f'
+                        })
+                    }
                     _ => None,
                 };
                 if let Some(f) = flipped {
                     let new_digits = format!("{}{f}", &digits[..digits.len() - 1]);
-                    out.push(Mutant { description: format!("line {}: constant {digits} → {new_digits}", line(i)), code: replace(code, digits_start, digits_end - digits_start, &new_digits) });
+                    out.push(Mutant {
+                        description: format!("line {}: constant {digits} → {new_digits}", line(i)),
+                        code: replace(code, digits_start, digits_end - digits_start, &new_digits),
+                    });
                 }
             }
         }
         // Drop an assignment: `assign x = ...;` or `x <= ...;` becomes nothing.
         if text[i..].starts_with("assign") && (i == 0 || b[i - 1].is_ascii_whitespace()) {
             if let Some(semi) = text[i..].find(';') {
-                out.push(Mutant { description: format!("line {}: drop assign", line(i)), code: replace(code, i, semi + 1, "") });
+                out.push(Mutant {
+                    description: format!("line {}: drop assign", line(i)),
+                    code: replace(code, i, semi + 1, ""),
+                });
             }
         }
-        if b[i] == b'<' && next == Some(b'=') && prev_nonspace(i).is_some_and(|c| c.is_alphanumeric() || c == ']' || c == '_') {
+        if b[i] == b'<'
+            && next == Some(b'=')
+            && prev_nonspace(i).is_some_and(|c| c.is_alphanumeric() || c == ']' || c == '_')
+        {
             // A nonblocking assignment: drop the whole statement, from the start of its target.
-            let stmt_start = text[..i].rfind([';', '\n', '(', ')', '{']).map(|k| k + 1).unwrap_or(0);
+            let stmt_start = text[..i]
+                .rfind([';', '\n', '(', ')', '{'])
+                .map(|k| k + 1)
+                .unwrap_or(0);
             if let Some(semi) = text[i..].find(';') {
                 let target = text[stmt_start..i].trim();
                 let begin_kw = ["begin", "else"].iter().any(|k| target.starts_with(k));
                 if !target.is_empty() && !begin_kw && !target.contains(' ') {
-                    out.push(Mutant { description: format!("line {}: drop {target} <= ...", line(i)), code: replace(code, stmt_start, i + semi + 1 - stmt_start, ";") });
+                    out.push(Mutant {
+                        description: format!("line {}: drop {target} <= ...", line(i)),
+                        code: replace(code, stmt_start, i + semi + 1 - stmt_start, ";"),
+                    });
                 }
             }
         }
@@ -181,7 +249,9 @@ pub fn pick(all: Vec<Mutant>, n: usize) -> Vec<Mutant> {
         return all;
     }
     let step = all.len() as f64 / n as f64;
-    (0..n).map(|k| all[(k as f64 * step) as usize].clone()).collect()
+    (0..n)
+        .map(|k| all[(k as f64 * step) as usize].clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -195,12 +265,26 @@ mod tests {
         let descs: Vec<&str> = ms.iter().map(|m| m.description.as_str()).collect();
         assert!(descs.iter().any(|d| d.ends_with("& → |")), "{descs:?}");
         assert!(descs.iter().any(|d| d.ends_with("== → !=")), "{descs:?}");
-        assert!(descs.iter().any(|d| d.ends_with("invert if condition")), "{descs:?}");
-        assert!(descs.iter().any(|d| d.contains("constant 1 → 0")), "{descs:?}");
-        assert!(descs.iter().any(|d| d.ends_with("drop assign")), "{descs:?}");
-        assert!(descs.iter().any(|d| d.ends_with("drop q <= ...")), "{descs:?}");
+        assert!(
+            descs.iter().any(|d| d.ends_with("invert if condition")),
+            "{descs:?}"
+        );
+        assert!(
+            descs.iter().any(|d| d.contains("constant 1 → 0")),
+            "{descs:?}"
+        );
+        assert!(
+            descs.iter().any(|d| d.ends_with("drop assign")),
+            "{descs:?}"
+        );
+        assert!(
+            descs.iter().any(|d| d.ends_with("drop q <= ...")),
+            "{descs:?}"
+        );
         // The port list is never mutated.
-        assert!(ms.iter().all(|m| m.code.starts_with("module m(input a, input b, input clk, output reg q, output y);")));
+        assert!(ms.iter().all(|m| m
+            .code
+            .starts_with("module m(input a, input b, input clk, output reg q, output y);")));
     }
 
     #[test]

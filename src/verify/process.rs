@@ -21,7 +21,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { timeout: Duration::from_secs(30), max_output: 1 << 20, max_memory_bytes: 4 << 30, max_file_bytes: 64 << 20 }
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_output: 1 << 20,
+            max_memory_bytes: 4 << 30,
+            max_file_bytes: 64 << 20,
+        }
     }
 }
 
@@ -59,7 +64,10 @@ fn set_limits(limits: Limits) -> std::io::Result<()> {
         }
         let cpu = limits.timeout.as_secs() + 2;
         let set = |res, value: u64| {
-            let lim = libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t };
+            let lim = libc::rlimit {
+                rlim_cur: value as libc::rlim_t,
+                rlim_max: value as libc::rlim_t,
+            };
             libc::setrlimit(res, &lim);
         };
         set(libc::RLIMIT_CPU, cpu);
@@ -74,21 +82,40 @@ fn set_limits(limits: Limits) -> std::io::Result<()> {
 pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Outcome {
     let start = Instant::now();
     let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: set_limits only makes async-signal-safe calls.
     unsafe {
         cmd.pre_exec(move || set_limits(limits));
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome { ended: Ended::NotStarted(format!("{program}: {e}")), output: String::new(), elapsed: start.elapsed() },
+        Err(e) => {
+            return Outcome {
+                ended: Ended::NotStarted(format!("{program}: {e}")),
+                output: String::new(),
+                elapsed: start.elapsed(),
+            }
+        }
     };
     let pgid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
     let mut readers = Vec::new();
-    for (idx, stream) in [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
-        .into_iter()
-        .enumerate()
+    for (idx, stream) in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .enumerate()
     {
         if let Some(mut s) = stream {
             let tx = tx.clone();
@@ -115,7 +142,9 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok((idx, chunk)) => {
                 total += chunk.len();
-                let keep = limits.max_output.saturating_sub(outputs[0].len() + outputs[1].len());
+                let keep = limits
+                    .max_output
+                    .saturating_sub(outputs[0].len() + outputs[1].len());
                 outputs[idx].extend_from_slice(&chunk[..chunk.len().min(keep)]);
                 if total > limits.max_output && ended.is_none() {
                     ended = Some(Ended::OutputLimit);
@@ -150,7 +179,11 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
     });
     let mut output = String::from_utf8_lossy(&outputs[0]).to_string();
     output.push_str(&String::from_utf8_lossy(&outputs[1]));
-    Outcome { ended, output, elapsed: start.elapsed() }
+    Outcome {
+        ended,
+        output,
+        elapsed: start.elapsed(),
+    }
 }
 
 fn kill_group(pgid: i32) {
@@ -162,7 +195,18 @@ fn kill_group(pgid: i32) {
 
 /// The first line of `program --version`-style output, if the tool runs.
 pub fn tool_version(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().ok()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
 }

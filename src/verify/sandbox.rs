@@ -3,7 +3,15 @@
 //! and `` `include `` may only name plain files inside the scratch directory.
 
 /// Tasks that take a file name as their first argument.
-const FILE_TASKS: &[&str] = &["$fopen", "$readmemh", "$readmemb", "$writememh", "$writememb", "$dumpfile", "$fdumpfile"];
+const FILE_TASKS: &[&str] = &[
+    "$fopen",
+    "$readmemh",
+    "$readmemb",
+    "$writememh",
+    "$writememb",
+    "$dumpfile",
+    "$fdumpfile",
+];
 
 /// Removes comments, keeping line structure (so line numbers stay right) and string literals.
 fn strip_comments(code: &str) -> String {
@@ -50,7 +58,11 @@ fn strip_comments(code: &str) -> String {
 
 /// True when a file name stays inside the scratch directory: no separators, no parent, no home.
 fn is_local_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && !name.contains('\\') && !name.starts_with('.') && !name.starts_with('~')
+    !name.is_empty()
+        && !name.contains('/')
+        && !name.contains('\\')
+        && !name.starts_with('.')
+        && !name.starts_with('~')
 }
 
 /// The first string literal right after `(` following position `at`, if the first argument is one.
@@ -69,13 +81,20 @@ pub fn screen(code: &str, what: &str) -> Result<(), String> {
     for (pos, _) in text.match_indices("$system") {
         let next = text[pos + 7..].chars().next();
         if !next.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            return Err(format!("{what} line {}: `$system` runs a shell command; refused", line_of(pos)));
+            return Err(format!(
+                "{what} line {}: `$system` runs a shell command; refused",
+                line_of(pos)
+            ));
         }
     }
     for task in FILE_TASKS {
         for (pos, _) in text.match_indices(task) {
             let after = pos + task.len();
-            if text[after..].chars().next().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            if text[after..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            {
                 continue; // a longer name such as $fopenr is not this task
             }
             match first_literal_argument(&text, after) {
@@ -94,7 +113,10 @@ pub fn screen(code: &str, what: &str) -> Result<(), String> {
     }
     for (pos, _) in text.match_indices("`include") {
         let rest = text[pos + 8..].trim_start();
-        let name = rest.strip_prefix('"').and_then(|r| r.split('"').next()).unwrap_or("");
+        let name = rest
+            .strip_prefix('"')
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
         if !is_local_name(name) {
             return Err(format!("{what} line {}: `include \"{name}\"` reaches outside the scratch directory; refused", line_of(pos)));
         }
@@ -108,7 +130,11 @@ mod tests {
 
     #[test]
     fn system_is_refused_with_its_line() {
-        let e = screen("module m;\ninitial $system(\"rm -rf ~\");\nendmodule", "design").unwrap_err();
+        let e = screen(
+            "module m;\ninitial $system(\"rm -rf ~\");\nendmodule",
+            "design",
+        )
+        .unwrap_err();
         assert_eq!(e, "design line 2: `$system` runs a shell command; refused");
     }
 
@@ -116,14 +142,22 @@ mod tests {
     fn file_tasks_may_only_name_local_files() {
         assert!(screen("initial $readmemh(\"rom.hex\", mem);", "d").is_ok());
         assert!(screen("initial $dumpfile(\"wave.vcd\");", "d").is_ok());
-        assert!(screen("initial $readmemh(\"/etc/passwd\", mem);", "d").unwrap_err().contains("outside the scratch directory"));
+        assert!(screen("initial $readmemh(\"/etc/passwd\", mem);", "d")
+            .unwrap_err()
+            .contains("outside the scratch directory"));
         assert!(screen("initial f = $fopen(\"../../x\", \"w\");", "d").is_err());
-        assert!(screen("initial f = $fopen(name, \"w\");", "d").unwrap_err().contains("computed file name"));
+        assert!(screen("initial f = $fopen(name, \"w\");", "d")
+            .unwrap_err()
+            .contains("computed file name"));
         assert!(screen("`include \"/etc/shadow\"", "d").is_err());
     }
 
     #[test]
     fn comments_and_strings_are_not_calls() {
-        assert!(screen("// $system(\"x\")\n/* $fopen(\"/x\") */ module m; endmodule", "d").is_ok());
+        assert!(screen(
+            "// $system(\"x\")\n/* $fopen(\"/x\") */ module m; endmodule",
+            "d"
+        )
+        .is_ok());
     }
 }

@@ -2,12 +2,21 @@
 //! pass (synthesizability, ports, I/O use), lint (Verilator), optional full synthesis, simulation.
 
 use super::process::{run_tool, Ended, Limits, Outcome};
-use super::{difftb, sandbox, tool_versions, yosys, Report, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS};
+use super::{
+    difftb, sandbox, tool_versions, yosys, Report, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP,
+    YOSYS,
+};
 use std::path::Path;
 use std::time::Duration;
 
 /// Lint codes already counted by the I/O check, or about file layout: not lint penalties.
-const LINT_NOT_PENALIZED: &[&str] = &["UNUSEDSIGNAL", "UNDRIVEN", "DECLFILENAME", "UNUSEDPARAM", "EOFNEWLINE"];
+const LINT_NOT_PENALIZED: &[&str] = &[
+    "UNUSEDSIGNAL",
+    "UNDRIVEN",
+    "DECLFILENAME",
+    "UNUSEDPARAM",
+    "EOFNEWLINE",
+];
 
 fn available(tool: &Tool, report: &mut Report, stage: &str) -> bool {
     match tool_versions().get(tool.program).cloned().flatten() {
@@ -16,7 +25,13 @@ fn available(tool: &Tool, report: &mut Report, stage: &str) -> bool {
             true
         }
         None => {
-            report.skipped.insert(stage.to_string(), format!("{} is not installed; install: {}", tool.program, tool.install));
+            report.skipped.insert(
+                stage.to_string(),
+                format!(
+                    "{} is not installed; install: {}",
+                    tool.program, tool.install
+                ),
+            );
             false
         }
     }
@@ -41,10 +56,15 @@ fn rename_module(code: &str, name: &str, new: &str) -> String {
     let mut out = String::with_capacity(code.len());
     let mut rest = code;
     while let Some(i) = rest.find("module") {
-        let before_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() && rest.as_bytes()[i - 1] != b'_';
+        let before_ok = i == 0
+            || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() && rest.as_bytes()[i - 1] != b'_';
         let after = &rest[i + 6..];
         let trimmed = after.trim_start();
-        if before_ok && after.starts_with(char::is_whitespace) && trimmed.starts_with(name) && !trimmed[name.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+        if before_ok
+            && after.starts_with(char::is_whitespace)
+            && trimmed.starts_with(name)
+            && !trimmed[name.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+        {
             out.push_str(&rest[..i]);
             out.push_str("module ");
             out.push_str(new);
@@ -60,7 +80,8 @@ fn rename_module(code: &str, name: &str, new: &str) -> String {
 
 /// The design as Yosys should read it: `always_comb`/`always_latch` as `always @*`.
 fn yosys_friendly(code: &str) -> String {
-    code.replace("always_comb", "always @*").replace("always_latch", "always @*")
+    code.replace("always_comb", "always @*")
+        .replace("always_latch", "always @*")
 }
 
 /// VerilogEval's failure classes for compile errors.
@@ -85,12 +106,19 @@ fn compile_failure_class(log: &str) -> &'static str {
 
 /// Verifies one example. Never panics: every failure becomes a status in the report.
 pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
-    let mut r = Report { sim_status: "skipped".to_string(), ..Report::default() };
+    let mut r = Report {
+        sim_status: "skipped".to_string(),
+        ..Report::default()
+    };
     if code.trim().is_empty() {
         r.errors.push("the design is empty".to_string());
         return finish(r, opts);
     }
-    for (what, text) in [("design", Some(code)), ("testbench", opts.testbench.as_deref()), ("reference", opts.reference.as_deref())] {
+    for (what, text) in [
+        ("design", Some(code)),
+        ("testbench", opts.testbench.as_deref()),
+        ("reference", opts.reference.as_deref()),
+    ] {
         if let Some(t) = text {
             if let Err(why) = sandbox::screen(t, what) {
                 r.errors.push(why);
@@ -102,7 +130,8 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
     let scratch = match tempfile::Builder::new().prefix("rtlab-verify-").tempdir() {
         Ok(d) => d,
         Err(e) => {
-            r.errors.push(format!("cannot create a scratch directory: {e}"));
+            r.errors
+                .push(format!("cannot create a scratch directory: {e}"));
             r.sim_status = "error".to_string();
             return finish(r, opts);
         }
@@ -112,7 +141,10 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         r.errors.push(format!("cannot write the design: {e}"));
         return finish(r, opts);
     }
-    let quick = Limits { timeout: Duration::from_secs(30), ..Limits::default() };
+    let quick = Limits {
+        timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
 
     // Syntax and elaboration.
     if available(&IVERILOG, &mut r, "syntax") {
@@ -125,10 +157,15 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         r.stage_ms.insert("syntax".into(), ms(&o));
         r.syntax_ok = o.ok();
         // iverilog says "sorry" for constructs it does not support (casts in iverilog 11).
-        r.errors.extend(lines_matching(&o.output, &["error", "sorry"]));
+        r.errors
+            .extend(lines_matching(&o.output, &["error", "sorry"]));
         r.warnings.extend(lines_matching(&o.output, &["warning"]));
         if !r.syntax_ok && r.errors.is_empty() {
-            r.errors.push(format!("iverilog failed ({:?}): {}", o.ended, o.output.lines().next().unwrap_or("")));
+            r.errors.push(format!(
+                "iverilog failed ({:?}): {}",
+                o.ended,
+                o.output.lines().next().unwrap_or("")
+            ));
         }
     } else {
         return finish(r, opts);
@@ -152,7 +189,13 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         let script = yosys::light_script("design_yosys.sv", opts.top.as_deref(), "design.json");
         let o = run_tool("yosys", &["-q", "-p", &script], dir, quick);
         r.stage_ms.insert("synth".into(), ms(&o));
-        let parsed = if o.ok() { std::fs::read_to_string(dir.join("design.json")).map_err(|e| e.to_string()).and_then(|j| yosys::analyze(&j)) } else { Err(String::new()) };
+        let parsed = if o.ok() {
+            std::fs::read_to_string(dir.join("design.json"))
+                .map_err(|e| e.to_string())
+                .and_then(|j| yosys::analyze(&j))
+        } else {
+            Err(String::new())
+        };
         match parsed {
             Ok(n) => {
                 r.synth_ok = Some(true);
@@ -165,17 +208,32 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
                 r.synth_ok = Some(false);
                 let mut errs = lines_matching(&o.output, &["error"]);
                 if errs.is_empty() {
-                    errs.push(if e.is_empty() { format!("yosys failed ({:?})", o.ended) } else { e });
+                    errs.push(if e.is_empty() {
+                        format!("yosys failed ({:?})", o.ended)
+                    } else {
+                        e
+                    });
                 }
-                r.errors.extend(errs.into_iter().map(|e| format!("yosys: {e}")));
+                r.errors
+                    .extend(errs.into_iter().map(|e| format!("yosys: {e}")));
             }
         }
-        r.warnings.extend(lines_matching(&o.output, &["warning"]).into_iter().map(|w| format!("yosys: {w}")));
+        r.warnings.extend(
+            lines_matching(&o.output, &["warning"])
+                .into_iter()
+                .map(|w| format!("yosys: {w}")),
+        );
     }
 
     // Lint.
     if opts.wants("lint") && available(&VERILATOR, &mut r, "lint") {
-        let mut args = vec!["--lint-only", "-Wall", "-Wno-fatal", "-Wno-DECLFILENAME", "--no-timing"];
+        let mut args = vec![
+            "--lint-only",
+            "-Wall",
+            "-Wno-fatal",
+            "-Wno-DECLFILENAME",
+            "--no-timing",
+        ];
         let top = opts.top.clone().or(netlist.as_ref().map(|n| n.top.clone()));
         if let Some(t) = &top {
             args.extend(["--top-module", t.as_str()]);
@@ -193,9 +251,18 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         codes.sort();
         codes.dedup();
         r.lint = codes;
-        r.warnings.extend(lines_matching(&o.output, &["%warning"]).into_iter().take(10));
+        r.warnings.extend(
+            lines_matching(&o.output, &["%warning"])
+                .into_iter()
+                .take(10),
+        );
         // Verilator rejecting a construct iverilog accepts is a limit of the linter, not a lint finding.
-        r.warnings.extend(lines_matching(&o.output, &["%error"]).into_iter().take(5).map(|e| format!("verilator: {e}")));
+        r.warnings.extend(
+            lines_matching(&o.output, &["%error"])
+                .into_iter()
+                .take(5)
+                .map(|e| format!("verilator: {e}")),
+        );
     }
 
     // Full synthesis, only when asked: some designs take many seconds.
@@ -205,13 +272,26 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
             Some(t) => format!("read_verilog -sv design_yosys.sv; synth -top {t}"),
             None => "read_verilog -sv design_yosys.sv; synth -auto-top".to_string(),
         };
-        let o = run_tool("yosys", &["-q", "-p", &script], dir, Limits { timeout: Duration::from_millis(opts.synth_timeout_ms), ..Limits::default() });
+        let o = run_tool(
+            "yosys",
+            &["-q", "-p", &script],
+            dir,
+            Limits {
+                timeout: Duration::from_millis(opts.synth_timeout_ms),
+                ..Limits::default()
+            },
+        );
         r.stage_ms.insert("synth_full".into(), ms(&o));
         if !o.ok() {
             r.synth_ok = Some(false);
             r.errors.push(match o.ended {
-                Ended::TimedOut => format!("yosys synth timed out after {} ms", opts.synth_timeout_ms),
-                _ => format!("yosys synth failed: {}", lines_matching(&o.output, &["error"]).join("; ")),
+                Ended::TimedOut => {
+                    format!("yosys synth timed out after {} ms", opts.synth_timeout_ms)
+                }
+                _ => format!(
+                    "yosys synth failed: {}",
+                    lines_matching(&o.output, &["error"]).join("; ")
+                ),
             });
         }
     }
@@ -223,14 +303,25 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
     finish(r, opts)
 }
 
-fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, netlist: Option<&yosys::Netlist>) {
+fn simulate(
+    r: &mut Report,
+    code: &str,
+    opts: &VerifyOptions,
+    dir: &Path,
+    netlist: Option<&yosys::Netlist>,
+) {
     if !available(&IVERILOG, r, "sim") || !available(&VVP, r, "sim") {
         r.sim_status = "skipped".into();
         return;
     }
-    let quick = Limits { timeout: Duration::from_secs(30), ..Limits::default() };
+    let quick = Limits {
+        timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
     let mut files = vec!["design.sv".to_string()];
-    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"));
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+    };
     let prepared: Result<(), String> = (|| {
         match (&opts.testbench, &opts.reference) {
             (Some(tb), reference) => {
@@ -245,16 +336,33 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, netlis
                 // A differential testbench: the reference's ports drive both.
                 write("ref_orig.sv", &yosys_friendly(reference))?;
                 // Ports only: no flatten or checks, so little the reference does inside can stop us.
-                let script = "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
+                let script =
+                    "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
                 let o = run_tool("yosys", &["-q", "-p", script], dir, quick);
-                let json = std::fs::read_to_string(dir.join("ref.json")).map_err(|_| format!("the reference does not elaborate in Yosys: {}", lines_matching(&o.output, &["error"]).join("; ")))?;
+                let json = std::fs::read_to_string(dir.join("ref.json")).map_err(|_| {
+                    format!(
+                        "the reference does not elaborate in Yosys: {}",
+                        lines_matching(&o.output, &["error"]).join("; ")
+                    )
+                })?;
                 let ref_net = yosys::analyze(&json)?;
-                let dut_top = opts.top.clone().or(netlist.map(|n| n.top.clone())).ok_or("cannot tell the design's top module; pass top")?;
+                let dut_top = opts
+                    .top
+                    .clone()
+                    .or(netlist.map(|n| n.top.clone()))
+                    .ok_or("cannot tell the design's top module; pass top")?;
                 let ref_code = rename_module(reference, &ref_net.top, "RefModule");
-                let dut_code = if dut_top == "TopModule" { code.to_string() } else { rename_module(code, &dut_top, "TopModule") };
+                let dut_code = if dut_top == "TopModule" {
+                    code.to_string()
+                } else {
+                    rename_module(code, &dut_top, "TopModule")
+                };
                 write("design.sv", &dut_code)?;
                 write("ref.sv", &ref_code)?;
-                write("tb.sv", &difftb::generate(&ref_net.ports, opts.diff_cycles, opts.seed))?;
+                write(
+                    "tb.sv",
+                    &difftb::generate(&ref_net.ports, opts.diff_cycles, opts.seed),
+                )?;
                 files.push("ref.sv".into());
                 files.push("tb.sv".into());
             }
@@ -267,7 +375,14 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, netlis
         r.errors.push(e);
         return;
     }
-    let mut args: Vec<&str> = vec!["-g2012", "-Wall", "-Winfloop", "-Wno-timescale", "-o", "sim.vvp"];
+    let mut args: Vec<&str> = vec![
+        "-g2012",
+        "-Wall",
+        "-Winfloop",
+        "-Wno-timescale",
+        "-o",
+        "sim.vvp",
+    ];
     args.extend(files.iter().map(String::as_str));
     let compile = run_tool("iverilog", &args, dir, quick);
     let mut elapsed = ms(&compile);
@@ -276,11 +391,19 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, netlis
         r.failure_class = Some(compile_failure_class(&compile.output).to_string());
         r.functional = Some(false);
         r.sim_log = compile.output.chars().take(4000).collect();
-        r.errors.extend(lines_matching(&compile.output, &["error", "sorry"]).into_iter().map(|e| format!("sim compile: {e}")));
+        r.errors.extend(
+            lines_matching(&compile.output, &["error", "sorry"])
+                .into_iter()
+                .map(|e| format!("sim compile: {e}")),
+        );
         r.stage_ms.insert("sim".into(), elapsed);
         return;
     }
-    let limits = Limits { timeout: Duration::from_millis(opts.timeout_ms), max_output: 1 << 20, ..Limits::default() };
+    let limits = Limits {
+        timeout: Duration::from_millis(opts.timeout_ms),
+        max_output: 1 << 20,
+        ..Limits::default()
+    };
     let o = run_tool("vvp", &["-n", "sim.vvp"], dir, limits);
     elapsed += ms(&o);
     r.stage_ms.insert("sim".into(), elapsed);
@@ -290,13 +413,17 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, netlis
             r.sim_status = "timeout".into();
             r.failure_class = Some("T".into());
             r.functional = Some(false);
-            r.errors.push(format!("simulation did not finish in {} ms", opts.timeout_ms));
+            r.errors.push(format!(
+                "simulation did not finish in {} ms",
+                opts.timeout_ms
+            ));
             return;
         }
         Ended::OutputLimit => {
             r.sim_status = "error".into();
             r.functional = Some(false);
-            r.errors.push("simulation printed more than 1 MiB; stopped".into());
+            r.errors
+                .push("simulation printed more than 1 MiB; stopped".into());
             return;
         }
         Ended::Cancelled => {
@@ -375,14 +502,22 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
         parts.push((w.io, (1.0 - 0.5 * flagged).max(0.0)));
     }
     if r.tools.contains_key("verilator") && r.stage_ms.contains_key("lint") {
-        let penalized = r.lint.iter().filter(|c| !LINT_NOT_PENALIZED.contains(&c.as_str())).count() as f64;
+        let penalized = r
+            .lint
+            .iter()
+            .filter(|c| !LINT_NOT_PENALIZED.contains(&c.as_str()))
+            .count() as f64;
         parts.push((w.lint, (1.0 - 0.25 * penalized).max(0.0)));
     }
     if let Some(f) = r.functional {
         parts.push((w.functional, if f { 1.0 } else { 0.0 }));
     }
     let total: f64 = parts.iter().map(|p| p.0).sum();
-    r.score = if total > 0.0 { parts.iter().map(|p| p.0 * p.1).sum::<f64>() / total } else { 0.0 };
+    r.score = if total > 0.0 {
+        parts.iter().map(|p| p.0 * p.1).sum::<f64>() / total
+    } else {
+        0.0
+    };
     r.score = (r.score * 10000.0).round() / 10000.0;
     r
 }
@@ -401,11 +536,26 @@ mod tests {
 
     #[test]
     fn verdicts_of_the_three_testbench_styles() {
-        assert_eq!(parse_verdict("Hint: ...\nMismatches: 0 in 217 samples\n"), Some((true, Some(0), Some(217))));
-        assert_eq!(parse_verdict("Mismatches: 3 in 100 samples"), Some((false, Some(3), Some(100))));
-        assert_eq!(parse_verdict("...\nTEST PASSED\n"), Some((true, None, None)));
-        assert_eq!(parse_verdict("TEST FAILED at 30ns"), Some((false, None, None)));
-        assert_eq!(parse_verdict("===========Your Design Passed==========="), Some((true, None, None)));
+        assert_eq!(
+            parse_verdict("Hint: ...\nMismatches: 0 in 217 samples\n"),
+            Some((true, Some(0), Some(217)))
+        );
+        assert_eq!(
+            parse_verdict("Mismatches: 3 in 100 samples"),
+            Some((false, Some(3), Some(100)))
+        );
+        assert_eq!(
+            parse_verdict("...\nTEST PASSED\n"),
+            Some((true, None, None))
+        );
+        assert_eq!(
+            parse_verdict("TEST FAILED at 30ns"),
+            Some((false, None, None))
+        );
+        assert_eq!(
+            parse_verdict("===========Your Design Passed==========="),
+            Some((true, None, None))
+        );
         assert_eq!(parse_verdict("nothing useful"), None);
     }
 }

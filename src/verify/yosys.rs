@@ -40,11 +40,19 @@ fn bit_key(v: &Value) -> Option<i64> {
 
 /// Reads Yosys' `write_json` output.
 pub fn analyze(json: &str) -> Result<Netlist, String> {
-    let root: Value = serde_json::from_str(json).map_err(|e| format!("unreadable Yosys JSON: {e}"))?;
-    let modules = root.get("modules").and_then(Value::as_object).ok_or("Yosys JSON has no modules")?;
+    let root: Value =
+        serde_json::from_str(json).map_err(|e| format!("unreadable Yosys JSON: {e}"))?;
+    let modules = root
+        .get("modules")
+        .and_then(Value::as_object)
+        .ok_or("Yosys JSON has no modules")?;
     let (top, module) = modules
         .iter()
-        .find(|(_, m)| m.pointer("/attributes/top").and_then(Value::as_str).is_some_and(|t| t.trim_start_matches('0') == "1"))
+        .find(|(_, m)| {
+            m.pointer("/attributes/top")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.trim_start_matches('0') == "1")
+        })
         .or_else(|| modules.iter().next())
         .ok_or("Yosys JSON has no modules")?;
     let mut ports = Vec::new();
@@ -52,8 +60,16 @@ pub fn analyze(json: &str) -> Result<Netlist, String> {
     if let Some(ps) = module.get("ports").and_then(Value::as_object) {
         for (name, p) in ps {
             let input = p.get("direction").and_then(Value::as_str) == Some("input");
-            let bits = p.get("bits").and_then(Value::as_array).cloned().unwrap_or_default();
-            ports.push(Port { name: name.clone(), input, width: bits.len() });
+            let bits = p
+                .get("bits")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            ports.push(Port {
+                name: name.clone(),
+                input,
+                width: bits.len(),
+            });
             port_bits.insert(name.clone(), (input, bits));
         }
     }
@@ -65,10 +81,16 @@ pub fn analyze(json: &str) -> Result<Netlist, String> {
         for cell in cells.values() {
             let dirs = cell.get("port_directions").and_then(Value::as_object);
             let conns = cell.get("connections").and_then(Value::as_object);
-            let (Some(dirs), Some(conns)) = (dirs, conns) else { continue };
+            let (Some(dirs), Some(conns)) = (dirs, conns) else {
+                continue;
+            };
             let idx = cell_inputs.len();
             let kind = cell.get("type").and_then(Value::as_str).unwrap_or("");
-            if kind.contains("dff") || kind.contains("dlatch") || kind.starts_with("$mem") || kind.starts_with("$sr") {
+            if kind.contains("dff")
+                || kind.contains("dlatch")
+                || kind.starts_with("$mem")
+                || kind.starts_with("$sr")
+            {
                 state_cells.push(idx);
             }
             let mut inputs = Vec::new();
@@ -85,12 +107,20 @@ pub fn analyze(json: &str) -> Result<Netlist, String> {
             cell_inputs.push(inputs);
         }
     }
-    let input_bits: HashSet<i64> =
-        port_bits.values().filter(|(input, _)| *input).flat_map(|(_, bits)| bits.iter().filter_map(bit_key)).collect();
+    let input_bits: HashSet<i64> = port_bits
+        .values()
+        .filter(|(input, _)| *input)
+        .flat_map(|(_, bits)| bits.iter().filter_map(bit_key))
+        .collect();
     // Outputs with a bit that nothing drives (an input port bit or a constant counts as driven).
     let mut undriven_outputs = Vec::new();
     for (name, (input, bits)) in &port_bits {
-        if !*input && bits.iter().filter_map(bit_key).any(|b| !driver.contains_key(&b) && !input_bits.contains(&b)) {
+        if !*input
+            && bits
+                .iter()
+                .filter_map(bit_key)
+                .any(|b| !driver.contains_key(&b) && !input_bits.contains(&b))
+        {
             undriven_outputs.push(name.clone());
         }
     }
@@ -99,7 +129,11 @@ pub fn analyze(json: &str) -> Result<Netlist, String> {
     // output is undriven (the V3 plan's counter) from reporting every input unused.
     let mut seen: HashSet<i64> = HashSet::new();
     let mut seen_cells: HashSet<usize> = state_cells.iter().copied().collect();
-    let mut stack: Vec<i64> = port_bits.values().filter(|(input, _)| !*input).flat_map(|(_, bits)| bits.iter().filter_map(bit_key)).collect();
+    let mut stack: Vec<i64> = port_bits
+        .values()
+        .filter(|(input, _)| !*input)
+        .flat_map(|(_, bits)| bits.iter().filter_map(bit_key))
+        .collect();
     for c in &state_cells {
         stack.extend(cell_inputs[*c].iter().copied());
     }
@@ -115,8 +149,15 @@ pub fn analyze(json: &str) -> Result<Netlist, String> {
     }
     let unused_inputs = port_bits
         .iter()
-        .filter(|(_, (input, bits))| *input && !bits.iter().filter_map(bit_key).any(|b| seen.contains(&b)))
+        .filter(|(_, (input, bits))| {
+            *input && !bits.iter().filter_map(bit_key).any(|b| seen.contains(&b))
+        })
         .map(|(n, _)| n.clone())
         .collect();
-    Ok(Netlist { top: top.clone(), ports, unused_inputs, undriven_outputs })
+    Ok(Netlist {
+        top: top.clone(),
+        ports,
+        unused_inputs,
+        undriven_outputs,
+    })
 }

@@ -47,7 +47,12 @@ impl MockServer {
                 });
             }
         });
-        MockServer { port, hits, faults, poison }
+        MockServer {
+            port,
+            hits,
+            faults,
+            poison,
+        }
     }
 
     pub fn openai_url(&self) -> String {
@@ -67,7 +72,13 @@ impl MockServer {
     }
 }
 
-fn handle(mut stream: TcpStream, hits: &AtomicUsize, faults: &Mutex<VecDeque<Fault>>, poison: &Mutex<Vec<String>>, answer: &Answer) -> std::io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    hits: &AtomicUsize,
+    faults: &Mutex<VecDeque<Fault>>,
+    poison: &Mutex<Vec<String>>,
+    answer: &Answer,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     loop {
         // One request per loop: keep-alive connections send several.
@@ -75,7 +86,11 @@ fn handle(mut stream: TcpStream, hits: &AtomicUsize, faults: &Mutex<VecDeque<Fau
         if reader.read_line(&mut request_line)? == 0 {
             return Ok(());
         }
-        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
         let mut length = 0usize;
         loop {
             let mut line = String::new();
@@ -91,31 +106,70 @@ fn handle(mut stream: TcpStream, hits: &AtomicUsize, faults: &Mutex<VecDeque<Fau
         reader.read_exact(&mut body)?;
         hits.fetch_add(1, Ordering::SeqCst);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let prompt = json["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+        let prompt = json["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_string();
         let fault = faults.lock().unwrap().pop_front();
-        let send = |stream: &mut TcpStream, status: &str, extra: &str, body: &str| -> std::io::Result<()> {
+        let send = |stream: &mut TcpStream,
+                    status: &str,
+                    extra: &str,
+                    body: &str|
+         -> std::io::Result<()> {
             write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len())?;
             stream.flush()
         };
-        if poison.lock().unwrap().iter().any(|p| prompt.contains(p.as_str())) {
-            send(&mut stream, "400 Bad Request", "", "{\"error\": \"poisoned prompt\"}")?;
+        if poison
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| prompt.contains(p.as_str()))
+        {
+            send(
+                &mut stream,
+                "400 Bad Request",
+                "",
+                "{\"error\": \"poisoned prompt\"}",
+            )?;
             continue;
         }
         match fault {
             Some(Fault::TooMany { retry_after_s }) => {
-                send(&mut stream, "429 Too Many Requests", &format!("Retry-After: {retry_after_s}\r\n"), "{\"error\": \"slow down\"}")?;
+                send(
+                    &mut stream,
+                    "429 Too Many Requests",
+                    &format!("Retry-After: {retry_after_s}\r\n"),
+                    "{\"error\": \"slow down\"}",
+                )?;
                 continue;
             }
             Some(Fault::ServerError) => {
-                send(&mut stream, "500 Internal Server Error", "", "{\"error\": \"boom\"}")?;
+                send(
+                    &mut stream,
+                    "500 Internal Server Error",
+                    "",
+                    "{\"error\": \"boom\"}",
+                )?;
                 continue;
             }
             Some(Fault::BadRequest) => {
-                send(&mut stream, "400 Bad Request", "", "{\"error\": \"bad request\"}")?;
+                send(
+                    &mut stream,
+                    "400 Bad Request",
+                    "",
+                    "{\"error\": \"bad request\"}",
+                )?;
                 continue;
             }
             Some(Fault::Malformed) => {
-                send(&mut stream, "200 OK", "", "{\"choices\": [ this is not json")?;
+                send(
+                    &mut stream,
+                    "200 OK",
+                    "",
+                    "{\"choices\": [ this is not json",
+                )?;
                 continue;
             }
             Some(Fault::DropMidBody) => {

@@ -51,7 +51,13 @@ impl Run {
 }
 
 pub fn run_in(dir: &Path, args: &[&str]) -> Run {
-    Run::from(rtlab().current_dir(dir).args(args).output().expect("rtlab runs"))
+    Run::from(
+        rtlab()
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("rtlab runs"),
+    )
 }
 
 /// Replaces timings, temp paths and the repo path so snapshots are stable.
@@ -77,7 +83,8 @@ fn regex_lite_replace(text: &str) -> String {
             }
             let rest: String = chars[j..chars.len().min(j + 4)].iter().collect();
             let unit_ends = |n: usize| rest.chars().nth(n).is_none_or(|c| !c.is_alphanumeric());
-            if (rest.starts_with(" s") && unit_ends(2)) || (rest.starts_with(" ms") && unit_ends(3)) {
+            if (rest.starts_with(" s") && unit_ends(2)) || (rest.starts_with(" ms") && unit_ends(3))
+            {
                 out.push_str("[T]");
                 i = j;
                 continue;
