@@ -96,7 +96,7 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
         /// Simulation timeout per example
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
     },
     /// Show or drop cell cache entries

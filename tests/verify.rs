@@ -35,7 +35,8 @@ fn verilog_eval_references_pass_their_own_testbenches_except_three_known_ones() 
     let out = ok(r#"
         let p = load_verilog_eval("verilog-eval-v2");
         let p = p.with_column(col("ref").str_replace_all("module RefModule", "module TopModule").alias("code"));
-        let v = p.verify(#{code: "code", testbench: "test", reference: "ref", stages: ["syntax", "sim"]});
+        // A generous timeout: on a loaded 2-core CI machine a long testbench can take many seconds.
+        let v = p.verify(#{code: "code", testbench: "test", reference: "ref", stages: ["syntax", "sim"], timeout_ms: 120000});
         print(v.filter(col("sim_status") == "pass").len());
         for r in v.filter(col("sim_status") != "pass").select(["task_id", "sim_status", "failure_class"]).to_records() {
             print(`${r.task_id} ${r.sim_status} ${r.failure_class}`);

@@ -85,10 +85,7 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
         None => vec![1, 5, 10],
     };
     let ks: Vec<usize> = ks.into_iter().filter(|k| *k <= n).collect();
-    let template = options
-        .get("template")
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+    let template = crate::testbench::template(options, "template", DEFAULT_TEMPLATE)?;
     let name = options
         .get("name")
         .map(|t| t.to_string())
@@ -310,10 +307,11 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
                     .map(|j| cats[j / n].clone())
                     .collect::<Vec<_>>(),
             ),
+            // The prompt as the model saw it (template filled), so DPO pairs built from samples match.
             Column::new(
                 "prompt".into(),
                 (0..completions.len())
-                    .map(|j| prompts[j / n].clone())
+                    .map(|j| template.replace("{prompt}", prompts[j / n].trim_end()))
                     .collect::<Vec<_>>(),
             ),
             Column::new(
@@ -462,7 +460,7 @@ mod bench_functions {
     /// The unbiased pass@k estimator, 1 − C(n−c, k)/C(n, k), for n samples of which c pass.
     ///
     /// ```rhai
-    /// assert_eq(pass_at_k(10, 3, 1), 0.3);
+    /// assert((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12, "3 of 10 pass: pass@1 is 0.3");
     /// assert_eq(pass_at_k(10, 0, 5), 0.0);
     /// assert_eq(pass_at_k(10, 8, 5), 1.0);
     /// ```
@@ -617,6 +615,12 @@ mod bench_functions {
     /// assert_eq(pairs.len(), 1);
     /// assert_eq(pairs.row(0).chosen, "good");
     /// ```
+    #[rhai_fn(name = "preference_pairs", return_raw)]
+    pub fn preference_pairs_default(samples: Frame) -> Result<Frame, Box<EvalAltResult>> {
+        preference_pairs(samples, Map::new())
+    }
+
+    /// DPO pairs with options (see the one-argument form): `prompt`, `response`, `score`, `margin`.
     #[rhai_fn(return_raw)]
     pub fn preference_pairs(samples: Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
         let name = |k: &str, d: &str| {

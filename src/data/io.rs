@@ -206,11 +206,11 @@ pub fn problem_category(name: &str) -> &'static str {
     let l = name.to_lowercase();
     let table: &[(&str, &[&str])] = &[
         ("fsm", &["fsm", "state"]),
+        ("arithmetic", &["add", "sub", "popcount", "mult"]),
         ("counter", &["count"]),
         ("shift_register", &["shift", "lfsr", "rotate"]),
         ("edge_detect", &["edge"]),
         ("mux", &["mux"]),
-        ("arithmetic", &["add", "sub", "popcount", "mult"]),
         ("gates", &["gate", "not", "wire", "xnor"]),
     ];
     table

@@ -244,6 +244,7 @@ impl Model {
             let ep = self.endpoint();
             let sampling = self.sampling();
             let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency));
+            let bar = progress_bar(todo.len() as u64);
             let answered: Vec<(usize, Result<String, String>)> = runtime().block_on(async {
                 let mut set = tokio::task::JoinSet::new();
                 for &i in &todo {
@@ -290,6 +291,12 @@ impl Model {
                     if let Ok(pair) = done {
                         out.push(pair);
                     }
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                }
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
                 }
                 out
             });
@@ -302,6 +309,19 @@ impl Model {
             .map(|r| r.unwrap_or_else(|| Err("the request task failed".into())))
             .collect()
     }
+}
+
+/// A progress bar (rate, ETA) on stderr when it is a terminal; none in pipes, logs and tests.
+fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if len < 2 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("llm {bar:30} {pos}/{len} {per_sec} ETA {eta}") {
+        bar.set_style(style);
+    }
+    Some(bar)
 }
 
 fn open_store() -> Option<Arc<Mutex<Store>>> {
@@ -414,7 +434,7 @@ mod llm_functions {
     }
 
     /// `complete_many` with options: `n` samples per row (rows repeat, with a `sample` column) and
-    /// `out`, the column name. Requests run `concurrency` at a time with a progress count; answers are
+    /// `out`, the column name. Requests run `concurrency` at a time with a progress bar; answers are
     /// recorded as they arrive, so when some fail the error says how many, and a rerun asks only for
     /// the missing ones.
     #[rhai_fn(name = "complete_many", return_raw)]

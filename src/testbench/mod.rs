@@ -32,7 +32,8 @@ fn module_name(rtl: &str) -> String {
         .unwrap_or_else(|| "dut".to_string())
 }
 
-fn template(options: &Map, key: &str, default: &str) -> Result<String, String> {
+/// A prompt template from options: a path to a file, or the text itself; `default` when absent.
+pub fn template(options: &Map, key: &str, default: &str) -> Result<String, String> {
     match options.get(key) {
         None => Ok(default.to_string()),
         Some(t) => {
@@ -119,7 +120,7 @@ pub fn a7_testbench_impl(
         log.push_str(&on_rtl.errors.join("\n"));
     }
     // Mutants that still compile; a testbench "kills" one when it does not pass it.
-    let mutants = mutate::pick(mutate::mutants(rtl), n_mutants);
+    let mutants = if n_mutants == 0 { Vec::new() } else { mutate::pick(mutate::mutants(rtl), n_mutants) };
     let jobs: Vec<Job> = mutants
         .iter()
         .map(|m| Job {
@@ -261,8 +262,20 @@ mod testbench_functions {
                     return Err("generate_verified: cancelled by Ctrl-C (model answers so far are recorded)".into());
                 }
                 attempts += 1;
-                let spec = ask(&spec_model, &spec_prompt(category, attempts as i64))?;
-                let rtl = extract_code(&ask(&rtl_model, &rtl_prompt(&spec))?);
+                let spec = match ask(&spec_model, &spec_prompt(category, attempts as i64)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        crate::engine::emit_line(&format!("  [{attempts}] spec generation failed: {e}"));
+                        continue;
+                    }
+                };
+                let rtl = match ask(&rtl_model, &rtl_prompt(&spec)) {
+                    Ok(r) => extract_code(&r),
+                    Err(e) => {
+                        crate::engine::emit_line(&format!("  [{attempts}] RTL generation failed: {e}"));
+                        continue;
+                    }
+                };
                 let mut tb_opts = options.clone();
                 tb_opts.insert("category".into(), category.to_string().into());
                 let r = match a7_testbench_impl(&spec, &rtl, &tb_model, &tb_opts) {

@@ -70,7 +70,7 @@ impl Default for VerifyOptions {
             testbench: None,
             reference: None,
             spec: None,
-            timeout_ms: 10_000,
+            timeout_ms: 30_000,
             synth_timeout_ms: 60_000,
             stages: ["syntax", "synth", "lint", "sim"]
                 .iter()
