@@ -79,7 +79,7 @@ print(passed);"#,
 let rows = [];
 for i in 0..2000 {{
     let r = base[i % base.len()];
-    rows.push(#{{output: `// example ${{i}}\n` + r.output}});
+    rows.push(#{{output: "// example " + i + "\n" + r.output}});
 }}
 let df = from_records(rows);
 let v = df.verify(#{{code: "output"}});
@@ -91,7 +91,7 @@ print(v.filter(col("syntax_ok")).len());"#,
 let ok = 0;
 for i in 0..2000 {{
     let r = base[i % base.len()];
-    if verify(`// example ${{i}}\n` + r.output).syntax_ok {{ ok += 1; }}
+    if verify("// example " + i + "\n" + r.output).syntax_ok {{ ok += 1; }}
 }}
 print(ok);"#,
         data.join("rtlcoder_sample.jsonl").display()

@@ -228,3 +228,29 @@ fn phases_follow_the_plan_and_split_writes_its_layout() {
         "[\"synthesis\", \"placement\", \"routing\", \"timing\", \"power\", \"verification\", \"floorplan\", \"general\"]\n[\"prompt\", \"response\", \"metadata\"]\nsynthesis\nAs a synthesis expert, explain this concept:\n"
     );
 }
+
+#[test]
+fn a_file_bigger_than_a_chunk_unifies_types_and_fields_across_chunks() {
+    // The reader streams 8 MiB chunks: a type that widens (int → float) and a struct field that
+    // appears only near the end must still be inferred over the whole file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.jsonl");
+    let mut text = String::new();
+    let pad = "x".repeat(300);
+    for i in 0..60_000 {
+        if i < 59_990 {
+            text.push_str(&format!("{{\"i\": {i}, \"score\": 1, \"pad\": \"{pad}\", \"metadata\": {{\"category\": \"fsm\"}}}}\n"));
+        } else {
+            text.push_str(&format!("{{\"i\": {i}, \"score\": 0.5, \"pad\": \"{pad}\", \"metadata\": {{\"category\": \"alu\", \"source\": \"late\"}}}}\n"));
+        }
+    }
+    assert!(text.len() > 16 << 20, "at least three chunks");
+    std::fs::write(&path, text).unwrap();
+    let out = ok(&format!(
+        r#"let df = load_jsonl("{}");
+        print(df.len()); print(df.schema().score); print(df.schema().metadata);
+        print(df.row(-1).metadata.source); print(df.row(0).metadata.source); print(df.row(-1).score);"#,
+        path.display()
+    ));
+    assert_eq!(out, "60000\nf64\nstruct[2]\nlate\n()\n0.5\n");
+}

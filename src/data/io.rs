@@ -22,6 +22,13 @@ pub struct Loaded {
 pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
     let shown = path.display().to_string();
     crate::runtime_fns::note_input(path);
+    if !opts.skip_bad_lines {
+        // The fast path streams the file twice in chunks (schema, then rows), never holding it whole.
+        // Any failure falls through to the careful path below, which names the bad line.
+        if let Ok(df) = load_jsonl_chunked(path) {
+            return Ok(Loaded { frame: Frame::new(df), skipped: vec![] });
+        }
+    }
     let bytes = std::fs::read(path).map_err(|source| DataError::Read {
         path: shown.clone(),
         source,
@@ -56,6 +63,92 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> 
             }
         }
     }
+}
+
+/// Bytes per chunk of the streaming reader: big enough for polars to parse in parallel, small enough
+/// that the raw text never costs much next to the frame.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// Reads `path` in chunks that end at a line break, calling `f` on each in order.
+fn for_each_chunk(path: &Path, mut f: impl FnMut(Vec<u8>) -> PolarsResult<()>) -> PolarsResult<()> {
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
+        let n = (&mut reader).take(CHUNK_BYTES as u64).read_to_end(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if chunk.last() != Some(&b'\n') {
+            reader.read_until(b'\n', &mut chunk)?;
+        }
+        f(chunk)?;
+    }
+}
+
+fn merge_schema(into: &mut Schema, other: &Schema) -> PolarsResult<()> {
+    for (name, dtype) in other.iter() {
+        let merged = match into.get(name) {
+            Some(existing) => polars_core::utils::try_get_supertype(existing, dtype)?,
+            None => dtype.clone(),
+        };
+        into.with_column(name.clone(), merged);
+    }
+    Ok(())
+}
+
+/// The schema over every line, inferred chunk by chunk on all cores and merged with polars' supertypes
+/// (ints and floats give floats, structs get the union of their fields).
+fn infer_schema_chunked(path: &Path) -> PolarsResult<Schema> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut schema = Schema::default();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let flush = |batch: &mut Vec<Vec<u8>>, schema: &mut Schema| -> PolarsResult<()> {
+        let inferred: Vec<PolarsResult<Schema>> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|chunk| s.spawn(move || polars::io::ndjson::infer_schema(&mut Cursor::new(chunk.as_slice()), None)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(polars_err!(ComputeError: "schema inference panicked")))).collect()
+        });
+        for s in inferred {
+            merge_schema(schema, &s?)?;
+        }
+        batch.clear();
+        Ok(())
+    };
+    for_each_chunk(path, |chunk| {
+        batch.push(chunk);
+        if batch.len() == threads {
+            flush(&mut batch, &mut schema)?;
+        }
+        Ok(())
+    })?;
+    flush(&mut batch, &mut schema)?;
+    Ok(schema)
+}
+
+fn load_jsonl_chunked(path: &Path) -> PolarsResult<DataFrame> {
+    let schema = std::sync::Arc::new(infer_schema_chunked(path)?);
+    if schema.is_empty() {
+        return Ok(DataFrame::empty());
+    }
+    let mut out: Option<DataFrame> = None;
+    for_each_chunk(path, |chunk| {
+        let df = JsonReader::new(Cursor::new(chunk.as_slice()))
+            .with_json_format(JsonFormat::JsonLines)
+            .with_schema(schema.clone())
+            .finish()?;
+        match &mut out {
+            None => out = Some(df),
+            Some(acc) => {
+                acc.vstack_mut(&df)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out.unwrap_or_else(DataFrame::empty))
 }
 
 fn parse_jsonl(bytes: &[u8]) -> PolarsResult<DataFrame> {

@@ -79,6 +79,7 @@ fn handle(
     poison: &Mutex<Vec<String>>,
     answer: &Answer,
 ) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     loop {
         // One request per loop: keep-alive connections send several.
@@ -118,7 +119,9 @@ fn handle(
                     extra: &str,
                     body: &str|
          -> std::io::Result<()> {
-            write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len())?;
+            // One write per response: small writes meet Nagle's algorithm and delayed ACKs (40 ms).
+            let response = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len());
+            stream.write_all(response.as_bytes())?;
             stream.flush()
         };
         if poison
