@@ -252,5 +252,5 @@ fn a_file_bigger_than_a_chunk_unifies_types_and_fields_across_chunks() {
         print(df.row(-1).metadata.source); print(df.row(0).metadata.source); print(df.row(-1).score);"#,
         path.display()
     ));
-    assert_eq!(out, "60000\nf64\nstruct[2]\nlate\n()\n0.5\n");
+    assert_eq!(out, "60000\nf64\nstruct[2]\nlate\n\n0.5\n");
 }
