@@ -72,6 +72,9 @@ print(passed);"#,
     );
     println!("  cached rerun        {cached_s:.2} s ({:.0}x faster than verifying; includes process start and loading)", par_s / cached_s);
 
+    if std::env::var_os("RTLAB_BENCH_VERILOG_EVAL_ONLY").is_some() {
+        return;
+    }
     // A 2,000-row dataset shaped like the plans' data: the bundled RTLCoder sample repeated with a
     // row number in a comment, so every row is a distinct example.
     let rows = format!(

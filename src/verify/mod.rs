@@ -55,7 +55,7 @@ pub struct VerifyOptions {
     pub timeout_ms: u64,
     /// Timeout of the full `synth` stage, when asked for.
     pub synth_timeout_ms: u64,
-    /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full, equiv on request.
+    /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full on request.
     pub stages: Vec<String>,
     pub weights: Weights,
     /// Random cycles of a differential testbench.
@@ -112,8 +112,8 @@ impl VerifyOptions {
                     let arr = v.read_lock::<Array>().ok_or("verify: stages must be an array like [\"syntax\", \"sim\"]")?;
                     o.stages = arr.iter().map(|s| s.to_string()).collect();
                     for s in &o.stages {
-                        if !["syntax", "synth", "lint", "sim", "synth_full", "equiv"].contains(&s.as_str()) {
-                            return Err(format!("verify: unknown stage {s:?}; stages are syntax, synth, lint, sim, synth_full, equiv"));
+                        if !["syntax", "synth", "lint", "sim", "synth_full"].contains(&s.as_str()) {
+                            return Err(format!("verify: unknown stage {s:?}; stages are syntax, synth, lint, sim, synth_full"));
                         }
                     }
                 }
