@@ -73,7 +73,7 @@ pub fn probe() -> Vec<Tool> {
     vec![
         Tool { name: "iverilog", used_for: "verify: syntax, elaboration, simulation", install: "apt-get install -y iverilog", version: version_of("iverilog", &["-V"]) },
         Tool { name: "vvp", used_for: "verify: simulation runtime", install: "apt-get install -y iverilog", version: version_of("vvp", &["-V"]) },
-        Tool { name: "yosys", used_for: "verify: synthesis, I/O use, equivalence", install: "apt-get install -y yosys", version: version_of("yosys", &["-V"]) },
+        Tool { name: "yosys", used_for: "verify: synthesis, I/O use", install: "apt-get install -y yosys", version: version_of("yosys", &["-V"]) },
         Tool { name: "verilator", used_for: "verify: lint (-Wall)", install: "apt-get install -y verilator", version: version_of("verilator", &["--version"]) },
         Tool { name: "wgpu (Vulkan)", used_for: "train: cubecl kernels on the wgpu runtime", install: "apt-get install -y mesa-vulkan-drivers libvulkan1", version: vulkan_drivers() },
         Tool { name: "CUDA", used_for: "train: cubecl kernels on NVIDIA GPUs", install: "install the NVIDIA driver (no toolkit needed: kernels compile with NVRTC at run time)", version: cuda() },

@@ -353,10 +353,13 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
     Ok(run)
 }
 
+/// Category → metric name → value.
+type CategoryMetrics = BTreeMap<String, BTreeMap<String, f64>>;
+
 /// Category → functional rate, from a run map or a recorded run id.
 fn categories_of(
     run: &Dynamic,
-) -> Result<(String, BTreeMap<String, BTreeMap<String, f64>>), String> {
+) -> Result<(String, CategoryMetrics), String> {
     let metrics: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
         let frame = m
             .get("categories")

@@ -89,7 +89,7 @@ pub struct CellCache {
 
 /// Why an entry could not be used.
 pub enum Lookup {
-    Hit(Manifest, BTreeMap<String, Frame>),
+    Hit(Box<Manifest>, BTreeMap<String, Frame>),
     Miss,
     Corrupt(String),
 }
@@ -156,7 +156,7 @@ impl CellCache {
                 }
             }
         }
-        Lookup::Hit(manifest, frames)
+        Lookup::Hit(Box::new(manifest), frames)
     }
 
     /// Writes an entry: frames first, manifest last, each atomically.

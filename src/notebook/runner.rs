@@ -407,7 +407,7 @@ impl Notebook {
                 );
                 return None;
             }
-            Lookup::Hit(m, f) => (m, f),
+            Lookup::Hit(m, f) => (*m, f),
             Lookup::Miss => return None,
             Lookup::Corrupt(why) => {
                 eprintln!(

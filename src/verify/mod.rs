@@ -170,10 +170,7 @@ pub struct Report {
 impl Report {
     pub fn to_map(&self) -> Map {
         let v = serde_json::to_value(self).unwrap_or_default();
-        match crate::data::json_to_dynamic(v).try_cast::<Map>() {
-            Some(m) => m,
-            None => Map::new(),
-        }
+        crate::data::json_to_dynamic(v).try_cast::<Map>().unwrap_or_default()
     }
 }
 

@@ -34,9 +34,8 @@ fn blank_comments(code: &str) -> String {
                 }
                 i += 1;
             }
-            for k in i..(i + 2).min(bytes.len()) {
-                out[k] = b' ';
-            }
+            let end = (i + 2).min(bytes.len());
+            out[i.min(end)..end].fill(b' ');
             i += 2;
         } else {
             i += 1;

@@ -66,8 +66,7 @@ pub fn scrub(text: &str, paths: &[&Path]) -> String {
     for p in paths {
         out = out.replace(&p.display().to_string(), "[DIR]");
     }
-    let secs = regex_lite_replace(&out);
-    secs
+    regex_lite_replace(&out)
 }
 
 /// `1.23 s` → `[T] s`, without pulling in a regex crate for tests.
