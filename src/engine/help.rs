@@ -85,7 +85,15 @@ impl HelpIndex {
         self.by_name.keys().map(String::as_str)
     }
 
-    /// Functions whose doc comment is not empty: rtlab's own stdlib.
+    /// rtlab's own documented functions: those with a doc comment that a plain Rhai engine lacks.
+    pub fn stdlib(&self) -> Vec<&FnDoc> {
+        let plain = HelpIndex::from_engine(&Engine::new());
+        self.documented()
+            .filter(|d| !plain.get(&d.name).is_some_and(|docs| docs.iter().any(|p| p.signature == d.signature)))
+            .collect()
+    }
+
+    /// Functions whose doc comment is not empty (rtlab's, and Rhai's own documented built-ins).
     pub fn documented(&self) -> impl Iterator<Item = &FnDoc> {
         self.by_name
             .values()
