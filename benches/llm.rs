@@ -73,6 +73,9 @@ fn main() {
         let bare = bare_reqwest(&url, c);
         let ours = rtlab_client(&url, c);
         let added_us = (1.0 / ours - 1.0 / bare) * 1e6;
-        println!("| {c} | {bare:.0} req/s | {ours:.0} req/s | {:.2} | {added_us:.0} µs |", ours / bare);
+        println!(
+            "| {c} | {bare:.0} req/s | {ours:.0} req/s | {:.2} | {added_us:.0} µs |",
+            ours / bare
+        );
     }
 }

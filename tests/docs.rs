@@ -12,10 +12,17 @@ fn every_doc_comment_example_runs() {
     let index = rt.help_index();
     // Rhai's own packages carry docs too; test only what rtlab registers.
     let plain = rtlab::HelpIndex::from_engine(&rhai::Engine::new());
-    let is_rhai_builtin = |name: &str, signature: &str| plain.get(name).is_some_and(|docs| docs.iter().any(|d| d.signature == signature));
+    let is_rhai_builtin = |name: &str, signature: &str| {
+        plain
+            .get(name)
+            .is_some_and(|docs| docs.iter().any(|d| d.signature == signature))
+    };
     let mut examples = 0;
     let mut failures = Vec::new();
-    for doc in index.documented().filter(|d| !is_rhai_builtin(&d.name, &d.signature)) {
+    for doc in index
+        .documented()
+        .filter(|d| !is_rhai_builtin(&d.name, &d.signature))
+    {
         let mut in_block = false;
         let mut code = String::new();
         for line in doc.doc.lines() {
@@ -34,6 +41,14 @@ fn every_doc_comment_example_runs() {
             }
         }
     }
-    assert!(examples >= 30, "stdlib functions should carry runnable examples, found {examples}");
-    assert!(failures.is_empty(), "{} of {examples} doc examples failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        examples >= 30,
+        "stdlib functions should carry runnable examples, found {examples}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {examples} doc examples failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }

@@ -249,3 +249,23 @@ fn a_verified_frame_is_cached_and_reverifies_near_instantly() {
     "#);
     assert_eq!(out, "true\n[\"z\"]\n");
 }
+
+#[test]
+fn formal_equivalence_proves_or_refutes_against_the_reference() {
+    let out = ok(r#"
+        let reference = `module RefModule(input clk, input reset, input [3:0] d, output reg [3:0] q);
+          always @(posedge clk) if (reset) q <= 0; else q <= q + d;
+        endmodule`;
+        let same = `module acc(input clk, input reset, input [3:0] d, output reg [3:0] q);
+          always @(posedge clk) begin if (reset) q <= 4'd0; else q <= d + q; end
+        endmodule`;
+        let wrong = `module acc(input clk, input reset, input [3:0] d, output reg [3:0] q);
+          always @(posedge clk) begin if (reset) q <= 4'd0; else q <= q - d; end
+        endmodule`;
+        let opts = #{reference: reference, stages: ["syntax", "synth", "equiv"]};
+        print(verify(same, opts).equiv);
+        print(verify(wrong, opts).equiv);
+        print(verify(same, #{stages: ["syntax", "equiv"]}).skipped.equiv);
+    "#);
+    assert_eq!(out, "equivalent\ndifferent\nneeds a reference module\n");
+}

@@ -357,9 +357,7 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
 type CategoryMetrics = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// Category → functional rate, from a run map or a recorded run id.
-fn categories_of(
-    run: &Dynamic,
-) -> Result<(String, CategoryMetrics), String> {
+fn categories_of(run: &Dynamic) -> Result<(String, CategoryMetrics), String> {
     let metrics: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
         let frame = m
             .get("categories")

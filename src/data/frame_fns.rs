@@ -208,10 +208,12 @@ mod frame_functions {
             "semi" => JoinType::Semi,
             "anti" => JoinType::Anti,
             "cross" => JoinType::Cross,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "join: unknown `how` {other:?}; use inner, left, right, full, semi, anti or cross"
             )
-            .into()),
+                .into())
+            }
         };
         let on: Vec<_> = keys
             .iter()

@@ -26,7 +26,10 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> 
         // The fast path streams the file twice in chunks (schema, then rows), never holding it whole.
         // Any failure falls through to the careful path below, which names the bad line.
         if let Ok(df) = load_jsonl_chunked(path) {
-            return Ok(Loaded { frame: Frame::new(df), skipped: vec![] });
+            return Ok(Loaded {
+                frame: Frame::new(df),
+                skipped: vec![],
+            });
         }
     }
     let bytes = std::fs::read(path).map_err(|source| DataError::Read {
@@ -76,7 +79,9 @@ fn for_each_chunk(path: &Path, mut f: impl FnMut(Vec<u8>) -> PolarsResult<()>) -
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     loop {
         let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
-        let n = (&mut reader).take(CHUNK_BYTES as u64).read_to_end(&mut chunk)?;
+        let n = (&mut reader)
+            .take(CHUNK_BYTES as u64)
+            .read_to_end(&mut chunk)?;
         if n == 0 {
             return Ok(());
         }
@@ -101,16 +106,29 @@ fn merge_schema(into: &mut Schema, other: &Schema) -> PolarsResult<()> {
 /// The schema over every line, inferred chunk by chunk on all cores and merged with polars' supertypes
 /// (ints and floats give floats, structs get the union of their fields).
 fn infer_schema_chunked(path: &Path) -> PolarsResult<Schema> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut schema = Schema::default();
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let flush = |batch: &mut Vec<Vec<u8>>, schema: &mut Schema| -> PolarsResult<()> {
         let inferred: Vec<PolarsResult<Schema>> = std::thread::scope(|s| {
             let handles: Vec<_> = batch
                 .iter()
-                .map(|chunk| s.spawn(move || polars::io::ndjson::infer_schema(&mut Cursor::new(chunk.as_slice()), None)))
+                .map(|chunk| {
+                    s.spawn(move || {
+                        polars::io::ndjson::infer_schema(&mut Cursor::new(chunk.as_slice()), None)
+                    })
+                })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(polars_err!(ComputeError: "schema inference panicked")))).collect()
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(polars_err!(ComputeError: "schema inference panicked"))
+                    })
+                })
+                .collect()
         });
         for s in inferred {
             merge_schema(schema, &s?)?;

@@ -89,7 +89,11 @@ impl HelpIndex {
     pub fn stdlib(&self) -> Vec<&FnDoc> {
         let plain = HelpIndex::from_engine(&Engine::new());
         self.documented()
-            .filter(|d| !plain.get(&d.name).is_some_and(|docs| docs.iter().any(|p| p.signature == d.signature)))
+            .filter(|d| {
+                !plain
+                    .get(&d.name)
+                    .is_some_and(|docs| docs.iter().any(|p| p.signature == d.signature))
+            })
             .collect()
     }
 

@@ -318,7 +318,9 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("llm {bar:30} {pos}/{len} {per_sec} ETA {eta}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("llm {bar:30} {pos}/{len} {per_sec} ETA {eta}")
+    {
         bar.set_style(style);
     }
     Some(bar)

@@ -23,9 +23,11 @@ impl Provider {
             "ollama" => Provider::Ollama,
             "replay" => Provider::Replay,
             "local" => Provider::Local,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "llm: unknown provider {other:?}; use openai, anthropic, ollama, replay or local"
-            )),
+            ))
+            }
         })
     }
 

@@ -175,7 +175,12 @@ impl Repl {
                 println!("  {c} {what}");
             }
             println!("\nstdlib functions (:help NAME for one):");
-            let mut names: Vec<&str> = self.help.stdlib().into_iter().map(|d| d.name.as_str()).collect();
+            let mut names: Vec<&str> = self
+                .help
+                .stdlib()
+                .into_iter()
+                .map(|d| d.name.as_str())
+                .collect();
             names.dedup();
             for chunk in names.chunks(6) {
                 println!("  {}", chunk.join("  "));

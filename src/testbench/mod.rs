@@ -120,7 +120,11 @@ pub fn a7_testbench_impl(
         log.push_str(&on_rtl.errors.join("\n"));
     }
     // Mutants that still compile; a testbench "kills" one when it does not pass it.
-    let mutants = if n_mutants == 0 { Vec::new() } else { mutate::pick(mutate::mutants(rtl), n_mutants) };
+    let mutants = if n_mutants == 0 {
+        Vec::new()
+    } else {
+        mutate::pick(mutate::mutants(rtl), n_mutants)
+    };
     let jobs: Vec<Job> = mutants
         .iter()
         .map(|m| Job {
@@ -265,14 +269,18 @@ mod testbench_functions {
                 let spec = match ask(&spec_model, &spec_prompt(category, attempts as i64)) {
                     Ok(s) => s,
                     Err(e) => {
-                        crate::engine::emit_line(&format!("  [{attempts}] spec generation failed: {e}"));
+                        crate::engine::emit_line(&format!(
+                            "  [{attempts}] spec generation failed: {e}"
+                        ));
                         continue;
                     }
                 };
                 let rtl = match ask(&rtl_model, &rtl_prompt(&spec)) {
                     Ok(r) => extract_code(&r),
                     Err(e) => {
-                        crate::engine::emit_line(&format!("  [{attempts}] RTL generation failed: {e}"));
+                        crate::engine::emit_line(&format!(
+                            "  [{attempts}] RTL generation failed: {e}"
+                        ));
                         continue;
                     }
                 };

@@ -80,7 +80,11 @@ pub fn verify_all(
     let mut todo: Vec<usize> = (0..jobs.len()).filter(|i| results[*i].is_none()).collect();
     // Longest first (by text size, a proxy for tool time): a long simulation started last would leave
     // the other cores idle at the end of the batch.
-    let size = |j: &Job| j.code.len() + j.testbench.as_ref().map_or(0, String::len) + j.reference.as_ref().map_or(0, String::len);
+    let size = |j: &Job| {
+        j.code.len()
+            + j.testbench.as_ref().map_or(0, String::len)
+            + j.reference.as_ref().map_or(0, String::len)
+    };
     todo.sort_by_key(|&i| std::cmp::Reverse(size(&jobs[i])));
     let workers = if workers == 0 {
         std::thread::available_parallelism()

@@ -55,7 +55,7 @@ pub struct VerifyOptions {
     pub timeout_ms: u64,
     /// Timeout of the full `synth` stage, when asked for.
     pub synth_timeout_ms: u64,
-    /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full on request.
+    /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full and equiv on request.
     pub stages: Vec<String>,
     pub weights: Weights,
     /// Random cycles of a differential testbench.
@@ -112,8 +112,8 @@ impl VerifyOptions {
                     let arr = v.read_lock::<Array>().ok_or("verify: stages must be an array like [\"syntax\", \"sim\"]")?;
                     o.stages = arr.iter().map(|s| s.to_string()).collect();
                     for s in &o.stages {
-                        if !["syntax", "synth", "lint", "sim", "synth_full"].contains(&s.as_str()) {
-                            return Err(format!("verify: unknown stage {s:?}; stages are syntax, synth, lint, sim, synth_full"));
+                        if !["syntax", "synth", "lint", "sim", "synth_full", "equiv"].contains(&s.as_str()) {
+                            return Err(format!("verify: unknown stage {s:?}; stages are syntax, synth, lint, sim, synth_full, equiv"));
                         }
                     }
                 }
@@ -163,6 +163,9 @@ pub struct Report {
     pub tools: BTreeMap<String, String>,
     /// Stages that did not run, with why (a missing tool and its install command, say).
     pub skipped: BTreeMap<String, String>,
+    /// Formal equivalence with the reference (the `equiv` stage): "equivalent", "different" or
+    /// "unknown" (the induction did not close), or None when not run.
+    pub equiv: Option<String>,
     /// The log of the simulation (capped), for reading why it failed.
     pub sim_log: String,
 }
@@ -170,7 +173,9 @@ pub struct Report {
 impl Report {
     pub fn to_map(&self) -> Map {
         let v = serde_json::to_value(self).unwrap_or_default();
-        crate::data::json_to_dynamic(v).try_cast::<Map>().unwrap_or_default()
+        crate::data::json_to_dynamic(v)
+            .try_cast::<Map>()
+            .unwrap_or_default()
     }
 }
 

@@ -300,6 +300,19 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
     if opts.wants("sim") && (opts.testbench.is_some() || opts.reference.is_some()) {
         simulate(&mut r, code, opts, dir, netlist.as_ref());
     }
+    // Formal equivalence, only when asked.
+    if opts.wants("equiv") {
+        match &opts.reference {
+            Some(reference) if available(&YOSYS, &mut r, "equiv") => {
+                equivalence(&mut r, code, reference, opts, dir, netlist.as_ref())
+            }
+            Some(_) => {}
+            None => {
+                r.skipped
+                    .insert("equiv".into(), "needs a reference module".into());
+            }
+        }
+    }
     finish(r, opts)
 }
 
@@ -455,6 +468,103 @@ fn simulate(
             r.errors.push("the testbench printed no verdict (no `Mismatches: N in M samples`, `TEST PASSED`/`TEST FAILED` or `Your Design Passed`)".into());
         }
     }
+}
+
+/// Proves the design equivalent to the reference with Yosys: a miter of the two (outputs compared,
+/// `x` in the reference a don't-care), then `sat -tempinduct` from an all-zero initial state. A failed
+/// base case is a real counterexample ("different"); an induction that does not close within 20 steps
+/// proves nothing ("unknown").
+fn equivalence(
+    r: &mut Report,
+    code: &str,
+    reference: &str,
+    opts: &VerifyOptions,
+    dir: &Path,
+    netlist: Option<&yosys::Netlist>,
+) {
+    let quick = Limits {
+        timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let prepared: Result<(), String> = (|| {
+        std::fs::write(dir.join("eq_ref_orig.sv"), yosys_friendly(reference))
+            .map_err(|e| e.to_string())?;
+        let o = run_tool("yosys", &["-q", "-p", "read_verilog -sv eq_ref_orig.sv; hierarchy -auto-top; proc; write_json eq_ref.json"], dir, quick);
+        let json = std::fs::read_to_string(dir.join("eq_ref.json")).map_err(|_| {
+            format!(
+                "the reference does not elaborate in Yosys: {}",
+                lines_matching(&o.output, &["error"]).join("; ")
+            )
+        })?;
+        let ref_top = yosys::analyze(&json)?.top;
+        let dut_top = opts
+            .top
+            .clone()
+            .or(netlist.map(|n| n.top.clone()))
+            .ok_or("cannot tell the design's top module; pass top")?;
+        std::fs::write(
+            dir.join("eq_ref.sv"),
+            rename_module(&yosys_friendly(reference), &ref_top, "RefModule"),
+        )
+        .map_err(|e| e.to_string())?;
+        let dut = if dut_top == "TopModule" {
+            yosys_friendly(code)
+        } else {
+            rename_module(&yosys_friendly(code), &dut_top, "TopModule")
+        };
+        std::fs::write(dir.join("eq_dut.sv"), dut).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        r.equiv = Some("unknown".into());
+        r.warnings.push(format!("equiv: {e}"));
+        return;
+    }
+    let script = "read_verilog -sv eq_ref.sv eq_dut.sv; proc; opt_clean; \
+                  miter -equiv -flatten -make_outputs -ignore_gold_x RefModule TopModule miter; hierarchy -top miter; flatten; opt; \
+                  sat -verify -prove trigger 0 -set-init-zero -tempinduct -maxsteps 20 miter";
+    let o = run_tool(
+        "yosys",
+        &["-p", script],
+        dir,
+        Limits {
+            timeout: Duration::from_millis(opts.synth_timeout_ms),
+            ..Limits::default()
+        },
+    );
+    r.stage_ms.insert("equiv".into(), ms(&o));
+    let verdict = if o.ok() {
+        "equivalent"
+    } else if o.ended == Ended::TimedOut {
+        "unknown"
+    } else {
+        // The last phase Yosys was in when the proof failed tells a counterexample from a weak induction.
+        let last_phase = o
+            .output
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('['))
+            .unwrap_or("");
+        if last_phase.contains("base case") {
+            "different"
+        } else {
+            let errors: Vec<String> = lines_matching(&o.output, &["error"])
+                .into_iter()
+                .filter(|l| !l.contains("proof did fail"))
+                .collect();
+            if !errors.is_empty() {
+                r.warnings.push(format!("equiv: {}", errors.join("; ")));
+            }
+            "unknown"
+        }
+    };
+    if verdict == "different" {
+        r.errors.push(
+            "equiv: Yosys found an input sequence on which the design and the reference differ"
+                .into(),
+        );
+    }
+    r.equiv = Some(verdict.into());
 }
 
 /// (passed, mismatches, samples) from a testbench log: VerilogEval, A7 or RTLLM style.
