@@ -252,14 +252,20 @@ fn seed(args: &[String]) -> impl Fn(&mut Scope<'static>) + '_ {
     }
 }
 
-fn run(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
-    let dir = match script_dir(file) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+/// What every script command does first: check the script, route Ctrl-C, resolve paths against the
+/// script's directory, build the engine.
+fn prepare(file: &Path) -> Result<Runtime, ExitCode> {
+    let dir = script_dir(file)?;
     install_ctrl_c_handler();
     crate::runtime_fns::set_base_dir(&dir);
-    let rt = Runtime::new(&dir);
+    Ok(Runtime::new(&dir))
+}
+
+fn run(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
+    let rt = match prepare(file) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
     let mut scope = Scope::new();
     seed(args)(&mut scope);
     let mut notebook = Notebook::new(file);
@@ -273,13 +279,10 @@ fn run(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
 }
 
 fn watch(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
-    let dir = match script_dir(file) {
-        Ok(d) => d,
+    let rt = match prepare(file) {
+        Ok(rt) => rt,
         Err(code) => return code,
     };
-    install_ctrl_c_handler();
-    crate::runtime_fns::set_base_dir(&dir);
-    let rt = Runtime::new(&dir);
     let max_runs = std::env::var("RTLAB_WATCH_MAX_RUNS")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -288,10 +291,6 @@ fn watch(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
 }
 
 fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
-    let dir = match script_dir(file) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
     let markdown = match output.extension().and_then(|e| e.to_str()) {
         Some("md") => true,
         Some("html") | Some("htm") => false,
@@ -303,9 +302,10 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    install_ctrl_c_handler();
-    crate::runtime_fns::set_base_dir(&dir);
-    let rt = Runtime::new(&dir);
+    let rt = match prepare(file) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
     rt.sink.set_quiet(true);
     let mut scope = Scope::new();
     seed(&[])(&mut scope);

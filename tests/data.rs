@@ -2,22 +2,7 @@
 //! script uses it.
 
 mod common;
-
-fn run(code: &str) -> Result<String, String> {
-    let base = common::repo_root().join("data");
-    rtlab::eval_script("<test>", code, &base).map_err(|e| e.to_string())
-}
-
-fn ok(code: &str) -> String {
-    run(code).unwrap_or_else(|e| panic!("script failed: {e}\n{code}"))
-}
-
-fn err(code: &str) -> String {
-    match run(code) {
-        Ok(out) => panic!("script should fail but printed:\n{out}"),
-        Err(e) => e,
-    }
-}
+use common::{err, ok};
 
 #[test]
 fn verilog_eval_v1_loads_filters_groups_and_joins() {
@@ -123,7 +108,7 @@ fn a_field_that_is_a_number_then_a_string_does_not_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.jsonl");
     std::fs::write(&path, "{\"id\": 1}\n{\"id\": \"two\"}\n").unwrap();
-    match run(&format!(
+    match common::eval_in_data(&format!(
         "let df = load_jsonl(\"{}\"); print(df.schema().id); print(df.len());",
         path.display()
     )) {
@@ -186,6 +171,28 @@ fn concat_unifies_schemas_and_shuffle_is_seeded() {
         print(all.sample(3, 42).len());
     "#);
     assert_eq!(out, "[\"x\", \"note\"]\n5\ntrue\ntrue\n3\n");
+}
+
+#[test]
+fn parquet_and_csv_bad_input_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_parquet = dir.path().join("scores.parquet");
+    std::fs::write(&not_parquet, "this is text, not parquet").unwrap();
+    let e = err(&format!("load_parquet(\"{}\")", not_parquet.display()));
+    assert!(
+        e.contains("scores.parquet: not a readable Parquet file"),
+        "{e}"
+    );
+    let e = err("load_csv(\"no/such/scores.csv\")");
+    assert!(
+        e.contains("cannot read") && e.contains("no/such/scores.csv"),
+        "{e}"
+    );
+    let e = err("load_parquet(\"no/such/scores.parquet\")");
+    assert!(
+        e.contains("cannot read") && e.contains("no/such/scores.parquet"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -3,22 +3,7 @@
 
 mod common;
 use common::mock_llm::{Fault, MockServer};
-use std::sync::OnceLock;
-
-fn setup() {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let home = HOME.get_or_init(|| tempfile::tempdir().unwrap());
-    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
-}
-
-fn run(code: &str) -> Result<String, String> {
-    setup();
-    rtlab::eval_script("<test>", code, &common::repo_root().join("data")).map_err(|e| e.to_string())
-}
-
-fn ok(code: &str) -> String {
-    run(code).unwrap_or_else(|e| panic!("script failed: {e}\n{code}"))
-}
+use common::ok;
 
 fn echo() -> MockServer {
     MockServer::start(|p| format!("echo: {p}"))
@@ -68,7 +53,7 @@ fn exhausted_retries_and_client_errors_are_reported_clearly() {
     for _ in 0..3 {
         s.push_fault(Fault::ServerError);
     }
-    let e = run(&format!(
+    let e = common::eval_in_data(&format!(
         r#"llm(#{{base_url: "{}", model: "down", retries: 2}}).complete("x")"#,
         s.openai_url()
     ))
@@ -82,7 +67,7 @@ fn exhausted_retries_and_client_errors_are_reported_clearly() {
     s.push_fault(Fault::BadRequest);
     std::env::set_var("RTLAB_TEST_SECRET_KEY", "sk-very-secret-123");
     let before = s.hits();
-    let e = run(&format!(r#"llm(#{{base_url: "{}", model: "bad", api_key_env: "RTLAB_TEST_SECRET_KEY"}}).complete("y")"#, s.openai_url())).unwrap_err();
+    let e = common::eval_in_data(&format!(r#"llm(#{{base_url: "{}", model: "bad", api_key_env: "RTLAB_TEST_SECRET_KEY"}}).complete("y")"#, s.openai_url())).unwrap_err();
     assert!(e.contains("answered 400 Bad Request"), "{e}");
     assert!(!e.contains("sk-very-secret"), "{e}");
     assert_eq!(s.hits() - before, 1, "no retry on 400");
@@ -104,7 +89,7 @@ fn an_interrupted_batch_keeps_what_it_had_and_a_rerun_completes_it() {
         print(out.column("completion"));"#,
         s.openai_url()
     );
-    let e = run(&script).unwrap_err();
+    let e = common::eval_in_data(&script).unwrap_err();
     assert!(
         e.contains("2 of 10 requests failed") && e.contains("the 8 answered are recorded"),
         "{e}"
@@ -130,8 +115,10 @@ fn recorded_responses_replay_offline_and_cassettes_travel() {
         r#"let r = llm(#{provider: "replay", model: "recorded-model"}); print(r.complete("remember me")); print(r.usage().from_store);"#,
     );
     assert_eq!(out, "echo: remember me\n1\n");
-    let e = run(r#"llm(#{provider: "replay", model: "recorded-model"}).complete("never asked")"#)
-        .unwrap_err();
+    let e = common::eval_in_data(
+        r#"llm(#{provider: "replay", model: "recorded-model"}).complete("never asked")"#,
+    )
+    .unwrap_err();
     assert!(e.contains("replay: no recorded response"), "{e}");
 
     // Export, then replay from a fresh workspace in another process.

@@ -78,8 +78,11 @@ fn ctrl_c_cancels_a_long_loop_and_keeps_the_scope() {
     let mut s = spawn(home.path());
     s.send_line("let kept = \"still here\";").unwrap();
     s.expect("rtlab> ").unwrap();
-    s.send_line("let n = 0; loop { n += 1; }").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The marker is built at run time, so its text appears only once the evaluation has started, never
+    // in the echo of the input: Ctrl-C must reach a running loop, not the line editor.
+    s.send_line("print(\"loop\" + \"ing now\"); let n = 0; loop { n += 1; }").unwrap();
+    s.expect("looping now").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
     s.send(ControlCode::EndOfText).unwrap();
     s.expect("cancelled (scope kept)").unwrap();
     s.send_line("kept").unwrap();

@@ -3,23 +3,7 @@
 //! (installed by .ci/run); a missing tool fails these tests, it does not skip them.
 
 mod common;
-use std::sync::OnceLock;
-
-/// All tests share one temporary workspace (the verify store), never the repository's.
-fn setup() {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let home = HOME.get_or_init(|| tempfile::tempdir().unwrap());
-    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
-}
-
-fn run(code: &str) -> Result<String, String> {
-    setup();
-    rtlab::eval_script("<test>", code, &common::repo_root().join("data")).map_err(|e| e.to_string())
-}
-
-fn ok(code: &str) -> String {
-    run(code).unwrap_or_else(|e| panic!("script failed: {e}\n{code}"))
-}
+use common::ok;
 
 #[test]
 fn the_tools_are_installed() {

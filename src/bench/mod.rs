@@ -3,7 +3,7 @@
 //! Every run is recorded in the workspace store; `runs()`, `compare()` and `expect()` read them back.
 //! `preference_pairs` turns verified samples into DPO rows for TRL.
 
-use crate::data::Frame;
+use crate::data::{strings, Frame};
 use crate::llm::{extract_code, Message, Model};
 use crate::verify::batch::{verify_all, Job};
 use crate::verify::{Report, VerifyOptions};
@@ -28,24 +28,6 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
         prob_all_fail *= 1.0 - k as f64 / i as f64;
     }
     1.0 - prob_all_fail
-}
-
-fn strings(frame: &Frame, name: &str) -> Result<Vec<String>, String> {
-    let df = frame
-        .df
-        .clone()
-        .lazy()
-        .select([crate::data::column(name).cast(DataType::String).alias("v")])
-        .collect()
-        .map_err(|e| format!("column `{name}`: {e}"))?;
-    let ca = df
-        .column("v")
-        .and_then(|c| c.str().cloned())
-        .map_err(|e| e.to_string())?;
-    Ok(ca
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect())
 }
 
 fn num(options: &Map, key: &str, default: f64) -> Result<f64, String> {
@@ -91,10 +73,10 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
         .map(|t| t.to_string())
         .unwrap_or_else(|| model.cfg.model.clone());
 
-    let ids = strings(problems, "task_id")?;
-    let prompts = strings(problems, "prompt")?;
-    let refs = strings(problems, "ref")?;
-    let tests = strings(problems, "test")?;
+    let ids = strings(problems, "task_id").map_err(|e| e.to_string())?;
+    let prompts = strings(problems, "prompt").map_err(|e| e.to_string())?;
+    let refs = strings(problems, "ref").map_err(|e| e.to_string())?;
+    let tests = strings(problems, "test").map_err(|e| e.to_string())?;
     let cats = strings(problems, "category").unwrap_or_else(|_| vec!["all".to_string(); ids.len()]);
 
     let sampled = model.with_sampling(temperature, top_p);
@@ -638,9 +620,11 @@ mod bench_functions {
                     .unwrap_or(0.0)
             })
             .unwrap_or(0.0);
-        let prompts = strings(&samples, &name("prompt", "prompt"))?;
-        let responses = strings(&samples, &name("response", "completion"))?;
-        let scores: Vec<f64> = strings(&samples, &name("score", "score"))?
+        let prompts = strings(&samples, &name("prompt", "prompt")).map_err(|e| e.to_string())?;
+        let responses =
+            strings(&samples, &name("response", "completion")).map_err(|e| e.to_string())?;
+        let scores: Vec<f64> = strings(&samples, &name("score", "score"))
+            .map_err(|e| e.to_string())?
             .iter()
             .map(|s| s.parse().unwrap_or(f64::NAN))
             .collect();

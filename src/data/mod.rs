@@ -75,6 +75,29 @@ fn frame_to_ipc_bytes(df: &DataFrame) -> Result<Vec<u8>, DataError> {
     Ok(buf)
 }
 
+/// A column (dotted struct paths allowed) as strings, whatever its type; nulls are `None`. What the
+/// stdlib uses to hand a column of code, prompts or names to Rust.
+pub fn string_values(frame: &Frame, path: &str) -> Result<Vec<Option<String>>, DataError> {
+    use polars::prelude::{DataType, IntoLazy};
+    let df = frame
+        .df
+        .clone()
+        .lazy()
+        .select([column(path).cast(DataType::String).alias("v")])
+        .collect()
+        .map_err(|e| DataError::Invalid(format!("column `{path}`: {e}")))?;
+    let ca = df.column("v").and_then(|c| c.str().cloned())?;
+    Ok(ca.iter().map(|v| v.map(str::to_string)).collect())
+}
+
+/// `string_values` with nulls as empty strings.
+pub fn strings(frame: &Frame, path: &str) -> Result<Vec<String>, DataError> {
+    Ok(string_values(frame, path)?
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect())
+}
+
 /// The display text of rtlab's own Rhai types (DataFrame, plots, ...), or `None` for plain Rhai values.
 pub fn display_custom(value: &Dynamic) -> Option<String> {
     if let Some(frame) = value.read_lock::<Frame>() {

@@ -72,17 +72,16 @@ fn describe(err: EvalAltResult) -> (String, Position) {
         match current {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
                 // Errors inside script-defined functions point into the same source: follow them.
+                let shown = if name.starts_with("anon$") {
+                    "a closure".to_string()
+                } else {
+                    format!("`{name}`")
+                };
+                context.push(shown);
                 if src.is_empty() && !inner.position().is_none() && !name.starts_with("anon$") {
-                    context.push(name.to_string());
                     current = *inner;
                 } else {
                     let (msg, _) = describe(*inner);
-                    let shown = if name.starts_with("anon$") {
-                        "a closure".to_string()
-                    } else {
-                        format!("`{name}`")
-                    };
-                    context.push(shown);
                     return (with_context(msg, &context), pos);
                 }
             }
@@ -105,13 +104,7 @@ fn describe(err: EvalAltResult) -> (String, Position) {
 
 /// `message (in `inner`, called from `outer`)`: the innermost function first, as a backtrace reads.
 fn with_context(message: String, context: &[String]) -> String {
-    let mut names = context.iter().rev().map(|n| {
-        if n.starts_with('`') || n == "a closure" {
-            n.clone()
-        } else {
-            format!("`{n}`")
-        }
-    });
+    let mut names = context.iter().rev().cloned();
     match names.next() {
         None => message,
         Some(inner) => {

@@ -455,22 +455,8 @@ mod llm_functions {
             .get("out")
             .map(|v| v.to_string())
             .unwrap_or_else(|| "completion".to_string());
-        let prompts = frame
-            .df
-            .clone()
-            .lazy()
-            .select([crate::data::column(prompt_col)
-                .cast(DataType::String)
-                .alias("p")])
-            .collect()
-            .map_err(|e| format!("complete_many: column `{prompt_col}`: {e}"))?;
-        let prompts: Vec<String> = prompts
-            .column("p")
-            .and_then(|c| c.str().cloned())
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|p| p.unwrap_or_default().to_string())
-            .collect();
+        let prompts =
+            crate::data::strings(&frame, prompt_col).map_err(|e| format!("complete_many: {e}"))?;
         let requests: Vec<(Vec<Message>, usize)> = prompts
             .iter()
             .flat_map(|p| (0..n).map(move |s| (user(p), s)))

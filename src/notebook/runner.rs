@@ -399,15 +399,16 @@ impl Notebook {
         reads: &[String],
     ) -> Option<CellReport> {
         let (manifest, frames) = match cache.lookup(key) {
-            Lookup::Hit(m, _) if changed_input(&m.inputs).is_some() => {
-                let file = changed_input(&m.inputs).unwrap_or_default();
-                eprintln!(
-                    "[{}] {file} changed since the cached run: rerunning",
-                    cell.label()
-                );
-                return None;
-            }
-            Lookup::Hit(m, f) => (*m, f),
+            Lookup::Hit(m, f) => match changed_input(&m.inputs) {
+                Some(file) => {
+                    eprintln!(
+                        "[{}] {file} changed since the cached run: rerunning",
+                        cell.label()
+                    );
+                    return None;
+                }
+                None => (*m, f),
+            },
             Lookup::Miss => return None,
             Lookup::Corrupt(why) => {
                 eprintln!(

@@ -180,26 +180,6 @@ pub fn register(engine: &mut rhai::Engine) {
     engine.register_global_module(exported_module!(phase_functions).into());
 }
 
-fn text_column(frame: &Frame, column: &str) -> Result<Vec<String>, Box<EvalAltResult>> {
-    let df = frame
-        .df
-        .clone()
-        .lazy()
-        .select([crate::data::column(column)
-            .cast(DataType::String)
-            .alias("t")])
-        .collect()
-        .map_err(|e| format!("phase: column `{column}`: {e}"))?;
-    let ca = df
-        .column("t")
-        .and_then(|c| c.str().cloned())
-        .map_err(|e| format!("phase: {e}"))?;
-    Ok(ca
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect())
-}
-
 #[export_module]
 mod phase_functions {
     use super::*;
@@ -242,7 +222,8 @@ mod phase_functions {
         options: Map,
     ) -> Result<Frame, Box<EvalAltResult>> {
         let table = PhaseTable::from_options(&options)?;
-        let phases: Vec<String> = text_column(frame, column)?
+        let phases: Vec<String> = crate::data::strings(frame, column)
+            .map_err(|e| format!("phase: {e}"))?
             .iter()
             .map(|t| table.classify(t))
             .collect();
@@ -264,15 +245,16 @@ mod phase_functions {
     #[rhai_fn(return_raw)]
     pub fn split_by_phase(frame: Frame, out_dir: &str) -> Result<Frame, Box<EvalAltResult>> {
         let table = PhaseTable::default_table();
-        let contents = text_column(&frame, "content")?;
-        let sources = text_column(&frame, "source")?;
+        let contents =
+            crate::data::strings(&frame, "content").map_err(|e| format!("phase: {e}"))?;
+        let sources = crate::data::strings(&frame, "source").map_err(|e| format!("phase: {e}"))?;
         let phases = if frame
             .df
             .get_column_names()
             .iter()
             .any(|c| c.as_str() == "phase")
         {
-            text_column(&frame, "phase")?
+            crate::data::strings(&frame, "phase").map_err(|e| format!("phase: {e}"))?
         } else {
             contents.iter().map(|c| table.classify(c)).collect()
         };

@@ -351,6 +351,8 @@ mod tests {
         assert!(p.contains("toggle_fsm dut (...);"));
         assert!(p.contains("a 2-state FSM"));
         assert!(p.contains("Final line MUST be either \"TEST PASSED\" or \"TEST FAILED\""));
-        assert!(!p.contains('{') || !p.contains("{spec}"));
+        for placeholder in ["{spec}", "{rtl}", "{category}", "{module_name}"] {
+            assert!(!p.contains(placeholder), "{placeholder} left unfilled");
+        }
     }
 }

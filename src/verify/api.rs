@@ -4,7 +4,6 @@
 use super::batch::{verify_all, Job};
 use super::{mutate, verify, VerifyOptions};
 use crate::data::Frame;
-use polars::prelude::*;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
 
@@ -25,21 +24,6 @@ pub const RESULT_COLUMNS: &[&str] = &[
     "errors",
 ];
 
-fn string_column(frame: &Frame, name: &str) -> Result<Vec<Option<String>>, String> {
-    let df = frame
-        .df
-        .clone()
-        .lazy()
-        .select([crate::data::column(name).cast(DataType::String).alias("v")])
-        .collect()
-        .map_err(|e| format!("verify: column `{name}`: {e}"))?;
-    let ca = df
-        .column("v")
-        .and_then(|c| c.str().cloned())
-        .map_err(|e| format!("verify: column `{name}`: {e}"))?;
-    Ok(ca.iter().map(|v| v.map(str::to_string)).collect())
-}
-
 /// Per-row values of an option: a column if the frame has one by that name, else the literal for all.
 fn per_row(frame: &Frame, value: Option<&Dynamic>) -> Result<Vec<Option<String>>, String> {
     let n = frame.df.height();
@@ -54,7 +38,7 @@ fn per_row(frame: &Frame, value: Option<&Dynamic>) -> Result<Vec<Option<String>>
                 .iter()
                 .any(|c| c.as_str() == s.split('.').next().unwrap_or(&s))
             {
-                string_column(frame, &s)
+                crate::data::string_values(frame, &s).map_err(|e| format!("verify: {e}"))
             } else {
                 Ok(vec![Some(s); n])
             }
@@ -117,7 +101,8 @@ mod verify_functions {
             .map(|c| c.to_string())
             .ok_or("verify: pass #{code: \"<column with the Verilog>\"}")?;
         let opts = VerifyOptions::from_map(&options)?;
-        let code = string_column(frame, &code_col)?;
+        let code =
+            crate::data::string_values(frame, &code_col).map_err(|e| format!("verify: {e}"))?;
         let tbs = per_row(frame, options.get("testbench"))?;
         let refs = per_row(frame, options.get("reference"))?;
         let tops = per_row(frame, options.get("top"))?;

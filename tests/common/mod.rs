@@ -13,6 +13,28 @@ pub fn rtlab() -> Command {
     cmd
 }
 
+/// Runs a script in-process, relative paths resolving against data/, with the verifier's and the
+/// models' store in one temporary workspace per test binary (never the repository's).
+pub fn eval_in_data(code: &str) -> Result<String, String> {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let home = HOME.get_or_init(|| tempfile::tempdir().unwrap());
+    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
+    rtlab::eval_script("<test>", code, &repo_root().join("data")).map_err(|e| e.to_string())
+}
+
+/// `eval_in_data` that must succeed; returns what the script printed.
+pub fn ok(code: &str) -> String {
+    eval_in_data(code).unwrap_or_else(|e| panic!("script failed: {e}\n{code}"))
+}
+
+/// `eval_in_data` that must fail; returns the error.
+pub fn err(code: &str) -> String {
+    match eval_in_data(code) {
+        Ok(out) => panic!("script should fail but printed:\n{out}"),
+        Err(e) => e,
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
