@@ -18,6 +18,7 @@ mod repl;
 mod runtime_fns;
 mod store;
 mod testbench;
+mod train;
 mod verify;
 
 pub use cli::main as cli_main;

@@ -117,6 +117,7 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
     crate::llm::register(&mut engine);
     crate::bench::register(&mut engine);
     crate::testbench::register(&mut engine);
+    crate::train::register(&mut engine);
     crate::runtime_fns::register(&mut engine);
     stdlib_modules::install_resolver(&mut engine, script_dir);
     engine

@@ -1,0 +1,131 @@
+//! Local inference: a base model (optionally with an adapter) that generates with a KV cache, greedy
+//! at temperature 0, else nucleus sampling from a seeded generator.
+
+use super::config::ModelConfig;
+use super::examples::{self, DEFAULT_TEMPLATE};
+use super::model::{load_weights, softmax_last, CausalLm, KvCache, Pass};
+use super::{peft, TrainError};
+use candle_core::{DType, Device, Tensor, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+pub struct LocalModel {
+    pub model: CausalLm,
+    pub tokenizer: Tokenizer,
+    pub eos: u32,
+    pub adapter: Option<PathBuf>,
+    pub template: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl LocalModel {
+    pub fn load(dir: &Path, adapter: Option<&Path>, template: Option<String>) -> Result<LocalModel, TrainError> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let tokenizer = examples::load_tokenizer(dir)?;
+        let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
+        let dev = Device::Cpu;
+        let weights = load_weights(dir, DType::F32, &dev)?;
+        let mut model = CausalLm::new(cfg, weights, None, 0, DType::F32, &dev)?;
+        if let Some(a) = adapter {
+            let (spec, tensors) = peft::load(a, &dev)?;
+            model.set_adapters(&spec, tensors)?;
+        }
+        Ok(LocalModel {
+            model,
+            tokenizer,
+            eos,
+            adapter: adapter.map(Path::to_path_buf),
+            template: template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+        })
+    }
+
+    /// The continuation of `text` as it is (no template).
+    pub fn continue_text(&self, text: &str, o: &GenOptions) -> Result<String, TrainError> {
+        let ids = examples::encode(&self.tokenizer, text)?;
+        let out = self.generate_ids(&ids, o)?;
+        self.tokenizer
+            .decode(&out, true)
+            .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
+    }
+
+    /// The answer to `prompt` put through the training template.
+    pub fn answer(&self, prompt: &str, o: &GenOptions) -> Result<String, TrainError> {
+        self.continue_text(&examples::apply_template(&self.template, prompt), o)
+    }
+
+    pub fn generate_ids(&self, prompt: &[u32], o: &GenOptions) -> Result<Vec<u32>, TrainError> {
+        if prompt.is_empty() {
+            return Err(TrainError::Input("generate: the prompt is empty".into()));
+        }
+        let dev = &self.model.device;
+        let mut cache = KvCache::default();
+        let mut rng = StdRng::seed_from_u64(o.seed);
+        let mut out = Vec::new();
+        let mut input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
+        for _ in 0..o.max_tokens {
+            if crate::engine::cancel_requested() {
+                break;
+            }
+            let logits = self.model.forward(&input, Some(&mut cache), &mut Pass::inference())?;
+            let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
+            let next = pick(&last, o, &mut rng)?;
+            if next == self.eos {
+                break;
+            }
+            out.push(next);
+            if cache.len() + 1 > self.model.cfg.max_position_embeddings {
+                break;
+            }
+            input = Tensor::from_vec(vec![next], (1, 1), dev)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Greedy at temperature 0; otherwise softmax(logits / T), keep the smallest set of tokens whose
+/// probability reaches `top_p`, and draw from it.
+fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Result<u32> {
+    if o.temperature <= 0.0 {
+        return logits.argmax(D::Minus1)?.to_scalar::<u32>();
+    }
+    let probs: Vec<f32> = softmax_last(&(logits.to_dtype(DType::F32)? / o.temperature)?)?.to_vec1()?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut kept = Vec::new();
+    let mut mass = 0.0f64;
+    for i in order {
+        kept.push(i);
+        mass += probs[i] as f64;
+        if mass >= o.top_p {
+            break;
+        }
+    }
+    let mut x = rng.random::<f64>() * mass;
+    for &i in &kept {
+        x -= probs[i] as f64;
+        if x <= 0.0 {
+            return Ok(i as u32);
+        }
+    }
+    Ok(*kept.last().unwrap_or(&0) as u32)
+}

@@ -1,0 +1,572 @@
+//! The Llama/Qwen2 decoder with LoRA adapters, in one readable file.
+//!
+//! Written with candle's basic ops only, because candle's fused `rms_norm`, `softmax_last_dim` and
+//! `rope` record no backward pass (candle issues #2168, #3568, #3569): a model built on them (as
+//! candle-transformers' llama and qwen2 are) trains its adapters on silently missing gradients. Every
+//! op here (matmul, mul, exp, sum, narrow, cat, gather, sqrt, recip, silu) has a backward in candle.
+//!
+//! The base weights are plain tensors, so candle tracks no gradient for them; only the LoRA A/B
+//! matrices are `Var`s. A target linear computes `y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ`, with PEFT's
+//! init (A Kaiming-uniform with a=√5, B zero) and `s = alpha / r` (or `alpha / √r` with rsLoRA).
+
+use super::config::ModelConfig;
+use super::TrainError;
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The projections LoRA can adapt, in PEFT's names.
+pub const ALL_TARGETS: [&str; 7] = [
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+];
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+    pub use_rslora: bool,
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// One adapter: `a` [r, in], `b` [out, r].
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    scale: f64,
+    dropout: f64,
+}
+
+/// A linear layer (`weight` [out, in] as stored by HF), optionally adapted.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+/// What a forward pass needs besides its input: dropout's seeded generator when training.
+pub struct Pass {
+    pub dropout_rng: Option<StdRng>,
+}
+
+impl Pass {
+    pub fn inference() -> Pass {
+        Pass { dropout_rng: None }
+    }
+    pub fn training(seed: u64) -> Pass {
+        Pass {
+            dropout_rng: Some(StdRng::seed_from_u64(seed)),
+        }
+    }
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = *dims.last().unwrap_or(&0);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, d_in))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xd = match pass.dropout_rng.as_mut() {
+                Some(rng) if l.dropout > 0.0 => dropout(&x2, l.dropout, rng)?,
+                _ => x2,
+            };
+            let low = xd.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (low * l.scale)?)?;
+        }
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = y.dim(1)?;
+        y.reshape(out)
+    }
+
+    /// `W + s·B·A`, the weight a merged model stores.
+    pub fn merged_weight(&self) -> candle_core::Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => self.weight.add(
+                &(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?.to_dtype(self.weight.dtype())?,
+            ),
+        }
+    }
+}
+
+/// Inverted dropout with a mask from a seeded generator (candle's own RNG cannot be seeded on CPU).
+fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+/// RMSNorm as `x / sqrt(mean(x²) + eps) · w`, from differentiable ops.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)
+    }
+}
+
+/// Rotary embeddings in HF's `rotate_half` layout: tables of cos/sin per position, [positions, head_dim].
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, positions: usize, dtype: DType, dev: &Device) -> candle_core::Result<Rope> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(positions * cfg.head_dim);
+        let mut sin = Vec::with_capacity(positions * cfg.head_dim);
+        for p in 0..positions {
+            // HF's layout repeats the frequencies: cat(freqs, freqs).
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = p as f64 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let shape = (positions, cfg.head_dim);
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, shape, dev)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, shape, dev)?.to_dtype(dtype)?,
+        })
+    }
+
+    /// `x` is [batch, heads, seq, head_dim]; positions start at `offset`.
+    fn apply(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        let (_, _, t, hd) = x.dims4()?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    }
+}
+
+/// Softmax over the last dim from exp/sum; the max is detached (softmax does not depend on it).
+pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Log-softmax over the last dim from exp/sum/log.
+pub fn log_softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)
+}
+
+/// Keys and values of the tokens seen so far, per layer, for generation.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        pass: &mut Pass,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let split = |y: Tensor, heads: usize| {
+            y.reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope.apply(&split(self.q.forward(x, pass)?, self.heads)?, offset)?;
+        let mut k = rope.apply(&split(self.k.forward(x, pass)?, self.kv_heads)?, offset)?;
+        let mut v = split(self.v.forward(x, pass)?, self.kv_heads)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let kv_len = k.dim(2)?;
+        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = if t > 1 {
+            scores.broadcast_add(&causal_mask(t, kv_len, scores.dtype(), scores.device())?)?
+        } else {
+            scores
+        };
+        let y = softmax_last(&scores)?.matmul(&v)?;
+        let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        self.o.forward(&y, pass)
+    }
+
+    /// Grouped-query attention: each key/value head serves `heads / kv_heads` query heads.
+    fn repeat_kv(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let rep = self.heads / self.kv_heads;
+        if rep == 1 {
+            return Ok(x);
+        }
+        let (b, kvh, t, hd) = x.dims4()?;
+        x.unsqueeze(2)?
+            .broadcast_as((b, kvh, rep, t, hd))?
+            .reshape((b, kvh * rep, t, hd))
+    }
+}
+
+/// `-inf` where query `i` (the last `t` of `kv_len` positions) would see a later key.
+fn causal_mask(t: usize, kv_len: usize, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    let past = kv_len - t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..kv_len).map(move |j| if j > i + past { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, kv_len), dev)?.to_dtype(dtype)
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
+        let h = (self.gate.forward(x, pass)?.silu()? * self.up.forward(x, pass)?)?;
+        self.down.forward(&h, pass)
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A causal LM of the Llama/Qwen2 family with LoRA adapters on the chosen projections.
+pub struct CausalLm {
+    pub cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// Base weights by HF name, converted to the compute dtype.
+pub type Weights = HashMap<String, Tensor>;
+
+pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, TrainError> {
+    let mut all = HashMap::new();
+    for file in super::config::weight_files(dir)? {
+        let tensors = candle_core::safetensors::load(&file, dev)
+            .map_err(|e| TrainError::Input(format!("{}: cannot read safetensors: {e}", file.display())))?;
+        for (name, t) in tensors {
+            all.insert(name, t.to_dtype(dtype)?);
+        }
+    }
+    Ok(all)
+}
+
+impl CausalLm {
+    /// Builds the model from base weights, adding fresh adapters (seeded PEFT init) when `lora` is given.
+    pub fn new(
+        cfg: ModelConfig,
+        mut w: Weights,
+        lora: Option<&LoraSpec>,
+        seed: u64,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<CausalLm, TrainError> {
+        let mut take = |name: &str| -> Result<Tensor, TrainError> {
+            w.remove(name).ok_or_else(|| {
+                TrainError::Input(format!(
+                    "the model's safetensors have no tensor {name:?}: is config.json's architecture ({:?}) the one the weights were saved with?",
+                    cfg.arch
+                ))
+            })
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut linear = |module: &str, path: &str, bias: bool| -> Result<Linear, TrainError> {
+                let weight = take(&format!("{p}.{path}.weight"))?;
+                let bias = if bias { Some(take(&format!("{p}.{path}.bias"))?) } else { None };
+                let lora = match lora {
+                    Some(spec) if spec.target_modules.iter().any(|m| m == module) => {
+                        let (d_out, d_in) = weight.dims2()?;
+                        Some(fresh_lora(spec, d_in, d_out, &mut rng, dtype, dev)?)
+                    }
+                    _ => None,
+                };
+                Ok(Linear { weight, bias, lora })
+            };
+            let qkv_bias = cfg.qkv_bias;
+            let attn = Attention {
+                q: linear("q_proj", "self_attn.q_proj", qkv_bias)?,
+                k: linear("k_proj", "self_attn.k_proj", qkv_bias)?,
+                v: linear("v_proj", "self_attn.v_proj", qkv_bias)?,
+                o: linear("o_proj", "self_attn.o_proj", false)?,
+                heads: cfg.num_attention_heads,
+                kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+            };
+            let mlp = Mlp {
+                gate: linear("gate_proj", "mlp.gate_proj", false)?,
+                up: linear("up_proj", "mlp.up_proj", false)?,
+                down: linear("down_proj", "mlp.down_proj", false)?,
+            };
+            layers.push(Layer {
+                input_norm: RmsNorm {
+                    weight: take(&format!("{p}.input_layernorm.weight"))?,
+                    eps: cfg.rms_norm_eps,
+                },
+                attn,
+                post_norm: RmsNorm {
+                    weight: take(&format!("{p}.post_attention_layernorm.weight"))?,
+                    eps: cfg.rms_norm_eps,
+                },
+                mlp,
+            });
+        }
+        let embed = take("model.embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            match take("lm_head.weight") {
+                Ok(t) => t,
+                Err(_) => embed.clone(),
+            }
+        };
+        let norm = RmsNorm {
+            weight: take("model.norm.weight")?,
+            eps: cfg.rms_norm_eps,
+        };
+        let rope = Rope::new(&cfg, cfg.max_position_embeddings.max(64), dtype, dev)?;
+        Ok(CausalLm {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            dtype,
+            device: dev.clone(),
+        })
+    }
+
+    /// Logits [batch, seq, vocab] for token ids [batch, seq]; with a cache, the ids continue it.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        pass: &mut Pass,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if offset + t > self.rope.cos.dim(0)? {
+            candle_core::bail!(
+                "sequence of {} tokens is longer than the model's max_position_embeddings ({})",
+                offset + t,
+                self.rope.cos.dim(0)?
+            );
+        }
+        if let Some(c) = cache.as_mut() {
+            if c.layers.is_empty() {
+                c.layers = (0..self.layers.len()).map(|_| None).collect();
+            }
+        }
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let h = layer
+                .attn
+                .forward(&layer.input_norm.forward(&x)?, &self.rope, offset, slot, pass)?;
+            let x1 = (x + h)?;
+            x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?, pass)?)?;
+        }
+        let x = self.norm.forward(&x)?;
+        x.reshape((b * t, self.cfg.hidden_size))?
+            .matmul(&self.lm_head.t()?)?
+            .reshape((b, t, self.cfg.vocab_size))
+    }
+
+    /// Every adapter, by its PEFT module path (`model.layers.N.self_attn.q_proj`).
+    pub fn adapters(&self) -> Vec<(String, &Lora)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (path, lin) in self.linears_of(l) {
+                if let Some(lora) = &lin.lora {
+                    out.push((format!("model.layers.{i}.{path}"), lora));
+                }
+            }
+        }
+        out
+    }
+
+    fn linears_of<'a>(&self, l: &'a Layer) -> [(&'static str, &'a Linear); 7] {
+        [
+            ("self_attn.q_proj", &l.attn.q),
+            ("self_attn.k_proj", &l.attn.k),
+            ("self_attn.v_proj", &l.attn.v),
+            ("self_attn.o_proj", &l.attn.o),
+            ("mlp.gate_proj", &l.mlp.gate),
+            ("mlp.up_proj", &l.mlp.up),
+            ("mlp.down_proj", &l.mlp.down),
+        ]
+    }
+
+    /// Every weight with its adapter merged in, by HF name (for `merge`).
+    pub fn merged_linear_weights(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (path, lin) in self.linears_of(l) {
+                if lin.lora.is_some() {
+                    out.push((format!("model.layers.{i}.{path}.weight"), lin.merged_weight()?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the adapters with loaded ones: `tensors` maps module path to (A, B).
+    pub fn set_adapters(
+        &mut self,
+        spec: &LoraSpec,
+        mut tensors: HashMap<String, (Tensor, Tensor)>,
+    ) -> Result<(), TrainError> {
+        let scale = spec.scale();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let lins: [(&str, &mut Linear); 7] = [
+                ("self_attn.q_proj", &mut layer.attn.q),
+                ("self_attn.k_proj", &mut layer.attn.k),
+                ("self_attn.v_proj", &mut layer.attn.v),
+                ("self_attn.o_proj", &mut layer.attn.o),
+                ("mlp.gate_proj", &mut layer.mlp.gate),
+                ("mlp.up_proj", &mut layer.mlp.up),
+                ("mlp.down_proj", &mut layer.mlp.down),
+            ];
+            for (path, lin) in lins {
+                let key = format!("model.layers.{i}.{path}");
+                lin.lora = match tensors.remove(&key) {
+                    None => None,
+                    Some((a, b)) => {
+                        let (d_out, d_in) = lin.weight.dims2()?;
+                        if a.dims() != [spec.r, d_in] || b.dims() != [d_out, spec.r] {
+                            return Err(TrainError::Input(format!(
+                                "adapter {key}: A is {:?} and B {:?}, the model needs A [{}, {d_in}] and B [{d_out}, {}]",
+                                a.dims(), b.dims(), spec.r, spec.r
+                            )));
+                        }
+                        Some(Lora {
+                            a: Var::from_tensor(&a.to_dtype(self.dtype)?)?,
+                            b: Var::from_tensor(&b.to_dtype(self.dtype)?)?,
+                            scale,
+                            dropout: spec.dropout,
+                        })
+                    }
+                };
+            }
+        }
+        if let Some(k) = tensors.keys().next() {
+            return Err(TrainError::Input(format!(
+                "the adapter has weights for {k}, which this model does not have (another base model?)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// PEFT's init: A ~ Kaiming-uniform(a = √5) = U(−1/√in, 1/√in), B = 0 (so a fresh adapter changes nothing).
+fn fresh_lora(
+    spec: &LoraSpec,
+    d_in: usize,
+    d_out: usize,
+    rng: &mut StdRng,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<Lora> {
+    let bound = 1.0 / (d_in as f64).sqrt();
+    let a: Vec<f32> = (0..spec.r * d_in)
+        .map(|_| rng.random_range(-bound..bound) as f32)
+        .collect();
+    let a = Tensor::from_vec(a, (spec.r, d_in), dev)?.to_dtype(dtype)?;
+    let b = Tensor::zeros((d_out, spec.r), dtype, dev)?;
+    Ok(Lora {
+        a: Var::from_tensor(&a)?,
+        b: Var::from_tensor(&b)?,
+        scale: spec.scale(),
+        dropout: spec.dropout,
+    })
+}
+
+/// Mean negative log-likelihood of `targets` over the positions where `mask` is 1, divided by
+/// `denominator` tokens (the whole optimizer step's count, so accumulated micro-batches add up to the
+/// big batch's mean). Returns the summed NLL / denominator.
+pub fn masked_nll(
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    denominator: f64,
+) -> candle_core::Result<Tensor> {
+    let logp = log_softmax_last(logits)?;
+    let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let nll = (picked.neg()? * mask)?;
+    nll.sum_all()? / denominator
+}
