@@ -19,6 +19,8 @@ pub mod model;
 pub mod peft;
 pub mod tiny;
 pub mod trainer;
+#[cfg(test)]
+mod tests;
 
 use crate::data::Frame;
 use candle_core::{DType, Device};

@@ -156,21 +156,30 @@ pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
     put("model.norm.weight".into(), (vec![h], vec![1.0; h]));
     put("lm_head.weight".into(), random(vec![VOCAB, h], 0.25));
     write_f32_safetensors(&dir.join("model.safetensors"), &tensors)?;
-    crate::runtime_fns::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-    crate::runtime_fns::write_atomic(
+    write_if_changed(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    write_if_changed(
         &dir.join("tokenizer.json"),
         serde_json::to_string_pretty(&tokenizer_json())?.as_bytes(),
     )?;
     let tok_config = json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIALS[0],
         "pad_token": SPECIALS[0], "model_max_length": spec.max_positions, "clean_up_tokenization_spaces": false});
-    crate::runtime_fns::write_atomic(
+    write_if_changed(
         &dir.join("tokenizer_config.json"),
         serde_json::to_string_pretty(&tok_config)?.as_bytes(),
     )?;
     Ok(())
 }
 
-/// Writes f32 tensors as one safetensors file, atomically.
+/// Leaves a file with these exact bytes alone, so remaking the same tiny model keeps its mtime (the
+/// trainer's run fingerprint reads weight files by size and mtime).
+fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    crate::runtime_fns::write_atomic(path, bytes)
+}
+
+/// Writes f32 tensors as one safetensors file, atomically (unchanged files are not rewritten).
 pub fn write_f32_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
@@ -188,6 +197,6 @@ pub fn write_f32_safetensors(
         })
         .collect::<Result<_, _>>()?;
     let data = safetensors::serialize(views, None).map_err(|e| TrainError::Input(e.to_string()))?;
-    crate::runtime_fns::write_atomic(path, &data)?;
+    write_if_changed(path, &data)?;
     Ok(())
 }
