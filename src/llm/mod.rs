@@ -45,6 +45,9 @@ pub struct ModelConfig {
     pub concurrency: usize,
     pub timeout_s: f64,
     pub retries: u32,
+    /// `provider: "local"` only: a PEFT adapter dir on top of the model dir, and the prompt template.
+    pub adapter: Option<String>,
+    pub template: Option<String>,
 }
 
 /// Token and request counts, for one model over its life.
@@ -93,15 +96,27 @@ impl Model {
                 "concurrency",
                 "timeout_s",
                 "retries",
+                "adapter",
+                "template",
             ]
             .contains(&k.as_str())
             {
-                return Err(format!("llm: unknown option {k:?}; options are provider, base_url, model, api_key_env, temperature, top_p, max_tokens, concurrency, timeout_s, retries"));
+                return Err(format!("llm: unknown option {k:?}; options are provider, base_url, model, api_key_env, temperature, top_p, max_tokens, concurrency, timeout_s, retries, adapter and template (local)"));
             }
         }
         let provider = Provider::parse(&text("provider").unwrap_or_else(|| "openai".to_string()))?;
         let model =
             text("model").ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
+        // A local model is a directory: resolve it against the script like every other path.
+        let local_path = |p: String| crate::runtime_fns::resolve_path(&p).display().to_string();
+        let (model, adapter) = if provider == Provider::Local {
+            (local_path(model), text("adapter").map(local_path))
+        } else {
+            if text("adapter").is_some() {
+                return Err("llm: adapter is for provider \"local\"; a server loads its own adapters".into());
+            }
+            (model, None)
+        };
         let cfg = ModelConfig {
             provider,
             base_url: text("base_url").unwrap_or_else(|| provider.default_base_url().to_string()),
@@ -113,6 +128,8 @@ impl Model {
             concurrency: num("concurrency", 4.0)?.max(1.0) as usize,
             timeout_s: num("timeout_s", 120.0)?.max(0.001),
             retries: num("retries", 4.0)?.max(0.0) as u32,
+            adapter,
+            template: text("template"),
         };
         Ok(Model {
             cfg: Arc::new(cfg),
@@ -140,6 +157,12 @@ impl Model {
         m.insert("concurrency".into(), Dynamic::from(c.concurrency as i64));
         m.insert("timeout_s".into(), Dynamic::from(c.timeout_s));
         m.insert("retries".into(), Dynamic::from(c.retries as i64));
+        if let Some(a) = &c.adapter {
+            m.insert("adapter".into(), a.clone().into());
+        }
+        if let Some(t) = &c.template {
+            m.insert("template".into(), t.clone().into());
+        }
         m
     }
 
@@ -165,7 +188,17 @@ impl Model {
     /// The store key of a request: model, messages, sampling and the sample index; not the provider,
     /// URL or key, so a replay finds what a live run recorded.
     pub fn request_key(&self, messages: &[Message], sample: usize) -> String {
-        let canonical = serde_json::json!({"model": self.cfg.model, "messages": messages, "sampling": self.sampling(), "sample": sample});
+        let mut canonical = serde_json::json!({"model": self.cfg.model, "messages": messages, "sampling": self.sampling(), "sample": sample});
+        if self.cfg.provider == Provider::Local {
+            // A retrained adapter at the same path is another model: key on its file's size and mtime.
+            let stamp = |dir: &str| {
+                std::fs::metadata(std::path::Path::new(dir).join("adapter_model.safetensors"))
+                    .ok()
+                    .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+            };
+            canonical["adapter"] = serde_json::json!(self.cfg.adapter.as_deref().map(|a| (a, stamp(a))));
+            canonical["template"] = serde_json::json!(self.cfg.template);
+        }
         blake3::hash(canonical.to_string().as_bytes())
             .to_hex()
             .to_string()
@@ -219,11 +252,14 @@ impl Model {
                         self.cfg.model
                     )));
                 }
-                None if self.cfg.provider == Provider::Local => {
-                    results[i] = Some(Err("provider \"local\" needs the trainer's load_model, which is not available in this build yet".to_string()));
-                }
                 None => todo.push(i),
             }
+        }
+        if !todo.is_empty() && self.cfg.provider == Provider::Local {
+            for (i, answer) in self.answer_locally(requests, &todo, &keys, store.as_ref()) {
+                results[i] = Some(answer);
+            }
+            todo.clear();
         }
         if !todo.is_empty() {
             let client = reqwest::Client::builder()
@@ -311,6 +347,75 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Generates the `todo` requests in this process with the trainer's model (one at a time: the
+    /// matrix products already use every core), recording each answer like a server's. The sample index
+    /// seeds the sampler, so n samples at temperature > 0 differ and a rerun repeats them.
+    fn answer_locally(
+        &self,
+        requests: &[(Vec<Message>, usize)],
+        todo: &[usize],
+        keys: &[String],
+        store: Option<&Arc<Mutex<Store>>>,
+    ) -> Vec<(usize, Result<String, String>)> {
+        let adapter = self.cfg.adapter.as_ref().map(std::path::PathBuf::from);
+        let model = match crate::train::load_local(
+            std::path::Path::new(&self.cfg.model),
+            adapter.as_deref(),
+            self.cfg.template.clone(),
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                let e = format!("local model {}: {e}", self.cfg.model);
+                return todo.iter().map(|&i| (i, Err(e.clone()))).collect();
+            }
+        };
+        let bar = progress_bar(todo.len() as u64);
+        let mut out = Vec::new();
+        for &i in todo {
+            let (messages, sample) = &requests[i];
+            let prompt = messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            let options = crate::train::generate::GenOptions {
+                max_tokens: self.cfg.max_tokens.max(0) as usize,
+                temperature: self.cfg.temperature,
+                top_p: self.cfg.top_p,
+                seed: *sample as u64,
+            };
+            let answer = model.answer(&prompt, &options).map_err(|e| e.to_string());
+            if let Ok(text) = &answer {
+                if let Ok(mut u) = self.usage.lock() {
+                    u.requests += 1;
+                }
+                if let Some(s) = store.and_then(|s| s.lock().ok()) {
+                    let _ = s.put_response(&Recorded {
+                        key: keys[i].clone(),
+                        model: self.cfg.model.clone(),
+                        request: serde_json::to_string(messages).unwrap_or_default(),
+                        response: text.clone(),
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                    });
+                }
+            }
+            out.push((i, answer));
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            if crate::engine::cancel_requested() {
+                break;
+            }
+        }
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        out
+    }
+}
+
 /// A progress bar (rate, ETA) on stderr when it is a terminal; none in pipes, logs and tests.
 fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
@@ -390,7 +495,9 @@ mod llm_functions {
     use super::*;
 
     /// A model client. Options: `provider` ("openai" for any OpenAI-compatible server such as vLLM,
-    /// Ollama's /v1 or llama.cpp; "anthropic"; "ollama"; "replay" for recorded responses only; "local"),
+    /// Ollama's /v1 or llama.cpp; "anthropic"; "ollama"; "replay" for recorded responses only; "local"
+    /// for a model dir run in this process, `model` being its path, with `adapter` (a PEFT dir) and
+    /// `template` (the trainer's prompt template)),
     /// `model`, `base_url`, `api_key_env` (the name of the variable holding the key; keys are read from
     /// the environment only), `temperature` (0), `top_p` (1), `max_tokens` (2048), `concurrency` (4),
     /// `timeout_s` (120), `retries` (4).
