@@ -1,8 +1,37 @@
 //! GPU kernels for rtlab's LoRA trainer, each beside its CPU reference.
 //!
-//! The trainer issue fills this crate with cubecl kernels (fused LoRA linear, RMSNorm, RoPE, softmax
-//! cross-entropy, AdamW). Until then it holds the CPU reference of the LoRA linear forward, which is the
-//! contract every GPU kernel will be tested against.
+//! Kernels are written in cubecl 0.11 and run on wgpu (default feature; Mesa's lavapipe on a
+//! machine without a GPU) or CUDA (`cuda` feature). Every kernel has a plain-Rust f32 reference in
+//! [`reference`] that its tests compare against. The host API is [`Gpu`]: device buffers
+//! ([`GpuTensor`], [`GpuIndices`]) and one method per operation.
+//!
+//! | operation | device method | CPU reference |
+//! | --- | --- | --- |
+//! | GEMM with transposes | [`Gpu::matmul_into`] | [`reference::matmul_reference`] |
+//! | LoRA linear forward | [`Gpu::lora_forward`] | [`reference::lora_forward_reference`] |
+//! | LoRA linear backward | [`Gpu::lora_backward`] | [`reference::lora_backward_reference`] |
+//! | RMSNorm forward / backward | [`Gpu::rmsnorm_forward`] / [`Gpu::rmsnorm_backward`] | [`reference::rmsnorm_forward_reference`] / [`reference::rmsnorm_backward_reference`] |
+//! | RoPE forward / backward | [`Gpu::rope_forward`] / [`Gpu::rope_backward`] | [`reference::rope_forward_reference`] / [`reference::rope_backward_reference`] |
+//! | softmax cross-entropy (+ grad) | [`Gpu::cross_entropy`] | [`reference::cross_entropy_reference`] |
+//! | AdamW step | [`Gpu::adamw_step`] | [`reference::adamw_reference`] |
+//!
+//! Each also has a `*_into` form writing caller-provided buffers and a `*_host` form taking and
+//! returning `Vec<f32>` (outputs pre-filled with NaN, so tests see any element left unwritten).
+
+mod adamw;
+mod error;
+mod gpu;
+mod lora;
+mod loss;
+mod matmul;
+mod norm;
+pub mod reference;
+mod rope;
+
+pub use error::{KernelError, Result};
+pub use gpu::{Gpu, GpuIndices, GpuTensor};
+pub use lora::{LoraForward, LoraGrads};
+pub use reference::{AdamWConfig, LoraDims};
 
 /// `y = x Wᵀ + scale · (x Aᵀ) Bᵀ` on row-major slices.
 ///
