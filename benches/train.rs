@@ -4,9 +4,10 @@
 //!
 //! A training step of a LoRA model costs about 3 forwards (forward, then the backward through the frozen
 //! weights for dx and through the adapters): the ratio says how close the step gets to that.
-//! The issue's own baseline, PyTorch + PEFT, needs PyTorch, which this machine does not have, and its
-//! GPU numbers need a GPU: see the book's "Measured speed". `RTLAB_BENCH_SHAPES=tiny` runs only the
-//! tiny model.
+//! The baseline, PyTorch + PEFT on the same model dir with the same recipe, runs in the same
+//! bench when `RTLAB_PYTHON` names a Python with torch, transformers and peft
+//! (`tests/python/peft_train_step.py`); without it the table says it was not run.
+//! `RTLAB_BENCH_SHAPES=tiny` runs only the tiny model.
 
 use std::process::Command;
 use std::time::Instant;
@@ -79,8 +80,12 @@ fn value(out: &str, key: &str) -> f64 {
 
 fn main() {
     let only = std::env::var("RTLAB_BENCH_SHAPES").ok();
-    println!("| model | train tokens/s | forward tokens/s | train / forward | peak RSS |");
-    println!("| --- | --- | --- | --- | --- |");
+    let python = std::env::var("RTLAB_PYTHON").ok();
+    if python.is_none() {
+        println!("RTLAB_PYTHON is not set: the PyTorch + PEFT baseline is NOT run");
+    }
+    println!("| model | rtlab train tokens/s | rtlab forward tokens/s | train / forward | rtlab peak RSS | PyTorch+PEFT train tokens/s | rtlab / PEFT | PEFT peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for s in SHAPES.iter().filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s.name))) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench.rhai");
@@ -98,13 +103,28 @@ fn main() {
             value(&stdout, "forward_tokens_per_s"),
             value(&stdout, "train_peak_mb"),
         );
+        let (peft, peft_peak) = match &python {
+            None => (f64::NAN, f64::NAN),
+            Some(py) => {
+                let out = Command::new(py)
+                    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/peft_train_step.py"))
+                    .arg(dir.path().join("model"))
+                    .args([s.batch.to_string(), s.seq.to_string(), s.steps.to_string()])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+                (value(&text, "tokens_per_s"), value(&text, "peak_mb"))
+            }
+        };
         println!(
-            "| {} (batch {} × {} tokens, r 64, {} steps) | {train:.0} | {fwd:.0} | {:.2} (ideal ≈ 0.33) | {peak:.0} MiB |",
+            "| {} (batch {} × {} tokens, r 64, {} steps) | {train:.0} | {fwd:.0} | {:.2} (ideal ≈ 0.33) | {peak:.0} MiB | {peft:.0} | {:.2}× | {peft_peak:.0} MiB |",
             s.name,
             s.batch,
             s.seq,
             s.steps,
-            train / fwd
+            train / fwd,
+            train / peft
         );
         eprintln!("  ({} took {:.1} s in all)", s.name, started.elapsed().as_secs_f64());
     }

@@ -137,6 +137,29 @@ mod runtime_functions {
             .unwrap_or(Dynamic::UNIT)
     }
 
+    /// Parses JSON text into Rhai values (objects become maps, arrays arrays, null `()`); the error names
+    /// the line and column.
+    ///
+    /// ```rhai
+    /// let v = parse_json(`{"r": 64, "targets": ["q_proj", "v_proj"]}`);
+    /// assert_eq(v.targets[1], "v_proj");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn parse_json(text: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("parse_json: {e}"))?;
+        Ok(crate::data::json_to_dynamic(value))
+    }
+
+    /// Writes any value (maps, arrays, numbers, strings, bools, `()`) as JSON text.
+    ///
+    /// ```rhai
+    /// assert_eq(json([1, 2.5, "x", ()]), `[1,2.5,"x",null]`);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn json(value: Dynamic) -> Result<String, Box<EvalAltResult>> {
+        Ok(crate::data::dynamic_to_json(&value).map_err(|e| format!("json: {e}"))?.to_string())
+    }
+
     /// The value of an environment variable, or `()` when unset.
     pub fn env(name: &str) -> Dynamic {
         std::env::var(name)

@@ -201,3 +201,62 @@ fn skipping_prompts_that_do_not_fit_reports_their_rows() {
     ));
     assert_eq!(printed, "[1]\n1\n");
 }
+
+/// Python with torch, transformers and peft, for the cross-check against the reference implementation.
+fn python_with_peft() -> String {
+    std::env::var("RTLAB_PYTHON").expect("set RTLAB_PYTHON to a Python that has torch, transformers and peft")
+}
+
+fn python(args: &[&str]) -> String {
+    let out = std::process::Command::new(python_with_peft())
+        .arg(common::repo_root().join("tests/python/peft_logits.py"))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+#[ignore = "needs Python with torch, transformers and peft (5 GB): RTLAB_PYTHON=/path/to/python cargo test --test train -- --ignored"]
+fn peft_reads_rtlab_adapters_and_rtlab_reads_peft_adapters_with_the_same_logits() {
+    for arch in ["llama", "qwen2"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("tiny");
+        let out = tmp.path().join("run");
+        let text = "module and2(input a, b, output y); assign y = a & b; endmodule";
+        // rtlab's adapter, trained a little so B is not zero, read by PEFT.
+        ok(&format!(
+            r#"create_tiny_model("{base}", #{{arch: "{arch}", seed: 2}});
+            {GATES}
+            let run = train_lora(#{{base: "{base}", data: data, out: "{out}", r: 8, epochs: 3, batch_size: 4, grad_accum: 1, lr: 1e-2}});
+            write_text("{out}/logits.json", load_model("{base}", #{{adapter: "{out}"}}).logits("{text}").json());"#,
+            base = base.display(),
+            out = out.display()
+        ));
+        let printed = python(&["check", &base.display().to_string(), &out.display().to_string(), text, &out.join("logits.json").display().to_string()]);
+        let err: f64 = printed.trim().strip_prefix("max_rel_err=").unwrap().parse().unwrap();
+        eprintln!("{arch}: rtlab's adapter in PEFT: max relative logit difference {err:.2e}");
+        assert!(err < 1e-4, "{arch}: rtlab's adapter in PEFT: logits differ by {err}");
+
+        // An adapter PEFT made (random B, four target modules), read by rtlab.
+        let theirs = tmp.path().join("peft-made");
+        python(&["make", &base.display().to_string(), &theirs.display().to_string(), text, &tmp.path().join("peft.json").display().to_string()]);
+        let printed = ok(&format!(
+            r#"let mine = load_model("{base}", #{{adapter: "{theirs}"}}).logits("{text}");
+            let theirs = parse_json(read_text("{json}"));
+            let worst = 0.0;
+            for i in 0..mine.len() {{ for j in 0..mine[i].len() {{
+                let d = (mine[i][j] - theirs[i][j]).abs();
+                if d > worst {{ worst = d; }}
+            }} }}
+            print(worst);"#,
+            base = base.display(),
+            theirs = theirs.display(),
+            json = tmp.path().join("peft.json").display()
+        ));
+        let worst: f64 = printed.trim().parse().unwrap();
+        eprintln!("{arch}: PEFT's adapter in rtlab: max absolute logit difference {worst:.2e}");
+        assert!(worst < 1e-4, "{arch}: PEFT's adapter in rtlab: logits differ by {worst}");
+    }
+}

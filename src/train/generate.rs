@@ -73,6 +73,18 @@ impl LocalModel {
         self.continue_text(&examples::apply_template(&self.template, prompt), o)
     }
 
+    /// The logits at every position of `text` (no template), [tokens][vocab]: for checking against
+    /// another implementation, e.g. transformers + peft on the same dir and adapter.
+    pub fn logits(&self, text: &str) -> Result<Vec<Vec<f32>>, TrainError> {
+        let ids = examples::encode(&self.tokenizer, text)?;
+        if ids.is_empty() {
+            return Err(TrainError::Input("logits: the text is empty".into()));
+        }
+        let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &self.model.device)?;
+        let logits = self.model.forward(&input, None, &mut Pass::inference())?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
     pub fn generate_ids(&self, prompt: &[u32], o: &GenOptions) -> Result<Vec<u32>, TrainError> {
         if prompt.is_empty() {
             return Err(TrainError::Input("generate: the prompt is empty".into()));

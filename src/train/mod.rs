@@ -572,9 +572,35 @@ mod train_functions {
         Ok(model.0.answer(prompt, &GenOptions::default())?)
     }
 
+    /// The model's logits at every token of `text` (no template): an array per position of `vocab`
+    /// floats. For checking rtlab against another implementation on the same model and adapter.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny6", #{});
+    /// let l = load_model("/tmp/rtlab-doc-tiny6", #{}).logits("ab");
+    /// assert_eq(l.len(), 2);        // one position per byte with the tiny tokenizer
+    /// assert_eq(l[0].len(), 259);   // 256 bytes + 3 special tokens
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn logits(model: &mut Local, text: &str) -> Result<Array, Box<EvalAltResult>> {
+        Ok(model
+            .0
+            .logits(text)?
+            .into_iter()
+            .map(|row| Dynamic::from(row.into_iter().map(|x| Dynamic::from(x as f64)).collect::<Array>()))
+            .collect())
+    }
+
     /// Merges a PEFT adapter into its base model and writes the merged model to `out` (safetensors in
     /// the base's dtype and shard layout, plus config and tokenizer), ready for vLLM, llama.cpp's
     /// converter or Ollama. Returns how many weight matrices changed.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny5", #{});
+    /// let run = train_lora(#{base: "/tmp/rtlab-doc-tiny5", data: from_records([#{instruction: "x", output: "y"}]),
+    ///                        out: "/tmp/rtlab-doc-run5", r: 2, epochs: 1, batch_size: 1, grad_accum: 1});
+    /// assert_eq(merge("/tmp/rtlab-doc-tiny5", run.adapter, "/tmp/rtlab-doc-merged5"), 14);
+    /// ```
     #[rhai_fn(name = "merge", return_raw)]
     pub fn merge_adapter(base: &str, adapter: &str, out: &str) -> Result<i64, Box<EvalAltResult>> {
         let r = crate::runtime_fns::resolve_path;
