@@ -14,22 +14,37 @@
 //! | RoPE forward / backward | [`Gpu::rope_forward`] / [`Gpu::rope_backward`] | [`reference::rope_forward_reference`] / [`reference::rope_backward_reference`] |
 //! | softmax cross-entropy (+ grad) | [`Gpu::cross_entropy`] | [`reference::cross_entropy_reference`] |
 //! | AdamW step | [`Gpu::adamw_step`] | [`reference::adamw_reference`] |
+//! | batched strided GEMM | [`Gpu::batched_matmul_into`] | [`reference::matmul_reference`] per entry |
+//! | embedding gather | [`Gpu::embedding_into`] | [`reference::embedding_reference`] |
+//! | SiLU gate forward / backward | [`Gpu::silu_mul_into`] / [`Gpu::silu_mul_backward_into`] | [`reference::silu_mul_reference`] / [`reference::silu_mul_backward_reference`] |
+//! | causal GQA attention forward / backward | [`Gpu::attention_forward`] / [`Gpu::attention_backward`] | [`reference::attention_forward_reference`] / [`reference::attention_backward_reference`] |
+//! | weighted cross-entropy (+ grad) | [`Gpu::weighted_cross_entropy_into`] | [`reference::weighted_cross_entropy_reference`] |
+//! | whole Llama/Qwen2 LoRA step | [`GpuLlama`] | [`reference_llama`] |
 //!
 //! Each also has a `*_into` form writing caller-provided buffers and a `*_host` form taking and
 //! returning `Vec<f32>` (outputs pre-filled with NaN, so tests see any element left unwritten).
 
 mod adamw;
+mod attention;
+mod bgemm;
+mod elementwise;
 mod error;
 mod gpu;
+pub mod llama;
 mod lora;
 mod loss;
 mod matmul;
 mod norm;
 pub mod reference;
+pub mod reference_llama;
 mod rope;
+mod wloss;
 
+pub use attention::AttentionDims;
+pub use bgemm::{BatchedGemm, Operand};
 pub use error::{KernelError, Result};
 pub use gpu::{Gpu, GpuIndices, GpuTensor};
+pub use llama::{GpuLlama, LlamaShape, PROJECTIONS};
 pub use lora::{LoraForward, LoraGrads};
 pub use reference::{AdamWConfig, LoraDims};
 

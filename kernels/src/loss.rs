@@ -110,7 +110,7 @@ fn ce_row_kernel(
 }
 
 #[cube(launch)]
-fn sum_kernel(values: &[f32], out: &mut [f32], #[comptime] block: usize) {
+pub(crate) fn sum_kernel(values: &[f32], out: &mut [f32], #[comptime] block: usize) {
     let tid = UNIT_POS as usize;
     let n = values.len();
     let mut smem = Shared::<[f32]>::new_slice(block);

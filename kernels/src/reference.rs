@@ -5,6 +5,7 @@
 //! differences in this module's tests.
 
 use crate::lora_linear_forward_reference;
+use crate::AttentionDims;
 
 /// The shapes of one LoRA linear layer applied to a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +353,167 @@ pub(crate) fn adamw_step_factors(cfg: &AdamWConfig, t: u32) -> (f32, f32) {
     ((cfg.lr as f64 / bc1) as f32, bc2.sqrt() as f32)
 }
 
+/// `out[i, :] = table[ids[i], :]` with `table` [vocab, hidden].
+pub fn embedding_reference(table: &[f32], hidden: usize, ids: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(ids.len() * hidden);
+    for &id in ids {
+        let r = id as usize * hidden;
+        out.extend_from_slice(&table[r..r + hidden]);
+    }
+    out
+}
+
+/// `silu(g) ⊙ u` with `silu(x) = x · sigmoid(x)`.
+pub fn silu_mul_reference(g: &[f32], u: &[f32]) -> Vec<f32> {
+    assert_eq!(g.len(), u.len(), "g and u must match");
+    g.iter()
+        .zip(u)
+        .map(|(&x, &u)| x / (1.0 + (-x).exp()) * u)
+        .collect()
+}
+
+/// Backward of [`silu_mul_reference`]: `(dg, du)`.
+pub fn silu_mul_backward_reference(g: &[f32], u: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(g.len(), u.len(), "g and u must match");
+    assert_eq!(g.len(), dout.len(), "dout must match g");
+    let mut dg = Vec::with_capacity(g.len());
+    let mut du = Vec::with_capacity(g.len());
+    for i in 0..g.len() {
+        let x = g[i];
+        let sig = 1.0 / (1.0 + (-x).exp());
+        du.push(dout[i] * x * sig);
+        dg.push(dout[i] * u[i] * sig * (1.0 + x * (1.0 - sig)));
+    }
+    (dg, du)
+}
+
+fn attention_check(q: &[f32], k: &[f32], v: &[f32], d: &AttentionDims) {
+    let n = d.batch * d.seq;
+    assert_eq!(q.len(), n * d.heads * d.head_dim, "q must be [batch·seq, heads·head_dim]");
+    assert_eq!(k.len(), n * d.kv_heads * d.head_dim, "k must be [batch·seq, kv_heads·head_dim]");
+    assert_eq!(v.len(), k.len(), "v must match k");
+    assert!(d.heads.is_multiple_of(d.kv_heads), "kv_heads must divide heads");
+}
+
+/// Causal grouped-query attention (layouts as in [`crate::AttentionDims`]'s docs): returns
+/// `(out, probs)` with `probs` [batch·heads, seq, seq] (0 above the diagonal).
+pub fn attention_forward_reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: &AttentionDims,
+) -> (Vec<f32>, Vec<f32>) {
+    attention_check(q, k, v, d);
+    let (s, hd, group) = (d.seq, d.head_dim, d.heads / d.kv_heads);
+    let (wq, wk) = (d.heads * hd, d.kv_heads * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; q.len()];
+    let mut probs = vec![0f32; d.batch * d.heads * s * s];
+    for b in 0..d.batch {
+        for h in 0..d.heads {
+            let kh = h / group;
+            let p = &mut probs[(b * d.heads + h) * s * s..][..s * s];
+            for t in 0..s {
+                let qi = (b * s + t) * wq + h * hd;
+                let mut row: Vec<f32> = (0..=t)
+                    .map(|j| {
+                        let ki = (b * s + j) * wk + kh * hd;
+                        (0..hd).map(|e| q[qi + e] * k[ki + e]).sum::<f32>() * scale
+                    })
+                    .collect();
+                let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                row.iter_mut().for_each(|x| *x = (*x - mx).exp());
+                let sum: f32 = row.iter().sum();
+                for (j, x) in row.iter().enumerate() {
+                    p[t * s + j] = x / sum;
+                }
+                for e in 0..hd {
+                    out[qi + e] = (0..=t)
+                        .map(|j| p[t * s + j] * v[(b * s + j) * wk + kh * hd + e])
+                        .sum();
+                }
+            }
+        }
+    }
+    (out, probs)
+}
+
+/// Backward of [`attention_forward_reference`]: `(dq, dk, dv)`.
+pub fn attention_backward_reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    d: &AttentionDims,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    attention_check(q, k, v, d);
+    assert_eq!(dout.len(), q.len(), "dout must match q");
+    let (s, hd, group) = (d.seq, d.head_dim, d.heads / d.kv_heads);
+    let (wq, wk) = (d.heads * hd, d.kv_heads * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+    for b in 0..d.batch {
+        for h in 0..d.heads {
+            let kh = h / group;
+            let p = &probs[(b * d.heads + h) * s * s..][..s * s];
+            for t in 0..s {
+                let qi = (b * s + t) * wq + h * hd;
+                let dp: Vec<f32> = (0..=t)
+                    .map(|j| {
+                        let vi = (b * s + j) * wk + kh * hd;
+                        (0..hd).map(|e| dout[qi + e] * v[vi + e]).sum()
+                    })
+                    .collect();
+                let dot: f32 = (0..=t).map(|j| p[t * s + j] * dp[j]).sum();
+                for j in 0..=t {
+                    let ds = p[t * s + j] * (dp[j] - dot) * scale;
+                    let ki = (b * s + j) * wk + kh * hd;
+                    for e in 0..hd {
+                        dq[qi + e] += ds * k[ki + e];
+                        dk[ki + e] += ds * q[qi + e];
+                        dv[ki + e] += p[t * s + j] * dout[qi + e];
+                    }
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// Weighted cross-entropy: `loss = Σ_i w_i · nll_i / denominator` over rows with `w_i ≠ 0` and
+/// `targets[i] < vocab`; `dlogits_i = w_i (softmax_i − onehot_i) / denominator` there, 0 elsewhere.
+pub fn weighted_cross_entropy_reference(
+    logits: &[f32],
+    targets: &[u32],
+    weights: &[f32],
+    n: usize,
+    vocab: usize,
+    denominator: f32,
+) -> (f32, Vec<f32>) {
+    assert_eq!(logits.len(), n * vocab, "logits must be [n, vocab]");
+    assert_eq!(targets.len(), n, "targets must be [n]");
+    assert_eq!(weights.len(), n, "weights must be [n]");
+    let mut loss = 0f32;
+    let mut dl = vec![0f32; n * vocab];
+    for i in 0..n {
+        let (w, t) = (weights[i], targets[i] as usize);
+        if w == 0.0 || t >= vocab {
+            continue;
+        }
+        let coef = w / denominator;
+        let row = &logits[i * vocab..(i + 1) * vocab];
+        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let se: f32 = row.iter().map(|v| (v - mx).exp()).sum();
+        loss += (mx + se.ln() - row[t]) * coef;
+        for j in 0..vocab {
+            let p = (row[j] - mx).exp() / se;
+            dl[i * vocab + j] = (p - if j == t { 1.0 } else { 0.0 }) * coef;
+        }
+    }
+    (loss, dl)
+}
+
 #[cfg(test)]
 mod tests {
     //! Finite-difference checks of the reference backward passes (central differences, the
@@ -516,5 +678,54 @@ mod tests {
         let vhat = 0.002475f64 / (1.0 - 0.9801);
         let want = 1.8f64 * 0.95 - 0.1 * mhat / (vhat.sqrt() + 1e-8);
         assert!((p[0] as f64 - want).abs() < 1e-5, "{} vs {want}", p[0]);
+    }
+
+    #[test]
+    fn silu_mul_backward_matches_finite_differences() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let g: Vec<f32> = randn(&mut rng, 9).iter().map(|v| v * 4.0).collect();
+        let u = randn(&mut rng, 9);
+        let proj = randn(&mut rng, 9);
+        let (dg, du) = silu_mul_backward_reference(&g, &u, &proj);
+        fd_check("dg", &g, &dg, |g| dot64(&silu_mul_reference(g, &u), &proj));
+        fd_check("du", &u, &du, |u| dot64(&silu_mul_reference(&g, u), &proj));
+    }
+
+    #[test]
+    fn attention_backward_matches_finite_differences() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let d = AttentionDims {
+            batch: 2,
+            seq: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 3,
+        };
+        let n = d.batch * d.seq;
+        let q = randn(&mut rng, n * d.heads * d.head_dim);
+        let k = randn(&mut rng, n * d.kv_heads * d.head_dim);
+        let v = randn(&mut rng, n * d.kv_heads * d.head_dim);
+        let proj = randn(&mut rng, q.len());
+        let (_, p) = attention_forward_reference(&q, &k, &v, &d);
+        let (dq, dk, dv) = attention_backward_reference(&q, &k, &v, &p, &proj, &d);
+        let f = |q: &[f32], k: &[f32], v: &[f32]| dot64(&attention_forward_reference(q, k, v, &d).0, &proj);
+        fd_check("dq", &q, &dq, |q| f(q, &k, &v));
+        fd_check("dk", &k, &dk, |k| f(&q, k, &v));
+        fd_check("dv", &v, &dv, |v| f(&q, &k, v));
+    }
+
+    #[test]
+    fn weighted_cross_entropy_matches_finite_differences_and_the_mean_form() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (n, vocab) = (4, 9);
+        let logits: Vec<f32> = randn(&mut rng, n * vocab).iter().map(|v| v * 3.0).collect();
+        let targets = [2, 8, 0, 5];
+        let weights = [1.0, 0.0, 1.0, 1.0];
+        let (loss, dl) = weighted_cross_entropy_reference(&logits, &targets, &weights, n, vocab, 3.0);
+        let (mean, _) = cross_entropy_reference(&logits, &targets, &[1, 0, 1, 1], n, vocab);
+        assert!((loss - mean).abs() < 1e-5, "denominator = count gives the mean");
+        fd_check("dlogits", &logits, &dl, |l| {
+            weighted_cross_entropy_reference(l, &targets, &weights, n, vocab, 3.0).0 as f64
+        });
     }
 }
