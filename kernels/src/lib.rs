@@ -44,7 +44,7 @@ pub use attention::AttentionDims;
 pub use bgemm::{BatchedGemm, Operand};
 pub use error::{KernelError, Result};
 pub use gpu::{Gpu, GpuIndices, GpuTensor};
-pub use llama::{GpuLlama, LlamaShape, PROJECTIONS};
+pub use llama::{AdapterMap, DropoutFn, GpuLlama, LlamaShape, WeightMap, PROJECTIONS};
 pub use lora::{LoraForward, LoraGrads};
 pub use reference::{AdamWConfig, LoraDims};
 

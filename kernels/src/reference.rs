@@ -389,10 +389,21 @@ pub fn silu_mul_backward_reference(g: &[f32], u: &[f32], dout: &[f32]) -> (Vec<f
 
 fn attention_check(q: &[f32], k: &[f32], v: &[f32], d: &AttentionDims) {
     let n = d.batch * d.seq;
-    assert_eq!(q.len(), n * d.heads * d.head_dim, "q must be [batch·seq, heads·head_dim]");
-    assert_eq!(k.len(), n * d.kv_heads * d.head_dim, "k must be [batch·seq, kv_heads·head_dim]");
+    assert_eq!(
+        q.len(),
+        n * d.heads * d.head_dim,
+        "q must be [batch·seq, heads·head_dim]"
+    );
+    assert_eq!(
+        k.len(),
+        n * d.kv_heads * d.head_dim,
+        "k must be [batch·seq, kv_heads·head_dim]"
+    );
     assert_eq!(v.len(), k.len(), "v must match k");
-    assert!(d.heads.is_multiple_of(d.kv_heads), "kv_heads must divide heads");
+    assert!(
+        d.heads.is_multiple_of(d.kv_heads),
+        "kv_heads must divide heads"
+    );
 }
 
 /// Causal grouped-query attention (layouts as in [`crate::AttentionDims`]'s docs): returns
@@ -452,7 +463,11 @@ pub fn attention_backward_reference(
     let (s, hd, group) = (d.seq, d.head_dim, d.heads / d.kv_heads);
     let (wq, wk) = (d.heads * hd, d.kv_heads * hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; q.len()],
+        vec![0f32; k.len()],
+        vec![0f32; v.len()],
+    );
     for b in 0..d.batch {
         for h in 0..d.heads {
             let kh = h / group;
@@ -708,7 +723,9 @@ mod tests {
         let proj = randn(&mut rng, q.len());
         let (_, p) = attention_forward_reference(&q, &k, &v, &d);
         let (dq, dk, dv) = attention_backward_reference(&q, &k, &v, &p, &proj, &d);
-        let f = |q: &[f32], k: &[f32], v: &[f32]| dot64(&attention_forward_reference(q, k, v, &d).0, &proj);
+        let f = |q: &[f32], k: &[f32], v: &[f32]| {
+            dot64(&attention_forward_reference(q, k, v, &d).0, &proj)
+        };
         fd_check("dq", &q, &dq, |q| f(q, &k, &v));
         fd_check("dk", &k, &dk, |k| f(&q, k, &v));
         fd_check("dv", &v, &dv, |v| f(&q, &k, v));
@@ -721,9 +738,13 @@ mod tests {
         let logits: Vec<f32> = randn(&mut rng, n * vocab).iter().map(|v| v * 3.0).collect();
         let targets = [2, 8, 0, 5];
         let weights = [1.0, 0.0, 1.0, 1.0];
-        let (loss, dl) = weighted_cross_entropy_reference(&logits, &targets, &weights, n, vocab, 3.0);
+        let (loss, dl) =
+            weighted_cross_entropy_reference(&logits, &targets, &weights, n, vocab, 3.0);
         let (mean, _) = cross_entropy_reference(&logits, &targets, &[1, 0, 1, 1], n, vocab);
-        assert!((loss - mean).abs() < 1e-5, "denominator = count gives the mean");
+        assert!(
+            (loss - mean).abs() < 1e-5,
+            "denominator = count gives the mean"
+        );
         fd_check("dlogits", &logits, &dl, |l| {
             weighted_cross_entropy_reference(l, &targets, &weights, n, vocab, 3.0).0 as f64
         });

@@ -105,6 +105,9 @@ pub struct Batch {
     pub inputs: Tensor,
     pub targets: Tensor,
     pub mask: Tensor,
+    /// The same, flat, for the GPU path; `width` tokens per row.
+    pub raw: (Vec<u32>, Vec<u32>, Vec<f32>),
+    pub width: usize,
     pub scored: usize,
     pub tokens: usize,
 }
@@ -138,9 +141,11 @@ pub fn batch(
     }
     let b = examples.len();
     Ok(Batch {
-        inputs: Tensor::from_vec(inputs, (b, width), dev)?,
-        targets: Tensor::from_vec(targets, (b, width), dev)?,
-        mask: Tensor::from_vec(mask, (b, width), dev)?.to_dtype(dtype)?,
+        inputs: Tensor::from_vec(inputs.clone(), (b, width), dev)?,
+        targets: Tensor::from_vec(targets.clone(), (b, width), dev)?,
+        mask: Tensor::from_vec(mask.clone(), (b, width), dev)?.to_dtype(dtype)?,
+        raw: (inputs, targets, mask),
+        width,
         scored,
         tokens,
     })

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod examples;
 pub mod generate;
+pub mod gpu;
 pub mod model;
 pub mod peft;
 pub mod tiny;
@@ -73,6 +74,7 @@ struct TrainRequest {
     resume: bool,
     fresh: bool,
     on_too_long: TooLong,
+    device: String,
 }
 
 const OPTIONS: [&str; 27] = [
@@ -166,16 +168,14 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         "constant" => Schedule::Constant,
         other => return Err(bad(format!("train_lora: schedule {other:?}: use \"cosine\", \"linear\" or \"constant\""))),
     };
-    match text(o, "device").as_deref().unwrap_or("auto") {
-        "auto" | "cpu" => {}
-        "wgpu" | "cuda" => {
-            return Err(bad(format!(
-                "train_lora: device {:?}: this build trains on the CPU only; the GPU training step on the cubecl kernels (rtlab-kernels) is not wired into train_lora yet. Use device: \"cpu\" (or \"auto\")",
-                text(o, "device").unwrap_or_default()
-            )))
-        }
+    let device = match text(o, "device").as_deref().unwrap_or("auto") {
+        // On a machine without CUDA, the wgpu path is a software rasterizer at best (lavapipe runs the
+        // step at about half the CPU's speed), so "auto" means the CPU unless CUDA is built in.
+        "auto" if cfg!(feature = "cuda") => "cuda".to_string(),
+        "auto" | "cpu" => "cpu".to_string(),
+        d @ ("wgpu" | "cuda") => d.to_string(),
         other => return Err(bad(format!("train_lora: device {other:?}: use \"auto\", \"cpu\", \"wgpu\" or \"cuda\""))),
-    }
+    };
     let on_too_long = match text(o, "on_too_long").as_deref().unwrap_or("error") {
         "error" => TooLong::Error,
         "skip" => TooLong::Skip,
@@ -218,6 +218,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         resume: flag(o, "resume", true)?,
         fresh: flag(o, "fresh", false)?,
         on_too_long,
+        device,
     })
 }
 
@@ -311,14 +312,25 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
         let _ = std::fs::remove_dir_all(req.out.join("checkpoints"));
         let _ = std::fs::remove_file(&run_json);
     }
+    // The device opens before the run dir is touched: a missing GPU is bad input too.
+    let gpu = match req.device.as_str() {
+        "cpu" => None,
+        d => Some(gpu::open(d)?),
+    };
     std::fs::create_dir_all(&req.out)?;
     crate::runtime_fns::write_atomic(&job_json, fingerprint.as_bytes())?;
 
     let dev = Device::Cpu;
     let weights = load_weights(&req.base, DType::F32, &dev)?;
-    let model = CausalLm::new(cfg, weights, Some(&req.spec), hyper.seed, DType::F32, &dev)?;
+    // The GPU path uploads the base weights itself; candle's copies share their storage.
+    let gpu_weights = gpu.as_ref().map(|_| weights.clone());
+    let model = CausalLm::new(cfg.clone(), weights, Some(&req.spec), hyper.seed, DType::F32, &dev)?;
     let base_name = req.base.display().to_string();
     let record = trainer::run(trainer::Job {
+        gpu: match (gpu, &gpu_weights) {
+            (Some(gpu), Some(weights)) => Some(trainer::GpuSetup { gpu, weights, cfg: &cfg }),
+            _ => None,
+        },
         model: &model,
         spec: &req.spec,
         examples: &examples,
@@ -475,7 +487,9 @@ mod train_functions {
     /// ("cosine", "linear", "constant"), `weight_decay` (0), `max_grad_norm` (1), `seed` (42),
     /// `checkpoint_every` (0 = only at the end), `resume` (true: continue this job's newest checkpoint),
     /// `fresh` (false: true retrains even when `out` holds this exact run), `max_steps`, `on_too_long`
-    /// ("error" or "skip" rows whose prompt does not fit `max_len`), `device` ("auto" = "cpu").
+    /// ("error" or "skip" rows whose prompt does not fit `max_len`), `device` ("cpu"; "wgpu" runs the
+    /// whole step on rtlab's cubecl kernels through Vulkan/Metal/DX12; "cuda" with the `cuda` build;
+    /// "auto" = "cuda" in a CUDA build, else "cpu").
     /// Loss counts response tokens only. Ctrl-C stops after the current step and checkpoints.
     ///
     /// ```rhai

@@ -107,12 +107,18 @@ impl Linear {
     }
 }
 
-/// Inverted dropout with a mask from a seeded generator (candle's own RNG cannot be seeded on CPU).
-fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+/// An inverted-dropout mask of `n` values (0 or 1/keep) from a seeded generator. The CPU and GPU
+/// paths draw the same masks from the same generator, in forward order, so they train alike.
+pub fn dropout_mask(n: usize, p: f64, rng: &mut StdRng) -> Vec<f32> {
     let keep = 1.0 - p;
-    let mask: Vec<f32> = (0..x.elem_count())
+    (0..n)
         .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
-        .collect();
+        .collect()
+}
+
+/// Inverted dropout (candle's own RNG cannot be seeded on CPU).
+fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+    let mask = dropout_mask(x.elem_count(), p, rng);
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x.mul(&mask)
 }

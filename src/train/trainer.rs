@@ -150,7 +150,15 @@ fn vars_of(model: &CausalLm) -> Vec<(String, Var)> {
         .collect()
 }
 
+/// The GPU a job's steps run on, with the base weights to upload.
+pub struct GpuSetup<'a> {
+    pub gpu: rtlab_kernels::Gpu,
+    pub weights: &'a super::model::Weights,
+    pub cfg: &'a super::config::ModelConfig,
+}
+
 pub struct Job<'a> {
+    pub gpu: Option<GpuSetup<'a>>,
     pub model: &'a CausalLm,
     pub spec: &'a LoraSpec,
     pub examples: &'a [Example],
@@ -287,6 +295,29 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             state = s;
         }
     }
+    let mut on_gpu = match &job.gpu {
+        None => None,
+        Some(g) => {
+            let moments: Vec<(String, Tensor, Tensor)> = vars
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (name.clone(), adam.m[i].clone(), adam.v[i].clone()))
+                .collect();
+            Some(super::gpu::GpuStep::new(&g.gpu, g.cfg, g.weights, job.model, job.spec, &moments)?)
+        }
+    };
+    // Brings the GPU's adapters and moments into the candle model and AdamW before anything is saved.
+    let sync = |on_gpu: &Option<super::gpu::GpuStep>, adam: &mut AdamW| -> Result<(), TrainError> {
+        if let Some(g) = on_gpu {
+            let moments = g.download(job.model)?;
+            for (i, (name, _)) in vars.iter().enumerate() {
+                let (m, v) = &moments[name];
+                adam.m[i] = m.clone();
+                adam.v[i] = v.clone();
+            }
+        }
+        Ok(())
+    };
     let bar = progress_bar(total as u64, state.step as u64);
     let started = Instant::now();
     let mut tokens_this_run = 0usize;
@@ -312,6 +343,27 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         let scored: usize = prepared.iter().map(|b| b.scored).sum::<usize>().max(1);
         let mut sums: Vec<Option<Tensor>> = vec![None; plain.len()];
         let mut loss_sum = 0.0;
+        let lr = h.lr_at(step, total);
+        if let Some(g) = on_gpu.as_mut() {
+            for (k, b) in prepared.iter().enumerate() {
+                loss_sum += g.micro(b, scored as f64, h.seed ^ ((step as u64) << 20) ^ k as u64)?;
+                tokens_this_run += b.tokens;
+                state.tokens += b.tokens;
+            }
+            let grad_norm = g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?;
+            state.step += 1;
+            state.curve.push(StepLog { step: state.step, epoch, loss: loss_sum, lr, grad_norm, tokens: state.tokens });
+            if let Some(b) = &bar {
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!("loss {loss_sum:.4}  {:.0} tok/s", tokens_this_run as f64 / secs));
+                b.set_position(state.step as u64);
+            }
+            if h.checkpoint_every > 0 && state.step % h.checkpoint_every == 0 && state.step < total {
+                sync(&on_gpu, &mut adam)?;
+                write_checkpoint(&job, &adam, &vars, &state)?;
+            }
+            continue;
+        }
         for (k, b) in prepared.iter().enumerate() {
             let mut pass = Pass::training(h.seed ^ ((step as u64) << 20) ^ k as u64);
             let logits = job.model.forward(&b.inputs, None, &mut pass)?;
@@ -345,7 +397,6 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         } else {
             grads
         };
-        let lr = h.lr_at(step, total);
         adam.step(&plain, &grads, lr, h.weight_decay, step + 1)?;
         state.step += 1;
         state.curve.push(StepLog {
@@ -369,6 +420,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         b.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
+    sync(&on_gpu, &mut adam)?;
     if cancelled {
         write_checkpoint(&job, &adam, &vars, &state)?;
     } else {
