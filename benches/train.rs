@@ -23,14 +23,18 @@ struct Shape {
     seq: usize,
     batch: usize,
     steps: usize,
+    device: &'static str,
 }
 
-const SHAPES: [Shape; 2] = [
-    Shape { name: "tiny", arch: "llama", hidden: 64, layers: 2, heads: 4, kv_heads: 2, intermediate: 128, seq: 256, batch: 4, steps: 10 },
+const SHAPES: [Shape; 3] = [
+    Shape { name: "tiny", arch: "llama", hidden: 64, layers: 2, heads: 4, kv_heads: 2, intermediate: 128, seq: 256, batch: 4, steps: 10, device: "cpu" },
+    // The same job with every step on rtlab's cubecl kernels through wgpu (lavapipe, Mesa's software
+    // Vulkan, on a machine without a GPU: a correctness path there, not a fast one).
+    Shape { name: "tiny", arch: "llama", hidden: 64, layers: 2, heads: 4, kv_heads: 2, intermediate: 128, seq: 256, batch: 4, steps: 10, device: "wgpu" },
     // Qwen2.5-0.5B's body (896 hidden, 24 layers, 14 heads, 2 KV heads, 4864 MLP); the vocabulary is the
     // tiny byte tokenizer's 259, not 151,936, so the lm_head GEMM (≈ a third of the real model's FLOPs
     // per token) is left out.
-    Shape { name: "qwen2.5-0.5b-shaped", arch: "qwen2", hidden: 896, layers: 24, heads: 14, kv_heads: 2, intermediate: 4864, seq: 256, batch: 1, steps: 2 },
+    Shape { name: "qwen2.5-0.5b-shaped", arch: "qwen2", hidden: 896, layers: 24, heads: 14, kv_heads: 2, intermediate: 4864, seq: 256, batch: 1, steps: 2, device: "cpu" },
 ];
 
 fn script(s: &Shape, dir: &std::path::Path) -> String {
@@ -46,7 +50,7 @@ for i in 0..{rows} {{
     rows.push(#{{instruction: `module number ${{i}}`, output: body}});
 }}
 let run = train_lora(#{{base: base, data: from_records(rows), out: "{out}", r: 64, alpha: 128, dropout: 0.05,
-    batch_size: {batch}, grad_accum: 1, epochs: 1, max_steps: {steps}, max_len: {seq}, fresh: true}});
+    batch_size: {batch}, grad_accum: 1, epochs: 1, max_steps: {steps}, max_len: {seq}, fresh: true, device: "{device}"}});
 print(`train_tokens_per_s=${{run.tokens_per_s}}`);
 print(`train_peak_mb=${{run.peak_rss_mb}}`);
 let m = load_model(base, #{{adapter: run.adapter}});
@@ -68,6 +72,7 @@ print(`forward_tokens_per_s=${{({batch} * {seq}) / t.elapsed}}`);
         rows = s.batch * s.steps,
         batch = s.batch,
         steps = s.steps,
+        device = s.device,
     )
 }
 
@@ -84,9 +89,10 @@ fn main() {
     if python.is_none() {
         println!("RTLAB_PYTHON is not set: the PyTorch + PEFT baseline is NOT run");
     }
-    println!("| model | rtlab train tokens/s | rtlab forward tokens/s | train / forward | rtlab peak RSS | PyTorch+PEFT train tokens/s | rtlab / PEFT | PEFT peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| model | device | rtlab train tokens/s | rtlab forward tokens/s | train / forward | rtlab peak RSS | PyTorch+PEFT train tokens/s | rtlab / PEFT | PEFT peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for s in SHAPES.iter().filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s.name))) {
+        // A tiny model's PyTorch baseline is measured once, on its CPU row.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench.rhai");
         std::fs::write(&path, script(s, dir.path())).unwrap();
@@ -104,6 +110,7 @@ fn main() {
             value(&stdout, "train_peak_mb"),
         );
         let (peft, peft_peak) = match &python {
+            _ if s.device != "cpu" => (f64::NAN, f64::NAN),
             None => (f64::NAN, f64::NAN),
             Some(py) => {
                 let out = Command::new(py)
@@ -118,11 +125,12 @@ fn main() {
             }
         };
         println!(
-            "| {} (batch {} × {} tokens, r 64, {} steps) | {train:.0} | {fwd:.0} | {:.2} (ideal ≈ 0.33) | {peak:.0} MiB | {peft:.0} | {:.2}× | {peft_peak:.0} MiB |",
+            "| {} (batch {} × {} tokens, r 64, {} steps) | {} | {train:.0} | {fwd:.0} | {:.2} (ideal ≈ 0.33) | {peak:.0} MiB | {peft:.0} | {:.2}× | {peft_peak:.0} MiB |",
             s.name,
             s.batch,
             s.seq,
             s.steps,
+            s.device,
             train / fwd,
             train / peft
         );
