@@ -107,12 +107,27 @@ impl Linear {
     }
 }
 
-/// An inverted-dropout mask of `n` values (0 or 1/keep) from a seeded generator. The CPU and GPU
-/// paths draw the same masks from the same generator, in forward order, so they train alike.
+/// An inverted-dropout mask of `n` values (0 or 1/keep). The CPU and GPU paths draw the same masks
+/// in forward order, so they train alike. One u64 from the seeded generator seeds a SplitMix64
+/// stream for the mask: a ChaCha draw per element cost more than the tiny model's whole step.
 pub fn dropout_mask(n: usize, p: f64, rng: &mut StdRng) -> Vec<f32> {
     let keep = 1.0 - p;
+    let threshold = (keep * (1u64 << 53) as f64) as u64;
+    let scaled = (1.0 / keep) as f32;
+    let mut state: u64 = rng.random();
     (0..n)
-        .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if (z >> 11) < threshold {
+                scaled
+            } else {
+                0.0
+            }
+        })
         .collect()
 }
 
@@ -225,6 +240,7 @@ impl Attention {
         x: &Tensor,
         rope: &Rope,
         offset: usize,
+        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
@@ -244,13 +260,11 @@ impl Attention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let kv_len = k.dim(2)?;
         let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = if t > 1 {
-            scores.broadcast_add(&causal_mask(t, kv_len, scores.dtype(), scores.device())?)?
-        } else {
-            scores
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
         };
         let y = softmax_last(&scores)?.matmul(&v)?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
@@ -435,6 +449,12 @@ impl CausalLm {
                 c.layers = (0..self.layers.len()).map(|_| None).collect();
             }
         }
+        // One causal mask for every layer (a single new token sees everything before it).
+        let mask = if t > 1 {
+            Some(causal_mask(t, offset + t, self.dtype, &self.device)?)
+        } else {
+            None
+        };
         let mut x = self
             .embed
             .index_select(&ids.flatten_all()?, 0)?
@@ -443,7 +463,7 @@ impl CausalLm {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = layer
                 .attn
-                .forward(&layer.input_norm.forward(&x)?, &self.rope, offset, slot, pass)?;
+                .forward(&layer.input_norm.forward(&x)?, &self.rope, offset, mask.as_ref(), slot, pass)?;
             let x1 = (x + h)?;
             x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?, pass)?)?;
         }
