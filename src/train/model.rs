@@ -72,13 +72,62 @@ impl Pass {
     }
 }
 
+/// `x Wᵀ` for a frozen `W` [out, in] whose backward computes only `dx = dy W`. candle's own matmul
+/// backward also computes `dW = dyᵀ x` for every operand, wanted or not: for a frozen base that is a
+/// third of the backward's FLOPs, and a full-size gradient of every base weight held until the step ends.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+fn tensor_from_storage(s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<Tensor> {
+    use candle_core::CpuStorage;
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("frozen linear: input must be contiguous".into()))?;
+    match s {
+        CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], l.shape(), &Device::Cpu),
+        CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], l.shape(), &Device::Cpu),
+        _ => candle_core::bail!("frozen linear: the trainer computes in f32 or f64"),
+    }
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let y = tensor_from_storage(s, l)?.matmul(&self.weight.t()?)?;
+        let (storage, _) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(c) => Ok((c.clone(), y.shape().clone())),
+            _ => candle_core::bail!("frozen linear: CPU only"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// `x Wᵀ` for a frozen `W`, gradient to `x` only.
+fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenMatmul {
+        weight: weight.clone(),
+    })
+}
+
 impl Linear {
     fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, d_in))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = frozen_matmul(&x2, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -468,8 +517,7 @@ impl CausalLm {
             x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?, pass)?)?;
         }
         let x = self.norm.forward(&x)?;
-        x.reshape((b * t, self.cfg.hidden_size))?
-            .matmul(&self.lm_head.t()?)?
+        frozen_matmul(&x.reshape((b * t, self.cfg.hidden_size))?, &self.lm_head)?
             .reshape((b, t, self.cfg.vocab_size))
     }
 
