@@ -175,6 +175,9 @@ fn bad_input_is_refused_before_any_work_with_what_to_do() {
     let e = bad(r#"base: base, data: data, out: "/tmp/x", target_modules: ["qkv"]"#);
     assert!(e.contains("unknown target module \"qkv\""), "{e}");
 
+    let e = bad(r#"base: base, data: data, out: "/tmp/x", template: "Q: {question}\nA: ""#);
+    assert!(e.contains("has no {prompt}"), "{e}");
+
     let e = bad(r#"base: base, data: data, out: "/tmp/x", epoch: 3"#);
     assert!(e.contains("unknown option \"epoch\""), "{e}");
 

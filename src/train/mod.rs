@@ -185,13 +185,17 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         None => None,
         Some(_) => Some(count(o, "max_steps", 1, 1)?),
     };
+    let template = text(o, "template").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+    if !template.contains("{prompt}") {
+        return Err(bad(format!("train_lora: the template {template:?} has no {{prompt}}: where should the prompt go?")));
+    }
     let out = text(o, "out").ok_or_else(|| bad("train_lora: pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)"))?;
     Ok(TrainRequest {
         base: crate::runtime_fns::resolve_path(&base),
         data,
         prompt_col: text(o, "prompt_col").unwrap_or_else(|| "instruction".into()),
         response_col: text(o, "response_col").unwrap_or_else(|| "output".into()),
-        template: text(o, "template").unwrap_or_else(|| DEFAULT_TEMPLATE.into()),
+        template,
         spec: LoraSpec {
             r: r as usize,
             alpha,
@@ -260,6 +264,10 @@ fn base_identity(dir: &Path) -> Result<String, TrainError> {
 fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     let req = parse_request(o)?;
     let cfg = ModelConfig::from_dir(&req.base)?;
+    // A cached cell that trained reruns when the base's config or tokenizer changes (the weights are
+    // not hashed on every restore; the run's own fingerprint covers their size and mtime).
+    crate::runtime_fns::note_input(&req.base.join("config.json"));
+    crate::runtime_fns::note_input(&req.base.join("tokenizer.json"));
     let tokenizer = examples::load_tokenizer(&req.base)?;
     let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
     let pairs = pairs_of(&req.data, &req.prompt_col, &req.response_col)?;
