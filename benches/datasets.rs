@@ -90,6 +90,28 @@ print(`peak_mb=${peak_rss_mb()}`);
     ]);
     let (rt_s, rt_peak, rt_out) = measure(rt);
 
+    // The same job as a lazy scan: the filter is pushed into the reader, the kept lines are copied to
+    // the output untouched, and only the category of kept rows is parsed for the counts.
+    let lazy_script = dir.path().join("lazy.rhai");
+    std::fs::write(
+        &lazy_script,
+        r#"let kept = scan_jsonl(ARGS[0]).filter(col("metadata.category").is_in(["fsm", "alu", "counter", "uart"]) & (col("metadata.score") >= 0.7));
+let n = kept.sink_jsonl(ARGS[1]);
+let counts = kept.select(["metadata.category"]).collect().value_counts("category");
+print(`kept=${n}`);
+print(`peak_mb=${peak_rss_mb()}`);
+"#,
+    )
+    .unwrap();
+    let mut lazy = Command::new(env!("CARGO_BIN_EXE_rtlab"));
+    lazy.args([
+        "run",
+        lazy_script.to_str().unwrap(),
+        data.to_str().unwrap(),
+        dir.path().join("lazy_out.jsonl").to_str().unwrap(),
+    ]);
+    let (lz_s, lz_peak, lz_out) = measure(lazy);
+
     let py_loop = r#"
 import json, sys, resource
 from collections import Counter
@@ -159,15 +181,21 @@ print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
         kept(&py_out),
         "rtlab and the Python loop must keep the same rows"
     );
-    println!("| job | time | peak memory | rtlab speedup |");
-    println!("| --- | --- | --- | --- |");
+    assert_eq!(kept(&lz_out), kept(&py_out), "the lazy scan must keep the same rows");
+    println!("| job | time | peak memory | rtlab load_jsonl speedup | rtlab scan_jsonl speedup |");
+    println!("| --- | --- | --- | --- | --- |");
     println!(
-        "| rtlab (polars) | {rt_s:.2} s | {rt_peak:.0} MiB ({:.2}x the file) | 1x |",
+        "| rtlab load_jsonl (eager polars) | {rt_s:.2} s | {rt_peak:.0} MiB ({:.2}x the file) | 1x | |",
         rt_peak / size_mb
     );
     println!(
-        "| Python json loop | {py_s:.2} s | {py_peak:.0} MiB | {:.1}x |",
-        py_s / rt_s
+        "| rtlab scan_jsonl (lazy, filter pushed down, sink) | {lz_s:.3} s | {lz_peak:.0} MiB ({:.2}x the file) | | 1x |",
+        lz_peak / size_mb
+    );
+    println!(
+        "| Python json loop | {py_s:.2} s | {py_peak:.0} MiB | {:.1}x | {:.1}x |",
+        py_s / rt_s,
+        py_s / lz_s
     );
     if let Some((pd_s, pd_peak, pd_out)) = pandas_result {
         assert_eq!(
@@ -176,8 +204,9 @@ print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
             "rtlab and pandas must keep the same rows"
         );
         println!(
-            "| pandas | {pd_s:.2} s | {pd_peak:.0} MiB | {:.1}x |",
-            pd_s / rt_s
+            "| pandas | {pd_s:.2} s | {pd_peak:.0} MiB | {:.1}x | {:.1}x |",
+            pd_s / rt_s,
+            pd_s / lz_s
         );
     }
     println!("({}, {} rows)", kept(&rt_out), rows);

@@ -36,36 +36,35 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> 
         path: shown.clone(),
         source,
     })?;
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(Loaded {
-            frame: Frame::new(DataFrame::empty()),
-            skipped: vec![],
-        });
-    }
     let (bytes, skipped) = if opts.skip_bad_lines {
         drop_bad_lines(&bytes)
     } else {
         (bytes, vec![])
     };
-    match parse_jsonl(&bytes) {
-        Ok(df) => Ok(Loaded {
-            frame: Frame::new(df),
-            skipped,
-        }),
-        Err(err) => {
-            // polars does not say which line failed: find it ourselves, only on this slow path.
-            if let Some((line, reason, start)) = first_bad_line(&bytes) {
-                Err(DataError::BadLine {
-                    path: shown,
-                    line,
-                    reason,
-                    start,
-                })
-            } else {
-                Err(DataError::Invalid(format!("{shown}: {err}")))
-            }
-        }
+    Ok(Loaded {
+        frame: Frame::new(frame_from_jsonl_bytes(&bytes, &shown)?),
+        skipped,
+    })
+}
+
+/// Parses JSON lines held in memory, the schema inferred over all of them; a bad line is reported as
+/// `shown:line`. Blank input gives an empty frame.
+pub fn frame_from_jsonl_bytes(bytes: &[u8], shown: &str) -> Result<DataFrame, DataError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(DataFrame::empty());
     }
+    parse_jsonl(bytes).map_err(|err| {
+        // polars does not say which line failed: find it ourselves, only on this slow path.
+        match first_bad_line(bytes) {
+            Some((line, reason, start)) => DataError::BadLine {
+                path: shown.to_string(),
+                line,
+                reason,
+                start,
+            },
+            None => DataError::Invalid(format!("{shown}: {err}")),
+        }
+    })
 }
 
 /// Bytes per chunk of the streaming reader: big enough for polars to parse in parallel, small enough
@@ -73,7 +72,7 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> 
 const CHUNK_BYTES: usize = 8 << 20;
 
 /// Reads `path` in chunks that end at a line break, calling `f` on each in order.
-fn for_each_chunk(path: &Path, mut f: impl FnMut(Vec<u8>) -> PolarsResult<()>) -> PolarsResult<()> {
+pub(super) fn for_each_chunk(path: &Path, mut f: impl FnMut(Vec<u8>) -> PolarsResult<()>) -> PolarsResult<()> {
     use std::io::{BufRead, Read};
     let file = std::fs::File::open(path)?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
@@ -187,7 +186,7 @@ fn first_bad_line(bytes: &[u8]) -> Option<(usize, String, String)> {
     None
 }
 
-fn line_problem(raw: &[u8]) -> Option<String> {
+pub(super) fn line_problem(raw: &[u8]) -> Option<String> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return None;
     }

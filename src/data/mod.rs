@@ -8,6 +8,7 @@ mod convert;
 mod expr;
 mod frame_fns;
 mod io;
+mod scan;
 
 pub use convert::{dynamic_to_json, from_records, json_to_dynamic, to_records};
 pub use expr::column;
@@ -116,7 +117,13 @@ pub fn svg_of(value: &Dynamic) -> Option<String> {
         .map(|p| p.svg.clone())
 }
 
+pub use scan::LazyJsonl;
+
 pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<LazyJsonl>("LazyFrame");
+    engine.register_fn("to_string", |l: &mut LazyJsonl| describe_lazy(l));
+    engine.register_fn("to_debug", |l: &mut LazyJsonl| describe_lazy(l));
+    engine.register_global_module(exported_module!(scan_functions).into());
     engine.register_type_with_name::<Frame>("DataFrame");
     engine.register_fn("to_string", |f: &mut Frame| format!("{}", f.df));
     engine.register_fn("to_debug", |f: &mut Frame| format!("{}", f.df));
@@ -127,6 +134,85 @@ pub fn register(engine: &mut Engine) {
 
 fn path_of(path: &str) -> std::path::PathBuf {
     crate::runtime_fns::resolve_path(path)
+}
+
+fn describe_lazy(l: &LazyJsonl) -> String {
+    format!(
+        "LazyFrame(scan {}, {} filter(s){})",
+        l.path.display(),
+        l.filters.len(),
+        l.columns.as_ref().map(|c| format!(", select {}", c.join(", "))).unwrap_or_default()
+    )
+}
+
+#[export_module]
+mod scan_functions {
+    use super::*;
+    use crate::data::expr::Expr;
+    use rhai::Array;
+
+    /// A lazy scan of a JSONL file: nothing is read until `collect`, `sink_jsonl` or `len`. Filters are
+    /// pushed into the scan: each line is parsed only as far as the filters need (the top-level keys
+    /// they read), and only the lines that pass are parsed whole, or not at all by `sink_jsonl`, which
+    /// copies them byte for byte. For big files and selective filters; the schema of `collect` is
+    /// inferred over the kept lines.
+    ///
+    /// ```rhai
+    /// let fsm = scan_jsonl("../../data/v2_sample.jsonl").filter(col("metadata.category") == "fsm");
+    /// assert_eq(fsm.collect().len(), load_jsonl("../../data/v2_sample.jsonl").filter(col("metadata.category") == "fsm").len());
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn scan_jsonl(path: &str) -> Result<LazyJsonl, Box<EvalAltResult>> {
+        Ok(LazyJsonl::new(path_of(path)))
+    }
+
+    /// Adds a filter to the scan (all filters must hold).
+    #[rhai_fn(name = "filter")]
+    pub fn lazy_filter(lf: &mut LazyJsonl, condition: Expr) -> LazyJsonl {
+        let mut out = lf.clone();
+        out.filters.push(condition.0);
+        out
+    }
+
+    /// Keeps only these columns (names or dotted paths) when collecting: the other keys are never parsed.
+    #[rhai_fn(name = "select", return_raw)]
+    pub fn lazy_select(lf: &mut LazyJsonl, columns: Array) -> Result<LazyJsonl, Box<EvalAltResult>> {
+        let mut names = Vec::new();
+        for (i, c) in columns.iter().enumerate() {
+            if !c.is_string() {
+                return Err(format!("select[{i}] on a LazyFrame must be a column name or dotted path, not a {}", c.type_name()).into());
+            }
+            names.push(c.to_string());
+        }
+        let mut out = lf.clone();
+        out.columns = Some(names);
+        Ok(out)
+    }
+
+    /// Reads the file and returns the kept rows (and selected columns) as a DataFrame.
+    #[rhai_fn(name = "collect", return_raw)]
+    pub fn lazy_collect(lf: &mut LazyJsonl) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(lf.collect()?)
+    }
+
+    /// Writes the kept lines to `path` exactly as they are in the source file, atomically, without
+    /// parsing them; returns how many.
+    ///
+    /// ```rhai
+    /// let n = scan_jsonl("../../data/v2_sample.jsonl").filter(col("metadata.source") == "synthetic-bug")
+    ///     .sink_jsonl("/tmp/rtlab-doc-bugs.jsonl");
+    /// assert_eq(load_jsonl("/tmp/rtlab-doc-bugs.jsonl").len(), n);
+    /// ```
+    #[rhai_fn(name = "sink_jsonl", return_raw)]
+    pub fn lazy_sink(lf: &mut LazyJsonl, path: &str) -> Result<i64, Box<EvalAltResult>> {
+        Ok(lf.sink_jsonl(&path_of(path))? as i64)
+    }
+
+    /// How many lines pass the filters (one streaming pass, nothing kept).
+    #[rhai_fn(name = "len", return_raw)]
+    pub fn lazy_len(lf: &mut LazyJsonl) -> Result<i64, Box<EvalAltResult>> {
+        Ok(lf.scan(false)?.rows as i64)
+    }
 }
 
 #[export_module]
