@@ -181,7 +181,11 @@ print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
         kept(&py_out),
         "rtlab and the Python loop must keep the same rows"
     );
-    assert_eq!(kept(&lz_out), kept(&py_out), "the lazy scan must keep the same rows");
+    assert_eq!(
+        kept(&lz_out),
+        kept(&py_out),
+        "the lazy scan must keep the same rows"
+    );
     println!("| job | time | peak memory | rtlab load_jsonl speedup | rtlab scan_jsonl speedup |");
     println!("| --- | --- | --- | --- | --- |");
     println!(

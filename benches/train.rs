@@ -27,14 +27,50 @@ struct Shape {
 }
 
 const SHAPES: [Shape; 3] = [
-    Shape { name: "tiny", arch: "llama", hidden: 64, layers: 2, heads: 4, kv_heads: 2, intermediate: 128, seq: 256, batch: 4, steps: 10, device: "cpu" },
+    Shape {
+        name: "tiny",
+        arch: "llama",
+        hidden: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 128,
+        seq: 256,
+        batch: 4,
+        steps: 10,
+        device: "cpu",
+    },
     // The same job with every step on rtlab's cubecl kernels through wgpu (lavapipe, Mesa's software
     // Vulkan, on a machine without a GPU: a correctness path there, not a fast one).
-    Shape { name: "tiny", arch: "llama", hidden: 64, layers: 2, heads: 4, kv_heads: 2, intermediate: 128, seq: 256, batch: 4, steps: 10, device: "wgpu" },
+    Shape {
+        name: "tiny",
+        arch: "llama",
+        hidden: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 128,
+        seq: 256,
+        batch: 4,
+        steps: 10,
+        device: "wgpu",
+    },
     // Qwen2.5-0.5B's body (896 hidden, 24 layers, 14 heads, 2 KV heads, 4864 MLP); the vocabulary is the
     // tiny byte tokenizer's 259, not 151,936, so the lm_head GEMM (≈ a third of the real model's FLOPs
     // per token) is left out.
-    Shape { name: "qwen2.5-0.5b-shaped", arch: "qwen2", hidden: 896, layers: 24, heads: 14, kv_heads: 2, intermediate: 4864, seq: 256, batch: 1, steps: 4, device: "cpu" },
+    Shape {
+        name: "qwen2.5-0.5b-shaped",
+        arch: "qwen2",
+        hidden: 896,
+        layers: 24,
+        heads: 14,
+        kv_heads: 2,
+        intermediate: 4864,
+        seq: 256,
+        batch: 1,
+        steps: 4,
+        device: "cpu",
+    },
 ];
 
 fn script(s: &Shape, dir: &std::path::Path) -> String {
@@ -83,8 +119,15 @@ fn make_model(s: &Shape, dir: &std::path::Path) {
     );
     let path = dir.join("make.rhai");
     std::fs::write(&path, code).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rtlab")).args(["run", "--no-cache", path.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_rtlab"))
+        .args(["run", "--no-cache", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn value(out: &str, key: &str) -> f64 {
@@ -102,7 +145,10 @@ fn main() {
     }
     println!("| model | device | rtlab train tokens/s | rtlab forward tokens/s | train / forward | rtlab peak RSS | PyTorch+PEFT train tokens/s | rtlab / PEFT | PEFT peak RSS |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for s in SHAPES.iter().filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s.name))) {
+    for s in SHAPES.iter().filter(|s| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x == s.name))
+    }) {
         // A tiny model's PyTorch baseline is measured once, on its CPU row.
         let dir = tempfile::tempdir().unwrap();
         make_model(s, dir.path());
@@ -115,7 +161,11 @@ fn main() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (train, fwd, peak) = (
             value(&stdout, "train_tokens_per_s"),
             value(&stdout, "forward_tokens_per_s"),
@@ -126,13 +176,20 @@ fn main() {
             None => (f64::NAN, f64::NAN),
             Some(py) => {
                 let out = Command::new(py)
-                    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/peft_train_step.py"))
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/tests/python/peft_train_step.py"
+                    ))
                     .arg(dir.path().join("model"))
                     .args([s.batch.to_string(), s.seq.to_string(), s.steps.to_string()])
                     .output()
                     .unwrap();
                 let text = String::from_utf8_lossy(&out.stdout).to_string();
-                assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 (value(&text, "tokens_per_s"), value(&text, "peak_mb"))
             }
         };
@@ -146,6 +203,10 @@ fn main() {
             train / fwd,
             train / peft
         );
-        eprintln!("  ({} took {:.1} s in all)", s.name, started.elapsed().as_secs_f64());
+        eprintln!(
+            "  ({} took {:.1} s in all)",
+            s.name,
+            started.elapsed().as_secs_f64()
+        );
     }
 }

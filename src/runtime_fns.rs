@@ -146,7 +146,8 @@ mod runtime_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn parse_json(text: &str) -> Result<Dynamic, Box<EvalAltResult>> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("parse_json: {e}"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("parse_json: {e}"))?;
         Ok(crate::data::json_to_dynamic(value))
     }
 
@@ -157,7 +158,9 @@ mod runtime_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn json(value: Dynamic) -> Result<String, Box<EvalAltResult>> {
-        Ok(crate::data::dynamic_to_json(&value).map_err(|e| format!("json: {e}"))?.to_string())
+        Ok(crate::data::dynamic_to_json(&value)
+            .map_err(|e| format!("json: {e}"))?
+            .to_string())
     }
 
     /// The value of an environment variable, or `()` when unset.

@@ -295,8 +295,16 @@ fn a_lazy_scan_keeps_what_the_eager_filter_keeps_across_chunks_and_sinks_lines_u
     assert_eq!(lines[0], lines[1], "lazy and eager keep the same rows");
     assert_eq!(lines[1], lines[2]);
     assert_eq!(lines[3], "true");
-    assert!(lines[4].contains("\"fsm\"") && lines[4].contains("\"mux\"") && !lines[4].contains("alu"), "{}", lines[4]);
-    assert!(lines[5].starts_with("LazyFrame(scan ") && lines[5].contains("1 filter(s)"), "{}", lines[5]);
+    assert!(
+        lines[4].contains("\"fsm\"") && lines[4].contains("\"mux\"") && !lines[4].contains("alu"),
+        "{}",
+        lines[4]
+    );
+    assert!(
+        lines[5].starts_with("LazyFrame(scan ") && lines[5].contains("1 filter(s)"),
+        "{}",
+        lines[5]
+    );
     let kept = std::fs::read_to_string(&out_path).unwrap();
     let expected: String = text
         .lines()
@@ -312,12 +320,24 @@ fn a_lazy_scan_names_the_bad_line_and_the_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rows.jsonl");
     std::fs::write(&path, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3, \"b\n").unwrap();
-    let e = err(&format!(r#"scan_jsonl("{}").filter(col("a") > 0).collect()"#, path.display()));
-    assert!(e.contains(&format!("{}:3:", path.display())) && e.contains("invalid JSON"), "{e}");
+    let e = err(&format!(
+        r#"scan_jsonl("{}").filter(col("a") > 0).collect()"#,
+        path.display()
+    ));
+    assert!(
+        e.contains(&format!("{}:3:", path.display())) && e.contains("invalid JSON"),
+        "{e}"
+    );
     let e = err(&format!(r#"scan_jsonl("{}").collect()"#, path.display()));
     assert!(e.contains(&format!("{}:3:", path.display())), "{e}");
     let e = err(r#"scan_jsonl("/nonexistent/rows.jsonl").len()"#);
-    assert!(e.contains("/nonexistent/rows.jsonl") && e.contains("no such file"), "{e}");
-    let e = err(&format!(r#"scan_jsonl("{}").filter(col("a") > 0).select([1])"#, path.display()));
+    assert!(
+        e.contains("/nonexistent/rows.jsonl") && e.contains("no such file"),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"scan_jsonl("{}").filter(col("a") > 0).select([1])"#,
+        path.display()
+    ));
     assert!(e.contains("select[0]"), "{e}");
 }

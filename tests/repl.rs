@@ -80,7 +80,8 @@ fn ctrl_c_cancels_a_long_loop_and_keeps_the_scope() {
     s.expect("rtlab> ").unwrap();
     // The marker is built at run time, so its text appears only once the evaluation has started, never
     // in the echo of the input: Ctrl-C must reach a running loop, not the line editor.
-    s.send_line("print(\"loop\" + \"ing now\"); let n = 0; loop { n += 1; }").unwrap();
+    s.send_line("print(\"loop\" + \"ing now\"); let n = 0; loop { n += 1; }")
+        .unwrap();
     s.expect("looping now").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     // Under load (CI runs these tests side by side on 2 cores) a ^C written to the pty was once lost

@@ -48,10 +48,24 @@ fn training_lowers_the_loss_and_eight_memorised_examples_come_back_under_greedy_
     let nums: Vec<f64> = lines[0].split(' ').map(|x| x.parse().unwrap()).collect();
     let (first, last, steps) = (nums[0], nums[1], nums[2]);
     assert_eq!(steps, 60.0);
-    assert!(first > 5.0, "a random model starts near ln(259) or above: {first}");
-    assert!(last < 0.1 * first, "the loss must fall by 90% at least: {first} -> {last}");
-    assert_eq!(lines[1], "8", "all eight memorised modules come back verbatim");
-    for f in ["adapter_config.json", "adapter_model.safetensors", "loss.svg", "run.json"] {
+    assert!(
+        first > 5.0,
+        "a random model starts near ln(259) or above: {first}"
+    );
+    assert!(
+        last < 0.1 * first,
+        "the loss must fall by 90% at least: {first} -> {last}"
+    );
+    assert_eq!(
+        lines[1], "8",
+        "all eight memorised modules come back verbatim"
+    );
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "loss.svg",
+        "run.json",
+    ] {
         assert!(out.join(f).exists(), "{f} written");
     }
 }
@@ -75,7 +89,10 @@ fn run_script(dir: &Path, code: &str, fault: Option<&str>) -> Run {
     let script = dir.join(format!("s{}.rhai", fault.is_some() as u8));
     std::fs::write(&script, code).unwrap();
     let mut cmd = rtlab();
-    cmd.arg("run").arg("--no-cache").arg(&script).env("RTLAB_HOME", dir.join(".rtlab"));
+    cmd.arg("run")
+        .arg("--no-cache")
+        .arg(&script)
+        .env("RTLAB_HOME", dir.join(".rtlab"));
     if let Some(f) = fault {
         cmd.env("RTLAB_FAULT_CHECKPOINT", f);
     }
@@ -83,28 +100,55 @@ fn run_script(dir: &Path, code: &str, fault: Option<&str>) -> Run {
 }
 
 #[test]
-fn a_kill_during_a_checkpoint_keeps_the_last_good_one_and_resuming_reproduces_the_uninterrupted_curve() {
+fn a_kill_during_a_checkpoint_keeps_the_last_good_one_and_resuming_reproduces_the_uninterrupted_curve(
+) {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("tiny");
     // Uninterrupted: 8 examples / (2 × 2) = 2 steps per epoch, 6 steps.
-    let whole = run_script(tmp.path(), &resume_script(&base, &tmp.path().join("whole")), None);
+    let whole = run_script(
+        tmp.path(),
+        &resume_script(&base, &tmp.path().join("whole")),
+        None,
+    );
     assert_eq!(whole.code, 0, "{}", whole.stderr);
-    assert!(whole.stdout.starts_with("resumed_from=\n") || whole.stdout.starts_with("resumed_from=()"), "{}", whole.stdout);
+    assert!(
+        whole.stdout.starts_with("resumed_from=\n") || whole.stdout.starts_with("resumed_from=()"),
+        "{}",
+        whole.stdout
+    );
 
     // Killed while writing the step-4 checkpoint: step 2's survives, the half-written one is ignored.
     let out = tmp.path().join("killed");
-    let killed = run_script(tmp.path(), &resume_script(&base, &out), Some("abort-before-rename-4"));
+    let killed = run_script(
+        tmp.path(),
+        &resume_script(&base, &out),
+        Some("abort-before-rename-4"),
+    );
     assert_ne!(killed.code, 0, "the fault must kill the run");
-    let ckpts: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    let ckpts: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
     assert!(ckpts.contains(&"step-00000002".to_string()), "{ckpts:?}");
-    assert!(!ckpts.iter().any(|c| c == "step-00000004"), "a half-written checkpoint never takes a final name: {ckpts:?}");
+    assert!(
+        !ckpts.iter().any(|c| c == "step-00000004"),
+        "a half-written checkpoint never takes a final name: {ckpts:?}"
+    );
 
     let resumed = run_script(tmp.path(), &resume_script(&base, &out), None);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
-    assert!(resumed.stdout.starts_with("resumed_from=2\n"), "{}", resumed.stdout);
+    assert!(
+        resumed.stdout.starts_with("resumed_from=2\n"),
+        "{}",
+        resumed.stdout
+    );
     let curve = |s: &str| s.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
     assert_eq!(curve(&resumed.stdout).len(), 6);
-    assert_eq!(curve(&resumed.stdout), curve(&whole.stdout), "the resumed curve is the uninterrupted one, bit for bit");
+    assert_eq!(
+        curve(&resumed.stdout),
+        curve(&whole.stdout),
+        "the resumed curve is the uninterrupted one, bit for bit"
+    );
 }
 
 #[test]
@@ -143,34 +187,62 @@ fn bad(options: &str) -> String {
         tiny = tiny(&base),
         base = base.display()
     ));
-    assert!(!out.exists(), "refused input must leave no run directory: {e}");
+    assert!(
+        !out.exists(),
+        "refused input must leave no run directory: {e}"
+    );
     e
 }
 
 #[test]
 fn bad_input_is_refused_before_any_work_with_what_to_do() {
     let e = bad(r#"base: "/nonexistent/model", data: data, out: "/tmp/x""#);
-    assert!(e.contains("/nonexistent/model: no such model directory"), "{e}");
+    assert!(
+        e.contains("/nonexistent/model: no such model directory"),
+        "{e}"
+    );
 
     let tmp = tempfile::tempdir().unwrap();
-    let e = bad(&format!(r#"base: "{}", data: data, out: "/tmp/x""#, tmp.path().display()));
+    let e = bad(&format!(
+        r#"base: "{}", data: data, out: "/tmp/x""#,
+        tmp.path().display()
+    ));
     assert!(e.contains("missing config.json"), "{e}");
 
-    std::fs::write(tmp.path().join("config.json"), r#"{"architectures": ["GPT2LMHeadModel"]}"#).unwrap();
-    let e = bad(&format!(r#"base: "{}", data: data, out: "/tmp/x""#, tmp.path().display()));
-    assert!(e.contains("unsupported architecture \"GPT2LMHeadModel\""), "{e}");
+    std::fs::write(
+        tmp.path().join("config.json"),
+        r#"{"architectures": ["GPT2LMHeadModel"]}"#,
+    )
+    .unwrap();
+    let e = bad(&format!(
+        r#"base: "{}", data: data, out: "/tmp/x""#,
+        tmp.path().display()
+    ));
+    assert!(
+        e.contains("unsupported architecture \"GPT2LMHeadModel\""),
+        "{e}"
+    );
 
     let e = bad(r#"base: base, data: data, out: "/tmp/x", prompt_col: "question""#);
-    assert!(e.contains("no column \"question\"") && e.contains("columns: instruction, output"), "{e}");
+    assert!(
+        e.contains("no column \"question\"") && e.contains("columns: instruction, output"),
+        "{e}"
+    );
 
     let e = bad(r#"base: base, data: data, out: "/tmp/x", r: 0"#);
-    assert!(e.contains("r (the LoRA rank) must be a whole number ≥ 1, got 0"), "{e}");
+    assert!(
+        e.contains("r (the LoRA rank) must be a whole number ≥ 1, got 0"),
+        "{e}"
+    );
 
     let e = bad(r#"base: base, data: data.filter(col("instruction") == "none"), out: "/tmp/x""#);
     assert!(e.contains("the dataset has no rows"), "{e}");
 
     let e = bad(r#"base: base, data: data, out: "/tmp/x", max_len: 12"#);
-    assert!(e.contains("row 0: the prompt is") && e.contains("max_len is 12"), "{e}");
+    assert!(
+        e.contains("row 0: the prompt is") && e.contains("max_len is 12"),
+        "{e}"
+    );
 
     let e = bad(r#"base: base, data: data, out: "/tmp/x", target_modules: ["qkv"]"#);
     assert!(e.contains("unknown target module \"qkv\""), "{e}");
@@ -207,7 +279,8 @@ fn skipping_prompts_that_do_not_fit_reports_their_rows() {
 
 /// Python with torch, transformers and peft, for the cross-check against the reference implementation.
 fn python_with_peft() -> String {
-    std::env::var("RTLAB_PYTHON").expect("set RTLAB_PYTHON to a Python that has torch, transformers and peft")
+    std::env::var("RTLAB_PYTHON")
+        .expect("set RTLAB_PYTHON to a Python that has torch, transformers and peft")
 }
 
 fn python(args: &[&str]) -> String {
@@ -216,7 +289,11 @@ fn python(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -237,14 +314,34 @@ fn peft_reads_rtlab_adapters_and_rtlab_reads_peft_adapters_with_the_same_logits(
             base = base.display(),
             out = out.display()
         ));
-        let printed = python(&["check", &base.display().to_string(), &out.display().to_string(), text, &out.join("logits.json").display().to_string()]);
-        let err: f64 = printed.trim().strip_prefix("max_rel_err=").unwrap().parse().unwrap();
+        let printed = python(&[
+            "check",
+            &base.display().to_string(),
+            &out.display().to_string(),
+            text,
+            &out.join("logits.json").display().to_string(),
+        ]);
+        let err: f64 = printed
+            .trim()
+            .strip_prefix("max_rel_err=")
+            .unwrap()
+            .parse()
+            .unwrap();
         eprintln!("{arch}: rtlab's adapter in PEFT: max relative logit difference {err:.2e}");
-        assert!(err < 1e-4, "{arch}: rtlab's adapter in PEFT: logits differ by {err}");
+        assert!(
+            err < 1e-4,
+            "{arch}: rtlab's adapter in PEFT: logits differ by {err}"
+        );
 
         // An adapter PEFT made (random B, four target modules), read by rtlab.
         let theirs = tmp.path().join("peft-made");
-        python(&["make", &base.display().to_string(), &theirs.display().to_string(), text, &tmp.path().join("peft.json").display().to_string()]);
+        python(&[
+            "make",
+            &base.display().to_string(),
+            &theirs.display().to_string(),
+            text,
+            &tmp.path().join("peft.json").display().to_string(),
+        ]);
         let printed = ok(&format!(
             r#"let mine = load_model("{base}", #{{adapter: "{theirs}"}}).logits("{text}");
             let theirs = parse_json(read_text("{json}"));
@@ -260,7 +357,10 @@ fn peft_reads_rtlab_adapters_and_rtlab_reads_peft_adapters_with_the_same_logits(
         ));
         let worst: f64 = printed.trim().parse().unwrap();
         eprintln!("{arch}: PEFT's adapter in rtlab: max absolute logit difference {worst:.2e}");
-        assert!(worst < 1e-4, "{arch}: PEFT's adapter in rtlab: logits differ by {worst}");
+        assert!(
+            worst < 1e-4,
+            "{arch}: PEFT's adapter in rtlab: logits differ by {worst}"
+        );
     }
 }
 
@@ -282,7 +382,10 @@ fn the_wgpu_step_on_rtlabs_cubecl_kernels_trains_like_the_cpu_step() {
             out = tmp.path().join(device).display()
         ));
         let lines: Vec<String> = printed.lines().map(str::to_string).collect();
-        let losses: Vec<f64> = lines[..lines.len() - 1].iter().map(|l| l.parse().unwrap()).collect();
+        let losses: Vec<f64> = lines[..lines.len() - 1]
+            .iter()
+            .map(|l| l.parse().unwrap())
+            .collect();
         let logits: Vec<Vec<f64>> = serde_json::from_str(lines.last().unwrap()).unwrap();
         (losses, logits)
     };
@@ -290,9 +393,24 @@ fn the_wgpu_step_on_rtlabs_cubecl_kernels_trains_like_the_cpu_step() {
     let (gpu_loss, gpu_logits) = run("wgpu");
     assert_eq!(cpu_loss.len(), 8);
     for (step, (c, g)) in cpu_loss.iter().zip(&gpu_loss).enumerate() {
-        assert!((c - g).abs() <= 1e-4 * c.abs().max(1.0), "step {}: cpu loss {c}, wgpu loss {g}", step + 1);
+        assert!(
+            (c - g).abs() <= 1e-4 * c.abs().max(1.0),
+            "step {}: cpu loss {c}, wgpu loss {g}",
+            step + 1
+        );
     }
-    assert!(gpu_loss[7] < 0.8 * gpu_loss[0], "the wgpu run learns: {gpu_loss:?}");
-    let worst = cpu_logits.iter().flatten().zip(gpu_logits.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(worst < 1e-3, "the adapters trained on the two devices give logits {worst} apart");
+    assert!(
+        gpu_loss[7] < 0.8 * gpu_loss[0],
+        "the wgpu run learns: {gpu_loss:?}"
+    );
+    let worst = cpu_logits
+        .iter()
+        .flatten()
+        .zip(gpu_logits.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-3,
+        "the adapters trained on the two devices give logits {worst} apart"
+    );
 }

@@ -72,7 +72,10 @@ pub fn frame_from_jsonl_bytes(bytes: &[u8], shown: &str) -> Result<DataFrame, Da
 const CHUNK_BYTES: usize = 8 << 20;
 
 /// Reads `path` in chunks that end at a line break, calling `f` on each in order.
-pub(super) fn for_each_chunk(path: &Path, mut f: impl FnMut(Vec<u8>) -> PolarsResult<()>) -> PolarsResult<()> {
+pub(super) fn for_each_chunk(
+    path: &Path,
+    mut f: impl FnMut(Vec<u8>) -> PolarsResult<()>,
+) -> PolarsResult<()> {
     use std::io::{BufRead, Read};
     let file = std::fs::File::open(path)?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);

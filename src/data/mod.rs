@@ -141,7 +141,10 @@ fn describe_lazy(l: &LazyJsonl) -> String {
         "LazyFrame(scan {}, {} filter(s){})",
         l.path.display(),
         l.filters.len(),
-        l.columns.as_ref().map(|c| format!(", select {}", c.join(", "))).unwrap_or_default()
+        l.columns
+            .as_ref()
+            .map(|c| format!(", select {}", c.join(", ")))
+            .unwrap_or_default()
     )
 }
 
@@ -176,11 +179,18 @@ mod scan_functions {
 
     /// Keeps only these columns (names or dotted paths) when collecting: the other keys are never parsed.
     #[rhai_fn(name = "select", return_raw)]
-    pub fn lazy_select(lf: &mut LazyJsonl, columns: Array) -> Result<LazyJsonl, Box<EvalAltResult>> {
+    pub fn lazy_select(
+        lf: &mut LazyJsonl,
+        columns: Array,
+    ) -> Result<LazyJsonl, Box<EvalAltResult>> {
         let mut names = Vec::new();
         for (i, c) in columns.iter().enumerate() {
             if !c.is_string() {
-                return Err(format!("select[{i}] on a LazyFrame must be a column name or dotted path, not a {}", c.type_name()).into());
+                return Err(format!(
+                    "select[{i}] on a LazyFrame must be a column name or dotted path, not a {}",
+                    c.type_name()
+                )
+                .into());
             }
             names.push(c.to_string());
         }

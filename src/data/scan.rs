@@ -46,7 +46,8 @@ impl<'de> Visitor<'de> for Projector<'_> {
                     self.out.push(b',');
                 }
                 first = false;
-                serde_json::to_writer(&mut *self.out, key.as_ref()).map_err(serde::de::Error::custom)?;
+                serde_json::to_writer(&mut *self.out, key.as_ref())
+                    .map_err(serde::de::Error::custom)?;
                 self.out.push(b':');
                 self.out.extend_from_slice(raw.get().as_bytes());
             } else {
@@ -60,7 +61,8 @@ impl<'de> Visitor<'de> for Projector<'_> {
 
 fn project_line(line: &[u8], keys: &[String], out: &mut Vec<u8>) -> Result<(), String> {
     let mut de = serde_json::Deserializer::from_slice(line);
-    de.deserialize_map(Projector { keys, out }).map_err(|e| e.to_string())?;
+    de.deserialize_map(Projector { keys, out })
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())
 }
 
@@ -82,7 +84,11 @@ fn top_keys(exprs: &[Expr], paths: &[String]) -> Vec<String> {
                 _ => None,
             })
         })
-        .chain(paths.iter().map(|p| p.split('.').next().unwrap_or(p).to_string()))
+        .chain(
+            paths
+                .iter()
+                .map(|p| p.split('.').next().unwrap_or(p).to_string()),
+        )
         .collect();
     keys.sort();
     keys.dedup();
@@ -122,16 +128,23 @@ fn scan_chunk(
     }
     let mut keep = vec![true; spans.len()];
     if spans.is_empty() {
-        return Ok(ChunkResult { kept_raw: vec![], kept_projected: vec![], kept: 0, lines });
+        return Ok(ChunkResult {
+            kept_raw: vec![],
+            kept_projected: vec![],
+            kept: 0,
+            lines,
+        });
     }
     if let Some(pred) = predicate {
         let mut mini = Vec::with_capacity(spans.len() * 64);
         for &(i, s, e) in &spans {
             let raw = &chunk[s..e];
-            project_line(raw, filter_keys, &mut mini).map_err(|reason| match std::str::from_utf8(raw) {
-                Err(u) => bad(i, format!("invalid UTF-8 at byte {}", u.valid_up_to()), raw),
-                Ok(_) => bad(i, format!("invalid JSON ({reason})"), raw),
-            })?;
+            project_line(raw, filter_keys, &mut mini).map_err(
+                |reason| match std::str::from_utf8(raw) {
+                    Err(u) => bad(i, format!("invalid UTF-8 at byte {}", u.valid_up_to()), raw),
+                    Ok(_) => bad(i, format!("invalid JSON ({reason})"), raw),
+                },
+            )?;
         }
         let df = JsonReader::new(Cursor::new(mini.as_slice()))
             .with_json_format(JsonFormat::JsonLines)
@@ -142,11 +155,19 @@ fn scan_chunk(
             .lazy()
             .select([pred.clone().alias("keep")])
             .collect()
-            .map_err(|e| DataError::Invalid(format!("{shown} (lines {}..{}): filter: {e}", first_line, first_line + lines)))?;
+            .map_err(|e| {
+                DataError::Invalid(format!(
+                    "{shown} (lines {}..{}): filter: {e}",
+                    first_line,
+                    first_line + lines
+                ))
+            })?;
         let mask = mask
             .column("keep")
             .and_then(|c| c.bool().cloned())
-            .map_err(|e| DataError::Invalid(format!("{shown}: a filter must give true/false: {e}")))?;
+            .map_err(|e| {
+                DataError::Invalid(format!("{shown}: a filter must give true/false: {e}"))
+            })?;
         let values = mask.downcast_iter().flat_map(|arr| arr.iter());
         for (k, v) in keep.iter_mut().zip(values) {
             *k = v.unwrap_or(false);
@@ -213,7 +234,9 @@ impl LazyJsonl {
             (Some(cols), true) => top_keys(&[], cols),
             _ => Vec::new(),
         };
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut out = Scanned {
             raw: Vec::new(),
             projected: Vec::new(),
@@ -221,25 +244,34 @@ impl LazyJsonl {
         };
         let mut line_base = 1;
         let mut batch: Vec<Vec<u8>> = Vec::new();
-        let flush = |batch: &mut Vec<Vec<u8>>, out: &mut Scanned, line_base: &mut usize| -> Result<(), DataError> {
+        let flush = |batch: &mut Vec<Vec<u8>>,
+                     out: &mut Scanned,
+                     line_base: &mut usize|
+         -> Result<(), DataError> {
             // Line numbers of each chunk: the lines before it, counted by the main thread.
             let mut bases = Vec::with_capacity(batch.len());
             for chunk in batch.iter() {
                 bases.push(*line_base);
-                *line_base += chunk.iter().filter(|b| **b == b'\n').count() + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
+                *line_base += chunk.iter().filter(|b| **b == b'\n').count()
+                    + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
             }
             let results: Vec<Result<ChunkResult, DataError>> = std::thread::scope(|s| {
                 let handles: Vec<_> = batch
                     .iter()
                     .zip(&bases)
                     .map(|(chunk, &base)| {
-                        let (fk, kk, pred, shown) = (&filter_keys, &keep_keys, predicate.as_ref(), &shown);
+                        let (fk, kk, pred, shown) =
+                            (&filter_keys, &keep_keys, predicate.as_ref(), &shown);
                         s.spawn(move || scan_chunk(chunk, fk, kk, pred, shown, base))
                     })
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(DataError::Invalid("scan_jsonl: a worker panicked".into()))))
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(DataError::Invalid("scan_jsonl: a worker panicked".into()))
+                        })
+                    })
                     .collect()
             });
             for r in results {
@@ -275,7 +307,11 @@ impl LazyJsonl {
     pub fn collect(&self) -> Result<Frame, DataError> {
         let scanned = self.scan(self.columns.is_some())?;
         let shown = self.path.display().to_string();
-        let bytes = if self.columns.is_some() { &scanned.projected } else { &scanned.raw };
+        let bytes = if self.columns.is_some() {
+            &scanned.projected
+        } else {
+            &scanned.raw
+        };
         let df = super::io::frame_from_jsonl_bytes(bytes, &shown)?;
         match &self.columns {
             None => Ok(Frame::new(df)),

@@ -113,7 +113,10 @@ impl Model {
             (local_path(model), text("adapter").map(local_path))
         } else {
             if text("adapter").is_some() {
-                return Err("llm: adapter is for provider \"local\"; a server loads its own adapters".into());
+                return Err(
+                    "llm: adapter is for provider \"local\"; a server loads its own adapters"
+                        .into(),
+                );
             }
             (model, None)
         };
@@ -196,7 +199,8 @@ impl Model {
                     .ok()
                     .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
             };
-            canonical["adapter"] = serde_json::json!(self.cfg.adapter.as_deref().map(|a| (a, stamp(a))));
+            canonical["adapter"] =
+                serde_json::json!(self.cfg.adapter.as_deref().map(|a| (a, stamp(a))));
             canonical["template"] = serde_json::json!(self.cfg.template);
         }
         blake3::hash(canonical.to_string().as_bytes())

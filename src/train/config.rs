@@ -49,7 +49,8 @@ impl ModelConfig {
         })?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| TrainError::Input(format!("{}: not valid JSON: {e}", path.display())))?;
-        ModelConfig::from_json(&v).map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))
+        ModelConfig::from_json(&v)
+            .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))
     }
 
     pub fn from_json(v: &Value) -> Result<ModelConfig, String> {

@@ -24,8 +24,12 @@ pub fn load_tokenizer(dir: &std::path::Path) -> Result<Tokenizer, TrainError> {
             dir.display()
         )));
     }
-    Tokenizer::from_file(&path)
-        .map_err(|e| TrainError::Input(format!("{}: cannot read the tokenizer: {e}", path.display())))
+    Tokenizer::from_file(&path).map_err(|e| {
+        TrainError::Input(format!(
+            "{}: cannot read the tokenizer: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// The end-of-sequence id: config.json's `eos_token_id`, else the tokenizer's usual names.
@@ -33,7 +37,13 @@ pub fn eos_id(tok: &Tokenizer, from_config: Option<u32>) -> Result<u32, TrainErr
     if let Some(id) = from_config {
         return Ok(id);
     }
-    for name in ["<|endoftext|>", "</s>", "<|im_end|>", "<|end_of_text|>", "<eos>"] {
+    for name in [
+        "<|endoftext|>",
+        "</s>",
+        "<|im_end|>",
+        "<|end_of_text|>",
+        "<eos>",
+    ] {
         if let Some(id) = tok.token_to_id(name) {
             return Ok(id);
         }

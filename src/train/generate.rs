@@ -39,7 +39,11 @@ impl Default for GenOptions {
 }
 
 impl LocalModel {
-    pub fn load(dir: &Path, adapter: Option<&Path>, template: Option<String>) -> Result<LocalModel, TrainError> {
+    pub fn load(
+        dir: &Path,
+        adapter: Option<&Path>,
+        template: Option<String>,
+    ) -> Result<LocalModel, TrainError> {
         let cfg = ModelConfig::from_dir(dir)?;
         let tokenizer = examples::load_tokenizer(dir)?;
         let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
@@ -98,7 +102,9 @@ impl LocalModel {
             if crate::engine::cancel_requested() {
                 break;
             }
-            let logits = self.model.forward(&input, Some(&mut cache), &mut Pass::inference())?;
+            let logits = self
+                .model
+                .forward(&input, Some(&mut cache), &mut Pass::inference())?;
             let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
             let next = pick(&last, o, &mut rng)?;
             if next == self.eos {
@@ -120,7 +126,8 @@ fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Resul
     if o.temperature <= 0.0 {
         return logits.argmax(D::Minus1)?.to_scalar::<u32>();
     }
-    let probs: Vec<f32> = softmax_last(&(logits.to_dtype(DType::F32)? / o.temperature)?)?.to_vec1()?;
+    let probs: Vec<f32> =
+        softmax_last(&(logits.to_dtype(DType::F32)? / o.temperature)?)?.to_vec1()?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let mut kept = Vec::new();

@@ -39,7 +39,10 @@ pub struct GpuStep {
 }
 
 fn flat(t: &Tensor) -> Result<(Vec<usize>, Vec<f32>), TrainError> {
-    Ok((t.dims().to_vec(), t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
+    Ok((
+        t.dims().to_vec(),
+        t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+    ))
 }
 
 impl GpuStep {
@@ -81,7 +84,9 @@ impl GpuStep {
         let mut per_module: HashMap<String, [Vec<f32>; 4]> = HashMap::new();
         for (name, m, v) in moments {
             let (module, which) = name.rsplit_once('.').unwrap_or((name, ""));
-            let slot = per_module.entry(module.to_string()).or_insert_with(|| [vec![], vec![], vec![], vec![]]);
+            let slot = per_module
+                .entry(module.to_string())
+                .or_insert_with(|| [vec![], vec![], vec![], vec![]]);
             let base = if which == "lora_A" { 0 } else { 2 };
             slot[base] = flat(m)?.1;
             slot[base + 1] = flat(v)?.1;
@@ -100,15 +105,28 @@ impl GpuStep {
         let rows = ids.len() / b.width.max(1);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let p = self.dropout;
-        let mut masks = |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng));
-        let loss = self
-            .llama
-            .forward_backward(ids, targets, mask, rows, b.width, denominator as f32, &mut masks)?;
+        let mut masks =
+            |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng));
+        let loss = self.llama.forward_backward(
+            ids,
+            targets,
+            mask,
+            rows,
+            b.width,
+            denominator as f32,
+            &mut masks,
+        )?;
         Ok(loss as f64)
     }
 
     /// Clips, steps AdamW (step `t`, 1-based) and clears the gradients; returns the pre-clip norm.
-    pub fn finish(&mut self, lr: f64, weight_decay: f64, max_norm: f64, t: usize) -> Result<f64, TrainError> {
+    pub fn finish(
+        &mut self,
+        lr: f64,
+        weight_decay: f64,
+        max_norm: f64,
+        t: usize,
+    ) -> Result<f64, TrainError> {
         let norm = self.llama.grad_norm()? as f64;
         if max_norm > 0.0 && norm > max_norm {
             self.llama.scale_grads((max_norm / (norm + 1e-6)) as f32)?;
@@ -126,7 +144,10 @@ impl GpuStep {
     }
 
     /// Copies the adapters into the model's variables, and returns the moments per variable name.
-    pub fn download(&self, model: &CausalLm) -> Result<HashMap<String, (Tensor, Tensor)>, TrainError> {
+    pub fn download(
+        &self,
+        model: &CausalLm,
+    ) -> Result<HashMap<String, (Tensor, Tensor)>, TrainError> {
         let adapters = self.llama.adapters()?;
         let dev = &model.device;
         for (path, l) in model.adapters() {
@@ -143,8 +164,12 @@ impl GpuStep {
                 .into_iter()
                 .find(|(p, _)| *p == path)
                 .map(|(_, l)| (l.a.shape().clone(), l.b.shape().clone()))
-                .ok_or_else(|| TrainError::Input(format!("GPU moments for unknown adapter {path}")))?;
-            let t = |v: Vec<f32>, s: &candle_core::Shape| Tensor::from_vec(v, s.clone(), dev)?.to_dtype(model.dtype);
+                .ok_or_else(|| {
+                    TrainError::Input(format!("GPU moments for unknown adapter {path}"))
+                })?;
+            let t = |v: Vec<f32>, s: &candle_core::Shape| {
+                Tensor::from_vec(v, s.clone(), dev)?.to_dtype(model.dtype)
+            };
             out.insert(format!("{path}.lora_A"), (t(ma, &l.0)?, t(va, &l.0)?));
             out.insert(format!("{path}.lora_B"), (t(mb, &l.1)?, t(vb, &l.1)?));
         }

@@ -18,10 +18,10 @@ pub mod generate;
 pub mod gpu;
 pub mod model;
 pub mod peft;
-pub mod tiny;
-pub mod trainer;
 #[cfg(test)]
 mod tests;
+pub mod tiny;
+pub mod trainer;
 
 use crate::data::Frame;
 use candle_core::{DType, Device};
@@ -78,9 +78,32 @@ struct TrainRequest {
 }
 
 const OPTIONS: [&str; 27] = [
-    "base", "data", "prompt_col", "response_col", "template", "r", "alpha", "dropout", "target_modules",
-    "rslora", "lr", "epochs", "batch_size", "grad_accum", "max_len", "warmup", "schedule", "seed", "out",
-    "device", "checkpoint_every", "resume", "fresh", "weight_decay", "max_grad_norm", "max_steps",
+    "base",
+    "data",
+    "prompt_col",
+    "response_col",
+    "template",
+    "r",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "rslora",
+    "lr",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "max_len",
+    "warmup",
+    "schedule",
+    "seed",
+    "out",
+    "device",
+    "checkpoint_every",
+    "resume",
+    "fresh",
+    "weight_decay",
+    "max_grad_norm",
+    "max_steps",
     "on_too_long",
 ];
 
@@ -97,7 +120,9 @@ fn num(o: &Map, k: &str, default: f64) -> Result<f64, TrainError> {
 fn count(o: &Map, k: &str, default: usize, min: usize) -> Result<usize, TrainError> {
     let v = num(o, k, default as f64)?;
     if v.fract() != 0.0 || v < min as f64 {
-        return Err(bad(format!("train_lora: {k} must be a whole number ≥ {min}, got {v}")));
+        return Err(bad(format!(
+            "train_lora: {k} must be a whole number ≥ {min}, got {v}"
+        )));
     }
     Ok(v as usize)
 }
@@ -109,19 +134,29 @@ fn text(o: &Map, k: &str) -> Option<String> {
 fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
     match o.get(k) {
         None => Ok(default),
-        Some(v) => v.as_bool().map_err(|_| bad(format!("train_lora: {k} must be true or false"))),
+        Some(v) => v
+            .as_bool()
+            .map_err(|_| bad(format!("train_lora: {k} must be true or false"))),
     }
 }
 
 fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     for k in o.keys() {
         if !OPTIONS.contains(&k.as_str()) {
-            return Err(bad(format!("train_lora: unknown option {k:?}; options are {}", OPTIONS.join(", "))));
+            return Err(bad(format!(
+                "train_lora: unknown option {k:?}; options are {}",
+                OPTIONS.join(", ")
+            )));
         }
     }
-    let base = text(o, "base").ok_or_else(|| bad("train_lora: pass base: \"path/to/hf-model-dir\""))?;
+    let base =
+        text(o, "base").ok_or_else(|| bad("train_lora: pass base: \"path/to/hf-model-dir\""))?;
     let data = match o.get("data") {
-        None => return Err(bad("train_lora: pass data: a DataFrame or the path of a JSONL file")),
+        None => {
+            return Err(bad(
+                "train_lora: pass data: a DataFrame or the path of a JSONL file",
+            ))
+        }
         Some(d) if d.is::<Frame>() => d.clone_cast::<Frame>(),
         Some(d) if d.is_string() => {
             let path = crate::runtime_fns::resolve_path(&d.to_string());
@@ -130,11 +165,18 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
             crate::runtime_fns::note_input(&path);
             loaded.frame
         }
-        Some(d) => return Err(bad(format!("train_lora: data must be a DataFrame or a path, got {}", d.type_name()))),
+        Some(d) => {
+            return Err(bad(format!(
+                "train_lora: data must be a DataFrame or a path, got {}",
+                d.type_name()
+            )))
+        }
     };
     let r = num(o, "r", 64.0)?;
     if r < 1.0 || r.fract() != 0.0 {
-        return Err(bad(format!("train_lora: r (the LoRA rank) must be a whole number ≥ 1, got {r}")));
+        return Err(bad(format!(
+            "train_lora: r (the LoRA rank) must be a whole number ≥ 1, got {r}"
+        )));
     }
     let alpha = num(o, "alpha", 2.0 * r)?;
     if alpha <= 0.0 {
@@ -142,18 +184,28 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     }
     let dropout = num(o, "dropout", 0.05)?;
     if !(0.0..1.0).contains(&dropout) {
-        return Err(bad(format!("train_lora: dropout must be in [0, 1), got {dropout}")));
+        return Err(bad(format!(
+            "train_lora: dropout must be in [0, 1), got {dropout}"
+        )));
     }
     let target_modules: Vec<String> = match o.get("target_modules") {
         None => ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
         Some(v) => {
-            let arr = v.clone().into_array().map_err(|_| bad("train_lora: target_modules must be an array of names"))?;
+            let arr = v
+                .clone()
+                .into_array()
+                .map_err(|_| bad("train_lora: target_modules must be an array of names"))?;
             let names: Vec<String> = arr.iter().map(|x| x.to_string()).collect();
             if let Some(n) = names.iter().find(|n| !ALL_TARGETS.contains(&n.as_str())) {
-                return Err(bad(format!("train_lora: unknown target module {n:?}; choose from {}", ALL_TARGETS.join(", "))));
+                return Err(bad(format!(
+                    "train_lora: unknown target module {n:?}; choose from {}",
+                    ALL_TARGETS.join(", ")
+                )));
             }
             if names.is_empty() {
-                return Err(bad("train_lora: target_modules is empty: nothing would be trained"));
+                return Err(bad(
+                    "train_lora: target_modules is empty: nothing would be trained",
+                ));
             }
             names
         }
@@ -166,7 +218,11 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         "cosine" => Schedule::Cosine,
         "linear" => Schedule::Linear,
         "constant" => Schedule::Constant,
-        other => return Err(bad(format!("train_lora: schedule {other:?}: use \"cosine\", \"linear\" or \"constant\""))),
+        other => {
+            return Err(bad(format!(
+                "train_lora: schedule {other:?}: use \"cosine\", \"linear\" or \"constant\""
+            )))
+        }
     };
     let device = match text(o, "device").as_deref().unwrap_or("auto") {
         // On a machine without CUDA, the wgpu path is a software rasterizer at best (lavapipe runs the
@@ -174,12 +230,20 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         "auto" if cfg!(feature = "cuda") => "cuda".to_string(),
         "auto" | "cpu" => "cpu".to_string(),
         d @ ("wgpu" | "cuda") => d.to_string(),
-        other => return Err(bad(format!("train_lora: device {other:?}: use \"auto\", \"cpu\", \"wgpu\" or \"cuda\""))),
+        other => {
+            return Err(bad(format!(
+                "train_lora: device {other:?}: use \"auto\", \"cpu\", \"wgpu\" or \"cuda\""
+            )))
+        }
     };
     let on_too_long = match text(o, "on_too_long").as_deref().unwrap_or("error") {
         "error" => TooLong::Error,
         "skip" => TooLong::Skip,
-        other => return Err(bad(format!("train_lora: on_too_long {other:?}: use \"error\" or \"skip\""))),
+        other => {
+            return Err(bad(format!(
+                "train_lora: on_too_long {other:?}: use \"error\" or \"skip\""
+            )))
+        }
     };
     let max_steps = match o.get("max_steps") {
         None => None,
@@ -187,7 +251,9 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     };
     let template = text(o, "template").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
     if !template.contains("{prompt}") {
-        return Err(bad(format!("train_lora: the template {template:?} has no {{prompt}}: where should the prompt go?")));
+        return Err(bad(format!(
+            "train_lora: the template {template:?} has no {{prompt}}: where should the prompt go?"
+        )));
     }
     let out = text(o, "out").ok_or_else(|| bad("train_lora: pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)"))?;
     Ok(TrainRequest {
@@ -227,7 +293,11 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
 }
 
 /// The (prompt, response) pairs of the named columns; an error lists the columns there are.
-fn pairs_of(frame: &Frame, prompt_col: &str, response_col: &str) -> Result<Vec<(String, String)>, TrainError> {
+fn pairs_of(
+    frame: &Frame,
+    prompt_col: &str,
+    response_col: &str,
+) -> Result<Vec<(String, String)>, TrainError> {
     let column = |name: &str, role: &str| {
         crate::data::string_values(frame, name).map_err(|_| {
             let cols: Vec<String> = frame.df.get_column_names().iter().map(|c| c.to_string()).collect();
@@ -254,7 +324,12 @@ fn base_identity(dir: &Path) -> Result<String, TrainError> {
     files.push(dir.join("tokenizer.json"));
     for f in files {
         let m = std::fs::metadata(&f)?;
-        let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         parts.push(format!("{}:{}:{}", f.display(), m.len(), mtime));
     }
     Ok(parts.join("\n"))
@@ -280,9 +355,19 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
             req.max_len, cfg.max_position_embeddings
         )));
     }
-    let (examples, skipped) = examples::build(&tokenizer, &pairs, &req.template, req.max_len, eos, req.on_too_long)?;
+    let (examples, skipped) = examples::build(
+        &tokenizer,
+        &pairs,
+        &req.template,
+        req.max_len,
+        eos,
+        req.on_too_long,
+    )?;
     if examples.is_empty() {
-        return Err(bad(format!("train_lora: every row's prompt is longer than max_len {}: raise max_len", req.max_len)));
+        return Err(bad(format!(
+            "train_lora: every row's prompt is longer than max_len {}: raise max_len",
+            req.max_len
+        )));
     }
     let mut hyper = req.hyper.clone();
     let total = trainer::steps_per_epoch(examples.len(), &hyper) * hyper.epochs;
@@ -308,7 +393,10 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     if !req.fresh {
         if let Ok(text) = std::fs::read_to_string(&run_json) {
             if let Ok(rec) = serde_json::from_str::<RunRecord>(&text) {
-                if rec.fingerprint == fingerprint && !rec.cancelled && req.out.join(peft::WEIGHTS_FILE).exists() {
+                if rec.fingerprint == fingerprint
+                    && !rec.cancelled
+                    && req.out.join(peft::WEIGHTS_FILE).exists()
+                {
                     return Ok((rec, true));
                 }
             }
@@ -332,11 +420,22 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     let weights = load_weights(&req.base, DType::F32, &dev)?;
     // The GPU path uploads the base weights itself; candle's copies share their storage.
     let gpu_weights = gpu.as_ref().map(|_| weights.clone());
-    let model = CausalLm::new(cfg.clone(), weights, Some(&req.spec), hyper.seed, DType::F32, &dev)?;
+    let model = CausalLm::new(
+        cfg.clone(),
+        weights,
+        Some(&req.spec),
+        hyper.seed,
+        DType::F32,
+        &dev,
+    )?;
     let base_name = req.base.display().to_string();
     let record = trainer::run(trainer::Job {
         gpu: match (gpu, &gpu_weights) {
-            (Some(gpu), Some(weights)) => Some(trainer::GpuSetup { gpu, weights, cfg: &cfg }),
+            (Some(gpu), Some(weights)) => Some(trainer::GpuSetup {
+                gpu,
+                weights,
+                cfg: &cfg,
+            }),
             _ => None,
         },
         model: &model,
@@ -364,11 +463,26 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
 fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
     use polars::prelude::*;
     let curve = DataFrame::new_infer_height(vec![
-        Column::new("step".into(), rec.curve.iter().map(|s| s.step as i64).collect::<Vec<_>>()),
-        Column::new("epoch".into(), rec.curve.iter().map(|s| s.epoch as i64).collect::<Vec<_>>()),
-        Column::new("loss".into(), rec.curve.iter().map(|s| s.loss).collect::<Vec<_>>()),
-        Column::new("lr".into(), rec.curve.iter().map(|s| s.lr).collect::<Vec<_>>()),
-        Column::new("grad_norm".into(), rec.curve.iter().map(|s| s.grad_norm).collect::<Vec<_>>()),
+        Column::new(
+            "step".into(),
+            rec.curve.iter().map(|s| s.step as i64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "epoch".into(),
+            rec.curve.iter().map(|s| s.epoch as i64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "loss".into(),
+            rec.curve.iter().map(|s| s.loss).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "lr".into(),
+            rec.curve.iter().map(|s| s.lr).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "grad_norm".into(),
+            rec.curve.iter().map(|s| s.grad_norm).collect::<Vec<_>>(),
+        ),
     ])
     .map_err(|e| bad(e.to_string()))?;
     let mut m = Map::new();
@@ -378,18 +492,40 @@ fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
     m.insert("steps".into(), (rec.steps as i64).into());
     m.insert("total_steps".into(), (rec.total_steps as i64).into());
     m.insert("examples".into(), (rec.examples as i64).into());
-    m.insert("skipped_rows".into(), rec.skipped_rows.iter().map(|&r| Dynamic::from(r as i64)).collect::<Array>().into());
+    m.insert(
+        "skipped_rows".into(),
+        rec.skipped_rows
+            .iter()
+            .map(|&r| Dynamic::from(r as i64))
+            .collect::<Array>()
+            .into(),
+    );
     m.insert("first_loss".into(), first.into());
     m.insert("final_loss".into(), last.into());
     m.insert("curve".into(), Dynamic::from(Frame::new(curve)));
     m.insert("tokens_per_s".into(), rec.tokens_per_s.into());
     m.insert("seconds".into(), rec.seconds.into());
     m.insert("peak_rss_mb".into(), rec.peak_rss_mb.into());
-    m.insert("trainable_params".into(), (rec.trainable_params as i64).into());
-    m.insert("resumed_from".into(), rec.resumed_from.map(|s| Dynamic::from(s as i64)).unwrap_or(Dynamic::UNIT));
+    m.insert(
+        "trainable_params".into(),
+        (rec.trainable_params as i64).into(),
+    );
+    m.insert(
+        "resumed_from".into(),
+        rec.resumed_from
+            .map(|s| Dynamic::from(s as i64))
+            .unwrap_or(Dynamic::UNIT),
+    );
     m.insert("cancelled".into(), rec.cancelled.into());
     m.insert("cached".into(), cached.into());
-    m.insert("loss_svg".into(), Path::new(&rec.out).join("loss.svg").display().to_string().into());
+    m.insert(
+        "loss_svg".into(),
+        Path::new(&rec.out)
+            .join("loss.svg")
+            .display()
+            .to_string()
+            .into(),
+    );
     Ok(m)
 }
 
@@ -402,7 +538,8 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<usize, TrainErro
     let weights = load_weights(base, DType::F32, &dev)?;
     let mut model = CausalLm::new(cfg, weights, None, 0, DType::F32, &dev)?;
     model.set_adapters(&spec, tensors)?;
-    let merged: HashMap<String, candle_core::Tensor> = model.merged_linear_weights()?.into_iter().collect();
+    let merged: HashMap<String, candle_core::Tensor> =
+        model.merged_linear_weights()?.into_iter().collect();
     std::fs::create_dir_all(out)?;
     let mut changed = 0;
     for file in config::weight_files(base)? {
@@ -413,12 +550,21 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<usize, TrainErro
                 changed += 1;
             }
         }
-        let name = file.file_name().ok_or_else(|| bad("weight file without a name"))?;
+        let name = file
+            .file_name()
+            .ok_or_else(|| bad("weight file without a name"))?;
         let tmp = out.join(format!(".{}.tmp", name.to_string_lossy()));
         candle_core::safetensors::save(&shard, &tmp)?;
         std::fs::rename(&tmp, out.join(name))?;
     }
-    for extra in ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
+    for extra in [
+        "config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+    ] {
         let src = base.join(extra);
         if src.exists() {
             crate::runtime_fns::write_atomic(&out.join(extra), &std::fs::read(&src)?)?;
@@ -432,9 +578,19 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<usize, TrainErro
 pub struct Local(pub Arc<LocalModel>);
 
 /// Loaded local models by (dir, adapter), shared by `load_model` and `llm(#{provider: "local"})`.
-pub fn load_local(dir: &Path, adapter: Option<&Path>, template: Option<String>) -> Result<Arc<LocalModel>, TrainError> {
-    static LOADED: OnceLock<Mutex<HashMap<(PathBuf, Option<PathBuf>, Option<String>), Arc<LocalModel>>>> = OnceLock::new();
-    let key = (dir.to_path_buf(), adapter.map(Path::to_path_buf), template.clone());
+pub fn load_local(
+    dir: &Path,
+    adapter: Option<&Path>,
+    template: Option<String>,
+) -> Result<Arc<LocalModel>, TrainError> {
+    static LOADED: OnceLock<
+        Mutex<HashMap<(PathBuf, Option<PathBuf>, Option<String>), Arc<LocalModel>>>,
+    > = OnceLock::new();
+    let key = (
+        dir.to_path_buf(),
+        adapter.map(Path::to_path_buf),
+        template.clone(),
+    );
     let map = LOADED.get_or_init(Default::default);
     if let Some(m) = map.lock().ok().and_then(|m| m.get(&key).cloned()) {
         return Ok(m);
@@ -449,7 +605,9 @@ pub fn load_local(dir: &Path, adapter: Option<&Path>, template: Option<String>) 
 fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
     for k in o.keys() {
         if !["max_tokens", "temperature", "top_p", "seed"].contains(&k.as_str()) {
-            return Err(bad(format!("generate: unknown option {k:?}; options are max_tokens, temperature, top_p, seed")));
+            return Err(bad(format!(
+                "generate: unknown option {k:?}; options are max_tokens, temperature, top_p, seed"
+            )));
         }
     }
     let d = GenOptions::default();
@@ -475,7 +633,10 @@ fn describe(m: &Local) -> String {
         c.arch,
         c.num_hidden_layers,
         c.hidden_size,
-        m.0.adapter.as_ref().map(|a| format!(", adapter {}", a.display())).unwrap_or_default()
+        m.0.adapter
+            .as_ref()
+            .map(|a| format!(", adapter {}", a.display()))
+            .unwrap_or_default()
     )
 }
 
@@ -532,7 +693,11 @@ mod train_functions {
     pub fn create_tiny_model(dir: &str, options: Map) -> Result<(), Box<EvalAltResult>> {
         let mut spec = tiny::TinySpec::default();
         for (k, v) in &options {
-            let n = || v.as_int().map(|i| i as usize).map_err(|_| format!("create_tiny_model: {k} must be an integer"));
+            let n = || {
+                v.as_int()
+                    .map(|i| i as usize)
+                    .map_err(|_| format!("create_tiny_model: {k} must be an integer"))
+            };
             match k.as_str() {
                 "arch" => {
                     spec.arch = match v.to_string().as_str() {
@@ -566,11 +731,18 @@ mod train_functions {
     pub fn load_model(dir: &str, options: Map) -> Result<Local, Box<EvalAltResult>> {
         for k in options.keys() {
             if !["adapter", "template"].contains(&k.as_str()) {
-                return Err(format!("load_model: unknown option {k:?}; options are adapter, template").into());
+                return Err(format!(
+                    "load_model: unknown option {k:?}; options are adapter, template"
+                )
+                .into());
             }
         }
         let adapter = text(&options, "adapter").map(|a| crate::runtime_fns::resolve_path(&a));
-        let m = load_local(&crate::runtime_fns::resolve_path(dir), adapter.as_deref(), text(&options, "template"))?;
+        let m = load_local(
+            &crate::runtime_fns::resolve_path(dir),
+            adapter.as_deref(),
+            text(&options, "template"),
+        )?;
         Ok(Local(m))
     }
 
@@ -584,7 +756,11 @@ mod train_functions {
     /// assert(a.len() <= 64, "at most 8 tokens (bytes here)");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn generate(model: &mut Local, prompt: &str, options: Map) -> Result<String, Box<EvalAltResult>> {
+    pub fn generate(
+        model: &mut Local,
+        prompt: &str,
+        options: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
         Ok(model.0.answer(prompt, &gen_options(&options)?)?)
     }
 
@@ -609,7 +785,13 @@ mod train_functions {
             .0
             .logits(text)?
             .into_iter()
-            .map(|row| Dynamic::from(row.into_iter().map(|x| Dynamic::from(x as f64)).collect::<Array>()))
+            .map(|row| {
+                Dynamic::from(
+                    row.into_iter()
+                        .map(|x| Dynamic::from(x as f64))
+                        .collect::<Array>(),
+                )
+            })
             .collect())
     }
 

@@ -19,7 +19,13 @@ use std::path::Path;
 
 /// The projections LoRA can adapt, in PEFT's names.
 pub const ALL_TARGETS: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -79,7 +85,10 @@ struct FrozenMatmul {
     weight: Tensor,
 }
 
-fn tensor_from_storage(s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<Tensor> {
+fn tensor_from_storage(
+    s: &candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<Tensor> {
     use candle_core::CpuStorage;
     let (start, end) = l
         .contiguous_offsets()
@@ -109,7 +118,12 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         }
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.weight)?))
     }
 }
@@ -136,7 +150,9 @@ impl Linear {
                 Some(rng) if l.dropout > 0.0 => dropout(&x2, l.dropout, rng)?,
                 _ => x2,
             };
-            let low = xd.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
+            let low = xd
+                .matmul(&l.a.as_tensor().t()?)?
+                .matmul(&l.b.as_tensor().t()?)?;
             y = (y + (low * l.scale)?)?;
         }
         let mut out = dims;
@@ -150,7 +166,8 @@ impl Linear {
         match &self.lora {
             None => Ok(self.weight.clone()),
             Some(l) => self.weight.add(
-                &(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?.to_dtype(self.weight.dtype())?,
+                &(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?
+                    .to_dtype(self.weight.dtype())?,
             ),
         }
     }
@@ -195,7 +212,9 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
         x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)
     }
 }
@@ -207,7 +226,12 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(cfg: &ModelConfig, positions: usize, dtype: DType, dev: &Device) -> candle_core::Result<Rope> {
+    fn new(
+        cfg: &ModelConfig,
+        positions: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Rope> {
         let half = cfg.head_dim / 2;
         let inv_freq: Vec<f64> = (0..half)
             .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64))
@@ -316,7 +340,9 @@ impl Attention {
             None => scores,
         };
         let y = softmax_last(&scores)?.matmul(&v)?;
-        let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
         self.o.forward(&y, pass)
     }
 
@@ -380,8 +406,9 @@ pub type Weights = HashMap<String, Tensor>;
 pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, TrainError> {
     let mut all = HashMap::new();
     for file in super::config::weight_files(dir)? {
-        let tensors = candle_core::safetensors::load(&file, dev)
-            .map_err(|e| TrainError::Input(format!("{}: cannot read safetensors: {e}", file.display())))?;
+        let tensors = candle_core::safetensors::load(&file, dev).map_err(|e| {
+            TrainError::Input(format!("{}: cannot read safetensors: {e}", file.display()))
+        })?;
         for (name, t) in tensors {
             all.insert(name, t.to_dtype(dtype)?);
         }
@@ -413,7 +440,11 @@ impl CausalLm {
             let p = format!("model.layers.{i}");
             let mut linear = |module: &str, path: &str, bias: bool| -> Result<Linear, TrainError> {
                 let weight = take(&format!("{p}.{path}.weight"))?;
-                let bias = if bias { Some(take(&format!("{p}.{path}.bias"))?) } else { None };
+                let bias = if bias {
+                    Some(take(&format!("{p}.{path}.bias"))?)
+                } else {
+                    None
+                };
                 let lora = match lora {
                     Some(spec) if spec.target_modules.iter().any(|m| m == module) => {
                         let (d_out, d_in) = weight.dims2()?;
@@ -504,21 +535,30 @@ impl CausalLm {
         } else {
             None
         };
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.cfg.hidden_size,
+        ))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            let h = layer
-                .attn
-                .forward(&layer.input_norm.forward(&x)?, &self.rope, offset, mask.as_ref(), slot, pass)?;
+            let h = layer.attn.forward(
+                &layer.input_norm.forward(&x)?,
+                &self.rope,
+                offset,
+                mask.as_ref(),
+                slot,
+                pass,
+            )?;
             let x1 = (x + h)?;
             x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?, pass)?)?;
         }
         let x = self.norm.forward(&x)?;
-        frozen_matmul(&x.reshape((b * t, self.cfg.hidden_size))?, &self.lm_head)?
-            .reshape((b, t, self.cfg.vocab_size))
+        frozen_matmul(&x.reshape((b * t, self.cfg.hidden_size))?, &self.lm_head)?.reshape((
+            b,
+            t,
+            self.cfg.vocab_size,
+        ))
     }
 
     /// Every adapter, by its PEFT module path (`model.layers.N.self_attn.q_proj`).
@@ -552,7 +592,10 @@ impl CausalLm {
         for (i, l) in self.layers.iter().enumerate() {
             for (path, lin) in self.linears_of(l) {
                 if lin.lora.is_some() {
-                    out.push((format!("model.layers.{i}.{path}.weight"), lin.merged_weight()?));
+                    out.push((
+                        format!("model.layers.{i}.{path}.weight"),
+                        lin.merged_weight()?,
+                    ));
                 }
             }
         }
@@ -640,7 +683,9 @@ pub fn masked_nll(
     denominator: f64,
 ) -> candle_core::Result<Tensor> {
     let logp = log_softmax_last(logits)?;
-    let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let picked = logp
+        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?;
     let nll = (picked.neg()? * mask)?;
     nll.sum_all()? / denominator
 }

@@ -32,7 +32,9 @@ pub fn config_json(spec: &LoraSpec, base: &str) -> Value {
 }
 
 /// The adapter's tensors by PEFT key, as f32 on the CPU.
-pub fn adapter_tensors(model: &CausalLm) -> candle_core::Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn adapter_tensors(
+    model: &CausalLm,
+) -> candle_core::Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
     let mut out = BTreeMap::new();
     for (path, lora) in model.adapters() {
         for (which, var) in [("lora_A", &lora.a), ("lora_B", &lora.b)] {
@@ -58,7 +60,10 @@ pub fn save(dir: &Path, model: &CausalLm, spec: &LoraSpec, base: &str) -> Result
 }
 
 /// Reads an adapter directory: its spec and (A, B) per module path (`model.layers.N.self_attn.q_proj`).
-pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, HashMap<String, (Tensor, Tensor)>), TrainError> {
+pub fn load(
+    dir: &Path,
+    dev: &Device,
+) -> Result<(LoraSpec, HashMap<String, (Tensor, Tensor)>), TrainError> {
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|_| {
         TrainError::Input(format!(
@@ -77,7 +82,10 @@ pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, HashMap<String, (Tens
     }
     let r = v["r"].as_u64().unwrap_or(0) as usize;
     let targets = match &v["target_modules"] {
-        Value::Array(a) => a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect(),
         Value::String(s) => vec![s.clone()],
         _ => Vec::new(),
     };
@@ -89,9 +97,8 @@ pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, HashMap<String, (Tens
         use_rslora: v["use_rslora"].as_bool().unwrap_or(false),
     };
     let weights = dir.join(WEIGHTS_FILE);
-    let tensors = candle_core::safetensors::load(&weights, dev).map_err(|e| {
-        TrainError::Input(format!("{}: cannot read: {e}", weights.display()))
-    })?;
+    let tensors = candle_core::safetensors::load(&weights, dev)
+        .map_err(|e| TrainError::Input(format!("{}: cannot read: {e}", weights.display())))?;
     let mut halves: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
     for (key, t) in tensors {
         let rest = key.strip_prefix("base_model.model.").unwrap_or(&key);

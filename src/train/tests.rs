@@ -5,7 +5,7 @@
 use super::config::ModelConfig;
 use super::model::{load_weights, masked_nll, CausalLm, KvCache, LoraSpec, Pass, ALL_TARGETS};
 use super::tiny::{self, TinySpec};
-use super::{peft, examples};
+use super::{examples, peft};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
@@ -47,18 +47,41 @@ fn randomize_b(m: &CausalLm) {
     for (_, l) in m.adapters() {
         let n = l.b.elem_count();
         let v: Vec<f64> = (0..n).map(|_| rng.random_range(-0.3..0.3)).collect();
-        let t = Tensor::from_vec(v, l.b.shape(), &Device::Cpu).unwrap().to_dtype(l.b.dtype()).unwrap();
+        let t = Tensor::from_vec(v, l.b.shape(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(l.b.dtype())
+            .unwrap();
         l.b.set(&t).unwrap();
     }
 }
 
 fn loss(m: &CausalLm) -> Tensor {
-    let ids = Tensor::new(&[[3u32, 70, 101, 5, 9, 200, 44], [256, 12, 13, 14, 15, 16, 17]], &Device::Cpu).unwrap();
-    let targets = Tensor::new(&[[70u32, 101, 5, 9, 200, 44, 256], [12, 13, 14, 15, 16, 17, 256]], &Device::Cpu).unwrap();
-    let mask = Tensor::new(&[[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]], &Device::Cpu)
-        .unwrap()
-        .to_dtype(m.dtype)
-        .unwrap();
+    let ids = Tensor::new(
+        &[
+            [3u32, 70, 101, 5, 9, 200, 44],
+            [256, 12, 13, 14, 15, 16, 17],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let targets = Tensor::new(
+        &[
+            [70u32, 101, 5, 9, 200, 44, 256],
+            [12, 13, 14, 15, 16, 17, 256],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mask = Tensor::new(
+        &[
+            [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+            [0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(m.dtype)
+    .unwrap();
     let logits = m.forward(&ids, None, &mut Pass::inference()).unwrap();
     masked_nll(&logits, &targets, &mask, 8.0).unwrap()
 }
@@ -70,7 +93,8 @@ fn scalar(t: &Tensor) -> f64 {
 fn nudge(var: &Var, index: usize, delta: f64) {
     let mut v: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
     v[index] += delta;
-    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+        .unwrap();
 }
 
 #[test]
@@ -80,8 +104,14 @@ fn at_peft_init_b_gets_gradient_and_a_gets_none() {
     let grads = loss(&m).backward().unwrap();
     for (path, l) in m.adapters() {
         let gb = grads.get(l.b.as_tensor()).expect("B has a gradient");
-        assert!(scalar(&gb.abs().unwrap().sum_all().unwrap()) > 0.0, "{path}: B's gradient is zero");
-        let ga = grads.get(l.a.as_tensor()).map(|g| scalar(&g.abs().unwrap().sum_all().unwrap())).unwrap_or(0.0);
+        assert!(
+            scalar(&gb.abs().unwrap().sum_all().unwrap()) > 0.0,
+            "{path}: B's gradient is zero"
+        );
+        let ga = grads
+            .get(l.a.as_tensor())
+            .map(|g| scalar(&g.abs().unwrap().sum_all().unwrap()))
+            .unwrap_or(0.0);
         assert_eq!(ga, 0.0, "{path}: with B = 0, dL/dA must be exactly 0");
     }
 }
@@ -98,8 +128,17 @@ fn every_lora_parameter_gets_a_gradient_matching_finite_differences() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         for (path, l) in &adapters {
             for (which, var) in [("A", &l.a), ("B", &l.b)] {
-                let g: Vec<f64> = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{path}.{which}: no gradient")).flatten_all().unwrap().to_vec1().unwrap();
-                assert!(g.iter().any(|x| *x != 0.0), "{arch:?} {path}.{which}: gradient is all zero");
+                let g: Vec<f64> = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{path}.{which}: no gradient"))
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert!(
+                    g.iter().any(|x| *x != 0.0),
+                    "{arch:?} {path}.{which}: gradient is all zero"
+                );
                 // Three random elements per matrix against central differences.
                 for _ in 0..3 {
                     let i = rng.random_range(0..g.len());
@@ -111,7 +150,11 @@ fn every_lora_parameter_gets_a_gradient_matching_finite_differences() {
                     nudge(var, i, eps);
                     let numeric = (up - down) / (2.0 * eps);
                     let err = (numeric - g[i]).abs() / g[i].abs().max(1e-6);
-                    assert!(err < 1e-4 || (numeric - g[i]).abs() < 1e-9, "{arch:?} {path}.{which}[{i}]: backprop {} vs finite difference {numeric}", g[i]);
+                    assert!(
+                        err < 1e-4 || (numeric - g[i]).abs() < 1e-9,
+                        "{arch:?} {path}.{which}[{i}]: backprop {} vs finite difference {numeric}",
+                        g[i]
+                    );
                 }
             }
         }
@@ -124,16 +167,48 @@ fn the_kv_cache_gives_the_logits_of_a_full_forward() {
     let m = model(dir.path(), DType::F32);
     randomize_b(&m);
     let ids: Vec<u32> = vec![5, 17, 99, 3, 250, 8, 41];
-    let full = m.forward(&Tensor::new(&ids[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None, &mut Pass::inference()).unwrap();
+    let full = m
+        .forward(
+            &Tensor::new(&ids[..], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            None,
+            &mut Pass::inference(),
+        )
+        .unwrap();
     let mut cache = KvCache::default();
-    let prefix = Tensor::new(&ids[..4], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    m.forward(&prefix, Some(&mut cache), &mut Pass::inference()).unwrap();
+    let prefix = Tensor::new(&ids[..4], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&prefix, Some(&mut cache), &mut Pass::inference())
+        .unwrap();
     for (k, &id) in ids.iter().enumerate().skip(4) {
-        let step = m.forward(&Tensor::new(&[[id]], &Device::Cpu).unwrap(), Some(&mut cache), &mut Pass::inference()).unwrap();
+        let step = m
+            .forward(
+                &Tensor::new(&[[id]], &Device::Cpu).unwrap(),
+                Some(&mut cache),
+                &mut Pass::inference(),
+            )
+            .unwrap();
         let a: Vec<f32> = step.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = full.narrow(1, k, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "position {k}: cached logits differ by {worst}");
+        let b: Vec<f32> = full
+            .narrow(1, k, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "position {k}: cached logits differ by {worst}"
+        );
     }
 }
 
@@ -144,23 +219,50 @@ fn a_saved_adapter_reloads_bit_identically_with_peft_names_and_shapes() {
     randomize_b(&m);
     let out = tempfile::tempdir().unwrap();
     peft::save(out.path(), &m, &spec(2), "tiny").unwrap();
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["task_type"], "CAUSAL_LM");
     assert_eq!(cfg["r"], 2);
     assert_eq!(cfg["bias"], "none");
-    let raw = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let raw =
+        candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
     let q_a = &raw["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
     assert_eq!(q_a.dims(), &[2, 16], "A is [r, in]");
-    assert_eq!(raw["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].dims(), &[16, 2], "B is [out, r]");
-    assert_eq!(raw["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].dims(), &[8, 2], "k_proj out = kv_heads · head_dim");
+    assert_eq!(
+        raw["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].dims(),
+        &[16, 2],
+        "B is [out, r]"
+    );
+    assert_eq!(
+        raw["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].dims(),
+        &[8, 2],
+        "k_proj out = kv_heads · head_dim"
+    );
     assert_eq!(raw.len(), 2 * 7 * 2);
     let (_, loaded) = peft::load(out.path(), &Device::Cpu).unwrap();
     for (path, l) in m.adapters() {
         let (a, b) = &loaded[&path];
         for (mine, theirs) in [(l.a.as_tensor(), a), (l.b.as_tensor(), b)] {
-            let x: Vec<u32> = mine.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
-            let y: Vec<u32> = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
+            let x: Vec<u32> = mine
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let y: Vec<u32> = theirs
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
             assert_eq!(x, y, "{path} changed in the round trip");
         }
     }
@@ -177,11 +279,35 @@ fn a_merged_model_computes_what_base_plus_adapter_computes() {
     let changed = super::merge(dir.path(), adapter.path(), merged.path()).unwrap();
     assert_eq!(changed, 14);
     let cfg = ModelConfig::from_dir(merged.path()).unwrap();
-    let plain = CausalLm::new(cfg, load_weights(merged.path(), DType::F32, &Device::Cpu).unwrap(), None, 0, DType::F32, &Device::Cpu).unwrap();
+    let plain = CausalLm::new(
+        cfg,
+        load_weights(merged.path(), DType::F32, &Device::Cpu).unwrap(),
+        None,
+        0,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let ids = Tensor::new(&[[1u32, 2, 3, 200, 100]], &Device::Cpu).unwrap();
-    let a: Vec<f32> = m.forward(&ids, None, &mut Pass::inference()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = plain.forward(&ids, None, &mut Pass::inference()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let a: Vec<f32> = m
+        .forward(&ids, None, &mut Pass::inference())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = plain
+        .forward(&ids, None, &mut Pass::inference())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "merged logits differ by {worst}");
 }
 
@@ -201,9 +327,27 @@ fn only_response_tokens_are_scored() {
     let dir = tiny_dir(super::config::Arch::Llama);
     let tok = examples::load_tokenizer(dir.path()).unwrap();
     let pairs = vec![("p".to_string(), "ab".to_string())];
-    let (ex, _) = examples::build(&tok, &pairs, "<{prompt}>", 64, 256, examples::TooLong::Error).unwrap();
+    let (ex, _) = examples::build(
+        &tok,
+        &pairs,
+        "<{prompt}>",
+        64,
+        256,
+        examples::TooLong::Error,
+    )
+    .unwrap();
     // "<p>" + "ab" + eos: inputs < p > a b, targets p > a b eos; scored: a, b, eos.
-    assert_eq!(ex[0].ids, vec![b'<' as u32, b'p' as u32, b'>' as u32, b'a' as u32, b'b' as u32, 256]);
+    assert_eq!(
+        ex[0].ids,
+        vec![
+            b'<' as u32,
+            b'p' as u32,
+            b'>' as u32,
+            b'a' as u32,
+            b'b' as u32,
+            256
+        ]
+    );
     let b = examples::batch(&[&ex[0]], 256, DType::F32, &Device::Cpu).unwrap();
     let mask: Vec<f32> = b.mask.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(mask, vec![0.0, 0.0, 1.0, 1.0, 1.0]);

@@ -96,7 +96,10 @@ pub fn tokenizer_json() -> serde_json::Value {
 /// Writes `config.json`, `model.safetensors` (f32, seeded, norms at one),
 /// `tokenizer.json` and `tokenizer_config.json` into `dir`.
 pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
-    if spec.hidden % spec.heads != 0 || spec.heads % spec.kv_heads.max(1) != 0 || (spec.hidden / spec.heads) % 2 != 0 {
+    if spec.hidden % spec.heads != 0
+        || spec.heads % spec.kv_heads.max(1) != 0
+        || (spec.hidden / spec.heads) % 2 != 0
+    {
         return Err(TrainError::Input(format!(
             "tiny model: hidden {} must split into {} heads of even size, and heads into {} kv_heads",
             spec.hidden, spec.heads, spec.kv_heads
@@ -135,28 +138,61 @@ pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
         tensors.insert(name, t);
     };
     let fan = |n: usize| 1.0 / (n as f32).sqrt();
-    put("model.embed_tokens.weight".into(), random(vec![VOCAB, h], 1.0));
+    put(
+        "model.embed_tokens.weight".into(),
+        random(vec![VOCAB, h], 1.0),
+    );
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
-        put(format!("{p}.self_attn.q_proj.weight"), random(vec![h, h], fan(h)));
-        put(format!("{p}.self_attn.k_proj.weight"), random(vec![kv, h], fan(h)));
-        put(format!("{p}.self_attn.v_proj.weight"), random(vec![kv, h], fan(h)));
-        put(format!("{p}.self_attn.o_proj.weight"), random(vec![h, h], fan(h)));
+        put(
+            format!("{p}.self_attn.q_proj.weight"),
+            random(vec![h, h], fan(h)),
+        );
+        put(
+            format!("{p}.self_attn.k_proj.weight"),
+            random(vec![kv, h], fan(h)),
+        );
+        put(
+            format!("{p}.self_attn.v_proj.weight"),
+            random(vec![kv, h], fan(h)),
+        );
+        put(
+            format!("{p}.self_attn.o_proj.weight"),
+            random(vec![h, h], fan(h)),
+        );
         if spec.arch == super::config::Arch::Qwen2 {
             put(format!("{p}.self_attn.q_proj.bias"), random(vec![h], 0.02));
             put(format!("{p}.self_attn.k_proj.bias"), random(vec![kv], 0.02));
             put(format!("{p}.self_attn.v_proj.bias"), random(vec![kv], 0.02));
         }
-        put(format!("{p}.mlp.gate_proj.weight"), random(vec![spec.intermediate, h], fan(h)));
-        put(format!("{p}.mlp.up_proj.weight"), random(vec![spec.intermediate, h], fan(h)));
-        put(format!("{p}.mlp.down_proj.weight"), random(vec![h, spec.intermediate], fan(spec.intermediate)));
-        put(format!("{p}.input_layernorm.weight"), (vec![h], vec![1.0; h]));
-        put(format!("{p}.post_attention_layernorm.weight"), (vec![h], vec![1.0; h]));
+        put(
+            format!("{p}.mlp.gate_proj.weight"),
+            random(vec![spec.intermediate, h], fan(h)),
+        );
+        put(
+            format!("{p}.mlp.up_proj.weight"),
+            random(vec![spec.intermediate, h], fan(h)),
+        );
+        put(
+            format!("{p}.mlp.down_proj.weight"),
+            random(vec![h, spec.intermediate], fan(spec.intermediate)),
+        );
+        put(
+            format!("{p}.input_layernorm.weight"),
+            (vec![h], vec![1.0; h]),
+        );
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            (vec![h], vec![1.0; h]),
+        );
     }
     put("model.norm.weight".into(), (vec![h], vec![1.0; h]));
     put("lm_head.weight".into(), random(vec![VOCAB, h], 0.25));
     write_f32_safetensors(&dir.join("model.safetensors"), &tensors)?;
-    write_if_changed(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    write_if_changed(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
     write_if_changed(
         &dir.join("tokenizer.json"),
         serde_json::to_string_pretty(&tokenizer_json())?.as_bytes(),

@@ -85,15 +85,28 @@ struct AdamW {
 impl AdamW {
     fn new(vars: &[Var]) -> candle_core::Result<AdamW> {
         Ok(AdamW {
-            m: vars.iter().map(|v| v.zeros_like()).collect::<Result<_, _>>()?,
-            v: vars.iter().map(|v| v.zeros_like()).collect::<Result<_, _>>()?,
+            m: vars
+                .iter()
+                .map(|v| v.zeros_like())
+                .collect::<Result<_, _>>()?,
+            v: vars
+                .iter()
+                .map(|v| v.zeros_like())
+                .collect::<Result<_, _>>()?,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
         })
     }
 
-    fn step(&mut self, vars: &[Var], grads: &[Tensor], lr: f64, wd: f64, t: usize) -> candle_core::Result<()> {
+    fn step(
+        &mut self,
+        vars: &[Var],
+        grads: &[Tensor],
+        lr: f64,
+        wd: f64,
+        t: usize,
+    ) -> candle_core::Result<()> {
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(t as i32);
         let c2 = 1.0 - b2.powi(t as i32);
@@ -198,13 +211,18 @@ fn write_checkpoint(
 ) -> Result<(), TrainError> {
     let dir = checkpoints_dir(job.out);
     std::fs::create_dir_all(&dir)?;
-    let tmp = tempfile::Builder::new().prefix(".tmp-step-").tempdir_in(&dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-step-")
+        .tempdir_in(&dir)?;
     peft::save(tmp.path(), job.model, job.spec, job.base_name)?;
     let mut moments = BTreeMap::new();
     for (i, (name, _)) in vars.iter().enumerate() {
         for (kind, t) in [("m", &adam.m[i]), ("v", &adam.v[i])] {
             let t = t.to_dtype(DType::F32)?;
-            moments.insert(format!("{name}.{kind}"), (t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+            moments.insert(
+                format!("{name}.{kind}"),
+                (t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?),
+            );
         }
     }
     super::tiny::write_f32_safetensors(&tmp.path().join("optimizer.safetensors"), &moments)?;
@@ -212,7 +230,9 @@ fn write_checkpoint(
         &tmp.path().join("trainer_state.json"),
         serde_json::to_string(state)?.as_bytes(),
     )?;
-    if std::env::var("RTLAB_FAULT_CHECKPOINT").ok().as_deref() == Some(&format!("abort-before-rename-{}", state.step)) {
+    if std::env::var("RTLAB_FAULT_CHECKPOINT").ok().as_deref()
+        == Some(&format!("abort-before-rename-{}", state.step))
+    {
         // Fault injection for the test that a kill mid-checkpoint keeps the last good one.
         std::process::abort();
     }
@@ -227,7 +247,9 @@ fn write_checkpoint(
             if name.starts_with(".tmp-step-") && e.path() != tmp_path {
                 let _ = std::fs::remove_dir_all(e.path());
             }
-            name.strip_prefix("step-").and_then(|n| n.parse().ok()).map(|n| (n, e.path()))
+            name.strip_prefix("step-")
+                .and_then(|n| n.parse().ok())
+                .map(|n| (n, e.path()))
         })
         .collect();
     steps.sort();
@@ -238,7 +260,11 @@ fn write_checkpoint(
     Ok(())
 }
 
-fn restore(job: &Job, vars: &[(String, Var)], adam: &mut AdamW) -> Result<Option<TrainerState>, TrainError> {
+fn restore(
+    job: &Job,
+    vars: &[(String, Var)],
+    adam: &mut AdamW,
+) -> Result<Option<TrainerState>, TrainError> {
     let Some((_, dir)) = latest_checkpoint(job.out) else {
         return Ok(None);
     };
@@ -248,18 +274,25 @@ fn restore(job: &Job, vars: &[(String, Var)], adam: &mut AdamW) -> Result<Option
     for (i, (name, var)) in vars.iter().enumerate() {
         let (module, which) = name.rsplit_once('.').unwrap_or((name, ""));
         let pair = tensors.get(module).ok_or_else(|| {
-            TrainError::Input(format!("checkpoint {} has no adapter for {module}: was it made with other options?", dir.display()))
+            TrainError::Input(format!(
+                "checkpoint {} has no adapter for {module}: was it made with other options?",
+                dir.display()
+            ))
         })?;
         let t = if which == "lora_A" { &pair.0 } else { &pair.1 };
         var.set(&t.to_dtype(job.model.dtype)?)?;
         for (kind, slot) in [("m", &mut adam.m[i]), ("v", &mut adam.v[i])] {
             let t = moments.get(&format!("{name}.{kind}")).ok_or_else(|| {
-                TrainError::Input(format!("checkpoint {} lacks optimizer state {name}.{kind}", dir.display()))
+                TrainError::Input(format!(
+                    "checkpoint {} lacks optimizer state {name}.{kind}",
+                    dir.display()
+                ))
             })?;
             *slot = t.to_dtype(job.model.dtype)?;
         }
     }
-    let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)?;
+    let state: TrainerState =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)?;
     Ok(Some(state))
 }
 
@@ -287,7 +320,11 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let trainable: usize = plain.iter().map(|v| v.elem_count()).sum();
     let mut adam = AdamW::new(&plain)?;
-    let mut state = TrainerState { step: 0, curve: Vec::new(), tokens: 0 };
+    let mut state = TrainerState {
+        step: 0,
+        curve: Vec::new(),
+        tokens: 0,
+    };
     let mut resumed_from = None;
     if job.resume {
         if let Some(s) = restore(&job, &vars, &mut adam)? {
@@ -303,7 +340,9 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
                 .enumerate()
                 .map(|(i, (name, _))| (name.clone(), adam.m[i].clone(), adam.v[i].clone()))
                 .collect();
-            Some(super::gpu::GpuStep::new(&g.gpu, g.cfg, g.weights, job.model, job.spec, &moments)?)
+            Some(super::gpu::GpuStep::new(
+                &g.gpu, g.cfg, g.weights, job.model, job.spec, &moments,
+            )?)
         }
     };
     // Brings the GPU's adapters and moments into the candle model and AdamW before anything is saved.
@@ -352,13 +391,24 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             }
             let grad_norm = g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?;
             state.step += 1;
-            state.curve.push(StepLog { step: state.step, epoch, loss: loss_sum, lr, grad_norm, tokens: state.tokens });
+            state.curve.push(StepLog {
+                step: state.step,
+                epoch,
+                loss: loss_sum,
+                lr,
+                grad_norm,
+                tokens: state.tokens,
+            });
             if let Some(b) = &bar {
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
-                b.set_message(format!("loss {loss_sum:.4}  {:.0} tok/s", tokens_this_run as f64 / secs));
+                b.set_message(format!(
+                    "loss {loss_sum:.4}  {:.0} tok/s",
+                    tokens_this_run as f64 / secs
+                ));
                 b.set_position(state.step as u64);
             }
-            if h.checkpoint_every > 0 && state.step % h.checkpoint_every == 0 && state.step < total {
+            if h.checkpoint_every > 0 && state.step % h.checkpoint_every == 0 && state.step < total
+            {
                 sync(&on_gpu, &mut adam)?;
                 write_checkpoint(&job, &adam, &vars, &state)?;
             }
@@ -388,12 +438,19 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             .collect::<Result<_, candle_core::Error>>()?;
         let mut norm_sq = 0.0;
         for g in &grads {
-            norm_sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            norm_sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
         let grad_norm = norm_sq.sqrt();
         let grads = if h.max_grad_norm > 0.0 && grad_norm > h.max_grad_norm {
             let factor = h.max_grad_norm / (grad_norm + 1e-6);
-            grads.iter().map(|g| g * factor).collect::<Result<Vec<_>, _>>()?
+            grads
+                .iter()
+                .map(|g| g * factor)
+                .collect::<Result<Vec<_>, _>>()?
         } else {
             grads
         };
@@ -409,7 +466,10 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         });
         if let Some(b) = &bar {
             let secs = started.elapsed().as_secs_f64().max(1e-9);
-            b.set_message(format!("loss {loss_sum:.4}  {:.0} tok/s", tokens_this_run as f64 / secs));
+            b.set_message(format!(
+                "loss {loss_sum:.4}  {:.0} tok/s",
+                tokens_this_run as f64 / secs
+            ));
             b.set_position(state.step as u64);
         }
         if h.checkpoint_every > 0 && state.step % h.checkpoint_every == 0 && state.step < total {
@@ -451,7 +511,9 @@ fn progress_bar(len: u64, start: u64) -> Option<indicatif::ProgressBar> {
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_position(start);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("train {bar:30} {pos}/{len} steps  {msg}  ETA {eta}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "train {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+    ) {
         bar.set_style(style);
     }
     Some(bar)
