@@ -52,7 +52,7 @@ fn measure(mut cmd: Command) -> (f64, f64, String) {
     let peak = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("peak_mb="))
-        .last()
+        .next_back()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(f64::NAN);
     (secs, peak, stdout)

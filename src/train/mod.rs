@@ -583,9 +583,8 @@ pub fn load_local(
     adapter: Option<&Path>,
     template: Option<String>,
 ) -> Result<Arc<LocalModel>, TrainError> {
-    static LOADED: OnceLock<
-        Mutex<HashMap<(PathBuf, Option<PathBuf>, Option<String>), Arc<LocalModel>>>,
-    > = OnceLock::new();
+    type Key = (PathBuf, Option<PathBuf>, Option<String>);
+    static LOADED: OnceLock<Mutex<HashMap<Key, Arc<LocalModel>>>> = OnceLock::new();
     let key = (
         dir.to_path_buf(),
         adapter.map(Path::to_path_buf),

@@ -32,9 +32,7 @@ pub fn config_json(spec: &LoraSpec, base: &str) -> Value {
 }
 
 /// The adapter's tensors by PEFT key, as f32 on the CPU.
-pub fn adapter_tensors(
-    model: &CausalLm,
-) -> candle_core::Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn adapter_tensors(model: &CausalLm) -> candle_core::Result<super::tiny::HostTensors> {
     let mut out = BTreeMap::new();
     for (path, lora) in model.adapters() {
         for (which, var) in [("lora_A", &lora.a), ("lora_B", &lora.b)] {
@@ -60,10 +58,10 @@ pub fn save(dir: &Path, model: &CausalLm, spec: &LoraSpec, base: &str) -> Result
 }
 
 /// Reads an adapter directory: its spec and (A, B) per module path (`model.layers.N.self_attn.q_proj`).
-pub fn load(
-    dir: &Path,
-    dev: &Device,
-) -> Result<(LoraSpec, HashMap<String, (Tensor, Tensor)>), TrainError> {
+/// (A, B) per module path.
+pub type AdapterPairs = HashMap<String, (Tensor, Tensor)>;
+
+pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, AdapterPairs), TrainError> {
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|_| {
         TrainError::Input(format!(

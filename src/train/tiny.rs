@@ -40,6 +40,9 @@ impl Default for TinySpec {
     }
 }
 
+/// f32 tensors on the host by name: (shape, row-major values).
+pub type HostTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// The special tokens after the 256 byte tokens.
 pub const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 pub const VOCAB: usize = 256 + SPECIALS.len();
@@ -96,9 +99,9 @@ pub fn tokenizer_json() -> serde_json::Value {
 /// Writes `config.json`, `model.safetensors` (f32, seeded, norms at one),
 /// `tokenizer.json` and `tokenizer_config.json` into `dir`.
 pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
-    if spec.hidden % spec.heads != 0
-        || spec.heads % spec.kv_heads.max(1) != 0
-        || (spec.hidden / spec.heads) % 2 != 0
+    if !spec.hidden.is_multiple_of(spec.heads)
+        || !spec.heads.is_multiple_of(spec.kv_heads.max(1))
+        || !(spec.hidden / spec.heads).is_multiple_of(2)
     {
         return Err(TrainError::Input(format!(
             "tiny model: hidden {} must split into {} heads of even size, and heads into {} kv_heads",
@@ -216,10 +219,7 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes f32 tensors as one safetensors file, atomically (unchanged files are not rewritten).
-pub fn write_f32_safetensors(
-    path: &Path,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-) -> Result<(), TrainError> {
+pub fn write_f32_safetensors(path: &Path, tensors: &HostTensors) -> Result<(), TrainError> {
     let bytes: BTreeMap<&String, Vec<u8>> = tensors
         .iter()
         .map(|(k, (_, v))| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect()))

@@ -407,7 +407,9 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
                 ));
                 b.set_position(state.step as u64);
             }
-            if h.checkpoint_every > 0 && state.step % h.checkpoint_every == 0 && state.step < total
+            if h.checkpoint_every > 0
+                && state.step.is_multiple_of(h.checkpoint_every)
+                && state.step < total
             {
                 sync(&on_gpu, &mut adam)?;
                 write_checkpoint(&job, &adam, &vars, &state)?;
@@ -472,7 +474,10 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             ));
             b.set_position(state.step as u64);
         }
-        if h.checkpoint_every > 0 && state.step % h.checkpoint_every == 0 && state.step < total {
+        if h.checkpoint_every > 0
+            && state.step.is_multiple_of(h.checkpoint_every)
+            && state.step < total
+        {
             write_checkpoint(&job, &adam, &vars, &state)?;
         }
     }
