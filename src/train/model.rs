@@ -406,14 +406,74 @@ pub type Weights = HashMap<String, Tensor>;
 pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, TrainError> {
     let mut all = HashMap::new();
     for file in super::config::weight_files(dir)? {
-        let tensors = candle_core::safetensors::load(&file, dev).map_err(|e| {
-            TrainError::Input(format!("{}: cannot read safetensors: {e}", file.display()))
+        read_safetensors(&file, dtype, dev, &mut all).map_err(|e| match e {
+            TrainError::Input(m) => TrainError::Input(m),
+            other => TrainError::Input(format!("{}: cannot read safetensors: {other}", file.display())),
         })?;
-        for (name, t) in tensors {
-            all.insert(name, t.to_dtype(dtype)?);
-        }
     }
     Ok(all)
+}
+
+/// Reads a safetensors file one tensor at a time, converting each to `dtype` as it comes, so the peak
+/// is the converted weights plus one tensor's bytes (candle's loader maps the whole file and copies
+/// it: twice a bf16 model's size on top of its f32 copy).
+fn read_safetensors(
+    path: &Path,
+    dtype: DType,
+    dev: &Device,
+    into: &mut Weights,
+) -> Result<(), TrainError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let header_len = u64::from_le_bytes(len) as usize;
+    if header_len > 100 << 20 {
+        return Err(TrainError::Input(format!(
+            "{}: not a safetensors file (header of {header_len} bytes)",
+            path.display()
+        )));
+    }
+    let mut header = vec![0u8; header_len];
+    f.read_exact(&mut header)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| TrainError::Input(format!("{}: bad safetensors header: {e}", path.display())))?;
+    let data_start = 8 + header_len as u64;
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |what: &str| TrainError::Input(format!("{}: tensor {name}: {what}", path.display()));
+        let shape: Vec<usize> = info["shape"]
+            .as_array()
+            .ok_or_else(|| bad("no shape"))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| bad("bad shape")))
+            .collect::<Result<_, _>>()?;
+        let offsets = info["data_offsets"].as_array().ok_or_else(|| bad("no data_offsets"))?;
+        let (start, end) = match (offsets.first().and_then(|v| v.as_u64()), offsets.get(1).and_then(|v| v.as_u64())) {
+            (Some(s), Some(e)) if e >= s => (s, e),
+            _ => return Err(bad("bad data_offsets")),
+        };
+        let mut bytes = vec![0u8; (end - start) as usize];
+        f.seek(SeekFrom::Start(data_start + start))?;
+        f.read_exact(&mut bytes)?;
+        let n: usize = shape.iter().product();
+        let source = match info["dtype"].as_str().unwrap_or("") {
+            "F32" => DType::F32,
+            "BF16" => DType::BF16,
+            "F16" => DType::F16,
+            "F64" => DType::F64,
+            other => return Err(bad(&format!("dtype {other:?}; rtlab reads F32, BF16, F16 and F64 weights"))),
+        };
+        if bytes.len() != n * source.size_in_bytes() {
+            return Err(bad("data length does not match its shape and dtype"));
+        }
+        let t = Tensor::from_raw_buffer(&bytes, source, &shape, dev)?;
+        drop(bytes);
+        into.insert(name, t.to_dtype(dtype)?);
+    }
+    Ok(())
 }
 
 impl CausalLm {
