@@ -408,7 +408,10 @@ pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, T
     for file in super::config::weight_files(dir)? {
         read_safetensors(&file, dtype, dev, &mut all).map_err(|e| match e {
             TrainError::Input(m) => TrainError::Input(m),
-            other => TrainError::Input(format!("{}: cannot read safetensors: {other}", file.display())),
+            other => TrainError::Input(format!(
+                "{}: cannot read safetensors: {other}",
+                file.display()
+            )),
         })?;
     }
     Ok(all)
@@ -437,21 +440,33 @@ fn read_safetensors(
     let mut header = vec![0u8; header_len];
     f.read_exact(&mut header)?;
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| TrainError::Input(format!("{}: bad safetensors header: {e}", path.display())))?;
+        .map_err(|e| {
+            TrainError::Input(format!("{}: bad safetensors header: {e}", path.display()))
+        })?;
     let data_start = 8 + header_len as u64;
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
         }
-        let bad = |what: &str| TrainError::Input(format!("{}: tensor {name}: {what}", path.display()));
+        let bad =
+            |what: &str| TrainError::Input(format!("{}: tensor {name}: {what}", path.display()));
         let shape: Vec<usize> = info["shape"]
             .as_array()
             .ok_or_else(|| bad("no shape"))?
             .iter()
-            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| bad("bad shape")))
+            .map(|d| {
+                d.as_u64()
+                    .map(|d| d as usize)
+                    .ok_or_else(|| bad("bad shape"))
+            })
             .collect::<Result<_, _>>()?;
-        let offsets = info["data_offsets"].as_array().ok_or_else(|| bad("no data_offsets"))?;
-        let (start, end) = match (offsets.first().and_then(|v| v.as_u64()), offsets.get(1).and_then(|v| v.as_u64())) {
+        let offsets = info["data_offsets"]
+            .as_array()
+            .ok_or_else(|| bad("no data_offsets"))?;
+        let (start, end) = match (
+            offsets.first().and_then(|v| v.as_u64()),
+            offsets.get(1).and_then(|v| v.as_u64()),
+        ) {
             (Some(s), Some(e)) if e >= s => (s, e),
             _ => return Err(bad("bad data_offsets")),
         };
@@ -464,7 +479,11 @@ fn read_safetensors(
             "BF16" => DType::BF16,
             "F16" => DType::F16,
             "F64" => DType::F64,
-            other => return Err(bad(&format!("dtype {other:?}; rtlab reads F32, BF16, F16 and F64 weights"))),
+            other => {
+                return Err(bad(&format!(
+                    "dtype {other:?}; rtlab reads F32, BF16, F16 and F64 weights"
+                )))
+            }
         };
         if bytes.len() != n * source.size_in_bytes() {
             return Err(bad("data length does not match its shape and dtype"));

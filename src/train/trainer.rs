@@ -380,83 +380,27 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             })
             .collect::<Result<_, _>>()?;
         let scored: usize = prepared.iter().map(|b| b.scored).sum::<usize>().max(1);
-        let mut sums: Vec<Option<Tensor>> = vec![None; plain.len()];
-        let mut loss_sum = 0.0;
         let lr = h.lr_at(step, total);
-        if let Some(g) = on_gpu.as_mut() {
-            for (k, b) in prepared.iter().enumerate() {
-                loss_sum += g.micro(b, scored as f64, h.seed ^ ((step as u64) << 20) ^ k as u64)?;
-                tokens_this_run += b.tokens;
-                state.tokens += b.tokens;
-            }
-            let grad_norm = g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?;
-            state.step += 1;
-            state.curve.push(StepLog {
-                step: state.step,
-                epoch,
-                loss: loss_sum,
-                lr,
-                grad_norm,
-                tokens: state.tokens,
-            });
-            if let Some(b) = &bar {
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                b.set_message(format!(
-                    "loss {loss_sum:.4}  {:.0} tok/s",
-                    tokens_this_run as f64 / secs
-                ));
-                b.set_position(state.step as u64);
-            }
-            if h.checkpoint_every > 0
-                && state.step.is_multiple_of(h.checkpoint_every)
-                && state.step < total
-            {
-                sync(&on_gpu, &mut adam)?;
-                write_checkpoint(&job, &adam, &vars, &state)?;
-            }
-            continue;
-        }
-        for (k, b) in prepared.iter().enumerate() {
-            let mut pass = Pass::training(h.seed ^ ((step as u64) << 20) ^ k as u64);
-            let logits = job.model.forward(&b.inputs, None, &mut pass)?;
-            let loss = masked_nll(&logits, &b.targets, &b.mask, scored as f64)?;
-            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let grads = loss.backward()?;
-            for (i, var) in plain.iter().enumerate() {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    sums[i] = Some(match sums[i].take() {
-                        None => g.clone(),
-                        Some(s) => (s + g)?,
-                    });
+        // Dropout of micro-batch k of step s is seeded the same way on both devices.
+        let seed = |k: usize| h.seed ^ ((step as u64) << 20) ^ k as u64;
+        let (loss_sum, grad_norm) = match on_gpu.as_mut() {
+            Some(g) => {
+                let mut loss = 0.0;
+                for (k, b) in prepared.iter().enumerate() {
+                    loss += g.micro(b, scored as f64, seed(k))?;
                 }
+                (
+                    loss,
+                    g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?,
+                )
             }
-            tokens_this_run += b.tokens;
-            state.tokens += b.tokens;
-        }
-        let grads: Vec<Tensor> = sums
-            .into_iter()
-            .zip(&plain)
-            .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.zeros_like()))
-            .collect::<Result<_, candle_core::Error>>()?;
-        let mut norm_sq = 0.0;
-        for g in &grads {
-            norm_sq += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-        }
-        let grad_norm = norm_sq.sqrt();
-        let grads = if h.max_grad_norm > 0.0 && grad_norm > h.max_grad_norm {
-            let factor = h.max_grad_norm / (grad_norm + 1e-6);
-            grads
-                .iter()
-                .map(|g| g * factor)
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            grads
+            None => cpu_step(
+                job.model, &prepared, &plain, &mut adam, scored, lr, h, step, seed,
+            )?,
         };
-        adam.step(&plain, &grads, lr, h.weight_decay, step + 1)?;
+        let tokens: usize = prepared.iter().map(|b| b.tokens).sum();
+        tokens_this_run += tokens;
+        state.tokens += tokens;
         state.step += 1;
         state.curve.push(StepLog {
             step: state.step,
@@ -478,6 +422,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             && state.step.is_multiple_of(h.checkpoint_every)
             && state.step < total
         {
+            sync(&on_gpu, &mut adam)?;
             write_checkpoint(&job, &adam, &vars, &state)?;
         }
     }
@@ -506,6 +451,64 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         cancelled,
         fingerprint: job.fingerprint.to_string(),
     })
+}
+
+/// One optimizer step on the CPU: forward + backward of each micro-batch, gradients summed, clipped to
+/// `max_grad_norm`, AdamW. Returns the step's loss and its gradient norm before clipping.
+#[allow(clippy::too_many_arguments)] // the step's inputs, named as the loop has them
+fn cpu_step(
+    model: &CausalLm,
+    prepared: &[Batch],
+    plain: &[Var],
+    adam: &mut AdamW,
+    scored: usize,
+    lr: f64,
+    h: &Hyper,
+    step: usize,
+    seed: impl Fn(usize) -> u64,
+) -> Result<(f64, f64), TrainError> {
+    let mut sums: Vec<Option<Tensor>> = vec![None; plain.len()];
+    let mut loss_sum = 0.0;
+    for (k, b) in prepared.iter().enumerate() {
+        let mut pass = Pass::training(seed(k));
+        let logits = model.forward(&b.inputs, None, &mut pass)?;
+        let loss = masked_nll(&logits, &b.targets, &b.mask, scored as f64)?;
+        loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = loss.backward()?;
+        for (i, var) in plain.iter().enumerate() {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sums[i] = Some(match sums[i].take() {
+                    None => g.clone(),
+                    Some(s) => (s + g)?,
+                });
+            }
+        }
+    }
+    let grads: Vec<Tensor> = sums
+        .into_iter()
+        .zip(plain)
+        .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.zeros_like()))
+        .collect::<Result<_, candle_core::Error>>()?;
+    let mut norm_sq = 0.0;
+    for g in &grads {
+        norm_sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    let grad_norm = norm_sq.sqrt();
+    let grads = if h.max_grad_norm > 0.0 && grad_norm > h.max_grad_norm {
+        let factor = h.max_grad_norm / (grad_norm + 1e-6);
+        grads
+            .iter()
+            .map(|g| g * factor)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        grads
+    };
+    adam.step(plain, &grads, lr, h.weight_decay, step + 1)?;
+    Ok((loss_sum, grad_norm))
 }
 
 /// A bar with loss, tokens/s and ETA on stderr when it is a terminal.
