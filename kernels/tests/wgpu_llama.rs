@@ -8,40 +8,11 @@ use rand::{Rng, SeedableRng};
 use rtlab_kernels::reference::*;
 use rtlab_kernels::reference_llama::{llama_reference, LlamaBatch};
 use rtlab_kernels::{
-    AdamWConfig, AttentionDims, BatchedGemm, Gpu, GpuLlama, LlamaShape, Operand, PROJECTIONS,
+    AdamWConfig, AttentionDims, BatchedGemm, GpuLlama, LlamaShape, Operand, PROJECTIONS,
 };
 
-const TOL: f32 = 1e-4;
-
-fn gpu() -> Gpu {
-    Gpu::wgpu()
-        .unwrap_or_else(|e| panic!("these tests need a wgpu adapter and must not be skipped: {e}"))
-}
-
-fn rand_vec(rng: &mut StdRng, len: usize, scale: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-scale..scale)).collect()
-}
-
-/// Same length, no NaN, max |a − b| / max(1, |ref|) ≤ TOL.
-fn assert_close(name: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    if let Some(i) = got.iter().position(|v| v.is_nan()) {
-        panic!("{name}: element {i} is NaN (never written, or a NaN computed)");
-    }
-    let (mut worst, mut at) = (0f32, 0);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs() / w.abs().max(1.0);
-        if err > worst {
-            (worst, at) = (err, i);
-        }
-    }
-    assert!(
-        worst <= TOL,
-        "{name}: relative error {worst} at {at} (got {}, want {})",
-        got[at],
-        want[at]
-    );
-}
+mod common;
+use common::*;
 
 /// Scale-aware: max |a − b| ≤ 1e-3 · max |ref| (the grads are far below 1, where the
 /// `max(1, |ref|)` check of [`assert_close`] is an absolute one).
