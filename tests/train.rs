@@ -414,3 +414,42 @@ fn the_wgpu_step_on_rtlabs_cubecl_kernels_trains_like_the_cpu_step() {
         "the adapters trained on the two devices give logits {worst} apart"
     );
 }
+
+#[test]
+fn local_models_merge_and_tiny_models_refuse_bad_input_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    ok(&tiny(&base));
+    let b = base.display();
+    let e = err(r#"load_model("/nonexistent/model", #{})"#);
+    assert!(
+        e.contains("/nonexistent/model: no such model directory"),
+        "{e}"
+    );
+    let e = err(&format!(r#"load_model("{b}", #{{adapter: "{b}"}})"#));
+    assert!(e.contains("missing adapter_config.json"), "{e}");
+    let e = err(&format!(r#"load_model("{b}", #{{lora: "x"}})"#));
+    assert!(e.contains("unknown option \"lora\""), "{e}");
+    let e = err(&format!(
+        r#"load_model("{b}", #{{}}).generate("hi", #{{max_token: 3}})"#
+    ));
+    assert!(e.contains("unknown option \"max_token\""), "{e}");
+    let e = err(&format!(
+        r#"merge("{b}", "{b}", "{}")"#,
+        tmp.path().join("merged").display()
+    ));
+    assert!(e.contains("missing adapter_config.json"), "{e}");
+    assert!(
+        !tmp.path().join("merged").exists(),
+        "a refused merge writes nothing"
+    );
+    let e = err(&format!(
+        r#"create_tiny_model("{}", #{{hidden: 30, heads: 4}})"#,
+        tmp.path().join("t2").display()
+    ));
+    assert!(e.contains("must split into 4 heads"), "{e}");
+    let e = err(r#"create_tiny_model("/tmp/rtlab-never", #{arch: "gpt2"})"#);
+    assert!(e.contains("arch \"gpt2\""), "{e}");
+    let e = err(r#"parse_json("{\"a\": ")"#);
+    assert!(e.contains("parse_json: EOF while parsing"), "{e}");
+}

@@ -66,12 +66,11 @@ fn project_line(line: &[u8], keys: &[String], out: &mut Vec<u8>) -> Result<(), S
     de.end().map_err(|e| e.to_string())
 }
 
-/// What one chunk gave: the kept lines (raw, each with its newline), their projections, and its line count.
+/// What one chunk gave: the kept lines (raw, each with its newline) and their projections.
 struct ChunkResult {
     kept_raw: Vec<u8>,
     kept_projected: Vec<u8>,
     kept: usize,
-    lines: usize,
 }
 
 /// The top-level keys an expression reads (`col("metadata.score")` reads `metadata`).
@@ -132,7 +131,6 @@ fn scan_chunk(
             kept_raw: vec![],
             kept_projected: vec![],
             kept: 0,
-            lines,
         });
     }
     if let Some(pred) = predicate {
@@ -198,7 +196,6 @@ fn scan_chunk(
         kept_raw,
         kept_projected,
         kept,
-        lines,
     })
 }
 
@@ -276,7 +273,6 @@ impl LazyJsonl {
             });
             for r in results {
                 let r = r?;
-                let _ = r.lines;
                 out.raw.extend_from_slice(&r.kept_raw);
                 out.projected.extend_from_slice(&r.kept_projected);
                 out.rows += r.kept;
