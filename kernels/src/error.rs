@@ -15,6 +15,26 @@ pub enum KernelError {
         /// cubecl's own account of the failure.
         detail: String,
     },
+    /// The CUDA driver library does not load: no NVIDIA driver on this machine (or not on the
+    /// loader's path). Checked before cubecl is asked, which would only report zero devices.
+    #[error(
+        "no CUDA driver (libcuda.so) found: {detail}. Install the NVIDIA driver (`nvidia-smi` \
+         should then list the GPU), or use the wgpu device"
+    )]
+    NoCudaDriver {
+        /// What was tried.
+        detail: String,
+    },
+    /// NVRTC, which compiles the CUDA kernels at run time, does not load. Checked up front because
+    /// it is first called at the first launch, where cudarc would panic.
+    #[error(
+        "no NVRTC (libnvrtc.so) found: {detail}. It ships with the CUDA toolkit (alone: NVIDIA's \
+         cuda-nvrtc-<version> package): install it, or add its lib directory to LD_LIBRARY_PATH"
+    )]
+    NoNvrtc {
+        /// What was tried.
+        detail: String,
+    },
     /// The CUDA runtime found no usable device.
     #[error(
         "no CUDA device {index} ({detail}): check `nvidia-smi` lists a GPU and that the NVIDIA \
@@ -78,6 +98,12 @@ mod tests {
         assert!(e
             .to_string()
             .contains("apt-get install mesa-vulkan-drivers libvulkan1"));
+        let e = KernelError::NoCudaDriver {
+            detail: "none loads".into(),
+        };
+        assert!(e.to_string().starts_with(
+            "no CUDA driver (libcuda.so) found: none loads. Install the NVIDIA driver"
+        ));
         let e = shape_err("matmul", "c must be [2, 3], got [3, 2]");
         assert_eq!(
             e.to_string(),

@@ -117,6 +117,42 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Checks that the two libraries cudarc loads with dlopen are there: the driver's libcuda and
+/// NVRTC. cudarc panics on the first call into a library it cannot load, and cubecl only guards
+/// the driver (a machine without it reports zero devices, which reads as the wrong problem); NVRTC
+/// is first called at the first kernel launch. The checks are the ones cubecl-cuda makes itself.
+#[cfg(feature = "cuda")]
+fn check_cuda_libraries() -> Result<()> {
+    // SAFETY: each only tries to dlopen the library's candidate names, closing what it opens.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(KernelError::NoCudaDriver {
+            detail: not_loaded("cuda"),
+        });
+    }
+    // SAFETY: as above.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(KernelError::NoNvrtc {
+            detail: not_loaded("nvrtc"),
+        });
+    }
+    Ok(())
+}
+
+/// What was tried for library `lib`: cudarc's candidate file names (first and last) and the
+/// search path. (For the driver cudarc also tries Windows' `nvcuda`, left out of the message.)
+#[cfg(feature = "cuda")]
+fn not_loaded(lib: &str) -> String {
+    let names = cudarc::get_lib_name_candidates(lib);
+    let path = std::env::var("LD_LIBRARY_PATH").unwrap_or_else(|_| "unset".into());
+    format!(
+        "the dynamic loader opens none of the {} names cudarc tries ({} ... {}; LD_LIBRARY_PATH \
+         {path})",
+        names.len(),
+        names.first().map_or("", String::as_str),
+        names.last().map_or("", String::as_str),
+    )
+}
+
 impl Gpu {
     /// The default wgpu adapter (Vulkan on Linux; Mesa's lavapipe on a machine without a GPU).
     pub fn wgpu() -> Result<Gpu> {
@@ -137,8 +173,12 @@ impl Gpu {
     }
 
     /// CUDA device `index` (kernels are compiled at run time with NVRTC).
+    ///
+    /// Fails with [`KernelError::NoCudaDriver`] or [`KernelError::NoNvrtc`] where a library
+    /// the runtime needs does not load, rather than letting cudarc panic on its first call into it.
     #[cfg(feature = "cuda")]
     pub fn cuda(index: usize) -> Result<Gpu> {
+        check_cuda_libraries()?;
         let device = cubecl::Device::cuda(index).map_err(|e| KernelError::NoCudaDevice {
             index,
             detail: e.to_string(),

@@ -1,5 +1,5 @@
-//! Helpers the wgpu test files share: the device (failing, never skipping, without one), seeded
-//! inputs, and the comparison every kernel test makes.
+//! Helpers the device test files share: the wgpu device (failing, never skipping, without one),
+//! seeded inputs, and the comparison every kernel test makes.
 #![allow(dead_code)]
 
 use rand::rngs::StdRng;
