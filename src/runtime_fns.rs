@@ -43,6 +43,11 @@ pub fn resolve_path(path: &str) -> PathBuf {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a reader
 /// (or a crash) never sees half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, without concatenating them first.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -59,7 +64,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
-    tmp.write_all(bytes)?;
+    for part in parts {
+        tmp.write_all(part)?;
+    }
+    // Durable before it is visible: after a power cut the file is the old one or the whole new one.
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

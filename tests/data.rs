@@ -341,3 +341,101 @@ fn a_lazy_scan_names_the_bad_line_and_the_missing_file() {
     ));
     assert!(e.contains("select[0]"), "{e}");
 }
+
+#[test]
+fn a_lazy_scan_of_arrays_and_of_keys_missing_from_a_whole_piece_agrees_with_the_eager_filter() {
+    // Rows 0..20000 have no `score` (more than one piece of the scan); `metadata.tags` is an array, which
+    // the scan's typed columns leave to polars' reader. Both must give what the eager filter gives.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.jsonl");
+    let pad = "z".repeat(400);
+    let mut text = String::new();
+    for i in 0..30_000 {
+        let score = if i < 20_000 {
+            String::new()
+        } else {
+            format!(", \"score\": {}", (i % 7) as f64 / 7.0)
+        };
+        text.push_str(&format!(
+            "{{\"pad\": \"{pad}\", \"metadata\": {{\"tags\": [\"t{}\"], \"n\": {i}}}{score}}}\n",
+            i % 3
+        ));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let out = ok(&format!(
+        r#"let p = "{}";
+        print(scan_jsonl(p).filter(col("score") > 0.5).len());
+        print(load_jsonl(p).filter(col("score") > 0.5).len());
+        let lazy = scan_jsonl(p).filter(col("metadata.n") % 1000 == 0);
+        let eager = load_jsonl(p).filter(col("metadata.n") % 1000 == 0);
+        print(lazy.len()); print(eager.len());
+        print(lazy.select(["metadata.n", "score"]).collect().to_records() == eager.select(["metadata.n", "score"]).to_records());
+        print(scan_jsonl(p).filter(lit(true)).len());"#,
+        path.display()
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    let high = (20_000..30_000)
+        .filter(|i| (i % 7) as f64 / 7.0 > 0.5)
+        .count();
+    assert_eq!(lines[0], high.to_string(), "{out}");
+    assert_eq!(lines[1], high.to_string(), "{out}");
+    assert_eq!(lines[2], "30", "{out}");
+    assert_eq!(lines[3], "30", "{out}");
+    assert_eq!(lines[4], "true", "{out}");
+    assert_eq!(lines[5], "30000", "{out}");
+}
+
+#[test]
+fn a_lazy_scan_remembers_its_kept_lines_until_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.jsonl");
+    let rows = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("{{\"i\": {i}, \"ok\": true}}\n"))
+            .collect()
+    };
+    std::fs::write(&path, rows(3)).unwrap();
+    let out_path = dir.path().join("kept.jsonl");
+    // The file is rewritten (longer) between the sink and the collect: the collect must see it.
+    let out = ok(&format!(
+        r#"let kept = scan_jsonl("{p}").filter(col("ok"));
+        print(kept.sink_jsonl("{o}"));
+        print(kept.select(["i"]).collect().len());
+        write_text("{p}", `{{"i": 7, "ok": true}}` + "\n" + `{{"i": 8, "ok": false}}` + "\n" + `{{"i": 9, "ok": true}}` + "\n" + `{{"i": 10, "ok": true}}` + "\n");
+        print(kept.len());
+        print(kept.select(["i"]).collect().to_records());"#,
+        p = path.display(),
+        o = out_path.display()
+    ));
+    assert_eq!(
+        out, "3\n3\n3\n[#{\"i\": 7}, #{\"i\": 9}, #{\"i\": 10}]\n",
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), rows(3));
+}
+
+#[test]
+fn a_lazy_scan_through_polars_reader_also_fills_keys_missing_from_a_whole_piece() {
+    // `meta` holds an array, so every piece goes through polars' reader; `meta` is absent from the
+    // first 20000 rows (more than one piece).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("late.jsonl");
+    let pad = "q".repeat(400);
+    let mut text = String::new();
+    for i in 0..25_000 {
+        let meta = if i < 20_000 {
+            String::new()
+        } else {
+            format!(", \"meta\": {{\"tags\": [1, 2], \"n\": {i}}}")
+        };
+        text.push_str(&format!("{{\"pad\": \"{pad}\"{meta}}}\n"));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let out = ok(&format!(
+        r#"let p = "{}";
+        print(scan_jsonl(p).filter(col("meta.n") >= 24990).len());
+        print(load_jsonl(p).filter(col("meta.n") >= 24990).len());"#,
+        path.display()
+    ));
+    assert_eq!(out, "10\n10\n");
+}

@@ -9,6 +9,7 @@ mod expr;
 mod frame_fns;
 mod io;
 mod scan;
+mod typed;
 
 pub use convert::{dynamic_to_json, from_records, json_to_dynamic, to_records};
 pub use expr::column;
@@ -30,9 +31,12 @@ impl Frame {
     }
 
     /// A content hash of the frame (schema and values), stable across processes: the cell cache keys on it.
+    /// The frame's Arrow IPC encoding streams into the hasher: no second copy of a big frame in memory.
     pub fn content_hash(&self) -> Result<blake3::Hash, DataError> {
-        let bytes = frame_to_ipc_bytes(&self.df)?;
-        Ok(blake3::hash(&bytes))
+        use polars::prelude::{IpcWriter, SerWriter};
+        let mut hasher = blake3::Hasher::new();
+        IpcWriter::new(&mut hasher).finish(&mut self.df.clone())?;
+        Ok(hasher.finalize())
     }
 }
 
@@ -66,14 +70,6 @@ impl From<DataError> for Box<EvalAltResult> {
     fn from(e: DataError) -> Self {
         e.to_string().into()
     }
-}
-
-fn frame_to_ipc_bytes(df: &DataFrame) -> Result<Vec<u8>, DataError> {
-    use polars::prelude::{IpcWriter, SerWriter};
-    let mut buf = Vec::new();
-    let mut df = df.clone();
-    IpcWriter::new(&mut buf).finish(&mut df)?;
-    Ok(buf)
 }
 
 /// A column (dotted struct paths allowed) as strings, whatever its type; nulls are `None`. What the
@@ -172,9 +168,7 @@ mod scan_functions {
     /// Adds a filter to the scan (all filters must hold).
     #[rhai_fn(name = "filter")]
     pub fn lazy_filter(lf: &mut LazyJsonl, condition: Expr) -> LazyJsonl {
-        let mut out = lf.clone();
-        out.filters.push(condition.0);
-        out
+        lf.with_filter(condition.0)
     }
 
     /// Keeps only these columns (names or dotted paths) when collecting: the other keys are never parsed.
@@ -218,7 +212,7 @@ mod scan_functions {
         Ok(lf.sink_jsonl(&path_of(path))? as i64)
     }
 
-    /// How many lines pass the filters (one streaming pass, nothing kept).
+    /// How many lines pass the filters (nothing is copied; a scan whose lines were kept answers at once).
     #[rhai_fn(name = "len", return_raw)]
     pub fn lazy_len(lf: &mut LazyJsonl) -> Result<i64, Box<EvalAltResult>> {
         Ok(lf.scan(false)?.rows as i64)

@@ -1,18 +1,34 @@
 //! `scan_jsonl`: a lazy JSONL scan for files too big to load, or jobs that keep a few rows of many.
 //!
-//! The file streams in chunks on every core. Of each line only the top-level keys the filters read are
-//! parsed (serde_json skips the rest, instructions and code included, without building them); polars
-//! evaluates the filters on those; the lines that pass are kept as raw bytes. `collect()` then parses
-//! only the kept lines (and only the selected keys, after `select`), and `sink_jsonl(out)` writes them
-//! byte for byte without parsing them at all.
+//! The file is memory-mapped and cut at line ends into pieces, which rayon scans on every core. Of each
+//! line only the values the filters read are parsed: serde_json skips everything else (instructions and
+//! code included) without building it, and the values read go straight into typed columns
+//! ([`Columns`]). polars evaluates the filters on those columns; the lines that pass are kept as raw
+//! bytes. `sink_jsonl(out)` writes them byte for byte; `collect()` parses only them.
+//!
+//! A piece whose filtered values are not plain scalars and objects (an array, a value whose type
+//! changes between rows) is handed to polars' own JSON reader instead: slower, same answer.
+//!
+//! The kept lines of the last scan are remembered, keyed by the file's length and modification time,
+//! so that `sink_jsonl` then `select(...).collect()` on the same scan reads the file once.
 
 use super::expr::column;
+use super::typed::{Columns, Keys};
 use super::{DataError, Frame};
 use polars::prelude::*;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use rayon::prelude::*;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// The size of the pieces the workers take: small enough to balance the cores, big enough that
+/// polars' per-piece work (one filter evaluation) costs nothing.
+pub(super) const PIECE_BYTES: usize = 4 << 20;
+/// Kept lines up to this size are remembered for the next call on the same scan.
+const REMEMBER_BYTES: usize = 256 << 20;
 
 /// The Rhai `LazyFrame`: a path and the filters and projection to apply when it is read.
 #[derive(Clone, Debug)]
@@ -21,56 +37,205 @@ pub struct LazyJsonl {
     pub filters: Vec<Expr>,
     /// Dotted paths to keep, as `select` gave them; `None` keeps every column.
     pub columns: Option<Vec<String>>,
+    /// The last scan's kept lines, shared with the copies `select` makes (same filters, same rows).
+    remembered: Arc<Mutex<Option<Remembered>>>,
 }
 
-/// Rewrites one JSON object line as `{"k": raw, ...}` with only `keys`, appending it and a newline.
-struct Projector<'a> {
-    keys: &'a [String],
-    out: &'a mut Vec<u8>,
+#[derive(Debug)]
+struct Remembered {
+    stamp: FileStamp,
+    kept: Arc<Kept>,
 }
 
-impl<'de> Visitor<'de> for Projector<'_> {
-    type Value = ();
+/// What tells us the file has not changed since it was scanned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
+/// The lines that passed the filters, each with its newline, in file order, as the pieces kept them
+/// (not concatenated: `sink_jsonl` writes them one after the other), and how many.
+#[derive(Debug, Default)]
+pub struct Kept {
+    pub pieces: Vec<Vec<u8>>,
+    pub rows: usize,
+}
+
+impl Kept {
+    fn bytes(&self) -> usize {
+        self.pieces.iter().map(Vec::len).sum()
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        self.out.push(b'{');
-        let mut first = true;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if self.keys.iter().any(|k| k == key.as_ref()) {
-                let raw: &RawValue = map.next_value()?;
-                if !first {
-                    self.out.push(b',');
-                }
-                first = false;
-                serde_json::to_writer(&mut *self.out, key.as_ref())
-                    .map_err(serde::de::Error::custom)?;
-                self.out.push(b':');
-                self.out.extend_from_slice(raw.get().as_bytes());
-            } else {
-                map.next_value::<IgnoredAny>()?;
+    fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.pieces
+            .iter()
+            .flat_map(|p| p.split(|b| *b == b'\n'))
+            .filter(|l| !l.is_empty())
+    }
+}
+
+impl LazyJsonl {
+    pub fn new(path: PathBuf) -> LazyJsonl {
+        LazyJsonl {
+            path,
+            filters: Vec::new(),
+            columns: None,
+            remembered: Arc::default(),
+        }
+    }
+
+    /// This scan with one more filter (which keeps other rows: nothing remembered carries over).
+    pub fn with_filter(&self, condition: Expr) -> LazyJsonl {
+        let mut out = self.clone();
+        out.filters.push(condition);
+        out.remembered = Arc::default();
+        out
+    }
+
+    /// The kept lines: remembered, or read once on every core. Without `keep_lines` only the rows are
+    /// counted (nothing is copied, nothing remembered).
+    pub fn scan(&self, keep_lines: bool) -> Result<Arc<Kept>, DataError> {
+        let shown = self.path.display().to_string();
+        if !self.path.exists() {
+            return Err(DataError::Read {
+                path: shown,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        crate::runtime_fns::note_input(&self.path);
+        let read_error = |source| DataError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&self.path).map_err(read_error)?;
+        let meta = file.metadata().map_err(read_error)?;
+        let stamp = FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        };
+        let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = remembered.as_ref().filter(|r| r.stamp == stamp) {
+            return Ok(r.kept.clone());
+        }
+        let kept = if stamp.len == 0 {
+            Kept::default()
+        } else {
+            // SAFETY: a read-only map of a regular file. If another process truncates the file while
+            // we read it, the process faults (SIGBUS), as any mmap-based reader would (polars' too).
+            // Populated up front: one call instead of a page fault per 4 KiB.
+            let map =
+                unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(read_error)?;
+            self.scan_bytes(&map, &shown, keep_lines)?
+        };
+        let kept = Arc::new(kept);
+        if keep_lines && kept.bytes() <= REMEMBER_BYTES {
+            *remembered = Some(Remembered {
+                stamp,
+                kept: kept.clone(),
+            });
+        }
+        Ok(kept)
+    }
+
+    /// Three steps: the pieces are parsed on every core (each line checked, the filtered values put
+    /// in typed columns); polars evaluates the filters once over all the pieces' columns; the pieces
+    /// copy their kept lines, again on every core.
+    fn scan_bytes(&self, bytes: &[u8], shown: &str, keep_lines: bool) -> Result<Kept, DataError> {
+        let predicate = self.filters.iter().cloned().reduce(|a, b| a.and(b));
+        let filter_keys = top_keys(&self.filters, &[]);
+        let pieces = cut_at_line_ends(bytes, PIECE_BYTES);
+        let mut parsed: Vec<Parsed> = pieces
+            .par_iter()
+            .map(|p| parse_piece(p, &filter_keys, predicate.is_some()))
+            .collect();
+        let mut line_base = 1;
+        let mut bases = Vec::with_capacity(parsed.len());
+        for piece in &mut parsed {
+            if let Some(problem) = piece.problem.take() {
+                return Err(problem.into_error(shown, line_base, piece.lines));
+            }
+            bases.push(line_base);
+            line_base += piece.lines;
+        }
+        let masks = match &predicate {
+            None => parsed.iter().map(|p| vec![true; p.spans.len()]).collect(),
+            Some(predicate) => evaluate_filter(&mut parsed, predicate)
+                .map_err(|(i, problem)| problem.into_error(shown, bases[i], parsed[i].lines))?,
+        };
+        let pieces: Vec<(Vec<u8>, usize)> = parsed
+            .par_iter()
+            .zip(masks.par_iter())
+            .map(|(piece, mask)| piece.kept_lines(mask, keep_lines))
+            .collect();
+        let mut kept = Kept::default();
+        for (raw, rows) in pieces {
+            kept.rows += rows;
+            if !raw.is_empty() {
+                kept.pieces.push(raw);
             }
         }
-        self.out.extend_from_slice(b"}\n");
-        Ok(())
+        Ok(kept)
+    }
+
+    /// The kept rows as a DataFrame; the schema is inferred over the kept lines.
+    pub fn collect(&self) -> Result<Frame, DataError> {
+        let kept = self.scan(true)?;
+        let shown = self.path.display().to_string();
+        let Some(cols) = &self.columns else {
+            let raw = kept.pieces.concat();
+            return Ok(Frame::new(super::io::frame_from_jsonl_bytes(&raw, &shown)?));
+        };
+        // The selected values go into typed columns as the filters' do; polars' reader only when
+        // they do not fit (arrays, types that change between rows).
+        let keys = top_keys(&[], cols);
+        let pieces: Vec<&[u8]> = kept.pieces.iter().map(Vec::as_slice).collect();
+        let df = match super::typed::frame_of_pieces(&pieces, Keys::Only(&keys), &|_| {}) {
+            Some(df) => df,
+            None => {
+                let mut projected = Vec::with_capacity(kept.rows * 32);
+                for line in kept.lines() {
+                    project_line(line, &keys, &mut projected)
+                        .map_err(|e| DataError::Invalid(format!("{shown}: {e}")))?;
+                }
+                super::io::frame_from_jsonl_bytes(&projected, &shown)?
+            }
+        };
+        // Named as the eager `select` names them (a struct field by its own name).
+        let exprs: Vec<Expr> = cols.iter().map(|c| column(c)).collect();
+        let df = df
+            .lazy()
+            .select(exprs)
+            .collect()
+            .map_err(|e| DataError::Invalid(format!("{shown}: select: {e}")))?;
+        Ok(Frame::new(df))
+    }
+
+    /// Writes the kept lines to `out` exactly as they are in the file (atomically); returns how many.
+    pub fn sink_jsonl(&self, out: &Path) -> Result<usize, DataError> {
+        let kept = self.scan(true)?;
+        let parts: Vec<&[u8]> = kept.pieces.iter().map(Vec::as_slice).collect();
+        crate::runtime_fns::write_atomic_parts(out, &parts).map_err(|source| DataError::Write {
+            path: out.display().to_string(),
+            source,
+        })?;
+        Ok(kept.rows)
     }
 }
 
-fn project_line(line: &[u8], keys: &[String], out: &mut Vec<u8>) -> Result<(), String> {
-    let mut de = serde_json::Deserializer::from_slice(line);
-    de.deserialize_map(Projector { keys, out })
-        .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())
-}
-
-/// What one chunk gave: the kept lines (raw, each with its newline) and their projections.
-struct ChunkResult {
-    kept_raw: Vec<u8>,
-    kept_projected: Vec<u8>,
-    kept: usize,
+/// Cuts `bytes` into pieces of about `size` bytes, each ending at a line end (or the end of the file).
+pub(super) fn cut_at_line_ends(bytes: &[u8], size: usize) -> Vec<&[u8]> {
+    let mut pieces = Vec::with_capacity(bytes.len() / size + 1);
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + size).min(bytes.len());
+        if end < bytes.len() {
+            end = memchr::memchr(b'\n', &bytes[end..]).map_or(bytes.len(), |i| end + i + 1);
+        }
+        pieces.push(&bytes[start..end]);
+        start = end;
+    }
+    pieces
 }
 
 /// The top-level keys an expression reads (`col("metadata.score")` reads `metadata`).
@@ -94,243 +259,290 @@ fn top_keys(exprs: &[Expr], paths: &[String]) -> Vec<String> {
     keys
 }
 
-fn scan_chunk(
-    chunk: &[u8],
-    filter_keys: &[String],
-    keep_keys: &[String],
-    predicate: Option<&Expr>,
-    shown: &str,
-    first_line: usize,
-) -> Result<ChunkResult, DataError> {
-    let bad = |i: usize, reason: String, raw: &[u8]| DataError::BadLine {
-        path: shown.to_string(),
-        line: first_line + i,
-        reason,
-        start: String::from_utf8_lossy(raw).chars().take(40).collect(),
-    };
-    // Line spans, blank lines dropped (they are not rows).
-    let mut spans = Vec::new();
-    let mut start = 0;
-    let mut lines = 0;
-    for (i, raw) in chunk.split(|b| *b == b'\n').enumerate() {
-        let end = start + raw.len();
-        if !raw.iter().all(|b| b.is_ascii_whitespace()) {
-            spans.push((i, start, end));
+/// One piece, parsed: where its lines are and, when there is a filter, the columns it reads.
+struct Parsed<'a> {
+    piece: &'a [u8],
+    /// (line index within the piece, start, end) of each line that is not blank.
+    spans: Vec<(usize, usize, usize)>,
+    /// Lines in the piece, blank ones included: the next piece's line numbers start after them.
+    lines: usize,
+    frame: Option<DataFrame>,
+    problem: Option<Problem>,
+}
+
+impl Parsed<'_> {
+    /// The lines `mask` keeps, each with its newline (only counted without `copy`), and how many.
+    fn kept_lines(&self, mask: &[bool], copy: bool) -> (Vec<u8>, usize) {
+        let mut raw = Vec::new();
+        let mut kept = 0;
+        for (&(_, s, e), _) in self.spans.iter().zip(mask).filter(|(_, k)| **k) {
+            kept += 1;
+            if copy {
+                raw.extend_from_slice(&self.piece[s..e]);
+                raw.push(b'\n');
+            }
         }
-        if end < chunk.len() {
-            lines += 1;
+        (raw, kept)
+    }
+}
+
+/// Why a piece stopped, placed in the file once the lines before it are counted.
+enum Problem {
+    /// A line (0-based within the piece) that is not a JSON object.
+    Line {
+        index: usize,
+        reason: String,
+        start: String,
+    },
+    /// The filter could not be evaluated on the piece's rows.
+    Filter(String),
+}
+
+impl Problem {
+    fn line(index: usize, reason: String, raw: &[u8]) -> Problem {
+        Problem::Line {
+            index,
+            reason,
+            start: String::from_utf8_lossy(raw).chars().take(40).collect(),
+        }
+    }
+
+    fn into_error(self, shown: &str, line_base: usize, lines: usize) -> DataError {
+        match self {
+            Problem::Line {
+                index,
+                reason,
+                start,
+            } => DataError::BadLine {
+                path: shown.to_string(),
+                line: line_base + index,
+                reason,
+                start,
+            },
+            Problem::Filter(e) => DataError::Invalid(format!(
+                "{shown} (lines {line_base}..{}): {e}",
+                line_base + lines
+            )),
+        }
+    }
+}
+
+fn parse_piece<'a>(piece: &'a [u8], filter_keys: &[String], filtered: bool) -> Parsed<'a> {
+    let lines = memchr::memchr_iter(b'\n', piece).count() + usize::from(!piece.ends_with(b"\n"));
+    let mut parsed = Parsed {
+        piece,
+        spans: Vec::new(),
+        lines,
+        frame: None,
+        problem: None,
+    };
+    // serde_json does not check the UTF-8 of strings it skips: check the whole piece at once.
+    if let Err(e) = simdutf8::compat::from_utf8(piece) {
+        let at = e.valid_up_to();
+        let line_start = memchr::memrchr(b'\n', &piece[..at]).map_or(0, |i| i + 1);
+        let line_end = memchr::memchr(b'\n', &piece[at..]).map_or(piece.len(), |i| at + i);
+        let index = memchr::memchr_iter(b'\n', &piece[..line_start]).count();
+        parsed.problem = Some(Problem::line(
+            index,
+            format!("invalid UTF-8 at byte {}", at - line_start),
+            &piece[line_start..line_end],
+        ));
+        return parsed;
+    }
+    let mut start = 0;
+    for (index, end) in memchr::memchr_iter(b'\n', piece)
+        .chain(std::iter::once(piece.len()))
+        .enumerate()
+    {
+        if !piece[start..end].iter().all(u8::is_ascii_whitespace) {
+            parsed.spans.push((index, start, end));
         }
         start = end + 1;
     }
-    if chunk.last().is_some_and(|b| *b != b'\n') {
-        lines += 1;
-    }
-    let mut keep = vec![true; spans.len()];
-    if spans.is_empty() {
-        return Ok(ChunkResult {
-            kept_raw: vec![],
-            kept_projected: vec![],
-            kept: 0,
-        });
-    }
-    if let Some(pred) = predicate {
-        let mut mini = Vec::with_capacity(spans.len() * 64);
-        for &(i, s, e) in &spans {
-            let raw = &chunk[s..e];
-            project_line(raw, filter_keys, &mut mini).map_err(
-                |reason| match std::str::from_utf8(raw) {
-                    Err(u) => bad(i, format!("invalid UTF-8 at byte {}", u.valid_up_to()), raw),
-                    Ok(_) => bad(i, format!("invalid JSON ({reason})"), raw),
-                },
-            )?;
-        }
-        let df = JsonReader::new(Cursor::new(mini.as_slice()))
-            .with_json_format(JsonFormat::JsonLines)
-            .infer_schema_len(None)
-            .finish()
-            .map_err(|e| DataError::Invalid(format!("{shown}: {e}")))?;
-        let mask = df
-            .lazy()
-            .select([pred.clone().alias("keep")])
-            .collect()
-            .map_err(|e| {
-                DataError::Invalid(format!(
-                    "{shown} (lines {}..{}): filter: {e}",
-                    first_line,
-                    first_line + lines
-                ))
-            })?;
-        let mask = mask
-            .column("keep")
-            .and_then(|c| c.bool().cloned())
-            .map_err(|e| {
-                DataError::Invalid(format!("{shown}: a filter must give true/false: {e}"))
-            })?;
-        let values = mask.downcast_iter().flat_map(|arr| arr.iter());
-        for (k, v) in keep.iter_mut().zip(values) {
-            *k = v.unwrap_or(false);
+    // Every line is checked to be a JSON object, filtered or not.
+    let mut columns = Columns::new(Keys::Only(filter_keys));
+    for &(index, s, e) in &parsed.spans {
+        if let Err(reason) = columns.read_line(&piece[s..e]) {
+            parsed.problem = Some(Problem::line(index, reason, &piece[s..e]));
+            return parsed;
         }
     }
-    let mut kept_raw = Vec::new();
-    let mut kept_projected = Vec::new();
-    let mut kept = 0;
-    for (&(i, s, e), k) in spans.iter().zip(&keep) {
-        if !*k {
-            continue;
+    if filtered {
+        let rows = parsed.spans.len();
+        match columns.into_frame(rows) {
+            Some(frame) => parsed.frame = Some(frame),
+            None => match polars_read_keys(piece, &parsed.spans, filter_keys) {
+                Ok(frame) => parsed.frame = Some(frame),
+                Err(problem) => parsed.problem = Some(problem),
+            },
         }
-        kept += 1;
-        let raw = &chunk[s..e];
-        if predicate.is_none() {
-            // Without a filter nothing validated the line yet.
-            if let Some(reason) = super::io::line_problem(raw) {
-                return Err(bad(i, reason, raw));
+    }
+    parsed
+}
+
+/// The filter's true/false per line of each piece, evaluated by polars once over all the pieces'
+/// columns (concatenated with supertypes: a score that is an integer in one piece and a float in
+/// another is a float). On failure, the piece that fails, for the error's line range.
+fn evaluate_filter(
+    parsed: &mut [Parsed],
+    predicate: &Expr,
+) -> Result<Vec<Vec<bool>>, (usize, Problem)> {
+    let frames: Vec<LazyFrame> = parsed
+        .iter()
+        .filter(|p| !p.spans.is_empty())
+        .filter_map(|p| p.frame.clone())
+        .map(|f| f.lazy())
+        .collect();
+    let rows: usize = parsed.iter().map(|p| p.spans.len()).sum();
+    let all = concat(
+        frames,
+        UnionArgs {
+            to_supertypes: true,
+            diagonal: true,
+            ..Default::default()
+        },
+    )
+    .and_then(|lf| lf.select([predicate.clone().alias("keep")]).collect());
+    let values = match all.and_then(|df| mask_of(&df, rows)) {
+        Ok(values) => values,
+        Err(e) => {
+            // Find the piece that fails, to name its lines.
+            for (i, p) in parsed.iter().enumerate() {
+                let Some(frame) = &p.frame else { continue };
+                let one = frame
+                    .clone()
+                    .lazy()
+                    .select([predicate.clone().alias("keep")])
+                    .collect()
+                    .and_then(|df| mask_of(&df, p.spans.len()));
+                if let Err(e) = one {
+                    return Err((i, Problem::Filter(format!("filter: {e}"))));
+                }
             }
+            return Err((0, Problem::Filter(format!("filter: {e}"))));
         }
-        kept_raw.extend_from_slice(raw);
-        kept_raw.push(b'\n');
-        if !keep_keys.is_empty() {
-            project_line(raw, keep_keys, &mut kept_projected).map_err(|r| bad(i, r, raw))?;
-        }
+    };
+    let mut masks = Vec::with_capacity(parsed.len());
+    let mut at = 0;
+    for p in parsed.iter() {
+        masks.push(values[at..at + p.spans.len()].to_vec());
+        at += p.spans.len();
     }
-    Ok(ChunkResult {
-        kept_raw,
-        kept_projected,
-        kept,
+    Ok(masks)
+}
+
+/// The `keep` column as one bool per row (a filter that reads no column, `lit(true)`, gives one value
+/// for every row; null keeps nothing).
+fn mask_of(df: &DataFrame, rows: usize) -> PolarsResult<Vec<bool>> {
+    let keep = df.column("keep")?.bool().map_err(|_| {
+        polars_err!(ComputeError: "a filter must give true/false, not {}", df.column("keep").map(|c| c.dtype().to_string()).unwrap_or_default())
+    })?;
+    let values: Vec<bool> = keep
+        .downcast_iter()
+        .flat_map(|arr| arr.iter())
+        .map(|v| v.unwrap_or(false))
+        .collect();
+    Ok(match values.as_slice() {
+        [one] if rows != 1 => vec![*one; rows],
+        _ if values.len() == rows => values,
+        _ => polars_bail!(ComputeError: "the filter gave {} values for {rows} rows", values.len()),
     })
 }
 
-/// The scan's result: the kept lines, raw and (when a projection was asked for) projected.
-pub struct Scanned {
-    pub raw: Vec<u8>,
-    pub projected: Vec<u8>,
-    pub rows: usize,
+/// The slow path for a piece [`Columns`] cannot type: each line rewritten to only the filtered keys,
+/// then polars' JSON reader over those small lines, with its schema inference.
+fn polars_read_keys(
+    piece: &[u8],
+    spans: &[(usize, usize, usize)],
+    filter_keys: &[String],
+) -> Result<DataFrame, Problem> {
+    let mut mini = Vec::with_capacity(spans.len() * 64);
+    for &(index, s, e) in spans {
+        project_line(&piece[s..e], filter_keys, &mut mini).map_err(|reason| {
+            Problem::line(index, format!("invalid JSON ({reason})"), &piece[s..e])
+        })?;
+    }
+    let mut frame = JsonReader::new(Cursor::new(mini.as_slice()))
+        .with_json_format(JsonFormat::JsonLines)
+        .infer_schema_len(None)
+        .finish()
+        .map_err(|e| Problem::Filter(e.to_string()))?;
+    // As in `Columns::into_frame`: a key no line has is a null column.
+    for key in filter_keys {
+        if frame.column(key).is_err() {
+            frame
+                .with_column(Column::full_null(key.into(), spans.len(), &DataType::Null))
+                .map_err(|e| Problem::Filter(e.to_string()))?;
+        }
+    }
+    Ok(frame)
 }
 
-impl LazyJsonl {
-    pub fn new(path: PathBuf) -> LazyJsonl {
-        LazyJsonl {
-            path,
-            filters: Vec::new(),
-            columns: None,
-        }
+/// Rewrites one JSON object line as `{"k": raw, ...}` with only `keys`, appending it and a newline.
+struct Projector<'a> {
+    keys: &'a [String],
+    out: &'a mut Vec<u8>,
+}
+
+/// A top-level key, and whether it is one of the projected ones.
+struct ProjectedKey<'a>(&'a [String]);
+
+impl<'de> DeserializeSeed<'de> for ProjectedKey<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ProjectedKey<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
     }
 
-    /// Streams the file once on every core. `want_projection` asks for the selected keys of kept lines.
-    pub fn scan(&self, want_projection: bool) -> Result<Scanned, DataError> {
-        let shown = self.path.display().to_string();
-        if !self.path.exists() {
-            return Err(DataError::Read {
-                path: shown,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
-        }
-        crate::runtime_fns::note_input(&self.path);
-        let predicate = self.filters.iter().cloned().reduce(|a, b| a.and(b));
-        let filter_keys = top_keys(&self.filters, &[]);
-        let keep_keys = match (&self.columns, want_projection) {
-            (Some(cols), true) => top_keys(&[], cols),
-            _ => Vec::new(),
-        };
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let mut out = Scanned {
-            raw: Vec::new(),
-            projected: Vec::new(),
-            rows: 0,
-        };
-        let mut line_base = 1;
-        let mut batch: Vec<Vec<u8>> = Vec::new();
-        let flush = |batch: &mut Vec<Vec<u8>>,
-                     out: &mut Scanned,
-                     line_base: &mut usize|
-         -> Result<(), DataError> {
-            // Line numbers of each chunk: the lines before it, counted by the main thread.
-            let mut bases = Vec::with_capacity(batch.len());
-            for chunk in batch.iter() {
-                bases.push(*line_base);
-                *line_base += chunk.iter().filter(|b| **b == b'\n').count()
-                    + usize::from(chunk.last().is_some_and(|b| *b != b'\n'));
-            }
-            let results: Vec<Result<ChunkResult, DataError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = batch
-                    .iter()
-                    .zip(&bases)
-                    .map(|(chunk, &base)| {
-                        let (fk, kk, pred, shown) =
-                            (&filter_keys, &keep_keys, predicate.as_ref(), &shown);
-                        s.spawn(move || scan_chunk(chunk, fk, kk, pred, shown, base))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(DataError::Invalid("scan_jsonl: a worker panicked".into()))
-                        })
-                    })
-                    .collect()
-            });
-            for r in results {
-                let r = r?;
-                out.raw.extend_from_slice(&r.kept_raw);
-                out.projected.extend_from_slice(&r.kept_projected);
-                out.rows += r.kept;
-            }
-            batch.clear();
-            Ok(())
-        };
-        let mut failure = None;
-        let read = super::io::for_each_chunk(&self.path, |chunk| {
-            batch.push(chunk);
-            if batch.len() == threads {
-                if let Err(e) = flush(&mut batch, &mut out, &mut line_base) {
-                    failure = Some(e);
-                    return Err(polars_err!(ComputeError: "stopped"));
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|k| k == key))
+    }
+}
+
+impl<'de> Visitor<'de> for Projector<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.out.push(b'{');
+        let mut first = true;
+        while let Some(key) = map.next_key_seed(ProjectedKey(self.keys))? {
+            match key {
+                Some(i) => {
+                    let raw: &RawValue = map.next_value()?;
+                    if !first {
+                        self.out.push(b',');
+                    }
+                    first = false;
+                    serde_json::to_writer(&mut *self.out, &self.keys[i])
+                        .map_err(serde::de::Error::custom)?;
+                    self.out.push(b':');
+                    self.out.extend_from_slice(raw.get().as_bytes());
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
                 }
             }
-            Ok(())
-        });
-        if let Some(e) = failure {
-            return Err(e);
         }
-        read.map_err(|e| DataError::Invalid(format!("{shown}: {e}")))?;
-        flush(&mut batch, &mut out, &mut line_base)?;
-        Ok(out)
+        self.out.extend_from_slice(b"}\n");
+        Ok(())
     }
+}
 
-    /// The kept rows as a DataFrame; the schema is inferred over the kept lines.
-    pub fn collect(&self) -> Result<Frame, DataError> {
-        let scanned = self.scan(self.columns.is_some())?;
-        let shown = self.path.display().to_string();
-        let bytes = if self.columns.is_some() {
-            &scanned.projected
-        } else {
-            &scanned.raw
-        };
-        let df = super::io::frame_from_jsonl_bytes(bytes, &shown)?;
-        match &self.columns {
-            None => Ok(Frame::new(df)),
-            Some(cols) => {
-                // Named as the eager `select` names them (a struct field by its own name).
-                let exprs: Vec<Expr> = cols.iter().map(|c| column(c)).collect();
-                let df = df
-                    .lazy()
-                    .select(exprs)
-                    .collect()
-                    .map_err(|e| DataError::Invalid(format!("{shown}: select: {e}")))?;
-                Ok(Frame::new(df))
-            }
-        }
-    }
-
-    /// Writes the kept lines to `out` exactly as they are in the file (atomically); returns how many.
-    pub fn sink_jsonl(&self, out: &Path) -> Result<usize, DataError> {
-        let scanned = self.scan(false)?;
-        crate::runtime_fns::write_atomic(out, &scanned.raw).map_err(|source| DataError::Write {
-            path: out.display().to_string(),
-            source,
-        })?;
-        Ok(scanned.rows)
-    }
+fn project_line(line: &[u8], keys: &[String], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    de.deserialize_map(Projector { keys, out })
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())
 }

@@ -40,24 +40,106 @@ pub struct Manifest {
     pub inputs: BTreeMap<String, String>,
 }
 
-/// blake3 of each file; a file that cannot be read hashes to "missing".
-pub fn hash_files(files: &[std::path::PathBuf]) -> BTreeMap<String, String> {
+/// What a cell records of each file it read, cheaply: `stamp:<len>:<mtime ns>:<inode>` ("missing" if it
+/// cannot be read). Enough to tell, within a session, that a file changed; a cell that is persisted
+/// trades its stamps for content hashes ([`content_hashes`]), which hold across copies and checkouts.
+pub fn stamp_files(files: &[std::path::PathBuf]) -> BTreeMap<String, String> {
     files
         .iter()
-        .map(|f| {
-            let h = std::fs::read(f)
-                .map(|b| blake3::hash(&b).to_hex().to_string())
-                .unwrap_or_else(|_| "missing".to_string());
-            (f.display().to_string(), h)
+        .map(|f| (f.display().to_string(), stamp(f)))
+        .collect()
+}
+
+fn stamp(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "stamp:{}:{}:{}",
+            m.len(),
+            m.modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            m.ino()
+        ),
+        Err(_) => "missing".to_string(),
+    }
+}
+
+/// The inputs' content hashes, for a cell about to be persisted. A file whose stamp moved since the
+/// cell read it is recorded as "changed", which matches nothing: the cell reruns next time.
+pub fn content_hashes(inputs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    inputs
+        .iter()
+        .map(|(path, recorded)| {
+            let p = std::path::Path::new(path);
+            let now = if recorded.starts_with("stamp:") && stamp(p) != *recorded {
+                "changed".to_string()
+            } else {
+                hash_file(p)
+            };
+            (path.clone(), now)
         })
         .collect()
 }
 
-/// The first recorded input whose content changed since, if any.
+/// blake3 of a file, remembered for as long as its length, modification time and inode stay the same.
+fn hash_file(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    type Stamp = (u64, Option<std::time::SystemTime>, u64);
+    static HASHED: std::sync::Mutex<BTreeMap<std::path::PathBuf, (Stamp, String)>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let Ok(meta) = std::fs::metadata(path) else {
+        return "missing".to_string();
+    };
+    let stamp: Stamp = (meta.len(), meta.modified().ok(), meta.ino());
+    let mut hashed = HASHED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((s, h)) = hashed.get(path) {
+        if *s == stamp {
+            return h.clone();
+        }
+    }
+    match hash_mapped(path) {
+        Ok(hash) => {
+            hashed.insert(path.to_path_buf(), (stamp, hash.clone()));
+            hash
+        }
+        Err(_) => "missing".to_string(),
+    }
+}
+
+/// blake3 of a file, mapped and hashed 16 MiB at a time on every core, each stretch's pages given
+/// back once hashed: hashing a dataset must not hold a second copy of it in memory beside its frame.
+fn hash_mapped(path: &std::path::Path) -> std::io::Result<String> {
+    const STRETCH: usize = 16 << 20;
+    let file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    if file.metadata()?.len() > 0 {
+        // SAFETY: a read-only map of a regular file; see `data::scan` on files truncated under us.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        for start in (0..map.len()).step_by(STRETCH) {
+            let len = STRETCH.min(map.len() - start);
+            hasher.update_rayon(&map[start..start + len]);
+            // SAFETY: DONTNEED on a private read-only file mapping only drops pages we are done with.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// The first recorded input that changed since (by stamp or by content hash, as recorded), if any.
 pub fn changed_input(inputs: &BTreeMap<String, String>) -> Option<String> {
-    inputs.iter().find_map(|(path, hash)| {
-        let now = hash_files(&[std::path::PathBuf::from(path)]);
-        (now.get(path) != Some(hash)).then(|| path.clone())
+    inputs.iter().find_map(|(path, recorded)| {
+        let p = std::path::Path::new(path);
+        let now = if recorded.starts_with("stamp:") {
+            stamp(p)
+        } else {
+            hash_file(p)
+        };
+        (now != *recorded).then(|| path.clone())
     })
 }
 

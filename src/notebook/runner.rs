@@ -5,7 +5,8 @@
 //! entry was made. Whatever cannot be hashed (a closure) makes its readers rerun, with a note.
 
 use super::cache::{
-    changed_input, hash_files, workspace_dir, CellCache, Lookup, Manifest, StoredValue, FORMAT,
+    changed_input, content_hashes, stamp_files, workspace_dir, CellCache, Lookup, Manifest,
+    StoredValue, FORMAT,
 };
 use super::cells::{has_markers, normalize, split_cells, Cell};
 use super::deps::{analyze, CellDeps};
@@ -284,7 +285,7 @@ impl Notebook {
         let start = Instant::now();
         let result = rt.eval(origin, code, scope, ast);
         let elapsed_s = start.elapsed().as_secs_f64();
-        let inputs = hash_files(&crate::runtime_fns::take_inputs());
+        let inputs = stamp_files(&crate::runtime_fns::take_inputs());
         let value = result?;
         let result_text = (!value.is_unit()).then(|| display_value(&value));
         if let Some(text) = &result_text {
@@ -518,7 +519,7 @@ impl Notebook {
             result_text: r.result_text.clone(),
             result_html: r.result_html.clone(),
             frames: BTreeMap::new(),
-            inputs: r.inputs.clone(),
+            inputs: content_hashes(&r.inputs),
         };
         cache.store(key, manifest, &frames)
     }

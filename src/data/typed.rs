@@ -1,0 +1,397 @@
+//! JSON lines into typed polars columns, fast: serde_json walks each line once, skipping the keys
+//! nobody asked for without building them, and puts the values asked for straight into per-key
+//! vectors, which become polars columns (nested objects become struct columns).
+//!
+//! It covers what datasets are made of: objects, strings, numbers, booleans and nulls. Anything else
+//! (an array, a key that is an object in one row and a string in another, a map-like object with a new
+//! key per row) makes [`Columns::into_frame`] answer `None`, and the caller hands the lines to polars'
+//! own JSON reader, which is slower and decides such cases by its supertype rules.
+
+use polars::prelude::*;
+use rayon::prelude::*;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+
+/// Distinct keys past which the lines go to polars' reader (a JSON object used as a map, with a new
+/// key per row, is no struct).
+const MAX_NODES: usize = 256;
+
+/// Which top-level keys to read.
+#[derive(Clone, Copy)]
+pub enum Keys<'k> {
+    All,
+    Only(&'k [String]),
+}
+
+/// The `keys` of every line of `pieces` (pieces of whole lines, blank lines skipped) as one frame,
+/// parsed on every core; the pieces' columns are stacked with polars' supertypes (a number that is an
+/// integer in one piece and a float in another is a float; a key absent from a piece is null there).
+/// `None` when a line is bad or a value needs polars' reader: the caller takes its careful path.
+/// `done` is told of each piece once it is parsed (a mapped file gives its pages back).
+pub fn frame_of_pieces(
+    pieces: &[&[u8]],
+    keys: Keys,
+    done: &(dyn Fn(&[u8]) + Sync),
+) -> Option<DataFrame> {
+    let frames: Vec<DataFrame> = pieces
+        .par_iter()
+        .map(|piece| {
+            simdutf8::basic::from_utf8(piece).ok()?;
+            let mut columns = Columns::new(keys);
+            let mut rows = 0;
+            for line in piece.split(|b| *b == b'\n') {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                columns.read_line(line).ok()?;
+                rows += 1;
+            }
+            // The columns borrow the piece's strings until they are built.
+            let frame = columns.into_frame(rows);
+            done(piece);
+            frame
+        })
+        .collect::<Option<_>>()?;
+    let same_schema = frames.windows(2).all(|w| w[0].schema() == w[1].schema());
+    match frames.len() {
+        0 => Some(DataFrame::empty()),
+        1 => frames.into_iter().next(),
+        // Stacking frames of one schema only appends their chunks: no copy.
+        _ if same_schema => {
+            let mut frames = frames.into_iter();
+            let mut all = frames.next()?;
+            for f in frames {
+                all.vstack_mut_owned(f).ok()?;
+            }
+            Some(all)
+        }
+        _ => {
+            let union = UnionArgs {
+                to_supertypes: true,
+                diagonal: true,
+                ..Default::default()
+            };
+            concat(
+                frames.into_iter().map(|f| f.lazy()).collect::<Vec<_>>(),
+                union,
+            )
+            .and_then(|lf| lf.collect())
+            .ok()
+        }
+    }
+}
+
+/// One value read.
+enum Leaf<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+}
+
+/// A key under the filtered columns: an object (with child nodes) or a leaf (with values).
+struct Node {
+    parent: usize,
+    name: String,
+    is_object: bool,
+}
+
+/// Typed columns of the values read, filled while serde_json walks each line. Node 0 is the line
+/// itself; its children are the top-level keys read.
+pub struct Columns<'k, 'a> {
+    keys: Keys<'k>,
+    nodes: Vec<Node>,
+    /// Per node, one value per row so far (padded with nulls lazily).
+    values: Vec<Vec<Leaf<'a>>>,
+    row: usize,
+    /// Set when a value does not fit typed columns (an array, too many keys): polars' reader decides.
+    unsupported: bool,
+}
+
+impl<'k, 'a> Columns<'k, 'a> {
+    pub fn new(keys: Keys<'k>) -> Self {
+        Columns {
+            keys,
+            nodes: vec![Node {
+                parent: usize::MAX,
+                name: String::new(),
+                is_object: true,
+            }],
+            values: vec![Vec::new()],
+            row: 0,
+            unsupported: false,
+        }
+    }
+
+    /// Parses one line (which must be a JSON object), recording the filtered values.
+    pub fn read_line(&mut self, line: &'a [u8]) -> Result<(), String> {
+        let mut de = serde_json::Deserializer::from_slice(line);
+        ValueAt {
+            columns: self,
+            node: 0,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => e.to_string(),
+            _ => format!("invalid JSON ({e})"),
+        })?;
+        de.end().map_err(|e| format!("invalid JSON ({e})"))?;
+        self.row += 1;
+        Ok(())
+    }
+
+    fn child(&mut self, parent: usize, name: &str) -> usize {
+        if let Some(i) = (1..self.nodes.len())
+            .find(|&i| self.nodes[i].parent == parent && self.nodes[i].name == name)
+        {
+            return i;
+        }
+        if self.nodes.len() >= MAX_NODES {
+            self.unsupported = true;
+        }
+        self.nodes.push(Node {
+            parent,
+            name: name.to_string(),
+            is_object: false,
+        });
+        self.values.push(Vec::new());
+        self.nodes.len() - 1
+    }
+
+    fn set(&mut self, node: usize, leaf: Leaf<'a>) {
+        let values = &mut self.values[node];
+        while values.len() < self.row {
+            values.push(Leaf::Null);
+        }
+        if values.len() == self.row {
+            values.push(leaf);
+        } else {
+            // A key repeated in one object: the last one wins, as in serde_json and polars.
+            values[self.row] = leaf;
+        }
+    }
+
+    /// The columns as a frame of `rows` rows, or `None` when they need polars' reader.
+    pub fn into_frame(mut self, rows: usize) -> Option<DataFrame> {
+        if self.unsupported {
+            return None;
+        }
+        let top: Vec<usize> = (1..self.nodes.len())
+            .filter(|&i| self.nodes[i].parent == 0)
+            .collect();
+        let mut columns = Vec::with_capacity(top.len());
+        for node in top {
+            columns.push(self.series(node, rows)?.into_column());
+        }
+        // A key no line of the piece has is a null column, so the pieces' frames stack.
+        let asked: &[String] = match self.keys {
+            Keys::All => &[],
+            Keys::Only(keys) => keys,
+        };
+        for key in asked {
+            if !columns.iter().any(|c| c.name().as_str() == key) {
+                columns.push(Column::full_null(key.into(), rows, &DataType::Null));
+            }
+        }
+        DataFrame::new(rows, columns).ok()
+    }
+
+    fn series(&mut self, node: usize, rows: usize) -> Option<Series> {
+        let name = PlSmallStr::from(self.nodes[node].name.as_str());
+        let values = std::mem::take(&mut self.values[node]);
+        if self.nodes[node].is_object {
+            // An object that is a scalar in some rows is no struct.
+            if values.iter().any(|v| !matches!(v, Leaf::Null)) {
+                return None;
+            }
+            let children: Vec<usize> = (1..self.nodes.len())
+                .filter(|&i| self.nodes[i].parent == node)
+                .collect();
+            let mut fields = Vec::with_capacity(children.len());
+            for child in children {
+                fields.push(self.series(child, rows)?);
+            }
+            return StructChunked::from_series(name, rows, fields.iter())
+                .ok()
+                .map(|s| s.into_series());
+        }
+        let (mut strings, mut ints, mut floats, mut bools) = (false, false, false, false);
+        for v in &values {
+            match v {
+                Leaf::Null => {}
+                Leaf::Bool(_) => bools = true,
+                Leaf::Int(_) => ints = true,
+                Leaf::Float(_) => floats = true,
+                Leaf::Str(_) => strings = true,
+            }
+        }
+        let at = |i: usize| values.get(i).unwrap_or(&Leaf::Null);
+        Some(match (strings, ints || floats, bools) {
+            (false, false, false) => Series::full_null(name, rows, &DataType::Null),
+            (true, false, false) => StringChunked::from_iter_options(
+                name,
+                (0..rows).map(|i| match at(i) {
+                    Leaf::Str(s) => Some(s.as_ref()),
+                    _ => None,
+                }),
+            )
+            .into_series(),
+            (false, true, false) if !floats => Int64Chunked::from_iter_options(
+                name,
+                (0..rows).map(|i| match at(i) {
+                    Leaf::Int(v) => Some(*v),
+                    _ => None,
+                }),
+            )
+            .into_series(),
+            (false, true, false) => Float64Chunked::from_iter_options(
+                name,
+                (0..rows).map(|i| match at(i) {
+                    Leaf::Int(v) => Some(*v as f64),
+                    Leaf::Float(v) => Some(*v),
+                    _ => None,
+                }),
+            )
+            .into_series(),
+            (false, false, true) => BooleanChunked::from_iter_options(
+                name,
+                (0..rows).map(|i| match at(i) {
+                    Leaf::Bool(v) => Some(*v),
+                    _ => None,
+                }),
+            )
+            .into_series(),
+            // Mixed types in one column: polars' reader applies its supertype rules.
+            _ => return None,
+        })
+    }
+}
+
+/// Reads the value at `node`, recording scalars and walking into objects.
+struct ValueAt<'c, 'k, 'a> {
+    columns: &'c mut Columns<'k, 'a>,
+    node: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueAt<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Records a scalar at the current node; a scalar where the line should be is no JSON object.
+macro_rules! record {
+    ($self:ident, $leaf:expr) => {{
+        if $self.node == 0 {
+            return Err(serde::de::Error::custom("not a JSON object"));
+        }
+        $self.columns.set($self.node, $leaf);
+        Ok(())
+    }};
+}
+
+impl<'de> Visitor<'de> for ValueAt<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        record!(self, Leaf::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        record!(self, Leaf::Int(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        record!(
+            self,
+            i64::try_from(v).map_or(Leaf::Float(v as f64), Leaf::Int)
+        )
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        record!(self, Leaf::Float(v))
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<(), E> {
+        record!(self, Leaf::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        record!(self, Leaf::Str(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        if self.node != 0 && self.columns.nodes[self.node].is_object {
+            // A null object: its fields are null in this row, which padding gives.
+            return Ok(());
+        }
+        record!(self, Leaf::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.node == 0 {
+            return Err(serde::de::Error::custom("not a JSON object"));
+        }
+        self.columns.unsupported = true;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let node = self.node;
+        self.columns.nodes[node].is_object = true;
+        while let Some(child) = map.next_key_seed(KeyAt {
+            columns: &mut *self.columns,
+            parent: node,
+        })? {
+            match child {
+                Some(child) => map.next_value_seed(ValueAt {
+                    columns: &mut *self.columns,
+                    node: child,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a key without allocating: the node it names, or `None` for a top-level key no filter reads.
+struct KeyAt<'c, 'k, 'a> {
+    columns: &'c mut Columns<'k, 'a>,
+    parent: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for KeyAt<'_, '_, '_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyAt<'_, '_, '_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        if let (0, Keys::Only(keys)) = (self.parent, self.columns.keys) {
+            if !keys.iter().any(|k| k == key) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.columns.child(self.parent, key)))
+    }
+}
