@@ -38,8 +38,17 @@ fn generate(path: &std::path::Path, rows: usize) {
     }
 }
 
-/// Runs a command that prints `peak_mb=X` on its last line; returns (seconds, peak MiB, stdout).
+/// Runs a command three times; returns the median seconds, the largest peak MiB and the last stdout.
 fn measure(mut cmd: Command) -> (f64, f64, String) {
+    let runs: Vec<(f64, f64, String)> = (0..3).map(|_| measure_once(&mut cmd)).collect();
+    let mut secs: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    secs.sort_by(f64::total_cmp);
+    let peak = runs.iter().map(|r| r.1).fold(f64::NAN, f64::max);
+    (secs[1], peak, runs[2].2.clone())
+}
+
+/// Runs a command that prints `peak_mb=X` on its last line; returns (seconds, peak MiB, stdout).
+fn measure_once(cmd: &mut Command) -> (f64, f64, String) {
     let start = Instant::now();
     let out = cmd.output().expect("runs");
     let secs = start.elapsed().as_secs_f64();
@@ -186,6 +195,7 @@ print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
         kept(&py_out),
         "the lazy scan must keep the same rows"
     );
+    println!("Each time is the median of 3 runs; each peak the largest of the 3.");
     println!("| job | time | peak memory | rtlab load_jsonl speedup | rtlab scan_jsonl speedup |");
     println!("| --- | --- | --- | --- | --- |");
     println!(

@@ -76,7 +76,7 @@ pub fn probe() -> Vec<Tool> {
         Tool { name: "yosys", used_for: "verify: synthesis, I/O use", install: "apt-get install -y yosys", version: version_of("yosys", &["-V"]) },
         Tool { name: "verilator", used_for: "verify: lint (-Wall)", install: "apt-get install -y verilator", version: version_of("verilator", &["--version"]) },
         Tool { name: "wgpu (Vulkan)", used_for: "train: cubecl kernels on the wgpu runtime", install: "apt-get install -y mesa-vulkan-drivers libvulkan1", version: vulkan_drivers() },
-        Tool { name: "CUDA", used_for: "train: cubecl kernels on NVIDIA GPUs", install: "install the NVIDIA driver (no toolkit needed: kernels compile with NVRTC at run time)", version: cuda() },
+        Tool { name: "CUDA", used_for: "train: cubecl kernels on NVIDIA GPUs", install: "install the NVIDIA driver and NVRTC (the cuda-nvrtc package, not the whole toolkit: kernels compile at run time)", version: cuda() },
     ]
 }
 

@@ -172,6 +172,15 @@ impl Gpu {
         })
     }
 
+    /// Whether this build can start CUDA here: the `cuda` feature, the driver's libcuda and NVRTC
+    /// (what `device: "auto"` asks before choosing CUDA over the CPU).
+    pub fn cuda_available() -> bool {
+        #[cfg(feature = "cuda")]
+        return check_cuda_libraries().is_ok();
+        #[cfg(not(feature = "cuda"))]
+        return false;
+    }
+
     /// CUDA device `index` (kernels are compiled at run time with NVRTC).
     ///
     /// Fails with [`KernelError::NoCudaDriver`] or [`KernelError::NoNvrtc`] where a library

@@ -226,8 +226,9 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     };
     let device = match text(o, "device").as_deref().unwrap_or("auto") {
         // On a machine without CUDA, the wgpu path is a software rasterizer at best (lavapipe runs the
-        // step at about half the CPU's speed), so "auto" means the CPU unless CUDA is built in.
-        "auto" if cfg!(feature = "cuda") => "cuda".to_string(),
+        // step at about half the CPU's speed), so "auto" means the CPU unless CUDA is built in and
+        // its driver and NVRTC load here.
+        "auto" if rtlab_kernels::Gpu::cuda_available() => "cuda".to_string(),
         "auto" | "cpu" => "cpu".to_string(),
         d @ ("wgpu" | "cuda") => d.to_string(),
         other => {
@@ -657,7 +658,7 @@ mod train_functions {
     /// `fresh` (false: true retrains even when `out` holds this exact run), `max_steps`, `on_too_long`
     /// ("error" or "skip" rows whose prompt does not fit `max_len`), `device` ("cpu"; "wgpu" runs the
     /// whole step on rtlab's cubecl kernels through Vulkan/Metal/DX12; "cuda" with the `cuda` build;
-    /// "auto" = "cuda" in a CUDA build, else "cpu").
+    /// "auto" = "cuda" in a CUDA build on a machine whose driver and NVRTC load, else "cpu").
     /// Loss counts response tokens only. Ctrl-C stops after the current step and checkpoints.
     ///
     /// ```rhai
