@@ -199,7 +199,7 @@ print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
     println!("| job | time | peak memory | rtlab load_jsonl speedup | rtlab scan_jsonl speedup |");
     println!("| --- | --- | --- | --- | --- |");
     println!(
-        "| rtlab load_jsonl (eager polars) | {rt_s:.2} s | {rt_peak:.0} MiB ({:.2}x the file) | 1x | |",
+        "| rtlab load_jsonl (eager) | {rt_s:.2} s | {rt_peak:.0} MiB ({:.2}x the file) | 1x | |",
         rt_peak / size_mb
     );
     println!(
