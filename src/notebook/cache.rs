@@ -357,3 +357,42 @@ impl CellCache {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_sees_a_rewrite_and_a_persisted_cell_never_keeps_a_moved_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("in.jsonl");
+        std::fs::write(&file, "{\"a\": 1}\n").unwrap();
+        let stamps = stamp_files(std::slice::from_ref(&file));
+        assert!(
+            stamps.values().all(|s| s.starts_with("stamp:")),
+            "{stamps:?}"
+        );
+        assert_eq!(changed_input(&stamps), None);
+        // Persisting trades the stamp for the content hash while the file is as the cell read it.
+        let hashes = content_hashes(&stamps);
+        assert_eq!(
+            hashes.values().next().unwrap(),
+            &blake3::hash(b"{\"a\": 1}\n").to_hex().to_string()
+        );
+        assert_eq!(changed_input(&hashes), None);
+        // A rewrite moves the stamp (and the content): both records see it.
+        std::fs::write(&file, "{\"a\": 22}\n").unwrap();
+        assert!(changed_input(&stamps).is_some());
+        assert!(changed_input(&hashes).is_some());
+        // A cell persisted after its input moved records "changed", which nothing matches.
+        assert_eq!(content_hashes(&stamps).values().next().unwrap(), "changed");
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            stamp_files(std::slice::from_ref(&file))
+                .values()
+                .next()
+                .unwrap(),
+            "missing"
+        );
+    }
+}
