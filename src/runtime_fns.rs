@@ -40,6 +40,25 @@ pub fn resolve_path(path: &str) -> PathBuf {
     }
 }
 
+/// What identifies a file's version cheaply: `stamp:<len>:<mtime ns>:<inode>`, or "missing". The
+/// cell cache records it for inputs; a scan keys its remembered lines on it.
+pub fn file_stamp(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "stamp:{}:{}:{}",
+            m.len(),
+            m.modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            m.ino()
+        ),
+        Err(_) => "missing".to_string(),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a reader
 /// (or a crash) never sees half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

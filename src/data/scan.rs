@@ -22,7 +22,6 @@ use serde_json::value::RawValue;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 /// The size of the pieces the workers take: small enough to balance the cores, big enough that
 /// polars' per-piece work (one filter evaluation) costs nothing.
@@ -43,15 +42,8 @@ pub struct LazyJsonl {
 
 #[derive(Debug)]
 struct Remembered {
-    stamp: FileStamp,
+    stamp: String,
     kept: Arc<Kept>,
-}
-
-/// What tells us the file has not changed since it was scanned.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
 }
 
 /// The lines that passed the filters, each with its newline, in file order, as the pieces kept them
@@ -110,15 +102,12 @@ impl LazyJsonl {
         };
         let file = std::fs::File::open(&self.path).map_err(read_error)?;
         let meta = file.metadata().map_err(read_error)?;
-        let stamp = FileStamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        };
+        let stamp = crate::runtime_fns::file_stamp(&self.path);
         let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = remembered.as_ref().filter(|r| r.stamp == stamp) {
             return Ok(r.kept.clone());
         }
-        let kept = if stamp.len == 0 {
+        let kept = if meta.len() == 0 {
             Kept::default()
         } else {
             // SAFETY: a read-only map of a regular file. If another process truncates the file while
@@ -387,22 +376,17 @@ fn evaluate_filter(
     parsed: &mut [Parsed],
     predicate: &Expr,
 ) -> Result<Vec<Vec<bool>>, (usize, Problem)> {
-    let frames: Vec<LazyFrame> = parsed
+    let frames: Vec<DataFrame> = parsed
         .iter()
         .filter(|p| !p.spans.is_empty())
         .filter_map(|p| p.frame.clone())
-        .map(|f| f.lazy())
         .collect();
     let rows: usize = parsed.iter().map(|p| p.spans.len()).sum();
-    let all = concat(
-        frames,
-        UnionArgs {
-            to_supertypes: true,
-            diagonal: true,
-            ..Default::default()
-        },
-    )
-    .and_then(|lf| lf.select([predicate.clone().alias("keep")]).collect());
+    let all = super::typed::stack(frames).and_then(|df| {
+        df.lazy()
+            .select([predicate.clone().alias("keep")])
+            .collect()
+    });
     let values = match all.and_then(|df| mask_of(&df, rows)) {
         Ok(values) => values,
         Err(e) => {

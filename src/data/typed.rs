@@ -52,33 +52,33 @@ pub fn frame_of_pieces(
             frame
         })
         .collect::<Option<_>>()?;
+    stack(frames).ok()
+}
+
+/// Frames stacked into one: chunks appended when the schemas match (no copy), else combined with
+/// polars' supertypes and missing columns filled with nulls (diagonal concat).
+pub fn stack(frames: Vec<DataFrame>) -> PolarsResult<DataFrame> {
     let same_schema = frames.windows(2).all(|w| w[0].schema() == w[1].schema());
-    match frames.len() {
-        0 => Some(DataFrame::empty()),
-        1 => frames.into_iter().next(),
-        // Stacking frames of one schema only appends their chunks: no copy.
-        _ if same_schema => {
-            let mut frames = frames.into_iter();
-            let mut all = frames.next()?;
-            for f in frames {
-                all.vstack_mut_owned(f).ok()?;
-            }
-            Some(all)
+    let mut frames = frames.into_iter();
+    let Some(mut all) = frames.next() else {
+        return Ok(DataFrame::empty());
+    };
+    if same_schema {
+        for f in frames {
+            all.vstack_mut_owned(f)?;
         }
-        _ => {
-            let union = UnionArgs {
-                to_supertypes: true,
-                diagonal: true,
-                ..Default::default()
-            };
-            concat(
-                frames.into_iter().map(|f| f.lazy()).collect::<Vec<_>>(),
-                union,
-            )
-            .and_then(|lf| lf.collect())
-            .ok()
-        }
+        return Ok(all);
     }
+    let union = UnionArgs {
+        to_supertypes: true,
+        diagonal: true,
+        ..Default::default()
+    };
+    let lazy: Vec<LazyFrame> = std::iter::once(all)
+        .chain(frames)
+        .map(|f| f.lazy())
+        .collect();
+    concat(lazy, union)?.collect()
 }
 
 /// One value read.

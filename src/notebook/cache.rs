@@ -46,25 +46,8 @@ pub struct Manifest {
 pub fn stamp_files(files: &[std::path::PathBuf]) -> BTreeMap<String, String> {
     files
         .iter()
-        .map(|f| (f.display().to_string(), stamp(f)))
+        .map(|f| (f.display().to_string(), crate::runtime_fns::file_stamp(f)))
         .collect()
-}
-
-fn stamp(path: &std::path::Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(path) {
-        Ok(m) => format!(
-            "stamp:{}:{}:{}",
-            m.len(),
-            m.modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-            m.ino()
-        ),
-        Err(_) => "missing".to_string(),
-    }
 }
 
 /// The inputs' content hashes, for a cell about to be persisted. A file whose stamp moved since the
@@ -74,7 +57,9 @@ pub fn content_hashes(inputs: &BTreeMap<String, String>) -> BTreeMap<String, Str
         .iter()
         .map(|(path, recorded)| {
             let p = std::path::Path::new(path);
-            let now = if recorded.starts_with("stamp:") && stamp(p) != *recorded {
+            let now = if recorded.starts_with("stamp:")
+                && crate::runtime_fns::file_stamp(p) != *recorded
+            {
                 "changed".to_string()
             } else {
                 hash_file(p)
@@ -84,25 +69,23 @@ pub fn content_hashes(inputs: &BTreeMap<String, String>) -> BTreeMap<String, Str
         .collect()
 }
 
-/// blake3 of a file, remembered for as long as its length, modification time and inode stay the same.
+/// blake3 of a file, remembered for as long as its [`crate::runtime_fns::file_stamp`] stays the same.
 fn hash_file(path: &std::path::Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    type Stamp = (u64, Option<std::time::SystemTime>, u64);
-    static HASHED: std::sync::Mutex<BTreeMap<std::path::PathBuf, (Stamp, String)>> =
+    static HASHED: std::sync::Mutex<BTreeMap<std::path::PathBuf, (String, String)>> =
         std::sync::Mutex::new(BTreeMap::new());
-    let Ok(meta) = std::fs::metadata(path) else {
-        return "missing".to_string();
-    };
-    let stamp: Stamp = (meta.len(), meta.modified().ok(), meta.ino());
+    let now = crate::runtime_fns::file_stamp(path);
+    if now == "missing" {
+        return now;
+    }
     let mut hashed = HASHED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((s, h)) = hashed.get(path) {
-        if *s == stamp {
+        if *s == now {
             return h.clone();
         }
     }
     match hash_mapped(path) {
         Ok(hash) => {
-            hashed.insert(path.to_path_buf(), (stamp, hash.clone()));
+            hashed.insert(path.to_path_buf(), (now, hash.clone()));
             hash
         }
         Err(_) => "missing".to_string(),
@@ -135,7 +118,7 @@ pub fn changed_input(inputs: &BTreeMap<String, String>) -> Option<String> {
     inputs.iter().find_map(|(path, recorded)| {
         let p = std::path::Path::new(path);
         let now = if recorded.starts_with("stamp:") {
-            stamp(p)
+            crate::runtime_fns::file_stamp(p)
         } else {
             hash_file(p)
         };
