@@ -3,7 +3,7 @@
 //! the same run. The client's extra work per request (request key, store lookup and write, usage
 //! counters) is the difference.
 
-#[path = "../tests/common/mock_llm.rs"]
+#[path = "../tests/integration/common/mock_llm.rs"]
 mod mock_llm;
 
 use std::process::Command;

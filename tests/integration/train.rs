@@ -2,7 +2,7 @@
 //! memorises and gives back, checkpoints survive a kill, a resumed run reproduces the uninterrupted
 //! curve, a finished run is not retrained, and bad input is refused before any work.
 
-mod common;
+use crate::common;
 use common::{err, ok, rtlab, Run};
 use std::path::Path;
 

@@ -13,12 +13,24 @@ pub fn rtlab() -> Command {
     cmd
 }
 
-/// Runs a script in-process, relative paths resolving against data/, with the verifier's and the
-/// models' store in one temporary workspace per test binary (never the repository's).
-pub fn eval_in_data(code: &str) -> Result<String, String> {
+/// Sets up the environment of the in-process tests once per test binary, before any of them reads it:
+/// the verifier's and the models' store in one temporary workspace (never the repository's), and the
+/// secret the LLM tests check never leaks into a message. All integration tests share one binary and
+/// run on parallel threads, so nothing else may change the environment.
+pub fn in_process_env() -> &'static Path {
     static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let home = HOME.get_or_init(|| tempfile::tempdir().unwrap());
-    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
+    HOME.get_or_init(|| {
+        let home = tempfile::tempdir().unwrap();
+        std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
+        std::env::set_var("RTLAB_TEST_SECRET_KEY", "sk-very-secret-123");
+        home
+    })
+    .path()
+}
+
+/// Runs a script in-process, relative paths resolving against data/ (see `in_process_env`).
+pub fn eval_in_data(code: &str) -> Result<String, String> {
+    in_process_env();
     rtlab::eval_script("<test>", code, &repo_root().join("data")).map_err(|e| e.to_string())
 }
 

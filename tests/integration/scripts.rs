@@ -1,7 +1,7 @@
 //! Every script in scripts/ runs offline on bundled data, and its output is an insta snapshot
 //! (timings and paths scrubbed).
 
-mod common;
+use crate::common;
 use common::*;
 
 #[test]

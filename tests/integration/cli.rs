@@ -1,6 +1,6 @@
 //! The binary from the outside: running scripts, errors with positions, exit codes, `doctor`.
 
-mod common;
+use crate::common;
 use common::*;
 
 fn script(dir: &std::path::Path, name: &str, code: &str) -> std::path::PathBuf {

@@ -2,7 +2,7 @@
 //! caught by the differential testbench, bad input and attacks. Needs iverilog, yosys and verilator
 //! (installed by .ci/run); a missing tool fails these tests, it does not skip them.
 
-mod common;
+use crate::common;
 use common::ok;
 
 #[test]

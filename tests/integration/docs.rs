@@ -1,13 +1,13 @@
 //! Every ```rhai example in a stdlib function's doc comment (what `:help NAME` shows) runs. Examples
 //! resolve relative paths against book/src, like the book's.
 
-mod common;
+use crate::common;
 
 #[test]
 fn every_doc_comment_example_runs() {
     let src = common::repo_root().join("book/src");
-    let home = tempfile::tempdir().unwrap();
-    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
+    // The verifier's store goes to the tests' temporary workspace, not into the repository.
+    common::in_process_env();
     let rt = rtlab::Runtime::new(&src);
     let index = rt.help_index();
     // Rhai's own packages carry docs too; test only what rtlab registers.

@@ -1,6 +1,6 @@
 //! Notebook cells and their cache, driven through the real binary on a 4-cell script.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::Stdio;

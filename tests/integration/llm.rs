@@ -1,7 +1,7 @@
 //! The model client against a real HTTP server on loopback that also misbehaves, then benchmarks and
 //! A7 testbenches on top of it.
 
-mod common;
+use crate::common;
 use common::mock_llm::{Fault, MockServer};
 use common::ok;
 
@@ -65,7 +65,7 @@ fn exhausted_retries_and_client_errors_are_reported_clearly() {
 
     // A 400 is not retried, and a key from the environment never shows in the message.
     s.push_fault(Fault::BadRequest);
-    std::env::set_var("RTLAB_TEST_SECRET_KEY", "sk-very-secret-123");
+    // common::in_process_env set RTLAB_TEST_SECRET_KEY to "sk-very-secret-123".
     let before = s.hits();
     let e = common::eval_in_data(&format!(r#"llm(#{{base_url: "{}", model: "bad", api_key_env: "RTLAB_TEST_SECRET_KEY"}}).complete("y")"#, s.openai_url())).unwrap_err();
     assert!(e.contains("answered 400 Bad Request"), "{e}");

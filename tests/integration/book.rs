@@ -1,13 +1,12 @@
 //! Every ```rhai block in the book runs, in a fresh engine, relative paths resolving against book/src.
 
-mod common;
+use crate::common;
 
 #[test]
 fn every_rhai_block_in_the_book_runs() {
     let src = common::repo_root().join("book/src");
-    // The verifier's store goes to a temporary workspace, not into the repository.
-    let home = tempfile::tempdir().unwrap();
-    std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
+    // The verifier's store goes to the tests' temporary workspace, not into the repository.
+    common::in_process_env();
     let mut pages: Vec<_> = std::fs::read_dir(&src)
         .unwrap()
         .flatten()

@@ -1,7 +1,7 @@
 //! Datasets on real data (VerilogEval v1, vendored in data/) and on bad input, through the stdlib as a
 //! script uses it.
 
-mod common;
+use crate::common;
 use common::{err, ok};
 
 #[test]
