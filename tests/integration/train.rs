@@ -298,7 +298,7 @@ fn python(args: &[&str]) -> String {
 }
 
 #[test]
-#[ignore = "needs Python with torch, transformers and peft (5 GB): RTLAB_PYTHON=/path/to/python cargo test --test train -- --ignored"]
+#[ignore = "needs Python with torch, transformers and peft (5 GB): RTLAB_PYTHON=/path/to/python cargo test --test integration train:: -- --ignored"]
 fn peft_reads_rtlab_adapters_and_rtlab_reads_peft_adapters_with_the_same_logits() {
     for arch in ["llama", "qwen2"] {
         let tmp = tempfile::tempdir().unwrap();
