@@ -139,7 +139,17 @@ with open(sys.argv[2], "w") as f:
 print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
-    let mut py = Command::new("python3");
+    // The interpreter itself, not a version manager's shim in front of it (pyenv's costs ~50 ms a
+    // start here, which would flatter rtlab).
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".to_string());
+    println!("Python: {python}");
+    let mut py = Command::new(&python);
     py.args([
         "-c",
         py_loop,
@@ -160,14 +170,14 @@ kept.to_json(sys.argv[2], orient="records", lines=True)
 print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
-    let mut pd = Command::new("python3");
+    let mut pd = Command::new(&python);
     pd.args([
         "-c",
         pandas,
         data.to_str().unwrap(),
         dir.path().join("pd_out.jsonl").to_str().unwrap(),
     ]);
-    let pandas_result = if Command::new("python3")
+    let pandas_result = if Command::new(&python)
         .args(["-c", "import pandas"])
         .output()
         .map(|o| o.status.success())

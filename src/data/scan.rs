@@ -52,6 +52,9 @@ struct Remembered {
 pub struct Kept {
     pub pieces: Vec<Vec<u8>>,
     pub rows: usize,
+    /// The values the filter read, for the kept rows, and their paths: a `select` of them needs no
+    /// second parse.
+    pub columns: Option<(Vec<Vec<String>>, DataFrame)>,
 }
 
 impl Kept {
@@ -112,9 +115,9 @@ impl LazyJsonl {
         } else {
             // SAFETY: a read-only map of a regular file. If another process truncates the file while
             // we read it, the process faults (SIGBUS), as any mmap-based reader would (polars' too).
-            // Populated up front: one call instead of a page fault per 4 KiB.
-            let map =
-                unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(read_error)?;
+            // Not populated up front: that is one thread's work while the others wait; the workers
+            // fault their own pieces in.
+            let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_error)?;
             self.scan_bytes(&map, &shown, keep_lines)?
         };
         let kept = Arc::new(kept);
@@ -133,10 +136,11 @@ impl LazyJsonl {
     fn scan_bytes(&self, bytes: &[u8], shown: &str, keep_lines: bool) -> Result<Kept, DataError> {
         let predicate = self.filters.iter().cloned().reduce(|a, b| a.and(b));
         let filter_keys = top_keys(&self.filters, &[]);
+        let filter_paths = paths_read(&self.filters);
         let pieces = cut_at_line_ends(bytes, PIECE_BYTES);
         let mut parsed: Vec<Parsed> = pieces
             .par_iter()
-            .map(|p| parse_piece(p, &filter_keys, predicate.is_some()))
+            .map(|p| parse_piece(p, &filter_paths, &filter_keys, predicate.is_some()))
             .collect();
         let mut line_base = 1;
         let mut bases = Vec::with_capacity(parsed.len());
@@ -147,8 +151,11 @@ impl LazyJsonl {
             bases.push(line_base);
             line_base += piece.lines;
         }
-        let masks = match &predicate {
-            None => parsed.iter().map(|p| vec![true; p.spans.len()]).collect(),
+        let (masks, kept_columns) = match &predicate {
+            None => (
+                parsed.iter().map(|p| vec![true; p.spans.len()]).collect(),
+                None,
+            ),
             Some(predicate) => evaluate_filter(&mut parsed, predicate)
                 .map_err(|(i, problem)| problem.into_error(shown, bases[i], parsed[i].lines))?,
         };
@@ -157,7 +164,10 @@ impl LazyJsonl {
             .zip(masks.par_iter())
             .map(|(piece, mask)| piece.kept_lines(mask, keep_lines))
             .collect();
-        let mut kept = Kept::default();
+        let mut kept = Kept {
+            columns: kept_columns.map(|frame| (filter_paths, frame)),
+            ..Kept::default()
+        };
         for (raw, rows) in pieces {
             kept.rows += rows;
             if !raw.is_empty() {
@@ -175,11 +185,24 @@ impl LazyJsonl {
             let raw = kept.pieces.concat();
             return Ok(Frame::new(super::io::frame_from_jsonl_bytes(&raw, &shown)?));
         };
-        // The selected values go into typed columns as the filters' do; polars' reader only when
-        // they do not fit (arrays, types that change between rows).
         let keys = top_keys(&[], cols);
+        let paths: Vec<Vec<String>> = cols
+            .iter()
+            .map(|c| c.split('.').map(str::to_string).collect())
+            .collect();
+        // Values the filter read are at hand (their types inferred over the whole file, as the
+        // filter saw them); others go into typed columns as the filters' do, and to polars' reader
+        // only when they do not fit (arrays, types that change between rows).
+        let read_by_filter = kept
+            .columns
+            .as_ref()
+            .filter(|(read, _)| paths.iter().all(|p| read.iter().any(|r| p.starts_with(r))));
         let pieces: Vec<&[u8]> = kept.pieces.iter().map(Vec::as_slice).collect();
-        let df = match super::typed::frame_of_pieces(&pieces, Keys::Only(&keys), &|_| {}) {
+        let parsed = match read_by_filter {
+            Some((_, frame)) => Some(frame.clone()),
+            None => super::typed::frame_of_pieces(&pieces, Keys::Only(&paths), &|_| {}),
+        };
+        let df = match parsed {
             Some(df) => df,
             None => {
                 let mut projected = Vec::with_capacity(kept.rows * 32);
@@ -248,6 +271,57 @@ fn top_keys(exprs: &[Expr], paths: &[String]) -> Vec<String> {
     keys
 }
 
+/// The paths of the values the expressions read: `col("metadata.category")` reads
+/// `["metadata", "category"]` (only that field of `metadata`), `col("metadata").is_null()` all of
+/// `metadata`.
+fn paths_read(exprs: &[Expr]) -> Vec<Vec<String>> {
+    let mut paths = Vec::new();
+    for e in exprs {
+        // The nodes inside a field chain already read, by address (the tree is walked parents first).
+        let mut in_chain: Vec<*const Expr> = Vec::new();
+        for node in e {
+            if in_chain.contains(&(node as *const Expr)) {
+                continue;
+            }
+            if let Some((path, inner)) = field_chain(node) {
+                in_chain.extend(inner);
+                paths.push(path);
+            } else if let Expr::Column(name) = node {
+                paths.push(vec![name.to_string()]);
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// `col("a").struct_().field_by_name("b").struct_().field_by_name("c")` as `["a", "b", "c"]`, with
+/// the nodes under the outermost one.
+fn field_chain(e: &Expr) -> Option<(Vec<String>, Vec<*const Expr>)> {
+    let mut names = Vec::new();
+    let mut inner = Vec::new();
+    let mut at = e;
+    loop {
+        match at {
+            Expr::Function {
+                input,
+                function: FunctionExpr::StructExpr(StructFunction::FieldByName(name)),
+            } if input.len() == 1 => {
+                names.push(name.to_string());
+                at = &input[0];
+                inner.push(at as *const Expr);
+            }
+            Expr::Column(column) if !names.is_empty() => {
+                names.push(column.to_string());
+                names.reverse();
+                return Some((names, inner));
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// One piece, parsed: where its lines are and, when there is a filter, the columns it reads.
 struct Parsed<'a> {
     piece: &'a [u8],
@@ -263,6 +337,10 @@ impl Parsed<'_> {
     /// The lines `mask` keeps, each with its newline (only counted without `copy`), and how many.
     fn kept_lines(&self, mask: &[bool], copy: bool) -> (Vec<u8>, usize) {
         let mut raw = Vec::new();
+        if copy {
+            let bytes = self.spans.iter().zip(mask).filter(|(_, k)| **k);
+            raw.reserve_exact(bytes.map(|(&(_, s, e), _)| e - s + 1).sum());
+        }
         let mut kept = 0;
         for (&(_, s, e), _) in self.spans.iter().zip(mask).filter(|(_, k)| **k) {
             kept += 1;
@@ -316,29 +394,39 @@ impl Problem {
     }
 }
 
-fn parse_piece<'a>(piece: &'a [u8], filter_keys: &[String], filtered: bool) -> Parsed<'a> {
-    let lines = memchr::memchr_iter(b'\n', piece).count() + usize::from(!piece.ends_with(b"\n"));
+fn parse_piece<'a>(
+    piece: &'a [u8],
+    filter_paths: &[Vec<String>],
+    filter_keys: &[String],
+    filtered: bool,
+) -> Parsed<'a> {
     let mut parsed = Parsed {
         piece,
         spans: Vec::new(),
-        lines,
+        lines: 0,
         frame: None,
         problem: None,
     };
     // serde_json does not check the UTF-8 of strings it skips: check the whole piece at once.
-    if let Err(e) = simdutf8::compat::from_utf8(piece) {
-        let at = e.valid_up_to();
-        let line_start = memchr::memrchr(b'\n', &piece[..at]).map_or(0, |i| i + 1);
-        let line_end = memchr::memchr(b'\n', &piece[at..]).map_or(piece.len(), |i| at + i);
-        let index = memchr::memchr_iter(b'\n', &piece[..line_start]).count();
-        parsed.problem = Some(Problem::line(
-            index,
-            format!("invalid UTF-8 at byte {}", at - line_start),
-            &piece[line_start..line_end],
-        ));
-        return parsed;
-    }
+    let text = match simdutf8::compat::from_utf8(piece) {
+        Ok(text) => text,
+        Err(e) => {
+            let at = e.valid_up_to();
+            let line_start = memchr::memrchr(b'\n', &piece[..at]).map_or(0, |i| i + 1);
+            let line_end = memchr::memchr(b'\n', &piece[at..]).map_or(piece.len(), |i| at + i);
+            let index = memchr::memchr_iter(b'\n', &piece[..line_start]).count();
+            parsed.problem = Some(Problem::line(
+                index,
+                format!("invalid UTF-8 at byte {}", at - line_start),
+                &piece[line_start..line_end],
+            ));
+            return parsed;
+        }
+    };
     let mut start = 0;
+    // About 400 bytes a line: one allocation, not a dozen regrowths.
+    parsed.spans.reserve(piece.len() / 256);
+    let mut segments = 0;
     for (index, end) in memchr::memchr_iter(b'\n', piece)
         .chain(std::iter::once(piece.len()))
         .enumerate()
@@ -347,11 +435,14 @@ fn parse_piece<'a>(piece: &'a [u8], filter_keys: &[String], filtered: bool) -> P
             parsed.spans.push((index, start, end));
         }
         start = end + 1;
+        segments += 1;
     }
+    // What follows the last newline is a line only if it is not empty.
+    parsed.lines = segments - usize::from(piece.ends_with(b"\n"));
     // Every line is checked to be a JSON object, filtered or not.
-    let mut columns = Columns::new(Keys::Only(filter_keys));
+    let mut columns = Columns::new(Keys::Only(filter_paths));
     for &(index, s, e) in &parsed.spans {
-        if let Err(reason) = columns.read_line(&piece[s..e]) {
+        if let Err(reason) = columns.read_line(&text[s..e]) {
             parsed.problem = Some(Problem::line(index, reason, &piece[s..e]));
             return parsed;
         }
@@ -372,17 +463,19 @@ fn parse_piece<'a>(piece: &'a [u8], filter_keys: &[String], filtered: bool) -> P
 /// The filter's true/false per line of each piece, evaluated by polars once over all the pieces'
 /// columns (concatenated with supertypes: a score that is an integer in one piece and a float in
 /// another is a float). On failure, the piece that fails, for the error's line range.
+/// With the masks, the filtered columns of the kept rows (`None` if some piece went another way).
 fn evaluate_filter(
     parsed: &mut [Parsed],
     predicate: &Expr,
-) -> Result<Vec<Vec<bool>>, (usize, Problem)> {
+) -> Result<(Vec<Vec<bool>>, Option<DataFrame>), (usize, Problem)> {
     let frames: Vec<DataFrame> = parsed
         .iter()
         .filter(|p| !p.spans.is_empty())
         .filter_map(|p| p.frame.clone())
         .collect();
     let rows: usize = parsed.iter().map(|p| p.spans.len()).sum();
-    let all = super::typed::stack(frames).and_then(|df| {
+    let stacked = super::typed::stack(frames);
+    let all = stacked.clone().and_then(|df| {
         df.lazy()
             .select([predicate.clone().alias("keep")])
             .collect()
@@ -406,13 +499,20 @@ fn evaluate_filter(
             return Err((0, Problem::Filter(format!("filter: {e}"))));
         }
     };
+    let kept_columns = stacked
+        .ok()
+        .filter(|df| df.height() == rows)
+        .and_then(|df| {
+            df.filter(&BooleanChunked::from_slice("keep".into(), &values))
+                .ok()
+        });
     let mut masks = Vec::with_capacity(parsed.len());
     let mut at = 0;
     for p in parsed.iter() {
         masks.push(values[at..at + p.spans.len()].to_vec());
         at += p.spans.len();
     }
-    Ok(masks)
+    Ok((masks, kept_columns))
 }
 
 /// The `keep` column as one bool per row (a filter that reads no column, `lit(true)`, gives one value
@@ -529,4 +629,31 @@ fn project_line(line: &[u8], keys: &[String], out: &mut Vec<u8>) -> Result<(), S
     de.deserialize_map(Projector { keys, out })
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::expr::column;
+
+    fn read(e: Expr) -> Vec<String> {
+        paths_read(&[e]).iter().map(|p| p.join(".")).collect()
+    }
+
+    #[test]
+    fn a_filter_reads_the_fields_it_names_and_whole_columns_it_uses_whole() {
+        let e = column("metadata.category")
+            .is_in(lit(Series::new("v".into(), ["fsm"])).implode(false), false)
+            .and(column("metadata.score").gt_eq(lit(0.7)));
+        assert_eq!(read(e), ["metadata.category", "metadata.score"]);
+        assert_eq!(read(column("a.b.c").eq(lit(1))), ["a.b.c"]);
+        assert_eq!(
+            read(
+                col("metadata")
+                    .is_null()
+                    .or(column("metadata.x").eq(lit(1)))
+            ),
+            ["metadata", "metadata.x"]
+        );
+    }
 }

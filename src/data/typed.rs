@@ -1,6 +1,7 @@
 //! JSON lines into typed polars columns, fast: serde_json walks each line once, skipping the keys
 //! nobody asked for without building them, and puts the values asked for straight into per-key
-//! vectors, which become polars columns (nested objects become struct columns).
+//! vectors, which become polars columns (nested objects become struct columns). Asked for by path,
+//! `metadata.category` reads that one field of `metadata`: its other fields are skipped too.
 //!
 //! It covers what datasets are made of: objects, strings, numbers, booleans and nulls. Anything else
 //! (an array, a key that is an object in one row and a string in another, a map-like object with a new
@@ -16,11 +17,29 @@ use std::borrow::Cow;
 /// key per row, is no struct).
 const MAX_NODES: usize = 256;
 
-/// Which top-level keys to read.
+/// Which values to read: everything, or the values along some paths (`["metadata", "category"]`
+/// reads one field of `metadata`; `["metadata"]` reads all of it).
 #[derive(Clone, Copy)]
 pub enum Keys<'k> {
     All,
-    Only(&'k [String]),
+    Only(&'k [Vec<String>]),
+}
+
+impl Keys<'_> {
+    /// The top-level keys asked for (none for `All`), each once.
+    fn top_level(&self) -> Vec<&str> {
+        let mut top: Vec<&str> = match self {
+            Keys::All => Vec::new(),
+            Keys::Only(paths) => paths
+                .iter()
+                .filter_map(|p| p.first())
+                .map(String::as_str)
+                .collect(),
+        };
+        top.sort_unstable();
+        top.dedup();
+        top
+    }
 }
 
 /// The `keys` of every line of `pieces` (pieces of whole lines, blank lines skipped) as one frame,
@@ -36,11 +55,11 @@ pub fn frame_of_pieces(
     let frames: Vec<DataFrame> = pieces
         .par_iter()
         .map(|piece| {
-            simdutf8::basic::from_utf8(piece).ok()?;
+            let piece = simdutf8::basic::from_utf8(piece).ok()?;
             let mut columns = Columns::new(keys);
             let mut rows = 0;
-            for line in piece.split(|b| *b == b'\n') {
-                if line.iter().all(u8::is_ascii_whitespace) {
+            for line in piece.split('\n') {
+                if line.bytes().all(|b| b.is_ascii_whitespace()) {
                     continue;
                 }
                 columns.read_line(line).ok()?;
@@ -48,7 +67,7 @@ pub fn frame_of_pieces(
             }
             // The columns borrow the piece's strings until they are built.
             let frame = columns.into_frame(rows);
-            done(piece);
+            done(piece.as_bytes());
             frame
         })
         .collect::<Option<_>>()?;
@@ -95,6 +114,18 @@ struct Node {
     parent: usize,
     name: String,
     is_object: bool,
+    /// How deep: the line itself is 0, a top-level key 1.
+    depth: usize,
+    /// Which of its keys to read: all of them, or those that lead along the asked paths.
+    wants: Wants,
+}
+
+/// The keys of a node to read.
+#[derive(Clone)]
+enum Wants {
+    Everything,
+    /// The asked paths (indices into `Keys::Only`) that go through this node and further.
+    Along(Vec<usize>),
 }
 
 /// Typed columns of the values read, filled while serde_json walks each line. Node 0 is the line
@@ -111,12 +142,18 @@ pub struct Columns<'k, 'a> {
 
 impl<'k, 'a> Columns<'k, 'a> {
     pub fn new(keys: Keys<'k>) -> Self {
+        let wants = match keys {
+            Keys::All => Wants::Everything,
+            Keys::Only(paths) => Wants::Along((0..paths.len()).collect()),
+        };
         Columns {
             keys,
             nodes: vec![Node {
                 parent: usize::MAX,
                 name: String::new(),
                 is_object: true,
+                depth: 0,
+                wants,
             }],
             values: vec![Vec::new()],
             row: 0,
@@ -124,9 +161,11 @@ impl<'k, 'a> Columns<'k, 'a> {
         }
     }
 
-    /// Parses one line (which must be a JSON object), recording the filtered values.
-    pub fn read_line(&mut self, line: &'a [u8]) -> Result<(), String> {
-        let mut de = serde_json::Deserializer::from_slice(line);
+    /// Parses one line (which must be a JSON object), recording the values asked for. The line is
+    /// `str`, checked for UTF-8 by the caller a piece at a time (faster than serde_json string by
+    /// string).
+    pub fn read_line(&mut self, line: &'a str) -> Result<(), String> {
+        let mut de = serde_json::Deserializer::from_str(line);
         ValueAt {
             columns: self,
             node: 0,
@@ -141,12 +180,35 @@ impl<'k, 'a> Columns<'k, 'a> {
         Ok(())
     }
 
-    fn child(&mut self, parent: usize, name: &str) -> usize {
+    /// The node of key `name` under `parent`, made on first sight; `None` for a key not asked for.
+    fn child(&mut self, parent: usize, name: &str) -> Option<usize> {
+        let depth = self.nodes[parent].depth;
+        let paths: &[Vec<String>] = match self.keys {
+            Keys::All => &[],
+            Keys::Only(paths) => paths,
+        };
+        let leads_on = |p: &usize| paths[*p][depth] == name;
+        if let Wants::Along(along) = &self.nodes[parent].wants {
+            if !along.iter().any(leads_on) {
+                return None;
+            }
+        }
         if let Some(i) = (1..self.nodes.len())
             .find(|&i| self.nodes[i].parent == parent && self.nodes[i].name == name)
         {
-            return i;
+            return Some(i);
         }
+        let wants = match &self.nodes[parent].wants {
+            Wants::Everything => Wants::Everything,
+            Wants::Along(along) => {
+                let next: Vec<usize> = along.iter().copied().filter(leads_on).collect();
+                if next.iter().any(|&p| paths[p].len() == depth + 1) {
+                    Wants::Everything
+                } else {
+                    Wants::Along(next)
+                }
+            }
+        };
         if self.nodes.len() >= MAX_NODES {
             self.unsupported = true;
         }
@@ -154,9 +216,11 @@ impl<'k, 'a> Columns<'k, 'a> {
             parent,
             name: name.to_string(),
             is_object: false,
+            depth: depth + 1,
+            wants,
         });
         self.values.push(Vec::new());
-        self.nodes.len() - 1
+        Some(self.nodes.len() - 1)
     }
 
     fn set(&mut self, node: usize, leaf: Leaf<'a>) {
@@ -185,11 +249,7 @@ impl<'k, 'a> Columns<'k, 'a> {
             columns.push(self.series(node, rows)?.into_column());
         }
         // A key no line of the piece has is a null column, so the pieces' frames stack.
-        let asked: &[String] = match self.keys {
-            Keys::All => &[],
-            Keys::Only(keys) => keys,
-        };
-        for key in asked {
+        for key in self.keys.top_level() {
             if !columns.iter().any(|c| c.name().as_str() == key) {
                 columns.push(Column::full_null(key.into(), rows, &DataType::Null));
             }
@@ -365,7 +425,7 @@ impl<'de> Visitor<'de> for ValueAt<'_, '_, 'de> {
     }
 }
 
-/// Reads a key without allocating: the node it names, or `None` for a top-level key no filter reads.
+/// Reads a key without allocating: the node it names, or `None` for a key nobody asked for.
 struct KeyAt<'c, 'k, 'a> {
     columns: &'c mut Columns<'k, 'a>,
     parent: usize,
@@ -387,11 +447,80 @@ impl<'de> Visitor<'de> for KeyAt<'_, '_, '_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        if let (0, Keys::Only(keys)) = (self.parent, self.columns.keys) {
-            if !keys.iter().any(|k| k == key) {
-                return Ok(None);
-            }
+        Ok(self.columns.child(self.parent, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(list: &[&str]) -> Vec<Vec<String>> {
+        list.iter()
+            .map(|p| p.split('.').map(str::to_string).collect())
+            .collect()
+    }
+
+    fn frame(lines: &[&str], keys: Keys) -> DataFrame {
+        let mut columns = Columns::new(keys);
+        for line in lines {
+            columns.read_line(line).unwrap();
         }
-        Ok(Some(self.columns.child(self.parent, key)))
+        columns.into_frame(lines.len()).unwrap()
+    }
+
+    const LINES: [&str; 2] = [
+        r#"{"text": "a", "metadata": {"category": "fsm", "source": "x", "score": 1}}"#,
+        r#"{"metadata": {"score": 0.5, "category": "alu", "source": "y"}, "text": "b"}"#,
+    ];
+
+    #[test]
+    fn a_path_reads_one_field_of_an_object_and_skips_its_siblings() {
+        let df = frame(&LINES, Keys::Only(&paths(&["metadata.category"])));
+        assert_eq!(df.get_column_names(), ["metadata"]);
+        let meta = df.column("metadata").unwrap().struct_().unwrap().clone();
+        let fields: Vec<String> = meta
+            .fields_as_series()
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect();
+        assert_eq!(fields, ["category"]);
+    }
+
+    #[test]
+    fn a_whole_key_and_a_field_of_it_read_the_whole_key() {
+        let df = frame(
+            &LINES,
+            Keys::Only(&paths(&["metadata", "metadata.score", "text"])),
+        );
+        let meta = df.column("metadata").unwrap().struct_().unwrap().clone();
+        assert_eq!(meta.fields_as_series().len(), 3, "category, source, score");
+        assert_eq!(df.column("text").unwrap().str().unwrap().get(1), Some("b"));
+    }
+
+    #[test]
+    fn fields_read_by_path_keep_their_types_across_rows() {
+        let df = frame(
+            &LINES,
+            Keys::Only(&paths(&["metadata.score", "metadata.category"])),
+        );
+        let meta = df.column("metadata").unwrap().struct_().unwrap().clone();
+        let score = meta.field_by_name("score").unwrap();
+        assert_eq!(score.dtype(), &DataType::Float64, "1 and 0.5: a float");
+        assert_eq!(
+            meta.field_by_name("category")
+                .unwrap()
+                .str()
+                .unwrap()
+                .get(1),
+            Some("alu")
+        );
+    }
+
+    #[test]
+    fn a_path_no_line_has_is_a_null_column_named_by_its_top_key() {
+        let df = frame(&LINES, Keys::Only(&paths(&["missing.deep"])));
+        assert_eq!(df.get_column_names(), ["missing"]);
+        assert_eq!(df.column("missing").unwrap().null_count(), 2);
     }
 }

@@ -1,6 +1,5 @@
 //! The REPL through a pseudo-terminal, as a user drives it.
 
-
 use expectrl::{ControlCode, Expect, Session};
 use std::time::Duration;
 
