@@ -118,7 +118,11 @@ impl LazyJsonl {
             // Not populated up front: that is one thread's work while the others wait; the workers
             // fault their own pieces in.
             let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(read_error)?;
-            self.scan_bytes(&map, &shown, keep_lines)?
+            let kept = self.scan_bytes(&map, &shown, keep_lines);
+            // Unmapping a big file takes milliseconds (every page table entry goes): not on the
+            // script's time.
+            std::thread::spawn(move || drop(map));
+            kept?
         };
         let kept = Arc::new(kept);
         if keep_lines && kept.bytes() <= REMEMBER_BYTES {
@@ -131,8 +135,10 @@ impl LazyJsonl {
     }
 
     /// Three steps: the pieces are parsed on every core (each line checked, the filtered values put
-    /// in typed columns); polars evaluates the filters once over all the pieces' columns; the pieces
-    /// copy their kept lines, again on every core.
+    /// in typed columns); polars filters them, each piece on its own when the filter decides each
+    /// row by its own values, else (or when a piece's columns need the whole file's supertypes: an
+    /// integer column in one piece, floats in another, compared with a string) once over all the
+    /// pieces' columns; the pieces copy their kept lines, again on every core.
     fn scan_bytes(&self, bytes: &[u8], shown: &str, keep_lines: bool) -> Result<Kept, DataError> {
         let predicate = self.filters.iter().cloned().reduce(|a, b| a.and(b));
         let filter_keys = top_keys(&self.filters, &[]);
@@ -151,12 +157,27 @@ impl LazyJsonl {
             bases.push(line_base);
             line_base += piece.lines;
         }
-        let (masks, kept_columns) = match &predicate {
-            None => (
+        let alone: Option<Vec<(Vec<bool>, Option<DataFrame>)>> = predicate
+            .as_ref()
+            .filter(|p| is_row_by_row(p))
+            .and_then(|predicate| {
+                parsed
+                    .par_iter()
+                    .map(|p| p.filter_alone(predicate))
+                    .collect()
+            });
+        let (masks, kept_columns) = match (&predicate, alone) {
+            (None, _) => (
                 parsed.iter().map(|p| vec![true; p.spans.len()]).collect(),
                 None,
             ),
-            Some(predicate) => evaluate_filter(&mut parsed, predicate)
+            (Some(_), Some(alone)) => {
+                let (masks, frames): (Vec<Vec<bool>>, Vec<Option<DataFrame>>) =
+                    alone.into_iter().unzip();
+                let frames: Vec<DataFrame> = frames.into_iter().flatten().collect();
+                (masks, super::typed::stack(frames).ok())
+            }
+            (Some(predicate), None) => evaluate_filter(&mut parsed, predicate)
                 .map_err(|(i, problem)| problem.into_error(shown, bases[i], parsed[i].lines))?,
         };
         let pieces: Vec<(Vec<u8>, usize)> = parsed
@@ -233,6 +254,27 @@ impl LazyJsonl {
         })?;
         Ok(kept.rows)
     }
+}
+
+/// Whether an expression decides each row by that row's values alone (no aggregation such as
+/// `col("score").mean()`, whose value depends on which rows it sees), so that pieces can be filtered
+/// on their own. The Rhai API builds `Function` nodes only for row-by-row functions (`is_in`,
+/// `str_contains`, struct fields, ...); its aggregations are `Agg` and `Len` nodes, but for the
+/// constant list `is_in` implodes.
+fn is_row_by_row(e: &Expr) -> bool {
+    e.into_iter().all(|node| match node {
+        Expr::Agg(AggExpr::Implode { input, .. }) => matches!(input.as_ref(), Expr::Literal(_)),
+        _ => matches!(
+            node,
+            Expr::Column(_)
+                | Expr::Literal(_)
+                | Expr::BinaryExpr { .. }
+                | Expr::Alias(..)
+                | Expr::Cast { .. }
+                | Expr::Ternary { .. }
+                | Expr::Function { .. }
+        ),
+    })
 }
 
 /// Cuts `bytes` into pieces of about `size` bytes, each ending at a line end (or the end of the file).
@@ -334,6 +376,26 @@ struct Parsed<'a> {
 }
 
 impl Parsed<'_> {
+    /// The piece filtered by its own columns: its mask and its kept rows' filtered columns; `None`
+    /// if polars cannot (the whole file's supertypes may be needed).
+    fn filter_alone(&self, predicate: &Expr) -> Option<(Vec<bool>, Option<DataFrame>)> {
+        let rows = self.spans.len();
+        let Some(frame) = self.frame.as_ref().filter(|_| rows > 0) else {
+            return Some((vec![false; rows], None));
+        };
+        let mask = frame
+            .clone()
+            .lazy()
+            .select([predicate.clone().alias("keep")])
+            .collect()
+            .and_then(|df| mask_of(&df, rows))
+            .ok()?;
+        let kept = frame
+            .filter(&BooleanChunked::from_slice("keep".into(), &mask))
+            .ok();
+        Some((mask, kept))
+    }
+
     /// The lines `mask` keeps, each with its newline (only counted without `copy`), and how many.
     fn kept_lines(&self, mask: &[bool], copy: bool) -> (Vec<u8>, usize) {
         let mut raw = Vec::new();
@@ -655,5 +717,14 @@ mod tests {
             ),
             ["metadata", "metadata.x"]
         );
+    }
+
+    #[test]
+    fn only_row_by_row_filters_are_decided_a_piece_at_a_time() {
+        let is_in = column("c").is_in(lit(Series::new("v".into(), ["fsm"])).implode(false), false);
+        assert!(is_row_by_row(&is_in));
+        assert!(is_row_by_row(&column("m.score").gt_eq(lit(0.7))));
+        assert!(!is_row_by_row(&col("score").gt(col("score").mean())));
+        assert!(!is_row_by_row(&col("score").implode(false).is_null()));
     }
 }

@@ -447,3 +447,43 @@ fn a_lazy_scan_through_polars_reader_also_fills_keys_missing_from_a_whole_piece(
     ));
     assert_eq!(out, "10\n10\n");
 }
+
+#[test]
+fn a_lazy_filter_that_needs_the_whole_file_agrees_with_the_eager_one() {
+    // Over 4 MiB, so several pieces: `v` is an integer in the first piece and a string in the last,
+    // so `str_len` fails on the first piece alone and needs the whole file's supertype (string); the
+    // mean is the whole file's, never a piece's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.jsonl");
+    let pad = "z".repeat(200);
+    let mut text = String::new();
+    for i in 0..30_000 {
+        let v = if i < 25_000 {
+            // As strings these are 4 or 5 characters long: all pass `str_len() > 3`.
+            format!("{}", 1000 + i)
+        } else {
+            format!("\"{}\"", "s".repeat(i % 7))
+        };
+        text.push_str(&format!(
+            "{{\"pad\": \"{pad}\", \"v\": {v}, \"score\": {}}}\n",
+            (i * 37 % 1000) as f64 / 1000.0
+        ));
+    }
+    std::fs::write(&path, &text).unwrap();
+    assert!(text.len() > 4 << 20);
+    let out = ok(&format!(
+        r#"let p = "{}";
+        let by_len = col("v").str_len() > 3;
+        print(load_jsonl(p).filter(by_len).len());
+        print(scan_jsonl(p).filter(by_len).len());
+        let above_mean = col("score") > col("score").mean();
+        print(load_jsonl(p).filter(above_mean).len());
+        print(scan_jsonl(p).filter(above_mean).len());"#,
+        path.display()
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], lines[1], "str_len over the supertype: {out}");
+    assert!(lines[1].parse::<usize>().unwrap() > 25_000, "{out}");
+    assert_eq!(lines[2], lines[3], "the whole file's mean: {out}");
+    assert_ne!(lines[3], "0");
+}
