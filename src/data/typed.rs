@@ -118,6 +118,12 @@ struct Node {
     depth: usize,
     /// Which of its keys to read: all of them, or those that lead along the asked paths.
     wants: Wants,
+    /// The keys met in this object so far, in the order the lines give them, with what each resolved
+    /// to: lines of a dataset repeat one key order, so the next key is almost always the next one
+    /// here, and one string comparison resolves it.
+    met: Vec<(String, Option<usize>)>,
+    /// Where in `met` the current object is.
+    cursor: usize,
 }
 
 /// The keys of a node to read.
@@ -154,6 +160,8 @@ impl<'k, 'a> Columns<'k, 'a> {
                 is_object: true,
                 depth: 0,
                 wants,
+                met: Vec::new(),
+                cursor: 0,
             }],
             values: vec![Vec::new()],
             row: 0,
@@ -182,6 +190,26 @@ impl<'k, 'a> Columns<'k, 'a> {
 
     /// The node of key `name` under `parent`, made on first sight; `None` for a key not asked for.
     fn child(&mut self, parent: usize, name: &str) -> Option<usize> {
+        let node = &mut self.nodes[parent];
+        let at = node.cursor;
+        let found = match node.met.get(at) {
+            Some((key, _)) if key == name => Some(at),
+            _ => node.met.iter().position(|(key, _)| key == name),
+        };
+        if let Some(i) = found {
+            node.cursor = i + 1;
+            return node.met[i].1;
+        }
+        let resolved = self.resolve_child(parent, name);
+        let node = &mut self.nodes[parent];
+        if node.met.len() < MAX_NODES {
+            node.met.push((name.to_string(), resolved));
+            node.cursor = node.met.len();
+        }
+        resolved
+    }
+
+    fn resolve_child(&mut self, parent: usize, name: &str) -> Option<usize> {
         let depth = self.nodes[parent].depth;
         let paths: &[Vec<String>] = match self.keys {
             Keys::All => &[],
@@ -218,6 +246,8 @@ impl<'k, 'a> Columns<'k, 'a> {
             is_object: false,
             depth: depth + 1,
             wants,
+            met: Vec::new(),
+            cursor: 0,
         });
         self.values.push(Vec::new());
         Some(self.nodes.len() - 1)
@@ -407,6 +437,7 @@ impl<'de> Visitor<'de> for ValueAt<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let node = self.node;
         self.columns.nodes[node].is_object = true;
+        self.columns.nodes[node].cursor = 0;
         while let Some(child) = map.next_key_seed(KeyAt {
             columns: &mut *self.columns,
             parent: node,
