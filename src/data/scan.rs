@@ -1,10 +1,13 @@
 //! `scan_jsonl`: a lazy JSONL scan for files too big to load, or jobs that keep a few rows of many.
 //!
 //! The file is memory-mapped and cut at line ends into pieces, which rayon scans on every core. Of each
-//! line only the values the filters read are parsed: serde_json skips everything else (instructions and
-//! code included) without building it, and the values read go straight into typed columns
-//! ([`Columns`]). polars evaluates the filters on those columns; the lines that pass are kept as raw
-//! bytes. `sink_jsonl(out)` writes them byte for byte; `collect()` parses only them.
+//! line only the values the filters name are parsed (`col("metadata.category")`: that one field of
+//! `metadata`): serde_json skips everything else (instructions and code included) without building
+//! it, and the values read go straight into typed columns ([`Columns`]). polars evaluates the filters
+//! on those columns, piece by piece when they decide each row alone, else once over all pieces; the
+//! lines that pass are kept as raw bytes, with the filter's columns for them. `sink_jsonl(out)` writes
+//! the lines byte for byte; `collect()` parses only them, and a `select` of fields the filter read
+//! parses nothing.
 //!
 //! A piece whose filtered values are not plain scalars and objects (an array, a value whose type
 //! changes between rows) is handed to polars' own JSON reader instead: slower, same answer.
@@ -121,7 +124,10 @@ impl LazyJsonl {
             let kept = self.scan_bytes(&map, &shown, keep_lines);
             // Unmapping a big file takes milliseconds (every page table entry goes): not on the
             // script's time.
-            std::thread::spawn(move || drop(map));
+            // (If no thread can be made, the failed spawn drops the map right here.)
+            let _ = std::thread::Builder::new()
+                .name("rtlab-unmap".into())
+                .spawn(move || drop(map));
             kept?
         };
         let kept = Arc::new(kept);
@@ -522,6 +528,10 @@ fn parse_piece<'a>(
     parsed
 }
 
+/// A filter's verdict on a scan: true/false per line of each piece, and the kept rows' filtered
+/// columns (`None` when not at hand).
+type Decided = (Vec<Vec<bool>>, Option<DataFrame>);
+
 /// The filter's true/false per line of each piece, evaluated by polars once over all the pieces'
 /// columns (concatenated with supertypes: a score that is an integer in one piece and a float in
 /// another is a float). On failure, the piece that fails, for the error's line range.
@@ -529,7 +539,7 @@ fn parse_piece<'a>(
 fn evaluate_filter(
     parsed: &mut [Parsed],
     predicate: &Expr,
-) -> Result<(Vec<Vec<bool>>, Option<DataFrame>), (usize, Problem)> {
+) -> Result<Decided, (usize, Problem)> {
     let frames: Vec<DataFrame> = parsed
         .iter()
         .filter(|p| !p.spans.is_empty())
