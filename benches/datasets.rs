@@ -6,6 +6,9 @@
 //! 10× a plain Python `json` loop, 3× pandas, peak memory under 2× the file size.
 //! `RTLAB_BENCH_ROWS` changes the row count.
 
+#[path = "common/python.rs"]
+mod python;
+
 use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
@@ -139,15 +142,7 @@ with open(sys.argv[2], "w") as f:
 print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
-    // The interpreter itself, not a version manager's shim in front of it (pyenv's costs ~50 ms a
-    // start here, which would flatter rtlab).
-    let python = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".to_string());
+    let python = python::interpreter();
     println!("Python: {python}");
     let mut py = Command::new(&python);
     py.args([

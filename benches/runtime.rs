@@ -5,6 +5,9 @@
 //! rerun of a 5-cell script whose first cell takes 20 s under 1 s. `RTLAB_BENCH_SLOW_CELL_S` shortens
 //! the slow cell for a quick look.
 
+#[path = "common/python.rs"]
+mod python;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -42,14 +45,7 @@ fn main() {
     let empty = dir.path().join("empty.rhai");
     std::fs::write(&empty, "").unwrap();
 
-    // The interpreter itself, not a version manager's shim in front of it (pyenv's adds ~50 ms).
-    let python = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".to_string());
+    let python = python::interpreter();
     let baseline = time_command(|| {
         let mut c = Command::new(&python);
         c.args(["-c", "pass"]);

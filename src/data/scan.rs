@@ -536,10 +536,7 @@ type Decided = (Vec<Vec<bool>>, Option<DataFrame>);
 /// columns (concatenated with supertypes: a score that is an integer in one piece and a float in
 /// another is a float). On failure, the piece that fails, for the error's line range.
 /// With the masks, the filtered columns of the kept rows (`None` if some piece went another way).
-fn evaluate_filter(
-    parsed: &mut [Parsed],
-    predicate: &Expr,
-) -> Result<Decided, (usize, Problem)> {
+fn evaluate_filter(parsed: &mut [Parsed], predicate: &Expr) -> Result<Decided, (usize, Problem)> {
     let frames: Vec<DataFrame> = parsed
         .iter()
         .filter(|p| !p.spans.is_empty())
