@@ -1,5 +1,12 @@
 //! The `rtlab` binary: all the work is in the library.
 
 fn main() -> std::process::ExitCode {
+    // glibc maps each allocation over 128 KiB afresh and unmaps it when freed, so a dataset scan's
+    // per-piece buffers fault in new pages piece after piece. Serve them from the heap, reused.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+    }
     rtlab::cli_main()
 }
