@@ -163,34 +163,46 @@ impl LazyJsonl {
             bases.push(line_base);
             line_base += piece.lines;
         }
-        let alone: Option<Vec<(Vec<bool>, Option<DataFrame>)>> = predicate
+        // A piece filtered alone copies its kept lines in the same task, while its lines are warm.
+        let alone: Option<Vec<(KeptLines, Option<DataFrame>)>> = predicate
             .as_ref()
             .filter(|p| is_row_by_row(p))
             .and_then(|predicate| {
                 parsed
                     .par_iter()
-                    .map(|p| p.filter_alone(predicate))
+                    .map(|p| {
+                        let (mask, frame) = p.filter_alone(predicate)?;
+                        Some((p.kept_lines(&mask, keep_lines), frame))
+                    })
                     .collect()
             });
-        let (masks, kept_columns) = match (&predicate, alone) {
-            (None, _) => (
-                parsed.iter().map(|p| vec![true; p.spans.len()]).collect(),
-                None,
-            ),
+        let (pieces, kept_columns): (Vec<KeptLines>, Option<DataFrame>) = match (&predicate, alone)
+        {
             (Some(_), Some(alone)) => {
-                let (masks, frames): (Vec<Vec<bool>>, Vec<Option<DataFrame>>) =
-                    alone.into_iter().unzip();
+                let (pieces, frames): (Vec<_>, Vec<Option<DataFrame>>) = alone.into_iter().unzip();
                 let frames: Vec<DataFrame> = frames.into_iter().flatten().collect();
-                (masks, super::typed::stack(frames).ok())
+                (pieces, super::typed::stack(frames).ok())
             }
-            (Some(predicate), None) => evaluate_filter(&mut parsed, predicate)
-                .map_err(|(i, problem)| problem.into_error(shown, bases[i], parsed[i].lines))?,
+            _ => {
+                let (masks, kept_columns) = match &predicate {
+                    None => (
+                        parsed.iter().map(|p| vec![true; p.spans.len()]).collect(),
+                        None,
+                    ),
+                    Some(predicate) => {
+                        evaluate_filter(&mut parsed, predicate).map_err(|(i, problem)| {
+                            problem.into_error(shown, bases[i], parsed[i].lines)
+                        })?
+                    }
+                };
+                let pieces = parsed
+                    .par_iter()
+                    .zip(masks.par_iter())
+                    .map(|(piece, mask)| piece.kept_lines(mask, keep_lines))
+                    .collect();
+                (pieces, kept_columns)
+            }
         };
-        let pieces: Vec<(Vec<u8>, usize)> = parsed
-            .par_iter()
-            .zip(masks.par_iter())
-            .map(|(piece, mask)| piece.kept_lines(mask, keep_lines))
-            .collect();
         let mut kept = Kept {
             columns: kept_columns.map(|frame| (filter_paths, frame)),
             ..Kept::default()
@@ -403,7 +415,7 @@ impl Parsed<'_> {
     }
 
     /// The lines `mask` keeps, each with its newline (only counted without `copy`), and how many.
-    fn kept_lines(&self, mask: &[bool], copy: bool) -> (Vec<u8>, usize) {
+    fn kept_lines(&self, mask: &[bool], copy: bool) -> KeptLines {
         let mut raw = Vec::new();
         if copy {
             let bytes = self.spans.iter().zip(mask).filter(|(_, k)| **k);
@@ -527,6 +539,9 @@ fn parse_piece<'a>(
     }
     parsed
 }
+
+/// A piece's kept lines, each with its newline (empty when only counted), and how many.
+type KeptLines = (Vec<u8>, usize);
 
 /// A filter's verdict on a scan: true/false per line of each piece, and the kept rows' filtered
 /// columns (`None` when not at hand).
