@@ -12,8 +12,8 @@
 //! A piece whose filtered values are not plain scalars and objects (an array, a value whose type
 //! changes between rows) is handed to polars' own JSON reader instead: slower, same answer.
 //!
-//! The kept lines of the last scan are remembered, keyed by the file's length and modification time,
-//! so that `sink_jsonl` then `select(...).collect()` on the same scan reads the file once.
+//! The kept lines of the last scan are remembered, keyed by the file's stamp (length, modification
+//! time, inode), so that `sink_jsonl` then `select(...).collect()` on the same scan reads the file once.
 
 use super::expr::column;
 use super::typed::{Columns, Keys};
@@ -147,8 +147,8 @@ impl LazyJsonl {
     /// pieces' columns; the pieces copy their kept lines, again on every core.
     fn scan_bytes(&self, bytes: &[u8], shown: &str, keep_lines: bool) -> Result<Kept, DataError> {
         let predicate = self.filters.iter().cloned().reduce(|a, b| a.and(b));
-        let filter_keys = top_keys(&self.filters, &[]);
         let filter_paths = paths_read(&self.filters);
+        let filter_keys = Keys::Only(&filter_paths).top_level();
         let pieces = cut_at_line_ends(bytes, PIECE_BYTES);
         let mut parsed: Vec<Parsed> = pieces
             .par_iter()
@@ -176,14 +176,13 @@ impl LazyJsonl {
                     })
                     .collect()
             });
-        let (pieces, kept_columns): (Vec<KeptLines>, Option<DataFrame>) = match (&predicate, alone)
-        {
-            (Some(_), Some(alone)) => {
+        let (pieces, kept_columns): (Vec<KeptLines>, Option<DataFrame>) = match alone {
+            Some(alone) => {
                 let (pieces, frames): (Vec<_>, Vec<Option<DataFrame>>) = alone.into_iter().unzip();
                 let frames: Vec<DataFrame> = frames.into_iter().flatten().collect();
                 (pieces, super::typed::stack(frames).ok())
             }
-            _ => {
+            None => {
                 let (masks, kept_columns) = match &predicate {
                     None => (
                         parsed.iter().map(|p| vec![true; p.spans.len()]).collect(),
@@ -224,11 +223,11 @@ impl LazyJsonl {
             let raw = kept.pieces.concat();
             return Ok(Frame::new(super::io::frame_from_jsonl_bytes(&raw, &shown)?));
         };
-        let keys = top_keys(&[], cols);
         let paths: Vec<Vec<String>> = cols
             .iter()
             .map(|c| c.split('.').map(str::to_string).collect())
             .collect();
+        let keys = Keys::Only(&paths).top_level();
         // Values the filter read are at hand (their types inferred over the whole file, as the
         // filter saw them); others go into typed columns as the filters' do, and to polars' reader
         // only when they do not fit (arrays, types that change between rows).
@@ -308,27 +307,6 @@ pub(super) fn cut_at_line_ends(bytes: &[u8], size: usize) -> Vec<&[u8]> {
         start = end;
     }
     pieces
-}
-
-/// The top-level keys an expression reads (`col("metadata.score")` reads `metadata`).
-fn top_keys(exprs: &[Expr], paths: &[String]) -> Vec<String> {
-    let mut keys: Vec<String> = exprs
-        .iter()
-        .flat_map(|e| {
-            e.into_iter().filter_map(|node| match node {
-                Expr::Column(name) => Some(name.to_string()),
-                _ => None,
-            })
-        })
-        .chain(
-            paths
-                .iter()
-                .map(|p| p.split('.').next().unwrap_or(p).to_string()),
-        )
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 /// The paths of the values the expressions read: `col("metadata.category")` reads

@@ -26,15 +26,11 @@ pub enum Keys<'k> {
 }
 
 impl Keys<'_> {
-    /// The top-level keys asked for (none for `All`), each once.
-    fn top_level(&self) -> Vec<&str> {
-        let mut top: Vec<&str> = match self {
+    /// The top-level keys asked for (none for `All`), each once: `metadata.score` asks for `metadata`.
+    pub fn top_level(&self) -> Vec<String> {
+        let mut top: Vec<String> = match self {
             Keys::All => Vec::new(),
-            Keys::Only(paths) => paths
-                .iter()
-                .filter_map(|p| p.first())
-                .map(String::as_str)
-                .collect(),
+            Keys::Only(paths) => paths.iter().filter_map(|p| p.first()).cloned().collect(),
         };
         top.sort_unstable();
         top.dedup();
@@ -281,7 +277,11 @@ impl<'k, 'a> Columns<'k, 'a> {
         // A key no line of the piece has is a null column, so the pieces' frames stack.
         for key in self.keys.top_level() {
             if !columns.iter().any(|c| c.name().as_str() == key) {
-                columns.push(Column::full_null(key.into(), rows, &DataType::Null));
+                columns.push(Column::full_null(
+                    key.as_str().into(),
+                    rows,
+                    &DataType::Null,
+                ));
             }
         }
         DataFrame::new(rows, columns).ok()

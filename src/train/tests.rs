@@ -86,6 +86,16 @@ fn loss(m: &CausalLm) -> Tensor {
     masked_nll(&logits, &targets, &mask, 8.0).unwrap()
 }
 
+/// The largest elementwise difference of two same-shaped f32 tensors.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    values(a)
+        .iter()
+        .zip(&values(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
@@ -192,19 +202,7 @@ fn the_kv_cache_gives_the_logits_of_a_full_forward() {
                 &mut Pass::inference(),
             )
             .unwrap();
-        let a: Vec<f32> = step.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = full
-            .narrow(1, k, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&step, &full.narrow(1, k, 1).unwrap());
         assert!(
             worst < 1e-4,
             "position {k}: cached logits differ by {worst}"
@@ -246,24 +244,12 @@ fn a_saved_adapter_reloads_bit_identically_with_peft_names_and_shapes() {
     let (_, loaded) = peft::load(out.path(), &Device::Cpu).unwrap();
     for (path, l) in m.adapters() {
         let (a, b) = &loaded[&path];
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
         for (mine, theirs) in [(l.a.as_tensor(), a), (l.b.as_tensor(), b)] {
-            let x: Vec<u32> = mine
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
-            let y: Vec<u32> = theirs
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
-            assert_eq!(x, y, "{path} changed in the round trip");
+            assert_eq!(bits(mine), bits(theirs), "{path} changed in the round trip");
         }
     }
 }
@@ -289,25 +275,10 @@ fn a_merged_model_computes_what_base_plus_adapter_computes() {
     )
     .unwrap();
     let ids = Tensor::new(&[[1u32, 2, 3, 200, 100]], &Device::Cpu).unwrap();
-    let a: Vec<f32> = m
-        .forward(&ids, None, &mut Pass::inference())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = plain
-        .forward(&ids, None, &mut Pass::inference())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(
+        &m.forward(&ids, None, &mut Pass::inference()).unwrap(),
+        &plain.forward(&ids, None, &mut Pass::inference()).unwrap(),
+    );
     assert!(worst < 1e-4, "merged logits differ by {worst}");
 }
 
