@@ -12,6 +12,7 @@ mod doctor;
 mod engine;
 mod llm;
 mod notebook;
+mod options;
 mod phase;
 mod plot;
 mod repl;

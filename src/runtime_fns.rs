@@ -8,36 +8,101 @@ use std::path::{Path, PathBuf};
 
 thread_local! {
     static BASE_DIR: RefCell<PathBuf> = RefCell::new(PathBuf::from("."));
-    /// Files the stdlib read since the last [`take_inputs`]: the cell cache checks them on restore.
-    static INPUTS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    /// What the stdlib read since the last [`take_inputs`]: the cell cache checks it on restore.
+    static INPUTS: RefCell<Vec<Input>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Something outside the script that a cell read through the stdlib.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// A file (absolute: paths resolve against an absolute base directory).
+    File(PathBuf),
+    /// An environment variable, read with `env(NAME)`.
+    Env(String),
 }
 
 /// Records that a stdlib function read `path`, so a cached cell that read it reruns when it changes.
 pub fn note_input(path: &Path) {
-    INPUTS.with(|i| i.borrow_mut().push(path.to_path_buf()));
+    INPUTS.with(|i| i.borrow_mut().push(Input::File(path.to_path_buf())));
 }
 
-/// The files read since the last call, deduplicated, in order.
-pub fn take_inputs() -> Vec<PathBuf> {
-    let mut files = INPUTS.with(|i| std::mem::take(&mut *i.borrow_mut()));
+/// Records that a cell read the environment variable `name`: a cached cell reruns when its value
+/// changes (or it is set or unset).
+pub fn note_env(name: &str) {
+    INPUTS.with(|i| i.borrow_mut().push(Input::Env(name.to_string())));
+}
+
+/// What was read since the last call, deduplicated, in order.
+pub fn take_inputs() -> Vec<Input> {
+    let mut inputs = INPUTS.with(|i| std::mem::take(&mut *i.borrow_mut()));
     let mut seen = std::collections::HashSet::new();
-    files.retain(|f| seen.insert(f.clone()));
-    files
+    inputs.retain(|f| seen.insert(f.clone()));
+    inputs
+}
+
+/// What identifies an environment variable's value without keeping it (it may be a secret):
+/// `env:<blake3 of the value>`, or `env:unset`.
+pub fn env_stamp(name: &str) -> String {
+    match std::env::var_os(name) {
+        Some(v) => format!("env:{}", &blake3::hash(v.as_encoded_bytes()).to_hex()[..32]),
+        None => "env:unset".to_string(),
+    }
 }
 
 /// Sets the directory relative paths resolve against (the script's directory, or the REPL's cwd).
+///
+/// It is made absolute (and canonical where it exists), so every path rtlab resolves, and so every
+/// path it returns (`run.adapter`, say), is absolute: handing it back to another rtlab function finds
+/// the same file, whatever directory the script runs from.
 pub fn set_base_dir(dir: &Path) {
-    BASE_DIR.with(|b| *b.borrow_mut() = dir.to_path_buf());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let absolute = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
+    BASE_DIR.with(|b| *b.borrow_mut() = absolute);
+}
+
+static FRESH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `rtlab run --fresh`: every cached result is recomputed, not only the notebook's cells. A finished
+/// training run retrains and the verifier's store is not read (it is still written). Recorded model
+/// answers are kept: they are recordings, not results rtlab computed.
+pub fn set_fresh(fresh: bool) {
+    FRESH.store(fresh, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True during a `--fresh` run.
+pub fn fresh_requested() -> bool {
+    FRESH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Resolves a path given by a script: absolute paths stay, relative ones join the base directory.
+///
+/// Leading `..` steps are taken on the base directory itself (`../out` from `/repo/scripts` is
+/// `/repo/out`): the base is canonical, so that is where the kernel would go too. A `..` further in
+/// is left for the kernel, since the directory before it may be a link.
 pub fn resolve_path(path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        BASE_DIR.with(|b| b.borrow().join(p))
+        return p.to_path_buf();
     }
+    let mut base = BASE_DIR.with(|b| b.borrow().clone());
+    let mut rest = p.components().peekable();
+    while let Some(c) = rest.peek() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if base.parent().is_some() => {
+                base.pop();
+            }
+            _ => break,
+        }
+        rest.next();
+    }
+    base.join(rest.collect::<PathBuf>())
 }
 
 /// What identifies a file's version cheaply: `stamp:<len>:<mtime ns>:<inode>`, or "missing". The
@@ -207,8 +272,15 @@ mod runtime_functions {
             .to_string())
     }
 
-    /// The value of an environment variable, or `()` when unset.
+    /// The value of an environment variable, or `()` when unset. A cached cell that read it reruns
+    /// when the value changes.
+    ///
+    /// ```rhai
+    /// let home = env("HOME");
+    /// assert(home != (), "HOME is set");
+    /// ```
     pub fn env(name: &str) -> Dynamic {
+        note_env(name);
         std::env::var(name)
             .map(Dynamic::from)
             .unwrap_or(Dynamic::UNIT)

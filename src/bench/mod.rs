@@ -30,16 +30,6 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - prob_all_fail
 }
 
-fn num(options: &Map, key: &str, default: f64) -> Result<f64, String> {
-    match options.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_float()
-            .or_else(|_| v.as_int().map(|i| i as f64))
-            .map_err(|_| format!("benchmark: {key} must be a number")),
-    }
-}
-
 fn rate(xs: &[Option<bool>]) -> f64 {
     if xs.is_empty() {
         return 0.0;
@@ -53,25 +43,28 @@ fn round4(x: f64) -> f64 {
 
 /// Runs the benchmark; returns the run as a Rhai map.
 fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map, String> {
-    let n = num(options, "n", 1.0)?.max(1.0) as usize;
-    let temperature = num(options, "temperature", if n > 1 { 0.85 } else { 0.0 })?;
-    let top_p = num(options, "top_p", 0.95)?;
-    let ks: Vec<usize> = match options.get("k") {
-        Some(v) => v
-            .read_lock::<Array>()
-            .ok_or("benchmark: k must be an array like [1, 5, 10]")?
-            .iter()
-            .filter_map(|k| k.as_int().ok())
-            .map(|k| k.max(1) as usize)
-            .collect(),
-        None => vec![1, 5, 10],
-    };
-    let ks: Vec<usize> = ks.into_iter().filter(|k| *k <= n).collect();
+    let o = crate::options::Options::new(
+        "benchmark",
+        options,
+        &["n", "temperature", "top_p", "k", "template", "name"],
+    )?;
+    let n = o.int_at_least("n", 1)?.unwrap_or(1) as usize;
+    let temperature = o
+        .float("temperature")?
+        .unwrap_or(if n > 1 { 0.85 } else { 0.0 });
+    let top_p = o.float("top_p")?.unwrap_or(0.95);
+    let ks = o.ints("k")?.unwrap_or_else(|| vec![1, 5, 10]);
+    if let Some(bad) = ks.iter().find(|k| **k < 1) {
+        return Err(format!("benchmark: every k must be at least 1, not {bad}"));
+    }
+    // pass@k needs k ≤ n samples: larger k are left out (the result's `pass_at_k` says which ran).
+    let ks: Vec<usize> = ks
+        .into_iter()
+        .map(|k| k as usize)
+        .filter(|k| *k <= n)
+        .collect();
     let template = crate::testbench::template(options, "template", DEFAULT_TEMPLATE)?;
-    let name = options
-        .get("name")
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| model.cfg.model.clone());
+    let name = o.string("name")?.unwrap_or_else(|| model.cfg.model.clone());
 
     let ids = strings(problems, "task_id").map_err(|e| e.to_string())?;
     let prompts = strings(problems, "prompt").map_err(|e| e.to_string())?;
@@ -122,7 +115,10 @@ fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map,
         .collect();
     let store = crate::store::open_workspace();
     let opts = VerifyOptions::default();
-    let (reports, _) = verify_all(&jobs, &opts, store.as_ref(), 0);
+    let (reports, stats) = verify_all(&jobs, &opts, store.as_ref(), 0)?;
+    if let Some(warning) = stats.store_warning(store.as_ref()) {
+        eprintln!("{warning}");
+    }
     if crate::engine::cancel_requested() {
         return Err(
             "benchmark: cancelled by Ctrl-C (verified samples are cached; rerun to resume)".into(),
@@ -606,28 +602,29 @@ mod bench_functions {
     /// DPO pairs with options (see the one-argument form): `prompt`, `response`, `score`, `margin`.
     #[rhai_fn(return_raw)]
     pub fn preference_pairs(samples: Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
-        let name = |k: &str, d: &str| {
-            options
-                .get(k)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| d.to_string())
+        let o = crate::options::Options::new(
+            "preference_pairs",
+            &options,
+            &["prompt", "response", "score", "margin"],
+        )?;
+        let column = |k: &str, d: &str| -> Result<String, String> {
+            Ok(o.string(k)?.unwrap_or_else(|| d.to_string()))
         };
-        let margin = options
-            .get("margin")
-            .map(|m| {
-                m.as_float()
-                    .or_else(|_| m.as_int().map(|i| i as f64))
-                    .unwrap_or(0.0)
-            })
-            .unwrap_or(0.0);
-        let prompts = strings(&samples, &name("prompt", "prompt")).map_err(|e| e.to_string())?;
+        let margin = o.float("margin")?.unwrap_or(0.0);
+        let prompts = strings(&samples, &column("prompt", "prompt")?).map_err(|e| e.to_string())?;
         let responses =
-            strings(&samples, &name("response", "completion")).map_err(|e| e.to_string())?;
-        let scores: Vec<f64> = strings(&samples, &name("score", "score"))
+            strings(&samples, &column("response", "completion")?).map_err(|e| e.to_string())?;
+        let score_col = column("score", "score")?;
+        let scores: Vec<f64> = strings(&samples, &score_col)
             .map_err(|e| e.to_string())?
             .iter()
-            .map(|s| s.parse().unwrap_or(f64::NAN))
-            .collect();
+            .enumerate()
+            .map(|(row, s)| {
+                s.parse::<f64>().map_err(|_| {
+                    format!("preference_pairs: row {row}: `{score_col}` is {s:?}, not a number")
+                })
+            })
+            .collect::<Result<_, _>>()?;
         let mut order: Vec<String> = Vec::new();
         let mut groups: BTreeMap<&String, Vec<usize>> = BTreeMap::new();
         for (i, p) in prompts.iter().enumerate() {

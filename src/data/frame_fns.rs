@@ -99,9 +99,8 @@ mod frame_functions {
     /// ```
     #[rhai_fn(name = "sort", return_raw)]
     pub fn sort_with(frame: &mut Frame, by: &str, options: Map) -> RhaiResult<Frame> {
-        let descending = options
-            .get("descending")
-            .and_then(|d| d.as_bool().ok())
+        let descending = crate::options::Options::new("sort", &options, &["descending"])?
+            .bool("descending")?
             .unwrap_or(false);
         let opts = SortMultipleOptions::default()
             .with_order_descending(descending)

@@ -242,7 +242,8 @@ mod io_functions {
     /// (or not UTF-8) and prints how many and which; `"error"` (the default) stops at the first.
     #[rhai_fn(name = "load_jsonl", return_raw)]
     pub fn load_jsonl_opts(path: &str, options: Map) -> Result<Frame, Box<EvalAltResult>> {
-        let skip = match options.get("on_bad_line").map(|v| v.to_string()) {
+        let o = crate::options::Options::new("load_jsonl", &options, &["on_bad_line"])?;
+        let skip = match o.string("on_bad_line")? {
             None => false,
             Some(v) if v == "error" => false,
             Some(v) if v == "skip" => true,

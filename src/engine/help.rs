@@ -85,6 +85,20 @@ impl HelpIndex {
         self.by_name.keys().map(String::as_str)
     }
 
+    /// Each function with the type of its first parameter, the receiver of a method call
+    /// (`df.filter(...)` is `filter(df, ...)`): what completion after `value.` offers.
+    pub fn methods(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .by_name
+            .values()
+            .flatten()
+            .filter_map(|d| Some((d.name.clone(), receiver_type(&d.signature)?)))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// rtlab's own documented functions: those with a doc comment that a plain Rhai engine lacks.
     pub fn stdlib(&self) -> Vec<&FnDoc> {
         let plain = HelpIndex::from_engine(&Engine::new());
@@ -139,6 +153,24 @@ impl HelpIndex {
     }
 }
 
+/// The type of a signature's first parameter: `filter(frame: DataFrame, e: Expr)` gives `DataFrame`.
+fn receiver_type(signature: &str) -> Option<String> {
+    let params = signature.split_once('(')?.1;
+    let first = params.split([',', ')']).next()?;
+    let ty = first.split_once(':')?.1.trim();
+    (!ty.is_empty()).then(|| ty.to_string())
+}
+
+/// A value's type as signatures name it (`DataFrame`, `string`, `int`), for matching methods.
+pub fn script_type_name(engine: &Engine, value: &rhai::Dynamic) -> String {
+    let rust = value.type_name();
+    match engine.map_type_name(rust) {
+        // A type registered with a name (`DataFrame`) is already in the script's words.
+        named if named != rust => named.to_string(),
+        _ => prettify(rust),
+    }
+}
+
 /// Rust types in Rhai's generated signatures, in the words a script author uses.
 fn prettify(signature: &str) -> String {
     let mut s = signature.to_string();
@@ -164,6 +196,8 @@ fn prettify(signature: &str) -> String {
         ("FnPtr", "closure"),
         ("rtlab::data::Frame", "DataFrame"),
         ("Frame", "DataFrame"),
+        ("bool", "bool"),
+        ("ImmutableString", "string"),
         ("-> ()", ""),
     ] {
         s = s.replace(rust, rhai);

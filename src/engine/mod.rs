@@ -14,7 +14,7 @@ mod stdlib_modules;
 pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler};
 pub use display::display_value;
 pub use error::{render_error, ScriptError};
-pub use help::HelpIndex;
+pub use help::{script_type_name, HelpIndex};
 pub use output::{emit_line, OutputSink};
 
 use rhai::{Dynamic, Engine, Scope, AST};

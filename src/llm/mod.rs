@@ -58,6 +58,24 @@ pub struct Usage {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub retries: i64,
+    /// Answers the store refused to record, and the first reason.
+    pub not_recorded: i64,
+    pub record_error: Option<String>,
+}
+
+/// Records one answer in the store. A refused write is counted in `usage` (and reported once the
+/// batch ends by [`Model::answer_all`]), never dropped in silence.
+fn record(store: &Mutex<Store>, rec: &Recorded, usage: &Mutex<Usage>) {
+    let written = match store.lock() {
+        Ok(s) => s.put_response(rec).map_err(|e| e.to_string()),
+        Err(_) => Err("the store's lock is poisoned".to_string()),
+    };
+    if let Err(e) = written {
+        if let Ok(mut u) = usage.lock() {
+            u.not_recorded += 1;
+            u.record_error.get_or_insert(e);
+        }
+    }
 }
 
 /// The Rhai `Model`: cheap to clone, clones share their usage counters.
@@ -69,23 +87,10 @@ pub struct Model {
 
 impl Model {
     pub fn from_options(options: &Map) -> Result<Model, String> {
-        let text = |k: &str| {
-            options
-                .get(k)
-                .filter(|v| !v.is_unit())
-                .map(|v| v.to_string())
-        };
-        let num = |k: &str, default: f64| -> Result<f64, String> {
-            match options.get(k) {
-                None => Ok(default),
-                Some(v) => v
-                    .as_float()
-                    .or_else(|_| v.as_int().map(|i| i as f64))
-                    .map_err(|_| format!("llm: {k} must be a number")),
-            }
-        };
-        for k in options.keys() {
-            if ![
+        let o = crate::options::Options::new(
+            "llm",
+            options,
+            &[
                 "provider",
                 "base_url",
                 "model",
@@ -98,21 +103,23 @@ impl Model {
                 "retries",
                 "adapter",
                 "template",
-            ]
-            .contains(&k.as_str())
-            {
-                return Err(format!("llm: unknown option {k:?}; options are provider, base_url, model, api_key_env, temperature, top_p, max_tokens, concurrency, timeout_s, retries, adapter and template (local)"));
-            }
-        }
-        let provider = Provider::parse(&text("provider").unwrap_or_else(|| "openai".to_string()))?;
-        let model =
-            text("model").ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
+            ],
+        )?;
+        let text = |k: &str| o.string(k);
+        let number =
+            |k: &str, default: f64| -> Result<f64, String> { Ok(o.float(k)?.unwrap_or(default)) };
+        let count = |k: &str, default: i64, min: i64| -> Result<i64, String> {
+            Ok(o.int_at_least(k, min)?.unwrap_or(default))
+        };
+        let provider = Provider::parse(&text("provider")?.unwrap_or_else(|| "openai".to_string()))?;
+        let model = text("model")?
+            .ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
         // A local model is a directory: resolve it against the script like every other path.
         let local_path = |p: String| crate::runtime_fns::resolve_path(&p).display().to_string();
         let (model, adapter) = if provider == Provider::Local {
-            (local_path(model), text("adapter").map(local_path))
+            (local_path(model), text("adapter")?.map(local_path))
         } else {
-            if text("adapter").is_some() {
+            if o.has("adapter") {
                 return Err(
                     "llm: adapter is for provider \"local\"; a server loads its own adapters"
                         .into(),
@@ -122,17 +129,17 @@ impl Model {
         };
         let cfg = ModelConfig {
             provider,
-            base_url: text("base_url").unwrap_or_else(|| provider.default_base_url().to_string()),
+            base_url: text("base_url")?.unwrap_or_else(|| provider.default_base_url().to_string()),
             model,
-            api_key_env: text("api_key_env").or(provider.default_key_env().map(str::to_string)),
-            temperature: num("temperature", 0.0)?,
-            top_p: num("top_p", 1.0)?,
-            max_tokens: num("max_tokens", 2048.0)? as i64,
-            concurrency: num("concurrency", 4.0)?.max(1.0) as usize,
-            timeout_s: num("timeout_s", 120.0)?.max(0.001),
-            retries: num("retries", 4.0)?.max(0.0) as u32,
+            api_key_env: text("api_key_env")?.or(provider.default_key_env().map(str::to_string)),
+            temperature: number("temperature", 0.0)?,
+            top_p: number("top_p", 1.0)?,
+            max_tokens: count("max_tokens", 2048, 1)?,
+            concurrency: count("concurrency", 4, 1)? as usize,
+            timeout_s: number("timeout_s", 120.0)?.max(0.001),
+            retries: count("retries", 4, 0)? as u32,
             adapter,
-            template: text("template"),
+            template: text("template")?,
         };
         Ok(Model {
             cfg: Arc::new(cfg),
@@ -226,7 +233,33 @@ impl Model {
     /// Answers every request (messages, sample index), in order. Recorded answers come from the store;
     /// the rest go to the server `concurrency` at a time and are recorded as each arrives. Returns the
     /// answers, `Err` per failed request.
+    ///
+    /// Answers the store refused to record are reported in one warning that names the store and the
+    /// count: they are in the result, but not in the cassette.
     pub fn answer_all(
+        &self,
+        requests: &[(Vec<Message>, usize)],
+        store: Option<Arc<Mutex<Store>>>,
+    ) -> Vec<Result<String, String>> {
+        let before = self.usage().not_recorded;
+        let path = store
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.path().display().to_string()));
+        let answers = self.answer_and_record(requests, store);
+        let after = self.usage();
+        if after.not_recorded > before {
+            eprintln!(
+                "warning: {} answers from {} were not recorded in the store {} ({}); they are in this result, but a rerun asks the model again",
+                after.not_recorded - before,
+                self.cfg.model,
+                path.unwrap_or_default(),
+                after.record_error.unwrap_or_default()
+            );
+        }
+        answers
+    }
+
+    fn answer_and_record(
         &self,
         requests: &[(Vec<Message>, usize)],
         store: Option<Arc<Mutex<Store>>>,
@@ -318,9 +351,7 @@ impl Model {
                                     prompt_tokens: r.prompt_tokens,
                                     completion_tokens: r.completion_tokens,
                                 };
-                                if let Ok(s) = store.lock() {
-                                    let _ = s.put_response(&rec);
-                                }
+                                record(store, &rec, &usage);
                             }
                         }
                         (i, reply.map(|r| r.text))
@@ -394,15 +425,16 @@ impl Model {
                 if let Ok(mut u) = self.usage.lock() {
                     u.requests += 1;
                 }
-                if let Some(s) = store.and_then(|s| s.lock().ok()) {
-                    let _ = s.put_response(&Recorded {
+                if let Some(store) = store {
+                    let rec = Recorded {
                         key: keys[i].clone(),
                         model: self.cfg.model.clone(),
                         request: serde_json::to_string(messages).unwrap_or_default(),
                         response: text.clone(),
                         prompt_tokens: 0,
                         completion_tokens: 0,
-                    });
+                    };
+                    record(store, &rec, &self.usage);
                 }
             }
             out.push((i, answer));
@@ -557,15 +589,9 @@ mod llm_functions {
         prompt_col: &str,
         options: Map,
     ) -> Result<Frame, Box<EvalAltResult>> {
-        let n = options
-            .get("n")
-            .map(|v| v.as_int().unwrap_or(1))
-            .unwrap_or(1)
-            .max(1) as usize;
-        let out = options
-            .get("out")
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "completion".to_string());
+        let o = crate::options::Options::new("complete_many", &options, &["n", "out"])?;
+        let n = o.int_at_least("n", 1)?.unwrap_or(1) as usize;
+        let out = o.string("out")?.unwrap_or_else(|| "completion".to_string());
         let prompts =
             crate::data::strings(&frame, prompt_col).map_err(|e| format!("complete_many: {e}"))?;
         let requests: Vec<(Vec<Message>, usize)> = prompts

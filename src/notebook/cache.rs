@@ -7,6 +7,7 @@
 
 use crate::data::{frame_from_parquet_bytes, frame_to_parquet_bytes, Frame};
 use crate::runtime_fns::write_atomic;
+use crate::runtime_fns::Input;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,18 +36,37 @@ pub struct Manifest {
     pub result_html: Option<String>,
     /// Frame content hash → blake3 of its Parquet file.
     pub frames: BTreeMap<String, String>,
-    /// Files the cell read through the stdlib → blake3 of their content when it ran.
+    /// Files the cell read through the stdlib → blake3 of their content when it ran, and environment
+    /// variables it read (`env:NAME` → [`crate::runtime_fns::env_stamp`]).
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
 }
 
-/// What a cell records of each file it read, cheaply: `stamp:<len>:<mtime ns>:<inode>` ("missing" if it
-/// cannot be read). Enough to tell, within a session, that a file changed; a cell that is persisted
+/// The key under which an input is recorded: a file's absolute path, or `env:NAME` (paths are
+/// absolute, so the two never meet).
+fn input_key(input: &Input) -> String {
+    match input {
+        Input::File(f) => f.display().to_string(),
+        Input::Env(name) => format!("{ENV_PREFIX}{name}"),
+    }
+}
+
+const ENV_PREFIX: &str = "env:";
+
+/// What a cell records of each input, cheaply. A file: `stamp:<len>:<mtime ns>:<inode>` ("missing" if
+/// it cannot be read), enough to tell within a session that it changed; a cell that is persisted
 /// trades its stamps for content hashes ([`content_hashes`]), which hold across copies and checkouts.
-pub fn stamp_files(files: &[std::path::PathBuf]) -> BTreeMap<String, String> {
-    files
+/// An environment variable: a hash of its value.
+pub fn stamp_inputs(inputs: &[Input]) -> BTreeMap<String, String> {
+    inputs
         .iter()
-        .map(|f| (f.display().to_string(), crate::runtime_fns::file_stamp(f)))
+        .map(|i| {
+            let now = match i {
+                Input::File(f) => crate::runtime_fns::file_stamp(f),
+                Input::Env(name) => crate::runtime_fns::env_stamp(name),
+            };
+            (input_key(i), now)
+        })
         .collect()
 }
 
@@ -55,8 +75,11 @@ pub fn stamp_files(files: &[std::path::PathBuf]) -> BTreeMap<String, String> {
 pub fn content_hashes(inputs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     inputs
         .iter()
-        .map(|(path, recorded)| {
-            let p = std::path::Path::new(path);
+        .map(|(key, recorded)| {
+            if key.starts_with(ENV_PREFIX) {
+                return (key.clone(), recorded.clone());
+            }
+            let p = std::path::Path::new(key);
             let now = if recorded.starts_with("stamp:")
                 && crate::runtime_fns::file_stamp(p) != *recorded
             {
@@ -64,7 +87,7 @@ pub fn content_hashes(inputs: &BTreeMap<String, String>) -> BTreeMap<String, Str
             } else {
                 hash_file(p)
             };
-            (path.clone(), now)
+            (key.clone(), now)
         })
         .collect()
 }
@@ -116,6 +139,10 @@ fn hash_mapped(path: &std::path::Path) -> std::io::Result<String> {
 /// The first recorded input that changed since (by stamp or by content hash, as recorded), if any.
 pub fn changed_input(inputs: &BTreeMap<String, String>) -> Option<String> {
     inputs.iter().find_map(|(path, recorded)| {
+        if let Some(name) = path.strip_prefix(ENV_PREFIX) {
+            let now = crate::runtime_fns::env_stamp(name);
+            return (now != *recorded).then(|| format!("environment variable {name}"));
+        }
         let p = std::path::Path::new(path);
         let now = if recorded.starts_with("stamp:") {
             crate::runtime_fns::file_stamp(p)
@@ -350,7 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("in.jsonl");
         std::fs::write(&file, "{\"a\": 1}\n").unwrap();
-        let stamps = stamp_files(std::slice::from_ref(&file));
+        let stamps = stamp_inputs(&[Input::File(file.clone())]);
         assert!(
             stamps.values().all(|s| s.starts_with("stamp:")),
             "{stamps:?}"
@@ -371,11 +398,41 @@ mod tests {
         assert_eq!(content_hashes(&stamps).values().next().unwrap(), "changed");
         std::fs::remove_file(&file).unwrap();
         assert_eq!(
-            stamp_files(std::slice::from_ref(&file))
+            stamp_inputs(&[Input::File(file.clone())])
                 .values()
                 .next()
                 .unwrap(),
             "missing"
+        );
+    }
+
+    #[test]
+    fn an_environment_variable_is_recorded_by_hash_and_a_change_is_seen() {
+        // A name no other test touches: tests share the process environment.
+        let name = "RTLAB_TEST_CACHE_ENV_INPUT";
+        std::env::set_var(name, "first");
+        let recorded = stamp_inputs(&[Input::Env(name.into())]);
+        let stamp = recorded.get(&format!("env:{name}")).unwrap();
+        assert!(
+            !stamp.contains("first"),
+            "the value itself is never kept: {stamp}"
+        );
+        // Persisting keeps it as it is; an unchanged value is no change.
+        assert_eq!(content_hashes(&recorded), recorded);
+        assert_eq!(changed_input(&recorded), None);
+        std::env::set_var(name, "second");
+        assert_eq!(
+            changed_input(&recorded).as_deref(),
+            Some("environment variable RTLAB_TEST_CACHE_ENV_INPUT")
+        );
+        std::env::remove_var(name);
+        assert!(changed_input(&recorded).is_some());
+        assert_eq!(
+            stamp_inputs(&[Input::Env(name.into())])
+                .values()
+                .next()
+                .unwrap(),
+            "env:unset"
         );
     }
 }

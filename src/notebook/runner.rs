@@ -5,7 +5,7 @@
 //! entry was made. Whatever cannot be hashed (a closure) makes its readers rerun, with a note.
 
 use super::cache::{
-    changed_input, content_hashes, stamp_files, workspace_dir, CellCache, Lookup, Manifest,
+    changed_input, content_hashes, stamp_inputs, workspace_dir, CellCache, Lookup, Manifest,
     StoredValue, FORMAT,
 };
 use super::cells::{has_markers, normalize, split_cells, Cell};
@@ -117,6 +117,19 @@ impl Notebook {
     /// Runs every cell of the script in `scope`. Returns the error of the first failing cell; the cells
     /// before it keep their effects (and cache entries).
     pub fn run(
+        &mut self,
+        rt: &Runtime,
+        scope: &mut Scope<'static>,
+        opts: &NotebookOptions,
+    ) -> Result<(), ScriptError> {
+        // `--fresh` reaches the stdlib's own caches too (training runs, the verifier's store).
+        crate::runtime_fns::set_fresh(opts.mode == CacheMode::Fresh);
+        let result = self.run_cells(rt, scope, opts);
+        crate::runtime_fns::set_fresh(false);
+        result
+    }
+
+    fn run_cells(
         &mut self,
         rt: &Runtime,
         scope: &mut Scope<'static>,
@@ -285,7 +298,7 @@ impl Notebook {
         let start = Instant::now();
         let result = rt.eval(origin, code, scope, ast);
         let elapsed_s = start.elapsed().as_secs_f64();
-        let inputs = stamp_files(&crate::runtime_fns::take_inputs());
+        let inputs = stamp_inputs(&crate::runtime_fns::take_inputs());
         let value = result?;
         let result_text = (!value.is_unit()).then(|| display_value(&value));
         if let Some(text) = &result_text {

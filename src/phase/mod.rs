@@ -103,7 +103,18 @@ impl PhaseTable {
 
     /// From options: `keywords` (a map phase → array of keywords; Rhai maps iterate in key order, so
     /// ties then break alphabetically) and `matching` ("substring", the plan's, or "word").
-    pub fn from_options(options: &Map) -> Result<PhaseTable, String> {
+    /// `router` passes its own keys too (`extra`).
+    pub fn from_options(
+        function: &'static str,
+        options: &Map,
+        extra: &[&str],
+    ) -> Result<PhaseTable, String> {
+        let valid: Vec<&str> = ["keywords", "matching"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        let o = crate::options::Options::new(function, options, &valid)?;
         let mut table = PhaseTable::default_table();
         if let Some(k) = options.get("keywords") {
             let map = k
@@ -120,7 +131,7 @@ impl PhaseTable {
                 ));
             }
         }
-        match options.get("matching").map(|m| m.to_string()) {
+        match o.string("matching")? {
             None => {}
             Some(m) if m == "substring" => table.whole_words = false,
             Some(m) if m == "word" => table.whole_words = true,
@@ -204,7 +215,7 @@ mod phase_functions {
     /// ```
     #[rhai_fn(name = "classify_phase", return_raw)]
     pub fn classify_phase_with(text: &str, options: Map) -> Result<String, Box<EvalAltResult>> {
-        Ok(PhaseTable::from_options(&options)?.classify(text))
+        Ok(PhaseTable::from_options("classify_phase", &options, &[])?.classify(text))
     }
 
     /// Adds a `phase` column classifying the text in `column`.
@@ -221,16 +232,19 @@ mod phase_functions {
         column: &str,
         options: Map,
     ) -> Result<Frame, Box<EvalAltResult>> {
-        let table = PhaseTable::from_options(&options)?;
+        let table = PhaseTable::from_options("with_phase", &options, &["into"])?;
         let phases: Vec<String> = crate::data::strings(frame, column)
             .map_err(|e| format!("phase: {e}"))?
             .iter()
             .map(|t| table.classify(t))
             .collect();
-        let into = options
-            .get("into")
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "phase".to_string());
+        let into = crate::options::Options::new(
+            "with_phase",
+            &options,
+            &["keywords", "matching", "into"],
+        )?
+        .string("into")?
+        .unwrap_or_else(|| "phase".to_string());
         let mut df = frame.df.clone();
         df.with_column(Column::new(into.as_str().into(), phases))
             .map_err(|e| format!("with_phase: {e}"))?;
@@ -310,7 +324,13 @@ mod phase_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn router(options: Map) -> Result<Router, Box<EvalAltResult>> {
-        let table = PhaseTable::from_options(&options)?;
+        let extra = ["specialists", "fallback"];
+        let table = PhaseTable::from_options("router", &options, &extra)?;
+        let o = crate::options::Options::new(
+            "router",
+            &options,
+            &["keywords", "matching", "specialists", "fallback"],
+        )?;
         let mut specialists = BTreeMap::new();
         if let Some(s) = options.get("specialists") {
             let map = s
@@ -320,9 +340,8 @@ mod phase_functions {
                 specialists.insert(phase.to_string(), model.to_string());
             }
         }
-        let fallback = options
-            .get("fallback")
-            .map(|f| f.to_string())
+        let fallback = o
+            .string("fallback")?
             .unwrap_or_else(|| "llama3:8b".to_string());
         Ok(Router {
             table,

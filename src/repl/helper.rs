@@ -45,17 +45,24 @@ const KEYWORDS: &[&str] = &[
 pub struct ReplHelper {
     /// Every stdlib function name (from the doc index).
     pub functions: Vec<String>,
-    /// Variables in scope, refreshed after each evaluation.
-    pub variables: Rc<RefCell<Vec<String>>>,
+    /// Each function with the type of its first parameter, for completion after `value.`.
+    pub methods: Vec<(String, String)>,
+    /// Variables in scope with their types, refreshed after each evaluation.
+    pub variables: Rc<RefCell<Vec<(String, String)>>>,
     files: FilenameCompleter,
     /// Byte offset of the bracket under or before the cursor, set by `highlight_char`.
     cursor: Cell<Option<usize>>,
 }
 
 impl ReplHelper {
-    pub fn new(functions: Vec<String>, variables: Rc<RefCell<Vec<String>>>) -> ReplHelper {
+    pub fn new(
+        functions: Vec<String>,
+        methods: Vec<(String, String)>,
+        variables: Rc<RefCell<Vec<(String, String)>>>,
+    ) -> ReplHelper {
         ReplHelper {
             functions,
+            methods,
             variables,
             files: FilenameCompleter::new(),
             cursor: Cell::new(None),
@@ -163,7 +170,7 @@ impl Completer for ReplHelper {
         }
         if trimmed.starts_with(":help ") {
             let word_start = before.rfind(' ').map(|i| i + 1).unwrap_or(0);
-            return Ok((word_start, self.matching(&before[word_start..], false)));
+            return Ok((word_start, self.matching(&before[word_start..])));
         }
         // Inside a string literal: complete paths.
         if before.matches('"').count() % 2 == 1 {
@@ -178,35 +185,69 @@ impl Completer for ReplHelper {
             .map(|(i, c)| i + c.len_utf8())
             .unwrap_or(0);
         let word = &before[word_start..];
-        let after_dot = before[..word_start].ends_with('.');
-        Ok((word_start, self.matching(word, after_dot)))
+        if let Some(receiver) = before[..word_start].strip_suffix('.') {
+            return Ok((word_start, self.methods_of(receiver, word)));
+        }
+        Ok((word_start, self.matching(word)))
     }
 }
 
 impl ReplHelper {
-    fn matching(&self, word: &str, methods_only: bool) -> Vec<Pair> {
+    /// Methods after `receiver.`: when the receiver is a variable in scope, the functions whose first
+    /// parameter takes its type (or any value); otherwise every function that takes a parameter.
+    fn methods_of(&self, receiver: &str, word: &str) -> Vec<Pair> {
+        let name_start = receiver
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+            .map(|(i, c)| i + c.len_utf8())
+            .unwrap_or(0);
+        let name = &receiver[name_start..];
+        let ty = self
+            .variables
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(v, _)| v == name)
+            .map(|(_, t)| t.clone());
+        let mut out: Vec<Pair> = self
+            .methods
+            .iter()
+            .filter(|(f, takes)| {
+                f.starts_with(word) && ty.as_ref().is_none_or(|t| takes == t || takes == "any")
+            })
+            .map(|(f, _)| Pair {
+                display: f.clone(),
+                replacement: f.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.display.cmp(&b.display));
+        out.dedup_by(|a, b| a.display == b.display);
+        out
+    }
+
+    /// Variables, keywords and functions that start with `word`.
+    fn matching(&self, word: &str) -> Vec<Pair> {
         let mut out: Vec<Pair> = Vec::new();
-        if !methods_only {
-            for v in self
-                .variables
-                .borrow()
-                .iter()
-                .filter(|v| v.starts_with(word))
-            {
-                out.push(Pair {
-                    display: v.clone(),
-                    replacement: v.clone(),
-                });
-            }
-            for k in KEYWORDS
-                .iter()
-                .filter(|k| k.starts_with(word) && !word.is_empty())
-            {
-                out.push(Pair {
-                    display: k.to_string(),
-                    replacement: k.to_string(),
-                });
-            }
+        for (v, _) in self
+            .variables
+            .borrow()
+            .iter()
+            .filter(|(v, _)| v.starts_with(word))
+        {
+            out.push(Pair {
+                display: v.clone(),
+                replacement: v.clone(),
+            });
+        }
+        for k in KEYWORDS
+            .iter()
+            .filter(|k| k.starts_with(word) && !word.is_empty())
+        {
+            out.push(Pair {
+                display: k.to_string(),
+                replacement: k.to_string(),
+            });
         }
         for f in self.functions.iter().filter(|f| f.starts_with(word)) {
             out.push(Pair {

@@ -5,10 +5,12 @@ mod helper;
 
 pub use helper::{is_incomplete, COMMANDS};
 
-use crate::engine::{display_value, install_ctrl_c_handler, render_error, HelpIndex, Runtime};
+use crate::engine::{
+    display_value, install_ctrl_c_handler, render_error, script_type_name, HelpIndex, Runtime,
+};
 use crate::notebook::{status_line, Notebook, NotebookOptions};
 use helper::ReplHelper;
-use rhai::{Dynamic, Scope};
+use rhai::{Dynamic, Scope, AST};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Config, Editor};
@@ -25,8 +27,11 @@ pub fn history_path() -> Option<PathBuf> {
 pub struct Repl {
     rt: Runtime,
     scope: Scope<'static>,
+    /// The functions defined so far (`fn` items and the closures behind `|x| ...` values): each entry
+    /// is its own AST, so they are carried into every later one, as the scope carries variables.
+    functions: AST,
     help: HelpIndex,
-    variables: Rc<RefCell<Vec<String>>>,
+    variables: Rc<RefCell<Vec<(String, String)>>>,
     last_notebook: Option<Notebook>,
     opts: NotebookOptions,
 }
@@ -40,6 +45,7 @@ impl Repl {
         Repl {
             rt,
             scope: Scope::new(),
+            functions: AST::empty(),
             help,
             variables: Rc::new(RefCell::new(Vec::new())),
             last_notebook: None,
@@ -56,7 +62,11 @@ impl Repl {
             .build();
         let mut editor: Editor<ReplHelper, FileHistory> = Editor::with_config(config)?;
         let functions: Vec<String> = self.help.names().map(str::to_string).collect();
-        editor.set_helper(Some(ReplHelper::new(functions, self.variables.clone())));
+        editor.set_helper(Some(ReplHelper::new(
+            functions,
+            self.help.methods(),
+            self.variables.clone(),
+        )));
         let history = history_path();
         if let Some(h) = &history {
             let _ = editor.load_history(h);
@@ -107,6 +117,7 @@ impl Repl {
                 "vars" => self.vars(),
                 "reset" => {
                     self.scope.clear();
+                    self.functions = AST::empty();
                     self.refresh_variables();
                     println!("scope cleared");
                 }
@@ -127,12 +138,24 @@ impl Repl {
         true
     }
 
+    /// Evaluates one entry (or a `:load`ed file) in the session's scope, with the functions of every
+    /// earlier entry, and keeps the functions this one defines.
+    fn eval_keeping_functions(
+        &mut self,
+        origin: &str,
+        source: &str,
+    ) -> Result<Dynamic, crate::ScriptError> {
+        let ast = self.rt.compile(origin, source)?;
+        let combined = self.functions.merge(&ast);
+        let result = self.rt.eval(origin, source, &mut self.scope, &combined);
+        // Kept even when a later statement failed: a definition made before the error stays, as a
+        // variable set before it does.
+        self.functions = self.functions.merge(&ast.clone_functions_only());
+        result
+    }
+
     fn eval_and_show(&mut self, code: &str) {
-        match self
-            .rt
-            .compile("<repl>", code)
-            .and_then(|ast| self.rt.eval("<repl>", code, &mut self.scope, &ast))
-        {
+        match self.eval_keeping_functions("<repl>", code) {
             Ok(value) => show(&value),
             Err(e) if e.cancelled => println!("cancelled (scope kept)"),
             Err(e) => {
@@ -158,13 +181,13 @@ impl Repl {
     }
 
     fn refresh_variables(&self) {
-        let mut names: Vec<String> = self
-            .scope
-            .iter_raw()
-            .map(|(n, _, _)| n.to_string())
-            .collect();
+        // Later entries shadow earlier ones of the same name: keep the last, with its type.
+        let mut names: Vec<(String, String)> = Vec::new();
+        for (n, _, v) in self.scope.iter_raw() {
+            names.retain(|(m, _)| m != n);
+            names.push((n.to_string(), script_type_name(&self.rt.engine, v)));
+        }
         names.sort();
-        names.dedup();
         *self.variables.borrow_mut() = names;
     }
 
@@ -252,10 +275,7 @@ impl Repl {
             Ok(source) => {
                 // The loaded script's relative paths resolve against its own directory, as in `rtlab run`.
                 crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
-                let result = self
-                    .rt
-                    .compile(&origin, &source)
-                    .and_then(|ast| self.rt.eval(&origin, &source, &mut self.scope, &ast));
+                let result = self.eval_keeping_functions(&origin, &source);
                 crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
                 match result {
                     Ok(v) => show(&v),

@@ -77,6 +77,30 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// Creates the schema and runs the migrations not yet run (`meta.version` counts them).
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL)",
+        [],
+    )?;
+    let version: Option<i64> = conn
+        .query_row("SELECT version FROM meta", [], |r| r.get(0))
+        .optional()?;
+    let mut version = match version {
+        Some(v) => v,
+        None => {
+            conn.execute("INSERT INTO meta (version) VALUES (0)", [])?;
+            0
+        }
+    };
+    while (version as usize) < MIGRATIONS.len() {
+        conn.execute(MIGRATIONS[version as usize], [])?;
+        version += 1;
+        conn.execute("UPDATE meta SET version = ?1", params![version])?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating and migrating as needed) the store of a workspace directory.
     pub fn open(workspace: &Path) -> Result<Store, StoreError> {
@@ -97,31 +121,24 @@ impl Store {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL)",
-            [],
-        )
-        .map_err(err)?;
-        let version: Option<i64> = conn
-            .query_row("SELECT version FROM meta", [], |r| r.get(0))
-            .optional()
-            .map_err(err)?;
-        let mut version = match version {
-            Some(v) => v,
-            None => {
-                conn.execute("INSERT INTO meta (version) VALUES (0)", [])
-                    .map_err(err)?;
-                0
+        // Two processes may open a new store at once: the schema is created and migrated inside one
+        // IMMEDIATE transaction (a write lock taken up front, waited for under the busy timeout), so
+        // exactly one of them runs each migration.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        let migrated = migrate(&conn);
+        match migrated {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(err)?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(err(e));
             }
-        };
-        while (version as usize) < MIGRATIONS.len() {
-            conn.execute(MIGRATIONS[version as usize], [])
-                .map_err(err)?;
-            version += 1;
-            conn.execute("UPDATE meta SET version = ?1", params![version])
-                .map_err(err)?;
         }
         Ok(Store { conn, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -230,22 +247,26 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Runs `f` in one transaction (batches write thousands of rows).
+    /// Runs `f` in one transaction (batches write thousands of rows). IMMEDIATE: the write lock is
+    /// taken at the start, under the busy timeout, so a second process waits instead of failing with
+    /// "database is locked" at commit. A failed transaction is rolled back whole; earlier ones stay.
     pub fn transaction<T>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.conn.execute_batch("BEGIN").map_err(|e| self.err(e))?;
-        match f(self) {
-            Ok(v) => {
-                self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let result = f(self).and_then(|v| {
+            self.conn
+                .execute_batch("COMMIT")
+                .map(|_| v)
+                .map_err(|e| self.err(e))
+        });
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
+        result
     }
 
     #[cfg(test)]

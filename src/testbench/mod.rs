@@ -34,8 +34,11 @@ fn module_name(rtl: &str) -> String {
 
 /// A prompt template from options: a path to a file, or the text itself; `default` when absent.
 pub fn template(options: &Map, key: &str, default: &str) -> Result<String, String> {
-    match options.get(key) {
+    match options.get(key).filter(|t| !t.is_unit()) {
         None => Ok(default.to_string()),
+        Some(t) if !t.is_string() => Err(format!(
+            "option `{key}` must be a template: a path or the text itself (a string), not {t}"
+        )),
         Some(t) => {
             let t = t.to_string();
             // A path to a template file, or the template text itself.
@@ -85,26 +88,32 @@ fn ask(model: &Model, prompt: &str) -> Result<String, String> {
         .remove(0)
 }
 
+/// The options of `a7_testbench`.
+const A7_KEYS: &[&str] = &["model", "category", "mutants", "min_killed", "template"];
+/// The options of `generate_verified` (the last three are passed on to `a7_testbench`).
+const GENERATE_KEYS: &[&str] = &[
+    "categories",
+    "max_attempts",
+    "spec_model",
+    "rtl_model",
+    "tb_model",
+    "mutants",
+    "min_killed",
+    "template",
+];
+
 pub fn a7_testbench_impl(
     spec: &str,
     rtl: &str,
     model: &Model,
     options: &Map,
 ) -> Result<A7Result, String> {
-    let category = options
-        .get("category")
-        .map(|c| c.to_string())
-        .unwrap_or_else(|| "FSM".to_string());
-    let n_mutants = options
-        .get("mutants")
-        .and_then(|m| m.as_int().ok())
-        .unwrap_or(8)
-        .max(0) as usize;
-    let min_killed = options
-        .get("min_killed")
-        .and_then(|m| m.as_int().ok())
-        .unwrap_or(2)
-        .max(0) as usize;
+    // The callers (`a7_testbench`, `generate_verified`) checked the keys against their own lists.
+    let o =
+        crate::options::Options::new("a7_testbench", options, &[A7_KEYS, GENERATE_KEYS].concat())?;
+    let category = o.string("category")?.unwrap_or_else(|| "FSM".to_string());
+    let n_mutants = o.int_at_least("mutants", 0)?.unwrap_or(8) as usize;
+    let min_killed = o.int_at_least("min_killed", 0)?.unwrap_or(2) as usize;
     let tpl = template(options, "template", A7_TEMPLATE)?;
     let answer = ask(model, &a7_prompt(&tpl, spec, rtl, &category))?;
     let tb = extract_code(&answer);
@@ -113,6 +122,7 @@ pub fn a7_testbench_impl(
         stages: vec!["syntax".into(), "sim".into()],
         ..VerifyOptions::default()
     };
+    sim.check_tools(true)?;
     let on_rtl = verify(rtl, &sim);
     let passed = on_rtl.sim_status == "pass";
     let mut log = on_rtl.sim_log.clone();
@@ -143,7 +153,7 @@ pub fn a7_testbench_impl(
         },
         store.as_ref(),
         0,
-    );
+    )?;
     let compiled: Vec<_> = reports.iter().filter(|r| r.syntax_ok).collect();
     let killed = compiled.iter().filter(|r| r.sim_status != "pass").count();
     let accepted = passed && killed >= min_killed.min(compiled.len().max(1));
@@ -211,6 +221,7 @@ mod testbench_functions {
     /// `min_killed` mutants.
     #[rhai_fn(return_raw)]
     pub fn a7_testbench(spec: &str, rtl: &str, options: Map) -> Result<Map, Box<EvalAltResult>> {
+        crate::options::Options::new("a7_testbench", &options, A7_KEYS)?;
         let model = model_opt(&options, "model")?;
         let r = a7_testbench_impl(spec, rtl, &model, &options)?;
         let mut m = Map::new();
@@ -238,18 +249,14 @@ mod testbench_functions {
     /// the accepted rows `{instruction, input, output, testbench, metadata: {...}}` in the plan's format.
     #[rhai_fn(return_raw)]
     pub fn generate_verified(options: Map) -> Result<Frame, Box<EvalAltResult>> {
+        let o = crate::options::Options::new("generate_verified", &options, GENERATE_KEYS)?;
         let spec_model = model_opt(&options, "spec_model")?;
         let rtl_model = model_opt(&options, "rtl_model")?;
         let tb_model = model_opt(&options, "tb_model")?;
-        let categories = options
-            .get("categories")
-            .and_then(|c| c.read_lock::<Map>().map(|m| m.clone()))
+        let categories = o
+            .map("categories")?
             .ok_or("generate_verified: pass categories: #{fsm_2state: 35, ...}")?;
-        let max_attempts = options
-            .get("max_attempts")
-            .and_then(|m| m.as_int().ok())
-            .unwrap_or(400)
-            .max(1) as usize;
+        let max_attempts = o.int_at_least("max_attempts", 1)?.unwrap_or(400) as usize;
         let per_cat = (max_attempts / categories.len().max(1)).max(1);
         let mut rows = Array::new();
         for (category, target) in categories.iter() {

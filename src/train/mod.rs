@@ -127,8 +127,15 @@ fn count(o: &Map, k: &str, default: usize, min: usize) -> Result<usize, TrainErr
     Ok(v as usize)
 }
 
-fn text(o: &Map, k: &str) -> Option<String> {
-    o.get(k).filter(|v| !v.is_unit()).map(|v| v.to_string())
+fn text(o: &Map, k: &str) -> Result<Option<String>, TrainError> {
+    match o.get(k).filter(|v| !v.is_unit()) {
+        None => Ok(None),
+        Some(v) if v.is_string() => Ok(Some(v.to_string())),
+        Some(v) => Err(bad(format!(
+            "option `{k}` must be a string, not {v} ({})",
+            v.type_name()
+        ))),
+    }
 }
 
 fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
@@ -141,16 +148,9 @@ fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
 }
 
 fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
-    for k in o.keys() {
-        if !OPTIONS.contains(&k.as_str()) {
-            return Err(bad(format!(
-                "train_lora: unknown option {k:?}; options are {}",
-                OPTIONS.join(", ")
-            )));
-        }
-    }
+    crate::options::Options::new("train_lora", o, &OPTIONS).map_err(bad)?;
     let base =
-        text(o, "base").ok_or_else(|| bad("train_lora: pass base: \"path/to/hf-model-dir\""))?;
+        text(o, "base")?.ok_or_else(|| bad("train_lora: pass base: \"path/to/hf-model-dir\""))?;
     let data = match o.get("data") {
         None => {
             return Err(bad(
@@ -214,7 +214,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     if lr <= 0.0 {
         return Err(bad(format!("train_lora: lr must be > 0, got {lr}")));
     }
-    let schedule = match text(o, "schedule").as_deref().unwrap_or("cosine") {
+    let schedule = match text(o, "schedule")?.as_deref().unwrap_or("cosine") {
         "cosine" => Schedule::Cosine,
         "linear" => Schedule::Linear,
         "constant" => Schedule::Constant,
@@ -224,7 +224,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
             )))
         }
     };
-    let device = match text(o, "device").as_deref().unwrap_or("auto") {
+    let device = match text(o, "device")?.as_deref().unwrap_or("auto") {
         // On a machine without CUDA, the wgpu path is a software rasterizer at best (lavapipe runs the
         // step at about half the CPU's speed), so "auto" means the CPU unless CUDA is built in and
         // its driver and NVRTC load here.
@@ -237,7 +237,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
             )))
         }
     };
-    let on_too_long = match text(o, "on_too_long").as_deref().unwrap_or("error") {
+    let on_too_long = match text(o, "on_too_long")?.as_deref().unwrap_or("error") {
         "error" => TooLong::Error,
         "skip" => TooLong::Skip,
         other => {
@@ -250,18 +250,18 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         None => None,
         Some(_) => Some(count(o, "max_steps", 1, 1)?),
     };
-    let template = text(o, "template").unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+    let template = text(o, "template")?.unwrap_or_else(|| DEFAULT_TEMPLATE.into());
     if !template.contains("{prompt}") {
         return Err(bad(format!(
             "train_lora: the template {template:?} has no {{prompt}}: where should the prompt go?"
         )));
     }
-    let out = text(o, "out").ok_or_else(|| bad("train_lora: pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)"))?;
+    let out = text(o, "out")?.ok_or_else(|| bad("train_lora: pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)"))?;
     Ok(TrainRequest {
         base: crate::runtime_fns::resolve_path(&base),
         data,
-        prompt_col: text(o, "prompt_col").unwrap_or_else(|| "instruction".into()),
-        response_col: text(o, "response_col").unwrap_or_else(|| "output".into()),
+        prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
+        response_col: text(o, "response_col")?.unwrap_or_else(|| "output".into()),
         template,
         spec: LoraSpec {
             r: r as usize,
@@ -279,7 +279,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
             schedule,
             weight_decay: num(o, "weight_decay", 0.0)?,
             max_grad_norm: num(o, "max_grad_norm", 1.0)?,
-            seed: num(o, "seed", 42.0)? as u64,
+            seed: count(o, "seed", 42, 0)? as u64,
             checkpoint_every: count(o, "checkpoint_every", 0, 0)?,
             max_steps,
         },
@@ -287,7 +287,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         max_len: count(o, "max_len", 1024, 2)?,
         out: crate::runtime_fns::resolve_path(&out),
         resume: flag(o, "resume", true)?,
-        fresh: flag(o, "fresh", false)?,
+        fresh: flag(o, "fresh", false)? || crate::runtime_fns::fresh_requested(),
         on_too_long,
         device,
     })
@@ -603,19 +603,30 @@ pub fn load_local(
 }
 
 fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
-    for k in o.keys() {
-        if !["max_tokens", "temperature", "top_p", "seed"].contains(&k.as_str()) {
-            return Err(bad(format!(
-                "generate: unknown option {k:?}; options are max_tokens, temperature, top_p, seed"
-            )));
-        }
-    }
+    let o = crate::options::Options::new(
+        "generate",
+        o,
+        &["max_tokens", "temperature", "top_p", "seed"],
+    )
+    .map_err(bad)?;
     let d = GenOptions::default();
+    let top_p = o.float("top_p").map_err(bad)?.unwrap_or(d.top_p);
+    if !(0.0..=1.0).contains(&top_p) {
+        return Err(bad(format!(
+            "generate: top_p must be between 0 and 1, not {top_p}"
+        )));
+    }
     Ok(GenOptions {
-        max_tokens: num(o, "max_tokens", d.max_tokens as f64)?.max(0.0) as usize,
-        temperature: num(o, "temperature", d.temperature)?,
-        top_p: num(o, "top_p", d.top_p)?.clamp(0.0, 1.0),
-        seed: num(o, "seed", 0.0)? as u64,
+        max_tokens: o
+            .int_at_least("max_tokens", 0)
+            .map_err(bad)?
+            .map_or(d.max_tokens, |n| n as usize),
+        temperature: o
+            .float("temperature")
+            .map_err(bad)?
+            .unwrap_or(d.temperature),
+        top_p,
+        seed: o.int_at_least("seed", 0).map_err(bad)?.unwrap_or(0) as u64,
     })
 }
 
@@ -691,19 +702,34 @@ mod train_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn create_tiny_model(dir: &str, options: Map) -> Result<(), Box<EvalAltResult>> {
+        let o = crate::options::Options::new(
+            "create_tiny_model",
+            &options,
+            &[
+                "arch",
+                "hidden",
+                "layers",
+                "heads",
+                "kv_heads",
+                "intermediate",
+                "max_positions",
+                "seed",
+            ],
+        )?;
         let mut spec = tiny::TinySpec::default();
-        for (k, v) in &options {
-            let n = || {
-                v.as_int()
-                    .map(|i| i as usize)
-                    .map_err(|_| format!("create_tiny_model: {k} must be an integer"))
-            };
+        for k in options.keys() {
+            let n = || -> Result<usize, String> { Ok(o.int_at_least(k, 1)?.unwrap_or(1) as usize) };
             match k.as_str() {
                 "arch" => {
-                    spec.arch = match v.to_string().as_str() {
+                    spec.arch = match o.string("arch")?.unwrap_or_default().as_str() {
                         "llama" => config::Arch::Llama,
                         "qwen2" => config::Arch::Qwen2,
-                        other => return Err(format!("create_tiny_model: arch {other:?}: use \"llama\" or \"qwen2\"").into()),
+                        other => {
+                            return Err(format!(
+                                "create_tiny_model: arch {other:?}: use \"llama\" or \"qwen2\""
+                            )
+                            .into())
+                        }
                     }
                 }
                 "hidden" => spec.hidden = n()?,
@@ -712,8 +738,8 @@ mod train_functions {
                 "kv_heads" => spec.kv_heads = n()?,
                 "intermediate" => spec.intermediate = n()?,
                 "max_positions" => spec.max_positions = n()?,
-                "seed" => spec.seed = n()? as u64,
-                other => return Err(format!("create_tiny_model: unknown option {other:?}; options are arch, hidden, layers, heads, kv_heads, intermediate, max_positions, seed").into()),
+                "seed" => spec.seed = o.int_at_least("seed", 0)?.unwrap_or(0) as u64,
+                _ => {}
             }
         }
         Ok(tiny::create(&crate::runtime_fns::resolve_path(dir), &spec)?)
@@ -729,19 +755,12 @@ mod train_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn load_model(dir: &str, options: Map) -> Result<Local, Box<EvalAltResult>> {
-        for k in options.keys() {
-            if !["adapter", "template"].contains(&k.as_str()) {
-                return Err(format!(
-                    "load_model: unknown option {k:?}; options are adapter, template"
-                )
-                .into());
-            }
-        }
-        let adapter = text(&options, "adapter").map(|a| crate::runtime_fns::resolve_path(&a));
+        crate::options::Options::new("load_model", &options, &["adapter", "template"])?;
+        let adapter = text(&options, "adapter")?.map(|a| crate::runtime_fns::resolve_path(&a));
         let m = load_local(
             &crate::runtime_fns::resolve_path(dir),
             adapter.as_deref(),
-            text(&options, "template"),
+            text(&options, "template")?,
         )?;
         Ok(Local(m))
     }

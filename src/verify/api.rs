@@ -22,7 +22,15 @@ pub const RESULT_COLUMNS: &[&str] = &[
     "functional",
     "failure_class",
     "errors",
+    "stages",
+    "skipped",
 ];
+
+/// Verifies one design after checking the chosen stages' tools.
+fn verify_one(code: &str, opts: &VerifyOptions) -> Result<Map, String> {
+    opts.check_tools(opts.testbench.is_some() || opts.reference.is_some())?;
+    Ok(verify(code, opts).to_map())
+}
 
 /// Per-row values of an option: a column if the frame has one by that name, else the literal for all.
 fn per_row(frame: &Frame, value: Option<&Dynamic>) -> Result<Vec<Option<String>>, String> {
@@ -46,6 +54,29 @@ fn per_row(frame: &Frame, value: Option<&Dynamic>) -> Result<Vec<Option<String>>
     }
 }
 
+/// One warning line when any row skipped a stage it was asked for, with counts per stage and reason.
+fn warn_skipped(reports: &[super::Report]) {
+    let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for r in reports {
+        for (stage, why) in &r.skipped {
+            *counts.entry((stage.clone(), why.clone())).or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return;
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|((stage, why), n)| format!("{stage} skipped in {n} rows ({why})"))
+        .collect();
+    eprintln!(
+        "warning: verify: {} of {} rows skipped a stage: {}; see the `skipped` column",
+        reports.iter().filter(|r| !r.skipped.is_empty()).count(),
+        reports.len(),
+        parts.join("; ")
+    );
+}
+
 pub fn register(engine: &mut rhai::Engine) {
     engine.register_global_module(exported_module!(verify_functions).into());
 }
@@ -56,38 +87,51 @@ mod verify_functions {
 
     /// Verifies one design with the default stages (syntax, synth, lint) and returns a map: `syntax_ok`,
     /// `synth_ok`, `all_io_used`, `unused_inputs`, `undriven_outputs`, `lint`, `sim_status`,
-    /// `functional`, `errors`, `warnings`, `score`, `stage_ms`, `tools`. See the book's rubric.
+    /// `functional`, `errors`, `warnings`, `score`, `stages` (those that ran: the score covers exactly
+    /// these), `skipped`, `stage_ms`, `tools`. A stage whose tool is not installed is an error naming
+    /// the tool and its install command, never left out of the score. See the book's rubric.
     ///
     /// ```rhai
     /// let r = verify("module inv(input a, output y); assign y = ~a; endmodule");
     /// assert(r.syntax_ok && r.all_io_used, "a clean inverter");
+    /// assert_eq(r.stages, ["syntax", "synth", "lint"]);
     /// ```
-    #[rhai_fn(name = "verify")]
-    pub fn verify_code(code: &str) -> Map {
-        verify(code, &VerifyOptions::default()).to_map()
+    #[rhai_fn(name = "verify", return_raw)]
+    pub fn verify_code(code: &str) -> Result<Map, Box<EvalAltResult>> {
+        Ok(verify_one(code, &VerifyOptions::default())?)
     }
 
     /// Verifies with options: `top`, `testbench` (VerilogEval, A7 or RTLLM style), `reference` (a
-    /// module to compare against: alone, it gets a differential testbench), `spec`, `timeout_ms`,
-    /// `stages` (syntax, synth, lint, sim, synth_full), `weights`.
+    /// module to compare against: alone, it gets a differential testbench), `spec`, `stages` (any of
+    /// syntax, synth, lint, sim, synth_full, equiv; `syntax` always; default syntax, synth, lint and,
+    /// with a testbench or reference, sim), `weights` (syntax, synth, io, lint, functional; the score is
+    /// the weighted mean over the chosen stages), `timeouts` (ms per stage: `#{syntax, synth, lint,
+    /// sim, synth_full}`, default 30000 each and 60000 for synth_full; `timeout_ms` is `timeouts.sim`),
+    /// `diff_cycles`, `seed`. Unknown keys and wrong types are errors.
     ///
     /// ```rhai
     /// let dut = "module TopModule(input a, input b, output y); assign y = a & b; endmodule";
     /// let reference = "module RefModule(input a, input b, output y); assign y = a & b; endmodule";
     /// let r = verify(dut, #{reference: reference});
     /// assert_eq(r.sim_status, "pass");
+    /// // Only the stages chosen count: here syntax and simulation.
+    /// let quick = verify(dut, #{reference: reference, stages: ["syntax", "sim"], timeouts: #{sim: 5000}});
+    /// assert_eq(quick.stages, ["syntax", "sim"]);
+    /// assert_eq(quick.score, 1.0);
     /// ```
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_with(code: &str, options: Map) -> Result<Map, Box<EvalAltResult>> {
-        let opts = VerifyOptions::from_map(&options)?;
-        Ok(verify(code, &opts).to_map())
+        let opts = VerifyOptions::from_map("verify", &options, &[])?;
+        Ok(verify_one(code, &opts)?)
     }
 
     /// Verifies every row on all cores and adds the result columns (score, syntax_ok, synth_ok,
     /// all_io_used, unused_inputs, undriven_outputs, lint, sim_status, mismatches, samples, functional,
-    /// failure_class, errors). `code` names the code column; `testbench`, `reference` and `top` name a
+    /// failure_class, errors, stages, skipped). `code` names the code column; `testbench`, `reference` and `top` name a
     /// column when the frame has one, else they are one value for every row. Results are cached in the
-    /// workspace store: unchanged rows are not verified again.
+    /// workspace store: unchanged rows are not verified again (`rtlab run --fresh` verifies them
+    /// anew). The other options are `verify`'s. When a row skipped a stage it was asked for, one
+    /// warning line gives the counts; verdicts the store could not save are named in a warning too.
     ///
     /// ```rhai
     /// let df = from_records([#{output: "module a(input x, output y); assign y = x; endmodule"}]);
@@ -96,11 +140,17 @@ mod verify_functions {
     /// ```
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_frame(frame: &mut Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
-        let code_col = options
-            .get("code")
-            .map(|c| c.to_string())
-            .ok_or("verify: pass #{code: \"<column with the Verilog>\"}")?;
-        let opts = VerifyOptions::from_map(&options)?;
+        let opts = VerifyOptions::from_map("df.verify", &options, &["code"])?;
+        let code_col = match options.get("code") {
+            Some(c) if c.is_string() => c.to_string(),
+            Some(c) => {
+                return Err(format!(
+                    "df.verify: option `code` must name the code column (a string), not {c}"
+                )
+                .into())
+            }
+            None => return Err("df.verify: pass #{code: \"<column with the Verilog>\"}".into()),
+        };
         let code =
             crate::data::string_values(frame, &code_col).map_err(|e| format!("verify: {e}"))?;
         let tbs = per_row(frame, options.get("testbench"))?;
@@ -116,10 +166,14 @@ mod verify_functions {
             .collect();
         let store = crate::store::open_workspace();
         let start = std::time::Instant::now();
-        let (reports, stats) = verify_all(&jobs, &opts, store.as_ref(), 0);
+        let (reports, stats) = verify_all(&jobs, &opts, store.as_ref(), 0)?;
+        if let Some(warning) = stats.store_warning(store.as_ref()) {
+            eprintln!("{warning}");
+        }
         if crate::engine::cancel_requested() {
             return Err("cancelled by Ctrl-C (finished rows are cached; rerun to continue)".into());
         }
+        warn_skipped(&reports);
         eprintln!(
             "verify: {} rows, {} from the store, {} verified in {:.1} s",
             stats.total,
@@ -149,6 +203,37 @@ mod verify_functions {
             .hstack(results.df.columns())
             .map_err(|e| format!("verify: {e}"))?;
         Ok(Frame::new(out))
+    }
+
+    /// Renames the declaration `module NAME` to `module NEW_NAME`, and nothing else: an instance or
+    /// an identifier that merely contains the name stays as written (not a text replace). For turning
+    /// VerilogEval's `RefModule` into the `TopModule` its testbench expects.
+    ///
+    /// ```rhai
+    /// let code = "module RefModule(input a, output y); assign y = a; endmodule\nmodule RefModule_tb; endmodule";
+    /// let top = rename_module(code, "RefModule", "TopModule");
+    /// assert(top.starts_with("module TopModule(input a"), top);
+    /// assert(top.contains("module RefModule_tb;"), top);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn rename_module(
+        code: &str,
+        name: &str,
+        new_name: &str,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let is_identifier = |s: &str| {
+            s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        };
+        for (what, s) in [("name", name), ("new_name", new_name)] {
+            if !is_identifier(s) {
+                return Err(
+                    format!("rename_module: {what} {s:?} is not a Verilog identifier").into(),
+                );
+            }
+        }
+        Ok(crate::verify::stages::rename_module(code, name, new_name))
     }
 
     /// Up to `n` single-change mutants of a design (operator swaps, dropped assignments, inverted

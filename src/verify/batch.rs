@@ -52,10 +52,43 @@ pub struct BatchStats {
     pub total: usize,
     pub cached: usize,
     pub verified: usize,
+    /// Verdicts that could not be written to the store, and the first reason.
+    pub not_stored: usize,
+    pub store_error: Option<String>,
+}
+
+impl BatchStats {
+    /// The warning for verdicts the store refused, naming the store, the count and what it means, or
+    /// None when every verdict was saved.
+    pub fn store_warning(&self, store: Option<&Store>) -> Option<String> {
+        let why = self.store_error.as_ref()?;
+        Some(format!(
+            "warning: {} of {} verdicts were not saved to the store {} ({why}); they are in this result but a rerun verifies them again",
+            self.not_stored,
+            self.verified,
+            store.map(|s| s.path().display().to_string()).unwrap_or_default(),
+        ))
+    }
 }
 
 /// Verifies every job, `workers` at a time (0: one per core). Results come back in job order.
+/// Checks the chosen stages' tools first: a missing one is an error before any work.
 pub fn verify_all(
+    jobs: &[Job],
+    opts: &VerifyOptions,
+    store: Option<&Store>,
+    workers: usize,
+) -> Result<(Vec<Report>, BatchStats), String> {
+    let simulates = opts.testbench.is_some()
+        || opts.reference.is_some()
+        || jobs
+            .iter()
+            .any(|j| j.testbench.is_some() || j.reference.is_some());
+    opts.check_tools(simulates)?;
+    Ok(verify_checked(jobs, opts, store, workers))
+}
+
+fn verify_checked(
     jobs: &[Job],
     opts: &VerifyOptions,
     store: Option<&Store>,
@@ -67,7 +100,9 @@ pub fn verify_all(
         total: jobs.len(),
         ..BatchStats::default()
     };
-    if let Some(store) = store {
+    // `--fresh` recomputes every verdict (and stores the new ones).
+    let read_store = store.filter(|_| !crate::runtime_fns::fresh_requested());
+    if let Some(store) = read_store {
         for (i, key) in keys.iter().enumerate() {
             if let Ok(Some(json)) = store.get_verify(key) {
                 if let Ok(r) = serde_json::from_str::<Report>(&json) {
@@ -118,15 +153,22 @@ pub fn verify_all(
         }
         drop(tx);
         // Store as results arrive (one transaction per 64), so an interrupted batch keeps its work.
+        // A failed write is counted and reported; it never stops the batch or loses what is saved.
         let mut pending: Vec<(usize, String)> = Vec::new();
-        let flush = |pending: &mut Vec<(usize, String)>| {
+        let mut not_stored = 0usize;
+        let mut store_error: Option<String> = None;
+        let mut flush = |pending: &mut Vec<(usize, String)>| {
             if let Some(store) = store {
-                let _ = store.transaction(|s| {
+                let written = store.transaction(|s| {
                     for (i, json) in pending.iter() {
                         s.put_verify(&keys[*i], json)?;
                     }
                     Ok(())
                 });
+                if let Err(e) = written {
+                    not_stored += pending.len();
+                    store_error.get_or_insert(e.to_string());
+                }
             }
             pending.clear();
         };
@@ -149,6 +191,8 @@ pub fn verify_all(
             }
         }
         flush(&mut pending);
+        stats.not_stored = not_stored;
+        stats.store_error = store_error;
     });
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -18,11 +18,13 @@ mod yosys;
 pub use api::register;
 pub use stages::verify;
 
-use rhai::{Array, Dynamic, Map};
+use rhai::Map;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-/// Score weights; a component that did not run (no simulation, say) drops out and the rest renormalize.
+/// Score weights. The score is the weighted mean over the stages that ran (`Report::stages`): a stage
+/// that was not chosen (or `sim` without a testbench or reference) is left out and the rest renormalize.
+/// A chosen stage whose tool is missing is an error before any work, never left out.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Weights {
     pub syntax: f64,
@@ -44,6 +46,38 @@ impl Default for Weights {
     }
 }
 
+/// Per-stage time limits in milliseconds (`timeouts: #{syntax, synth, lint, sim, synth_full}`).
+/// A stage that runs past its limit fails: it scores 0 and says so in `errors`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Timeouts {
+    pub syntax: u64,
+    pub synth: u64,
+    pub lint: u64,
+    /// Compiling and running the testbench.
+    pub sim: u64,
+    /// The full `synth` stage and the `equiv` proof, when asked for: some designs take many seconds.
+    pub synth_full: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            syntax: 30_000,
+            synth: 30_000,
+            lint: 30_000,
+            sim: 30_000,
+            synth_full: 60_000,
+        }
+    }
+}
+
+/// Every stage the verifier knows, in the order it runs them.
+pub const ALL_STAGES: &[&str] = &["syntax", "synth", "lint", "sim", "synth_full", "equiv"];
+
+/// The stages run when no `stages` option is given (`sim` only where there is a testbench or a
+/// reference to run against).
+pub const DEFAULT_STAGES: &[&str] = &["syntax", "synth", "lint", "sim"];
+
 /// What to verify against and how.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerifyOptions {
@@ -51,10 +85,7 @@ pub struct VerifyOptions {
     pub testbench: Option<String>,
     pub reference: Option<String>,
     pub spec: Option<String>,
-    /// Simulation timeout.
-    pub timeout_ms: u64,
-    /// Timeout of the full `synth` stage, when asked for.
-    pub synth_timeout_ms: u64,
+    pub timeouts: Timeouts,
     /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full and equiv on request.
     pub stages: Vec<String>,
     pub weights: Weights,
@@ -70,12 +101,8 @@ impl Default for VerifyOptions {
             testbench: None,
             reference: None,
             spec: None,
-            timeout_ms: 30_000,
-            synth_timeout_ms: 60_000,
-            stages: ["syntax", "synth", "lint", "sim"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            timeouts: Timeouts::default(),
+            stages: DEFAULT_STAGES.iter().map(|s| s.to_string()).collect(),
             weights: Weights::default(),
             diff_cycles: 2000,
             seed: 1,
@@ -83,60 +110,179 @@ impl Default for VerifyOptions {
     }
 }
 
+/// The options `verify` takes (`df.verify` adds `code`).
+pub const VERIFY_KEYS: &[&str] = &[
+    "top",
+    "testbench",
+    "reference",
+    "spec",
+    "timeout_ms",
+    "synth_timeout_ms",
+    "timeouts",
+    "stages",
+    "weights",
+    "diff_cycles",
+    "seed",
+];
+
 impl VerifyOptions {
     pub fn wants(&self, stage: &str) -> bool {
         self.stages.iter().any(|s| s == stage)
     }
 
-    /// From a Rhai options map; unknown keys are an error naming them.
-    pub fn from_map(map: &Map) -> Result<VerifyOptions, String> {
-        let mut o = VerifyOptions::default();
-        let text = |v: &Dynamic| {
-            if v.is_unit() {
-                None
-            } else {
-                Some(v.to_string())
-            }
+    /// From a Rhai options map; `extra` are keys the caller reads itself (`code` for `df.verify`).
+    /// Unknown keys and values of the wrong type are errors naming them.
+    pub fn from_map(
+        function: &'static str,
+        map: &Map,
+        extra: &[&str],
+    ) -> Result<VerifyOptions, String> {
+        let valid: Vec<&str> = VERIFY_KEYS.iter().chain(extra).copied().collect();
+        let opts = crate::options::Options::new(function, map, &valid)?;
+        let mut o = VerifyOptions {
+            top: opts.string("top")?,
+            testbench: opts.string("testbench")?,
+            reference: opts.string("reference")?,
+            spec: opts.string("spec")?,
+            ..VerifyOptions::default()
         };
-        for (k, v) in map.iter() {
-            match k.as_str() {
-                "top" => o.top = text(v),
-                "testbench" => o.testbench = text(v),
-                "reference" => o.reference = text(v),
-                "spec" => o.spec = text(v),
-                "timeout_ms" => o.timeout_ms = v.as_int().map_err(|_| "verify: timeout_ms must be an int")?.max(1) as u64,
-                "synth_timeout_ms" => o.synth_timeout_ms = v.as_int().map_err(|_| "verify: synth_timeout_ms must be an int")?.max(1) as u64,
-                "diff_cycles" => o.diff_cycles = v.as_int().map_err(|_| "verify: diff_cycles must be an int")?.max(1) as usize,
-                "seed" => o.seed = v.as_int().map_err(|_| "verify: seed must be an int")? as u32,
-                "stages" => {
-                    let arr = v.read_lock::<Array>().ok_or("verify: stages must be an array like [\"syntax\", \"sim\"]")?;
-                    o.stages = arr.iter().map(|s| s.to_string()).collect();
-                    for s in &o.stages {
-                        if !["syntax", "synth", "lint", "sim", "synth_full", "equiv"].contains(&s.as_str()) {
-                            return Err(format!("verify: unknown stage {s:?}; stages are syntax, synth, lint, sim, synth_full, equiv"));
-                        }
-                    }
+        let ms = |key: &str| -> Result<Option<u64>, String> {
+            Ok(opts.int_at_least(key, 1)?.map(|v| v as u64))
+        };
+        if let Some(t) = ms("timeout_ms")? {
+            o.timeouts.sim = t;
+        }
+        if let Some(t) = ms("synth_timeout_ms")? {
+            o.timeouts.synth_full = t;
+        }
+        for (stage, t) in opts.numbers(
+            "timeouts",
+            &["syntax", "synth", "lint", "sim", "synth_full"],
+        )? {
+            if t < 1.0 || t.fract() != 0.0 {
+                return Err(format!(
+                    "{function}: `timeouts.{stage}` must be a whole number of milliseconds of at least 1, not {t}"
+                ));
+            }
+            let slot = match stage.as_str() {
+                "syntax" => &mut o.timeouts.syntax,
+                "synth" => &mut o.timeouts.synth,
+                "lint" => &mut o.timeouts.lint,
+                "sim" => &mut o.timeouts.sim,
+                _ => &mut o.timeouts.synth_full,
+            };
+            *slot = t as u64;
+        }
+        if let Some(n) = opts.int_at_least("diff_cycles", 1)? {
+            o.diff_cycles = n as usize;
+        }
+        if let Some(seed) = opts.int("seed")? {
+            o.seed = u32::try_from(seed).map_err(|_| {
+                format!(
+                    "{function}: option `seed` must be between 0 and {}, not {seed}",
+                    u32::MAX
+                )
+            })?;
+        }
+        if let Some(stages) = opts.strings("stages")? {
+            for s in &stages {
+                if !ALL_STAGES.contains(&s.as_str()) {
+                    return Err(format!(
+                        "{function}: unknown stage {s:?}; stages are {}",
+                        ALL_STAGES.join(", ")
+                    ));
                 }
-                "weights" => {
-                    let w = v.read_lock::<Map>().ok_or("verify: weights must be a map like #{functional: 0.5}")?;
-                    for (name, value) in w.iter() {
-                        let x = value.as_float().or_else(|_| value.as_int().map(|i| i as f64)).map_err(|_| format!("verify: weight {name} must be a number"))?;
-                        match name.as_str() {
-                            "syntax" => o.weights.syntax = x,
-                            "synth" => o.weights.synth = x,
-                            "io" => o.weights.io = x,
-                            "lint" => o.weights.lint = x,
-                            "functional" => o.weights.functional = x,
-                            other => return Err(format!("verify: unknown weight {other:?}; weights are syntax, synth, io, lint, functional")),
-                        }
-                    }
-                }
-                // Batch-only keys are checked by the batch API.
-                "code" => {}
-                other => return Err(format!("verify: unknown option {other:?}; options are top, testbench, reference, spec, timeout_ms, synth_timeout_ms, stages, weights, diff_cycles, seed")),
+            }
+            if !stages.iter().any(|s| s == "syntax") {
+                return Err(format!(
+                    "{function}: `stages` must include \"syntax\": every other stage needs a design that compiles"
+                ));
+            }
+            o.stages = stages;
+        }
+        for (name, x) in
+            opts.numbers("weights", &["syntax", "synth", "io", "lint", "functional"])?
+        {
+            if x < 0.0 || !x.is_finite() {
+                return Err(format!(
+                    "{function}: `weights.{name}` must be a number of at least 0, not {x}"
+                ));
+            }
+            match name.as_str() {
+                "syntax" => o.weights.syntax = x,
+                "synth" => o.weights.synth = x,
+                "io" => o.weights.io = x,
+                "lint" => o.weights.lint = x,
+                _ => o.weights.functional = x,
             }
         }
         Ok(o)
+    }
+
+    /// The tools the chosen stages need, with the stage that needs each. `simulates`: some example has
+    /// a testbench or a reference, so `sim` runs (and a differential testbench needs Yosys for ports).
+    fn needed_tools(&self, simulates: bool) -> Vec<(&'static Tool, &'static str)> {
+        let mut out = Vec::new();
+        if self.wants("syntax") {
+            out.push((&IVERILOG, "syntax"));
+        }
+        if self.wants("synth") {
+            out.push((&YOSYS, "synth"));
+        }
+        if self.wants("lint") {
+            out.push((&VERILATOR, "lint"));
+        }
+        if self.wants("sim") && simulates {
+            out.push((&IVERILOG, "sim"));
+            out.push((&VVP, "sim"));
+            if self.testbench.is_none() && self.reference.is_some() {
+                out.push((&YOSYS, "sim"));
+            }
+        }
+        if self.wants("synth_full") {
+            out.push((&YOSYS, "synth_full"));
+        }
+        if self.wants("equiv") {
+            out.push((&YOSYS, "equiv"));
+        }
+        out
+    }
+
+    /// Refuses to start when a chosen stage's tool is missing: a stage that cannot run is never dropped
+    /// from the score in silence. The error names the tool, the install command and the way to
+    /// leave the stage out on purpose.
+    pub fn check_tools(&self, simulates: bool) -> Result<(), String> {
+        let mut missing: Vec<(&Tool, &str)> = Vec::new();
+        for (tool, stage) in self.needed_tools(simulates) {
+            if tool_versions()
+                .get(tool.program)
+                .cloned()
+                .flatten()
+                .is_none()
+                && !missing.iter().any(|(t, _)| t.program == tool.program)
+            {
+                missing.push((tool, stage));
+            }
+        }
+        let Some((tool, stage)) = missing.first() else {
+            return Ok(());
+        };
+        let without: Vec<&str> = self
+            .stages
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !missing.iter().any(|(_, m)| m == s))
+            .collect();
+        Err(format!(
+            "verify: the {stage} stage needs {}, which is not installed (run `rtlab doctor`); install it with `sudo {}`, or leave the stage out on purpose with stages: [{}]",
+            tool.program,
+            tool.install,
+            without
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 }
 
@@ -158,7 +304,12 @@ pub struct Report {
     pub failure_class: Option<String>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// The weighted mean over exactly the stages in `stages` (see [`Weights`]).
     pub score: f64,
+    /// The stages that ran, in order; the score's weights cover exactly these.
+    pub stages: Vec<String>,
+    /// Stages that ran past their timeout (they score 0).
+    pub timed_out: Vec<String>,
     pub stage_ms: BTreeMap<String, f64>,
     pub tools: BTreeMap<String, String>,
     /// Stages that did not run, with why (a missing tool and its install command, say).

@@ -193,19 +193,23 @@ fn kill_group(pgid: i32) {
     }
 }
 
-/// The first line of `program --version`-style output, if the tool runs.
+/// The first line of `program --version`-style output, if the tool runs. It goes through
+/// [`run_tool`] like every other tool call: own process group, rlimits, a 10 s timeout.
 pub fn tool_version(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
+    let limits = Limits {
+        timeout: Duration::from_secs(10),
+        max_output: 64 << 10,
+        ..Limits::default()
+    };
+    let out = run_tool(program, args, &std::env::temp_dir(), limits);
+    // Some tools print their version and exit non-zero (`iverilog -V` without a file does); a tool
+    // that did not start, hung or was killed has no version.
+    match out.ended {
+        Ended::Exited(_) => {}
+        _ => return None,
+    }
+    out.output
+        .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(str::to_string)

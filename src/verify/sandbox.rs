@@ -5,6 +5,11 @@
 /// Tasks that take a file name as their first argument.
 const FILE_TASKS: &[&str] = &[
     "$fopen",
+    // iverilog's shorthands for `$fopen(name, "r" | "w" | "a")`.
+    "$fopenr",
+    "$fopenw",
+    "$fopena",
+    "$sdf_annotate",
     "$readmemh",
     "$readmemb",
     "$writememh",

@@ -25,13 +25,14 @@ fn available(tool: &Tool, report: &mut Report, stage: &str) -> bool {
             true
         }
         None => {
-            report.skipped.insert(
-                stage.to_string(),
-                format!(
-                    "{} is not installed; install: {}",
-                    tool.program, tool.install
-                ),
+            // The caller's `check_tools` refuses this up front; if a tool vanishes mid-batch the stage
+            // fails (it scores 0), it is not dropped from the score.
+            let why = format!(
+                "{} is not installed; install: sudo {}",
+                tool.program, tool.install
             );
+            report.errors.push(format!("{stage}: {why}"));
+            report.skipped.insert(stage.to_string(), why);
             false
         }
     }
@@ -52,7 +53,7 @@ fn ms(o: &Outcome) -> f64 {
 }
 
 /// Renames `module NAME` (the declaration only) to `module NEW`.
-fn rename_module(code: &str, name: &str, new: &str) -> String {
+pub fn rename_module(code: &str, name: &str, new: &str) -> String {
     let mut out = String::with_capacity(code.len());
     let mut rest = code;
     while let Some(i) = rest.find("module") {
@@ -78,10 +79,87 @@ fn rename_module(code: &str, name: &str, new: &str) -> String {
     out
 }
 
-/// The design as Yosys should read it: `always_comb`/`always_latch` as `always @*`.
+/// The names of the modules `code` declares, in order (comments and strings are not looked at).
+fn declared_modules(code: &str) -> Vec<String> {
+    let text = identifiers(code);
+    let mut names = Vec::new();
+    let mut words = text.iter();
+    while let Some(w) = words.next() {
+        if w == "module" || w == "macromodule" {
+            if let Some(name) = words.next() {
+                names.push(name.clone());
+            }
+        }
+    }
+    names
+}
+
+/// The identifier tokens of `code`, skipping comments, strings and escaped identifiers.
+fn identifiers(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    scan_identifiers(code, |start, end| out.push(code[start..end].to_string()));
+    out
+}
+
+/// The design as Yosys should read it: the keywords `always_comb`/`always_latch` as `always @*`.
+///
+/// Only whole keyword tokens in code change: an identifier that contains the word
+/// (`out_always_comb`), an escaped identifier, a comment or a string stays as written.
 fn yosys_friendly(code: &str) -> String {
-    code.replace("always_comb", "always @*")
-        .replace("always_latch", "always @*")
+    let mut out = String::with_capacity(code.len());
+    let mut copied = 0;
+    scan_identifiers(code, |start, end| {
+        if matches!(&code[start..end], "always_comb" | "always_latch") {
+            out.push_str(&code[copied..start]);
+            out.push_str("always @*");
+            copied = end;
+        }
+    });
+    out.push_str(&code[copied..]);
+    out
+}
+
+/// Calls `found(start, end)` for each identifier or keyword in code, in order: comments, strings and
+/// escaped identifiers are skipped, so a word inside them is never taken for code.
+fn scan_identifiers(code: &str, mut found: impl FnMut(usize, usize)) {
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        if rest.starts_with(b"//") {
+            i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        } else if rest.starts_with(b"/*") {
+            i += rest[2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(rest.len(), |p| p + 4);
+        } else if rest[0] == b'"' {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != b'"' && rest[j] != b'\n' {
+                j += if rest[j] == b'\\' { 2 } else { 1 };
+            }
+            i += (j + 1).min(rest.len());
+        } else if rest[0] == b'\\' {
+            // An escaped identifier runs to the next white space.
+            i += rest
+                .iter()
+                .position(|b| b.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+        } else if is_ident(rest[0]) {
+            let len = rest
+                .iter()
+                .position(|&b| !is_ident(b))
+                .unwrap_or(rest.len());
+            // A number (`8'd0`, `1`) is not an identifier.
+            if !rest[0].is_ascii_digit() && rest[0] != b'$' {
+                found(i, i + len);
+            }
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// VerilogEval's failure classes for compile errors.
@@ -104,7 +182,9 @@ fn compile_failure_class(log: &str) -> &'static str {
     }
 }
 
-/// Verifies one example. Never panics: every failure becomes a status in the report.
+/// Verifies one example. Never panics: every failure becomes a status in the report. The caller
+/// checks the tools first ([`VerifyOptions::check_tools`]); a tool that is missing anyway fails its
+/// stage, which then scores 0.
 pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
     let mut r = Report {
         sim_status: "skipped".to_string(),
@@ -114,18 +194,10 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         r.errors.push("the design is empty".to_string());
         return finish(r, opts);
     }
-    for (what, text) in [
-        ("design", Some(code)),
-        ("testbench", opts.testbench.as_deref()),
-        ("reference", opts.reference.as_deref()),
-    ] {
-        if let Some(t) = text {
-            if let Err(why) = sandbox::screen(t, what) {
-                r.errors.push(why);
-                r.sim_status = "error".to_string();
-                return finish(r, opts);
-            }
-        }
+    if let Err(why) = screen_inputs(code, opts) {
+        r.errors.push(why);
+        r.sim_status = "error".to_string();
+        return finish(r, opts);
     }
     let scratch = match tempfile::Builder::new().prefix("rtlab-verify-").tempdir() {
         Ok(d) => d,
@@ -137,41 +209,25 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         }
     };
     let dir = scratch.path();
-    if let Err(e) = std::fs::write(dir.join("design.sv"), code) {
+    // Yosys reads a copy where the `always_comb` keyword is `always @*`: Yosys rejects some
+    // always_comb blocks that simulators and synthesis tools accept (`default: next = 'x;` "infers a
+    // latch").
+    let written = std::fs::write(dir.join("design.sv"), code)
+        .and_then(|_| std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code)));
+    if let Err(e) = written {
         r.errors.push(format!("cannot write the design: {e}"));
+        r.sim_status = "error".to_string();
         return finish(r, opts);
     }
-    let quick = Limits {
-        timeout: Duration::from_secs(30),
-        ..Limits::default()
-    };
+    if let Err(why) = screen_expanded(code, opts, dir) {
+        r.errors.push(why);
+        r.sim_status = "error".to_string();
+        return finish(r, opts);
+    }
 
-    // Syntax and elaboration.
-    if available(&IVERILOG, &mut r, "syntax") {
-        let mut args = vec!["-g2012", "-Wall", "-o", "design.vvp"];
-        if let Some(t) = &opts.top {
-            args.extend(["-s", t.as_str()]);
-        }
-        args.push("design.sv");
-        let o = run_tool("iverilog", &args, dir, quick);
-        r.stage_ms.insert("syntax".into(), ms(&o));
-        r.syntax_ok = o.ok();
-        // iverilog says "sorry" for constructs it does not support (casts in iverilog 11).
-        r.errors
-            .extend(lines_matching(&o.output, &["error", "sorry"]));
-        r.warnings.extend(lines_matching(&o.output, &["warning"]));
-        if !r.syntax_ok && r.errors.is_empty() {
-            r.errors.push(format!(
-                "iverilog failed ({:?}): {}",
-                o.ended,
-                o.output.lines().next().unwrap_or("")
-            ));
-        }
-    } else {
-        return finish(r, opts);
-    }
+    syntax_stage(&mut r, opts, dir);
     if !r.syntax_ok {
-        if opts.wants("sim") && (opts.testbench.is_some() || opts.reference.is_some()) {
+        if opts.wants("sim") && simulates(opts) {
             // The sample does not compile: for a benchmark that is a failed simulation, with its class.
             r.sim_status = "compile_err".into();
             r.functional = Some(false);
@@ -179,134 +235,38 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         }
         return finish(r, opts);
     }
-    // Yosys reads a copy where `always_comb` is `always @*`: Yosys rejects some always_comb blocks
-    // that simulators and synthesis tools accept (`default: next = 'x;` "infers a latch").
-    let _ = std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code));
-
-    // The light Yosys pass: synthesizable structure, ports, I/O use.
-    let mut netlist = None;
-    if opts.wants("synth") && available(&YOSYS, &mut r, "synth") {
-        let script = yosys::light_script("design_yosys.sv", opts.top.as_deref(), "design.json");
-        let o = run_tool("yosys", &["-q", "-p", &script], dir, quick);
-        r.stage_ms.insert("synth".into(), ms(&o));
-        let parsed = if o.ok() {
-            std::fs::read_to_string(dir.join("design.json"))
-                .map_err(|e| e.to_string())
-                .and_then(|j| yosys::analyze(&j))
-        } else {
-            Err(String::new())
-        };
-        match parsed {
-            Ok(n) => {
-                r.synth_ok = Some(true);
-                r.all_io_used = Some(n.unused_inputs.is_empty() && n.undriven_outputs.is_empty());
-                r.unused_inputs = n.unused_inputs.clone();
-                r.undriven_outputs = n.undriven_outputs.clone();
-                netlist = Some(n);
-            }
-            Err(e) => {
-                r.synth_ok = Some(false);
-                let mut errs = lines_matching(&o.output, &["error"]);
-                if errs.is_empty() {
-                    errs.push(if e.is_empty() {
-                        format!("yosys failed ({:?})", o.ended)
-                    } else {
-                        e
-                    });
-                }
-                r.errors
-                    .extend(errs.into_iter().map(|e| format!("yosys: {e}")));
-            }
-        }
-        r.warnings.extend(
-            lines_matching(&o.output, &["warning"])
-                .into_iter()
-                .map(|w| format!("yosys: {w}")),
-        );
+    let netlist = if opts.wants("synth") {
+        synth_stage(&mut r, opts, dir)
+    } else {
+        None
+    };
+    // The top module: given, or the one the light Yosys pass found, or the design's only module.
+    let top = opts
+        .top
+        .clone()
+        .or(netlist.as_ref().map(|n| n.top.clone()))
+        .or_else(|| match declared_modules(code).as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        });
+    if opts.wants("lint") {
+        lint_stage(&mut r, opts, dir, top.as_deref());
     }
-
-    // Lint.
-    if opts.wants("lint") && available(&VERILATOR, &mut r, "lint") {
-        let mut args = vec![
-            "--lint-only",
-            "-Wall",
-            "-Wno-fatal",
-            "-Wno-DECLFILENAME",
-            "--no-timing",
-        ];
-        let top = opts.top.clone().or(netlist.as_ref().map(|n| n.top.clone()));
-        if let Some(t) = &top {
-            args.extend(["--top-module", t.as_str()]);
-        }
-        args.push("design.sv");
-        let o = run_tool("verilator", &args, dir, quick);
-        r.stage_ms.insert("lint".into(), ms(&o));
-        let mut codes: Vec<String> = o
-            .output
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("%Warning-"))
-            .filter_map(|l| l.split(':').next())
-            .map(str::to_string)
-            .collect();
-        codes.sort();
-        codes.dedup();
-        r.lint = codes;
-        r.warnings.extend(
-            lines_matching(&o.output, &["%warning"])
-                .into_iter()
-                .take(10),
-        );
-        // Verilator rejecting a construct iverilog accepts is a limit of the linter, not a lint finding.
-        r.warnings.extend(
-            lines_matching(&o.output, &["%error"])
-                .into_iter()
-                .take(5)
-                .map(|e| format!("verilator: {e}")),
-        );
+    if opts.wants("synth_full") {
+        synth_full_stage(&mut r, opts, dir, top.as_deref());
     }
-
-    // Full synthesis, only when asked: some designs take many seconds.
-    if opts.wants("synth_full") && available(&YOSYS, &mut r, "synth_full") {
-        let top = opts.top.clone().or(netlist.as_ref().map(|n| n.top.clone()));
-        let script = match &top {
-            Some(t) => format!("read_verilog -sv design_yosys.sv; synth -top {t}"),
-            None => "read_verilog -sv design_yosys.sv; synth -auto-top".to_string(),
-        };
-        let o = run_tool(
-            "yosys",
-            &["-q", "-p", &script],
-            dir,
-            Limits {
-                timeout: Duration::from_millis(opts.synth_timeout_ms),
-                ..Limits::default()
-            },
-        );
-        r.stage_ms.insert("synth_full".into(), ms(&o));
-        if !o.ok() {
-            r.synth_ok = Some(false);
-            r.errors.push(match o.ended {
-                Ended::TimedOut => {
-                    format!("yosys synth timed out after {} ms", opts.synth_timeout_ms)
-                }
-                _ => format!(
-                    "yosys synth failed: {}",
-                    lines_matching(&o.output, &["error"]).join("; ")
-                ),
-            });
-        }
+    if opts.wants("sim") && simulates(opts) {
+        r.stages.push("sim".into());
+        simulate(&mut r, code, opts, dir, top.as_deref());
     }
-
-    // Simulation.
-    if opts.wants("sim") && (opts.testbench.is_some() || opts.reference.is_some()) {
-        simulate(&mut r, code, opts, dir, netlist.as_ref());
-    }
-    // Formal equivalence, only when asked.
     if opts.wants("equiv") {
         match &opts.reference {
-            Some(reference) if available(&YOSYS, &mut r, "equiv") => {
-                equivalence(&mut r, code, reference, opts, dir, netlist.as_ref())
+            Some(reference) => {
+                if available(&YOSYS, &mut r, "equiv") {
+                    r.stages.push("equiv".into());
+                    equivalence(&mut r, code, reference, opts, dir, top.as_deref());
+                }
             }
-            Some(_) => {}
             None => {
                 r.skipped
                     .insert("equiv".into(), "needs a reference module".into());
@@ -316,21 +276,243 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
     finish(r, opts)
 }
 
-fn simulate(
-    r: &mut Report,
-    code: &str,
-    opts: &VerifyOptions,
-    dir: &Path,
-    netlist: Option<&yosys::Netlist>,
-) {
-    if !available(&IVERILOG, r, "sim") || !available(&VVP, r, "sim") {
-        r.sim_status = "skipped".into();
+/// True when there is something to simulate against: a testbench or a reference.
+fn simulates(opts: &VerifyOptions) -> bool {
+    opts.testbench.is_some() || opts.reference.is_some()
+}
+
+/// Untrusted text is screened before any tool sees it.
+fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), String> {
+    for (what, text) in [
+        ("design", Some(code)),
+        ("testbench", opts.testbench.as_deref()),
+        ("reference", opts.reference.as_deref()),
+    ] {
+        if let Some(t) = text {
+            sandbox::screen(t, what)?;
+        }
+    }
+    Ok(())
+}
+
+/// Screens the text that macros expand to: `` `define SYS(x) $sys``x `` builds `$system` out of
+/// pieces the plain screen cannot see. Each input that defines a macro is run through iverilog's
+/// preprocessor (`-E`, which runs nothing) and the expansion is screened again.
+fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), String> {
+    for (what, text) in [
+        ("design", Some(code)),
+        ("testbench", opts.testbench.as_deref()),
+        ("reference", opts.reference.as_deref()),
+    ] {
+        let Some(text) = text.filter(|t| t.contains("`define")) else {
+            continue;
+        };
+        let input = format!("pp_{what}.sv");
+        std::fs::write(dir.join(&input), text)
+            .map_err(|e| format!("cannot write the {what}: {e}"))?;
+        let output = format!("pp_{what}.out");
+        let o = run_tool(
+            "iverilog",
+            &["-E", "-o", &output, &input],
+            dir,
+            limits(opts.timeouts.syntax),
+        );
+        let expanded = std::fs::read_to_string(dir.join(&output)).map_err(|_| {
+            format!(
+                "{what}: its macros could not be expanded to be checked ({}); refused",
+                lines_matching(&o.output, &["error"]).join("; ")
+            )
+        })?;
+        sandbox::screen(&expanded, &format!("{what} (macros expanded)"))?;
+    }
+    Ok(())
+}
+
+fn limits(ms: u64) -> Limits {
+    Limits {
+        timeout: Duration::from_millis(ms),
+        ..Limits::default()
+    }
+}
+
+/// Records a stage that ran past its limit: it fails, and says so.
+fn timed_out(r: &mut Report, stage: &str, tool: &str, ms: u64) {
+    r.timed_out.push(stage.to_string());
+    r.errors.push(format!(
+        "{stage}: {tool} did not finish in {ms} ms (raise timeouts.{stage})"
+    ));
+}
+
+/// Syntax and elaboration with iverilog.
+fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
+    if !available(&IVERILOG, r, "syntax") {
         return;
     }
-    let quick = Limits {
-        timeout: Duration::from_secs(30),
-        ..Limits::default()
+    r.stages.push("syntax".into());
+    let mut args = vec!["-g2012", "-Wall", "-o", "design.vvp"];
+    if let Some(t) = &opts.top {
+        args.extend(["-s", t.as_str()]);
+    }
+    args.push("design.sv");
+    let o = run_tool("iverilog", &args, dir, limits(opts.timeouts.syntax));
+    r.stage_ms.insert("syntax".into(), ms(&o));
+    r.syntax_ok = o.ok();
+    if o.ended == Ended::TimedOut {
+        timed_out(r, "syntax", "iverilog", opts.timeouts.syntax);
+        return;
+    }
+    // iverilog says "sorry" for constructs it does not support (casts in iverilog 11).
+    r.errors
+        .extend(lines_matching(&o.output, &["error", "sorry"]));
+    r.warnings.extend(lines_matching(&o.output, &["warning"]));
+    if !r.syntax_ok && r.errors.is_empty() {
+        r.errors.push(format!(
+            "iverilog failed ({:?}): {}",
+            o.ended,
+            o.output.lines().next().unwrap_or("")
+        ));
+    }
+}
+
+/// The light Yosys pass: synthesizable structure, ports, I/O use. Returns the netlist it read.
+fn synth_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) -> Option<yosys::Netlist> {
+    if !available(&YOSYS, r, "synth") {
+        return None;
+    }
+    r.stages.push("synth".into());
+    let script = yosys::light_script("design_yosys.sv", opts.top.as_deref(), "design.json");
+    let o = run_tool(
+        "yosys",
+        &["-q", "-p", &script],
+        dir,
+        limits(opts.timeouts.synth),
+    );
+    r.stage_ms.insert("synth".into(), ms(&o));
+    r.warnings.extend(
+        lines_matching(&o.output, &["warning"])
+            .into_iter()
+            .map(|w| format!("yosys: {w}")),
+    );
+    if o.ended == Ended::TimedOut {
+        r.synth_ok = Some(false);
+        timed_out(r, "synth", "yosys", opts.timeouts.synth);
+        return None;
+    }
+    let parsed = if o.ok() {
+        std::fs::read_to_string(dir.join("design.json"))
+            .map_err(|e| e.to_string())
+            .and_then(|j| yosys::analyze(&j))
+    } else {
+        Err(String::new())
     };
+    match parsed {
+        Ok(n) => {
+            r.synth_ok = Some(true);
+            r.all_io_used = Some(n.unused_inputs.is_empty() && n.undriven_outputs.is_empty());
+            r.unused_inputs = n.unused_inputs.clone();
+            r.undriven_outputs = n.undriven_outputs.clone();
+            Some(n)
+        }
+        Err(e) => {
+            r.synth_ok = Some(false);
+            let mut errs = lines_matching(&o.output, &["error"]);
+            if errs.is_empty() {
+                errs.push(if e.is_empty() {
+                    format!("yosys failed ({:?})", o.ended)
+                } else {
+                    e
+                });
+            }
+            r.errors
+                .extend(errs.into_iter().map(|e| format!("yosys: {e}")));
+            None
+        }
+    }
+}
+
+/// Verilator's lint (-Wall): the warning codes it reports.
+fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
+    if !available(&VERILATOR, r, "lint") {
+        return;
+    }
+    r.stages.push("lint".into());
+    let mut args = vec![
+        "--lint-only",
+        "-Wall",
+        "-Wno-fatal",
+        "-Wno-DECLFILENAME",
+        "--no-timing",
+    ];
+    if let Some(t) = top {
+        args.extend(["--top-module", t]);
+    }
+    args.push("design.sv");
+    let o = run_tool("verilator", &args, dir, limits(opts.timeouts.lint));
+    r.stage_ms.insert("lint".into(), ms(&o));
+    if o.ended == Ended::TimedOut {
+        timed_out(r, "lint", "verilator", opts.timeouts.lint);
+        return;
+    }
+    let mut codes: Vec<String> = o
+        .output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("%Warning-"))
+        .filter_map(|l| l.split(':').next())
+        .map(str::to_string)
+        .collect();
+    codes.sort();
+    codes.dedup();
+    r.lint = codes;
+    r.warnings.extend(
+        lines_matching(&o.output, &["%warning"])
+            .into_iter()
+            .take(10),
+    );
+    // Verilator rejecting a construct iverilog accepts is a limit of the linter, not a lint finding.
+    r.warnings.extend(
+        lines_matching(&o.output, &["%error"])
+            .into_iter()
+            .take(5)
+            .map(|e| format!("verilator: {e}")),
+    );
+}
+
+/// Full synthesis (`synth`), only when asked: some designs take many seconds.
+fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
+    if !available(&YOSYS, r, "synth_full") {
+        return;
+    }
+    r.stages.push("synth_full".into());
+    let script = match top {
+        Some(t) => format!("read_verilog -sv design_yosys.sv; synth -top {t}"),
+        None => "read_verilog -sv design_yosys.sv; synth -auto-top".to_string(),
+    };
+    let o = run_tool(
+        "yosys",
+        &["-q", "-p", &script],
+        dir,
+        limits(opts.timeouts.synth_full),
+    );
+    r.stage_ms.insert("synth_full".into(), ms(&o));
+    if o.ended == Ended::TimedOut {
+        r.synth_ok = Some(false);
+        timed_out(r, "synth_full", "yosys synth", opts.timeouts.synth_full);
+    } else if !o.ok() {
+        r.synth_ok = Some(false);
+        r.errors.push(format!(
+            "yosys synth failed: {}",
+            lines_matching(&o.output, &["error"]).join("; ")
+        ));
+    }
+}
+
+fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
+    if !available(&IVERILOG, r, "sim") || !available(&VVP, r, "sim") {
+        r.sim_status = "error".into();
+        r.functional = Some(false);
+        return;
+    }
+    let quick = limits(opts.timeouts.sim);
     let mut files = vec!["design.sv".to_string()];
     let write = |name: &str, text: &str| {
         std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
@@ -359,16 +541,12 @@ fn simulate(
                     )
                 })?;
                 let ref_net = yosys::analyze(&json)?;
-                let dut_top = opts
-                    .top
-                    .clone()
-                    .or(netlist.map(|n| n.top.clone()))
-                    .ok_or("cannot tell the design's top module; pass top")?;
+                let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
                 let ref_code = rename_module(reference, &ref_net.top, "RefModule");
                 let dut_code = if dut_top == "TopModule" {
                     code.to_string()
                 } else {
-                    rename_module(code, &dut_top, "TopModule")
+                    rename_module(code, dut_top, "TopModule")
                 };
                 write("design.sv", &dut_code)?;
                 write("ref.sv", &ref_code)?;
@@ -412,12 +590,13 @@ fn simulate(
         r.stage_ms.insert("sim".into(), elapsed);
         return;
     }
-    let limits = Limits {
-        timeout: Duration::from_millis(opts.timeout_ms),
-        max_output: 1 << 20,
-        ..Limits::default()
-    };
-    let o = run_tool("vvp", &["-n", "sim.vvp"], dir, limits);
+    // The compile took part of the stage's time; the run gets what is left (at least 1 ms).
+    let left = opts
+        .timeouts
+        .sim
+        .saturating_sub(compile.elapsed.as_millis() as u64)
+        .max(1);
+    let o = run_tool("vvp", &["-n", "sim.vvp"], dir, limits(left));
     elapsed += ms(&o);
     r.stage_ms.insert("sim".into(), elapsed);
     r.sim_log = o.output.chars().take(4000).collect();
@@ -426,10 +605,7 @@ fn simulate(
             r.sim_status = "timeout".into();
             r.failure_class = Some("T".into());
             r.functional = Some(false);
-            r.errors.push(format!(
-                "simulation did not finish in {} ms",
-                opts.timeout_ms
-            ));
+            timed_out(r, "sim", "the simulation", opts.timeouts.sim);
             return;
         }
         Ended::OutputLimit => {
@@ -441,12 +617,23 @@ fn simulate(
         }
         Ended::Cancelled => {
             r.sim_status = "error".into();
+            r.functional = Some(false);
             r.errors.push("cancelled by Ctrl-C".into());
             return;
         }
         Ended::NotStarted(e) => {
             r.sim_status = "error".into();
+            r.functional = Some(false);
             r.errors.push(format!("vvp did not start: {e}"));
+            return;
+        }
+        Ended::Signaled => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push(
+                "the simulation was killed by a limit: a file past 64 MiB, memory past 4 GiB or CPU time"
+                    .into(),
+            );
             return;
         }
         _ => {}
@@ -480,12 +667,9 @@ fn equivalence(
     reference: &str,
     opts: &VerifyOptions,
     dir: &Path,
-    netlist: Option<&yosys::Netlist>,
+    top: Option<&str>,
 ) {
-    let quick = Limits {
-        timeout: Duration::from_secs(30),
-        ..Limits::default()
-    };
+    let quick = limits(opts.timeouts.synth);
     let prepared: Result<(), String> = (|| {
         std::fs::write(dir.join("eq_ref_orig.sv"), yosys_friendly(reference))
             .map_err(|e| e.to_string())?;
@@ -497,11 +681,7 @@ fn equivalence(
             )
         })?;
         let ref_top = yosys::analyze(&json)?.top;
-        let dut_top = opts
-            .top
-            .clone()
-            .or(netlist.map(|n| n.top.clone()))
-            .ok_or("cannot tell the design's top module; pass top")?;
+        let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
         std::fs::write(
             dir.join("eq_ref.sv"),
             rename_module(&yosys_friendly(reference), &ref_top, "RefModule"),
@@ -510,7 +690,7 @@ fn equivalence(
         let dut = if dut_top == "TopModule" {
             yosys_friendly(code)
         } else {
-            rename_module(&yosys_friendly(code), &dut_top, "TopModule")
+            rename_module(&yosys_friendly(code), dut_top, "TopModule")
         };
         std::fs::write(dir.join("eq_dut.sv"), dut).map_err(|e| e.to_string())?;
         Ok(())
@@ -527,10 +707,7 @@ fn equivalence(
         "yosys",
         &["-p", script],
         dir,
-        Limits {
-            timeout: Duration::from_millis(opts.synth_timeout_ms),
-            ..Limits::default()
-        },
+        limits(opts.timeouts.synth_full),
     );
     r.stage_ms.insert("equiv".into(), ms(&o));
     let verdict = if o.ok() {
@@ -595,32 +772,49 @@ pub fn parse_verdict(log: &str) -> Option<(bool, Option<i64>, Option<i64>)> {
     None
 }
 
-/// The score: a weighted mean of the components that ran. A design that does not compile scores 0.
+/// The score: the weighted mean over the stages chosen for this example (`opts.stages`, with `sim`
+/// only where there is a testbench or reference). A chosen stage scores 0 when it failed, timed out
+/// or could not run; it never drops out of the mean. A design that does not compile scores 0.
 fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
     let w = &opts.weights;
     if !r.syntax_ok {
         r.score = 0.0;
         return r;
     }
+    let timed_out = |stage: &str| r.timed_out.iter().any(|s| s == stage);
     let mut parts: Vec<(f64, f64)> = vec![(w.syntax, 1.0)];
-    if let Some(ok) = r.synth_ok {
-        parts.push((w.synth, if ok { 1.0 } else { 0.0 }));
+    if opts.wants("synth") {
+        parts.push((w.synth, if r.synth_ok == Some(true) { 1.0 } else { 0.0 }));
+        // I/O use is read from the light pass's netlist: a penalty, not a fail (correct designs can
+        // leave an input unused); no netlist, no credit.
+        let io = match r.all_io_used {
+            Some(_) => {
+                let flagged = (r.unused_inputs.len() + r.undriven_outputs.len()) as f64;
+                (1.0 - 0.5 * flagged).max(0.0)
+            }
+            None => 0.0,
+        };
+        parts.push((w.io, io));
     }
-    if r.all_io_used.is_some() {
-        // A penalty, not a fail: correct designs can leave an input unused.
-        let flagged = (r.unused_inputs.len() + r.undriven_outputs.len()) as f64;
-        parts.push((w.io, (1.0 - 0.5 * flagged).max(0.0)));
+    if opts.wants("lint") {
+        let ran = r.stages.iter().any(|s| s == "lint") && !timed_out("lint");
+        let value = if ran {
+            let penalized = r
+                .lint
+                .iter()
+                .filter(|c| !LINT_NOT_PENALIZED.contains(&c.as_str()))
+                .count() as f64;
+            (1.0 - 0.25 * penalized).max(0.0)
+        } else {
+            0.0
+        };
+        parts.push((w.lint, value));
     }
-    if r.tools.contains_key("verilator") && r.stage_ms.contains_key("lint") {
-        let penalized = r
-            .lint
-            .iter()
-            .filter(|c| !LINT_NOT_PENALIZED.contains(&c.as_str()))
-            .count() as f64;
-        parts.push((w.lint, (1.0 - 0.25 * penalized).max(0.0)));
-    }
-    if let Some(f) = r.functional {
-        parts.push((w.functional, if f { 1.0 } else { 0.0 }));
+    if opts.wants("sim") && simulates(opts) {
+        parts.push((
+            w.functional,
+            if r.functional == Some(true) { 1.0 } else { 0.0 },
+        ));
     }
     let total: f64 = parts.iter().map(|p| p.0).sum();
     r.score = if total > 0.0 {
@@ -642,6 +836,31 @@ mod tests {
         let out = rename_module(code, "adder", "TopModule");
         assert!(out.starts_with("module TopModule(input a)"));
         assert!(out.contains("module adder_tb;"), "{out}");
+    }
+
+    #[test]
+    fn yosys_copy_rewrites_only_the_keywords() {
+        let code = "module m(output reg out_always_comb, output reg always_latch_q);\n\
+                    // always_comb in a comment\n\
+                    always_comb out_always_comb = 1'b1; /* always_latch */\n\
+                    always_latch always_latch_q = \"always_comb\" != 0;\n\
+                    endmodule";
+        let out = yosys_friendly(code);
+        assert_eq!(
+            out,
+            "module m(output reg out_always_comb, output reg always_latch_q);\n\
+             // always_comb in a comment\n\
+             always @* out_always_comb = 1'b1; /* always_latch */\n\
+             always @* always_latch_q = \"always_comb\" != 0;\n\
+             endmodule"
+        );
+        assert_eq!(yosys_friendly("\\always_comb x"), "\\always_comb x");
+    }
+
+    #[test]
+    fn declared_modules_are_read_from_code_only() {
+        let code = "// module commented_out;\nmodule a(input x); endmodule\n/* module b; */\nmodule c; wire module_x; endmodule";
+        assert_eq!(declared_modules(code), ["a", "c"]);
     }
 
     #[test]

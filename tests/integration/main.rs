@@ -16,4 +16,5 @@ mod llm;
 mod repl;
 mod scripts;
 mod train;
+mod truth;
 mod verify;

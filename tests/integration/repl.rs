@@ -142,3 +142,79 @@ fn run_caches_cells_and_cells_lists_them() {
     s.expect("reads:   a").unwrap();
     quit(&mut s);
 }
+
+/// Sends one entry and waits for `expected`, then for the next prompt, so the next entry is typed
+/// at a settled prompt even on a loaded machine.
+fn entry(s: &mut expectrl::session::OsSession, input: &str, expected: &str) {
+    s.send_line(input).unwrap();
+    if !expected.is_empty() {
+        s.expect(expected).unwrap();
+    }
+    s.expect("rtlab> ").unwrap();
+}
+
+#[test]
+fn a_function_defined_at_the_prompt_is_callable_on_the_next_line() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = spawn(home.path());
+    entry(&mut s, "fn dbl(x) { x * 2 }", "");
+    // 20 + 1, so that "42" appears only as a result, never in the echo of the input.
+    entry(&mut s, "dbl(20 + 1)", "42");
+    // A closure kept in a variable is callable later too.
+    entry(&mut s, "let g = |x| x + 100;", "");
+    entry(&mut s, "g.call(10 + 13)", "123");
+    // A function can call one defined in an earlier entry, and a redefinition replaces it.
+    entry(&mut s, "fn quad(x) { dbl(dbl(x)) }", "");
+    entry(&mut s, "quad(5 + 5)", "40");
+    entry(&mut s, "fn dbl(x) { x * 3 }", "");
+    entry(&mut s, "dbl(3 + 4)", "21");
+    quit(&mut s);
+}
+
+#[test]
+fn piped_input_keeps_functions_between_lines() {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtlab"))
+        .env("XDG_DATA_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"fn f(x) { x + 1000 }\nf(234)\nlet h = |x| f(x) * 2;\nh.call(1)\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("1234"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stdout.contains("2002"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(!stderr.contains("no function"), "{stderr}");
+}
+
+#[test]
+fn completion_after_a_dataframe_dot_offers_its_methods_not_global_functions() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = spawn(home.path());
+    s.send_line("let df = from_records([#{a: 1}, #{a: 2}]);")
+        .unwrap();
+    s.expect("rtlab> ").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // `fil` is a prefix of `filter` (a DataFrame method) and of `file_exists` (a global function
+    // that takes a string): only `filter` fits a DataFrame, so it completes in place.
+    s.send("df.fil\t").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.send_line("(col(\"a\") > 1).len() * 1000 + 7").unwrap();
+    s.expect("1007").unwrap();
+    quit(&mut s);
+}

@@ -25,7 +25,8 @@ fn every_script_matches_its_snapshot() {
                 .current_dir(repo_root())
                 .env("RTLAB_HOME", out_dir.path().join(".rtlab"))
                 .env("RTLAB_OUT", out_dir.path())
-                .args(["run", "--no-cache", &path.display().to_string()])
+                // Relative to the repo root, as the README runs them.
+                .args(["run", "--no-cache", &format!("scripts/{name}.rhai")])
                 .output()
                 .unwrap(),
         );

@@ -197,26 +197,22 @@ fn file_reaching_system_tasks_are_refused() {
 }
 
 #[test]
-fn a_missing_tool_skips_its_stage_with_the_install_command() {
+fn a_missing_tool_is_an_error_with_the_install_command() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("v.rhai"), "let r = verify(\"module m(input a, output y); assign y = a; endmodule\");\nprint(r.skipped);\nprint(r.syntax_ok);").unwrap();
+    std::fs::write(dir.path().join("v.rhai"), "let r = verify(\"module m(input a, output y); assign y = a; endmodule\");\nprint(r.syntax_ok);").unwrap();
     let out = common::rtlab()
         .current_dir(dir.path())
         .env("PATH", "/nonexistent")
         .args(["run", "v.rhai"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing was verified");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("verify: the syntax stage needs iverilog, which is not installed (run `rtlab doctor`); install it with `sudo apt-get install -y iverilog`"),
+        "{stderr}"
     );
-    assert!(
-        stdout.contains("iverilog is not installed; install: apt-get install -y iverilog"),
-        "{stdout}"
-    );
-    assert!(stdout.ends_with("false\n"));
 }
 
 #[test]
@@ -252,4 +248,80 @@ fn formal_equivalence_proves_or_refutes_against_the_reference() {
         print(verify(same, #{stages: ["syntax", "equiv"]}).skipped.equiv);
     "#);
     assert_eq!(out, "equivalent\ndifferent\nneeds a reference module\n");
+}
+
+/// Runs `testbench` against a trivial design with syntax and simulation only.
+fn attack(testbench: &str) -> String {
+    format!(
+        "let r = verify(\"module dut; endmodule\", #{{testbench: {testbench:?}, stages: [\"syntax\", \"sim\"], timeout_ms: 3000}}); let first = if r.errors.is_empty() {{ \"\" }} else {{ r.errors[0] }}; print(`${{r.sim_status}} | ${{first}}`);"
+    )
+}
+
+#[test]
+fn attacks_through_macros_paths_plusargs_and_floods_are_refused_or_contained() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("pwned");
+    let t = target.display();
+    let cases: Vec<(String, &str)> = vec![
+        // `$system` assembled from pieces by a macro: the expansion is screened too.
+        (
+            format!("`define SYS(x) $sys``x\nmodule tb; dut u(); initial begin `SYS(tem)(\"touch {t}\"); $display(\"TEST PASSED\"); end endmodule"),
+            "error | testbench (macros expanded) line 2: `$system` runs a shell command; refused",
+        ),
+        // A file task's name hidden behind a macro: not a literal, so it cannot be checked.
+        (
+            format!("`define F \"{t}\"\nmodule tb; dut u(); integer f; initial begin f = $fopen(`F, \"w\"); $display(\"TEST PASSED\"); end endmodule"),
+            "`$fopen` with a computed file name cannot be checked; pass a plain file name literal",
+        ),
+        // iverilog's `$fopenw` shorthand.
+        (
+            format!("module tb; dut u(); integer f; initial begin f = $fopenw(\"{t}\"); $display(\"TEST PASSED\"); end endmodule"),
+            "`$fopenw(",
+        ),
+        // `$readmemh` of a parent path, `$dumpfile` of an absolute one, an absolute `include.
+        (
+            "module tb; dut u(); reg [7:0] m[0:3]; initial $readmemh(\"../../etc/passwd\", m); endmodule".to_string(),
+            "`$readmemh(\"../../etc/passwd\")` reaches outside the scratch directory; refused",
+        ),
+        (
+            format!("module tb; dut u(); initial $dumpfile(\"{t}\"); endmodule"),
+            "reaches outside the scratch directory; refused",
+        ),
+        (
+            "`include \"/etc/passwd\"\nmodule tb; endmodule".to_string(),
+            "`include \"/etc/passwd\"` reaches outside the scratch directory; refused",
+        ),
+        // Plusargs: the simulator is given none, so nothing comes in from outside.
+        (
+            "module tb; dut u(); reg [8*64:1] s; initial begin if ($value$plusargs(\"f=%s\", s)) $display(\"got %0s\", s); else $display(\"TEST PASSED\"); $finish; end endmodule".to_string(),
+            "pass | \n",
+        ),
+        // A flood on stdout is stopped at 1 MiB.
+        (
+            "module tb; dut u(); initial forever $display(\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"); endmodule".to_string(),
+            "error | simulation printed more than 1 MiB; stopped",
+        ),
+        // A file in the scratch directory that grows without end hits the 64 MiB file limit.
+        (
+            "module tb; dut u(); integer f, i; initial begin f = $fopen(\"big.txt\", \"w\"); forever $fwrite(f, \"%0128d\", 0); end endmodule".to_string(),
+            "error | the simulation was killed by a limit: a file past 64 MiB",
+        ),
+        // A simulation that never ends is killed with its process group at the timeout.
+        (
+            "module tb; dut u(); reg c = 0; always #1 c = ~c; endmodule".to_string(),
+            "timeout | sim: the simulation did not finish in 3000 ms (raise timeouts.sim)",
+        ),
+    ];
+    for (tb, expected) in &cases {
+        let out = ok(&attack(tb));
+        assert!(
+            out.contains(expected),
+            "{tb}\n  gave: {out}  want: {expected}"
+        );
+    }
+    assert!(
+        !target.exists(),
+        "nothing is written outside the scratch directory"
+    );
+    eprintln!("attacks refused or contained: {}", cases.len());
 }

@@ -1,0 +1,287 @@
+//! The one reader of the option maps that stdlib functions take (`verify(code, #{...})`,
+//! `benchmark(model, problems, #{...})`, ...).
+//!
+//! [`Options::new`] refuses a key the function does not know, listing the ones it does; each typed
+//! getter refuses a value of the wrong type, naming the key, the value and the type it wants. Nothing
+//! is coerced: `n: 2.5` is an error, not 2, and `k: "5"` is an error, not dropped. The one widening is
+//! an integer where a float is wanted (`temperature: 1`), which loses nothing.
+
+use rhai::{Array, Dynamic, Map};
+
+/// A function's option map, checked against the keys it accepts.
+pub struct Options<'a> {
+    function: &'static str,
+    map: &'a Map,
+}
+
+/// How a value shows in an error: strings quoted, with the Rhai type name.
+fn shown(value: &Dynamic) -> String {
+    let text = if value.is_string() {
+        format!("{:?}", value.to_string())
+    } else {
+        value.to_string()
+    };
+    let text: String = text.chars().take(60).collect();
+    format!(
+        "{text} ({})",
+        value.type_name().rsplit("::").next().unwrap_or("?")
+    )
+}
+
+impl<'a> Options<'a> {
+    /// Checks that every key of `map` is one of `valid`; an unknown key is an error that lists them.
+    pub fn new(
+        function: &'static str,
+        map: &'a Map,
+        valid: &[&str],
+    ) -> Result<Options<'a>, String> {
+        let mut unknown: Vec<&str> = map
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !valid.contains(k))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            let mut listed: Vec<&str> = valid.to_vec();
+            listed.sort();
+            let plural = if unknown.len() == 1 { "" } else { "s" };
+            return Err(format!(
+                "{function}: unknown option{plural} {}; valid options: {}",
+                unknown
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                listed.join(", ")
+            ));
+        }
+        Ok(Options { function, map })
+    }
+
+    /// The raw value, if the key is present and not `()`.
+    pub fn get(&self, key: &str) -> Option<&'a Dynamic> {
+        self.map.get(key).filter(|v| !v.is_unit())
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn wrong(&self, key: &str, value: &Dynamic, wanted: &str) -> String {
+        format!(
+            "{}: option `{key}` must be {wanted}, not {}",
+            self.function,
+            shown(value)
+        )
+    }
+
+    /// A string option.
+    pub fn string(&self, key: &str) -> Result<Option<String>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_string() => Ok(Some(v.to_string())),
+            Some(v) => Err(self.wrong(key, v, "a string")),
+        }
+    }
+
+    /// An integer option (a float is refused, never truncated).
+    pub fn int(&self, key: &str) -> Result<Option<i64>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_int()
+                .map(Some)
+                .map_err(|_| self.wrong(key, v, "an integer")),
+        }
+    }
+
+    /// An integer option that must be at least `min`.
+    pub fn int_at_least(&self, key: &str, min: i64) -> Result<Option<i64>, String> {
+        match self.int(key)? {
+            Some(i) if i < min => Err(format!(
+                "{}: option `{key}` must be at least {min}, not {i}",
+                self.function
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// A number option: a float, or an integer (widened, nothing lost).
+    pub fn float(&self, key: &str) -> Result<Option<f64>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_float()
+                .or_else(|_| v.as_int().map(|i| i as f64))
+                .map(Some)
+                .map_err(|_| self.wrong(key, v, "a number")),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .map_err(|_| self.wrong(key, v, "true or false")),
+        }
+    }
+
+    /// A map option.
+    pub fn map(&self, key: &str) -> Result<Option<Map>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .read_lock::<Map>()
+                .map(|m| Some(m.clone()))
+                .ok_or_else(|| self.wrong(key, v, "a map like #{...}")),
+        }
+    }
+
+    /// An array option.
+    pub fn array(&self, key: &str) -> Result<Option<Array>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .read_lock::<Array>()
+                .map(|a| Some(a.clone()))
+                .ok_or_else(|| self.wrong(key, v, "an array like [...]")),
+        }
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .map(|v| {
+                if v.is_string() {
+                    Ok(v.to_string())
+                } else {
+                    Err(format!(
+                        "{}: option `{key}` must hold strings, not {}",
+                        self.function,
+                        shown(v)
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// One integer or an array of integers (`k: 5` or `k: [1, 5]`).
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>, String> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        if let Ok(i) = v.as_int() {
+            return Ok(Some(vec![i]));
+        }
+        let items = v
+            .read_lock::<Array>()
+            .map(|a| a.clone())
+            .ok_or_else(|| self.wrong(key, v, "an integer or an array of integers"))?;
+        items
+            .iter()
+            .map(|x| {
+                x.as_int().map_err(|_| {
+                    format!(
+                        "{}: option `{key}` must hold integers, not {}",
+                        self.function,
+                        shown(x)
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// The name of a map's numeric entries, for options like `weights: #{functional: 0.5}`: each key
+    /// must be one of `valid` and each value a number.
+    pub fn numbers(&self, key: &str, valid: &[&str]) -> Result<Vec<(String, f64)>, String> {
+        let Some(m) = self.map(key)? else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for (name, value) in m.iter() {
+            if !valid.contains(&name.as_str()) {
+                return Err(format!(
+                    "{}: unknown key `{name}` in `{key}`; valid keys: {}",
+                    self.function,
+                    valid.join(", ")
+                ));
+            }
+            let x = value
+                .as_float()
+                .or_else(|_| value.as_int().map(|i| i as f64))
+                .map_err(|_| {
+                    format!(
+                        "{}: `{key}.{name}` must be a number, not {}",
+                        self.function,
+                        shown(value)
+                    )
+                })?;
+            out.push((name.to_string(), x));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, Dynamic)]) -> Map {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_unknown_key_lists_the_valid_ones() {
+        let m = map(&[("sead", Dynamic::from(1_i64))]);
+        let err = Options::new("bench", &m, &["seed", "k"]).err().unwrap();
+        assert_eq!(err, "bench: unknown option `sead`; valid options: k, seed");
+    }
+
+    #[test]
+    fn a_float_is_not_an_integer() {
+        let m = map(&[("n", Dynamic::from(2.5_f64))]);
+        let o = Options::new("complete_many", &m, &["n"]).unwrap();
+        assert_eq!(
+            o.int("n").unwrap_err(),
+            "complete_many: option `n` must be an integer, not 2.5 (f64)"
+        );
+    }
+
+    #[test]
+    fn a_string_is_not_an_integer_list() {
+        let m = map(&[("k", Dynamic::from("5"))]);
+        let o = Options::new("benchmark", &m, &["k"]).unwrap();
+        assert_eq!(
+            o.ints("k").unwrap_err(),
+            "benchmark: option `k` must be an integer or an array of integers, not \"5\" (string)"
+        );
+        let m = map(&[(
+            "k",
+            Dynamic::from(vec![Dynamic::from(1_i64), Dynamic::from(1.5_f64)]),
+        )]);
+        let o = Options::new("benchmark", &m, &["k"]).unwrap();
+        assert!(o
+            .ints("k")
+            .unwrap_err()
+            .contains("must hold integers, not 1.5"));
+    }
+
+    #[test]
+    fn an_integer_widens_to_a_float_and_unit_means_absent() {
+        let m = map(&[("t", Dynamic::from(1_i64)), ("u", Dynamic::UNIT)]);
+        let o = Options::new("llm", &m, &["t", "u"]).unwrap();
+        assert_eq!(o.float("t").unwrap(), Some(1.0));
+        assert_eq!(o.string("u").unwrap(), None);
+    }
+}

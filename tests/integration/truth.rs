@@ -1,0 +1,429 @@
+//! What rtlab says is true, and nothing is lost without a word: a missing tool never raises a score,
+//! a refused store write is reported, a bad option is named, a cell reruns when what it read changed,
+//! paths rtlab returns work when handed back, and the bundled data is what it says it is.
+
+use crate::common;
+use common::{err, ok, repo_root, rtlab, Run};
+use std::path::Path;
+
+/// The V3 plan's buggy counter: `en` unused, `q` undriven.
+const BUGGY_COUNTER: &str = r#"module counter_8bit(input clk, input rst, input en, output [7:0] q);
+  reg [7:0] count_reg;
+  always @(posedge clk) begin
+    if (rst) count_reg <= 8'd0;
+    else count_reg <= count_reg + 1;
+  end
+endmodule"#;
+
+/// A directory on PATH holding only iverilog and vvp: a machine without Yosys and Verilator.
+fn path_with_only_iverilog(dir: &Path) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["iverilog", "vvp"] {
+        let found =
+            which(tool).unwrap_or_else(|| panic!("{tool} must be installed (.ci/run does)"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    bin.display().to_string()
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn run_script(dir: &Path, script: &str, envs: &[(&str, &str)], args: &[&str]) -> Run {
+    std::fs::write(dir.join("t.rhai"), script).unwrap();
+    let mut cmd = rtlab();
+    cmd.current_dir(dir)
+        .env("RTLAB_HOME", dir.join(".rtlab"))
+        .args(["run"])
+        .args(args)
+        .arg("t.rhai");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Run::from(cmd.output().unwrap())
+}
+
+#[test]
+fn the_buggy_counter_scores_below_the_gold_bar_with_every_tool() {
+    let out = ok(&format!(
+        "let r = verify(`{BUGGY_COUNTER}`); print(r.score); print(r.stages);"
+    ));
+    // (syntax 0.2 + synth 0.2 + I/O 0.2 × 0 + lint 0.1) / 0.7
+    assert_eq!(out, "0.7143\n[\"syntax\", \"synth\", \"lint\"]\n");
+}
+
+#[test]
+fn a_missing_tool_is_an_error_that_names_it_never_a_higher_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = path_with_only_iverilog(dir.path());
+    let r = run_script(
+        dir.path(),
+        &format!("let r = verify(`{BUGGY_COUNTER}`); print(r.score);"),
+        &[("PATH", &path)],
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("the synth stage needs yosys, which is not installed (run `rtlab doctor`); install it with `sudo apt-get install -y yosys`, or leave the stage out on purpose with stages: [\"syntax\", \"sim\"]"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stdout.contains("1.0"),
+        "no score was printed: {}",
+        r.stdout
+    );
+    // The same for a frame: nothing is verified, nothing is stored.
+    std::fs::write(
+        dir.path().join("v2.jsonl"),
+        "{\"output\": \"module m(input a, output y); assign y = a; endmodule\"}\n",
+    )
+    .unwrap();
+    let r = run_script(
+        dir.path(),
+        "let df = load_jsonl(\"v2.jsonl\"); df.verify(#{code: \"output\"});",
+        &[("PATH", &path)],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("needs yosys"), "{}", r.stderr);
+    // Leaving the stages out on purpose: the score covers exactly the stages chosen, and says so.
+    let r = run_script(
+        dir.path(),
+        &format!(
+            "let r = verify(`{BUGGY_COUNTER}`, #{{stages: [\"syntax\"]}}); print(r.stages); print(r.score);"
+        ),
+        &[("PATH", &path)],
+        &[],
+    );
+    assert_eq!(r.stdout, "[\"syntax\"]\n1.0\n", "{}", r.stderr);
+}
+
+#[test]
+fn verilog_evals_out_always_comb_reference_is_read_as_written() {
+    // Prob058's reference has an output named `out_always_comb`: a text replace of `always_comb`
+    // broke it (synth_ok false, score 0.75, and its own differential testbench failed).
+    let out = ok(r#"
+        let p = load_verilog_eval("verilog-eval-v2").filter(col("task_id") == "Prob058_alwaysblock2").row(0);
+        let code = rename_module(p.ref, "RefModule", "TopModule");
+        let r = verify(code, #{testbench: p.test, reference: p.ref});
+        print(`${r.synth_ok} ${r.score} ${r.sim_status}`);
+        let d = verify(code, #{reference: p.ref});
+        print(`${d.sim_status} ${d.score}`);
+    "#);
+    assert_eq!(out, "true 1.0 pass\npass 1.0\n");
+}
+
+#[test]
+fn every_stage_has_its_own_timeout() {
+    let out = ok(r#"
+        let r = verify("module m(input a, output y); assign y = a; endmodule", #{timeouts: #{lint: 1}});
+        print(r.timed_out); print(r.errors); print(r.score < 1.0);
+    "#);
+    assert_eq!(
+        out,
+        "[\"lint\"]\n[\"lint: verilator did not finish in 1 ms (raise timeouts.lint)\"]\ntrue\n"
+    );
+    assert!(first_line(err(
+        r#"verify("module m; endmodule", #{timeouts: #{lint: "fast"}})"#
+    ))
+    .ends_with("verify: `timeouts.lint` must be a number, not \"fast\" (string)"));
+    assert!(
+        err(r#"verify("module m; endmodule", #{timeouts: #{simulation: 5}})"#)
+            .contains("unknown key `simulation` in `timeouts`; valid keys: syntax, synth, lint, sim, synth_full")
+    );
+}
+
+/// The first line of an error, without the source excerpt.
+fn first_line(e: String) -> String {
+    e.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn options_are_never_coerced_and_unknown_keys_name_the_valid_ones() {
+    let model = r#"let m = llm(#{provider: "replay", model: "scripted"});"#;
+    let cases = [
+        (
+            format!(r#"{model} complete_many(m, from_records([#{{p: "x"}}]), "p", #{{n: 2.5}})"#),
+            "complete_many: option `n` must be an integer, not 2.5 (f64)",
+        ),
+        (
+            format!(r#"{model} benchmark(m, load_verilog_eval("verilog-eval-v2").head(1), #{{k: "5"}})"#),
+            "benchmark: option `k` must be an integer or an array of integers, not \"5\" (string)",
+        ),
+        (
+            format!(r#"{model} benchmark(m, load_verilog_eval("verilog-eval-v2").head(1), #{{smaples: 5}})"#),
+            "benchmark: unknown option `smaples`; valid options: k, n, name, temperature, template, top_p",
+        ),
+        (
+            format!(r#"{model} a7_testbench("spec", "module m; endmodule", #{{model: m, min_kill: 2}})"#),
+            "a7_testbench: unknown option `min_kill`; valid options: category, min_killed, model, mutants, template",
+        ),
+        (
+            format!(r#"{model} complete_many(m, from_records([#{{p: "x"}}]), "p", #{{samples: 2}})"#),
+            "complete_many: unknown option `samples`; valid options: n, out",
+        ),
+        (
+            r#"llm(#{model: "x", max_tokens: 100.5})"#.to_string(),
+            "llm: option `max_tokens` must be an integer, not 100.5 (f64)",
+        ),
+        (
+            r#"verify("module m; endmodule", #{seed: "1"})"#.to_string(),
+            "verify: option `seed` must be an integer, not \"1\" (string)",
+        ),
+        (
+            r#"verify("module m; endmodule", #{top: 3})"#.to_string(),
+            "verify: option `top` must be a string, not 3 (i64)",
+        ),
+        (
+            r#"from_records([#{a: 1}]).sort("a", #{descending: "yes"})"#.to_string(),
+            "sort: option `descending` must be true or false, not \"yes\" (string)",
+        ),
+        (
+            r#"load_jsonl("v2_sample.jsonl", #{on_bad: "skip"})"#.to_string(),
+            "load_jsonl: unknown option `on_bad`; valid options: on_bad_line",
+        ),
+        (
+            r#"preference_pairs(from_records([#{prompt: "p", completion: "c", score: "high"}]), #{})"#.to_string(),
+            "preference_pairs: row 0: `score` is \"high\", not a number",
+        ),
+        (
+            r#"classify_phase("yosys", #{matchin: "word"})"#.to_string(),
+            "classify_phase: unknown option `matchin`; valid options: keywords, matching",
+        ),
+        (
+            r#"router(#{fallback: 8})"#.to_string(),
+            "router: option `fallback` must be a string, not 8 (i64)",
+        ),
+    ];
+    for (code, expected) in cases {
+        let e = first_line(err(&code));
+        assert!(
+            e.ends_with(expected),
+            "{code}\n  gave: {e}\n  want: {expected}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_store_write_halfway_through_a_batch_is_reported_and_loses_nothing_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3 designs first (all saved), then 100 more: the store refuses every write once it holds 67
+    // verdicts, so the batch's first transaction of 64 lands and its second, of 36, is refused.
+    let designs = |from: usize, to: usize| {
+        format!(
+            r#"let rows = []; for i in {from}..{to} {{ rows.push(#{{code: `module m${{i}}(input a, output y); assign y = a; endmodule`}}); }}
+            let v = from_records(rows).verify(#{{code: "code", stages: ["syntax"]}});
+            print(v.filter(col("syntax_ok")).len());"#
+        )
+    };
+    let first = run_script(dir.path(), &designs(0, 3), &[], &[]);
+    assert_eq!(first.stdout, "3\n", "{}", first.stderr);
+    let store = dir.path().join(".rtlab/store.sqlite");
+    let db = rusqlite::Connection::open(&store).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON verify_results
+         WHEN (SELECT COUNT(*) FROM verify_results) >= 67
+         BEGIN SELECT RAISE(ABORT, 'refused: the disk is full'); END;",
+    )
+    .unwrap();
+    let second = run_script(dir.path(), &designs(0, 103), &[], &[]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.stdout, "103\n", "every verdict is in the result");
+    assert!(
+        second.stderr.contains(&format!(
+            "warning: 36 of 100 verdicts were not saved to the store {}",
+            store.display()
+        )) && second.stderr.contains("refused: the disk is full"),
+        "{}",
+        second.stderr
+    );
+    let count: i64 = db
+        .query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 67, "the 3 earlier verdicts and the first 64 stay");
+    // A rerun finds what was saved and verifies only the rest.
+    db.execute_batch("DROP TRIGGER refuse").unwrap();
+    let third = run_script(dir.path(), &designs(0, 103), &[], &[]);
+    assert!(
+        third
+            .stderr
+            .contains("verify: 103 rows, 67 from the store, 36 verified"),
+        "{}",
+        third.stderr
+    );
+}
+
+#[test]
+fn two_processes_verify_into_one_store_at_once_and_each_verdict_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"let rows = []; for i in 0..60 { rows.push(#{code: `module m${i}(input a, output y); assign y = ~a; endmodule`}); }
+        let v = from_records(rows).verify(#{code: "code", stages: ["syntax"]});
+        print(v.filter(col("syntax_ok")).len());"#;
+    std::fs::write(dir.path().join("t.rhai"), script).unwrap();
+    let spawn = || {
+        rtlab()
+            .current_dir(dir.path())
+            .env("RTLAB_HOME", dir.path().join(".rtlab"))
+            .args(["run", "--no-cache", "t.rhai"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let r = Run::from(child.wait_with_output().unwrap());
+        assert_eq!((r.code, r.stdout.as_str()), (0, "60\n"), "{}", r.stderr);
+        assert!(
+            !r.stderr.contains("locked") && !r.stderr.contains("warning"),
+            "{}",
+            r.stderr
+        );
+    }
+    let db = rusqlite::Connection::open(dir.path().join(".rtlab/store.sqlite")).unwrap();
+    let count: i64 = db
+        .query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 60);
+    let version_rows: i64 = db
+        .query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version_rows, 1, "one schema version, migrated once");
+}
+
+#[test]
+fn a_cell_that_read_an_environment_variable_reruns_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "// %% read\nlet mode = env(\"RTLAB_TEST_MODE\");\n// %% show\nprint(mode);\n";
+    let args = ["--cache-min", "0"];
+    let r = run_script(dir.path(), script, &[("RTLAB_TEST_MODE", "fast")], &args);
+    assert_eq!(
+        (r.stdout.as_str(), r.ran_cells()),
+        ("fast\n", vec!["1 read".to_string(), "2 show".to_string()]),
+        "{}",
+        r.stderr
+    );
+    let r = run_script(dir.path(), script, &[("RTLAB_TEST_MODE", "fast")], &args);
+    assert_eq!(
+        r.cached_cells(),
+        vec!["1 read".to_string(), "2 show".to_string()],
+        "{}",
+        r.stderr
+    );
+    let r = run_script(
+        dir.path(),
+        script,
+        &[("RTLAB_TEST_MODE", "thorough")],
+        &args,
+    );
+    assert_eq!(r.stdout, "thorough\n", "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "[1 read] environment variable RTLAB_TEST_MODE changed since the cached run: rerunning"
+        ),
+        "{}",
+        r.stderr
+    );
+    // Unset is a change too.
+    let r = run_script(dir.path(), script, &[], &args);
+    assert_eq!(r.stdout, "\n", "{}", r.stderr);
+}
+
+#[test]
+fn a_path_rtlab_returns_works_when_handed_back_from_the_repo_root_and_fresh_retrains() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    let script = r#"
+        create_tiny_model("../out/base", #{seed: 1});
+        let data = from_records([#{instruction: "Write inv", output: "module inv(input a, output y); assign y = ~a; endmodule"}]);
+        let run = train_lora(#{base: "../out/base", data: data, out: "../out/adapter", r: 2, epochs: 1, batch_size: 1, grad_accum: 1});
+        print(`cached: ${run.cached}`);
+        let m = load_model("../out/base", #{adapter: run.adapter});
+        print(m.to_string().contains("adapter"));
+    "#;
+    std::fs::write(dir.path().join("scripts/t.rhai"), script).unwrap();
+    let run = |args: &[&str]| {
+        Run::from(
+            rtlab()
+                .current_dir(dir.path())
+                .env("RTLAB_HOME", dir.path().join(".rtlab"))
+                .arg("run")
+                .args(args)
+                .arg("scripts/t.rhai")
+                .output()
+                .unwrap(),
+        )
+    };
+    let r = run(&["--no-cache"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "cached: false\ntrue\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(dir.path().join("out/adapter/adapter_config.json").is_file());
+    let r = run(&["--no-cache"]);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "train_lora: {} already holds this run (same base, data and options); pass fresh: true to train again\ncached: true\ntrue\n",
+            dir.path().canonicalize().unwrap().join("out/adapter").display()
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["--fresh"]);
+    assert_eq!(
+        r.stdout, "cached: false\ntrue\n",
+        "--fresh retrains: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_bundled_sample_is_regenerated_byte_for_byte_by_its_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v2_sample.jsonl");
+    let r = Run::from(
+        rtlab()
+            .current_dir(repo_root())
+            .env("RTLAB_HOME", dir.path().join(".rtlab"))
+            .args(["run", "--no-cache", "data/make_v2_sample.rhai"])
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(repo_root().join("data/v2_sample.jsonl")).unwrap(),
+        "data/v2_sample.jsonl is what data/make_v2_sample.rhai writes"
+    );
+}
+
+#[test]
+fn every_row_labelled_a_bug_fails_its_testbench_and_every_reference_passes() {
+    let out = ok(r#"
+        let df = load_jsonl("v2_sample.jsonl").filter(col("metadata.source") != "v3-plan");
+        let v = df.verify(#{code: "output", testbench: "test", reference: "ref", stages: ["syntax", "sim"]});
+        let bugs = v.filter(col("metadata.source") == "synthetic-bug");
+        let good = v.filter(col("metadata.source") == "verilog-eval");
+        print(`bugs: ${bugs.len()}, failing their testbench: ${bugs.filter(col("sim_status") == "mismatch").len()}`);
+        // iverilog 11 cannot compile Prob151's enum casts; the rest pass.
+        print(`references: ${good.len()}, passing: ${good.filter(col("sim_status") == "pass").len()}`);
+        let same = 0;
+        for r in bugs.to_records() { if r.output == rename_module(r.ref, "RefModule", "TopModule") { same += 1; } }
+        print(`bugs identical to their reference: ${same}`);
+    "#);
+    assert_eq!(
+        out,
+        "bugs: 16, failing their testbench: 16\nreferences: 36, passing: 35\nbugs identical to their reference: 0\n"
+    );
+}
