@@ -22,6 +22,9 @@ mod testbench;
 mod train;
 mod verify;
 
+#[cfg(test)]
+mod robustness_tests;
+
 pub use cli::main as cli_main;
 pub use engine::{display_value, HelpIndex, Runtime, ScriptError};
 pub use notebook::{

@@ -8,5 +8,11 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
     }
+    // A write past the file-size limit (`ulimit -f`, a quota) should fail with "File too large" that
+    // rtlab reports, leaving the previous file in place, not kill the process with SIGXFSZ.
+    // SAFETY: setting a signal to SIG_IGN before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     rtlab::cli_main()
 }

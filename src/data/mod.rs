@@ -7,7 +7,7 @@
 mod convert;
 mod expr;
 mod frame_fns;
-mod io;
+pub(crate) mod io;
 mod scan;
 mod typed;
 

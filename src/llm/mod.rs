@@ -7,7 +7,7 @@
 //! at a time.
 
 mod client;
-mod providers;
+pub(crate) mod providers;
 
 pub use providers::{Message, Provider};
 

@@ -6,7 +6,7 @@
 
 pub mod cache;
 pub mod cells;
-mod deps;
+pub(crate) mod deps;
 mod persist;
 pub mod report;
 mod runner;

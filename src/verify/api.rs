@@ -24,6 +24,7 @@ pub const RESULT_COLUMNS: &[&str] = &[
     "errors",
     "stages",
     "skipped",
+    "simulator",
 ];
 
 /// Verifies one design after checking the chosen stages' tools.
@@ -127,7 +128,7 @@ mod verify_functions {
 
     /// Verifies every row on all cores and adds the result columns (score, syntax_ok, synth_ok,
     /// all_io_used, unused_inputs, undriven_outputs, lint, sim_status, mismatches, samples, functional,
-    /// failure_class, errors, stages, skipped). `code` names the code column; `testbench`, `reference` and `top` name a
+    /// failure_class, errors, stages, skipped, simulator). `code` names the code column; `testbench`, `reference` and `top` name a
     /// column when the frame has one, else they are one value for every row. Results are cached in the
     /// workspace store: unchanged rows are not verified again (`rtlab run --fresh` verifies them
     /// anew). The other options are `verify`'s. When a row skipped a stage it was asked for, one

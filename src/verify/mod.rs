@@ -11,8 +11,9 @@ pub mod batch;
 mod difftb;
 pub mod mutate;
 pub mod process;
-mod sandbox;
-mod stages;
+pub(crate) mod sandbox;
+pub(crate) mod stages;
+mod verilator_ports;
 mod yosys;
 
 pub use api::register;
@@ -71,6 +72,16 @@ impl Default for Timeouts {
     }
 }
 
+/// Which simulator runs testbenches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Simulator {
+    Iverilog,
+    Verilator,
+    /// iverilog, and Verilator where iverilog says a construct is not supported ("sorry:").
+    Auto,
+}
+
 /// Every stage the verifier knows, in the order it runs them.
 pub const ALL_STAGES: &[&str] = &["syntax", "synth", "lint", "sim", "synth_full", "equiv"];
 
@@ -86,6 +97,7 @@ pub struct VerifyOptions {
     pub reference: Option<String>,
     pub spec: Option<String>,
     pub timeouts: Timeouts,
+    pub simulator: Simulator,
     /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full and equiv on request.
     pub stages: Vec<String>,
     pub weights: Weights,
@@ -102,6 +114,7 @@ impl Default for VerifyOptions {
             reference: None,
             spec: None,
             timeouts: Timeouts::default(),
+            simulator: Simulator::Auto,
             stages: DEFAULT_STAGES.iter().map(|s| s.to_string()).collect(),
             weights: Weights::default(),
             diff_cycles: 2000,
@@ -119,6 +132,7 @@ pub const VERIFY_KEYS: &[&str] = &[
     "timeout_ms",
     "synth_timeout_ms",
     "timeouts",
+    "simulator",
     "stages",
     "weights",
     "diff_cycles",
@@ -172,6 +186,18 @@ impl VerifyOptions {
                 _ => &mut o.timeouts.synth_full,
             };
             *slot = t as u64;
+        }
+        if let Some(sim) = opts.string("simulator")? {
+            o.simulator = match sim.as_str() {
+                "iverilog" => Simulator::Iverilog,
+                "verilator" => Simulator::Verilator,
+                "auto" => Simulator::Auto,
+                other => {
+                    return Err(format!(
+                    "{function}: simulator {other:?}: use \"iverilog\", \"verilator\" or \"auto\""
+                ))
+                }
+            };
         }
         if let Some(n) = opts.int_at_least("diff_cycles", 1)? {
             o.diff_cycles = n as usize;
@@ -233,8 +259,12 @@ impl VerifyOptions {
             out.push((&VERILATOR, "lint"));
         }
         if self.wants("sim") && simulates {
-            out.push((&IVERILOG, "sim"));
-            out.push((&VVP, "sim"));
+            if self.simulator == Simulator::Verilator {
+                out.push((&VERILATOR, "sim"));
+            } else {
+                out.push((&IVERILOG, "sim"));
+                out.push((&VVP, "sim"));
+            }
             if self.testbench.is_none() && self.reference.is_some() {
                 out.push((&YOSYS, "sim"));
             }
@@ -319,6 +349,8 @@ pub struct Report {
     pub equiv: Option<String>,
     /// The log of the simulation (capped), for reading why it failed.
     pub sim_log: String,
+    /// The simulator that ran the testbench ("iverilog" or "verilator"), or None when none ran.
+    pub simulator: Option<String>,
 }
 
 impl Report {

@@ -148,7 +148,7 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
             _ => {}
         }
         // `if (` → `if (!(...))`: invert the condition.
-        if text[i..].starts_with("if")
+        if text.as_bytes()[i..].starts_with(b"if")
             && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'_')
         {
             let rest = &text[i + 2..];
@@ -210,7 +210,8 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
             }
         }
         // Drop an assignment: `assign x = ...;` or `x <= ...;` becomes nothing.
-        if text[i..].starts_with("assign") && (i == 0 || b[i - 1].is_ascii_whitespace()) {
+        if text.as_bytes()[i..].starts_with(b"assign") && (i == 0 || b[i - 1].is_ascii_whitespace())
+        {
             if let Some(semi) = text[i..].find(';') {
                 out.push(Mutant {
                     description: format!("line {}: drop assign", line(i)),
@@ -256,6 +257,13 @@ pub fn pick(all: Vec<Mutant>, n: usize) -> Vec<Mutant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_is_not_ascii_does_not_panic() {
+        // Found by the property tests: a byte index inside 'é' was sliced as a str.
+        let ms = mutants("module m(input a, output y); é endmodule // é\nassign é if (a) ;");
+        assert!(ms.iter().all(|m| !m.code.is_empty()));
+    }
 
     #[test]
     fn each_operator_family_makes_mutants() {

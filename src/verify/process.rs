@@ -74,6 +74,9 @@ fn set_limits(limits: Limits) -> std::io::Result<()> {
         set(libc::RLIMIT_AS, limits.max_memory_bytes);
         set(libc::RLIMIT_FSIZE, limits.max_file_bytes);
         set(libc::RLIMIT_CORE, 0);
+        // rtlab itself ignores SIGXFSZ (it reports "File too large"); a tool past its file limit
+        // must die of it, as the limit intends.
+        libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 
 use super::process::{run_tool, Ended, Limits, Outcome};
 use super::{
-    difftb, sandbox, tool_versions, yosys, Report, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP,
-    YOSYS,
+    difftb, sandbox, tool_versions, verilator_ports, yosys, Report, Simulator, Tool, VerifyOptions,
+    IVERILOG, VERILATOR, VVP, YOSYS,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -80,7 +80,7 @@ pub fn rename_module(code: &str, name: &str, new: &str) -> String {
 }
 
 /// The names of the modules `code` declares, in order (comments and strings are not looked at).
-fn declared_modules(code: &str) -> Vec<String> {
+pub(crate) fn declared_modules(code: &str) -> Vec<String> {
     let text = identifiers(code);
     let mut names = Vec::new();
     let mut words = text.iter();
@@ -105,7 +105,7 @@ fn identifiers(code: &str) -> Vec<String> {
 ///
 /// Only whole keyword tokens in code change: an identifier that contains the word
 /// (`out_always_comb`), an escaped identifier, a comment or a string stays as written.
-fn yosys_friendly(code: &str) -> String {
+pub(crate) fn yosys_friendly(code: &str) -> String {
     let mut out = String::with_capacity(code.len());
     let mut copied = 0;
     scan_identifiers(code, |start, end| {
@@ -121,7 +121,7 @@ fn yosys_friendly(code: &str) -> String {
 
 /// Calls `found(start, end)` for each identifier or keyword in code, in order: comments, strings and
 /// escaped identifiers are skipped, so a word inside them is never taken for code.
-fn scan_identifiers(code: &str, mut found: impl FnMut(usize, usize)) {
+pub(crate) fn scan_identifiers(code: &str, mut found: impl FnMut(usize, usize)) {
     let bytes = code.as_bytes();
     let mut i = 0;
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
@@ -361,7 +361,29 @@ fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
         timed_out(r, "syntax", "iverilog", opts.timeouts.syntax);
         return;
     }
-    // iverilog says "sorry" for constructs it does not support (casts in iverilog 11).
+    // iverilog says "sorry" for constructs it does not support (casts in iverilog 11). Unless told to
+    // use iverilog only, Verilator judges the syntax then, and simulates the design later.
+    if !r.syntax_ok
+        && opts.simulator != Simulator::Iverilog
+        && only_unsupported(&o.output)
+        && available(&VERILATOR, r, "syntax")
+    {
+        let mut args = vec!["--lint-only", "-Wno-fatal", "-Wno-lint", "-Wno-style"];
+        if let Some(t) = &opts.top {
+            args.extend(["--top-module", t.as_str()]);
+        }
+        args.push("design.sv");
+        let v = run_tool("verilator", &args, dir, limits(opts.timeouts.syntax));
+        if v.ok() {
+            r.syntax_ok = true;
+            r.simulator = Some("verilator".into());
+            r.warnings.push(format!(
+                "iverilog does not support this design ({}); its syntax was checked, and it is simulated, with verilator",
+                lines_matching(&o.output, &["sorry"]).first().cloned().unwrap_or_default()
+            ));
+            return;
+        }
+    }
     r.errors
         .extend(lines_matching(&o.output, &["error", "sorry"]));
     r.warnings.extend(lines_matching(&o.output, &["warning"]));
@@ -507,7 +529,11 @@ fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Optio
 }
 
 fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
-    if !available(&IVERILOG, r, "sim") || !available(&VVP, r, "sim") {
+    let ready = match opts.simulator {
+        Simulator::Verilator => available(&VERILATOR, r, "sim"),
+        _ => available(&IVERILOG, r, "sim") && available(&VVP, r, "sim"),
+    };
+    if !ready {
         r.sim_status = "error".into();
         r.functional = Some(false);
         return;
@@ -534,13 +560,26 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
                 let script =
                     "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
                 let o = run_tool("yosys", &["-q", "-p", script], dir, quick);
-                let json = std::fs::read_to_string(dir.join("ref.json")).map_err(|_| {
-                    format!(
-                        "the reference does not elaborate in Yosys: {}",
-                        lines_matching(&o.output, &["error"]).join("; ")
-                    )
-                })?;
-                let ref_net = yosys::analyze(&json)?;
+                let ref_net = match std::fs::read_to_string(dir.join("ref.json")) {
+                    Ok(json) => yosys::analyze(&json)?,
+                    // Yosys 0.2x rejects some SystemVerilog (enum casts) that Verilator reads.
+                    Err(_) => {
+                        let yosys_error = lines_matching(&o.output, &["error"]).join("; ");
+                        write("ref_ports.sv", reference)?;
+                        let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick)
+                            .map_err(|e| {
+                                format!("the reference does not elaborate in Yosys ({yosys_error}); {e}")
+                            })?;
+                        r.warnings.push(format!(
+                            "Yosys cannot read the reference ({yosys_error}); its ports were read with Verilator"
+                        ));
+                        yosys::Netlist {
+                            top,
+                            ports,
+                            ..Default::default()
+                        }
+                    }
+                };
                 let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
                 let ref_code = rename_module(reference, &ref_net.top, "RefModule");
                 let dut_code = if dut_top == "TopModule" {
@@ -566,39 +605,42 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
         r.errors.push(e);
         return;
     }
-    let mut args: Vec<&str> = vec![
-        "-g2012",
-        "-Wall",
-        "-Winfloop",
-        "-Wno-timescale",
-        "-o",
-        "sim.vvp",
-    ];
-    args.extend(files.iter().map(String::as_str));
-    let compile = run_tool("iverilog", &args, dir, quick);
-    let mut elapsed = ms(&compile);
-    if !compile.ok() {
-        r.sim_status = "compile_err".into();
-        r.failure_class = Some(compile_failure_class(&compile.output).to_string());
-        r.functional = Some(false);
-        r.sim_log = compile.output.chars().take(4000).collect();
-        r.errors.extend(
-            lines_matching(&compile.output, &["error", "sorry"])
-                .into_iter()
-                .map(|e| format!("sim compile: {e}")),
-        );
-        r.stage_ms.insert("sim".into(), elapsed);
+    let verilator_first = match opts.simulator {
+        Simulator::Verilator => true,
+        Simulator::Iverilog => false,
+        // The syntax stage already found that iverilog does not support this design.
+        Simulator::Auto => r.simulator.as_deref() == Some("verilator"),
+    };
+    let (build, run) = if verilator_first {
+        verilator_sim(r, &files, dir, opts)
+    } else {
+        match iverilog_sim(r, &files, dir, opts) {
+            // iverilog cannot compile a construct it does not support ("sorry:"): with `auto`,
+            // Verilator simulates instead, and the result says so.
+            Err(compile)
+                if opts.simulator == Simulator::Auto
+                    && only_unsupported(&compile.output)
+                    && tool_versions()
+                        .get("verilator")
+                        .cloned()
+                        .flatten()
+                        .is_some() =>
+            {
+                r.warnings.push(format!(
+                    "iverilog does not support this testbench or design ({}); simulated with verilator",
+                    lines_matching(&compile.output, &["sorry"]).first().cloned().unwrap_or_default()
+                ));
+                verilator_sim(r, &files, dir, opts)
+            }
+            Err(compile) => (compile, None),
+            Ok(pair) => pair,
+        }
+    };
+    let Some(o) = run else {
+        compile_failed(r, &build);
         return;
-    }
-    // The compile took part of the stage's time; the run gets what is left (at least 1 ms).
-    let left = opts
-        .timeouts
-        .sim
-        .saturating_sub(compile.elapsed.as_millis() as u64)
-        .max(1);
-    let o = run_tool("vvp", &["-n", "sim.vvp"], dir, limits(left));
-    elapsed += ms(&o);
-    r.stage_ms.insert("sim".into(), elapsed);
+    };
+    r.stage_ms.insert("sim".into(), ms(&build) + ms(&o));
     r.sim_log = o.output.chars().take(4000).collect();
     match o.ended {
         Ended::TimedOut => {
@@ -624,7 +666,7 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
         Ended::NotStarted(e) => {
             r.sim_status = "error".into();
             r.functional = Some(false);
-            r.errors.push(format!("vvp did not start: {e}"));
+            r.errors.push(format!("the simulation did not start: {e}"));
             return;
         }
         Ended::Signaled => {
@@ -636,7 +678,7 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
             );
             return;
         }
-        _ => {}
+        Ended::Exited(_) => {}
     }
     let verdict = parse_verdict(&o.output);
     match verdict {
@@ -655,6 +697,112 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
             r.errors.push("the testbench printed no verdict (no `Mismatches: N in M samples`, `TEST PASSED`/`TEST FAILED` or `Your Design Passed`)".into());
         }
     }
+}
+
+/// What the simulation's time limit leaves after a build that took `build`.
+fn time_left(opts: &VerifyOptions, build: &Outcome) -> u64 {
+    opts.timeouts
+        .sim
+        .saturating_sub(build.elapsed.as_millis() as u64)
+        .max(1)
+}
+
+/// Compiles with iverilog and runs vvp: `Ok((compile, run))`, or `Err(compile)` when it did not
+/// compile.
+fn iverilog_sim(
+    r: &mut Report,
+    files: &[String],
+    dir: &Path,
+    opts: &VerifyOptions,
+) -> Result<(Outcome, Option<Outcome>), Outcome> {
+    let mut args: Vec<&str> = vec![
+        "-g2012",
+        "-Wall",
+        "-Winfloop",
+        "-Wno-timescale",
+        "-o",
+        "sim.vvp",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    r.simulator = Some("iverilog".into());
+    let compile = run_tool("iverilog", &args, dir, limits(opts.timeouts.sim));
+    if !compile.ok() {
+        return Err(compile);
+    }
+    let run = run_tool(
+        "vvp",
+        &["-n", "sim.vvp"],
+        dir,
+        limits(time_left(opts, &compile)),
+    );
+    Ok((compile, Some(run)))
+}
+
+/// Builds the testbench with Verilator (`--binary --timing`: delays and all) and runs it. The run
+/// is `None` when it did not build.
+fn verilator_sim(
+    r: &mut Report,
+    files: &[String],
+    dir: &Path,
+    opts: &VerifyOptions,
+) -> (Outcome, Option<Outcome>) {
+    r.simulator = Some("verilator".into());
+    let mut args: Vec<&str> = vec![
+        "--binary",
+        "--timing",
+        "-Wno-fatal",
+        "-Wno-lint",
+        "-Wno-style",
+        "--Mdir",
+        "verilated",
+        "-o",
+        "sim",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let build = run_tool("verilator", &args, dir, limits(opts.timeouts.sim));
+    if !build.ok() {
+        return (build, None);
+    }
+    let program = dir.join("verilated").join("sim").display().to_string();
+    let run = run_tool(&program, &[], dir, limits(time_left(opts, &build)));
+    (build, Some(run))
+}
+
+/// The testbench did not compile (or did not build in time): a failed simulation, with its class.
+fn compile_failed(r: &mut Report, build: &Outcome) {
+    r.stage_ms.insert("sim".into(), ms(build));
+    r.functional = Some(false);
+    r.sim_log = build.output.chars().take(4000).collect();
+    if build.ended == Ended::TimedOut {
+        r.sim_status = "timeout".into();
+        r.failure_class = Some("T".into());
+        r.timed_out.push("sim".into());
+        r.errors
+            .push("sim: the testbench did not compile in time (raise timeouts.sim)".into());
+        return;
+    }
+    r.sim_status = "compile_err".into();
+    r.failure_class = Some(compile_failure_class(&build.output).to_string());
+    let tool = r.simulator.clone().unwrap_or_else(|| "iverilog".into());
+    r.errors.extend(
+        lines_matching(&build.output, &["error", "sorry"])
+            .into_iter()
+            .map(|e| format!("sim compile ({tool}): {e}")),
+    );
+}
+
+/// True when every error iverilog reported is a "sorry:" (a construct it does not support yet), not
+/// a fault in the code.
+fn only_unsupported(output: &str) -> bool {
+    let mut sorry = false;
+    for line in output.lines().map(str::to_lowercase) {
+        if line.contains("sorry:") {
+            sorry = true;
+        } else if line.contains("error") && !line.contains("error(s) during") {
+            return false;
+        }
+    }
+    sorry
 }
 
 /// Proves the design equivalent to the reference with Yosys: a miter of the two (outputs compared,

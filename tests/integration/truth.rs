@@ -416,7 +416,7 @@ fn every_row_labelled_a_bug_fails_its_testbench_and_every_reference_passes() {
         let bugs = v.filter(col("metadata.source") == "synthetic-bug");
         let good = v.filter(col("metadata.source") == "verilog-eval");
         print(`bugs: ${bugs.len()}, failing their testbench: ${bugs.filter(col("sim_status") == "mismatch").len()}`);
-        // iverilog 11 cannot compile Prob151's enum casts; the rest pass.
+        // Every reference passes (Verilator simulates what iverilog 11 cannot).
         print(`references: ${good.len()}, passing: ${good.filter(col("sim_status") == "pass").len()}`);
         let same = 0;
         for r in bugs.to_records() { if r.output == rename_module(r.ref, "RefModule", "TopModule") { same += 1; } }
@@ -424,6 +424,260 @@ fn every_row_labelled_a_bug_fails_its_testbench_and_every_reference_passes() {
     "#);
     assert_eq!(
         out,
-        "bugs: 16, failing their testbench: 16\nreferences: 36, passing: 35\nbugs identical to their reference: 0\n"
+        "bugs: 17, failing their testbench: 17\nreferences: 35, passing: 35\nbugs identical to their reference: 0\n"
+    );
+}
+
+/// Runs `script` with a file-size limit of `kib` KiB (a full disk, as `ulimit -f` makes it).
+fn run_limited(dir: &Path, script: &str, kib: u64, args: &[&str]) -> Run {
+    std::fs::write(dir.join("t.rhai"), script).unwrap();
+    let rtlab = env!("CARGO_BIN_EXE_rtlab");
+    let extra = args.join(" ");
+    Run::from(
+        std::process::Command::new("bash")
+            .current_dir(dir)
+            .env("RTLAB_HOME", dir.join(".rtlab"))
+            .arg("-c")
+            .arg(format!("ulimit -f {kib}; exec {rtlab} run {extra} t.rhai"))
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_previous_good_state_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    // A good file first, then a write of about 3 MiB under a 1 MiB limit.
+    std::fs::write(dir.path().join("out.jsonl"), "{\"good\": 1}\n").unwrap();
+    std::fs::write(dir.path().join("sunk.jsonl"), "{\"good\": 2}\n").unwrap();
+    let big = r#"let rows = []; for i in 0..30000 { rows.push(#{i: i, text: "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}); }
+        let df = from_records(rows);"#;
+    let r = run_limited(
+        dir.path(),
+        &format!("{big}\ndf.save_jsonl(\"out.jsonl\");"),
+        1024,
+        &["--no-cache"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("out.jsonl") && r.stderr.contains("File too large"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(),
+        "{\"good\": 1}\n"
+    );
+    // The lazy writer too.
+    std::fs::write(dir.path().join("big.jsonl"), "").unwrap();
+    let r = run_limited(
+        dir.path(),
+        &format!("{big}\ndf.save_jsonl(\"big.jsonl\");"),
+        8192,
+        &["--no-cache"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run_limited(
+        dir.path(),
+        "scan_jsonl(\"big.jsonl\").sink_jsonl(\"sunk.jsonl\");",
+        1024,
+        &["--no-cache"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("sunk.jsonl") && r.stderr.contains("File too large"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("sunk.jsonl")).unwrap(),
+        "{\"good\": 2}\n"
+    );
+    // A cache entry that does not fit is a warning; the run goes on and the next run recomputes.
+    let r = run_limited(
+        dir.path(),
+        &format!("// %% big\n{big}\n// %% use\nprint(df.len());"),
+        1024,
+        &["--cache-min", "0"],
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "30000\n"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning: [1 big] could not be cached")
+            && r.stderr.contains("File too large"),
+        "{}",
+        r.stderr
+    );
+    let r = run_limited(
+        dir.path(),
+        &format!("// %% big\n{big}\n// %% use\nprint(df.len());"),
+        1 << 20,
+        &["--cache-min", "0"],
+    );
+    assert_eq!(
+        r.ran_cells().first().map(String::as_str),
+        Some("1 big"),
+        "{}",
+        r.stderr
+    );
+    // The store: verdicts that do not fit are reported; the ones saved before stay.
+    let designs = |n: usize| {
+        format!(
+            r#"let rows = []; for i in 0..{n} {{ rows.push(#{{code: `module m${{i}}(input a, output y); assign y = a; endmodule // ${{"x".pad(600, "x")}}`}}); }}
+            print(from_records(rows).verify(#{{code: "code", stages: ["syntax"]}}).filter(col("syntax_ok")).len());"#
+        )
+    };
+    let r = run_limited(dir.path(), &designs(3), 1 << 20, &["--no-cache"]);
+    assert_eq!(r.stdout, "3\n", "{}", r.stderr);
+    let store = dir.path().join(".rtlab/store.sqlite");
+    let count = || -> i64 {
+        rusqlite::Connection::open(&store)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(), 3);
+    let r = run_limited(dir.path(), &designs(400), 256, &["--no-cache"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "400\n"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("verdicts were not saved to the store"),
+        "{}",
+        r.stderr
+    );
+    assert!(count() >= 3, "what was saved before stays");
+    // No temp file is left behind by the failed writes.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_kill_9_during_a_save_leaves_the_old_file_or_the_whole_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = "{\"good\": 1}\n";
+    let script = r#"let rows = []; for i in 0..100000 { rows.push(#{i: i, text: "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"}); }
+        let df = from_records(rows);
+        print("ready");
+        for k in 0..20 { df.save_jsonl("out.jsonl"); }"#;
+    std::fs::write(dir.path().join("t.rhai"), script).unwrap();
+    let mut outcomes = std::collections::BTreeSet::new();
+    // Killed at several moments after the frame is built: before, during and between saves.
+    for delay_ms in [0u64, 20, 60, 150, 400] {
+        use std::io::BufRead;
+        std::fs::write(dir.path().join("out.jsonl"), old).unwrap();
+        let mut child = rtlab()
+            .current_dir(dir.path())
+            .env("RTLAB_HOME", dir.path().join(".rtlab"))
+            .args(["run", "--no-cache", "t.rhai"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+        if text == old {
+            outcomes.insert("old");
+        } else {
+            assert_eq!(
+                text.lines().count(),
+                100000,
+                "a whole new file, never a part"
+            );
+            assert!(text.ends_with("\n"));
+            outcomes.insert("new");
+        }
+    }
+    eprintln!("kill -9 during save_jsonl left: {outcomes:?}");
+    // The next run recovers: it saves over whatever the kill left.
+    let r = Run::from(
+        rtlab()
+            .current_dir(dir.path())
+            .env("RTLAB_HOME", dir.path().join(".rtlab"))
+            .args(["run", "--no-cache", "t.rhai"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn a_model_answer_the_store_refuses_is_reported_and_the_recorded_ones_stay() {
+    let server = common::mock_llm::MockServer::start(|p| format!("echo: {p}"));
+    let dir = tempfile::tempdir().unwrap();
+    let script = |n: usize| {
+        format!(
+            r#"let m = llm(#{{base_url: "{}", model: "echo-model"}});
+            let rows = []; for i in 0..{n} {{ rows.push(#{{p: `prompt ${{i}}`}}); }}
+            print(complete_many(m, from_records(rows), "p").len());"#,
+            server.openai_url()
+        )
+    };
+    let r = run_script(dir.path(), &script(3), &[], &["--no-cache"]);
+    assert_eq!(r.stdout, "3\n", "{}", r.stderr);
+    let store = dir.path().join(".rtlab/store.sqlite");
+    let db = rusqlite::Connection::open(&store).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON llm_responses
+         BEGIN SELECT RAISE(ABORT, 'refused: the disk is full'); END;",
+    )
+    .unwrap();
+    let r = run_script(dir.path(), &script(5), &[], &["--no-cache"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "5\n"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "warning: 2 answers from echo-model were not recorded in the store {}",
+            store.display()
+        )) && r.stderr.contains("refused: the disk is full"),
+        "{}",
+        r.stderr
+    );
+    db.execute_batch("DROP TRIGGER refuse").unwrap();
+    let count: i64 = db
+        .query_row("SELECT COUNT(*) FROM llm_responses", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 3, "the answers recorded before stay");
+    let r = run_script(dir.path(), &script(5), &[], &["--no-cache"]);
+    assert!(
+        r.stderr.contains("5 requests, 3 from the store, 2 sent"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_row_that_skips_a_stage_it_asked_for_is_counted_in_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_script(
+        dir.path(),
+        r#"let df = from_records([
+                #{code: "module TopModule(input a, output y); assign y = a; endmodule", ref: "module RefModule(input a, output y); assign y = a; endmodule"},
+                #{code: "module TopModule(input a, output y); assign y = ~a; endmodule", ref: ()},
+            ]);
+            let v = df.verify(#{code: "code", reference: "ref", stages: ["syntax", "synth", "equiv"]});
+            print(v.column("skipped"));
+            print(v.column("stages"));"#,
+        &[],
+        &["--no-cache"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning: verify: 1 of 2 rows skipped a stage: equiv skipped in 1 rows (needs a reference module); see the `skipped` column"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stdout,
+        // A struct column: a row that skipped nothing has a null reason.
+        "[#{\"equiv\": ()}, #{\"equiv\": \"needs a reference module\"}]\n[[\"syntax\", \"synth\", \"equiv\"], [\"syntax\", \"synth\"]]\n"
     );
 }
