@@ -157,6 +157,16 @@ mod verify_functions {
         let tbs = per_row(frame, options.get("testbench"))?;
         let refs = per_row(frame, options.get("reference"))?;
         let tops = per_row(frame, options.get("top"))?;
+        if let Some((row, t)) = tops.iter().enumerate().find_map(|(i, t)| {
+            t.as_ref()
+                .filter(|t| !crate::verify::is_module_name(t))
+                .map(|t| (i, t))
+        }) {
+            return Err(format!(
+                "df.verify: row {row}: `top` must be a module name (a Verilog identifier), not {t:?}"
+            )
+            .into());
+        }
         let jobs: Vec<Job> = (0..code.len())
             .map(|i| Job {
                 code: code[i].clone().unwrap_or_default(),

@@ -153,8 +153,17 @@ impl VerifyOptions {
     ) -> Result<VerifyOptions, String> {
         let valid: Vec<&str> = VERIFY_KEYS.iter().chain(extra).copied().collect();
         let opts = crate::options::Options::new(function, map, &valid)?;
+        let top = opts.string("top")?;
+        // The top is passed to the tools as an argument: only a module name, never a flag.
+        if let Some(t) = &top {
+            if !is_module_name(t) {
+                return Err(format!(
+                    "{function}: option `top` must be a module name (a Verilog identifier), not {t:?}"
+                ));
+            }
+        }
         let mut o = VerifyOptions {
-            top: opts.string("top")?,
+            top,
             testbench: opts.string("testbench")?,
             reference: opts.string("reference")?,
             spec: opts.string("spec")?,
@@ -314,6 +323,15 @@ impl VerifyOptions {
                 .join(", ")
         ))
     }
+}
+
+/// True for a plain Verilog identifier: what a `top` may be, since it is passed to the tools as an
+/// argument (a flag smuggled in it would load a VPI module, say).
+pub fn is_module_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
 /// The verdict on one example.
