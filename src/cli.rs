@@ -366,20 +366,19 @@ fn bench(
         return ExitCode::from(2);
     }
     install_ctrl_c_handler();
-    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let llm = if model.starts_with("http://") || model.starts_with("https://") {
-        format!(
-            "#{{provider: \"openai\", base_url: {}, model: {}, concurrency: {concurrency}}}",
-            quote(model),
-            quote(model_name)
-        )
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    crate::runtime_fns::set_base_dir(&cwd);
+    // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
+    let mut model_options = rhai::Map::new();
+    let (provider, name) = if model.starts_with("http://") || model.starts_with("https://") {
+        model_options.insert("base_url".into(), model.into());
+        ("openai", model_name)
     } else {
-        format!(
-            "#{{provider: {}, model: {}, concurrency: {concurrency}}}",
-            quote(provider),
-            quote(model)
-        )
+        (provider, model)
     };
+    model_options.insert("provider".into(), provider.into());
+    model_options.insert("model".into(), name.into());
+    model_options.insert("concurrency".into(), concurrency.into());
     let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100]
         .into_iter()
         .filter(|k| *k <= n.max(1))
@@ -387,23 +386,30 @@ fn bench(
     if !ks.contains(&n.max(1)) {
         ks.push(n.max(1));
     }
-    let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
-    let temp = temperature
-        .map(|t| format!(", temperature: {t:?}"))
-        .unwrap_or_default();
-    let script = format!(
-        "let run = benchmark(llm({llm}), load_verilog_eval({}), #{{n: {n}, top_p: {top_p:?}, k: [{}]{temp}}});\nprint(`run ${{run.id}}: ${{run.model}}`);\nprint(run.summary);\nprint(run.categories);",
-        quote(&problems.display().to_string()),
-        ks.join(", ")
+    let mut options = rhai::Map::new();
+    options.insert("n".into(), n.into());
+    options.insert("top_p".into(), top_p.into());
+    options.insert(
+        "k".into(),
+        rhai::Dynamic::from_array(ks.into_iter().map(rhai::Dynamic::from).collect()),
     );
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    match crate::eval_script("rtlab bench", &script, &cwd) {
-        Ok(printed) => {
-            print!("{printed}");
+    if let Some(t) = temperature {
+        options.insert("temperature".into(), t.into());
+    }
+    let run = crate::llm::Model::from_options(&model_options).and_then(|m| {
+        let problems = crate::data::load_verilog_eval_dir(problems).map_err(|e| e.to_string())?;
+        crate::bench::run_benchmark(&m, &problems, &options)
+    });
+    match run {
+        Ok(run) => {
+            let field = |k: &str| run.get(k).cloned().unwrap_or(rhai::Dynamic::UNIT);
+            println!("run {}: {}", field("id"), field("model"));
+            println!("{}", crate::engine::display_value(&field("summary")));
+            println!("{}", crate::engine::display_value(&field("categories")));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -425,30 +431,47 @@ fn verify_file(
     }
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let mut opts = format!("code: {}, timeout_ms: {timeout_ms}", quote(code));
-    for (key, value) in [("testbench", tb), ("reference", reference), ("top", top)] {
-        if let Some(v) = value {
-            opts.push_str(&format!(", {key}: {}", quote(v)));
-        }
+    crate::runtime_fns::set_base_dir(&cwd);
+    let mut opts = crate::verify::VerifyOptions::default();
+    opts.timeouts.sim = timeout_ms.max(1);
+    if let Some(t) = top.filter(|t| !crate::verify::is_module_name(t)) {
+        eprintln!("error: --top must be a module name (a Verilog identifier), not {t:?}");
+        return ExitCode::from(2);
     }
-    let script = format!(
-        "let df = load_jsonl({});
-let v = df.verify(#{{{opts}}});
-v.save_jsonl({});
-let pass = v.filter(col(\"score\") >= 0.95).len();
-print(`${{v.len()}} rows verified, ${{pass}} with score ≥ 0.95 → {}`);",
-        quote(&input.display().to_string()),
-        quote(&output.display().to_string()),
-        output.display()
-    );
-    match crate::eval_script("rtlab verify", &script, &cwd) {
-        Ok(printed) => {
-            print!("{printed}");
+    let inputs = crate::verify::FrameInputs {
+        code,
+        testbench: tb,
+        reference,
+        top,
+    };
+    // The same typed calls as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
+    let verified = crate::data::load_jsonl(input, &crate::data::LoadOptions::default())
+        .map_err(|e| e.to_string())
+        .and_then(|loaded| crate::verify::verify_rows(&loaded.frame, &inputs, &opts))
+        .and_then(|v| {
+            crate::data::save_jsonl(&v.df, output).map_err(|e| e.to_string())?;
+            Ok(v)
+        });
+    match verified {
+        Ok(v) => {
+            let pass =
+                v.df.column("score")
+                    .ok()
+                    .and_then(|c| {
+                        c.f64()
+                            .ok()
+                            .map(|s| s.iter().flatten().filter(|x| *x >= 0.95).count())
+                    })
+                    .unwrap_or(0);
+            println!(
+                "{} rows verified, {pass} with score ≥ 0.95 → {}",
+                v.df.height(),
+                output.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -42,7 +42,7 @@ fn round4(x: f64) -> f64 {
 }
 
 /// Runs the benchmark; returns the run as a Rhai map.
-fn benchmark_impl(model: &Model, problems: &Frame, options: &Map) -> Result<Map, String> {
+pub fn run_benchmark(model: &Model, problems: &Frame, options: &Map) -> Result<Map, String> {
     let o = crate::options::Options::new(
         "benchmark",
         options,
@@ -463,7 +463,7 @@ mod bench_functions {
         problems: Frame,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        Ok(benchmark_impl(&model, &problems, &options)?)
+        Ok(run_benchmark(&model, &problems, &options)?)
     }
 
     /// The prompt `benchmark` sends for a problem's spec (the default template,

@@ -13,7 +13,9 @@ mod typed;
 
 pub use convert::{dynamic_to_json, from_records, json_to_dynamic, to_records};
 pub use expr::column;
-pub use io::{frame_from_parquet_bytes, frame_to_parquet_bytes, load_jsonl, LoadOptions};
+pub use io::{
+    frame_from_parquet_bytes, frame_to_parquet_bytes, load_jsonl, save_jsonl, LoadOptions,
+};
 
 use polars::prelude::DataFrame;
 use rhai::plugin::*;
@@ -114,6 +116,11 @@ pub fn svg_of(value: &Dynamic) -> Option<String> {
 }
 
 pub use scan::LazyJsonl;
+
+/// VerilogEval problems from a directory of `ProbNNN_*_{prompt.txt,ref.sv,test.sv}` (`rtlab bench`).
+pub fn load_verilog_eval_dir(dir: &std::path::Path) -> Result<Frame, DataError> {
+    Ok(Frame::new(io::load_verilog_eval(dir)?))
+}
 
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<LazyJsonl>("LazyFrame");

@@ -34,25 +34,103 @@ fn verify_one(code: &str, opts: &VerifyOptions) -> Result<Map, String> {
 }
 
 /// Per-row values of an option: a column if the frame has one by that name, else the literal for all.
-fn per_row(frame: &Frame, value: Option<&Dynamic>) -> Result<Vec<Option<String>>, String> {
+fn per_row(frame: &Frame, value: Option<&str>) -> Result<Vec<Option<String>>, String> {
     let n = frame.df.height();
     match value {
         None => Ok(vec![None; n]),
-        Some(v) if v.is_unit() => Ok(vec![None; n]),
-        Some(v) => {
-            let s = v.to_string();
+        Some(s) => {
             if frame
                 .df
                 .get_column_names()
                 .iter()
-                .any(|c| c.as_str() == s.split('.').next().unwrap_or(&s))
+                .any(|c| c.as_str() == s.split('.').next().unwrap_or(s))
             {
-                crate::data::string_values(frame, &s).map_err(|e| format!("verify: {e}"))
+                crate::data::string_values(frame, s).map_err(|e| format!("verify: {e}"))
             } else {
-                Ok(vec![Some(s); n])
+                Ok(vec![Some(s.to_string()); n])
             }
         }
     }
+}
+
+/// What `df.verify` reads from a frame: the code column, and for `testbench`, `reference` and `top`
+/// a column when the frame has one by that name, else one value for every row.
+pub struct FrameInputs<'a> {
+    pub code: &'a str,
+    pub testbench: Option<&'a str>,
+    pub reference: Option<&'a str>,
+    pub top: Option<&'a str>,
+}
+
+/// Verifies every row of `frame` on all cores, through the workspace store, and returns the frame
+/// with the result columns ([`RESULT_COLUMNS`]). The typed core of `df.verify` and `rtlab verify`.
+pub fn verify_rows(
+    frame: &Frame,
+    inputs: &FrameInputs,
+    opts: &VerifyOptions,
+) -> Result<Frame, String> {
+    let code =
+        crate::data::string_values(frame, inputs.code).map_err(|e| format!("verify: {e}"))?;
+    let tbs = per_row(frame, inputs.testbench)?;
+    let refs = per_row(frame, inputs.reference)?;
+    let tops = per_row(frame, inputs.top)?;
+    if let Some((row, t)) = tops.iter().enumerate().find_map(|(i, t)| {
+        t.as_ref()
+            .filter(|t| !crate::verify::is_module_name(t))
+            .map(|t| (i, t))
+    }) {
+        return Err(format!(
+            "df.verify: row {row}: `top` must be a module name (a Verilog identifier), not {t:?}"
+        ));
+    }
+    let jobs: Vec<Job> = (0..code.len())
+        .map(|i| Job {
+            code: code[i].clone().unwrap_or_default(),
+            testbench: tbs[i].clone(),
+            reference: refs[i].clone(),
+            top: tops[i].clone(),
+        })
+        .collect();
+    let store = crate::store::open_workspace();
+    let start = std::time::Instant::now();
+    let (reports, stats) = verify_all(&jobs, opts, store.as_ref(), 0)?;
+    if let Some(warning) = stats.store_warning(store.as_ref()) {
+        eprintln!("{warning}");
+    }
+    if crate::engine::cancel_requested() {
+        return Err("cancelled by Ctrl-C (finished rows are cached; rerun to continue)".into());
+    }
+    warn_skipped(&reports);
+    eprintln!(
+        "verify: {} rows, {} from the store, {} verified in {:.1} s",
+        stats.total,
+        stats.cached,
+        stats.verified,
+        start.elapsed().as_secs_f64()
+    );
+    let records: Array = reports
+        .iter()
+        .map(|r| {
+            let full = r.to_map();
+            let mut m = Map::new();
+            for c in RESULT_COLUMNS {
+                m.insert((*c).into(), full.get(*c).cloned().unwrap_or(Dynamic::UNIT));
+            }
+            Dynamic::from_map(m)
+        })
+        .collect();
+    let results =
+        crate::data::from_records(&records, "verify results").map_err(|e| e.to_string())?;
+    let mut df = frame.df.clone();
+    for c in RESULT_COLUMNS {
+        if df.get_column_names().iter().any(|n| n.as_str() == *c) {
+            df = df.drop(c).map_err(|e| format!("verify: {e}"))?;
+        }
+    }
+    let out = df
+        .hstack(results.df.columns())
+        .map_err(|e| format!("verify: {e}"))?;
+    Ok(Frame::new(out))
 }
 
 /// One warning line when any row skipped a stage it was asked for, with counts per stage and reason.
@@ -142,78 +220,24 @@ mod verify_functions {
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_frame(frame: &mut Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
         let opts = VerifyOptions::from_map("df.verify", &options, &["code"])?;
-        let code_col = match options.get("code") {
-            Some(c) if c.is_string() => c.to_string(),
-            Some(c) => {
-                return Err(format!(
-                    "df.verify: option `code` must name the code column (a string), not {c}"
-                )
-                .into())
+        let text = |key: &str| -> Result<Option<String>, String> {
+            match options.get(key).filter(|v| !v.is_unit()) {
+                None => Ok(None),
+                Some(v) if v.is_string() => Ok(Some(v.to_string())),
+                Some(v) => Err(format!(
+                    "df.verify: option `{key}` must name a column or give a value (a string), not {v}"
+                )),
             }
-            None => return Err("df.verify: pass #{code: \"<column with the Verilog>\"}".into()),
         };
-        let code =
-            crate::data::string_values(frame, &code_col).map_err(|e| format!("verify: {e}"))?;
-        let tbs = per_row(frame, options.get("testbench"))?;
-        let refs = per_row(frame, options.get("reference"))?;
-        let tops = per_row(frame, options.get("top"))?;
-        if let Some((row, t)) = tops.iter().enumerate().find_map(|(i, t)| {
-            t.as_ref()
-                .filter(|t| !crate::verify::is_module_name(t))
-                .map(|t| (i, t))
-        }) {
-            return Err(format!(
-                "df.verify: row {row}: `top` must be a module name (a Verilog identifier), not {t:?}"
-            )
-            .into());
-        }
-        let jobs: Vec<Job> = (0..code.len())
-            .map(|i| Job {
-                code: code[i].clone().unwrap_or_default(),
-                testbench: tbs[i].clone(),
-                reference: refs[i].clone(),
-                top: tops[i].clone(),
-            })
-            .collect();
-        let store = crate::store::open_workspace();
-        let start = std::time::Instant::now();
-        let (reports, stats) = verify_all(&jobs, &opts, store.as_ref(), 0)?;
-        if let Some(warning) = stats.store_warning(store.as_ref()) {
-            eprintln!("{warning}");
-        }
-        if crate::engine::cancel_requested() {
-            return Err("cancelled by Ctrl-C (finished rows are cached; rerun to continue)".into());
-        }
-        warn_skipped(&reports);
-        eprintln!(
-            "verify: {} rows, {} from the store, {} verified in {:.1} s",
-            stats.total,
-            stats.cached,
-            stats.verified,
-            start.elapsed().as_secs_f64()
-        );
-        let records: Array = reports
-            .iter()
-            .map(|r| {
-                let full = r.to_map();
-                let mut m = Map::new();
-                for c in RESULT_COLUMNS {
-                    m.insert((*c).into(), full.get(*c).cloned().unwrap_or(Dynamic::UNIT));
-                }
-                Dynamic::from_map(m)
-            })
-            .collect();
-        let results = crate::data::from_records(&records, "verify results")?;
-        let mut df = frame.df.clone();
-        for c in RESULT_COLUMNS {
-            if df.get_column_names().iter().any(|n| n.as_str() == *c) {
-                df = df.drop(c).map_err(|e| format!("verify: {e}"))?;
-            }
-        }
-        let out = df
-            .hstack(results.df.columns())
-            .map_err(|e| format!("verify: {e}"))?;
-        Ok(Frame::new(out))
+        let code = text("code")?.ok_or("df.verify: pass #{code: \"<column with the Verilog>\"}")?;
+        let (testbench, reference, top) = (text("testbench")?, text("reference")?, text("top")?);
+        let inputs = FrameInputs {
+            code: &code,
+            testbench: testbench.as_deref(),
+            reference: reference.as_deref(),
+            top: top.as_deref(),
+        };
+        Ok(verify_rows(frame, &inputs, &opts)?)
     }
 
     /// Renames the declaration `module NAME` to `module NEW_NAME`, and nothing else: an instance or

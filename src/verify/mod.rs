@@ -16,7 +16,7 @@ pub(crate) mod stages;
 mod verilator_ports;
 mod yosys;
 
-pub use api::register;
+pub use api::{register, verify_rows, FrameInputs};
 pub use stages::verify;
 
 use rhai::Map;

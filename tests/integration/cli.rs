@@ -187,6 +187,25 @@ fn verify_from_the_shell_writes_the_rows_with_results() {
         rows[1]["instruction"], "broken",
         "the input columns are kept"
     );
+    let smuggled = run_in(
+        dir.path(),
+        &[
+            "verify",
+            "in.jsonl",
+            "--code-col",
+            "output",
+            "--top",
+            "a -mevil",
+            "-o",
+            "x.jsonl",
+        ],
+    );
+    assert_eq!(smuggled.code, 2, "{}", smuggled.stderr);
+    assert!(
+        smuggled.stderr.contains("--top must be a module name"),
+        "{}",
+        smuggled.stderr
+    );
     assert_eq!(
         run_in(dir.path(), &["verify", "missing.jsonl", "-o", "x.jsonl"]).code,
         2

@@ -333,7 +333,7 @@ fn bench_from_the_shell() {
     assert!(
         stdout.contains("\"pass@1\": 1.0")
             && stdout.contains("\"pass@2\": 1.0")
-            && stdout.contains("\"problems\": 9"),
+            && stdout.contains("problems: 9,"),
         "{stdout}"
     );
     assert_eq!(s.hits(), 18, "9 problems × 2 samples");
