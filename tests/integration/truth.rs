@@ -681,3 +681,40 @@ fn a_row_that_skips_a_stage_it_asked_for_is_counted_in_one_warning() {
         "[#{\"equiv\": ()}, #{\"equiv\": \"needs a reference module\"}]\n[[\"syntax\", \"synth\", \"equiv\"], [\"syntax\", \"synth\"]]\n"
     );
 }
+
+#[test]
+fn a_full_disk_during_a_checkpoint_is_a_clear_error_and_the_next_run_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = r#"let rows = []; for i in 0..8 { rows.push(#{instruction: `Write m${i}`, output: `module m${i}(input a, output y); assign y = a; endmodule`}); }
+        let run = train_lora(#{base: "base", data: from_records(rows), out: "run", r: 4, epochs: 2, batch_size: 2, grad_accum: 1, checkpoint_every: 2});
+        print(`steps: ${run.steps}`);"#;
+    let made = run_script(
+        dir.path(),
+        r#"create_tiny_model("base", #{seed: 1});"#,
+        &[],
+        &["--no-cache"],
+    );
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    // 50 KiB: the adapter (36 KiB) fits, AdamW's moments (71 KiB) do not.
+    let r = run_limited(dir.path(), train, 50, &["--no-cache"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("File too large") && r.stderr.contains("run/checkpoints/"),
+        "{}",
+        r.stderr
+    );
+    // No half-written checkpoint: it is written under a temp name and renamed whole.
+    let checkpoints: Vec<_> = std::fs::read_dir(dir.path().join("run/checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(checkpoints.is_empty(), "{checkpoints:?}");
+    let r = run_script(dir.path(), train, &[], &["--no-cache"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "steps: 8\n"),
+        "{}",
+        r.stderr
+    );
+}
