@@ -104,24 +104,25 @@ impl LocalModel {
         template: Option<String>,
     ) -> Result<LocalModel, TrainError> {
         let dev = Device::Cpu;
-        let g = super::gguf::load(path, &dev)?;
+        let g = super::gguf::open(path)?;
         let eos = examples::eos_id(&g.tokenizer, g.cfg.eos_token_id)?;
-        let mut model = CausalLm::new(g.cfg, g.weights, None, 0, DType::F32, &dev)?;
+        let weights = g.weights(&dev)?;
+        let mut model = CausalLm::new(g.cfg.clone(), weights, None, 0, DType::F32, &dev)?;
         if let Some(a) = adapter {
             let (spec, tensors) = peft::load(a, &dev)?;
             model.set_adapters(&spec, tensors)?;
         }
-        let chat = match (&template, g.chat_template) {
+        let chat = match (&template, g.chat_template.clone()) {
             (None, Some(source)) => Some(ChatTemplate {
                 source,
-                bos_token: g.bos_token.unwrap_or_default(),
-                eos_token: g.eos_token.unwrap_or_default(),
+                bos_token: g.bos_token.clone().unwrap_or_default(),
+                eos_token: g.eos_token.clone().unwrap_or_default(),
             }),
             _ => None,
         };
         Ok(LocalModel {
             model,
-            tokenizer: g.tokenizer,
+            tokenizer: g.tokenizer.clone(),
             eos,
             adapter: adapter.map(Path::to_path_buf),
             template: template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),

@@ -19,10 +19,11 @@ use candle_core::{Device, Tensor};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
-/// What a GGUF file holds, ready for [`super::model::CausalLm::new`].
-pub struct GgufModel {
+/// A GGUF file's metadata, checked, and where its tensors are: [`GgufFile::weights`] reads them.
+pub struct GgufFile {
+    path: std::path::PathBuf,
+    content: Content,
     pub cfg: ModelConfig,
-    pub weights: Weights,
     pub tokenizer: Tokenizer,
     /// `tokenizer.chat_template` (Jinja), if the file has one.
     pub chat_template: Option<String>,
@@ -44,8 +45,8 @@ fn bad(path: &Path, what: impl std::fmt::Display) -> TrainError {
     TrainError::Input(format!("{}: {what}", path.display()))
 }
 
-/// Reads the whole model. Every check on the metadata runs before any tensor is read.
-pub fn load(path: &Path, dev: &Device) -> Result<GgufModel, TrainError> {
+/// Reads and checks the metadata (config, tokenizer, chat template); no tensor is read yet.
+pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
     let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
     let content = Content::read(&mut file).map_err(|e| {
         bad(
@@ -55,6 +56,19 @@ pub fn load(path: &Path, dev: &Device) -> Result<GgufModel, TrainError> {
             ),
         )
     })?;
+    // A file cut short (an interrupted download) is refused now, before any work.
+    let file_len = file.metadata().map_err(|e| bad(path, e))?.len();
+    for (name, info) in &content.tensor_infos {
+        let bytes = info.shape.elem_count() / info.ggml_dtype.block_size().max(1)
+            * info.ggml_dtype.type_size();
+        let end = content.tensor_data_offset + info.offset + bytes as u64;
+        if end > file_len {
+            return Err(bad(
+                path,
+                format!("truncated: tensor {name} ends at byte {end}, the file has {file_len}; download it again"),
+            ));
+        }
+    }
     let meta = Meta {
         path,
         content: &content,
@@ -120,35 +134,48 @@ pub fn load(path: &Path, dev: &Device) -> Result<GgufModel, TrainError> {
         None => None,
     };
 
-    let mut weights = Weights::new();
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    for name in names {
-        let Some(hf) = hf_name(name) else {
-            // rope_freqs and the like: computed by the model, not read.
-            continue;
-        };
-        let q = content
-            .tensor(&mut file, name, dev)
-            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
-        let mut t = q
-            .dequantize(dev)
-            .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;
-        if arch == Arch::Llama && name.ends_with("attn_q.weight") {
-            t = unpermute(&t, heads)?;
-        } else if arch == Arch::Llama && name.ends_with("attn_k.weight") {
-            t = unpermute(&t, kv_heads)?;
-        }
-        weights.insert(hf, t);
-    }
-    Ok(GgufModel {
+    Ok(GgufFile {
+        path: path.to_path_buf(),
+        content,
         cfg,
-        weights,
         tokenizer,
         chat_template,
         bos_token,
         eos_token,
     })
+}
+
+impl GgufFile {
+    /// Every tensor the model reads, dequantized to f32, under its Hugging Face name.
+    pub fn weights(&self, dev: &Device) -> Result<Weights, TrainError> {
+        let path = self.path.as_path();
+        let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let llama = self.cfg.arch == Arch::Llama;
+        let mut weights = Weights::new();
+        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(hf) = hf_name(name) else {
+                // rope_freqs and the like: computed by the model, not read.
+                continue;
+            };
+            let q = self
+                .content
+                .tensor(&mut file, name, dev)
+                .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+            let mut t = q
+                .dequantize(dev)
+                .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;
+            if llama && name.ends_with("attn_q.weight") {
+                t = unpermute(&t, heads)?;
+            } else if llama && name.ends_with("attn_k.weight") {
+                t = unpermute(&t, kv_heads)?;
+            }
+            weights.insert(hf, t);
+        }
+        Ok(weights)
+    }
 }
 
 /// The Hugging Face name of a GGUF tensor, or None for tensors the model does not read.

@@ -152,7 +152,7 @@ fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
 fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     crate::options::Options::new("train_lora", o, &OPTIONS).map_err(bad)?;
     let base =
-        text(o, "base")?.ok_or_else(|| bad("train_lora: pass base: \"path/to/hf-model-dir\""))?;
+        text(o, "base")?.ok_or_else(|| bad("train_lora: pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
     let data = match o.get("data") {
         None => {
             return Err(bad(
@@ -260,7 +260,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     }
     let out = text(o, "out")?.ok_or_else(|| bad("train_lora: pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)"))?;
     Ok(TrainRequest {
-        base: crate::runtime_fns::resolve_path(&base),
+        base: models::locate(&base)?,
         data,
         prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
         response_col: text(o, "response_col")?.unwrap_or_else(|| "output".into()),
@@ -320,8 +320,18 @@ fn pairs_of(
 }
 
 /// Files a fingerprint must cover: config, tokenizer and weights (by size and mtime, not content: a
-/// 15 GB base is not hashed on every run).
+/// 15 GB base is not hashed on every run). A GGUF base is one file.
 fn base_identity(dir: &Path) -> Result<String, TrainError> {
+    if dir.is_file() {
+        let m = std::fs::metadata(dir)?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        return Ok(format!("gguf {}:{}:{mtime}", dir.display(), m.len()));
+    }
     let mut parts = vec![std::fs::read_to_string(dir.join("config.json"))?];
     let mut files = config::weight_files(dir)?;
     files.push(dir.join("tokenizer.json"));
@@ -341,12 +351,28 @@ fn base_identity(dir: &Path) -> Result<String, TrainError> {
 /// Trains (or returns the finished run in `out`); the heart of `train_lora`.
 fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     let req = parse_request(o)?;
-    let cfg = ModelConfig::from_dir(&req.base)?;
-    // A cached cell that trained reruns when the base's config or tokenizer changes (the weights are
-    // not hashed on every restore; the run's own fingerprint covers their size and mtime).
-    crate::runtime_fns::note_input(&req.base.join("config.json"));
-    crate::runtime_fns::note_input(&req.base.join("tokenizer.json"));
-    let tokenizer = examples::load_tokenizer(&req.base)?;
+    // A GGUF base (llama.cpp, Ollama) is one file: its metadata is read now, its tensors with the
+    // weights below, after every other input is checked.
+    let gguf_base = if req.base.is_file() && gguf::is_gguf(&req.base) {
+        Some(gguf::open(&req.base)?)
+    } else {
+        None
+    };
+    let (cfg, tokenizer) = match &gguf_base {
+        Some(g) => {
+            crate::runtime_fns::note_input(&req.base);
+            (g.cfg.clone(), g.tokenizer.clone())
+        }
+        None => {
+            let cfg = ModelConfig::from_dir(&req.base)?;
+            // A cached cell that trained reruns when the base's config or tokenizer changes (the
+            // weights are not hashed on every restore; the run's own fingerprint covers their size
+            // and mtime).
+            crate::runtime_fns::note_input(&req.base.join("config.json"));
+            crate::runtime_fns::note_input(&req.base.join("tokenizer.json"));
+            (cfg, examples::load_tokenizer(&req.base)?)
+        }
+    };
     let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
     let pairs = pairs_of(&req.data, &req.prompt_col, &req.response_col)?;
     if pairs.is_empty() {
@@ -420,7 +446,10 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     crate::runtime_fns::write_atomic(&job_json, fingerprint.as_bytes())?;
 
     let dev = Device::Cpu;
-    let weights = load_weights(&req.base, DType::F32, &dev)?;
+    let weights = match &gguf_base {
+        Some(g) => g.weights(&dev)?,
+        None => load_weights(&req.base, DType::F32, &dev)?,
+    };
     // The GPU path uploads the base weights itself; candle's copies share their storage.
     let gpu_weights = gpu.as_ref().map(|_| weights.clone());
     let model = CausalLm::new(

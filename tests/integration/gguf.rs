@@ -131,9 +131,14 @@ fn bad_gguf_files_are_refused_before_any_work() {
     std::fs::write(&cut, &bytes[..4 << 20]).unwrap();
     let e = err(&format!(r#"load_model("{}", #{{}})"#, cut.display()));
     assert!(
-        e.contains("cut.gguf: not a readable GGUF file") || e.contains("cut.gguf: tensor"),
+        e.contains("cut.gguf: truncated: tensor")
+            && e.contains("the file has 4194304; download it again"),
         "{e}"
     );
+    // Cut inside the header, it is not a readable GGUF at all.
+    std::fs::write(&cut, &bytes[..1000]).unwrap();
+    let e = err(&format!(r#"load_model("{}", #{{}})"#, cut.display()));
+    assert!(e.contains("cut.gguf: not a readable GGUF file"), "{e}");
     // An architecture rtlab does not run.
     let write_meta = |name: &str, meta: &[(&str, &Value)]| {
         let p = dir.path().join(name);
@@ -172,4 +177,29 @@ fn bad_gguf_files_are_refused_before_any_work() {
     // An unknown model name is not pulled: it is a missing path.
     let e = err(r#"load_model("smollm9-1t", #{})"#);
     assert!(e.contains("smollm9-1t: no such model directory"), "{e}");
+}
+
+#[test]
+fn lora_training_on_the_gguf_base_learns_and_its_adapter_serves() {
+    smollm2();
+    let out = tempfile::tempdir().unwrap();
+    let got = ok(&format!(
+        r#"let rows = [];
+        for n in ["and2", "or2", "xor2", "inv1"] {{ rows.push(#{{instruction: `Write the Verilog module ${{n}}.`, output: `module ${{n}}(input a, input b, output y); endmodule`}}); }}
+        let run = train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "{}", r: 8, alpha: 16, dropout: 0.0,
+                               epochs: 8, batch_size: 4, grad_accum: 1, lr: 3e-3, max_len: 64}});
+        print(run.final_loss < run.first_loss / 100.0);
+        let m = load_model("smollm2-135m", #{{adapter: run.adapter}});
+        print(m.generate("Write the Verilog module xor2.", #{{max_tokens: 20}}));"#,
+        out.path().join("run").display()
+    ));
+    assert_eq!(
+        got,
+        "true\nmodule xor2(input a, input b, output y); endmodule\n"
+    );
+    let config = std::fs::read_to_string(out.path().join("run/adapter_config.json")).unwrap();
+    assert!(
+        config.contains("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "the adapter names its base: {config}"
+    );
 }
