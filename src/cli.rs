@@ -104,6 +104,28 @@ enum Cmd {
         #[command(subcommand)]
         action: CacheCmd,
     },
+    /// Merge a LoRA adapter into a GGUF base, write the GGUF and its Ollama Modelfile, and print the
+    /// `ollama create` command
+    Export {
+        /// The base: a GGUF file or a model name (smollm2-135m)
+        #[arg(long)]
+        base: String,
+        /// The PEFT adapter directory (what train_lora wrote)
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The GGUF to write; the Modelfile goes beside it
+        #[arg(short, long)]
+        out: PathBuf,
+        /// f16, q8_0 or q4_k
+        #[arg(long, default_value = "q8_0")]
+        quant: String,
+        /// The Modelfile's SYSTEM prompt
+        #[arg(long)]
+        system: Option<String>,
+        /// The name for `ollama create` (default: the GGUF's file stem)
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Fetch and list local models (GGUF)
     Models {
         #[command(subcommand)]
@@ -194,6 +216,21 @@ pub fn main() -> ExitCode {
         }
         Some(Cmd::Cache { action }) => cache(action),
         Some(Cmd::Models { action }) => models(action),
+        Some(Cmd::Export {
+            base,
+            adapter,
+            out,
+            quant,
+            system,
+            name,
+        }) => export(
+            &base,
+            &adapter,
+            &out,
+            &quant,
+            system.as_deref(),
+            name.as_deref(),
+        ),
         Some(Cmd::Bench {
             model,
             model_name,
@@ -482,6 +519,55 @@ fn verify_file(
                 v.df.height(),
                 output.display()
             );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rtlab export`: the same typed calls as `export_gguf` and `ollama_modelfile` in a script.
+fn export(
+    base: &str,
+    adapter: &Path,
+    out: &Path,
+    quant: &str,
+    system: Option<&str>,
+    name: Option<&str>,
+) -> ExitCode {
+    let quant = match crate::train::gguf::Quant::parse(quant) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("error: --quant: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    crate::runtime_fns::set_base_dir(&cwd);
+    let written = crate::train::export_merged_gguf(base, adapter, out, quant)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            let file = out
+                .file_name()
+                .map(|f| format!("./{}", f.to_string_lossy()))
+                .unwrap_or_default();
+            let text = crate::train::modelfile(&file, None, system, None, &[])?;
+            let path = out.with_file_name("Modelfile");
+            crate::runtime_fns::write_atomic(&path, text.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(path)
+        });
+    match written {
+        Ok(modelfile) => {
+            let name = name.map(str::to_string).unwrap_or_else(|| {
+                out.file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_else(|| "rtlab-model".into())
+            });
+            println!("wrote {} and {}", out.display(), modelfile.display());
+            println!("ollama create {name} -f {}", modelfile.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -178,6 +178,139 @@ impl GgufFile {
     }
 }
 
+/// The tensor types `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quant {
+    F16,
+    Q8_0,
+    /// Q4_K where a row is a multiple of 256 values; other tensors fall back to Q8_0, as llama.cpp's
+    /// quantizer does for shapes a k-quant cannot take.
+    Q4K,
+}
+
+impl Quant {
+    pub fn parse(name: &str) -> Result<Quant, String> {
+        match name {
+            "f16" => Ok(Quant::F16),
+            "q8_0" => Ok(Quant::Q8_0),
+            "q4_k" => Ok(Quant::Q4K),
+            other => Err(format!(
+                "quant {other:?}: use \"f16\", \"q8_0\" or \"q4_k\""
+            )),
+        }
+    }
+
+    /// llama.cpp's `general.file_type` for the file (`LLAMA_FTYPE_*`).
+    fn file_type(self) -> u32 {
+        match self {
+            Quant::F16 => 1,
+            Quant::Q8_0 => 7,
+            Quant::Q4K => 15,
+        }
+    }
+
+    /// The type a tensor of `cols` values a row gets.
+    fn for_row(self, cols: usize) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType;
+        match self {
+            Quant::F16 => GgmlDType::F16,
+            Quant::Q4K if cols % GgmlDType::Q4K.block_size() == 0 => GgmlDType::Q4K,
+            _ if cols % GgmlDType::Q8_0.block_size() == 0 => GgmlDType::Q8_0,
+            _ => GgmlDType::F16,
+        }
+    }
+}
+
+/// llama.cpp's `permute(w, n_head)`, the inverse of [`unpermute`].
+fn permute(w: &Tensor, heads: usize) -> Result<Tensor, TrainError> {
+    let (rows, cols) = w.dims2()?;
+    let half = rows / heads / 2;
+    Ok(w.reshape((heads, 2, half, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+impl GgufFile {
+    /// Writes a GGUF that llama.cpp and Ollama load: this file's metadata (its `general.file_type`
+    /// updated) and tensors, with `replaced` (f32, by Hugging Face name: merged adapters) in place of
+    /// the originals, every matrix stored as `quant` and every vector as F32. Written under a temp
+    /// name and renamed. Returns how many tensors were replaced.
+    pub fn export(
+        &self,
+        replaced: &std::collections::HashMap<String, Tensor>,
+        out: &Path,
+        quant: Quant,
+    ) -> Result<usize, TrainError> {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let dev = Device::Cpu;
+        let path = self.path.as_path();
+        let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let llama = self.cfg.arch == Arch::Llama;
+        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
+        names.sort();
+        let mut tensors: Vec<(String, QTensor)> = Vec::new();
+        let mut changed = 0;
+        for name in names {
+            let replacement = hf_name(name).and_then(|hf| replaced.get(&hf));
+            let t = match replacement {
+                Some(t) => {
+                    changed += 1;
+                    if llama && name.ends_with("attn_q.weight") {
+                        permute(t, self.cfg.num_attention_heads)?
+                    } else if llama && name.ends_with("attn_k.weight") {
+                        permute(t, self.cfg.num_key_value_heads)?
+                    } else {
+                        t.clone()
+                    }
+                }
+                None => self
+                    .content
+                    .tensor(&mut file, name, &dev)
+                    .and_then(|q| q.dequantize(&dev))
+                    .map_err(|e| bad(path, format!("tensor {name}: {e}")))?,
+            };
+            let dtype = match t.dims() {
+                [_, cols] => quant.for_row(*cols),
+                _ => GgmlDType::F32,
+            };
+            let q = QTensor::quantize(&t, dtype).map_err(|e| {
+                TrainError::Input(format!("export_gguf: tensor {name} as {dtype:?}: {e}"))
+            })?;
+            tensors.push((name.clone(), q));
+        }
+        let file_type = Value::U32(quant.file_type());
+        let mut metadata: Vec<(&str, &Value)> = self
+            .content
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.as_str() != "general.file_type")
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        metadata.sort_by(|a, b| a.0.cmp(b.0));
+        metadata.push(("general.file_type", &file_type));
+        let dir = out
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+        candle_core::quantized::gguf_file::write(tmp.as_file_mut(), &metadata, &refs).map_err(
+            |e| TrainError::Input(format!("export_gguf: cannot write {}: {e}", out.display())),
+        )?;
+        // Temp files are private (0600); the model is an ordinary file others may read.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
+        }
+        tmp.persist(out).map_err(|e| {
+            TrainError::Input(format!("export_gguf: cannot write {}: {e}", out.display()))
+        })?;
+        Ok(changed)
+    }
+}
+
 /// The Hugging Face name of a GGUF tensor, or None for tensors the model does not read.
 fn hf_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
@@ -402,6 +535,10 @@ mod tests {
             .reshape((rows, cols))
             .unwrap();
         let back = unpermute(&permuted, heads).unwrap();
+        assert_eq!(
+            permute(&hf, heads).unwrap().to_vec2::<f32>().unwrap(),
+            permuted.to_vec2::<f32>().unwrap()
+        );
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
         assert_ne!(
             permuted.to_vec2::<f32>().unwrap(),

@@ -609,6 +609,72 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<usize, TrainErro
 #[derive(Clone)]
 pub struct Local(pub Arc<LocalModel>);
 
+/// Writes `out`: the GGUF `base` (a path or a model's name) with the PEFT `adapter` merged in, its
+/// matrices as `quant`. The typed core of `export_gguf` and `rtlab export`.
+pub fn export_merged_gguf(
+    base: &str,
+    adapter: &Path,
+    out: &Path,
+    quant: gguf::Quant,
+) -> Result<usize, TrainError> {
+    let base = models::locate(base)?;
+    if !(base.is_file() && gguf::is_gguf(&base)) {
+        return Err(bad(format!(
+            "export_gguf: {} is not a GGUF file; export from a GGUF base (a Hugging Face directory goes through merge(), then llama.cpp's convert_hf_to_gguf.py)",
+            base.display()
+        )));
+    }
+    let dev = Device::Cpu;
+    let g = gguf::open(&base)?;
+    let (spec, tensors) = peft::load(adapter, &dev)?;
+    let mut model = CausalLm::new(g.cfg.clone(), g.weights(&dev)?, None, 0, DType::F32, &dev)?;
+    model.set_adapters(&spec, tensors)?;
+    let merged: HashMap<String, candle_core::Tensor> =
+        model.merged_linear_weights()?.into_iter().collect();
+    g.export(&merged, out, quant)
+}
+
+/// An Ollama Modelfile, as the plans write them: `FROM` (a GGUF or an Ollama model), then `ADAPTER`,
+/// `TEMPLATE`, `SYSTEM` and one `PARAMETER` line per parameter (sorted).
+pub fn modelfile(
+    from: &str,
+    adapter: Option<&str>,
+    system: Option<&str>,
+    template: Option<&str>,
+    parameters: &[(String, String)],
+) -> Result<String, String> {
+    let quoted = |what: &str, text: &str| {
+        if text.contains("\"\"\"") {
+            Err(format!(
+                "ollama_modelfile: `{what}` contains \"\"\", which a Modelfile cannot quote"
+            ))
+        } else {
+            Ok(format!("\"\"\"{text}\"\"\""))
+        }
+    };
+    let mut out = format!("FROM {from}\n");
+    if let Some(a) = adapter {
+        out.push_str(&format!("ADAPTER {a}\n"));
+    }
+    if let Some(t) = template {
+        out.push_str(&format!("TEMPLATE {}\n", quoted("template", t)?));
+    }
+    if let Some(s) = system {
+        out.push_str(&format!("SYSTEM {}\n", quoted("system", s)?));
+    }
+    let mut params = parameters.to_vec();
+    params.sort();
+    for (k, v) in params {
+        if k.contains(char::is_whitespace) || v.contains('\n') {
+            return Err(format!(
+                "ollama_modelfile: parameter {k:?} = {v:?} does not fit on one PARAMETER line"
+            ));
+        }
+        out.push_str(&format!("PARAMETER {k} {v}\n"));
+    }
+    Ok(out)
+}
+
 /// Loaded local models by (dir, adapter), shared by `load_model` and `llm(#{provider: "local"})`.
 pub fn load_local(
     dir: &Path,
@@ -860,6 +926,79 @@ mod train_functions {
             .into_iter()
             .map(|id| Dynamic::from(id as i64))
             .collect())
+    }
+
+    /// Writes a GGUF of `base` (a GGUF file or a model's name) with the PEFT `adapter` merged in
+    /// (`W + s·B·A`), for llama.cpp and Ollama: the base's metadata, tokenizer and chat template, its
+    /// matrices as `quant` (`"f16"`, `"q8_0"`, or `"q4_k"`, where rows that a k-quant cannot take fall
+    /// back to Q8_0) and its norms as F32. Returns the written file's path.
+    ///
+    /// ```rhai
+    /// let rows = [#{instruction: "Write inv.", output: "module inv(input a, output y); assign y = ~a; endmodule"}];
+    /// let run = train_lora(#{base: "smollm2-135m", data: from_records(rows), out: "/tmp/rtlab-doc-export-run",
+    ///                        r: 2, epochs: 1, batch_size: 1, grad_accum: 1, max_len: 48, target_modules: ["q_proj"]});
+    /// let gguf = export_gguf("smollm2-135m", run.adapter, "/tmp/rtlab-doc-export.gguf", #{quant: "q8_0"});
+    /// assert_eq(load_model(gguf, #{}).tokens("module").len(), 1);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn export_gguf(
+        base: &str,
+        adapter: &str,
+        out: &str,
+        options: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let o = crate::options::Options::new("export_gguf", &options, &["quant"])?;
+        let quant = gguf::Quant::parse(&o.string("quant")?.unwrap_or_else(|| "q8_0".into()))
+            .map_err(|e| format!("export_gguf: {e}"))?;
+        let out = crate::runtime_fns::resolve_path(out);
+        export_merged_gguf(
+            base,
+            &crate::runtime_fns::resolve_path(adapter),
+            &out,
+            quant,
+        )?;
+        Ok(out.display().to_string())
+    }
+
+    /// Writes an Ollama Modelfile like the plans' and returns its path. Options: `from` (required: a
+    /// GGUF path or an Ollama model such as `llama3:8b`), `adapter`, `system`, `template`,
+    /// `parameters` (a map: `#{temperature: 0.2, num_ctx: 4096}`), `out` (default `Modelfile`).
+    /// Then: `ollama create NAME -f Modelfile`.
+    ///
+    /// ```rhai
+    /// let path = ollama_modelfile(#{from: "./rtl-v5.gguf", system: "You write synthesizable Verilog.",
+    ///                                parameters: #{temperature: 0.2}, out: "/tmp/rtlab-doc-Modelfile"});
+    /// assert_eq(read_text(path), "FROM ./rtl-v5.gguf\nSYSTEM \"\"\"You write synthesizable Verilog.\"\"\"\nPARAMETER temperature 0.2\n");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn ollama_modelfile(options: Map) -> Result<String, Box<EvalAltResult>> {
+        let o = crate::options::Options::new(
+            "ollama_modelfile",
+            &options,
+            &["from", "adapter", "system", "template", "parameters", "out"],
+        )?;
+        let from = o.string("from")?.ok_or(
+            "ollama_modelfile: pass from: a GGUF file or an Ollama model such as \"llama3:8b\"",
+        )?;
+        let parameters: Vec<(String, String)> = o
+            .map("parameters")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let text = modelfile(
+            &from,
+            o.string("adapter")?.as_deref(),
+            o.string("system")?.as_deref(),
+            o.string("template")?.as_deref(),
+            &parameters,
+        )?;
+        let out = crate::runtime_fns::resolve_path(
+            &o.string("out")?.unwrap_or_else(|| "Modelfile".into()),
+        );
+        crate::runtime_fns::write_atomic(&out, text.as_bytes())
+            .map_err(|e| format!("ollama_modelfile: cannot write {}: {e}", out.display()))?;
+        Ok(out.display().to_string())
     }
 
     /// The text of token ids under the model's tokenizer: `m.decode(m.tokens(text)) == text`.

@@ -203,3 +203,136 @@ fn lora_training_on_the_gguf_base_learns_and_its_adapter_serves() {
         "the adapter names its base: {config}"
     );
 }
+
+/// rtlab's last-position logits of `PROMPT` on `model`, and numpy's on the same ids.
+fn both_logits(model: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
+    let out = ok(&format!(
+        r#"let m = load_model("{}", #{{}});
+        let l = m.logits("{PROMPT}");
+        print(json(m.tokens("{PROMPT}")));
+        print(json(l[l.len() - 1]));"#,
+        model.display()
+    ));
+    let mut lines = out.lines();
+    let ids: Vec<u32> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let ours: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let ids_arg = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let py = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/gguf_reference.py"))
+        .arg(model)
+        .arg(&ids_arg)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "the reference needs numpy and gguf (pip install numpy gguf; .ci/run does): {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    (
+        ours,
+        serde_json::from_value(theirs["logits"].clone()).unwrap(),
+    )
+}
+
+#[test]
+fn an_exported_gguf_with_the_adapter_merged_reads_back_the_same_in_the_gguf_package() {
+    smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = ok(&format!(
+        r#"let rows = [#{{instruction: "Write inv.", output: "module inv(input a, output y); assign y = ~a; endmodule"}}];
+        let run = train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "{d}/run", r: 4, alpha: 8,
+                               epochs: 2, batch_size: 1, grad_accum: 1, lr: 1e-2, max_len: 48}});
+        print(export_gguf("smollm2-135m", run.adapter, "{d}/merged-q8.gguf", #{{quant: "q8_0"}}));
+        print(export_gguf("smollm2-135m", run.adapter, "{d}/merged-q4k.gguf", #{{quant: "q4_k"}}));
+        // The adapter changed the model: the merged file is not the base.
+        let base = load_model("smollm2-135m", #{{}}).logits("module");
+        let merged = load_model("{d}/merged-q8.gguf", #{{}}).logits("module");
+        print(base[0][0] != merged[0][0]);"#,
+        d = dir.path().display()
+    ));
+    let lines: Vec<&str> = paths.lines().collect();
+    assert_eq!(lines[2], "true", "{paths}");
+    for exported in &lines[..2] {
+        let (ours, theirs) = both_logits(std::path::Path::new(exported));
+        let max_diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{exported}: rtlab vs numpy, max |Δ| = {max_diff:.2e}");
+        assert!(max_diff <= 1e-2, "{exported}: max |Δ| = {max_diff}");
+    }
+    // Bad input: an unknown quantization, a base that is not a GGUF.
+    let e = err(&format!(
+        r#"export_gguf("smollm2-135m", "{}/run", "{}/x.gguf", #{{quant: "q3"}})"#,
+        dir.path().display(),
+        dir.path().display()
+    ));
+    assert!(
+        e.contains("export_gguf: quant \"q3\": use \"f16\", \"q8_0\" or \"q4_k\""),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"export_gguf("{}", "{}/run", "{}/x.gguf", #{{}})"#,
+        dir.path().display(),
+        dir.path().display(),
+        dir.path().display()
+    ));
+    assert!(
+        e.contains("is not a GGUF file; export from a GGUF base"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rtlab_export_writes_the_gguf_and_its_modelfile_and_prints_the_ollama_command() {
+    smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    ok(&format!(
+        r#"let rows = [#{{instruction: "Write buf.", output: "module buf1(input a, output y); assign y = a; endmodule"}}];
+        train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "{}/run", r: 2, epochs: 1, batch_size: 1,
+                     grad_accum: 1, max_len: 48, target_modules: ["v_proj"]}});"#,
+        dir.path().display()
+    ));
+    let r = common::run_in(
+        dir.path(),
+        &[
+            "export",
+            "--base",
+            "smollm2-135m",
+            "--adapter",
+            "run",
+            "-o",
+            "rtl-v5.gguf",
+            "--system",
+            "You write synthesizable Verilog.",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "wrote rtl-v5.gguf and Modelfile\nollama create rtl-v5 -f Modelfile\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("Modelfile")).unwrap(),
+        "FROM ./rtl-v5.gguf\nSYSTEM \"\"\"You write synthesizable Verilog.\"\"\"\n"
+    );
+    let back = ok(&format!(
+        r#"print(load_model("{}/rtl-v5.gguf", #{{}}));"#,
+        dir.path().display()
+    ));
+    assert_eq!(back, "LocalModel(Llama, 30 layers, hidden 576)\n");
+    // Bad input to the Modelfile writer.
+    assert!(err(r#"ollama_modelfile(#{system: "x"})"#).contains("ollama_modelfile: pass from:"));
+    assert!(
+        err(r#"ollama_modelfile(#{from: "m", system: "say \"\"\" twice"})"#)
+            .contains("`system` contains \"\"\", which a Modelfile cannot quote")
+    );
+    assert!(err(r#"ollama_modelfile(#{from: "m", adaptor: "a"})"#)
+        .contains("ollama_modelfile: unknown option `adaptor`; valid options: adapter, from, out, parameters, system, template"));
+}
