@@ -214,8 +214,8 @@ impl Quant {
         use candle_core::quantized::GgmlDType;
         match self {
             Quant::F16 => GgmlDType::F16,
-            Quant::Q4K if cols % GgmlDType::Q4K.block_size() == 0 => GgmlDType::Q4K,
-            _ if cols % GgmlDType::Q8_0.block_size() == 0 => GgmlDType::Q8_0,
+            Quant::Q4K if cols.is_multiple_of(GgmlDType::Q4K.block_size()) => GgmlDType::Q4K,
+            _ if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) => GgmlDType::Q8_0,
             _ => GgmlDType::F16,
         }
     }
