@@ -141,7 +141,10 @@ impl Model {
             top_p: number("top_p", 1.0)?,
             max_tokens: count("max_tokens", 2048, 1)?,
             concurrency: count("concurrency", 4, 1)? as usize,
-            timeout_s: number("timeout_s", 120.0)?.max(0.001),
+            timeout_s: match number("timeout_s", 120.0)? {
+                t if t > 0.0 && t.is_finite() => t,
+                t => return Err(format!("llm: option `timeout_s` must be a number of seconds above 0, not {t}")),
+            },
             retries: count("retries", 4, 0)? as u32,
             adapter,
             template: text("template")?,

@@ -174,6 +174,10 @@ fn options_are_never_coerced_and_unknown_keys_name_the_valid_ones() {
             "llm: option `max_tokens` must be an integer, not 100.5 (f64)",
         ),
         (
+            r#"llm(#{model: "x", timeout_s: -1})"#.to_string(),
+            "llm: option `timeout_s` must be a number of seconds above 0, not -1",
+        ),
+        (
             r#"verify("module m; endmodule", #{seed: "1"})"#.to_string(),
             "verify: option `seed` must be an integer, not \"1\" (string)",
         ),
