@@ -143,7 +143,11 @@ impl Model {
             concurrency: count("concurrency", 4, 1)? as usize,
             timeout_s: match number("timeout_s", 120.0)? {
                 t if t > 0.0 && t.is_finite() => t,
-                t => return Err(format!("llm: option `timeout_s` must be a number of seconds above 0, not {t}")),
+                t => {
+                    return Err(format!(
+                        "llm: option `timeout_s` must be a number of seconds above 0, not {t}"
+                    ))
+                }
             },
             retries: count("retries", 4, 0)? as u32,
             adapter,
@@ -415,42 +419,58 @@ impl Model {
         };
         let bar = progress_bar(todo.len() as u64);
         let mut out = Vec::new();
+        // The samples of one prompt decode as one batch (prefilled once); prompts go one after another.
+        let mut groups: Vec<(&Vec<Message>, Vec<usize>)> = Vec::new();
         for &i in todo {
-            let (messages, sample) = &requests[i];
+            let messages = &requests[i].0;
+            match groups.iter_mut().find(|(m, _)| *m == messages) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((messages, vec![i])),
+            }
+        }
+        let options = crate::train::generate::GenOptions {
+            max_tokens: self.cfg.max_tokens.max(0) as usize,
+            temperature: self.cfg.temperature,
+            top_p: self.cfg.top_p,
+            seed: 0,
+        };
+        for (messages, members) in groups {
+            if crate::engine::cancel_requested() {
+                break;
+            }
             let prompt = messages
                 .iter()
                 .map(|m| m.content.as_str())
                 .collect::<Vec<_>>()
                 .join("\n\n");
-            let options = crate::train::generate::GenOptions {
-                max_tokens: self.cfg.max_tokens.max(0) as usize,
-                temperature: self.cfg.temperature,
-                top_p: self.cfg.top_p,
-                seed: *sample as u64,
-            };
-            let answer = model.answer(&prompt, &options).map_err(|e| e.to_string());
-            if let Ok(text) = &answer {
-                if let Ok(mut u) = self.usage.lock() {
-                    u.requests += 1;
+            // The sample index seeds each sample's sampler, so a rerun repeats it.
+            let seeds: Vec<u64> = members.iter().map(|&i| requests[i].1 as u64).collect();
+            let answers: Vec<Result<String, String>> =
+                match model.answer_batch(&prompt, &options, &seeds) {
+                    Ok(texts) => texts.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e.to_string()); members.len()],
+                };
+            for (&i, answer) in members.iter().zip(answers) {
+                if let Ok(text) = &answer {
+                    if let Ok(mut u) = self.usage.lock() {
+                        u.requests += 1;
+                    }
+                    if let Some(store) = store {
+                        let rec = Recorded {
+                            key: keys[i].clone(),
+                            model: self.cfg.model.clone(),
+                            request: serde_json::to_string(messages).unwrap_or_default(),
+                            response: text.clone(),
+                            prompt_tokens: 0,
+                            completion_tokens: 0,
+                        };
+                        record(store, &rec, &self.usage);
+                    }
                 }
-                if let Some(store) = store {
-                    let rec = Recorded {
-                        key: keys[i].clone(),
-                        model: self.cfg.model.clone(),
-                        request: serde_json::to_string(messages).unwrap_or_default(),
-                        response: text.clone(),
-                        prompt_tokens: 0,
-                        completion_tokens: 0,
-                    };
-                    record(store, &rec, &self.usage);
+                out.push((i, answer));
+                if let Some(b) = &bar {
+                    b.inc(1);
                 }
-            }
-            out.push((i, answer));
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-            if crate::engine::cancel_requested() {
-                break;
             }
         }
         if let Some(b) = &bar {

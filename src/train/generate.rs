@@ -165,6 +165,89 @@ impl LocalModel {
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?)
     }
 
+    /// `seeds.len()` samples of one prompt, decoded as a batch: the prompt is prefilled once, its KV
+    /// cache copied to every sample, then each step feeds all unfinished samples' last tokens at once.
+    /// Sample `i` draws from its own generator seeded with `seeds[i]`, as `generate_ids` does.
+    pub fn generate_batch(
+        &self,
+        prompt: &[u32],
+        o: &GenOptions,
+        seeds: &[u64],
+    ) -> Result<Vec<Vec<u32>>, TrainError> {
+        if prompt.is_empty() {
+            return Err(TrainError::Input("generate: the prompt is empty".into()));
+        }
+        let n = seeds.len();
+        let dev = &self.model.device;
+        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); n];
+        if n == 0 || o.max_tokens == 0 {
+            return Ok(outs);
+        }
+        let mut rngs: Vec<StdRng> = seeds.iter().map(|s| StdRng::seed_from_u64(*s)).collect();
+        let mut done = vec![false; n];
+        let mut prefill = KvCache::default();
+        let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
+        let logits = self
+            .model
+            .forward(&input, Some(&mut prefill), &mut Pass::inference())?;
+        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
+        let mut next: Vec<u32> = rngs
+            .iter_mut()
+            .map(|rng| pick(&last, o, rng))
+            .collect::<candle_core::Result<_>>()?;
+        let mut cache = prefill.repeat(n)?;
+        for _ in 0..o.max_tokens {
+            for i in 0..n {
+                if !done[i] {
+                    if next[i] == self.eos {
+                        done[i] = true;
+                    } else {
+                        outs[i].push(next[i]);
+                    }
+                }
+            }
+            let full = cache.len() + 1 > self.model.cfg.max_position_embeddings;
+            if done.iter().all(|d| *d) || full || crate::engine::cancel_requested() {
+                break;
+            }
+            // Finished samples keep stepping (their tokens are dropped): the batch stays rectangular.
+            let input = Tensor::from_vec(next.clone(), (n, 1), dev)?;
+            let logits = self
+                .model
+                .forward(&input, Some(&mut cache), &mut Pass::inference())?;
+            for (i, rng) in rngs.iter_mut().enumerate() {
+                let row = logits.get(i)?.flatten_all()?;
+                next[i] = pick(&row, o, rng)?;
+            }
+        }
+        for out in outs.iter_mut() {
+            out.truncate(o.max_tokens);
+        }
+        Ok(outs)
+    }
+
+    /// `seeds.len()` answers to `prompt` (through the template), decoded as one batch.
+    pub fn answer_batch(
+        &self,
+        prompt: &str,
+        o: &GenOptions,
+        seeds: &[u64],
+    ) -> Result<Vec<String>, TrainError> {
+        let text = match &self.chat {
+            Some(chat) => chat.render(prompt)?,
+            None => examples::apply_template(&self.template, prompt),
+        };
+        let ids = examples::encode(&self.tokenizer, &text)?;
+        self.generate_batch(&ids, o, seeds)?
+            .into_iter()
+            .map(|out| {
+                self.tokenizer
+                    .decode(&out, true)
+                    .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
+            })
+            .collect()
+    }
+
     pub fn generate_ids(&self, prompt: &[u32], o: &GenOptions) -> Result<Vec<u32>, TrainError> {
         if prompt.is_empty() {
             return Err(TrainError::Input("generate: the prompt is empty".into()));
@@ -196,6 +279,34 @@ impl LocalModel {
     }
 }
 
+/// The smallest set of tokens, most probable first, whose probability reaches `top_p` (ties broken by
+/// token id). Exact, without sorting the whole vocabulary: the top `k` are selected (`k` = 64, then
+/// 4× more until their mass reaches `top_p`) and only they are sorted.
+fn nucleus(probs: &[f32], top_p: f64) -> Vec<usize> {
+    let order = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
+    let mut k = 64.min(probs.len());
+    loop {
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, order);
+            idx.truncate(k);
+        }
+        idx.sort_unstable_by(order);
+        let mut mass = 0.0f64;
+        for (n, &i) in idx.iter().enumerate() {
+            mass += probs[i] as f64;
+            if mass >= top_p {
+                idx.truncate(n + 1);
+                return idx;
+            }
+        }
+        if k >= probs.len() {
+            return idx;
+        }
+        k = (k * 4).min(probs.len());
+    }
+}
+
 /// Greedy at temperature 0; otherwise softmax(logits / T), keep the smallest set of tokens whose
 /// probability reaches `top_p`, and draw from it.
 fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Result<u32> {
@@ -204,17 +315,8 @@ fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Resul
     }
     let probs: Vec<f32> =
         softmax_last(&(logits.to_dtype(DType::F32)? / o.temperature)?)?.to_vec1()?;
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let mut kept = Vec::new();
-    let mut mass = 0.0f64;
-    for i in order {
-        kept.push(i);
-        mass += probs[i] as f64;
-        if mass >= o.top_p {
-            break;
-        }
-    }
+    let kept = nucleus(&probs, o.top_p);
+    let mass: f64 = kept.iter().map(|&i| probs[i] as f64).sum();
     let mut x = rng.random::<f64>() * mass;
     for &i in &kept {
         x -= probs[i] as f64;
@@ -223,4 +325,51 @@ fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Resul
         }
     }
     Ok(*kept.last().unwrap_or(&0) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nucleus;
+
+    /// The nucleus as a full sort finds it.
+    fn naive(probs: &[f32], top_p: f64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let mut kept = Vec::new();
+        let mut mass = 0.0f64;
+        for i in order {
+            kept.push(i);
+            mass += probs[i] as f64;
+            if mass >= top_p {
+                break;
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn the_nucleus_is_the_one_a_full_sort_finds() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for case in 0..200 {
+            let n = 1 + case * 37 % 3000;
+            // Peaked, flat and tied distributions.
+            let raw: Vec<f32> = (0..n)
+                .map(|i| match case % 3 {
+                    0 => rng.random::<f32>().powi(8),
+                    1 => rng.random::<f32>(),
+                    _ => ((i % 5) + 1) as f32,
+                })
+                .collect();
+            let sum: f32 = raw.iter().sum();
+            let probs: Vec<f32> = raw.iter().map(|p| p / sum).collect();
+            for top_p in [0.1, 0.5, 0.9, 0.95, 1.0] {
+                assert_eq!(
+                    nucleus(&probs, top_p),
+                    naive(&probs, top_p),
+                    "case {case}, top_p {top_p}"
+                );
+            }
+        }
+    }
 }

@@ -288,6 +288,23 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The same cache for `n` sequences: the batch dimension repeated (a prompt prefilled once, then
+    /// sampled n times).
+    pub fn repeat(&self, n: usize) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((
+                    k.repeat((n, 1, 1, 1))?.contiguous()?,
+                    v.repeat((n, 1, 1, 1))?.contiguous()?,
+                ))),
+                None => Ok(None),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
     pub fn len(&self) -> usize {
         self.layers
             .first()

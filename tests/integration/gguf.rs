@@ -336,3 +336,29 @@ fn rtlab_export_writes_the_gguf_and_its_modelfile_and_prints_the_ollama_command(
     assert!(err(r#"ollama_modelfile(#{from: "m", adaptor: "a"})"#)
         .contains("ollama_modelfile: unknown option `adaptor`; valid options: adapter, from, out, parameters, system, template"));
 }
+
+#[test]
+fn the_samples_of_one_prompt_decode_as_a_batch_and_each_is_the_sample_decoded_alone() {
+    smollm2();
+    // complete_many's n samples of one prompt go through one batch; generate decodes one sample
+    // alone with the same seed (the sample index). They agree, greedy and sampled.
+    let out = ok(r#"
+        let prompt = "Write a Verilog module for a 2-input AND gate.";
+        let m = load_model("smollm2-135m", #{});
+        for t in [0.0, 0.9] {
+            let batch = complete_many(llm(#{provider: "local", model: "smollm2-135m", max_tokens: 16, temperature: t, top_p: 0.95}),
+                                      from_records([#{p: prompt}]), "p", #{n: 3});
+            let same = 0;
+            for r in batch.to_records() {
+                if r.completion == m.generate(prompt, #{max_tokens: 16, temperature: t, top_p: 0.95, seed: r.sample}) { same += 1; }
+            }
+            let distinct = batch.column("completion");
+            distinct.dedup();
+            print(`T=${t}: ${same} of 3 as decoded alone, ${distinct.len()} distinct`);
+        }
+    "#);
+    assert_eq!(
+        out,
+        "T=0.0: 3 of 3 as decoded alone, 1 distinct\nT=0.9: 3 of 3 as decoded alone, 3 distinct\n"
+    );
+}
