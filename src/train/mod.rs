@@ -322,28 +322,24 @@ fn pairs_of(
 /// Files a fingerprint must cover: config, tokenizer and weights (by size and mtime, not content: a
 /// 15 GB base is not hashed on every run). A GGUF base is one file.
 fn base_identity(dir: &Path) -> Result<String, TrainError> {
-    if dir.is_file() {
-        let m = std::fs::metadata(dir)?;
+    let stamp = |f: &Path| -> Result<String, TrainError> {
+        let m = std::fs::metadata(f)?;
         let mtime = m
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        return Ok(format!("gguf {}:{}:{mtime}", dir.display(), m.len()));
+        Ok(format!("{}:{}:{mtime}", f.display(), m.len()))
+    };
+    if dir.is_file() {
+        return Ok(format!("gguf {}", stamp(dir)?));
     }
     let mut parts = vec![std::fs::read_to_string(dir.join("config.json"))?];
     let mut files = config::weight_files(dir)?;
     files.push(dir.join("tokenizer.json"));
     for f in files {
-        let m = std::fs::metadata(&f)?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        parts.push(format!("{}:{}:{}", f.display(), m.len(), mtime));
+        parts.push(stamp(&f)?);
     }
     Ok(parts.join("\n"))
 }
