@@ -592,7 +592,11 @@ fn models(action: ModelsCmd) -> ExitCode {
         },
         ModelsCmd::Ls => {
             let cached = models::list();
-            println!("model cache: {}", models::cache_dir().display());
+            println!(
+                "model cache: {}; Ollama store: {}",
+                models::cache_dir().display(),
+                models::ollama_dir().display()
+            );
             for (name, path, bytes) in &cached {
                 println!(
                     "  {name}  {:.1} MB  {}",

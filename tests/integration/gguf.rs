@@ -331,3 +331,62 @@ fn the_samples_of_one_prompt_decode_as_a_batch_and_each_is_the_sample_decoded_al
         "T=0.0: 3 of 3 as decoded alone, 1 distinct\nT=0.9: 3 of 3 as decoded alone, 3 distinct\n"
     );
 }
+
+#[test]
+fn an_ollama_model_is_found_through_its_manifest_and_a_missing_tag_names_the_ones_there() {
+    let model = smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    // Ollama's store: a manifest naming the model layer's digest, and the blob under that digest.
+    let store = dir.path().join("ollama");
+    let manifests = store.join("manifests/registry.ollama.ai/library/smol");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::create_dir_all(store.join("blobs")).unwrap();
+    let digest = "sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+    std::os::unix::fs::symlink(&model, store.join("blobs").join(digest.replace(':', "-"))).unwrap();
+    std::fs::write(
+        manifests.join("135m"),
+        format!(r#"{{"schemaVersion": 2, "layers": [{{"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:00"}}, {{"mediaType": "application/vnd.ollama.image.model", "digest": "{digest}"}}]}}"#),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("t.rhai"),
+        r#"print(load_model("ollama:smol:135m", #{}));
+        print(load_model("ollama:smol:135m", #{}).tokens("module").len());
+        load_model("ollama:smol", #{});"#,
+    )
+    .unwrap();
+    let r = common::Run::from(
+        rtlab()
+            .current_dir(dir.path())
+            .env("OLLAMA_MODELS", &store)
+            .env("RTLAB_HOME", dir.path().join(".rtlab"))
+            .args(["run", "--no-cache", "t.rhai"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        r.stdout, "LocalModel(Llama, 30 layers, hidden 576)\n1\n",
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "ollama:smol:latest is not in the Ollama store at {} (its tags there: 135m); run `ollama pull smol:latest`",
+            store.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    let ls = common::Run::from(
+        rtlab()
+            .env("OLLAMA_MODELS", &store)
+            .args(["models", "ls"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        ls.stdout.contains("ollama:smol:135m  98.4 MB"),
+        "{}",
+        ls.stdout
+    );
+}
