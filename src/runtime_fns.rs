@@ -66,6 +66,24 @@ pub fn set_base_dir(dir: &Path) {
     BASE_DIR.with(|b| *b.borrow_mut() = absolute);
 }
 
+/// Where a script's workspace keeps its state: `RTLAB_HOME`, else the nearest `.rtlab/` walking up from
+/// the script's directory (as git finds `.git`), else a new `.rtlab/` beside the script. A service
+/// here, below the notebook, so that the store (and every capability that opens it) does not depend
+/// on the notebook layer.
+pub fn workspace_dir(script_dir: &Path) -> PathBuf {
+    if let Some(home) = std::env::var_os("RTLAB_HOME") {
+        return PathBuf::from(home);
+    }
+    let start = std::fs::canonicalize(script_dir).unwrap_or_else(|_| script_dir.to_path_buf());
+    for dir in start.ancestors() {
+        let candidate = dir.join(".rtlab");
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    start.join(".rtlab")
+}
+
 static FRESH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `rtlab run --fresh`: every cached result is recomputed, not only the notebook's cells. A finished

@@ -159,21 +159,7 @@ pub struct StoredValue {
     pub hash: String,
 }
 
-/// Where a script's workspace keeps its state: `RTLAB_HOME`, else the nearest `.rtlab/` walking up from
-/// the script's directory (as git finds `.git`), else a new `.rtlab/` beside the script.
-pub fn workspace_dir(script_dir: &Path) -> PathBuf {
-    if let Some(home) = std::env::var_os("RTLAB_HOME") {
-        return PathBuf::from(home);
-    }
-    let start = std::fs::canonicalize(script_dir).unwrap_or_else(|_| script_dir.to_path_buf());
-    for dir in start.ancestors() {
-        let candidate = dir.join(".rtlab");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    start.join(".rtlab")
-}
+pub use crate::runtime_fns::workspace_dir;
 
 pub struct CellCache {
     root: PathBuf,

@@ -58,11 +58,11 @@ pub enum StoreError {
     },
 }
 
-/// The store of the running script's workspace (see `notebook::cache::workspace_dir`), or None with a
+/// The store of the running script's workspace (see `runtime_fns::workspace_dir`), or None with a
 /// warning when it cannot be opened: callers then work uncached.
 pub fn open_workspace() -> Option<Store> {
     let base = crate::runtime_fns::resolve_path(".");
-    let ws = crate::notebook::cache::workspace_dir(&base);
+    let ws = crate::runtime_fns::workspace_dir(&base);
     match Store::open(&ws) {
         Ok(s) => Some(s),
         Err(e) => {
