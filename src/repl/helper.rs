@@ -178,12 +178,7 @@ impl Completer for ReplHelper {
             let (start, pairs) = self.files.complete_path(&line[quote..pos], pos - quote)?;
             return Ok((quote + start, pairs));
         }
-        let word_start = before
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
-            .map(|(i, c)| i + c.len_utf8())
-            .unwrap_or(0);
+        let word_start = last_word_start(before);
         let word = &before[word_start..];
         if let Some(receiver) = before[..word_start].strip_suffix('.') {
             return Ok((word_start, self.methods_of(receiver, word)));
@@ -192,17 +187,20 @@ impl Completer for ReplHelper {
     }
 }
 
+/// Where the identifier that ends `text` starts (`text.len()` when it ends in something else).
+fn last_word_start(text: &str) -> usize {
+    text.char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+        .map(|(i, c)| i + c.len_utf8())
+        .unwrap_or(0)
+}
+
 impl ReplHelper {
     /// Methods after `receiver.`: when the receiver is a variable in scope, the functions whose first
     /// parameter takes its type (or any value); otherwise every function that takes a parameter.
     fn methods_of(&self, receiver: &str, word: &str) -> Vec<Pair> {
-        let name_start = receiver
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
-            .map(|(i, c)| i + c.len_utf8())
-            .unwrap_or(0);
-        let name = &receiver[name_start..];
+        let name = &receiver[last_word_start(receiver)..];
         let ty = self
             .variables
             .borrow()

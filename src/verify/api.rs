@@ -256,13 +256,8 @@ mod verify_functions {
         name: &str,
         new_name: &str,
     ) -> Result<String, Box<EvalAltResult>> {
-        let is_identifier = |s: &str| {
-            s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-        };
         for (what, s) in [("name", name), ("new_name", new_name)] {
-            if !is_identifier(s) {
+            if !crate::verify::is_module_name(s) {
                 return Err(
                     format!("rename_module: {what} {s:?} is not a Verilog identifier").into(),
                 );

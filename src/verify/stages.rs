@@ -281,32 +281,30 @@ fn simulates(opts: &VerifyOptions) -> bool {
     opts.testbench.is_some() || opts.reference.is_some()
 }
 
-/// Untrusted text is screened before any tool sees it.
-fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), String> {
-    for (what, text) in [
+/// The untrusted texts of one example, by what they are.
+fn untrusted<'a>(
+    code: &'a str,
+    opts: &'a VerifyOptions,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    [
         ("design", Some(code)),
         ("testbench", opts.testbench.as_deref()),
         ("reference", opts.reference.as_deref()),
-    ] {
-        if let Some(t) = text {
-            sandbox::screen(t, what)?;
-        }
-    }
-    Ok(())
+    ]
+    .into_iter()
+    .filter_map(|(what, text)| text.map(|t| (what, t)))
+}
+
+/// Untrusted text is screened before any tool sees it.
+fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), String> {
+    untrusted(code, opts).try_for_each(|(what, text)| sandbox::screen(text, what))
 }
 
 /// Screens the text that macros expand to: `` `define SYS(x) $sys``x `` builds `$system` out of
 /// pieces the plain screen cannot see. Each input that defines a macro is run through iverilog's
 /// preprocessor (`-E`, which runs nothing) and the expansion is screened again.
 fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), String> {
-    for (what, text) in [
-        ("design", Some(code)),
-        ("testbench", opts.testbench.as_deref()),
-        ("reference", opts.reference.as_deref()),
-    ] {
-        let Some(text) = text.filter(|t| t.contains("`define")) else {
-            continue;
-        };
+    for (what, text) in untrusted(code, opts).filter(|(_, t)| t.contains("`define")) {
         let input = format!("pp_{what}.sv");
         std::fs::write(dir.join(&input), text)
             .map_err(|e| format!("cannot write the {what}: {e}"))?;
@@ -929,7 +927,7 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
         r.score = 0.0;
         return r;
     }
-    let timed_out = |stage: &str| r.timed_out.iter().any(|s| s == stage);
+    let ran_past_limit = |stage: &str| r.timed_out.iter().any(|s| s == stage);
     let mut parts: Vec<(f64, f64)> = vec![(w.syntax, 1.0)];
     if opts.wants("synth") {
         parts.push((w.synth, if r.synth_ok == Some(true) { 1.0 } else { 0.0 }));
@@ -945,7 +943,7 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
         parts.push((w.io, io));
     }
     if opts.wants("lint") {
-        let ran = r.stages.iter().any(|s| s == "lint") && !timed_out("lint");
+        let ran = r.stages.iter().any(|s| s == "lint") && !ran_past_limit("lint");
         let value = if ran {
             let penalized = r
                 .lint

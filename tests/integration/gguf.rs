@@ -143,6 +143,12 @@ fn bad_gguf_files_are_refused_before_any_work() {
         e.contains("bare.gguf: no tokenizer in the GGUF metadata"),
         "{e}"
     );
+    // Token ids that are not ids.
+    let e = err(r#"load_model("smollm2-135m", #{}).decode([1, -3])"#);
+    assert!(
+        e.contains("decode: token ids are integers ≥ 0, not -3"),
+        "{e}"
+    );
     // An unknown model name is not pulled: it is a missing path.
     let e = err(r#"load_model("smollm9-1t", #{})"#);
     assert!(e.contains("smollm9-1t: no such model directory"), "{e}");

@@ -202,6 +202,10 @@ fn options_are_never_coerced_and_unknown_keys_name_the_valid_ones() {
             "classify_phase: unknown option `matchin`; valid options: keywords, matching",
         ),
         (
+            r#"rename_module("module m; endmodule", "m", "top -mevil")"#.to_string(),
+            "rename_module: new_name \"top -mevil\" is not a Verilog identifier",
+        ),
+        (
             r#"router(#{fallback: 8})"#.to_string(),
             "router: option `fallback` must be a string, not 8 (i64)",
         ),
