@@ -75,6 +75,9 @@ enum Cmd {
         /// Requests in flight at once
         #[arg(long, default_value_t = 8)]
         concurrency: i64,
+        /// Verify the samples on a Slurm cluster: `tasks=64,partition=cpu` (as `rtlab verify --slurm`)
+        #[arg(long, value_name = "KEY=VALUE,...")]
+        slurm: Option<String>,
     },
     /// Verify every row of a JSONL file and write it back with the verifier's columns added
     Verify {
@@ -98,6 +101,19 @@ enum Cmd {
         /// Simulation timeout per example
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
+        /// Run on a Slurm cluster as a job array: `tasks=64,partition=cpu,mem=2G` (the keys of
+        /// `slurm(#{...})`: partition, tasks, cpus_per_task, mem, time, account, max_running,
+        /// retries, extra, dir)
+        #[arg(long, value_name = "KEY=VALUE,...")]
+        slurm: Option<String>,
+    },
+    /// Run one shard of a Slurm job array (what `executor: slurm(...)` submits; not for hand use)
+    #[command(hide = true)]
+    Worker {
+        /// The job directory
+        dir: PathBuf,
+        /// The shard, $SLURM_ARRAY_TASK_ID
+        task: usize,
     },
     /// Show or drop cell cache entries
     Cache {
@@ -240,6 +256,7 @@ pub fn main() -> ExitCode {
             temperature,
             top_p,
             concurrency,
+            slurm,
         }) => bench(
             &model,
             &model_name,
@@ -249,6 +266,7 @@ pub fn main() -> ExitCode {
             temperature,
             top_p,
             concurrency,
+            slurm.as_deref(),
         ),
         Some(Cmd::Verify {
             input,
@@ -258,6 +276,7 @@ pub fn main() -> ExitCode {
             top,
             output,
             timeout_ms,
+            slurm,
         }) => verify_file(
             &input,
             &code_col,
@@ -266,7 +285,9 @@ pub fn main() -> ExitCode {
             top.as_deref(),
             &output,
             timeout_ms,
+            slurm.as_deref(),
         ),
+        Some(Cmd::Worker { dir, task }) => worker(&dir, task),
     }
 }
 
@@ -408,6 +429,7 @@ fn bench(
     temperature: Option<f64>,
     top_p: f64,
     concurrency: i64,
+    slurm: Option<&str>,
 ) -> ExitCode {
     if !problems.is_dir() {
         eprintln!(
@@ -447,6 +469,17 @@ fn bench(
     if let Some(t) = temperature {
         options.insert("temperature".into(), t.into());
     }
+    if let Some(spec) = slurm {
+        match crate::slurm::SlurmOptions::from_spec(spec) {
+            Ok(s) => {
+                options.insert("executor".into(), rhai::Dynamic::from(s));
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let run = crate::llm::Model::from_options(&model_options).and_then(|m| {
         let problems = crate::data::load_verilog_eval_dir(problems).map_err(|e| e.to_string())?;
         crate::bench::run_benchmark(&m, &problems, &options)
@@ -475,11 +508,20 @@ fn verify_file(
     top: Option<&str>,
     output: &Path,
     timeout_ms: u64,
+    slurm: Option<&str>,
 ) -> ExitCode {
     if !input.is_file() {
         eprintln!("error: {}: no such file", input.display());
         return ExitCode::from(2);
     }
+    let executor = match slurm.map(crate::slurm::SlurmOptions::from_spec) {
+        None => crate::slurm::Executor::Local,
+        Some(Ok(s)) => crate::slurm::Executor::Slurm(s),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     crate::runtime_fns::set_base_dir(&cwd);
@@ -498,7 +540,7 @@ fn verify_file(
     // The same typed calls as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
     let verified = crate::data::load_jsonl(input, &crate::data::LoadOptions::default())
         .map_err(|e| e.to_string())
-        .and_then(|loaded| crate::verify::verify_rows(&loaded.frame, &inputs, &opts))
+        .and_then(|loaded| crate::verify::verify_rows(&loaded.frame, &inputs, &opts, &executor))
         .and_then(|v| {
             crate::data::save_jsonl(&v.df, output).map_err(|e| e.to_string())?;
             Ok(v)
@@ -519,6 +561,27 @@ fn verify_file(
                 v.df.height(),
                 output.display()
             );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rtlab worker DIR K`: one shard of a Slurm job array, run by the batch script the driver wrote.
+fn worker(dir: &Path, task: usize) -> ExitCode {
+    install_ctrl_c_handler();
+    let runner = |kind: &str| -> Option<crate::slurm::ShardRunner> {
+        match kind {
+            "verify" => Some(crate::verify::batch::run_shard),
+            _ => None,
+        }
+    };
+    match crate::slurm::worker_main(dir, task, &runner) {
+        Ok(n) => {
+            eprintln!("rtlab worker: shard {task}: {n} results written");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -17,6 +17,7 @@ mod phase;
 mod plot;
 mod repl;
 mod runtime_fns;
+mod slurm;
 mod store;
 mod testbench;
 mod train;

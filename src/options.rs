@@ -128,6 +128,21 @@ impl<'a> Options<'a> {
         }
     }
 
+    /// A value of a stdlib type (`executor: slurm(#{...})`); `wanted` says what to pass in the error.
+    pub fn custom<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        wanted: &str,
+    ) -> Result<Option<T>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .read_lock::<T>()
+                .map(|t| Some(t.clone()))
+                .ok_or_else(|| self.wrong(key, v, wanted)),
+        }
+    }
+
     /// A map option.
     pub fn map(&self, key: &str) -> Result<Option<Map>, String> {
         match self.get(key) {

@@ -46,8 +46,17 @@ pub fn run_benchmark(model: &Model, problems: &Frame, options: &Map) -> Result<M
     let o = crate::options::Options::new(
         "benchmark",
         options,
-        &["n", "temperature", "top_p", "k", "template", "name"],
+        &[
+            "n",
+            "temperature",
+            "top_p",
+            "k",
+            "template",
+            "name",
+            "executor",
+        ],
     )?;
+    let executor = crate::slurm::Executor::from_options(&o)?;
     let n = o.int_at_least("n", 1)?.unwrap_or(1) as usize;
     let temperature = o
         .float("temperature")?
@@ -115,7 +124,7 @@ pub fn run_benchmark(model: &Model, problems: &Frame, options: &Map) -> Result<M
         .collect();
     let store = crate::store::open_workspace();
     let opts = VerifyOptions::default();
-    let (reports, stats) = verify_all(&jobs, &opts, store.as_ref(), 0)?;
+    let (reports, stats) = verify_all(&jobs, &opts, store.as_ref(), &executor)?;
     if let Some(warning) = stats.store_warning(store.as_ref()) {
         eprintln!("{warning}");
     }
@@ -453,7 +462,8 @@ mod bench_functions {
 
     /// Benchmarks a model on problems (`load_verilog_eval`'s frame: task_id, prompt, ref, test,
     /// category). Options: `n` samples per problem (1), `temperature` (0.85 when n > 1, else 0), `top_p`
-    /// (0.95), `k` ([1, 5, 10], those ≤ n), `name`, `template` (with `{prompt}`). Returns a run map:
+    /// (0.95), `k` ([1, 5, 10], those ≤ n), `name`, `template` (with `{prompt}`), `executor` (where the
+    /// samples are verified: `slurm(#{...})` for a Slurm job array). Returns a run map:
     /// `id`, `name`, `model`, `summary` (pass@k, score, syntax, synth, all_io_used, functional,
     /// failure_classes), and frames `problems` (c, n, pass@k), `categories` and `samples`. The run is
     /// recorded in the workspace store.

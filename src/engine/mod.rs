@@ -114,6 +114,7 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
     crate::plot::register(&mut engine);
     crate::phase::register(&mut engine);
     crate::verify::register(&mut engine);
+    crate::slurm::register(&mut engine);
     crate::llm::register(&mut engine);
     crate::bench::register(&mut engine);
     crate::testbench::register(&mut engine);

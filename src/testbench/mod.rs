@@ -89,7 +89,14 @@ fn ask(model: &Model, prompt: &str) -> Result<String, String> {
 }
 
 /// The options of `a7_testbench`.
-const A7_KEYS: &[&str] = &["model", "category", "mutants", "min_killed", "template"];
+const A7_KEYS: &[&str] = &[
+    "model",
+    "category",
+    "mutants",
+    "min_killed",
+    "template",
+    "executor",
+];
 /// The options of `generate_verified` (the last three are passed on to `a7_testbench`).
 const GENERATE_KEYS: &[&str] = &[
     "categories",
@@ -100,6 +107,7 @@ const GENERATE_KEYS: &[&str] = &[
     "mutants",
     "min_killed",
     "template",
+    "executor",
 ];
 
 pub fn a7_testbench_impl(
@@ -115,6 +123,7 @@ pub fn a7_testbench_impl(
     let n_mutants = o.int_at_least("mutants", 0)?.unwrap_or(8) as usize;
     let min_killed = o.int_at_least("min_killed", 0)?.unwrap_or(2) as usize;
     let tpl = template(options, "template", A7_TEMPLATE)?;
+    let executor = crate::slurm::Executor::from_options(&o)?;
     let answer = ask(model, &a7_prompt(&tpl, spec, rtl, &category))?;
     let tb = extract_code(&answer);
     let sim = VerifyOptions {
@@ -152,7 +161,7 @@ pub fn a7_testbench_impl(
             ..VerifyOptions::default()
         },
         store.as_ref(),
-        0,
+        &executor,
     )?;
     let compiled: Vec<_> = reports.iter().filter(|r| r.syntax_ok).collect();
     let killed = compiled.iter().filter(|r| r.sim_status != "pass").count();
@@ -216,7 +225,7 @@ mod testbench_functions {
 
     /// Asks `model` for a testbench of `rtl` (the V5 plan's A7 prompt), extracts its code block, runs it
     /// on the RTL and on mutants of it. Options: `model` (required), `category`, `mutants` (8),
-    /// `min_killed` (2), `template`. Returns `{testbench, passed, log, mutants, killed, mutation_score,
+    /// `min_killed` (2), `template`, `executor` (where the mutants run: `slurm(#{...})`). Returns `{testbench, passed, log, mutants, killed, mutation_score,
     /// accepted, reason}`: accepted only when the testbench passes the RTL and fails at least
     /// `min_killed` mutants.
     #[rhai_fn(return_raw)]

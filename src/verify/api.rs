@@ -68,6 +68,7 @@ pub fn verify_rows(
     frame: &Frame,
     inputs: &FrameInputs,
     opts: &VerifyOptions,
+    executor: &crate::slurm::Executor,
 ) -> Result<Frame, String> {
     let code =
         crate::data::string_values(frame, inputs.code).map_err(|e| format!("verify: {e}"))?;
@@ -93,7 +94,7 @@ pub fn verify_rows(
         .collect();
     let store = crate::store::open_workspace();
     let start = std::time::Instant::now();
-    let (reports, stats) = verify_all(&jobs, opts, store.as_ref(), 0)?;
+    let (reports, stats) = verify_all(&jobs, opts, store.as_ref(), executor)?;
     if let Some(warning) = stats.store_warning(store.as_ref()) {
         eprintln!("{warning}");
     }
@@ -209,8 +210,10 @@ mod verify_functions {
     /// failure_class, errors, stages, skipped, simulator). `code` names the code column; `testbench`, `reference` and `top` name a
     /// column when the frame has one, else they are one value for every row. Results are cached in the
     /// workspace store: unchanged rows are not verified again (`rtlab run --fresh` verifies them
-    /// anew). The other options are `verify`'s. When a row skipped a stage it was asked for, one
-    /// warning line gives the counts; verdicts the store could not save are named in a warning too.
+    /// anew). `executor: slurm(#{...})` runs the rows as a Slurm job array (see `slurm`); the
+    /// verdicts are the same as here. The other options are `verify`'s. When a row skipped a stage it
+    /// was asked for, one warning line gives the counts; verdicts the store could not save are named
+    /// in a warning too.
     ///
     /// ```rhai
     /// let df = from_records([#{output: "module a(input x, output y); assign y = x; endmodule"}]);
@@ -219,7 +222,12 @@ mod verify_functions {
     /// ```
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_frame(frame: &mut Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
-        let opts = VerifyOptions::from_map("df.verify", &options, &["code"])?;
+        let opts = VerifyOptions::from_map("df.verify", &options, &["code", "executor"])?;
+        let executor = crate::slurm::Executor::from_options(&crate::options::Options::new(
+            "df.verify",
+            &options,
+            &[crate::verify::VERIFY_KEYS, &["code", "executor"]].concat(),
+        )?)?;
         let text = |key: &str| -> Result<Option<String>, String> {
             match options.get(key).filter(|v| !v.is_unit()) {
                 None => Ok(None),
@@ -237,7 +245,7 @@ mod verify_functions {
             reference: reference.as_deref(),
             top: top.as_deref(),
         };
-        Ok(verify_rows(frame, &inputs, &opts)?)
+        Ok(verify_rows(frame, &inputs, &opts, &executor)?)
     }
 
     /// Renames the declaration `module NAME` to `module NEW_NAME`, and nothing else: an instance or

@@ -4,12 +4,13 @@
 //! finish: an interrupted batch keeps what it did.
 
 use super::{tool_versions, verify, Report, VerifyOptions};
+use crate::slurm::Executor;
 use crate::store::Store;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 /// One example to verify.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     pub code: String,
     pub testbench: Option<String>,
@@ -46,6 +47,17 @@ pub fn cache_key(job: &Job, opts: &VerifyOptions) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// The key of a whole batch (every row, cached or not): it names the batch's Slurm job directory, so
+/// the same batch run again finds the job an earlier run submitted.
+pub fn batch_key(keys: &[String]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"rtlab-verify-batch-v1\0");
+    for k in keys {
+        h.update(k.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
 /// Counts of a batch run, for the closing line.
 #[derive(Debug, Default, Clone)]
 pub struct BatchStats {
@@ -55,6 +67,8 @@ pub struct BatchStats {
     /// Verdicts that could not be written to the store, and the first reason.
     pub not_stored: usize,
     pub store_error: Option<String>,
+    /// What the Slurm executor did, when the batch ran there.
+    pub slurm: Option<crate::slurm::SlurmRun>,
 }
 
 impl BatchStats {
@@ -71,13 +85,13 @@ impl BatchStats {
     }
 }
 
-/// Verifies every job, `workers` at a time (0: one per core). Results come back in job order.
-/// Checks the chosen stages' tools first: a missing one is an error before any work.
+/// Verifies every job, here on every core or on Slurm as `executor` says. Results come back in job
+/// order. Checks the chosen stages' tools first: a missing one is an error before any work.
 pub fn verify_all(
     jobs: &[Job],
     opts: &VerifyOptions,
     store: Option<&Store>,
-    workers: usize,
+    executor: &Executor,
 ) -> Result<(Vec<Report>, BatchStats), String> {
     let simulates = opts.testbench.is_some()
         || opts.reference.is_some()
@@ -85,20 +99,87 @@ pub fn verify_all(
             .iter()
             .any(|j| j.testbench.is_some() || j.reference.is_some());
     opts.check_tools(simulates)?;
-    Ok(verify_checked(jobs, opts, store, workers))
+    verify_checked(jobs, opts, store, executor)
+}
+
+/// One job with the batch's options: its own testbench, reference and top where it has them.
+fn verify_job(job: &Job, opts: &VerifyOptions) -> Report {
+    let mut o = opts.clone();
+    o.testbench = job.testbench.clone();
+    o.reference = job.reference.clone();
+    o.top = job.top.clone().or(o.top);
+    verify(&job.code, &o)
+}
+
+/// Where verdicts go as they arrive: the result slots, and the store (one transaction per 64, or per
+/// Slurm part), so an interrupted batch keeps its work. A failed write is counted and reported; it
+/// never stops the batch or loses what is saved.
+struct Sink<'a> {
+    store: Option<&'a Store>,
+    keys: &'a [String],
+    results: Vec<Option<Report>>,
+    pending: Vec<(usize, String)>,
+    stats: BatchStats,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Sink<'_> {
+    fn accept(&mut self, i: usize, report: Report) {
+        // A cancelled run is not a verdict: do not cache it.
+        if !report
+            .errors
+            .iter()
+            .any(|e| e.contains("cancelled by Ctrl-C"))
+        {
+            self.pending
+                .push((i, serde_json::to_string(&report).unwrap_or_default()));
+        }
+        self.results[i] = Some(report);
+        self.stats.verified += 1;
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+        if self.pending.len() >= 64 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(store) = self.store {
+            let keys = self.keys;
+            let pending = &self.pending;
+            let written = store.transaction(|s| {
+                for (i, json) in pending.iter() {
+                    s.put_verify(&keys[*i], json)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
+                self.stats.not_stored += self.pending.len();
+                self.stats.store_error.get_or_insert(e.to_string());
+            }
+        }
+        self.pending.clear();
+    }
 }
 
 fn verify_checked(
     jobs: &[Job],
     opts: &VerifyOptions,
     store: Option<&Store>,
-    workers: usize,
-) -> (Vec<Report>, BatchStats) {
-    let mut results: Vec<Option<Report>> = vec![None; jobs.len()];
+    executor: &Executor,
+) -> Result<(Vec<Report>, BatchStats), String> {
     let keys: Vec<String> = jobs.iter().map(|j| cache_key(j, opts)).collect();
-    let mut stats = BatchStats {
-        total: jobs.len(),
-        ..BatchStats::default()
+    let mut sink = Sink {
+        store,
+        keys: &keys,
+        results: vec![None; jobs.len()],
+        pending: Vec::new(),
+        stats: BatchStats {
+            total: jobs.len(),
+            ..BatchStats::default()
+        },
+        bar: None,
     };
     // `--fresh` recomputes every verdict (and stores the new ones).
     let read_store = store.filter(|_| !crate::runtime_fns::fresh_requested());
@@ -106,13 +187,15 @@ fn verify_checked(
         for (i, key) in keys.iter().enumerate() {
             if let Ok(Some(json)) = store.get_verify(key) {
                 if let Ok(r) = serde_json::from_str::<Report>(&json) {
-                    results[i] = Some(r);
-                    stats.cached += 1;
+                    sink.results[i] = Some(r);
+                    sink.stats.cached += 1;
                 }
             }
         }
     }
-    let mut todo: Vec<usize> = (0..jobs.len()).filter(|i| results[*i].is_none()).collect();
+    let mut todo: Vec<usize> = (0..jobs.len())
+        .filter(|i| sink.results[*i].is_none())
+        .collect();
     // Longest first (by text size, a proxy for tool time): a long simulation started last would leave
     // the other cores idle at the end of the batch.
     let size = |j: &Job| {
@@ -121,83 +204,30 @@ fn verify_checked(
             + j.reference.as_ref().map_or(0, String::len)
     };
     todo.sort_by_key(|&i| std::cmp::Reverse(size(&jobs[i])));
-    let workers = if workers == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        workers
+    // On Slurm the driver shows the shards' progress instead.
+    if matches!(executor, Executor::Local) {
+        sink.bar = progress_bar(todo.len() as u64);
+    }
+    let outcome = match executor {
+        Executor::Local => {
+            run_local(jobs, &todo, opts, 0, &mut |i, r| sink.accept(i, r));
+            Ok(())
+        }
+        Executor::Slurm(slurm) if !todo.is_empty() => {
+            run_on_slurm(jobs, &todo, &keys, opts, slurm, &mut sink).map(|run| {
+                eprintln!("{}", run.summary());
+                sink.stats.slurm = Some(run);
+            })
+        }
+        Executor::Slurm(_) => Ok(()),
     };
-    let bar = progress_bar(todo.len() as u64);
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::channel::<(usize, Report)>();
-    std::thread::scope(|scope| {
-        for _ in 0..workers.min(todo.len().max(1)) {
-            let tx = tx.clone();
-            let (todo, next) = (&todo, &next);
-            scope.spawn(move || loop {
-                if crate::engine::cancel_requested() {
-                    break;
-                }
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&i) = todo.get(k) else { break };
-                let job = &jobs[i];
-                let mut o = opts.clone();
-                o.testbench = job.testbench.clone();
-                o.reference = job.reference.clone();
-                o.top = job.top.clone().or(o.top);
-                if tx.send((i, verify(&job.code, &o))).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        // Store as results arrive (one transaction per 64), so an interrupted batch keeps its work.
-        // A failed write is counted and reported; it never stops the batch or loses what is saved.
-        let mut pending: Vec<(usize, String)> = Vec::new();
-        let mut not_stored = 0usize;
-        let mut store_error: Option<String> = None;
-        let mut flush = |pending: &mut Vec<(usize, String)>| {
-            if let Some(store) = store {
-                let written = store.transaction(|s| {
-                    for (i, json) in pending.iter() {
-                        s.put_verify(&keys[*i], json)?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = written {
-                    not_stored += pending.len();
-                    store_error.get_or_insert(e.to_string());
-                }
-            }
-            pending.clear();
-        };
-        for (i, report) in rx {
-            // A cancelled run is not a verdict: do not cache it.
-            if !report
-                .errors
-                .iter()
-                .any(|e| e.contains("cancelled by Ctrl-C"))
-            {
-                pending.push((i, serde_json::to_string(&report).unwrap_or_default()));
-            }
-            results[i] = Some(report);
-            stats.verified += 1;
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-            if pending.len() >= 64 {
-                flush(&mut pending);
-            }
-        }
-        flush(&mut pending);
-        stats.not_stored = not_stored;
-        stats.store_error = store_error;
-    });
-    if let Some(b) = bar {
+    sink.flush();
+    if let Some(b) = sink.bar.take() {
         b.finish_and_clear();
     }
-    let reports = results
+    outcome?;
+    let reports = sink
+        .results
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| Report {
@@ -207,7 +237,154 @@ fn verify_checked(
             })
         })
         .collect();
-    (reports, stats)
+    Ok((reports, sink.stats))
+}
+
+/// Verifies `todo` (indices into `jobs`) on `workers` threads (0: one per core), handing each
+/// verdict to `on_result` on this thread as it finishes.
+fn run_local(
+    jobs: &[Job],
+    todo: &[usize],
+    opts: &VerifyOptions,
+    workers: usize,
+    on_result: &mut dyn FnMut(usize, Report),
+) {
+    let workers = if workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        workers
+    };
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, Report)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(todo.len().max(1)) {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || loop {
+                if crate::engine::cancel_requested() {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = todo.get(k) else { break };
+                if tx.send((i, verify_job(&jobs[i], opts))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (i, report) in rx {
+            on_result(i, report);
+        }
+    });
+}
+
+/// What a Slurm worker needs besides its shard: the options, and the tool versions the cache keys
+/// were made with (a node with other versions would give verdicts the keys do not describe).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShardContext {
+    options: VerifyOptions,
+    tool_versions: std::collections::BTreeMap<String, Option<String>>,
+}
+
+fn driver_tool_versions() -> std::collections::BTreeMap<String, Option<String>> {
+    tool_versions()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// Runs `todo` as a Slurm job array: each distinct row once, every finished shard merged into the
+/// store in one transaction as it lands.
+fn run_on_slurm(
+    jobs: &[Job],
+    todo: &[usize],
+    keys: &[String],
+    opts: &VerifyOptions,
+    slurm: &crate::slurm::SlurmOptions,
+    sink: &mut Sink,
+) -> Result<crate::slurm::SlurmRun, String> {
+    let mut rows_of: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    let mut items = Vec::new();
+    for &i in todo {
+        let rows = rows_of.entry(keys[i].as_str()).or_default();
+        if rows.is_empty() {
+            let job = serde_json::to_value(&jobs[i]).map_err(|e| e.to_string())?;
+            items.push((keys[i].clone(), job));
+        }
+        rows.push(i);
+    }
+    let context = ShardContext {
+        options: opts.clone(),
+        tool_versions: driver_tool_versions(),
+    };
+    let batch = crate::slurm::ShardedBatch {
+        kind: "verify",
+        context: serde_json::to_value(&context).map_err(|e| e.to_string())?,
+        items,
+        batch_key: batch_key(keys),
+        workspace: crate::runtime_fns::workspace_dir(&crate::runtime_fns::resolve_path(".")),
+    };
+    let mut bad: Option<String> = None;
+    let run = crate::slurm::run(&batch, slurm, &mut |part| {
+        for (key, value) in part {
+            let Some(rows) = rows_of.get(key.as_str()) else {
+                continue;
+            };
+            match serde_json::from_value::<Report>(value) {
+                Ok(report) => {
+                    for &i in rows {
+                        if sink.results[i].is_none() {
+                            sink.accept(i, report.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    bad.get_or_insert(format!("a worker's verdict for {key} is not a report: {e}"));
+                }
+            }
+        }
+        sink.flush();
+    })?;
+    match bad {
+        Some(e) => Err(format!("slurm: {e}")),
+        None => Ok(run),
+    }
+}
+
+/// The `verify` kind's shard runner, for `rtlab worker`: the shard's jobs on `cpus` threads.
+pub fn run_shard(
+    context: &serde_json::Value,
+    items: Vec<serde_json::Value>,
+    cpus: usize,
+) -> Result<Vec<serde_json::Value>, String> {
+    let context: ShardContext = serde_json::from_value(context.clone())
+        .map_err(|e| format!("rtlab worker: the job's verify options do not parse: {e}"))?;
+    let here = driver_tool_versions();
+    if here != context.tool_versions {
+        return Err(format!(
+            "rtlab worker: this node's tools differ from the driver's: here {here:?}, the driver {:?}; install the same versions on every node (a verdict is cached under the tool versions)",
+            context.tool_versions
+        ));
+    }
+    let jobs: Vec<Job> = items
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("rtlab worker: a shard item is not a verify job: {e}"))?;
+    let todo: Vec<usize> = (0..jobs.len()).collect();
+    let mut results: Vec<Option<Report>> = vec![None; jobs.len()];
+    run_local(&jobs, &todo, &context.options, cpus.max(1), &mut |i, r| {
+        results[i] = Some(r)
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            let r = r.ok_or("rtlab worker: cancelled before every job ran")?;
+            serde_json::to_value(&r).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {

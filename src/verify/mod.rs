@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 /// Score weights. The score is the weighted mean over the stages that ran (`Report::stages`): a stage
 /// that was not chosen (or `sim` without a testbench or reference) is left out and the rest renormalize.
 /// A chosen stage whose tool is missing is an error before any work, never left out.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Weights {
     pub syntax: f64,
     pub synth: f64,
@@ -49,7 +49,7 @@ impl Default for Weights {
 
 /// Per-stage time limits in milliseconds (`timeouts: #{syntax, synth, lint, sim, synth_full}`).
 /// A stage that runs past its limit fails: it scores 0 and says so in `errors`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Timeouts {
     pub syntax: u64,
     pub synth: u64,
@@ -73,7 +73,7 @@ impl Default for Timeouts {
 }
 
 /// Which simulator runs testbenches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Simulator {
     Iverilog,
@@ -90,7 +90,7 @@ pub const ALL_STAGES: &[&str] = &["syntax", "synth", "lint", "sim", "synth_full"
 pub const DEFAULT_STAGES: &[&str] = &["syntax", "synth", "lint", "sim"];
 
 /// What to verify against and how.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VerifyOptions {
     pub top: Option<String>,
     pub testbench: Option<String>,
