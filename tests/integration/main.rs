@@ -16,6 +16,7 @@ mod gguf;
 mod llm;
 mod repl;
 mod scripts;
+mod slurm;
 mod train;
 mod truth;
 mod verify;
