@@ -412,13 +412,86 @@ pub fn load_verilog_eval(dir: &Path) -> Result<DataFrame, DataError> {
     )?)
 }
 
+/// The one field an empty struct column (a column of `#{}` maps, as `df.verify`'s `skipped` is when no
+/// row skipped a stage) carries in Parquet, which cannot store a struct without fields. Reading
+/// drops it again.
+const EMPTY_STRUCT_FIELD: &str = "__rtlab_empty_struct";
+
+/// Rebuilds every top-level struct column whose fields are exactly `from` with the fields `to` gives.
+fn map_struct_columns(
+    df: &DataFrame,
+    matches: impl Fn(&[Field]) -> bool,
+    to: impl Fn(&StructChunked) -> Vec<Series>,
+) -> Result<DataFrame, DataError> {
+    let mut columns = Vec::with_capacity(df.width());
+    for c in df.columns() {
+        match c.dtype() {
+            DataType::Struct(fields) if matches(fields.as_slice()) => {
+                let ca = c.struct_()?;
+                let fields = to(ca);
+                let rebuilt = StructChunked::from_series(c.name().clone(), c.len(), fields.iter())?
+                    .with_outer_validity(ca.rechunk().rechunk_validity());
+                columns.push(rebuilt.into_series().into_column());
+            }
+            _ => columns.push(c.clone()),
+        }
+    }
+    Ok(DataFrame::new(df.height(), columns)?)
+}
+
 pub fn frame_to_parquet_bytes(df: &DataFrame) -> Result<Vec<u8>, DataError> {
     let mut buf = Vec::new();
-    let mut df = df.clone();
+    let mut df = map_struct_columns(
+        df,
+        |fields| fields.is_empty(),
+        |ca| {
+            vec![Series::full_null(
+                EMPTY_STRUCT_FIELD.into(),
+                ca.len(),
+                &DataType::Boolean,
+            )]
+        },
+    )?;
     ParquetWriter::new(&mut buf).finish(&mut df)?;
     Ok(buf)
 }
 
 pub fn frame_from_parquet_bytes(bytes: &[u8]) -> Result<DataFrame, DataError> {
-    Ok(ParquetReader::new(Cursor::new(bytes)).finish()?)
+    let df = ParquetReader::new(Cursor::new(bytes)).finish()?;
+    map_struct_columns(
+        &df,
+        |fields| fields.len() == 1 && fields[0].name().as_str() == EMPTY_STRUCT_FIELD,
+        |_| Vec::new(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `df.verify` gives a `skipped` column of `#{}` maps when no row skipped a stage: a struct without
+    /// fields, which Parquet cannot hold. The notebook's cache and `save_parquet` must still round-trip
+    /// it, with the frame's other columns untouched.
+    #[test]
+    fn a_column_of_empty_maps_survives_parquet() {
+        let records: rhai::Array = (0..100)
+            .map(|i| {
+                let mut m = rhai::Map::new();
+                m.insert("skipped".into(), rhai::Dynamic::from_map(rhai::Map::new()));
+                let mut meta = rhai::Map::new();
+                meta.insert("id".into(), rhai::Dynamic::from(i as i64));
+                m.insert("metadata".into(), rhai::Dynamic::from_map(meta));
+                rhai::Dynamic::from_map(m)
+            })
+            .collect();
+        let frame = crate::data::from_records(&records, "test").unwrap();
+        assert_eq!(
+            frame.df.column("skipped").unwrap().dtype(),
+            &DataType::Struct(vec![])
+        );
+        let bytes = frame_to_parquet_bytes(&frame.df).unwrap();
+        let back = frame_from_parquet_bytes(&bytes).unwrap();
+        assert_eq!(back.schema(), frame.df.schema());
+        assert!(back.equals_missing(&frame.df));
+    }
 }

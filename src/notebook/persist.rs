@@ -105,6 +105,11 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         let opts = to_json(&Dynamic::from_map(model.to_options()), frames)?;
         return Ok(json!({"$rtlab": "model", "options": opts}));
     }
+    if let Some(slurm) = value.read_lock::<crate::slurm::SlurmOptions>() {
+        // An executor is its options: the same map rebuilds it.
+        let opts = to_json(&Dynamic::from_map(slurm.to_map()), frames)?;
+        return Ok(json!({"$rtlab": "slurm", "options": opts}));
+    }
     if value.is_fnptr() {
         return Err(NotPersistable("a closure or function pointer".into()));
     }
@@ -201,6 +206,16 @@ pub fn decode(
                     .ok_or("model options are not a map")?;
                 Dynamic::from(crate::llm::Model::from_options(&map)?)
             }
+            Some("slurm") => {
+                let opts = decode(
+                    obj.get("options").ok_or("slurm executor without options")?,
+                    load_frame,
+                )?;
+                let map = opts
+                    .try_cast::<rhai::Map>()
+                    .ok_or("slurm executor options are not a map")?;
+                Dynamic::from(crate::slurm::SlurmOptions::from_map(&map)?)
+            }
             Some("map") => decode(obj.get("v").ok_or("map without a value")?, load_frame)?,
             Some(other) => return Err(format!("unknown tag {other:?}")),
             None => {
@@ -221,6 +236,22 @@ mod tests {
     fn round_trip(v: Dynamic) -> Dynamic {
         let enc = encode(&v).expect("persistable");
         decode(&enc.json, &mut |_| Err("no frames".into())).expect("decodes")
+    }
+
+    #[test]
+    fn a_slurm_executor_is_cached_as_its_options() {
+        let mut map = Map::new();
+        map.insert("partition".into(), "cpu".into());
+        map.insert("tasks".into(), Dynamic::from(8_i64));
+        map.insert("mem".into(), "2G".into());
+        map.insert("max_running".into(), Dynamic::from(2_i64));
+        map.insert(
+            "extra".into(),
+            Dynamic::from_array(vec!["--qos=high".into()]),
+        );
+        let slurm = crate::slurm::SlurmOptions::from_map(&map).unwrap();
+        let back = round_trip(Dynamic::from(slurm.clone()));
+        assert_eq!(back.cast::<crate::slurm::SlurmOptions>(), slurm);
     }
 
     #[test]

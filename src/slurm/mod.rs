@@ -191,6 +191,40 @@ impl SlurmOptions {
         Self::from_map(&map).map_err(|e| e.replacen("slurm:", "--slurm:", 1))
     }
 
+    /// The map `from_map` reads back (how the notebook caches an executor).
+    pub fn to_map(&self) -> Map {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Dynamic| {
+            m.insert(k.into(), v);
+        };
+        if let Some(p) = &self.partition {
+            put("partition", p.clone().into());
+        }
+        if let Some(t) = self.tasks {
+            put("tasks", (t as i64).into());
+        }
+        put("cpus_per_task", (self.cpus_per_task as i64).into());
+        for (k, v) in [("mem", &self.mem), ("time", &self.time), ("account", &self.account)] {
+            if let Some(v) = v {
+                put(k, v.clone().into());
+            }
+        }
+        if let Some(r) = self.max_running {
+            put("max_running", (r as i64).into());
+        }
+        put("retries", (self.retries as i64).into());
+        if !self.extra.is_empty() {
+            put(
+                "extra",
+                Dynamic::from_array(self.extra.iter().map(|e| e.clone().into()).collect()),
+            );
+        }
+        if let Some(d) = &self.dir {
+            put("dir", d.display().to_string().into());
+        }
+        m
+    }
+
     /// One line, for display and logs.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
