@@ -204,7 +204,11 @@ impl SlurmOptions {
             put("tasks", (t as i64).into());
         }
         put("cpus_per_task", (self.cpus_per_task as i64).into());
-        for (k, v) in [("mem", &self.mem), ("time", &self.time), ("account", &self.account)] {
+        for (k, v) in [
+            ("mem", &self.mem),
+            ("time", &self.time),
+            ("account", &self.account),
+        ] {
             if let Some(v) = v {
                 put(k, v.clone().into());
             }

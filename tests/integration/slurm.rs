@@ -456,3 +456,68 @@ fn without_slurm_the_error_says_how_to_get_a_cluster() {
         run.stderr
     );
 }
+
+#[test]
+fn ctrl_c_cancels_the_slurm_job() {
+    require_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let child = verify_cmd(
+        dir.path(),
+        "rows40.jsonl",
+        "slurm.jsonl",
+        &["--slurm", "tasks=4"],
+        &[("RTLAB_SLURM_FAULT", "slow=30000")],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (_, id) = wait_for_job(dir.path(), Duration::from_secs(60));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let run = finish(child);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "cancelled by Ctrl-C: Slurm job {id} was cancelled with scancel"
+        )),
+        "{}",
+        run.stderr
+    );
+    wait_for(
+        "the job to leave the queue",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("squeue")
+                .args(["-h", "-r", "-j", &id.to_string()])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        },
+    );
+}
+
+#[test]
+fn a_shard_past_its_time_limit_is_named_as_timed_out() {
+    require_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    // Slurm's smallest limit is a minute; each shard would sleep for two.
+    let run = verify(
+        dir.path(),
+        "rows40.jsonl",
+        "slurm.jsonl",
+        &["--slurm", "tasks=2,time=1"],
+        &[("RTLAB_SLURM_FAULT", "slow=120000")],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("2 of 2 shards failed")
+            && run
+                .stderr
+                .contains("timed out after the time limit 1: raise `time` or `tasks`"),
+        "{}",
+        run.stderr
+    );
+}

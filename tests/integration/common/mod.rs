@@ -100,7 +100,24 @@ pub fn scrub(text: &str, paths: &[&Path]) -> String {
     for p in paths {
         out = out.replace(&p.display().to_string(), "[DIR]");
     }
-    regex_lite_replace(&out)
+    scrub_slurm_job_ids(&regex_lite_replace(&out))
+}
+
+/// `slurm: job 41: ...` → `slurm: job [ID]: ...`: Slurm numbers jobs in order of submission.
+fn scrub_slurm_job_ids(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("slurm: job ") {
+            Some(rest) => {
+                let id_len = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == ',' || c == ' '))
+                    .unwrap_or(rest.len());
+                format!("slurm: job [ID]{}", &rest[id_len..])
+            }
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + if text.ends_with('\n') { "\n" } else { "" }
 }
 
 /// `1.23 s` → `[T] s`, without pulling in a regex crate for tests.
