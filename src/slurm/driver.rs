@@ -309,8 +309,7 @@ fn create(dir: &Path, batch: &ShardedBatch, opts: &SlurmOptions) -> Result<JobRe
     for (k, items) in per_shard.iter().enumerate() {
         write_json(&dir.join(format!("shards/{k}.json")), items)?;
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("slurm: cannot find the rtlab binary to run as the worker: {e}"))?;
+    let exe = worker_binary()?;
     let script = format!(
         "#!/bin/sh\n# rtlab's worker for one shard of a Slurm job array (see src/slurm/).\nexec {} worker {} \"$SLURM_ARRAY_TASK_ID\"\n",
         sh_quote(&exe.to_string_lossy()),
@@ -327,6 +326,26 @@ fn create(dir: &Path, batch: &ShardedBatch, opts: &SlurmOptions) -> Result<JobRe
     };
     write_json(&dir.join("job.json"), &job)?;
     Ok(job)
+}
+
+/// The rtlab binary the array tasks run: `RTLAB_WORKER_BIN` when set (a cluster whose nodes see the
+/// binary at another path; an embedding whose own executable is not rtlab), else this one.
+fn worker_binary() -> Result<PathBuf, String> {
+    match std::env::var_os("RTLAB_WORKER_BIN") {
+        Some(bin) => {
+            let bin = PathBuf::from(bin);
+            if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(format!(
+                    "slurm: RTLAB_WORKER_BIN={} is not a file; point it at the rtlab binary the nodes run",
+                    bin.display()
+                ))
+            }
+        }
+        None => std::env::current_exe()
+            .map_err(|e| format!("slurm: cannot find the rtlab binary to run as the worker: {e}")),
+    }
 }
 
 /// The state of following one job.

@@ -23,6 +23,9 @@ pub fn in_process_env() -> &'static Path {
         let home = tempfile::tempdir().unwrap();
         std::env::set_var("RTLAB_HOME", home.path().join(".rtlab"));
         std::env::set_var("RTLAB_TEST_SECRET_KEY", "sk-very-secret-123");
+        // A Slurm batch run in-process (the book's examples) runs the rtlab binary as its workers,
+        // not this test binary.
+        std::env::set_var("RTLAB_WORKER_BIN", env!("CARGO_BIN_EXE_rtlab"));
         home
     })
     .path()
