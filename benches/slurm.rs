@@ -94,7 +94,10 @@ from_records(rows).head(300).save_jsonl("rows.jsonl");"#,
     let (l, s) = (median(local.clone()), median(slurm.clone()));
     println!("  local batch        {l:6.2} s  runs {local:.2?}");
     println!("  slurm {tasks:<12} {s:6.2} s  runs {slurm:.2?}");
-    println!("  overhead           {:.2}x the local wall time (goal: at most 1.3x)", s / l);
+    println!(
+        "  overhead           {:.2}x the local wall time (goal: at most 1.3x)",
+        s / l
+    );
 
     println!("throughput by shards (one run each):");
     println!("  tasks  rows/shard  wall s  rows/s");

@@ -521,3 +521,52 @@ fn a_shard_past_its_time_limit_is_named_as_timed_out() {
         run.stderr
     );
 }
+
+/// A benchmark whose samples are verified on Slurm scores exactly as one verified here.
+#[test]
+fn a_benchmark_verified_on_slurm_scores_as_one_verified_here() {
+    require_cluster();
+    let data = repo_root().join("data");
+    let script = |executor: &str| {
+        format!(
+            r#"import_cassette("{cassette}");
+let ids = load_jsonl("{ids}").column("task_id");
+let problems = load_verilog_eval("{problems}").filter(col("task_id").is_in(ids));
+let run = benchmark(llm(#{{provider: "replay", model: "rtl-v3"}}), problems, #{{n: 1, k: [1], name: "rtl-v3"{executor}}});
+print(run.summary);
+print(run.samples.select(["task_id", "score", "sim_status"]).to_records());"#,
+            cassette = data.join("cassettes/benchmark_compare.jsonl").display(),
+            ids = data
+                .join("cassettes/benchmark_compare_problems.jsonl")
+                .display(),
+            problems = data.join("verilog-eval-v2").display(),
+        )
+    };
+    let run_in = |code: String| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.rhai"), code).unwrap();
+        let run = Run::from(
+            rtlab()
+                .current_dir(dir.path())
+                .env("RTLAB_HOME", dir.path().join("ws"))
+                .args(["run", "--no-cache", "b.rhai"])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run
+    };
+    let here = run_in(script(""));
+    let there = run_in(script(", executor: slurm(#{tasks: 3})"));
+    assert!(there.stderr.contains("slurm: job"), "{}", there.stderr);
+    assert!(!here.stderr.contains("slurm: job"), "{}", here.stderr);
+    // The summary minus the run id, and every sample's verdict.
+    let strip_id = |s: &str| {
+        s.split(", ")
+            .filter(|part| !part.contains("\"id\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert_eq!(strip_id(&there.stdout), strip_id(&here.stdout));
+    assert!(here.stdout.contains("sim_status"), "{}", here.stdout);
+}
