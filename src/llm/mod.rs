@@ -410,6 +410,7 @@ impl Model {
             std::path::Path::new(&self.cfg.model),
             adapter.as_deref(),
             self.cfg.template.clone(),
+            false,
         ) {
             Ok(m) => m,
             Err(e) => {

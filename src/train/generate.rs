@@ -68,13 +68,16 @@ impl Default for GenOptions {
 }
 
 impl LocalModel {
+    /// Loads a Hugging Face directory or a GGUF file. A GGUF's quantized projections stay quantized
+    /// (as llama.cpp runs them) unless `dequantize`, which computes everything in f32.
     pub fn load(
         dir: &Path,
         adapter: Option<&Path>,
         template: Option<String>,
+        dequantize: bool,
     ) -> Result<LocalModel, TrainError> {
         if dir.is_file() && super::gguf::is_gguf(dir) {
-            return Self::load_gguf(dir, adapter, template);
+            return Self::load_gguf(dir, adapter, template, dequantize);
         }
         let cfg = ModelConfig::from_dir(dir)?;
         let tokenizer = examples::load_tokenizer(dir)?;
@@ -96,18 +99,23 @@ impl LocalModel {
         })
     }
 
-    /// A GGUF file (llama.cpp, Ollama): weights dequantized to f32, the tokenizer and chat template
-    /// from its metadata.
+    /// A GGUF file (llama.cpp, Ollama): the quantized projections kept quantized (or every weight
+    /// dequantized to f32), the tokenizer and chat template from its metadata.
     fn load_gguf(
         path: &Path,
         adapter: Option<&Path>,
         template: Option<String>,
+        dequantize: bool,
     ) -> Result<LocalModel, TrainError> {
         let dev = Device::Cpu;
         let g = super::gguf::open(path)?;
         let eos = examples::eos_id(&g.tokenizer, g.cfg.eos_token_id)?;
-        let weights = g.weights(&dev)?;
-        let mut model = CausalLm::new(g.cfg.clone(), weights, None, 0, DType::F32, &dev)?;
+        let mut model = if dequantize {
+            CausalLm::new(g.cfg.clone(), g.weights(&dev)?, None, 0, DType::F32, &dev)?
+        } else {
+            let (dense, quantized) = g.weights_quantized(&dev)?;
+            CausalLm::with_quantized(g.cfg.clone(), dense, quantized, None, 0, DType::F32, &dev)?
+        };
         if let Some(a) = adapter {
             let (spec, tensors) = peft::load(a, &dev)?;
             model.set_adapters(&spec, tensors)?;

@@ -12,11 +12,13 @@
 //! with the pre-tokenizer that `tokenizer.ggml.pre` names.
 
 use super::config::{Arch, ModelConfig};
-use super::model::Weights;
+use super::model::{QuantizedWeights, Weights};
 use super::TrainError;
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use std::path::Path;
+use std::sync::Arc;
 use tokenizers::Tokenizer;
 
 /// A GGUF file's metadata, checked, and where its tensors are: [`GgufFile::weights`] reads them.
@@ -176,6 +178,94 @@ impl GgufFile {
         }
         Ok(weights)
     }
+}
+
+impl GgufFile {
+    /// The weights for decoding and QLoRA: every projection and the output head that the file stores
+    /// quantized stay quantized (their Q/K rows unpermuted block-row by block-row, no dequantizing),
+    /// everything else is dequantized to f32 as [`GgufFile::weights`] does. A tied output head is the
+    /// quantized embedding; the embedding itself is dequantized for its lookups.
+    pub fn weights_quantized(
+        &self,
+        dev: &Device,
+    ) -> Result<(Weights, QuantizedWeights), TrainError> {
+        use candle_core::quantized::GgmlDType;
+        let path = self.path.as_path();
+        let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let llama = self.cfg.arch == Arch::Llama;
+        let has_output = self.content.tensor_infos.contains_key("output.weight");
+        let (mut dense, mut quantized) = (Weights::new(), QuantizedWeights::new());
+        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(hf) = hf_name(name) else { continue };
+            let q = self
+                .content
+                .tensor(&mut file, name, dev)
+                .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+            let is_float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            let projection = hf.ends_with("_proj.weight") || hf == "lm_head.weight";
+            let tied_head = hf == "model.embed_tokens.weight" && !has_output;
+            if is_float || !(projection || tied_head) {
+                let mut t = q
+                    .dequantize(dev)
+                    .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;
+                if llama && name.ends_with("attn_q.weight") {
+                    t = unpermute(&t, heads)?;
+                } else if llama && name.ends_with("attn_k.weight") {
+                    t = unpermute(&t, kv_heads)?;
+                }
+                dense.insert(hf, t);
+                continue;
+            }
+            let q = if llama && name.ends_with("attn_q.weight") {
+                unpermute_quantized(&q, heads, dev)?
+            } else if llama && name.ends_with("attn_k.weight") {
+                unpermute_quantized(&q, kv_heads, dev)?
+            } else {
+                q
+            };
+            if tied_head {
+                let t = q
+                    .dequantize(dev)
+                    .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;
+                dense.insert(hf, t);
+                quantized.insert("lm_head.weight".to_string(), Arc::new(q));
+            } else {
+                quantized.insert(hf, Arc::new(q));
+            }
+        }
+        Ok((dense, quantized))
+    }
+}
+
+/// [`unpermute`] on a quantized `[heads · head_dim, in]` tensor: GGML quantizes each row on its own,
+/// so moving whole rows of blocks undoes the permutation exactly, without a round trip through f32.
+fn unpermute_quantized(q: &QTensor, heads: usize, dev: &Device) -> Result<QTensor, TrainError> {
+    let (rows, cols) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    if data.len() != rows * row_bytes || rows % (2 * heads) != 0 {
+        return Err(TrainError::Input(format!(
+            "a quantized Q/K projection of {rows}×{cols} ({dtype:?}) does not split into {heads} heads"
+        )));
+    }
+    let half = rows / heads / 2;
+    let mut out = Vec::with_capacity(data.len());
+    // Hugging Face row (h, j, i) is GGUF row (h, i, j), for j in the two halves and i < half.
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = h * 2 * half + i * 2 + j;
+                out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    let storage =
+        candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(out), dev, dtype)?;
+    Ok(QTensor::new(storage, (rows, cols))?)
 }
 
 /// The tensor types `export` writes.

@@ -77,9 +77,11 @@ struct TrainRequest {
     fresh: bool,
     on_too_long: TooLong,
     device: String,
+    /// QLoRA: the frozen base stays in its GGUF quantization.
+    quantized_base: bool,
 }
 
-const OPTIONS: [&str; 27] = [
+const OPTIONS: [&str; 28] = [
     "base",
     "data",
     "prompt_col",
@@ -107,6 +109,7 @@ const OPTIONS: [&str; 27] = [
     "max_grad_norm",
     "max_steps",
     "on_too_long",
+    "quantized_base",
 ];
 
 fn num(o: &Map, k: &str, default: f64) -> Result<f64, TrainError> {
@@ -292,6 +295,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         fresh: flag(o, "fresh", false)? || crate::runtime_fns::fresh_requested(),
         on_too_long,
         device,
+        quantized_base: flag(o, "quantized_base", false)?,
     })
 }
 
@@ -354,6 +358,20 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     } else {
         None
     };
+    if req.quantized_base {
+        if gguf_base.is_none() {
+            return Err(bad(format!(
+                "train_lora: quantized_base needs a GGUF base (a .gguf file, a model name like smollm2-135m, or ollama:NAME); {} holds no quantized weights",
+                req.base.display()
+            )));
+        }
+        if req.device != "cpu" {
+            return Err(bad(format!(
+                "train_lora: quantized_base runs on the CPU path; the GPU kernels take an f32 base (pass device: \"cpu\", not {:?})",
+                req.device
+            )));
+        }
+    }
     let (cfg, tokenizer) = match &gguf_base {
         Some(g) => {
             crate::runtime_fns::note_input(&req.base);
@@ -404,6 +422,10 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     // The fingerprint: everything that changes the result.
     let mut h = blake3::Hasher::new();
     h.update(serde_json::json!({"spec": req.spec, "hyper": hyper, "max_len": req.max_len, "template": req.template}).to_string().as_bytes());
+    // A quantized base computes other numbers than its f32 copy: another run.
+    if req.quantized_base {
+        h.update(b"quantized_base");
+    }
     h.update(base_identity(&req.base)?.as_bytes());
     for e in &examples {
         h.update(&(e.prompt_len as u64).to_le_bytes());
@@ -442,15 +464,20 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     crate::runtime_fns::write_atomic(&job_json, fingerprint.as_bytes())?;
 
     let dev = Device::Cpu;
-    let weights = match &gguf_base {
-        Some(g) => g.weights(&dev)?,
-        None => load_weights(&req.base, DType::F32, &dev)?,
+    let (weights, quantized) = match &gguf_base {
+        Some(g) if req.quantized_base => g.weights_quantized(&dev)?,
+        Some(g) => (g.weights(&dev)?, Default::default()),
+        None => (
+            load_weights(&req.base, DType::F32, &dev)?,
+            Default::default(),
+        ),
     };
     // The GPU path uploads the base weights itself; candle's copies share their storage.
     let gpu_weights = gpu.as_ref().map(|_| weights.clone());
-    let model = CausalLm::new(
+    let model = CausalLm::with_quantized(
         cfg.clone(),
         weights,
+        quantized,
         Some(&req.spec),
         hyper.seed,
         DType::F32,
@@ -676,19 +703,21 @@ pub fn load_local(
     dir: &Path,
     adapter: Option<&Path>,
     template: Option<String>,
+    dequantize: bool,
 ) -> Result<Arc<LocalModel>, TrainError> {
-    type Key = (PathBuf, Option<PathBuf>, Option<String>);
+    type Key = (PathBuf, Option<PathBuf>, Option<String>, bool);
     static LOADED: OnceLock<Mutex<HashMap<Key, Arc<LocalModel>>>> = OnceLock::new();
     let key = (
         dir.to_path_buf(),
         adapter.map(Path::to_path_buf),
         template.clone(),
+        dequantize,
     );
     let map = LOADED.get_or_init(Default::default);
     if let Some(m) = map.lock().ok().and_then(|m| m.get(&key).cloned()) {
         return Ok(m);
     }
-    let model = Arc::new(LocalModel::load(dir, adapter, template)?);
+    let model = Arc::new(LocalModel::load(dir, adapter, template, dequantize)?);
     if let Ok(mut m) = map.lock() {
         m.insert(key, model.clone());
     }
@@ -752,7 +781,8 @@ mod train_functions {
     /// curve (a DataFrame of step, epoch, loss, lr, grad_norm), tokens_per_s, seconds, peak_rss_mb,
     /// trainable_params, resumed_from, cancelled, cached, loss_svg}`.
     ///
-    /// Options: `base` (a Hugging Face Llama/Qwen2 dir), `data` (DataFrame or JSONL path), `out`;
+    /// Options: `base` (a Hugging Face Llama/Qwen2 dir, a GGUF file, or a model name such as
+    /// `smollm2-135m`), `data` (DataFrame or JSONL path), `out`;
     /// `prompt_col` ("instruction"), `response_col` ("output"), `template` (Alpaca style, `{prompt}`
     /// marks the prompt), `r` (64), `alpha` (2·r), `dropout` (0.05), `target_modules` (all seven
     /// projections), `rslora` (false), `lr` (2e-4), `epochs` (3), `batch_size` (4), `grad_accum` (4),
@@ -762,7 +792,9 @@ mod train_functions {
     /// `fresh` (false: true retrains even when `out` holds this exact run), `max_steps`, `on_too_long`
     /// ("error" or "skip" rows whose prompt does not fit `max_len`), `device` ("cpu"; "wgpu" runs the
     /// whole step on rtlab's cubecl kernels through Vulkan/Metal/DX12; "cuda" with the `cuda` build;
-    /// "auto" = "cuda" in a CUDA build on a machine whose driver and NVRTC load, else "cpu").
+    /// "auto" = "cuda" in a CUDA build on a machine whose driver and NVRTC load, else "cpu"),
+    /// `quantized_base` (false; true is QLoRA on a GGUF base: the frozen projections stay in the
+    /// file's quantization and only the adapters are f32; CPU only).
     /// Loss counts response tokens only. Ctrl-C stops after the current step and checkpoints.
     ///
     /// ```rhai
@@ -838,8 +870,11 @@ mod train_functions {
         Ok(tiny::create(&crate::runtime_fns::resolve_path(dir), &spec)?)
     }
 
-    /// Loads a model dir for local generation, with `#{adapter: "dir"}` a PEFT adapter on top and
-    /// `template` the prompt template (the trainer's default).
+    /// Loads a model for local generation: a Hugging Face directory, a GGUF file, a model rtlab knows
+    /// by name (`smollm2-135m`, pulled on first use) or `ollama:NAME[:TAG]`. Options: `adapter` (a
+    /// PEFT adapter directory on top), `template` (the prompt template; a GGUF's own chat template
+    /// otherwise), `dequantize` (false: a GGUF's quantized projections stay quantized and decode with
+    /// candle's quantized matmul, as llama.cpp runs them; true: every weight in f32).
     ///
     /// ```rhai
     /// create_tiny_model("/tmp/rtlab-doc-tiny3", #{});
@@ -848,12 +883,17 @@ mod train_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn load_model(dir: &str, options: Map) -> Result<Local, Box<EvalAltResult>> {
-        crate::options::Options::new("load_model", &options, &["adapter", "template"])?;
+        let o = crate::options::Options::new(
+            "load_model",
+            &options,
+            &["adapter", "template", "dequantize"],
+        )?;
         let adapter = text(&options, "adapter")?.map(|a| crate::runtime_fns::resolve_path(&a));
         let m = load_local(
             &models::locate(dir)?,
             adapter.as_deref(),
             text(&options, "template")?,
+            o.bool("dequantize")?.unwrap_or(false),
         )?;
         Ok(Local(m))
     }

@@ -11,11 +11,13 @@
 
 use super::config::ModelConfig;
 use super::TrainError;
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The projections LoRA can adapt, in PEFT's names.
 pub const ALL_TARGETS: [&str; 7] = [
@@ -55,9 +57,48 @@ pub struct Lora {
     dropout: f64,
 }
 
+/// A frozen base weight [out, in]: a dense tensor, or a GGUF tensor kept in its quantization (for
+/// decoding, where the quantized matmul reads a quarter of the bytes, and for QLoRA training, where
+/// the base stays small and only the adapters are f32).
+#[derive(Clone)]
+pub enum BaseWeight {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl BaseWeight {
+    pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            BaseWeight::Dense(t) => t.dims2(),
+            BaseWeight::Quantized(q) => q.shape().dims2(),
+        }
+    }
+
+    /// The weight as a dense f32 tensor (a quantized one is dequantized: a copy).
+    pub fn dense(&self) -> candle_core::Result<Tensor> {
+        match self {
+            BaseWeight::Dense(t) => Ok(t.clone()),
+            BaseWeight::Quantized(q) => q.dequantize(&Device::Cpu),
+        }
+    }
+
+    /// `x Wᵀ` for `x` [rows, in], with a gradient to `x` only. A quantized weight in a training pass
+    /// is dequantized for the product (QLoRA's forward: exact, so its gradient is the true one); in
+    /// inference it runs candle's quantized kernel, which also quantizes `x` to 8 bits per block.
+    fn matmul_t(&self, x: &Tensor, pass: &Pass) -> candle_core::Result<Tensor> {
+        match self {
+            BaseWeight::Dense(w) => frozen_matmul(x, w),
+            BaseWeight::Quantized(q) => x.contiguous()?.apply_op1(FrozenQuantMatmul {
+                weight: q.clone(),
+                exact: pass.training,
+            }),
+        }
+    }
+}
+
 /// A linear layer (`weight` [out, in] as stored by HF), optionally adapted.
 pub struct Linear {
-    weight: Tensor,
+    weight: BaseWeight,
     bias: Option<Tensor>,
     pub lora: Option<Lora>,
 }
@@ -65,15 +106,22 @@ pub struct Linear {
 /// What a forward pass needs besides its input: dropout's seeded generator when training.
 pub struct Pass {
     pub dropout_rng: Option<StdRng>,
+    /// A training pass computes a quantized base's matmuls exactly, on the dequantized weight (as
+    /// QLoRA does); inference uses the quantized kernel, as llama.cpp does.
+    pub training: bool,
 }
 
 impl Pass {
     pub fn inference() -> Pass {
-        Pass { dropout_rng: None }
+        Pass {
+            dropout_rng: None,
+            training: false,
+        }
     }
     pub fn training(seed: u64) -> Pass {
         Pass {
             dropout_rng: Some(StdRng::seed_from_u64(seed)),
+            training: true,
         }
     }
 }
@@ -128,6 +176,51 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 }
 
+/// `x Wᵀ` for a frozen quantized `W`: candle's quantized matmul forward (the activations quantized to
+/// 8 bits per block, as llama.cpp does), and a backward `dx = dy W` that dequantizes `W` for the
+/// moment it is needed, so a QLoRA step never holds the whole base in f32.
+struct FrozenQuantMatmul {
+    weight: Arc<QTensor>,
+    /// Dequantize `W` and multiply in f32 (training), instead of the quantized kernel (inference).
+    exact: bool,
+}
+
+impl candle_core::CustomOp1 for FrozenQuantMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-quantized-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        if !matches!(s, candle_core::CpuStorage::F32(_)) {
+            candle_core::bail!("a quantized base computes in f32");
+        }
+        if !self.exact {
+            return candle_core::CustomOp1::cpu_fwd(self.weight.as_ref(), s, l);
+        }
+        let w = self.weight.dequantize(&Device::Cpu)?;
+        let y = tensor_from_storage(s, l)?.matmul(&w.t()?)?;
+        let (storage, _) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(c) => Ok((c.clone(), y.shape().clone())),
+            _ => candle_core::bail!("frozen quantized linear: CPU only"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let w = self.weight.dequantize(grad.device())?;
+        Ok(Some(grad.matmul(&w)?))
+    }
+}
+
 /// `x Wᵀ` for a frozen `W`, gradient to `x` only.
 fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(FrozenMatmul {
@@ -141,7 +234,7 @@ impl Linear {
         let d_in = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, d_in))?;
-        let mut y = frozen_matmul(&x2, &self.weight)?;
+        let mut y = self.weight.matmul_t(&x2, pass)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -163,11 +256,11 @@ impl Linear {
 
     /// `W + s·B·A`, the weight a merged model stores.
     pub fn merged_weight(&self) -> candle_core::Result<Tensor> {
+        let weight = self.weight.dense()?;
         match &self.lora {
-            None => Ok(self.weight.clone()),
-            Some(l) => self.weight.add(
-                &(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?
-                    .to_dtype(self.weight.dtype())?,
+            None => Ok(weight),
+            Some(l) => weight.add(
+                &(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?.to_dtype(weight.dtype())?,
             ),
         }
     }
@@ -411,7 +504,7 @@ pub struct CausalLm {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: BaseWeight,
     rope: Rope,
     pub dtype: DType,
     pub device: Device,
@@ -419,6 +512,9 @@ pub struct CausalLm {
 
 /// Base weights by HF name, converted to the compute dtype.
 pub type Weights = HashMap<String, Tensor>;
+
+/// Base weights kept quantized (from a GGUF file), by HF name: the projections and the output head.
+pub type QuantizedWeights = HashMap<String, Arc<QTensor>>;
 
 pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, TrainError> {
     let mut all = HashMap::new();
@@ -516,12 +612,31 @@ impl CausalLm {
     /// Builds the model from base weights, adding fresh adapters (seeded PEFT init) when `lora` is given.
     pub fn new(
         cfg: ModelConfig,
-        mut w: Weights,
+        w: Weights,
         lora: Option<&LoraSpec>,
         seed: u64,
         dtype: DType,
         dev: &Device,
     ) -> Result<CausalLm, TrainError> {
+        Self::with_quantized(cfg, w, QuantizedWeights::new(), lora, seed, dtype, dev)
+    }
+
+    /// [`CausalLm::new`] where the projections (and the output head) found in `quantized` stay
+    /// quantized; the rest comes from `w`.
+    pub fn with_quantized(
+        cfg: ModelConfig,
+        mut w: Weights,
+        mut quantized: QuantizedWeights,
+        lora: Option<&LoraSpec>,
+        seed: u64,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<CausalLm, TrainError> {
+        if !quantized.is_empty() && dtype != DType::F32 {
+            return Err(TrainError::Input(format!(
+                "a quantized base computes in f32, not {dtype:?}"
+            )));
+        }
         let mut take = |name: &str| -> Result<Tensor, TrainError> {
             w.remove(name).ok_or_else(|| {
                 TrainError::Input(format!(
@@ -535,7 +650,11 @@ impl CausalLm {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let mut linear = |module: &str, path: &str, bias: bool| -> Result<Linear, TrainError> {
-                let weight = take(&format!("{p}.{path}.weight"))?;
+                let name = format!("{p}.{path}.weight");
+                let weight = match quantized.remove(&name) {
+                    Some(q) => BaseWeight::Quantized(q),
+                    None => BaseWeight::Dense(take(&name)?),
+                };
                 let bias = if bias {
                     Some(take(&format!("{p}.{path}.bias"))?)
                 } else {
@@ -579,13 +698,10 @@ impl CausalLm {
             });
         }
         let embed = take("model.embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            match take("lm_head.weight") {
-                Ok(t) => t,
-                Err(_) => embed.clone(),
-            }
+        let lm_head = match quantized.remove("lm_head.weight") {
+            Some(q) => BaseWeight::Quantized(q),
+            None if cfg.tie_word_embeddings => BaseWeight::Dense(embed.clone()),
+            None => BaseWeight::Dense(take("lm_head.weight").unwrap_or_else(|_| embed.clone())),
         };
         let norm = RmsNorm {
             weight: take("model.norm.weight")?,
@@ -650,11 +766,9 @@ impl CausalLm {
             x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?, pass)?)?;
         }
         let x = self.norm.forward(&x)?;
-        frozen_matmul(&x.reshape((b * t, self.cfg.hidden_size))?, &self.lm_head)?.reshape((
-            b,
-            t,
-            self.cfg.vocab_size,
-        ))
+        self.lm_head
+            .matmul_t(&x.reshape((b * t, self.cfg.hidden_size))?, pass)?
+            .reshape((b, t, self.cfg.vocab_size))
     }
 
     /// Every adapter, by its PEFT module path (`model.layers.N.self_attn.q_proj`).

@@ -56,6 +56,10 @@ fn randomize_b(m: &CausalLm) {
 }
 
 fn loss(m: &CausalLm) -> Tensor {
+    loss_in(m, &mut Pass::inference())
+}
+
+fn loss_in(m: &CausalLm, pass: &mut Pass) -> Tensor {
     let ids = Tensor::new(
         &[
             [3u32, 70, 101, 5, 9, 200, 44],
@@ -82,7 +86,7 @@ fn loss(m: &CausalLm) -> Tensor {
     .unwrap()
     .to_dtype(m.dtype)
     .unwrap();
-    let logits = m.forward(&ids, None, &mut Pass::inference()).unwrap();
+    let logits = m.forward(&ids, None, pass).unwrap();
     masked_nll(&logits, &targets, &mask, 8.0).unwrap()
 }
 
@@ -323,4 +327,73 @@ fn only_response_tokens_are_scored() {
     let mask: Vec<f32> = b.mask.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(mask, vec![0.0, 0.0, 1.0, 1.0, 1.0]);
     assert_eq!(b.scored, 3);
+}
+
+/// QLoRA: a base whose projections stay quantized trains exactly as its dequantized copy does (the
+/// training forward multiplies by the dequantized weight, and the backward's `dy W` uses the same
+/// weight), so the loss and every adapter gradient agree; inference uses the quantized kernel, which
+/// also quantizes activations, and stays close.
+#[test]
+fn a_quantized_base_trains_exactly_as_its_dequantized_copy() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let dir = tempfile::tempdir().unwrap();
+    // Rows of 64: a multiple of Q8_0's 32-value blocks.
+    let tiny = TinySpec {
+        arch: super::config::Arch::Llama,
+        hidden: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 64,
+        max_positions: 64,
+        seed: 3,
+    };
+    tiny::create(dir.path(), &tiny).unwrap();
+    let cfg = ModelConfig::from_dir(dir.path()).unwrap();
+    let mut dense = load_weights(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let mut quantized = super::model::QuantizedWeights::new();
+    let names: Vec<String> = dense
+        .keys()
+        .filter(|n| n.ends_with("_proj.weight"))
+        .cloned()
+        .collect();
+    assert_eq!(names.len(), 2 * 7);
+    for name in names {
+        let q = QTensor::quantize(&dense[&name], GgmlDType::Q8_0).unwrap();
+        // The dequantized copy is what the f32 model holds.
+        dense.insert(name.clone(), q.dequantize(&Device::Cpu).unwrap());
+        quantized.insert(name, std::sync::Arc::new(q));
+    }
+    let lora = spec(4);
+    let q_model = CausalLm::with_quantized(
+        cfg.clone(),
+        dense.clone(),
+        quantized,
+        Some(&lora),
+        7,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let f_model = CausalLm::new(cfg, dense, Some(&lora), 7, DType::F32, &Device::Cpu).unwrap();
+    randomize_b(&q_model);
+    randomize_b(&f_model);
+    let (lq, lf) = (
+        loss_in(&q_model, &mut Pass::training(1)),
+        loss_in(&f_model, &mut Pass::training(1)),
+    );
+    assert!((scalar(&lq) - scalar(&lf)).abs() < 1e-5, "{lq} vs {lf}");
+    let (gq, gf) = (lq.backward().unwrap(), lf.backward().unwrap());
+    for ((path, a), (_, b)) in q_model.adapters().iter().zip(f_model.adapters()) {
+        for (which, va, vb) in [("A", &a.a, &b.a), ("B", &a.b, &b.b)] {
+            let d = max_abs_diff(
+                gq.get(va.as_tensor()).unwrap(),
+                gf.get(vb.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-5, "{path} {which}: gradients differ by {d}");
+        }
+    }
+    // Inference runs the quantized kernel: close to the f32 model, not equal.
+    let (iq, i_f) = (scalar(&loss(&q_model)), scalar(&loss(&f_model)));
+    assert!((iq - i_f).abs() < 0.05 && iq != i_f, "{iq} vs {i_f}");
 }

@@ -179,10 +179,80 @@ fn lora_training_on_the_gguf_base_learns_and_its_adapter_serves() {
     );
 }
 
+#[test]
+fn qlora_on_the_quantized_base_learns_and_its_adapter_serves() {
+    smollm2();
+    let out = tempfile::tempdir().unwrap();
+    let got = ok(&format!(
+        r#"let rows = [];
+        for n in ["and2", "or2", "xor2", "inv1"] {{ rows.push(#{{instruction: `Write the Verilog module ${{n}}.`, output: `module ${{n}}(input a, input b, output y); endmodule`}}); }}
+        let run = train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "{}", r: 8, alpha: 16, dropout: 0.0,
+                               epochs: 8, batch_size: 4, grad_accum: 1, lr: 3e-3, max_len: 64, quantized_base: true}});
+        print(run.final_loss < run.first_loss / 100.0);
+        let m = load_model("smollm2-135m", #{{adapter: run.adapter}});
+        print(m.generate("Write the Verilog module or2.", #{{max_tokens: 20}}));"#,
+        out.path().join("run").display()
+    ));
+    assert_eq!(
+        got,
+        "true\nmodule or2(input a, input b, output y); endmodule\n"
+    );
+    // QLoRA needs a GGUF base, and runs on the CPU path.
+    let e = err(&format!(
+        r#"create_tiny_model("{d}/tiny", #{{}});
+        train_lora(#{{base: "{d}/tiny", data: from_records([#{{instruction: "a", output: "b"}}]), out: "{d}/r", quantized_base: true}})"#,
+        d = out.path().display()
+    ));
+    assert!(
+        e.contains("train_lora: quantized_base needs a GGUF base"),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"train_lora(#{{base: "smollm2-135m", data: from_records([#{{instruction: "a", output: "b"}}]), out: "{}/r", quantized_base: true, device: "wgpu"}})"#,
+        out.path().display()
+    ));
+    assert!(e.contains("quantized_base runs on the CPU path"), "{e}");
+}
+
+/// Decoding keeps the GGUF's quantized projections (candle's quantized matmul, which also quantizes
+/// the activations to 8 bits per block, as llama.cpp does): close to the f32 model, the same greedy
+/// choice, and deterministic.
+#[test]
+fn quantized_decoding_stays_close_to_the_f32_model() {
+    let model = smollm2();
+    let out = ok(&format!(
+        r#"let q = load_model("{m}", #{{}}).logits("{PROMPT}");
+        let f = load_model("{m}", #{{dequantize: true}}).logits("{PROMPT}");
+        print(json(q[q.len() - 1]));
+        print(json(f[f.len() - 1]));"#,
+        m = model.display()
+    ));
+    let mut lines = out.lines();
+    let q: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let f: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let top = |l: &[f64]| {
+        let mut idx: Vec<usize> = (0..l.len()).collect();
+        idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        idx.truncate(10);
+        idx
+    };
+    let (tq, tf) = (top(&q), top(&f));
+    assert_eq!(tq[0], tf[0], "the same greedy token");
+    let shared = tq.iter().filter(|i| tf.contains(i)).count();
+    let max_diff = q
+        .iter()
+        .zip(&f)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!("quantized vs f32 logits: max |Δ| = {max_diff:.3}, top-10 shared {shared}");
+    assert!(shared >= 8, "top-10 shares only {shared}");
+    assert!(max_diff < 1.5, "max |Δ| = {max_diff}");
+}
+
 /// rtlab's last-position logits of `PROMPT` on `model`, and numpy's on the same ids.
 fn both_logits(model: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
     let out = ok(&format!(
-        r#"let m = load_model("{}", #{{}});
+        r#"let m = load_model("{}", #{{dequantize: true}});
         let l = m.logits("{PROMPT}");
         print(json(m.tokens("{PROMPT}")));
         print(json(l[l.len() - 1]));"#,
