@@ -105,6 +105,32 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         let opts = to_json(&Dynamic::from_map(model.to_options()), frames)?;
         return Ok(json!({"$rtlab": "model", "options": opts}));
     }
+    if let Some(local) = value.read_lock::<crate::train::Local>() {
+        // A local model is what it was loaded from, with the files' stamps so that a cell reading it
+        // reruns when the model or the adapter changes on disk; restoring loads it again.
+        let s = &local.0.source;
+        let stamp = crate::runtime_fns::file_stamp;
+        // A GGUF is one file; a Hugging Face directory is its config and weight files.
+        let model_stamps: Vec<String> = if s.path.is_dir() {
+            let mut files = vec![s.path.join("config.json")];
+            files.extend(crate::train::config::weight_files(&s.path).unwrap_or_default());
+            files.iter().map(|f| stamp(f)).collect()
+        } else {
+            vec![stamp(&s.path)]
+        };
+        let adapter_stamp = s
+            .adapter
+            .as_ref()
+            .map(|a| stamp(&a.join("adapter_model.safetensors")));
+        return Ok(json!({
+            "$rtlab": "local_model",
+            "path": s.path.display().to_string(),
+            "adapter": s.adapter.as_ref().map(|a| a.display().to_string()),
+            "template": s.template,
+            "dequantize": s.dequantize,
+            "stamps": [model_stamps, adapter_stamp],
+        }));
+    }
     if let Some(slurm) = value.read_lock::<crate::slurm::SlurmOptions>() {
         // An executor is its options: the same map rebuilds it.
         let opts = to_json(&Dynamic::from_map(slurm.to_map()), frames)?;
@@ -206,6 +232,21 @@ pub fn decode(
                     .ok_or("model options are not a map")?;
                 Dynamic::from(crate::llm::Model::from_options(&map)?)
             }
+            Some("local_model") => {
+                let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
+                let path = text("path").ok_or("local model without a path")?;
+                let adapter = text("adapter").map(std::path::PathBuf::from);
+                let model = crate::train::load_local(
+                    std::path::Path::new(&path),
+                    adapter.as_deref(),
+                    text("template"),
+                    obj.get("dequantize")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                )
+                .map_err(|e| format!("cannot load the cached cell's model again: {e}"))?;
+                Dynamic::from(crate::train::Local(model))
+            }
             Some("slurm") => {
                 let opts = decode(
                     obj.get("options").ok_or("slurm executor without options")?,
@@ -236,6 +277,27 @@ mod tests {
     fn round_trip(v: Dynamic) -> Dynamic {
         let enc = encode(&v).expect("persistable");
         decode(&enc.json, &mut |_| Err("no frames".into())).expect("decodes")
+    }
+
+    #[test]
+    fn a_local_model_is_cached_as_what_it_was_loaded_from_and_its_files_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::train::tiny::TinySpec::default();
+        crate::train::tiny::create(dir.path(), &spec).unwrap();
+        let model =
+            crate::train::load_local(dir.path(), None, Some("{prompt}".into()), true).unwrap();
+        let value = Dynamic::from(crate::train::Local(model));
+        let enc = encode(&value).expect("persistable");
+        let back = decode(&enc.json, &mut |_| Err("no frames".into())).unwrap();
+        let back = back.cast::<crate::train::Local>();
+        assert_eq!(back.0.source, value.cast::<crate::train::Local>().0.source);
+        // Rewriting the weights changes the stamp, so a cell that read the model runs again.
+        let weights = dir.path().join("model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&weights, bytes).unwrap();
+        let again = encode(&Dynamic::from(back)).unwrap();
+        assert_ne!(again.json, enc.json);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 pub struct LocalModel {
+    /// How it was loaded: what `load_model` was given, so the notebook can cache a cell that holds
+    /// the model as these options and load it again on restore.
+    pub source: LoadSpec,
     pub model: CausalLm,
     pub tokenizer: Tokenizer,
     pub eos: u32,
@@ -20,6 +23,15 @@ pub struct LocalModel {
     /// The model's own chat template (Jinja, from a GGUF file), used for `answer` unless a
     /// `template` was given.
     pub chat: Option<ChatTemplate>,
+}
+
+/// What a local model was loaded from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSpec {
+    pub path: PathBuf,
+    pub adapter: Option<PathBuf>,
+    pub template: Option<String>,
+    pub dequantize: bool,
 }
 
 /// A Jinja chat template and the special tokens it may name.
@@ -76,8 +88,14 @@ impl LocalModel {
         template: Option<String>,
         dequantize: bool,
     ) -> Result<LocalModel, TrainError> {
+        let source = LoadSpec {
+            path: dir.to_path_buf(),
+            adapter: adapter.map(Path::to_path_buf),
+            template: template.clone(),
+            dequantize,
+        };
         if dir.is_file() && super::gguf::is_gguf(dir) {
-            return Self::load_gguf(dir, adapter, template, dequantize);
+            return Self::load_gguf(source, adapter, template, dequantize);
         }
         let cfg = ModelConfig::from_dir(dir)?;
         let tokenizer = examples::load_tokenizer(dir)?;
@@ -90,6 +108,7 @@ impl LocalModel {
             model.set_adapters(&spec, tensors)?;
         }
         Ok(LocalModel {
+            source,
             model,
             tokenizer,
             eos,
@@ -102,11 +121,13 @@ impl LocalModel {
     /// A GGUF file (llama.cpp, Ollama): the quantized projections kept quantized (or every weight
     /// dequantized to f32), the tokenizer and chat template from its metadata.
     fn load_gguf(
-        path: &Path,
+        source: LoadSpec,
         adapter: Option<&Path>,
         template: Option<String>,
         dequantize: bool,
     ) -> Result<LocalModel, TrainError> {
+        let path = source.path.clone();
+        let path = path.as_path();
         let dev = Device::Cpu;
         let g = super::gguf::open(path)?;
         let eos = examples::eos_id(&g.tokenizer, g.cfg.eos_token_id)?;
@@ -129,6 +150,7 @@ impl LocalModel {
             _ => None,
         };
         Ok(LocalModel {
+            source,
             model,
             tokenizer: g.tokenizer.clone(),
             eos,
