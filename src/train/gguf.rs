@@ -562,8 +562,13 @@ fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
         }
     };
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let merges: Vec<(String, String)> = meta
-        .strings("tokenizer.ggml.merges")?
+    // A vocabulary without merges is byte-level only (one token per byte): the key may be left out.
+    let merges = if meta.content.metadata.contains_key("tokenizer.ggml.merges") {
+        meta.strings("tokenizer.ggml.merges")?
+    } else {
+        Vec::new()
+    };
+    let merges: Vec<(String, String)> = merges
         .into_iter()
         .map(|m| match m.split_once(' ') {
             Some((a, b)) => Ok((a.to_string(), b.to_string())),

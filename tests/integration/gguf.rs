@@ -466,3 +466,84 @@ fn an_ollama_model_is_found_through_its_manifest_and_a_missing_tag_names_the_one
         ls.stdout
     );
 }
+
+/// No small Qwen2 GGUF exists offline, so the test makes one: a tiny seeded Qwen2 (with its Q/K/V
+/// biases) and a tiny Llama in Hugging Face layout, written as GGUF by llama.cpp's own `gguf` package
+/// the way its converter does (Llama's Q/K permuted, projections Q8_0;
+/// `tests/python/hf_to_gguf.py`). rtlab's logits on each file match the numpy forward on the same
+/// file (NeoX RoPE and biases for Qwen2, adjacent pairs on the permuted rows for Llama), and the
+/// quantized path picks the same greedy token.
+#[test]
+fn tiny_qwen2_and_llama_ggufs_match_the_independent_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    ok(&format!(
+        r#"create_tiny_model("{d}/qwen2", #{{arch: "qwen2", hidden: 64, intermediate: 128, heads: 4, kv_heads: 2, layers: 2, seed: 5}});
+        create_tiny_model("{d}/llama", #{{arch: "llama", hidden: 64, intermediate: 128, heads: 4, kv_heads: 2, layers: 2, seed: 6}});"#
+    ));
+    for arch in ["qwen2", "llama"] {
+        let gguf = dir.path().join(format!("{arch}.gguf"));
+        let conv = std::process::Command::new("python3")
+            .arg(repo_root().join("tests/python/hf_to_gguf.py"))
+            .arg(dir.path().join(arch))
+            .arg(&gguf)
+            .output()
+            .unwrap();
+        assert!(
+            conv.status.success(),
+            "the converter needs numpy and gguf (.ci/run installs them): {}",
+            String::from_utf8_lossy(&conv.stderr)
+        );
+        let out = ok(&format!(
+            r#"let f = load_model("{g}", #{{dequantize: true}});
+            let q = load_model("{g}", #{{}});
+            let text = "module top(input a);";
+            print(json(f.tokens(text)));
+            let lf = f.logits(text);
+            let lq = q.logits(text);
+            print(json(lf[lf.len() - 1]));
+            print(json(lq[lq.len() - 1]));
+            print(f);"#,
+            g = gguf.display()
+        ));
+        let mut lines = out.lines();
+        let ids: Vec<u32> = serde_json::from_str(lines.next().unwrap()).unwrap();
+        let ours: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
+        let quant: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert!(
+            lines.next().unwrap().starts_with(if arch == "qwen2" {
+                "LocalModel(Qwen2"
+            } else {
+                "LocalModel(Llama"
+            }),
+            "{out}"
+        );
+        let ids_arg: Vec<String> = ids.iter().map(u32::to_string).collect();
+        let py = std::process::Command::new("python3")
+            .arg(repo_root().join("tests/python/gguf_reference.py"))
+            .arg(&gguf)
+            .arg(ids_arg.join(","))
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        let theirs: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+        let theirs: Vec<f64> = serde_json::from_value(theirs["logits"].clone()).unwrap();
+        let max_diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("tiny {arch} GGUF vs numpy: max |Δ| = {max_diff:.1e}");
+        assert!(max_diff <= 1e-4, "{arch}: max |Δ| = {max_diff}");
+        let argmax = |l: &[f64]| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap();
+        assert_eq!(
+            argmax(&quant),
+            argmax(&theirs),
+            "{arch}: the quantized path's greedy token"
+        );
+    }
+}

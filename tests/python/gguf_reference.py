@@ -1,9 +1,10 @@
-"""An independent Llama forward pass on a GGUF file, for checking rtlab's GGUF loader.
+"""An independent Llama or Qwen2 forward pass on a GGUF file, for checking rtlab's GGUF loader.
 
 Reads the file with the `gguf` package (llama.cpp's own reader) and dequantizes with it, then runs the
-model in numpy (float64) the way GGML does: on the file's Q/K rows as llama.cpp's converter permuted
-them, rotating *adjacent* pairs. rtlab undoes that permutation and rotates halves, so agreement checks
-both the reading and the permutation.
+model in numpy (float64) the way GGML does. Llama: on the file's Q/K rows as llama.cpp's converter
+permuted them, rotating *adjacent* pairs (rtlab undoes that permutation and rotates halves, so
+agreement checks both the reading and the permutation). Qwen2: NeoX RoPE (the two halves of each
+head), with the Q/K/V biases.
 
     python3 gguf_reference.py MODEL.gguf ID,ID,...   prints {"logits": [...]} for the last position
 """
@@ -24,12 +25,12 @@ def main(path, ids):
         return f.parts[f.data[0]][0]
 
     arch = bytes(r.fields["general.architecture"].parts[r.fields["general.architecture"].data[0]]).decode()
-    assert arch == "llama", arch
-    layers = int(meta("llama.block_count"))
-    heads = int(meta("llama.attention.head_count"))
-    kv_heads = int(meta("llama.attention.head_count_kv"))
-    base = float(meta("llama.rope.freq_base"))
-    eps = float(meta("llama.attention.layer_norm_rms_epsilon"))
+    assert arch in ("llama", "qwen2"), arch
+    layers = int(meta(f"{arch}.block_count"))
+    heads = int(meta(f"{arch}.attention.head_count"))
+    kv_heads = int(meta(f"{arch}.attention.head_count_kv"))
+    base = float(meta(f"{arch}.rope.freq_base"))
+    eps = float(meta(f"{arch}.attention.layer_norm_rms_epsilon"))
     w = {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float64) for t in r.tensors}
 
     emb = w["token_embd.weight"]
@@ -47,19 +48,28 @@ def main(path, ids):
     cos, sin = np.cos(ang), np.sin(ang)
 
     def rope(t):  # t: [n, h, hd]
-        a, b = t[..., 0::2], t[..., 1::2]
         out = np.empty_like(t)
-        out[..., 0::2] = a * cos[:, None, :] - b * sin[:, None, :]
-        out[..., 1::2] = a * sin[:, None, :] + b * cos[:, None, :]
+        if arch == "llama":  # adjacent pairs
+            a, b = t[..., 0::2], t[..., 1::2]
+            out[..., 0::2] = a * cos[:, None, :] - b * sin[:, None, :]
+            out[..., 1::2] = a * sin[:, None, :] + b * cos[:, None, :]
+        else:  # NeoX: the two halves
+            a, b = t[..., : hd // 2], t[..., hd // 2 :]
+            out[..., : hd // 2] = a * cos[:, None, :] - b * sin[:, None, :]
+            out[..., hd // 2 :] = a * sin[:, None, :] + b * cos[:, None, :]
         return out
+
+    def proj(h, name):
+        y = h @ w[name + ".weight"].T
+        return y + w[name + ".bias"] if name + ".bias" in w else y
 
     mask = np.triu(np.full((n, n), -np.inf), 1)
     for l in range(layers):
         p = f"blk.{l}."
         h = rmsnorm(x, w[p + "attn_norm.weight"])
-        q = rope((h @ w[p + "attn_q.weight"].T).reshape(n, heads, hd))
-        k = rope((h @ w[p + "attn_k.weight"].T).reshape(n, kv_heads, hd))
-        v = (h @ w[p + "attn_v.weight"].T).reshape(n, kv_heads, hd)
+        q = rope(proj(h, p + "attn_q").reshape(n, heads, hd))
+        k = rope(proj(h, p + "attn_k").reshape(n, kv_heads, hd))
+        v = proj(h, p + "attn_v").reshape(n, kv_heads, hd)
         out = np.empty((n, heads, hd))
         for i in range(heads):
             j = i // (heads // kv_heads)

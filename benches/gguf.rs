@@ -1,0 +1,207 @@
+//! `cargo bench --bench gguf`: a real model on the CPU, SmolLM2-135M-Instruct from its Q4_1 GGUF
+//! (pulled into rtlab's model cache when missing). Each figure is the median of `RTLAB_BENCH_RUNS`
+//! runs (default 3), each in a fresh process and workspace, interleaved with its baseline.
+//!
+//! 1. Single-stream decode tokens/s: rtlab on the quantized weights, rtlab on f32 weights
+//!    (`dequantize: true`), and llama.cpp through `llama-cpp-python` on the same file when the Python
+//!    in `RTLAB_LLAMA_CPP_PYTHON` (default `python3`) can `import llama_cpp`; otherwise it says it
+//!    was NOT run. Goal (issue 13): rtlab at least 0.7× llama.cpp.
+//! 2. 20 samples of one prompt decoded as one batch: aggregate tokens/s against rtlab's single
+//!    stream. Goal: at least 8×.
+//! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of 128 tokens, batch 4):
+//!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PROMPT: &str = "Write a long, detailed explanation of how a synchronous FIFO works in hardware, with its pointers, full and empty flags, and a Verilog example.";
+const TOKENS: usize = 128;
+
+fn rtlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rtlab"))
+}
+
+/// Runs a script in a fresh workspace; returns what it printed.
+fn script(code: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.rhai");
+    std::fs::write(&path, code).unwrap();
+    let out = rtlab()
+        .current_dir(dir.path())
+        .env("RTLAB_HOME", dir.path().join("ws"))
+        .args(["run", "--no-cache", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `name value` lines of a script's output.
+fn field(out: &str, name: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// rtlab's single-stream decode: tokens/s of `generate` after the model is loaded (prompt included).
+fn rtlab_single(model: &Path, dequantize: bool) -> f64 {
+    let out = script(&format!(
+        r#"let m = load_model("{}", #{{dequantize: {dequantize}}});
+let t = timestamp();
+let text = m.generate("{PROMPT}", #{{max_tokens: {TOKENS}}});
+let s = t.elapsed;
+print(`tokens ${{m.tokens(text).len()}}`);
+print(`seconds ${{s}}`);"#,
+        model.display()
+    ));
+    field(&out, "tokens") / field(&out, "seconds")
+}
+
+/// rtlab's 20 samples of one prompt as a batch: aggregate tokens/s.
+fn rtlab_batch(model: &Path, n: usize) -> f64 {
+    let out = script(&format!(
+        r#"let m = load_model("{path}", #{{}});
+let llm_model = llm(#{{provider: "local", model: "{path}", max_tokens: {TOKENS}, temperature: 0.8}});
+llm_model.complete("warm up the loaded model");
+let prompts = from_records([#{{p: "{PROMPT}"}}]);
+let t = timestamp();
+let answers = llm_model.complete_many(prompts, "p", #{{n: {n}}});
+let s = t.elapsed;
+let tokens = 0;
+for a in answers.column("completion") {{ tokens += m.tokens(a).len(); }}
+print(`tokens ${{tokens}}`);
+print(`seconds ${{s}}`);"#,
+        path = model.display()
+    ));
+    field(&out, "tokens") / field(&out, "seconds")
+}
+
+/// llama.cpp's single stream on the same file and prompt (its chat template, greedy), or None when
+/// `llama_cpp` cannot be imported.
+fn llama_cpp_single(python: &str, model: &Path) -> Option<f64> {
+    let code = format!(
+        r#"
+import sys, time
+from llama_cpp import Llama
+llm = Llama(model_path={model:?}, n_ctx=512, n_threads=2, n_batch=512, verbose=False)
+llm.create_chat_completion(messages=[{{"role": "user", "content": "warm up"}}], max_tokens=4)
+t = time.time()
+r = llm.create_chat_completion(messages=[{{"role": "user", "content": {PROMPT:?}}}], max_tokens={TOKENS}, temperature=0.0)
+s = time.time() - t
+print("tokens", r["usage"]["completion_tokens"])
+print("seconds", s)
+"#,
+        model = model.display().to_string()
+    );
+    let out = Command::new(python).args(["-c", &code]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(field(&text, "tokens") / field(&text, "seconds"))
+}
+
+/// One LoRA run in its own process: (tokens/s, peak RSS MiB).
+fn train(quantized: bool) -> (f64, f64) {
+    let out = script(&format!(
+        r#"let rows = [];
+for i in 0..16 {{
+    let body = "";
+    for j in 0..10 {{ body += `  assign y${{j}} = a${{j}} ^ b${{j}};\n`; }}
+    rows.push(#{{instruction: `Write module m${{i}}`, output: `module m${{i}}(input [9:0] a, input [9:0] b, output [9:0] y);\n${{body}}endmodule`}});
+}}
+let run = train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "run", r: 8, alpha: 16,
+    target_modules: ["q_proj", "v_proj"], epochs: 1, batch_size: 4, grad_accum: 1, max_len: 256,
+    quantized_base: {quantized}}});
+print(`tokens_per_s ${{run.tokens_per_s}}`);
+print(`peak_rss_mb ${{run.peak_rss_mb}}`);"#
+    ));
+    (field(&out, "tokens_per_s"), field(&out, "peak_rss_mb"))
+}
+
+fn main() {
+    let pulled = rtlab()
+        .args(["models", "pull", "smollm2-135m"])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let model = PathBuf::from(
+        String::from_utf8_lossy(&pulled.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim(),
+    );
+    let runs: usize = std::env::var("RTLAB_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let python = std::env::var("RTLAB_LLAMA_CPP_PYTHON").unwrap_or_else(|_| "python3".into());
+    println!("SmolLM2-135M-Instruct Q4_1, {TOKENS} new tokens, median of {runs} runs");
+
+    let (mut quant, mut f32s, mut llama, mut batch) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        quant.push(rtlab_single(&model, false));
+        f32s.push(rtlab_single(&model, true));
+        if let Some(t) = llama_cpp_single(&python, &model) {
+            llama.push(t);
+        }
+        batch.push(rtlab_batch(&model, 20));
+    }
+    let q = median(quant.clone());
+    println!("single stream, rtlab quantized   {q:7.1} tok/s  runs {quant:.1?}");
+    println!(
+        "single stream, rtlab f32         {:7.1} tok/s  runs {f32s:.1?}",
+        median(f32s.clone())
+    );
+    if llama.is_empty() {
+        println!("single stream, llama.cpp        NOT run: `{python} -c 'import llama_cpp'` fails (pip install llama-cpp-python)");
+    } else {
+        let l = median(llama.clone());
+        println!("single stream, llama.cpp         {l:7.1} tok/s  runs {llama:.1?}");
+        println!(
+            "rtlab quantized / llama.cpp      {:7.2}x (goal: at least 0.7x)",
+            q / l
+        );
+    }
+    let b = median(batch.clone());
+    println!("20 samples as one batch, rtlab   {b:7.1} tok/s  runs {batch:.1?}");
+    println!(
+        "batch / single stream            {:7.2}x (goal: at least 8x)",
+        b / q
+    );
+
+    let (mut f_tps, mut f_rss, mut q_tps, mut q_rss) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let (t, r) = train(false);
+        f_tps.push(t);
+        f_rss.push(r);
+        let (t, r) = train(true);
+        q_tps.push(t);
+        q_rss.push(r);
+    }
+    println!(
+        "LoRA, f32 base                   {:7.1} tok/s  peak RSS {:6.0} MiB",
+        median(f_tps),
+        median(f_rss)
+    );
+    println!(
+        "QLoRA, quantized base            {:7.1} tok/s  peak RSS {:6.0} MiB",
+        median(q_tps),
+        median(q_rss)
+    );
+}
