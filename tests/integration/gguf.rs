@@ -547,3 +547,40 @@ fn tiny_qwen2_and_llama_ggufs_match_the_independent_forward() {
         );
     }
 }
+
+/// The tokenizer agrees with an independent byte-level BPE (`tests/python/bpe_reference.py`: GPT-2's
+/// merge loop on the GGUF's vocabulary and merges, with llama.cpp's smollm pre-tokenizer) on the
+/// bundled datasets' ASCII Verilog and specs.
+#[test]
+fn the_tokenizer_agrees_with_an_independent_bpe_on_ascii_verilog() {
+    let model = smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts.json");
+    let out = ok(&format!(
+        r#"let texts = [];
+        for r in load_verilog_eval("verilog-eval-v2").head(60).to_records() {{ texts.push(r.prompt); texts.push(r.ref); }}
+        for r in load_jsonl("rtlcoder_sample.jsonl").head(60).to_records() {{ texts.push(r.output); }}
+        let ascii = texts.filter(|t| t.to_chars().all(|c| c.to_int() < 128));
+        write_text("{texts}", json(ascii));
+        let m = load_model("{model}", #{{}});
+        print(json(ascii.map(|t| m.tokens(t))));"#,
+        texts = texts.display(),
+        model = model.display()
+    ));
+    let ours: Vec<Vec<u32>> = serde_json::from_str(out.trim()).unwrap();
+    let py = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/bpe_reference.py"))
+        .arg(&model)
+        .arg(&texts)
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&py.stdout).unwrap();
+    assert!(ours.len() >= 150, "only {} ASCII texts", ours.len());
+    assert_eq!(ours.len(), theirs.len());
+    let tokens: usize = ours.iter().map(Vec::len).sum();
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(a, b, "text {i} encodes differently");
+    }
+    eprintln!("{} texts, {tokens} tokens, identical", ours.len());
+}
