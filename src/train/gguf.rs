@@ -531,11 +531,15 @@ fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
         ));
     }
     let model = meta.string("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(bad(
-            meta.path,
-            format!("tokenizer {model:?}: rtlab reads GPT-2-style byte-level BPE (\"gpt2\") vocabularies so far; SentencePiece (\"llama\") ones are not yet supported"),
-        ));
+    match model.as_str() {
+        "gpt2" => {}
+        "llama" => return sentencepiece_tokenizer(meta),
+        other => {
+            return Err(bad(
+                meta.path,
+                format!("tokenizer {other:?}: rtlab reads GPT-2-style byte-level BPE (\"gpt2\") and SentencePiece BPE (\"llama\") vocabularies"),
+            ))
+        }
     }
     let pre = meta
         .content
@@ -606,6 +610,116 @@ fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
     tokenizer
         .add_special_tokens(special)
         .map_err(|e| bad(meta.path, format!("cannot add the special tokens: {e}")))?;
+    Ok((tokenizer, tokens.len()))
+}
+
+/// The token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
+fn token_types(meta: &Meta, n: usize) -> Result<Vec<i64>, TrainError> {
+    match meta.content.metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => Ok(v
+            .to_vec()
+            .map_err(|e| bad(meta.path, e))?
+            .iter()
+            .map(|t| Meta::number(t).unwrap_or(1.0) as i64)
+            .collect()),
+        None => Ok(vec![1; n]),
+    }
+}
+
+/// A SentencePiece BPE vocabulary (`tokenizer.ggml.model = "llama"`: Llama 1/2, Mistral, TinyLlama),
+/// built the way Hugging Face's converter builds `LlamaTokenizerFast`: the merges are every split of
+/// a piece into two pieces of the vocabulary, ranked by the piece's score (SentencePiece merges the
+/// pair whose result scores highest); spaces become `▁` with one prepended; characters outside the
+/// vocabulary fall back to their bytes (`<0x0A>`). The `tokenizers` crate reads it as JSON, the
+/// format it owns.
+fn sentencepiece_tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let scores: Vec<f64> = match meta.content.metadata.get("tokenizer.ggml.scores") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|e| bad(meta.path, e))?
+            .iter()
+            .map(|s| Meta::number(s).unwrap_or(0.0))
+            .collect(),
+        None => {
+            return Err(bad(
+                meta.path,
+                "a SentencePiece vocabulary without `tokenizer.ggml.scores`: its merges cannot be ranked",
+            ))
+        }
+    };
+    if scores.len() != tokens.len() {
+        return Err(bad(
+            meta.path,
+            format!("{} tokens but {} scores", tokens.len(), scores.len()),
+        ));
+    }
+    let types = token_types(meta, tokens.len())?;
+    let vocab: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // (score of the merged piece, left id, right id, left, right), best first.
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types.get(i).copied().unwrap_or(1) != 1 {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                merges.push((scores[i], li, ri, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let unk = types
+        .iter()
+        .position(|t| *t == 2)
+        .map(|i| tokens[i].clone());
+    let vocab_json: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(2..=4)))
+        .map(|(i, t)| {
+            serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        ]},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab_json,
+            "merges": merges.iter().map(|m| serde_json::json!([m.3, m.4])).collect::<Vec<_>>(),
+        },
+    });
+    let tokenizer: Tokenizer = json.to_string().parse().map_err(|e| {
+        bad(
+            meta.path,
+            format!("cannot build the SentencePiece vocabulary: {e}"),
+        )
+    })?;
     Ok((tokenizer, tokens.len()))
 }
 

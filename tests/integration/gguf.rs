@@ -574,7 +574,11 @@ fn the_tokenizer_agrees_with_an_independent_bpe_on_ascii_verilog() {
         .arg(&texts)
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let theirs: Vec<Vec<u32>> = serde_json::from_slice(&py.stdout).unwrap();
     assert!(ours.len() >= 150, "only {} ASCII texts", ours.len());
     assert_eq!(ours.len(), theirs.len());
@@ -583,4 +587,53 @@ fn the_tokenizer_agrees_with_an_independent_bpe_on_ascii_verilog() {
         assert_eq!(a, b, "text {i} encodes differently");
     }
     eprintln!("{} texts, {tokens} tokens, identical", ours.len());
+}
+
+/// A SentencePiece BPE vocabulary (`tokenizer.ggml.model = "llama"`, as Llama 2, Mistral and
+/// TinyLlama ship): trained here by the `sentencepiece` package with Llama's settings and written as
+/// llama.cpp's converter writes it (`tests/python/spm_gguf.py`). rtlab encodes the bundled RTLCoder
+/// answers and instructions, and texts with non-ASCII characters (byte fallback), runs of spaces,
+/// tabs and a leading space, exactly as SentencePiece does, and decodes them back.
+#[test]
+fn a_sentencepiece_vocabulary_encodes_as_sentencepiece_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    ok(&format!(
+        r#"let rows = load_jsonl("rtlcoder_sample.jsonl").to_records();
+        let train = "";
+        for r in rows {{ train += r.instruction + "\n" + r.output + "\n"; }}
+        write_text("{d}/train.txt", train);
+        let texts = [];
+        for r in rows.extract(0, 30) {{ texts.push(r.output); texts.push(r.instruction); }}
+        texts.push("Ünïcode ✓ 2024  double  spaces\n\ttab");
+        texts.push("a\n\nb");
+        texts.push(" leading space");
+        write_text("{d}/texts.json", json(texts));"#
+    ));
+    let py = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/spm_gguf.py"))
+        .arg(dir.path().join("train.txt"))
+        .arg(dir.path().join("texts.json"))
+        .arg(dir.path().join("spm.gguf"))
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "the reference needs sentencepiece, numpy and gguf (pip install sentencepiece numpy gguf; .ci/run does): {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&py.stdout).unwrap();
+    let out = ok(&format!(
+        r#"let texts = parse_json(read_text("{d}/texts.json"));
+        let m = load_model("{d}/spm.gguf", #{{}});
+        print(json(texts.map(|t| m.tokens(t))));
+        print(texts.filter(|t| m.decode(m.tokens(t)) != t).len());"#
+    ));
+    let mut lines = out.lines();
+    let ours: Vec<Vec<u32>> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(ours.len(), 63);
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(a, b, "text {i} encodes differently from SentencePiece");
+    }
+    assert_eq!(lines.next(), Some("0"), "every text decodes back to itself");
 }
