@@ -1,15 +1,17 @@
 //! GGUF files, the format of llama.cpp and Ollama: a model's config, weights, tokenizer and chat
-//! template in one file. Read with candle's GGUF reader; each tensor is dequantized to f32 (F32, F16,
-//! BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and the other types candle knows) and renamed to its
-//! Hugging Face name, so the rest of the trainer sees the same [`Weights`] as from safetensors.
+//! template in one file. Read with candle's GGUF reader. [`GgufFile::weights`] dequantizes every
+//! tensor to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and the other types candle
+//! knows); [`GgufFile::weights_quantized`] keeps the quantized projections and output head as they
+//! are, for decoding and QLoRA. Tensors are renamed to their Hugging Face names, so the rest of the
+//! trainer sees the same model as from safetensors.
 //!
 //! **The Q/K permutation.** llama.cpp's converter reorders the rows of a Llama model's `attn_q` and
 //! `attn_k` so that GGML's RoPE can rotate adjacent pairs; rtlab's model rotates the two halves of each
-//! head, as Hugging Face does, so the permutation is undone here ([`unpermute`]). Qwen2 files are not
-//! permuted (GGML runs them with NeoX RoPE, the halves).
+//! head, as Hugging Face does, so the permutation is undone here ([`unpermute`], and on quantized
+//! rows of blocks). Qwen2 files are not permuted (GGML runs them with NeoX RoPE, the halves).
 //!
-//! The tokenizer is built from `tokenizer.ggml.*` with the `tokenizers` crate: GPT-2 byte-level BPE,
-//! with the pre-tokenizer that `tokenizer.ggml.pre` names.
+//! The tokenizer is built from `tokenizer.ggml.*` with the `tokenizers` crate: GPT-2 byte-level BPE
+//! with the pre-tokenizer that `tokenizer.ggml.pre` names, or SentencePiece BPE (`"llama"`).
 
 use super::config::{Arch, ModelConfig};
 use super::model::{QuantizedWeights, Weights};
