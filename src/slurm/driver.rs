@@ -295,7 +295,7 @@ fn create(dir: &Path, batch: &ShardedBatch, opts: &SlurmOptions) -> Result<JobRe
     let n = batch.items.len().max(1);
     let shards = opts
         .tasks
-        .unwrap_or_else(|| n.div_ceil(8).min(32))
+        .unwrap_or_else(|| n.div_ceil(64).min(32))
         .clamp(1, n);
     for sub in ["shards", "parts", "runs", "logs"] {
         let d = dir.join(sub);

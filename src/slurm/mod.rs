@@ -29,7 +29,7 @@ use rhai::Map;
 pub struct SlurmOptions {
     /// The partition (`--partition`); None: the cluster's default.
     pub partition: Option<String>,
-    /// Array tasks, one shard each; None: one per 8 rows, at most 32.
+    /// Array tasks, one shard each; None: one per 64 rows, at most 32.
     pub tasks: Option<usize>,
     /// CPUs per task (`--cpus-per-task`); the worker verifies that many rows at once.
     pub cpus_per_task: usize,
@@ -298,7 +298,7 @@ mod slurm_functions {
 
     /// An executor that runs a batch as a Slurm job array, for the `executor` option of `df.verify`,
     /// `benchmark` and `a7_testbench`. Options: `partition`, `tasks` (array elements, one shard each;
-    /// default one per 8 rows, at most 32), `cpus_per_task` (default 1), `mem` ("2G"), `time`
+    /// default one per 64 rows, at most 32), `cpus_per_task` (default 1), `mem` ("2G"), `time`
     /// ("00:30:00"), `account`, `max_running` (the array's throttle), `retries` (resubmissions of a
     /// failed or cancelled element, default 2), `extra` (more sbatch options, `["--qos=high"]`) and
     /// `dir` (job directories, default `.rtlab/slurm` in the workspace: it must be on a filesystem the
@@ -315,7 +315,7 @@ mod slurm_functions {
         Ok(SlurmOptions::from_map(&options)?)
     }
 
-    /// `slurm(#{})`: the cluster's default partition, one task per 8 rows (at most 32), 2 retries.
+    /// `slurm(#{})`: the cluster's default partition, one task per 64 rows (at most 32), 2 retries.
     #[rhai_fn(name = "slurm")]
     pub fn slurm_default() -> SlurmOptions {
         SlurmOptions::default()
