@@ -229,13 +229,14 @@ fn samples_and_pass_at_k_with_n_greater_than_one() {
     assert_eq!(out, "6\n[0, 1, 2, 0, 1, 2]\n");
 }
 
-const TOGGLE_RTL: &str = "module toggle_fsm(input clk, input rst_n, input go, output reg state);
+pub(crate) const TOGGLE_RTL: &str =
+    "module toggle_fsm(input clk, input rst_n, input go, output reg state);
   always @(posedge clk or negedge rst_n)
     if (!rst_n) state <= 1'b0;
     else if (go) state <= ~state;
 endmodule";
 
-const GOOD_TB: &str = "module testbench;
+pub(crate) const GOOD_TB: &str = "module testbench;
   reg clk = 0, rst_n = 0, go = 0;
   wire state;
   integer errors = 0;

@@ -570,3 +570,46 @@ print(run.samples.select(["task_id", "score", "sim_status"]).to_records());"#,
     assert_eq!(strip_id(&there.stdout), strip_id(&here.stdout));
     assert!(here.stdout.contains("sim_status"), "{}", here.stdout);
 }
+
+/// An A7 testbench's mutants verified on Slurm kill what they kill here.
+#[test]
+fn an_a7_testbench_judged_on_slurm_is_judged_as_here() {
+    require_cluster();
+    use crate::common::mock_llm::MockServer;
+    use crate::llm::{GOOD_TB, TOGGLE_RTL};
+    let good = MockServer::start(|_| format!("```systemverilog\n{GOOD_TB}\n```"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = |home: &str, executor: &str| {
+        std::fs::write(
+            dir.path().join("a7.rhai"),
+            format!(
+                r#"let rtl = `{TOGGLE_RTL}`;
+let model = llm(#{{base_url: "{url}", model: "a7-good"}});
+let r = a7_testbench("a toggle FSM", rtl, #{{model: model, mutants: 8{executor}}});
+print(`${{r.accepted}} ${{r.killed}}/${{r.mutants}}`);"#,
+                url = good.openai_url()
+            ),
+        )
+        .unwrap();
+        Run::from(
+            rtlab()
+                .current_dir(dir.path())
+                .env("RTLAB_HOME", dir.path().join(home))
+                .args(["run", "--no-cache", "a7.rhai"])
+                .output()
+                .unwrap(),
+        )
+    };
+    let on_slurm = run("ws-slurm", ", executor: slurm(#{tasks: 2})");
+    assert_eq!(on_slurm.code, 0, "{}", on_slurm.stderr);
+    assert!(
+        on_slurm.stderr.contains("slurm: job"),
+        "{}",
+        on_slurm.stderr
+    );
+    let here = run("ws-local", "");
+    assert_eq!(here.code, 0, "{}", here.stderr);
+    assert!(!here.stderr.contains("slurm: job"), "{}", here.stderr);
+    assert_eq!(on_slurm.stdout, here.stdout);
+    assert!(on_slurm.stdout.starts_with("true "), "{}", on_slurm.stdout);
+}
