@@ -433,7 +433,7 @@ fn local_models_merge_and_tiny_models_refuse_bad_input_with_what_to_do() {
     assert!(e.contains("missing adapter_config.json"), "{e}");
     let e = err(&format!(r#"load_model("{b}", #{{lora: "x"}})"#));
     assert!(
-        e.contains("unknown option `lora`; valid options: adapter, template"),
+        e.contains("unknown option `lora`; valid options: adapter, dequantize, template"),
         "{e}"
     );
     let e = err(&format!(

@@ -159,11 +159,11 @@ fn options_are_never_coerced_and_unknown_keys_name_the_valid_ones() {
         ),
         (
             format!(r#"{model} benchmark(m, load_verilog_eval("verilog-eval-v2").head(1), #{{smaples: 5}})"#),
-            "benchmark: unknown option `smaples`; valid options: k, n, name, temperature, template, top_p",
+            "benchmark: unknown option `smaples`; valid options: executor, k, n, name, temperature, template, top_p",
         ),
         (
             format!(r#"{model} a7_testbench("spec", "module m; endmodule", #{{model: m, min_kill: 2}})"#),
-            "a7_testbench: unknown option `min_kill`; valid options: category, min_killed, model, mutants, template",
+            "a7_testbench: unknown option `min_kill`; valid options: category, executor, min_killed, model, mutants, template",
         ),
         (
             format!(r#"{model} complete_many(m, from_records([#{{p: "x"}}]), "p", #{{samples: 2}})"#),
@@ -256,9 +256,10 @@ fn a_refused_store_write_halfway_through_a_batch_is_reported_and_loses_nothing_s
         .query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0))
         .unwrap();
     assert_eq!(count, 67, "the 3 earlier verdicts and the first 64 stay");
-    // A rerun finds what was saved and verifies only the rest.
+    // A rerun finds what was saved and verifies only the rest (without the notebook's cache, which
+    // would restore the whole cell: its result holds every verdict).
     db.execute_batch("DROP TRIGGER refuse").unwrap();
-    let third = run_script(dir.path(), &designs(0, 103), &[], &[]);
+    let third = run_script(dir.path(), &designs(0, 103), &[], &["--no-cache"]);
     assert!(
         third
             .stderr
