@@ -18,6 +18,36 @@ struct Cli {
     command: Option<Cmd>,
 }
 
+/// `rtlab verify`'s arguments.
+#[derive(Args)]
+struct VerifyArgs {
+    /// The JSONL dataset
+    input: PathBuf,
+    /// The column holding the Verilog
+    #[arg(long, default_value = "output")]
+    code_col: String,
+    /// A column holding a testbench (VerilogEval, A7 or RTLLM style)
+    #[arg(long)]
+    testbench_col: Option<String>,
+    /// A column holding a reference module (alone: a differential testbench is generated)
+    #[arg(long)]
+    reference_col: Option<String>,
+    /// The design's top module, when it has several
+    #[arg(long)]
+    top: Option<String>,
+    /// Where to write the verified rows
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Simulation timeout per example
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Run on a Slurm cluster as a job array: `tasks=64,partition=cpu,mem=2G` (the keys of
+    /// `slurm(#{...})`: partition, tasks, cpus_per_task, mem, time, account, max_running,
+    /// retries, extra, dir)
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    slurm: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Start the REPL (the default)
@@ -80,33 +110,7 @@ enum Cmd {
         slurm: Option<String>,
     },
     /// Verify every row of a JSONL file and write it back with the verifier's columns added
-    Verify {
-        /// The JSONL dataset
-        input: PathBuf,
-        /// The column holding the Verilog
-        #[arg(long, default_value = "output")]
-        code_col: String,
-        /// A column holding a testbench (VerilogEval, A7 or RTLLM style)
-        #[arg(long)]
-        testbench_col: Option<String>,
-        /// A column holding a reference module (alone: a differential testbench is generated)
-        #[arg(long)]
-        reference_col: Option<String>,
-        /// The design's top module, when it has several
-        #[arg(long)]
-        top: Option<String>,
-        /// Where to write the verified rows
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Simulation timeout per example
-        #[arg(long, default_value_t = 30_000)]
-        timeout_ms: u64,
-        /// Run on a Slurm cluster as a job array: `tasks=64,partition=cpu,mem=2G` (the keys of
-        /// `slurm(#{...})`: partition, tasks, cpus_per_task, mem, time, account, max_running,
-        /// retries, extra, dir)
-        #[arg(long, value_name = "KEY=VALUE,...")]
-        slurm: Option<String>,
-    },
+    Verify(VerifyArgs),
     /// Run one shard of a Slurm job array (what `executor: slurm(...)` submits; not for hand use)
     #[command(hide = true)]
     Worker {
@@ -268,25 +272,7 @@ pub fn main() -> ExitCode {
             concurrency,
             slurm.as_deref(),
         ),
-        Some(Cmd::Verify {
-            input,
-            code_col,
-            testbench_col,
-            reference_col,
-            top,
-            output,
-            timeout_ms,
-            slurm,
-        }) => verify_file(
-            &input,
-            &code_col,
-            testbench_col.as_deref(),
-            reference_col.as_deref(),
-            top.as_deref(),
-            &output,
-            timeout_ms,
-            slurm.as_deref(),
-        ),
+        Some(Cmd::Verify(args)) => verify_file(&args),
         Some(Cmd::Worker { dir, task }) => worker(&dir, task),
     }
 }
@@ -500,16 +486,14 @@ fn bench(
 }
 
 /// `rtlab verify`: the same as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
-fn verify_file(
-    input: &Path,
-    code: &str,
-    tb: Option<&str>,
-    reference: Option<&str>,
-    top: Option<&str>,
-    output: &Path,
-    timeout_ms: u64,
-    slurm: Option<&str>,
-) -> ExitCode {
+fn verify_file(args: &VerifyArgs) -> ExitCode {
+    let (input, code, output) = (&args.input, args.code_col.as_str(), &args.output);
+    let (tb, reference, top) = (
+        args.testbench_col.as_deref(),
+        args.reference_col.as_deref(),
+        args.top.as_deref(),
+    );
+    let (timeout_ms, slurm) = (args.timeout_ms, args.slurm.as_deref());
     if !input.is_file() {
         eprintln!("error: {}: no such file", input.display());
         return ExitCode::from(2);
