@@ -152,37 +152,9 @@ pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
 impl GgufFile {
     /// Every tensor the model reads, dequantized to f32, under its Hugging Face name.
     pub fn weights(&self, dev: &Device) -> Result<Weights, TrainError> {
-        let path = self.path.as_path();
-        let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
-        let llama = self.cfg.arch == Arch::Llama;
-        let mut weights = Weights::new();
-        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
-        names.sort();
-        for name in names {
-            let Some(hf) = hf_name(name) else {
-                // rope_freqs and the like: computed by the model, not read.
-                continue;
-            };
-            let q = self
-                .content
-                .tensor(&mut file, name, dev)
-                .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
-            let mut t = q
-                .dequantize(dev)
-                .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;
-            if llama && name.ends_with("attn_q.weight") {
-                t = unpermute(&t, heads)?;
-            } else if llama && name.ends_with("attn_k.weight") {
-                t = unpermute(&t, kv_heads)?;
-            }
-            weights.insert(hf, t);
-        }
-        Ok(weights)
+        Ok(self.read_weights(dev, false)?.0)
     }
-}
 
-impl GgufFile {
     /// The weights for decoding and QLoRA: every projection and the output head that the file stores
     /// quantized stay quantized (their Q/K rows unpermuted block-row by block-row, no dequantizing),
     /// everything else is dequantized to f32 as [`GgufFile::weights`] does. A tied output head is the
@@ -190,6 +162,15 @@ impl GgufFile {
     pub fn weights_quantized(
         &self,
         dev: &Device,
+    ) -> Result<(Weights, QuantizedWeights), TrainError> {
+        self.read_weights(dev, true)
+    }
+
+    /// [`GgufFile::weights_quantized`], or with `keep_quantized` false every tensor dequantized.
+    fn read_weights(
+        &self,
+        dev: &Device,
+        keep_quantized: bool,
     ) -> Result<(Weights, QuantizedWeights), TrainError> {
         use candle_core::quantized::GgmlDType;
         let path = self.path.as_path();
@@ -209,7 +190,7 @@ impl GgufFile {
             let is_float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
             let projection = hf.ends_with("_proj.weight") || hf == "lm_head.weight";
             let tied_head = hf == "model.embed_tokens.weight" && !has_output;
-            if is_float || !(projection || tied_head) {
+            if !keep_quantized || is_float || !(projection || tied_head) {
                 let mut t = q
                     .dequantize(dev)
                     .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;

@@ -148,6 +148,15 @@ fn tensor_from_storage(
     }
 }
 
+/// A custom op's result: the storage and shape of a tensor computed on the CPU.
+fn cpu_result(y: &Tensor) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    let (storage, _) = y.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(c) => Ok((c.clone(), y.shape().clone())),
+        _ => candle_core::bail!("frozen linear: CPU only"),
+    }
+}
+
 impl candle_core::CustomOp1 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-linear"
@@ -158,12 +167,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let y = tensor_from_storage(s, l)?.matmul(&self.weight.t()?)?;
-        let (storage, _) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(c) => Ok((c.clone(), y.shape().clone())),
-            _ => candle_core::bail!("frozen linear: CPU only"),
-        }
+        cpu_result(&tensor_from_storage(s, l)?.matmul(&self.weight.t()?)?)
     }
 
     fn bwd(
@@ -202,12 +206,7 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
             return candle_core::CustomOp1::cpu_fwd(self.weight.as_ref(), s, l);
         }
         let w = self.weight.dequantize(&Device::Cpu)?;
-        let y = tensor_from_storage(s, l)?.matmul(&w.t()?)?;
-        let (storage, _) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(c) => Ok((c.clone(), y.shape().clone())),
-            _ => candle_core::bail!("frozen quantized linear: CPU only"),
-        }
+        cpu_result(&tensor_from_storage(s, l)?.matmul(&w.t()?)?)
     }
 
     fn bwd(
