@@ -142,6 +142,23 @@ fn wait_for_job(dir: &Path, within: Duration) -> (PathBuf, u64) {
     }
 }
 
+/// Starts `rtlab verify` of the 40 rows on Slurm in `dir` in the background, and waits until its job
+/// is submitted: (the driver, its job directory, the first job id).
+fn start_on_slurm(dir: &Path, spec: &str, fault: &str) -> (Child, PathBuf, u64) {
+    let child = verify_cmd(
+        dir,
+        "rows40.jsonl",
+        "slurm.jsonl",
+        &["--slurm", spec],
+        &[("RTLAB_SLURM_FAULT", fault)],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (job_dir, id) = wait_for_job(dir, Duration::from_secs(60));
+    (child, job_dir, id)
+}
+
 fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -221,17 +238,7 @@ fn three_hundred_rows_on_slurm_give_the_local_verdicts_row_for_row() {
 fn an_array_task_cancelled_with_scancel_is_retried_and_the_result_is_complete() {
     require_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let child = verify_cmd(
-        dir.path(),
-        "rows40.jsonl",
-        "slurm.jsonl",
-        &["--slurm", "tasks=4,retries=2"],
-        &[("RTLAB_SLURM_FAULT", "slow=2000")],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let (_, id) = wait_for_job(dir.path(), Duration::from_secs(60));
+    let (child, _, id) = start_on_slurm(dir.path(), "tasks=4,retries=2", "slow=2000");
     scancel(&format!("{id}_1"));
     let run = finish(child);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -247,13 +254,7 @@ fn an_array_task_cancelled_with_scancel_is_retried_and_the_result_is_complete() 
 fn a_killed_driver_reattaches_and_never_reruns_a_finished_shard() {
     require_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--slurm", "tasks=4,max_running=1"];
-    let fault = [("RTLAB_SLURM_FAULT", "slow=1500")];
-    let mut child = verify_cmd(dir.path(), "rows40.jsonl", "slurm.jsonl", &args, &fault)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (job_dir, _) = wait_for_job(dir.path(), Duration::from_secs(60));
+    let (mut child, job_dir, _) = start_on_slurm(dir.path(), "tasks=4,max_running=1", "slow=1500");
     // Kill the driver (SIGKILL: no chance to clean up) once one shard has finished.
     wait_for("the first part file", Duration::from_secs(120), || {
         job_dir.join("parts/0.json").exists()
@@ -264,7 +265,13 @@ fn a_killed_driver_reattaches_and_never_reruns_a_finished_shard() {
         !job_dir.join("parts/3.json").exists(),
         "the job finished before the driver was killed; the test proves nothing"
     );
-    let run = verify(dir.path(), "rows40.jsonl", "slurm.jsonl", &args, &fault);
+    let run = verify(
+        dir.path(),
+        "rows40.jsonl",
+        "slurm.jsonl",
+        &["--slurm", "tasks=4,max_running=1"],
+        &[("RTLAB_SLURM_FAULT", "slow=1500")],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stderr.contains("slurm: reattached to job"),
@@ -331,17 +338,7 @@ fn a_failing_task_is_named_with_its_stderr_and_the_other_shards_are_kept() {
 fn a_job_cancelled_from_outside_stops_the_batch_with_a_clear_error() {
     require_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let child = verify_cmd(
-        dir.path(),
-        "rows40.jsonl",
-        "slurm.jsonl",
-        &["--slurm", "tasks=4"],
-        &[("RTLAB_SLURM_FAULT", "slow=5000")],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let (_, id) = wait_for_job(dir.path(), Duration::from_secs(60));
+    let (child, _, id) = start_on_slurm(dir.path(), "tasks=4", "slow=5000");
     scancel(&id.to_string());
     let run = finish(child);
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -461,17 +458,7 @@ fn without_slurm_the_error_says_how_to_get_a_cluster() {
 fn ctrl_c_cancels_the_slurm_job() {
     require_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let child = verify_cmd(
-        dir.path(),
-        "rows40.jsonl",
-        "slurm.jsonl",
-        &["--slurm", "tasks=4"],
-        &[("RTLAB_SLURM_FAULT", "slow=30000")],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let (_, id) = wait_for_job(dir.path(), Duration::from_secs(60));
+    let (child, _, id) = start_on_slurm(dir.path(), "tasks=4", "slow=30000");
     let interrupted = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
