@@ -249,6 +249,37 @@ fn quantized_decoding_stays_close_to_the_f32_model() {
     assert!(max_diff < 1.5, "max |Δ| = {max_diff}");
 }
 
+/// Runs `tests/python/SCRIPT` with `args`; returns its stdout, or fails naming what the Python side
+/// needs.
+fn python<I, A>(script: &str, args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed; it needs numpy, gguf and sentencepiece (pip install numpy gguf sentencepiece; .ci/run does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The numpy reference's last-position logits of `ids` on the GGUF `model`.
+fn numpy_logits(model: &std::path::Path, ids: &[u32]) -> Vec<f64> {
+    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let out = python(
+        "gguf_reference.py",
+        [model.as_os_str(), std::ffi::OsStr::new(&ids.join(","))],
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    serde_json::from_value(theirs["logits"].clone()).unwrap()
+}
+
 /// rtlab's last-position logits of `PROMPT` on `model`, and numpy's on the same ids.
 fn both_logits(model: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
     let out = ok(&format!(
@@ -261,27 +292,7 @@ fn both_logits(model: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
     let mut lines = out.lines();
     let ids: Vec<u32> = serde_json::from_str(lines.next().unwrap()).unwrap();
     let ours: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
-    let ids_arg = ids
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let py = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/gguf_reference.py"))
-        .arg(model)
-        .arg(&ids_arg)
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "the reference needs numpy and gguf (pip install numpy gguf; .ci/run does): {}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let theirs: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
-    (
-        ours,
-        serde_json::from_value(theirs["logits"].clone()).unwrap(),
-    )
+    (ours, numpy_logits(model, &ids))
 }
 
 #[test]
@@ -483,17 +494,7 @@ fn tiny_qwen2_and_llama_ggufs_match_the_independent_forward() {
     ));
     for arch in ["qwen2", "llama"] {
         let gguf = dir.path().join(format!("{arch}.gguf"));
-        let conv = std::process::Command::new("python3")
-            .arg(repo_root().join("tests/python/hf_to_gguf.py"))
-            .arg(dir.path().join(arch))
-            .arg(&gguf)
-            .output()
-            .unwrap();
-        assert!(
-            conv.status.success(),
-            "the converter needs numpy and gguf (.ci/run installs them): {}",
-            String::from_utf8_lossy(&conv.stderr)
-        );
+        python("hf_to_gguf.py", [dir.path().join(arch), gguf.clone()]);
         let out = ok(&format!(
             r#"let f = load_model("{g}", #{{dequantize: true}});
             let q = load_model("{g}", #{{}});
@@ -518,20 +519,7 @@ fn tiny_qwen2_and_llama_ggufs_match_the_independent_forward() {
             }),
             "{out}"
         );
-        let ids_arg: Vec<String> = ids.iter().map(u32::to_string).collect();
-        let py = std::process::Command::new("python3")
-            .arg(repo_root().join("tests/python/gguf_reference.py"))
-            .arg(&gguf)
-            .arg(ids_arg.join(","))
-            .output()
-            .unwrap();
-        assert!(
-            py.status.success(),
-            "{}",
-            String::from_utf8_lossy(&py.stderr)
-        );
-        let theirs: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
-        let theirs: Vec<f64> = serde_json::from_value(theirs["logits"].clone()).unwrap();
+        let theirs = numpy_logits(&gguf, &ids);
         let max_diff = ours
             .iter()
             .zip(&theirs)
@@ -568,18 +556,8 @@ fn the_tokenizer_agrees_with_an_independent_bpe_on_ascii_verilog() {
         model = model.display()
     ));
     let ours: Vec<Vec<u32>> = serde_json::from_str(out.trim()).unwrap();
-    let py = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/bpe_reference.py"))
-        .arg(&model)
-        .arg(&texts)
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&py.stdout).unwrap();
+    let py = python("bpe_reference.py", [model.as_path(), texts.as_path()]);
+    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&py).unwrap();
     assert!(ours.len() >= 150, "only {} ASCII texts", ours.len());
     assert_eq!(ours.len(), theirs.len());
     let tokens: usize = ours.iter().map(Vec::len).sum();
@@ -610,19 +588,11 @@ fn a_sentencepiece_vocabulary_encodes_as_sentencepiece_does() {
         texts.push(" leading space");
         write_text("{d}/texts.json", json(texts));"#
     ));
-    let py = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/spm_gguf.py"))
-        .arg(dir.path().join("train.txt"))
-        .arg(dir.path().join("texts.json"))
-        .arg(dir.path().join("spm.gguf"))
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "the reference needs sentencepiece, numpy and gguf (pip install sentencepiece numpy gguf; .ci/run does): {}",
-        String::from_utf8_lossy(&py.stderr)
+    let py = python(
+        "spm_gguf.py",
+        ["train.txt", "texts.json", "spm.gguf"].map(|f| dir.path().join(f)),
     );
-    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&py.stdout).unwrap();
+    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&py).unwrap();
     let out = ok(&format!(
         r#"let texts = parse_json(read_text("{d}/texts.json"));
         let m = load_model("{d}/spm.gguf", #{{}});
