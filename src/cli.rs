@@ -315,7 +315,7 @@ fn seed(args: &[String]) -> impl Fn(&mut Scope<'static>) + '_ {
 fn prepare(file: &Path) -> Result<Runtime, ExitCode> {
     let dir = script_dir(file)?;
     install_ctrl_c_handler();
-    crate::runtime_fns::set_base_dir(&dir);
+    rtlab_core::workspace::set_base_dir(&dir);
     Ok(Runtime::new(&dir))
 }
 
@@ -387,12 +387,12 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
         } else {
             format!(
                 "<pre class=\"error\">{}</pre>\n",
-                crate::notebook::report::escape(&msg)
+                rtlab_core::display::escape_html(&msg)
             )
         });
         eprintln!("{msg}");
     }
-    if let Err(e) = crate::runtime_fns::write_atomic(output, text.as_bytes()) {
+    if let Err(e) = rtlab_core::workspace::write_atomic(output, text.as_bytes()) {
         eprintln!("error: cannot write {}: {e}", output.display());
         return ExitCode::FAILURE;
     }
@@ -426,7 +426,7 @@ fn bench(
     }
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    crate::runtime_fns::set_base_dir(&cwd);
+    rtlab_core::workspace::set_base_dir(&cwd);
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
     let mut model_options = rhai::Map::new();
     let (provider, name) = if model.starts_with("http://") || model.starts_with("https://") {
@@ -456,7 +456,7 @@ fn bench(
         options.insert("temperature".into(), t.into());
     }
     if let Some(spec) = slurm {
-        match crate::slurm::SlurmOptions::from_spec(spec) {
+        match rtlab_slurm::SlurmOptions::from_spec(spec) {
             Ok(s) => {
                 options.insert("executor".into(), rhai::Dynamic::from(s));
             }
@@ -466,9 +466,9 @@ fn bench(
             }
         }
     }
-    let run = crate::llm::Model::from_options(&model_options).and_then(|m| {
-        let problems = crate::data::load_verilog_eval_dir(problems).map_err(|e| e.to_string())?;
-        crate::bench::run_benchmark(&m, &problems, &options)
+    let run = rtlab_llm::Model::from_options(&model_options).and_then(|m| {
+        let problems = rtlab_data::load_verilog_eval_dir(problems).map_err(|e| e.to_string())?;
+        rtlab_bench::run_benchmark(&m, &problems, &options)
     });
     match run {
         Ok(run) => {
@@ -498,9 +498,9 @@ fn verify_file(args: &VerifyArgs) -> ExitCode {
         eprintln!("error: {}: no such file", input.display());
         return ExitCode::from(2);
     }
-    let executor = match slurm.map(crate::slurm::SlurmOptions::from_spec) {
-        None => crate::slurm::Executor::Local,
-        Some(Ok(s)) => crate::slurm::Executor::Slurm(s),
+    let executor = match slurm.map(rtlab_slurm::SlurmOptions::from_spec) {
+        None => rtlab_slurm::Executor::Local,
+        Some(Ok(s)) => rtlab_slurm::Executor::Slurm(s),
         Some(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -508,25 +508,25 @@ fn verify_file(args: &VerifyArgs) -> ExitCode {
     };
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    crate::runtime_fns::set_base_dir(&cwd);
-    let mut opts = crate::verify::VerifyOptions::default();
+    rtlab_core::workspace::set_base_dir(&cwd);
+    let mut opts = rtlab_verify::VerifyOptions::default();
     opts.timeouts.sim = timeout_ms.max(1);
-    if let Some(t) = top.filter(|t| !crate::verify::is_module_name(t)) {
+    if let Some(t) = top.filter(|t| !rtlab_verify::is_module_name(t)) {
         eprintln!("error: --top must be a module name (a Verilog identifier), not {t:?}");
         return ExitCode::from(2);
     }
-    let inputs = crate::verify::FrameInputs {
+    let inputs = rtlab_verify::FrameInputs {
         code,
         testbench: tb,
         reference,
         top,
     };
     // The same typed calls as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
-    let verified = crate::data::load_jsonl(input, &crate::data::LoadOptions::default())
+    let verified = rtlab_data::load_jsonl(input, &rtlab_data::LoadOptions::default())
         .map_err(|e| e.to_string())
-        .and_then(|loaded| crate::verify::verify_rows(&loaded.frame, &inputs, &opts, &executor))
+        .and_then(|loaded| rtlab_verify::verify_rows(&loaded.frame, &inputs, &opts, &executor))
         .and_then(|v| {
-            crate::data::save_jsonl(&v.df, output).map_err(|e| e.to_string())?;
+            rtlab_data::save_jsonl(&v.df, output).map_err(|e| e.to_string())?;
             Ok(v)
         });
     match verified {
@@ -557,13 +557,13 @@ fn verify_file(args: &VerifyArgs) -> ExitCode {
 /// `rtlab worker DIR K`: one shard of a Slurm job array, run by the batch script the driver wrote.
 fn worker(dir: &Path, task: usize) -> ExitCode {
     install_ctrl_c_handler();
-    let runner = |kind: &str| -> Option<crate::slurm::ShardRunner> {
+    let runner = |kind: &str| -> Option<rtlab_slurm::ShardRunner> {
         match kind {
-            "verify" => Some(crate::verify::batch::run_shard),
+            "verify" => Some(rtlab_verify::batch::run_shard),
             _ => None,
         }
     };
-    match crate::slurm::worker_main(dir, task, &runner) {
+    match rtlab_slurm::worker_main(dir, task, &runner) {
         Ok(n) => {
             eprintln!("rtlab worker: shard {task}: {n} results written");
             ExitCode::SUCCESS
@@ -584,7 +584,7 @@ fn export(
     system: Option<&str>,
     name: Option<&str>,
 ) -> ExitCode {
-    let quant = match crate::train::gguf::Quant::parse(quant) {
+    let quant = match rtlab_train::gguf::Quant::parse(quant) {
         Ok(q) => q,
         Err(e) => {
             eprintln!("error: --quant: {e}");
@@ -592,17 +592,17 @@ fn export(
         }
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    crate::runtime_fns::set_base_dir(&cwd);
-    let written = crate::train::export_merged_gguf(base, adapter, out, quant)
+    rtlab_core::workspace::set_base_dir(&cwd);
+    let written = rtlab_train::export_merged_gguf(base, adapter, out, quant)
         .map_err(|e| e.to_string())
         .and_then(|_| {
             let file = out
                 .file_name()
                 .map(|f| format!("./{}", f.to_string_lossy()))
                 .unwrap_or_default();
-            let text = crate::train::modelfile(&file, None, system, None, &[])?;
+            let text = rtlab_train::modelfile(&file, None, system, None, &[])?;
             let path = out.with_file_name("Modelfile");
-            crate::runtime_fns::write_atomic(&path, text.as_bytes())
+            rtlab_core::workspace::write_atomic(&path, text.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             Ok(path)
         });
@@ -625,7 +625,7 @@ fn export(
 }
 
 fn models(action: ModelsCmd) -> ExitCode {
-    use crate::train::models;
+    use rtlab_train::models;
     match action {
         ModelsCmd::Pull { name } => match models::pull(&name) {
             Ok(path) => {

@@ -11,20 +11,15 @@ pub struct Tool {
     pub version: Option<String>,
 }
 
-fn version_of(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = text
-        .lines()
-        .find(|l| {
-            l.to_lowercase().contains("version") || l.contains("Yosys") || l.contains("Verilator")
-        })
-        .or_else(|| text.lines().next())?;
-    Some(line.trim().to_string())
+/// An EDA tool's version line, asked the way the verifier asks it (`rtlab_verify::process::tool_version`:
+/// its own process group, rlimits, a timeout), with the install command the verifier's errors give.
+fn eda(tool: rtlab_verify::Tool, used_for: &'static str) -> Tool {
+    Tool {
+        name: tool.program,
+        used_for,
+        install: tool.install,
+        version: rtlab_verify::process::tool_version(tool.program, tool.version_args),
+    }
 }
 
 fn vulkan_drivers() -> Option<String> {
@@ -71,10 +66,10 @@ fn cuda() -> Option<String> {
 /// Probes every tool.
 pub fn probe() -> Vec<Tool> {
     vec![
-        Tool { name: "iverilog", used_for: "verify: syntax, elaboration, simulation", install: "apt-get install -y iverilog", version: version_of("iverilog", &["-V"]) },
-        Tool { name: "vvp", used_for: "verify: simulation runtime", install: "apt-get install -y iverilog", version: version_of("vvp", &["-V"]) },
-        Tool { name: "yosys", used_for: "verify: synthesis, I/O use", install: "apt-get install -y yosys", version: version_of("yosys", &["-V"]) },
-        Tool { name: "verilator", used_for: "verify: lint (-Wall)", install: "apt-get install -y verilator", version: version_of("verilator", &["--version"]) },
+        eda(rtlab_verify::IVERILOG, "verify: syntax, elaboration, simulation"),
+        eda(rtlab_verify::VVP, "verify: simulation runtime"),
+        eda(rtlab_verify::YOSYS, "verify: synthesis, I/O use"),
+        eda(rtlab_verify::VERILATOR, "verify: lint (-Wall)"),
         Tool { name: "wgpu (Vulkan)", used_for: "train: cubecl kernels on the wgpu runtime", install: "apt-get install -y mesa-vulkan-drivers libvulkan1", version: vulkan_drivers() },
         Tool { name: "CUDA", used_for: "train: cubecl kernels on NVIDIA GPUs", install: "install the NVIDIA driver and NVRTC (the cuda-nvrtc package, not the whole toolkit: kernels compile at run time)", version: cuda() },
     ]

@@ -5,23 +5,11 @@
 //! The binary is glue ([`cli_main`]); the library exposes the runtime for tests and embedding:
 //! [`Runtime`] (engine + output sink), [`Notebook`] (a script run as cells with a cache).
 
-mod bench;
 mod cli;
-mod data;
 mod doctor;
 mod engine;
-mod llm;
 mod notebook;
-mod options;
-mod phase;
-mod plot;
 mod repl;
-mod runtime_fns;
-mod slurm;
-mod store;
-mod testbench;
-mod train;
-mod verify;
 
 #[cfg(test)]
 mod robustness_tests;
@@ -40,7 +28,7 @@ pub fn eval_script(
     source: &str,
     base_dir: &std::path::Path,
 ) -> Result<String, ScriptError> {
-    runtime_fns::set_base_dir(base_dir);
+    rtlab_core::workspace::set_base_dir(base_dir);
     let rt = Runtime::new(base_dir);
     rt.sink.set_quiet(true);
     let ast = rt.compile(origin, source)?;

@@ -105,26 +105,26 @@ proptest! {
         let text = lines.join("\n");
         let f = temp_file(text.as_bytes());
         let shown = f.path().display().to_string();
-        let strict = crate::data::io::load_jsonl(f.path(), &crate::data::io::LoadOptions { skip_bad_lines: false });
+        let strict = rtlab_data::io::load_jsonl(f.path(), &rtlab_data::io::LoadOptions { skip_bad_lines: false });
         if let Err(e) = &strict {
             let msg = e.to_string();
             // A parse failure names the file and the line (a type clash across lines names the file).
             prop_assert!(msg.contains(&shown), "{msg}");
-            if let crate::data::DataError::BadLine { line, .. } = e {
+            if let rtlab_data::DataError::BadLine { line, .. } = e {
                 prop_assert!(*line >= 1 && *line <= lines.len().max(1), "{msg}");
                 prop_assert!(msg.contains(&format!("{shown}:{line}:")), "{msg}");
             }
         }
         // Skipping bad lines never fails on bad lines (a type clash across good lines still can).
-        let _ = crate::data::io::load_jsonl(f.path(), &crate::data::io::LoadOptions { skip_bad_lines: true });
-        let _ = crate::data::io::frame_from_jsonl_bytes(text.as_bytes(), "mem");
+        let _ = rtlab_data::io::load_jsonl(f.path(), &rtlab_data::io::LoadOptions { skip_bad_lines: true });
+        let _ = rtlab_data::io::frame_from_jsonl_bytes(text.as_bytes(), "mem");
     }
 
     #[test]
     fn jsonl_readers_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let f = temp_file(&bytes);
-        let _ = crate::data::io::load_jsonl(f.path(), &crate::data::io::LoadOptions { skip_bad_lines: false });
-        let _ = crate::data::io::load_jsonl(f.path(), &crate::data::io::LoadOptions { skip_bad_lines: true });
+        let _ = rtlab_data::io::load_jsonl(f.path(), &rtlab_data::io::LoadOptions { skip_bad_lines: false });
+        let _ = rtlab_data::io::load_jsonl(f.path(), &rtlab_data::io::LoadOptions { skip_bad_lines: true });
     }
 
     #[test]
@@ -149,21 +149,21 @@ proptest! {
 
     #[test]
     fn the_verilog_screen_and_rewrites_never_panic(text in verilog_text()) {
-        let _ = crate::verify::sandbox::screen(&text, "design");
-        let rewritten = crate::verify::stages::yosys_friendly(&text);
+        let _ = rtlab_verify::sandbox::screen(&text, "design");
+        let rewritten = rtlab_verify::stages::yosys_friendly(&text);
         // Only the keyword changes: every other byte is kept.
         prop_assert_eq!(rewritten.replace("always @*", ""), {
             let mut kept = String::new();
             let mut last = 0;
             let mut spans = Vec::new();
-            crate::verify::stages::scan_identifiers(&text, |s, e| if &text[s..e] == "always_comb" || &text[s..e] == "always_latch" { spans.push((s, e)) });
+            rtlab_verify::stages::scan_identifiers(&text, |s, e| if &text[s..e] == "always_comb" || &text[s..e] == "always_latch" { spans.push((s, e)) });
             for (s, e) in spans { kept.push_str(&text[last..s]); last = e; }
             kept.push_str(&text[last..]);
             kept.replace("always @*", "")
         });
-        let _ = crate::verify::stages::declared_modules(&text);
-        let _ = crate::verify::stages::rename_module(&text, "m", "TopModule");
-        let _ = crate::verify::mutate::mutants(&text);
+        let _ = rtlab_verify::stages::declared_modules(&text);
+        let _ = rtlab_verify::stages::rename_module(&text, "m", "TopModule");
+        let _ = rtlab_verify::mutate::mutants(&text);
     }
 
     #[test]
@@ -172,16 +172,16 @@ proptest! {
         Just("Mismatches: 99999999999999999999 in 1 samples".to_string()), Just("TEST PASSED".to_string()),
         Just("TEST FAILED".to_string()), Just("=== Error ===".to_string()), "\\PC{0,30}",
     ], 0..10)) {
-        let _ = crate::verify::stages::parse_verdict(&lines.join("\n"));
+        let _ = rtlab_verify::stages::parse_verdict(&lines.join("\n"));
     }
 
     #[test]
     fn the_model_response_parsers_never_panic(body in response_json(), text in "\\PC{0,200}") {
-        use crate::llm::providers::{parse_response, Provider};
+        use rtlab_llm::providers::{parse_response, Provider};
         for p in [Provider::OpenAi, Provider::Anthropic, Provider::Ollama] {
             let _ = parse_response(p, &body);
         }
-        let _ = crate::llm::extract_code(&text);
-        let _ = crate::llm::extract_code(&format!("```verilog\n{text}"));
+        let _ = rtlab_llm::extract_code(&text);
+        let _ = rtlab_llm::extract_code(&format!("```verilog\n{text}"));
     }
 }

@@ -1,21 +1,19 @@
-//! The Rhai engine: one function builds it with the whole stdlib, and the small runtime services every
-//! stdlib function shares (the output sink, the cancellation flag, value display, error rendering).
+//! The Rhai engine: one function builds it with the whole stdlib (every capability crate's package), and
+//! renders script errors and help. The services stdlib functions share (the output sink, the
+//! cancellation flag, value display) live in `rtlab-core` and are re-exported here.
 //!
 //! Main types: [`Runtime`] (an engine plus its output sink, what the REPL, the runner and the notebook
 //! drive), [`OutputSink`], [`HelpIndex`] (the doc comments `:help` shows).
 
-mod cancel;
-mod display;
 mod error;
 mod help;
-mod output;
 mod stdlib_modules;
 
-pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler};
-pub use display::display_value;
 pub use error::{render_error, ScriptError};
 pub use help::{script_type_name, HelpIndex};
-pub use output::{emit_line, OutputSink};
+pub use rtlab_core::{
+    cancel_requested, clear_cancel, display_value, install_ctrl_c_handler, OutputSink,
+};
 
 use rhai::{Dynamic, Engine, Scope, AST};
 use std::path::Path;
@@ -110,16 +108,16 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
         }
     });
 
-    crate::data::register(&mut engine);
-    crate::plot::register(&mut engine);
-    crate::phase::register(&mut engine);
-    crate::verify::register(&mut engine);
-    crate::slurm::register(&mut engine);
-    crate::llm::register(&mut engine);
-    crate::bench::register(&mut engine);
-    crate::testbench::register(&mut engine);
-    crate::train::register(&mut engine);
-    crate::runtime_fns::register(&mut engine);
+    rtlab_data::register(&mut engine);
+    rtlab_data::plot::register(&mut engine);
+    rtlab_phase::register(&mut engine);
+    rtlab_verify::register(&mut engine);
+    rtlab_slurm::register(&mut engine);
+    rtlab_llm::register(&mut engine);
+    rtlab_bench::register(&mut engine);
+    rtlab_bench::testbench::register(&mut engine);
+    rtlab_train::register(&mut engine);
+    rtlab_core::api::register(&mut engine);
     stdlib_modules::install_resolver(&mut engine, script_dir);
     engine
 }

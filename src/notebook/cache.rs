@@ -5,9 +5,9 @@
 //! hash. Frames are written first and the manifest last, each by temp file + rename, so a kill mid-write
 //! leaves the previous entry (or none), never a half one. A corrupt entry is dropped, not trusted.
 
-use crate::data::{frame_from_parquet_bytes, frame_to_parquet_bytes, Frame};
-use crate::runtime_fns::write_atomic;
-use crate::runtime_fns::Input;
+use rtlab_core::workspace::write_atomic;
+use rtlab_core::workspace::Input;
+use rtlab_data::{frame_from_parquet_bytes, frame_to_parquet_bytes, Frame};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ pub struct Manifest {
     /// Frame content hash → blake3 of its Parquet file.
     pub frames: BTreeMap<String, String>,
     /// Files the cell read through the stdlib → blake3 of their content when it ran, and environment
-    /// variables it read (`env:NAME` → [`crate::runtime_fns::env_stamp`]).
+    /// variables it read (`env:NAME` → [`rtlab_core::workspace::env_stamp`]).
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
 }
@@ -62,8 +62,8 @@ pub fn stamp_inputs(inputs: &[Input]) -> BTreeMap<String, String> {
         .iter()
         .map(|i| {
             let now = match i {
-                Input::File(f) => crate::runtime_fns::file_stamp(f),
-                Input::Env(name) => crate::runtime_fns::env_stamp(name),
+                Input::File(f) => rtlab_core::workspace::file_stamp(f),
+                Input::Env(name) => rtlab_core::workspace::env_stamp(name),
             };
             (input_key(i), now)
         })
@@ -81,7 +81,7 @@ pub fn content_hashes(inputs: &BTreeMap<String, String>) -> BTreeMap<String, Str
             }
             let p = std::path::Path::new(key);
             let now = if recorded.starts_with("stamp:")
-                && crate::runtime_fns::file_stamp(p) != *recorded
+                && rtlab_core::workspace::file_stamp(p) != *recorded
             {
                 "changed".to_string()
             } else {
@@ -92,11 +92,11 @@ pub fn content_hashes(inputs: &BTreeMap<String, String>) -> BTreeMap<String, Str
         .collect()
 }
 
-/// blake3 of a file, remembered for as long as its [`crate::runtime_fns::file_stamp`] stays the same.
+/// blake3 of a file, remembered for as long as its [`rtlab_core::workspace::file_stamp`] stays the same.
 fn hash_file(path: &std::path::Path) -> String {
     static HASHED: std::sync::Mutex<BTreeMap<std::path::PathBuf, (String, String)>> =
         std::sync::Mutex::new(BTreeMap::new());
-    let now = crate::runtime_fns::file_stamp(path);
+    let now = rtlab_core::workspace::file_stamp(path);
     if now == "missing" {
         return now;
     }
@@ -140,12 +140,12 @@ fn hash_mapped(path: &std::path::Path) -> std::io::Result<String> {
 pub fn changed_input(inputs: &BTreeMap<String, String>) -> Option<String> {
     inputs.iter().find_map(|(path, recorded)| {
         if let Some(name) = path.strip_prefix(ENV_PREFIX) {
-            let now = crate::runtime_fns::env_stamp(name);
+            let now = rtlab_core::workspace::env_stamp(name);
             return (now != *recorded).then(|| format!("environment variable {name}"));
         }
         let p = std::path::Path::new(path);
         let now = if recorded.starts_with("stamp:") {
-            crate::runtime_fns::file_stamp(p)
+            rtlab_core::workspace::file_stamp(p)
         } else {
             hash_file(p)
         };
@@ -159,7 +159,7 @@ pub struct StoredValue {
     pub hash: String,
 }
 
-pub use crate::runtime_fns::workspace_dir;
+pub use rtlab_core::workspace::workspace_dir;
 
 pub struct CellCache {
     root: PathBuf,

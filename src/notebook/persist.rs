@@ -4,8 +4,8 @@
 //! `{"$rtlab": "frame", "hash": ...}`, so a map holding frames persists too. Closures, function pointers
 //! and other native handles cannot be persisted: [`encode`] says why, and the cells reading them rerun.
 
-use crate::data::Frame;
 use rhai::{Array, Dynamic, Map};
+use rtlab_data::Frame;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -89,52 +89,22 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         frames.insert(hash.clone(), frame.clone());
         return Ok(json!({"$rtlab": "frame", "hash": hash}));
     }
-    if let Some(plot) = value.read_lock::<crate::plot::Plot>() {
-        let kind = if plot.kind == crate::plot::Kind::Bar {
-            "bar"
-        } else {
-            "line"
-        };
-        let values: Vec<Value> = plot.values.iter().map(|v| json!(v.to_string())).collect();
-        return Ok(
-            json!({"$rtlab": "plot", "kind": kind, "title": plot.title, "labels": plot.labels, "values": values}),
-        );
-    }
-    if let Some(model) = value.read_lock::<crate::llm::Model>() {
-        // A model is its configuration (the key stays in the environment); usage counters restart.
-        let opts = to_json(&Dynamic::from_map(model.to_options()), frames)?;
-        return Ok(json!({"$rtlab": "model", "options": opts}));
-    }
-    if let Some(local) = value.read_lock::<crate::train::Local>() {
-        // A local model is what it was loaded from, with the files' stamps so that a cell reading it
-        // reruns when the model or the adapter changes on disk; restoring loads it again.
-        let s = &local.0.source;
-        let stamp = crate::runtime_fns::file_stamp;
-        // A GGUF is one file; a Hugging Face directory is its config and weight files.
-        let model_stamps: Vec<String> = if s.path.is_dir() {
-            let mut files = vec![s.path.join("config.json")];
-            files.extend(crate::train::config::weight_files(&s.path).unwrap_or_default());
-            files.iter().map(|f| stamp(f)).collect()
-        } else {
-            vec![stamp(&s.path)]
-        };
-        let adapter_stamp = s
-            .adapter
-            .as_ref()
-            .map(|a| stamp(&a.join("adapter_model.safetensors")));
-        return Ok(json!({
-            "$rtlab": "local_model",
-            "path": s.path.display().to_string(),
-            "adapter": s.adapter.as_ref().map(|a| a.display().to_string()),
-            "template": s.template,
-            "dequantize": s.dequantize,
-            "stamps": [model_stamps, adapter_stamp],
-        }));
-    }
-    if let Some(slurm) = value.read_lock::<crate::slurm::SlurmOptions>() {
-        // An executor is its options: the same map rebuilds it.
-        let opts = to_json(&Dynamic::from_map(slurm.to_map()), frames)?;
-        return Ok(json!({"$rtlab": "slurm", "options": opts}));
+    if let Some(rich) = rtlab_core::values::rich_type_of(value) {
+        let short = value
+            .type_name()
+            .rsplit("::")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let persist = rich
+            .persist
+            .ok_or_else(|| NotPersistable(format!("a `{short}` (a live object, not data)")))?;
+        let mut nested = |v: &Dynamic| to_json(v, frames).map_err(|e| e.0);
+        let mut fields = (persist.save)(value, &mut nested).map_err(NotPersistable)?;
+        let mut tagged = serde_json::Map::new();
+        tagged.insert("$rtlab".into(), rich.tag.into());
+        tagged.append(&mut fields);
+        return Ok(Value::Object(tagged));
     }
     if value.is_fnptr() {
         return Err(NotPersistable("a closure or function pointer".into()));
@@ -191,74 +161,14 @@ pub fn decode(
                     .ok_or("frame without a hash")?;
                 Dynamic::from(load_frame(hash)?)
             }
-            Some("plot") => {
-                let kind = if obj.get("kind").and_then(Value::as_str) == Some("bar") {
-                    crate::plot::Kind::Bar
-                } else {
-                    crate::plot::Kind::Line
-                };
-                let title = obj
-                    .get("title")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let labels = obj
-                    .get("labels")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .map(|v| v.as_str().unwrap_or_default().to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let values = obj
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .map(|v| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Dynamic::from(crate::plot::Plot::new(kind, title, labels, values))
-            }
-            Some("model") => {
-                let opts = decode(
-                    obj.get("options").ok_or("model without options")?,
-                    load_frame,
-                )?;
-                let map = opts
-                    .try_cast::<rhai::Map>()
-                    .ok_or("model options are not a map")?;
-                Dynamic::from(crate::llm::Model::from_options(&map)?)
-            }
-            Some("local_model") => {
-                let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
-                let path = text("path").ok_or("local model without a path")?;
-                let adapter = text("adapter").map(std::path::PathBuf::from);
-                let model = crate::train::load_local(
-                    std::path::Path::new(&path),
-                    adapter.as_deref(),
-                    text("template"),
-                    obj.get("dequantize")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                )
-                .map_err(|e| format!("cannot load the cached cell's model again: {e}"))?;
-                Dynamic::from(crate::train::Local(model))
-            }
-            Some("slurm") => {
-                let opts = decode(
-                    obj.get("options").ok_or("slurm executor without options")?,
-                    load_frame,
-                )?;
-                let map = opts
-                    .try_cast::<rhai::Map>()
-                    .ok_or("slurm executor options are not a map")?;
-                Dynamic::from(crate::slurm::SlurmOptions::from_map(&map)?)
-            }
             Some("map") => decode(obj.get("v").ok_or("map without a value")?, load_frame)?,
-            Some(other) => return Err(format!("unknown tag {other:?}")),
+            Some(tag) => {
+                let rich = rtlab_core::values::rich_type_tagged(tag)
+                    .and_then(|rich| rich.persist)
+                    .ok_or_else(|| format!("unknown tag {tag:?}"))?;
+                let mut nested = |v: &Value| decode(v, load_frame);
+                (rich.load)(obj, &mut nested)?
+            }
             None => {
                 let mut map = Map::new();
                 for (k, v) in obj {
@@ -274,23 +184,33 @@ pub fn decode(
 mod tests {
     use super::*;
 
+    /// The capabilities register their types when an engine is built, as every run does first.
+    fn register_rich_types() {
+        let _ = crate::engine::build_engine(
+            crate::engine::OutputSink::new(),
+            std::path::Path::new("."),
+        );
+    }
+
     fn round_trip(v: Dynamic) -> Dynamic {
+        register_rich_types();
         let enc = encode(&v).expect("persistable");
         decode(&enc.json, &mut |_| Err("no frames".into())).expect("decodes")
     }
 
     #[test]
     fn a_local_model_is_cached_as_what_it_was_loaded_from_and_its_files_stamps() {
+        register_rich_types();
         let dir = tempfile::tempdir().unwrap();
-        let spec = crate::train::tiny::TinySpec::default();
-        crate::train::tiny::create(dir.path(), &spec).unwrap();
+        let spec = rtlab_train::tiny::TinySpec::default();
+        rtlab_train::tiny::create(dir.path(), &spec).unwrap();
         let model =
-            crate::train::load_local(dir.path(), None, Some("{prompt}".into()), true).unwrap();
-        let value = Dynamic::from(crate::train::Local(model));
+            rtlab_train::load_local(dir.path(), None, Some("{prompt}".into()), true).unwrap();
+        let value = Dynamic::from(rtlab_train::Local(model));
         let enc = encode(&value).expect("persistable");
         let back = decode(&enc.json, &mut |_| Err("no frames".into())).unwrap();
-        let back = back.cast::<crate::train::Local>();
-        assert_eq!(back.0.source, value.cast::<crate::train::Local>().0.source);
+        let back = back.cast::<rtlab_train::Local>();
+        assert_eq!(back.0.source, value.cast::<rtlab_train::Local>().0.source);
         // Rewriting the weights changes the stamp, so a cell that read the model runs again.
         let weights = dir.path().join("model.safetensors");
         let bytes = std::fs::read(&weights).unwrap();
@@ -311,9 +231,9 @@ mod tests {
             "extra".into(),
             Dynamic::from_array(vec!["--qos=high".into()]),
         );
-        let slurm = crate::slurm::SlurmOptions::from_map(&map).unwrap();
+        let slurm = rtlab_slurm::SlurmOptions::from_map(&map).unwrap();
         let back = round_trip(Dynamic::from(slurm.clone()));
-        assert_eq!(back.cast::<crate::slurm::SlurmOptions>(), slurm);
+        assert_eq!(back.cast::<rtlab_slurm::SlurmOptions>(), slurm);
     }
 
     #[test]

@@ -2,54 +2,19 @@
 //! self-contained HTML or Markdown, readable without rtlab. Tables render as tables, SVG plots inline.
 
 use super::runner::CellReport;
-use crate::data::Frame;
 use rhai::Dynamic;
+use rtlab_core::display::escape_html as escape;
 
-/// The HTML of a cell's value: a DataFrame as a table, an SVG plot inline, anything else as text.
+/// The HTML of a cell's value: as its type registered it (a DataFrame as a table, a plot as SVG), anything
+/// else as text.
 pub fn value_html(value: &Dynamic) -> String {
-    if let Some(frame) = value.read_lock::<Frame>() {
-        return frame_html(&frame, 50);
-    }
-    if let Some(svg) = crate::data::svg_of(value) {
-        return svg;
+    if let Some(html) = rtlab_core::values::rich_type_of(value).and_then(|rich| rich.html) {
+        return html(value);
     }
     format!(
         "<pre>{}</pre>",
         escape(&crate::engine::display_value(value))
     )
-}
-
-fn frame_html(frame: &Frame, max_rows: usize) -> String {
-    let df = &frame.df;
-    let mut html = String::from("<table>\n<thead><tr>");
-    for name in df.get_column_names() {
-        html.push_str(&format!("<th>{}</th>", escape(name.as_str())));
-    }
-    html.push_str("</tr></thead>\n<tbody>\n");
-    for row in 0..df.height().min(max_rows) {
-        html.push_str("<tr>");
-        for col in df.columns() {
-            let cell = col.get(row).map(|v| v.to_string()).unwrap_or_default();
-            let cell = cell.trim_matches('"');
-            let short: String = cell.chars().take(120).collect();
-            html.push_str(&format!("<td>{}</td>", escape(&short)));
-        }
-        html.push_str("</tr>\n");
-    }
-    html.push_str("</tbody></table>\n");
-    html.push_str(&format!(
-        "<p class=\"shape\">{} rows × {} columns</p>",
-        df.height(),
-        df.width()
-    ));
-    html
-}
-
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn status_text(r: &CellReport) -> String {

@@ -123,9 +123,9 @@ impl Notebook {
         opts: &NotebookOptions,
     ) -> Result<(), ScriptError> {
         // `--fresh` reaches the stdlib's own caches too (training runs, the verifier's store).
-        crate::runtime_fns::set_fresh(opts.mode == CacheMode::Fresh);
+        rtlab_core::workspace::set_fresh(opts.mode == CacheMode::Fresh);
         let result = self.run_cells(rt, scope, opts);
-        crate::runtime_fns::set_fresh(false);
+        rtlab_core::workspace::set_fresh(false);
         result
     }
 
@@ -294,11 +294,11 @@ impl Notebook {
         reads: &[String],
         key: &str,
     ) -> Result<CellReport, ScriptError> {
-        crate::runtime_fns::take_inputs();
+        rtlab_core::workspace::take_inputs();
         let start = Instant::now();
         let result = rt.eval(origin, code, scope, ast);
         let elapsed_s = start.elapsed().as_secs_f64();
-        let inputs = stamp_inputs(&crate::runtime_fns::take_inputs());
+        let inputs = stamp_inputs(&rtlab_core::workspace::take_inputs());
         let value = result?;
         let result_text = (!value.is_unit()).then(|| display_value(&value));
         if let Some(text) = &result_text {

@@ -39,7 +39,7 @@ pub struct Repl {
 impl Repl {
     pub fn new(opts: NotebookOptions) -> Repl {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        crate::runtime_fns::set_base_dir(&cwd);
+        rtlab_core::workspace::set_base_dir(&cwd);
         let rt = Runtime::new(&cwd);
         let help = rt.help_index();
         Repl {
@@ -268,15 +268,15 @@ impl Repl {
             println!("usage: :load FILE");
             return;
         }
-        let path = crate::runtime_fns::resolve_path(file);
+        let path = rtlab_core::workspace::resolve_path(file);
         let origin = path.display().to_string();
         match std::fs::read_to_string(&path) {
             Err(e) => eprintln!("error: cannot read {origin}: {e}"),
             Ok(source) => {
                 // The loaded script's relative paths resolve against its own directory, as in `rtlab run`.
-                crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
+                rtlab_core::workspace::set_base_dir(path.parent().unwrap_or(Path::new(".")));
                 let result = self.eval_keeping_functions(&origin, &source);
-                crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
+                rtlab_core::workspace::set_base_dir(&std::env::current_dir().unwrap_or_default());
                 match result {
                     Ok(v) => show(&v),
                     Err(e) => eprintln!("{}", render_error(&e)),
@@ -292,7 +292,7 @@ impl Repl {
             println!("usage: :run FILE");
             return;
         }
-        let path = crate::runtime_fns::resolve_path(file);
+        let path = rtlab_core::workspace::resolve_path(file);
         // Reuse the in-memory cell results when the same script runs again.
         let mut notebook = match self.last_notebook.take() {
             Some(nb) if nb.path == path => nb,
@@ -300,9 +300,9 @@ impl Repl {
         };
         let mut scope = Scope::new();
         scope.push_constant("ARGS", rhai::Array::new());
-        crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
+        rtlab_core::workspace::set_base_dir(path.parent().unwrap_or(Path::new(".")));
         let result = notebook.run(&self.rt, &mut scope, &self.opts);
-        crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
+        rtlab_core::workspace::set_base_dir(&std::env::current_dir().unwrap_or_default());
         if let Err(e) = result {
             eprintln!("{}", render_error(&e));
         }
@@ -325,8 +325,8 @@ impl Repl {
             println!("usage: :watch FILE");
             return;
         }
-        let path = crate::runtime_fns::resolve_path(file);
-        crate::runtime_fns::set_base_dir(path.parent().unwrap_or(Path::new(".")));
+        let path = rtlab_core::workspace::resolve_path(file);
+        rtlab_core::workspace::set_base_dir(path.parent().unwrap_or(Path::new(".")));
         crate::notebook::watch(
             &self.rt,
             &path,
@@ -336,7 +336,7 @@ impl Repl {
             },
             None,
         );
-        crate::runtime_fns::set_base_dir(&std::env::current_dir().unwrap_or_default());
+        rtlab_core::workspace::set_base_dir(&std::env::current_dir().unwrap_or_default());
         crate::engine::clear_cancel();
     }
 

@@ -1,0 +1,402 @@
+//! Benchmarks: draw n samples per problem from a model, verify each against the problem's testbench,
+//! and report the unbiased pass@k per problem, rates per category and VerilogEval's failure classes.
+//! Every run is recorded in the workspace store; `runs()`, `compare()` and `expect()` read them back.
+//! `preference_pairs` turns verified samples into DPO rows for TRL.
+//!
+//! The crate also holds [`testbench`]: A7 testbenches a model writes, accepted only if they kill
+//! mutants. Both are "ask a model, verify what it wrote", so they share the crate and its prompts.
+
+mod run;
+pub mod testbench;
+
+use polars::prelude::*;
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, Map};
+use rtlab_data::{strings, Frame};
+use rtlab_llm::Model;
+use std::collections::BTreeMap;
+
+const DEFAULT_TEMPLATE: &str = include_str!("../prompts/verilog_eval.md");
+
+/// The unbiased estimator of Chen et al. (2021): 1 − C(n−c, k)/C(n, k), as a stable product.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if k > n || n == 0 {
+        return f64::NAN;
+    }
+    if n - c < k {
+        return 1.0;
+    }
+    let mut prob_all_fail = 1.0;
+    for i in (n - c + 1)..=n {
+        prob_all_fail *= 1.0 - k as f64 / i as f64;
+    }
+    1.0 - prob_all_fail
+}
+
+fn rate(xs: &[Option<bool>]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.iter().filter(|x| **x == Some(true)).count() as f64 / xs.len() as f64
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10000.0).round() / 10000.0
+}
+
+pub use run::run_benchmark;
+
+/// Category → metric name → value.
+type CategoryMetrics = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Category → functional rate, from a run map or a recorded run id.
+fn categories_of(run: &Dynamic) -> Result<(String, CategoryMetrics), String> {
+    let metrics: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
+        let frame = m
+            .get("categories")
+            .and_then(|c| c.read_lock::<Frame>().map(|f| f.clone()))
+            .ok_or("a run map must hold `categories`")?;
+        let recs = rtlab_data::to_records(&frame).map_err(|e| e.to_string())?;
+        let mut cats = serde_json::Map::new();
+        for r in recs {
+            let json = rtlab_data::dynamic_to_json(&r)?;
+            if let Some(c) = json.get("category").and_then(|c| c.as_str()) {
+                cats.insert(c.to_string(), json.clone());
+            }
+        }
+        let name = m.get("name").map(|n| n.to_string()).unwrap_or_default();
+        return Ok((
+            name,
+            cats.into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        v.as_object()
+                            .map(|o| {
+                                o.iter()
+                                    .filter_map(|(a, b)| b.as_f64().map(|x| (a.clone(), x)))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        ));
+    } else if let Ok(id) = run.as_int() {
+        let store =
+            rtlab_core::store::open_workspace().ok_or("the workspace store cannot be opened")?;
+        let store = rtlab_core::store::lock(&store);
+        let row = store
+            .runs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| format!("no run with id {id}; runs() lists them"))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&row.metrics).map_err(|e| e.to_string())?;
+        v["name"] = serde_json::json!(row.name);
+        v
+    } else {
+        return Err(
+            "compare: a run is the map benchmark() returns, or a run id from runs()".into(),
+        );
+    };
+    let name = metrics
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let cats = metrics
+        .get("categories")
+        .and_then(|c| c.as_object())
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .filter_map(|(a, b)| b.as_f64().map(|x| (a.clone(), x)))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((name, cats))
+}
+
+fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, String> {
+    if let Some(m) = run.read_lock::<Map>() {
+        let s = m.get("summary").ok_or("a run map must hold `summary`")?;
+        let json = rtlab_data::dynamic_to_json(s)?;
+        return Ok(json
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+                    .collect()
+            })
+            .unwrap_or_default());
+    }
+    Err("expect: pass the map benchmark() returns".into())
+}
+
+pub fn register(engine: &mut rhai::Engine) {
+    engine.register_global_module(exported_module!(bench_functions).into());
+}
+
+#[export_module]
+mod bench_functions {
+    use super::*;
+
+    /// The unbiased pass@k estimator, 1 − C(n−c, k)/C(n, k), for n samples of which c pass.
+    ///
+    /// ```rhai
+    /// assert((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12, "3 of 10 pass: pass@1 is 0.3");
+    /// assert_eq(pass_at_k(10, 0, 5), 0.0);
+    /// assert_eq(pass_at_k(10, 8, 5), 1.0);
+    /// ```
+    pub fn pass_at_k(n: i64, c: i64, k: i64) -> f64 {
+        super::pass_at_k(
+            n.max(0) as usize,
+            c.clamp(0, n.max(0)) as usize,
+            k.max(0) as usize,
+        )
+    }
+
+    /// Benchmarks a model on problems (`load_verilog_eval`'s frame: task_id, prompt, ref, test,
+    /// category). Options: `n` samples per problem (1), `temperature` (0.85 when n > 1, else 0), `top_p`
+    /// (0.95), `k` ([1, 5, 10], those ≤ n), `name`, `template` (with `{prompt}`), `executor` (where the
+    /// samples are verified: `slurm(#{...})` for a Slurm job array). Returns a run map:
+    /// `id`, `name`, `model`, `summary` (pass@k, score, syntax, synth, all_io_used, functional,
+    /// failure_classes), and frames `problems` (c, n, pass@k), `categories` and `samples`. The run is
+    /// recorded in the workspace store.
+    #[rhai_fn(return_raw)]
+    pub fn benchmark(
+        model: Model,
+        problems: Frame,
+        options: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        Ok(run_benchmark(&model, &problems, &options)?)
+    }
+
+    /// The prompt `benchmark` sends for a problem's spec (the default template,
+    /// `crates/bench/prompts/verilog_eval.md`).
+    pub fn verilog_eval_prompt(prompt: &str) -> String {
+        DEFAULT_TEMPLATE.replace("{prompt}", prompt.trim_end())
+    }
+
+    /// Every recorded benchmark run: id, name, model, dataset, created (unix seconds), and the headline
+    /// metrics.
+    #[rhai_fn(return_raw)]
+    pub fn runs() -> Result<Frame, Box<EvalAltResult>> {
+        let store = rtlab_core::store::open_workspace()
+            .ok_or("runs: the workspace store cannot be opened")?;
+        let store = rtlab_core::store::lock(&store);
+        let rows = store.runs().map_err(|e| e.to_string())?;
+        let records: Array = rows
+            .iter()
+            .map(|r| {
+                let metrics: serde_json::Value =
+                    serde_json::from_str(&r.metrics).unwrap_or_default();
+                let mut m = Map::new();
+                m.insert("id".into(), Dynamic::from(r.id));
+                m.insert("name".into(), r.name.clone().into());
+                m.insert("model".into(), r.model.clone().into());
+                m.insert("dataset".into(), r.dataset_hash.clone().into());
+                m.insert("created".into(), Dynamic::from(r.created));
+                for key in [
+                    "pass@1",
+                    "functional",
+                    "score",
+                    "syntax",
+                    "synth",
+                    "all_io_used",
+                ] {
+                    let v = metrics
+                        .pointer(&format!("/summary/{key}"))
+                        .and_then(|v| v.as_f64());
+                    m.insert(key.into(), v.map(Dynamic::from).unwrap_or(Dynamic::UNIT));
+                }
+                let _ = &r.options;
+                Dynamic::from_map(m)
+            })
+            .collect();
+        Ok(rtlab_data::from_records(&records, "runs")?)
+    }
+
+    /// The per-category table the plans write by hand: functional rate and score of run A and run B,
+    /// and B − A (runs as benchmark() returns them, or run ids).
+    #[rhai_fn(return_raw)]
+    pub fn compare(run_a: Dynamic, run_b: Dynamic) -> Result<Frame, Box<EvalAltResult>> {
+        let (_, a) = categories_of(&run_a)?;
+        let (_, b) = categories_of(&run_b)?;
+        let cats: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let get = |m: &BTreeMap<String, BTreeMap<String, f64>>, c: &str, k: &str| {
+            m.get(c).and_then(|x| x.get(k)).copied()
+        };
+        let mut rows = Array::new();
+        for c in cats {
+            let mut m = Map::new();
+            m.insert("category".into(), c.clone().into());
+            for (label, key) in [("functional", "functional"), ("score", "score")] {
+                let (x, y) = (get(&a, c, key), get(&b, c, key));
+                m.insert(
+                    format!("{label}_a").into(),
+                    x.map(Dynamic::from).unwrap_or(Dynamic::UNIT),
+                );
+                m.insert(
+                    format!("{label}_b").into(),
+                    y.map(Dynamic::from).unwrap_or(Dynamic::UNIT),
+                );
+                let d = match (x, y) {
+                    (Some(x), Some(y)) => Dynamic::from(round4(y - x)),
+                    _ => Dynamic::UNIT,
+                };
+                m.insert(format!("{label}_delta").into(), d);
+            }
+            rows.push(Dynamic::from_map(m));
+        }
+        Ok(rtlab_data::from_records(&rows, "compare")?)
+    }
+
+    /// Checks success criteria and prints the plans' ✅/❌ lines; returns whether all hold. A key is a
+    /// summary metric (functional, score, syntax, synth, all_io_used, pass@k) or a category, whose
+    /// functional rate is checked.
+    #[rhai_fn(return_raw)]
+    pub fn expect(run: Dynamic, criteria: Map) -> Result<bool, Box<EvalAltResult>> {
+        let summary = summary_of(&run)?;
+        let (_, cats) = categories_of(&run)?;
+        let mut all = true;
+        for (key, target) in criteria.iter() {
+            let target = target
+                .as_float()
+                .or_else(|_| target.as_int().map(|i| i as f64))
+                .map_err(|_| format!("expect: target of {key} must be a number"))?;
+            let actual = summary.get(key.as_str()).copied().or_else(|| {
+                cats.get(key.as_str())
+                    .and_then(|c| c.get("functional"))
+                    .copied()
+            });
+            let line = match actual {
+                Some(a) if a >= target => format!("✅ {key}: {a:.3} ≥ {target}"),
+                Some(a) => {
+                    all = false;
+                    format!("❌ {key}: {a:.3} < {target}")
+                }
+                None => {
+                    all = false;
+                    format!("❌ {key}: not in this run (target {target})")
+                }
+            };
+            rtlab_core::emit_line(&line);
+        }
+        Ok(all)
+    }
+
+    /// DPO pairs from verified samples: per prompt, the best-scoring response as `chosen` against the
+    /// worst as `rejected`, when they differ by at least `margin` (0.0). Options name the columns:
+    /// `prompt` ("prompt"), `response` ("completion"), `score` ("score"). Rows `{prompt, chosen,
+    /// rejected, chosen_score, rejected_score}`, the format TRL's DPOTrainer reads.
+    ///
+    /// ```rhai
+    /// let s = from_records([
+    ///     #{prompt: "p", completion: "good", score: 1.0},
+    ///     #{prompt: "p", completion: "bad", score: 0.2},
+    ///     #{prompt: "q", completion: "same", score: 0.5},
+    /// ]);
+    /// let pairs = preference_pairs(s, #{margin: 0.1});
+    /// assert_eq(pairs.len(), 1);
+    /// assert_eq(pairs.row(0).chosen, "good");
+    /// ```
+    #[rhai_fn(name = "preference_pairs", return_raw)]
+    pub fn preference_pairs_default(samples: Frame) -> Result<Frame, Box<EvalAltResult>> {
+        preference_pairs(samples, Map::new())
+    }
+
+    /// DPO pairs with options (see the one-argument form): `prompt`, `response`, `score`, `margin`.
+    #[rhai_fn(return_raw)]
+    pub fn preference_pairs(samples: Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new(
+            "preference_pairs",
+            &options,
+            &["prompt", "response", "score", "margin"],
+        )?;
+        let column = |k: &str, d: &str| -> Result<String, String> {
+            Ok(o.string(k)?.unwrap_or_else(|| d.to_string()))
+        };
+        let margin = o.float("margin")?.unwrap_or(0.0);
+        let prompts = strings(&samples, &column("prompt", "prompt")?).map_err(|e| e.to_string())?;
+        let responses =
+            strings(&samples, &column("response", "completion")?).map_err(|e| e.to_string())?;
+        let score_col = column("score", "score")?;
+        let scores: Vec<f64> = strings(&samples, &score_col)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .enumerate()
+            .map(|(row, s)| {
+                s.parse::<f64>().map_err(|_| {
+                    format!("preference_pairs: row {row}: `{score_col}` is {s:?}, not a number")
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: BTreeMap<&String, Vec<usize>> = BTreeMap::new();
+        for (i, p) in prompts.iter().enumerate() {
+            if !groups.contains_key(p) {
+                order.push(p.clone());
+            }
+            groups.entry(p).or_default().push(i);
+        }
+        let mut rows = Array::new();
+        for p in &order {
+            let idx = &groups[p];
+            // First best and last worst, so ties resolve by sample order.
+            let best = idx
+                .iter()
+                .copied()
+                .fold(idx[0], |b, i| if scores[i] > scores[b] { i } else { b });
+            let worst =
+                idx.iter()
+                    .copied()
+                    .fold(idx[0], |w, i| if scores[i] <= scores[w] { i } else { w });
+            if scores[best] - scores[worst] >= margin.max(f64::MIN_POSITIVE)
+                && responses[best] != responses[worst]
+            {
+                let mut m = Map::new();
+                m.insert("prompt".into(), p.clone().into());
+                m.insert("chosen".into(), responses[best].clone().into());
+                m.insert("rejected".into(), responses[worst].clone().into());
+                m.insert("chosen_score".into(), Dynamic::from(scores[best]));
+                m.insert("rejected_score".into(), Dynamic::from(scores[worst]));
+                rows.push(Dynamic::from_map(m));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Frame::new(DataFrame::empty()));
+        }
+        Ok(rtlab_data::from_records(&rows, "pairs")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pass_at_k;
+
+    #[test]
+    fn pass_at_k_matches_hand_computed_values() {
+        // n=10, c=3, k=1: 3/10.
+        assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
+        // n=10, c=3, k=5: 1 - C(7,5)/C(10,5) = 1 - 21/252.
+        assert!((pass_at_k(10, 3, 5) - (1.0 - 21.0 / 252.0)).abs() < 1e-12);
+        // n=20, c=1, k=10: 1 - C(19,10)/C(20,10) = 1 - 10/20.
+        assert!((pass_at_k(20, 1, 10) - 0.5).abs() < 1e-12);
+        assert_eq!(pass_at_k(5, 0, 3), 0.0);
+        assert_eq!(pass_at_k(5, 3, 3), 1.0);
+        assert!(pass_at_k(3, 1, 5).is_nan(), "k > n is undefined");
+    }
+}

@@ -1,0 +1,410 @@
+//! `benchmark(model, problems, #{...})` as four named steps: sample the model, verify the samples,
+//! score them (pass@k per problem, rates per category, failure classes), record the run in the store.
+
+use super::{pass_at_k, rate, round4, DEFAULT_TEMPLATE};
+use polars::prelude::*;
+use rhai::{Dynamic, Map};
+use rtlab_core::store::SharedStore;
+use rtlab_data::{strings, Frame};
+use rtlab_llm::{extract_code, Message, Model};
+use rtlab_verify::batch::{verify_all, Job};
+use rtlab_verify::{Report, VerifyOptions};
+use std::collections::BTreeMap;
+
+/// The benchmark's options, checked before any work.
+struct Settings {
+    n: usize,
+    temperature: f64,
+    top_p: f64,
+    /// The k of pass@k that can be computed from n samples (k ≤ n).
+    ks: Vec<usize>,
+    template: String,
+    name: String,
+    executor: rtlab_slurm::Executor,
+}
+
+impl Settings {
+    fn parse(model: &Model, options: &Map) -> Result<Settings, String> {
+        let valid = [
+            "n",
+            "temperature",
+            "top_p",
+            "k",
+            "template",
+            "name",
+            "executor",
+        ];
+        let o = rtlab_core::options::Options::new("benchmark", options, &valid)?;
+        let executor = rtlab_slurm::Executor::from_options(&o)?;
+        let n = o.int_at_least("n", 1)?.unwrap_or(1) as usize;
+        let temperature = o
+            .float("temperature")?
+            .unwrap_or(if n > 1 { 0.85 } else { 0.0 });
+        let top_p = o.float("top_p")?.unwrap_or(0.95);
+        let ks = o.ints("k")?.unwrap_or_else(|| vec![1, 5, 10]);
+        if let Some(bad) = ks.iter().find(|k| **k < 1) {
+            return Err(format!("benchmark: every k must be at least 1, not {bad}"));
+        }
+        // pass@k needs k ≤ n samples: larger k are left out (the result's `pass_at_k` says which ran).
+        let ks = ks
+            .into_iter()
+            .map(|k| k as usize)
+            .filter(|k| *k <= n)
+            .collect();
+        let template = crate::testbench::template(options, "template", DEFAULT_TEMPLATE)?;
+        let name = o.string("name")?.unwrap_or_else(|| model.cfg.model.clone());
+        Ok(Settings {
+            n,
+            temperature,
+            top_p,
+            ks,
+            template,
+            name,
+            executor,
+        })
+    }
+
+    /// The prompt as the model sees it: the template with the problem's spec filled in.
+    fn prompt(&self, spec: &str) -> String {
+        self.template.replace("{prompt}", spec.trim_end())
+    }
+}
+
+/// The problems' columns (`category` is optional: every problem is in "all" without it).
+struct Problems {
+    ids: Vec<String>,
+    prompts: Vec<String>,
+    refs: Vec<String>,
+    tests: Vec<String>,
+    categories: Vec<String>,
+}
+
+impl Problems {
+    fn from_frame(problems: &Frame) -> Result<Problems, String> {
+        let column = |name: &str| strings(problems, name).map_err(|e| e.to_string());
+        let ids = column("task_id")?;
+        let categories = column("category").unwrap_or_else(|_| vec!["all".to_string(); ids.len()]);
+        Ok(Problems {
+            prompts: column("prompt")?,
+            refs: column("ref")?,
+            tests: column("test")?,
+            categories,
+            ids,
+        })
+    }
+
+    /// A hash of what the problems ask and how they are checked, recorded with the run.
+    fn hash(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for p in 0..self.ids.len() {
+            for part in [
+                &self.ids[p],
+                &self.prompts[p],
+                &self.refs[p],
+                &self.tests[p],
+            ] {
+                hasher.update(part.as_bytes());
+                hasher.update(b"\0");
+            }
+        }
+        hasher.finalize().to_hex()[..16].to_string()
+    }
+}
+
+/// Runs the benchmark; returns the run as a Rhai map.
+pub fn run_benchmark(model: &Model, problems: &Frame, options: &Map) -> Result<Map, String> {
+    let settings = Settings::parse(model, options)?;
+    let problems = Problems::from_frame(problems)?;
+    // One store for the whole run: the answers, the verdicts and the run record.
+    let store = rtlab_core::store::open_workspace();
+    let completions = sample(model, &settings, &problems, &store)?;
+    let reports = verify_samples(&completions, &settings, &problems, &store)?;
+    let scores = Scores::new(&reports, &settings, &problems)?;
+    let id = record(&store, model, &settings, &problems, &scores);
+    let samples = samples_frame(&completions, &reports, &settings, &problems)?;
+
+    let mut run = Map::new();
+    run.insert("id".into(), Dynamic::from(id));
+    run.insert("name".into(), settings.name.clone().into());
+    run.insert("model".into(), model.cfg.model.clone().into());
+    run.insert(
+        "summary".into(),
+        rtlab_data::json_to_dynamic(serde_json::Value::Object(scores.summary)),
+    );
+    run.insert(
+        "problems".into(),
+        Dynamic::from(Frame::new(scores.problems)),
+    );
+    run.insert(
+        "categories".into(),
+        Dynamic::from(Frame::new(scores.categories)),
+    );
+    run.insert("samples".into(), Dynamic::from(Frame::new(samples)));
+    Ok(run)
+}
+
+/// Step 1: n completions per problem, from the store when recorded, else from the model.
+fn sample(
+    model: &Model,
+    settings: &Settings,
+    problems: &Problems,
+    store: &Option<SharedStore>,
+) -> Result<Vec<String>, String> {
+    let sampled = model.with_sampling(settings.temperature, settings.top_p);
+    let requests: Vec<(Vec<Message>, usize)> = problems
+        .prompts
+        .iter()
+        .flat_map(|spec| {
+            let text = settings.prompt(spec);
+            (0..settings.n).map(move |s| {
+                let message = Message {
+                    role: "user".into(),
+                    content: text.clone(),
+                };
+                (vec![message], s)
+            })
+        })
+        .collect();
+    let answers = sampled.answer_all(&requests, store.clone());
+    let failed = answers.iter().filter(|a| a.is_err()).count();
+    if failed > 0 {
+        let first = answers
+            .iter()
+            .find_map(|a| a.as_ref().err())
+            .cloned()
+            .unwrap_or_default();
+        return Err(format!("benchmark: {failed} of {} requests failed (answers so far are recorded: rerun to resume); first error: {first}", answers.len()));
+    }
+    Ok(answers.into_iter().map(|a| a.unwrap_or_default()).collect())
+}
+
+/// Step 2: each completion's code against its problem's testbench and reference.
+fn verify_samples(
+    completions: &[String],
+    settings: &Settings,
+    problems: &Problems,
+    store: &Option<SharedStore>,
+) -> Result<Vec<Report>, String> {
+    let jobs: Vec<Job> = completions
+        .iter()
+        .enumerate()
+        .map(|(j, completion)| {
+            let p = j / settings.n;
+            Job {
+                code: extract_code(completion),
+                testbench: Some(problems.tests[p].clone()),
+                reference: Some(problems.refs[p].clone()),
+                top: None,
+            }
+        })
+        .collect();
+    let store = store.as_ref().map(rtlab_core::store::lock);
+    let options = VerifyOptions::default();
+    let (reports, stats) = verify_all(&jobs, &options, store.as_deref(), &settings.executor)?;
+    if let Some(warning) = stats.store_warning(store.as_deref()) {
+        eprintln!("{warning}");
+    }
+    if rtlab_core::cancel_requested() {
+        return Err(
+            "benchmark: cancelled by Ctrl-C (verified samples are cached; rerun to resume)".into(),
+        );
+    }
+    Ok(reports)
+}
+
+/// Step 3: what the reports add up to.
+struct Scores {
+    /// Per problem: task_id, category, passing samples c, n, pass@k for each k.
+    problems: DataFrame,
+    /// Per category, over samples: score and the syntax, synth, all_io_used and functional rates.
+    categories: DataFrame,
+    /// The whole run: the same rates, mean pass@k, the problem count and the failure classes.
+    summary: serde_json::Map<String, serde_json::Value>,
+    /// The per-category rates as JSON, for the run record.
+    categories_json: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One category's (or the whole run's) rates over its samples.
+fn rates(reports: &[&Report]) -> BTreeMap<&'static str, f64> {
+    let mean_score = reports.iter().map(|r| r.score).sum::<f64>() / reports.len().max(1) as f64;
+    let of = |flag: fn(&Report) -> Option<bool>| {
+        round4(rate(&reports.iter().map(|r| flag(r)).collect::<Vec<_>>()))
+    };
+    BTreeMap::from([
+        ("samples", reports.len() as f64),
+        ("score", round4(mean_score)),
+        ("syntax", of(|r| Some(r.syntax_ok))),
+        ("synth", of(|r| r.synth_ok)),
+        ("all_io_used", of(|r| r.all_io_used)),
+        ("functional", of(|r| r.functional)),
+    ])
+}
+
+impl Scores {
+    fn new(reports: &[Report], settings: &Settings, problems: &Problems) -> Result<Scores, String> {
+        let n = settings.n;
+        let passing: Vec<usize> = (0..problems.ids.len())
+            .map(|p| {
+                reports[p * n..(p + 1) * n]
+                    .iter()
+                    .filter(|r| r.sim_status == "pass")
+                    .count()
+            })
+            .collect();
+        let pass_at: Vec<Vec<f64>> = settings
+            .ks
+            .iter()
+            .map(|k| passing.iter().map(|c| pass_at_k(n, *c, *k)).collect())
+            .collect();
+        let mut columns = vec![
+            Column::new("task_id".into(), problems.ids.clone()),
+            Column::new("category".into(), problems.categories.clone()),
+            Column::new(
+                "c".into(),
+                passing.iter().map(|c| *c as i64).collect::<Vec<_>>(),
+            ),
+            Column::new("n".into(), vec![n as i64; passing.len()]),
+        ];
+        for (k, values) in settings.ks.iter().zip(&pass_at) {
+            columns.push(Column::new(format!("pass@{k}").into(), values.clone()));
+        }
+        let problems_df = DataFrame::new(passing.len(), columns).map_err(|e| e.to_string())?;
+
+        let mut by_category: BTreeMap<String, Vec<&Report>> = BTreeMap::new();
+        for (j, r) in reports.iter().enumerate() {
+            by_category
+                .entry(problems.categories[j / n].clone())
+                .or_default()
+                .push(r);
+        }
+        let category_rates: Vec<(String, BTreeMap<&str, f64>)> = by_category
+            .iter()
+            .map(|(c, rs)| (c.clone(), rates(rs)))
+            .collect();
+        let categories = categories_frame(&category_rates)?;
+
+        let mut classes: BTreeMap<String, i64> = BTreeMap::new();
+        for class in reports.iter().filter_map(|r| r.failure_class.as_ref()) {
+            *classes.entry(class.clone()).or_default() += 1;
+        }
+        let all: Vec<&Report> = reports.iter().collect();
+        let mut summary: serde_json::Map<String, serde_json::Value> = rates(&all)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        for (k, values) in settings.ks.iter().zip(&pass_at) {
+            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+            summary.insert(format!("pass@{k}"), serde_json::json!(round4(mean)));
+        }
+        summary.insert("problems".into(), serde_json::json!(problems.ids.len()));
+        summary.insert("failure_classes".into(), serde_json::json!(classes));
+        let categories_json = category_rates
+            .iter()
+            .map(|(c, m)| (c.clone(), serde_json::json!(m)))
+            .collect();
+        Ok(Scores {
+            problems: problems_df,
+            categories,
+            summary,
+            categories_json,
+        })
+    }
+}
+
+fn categories_frame(rows: &[(String, BTreeMap<&str, f64>)]) -> Result<DataFrame, String> {
+    let column = |key: &str| rows.iter().map(|(_, m)| m[key]).collect::<Vec<f64>>();
+    let samples: Vec<i64> = column("samples").iter().map(|x| *x as i64).collect();
+    let mut columns = vec![
+        Column::new(
+            "category".into(),
+            rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new("samples".into(), samples),
+    ];
+    for key in ["score", "syntax", "synth", "all_io_used", "functional"] {
+        columns.push(Column::new(key.into(), column(key)));
+    }
+    DataFrame::new(rows.len(), columns).map_err(|e| e.to_string())
+}
+
+/// Step 4: the run in the store, for `runs()`, `compare()` and `expect()`; its id, or -1 uncached.
+fn record(
+    store: &Option<SharedStore>,
+    model: &Model,
+    settings: &Settings,
+    problems: &Problems,
+    scores: &Scores,
+) -> i64 {
+    let options = serde_json::json!({
+        "n": settings.n,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "k": settings.ks,
+        "provider": format!("{:?}", model.cfg.provider),
+    });
+    let metrics =
+        serde_json::json!({"summary": scores.summary, "categories": scores.categories_json});
+    let Some(store) = store else { return -1 };
+    let added = rtlab_core::store::lock(store).add_run(
+        &settings.name,
+        &model.cfg.model,
+        &options.to_string(),
+        &problems.hash(),
+        &metrics.to_string(),
+    );
+    match added {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("warning: benchmark: the run was not recorded in the store: {e}");
+            -1
+        }
+    }
+}
+
+/// One row per sample: the prompt as the model saw it (so DPO pairs built from samples match), the
+/// completion, its score and simulation status.
+fn samples_frame(
+    completions: &[String],
+    reports: &[Report],
+    settings: &Settings,
+    problems: &Problems,
+) -> Result<DataFrame, String> {
+    let n = settings.n;
+    let per_sample = |values: &[String]| -> Vec<String> {
+        (0..completions.len())
+            .map(|j| values[j / n].clone())
+            .collect()
+    };
+    let prompts: Vec<String> = problems
+        .prompts
+        .iter()
+        .map(|spec| settings.prompt(spec))
+        .collect();
+    DataFrame::new(
+        completions.len(),
+        vec![
+            Column::new("task_id".into(), per_sample(&problems.ids)),
+            Column::new("category".into(), per_sample(&problems.categories)),
+            Column::new("prompt".into(), per_sample(&prompts)),
+            Column::new(
+                "sample".into(),
+                (0..completions.len())
+                    .map(|j| (j % n) as i64)
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new("completion".into(), completions.to_vec()),
+            Column::new(
+                "score".into(),
+                reports.iter().map(|r| r.score).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "sim_status".into(),
+                reports
+                    .iter()
+                    .map(|r| r.sim_status.clone())
+                    .collect::<Vec<_>>(),
+            ),
+        ],
+    )
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,30 @@
+//! rtlab-core: the services every rtlab capability shares, and nothing that knows about Verilog,
+//! datasets or models.
+//!
+//! - [`output`]: the sink every `print` goes to, so a cached cell can replay what it printed;
+//! - [`cancel`]: the process-wide Ctrl-C flag every long loop checks;
+//! - [`options`]: the checked reader of the option maps stdlib functions take;
+//! - [`workspace`]: paths relative to the script, atomic writes, the input log the cell cache checks,
+//!   the `--fresh` flag;
+//! - [`store`]: the workspace's SQLite store (verification results, recorded model answers, runs);
+//! - [`values`]: the registry of rich values (how each capability's types display, render and
+//!   persist), and [`display`], how any value is shown;
+//! - [`json`]: between JSON and Rhai values;
+//! - [`api`]: the Rhai package every script gets (files, JSON, environment, assertions).
+//!
+//! Every other rtlab crate sits above this one; it depends on none of them.
+
+pub mod api;
+pub mod cancel;
+pub mod display;
+pub mod json;
+pub mod options;
+pub mod output;
+pub mod store;
+pub mod values;
+pub mod workspace;
+
+pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler};
+pub use display::display_value;
+pub use options::Options;
+pub use output::{emit_line, OutputSink};

@@ -1,0 +1,334 @@
+//! The workspace store: one SQLite database (`.rtlab/store.sqlite`, WAL mode) for everything keyed by a
+//! content hash that many rows share: verifier results, LLM responses (the cassette), benchmark runs.
+//!
+//! Invariant: this module owns the schema and its migrations; capabilities get typed accessors, never
+//! SQL strings of their own.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Migrations in order; `meta.version` says how many have run.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE verify_results (key TEXT PRIMARY KEY, report TEXT NOT NULL, created INTEGER NOT NULL)",
+    "CREATE TABLE llm_responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created INTEGER NOT NULL)",
+    "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, model TEXT NOT NULL, options TEXT NOT NULL, dataset_hash TEXT NOT NULL, metrics TEXT NOT NULL, created INTEGER NOT NULL)",
+];
+
+/// A recorded model response (one row of the cassette).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    pub key: String,
+    pub model: String,
+    pub request: String,
+    pub response: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// A benchmark run as recorded.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: i64,
+    pub name: String,
+    pub model: String,
+    pub options: String,
+    pub dataset_hash: String,
+    pub metrics: String,
+    pub created: i64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A store shared by everything in the process that works in its workspace.
+pub type SharedStore = Arc<Mutex<Store>>;
+
+/// The stores opened so far, one per workspace, with the database file's inode when opened.
+static OPEN: Mutex<Vec<(PathBuf, u64, SharedStore)>> = Mutex::new(Vec::new());
+
+/// The store of the running script's workspace (see `workspace::workspace_dir`), opened (and migrated)
+/// once per workspace and shared, or None with a warning when it cannot be opened: callers then work
+/// uncached. A store whose file was deleted or replaced since (`rm -rf .rtlab` beside a REPL) is
+/// opened again, so no result is written to a file nobody can read.
+pub fn open_workspace() -> Option<SharedStore> {
+    let base = crate::workspace::resolve_path(".");
+    let ws = crate::workspace::workspace_dir(&base);
+    let inode = |dir: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join("store.sqlite"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    let current = inode(&ws);
+    if let Some((_, _, store)) = open
+        .iter()
+        .find(|(dir, ino, _)| *dir == ws && Some(*ino) == current)
+    {
+        return Some(store.clone());
+    }
+    open.retain(|(dir, _, _)| *dir != ws);
+    match Store::open(&ws) {
+        Ok(store) => {
+            let store = Arc::new(Mutex::new(store));
+            if let Some(ino) = inode(&ws) {
+                open.push((ws, ino, store.clone()));
+            }
+            Some(store)
+        }
+        Err(e) => {
+            eprintln!("warning: results will not be cached: {e}");
+            None
+        }
+    }
+}
+
+/// Locks a shared store; a panic in another thread that held it leaves SQLite consistent (every batch
+/// is one transaction), so the store is still used.
+pub fn lock(store: &SharedStore) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Creates the schema and runs the migrations not yet run (`meta.version` counts them).
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL)",
+        [],
+    )?;
+    let version: Option<i64> = conn
+        .query_row("SELECT version FROM meta", [], |r| r.get(0))
+        .optional()?;
+    let mut version = match version {
+        Some(v) => v,
+        None => {
+            conn.execute("INSERT INTO meta (version) VALUES (0)", [])?;
+            0
+        }
+    };
+    while (version as usize) < MIGRATIONS.len() {
+        conn.execute(MIGRATIONS[version as usize], [])?;
+        version += 1;
+        conn.execute("UPDATE meta SET version = ?1", params![version])?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the store of a workspace directory.
+    pub fn open(workspace: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(workspace).map_err(|source| StoreError::Io {
+            path: workspace.display().to_string(),
+            source,
+        })?;
+        let path = workspace.join("store.sqlite");
+        let shown = path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        // Two processes may open a new store at once: the schema is created and migrated inside one
+        // IMMEDIATE transaction (a write lock taken up front, waited for under the busy timeout), so
+        // exactly one of them runs each migration.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        let migrated = migrate(&conn);
+        match migrated {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(err)?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(err(e));
+            }
+        }
+        Ok(Store { conn, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// A cached verifier report (JSON), by key.
+    pub fn get_verify(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT report FROM verify_results WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn put_verify(&self, key: &str, report_json: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO verify_results (key, report, created) VALUES (?1, ?2, ?3)",
+                params![key, report_json, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn get_response(&self, key: &str) -> Result<Option<Recorded>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT key, model, request, response, prompt_tokens, completion_tokens FROM llm_responses WHERE key = ?1",
+                params![key],
+                |r| Ok(Recorded { key: r.get(0)?, model: r.get(1)?, request: r.get(2)?, response: r.get(3)?, prompt_tokens: r.get(4)?, completion_tokens: r.get(5)? }),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn put_response(&self, rec: &Recorded) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO llm_responses (key, model, request, response, prompt_tokens, completion_tokens, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![rec.key, rec.model, rec.request, rec.response, rec.prompt_tokens, rec.completion_tokens, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every recorded response, by key (for exporting a cassette).
+    pub fn all_responses(&self) -> Result<Vec<Recorded>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, model, request, response, prompt_tokens, completion_tokens FROM llm_responses ORDER BY key")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Recorded {
+                    key: r.get(0)?,
+                    model: r.get(1)?,
+                    request: r.get(2)?,
+                    response: r.get(3)?,
+                    prompt_tokens: r.get(4)?,
+                    completion_tokens: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn add_run(
+        &self,
+        name: &str,
+        model: &str,
+        options: &str,
+        dataset_hash: &str,
+        metrics: &str,
+    ) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (name, model, options, dataset_hash, metrics, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![name, model, options, dataset_hash, metrics, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, name, model, options, dataset_hash, metrics, created FROM runs ORDER BY id").map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    model: r.get(2)?,
+                    options: r.get(3)?,
+                    dataset_hash: r.get(4)?,
+                    metrics: r.get(5)?,
+                    created: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in one transaction (batches write thousands of rows). IMMEDIATE: the write lock is
+    /// taken at the start, under the busy timeout, so a second process waits instead of failing with
+    /// "database is locked" at commit. A failed transaction is rolled back whole; earlier ones stay.
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let result = f(self).and_then(|v| {
+            self.conn
+                .execute_batch("COMMIT")
+                .map(|_| v)
+                .map_err(|e| self.err(e))
+        });
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    #[cfg(test)]
+    pub fn count_verify(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM verify_results", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_keeps_rows_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_verify("k", "{\"score\":1.0}").unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.get_verify("k").unwrap().as_deref(),
+            Some("{\"score\":1.0}")
+        );
+        assert_eq!(s.get_verify("missing").unwrap(), None);
+        assert_eq!(s.count_verify().unwrap(), 1);
+    }
+}

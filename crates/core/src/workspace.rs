@@ -1,0 +1,192 @@
+//! The workspace services every stdlib function shares: paths resolve against the running script's
+//! directory ([`resolve_path`]), files are written atomically ([`write_atomic`]), what a cell read is
+//! logged for the cache ([`note_input`]), and `--fresh` is one flag ([`fresh_requested`]).
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+thread_local! {
+    static BASE_DIR: RefCell<PathBuf> = RefCell::new(PathBuf::from("."));
+    /// What the stdlib read since the last [`take_inputs`]: the cell cache checks it on restore.
+    static INPUTS: RefCell<Vec<Input>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Something outside the script that a cell read through the stdlib.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// A file (absolute: paths resolve against an absolute base directory).
+    File(PathBuf),
+    /// An environment variable, read with `env(NAME)`.
+    Env(String),
+}
+
+/// Records that a stdlib function read `path`, so a cached cell that read it reruns when it changes.
+pub fn note_input(path: &Path) {
+    INPUTS.with(|i| i.borrow_mut().push(Input::File(path.to_path_buf())));
+}
+
+/// Records that a cell read the environment variable `name`: a cached cell reruns when its value
+/// changes (or it is set or unset).
+pub fn note_env(name: &str) {
+    INPUTS.with(|i| i.borrow_mut().push(Input::Env(name.to_string())));
+}
+
+/// What was read since the last call, deduplicated, in order.
+pub fn take_inputs() -> Vec<Input> {
+    let mut inputs = INPUTS.with(|i| std::mem::take(&mut *i.borrow_mut()));
+    let mut seen = std::collections::HashSet::new();
+    inputs.retain(|f| seen.insert(f.clone()));
+    inputs
+}
+
+/// What identifies an environment variable's value without keeping it (it may be a secret):
+/// `env:<blake3 of the value>`, or `env:unset`.
+pub fn env_stamp(name: &str) -> String {
+    match std::env::var_os(name) {
+        Some(v) => format!("env:{}", &blake3::hash(v.as_encoded_bytes()).to_hex()[..32]),
+        None => "env:unset".to_string(),
+    }
+}
+
+/// Sets the directory relative paths resolve against (the script's directory, or the REPL's cwd).
+///
+/// It is made absolute (and canonical where it exists), so every path rtlab resolves, and so every
+/// path it returns (`run.adapter`, say), is absolute: handing it back to another rtlab function finds
+/// the same file, whatever directory the script runs from.
+pub fn set_base_dir(dir: &Path) {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let absolute = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
+    BASE_DIR.with(|b| *b.borrow_mut() = absolute);
+}
+
+/// Where a script's workspace keeps its state: `RTLAB_HOME`, else the nearest `.rtlab/` walking up from
+/// the script's directory (as git finds `.git`), else a new `.rtlab/` beside the script. A service
+/// here, below the notebook, so that the store (and every capability that opens it) does not depend
+/// on the notebook layer.
+pub fn workspace_dir(script_dir: &Path) -> PathBuf {
+    if let Some(home) = std::env::var_os("RTLAB_HOME") {
+        return PathBuf::from(home);
+    }
+    let start = std::fs::canonicalize(script_dir).unwrap_or_else(|_| script_dir.to_path_buf());
+    for dir in start.ancestors() {
+        let candidate = dir.join(".rtlab");
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    start.join(".rtlab")
+}
+
+static FRESH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `rtlab run --fresh`: every cached result is recomputed, not only the notebook's cells. A finished
+/// training run retrains and the verifier's store is not read (it is still written). Recorded model
+/// answers are kept: they are recordings, not results rtlab computed.
+pub fn set_fresh(fresh: bool) {
+    FRESH.store(fresh, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True during a `--fresh` run.
+pub fn fresh_requested() -> bool {
+    FRESH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Resolves a path given by a script: absolute paths stay, relative ones join the base directory.
+///
+/// Leading `..` steps are taken on the base directory itself (`../out` from `/repo/scripts` is
+/// `/repo/out`): the base is canonical, so that is where the kernel would go too. A `..` further in
+/// is left for the kernel, since the directory before it may be a link.
+pub fn resolve_path(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let mut base = BASE_DIR.with(|b| b.borrow().clone());
+    let mut rest = p.components().peekable();
+    while let Some(c) = rest.peek() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if base.parent().is_some() => {
+                base.pop();
+            }
+            _ => break,
+        }
+        rest.next();
+    }
+    base.join(rest.collect::<PathBuf>())
+}
+
+/// What identifies a file's version cheaply: `stamp:<len>:<mtime ns>:<inode>`, or "missing". The
+/// cell cache records it for inputs; a scan keys its remembered lines on it.
+pub fn file_stamp(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "stamp:{}:{}:{}",
+            m.len(),
+            m.modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            m.ino()
+        ),
+        Err(_) => "missing".to_string(),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a reader
+/// (or a crash) never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, without concatenating them first.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    // Temp files are private (0600); the result should have the mode a plain write would give it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o644);
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    let mut written = 0;
+    for part in parts {
+        tmp.write_all(part)?;
+        // Start writing back what is written while the rest is copied in, so that the sync below
+        // waits for the last part only.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on an open file descriptor; a failure only loses the overlap.
+            unsafe {
+                libc::sync_file_range(
+                    tmp.as_file().as_raw_fd(),
+                    written as libc::off64_t,
+                    part.len() as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+        written += part.len();
+    }
+    // Durable before it is visible: after a power cut the file is the old one or the whole new one.
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

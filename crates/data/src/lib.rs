@@ -1,0 +1,387 @@
+//! Datasets in the stdlib: a polars `DataFrame` wrapped for Rhai, its readers and writers, and the
+//! expression API that mirrors polars' Python one.
+//!
+//! Main types: [`Frame`] (the Rhai `DataFrame`, cheap to clone: polars columns are Arc'd), `Expr`
+//! (a polars expression), [`DataError`]. Relative paths resolve against the script's directory.
+
+mod convert;
+mod expr;
+mod frame_fns;
+pub mod io;
+pub mod plot;
+mod scan;
+mod typed;
+
+pub use convert::{dynamic_to_json, from_records, json_to_dynamic, to_records};
+pub use expr::column;
+pub use io::{
+    frame_from_parquet_bytes, frame_to_parquet_bytes, load_jsonl, save_jsonl, LoadOptions,
+};
+
+use polars::prelude::DataFrame;
+use rhai::plugin::*;
+use rhai::Map;
+use rtlab_core::display::escape_html;
+use rtlab_core::values::RichType;
+
+/// The Rhai-visible DataFrame.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub df: DataFrame,
+}
+
+impl Frame {
+    pub fn new(df: DataFrame) -> Frame {
+        Frame { df }
+    }
+
+    /// A content hash of the frame (schema and values), stable across processes: the cell cache keys on it.
+    /// The frame's Arrow IPC encoding streams into the hasher: no second copy of a big frame in memory.
+    pub fn content_hash(&self) -> Result<blake3::Hash, DataError> {
+        use polars::prelude::{IpcWriter, SerWriter};
+        let mut hasher = blake3::Hasher::new();
+        IpcWriter::new(&mut hasher).finish(&mut self.df.clone())?;
+        Ok(hasher.finalize())
+    }
+}
+
+/// Errors of the data layer, each naming the file, line, column or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {reason}; the line starts with {start:?} (pass #{{on_bad_line: \"skip\"}} to skip bad lines)")]
+    BadLine {
+        path: String,
+        line: usize,
+        reason: String,
+        start: String,
+    },
+    #[error("{0}")]
+    Polars(#[from] polars::error::PolarsError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<DataError> for Box<EvalAltResult> {
+    fn from(e: DataError) -> Self {
+        e.to_string().into()
+    }
+}
+
+/// A column (dotted struct paths allowed) as strings, whatever its type; nulls are `None`. What the
+/// stdlib uses to hand a column of code, prompts or names to Rust.
+pub fn string_values(frame: &Frame, path: &str) -> Result<Vec<Option<String>>, DataError> {
+    use polars::prelude::{DataType, IntoLazy};
+    let df = frame
+        .df
+        .clone()
+        .lazy()
+        .select([column(path).cast(DataType::String).alias("v")])
+        .collect()
+        .map_err(|e| DataError::Invalid(format!("column `{path}`: {e}")))?;
+    let ca = df.column("v").and_then(|c| c.str().cloned())?;
+    Ok(ca.iter().map(|v| v.map(str::to_string)).collect())
+}
+
+/// `string_values` with nulls as empty strings.
+pub fn strings(frame: &Frame, path: &str) -> Result<Vec<String>, DataError> {
+    Ok(string_values(frame, path)?
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect())
+}
+
+/// A frame as an HTML table (its first `max_rows` rows, long cells cut), with its shape below.
+pub fn frame_html(frame: &Frame, max_rows: usize) -> String {
+    let df = &frame.df;
+    let mut html = String::from("<table>\n<thead><tr>");
+    for name in df.get_column_names() {
+        html.push_str(&format!("<th>{}</th>", escape_html(name.as_str())));
+    }
+    html.push_str("</tr></thead>\n<tbody>\n");
+    for row in 0..df.height().min(max_rows) {
+        html.push_str("<tr>");
+        for col in df.columns() {
+            let cell = col.get(row).map(|v| v.to_string()).unwrap_or_default();
+            let cell = cell.trim_matches('"');
+            let short: String = cell.chars().take(120).collect();
+            html.push_str(&format!("<td>{}</td>", escape_html(&short)));
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str("</tbody></table>\n");
+    html.push_str(&format!(
+        "<p class=\"shape\">{} rows × {} columns</p>",
+        df.height(),
+        df.width()
+    ));
+    html
+}
+
+pub use scan::LazyJsonl;
+
+/// VerilogEval problems from a directory of `ProbNNN_*_{prompt.txt,ref.sv,test.sv}` (`rtlab bench`).
+pub fn load_verilog_eval_dir(dir: &std::path::Path) -> Result<Frame, DataError> {
+    Ok(Frame::new(io::load_verilog_eval(dir)?))
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<LazyJsonl>("LazyFrame");
+    engine.register_fn("to_string", |l: &mut LazyJsonl| describe_lazy(l));
+    engine.register_fn("to_debug", |l: &mut LazyJsonl| describe_lazy(l));
+    engine.register_global_module(exported_module!(scan_functions).into());
+    engine.register_type_with_name::<Frame>("DataFrame");
+    rtlab_core::values::register(RichType {
+        tag: "frame",
+        is: |v| v.is::<Frame>(),
+        text: |v| {
+            v.read_lock::<Frame>()
+                .map(|f| f.df.to_string())
+                .unwrap_or_default()
+        },
+        html: Some(|v| {
+            v.read_lock::<Frame>()
+                .map(|f| frame_html(&f, 50))
+                .unwrap_or_default()
+        }),
+        // The notebook cache stores frames itself, as Parquet files beside the entry's manifest.
+        persist: None,
+    });
+    engine.register_fn("to_string", |f: &mut Frame| format!("{}", f.df));
+    engine.register_fn("to_debug", |f: &mut Frame| format!("{}", f.df));
+    expr::register(engine);
+    frame_fns::register(engine);
+    engine.register_global_module(exported_module!(io_functions).into());
+}
+
+fn path_of(path: &str) -> std::path::PathBuf {
+    rtlab_core::workspace::resolve_path(path)
+}
+
+fn describe_lazy(l: &LazyJsonl) -> String {
+    format!(
+        "LazyFrame(scan {}, {} filter(s){})",
+        l.path.display(),
+        l.filters.len(),
+        l.columns
+            .as_ref()
+            .map(|c| format!(", select {}", c.join(", ")))
+            .unwrap_or_default()
+    )
+}
+
+#[export_module]
+mod scan_functions {
+    use super::*;
+    use crate::expr::Expr;
+    use rhai::Array;
+
+    /// A lazy scan of a JSONL file: nothing is read until `collect`, `sink_jsonl` or `len`. Filters are
+    /// pushed into the scan: each line is parsed only as far as the filters need (the top-level keys
+    /// they read), and only the lines that pass are parsed whole, or not at all by `sink_jsonl`, which
+    /// copies them byte for byte. For big files and selective filters; the schema of `collect` is
+    /// inferred over the kept lines.
+    ///
+    /// ```rhai
+    /// let fsm = scan_jsonl("../../data/v2_sample.jsonl").filter(col("metadata.category") == "fsm");
+    /// assert_eq(fsm.collect().len(), load_jsonl("../../data/v2_sample.jsonl").filter(col("metadata.category") == "fsm").len());
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn scan_jsonl(path: &str) -> Result<LazyJsonl, Box<EvalAltResult>> {
+        Ok(LazyJsonl::new(path_of(path)))
+    }
+
+    /// Adds a filter to the scan (all filters must hold).
+    #[rhai_fn(name = "filter")]
+    pub fn lazy_filter(lf: &mut LazyJsonl, condition: Expr) -> LazyJsonl {
+        lf.with_filter(condition.0)
+    }
+
+    /// Keeps only these columns (names or dotted paths) when collecting: the other keys are never parsed.
+    #[rhai_fn(name = "select", return_raw)]
+    pub fn lazy_select(
+        lf: &mut LazyJsonl,
+        columns: Array,
+    ) -> Result<LazyJsonl, Box<EvalAltResult>> {
+        let mut names = Vec::new();
+        for (i, c) in columns.iter().enumerate() {
+            if !c.is_string() {
+                return Err(format!(
+                    "select[{i}] on a LazyFrame must be a column name or dotted path, not a {}",
+                    c.type_name()
+                )
+                .into());
+            }
+            names.push(c.to_string());
+        }
+        let mut out = lf.clone();
+        out.columns = Some(names);
+        Ok(out)
+    }
+
+    /// Reads the file and returns the kept rows (and selected columns) as a DataFrame.
+    #[rhai_fn(name = "collect", return_raw)]
+    pub fn lazy_collect(lf: &mut LazyJsonl) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(lf.collect()?)
+    }
+
+    /// Writes the kept lines to `path` exactly as they are in the source file, atomically, without
+    /// parsing them; returns how many.
+    ///
+    /// ```rhai
+    /// let n = scan_jsonl("../../data/v2_sample.jsonl").filter(col("metadata.source") == "synthetic-bug")
+    ///     .sink_jsonl("/tmp/rtlab-doc-bugs.jsonl");
+    /// assert_eq(load_jsonl("/tmp/rtlab-doc-bugs.jsonl").len(), n);
+    /// ```
+    #[rhai_fn(name = "sink_jsonl", return_raw)]
+    pub fn lazy_sink(lf: &mut LazyJsonl, path: &str) -> Result<i64, Box<EvalAltResult>> {
+        Ok(lf.sink_jsonl(&path_of(path))? as i64)
+    }
+
+    /// How many lines pass the filters (nothing is copied; a scan whose lines were kept answers at once).
+    #[rhai_fn(name = "len", return_raw)]
+    pub fn lazy_len(lf: &mut LazyJsonl) -> Result<i64, Box<EvalAltResult>> {
+        Ok(lf.scan(false)?.rows as i64)
+    }
+}
+
+#[export_module]
+mod io_functions {
+    use super::*;
+
+    /// Loads a JSONL file into a DataFrame. Nested objects become struct columns (reach into them with
+    /// `col("metadata.category")`), and the schema is inferred over the whole file, not the first lines.
+    ///
+    /// A bad line is an error naming `file:line` and the start of the line; see the two-argument form to
+    /// skip bad lines. An empty file gives an empty frame.
+    ///
+    /// ```rhai
+    /// let df = load_jsonl("../../data/rtlcoder_sample.jsonl");
+    /// assert(df.len() > 100, "the bundled sample has a few hundred rows");
+    /// ```
+    #[rhai_fn(name = "load_jsonl", return_raw)]
+    pub fn load_jsonl_path(path: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(load_jsonl(&path_of(path), &LoadOptions::default())?.frame)
+    }
+
+    /// Loads a JSONL file with options. `#{on_bad_line: "skip"}` skips lines that are not JSON objects
+    /// (or not UTF-8) and prints how many and which; `"error"` (the default) stops at the first.
+    #[rhai_fn(name = "load_jsonl", return_raw)]
+    pub fn load_jsonl_opts(path: &str, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new("load_jsonl", &options, &["on_bad_line"])?;
+        let skip = match o.string("on_bad_line")? {
+            None => false,
+            Some(v) if v == "error" => false,
+            Some(v) if v == "skip" => true,
+            Some(other) => {
+                return Err(format!(
+                    "load_jsonl: on_bad_line must be \"error\" or \"skip\", not {other:?}"
+                )
+                .into())
+            }
+        };
+        let loaded = load_jsonl(
+            &path_of(path),
+            &LoadOptions {
+                skip_bad_lines: skip,
+            },
+        )?;
+        if !loaded.skipped.is_empty() {
+            let shown: Vec<String> = loaded
+                .skipped
+                .iter()
+                .take(10)
+                .map(|l| l.to_string())
+                .collect();
+            let more = if loaded.skipped.len() > 10 {
+                ", ..."
+            } else {
+                ""
+            };
+            let msg = format!(
+                "load_jsonl: skipped {} bad line(s) of {path}: line {}{more}",
+                loaded.skipped.len(),
+                shown.join(", ")
+            );
+            rtlab_core::emit_line(&msg);
+        }
+        Ok(loaded.frame)
+    }
+
+    /// Writes the frame as JSON lines, nested struct columns as nested objects, atomically.
+    ///
+    /// ```rhai
+    /// let df = from_records([#{instruction: "i", metadata: #{category: "fsm"}}]);
+    /// df.save_jsonl("/tmp/rtlab_book_roundtrip.jsonl");
+    /// assert_eq(load_jsonl("/tmp/rtlab_book_roundtrip.jsonl").row(0).metadata.category, "fsm");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn save_jsonl(frame: &mut Frame, path: &str) -> Result<(), Box<EvalAltResult>> {
+        Ok(io::save_jsonl(&frame.df, &path_of(path))?)
+    }
+
+    /// Writes the frame as Parquet, atomically.
+    #[rhai_fn(return_raw)]
+    pub fn save_parquet(frame: &mut Frame, path: &str) -> Result<(), Box<EvalAltResult>> {
+        Ok(io::save_parquet(&frame.df, &path_of(path))?)
+    }
+
+    /// Loads a Parquet file.
+    #[rhai_fn(return_raw)]
+    pub fn load_parquet(path: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_parquet(&path_of(path))?))
+    }
+
+    /// Loads a CSV file with a header row.
+    #[rhai_fn(return_raw)]
+    pub fn load_csv(path: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_csv(&path_of(path))?))
+    }
+
+    /// Every `*.md` file under `dir` (recursively, sorted by path) as rows `{content, source}`.
+    ///
+    /// ```rhai
+    /// let kb = read_markdown_dir("../../data/knowledge_base");
+    /// assert_eq(kb.columns(), ["content", "source"]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn read_markdown_dir(dir: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::read_markdown_dir(&path_of(dir), dir)?))
+    }
+
+    /// VerilogEval v2 spec-to-rtl problems from a directory of `ProbNNN_name_{prompt.txt,ref.sv,test.sv}`:
+    /// rows `{task_id, prompt, ref, test, category}`, sorted by task id. VerilogEval has no categories;
+    /// `category` comes from keywords in the problem name (fsm, counter, shift_register, edge_detect,
+    /// mux, arithmetic, gates, other).
+    ///
+    /// ```rhai
+    /// let p = load_verilog_eval("../../data/verilog-eval-v2");
+    /// assert_eq(p.len(), 156);
+    /// assert_eq(p.row(0).task_id, "Prob001_zero");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn load_verilog_eval(dir: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_verilog_eval(&path_of(dir))?))
+    }
+
+    /// The number of rows.
+    #[rhai_fn(name = "len", pure)]
+    pub fn len(frame: &mut Frame) -> i64 {
+        frame.df.height() as i64
+    }
+
+    /// The first `n` rows.
+    #[rhai_fn(name = "head", pure)]
+    pub fn head(frame: &mut Frame, n: i64) -> Frame {
+        Frame::new(frame.df.head(Some(n.max(0) as usize)))
+    }
+}

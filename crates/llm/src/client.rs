@@ -1,0 +1,178 @@
+//! Sending a request with retries: exponential backoff with jitter on 429, 5xx, timeouts and broken
+//! connections, honouring `Retry-After`; any other 4xx fails at once with the server's message.
+//! API keys come from environment variables only and never appear in errors or logs.
+
+use super::providers::{parse_response, request, Message, Provider, Sampling};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub provider: Provider,
+    pub base_url: String,
+    pub model: String,
+    pub api_key_env: Option<String>,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+/// A response: text, token counts, and how many retries it took.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub text: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub retries: u32,
+}
+
+enum Attempt {
+    Done(Reply),
+    /// Worth another try; the server may say when.
+    Retry(String, Option<Duration>),
+    Fail(String),
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 0.25 * 2f64.powi(attempt as i32);
+    let jitter = 0.5 + fastrand::f64();
+    Duration::from_secs_f64((base * jitter).min(30.0))
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    ep: &Endpoint,
+    messages: &[Message],
+    s: &Sampling,
+) -> Attempt {
+    let (path, body) = request(ep.provider, &ep.model, messages, s);
+    let url = format!("{}{}", ep.base_url.trim_end_matches('/'), path);
+    let mut req = client.post(&url).timeout(ep.timeout).json(&body);
+    if let Some(var) = &ep.api_key_env {
+        if let Ok(key) = std::env::var(var) {
+            req = match ep.provider {
+                Provider::Anthropic => req
+                    .header("x-api-key", key)
+                    .header("anthropic-version", "2023-06-01"),
+                _ => req.bearer_auth(key),
+            };
+        }
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return Attempt::Retry(
+                format!(
+                    "no answer from {url} within {:.0} s",
+                    ep.timeout.as_secs_f64()
+                ),
+                None,
+            )
+        }
+        Err(e) => return Attempt::Retry(format!("cannot reach {url}: {}", without_url(&e)), None),
+    };
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 60.0)));
+    let text = match resp.text().await {
+        Ok(t) => t,
+        Err(e) if e.is_timeout() => {
+            return Attempt::Retry(format!("{url} stopped answering mid-response"), None)
+        }
+        Err(e) => {
+            return Attempt::Retry(
+                format!("{url}: the response broke off ({})", without_url(&e)),
+                None,
+            )
+        }
+    };
+    if status.as_u16() == 429 || status.is_server_error() {
+        return Attempt::Retry(
+            format!("{url} answered {status}: {}", snippet(&text)),
+            retry_after,
+        );
+    }
+    if !status.is_success() {
+        let hint = if status.as_u16() == 401 || status.as_u16() == 403 {
+            match &ep.api_key_env {
+                Some(v) => format!(" (check the API key in ${v})"),
+                None => " (this provider needs api_key_env)".to_string(),
+            }
+        } else {
+            String::new()
+        };
+        return Attempt::Fail(format!("{url} answered {status}{hint}: {}", snippet(&text)));
+    }
+    let json: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(j) => j,
+        Err(e) => {
+            return Attempt::Retry(
+                format!("{url} sent malformed JSON ({e}): {}", snippet(&text)),
+                None,
+            )
+        }
+    };
+    match parse_response(ep.provider, &json) {
+        Ok((text, p, c)) => Attempt::Done(Reply {
+            text,
+            prompt_tokens: p,
+            completion_tokens: c,
+            retries: 0,
+        }),
+        Err(e) => Attempt::Fail(format!("{url}: {e}: {}", snippet(&json.to_string()))),
+    }
+}
+
+/// reqwest's error text names the URL with any query string; ours never carries keys, but keep it short.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    s.trim().to_string()
+}
+
+fn snippet(text: &str) -> String {
+    let t: String = text.chars().take(200).collect();
+    if text.len() > t.len() {
+        format!("{t}…")
+    } else {
+        t
+    }
+}
+
+/// Sends with retries. The error names the last fault and how many tries were made.
+pub async fn send(
+    client: &reqwest::Client,
+    ep: &Endpoint,
+    messages: &[Message],
+    s: &Sampling,
+) -> Result<Reply, String> {
+    let mut last = String::new();
+    for i in 0..=ep.retries {
+        if rtlab_core::cancel_requested() {
+            return Err("cancelled by Ctrl-C".to_string());
+        }
+        match attempt(client, ep, messages, s).await {
+            Attempt::Done(mut r) => {
+                r.retries = i;
+                return Ok(r);
+            }
+            Attempt::Fail(e) => return Err(e),
+            Attempt::Retry(e, after) => {
+                last = e;
+                if i < ep.retries {
+                    tokio::time::sleep(after.unwrap_or_else(|| backoff(i))).await;
+                }
+            }
+        }
+    }
+    Err(format!("{last} (gave up after {} tries)", ep.retries + 1))
+}

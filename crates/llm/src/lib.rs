@@ -1,0 +1,840 @@
+//! Model clients: `llm(#{provider, model, ...})` gives a `Model` with `complete`, `chat` and
+//! `complete_many`. Every response is recorded in the workspace store keyed by the request, so a rerun
+//! never pays twice, and `provider: "replay"` serves the recordings offline (a cassette, exported to and
+//! imported from JSONL so example scripts ship theirs).
+//!
+//! Main types: [`Model`], [`ModelConfig`]. One tokio runtime per process runs the requests, `concurrency`
+//! at a time.
+
+mod client;
+pub mod providers;
+
+pub use providers::{Message, Provider};
+
+use client::{send, Endpoint};
+use polars::prelude::*;
+use providers::Sampling;
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, Map};
+use rtlab_core::store::{Recorded, Store};
+use rtlab_data::Frame;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// The process's tokio runtime, made on first use.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelConfig {
+    pub provider: Provider,
+    pub base_url: String,
+    pub model: String,
+    pub api_key_env: Option<String>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: i64,
+    pub concurrency: usize,
+    pub timeout_s: f64,
+    pub retries: u32,
+    /// `provider: "local"` only: a PEFT adapter dir on top of the model dir, and the prompt template.
+    pub adapter: Option<String>,
+    pub template: Option<String>,
+}
+
+/// Token and request counts, for one model over its life.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub requests: i64,
+    pub from_store: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub retries: i64,
+    /// Answers the store refused to record, and the first reason.
+    pub not_recorded: i64,
+    pub record_error: Option<String>,
+}
+
+/// Records one answer in the store. A refused write is counted in `usage` (and reported once the
+/// batch ends by [`Model::answer_all`]), never dropped in silence.
+fn record(store: &Mutex<Store>, rec: &Recorded, usage: &Mutex<Usage>) {
+    let written = match store.lock() {
+        Ok(s) => s.put_response(rec).map_err(|e| e.to_string()),
+        Err(_) => Err("the store's lock is poisoned".to_string()),
+    };
+    if let Err(e) = written {
+        if let Ok(mut u) = usage.lock() {
+            u.not_recorded += 1;
+            u.record_error.get_or_insert(e);
+        }
+    }
+}
+
+/// The Rhai `Model`: cheap to clone, clones share their usage counters.
+#[derive(Clone)]
+pub struct Model {
+    pub cfg: Arc<ModelConfig>,
+    usage: Arc<Mutex<Usage>>,
+}
+
+impl Model {
+    pub fn from_options(options: &Map) -> Result<Model, String> {
+        let o = rtlab_core::options::Options::new(
+            "llm",
+            options,
+            &[
+                "provider",
+                "base_url",
+                "model",
+                "api_key_env",
+                "temperature",
+                "top_p",
+                "max_tokens",
+                "concurrency",
+                "timeout_s",
+                "retries",
+                "adapter",
+                "template",
+            ],
+        )?;
+        let text = |k: &str| o.string(k);
+        let number =
+            |k: &str, default: f64| -> Result<f64, String> { Ok(o.float(k)?.unwrap_or(default)) };
+        let count = |k: &str, default: i64, min: i64| -> Result<i64, String> {
+            Ok(o.int_at_least(k, min)?.unwrap_or(default))
+        };
+        let provider = Provider::parse(&text("provider")?.unwrap_or_else(|| "openai".to_string()))?;
+        let model = text("model")?
+            .ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
+        // A local model is a directory: resolve it against the script like every other path.
+        let local_path = |p: String| {
+            rtlab_core::workspace::resolve_path(&p)
+                .display()
+                .to_string()
+        };
+        let (model, adapter) = if provider == Provider::Local {
+            // A model rtlab knows by name (`smollm2-135m`) is found in, or pulled to, its cache.
+            let located = rtlab_train::models::locate(&model)
+                .map_err(|e| format!("llm: {e}"))?
+                .display()
+                .to_string();
+            (located, text("adapter")?.map(local_path))
+        } else {
+            if o.has("adapter") {
+                return Err(
+                    "llm: adapter is for provider \"local\"; a server loads its own adapters"
+                        .into(),
+                );
+            }
+            (model, None)
+        };
+        let cfg = ModelConfig {
+            provider,
+            base_url: text("base_url")?.unwrap_or_else(|| provider.default_base_url().to_string()),
+            model,
+            api_key_env: text("api_key_env")?.or(provider.default_key_env().map(str::to_string)),
+            temperature: number("temperature", 0.0)?,
+            top_p: number("top_p", 1.0)?,
+            max_tokens: count("max_tokens", 2048, 1)?,
+            concurrency: count("concurrency", 4, 1)? as usize,
+            timeout_s: match number("timeout_s", 120.0)? {
+                t if t > 0.0 && t.is_finite() => t,
+                t => {
+                    return Err(format!(
+                        "llm: option `timeout_s` must be a number of seconds above 0, not {t}"
+                    ))
+                }
+            },
+            retries: count("retries", 4, 0)? as u32,
+            adapter,
+            template: text("template")?,
+        };
+        Ok(Model {
+            cfg: Arc::new(cfg),
+            usage: Arc::new(Mutex::new(Usage::default())),
+        })
+    }
+
+    /// The options that rebuild this model with `from_options` (how the cell cache persists a model).
+    /// How the model shows at the REPL: its provider and name.
+    pub fn describe(&self) -> String {
+        format!("Model({:?} {})", self.cfg.provider, self.cfg.model)
+    }
+
+    pub fn to_options(&self) -> Map {
+        let c = &self.cfg;
+        let mut m = Map::new();
+        m.insert("provider".into(), c.provider.name().into());
+        m.insert("base_url".into(), c.base_url.clone().into());
+        m.insert("model".into(), c.model.clone().into());
+        m.insert(
+            "api_key_env".into(),
+            c.api_key_env
+                .clone()
+                .map(Dynamic::from)
+                .unwrap_or(Dynamic::UNIT),
+        );
+        m.insert("temperature".into(), Dynamic::from(c.temperature));
+        m.insert("top_p".into(), Dynamic::from(c.top_p));
+        m.insert("max_tokens".into(), Dynamic::from(c.max_tokens));
+        m.insert("concurrency".into(), Dynamic::from(c.concurrency as i64));
+        m.insert("timeout_s".into(), Dynamic::from(c.timeout_s));
+        m.insert("retries".into(), Dynamic::from(c.retries as i64));
+        if let Some(a) = &c.adapter {
+            m.insert("adapter".into(), a.clone().into());
+        }
+        if let Some(t) = &c.template {
+            m.insert("template".into(), t.clone().into());
+        }
+        m
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            provider: self.cfg.provider,
+            base_url: self.cfg.base_url.clone(),
+            model: self.cfg.model.clone(),
+            api_key_env: self.cfg.api_key_env.clone(),
+            timeout: Duration::from_secs_f64(self.cfg.timeout_s),
+            retries: self.cfg.retries,
+        }
+    }
+
+    fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.cfg.temperature,
+            top_p: self.cfg.top_p,
+            max_tokens: self.cfg.max_tokens,
+        }
+    }
+
+    /// The store key of a request: model, messages, sampling and the sample index; not the provider,
+    /// URL or key, so a replay finds what a live run recorded.
+    pub fn request_key(&self, messages: &[Message], sample: usize) -> String {
+        let mut canonical = serde_json::json!({"model": self.cfg.model, "messages": messages, "sampling": self.sampling(), "sample": sample});
+        if self.cfg.provider == Provider::Local {
+            // A retrained adapter at the same path is another model: key on its file's size and mtime.
+            let stamp = |dir: &str| {
+                std::fs::metadata(std::path::Path::new(dir).join("adapter_model.safetensors"))
+                    .ok()
+                    .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+            };
+            canonical["adapter"] =
+                serde_json::json!(self.cfg.adapter.as_deref().map(|a| (a, stamp(a))));
+            canonical["template"] = serde_json::json!(self.cfg.template);
+        }
+        blake3::hash(canonical.to_string().as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    /// The same model with other sampling settings (a benchmark's temperature and top_p).
+    pub fn with_sampling(&self, temperature: f64, top_p: f64) -> Model {
+        let mut cfg = (*self.cfg).clone();
+        cfg.temperature = temperature;
+        cfg.top_p = top_p;
+        Model {
+            cfg: Arc::new(cfg),
+            usage: self.usage.clone(),
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.usage.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    /// Answers every request (messages, sample index), in order. Recorded answers come from the store;
+    /// the rest go to the server `concurrency` at a time and are recorded as each arrives. Returns the
+    /// answers, `Err` per failed request.
+    ///
+    /// Answers the store refused to record are reported in one warning that names the store and the
+    /// count: they are in the result, but not in the cassette.
+    pub fn answer_all(
+        &self,
+        requests: &[(Vec<Message>, usize)],
+        store: Option<Arc<Mutex<Store>>>,
+    ) -> Vec<Result<String, String>> {
+        let before = self.usage().not_recorded;
+        let path = store
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.path().display().to_string()));
+        let answers = self.answer_and_record(requests, store);
+        let after = self.usage();
+        if after.not_recorded > before {
+            eprintln!(
+                "warning: {} answers from {} were not recorded in the store {} ({}); they are in this result, but a rerun asks the model again",
+                after.not_recorded - before,
+                self.cfg.model,
+                path.unwrap_or_default(),
+                after.record_error.unwrap_or_default()
+            );
+        }
+        answers
+    }
+
+    fn answer_and_record(
+        &self,
+        requests: &[(Vec<Message>, usize)],
+        store: Option<Arc<Mutex<Store>>>,
+    ) -> Vec<Result<String, String>> {
+        let mut results: Vec<Option<Result<String, String>>> = vec![None; requests.len()];
+        let keys: Vec<String> = requests
+            .iter()
+            .map(|(m, s)| self.request_key(m, *s))
+            .collect();
+        let mut todo = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let recorded = store.as_ref().and_then(|s| {
+                s.lock()
+                    .ok()
+                    .and_then(|s| s.get_response(key).ok().flatten())
+            });
+            match recorded {
+                Some(r) => {
+                    results[i] = Some(Ok(r.response));
+                    if let Ok(mut u) = self.usage.lock() {
+                        u.from_store += 1;
+                    }
+                }
+                None if self.cfg.provider == Provider::Replay => {
+                    results[i] = Some(Err(format!(
+                        "replay: no recorded response for this request to {} (record it with a live provider first, or import_cassette the file that has it)",
+                        self.cfg.model
+                    )));
+                }
+                None => todo.push(i),
+            }
+        }
+        if !todo.is_empty() && self.cfg.provider == Provider::Local {
+            for (i, answer) in self.answer_locally(requests, &todo, &keys, store.as_ref()) {
+                results[i] = Some(answer);
+            }
+            todo.clear();
+        }
+        if !todo.is_empty() {
+            let client = reqwest::Client::builder()
+                .build()
+                .map_err(|e| e.to_string());
+            let client = match client {
+                Ok(c) => c,
+                Err(e) => {
+                    for i in todo {
+                        results[i] = Some(Err(format!("cannot build an HTTP client: {e}")));
+                    }
+                    return results
+                        .into_iter()
+                        .map(|r| r.unwrap_or_else(|| Err("not answered".into())))
+                        .collect();
+                }
+            };
+            let ep = self.endpoint();
+            let sampling = self.sampling();
+            let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency));
+            let bar = progress_bar(todo.len() as u64);
+            let answered: Vec<(usize, Result<String, String>)> = runtime().block_on(async {
+                let mut set = tokio::task::JoinSet::new();
+                for &i in &todo {
+                    let (client, ep, sampling, sem, store, usage) = (
+                        client.clone(),
+                        ep.clone(),
+                        sampling.clone(),
+                        sem.clone(),
+                        store.clone(),
+                        self.usage.clone(),
+                    );
+                    let messages = requests[i].0.clone();
+                    let key = keys[i].clone();
+                    let model = self.cfg.model.clone();
+                    set.spawn(async move {
+                        let _permit = sem.acquire().await;
+                        let reply = send(&client, &ep, &messages, &sampling).await;
+                        if let Ok(r) = &reply {
+                            if let Ok(mut u) = usage.lock() {
+                                u.requests += 1;
+                                u.prompt_tokens += r.prompt_tokens;
+                                u.completion_tokens += r.completion_tokens;
+                                u.retries += r.retries as i64;
+                            }
+                            if let Some(store) = &store {
+                                let rec = Recorded {
+                                    key,
+                                    model,
+                                    request: serde_json::to_string(&messages).unwrap_or_default(),
+                                    response: r.text.clone(),
+                                    prompt_tokens: r.prompt_tokens,
+                                    completion_tokens: r.completion_tokens,
+                                };
+                                record(store, &rec, &usage);
+                            }
+                        }
+                        (i, reply.map(|r| r.text))
+                    });
+                }
+                let mut out = Vec::new();
+                while let Some(done) = set.join_next().await {
+                    if let Ok(pair) = done {
+                        out.push(pair);
+                    }
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                }
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                out
+            });
+            for (i, r) in answered {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("the request task failed".into())))
+            .collect()
+    }
+}
+
+impl Model {
+    /// Generates the `todo` requests in this process with the trainer's model (one at a time: the
+    /// matrix products already use every core), recording each answer like a server's. The sample index
+    /// seeds the sampler, so n samples at temperature > 0 differ and a rerun repeats them.
+    fn answer_locally(
+        &self,
+        requests: &[(Vec<Message>, usize)],
+        todo: &[usize],
+        keys: &[String],
+        store: Option<&Arc<Mutex<Store>>>,
+    ) -> Vec<(usize, Result<String, String>)> {
+        let adapter = self.cfg.adapter.as_ref().map(std::path::PathBuf::from);
+        let model = match rtlab_train::load_local(
+            std::path::Path::new(&self.cfg.model),
+            adapter.as_deref(),
+            self.cfg.template.clone(),
+            false,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                let e = format!("local model {}: {e}", self.cfg.model);
+                return todo.iter().map(|&i| (i, Err(e.clone()))).collect();
+            }
+        };
+        let bar = progress_bar(todo.len() as u64);
+        let mut out = Vec::new();
+        // The samples of one prompt decode as one batch (prefilled once); prompts go one after another.
+        let mut groups: Vec<(&Vec<Message>, Vec<usize>)> = Vec::new();
+        for &i in todo {
+            let messages = &requests[i].0;
+            match groups.iter_mut().find(|(m, _)| *m == messages) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((messages, vec![i])),
+            }
+        }
+        let options = rtlab_train::generate::GenOptions {
+            max_tokens: self.cfg.max_tokens.max(0) as usize,
+            temperature: self.cfg.temperature,
+            top_p: self.cfg.top_p,
+            seed: 0,
+        };
+        for (messages, members) in groups {
+            if rtlab_core::cancel_requested() {
+                break;
+            }
+            let prompt = messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            // The sample index seeds each sample's sampler, so a rerun repeats it.
+            let seeds: Vec<u64> = members.iter().map(|&i| requests[i].1 as u64).collect();
+            let answers: Vec<Result<String, String>> =
+                match model.answer_batch(&prompt, &options, &seeds) {
+                    Ok(texts) => texts.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e.to_string()); members.len()],
+                };
+            for (&i, answer) in members.iter().zip(answers) {
+                if let Ok(text) = &answer {
+                    if let Ok(mut u) = self.usage.lock() {
+                        u.requests += 1;
+                    }
+                    if let Some(store) = store {
+                        let rec = Recorded {
+                            key: keys[i].clone(),
+                            model: self.cfg.model.clone(),
+                            request: serde_json::to_string(messages).unwrap_or_default(),
+                            response: text.clone(),
+                            prompt_tokens: 0,
+                            completion_tokens: 0,
+                        };
+                        record(store, &rec, &self.usage);
+                    }
+                }
+                out.push((i, answer));
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+            }
+        }
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        out
+    }
+}
+
+/// A progress bar (rate, ETA) on stderr when it is a terminal; none in pipes, logs and tests.
+fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if len < 2 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("llm {bar:30} {pos}/{len} {per_sec} ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+fn open_store() -> Option<Arc<Mutex<Store>>> {
+    rtlab_core::store::open_workspace()
+}
+
+fn user(prompt: &str) -> Vec<Message> {
+    vec![Message {
+        role: "user".into(),
+        content: prompt.to_string(),
+    }]
+}
+
+fn messages_from(array: &Array) -> Result<Vec<Message>, String> {
+    array
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let map = m
+                .read_lock::<Map>()
+                .ok_or_else(|| format!("chat: messages[{i}] must be a map #{{role, content}}"))?;
+            let role = map
+                .get("role")
+                .map(|r| r.to_string())
+                .ok_or_else(|| format!("chat: messages[{i}] has no role"))?;
+            let content = map
+                .get("content")
+                .map(|c| c.to_string())
+                .ok_or_else(|| format!("chat: messages[{i}] has no content"))?;
+            Ok(Message { role, content })
+        })
+        .collect()
+}
+
+/// The code in a model's answer: the first ```systemverilog, ```verilog, ```sv or bare ``` block, else
+/// the whole answer.
+pub fn extract_code(answer: &str) -> String {
+    let fences = ["```systemverilog", "```verilog", "```sv", "```"];
+    for fence in fences {
+        if let Some(start) = answer.find(fence) {
+            let rest = &answer[start + fence.len()..];
+            // A bare fence may carry another language tag on its line: skip to the newline.
+            let rest = rest.split_once('\n').map(|(_, r)| r).unwrap_or(rest);
+            let end = rest.find("```").unwrap_or(rest.len());
+            return rest[..end].trim().to_string();
+        }
+    }
+    answer.trim().to_string()
+}
+
+pub fn register(engine: &mut rhai::Engine) {
+    engine.register_type_with_name::<Model>("Model");
+    engine.register_fn("to_string", |m: &mut Model| m.describe());
+    engine.register_fn("to_debug", |m: &mut Model| m.describe());
+    rtlab_core::values::register(rtlab_core::values::RichType {
+        tag: "model",
+        is: |v| v.is::<Model>(),
+        text: |v| {
+            v.read_lock::<Model>()
+                .map(|m| m.describe())
+                .unwrap_or_default()
+        },
+        html: None,
+        // A model is its configuration (the key stays in the environment); usage counters restart.
+        persist: Some(rtlab_core::values::Persist {
+            save: |v, nested| {
+                let options = v
+                    .read_lock::<Model>()
+                    .ok_or("a model that is locked")?
+                    .to_options();
+                let mut fields = serde_json::Map::new();
+                fields.insert("options".into(), nested(&Dynamic::from_map(options))?);
+                Ok(fields)
+            },
+            load: |fields, nested| {
+                let options = nested(fields.get("options").ok_or("model without options")?)?;
+                let map = options
+                    .try_cast::<Map>()
+                    .ok_or("model options are not a map")?;
+                Ok(Dynamic::from(Model::from_options(&map)?))
+            },
+        }),
+    });
+    engine.register_global_module(exported_module!(llm_functions).into());
+}
+
+#[export_module]
+mod llm_functions {
+    use super::*;
+
+    /// A model client. Options: `provider` ("openai" for any OpenAI-compatible server such as vLLM,
+    /// Ollama's /v1 or llama.cpp; "anthropic"; "ollama"; "replay" for recorded responses only; "local"
+    /// for a model dir run in this process, `model` being its path, with `adapter` (a PEFT dir) and
+    /// `template` (the trainer's prompt template)),
+    /// `model`, `base_url`, `api_key_env` (the name of the variable holding the key; keys are read from
+    /// the environment only), `temperature` (0), `top_p` (1), `max_tokens` (2048), `concurrency` (4),
+    /// `timeout_s` (120), `retries` (4).
+    ///
+    /// ```rhai
+    /// let m = llm(#{provider: "replay", model: "qwen2.5-coder-7b"});
+    /// assert_eq(m.to_string(), "Model(Replay qwen2.5-coder-7b)");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn llm(options: Map) -> Result<Model, Box<EvalAltResult>> {
+        Ok(Model::from_options(&options)?)
+    }
+
+    /// Sends one prompt as a user message and returns the answer (from the store if recorded).
+    #[rhai_fn(return_raw)]
+    pub fn complete(model: &mut Model, prompt: &str) -> Result<String, Box<EvalAltResult>> {
+        let store = open_store();
+        model
+            .answer_all(&[(user(prompt), 0)], store)
+            .remove(0)
+            .map_err(|e| e.into())
+    }
+
+    /// Sends a conversation (an array of `#{role, content}`) and returns the answer.
+    #[rhai_fn(return_raw)]
+    pub fn chat(model: &mut Model, messages: Array) -> Result<String, Box<EvalAltResult>> {
+        let msgs = messages_from(&messages)?;
+        let store = open_store();
+        model
+            .answer_all(&[(msgs, 0)], store)
+            .remove(0)
+            .map_err(|e| e.into())
+    }
+
+    /// Completes the prompt in column `prompt_col` of every row into a `completion` column.
+    #[rhai_fn(return_raw)]
+    pub fn complete_many(
+        model: &mut Model,
+        frame: Frame,
+        prompt_col: &str,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        complete_many_with(model, frame, prompt_col, Map::new())
+    }
+
+    /// `complete_many` with options: `n` samples per row (rows repeat, with a `sample` column) and
+    /// `out`, the column name. Requests run `concurrency` at a time with a progress bar; answers are
+    /// recorded as they arrive, so when some fail the error says how many, and a rerun asks only for
+    /// the missing ones.
+    #[rhai_fn(name = "complete_many", return_raw)]
+    pub fn complete_many_with(
+        model: &mut Model,
+        frame: Frame,
+        prompt_col: &str,
+        options: Map,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new("complete_many", &options, &["n", "out"])?;
+        let n = o.int_at_least("n", 1)?.unwrap_or(1) as usize;
+        let out = o.string("out")?.unwrap_or_else(|| "completion".to_string());
+        let prompts =
+            rtlab_data::strings(&frame, prompt_col).map_err(|e| format!("complete_many: {e}"))?;
+        let requests: Vec<(Vec<Message>, usize)> = prompts
+            .iter()
+            .flat_map(|p| (0..n).map(move |s| (user(p), s)))
+            .collect();
+        let before = model.usage();
+        let start = std::time::Instant::now();
+        let answers = model.answer_all(&requests, open_store());
+        let after = model.usage();
+        let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        eprintln!(
+            "complete_many: {} requests, {} from the store, {} sent ({} prompt + {} completion tokens) in {:.1} s",
+            requests.len(),
+            after.from_store - before.from_store,
+            after.requests - before.requests,
+            after.prompt_tokens - before.prompt_tokens,
+            after.completion_tokens - before.completion_tokens,
+            start.elapsed().as_secs_f64()
+        );
+        if !failed.is_empty() {
+            return Err(format!(
+                "complete_many: {} of {} requests failed (the {} answered are recorded: rerun to retry only the failed ones); first error: {}",
+                failed.len(),
+                requests.len(),
+                requests.len() - failed.len(),
+                failed[0]
+            )
+            .into());
+        }
+        let texts: Vec<String> = answers.into_iter().map(|a| a.unwrap_or_default()).collect();
+        let df = if n == 1 {
+            let mut df = frame.df.clone();
+            df.with_column(Column::new(out.as_str().into(), texts))
+                .map_err(|e| e.to_string())?;
+            df
+        } else {
+            let idx: Vec<IdxSize> = (0..prompts.len())
+                .flat_map(|i| std::iter::repeat_n(i as IdxSize, n))
+                .collect();
+            let mut df = frame
+                .df
+                .take(&IdxCa::from_vec("idx".into(), idx))
+                .map_err(|e| e.to_string())?;
+            let samples: Vec<i64> = (0..prompts.len()).flat_map(|_| 0..n as i64).collect();
+            df.with_column(Column::new("sample".into(), samples))
+                .map_err(|e| e.to_string())?;
+            df.with_column(Column::new(out.as_str().into(), texts))
+                .map_err(|e| e.to_string())?;
+            df
+        };
+        Ok(Frame::new(df))
+    }
+
+    /// Records `answer` as this model's response to `prompt` (with its current sampling settings), as if
+    /// the server had said it: for fixtures, hand-written answers, or answers made elsewhere. A later
+    /// `complete(prompt)`, live or replay, returns it without a request.
+    #[rhai_fn(return_raw)]
+    pub fn record(model: &mut Model, prompt: &str, answer: &str) -> Result<(), Box<EvalAltResult>> {
+        let store = rtlab_core::store::open_workspace()
+            .ok_or("record: the workspace store cannot be opened")?;
+        let store = rtlab_core::store::lock(&store);
+        let messages = user(prompt);
+        let rec = Recorded {
+            key: model.request_key(&messages, 0),
+            model: model.cfg.model.clone(),
+            request: serde_json::to_string(&messages).unwrap_or_default(),
+            response: answer.to_string(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        store.put_response(&rec).map_err(|e| e.to_string().into())
+    }
+
+    /// The same model with other sampling settings: `m.with_sampling(0.85, 0.95)`.
+    #[rhai_fn(name = "with_sampling")]
+    pub fn with_sampling_fn(model: &mut Model, temperature: f64, top_p: f64) -> Model {
+        model.with_sampling(temperature, top_p)
+    }
+
+    /// Requests sent, answers served from the store, tokens and retries, for this model so far.
+    pub fn usage(model: &mut Model) -> Map {
+        let u = model.usage();
+        let mut m = Map::new();
+        m.insert("requests".into(), Dynamic::from(u.requests));
+        m.insert("from_store".into(), Dynamic::from(u.from_store));
+        m.insert("prompt_tokens".into(), Dynamic::from(u.prompt_tokens));
+        m.insert(
+            "completion_tokens".into(),
+            Dynamic::from(u.completion_tokens),
+        );
+        m.insert("retries".into(), Dynamic::from(u.retries));
+        m
+    }
+
+    /// The code block of a model's answer (```systemverilog, ```verilog, ```sv or a bare ```).
+    ///
+    /// ```rhai
+    /// assert_eq(extract_code("Here:\n```verilog\nmodule m; endmodule\n```\nDone."), "module m; endmodule");
+    /// ```
+    #[rhai_fn(name = "extract_code")]
+    pub fn extract_code_fn(answer: &str) -> String {
+        extract_code(answer)
+    }
+
+    /// Writes every recorded response of the workspace store to a JSONL cassette, returns how many.
+    #[rhai_fn(return_raw)]
+    pub fn export_cassette(path: &str) -> Result<i64, Box<EvalAltResult>> {
+        let store = rtlab_core::store::open_workspace()
+            .ok_or("export_cassette: the workspace store cannot be opened")?;
+        let store = rtlab_core::store::lock(&store);
+        let rows = store.all_responses().map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        for r in &rows {
+            text.push_str(&serde_json::to_string(r).map_err(|e| e.to_string())?);
+            text.push('\n');
+        }
+        let full = rtlab_core::workspace::resolve_path(path);
+        rtlab_core::workspace::write_atomic(&full, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", full.display()))?;
+        Ok(rows.len() as i64)
+    }
+
+    /// Loads a JSONL cassette into the workspace store, so `provider: "replay"` can serve it; returns
+    /// how many responses it holds.
+    #[rhai_fn(return_raw)]
+    pub fn import_cassette(path: &str) -> Result<i64, Box<EvalAltResult>> {
+        let full = rtlab_core::workspace::resolve_path(path);
+        rtlab_core::workspace::note_input(&full);
+        let text = std::fs::read_to_string(&full)
+            .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+        let store = rtlab_core::store::open_workspace()
+            .ok_or("import_cassette: the workspace store cannot be opened")?;
+        let store = rtlab_core::store::lock(&store);
+        let mut n = 0;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let rec: Recorded = serde_json::from_str(line)
+                .map_err(|e| format!("{}:{}: not a cassette row ({e})", full.display(), i + 1))?;
+            store.put_response(&rec).map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_blocks_are_extracted_in_the_plans_order() {
+        assert_eq!(
+            extract_code("```systemverilog\nmodule a; endmodule\n```"),
+            "module a; endmodule"
+        );
+        assert_eq!(
+            extract_code("text\n```\nmodule b; endmodule\n```"),
+            "module b; endmodule"
+        );
+        assert_eq!(
+            extract_code("```sv\nmodule c; endmodule"),
+            "module c; endmodule"
+        );
+        assert_eq!(extract_code("module d; endmodule"), "module d; endmodule");
+    }
+
+    #[test]
+    fn request_keys_ignore_the_provider_but_not_the_sample() {
+        let mut o = Map::new();
+        o.insert("model".into(), "m".into());
+        o.insert("provider".into(), "replay".into());
+        let replay = Model::from_options(&o).unwrap();
+        o.insert("provider".into(), "openai".into());
+        let live = Model::from_options(&o).unwrap();
+        let msgs = user("hi");
+        assert_eq!(replay.request_key(&msgs, 0), live.request_key(&msgs, 0));
+        assert_ne!(live.request_key(&msgs, 0), live.request_key(&msgs, 1));
+    }
+}

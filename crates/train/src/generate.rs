@@ -1,0 +1,405 @@
+//! Local inference: a base model (optionally with an adapter) that generates with a KV cache, greedy
+//! at temperature 0, else nucleus sampling from a seeded generator.
+
+use super::config::ModelConfig;
+use super::examples::{self, DEFAULT_TEMPLATE};
+use super::model::{load_weights, softmax_last, CausalLm, KvCache, Pass};
+use super::{peft, TrainError};
+use candle_core::{DType, Device, Tensor, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+pub struct LocalModel {
+    /// How it was loaded: what `load_model` was given, so the notebook can cache a cell that holds
+    /// the model as these options and load it again on restore.
+    pub source: LoadSpec,
+    pub model: CausalLm,
+    pub tokenizer: Tokenizer,
+    pub eos: u32,
+    pub adapter: Option<PathBuf>,
+    pub template: String,
+    /// The model's own chat template (Jinja, from a GGUF file), used for `answer` unless a
+    /// `template` was given.
+    pub chat: Option<ChatTemplate>,
+}
+
+/// What a local model was loaded from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSpec {
+    pub path: PathBuf,
+    pub adapter: Option<PathBuf>,
+    pub template: Option<String>,
+    pub dequantize: bool,
+}
+
+/// A Jinja chat template and the special tokens it may name.
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+impl ChatTemplate {
+    /// One user message, rendered with `add_generation_prompt`, as llama.cpp and transformers do.
+    pub fn render(&self, prompt: &str) -> Result<String, TrainError> {
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", &self.source).map_err(|e| {
+            TrainError::Input(format!("the model's chat template does not parse: {e}"))
+        })?;
+        let ctx = minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => prompt }],
+            add_generation_prompt => true,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| TrainError::Input(format!("the model's chat template fails: {e}")))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl LocalModel {
+    /// Loads a Hugging Face directory or a GGUF file. A GGUF's quantized projections stay quantized
+    /// (as llama.cpp runs them) unless `dequantize`, which computes everything in f32.
+    pub fn load(
+        dir: &Path,
+        adapter: Option<&Path>,
+        template: Option<String>,
+        dequantize: bool,
+    ) -> Result<LocalModel, TrainError> {
+        let source = LoadSpec {
+            path: dir.to_path_buf(),
+            adapter: adapter.map(Path::to_path_buf),
+            template: template.clone(),
+            dequantize,
+        };
+        if dir.is_file() && super::gguf::is_gguf(dir) {
+            return Self::load_gguf(source, adapter, template, dequantize);
+        }
+        let cfg = ModelConfig::from_dir(dir)?;
+        let tokenizer = examples::load_tokenizer(dir)?;
+        let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
+        let dev = Device::Cpu;
+        let weights = load_weights(dir, DType::F32, &dev)?;
+        let mut model = CausalLm::new(cfg, weights, None, 0, DType::F32, &dev)?;
+        if let Some(a) = adapter {
+            let (spec, tensors) = peft::load(a, &dev)?;
+            model.set_adapters(&spec, tensors)?;
+        }
+        Ok(LocalModel {
+            source,
+            model,
+            tokenizer,
+            eos,
+            adapter: adapter.map(Path::to_path_buf),
+            template: template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+            chat: None,
+        })
+    }
+
+    /// A GGUF file (llama.cpp, Ollama): the quantized projections kept quantized (or every weight
+    /// dequantized to f32), the tokenizer and chat template from its metadata.
+    fn load_gguf(
+        source: LoadSpec,
+        adapter: Option<&Path>,
+        template: Option<String>,
+        dequantize: bool,
+    ) -> Result<LocalModel, TrainError> {
+        let path = source.path.clone();
+        let path = path.as_path();
+        let dev = Device::Cpu;
+        let g = super::gguf::open(path)?;
+        let eos = examples::eos_id(&g.tokenizer, g.cfg.eos_token_id)?;
+        let mut model = if dequantize {
+            CausalLm::new(g.cfg.clone(), g.weights(&dev)?, None, 0, DType::F32, &dev)?
+        } else {
+            let (dense, quantized) = g.weights_quantized(&dev)?;
+            CausalLm::with_quantized(g.cfg.clone(), dense, quantized, None, 0, DType::F32, &dev)?
+        };
+        if let Some(a) = adapter {
+            let (spec, tensors) = peft::load(a, &dev)?;
+            model.set_adapters(&spec, tensors)?;
+        }
+        let chat = match (&template, g.chat_template.clone()) {
+            (None, Some(source)) => Some(ChatTemplate {
+                source,
+                bos_token: g.bos_token.clone().unwrap_or_default(),
+                eos_token: g.eos_token.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Ok(LocalModel {
+            source,
+            model,
+            tokenizer: g.tokenizer.clone(),
+            eos,
+            adapter: adapter.map(Path::to_path_buf),
+            template: template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+            chat,
+        })
+    }
+
+    /// The token ids of `text` (no template).
+    pub fn tokens(&self, text: &str) -> Result<Vec<u32>, TrainError> {
+        examples::encode(&self.tokenizer, text)
+    }
+
+    /// The continuation of `text` as it is (no template).
+    pub fn continue_text(&self, text: &str, o: &GenOptions) -> Result<String, TrainError> {
+        let ids = examples::encode(&self.tokenizer, text)?;
+        let out = self.generate_ids(&ids, o)?;
+        self.tokenizer
+            .decode(&out, true)
+            .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
+    }
+
+    /// The answer to `prompt` put through the training template.
+    pub fn answer(&self, prompt: &str, o: &GenOptions) -> Result<String, TrainError> {
+        let text = match &self.chat {
+            Some(chat) => chat.render(prompt)?,
+            None => examples::apply_template(&self.template, prompt),
+        };
+        self.continue_text(&text, o)
+    }
+
+    /// The logits at every position of `text` (no template), [tokens][vocab]: for checking against
+    /// another implementation, e.g. transformers + peft on the same dir and adapter.
+    pub fn logits(&self, text: &str) -> Result<Vec<Vec<f32>>, TrainError> {
+        let ids = examples::encode(&self.tokenizer, text)?;
+        if ids.is_empty() {
+            return Err(TrainError::Input("logits: the text is empty".into()));
+        }
+        let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &self.model.device)?;
+        let logits = self.model.forward(&input, None, &mut Pass::inference())?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
+    /// `seeds.len()` samples of one prompt, decoded as a batch: the prompt is prefilled once, its KV
+    /// cache copied to every sample, then each step feeds all unfinished samples' last tokens at once.
+    /// Sample `i` draws from its own generator seeded with `seeds[i]`, as `generate_ids` does.
+    pub fn generate_batch(
+        &self,
+        prompt: &[u32],
+        o: &GenOptions,
+        seeds: &[u64],
+    ) -> Result<Vec<Vec<u32>>, TrainError> {
+        if prompt.is_empty() {
+            return Err(TrainError::Input("generate: the prompt is empty".into()));
+        }
+        let n = seeds.len();
+        let dev = &self.model.device;
+        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); n];
+        if n == 0 || o.max_tokens == 0 {
+            return Ok(outs);
+        }
+        let mut rngs: Vec<StdRng> = seeds.iter().map(|s| StdRng::seed_from_u64(*s)).collect();
+        let mut done = vec![false; n];
+        let mut prefill = KvCache::default();
+        let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
+        let logits = self
+            .model
+            .forward(&input, Some(&mut prefill), &mut Pass::inference())?;
+        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
+        let mut next: Vec<u32> = rngs
+            .iter_mut()
+            .map(|rng| pick(&last, o, rng))
+            .collect::<candle_core::Result<_>>()?;
+        let mut cache = prefill.repeat(n)?;
+        for _ in 0..o.max_tokens {
+            for i in 0..n {
+                if !done[i] {
+                    if next[i] == self.eos {
+                        done[i] = true;
+                    } else {
+                        outs[i].push(next[i]);
+                    }
+                }
+            }
+            let full = cache.len() + 1 > self.model.cfg.max_position_embeddings;
+            if done.iter().all(|d| *d) || full || rtlab_core::cancel_requested() {
+                break;
+            }
+            // Finished samples keep stepping (their tokens are dropped): the batch stays rectangular.
+            let input = Tensor::from_vec(next.clone(), (n, 1), dev)?;
+            let logits = self
+                .model
+                .forward(&input, Some(&mut cache), &mut Pass::inference())?;
+            for (i, rng) in rngs.iter_mut().enumerate() {
+                let row = logits.get(i)?.flatten_all()?;
+                next[i] = pick(&row, o, rng)?;
+            }
+        }
+        for out in outs.iter_mut() {
+            out.truncate(o.max_tokens);
+        }
+        Ok(outs)
+    }
+
+    /// `seeds.len()` answers to `prompt` (through the template), decoded as one batch.
+    pub fn answer_batch(
+        &self,
+        prompt: &str,
+        o: &GenOptions,
+        seeds: &[u64],
+    ) -> Result<Vec<String>, TrainError> {
+        let text = match &self.chat {
+            Some(chat) => chat.render(prompt)?,
+            None => examples::apply_template(&self.template, prompt),
+        };
+        let ids = examples::encode(&self.tokenizer, &text)?;
+        self.generate_batch(&ids, o, seeds)?
+            .into_iter()
+            .map(|out| {
+                self.tokenizer
+                    .decode(&out, true)
+                    .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn generate_ids(&self, prompt: &[u32], o: &GenOptions) -> Result<Vec<u32>, TrainError> {
+        if prompt.is_empty() {
+            return Err(TrainError::Input("generate: the prompt is empty".into()));
+        }
+        let dev = &self.model.device;
+        let mut cache = KvCache::default();
+        let mut rng = StdRng::seed_from_u64(o.seed);
+        let mut out = Vec::new();
+        let mut input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
+        for _ in 0..o.max_tokens {
+            if rtlab_core::cancel_requested() {
+                break;
+            }
+            let logits = self
+                .model
+                .forward(&input, Some(&mut cache), &mut Pass::inference())?;
+            let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
+            let next = pick(&last, o, &mut rng)?;
+            if next == self.eos {
+                break;
+            }
+            out.push(next);
+            if cache.len() + 1 > self.model.cfg.max_position_embeddings {
+                break;
+            }
+            input = Tensor::from_vec(vec![next], (1, 1), dev)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The smallest set of tokens, most probable first, whose probability reaches `top_p` (ties broken by
+/// token id). Exact, without sorting the whole vocabulary: the top `k` are selected (`k` = 64, then
+/// 4× more until their mass reaches `top_p`) and only they are sorted.
+fn nucleus(probs: &[f32], top_p: f64) -> Vec<usize> {
+    let order = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
+    let mut k = 64.min(probs.len());
+    loop {
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, order);
+            idx.truncate(k);
+        }
+        idx.sort_unstable_by(order);
+        let mut mass = 0.0f64;
+        for (n, &i) in idx.iter().enumerate() {
+            mass += probs[i] as f64;
+            if mass >= top_p {
+                idx.truncate(n + 1);
+                return idx;
+            }
+        }
+        if k >= probs.len() {
+            return idx;
+        }
+        k = (k * 4).min(probs.len());
+    }
+}
+
+/// Greedy at temperature 0; otherwise softmax(logits / T), keep the smallest set of tokens whose
+/// probability reaches `top_p`, and draw from it.
+fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Result<u32> {
+    if o.temperature <= 0.0 {
+        return logits.argmax(D::Minus1)?.to_scalar::<u32>();
+    }
+    let probs: Vec<f32> =
+        softmax_last(&(logits.to_dtype(DType::F32)? / o.temperature)?)?.to_vec1()?;
+    let kept = nucleus(&probs, o.top_p);
+    let mass: f64 = kept.iter().map(|&i| probs[i] as f64).sum();
+    let mut x = rng.random::<f64>() * mass;
+    for &i in &kept {
+        x -= probs[i] as f64;
+        if x <= 0.0 {
+            return Ok(i as u32);
+        }
+    }
+    Ok(*kept.last().unwrap_or(&0) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nucleus;
+
+    /// The nucleus as a full sort finds it.
+    fn naive(probs: &[f32], top_p: f64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let mut kept = Vec::new();
+        let mut mass = 0.0f64;
+        for i in order {
+            kept.push(i);
+            mass += probs[i] as f64;
+            if mass >= top_p {
+                break;
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn the_nucleus_is_the_one_a_full_sort_finds() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for case in 0..200 {
+            let n = 1 + case * 37 % 3000;
+            // Peaked, flat and tied distributions.
+            let raw: Vec<f32> = (0..n)
+                .map(|i| match case % 3 {
+                    0 => rng.random::<f32>().powi(8),
+                    1 => rng.random::<f32>(),
+                    _ => ((i % 5) + 1) as f32,
+                })
+                .collect();
+            let sum: f32 = raw.iter().sum();
+            let probs: Vec<f32> = raw.iter().map(|p| p / sum).collect();
+            for top_p in [0.1, 0.5, 0.9, 0.95, 1.0] {
+                assert_eq!(
+                    nucleus(&probs, top_p),
+                    naive(&probs, top_p),
+                    "case {case}, top_p {top_p}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,1157 @@
+//! The LoRA trainer: `train_lora(#{...})` fine-tunes LoRA adapters of a Llama or Qwen2 model from a
+//! Hugging Face directory on a DataFrame or JSONL file, writes them in PEFT format, and returns a run
+//! record (loss curve, tokens/s, peak memory). `load_model` + `generate` run a model locally with a KV
+//! cache, `merge` folds an adapter into the base weights, and `create_tiny_model` makes the seeded
+//! tiny model the tests and CI train.
+//!
+//! The model runs on candle's CPU backend, in f32, written with differentiable ops only (see
+//! [`model`]). The cubecl kernels of the GPU path live in the `rtlab-kernels` crate.
+//!
+//! Every input is checked before any weight is loaded: options, `config.json`, the tokenizer, the
+//! dataset's columns, the prompt lengths. A run in `out` that finished with the same data, base and
+//! options is returned from its `run.json` instead of retraining; an interrupted one resumes from its
+//! newest checkpoint.
+
+pub mod config;
+pub mod examples;
+pub mod generate;
+pub mod gguf;
+pub mod gpu;
+pub mod model;
+pub mod models;
+pub mod peft;
+#[cfg(test)]
+mod tests;
+pub mod tiny;
+pub mod trainer;
+
+use candle_core::{DType, Device};
+use config::ModelConfig;
+use examples::{TooLong, DEFAULT_TEMPLATE};
+use generate::{GenOptions, LocalModel};
+use model::{load_weights, CausalLm, LoraSpec, ALL_TARGETS};
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, Map};
+use rtlab_data::Frame;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use trainer::{Hyper, RunRecord, Schedule};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Bad options, files or data: the message says which and what to do.
+    #[error("{0}")]
+    Input(String),
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<TrainError> for Box<EvalAltResult> {
+    fn from(e: TrainError) -> Self {
+        e.to_string().into()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> TrainError {
+    TrainError::Input(msg.into())
+}
+
+/// Every option `train_lora` takes, with its parsed value.
+struct TrainRequest {
+    base: PathBuf,
+    data: Frame,
+    prompt_col: String,
+    response_col: String,
+    template: String,
+    spec: LoraSpec,
+    hyper: Hyper,
+    warmup: f64,
+    max_len: usize,
+    out: PathBuf,
+    resume: bool,
+    fresh: bool,
+    on_too_long: TooLong,
+    device: String,
+    /// QLoRA: the frozen base stays in its GGUF quantization.
+    quantized_base: bool,
+}
+
+const OPTIONS: [&str; 28] = [
+    "base",
+    "data",
+    "prompt_col",
+    "response_col",
+    "template",
+    "r",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "rslora",
+    "lr",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "max_len",
+    "warmup",
+    "schedule",
+    "seed",
+    "out",
+    "device",
+    "checkpoint_every",
+    "resume",
+    "fresh",
+    "weight_decay",
+    "max_grad_norm",
+    "max_steps",
+    "on_too_long",
+    "quantized_base",
+];
+
+fn num(o: &Map, k: &str, default: f64) -> Result<f64, TrainError> {
+    match o.get(k) {
+        None => Ok(default),
+        Some(v) => v
+            .as_float()
+            .or_else(|_| v.as_int().map(|i| i as f64))
+            .map_err(|_| bad(format!("train_lora: {k} must be a number, got {v}"))),
+    }
+}
+
+fn count(o: &Map, k: &str, default: usize, min: usize) -> Result<usize, TrainError> {
+    let v = num(o, k, default as f64)?;
+    if v.fract() != 0.0 || v < min as f64 {
+        return Err(bad(format!(
+            "train_lora: {k} must be a whole number ≥ {min}, got {v}"
+        )));
+    }
+    Ok(v as usize)
+}
+
+fn text(o: &Map, k: &str) -> Result<Option<String>, TrainError> {
+    match o.get(k).filter(|v| !v.is_unit()) {
+        None => Ok(None),
+        Some(v) if v.is_string() => Ok(Some(v.to_string())),
+        Some(v) => Err(bad(format!(
+            "option `{k}` must be a string, not {v} ({})",
+            v.type_name()
+        ))),
+    }
+}
+
+fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
+    match o.get(k) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .map_err(|_| bad(format!("train_lora: {k} must be true or false"))),
+    }
+}
+
+fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
+    rtlab_core::options::Options::new("train_lora", o, &OPTIONS).map_err(bad)?;
+    let base =
+        text(o, "base")?.ok_or_else(|| bad("train_lora: pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
+    let data = match o.get("data") {
+        None => {
+            return Err(bad(
+                "train_lora: pass data: a DataFrame or the path of a JSONL file",
+            ))
+        }
+        Some(d) if d.is::<Frame>() => d.clone_cast::<Frame>(),
+        Some(d) if d.is_string() => {
+            let path = rtlab_core::workspace::resolve_path(&d.to_string());
+            let loaded = rtlab_data::load_jsonl(&path, &Default::default())
+                .map_err(|e| bad(format!("train_lora: data: {e}")))?;
+            rtlab_core::workspace::note_input(&path);
+            loaded.frame
+        }
+        Some(d) => {
+            return Err(bad(format!(
+                "train_lora: data must be a DataFrame or a path, got {}",
+                d.type_name()
+            )))
+        }
+    };
+    let r = num(o, "r", 64.0)?;
+    if r < 1.0 || r.fract() != 0.0 {
+        return Err(bad(format!(
+            "train_lora: r (the LoRA rank) must be a whole number ≥ 1, got {r}"
+        )));
+    }
+    let alpha = num(o, "alpha", 2.0 * r)?;
+    if alpha <= 0.0 {
+        return Err(bad(format!("train_lora: alpha must be > 0, got {alpha}")));
+    }
+    let dropout = num(o, "dropout", 0.05)?;
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(bad(format!(
+            "train_lora: dropout must be in [0, 1), got {dropout}"
+        )));
+    }
+    let target_modules: Vec<String> = match o.get("target_modules") {
+        None => ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
+        Some(v) => {
+            let arr = v
+                .clone()
+                .into_array()
+                .map_err(|_| bad("train_lora: target_modules must be an array of names"))?;
+            let names: Vec<String> = arr.iter().map(|x| x.to_string()).collect();
+            if let Some(n) = names.iter().find(|n| !ALL_TARGETS.contains(&n.as_str())) {
+                return Err(bad(format!(
+                    "train_lora: unknown target module {n:?}; choose from {}",
+                    ALL_TARGETS.join(", ")
+                )));
+            }
+            if names.is_empty() {
+                return Err(bad(
+                    "train_lora: target_modules is empty: nothing would be trained",
+                ));
+            }
+            names
+        }
+    };
+    let lr = num(o, "lr", 2e-4)?;
+    if lr <= 0.0 {
+        return Err(bad(format!("train_lora: lr must be > 0, got {lr}")));
+    }
+    let schedule = match text(o, "schedule")?.as_deref().unwrap_or("cosine") {
+        "cosine" => Schedule::Cosine,
+        "linear" => Schedule::Linear,
+        "constant" => Schedule::Constant,
+        other => {
+            return Err(bad(format!(
+                "train_lora: schedule {other:?}: use \"cosine\", \"linear\" or \"constant\""
+            )))
+        }
+    };
+    let device = match text(o, "device")?.as_deref().unwrap_or("auto") {
+        // On a machine without CUDA, the wgpu path is a software rasterizer at best (lavapipe runs the
+        // step at about half the CPU's speed), so "auto" means the CPU unless CUDA is built in and
+        // its driver and NVRTC load here.
+        "auto" if rtlab_kernels::Gpu::cuda_available() => "cuda".to_string(),
+        "auto" | "cpu" => "cpu".to_string(),
+        d @ ("wgpu" | "cuda") => d.to_string(),
+        other => {
+            return Err(bad(format!(
+                "train_lora: device {other:?}: use \"auto\", \"cpu\", \"wgpu\" or \"cuda\""
+            )))
+        }
+    };
+    let on_too_long = match text(o, "on_too_long")?.as_deref().unwrap_or("error") {
+        "error" => TooLong::Error,
+        "skip" => TooLong::Skip,
+        other => {
+            return Err(bad(format!(
+                "train_lora: on_too_long {other:?}: use \"error\" or \"skip\""
+            )))
+        }
+    };
+    let max_steps = match o.get("max_steps") {
+        None => None,
+        Some(_) => Some(count(o, "max_steps", 1, 1)?),
+    };
+    let template = text(o, "template")?.unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+    if !template.contains("{prompt}") {
+        return Err(bad(format!(
+            "train_lora: the template {template:?} has no {{prompt}}: where should the prompt go?"
+        )));
+    }
+    let out = text(o, "out")?.ok_or_else(|| bad("train_lora: pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)"))?;
+    Ok(TrainRequest {
+        base: models::locate(&base)?,
+        data,
+        prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
+        response_col: text(o, "response_col")?.unwrap_or_else(|| "output".into()),
+        template,
+        spec: LoraSpec {
+            r: r as usize,
+            alpha,
+            dropout,
+            target_modules,
+            use_rslora: flag(o, "rslora", false)?,
+        },
+        hyper: Hyper {
+            lr,
+            epochs: count(o, "epochs", 3, 1)?,
+            batch_size: count(o, "batch_size", 4, 1)?,
+            grad_accum: count(o, "grad_accum", 4, 1)?,
+            warmup_steps: 0,
+            schedule,
+            weight_decay: num(o, "weight_decay", 0.0)?,
+            max_grad_norm: num(o, "max_grad_norm", 1.0)?,
+            seed: count(o, "seed", 42, 0)? as u64,
+            checkpoint_every: count(o, "checkpoint_every", 0, 0)?,
+            max_steps,
+        },
+        warmup: num(o, "warmup", 0.03)?,
+        max_len: count(o, "max_len", 1024, 2)?,
+        out: rtlab_core::workspace::resolve_path(&out),
+        resume: flag(o, "resume", true)?,
+        fresh: flag(o, "fresh", false)? || rtlab_core::workspace::fresh_requested(),
+        on_too_long,
+        device,
+        quantized_base: flag(o, "quantized_base", false)?,
+    })
+}
+
+/// The (prompt, response) pairs of the named columns; an error lists the columns there are.
+fn pairs_of(
+    frame: &Frame,
+    prompt_col: &str,
+    response_col: &str,
+) -> Result<Vec<(String, String)>, TrainError> {
+    let column = |name: &str, role: &str| {
+        rtlab_data::string_values(frame, name).map_err(|_| {
+            let cols: Vec<String> = frame.df.get_column_names().iter().map(|c| c.to_string()).collect();
+            bad(format!(
+                "train_lora: the dataset has no column {name:?} for the {role} (columns: {}); pass {role}_col: \"...\"",
+                cols.join(", ")
+            ))
+        })
+    };
+    let prompts = column(prompt_col, "prompt")?;
+    let responses = column(response_col, "response")?;
+    Ok(prompts
+        .into_iter()
+        .zip(responses)
+        .map(|(p, r)| (p.unwrap_or_default(), r.unwrap_or_default()))
+        .collect())
+}
+
+/// Files a fingerprint must cover: config, tokenizer and weights (by size and mtime, not content: a
+/// 15 GB base is not hashed on every run). A GGUF base is one file.
+fn base_identity(dir: &Path) -> Result<String, TrainError> {
+    let stamp = |f: &Path| -> Result<String, TrainError> {
+        let m = std::fs::metadata(f)?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Ok(format!("{}:{}:{mtime}", f.display(), m.len()))
+    };
+    if dir.is_file() {
+        return Ok(format!("gguf {}", stamp(dir)?));
+    }
+    let mut parts = vec![std::fs::read_to_string(dir.join("config.json"))?];
+    let mut files = config::weight_files(dir)?;
+    files.push(dir.join("tokenizer.json"));
+    for f in files {
+        parts.push(stamp(&f)?);
+    }
+    Ok(parts.join("\n"))
+}
+
+/// Trains (or returns the finished run in `out`); the heart of `train_lora`.
+fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
+    let req = parse_request(o)?;
+    // A GGUF base (llama.cpp, Ollama) is one file: its metadata is read now, its tensors with the
+    // weights below, after every other input is checked.
+    let gguf_base = if req.base.is_file() && gguf::is_gguf(&req.base) {
+        Some(gguf::open(&req.base)?)
+    } else {
+        None
+    };
+    if req.quantized_base {
+        if gguf_base.is_none() {
+            return Err(bad(format!(
+                "train_lora: quantized_base needs a GGUF base (a .gguf file, a model name like smollm2-135m, or ollama:NAME); {} holds no quantized weights",
+                req.base.display()
+            )));
+        }
+        if req.device != "cpu" {
+            return Err(bad(format!(
+                "train_lora: quantized_base runs on the CPU path; the GPU kernels take an f32 base (pass device: \"cpu\", not {:?})",
+                req.device
+            )));
+        }
+    }
+    let (cfg, tokenizer) = match &gguf_base {
+        Some(g) => {
+            rtlab_core::workspace::note_input(&req.base);
+            (g.cfg.clone(), g.tokenizer.clone())
+        }
+        None => {
+            let cfg = ModelConfig::from_dir(&req.base)?;
+            // A cached cell that trained reruns when the base's config or tokenizer changes (the
+            // weights are not hashed on every restore; the run's own fingerprint covers their size
+            // and mtime).
+            rtlab_core::workspace::note_input(&req.base.join("config.json"));
+            rtlab_core::workspace::note_input(&req.base.join("tokenizer.json"));
+            (cfg, examples::load_tokenizer(&req.base)?)
+        }
+    };
+    let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
+    let pairs = pairs_of(&req.data, &req.prompt_col, &req.response_col)?;
+    if pairs.is_empty() {
+        return Err(bad("train_lora: the dataset has no rows: nothing to train on (check the filter that made it)"));
+    }
+    if req.max_len > cfg.max_position_embeddings {
+        return Err(bad(format!(
+            "train_lora: max_len {} is longer than the model's max_position_embeddings ({})",
+            req.max_len, cfg.max_position_embeddings
+        )));
+    }
+    let (examples, skipped) = examples::build(
+        &tokenizer,
+        &pairs,
+        &req.template,
+        req.max_len,
+        eos,
+        req.on_too_long,
+    )?;
+    if examples.is_empty() {
+        return Err(bad(format!(
+            "train_lora: every row's prompt is longer than max_len {}: raise max_len",
+            req.max_len
+        )));
+    }
+    let mut hyper = req.hyper.clone();
+    let total = trainer::steps_per_epoch(examples.len(), &hyper) * hyper.epochs;
+    hyper.warmup_steps = if req.warmup < 1.0 {
+        (req.warmup * total as f64).ceil() as usize
+    } else {
+        req.warmup as usize
+    };
+    // The fingerprint: everything that changes the result.
+    let mut h = blake3::Hasher::new();
+    h.update(serde_json::json!({"spec": req.spec, "hyper": hyper, "max_len": req.max_len, "template": req.template}).to_string().as_bytes());
+    // A quantized base computes other numbers than its f32 copy: another run.
+    if req.quantized_base {
+        h.update(b"quantized_base");
+    }
+    h.update(base_identity(&req.base)?.as_bytes());
+    for e in &examples {
+        h.update(&(e.prompt_len as u64).to_le_bytes());
+        for id in &e.ids {
+            h.update(&id.to_le_bytes());
+        }
+        h.update(b"|");
+    }
+    let fingerprint = h.finalize().to_hex()[..16].to_string();
+    let run_json = req.out.join("run.json");
+    let job_json = req.out.join("job.json");
+    if !req.fresh {
+        if let Ok(text) = std::fs::read_to_string(&run_json) {
+            if let Ok(rec) = serde_json::from_str::<RunRecord>(&text) {
+                if rec.fingerprint == fingerprint
+                    && !rec.cancelled
+                    && req.out.join(peft::WEIGHTS_FILE).exists()
+                {
+                    return Ok((rec, true));
+                }
+            }
+        }
+    }
+    let previous_job = std::fs::read_to_string(&job_json).ok();
+    let same_job = previous_job.as_deref().map(str::trim) == Some(fingerprint.as_str());
+    if req.fresh || !req.resume || !same_job {
+        let _ = std::fs::remove_dir_all(req.out.join("checkpoints"));
+        let _ = std::fs::remove_file(&run_json);
+    }
+    // The device opens before the run dir is touched: a missing GPU is bad input too.
+    let gpu = match req.device.as_str() {
+        "cpu" => None,
+        d => Some(gpu::open(d)?),
+    };
+    std::fs::create_dir_all(&req.out)?;
+    rtlab_core::workspace::write_atomic(&job_json, fingerprint.as_bytes())?;
+
+    let dev = Device::Cpu;
+    let (weights, quantized) = match &gguf_base {
+        Some(g) if req.quantized_base => g.weights_quantized(&dev)?,
+        Some(g) => (g.weights(&dev)?, Default::default()),
+        None => (
+            load_weights(&req.base, DType::F32, &dev)?,
+            Default::default(),
+        ),
+    };
+    // The GPU path uploads the base weights itself; candle's copies share their storage.
+    let gpu_weights = gpu.as_ref().map(|_| weights.clone());
+    let model = CausalLm::with_quantized(
+        cfg.clone(),
+        weights,
+        quantized,
+        Some(&req.spec),
+        hyper.seed,
+        DType::F32,
+        &dev,
+    )?;
+    let base_name = req.base.display().to_string();
+    let record = trainer::run(trainer::Job {
+        gpu: match (gpu, &gpu_weights) {
+            (Some(gpu), Some(weights)) => Some(trainer::GpuSetup {
+                gpu,
+                weights,
+                cfg: &cfg,
+            }),
+            _ => None,
+        },
+        model: &model,
+        spec: &req.spec,
+        examples: &examples,
+        pad: eos,
+        hyper: &hyper,
+        out: &req.out,
+        base_name: &base_name,
+        resume: req.resume && same_job,
+        fingerprint: &fingerprint,
+        skipped_rows: skipped,
+    })?;
+    let plot = rtlab_data::plot::Plot::new(
+        rtlab_data::plot::Kind::Line,
+        "training loss".into(),
+        record.curve.iter().map(|s| s.step.to_string()).collect(),
+        record.curve.iter().map(|s| s.loss).collect(),
+    );
+    rtlab_core::workspace::write_atomic(&req.out.join("loss.svg"), plot.svg.as_bytes())?;
+    rtlab_core::workspace::write_atomic(
+        &run_json,
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
+    Ok((record, false))
+}
+
+fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
+    use polars::prelude::*;
+    let curve = DataFrame::new_infer_height(vec![
+        Column::new(
+            "step".into(),
+            rec.curve.iter().map(|s| s.step as i64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "epoch".into(),
+            rec.curve.iter().map(|s| s.epoch as i64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "loss".into(),
+            rec.curve.iter().map(|s| s.loss).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "lr".into(),
+            rec.curve.iter().map(|s| s.lr).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "grad_norm".into(),
+            rec.curve.iter().map(|s| s.grad_norm).collect::<Vec<_>>(),
+        ),
+    ])
+    .map_err(|e| bad(e.to_string()))?;
+    let mut m = Map::new();
+    let first = rec.curve.first().map(|s| s.loss).unwrap_or(f64::NAN);
+    let last = rec.curve.last().map(|s| s.loss).unwrap_or(f64::NAN);
+    m.insert("adapter".into(), rec.out.clone().into());
+    m.insert("steps".into(), (rec.steps as i64).into());
+    m.insert("total_steps".into(), (rec.total_steps as i64).into());
+    m.insert("examples".into(), (rec.examples as i64).into());
+    m.insert(
+        "skipped_rows".into(),
+        rec.skipped_rows
+            .iter()
+            .map(|&r| Dynamic::from(r as i64))
+            .collect::<Array>()
+            .into(),
+    );
+    m.insert("first_loss".into(), first.into());
+    m.insert("final_loss".into(), last.into());
+    m.insert("curve".into(), Dynamic::from(Frame::new(curve)));
+    m.insert("tokens_per_s".into(), rec.tokens_per_s.into());
+    m.insert("seconds".into(), rec.seconds.into());
+    m.insert("peak_rss_mb".into(), rec.peak_rss_mb.into());
+    m.insert(
+        "trainable_params".into(),
+        (rec.trainable_params as i64).into(),
+    );
+    m.insert(
+        "resumed_from".into(),
+        rec.resumed_from
+            .map(|s| Dynamic::from(s as i64))
+            .unwrap_or(Dynamic::UNIT),
+    );
+    m.insert("cancelled".into(), rec.cancelled.into());
+    m.insert("cached".into(), cached.into());
+    m.insert(
+        "loss_svg".into(),
+        Path::new(&rec.out)
+            .join("loss.svg")
+            .display()
+            .to_string()
+            .into(),
+    );
+    Ok(m)
+}
+
+/// Writes `out` = base with the adapter merged (`W + s·B·A` in f32, stored in each tensor's dtype),
+/// shard by shard as the base is laid out, with its config and tokenizer files.
+pub fn merge(base: &Path, adapter: &Path, out: &Path) -> Result<usize, TrainError> {
+    let cfg = ModelConfig::from_dir(base)?;
+    let dev = Device::Cpu;
+    let (spec, tensors) = peft::load(adapter, &dev)?;
+    let weights = load_weights(base, DType::F32, &dev)?;
+    let mut model = CausalLm::new(cfg, weights, None, 0, DType::F32, &dev)?;
+    model.set_adapters(&spec, tensors)?;
+    let merged: HashMap<String, candle_core::Tensor> =
+        model.merged_linear_weights()?.into_iter().collect();
+    std::fs::create_dir_all(out)?;
+    let mut changed = 0;
+    for file in config::weight_files(base)? {
+        let mut shard = candle_core::safetensors::load(&file, &dev)?;
+        for (name, t) in shard.iter_mut() {
+            if let Some(m) = merged.get(name) {
+                *t = m.to_dtype(t.dtype())?;
+                changed += 1;
+            }
+        }
+        let name = file
+            .file_name()
+            .ok_or_else(|| bad("weight file without a name"))?;
+        let tmp = out.join(format!(".{}.tmp", name.to_string_lossy()));
+        candle_core::safetensors::save(&shard, &tmp)?;
+        std::fs::rename(&tmp, out.join(name))?;
+    }
+    for extra in [
+        "config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+    ] {
+        let src = base.join(extra);
+        if src.exists() {
+            rtlab_core::workspace::write_atomic(&out.join(extra), &std::fs::read(&src)?)?;
+        }
+    }
+    Ok(changed)
+}
+
+/// The Rhai-visible local model (cheap to clone).
+#[derive(Clone)]
+pub struct Local(pub Arc<LocalModel>);
+
+/// Writes `out`: the GGUF `base` (a path or a model's name) with the PEFT `adapter` merged in, its
+/// matrices as `quant`. The typed core of `export_gguf` and `rtlab export`.
+pub fn export_merged_gguf(
+    base: &str,
+    adapter: &Path,
+    out: &Path,
+    quant: gguf::Quant,
+) -> Result<usize, TrainError> {
+    let base = models::locate(base)?;
+    if !(base.is_file() && gguf::is_gguf(&base)) {
+        return Err(bad(format!(
+            "export_gguf: {} is not a GGUF file; export from a GGUF base (a Hugging Face directory goes through merge(), then llama.cpp's convert_hf_to_gguf.py)",
+            base.display()
+        )));
+    }
+    let dev = Device::Cpu;
+    let g = gguf::open(&base)?;
+    let (spec, tensors) = peft::load(adapter, &dev)?;
+    let mut model = CausalLm::new(g.cfg.clone(), g.weights(&dev)?, None, 0, DType::F32, &dev)?;
+    model.set_adapters(&spec, tensors)?;
+    let merged: HashMap<String, candle_core::Tensor> =
+        model.merged_linear_weights()?.into_iter().collect();
+    g.export(&merged, out, quant)
+}
+
+/// An Ollama Modelfile, as the plans write them: `FROM` (a GGUF or an Ollama model), then `ADAPTER`,
+/// `TEMPLATE`, `SYSTEM` and one `PARAMETER` line per parameter (sorted).
+pub fn modelfile(
+    from: &str,
+    adapter: Option<&str>,
+    system: Option<&str>,
+    template: Option<&str>,
+    parameters: &[(String, String)],
+) -> Result<String, String> {
+    let quoted = |what: &str, text: &str| {
+        if text.contains("\"\"\"") {
+            Err(format!(
+                "ollama_modelfile: `{what}` contains \"\"\", which a Modelfile cannot quote"
+            ))
+        } else {
+            Ok(format!("\"\"\"{text}\"\"\""))
+        }
+    };
+    let mut out = format!("FROM {from}\n");
+    if let Some(a) = adapter {
+        out.push_str(&format!("ADAPTER {a}\n"));
+    }
+    if let Some(t) = template {
+        out.push_str(&format!("TEMPLATE {}\n", quoted("template", t)?));
+    }
+    if let Some(s) = system {
+        out.push_str(&format!("SYSTEM {}\n", quoted("system", s)?));
+    }
+    let mut params = parameters.to_vec();
+    params.sort();
+    for (k, v) in params {
+        if k.contains(char::is_whitespace) || v.contains('\n') {
+            return Err(format!(
+                "ollama_modelfile: parameter {k:?} = {v:?} does not fit on one PARAMETER line"
+            ));
+        }
+        out.push_str(&format!("PARAMETER {k} {v}\n"));
+    }
+    Ok(out)
+}
+
+/// Loaded local models by (dir, adapter), shared by `load_model` and `llm(#{provider: "local"})`.
+pub fn load_local(
+    dir: &Path,
+    adapter: Option<&Path>,
+    template: Option<String>,
+    dequantize: bool,
+) -> Result<Arc<LocalModel>, TrainError> {
+    type Key = (PathBuf, Option<PathBuf>, Option<String>, bool);
+    static LOADED: OnceLock<Mutex<HashMap<Key, Arc<LocalModel>>>> = OnceLock::new();
+    let key = (
+        dir.to_path_buf(),
+        adapter.map(Path::to_path_buf),
+        template.clone(),
+        dequantize,
+    );
+    let map = LOADED.get_or_init(Default::default);
+    if let Some(m) = map.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(m);
+    }
+    let model = Arc::new(LocalModel::load(dir, adapter, template, dequantize)?);
+    if let Ok(mut m) = map.lock() {
+        m.insert(key, model.clone());
+    }
+    Ok(model)
+}
+
+fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
+    let o = rtlab_core::options::Options::new(
+        "generate",
+        o,
+        &["max_tokens", "temperature", "top_p", "seed"],
+    )
+    .map_err(bad)?;
+    let d = GenOptions::default();
+    let top_p = o.float("top_p").map_err(bad)?.unwrap_or(d.top_p);
+    if !(0.0..=1.0).contains(&top_p) {
+        return Err(bad(format!(
+            "generate: top_p must be between 0 and 1, not {top_p}"
+        )));
+    }
+    Ok(GenOptions {
+        max_tokens: o
+            .int_at_least("max_tokens", 0)
+            .map_err(bad)?
+            .map_or(d.max_tokens, |n| n as usize),
+        temperature: o
+            .float("temperature")
+            .map_err(bad)?
+            .unwrap_or(d.temperature),
+        top_p,
+        seed: o.int_at_least("seed", 0).map_err(bad)?.unwrap_or(0) as u64,
+    })
+}
+
+pub fn register(engine: &mut rhai::Engine) {
+    engine.register_type_with_name::<Local>("LocalModel");
+    engine.register_fn("to_string", |m: &mut Local| describe(m));
+    engine.register_fn("to_debug", |m: &mut Local| describe(m));
+    rtlab_core::values::register(rtlab_core::values::RichType {
+        tag: "local_model",
+        is: |v| v.is::<Local>(),
+        text: |v| {
+            v.read_lock::<Local>()
+                .map(|m| describe(&m))
+                .unwrap_or_default()
+        },
+        html: None,
+        persist: Some(rtlab_core::values::Persist {
+            save: |v, _| {
+                Ok(v.read_lock::<Local>()
+                    .ok_or("a local model that is locked")?
+                    .persisted())
+            },
+            load: |fields, _| Local::load_persisted(fields),
+        }),
+    });
+    engine.register_global_module(exported_module!(train_functions).into());
+}
+
+impl Local {
+    /// A local model persists as what it was loaded from, with the files' stamps so that a cell reading
+    /// it reruns when the model or the adapter changes on disk; restoring loads it again.
+    fn persisted(&self) -> serde_json::Map<String, serde_json::Value> {
+        let s = &self.0.source;
+        let stamp = rtlab_core::workspace::file_stamp;
+        // A GGUF is one file; a Hugging Face directory is its config and weight files.
+        let model_stamps: Vec<String> = if s.path.is_dir() {
+            let mut files = vec![s.path.join("config.json")];
+            files.extend(config::weight_files(&s.path).unwrap_or_default());
+            files.iter().map(|f| stamp(f)).collect()
+        } else {
+            vec![stamp(&s.path)]
+        };
+        let adapter_stamp = s
+            .adapter
+            .as_ref()
+            .map(|a| stamp(&a.join("adapter_model.safetensors")));
+        let fields = serde_json::json!({
+            "path": s.path.display().to_string(),
+            "adapter": s.adapter.as_ref().map(|a| a.display().to_string()),
+            "template": s.template,
+            "dequantize": s.dequantize,
+            "stamps": [model_stamps, adapter_stamp],
+        });
+        match fields {
+            serde_json::Value::Object(map) => map,
+            _ => unreachable!("a json! object literal"),
+        }
+    }
+
+    fn load_persisted(
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<rhai::Dynamic, String> {
+        use serde_json::Value;
+        let text = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_string);
+        let path = text("path").ok_or("local model without a path")?;
+        let adapter = text("adapter").map(std::path::PathBuf::from);
+        let dequantize = fields
+            .get("dequantize")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let model = load_local(
+            std::path::Path::new(&path),
+            adapter.as_deref(),
+            text("template"),
+            dequantize,
+        )
+        .map_err(|e| format!("cannot load the cached cell's model again: {e}"))?;
+        Ok(rhai::Dynamic::from(Local(model)))
+    }
+}
+
+fn describe(m: &Local) -> String {
+    let c = &m.0.model.cfg;
+    format!(
+        "LocalModel({:?}, {} layers, hidden {}{})",
+        c.arch,
+        c.num_hidden_layers,
+        c.hidden_size,
+        m.0.adapter
+            .as_ref()
+            .map(|a| format!(", adapter {}", a.display()))
+            .unwrap_or_default()
+    )
+}
+
+#[export_module]
+mod train_functions {
+    use super::*;
+
+    /// Trains LoRA adapters and returns the run record: `#{adapter, steps, first_loss, final_loss,
+    /// curve (a DataFrame of step, epoch, loss, lr, grad_norm), tokens_per_s, seconds, peak_rss_mb,
+    /// trainable_params, resumed_from, cancelled, cached, loss_svg}`.
+    ///
+    /// Options: `base` (a Hugging Face Llama/Qwen2 dir, a GGUF file, or a model name such as
+    /// `smollm2-135m`), `data` (DataFrame or JSONL path), `out`;
+    /// `prompt_col` ("instruction"), `response_col` ("output"), `template` (Alpaca style, `{prompt}`
+    /// marks the prompt), `r` (64), `alpha` (2·r), `dropout` (0.05), `target_modules` (all seven
+    /// projections), `rslora` (false), `lr` (2e-4), `epochs` (3), `batch_size` (4), `grad_accum` (4),
+    /// `max_len` (1024), `warmup` (0.03: a fraction of the steps, or a step count ≥ 1), `schedule`
+    /// ("cosine", "linear", "constant"), `weight_decay` (0), `max_grad_norm` (1), `seed` (42),
+    /// `checkpoint_every` (0 = only at the end), `resume` (true: continue this job's newest checkpoint),
+    /// `fresh` (false: true retrains even when `out` holds this exact run), `max_steps`, `on_too_long`
+    /// ("error" or "skip" rows whose prompt does not fit `max_len`), `device` ("cpu"; "wgpu" runs the
+    /// whole step on rtlab's cubecl kernels through Vulkan/Metal/DX12; "cuda" with the `cuda` build;
+    /// "auto" = "cuda" in a CUDA build on a machine whose driver and NVRTC load, else "cpu"),
+    /// `quantized_base` (false; true is QLoRA on a GGUF base: the frozen projections stay in the
+    /// file's quantization and only the adapters are f32; CPU only).
+    /// Loss counts response tokens only. Ctrl-C stops after the current step and checkpoints.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny", #{seed: 1});
+    /// let data = from_records([#{instruction: "inverter", output: "assign y = ~a;"}]);
+    /// let run = train_lora(#{base: "/tmp/rtlab-doc-tiny", data: data, out: "/tmp/rtlab-doc-run",
+    ///                        r: 4, epochs: 2, batch_size: 1, grad_accum: 1, lr: 1e-2, fresh: true});
+    /// assert(run.final_loss < run.first_loss, "the loss went down");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn train_lora(options: Map) -> Result<Map, Box<EvalAltResult>> {
+        let (rec, cached) = train(&options)?;
+        if cached {
+            rtlab_core::emit_line(&format!(
+                "train_lora: {} already holds this run (same base, data and options); pass fresh: true to train again",
+                rec.out
+            ));
+        }
+        Ok(record_to_map(&rec, cached)?)
+    }
+
+    /// Writes a tiny seeded Llama-architecture model (config.json, model.safetensors, a byte-level
+    /// tokenizer.json) into `dir`: for tests, CI and trying the trainer without a download. Options:
+    /// `arch` ("llama" or "qwen2"), `hidden` (64), `layers` (2), `heads` (4), `kv_heads` (2),
+    /// `intermediate` (128), `max_positions` (1024), `seed` (0).
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny2", #{hidden: 32, layers: 1});
+    /// assert(file_exists("/tmp/rtlab-doc-tiny2/config.json"), "made");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn create_tiny_model(dir: &str, options: Map) -> Result<(), Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new(
+            "create_tiny_model",
+            &options,
+            &[
+                "arch",
+                "hidden",
+                "layers",
+                "heads",
+                "kv_heads",
+                "intermediate",
+                "max_positions",
+                "seed",
+            ],
+        )?;
+        let mut spec = tiny::TinySpec::default();
+        for k in options.keys() {
+            let n = || -> Result<usize, String> { Ok(o.int_at_least(k, 1)?.unwrap_or(1) as usize) };
+            match k.as_str() {
+                "arch" => {
+                    spec.arch = match o.string("arch")?.unwrap_or_default().as_str() {
+                        "llama" => config::Arch::Llama,
+                        "qwen2" => config::Arch::Qwen2,
+                        other => {
+                            return Err(format!(
+                                "create_tiny_model: arch {other:?}: use \"llama\" or \"qwen2\""
+                            )
+                            .into())
+                        }
+                    }
+                }
+                "hidden" => spec.hidden = n()?,
+                "layers" => spec.layers = n()?,
+                "heads" => spec.heads = n()?,
+                "kv_heads" => spec.kv_heads = n()?,
+                "intermediate" => spec.intermediate = n()?,
+                "max_positions" => spec.max_positions = n()?,
+                "seed" => spec.seed = o.int_at_least("seed", 0)?.unwrap_or(0) as u64,
+                _ => {}
+            }
+        }
+        Ok(tiny::create(
+            &rtlab_core::workspace::resolve_path(dir),
+            &spec,
+        )?)
+    }
+
+    /// Loads a model for local generation: a Hugging Face directory, a GGUF file, a model rtlab knows
+    /// by name (`smollm2-135m`, pulled on first use) or `ollama:NAME[:TAG]`. Options: `adapter` (a
+    /// PEFT adapter directory on top), `template` (the prompt template; a GGUF's own chat template
+    /// otherwise), `dequantize` (false: a GGUF's quantized projections stay quantized and decode with
+    /// candle's quantized matmul, as llama.cpp runs them; true: every weight in f32).
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny3", #{});
+    /// let m = load_model("/tmp/rtlab-doc-tiny3", #{});
+    /// assert(m.to_string().starts_with("LocalModel(Llama"), "loaded");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn load_model(dir: &str, options: Map) -> Result<Local, Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new(
+            "load_model",
+            &options,
+            &["adapter", "template", "dequantize"],
+        )?;
+        let adapter = text(&options, "adapter")?.map(|a| rtlab_core::workspace::resolve_path(&a));
+        let m = load_local(
+            &models::locate(dir)?,
+            adapter.as_deref(),
+            text(&options, "template")?,
+            o.bool("dequantize")?.unwrap_or(false),
+        )?;
+        Ok(Local(m))
+    }
+
+    /// Generates the answer to `prompt` (put through the model's template) with a KV cache. Options:
+    /// `max_tokens` (256), `temperature` (0 = greedy), `top_p` (1), `seed` (0).
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny4", #{});
+    /// let m = load_model("/tmp/rtlab-doc-tiny4", #{});
+    /// let a = m.generate("a 2-input AND gate", #{max_tokens: 8});
+    /// assert(a.len() <= 64, "at most 8 tokens (bytes here)");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn generate(
+        model: &mut Local,
+        prompt: &str,
+        options: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
+        Ok(model.0.answer(prompt, &gen_options(&options)?)?)
+    }
+
+    /// `generate` with the default options (greedy, 256 tokens).
+    #[rhai_fn(name = "generate", return_raw)]
+    pub fn generate_default(model: &mut Local, prompt: &str) -> Result<String, Box<EvalAltResult>> {
+        Ok(model.0.answer(prompt, &GenOptions::default())?)
+    }
+
+    /// The model's logits at every token of `text` (no template): an array per position of `vocab`
+    /// floats. For checking rtlab against another implementation on the same model and adapter.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny6", #{});
+    /// let l = load_model("/tmp/rtlab-doc-tiny6", #{}).logits("ab");
+    /// assert_eq(l.len(), 2);        // one position per byte with the tiny tokenizer
+    /// assert_eq(l[0].len(), 259);   // 256 bytes + 3 special tokens
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn logits(model: &mut Local, text: &str) -> Result<Array, Box<EvalAltResult>> {
+        Ok(model
+            .0
+            .logits(text)?
+            .into_iter()
+            .map(|row| {
+                Dynamic::from(
+                    row.into_iter()
+                        .map(|x| Dynamic::from(x as f64))
+                        .collect::<Array>(),
+                )
+            })
+            .collect())
+    }
+
+    /// The token ids of `text` under the model's tokenizer (no template): for checking rtlab's
+    /// tokenizer and forward pass against another implementation on the same ids.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny7", #{});
+    /// assert_eq(load_model("/tmp/rtlab-doc-tiny7", #{}).tokens("ab").len(), 2);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn tokens(model: &mut Local, text: &str) -> Result<Array, Box<EvalAltResult>> {
+        Ok(model
+            .0
+            .tokens(text)?
+            .into_iter()
+            .map(|id| Dynamic::from(id as i64))
+            .collect())
+    }
+
+    /// Writes a GGUF of `base` (a GGUF file or a model's name) with the PEFT `adapter` merged in
+    /// (`W + s·B·A`), for llama.cpp and Ollama: the base's metadata, tokenizer and chat template, its
+    /// matrices as `quant` (`"f16"`, `"q8_0"`, or `"q4_k"`, where rows that a k-quant cannot take fall
+    /// back to Q8_0) and its norms as F32. Returns the written file's path.
+    ///
+    /// ```rhai
+    /// let rows = [#{instruction: "Write inv.", output: "module inv(input a, output y); assign y = ~a; endmodule"}];
+    /// let run = train_lora(#{base: "smollm2-135m", data: from_records(rows), out: "/tmp/rtlab-doc-export-run",
+    ///                        r: 2, epochs: 1, batch_size: 1, grad_accum: 1, max_len: 48, target_modules: ["q_proj"]});
+    /// let gguf = export_gguf("smollm2-135m", run.adapter, "/tmp/rtlab-doc-export.gguf", #{quant: "q8_0"});
+    /// assert_eq(load_model(gguf, #{}).tokens("module").len(), 1);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn export_gguf(
+        base: &str,
+        adapter: &str,
+        out: &str,
+        options: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new("export_gguf", &options, &["quant"])?;
+        let quant = gguf::Quant::parse(&o.string("quant")?.unwrap_or_else(|| "q8_0".into()))
+            .map_err(|e| format!("export_gguf: {e}"))?;
+        let out = rtlab_core::workspace::resolve_path(out);
+        export_merged_gguf(
+            base,
+            &rtlab_core::workspace::resolve_path(adapter),
+            &out,
+            quant,
+        )?;
+        Ok(out.display().to_string())
+    }
+
+    /// Writes an Ollama Modelfile like the plans' and returns its path. Options: `from` (required: a
+    /// GGUF path or an Ollama model such as `llama3:8b`), `adapter`, `system`, `template`,
+    /// `parameters` (a map: `#{temperature: 0.2, num_ctx: 4096}`), `out` (default `Modelfile`).
+    /// Then: `ollama create NAME -f Modelfile`.
+    ///
+    /// ```rhai
+    /// let path = ollama_modelfile(#{from: "./rtl-v5.gguf", system: "You write synthesizable Verilog.",
+    ///                                parameters: #{temperature: 0.2}, out: "/tmp/rtlab-doc-Modelfile"});
+    /// assert_eq(read_text(path), "FROM ./rtl-v5.gguf\nSYSTEM \"\"\"You write synthesizable Verilog.\"\"\"\nPARAMETER temperature 0.2\n");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn ollama_modelfile(options: Map) -> Result<String, Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new(
+            "ollama_modelfile",
+            &options,
+            &["from", "adapter", "system", "template", "parameters", "out"],
+        )?;
+        let from = o.string("from")?.ok_or(
+            "ollama_modelfile: pass from: a GGUF file or an Ollama model such as \"llama3:8b\"",
+        )?;
+        let parameters: Vec<(String, String)> = o
+            .map("parameters")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let text = modelfile(
+            &from,
+            o.string("adapter")?.as_deref(),
+            o.string("system")?.as_deref(),
+            o.string("template")?.as_deref(),
+            &parameters,
+        )?;
+        let out = rtlab_core::workspace::resolve_path(
+            &o.string("out")?.unwrap_or_else(|| "Modelfile".into()),
+        );
+        rtlab_core::workspace::write_atomic(&out, text.as_bytes())
+            .map_err(|e| format!("ollama_modelfile: cannot write {}: {e}", out.display()))?;
+        Ok(out.display().to_string())
+    }
+
+    /// The text of token ids under the model's tokenizer: `m.decode(m.tokens(text)) == text`.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny8", #{});
+    /// let m = load_model("/tmp/rtlab-doc-tiny8", #{});
+    /// assert_eq(m.decode(m.tokens("module m;")), "module m;");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn decode(model: &mut Local, ids: Array) -> Result<String, Box<EvalAltResult>> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|v| {
+                v.as_int()
+                    .ok()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| format!("decode: token ids are integers ≥ 0, not {v}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(model
+            .0
+            .tokenizer
+            .decode(&ids, false)
+            .map_err(|e| format!("decode: {e}"))?)
+    }
+
+    /// Merges a PEFT adapter into its base model and writes the merged model to `out` (safetensors in
+    /// the base's dtype and shard layout, plus config and tokenizer), ready for vLLM, llama.cpp's
+    /// converter or Ollama. Returns how many weight matrices changed.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-tiny5", #{});
+    /// let run = train_lora(#{base: "/tmp/rtlab-doc-tiny5", data: from_records([#{instruction: "x", output: "y"}]),
+    ///                        out: "/tmp/rtlab-doc-run5", r: 2, epochs: 1, batch_size: 1, grad_accum: 1});
+    /// assert_eq(merge("/tmp/rtlab-doc-tiny5", run.adapter, "/tmp/rtlab-doc-merged5"), 14);
+    /// ```
+    #[rhai_fn(name = "merge", return_raw)]
+    pub fn merge_adapter(base: &str, adapter: &str, out: &str) -> Result<i64, Box<EvalAltResult>> {
+        let r = rtlab_core::workspace::resolve_path;
+        Ok(super::merge(&r(base), &r(adapter), &r(out))? as i64)
+    }
+}

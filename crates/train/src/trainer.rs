@@ -1,0 +1,528 @@
+//! The training loop: micro-batches with gradient accumulation, global-norm clipping, AdamW with
+//! warmup and a decay schedule, seeded data order and dropout, atomic checkpoints, resume.
+//!
+//! Determinism is a contract: the data order of epoch `e` comes from `seed + e`, dropout's mask of
+//! step `s` from `seed` and `s`, and a checkpoint stores the adapter, AdamW's moments and the loss
+//! curve bit for bit; so a resumed run reproduces the uninterrupted run's curve exactly on the CPU.
+
+use super::examples::{self, Batch, Example};
+use super::model::{masked_nll, CausalLm, LoraSpec, Pass};
+use super::{peft, TrainError};
+use candle_core::{DType, Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hyper {
+    pub lr: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Warmup in optimizer steps.
+    pub warmup_steps: usize,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub checkpoint_every: usize,
+    /// Stop after this many optimizer steps (for a quick look, and for tests).
+    pub max_steps: Option<usize>,
+}
+
+impl Hyper {
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = (total - self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Linear => self.lr * (1.0 - progress),
+            Schedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        }
+    }
+}
+
+/// One optimizer step of the curve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepLog {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    curve: Vec<StepLog>,
+    tokens: usize,
+}
+
+/// AdamW as PyTorch does it: decoupled weight decay, bias-corrected moments.
+struct AdamW {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+}
+
+impl AdamW {
+    fn new(vars: &[Var]) -> candle_core::Result<AdamW> {
+        Ok(AdamW {
+            m: vars
+                .iter()
+                .map(|v| v.zeros_like())
+                .collect::<Result<_, _>>()?,
+            v: vars
+                .iter()
+                .map(|v| v.zeros_like())
+                .collect::<Result<_, _>>()?,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        })
+    }
+
+    fn step(
+        &mut self,
+        vars: &[Var],
+        grads: &[Tensor],
+        lr: f64,
+        wd: f64,
+        t: usize,
+    ) -> candle_core::Result<()> {
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(t as i32);
+        let c2 = 1.0 - b2.powi(t as i32);
+        for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
+            self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
+            let p = var.as_tensor();
+            let decayed = (p * (1.0 - lr * wd))?;
+            var.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub out: String,
+    pub steps: usize,
+    pub total_steps: usize,
+    pub examples: usize,
+    pub skipped_rows: Vec<usize>,
+    pub curve: Vec<StepLog>,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+    pub peak_rss_mb: f64,
+    pub trainable_params: usize,
+    pub resumed_from: Option<usize>,
+    pub cancelled: bool,
+    pub fingerprint: String,
+}
+
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn vars_of(model: &CausalLm) -> Vec<(String, Var)> {
+    model
+        .adapters()
+        .into_iter()
+        .flat_map(|(path, l)| {
+            [
+                (format!("{path}.lora_A"), l.a.clone()),
+                (format!("{path}.lora_B"), l.b.clone()),
+            ]
+        })
+        .collect()
+}
+
+/// The GPU a job's steps run on, with the base weights to upload.
+pub struct GpuSetup<'a> {
+    pub gpu: rtlab_kernels::Gpu,
+    pub weights: &'a super::model::Weights,
+    pub cfg: &'a super::config::ModelConfig,
+}
+
+pub struct Job<'a> {
+    pub gpu: Option<GpuSetup<'a>>,
+    pub model: &'a CausalLm,
+    pub spec: &'a LoraSpec,
+    pub examples: &'a [Example],
+    pub pad: u32,
+    pub hyper: &'a Hyper,
+    pub out: &'a Path,
+    pub base_name: &'a str,
+    pub resume: bool,
+    pub fingerprint: &'a str,
+    pub skipped_rows: Vec<usize>,
+}
+
+fn checkpoints_dir(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}
+
+/// The newest complete checkpoint: a `step-N` directory (they appear by rename, so each is whole).
+pub fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
+    std::fs::read_dir(checkpoints_dir(out))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("step-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(|n| (n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+}
+
+/// Writes `checkpoints/step-N` via a temp dir and one rename; keeps the two newest.
+fn write_checkpoint(
+    job: &Job,
+    adam: &AdamW,
+    vars: &[(String, Var)],
+    state: &TrainerState,
+) -> Result<(), TrainError> {
+    let dir = checkpoints_dir(job.out);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-step-")
+        .tempdir_in(&dir)?;
+    peft::save(tmp.path(), job.model, job.spec, job.base_name)?;
+    let mut moments = BTreeMap::new();
+    for (i, (name, _)) in vars.iter().enumerate() {
+        for (kind, t) in [("m", &adam.m[i]), ("v", &adam.v[i])] {
+            let t = t.to_dtype(DType::F32)?;
+            moments.insert(
+                format!("{name}.{kind}"),
+                (t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?),
+            );
+        }
+    }
+    super::tiny::write_f32_safetensors(&tmp.path().join("optimizer.safetensors"), &moments)?;
+    rtlab_core::workspace::write_atomic(
+        &tmp.path().join("trainer_state.json"),
+        serde_json::to_string(state)?.as_bytes(),
+    )?;
+    if std::env::var("RTLAB_FAULT_CHECKPOINT").ok().as_deref()
+        == Some(&format!("abort-before-rename-{}", state.step))
+    {
+        // Fault injection for the test that a kill mid-checkpoint keeps the last good one.
+        std::process::abort();
+    }
+    let final_dir = dir.join(format!("step-{:08}", state.step));
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, &final_dir)?;
+    // Keep the two newest; older ones and temp dirs left by a kill go.
+    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(".tmp-step-") && e.path() != tmp_path {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+            name.strip_prefix("step-")
+                .and_then(|n| n.parse().ok())
+                .map(|n| (n, e.path()))
+        })
+        .collect();
+    steps.sort();
+    while steps.len() > 2 {
+        let (_, p) = steps.remove(0);
+        let _ = std::fs::remove_dir_all(p);
+    }
+    Ok(())
+}
+
+fn restore(
+    job: &Job,
+    vars: &[(String, Var)],
+    adam: &mut AdamW,
+) -> Result<Option<TrainerState>, TrainError> {
+    let Some((_, dir)) = latest_checkpoint(job.out) else {
+        return Ok(None);
+    };
+    let dev = &job.model.device;
+    let (_, tensors) = peft::load(&dir, dev)?;
+    let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)?;
+    for (i, (name, var)) in vars.iter().enumerate() {
+        let (module, which) = name.rsplit_once('.').unwrap_or((name, ""));
+        let pair = tensors.get(module).ok_or_else(|| {
+            TrainError::Input(format!(
+                "checkpoint {} has no adapter for {module}: was it made with other options?",
+                dir.display()
+            ))
+        })?;
+        let t = if which == "lora_A" { &pair.0 } else { &pair.1 };
+        var.set(&t.to_dtype(job.model.dtype)?)?;
+        for (kind, slot) in [("m", &mut adam.m[i]), ("v", &mut adam.v[i])] {
+            let t = moments.get(&format!("{name}.{kind}")).ok_or_else(|| {
+                TrainError::Input(format!(
+                    "checkpoint {} lacks optimizer state {name}.{kind}",
+                    dir.display()
+                ))
+            })?;
+            *slot = t.to_dtype(job.model.dtype)?;
+        }
+    }
+    let state: TrainerState =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json"))?)?;
+    Ok(Some(state))
+}
+
+/// Micro-batches of one epoch, in that epoch's seeded order.
+fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch as u64));
+    order.shuffle(&mut rng);
+    order.chunks(batch_size).map(|c| c.to_vec()).collect()
+}
+
+pub fn steps_per_epoch(n: usize, h: &Hyper) -> usize {
+    n.div_ceil(h.batch_size).div_ceil(h.grad_accum)
+}
+
+pub fn run(job: Job) -> Result<RunRecord, TrainError> {
+    let h = job.hyper;
+    let n = job.examples.len();
+    let per_epoch = steps_per_epoch(n, h);
+    let mut total = per_epoch * h.epochs;
+    if let Some(m) = h.max_steps {
+        total = total.min(m);
+    }
+    let vars = vars_of(job.model);
+    let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let trainable: usize = plain.iter().map(|v| v.elem_count()).sum();
+    let mut adam = AdamW::new(&plain)?;
+    let mut state = TrainerState {
+        step: 0,
+        curve: Vec::new(),
+        tokens: 0,
+    };
+    let mut resumed_from = None;
+    if job.resume {
+        if let Some(s) = restore(&job, &vars, &mut adam)? {
+            resumed_from = Some(s.step);
+            state = s;
+        }
+    }
+    let mut on_gpu = match &job.gpu {
+        None => None,
+        Some(g) => {
+            let moments: Vec<(String, Tensor, Tensor)> = vars
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (name.clone(), adam.m[i].clone(), adam.v[i].clone()))
+                .collect();
+            Some(super::gpu::GpuStep::new(
+                &g.gpu, g.cfg, g.weights, job.model, job.spec, &moments,
+            )?)
+        }
+    };
+    // Brings the GPU's adapters and moments into the candle model and AdamW before anything is saved.
+    let sync = |on_gpu: &Option<super::gpu::GpuStep>, adam: &mut AdamW| -> Result<(), TrainError> {
+        if let Some(g) = on_gpu {
+            let moments = g.download(job.model)?;
+            for (i, (name, _)) in vars.iter().enumerate() {
+                let (m, v) = &moments[name];
+                adam.m[i] = m.clone();
+                adam.v[i] = v.clone();
+            }
+        }
+        Ok(())
+    };
+    let bar = progress_bar(total as u64, state.step as u64);
+    let started = Instant::now();
+    let mut tokens_this_run = 0usize;
+    let mut cancelled = false;
+    let dtype = job.model.dtype;
+    while state.step < total {
+        if rtlab_core::cancel_requested() {
+            cancelled = true;
+            break;
+        }
+        let step = state.step;
+        let epoch = step / per_epoch;
+        let batches = epoch_batches(n, h.batch_size, h.seed, epoch);
+        let first = (step % per_epoch) * h.grad_accum;
+        let micro: Vec<&Vec<usize>> = batches.iter().skip(first).take(h.grad_accum).collect();
+        let prepared: Vec<Batch> = micro
+            .iter()
+            .map(|idx| {
+                let ex: Vec<&Example> = idx.iter().map(|&i| &job.examples[i]).collect();
+                examples::batch(&ex, job.pad, dtype, &job.model.device)
+            })
+            .collect::<Result<_, _>>()?;
+        let scored: usize = prepared.iter().map(|b| b.scored).sum::<usize>().max(1);
+        let lr = h.lr_at(step, total);
+        // Dropout of micro-batch k of step s is seeded the same way on both devices.
+        let seed = |k: usize| h.seed ^ ((step as u64) << 20) ^ k as u64;
+        let (loss_sum, grad_norm) = match on_gpu.as_mut() {
+            Some(g) => {
+                let mut loss = 0.0;
+                for (k, b) in prepared.iter().enumerate() {
+                    loss += g.micro(b, scored as f64, seed(k))?;
+                }
+                (
+                    loss,
+                    g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?,
+                )
+            }
+            None => cpu_step(
+                job.model, &prepared, &plain, &mut adam, scored, lr, h, step, seed,
+            )?,
+        };
+        let tokens: usize = prepared.iter().map(|b| b.tokens).sum();
+        tokens_this_run += tokens;
+        state.tokens += tokens;
+        state.step += 1;
+        state.curve.push(StepLog {
+            step: state.step,
+            epoch,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens: state.tokens,
+        });
+        if let Some(b) = &bar {
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            b.set_message(format!(
+                "loss {loss_sum:.4}  {:.0} tok/s",
+                tokens_this_run as f64 / secs
+            ));
+            b.set_position(state.step as u64);
+        }
+        if h.checkpoint_every > 0
+            && state.step.is_multiple_of(h.checkpoint_every)
+            && state.step < total
+        {
+            sync(&on_gpu, &mut adam)?;
+            write_checkpoint(&job, &adam, &vars, &state)?;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    sync(&on_gpu, &mut adam)?;
+    if cancelled {
+        write_checkpoint(&job, &adam, &vars, &state)?;
+    } else {
+        peft::save(job.out, job.model, job.spec, job.base_name)?;
+    }
+    Ok(RunRecord {
+        out: job.out.display().to_string(),
+        steps: state.step,
+        total_steps: total,
+        examples: n,
+        skipped_rows: job.skipped_rows,
+        curve: state.curve,
+        tokens_per_s: tokens_this_run as f64 / seconds.max(1e-9),
+        seconds,
+        peak_rss_mb: peak_rss_mb(),
+        trainable_params: trainable,
+        resumed_from,
+        cancelled,
+        fingerprint: job.fingerprint.to_string(),
+    })
+}
+
+/// One optimizer step on the CPU: forward + backward of each micro-batch, gradients summed, clipped to
+/// `max_grad_norm`, AdamW. Returns the step's loss and its gradient norm before clipping.
+#[allow(clippy::too_many_arguments)] // the step's inputs, named as the loop has them
+fn cpu_step(
+    model: &CausalLm,
+    prepared: &[Batch],
+    plain: &[Var],
+    adam: &mut AdamW,
+    scored: usize,
+    lr: f64,
+    h: &Hyper,
+    step: usize,
+    seed: impl Fn(usize) -> u64,
+) -> Result<(f64, f64), TrainError> {
+    let mut sums: Vec<Option<Tensor>> = vec![None; plain.len()];
+    let mut loss_sum = 0.0;
+    for (k, b) in prepared.iter().enumerate() {
+        let mut pass = Pass::training(seed(k));
+        let logits = model.forward(&b.inputs, None, &mut pass)?;
+        let loss = masked_nll(&logits, &b.targets, &b.mask, scored as f64)?;
+        loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = loss.backward()?;
+        for (i, var) in plain.iter().enumerate() {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sums[i] = Some(match sums[i].take() {
+                    None => g.clone(),
+                    Some(s) => (s + g)?,
+                });
+            }
+        }
+    }
+    let grads: Vec<Tensor> = sums
+        .into_iter()
+        .zip(plain)
+        .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.zeros_like()))
+        .collect::<Result<_, candle_core::Error>>()?;
+    let mut norm_sq = 0.0;
+    for g in &grads {
+        norm_sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    let grad_norm = norm_sq.sqrt();
+    let grads = if h.max_grad_norm > 0.0 && grad_norm > h.max_grad_norm {
+        let factor = h.max_grad_norm / (grad_norm + 1e-6);
+        grads
+            .iter()
+            .map(|g| g * factor)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        grads
+    };
+    adam.step(plain, &grads, lr, h.weight_decay, step + 1)?;
+    Ok((loss_sum, grad_norm))
+}
+
+/// A bar with loss, tokens/s and ETA on stderr when it is a terminal.
+fn progress_bar(len: u64, start: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_position(start);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "train {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}

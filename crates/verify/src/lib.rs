@@ -1,0 +1,424 @@
+//! The Verilog verifier: scores an example by syntax (iverilog), synthesis and I/O use (a light Yosys
+//! pass read as a netlist), lint (Verilator -Wall) and functional simulation (iverilog/vvp against a
+//! VerilogEval, A7 or RTLLM testbench, or a differential testbench built from a reference module).
+//!
+//! Main types: [`VerifyOptions`], [`Report`]. Untrusted code is screened ([`sandbox`]) and every tool
+//! runs in a private scratch directory under rlimits ([`process`]). Batches run on every core and are
+//! cached in the workspace store ([`batch`]).
+
+mod api;
+pub mod batch;
+mod difftb;
+pub mod mutate;
+pub mod process;
+pub mod sandbox;
+pub mod stages;
+mod verilator_ports;
+mod yosys;
+
+pub use api::{register, verify_rows, FrameInputs};
+pub use stages::verify;
+
+use rhai::Map;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// Score weights. The score is the weighted mean over the stages that ran (`Report::stages`): a stage
+/// that was not chosen (or `sim` without a testbench or reference) is left out and the rest renormalize.
+/// A chosen stage whose tool is missing is an error before any work, never left out.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Weights {
+    pub syntax: f64,
+    pub synth: f64,
+    pub io: f64,
+    pub lint: f64,
+    pub functional: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            syntax: 0.2,
+            synth: 0.2,
+            io: 0.2,
+            lint: 0.1,
+            functional: 0.3,
+        }
+    }
+}
+
+/// Per-stage time limits in milliseconds (`timeouts: #{syntax, synth, lint, sim, synth_full}`).
+/// A stage that runs past its limit fails: it scores 0 and says so in `errors`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Timeouts {
+    pub syntax: u64,
+    pub synth: u64,
+    pub lint: u64,
+    /// Compiling and running the testbench.
+    pub sim: u64,
+    /// The full `synth` stage and the `equiv` proof, when asked for: some designs take many seconds.
+    pub synth_full: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            syntax: 30_000,
+            synth: 30_000,
+            lint: 30_000,
+            sim: 30_000,
+            synth_full: 60_000,
+        }
+    }
+}
+
+/// Which simulator runs testbenches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Simulator {
+    Iverilog,
+    Verilator,
+    /// iverilog, and Verilator where iverilog says a construct is not supported ("sorry:").
+    Auto,
+}
+
+/// Every stage the verifier knows, in the order it runs them.
+pub const ALL_STAGES: &[&str] = &["syntax", "synth", "lint", "sim", "synth_full", "equiv"];
+
+/// The stages run when no `stages` option is given (`sim` only where there is a testbench or a
+/// reference to run against).
+pub const DEFAULT_STAGES: &[&str] = &["syntax", "synth", "lint", "sim"];
+
+/// What to verify against and how.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VerifyOptions {
+    pub top: Option<String>,
+    pub testbench: Option<String>,
+    pub reference: Option<String>,
+    pub spec: Option<String>,
+    pub timeouts: Timeouts,
+    pub simulator: Simulator,
+    /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full and equiv on request.
+    pub stages: Vec<String>,
+    pub weights: Weights,
+    /// Random cycles of a differential testbench.
+    pub diff_cycles: usize,
+    pub seed: u32,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            top: None,
+            testbench: None,
+            reference: None,
+            spec: None,
+            timeouts: Timeouts::default(),
+            simulator: Simulator::Auto,
+            stages: DEFAULT_STAGES.iter().map(|s| s.to_string()).collect(),
+            weights: Weights::default(),
+            diff_cycles: 2000,
+            seed: 1,
+        }
+    }
+}
+
+/// The options `verify` takes (`df.verify` adds `code`).
+pub const VERIFY_KEYS: &[&str] = &[
+    "top",
+    "testbench",
+    "reference",
+    "spec",
+    "timeout_ms",
+    "synth_timeout_ms",
+    "timeouts",
+    "simulator",
+    "stages",
+    "weights",
+    "diff_cycles",
+    "seed",
+];
+
+impl VerifyOptions {
+    pub fn wants(&self, stage: &str) -> bool {
+        self.stages.iter().any(|s| s == stage)
+    }
+
+    /// From a Rhai options map; `extra` are keys the caller reads itself (`code` for `df.verify`).
+    /// Unknown keys and values of the wrong type are errors naming them.
+    pub fn from_map(
+        function: &'static str,
+        map: &Map,
+        extra: &[&str],
+    ) -> Result<VerifyOptions, String> {
+        let valid: Vec<&str> = VERIFY_KEYS.iter().chain(extra).copied().collect();
+        let opts = rtlab_core::options::Options::new(function, map, &valid)?;
+        let top = opts.string("top")?;
+        // The top is passed to the tools as an argument: only a module name, never a flag.
+        if let Some(t) = &top {
+            if !is_module_name(t) {
+                return Err(format!(
+                    "{function}: option `top` must be a module name (a Verilog identifier), not {t:?}"
+                ));
+            }
+        }
+        let mut o = VerifyOptions {
+            top,
+            testbench: opts.string("testbench")?,
+            reference: opts.string("reference")?,
+            spec: opts.string("spec")?,
+            ..VerifyOptions::default()
+        };
+        let ms = |key: &str| -> Result<Option<u64>, String> {
+            Ok(opts.int_at_least(key, 1)?.map(|v| v as u64))
+        };
+        if let Some(t) = ms("timeout_ms")? {
+            o.timeouts.sim = t;
+        }
+        if let Some(t) = ms("synth_timeout_ms")? {
+            o.timeouts.synth_full = t;
+        }
+        for (stage, t) in opts.numbers(
+            "timeouts",
+            &["syntax", "synth", "lint", "sim", "synth_full"],
+        )? {
+            if t < 1.0 || t.fract() != 0.0 {
+                return Err(format!(
+                    "{function}: `timeouts.{stage}` must be a whole number of milliseconds of at least 1, not {t}"
+                ));
+            }
+            let slot = match stage.as_str() {
+                "syntax" => &mut o.timeouts.syntax,
+                "synth" => &mut o.timeouts.synth,
+                "lint" => &mut o.timeouts.lint,
+                "sim" => &mut o.timeouts.sim,
+                _ => &mut o.timeouts.synth_full,
+            };
+            *slot = t as u64;
+        }
+        if let Some(sim) = opts.string("simulator")? {
+            o.simulator = match sim.as_str() {
+                "iverilog" => Simulator::Iverilog,
+                "verilator" => Simulator::Verilator,
+                "auto" => Simulator::Auto,
+                other => {
+                    return Err(format!(
+                    "{function}: simulator {other:?}: use \"iverilog\", \"verilator\" or \"auto\""
+                ))
+                }
+            };
+        }
+        if let Some(n) = opts.int_at_least("diff_cycles", 1)? {
+            o.diff_cycles = n as usize;
+        }
+        if let Some(seed) = opts.int("seed")? {
+            o.seed = u32::try_from(seed).map_err(|_| {
+                format!(
+                    "{function}: option `seed` must be between 0 and {}, not {seed}",
+                    u32::MAX
+                )
+            })?;
+        }
+        if let Some(stages) = opts.strings("stages")? {
+            for s in &stages {
+                if !ALL_STAGES.contains(&s.as_str()) {
+                    return Err(format!(
+                        "{function}: unknown stage {s:?}; stages are {}",
+                        ALL_STAGES.join(", ")
+                    ));
+                }
+            }
+            if !stages.iter().any(|s| s == "syntax") {
+                return Err(format!(
+                    "{function}: `stages` must include \"syntax\": every other stage needs a design that compiles"
+                ));
+            }
+            o.stages = stages;
+        }
+        for (name, x) in
+            opts.numbers("weights", &["syntax", "synth", "io", "lint", "functional"])?
+        {
+            if x < 0.0 || !x.is_finite() {
+                return Err(format!(
+                    "{function}: `weights.{name}` must be a number of at least 0, not {x}"
+                ));
+            }
+            match name.as_str() {
+                "syntax" => o.weights.syntax = x,
+                "synth" => o.weights.synth = x,
+                "io" => o.weights.io = x,
+                "lint" => o.weights.lint = x,
+                _ => o.weights.functional = x,
+            }
+        }
+        Ok(o)
+    }
+
+    /// The tools the chosen stages need, with the stage that needs each. `simulates`: some example has
+    /// a testbench or a reference, so `sim` runs (and a differential testbench needs Yosys for ports).
+    fn needed_tools(&self, simulates: bool) -> Vec<(&'static Tool, &'static str)> {
+        let mut out = Vec::new();
+        if self.wants("syntax") {
+            out.push((&IVERILOG, "syntax"));
+        }
+        if self.wants("synth") {
+            out.push((&YOSYS, "synth"));
+        }
+        if self.wants("lint") {
+            out.push((&VERILATOR, "lint"));
+        }
+        if self.wants("sim") && simulates {
+            if self.simulator == Simulator::Verilator {
+                out.push((&VERILATOR, "sim"));
+            } else {
+                out.push((&IVERILOG, "sim"));
+                out.push((&VVP, "sim"));
+            }
+            if self.testbench.is_none() && self.reference.is_some() {
+                out.push((&YOSYS, "sim"));
+            }
+        }
+        if self.wants("synth_full") {
+            out.push((&YOSYS, "synth_full"));
+        }
+        if self.wants("equiv") {
+            out.push((&YOSYS, "equiv"));
+        }
+        out
+    }
+
+    /// Refuses to start when a chosen stage's tool is missing: a stage that cannot run is never dropped
+    /// from the score in silence. The error names the tool, the install command and the way to
+    /// leave the stage out on purpose.
+    pub fn check_tools(&self, simulates: bool) -> Result<(), String> {
+        let mut missing: Vec<(&Tool, &str)> = Vec::new();
+        for (tool, stage) in self.needed_tools(simulates) {
+            if tool_versions()
+                .get(tool.program)
+                .cloned()
+                .flatten()
+                .is_none()
+                && !missing.iter().any(|(t, _)| t.program == tool.program)
+            {
+                missing.push((tool, stage));
+            }
+        }
+        let Some((tool, stage)) = missing.first() else {
+            return Ok(());
+        };
+        let without: Vec<&str> = self
+            .stages
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !missing.iter().any(|(_, m)| m == s))
+            .collect();
+        Err(format!(
+            "verify: the {stage} stage needs {}, which is not installed (run `rtlab doctor`); install it with `sudo {}`, or leave the stage out on purpose with stages: [{}]",
+            tool.program,
+            tool.install,
+            without
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+/// True for a plain Verilog identifier: what a `top` may be, since it is passed to the tools as an
+/// argument (a flag smuggled in it would load a VPI module, say).
+pub fn is_module_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+/// The verdict on one example.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub syntax_ok: bool,
+    pub synth_ok: Option<bool>,
+    pub all_io_used: Option<bool>,
+    pub unused_inputs: Vec<String>,
+    pub undriven_outputs: Vec<String>,
+    pub lint: Vec<String>,
+    /// pass, mismatch, compile_err, timeout, error or skipped.
+    pub sim_status: String,
+    pub mismatches: Option<i64>,
+    pub samples: Option<i64>,
+    pub functional: Option<bool>,
+    /// VerilogEval's failure class of a failed simulation (S, C, m, p, c, e, n, T, or mismatch).
+    pub failure_class: Option<String>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// The weighted mean over exactly the stages in `stages` (see [`Weights`]).
+    pub score: f64,
+    /// The stages that ran, in order; the score's weights cover exactly these.
+    pub stages: Vec<String>,
+    /// Stages that ran past their timeout (they score 0).
+    pub timed_out: Vec<String>,
+    pub stage_ms: BTreeMap<String, f64>,
+    pub tools: BTreeMap<String, String>,
+    /// Stages that did not run, with why (a missing tool and its install command, say).
+    pub skipped: BTreeMap<String, String>,
+    /// Formal equivalence with the reference (the `equiv` stage): "equivalent", "different" or
+    /// "unknown" (the induction did not close), or None when not run.
+    pub equiv: Option<String>,
+    /// The log of the simulation (capped), for reading why it failed.
+    pub sim_log: String,
+    /// The simulator that ran the testbench ("iverilog" or "verilator"), or None when none ran.
+    pub simulator: Option<String>,
+}
+
+impl Report {
+    pub fn to_map(&self) -> Map {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        rtlab_data::json_to_dynamic(v)
+            .try_cast::<Map>()
+            .unwrap_or_default()
+    }
+}
+
+/// An external tool and how to install it.
+pub struct Tool {
+    pub program: &'static str,
+    pub version_args: &'static [&'static str],
+    pub install: &'static str,
+}
+
+pub const IVERILOG: Tool = Tool {
+    program: "iverilog",
+    version_args: &["-V"],
+    install: "apt-get install -y iverilog",
+};
+pub const VVP: Tool = Tool {
+    program: "vvp",
+    version_args: &["-V"],
+    install: "apt-get install -y iverilog",
+};
+pub const YOSYS: Tool = Tool {
+    program: "yosys",
+    version_args: &["-V"],
+    install: "apt-get install -y yosys",
+};
+pub const VERILATOR: Tool = Tool {
+    program: "verilator",
+    version_args: &["--version"],
+    install: "apt-get install -y verilator",
+};
+
+/// Tool versions, probed once per process; a missing tool maps to None.
+pub fn tool_versions() -> &'static BTreeMap<&'static str, Option<String>> {
+    static VERSIONS: OnceLock<BTreeMap<&'static str, Option<String>>> = OnceLock::new();
+    VERSIONS.get_or_init(|| {
+        [IVERILOG, VVP, YOSYS, VERILATOR]
+            .iter()
+            .map(|t| {
+                let v = process::tool_version(t.program, t.version_args)
+                    .map(|line| line.split(" (").next().unwrap_or(&line).to_string());
+                (t.program, v)
+            })
+            .collect()
+    })
+}

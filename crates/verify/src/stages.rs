@@ -1,0 +1,1036 @@
+//! The verifier's stages, run in order in one scratch directory: syntax (iverilog), the light Yosys
+//! pass (synthesizability, ports, I/O use), lint (Verilator), optional full synthesis, simulation.
+
+use super::process::{run_tool, Ended, Limits, Outcome};
+use super::{
+    difftb, sandbox, tool_versions, verilator_ports, yosys, Report, Simulator, Tool, VerifyOptions,
+    IVERILOG, VERILATOR, VVP, YOSYS,
+};
+use std::path::Path;
+use std::time::Duration;
+
+/// Lint codes already counted by the I/O check, or about file layout: not lint penalties.
+const LINT_NOT_PENALIZED: &[&str] = &[
+    "UNUSEDSIGNAL",
+    "UNDRIVEN",
+    "DECLFILENAME",
+    "UNUSEDPARAM",
+    "EOFNEWLINE",
+];
+
+fn available(tool: &Tool, report: &mut Report, stage: &str) -> bool {
+    match tool_versions().get(tool.program).cloned().flatten() {
+        Some(v) => {
+            report.tools.insert(tool.program.to_string(), v);
+            true
+        }
+        None => {
+            // The caller's `check_tools` refuses this up front; if a tool vanishes mid-batch the stage
+            // fails (it scores 0), it is not dropped from the score.
+            let why = format!(
+                "{} is not installed; install: sudo {}",
+                tool.program, tool.install
+            );
+            report.errors.push(format!("{stage}: {why}"));
+            report.skipped.insert(stage.to_string(), why);
+            false
+        }
+    }
+}
+
+fn lines_matching(output: &str, needles: &[&str]) -> Vec<String> {
+    output
+        .lines()
+        .map(str::trim)
+        .filter(|l| needles.iter().any(|n| l.to_lowercase().contains(n)))
+        .map(|l| l.chars().take(300).collect())
+        .take(20)
+        .collect()
+}
+
+fn ms(o: &Outcome) -> f64 {
+    (o.elapsed.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Renames `module NAME` (the declaration only) to `module NEW`.
+pub fn rename_module(code: &str, name: &str, new: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(i) = rest.find("module") {
+        let before_ok = i == 0
+            || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() && rest.as_bytes()[i - 1] != b'_';
+        let after = &rest[i + 6..];
+        let trimmed = after.trim_start();
+        if before_ok
+            && after.starts_with(char::is_whitespace)
+            && trimmed.starts_with(name)
+            && !trimmed[name.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+        {
+            out.push_str(&rest[..i]);
+            out.push_str("module ");
+            out.push_str(new);
+            rest = &trimmed[name.len()..];
+        } else {
+            out.push_str(&rest[..i + 6]);
+            rest = &rest[i + 6..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The names of the modules `code` declares, in order (comments and strings are not looked at).
+pub fn declared_modules(code: &str) -> Vec<String> {
+    let text = identifiers(code);
+    let mut names = Vec::new();
+    let mut words = text.iter();
+    while let Some(w) = words.next() {
+        if w == "module" || w == "macromodule" {
+            if let Some(name) = words.next() {
+                names.push(name.clone());
+            }
+        }
+    }
+    names
+}
+
+/// The identifier tokens of `code`, skipping comments, strings and escaped identifiers.
+fn identifiers(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    scan_identifiers(code, |start, end| out.push(code[start..end].to_string()));
+    out
+}
+
+/// The design as Yosys should read it: the keywords `always_comb`/`always_latch` as `always @*`.
+///
+/// Only whole keyword tokens in code change: an identifier that contains the word
+/// (`out_always_comb`), an escaped identifier, a comment or a string stays as written.
+pub fn yosys_friendly(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut copied = 0;
+    scan_identifiers(code, |start, end| {
+        if matches!(&code[start..end], "always_comb" | "always_latch") {
+            out.push_str(&code[copied..start]);
+            out.push_str("always @*");
+            copied = end;
+        }
+    });
+    out.push_str(&code[copied..]);
+    out
+}
+
+/// Calls `found(start, end)` for each identifier or keyword in code, in order: comments, strings and
+/// escaped identifiers are skipped, so a word inside them is never taken for code.
+pub fn scan_identifiers(code: &str, mut found: impl FnMut(usize, usize)) {
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        if rest.starts_with(b"//") {
+            i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        } else if rest.starts_with(b"/*") {
+            i += rest[2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(rest.len(), |p| p + 4);
+        } else if rest[0] == b'"' {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != b'"' && rest[j] != b'\n' {
+                j += if rest[j] == b'\\' { 2 } else { 1 };
+            }
+            i += (j + 1).min(rest.len());
+        } else if rest[0] == b'\\' {
+            // An escaped identifier runs to the next white space.
+            i += rest
+                .iter()
+                .position(|b| b.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+        } else if is_ident(rest[0]) {
+            let len = rest
+                .iter()
+                .position(|&b| !is_ident(b))
+                .unwrap_or(rest.len());
+            // A number (`8'd0`, `1`) is not an identifier.
+            if !rest[0].is_ascii_digit() && rest[0] != b'$' {
+                found(i, i + len);
+            }
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// VerilogEval's failure classes for compile errors.
+fn compile_failure_class(log: &str) -> &'static str {
+    let l = log.to_lowercase();
+    if l.contains("syntax error") {
+        "S"
+    } else if l.contains("unknown module type") {
+        "m"
+    } else if l.contains("unable to bind") && (l.contains("`clk'") || l.contains("clk")) {
+        "c"
+    } else if l.contains("unable to bind") {
+        "p"
+    } else if l.contains("cast") {
+        "e"
+    } else if l.contains("numeric constant") {
+        "n"
+    } else {
+        "C"
+    }
+}
+
+/// Verifies one example. Never panics: every failure becomes a status in the report. The caller
+/// checks the tools first ([`VerifyOptions::check_tools`]); a tool that is missing anyway fails its
+/// stage, which then scores 0.
+pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
+    let mut r = Report {
+        sim_status: "skipped".to_string(),
+        ..Report::default()
+    };
+    if code.trim().is_empty() {
+        r.errors.push("the design is empty".to_string());
+        return finish(r, opts);
+    }
+    if let Err(why) = screen_inputs(code, opts) {
+        r.errors.push(why);
+        r.sim_status = "error".to_string();
+        return finish(r, opts);
+    }
+    let scratch = match tempfile::Builder::new().prefix("rtlab-verify-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            r.errors
+                .push(format!("cannot create a scratch directory: {e}"));
+            r.sim_status = "error".to_string();
+            return finish(r, opts);
+        }
+    };
+    let dir = scratch.path();
+    // Yosys reads a copy where the `always_comb` keyword is `always @*`: Yosys rejects some
+    // always_comb blocks that simulators and synthesis tools accept (`default: next = 'x;` "infers a
+    // latch").
+    let written = std::fs::write(dir.join("design.sv"), code)
+        .and_then(|_| std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code)));
+    if let Err(e) = written {
+        r.errors.push(format!("cannot write the design: {e}"));
+        r.sim_status = "error".to_string();
+        return finish(r, opts);
+    }
+    if let Err(why) = screen_expanded(code, opts, dir) {
+        r.errors.push(why);
+        r.sim_status = "error".to_string();
+        return finish(r, opts);
+    }
+
+    syntax_stage(&mut r, opts, dir);
+    if !r.syntax_ok {
+        if opts.wants("sim") && simulates(opts) {
+            // The sample does not compile: for a benchmark that is a failed simulation, with its class.
+            r.sim_status = "compile_err".into();
+            r.functional = Some(false);
+            r.failure_class = Some(compile_failure_class(&r.errors.join("\n")).to_string());
+        }
+        return finish(r, opts);
+    }
+    let netlist = if opts.wants("synth") {
+        synth_stage(&mut r, opts, dir)
+    } else {
+        None
+    };
+    // The top module: given, or the one the light Yosys pass found, or the design's only module.
+    let top = opts
+        .top
+        .clone()
+        .or(netlist.as_ref().map(|n| n.top.clone()))
+        .or_else(|| match declared_modules(code).as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        });
+    if opts.wants("lint") {
+        lint_stage(&mut r, opts, dir, top.as_deref());
+    }
+    if opts.wants("synth_full") {
+        synth_full_stage(&mut r, opts, dir, top.as_deref());
+    }
+    if opts.wants("sim") && simulates(opts) {
+        r.stages.push("sim".into());
+        simulate(&mut r, code, opts, dir, top.as_deref());
+    }
+    if opts.wants("equiv") {
+        match &opts.reference {
+            Some(reference) => {
+                if available(&YOSYS, &mut r, "equiv") {
+                    r.stages.push("equiv".into());
+                    equivalence(&mut r, code, reference, opts, dir, top.as_deref());
+                }
+            }
+            None => {
+                r.skipped
+                    .insert("equiv".into(), "needs a reference module".into());
+            }
+        }
+    }
+    finish(r, opts)
+}
+
+/// True when there is something to simulate against: a testbench or a reference.
+fn simulates(opts: &VerifyOptions) -> bool {
+    opts.testbench.is_some() || opts.reference.is_some()
+}
+
+/// The untrusted texts of one example, by what they are.
+fn untrusted<'a>(
+    code: &'a str,
+    opts: &'a VerifyOptions,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    [
+        ("design", Some(code)),
+        ("testbench", opts.testbench.as_deref()),
+        ("reference", opts.reference.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(what, text)| text.map(|t| (what, t)))
+}
+
+/// Untrusted text is screened before any tool sees it.
+fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), String> {
+    untrusted(code, opts).try_for_each(|(what, text)| sandbox::screen(text, what))
+}
+
+/// Screens the text that macros expand to: `` `define SYS(x) $sys``x `` builds `$system` out of
+/// pieces the plain screen cannot see. Each input that defines a macro is run through iverilog's
+/// preprocessor (`-E`, which runs nothing) and the expansion is screened again.
+fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), String> {
+    for (what, text) in untrusted(code, opts).filter(|(_, t)| t.contains("`define")) {
+        let input = format!("pp_{what}.sv");
+        std::fs::write(dir.join(&input), text)
+            .map_err(|e| format!("cannot write the {what}: {e}"))?;
+        let output = format!("pp_{what}.out");
+        let o = run_tool(
+            "iverilog",
+            &["-E", "-o", &output, &input],
+            dir,
+            limits(opts.timeouts.syntax),
+        );
+        let expanded = std::fs::read_to_string(dir.join(&output)).map_err(|_| {
+            format!(
+                "{what}: its macros could not be expanded to be checked ({}); refused",
+                lines_matching(&o.output, &["error"]).join("; ")
+            )
+        })?;
+        sandbox::screen(&expanded, &format!("{what} (macros expanded)"))?;
+    }
+    Ok(())
+}
+
+fn limits(ms: u64) -> Limits {
+    Limits {
+        timeout: Duration::from_millis(ms),
+        ..Limits::default()
+    }
+}
+
+/// Records a stage that ran past its limit: it fails, and says so.
+fn timed_out(r: &mut Report, stage: &str, tool: &str, ms: u64) {
+    r.timed_out.push(stage.to_string());
+    r.errors.push(format!(
+        "{stage}: {tool} did not finish in {ms} ms (raise timeouts.{stage})"
+    ));
+}
+
+/// Syntax and elaboration with iverilog.
+fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
+    if !available(&IVERILOG, r, "syntax") {
+        return;
+    }
+    r.stages.push("syntax".into());
+    let mut args = vec!["-g2012", "-Wall", "-o", "design.vvp"];
+    if let Some(t) = &opts.top {
+        args.extend(["-s", t.as_str()]);
+    }
+    args.push("design.sv");
+    let o = run_tool("iverilog", &args, dir, limits(opts.timeouts.syntax));
+    r.stage_ms.insert("syntax".into(), ms(&o));
+    r.syntax_ok = o.ok();
+    if o.ended == Ended::TimedOut {
+        timed_out(r, "syntax", "iverilog", opts.timeouts.syntax);
+        return;
+    }
+    // iverilog says "sorry" for constructs it does not support (casts in iverilog 11). Unless told to
+    // use iverilog only, Verilator judges the syntax then, and simulates the design later.
+    if !r.syntax_ok
+        && opts.simulator != Simulator::Iverilog
+        && only_unsupported(&o.output)
+        && available(&VERILATOR, r, "syntax")
+    {
+        let mut args = vec!["--lint-only", "-Wno-fatal", "-Wno-lint", "-Wno-style"];
+        if let Some(t) = &opts.top {
+            args.extend(["--top-module", t.as_str()]);
+        }
+        args.push("design.sv");
+        let v = run_tool("verilator", &args, dir, limits(opts.timeouts.syntax));
+        if v.ok() {
+            r.syntax_ok = true;
+            r.simulator = Some("verilator".into());
+            r.warnings.push(format!(
+                "iverilog does not support this design ({}); its syntax was checked, and it is simulated, with verilator",
+                lines_matching(&o.output, &["sorry"]).first().cloned().unwrap_or_default()
+            ));
+            return;
+        }
+    }
+    r.errors
+        .extend(lines_matching(&o.output, &["error", "sorry"]));
+    r.warnings.extend(lines_matching(&o.output, &["warning"]));
+    if !r.syntax_ok && r.errors.is_empty() {
+        r.errors.push(format!(
+            "iverilog failed ({:?}): {}",
+            o.ended,
+            o.output.lines().next().unwrap_or("")
+        ));
+    }
+}
+
+/// The light Yosys pass: synthesizable structure, ports, I/O use. Returns the netlist it read.
+fn synth_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) -> Option<yosys::Netlist> {
+    if !available(&YOSYS, r, "synth") {
+        return None;
+    }
+    r.stages.push("synth".into());
+    let script = yosys::light_script("design_yosys.sv", opts.top.as_deref(), "design.json");
+    let o = run_tool(
+        "yosys",
+        &["-q", "-p", &script],
+        dir,
+        limits(opts.timeouts.synth),
+    );
+    r.stage_ms.insert("synth".into(), ms(&o));
+    r.warnings.extend(
+        lines_matching(&o.output, &["warning"])
+            .into_iter()
+            .map(|w| format!("yosys: {w}")),
+    );
+    if o.ended == Ended::TimedOut {
+        r.synth_ok = Some(false);
+        timed_out(r, "synth", "yosys", opts.timeouts.synth);
+        return None;
+    }
+    let parsed = if o.ok() {
+        std::fs::read_to_string(dir.join("design.json"))
+            .map_err(|e| e.to_string())
+            .and_then(|j| yosys::analyze(&j))
+    } else {
+        Err(String::new())
+    };
+    match parsed {
+        Ok(n) => {
+            r.synth_ok = Some(true);
+            r.all_io_used = Some(n.unused_inputs.is_empty() && n.undriven_outputs.is_empty());
+            r.unused_inputs = n.unused_inputs.clone();
+            r.undriven_outputs = n.undriven_outputs.clone();
+            Some(n)
+        }
+        Err(e) => {
+            r.synth_ok = Some(false);
+            let mut errs = lines_matching(&o.output, &["error"]);
+            if errs.is_empty() {
+                errs.push(if e.is_empty() {
+                    format!("yosys failed ({:?})", o.ended)
+                } else {
+                    e
+                });
+            }
+            r.errors
+                .extend(errs.into_iter().map(|e| format!("yosys: {e}")));
+            None
+        }
+    }
+}
+
+/// Verilator's lint (-Wall): the warning codes it reports.
+fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
+    if !available(&VERILATOR, r, "lint") {
+        return;
+    }
+    r.stages.push("lint".into());
+    let mut args = vec![
+        "--lint-only",
+        "-Wall",
+        "-Wno-fatal",
+        "-Wno-DECLFILENAME",
+        "--no-timing",
+    ];
+    if let Some(t) = top {
+        args.extend(["--top-module", t]);
+    }
+    args.push("design.sv");
+    let o = run_tool("verilator", &args, dir, limits(opts.timeouts.lint));
+    r.stage_ms.insert("lint".into(), ms(&o));
+    if o.ended == Ended::TimedOut {
+        timed_out(r, "lint", "verilator", opts.timeouts.lint);
+        return;
+    }
+    let mut codes: Vec<String> = o
+        .output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("%Warning-"))
+        .filter_map(|l| l.split(':').next())
+        .map(str::to_string)
+        .collect();
+    codes.sort();
+    codes.dedup();
+    r.lint = codes;
+    r.warnings.extend(
+        lines_matching(&o.output, &["%warning"])
+            .into_iter()
+            .take(10),
+    );
+    // Verilator rejecting a construct iverilog accepts is a limit of the linter, not a lint finding.
+    r.warnings.extend(
+        lines_matching(&o.output, &["%error"])
+            .into_iter()
+            .take(5)
+            .map(|e| format!("verilator: {e}")),
+    );
+}
+
+/// Full synthesis (`synth`), only when asked: some designs take many seconds.
+fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
+    if !available(&YOSYS, r, "synth_full") {
+        return;
+    }
+    r.stages.push("synth_full".into());
+    let script = match top {
+        Some(t) => format!("read_verilog -sv design_yosys.sv; synth -top {t}"),
+        None => "read_verilog -sv design_yosys.sv; synth -auto-top".to_string(),
+    };
+    let o = run_tool(
+        "yosys",
+        &["-q", "-p", &script],
+        dir,
+        limits(opts.timeouts.synth_full),
+    );
+    r.stage_ms.insert("synth_full".into(), ms(&o));
+    if o.ended == Ended::TimedOut {
+        r.synth_ok = Some(false);
+        timed_out(r, "synth_full", "yosys synth", opts.timeouts.synth_full);
+    } else if !o.ok() {
+        r.synth_ok = Some(false);
+        r.errors.push(format!(
+            "yosys synth failed: {}",
+            lines_matching(&o.output, &["error"]).join("; ")
+        ));
+    }
+}
+
+fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
+    let ready = match opts.simulator {
+        Simulator::Verilator => available(&VERILATOR, r, "sim"),
+        _ => available(&IVERILOG, r, "sim") && available(&VVP, r, "sim"),
+    };
+    if !ready {
+        r.sim_status = "error".into();
+        r.functional = Some(false);
+        return;
+    }
+    let quick = limits(opts.timeouts.sim);
+    let mut files = vec!["design.sv".to_string()];
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+    };
+    let prepared: Result<(), String> = (|| {
+        match (&opts.testbench, &opts.reference) {
+            (Some(tb), reference) => {
+                write("tb.sv", tb)?;
+                files.push("tb.sv".into());
+                if let Some(reference) = reference {
+                    write("ref.sv", reference)?;
+                    files.push("ref.sv".into());
+                }
+            }
+            (None, Some(reference)) => {
+                // A differential testbench: the reference's ports drive both.
+                write("ref_orig.sv", &yosys_friendly(reference))?;
+                // Ports only: no flatten or checks, so little the reference does inside can stop us.
+                let script =
+                    "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
+                let o = run_tool("yosys", &["-q", "-p", script], dir, quick);
+                let ref_net = match std::fs::read_to_string(dir.join("ref.json")) {
+                    Ok(json) => yosys::analyze(&json)?,
+                    // Yosys 0.2x rejects some SystemVerilog (enum casts) that Verilator reads.
+                    Err(_) => {
+                        let yosys_error = lines_matching(&o.output, &["error"]).join("; ");
+                        write("ref_ports.sv", reference)?;
+                        let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick)
+                            .map_err(|e| {
+                                format!("the reference does not elaborate in Yosys ({yosys_error}); {e}")
+                            })?;
+                        r.warnings.push(format!(
+                            "Yosys cannot read the reference ({yosys_error}); its ports were read with Verilator"
+                        ));
+                        yosys::Netlist {
+                            top,
+                            ports,
+                            ..Default::default()
+                        }
+                    }
+                };
+                let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
+                let ref_code = rename_module(reference, &ref_net.top, "RefModule");
+                let dut_code = if dut_top == "TopModule" {
+                    code.to_string()
+                } else {
+                    rename_module(code, dut_top, "TopModule")
+                };
+                write("design.sv", &dut_code)?;
+                write("ref.sv", &ref_code)?;
+                write(
+                    "tb.sv",
+                    &difftb::generate(&ref_net.ports, opts.diff_cycles, opts.seed),
+                )?;
+                files.push("ref.sv".into());
+                files.push("tb.sv".into());
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        r.sim_status = "error".into();
+        r.errors.push(e);
+        return;
+    }
+    let verilator_first = match opts.simulator {
+        Simulator::Verilator => true,
+        Simulator::Iverilog => false,
+        // The syntax stage already found that iverilog does not support this design.
+        Simulator::Auto => r.simulator.as_deref() == Some("verilator"),
+    };
+    let (build, run) = if verilator_first {
+        verilator_sim(r, &files, dir, opts)
+    } else {
+        match iverilog_sim(r, &files, dir, opts) {
+            // iverilog cannot compile a construct it does not support ("sorry:"): with `auto`,
+            // Verilator simulates instead, and the result says so.
+            Err(compile)
+                if opts.simulator == Simulator::Auto
+                    && only_unsupported(&compile.output)
+                    && tool_versions()
+                        .get("verilator")
+                        .cloned()
+                        .flatten()
+                        .is_some() =>
+            {
+                r.warnings.push(format!(
+                    "iverilog does not support this testbench or design ({}); simulated with verilator",
+                    lines_matching(&compile.output, &["sorry"]).first().cloned().unwrap_or_default()
+                ));
+                verilator_sim(r, &files, dir, opts)
+            }
+            Err(compile) => (compile, None),
+            Ok(pair) => pair,
+        }
+    };
+    let Some(o) = run else {
+        compile_failed(r, &build);
+        return;
+    };
+    r.stage_ms.insert("sim".into(), ms(&build) + ms(&o));
+    r.sim_log = o.output.chars().take(4000).collect();
+    match o.ended {
+        Ended::TimedOut => {
+            r.sim_status = "timeout".into();
+            r.failure_class = Some("T".into());
+            r.functional = Some(false);
+            timed_out(r, "sim", "the simulation", opts.timeouts.sim);
+            return;
+        }
+        Ended::OutputLimit => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors
+                .push("simulation printed more than 1 MiB; stopped".into());
+            return;
+        }
+        Ended::Cancelled => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push("cancelled by Ctrl-C".into());
+            return;
+        }
+        Ended::NotStarted(e) => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push(format!("the simulation did not start: {e}"));
+            return;
+        }
+        Ended::Signaled => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push(
+                "the simulation was killed by a limit: a file past 64 MiB, memory past 4 GiB or CPU time"
+                    .into(),
+            );
+            return;
+        }
+        Ended::Exited(_) => {}
+    }
+    let verdict = parse_verdict(&o.output);
+    match verdict {
+        Some((pass, mismatches, samples)) => {
+            r.sim_status = if pass { "pass" } else { "mismatch" }.into();
+            r.functional = Some(pass);
+            r.mismatches = mismatches;
+            r.samples = samples;
+            if !pass {
+                r.failure_class = Some("mismatch".into());
+            }
+        }
+        None => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push("the testbench printed no verdict (no `Mismatches: N in M samples`, `TEST PASSED`/`TEST FAILED` or `Your Design Passed`)".into());
+        }
+    }
+}
+
+/// What the simulation's time limit leaves after a build that took `build`.
+fn time_left(opts: &VerifyOptions, build: &Outcome) -> u64 {
+    opts.timeouts
+        .sim
+        .saturating_sub(build.elapsed.as_millis() as u64)
+        .max(1)
+}
+
+/// Compiles with iverilog and runs vvp: `Ok((compile, run))`, or `Err(compile)` when it did not
+/// compile.
+fn iverilog_sim(
+    r: &mut Report,
+    files: &[String],
+    dir: &Path,
+    opts: &VerifyOptions,
+) -> Result<(Outcome, Option<Outcome>), Outcome> {
+    let mut args: Vec<&str> = vec![
+        "-g2012",
+        "-Wall",
+        "-Winfloop",
+        "-Wno-timescale",
+        "-o",
+        "sim.vvp",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    r.simulator = Some("iverilog".into());
+    let compile = run_tool("iverilog", &args, dir, limits(opts.timeouts.sim));
+    if !compile.ok() {
+        return Err(compile);
+    }
+    let run = run_tool(
+        "vvp",
+        &["-n", "sim.vvp"],
+        dir,
+        limits(time_left(opts, &compile)),
+    );
+    Ok((compile, Some(run)))
+}
+
+/// Builds the testbench with Verilator (`--binary --timing`: delays and all) and runs it. The run
+/// is `None` when it did not build.
+fn verilator_sim(
+    r: &mut Report,
+    files: &[String],
+    dir: &Path,
+    opts: &VerifyOptions,
+) -> (Outcome, Option<Outcome>) {
+    r.simulator = Some("verilator".into());
+    let mut args: Vec<&str> = vec![
+        "--binary",
+        "--timing",
+        "-Wno-fatal",
+        "-Wno-lint",
+        "-Wno-style",
+        "--Mdir",
+        "verilated",
+        "-o",
+        "sim",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let build = run_tool("verilator", &args, dir, limits(opts.timeouts.sim));
+    if !build.ok() {
+        return (build, None);
+    }
+    let program = dir.join("verilated").join("sim").display().to_string();
+    let run = run_tool(&program, &[], dir, limits(time_left(opts, &build)));
+    (build, Some(run))
+}
+
+/// The testbench did not compile (or did not build in time): a failed simulation, with its class.
+fn compile_failed(r: &mut Report, build: &Outcome) {
+    r.stage_ms.insert("sim".into(), ms(build));
+    r.functional = Some(false);
+    r.sim_log = build.output.chars().take(4000).collect();
+    if build.ended == Ended::TimedOut {
+        r.sim_status = "timeout".into();
+        r.failure_class = Some("T".into());
+        r.timed_out.push("sim".into());
+        r.errors
+            .push("sim: the testbench did not compile in time (raise timeouts.sim)".into());
+        return;
+    }
+    r.sim_status = "compile_err".into();
+    r.failure_class = Some(compile_failure_class(&build.output).to_string());
+    let tool = r.simulator.clone().unwrap_or_else(|| "iverilog".into());
+    r.errors.extend(
+        lines_matching(&build.output, &["error", "sorry"])
+            .into_iter()
+            .map(|e| format!("sim compile ({tool}): {e}")),
+    );
+}
+
+/// True when every error iverilog reported is a "sorry:" (a construct it does not support yet), not
+/// a fault in the code.
+fn only_unsupported(output: &str) -> bool {
+    let mut sorry = false;
+    for line in output.lines().map(str::to_lowercase) {
+        if line.contains("sorry:") {
+            sorry = true;
+        } else if line.contains("error") && !line.contains("error(s) during") {
+            return false;
+        }
+    }
+    sorry
+}
+
+/// Proves the design equivalent to the reference with Yosys: a miter of the two (outputs compared,
+/// `x` in the reference a don't-care), then `sat -tempinduct` from an all-zero initial state. A failed
+/// base case is a real counterexample ("different"); an induction that does not close within 20 steps
+/// proves nothing ("unknown").
+fn equivalence(
+    r: &mut Report,
+    code: &str,
+    reference: &str,
+    opts: &VerifyOptions,
+    dir: &Path,
+    top: Option<&str>,
+) {
+    let quick = limits(opts.timeouts.synth);
+    let prepared: Result<(), String> = (|| {
+        std::fs::write(dir.join("eq_ref_orig.sv"), yosys_friendly(reference))
+            .map_err(|e| e.to_string())?;
+        let o = run_tool("yosys", &["-q", "-p", "read_verilog -sv eq_ref_orig.sv; hierarchy -auto-top; proc; write_json eq_ref.json"], dir, quick);
+        let json = std::fs::read_to_string(dir.join("eq_ref.json")).map_err(|_| {
+            format!(
+                "the reference does not elaborate in Yosys: {}",
+                lines_matching(&o.output, &["error"]).join("; ")
+            )
+        })?;
+        let ref_top = yosys::analyze(&json)?.top;
+        let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
+        std::fs::write(
+            dir.join("eq_ref.sv"),
+            rename_module(&yosys_friendly(reference), &ref_top, "RefModule"),
+        )
+        .map_err(|e| e.to_string())?;
+        let dut = if dut_top == "TopModule" {
+            yosys_friendly(code)
+        } else {
+            rename_module(&yosys_friendly(code), dut_top, "TopModule")
+        };
+        std::fs::write(dir.join("eq_dut.sv"), dut).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        r.equiv = Some("unknown".into());
+        r.warnings.push(format!("equiv: {e}"));
+        return;
+    }
+    let script = "read_verilog -sv eq_ref.sv eq_dut.sv; proc; opt_clean; \
+                  miter -equiv -flatten -make_outputs -ignore_gold_x RefModule TopModule miter; hierarchy -top miter; flatten; opt; \
+                  sat -verify -prove trigger 0 -set-init-zero -tempinduct -maxsteps 20 miter";
+    let o = run_tool(
+        "yosys",
+        &["-p", script],
+        dir,
+        limits(opts.timeouts.synth_full),
+    );
+    r.stage_ms.insert("equiv".into(), ms(&o));
+    let verdict = if o.ok() {
+        "equivalent"
+    } else if o.ended == Ended::TimedOut {
+        "unknown"
+    } else {
+        // The last phase Yosys was in when the proof failed tells a counterexample from a weak induction.
+        let last_phase = o
+            .output
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('['))
+            .unwrap_or("");
+        if last_phase.contains("base case") {
+            "different"
+        } else {
+            let errors: Vec<String> = lines_matching(&o.output, &["error"])
+                .into_iter()
+                .filter(|l| !l.contains("proof did fail"))
+                .collect();
+            if !errors.is_empty() {
+                r.warnings.push(format!("equiv: {}", errors.join("; ")));
+            }
+            "unknown"
+        }
+    };
+    if verdict == "different" {
+        r.errors.push(
+            "equiv: Yosys found an input sequence on which the design and the reference differ"
+                .into(),
+        );
+    }
+    r.equiv = Some(verdict.into());
+}
+
+/// (passed, mismatches, samples) from a testbench log: VerilogEval, A7 or RTLLM style.
+pub fn parse_verdict(log: &str) -> Option<(bool, Option<i64>, Option<i64>)> {
+    for line in log.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("Mismatches: ") {
+            let mut parts = rest.split_whitespace();
+            let n = parts.next().and_then(|v| v.parse::<i64>().ok());
+            let m = parts.nth(1).and_then(|v| v.parse::<i64>().ok());
+            if let (Some(n), Some(m)) = (n, m) {
+                return Some((n == 0, Some(n), Some(m)));
+            }
+        }
+    }
+    if log.contains("TEST FAILED") {
+        return Some((false, None, None));
+    }
+    if log.contains("TEST PASSED") {
+        return Some((true, None, None));
+    }
+    if log.contains("Your Design Passed") {
+        return Some((true, None, None));
+    }
+    if log.contains("Error") && log.contains("===") {
+        return Some((false, None, None));
+    }
+    None
+}
+
+/// The score: the weighted mean over the stages chosen for this example (`opts.stages`, with `sim`
+/// only where there is a testbench or reference). A chosen stage scores 0 when it failed, timed out
+/// or could not run; it never drops out of the mean. A design that does not compile scores 0.
+fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
+    let w = &opts.weights;
+    if !r.syntax_ok {
+        r.score = 0.0;
+        return r;
+    }
+    let ran_past_limit = |stage: &str| r.timed_out.iter().any(|s| s == stage);
+    let mut parts: Vec<(f64, f64)> = vec![(w.syntax, 1.0)];
+    if opts.wants("synth") {
+        parts.push((w.synth, if r.synth_ok == Some(true) { 1.0 } else { 0.0 }));
+        // I/O use is read from the light pass's netlist: a penalty, not a fail (correct designs can
+        // leave an input unused); no netlist, no credit.
+        let io = match r.all_io_used {
+            Some(_) => {
+                let flagged = (r.unused_inputs.len() + r.undriven_outputs.len()) as f64;
+                (1.0 - 0.5 * flagged).max(0.0)
+            }
+            None => 0.0,
+        };
+        parts.push((w.io, io));
+    }
+    if opts.wants("lint") {
+        let ran = r.stages.iter().any(|s| s == "lint") && !ran_past_limit("lint");
+        let value = if ran {
+            let penalized = r
+                .lint
+                .iter()
+                .filter(|c| !LINT_NOT_PENALIZED.contains(&c.as_str()))
+                .count() as f64;
+            (1.0 - 0.25 * penalized).max(0.0)
+        } else {
+            0.0
+        };
+        parts.push((w.lint, value));
+    }
+    if opts.wants("sim") && simulates(opts) {
+        parts.push((
+            w.functional,
+            if r.functional == Some(true) { 1.0 } else { 0.0 },
+        ));
+    }
+    let total: f64 = parts.iter().map(|p| p.0).sum();
+    r.score = if total > 0.0 {
+        parts.iter().map(|p| p.0 * p.1).sum::<f64>() / total
+    } else {
+        0.0
+    };
+    r.score = (r.score * 10000.0).round() / 10000.0;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_renaming_touches_declarations_only() {
+        let code = "module adder(input a); endmodule\nmodule adder_tb; adder u(.a(1)); endmodule";
+        let out = rename_module(code, "adder", "TopModule");
+        assert!(out.starts_with("module TopModule(input a)"));
+        assert!(out.contains("module adder_tb;"), "{out}");
+    }
+
+    #[test]
+    fn yosys_copy_rewrites_only_the_keywords() {
+        let code = "module m(output reg out_always_comb, output reg always_latch_q);\n\
+                    // always_comb in a comment\n\
+                    always_comb out_always_comb = 1'b1; /* always_latch */\n\
+                    always_latch always_latch_q = \"always_comb\" != 0;\n\
+                    endmodule";
+        let out = yosys_friendly(code);
+        assert_eq!(
+            out,
+            "module m(output reg out_always_comb, output reg always_latch_q);\n\
+             // always_comb in a comment\n\
+             always @* out_always_comb = 1'b1; /* always_latch */\n\
+             always @* always_latch_q = \"always_comb\" != 0;\n\
+             endmodule"
+        );
+        assert_eq!(yosys_friendly("\\always_comb x"), "\\always_comb x");
+    }
+
+    #[test]
+    fn declared_modules_are_read_from_code_only() {
+        let code = "// module commented_out;\nmodule a(input x); endmodule\n/* module b; */\nmodule c; wire module_x; endmodule";
+        assert_eq!(declared_modules(code), ["a", "c"]);
+    }
+
+    #[test]
+    fn verdicts_of_the_three_testbench_styles() {
+        assert_eq!(
+            parse_verdict("Hint: ...\nMismatches: 0 in 217 samples\n"),
+            Some((true, Some(0), Some(217)))
+        );
+        assert_eq!(
+            parse_verdict("Mismatches: 3 in 100 samples"),
+            Some((false, Some(3), Some(100)))
+        );
+        assert_eq!(
+            parse_verdict("...\nTEST PASSED\n"),
+            Some((true, None, None))
+        );
+        assert_eq!(
+            parse_verdict("TEST FAILED at 30ns"),
+            Some((false, None, None))
+        );
+        assert_eq!(
+            parse_verdict("===========Your Design Passed==========="),
+            Some((true, None, None))
+        );
+        assert_eq!(parse_verdict("nothing useful"), None);
+    }
+}
