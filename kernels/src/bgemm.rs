@@ -86,6 +86,9 @@ pub struct BatchedGemm {
     pub c: Operand,
 }
 
+/// One GPU kernel is one function: its shared-memory tiles, registers and barriers live in one scope
+/// (cubecl inlines helpers, but a barrier inside one would hide where the workgroup synchronises), so
+/// this body stays long, in the order a tile is loaded, multiplied and stored.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn bgemm_kernel(

@@ -211,6 +211,9 @@ impl GpuLlama {
     /// `lm_head.weight` the embedding is used, i.e. tied) and the adapters (module path, e.g.
     /// `model.layers.0.self_attn.q_proj` → `(A [r·in], B [out·r])`), with zero gradients and
     /// moments.
+    ///
+    /// Long but flat: one upload per base weight, adapter, gradient and moment, in the layout the
+    /// kernels index; each line says which buffer it makes.
     pub fn new(
         gpu: &Gpu,
         shape: LlamaShape,
@@ -442,6 +445,8 @@ impl GpuLlama {
         Ok(())
     }
 
+    /// The forward pass, saving what the backward needs, in the order of `llama_reference` (long
+    /// for the same reason as `forward_backward`).
     fn forward(
         &mut self,
         ids: &[u32],
@@ -543,6 +548,10 @@ impl GpuLlama {
     /// skips the position). `dropout(module_path, rows, cols)` is called once per adapted
     /// projection in forward order for the `[rows, cols]` mask (0 or 1/keep) of its adapter's
     /// input; `None` means no dropout.
+    ///
+    /// Long on purpose, like candle's model files: the backward pass is the forward in reverse, and
+    /// keeping both in the order of `llama_reference` is what lets a reader check one against the
+    /// other line by line.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &mut self,

@@ -21,6 +21,8 @@ const TILE_N: usize = 64;
 
 /// Tiled GEMM. Element `(i, k)` of A is `a[i * a_rs + k * a_cs]`, `(k, j)` of B is
 /// `b[k * b_rs + j * b_cs]`; C is contiguous `[m, n]`.
+///
+/// Long for the same reason as `bgemm_kernel`: a kernel body with its tiles and barriers in one scope.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_kernel(

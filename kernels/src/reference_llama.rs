@@ -239,6 +239,11 @@ struct ProjSaveRef {
 ///
 /// `weights` and `adapters` as for [`crate::GpuLlama::new`]; `dropout` maps a module path to
 /// its adapter-input mask `[batch·seq, in]` (absent = no dropout).
+///
+/// Long on purpose: it is the specification the GPU step is checked against, written as the math
+/// reads, layer by layer, forward then backward, so that a reader can hold it beside the paper and
+/// beside `GpuLlama::forward_backward`. Split into helpers, the order of the saved activations would
+/// no longer be visible in one place.
 #[allow(clippy::too_many_arguments)]
 pub fn llama_reference(
     shape: &LlamaShape,

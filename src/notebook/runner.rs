@@ -94,7 +94,7 @@ struct Remembered {
 /// A script run as cells, with an in-memory cache that survives reruns in the same process.
 pub struct Notebook {
     pub path: PathBuf,
-    memory: HashMap<String, Remembered>,
+    memory: HashMap<CellKey, Remembered>,
     pub last_run: Vec<CellReport>,
 }
 
@@ -139,136 +139,19 @@ impl Notebook {
         let source = std::fs::read_to_string(&self.path)
             .map_err(|e| ScriptError::plain(&origin, format!("cannot read the script: {e}")))?;
         let notebook_mode = has_markers(&source);
-        let cells = split_cells(&source);
-        let script_dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let cache = CellCache::new(&workspace_dir(&script_dir));
-        let script_id = std::fs::canonicalize(&self.path)
-            .unwrap_or_else(|_| self.path.clone())
-            .display()
-            .to_string();
-
-        let mut fn_lib = AST::empty();
-        let mut fn_hashes: BTreeMap<String, String> = BTreeMap::new();
-        let mut hashes: HashMap<String, ValueHash> = HashMap::new();
+        let mut state = RunState::new(&self.path, origin);
         self.last_run.clear();
         rt.sink.take_capture();
-
-        // `import` statements of earlier cells, replayed on the (blank) first line of later cells, so a
-        // module imported in cell 1 is visible in cell 3 as it would be in a plain script.
-        let mut imports = String::new();
-        for cell in cells {
-            let mut code = cell.code_at_file_lines();
-            if cell.first_line > 1 && !imports.is_empty() {
-                code.insert_str(0, &imports);
-            }
-            for line in cell.code.lines().map(str::trim) {
-                if line.starts_with("import ") && line.ends_with(';') {
-                    imports.push_str(line);
-                    imports.push(' ');
-                }
-            }
-            let ast = rt.compile(&origin, &code)?;
-            let deps = analyze(&ast);
-            let normalized = normalize(&cell.code);
-
-            // Reads: names the cell mentions that exist when it starts, and earlier cells' functions.
-            let reads: Vec<String> = deps
-                .mentioned
-                .iter()
-                .filter(|n| scope.contains(n))
-                .cloned()
-                .collect();
-            let mut key_input = format!("rtlab {} cell\n{normalized}\n", env!("CARGO_PKG_VERSION"));
-            let mut uncacheable: Option<String> = None;
-            for name in &reads {
-                let h = hashes
-                    .entry(name.clone())
-                    .or_insert_with(|| hash_scope_value(scope, name))
-                    .clone();
-                match h {
-                    Ok(h) => key_input.push_str(&format!("read {name} {h}\n")),
-                    Err(why) => {
-                        uncacheable.get_or_insert(format!(
-                            "it reads `{name}`, {why}, which cannot be cached"
-                        ));
-                    }
-                }
-            }
-            for f in deps.called.iter().filter(|f| fn_hashes.contains_key(*f)) {
-                key_input.push_str(&format!("fn {f} {}\n", fn_hashes[f]));
-            }
-            let key = blake3::hash(key_input.as_bytes()).to_hex().to_string();
-
-            let combined = fn_lib.merge(&ast);
-            fn_lib = fn_lib.merge(&ast.clone_functions_only());
-            for f in &deps.functions {
-                fn_hashes.insert(
-                    f.clone(),
-                    blake3::hash(normalized.as_bytes()).to_hex().to_string(),
-                );
-            }
-
-            let report = if uncacheable.is_none() && opts.mode != CacheMode::Fresh {
-                if let Some(mem) = self
-                    .memory
-                    .get(&key)
-                    .cloned()
-                    .filter(|m| changed_input(&m.inputs).is_none())
-                {
-                    Some(self.restore_memory(rt, scope, &mut hashes, &cell, &deps, &reads, mem))
-                } else if opts.mode == CacheMode::Normal {
-                    self.restore_disk(rt, scope, &mut hashes, &cache, &key, &cell, &reads)
-                } else {
-                    None
-                }
+        for cell in split_cells(&source) {
+            let ctx = state.prepare(rt, scope, cell)?;
+            let restored = if ctx.uncacheable.is_none() && opts.mode != CacheMode::Fresh {
+                self.restore(rt, scope, &mut state, &ctx, opts)
             } else {
                 None
             };
-            let report = match report {
-                Some(r) => r,
-                None => {
-                    let mut r = self.run_cell(
-                        rt,
-                        scope,
-                        &mut hashes,
-                        &origin,
-                        &code,
-                        &combined,
-                        &cell,
-                        &deps,
-                        &reads,
-                        &key,
-                    )?;
-                    if let CellStatus::Ran { elapsed_s, .. } = r.status {
-                        // A cheap cell would not be persisted anyway: an unpersistable output is no news.
-                        if elapsed_s < opts.cache_min_s {
-                            r.note = None;
-                        }
-                    }
-                    r.note = uncacheable.clone().or(r.note);
-                    let cacheable = uncacheable.is_none() && r.note.is_none();
-                    if let CellStatus::Ran { elapsed_s, .. } = r.status {
-                        if cacheable && opts.mode != CacheMode::Off && elapsed_s >= opts.cache_min_s
-                        {
-                            match self.persist(&cache, &key, &script_id, &r, scope) {
-                                Ok(()) => {
-                                    r.status = CellStatus::Ran {
-                                        elapsed_s,
-                                        persisted: true,
-                                    }
-                                }
-                                Err(e) => eprintln!(
-                                    "warning: [{}] could not be cached: {e}",
-                                    cell.label()
-                                ),
-                            }
-                        }
-                    }
-                    r
-                }
+            let report = match restored {
+                Some(report) => report,
+                None => self.run_and_persist(rt, scope, &mut state, &ctx, opts)?,
             };
             if opts.status_lines
                 && (notebook_mode || !matches!(report.status, CellStatus::Ran { .. }))
@@ -280,23 +163,74 @@ impl Notebook {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The cell's outputs from this process's memory, or else (in `Normal` mode) from the disk cache;
+    /// `None` when it must run.
+    fn restore(
+        &mut self,
+        rt: &Runtime,
+        scope: &mut Scope<'static>,
+        state: &mut RunState,
+        ctx: &CellContext,
+        opts: &NotebookOptions,
+    ) -> Option<CellReport> {
+        let remembered = self
+            .memory
+            .get(&ctx.key)
+            .cloned()
+            .filter(|m| changed_input(&m.inputs).is_none());
+        if let Some(mem) = remembered {
+            return Some(restore_memory(rt, scope, &mut state.hashes, ctx, mem));
+        }
+        if opts.mode == CacheMode::Normal {
+            return self.restore_disk(rt, scope, state, ctx);
+        }
+        None
+    }
+
+    /// Runs the cell, then persists its outputs when it took at least `cache_min_s` and they can be.
+    fn run_and_persist(
+        &mut self,
+        rt: &Runtime,
+        scope: &mut Scope<'static>,
+        state: &mut RunState,
+        ctx: &CellContext,
+        opts: &NotebookOptions,
+    ) -> Result<CellReport, ScriptError> {
+        let mut r = self.run_cell(rt, scope, &mut state.hashes, &state.origin, ctx)?;
+        let CellStatus::Ran { elapsed_s, .. } = r.status else {
+            return Ok(r);
+        };
+        // A cheap cell would not be persisted anyway: an unpersistable output is no news.
+        if elapsed_s < opts.cache_min_s {
+            r.note = None;
+        }
+        r.note = ctx.uncacheable.clone().or(r.note);
+        let cacheable = ctx.uncacheable.is_none() && r.note.is_none();
+        if cacheable && opts.mode != CacheMode::Off && elapsed_s >= opts.cache_min_s {
+            match persist(&state.cache, &ctx.key, &state.script_id, &r, scope) {
+                Ok(()) => {
+                    r.status = CellStatus::Ran {
+                        elapsed_s,
+                        persisted: true,
+                    }
+                }
+                Err(e) => eprintln!("warning: [{}] could not be cached: {e}", ctx.cell.label()),
+            }
+        }
+        Ok(r)
+    }
+
     fn run_cell(
         &mut self,
         rt: &Runtime,
         scope: &mut Scope<'static>,
         hashes: &mut HashMap<String, ValueHash>,
         origin: &str,
-        code: &str,
-        ast: &AST,
-        cell: &Cell,
-        deps: &CellDeps,
-        reads: &[String],
-        key: &str,
+        ctx: &CellContext,
     ) -> Result<CellReport, ScriptError> {
         rtlab_core::workspace::take_inputs();
         let start = Instant::now();
-        let result = rt.eval(origin, code, scope, ast);
+        let result = rt.eval(origin, &ctx.code, scope, &ctx.ast);
         let elapsed_s = start.elapsed().as_secs_f64();
         let inputs = stamp_inputs(&rtlab_core::workspace::take_inputs());
         let value = result?;
@@ -307,26 +241,7 @@ impl Notebook {
         let result_html = (!value.is_unit()).then(|| crate::notebook::report::value_html(&value));
         let printed = rt.sink.take_capture();
 
-        // Outputs: declared names, plus candidates for in-place change whose content did change.
-        let mut defines: BTreeSet<String> = deps
-            .declared
-            .iter()
-            .filter(|n| scope.contains(n))
-            .cloned()
-            .collect();
-        let candidates: Vec<String> = deps
-            .mutated
-            .iter()
-            .filter(|n| scope.contains(n) && !defines.contains(*n))
-            .cloned()
-            .collect();
-        for name in &candidates {
-            let before = hashes.get(name.as_str()).cloned();
-            let after = hash_scope_value(scope, name);
-            if before.is_none() || before.as_ref() != Some(&after) || after.is_err() {
-                defines.insert(name.clone());
-            }
-        }
+        let defines = defined_names(scope, hashes, &ctx.deps);
         let mut note = None;
         let mut outputs = Vec::new();
         for name in &defines {
@@ -343,7 +258,7 @@ impl Notebook {
             ));
         }
         self.memory.insert(
-            key.to_string(),
+            ctx.key.clone(),
             Remembered {
                 outputs,
                 printed: printed.clone(),
@@ -354,12 +269,12 @@ impl Notebook {
             },
         );
         Ok(CellReport {
-            cell: cell.clone(),
+            cell: ctx.cell.clone(),
             status: CellStatus::Ran {
                 elapsed_s,
                 persisted: false,
             },
-            reads: reads.to_vec(),
+            reads: ctx.reads.clone(),
             defines: defines.into_iter().collect(),
             printed,
             result_text,
@@ -369,56 +284,19 @@ impl Notebook {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn restore_memory(
-        &self,
-        rt: &Runtime,
-        scope: &mut Scope<'static>,
-        hashes: &mut HashMap<String, ValueHash>,
-        cell: &Cell,
-        _deps: &CellDeps,
-        reads: &[String],
-        mem: Remembered,
-    ) -> CellReport {
-        for (name, value, constant) in &mem.outputs {
-            hashes.insert(name.clone(), hash_value(value));
-            set_var(scope, name, value.clone(), *constant);
-        }
-        rt.sink.replay(&mem.printed);
-        rt.sink.take_capture();
-        CellReport {
-            cell: cell.clone(),
-            status: CellStatus::Unchanged {
-                saved_s: mem.elapsed_s,
-            },
-            reads: reads.to_vec(),
-            defines: mem.outputs.iter().map(|o| o.0.clone()).collect(),
-            printed: mem.printed,
-            result_text: mem.result_text,
-            result_html: mem.result_html,
-            note: None,
-            inputs: mem.inputs,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
     fn restore_disk(
         &mut self,
         rt: &Runtime,
         scope: &mut Scope<'static>,
-        hashes: &mut HashMap<String, ValueHash>,
-        cache: &CellCache,
-        key: &str,
-        cell: &Cell,
-        reads: &[String],
+        state: &mut RunState,
+        ctx: &CellContext,
     ) -> Option<CellReport> {
-        let (manifest, frames) = match cache.lookup(key) {
+        let label = ctx.cell.label();
+        let cache = &state.cache;
+        let (manifest, frames) = match cache.lookup(&ctx.key.0) {
             Lookup::Hit(m, f) => match changed_input(&m.inputs) {
                 Some(file) => {
-                    eprintln!(
-                        "[{}] {file} changed since the cached run: rerunning",
-                        cell.label()
-                    );
+                    eprintln!("[{label}] {file} changed since the cached run: rerunning");
                     return None;
                 }
                 None => (*m, f),
@@ -426,10 +304,9 @@ impl Notebook {
             Lookup::Miss => return None,
             Lookup::Corrupt(why) => {
                 eprintln!(
-                    "warning: [{}] cache entry is corrupt ({why}); dropping it and recomputing",
-                    cell.label()
+                    "warning: [{label}] cache entry is corrupt ({why}); dropping it and recomputing"
                 );
-                cache.remove(key);
+                cache.remove(&ctx.key.0);
                 return None;
             }
         };
@@ -444,8 +321,8 @@ impl Notebook {
             match decode(&stored.json, &mut load) {
                 Ok(v) => restored.push((name.clone(), v, stored.hash.clone())),
                 Err(why) => {
-                    eprintln!("warning: [{}] cache entry is corrupt ({name}: {why}); dropping it and recomputing", cell.label());
-                    cache.remove(key);
+                    eprintln!("warning: [{label}] cache entry is corrupt ({name}: {why}); dropping it and recomputing");
+                    cache.remove(&ctx.key.0);
                     return None;
                 }
             }
@@ -453,14 +330,14 @@ impl Notebook {
         let mut outputs = Vec::new();
         for (name, value, hash) in restored {
             let constant = manifest.constants.contains(&name);
-            hashes.insert(name.clone(), Ok(hash));
+            state.hashes.insert(name.clone(), Ok(hash));
             set_var(scope, &name, value.clone(), constant);
             outputs.push((name, value, constant));
         }
         rt.sink.replay(&manifest.printed);
         rt.sink.take_capture();
         self.memory.insert(
-            key.to_string(),
+            ctx.key.clone(),
             Remembered {
                 outputs: outputs.clone(),
                 printed: manifest.printed.clone(),
@@ -471,11 +348,11 @@ impl Notebook {
             },
         );
         Some(CellReport {
-            cell: cell.clone(),
+            cell: ctx.cell.clone(),
             status: CellStatus::Cached {
                 saved_s: manifest.elapsed_s,
             },
-            reads: reads.to_vec(),
+            reads: ctx.reads.clone(),
             defines: outputs.into_iter().map(|o| o.0).collect(),
             printed: manifest.printed,
             result_text: manifest.result_text,
@@ -484,58 +361,253 @@ impl Notebook {
             inputs: manifest.inputs,
         })
     }
+}
 
-    fn persist(
-        &self,
-        cache: &CellCache,
-        key: &str,
-        script: &str,
-        r: &CellReport,
+/// A cell's cache key: the blake3 of the rtlab version, the cell's normalized code, the content hash
+/// of every value it reads, and the code of the cells that define the functions it calls.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CellKey(String);
+
+/// What a run carries from one cell to the next.
+struct RunState {
+    origin: String,
+    cache: CellCache,
+    /// The script's canonical path, recorded in each manifest.
+    script_id: String,
+    /// The functions defined so far, merged into every later cell's AST.
+    fn_lib: AST,
+    /// Function name → hash of the normalized code of the cell that defines it.
+    fn_hashes: BTreeMap<String, String>,
+    /// Name → content hash of the value in scope, kept current as cells define names.
+    hashes: HashMap<String, ValueHash>,
+    /// `import` statements of earlier cells, replayed on the (blank) first line of later cells, so a
+    /// module imported in cell 1 is visible in cell 3 as it would be in a plain script.
+    imports: String,
+}
+
+/// One cell, compiled and keyed, ready to restore or run.
+struct CellContext {
+    cell: Cell,
+    /// The cell's code at its file lines, with earlier cells' imports.
+    code: String,
+    /// The cell's AST merged with the functions of earlier cells.
+    ast: AST,
+    deps: CellDeps,
+    /// The names the cell mentions that exist when it starts.
+    reads: Vec<String>,
+    key: CellKey,
+    /// Why the cell cannot be cached: a value it reads cannot be hashed.
+    uncacheable: Option<String>,
+}
+
+impl RunState {
+    fn new(path: &Path, origin: String) -> RunState {
+        let script_dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        RunState {
+            origin,
+            cache: CellCache::new(&workspace_dir(&script_dir)),
+            script_id: std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string(),
+            fn_lib: AST::empty(),
+            fn_hashes: BTreeMap::new(),
+            hashes: HashMap::new(),
+            imports: String::new(),
+        }
+    }
+
+    /// Compiles the cell, finds what it reads and computes its key; records the functions it
+    /// defines for the cells after it.
+    fn prepare(
+        &mut self,
+        rt: &Runtime,
         scope: &Scope<'static>,
-    ) -> Result<(), String> {
-        let mut outputs = BTreeMap::new();
-        let mut frames = BTreeMap::new();
-        let mut constants = Vec::new();
-        for name in &r.defines {
-            let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
-            let enc = encode(&value).map_err(|e| format!("`{name}` is {}", e.0))?;
-            let hash = enc.content_hash();
-            frames.extend(enc.frames);
-            outputs.insert(
-                name.clone(),
-                StoredValue {
-                    json: enc.json,
-                    hash,
-                },
-            );
-            if scope.is_constant(name).unwrap_or(false) {
-                constants.push(name.clone());
+        cell: Cell,
+    ) -> Result<CellContext, ScriptError> {
+        let mut code = cell.code_at_file_lines();
+        if cell.first_line > 1 && !self.imports.is_empty() {
+            code.insert_str(0, &self.imports);
+        }
+        for line in cell.code.lines().map(str::trim) {
+            if line.starts_with("import ") && line.ends_with(';') {
+                self.imports.push_str(line);
+                self.imports.push(' ');
             }
         }
-        let elapsed_s = match r.status {
-            CellStatus::Ran { elapsed_s, .. } => elapsed_s,
-            _ => 0.0,
-        };
-        let manifest = Manifest {
-            format: FORMAT,
-            script: script.to_string(),
-            cell_index: r.cell.index,
-            cell_name: r.cell.name.clone(),
-            elapsed_s,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            outputs,
-            constants,
-            printed: r.printed.clone(),
-            result_text: r.result_text.clone(),
-            result_html: r.result_html.clone(),
-            frames: BTreeMap::new(),
-            inputs: content_hashes(&r.inputs),
-        };
-        cache.store(key, manifest, &frames)
+        let ast = rt.compile(&self.origin, &code)?;
+        let deps = analyze(&ast);
+        let normalized = normalize(&cell.code);
+        let reads: Vec<String> = deps
+            .mentioned
+            .iter()
+            .filter(|n| scope.contains(n))
+            .cloned()
+            .collect();
+        let (key, uncacheable) = self.key(scope, &normalized, &deps, &reads);
+
+        let combined = self.fn_lib.merge(&ast);
+        self.fn_lib = self.fn_lib.merge(&ast.clone_functions_only());
+        let code_hash = blake3::hash(normalized.as_bytes()).to_hex().to_string();
+        for f in &deps.functions {
+            self.fn_hashes.insert(f.clone(), code_hash.clone());
+        }
+        Ok(CellContext {
+            cell,
+            code,
+            ast: combined,
+            deps,
+            reads,
+            key,
+            uncacheable,
+        })
     }
+
+    /// The cell's key, and why it cannot be cached if a value it reads has no content hash.
+    fn key(
+        &mut self,
+        scope: &Scope<'static>,
+        normalized: &str,
+        deps: &CellDeps,
+        reads: &[String],
+    ) -> (CellKey, Option<String>) {
+        let mut key_input = format!("rtlab {} cell\n{normalized}\n", env!("CARGO_PKG_VERSION"));
+        let mut uncacheable: Option<String> = None;
+        for name in reads {
+            let h = self
+                .hashes
+                .entry(name.clone())
+                .or_insert_with(|| hash_scope_value(scope, name))
+                .clone();
+            match h {
+                Ok(h) => key_input.push_str(&format!("read {name} {h}\n")),
+                Err(why) => {
+                    uncacheable
+                        .get_or_insert(format!("it reads `{name}`, {why}, which cannot be cached"));
+                }
+            }
+        }
+        for f in deps
+            .called
+            .iter()
+            .filter(|f| self.fn_hashes.contains_key(*f))
+        {
+            key_input.push_str(&format!("fn {f} {}\n", self.fn_hashes[f]));
+        }
+        let key = blake3::hash(key_input.as_bytes()).to_hex().to_string();
+        (CellKey(key), uncacheable)
+    }
+}
+
+/// The names a cell defined: those it declares, and those it may have changed in place (a method
+/// call on them) whose content did change.
+fn defined_names(
+    scope: &Scope<'static>,
+    hashes: &HashMap<String, ValueHash>,
+    deps: &CellDeps,
+) -> BTreeSet<String> {
+    let mut defines: BTreeSet<String> = deps
+        .declared
+        .iter()
+        .filter(|n| scope.contains(n))
+        .cloned()
+        .collect();
+    let candidates: Vec<&String> = deps
+        .mutated
+        .iter()
+        .filter(|n| scope.contains(n) && !defines.contains(*n))
+        .collect();
+    for name in candidates {
+        let before = hashes.get(name.as_str()).cloned();
+        let after = hash_scope_value(scope, name);
+        if before.is_none() || before.as_ref() != Some(&after) || after.is_err() {
+            defines.insert(name.clone());
+        }
+    }
+    defines
+}
+
+fn restore_memory(
+    rt: &Runtime,
+    scope: &mut Scope<'static>,
+    hashes: &mut HashMap<String, ValueHash>,
+    ctx: &CellContext,
+    mem: Remembered,
+) -> CellReport {
+    for (name, value, constant) in &mem.outputs {
+        hashes.insert(name.clone(), hash_value(value));
+        set_var(scope, name, value.clone(), *constant);
+    }
+    rt.sink.replay(&mem.printed);
+    rt.sink.take_capture();
+    CellReport {
+        cell: ctx.cell.clone(),
+        status: CellStatus::Unchanged {
+            saved_s: mem.elapsed_s,
+        },
+        reads: ctx.reads.clone(),
+        defines: mem.outputs.iter().map(|o| o.0.clone()).collect(),
+        printed: mem.printed,
+        result_text: mem.result_text,
+        result_html: mem.result_html,
+        note: None,
+        inputs: mem.inputs,
+    }
+}
+
+/// Writes the cell's outputs to the disk cache under its key.
+fn persist(
+    cache: &CellCache,
+    key: &CellKey,
+    script: &str,
+    r: &CellReport,
+    scope: &Scope<'static>,
+) -> Result<(), String> {
+    let mut outputs = BTreeMap::new();
+    let mut frames = BTreeMap::new();
+    let mut constants = Vec::new();
+    for name in &r.defines {
+        let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
+        let enc = encode(&value).map_err(|e| format!("`{name}` is {}", e.0))?;
+        let hash = enc.content_hash();
+        frames.extend(enc.frames);
+        outputs.insert(
+            name.clone(),
+            StoredValue {
+                json: enc.json,
+                hash,
+            },
+        );
+        if scope.is_constant(name).unwrap_or(false) {
+            constants.push(name.clone());
+        }
+    }
+    let elapsed_s = match r.status {
+        CellStatus::Ran { elapsed_s, .. } => elapsed_s,
+        _ => 0.0,
+    };
+    let manifest = Manifest {
+        format: FORMAT,
+        script: script.to_string(),
+        cell_index: r.cell.index,
+        cell_name: r.cell.name.clone(),
+        elapsed_s,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        outputs,
+        constants,
+        printed: r.printed.clone(),
+        result_text: r.result_text.clone(),
+        result_html: r.result_html.clone(),
+        frames: BTreeMap::new(),
+        inputs: content_hashes(&r.inputs),
+    };
+    cache.store(&key.0, manifest, &frames)
 }
 
 fn set_var(scope: &mut Scope<'static>, name: &str, value: Dynamic, constant: bool) {

@@ -285,14 +285,39 @@ impl Model {
         requests: &[(Vec<Message>, usize)],
         store: Option<Arc<Mutex<Store>>>,
     ) -> Vec<Result<String, String>> {
-        let mut results: Vec<Option<Result<String, String>>> = vec![None; requests.len()];
         let keys: Vec<String> = requests
             .iter()
             .map(|(m, s)| self.request_key(m, *s))
             .collect();
+        let mut results: Vec<Option<Result<String, String>>> = vec![None; requests.len()];
+        let todo = self.recorded_answers(&keys, store.as_ref(), &mut results);
+        if !todo.is_empty() {
+            let answered = if self.cfg.provider == Provider::Local {
+                self.answer_locally(requests, &todo, &keys, store.as_ref())
+            } else {
+                self.answer_over_http(requests, &todo, &keys, store.as_ref())
+            };
+            for (i, answer) in answered {
+                results[i] = Some(answer);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("the request task failed".into())))
+            .collect()
+    }
+
+    /// Fills in the answers the store holds (and, for `replay`, the error for those it does not);
+    /// returns the indices still to ask.
+    fn recorded_answers(
+        &self,
+        keys: &[String],
+        store: Option<&Arc<Mutex<Store>>>,
+        results: &mut [Option<Result<String, String>>],
+    ) -> Vec<usize> {
         let mut todo = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let recorded = store.as_ref().and_then(|s| {
+            let recorded = store.and_then(|s| {
                 s.lock()
                     .ok()
                     .and_then(|s| s.get_response(key).ok().flatten())
@@ -313,93 +338,99 @@ impl Model {
                 None => todo.push(i),
             }
         }
-        if !todo.is_empty() && self.cfg.provider == Provider::Local {
-            for (i, answer) in self.answer_locally(requests, &todo, &keys, store.as_ref()) {
-                results[i] = Some(answer);
+        todo
+    }
+
+    /// Sends the `todo` requests to the server, `concurrency` at a time, recording each answer in the
+    /// store as it arrives.
+    fn answer_over_http(
+        &self,
+        requests: &[(Vec<Message>, usize)],
+        todo: &[usize],
+        keys: &[String],
+        store: Option<&Arc<Mutex<Store>>>,
+    ) -> Vec<(usize, Result<String, String>)> {
+        let client = match reqwest::Client::builder().build() {
+            Ok(c) => c,
+            Err(e) => {
+                let error = format!("cannot build an HTTP client: {e}");
+                return todo.iter().map(|&i| (i, Err(error.clone()))).collect();
             }
-            todo.clear();
-        }
-        if !todo.is_empty() {
-            let client = reqwest::Client::builder()
-                .build()
-                .map_err(|e| e.to_string());
-            let client = match client {
-                Ok(c) => c,
-                Err(e) => {
-                    for i in todo {
-                        results[i] = Some(Err(format!("cannot build an HTTP client: {e}")));
-                    }
-                    return results
-                        .into_iter()
-                        .map(|r| r.unwrap_or_else(|| Err("not answered".into())))
-                        .collect();
-                }
-            };
-            let ep = self.endpoint();
-            let sampling = self.sampling();
-            let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency));
-            let bar = progress_bar(todo.len() as u64);
-            let answered: Vec<(usize, Result<String, String>)> = runtime().block_on(async {
-                let mut set = tokio::task::JoinSet::new();
-                for &i in &todo {
-                    let (client, ep, sampling, sem, store, usage) = (
-                        client.clone(),
-                        ep.clone(),
-                        sampling.clone(),
-                        sem.clone(),
-                        store.clone(),
-                        self.usage.clone(),
-                    );
-                    let messages = requests[i].0.clone();
-                    let key = keys[i].clone();
-                    let model = self.cfg.model.clone();
-                    set.spawn(async move {
-                        let _permit = sem.acquire().await;
-                        let reply = send(&client, &ep, &messages, &sampling).await;
-                        if let Ok(r) = &reply {
-                            if let Ok(mut u) = usage.lock() {
-                                u.requests += 1;
-                                u.prompt_tokens += r.prompt_tokens;
-                                u.completion_tokens += r.completion_tokens;
-                                u.retries += r.retries as i64;
-                            }
-                            if let Some(store) = &store {
-                                let rec = Recorded {
-                                    key,
-                                    model,
-                                    request: serde_json::to_string(&messages).unwrap_or_default(),
-                                    response: r.text.clone(),
-                                    prompt_tokens: r.prompt_tokens,
-                                    completion_tokens: r.completion_tokens,
-                                };
-                                record(store, &rec, &usage);
-                            }
-                        }
-                        (i, reply.map(|r| r.text))
-                    });
-                }
-                let mut out = Vec::new();
-                while let Some(done) = set.join_next().await {
-                    if let Ok(pair) = done {
-                        out.push(pair);
-                    }
-                    if let Some(b) = &bar {
-                        b.inc(1);
-                    }
+        };
+        let ep = self.endpoint();
+        let sampling = self.sampling();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency));
+        let bar = progress_bar(todo.len() as u64);
+        runtime().block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for &i in todo {
+                let request = Request {
+                    client: client.clone(),
+                    endpoint: ep.clone(),
+                    sampling: sampling.clone(),
+                    messages: requests[i].0.clone(),
+                    key: keys[i].clone(),
+                    model: self.cfg.model.clone(),
+                };
+                let (sem, store, usage) = (sem.clone(), store.cloned(), self.usage.clone());
+                set.spawn(async move {
+                    let _permit = sem.acquire().await;
+                    (i, request.send_and_record(store.as_deref(), &usage).await)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(done) = set.join_next().await {
+                if let Ok(pair) = done {
+                    out.push(pair);
                 }
                 if let Some(b) = &bar {
-                    b.finish_and_clear();
+                    b.inc(1);
                 }
-                out
-            });
-            for (i, r) in answered {
-                results[i] = Some(r);
             }
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            out
+        })
+    }
+}
+
+/// One request to a model server, with what it is recorded under.
+struct Request {
+    client: reqwest::Client,
+    endpoint: Endpoint,
+    sampling: Sampling,
+    messages: Vec<Message>,
+    key: String,
+    model: String,
+}
+
+impl Request {
+    /// Sends the request; counts the usage and records the answer when it succeeds.
+    async fn send_and_record(
+        self,
+        store: Option<&Mutex<Store>>,
+        usage: &Mutex<Usage>,
+    ) -> Result<String, String> {
+        let reply = send(&self.client, &self.endpoint, &self.messages, &self.sampling).await?;
+        if let Ok(mut u) = usage.lock() {
+            u.requests += 1;
+            u.prompt_tokens += reply.prompt_tokens;
+            u.completion_tokens += reply.completion_tokens;
+            u.retries += reply.retries as i64;
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err("the request task failed".into())))
-            .collect()
+        if let Some(store) = store {
+            let rec = Recorded {
+                key: self.key,
+                model: self.model,
+                request: serde_json::to_string(&self.messages).unwrap_or_default(),
+                response: reply.text.clone(),
+                prompt_tokens: reply.prompt_tokens,
+                completion_tokens: reply.completion_tokens,
+            };
+            record(store, &rec, usage);
+        }
+        Ok(reply.text)
     }
 }
 

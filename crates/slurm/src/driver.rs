@@ -153,14 +153,9 @@ fn check_shared(dir: &Path, partition: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the batch on Slurm; `on_results` gets each finished shard's `(key, result)` pairs as it lands.
-/// Returns when every shard has been merged, or with an error naming each shard that failed after
-/// its retries (the others' results have been passed on already).
-pub fn run(
-    batch: &ShardedBatch,
-    opts: &SlurmOptions,
-    on_results: &mut dyn FnMut(Vec<(String, Value)>),
-) -> Result<SlurmRun, String> {
+/// The batch's job directory under the Slurm root (`dir`, or `.rtlab/slurm`), named by the batch's
+/// key, after checking that the cluster answers, the partition exists and the root is shared.
+fn job_dir(batch: &ShardedBatch, opts: &SlurmOptions) -> Result<PathBuf, String> {
     // The cluster answers and the partition exists: checked before anything is written.
     let partitions = cluster::partitions()?;
     if let Some(p) = &opts.partition {
@@ -177,46 +172,34 @@ pub fn run(
         .unwrap_or_else(|| batch.workspace.join("slurm"));
     std::fs::create_dir_all(&root).map_err(|e| io_err("cannot create", &root, e))?;
     check_shared(&root, opts.partition.as_deref())?;
-    let dir = root.join(format!(
+    Ok(root.join(format!(
         "{}-{}",
         batch.kind,
         &batch.batch_key[..16.min(batch.batch_key.len())]
-    ));
+    )))
+}
 
+/// Runs the batch on Slurm; `on_results` gets each finished shard's `(key, result)` pairs as it lands.
+/// Returns when every shard has been merged, or with an error naming each shard that failed after
+/// its retries (the others' results have been passed on already).
+pub fn run(
+    batch: &ShardedBatch,
+    opts: &SlurmOptions,
+    on_results: &mut dyn FnMut(Vec<(String, Value)>),
+) -> Result<SlurmRun, String> {
+    let dir = job_dir(batch, opts)?;
     let (mut job, reattached) = match reattach(&dir, batch)? {
         Some(job) => (job, true),
         None => (create(&dir, batch, opts)?, false),
     };
-    let mut follow = Follow {
-        dir: &dir,
-        opts,
-        merged: vec![false; job.shards],
-        attempts: vec![0; job.shards],
-        current: vec![None; job.shards],
-        completed_without_part: HashMap::new(),
-        failed: Vec::new(),
-        resubmitted: 0,
-    };
-    for s in &job.submissions {
-        for &k in &s.shards {
-            follow.attempts[k] += 1;
-            follow.current[k] = Some(s.job_id);
-        }
-    }
+    let mut follow = Follow::new(&dir, opts, &job);
     if reattached {
         let done = (0..job.shards)
             .filter(|k| dir.join(format!("parts/{k}.json")).exists())
             .count();
-        eprintln!(
-            "slurm: reattached to job {} in {} ({done} of {} shards finished)",
-            job_ids(&job)
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            dir.display(),
-            job.shards
-        );
+        let ids = joined(&job_ids(&job));
+        let (shown, shards) = (dir.display(), job.shards);
+        eprintln!("slurm: reattached to job {ids} in {shown} ({done} of {shards} shards finished)");
     }
     if job.submissions.is_empty() {
         let all: Vec<usize> = (0..job.shards).collect();
@@ -364,7 +347,7 @@ struct Follow<'a> {
     resubmitted: usize,
 }
 
-impl Follow<'_> {
+impl<'a> Follow<'a> {
     fn is_failed(&self, k: usize) -> bool {
         self.failed.iter().any(|(shard, _)| *shard == k)
     }
@@ -432,6 +415,27 @@ impl Follow<'_> {
         }
     }
 
+    /// Follows the job's submissions so far: each shard's attempts and current job id.
+    fn new(dir: &'a Path, opts: &'a SlurmOptions, job: &JobRecord) -> Follow<'a> {
+        let mut follow = Follow {
+            dir,
+            opts,
+            merged: vec![false; job.shards],
+            attempts: vec![0; job.shards],
+            current: vec![None; job.shards],
+            completed_without_part: HashMap::new(),
+            failed: Vec::new(),
+            resubmitted: 0,
+        };
+        for s in &job.submissions {
+            for &k in &s.shards {
+                follow.attempts[k] += 1;
+                follow.current[k] = Some(s.job_id);
+            }
+        }
+        follow
+    }
+
     fn follow(
         &mut self,
         job: &mut JobRecord,
@@ -445,6 +449,8 @@ impl Follow<'_> {
         result
     }
 
+    /// One poll a `POLL` apart until every shard is merged or failed: merge the parts that landed,
+    /// find the elements that left the queue without one, and resubmit or fail them.
     fn follow_inner(
         &mut self,
         job: &mut JobRecord,
@@ -469,31 +475,9 @@ impl Follow<'_> {
                 ids
             };
             if rtlab_core::cancel_requested() {
-                let cancelled = cluster::scancel(&active);
-                return Err(format!(
-                    "cancelled by Ctrl-C: Slurm job {} {}; finished shards are saved in the store, rerun to continue",
-                    active.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
-                    match cancelled {
-                        Ok(()) => "was cancelled with scancel".to_string(),
-                        Err(e) => format!("could not be cancelled ({e}): cancel it by hand"),
-                    }
-                ));
+                return Err(cancel_by_ctrl_c(&active));
             }
-            let queue = cluster::queued(&active)?;
-            let mut ended: Vec<(usize, String, String)> = Vec::new();
-            for &k in &open {
-                let Some(id) = self.current[k] else { continue };
-                if queue.contains_key(&format!("{id}_{k}")) {
-                    continue;
-                }
-                // Left the queue: its part may have landed since the merge above.
-                if self.dir.join(format!("parts/{k}.json")).exists() {
-                    continue;
-                }
-                let (state, exit) =
-                    cluster::ended(id, k).unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
-                ended.push((k, state, exit));
-            }
+            let ended = self.ended_without_part(&open, &active)?;
             // Every open shard cancelled at once: someone cancelled the job. Stop, do not resubmit.
             let cancelled = ended
                 .iter()
@@ -502,54 +486,15 @@ impl Follow<'_> {
             if open.len() > 1 && cancelled == open.len() {
                 return Err(format!(
                     "slurm: job {} was cancelled outside rtlab (scancel?); {} of {} shards finished and are saved; rerun to submit the rest",
-                    active.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                    joined(&active),
                     self.merged.iter().filter(|m| **m).count(),
                     job.shards
                 ));
             }
-            let mut again: Vec<usize> = Vec::new();
-            for (k, state, exit) in ended {
-                let id = self.current[k].unwrap_or_default();
-                let stderr = self.dir.join(format!("logs/{id}_{k}.err"));
-                match state.as_str() {
-                    "COMPLETED" => {
-                        let since = *self
-                            .completed_without_part
-                            .entry(k)
-                            .or_insert_with(Instant::now);
-                        if since.elapsed() > PART_GRACE {
-                            self.failed.push((k, format!(
-                                "shard {k} (job {id}_{k}) completed but wrote no part file in {} s: is {} on a filesystem the nodes share? its stderr: {}",
-                                PART_GRACE.as_secs(),
-                                self.dir.display(),
-                                stderr.display()
-                            )));
-                        }
-                    }
-                    "TIMEOUT" => self.failed.push((k, format!(
-                        "shard {k} (job {id}_{k}) timed out after the time limit {}: raise `time` or `tasks`; its stderr: {}",
-                        self.opts.time.as_deref().unwrap_or("(the partition's)"),
-                        stderr.display()
-                    ))),
-                    _ if self.attempts[k] <= self.opts.retries => again.push(k),
-                    _ => {
-                        let hint = if state == "OUT_OF_MEMORY" {
-                            " (raise `mem`)"
-                        } else {
-                            ""
-                        };
-                        self.failed.push((k, format!(
-                            "shard {k} (job {id}_{k}) ended {state}{hint} with exit code {} after {} attempts; its stderr: {}{}",
-                            if exit.is_empty() { "unknown" } else { &exit },
-                            self.attempts[k],
-                            stderr.display(),
-                            last_line(&stderr)
-                                .map(|l| format!(" (last line: {l})"))
-                                .unwrap_or_default()
-                        )))
-                    }
-                }
-            }
+            let again: Vec<usize> = ended
+                .into_iter()
+                .filter_map(|(k, state, exit)| self.settle(k, &state, &exit))
+                .collect();
             if !again.is_empty() {
                 self.resubmitted += again.len();
                 self.submit(job, &again)?;
@@ -557,6 +502,98 @@ impl Follow<'_> {
             std::thread::sleep(POLL);
         }
     }
+
+    /// The open shards that left the queue without a part file: `(shard, Slurm state, exit code)`.
+    fn ended_without_part(
+        &self,
+        open: &[usize],
+        active: &[u64],
+    ) -> Result<Vec<(usize, String, String)>, String> {
+        let queue = cluster::queued(active)?;
+        let mut ended = Vec::new();
+        for &k in open {
+            let Some(id) = self.current[k] else { continue };
+            if queue.contains_key(&format!("{id}_{k}")) {
+                continue;
+            }
+            // Left the queue: its part may have landed since the merge.
+            if self.dir.join(format!("parts/{k}.json")).exists() {
+                continue;
+            }
+            let (state, exit) =
+                cluster::ended(id, k).unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
+            ended.push((k, state, exit));
+        }
+        Ok(ended)
+    }
+
+    /// What to do with a shard that ended without a part: `Some(k)` to resubmit it, or `None` when it
+    /// is failed (with the reason recorded) or still within its grace period.
+    fn settle(&mut self, k: usize, state: &str, exit: &str) -> Option<usize> {
+        let id = self.current[k].unwrap_or_default();
+        let stderr = self.dir.join(format!("logs/{id}_{k}.err"));
+        let failure = match state {
+            "COMPLETED" => {
+                let since = *self
+                    .completed_without_part
+                    .entry(k)
+                    .or_insert_with(Instant::now);
+                if since.elapsed() <= PART_GRACE {
+                    return None;
+                }
+                format!(
+                    "shard {k} (job {id}_{k}) completed but wrote no part file in {} s: is {} on a filesystem the nodes share? its stderr: {}",
+                    PART_GRACE.as_secs(),
+                    self.dir.display(),
+                    stderr.display()
+                )
+            }
+            "TIMEOUT" => format!(
+                "shard {k} (job {id}_{k}) timed out after the time limit {}: raise `time` or `tasks`; its stderr: {}",
+                self.opts.time.as_deref().unwrap_or("(the partition's)"),
+                stderr.display()
+            ),
+            _ if self.attempts[k] <= self.opts.retries => return Some(k),
+            _ => {
+                let hint = if state == "OUT_OF_MEMORY" {
+                    " (raise `mem`)"
+                } else {
+                    ""
+                };
+                format!(
+                    "shard {k} (job {id}_{k}) ended {state}{hint} with exit code {} after {} attempts; its stderr: {}{}",
+                    if exit.is_empty() { "unknown" } else { exit },
+                    self.attempts[k],
+                    stderr.display(),
+                    last_line(&stderr)
+                        .map(|l| format!(" (last line: {l})"))
+                        .unwrap_or_default()
+                )
+            }
+        };
+        self.failed.push((k, failure));
+        None
+    }
+}
+
+fn joined(ids: &[u64]) -> String {
+    ids.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Cancels the job's elements still running after Ctrl-C, and says what became of them.
+fn cancel_by_ctrl_c(active: &[u64]) -> String {
+    let cancelled = cluster::scancel(active);
+    format!(
+        "cancelled by Ctrl-C: Slurm job {} {}; finished shards are saved in the store, rerun to continue",
+        joined(active),
+        match cancelled {
+            Ok(()) => "was cancelled with scancel".to_string(),
+            Err(e) => format!("could not be cancelled ({e}): cancel it by hand"),
+        }
+    )
 }
 
 fn last_line(path: &Path) -> Option<String> {

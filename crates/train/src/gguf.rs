@@ -49,18 +49,13 @@ fn bad(path: &Path, what: impl std::fmt::Display) -> TrainError {
     TrainError::Input(format!("{}: {what}", path.display()))
 }
 
-/// Reads and checks the metadata (config, tokenizer, chat template); no tensor is read yet.
-pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
-    let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-    let content = Content::read(&mut file).map_err(|e| {
-        bad(
-            path,
-            format!(
-                "not a readable GGUF file ({e}); is it complete? A partial download is truncated"
-            ),
-        )
-    })?;
-    // A file cut short (an interrupted download) is refused now, before any work.
+/// A file cut short (an interrupted download) is refused before any work: every tensor must end
+/// inside the file.
+fn check_complete(
+    path: &Path,
+    file: &mut std::fs::File,
+    content: &Content,
+) -> Result<(), TrainError> {
     let file_len = file.metadata().map_err(|e| bad(path, e))?.len();
     for (name, info) in &content.tensor_infos {
         let bytes = info.shape.elem_count() / info.ggml_dtype.block_size().max(1)
@@ -73,17 +68,19 @@ pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
             ));
         }
     }
-    let meta = Meta {
-        path,
-        content: &content,
-    };
+    Ok(())
+}
+
+/// The model's shape from the `<arch>.*` metadata, in the config a Hugging Face directory gives
+/// (`vocab_size` is 0 until the tokenizer is read).
+fn model_config(meta: &Meta) -> Result<ModelConfig, TrainError> {
     let arch_name = meta.string("general.architecture")?;
     let arch = match arch_name.as_str() {
         "llama" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
         other => {
             return Err(bad(
-                path,
+                meta.path,
                 format!("architecture {other:?}: rtlab reads llama and qwen2 GGUF models"),
             ))
         }
@@ -96,13 +93,12 @@ pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
         .unwrap_or(heads);
     if heads == 0 || kv_heads == 0 || hidden % heads != 0 {
         return Err(bad(
-            path,
+            meta.path,
             format!("{heads} heads ({kv_heads} KV) do not divide a hidden size of {hidden}"),
         ));
     }
-    let (tokenizer, vocab_size) = tokenizer(&meta)?;
-    let tie = !content.tensor_infos.contains_key("output.weight");
-    let cfg = ModelConfig {
+    let tie = !meta.content.tensor_infos.contains_key("output.weight");
+    Ok(ModelConfig {
         arch,
         hidden_size: hidden,
         intermediate_size: meta.usize(&key("feed_forward_length"))?,
@@ -110,7 +106,7 @@ pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
         num_attention_heads: heads,
         num_key_value_heads: kv_heads,
         head_dim: hidden / heads,
-        vocab_size,
+        vocab_size: 0,
         rms_norm_eps: meta
             .optional_f64(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-6),
@@ -119,11 +115,34 @@ pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
             .unwrap_or(10_000.0),
         max_position_embeddings: meta.optional_usize(&key("context_length"))?.unwrap_or(2048),
         tie_word_embeddings: tie,
-        qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        qkv_bias: meta.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         eos_token_id: meta
             .optional_usize("tokenizer.ggml.eos_token_id")?
             .map(|i| i as u32),
+    })
+}
+
+/// Reads and checks the metadata (config, tokenizer, chat template); no tensor is read yet.
+pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
+    let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let content = Content::read(&mut file).map_err(|e| {
+        bad(
+            path,
+            format!(
+                "not a readable GGUF file ({e}); is it complete? A partial download is truncated"
+            ),
+        )
+    })?;
+    check_complete(path, &mut file, &content)?;
+    let meta = Meta {
+        path,
+        content: &content,
     };
+    // The shape is checked before the tokenizer is built, so a file of another architecture is named
+    // as such rather than by a tokenizer error.
+    let mut cfg = model_config(&meta)?;
+    let (tokenizer, vocab_size) = tokenizer(&meta)?;
+    cfg.vocab_size = vocab_size;
     let token = |k: &str| -> Result<Option<String>, TrainError> {
         Ok(meta
             .optional_usize(k)?

@@ -607,6 +607,97 @@ fn read_safetensors(
     Ok(())
 }
 
+/// The weights a model is built from, taken one by one by Hugging Face name, and the seeded RNG of
+/// its fresh LoRA adapters (drawn in layer and projection order, so a seed gives the same adapters).
+struct WeightSource<'a> {
+    cfg: &'a ModelConfig,
+    dense: Weights,
+    quantized: QuantizedWeights,
+    lora: Option<&'a LoraSpec>,
+    rng: StdRng,
+    dtype: DType,
+    dev: &'a Device,
+}
+
+impl WeightSource<'_> {
+    fn take(&mut self, name: &str) -> Result<Tensor, TrainError> {
+        self.dense.remove(name).ok_or_else(|| {
+            TrainError::Input(format!(
+                "the model's safetensors have no tensor {name:?}: is config.json's architecture ({:?}) the one the weights were saved with?",
+                self.cfg.arch
+            ))
+        })
+    }
+
+    /// A projection `{prefix}.{path}`: its weight (quantized when the file keeps it so), its bias, and
+    /// a fresh adapter when `module` is a LoRA target.
+    fn linear(
+        &mut self,
+        prefix: &str,
+        module: &str,
+        path: &str,
+        bias: bool,
+    ) -> Result<Linear, TrainError> {
+        let name = format!("{prefix}.{path}.weight");
+        let weight = match self.quantized.remove(&name) {
+            Some(q) => BaseWeight::Quantized(q),
+            None => BaseWeight::Dense(self.take(&name)?),
+        };
+        let bias = if bias {
+            Some(self.take(&format!("{prefix}.{path}.bias"))?)
+        } else {
+            None
+        };
+        let lora = match self.lora {
+            Some(spec) if spec.target_modules.iter().any(|m| m == module) => {
+                let (d_out, d_in) = weight.dims2()?;
+                Some(fresh_lora(
+                    spec,
+                    d_in,
+                    d_out,
+                    &mut self.rng,
+                    self.dtype,
+                    self.dev,
+                )?)
+            }
+            _ => None,
+        };
+        Ok(Linear { weight, bias, lora })
+    }
+
+    /// Decoder layer `i`.
+    fn layer(&mut self, i: usize) -> Result<Layer, TrainError> {
+        let p = format!("model.layers.{i}");
+        let (cfg, qkv_bias) = (self.cfg, self.cfg.qkv_bias);
+        let attn = Attention {
+            q: self.linear(&p, "q_proj", "self_attn.q_proj", qkv_bias)?,
+            k: self.linear(&p, "k_proj", "self_attn.k_proj", qkv_bias)?,
+            v: self.linear(&p, "v_proj", "self_attn.v_proj", qkv_bias)?,
+            o: self.linear(&p, "o_proj", "self_attn.o_proj", false)?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        };
+        let mlp = Mlp {
+            gate: self.linear(&p, "gate_proj", "mlp.gate_proj", false)?,
+            up: self.linear(&p, "up_proj", "mlp.up_proj", false)?,
+            down: self.linear(&p, "down_proj", "mlp.down_proj", false)?,
+        };
+        Ok(Layer {
+            input_norm: RmsNorm {
+                weight: self.take(&format!("{p}.input_layernorm.weight"))?,
+                eps: cfg.rms_norm_eps,
+            },
+            attn,
+            post_norm: RmsNorm {
+                weight: self.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                eps: cfg.rms_norm_eps,
+            },
+            mlp,
+        })
+    }
+}
+
 impl CausalLm {
     /// Builds the model from base weights, adding fresh adapters (seeded PEFT init) when `lora` is given.
     pub fn new(
@@ -624,8 +715,8 @@ impl CausalLm {
     /// quantized; the rest comes from `w`.
     pub fn with_quantized(
         cfg: ModelConfig,
-        mut w: Weights,
-        mut quantized: QuantizedWeights,
+        w: Weights,
+        quantized: QuantizedWeights,
         lora: Option<&LoraSpec>,
         seed: u64,
         dtype: DType,
@@ -636,74 +727,30 @@ impl CausalLm {
                 "a quantized base computes in f32, not {dtype:?}"
             )));
         }
-        let mut take = |name: &str| -> Result<Tensor, TrainError> {
-            w.remove(name).ok_or_else(|| {
-                TrainError::Input(format!(
-                    "the model's safetensors have no tensor {name:?}: is config.json's architecture ({:?}) the one the weights were saved with?",
-                    cfg.arch
-                ))
-            })
+        let mut source = WeightSource {
+            cfg: &cfg,
+            dense: w,
+            quantized,
+            lora,
+            rng: StdRng::seed_from_u64(seed),
+            dtype,
+            dev,
         };
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let mut linear = |module: &str, path: &str, bias: bool| -> Result<Linear, TrainError> {
-                let name = format!("{p}.{path}.weight");
-                let weight = match quantized.remove(&name) {
-                    Some(q) => BaseWeight::Quantized(q),
-                    None => BaseWeight::Dense(take(&name)?),
-                };
-                let bias = if bias {
-                    Some(take(&format!("{p}.{path}.bias"))?)
-                } else {
-                    None
-                };
-                let lora = match lora {
-                    Some(spec) if spec.target_modules.iter().any(|m| m == module) => {
-                        let (d_out, d_in) = weight.dims2()?;
-                        Some(fresh_lora(spec, d_in, d_out, &mut rng, dtype, dev)?)
-                    }
-                    _ => None,
-                };
-                Ok(Linear { weight, bias, lora })
-            };
-            let qkv_bias = cfg.qkv_bias;
-            let attn = Attention {
-                q: linear("q_proj", "self_attn.q_proj", qkv_bias)?,
-                k: linear("k_proj", "self_attn.k_proj", qkv_bias)?,
-                v: linear("v_proj", "self_attn.v_proj", qkv_bias)?,
-                o: linear("o_proj", "self_attn.o_proj", false)?,
-                heads: cfg.num_attention_heads,
-                kv_heads: cfg.num_key_value_heads,
-                head_dim: cfg.head_dim,
-            };
-            let mlp = Mlp {
-                gate: linear("gate_proj", "mlp.gate_proj", false)?,
-                up: linear("up_proj", "mlp.up_proj", false)?,
-                down: linear("down_proj", "mlp.down_proj", false)?,
-            };
-            layers.push(Layer {
-                input_norm: RmsNorm {
-                    weight: take(&format!("{p}.input_layernorm.weight"))?,
-                    eps: cfg.rms_norm_eps,
-                },
-                attn,
-                post_norm: RmsNorm {
-                    weight: take(&format!("{p}.post_attention_layernorm.weight"))?,
-                    eps: cfg.rms_norm_eps,
-                },
-                mlp,
-            });
-        }
-        let embed = take("model.embed_tokens.weight")?;
-        let lm_head = match quantized.remove("lm_head.weight") {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| source.layer(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let embed = source.take("model.embed_tokens.weight")?;
+        let lm_head = match source.quantized.remove("lm_head.weight") {
             Some(q) => BaseWeight::Quantized(q),
             None if cfg.tie_word_embeddings => BaseWeight::Dense(embed.clone()),
-            None => BaseWeight::Dense(take("lm_head.weight").unwrap_or_else(|_| embed.clone())),
+            None => BaseWeight::Dense(
+                source
+                    .take("lm_head.weight")
+                    .unwrap_or_else(|_| embed.clone()),
+            ),
         };
         let norm = RmsNorm {
-            weight: take("model.norm.weight")?,
+            weight: source.take("model.norm.weight")?,
             eps: cfg.rms_norm_eps,
         };
         let rope = Rope::new(&cfg, cfg.max_position_embeddings.max(64), dtype, dev)?;

@@ -109,12 +109,34 @@ pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
         )));
     }
     std::fs::create_dir_all(dir)?;
+    let config = config_json(spec);
+    let tensors = seeded_weights(spec);
+    write_f32_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    write_if_changed(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    write_if_changed(
+        &dir.join("tokenizer.json"),
+        serde_json::to_string_pretty(&tokenizer_json())?.as_bytes(),
+    )?;
+    let tok_config = json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIALS[0],
+        "pad_token": SPECIALS[0], "model_max_length": spec.max_positions, "clean_up_tokenization_spaces": false});
+    write_if_changed(
+        &dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tok_config)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The Hugging Face `config.json` of the tiny model.
+fn config_json(spec: &TinySpec) -> serde_json::Value {
     let (arch, model_type) = match spec.arch {
         super::config::Arch::Llama => ("LlamaForCausalLM", "llama"),
         super::config::Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
     };
     let eos = 256u32;
-    let config = json!({
+    json!({
         "architectures": [arch], "model_type": model_type,
         "hidden_size": spec.hidden, "intermediate_size": spec.intermediate,
         "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
@@ -122,7 +144,11 @@ pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": spec.max_positions,
         "tie_word_embeddings": false, "hidden_act": "silu", "attention_bias": false,
         "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": "float32",
-    });
+    })
+}
+
+/// The weights by Hugging Face name, `(shape, values)`, drawn in a fixed order from the spec's seed.
+fn seeded_weights(spec: &TinySpec) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     // Scales as a trained model has them, not HF's N(0, 0.02) init: with a frozen head of 0.02 the
     // largest logit a unit-RMS hidden state can reach is ~1.3, and no adapter could ever make the model
     // confident (the loss floors near ln(vocab) − 1.3). Linear weights N(0, 1/√fan_in) carry the signal
@@ -191,22 +217,7 @@ pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
     }
     put("model.norm.weight".into(), (vec![h], vec![1.0; h]));
     put("lm_head.weight".into(), random(vec![VOCAB, h], 0.25));
-    write_f32_safetensors(&dir.join("model.safetensors"), &tensors)?;
-    write_if_changed(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )?;
-    write_if_changed(
-        &dir.join("tokenizer.json"),
-        serde_json::to_string_pretty(&tokenizer_json())?.as_bytes(),
-    )?;
-    let tok_config = json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIALS[0],
-        "pad_token": SPECIALS[0], "model_max_length": spec.max_positions, "clean_up_tokenization_spaces": false});
-    write_if_changed(
-        &dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&tok_config)?.as_bytes(),
-    )?;
-    Ok(())
+    tensors
 }
 
 /// Leaves a file with these exact bytes alone, so remaking the same tiny model keeps its mtime (the

@@ -73,6 +73,22 @@ struct TrainerState {
     tokens: usize,
 }
 
+impl TrainerState {
+    /// Counts a finished optimizer step and adds it to the curve.
+    fn log(&mut self, epoch: usize, loss: f64, lr: f64, grad_norm: f64, tokens: usize) {
+        self.tokens += tokens;
+        self.step += 1;
+        self.curve.push(StepLog {
+            step: self.step,
+            epoch,
+            loss,
+            lr,
+            grad_norm,
+            tokens: self.tokens,
+        });
+    }
+}
+
 /// AdamW as PyTorch does it: decoupled weight decay, bias-corrected moments.
 struct AdamW {
     m: Vec<Tensor>,
@@ -308,6 +324,9 @@ pub fn steps_per_epoch(n: usize, h: &Hyper) -> usize {
     n.div_ceil(h.batch_size).div_ceil(h.grad_accum)
 }
 
+/// Trains the job's adapters: resumes from its last checkpoint when asked, runs the optimizer steps
+/// (on the CPU, or on the GPU kernels when `job.gpu` is set), checkpoints every `checkpoint_every`
+/// steps and on Ctrl-C, and saves the PEFT adapter at the end.
 pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let h = job.hyper;
     let n = job.examples.len();
@@ -320,109 +339,53 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let trainable: usize = plain.iter().map(|v| v.elem_count()).sum();
     let mut adam = AdamW::new(&plain)?;
-    let mut state = TrainerState {
+    // With `resume`, the last checkpoint's adapters, moments and curve, if there is one.
+    let restored = if job.resume {
+        restore(&job, &vars, &mut adam)?
+    } else {
+        None
+    };
+    let resumed_from = restored.as_ref().map(|s| s.step);
+    let mut state = restored.unwrap_or(TrainerState {
         step: 0,
         curve: Vec::new(),
         tokens: 0,
-    };
-    let mut resumed_from = None;
-    if job.resume {
-        if let Some(s) = restore(&job, &vars, &mut adam)? {
-            resumed_from = Some(s.step);
-            state = s;
-        }
-    }
-    let mut on_gpu = match &job.gpu {
-        None => None,
-        Some(g) => {
-            let moments: Vec<(String, Tensor, Tensor)> = vars
-                .iter()
-                .enumerate()
-                .map(|(i, (name, _))| (name.clone(), adam.m[i].clone(), adam.v[i].clone()))
-                .collect();
-            Some(super::gpu::GpuStep::new(
-                &g.gpu, g.cfg, g.weights, job.model, job.spec, &moments,
-            )?)
-        }
-    };
-    // Brings the GPU's adapters and moments into the candle model and AdamW before anything is saved.
-    let sync = |on_gpu: &Option<super::gpu::GpuStep>, adam: &mut AdamW| -> Result<(), TrainError> {
-        if let Some(g) = on_gpu {
-            let moments = g.download(job.model)?;
-            for (i, (name, _)) in vars.iter().enumerate() {
-                let (m, v) = &moments[name];
-                adam.m[i] = m.clone();
-                adam.v[i] = v.clone();
-            }
-        }
-        Ok(())
-    };
+    });
+    let mut on_gpu = start_on_gpu(&job, &vars, &adam)?;
     let bar = progress_bar(total as u64, state.step as u64);
     let started = Instant::now();
     let mut tokens_this_run = 0usize;
     let mut cancelled = false;
-    let dtype = job.model.dtype;
     while state.step < total {
         if rtlab_core::cancel_requested() {
             cancelled = true;
             break;
         }
         let step = state.step;
-        let epoch = step / per_epoch;
-        let batches = epoch_batches(n, h.batch_size, h.seed, epoch);
-        let first = (step % per_epoch) * h.grad_accum;
-        let micro: Vec<&Vec<usize>> = batches.iter().skip(first).take(h.grad_accum).collect();
-        let prepared: Vec<Batch> = micro
-            .iter()
-            .map(|idx| {
-                let ex: Vec<&Example> = idx.iter().map(|&i| &job.examples[i]).collect();
-                examples::batch(&ex, job.pad, dtype, &job.model.device)
-            })
-            .collect::<Result<_, _>>()?;
-        let scored: usize = prepared.iter().map(|b| b.scored).sum::<usize>().max(1);
+        let prepared = micro_batches(&job, step, per_epoch)?;
         let lr = h.lr_at(step, total);
-        // Dropout of micro-batch k of step s is seeded the same way on both devices.
-        let seed = |k: usize| h.seed ^ ((step as u64) << 20) ^ k as u64;
-        let (loss_sum, grad_norm) = match on_gpu.as_mut() {
-            Some(g) => {
-                let mut loss = 0.0;
-                for (k, b) in prepared.iter().enumerate() {
-                    loss += g.micro(b, scored as f64, seed(k))?;
-                }
-                (
-                    loss,
-                    g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?,
-                )
-            }
-            None => cpu_step(
-                job.model, &prepared, &plain, &mut adam, scored, lr, h, step, seed,
-            )?,
-        };
+        let (loss_sum, grad_norm) = optimizer_step(
+            &job,
+            on_gpu.as_mut(),
+            &prepared,
+            &plain,
+            &mut adam,
+            lr,
+            step,
+        )?;
         let tokens: usize = prepared.iter().map(|b| b.tokens).sum();
         tokens_this_run += tokens;
-        state.tokens += tokens;
-        state.step += 1;
-        state.curve.push(StepLog {
-            step: state.step,
-            epoch,
-            loss: loss_sum,
-            lr,
-            grad_norm,
-            tokens: state.tokens,
-        });
+        state.log(step / per_epoch, loss_sum, lr, grad_norm, tokens);
         if let Some(b) = &bar {
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            b.set_message(format!(
-                "loss {loss_sum:.4}  {:.0} tok/s",
-                tokens_this_run as f64 / secs
-            ));
+            let rate = tokens_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            b.set_message(format!("loss {loss_sum:.4}  {rate:.0} tok/s"));
             b.set_position(state.step as u64);
         }
         if h.checkpoint_every > 0
             && state.step.is_multiple_of(h.checkpoint_every)
             && state.step < total
         {
-            sync(&on_gpu, &mut adam)?;
+            sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
             write_checkpoint(&job, &adam, &vars, &state)?;
         }
     }
@@ -430,7 +393,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         b.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
-    sync(&on_gpu, &mut adam)?;
+    sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
     if cancelled {
         write_checkpoint(&job, &adam, &vars, &state)?;
     } else {
@@ -451,6 +414,85 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         cancelled,
         fingerprint: job.fingerprint.to_string(),
     })
+}
+
+/// The GPU step for `device: "wgpu"` or `"cuda"`, started from the adapters and AdamW's moments as
+/// they are now (fresh, or restored from a checkpoint); `None` on the CPU.
+fn start_on_gpu(
+    job: &Job,
+    vars: &[(String, Var)],
+    adam: &AdamW,
+) -> Result<Option<super::gpu::GpuStep>, TrainError> {
+    let Some(g) = &job.gpu else { return Ok(None) };
+    let moments: Vec<(String, Tensor, Tensor)> = vars
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), adam.m[i].clone(), adam.v[i].clone()))
+        .collect();
+    let step = super::gpu::GpuStep::new(&g.gpu, g.cfg, g.weights, job.model, job.spec, &moments)?;
+    Ok(Some(step))
+}
+
+/// Brings the GPU's adapters and moments into the candle model and AdamW before anything is saved.
+fn sync_from_gpu(
+    job: &Job,
+    vars: &[(String, Var)],
+    on_gpu: &Option<super::gpu::GpuStep>,
+    adam: &mut AdamW,
+) -> Result<(), TrainError> {
+    let Some(g) = on_gpu else { return Ok(()) };
+    let moments = g.download(job.model)?;
+    for (i, (name, _)) in vars.iter().enumerate() {
+        let (m, v) = &moments[name];
+        adam.m[i] = m.clone();
+        adam.v[i] = v.clone();
+    }
+    Ok(())
+}
+
+/// The `grad_accum` micro-batches of optimizer step `step`, in its epoch's seeded order.
+fn micro_batches(job: &Job, step: usize, per_epoch: usize) -> Result<Vec<Batch>, TrainError> {
+    let h = job.hyper;
+    let batches = epoch_batches(job.examples.len(), h.batch_size, h.seed, step / per_epoch);
+    let first = (step % per_epoch) * h.grad_accum;
+    batches
+        .iter()
+        .skip(first)
+        .take(h.grad_accum)
+        .map(|idx| {
+            let ex: Vec<&Example> = idx.iter().map(|&i| &job.examples[i]).collect();
+            examples::batch(&ex, job.pad, job.model.dtype, &job.model.device)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(TrainError::from)
+}
+
+/// One optimizer step over the micro-batches, on the GPU or the CPU: the step's loss (the micro-batch
+/// losses summed, each averaged over the step's scored tokens) and its gradient norm before clipping.
+fn optimizer_step(
+    job: &Job,
+    on_gpu: Option<&mut super::gpu::GpuStep>,
+    prepared: &[Batch],
+    plain: &[Var],
+    adam: &mut AdamW,
+    lr: f64,
+    step: usize,
+) -> Result<(f64, f64), TrainError> {
+    let h = job.hyper;
+    let scored: usize = prepared.iter().map(|b| b.scored).sum::<usize>().max(1);
+    // Dropout of micro-batch k of step s is seeded the same way on both devices.
+    let seed = |k: usize| h.seed ^ ((step as u64) << 20) ^ k as u64;
+    let Some(g) = on_gpu else {
+        return cpu_step(job.model, prepared, plain, adam, scored, lr, h, step, seed);
+    };
+    let mut loss = 0.0;
+    for (k, b) in prepared.iter().enumerate() {
+        loss += g.micro(b, scored as f64, seed(k))?;
+    }
+    Ok((
+        loss,
+        g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?,
+    ))
 }
 
 /// One optimizer step on the CPU: forward + backward of each micro-batch, gradients summed, clipped to

@@ -51,18 +51,100 @@ fn random_expr(width: usize) -> String {
     }
 }
 
+/// The values data inputs take in one cycle: the three corner cases, then random.
+#[derive(Clone, Copy)]
+enum Stimulus {
+    Zeros,
+    Ones,
+    Alternate,
+    Random,
+}
+
+/// The ports as the testbench uses them.
+struct Roles<'a> {
+    all: &'a [Port],
+    clock: Option<&'a Port>,
+    /// The reset, and whether it is active low.
+    reset: Option<(&'a Port, bool)>,
+    /// Inputs other than the clock and the reset.
+    data_inputs: Vec<&'a Port>,
+    outputs: Vec<&'a Port>,
+}
+
+impl<'a> Roles<'a> {
+    fn of(ports: &'a [Port]) -> Roles<'a> {
+        let clock = ports.iter().find(|p| is_clock(p));
+        let reset = ports
+            .iter()
+            .find_map(|p| reset_polarity(p).map(|low| (p, low)));
+        let data_inputs = ports
+            .iter()
+            .filter(|p| p.input && Some(*p) != clock && reset.map(|r| r.0) != Some(*p))
+            .collect();
+        let outputs = ports.iter().filter(|p| !p.input).collect();
+        Roles {
+            all: ports,
+            clock,
+            reset,
+            data_inputs,
+            outputs,
+        }
+    }
+
+    /// Assignments of every data input for one cycle.
+    fn set_inputs(&self, stimulus: Stimulus) -> String {
+        self.data_inputs
+            .iter()
+            .map(|p| {
+                let v = match stimulus {
+                    Stimulus::Random => random_expr(p.width),
+                    Stimulus::Zeros => "0".to_string(),
+                    Stimulus::Ones => format!("{{{}{{1'b1}}}}", p.width),
+                    Stimulus::Alternate => format!("{{{}{{2'b10}}}}", p.width.div_ceil(2)),
+                };
+                format!("{} = {v}; ", p.name)
+            })
+            .collect()
+    }
+
+    /// The statements that assert and release the reset (empty without one).
+    fn reset_on_off(&self) -> (String, String) {
+        match self.reset {
+            Some((p, true)) => (format!("{} = 0;", p.name), format!("{} = 1;", p.name)),
+            Some((p, false)) => (format!("{} = 1;", p.name), format!("{} = 0;", p.name)),
+            None => (String::new(), String::new()),
+        }
+    }
+
+    /// One cycle's inputs: zeros, ones, alternating bits, then random.
+    fn cycle_inputs(&self) -> String {
+        format!(
+            "      if (cycle == 0) begin {} end\n      else if (cycle == 1) begin {} end\n      else if (cycle == 2) begin {} end\n      else begin {} end\n",
+            self.set_inputs(Stimulus::Zeros),
+            self.set_inputs(Stimulus::Ones),
+            self.set_inputs(Stimulus::Alternate),
+            self.set_inputs(Stimulus::Random)
+        )
+    }
+}
+
 /// The testbench text. `cycles` random cycles follow the corner cases.
 pub fn generate(ports: &[Port], cycles: usize, seed: u32) -> String {
-    let clock = ports.iter().find(|p| is_clock(p));
-    let reset = ports
-        .iter()
-        .find_map(|p| reset_polarity(p).map(|low| (p, low)));
-    let data_inputs: Vec<&Port> = ports
-        .iter()
-        .filter(|p| p.input && Some(*p) != clock && reset.map(|r| r.0) != Some(*p))
-        .collect();
-    let outputs: Vec<&Port> = ports.iter().filter(|p| !p.input).collect();
+    let roles = Roles::of(ports);
+    let mut tb = String::from("`timescale 1ns/1ps\nmodule tb;\n");
+    declare(&mut tb, &roles, seed);
+    compare_task(&mut tb, &roles.outputs);
+    tb.push_str("  initial begin\n");
+    match roles.clock {
+        Some(clock) => clocked_stimulus(&mut tb, &roles, &clock.name, cycles),
+        None => combinational_stimulus(&mut tb, &roles, cycles),
+    }
+    tb.push_str("    $display(\"Mismatches: %0d in %0d samples\", mismatches, samples);\n    $finish;\n  end\nendmodule\n");
+    tb
+}
 
+/// The counters, a reg per input, a ref/dut wire pair per output, and both instances.
+fn declare(tb: &mut String, roles: &Roles, seed: u32) {
     let decl = |p: &Port| {
         if p.width == 1 {
             String::new()
@@ -70,12 +152,11 @@ pub fn generate(ports: &[Port], cycles: usize, seed: u32) -> String {
             format!("[{}:0] ", p.width - 1)
         }
     };
-    let mut tb = String::from("`timescale 1ns/1ps\nmodule tb;\n");
     tb.push_str(&format!("  integer seed = {seed};\n  integer mismatches = 0;\n  integer samples = 0;\n  integer cycle;\n"));
-    for p in ports.iter().filter(|p| p.input) {
+    for p in roles.all.iter().filter(|p| p.input) {
         tb.push_str(&format!("  reg {}{} = 0;\n", decl(p), p.name));
     }
-    for p in &outputs {
+    for p in &roles.outputs {
         tb.push_str(&format!(
             "  wire {}{}_ref, {}_dut;\n",
             decl(p),
@@ -84,7 +165,8 @@ pub fn generate(ports: &[Port], cycles: usize, seed: u32) -> String {
         ));
     }
     let conns = |suffix: &str| {
-        ports
+        roles
+            .all
             .iter()
             .map(|p| {
                 if p.input {
@@ -98,86 +180,57 @@ pub fn generate(ports: &[Port], cycles: usize, seed: u32) -> String {
     };
     tb.push_str(&format!("  RefModule ref_inst ({});\n", conns("ref")));
     tb.push_str(&format!("  TopModule dut_inst ({});\n", conns("dut")));
+}
 
-    // Compare task: an x bit in the reference matches anything.
+/// The compare task: an x bit in the reference matches anything.
+fn compare_task(tb: &mut String, outputs: &[&Port]) {
     tb.push_str("  task compare;\n    begin\n      samples = samples + 1;\n");
-    for p in &outputs {
+    for p in outputs {
         let n = &p.name;
         tb.push_str(&format!(
             "      if ({n}_ref !== ({n}_ref ^ {n}_dut ^ {n}_ref)) begin\n        if (mismatches < 5) $display(\"mismatch at sample %0d: {n} ref=%h dut=%h\", samples, {n}_ref, {n}_dut);\n        mismatches = mismatches + 1;\n      end\n"
         ));
     }
     tb.push_str("    end\n  endtask\n");
+}
 
-    let set_inputs = |value: &str| -> String {
-        data_inputs
-            .iter()
-            .map(|p| {
-                let v = match value {
-                    "random" => random_expr(p.width),
-                    "zeros" => "0".to_string(),
-                    "ones" => format!("{{{}{{1'b1}}}}", p.width),
-                    _ => format!("{{{}{{2'b10}}}}", p.width.div_ceil(2)),
-                };
-                format!("{} = {v}; ", p.name)
-            })
-            .collect()
-    };
-    let (reset_on, reset_off) = match reset {
-        Some((p, true)) => (format!("{} = 0;", p.name), format!("{} = 1;", p.name)),
-        Some((p, false)) => (format!("{} = 1;", p.name), format!("{} = 0;", p.name)),
-        None => (String::new(), String::new()),
-    };
-
-    tb.push_str("  initial begin\n");
-    if let Some(clk) = clock {
-        let c = &clk.name;
-        // Sequential: inputs change on the falling edge, outputs are compared just before it.
-        tb.push_str(&format!(
-            "    {c} = 0;\n    {reset_on} {}\n",
-            set_inputs("zeros")
-        ));
-        tb.push_str(&format!(
-            "    repeat (2) begin #5 {c} = 1; #5 {c} = 0; end\n    {reset_off}\n"
-        ));
-        tb.push_str(&format!(
-            "    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n",
-            cycles + 3
-        ));
-        tb.push_str(&format!(
-            "      if (cycle == 0) begin {} end\n      else if (cycle == 1) begin {} end\n      else if (cycle == 2) begin {} end\n      else begin {} end\n",
-            set_inputs("zeros"),
-            set_inputs("ones"),
-            set_inputs("alternate"),
-            set_inputs("random")
-        ));
-        if reset.is_some() {
-            // Now and then a reset pulse, so reset behaviour is compared too.
-            // Rare enough that counters get far between pulses.
-            tb.push_str(&format!("      if (cycle > 3 && ($random(seed) & 511) == 0) begin {reset_on} end else begin {reset_off} end\n"));
-        }
-        // Compare twice a cycle: after the inputs settle (Mealy outputs see the new inputs) and after
-        // the rising edge (the new state).
-        tb.push_str(&format!(
-            "      #4 compare; #1 {c} = 1; #4 compare; #1 {c} = 0;\n    end\n"
-        ));
-    } else {
-        // Combinational (or clockless): apply, let it settle, compare.
-        tb.push_str(&format!("    {reset_off}\n"));
-        tb.push_str(&format!(
-            "    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n",
-            cycles + 3
-        ));
-        tb.push_str(&format!(
-            "      if (cycle == 0) begin {} end\n      else if (cycle == 1) begin {} end\n      else if (cycle == 2) begin {} end\n      else begin {} end\n      #5 compare; #5;\n    end\n",
-            set_inputs("zeros"),
-            set_inputs("ones"),
-            set_inputs("alternate"),
-            set_inputs("random")
-        ));
+/// Sequential: inputs change on the falling edge, outputs are compared just before it.
+fn clocked_stimulus(tb: &mut String, roles: &Roles, c: &str, cycles: usize) {
+    let (reset_on, reset_off) = roles.reset_on_off();
+    tb.push_str(&format!(
+        "    {c} = 0;\n    {reset_on} {}\n",
+        roles.set_inputs(Stimulus::Zeros)
+    ));
+    tb.push_str(&format!(
+        "    repeat (2) begin #5 {c} = 1; #5 {c} = 0; end\n    {reset_off}\n"
+    ));
+    tb.push_str(&format!(
+        "    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n",
+        cycles + 3
+    ));
+    tb.push_str(&roles.cycle_inputs());
+    if roles.reset.is_some() {
+        // Now and then a reset pulse, so reset behaviour is compared too.
+        // Rare enough that counters get far between pulses.
+        tb.push_str(&format!("      if (cycle > 3 && ($random(seed) & 511) == 0) begin {reset_on} end else begin {reset_off} end\n"));
     }
-    tb.push_str("    $display(\"Mismatches: %0d in %0d samples\", mismatches, samples);\n    $finish;\n  end\nendmodule\n");
-    tb
+    // Compare twice a cycle: after the inputs settle (Mealy outputs see the new inputs) and after
+    // the rising edge (the new state).
+    tb.push_str(&format!(
+        "      #4 compare; #1 {c} = 1; #4 compare; #1 {c} = 0;\n    end\n"
+    ));
+}
+
+/// Combinational (or clockless): apply, let it settle, compare.
+fn combinational_stimulus(tb: &mut String, roles: &Roles, cycles: usize) {
+    let (_, reset_off) = roles.reset_on_off();
+    tb.push_str(&format!("    {reset_off}\n"));
+    tb.push_str(&format!(
+        "    for (cycle = 0; cycle < {}; cycle = cycle + 1) begin\n",
+        cycles + 3
+    ));
+    tb.push_str(&roles.cycle_inputs());
+    tb.push_str("      #5 compare; #5;\n    end\n");
 }
 
 #[cfg(test)]

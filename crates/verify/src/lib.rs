@@ -169,14 +169,23 @@ impl VerifyOptions {
             spec: opts.string("spec")?,
             ..VerifyOptions::default()
         };
+        o.read_timeouts(function, &opts)?;
+        o.read_simulation(function, &opts)?;
+        o.read_stages(function, &opts)?;
+        o.read_weights(function, &opts)?;
+        Ok(o)
+    }
+
+    /// `timeout_ms`, `synth_timeout_ms` and the per-stage `timeouts` map, in milliseconds.
+    fn read_timeouts(&mut self, function: &str, opts: &rtlab_core::Options) -> Result<(), String> {
         let ms = |key: &str| -> Result<Option<u64>, String> {
             Ok(opts.int_at_least(key, 1)?.map(|v| v as u64))
         };
         if let Some(t) = ms("timeout_ms")? {
-            o.timeouts.sim = t;
+            self.timeouts.sim = t;
         }
         if let Some(t) = ms("synth_timeout_ms")? {
-            o.timeouts.synth_full = t;
+            self.timeouts.synth_full = t;
         }
         for (stage, t) in opts.numbers(
             "timeouts",
@@ -188,16 +197,25 @@ impl VerifyOptions {
                 ));
             }
             let slot = match stage.as_str() {
-                "syntax" => &mut o.timeouts.syntax,
-                "synth" => &mut o.timeouts.synth,
-                "lint" => &mut o.timeouts.lint,
-                "sim" => &mut o.timeouts.sim,
-                _ => &mut o.timeouts.synth_full,
+                "syntax" => &mut self.timeouts.syntax,
+                "synth" => &mut self.timeouts.synth,
+                "lint" => &mut self.timeouts.lint,
+                "sim" => &mut self.timeouts.sim,
+                _ => &mut self.timeouts.synth_full,
             };
             *slot = t as u64;
         }
+        Ok(())
+    }
+
+    /// `simulator`, `diff_cycles` and `seed` (of the differential testbench).
+    fn read_simulation(
+        &mut self,
+        function: &str,
+        opts: &rtlab_core::Options,
+    ) -> Result<(), String> {
         if let Some(sim) = opts.string("simulator")? {
-            o.simulator = match sim.as_str() {
+            self.simulator = match sim.as_str() {
                 "iverilog" => Simulator::Iverilog,
                 "verilator" => Simulator::Verilator,
                 "auto" => Simulator::Auto,
@@ -209,16 +227,21 @@ impl VerifyOptions {
             };
         }
         if let Some(n) = opts.int_at_least("diff_cycles", 1)? {
-            o.diff_cycles = n as usize;
+            self.diff_cycles = n as usize;
         }
         if let Some(seed) = opts.int("seed")? {
-            o.seed = u32::try_from(seed).map_err(|_| {
+            self.seed = u32::try_from(seed).map_err(|_| {
                 format!(
                     "{function}: option `seed` must be between 0 and {}, not {seed}",
                     u32::MAX
                 )
             })?;
         }
+        Ok(())
+    }
+
+    /// `stages`: known names only, and always `syntax`.
+    fn read_stages(&mut self, function: &str, opts: &rtlab_core::Options) -> Result<(), String> {
         if let Some(stages) = opts.strings("stages")? {
             for s in &stages {
                 if !ALL_STAGES.contains(&s.as_str()) {
@@ -233,8 +256,13 @@ impl VerifyOptions {
                     "{function}: `stages` must include \"syntax\": every other stage needs a design that compiles"
                 ));
             }
-            o.stages = stages;
+            self.stages = stages;
         }
+        Ok(())
+    }
+
+    /// `weights` of the score, each at least 0.
+    fn read_weights(&mut self, function: &str, opts: &rtlab_core::Options) -> Result<(), String> {
         for (name, x) in
             opts.numbers("weights", &["syntax", "synth", "io", "lint", "functional"])?
         {
@@ -244,14 +272,14 @@ impl VerifyOptions {
                 ));
             }
             match name.as_str() {
-                "syntax" => o.weights.syntax = x,
-                "synth" => o.weights.synth = x,
-                "io" => o.weights.io = x,
-                "lint" => o.weights.lint = x,
-                _ => o.weights.functional = x,
+                "syntax" => self.weights.syntax = x,
+                "synth" => self.weights.synth = x,
+                "io" => self.weights.io = x,
+                "lint" => self.weights.lint = x,
+                _ => self.weights.functional = x,
             }
         }
-        Ok(o)
+        Ok(())
     }
 
     /// The tools the chosen stages need, with the stage that needs each. `simulates`: some example has

@@ -73,174 +73,191 @@ fn replace(code: &str, at: usize, len: usize, with: &str) -> String {
     format!("{}{}{}", &code[..at], with, &code[at + len..])
 }
 
-/// Every single-change mutant of `code`, in source order.
+/// A mutant at one position: what changed, and the whole mutated code.
+type Change = (String, String);
+
+/// Every single-change mutant of `code`, in source order. `text` is `code` with comments blanked (same
+/// byte offsets), so a mutation never lands in a comment; only module bodies are mutated. Each mutator
+/// sees every byte offset and must look at the byte before slicing there (it may be mid-character).
 pub fn mutants(code: &str) -> Vec<Mutant> {
     let text = blank_comments(code);
     let ranges = body_ranges(&text);
-    let b = text.as_bytes();
-    let mut out = Vec::new();
     let line = |pos: usize| text[..pos].matches('\n').count() + 1;
-    let prev_nonspace = |pos: usize| text[..pos].trim_end().chars().last();
-    for i in 0..b.len() {
-        if !in_ranges(i, &ranges) {
-            continue;
-        }
-        let next = b.get(i + 1).copied();
-        let prev = if i > 0 { b[i - 1] } else { b' ' };
-        let mut push = |desc: String, code: String| {
-            out.push(Mutant {
-                description: format!("line {}: {desc}", line(i)),
-                code,
-            })
-        };
-        match b[i] {
-            b'&' if next == Some(b'&') => push("&& → ||".into(), replace(code, i, 2, "||")),
-            b'|' if next == Some(b'|') => push("|| → &&".into(), replace(code, i, 2, "&&")),
-            b'&' if prev != b'&' && next != Some(b'&') => {
-                push("& → |".into(), replace(code, i, 1, "|"))
-            }
-            b'|' if prev != b'|' && next != Some(b'|') => {
-                push("| → &".into(), replace(code, i, 1, "&"))
-            }
-            b'^' if prev != b'~' && next != Some(b'~') => {
-                push("^ → |".into(), replace(code, i, 1, "|"))
-            }
-            b'+' if next != Some(b':') && prev != b'+' && next != Some(b'+') => {
-                push("+ → -".into(), replace(code, i, 1, "-"))
-            }
-            b'-' if next != Some(b':') && next != Some(b'>') && prev != b'-' => {
-                // Not inside a range such as [WIDTH-1:0]: those change widths, not behaviour.
-                let open = text[..i].rfind('[');
-                let close = text[..i].rfind(']');
-                if !(open.is_some() && open > close) {
-                    push("- → +".into(), replace(code, i, 1, "+"));
-                }
-            }
-            b'=' if next == Some(b'=')
-                && prev != b'='
-                && prev != b'!'
-                && b.get(i + 2) != Some(&b'=') =>
-            {
-                push("== → !=".into(), replace(code, i, 2, "!="))
-            }
-            b'!' if next == Some(b'=') && b.get(i + 2) != Some(&b'=') => {
-                push("!= → ==".into(), replace(code, i, 2, "=="))
-            }
-            b'~' if next != Some(b'^')
-                && next != Some(b'&')
-                && next != Some(b'|')
-                && prev != b'^' =>
-            {
-                push("drop ~".into(), replace(code, i, 1, ""))
-            }
-            b'!' if next != Some(b'=') => push("drop !".into(), replace(code, i, 1, "")),
-            b'<' if next != Some(b'=') && next != Some(b'<') && prev != b'<' => {
-                push("< → >".into(), replace(code, i, 1, ">"))
-            }
-            b'>' if next != Some(b'=')
-                && next != Some(b'>')
-                && prev != b'>'
-                && prev != b'-'
-                && prev != b'=' =>
-            {
-                push("> → <".into(), replace(code, i, 1, "<"))
-            }
-            _ => {}
-        }
-        // `if (` → `if (!(...))`: invert the condition.
-        if text.as_bytes()[i..].starts_with(b"if")
-            && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'_')
-        {
-            let rest = &text[i + 2..];
-            let trimmed = rest.trim_start();
-            if trimmed.starts_with('(') {
-                let open = i + 2 + (rest.len() - trimmed.len());
-                let mut depth = 0;
-                for (k, c) in text[open..].char_indices() {
-                    match c {
-                        '(' => depth += 1,
-                        ')' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                let close = open + k;
-                                let inverted = format!("(!{})", &code[open..=close]);
-                                out.push(Mutant {
-                                    description: format!("line {}: invert if condition", line(i)),
-                                    code: replace(code, open, close - open + 1, &inverted),
-                                });
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        // Sized constants: flip the lowest bit of the value.
-        if b[i] == b'\'' && i > 0 && b[i - 1].is_ascii_digit() {
-            let base = next.map(|c| c.to_ascii_lowercase());
-            let digits_start = i + 2;
-            let digits_end = text[digits_start..]
-                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                .map(|k| k + digits_start)
-                .unwrap_or(text.len());
-            if digits_end > digits_start && matches!(base, Some(b'b') | Some(b'd') | Some(b'h')) {
-                let digits = &code[digits_start..digits_end];
-                let last = digits.chars().last().unwrap_or('0');
-                let flipped = match (base, last) {
-                    (Some(b'b'), '0') => Some('1'),
-                    (Some(b'b'), '1') => Some('0'),
-                    (_, c) if c.is_ascii_digit() && c != '9' => Some(((c as u8) ^ 1) as char),
-                    (Some(b'h'), c) if c.is_ascii_hexdigit() => {
-                        Some(if c.eq_ignore_ascii_case(&'f') {
-                            'e'
-                        } else {
-                            'f'
-                        })
-                    }
-                    _ => None,
-                };
-                if let Some(f) = flipped {
-                    let new_digits = format!("{}{f}", &digits[..digits.len() - 1]);
-                    out.push(Mutant {
-                        description: format!("line {}: constant {digits} → {new_digits}", line(i)),
-                        code: replace(code, digits_start, digits_end - digits_start, &new_digits),
-                    });
-                }
-            }
-        }
-        // Drop an assignment: `assign x = ...;` or `x <= ...;` becomes nothing.
-        if text.as_bytes()[i..].starts_with(b"assign") && (i == 0 || b[i - 1].is_ascii_whitespace())
-        {
-            if let Some(semi) = text[i..].find(';') {
+    let mutators: [fn(&str, &str, usize) -> Option<Change>; 5] = [
+        swapped_operator,
+        inverted_if,
+        flipped_constant,
+        dropped_assign,
+        dropped_nonblocking,
+    ];
+    let mut out = Vec::new();
+    for i in (0..text.len()).filter(|i| in_ranges(*i, &ranges)) {
+        for mutate in mutators {
+            if let Some((desc, code)) = mutate(code, &text, i) {
                 out.push(Mutant {
-                    description: format!("line {}: drop assign", line(i)),
-                    code: replace(code, i, semi + 1, ""),
+                    description: format!("line {}: {desc}", line(i)),
+                    code,
                 });
-            }
-        }
-        if b[i] == b'<'
-            && next == Some(b'=')
-            && prev_nonspace(i).is_some_and(|c| c.is_alphanumeric() || c == ']' || c == '_')
-        {
-            // A nonblocking assignment: drop the whole statement, from the start of its target.
-            let stmt_start = text[..i]
-                .rfind([';', '\n', '(', ')', '{'])
-                .map(|k| k + 1)
-                .unwrap_or(0);
-            if let Some(semi) = text[i..].find(';') {
-                let target = text[stmt_start..i].trim();
-                let begin_kw = ["begin", "else"].iter().any(|k| target.starts_with(k));
-                if !target.is_empty() && !begin_kw && !target.contains(' ') {
-                    out.push(Mutant {
-                        description: format!("line {}: drop {target} <= ...", line(i)),
-                        code: replace(code, stmt_start, i + semi + 1 - stmt_start, ";"),
-                    });
-                }
             }
         }
     }
     out
+}
+
+/// An operator swapped for its opposite (`&&` → `||`, `+` → `-`, `==` → `!=`, ...) or a negation
+/// dropped.
+fn swapped_operator(code: &str, text: &str, i: usize) -> Option<Change> {
+    let b = text.as_bytes();
+    let next = b.get(i + 1).copied();
+    let prev = if i > 0 { b[i - 1] } else { b' ' };
+    let change =
+        |desc: &str, len: usize, with: &str| Some((desc.to_string(), replace(code, i, len, with)));
+    match b[i] {
+        b'&' if next == Some(b'&') => change("&& → ||", 2, "||"),
+        b'|' if next == Some(b'|') => change("|| → &&", 2, "&&"),
+        b'&' if prev != b'&' && next != Some(b'&') => change("& → |", 1, "|"),
+        b'|' if prev != b'|' && next != Some(b'|') => change("| → &", 1, "&"),
+        b'^' if prev != b'~' && next != Some(b'~') => change("^ → |", 1, "|"),
+        b'+' if next != Some(b':') && prev != b'+' && next != Some(b'+') => change("+ → -", 1, "-"),
+        b'-' if next != Some(b':') && next != Some(b'>') && prev != b'-' => {
+            // Not inside a range such as [WIDTH-1:0]: those change widths, not behaviour.
+            let open = text[..i].rfind('[');
+            let close = text[..i].rfind(']');
+            if open.is_some() && open > close {
+                None
+            } else {
+                change("- → +", 1, "+")
+            }
+        }
+        b'=' if next == Some(b'=')
+            && prev != b'='
+            && prev != b'!'
+            && b.get(i + 2) != Some(&b'=') =>
+        {
+            change("== → !=", 2, "!=")
+        }
+        b'!' if next == Some(b'=') && b.get(i + 2) != Some(&b'=') => change("!= → ==", 2, "=="),
+        b'~' if next != Some(b'^') && next != Some(b'&') && next != Some(b'|') && prev != b'^' => {
+            change("drop ~", 1, "")
+        }
+        b'!' if next != Some(b'=') => change("drop !", 1, ""),
+        b'<' if next != Some(b'=') && next != Some(b'<') && prev != b'<' => change("< → >", 1, ">"),
+        b'>' if next != Some(b'=')
+            && next != Some(b'>')
+            && prev != b'>'
+            && prev != b'-'
+            && prev != b'=' =>
+        {
+            change("> → <", 1, "<")
+        }
+        _ => None,
+    }
+}
+
+/// `if (c)` → `if ((!(c)))`: the condition inverted.
+fn inverted_if(code: &str, text: &str, i: usize) -> Option<Change> {
+    let b = text.as_bytes();
+    let at_keyword = b[i..].starts_with(b"if")
+        && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'_');
+    if !at_keyword {
+        return None;
+    }
+    let rest = &text[i + 2..];
+    let trimmed = rest.trim_start();
+    if !trimmed.starts_with('(') {
+        return None;
+    }
+    let open = i + 2 + (rest.len() - trimmed.len());
+    let mut depth = 0;
+    for (k, c) in text[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    let close = open + k;
+                    let inverted = format!("(!{})", &code[open..=close]);
+                    let mutated = replace(code, open, close - open + 1, &inverted);
+                    return Some(("invert if condition".into(), mutated));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A sized constant (`4'b0101`, `8'd3`, `'hff`) with the lowest digit of its value flipped.
+fn flipped_constant(code: &str, text: &str, i: usize) -> Option<Change> {
+    let b = text.as_bytes();
+    if !(b[i] == b'\'' && i > 0 && b[i - 1].is_ascii_digit()) {
+        return None;
+    }
+    let base = b.get(i + 1).map(|c| c.to_ascii_lowercase());
+    let digits_start = i + 2;
+    let digits_end = text[digits_start..]
+        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .map(|k| k + digits_start)
+        .unwrap_or(text.len());
+    if digits_end <= digits_start || !matches!(base, Some(b'b') | Some(b'd') | Some(b'h')) {
+        return None;
+    }
+    let digits = &code[digits_start..digits_end];
+    let last = digits.chars().last().unwrap_or('0');
+    let flipped = match (base, last) {
+        (Some(b'b'), '0') => '1',
+        (Some(b'b'), '1') => '0',
+        (_, c) if c.is_ascii_digit() && c != '9' => ((c as u8) ^ 1) as char,
+        (Some(b'h'), c) if c.is_ascii_hexdigit() => {
+            if c.eq_ignore_ascii_case(&'f') {
+                'e'
+            } else {
+                'f'
+            }
+        }
+        _ => return None,
+    };
+    let new_digits = format!("{}{flipped}", &digits[..digits.len() - 1]);
+    let mutated = replace(code, digits_start, digits_end - digits_start, &new_digits);
+    Some((format!("constant {digits} → {new_digits}"), mutated))
+}
+
+/// `assign x = ...;` dropped.
+fn dropped_assign(code: &str, text: &str, i: usize) -> Option<Change> {
+    let b = text.as_bytes();
+    if !(b[i..].starts_with(b"assign") && (i == 0 || b[i - 1].is_ascii_whitespace())) {
+        return None;
+    }
+    let semi = text[i..].find(';')?;
+    Some(("drop assign".into(), replace(code, i, semi + 1, "")))
+}
+
+/// A nonblocking assignment `x <= ...;` dropped, from the start of its target.
+fn dropped_nonblocking(code: &str, text: &str, i: usize) -> Option<Change> {
+    let b = text.as_bytes();
+    // `i` may sit inside a multi-byte character: slice at it only once it is known to be `<`.
+    let is_nonblocking = b[i] == b'<'
+        && b.get(i + 1) == Some(&b'=')
+        && text[..i]
+            .trim_end()
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_alphanumeric() || c == ']' || c == '_');
+    if !is_nonblocking {
+        return None;
+    }
+    let stmt_start = text[..i]
+        .rfind([';', '\n', '(', ')', '{'])
+        .map(|k| k + 1)
+        .unwrap_or(0);
+    let semi = text[i..].find(';')?;
+    let target = text[stmt_start..i].trim();
+    let begin_kw = ["begin", "else"].iter().any(|k| target.starts_with(k));
+    if target.is_empty() || begin_kw || target.contains(' ') {
+        return None;
+    }
+    let mutated = replace(code, stmt_start, i + semi + 1 - stmt_start, ";");
+    Some((format!("drop {target} <= ..."), mutated))
 }
 
 /// Up to `n` mutants spread over the code (every k-th), deterministic.

@@ -105,9 +105,42 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
         }
     };
     let pgid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
-    let mut readers = Vec::new();
-    for (idx, stream) in [
+    let (chunks, readers) = read_streams(&mut child);
+    let (outputs, stopped) = collect_output(&chunks, pgid, start, limits);
+    let status = child.wait();
+    // The group may hold grandchildren (vvp under a shell, say): make sure none outlives us.
+    kill_group(pgid);
+    for r in readers {
+        let _ = r.join();
+    }
+    let ended = stopped.unwrap_or_else(|| match status {
+        Ok(s) => match s.code() {
+            Some(code) => Ended::Exited(code),
+            None => Ended::Signaled,
+        },
+        Err(e) => Ended::NotStarted(e.to_string()),
+    });
+    let mut output = String::from_utf8_lossy(&outputs[0]).to_string();
+    output.push_str(&String::from_utf8_lossy(&outputs[1]));
+    Outcome {
+        ended,
+        output,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A chunk of a child's output: 0 for stdout, 1 for stderr.
+type Chunk = (usize, Vec<u8>);
+
+/// One thread per output stream, sending chunks as they come; the channel closes when both end.
+fn read_streams(
+    child: &mut std::process::Child,
+) -> (
+    std::sync::mpsc::Receiver<Chunk>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<Chunk>();
+    let streams = [
         child
             .stdout
             .take()
@@ -116,33 +149,41 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
             .stderr
             .take()
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if let Some(mut s) = stream {
-            let tx = tx.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if tx.send((idx, buf[..n].to_vec())).is_err() {
-                                break;
-                            }
+    ];
+    let mut readers = Vec::new();
+    for (idx, stream) in streams.into_iter().enumerate() {
+        let Some(mut s) = stream else { continue };
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send((idx, buf[..n].to_vec())).is_err() {
+                            break;
                         }
                     }
                 }
-            }));
-        }
+            }
+        }));
     }
-    drop(tx);
+    (rx, readers)
+}
+
+/// Keeps up to `max_output` bytes of stdout and stderr until both close, killing the process group
+/// when it prints too much, runs past its timeout or Ctrl-C is pressed (and saying which).
+fn collect_output(
+    chunks: &std::sync::mpsc::Receiver<Chunk>,
+    pgid: i32,
+    start: Instant,
+    limits: Limits,
+) -> ([Vec<u8>; 2], Option<Ended>) {
     let mut outputs = [Vec::new(), Vec::new()];
     let mut total = 0usize;
     let mut ended = None;
     loop {
-        match rx.recv_timeout(Duration::from_millis(10)) {
+        match chunks.recv_timeout(Duration::from_millis(10)) {
             Ok((idx, chunk)) => {
                 total += chunk.len();
                 let keep = limits
@@ -167,26 +208,7 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
             }
         }
     }
-    let status = child.wait();
-    // The group may hold grandchildren (vvp under a shell, say): make sure none outlives us.
-    kill_group(pgid);
-    for r in readers {
-        let _ = r.join();
-    }
-    let ended = ended.unwrap_or_else(|| match status {
-        Ok(s) => match s.code() {
-            Some(code) => Ended::Exited(code),
-            None => Ended::Signaled,
-        },
-        Err(e) => Ended::NotStarted(e.to_string()),
-    });
-    let mut output = String::from_utf8_lossy(&outputs[0]).to_string();
-    output.push_str(&String::from_utf8_lossy(&outputs[1]));
-    Outcome {
-        ended,
-        output,
-        elapsed: start.elapsed(),
-    }
+    (outputs, ended)
 }
 
 fn kill_group(pgid: i32) {

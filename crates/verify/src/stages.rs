@@ -194,38 +194,41 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         r.errors.push("the design is empty".to_string());
         return finish(r, opts);
     }
-    if let Err(why) = screen_inputs(code, opts) {
-        r.errors.push(why);
-        r.sim_status = "error".to_string();
-        return finish(r, opts);
-    }
-    let scratch = match tempfile::Builder::new().prefix("rtlab-verify-").tempdir() {
-        Ok(d) => d,
-        Err(e) => {
-            r.errors
-                .push(format!("cannot create a scratch directory: {e}"));
+    let scratch = match prepare_scratch(code, opts) {
+        Ok(scratch) => scratch,
+        Err(why) => {
+            r.errors.push(why);
             r.sim_status = "error".to_string();
             return finish(r, opts);
         }
     };
+    run_stages(&mut r, code, opts, scratch.path());
+    finish(r, opts)
+}
+
+/// Screens the untrusted texts and writes the design into a fresh scratch directory (removed when
+/// the returned handle drops).
+fn prepare_scratch(code: &str, opts: &VerifyOptions) -> Result<tempfile::TempDir, String> {
+    screen_inputs(code, opts)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("rtlab-verify-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
     let dir = scratch.path();
     // Yosys reads a copy where the `always_comb` keyword is `always @*`: Yosys rejects some
     // always_comb blocks that simulators and synthesis tools accept (`default: next = 'x;` "infers a
     // latch").
-    let written = std::fs::write(dir.join("design.sv"), code)
-        .and_then(|_| std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code)));
-    if let Err(e) = written {
-        r.errors.push(format!("cannot write the design: {e}"));
-        r.sim_status = "error".to_string();
-        return finish(r, opts);
-    }
-    if let Err(why) = screen_expanded(code, opts, dir) {
-        r.errors.push(why);
-        r.sim_status = "error".to_string();
-        return finish(r, opts);
-    }
+    std::fs::write(dir.join("design.sv"), code)
+        .and_then(|_| std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code)))
+        .map_err(|e| format!("cannot write the design: {e}"))?;
+    screen_expanded(code, opts, dir)?;
+    Ok(scratch)
+}
 
-    syntax_stage(&mut r, opts, dir);
+/// The chosen stages in order: syntax first (nothing else runs on a design that does not compile),
+/// then synth, lint, synth_full, sim and equiv.
+fn run_stages(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path) {
+    syntax_stage(r, opts, dir);
     if !r.syntax_ok {
         if opts.wants("sim") && simulates(opts) {
             // The sample does not compile: for a benchmark that is a failed simulation, with its class.
@@ -233,10 +236,10 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
             r.functional = Some(false);
             r.failure_class = Some(compile_failure_class(&r.errors.join("\n")).to_string());
         }
-        return finish(r, opts);
+        return;
     }
     let netlist = if opts.wants("synth") {
-        synth_stage(&mut r, opts, dir)
+        synth_stage(r, opts, dir)
     } else {
         None
     };
@@ -250,30 +253,30 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
             _ => None,
         });
     if opts.wants("lint") {
-        lint_stage(&mut r, opts, dir, top.as_deref());
+        lint_stage(r, opts, dir, top.as_deref());
     }
     if opts.wants("synth_full") {
-        synth_full_stage(&mut r, opts, dir, top.as_deref());
+        synth_full_stage(r, opts, dir, top.as_deref());
     }
     if opts.wants("sim") && simulates(opts) {
         r.stages.push("sim".into());
-        simulate(&mut r, code, opts, dir, top.as_deref());
+        simulate(r, code, opts, dir, top.as_deref());
     }
     if opts.wants("equiv") {
-        match &opts.reference {
-            Some(reference) => {
-                if available(&YOSYS, &mut r, "equiv") {
-                    r.stages.push("equiv".into());
-                    equivalence(&mut r, code, reference, opts, dir, top.as_deref());
-                }
-            }
-            None => {
-                r.skipped
-                    .insert("equiv".into(), "needs a reference module".into());
-            }
-        }
+        equiv_stage(r, code, opts, dir, top.as_deref());
     }
-    finish(r, opts)
+}
+
+fn equiv_stage(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
+    let Some(reference) = &opts.reference else {
+        r.skipped
+            .insert("equiv".into(), "needs a reference module".into());
+        return;
+    };
+    if available(&YOSYS, r, "equiv") {
+        r.stages.push("equiv".into());
+        equivalence(r, code, reference, opts, dir, top);
+    }
 }
 
 /// True when there is something to simulate against: a testbench or a reference.
@@ -526,6 +529,8 @@ fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Optio
     }
 }
 
+/// The simulation stage: write the testbench (the user's, or a differential one against the
+/// reference), build and run it, and read the verdict.
 fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
     let ready = match opts.simulator {
         Simulator::Verilator => available(&VERILATOR, r, "sim"),
@@ -536,111 +541,156 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
         r.functional = Some(false);
         return;
     }
-    let quick = limits(opts.timeouts.sim);
-    let mut files = vec!["design.sv".to_string()];
-    let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
-    };
-    let prepared: Result<(), String> = (|| {
-        match (&opts.testbench, &opts.reference) {
-            (Some(tb), reference) => {
-                write("tb.sv", tb)?;
-                files.push("tb.sv".into());
-                if let Some(reference) = reference {
-                    write("ref.sv", reference)?;
-                    files.push("ref.sv".into());
-                }
-            }
-            (None, Some(reference)) => {
-                // A differential testbench: the reference's ports drive both.
-                write("ref_orig.sv", &yosys_friendly(reference))?;
-                // Ports only: no flatten or checks, so little the reference does inside can stop us.
-                let script =
-                    "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
-                let o = run_tool("yosys", &["-q", "-p", script], dir, quick);
-                let ref_net = match std::fs::read_to_string(dir.join("ref.json")) {
-                    Ok(json) => yosys::analyze(&json)?,
-                    // Yosys 0.2x rejects some SystemVerilog (enum casts) that Verilator reads.
-                    Err(_) => {
-                        let yosys_error = lines_matching(&o.output, &["error"]).join("; ");
-                        write("ref_ports.sv", reference)?;
-                        let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick)
-                            .map_err(|e| {
-                                format!("the reference does not elaborate in Yosys ({yosys_error}); {e}")
-                            })?;
-                        r.warnings.push(format!(
-                            "Yosys cannot read the reference ({yosys_error}); its ports were read with Verilator"
-                        ));
-                        yosys::Netlist {
-                            top,
-                            ports,
-                            ..Default::default()
-                        }
-                    }
-                };
-                let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
-                let ref_code = rename_module(reference, &ref_net.top, "RefModule");
-                let dut_code = if dut_top == "TopModule" {
-                    code.to_string()
-                } else {
-                    rename_module(code, dut_top, "TopModule")
-                };
-                write("design.sv", &dut_code)?;
-                write("ref.sv", &ref_code)?;
-                write(
-                    "tb.sv",
-                    &difftb::generate(&ref_net.ports, opts.diff_cycles, opts.seed),
-                )?;
-                files.push("ref.sv".into());
-                files.push("tb.sv".into());
-            }
-            (None, None) => {}
-        }
-        Ok(())
-    })();
-    if let Err(e) = prepared {
-        r.sim_status = "error".into();
-        r.errors.push(e);
-        return;
-    }
-    let verilator_first = match opts.simulator {
-        Simulator::Verilator => true,
-        Simulator::Iverilog => false,
-        // The syntax stage already found that iverilog does not support this design.
-        Simulator::Auto => r.simulator.as_deref() == Some("verilator"),
-    };
-    let (build, run) = if verilator_first {
-        verilator_sim(r, &files, dir, opts)
-    } else {
-        match iverilog_sim(r, &files, dir, opts) {
-            // iverilog cannot compile a construct it does not support ("sorry:"): with `auto`,
-            // Verilator simulates instead, and the result says so.
-            Err(compile)
-                if opts.simulator == Simulator::Auto
-                    && only_unsupported(&compile.output)
-                    && tool_versions()
-                        .get("verilator")
-                        .cloned()
-                        .flatten()
-                        .is_some() =>
-            {
-                r.warnings.push(format!(
-                    "iverilog does not support this testbench or design ({}); simulated with verilator",
-                    lines_matching(&compile.output, &["sorry"]).first().cloned().unwrap_or_default()
-                ));
-                verilator_sim(r, &files, dir, opts)
-            }
-            Err(compile) => (compile, None),
-            Ok(pair) => pair,
+    let files = match write_sim_files(r, code, opts, dir, top) {
+        Ok(files) => files,
+        Err(e) => {
+            r.sim_status = "error".into();
+            r.errors.push(e);
+            return;
         }
     };
+    let (build, run) = build_and_run(r, &files, dir, opts);
     let Some(o) = run else {
         compile_failed(r, &build);
         return;
     };
     r.stage_ms.insert("sim".into(), ms(&build) + ms(&o));
     r.sim_log = o.output.chars().take(4000).collect();
-    match o.ended {
+    read_verdict(r, &o, opts);
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+}
+
+/// Writes what the simulator compiles besides `design.sv`, and returns every file, design first.
+fn write_sim_files(
+    r: &mut Report,
+    code: &str,
+    opts: &VerifyOptions,
+    dir: &Path,
+    top: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let mut files = vec!["design.sv".to_string()];
+    match (&opts.testbench, &opts.reference) {
+        (Some(tb), reference) => {
+            write_file(dir, "tb.sv", tb)?;
+            files.push("tb.sv".into());
+            if let Some(reference) = reference {
+                write_file(dir, "ref.sv", reference)?;
+                files.push("ref.sv".into());
+            }
+        }
+        (None, Some(reference)) => {
+            write_differential(r, code, reference, opts, dir, top)?;
+            files.push("ref.sv".into());
+            files.push("tb.sv".into());
+        }
+        (None, None) => {}
+    }
+    Ok(files)
+}
+
+/// A differential testbench: the reference's ports drive both the design (as `TopModule`) and the
+/// reference (as `RefModule`), and every output is compared.
+fn write_differential(
+    r: &mut Report,
+    code: &str,
+    reference: &str,
+    opts: &VerifyOptions,
+    dir: &Path,
+    top: Option<&str>,
+) -> Result<(), String> {
+    let ref_net = reference_ports(r, reference, dir, limits(opts.timeouts.sim))?;
+    let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
+    let ref_code = rename_module(reference, &ref_net.top, "RefModule");
+    let dut_code = if dut_top == "TopModule" {
+        code.to_string()
+    } else {
+        rename_module(code, dut_top, "TopModule")
+    };
+    write_file(dir, "design.sv", &dut_code)?;
+    write_file(dir, "ref.sv", &ref_code)?;
+    let testbench = difftb::generate(&ref_net.ports, opts.diff_cycles, opts.seed);
+    write_file(dir, "tb.sv", &testbench)
+}
+
+/// The reference's top module and ports, read by Yosys, or by Verilator where Yosys cannot parse it.
+fn reference_ports(
+    r: &mut Report,
+    reference: &str,
+    dir: &Path,
+    quick: Limits,
+) -> Result<yosys::Netlist, String> {
+    write_file(dir, "ref_orig.sv", &yosys_friendly(reference))?;
+    // Ports only: no flatten or checks, so little the reference does inside can stop us.
+    let script = "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
+    let o = run_tool("yosys", &["-q", "-p", script], dir, quick);
+    if let Ok(json) = std::fs::read_to_string(dir.join("ref.json")) {
+        return yosys::analyze(&json);
+    }
+    // Yosys 0.2x rejects some SystemVerilog (enum casts) that Verilator reads.
+    let yosys_error = lines_matching(&o.output, &["error"]).join("; ");
+    write_file(dir, "ref_ports.sv", reference)?;
+    let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick)
+        .map_err(|e| format!("the reference does not elaborate in Yosys ({yosys_error}); {e}"))?;
+    r.warnings.push(format!(
+        "Yosys cannot read the reference ({yosys_error}); its ports were read with Verilator"
+    ));
+    Ok(yosys::Netlist {
+        top,
+        ports,
+        ..Default::default()
+    })
+}
+
+/// Builds and runs the simulation with the chosen simulator: `(build, Some(run))`, or `(build, None)`
+/// when it did not build. With `auto`, Verilator takes over where iverilog says "sorry:".
+fn build_and_run(
+    r: &mut Report,
+    files: &[String],
+    dir: &Path,
+    opts: &VerifyOptions,
+) -> (Outcome, Option<Outcome>) {
+    let verilator_first = match opts.simulator {
+        Simulator::Verilator => true,
+        Simulator::Iverilog => false,
+        // The syntax stage already found that iverilog does not support this design.
+        Simulator::Auto => r.simulator.as_deref() == Some("verilator"),
+    };
+    if verilator_first {
+        return verilator_sim(r, files, dir, opts);
+    }
+    match iverilog_sim(r, files, dir, opts) {
+        // iverilog cannot compile a construct it does not support ("sorry:"): with `auto`,
+        // Verilator simulates instead, and the result says so.
+        Err(compile)
+            if opts.simulator == Simulator::Auto
+                && only_unsupported(&compile.output)
+                && tool_versions()
+                    .get("verilator")
+                    .cloned()
+                    .flatten()
+                    .is_some() =>
+        {
+            r.warnings.push(format!(
+                "iverilog does not support this testbench or design ({}); simulated with verilator",
+                lines_matching(&compile.output, &["sorry"])
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
+            ));
+            verilator_sim(r, files, dir, opts)
+        }
+        Err(compile) => (compile, None),
+        Ok(pair) => pair,
+    }
+}
+
+/// How the run ended and what the testbench printed, as the report's status, class and verdict.
+fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
+    let error = match &o.ended {
+        Ended::Exited(_) => None,
         Ended::TimedOut => {
             r.sim_status = "timeout".into();
             r.failure_class = Some("T".into());
@@ -648,39 +698,22 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
             timed_out(r, "sim", "the simulation", opts.timeouts.sim);
             return;
         }
-        Ended::OutputLimit => {
-            r.sim_status = "error".into();
-            r.functional = Some(false);
-            r.errors
-                .push("simulation printed more than 1 MiB; stopped".into());
-            return;
-        }
-        Ended::Cancelled => {
-            r.sim_status = "error".into();
-            r.functional = Some(false);
-            r.errors.push("cancelled by Ctrl-C".into());
-            return;
-        }
-        Ended::NotStarted(e) => {
-            r.sim_status = "error".into();
-            r.functional = Some(false);
-            r.errors.push(format!("the simulation did not start: {e}"));
-            return;
-        }
-        Ended::Signaled => {
-            r.sim_status = "error".into();
-            r.functional = Some(false);
-            r.errors.push(
-                "the simulation was killed by a limit: a file past 64 MiB, memory past 4 GiB or CPU time"
-                    .into(),
-            );
-            return;
-        }
-        Ended::Exited(_) => {}
-    }
+        Ended::OutputLimit => Some("simulation printed more than 1 MiB; stopped".to_string()),
+        Ended::Cancelled => Some("cancelled by Ctrl-C".to_string()),
+        Ended::NotStarted(e) => Some(format!("the simulation did not start: {e}")),
+        Ended::Signaled => Some(
+            "the simulation was killed by a limit: a file past 64 MiB, memory past 4 GiB or CPU time"
+                .to_string(),
+        ),
+    };
     let verdict = parse_verdict(&o.output);
-    match verdict {
-        Some((pass, mismatches, samples)) => {
+    match (error, verdict) {
+        (Some(error), _) => {
+            r.sim_status = "error".into();
+            r.functional = Some(false);
+            r.errors.push(error);
+        }
+        (None, Some((pass, mismatches, samples))) => {
             r.sim_status = if pass { "pass" } else { "mismatch" }.into();
             r.functional = Some(pass);
             r.mismatches = mismatches;
@@ -689,7 +722,7 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
                 r.failure_class = Some("mismatch".into());
             }
         }
-        None => {
+        (None, None) => {
             r.sim_status = "error".into();
             r.functional = Some(false);
             r.errors.push("the testbench printed no verdict (no `Mismatches: N in M samples`, `TEST PASSED`/`TEST FAILED` or `Your Design Passed`)".into());

@@ -55,109 +55,150 @@ pub fn analyze(json: &str) -> Result<Netlist, String> {
         })
         .or_else(|| modules.iter().next())
         .ok_or("Yosys JSON has no modules")?;
-    let mut ports = Vec::new();
-    let mut port_bits: BTreeMap<String, (bool, Vec<Value>)> = BTreeMap::new();
-    if let Some(ps) = module.get("ports").and_then(Value::as_object) {
-        for (name, p) in ps {
-            let input = p.get("direction").and_then(Value::as_str) == Some("input");
-            let bits = p
-                .get("bits")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            ports.push(Port {
-                name: name.clone(),
-                input,
-                width: bits.len(),
-            });
-            port_bits.insert(name.clone(), (input, bits));
-        }
-    }
-    // Which cell drives each bit, and each cell's input bits.
-    let mut driver: HashMap<i64, usize> = HashMap::new();
-    let mut cell_inputs: Vec<Vec<i64>> = Vec::new();
-    let mut state_cells: Vec<usize> = Vec::new();
-    if let Some(cells) = module.get("cells").and_then(Value::as_object) {
-        for cell in cells.values() {
-            let dirs = cell.get("port_directions").and_then(Value::as_object);
-            let conns = cell.get("connections").and_then(Value::as_object);
-            let (Some(dirs), Some(conns)) = (dirs, conns) else {
-                continue;
-            };
-            let idx = cell_inputs.len();
-            let kind = cell.get("type").and_then(Value::as_str).unwrap_or("");
-            if kind.contains("dff")
-                || kind.contains("dlatch")
-                || kind.starts_with("$mem")
-                || kind.starts_with("$sr")
-            {
-                state_cells.push(idx);
-            }
-            let mut inputs = Vec::new();
-            for (pname, bits) in conns {
-                let is_out = dirs.get(pname).and_then(Value::as_str) == Some("output");
-                for b in bits.as_array().into_iter().flatten().filter_map(bit_key) {
-                    if is_out {
-                        driver.insert(b, idx);
-                    } else {
-                        inputs.push(b);
-                    }
-                }
-            }
-            cell_inputs.push(inputs);
-        }
-    }
-    let input_bits: HashSet<i64> = port_bits
-        .values()
-        .filter(|(input, _)| *input)
-        .flat_map(|(_, bits)| bits.iter().filter_map(bit_key))
-        .collect();
-    // Outputs with a bit that nothing drives (an input port bit or a constant counts as driven).
-    let mut undriven_outputs = Vec::new();
-    for (name, (input, bits)) in &port_bits {
-        if !*input
-            && bits
-                .iter()
-                .filter_map(bit_key)
-                .any(|b| !driver.contains_key(&b) && !input_bits.contains(&b))
-        {
-            undriven_outputs.push(name.clone());
-        }
-    }
-    // Backward walk from every output bit and every state element (flip-flop, latch, memory): an input
-    // that reaches neither is read by nothing that lasts. Starting from state too keeps a design whose
-    // output is undriven (the V3 plan's counter) from reporting every input unused.
-    let mut seen: HashSet<i64> = HashSet::new();
-    let mut seen_cells: HashSet<usize> = state_cells.iter().copied().collect();
-    let mut stack: Vec<i64> = port_bits
-        .values()
-        .filter(|(input, _)| !*input)
-        .flat_map(|(_, bits)| bits.iter().filter_map(bit_key))
-        .collect();
-    for c in &state_cells {
-        stack.extend(cell_inputs[*c].iter().copied());
-    }
-    while let Some(b) = stack.pop() {
-        if !seen.insert(b) {
-            continue;
-        }
-        if let Some(&c) = driver.get(&b) {
-            if seen_cells.insert(c) {
-                stack.extend(cell_inputs[c].iter().copied());
-            }
-        }
-    }
-    let unused_inputs = port_bits
-        .iter()
-        .filter(|(_, (input, bits))| {
-            *input && !bits.iter().filter_map(bit_key).any(|b| seen.contains(&b))
-        })
-        .map(|(n, _)| n.clone())
-        .collect();
+    let (ports, port_bits) = read_ports(module);
+    let graph = CellGraph::of(module);
+    let undriven_outputs = undriven_outputs(&port_bits, &graph);
+    let unused_inputs = unused_inputs(&port_bits, &graph);
     Ok(Netlist {
         top: top.clone(),
         ports,
         unused_inputs,
         undriven_outputs,
     })
+}
+
+/// Port name → (is an input, its bits).
+type PortBits = BTreeMap<String, (bool, Vec<Value>)>;
+
+fn read_ports(module: &Value) -> (Vec<Port>, PortBits) {
+    let mut ports = Vec::new();
+    let mut port_bits = PortBits::new();
+    for (name, p) in module
+        .get("ports")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let input = p.get("direction").and_then(Value::as_str) == Some("input");
+        let bits = p
+            .get("bits")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        ports.push(Port {
+            name: name.clone(),
+            input,
+            width: bits.len(),
+        });
+        port_bits.insert(name.clone(), (input, bits));
+    }
+    (ports, port_bits)
+}
+
+/// The module's cells as a graph over bits.
+struct CellGraph {
+    /// Which cell drives each bit.
+    driver: HashMap<i64, usize>,
+    /// Each cell's input bits.
+    cell_inputs: Vec<Vec<i64>>,
+    /// The cells that hold state: flip-flops, latches, memories.
+    state_cells: Vec<usize>,
+}
+
+impl CellGraph {
+    fn of(module: &Value) -> CellGraph {
+        let mut graph = CellGraph {
+            driver: HashMap::new(),
+            cell_inputs: Vec::new(),
+            state_cells: Vec::new(),
+        };
+        for cell in module
+            .get("cells")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(_, c)| c)
+        {
+            let dirs = cell.get("port_directions").and_then(Value::as_object);
+            let conns = cell.get("connections").and_then(Value::as_object);
+            let (Some(dirs), Some(conns)) = (dirs, conns) else {
+                continue;
+            };
+            let idx = graph.cell_inputs.len();
+            let kind = cell.get("type").and_then(Value::as_str).unwrap_or("");
+            if kind.contains("dff")
+                || kind.contains("dlatch")
+                || kind.starts_with("$mem")
+                || kind.starts_with("$sr")
+            {
+                graph.state_cells.push(idx);
+            }
+            let mut inputs = Vec::new();
+            for (pname, bits) in conns {
+                let is_out = dirs.get(pname).and_then(Value::as_str) == Some("output");
+                for b in bits.as_array().into_iter().flatten().filter_map(bit_key) {
+                    if is_out {
+                        graph.driver.insert(b, idx);
+                    } else {
+                        inputs.push(b);
+                    }
+                }
+            }
+            graph.cell_inputs.push(inputs);
+        }
+        graph
+    }
+}
+
+/// The bits of the input (or output) ports.
+fn bits_of(port_bits: &PortBits, inputs: bool) -> impl Iterator<Item = i64> + '_ {
+    port_bits
+        .values()
+        .filter(move |(input, _)| *input == inputs)
+        .flat_map(|(_, bits)| bits.iter().filter_map(bit_key))
+}
+
+/// Outputs with a bit that nothing drives (an input port bit or a constant counts as driven).
+fn undriven_outputs(port_bits: &PortBits, graph: &CellGraph) -> Vec<String> {
+    let input_bits: HashSet<i64> = bits_of(port_bits, true).collect();
+    port_bits
+        .iter()
+        .filter(|(_, (input, bits))| {
+            !*input
+                && bits
+                    .iter()
+                    .filter_map(bit_key)
+                    .any(|b| !graph.driver.contains_key(&b) && !input_bits.contains(&b))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Backward walk from every output bit and every state element (flip-flop, latch, memory): an input
+/// that reaches neither is read by nothing that lasts. Starting from state too keeps a design whose
+/// output is undriven (the V3 plan's counter) from reporting every input unused.
+fn unused_inputs(port_bits: &PortBits, graph: &CellGraph) -> Vec<String> {
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut seen_cells: HashSet<usize> = graph.state_cells.iter().copied().collect();
+    let mut stack: Vec<i64> = bits_of(port_bits, false).collect();
+    for c in &graph.state_cells {
+        stack.extend(graph.cell_inputs[*c].iter().copied());
+    }
+    while let Some(b) = stack.pop() {
+        if !seen.insert(b) {
+            continue;
+        }
+        if let Some(&c) = graph.driver.get(&b) {
+            if seen_cells.insert(c) {
+                stack.extend(graph.cell_inputs[c].iter().copied());
+            }
+        }
+    }
+    port_bits
+        .iter()
+        .filter(|(_, (input, bits))| {
+            *input && !bits.iter().filter_map(bit_key).any(|b| seen.contains(&b))
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
 }
