@@ -90,15 +90,7 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
         return Ok(json!({"$rtlab": "frame", "hash": hash}));
     }
     if let Some(rich) = rtlab_core::values::rich_type_of(value) {
-        let short = value
-            .type_name()
-            .rsplit("::")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let persist = rich
-            .persist
-            .ok_or_else(|| NotPersistable(format!("a `{short}` (a live object, not data)")))?;
+        let persist = rich.persist.ok_or_else(|| live_object(value))?;
         let mut nested = |v: &Dynamic| to_json(v, frames).map_err(|e| e.0);
         let mut fields = (persist.save)(value, &mut nested).map_err(NotPersistable)?;
         let mut tagged = serde_json::Map::new();
@@ -109,11 +101,15 @@ fn to_json(value: &Dynamic, frames: &mut BTreeMap<String, Frame>) -> Result<Valu
     if value.is_fnptr() {
         return Err(NotPersistable("a closure or function pointer".into()));
     }
+    Err(live_object(value))
+}
+
+/// Why a native handle (a registered type that does not persist, or one nobody registered) cannot be
+/// cached.
+fn live_object(value: &Dynamic) -> NotPersistable {
     let type_name = value.type_name();
     let short = type_name.rsplit("::").next().unwrap_or(type_name);
-    Err(NotPersistable(format!(
-        "a `{short}` (a live object, not data)"
-    )))
+    NotPersistable(format!("a `{short}` (a live object, not data)"))
 }
 
 /// Rebuilds a value; `load_frame` fetches a frame by its content hash.

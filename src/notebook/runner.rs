@@ -331,35 +331,25 @@ impl Notebook {
         for (name, value, hash) in restored {
             let constant = manifest.constants.contains(&name);
             state.hashes.insert(name.clone(), Ok(hash));
-            set_var(scope, &name, value.clone(), constant);
             outputs.push((name, value, constant));
         }
-        rt.sink.replay(&manifest.printed);
-        rt.sink.take_capture();
-        self.memory.insert(
-            ctx.key.clone(),
-            Remembered {
-                outputs: outputs.clone(),
-                printed: manifest.printed.clone(),
-                result_text: manifest.result_text.clone(),
-                result_html: manifest.result_html.clone(),
-                elapsed_s: manifest.elapsed_s,
-                inputs: manifest.inputs.clone(),
-            },
-        );
-        Some(CellReport {
-            cell: ctx.cell.clone(),
-            status: CellStatus::Cached {
-                saved_s: manifest.elapsed_s,
-            },
-            reads: ctx.reads.clone(),
-            defines: outputs.into_iter().map(|o| o.0).collect(),
+        let saved_s = manifest.elapsed_s;
+        let mem = Remembered {
+            outputs,
             printed: manifest.printed,
             result_text: manifest.result_text,
             result_html: manifest.result_html,
-            note: None,
+            elapsed_s: manifest.elapsed_s,
             inputs: manifest.inputs,
-        })
+        };
+        self.memory.insert(ctx.key.clone(), mem.clone());
+        Some(restore_remembered(
+            rt,
+            scope,
+            ctx,
+            mem,
+            CellStatus::Cached { saved_s },
+        ))
     }
 }
 
@@ -537,17 +527,29 @@ fn restore_memory(
     ctx: &CellContext,
     mem: Remembered,
 ) -> CellReport {
-    for (name, value, constant) in &mem.outputs {
+    for (name, value, _) in &mem.outputs {
         hashes.insert(name.clone(), hash_value(value));
+    }
+    let saved_s = mem.elapsed_s;
+    restore_remembered(rt, scope, ctx, mem, CellStatus::Unchanged { saved_s })
+}
+
+/// Puts a cell's remembered outputs back in scope and replays what it printed, as if it had run.
+fn restore_remembered(
+    rt: &Runtime,
+    scope: &mut Scope<'static>,
+    ctx: &CellContext,
+    mem: Remembered,
+    status: CellStatus,
+) -> CellReport {
+    for (name, value, constant) in &mem.outputs {
         set_var(scope, name, value.clone(), *constant);
     }
     rt.sink.replay(&mem.printed);
     rt.sink.take_capture();
     CellReport {
         cell: ctx.cell.clone(),
-        status: CellStatus::Unchanged {
-            saved_s: mem.elapsed_s,
-        },
+        status,
         reads: ctx.reads.clone(),
         defines: mem.outputs.iter().map(|o| o.0.clone()).collect(),
         printed: mem.printed,

@@ -536,10 +536,6 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn open_store() -> Option<Arc<Mutex<Store>>> {
-    rtlab_core::store::open_workspace()
-}
-
 fn user(prompt: &str) -> Vec<Message> {
     vec![Message {
         role: "user".into(),
@@ -644,7 +640,7 @@ mod llm_functions {
     /// Sends one prompt as a user message and returns the answer (from the store if recorded).
     #[rhai_fn(return_raw)]
     pub fn complete(model: &mut Model, prompt: &str) -> Result<String, Box<EvalAltResult>> {
-        let store = open_store();
+        let store = rtlab_core::store::open_workspace();
         model
             .answer_all(&[(user(prompt), 0)], store)
             .remove(0)
@@ -655,7 +651,7 @@ mod llm_functions {
     #[rhai_fn(return_raw)]
     pub fn chat(model: &mut Model, messages: Array) -> Result<String, Box<EvalAltResult>> {
         let msgs = messages_from(&messages)?;
-        let store = open_store();
+        let store = rtlab_core::store::open_workspace();
         model
             .answer_all(&[(msgs, 0)], store)
             .remove(0)
@@ -694,7 +690,7 @@ mod llm_functions {
             .collect();
         let before = model.usage();
         let start = std::time::Instant::now();
-        let answers = model.answer_all(&requests, open_store());
+        let answers = model.answer_all(&requests, rtlab_core::store::open_workspace());
         let after = model.usage();
         let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
         eprintln!(
