@@ -13,6 +13,7 @@
 //! newest checkpoint.
 
 pub mod config;
+pub mod dpo;
 pub mod examples;
 pub mod generate;
 pub mod gguf;
@@ -61,12 +62,28 @@ fn bad(msg: impl Into<String>) -> TrainError {
     TrainError::Input(msg.into())
 }
 
-/// Every option `train_lora` takes, with its parsed value.
+/// What a run trains the adapters to do, with the rows it learns from.
+enum Task {
+    /// `train_lora`: supervised fine-tuning on (prompt, response) rows.
+    Sft {
+        data: Frame,
+        prompt_col: String,
+        response_col: String,
+    },
+    /// `train_dpo`: preference optimization on (prompt, chosen, rejected) rows.
+    Dpo {
+        pairs: Frame,
+        settings: dpo::Settings,
+        /// The SFT adapter the policy starts from (and, with `reference: "adapter"`, is measured
+        /// against).
+        adapter: Option<PathBuf>,
+    },
+}
+
+/// Every option `train_lora` and `train_dpo` take, with its parsed value.
 struct TrainRequest {
     base: PathBuf,
-    data: Frame,
-    prompt_col: String,
-    response_col: String,
+    task: Task,
     template: String,
     spec: LoraSpec,
     hyper: Hyper,
@@ -81,11 +98,9 @@ struct TrainRequest {
     quantized_base: bool,
 }
 
-const OPTIONS: [&str; 28] = [
+/// The options both trainers take; each adds its own (`SFT_OPTIONS`, `DPO_OPTIONS`).
+const OPTIONS: [&str; 25] = [
     "base",
-    "data",
-    "prompt_col",
-    "response_col",
     "template",
     "r",
     "alpha",
@@ -111,6 +126,10 @@ const OPTIONS: [&str; 28] = [
     "on_too_long",
     "quantized_base",
 ];
+const SFT_OPTIONS: [&str; 3] = ["data", "prompt_col", "response_col"];
+const DPO_OPTIONS: [&str; 5] = ["pairs", "beta", "loss", "reference", "adapter"];
+/// The LoRA shape: with `train_dpo`'s `adapter`, the adapter's own.
+const SHAPE_OPTIONS: [&str; 4] = ["r", "alpha", "target_modules", "rslora"];
 
 fn num(o: &Map, k: &str, default: f64) -> Result<f64, TrainError> {
     match o.get(k) {
@@ -118,16 +137,14 @@ fn num(o: &Map, k: &str, default: f64) -> Result<f64, TrainError> {
         Some(v) => v
             .as_float()
             .or_else(|_| v.as_int().map(|i| i as f64))
-            .map_err(|_| bad(format!("train_lora: {k} must be a number, got {v}"))),
+            .map_err(|_| bad(format!("{k} must be a number, got {v}"))),
     }
 }
 
 fn count(o: &Map, k: &str, default: usize, min: usize) -> Result<usize, TrainError> {
     let v = num(o, k, default as f64)?;
     if v.fract() != 0.0 || v < min as f64 {
-        return Err(bad(format!(
-            "train_lora: {k} must be a whole number ≥ {min}, got {v}"
-        )));
+        return Err(bad(format!("{k} must be a whole number ≥ {min}, got {v}")));
     }
     Ok(v as usize)
 }
@@ -148,50 +165,112 @@ fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
         None => Ok(default),
         Some(v) => v
             .as_bool()
-            .map_err(|_| bad(format!("train_lora: {k} must be true or false"))),
+            .map_err(|_| bad(format!("{k} must be true or false"))),
     }
 }
 
-fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
-    rtlab_core::options::Options::new("train_lora", o, &OPTIONS).map_err(bad)?;
-    let base =
-        text(o, "base")?.ok_or_else(|| bad("train_lora: pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
-    let data = match o.get("data") {
-        None => {
-            return Err(bad(
-                "train_lora: pass data: a DataFrame or the path of a JSONL file",
-            ))
-        }
-        Some(d) if d.is::<Frame>() => d.clone_cast::<Frame>(),
+/// The rows under option `key`: a DataFrame, or the path of a JSONL file (noted as an input).
+fn frame_option(o: &Map, key: &str) -> Result<Frame, TrainError> {
+    match o.get(key) {
+        None => Err(bad(format!(
+            "pass {key}: a DataFrame or the path of a JSONL file"
+        ))),
+        Some(d) if d.is::<Frame>() => Ok(d.clone_cast::<Frame>()),
         Some(d) if d.is_string() => {
             let path = rtlab_core::workspace::resolve_path(&d.to_string());
             let loaded = rtlab_data::load_jsonl(&path, &Default::default())
-                .map_err(|e| bad(format!("train_lora: data: {e}")))?;
+                .map_err(|e| bad(format!("{key}: {e}")))?;
             rtlab_core::workspace::note_input(&path);
-            loaded.frame
+            Ok(loaded.frame)
         }
-        Some(d) => {
-            return Err(bad(format!(
-                "train_lora: data must be a DataFrame or a path, got {}",
-                d.type_name()
-            )))
+        Some(d) => Err(bad(format!(
+            "{key} must be a DataFrame or a path, got {}",
+            d.type_name()
+        ))),
+    }
+}
+
+/// `train_lora`'s options.
+fn parse_sft(o: &Map) -> Result<TrainRequest, TrainError> {
+    let known: Vec<&str> = OPTIONS
+        .iter()
+        .chain(&SFT_OPTIONS)
+        .chain(&SHAPE_OPTIONS)
+        .copied()
+        .collect();
+    rtlab_core::options::Options::new("train_lora", o, &known).map_err(bad)?;
+    let task = Task::Sft {
+        data: frame_option(o, "data")?,
+        prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
+        response_col: text(o, "response_col")?.unwrap_or_else(|| "output".into()),
+    };
+    parse_common(o, task)
+}
+
+/// `train_dpo`'s options; beta, loss and reference are checked before the pairs are read.
+fn parse_dpo(o: &Map) -> Result<TrainRequest, TrainError> {
+    let known: Vec<&str> = OPTIONS
+        .iter()
+        .chain(&DPO_OPTIONS)
+        .chain(&SHAPE_OPTIONS)
+        .copied()
+        .collect();
+    rtlab_core::options::Options::new("train_dpo", o, &known).map_err(bad)?;
+    let beta = num(o, "beta", 0.1)?;
+    if beta <= 0.0 || !beta.is_finite() {
+        return Err(bad(format!(
+            "beta must be > 0 (it scales the implicit reward; TRL's default is 0.1), got {beta}"
+        )));
+    }
+    let settings = dpo::Settings {
+        beta,
+        loss: dpo::Loss::parse(text(o, "loss")?.as_deref().unwrap_or("sigmoid"))?,
+        reference: dpo::Reference::parse(text(o, "reference")?.as_deref().unwrap_or("base"))?,
+    };
+    let adapter = match text(o, "adapter")? {
+        None => None,
+        Some(a) => {
+            if let Some(k) = SHAPE_OPTIONS.iter().find(|k| o.contains_key(**k)) {
+                return Err(bad(format!(
+                    "{k} comes from the starting adapter {a:?}; drop it (the adapter's adapter_config.json says the shape)"
+                )));
+            }
+            let dir = rtlab_core::workspace::resolve_path(&a);
+            if !dir.join(peft::WEIGHTS_FILE).exists() {
+                return Err(bad(format!(
+                    "adapter {}: no {} there; pass the `adapter` path a train_lora run returned",
+                    dir.display(),
+                    peft::WEIGHTS_FILE
+                )));
+            }
+            Some(dir)
         }
     };
+    let task = Task::Dpo {
+        pairs: frame_option(o, "pairs")?,
+        settings,
+        adapter,
+    };
+    parse_common(o, task)
+}
+
+/// The options both trainers share: base, LoRA shape, optimizer, lengths, device, output.
+fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
+    let base =
+        text(o, "base")?.ok_or_else(|| bad("pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
     let r = num(o, "r", 64.0)?;
     if r < 1.0 || r.fract() != 0.0 {
         return Err(bad(format!(
-            "train_lora: r (the LoRA rank) must be a whole number ≥ 1, got {r}"
+            "r (the LoRA rank) must be a whole number ≥ 1, got {r}"
         )));
     }
     let alpha = num(o, "alpha", 2.0 * r)?;
     if alpha <= 0.0 {
-        return Err(bad(format!("train_lora: alpha must be > 0, got {alpha}")));
+        return Err(bad(format!("alpha must be > 0, got {alpha}")));
     }
     let dropout = num(o, "dropout", 0.05)?;
     if !(0.0..1.0).contains(&dropout) {
-        return Err(bad(format!(
-            "train_lora: dropout must be in [0, 1), got {dropout}"
-        )));
+        return Err(bad(format!("dropout must be in [0, 1), got {dropout}")));
     }
     let target_modules: Vec<String> = match o.get("target_modules") {
         None => ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
@@ -199,25 +278,23 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
             let arr = v
                 .clone()
                 .into_array()
-                .map_err(|_| bad("train_lora: target_modules must be an array of names"))?;
+                .map_err(|_| bad("target_modules must be an array of names"))?;
             let names: Vec<String> = arr.iter().map(|x| x.to_string()).collect();
             if let Some(n) = names.iter().find(|n| !ALL_TARGETS.contains(&n.as_str())) {
                 return Err(bad(format!(
-                    "train_lora: unknown target module {n:?}; choose from {}",
+                    "unknown target module {n:?}; choose from {}",
                     ALL_TARGETS.join(", ")
                 )));
             }
             if names.is_empty() {
-                return Err(bad(
-                    "train_lora: target_modules is empty: nothing would be trained",
-                ));
+                return Err(bad("target_modules is empty: nothing would be trained"));
             }
             names
         }
     };
     let lr = num(o, "lr", 2e-4)?;
     if lr <= 0.0 {
-        return Err(bad(format!("train_lora: lr must be > 0, got {lr}")));
+        return Err(bad(format!("lr must be > 0, got {lr}")));
     }
     let schedule = match text(o, "schedule")?.as_deref().unwrap_or("cosine") {
         "cosine" => Schedule::Cosine,
@@ -225,7 +302,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         "constant" => Schedule::Constant,
         other => {
             return Err(bad(format!(
-                "train_lora: schedule {other:?}: use \"cosine\", \"linear\" or \"constant\""
+                "schedule {other:?}: use \"cosine\", \"linear\" or \"constant\""
             )))
         }
     };
@@ -238,7 +315,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         d @ ("wgpu" | "cuda") => d.to_string(),
         other => {
             return Err(bad(format!(
-                "train_lora: device {other:?}: use \"auto\", \"cpu\", \"wgpu\" or \"cuda\""
+                "device {other:?}: use \"auto\", \"cpu\", \"wgpu\" or \"cuda\""
             )))
         }
     };
@@ -247,7 +324,7 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
         "skip" => TooLong::Skip,
         other => {
             return Err(bad(format!(
-                "train_lora: on_too_long {other:?}: use \"error\" or \"skip\""
+                "on_too_long {other:?}: use \"error\" or \"skip\""
             )))
         }
     };
@@ -258,15 +335,15 @@ fn parse_request(o: &Map) -> Result<TrainRequest, TrainError> {
     let template = text(o, "template")?.unwrap_or_else(|| DEFAULT_TEMPLATE.into());
     if !template.contains("{prompt}") {
         return Err(bad(format!(
-            "train_lora: the template {template:?} has no {{prompt}}: where should the prompt go?"
+            "the template {template:?} has no {{prompt}}: where should the prompt go?"
         )));
     }
-    let out = text(o, "out")?.ok_or_else(|| bad("train_lora: pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)"))?;
+    let out = text(o, "out")?.ok_or_else(|| {
+        bad("pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)")
+    })?;
     Ok(TrainRequest {
         base: models::locate(&base)?,
-        data,
-        prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
-        response_col: text(o, "response_col")?.unwrap_or_else(|| "output".into()),
+        task,
         template,
         spec: LoraSpec {
             r: r as usize,
@@ -309,7 +386,7 @@ fn pairs_of(
         rtlab_data::string_values(frame, name).map_err(|_| {
             let cols: Vec<String> = frame.df.get_column_names().iter().map(|c| c.to_string()).collect();
             bad(format!(
-                "train_lora: the dataset has no column {name:?} for the {role} (columns: {}); pass {role}_col: \"...\"",
+                "the dataset has no column {name:?} for the {role} (columns: {}); pass {role}_col: \"...\"",
                 cols.join(", ")
             ))
         })
@@ -348,11 +425,18 @@ fn base_identity(dir: &Path) -> Result<String, TrainError> {
     Ok(parts.join("\n"))
 }
 
-/// Trains (or returns the finished run in `out`); the heart of `train_lora`.
-fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
-    let req = parse_request(o)?;
+/// The base model's files as a run reads them: a GGUF file (metadata now, tensors later) or a
+/// Hugging Face directory.
+struct Base {
+    gguf: Option<gguf::GgufFile>,
+    cfg: ModelConfig,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+/// Opens the base's config and tokenizer (not its weights) and checks the quantized-base options.
+fn open_base(req: &TrainRequest) -> Result<Base, TrainError> {
     // A GGUF base (llama.cpp, Ollama) is one file: its metadata is read now, its tensors with the
-    // weights below, after every other input is checked.
+    // weights, after every other input is checked.
     let gguf_base = if req.base.is_file() && gguf::is_gguf(&req.base) {
         Some(gguf::open(&req.base)?)
     } else {
@@ -361,13 +445,13 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     if req.quantized_base {
         if gguf_base.is_none() {
             return Err(bad(format!(
-                "train_lora: quantized_base needs a GGUF base (a .gguf file, a model name like smollm2-135m, or ollama:NAME); {} holds no quantized weights",
+                "quantized_base needs a GGUF base (a .gguf file, a model name like smollm2-135m, or ollama:NAME); {} holds no quantized weights",
                 req.base.display()
             )));
         }
         if req.device != "cpu" {
             return Err(bad(format!(
-                "train_lora: quantized_base runs on the CPU path; the GPU kernels take an f32 base (pass device: \"cpu\", not {:?})",
+                "quantized_base runs on the CPU path; the GPU kernels take an f32 base (pass device: \"cpu\", not {:?})",
                 req.device
             )));
         }
@@ -387,39 +471,138 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
             (cfg, examples::load_tokenizer(&req.base)?)
         }
     };
-    let eos = examples::eos_id(&tokenizer, cfg.eos_token_id)?;
-    let pairs = pairs_of(&req.data, &req.prompt_col, &req.response_col)?;
-    if pairs.is_empty() {
-        return Err(bad("train_lora: the dataset has no rows: nothing to train on (check the filter that made it)"));
-    }
     if req.max_len > cfg.max_position_embeddings {
         return Err(bad(format!(
-            "train_lora: max_len {} is longer than the model's max_position_embeddings ({})",
+            "max_len {} is longer than the model's max_position_embeddings ({})",
             req.max_len, cfg.max_position_embeddings
         )));
     }
-    let (examples, skipped) = examples::build(
-        &tokenizer,
-        &pairs,
-        &req.template,
-        req.max_len,
-        eos,
-        req.on_too_long,
-    )?;
-    if examples.is_empty() {
+    Ok(Base {
+        gguf: gguf_base,
+        cfg,
+        tokenizer,
+    })
+}
+
+/// The tokenized rows a run learns from.
+enum Rows {
+    Sft(Vec<examples::Example>),
+    Dpo(Vec<dpo::PairExample>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Sft(e) => e.len(),
+            Rows::Dpo(p) => p.len(),
+        }
+    }
+
+    /// Every token id and prompt length, in order, for the fingerprint.
+    fn hash_into(&self, h: &mut blake3::Hasher) {
+        let mut one = |e: &examples::Example| {
+            h.update(&(e.prompt_len as u64).to_le_bytes());
+            for id in &e.ids {
+                h.update(&id.to_le_bytes());
+            }
+            h.update(b"|");
+        };
+        match self {
+            Rows::Sft(examples) => examples.iter().for_each(&mut one),
+            Rows::Dpo(pairs) => pairs.iter().for_each(|p| {
+                one(&p.chosen);
+                one(&p.rejected);
+            }),
+        }
+    }
+}
+
+/// The (prompt, chosen, rejected) strings of TRL's standard preference format.
+fn preference_rows(frame: &Frame) -> Result<Vec<(String, String, String)>, TrainError> {
+    let cols: Vec<String> = frame
+        .df
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let column = |name: &str| -> Result<Vec<String>, TrainError> {
+        if !cols.iter().any(|c| c == name) {
+            return Err(bad(format!(
+                "the pairs have no column {name:?} (columns: {}); train_dpo reads TRL's format: prompt, chosen, rejected (what preference_pairs returns)",
+                cols.join(", ")
+            )));
+        }
+        let values = rtlab_data::string_values(frame, name).map_err(|_| {
+            bad(format!(
+                "the pairs' column {name:?} holds {}, not strings; conversational pairs (lists of messages) are not read yet: put each side's text in a string",
+                frame.df.column(name).map(|c| c.dtype().to_string()).unwrap_or_default()
+            ))
+        })?;
+        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+    };
+    let (p, c, r) = (column("prompt")?, column("chosen")?, column("rejected")?);
+    let rows: Vec<(String, String, String)> = p
+        .into_iter()
+        .zip(c)
+        .zip(r)
+        .map(|((p, c), r)| (p, c, r))
+        .collect();
+    dpo::check_pairs(&rows)?;
+    Ok(rows)
+}
+
+/// Tokenizes the task's rows through the template; returns them with the rows skipped as too long.
+fn tokenize_rows(
+    req: &TrainRequest,
+    base: &Base,
+    eos: u32,
+) -> Result<(Rows, Vec<usize>), TrainError> {
+    let (rows, skipped) = match &req.task {
+        Task::Sft {
+            data,
+            prompt_col,
+            response_col,
+        } => {
+            let pairs = pairs_of(data, prompt_col, response_col)?;
+            if pairs.is_empty() {
+                return Err(bad(
+                    "the dataset has no rows: nothing to train on (check the filter that made it)",
+                ));
+            }
+            let (e, skipped) = examples::build(
+                &base.tokenizer,
+                &pairs,
+                &req.template,
+                req.max_len,
+                eos,
+                req.on_too_long,
+            )?;
+            (Rows::Sft(e), skipped)
+        }
+        Task::Dpo { pairs, .. } => {
+            let rows = preference_rows(pairs)?;
+            let (p, skipped) = dpo::build(
+                &base.tokenizer,
+                &rows,
+                &req.template,
+                req.max_len,
+                eos,
+                req.on_too_long,
+            )?;
+            (Rows::Dpo(p), skipped)
+        }
+    };
+    if rows.len() == 0 {
         return Err(bad(format!(
-            "train_lora: every row's prompt is longer than max_len {}: raise max_len",
+            "every row's prompt is longer than max_len {}: raise max_len",
             req.max_len
         )));
     }
-    let mut hyper = req.hyper.clone();
-    let total = trainer::steps_per_epoch(examples.len(), &hyper) * hyper.epochs;
-    hyper.warmup_steps = if req.warmup < 1.0 {
-        (req.warmup * total as f64).ceil() as usize
-    } else {
-        req.warmup as usize
-    };
-    // The fingerprint: everything that changes the result.
+    Ok((rows, skipped))
+}
+
+/// A run's identity: everything that changes its result (options, base, starting adapter, rows).
+fn fingerprint(req: &TrainRequest, hyper: &Hyper, rows: &Rows) -> Result<String, TrainError> {
     let mut h = blake3::Hasher::new();
     h.update(serde_json::json!({"spec": req.spec, "hyper": hyper, "max_len": req.max_len, "template": req.template}).to_string().as_bytes());
     // A quantized base computes other numbers than its f32 copy: another run.
@@ -427,28 +610,134 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
         h.update(b"quantized_base");
     }
     h.update(base_identity(&req.base)?.as_bytes());
-    for e in &examples {
-        h.update(&(e.prompt_len as u64).to_le_bytes());
-        for id in &e.ids {
-            h.update(&id.to_le_bytes());
+    if let Task::Dpo {
+        settings, adapter, ..
+    } = &req.task
+    {
+        h.update(serde_json::to_string(settings)?.as_bytes());
+        if let Some(a) = adapter {
+            // Adapters are small: their bytes, not their mtime.
+            h.update(&std::fs::read(a.join(peft::WEIGHTS_FILE))?);
         }
-        h.update(b"|");
     }
-    let fingerprint = h.finalize().to_hex()[..16].to_string();
-    let run_json = req.out.join("run.json");
-    let job_json = req.out.join("job.json");
-    if !req.fresh {
-        if let Ok(text) = std::fs::read_to_string(&run_json) {
-            if let Ok(rec) = serde_json::from_str::<RunRecord>(&text) {
-                if rec.fingerprint == fingerprint
-                    && !rec.cancelled
-                    && req.out.join(peft::WEIGHTS_FILE).exists()
-                {
-                    return Ok((rec, true));
-                }
+    rows.hash_into(&mut h);
+    Ok(h.finalize().to_hex()[..16].to_string())
+}
+
+/// The finished run already in `out` for this fingerprint, unless `fresh`.
+fn finished_run(req: &TrainRequest, fingerprint: &str) -> Option<RunRecord> {
+    if req.fresh {
+        return None;
+    }
+    let text = std::fs::read_to_string(req.out.join("run.json")).ok()?;
+    let rec = serde_json::from_str::<RunRecord>(&text).ok()?;
+    (rec.fingerprint == fingerprint && !rec.cancelled && req.out.join(peft::WEIGHTS_FILE).exists())
+        .then_some(rec)
+}
+
+/// The model to train: base weights (dense, or quantized for QLoRA) with fresh adapters, or with
+/// `train_dpo`'s starting adapter.
+fn build_model(
+    req: &TrainRequest,
+    base: &Base,
+    seed: u64,
+) -> Result<(CausalLm, Option<model::Weights>, LoraSpec), TrainError> {
+    let dev = Device::Cpu;
+    let (weights, quantized) = match &base.gguf {
+        Some(g) if req.quantized_base => g.weights_quantized(&dev)?,
+        Some(g) => (g.weights(&dev)?, Default::default()),
+        None => (
+            load_weights(&req.base, DType::F32, &dev)?,
+            Default::default(),
+        ),
+    };
+    // The GPU path uploads the base weights itself; candle's copies share their storage.
+    let gpu_weights = (req.device != "cpu").then(|| weights.clone());
+    let start = match &req.task {
+        Task::Dpo {
+            adapter: Some(a), ..
+        } => Some(peft::load(a, &dev)?),
+        _ => None,
+    };
+    let fresh_spec = start.is_none().then_some(&req.spec);
+    let mut model = CausalLm::with_quantized(
+        base.cfg.clone(),
+        weights,
+        quantized,
+        fresh_spec,
+        seed,
+        DType::F32,
+        &dev,
+    )?;
+    let spec = match start {
+        Some((mut spec, tensors)) => {
+            // The run's dropout; the shape is the adapter's.
+            spec.dropout = req.spec.dropout;
+            model.set_adapters(&spec, tensors)?;
+            spec
+        }
+        None => req.spec.clone(),
+    };
+    Ok((model, gpu_weights, spec))
+}
+
+/// The reference's log-probs for DPO, computed once per job and kept in `out`, so that a resumed
+/// run measures against the same numbers without a second pass over the pairs.
+fn reference_logps(
+    out: &Path,
+    fingerprint: &str,
+    model: &CausalLm,
+    pairs: &[dpo::PairExample],
+    pad: u32,
+    settings: &dpo::Settings,
+    batch: usize,
+) -> Result<dpo::PairLogps, TrainError> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Cached {
+        fingerprint: String,
+        logps: dpo::PairLogps,
+    }
+    let path = out.join("reference_logps.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(c) = serde_json::from_str::<Cached>(&text) {
+            if c.fingerprint == fingerprint && c.logps.chosen.len() == pairs.len() {
+                return Ok(c.logps);
             }
         }
     }
+    let logps = dpo::reference_logps(model, pairs, pad, settings, batch)?;
+    let cached = Cached {
+        fingerprint: fingerprint.to_string(),
+        logps,
+    };
+    rtlab_core::workspace::write_atomic(&path, serde_json::to_string(&cached)?.as_bytes())?;
+    Ok(cached.logps)
+}
+
+/// Trains (or returns the finished run in `out`); the heart of `train_lora` and `train_dpo`.
+fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
+    let base = open_base(&req)?;
+    if matches!(req.task, Task::Dpo { .. }) && req.device != "cpu" {
+        return Err(bad(format!(
+            "device {:?}: DPO runs on the CPU path for now (the GPU kernels compute SFT's loss only); pass device: \"cpu\"",
+            req.device
+        )));
+    }
+    let eos = examples::eos_id(&base.tokenizer, base.cfg.eos_token_id)?;
+    let (rows, skipped) = tokenize_rows(&req, &base, eos)?;
+    let mut hyper = req.hyper.clone();
+    let total = trainer::steps_per_epoch(rows.len(), &hyper) * hyper.epochs;
+    hyper.warmup_steps = if req.warmup < 1.0 {
+        (req.warmup * total as f64).ceil() as usize
+    } else {
+        req.warmup as usize
+    };
+    let fingerprint = fingerprint(&req, &hyper, &rows)?;
+    if let Some(rec) = finished_run(&req, &fingerprint) {
+        return Ok((rec, true));
+    }
+    let run_json = req.out.join("run.json");
+    let job_json = req.out.join("job.json");
     let previous_job = std::fs::read_to_string(&job_json).ok();
     let same_job = previous_job.as_deref().map(str::trim) == Some(fingerprint.as_str());
     if req.fresh || !req.resume || !same_job {
@@ -462,40 +751,43 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     };
     std::fs::create_dir_all(&req.out)?;
     rtlab_core::workspace::write_atomic(&job_json, fingerprint.as_bytes())?;
-
-    let dev = Device::Cpu;
-    let (weights, quantized) = match &gguf_base {
-        Some(g) if req.quantized_base => g.weights_quantized(&dev)?,
-        Some(g) => (g.weights(&dev)?, Default::default()),
-        None => (
-            load_weights(&req.base, DType::F32, &dev)?,
-            Default::default(),
-        ),
+    let (model, gpu_weights, spec) = build_model(&req, &base, hyper.seed)?;
+    let reference = match (&req.task, &rows) {
+        (Task::Dpo { settings, .. }, Rows::Dpo(pairs)) => Some(reference_logps(
+            &req.out,
+            &fingerprint,
+            &model,
+            pairs,
+            eos,
+            settings,
+            hyper.batch_size,
+        )?),
+        _ => None,
     };
-    // The GPU path uploads the base weights itself; candle's copies share their storage.
-    let gpu_weights = gpu.as_ref().map(|_| weights.clone());
-    let model = CausalLm::with_quantized(
-        cfg.clone(),
-        weights,
-        quantized,
-        Some(&req.spec),
-        hyper.seed,
-        DType::F32,
-        &dev,
-    )?;
+    let objective = match (&req.task, &rows, &reference) {
+        (Task::Dpo { settings, .. }, Rows::Dpo(pairs), Some(reference)) => {
+            trainer::Objective::Dpo {
+                pairs,
+                reference,
+                settings: *settings,
+            }
+        }
+        (_, Rows::Sft(examples), _) => trainer::Objective::Sft(examples),
+        _ => unreachable!("the rows are tokenized for the request's task"),
+    };
     let base_name = req.base.display().to_string();
     let record = trainer::run(trainer::Job {
         gpu: match (gpu, &gpu_weights) {
             (Some(gpu), Some(weights)) => Some(trainer::GpuSetup {
                 gpu,
                 weights,
-                cfg: &cfg,
+                cfg: &base.cfg,
             }),
             _ => None,
         },
         model: &model,
-        spec: &req.spec,
-        examples: &examples,
+        spec: &spec,
+        objective,
         pad: eos,
         hyper: &hyper,
         out: &req.out,
@@ -506,7 +798,10 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     })?;
     let plot = rtlab_data::plot::Plot::new(
         rtlab_data::plot::Kind::Line,
-        "training loss".into(),
+        match req.task {
+            Task::Sft { .. } => "training loss".into(),
+            Task::Dpo { .. } => "DPO loss".into(),
+        },
         record.curve.iter().map(|s| s.step.to_string()).collect(),
         record.curve.iter().map(|s| s.loss).collect(),
     );
@@ -518,9 +813,32 @@ fn train(o: &Map) -> Result<(RunRecord, bool), TrainError> {
     Ok((record, false))
 }
 
+/// Parses the options (errors name the function), trains or finds the finished run, and returns its
+/// record as a map.
+fn run_trainer(
+    options: &Map,
+    function: &str,
+    parse: fn(&Map) -> Result<TrainRequest, TrainError>,
+) -> Result<Map, Box<EvalAltResult>> {
+    let named = |e: TrainError| -> Box<EvalAltResult> {
+        match e {
+            TrainError::Input(m) if !m.starts_with(function) => format!("{function}: {m}").into(),
+            e => e.into(),
+        }
+    };
+    let (rec, cached) = parse(options).and_then(train).map_err(named)?;
+    if cached {
+        rtlab_core::emit_line(&format!(
+            "{function}: {} already holds this run (same base, data and options); pass fresh: true to train again",
+            rec.out
+        ));
+    }
+    Ok(record_to_map(&rec, cached)?)
+}
+
 fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
     use polars::prelude::*;
-    let curve = DataFrame::new_infer_height(vec![
+    let mut columns = vec![
         Column::new(
             "step".into(),
             rec.curve.iter().map(|s| s.step as i64).collect::<Vec<_>>(),
@@ -541,9 +859,33 @@ fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
             "grad_norm".into(),
             rec.curve.iter().map(|s| s.grad_norm).collect::<Vec<_>>(),
         ),
-    ])
-    .map_err(|e| bad(e.to_string()))?;
+    ];
     let mut m = Map::new();
+    // DPO's rewards, per step: curve columns and arrays, as the loss.
+    let is_dpo = rec.curve.iter().any(|s| s.reward_margin.is_some());
+    if is_dpo {
+        let per_step = |f: fn(&trainer::StepLog) -> Option<f64>| -> Vec<f64> {
+            rec.curve.iter().map(|s| f(s).unwrap_or(f64::NAN)).collect()
+        };
+        for (name, values) in [
+            ("reward_margin", per_step(|s| s.reward_margin)),
+            ("reward_accuracy", per_step(|s| s.reward_accuracy)),
+            ("loss", per_step(|s| Some(s.loss))),
+        ] {
+            if name != "loss" {
+                columns.push(Column::new(name.into(), values.clone()));
+            }
+            m.insert(
+                name.into(),
+                values
+                    .into_iter()
+                    .map(Dynamic::from)
+                    .collect::<Array>()
+                    .into(),
+            );
+        }
+    }
+    let curve = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
     let first = rec.curve.first().map(|s| s.loss).unwrap_or(f64::NAN);
     let last = rec.curve.last().map(|s| s.loss).unwrap_or(f64::NAN);
     m.insert("adapter".into(), rec.out.clone().into());
@@ -880,14 +1222,39 @@ mod train_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn train_lora(options: Map) -> Result<Map, Box<EvalAltResult>> {
-        let (rec, cached) = train(&options)?;
-        if cached {
-            rtlab_core::emit_line(&format!(
-                "train_lora: {} already holds this run (same base, data and options); pass fresh: true to train again",
-                rec.out
-            ));
-        }
-        Ok(record_to_map(&rec, cached)?)
+        run_trainer(&options, "train_lora", parse_sft)
+    }
+
+    /// Direct Preference Optimization of LoRA adapters on (prompt, chosen, rejected) pairs, TRL's
+    /// format (what `preference_pairs` returns). Options, with defaults:
+    /// - `base`, `out`: as `train_lora`; `pairs`: a DataFrame or the path of a JSONL file;
+    /// - `adapter` (none): the SFT adapter to start from (its shape replaces `r`, `alpha`,
+    ///   `target_modules`, `rslora`, which are then refused);
+    /// - `beta` (0.1); `loss`: "sigmoid" (the DPO paper's) or "ipo";
+    /// - `reference`: "base" (the base without adapters) or "adapter" (the starting adapter, frozen);
+    ///   its log-probs are computed once and kept in `out/reference_logps.json`;
+    /// - `lr`, `epochs`, `batch_size` (pairs), `grad_accum`, `max_len`, `seed`, `checkpoint_every`,
+    ///   `resume`, `fresh`, `max_steps`, `template`, `dropout` and the LoRA shape: as `train_lora`.
+    ///
+    /// It runs on the CPU (`device: "cpu"`); the GPU kernels do not compute DPO's loss yet. The
+    /// record is `train_lora`'s plus per-step arrays `loss`, `reward_margin` (mean chosen − rejected
+    /// implicit reward) and `reward_accuracy` (share of pairs whose chosen reward is higher), also
+    /// columns of `curve`.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-dpo-tiny", #{hidden: 32, layers: 1});
+    /// let pairs = from_records([
+    ///     #{prompt: "and gate", chosen: "assign y = a & b;", rejected: "assign y = a | b;"},
+    ///     #{prompt: "or gate", chosen: "assign y = a | b;", rejected: "assign y = a ^ b;"},
+    /// ]);
+    /// let run = train_dpo(#{base: "/tmp/rtlab-doc-dpo-tiny", pairs: pairs, out: "/tmp/rtlab-doc-dpo",
+    ///     r: 4, lr: 0.01, epochs: 3, batch_size: 2, grad_accum: 1, fresh: true});
+    /// assert_eq(run.steps, 3);
+    /// assert(run.reward_margin[2] > 0.0, "the chosen answers gained on the rejected ones");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn train_dpo(options: Map) -> Result<Map, Box<EvalAltResult>> {
+        run_trainer(&options, "train_dpo", parse_dpo)
     }
 
     /// Writes a tiny seeded Llama-architecture model (config.json, model.safetensors, a byte-level

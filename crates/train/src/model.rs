@@ -109,6 +109,9 @@ pub struct Pass {
     /// A training pass computes a quantized base's matmuls exactly, on the dequantized weight (as
     /// QLoRA does); inference uses the quantized kernel, as llama.cpp does.
     pub training: bool,
+    /// False computes the base alone, as if no adapter were attached: DPO's `reference: "base"`,
+    /// which LoRA gives for free (no second copy of the model).
+    pub adapters: bool,
 }
 
 impl Pass {
@@ -116,12 +119,23 @@ impl Pass {
         Pass {
             dropout_rng: None,
             training: false,
+            adapters: true,
         }
     }
     pub fn training(seed: u64) -> Pass {
         Pass {
             dropout_rng: Some(StdRng::seed_from_u64(seed)),
             training: true,
+            adapters: true,
+        }
+    }
+    /// A frozen reference pass: no dropout, the training pass's exact matmuls (so that at step 0 the
+    /// policy's and the reference's log-probs agree to the bit), with or without the adapters.
+    pub fn reference(adapters: bool) -> Pass {
+        Pass {
+            dropout_rng: None,
+            training: true,
+            adapters,
         }
     }
 }
@@ -237,7 +251,7 @@ impl Linear {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
-        if let Some(l) = &self.lora {
+        if let Some(l) = self.lora.as_ref().filter(|_| pass.adapters) {
             let xd = match pass.dropout_rng.as_mut() {
                 Some(rng) if l.dropout > 0.0 => dropout(&x2, l.dropout, rng)?,
                 _ => x2,

@@ -5,6 +5,7 @@
 //! step `s` from `seed` and `s`, and a checkpoint stores the adapter, AdamW's moments and the loss
 //! curve bit for bit; so a resumed run reproduces the uninterrupted run's curve exactly on the CPU.
 
+use super::dpo::{self, PairExample, PairLogps};
 use super::examples::{self, Batch, Example};
 use super::model::{masked_nll, CausalLm, LoraSpec, Pass};
 use super::{peft, TrainError};
@@ -64,6 +65,12 @@ pub struct StepLog {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens: usize,
+    /// DPO: the step's mean chosen − rejected implicit reward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_margin: Option<f64>,
+    /// DPO: the share of the step's pairs whose chosen reward is the higher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,16 +82,18 @@ struct TrainerState {
 
 impl TrainerState {
     /// Counts a finished optimizer step and adds it to the curve.
-    fn log(&mut self, epoch: usize, loss: f64, lr: f64, grad_norm: f64, tokens: usize) {
+    fn log(&mut self, epoch: usize, done: StepDone, lr: f64, tokens: usize) {
         self.tokens += tokens;
         self.step += 1;
         self.curve.push(StepLog {
             step: self.step,
             epoch,
-            loss,
+            loss: done.loss,
             lr,
-            grad_norm,
+            grad_norm: done.grad_norm,
             tokens: self.tokens,
+            reward_margin: done.rewards.map(|r| r.0),
+            reward_accuracy: done.rewards.map(|r| r.1),
         });
     }
 }
@@ -186,11 +195,42 @@ pub struct GpuSetup<'a> {
     pub cfg: &'a super::config::ModelConfig,
 }
 
+/// What the adapters are trained to do.
+pub enum Objective<'a> {
+    /// Next-token cross-entropy on the response tokens (supervised fine-tuning).
+    Sft(&'a [Example]),
+    /// Prefer each pair's chosen response over its rejected one, against a frozen reference whose
+    /// log-probs were computed before the first step.
+    Dpo {
+        pairs: &'a [PairExample],
+        reference: &'a PairLogps,
+        settings: dpo::Settings,
+    },
+}
+
+impl Objective<'_> {
+    /// How many rows (examples, or pairs) an epoch goes through.
+    fn rows(&self) -> usize {
+        match self {
+            Objective::Sft(examples) => examples.len(),
+            Objective::Dpo { pairs, .. } => pairs.len(),
+        }
+    }
+}
+
+/// What an optimizer step reports.
+struct StepDone {
+    loss: f64,
+    grad_norm: f64,
+    /// DPO's reward margin and accuracy over the step's pairs.
+    rewards: Option<(f64, f64)>,
+}
+
 pub struct Job<'a> {
     pub gpu: Option<GpuSetup<'a>>,
     pub model: &'a CausalLm,
     pub spec: &'a LoraSpec,
-    pub examples: &'a [Example],
+    pub objective: Objective<'a>,
     pub pad: u32,
     pub hyper: &'a Hyper,
     pub out: &'a Path,
@@ -329,7 +369,7 @@ pub fn steps_per_epoch(n: usize, h: &Hyper) -> usize {
 /// steps and on Ctrl-C, and saves the PEFT adapter at the end.
 pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let h = job.hyper;
-    let n = job.examples.len();
+    let n = job.objective.rows();
     let per_epoch = steps_per_epoch(n, h);
     let mut total = per_epoch * h.epochs;
     if let Some(m) = h.max_steps {
@@ -362,20 +402,41 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             break;
         }
         let step = state.step;
-        let prepared = micro_batches(&job, step, per_epoch)?;
+        let rows = step_rows(&job, step, per_epoch);
         let lr = h.lr_at(step, total);
-        let (loss_sum, grad_norm) = optimizer_step(
-            &job,
-            on_gpu.as_mut(),
-            &prepared,
-            &plain,
-            &mut adam,
-            lr,
-            step,
-        )?;
-        let tokens: usize = prepared.iter().map(|b| b.tokens).sum();
+        let (done, tokens) = match &job.objective {
+            Objective::Sft(examples) => {
+                let prepared = sft_batches(&job, examples, &rows)?;
+                let done = optimizer_step(
+                    &job,
+                    on_gpu.as_mut(),
+                    &prepared,
+                    &plain,
+                    &mut adam,
+                    lr,
+                    step,
+                )?;
+                (done, prepared.iter().map(|b| b.tokens).sum::<usize>())
+            }
+            Objective::Dpo {
+                pairs,
+                reference,
+                settings,
+            } => {
+                let done = dpo_step(
+                    &job, pairs, reference, settings, &rows, &plain, &mut adam, lr, step,
+                )?;
+                let tokens = rows
+                    .iter()
+                    .flatten()
+                    .map(|&i| pairs[i].tokens())
+                    .sum::<usize>();
+                (done, tokens)
+            }
+        };
+        let loss_sum = done.loss;
         tokens_this_run += tokens;
-        state.log(step / per_epoch, loss_sum, lr, grad_norm, tokens);
+        state.log(step / per_epoch, done, lr, tokens);
         if let Some(b) = &bar {
             let rate = tokens_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
             b.set_message(format!("loss {loss_sum:.4}  {rate:.0} tok/s"));
@@ -450,21 +511,33 @@ fn sync_from_gpu(
     Ok(())
 }
 
-/// The `grad_accum` micro-batches of optimizer step `step`, in its epoch's seeded order.
-fn micro_batches(job: &Job, step: usize, per_epoch: usize) -> Result<Vec<Batch>, TrainError> {
+/// The rows of each of the `grad_accum` micro-batches of optimizer step `step`, in its epoch's
+/// seeded order.
+fn step_rows(job: &Job, step: usize, per_epoch: usize) -> Vec<Vec<usize>> {
     let h = job.hyper;
-    let batches = epoch_batches(job.examples.len(), h.batch_size, h.seed, step / per_epoch);
+    let batches = epoch_batches(job.objective.rows(), h.batch_size, h.seed, step / per_epoch);
     let first = (step % per_epoch) * h.grad_accum;
-    batches
-        .iter()
-        .skip(first)
-        .take(h.grad_accum)
+    batches.into_iter().skip(first).take(h.grad_accum).collect()
+}
+
+/// The padded micro-batches of SFT examples for the given rows.
+fn sft_batches(
+    job: &Job,
+    examples: &[Example],
+    rows: &[Vec<usize>],
+) -> Result<Vec<Batch>, TrainError> {
+    rows.iter()
         .map(|idx| {
-            let ex: Vec<&Example> = idx.iter().map(|&i| &job.examples[i]).collect();
+            let ex: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
             examples::batch(&ex, job.pad, job.model.dtype, &job.model.device)
         })
         .collect::<Result<_, _>>()
         .map_err(TrainError::from)
+}
+
+/// Dropout's seed for micro-batch `k` of optimizer step `step`, the same on both devices.
+fn dropout_seed(h: &Hyper, step: usize, k: usize) -> u64 {
+    h.seed ^ ((step as u64) << 20) ^ k as u64
 }
 
 /// One optimizer step over the micro-batches, on the GPU or the CPU: the step's loss (the micro-batch
@@ -477,44 +550,87 @@ fn optimizer_step(
     adam: &mut AdamW,
     lr: f64,
     step: usize,
-) -> Result<(f64, f64), TrainError> {
+) -> Result<StepDone, TrainError> {
     let h = job.hyper;
     let scored: usize = prepared.iter().map(|b| b.scored).sum::<usize>().max(1);
-    // Dropout of micro-batch k of step s is seeded the same way on both devices.
-    let seed = |k: usize| h.seed ^ ((step as u64) << 20) ^ k as u64;
     let Some(g) = on_gpu else {
-        return cpu_step(job.model, prepared, plain, adam, scored, lr, h, step, seed);
+        let (loss, grad_norm) = cpu_step(plain, adam, lr, h, step, prepared.len(), |k| {
+            let b = &prepared[k];
+            let mut pass = Pass::training(dropout_seed(h, step, k));
+            let logits = job.model.forward(&b.inputs, None, &mut pass)?;
+            Ok(masked_nll(&logits, &b.targets, &b.mask, scored as f64)?)
+        })?;
+        return Ok(StepDone {
+            loss,
+            grad_norm,
+            rewards: None,
+        });
     };
     let mut loss = 0.0;
     for (k, b) in prepared.iter().enumerate() {
-        loss += g.micro(b, scored as f64, seed(k))?;
+        loss += g.micro(b, scored as f64, dropout_seed(h, step, k))?;
     }
-    Ok((
+    let grad_norm = g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?;
+    Ok(StepDone {
         loss,
-        g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?,
-    ))
+        grad_norm,
+        rewards: None,
+    })
 }
 
-/// One optimizer step on the CPU: forward + backward of each micro-batch, gradients summed, clipped to
-/// `max_grad_norm`, AdamW. Returns the step's loss and its gradient norm before clipping.
+/// One DPO optimizer step on the CPU: each micro-batch's pairs go through the policy in one forward
+/// (chosen then rejected), their loss against the cached reference log-probs is averaged over the
+/// step's pairs, and the implicit rewards are gathered for the curve.
 #[allow(clippy::too_many_arguments)] // the step's inputs, named as the loop has them
-fn cpu_step(
-    model: &CausalLm,
-    prepared: &[Batch],
+fn dpo_step(
+    job: &Job,
+    pairs: &[PairExample],
+    reference: &PairLogps,
+    settings: &dpo::Settings,
+    rows: &[Vec<usize>],
     plain: &[Var],
     adam: &mut AdamW,
-    scored: usize,
+    lr: f64,
+    step: usize,
+) -> Result<StepDone, TrainError> {
+    let h = job.hyper;
+    let n_pairs = rows.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+    let (loss, grad_norm) = cpu_step(plain, adam, lr, h, step, rows.len(), |k| {
+        let idx = &rows[k];
+        let batch: Vec<&PairExample> = idx.iter().map(|&i| &pairs[i]).collect();
+        let mut pass = Pass::training(dropout_seed(h, step, k));
+        let (pc, pr) = dpo::pair_logps(job.model, &batch, job.pad, settings.loss, &mut pass)?;
+        let rc: Vec<f64> = idx.iter().map(|&i| reference.chosen[i]).collect();
+        let rr: Vec<f64> = idx.iter().map(|&i| reference.rejected[i]).collect();
+        let out = dpo::loss(&pc, &pr, (&rc, &rr), settings)?;
+        chosen.extend(out.chosen_rewards);
+        rejected.extend(out.rejected_rewards);
+        Ok((out.loss_sum / n_pairs)?)
+    })?;
+    Ok(StepDone {
+        loss,
+        grad_norm,
+        rewards: Some(dpo::reward_stats(&chosen, &rejected)),
+    })
+}
+
+/// One optimizer step on the CPU: forward + backward of each of the `micros` micro-batches (their
+/// losses, already scaled to the step, come from `micro_loss`), gradients summed, clipped to
+/// `max_grad_norm`, AdamW. Returns the step's loss and its gradient norm before clipping.
+fn cpu_step(
+    plain: &[Var],
+    adam: &mut AdamW,
     lr: f64,
     h: &Hyper,
     step: usize,
-    seed: impl Fn(usize) -> u64,
+    micros: usize,
+    mut micro_loss: impl FnMut(usize) -> Result<Tensor, TrainError>,
 ) -> Result<(f64, f64), TrainError> {
     let mut sums: Vec<Option<Tensor>> = vec![None; plain.len()];
     let mut loss_sum = 0.0;
-    for (k, b) in prepared.iter().enumerate() {
-        let mut pass = Pass::training(seed(k));
-        let logits = model.forward(&b.inputs, None, &mut pass)?;
-        let loss = masked_nll(&logits, &b.targets, &b.mask, scored as f64)?;
+    for k in 0..micros {
+        let loss = micro_loss(k)?;
         loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = loss.backward()?;
         for (i, var) in plain.iter().enumerate() {
