@@ -12,6 +12,7 @@ mod cells;
 mod cli;
 mod data;
 mod docs;
+mod dpo;
 mod gguf;
 mod llm;
 mod repl;

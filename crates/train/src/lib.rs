@@ -268,7 +268,13 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
     if alpha <= 0.0 {
         return Err(bad(format!("alpha must be > 0, got {alpha}")));
     }
-    let dropout = num(o, "dropout", 0.05)?;
+    // TRL's DPOTrainer turns dropout off (`disable_dropout`): with it on, the policy and the
+    // reference differ before any step. SFT keeps PEFT's usual 0.05.
+    let dropout_default = match task {
+        Task::Sft { .. } => 0.05,
+        Task::Dpo { .. } => 0.0,
+    };
+    let dropout = num(o, "dropout", dropout_default)?;
     if !(0.0..1.0).contains(&dropout) {
         return Err(bad(format!("dropout must be in [0, 1), got {dropout}")));
     }
@@ -1234,7 +1240,8 @@ mod train_functions {
     /// - `reference`: "base" (the base without adapters) or "adapter" (the starting adapter, frozen);
     ///   its log-probs are computed once and kept in `out/reference_logps.json`;
     /// - `lr`, `epochs`, `batch_size` (pairs), `grad_accum`, `max_len`, `seed`, `checkpoint_every`,
-    ///   `resume`, `fresh`, `max_steps`, `template`, `dropout` and the LoRA shape: as `train_lora`.
+    ///   `resume`, `fresh`, `max_steps`, `template` and the LoRA shape: as `train_lora`; `dropout`
+    ///   is 0.0 by default, as TRL's `disable_dropout` has it.
     ///
     /// It runs on the CPU (`device: "cpu"`); the GPU kernels do not compute DPO's loss yet. The
     /// record is `train_lora`'s plus per-step arrays `loss`, `reward_margin` (mean chosen − rejected

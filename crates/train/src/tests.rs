@@ -403,10 +403,7 @@ fn a_quantized_base_trains_exactly_as_its_dequantized_copy() {
 fn tiny_pairs(dir: &std::path::Path) -> Vec<super::dpo::PairExample> {
     let tok = examples::load_tokenizer(dir).unwrap();
     let row = |p: &str, c: &str, r: &str| (p.to_string(), c.to_string(), r.to_string());
-    let rows = [
-        row("and", "a&b", "a|b;x"),
-        row("not", "~a", "!!a"),
-    ];
+    let rows = [row("and", "a&b", "a|b;x"), row("not", "~a", "!!a")];
     super::dpo::build(&tok, &rows, "<{prompt}>", 64, 256, examples::TooLong::Error)
         .unwrap()
         .0
@@ -420,7 +417,8 @@ fn dpo_loss_of(
     s: &super::dpo::Settings,
 ) -> super::dpo::PairLoss {
     let refs: Vec<&super::dpo::PairExample> = pairs.iter().collect();
-    let (pc, pr) = super::dpo::pair_logps(m, &refs, 256, s.loss, &mut Pass::reference(true)).unwrap();
+    let (pc, pr) =
+        super::dpo::pair_logps(m, &refs, 256, s.loss, &mut Pass::reference(true)).unwrap();
     super::dpo::loss(&pc, &pr, (&reference.chosen, &reference.rejected), s).unwrap()
 }
 
@@ -435,12 +433,20 @@ fn a_pairs_log_probs_are_its_response_tokens_log_softmax_summed_by_hand() {
     let pairs = tiny_pairs(dir.path());
     for loss in [Loss::Sigmoid, Loss::Ipo] {
         let refs: Vec<&super::dpo::PairExample> = pairs.iter().collect();
-        let (c, r) = super::dpo::pair_logps(&m, &refs, 256, loss, &mut Pass::reference(true)).unwrap();
+        let (c, r) =
+            super::dpo::pair_logps(&m, &refs, 256, loss, &mut Pass::reference(true)).unwrap();
         let got: Vec<f64> = [c.to_vec1::<f64>().unwrap(), r.to_vec1::<f64>().unwrap()].concat();
-        let seqs: Vec<&examples::Example> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
+        let seqs: Vec<&examples::Example> = pairs
+            .iter()
+            .map(|p| &p.chosen)
+            .chain(pairs.iter().map(|p| &p.rejected))
+            .collect();
         for (i, e) in seqs.iter().enumerate() {
             // Alone, unpadded: position j predicts token j+1.
-            let ids = Tensor::new(&e.ids[..e.ids.len() - 1], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let ids = Tensor::new(&e.ids[..e.ids.len() - 1], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             let logits = m.forward(&ids, None, &mut Pass::reference(true)).unwrap();
             let rows: Vec<Vec<f64>> = logits.squeeze(0).unwrap().to_vec2().unwrap();
             let mut sum = 0.0;
@@ -452,8 +458,16 @@ fn a_pairs_log_probs_are_its_response_tokens_log_softmax_summed_by_hand() {
                 sum += row[e.ids[j + 1] as usize] - log_z;
                 n += 1;
             }
-            let want = if loss == Loss::Ipo { sum / n as f64 } else { sum };
-            assert!((got[i] - want).abs() < 1e-9, "{loss:?} sequence {i}: {} vs {want} by hand", got[i]);
+            let want = if loss == Loss::Ipo {
+                sum / n as f64
+            } else {
+                sum
+            };
+            assert!(
+                (got[i] - want).abs() < 1e-9,
+                "{loss:?} sequence {i}: {} vs {want} by hand",
+                got[i]
+            );
         }
     }
 }
@@ -470,7 +484,11 @@ fn the_dpo_loss_on_the_tiny_model_matches_finite_differences_for_both_losses_and
     let pairs = tiny_pairs(dir.path());
     for loss in [Loss::Sigmoid, Loss::Ipo] {
         for reference in [Reference::Base, Reference::Adapter] {
-            let s = Settings { beta: 0.5, loss, reference };
+            let s = Settings {
+                beta: 0.5,
+                loss,
+                reference,
+            };
             let refs = super::dpo::reference_logps(&m, &pairs, 256, &s, 1).unwrap();
             let out = dpo_loss_of(&m, &pairs, &refs, &s);
             if reference == Reference::Adapter {
@@ -479,13 +497,22 @@ fn the_dpo_loss_on_the_tiny_model_matches_finite_differences_for_both_losses_and
                     Loss::Sigmoid => 2.0 * std::f64::consts::LN_2,
                     Loss::Ipo => 2.0 * (1.0 / (2.0 * s.beta)).powi(2),
                 };
-                assert!((at_start - want).abs() < 1e-9, "{loss:?}: {at_start} at the start, want {want}");
+                assert!(
+                    (at_start - want).abs() < 1e-9,
+                    "{loss:?}: {at_start} at the start, want {want}"
+                );
             }
             let grads = out.loss_sum.backward().unwrap();
             let mut rng = rand::rngs::StdRng::seed_from_u64(9);
             for (path, l) in m.adapters().iter().step_by(3) {
                 for (which, var) in [("A", &l.a), ("B", &l.b)] {
-                    let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                    let g: Vec<f64> = grads
+                        .get(var.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
                     let i = rng.random_range(0..g.len());
                     let eps = 1e-5;
                     nudge(var, i, eps);
