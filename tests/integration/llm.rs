@@ -3,7 +3,7 @@
 
 use crate::common;
 use common::mock_llm::{Fault, MockServer};
-use common::ok;
+use common::{err, ok};
 
 fn echo() -> MockServer {
     MockServer::start(|p| format!("echo: {p}"))
@@ -338,4 +338,102 @@ fn bench_from_the_shell() {
         "{stdout}"
     );
     assert_eq!(s.hits(), 18, "9 problems × 2 samples");
+}
+
+/// The exact two-sided McNemar p-value, by integer binomial coefficients (independent of rtlab's
+/// log-space sum): min(1, 2·Σ_{i ≤ min} C(d, i) / 2^d).
+fn mcnemar_by_hand(a_only: u64, b_only: u64) -> f64 {
+    let d = a_only + b_only;
+    let choose = |n: u64, k: u64| -> u128 {
+        (0..k).fold(1u128, |acc, i| acc * (n - i) as u128 / (i + 1) as u128)
+    };
+    let tail: u128 = (0..=a_only.min(b_only)).map(|i| choose(d, i)).sum();
+    (2.0 * tail as f64 / 2f64.powi(d as i32)).min(1.0)
+}
+
+#[test]
+fn compare_tests_the_oracle_against_its_mutants_as_mcnemar_and_the_bootstrap_say() {
+    let oracle = reference_model(false);
+    let mutants = reference_model(true);
+    let out = ok(&format!(
+        r#"let problems = load_verilog_eval("verilog-eval-v2").head(40);
+        let a = benchmark(llm(#{{base_url: "{}", model: "mutant-oracle", concurrency: 8}}), problems, #{{n: 1, k: [1], name: "a"}});
+        let b = benchmark(llm(#{{base_url: "{}", model: "reference-oracle", concurrency: 8}}), problems, #{{n: 1, k: [1], name: "b"}});
+        let t = compare(a, b, #{{test: "mcnemar"}});
+        print(`${{t.a_only}} ${{t.b_only}} ${{t.p_value}} ${{t.delta}} ${{t.problems}}`);
+        let same = compare(a.id, b.id, #{{test: "mcnemar"}});
+        print(same.p_value == t.p_value);
+        let boot = compare(a, b, #{{test: "paired_bootstrap", seed: 1}});
+        print(`${{boot.delta == t.delta}} ${{boot.ci_low > 0.0}} ${{boot.p_value < 0.01}}`);
+        print(expect(t, #{{relative: 0.2, p_value: 0.05}}));
+        print(expect(compare(b, b, #{{test: "mcnemar"}}), #{{p_value: 0.05}}));
+        print(a.summary["pass@1_ci"]);
+        print(a.summary.solvable + a.summary.unsolvable);
+        print(a.samples.filter(col("failure") == "functional").len() == a.summary.failure_kinds.functional);"#,
+        mutants.openai_url(),
+        oracle.openai_url()
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    let fields: Vec<&str> = lines[0].split(' ').collect();
+    let (a_only, b_only): (u64, u64) = (fields[0].parse().unwrap(), fields[1].parse().unwrap());
+    let p: f64 = fields[2].parse().unwrap();
+    assert_eq!(
+        a_only, 0,
+        "the mutants never pass where the references fail: {out}"
+    );
+    assert!(b_only >= 5, "the mutations break many problems: {out}");
+    assert!(
+        (p - mcnemar_by_hand(a_only, b_only)).abs() < 1e-12,
+        "{p} vs by hand: {out}"
+    );
+    let delta: f64 = fields[3].parse().unwrap();
+    assert!((delta - b_only as f64 / 40.0).abs() < 1e-12, "{out}");
+    assert_eq!(fields[4], "40");
+    assert_eq!(
+        lines[1], "true",
+        "a recorded run id gives the same test: {out}"
+    );
+    assert_eq!(lines[2], "true true true", "{out}");
+    assert!(
+        lines[3].starts_with("✅ p_value: 0.0") && lines[4].starts_with("✅ relative: "),
+        "{out}"
+    );
+    assert_eq!(lines[5], "true");
+    assert!(lines[6].starts_with("❌ p_value: 1.0000 ≥ 0.05"), "{out}");
+    assert_eq!(lines[7], "false");
+    let ci: Vec<f64> = lines[8]
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(ci[0] < ci[1] && ci[0] >= 0.0 && ci[1] <= 1.0, "{out}");
+    assert_eq!(lines[9], "40");
+    assert_eq!(lines[10], "true", "{out}");
+}
+
+#[test]
+fn a_paired_test_refuses_runs_over_different_problems_and_unknown_tests() {
+    let oracle = reference_model(false);
+    let e = err(&format!(
+        r#"let problems = load_verilog_eval("verilog-eval-v2");
+        let m = llm(#{{base_url: "{}", model: "reference-oracle"}});
+        let a = benchmark(m, problems.head(3), #{{n: 1, k: [1]}});
+        let b = benchmark(m, problems.head(4), #{{n: 1, k: [1]}});
+        compare(a, b, #{{test: "mcnemar"}})"#,
+        oracle.openai_url()
+    ));
+    assert!(
+        e.contains("the same problems in both runs: A has 3, B has 4, 3 shared"),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"let problems = load_verilog_eval("verilog-eval-v2").head(2);
+        let a = benchmark(llm(#{{base_url: "{}", model: "reference-oracle"}}), problems, #{{n: 1, k: [1]}});
+        compare(a, a, #{{test: "t-test"}})"#,
+        oracle.openai_url()
+    ));
+    assert!(
+        e.contains("test \"t-test\": use \"paired_bootstrap\" or \"mcnemar\""),
+        "{e}"
+    );
 }

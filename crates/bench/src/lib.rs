@@ -7,6 +7,7 @@
 //! mutants. Both are "ask a model, verify what it wrote", so they share the crate and its prompts.
 
 mod run;
+pub mod stats;
 pub mod testbench;
 
 use polars::prelude::*;
@@ -145,6 +146,203 @@ fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, String> {
     Err("expect: pass the map benchmark() returns".into())
 }
 
+/// Per problem: task_id → (passing samples c, samples n), from a run map's `problems` frame or a
+/// recorded run's metrics.
+fn problems_of(run: &Dynamic, which: &str) -> Result<BTreeMap<String, (f64, f64)>, String> {
+    let json: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
+        let frame = m
+            .get("problems")
+            .and_then(|c| c.read_lock::<Frame>().map(|f| f.clone()))
+            .ok_or_else(|| format!("compare: run {which} has no `problems` frame; pass the map benchmark() returns, or a run id"))?;
+        let mut out = serde_json::Map::new();
+        for r in rtlab_data::to_records(&frame).map_err(|e| e.to_string())? {
+            let row = rtlab_data::dynamic_to_json(&r)?;
+            if let (Some(id), Some(c), Some(n)) = (
+                row["task_id"].as_str(),
+                row["c"].as_f64(),
+                row["n"].as_f64(),
+            ) {
+                out.insert(id.to_string(), serde_json::json!([c, n]));
+            }
+        }
+        serde_json::Value::Object(out)
+    } else if let Ok(id) = run.as_int() {
+        let store =
+            rtlab_core::store::open_workspace().ok_or("the workspace store cannot be opened")?;
+        let store = rtlab_core::store::lock(&store);
+        let row = store
+            .runs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| format!("compare: no run with id {id}; runs() lists them"))?;
+        let metrics: serde_json::Value =
+            serde_json::from_str(&row.metrics).map_err(|e| e.to_string())?;
+        metrics.get("problems").cloned().ok_or_else(|| {
+            format!("compare: run {id} was recorded before rtlab kept per-problem results; benchmark it again for a paired test")
+        })?
+    } else {
+        return Err(format!(
+            "compare: run {which} is the map benchmark() returns, or a run id from runs()"
+        ));
+    };
+    Ok(json
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), (v[0].as_f64()?, v[1].as_f64()?))))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// A paired significance test of run B against run A over the problems both ran.
+fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, String> {
+    let o = rtlab_core::options::Options::new(
+        "compare",
+        options,
+        &["test", "metric", "resamples", "confidence", "seed"],
+    )?;
+    let test = o
+        .string("test")?
+        .unwrap_or_else(|| "paired_bootstrap".into());
+    let metric = o.string("metric")?.unwrap_or_else(|| "pass@1".into());
+    let k: usize = match metric.strip_prefix("pass@").map(str::parse) {
+        Some(Ok(k)) if k >= 1 => k,
+        _ => {
+            return Err(format!(
+                "compare: metric {metric:?}: use \"pass@K\", as \"pass@1\""
+            ))
+        }
+    };
+    let confidence = o.float("confidence")?.unwrap_or(0.95);
+    if !(0.5..1.0).contains(&confidence) {
+        return Err(format!(
+            "compare: confidence must be in [0.5, 1), got {confidence}"
+        ));
+    }
+    let resamples = o.float("resamples")?.unwrap_or(10_000.0);
+    if resamples < 100.0 || resamples.fract() != 0.0 {
+        return Err(format!(
+            "compare: resamples must be a whole number ≥ 100, got {resamples}"
+        ));
+    }
+    let seed = o.float("seed")?.unwrap_or(0.0).max(0.0) as u64;
+    let (a, b) = (problems_of(run_a, "A")?, problems_of(run_b, "B")?);
+    let shared: Vec<&String> = a.keys().filter(|id| b.contains_key(*id)).collect();
+    if shared.len() != a.len() || shared.len() != b.len() || shared.is_empty() {
+        return Err(format!(
+            "compare: a paired test needs the same problems in both runs: A has {}, B has {}, {} shared; benchmark both on the same frame",
+            a.len(), b.len(), shared.len()
+        ));
+    }
+    let value = |(c, n): (f64, f64)| pass_at_k(n as usize, c as usize, k);
+    if let Some(id) = shared
+        .iter()
+        .find(|id| value(a[**id]).is_nan() || value(b[**id]).is_nan())
+    {
+        return Err(format!(
+            "compare: {metric} needs at least {k} samples per problem; {id} has fewer"
+        ));
+    }
+    let result = match test.as_str() {
+        "paired_bootstrap" => {
+            let xs: Vec<f64> = shared.iter().map(|id| value(a[*id])).collect();
+            let ys: Vec<f64> = shared.iter().map(|id| value(b[*id])).collect();
+            let r = stats::Resampling {
+                resamples: resamples as usize,
+                confidence,
+                seed,
+            };
+            stats::paired_bootstrap(&xs, &ys, &r)
+        }
+        "mcnemar" => {
+            // Pass/fail per problem: the one sample when n = 1, else "solved" (some sample passes).
+            let solved = |run: &BTreeMap<String, (f64, f64)>| -> Vec<bool> {
+                shared.iter().map(|id| run[*id].0 > 0.0).collect()
+            };
+            stats::mcnemar(&solved(&a), &solved(&b), confidence)
+        }
+        other => {
+            return Err(format!(
+                "compare: test {other:?}: use \"paired_bootstrap\" or \"mcnemar\""
+            ))
+        }
+    };
+    let mut m = Map::new();
+    m.insert("test".into(), test.clone().into());
+    m.insert(
+        "metric".into(),
+        if test == "mcnemar" {
+            "solved".to_string()
+        } else {
+            metric
+        }
+        .into(),
+    );
+    m.insert("problems".into(), Dynamic::from(shared.len() as i64));
+    m.insert("a".into(), Dynamic::from(result.a));
+    m.insert("b".into(), Dynamic::from(result.b));
+    m.insert("delta".into(), Dynamic::from(result.delta));
+    let relative = if result.a > 0.0 {
+        result.delta / result.a
+    } else {
+        f64::NAN
+    };
+    m.insert("relative".into(), Dynamic::from(relative));
+    m.insert("ci_low".into(), Dynamic::from(result.ci.0));
+    m.insert("ci_high".into(), Dynamic::from(result.ci.1));
+    m.insert("confidence".into(), Dynamic::from(confidence));
+    m.insert("p_value".into(), Dynamic::from(result.p_value));
+    if let Some((a_only, b_only)) = result.discordant {
+        m.insert("a_only".into(), Dynamic::from(a_only as i64));
+        m.insert("b_only".into(), Dynamic::from(b_only as i64));
+    }
+    Ok(m)
+}
+
+/// `expect` on what `compare(a, b, #{test})` returned: `p_value` is a ceiling (p < target), every
+/// other key (`delta`, `relative`, `b`, ...) a floor.
+fn expect_comparison(comparison: &Map, criteria: &Map) -> Result<bool, String> {
+    let mut all = true;
+    for (key, target) in criteria.iter() {
+        let target = target
+            .as_float()
+            .or_else(|_| target.as_int().map(|i| i as f64))
+            .map_err(|_| format!("expect: target of {key} must be a number"))?;
+        let actual = comparison.get(key.as_str()).and_then(|v| {
+            v.as_float()
+                .ok()
+                .or_else(|| v.as_int().ok().map(|i| i as f64))
+        });
+        let (holds, line) = match actual {
+            None => (
+                false,
+                format!("❌ {key}: not in this comparison (target {target})"),
+            ),
+            Some(a) if key.as_str() == "p_value" => (
+                a < target,
+                format!(
+                    "{} p_value: {a:.4} {} {target}",
+                    if a < target { "✅" } else { "❌" },
+                    if a < target { "<" } else { "≥" }
+                ),
+            ),
+            Some(a) => (
+                a >= target,
+                format!(
+                    "{} {key}: {a:.3} {} {target}",
+                    if a >= target { "✅" } else { "❌" },
+                    if a >= target { "≥" } else { "<" }
+                ),
+            ),
+        };
+        all &= holds;
+        rtlab_core::emit_line(&line);
+    }
+    Ok(all)
+}
+
 pub fn register(engine: &mut rhai::Engine) {
     engine.register_global_module(exported_module!(bench_functions).into());
 }
@@ -264,11 +462,37 @@ mod bench_functions {
         Ok(rtlab_data::from_records(&rows, "compare")?)
     }
 
+    /// A paired A/B test of run B against run A on the same problems (runs as `benchmark()` returns
+    /// them, or run ids). Options: `test`: "paired_bootstrap" (default; resamples problems, on the
+    /// per-problem `metric`, "pass@1" by default) or "mcnemar" (McNemar's exact test on solved /
+    /// unsolved per problem: the sample when n = 1, any sample when n > 1); `confidence` (0.95),
+    /// `resamples` (10000), `seed` (0). Returns `#{test, metric, problems, a, b, delta, relative,
+    /// ci_low, ci_high, confidence, p_value}`, and `a_only`, `b_only` (discordant problems) for
+    /// McNemar. `delta` is B − A; `relative` is delta / A.
+    #[rhai_fn(name = "compare", return_raw)]
+    pub fn compare_with_test(
+        run_a: Dynamic,
+        run_b: Dynamic,
+        options: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        Ok(paired_test(&run_a, &run_b, &options)?)
+    }
+
     /// Checks success criteria and prints the plans' ✅/❌ lines; returns whether all hold. A key is a
     /// summary metric (functional, score, syntax, synth, all_io_used, pass@k) or a category, whose
     /// functional rate is checked.
+    ///
+    /// On what `compare(a, b, #{test: ...})` returns, it states an A/B criterion: `p_value` must be
+    /// below its target, every other key (`delta`, `relative`, `b`) at least its target. The
+    /// reality check's "B at least 20% above A, p < 0.05" is
+    /// `expect(compare(a, b, #{test: "mcnemar"}), #{relative: 0.2, p_value: 0.05})`.
     #[rhai_fn(return_raw)]
     pub fn expect(run: Dynamic, criteria: Map) -> Result<bool, Box<EvalAltResult>> {
+        if let Some(m) = run.read_lock::<Map>() {
+            if m.contains_key("p_value") && m.contains_key("test") {
+                return Ok(expect_comparison(&m, &criteria)?);
+            }
+        }
         let summary = summary_of(&run)?;
         let (_, cats) = categories_of(&run)?;
         let mut all = true;

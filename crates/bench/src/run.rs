@@ -222,6 +222,20 @@ struct Scores {
     summary: serde_json::Map<String, serde_json::Value>,
     /// The per-category rates as JSON, for the run record.
     categories_json: serde_json::Map<String, serde_json::Value>,
+    /// Per problem: task_id → [c, n], for paired tests between recorded runs.
+    problems_json: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why a sample failed, in three kinds: `syntax` (the compiler rejects it alone), `semantic` (it
+/// compiles but does not build or elaborate against the testbench), `functional` (it simulates and
+/// gives wrong outputs, or hangs). None for a pass, and for a sample that was not simulated.
+pub fn failure_kind(r: &Report) -> Option<&'static str> {
+    match r.sim_status.as_str() {
+        "pass" | "skipped" => None,
+        _ if !r.syntax_ok => Some("syntax"),
+        "mismatch" | "timeout" => Some("functional"),
+        _ => Some("semantic"),
+    }
 }
 
 /// One category's (or the whole run's) rates over its samples.
@@ -268,6 +282,10 @@ impl Scores {
         for (k, values) in settings.ks.iter().zip(&pass_at) {
             columns.push(Column::new(format!("pass@{k}").into(), values.clone()));
         }
+        columns.push(Column::new(
+            "solvable".into(),
+            passing.iter().map(|c| *c > 0).collect::<Vec<_>>(),
+        ));
         let problems_df = DataFrame::new(passing.len(), columns).map_err(|e| e.to_string())?;
 
         let mut by_category: BTreeMap<String, Vec<&Report>> = BTreeMap::new();
@@ -292,21 +310,48 @@ impl Scores {
             .into_iter()
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect();
+        // 95% intervals by bootstrap over problems (the samples of one problem are not independent).
+        let resampling = super::stats::Resampling::default();
+        let interval = |values: &[f64]| {
+            let (lo, hi) = super::stats::bootstrap_ci(values, &resampling);
+            serde_json::json!([round4(lo), round4(hi)])
+        };
         for (k, values) in settings.ks.iter().zip(&pass_at) {
             let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
             summary.insert(format!("pass@{k}"), serde_json::json!(round4(mean)));
+            summary.insert(format!("pass@{k}_ci"), interval(values));
         }
+        let functional_share: Vec<f64> = passing.iter().map(|c| *c as f64 / n as f64).collect();
+        summary.insert("functional_ci".into(), interval(&functional_share));
+        let solvable = passing.iter().filter(|c| **c > 0).count();
         summary.insert("problems".into(), serde_json::json!(problems.ids.len()));
+        summary.insert("solvable".into(), serde_json::json!(solvable));
+        summary.insert(
+            "unsolvable".into(),
+            serde_json::json!(problems.ids.len() - solvable),
+        );
+        let mut kinds: BTreeMap<&str, i64> = BTreeMap::new();
+        for kind in reports.iter().filter_map(failure_kind) {
+            *kinds.entry(kind).or_default() += 1;
+        }
+        summary.insert("failure_kinds".into(), serde_json::json!(kinds));
         summary.insert("failure_classes".into(), serde_json::json!(classes));
         let categories_json = category_rates
             .iter()
             .map(|(c, m)| (c.clone(), serde_json::json!(m)))
+            .collect();
+        let problems_json = problems
+            .ids
+            .iter()
+            .zip(&passing)
+            .map(|(id, c)| (id.clone(), serde_json::json!([c, n])))
             .collect();
         Ok(Scores {
             problems: problems_df,
             categories,
             summary,
             categories_json,
+            problems_json,
         })
     }
 }
@@ -342,8 +387,11 @@ fn record(
         "k": settings.ks,
         "provider": format!("{:?}", model.cfg.provider),
     });
-    let metrics =
-        serde_json::json!({"summary": scores.summary, "categories": scores.categories_json});
+    let metrics = serde_json::json!({
+        "summary": scores.summary,
+        "categories": scores.categories_json,
+        "problems": scores.problems_json,
+    });
     let Some(store) = store else { return -1 };
     let added = rtlab_core::store::lock(store).add_run(
         &settings.name,
@@ -403,6 +451,10 @@ fn samples_frame(
                     .iter()
                     .map(|r| r.sim_status.clone())
                     .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "failure".into(),
+                reports.iter().map(failure_kind).collect::<Vec<_>>(),
             ),
         ],
     )
