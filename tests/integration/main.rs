@@ -15,6 +15,7 @@ mod docs;
 mod dpo;
 mod gguf;
 mod llm;
+mod metrics;
 mod repl;
 mod scripts;
 mod slurm;

@@ -6,6 +6,7 @@
 //! The crate also holds [`testbench`]: A7 testbenches a model writes, accepted only if they kill
 //! mutants. Both are "ask a model, verify what it wrote", so they share the crate and its prompts.
 
+pub mod metrics;
 mod run;
 pub mod stats;
 pub mod testbench;
@@ -343,6 +344,72 @@ fn expect_comparison(comparison: &Map, criteria: &Map) -> Result<bool, String> {
     Ok(all)
 }
 
+/// The strings of an array, for a metric; an element that is not a string is named by its index.
+fn texts(function: &str, what: &str, values: &Array) -> Result<Vec<String>, String> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.clone()
+                .into_immutable_string()
+                .map(|s| s.to_string())
+                .map_err(|t| format!("{function}: {what}[{i}] is {t}, not a string"))
+        })
+        .collect()
+}
+
+/// Hypotheses and references, one each, as two arrays of strings.
+fn paired_texts(
+    function: &str,
+    hypotheses: &Array,
+    references: &Array,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let (h, r) = (
+        texts(function, "hypotheses", hypotheses)?,
+        texts(function, "references", references)?,
+    );
+    if h.len() != r.len() {
+        return Err(format!(
+            "{function}: {} hypotheses but {} references; pass one reference per hypothesis, in the same order",
+            h.len(),
+            r.len()
+        ));
+    }
+    if h.is_empty() {
+        return Err(format!(
+            "{function}: no hypotheses: a corpus score needs at least one pair"
+        ));
+    }
+    Ok((h, r))
+}
+
+/// Two columns of a frame as hypotheses and references (nulls are refused by row).
+fn column_texts(
+    function: &str,
+    frame: &Frame,
+    hyp_col: &str,
+    ref_col: &str,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let column = |name: &str| -> Result<Vec<String>, String> {
+        let values = rtlab_data::string_values(frame, name)
+            .map_err(|e| format!("{function}: column {name:?}: {e}"))?;
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(row, v)| {
+                v.ok_or_else(|| format!("{function}: column {name:?} is null at row {row}"))
+            })
+            .collect()
+    };
+    let (h, r) = (column(hyp_col)?, column(ref_col)?);
+    if h.is_empty() {
+        return Err(format!(
+            "{function}: the frame has no rows: a corpus score needs at least one pair"
+        ));
+    }
+    Ok((h, r))
+}
+
 pub fn register(engine: &mut rhai::Engine) {
     engine.register_global_module(exported_module!(bench_functions).into());
 }
@@ -364,6 +431,56 @@ mod bench_functions {
             c.clamp(0, n.max(0)) as usize,
             k.max(0) as usize,
         )
+    }
+
+    /// Corpus BLEU on sacrebleu's 0–100 scale, with sacrebleu's defaults (13a tokenizer, 4-grams,
+    /// exponential smoothing, case-sensitive): hypotheses and their references (one each), as two
+    /// arrays of strings.
+    ///
+    /// ```rhai
+    /// let b = bleu(["the cat sat on the mat"], ["the cat sat on the mat"]);
+    /// assert_eq(b.round(), 100.0);
+    /// assert(bleu(["the cat sat on a mat"], ["the cat sat on the mat"]) < 100.0, "one word off");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn bleu(hypotheses: Array, references: Array) -> Result<f64, Box<EvalAltResult>> {
+        let (h, r) = paired_texts("bleu", &hypotheses, &references)?;
+        Ok(metrics::corpus_bleu(&h, &r))
+    }
+
+    /// Corpus BLEU of two columns of a frame: `bleu(frame, "completion", "reference")`.
+    #[rhai_fn(name = "bleu", return_raw)]
+    pub fn bleu_columns(
+        frame: Frame,
+        hypothesis_col: &str,
+        reference_col: &str,
+    ) -> Result<f64, Box<EvalAltResult>> {
+        let (h, r) = column_texts("bleu", &frame, hypothesis_col, reference_col)?;
+        Ok(metrics::corpus_bleu(&h, &r))
+    }
+
+    /// Corpus chrF on sacrebleu's 0–100 scale, with sacrebleu's defaults (character 6-grams, β = 2,
+    /// whitespace ignored, no word n-grams): two arrays of strings, one reference per hypothesis.
+    ///
+    /// ```rhai
+    /// assert_eq(chrf(["module m; endmodule"], ["module m; endmodule"]).round(), 100.0);
+    /// assert(chrf(["module m;"], ["module m; endmodule"]) > 0.0, "partial credit");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn chrf(hypotheses: Array, references: Array) -> Result<f64, Box<EvalAltResult>> {
+        let (h, r) = paired_texts("chrf", &hypotheses, &references)?;
+        Ok(metrics::corpus_chrf(&h, &r))
+    }
+
+    /// Corpus chrF of two columns of a frame: `chrf(frame, "completion", "reference")`.
+    #[rhai_fn(name = "chrf", return_raw)]
+    pub fn chrf_columns(
+        frame: Frame,
+        hypothesis_col: &str,
+        reference_col: &str,
+    ) -> Result<f64, Box<EvalAltResult>> {
+        let (h, r) = column_texts("chrf", &frame, hypothesis_col, reference_col)?;
+        Ok(metrics::corpus_chrf(&h, &r))
     }
 
     /// Benchmarks a model on problems (`load_verilog_eval`'s frame: task_id, prompt, ref, test,
