@@ -33,12 +33,13 @@ fn training_lowers_the_loss_and_eight_memorised_examples_come_back_under_greedy_
         let run = train_lora(#{{base: "{base}", data: data, out: "{out}", r: 16, alpha: 32, dropout: 0.0,
             epochs: 60, batch_size: 8, grad_accum: 1, lr: 1e-2, warmup: 0, max_len: 128}});
         print(`${{run.first_loss}} ${{run.final_loss}} ${{run.steps}}`);
-        let m = load_model("{base}", #{{adapter: "{out}"}});
+        let m = load_model("{base}", #{{adapter: run.adapter}});
         let right = 0;
         for row in data.to_records() {{
             if m.generate(row.instruction, #{{max_tokens: 80}}) == row.output {{ right += 1; }}
         }}
         print(right);
+        print(`${{perplexity(load_model("{base}", #{{}}), data)}} ${{perplexity(m, data, #{{batch_size: 3}})}}`);
         "#,
         tiny = tiny(&base),
         base = base.display(),
@@ -59,6 +60,22 @@ fn training_lowers_the_loss_and_eight_memorised_examples_come_back_under_greedy_
     assert_eq!(
         lines[1], "8",
         "all eight memorised modules come back verbatim"
+    );
+    // Perplexity scores the tokens training scores: before training it is exp(the first step's loss)
+    // (a fresh adapter is the base, and dropout is off), after it is at most exp(the last step's).
+    let ppl: Vec<f64> = lines[2].split(' ').map(|x| x.parse().unwrap()).collect();
+    assert!(
+        (ppl[0] / first.exp() - 1.0).abs() < 1e-4,
+        "perplexity before training {} vs exp(first loss) {}",
+        ppl[0],
+        first.exp()
+    );
+    assert!(
+        ppl[1] < ppl[0] / 100.0 && ppl[1] <= last.exp() * 1.01,
+        "perplexity on the memorised text falls: {} -> {} (exp(final loss) {})",
+        ppl[0],
+        ppl[1],
+        last.exp()
     );
     for f in [
         "adapter_config.json",
@@ -463,4 +480,39 @@ fn local_models_merge_and_tiny_models_refuse_bad_input_with_what_to_do() {
     assert!(e.contains("arch \"gpt2\""), "{e}");
     let e = err(r#"parse_json("{\"a\": ")"#);
     assert!(e.contains("parse_json: EOF while parsing"), "{e}");
+}
+
+#[test]
+fn perplexity_refuses_data_it_cannot_score_naming_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    let run = |call: &str| {
+        err(&format!(
+            r#"{tiny}
+            {GATES}
+            let m = load_model("{base}", #{{}});
+            {call}"#,
+            tiny = tiny(&base),
+            base = base.display()
+        ))
+    };
+    let e = run(r#"perplexity(m, data, #{response_col: "answer"})"#);
+    assert!(
+        e.contains("perplexity: the dataset has no column \"answer\" for the response (columns: instruction, output)"),
+        "{e}"
+    );
+    let e = run(r#"perplexity(m, data.filter(col("output") == "none"))"#);
+    assert!(e.contains("perplexity: the data has no rows"), "{e}");
+    let e = run(r#"perplexity(m, data, #{max_len: 8})"#);
+    assert!(
+        e.contains("perplexity: row 0: the prompt is") && e.contains("raise max_len"),
+        "{e}"
+    );
+    let e = run(r#"perplexity(m, "/nonexistent/rows.jsonl")"#);
+    assert!(
+        e.contains("perplexity: data:") && e.contains("/nonexistent/rows.jsonl"),
+        "{e}"
+    );
+    let e = run(r#"perplexity(m, data, #{max_length: 8})"#);
+    assert!(e.contains("unknown option `max_length`"), "{e}");
 }

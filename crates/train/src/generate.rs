@@ -174,13 +174,56 @@ impl LocalModel {
             .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
     }
 
+    /// `prompt` as the model is asked it: through its chat template when it has one and no
+    /// `template` was given, else through the training template.
+    pub fn prompt_text(&self, prompt: &str) -> Result<String, TrainError> {
+        match &self.chat {
+            Some(chat) => chat.render(prompt),
+            None => Ok(examples::apply_template(&self.template, prompt)),
+        }
+    }
+
     /// The answer to `prompt` put through the training template.
     pub fn answer(&self, prompt: &str, o: &GenOptions) -> Result<String, TrainError> {
-        let text = match &self.chat {
-            Some(chat) => chat.render(prompt)?,
-            None => examples::apply_template(&self.template, prompt),
-        };
-        self.continue_text(&text, o)
+        self.continue_text(&self.prompt_text(prompt)?, o)
+    }
+
+    /// The perplexity of the responses given their prompts: exp of the mean negative log-likelihood
+    /// per response token (the end-of-sequence token included, as training scores it), the prompt
+    /// asked as `answer` asks it. Rows longer than `max_len` tokens are cut there. Returns
+    /// (perplexity, scored tokens).
+    pub fn perplexity(
+        &self,
+        rows: &[(String, String)],
+        max_len: usize,
+        batch_size: usize,
+    ) -> Result<(f64, usize), TrainError> {
+        let mut examples = Vec::with_capacity(rows.len());
+        for (row, (prompt, response)) in rows.iter().enumerate() {
+            let mut ids = examples::encode(&self.tokenizer, &self.prompt_text(prompt)?)?;
+            let prompt_len = ids.len();
+            if prompt_len + 1 >= max_len {
+                return Err(TrainError::Input(format!(
+                    "perplexity: row {row}: the prompt is {prompt_len} tokens, max_len is {max_len}, so no response token would be scored; raise max_len"
+                )));
+            }
+            ids.extend(examples::encode(&self.tokenizer, response)?);
+            ids.push(self.eos);
+            ids.truncate(max_len);
+            examples.push(examples::Example { ids, prompt_len });
+        }
+        let (mut nll, mut scored) = (0.0f64, 0usize);
+        for chunk in examples.chunks(batch_size.max(1)) {
+            let refs: Vec<&examples::Example> = chunk.iter().collect();
+            let b = examples::batch(&refs, self.eos, self.model.dtype, &self.model.device)?;
+            let logits = self
+                .model
+                .forward(&b.inputs, None, &mut Pass::inference())?;
+            let sum = super::model::masked_nll(&logits, &b.targets, &b.mask, 1.0)?;
+            nll += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            scored += b.scored;
+        }
+        Ok(((nll / scored.max(1) as f64).exp(), scored))
     }
 
     /// The logits at every position of `text` (no template), [tokens][vocab]: for checking against
@@ -263,11 +306,7 @@ impl LocalModel {
         o: &GenOptions,
         seeds: &[u64],
     ) -> Result<Vec<String>, TrainError> {
-        let text = match &self.chat {
-            Some(chat) => chat.render(prompt)?,
-            None => examples::apply_template(&self.template, prompt),
-        };
-        let ids = examples::encode(&self.tokenizer, &text)?;
+        let ids = examples::encode(&self.tokenizer, &self.prompt_text(prompt)?)?;
         self.generate_batch(&ids, o, seeds)?
             .into_iter()
             .map(|out| {

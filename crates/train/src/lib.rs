@@ -1332,6 +1332,73 @@ mod train_functions {
     /// let m = load_model("/tmp/rtlab-doc-tiny3", #{});
     /// assert(m.to_string().starts_with("LocalModel(Llama"), "loaded");
     /// ```
+    /// The perplexity of a local model on the responses of a dataset given their prompts: exp of the
+    /// mean negative log-likelihood per response token (end-of-sequence included, the tokens
+    /// `train_lora` scores), each prompt asked as `answer` asks it. `data` is a DataFrame or a JSONL
+    /// path with `train_lora`'s columns (`instruction`, `output`). Lower is better; a model that
+    /// learned the responses gets close to 1.
+    ///
+    /// ```rhai
+    /// create_tiny_model("/tmp/rtlab-doc-ppl", #{hidden: 32, layers: 1});
+    /// let m = load_model("/tmp/rtlab-doc-ppl", #{});
+    /// let p = perplexity(m, from_records([#{instruction: "and gate", output: "assign y = a & b;"}]));
+    /// assert(p > 1.0, "an untrained model is unsure");
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn perplexity(model: &mut Local, data: Dynamic) -> Result<f64, Box<EvalAltResult>> {
+        perplexity_with(model, data, Map::new())
+    }
+
+    /// `perplexity` with options: `prompt_col` ("instruction"), `response_col` ("output"),
+    /// `max_len` (the model's context), `batch_size` (8).
+    #[rhai_fn(name = "perplexity", return_raw)]
+    pub fn perplexity_with(
+        model: &mut Local,
+        data: Dynamic,
+        options: Map,
+    ) -> Result<f64, Box<EvalAltResult>> {
+        let named = |e: TrainError| -> Box<EvalAltResult> {
+            match e {
+                TrainError::Input(m) if !m.starts_with("perplexity") => {
+                    format!("perplexity: {m}").into()
+                }
+                e => e.into(),
+            }
+        };
+        let o = rtlab_core::options::Options::new(
+            "perplexity",
+            &options,
+            &["prompt_col", "response_col", "max_len", "batch_size"],
+        )?;
+        let mut wrapped = Map::new();
+        wrapped.insert("data".into(), data);
+        let frame = frame_option(&wrapped, "data").map_err(named)?;
+        let rows = pairs_of(
+            &frame,
+            &o.string("prompt_col")?
+                .unwrap_or_else(|| "instruction".into()),
+            &o.string("response_col")?.unwrap_or_else(|| "output".into()),
+        )
+        .map_err(named)?;
+        if rows.is_empty() {
+            return Err("perplexity: the data has no rows".into());
+        }
+        let context = model.0.model.cfg.max_position_embeddings;
+        let max_len = o.float("max_len")?.map(|x| x as usize).unwrap_or(context);
+        if max_len < 2 || max_len > context {
+            return Err(format!(
+                "perplexity: max_len must be in 2..={context} (the model's context), got {max_len}"
+            )
+            .into());
+        }
+        let batch = o
+            .float("batch_size")?
+            .map(|x| x.max(1.0) as usize)
+            .unwrap_or(8);
+        let (ppl, _) = model.0.perplexity(&rows, max_len, batch).map_err(named)?;
+        Ok(ppl)
+    }
+
     #[rhai_fn(return_raw)]
     pub fn load_model(dir: &str, options: Map) -> Result<Local, Box<EvalAltResult>> {
         let o = rtlab_core::options::Options::new(
