@@ -272,3 +272,29 @@ fn bad_pairs_and_options_are_refused_before_any_work_naming_what_is_wrong() {
     let e = bad(r#"base: base, pairs: 42, out: "/tmp/x""#);
     assert!(e.contains("pairs must be a DataFrame or a path"), "{e}");
 }
+
+#[test]
+fn dpo_validates_on_held_out_pairs_and_keeps_the_best_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    let printed = ok(&format!(
+        r#"{tiny}
+        {PAIRS}
+        let run = train_dpo(#{{base: "{base}", pairs: pairs.head(6), eval_data: pairs.tail(2), keep: "best",
+            out: "{out}", r: 4, lr: 1e-2, epochs: 4, batch_size: 3, grad_accum: 1, eval_every: 1}});
+        let measured = run.curve.filter(col("eval_loss").is_not_null()).column("eval_loss");
+        print(`${{measured.len()}} ${{run.best_eval_loss <= measured[0]}} ${{run.kept_step == run.best_step}}`);"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().join("run").display()
+    ));
+    assert_eq!(printed.trim(), "8 true true", "{printed}");
+    assert!(tmp.path().join("run/reference_logps_eval.json").exists());
+    let e = err(&format!(
+        r#"{tiny} {PAIRS} train_dpo(#{{base: "{base}", pairs: pairs, eval_data: pairs.select(["prompt"]), out: "{out}"}})"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().join("bad").display()
+    ));
+    assert!(e.contains("eval_data: the pairs have no column \"chosen\""), "{e}");
+}

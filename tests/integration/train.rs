@@ -516,3 +516,87 @@ fn perplexity_refuses_data_it_cannot_score_naming_what_is_wrong() {
     let e = run(r#"perplexity(m, data, #{max_length: 8})"#);
     assert!(e.contains("unknown option `max_length`"), "{e}");
 }
+
+/// Validation on held-out gates: the curve gets `eval_loss` where it was measured, `out/best` holds
+/// the adapter of the lowest one, and `keep: "best"` hands that adapter back, which `perplexity`
+/// confirms (its perplexity on the held-out rows is exp(best_eval_loss)); `keep: "last"` keeps the
+/// last step's.
+#[test]
+fn validation_records_eval_loss_and_keep_best_hands_back_the_best_validated_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    let printed = ok(&format!(
+        r#"{tiny}
+        {GATES}
+        for keep in ["best", "last"] {{
+            let run = train_lora(#{{base: "{base}", data: data.head(6), eval_data: data.tail(2), out: `{out}/${{keep}}`,
+                keep: keep, eval_every: 2, r: 8, dropout: 0.0, epochs: 12, batch_size: 3, grad_accum: 1,
+                lr: 3e-2, warmup: 0}});
+            let measured = run.curve.filter(col("eval_loss").is_not_null());
+            let losses = measured.column("eval_loss");
+            let lowest = losses.reduce(|a, b| if b < a {{ b }} else {{ a }}, losses[0]);
+            let last = losses[losses.len() - 1];
+            let ppl = perplexity(load_model("{base}", #{{adapter: run.adapter}}), data.tail(2));
+            print(`${{keep}} ${{run.steps}} ${{measured.len()}} ${{run.best_step}} ${{run.kept_step}} ${{run.best_eval_loss == lowest}} ${{ppl}} ${{run.best_eval_loss}} ${{last}}`);
+        }}"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().display()
+    ));
+    for line in printed.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (keep, steps, measured) = (f[0], f[1], f[2]);
+        assert_eq!(
+            (steps, measured),
+            ("24", "12"),
+            "every 2 of 24 steps: {line}"
+        );
+        assert_eq!(
+            f[5], "true",
+            "best_eval_loss is the lowest eval_loss: {line}"
+        );
+        let ppl: f64 = f[6].parse().unwrap();
+        let (best, last): (f64, f64) = (f[7].parse().unwrap(), f[8].parse().unwrap());
+        let kept_loss = if keep == "best" {
+            assert_eq!(f[4], f[3], "keep best hands back the best step: {line}");
+            best
+        } else {
+            assert_eq!(f[4], "24", "keep last hands back the last step: {line}");
+            last
+        };
+        assert!(
+            (ppl.ln() - kept_loss).abs() < 1e-4,
+            "{keep}: the adapter handed back has perplexity exp({kept_loss}), measured {ppl}"
+        );
+    }
+    assert!(
+        tmp.path()
+            .join("best/best/adapter_model.safetensors")
+            .exists(),
+        "the best adapter is kept in out/best"
+    );
+    let e = err(&format!(
+        r#"{tiny} {GATES} train_lora(#{{base: "{base}", data: data, out: "{out}/x", keep: "best"}})"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().display()
+    ));
+    assert!(e.contains("keep: \"best\" needs eval_data"), "{e}");
+    let e = err(&format!(
+        r#"{tiny} {GATES} train_lora(#{{base: "{base}", data: data, out: "{out}/x", eval_data: data, keep: "first"}})"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().display()
+    ));
+    assert!(e.contains("keep \"first\": use \"last\""), "{e}");
+    let e = err(&format!(
+        r#"{tiny} {GATES} train_lora(#{{base: "{base}", data: data, out: "{out}/x", eval_data: data.select(["instruction"])}})"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().display()
+    ));
+    assert!(
+        e.contains("eval_data: the dataset has no column \"output\""),
+        "{e}"
+    );
+}

@@ -96,10 +96,17 @@ struct TrainRequest {
     device: String,
     /// QLoRA: the frozen base stays in its GGUF quantization.
     quantized_base: bool,
+    /// Validation rows (the training rows' kind), how often to measure, which adapter to keep.
+    eval_data: Option<Frame>,
+    eval_every: Option<usize>,
+    keep_best: bool,
 }
 
 /// The options both trainers take; each adds its own (`SFT_OPTIONS`, `DPO_OPTIONS`).
-const OPTIONS: [&str; 25] = [
+const OPTIONS: [&str; 28] = [
+    "eval_data",
+    "eval_every",
+    "keep",
     "base",
     "template",
     "r",
@@ -344,6 +351,33 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
             "the template {template:?} has no {{prompt}}: where should the prompt go?"
         )));
     }
+    let eval_data = match o.get("eval_data").filter(|v| !v.is_unit()) {
+        None => None,
+        Some(_) => Some(frame_option(o, "eval_data")?),
+    };
+    let eval_every = match o.get("eval_every") {
+        None => None,
+        Some(_) => Some(count(o, "eval_every", 1, 1)?),
+    };
+    let keep_best = match text(o, "keep")?.as_deref().unwrap_or("last") {
+        "last" => false,
+        "best" => true,
+        other => {
+            return Err(bad(format!(
+                "keep {other:?}: use \"last\" (the adapter after the last step) or \"best\" (the one with the lowest validation loss)"
+            )))
+        }
+    };
+    if eval_data.is_none() && (keep_best || eval_every.is_some()) {
+        return Err(bad(format!(
+            "{} needs eval_data: the validation rows to measure the adapter on",
+            if keep_best {
+                "keep: \"best\""
+            } else {
+                "eval_every"
+            }
+        )));
+    }
     let out = text(o, "out")?.ok_or_else(|| {
         bad("pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)")
     })?;
@@ -379,6 +413,9 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
         on_too_long,
         device,
         quantized_base: flag(o, "quantized_base", false)?,
+        eval_data,
+        eval_every,
+        keep_best,
     })
 }
 
@@ -557,23 +594,36 @@ fn preference_rows(frame: &Frame) -> Result<Vec<(String, String, String)>, Train
     Ok(rows)
 }
 
-/// Tokenizes the task's rows through the template; returns them with the rows skipped as too long.
+/// Tokenizes the task's rows (or, with `eval`, its validation rows) through the template; returns
+/// them with the rows skipped as too long.
 fn tokenize_rows(
     req: &TrainRequest,
     base: &Base,
     eos: u32,
+    eval: Option<&Frame>,
 ) -> Result<(Rows, Vec<usize>), TrainError> {
+    let what = if eval.is_some() {
+        "eval_data"
+    } else {
+        "the dataset"
+    };
     let (rows, skipped) = match &req.task {
         Task::Sft {
             data,
             prompt_col,
             response_col,
         } => {
-            let pairs = pairs_of(data, prompt_col, response_col)?;
+            let pairs = pairs_of(eval.unwrap_or(data), prompt_col, response_col).map_err(|e| {
+                if eval.is_some() {
+                    bad(format!("eval_data: {e}"))
+                } else {
+                    e
+                }
+            })?;
             if pairs.is_empty() {
-                return Err(bad(
-                    "the dataset has no rows: nothing to train on (check the filter that made it)",
-                ));
+                return Err(bad(format!(
+                    "{what} has no rows: nothing to train on (check the filter that made it)"
+                )));
             }
             let (e, skipped) = examples::build(
                 &base.tokenizer,
@@ -586,7 +636,13 @@ fn tokenize_rows(
             (Rows::Sft(e), skipped)
         }
         Task::Dpo { pairs, .. } => {
-            let rows = preference_rows(pairs)?;
+            let rows = preference_rows(eval.unwrap_or(pairs)).map_err(|e| {
+                if eval.is_some() {
+                    bad(format!("eval_data: {e}"))
+                } else {
+                    e
+                }
+            })?;
             let (p, skipped) = dpo::build(
                 &base.tokenizer,
                 &rows,
@@ -600,7 +656,7 @@ fn tokenize_rows(
     };
     if rows.len() == 0 {
         return Err(bad(format!(
-            "every row's prompt is longer than max_len {}: raise max_len",
+            "every row's prompt in {what} is longer than max_len {}: raise max_len",
             req.max_len
         )));
     }
@@ -608,7 +664,12 @@ fn tokenize_rows(
 }
 
 /// A run's identity: everything that changes its result (options, base, starting adapter, rows).
-fn fingerprint(req: &TrainRequest, hyper: &Hyper, rows: &Rows) -> Result<String, TrainError> {
+fn fingerprint(
+    req: &TrainRequest,
+    hyper: &Hyper,
+    rows: &Rows,
+    validation: Option<(&Rows, usize)>,
+) -> Result<String, TrainError> {
     let mut h = blake3::Hasher::new();
     h.update(serde_json::json!({"spec": req.spec, "hyper": hyper, "max_len": req.max_len, "template": req.template}).to_string().as_bytes());
     // A quantized base computes other numbers than its f32 copy: another run.
@@ -627,6 +688,10 @@ fn fingerprint(req: &TrainRequest, hyper: &Hyper, rows: &Rows) -> Result<String,
         }
     }
     rows.hash_into(&mut h);
+    if let Some((eval_rows, every)) = validation {
+        h.update(format!("validation every {every} keep_best {}", req.keep_best).as_bytes());
+        eval_rows.hash_into(&mut h);
+    }
     Ok(h.finalize().to_hex()[..16].to_string())
 }
 
@@ -687,10 +752,10 @@ fn build_model(
     Ok((model, gpu_weights, spec))
 }
 
-/// The reference's log-probs for DPO, computed once per job and kept in `out`, so that a resumed
-/// run measures against the same numbers without a second pass over the pairs.
+/// The reference's log-probs for DPO, computed once per job and kept in `path` (in `out`), so that
+/// a resumed run measures against the same numbers without a second pass over the pairs.
 fn reference_logps(
-    out: &Path,
+    path: &Path,
     fingerprint: &str,
     model: &CausalLm,
     pairs: &[dpo::PairExample],
@@ -703,8 +768,7 @@ fn reference_logps(
         fingerprint: String,
         logps: dpo::PairLogps,
     }
-    let path = out.join("reference_logps.json");
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    if let Ok(text) = std::fs::read_to_string(path) {
         if let Ok(c) = serde_json::from_str::<Cached>(&text) {
             if c.fingerprint == fingerprint && c.logps.chosen.len() == pairs.len() {
                 return Ok(c.logps);
@@ -716,8 +780,29 @@ fn reference_logps(
         fingerprint: fingerprint.to_string(),
         logps,
     };
-    rtlab_core::workspace::write_atomic(&path, serde_json::to_string(&cached)?.as_bytes())?;
+    rtlab_core::workspace::write_atomic(path, serde_json::to_string(&cached)?.as_bytes())?;
     Ok(cached.logps)
+}
+
+/// What the trainer optimizes for the task, over tokenized rows (DPO: with their reference log-probs).
+fn objective_of<'a>(
+    task: &Task,
+    rows: &'a Rows,
+    reference: &'a Option<dpo::PairLogps>,
+) -> Result<trainer::Objective<'a>, TrainError> {
+    match (task, rows, reference) {
+        (Task::Dpo { settings, .. }, Rows::Dpo(pairs), Some(reference)) => {
+            Ok(trainer::Objective::Dpo {
+                pairs,
+                reference,
+                settings: *settings,
+            })
+        }
+        (Task::Sft { .. }, Rows::Sft(examples), _) => Ok(trainer::Objective::Sft(examples)),
+        _ => Err(bad(
+            "internal error: the rows were tokenized for another task",
+        )),
+    }
 }
 
 /// Trains (or returns the finished run in `out`); the heart of `train_lora` and `train_dpo`.
@@ -730,15 +815,27 @@ fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
         )));
     }
     let eos = examples::eos_id(&base.tokenizer, base.cfg.eos_token_id)?;
-    let (rows, skipped) = tokenize_rows(&req, &base, eos)?;
+    let (rows, skipped) = tokenize_rows(&req, &base, eos, None)?;
+    let eval_rows = match &req.eval_data {
+        Some(frame) => Some(tokenize_rows(&req, &base, eos, Some(frame))?.0),
+        None => None,
+    };
     let mut hyper = req.hyper.clone();
-    let total = trainer::steps_per_epoch(rows.len(), &hyper) * hyper.epochs;
+    let per_epoch = trainer::steps_per_epoch(rows.len(), &hyper);
+    let total = per_epoch * hyper.epochs;
+    // Validation once an epoch unless asked otherwise.
+    let eval_every = req.eval_every.unwrap_or(per_epoch);
     hyper.warmup_steps = if req.warmup < 1.0 {
         (req.warmup * total as f64).ceil() as usize
     } else {
         req.warmup as usize
     };
-    let fingerprint = fingerprint(&req, &hyper, &rows)?;
+    let fingerprint = fingerprint(
+        &req,
+        &hyper,
+        &rows,
+        eval_rows.as_ref().map(|e| (e, eval_every)),
+    )?;
     if let Some(rec) = finished_run(&req, &fingerprint) {
         return Ok((rec, true));
     }
@@ -758,28 +855,34 @@ fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
     std::fs::create_dir_all(&req.out)?;
     rtlab_core::workspace::write_atomic(&job_json, fingerprint.as_bytes())?;
     let (model, gpu_weights, spec) = build_model(&req, &base, hyper.seed)?;
-    let reference = match (&req.task, &rows) {
-        (Task::Dpo { settings, .. }, Rows::Dpo(pairs)) => Some(reference_logps(
-            &req.out,
-            &fingerprint,
-            &model,
-            pairs,
-            eos,
-            settings,
-            hyper.batch_size,
-        )?),
-        _ => None,
-    };
-    let objective = match (&req.task, &rows, &reference) {
-        (Task::Dpo { settings, .. }, Rows::Dpo(pairs), Some(reference)) => {
-            trainer::Objective::Dpo {
+    // DPO's reference log-probs, of the training pairs and of the validation pairs.
+    let reference_of = |rows: &Rows, file: &str| -> Result<Option<dpo::PairLogps>, TrainError> {
+        match (&req.task, rows) {
+            (Task::Dpo { settings, .. }, Rows::Dpo(pairs)) => Ok(Some(reference_logps(
+                &req.out.join(file),
+                &fingerprint,
+                &model,
                 pairs,
-                reference,
-                settings: *settings,
-            }
+                eos,
+                settings,
+                hyper.batch_size,
+            )?)),
+            _ => Ok(None),
         }
-        (_, Rows::Sft(examples), _) => trainer::Objective::Sft(examples),
-        _ => unreachable!("the rows are tokenized for the request's task"),
+    };
+    let reference = reference_of(&rows, "reference_logps.json")?;
+    let eval_reference = match &eval_rows {
+        Some(e) => reference_of(e, "reference_logps_eval.json")?,
+        None => None,
+    };
+    let objective = objective_of(&req.task, &rows, &reference)?;
+    let validation = match &eval_rows {
+        Some(e) => Some(trainer::Validation {
+            objective: objective_of(&req.task, e, &eval_reference)?,
+            every: eval_every,
+            keep_best: req.keep_best,
+        }),
+        None => None,
     };
     let base_name = req.base.display().to_string();
     let record = trainer::run(trainer::Job {
@@ -794,6 +897,7 @@ fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
         model: &model,
         spec: &spec,
         objective,
+        validation,
         pad: eos,
         hyper: &hyper,
         out: &req.out,
@@ -891,6 +995,27 @@ fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
             );
         }
     }
+    // Validation: the loss where it was measured (null elsewhere), and which adapter was kept.
+    if rec.curve.iter().any(|s| s.eval_loss.is_some()) {
+        columns.push(Column::new(
+            "eval_loss".into(),
+            rec.curve.iter().map(|s| s.eval_loss).collect::<Vec<_>>(),
+        ));
+    }
+    let optional = |v: Option<f64>| v.map(Dynamic::from).unwrap_or(Dynamic::UNIT);
+    m.insert(
+        "best_step".into(),
+        rec.best_step
+            .map(|s| Dynamic::from(s as i64))
+            .unwrap_or(Dynamic::UNIT),
+    );
+    m.insert("best_eval_loss".into(), optional(rec.best_eval_loss));
+    m.insert(
+        "kept_step".into(),
+        rec.kept_step
+            .map(|s| Dynamic::from(s as i64))
+            .unwrap_or(Dynamic::UNIT),
+    );
     let curve = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
     let first = rec.curve.first().map(|s| s.loss).unwrap_or(f64::NAN);
     let last = rec.curve.last().map(|s| s.loss).unwrap_or(f64::NAN);
@@ -1217,6 +1342,10 @@ mod train_functions {
     /// "auto" = "cuda" in a CUDA build on a machine whose driver and NVRTC load, else "cpu"),
     /// `quantized_base` (false; true is QLoRA on a GGUF base: the frozen projections stay in the
     /// file's quantization and only the adapters are f32; CPU only).
+    /// Validation: `eval_data` (rows like `data`) is measured every `eval_every` steps (once an
+    /// epoch) and after the last, without dropout, into the curve's `eval_loss` column; the adapter
+    /// with the lowest one is kept in `out/best`, and `keep: "best"` leaves it in `out` (the record's
+    /// `best_step`, `best_eval_loss`, `kept_step` say which), `keep: "last"` (default) the last one.
     /// Loss counts response tokens only. Ctrl-C stops after the current step and checkpoints.
     ///
     /// ```rhai
@@ -1240,7 +1369,8 @@ mod train_functions {
     /// - `reference`: "base" (the base without adapters) or "adapter" (the starting adapter, frozen);
     ///   its log-probs are computed once and kept in `out/reference_logps.json`;
     /// - `lr`, `epochs`, `batch_size` (pairs), `grad_accum`, `max_len`, `seed`, `checkpoint_every`,
-    ///   `resume`, `fresh`, `max_steps`, `template` and the LoRA shape: as `train_lora`; `dropout`
+    ///   `resume`, `fresh`, `max_steps`, `template`, `eval_data` (pairs), `eval_every`, `keep` and
+    ///   the LoRA shape: as `train_lora`; `dropout`
     ///   is 0.0 by default, as TRL's `disable_dropout` has it.
     ///
     /// It runs on the CPU (`device: "cpu"`); the GPU kernels do not compute DPO's loss yet. The

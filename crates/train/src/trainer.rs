@@ -71,6 +71,9 @@ pub struct StepLog {
     /// DPO: the share of the step's pairs whose chosen reward is the higher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_accuracy: Option<f64>,
+    /// The loss on the validation rows, at the steps where it was measured (`eval_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +81,9 @@ struct TrainerState {
     step: usize,
     curve: Vec<StepLog>,
     tokens: usize,
+    /// The step with the lowest validation loss so far, and that loss; its adapter is in `out/best`.
+    #[serde(default)]
+    best: Option<(usize, f64)>,
 }
 
 impl TrainerState {
@@ -94,6 +100,7 @@ impl TrainerState {
             tokens: self.tokens,
             reward_margin: done.rewards.map(|r| r.0),
             reward_accuracy: done.rewards.map(|r| r.1),
+            eval_loss: None,
         });
     }
 }
@@ -163,6 +170,14 @@ pub struct RunRecord {
     pub resumed_from: Option<usize>,
     pub cancelled: bool,
     pub fingerprint: String,
+    /// With validation: the step whose adapter had the lowest validation loss, and that loss.
+    #[serde(default)]
+    pub best_step: Option<usize>,
+    #[serde(default)]
+    pub best_eval_loss: Option<f64>,
+    /// The step whose adapter `out` holds: the last, or the best with `keep: "best"`.
+    #[serde(default)]
+    pub kept_step: Option<usize>,
 }
 
 pub fn peak_rss_mb() -> f64 {
@@ -218,6 +233,17 @@ impl Objective<'_> {
     }
 }
 
+/// Validation during training: the rows, how often, and whether the run keeps its best adapter.
+pub struct Validation<'a> {
+    /// The validation rows, in the training objective's kind (examples, or pairs with their own
+    /// reference log-probs).
+    pub objective: Objective<'a>,
+    /// Measure every this many optimizer steps (and after the last).
+    pub every: usize,
+    /// Leave the best-validated adapter in `out` at the end, rather than the last one.
+    pub keep_best: bool,
+}
+
 /// What an optimizer step reports.
 struct StepDone {
     loss: f64,
@@ -231,6 +257,7 @@ pub struct Job<'a> {
     pub model: &'a CausalLm,
     pub spec: &'a LoraSpec,
     pub objective: Objective<'a>,
+    pub validation: Option<Validation<'a>>,
     pub pad: u32,
     pub hyper: &'a Hyper,
     pub out: &'a Path,
@@ -390,6 +417,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         step: 0,
         curve: Vec::new(),
         tokens: 0,
+        best: None,
     });
     let mut on_gpu = start_on_gpu(&job, &vars, &adam)?;
     let bar = progress_bar(total as u64, state.step as u64);
@@ -442,6 +470,12 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             b.set_message(format!("loss {loss_sum:.4}  {rate:.0} tok/s"));
             b.set_position(state.step as u64);
         }
+        if let Some(v) = &job.validation {
+            if state.step.is_multiple_of(v.every) || state.step == total {
+                sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
+                validate(&job, v, &mut state)?;
+            }
+        }
         if h.checkpoint_every > 0
             && state.step.is_multiple_of(h.checkpoint_every)
             && state.step < total
@@ -455,10 +489,20 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
+    let mut kept_step = Some(state.step);
     if cancelled {
         write_checkpoint(&job, &adam, &vars, &state)?;
     } else {
         peft::save(job.out, job.model, job.spec, job.base_name)?;
+        if let (Some(v), Some((step, _))) = (&job.validation, state.best) {
+            if v.keep_best {
+                // The best adapter replaces the last one in `out`, file by file (both are whole).
+                for file in [peft::WEIGHTS_FILE, peft::CONFIG_FILE] {
+                    std::fs::copy(best_dir(job.out).join(file), job.out.join(file))?;
+                }
+                kept_step = Some(step);
+            }
+        }
     }
     Ok(RunRecord {
         out: job.out.display().to_string(),
@@ -474,7 +518,75 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         resumed_from,
         cancelled,
         fingerprint: job.fingerprint.to_string(),
+        best_step: state.best.map(|b| b.0),
+        best_eval_loss: state.best.map(|b| b.1),
+        kept_step: kept_step.filter(|_| !cancelled),
     })
+}
+
+/// Where the best-validated adapter is kept while training goes on.
+fn best_dir(out: &Path) -> PathBuf {
+    out.join("best")
+}
+
+/// Measures the validation loss now, writes it on the newest step of the curve, and saves the
+/// adapter to `out/best` when it is the lowest so far.
+fn validate(job: &Job, v: &Validation, state: &mut TrainerState) -> Result<(), TrainError> {
+    let loss = validation_loss(job, &v.objective)?;
+    if let Some(last) = state.curve.last_mut() {
+        last.eval_loss = Some(loss);
+    }
+    if state.best.is_none_or(|(_, best)| loss < best) {
+        state.best = Some((state.step, loss));
+        let dir = best_dir(job.out);
+        std::fs::create_dir_all(&dir)?;
+        peft::save(&dir, job.model, job.spec, job.base_name)?;
+    }
+    Ok(())
+}
+
+/// The objective's mean loss over all its rows with the adapters as they are, without dropout: the
+/// mean NLL per scored token (SFT), or the mean DPO loss per pair.
+fn validation_loss(job: &Job, objective: &Objective) -> Result<f64, TrainError> {
+    let batch = job.hyper.batch_size.max(1);
+    match objective {
+        Objective::Sft(examples) => {
+            let (mut nll, mut scored) = (0.0, 0usize);
+            for chunk in examples.chunks(batch) {
+                let refs: Vec<&Example> = chunk.iter().collect();
+                let b = examples::batch(&refs, job.pad, job.model.dtype, &job.model.device)?;
+                let logits = job
+                    .model
+                    .forward(&b.inputs, None, &mut Pass::reference(true))?;
+                let sum = masked_nll(&logits, &b.targets, &b.mask, 1.0)?;
+                nll += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                scored += b.scored;
+            }
+            Ok(nll / scored.max(1) as f64)
+        }
+        Objective::Dpo {
+            pairs,
+            reference,
+            settings,
+        } => {
+            let mut total = 0.0;
+            for (k, chunk) in pairs.chunks(batch).enumerate() {
+                let refs: Vec<&PairExample> = chunk.iter().collect();
+                let mut pass = Pass::reference(true);
+                let (pc, pr) =
+                    dpo::pair_logps(job.model, &refs, job.pad, settings.loss, &mut pass)?;
+                let range = k * batch..k * batch + chunk.len();
+                let out = dpo::loss(
+                    &pc,
+                    &pr,
+                    (&reference.chosen[range.clone()], &reference.rejected[range]),
+                    settings,
+                )?;
+                total += out.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            }
+            Ok(total / pairs.len().max(1) as f64)
+        }
+    }
 }
 
 /// The GPU step for `device: "wgpu"` or `"cuda"`, started from the adapters and AdamW's moments as
