@@ -296,5 +296,8 @@ fn dpo_validates_on_held_out_pairs_and_keeps_the_best_adapter() {
         base = base.display(),
         out = tmp.path().join("bad").display()
     ));
-    assert!(e.contains("eval_data: the pairs have no column \"chosen\""), "{e}");
+    assert!(
+        e.contains("eval_data: the pairs have no column \"chosen\""),
+        "{e}"
+    );
 }

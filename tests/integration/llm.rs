@@ -437,3 +437,82 @@ fn a_paired_test_refuses_runs_over_different_problems_and_unknown_tests() {
         "{e}"
     );
 }
+
+/// A judge that answers well, in prose, unparseably, out of range or without a reason; told what
+/// was wrong, it fixes the prose and the missing reason but not the other two.
+fn moody_judge() -> MockServer {
+    MockServer::start(|last| {
+        if last.contains("That was not a valid verdict") {
+            if last.contains("no JSON object") {
+                return r#"{"score": 2, "reason": "now in JSON"}"#.into();
+            }
+            if last.contains("no \"reason\"") {
+                return r#"{"score": 3, "reason": "added"}"#.into();
+            }
+            if last.contains("outside the scale") {
+                return r#"{"score": 7, "reason": "still too high"}"#.into();
+            }
+            return "{score: high}".into();
+        }
+        let response = last.split("## Response\n").nth(1).unwrap_or("");
+        if response.starts_with("good") {
+            r#"Verdict: {"score": 5, "reason": "correct and complete"}"#.into()
+        } else if response.starts_with("prose") {
+            "I would give it a 4 out of 5.".into()
+        } else if response.starts_with("broken") {
+            "{score: high}".into()
+        } else if response.starts_with("range") {
+            r#"{"score": 9, "reason": "excellent"}"#.into()
+        } else {
+            r#"{"score": 3}"#.into()
+        }
+    })
+}
+
+#[test]
+fn the_judge_retries_malformed_verdicts_reports_the_ones_it_never_got_and_replays_from_the_store() {
+    let s = moody_judge();
+    let script = format!(
+        r#"let rows = from_records([
+            #{{prompt: "p1", completion: "good answer"}}, #{{prompt: "p2", completion: "prose answer"}},
+            #{{prompt: "p3", completion: "broken answer"}}, #{{prompt: "p4", completion: "range answer"}},
+            #{{prompt: "p5", completion: "terse answer"}}]);
+        let judged = judge(llm(#{{base_url: "{}", model: "judge"}}), rows, #{{rubric: "Is the Verilog correct?", scale: [1, 5]}});
+        for r in judged.to_records() {{ print(`${{r.completion}}|${{r.judge_score}}|${{r.judge_attempts}}|${{r.judge_error}}`); }}"#,
+        s.openai_url()
+    );
+    let first = ok(&script);
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(
+        lines[0],
+        "judge: 5 rows, 3 scored (mean 3.33 on 1..5); 2 without a valid verdict after 3 attempts: their judge_score is null, judge_error says why"
+    );
+    assert_eq!(lines[1], "good answer|5.0|1|");
+    assert_eq!(lines[2], "prose answer|2.0|2|", "fixed on the retry");
+    assert!(lines[3].starts_with("broken answer||3|the JSON does not parse"), "{first}");
+    assert_eq!(
+        lines[4], "range answer||3|score 7 is outside the scale 1 to 5",
+        "out of range is never clamped"
+    );
+    assert_eq!(lines[5], "terse answer|3.0|2|");
+    let hits = s.hits();
+    assert_eq!(hits, 5 + 4 + 2, "first attempts, then retries of the four malformed, then of the two");
+    assert_eq!(ok(&script), first, "a rerun replays every verdict");
+    assert_eq!(s.hits(), hits, "from the store, retries included");
+
+    let e = err(&format!(
+        r#"judge(llm(#{{base_url: "{}", model: "judge"}}), from_records([#{{prompt: "p", completion: "c"}}]), #{{scale: [1, 5]}})"#,
+        s.openai_url()
+    ));
+    assert!(e.contains("judge: pass rubric"), "{e}");
+    let e = err(&format!(
+        r#"judge(llm(#{{base_url: "{}", model: "judge"}}), from_records([#{{prompt: "p", completion: "c"}}]), #{{rubric: "r", scale: [5, 1]}})"#,
+        s.openai_url()
+    ));
+    assert!(e.contains("judge: scale must be two integers [low, high] with low < high"), "{e}");
+    let e = err(&format!(
+        r#"judge(llm(#{{base_url: "{}", model: "judge"}}), from_records([#{{prompt: "p", answer: "c"}}]), #{{rubric: "r"}})"#,
+        s.openai_url()
+    ));
+    assert!(e.contains("judge:") && e.contains("completion"), "{e}");
+}

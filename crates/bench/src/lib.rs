@@ -6,6 +6,7 @@
 //! The crate also holds [`testbench`]: A7 testbenches a model writes, accepted only if they kill
 //! mutants. Both are "ask a model, verify what it wrote", so they share the crate and its prompts.
 
+pub mod judge;
 pub mod metrics;
 mod run;
 pub mod stats;
@@ -481,6 +482,85 @@ mod bench_functions {
     ) -> Result<f64, Box<EvalAltResult>> {
         let (h, r) = column_texts("chrf", &frame, hypothesis_col, reference_col)?;
         Ok(metrics::corpus_chrf(&h, &r))
+    }
+
+    /// LLM-as-judge: `model` scores each row's response against `rubric`, answering with a JSON
+    /// object `{"score", "reason"}`. Options: `rubric` (required), `scale` ([1, 5]), `prompt_col`
+    /// ("prompt"), `response_col` ("completion"), `reference_col` (none; a reference answer shown to
+    /// the judge), `retries` (2). Returns the frame with `judge_score`, `judge_reason`,
+    /// `judge_error` and `judge_attempts`. Calls are recorded and replayed like every model call. A
+    /// malformed verdict (no JSON, no score or reason, a score outside the scale) is sent back with
+    /// what was wrong and asked again; a row that never gets a valid one has a null score and the
+    /// reason in `judge_error`, and `judge` says how many: it is never scored 0.
+    #[rhai_fn(return_raw)]
+    pub fn judge(model: Model, data: Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+        let o = rtlab_core::options::Options::new(
+            "judge",
+            &options,
+            &[
+                "rubric",
+                "scale",
+                "prompt_col",
+                "response_col",
+                "reference_col",
+                "retries",
+            ],
+        )?;
+        let rubric = o
+            .string("rubric")?
+            .filter(|r| !r.trim().is_empty())
+            .ok_or("judge: pass rubric: what a good response does, in words the judge can apply")?;
+        let scale = match options.get("scale") {
+            None => (1, 5),
+            Some(v) => {
+                let pair: Vec<i64> = v
+                    .clone()
+                    .into_array()
+                    .ok()
+                    .map(|a| a.iter().filter_map(|x| x.as_int().ok()).collect())
+                    .unwrap_or_default();
+                match pair[..] {
+                    [lo, hi] if lo < hi => (lo, hi),
+                    _ => return Err(format!(
+                        "judge: scale must be two integers [low, high] with low < high, got {v}"
+                    )
+                    .into()),
+                }
+            }
+        };
+        let spec = judge::JudgeSpec {
+            rubric,
+            scale,
+            prompt_col: o.string("prompt_col")?.unwrap_or_else(|| "prompt".into()),
+            response_col: o
+                .string("response_col")?
+                .unwrap_or_else(|| "completion".into()),
+            reference_col: o.string("reference_col")?,
+            retries: o.int_at_least("retries", 0)?.unwrap_or(2) as usize,
+        };
+        let items = judge::items_of(&data, &spec)?;
+        if items.is_empty() {
+            return Err("judge: the data has no rows".into());
+        }
+        let verdicts = judge::judge_rows(&model, &spec, &items)?;
+        let scored: Vec<f64> = verdicts.iter().filter_map(|v| v.score).collect();
+        let failed = verdicts.len() - scored.len();
+        let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
+        let mut line = format!(
+            "judge: {} rows, {} scored (mean {mean:.2} on {}..{})",
+            verdicts.len(),
+            scored.len(),
+            scale.0,
+            scale.1
+        );
+        if failed > 0 {
+            line.push_str(&format!(
+                "; {failed} without a valid verdict after {} attempts: their judge_score is null, judge_error says why",
+                spec.retries + 1
+            ));
+        }
+        rtlab_core::emit_line(&line);
+        Ok(judge::with_verdicts(&data, &verdicts)?)
     }
 
     /// Benchmarks a model on problems (`load_verilog_eval`'s frame: task_id, prompt, ref, test,
