@@ -489,14 +489,21 @@ fn the_judge_retries_malformed_verdicts_reports_the_ones_it_never_got_and_replay
     );
     assert_eq!(lines[1], "good answer|5.0|1|");
     assert_eq!(lines[2], "prose answer|2.0|2|", "fixed on the retry");
-    assert!(lines[3].starts_with("broken answer||3|the JSON does not parse"), "{first}");
+    assert!(
+        lines[3].starts_with("broken answer||3|the JSON does not parse"),
+        "{first}"
+    );
     assert_eq!(
         lines[4], "range answer||3|score 7 is outside the scale 1 to 5",
         "out of range is never clamped"
     );
     assert_eq!(lines[5], "terse answer|3.0|2|");
     let hits = s.hits();
-    assert_eq!(hits, 5 + 4 + 2, "first attempts, then retries of the four malformed, then of the two");
+    assert_eq!(
+        hits,
+        5 + 4 + 2,
+        "first attempts, then retries of the four malformed, then of the two"
+    );
     assert_eq!(ok(&script), first, "a rerun replays every verdict");
     assert_eq!(s.hits(), hits, "from the store, retries included");
 
@@ -509,7 +516,10 @@ fn the_judge_retries_malformed_verdicts_reports_the_ones_it_never_got_and_replay
         r#"judge(llm(#{{base_url: "{}", model: "judge"}}), from_records([#{{prompt: "p", completion: "c"}}]), #{{rubric: "r", scale: [5, 1]}})"#,
         s.openai_url()
     ));
-    assert!(e.contains("judge: scale must be two integers [low, high] with low < high"), "{e}");
+    assert!(
+        e.contains("judge: scale must be two integers [low, high] with low < high"),
+        "{e}"
+    );
     let e = err(&format!(
         r#"judge(llm(#{{base_url: "{}", model: "judge"}}), from_records([#{{prompt: "p", answer: "c"}}]), #{{rubric: "r"}})"#,
         s.openai_url()

@@ -19,6 +19,7 @@ mod metrics;
 mod repl;
 mod scripts;
 mod slurm;
+mod sweep;
 mod train;
 mod truth;
 mod verify;

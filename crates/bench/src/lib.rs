@@ -10,6 +10,7 @@ pub mod judge;
 pub mod metrics;
 mod run;
 pub mod stats;
+pub mod sweep;
 pub mod testbench;
 
 use polars::prelude::*;
@@ -521,10 +522,12 @@ mod bench_functions {
                     .unwrap_or_default();
                 match pair[..] {
                     [lo, hi] if lo < hi => (lo, hi),
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "judge: scale must be two integers [low, high] with low < high, got {v}"
                     )
-                    .into()),
+                        .into())
+                    }
                 }
             }
         };
@@ -561,6 +564,87 @@ mod bench_functions {
         }
         rtlab_core::emit_line(&line);
         Ok(judge::with_verdicts(&data, &verdicts)?)
+    }
+
+    /// Hyperparameter search. Options: `params` (option name → array of values, or for a random
+    /// search a range `#{low, high, log}`), `strategy` ("grid", the cartesian product in key order;
+    /// or "random", `trials` seeded draws), `trials` (random: how many; grid: a cap), `objective`
+    /// (the key of the map each trial returns), `direction` ("minimize" or "maximize"), `seed` (0),
+    /// `out` (a directory: each finished trial is kept there, so a rerun skips it and an interrupted
+    /// sweep resumes), `trial` (a function of the trial's params map that trains/evaluates and
+    /// returns a map holding the objective). Returns `#{trials, best, plot}`: a frame (trial, the
+    /// params, objective, seconds, cached), the best trial as a map, and the objective per trial
+    /// (also written to `out/sweep.svg`).
+    ///
+    /// ```rhai
+    /// let s = sweep(#{params: #{x: [1, 2, 3], y: [10, 20]}, objective: "loss", out: "/tmp/rtlab-doc-sweep",
+    ///     trial: |p| #{loss: (p.x - 2) * (p.x - 2) + p.y / 10}});
+    /// assert_eq(s.trials.len(), 6);
+    /// assert_eq(s.best.x, 2);
+    /// assert_eq(s.best.y, 10);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn sweep(ctx: NativeCallContext, options: Map) -> Result<Map, Box<EvalAltResult>> {
+        let (spec, trial) = sweep::parse(&options)?;
+        let trials = sweep::run(&ctx, &spec, &trial)?;
+        let records: Array = trials
+            .iter()
+            .map(|t| {
+                let mut m = Map::new();
+                m.insert("trial".into(), Dynamic::from(t.index as i64));
+                for (k, v) in &t.params {
+                    m.insert(k.clone(), v.clone());
+                }
+                m.insert(spec.objective.as_str().into(), Dynamic::from(t.objective));
+                m.insert("seconds".into(), Dynamic::from(t.seconds));
+                m.insert("cached".into(), Dynamic::from(t.cached));
+                Dynamic::from_map(m)
+            })
+            .collect();
+        let better = |a: &&sweep::Trial, b: &&sweep::Trial| {
+            let o = a.objective.total_cmp(&b.objective);
+            if spec.maximize {
+                o
+            } else {
+                o.reverse()
+            }
+        };
+        let best = trials.iter().max_by(better).ok_or("sweep: no trial ran")?;
+        let mut best_map = Map::new();
+        best_map.insert("trial".into(), Dynamic::from(best.index as i64));
+        for (k, v) in &best.params {
+            best_map.insert(k.clone(), v.clone());
+        }
+        best_map.insert(
+            spec.objective.as_str().into(),
+            Dynamic::from(best.objective),
+        );
+        let plot = rtlab_data::plot::Plot::new(
+            rtlab_data::plot::Kind::Line,
+            format!("sweep: {} by trial", spec.objective),
+            trials.iter().map(|t| t.index.to_string()).collect(),
+            trials.iter().map(|t| t.objective).collect(),
+        );
+        rtlab_core::workspace::write_atomic(&spec.out.join("sweep.svg"), plot.svg.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let ran = trials.iter().filter(|t| !t.cached).count();
+        rtlab_core::emit_line(&format!(
+            "sweep: {} trials ({ran} run, {} kept from {}); best {} = {} (trial {})",
+            trials.len(),
+            trials.len() - ran,
+            spec.out.display(),
+            spec.objective,
+            best.objective,
+            best.index
+        ));
+        let mut out = Map::new();
+        out.insert(
+            "trials".into(),
+            Dynamic::from(rtlab_data::from_records(&records, "sweep")?),
+        );
+        out.insert("best".into(), Dynamic::from_map(best_map));
+        out.insert("plot".into(), Dynamic::from(plot));
+        Ok(out)
     }
 
     /// Benchmarks a model on problems (`load_verilog_eval`'s frame: task_id, prompt, ref, test,

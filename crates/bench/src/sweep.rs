@@ -1,0 +1,305 @@
+//! Hyperparameter search: grid or random trials over named options, each run by a script function
+//! that trains (and evaluates) with the trial's options and returns its objective.
+//!
+//! Every finished trial is written to `out/trial-NNN-HASH.json` (atomically) before the next starts,
+//! keyed by its position and its parameters. A rerun of the same sweep reads those back instead of
+//! running them again, so an interrupted sweep (Ctrl-C, a kill, a crash) resumes where it stopped,
+//! and a sweep whose parameters changed reruns only the trials that changed.
+
+use rand::{Rng, SeedableRng};
+use rhai::{Dynamic, FnPtr, Map, NativeCallContext};
+use std::path::{Path, PathBuf};
+
+/// How one option is searched.
+#[derive(Debug, Clone)]
+pub enum Space {
+    /// One of these values (grid: each in turn; random: uniformly).
+    Choice(Vec<Dynamic>),
+    /// A float in [low, high], uniform or log-uniform (random search only).
+    Range { low: f64, high: f64, log: bool },
+}
+
+/// What `sweep` was asked to do.
+pub struct SweepSpec {
+    pub params: Vec<(String, Space)>,
+    pub random: bool,
+    pub trials: Option<usize>,
+    pub objective: String,
+    pub maximize: bool,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+fn bad(msg: impl Into<String>) -> String {
+    format!("sweep: {}", msg.into())
+}
+
+/// Reads the options; a value that cannot be searched is named.
+pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
+    rtlab_core::options::Options::new(
+        "sweep",
+        options,
+        &[
+            "params",
+            "strategy",
+            "trials",
+            "objective",
+            "direction",
+            "seed",
+            "out",
+            "trial",
+        ],
+    )?;
+    let params_map = options
+        .get("params")
+        .and_then(|p| p.read_lock::<Map>().map(|m| m.clone()))
+        .ok_or_else(|| bad("pass params: a map of option name to the values to try, e.g. #{lr: [1e-3, 3e-3], r: [8, 16]}"))?;
+    if params_map.is_empty() {
+        return Err(bad("params is empty: nothing to search"));
+    }
+    let mut params = Vec::new();
+    for (name, v) in params_map.iter() {
+        let space = if let Some(values) = v.read_lock::<rhai::Array>() {
+            if values.is_empty() {
+                return Err(bad(format!(
+                    "params.{name} is an empty array: give at least one value"
+                )));
+            }
+            Space::Choice(values.clone())
+        } else if let Some(m) = v.read_lock::<Map>() {
+            let num = |k: &str| {
+                m.get(k).and_then(|x| {
+                    x.as_float()
+                        .ok()
+                        .or_else(|| x.as_int().ok().map(|i| i as f64))
+                })
+            };
+            let (Some(low), Some(high)) = (num("low"), num("high")) else {
+                return Err(bad(format!(
+                    "params.{name}: a range is #{{low: ..., high: ..., log: true}}"
+                )));
+            };
+            let log = m.get("log").and_then(|x| x.as_bool().ok()).unwrap_or(false);
+            if low >= high || (log && low <= 0.0) {
+                return Err(bad(format!(
+                    "params.{name}: the range needs low < high{}, got low {low}, high {high}",
+                    if log { " and low > 0 (log scale)" } else { "" }
+                )));
+            }
+            Space::Range { low, high, log }
+        } else {
+            return Err(bad(format!(
+                "params.{name} is {}: give an array of values, or a range #{{low, high, log}}",
+                v.type_name()
+            )));
+        };
+        params.push((name.to_string(), space));
+    }
+    let random = match options.get("strategy").map(|s| s.to_string()).as_deref() {
+        None | Some("grid") => false,
+        Some("random") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "strategy {other:?}: use \"grid\" or \"random\""
+            )))
+        }
+    };
+    let trials = match options.get("trials") {
+        None => None,
+        Some(t) => Some(
+            t.as_int()
+                .ok()
+                .filter(|t| *t >= 1)
+                .ok_or_else(|| bad(format!("trials must be a whole number ≥ 1, got {t}")))?
+                as usize,
+        ),
+    };
+    if random && trials.is_none() {
+        return Err(bad("a random search needs trials: how many to run"));
+    }
+    if !random {
+        if let Some((name, _)) = params
+            .iter()
+            .find(|(_, s)| matches!(s, Space::Range { .. }))
+        {
+            return Err(bad(format!("params.{name} is a range, which a grid cannot enumerate: give values, or strategy: \"random\"")));
+        }
+    }
+    let objective = options
+        .get("objective")
+        .filter(|o| o.is_string())
+        .map(|o| o.to_string())
+        .ok_or_else(|| bad("pass objective: the key of the map each trial returns to optimize, e.g. \"eval_loss\""))?;
+    let maximize = match options.get("direction").map(|s| s.to_string()).as_deref() {
+        None | Some("minimize") => false,
+        Some("maximize") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "direction {other:?}: use \"minimize\" or \"maximize\""
+            )))
+        }
+    };
+    let seed = options
+        .get("seed")
+        .and_then(|s| s.as_int().ok())
+        .unwrap_or(0)
+        .max(0) as u64;
+    let out = options
+        .get("out")
+        .filter(|o| o.is_string())
+        .map(|o| rtlab_core::workspace::resolve_path(&o.to_string()))
+        .ok_or_else(|| {
+            bad("pass out: the directory that keeps each finished trial (so a rerun resumes)")
+        })?;
+    let trial = options
+        .get("trial")
+        .and_then(|t| t.read_lock::<FnPtr>().map(|f| f.clone()))
+        .ok_or_else(|| {
+            bad("pass trial: a function |params| { ...; #{eval_loss: ...} } that runs one trial")
+        })?;
+    Ok((
+        SweepSpec {
+            params,
+            random,
+            trials,
+            objective,
+            maximize,
+            seed,
+            out,
+        },
+        trial,
+    ))
+}
+
+/// The trials' parameter maps, in order: the grid's cartesian product (keys in sorted order, the
+/// last varying fastest), or seeded random draws.
+pub fn plan(spec: &SweepSpec) -> Vec<Map> {
+    if spec.random {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+        return (0..spec.trials.unwrap_or(1))
+            .map(|_| {
+                spec.params
+                    .iter()
+                    .map(|(name, space)| {
+                        let v = match space {
+                            Space::Choice(values) => {
+                                values[rng.random_range(0..values.len())].clone()
+                            }
+                            Space::Range {
+                                low,
+                                high,
+                                log: false,
+                            } => Dynamic::from(rng.random_range(*low..*high)),
+                            Space::Range {
+                                low,
+                                high,
+                                log: true,
+                            } => Dynamic::from(rng.random_range(low.ln()..high.ln()).exp()),
+                        };
+                        (name.as_str().into(), v)
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+    let mut grid: Vec<Map> = vec![Map::new()];
+    for (name, space) in &spec.params {
+        let Space::Choice(values) = space else {
+            continue;
+        };
+        grid = grid
+            .into_iter()
+            .flat_map(|m| {
+                values.iter().map(move |v| {
+                    let mut m = m.clone();
+                    m.insert(name.as_str().into(), v.clone());
+                    m
+                })
+            })
+            .collect();
+    }
+    if let Some(t) = spec.trials {
+        grid.truncate(t);
+    }
+    grid
+}
+
+/// A finished trial.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    pub index: usize,
+    pub params: Map,
+    pub objective: f64,
+    pub seconds: f64,
+    pub cached: bool,
+}
+
+/// The file that keeps trial `index` with these parameters.
+fn trial_file(out: &Path, index: usize, params: &serde_json::Value) -> PathBuf {
+    let hash = blake3::hash(params.to_string().as_bytes()).to_hex();
+    out.join(format!("trial-{index:03}-{}.json", &hash[..12]))
+}
+
+/// Runs (or reads back) every planned trial, in order.
+pub fn run(ctx: &NativeCallContext, spec: &SweepSpec, trial: &FnPtr) -> Result<Vec<Trial>, String> {
+    std::fs::create_dir_all(&spec.out).map_err(|e| bad(format!("{}: {e}", spec.out.display())))?;
+    let mut done = Vec::new();
+    for (index, params) in plan(spec).into_iter().enumerate() {
+        let params_json = rtlab_core::json::dynamic_to_json(&Dynamic::from_map(params.clone()))?;
+        let file = trial_file(&spec.out, index, &params_json);
+        if let Some(objective) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                Some((
+                    v["objective"].as_f64()?,
+                    v["seconds"].as_f64().unwrap_or(0.0),
+                ))
+            })
+        {
+            done.push(Trial {
+                index,
+                params,
+                objective: objective.0,
+                seconds: objective.1,
+                cached: true,
+            });
+            continue;
+        }
+        if rtlab_core::cancel_requested() {
+            return Err(bad(format!("cancelled by Ctrl-C before trial {index}; the {index} finished trials are kept: rerun to resume")));
+        }
+        let started = std::time::Instant::now();
+        let result: Dynamic = trial
+            .call_within_context(ctx, (Dynamic::from_map(params.clone()),))
+            .map_err(|e| {
+                bad(format!(
+                    "trial {index} ({params_json}) failed: {e}; the finished trials are kept"
+                ))
+            })?;
+        let seconds = started.elapsed().as_secs_f64();
+        let objective = result
+            .read_lock::<Map>()
+            .and_then(|m| m.get(spec.objective.as_str()).cloned())
+            .and_then(|v| v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64)))
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| {
+                bad(format!(
+                    "trial {index} returned {result}, which has no finite number `{}`: return a map such as #{{{}: run.best_eval_loss}}",
+                    spec.objective, spec.objective
+                ))
+            })?;
+        let record =
+            serde_json::json!({"params": params_json, "objective": objective, "seconds": seconds});
+        rtlab_core::workspace::write_atomic(&file, record.to_string().as_bytes())
+            .map_err(|e| bad(format!("{}: {e}", file.display())))?;
+        done.push(Trial {
+            index,
+            params,
+            objective,
+            seconds,
+            cached: false,
+        });
+    }
+    Ok(done)
+}
