@@ -84,7 +84,11 @@ fn a_sweep_killed_inside_a_trial_resumes_with_the_finished_trials_kept() {
         "{}",
         resumed.stdout
     );
-    assert_eq!(rest, "[true, true, false, false]\n4\ntrue\n", "{}", resumed.stdout);
+    assert_eq!(
+        rest, "[true, true, false, false]\n4\ntrue\n",
+        "{}",
+        resumed.stdout
+    );
     assert!(
         !dir.join("started-0.001").exists(),
         "a finished trial does not run again"

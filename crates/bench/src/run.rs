@@ -231,8 +231,10 @@ struct Scores {
 /// gives wrong outputs, or hangs). None for a pass, and for a sample that was not simulated.
 pub fn failure_kind(r: &Report) -> Option<&'static str> {
     match r.sim_status.as_str() {
-        "pass" | "skipped" => None,
+        "pass" => None,
+        // An answer with no code at all is not simulated, and fails on syntax.
         _ if !r.syntax_ok => Some("syntax"),
+        "skipped" => None,
         "mismatch" | "timeout" => Some("functional"),
         _ => Some("semantic"),
     }

@@ -84,7 +84,8 @@ enum Task {
 struct TrainRequest {
     base: PathBuf,
     task: Task,
-    template: String,
+    /// The prompt template with `{prompt}`; None: a GGUF base's own chat template, else Alpaca's.
+    template: Option<String>,
     spec: LoraSpec,
     hyper: Hyper,
     warmup: f64,
@@ -345,8 +346,8 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
         None => None,
         Some(_) => Some(count(o, "max_steps", 1, 1)?),
     };
-    let template = text(o, "template")?.unwrap_or_else(|| DEFAULT_TEMPLATE.into());
-    if !template.contains("{prompt}") {
+    let template = text(o, "template")?;
+    if let Some(template) = template.as_ref().filter(|t| !t.contains("{prompt}")) {
         return Err(bad(format!(
             "the template {template:?} has no {{prompt}}: where should the prompt go?"
         )));
@@ -474,6 +475,8 @@ struct Base {
     gguf: Option<gguf::GgufFile>,
     cfg: ModelConfig,
     tokenizer: tokenizers::Tokenizer,
+    /// A GGUF base's own chat template, which renders the prompts unless `template` is given.
+    chat: Option<generate::ChatTemplate>,
 }
 
 /// Opens the base's config and tokenizer (not its weights) and checks the quantized-base options.
@@ -520,10 +523,20 @@ fn open_base(req: &TrainRequest) -> Result<Base, TrainError> {
             req.max_len, cfg.max_position_embeddings
         )));
     }
+    let chat = gguf_base.as_ref().and_then(|g| {
+        g.chat_template
+            .clone()
+            .map(|source| generate::ChatTemplate {
+                source,
+                bos_token: g.bos_token.clone().unwrap_or_default(),
+                eos_token: g.eos_token.clone().unwrap_or_default(),
+            })
+    });
     Ok(Base {
         gguf: gguf_base,
         cfg,
         tokenizer,
+        chat,
     })
 }
 
@@ -607,19 +620,31 @@ fn tokenize_rows(
     } else {
         "the dataset"
     };
+    let named = |e: TrainError| match e {
+        TrainError::Input(m) if eval.is_some() => bad(format!("eval_data: {m}")),
+        e => e,
+    };
+    // Prompts are rendered here, as `load_model(...).generate` renders them: the template given,
+    // else a GGUF base's chat template (so that a tuned GGUF model is trained on the prompts it is
+    // asked with), else Alpaca's. The rendered text then goes through the identity template.
+    let render = |prompt: &str| -> Result<String, TrainError> {
+        match (&req.template, &base.chat) {
+            (Some(t), _) => Ok(examples::apply_template(t, prompt)),
+            (None, Some(chat)) => chat.render(prompt),
+            (None, None) => Ok(examples::apply_template(DEFAULT_TEMPLATE, prompt)),
+        }
+    };
     let (rows, skipped) = match &req.task {
         Task::Sft {
             data,
             prompt_col,
             response_col,
         } => {
-            let pairs = pairs_of(eval.unwrap_or(data), prompt_col, response_col).map_err(|e| {
-                if eval.is_some() {
-                    bad(format!("eval_data: {e}"))
-                } else {
-                    e
-                }
-            })?;
+            let pairs = pairs_of(eval.unwrap_or(data), prompt_col, response_col)
+                .map_err(named)?
+                .into_iter()
+                .map(|(p, r)| Ok((render(&p)?, r)))
+                .collect::<Result<Vec<_>, TrainError>>()?;
             if pairs.is_empty() {
                 return Err(bad(format!(
                     "{what} has no rows: nothing to train on (check the filter that made it)"
@@ -628,7 +653,7 @@ fn tokenize_rows(
             let (e, skipped) = examples::build(
                 &base.tokenizer,
                 &pairs,
-                &req.template,
+                "{prompt}",
                 req.max_len,
                 eos,
                 req.on_too_long,
@@ -636,17 +661,15 @@ fn tokenize_rows(
             (Rows::Sft(e), skipped)
         }
         Task::Dpo { pairs, .. } => {
-            let rows = preference_rows(eval.unwrap_or(pairs)).map_err(|e| {
-                if eval.is_some() {
-                    bad(format!("eval_data: {e}"))
-                } else {
-                    e
-                }
-            })?;
+            let rows = preference_rows(eval.unwrap_or(pairs))
+                .map_err(named)?
+                .into_iter()
+                .map(|(p, c, r)| Ok((render(&p)?, c, r)))
+                .collect::<Result<Vec<_>, TrainError>>()?;
             let (p, skipped) = dpo::build(
                 &base.tokenizer,
                 &rows,
-                &req.template,
+                "{prompt}",
                 req.max_len,
                 eos,
                 req.on_too_long,
@@ -1330,8 +1353,8 @@ mod train_functions {
     ///
     /// Options: `base` (a Hugging Face Llama/Qwen2 dir, a GGUF file, or a model name such as
     /// `smollm2-135m`), `data` (DataFrame or JSONL path), `out`;
-    /// `prompt_col` ("instruction"), `response_col` ("output"), `template` (Alpaca style, `{prompt}`
-    /// marks the prompt), `r` (64), `alpha` (2·r), `dropout` (0.05), `target_modules` (all seven
+    /// `prompt_col` ("instruction"), `response_col` ("output"), `template` (`{prompt}` marks the
+    /// prompt; by default a GGUF base's own chat template, as `generate` asks, else Alpaca style), `r` (64), `alpha` (2·r), `dropout` (0.05), `target_modules` (all seven
     /// projections), `rslora` (false), `lr` (2e-4), `epochs` (3), `batch_size` (4), `grad_accum` (4),
     /// `max_len` (1024), `warmup` (0.03: a fraction of the steps, or a step count ≥ 1), `schedule`
     /// ("cosine", "linear", "constant"), `weight_decay` (0), `max_grad_norm` (1), `seed` (42),
