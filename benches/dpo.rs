@@ -25,7 +25,8 @@ fn write_pairs(path: &Path) {
     let mut text = String::new();
     for i in 0..BATCH * (STEPS + 1) {
         let body = |op: &str| {
-            format!("module gate{i:03}(input a, b, output y);\n  assign y = a {op} b;\nendmodule\n").repeat(3)
+            format!("module gate{i:03}(input a, b, output y);\n  assign y = a {op} b;\nendmodule\n")
+                .repeat(3)
         };
         let row = serde_json::json!({
             "prompt": format!("Write three copies of gate number {i:03}, a two-input gate, in Verilog.\n"),
@@ -62,13 +63,20 @@ print(`tokens_per_s=${{run.tokens_per_s}}`);"#,
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     value(&stdout, "tokens_per_s")
 }
 
 fn trl_run(python: &str, model: &Path, pairs: &Path) -> Option<f64> {
     let out = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/trl_dpo_step.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/trl_dpo_step.py"
+        ))
         .arg(model.parent().unwrap())
         .arg(pairs)
         .args([BATCH.to_string(), STEPS.to_string()])
@@ -92,10 +100,26 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let pulled = rtlab().args(["models", "pull", "smollm2-135m"]).output().unwrap();
-    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
-    let model = PathBuf::from(String::from_utf8_lossy(&pulled.stdout).lines().last().unwrap_or("").trim());
-    let runs: usize = std::env::var("RTLAB_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let pulled = rtlab()
+        .args(["models", "pull", "smollm2-135m"])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let model = PathBuf::from(
+        String::from_utf8_lossy(&pulled.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim(),
+    );
+    let runs: usize = std::env::var("RTLAB_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let python = std::env::var("RTLAB_PYTHON").unwrap_or_else(|_| "python3".into());
     let dir = tempfile::tempdir().unwrap();
     let pairs = dir.path().join("pairs.jsonl");
@@ -108,11 +132,20 @@ fn main() {
         }
     }
     println!("DPO on SmolLM2-135M-Instruct (f32, CPU), batch {BATCH} pairs, {STEPS} steps, median of {runs} runs");
-    println!("rtlab train_dpo       {:8.1} tokens/s  runs {ours:.1?}", median(ours.clone()));
+    println!(
+        "rtlab train_dpo       {:8.1} tokens/s  runs {ours:.1?}",
+        median(ours.clone())
+    );
     if theirs.is_empty() {
         println!("TRL DPOTrainer        NOT run: {python} lacks torch/transformers/peft/trl/datasets/gguf");
     } else {
-        println!("TRL DPOTrainer        {:8.1} tokens/s  runs {theirs:.1?}", median(theirs.clone()));
-        println!("rtlab / TRL           {:8.2}×  (goal ≥ 1.0×)", median(ours) / median(theirs));
+        println!(
+            "TRL DPOTrainer        {:8.1} tokens/s  runs {theirs:.1?}",
+            median(theirs.clone())
+        );
+        println!(
+            "rtlab / TRL           {:8.2}×  (goal ≥ 1.0×)",
+            median(ours) / median(theirs)
+        );
     }
 }

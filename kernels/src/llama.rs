@@ -542,6 +542,35 @@ impl GpuLlama {
         self.gpu.download(&save.logits)
     }
 
+    /// The negative log-likelihood of every position's target [batch·seq], from a forward with the
+    /// given dropout (DPO needs the policy's per-sequence log-probs before it can weight the
+    /// backward; calling this and then [`GpuLlama::forward_backward`] with the same dropout masks
+    /// differentiates the same function).
+    pub fn token_nll(
+        &mut self,
+        ids: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+        dropout: &mut DropoutFn,
+    ) -> Result<Vec<f32>> {
+        if targets.len() != batch * seq {
+            return Err(shape_err(
+                "GpuLlama::token_nll",
+                format!(
+                    "targets ({}) must hold batch·seq = {} values",
+                    targets.len(),
+                    batch * seq
+                ),
+            ));
+        }
+        let save = self.forward(ids, batch, seq, dropout)?;
+        let nll = self
+            .gpu
+            .token_nll(&save.logits, &self.gpu.upload_indices(targets))?;
+        self.gpu.download(&nll)
+    }
+
     /// Forward and backward of one micro-batch: returns `Σ mask · nll / denominator` and ADDS the
     /// adapters' gradients into their buffers (call [`GpuLlama::zero_grads`] between optimizer
     /// steps). `ids`, `targets`, `mask` hold `batch·seq` values (a target ≥ vocab or a mask of 0

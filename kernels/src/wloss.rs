@@ -140,6 +140,36 @@ impl Gpu {
         Ok(())
     }
 
+    /// The negative log-likelihood of each row's target [n] (0 where the target is `≥ vocab`),
+    /// without a gradient: per-token log-probs for DPO, which sums them per sequence on the host.
+    pub fn token_nll(&self, logits: &GpuTensor, targets: &GpuIndices) -> Result<GpuTensor> {
+        let (n, vocab) = logits.dims2(OP, "logits")?;
+        if targets.len != n {
+            return Err(shape_err(
+                OP,
+                format!("targets ({}) must have n = {n} entries", targets.len),
+            ));
+        }
+        let row_loss = self.uninit(&[n]);
+        // The kernel writes a gradient too; this one is scratch.
+        let scratch = self.uninit(&[n, vocab]);
+        let ones = self.full(&[n], 1.0);
+        wce_row_kernel::launch(
+            &self.client,
+            grid(n),
+            CubeDim::new_1d(ROW_CUBE),
+            logits.arg(),
+            targets.arg(),
+            ones.arg(),
+            row_loss.arg(),
+            scratch.arg(),
+            dim_u32(OP, vocab)?,
+            1.0,
+            ROW_CUBE as usize,
+        );
+        Ok(row_loss)
+    }
+
     /// Host convenience: `(loss, dlogits)` computed into NaN-filled outputs.
     pub fn weighted_cross_entropy_host(
         &self,

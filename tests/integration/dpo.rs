@@ -267,8 +267,8 @@ fn bad_pairs_and_options_are_refused_before_any_work_naming_what_is_wrong() {
         e.contains("adapter /nonexistent/adapter: no adapter_model.safetensors"),
         "{e}"
     );
-    let e = bad(r#"base: base, pairs: pairs, out: "/tmp/x", device: "wgpu""#);
-    assert!(e.contains("DPO runs on the CPU path for now"), "{e}");
+    let e = bad(r#"base: base, pairs: pairs, out: "/tmp/x", device: "tpu""#);
+    assert!(e.contains("device \"tpu\""), "{e}");
     let e = bad(r#"base: base, pairs: 42, out: "/tmp/x""#);
     assert!(e.contains("pairs must be a DataFrame or a path"), "{e}");
 }
@@ -300,4 +300,43 @@ fn dpo_validates_on_held_out_pairs_and_keeps_the_best_adapter() {
         e.contains("eval_data: the pairs have no column \"chosen\""),
         "{e}"
     );
+}
+
+/// The same DPO job on the CPU and on rtlab's cubecl kernels (wgpu; Mesa's software Vulkan in CI):
+/// the GPU path's closed-form chain rule through each sequence's log-prob gives the CPU autograd's
+/// curve, step for step, for both losses and with dropout (the same masks in both passes).
+#[test]
+fn dpo_on_the_wgpu_kernels_trains_like_the_cpu_for_both_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    let run = |device: &str, loss: &str| -> Vec<Vec<f64>> {
+        let printed = ok(&format!(
+            r#"{tiny}
+            {PAIRS}
+            let run = train_dpo(#{{base: "{base}", pairs: pairs, out: "{out}", loss: "{loss}", device: "{device}",
+                r: 4, lr: 1e-2, epochs: 3, batch_size: 4, grad_accum: 2, dropout: 0.1, seed: 5}});
+            for s in run.curve.to_records() {{ print(`${{s.loss}} ${{s.reward_margin}} ${{s.grad_norm}}`); }}"#,
+            tiny = tiny(&base),
+            base = base.display(),
+            out = tmp.path().join(format!("{device}-{loss}")).display()
+        ));
+        printed
+            .lines()
+            .map(|l| l.split(' ').map(|x| x.parse().unwrap()).collect())
+            .collect()
+    };
+    for loss in ["sigmoid", "ipo"] {
+        let (cpu, gpu) = (run("cpu", loss), run("wgpu", loss));
+        assert_eq!(cpu.len(), 3);
+        for (step, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            for (what, (x, y)) in ["loss", "reward margin", "grad norm"].iter().zip(c.iter().zip(g)) {
+                assert!(
+                    (x - y).abs() <= 2e-3 * x.abs().max(1e-2),
+                    "{loss} step {}: cpu {what} {x}, wgpu {y}",
+                    step + 1
+                );
+            }
+        }
+        assert!(gpu[2][1] > 0.0, "{loss}: the wgpu run prefers the chosen answers: {gpu:?}");
+    }
 }

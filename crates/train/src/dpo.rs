@@ -251,6 +251,25 @@ pub fn loss(
     })
 }
 
+/// The loss of one pair and its derivatives with respect to the policy's chosen and rejected
+/// log-probs, in closed form (the GPU path's chain rule; [`loss`] is the autograd one):
+/// sigmoid: dL/dh = −β·σ(−β·h); IPO: dL/dh = 2·(h − 1/(2β)); dL/dπc = dL/dh, dL/dπr = −dL/dh.
+pub fn pair_loss_and_slope(policy: (f64, f64), reference: (f64, f64), s: &Settings) -> (f64, f64) {
+    let h = (policy.0 - reference.0) - (policy.1 - reference.1);
+    match s.loss {
+        Loss::Sigmoid => {
+            let z = -s.beta * h;
+            let softplus = z.max(0.0) + (-z.abs()).exp().ln_1p();
+            let sigma = 1.0 / (1.0 + (-z).exp());
+            (softplus, -s.beta * sigma)
+        }
+        Loss::Ipo => {
+            let d = h - 1.0 / (2.0 * s.beta);
+            (d * d, 2.0 * d)
+        }
+    }
+}
+
 /// Reward margin (mean chosen − rejected reward) and reward accuracy (share with chosen > rejected).
 pub fn reward_stats(chosen: &[f64], rejected: &[f64]) -> (f64, f64) {
     let n = chosen.len().max(1) as f64;
@@ -327,6 +346,29 @@ mod tests {
                 (got - total).abs() < 1e-12,
                 "{kind:?}: loss {got} vs {total}"
             );
+        }
+    }
+
+    #[test]
+    fn the_closed_form_slope_is_the_autograd_gradient() {
+        let (pc, pr) = ([-3.0, -1.0, -7.5], [-4.0, -0.5, -2.0]);
+        let (rc, rr) = ([-3.5, -1.2, -6.0], [-3.0, -0.7, -2.5]);
+        for s in [
+            settings(Loss::Sigmoid, 0.1),
+            settings(Loss::Sigmoid, 3.0),
+            settings(Loss::Ipo, 0.5),
+        ] {
+            let (c, r) = (var(&pc), var(&pr));
+            let out = loss(c.as_tensor(), r.as_tensor(), (&rc, &rr), &s).unwrap();
+            let grads = out.loss_sum.backward().unwrap();
+            let gc: Vec<f64> = grads.get(c.as_tensor()).unwrap().to_vec1().unwrap();
+            let mut total = 0.0;
+            for i in 0..3 {
+                let (l, slope) = pair_loss_and_slope((pc[i], pr[i]), (rc[i], rr[i]), &s);
+                total += l;
+                assert!((slope - gc[i]).abs() < 1e-12, "{s:?}: {slope} vs {}", gc[i]);
+            }
+            assert!((total - out.loss_sum.to_scalar::<f64>().unwrap()).abs() < 1e-12);
         }
     }
 

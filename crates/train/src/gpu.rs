@@ -119,6 +119,52 @@ impl GpuStep {
         Ok(loss as f64)
     }
 
+    /// The log-prob of each row's scored tokens (Σ over the mask of −nll), from a forward whose
+    /// dropout masks are drawn from `seed` as [`GpuStep::weighted_micro`] draws them.
+    pub fn sequence_logps(&mut self, b: &Batch, seed: u64) -> Result<Vec<f64>, TrainError> {
+        let (ids, targets, mask) = &b.raw;
+        let rows = ids.len() / b.width.max(1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let p = self.dropout;
+        let mut masks =
+            |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng));
+        let nll = self
+            .llama
+            .token_nll(ids, targets, rows, b.width, &mut masks)?;
+        Ok((0..rows)
+            .map(|r| {
+                (r * b.width..(r + 1) * b.width)
+                    .map(|j| -(nll[j] as f64) * mask[j] as f64)
+                    .sum()
+            })
+            .collect())
+    }
+
+    /// Forward + backward of one micro-batch whose row `r` is weighted by `row_weights[r]`: adds
+    /// the gradients of `Σ_r w_r · Σ_t mask · nll` (DPO's chain rule through each sequence's
+    /// log-prob), with the dropout masks of `seed`.
+    pub fn weighted_micro(
+        &mut self,
+        b: &Batch,
+        row_weights: &[f64],
+        seed: u64,
+    ) -> Result<(), TrainError> {
+        let (ids, targets, mask) = &b.raw;
+        let rows = ids.len() / b.width.max(1);
+        let weighted: Vec<f32> = mask
+            .iter()
+            .enumerate()
+            .map(|(j, m)| m * row_weights[j / b.width] as f32)
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let p = self.dropout;
+        let mut masks =
+            |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng));
+        self.llama
+            .forward_backward(ids, targets, &weighted, rows, b.width, 1.0, &mut masks)?;
+        Ok(())
+    }
+
     /// Clips, steps AdamW (step `t`, 1-based) and clears the gradients; returns the pre-clip norm.
     pub fn finish(
         &mut self,

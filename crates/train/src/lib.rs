@@ -831,12 +831,6 @@ fn objective_of<'a>(
 /// Trains (or returns the finished run in `out`); the heart of `train_lora` and `train_dpo`.
 fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
     let base = open_base(&req)?;
-    if matches!(req.task, Task::Dpo { .. }) && req.device != "cpu" {
-        return Err(bad(format!(
-            "device {:?}: DPO runs on the CPU path for now (the GPU kernels compute SFT's loss only); pass device: \"cpu\"",
-            req.device
-        )));
-    }
     let eos = examples::eos_id(&base.tokenizer, base.cfg.eos_token_id)?;
     let (rows, skipped) = tokenize_rows(&req, &base, eos, None)?;
     let eval_rows = match &req.eval_data {
@@ -1396,8 +1390,7 @@ mod train_functions {
     ///   the LoRA shape: as `train_lora`; `dropout`
     ///   is 0.0 by default, as TRL's `disable_dropout` has it.
     ///
-    /// It runs on the CPU (`device: "cpu"`); the GPU kernels do not compute DPO's loss yet. The
-    /// record is `train_lora`'s plus per-step arrays `loss`, `reward_margin` (mean chosen − rejected
+    /// It runs on the CPU and on the GPU kernels (`device`, as `train_lora`'s). The record is `train_lora`'s plus per-step arrays `loss`, `reward_margin` (mean chosen − rejected
     /// implicit reward) and `reward_accuracy` (share of pairs whose chosen reward is higher), also
     /// columns of `curve`.
     ///

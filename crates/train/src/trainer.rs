@@ -452,7 +452,16 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
                 settings,
             } => {
                 let done = dpo_step(
-                    &job, pairs, reference, settings, &rows, &plain, &mut adam, lr, step,
+                    &job,
+                    on_gpu.as_mut(),
+                    pairs,
+                    reference,
+                    settings,
+                    &rows,
+                    &plain,
+                    &mut adam,
+                    lr,
+                    step,
                 )?;
                 let tokens = rows
                     .iter()
@@ -696,6 +705,7 @@ fn optimizer_step(
 #[allow(clippy::too_many_arguments)] // the step's inputs, named as the loop has them
 fn dpo_step(
     job: &Job,
+    on_gpu: Option<&mut super::gpu::GpuStep>,
     pairs: &[PairExample],
     reference: &PairLogps,
     settings: &dpo::Settings,
@@ -708,6 +718,25 @@ fn dpo_step(
     let h = job.hyper;
     let n_pairs = rows.iter().map(Vec::len).sum::<usize>().max(1) as f64;
     let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+    if let Some(g) = on_gpu {
+        let loss = dpo_gpu_micros(
+            job,
+            g,
+            pairs,
+            reference,
+            settings,
+            rows,
+            n_pairs,
+            step,
+            (&mut chosen, &mut rejected),
+        )?;
+        let grad_norm = g.finish(lr, h.weight_decay, h.max_grad_norm, step + 1)?;
+        return Ok(StepDone {
+            loss,
+            grad_norm,
+            rewards: Some(dpo::reward_stats(&chosen, &rejected)),
+        });
+    }
     let (loss, grad_norm) = cpu_step(plain, adam, lr, h, step, rows.len(), |k| {
         let idx = &rows[k];
         let batch: Vec<&PairExample> = idx.iter().map(|&i| &pairs[i]).collect();
@@ -725,6 +754,68 @@ fn dpo_step(
         grad_norm,
         rewards: Some(dpo::reward_stats(&chosen, &rejected)),
     })
+}
+
+/// DPO's micro-batches on the GPU kernels: a forward gives each sequence's log-prob, the loss and
+/// its slope per sequence come in closed form on the host, and a forward + backward with each
+/// sequence's tokens weighted by −slope adds the gradient (the chain rule through the sequence's
+/// log-prob; the same dropout masks in both passes). Returns the step's loss; the implicit rewards
+/// go to `rewards`.
+#[allow(clippy::too_many_arguments)] // the step's inputs, named as the loop has them
+fn dpo_gpu_micros(
+    job: &Job,
+    g: &mut super::gpu::GpuStep,
+    pairs: &[PairExample],
+    reference: &PairLogps,
+    settings: &dpo::Settings,
+    rows: &[Vec<usize>],
+    n_pairs: f64,
+    step: usize,
+    rewards: (&mut Vec<f64>, &mut Vec<f64>),
+) -> Result<f64, TrainError> {
+    let mut loss = 0.0;
+    for (k, idx) in rows.iter().enumerate() {
+        let seqs: Vec<&Example> = idx
+            .iter()
+            .map(|&i| &pairs[i].chosen)
+            .chain(idx.iter().map(|&i| &pairs[i].rejected))
+            .collect();
+        let b = examples::batch(&seqs, job.pad, job.model.dtype, &job.model.device)?;
+        let seed = dropout_seed(job.hyper, step, k);
+        // IPO scores each sequence's mean token log-prob, as the CPU path does.
+        let per_token: Vec<f64> = (0..seqs.len())
+            .map(|r| match settings.loss {
+                dpo::Loss::Ipo => b.raw.2[r * b.width..(r + 1) * b.width]
+                    .iter()
+                    .map(|m| *m as f64)
+                    .sum::<f64>()
+                    .max(1.0),
+                dpo::Loss::Sigmoid => 1.0,
+            })
+            .collect();
+        let logps: Vec<f64> = g
+            .sequence_logps(&b, seed)?
+            .iter()
+            .zip(&per_token)
+            .map(|(l, c)| l / c)
+            .collect();
+        let kk = idx.len();
+        let mut weights = vec![0.0; 2 * kk];
+        for (j, &i) in idx.iter().enumerate() {
+            let (rc, rr) = (reference.chosen[i], reference.rejected[i]);
+            let (l, slope) =
+                dpo::pair_loss_and_slope((logps[j], logps[kk + j]), (rc, rr), settings);
+            loss += l / n_pairs;
+            // The backward adds the gradient of Σ w·Σ mask·nll = −Σ w·(summed log-prob), so
+            // w = −d(L / n_pairs)/d(summed log-prob), with IPO's average dividing once more.
+            weights[j] = -slope / n_pairs / per_token[j];
+            weights[kk + j] = slope / n_pairs / per_token[kk + j];
+            rewards.0.push(settings.beta * (logps[j] - rc));
+            rewards.1.push(settings.beta * (logps[kk + j] - rr));
+        }
+        g.weighted_micro(&b, &weights, seed)?;
+    }
+    Ok(loss)
 }
 
 /// One optimizer step on the CPU: forward + backward of each of the `micros` micro-batches (their
