@@ -329,7 +329,10 @@ fn dpo_on_the_wgpu_kernels_trains_like_the_cpu_for_both_losses() {
         let (cpu, gpu) = (run("cpu", loss), run("wgpu", loss));
         assert_eq!(cpu.len(), 3);
         for (step, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-            for (what, (x, y)) in ["loss", "reward margin", "grad norm"].iter().zip(c.iter().zip(g)) {
+            for (what, (x, y)) in ["loss", "reward margin", "grad norm"]
+                .iter()
+                .zip(c.iter().zip(g))
+            {
                 assert!(
                     (x - y).abs() <= 2e-3 * x.abs().max(1e-2),
                     "{loss} step {}: cpu {what} {x}, wgpu {y}",
@@ -337,6 +340,9 @@ fn dpo_on_the_wgpu_kernels_trains_like_the_cpu_for_both_losses() {
                 );
             }
         }
-        assert!(gpu[2][1] > 0.0, "{loss}: the wgpu run prefers the chosen answers: {gpu:?}");
+        assert!(
+            gpu[2][1] > 0.0,
+            "{loss}: the wgpu run prefers the chosen answers: {gpu:?}"
+        );
     }
 }

@@ -607,3 +607,51 @@ fn a_sentencepiece_vocabulary_encodes_as_sentencepiece_does() {
     }
     assert_eq!(lines.next(), Some("0"), "every text decodes back to itself");
 }
+
+/// DPO on the real model reads TRL's conversational format too: the prompt's messages go through
+/// the GGUF's chat template, the assistant's reply is the answer. A one-message conversation is the
+/// same pair as its standard form: the same reference log-probs, the same first step.
+#[test]
+fn dpo_on_the_gguf_reads_conversational_pairs_as_their_standard_form() {
+    smollm2();
+    let out = tempfile::tempdir().unwrap();
+    let got = ok(&format!(
+        r#"let standard = from_records([
+            #{{prompt: "Write an AND gate.", chosen: "assign y = a & b;", rejected: "assign y = a | b;"}},
+            #{{prompt: "Write an inverter.", chosen: "assign y = ~a;", rejected: "assign y = a;"}}]);
+        let conversational = from_records(standard.to_records().map(|r| #{{
+            prompt: [#{{role: "user", content: r.prompt}}],
+            chosen: [#{{role: "assistant", content: r.chosen}}],
+            rejected: [#{{role: "assistant", content: r.rejected}}]}}));
+        let runs = [];
+        for pairs in [standard, conversational] {{
+            let out = `{dir}/run${{runs.len()}}`;
+            let run = train_dpo(#{{base: "smollm2-135m", pairs: pairs, out: out, quantized_base: true, r: 2, alpha: 4,
+                batch_size: 2, grad_accum: 1, epochs: 1, lr: 1e-3, max_len: 96}});
+            runs.push(#{{loss: run.loss[0], reference: parse_json(read_text(out + "/reference_logps.json")).logps}});
+        }}
+        print(runs[0].reference == runs[1].reference);
+        print(runs[0].loss == runs[1].loss);
+        print(runs[0].reference.chosen.len());"#,
+        dir = out.path().display()
+    ));
+    assert_eq!(got, "true\ntrue\n2\n");
+    // Without a chat template (the tiny model has none), conversational pairs are refused.
+    let e = err(&format!(
+        r#"create_tiny_model("{d}/tiny", #{{}});
+        train_dpo(#{{base: "{d}/tiny", out: "{d}/r", pairs: from_records([#{{prompt: [#{{role: "user", content: "x"}}], chosen: "a", rejected: "b"}}])}})"#,
+        d = out.path().display()
+    ));
+    assert!(
+        e.contains("conversational pairs (lists of messages) go through the model's chat template"),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"train_dpo(#{{base: "smollm2-135m", out: "{d}/r2", pairs: from_records([#{{prompt: [#{{role: "user"}}], chosen: "a", rejected: "b"}}])}})"#,
+        d = out.path().display()
+    ));
+    assert!(
+        e.contains("row 0: prompt message 0 has no string \"content\""),
+        "{e}"
+    );
+}

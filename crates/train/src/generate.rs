@@ -44,12 +44,20 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// One user message, rendered with `add_generation_prompt`, as llama.cpp and transformers do.
     pub fn render(&self, prompt: &str) -> Result<String, TrainError> {
+        self.render_messages(&[("user".to_string(), prompt.to_string())])
+    }
+
+    /// A conversation of (role, content) messages, rendered with `add_generation_prompt`.
+    pub fn render_messages(&self, messages: &[(String, String)]) -> Result<String, TrainError> {
         let mut env = minijinja::Environment::new();
         env.add_template("chat", &self.source).map_err(|e| {
             TrainError::Input(format!("the model's chat template does not parse: {e}"))
         })?;
         let ctx = minijinja::context! {
-            messages => vec![minijinja::context! { role => "user", content => prompt }],
+            messages => messages
+                .iter()
+                .map(|(role, content)| minijinja::context! { role => role, content => content })
+                .collect::<Vec<_>>(),
             add_generation_prompt => true,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),

@@ -573,37 +573,95 @@ impl Rows {
     }
 }
 
-/// The (prompt, chosen, rejected) strings of TRL's standard preference format.
-fn preference_rows(frame: &Frame) -> Result<Vec<(String, String, String)>, TrainError> {
+/// A preference pair's prompt, in TRL's standard format (text, put through the template) or its
+/// conversational one (messages, put through the model's chat template).
+enum PairPrompt {
+    Text(String),
+    Messages(Vec<(String, String)>),
+}
+
+/// One cell of a pairs frame: a string, or a list of `{role, content}` messages.
+fn pair_cell(
+    row: usize,
+    column: &str,
+    value: &rhai::Dynamic,
+) -> Result<Result<String, Vec<(String, String)>>, TrainError> {
+    if value.is_string() {
+        return Ok(Ok(value.to_string()));
+    }
+    let Some(messages) = value.read_lock::<rhai::Array>().map(|a| a.clone()) else {
+        return Err(bad(format!(
+            "row {row}: {column} is {}, not a string or a list of {{role, content}} messages",
+            value.type_name()
+        )));
+    };
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |k: &str| {
+                m.read_lock::<Map>()
+                    .and_then(|m| m.get(k).filter(|v| v.is_string()).map(|v| v.to_string()))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "row {row}: {column} message {i} has no string {k:?} (a message is #{{role: \"user\", content: \"...\"}})"
+                        ))
+                    })
+            };
+            Ok((field("role")?, field("content")?))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Err)
+}
+
+/// The pairs of TRL's formats: `prompt`, `chosen`, `rejected` as strings (standard), or as lists of
+/// messages (conversational: the prompt's messages, then the assistant's reply on each side).
+fn preference_rows(frame: &Frame) -> Result<Vec<(PairPrompt, String, String)>, TrainError> {
     let cols: Vec<String> = frame
         .df
         .get_column_names()
         .iter()
         .map(|c| c.to_string())
         .collect();
-    let column = |name: &str| -> Result<Vec<String>, TrainError> {
+    for name in ["prompt", "chosen", "rejected"] {
         if !cols.iter().any(|c| c == name) {
             return Err(bad(format!(
                 "the pairs have no column {name:?} (columns: {}); train_dpo reads TRL's format: prompt, chosen, rejected (what preference_pairs returns)",
                 cols.join(", ")
             )));
         }
-        let values = rtlab_data::string_values(frame, name).map_err(|_| {
-            bad(format!(
-                "the pairs' column {name:?} holds {}, not strings; conversational pairs (lists of messages) are not read yet: put each side's text in a string",
-                frame.df.column(name).map(|c| c.dtype().to_string()).unwrap_or_default()
-            ))
-        })?;
-        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
-    };
-    let (p, c, r) = (column("prompt")?, column("chosen")?, column("rejected")?);
-    let rows: Vec<(String, String, String)> = p
-        .into_iter()
-        .zip(c)
-        .zip(r)
-        .map(|((p, c), r)| (p, c, r))
+    }
+    let records = rtlab_data::to_records(frame).map_err(|e| bad(e.to_string()))?;
+    let mut rows = Vec::with_capacity(records.len());
+    for (row, record) in records.iter().enumerate() {
+        let record = record
+            .read_lock::<Map>()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let cell = |k: &str| pair_cell(row, k, record.get(k).unwrap_or(&rhai::Dynamic::UNIT));
+        let prompt = match cell("prompt")? {
+            Ok(text) => PairPrompt::Text(text),
+            Err(messages) => PairPrompt::Messages(messages),
+        };
+        // A conversational answer is the assistant's message(s) of the completion.
+        let answer = |k: &str| -> Result<String, TrainError> {
+            Ok(match cell(k)? {
+                Ok(text) => text,
+                Err(messages) => messages
+                    .into_iter()
+                    .filter(|(role, _)| role == "assistant")
+                    .map(|(_, content)| content)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            })
+        };
+        rows.push((prompt, answer("chosen")?, answer("rejected")?));
+    }
+    let texts: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|(_, c, r)| (String::new(), c.clone(), r.clone()))
         .collect();
-    dpo::check_pairs(&rows)?;
+    dpo::check_pairs(&texts)?;
     Ok(rows)
 }
 
@@ -664,7 +722,18 @@ fn tokenize_rows(
             let rows = preference_rows(eval.unwrap_or(pairs))
                 .map_err(named)?
                 .into_iter()
-                .map(|(p, c, r)| Ok((render(&p)?, c, r)))
+                .map(|(prompt, c, r)| {
+                    let text = match prompt {
+                        PairPrompt::Text(p) => render(&p)?,
+                        PairPrompt::Messages(m) => match (&req.template, &base.chat) {
+                            (None, Some(chat)) => chat.render_messages(&m)?,
+                            _ => return Err(bad(
+                                "conversational pairs (lists of messages) go through the model's chat template: this base has none (a GGUF base brings one), or a template was given; give the prompt as a string",
+                            )),
+                        },
+                    };
+                    Ok((text, c, r))
+                })
                 .collect::<Result<Vec<_>, TrainError>>()?;
             let (p, skipped) = dpo::build(
                 &base.tokenizer,
@@ -1379,7 +1448,9 @@ mod train_functions {
 
     /// Direct Preference Optimization of LoRA adapters on (prompt, chosen, rejected) pairs, TRL's
     /// format (what `preference_pairs` returns). Options, with defaults:
-    /// - `base`, `out`: as `train_lora`; `pairs`: a DataFrame or the path of a JSONL file;
+    /// - `base`, `out`: as `train_lora`; `pairs`: a DataFrame or the path of a JSONL file, in TRL's
+    ///   standard format (strings) or its conversational one (`prompt` a list of `#{role, content}`
+    ///   messages, rendered with the model's chat template; `chosen`/`rejected` the assistant's reply);
     /// - `adapter` (none): the SFT adapter to start from (its shape replaces `r`, `alpha`,
     ///   `target_modules`, `rslora`, which are then refused);
     /// - `beta` (0.1); `loss`: "sigmoid" (the DPO paper's) or "ipo";
