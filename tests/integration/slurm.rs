@@ -519,7 +519,7 @@ fn a_benchmark_verified_on_slurm_scores_as_one_verified_here() {
             r#"import_cassette("{cassette}");
 let ids = load_jsonl("{ids}").column("task_id");
 let problems = load_verilog_eval("{problems}").filter(col("task_id").is_in(ids));
-let run = benchmark(llm(#{{provider: "replay", model: "rtl-v3"}}), problems, #{{n: 1, k: [1], name: "rtl-v3"{executor}}});
+let run = benchmark(llm(#{{provider: "replay", model: "scripted-v3"}}), problems, #{{n: 1, k: [1], name: "scripted-v3"{executor}}});
 print(run.summary);
 print(run.samples.select(["task_id", "score", "sim_status"]).to_records());"#,
             cassette = data.join("cassettes/benchmark_compare.jsonl").display(),
