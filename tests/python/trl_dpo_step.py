@@ -22,10 +22,18 @@ gguf = sys.argv[5] if len(sys.argv) > 5 else None
 torch.manual_seed(0)
 rows = [json.loads(line) for line in open(pairs_path, encoding="utf-8")]
 if gguf:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf, torch_dtype=torch.float32)
+    # transformers dequantizes the GGUF to f32 but marks the model GGUF-quantized, which Trainer
+    # refuses to train and save_pretrained to write: the same weights go into a plain f32 model.
+    marked = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf, dtype=torch.float32)
+    config = marked.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(marked.state_dict())
+    del marked
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf)
 else:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tok = PreTrainedTokenizerFast(tokenizer_file=f"{model_dir}/tokenizer.json", eos_token="<|endoftext|>")
 if tok.pad_token is None:
     tok.pad_token = tok.eos_token

@@ -18,9 +18,9 @@
 //! first step.
 
 use super::examples::{self, Example};
-use super::model::{log_softmax_last, CausalLm, Pass};
+use super::model::{CausalLm, Pass};
 use super::TrainError;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -155,10 +155,7 @@ pub fn sequence_logps(
     mask: &Tensor,
     average: bool,
 ) -> candle_core::Result<Tensor> {
-    let logp = log_softmax_last(logits)?;
-    let picked = logp
-        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
-        .squeeze(D::Minus1)?;
+    let picked = super::model::target_log_prob(logits, targets)?;
     let summed = (picked * mask)?.sum(1)?;
     if average {
         summed / mask.sum(1)?.clamp(1.0, f64::MAX)?

@@ -387,6 +387,147 @@ pub fn log_softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
     shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)
 }
 
+/// `log softmax(logits)[target]` per row, fused: the log-prob of each row's target token, from one
+/// pass over the row (max, then Σ exp), with a backward that writes `g · (onehot − softmax)` in one
+/// more pass. The composed form (`log_softmax_last` then `gather`) materializes five [rows, vocab]
+/// tensors forward and as many backward; with a 49k vocabulary that memory traffic is a large part
+/// of a small model's step. A target ≥ vocab (none in practice) gives 0 and no gradient.
+struct TargetLogProb;
+
+/// The row's log-sum-exp, in f64.
+fn log_sum_exp<T: candle_core::WithDType>(row: &[T]) -> f64 {
+    let max = row
+        .iter()
+        .map(|x| x.to_f64())
+        .fold(f64::NEG_INFINITY, f64::max);
+    max + row
+        .iter()
+        .map(|x| (x.to_f64() - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+fn target_log_probs<T: candle_core::WithDType>(
+    logits: &[T],
+    targets: &[u32],
+    vocab: usize,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    logits
+        .par_chunks(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| match row.get(t as usize) {
+            Some(x) => T::from_f64(x.to_f64() - log_sum_exp(row)),
+            None => T::from_f64(0.0),
+        })
+        .collect()
+}
+
+fn target_log_prob_grads<T: candle_core::WithDType>(
+    logits: &[T],
+    targets: &[u32],
+    grads: &[T],
+    vocab: usize,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::from_f64(0.0); logits.len()];
+    out.par_chunks_mut(vocab)
+        .zip(logits.par_chunks(vocab))
+        .zip(targets.par_iter().zip(grads.par_iter()))
+        .for_each(|((d, row), (&t, g))| {
+            if (t as usize) >= vocab {
+                return;
+            }
+            let (lse, g) = (log_sum_exp(row), g.to_f64());
+            for (dj, x) in d.iter_mut().zip(row) {
+                *dj = T::from_f64(-g * (x.to_f64() - lse).exp());
+            }
+            d[t as usize] = T::from_f64(d[t as usize].to_f64() + g);
+        });
+    out
+}
+
+/// The contiguous values of a CPU tensor argument.
+fn contiguous<'a, T: candle_core::WithDType>(
+    v: &'a [T],
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [T]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("target log-prob: inputs must be contiguous".into())
+    })?;
+    Ok(&v[start..end])
+}
+
+impl candle_core::CustomOp2 for TargetLogProb {
+    fn name(&self) -> &'static str {
+        "target-log-prob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let vocab = *l1.dims().last().unwrap_or(&1);
+        let CpuStorage::U32(t) = s2 else {
+            candle_core::bail!("target log-prob: targets must be u32")
+        };
+        let targets = contiguous(t, l2)?;
+        let out = match s1 {
+            CpuStorage::F32(x) => {
+                CpuStorage::F32(target_log_probs(contiguous(x, l1)?, targets, vocab))
+            }
+            CpuStorage::F64(x) => {
+                CpuStorage::F64(target_log_probs(contiguous(x, l1)?, targets, vocab))
+            }
+            _ => candle_core::bail!("target log-prob: the trainer computes in f32 or f64"),
+        };
+        Ok((out, l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let vocab = logits.dim(D::Minus1)?;
+        let t: Vec<u32> = targets.flatten_all()?.to_vec1()?;
+        let d = match logits.dtype() {
+            DType::F64 => {
+                let g = target_log_prob_grads::<f64>(
+                    &logits.flatten_all()?.to_vec1()?,
+                    &t,
+                    &grad.flatten_all()?.to_vec1()?,
+                    vocab,
+                );
+                Tensor::from_vec(g, logits.shape(), logits.device())?
+            }
+            _ => {
+                let g = target_log_prob_grads::<f32>(
+                    &logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+                    &t,
+                    &grad.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+                    vocab,
+                );
+                Tensor::from_vec(g, logits.shape(), logits.device())?.to_dtype(logits.dtype())?
+            }
+        };
+        Ok((Some(d), None))
+    }
+}
+
+/// The log-prob of each position's target under `logits` [.., vocab]: [..], differentiable.
+pub fn target_log_prob(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, TargetLogProb)
+}
+
 /// Keys and values of the tokens seen so far, per layer, for generation.
 #[derive(Default)]
 pub struct KvCache {
@@ -952,10 +1093,7 @@ pub fn masked_nll(
     mask: &Tensor,
     denominator: f64,
 ) -> candle_core::Result<Tensor> {
-    let logp = log_softmax_last(logits)?;
-    let picked = logp
-        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
-        .squeeze(D::Minus1)?;
+    let picked = target_log_prob(logits, targets)?;
     let nll = (picked.neg()? * mask)?;
     nll.sum_all()? / denominator
 }
