@@ -199,8 +199,18 @@ fn problems_of(run: &Dynamic, which: &str) -> Result<BTreeMap<String, (f64, f64)
         .unwrap_or_default())
 }
 
-/// A paired significance test of run B against run A over the problems both ran.
-fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, String> {
+/// `compare`'s test options, checked.
+struct PairedOptions {
+    test: String,
+    metric: String,
+    /// The k of the pass@k metric.
+    k: usize,
+    confidence: f64,
+    resamples: usize,
+    seed: u64,
+}
+
+fn paired_options(options: &Map) -> Result<PairedOptions, String> {
     let o = rtlab_core::options::Options::new(
         "compare",
         options,
@@ -209,6 +219,11 @@ fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, S
     let test = o
         .string("test")?
         .unwrap_or_else(|| "paired_bootstrap".into());
+    if test != "paired_bootstrap" && test != "mcnemar" {
+        return Err(format!(
+            "compare: test {test:?}: use \"paired_bootstrap\" or \"mcnemar\""
+        ));
+    }
     let metric = o.string("metric")?.unwrap_or_else(|| "pass@1".into());
     let k: usize = match metric.strip_prefix("pass@").map(str::parse) {
         Some(Ok(k)) if k >= 1 => k,
@@ -230,7 +245,19 @@ fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, S
             "compare: resamples must be a whole number ≥ 100, got {resamples}"
         ));
     }
-    let seed = o.float("seed")?.unwrap_or(0.0).max(0.0) as u64;
+    Ok(PairedOptions {
+        test,
+        metric,
+        k,
+        confidence,
+        resamples: resamples as usize,
+        seed: o.float("seed")?.unwrap_or(0.0).max(0.0) as u64,
+    })
+}
+
+/// A paired significance test of run B against run A over the problems both ran.
+fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, String> {
+    let o = paired_options(options)?;
     let (a, b) = (problems_of(run_a, "A")?, problems_of(run_b, "B")?);
     let shared: Vec<&String> = a.keys().filter(|id| b.contains_key(*id)).collect();
     if shared.len() != a.len() || shared.len() != b.len() || shared.is_empty() {
@@ -239,51 +266,46 @@ fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, S
             a.len(), b.len(), shared.len()
         ));
     }
-    let value = |(c, n): (f64, f64)| pass_at_k(n as usize, c as usize, k);
+    let value = |(c, n): (f64, f64)| pass_at_k(n as usize, c as usize, o.k);
     if let Some(id) = shared
         .iter()
         .find(|id| value(a[**id]).is_nan() || value(b[**id]).is_nan())
     {
         return Err(format!(
-            "compare: {metric} needs at least {k} samples per problem; {id} has fewer"
+            "compare: {} needs at least {} samples per problem; {id} has fewer",
+            o.metric, o.k
         ));
     }
-    let result = match test.as_str() {
-        "paired_bootstrap" => {
-            let xs: Vec<f64> = shared.iter().map(|id| value(a[*id])).collect();
-            let ys: Vec<f64> = shared.iter().map(|id| value(b[*id])).collect();
-            let r = stats::Resampling {
-                resamples: resamples as usize,
-                confidence,
-                seed,
-            };
-            stats::paired_bootstrap(&xs, &ys, &r)
-        }
-        "mcnemar" => {
-            // Pass/fail per problem: the one sample when n = 1, else "solved" (some sample passes).
-            let solved = |run: &BTreeMap<String, (f64, f64)>| -> Vec<bool> {
-                shared.iter().map(|id| run[*id].0 > 0.0).collect()
-            };
-            stats::mcnemar(&solved(&a), &solved(&b), confidence)
-        }
-        other => {
-            return Err(format!(
-                "compare: test {other:?}: use \"paired_bootstrap\" or \"mcnemar\""
-            ))
-        }
+    let result = if o.test == "mcnemar" {
+        // Pass/fail per problem: the one sample when n = 1, else "solved" (some sample passes).
+        let solved = |run: &BTreeMap<String, (f64, f64)>| -> Vec<bool> {
+            shared.iter().map(|id| run[*id].0 > 0.0).collect()
+        };
+        stats::mcnemar(&solved(&a), &solved(&b), o.confidence)
+    } else {
+        let xs: Vec<f64> = shared.iter().map(|id| value(a[*id])).collect();
+        let ys: Vec<f64> = shared.iter().map(|id| value(b[*id])).collect();
+        let r = stats::Resampling {
+            resamples: o.resamples,
+            confidence: o.confidence,
+            seed: o.seed,
+        };
+        stats::paired_bootstrap(&xs, &ys, &r)
     };
+    Ok(paired_map(&o, shared.len(), &result))
+}
+
+/// What `compare(a, b, #{test})` returns.
+fn paired_map(o: &PairedOptions, problems: usize, result: &stats::Paired) -> Map {
     let mut m = Map::new();
-    m.insert("test".into(), test.clone().into());
-    m.insert(
-        "metric".into(),
-        if test == "mcnemar" {
-            "solved".to_string()
-        } else {
-            metric
-        }
-        .into(),
-    );
-    m.insert("problems".into(), Dynamic::from(shared.len() as i64));
+    m.insert("test".into(), o.test.clone().into());
+    let metric = if o.test == "mcnemar" {
+        "solved"
+    } else {
+        o.metric.as_str()
+    };
+    m.insert("metric".into(), metric.into());
+    m.insert("problems".into(), Dynamic::from(problems as i64));
     m.insert("a".into(), Dynamic::from(result.a));
     m.insert("b".into(), Dynamic::from(result.b));
     m.insert("delta".into(), Dynamic::from(result.delta));
@@ -295,13 +317,13 @@ fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, S
     m.insert("relative".into(), Dynamic::from(relative));
     m.insert("ci_low".into(), Dynamic::from(result.ci.0));
     m.insert("ci_high".into(), Dynamic::from(result.ci.1));
-    m.insert("confidence".into(), Dynamic::from(confidence));
+    m.insert("confidence".into(), Dynamic::from(o.confidence));
     m.insert("p_value".into(), Dynamic::from(result.p_value));
     if let Some((a_only, b_only)) = result.discordant {
         m.insert("a_only".into(), Dynamic::from(a_only as i64));
         m.insert("b_only".into(), Dynamic::from(b_only as i64));
     }
-    Ok(m)
+    m
 }
 
 /// `expect` on what `compare(a, b, #{test})` returned: `p_value` is a ceiling (p < target), every

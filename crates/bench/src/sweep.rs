@@ -34,6 +34,44 @@ fn bad(msg: impl Into<String>) -> String {
     format!("sweep: {}", msg.into())
 }
 
+/// One option's search space: an array of values, or a range `#{low, high, log}`.
+fn parse_space(name: &str, v: &Dynamic) -> Result<Space, String> {
+    if let Some(values) = v.read_lock::<rhai::Array>() {
+        if values.is_empty() {
+            return Err(bad(format!(
+                "params.{name} is an empty array: give at least one value"
+            )));
+        }
+        return Ok(Space::Choice(values.clone()));
+    }
+    let Some(m) = v.read_lock::<Map>() else {
+        return Err(bad(format!(
+            "params.{name} is {}: give an array of values, or a range #{{low, high, log}}",
+            v.type_name()
+        )));
+    };
+    let num = |k: &str| {
+        m.get(k).and_then(|x| {
+            x.as_float()
+                .ok()
+                .or_else(|| x.as_int().ok().map(|i| i as f64))
+        })
+    };
+    let (Some(low), Some(high)) = (num("low"), num("high")) else {
+        return Err(bad(format!(
+            "params.{name}: a range is #{{low: ..., high: ..., log: true}}"
+        )));
+    };
+    let log = m.get("log").and_then(|x| x.as_bool().ok()).unwrap_or(false);
+    if low >= high || (log && low <= 0.0) {
+        return Err(bad(format!(
+            "params.{name}: the range needs low < high{}, got low {low}, high {high}",
+            if log { " and low > 0 (log scale)" } else { "" }
+        )));
+    }
+    Ok(Space::Range { low, high, log })
+}
+
 /// Reads the options; a value that cannot be searched is named.
 pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
     rtlab_core::options::Options::new(
@@ -57,44 +95,10 @@ pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
     if params_map.is_empty() {
         return Err(bad("params is empty: nothing to search"));
     }
-    let mut params = Vec::new();
-    for (name, v) in params_map.iter() {
-        let space = if let Some(values) = v.read_lock::<rhai::Array>() {
-            if values.is_empty() {
-                return Err(bad(format!(
-                    "params.{name} is an empty array: give at least one value"
-                )));
-            }
-            Space::Choice(values.clone())
-        } else if let Some(m) = v.read_lock::<Map>() {
-            let num = |k: &str| {
-                m.get(k).and_then(|x| {
-                    x.as_float()
-                        .ok()
-                        .or_else(|| x.as_int().ok().map(|i| i as f64))
-                })
-            };
-            let (Some(low), Some(high)) = (num("low"), num("high")) else {
-                return Err(bad(format!(
-                    "params.{name}: a range is #{{low: ..., high: ..., log: true}}"
-                )));
-            };
-            let log = m.get("log").and_then(|x| x.as_bool().ok()).unwrap_or(false);
-            if low >= high || (log && low <= 0.0) {
-                return Err(bad(format!(
-                    "params.{name}: the range needs low < high{}, got low {low}, high {high}",
-                    if log { " and low > 0 (log scale)" } else { "" }
-                )));
-            }
-            Space::Range { low, high, log }
-        } else {
-            return Err(bad(format!(
-                "params.{name} is {}: give an array of values, or a range #{{low, high, log}}",
-                v.type_name()
-            )));
-        };
-        params.push((name.to_string(), space));
-    }
+    let params = params_map
+        .iter()
+        .map(|(name, v)| Ok((name.to_string(), parse_space(name, v)?)))
+        .collect::<Result<Vec<_>, String>>()?;
     let random = match options.get("strategy").map(|s| s.to_string()).as_deref() {
         None | Some("grid") => false,
         Some("random") => true,
