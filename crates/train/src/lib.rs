@@ -1458,12 +1458,13 @@ mod train_functions {
     ///   its log-probs are computed once and kept in `out/reference_logps.json`;
     /// - `lr`, `epochs`, `batch_size` (pairs), `grad_accum`, `max_len`, `seed`, `checkpoint_every`,
     ///   `resume`, `fresh`, `max_steps`, `template`, `eval_data` (pairs), `eval_every`, `keep` and
-    ///   the LoRA shape: as `train_lora`; `dropout`
-    ///   is 0.0 by default, as TRL's `disable_dropout` has it.
+    ///   the LoRA shape: as `train_lora`; `dropout` is 0.0 by default, as TRL's `disable_dropout`
+    ///   has it.
     ///
-    /// It runs on the CPU and on the GPU kernels (`device`, as `train_lora`'s). The record is `train_lora`'s plus per-step arrays `loss`, `reward_margin` (mean chosen − rejected
-    /// implicit reward) and `reward_accuracy` (share of pairs whose chosen reward is higher), also
-    /// columns of `curve`.
+    /// It runs on the CPU and on the GPU kernels (`device`, as `train_lora`'s). The record is
+    /// `train_lora`'s plus per-step arrays `loss`, `reward_margin` (mean chosen − rejected implicit
+    /// reward) and `reward_accuracy` (share of pairs whose chosen reward is higher), also columns of
+    /// `curve`.
     ///
     /// ```rhai
     /// create_tiny_model("/tmp/rtlab-doc-dpo-tiny", #{hidden: 32, layers: 1});
