@@ -263,9 +263,8 @@ fn parse_dpo(o: &Map) -> Result<TrainRequest, TrainError> {
 }
 
 /// The options both trainers share: base, LoRA shape, optimizer, lengths, device, output.
-fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
-    let base =
-        text(o, "base")?.ok_or_else(|| bad("pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
+/// The LoRA shape and dropout: `r`, `alpha`, `dropout`, `target_modules`, `rslora`.
+fn parse_lora_spec(o: &Map, task: &Task) -> Result<LoraSpec, TrainError> {
     let r = num(o, "r", 64.0)?;
     if r < 1.0 || r.fract() != 0.0 {
         return Err(bad(format!(
@@ -306,6 +305,51 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
             names
         }
     };
+    Ok(LoraSpec {
+        r: r as usize,
+        alpha,
+        dropout,
+        target_modules,
+        use_rslora: flag(o, "rslora", false)?,
+    })
+}
+
+/// Validation: `eval_data` (rows), `eval_every` (steps) and `keep` ("last" or "best").
+fn parse_validation(o: &Map) -> Result<(Option<Frame>, Option<usize>, bool), TrainError> {
+    let eval_data = match o.get("eval_data").filter(|v| !v.is_unit()) {
+        None => None,
+        Some(_) => Some(frame_option(o, "eval_data")?),
+    };
+    let eval_every = match o.get("eval_every") {
+        None => None,
+        Some(_) => Some(count(o, "eval_every", 1, 1)?),
+    };
+    let keep_best = match text(o, "keep")?.as_deref().unwrap_or("last") {
+        "last" => false,
+        "best" => true,
+        other => {
+            return Err(bad(format!(
+                "keep {other:?}: use \"last\" (the adapter after the last step) or \"best\" (the one with the lowest validation loss)"
+            )))
+        }
+    };
+    if eval_data.is_none() && (keep_best || eval_every.is_some()) {
+        return Err(bad(format!(
+            "{} needs eval_data: the validation rows to measure the adapter on",
+            if keep_best {
+                "keep: \"best\""
+            } else {
+                "eval_every"
+            }
+        )));
+    }
+    Ok((eval_data, eval_every, keep_best))
+}
+
+fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
+    let base =
+        text(o, "base")?.ok_or_else(|| bad("pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
+    let spec = parse_lora_spec(o, &task)?;
     let lr = num(o, "lr", 2e-4)?;
     if lr <= 0.0 {
         return Err(bad(format!("lr must be > 0, got {lr}")));
@@ -352,33 +396,7 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
             "the template {template:?} has no {{prompt}}: where should the prompt go?"
         )));
     }
-    let eval_data = match o.get("eval_data").filter(|v| !v.is_unit()) {
-        None => None,
-        Some(_) => Some(frame_option(o, "eval_data")?),
-    };
-    let eval_every = match o.get("eval_every") {
-        None => None,
-        Some(_) => Some(count(o, "eval_every", 1, 1)?),
-    };
-    let keep_best = match text(o, "keep")?.as_deref().unwrap_or("last") {
-        "last" => false,
-        "best" => true,
-        other => {
-            return Err(bad(format!(
-                "keep {other:?}: use \"last\" (the adapter after the last step) or \"best\" (the one with the lowest validation loss)"
-            )))
-        }
-    };
-    if eval_data.is_none() && (keep_best || eval_every.is_some()) {
-        return Err(bad(format!(
-            "{} needs eval_data: the validation rows to measure the adapter on",
-            if keep_best {
-                "keep: \"best\""
-            } else {
-                "eval_every"
-            }
-        )));
-    }
+    let (eval_data, eval_every, keep_best) = parse_validation(o)?;
     let out = text(o, "out")?.ok_or_else(|| {
         bad("pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)")
     })?;
@@ -386,13 +404,7 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
         base: models::locate(&base)?,
         task,
         template,
-        spec: LoraSpec {
-            r: r as usize,
-            alpha,
-            dropout,
-            target_modules,
-            use_rslora: flag(o, "rslora", false)?,
-        },
+        spec,
         hyper: Hyper {
             lr,
             epochs: count(o, "epochs", 3, 1)?,
@@ -1032,8 +1044,12 @@ fn run_trainer(
     Ok(record_to_map(&rec, cached)?)
 }
 
-fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
+/// The curve as a frame: step, epoch, loss, lr, grad_norm; DPO's reward_margin and
+/// reward_accuracy; eval_loss where validation measured it (null elsewhere).
+fn curve_frame(rec: &RunRecord) -> Result<Frame, TrainError> {
     use polars::prelude::*;
+    let per_step =
+        |f: fn(&trainer::StepLog) -> f64| -> Vec<f64> { rec.curve.iter().map(f).collect() };
     let mut columns = vec![
         Column::new(
             "step".into(),
@@ -1043,66 +1059,55 @@ fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
             "epoch".into(),
             rec.curve.iter().map(|s| s.epoch as i64).collect::<Vec<_>>(),
         ),
-        Column::new(
-            "loss".into(),
-            rec.curve.iter().map(|s| s.loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "lr".into(),
-            rec.curve.iter().map(|s| s.lr).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "grad_norm".into(),
-            rec.curve.iter().map(|s| s.grad_norm).collect::<Vec<_>>(),
-        ),
+        Column::new("loss".into(), per_step(|s| s.loss)),
+        Column::new("lr".into(), per_step(|s| s.lr)),
+        Column::new("grad_norm".into(), per_step(|s| s.grad_norm)),
     ];
-    let mut m = Map::new();
-    // DPO's rewards, per step: curve columns and arrays, as the loss.
-    let is_dpo = rec.curve.iter().any(|s| s.reward_margin.is_some());
-    if is_dpo {
-        let per_step = |f: fn(&trainer::StepLog) -> Option<f64>| -> Vec<f64> {
-            rec.curve.iter().map(|s| f(s).unwrap_or(f64::NAN)).collect()
-        };
-        for (name, values) in [
-            ("reward_margin", per_step(|s| s.reward_margin)),
-            ("reward_accuracy", per_step(|s| s.reward_accuracy)),
-            ("loss", per_step(|s| Some(s.loss))),
-        ] {
-            if name != "loss" {
-                columns.push(Column::new(name.into(), values.clone()));
-            }
-            m.insert(
-                name.into(),
-                values
-                    .into_iter()
-                    .map(Dynamic::from)
-                    .collect::<Array>()
-                    .into(),
-            );
-        }
+    if rec.curve.iter().any(|s| s.reward_margin.is_some()) {
+        columns.push(Column::new(
+            "reward_margin".into(),
+            per_step(|s| s.reward_margin.unwrap_or(f64::NAN)),
+        ));
+        columns.push(Column::new(
+            "reward_accuracy".into(),
+            per_step(|s| s.reward_accuracy.unwrap_or(f64::NAN)),
+        ));
     }
-    // Validation: the loss where it was measured (null elsewhere), and which adapter was kept.
     if rec.curve.iter().any(|s| s.eval_loss.is_some()) {
         columns.push(Column::new(
             "eval_loss".into(),
             rec.curve.iter().map(|s| s.eval_loss).collect::<Vec<_>>(),
         ));
     }
-    let optional = |v: Option<f64>| v.map(Dynamic::from).unwrap_or(Dynamic::UNIT);
+    let df = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
+    Ok(Frame::new(df))
+}
+
+fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
+    let mut m = Map::new();
+    // DPO's per-step arrays, as the plans read them: loss, reward margin and accuracy.
+    if rec.curve.iter().any(|s| s.reward_margin.is_some()) {
+        let array = |f: fn(&trainer::StepLog) -> Option<f64>| -> Dynamic {
+            rec.curve
+                .iter()
+                .map(|s| Dynamic::from(f(s).unwrap_or(f64::NAN)))
+                .collect::<Array>()
+                .into()
+        };
+        m.insert("loss".into(), array(|s| Some(s.loss)));
+        m.insert("reward_margin".into(), array(|s| s.reward_margin));
+        m.insert("reward_accuracy".into(), array(|s| s.reward_accuracy));
+    }
+    let step = |s: Option<usize>| s.map(|s| Dynamic::from(s as i64)).unwrap_or(Dynamic::UNIT);
+    m.insert("best_step".into(), step(rec.best_step));
     m.insert(
-        "best_step".into(),
-        rec.best_step
-            .map(|s| Dynamic::from(s as i64))
+        "best_eval_loss".into(),
+        rec.best_eval_loss
+            .map(Dynamic::from)
             .unwrap_or(Dynamic::UNIT),
     );
-    m.insert("best_eval_loss".into(), optional(rec.best_eval_loss));
-    m.insert(
-        "kept_step".into(),
-        rec.kept_step
-            .map(|s| Dynamic::from(s as i64))
-            .unwrap_or(Dynamic::UNIT),
-    );
-    let curve = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
+    m.insert("kept_step".into(), step(rec.kept_step));
+    let curve = curve_frame(rec)?;
     let first = rec.curve.first().map(|s| s.loss).unwrap_or(f64::NAN);
     let last = rec.curve.last().map(|s| s.loss).unwrap_or(f64::NAN);
     m.insert("adapter".into(), rec.out.clone().into());
@@ -1119,7 +1124,7 @@ fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
     );
     m.insert("first_loss".into(), first.into());
     m.insert("final_loss".into(), last.into());
-    m.insert("curve".into(), Dynamic::from(Frame::new(curve)));
+    m.insert("curve".into(), Dynamic::from(curve));
     m.insert("tokens_per_s".into(), rec.tokens_per_s.into());
     m.insert("seconds".into(), rec.seconds.into());
     m.insert("peak_rss_mb".into(), rec.peak_rss_mb.into());

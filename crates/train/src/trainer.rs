@@ -432,45 +432,8 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         let step = state.step;
         let rows = step_rows(&job, step, per_epoch);
         let lr = h.lr_at(step, total);
-        let (done, tokens) = match &job.objective {
-            Objective::Sft(examples) => {
-                let prepared = sft_batches(&job, examples, &rows)?;
-                let done = optimizer_step(
-                    &job,
-                    on_gpu.as_mut(),
-                    &prepared,
-                    &plain,
-                    &mut adam,
-                    lr,
-                    step,
-                )?;
-                (done, prepared.iter().map(|b| b.tokens).sum::<usize>())
-            }
-            Objective::Dpo {
-                pairs,
-                reference,
-                settings,
-            } => {
-                let done = dpo_step(
-                    &job,
-                    on_gpu.as_mut(),
-                    pairs,
-                    reference,
-                    settings,
-                    &rows,
-                    &plain,
-                    &mut adam,
-                    lr,
-                    step,
-                )?;
-                let tokens = rows
-                    .iter()
-                    .flatten()
-                    .map(|&i| pairs[i].tokens())
-                    .sum::<usize>();
-                (done, tokens)
-            }
-        };
+        let (done, tokens) =
+            objective_step(&job, on_gpu.as_mut(), &rows, &plain, &mut adam, lr, step)?;
         let loss_sum = done.loss;
         tokens_this_run += tokens;
         state.log(step / per_epoch, done, lr, tokens);
@@ -479,40 +442,19 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             b.set_message(format!("loss {loss_sum:.4}  {rate:.0} tok/s"));
             b.set_position(state.step as u64);
         }
-        if let Some(v) = &job.validation {
-            if state.step.is_multiple_of(v.every) || state.step == total {
-                sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
-                validate(&job, v, &mut state)?;
-            }
-        }
-        if h.checkpoint_every > 0
-            && state.step.is_multiple_of(h.checkpoint_every)
-            && state.step < total
-        {
-            sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
-            write_checkpoint(&job, &adam, &vars, &state)?;
-        }
+        after_step(&job, &mut state, total, &vars, &on_gpu, &mut adam)?;
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
     sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
-    let mut kept_step = Some(state.step);
-    if cancelled {
+    let kept_step = if cancelled {
         write_checkpoint(&job, &adam, &vars, &state)?;
+        None
     } else {
-        peft::save(job.out, job.model, job.spec, job.base_name)?;
-        if let (Some(v), Some((step, _))) = (&job.validation, state.best) {
-            if v.keep_best {
-                // The best adapter replaces the last one in `out`, file by file (both are whole).
-                for file in [peft::WEIGHTS_FILE, peft::CONFIG_FILE] {
-                    std::fs::copy(best_dir(job.out).join(file), job.out.join(file))?;
-                }
-                kept_step = Some(step);
-            }
-        }
-    }
+        Some(save_adapter(&job, &state)?)
+    };
     Ok(RunRecord {
         out: job.out.display().to_string(),
         steps: state.step,
@@ -529,7 +471,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         fingerprint: job.fingerprint.to_string(),
         best_step: state.best.map(|b| b.0),
         best_eval_loss: state.best.map(|b| b.1),
-        kept_step: kept_step.filter(|_| !cancelled),
+        kept_step,
     })
 }
 
@@ -595,6 +537,77 @@ fn validation_loss(job: &Job, objective: &Objective) -> Result<f64, TrainError> 
             }
             Ok(total / pairs.len().max(1) as f64)
         }
+    }
+}
+
+/// One optimizer step of the job's objective over the step's rows; returns what it reports and
+/// the tokens it went through.
+fn objective_step(
+    job: &Job,
+    on_gpu: Option<&mut super::gpu::GpuStep>,
+    rows: &[Vec<usize>],
+    plain: &[Var],
+    adam: &mut AdamW,
+    lr: f64,
+    step: usize,
+) -> Result<(StepDone, usize), TrainError> {
+    match &job.objective {
+        Objective::Sft(examples) => {
+            let prepared = sft_batches(job, examples, rows)?;
+            let done = optimizer_step(job, on_gpu, &prepared, plain, adam, lr, step)?;
+            Ok((done, prepared.iter().map(|b| b.tokens).sum()))
+        }
+        Objective::Dpo {
+            pairs,
+            reference,
+            settings,
+        } => {
+            let done = dpo_step(
+                job, on_gpu, pairs, reference, settings, rows, plain, adam, lr, step,
+            )?;
+            let tokens = rows.iter().flatten().map(|&i| pairs[i].tokens()).sum();
+            Ok((done, tokens))
+        }
+    }
+}
+
+/// After a step: the validation loss when it is due (and after the last step), then a checkpoint
+/// when one is due (the last step's state is saved by the run's end instead).
+fn after_step(
+    job: &Job,
+    state: &mut TrainerState,
+    total: usize,
+    vars: &[(String, Var)],
+    on_gpu: &Option<super::gpu::GpuStep>,
+    adam: &mut AdamW,
+) -> Result<(), TrainError> {
+    if let Some(v) = &job.validation {
+        if state.step.is_multiple_of(v.every) || state.step == total {
+            sync_from_gpu(job, vars, on_gpu, adam)?;
+            validate(job, v, state)?;
+        }
+    }
+    let every = job.hyper.checkpoint_every;
+    if every > 0 && state.step.is_multiple_of(every) && state.step < total {
+        sync_from_gpu(job, vars, on_gpu, adam)?;
+        write_checkpoint(job, adam, vars, state)?;
+    }
+    Ok(())
+}
+
+/// Saves the finished run's adapter in `out`: the last one, or with `keep: "best"` the
+/// best-validated one. Returns the step whose adapter `out` holds.
+fn save_adapter(job: &Job, state: &TrainerState) -> Result<usize, TrainError> {
+    peft::save(job.out, job.model, job.spec, job.base_name)?;
+    match (&job.validation, state.best) {
+        (Some(v), Some((step, _))) if v.keep_best => {
+            // The best adapter replaces the last one in `out`, file by file (both are whole).
+            for file in [peft::WEIGHTS_FILE, peft::CONFIG_FILE] {
+                std::fs::copy(best_dir(job.out).join(file), job.out.join(file))?;
+            }
+            Ok(step)
+        }
+        _ => Ok(state.step),
     }
 }
 
