@@ -312,31 +312,7 @@ impl Scores {
             .into_iter()
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect();
-        // 95% intervals by bootstrap over problems (the samples of one problem are not independent).
-        let resampling = super::stats::Resampling::default();
-        let interval = |values: &[f64]| {
-            let (lo, hi) = super::stats::bootstrap_ci(values, &resampling);
-            serde_json::json!([round4(lo), round4(hi)])
-        };
-        for (k, values) in settings.ks.iter().zip(&pass_at) {
-            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
-            summary.insert(format!("pass@{k}"), serde_json::json!(round4(mean)));
-            summary.insert(format!("pass@{k}_ci"), interval(values));
-        }
-        let functional_share: Vec<f64> = passing.iter().map(|c| *c as f64 / n as f64).collect();
-        summary.insert("functional_ci".into(), interval(&functional_share));
-        let solvable = passing.iter().filter(|c| **c > 0).count();
-        summary.insert("problems".into(), serde_json::json!(problems.ids.len()));
-        summary.insert("solvable".into(), serde_json::json!(solvable));
-        summary.insert(
-            "unsolvable".into(),
-            serde_json::json!(problems.ids.len() - solvable),
-        );
-        let mut kinds: BTreeMap<&str, i64> = BTreeMap::new();
-        for kind in reports.iter().filter_map(failure_kind) {
-            *kinds.entry(kind).or_default() += 1;
-        }
-        summary.insert("failure_kinds".into(), serde_json::json!(kinds));
+        add_problem_statistics(&mut summary, settings, &pass_at, &passing, reports);
         summary.insert("failure_classes".into(), serde_json::json!(classes));
         let categories_json = category_rates
             .iter()
@@ -356,6 +332,43 @@ impl Scores {
             problems_json,
         })
     }
+}
+
+/// The summary's pass@k with their 95% bootstrap intervals over problems (the samples of one
+/// problem are not independent), the functional rate's interval, solvable and unsolvable problems,
+/// and the samples' failure kinds.
+fn add_problem_statistics(
+    summary: &mut serde_json::Map<String, serde_json::Value>,
+    settings: &Settings,
+    pass_at: &[Vec<f64>],
+    passing: &[usize],
+    reports: &[Report],
+) {
+    let resampling = super::stats::Resampling::default();
+    let interval = |values: &[f64]| {
+        let (lo, hi) = super::stats::bootstrap_ci(values, &resampling);
+        serde_json::json!([round4(lo), round4(hi)])
+    };
+    for (k, values) in settings.ks.iter().zip(pass_at) {
+        let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+        summary.insert(format!("pass@{k}"), serde_json::json!(round4(mean)));
+        summary.insert(format!("pass@{k}_ci"), interval(values));
+    }
+    let n = settings.n as f64;
+    let functional_share: Vec<f64> = passing.iter().map(|c| *c as f64 / n).collect();
+    summary.insert("functional_ci".into(), interval(&functional_share));
+    let solvable = passing.iter().filter(|c| **c > 0).count();
+    summary.insert("problems".into(), serde_json::json!(passing.len()));
+    summary.insert("solvable".into(), serde_json::json!(solvable));
+    summary.insert(
+        "unsolvable".into(),
+        serde_json::json!(passing.len() - solvable),
+    );
+    let mut kinds: BTreeMap<&str, i64> = BTreeMap::new();
+    for kind in reports.iter().filter_map(failure_kind) {
+        *kinds.entry(kind).or_default() += 1;
+    }
+    summary.insert("failure_kinds".into(), serde_json::json!(kinds));
 }
 
 fn categories_frame(rows: &[(String, BTreeMap<&str, f64>)]) -> Result<DataFrame, String> {

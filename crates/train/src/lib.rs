@@ -909,6 +909,38 @@ fn objective_of<'a>(
     }
 }
 
+/// Whether `out` holds an interrupted run of this very job (same fingerprint) that may resume; if
+/// not (or `fresh`, or `resume: false`), its checkpoints and old record go.
+fn continues_the_job_in_out(req: &TrainRequest, fingerprint: &str) -> bool {
+    let previous = std::fs::read_to_string(req.out.join("job.json")).ok();
+    let same_job = previous.as_deref().map(str::trim) == Some(fingerprint);
+    if req.fresh || !req.resume || !same_job {
+        let _ = std::fs::remove_dir_all(req.out.join("checkpoints"));
+        let _ = std::fs::remove_file(req.out.join("run.json"));
+    }
+    same_job
+}
+
+/// Writes the finished run's loss plot and, last, its `run.json` (the sign that `out` is whole).
+fn write_run(req: &TrainRequest, record: &RunRecord) -> Result<(), TrainError> {
+    let run_json = req.out.join("run.json");
+    let plot = rtlab_data::plot::Plot::new(
+        rtlab_data::plot::Kind::Line,
+        match req.task {
+            Task::Sft { .. } => "training loss".into(),
+            Task::Dpo { .. } => "DPO loss".into(),
+        },
+        record.curve.iter().map(|s| s.step.to_string()).collect(),
+        record.curve.iter().map(|s| s.loss).collect(),
+    );
+    rtlab_core::workspace::write_atomic(&req.out.join("loss.svg"), plot.svg.as_bytes())?;
+    rtlab_core::workspace::write_atomic(
+        &run_json,
+        serde_json::to_string_pretty(record)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
 /// Trains (or returns the finished run in `out`); the heart of `train_lora` and `train_dpo`.
 fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
     let base = open_base(&req)?;
@@ -937,21 +969,14 @@ fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
     if let Some(rec) = finished_run(&req, &fingerprint) {
         return Ok((rec, true));
     }
-    let run_json = req.out.join("run.json");
-    let job_json = req.out.join("job.json");
-    let previous_job = std::fs::read_to_string(&job_json).ok();
-    let same_job = previous_job.as_deref().map(str::trim) == Some(fingerprint.as_str());
-    if req.fresh || !req.resume || !same_job {
-        let _ = std::fs::remove_dir_all(req.out.join("checkpoints"));
-        let _ = std::fs::remove_file(&run_json);
-    }
+    let same_job = continues_the_job_in_out(&req, &fingerprint);
     // The device opens before the run dir is touched: a missing GPU is bad input too.
     let gpu = match req.device.as_str() {
         "cpu" => None,
         d => Some(gpu::open(d)?),
     };
     std::fs::create_dir_all(&req.out)?;
-    rtlab_core::workspace::write_atomic(&job_json, fingerprint.as_bytes())?;
+    rtlab_core::workspace::write_atomic(&req.out.join("job.json"), fingerprint.as_bytes())?;
     let (model, gpu_weights, spec) = build_model(&req, &base, hyper.seed)?;
     // DPO's reference log-probs, of the training pairs and of the validation pairs.
     let reference_of = |rows: &Rows, file: &str| -> Result<Option<dpo::PairLogps>, TrainError> {
@@ -1004,20 +1029,7 @@ fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
         fingerprint: &fingerprint,
         skipped_rows: skipped,
     })?;
-    let plot = rtlab_data::plot::Plot::new(
-        rtlab_data::plot::Kind::Line,
-        match req.task {
-            Task::Sft { .. } => "training loss".into(),
-            Task::Dpo { .. } => "DPO loss".into(),
-        },
-        record.curve.iter().map(|s| s.step.to_string()).collect(),
-        record.curve.iter().map(|s| s.loss).collect(),
-    );
-    rtlab_core::workspace::write_atomic(&req.out.join("loss.svg"), plot.svg.as_bytes())?;
-    rtlab_core::workspace::write_atomic(
-        &run_json,
-        serde_json::to_string_pretty(&record)?.as_bytes(),
-    )?;
+    write_run(&req, &record)?;
     Ok((record, false))
 }
 
