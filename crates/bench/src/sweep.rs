@@ -72,33 +72,12 @@ fn parse_space(name: &str, v: &Dynamic) -> Result<Space, String> {
     Ok(Space::Range { low, high, log })
 }
 
-/// Reads the options; a value that cannot be searched is named.
-pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
-    rtlab_core::options::Options::new(
-        "sweep",
-        options,
-        &[
-            "params",
-            "strategy",
-            "trials",
-            "objective",
-            "direction",
-            "seed",
-            "out",
-            "trial",
-        ],
-    )?;
-    let params_map = options
-        .get("params")
-        .and_then(|p| p.read_lock::<Map>().map(|m| m.clone()))
-        .ok_or_else(|| bad("pass params: a map of option name to the values to try, e.g. #{lr: [1e-3, 3e-3], r: [8, 16]}"))?;
-    if params_map.is_empty() {
-        return Err(bad("params is empty: nothing to search"));
-    }
-    let params = params_map
-        .iter()
-        .map(|(name, v)| Ok((name.to_string(), parse_space(name, v)?)))
-        .collect::<Result<Vec<_>, String>>()?;
+/// `strategy` ("grid" or "random") and `trials`: a random search needs a count; a grid cannot
+/// enumerate a range.
+fn parse_strategy(
+    options: &Map,
+    params: &[(String, Space)],
+) -> Result<(bool, Option<usize>), String> {
     let random = match options.get("strategy").map(|s| s.to_string()).as_deref() {
         None | Some("grid") => false,
         Some("random") => true,
@@ -129,6 +108,37 @@ pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
             return Err(bad(format!("params.{name} is a range, which a grid cannot enumerate: give values, or strategy: \"random\"")));
         }
     }
+    Ok((random, trials))
+}
+
+/// Reads the options; a value that cannot be searched is named.
+pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
+    rtlab_core::options::Options::new(
+        "sweep",
+        options,
+        &[
+            "params",
+            "strategy",
+            "trials",
+            "objective",
+            "direction",
+            "seed",
+            "out",
+            "trial",
+        ],
+    )?;
+    let params_map = options
+        .get("params")
+        .and_then(|p| p.read_lock::<Map>().map(|m| m.clone()))
+        .ok_or_else(|| bad("pass params: a map of option name to the values to try, e.g. #{lr: [1e-3, 3e-3], r: [8, 16]}"))?;
+    if params_map.is_empty() {
+        return Err(bad("params is empty: nothing to search"));
+    }
+    let params = params_map
+        .iter()
+        .map(|(name, v)| Ok((name.to_string(), parse_space(name, v)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let (random, trials) = parse_strategy(options, &params)?;
     let objective = options
         .get("objective")
         .filter(|o| o.is_string())
