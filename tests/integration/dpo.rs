@@ -346,3 +346,36 @@ fn dpo_on_the_wgpu_kernels_trains_like_the_cpu_for_both_losses() {
         );
     }
 }
+
+/// A Hugging Face directory's chat template (`tokenizer_config.json`) asks the questions: generation
+/// and perplexity put a prompt through it, training renders prompts the same way, and
+/// conversational pairs go through it, training exactly as their standard form.
+#[test]
+fn a_hugging_face_dirs_chat_template_renders_prompts_for_asking_training_and_conversations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    let printed = ok(&format!(
+        r#"{tiny}
+        write_text("{base}/tokenizer_config.json", to_json(#{{
+            chat_template: "{{% for m in messages %}}<{{{{ m.role }}}}>{{{{ m.content }}}}{{% endfor %}}{{% if add_generation_prompt %}}<assistant>{{% endif %}}",
+            eos_token: #{{content: "<|endoftext|>"}}}}));
+        let data = from_records([#{{instruction: "and gate", output: "assign y = a & b;"}}]);
+        let chat = perplexity(load_model("{base}", #{{}}), data);
+        let same = perplexity(load_model("{base}", #{{template: "<user>{{prompt}}<assistant>"}}), data);
+        let other = perplexity(load_model("{base}", #{{template: "Q: {{prompt}}\nA: "}}), data);
+        print(`${{chat == same}} ${{chat == other}}`);
+        {PAIRS}
+        let conversational = from_records(pairs.to_records().map(|r| #{{
+            prompt: [#{{role: "user", content: r.prompt}}],
+            chosen: [#{{role: "assistant", content: r.chosen}}],
+            rejected: [#{{role: "assistant", content: r.rejected}}]}}));
+        let a = train_dpo(#{{base: "{base}", pairs: pairs, out: "{out}/standard", r: 4, epochs: 1, batch_size: 4, grad_accum: 1, lr: 1e-2}});
+        let b = train_dpo(#{{base: "{base}", pairs: conversational, out: "{out}/conversational", r: 4, epochs: 1, batch_size: 4, grad_accum: 1, lr: 1e-2}});
+        print(a.loss == b.loss);
+        print(read_text("{out}/standard/reference_logps.json") == read_text("{out}/conversational/reference_logps.json"));"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().display()
+    ));
+    assert_eq!(printed, "true false\ntrue\ntrue\n");
+}

@@ -42,6 +42,41 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
+    /// A Hugging Face directory's chat template, from `tokenizer_config.json` (`chat_template` as a
+    /// string, or the "default" of a list of named ones), with its `bos_token` and `eos_token`
+    /// (strings, or `{content}` objects). None when the directory has none.
+    pub fn from_hf_dir(dir: &Path) -> Result<Option<ChatTemplate>, TrainError> {
+        let path = dir.join("tokenizer_config.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Input(format!("{}: not JSON: {e}", path.display())))?;
+        let source = match &config["chat_template"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(named) => match named
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+            {
+                Some(s) => s.to_string(),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let token = |key: &str| -> String {
+            match &config[key] {
+                serde_json::Value::String(s) => s.clone(),
+                v => v["content"].as_str().unwrap_or_default().to_string(),
+            }
+        };
+        Ok(Some(ChatTemplate {
+            source,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+        }))
+    }
+
     /// One user message, rendered with `add_generation_prompt`, as llama.cpp and transformers do.
     pub fn render(&self, prompt: &str) -> Result<String, TrainError> {
         self.render_messages(&[("user".to_string(), prompt.to_string())])
@@ -115,6 +150,11 @@ impl LocalModel {
             let (spec, tensors) = peft::load(a, &dev)?;
             model.set_adapters(&spec, tensors)?;
         }
+        // The directory's own chat template asks the questions, unless a template was given.
+        let chat = match &template {
+            None => ChatTemplate::from_hf_dir(dir)?,
+            Some(_) => None,
+        };
         Ok(LocalModel {
             source,
             model,
@@ -122,7 +162,7 @@ impl LocalModel {
             eos,
             adapter: adapter.map(Path::to_path_buf),
             template: template.unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
-            chat: None,
+            chat,
         })
     }
 

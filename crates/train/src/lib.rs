@@ -84,7 +84,7 @@ enum Task {
 struct TrainRequest {
     base: PathBuf,
     task: Task,
-    /// The prompt template with `{prompt}`; None: a GGUF base's own chat template, else Alpaca's.
+    /// The prompt template with `{prompt}`; None: the base's own chat template, else Alpaca's.
     template: Option<String>,
     spec: LoraSpec,
     hyper: Hyper,
@@ -487,7 +487,8 @@ struct Base {
     gguf: Option<gguf::GgufFile>,
     cfg: ModelConfig,
     tokenizer: tokenizers::Tokenizer,
-    /// A GGUF base's own chat template, which renders the prompts unless `template` is given.
+    /// The base's own chat template (a GGUF's metadata, a Hugging Face dir's `tokenizer_config.json`),
+    /// which renders the prompts unless `template` is given.
     chat: Option<generate::ChatTemplate>,
 }
 
@@ -535,15 +536,21 @@ fn open_base(req: &TrainRequest) -> Result<Base, TrainError> {
             req.max_len, cfg.max_position_embeddings
         )));
     }
-    let chat = gguf_base.as_ref().and_then(|g| {
-        g.chat_template
+    // The base's own chat template: a GGUF's metadata, or a Hugging Face dir's tokenizer_config.json.
+    let chat = match &gguf_base {
+        Some(g) => g
+            .chat_template
             .clone()
             .map(|source| generate::ChatTemplate {
                 source,
                 bos_token: g.bos_token.clone().unwrap_or_default(),
                 eos_token: g.eos_token.clone().unwrap_or_default(),
-            })
-    });
+            }),
+        None => {
+            rtlab_core::workspace::note_input(&req.base.join("tokenizer_config.json"));
+            generate::ChatTemplate::from_hf_dir(&req.base)?
+        }
+    };
     Ok(Base {
         gguf: gguf_base,
         cfg,
@@ -695,8 +702,8 @@ fn tokenize_rows(
         e => e,
     };
     // Prompts are rendered here, as `load_model(...).generate` renders them: the template given,
-    // else a GGUF base's chat template (so that a tuned GGUF model is trained on the prompts it is
-    // asked with), else Alpaca's. The rendered text then goes through the identity template.
+    // else the base's chat template (so that a tuned model is trained on the prompts it is asked
+    // with), else Alpaca's. The rendered text then goes through the identity template.
     let render = |prompt: &str| -> Result<String, TrainError> {
         match (&req.template, &base.chat) {
             (Some(t), _) => Ok(examples::apply_template(t, prompt)),
@@ -1434,8 +1441,9 @@ mod train_functions {
     /// Options: `base` (a Hugging Face Llama/Qwen2 dir, a GGUF file, or a model name such as
     /// `smollm2-135m`), `data` (DataFrame or JSONL path), `out`;
     /// `prompt_col` ("instruction"), `response_col` ("output"), `template` (`{prompt}` marks the
-    /// prompt; by default a GGUF base's own chat template, as `generate` asks, else Alpaca style), `r` (64), `alpha` (2·r), `dropout` (0.05), `target_modules` (all seven
-    /// projections), `rslora` (false), `lr` (2e-4), `epochs` (3), `batch_size` (4), `grad_accum` (4),
+    /// prompt; by default the base's own chat template, from a GGUF's metadata or a Hugging Face
+    /// dir's `tokenizer_config.json`, as `generate` asks, else Alpaca style), `r` (64), `alpha`
+    /// (2·r), `dropout` (0.05), `target_modules` (all seven projections), `rslora` (false), `lr` (2e-4), `epochs` (3), `batch_size` (4), `grad_accum` (4),
     /// `max_len` (1024), `warmup` (0.03: a fraction of the steps, or a step count ≥ 1), `schedule`
     /// ("cosine", "linear", "constant"), `weight_decay` (0), `max_grad_norm` (1), `seed` (42),
     /// `checkpoint_every` (0 = only at the end), `resume` (true: continue this job's newest checkpoint),
@@ -1558,8 +1566,8 @@ mod train_functions {
 
     /// Loads a model for local generation: a Hugging Face directory, a GGUF file, a model rtlab knows
     /// by name (`smollm2-135m`, pulled on first use) or `ollama:NAME[:TAG]`. Options: `adapter` (a
-    /// PEFT adapter directory on top), `template` (the prompt template; a GGUF's own chat template
-    /// otherwise), `dequantize` (false: a GGUF's quantized projections stay quantized and decode with
+    /// PEFT adapter directory on top), `template` (the prompt template; otherwise the model's own
+    /// chat template, from a GGUF's metadata or `tokenizer_config.json`, else Alpaca's), `dequantize` (false: a GGUF's quantized projections stay quantized and decode with
     /// candle's quantized matmul, as llama.cpp runs them; true: every weight in f32).
     ///
     /// ```rhai
