@@ -4,7 +4,8 @@
 //! curve; and bad pairs or options are refused before any work, naming what is wrong.
 
 use crate::common;
-use common::{err, ok, rtlab, Run};
+use crate::train::run_script;
+use common::{err, ok};
 use std::path::Path;
 
 /// Eight gates, each with its right body (chosen) and a wrong one (rejected): iverilog would tell
@@ -155,20 +156,6 @@ fn resume_script(base: &Path, out: &Path) -> String {
         base = base.display(),
         out = out.display()
     )
-}
-
-fn run_script(dir: &Path, code: &str, fault: Option<&str>) -> Run {
-    let script = dir.join(format!("s{}.rhai", fault.is_some() as u8));
-    std::fs::write(&script, code).unwrap();
-    let mut cmd = rtlab();
-    cmd.arg("run")
-        .arg("--no-cache")
-        .arg(&script)
-        .env("RTLAB_HOME", dir.join(".rtlab"));
-    if let Some(f) = fault {
-        cmd.env("RTLAB_FAULT_CHECKPOINT", f);
-    }
-    Run::from(cmd.output().unwrap())
 }
 
 #[test]

@@ -102,7 +102,8 @@ fn resume_script(base: &Path, out: &Path) -> String {
     )
 }
 
-fn run_script(dir: &Path, code: &str, fault: Option<&str>) -> Run {
+/// Runs `code` as a script in `dir` (its own workspace), with `RTLAB_FAULT_CHECKPOINT` set to `fault`.
+pub fn run_script(dir: &Path, code: &str, fault: Option<&str>) -> Run {
     let script = dir.join(format!("s{}.rhai", fault.is_some() as u8));
     std::fs::write(&script, code).unwrap();
     let mut cmd = rtlab();

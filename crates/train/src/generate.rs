@@ -260,18 +260,14 @@ impl LocalModel {
             ids.truncate(max_len);
             examples.push(examples::Example { ids, prompt_len });
         }
-        let (mut nll, mut scored) = (0.0f64, 0usize);
-        for chunk in examples.chunks(batch_size.max(1)) {
-            let refs: Vec<&examples::Example> = chunk.iter().collect();
-            let b = examples::batch(&refs, self.eos, self.model.dtype, &self.model.device)?;
-            let logits = self
-                .model
-                .forward(&b.inputs, None, &mut Pass::inference())?;
-            let sum = super::model::masked_nll(&logits, &b.targets, &b.mask, 1.0)?;
-            nll += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            scored += b.scored;
-        }
-        Ok(((nll / scored.max(1) as f64).exp(), scored))
+        let (nll, scored) = super::model::mean_nll(
+            &self.model,
+            &examples,
+            self.eos,
+            batch_size,
+            Pass::inference,
+        )?;
+        Ok((nll.exp(), scored))
     }
 
     /// The logits at every position of `text` (no template), [tokens][vocab]: for checking against

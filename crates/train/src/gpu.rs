@@ -45,6 +45,13 @@ fn flat(t: &Tensor) -> Result<(Vec<usize>, Vec<f32>), TrainError> {
     ))
 }
 
+/// The adapters' dropout masks of one pass, drawn from `seed` in forward order as the CPU path
+/// draws them; none when `p` is 0.
+fn dropout_masks(p: f64, seed: u64) -> impl FnMut(&str, usize, usize) -> Option<Vec<f32>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    move |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng))
+}
+
 impl GpuStep {
     /// Uploads the base weights and the model's current adapters (fresh or restored) and moments.
     pub fn new(
@@ -103,10 +110,7 @@ impl GpuStep {
     pub fn micro(&mut self, b: &Batch, denominator: f64, seed: u64) -> Result<f64, TrainError> {
         let (ids, targets, mask) = &b.raw;
         let rows = ids.len() / b.width.max(1);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let p = self.dropout;
-        let mut masks =
-            |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng));
+        let mut masks = dropout_masks(self.dropout, seed);
         let loss = self.llama.forward_backward(
             ids,
             targets,
@@ -124,10 +128,7 @@ impl GpuStep {
     pub fn sequence_logps(&mut self, b: &Batch, seed: u64) -> Result<Vec<f64>, TrainError> {
         let (ids, targets, mask) = &b.raw;
         let rows = ids.len() / b.width.max(1);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let p = self.dropout;
-        let mut masks =
-            |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng));
+        let mut masks = dropout_masks(self.dropout, seed);
         let nll = self
             .llama
             .token_nll(ids, targets, rows, b.width, &mut masks)?;
@@ -156,10 +157,7 @@ impl GpuStep {
             .enumerate()
             .map(|(j, m)| m * row_weights[j / b.width] as f32)
             .collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let p = self.dropout;
-        let mut masks =
-            |_: &str, r: usize, c: usize| (p > 0.0).then(|| dropout_mask(r * c, p, &mut rng));
+        let mut masks = dropout_masks(self.dropout, seed);
         self.llama
             .forward_backward(ids, targets, &weighted, rows, b.width, 1.0, &mut masks)?;
         Ok(())

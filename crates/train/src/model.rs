@@ -1084,6 +1084,28 @@ fn fresh_lora(
     })
 }
 
+/// The mean negative log-likelihood per scored token of `examples` under `model`, without a graph:
+/// `batch` examples per forward, each in a fresh pass from `pass` (validation's exact training
+/// matmuls, or inference's). Returns (mean NLL, scored tokens).
+pub fn mean_nll(
+    model: &CausalLm,
+    examples: &[super::examples::Example],
+    pad: u32,
+    batch: usize,
+    pass: impl Fn() -> Pass,
+) -> candle_core::Result<(f64, usize)> {
+    let (mut nll, mut scored) = (0.0f64, 0usize);
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&super::examples::Example> = chunk.iter().collect();
+        let b = super::examples::batch(&refs, pad, model.dtype, &model.device)?;
+        let logits = model.forward(&b.inputs, None, &mut pass())?;
+        let sum = masked_nll(&logits, &b.targets, &b.mask, 1.0)?.detach();
+        nll += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        scored += b.scored;
+    }
+    Ok((nll / scored.max(1) as f64, scored))
+}
+
 /// Mean negative log-likelihood of `targets` over the positions where `mask` is 1, divided by
 /// `denominator` tokens (the whole optimizer step's count, so accumulated micro-batches add up to the
 /// big batch's mean). Returns the summed NLL / denominator.

@@ -502,18 +502,10 @@ fn validation_loss(job: &Job, objective: &Objective) -> Result<f64, TrainError> 
     let batch = job.hyper.batch_size.max(1);
     match objective {
         Objective::Sft(examples) => {
-            let (mut nll, mut scored) = (0.0, 0usize);
-            for chunk in examples.chunks(batch) {
-                let refs: Vec<&Example> = chunk.iter().collect();
-                let b = examples::batch(&refs, job.pad, job.model.dtype, &job.model.device)?;
-                let logits = job
-                    .model
-                    .forward(&b.inputs, None, &mut Pass::reference(true))?;
-                let sum = masked_nll(&logits, &b.targets, &b.mask, 1.0)?;
-                nll += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                scored += b.scored;
-            }
-            Ok(nll / scored.max(1) as f64)
+            let (nll, _) = super::model::mean_nll(job.model, examples, job.pad, batch, || {
+                Pass::reference(true)
+            })?;
+            Ok(nll)
         }
         Objective::Dpo {
             pairs,
