@@ -278,7 +278,7 @@ impl LocalModel {
             return Err(TrainError::Input("logits: the text is empty".into()));
         }
         let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &self.model.device)?;
-        let logits = self.model.forward(&input, None, &mut Pass::inference())?;
+        let logits = self.model.forward(&input, None, &mut Pass::decoding())?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?)
     }
 
@@ -306,7 +306,7 @@ impl LocalModel {
         let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
         let logits = self
             .model
-            .forward(&input, Some(&mut prefill), &mut Pass::inference())?;
+            .forward(&input, Some(&mut prefill), &mut Pass::decoding())?;
         let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
         let mut next: Vec<u32> = rngs
             .iter_mut()
@@ -331,7 +331,7 @@ impl LocalModel {
             let input = Tensor::from_vec(next.clone(), (n, 1), dev)?;
             let logits = self
                 .model
-                .forward(&input, Some(&mut cache), &mut Pass::inference())?;
+                .forward(&input, Some(&mut cache), &mut Pass::decoding())?;
             for (i, rng) in rngs.iter_mut().enumerate() {
                 let row = logits.get(i)?.flatten_all()?;
                 next[i] = pick(&row, o, rng)?;
@@ -376,7 +376,7 @@ impl LocalModel {
             }
             let logits = self
                 .model
-                .forward(&input, Some(&mut cache), &mut Pass::inference())?;
+                .forward(&input, Some(&mut cache), &mut Pass::decoding())?;
             let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
             let next = pick(&last, o, &mut rng)?;
             if next == self.eos {

@@ -1,8 +1,8 @@
-//! A tiny Llama- or Qwen2-architecture model, made from a seed, in Hugging Face layout: what the tests,
-//! the CI run of `scripts/train_v5.rhai` and the CPU benchmark train, since no model can be downloaded
-//! there. Weights come from a seeded `rand` (candle's CPU RNG cannot be seeded); the tokenizer is
-//! GPT-2's byte-level BPE alphabet with no merges (one token per byte) plus three special tokens, a
-//! `tokenizer.json` that both the `tokenizers` crate and Python's `transformers` load.
+//! A tiny Llama- or Qwen2-architecture model, made from a seed, in Hugging Face layout: what the unit
+//! tests and the CPU benchmark train, fast, seeded and the same on every machine. Weights come from a
+//! seeded `rand` (candle's CPU RNG cannot be seeded); the tokenizer is GPT-2's byte-level BPE alphabet
+//! with no merges (one token per byte) plus three special tokens, a `tokenizer.json` that both the
+//! `tokenizers` crate and Python's `transformers` load.
 
 use super::TrainError;
 use rand::rngs::StdRng;
