@@ -125,11 +125,15 @@ fn every_script_run_the_book_shows_is_what_the_script_prints() {
             // A cell's status line (`[2 train] ran in 1.2 s`) goes to stderr, which the snapshot
             // keeps apart: it must be there, and the rest must be stdout in order.
             let is_status = |l: &str| {
-                l.starts_with('[') && l[1..].starts_with(|c: char| c.is_ascii_digit()) && l.contains("] ")
+                l.starts_with('[')
+                    && l[1..].starts_with(|c: char| c.is_ascii_digit())
+                    && l.contains("] ")
             };
             for status in shown.lines().filter(|l| is_status(l)) {
                 if !actual.contains(&status) {
-                    failures.push(format!("{at}: scripts/{script}.rhai does not report `{status}`"));
+                    failures.push(format!(
+                        "{at}: scripts/{script}.rhai does not report `{status}`"
+                    ));
                 }
             }
             let shown = shown

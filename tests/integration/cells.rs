@@ -370,3 +370,39 @@ fn report_renders_cells_tables_and_plots() {
         2
     );
 }
+
+/// A verified frame restored from the cache, then read by a cheap cell that calls a method on it
+/// (so the runner re-hashes it) and by a slow one: the slow one must come back from the cache. The
+/// restored frame hashed differently from the one in memory (string views, validity buffers), so
+/// an unchanged rerun of a plan script retrained its adapters.
+#[test]
+fn a_frame_restored_from_the_cache_keys_its_readers_as_the_original_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"// %% verify
+sleep(0.3);
+let rows = from_records([
+    #{instruction: "an inverter", output: "module m(input a, output y); assign y = ~a; endmodule", meta: #{id: "x", note: ()}},
+    #{instruction: "a buffer", output: "module m(input a, output y); assign y = a; endmodule", meta: #{id: "y", note: ()}},
+]).verify(#{code: "output"}).filter(col("syntax_ok") == true).sort("instruction");
+// %% peek
+let names = rows.select(["instruction"]);
+// %% train
+sleep(0.3);
+let n = rows.len();
+"#;
+    std::fs::write(dir.path().join("nb.rhai"), script).unwrap();
+    let first = run_in(dir.path(), &["run", "--cache-min", "0.25", "nb.rhai"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        first.stderr.contains("[3 train] ran in"),
+        "{}",
+        first.stderr
+    );
+    let again = run_in(dir.path(), &["run", "--cache-min", "0.25", "nb.rhai"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("[3 train] cached (saved"),
+        "the slow reader of a restored frame must be restored too:\n{}",
+        again.stderr
+    );
+}

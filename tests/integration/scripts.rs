@@ -6,7 +6,13 @@ use crate::common;
 use common::*;
 
 /// The plans of ../shared/plans, each one script, end to end on the real local model.
-const PLAN_SCRIPTS: &[&str] = &["v3_behavioral", "v5_hybrid", "phase_specialists"];
+const PLAN_SCRIPTS: &[&str] = &[
+    "v3_behavioral",
+    "v5_hybrid",
+    "phase_specialists",
+    "training_pipeline",
+    "reality_check",
+];
 
 /// Runs `scripts/{name}.rhai` from the repo root, as the README does, and matches its snapshot.
 fn run_script_and_match_snapshot(name: &str) {
@@ -95,8 +101,10 @@ script_tests!(
     dpo_loop,
     local_model,
     phase_specialists,
+    reality_check,
     separate_by_phase,
     slurm_verify,
+    training_pipeline,
     v3_behavioral,
     v3_gold_filter,
     v5_a7_fsm,

@@ -570,9 +570,13 @@ mod bench_functions {
         let verdicts = judge::judge_rows(&model, &spec, &items)?;
         let scored: Vec<f64> = verdicts.iter().filter_map(|v| v.score).collect();
         let failed = verdicts.len() - scored.len();
-        let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
+        // No verdict, no mean: "mean 0.00" would read as a score.
+        let mean = match scored.len() {
+            0 => "no mean".to_string(),
+            n => format!("mean {:.2}", scored.iter().sum::<f64>() / n as f64),
+        };
         let mut line = format!(
-            "judge: {} rows, {} scored (mean {mean:.2} on {}..{})",
+            "judge: {} rows, {} scored ({mean} on {}..{})",
             verdicts.len(),
             scored.len(),
             scale.0,

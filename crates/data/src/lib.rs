@@ -36,11 +36,21 @@ impl Frame {
     }
 
     /// A content hash of the frame (schema and values), stable across processes: the cell cache keys on it.
-    /// The frame's Arrow IPC encoding streams into the hasher: no second copy of a big frame in memory.
+    /// The frame's Arrow IPC encoding streams into the hasher, in a canonical layout: as the cache's
+    /// Parquet round trip leaves it, one chunk, and strings as offsets plus bytes
+    /// (`CompatLevel::oldest`). Polars' string views point into whatever buffers a filter or sort
+    /// left behind, and every chunk is a record batch, so the same values hashed differently in
+    /// memory and after a restore, and a cell that read a restored frame reran.
     pub fn content_hash(&self) -> Result<blake3::Hash, DataError> {
-        use polars::prelude::{IpcWriter, SerWriter};
+        use polars::prelude::{CompatLevel, IpcWriter, SerWriter};
         let mut hasher = blake3::Hasher::new();
-        IpcWriter::new(&mut hasher).finish(&mut self.df.clone())?;
+        // Through the cache's own Parquet round trip first: a restored frame must hash as the frame
+        // it was (validity buffers and nested layouts otherwise differ between the two).
+        let mut df = io::frame_from_parquet_bytes(&io::frame_to_parquet_bytes(&self.df)?)?;
+        df.rechunk_mut();
+        IpcWriter::new(&mut hasher)
+            .with_compat_level(CompatLevel::oldest())
+            .finish(&mut df)?;
         Ok(hasher.finalize())
     }
 }
