@@ -18,6 +18,39 @@ struct Cli {
     command: Option<Cmd>,
 }
 
+/// `rtlab bench`'s arguments.
+#[derive(Args)]
+struct BenchArgs {
+    /// A model name, or the base URL of an OpenAI-compatible server (vLLM, Ollama's /v1, llama.cpp)
+    #[arg(long)]
+    model: String,
+    /// The model name to send when --model is a URL
+    #[arg(long, default_value = "default")]
+    model_name: String,
+    /// openai, anthropic, ollama, replay, or local (a GGUF or model dir run by rtlab itself) when --model is a name
+    #[arg(long, default_value = "openai")]
+    provider: String,
+    /// A directory of ProbNNN_name_{prompt.txt,ref.sv,test.sv}
+    #[arg(long)]
+    problems: PathBuf,
+    /// Samples per problem
+    #[arg(short, default_value_t = 1)]
+    n: i64,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    /// Tokens per answer at most (the model's `max_tokens`)
+    #[arg(long, default_value_t = 2048)]
+    max_tokens: i64,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 8)]
+    concurrency: i64,
+    /// Verify the samples on a Slurm cluster: `tasks=64,partition=cpu` (as `rtlab verify --slurm`)
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    slurm: Option<String>,
+}
+
 /// `rtlab verify`'s arguments.
 #[derive(Args)]
 struct VerifyArgs {
@@ -82,33 +115,7 @@ enum Cmd {
     /// List the external tools the stdlib uses, with versions and install commands
     Doctor,
     /// Benchmark a model on VerilogEval-style problems: pass@k, rates by category, recorded as a run
-    Bench {
-        /// A model name, or the base URL of an OpenAI-compatible server (vLLM, Ollama's /v1, llama.cpp)
-        #[arg(long)]
-        model: String,
-        /// The model name to send when --model is a URL
-        #[arg(long, default_value = "default")]
-        model_name: String,
-        /// openai, anthropic, ollama or replay (when --model is a name)
-        #[arg(long, default_value = "openai")]
-        provider: String,
-        /// A directory of ProbNNN_name_{prompt.txt,ref.sv,test.sv}
-        #[arg(long)]
-        problems: PathBuf,
-        /// Samples per problem
-        #[arg(short, default_value_t = 1)]
-        n: i64,
-        #[arg(long)]
-        temperature: Option<f64>,
-        #[arg(long, default_value_t = 0.95)]
-        top_p: f64,
-        /// Requests in flight at once
-        #[arg(long, default_value_t = 8)]
-        concurrency: i64,
-        /// Verify the samples on a Slurm cluster: `tasks=64,partition=cpu` (as `rtlab verify --slurm`)
-        #[arg(long, value_name = "KEY=VALUE,...")]
-        slurm: Option<String>,
-    },
+    Bench(BenchArgs),
     /// Verify every row of a JSONL file and write it back with the verifier's columns added
     Verify(VerifyArgs),
     /// Run one shard of a Slurm job array (what `executor: slurm(...)` submits; not for hand use)
@@ -251,27 +258,7 @@ pub fn main() -> ExitCode {
             system.as_deref(),
             name.as_deref(),
         ),
-        Some(Cmd::Bench {
-            model,
-            model_name,
-            provider,
-            problems,
-            n,
-            temperature,
-            top_p,
-            concurrency,
-            slurm,
-        }) => bench(
-            &model,
-            &model_name,
-            &provider,
-            &problems,
-            n,
-            temperature,
-            top_p,
-            concurrency,
-            slurm.as_deref(),
-        ),
+        Some(Cmd::Bench(args)) => bench(&args),
         Some(Cmd::Verify(args)) => verify_file(&args),
         Some(Cmd::Worker { dir, task }) => worker(&dir, task),
     }
@@ -405,18 +392,22 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
 }
 
 /// `rtlab bench`: the same as `benchmark(llm(...), load_verilog_eval(DIR), #{n, ...})` in a script.
-#[allow(clippy::too_many_arguments)]
-fn bench(
-    model: &str,
-    model_name: &str,
-    provider: &str,
-    problems: &Path,
-    n: i64,
-    temperature: Option<f64>,
-    top_p: f64,
-    concurrency: i64,
-    slurm: Option<&str>,
-) -> ExitCode {
+fn bench(args: &BenchArgs) -> ExitCode {
+    let BenchArgs {
+        model,
+        model_name,
+        provider,
+        problems,
+        n,
+        temperature,
+        top_p,
+        max_tokens,
+        concurrency,
+        slurm,
+    } = args;
+    let (n, top_p, max_tokens, concurrency) = (*n, *top_p, *max_tokens, *concurrency);
+    let (model, model_name, provider) = (model.as_str(), model_name.as_str(), provider.as_str());
+    let (temperature, slurm) = (*temperature, slurm.as_deref());
     if !problems.is_dir() {
         eprintln!(
             "error: {}: no such directory of problems",
@@ -427,6 +418,9 @@ fn bench(
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     rtlab_core::workspace::set_base_dir(&cwd);
+    // Building the engine registers how stdlib values display: without it the category table printed
+    // as its type name, `rtlab_data::Frame`.
+    let _engine = crate::engine::Runtime::new(&cwd);
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
     let mut model_options = rhai::Map::new();
     let (provider, name) = if model.starts_with("http://") || model.starts_with("https://") {
@@ -438,6 +432,7 @@ fn bench(
     model_options.insert("provider".into(), provider.into());
     model_options.insert("model".into(), name.into());
     model_options.insert("concurrency".into(), concurrency.into());
+    model_options.insert("max_tokens".into(), max_tokens.into());
     let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100]
         .into_iter()
         .filter(|k| *k <= n.max(1))

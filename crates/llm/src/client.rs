@@ -126,10 +126,12 @@ async fn attempt(
 }
 
 /// reqwest's error text names the URL with any query string; ours never carries keys, but keep it short.
+/// The error and its causes, without the URL reqwest puts in its own message (`error sending request
+/// for url (URL)`): the caller names the URL once, in front.
 fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "");
+    if let Some(at) = s.find(" for url (") {
+        s.truncate(at);
     }
     let mut source = std::error::Error::source(e);
     while let Some(inner) = source {
