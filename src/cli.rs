@@ -393,28 +393,20 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
 
 /// `rtlab bench`: the same as `benchmark(llm(...), load_verilog_eval(DIR), #{n, ...})` in a script.
 fn bench(args: &BenchArgs) -> ExitCode {
-    let BenchArgs {
-        model,
-        model_name,
-        provider,
-        problems,
-        n,
-        temperature,
-        top_p,
-        max_tokens,
-        concurrency,
-        slurm,
-    } = args;
-    let (n, top_p, max_tokens, concurrency) = (*n, *top_p, *max_tokens, *concurrency);
-    let (model, model_name, provider) = (model.as_str(), model_name.as_str(), provider.as_str());
-    let (temperature, slurm) = (*temperature, slurm.as_deref());
-    if !problems.is_dir() {
+    if !args.problems.is_dir() {
         eprintln!(
             "error: {}: no such directory of problems",
-            problems.display()
+            args.problems.display()
         );
         return ExitCode::from(2);
     }
+    let options = match bench_options(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     rtlab_core::workspace::set_base_dir(&cwd);
@@ -422,47 +414,9 @@ fn bench(args: &BenchArgs) -> ExitCode {
     // as its type name, `rtlab_data::Frame`.
     let _engine = crate::engine::Runtime::new(&cwd);
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
-    let mut model_options = rhai::Map::new();
-    let (provider, name) = if model.starts_with("http://") || model.starts_with("https://") {
-        model_options.insert("base_url".into(), model.into());
-        ("openai", model_name)
-    } else {
-        (provider, model)
-    };
-    model_options.insert("provider".into(), provider.into());
-    model_options.insert("model".into(), name.into());
-    model_options.insert("concurrency".into(), concurrency.into());
-    model_options.insert("max_tokens".into(), max_tokens.into());
-    let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100]
-        .into_iter()
-        .filter(|k| *k <= n.max(1))
-        .collect();
-    if !ks.contains(&n.max(1)) {
-        ks.push(n.max(1));
-    }
-    let mut options = rhai::Map::new();
-    options.insert("n".into(), n.into());
-    options.insert("top_p".into(), top_p.into());
-    options.insert(
-        "k".into(),
-        rhai::Dynamic::from_array(ks.into_iter().map(rhai::Dynamic::from).collect()),
-    );
-    if let Some(t) = temperature {
-        options.insert("temperature".into(), t.into());
-    }
-    if let Some(spec) = slurm {
-        match rtlab_slurm::SlurmOptions::from_spec(spec) {
-            Ok(s) => {
-                options.insert("executor".into(), rhai::Dynamic::from(s));
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let run = rtlab_llm::Model::from_options(&model_options).and_then(|m| {
-        let problems = rtlab_data::load_verilog_eval_dir(problems).map_err(|e| e.to_string())?;
+    let run = rtlab_llm::Model::from_options(&bench_model_options(args)).and_then(|m| {
+        let problems =
+            rtlab_data::load_verilog_eval_dir(&args.problems).map_err(|e| e.to_string())?;
         rtlab_bench::run_benchmark(&m, &problems, &options)
     });
     match run {
@@ -478,6 +432,51 @@ fn bench(args: &BenchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `llm(#{...})`'s options for `rtlab bench`: a URL is an OpenAI-compatible server with
+/// `--model-name`, anything else a model name for `--provider`.
+fn bench_model_options(args: &BenchArgs) -> rhai::Map {
+    let mut options = rhai::Map::new();
+    let is_url = args.model.starts_with("http://") || args.model.starts_with("https://");
+    let (provider, name) = if is_url {
+        options.insert("base_url".into(), args.model.as_str().into());
+        ("openai", args.model_name.as_str())
+    } else {
+        (args.provider.as_str(), args.model.as_str())
+    };
+    options.insert("provider".into(), provider.into());
+    options.insert("model".into(), name.into());
+    options.insert("concurrency".into(), args.concurrency.into());
+    options.insert("max_tokens".into(), args.max_tokens.into());
+    options
+}
+
+/// `benchmark`'s options for `rtlab bench`: pass@k for k in 1, 5, 10, 20, 50, 100 up to n, and n.
+fn bench_options(args: &BenchArgs) -> Result<rhai::Map, String> {
+    let n = args.n.max(1);
+    let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100]
+        .into_iter()
+        .filter(|k| *k <= n)
+        .collect();
+    if !ks.contains(&n) {
+        ks.push(n);
+    }
+    let mut options = rhai::Map::new();
+    options.insert("n".into(), args.n.into());
+    options.insert("top_p".into(), args.top_p.into());
+    options.insert(
+        "k".into(),
+        rhai::Dynamic::from_array(ks.into_iter().map(rhai::Dynamic::from).collect()),
+    );
+    if let Some(t) = args.temperature {
+        options.insert("temperature".into(), t.into());
+    }
+    if let Some(spec) = &args.slurm {
+        let slurm = rtlab_slurm::SlurmOptions::from_spec(spec).map_err(|e| e.to_string())?;
+        options.insert("executor".into(), rhai::Dynamic::from(slurm));
+    }
+    Ok(options)
 }
 
 /// `rtlab verify`: the same as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.

@@ -8,7 +8,7 @@ use rtlab_core::store::SharedStore;
 use rtlab_data::{strings, Frame};
 use rtlab_llm::{extract_code, Message, Model};
 use rtlab_verify::batch::{verify_all, Job};
-use rtlab_verify::{Report, VerifyOptions};
+use rtlab_verify::{Report, SimStatus, VerifyOptions};
 use std::collections::BTreeMap;
 
 /// The benchmark's options, checked before any work.
@@ -230,13 +230,13 @@ struct Scores {
 /// compiles but does not build or elaborate against the testbench), `functional` (it simulates and
 /// gives wrong outputs, or hangs). None for a pass, and for a sample that was not simulated.
 pub fn failure_kind(r: &Report) -> Option<&'static str> {
-    match r.sim_status.as_str() {
-        "pass" => None,
+    match r.sim_status {
+        SimStatus::Pass => None,
         // An answer with no code at all is not simulated, and fails on syntax.
         _ if !r.syntax_ok => Some("syntax"),
-        "skipped" => None,
-        "mismatch" | "timeout" => Some("functional"),
-        _ => Some("semantic"),
+        SimStatus::Skipped => None,
+        SimStatus::Mismatch | SimStatus::Timeout => Some("functional"),
+        SimStatus::CompileErr | SimStatus::Error => Some("semantic"),
     }
 }
 
@@ -263,7 +263,7 @@ impl Scores {
             .map(|p| {
                 reports[p * n..(p + 1) * n]
                     .iter()
-                    .filter(|r| r.sim_status == "pass")
+                    .filter(|r| r.sim_status == SimStatus::Pass)
                     .count()
             })
             .collect();
@@ -464,7 +464,7 @@ fn samples_frame(
                 "sim_status".into(),
                 reports
                     .iter()
-                    .map(|r| r.sim_status.clone())
+                    .map(|r| r.sim_status.as_str())
                     .collect::<Vec<_>>(),
             ),
             Column::new(

@@ -10,7 +10,7 @@ use rhai::{Array, Dynamic, Map};
 use rtlab_data::Frame;
 use rtlab_llm::{extract_code, Message, Model};
 use rtlab_verify::batch::{verify_all, Job};
-use rtlab_verify::{mutate, verify, VerifyOptions};
+use rtlab_verify::{mutate, verify, SimStatus, VerifyOptions};
 
 const A7_TEMPLATE: &str = include_str!("../prompts/a7_testbench.md");
 const SPEC_TEMPLATE: &str = include_str!("../prompts/spec.md");
@@ -135,12 +135,87 @@ pub fn a7_testbench_impl(
     };
     sim.check_tools(true)?;
     let on_rtl = verify(rtl, &sim);
-    let passed = on_rtl.sim_status == "pass";
+    let passed = on_rtl.sim_status == SimStatus::Pass;
     let mut log = on_rtl.sim_log.clone();
     if !on_rtl.errors.is_empty() {
         log.push_str(&on_rtl.errors.join("\n"));
     }
-    // Mutants that still compile; a testbench "kills" one when it does not pass it.
+    let (compiled, killed) = kill_mutants(rtl, &tb, n_mutants, &executor)?;
+    let accepted = passed && killed >= min_killed.min(compiled.max(1));
+    let reason = if !passed {
+        format!(
+            "the testbench does not pass the RTL it was written for ({})",
+            on_rtl.sim_status
+        )
+    } else if !accepted {
+        format!("the testbench passes the RTL but fails only {killed} of {compiled} mutants (needs {min_killed})")
+    } else {
+        format!("passes the RTL and fails {killed} of {compiled} mutants")
+    };
+    Ok(A7Result {
+        testbench: tb,
+        passed,
+        log,
+        mutants: compiled,
+        killed,
+        accepted,
+        reason,
+    })
+}
+
+/// One attempt of the A7 loop: a spec from `spec`, its RTL from `rtl`, and a testbench from `tb`,
+/// judged by its mutants. `Err` says which step failed; a failed step ends the attempt.
+fn a7_attempt(
+    category: &str,
+    attempt: usize,
+    (spec_model, rtl_model, tb_model): (&Model, &Model, &Model),
+    options: &Map,
+) -> Result<(String, String, A7Result), String> {
+    let spec = ask(
+        spec_model,
+        &testbench_functions::spec_prompt(category, attempt as i64),
+    )
+    .map_err(|e| format!("spec generation failed: {e}"))?;
+    let rtl = ask(rtl_model, &testbench_functions::rtl_prompt(&spec))
+        .map(|r| extract_code(&r))
+        .map_err(|e| format!("RTL generation failed: {e}"))?;
+    let mut tb_opts = options.clone();
+    tb_opts.insert("category".into(), category.to_string().into());
+    let verdict = a7_testbench_impl(&spec, &rtl, tb_model, &tb_opts)
+        .map_err(|e| format!("A7 generation failed: {e}"))?;
+    Ok((spec, rtl, verdict))
+}
+
+/// An accepted attempt as a dataset row, with the V5 plan's metadata; `a7_model` is the model that
+/// really wrote the testbench.
+fn verified_row(category: &str, spec: &str, rtl: String, r: A7Result, tb_model: &Model) -> Dynamic {
+    let meta = serde_json::json!({
+        "source": "v5_a7_verified",
+        "category": category,
+        "functional": "verified",
+        "testbench_type": "a7_llm_generated",
+        "sim_passed": true,
+        "compile_success": true,
+        "a7_model": tb_model.cfg.model,
+        "mutation_score": if r.mutants > 0 { r.killed as f64 / r.mutants as f64 } else { 0.0 },
+    });
+    let mut row = Map::new();
+    row.insert("instruction".into(), spec.trim().to_string().into());
+    row.insert("input".into(), "".into());
+    row.insert("output".into(), rtl.into());
+    row.insert("testbench".into(), r.testbench.into());
+    row.insert("metadata".into(), rtlab_data::json_to_dynamic(meta));
+    Dynamic::from_map(row)
+}
+
+/// Runs the testbench `tb` against up to `n_mutants` mutants of `rtl`: how many mutants compiled, and
+/// how many of those it kills (a testbench "kills" a mutant when it does not pass it).
+fn kill_mutants(
+    rtl: &str,
+    tb: &str,
+    n_mutants: usize,
+    executor: &rtlab_slurm::Executor,
+) -> Result<(usize, usize), String> {
     let mutants = if n_mutants == 0 {
         Vec::new()
     } else {
@@ -150,7 +225,7 @@ pub fn a7_testbench_impl(
         .iter()
         .map(|m| Job {
             code: m.code.clone(),
-            testbench: Some(tb.clone()),
+            testbench: Some(tb.to_string()),
             reference: None,
             top: None,
         })
@@ -164,33 +239,14 @@ pub fn a7_testbench_impl(
             ..VerifyOptions::default()
         },
         store.as_deref(),
-        &executor,
+        executor,
     )?;
     let compiled: Vec<_> = reports.iter().filter(|r| r.syntax_ok).collect();
-    let killed = compiled.iter().filter(|r| r.sim_status != "pass").count();
-    let accepted = passed && killed >= min_killed.min(compiled.len().max(1));
-    let reason = if !passed {
-        format!(
-            "the testbench does not pass the RTL it was written for ({})",
-            on_rtl.sim_status
-        )
-    } else if !accepted {
-        format!("the testbench passes the RTL but fails only {killed} of {} mutants (needs {min_killed})", compiled.len())
-    } else {
-        format!(
-            "passes the RTL and fails {killed} of {} mutants",
-            compiled.len()
-        )
-    };
-    Ok(A7Result {
-        testbench: tb,
-        passed,
-        log,
-        mutants: compiled.len(),
-        killed,
-        accepted,
-        reason,
-    })
+    let killed = compiled
+        .iter()
+        .filter(|r| r.sim_status != SimStatus::Pass)
+        .count();
+    Ok((compiled.len(), killed))
 }
 
 fn model_opt(options: &Map, key: &str) -> Result<Model, String> {
@@ -285,58 +341,22 @@ mod testbench_functions {
                     return Err("generate_verified: cancelled by Ctrl-C (model answers so far are recorded)".into());
                 }
                 attempts += 1;
-                let spec = match ask(&spec_model, &spec_prompt(category, attempts as i64)) {
-                    Ok(s) => s,
-                    Err(e) => {
+                let models = (&spec_model, &rtl_model, &tb_model);
+                match a7_attempt(category.as_str(), attempts, models, &options) {
+                    Err(step_failed) => {
+                        rtlab_core::emit_line(&format!("  [{attempts}] {step_failed}"));
+                    }
+                    Ok((spec, rtl, r)) if r.accepted => {
+                        passed += 1;
                         rtlab_core::emit_line(&format!(
-                            "  [{attempts}] spec generation failed: {e}"
+                            "  [{attempts}] ✅ accepted ({passed}/{target}): {}",
+                            r.reason
                         ));
-                        continue;
+                        rows.push(verified_row(category.as_str(), &spec, rtl, r, &tb_model));
                     }
-                };
-                let rtl = match ask(&rtl_model, &rtl_prompt(&spec)) {
-                    Ok(r) => extract_code(&r),
-                    Err(e) => {
-                        rtlab_core::emit_line(&format!(
-                            "  [{attempts}] RTL generation failed: {e}"
-                        ));
-                        continue;
+                    Ok((_, _, r)) => {
+                        rtlab_core::emit_line(&format!("  [{attempts}] ❌ rejected: {}", r.reason));
                     }
-                };
-                let mut tb_opts = options.clone();
-                tb_opts.insert("category".into(), category.to_string().into());
-                let r = match a7_testbench_impl(&spec, &rtl, &tb_model, &tb_opts) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        rtlab_core::emit_line(&format!("  [{attempts}] A7 generation failed: {e}"));
-                        continue;
-                    }
-                };
-                if r.accepted {
-                    passed += 1;
-                    rtlab_core::emit_line(&format!(
-                        "  [{attempts}] ✅ accepted ({passed}/{target}): {}",
-                        r.reason
-                    ));
-                    let meta = serde_json::json!({
-                        "source": "v5_a7_verified",
-                        "category": category.to_string(),
-                        "functional": "verified",
-                        "testbench_type": "a7_llm_generated",
-                        "sim_passed": true,
-                        "compile_success": true,
-                        "a7_model": tb_model.cfg.model,
-                        "mutation_score": if r.mutants > 0 { r.killed as f64 / r.mutants as f64 } else { 0.0 },
-                    });
-                    let mut row = Map::new();
-                    row.insert("instruction".into(), spec.trim().to_string().into());
-                    row.insert("input".into(), "".into());
-                    row.insert("output".into(), rtl.into());
-                    row.insert("testbench".into(), r.testbench.into());
-                    row.insert("metadata".into(), rtlab_data::json_to_dynamic(meta));
-                    rows.push(Dynamic::from_map(row));
-                } else {
-                    rtlab_core::emit_line(&format!("  [{attempts}] ❌ rejected: {}", r.reason));
                 }
             }
             let pct = if attempts > 0 {

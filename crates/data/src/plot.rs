@@ -158,6 +158,7 @@ impl Plot {
     }
 }
 
+/// The plot as an SVG document: title, axes with a value grid, and the bars or the line.
 fn render_svg(kind: &Kind, title: &str, labels: &[String], values: &[f64]) -> String {
     let plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT;
     let plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM;
@@ -171,25 +172,7 @@ fn render_svg(kind: &Kind, title: &str, labels: &[String], values: &[f64]) -> St
         WIDTH / 2.0,
         escape(title)
     );
-    // Axes and 5 horizontal grid lines with their values.
-    for i in 0..=4 {
-        let v = min + span * i as f64 / 4.0;
-        let y = y_of(v);
-        svg.push_str(&format!(
-            "<line x1=\"{MARGIN_LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e5e5e5\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
-            WIDTH - MARGIN_RIGHT,
-            MARGIN_LEFT - 6.0,
-            y + 4.0,
-            fmt_num(v)
-        ));
-    }
-    svg.push_str(&format!(
-        "<line x1=\"{MARGIN_LEFT}\" y1=\"{MARGIN_TOP}\" x2=\"{MARGIN_LEFT}\" y2=\"{:.1}\" stroke=\"#333\"/>\n<line x1=\"{MARGIN_LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\n",
-        MARGIN_TOP + plot_h,
-        MARGIN_TOP + plot_h,
-        WIDTH - MARGIN_RIGHT,
-        MARGIN_TOP + plot_h
-    ));
+    svg.push_str(&axes_svg(min, span, plot_h, &y_of));
     let n = values.len().max(1) as f64;
     let step = plot_w / n;
     // Label every k-th point so x labels never overlap.
@@ -241,6 +224,30 @@ fn render_svg(kind: &Kind, title: &str, labels: &[String], values: &[f64]) -> St
         }
     }
     svg.push_str("</svg>\n");
+    svg
+}
+
+/// The axes, and 5 horizontal grid lines with their values.
+fn axes_svg(min: f64, span: f64, plot_h: f64, y_of: &dyn Fn(f64) -> f64) -> String {
+    let mut svg = String::new();
+    for i in 0..=4 {
+        let v = min + span * i as f64 / 4.0;
+        let y = y_of(v);
+        svg.push_str(&format!(
+            "<line x1=\"{MARGIN_LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e5e5e5\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            WIDTH - MARGIN_RIGHT,
+            MARGIN_LEFT - 6.0,
+            y + 4.0,
+            fmt_num(v)
+        ));
+    }
+    svg.push_str(&format!(
+        "<line x1=\"{MARGIN_LEFT}\" y1=\"{MARGIN_TOP}\" x2=\"{MARGIN_LEFT}\" y2=\"{:.1}\" stroke=\"#333\"/>\n<line x1=\"{MARGIN_LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\n",
+        MARGIN_TOP + plot_h,
+        MARGIN_TOP + plot_h,
+        WIDTH - MARGIN_RIGHT,
+        MARGIN_TOP + plot_h
+    ));
     svg
 }
 

@@ -37,6 +37,8 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_secs_f64((base * jitter).min(30.0))
 }
 
+/// One try of a request: the reply, or a fault to retry (a 429, a 5xx, a timeout, a broken or malformed
+/// body) or to fail on at once (any other 4xx, an answer without the text).
 async fn attempt(
     client: &reqwest::Client,
     ep: &Endpoint,
@@ -45,17 +47,7 @@ async fn attempt(
 ) -> Attempt {
     let (path, body) = request(ep.provider, &ep.model, messages, s);
     let url = format!("{}{}", ep.base_url.trim_end_matches('/'), path);
-    let mut req = client.post(&url).timeout(ep.timeout).json(&body);
-    if let Some(var) = &ep.api_key_env {
-        if let Ok(key) = std::env::var(var) {
-            req = match ep.provider {
-                Provider::Anthropic => req
-                    .header("x-api-key", key)
-                    .header("anthropic-version", "2023-06-01"),
-                _ => req.bearer_auth(key),
-            };
-        }
-    }
+    let req = with_api_key(client.post(&url).timeout(ep.timeout).json(&body), ep);
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
@@ -95,21 +87,46 @@ async fn attempt(
         );
     }
     if !status.is_success() {
-        let hint = if status.as_u16() == 401 || status.as_u16() == 403 {
-            match &ep.api_key_env {
-                Some(v) => format!(" (check the API key in ${v})"),
-                None => " (this provider needs api_key_env)".to_string(),
-            }
-        } else {
-            String::new()
-        };
-        return Attempt::Fail(format!("{url} answered {status}{hint}: {}", snippet(&text)));
+        return Attempt::Fail(format!(
+            "{url} answered {status}{}: {}",
+            auth_hint(status, ep),
+            snippet(&text)
+        ));
     }
-    let json: serde_json::Value = match serde_json::from_str(&text) {
+    reply(&url, ep, &text)
+}
+
+/// The request with the key from `api_key_env`, in the header the provider reads.
+fn with_api_key(req: reqwest::RequestBuilder, ep: &Endpoint) -> reqwest::RequestBuilder {
+    let Some(key) = ep.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()) else {
+        return req;
+    };
+    match ep.provider {
+        Provider::Anthropic => req
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01"),
+        _ => req.bearer_auth(key),
+    }
+}
+
+/// What to check after a 401 or 403: the variable the key comes from (named, never its value).
+fn auth_hint(status: reqwest::StatusCode, ep: &Endpoint) -> String {
+    if status.as_u16() != 401 && status.as_u16() != 403 {
+        return String::new();
+    }
+    match &ep.api_key_env {
+        Some(v) => format!(" (check the API key in ${v})"),
+        None => " (this provider needs api_key_env)".to_string(),
+    }
+}
+
+/// A 2xx body as the provider's reply: malformed JSON is retried, JSON without the answer fails.
+fn reply(url: &str, ep: &Endpoint, text: &str) -> Attempt {
+    let json: serde_json::Value = match serde_json::from_str(text) {
         Ok(j) => j,
         Err(e) => {
             return Attempt::Retry(
-                format!("{url} sent malformed JSON ({e}): {}", snippet(&text)),
+                format!("{url} sent malformed JSON ({e}): {}", snippet(text)),
                 None,
             )
         }
@@ -125,7 +142,6 @@ async fn attempt(
     }
 }
 
-/// reqwest's error text names the URL with any query string; ours never carries keys, but keep it short.
 /// The error and its causes, without the URL reqwest puts in its own message (`error sending request
 /// for url (URL)`): the caller names the URL once, in front.
 fn without_url(e: &reqwest::Error) -> String {

@@ -461,14 +461,7 @@ impl Model {
         let bar = progress_bar(todo.len() as u64);
         let mut out = Vec::new();
         // The samples of one prompt decode as one batch (prefilled once); prompts go one after another.
-        let mut groups: Vec<(&Vec<Message>, Vec<usize>)> = Vec::new();
-        for &i in todo {
-            let messages = &requests[i].0;
-            match groups.iter_mut().find(|(m, _)| *m == messages) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((messages, vec![i])),
-            }
-        }
+        let groups = group_by_prompt(requests, todo);
         let options = rtlab_train::generate::GenOptions {
             max_tokens: self.cfg.max_tokens.max(0) as usize,
             temperature: self.cfg.temperature,
@@ -486,29 +479,16 @@ impl Model {
                 .join("\n\n");
             // The sample index seeds each sample's sampler, so a rerun repeats it.
             let seeds: Vec<u64> = members.iter().map(|&i| requests[i].1 as u64).collect();
-            let answers: Vec<Result<String, String>> =
+            let answers: Vec<Result<rtlab_train::generate::Answer, String>> =
                 match model.answer_batch(&prompt, &options, &seeds) {
-                    Ok(texts) => texts.into_iter().map(Ok).collect(),
+                    Ok(answers) => answers.into_iter().map(Ok).collect(),
                     Err(e) => vec![Err(e.to_string()); members.len()],
                 };
             for (&i, answer) in members.iter().zip(answers) {
-                if let Ok(text) = &answer {
-                    if let Ok(mut u) = self.usage.lock() {
-                        u.requests += 1;
-                    }
-                    if let Some(store) = store {
-                        let rec = Recorded {
-                            key: keys[i].clone(),
-                            model: self.cfg.model.clone(),
-                            request: serde_json::to_string(messages).unwrap_or_default(),
-                            response: text.clone(),
-                            prompt_tokens: 0,
-                            completion_tokens: 0,
-                        };
-                        record(store, &rec, &self.usage);
-                    }
+                if let Ok(a) = &answer {
+                    self.count_and_record(a, &keys[i], messages, store.map(|s| s.as_ref()));
                 }
-                out.push((i, answer));
+                out.push((i, answer.map(|a| a.text)));
                 if let Some(b) = &bar {
                     b.inc(1);
                 }
@@ -519,6 +499,50 @@ impl Model {
         }
         out
     }
+
+    /// Counts a local answer as a server's `usage` counts one, and records it under its request key.
+    /// The prefill is shared by the batch, but each sample is billed its prompt, as n requests would be.
+    fn count_and_record(
+        &self,
+        answer: &rtlab_train::generate::Answer,
+        key: &str,
+        messages: &[Message],
+        store: Option<&Mutex<Store>>,
+    ) {
+        if let Ok(mut u) = self.usage.lock() {
+            u.requests += 1;
+            u.prompt_tokens += answer.prompt_tokens as i64;
+            u.completion_tokens += answer.completion_tokens as i64;
+        }
+        if let Some(store) = store {
+            let rec = Recorded {
+                key: key.to_string(),
+                model: self.cfg.model.clone(),
+                request: serde_json::to_string(messages).unwrap_or_default(),
+                response: answer.text.clone(),
+                prompt_tokens: answer.prompt_tokens as i64,
+                completion_tokens: answer.completion_tokens as i64,
+            };
+            record(store, &rec, &self.usage);
+        }
+    }
+}
+
+/// The requests in `todo` grouped by their messages, in first-seen order: each group is the samples
+/// of one prompt.
+fn group_by_prompt<'a>(
+    requests: &'a [(Vec<Message>, usize)],
+    todo: &[usize],
+) -> Vec<(&'a Vec<Message>, Vec<usize>)> {
+    let mut groups: Vec<(&Vec<Message>, Vec<usize>)> = Vec::new();
+    for &i in todo {
+        let messages = &requests[i].0;
+        match groups.iter_mut().find(|(m, _)| *m == messages) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((messages, vec![i])),
+        }
+    }
+    groups
 }
 
 /// A progress bar (rate, ETA) on stderr when it is a terminal; none in pipes, logs and tests.

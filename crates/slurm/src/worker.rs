@@ -22,25 +22,7 @@ pub fn worker_main(
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "this node".into());
-    let job_path = dir.join("job.json");
-    let bytes = std::fs::read(&job_path).map_err(|e| {
-        format!(
-            "rtlab worker on {host}: cannot read {} ({e}): the job directory must be on a filesystem every node shares",
-            job_path.display()
-        )
-    })?;
-    let job: JobRecord = serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "rtlab worker: {} is not a job record: {e}",
-            job_path.display()
-        )
-    })?;
-    if task >= job.shards {
-        return Err(format!(
-            "rtlab worker: task {task} is past the job's {} shards",
-            job.shards
-        ));
-    }
+    let job = read_job(dir, task, &host)?;
     // One marker per start, named by the Slurm job: how many times each shard ran.
     let slurm_job = std::env::var("SLURM_ARRAY_JOB_ID")
         .or_else(|_| std::env::var("SLURM_JOB_ID"))
@@ -48,21 +30,7 @@ pub fn worker_main(
     let marker = dir.join(format!("runs/{task}.{slurm_job}"));
     std::fs::write(&marker, &host)
         .map_err(|e| format!("rtlab worker: cannot write {}: {e}", marker.display()))?;
-    if let Ok(fault) = std::env::var("RTLAB_SLURM_FAULT") {
-        for f in fault.split(',') {
-            if f.strip_prefix("fail=")
-                .and_then(|k| k.parse::<usize>().ok())
-                == Some(task)
-            {
-                return Err(format!(
-                    "rtlab worker: shard {task} failed on purpose (RTLAB_SLURM_FAULT={fault})"
-                ));
-            }
-            if let Some(ms) = f.strip_prefix("slow=").and_then(|m| m.parse::<u64>().ok()) {
-                std::thread::sleep(std::time::Duration::from_millis(ms));
-            }
-        }
-    }
+    inject_test_faults(task)?;
     let run = runner(&job.kind).ok_or_else(|| {
         format!(
             "rtlab worker: this rtlab cannot run {:?} batches (is the worker binary older than the driver?)",
@@ -96,4 +64,50 @@ pub fn worker_main(
     rtlab_core::workspace::write_atomic(&part_path, &bytes)
         .map_err(|e| format!("rtlab worker: cannot write {}: {e}", part_path.display()))?;
     Ok(part.len())
+}
+
+/// The job record in `dir`, checked to have shard `task`.
+fn read_job(dir: &Path, task: usize, host: &str) -> Result<JobRecord, String> {
+    let job_path = dir.join("job.json");
+    let bytes = std::fs::read(&job_path).map_err(|e| {
+        format!(
+            "rtlab worker on {host}: cannot read {} ({e}): the job directory must be on a filesystem every node shares",
+            job_path.display()
+        )
+    })?;
+    let job: JobRecord = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "rtlab worker: {} is not a job record: {e}",
+            job_path.display()
+        )
+    })?;
+    if task >= job.shards {
+        return Err(format!(
+            "rtlab worker: task {task} is past the job's {} shards",
+            job.shards
+        ));
+    }
+    Ok(job)
+}
+
+/// `RTLAB_SLURM_FAULT` (rtlab's own tests of the driver): `fail=K` fails shard K before any work,
+/// `slow=MS` sleeps before each shard.
+fn inject_test_faults(task: usize) -> Result<(), String> {
+    let Ok(fault) = std::env::var("RTLAB_SLURM_FAULT") else {
+        return Ok(());
+    };
+    for f in fault.split(',') {
+        if f.strip_prefix("fail=")
+            .and_then(|k| k.parse::<usize>().ok())
+            == Some(task)
+        {
+            return Err(format!(
+                "rtlab worker: shard {task} failed on purpose (RTLAB_SLURM_FAULT={fault})"
+            ));
+        }
+        if let Some(ms) = f.strip_prefix("slow=").and_then(|m| m.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+    Ok(())
 }

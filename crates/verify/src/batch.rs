@@ -231,7 +231,7 @@ fn verify_checked(
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| Report {
-                sim_status: "error".into(),
+                sim_status: crate::SimStatus::Error,
                 errors: vec!["cancelled by Ctrl-C before this row ran".into()],
                 ..Report::default()
             })

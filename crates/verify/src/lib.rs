@@ -362,6 +362,45 @@ pub fn is_module_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
+/// How the simulation of an example ended. Scripts and stored reports see it as a string (`"pass"`,
+/// `"mismatch"`, `"compile_err"`, `"timeout"`, `"error"`, `"skipped"`), the names serde writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimStatus {
+    /// The testbench ran and passed.
+    Pass,
+    /// The testbench ran and found wrong outputs.
+    Mismatch,
+    /// The design and the testbench do not compile together.
+    CompileErr,
+    /// The simulation ran past its time limit.
+    Timeout,
+    /// The simulator could not be run, or ended without a verdict.
+    Error,
+    /// No simulation ran (no testbench, or the stage was not asked for).
+    #[default]
+    Skipped,
+}
+
+impl SimStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SimStatus::Pass => "pass",
+            SimStatus::Mismatch => "mismatch",
+            SimStatus::CompileErr => "compile_err",
+            SimStatus::Timeout => "timeout",
+            SimStatus::Error => "error",
+            SimStatus::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for SimStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The verdict on one example.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
@@ -371,8 +410,7 @@ pub struct Report {
     pub unused_inputs: Vec<String>,
     pub undriven_outputs: Vec<String>,
     pub lint: Vec<String>,
-    /// pass, mismatch, compile_err, timeout, error or skipped.
-    pub sim_status: String,
+    pub sim_status: SimStatus,
     pub mismatches: Option<i64>,
     pub samples: Option<i64>,
     pub functional: Option<bool>,

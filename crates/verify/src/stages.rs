@@ -3,8 +3,8 @@
 
 use super::process::{run_tool, Ended, Limits, Outcome};
 use super::{
-    difftb, sandbox, tool_versions, verilator_ports, yosys, Report, Simulator, Tool, VerifyOptions,
-    IVERILOG, VERILATOR, VVP, YOSYS,
+    difftb, sandbox, tool_versions, verilator_ports, yosys, Report, SimStatus, Simulator, Tool,
+    VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -187,7 +187,7 @@ fn compile_failure_class(log: &str) -> &'static str {
 /// stage, which then scores 0.
 pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
     let mut r = Report {
-        sim_status: "skipped".to_string(),
+        sim_status: SimStatus::Skipped,
         ..Report::default()
     };
     if code.trim().is_empty() {
@@ -198,7 +198,7 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
         Ok(scratch) => scratch,
         Err(why) => {
             r.errors.push(why);
-            r.sim_status = "error".to_string();
+            r.sim_status = SimStatus::Error;
             return finish(r, opts);
         }
     };
@@ -232,7 +232,7 @@ fn run_stages(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path) {
     if !r.syntax_ok {
         if opts.wants("sim") && simulates(opts) {
             // The sample does not compile: for a benchmark that is a failed simulation, with its class.
-            r.sim_status = "compile_err".into();
+            r.sim_status = SimStatus::CompileErr;
             r.functional = Some(false);
             r.failure_class = Some(compile_failure_class(&r.errors.join("\n")).to_string());
         }
@@ -537,14 +537,14 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
         _ => available(&IVERILOG, r, "sim") && available(&VVP, r, "sim"),
     };
     if !ready {
-        r.sim_status = "error".into();
+        r.sim_status = SimStatus::Error;
         r.functional = Some(false);
         return;
     }
     let files = match write_sim_files(r, code, opts, dir, top) {
         Ok(files) => files,
         Err(e) => {
-            r.sim_status = "error".into();
+            r.sim_status = SimStatus::Error;
             r.errors.push(e);
             return;
         }
@@ -692,7 +692,7 @@ fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
     let error = match &o.ended {
         Ended::Exited(_) => None,
         Ended::TimedOut => {
-            r.sim_status = "timeout".into();
+            r.sim_status = SimStatus::Timeout;
             r.failure_class = Some("T".into());
             r.functional = Some(false);
             timed_out(r, "sim", "the simulation", opts.timeouts.sim);
@@ -709,12 +709,16 @@ fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
     let verdict = parse_verdict(&o.output);
     match (error, verdict) {
         (Some(error), _) => {
-            r.sim_status = "error".into();
+            r.sim_status = SimStatus::Error;
             r.functional = Some(false);
             r.errors.push(error);
         }
         (None, Some((pass, mismatches, samples))) => {
-            r.sim_status = if pass { "pass" } else { "mismatch" }.into();
+            r.sim_status = if pass {
+                SimStatus::Pass
+            } else {
+                SimStatus::Mismatch
+            };
             r.functional = Some(pass);
             r.mismatches = mismatches;
             r.samples = samples;
@@ -723,7 +727,7 @@ fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
             }
         }
         (None, None) => {
-            r.sim_status = "error".into();
+            r.sim_status = SimStatus::Error;
             r.functional = Some(false);
             r.errors.push("the testbench printed no verdict (no `Mismatches: N in M samples`, `TEST PASSED`/`TEST FAILED` or `Your Design Passed`)".into());
         }
@@ -805,14 +809,14 @@ fn compile_failed(r: &mut Report, build: &Outcome) {
     r.functional = Some(false);
     r.sim_log = build.output.chars().take(4000).collect();
     if build.ended == Ended::TimedOut {
-        r.sim_status = "timeout".into();
+        r.sim_status = SimStatus::Timeout;
         r.failure_class = Some("T".into());
         r.timed_out.push("sim".into());
         r.errors
             .push("sim: the testbench did not compile in time (raise timeouts.sim)".into());
         return;
     }
-    r.sim_status = "compile_err".into();
+    r.sim_status = SimStatus::CompileErr;
     r.failure_class = Some(compile_failure_class(&build.output).to_string());
     let tool = r.simulator.clone().unwrap_or_else(|| "iverilog".into());
     r.errors.extend(
@@ -836,6 +840,50 @@ fn only_unsupported(output: &str) -> bool {
     sorry
 }
 
+/// Writes the two sides of the equivalence miter into `dir`: the reference's top renamed
+/// `RefModule` (`eq_ref.sv`) and the design's top renamed `TopModule` (`eq_dut.sv`).
+fn write_miter_inputs(
+    code: &str,
+    reference: &str,
+    opts: &VerifyOptions,
+    dir: &Path,
+    top: Option<&str>,
+) -> Result<(), String> {
+    let quick = limits(opts.timeouts.synth);
+    std::fs::write(dir.join("eq_ref_orig.sv"), yosys_friendly(reference))
+        .map_err(|e| e.to_string())?;
+    let o = run_tool(
+        "yosys",
+        &[
+            "-q",
+            "-p",
+            "read_verilog -sv eq_ref_orig.sv; hierarchy -auto-top; proc; write_json eq_ref.json",
+        ],
+        dir,
+        quick,
+    );
+    let json = std::fs::read_to_string(dir.join("eq_ref.json")).map_err(|_| {
+        format!(
+            "the reference does not elaborate in Yosys: {}",
+            lines_matching(&o.output, &["error"]).join("; ")
+        )
+    })?;
+    let ref_top = yosys::analyze(&json)?.top;
+    let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
+    std::fs::write(
+        dir.join("eq_ref.sv"),
+        rename_module(&yosys_friendly(reference), &ref_top, "RefModule"),
+    )
+    .map_err(|e| e.to_string())?;
+    let dut = if dut_top == "TopModule" {
+        yosys_friendly(code)
+    } else {
+        rename_module(&yosys_friendly(code), dut_top, "TopModule")
+    };
+    std::fs::write(dir.join("eq_dut.sv"), dut).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Proves the design equivalent to the reference with Yosys: a miter of the two (outputs compared,
 /// `x` in the reference a don't-care), then `sat -tempinduct` from an all-zero initial state. A failed
 /// base case is a real counterexample ("different"); an induction that does not close within 20 steps
@@ -848,33 +896,7 @@ fn equivalence(
     dir: &Path,
     top: Option<&str>,
 ) {
-    let quick = limits(opts.timeouts.synth);
-    let prepared: Result<(), String> = (|| {
-        std::fs::write(dir.join("eq_ref_orig.sv"), yosys_friendly(reference))
-            .map_err(|e| e.to_string())?;
-        let o = run_tool("yosys", &["-q", "-p", "read_verilog -sv eq_ref_orig.sv; hierarchy -auto-top; proc; write_json eq_ref.json"], dir, quick);
-        let json = std::fs::read_to_string(dir.join("eq_ref.json")).map_err(|_| {
-            format!(
-                "the reference does not elaborate in Yosys: {}",
-                lines_matching(&o.output, &["error"]).join("; ")
-            )
-        })?;
-        let ref_top = yosys::analyze(&json)?.top;
-        let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
-        std::fs::write(
-            dir.join("eq_ref.sv"),
-            rename_module(&yosys_friendly(reference), &ref_top, "RefModule"),
-        )
-        .map_err(|e| e.to_string())?;
-        let dut = if dut_top == "TopModule" {
-            yosys_friendly(code)
-        } else {
-            rename_module(&yosys_friendly(code), dut_top, "TopModule")
-        };
-        std::fs::write(dir.join("eq_dut.sv"), dut).map_err(|e| e.to_string())?;
-        Ok(())
-    })();
-    if let Err(e) = prepared {
+    if let Err(e) = write_miter_inputs(code, reference, opts, dir, top) {
         r.equiv = Some("unknown".into());
         r.warnings.push(format!("equiv: {e}"));
         return;

@@ -46,6 +46,31 @@ type XmlModule = (String, bool, Vec<(String, String, String)>);
 
 /// The first `topModule` (else the first module) of Verilator's XML, with its ports.
 fn parse(xml: &str) -> Result<(String, Vec<Port>), String> {
+    let (modules, widths) = read_xml(xml)?;
+    let module = modules
+        .iter()
+        .find(|m| m.1)
+        .or(modules.first())
+        .ok_or("Verilator's XML names no module")?;
+    let ports = module
+        .2
+        .iter()
+        .map(|(name, dir, dtype)| {
+            let width = *widths.get(dtype).ok_or_else(|| {
+                format!("port {name} has a type the differential testbench cannot drive")
+            })?;
+            match dir.as_str() {
+                "input" => Ok(Port { name: name.clone(), input: true, width }),
+                "output" => Ok(Port { name: name.clone(), input: false, width }),
+                other => Err(format!("port {name} is {other}: the differential testbench drives inputs and reads outputs only")),
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((module.0.clone(), ports))
+}
+
+/// The modules of Verilator's XML with their ports, and the width of every basic dtype by id.
+fn read_xml(xml: &str) -> Result<(Vec<XmlModule>, HashMap<String, usize>), String> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut modules: Vec<XmlModule> = Vec::new();
     // dtype id → width.
@@ -110,26 +135,7 @@ fn parse(xml: &str) -> Result<(String, Vec<Port>), String> {
             depth += 1;
         }
     }
-    let module = modules
-        .iter()
-        .find(|m| m.1)
-        .or(modules.first())
-        .ok_or("Verilator's XML names no module")?;
-    let ports = module
-        .2
-        .iter()
-        .map(|(name, dir, dtype)| {
-            let width = *widths.get(dtype).ok_or_else(|| {
-                format!("port {name} has a type the differential testbench cannot drive")
-            })?;
-            match dir.as_str() {
-                "input" => Ok(Port { name: name.clone(), input: true, width }),
-                "output" => Ok(Port { name: name.clone(), input: false, width }),
-                other => Err(format!("port {name} is {other}: the differential testbench drives inputs and reads outputs only")),
-            }
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok((module.0.clone(), ports))
+    Ok((modules, widths))
 }
 
 #[cfg(test)]
