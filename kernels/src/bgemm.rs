@@ -3,9 +3,11 @@
 //! Each operand is addressed through an [`Operand`]: element `(i, j)` of batch `z` lives at
 //! `base + (z / zi) · outer + ((z % zi) / div) · inner + i · rs + j · cs`, so one launch covers
 //! attention over (sequence, head) with heads interleaved in the token rows, transposes (swap
-//! `rs`/`cs`) and grouped-query attention (`div` = query heads per key/value head). The tile
-//! scheme is the one of [`crate::matmul`]: 64×64 outputs per cube, 16×16 units, K in slices of 16,
-//! one cube layer per batch entry (`CUBE_POS_Z`).
+//! `rs`/`cs`) and grouped-query attention (`div` = query heads per key/value head). A plain matrix
+//! product ([`crate::matmul`]) is a batch of one. Each cube computes a 64×64 tile of C with 16×16
+//! units, each unit a 4×4 block of outputs, stepping through K in slices of 16 staged in shared
+//! memory; one cube layer per batch entry (`CUBE_POS_Z`). Out-of-range rows, columns and K are
+//! loaded as zeros and never stored, so any shape works.
 
 use cubecl::prelude::*;
 
