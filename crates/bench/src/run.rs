@@ -304,8 +304,8 @@ impl Scores {
         let categories = categories_frame(&category_rates)?;
 
         let mut classes: BTreeMap<String, i64> = BTreeMap::new();
-        for class in reports.iter().filter_map(|r| r.failure_class.as_ref()) {
-            *classes.entry(class.clone()).or_default() += 1;
+        for class in reports.iter().filter_map(|r| r.failure_class) {
+            *classes.entry(class.as_str().to_string()).or_default() += 1;
         }
         let all: Vec<&Report> = reports.iter().collect();
         let mut summary: serde_json::Map<String, serde_json::Value> = rates(&all)

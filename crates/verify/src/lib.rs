@@ -401,6 +401,57 @@ impl std::fmt::Display for SimStatus {
     }
 }
 
+/// VerilogEval's classes of a failed example, by the letters its analysis uses (what scripts and
+/// stored reports see), plus `mismatch` for a design that runs and gives wrong outputs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum FailureClass {
+    /// `S`: a syntax error.
+    #[serde(rename = "S")]
+    Syntax,
+    /// `C`: another compile error.
+    #[serde(rename = "C")]
+    Compile,
+    /// `m`: an unknown module type.
+    #[serde(rename = "m")]
+    UnknownModule,
+    /// `p`: a port the testbench binds does not exist.
+    #[serde(rename = "p")]
+    PortBinding,
+    /// `c`: the clock port does not bind.
+    #[serde(rename = "c")]
+    ClockBinding,
+    /// `e`: a cast the compiler rejects.
+    #[serde(rename = "e")]
+    Cast,
+    /// `n`: a bad numeric constant.
+    #[serde(rename = "n")]
+    NumericConstant,
+    /// `T`: the simulation timed out.
+    #[serde(rename = "T")]
+    Timeout,
+    /// The design runs and gives wrong outputs.
+    #[serde(rename = "mismatch")]
+    Mismatch,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Syntax => "S",
+            FailureClass::Compile => "C",
+            FailureClass::UnknownModule => "m",
+            FailureClass::PortBinding => "p",
+            FailureClass::ClockBinding => "c",
+            FailureClass::Cast => "e",
+            FailureClass::NumericConstant => "n",
+            FailureClass::Timeout => "T",
+            FailureClass::Mismatch => "mismatch",
+        }
+    }
+}
+
 /// The verdict on one example.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
@@ -414,8 +465,8 @@ pub struct Report {
     pub mismatches: Option<i64>,
     pub samples: Option<i64>,
     pub functional: Option<bool>,
-    /// VerilogEval's failure class of a failed simulation (S, C, m, p, c, e, n, T, or mismatch).
-    pub failure_class: Option<String>,
+    /// VerilogEval's failure class of a failed simulation.
+    pub failure_class: Option<FailureClass>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
     /// The weighted mean over exactly the stages in `stages` (see [`Weights`]).

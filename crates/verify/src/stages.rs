@@ -3,8 +3,8 @@
 
 use super::process::{run_tool, Ended, Limits, Outcome};
 use super::{
-    difftb, sandbox, tool_versions, verilator_ports, yosys, Report, SimStatus, Simulator, Tool,
-    VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
+    difftb, sandbox, tool_versions, verilator_ports, yosys, FailureClass, Report, SimStatus,
+    Simulator, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -162,23 +162,23 @@ pub fn scan_identifiers(code: &str, mut found: impl FnMut(usize, usize)) {
     }
 }
 
-/// VerilogEval's failure classes for compile errors.
-fn compile_failure_class(log: &str) -> &'static str {
+/// VerilogEval's failure class of a compile error, from the compiler's log.
+fn compile_failure_class(log: &str) -> FailureClass {
     let l = log.to_lowercase();
     if l.contains("syntax error") {
-        "S"
+        FailureClass::Syntax
     } else if l.contains("unknown module type") {
-        "m"
+        FailureClass::UnknownModule
     } else if l.contains("unable to bind") && (l.contains("`clk'") || l.contains("clk")) {
-        "c"
+        FailureClass::ClockBinding
     } else if l.contains("unable to bind") {
-        "p"
+        FailureClass::PortBinding
     } else if l.contains("cast") {
-        "e"
+        FailureClass::Cast
     } else if l.contains("numeric constant") {
-        "n"
+        FailureClass::NumericConstant
     } else {
-        "C"
+        FailureClass::Compile
     }
 }
 
@@ -234,7 +234,7 @@ fn run_stages(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path) {
             // The sample does not compile: for a benchmark that is a failed simulation, with its class.
             r.sim_status = SimStatus::CompileErr;
             r.functional = Some(false);
-            r.failure_class = Some(compile_failure_class(&r.errors.join("\n")).to_string());
+            r.failure_class = Some(compile_failure_class(&r.errors.join("\n")));
         }
         return;
     }
@@ -693,7 +693,7 @@ fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
         Ended::Exited(_) => None,
         Ended::TimedOut => {
             r.sim_status = SimStatus::Timeout;
-            r.failure_class = Some("T".into());
+            r.failure_class = Some(FailureClass::Timeout);
             r.functional = Some(false);
             timed_out(r, "sim", "the simulation", opts.timeouts.sim);
             return;
@@ -723,7 +723,7 @@ fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
             r.mismatches = mismatches;
             r.samples = samples;
             if !pass {
-                r.failure_class = Some("mismatch".into());
+                r.failure_class = Some(FailureClass::Mismatch);
             }
         }
         (None, None) => {
@@ -810,14 +810,14 @@ fn compile_failed(r: &mut Report, build: &Outcome) {
     r.sim_log = build.output.chars().take(4000).collect();
     if build.ended == Ended::TimedOut {
         r.sim_status = SimStatus::Timeout;
-        r.failure_class = Some("T".into());
+        r.failure_class = Some(FailureClass::Timeout);
         r.timed_out.push("sim".into());
         r.errors
             .push("sim: the testbench did not compile in time (raise timeouts.sim)".into());
         return;
     }
     r.sim_status = SimStatus::CompileErr;
-    r.failure_class = Some(compile_failure_class(&build.output).to_string());
+    r.failure_class = Some(compile_failure_class(&build.output));
     let tool = r.simulator.clone().unwrap_or_else(|| "iverilog".into());
     r.errors.extend(
         lines_matching(&build.output, &["error", "sorry"])
