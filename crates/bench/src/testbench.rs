@@ -163,8 +163,9 @@ pub fn a7_testbench_impl(
     })
 }
 
-/// One attempt of the A7 loop: a spec from `spec`, its RTL from `rtl`, and a testbench from `tb`,
-/// judged by its mutants. `Err` says which step failed; a failed step ends the attempt.
+/// One attempt of the A7 loop: a spec from the spec model, its RTL from the RTL model, and a
+/// testbench for them from the testbench model, judged by the RTL's mutants. `Err` says which step
+/// failed; a failed step ends the attempt.
 fn a7_attempt(
     category: &str,
     attempt: usize,
