@@ -175,34 +175,13 @@ fn every_script_run_the_book_shows_is_what_the_script_prints() {
                 ));
             }
         }
-        let shown = shown
-            .lines()
-            .filter(|l| !is_status(l))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let mut from = 0;
-        for chunk in shown
-            .split("\n...\n")
-            .map(|c| c.trim_start_matches("...\n"))
-        {
-            let chunk: Vec<String> = chunk
-                .lines()
-                .filter(|l| *l != "...")
-                .map(str::to_string)
-                .collect();
-            if chunk.is_empty() {
-                continue;
-            }
-            match find_run(&actual, &chunk, from) {
-                Some(k) => from = k + chunk.len(),
-                None => {
-                    failures.push(format!(
-                        "{at}: scripts/{script}.rhai does not print these lines (in this order, after what the block shows above them):\n{}",
-                        chunk.join("\n")
-                    ));
-                    break;
-                }
-            }
+        // The block may start and end anywhere in the output: its chunks in order, each consecutive.
+        let mut unanchored = vec!["...".to_string()];
+        unanchored.extend(shown.lines().filter(|l| !is_status(l)).map(str::to_string));
+        unanchored.push("...".to_string());
+        let actual: Vec<String> = actual.iter().map(|l| l.to_string()).collect();
+        if let Err(e) = glob_match(&unanchored, &actual) {
+            failures.push(format!("{at}: scripts/{script}.rhai: {e}"));
         }
         checked += 1;
     }

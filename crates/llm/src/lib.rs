@@ -65,6 +65,19 @@ pub struct Usage {
 
 /// Records one answer in the store. A refused write is counted in `usage` (and reported once the
 /// batch ends by [`Model::answer_all`]), never dropped in silence.
+/// One answer that arrived, from a server or the local model: counted in `usage` (a request and its
+/// tokens) and recorded in the store when there is one.
+fn account(rec: &Recorded, store: Option<&Mutex<Store>>, usage: &Mutex<Usage>) {
+    if let Ok(mut u) = usage.lock() {
+        u.requests += 1;
+        u.prompt_tokens += rec.prompt_tokens;
+        u.completion_tokens += rec.completion_tokens;
+    }
+    if let Some(store) = store {
+        record(store, rec, usage);
+    }
+}
+
 fn record(store: &Mutex<Store>, rec: &Recorded, usage: &Mutex<Usage>) {
     let written = match store.lock() {
         Ok(s) => s.put_response(rec).map_err(|e| e.to_string()),
@@ -414,22 +427,17 @@ impl Request {
     ) -> Result<String, String> {
         let reply = send(&self.client, &self.endpoint, &self.messages, &self.sampling).await?;
         if let Ok(mut u) = usage.lock() {
-            u.requests += 1;
-            u.prompt_tokens += reply.prompt_tokens;
-            u.completion_tokens += reply.completion_tokens;
             u.retries += reply.retries as i64;
         }
-        if let Some(store) = store {
-            let rec = Recorded {
-                key: self.key,
-                model: self.model,
-                request: serde_json::to_string(&self.messages).unwrap_or_default(),
-                response: reply.text.clone(),
-                prompt_tokens: reply.prompt_tokens,
-                completion_tokens: reply.completion_tokens,
-            };
-            record(store, &rec, usage);
-        }
+        let rec = Recorded {
+            key: self.key,
+            model: self.model,
+            request: serde_json::to_string(&self.messages).unwrap_or_default(),
+            response: reply.text.clone(),
+            prompt_tokens: reply.prompt_tokens,
+            completion_tokens: reply.completion_tokens,
+        };
+        account(&rec, store, usage);
         Ok(reply.text)
     }
 }
@@ -500,8 +508,8 @@ impl Model {
         out
     }
 
-    /// Counts a local answer as a server's `usage` counts one, and records it under its request key.
-    /// The prefill is shared by the batch, but each sample is billed its prompt, as n requests would be.
+    /// Counts and records a local answer as a server's. The prefill is shared by the batch, but each
+    /// sample is billed its prompt, as n requests would be.
     fn count_and_record(
         &self,
         answer: &rtlab_train::generate::Answer,
@@ -509,22 +517,15 @@ impl Model {
         messages: &[Message],
         store: Option<&Mutex<Store>>,
     ) {
-        if let Ok(mut u) = self.usage.lock() {
-            u.requests += 1;
-            u.prompt_tokens += answer.prompt_tokens as i64;
-            u.completion_tokens += answer.completion_tokens as i64;
-        }
-        if let Some(store) = store {
-            let rec = Recorded {
-                key: key.to_string(),
-                model: self.cfg.model.clone(),
-                request: serde_json::to_string(messages).unwrap_or_default(),
-                response: answer.text.clone(),
-                prompt_tokens: answer.prompt_tokens as i64,
-                completion_tokens: answer.completion_tokens as i64,
-            };
-            record(store, &rec, &self.usage);
-        }
+        let rec = Recorded {
+            key: key.to_string(),
+            model: self.cfg.model.clone(),
+            request: serde_json::to_string(messages).unwrap_or_default(),
+            response: answer.text.clone(),
+            prompt_tokens: answer.prompt_tokens as i64,
+            completion_tokens: answer.completion_tokens as i64,
+        };
+        account(&rec, store, &self.usage);
     }
 }
 

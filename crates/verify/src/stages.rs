@@ -602,13 +602,8 @@ fn write_differential(
     top: Option<&str>,
 ) -> Result<(), String> {
     let ref_net = reference_ports(r, reference, dir, limits(opts.timeouts.sim))?;
-    let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
+    let dut_code = design_as_top_module(code, top)?;
     let ref_code = rename_module(reference, &ref_net.top, "RefModule");
-    let dut_code = if dut_top == "TopModule" {
-        code.to_string()
-    } else {
-        rename_module(code, dut_top, "TopModule")
-    };
     write_file(dir, "design.sv", &dut_code)?;
     write_file(dir, "ref.sv", &ref_code)?;
     let testbench = difftb::generate(&ref_net.ports, opts.diff_cycles, opts.seed);
@@ -850,8 +845,7 @@ fn write_miter_inputs(
     top: Option<&str>,
 ) -> Result<(), String> {
     let quick = limits(opts.timeouts.synth);
-    std::fs::write(dir.join("eq_ref_orig.sv"), yosys_friendly(reference))
-        .map_err(|e| e.to_string())?;
+    write_file(dir, "eq_ref_orig.sv", &yosys_friendly(reference))?;
     let o = run_tool(
         "yosys",
         &[
@@ -869,19 +863,24 @@ fn write_miter_inputs(
         )
     })?;
     let ref_top = yosys::analyze(&json)?.top;
-    let dut_top = top.ok_or("cannot tell the design's top module; pass top")?;
-    std::fs::write(
-        dir.join("eq_ref.sv"),
-        rename_module(&yosys_friendly(reference), &ref_top, "RefModule"),
-    )
-    .map_err(|e| e.to_string())?;
-    let dut = if dut_top == "TopModule" {
-        yosys_friendly(code)
+    let dut = design_as_top_module(&yosys_friendly(code), top)?;
+    write_file(
+        dir,
+        "eq_ref.sv",
+        &rename_module(&yosys_friendly(reference), &ref_top, "RefModule"),
+    )?;
+    write_file(dir, "eq_dut.sv", &dut)
+}
+
+/// The design with its top module named `TopModule`, as the differential testbench and the
+/// equivalence miter instantiate it.
+fn design_as_top_module(code: &str, top: Option<&str>) -> Result<String, String> {
+    let top = top.ok_or("cannot tell the design's top module; pass top")?;
+    Ok(if top == "TopModule" {
+        code.to_string()
     } else {
-        rename_module(&yosys_friendly(code), dut_top, "TopModule")
-    };
-    std::fs::write(dir.join("eq_dut.sv"), dut).map_err(|e| e.to_string())?;
-    Ok(())
+        rename_module(code, top, "TopModule")
+    })
 }
 
 /// Proves the design equivalent to the reference with Yosys: a miter of the two (outputs compared,
