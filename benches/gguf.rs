@@ -9,7 +9,10 @@
 //! 2. 20 samples of one prompt decoded as one batch: aggregate tokens/s against rtlab's single
 //!    stream. Goal: at least 8×.
 //! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of 128 tokens, batch 4):
-//!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA).
+//!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
+//!    gradient checkpointing (the default) and with the whole graph kept (the baseline).
+//!
+//! `cargo bench --bench gguf -- decode` runs parts 1 and 2 only, `-- train` part 3 only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,7 +115,7 @@ print("seconds", s)
 }
 
 /// One LoRA run in its own process: (tokens/s, peak RSS MiB).
-fn train(quantized: bool) -> (f64, f64) {
+fn train(quantized: bool, checkpoint: bool) -> (f64, f64) {
     let out = script(&format!(
         r#"let rows = [];
 for i in 0..16 {{
@@ -122,7 +125,7 @@ for i in 0..16 {{
 }}
 let run = train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "run", r: 8, alpha: 16,
     target_modules: ["q_proj", "v_proj"], epochs: 1, batch_size: 4, grad_accum: 1, max_len: 256,
-    quantized_base: {quantized}}});
+    quantized_base: {quantized}, gradient_checkpointing: {checkpoint}}});
 print(`tokens_per_s ${{run.tokens_per_s}}`);
 print(`peak_rss_mb ${{run.peak_rss_mb}}`);"#
     ));
@@ -150,17 +153,27 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
+    let part: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if part.as_deref().is_none_or(|p| p == "decode") {
+        decode(&model, runs);
+    }
+    if part.as_deref().is_none_or(|p| p == "train") {
+        training(runs);
+    }
+}
+
+fn decode(model: &Path, runs: usize) {
     let python = std::env::var("RTLAB_LLAMA_CPP_PYTHON").unwrap_or_else(|_| "python3".into());
     println!("SmolLM2-135M-Instruct Q4_1, {TOKENS} new tokens, median of {runs} runs");
 
     let (mut quant, mut f32s, mut llama, mut batch) = (vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
-        quant.push(rtlab_single(&model, false));
-        f32s.push(rtlab_single(&model, true));
-        if let Some(t) = llama_cpp_single(&python, &model) {
+        quant.push(rtlab_single(model, false));
+        f32s.push(rtlab_single(model, true));
+        if let Some(t) = llama_cpp_single(&python, model) {
             llama.push(t);
         }
-        batch.push(rtlab_batch(&model, 20));
+        batch.push(rtlab_batch(model, 20));
     }
     let q = median(quant.clone());
     println!("single stream, rtlab quantized   {q:7.1} tok/s  runs {quant:.1?}");
@@ -185,23 +198,38 @@ fn main() {
         b / q
     );
 
-    let (mut f_tps, mut f_rss, mut q_tps, mut q_rss) = (vec![], vec![], vec![], vec![]);
+}
+
+/// Part 3: each configuration's runs interleaved, so that a noisy minute hits them all.
+fn training(runs: usize) {
+    let configs = [
+        ("LoRA, f32 base", false, true),
+        ("LoRA, f32 base, whole graph", false, false),
+        ("QLoRA, quantized base", true, true),
+        ("QLoRA, quantized base, whole graph", true, false),
+    ];
+    let mut results = vec![(vec![], vec![]); configs.len()];
     for _ in 0..runs {
-        let (t, r) = train(false);
-        f_tps.push(t);
-        f_rss.push(r);
-        let (t, r) = train(true);
-        q_tps.push(t);
-        q_rss.push(r);
+        for (c, (_, quantized, checkpoint)) in configs.iter().enumerate() {
+            let (tps, rss) = train(*quantized, *checkpoint);
+            results[c].0.push(tps);
+            results[c].1.push(rss);
+        }
     }
-    println!(
-        "LoRA, f32 base                   {:7.1} tok/s  peak RSS {:6.0} MiB",
-        median(f_tps),
-        median(f_rss)
-    );
-    println!(
-        "QLoRA, quantized base            {:7.1} tok/s  peak RSS {:6.0} MiB",
-        median(q_tps),
-        median(q_rss)
-    );
+    println!("LoRA training, 16 examples of 128 tokens, median of {runs} runs:");
+    let medians: Vec<(f64, f64)> = results
+        .into_iter()
+        .map(|(t, r)| (median(t), median(r)))
+        .collect();
+    for ((name, _, _), (tps, rss)) in configs.iter().zip(&medians) {
+        println!("{name:36} {tps:7.1} tok/s  peak RSS {rss:6.0} MiB");
+    }
+    for (pair, name) in [(0, "f32 base"), (2, "quantized base")] {
+        let (ckpt, whole) = (medians[pair], medians[pair + 1]);
+        println!(
+            "checkpointing / whole graph, {name:15} {:5.2}x tok/s, {:5.2}x peak RSS",
+            ckpt.0 / whole.0,
+            ckpt.1 / whole.1
+        );
+    }
 }

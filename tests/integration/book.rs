@@ -1,7 +1,8 @@
-//! The book is checked, not trusted. Every ```` ```rhai ```` block runs, and every ```` ```text ````
-//! block is output that rtlab printed when the test ran what the page shows:
+//! The book (and the README) is checked, not trusted. Every ```` ```rhai ```` block runs, and every
+//! ```` ```text ```` block is output that rtlab printed when the test ran what the page shows:
 //!
-//! - `$ rtlab run scripts/NAME.rhai`: the script's snapshot (the tests' real run of it);
+//! - `$ rtlab run scripts/NAME.rhai`: the script's snapshot (the tests' real run of it; a plan's
+//!   snapshot also holds its unchanged rerun's status lines, `[2 verify] cached (saved 5.7 s)`);
 //! - other `$ COMMAND` lines: the command, run by `bash` in a fresh directory per page that holds the
 //!   page's files (a block opened with ```` ```rhai file=NAME ```` is the file `NAME`) and, as the
 //!   repository root does, `data/`;
@@ -34,6 +35,7 @@ impl Block {
     }
 }
 
+/// The book's pages, and the README, whose examples are held to the same standard.
 fn pages() -> Vec<PathBuf> {
     let src = common::repo_root().join("book/src");
     let mut pages: Vec<_> = std::fs::read_dir(&src)
@@ -43,6 +45,7 @@ fn pages() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "md"))
         .collect();
     pages.sort();
+    pages.push(common::repo_root().join("README.md"));
     pages
 }
 

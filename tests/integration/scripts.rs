@@ -41,6 +41,8 @@ fn run_script_and_match_snapshot(name: &str) {
     };
     let r = run();
     assert_eq!(r.code, 0, "{name} failed:\n{}\n{}", r.stdout, r.stderr);
+    // A plan's snapshot ends with its unchanged rerun's status lines: what the README shows.
+    let mut rerun_status = String::new();
     if is_plan {
         let again = run();
         assert_eq!(
@@ -61,6 +63,12 @@ fn run_script_and_match_snapshot(name: &str) {
             .collect();
         assert!(!slow.is_empty(), "{name}: no cell was slow enough to cache");
         let rerun = format!("{}\n{}", again.stdout, again.stderr);
+        rerun_status = again
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with('[') && l.contains("] "))
+            .map(|l| format!("{l}\n"))
+            .collect();
         for label in &slow {
             assert!(
                 rerun.contains(&format!("{label} cached (saved")),
@@ -68,10 +76,11 @@ fn run_script_and_match_snapshot(name: &str) {
             );
         }
     }
-    let text = scrub(
-        &format!("{}\n--- stderr ---\n{}", r.stdout, r.stderr),
-        &[out_dir.path(), &repo_root()],
-    );
+    let mut text = format!("{}\n--- stderr ---\n{}", r.stdout, r.stderr);
+    if is_plan {
+        text.push_str(&format!("\n--- rerun, status lines ---\n{rerun_status}"));
+    }
+    let text = scrub(&text, &[out_dir.path(), &repo_root()]);
     insta::assert_snapshot!(name, text);
 }
 

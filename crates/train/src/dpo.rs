@@ -173,15 +173,32 @@ pub fn pair_logps(
     loss: Loss,
     pass: &mut Pass,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let k = pairs.len();
+    let b = pair_batch(model, pairs, pad)?;
+    pair_logps_of(&model.forward(&b.inputs, None, pass)?, &b, pairs.len(), loss)
+}
+
+/// The batch of `pairs`' 2k sequences, chosen first, as [`pair_logps`] runs it.
+pub fn pair_batch(
+    model: &CausalLm,
+    pairs: &[&PairExample],
+    pad: u32,
+) -> candle_core::Result<examples::Batch> {
     let seqs: Vec<&Example> = pairs
         .iter()
         .map(|p| &p.chosen)
         .chain(pairs.iter().map(|p| &p.rejected))
         .collect();
-    let b = examples::batch(&seqs, pad, model.dtype, &model.device)?;
-    let logits = model.forward(&b.inputs, None, pass)?;
-    let logps = sequence_logps(&logits, &b.targets, &b.mask, loss == Loss::Ipo)?;
+    examples::batch(&seqs, pad, model.dtype, &model.device)
+}
+
+/// The (chosen, rejected) log-probs [k], [k] from the logits of [`pair_batch`]'s sequences.
+pub fn pair_logps_of(
+    logits: &Tensor,
+    b: &examples::Batch,
+    k: usize,
+    loss: Loss,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let logps = sequence_logps(logits, &b.targets, &b.mask, loss == Loss::Ipo)?;
     Ok((logps.narrow(0, 0, k)?, logps.narrow(0, k, k)?))
 }
 
@@ -196,7 +213,7 @@ pub fn reference_logps(
     let mut out = PairLogps::default();
     for chunk in pairs.chunks(batch.max(1)) {
         let refs: Vec<&PairExample> = chunk.iter().collect();
-        let mut pass = Pass::reference(s.reference == Reference::Adapter);
+        let mut pass = Pass::reference(s.reference == Reference::Adapter).without_graph();
         let (c, r) = pair_logps(model, &refs, pad, s.loss, &mut pass)?;
         out.chosen.extend(to_f64(&c)?);
         out.rejected.extend(to_f64(&r)?);

@@ -274,7 +274,7 @@ impl LocalModel {
             &examples,
             self.eos,
             batch_size,
-            Pass::inference,
+            Pass::decoding,
         )?;
         Ok((nll.exp(), scored))
     }

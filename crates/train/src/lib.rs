@@ -97,6 +97,9 @@ struct TrainRequest {
     device: String,
     /// QLoRA: the frozen base stays in its GGUF quantization.
     quantized_base: bool,
+    /// Recompute each layer's activations in the backward instead of keeping them all (CPU only;
+    /// the gradients are the same numbers, so not part of the run's fingerprint).
+    gradient_checkpointing: bool,
     /// Validation rows (the training rows' kind), how often to measure, which adapter to keep.
     eval_data: Option<Frame>,
     eval_every: Option<usize>,
@@ -104,7 +107,7 @@ struct TrainRequest {
 }
 
 /// The options both trainers take; each adds its own (`SFT_OPTIONS`, `DPO_OPTIONS`).
-const OPTIONS: [&str; 28] = [
+const OPTIONS: [&str; 29] = [
     "eval_data",
     "eval_every",
     "keep",
@@ -133,6 +136,7 @@ const OPTIONS: [&str; 28] = [
     "max_steps",
     "on_too_long",
     "quantized_base",
+    "gradient_checkpointing",
 ];
 const SFT_OPTIONS: [&str; 3] = ["data", "prompt_col", "response_col"];
 const DPO_OPTIONS: [&str; 5] = ["pairs", "beta", "loss", "reference", "adapter"];
@@ -426,6 +430,7 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
         on_too_long,
         device,
         quantized_base: flag(o, "quantized_base", false)?,
+        gradient_checkpointing: flag(o, "gradient_checkpointing", true)?,
         eval_data,
         eval_every,
         keep_best,
@@ -1035,6 +1040,7 @@ fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
         resume: req.resume && same_job,
         fingerprint: &fingerprint,
         skipped_rows: skipped,
+        gradient_checkpointing: req.gradient_checkpointing,
     })?;
     write_run(&req, &record)?;
     Ok((record, false))
@@ -1452,7 +1458,9 @@ mod train_functions {
     /// whole step on rtlab's cubecl kernels through Vulkan/Metal/DX12; "cuda" with the `cuda` build;
     /// "auto" = "cuda" in a CUDA build on a machine whose driver and NVRTC load, else "cpu"),
     /// `quantized_base` (false; true is QLoRA on a GGUF base: the frozen projections stay in the
-    /// file's quantization and only the adapters are f32; CPU only).
+    /// file's quantization and only the adapters are f32; CPU only), `gradient_checkpointing` (true:
+    /// the CPU path keeps each layer's input and recomputes its activations in the backward, one
+    /// layer at a time: the same numbers in a fraction of the memory; false keeps the whole graph).
     /// Validation: `eval_data` (rows like `data`) is measured every `eval_every` steps (once an
     /// epoch) and after the last, without dropout, into the curve's `eval_loss` column; the adapter
     /// with the lowest one is kept in `out/best`, and `keep: "best"` leaves it in `out` (the record's

@@ -152,6 +152,15 @@ impl Pass {
             track_gradients: true,
         }
     }
+    /// The same pass, keeping no autograd graph: for log-probs and losses that are only read
+    /// (validation, DPO's reference), whose graph would hold every layer's activations until the
+    /// result is dropped.
+    pub fn without_graph(self) -> Pass {
+        Pass {
+            track_gradients: false,
+            ..self
+        }
+    }
 }
 
 /// `x Wᵀ` for a frozen `W` [out, in] whose backward computes only `dx = dy W`. candle's own matmul
@@ -669,6 +678,23 @@ struct Layer {
     mlp: Mlp,
 }
 
+impl Layer {
+    /// One decoder block on the residual stream `x`: attention, then the MLP, each added back.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        pass: &mut Pass,
+    ) -> candle_core::Result<Tensor> {
+        let h = self.attn.forward(&self.input_norm.forward(x)?, rope, offset, mask, cache, pass)?;
+        let x1 = (x + h)?;
+        &x1 + self.mlp.forward(&self.post_norm.forward(&x1)?, pass)?
+    }
+}
+
 /// A causal LM of the Llama/Qwen2 family with LoRA adapters on the chosen projections.
 pub struct CausalLm {
     pub cfg: ModelConfig,
@@ -945,7 +971,7 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let (_, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if offset + t > self.rope.cos.dim(0)? {
             candle_core::bail!(
@@ -965,28 +991,94 @@ impl CausalLm {
         } else {
             None
         };
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.hidden_size,
-        ))?;
+        let mut x = self.embed_tokens(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            let h = layer.attn.forward(
-                &layer.input_norm.forward(&x)?,
-                &self.rope,
-                offset,
-                mask.as_ref(),
-                slot,
-                pass,
-            )?;
-            let x1 = (x + h)?;
-            x = (&x1 + layer.mlp.forward(&layer.post_norm.forward(&x1)?, pass)?)?;
+            x = layer.forward(&x, &self.rope, offset, mask.as_ref(), slot, pass)?;
         }
-        let x = self.norm.forward(&x)?;
+        self.logits(&x, pass)
+    }
+
+    /// The residual stream [batch, seq, hidden] entering the first layer.
+    fn embed_tokens(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))
+    }
+
+    /// The final norm and the output head: logits [batch, seq, vocab] from the last residual stream.
+    fn logits(&self, x: &Tensor, pass: &Pass) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let x = self.norm.forward(x)?;
         self.lm_head
             .matmul_t(&x.reshape((b * t, self.cfg.hidden_size))?, pass)?
             .reshape((b, t, self.cfg.vocab_size))
+    }
+
+    /// `loss_of(logits)` for token ids [batch, seq], and its gradient with respect to every adapter:
+    /// one training step's forward and backward.
+    ///
+    /// With `checkpoint` (gradient checkpointing), the forward keeps only each layer's input, not its
+    /// activations; the backward then goes layer by layer from the top, recomputing one layer's
+    /// activations (with the same dropout masks) and backpropagating the gradient of its output
+    /// through them. Memory holds one layer's graph instead of every layer's, for one more forward.
+    /// The gradients are the same numbers: each layer's backward receives exactly the gradient the
+    /// whole-graph backward gives its output, and runs the same ops on it.
+    pub fn loss_and_grads(
+        &self,
+        ids: &Tensor,
+        pass: &mut Pass,
+        checkpoint: bool,
+        loss_of: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<(Tensor, candle_core::backprop::GradStore)> {
+        if !checkpoint {
+            let loss = loss_of(&self.forward(ids, None, pass)?)?;
+            let grads = loss.backward()?;
+            return Ok((loss, grads));
+        }
+        let (_, t) = ids.dims2()?;
+        let mask = match t > 1 {
+            true => Some(causal_mask(t, t, self.dtype, &self.device)?),
+            false => None,
+        };
+        // Forward without a graph, keeping each layer's input and the dropout generator's state
+        // there, so that the recomputation draws the same masks.
+        let tracked = std::mem::replace(&mut pass.track_gradients, false);
+        let mut x = self.embed_tokens(ids)?;
+        let mut saved = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            saved.push((x.clone(), pass.dropout_rng.clone()));
+            x = layer.forward(&x, &self.rope, 0, mask.as_ref(), None, pass)?;
+        }
+        pass.track_gradients = tracked;
+        let top = Var::from_tensor(&x)?;
+        let loss = loss_of(&self.logits(top.as_tensor(), pass)?)?;
+        let mut grads = loss.backward()?;
+        let mut upstream = grads.remove(top.as_tensor()).ok_or_else(|| {
+            candle_core::Error::Msg("the loss does not depend on the model's last layer".into())
+        })?;
+        for (layer, (input, rng)) in self.layers.iter().zip(saved).rev() {
+            let input = Var::from_tensor(&input)?;
+            pass.dropout_rng = rng;
+            let output = layer.forward(input.as_tensor(), &self.rope, 0, mask.as_ref(), None, pass)?;
+            // d/d(output) of Σ output·upstream is `upstream`, exactly: the layer's backward starts
+            // from the gradient the whole graph would have given it.
+            let mut layer_grads = (output * &upstream)?.sum_all()?.backward()?;
+            for (_, lin) in self.linears_of(layer) {
+                if let Some(l) = &lin.lora {
+                    for var in [&l.a, &l.b] {
+                        if let Some(g) = layer_grads.remove(var.as_tensor()) {
+                            grads.insert(var.as_tensor(), g);
+                        }
+                    }
+                }
+            }
+            upstream = layer_grads.remove(input.as_tensor()).ok_or_else(|| {
+                candle_core::Error::Msg("a layer's output does not depend on its input".into())
+            })?;
+        }
+        Ok((loss, grads))
     }
 
     /// Every adapter, by its PEFT module path (`model.layers.N.self_attn.q_proj`).

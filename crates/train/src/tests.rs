@@ -60,6 +60,13 @@ fn loss(m: &CausalLm) -> Tensor {
 }
 
 fn loss_in(m: &CausalLm, pass: &mut Pass) -> Tensor {
+    let (ids, targets, mask) = tiny_batch(m.dtype);
+    let logits = m.forward(&ids, None, pass).unwrap();
+    masked_nll(&logits, &targets, &mask, 8.0).unwrap()
+}
+
+/// Two rows of token ids, their next tokens, and which positions are scored.
+fn tiny_batch(dtype: DType) -> (Tensor, Tensor, Tensor) {
     let ids = Tensor::new(
         &[
             [3u32, 70, 101, 5, 9, 200, 44],
@@ -84,10 +91,9 @@ fn loss_in(m: &CausalLm, pass: &mut Pass) -> Tensor {
         &Device::Cpu,
     )
     .unwrap()
-    .to_dtype(m.dtype)
+    .to_dtype(dtype)
     .unwrap();
-    let logits = m.forward(&ids, None, pass).unwrap();
-    masked_nll(&logits, &targets, &mask, 8.0).unwrap()
+    (ids, targets, mask)
 }
 
 /// The largest elementwise difference of two same-shaped f32 tensors.
@@ -546,4 +552,46 @@ fn decoding_keeps_no_autograd_graph_yet_computes_what_a_tracked_pass_does() {
     assert!(tracked.track_op(), "a gradient pass tracks the adapters");
     assert!(!decoded.track_op(), "decoding must not track the adapters");
     assert_eq!(max_abs_diff(&tracked, &decoded), 0.0);
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_loss_and_gradients_to_the_bit() {
+    // Recomputing each layer in the backward must change what is kept, not what is computed: the
+    // same dropout masks, the same loss, every adapter's gradient equal bit for bit, in f32 and f64.
+    for dtype in [DType::F32, DType::F64] {
+        let dir = tiny_dir(super::config::Arch::Llama);
+        let cfg = ModelConfig::from_dir(dir.path()).unwrap();
+        let w = load_weights(dir.path(), dtype, &Device::Cpu).unwrap();
+        let lora = LoraSpec {
+            dropout: 0.2,
+            ..spec(3)
+        };
+        let m = CausalLm::new(cfg, w, Some(&lora), 7, dtype, &Device::Cpu).unwrap();
+        randomize_b(&m);
+        let (ids, targets, mask) = tiny_batch(dtype);
+        let run = |checkpoint: bool| {
+            m.loss_and_grads(&ids, &mut Pass::training(9), checkpoint, |logits| {
+                masked_nll(logits, &targets, &mask, 8.0)
+            })
+            .unwrap()
+        };
+        let (whole_loss, whole) = run(false);
+        let (ckpt_loss, ckpt) = run(true);
+        assert_eq!(scalar(&whole_loss), scalar(&ckpt_loss), "{dtype:?}: the loss");
+        for (path, l) in m.adapters() {
+            for (which, var) in [("A", &l.a), ("B", &l.b)] {
+                let bits = |g: &candle_core::backprop::GradStore| -> Vec<f64> {
+                    g.get(var.as_tensor())
+                        .unwrap_or_else(|| panic!("{path}.{which}: no gradient"))
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                };
+                assert_eq!(bits(&whole), bits(&ckpt), "{dtype:?} {path}.{which}");
+            }
+        }
+    }
 }

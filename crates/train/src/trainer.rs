@@ -9,6 +9,7 @@ use super::dpo::{self, PairExample, PairLogps};
 use super::examples::{self, Batch, Example};
 use super::model::{masked_nll, CausalLm, LoraSpec, Pass};
 use super::{peft, TrainError};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -277,6 +278,8 @@ pub struct Job<'a> {
     pub resume: bool,
     pub fingerprint: &'a str,
     pub skipped_rows: Vec<usize>,
+    /// Keep one layer's activations at a time on the CPU (see [`CausalLm::loss_and_grads`]).
+    pub gradient_checkpointing: bool,
 }
 
 fn checkpoints_dir(out: &Path) -> PathBuf {
@@ -517,7 +520,7 @@ fn validation_loss(job: &Job, objective: &Objective) -> Result<f64, TrainError> 
     match objective {
         Objective::Sft(examples) => {
             let (nll, _) = super::model::mean_nll(job.model, examples, job.pad, batch, || {
-                Pass::reference(true)
+                Pass::reference(true).without_graph()
             })?;
             Ok(nll)
         }
@@ -529,7 +532,7 @@ fn validation_loss(job: &Job, objective: &Objective) -> Result<f64, TrainError> 
             let mut total = 0.0;
             for (k, chunk) in pairs.chunks(batch).enumerate() {
                 let refs: Vec<&PairExample> = chunk.iter().collect();
-                let mut pass = Pass::reference(true);
+                let mut pass = Pass::reference(true).without_graph();
                 let (pc, pr) =
                     dpo::pair_logps(job.model, &refs, job.pad, settings.loss, &mut pass)?;
                 let range = k * batch..k * batch + chunk.len();
@@ -697,8 +700,12 @@ fn optimizer_step(
         let (loss, grad_norm) = cpu_step(plain, adam, lr, h, step, prepared.len(), |k| {
             let b = &prepared[k];
             let mut pass = Pass::training(dropout_seed(h, step, k));
-            let logits = job.model.forward(&b.inputs, None, &mut pass)?;
-            Ok(masked_nll(&logits, &b.targets, &b.mask, scored as f64)?)
+            Ok(job.model.loss_and_grads(
+                &b.inputs,
+                &mut pass,
+                job.gradient_checkpointing,
+                |logits| masked_nll(logits, &b.targets, &b.mask, scored as f64),
+            )?)
         })?;
         return Ok(StepDone {
             loss,
@@ -760,13 +767,21 @@ fn dpo_step(
         let idx = &rows[k];
         let batch: Vec<&PairExample> = idx.iter().map(|&i| &pairs[i]).collect();
         let mut pass = Pass::training(dropout_seed(h, step, k));
-        let (pc, pr) = dpo::pair_logps(job.model, &batch, job.pad, settings.loss, &mut pass)?;
         let rc: Vec<f64> = idx.iter().map(|&i| reference.chosen[i]).collect();
         let rr: Vec<f64> = idx.iter().map(|&i| reference.rejected[i]).collect();
-        let out = dpo::loss(&pc, &pr, (&rc, &rr), settings)?;
-        chosen.extend(out.chosen_rewards);
-        rejected.extend(out.rejected_rewards);
-        Ok((out.loss_sum / n_pairs)?)
+        let b = dpo::pair_batch(job.model, &batch, job.pad)?;
+        Ok(job.model.loss_and_grads(
+            &b.inputs,
+            &mut pass,
+            job.gradient_checkpointing,
+            |logits| {
+                let (pc, pr) = dpo::pair_logps_of(logits, &b, batch.len(), settings.loss)?;
+                let out = dpo::loss(&pc, &pr, (&rc, &rr), settings)?;
+                chosen.extend(out.chosen_rewards);
+                rejected.extend(out.rejected_rewards);
+                out.loss_sum / n_pairs
+            },
+        )?)
     })?;
     Ok(StepDone {
         loss,
@@ -847,14 +862,13 @@ fn cpu_step(
     h: &Hyper,
     step: usize,
     micros: usize,
-    mut micro_loss: impl FnMut(usize) -> Result<Tensor, TrainError>,
+    mut micro_loss: impl FnMut(usize) -> Result<(Tensor, GradStore), TrainError>,
 ) -> Result<(f64, f64), TrainError> {
     let mut sums: Vec<Option<Tensor>> = vec![None; plain.len()];
     let mut loss_sum = 0.0;
     for k in 0..micros {
-        let loss = micro_loss(k)?;
+        let (loss, grads) = micro_loss(k)?;
         loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let grads = loss.backward()?;
         for (i, var) in plain.iter().enumerate() {
             if let Some(g) = grads.get(var.as_tensor()) {
                 sums[i] = Some(match sums[i].take() {
