@@ -8,6 +8,9 @@
 //!    was NOT run. Goal (issue 13): rtlab at least 0.7× llama.cpp.
 //! 2. 20 samples of one prompt decoded as one batch: aggregate tokens/s against rtlab's single
 //!    stream. Goal: at least 8×.
+//!
+//! Parts 1 and 2 also run rtlab on candle's Q8_0 kernel (`RTLAB_Q8_KERNEL=candle`), the baseline
+//! of rtlab's own (`crates/train/src/q8.rs`, the same numbers).
 //! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of 128 tokens, batch 4):
 //!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
 //!    gradient checkpointing (the default) and with the whole graph kept (the baseline).
@@ -26,10 +29,26 @@ fn rtlab() -> Command {
 
 /// Runs a script in a fresh workspace; returns what it printed.
 fn script(code: &str) -> String {
+    script_with(code, Kernel::Rtlab)
+}
+
+/// Which Q8_0 matmul decodes: rtlab's (the default) or candle's (`RTLAB_Q8_KERNEL=candle`), the
+/// baseline it replaced; both give the same numbers.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Rtlab,
+    Candle,
+}
+
+fn script_with(code: &str, kernel: Kernel) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.rhai");
     std::fs::write(&path, code).unwrap();
-    let out = rtlab()
+    let mut cmd = rtlab();
+    if let Kernel::Candle = kernel {
+        cmd.env("RTLAB_Q8_KERNEL", "candle");
+    }
+    let out = cmd
         .current_dir(dir.path())
         .env("RTLAB_HOME", dir.path().join("ws"))
         .args(["run", "--no-cache", path.to_str().unwrap()])
@@ -57,8 +76,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// rtlab's single-stream decode: tokens/s of `generate` after the model is loaded (prompt included).
-fn rtlab_single(model: &Path, dequantize: bool) -> f64 {
-    let out = script(&format!(
+fn rtlab_single(model: &Path, dequantize: bool, kernel: Kernel) -> f64 {
+    let out = script_with(&format!(
         r#"let m = load_model("{}", #{{dequantize: {dequantize}}});
 let t = timestamp();
 let text = m.generate("{PROMPT}", #{{max_tokens: {TOKENS}}});
@@ -66,13 +85,13 @@ let s = t.elapsed;
 print(`tokens ${{m.tokens(text).len()}}`);
 print(`seconds ${{s}}`);"#,
         model.display()
-    ));
+    ), kernel);
     field(&out, "tokens") / field(&out, "seconds")
 }
 
 /// rtlab's 20 samples of one prompt as a batch: aggregate tokens/s.
-fn rtlab_batch(model: &Path, n: usize) -> f64 {
-    let out = script(&format!(
+fn rtlab_batch(model: &Path, n: usize, kernel: Kernel) -> f64 {
+    let out = script_with(&format!(
         r#"let m = load_model("{path}", #{{}});
 let llm_model = llm(#{{provider: "local", model: "{path}", max_tokens: {TOKENS}, temperature: 0.8}});
 llm_model.complete("warm up the loaded model");
@@ -85,7 +104,7 @@ for a in answers.column("completion") {{ tokens += m.tokens(a).len(); }}
 print(`tokens ${{tokens}}`);
 print(`seconds ${{s}}`);"#,
         path = model.display()
-    ));
+    ), kernel);
     field(&out, "tokens") / field(&out, "seconds")
 }
 
@@ -167,16 +186,22 @@ fn decode(model: &Path, runs: usize) {
     println!("SmolLM2-135M-Instruct Q4_1, {TOKENS} new tokens, median of {runs} runs");
 
     let (mut quant, mut f32s, mut llama, mut batch) = (vec![], vec![], vec![], vec![]);
+    let (mut candle_quant, mut candle_batch) = (vec![], vec![]);
     for _ in 0..runs {
-        quant.push(rtlab_single(model, false));
-        f32s.push(rtlab_single(model, true));
+        quant.push(rtlab_single(model, false, Kernel::Rtlab));
+        candle_quant.push(rtlab_single(model, false, Kernel::Candle));
+        f32s.push(rtlab_single(model, true, Kernel::Rtlab));
         if let Some(t) = llama_cpp_single(&python, model) {
             llama.push(t);
         }
-        batch.push(rtlab_batch(model, 20));
+        batch.push(rtlab_batch(model, 20, Kernel::Rtlab));
+        candle_batch.push(rtlab_batch(model, 20, Kernel::Candle));
     }
     let q = median(quant.clone());
+    let cq = median(candle_quant.clone());
     println!("single stream, rtlab quantized   {q:7.1} tok/s  runs {quant:.1?}");
+    println!("  the same on candle's Q8_0 kernel {cq:5.1} tok/s  runs {candle_quant:.1?}");
+    println!("  rtlab's kernel / candle's       {:7.2}x", q / cq);
     println!(
         "single stream, rtlab f32         {:7.1} tok/s  runs {f32s:.1?}",
         median(f32s.clone())
@@ -192,7 +217,10 @@ fn decode(model: &Path, runs: usize) {
         );
     }
     let b = median(batch.clone());
+    let cb = median(candle_batch.clone());
     println!("20 samples as one batch, rtlab   {b:7.1} tok/s  runs {batch:.1?}");
+    println!("  the same on candle's Q8_0 kernel {cb:5.1} tok/s  runs {candle_batch:.1?}");
+    println!("  rtlab's kernel / candle's       {:7.2}x", b / cb);
     println!(
         "batch / single stream            {:7.2}x (goal: at least 8x)",
         b / q

@@ -411,15 +411,24 @@ impl LocalModel {
 /// token id). Exact, without sorting the whole vocabulary: the top `k` are selected (`k` = 64, then
 /// 4× more until their mass reaches `top_p`) and only they are sorted.
 fn nucleus(probs: &[f32], top_p: f64) -> Vec<usize> {
-    let order = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
-    let mut k = 64.min(probs.len());
+    // One u64 per token that orders as (probability descending, id ascending): integer compares on
+    // a contiguous array, instead of two lookups into `probs` per compare. With `top_p` 1 the whole
+    // vocabulary is sorted at every step, and that sort was 12% of a batch's decoding time.
+    let keys: Vec<u64> = probs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (u64::from(!total_order_bits(*p)) << 32) | i as u64)
+        .collect();
+    // A mass of 1 is rarely reached before the last token (rounding), so top_p 1 sorts all at once.
+    let mut k = if top_p >= 1.0 { probs.len() } else { 64.min(probs.len()) };
     loop {
-        let mut idx: Vec<usize> = (0..probs.len()).collect();
-        if k < idx.len() {
-            idx.select_nth_unstable_by(k - 1, order);
-            idx.truncate(k);
+        let mut top = keys.clone();
+        if k < top.len() {
+            top.select_nth_unstable(k - 1);
+            top.truncate(k);
         }
-        idx.sort_unstable_by(order);
+        top.sort_unstable();
+        let mut idx: Vec<usize> = top.iter().map(|key| (key & 0xffff_ffff) as usize).collect();
         let mut mass = 0.0f64;
         for (n, &i) in idx.iter().enumerate() {
             mass += probs[i] as f64;
@@ -433,6 +442,13 @@ fn nucleus(probs: &[f32], top_p: f64) -> Vec<usize> {
         }
         k = (k * 4).min(probs.len());
     }
+}
+
+/// `p`'s bits as a u32 that orders as `f32::total_cmp` orders the floats (the transform it uses).
+fn total_order_bits(p: f32) -> u32 {
+    let bits = p.to_bits() as i32;
+    let ordered = bits ^ (((bits >> 31) as u32) >> 1) as i32;
+    (ordered as u32) ^ 0x8000_0000
 }
 
 /// Greedy at temperature 0; otherwise softmax(logits / T), keep the smallest set of tokens whose

@@ -21,6 +21,7 @@ pub mod gpu;
 pub mod model;
 pub mod models;
 pub mod peft;
+pub mod q8;
 #[cfg(test)]
 mod tests;
 pub mod tiny;

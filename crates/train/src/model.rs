@@ -63,14 +63,14 @@ pub struct Lora {
 #[derive(Clone)]
 pub enum BaseWeight {
     Dense(Tensor),
-    Quantized(Arc<QTensor>),
+    Quantized(Arc<super::q8::QuantizedWeight>),
 }
 
 impl BaseWeight {
     pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
         match self {
             BaseWeight::Dense(t) => t.dims2(),
-            BaseWeight::Quantized(q) => q.shape().dims2(),
+            BaseWeight::Quantized(q) => q.tensor.shape().dims2(),
         }
     }
 
@@ -78,7 +78,7 @@ impl BaseWeight {
     pub fn dense(&self) -> candle_core::Result<Tensor> {
         match self {
             BaseWeight::Dense(t) => Ok(t.clone()),
-            BaseWeight::Quantized(q) => q.dequantize(&Device::Cpu),
+            BaseWeight::Quantized(q) => q.tensor.dequantize(&Device::Cpu),
         }
     }
 
@@ -221,7 +221,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
 /// 8 bits per block, as llama.cpp does), and a backward `dx = dy W` that dequantizes `W` for the
 /// moment it is needed, so a QLoRA step never holds the whole base in f32.
 struct FrozenQuantMatmul {
-    weight: Arc<QTensor>,
+    weight: Arc<super::q8::QuantizedWeight>,
     /// Dequantize `W` and multiply in f32 (training), instead of the quantized kernel (inference).
     exact: bool,
 }
@@ -240,9 +240,20 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
             candle_core::bail!("a quantized base computes in f32");
         }
         if !self.exact {
-            return candle_core::CustomOp1::cpu_fwd(self.weight.as_ref(), s, l);
+            // rtlab's Q8_0 kernel where it applies (the same numbers, faster), else candle's.
+            if let (candle_core::CpuStorage::F32(v), Some((start, end))) = (s, l.contiguous_offsets()) {
+                let mut dims = l.dims().to_vec();
+                let k = dims.last().copied().unwrap_or(0).max(1);
+                if let Some(y) = self.weight.matmul_t(&v[start..end], (end - start) / k)? {
+                    if let Some(last) = dims.last_mut() {
+                        *last = self.weight.tensor.shape().dims2()?.0;
+                    }
+                    return Ok((candle_core::CpuStorage::F32(y), dims.into()));
+                }
+            }
+            return candle_core::CustomOp1::cpu_fwd(self.weight.tensor.as_ref(), s, l);
         }
-        let w = self.weight.dequantize(&Device::Cpu)?;
+        let w = self.weight.tensor.dequantize(&Device::Cpu)?;
         cpu_result(&tensor_from_storage(s, l)?.matmul(&w.t()?)?)
     }
 
@@ -252,7 +263,7 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let w = self.weight.dequantize(grad.device())?;
+        let w = self.weight.tensor.dequantize(grad.device())?;
         Ok(Some(grad.matmul(&w)?))
     }
 }
@@ -838,7 +849,7 @@ impl WeightSource<'_> {
     ) -> Result<Linear, TrainError> {
         let name = format!("{prefix}.{path}.weight");
         let weight = match self.quantized.remove(&name) {
-            Some(q) => BaseWeight::Quantized(q),
+            Some(q) => BaseWeight::Quantized(Arc::new(super::q8::QuantizedWeight::new(q))),
             None => BaseWeight::Dense(self.take(&name)?),
         };
         let bias = if bias {
@@ -939,7 +950,7 @@ impl CausalLm {
             .collect::<Result<Vec<_>, _>>()?;
         let embed = source.take("model.embed_tokens.weight")?;
         let lm_head = match source.quantized.remove("lm_head.weight") {
-            Some(q) => BaseWeight::Quantized(q),
+            Some(q) => BaseWeight::Quantized(Arc::new(super::q8::QuantizedWeight::new(q))),
             None if cfg.tie_word_embeddings => BaseWeight::Dense(embed.clone()),
             None => BaseWeight::Dense(
                 source

@@ -1,0 +1,371 @@
+//! Decoding's quantized matrix product on x86: Q8_0 weights against Q8_0-quantized activations,
+//! the same numbers as candle's AVX2 kernel to the bit, computed faster.
+//!
+//! candle computes `x Wᵀ` for a Q8_0 `W` as one dot product per (row, column), and each dot product
+//! converts two f16 block scales per block. Sampling 20 answers to one prompt decodes 20 rows per
+//! step, so that work is repeated for every row. Here the weights' scales are converted once per
+//! weight, and a tile of two columns and up to four rows is computed together: each weight block is
+//! loaded once for four rows, each activation block once for two columns. A single row (one stream)
+//! reuses nothing, and stays on candle's kernel.
+//!
+//! The result is bit-identical to candle's: every (row, column) runs the same per-block integer dot
+//! product (exact), scaled by the same f32 product of the two scales, accumulated into the same
+//! eight lanes in the same block order and summed across lanes the same way. So switching kernels
+//! changes no sample and no snapshot; a test checks it against candle on random weights.
+//!
+//! Where candle runs another kernel (its repacked VNNI kernel for Q8_0 when the inner dimension is a
+//! multiple of 256, or its portable one without AVX2 and FMA), candle's runs: [`QuantizedWeight::matmul_t`]
+//! returns `None`.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use std::sync::{Arc, OnceLock};
+
+/// Values per Q8_0 block.
+const QK: usize = 32;
+/// Bytes per Q8_0 block: an f16 scale, then 32 i8 quants (candle's `#[repr(C)] BlockQ8_0`).
+const BLOCK_BYTES: usize = 34;
+
+/// A frozen weight kept in its GGUF quantization, with what the Q8_0 kernel needs precomputed.
+pub struct QuantizedWeight {
+    pub tensor: Arc<QTensor>,
+    /// The blocks' scales as f32, converted on first use: `n × k/32` floats, an eighth of the weight.
+    scales: OnceLock<Vec<f32>>,
+}
+
+impl QuantizedWeight {
+    pub fn new(tensor: Arc<QTensor>) -> QuantizedWeight {
+        QuantizedWeight {
+            tensor,
+            scales: OnceLock::new(),
+        }
+    }
+
+    /// `x Wᵀ` for `x` [m, k] (row-major), as [m, n]; None where candle's own kernel must run.
+    pub fn matmul_t(&self, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
+        let (n, k) = self.tensor.shape().dims2()?;
+        if !applies(self.tensor.dtype(), n, k) || x.len() != m * k {
+            return Ok(None);
+        }
+        // One row reuses nothing: candle's GEMV is as fast there (this kernel measured 0.92× on
+        // SmolLM2's single stream), so a single stream decodes on candle's.
+        if m <= 1 {
+            return Ok(None);
+        }
+        let data = self.tensor.data()?;
+        let weights: &[u8] = &data;
+        let scales = self.scales.get_or_init(|| block_scales(weights));
+        let (act_blocks, act_scales) = quantize_rows(x, m, k);
+        Ok(Some(matmul(
+            Operand {
+                blocks: weights,
+                scales,
+            },
+            Operand {
+                blocks: &act_blocks,
+                scales: &act_scales,
+            },
+            (m, k, n),
+        )))
+    }
+}
+
+/// True where this kernel computes what candle would with its AVX2 kernel.
+fn applies(dtype: GgmlDType, n: usize, k: usize) -> bool {
+    if dtype != GgmlDType::Q8_0 || k == 0 || !k.is_multiple_of(QK) {
+        return false;
+    }
+    let cpu = cpu();
+    cpu.avx2_fma && !(cpu.candle_repacks_q8_0 && k.is_multiple_of(256) && n.is_multiple_of(16))
+}
+
+/// What the CPU (and the environment) decide, read once as candle reads them once.
+struct Cpu {
+    /// This kernel can run: AVX2 and FMA, and `RTLAB_Q8_KERNEL` is not `candle` (which runs
+    /// candle's kernel everywhere: the baseline of `cargo bench --bench gguf`).
+    avx2_fma: bool,
+    /// candle's repacked kernel (`quantized::repack_x86::select`) takes Q8_0 on a VNNI CPU when k
+    /// is a multiple of 256 and n of 16: its choice of CPU level, with its override variables.
+    candle_repacks_q8_0: bool,
+}
+
+fn cpu() -> &'static Cpu {
+    static CPU: OnceLock<Cpu> = OnceLock::new();
+    CPU.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let env_is = |name: &str, value: &str| std::env::var(name).as_deref() == Ok(value);
+            let (force_avx2, force_vnni) = (
+                env_is("MISTRALRS_FORCE_AVX2", "1"),
+                env_is("MISTRALRS_FORCE_AVXVNNI", "1"),
+            );
+            let vnni512 = !force_avx2
+                && !force_vnni
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vnni");
+            let vnni256 = !force_avx2
+                && (force_vnni || is_x86_feature_detected!("avxvnni"))
+                && is_x86_feature_detected!("avx2");
+            Cpu {
+                avx2_fma: is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && !env_is("RTLAB_Q8_KERNEL", "candle"),
+                candle_repacks_q8_0: vnni512 || vnni256,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Cpu {
+            avx2_fma: false,
+            candle_repacks_q8_0: false,
+        }
+    })
+}
+
+/// Each block's f16 scale as f32 (exact: every f16 is an f32).
+fn block_scales(blocks: &[u8]) -> Vec<f32> {
+    blocks
+        .chunks_exact(BLOCK_BYTES)
+        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
+}
+
+/// The activations quantized as candle quantizes them for its Q8_0 kernel (`BlockQ8_0::from_float`),
+/// as raw blocks, and their scales as f32.
+fn quantize_rows(x: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+    use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+    let kb = k / QK;
+    let mut blocks = vec![BlockQ8_0::zeros(); m * kb];
+    let out = SharedOut(blocks.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
+        for r in rows {
+            // SAFETY: each row's blocks are written by exactly one work item.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(r * kb), kb) };
+            BlockQ8_0::from_float(&x[r * k..(r + 1) * k], dst);
+        }
+    });
+    // SAFETY: BlockQ8_0 is `#[repr(C)]` {f16, [i8; 32]}, 34 bytes with no padding (candle asserts
+    // the size), so its blocks are exactly the bytes of the GGUF layout.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * BLOCK_BYTES)
+    }
+    .to_vec();
+    let scales = block_scales(&bytes);
+    (bytes, scales)
+}
+
+/// Q8_0 blocks (row after row) and their scales.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    blocks: &'a [u8],
+    scales: &'a [f32],
+}
+
+/// Columns per parallel task: enough work to pay for the task, small enough to balance two cores.
+const COLUMNS_PER_TASK: usize = 32;
+
+/// A buffer that the pool's work items write disjoint parts of.
+struct SharedOut<T>(*mut T);
+// SAFETY: every use writes elements no other work item touches.
+unsafe impl<T> Sync for SharedOut<T> {}
+impl<T> SharedOut<T> {
+    fn at(&self, i: usize) -> *mut T {
+        // SAFETY: callers index within the buffer.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// `a Wᵀ` [m, n] for Q8_0 weights `w` [n, k] and activations `a` [m, k]. The work runs on candle's
+/// own thread pool, as its other ops do: a second pool (rayon's) beside it fought it for the cores,
+/// each spinning while the other worked.
+fn matmul(w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    let kb = k / QK;
+    // Column-major while computing (each work item owns whole columns), transposed at the end.
+    let mut by_column = vec![0f32; n * m];
+    let out = SharedOut(by_column.as_mut_ptr());
+    let tasks = n.div_ceil(COLUMNS_PER_TASK);
+    candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
+        for task in range {
+            let first = task * COLUMNS_PER_TASK;
+            let columns = (n - first).min(COLUMNS_PER_TASK);
+            let mut c = 0;
+            while c < columns {
+                let take = (columns - c).min(2);
+                let mut r = 0;
+                while r < m {
+                    let rows = (m - r).min(4);
+                    // SAFETY: `applies` checked AVX2 and FMA; every block index is in bounds
+                    // (columns < n, rows < m, kb blocks per row). Column first + c + dc belongs
+                    // to this work item alone.
+                    unsafe {
+                        block(w, a, kb, (first + c, take), (r, rows), |dc, dr, v| {
+                            *out.at((first + c + dc) * m + r + dr) = v
+                        })
+                    };
+                    r += rows;
+                }
+                c += take;
+            }
+        }
+    });
+    let mut out = vec![0f32; m * n];
+    for (col, values) in by_column.chunks_exact(m).enumerate() {
+        for (row, v) in values.iter().enumerate() {
+            out[row * n + col] = *v;
+        }
+    }
+    out
+}
+
+/// Dot products of `C` weight columns from `col` with `R` activation rows from `row`:
+/// `[column][row]`. Constant sizes, so that the `C × R` accumulators live in registers.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, and the columns and rows must exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const C: usize, const R: usize>(
+    w: Operand,
+    a: Operand,
+    kb: usize,
+    col: usize,
+    row: usize,
+) -> [[f32; R]; C] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); R]; C];
+    let ones = _mm256_set1_epi16(1);
+    let quants = |blocks: &[u8], i: usize| unsafe {
+        _mm256_loadu_si256(blocks.as_ptr().add(i * BLOCK_BYTES + 2) as *const __m256i)
+    };
+    for b in 0..kb {
+        let mut aq = [_mm256_setzero_si256(); R];
+        let mut a_scale = [0f32; R];
+        for r in 0..R {
+            let ai = (row + r) * kb + b;
+            aq[r] = quants(a.blocks, ai);
+            a_scale[r] = unsafe { *a.scales.get_unchecked(ai) };
+        }
+        for c in 0..C {
+            let wi = (col + c) * kb + b;
+            let wq = quants(w.blocks, wi);
+            let w_abs = _mm256_sign_epi8(wq, wq);
+            let w_scale = unsafe { *w.scales.get_unchecked(wi) };
+            for r in 0..R {
+                // candle's `mul_sum_i8_pairs_float(w, a)`: |w| · sign(a, w), pairs summed to i16,
+                // then to i32 in eight lanes of four products each, as f32; then its
+                // `fmadd(f16→f32(w.d) · f16→f32(a.d), q, acc)`.
+                let signed = _mm256_sign_epi8(aq[r], wq);
+                let dot = _mm256_maddubs_epi16(w_abs, signed);
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+                let d = _mm256_set1_ps(w_scale * a_scale[r]);
+                acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);
+            }
+        }
+    }
+    let mut out = [[0f32; R]; C];
+    for c in 0..C {
+        for r in 0..R {
+            out[c][r] = unsafe { hsum(acc[c][r]) };
+        }
+    }
+    out
+}
+
+/// Computes the `columns × rows` block at (`col`, `row`) with the tile of that size and hands each
+/// value to `put(column, row, value)`. Sizes: 1 or 2 columns, 1 to 4 rows.
+///
+/// # Safety
+/// As [`tile`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn block(
+    w: Operand,
+    a: Operand,
+    kb: usize,
+    (col, columns): (usize, usize),
+    (row, rows): (usize, usize),
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    macro_rules! run {
+        ($c:literal, $r:literal) => {{
+            let t = unsafe { tile::<$c, $r>(w, a, kb, col, row) };
+            for (c, column) in t.iter().enumerate() {
+                for (r, v) in column.iter().enumerate() {
+                    put(c, r, *v);
+                }
+            }
+        }};
+    }
+    match (columns, rows) {
+        (2, 1) => run!(2, 1),
+        (2, 2) => run!(2, 2),
+        (2, 3) => run!(2, 3),
+        (2, _) => run!(2, 4),
+        (_, 1) => run!(1, 1),
+        (_, 2) => run!(1, 2),
+        (_, 3) => run!(1, 3),
+        _ => run!(1, 4),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block(
+    _: Operand,
+    _: Operand,
+    _: usize,
+    _: (usize, usize),
+    _: (usize, usize),
+    _: impl FnMut(usize, usize, f32),
+) {
+    unreachable!("the Q8_0 kernel applies on x86_64 only")
+}
+
+/// candle's `hsum_float_8`: the high half added to the low, then pairs, then the last two.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(x: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let res = _mm256_extractf128_ps(x, 1);
+    let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+    let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+    let res = _mm_add_ss(res, _mm_movehdup_ps(res));
+    _mm_cvtss_f32(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Module, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// The product candle computes, through the same `QMatMul` decoding used before this kernel.
+    fn candle_product(q: &Arc<QTensor>, x: &[f32], m: usize, k: usize) -> Vec<f32> {
+        let x = Tensor::from_slice(x, (m, k), &Device::Cpu).unwrap();
+        let mm = candle_core::quantized::QMatMul::from_arc(q.clone()).unwrap();
+        mm.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn the_q8_0_kernel_gives_candles_numbers_to_the_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // SmolLM2's inner dimension (576 = 18 blocks), a small one, odd column and row counts.
+        for (n, k) in [(72, 576), (5, 64), (33, 96), (1536, 576)] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+            let weight = QuantizedWeight::new(q.clone());
+            for m in [1, 2, 3, 4, 5, 9, 20] {
+                let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+                let ours = weight.matmul_t(&x, m).unwrap();
+                // k = 576 and the others are no multiple of 256: only a single row, or a CPU
+                // without AVX2 and FMA (or RTLAB_Q8_KERNEL=candle), is left to candle.
+                if cpu().avx2_fma && m > 1 {
+                    assert!(ours.is_some(), "({m}, {k}, {n}): the kernel must run on this CPU");
+                }
+                let Some(ours) = ours else {
+                    continue;
+                };
+                let theirs = candle_product(&q, &x, m, k);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&ours), bits(&theirs), "({m}, {k}, {n})");
+            }
+        }
+    }
+}
