@@ -77,22 +77,26 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// rtlab's single-stream decode: tokens/s of `generate` after the model is loaded (prompt included).
 fn rtlab_single(model: &Path, dequantize: bool, kernel: Kernel) -> f64 {
-    let out = script_with(&format!(
-        r#"let m = load_model("{}", #{{dequantize: {dequantize}}});
+    let out = script_with(
+        &format!(
+            r#"let m = load_model("{}", #{{dequantize: {dequantize}}});
 let t = timestamp();
 let text = m.generate("{PROMPT}", #{{max_tokens: {TOKENS}}});
 let s = t.elapsed;
 print(`tokens ${{m.tokens(text).len()}}`);
 print(`seconds ${{s}}`);"#,
-        model.display()
-    ), kernel);
+            model.display()
+        ),
+        kernel,
+    );
     field(&out, "tokens") / field(&out, "seconds")
 }
 
 /// rtlab's 20 samples of one prompt as a batch: aggregate tokens/s.
 fn rtlab_batch(model: &Path, n: usize, kernel: Kernel) -> f64 {
-    let out = script_with(&format!(
-        r#"let m = load_model("{path}", #{{}});
+    let out = script_with(
+        &format!(
+            r#"let m = load_model("{path}", #{{}});
 let llm_model = llm(#{{provider: "local", model: "{path}", max_tokens: {TOKENS}, temperature: 0.8}});
 llm_model.complete("warm up the loaded model");
 let prompts = from_records([#{{p: "{PROMPT}"}}]);
@@ -103,8 +107,10 @@ let tokens = 0;
 for a in answers.column("completion") {{ tokens += m.tokens(a).len(); }}
 print(`tokens ${{tokens}}`);
 print(`seconds ${{s}}`);"#,
-        path = model.display()
-    ), kernel);
+            path = model.display()
+        ),
+        kernel,
+    );
     field(&out, "tokens") / field(&out, "seconds")
 }
 
@@ -225,7 +231,6 @@ fn decode(model: &Path, runs: usize) {
         "batch / single stream            {:7.2}x (goal: at least 8x)",
         b / q
     );
-
 }
 
 /// Part 3: each configuration's runs interleaved, so that a noisy minute hits them all.

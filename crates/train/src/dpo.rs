@@ -174,7 +174,12 @@ pub fn pair_logps(
     pass: &mut Pass,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let b = pair_batch(model, pairs, pad)?;
-    pair_logps_of(&model.forward(&b.inputs, None, pass)?, &b, pairs.len(), loss)
+    pair_logps_of(
+        &model.forward(&b.inputs, None, pass)?,
+        &b,
+        pairs.len(),
+        loss,
+    )
 }
 
 /// The batch of `pairs`' 2k sequences, chosen first, as [`pair_logps`] runs it.

@@ -269,13 +269,8 @@ impl LocalModel {
             ids.truncate(max_len);
             examples.push(examples::Example { ids, prompt_len });
         }
-        let (nll, scored) = super::model::mean_nll(
-            &self.model,
-            &examples,
-            self.eos,
-            batch_size,
-            Pass::decoding,
-        )?;
+        let (nll, scored) =
+            super::model::mean_nll(&self.model, &examples, self.eos, batch_size, Pass::decoding)?;
         Ok((nll.exp(), scored))
     }
 
@@ -420,7 +415,11 @@ fn nucleus(probs: &[f32], top_p: f64) -> Vec<usize> {
         .map(|(i, p)| (u64::from(!total_order_bits(*p)) << 32) | i as u64)
         .collect();
     // A mass of 1 is rarely reached before the last token (rounding), so top_p 1 sorts all at once.
-    let mut k = if top_p >= 1.0 { probs.len() } else { 64.min(probs.len()) };
+    let mut k = if top_p >= 1.0 {
+        probs.len()
+    } else {
+        64.min(probs.len())
+    };
     loop {
         let mut top = keys.clone();
         if k < top.len() {

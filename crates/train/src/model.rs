@@ -241,7 +241,9 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
         }
         if !self.exact {
             // rtlab's Q8_0 kernel where it applies (the same numbers, faster), else candle's.
-            if let (candle_core::CpuStorage::F32(v), Some((start, end))) = (s, l.contiguous_offsets()) {
+            if let (candle_core::CpuStorage::F32(v), Some((start, end))) =
+                (s, l.contiguous_offsets())
+            {
                 let mut dims = l.dims().to_vec();
                 let k = dims.last().copied().unwrap_or(0).max(1);
                 if let Some(y) = self.weight.matmul_t(&v[start..end], (end - start) / k)? {
@@ -700,7 +702,14 @@ impl Layer {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
-        let h = self.attn.forward(&self.input_norm.forward(x)?, rope, offset, mask, cache, pass)?;
+        let h = self.attn.forward(
+            &self.input_norm.forward(x)?,
+            rope,
+            offset,
+            mask,
+            cache,
+            pass,
+        )?;
         let x1 = (x + h)?;
         &x1 + self.mlp.forward(&self.post_norm.forward(&x1)?, pass)?
     }
@@ -1072,7 +1081,8 @@ impl CausalLm {
         for (layer, (input, rng)) in self.layers.iter().zip(saved).rev() {
             let input = Var::from_tensor(&input)?;
             pass.dropout_rng = rng;
-            let output = layer.forward(input.as_tensor(), &self.rope, 0, mask.as_ref(), None, pass)?;
+            let output =
+                layer.forward(input.as_tensor(), &self.rope, 0, mask.as_ref(), None, pass)?;
             // d/d(output) of Σ output·upstream is `upstream`, exactly: the layer's backward starts
             // from the gradient the whole graph would have given it.
             let mut layer_grads = (output * &upstream)?.sum_all()?.backward()?;

@@ -222,6 +222,8 @@ fn matmul(w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> 
 /// The CPU must have AVX2 and FMA, and the columns and rows must exist.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+// Index loops over constant bounds: each `acc[c][r]` is its own register once unrolled.
+#[allow(clippy::needless_range_loop)]
 unsafe fn tile<const C: usize, const R: usize>(
     w: Operand,
     a: Operand,
@@ -339,7 +341,12 @@ mod tests {
     fn candle_product(q: &Arc<QTensor>, x: &[f32], m: usize, k: usize) -> Vec<f32> {
         let x = Tensor::from_slice(x, (m, k), &Device::Cpu).unwrap();
         let mm = candle_core::quantized::QMatMul::from_arc(q.clone()).unwrap();
-        mm.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        mm.forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
@@ -357,7 +364,10 @@ mod tests {
                 // k = 576 and the others are no multiple of 256: only a single row, or a CPU
                 // without AVX2 and FMA (or RTLAB_Q8_KERNEL=candle), is left to candle.
                 if cpu().avx2_fma && m > 1 {
-                    assert!(ours.is_some(), "({m}, {k}, {n}): the kernel must run on this CPU");
+                    assert!(
+                        ours.is_some(),
+                        "({m}, {k}, {n}): the kernel must run on this CPU"
+                    );
                 }
                 let Some(ours) = ours else {
                     continue;

@@ -577,7 +577,11 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients_to_the_bit() {
         };
         let (whole_loss, whole) = run(false);
         let (ckpt_loss, ckpt) = run(true);
-        assert_eq!(scalar(&whole_loss), scalar(&ckpt_loss), "{dtype:?}: the loss");
+        assert_eq!(
+            scalar(&whole_loss),
+            scalar(&ckpt_loss),
+            "{dtype:?}: the loss"
+        );
         for (path, l) in m.adapters() {
             for (which, var) in [("A", &l.a), ("B", &l.b)] {
                 let bits = |g: &candle_core::backprop::GradStore| -> Vec<f64> {
