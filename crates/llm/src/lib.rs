@@ -63,8 +63,6 @@ pub struct Usage {
     pub record_error: Option<String>,
 }
 
-/// Records one answer in the store. A refused write is counted in `usage` (and reported once the
-/// batch ends by [`Model::answer_all`]), never dropped in silence.
 /// One answer that arrived, from a server or the local model: counted in `usage` (a request and its
 /// tokens) and recorded in the store when there is one.
 fn account(rec: &Recorded, store: Option<&Mutex<Store>>, usage: &Mutex<Usage>) {
@@ -78,6 +76,8 @@ fn account(rec: &Recorded, store: Option<&Mutex<Store>>, usage: &Mutex<Usage>) {
     }
 }
 
+/// Records one answer in the store. A refused write is counted in `usage` (and reported once the
+/// batch ends by [`Model::answer_all`]), never dropped in silence.
 fn record(store: &Mutex<Store>, rec: &Recorded, usage: &Mutex<Usage>) {
     let written = match store.lock() {
         Ok(s) => s.put_response(rec).map_err(|e| e.to_string()),

@@ -610,16 +610,23 @@ struct Attention {
     head_dim: usize,
 }
 
+/// Where a forward's tokens sit: the rotary tables, the position of the first token, and the causal
+/// mask every layer shares (none for a single new token, which sees everything before it).
+struct Positions<'a> {
+    rope: &'a Rope,
+    offset: usize,
+    mask: Option<Tensor>,
+}
+
 impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        offset: usize,
-        mask: Option<&Tensor>,
+        at: &Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
+        let (rope, offset) = (at.rope, at.offset);
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, heads: usize| {
             y.reshape((b, t, heads, self.head_dim))?
@@ -638,7 +645,7 @@ impl Attention {
         }
         let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = match mask {
+        let scores = match &at.mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
@@ -696,20 +703,13 @@ impl Layer {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        offset: usize,
-        mask: Option<&Tensor>,
+        at: &Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
-        let h = self.attn.forward(
-            &self.input_norm.forward(x)?,
-            rope,
-            offset,
-            mask,
-            cache,
-            pass,
-        )?;
+        let h = self
+            .attn
+            .forward(&self.input_norm.forward(x)?, at, cache, pass)?;
         let x1 = (x + h)?;
         &x1 + self.mlp.forward(&self.post_norm.forward(&x1)?, pass)?
     }
@@ -993,6 +993,22 @@ impl CausalLm {
     ) -> candle_core::Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let at = self.positions(t, offset)?;
+        if let Some(c) = cache.as_mut() {
+            if c.layers.is_empty() {
+                c.layers = (0..self.layers.len()).map(|_| None).collect();
+            }
+        }
+        let mut x = self.embed_tokens(ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &at, slot, pass)?;
+        }
+        self.logits(&x, pass)
+    }
+
+    /// `t` new tokens after `offset` cached ones, refused when the model has no position for them.
+    fn positions(&self, t: usize, offset: usize) -> candle_core::Result<Positions<'_>> {
         if offset + t > self.rope.cos.dim(0)? {
             candle_core::bail!(
                 "sequence of {} tokens is longer than the model's max_position_embeddings ({})",
@@ -1000,23 +1016,15 @@ impl CausalLm {
                 self.rope.cos.dim(0)?
             );
         }
-        if let Some(c) = cache.as_mut() {
-            if c.layers.is_empty() {
-                c.layers = (0..self.layers.len()).map(|_| None).collect();
-            }
-        }
-        // One causal mask for every layer (a single new token sees everything before it).
-        let mask = if t > 1 {
-            Some(causal_mask(t, offset + t, self.dtype, &self.device)?)
-        } else {
-            None
+        let mask = match t > 1 {
+            true => Some(causal_mask(t, offset + t, self.dtype, &self.device)?),
+            false => None,
         };
-        let mut x = self.embed_tokens(ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, &self.rope, offset, mask.as_ref(), slot, pass)?;
-        }
-        self.logits(&x, pass)
+        Ok(Positions {
+            rope: &self.rope,
+            offset,
+            mask,
+        })
     }
 
     /// The residual stream [batch, seq, hidden] entering the first layer.
@@ -1057,11 +1065,7 @@ impl CausalLm {
             let grads = loss.backward()?;
             return Ok((loss, grads));
         }
-        let (_, t) = ids.dims2()?;
-        let mask = match t > 1 {
-            true => Some(causal_mask(t, t, self.dtype, &self.device)?),
-            false => None,
-        };
+        let at = self.positions(ids.dims2()?.1, 0)?;
         // Forward without a graph, keeping each layer's input and the dropout generator's state
         // there, so that the recomputation draws the same masks.
         let tracked = std::mem::replace(&mut pass.track_gradients, false);
@@ -1069,7 +1073,7 @@ impl CausalLm {
         let mut saved = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             saved.push((x.clone(), pass.dropout_rng.clone()));
-            x = layer.forward(&x, &self.rope, 0, mask.as_ref(), None, pass)?;
+            x = layer.forward(&x, &at, None, pass)?;
         }
         pass.track_gradients = tracked;
         let top = Var::from_tensor(&x)?;
@@ -1081,8 +1085,7 @@ impl CausalLm {
         for (layer, (input, rng)) in self.layers.iter().zip(saved).rev() {
             let input = Var::from_tensor(&input)?;
             pass.dropout_rng = rng;
-            let output =
-                layer.forward(input.as_tensor(), &self.rope, 0, mask.as_ref(), None, pass)?;
+            let output = layer.forward(input.as_tensor(), &at, None, pass)?;
             // d/d(output) of Σ output·upstream is `upstream`, exactly: the layer's backward starts
             // from the gradient the whole graph would have given it.
             let mut layer_grads = (output * &upstream)?.sum_all()?.backward()?;

@@ -54,14 +54,16 @@ impl QuantizedWeight {
         let data = self.tensor.data()?;
         let weights: &[u8] = &data;
         let scales = self.scales.get_or_init(|| block_scales(weights));
-        let (act_blocks, act_scales) = quantize_rows(x, m, k);
+        let act_blocks = quantize_rows(x, m, k);
+        let act_bytes = block_bytes(&act_blocks);
+        let act_scales = block_scales(act_bytes);
         Ok(Some(matmul(
             Operand {
                 blocks: weights,
                 scales,
             },
             Operand {
-                blocks: &act_blocks,
+                blocks: act_bytes,
                 scales: &act_scales,
             },
             (m, k, n),
@@ -128,9 +130,12 @@ fn block_scales(blocks: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// The activations quantized as candle quantizes them for its Q8_0 kernel (`BlockQ8_0::from_float`),
-/// as raw blocks, and their scales as f32.
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+/// The activations quantized as candle quantizes them for its Q8_0 kernel (`BlockQ8_0::from_float`).
+fn quantize_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+) -> Vec<candle_core::quantized::k_quants::BlockQ8_0> {
     use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
     let kb = k / QK;
     let mut blocks = vec![BlockQ8_0::zeros(); m * kb];
@@ -142,14 +147,16 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
             BlockQ8_0::from_float(&x[r * k..(r + 1) * k], dst);
         }
     });
+    blocks
+}
+
+/// Blocks as the bytes of the GGUF layout, borrowed.
+fn block_bytes(blocks: &[candle_core::quantized::k_quants::BlockQ8_0]) -> &[u8] {
     // SAFETY: BlockQ8_0 is `#[repr(C)]` {f16, [i8; 32]}, 34 bytes with no padding (candle asserts
     // the size), so its blocks are exactly the bytes of the GGUF layout.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * BLOCK_BYTES)
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
     }
-    .to_vec();
-    let scales = block_scales(&bytes);
-    (bytes, scales)
 }
 
 /// Q8_0 blocks (row after row) and their scales.
@@ -178,9 +185,9 @@ impl<T> SharedOut<T> {
 /// each spinning while the other worked.
 fn matmul(w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
     let kb = k / QK;
-    // Column-major while computing (each work item owns whole columns), transposed at the end.
-    let mut by_column = vec![0f32; n * m];
-    let out = SharedOut(by_column.as_mut_ptr());
+    // Each work item owns whole columns of the row-major result.
+    let mut result = vec![0f32; m * n];
+    let out = SharedOut(result.as_mut_ptr());
     let tasks = n.div_ceil(COLUMNS_PER_TASK);
     candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
         for task in range {
@@ -197,7 +204,7 @@ fn matmul(w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> 
                     // to this work item alone.
                     unsafe {
                         block(w, a, kb, (first + c, take), (r, rows), |dc, dr, v| {
-                            *out.at((first + c + dc) * m + r + dr) = v
+                            *out.at((r + dr) * n + first + c + dc) = v
                         })
                     };
                     r += rows;
@@ -206,13 +213,7 @@ fn matmul(w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> 
             }
         }
     });
-    let mut out = vec![0f32; m * n];
-    for (col, values) in by_column.chunks_exact(m).enumerate() {
-        for (row, v) in values.iter().enumerate() {
-            out[row * n + col] = *v;
-        }
-    }
-    out
+    result
 }
 
 /// Dot products of `C` weight columns from `col` with `R` activation rows from `row`:
