@@ -302,7 +302,6 @@ fn seed(args: &[String]) -> impl Fn(&mut Scope<'static>) + '_ {
 fn prepare(file: &Path) -> Result<Runtime, ExitCode> {
     let dir = script_dir(file)?;
     install_ctrl_c_handler();
-    rtlab_core::workspace::set_base_dir(&dir);
     Ok(Runtime::new(&dir))
 }
 
@@ -409,15 +408,15 @@ fn bench(args: &BenchArgs) -> ExitCode {
     };
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    rtlab_core::workspace::set_base_dir(&cwd);
-    // Building the engine registers how stdlib values display: without it the category table printed
-    // as its type name, `rtlab_data::Frame`.
-    let _engine = crate::engine::Runtime::new(&cwd);
+    // The runtime's workspace is the shell's directory; building its engine also registers how
+    // stdlib values display (without it the category table printed as `rtlab_data::Frame`).
+    let rt = crate::engine::Runtime::new(&cwd);
+    let ws = &rt.workspace;
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
-    let run = rtlab_llm::Model::from_options(&bench_model_options(args)).and_then(|m| {
+    let run = rtlab_llm::Model::from_options(&bench_model_options(args), &cwd).and_then(|m| {
         let problems =
-            rtlab_data::load_verilog_eval_dir(&args.problems).map_err(|e| e.to_string())?;
-        rtlab_bench::run_benchmark(&m, &problems, &options)
+            rtlab_data::load_verilog_eval_dir(ws, &args.problems).map_err(|e| e.to_string())?;
+        rtlab_bench::run_benchmark(ws, &m, &problems, &options)
     });
     match run {
         Ok(run) => {
@@ -473,7 +472,8 @@ fn bench_options(args: &BenchArgs) -> Result<rhai::Map, String> {
         options.insert("temperature".into(), t.into());
     }
     if let Some(spec) = &args.slurm {
-        let slurm = rtlab_slurm::SlurmOptions::from_spec(spec).map_err(|e| e.to_string())?;
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let slurm = rtlab_slurm::SlurmOptions::from_spec(spec, &cwd).map_err(|e| e.to_string())?;
         options.insert("executor".into(), rhai::Dynamic::from(slurm));
     }
     Ok(options)
@@ -492,7 +492,8 @@ fn verify_file(args: &VerifyArgs) -> ExitCode {
         eprintln!("error: {}: no such file", input.display());
         return ExitCode::from(2);
     }
-    let executor = match slurm.map(rtlab_slurm::SlurmOptions::from_spec) {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let executor = match slurm.map(|s| rtlab_slurm::SlurmOptions::from_spec(s, &cwd)) {
         None => rtlab_slurm::Executor::Local,
         Some(Ok(s)) => rtlab_slurm::Executor::Slurm(s),
         Some(Err(e)) => {
@@ -501,8 +502,7 @@ fn verify_file(args: &VerifyArgs) -> ExitCode {
         }
     };
     install_ctrl_c_handler();
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    rtlab_core::workspace::set_base_dir(&cwd);
+    let rt = crate::engine::Runtime::new(&cwd);
     let mut opts = rtlab_verify::VerifyOptions::default();
     opts.timeouts.sim = timeout_ms.max(1);
     if let Some(t) = top.filter(|t| !rtlab_verify::is_module_name(t)) {
@@ -518,7 +518,9 @@ fn verify_file(args: &VerifyArgs) -> ExitCode {
     // The same typed calls as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
     let verified = rtlab_data::load_jsonl(input, &rtlab_data::LoadOptions::default())
         .map_err(|e| e.to_string())
-        .and_then(|loaded| rtlab_verify::verify_rows(&loaded.frame, &inputs, &opts, &executor))
+        .and_then(|loaded| {
+            rtlab_verify::verify_rows(&rt.workspace, &loaded.frame, &inputs, &opts, &executor)
+        })
         .and_then(|v| {
             rtlab_data::save_jsonl(&v.df, output).map_err(|e| e.to_string())?;
             Ok(v)
@@ -586,8 +588,8 @@ fn export(
         }
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    rtlab_core::workspace::set_base_dir(&cwd);
-    let written = rtlab_train::export_merged_gguf(base, adapter, out, quant)
+    let ws = rtlab_core::Workspace::new(&cwd, rtlab_core::OutputSink::new());
+    let written = rtlab_train::export_merged_gguf(&ws, base, adapter, out, quant)
         .map_err(|e| e.to_string())
         .and_then(|_| {
             let file = out

@@ -28,7 +28,6 @@ pub fn eval_script(
     source: &str,
     base_dir: &std::path::Path,
 ) -> Result<String, ScriptError> {
-    rtlab_core::workspace::set_base_dir(base_dir);
     let rt = Runtime::new(base_dir);
     rt.sink.set_quiet(true);
     let ast = rt.compile(origin, source)?;

@@ -2,8 +2,8 @@
 //! renders script errors and help. The services stdlib functions share (the output sink, the
 //! cancellation flag, value display) live in `rtlab-core` and are re-exported here.
 //!
-//! Main types: [`Runtime`] (an engine plus its output sink, what the REPL, the runner and the notebook
-//! drive), [`OutputSink`], [`HelpIndex`] (the doc comments `:help` shows).
+//! Main types: [`Runtime`] (an engine, its output sink and its workspace: what the REPL, the runner
+//! and the notebook drive), [`OutputSink`], [`HelpIndex`] (the doc comments `:help` shows).
 
 mod error;
 mod help;
@@ -12,16 +12,19 @@ mod stdlib_modules;
 pub use error::{render_error, ScriptError};
 pub use help::{script_type_name, HelpIndex};
 pub use rtlab_core::{
-    cancel_requested, clear_cancel, display_value, install_ctrl_c_handler, OutputSink,
+    cancel_requested, clear_cancel, display_value, install_ctrl_c_handler, OutputSink, Workspace,
 };
 
 use rhai::{Dynamic, Engine, Scope, AST};
 use std::path::Path;
+use std::rc::Rc;
 
-/// An engine with the stdlib registered, and the sink its `print`/`debug` write to.
+/// An engine with the stdlib registered, the sink its `print`/`debug` write to, and the workspace
+/// its functions work in (reached through the engine's default tag: see [`Workspace::of`]).
 pub struct Runtime {
     pub engine: Engine,
     pub sink: OutputSink,
+    pub workspace: Rc<Workspace>,
 }
 
 impl Runtime {
@@ -29,8 +32,14 @@ impl Runtime {
     /// relative file paths resolve from (the script's directory, or the REPL's working directory).
     pub fn new(script_dir: &Path) -> Runtime {
         let sink = OutputSink::new();
-        let engine = build_engine(sink.clone(), script_dir);
-        Runtime { engine, sink }
+        let workspace = Workspace::new(script_dir, sink.clone());
+        let mut engine = build_engine(sink.clone(), script_dir);
+        workspace.install(&mut engine);
+        Runtime {
+            engine,
+            sink,
+            workspace,
+        }
     }
 
     /// Compiles `source` (named `origin` in errors) into an AST.

@@ -227,7 +227,7 @@ mod tests {
             "extra".into(),
             Dynamic::from_array(vec!["--qos=high".into()]),
         );
-        let slurm = rtlab_slurm::SlurmOptions::from_map(&map).unwrap();
+        let slurm = rtlab_slurm::SlurmOptions::from_map(&map, std::path::Path::new("/")).unwrap();
         let back = round_trip(Dynamic::from(slurm.clone()));
         assert_eq!(back.cast::<rtlab_slurm::SlurmOptions>(), slurm);
     }

@@ -123,9 +123,9 @@ impl Notebook {
         opts: &NotebookOptions,
     ) -> Result<(), ScriptError> {
         // `--fresh` reaches the stdlib's own caches too (training runs, the verifier's store).
-        rtlab_core::workspace::set_fresh(opts.mode == CacheMode::Fresh);
+        rt.workspace.set_fresh(opts.mode == CacheMode::Fresh);
         let result = self.run_cells(rt, scope, opts);
-        rtlab_core::workspace::set_fresh(false);
+        rt.workspace.set_fresh(false);
         result
     }
 
@@ -228,11 +228,11 @@ impl Notebook {
         origin: &str,
         ctx: &CellContext,
     ) -> Result<CellReport, ScriptError> {
-        rtlab_core::workspace::take_inputs();
+        rt.workspace.take_inputs();
         let start = Instant::now();
         let result = rt.eval(origin, &ctx.code, scope, &ctx.ast);
         let elapsed_s = start.elapsed().as_secs_f64();
-        let inputs = stamp_inputs(&rtlab_core::workspace::take_inputs());
+        let inputs = stamp_inputs(&rt.workspace.take_inputs());
         let value = result?;
         let result_text = (!value.is_unit()).then(|| display_value(&value));
         if let Some(text) = &result_text {

@@ -39,7 +39,6 @@ pub struct Repl {
 impl Repl {
     pub fn new(opts: NotebookOptions) -> Repl {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        rtlab_core::workspace::set_base_dir(&cwd);
         let rt = Runtime::new(&cwd);
         let help = rt.help_index();
         Repl {
@@ -268,15 +267,15 @@ impl Repl {
             println!("usage: :load FILE");
             return;
         }
-        let path = rtlab_core::workspace::resolve_path(file);
+        let path = self.rt.workspace.resolve(file);
         let origin = path.display().to_string();
         match std::fs::read_to_string(&path) {
             Err(e) => eprintln!("error: cannot read {origin}: {e}"),
             Ok(source) => {
                 // The loaded script's relative paths resolve against its own directory, as in `rtlab run`.
-                rtlab_core::workspace::set_base_dir(path.parent().unwrap_or(Path::new(".")));
-                let result = self.eval_keeping_functions(&origin, &source);
-                rtlab_core::workspace::set_base_dir(&std::env::current_dir().unwrap_or_default());
+                let ws = self.rt.workspace.clone();
+                let result =
+                    in_dir_of(&ws, &path, || self.eval_keeping_functions(&origin, &source));
                 match result {
                     Ok(v) => show(&v),
                     Err(e) => eprintln!("{}", render_error(&e)),
@@ -292,7 +291,7 @@ impl Repl {
             println!("usage: :run FILE");
             return;
         }
-        let path = rtlab_core::workspace::resolve_path(file);
+        let path = self.rt.workspace.resolve(file);
         // Reuse the in-memory cell results when the same script runs again.
         let mut notebook = match self.last_notebook.take() {
             Some(nb) if nb.path == path => nb,
@@ -300,9 +299,9 @@ impl Repl {
         };
         let mut scope = Scope::new();
         scope.push_constant("ARGS", rhai::Array::new());
-        rtlab_core::workspace::set_base_dir(path.parent().unwrap_or(Path::new(".")));
-        let result = notebook.run(&self.rt, &mut scope, &self.opts);
-        rtlab_core::workspace::set_base_dir(&std::env::current_dir().unwrap_or_default());
+        let result = in_dir_of(&self.rt.workspace, &path, || {
+            notebook.run(&self.rt, &mut scope, &self.opts)
+        });
         if let Err(e) = result {
             eprintln!("{}", render_error(&e));
         }
@@ -325,18 +324,18 @@ impl Repl {
             println!("usage: :watch FILE");
             return;
         }
-        let path = rtlab_core::workspace::resolve_path(file);
-        rtlab_core::workspace::set_base_dir(path.parent().unwrap_or(Path::new(".")));
-        crate::notebook::watch(
-            &self.rt,
-            &path,
-            &self.opts,
-            &|s| {
-                s.push_constant("ARGS", rhai::Array::new());
-            },
-            None,
-        );
-        rtlab_core::workspace::set_base_dir(&std::env::current_dir().unwrap_or_default());
+        let path = self.rt.workspace.resolve(file);
+        in_dir_of(&self.rt.workspace, &path, || {
+            crate::notebook::watch(
+                &self.rt,
+                &path,
+                &self.opts,
+                &|s| {
+                    s.push_constant("ARGS", rhai::Array::new());
+                },
+                None,
+            )
+        });
         crate::engine::clear_cancel();
     }
 
@@ -361,4 +360,14 @@ fn show(value: &Dynamic) {
     if !value.is_unit() {
         println!("{}", display_value(value));
     }
+}
+
+/// Runs `f` with the workspace's relative paths resolving against `script`'s directory, as in
+/// `rtlab run`, then against the REPL's directory again.
+fn in_dir_of<T>(ws: &rtlab_core::Workspace, script: &Path, f: impl FnOnce() -> T) -> T {
+    let previous = ws.base_dir();
+    ws.set_base_dir(script.parent().unwrap_or(Path::new(".")));
+    let result = f();
+    ws.set_base_dir(&previous);
+    result
 }

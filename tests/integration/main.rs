@@ -23,3 +23,4 @@ mod sweep;
 mod train;
 mod truth;
 mod verify;
+mod workspace;

@@ -83,11 +83,12 @@ impl JudgeSpec {
 /// Judges every row: all first attempts go out as one batch (concurrently, recorded), then the
 /// malformed ones are asked again, up to `retries` times.
 pub fn judge_rows(
+    ws: &rtlab_core::Workspace,
     model: &Model,
     spec: &JudgeSpec,
     items: &[String],
 ) -> Result<Vec<Verdict>, String> {
-    let store = rtlab_core::store::open_workspace();
+    let store = ws.store();
     let mut conversations: Vec<Vec<Message>> = items
         .iter()
         .map(|item| {

@@ -16,6 +16,7 @@ pub mod testbench;
 use polars::prelude::*;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
+use rtlab_core::Workspace;
 use rtlab_data::{strings, Frame};
 use rtlab_llm::Model;
 use std::collections::BTreeMap;
@@ -54,7 +55,7 @@ pub use run::run_benchmark;
 type CategoryMetrics = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// Category → functional rate, from a run map or a recorded run id.
-fn categories_of(run: &Dynamic) -> Result<(String, CategoryMetrics), String> {
+fn categories_of(ws: &Workspace, run: &Dynamic) -> Result<(String, CategoryMetrics), String> {
     let metrics: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
         let frame = m
             .get("categories")
@@ -87,8 +88,7 @@ fn categories_of(run: &Dynamic) -> Result<(String, CategoryMetrics), String> {
                 .collect(),
         ));
     } else if let Ok(id) = run.as_int() {
-        let store =
-            rtlab_core::store::open_workspace().ok_or("the workspace store cannot be opened")?;
+        let store = ws.store().ok_or("the workspace store cannot be opened")?;
         let store = rtlab_core::store::lock(&store);
         let row = store
             .runs()
@@ -151,7 +151,11 @@ fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, String> {
 
 /// Per problem: task_id → (passing samples c, samples n), from a run map's `problems` frame or a
 /// recorded run's metrics.
-fn problems_of(run: &Dynamic, which: &str) -> Result<BTreeMap<String, (f64, f64)>, String> {
+fn problems_of(
+    ws: &Workspace,
+    run: &Dynamic,
+    which: &str,
+) -> Result<BTreeMap<String, (f64, f64)>, String> {
     let json: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
         let frame = m
             .get("problems")
@@ -170,8 +174,7 @@ fn problems_of(run: &Dynamic, which: &str) -> Result<BTreeMap<String, (f64, f64)
         }
         serde_json::Value::Object(out)
     } else if let Ok(id) = run.as_int() {
-        let store =
-            rtlab_core::store::open_workspace().ok_or("the workspace store cannot be opened")?;
+        let store = ws.store().ok_or("the workspace store cannot be opened")?;
         let store = rtlab_core::store::lock(&store);
         let row = store
             .runs()
@@ -256,9 +259,14 @@ fn paired_options(options: &Map) -> Result<PairedOptions, String> {
 }
 
 /// A paired significance test of run B against run A over the problems both ran.
-fn paired_test(run_a: &Dynamic, run_b: &Dynamic, options: &Map) -> Result<Map, String> {
+fn paired_test(
+    ws: &Workspace,
+    run_a: &Dynamic,
+    run_b: &Dynamic,
+    options: &Map,
+) -> Result<Map, String> {
     let o = paired_options(options)?;
-    let (a, b) = (problems_of(run_a, "A")?, problems_of(run_b, "B")?);
+    let (a, b) = (problems_of(ws, run_a, "A")?, problems_of(ws, run_b, "B")?);
     let shared: Vec<&String> = a.keys().filter(|id| b.contains_key(*id)).collect();
     if shared.len() != a.len() || shared.len() != b.len() || shared.is_empty() {
         return Err(format!(
@@ -328,7 +336,7 @@ fn paired_map(o: &PairedOptions, problems: usize, result: &stats::Paired) -> Map
 
 /// `expect` on what `compare(a, b, #{test})` returned: `p_value` is a ceiling (p < target), every
 /// other key (`delta`, `relative`, `b`, ...) a floor.
-fn expect_comparison(comparison: &Map, criteria: &Map) -> Result<bool, String> {
+fn expect_comparison(ws: &Workspace, comparison: &Map, criteria: &Map) -> Result<bool, String> {
     let mut all = true;
     for (key, target) in criteria.iter() {
         let target = target
@@ -363,7 +371,7 @@ fn expect_comparison(comparison: &Map, criteria: &Map) -> Result<bool, String> {
             ),
         };
         all &= holds;
-        rtlab_core::emit_line(&line);
+        ws.emit_line(&line);
     }
     Ok(all)
 }
@@ -516,7 +524,13 @@ mod bench_functions {
     /// what was wrong and asked again; a row that never gets a valid one has a null score and the
     /// reason in `judge_error`, and `judge` says how many: it is never scored 0.
     #[rhai_fn(return_raw)]
-    pub fn judge(model: Model, data: Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn judge(
+        ctx: NativeCallContext,
+        model: Model,
+        data: Frame,
+        options: Map,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
         let o = rtlab_core::options::Options::new(
             "judge",
             &options,
@@ -567,7 +581,7 @@ mod bench_functions {
         if items.is_empty() {
             return Err("judge: the data has no rows".into());
         }
-        let verdicts = judge::judge_rows(&model, &spec, &items)?;
+        let verdicts = judge::judge_rows(&ws, &model, &spec, &items)?;
         let scored: Vec<f64> = verdicts.iter().filter_map(|v| v.score).collect();
         let failed = verdicts.len() - scored.len();
         // No verdict, no mean: "mean 0.00" would read as a score.
@@ -588,7 +602,7 @@ mod bench_functions {
                 spec.retries + 1
             ));
         }
-        rtlab_core::emit_line(&line);
+        ws.emit_line(&line);
         Ok(judge::with_verdicts(&data, &verdicts)?)
     }
 
@@ -611,7 +625,8 @@ mod bench_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn sweep(ctx: NativeCallContext, options: Map) -> Result<Map, Box<EvalAltResult>> {
-        let (spec, trial) = sweep::parse(&options)?;
+        let ws = Workspace::of(&ctx);
+        let (spec, trial) = sweep::parse(&options, &ws.base_dir())?;
         let trials = sweep::run(&ctx, &spec, &trial)?;
         let records: Array = trials
             .iter()
@@ -654,7 +669,7 @@ mod bench_functions {
         rtlab_core::workspace::write_atomic(&spec.out.join("sweep.svg"), plot.svg.as_bytes())
             .map_err(|e| e.to_string())?;
         let ran = trials.iter().filter(|t| !t.cached).count();
-        rtlab_core::emit_line(&format!(
+        ws.emit_line(&format!(
             "sweep: {} trials ({ran} run, {} kept from {}); best {} = {} (trial {})",
             trials.len(),
             trials.len() - ran,
@@ -682,11 +697,17 @@ mod bench_functions {
     /// recorded in the workspace store.
     #[rhai_fn(return_raw)]
     pub fn benchmark(
+        ctx: NativeCallContext,
         model: Model,
         problems: Frame,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        Ok(run_benchmark(&model, &problems, &options)?)
+        Ok(run_benchmark(
+            &Workspace::of(&ctx),
+            &model,
+            &problems,
+            &options,
+        )?)
     }
 
     /// The prompt `benchmark` sends for a problem's spec (the default template,
@@ -698,8 +719,9 @@ mod bench_functions {
     /// Every recorded benchmark run: id, name, model, dataset, created (unix seconds), and the headline
     /// metrics.
     #[rhai_fn(return_raw)]
-    pub fn runs() -> Result<Frame, Box<EvalAltResult>> {
-        let store = rtlab_core::store::open_workspace()
+    pub fn runs(ctx: NativeCallContext) -> Result<Frame, Box<EvalAltResult>> {
+        let store = Workspace::of(&ctx)
+            .store()
             .ok_or("runs: the workspace store cannot be opened")?;
         let store = rtlab_core::store::lock(&store);
         let rows = store.runs().map_err(|e| e.to_string())?;
@@ -737,9 +759,14 @@ mod bench_functions {
     /// The per-category table the plans write by hand: functional rate and score of run A and run B,
     /// and B − A (runs as benchmark() returns them, or run ids).
     #[rhai_fn(return_raw)]
-    pub fn compare(run_a: Dynamic, run_b: Dynamic) -> Result<Frame, Box<EvalAltResult>> {
-        let (_, a) = categories_of(&run_a)?;
-        let (_, b) = categories_of(&run_b)?;
+    pub fn compare(
+        ctx: NativeCallContext,
+        run_a: Dynamic,
+        run_b: Dynamic,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
+        let (_, a) = categories_of(&ws, &run_a)?;
+        let (_, b) = categories_of(&ws, &run_b)?;
         let cats: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         let get = |m: &BTreeMap<String, BTreeMap<String, f64>>, c: &str, k: &str| {
             m.get(c).and_then(|x| x.get(k)).copied()
@@ -778,11 +805,12 @@ mod bench_functions {
     /// McNemar. `delta` is B − A; `relative` is delta / A.
     #[rhai_fn(name = "compare", return_raw)]
     pub fn compare_with_test(
+        ctx: NativeCallContext,
         run_a: Dynamic,
         run_b: Dynamic,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        Ok(paired_test(&run_a, &run_b, &options)?)
+        Ok(paired_test(&Workspace::of(&ctx), &run_a, &run_b, &options)?)
     }
 
     /// Checks success criteria and prints the plans' ✅/❌ lines; returns whether all hold. A key is a
@@ -794,14 +822,19 @@ mod bench_functions {
     /// reality check's "B at least 20% above A, p < 0.05" is
     /// `expect(compare(a, b, #{test: "mcnemar"}), #{relative: 0.2, p_value: 0.05})`.
     #[rhai_fn(return_raw)]
-    pub fn expect(run: Dynamic, criteria: Map) -> Result<bool, Box<EvalAltResult>> {
+    pub fn expect(
+        ctx: NativeCallContext,
+        run: Dynamic,
+        criteria: Map,
+    ) -> Result<bool, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
         if let Some(m) = run.read_lock::<Map>() {
             if m.contains_key("p_value") && m.contains_key("test") {
-                return Ok(expect_comparison(&m, &criteria)?);
+                return Ok(expect_comparison(&ws, &m, &criteria)?);
             }
         }
         let summary = summary_of(&run)?;
-        let (_, cats) = categories_of(&run)?;
+        let (_, cats) = categories_of(&ws, &run)?;
         let mut all = true;
         for (key, target) in criteria.iter() {
             let target = target
@@ -824,7 +857,7 @@ mod bench_functions {
                     format!("❌ {key}: not in this run (target {target})")
                 }
             };
-            rtlab_core::emit_line(&line);
+            ws.emit_line(&line);
         }
         Ok(all)
     }

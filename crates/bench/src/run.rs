@@ -24,7 +24,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn parse(model: &Model, options: &Map) -> Result<Settings, String> {
+    fn parse(ws: &rtlab_core::Workspace, model: &Model, options: &Map) -> Result<Settings, String> {
         let valid = [
             "n",
             "temperature",
@@ -51,7 +51,7 @@ impl Settings {
             .map(|k| k as usize)
             .filter(|k| *k <= n)
             .collect();
-        let template = crate::testbench::template(options, "template", DEFAULT_TEMPLATE)?;
+        let template = crate::testbench::template(ws, options, "template", DEFAULT_TEMPLATE)?;
         let name = o.string("name")?.unwrap_or_else(|| model.cfg.model.clone());
         Ok(Settings {
             n,
@@ -112,13 +112,18 @@ impl Problems {
 }
 
 /// Runs the benchmark; returns the run as a Rhai map.
-pub fn run_benchmark(model: &Model, problems: &Frame, options: &Map) -> Result<Map, String> {
-    let settings = Settings::parse(model, options)?;
+pub fn run_benchmark(
+    ws: &rtlab_core::Workspace,
+    model: &Model,
+    problems: &Frame,
+    options: &Map,
+) -> Result<Map, String> {
+    let settings = Settings::parse(ws, model, options)?;
     let problems = Problems::from_frame(problems)?;
     // One store for the whole run: the answers, the verdicts and the run record.
-    let store = rtlab_core::store::open_workspace();
+    let store = ws.store();
     let completions = sample(model, &settings, &problems, &store)?;
-    let reports = verify_samples(&completions, &settings, &problems, &store)?;
+    let reports = verify_samples(ws, &completions, &settings, &problems, &store)?;
     let scores = Scores::new(&reports, &settings, &problems)?;
     let id = record(&store, model, &settings, &problems, &scores);
     let samples = samples_frame(&completions, &reports, &settings, &problems)?;
@@ -180,6 +185,7 @@ fn sample(
 
 /// Step 2: each completion's code against its problem's testbench and reference.
 fn verify_samples(
+    ws: &rtlab_core::Workspace,
     completions: &[String],
     settings: &Settings,
     problems: &Problems,
@@ -200,7 +206,7 @@ fn verify_samples(
         .collect();
     let store = store.as_ref().map(rtlab_core::store::lock);
     let options = VerifyOptions::default();
-    let (reports, stats) = verify_all(&jobs, &options, store.as_deref(), &settings.executor)?;
+    let (reports, stats) = verify_all(ws, &jobs, &options, store.as_deref(), &settings.executor)?;
     if let Some(warning) = stats.store_warning(store.as_deref()) {
         eprintln!("{warning}");
     }

@@ -112,7 +112,8 @@ fn parse_strategy(
 }
 
 /// Reads the options; a value that cannot be searched is named.
-pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
+/// A relative `out` resolves against `base_dir` (the script's directory).
+pub fn parse(options: &Map, base_dir: &Path) -> Result<(SweepSpec, FnPtr), String> {
     rtlab_core::options::Options::new(
         "sweep",
         options,
@@ -161,7 +162,7 @@ pub fn parse(options: &Map) -> Result<(SweepSpec, FnPtr), String> {
     let out = options
         .get("out")
         .filter(|o| o.is_string())
-        .map(|o| rtlab_core::workspace::resolve_path(&o.to_string()))
+        .map(|o| rtlab_core::workspace::resolve_against(base_dir, &o.to_string()))
         .ok_or_else(|| {
             bad("pass out: the directory that keeps each finished trial (so a rerun resumes)")
         })?;

@@ -10,7 +10,7 @@ use rhai::{Array, Dynamic, Map};
 use rtlab_data::Frame;
 use rtlab_llm::{extract_code, Message, Model};
 use rtlab_verify::batch::{verify_all, Job};
-use rtlab_verify::{mutate, verify, SimStatus, VerifyOptions};
+use rtlab_verify::{mutate, verify, SimStatus, Stage, VerifyOptions};
 
 const A7_TEMPLATE: &str = include_str!("../prompts/a7_testbench.md");
 const SPEC_TEMPLATE: &str = include_str!("../prompts/spec.md");
@@ -32,7 +32,13 @@ fn module_name(rtl: &str) -> String {
 }
 
 /// A prompt template from options: a path to a file, or the text itself; `default` when absent.
-pub fn template(options: &Map, key: &str, default: &str) -> Result<String, String> {
+/// A file is resolved against `ws` and noted as an input.
+pub fn template(
+    ws: &rtlab_core::Workspace,
+    options: &Map,
+    key: &str,
+    default: &str,
+) -> Result<String, String> {
     match options.get(key).filter(|t| !t.is_unit()) {
         None => Ok(default.to_string()),
         Some(t) if !t.is_string() => Err(format!(
@@ -41,9 +47,9 @@ pub fn template(options: &Map, key: &str, default: &str) -> Result<String, Strin
         Some(t) => {
             let t = t.to_string();
             // A path to a template file, or the template text itself.
-            let path = rtlab_core::workspace::resolve_path(&t);
+            let path = ws.resolve(&t);
             if !t.contains('\n') && path.is_file() {
-                rtlab_core::workspace::note_input(&path);
+                ws.note_input(&path);
                 std::fs::read_to_string(&path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))
             } else {
@@ -71,8 +77,8 @@ pub struct A7Result {
     pub reason: String,
 }
 
-fn ask(model: &Model, prompt: &str) -> Result<String, String> {
-    let store = rtlab_core::store::open_workspace();
+fn ask(ws: &rtlab_core::Workspace, model: &Model, prompt: &str) -> Result<String, String> {
+    let store = ws.store();
     model
         .answer_all(
             &[(
@@ -110,6 +116,7 @@ const GENERATE_KEYS: &[&str] = &[
 ];
 
 pub fn a7_testbench_impl(
+    ws: &rtlab_core::Workspace,
     spec: &str,
     rtl: &str,
     model: &Model,
@@ -124,13 +131,13 @@ pub fn a7_testbench_impl(
     let category = o.string("category")?.unwrap_or_else(|| "FSM".to_string());
     let n_mutants = o.int_at_least("mutants", 0)?.unwrap_or(8) as usize;
     let min_killed = o.int_at_least("min_killed", 0)?.unwrap_or(2) as usize;
-    let tpl = template(options, "template", A7_TEMPLATE)?;
+    let tpl = template(ws, options, "template", A7_TEMPLATE)?;
     let executor = rtlab_slurm::Executor::from_options(&o)?;
-    let answer = ask(model, &a7_prompt(&tpl, spec, rtl, &category))?;
+    let answer = ask(ws, model, &a7_prompt(&tpl, spec, rtl, &category))?;
     let tb = extract_code(&answer);
     let sim = VerifyOptions {
         testbench: Some(tb.clone()),
-        stages: vec!["syntax".into(), "sim".into()],
+        stages: vec![Stage::Syntax, Stage::Sim],
         ..VerifyOptions::default()
     };
     sim.check_tools(true)?;
@@ -140,7 +147,7 @@ pub fn a7_testbench_impl(
     if !on_rtl.errors.is_empty() {
         log.push_str(&on_rtl.errors.join("\n"));
     }
-    let (compiled, killed) = kill_mutants(rtl, &tb, n_mutants, &executor)?;
+    let (compiled, killed) = kill_mutants(ws, rtl, &tb, n_mutants, &executor)?;
     let accepted = passed && killed >= min_killed.min(compiled.max(1));
     let reason = if !passed {
         format!(
@@ -167,22 +174,24 @@ pub fn a7_testbench_impl(
 /// testbench for them from the testbench model, judged by the RTL's mutants. `Err` says which step
 /// failed; a failed step ends the attempt.
 fn a7_attempt(
+    ws: &rtlab_core::Workspace,
     category: &str,
     attempt: usize,
     (spec_model, rtl_model, tb_model): (&Model, &Model, &Model),
     options: &Map,
 ) -> Result<(String, String, A7Result), String> {
     let spec = ask(
+        ws,
         spec_model,
         &testbench_functions::spec_prompt(category, attempt as i64),
     )
     .map_err(|e| format!("spec generation failed: {e}"))?;
-    let rtl = ask(rtl_model, &testbench_functions::rtl_prompt(&spec))
+    let rtl = ask(ws, rtl_model, &testbench_functions::rtl_prompt(&spec))
         .map(|r| extract_code(&r))
         .map_err(|e| format!("RTL generation failed: {e}"))?;
     let mut tb_opts = options.clone();
     tb_opts.insert("category".into(), category.to_string().into());
-    let verdict = a7_testbench_impl(&spec, &rtl, tb_model, &tb_opts)
+    let verdict = a7_testbench_impl(ws, &spec, &rtl, tb_model, &tb_opts)
         .map_err(|e| format!("A7 generation failed: {e}"))?;
     Ok((spec, rtl, verdict))
 }
@@ -212,6 +221,7 @@ fn verified_row(category: &str, spec: &str, rtl: String, r: A7Result, tb_model: 
 /// Runs the testbench `tb` against up to `n_mutants` mutants of `rtl`: how many mutants compiled, and
 /// how many of those it kills (a testbench "kills" a mutant when it does not pass it).
 fn kill_mutants(
+    ws: &rtlab_core::Workspace,
     rtl: &str,
     tb: &str,
     n_mutants: usize,
@@ -231,12 +241,13 @@ fn kill_mutants(
             top: None,
         })
         .collect();
-    let shared = rtlab_core::store::open_workspace();
+    let shared = ws.store();
     let store = shared.as_ref().map(rtlab_core::store::lock);
     let (reports, _) = verify_all(
+        ws,
         &jobs,
         &VerifyOptions {
-            stages: vec!["syntax".into(), "sim".into()],
+            stages: vec![Stage::Syntax, Stage::Sim],
             ..VerifyOptions::default()
         },
         store.as_deref(),
@@ -289,10 +300,16 @@ mod testbench_functions {
     /// accepted, reason}`: accepted only when the testbench passes the RTL and fails at least
     /// `min_killed` mutants.
     #[rhai_fn(return_raw)]
-    pub fn a7_testbench(spec: &str, rtl: &str, options: Map) -> Result<Map, Box<EvalAltResult>> {
+    pub fn a7_testbench(
+        ctx: NativeCallContext,
+        spec: &str,
+        rtl: &str,
+        options: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
         rtlab_core::options::Options::new("a7_testbench", &options, A7_KEYS)?;
         let model = model_opt(&options, "model")?;
-        let r = a7_testbench_impl(spec, rtl, &model, &options)?;
+        let ws = rtlab_core::Workspace::of(&ctx);
+        let r = a7_testbench_impl(&ws, spec, rtl, &model, &options)?;
         let mut m = Map::new();
         m.insert("testbench".into(), r.testbench.into());
         m.insert("passed".into(), r.passed.into());
@@ -317,8 +334,12 @@ mod testbench_functions {
     /// and `a7_testbench`'s `mutants`/`min_killed`. Prints per-category progress and pass rates; returns
     /// the accepted rows `{instruction, input, output, testbench, metadata: {...}}` in the plan's format.
     #[rhai_fn(return_raw)]
-    pub fn generate_verified(options: Map) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn generate_verified(
+        ctx: NativeCallContext,
+        options: Map,
+    ) -> Result<Frame, Box<EvalAltResult>> {
         let o = rtlab_core::options::Options::new("generate_verified", &options, GENERATE_KEYS)?;
+        let ws = rtlab_core::Workspace::of(&ctx);
         let spec_model = model_opt(&options, "spec_model")?;
         let rtl_model = model_opt(&options, "rtl_model")?;
         let tb_model = model_opt(&options, "tb_model")?;
@@ -333,7 +354,7 @@ mod testbench_functions {
                 .as_int()
                 .map_err(|_| format!("generate_verified: the target of {category} must be an int"))?
                 .max(0) as usize;
-            rtlab_core::emit_line(&format!(
+            ws.emit_line(&format!(
                 "{category} (target {target}, at most {per_cat} attempts)"
             ));
             let (mut passed, mut attempts) = (0usize, 0usize);
@@ -343,20 +364,20 @@ mod testbench_functions {
                 }
                 attempts += 1;
                 let models = (&spec_model, &rtl_model, &tb_model);
-                match a7_attempt(category.as_str(), attempts, models, &options) {
+                match a7_attempt(&ws, category.as_str(), attempts, models, &options) {
                     Err(step_failed) => {
-                        rtlab_core::emit_line(&format!("  [{attempts}] {step_failed}"));
+                        ws.emit_line(&format!("  [{attempts}] {step_failed}"));
                     }
                     Ok((spec, rtl, r)) if r.accepted => {
                         passed += 1;
-                        rtlab_core::emit_line(&format!(
+                        ws.emit_line(&format!(
                             "  [{attempts}] ✅ accepted ({passed}/{target}): {}",
                             r.reason
                         ));
                         rows.push(verified_row(category.as_str(), &spec, rtl, r, &tb_model));
                     }
                     Ok((_, _, r)) => {
-                        rtlab_core::emit_line(&format!("  [{attempts}] ❌ rejected: {}", r.reason));
+                        ws.emit_line(&format!("  [{attempts}] ❌ rejected: {}", r.reason));
                     }
                 }
             }
@@ -365,7 +386,7 @@ mod testbench_functions {
             } else {
                 0.0
             };
-            rtlab_core::emit_line(&format!("{category}: {passed}/{target} accepted in {attempts} attempts (pass rate {pct:.0}%)"));
+            ws.emit_line(&format!("{category}: {passed}/{target} accepted in {attempts} attempts (pass rate {pct:.0}%)"));
         }
         if rows.is_empty() {
             return Ok(Frame::new(polars::prelude::DataFrame::empty()));

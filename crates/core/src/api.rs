@@ -1,7 +1,7 @@
 //! The Rhai package every script gets whatever it does: files relative to the script, sleeping that
 //! Ctrl-C can interrupt, JSON, environment lookups (recorded as cell inputs) and assertions.
 
-use crate::workspace::{note_env, note_input, resolve_path, write_atomic};
+use crate::workspace::{write_atomic, Workspace};
 use rhai::plugin::*;
 
 pub fn register(engine: &mut Engine) {
@@ -44,24 +44,29 @@ mod runtime_functions {
     /// assert_eq(read_text("/tmp/rtlab_doc_example.txt"), "hello");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn read_text(path: &str) -> Result<String, Box<EvalAltResult>> {
-        let full = resolve_path(path);
-        note_input(&full);
+    pub fn read_text(ctx: NativeCallContext, path: &str) -> Result<String, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
+        let full = ws.resolve(path);
+        ws.note_input(&full);
         std::fs::read_to_string(&full)
             .map_err(|e| format!("cannot read {}: {e}", full.display()).into())
     }
 
     /// Writes a text file atomically (temp file + rename), creating parent directories.
     #[rhai_fn(return_raw)]
-    pub fn write_text(path: &str, text: &str) -> Result<(), Box<EvalAltResult>> {
-        let full = resolve_path(path);
+    pub fn write_text(
+        ctx: NativeCallContext,
+        path: &str,
+        text: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let full = Workspace::of(&ctx).resolve(path);
         write_atomic(&full, text.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", full.display()).into())
     }
 
     /// True when the path exists (relative to the script's directory).
-    pub fn file_exists(path: &str) -> bool {
-        resolve_path(path).exists()
+    pub fn file_exists(ctx: NativeCallContext, path: &str) -> bool {
+        Workspace::of(&ctx).resolve(path).exists()
     }
 
     /// This process's peak resident memory in MiB (Linux `VmHWM`), or `()` where unknown. For memory
@@ -109,8 +114,8 @@ mod runtime_functions {
     /// let home = env("HOME");
     /// assert(home != (), "HOME is set");
     /// ```
-    pub fn env(name: &str) -> Dynamic {
-        note_env(name);
+    pub fn env(ctx: NativeCallContext, name: &str) -> Dynamic {
+        Workspace::of(&ctx).note_env(name);
         std::env::var(name)
             .map(Dynamic::from)
             .unwrap_or(Dynamic::UNIT)

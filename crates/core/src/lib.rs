@@ -4,8 +4,9 @@
 //! - [`output`]: the sink every `print` goes to, so a cached cell can replay what it printed;
 //! - [`cancel`]: the process-wide Ctrl-C flag every long loop checks;
 //! - [`options`]: the checked reader of the option maps stdlib functions take;
-//! - [`workspace`]: paths relative to the script, atomic writes, the input log the cell cache checks,
-//!   the `--fresh` flag;
+//! - [`workspace`]: the [`Workspace`] every stdlib function works in (paths relative to the script,
+//!   the input log the cell cache checks, the store, the `--fresh` flag, the output sink), reached
+//!   through Rhai's call context; atomic writes;
 //! - [`store`]: the workspace's SQLite store (verification results, recorded model answers, runs);
 //! - [`values`]: the registry of rich values (how each capability's types display, render and
 //!   persist), and [`display`], how any value is shown;
@@ -27,4 +28,5 @@ pub mod workspace;
 pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler};
 pub use display::display_value;
 pub use options::Options;
-pub use output::{emit_line, OutputSink};
+pub use output::OutputSink;
+pub use workspace::Workspace;

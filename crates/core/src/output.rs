@@ -19,26 +19,10 @@ struct SinkState {
     quiet: bool,
 }
 
-thread_local! {
-    /// The sink of the engine built last on this thread, for stdlib functions that report progress
-    /// notes (skipped lines, say) through the same channel as `print`.
-    static CURRENT: RefCell<Option<OutputSink>> = const { RefCell::new(None) };
-}
-
-/// Prints a line through the current engine's sink (stdout when there is none).
-pub fn emit_line(text: &str) {
-    let sink = CURRENT.with(|c| c.borrow().clone());
-    match sink {
-        Some(s) => s.line(text),
-        None => println!("{text}"),
-    }
-}
-
 impl OutputSink {
+    /// A sink that prints to stdout and captures what it printed.
     pub fn new() -> OutputSink {
-        let sink = OutputSink::default();
-        CURRENT.with(|c| *c.borrow_mut() = Some(sink.clone()));
-        sink
+        OutputSink::default()
     }
 
     /// Writes one line to stdout (unless quiet) and to the capture buffer.

@@ -65,13 +65,13 @@ pub type SharedStore = Arc<Mutex<Store>>;
 /// The stores opened so far, one per workspace, with the database file's inode when opened.
 static OPEN: Mutex<Vec<(PathBuf, u64, SharedStore)>> = Mutex::new(Vec::new());
 
-/// The store of the running script's workspace (see `workspace::workspace_dir`), opened (and migrated)
-/// once per workspace and shared, or None with a warning when it cannot be opened: callers then work
-/// uncached. A store whose file was deleted or replaced since (`rm -rf .rtlab` beside a REPL) is
-/// opened again, so no result is written to a file nobody can read.
-pub fn open_workspace() -> Option<SharedStore> {
-    let base = crate::workspace::resolve_path(".");
-    let ws = crate::workspace::workspace_dir(&base);
+/// The store in the workspace directory `ws` (`.rtlab/`), opened (and migrated) once per workspace
+/// and shared by every runtime in the process, or None with a warning when it cannot be opened:
+/// callers then work uncached. A store whose file was deleted or replaced since (`rm -rf .rtlab`
+/// beside a REPL) is opened again, so no result is written to a file nobody can read. Scripts reach
+/// it through `Workspace::store`.
+pub fn open(ws: &Path) -> Option<SharedStore> {
+    let ws = ws.to_path_buf();
     let inode = |dir: &Path| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(dir.join("store.sqlite"))

@@ -14,13 +14,16 @@ pub type EncodeNested<'a> = &'a mut dyn FnMut(&Dynamic) -> Result<Value, String>
 /// Decodes a nested value written by [`EncodeNested`].
 pub type DecodeNested<'a> = &'a mut dyn FnMut(&Value) -> Result<Dynamic, String>;
 
+/// A persisted value's fields (beside `"$rtlab": tag`).
+pub type Fields = Map<String, Value>;
+
 /// How one of rtlab's Rhai types persists in a cell's cache entry.
 #[derive(Clone, Copy)]
 pub struct Persist {
     /// The value's fields; the cache adds `"$rtlab": tag`.
-    pub save: fn(&Dynamic, EncodeNested) -> Result<Map<String, Value>, String>,
+    pub save: fn(&Dynamic, EncodeNested) -> Result<Fields, String>,
     /// The value again from those fields. An error makes the cell rerun, with the message as the note.
-    pub load: fn(&Map<String, Value>, DecodeNested) -> Result<Dynamic, String>,
+    pub load: fn(&Fields, DecodeNested) -> Result<Dynamic, String>,
 }
 
 /// One of rtlab's Rhai types, as the display code, the report and the cache see it.

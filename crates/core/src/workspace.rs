@@ -1,15 +1,19 @@
-//! The workspace services every stdlib function shares: paths resolve against the running script's
-//! directory ([`resolve_path`]), files are written atomically ([`write_atomic`]), what a cell read is
-//! logged for the cache ([`note_input`]), and `--fresh` is one flag ([`fresh_requested`]).
+//! The workspace: the one context every stdlib function works in. A [`Workspace`] knows the directory
+//! relative paths resolve against ([`Workspace::resolve`]), logs what a cell read for the cache
+//! ([`Workspace::note_input`]), opens the workspace's store once ([`Workspace::store`]), carries
+//! `--fresh` and the output sink. The `Runtime` owns one and puts it in its engine's default tag;
+//! stdlib functions reach it through Rhai's call context ([`Workspace::of`]), and typed cores take it
+//! as a `&Workspace` argument. There is no ambient state: two runtimes on one thread (the REPL's and
+//! a `:run`'s, or two tests) never see each other's directory or inputs.
+//!
+//! Free functions here are the services that need no workspace: atomic writes, file stamps and
+//! finding a script's `.rtlab/` ([`workspace_dir`]).
 
-use std::cell::RefCell;
+use crate::output::OutputSink;
+use crate::store::SharedStore;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
-
-thread_local! {
-    static BASE_DIR: RefCell<PathBuf> = RefCell::new(PathBuf::from("."));
-    /// What the stdlib read since the last [`take_inputs`]: the cell cache checks it on restore.
-    static INPUTS: RefCell<Vec<Input>> = const { RefCell::new(Vec::new()) };
-}
+use std::rc::Rc;
 
 /// Something outside the script that a cell read through the stdlib.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,23 +24,135 @@ pub enum Input {
     Env(String),
 }
 
-/// Records that a stdlib function read `path`, so a cached cell that read it reruns when it changes.
-pub fn note_input(path: &Path) {
-    INPUTS.with(|i| i.borrow_mut().push(Input::File(path.to_path_buf())));
+/// One script's (or one REPL's) workspace. Cheap to share: the runtime holds it in an [`Rc`].
+pub struct Workspace {
+    /// Absolute (canonical where it exists): every path rtlab resolves, and so every path it returns
+    /// (`run.adapter`, say), is absolute, so handing it back to another rtlab function finds the
+    /// same file whatever directory the script runs from.
+    base_dir: RefCell<PathBuf>,
+    /// What the stdlib read since the last [`Workspace::take_inputs`]: the cell cache checks it.
+    inputs: RefCell<Vec<Input>>,
+    /// `rtlab run --fresh`.
+    fresh: Cell<bool>,
+    output: OutputSink,
 }
 
-/// Records that a cell read the environment variable `name`: a cached cell reruns when its value
-/// changes (or it is set or unset).
-pub fn note_env(name: &str) {
-    INPUTS.with(|i| i.borrow_mut().push(Input::Env(name.to_string())));
-}
+impl Workspace {
+    /// A workspace whose relative paths resolve against `base_dir` (the script's directory, or the
+    /// REPL's working directory), printing progress notes to `output`.
+    pub fn new(base_dir: &Path, output: OutputSink) -> Rc<Workspace> {
+        let ws = Workspace {
+            base_dir: RefCell::new(PathBuf::new()),
+            inputs: RefCell::new(Vec::new()),
+            fresh: Cell::new(false),
+            output,
+        };
+        ws.set_base_dir(base_dir);
+        Rc::new(ws)
+    }
 
-/// What was read since the last call, deduplicated, in order.
-pub fn take_inputs() -> Vec<Input> {
-    let mut inputs = INPUTS.with(|i| std::mem::take(&mut *i.borrow_mut()));
-    let mut seen = std::collections::HashSet::new();
-    inputs.retain(|f| seen.insert(f.clone()));
-    inputs
+    /// The workspace of the engine running the calling function. An engine built without a runtime
+    /// (a host that registers rtlab's packages on its own engine) gets one for the process's current
+    /// directory that prints to stdout, so every function still works.
+    pub fn of(ctx: &rhai::NativeCallContext) -> Rc<Workspace> {
+        ctx.tag()
+            .and_then(|tag| tag.clone().try_cast::<Rc<Workspace>>())
+            .unwrap_or_else(|| {
+                Workspace::new(
+                    &std::env::current_dir().unwrap_or_default(),
+                    OutputSink::new(),
+                )
+            })
+    }
+
+    /// Makes `engine`'s functions find this workspace through [`Workspace::of`].
+    pub fn install(self: &Rc<Self>, engine: &mut rhai::Engine) {
+        engine.set_default_tag(rhai::Dynamic::from(self.clone()));
+    }
+
+    /// The directory relative paths resolve against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.base_dir.borrow().clone()
+    }
+
+    /// Changes the directory relative paths resolve against (the REPL's `:run` of another
+    /// directory's script). It is made absolute, and canonical where it exists.
+    pub fn set_base_dir(&self, dir: &Path) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let absolute = std::fs::canonicalize(dir)
+            .or_else(|_| std::path::absolute(dir))
+            .unwrap_or_else(|_| dir.to_path_buf());
+        *self.base_dir.borrow_mut() = absolute;
+    }
+
+    /// Resolves a path given by a script: absolute paths stay, relative ones join the base directory.
+    ///
+    /// Leading `..` steps are taken on the base directory itself (`../out` from `/repo/scripts` is
+    /// `/repo/out`): the base is canonical, so that is where the kernel would go too. A `..` further
+    /// in is left for the kernel, since the directory before it may be a link.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        resolve_against(&self.base_dir.borrow(), path)
+    }
+
+    /// Where this workspace keeps its state (`.rtlab/`, see [`workspace_dir`]).
+    pub fn dir(&self) -> PathBuf {
+        workspace_dir(&self.base_dir.borrow())
+    }
+
+    /// This workspace's store, opened (and migrated) once per workspace directory and shared, or
+    /// None with a warning when it cannot be opened: callers then work uncached.
+    pub fn store(&self) -> Option<SharedStore> {
+        crate::store::open(&self.dir())
+    }
+
+    /// Records that a stdlib function read `path`, so a cached cell that read it reruns when it
+    /// changes.
+    pub fn note_input(&self, path: &Path) {
+        self.inputs
+            .borrow_mut()
+            .push(Input::File(path.to_path_buf()));
+    }
+
+    /// Records that a cell read the environment variable `name`: a cached cell reruns when its
+    /// value changes (or it is set or unset).
+    pub fn note_env(&self, name: &str) {
+        self.inputs.borrow_mut().push(Input::Env(name.to_string()));
+    }
+
+    /// What was read since the last call, deduplicated, in order.
+    pub fn take_inputs(&self) -> Vec<Input> {
+        let mut inputs = std::mem::take(&mut *self.inputs.borrow_mut());
+        let mut seen = std::collections::HashSet::new();
+        inputs.retain(|f| seen.insert(f.clone()));
+        inputs
+    }
+
+    /// `rtlab run --fresh`: every cached result is recomputed, not only the notebook's cells. A
+    /// finished training run retrains and the verifier's store is not read (it is still written).
+    /// Recorded model answers are kept: they are recordings, not results rtlab computed.
+    pub fn set_fresh(&self, fresh: bool) {
+        self.fresh.set(fresh);
+    }
+
+    /// True during a `--fresh` run.
+    pub fn fresh(&self) -> bool {
+        self.fresh.get()
+    }
+
+    /// Prints a progress note through the same sink as the script's `print`, so a cached cell
+    /// replays it.
+    pub fn emit_line(&self, text: &str) {
+        self.output.line(text);
+    }
+
+    /// The sink the script's `print` writes to.
+    pub fn output(&self) -> &OutputSink {
+        &self.output
+    }
 }
 
 /// What identifies an environment variable's value without keeping it (it may be a secret):
@@ -46,23 +162,6 @@ pub fn env_stamp(name: &str) -> String {
         Some(v) => format!("env:{}", &blake3::hash(v.as_encoded_bytes()).to_hex()[..32]),
         None => "env:unset".to_string(),
     }
-}
-
-/// Sets the directory relative paths resolve against (the script's directory, or the REPL's cwd).
-///
-/// It is made absolute (and canonical where it exists), so every path rtlab resolves, and so every
-/// path it returns (`run.adapter`, say), is absolute: handing it back to another rtlab function finds
-/// the same file, whatever directory the script runs from.
-pub fn set_base_dir(dir: &Path) {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let absolute = std::fs::canonicalize(dir)
-        .or_else(|_| std::path::absolute(dir))
-        .unwrap_or_else(|_| dir.to_path_buf());
-    BASE_DIR.with(|b| *b.borrow_mut() = absolute);
 }
 
 /// Where a script's workspace keeps its state: `RTLAB_HOME`, else the nearest `.rtlab/` walking up from
@@ -83,31 +182,13 @@ pub fn workspace_dir(script_dir: &Path) -> PathBuf {
     start.join(".rtlab")
 }
 
-static FRESH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// `rtlab run --fresh`: every cached result is recomputed, not only the notebook's cells. A finished
-/// training run retrains and the verifier's store is not read (it is still written). Recorded model
-/// answers are kept: they are recordings, not results rtlab computed.
-pub fn set_fresh(fresh: bool) {
-    FRESH.store(fresh, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// True during a `--fresh` run.
-pub fn fresh_requested() -> bool {
-    FRESH.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Resolves a path given by a script: absolute paths stay, relative ones join the base directory.
-///
-/// Leading `..` steps are taken on the base directory itself (`../out` from `/repo/scripts` is
-/// `/repo/out`): the base is canonical, so that is where the kernel would go too. A `..` further in
-/// is left for the kernel, since the directory before it may be a link.
-pub fn resolve_path(path: &str) -> PathBuf {
+/// `path` resolved against the absolute directory `base` (see [`Workspace::resolve`]).
+pub fn resolve_against(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {
         return p.to_path_buf();
     }
-    let mut base = BASE_DIR.with(|b| b.borrow().clone());
+    let mut base = base.to_path_buf();
     let mut rest = p.components().peekable();
     while let Some(c) = rest.peek() {
         match c {

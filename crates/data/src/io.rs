@@ -21,7 +21,6 @@ pub struct Loaded {
 
 pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Loaded, DataError> {
     let shown = path.display().to_string();
-    rtlab_core::workspace::note_input(path);
     if !opts.skip_bad_lines {
         // The fastest path: typed columns built on every core straight from the mapped file. It covers
         // objects, strings, numbers, booleans and nulls; anything else falls through.
@@ -269,7 +268,6 @@ pub fn save_parquet(df: &DataFrame, path: &Path) -> Result<(), DataError> {
 }
 
 pub fn load_parquet(path: &Path) -> Result<DataFrame, DataError> {
-    rtlab_core::workspace::note_input(path);
     let bytes = std::fs::read(path).map_err(|source| DataError::Read {
         path: path.display().to_string(),
         source,
@@ -283,7 +281,6 @@ pub fn load_parquet(path: &Path) -> Result<DataFrame, DataError> {
 }
 
 pub fn load_csv(path: &Path) -> Result<DataFrame, DataError> {
-    rtlab_core::workspace::note_input(path);
     if !path.exists() {
         return Err(DataError::Read {
             path: path.display().to_string(),
@@ -298,8 +295,13 @@ pub fn load_csv(path: &Path) -> Result<DataFrame, DataError> {
 }
 
 /// Markdown files under `dir` as `{content, source}`; `shown` is the directory as the user wrote it, so
-/// `source` stays relative and portable.
-pub fn read_markdown_dir(dir: &Path, shown: &str) -> Result<DataFrame, DataError> {
+/// `source` stays relative and portable. `on_read` is called with each file read (the caller's input
+/// log).
+pub fn read_markdown_dir(
+    dir: &Path,
+    shown: &str,
+    on_read: &mut dyn FnMut(&Path),
+) -> Result<DataFrame, DataError> {
     if !dir.is_dir() {
         return Err(DataError::Read {
             path: dir.display().to_string(),
@@ -326,7 +328,7 @@ pub fn read_markdown_dir(dir: &Path, shown: &str) -> Result<DataFrame, DataError
     let mut contents = Vec::new();
     let mut sources = Vec::new();
     for f in files {
-        rtlab_core::workspace::note_input(&f);
+        on_read(&f);
         let text = std::fs::read_to_string(&f).map_err(|source| DataError::Read {
             path: f.display().to_string(),
             source,
@@ -363,7 +365,11 @@ pub fn problem_category(name: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-pub fn load_verilog_eval(dir: &Path) -> Result<DataFrame, DataError> {
+/// VerilogEval problems from `dir`; `on_read` is called with each file read (the caller's input log).
+pub fn load_verilog_eval(
+    dir: &Path,
+    on_read: &mut dyn FnMut(&Path),
+) -> Result<DataFrame, DataError> {
     let read = std::fs::read_dir(dir).map_err(|source| DataError::Read {
         path: dir.display().to_string(),
         source,
@@ -387,9 +393,9 @@ pub fn load_verilog_eval(dir: &Path) -> Result<DataFrame, DataError> {
     let (mut prompts, mut refs, mut tests, mut cats) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for id in &ids {
-        let file = |suffix: &str| {
+        let mut file = |suffix: &str| {
             let p = dir.join(format!("{id}_{suffix}"));
-            rtlab_core::workspace::note_input(&p);
+            on_read(&p);
             std::fs::read_to_string(&p).map_err(|source| DataError::Read {
                 path: p.display().to_string(),
                 source,

@@ -23,6 +23,7 @@ use rhai::plugin::*;
 use rhai::Map;
 use rtlab_core::display::escape_html;
 use rtlab_core::values::RichType;
+use rtlab_core::Workspace;
 
 /// The Rhai-visible DataFrame.
 #[derive(Clone, Debug)]
@@ -139,9 +140,15 @@ pub fn frame_html(frame: &Frame, max_rows: usize) -> String {
 
 pub use scan::LazyJsonl;
 
-/// VerilogEval problems from a directory of `ProbNNN_*_{prompt.txt,ref.sv,test.sv}` (`rtlab bench`).
-pub fn load_verilog_eval_dir(dir: &std::path::Path) -> Result<Frame, DataError> {
-    Ok(Frame::new(io::load_verilog_eval(dir)?))
+/// VerilogEval problems from a directory of `ProbNNN_*_{prompt.txt,ref.sv,test.sv}` (`rtlab bench`),
+/// each file read noted as an input of `ws`.
+pub fn load_verilog_eval_dir(
+    ws: &rtlab_core::Workspace,
+    dir: &std::path::Path,
+) -> Result<Frame, DataError> {
+    Ok(Frame::new(io::load_verilog_eval(dir, &mut |p| {
+        ws.note_input(p)
+    })?))
 }
 
 pub fn register(engine: &mut Engine) {
@@ -173,8 +180,17 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(io_functions).into());
 }
 
-fn path_of(path: &str) -> std::path::PathBuf {
-    rtlab_core::workspace::resolve_path(path)
+/// `path` resolved against the calling script's workspace.
+fn path_of(ctx: &NativeCallContext, path: &str) -> std::path::PathBuf {
+    Workspace::of(ctx).resolve(path)
+}
+
+/// `path` resolved against the calling script's workspace and noted as a cell input.
+fn input_path(ctx: &NativeCallContext, path: &str) -> std::path::PathBuf {
+    let ws = Workspace::of(ctx);
+    let full = ws.resolve(path);
+    ws.note_input(&full);
+    full
 }
 
 fn describe_lazy(l: &LazyJsonl) -> String {
@@ -206,8 +222,8 @@ mod scan_functions {
     /// assert_eq(fsm.collect().len(), load_jsonl("../../data/v2_sample.jsonl").filter(col("metadata.category") == "fsm").len());
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn scan_jsonl(path: &str) -> Result<LazyJsonl, Box<EvalAltResult>> {
-        Ok(LazyJsonl::new(path_of(path)))
+    pub fn scan_jsonl(ctx: NativeCallContext, path: &str) -> Result<LazyJsonl, Box<EvalAltResult>> {
+        Ok(LazyJsonl::new(path_of(&ctx, path)))
     }
 
     /// Adds a filter to the scan (all filters must hold).
@@ -240,7 +256,11 @@ mod scan_functions {
 
     /// Reads the file and returns the kept rows (and selected columns) as a DataFrame.
     #[rhai_fn(name = "collect", return_raw)]
-    pub fn lazy_collect(lf: &mut LazyJsonl) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn lazy_collect(
+        ctx: NativeCallContext,
+        lf: &mut LazyJsonl,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        Workspace::of(&ctx).note_input(&lf.path);
         Ok(lf.collect()?)
     }
 
@@ -253,13 +273,19 @@ mod scan_functions {
     /// assert_eq(load_jsonl("/tmp/rtlab-doc-bugs.jsonl").len(), n);
     /// ```
     #[rhai_fn(name = "sink_jsonl", return_raw)]
-    pub fn lazy_sink(lf: &mut LazyJsonl, path: &str) -> Result<i64, Box<EvalAltResult>> {
-        Ok(lf.sink_jsonl(&path_of(path))? as i64)
+    pub fn lazy_sink(
+        ctx: NativeCallContext,
+        lf: &mut LazyJsonl,
+        path: &str,
+    ) -> Result<i64, Box<EvalAltResult>> {
+        Workspace::of(&ctx).note_input(&lf.path);
+        Ok(lf.sink_jsonl(&path_of(&ctx, path))? as i64)
     }
 
     /// How many lines pass the filters (nothing is copied; a scan whose lines were kept answers at once).
     #[rhai_fn(name = "len", return_raw)]
-    pub fn lazy_len(lf: &mut LazyJsonl) -> Result<i64, Box<EvalAltResult>> {
+    pub fn lazy_len(ctx: NativeCallContext, lf: &mut LazyJsonl) -> Result<i64, Box<EvalAltResult>> {
+        Workspace::of(&ctx).note_input(&lf.path);
         Ok(lf.scan(false)?.rows as i64)
     }
 }
@@ -279,14 +305,21 @@ mod io_functions {
     /// assert(df.len() > 100, "the bundled sample has a few hundred rows");
     /// ```
     #[rhai_fn(name = "load_jsonl", return_raw)]
-    pub fn load_jsonl_path(path: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(load_jsonl(&path_of(path), &LoadOptions::default())?.frame)
+    pub fn load_jsonl_path(
+        ctx: NativeCallContext,
+        path: &str,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(load_jsonl(&input_path(&ctx, path), &LoadOptions::default())?.frame)
     }
 
     /// Loads a JSONL file with options. `#{on_bad_line: "skip"}` skips lines that are not JSON objects
     /// (or not UTF-8) and prints how many and which; `"error"` (the default) stops at the first.
     #[rhai_fn(name = "load_jsonl", return_raw)]
-    pub fn load_jsonl_opts(path: &str, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn load_jsonl_opts(
+        ctx: NativeCallContext,
+        path: &str,
+        options: Map,
+    ) -> Result<Frame, Box<EvalAltResult>> {
         let o = rtlab_core::options::Options::new("load_jsonl", &options, &["on_bad_line"])?;
         let skip = match o.string("on_bad_line")? {
             None => false,
@@ -300,7 +333,7 @@ mod io_functions {
             }
         };
         let loaded = load_jsonl(
-            &path_of(path),
+            &input_path(&ctx, path),
             &LoadOptions {
                 skip_bad_lines: skip,
             },
@@ -322,7 +355,7 @@ mod io_functions {
                 loaded.skipped.len(),
                 shown.join(", ")
             );
-            rtlab_core::emit_line(&msg);
+            Workspace::of(&ctx).emit_line(&msg);
         }
         Ok(loaded.frame)
     }
@@ -335,26 +368,34 @@ mod io_functions {
     /// assert_eq(load_jsonl("/tmp/rtlab_book_roundtrip.jsonl").row(0).metadata.category, "fsm");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn save_jsonl(frame: &mut Frame, path: &str) -> Result<(), Box<EvalAltResult>> {
-        Ok(io::save_jsonl(&frame.df, &path_of(path))?)
+    pub fn save_jsonl(
+        ctx: NativeCallContext,
+        frame: &mut Frame,
+        path: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        Ok(io::save_jsonl(&frame.df, &path_of(&ctx, path))?)
     }
 
     /// Writes the frame as Parquet, atomically.
     #[rhai_fn(return_raw)]
-    pub fn save_parquet(frame: &mut Frame, path: &str) -> Result<(), Box<EvalAltResult>> {
-        Ok(io::save_parquet(&frame.df, &path_of(path))?)
+    pub fn save_parquet(
+        ctx: NativeCallContext,
+        frame: &mut Frame,
+        path: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        Ok(io::save_parquet(&frame.df, &path_of(&ctx, path))?)
     }
 
     /// Loads a Parquet file.
     #[rhai_fn(return_raw)]
-    pub fn load_parquet(path: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(Frame::new(io::load_parquet(&path_of(path))?))
+    pub fn load_parquet(ctx: NativeCallContext, path: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_parquet(&input_path(&ctx, path))?))
     }
 
     /// Loads a CSV file with a header row.
     #[rhai_fn(return_raw)]
-    pub fn load_csv(path: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(Frame::new(io::load_csv(&path_of(path))?))
+    pub fn load_csv(ctx: NativeCallContext, path: &str) -> Result<Frame, Box<EvalAltResult>> {
+        Ok(Frame::new(io::load_csv(&input_path(&ctx, path))?))
     }
 
     /// Every `*.md` file under `dir` (recursively, sorted by path) as rows `{content, source}`.
@@ -364,8 +405,16 @@ mod io_functions {
     /// assert_eq(kb.columns(), ["content", "source"]);
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn read_markdown_dir(dir: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(Frame::new(io::read_markdown_dir(&path_of(dir), dir)?))
+    pub fn read_markdown_dir(
+        ctx: NativeCallContext,
+        dir: &str,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
+        Ok(Frame::new(io::read_markdown_dir(
+            &ws.resolve(dir),
+            dir,
+            &mut |p| ws.note_input(p),
+        )?))
     }
 
     /// VerilogEval v2 spec-to-rtl problems from a directory of `ProbNNN_name_{prompt.txt,ref.sv,test.sv}`:
@@ -379,8 +428,12 @@ mod io_functions {
     /// assert_eq(p.row(0).task_id, "Prob001_zero");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn load_verilog_eval(dir: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(Frame::new(io::load_verilog_eval(&path_of(dir))?))
+    pub fn load_verilog_eval(
+        ctx: NativeCallContext,
+        dir: &str,
+    ) -> Result<Frame, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
+        load_verilog_eval_dir(&ws, &ws.resolve(dir)).map_err(Into::into)
     }
 
     /// The number of rows.

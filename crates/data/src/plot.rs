@@ -347,8 +347,12 @@ mod plot_functions {
 
     /// Writes the chart as an SVG file, atomically.
     #[rhai_fn(return_raw)]
-    pub fn save(plot: &mut Plot, path: &str) -> Result<(), Box<EvalAltResult>> {
-        let full = rtlab_core::workspace::resolve_path(path);
+    pub fn save(
+        ctx: NativeCallContext,
+        plot: &mut Plot,
+        path: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let full = rtlab_core::Workspace::of(&ctx).resolve(path);
         rtlab_core::workspace::write_atomic(&full, plot.svg.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", full.display()).into())
     }

@@ -101,7 +101,6 @@ impl LazyJsonl {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
-        rtlab_core::workspace::note_input(&self.path);
         let read_error = |source| DataError::Read {
             path: shown.clone(),
             source,

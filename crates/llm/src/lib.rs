@@ -99,7 +99,9 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn from_options(options: &Map) -> Result<Model, String> {
+    /// The model `llm(#{...})` describes; a local model's path and adapter resolve against
+    /// `base_dir` (the script's directory).
+    pub fn from_options(options: &Map, base_dir: &std::path::Path) -> Result<Model, String> {
         let o = rtlab_core::options::Options::new(
             "llm",
             options,
@@ -129,13 +131,13 @@ impl Model {
             .ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
         // A local model is a directory: resolve it against the script like every other path.
         let local_path = |p: String| {
-            rtlab_core::workspace::resolve_path(&p)
+            rtlab_core::workspace::resolve_against(base_dir, &p)
                 .display()
                 .to_string()
         };
         let (model, adapter) = if provider == Provider::Local {
             // A model rtlab knows by name (`smollm2-135m`) is found in, or pulled to, its cache.
-            let located = rtlab_train::models::locate(&model)
+            let located = rtlab_train::models::locate(&model, base_dir)
                 .map_err(|e| format!("llm: {e}"))?
                 .display()
                 .to_string();
@@ -634,7 +636,11 @@ pub fn register(engine: &mut rhai::Engine) {
                 let map = options
                     .try_cast::<Map>()
                     .ok_or("model options are not a map")?;
-                Ok(Dynamic::from(Model::from_options(&map)?))
+                // `to_options` saved a local model's paths resolved, so no base directory is needed.
+                Ok(Dynamic::from(Model::from_options(
+                    &map,
+                    std::path::Path::new("/"),
+                )?))
             },
         }),
     });
@@ -658,14 +664,19 @@ mod llm_functions {
     /// assert_eq(m.to_string(), "Model(Replay qwen2.5-coder-7b)");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn llm(options: Map) -> Result<Model, Box<EvalAltResult>> {
-        Ok(Model::from_options(&options)?)
+    pub fn llm(ctx: NativeCallContext, options: Map) -> Result<Model, Box<EvalAltResult>> {
+        let base = rtlab_core::Workspace::of(&ctx).base_dir();
+        Ok(Model::from_options(&options, &base)?)
     }
 
     /// Sends one prompt as a user message and returns the answer (from the store if recorded).
     #[rhai_fn(return_raw)]
-    pub fn complete(model: &mut Model, prompt: &str) -> Result<String, Box<EvalAltResult>> {
-        let store = rtlab_core::store::open_workspace();
+    pub fn complete(
+        ctx: NativeCallContext,
+        model: &mut Model,
+        prompt: &str,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let store = rtlab_core::Workspace::of(&ctx).store();
         model
             .answer_all(&[(user(prompt), 0)], store)
             .remove(0)
@@ -674,9 +685,13 @@ mod llm_functions {
 
     /// Sends a conversation (an array of `#{role, content}`) and returns the answer.
     #[rhai_fn(return_raw)]
-    pub fn chat(model: &mut Model, messages: Array) -> Result<String, Box<EvalAltResult>> {
+    pub fn chat(
+        ctx: NativeCallContext,
+        model: &mut Model,
+        messages: Array,
+    ) -> Result<String, Box<EvalAltResult>> {
         let msgs = messages_from(&messages)?;
-        let store = rtlab_core::store::open_workspace();
+        let store = rtlab_core::Workspace::of(&ctx).store();
         model
             .answer_all(&[(msgs, 0)], store)
             .remove(0)
@@ -686,11 +701,12 @@ mod llm_functions {
     /// Completes the prompt in column `prompt_col` of every row into a `completion` column.
     #[rhai_fn(return_raw)]
     pub fn complete_many(
+        ctx: NativeCallContext,
         model: &mut Model,
         frame: Frame,
         prompt_col: &str,
     ) -> Result<Frame, Box<EvalAltResult>> {
-        complete_many_with(model, frame, prompt_col, Map::new())
+        complete_many_with(ctx, model, frame, prompt_col, Map::new())
     }
 
     /// `complete_many` with options: `n` samples per row (rows repeat, with a `sample` column) and
@@ -699,6 +715,7 @@ mod llm_functions {
     /// the missing ones.
     #[rhai_fn(name = "complete_many", return_raw)]
     pub fn complete_many_with(
+        ctx: NativeCallContext,
         model: &mut Model,
         frame: Frame,
         prompt_col: &str,
@@ -715,7 +732,7 @@ mod llm_functions {
             .collect();
         let before = model.usage();
         let start = std::time::Instant::now();
-        let answers = model.answer_all(&requests, rtlab_core::store::open_workspace());
+        let answers = model.answer_all(&requests, rtlab_core::Workspace::of(&ctx).store());
         let after = model.usage();
         let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
         eprintln!(
@@ -765,8 +782,14 @@ mod llm_functions {
     /// the server had said it: for fixtures, hand-written answers, or answers made elsewhere. A later
     /// `complete(prompt)`, live or replay, returns it without a request.
     #[rhai_fn(return_raw)]
-    pub fn record(model: &mut Model, prompt: &str, answer: &str) -> Result<(), Box<EvalAltResult>> {
-        let store = rtlab_core::store::open_workspace()
+    pub fn record(
+        ctx: NativeCallContext,
+        model: &mut Model,
+        prompt: &str,
+        answer: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let store = rtlab_core::Workspace::of(&ctx)
+            .store()
             .ok_or("record: the workspace store cannot be opened")?;
         let store = rtlab_core::store::lock(&store);
         let messages = user(prompt);
@@ -814,8 +837,10 @@ mod llm_functions {
 
     /// Writes every recorded response of the workspace store to a JSONL cassette, returns how many.
     #[rhai_fn(return_raw)]
-    pub fn export_cassette(path: &str) -> Result<i64, Box<EvalAltResult>> {
-        let store = rtlab_core::store::open_workspace()
+    pub fn export_cassette(ctx: NativeCallContext, path: &str) -> Result<i64, Box<EvalAltResult>> {
+        let ws = rtlab_core::Workspace::of(&ctx);
+        let store = ws
+            .store()
             .ok_or("export_cassette: the workspace store cannot be opened")?;
         let store = rtlab_core::store::lock(&store);
         let rows = store.all_responses().map_err(|e| e.to_string())?;
@@ -824,7 +849,7 @@ mod llm_functions {
             text.push_str(&serde_json::to_string(r).map_err(|e| e.to_string())?);
             text.push('\n');
         }
-        let full = rtlab_core::workspace::resolve_path(path);
+        let full = ws.resolve(path);
         rtlab_core::workspace::write_atomic(&full, text.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", full.display()))?;
         Ok(rows.len() as i64)
@@ -833,12 +858,14 @@ mod llm_functions {
     /// Loads a JSONL cassette into the workspace store, so `provider: "replay"` can serve it; returns
     /// how many responses it holds.
     #[rhai_fn(return_raw)]
-    pub fn import_cassette(path: &str) -> Result<i64, Box<EvalAltResult>> {
-        let full = rtlab_core::workspace::resolve_path(path);
-        rtlab_core::workspace::note_input(&full);
+    pub fn import_cassette(ctx: NativeCallContext, path: &str) -> Result<i64, Box<EvalAltResult>> {
+        let ws = rtlab_core::Workspace::of(&ctx);
+        let full = ws.resolve(path);
+        ws.note_input(&full);
         let text = std::fs::read_to_string(&full)
             .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
-        let store = rtlab_core::store::open_workspace()
+        let store = ws
+            .store()
             .ok_or("import_cassette: the workspace store cannot be opened")?;
         let store = rtlab_core::store::lock(&store);
         let mut n = 0;
@@ -882,9 +909,10 @@ mod tests {
         let mut o = Map::new();
         o.insert("model".into(), "m".into());
         o.insert("provider".into(), "replay".into());
-        let replay = Model::from_options(&o).unwrap();
+        let here = std::path::Path::new("/");
+        let replay = Model::from_options(&o, here).unwrap();
         o.insert("provider".into(), "openai".into());
-        let live = Model::from_options(&o).unwrap();
+        let live = Model::from_options(&o, here).unwrap();
         let msgs = user("hi");
         assert_eq!(replay.request_key(&msgs, 0), live.request_key(&msgs, 0));
         assert_ne!(live.request_key(&msgs, 0), live.request_key(&msgs, 1));

@@ -257,7 +257,11 @@ mod phase_functions {
     /// `read_markdown_dir` gives); a `phase` column is used if present, else computed. Returns a summary
     /// frame `{phase, documents, path}`.
     #[rhai_fn(return_raw)]
-    pub fn split_by_phase(frame: Frame, out_dir: &str) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn split_by_phase(
+        ctx: NativeCallContext,
+        frame: Frame,
+        out_dir: &str,
+    ) -> Result<Frame, Box<EvalAltResult>> {
         let table = PhaseTable::default_table();
         let contents = rtlab_data::strings(&frame, "content").map_err(|e| format!("phase: {e}"))?;
         let sources = rtlab_data::strings(&frame, "source").map_err(|e| format!("phase: {e}"))?;
@@ -271,7 +275,7 @@ mod phase_functions {
         } else {
             contents.iter().map(|c| table.classify(c)).collect()
         };
-        let root = rtlab_core::workspace::resolve_path(out_dir);
+        let root = rtlab_core::Workspace::of(&ctx).resolve(out_dir);
         let (mut names, mut counts, mut paths) = (Vec::new(), Vec::new(), Vec::new());
         for phase in table.phase_names() {
             let mut lines = String::new();

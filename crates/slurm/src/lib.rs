@@ -93,8 +93,9 @@ fn is_slurm_name(s: &str) -> bool {
 
 impl SlurmOptions {
     /// From `slurm(#{...})`'s map. Values are checked here, before any work: a wrong one is an error
-    /// naming the key and what it must be.
-    pub fn from_map(map: &Map) -> Result<SlurmOptions, String> {
+    /// naming the key and what it must be. A relative `dir` resolves against `base_dir` (the
+    /// script's directory).
+    pub fn from_map(map: &Map, base_dir: &std::path::Path) -> Result<SlurmOptions, String> {
         let o = rtlab_core::options::Options::new("slurm", map, SLURM_KEYS)?;
         let mut s = SlurmOptions::default();
         let name = |key: &str| -> Result<Option<String>, String> {
@@ -159,13 +160,13 @@ impl SlurmOptions {
         }
         s.dir = o
             .string("dir")?
-            .map(|d| rtlab_core::workspace::resolve_path(&d));
+            .map(|d| rtlab_core::workspace::resolve_against(base_dir, &d));
         Ok(s)
     }
 
     /// From the shell's `--slurm tasks=64,partition=cpu,mem=2G`: the same keys as `slurm(#{...})`,
-    /// checked the same way (`extra` may repeat).
-    pub fn from_spec(spec: &str) -> Result<SlurmOptions, String> {
+    /// checked the same way (`extra` may repeat). A relative `dir` resolves against `base_dir`.
+    pub fn from_spec(spec: &str, base_dir: &std::path::Path) -> Result<SlurmOptions, String> {
         let mut map = Map::new();
         let mut extra = rhai::Array::new();
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -188,7 +189,7 @@ impl SlurmOptions {
         if !extra.is_empty() {
             map.insert("extra".into(), extra.into());
         }
-        Self::from_map(&map).map_err(|e| e.replacen("slurm:", "--slurm:", 1))
+        Self::from_map(&map, base_dir).map_err(|e| e.replacen("slurm:", "--slurm:", 1))
     }
 
     /// The map `from_map` reads back (how the notebook caches an executor).
@@ -318,7 +319,11 @@ pub fn register(engine: &mut rhai::Engine) {
                 let map = options
                     .try_cast::<Map>()
                     .ok_or("slurm executor options are not a map")?;
-                Ok(rhai::Dynamic::from(SlurmOptions::from_map(&map)?))
+                // `to_map` saved `dir` resolved (absolute), so no base directory is needed.
+                Ok(rhai::Dynamic::from(SlurmOptions::from_map(
+                    &map,
+                    std::path::Path::new("/"),
+                )?))
             },
         }),
     });
@@ -344,8 +349,12 @@ mod slurm_functions {
     /// // df.verify(#{code: "output", executor: ex}) runs the rows on the cluster.
     /// ```
     #[rhai_fn(name = "slurm", return_raw)]
-    pub fn slurm_with(options: Map) -> Result<SlurmOptions, Box<EvalAltResult>> {
-        Ok(SlurmOptions::from_map(&options)?)
+    pub fn slurm_with(
+        ctx: NativeCallContext,
+        options: Map,
+    ) -> Result<SlurmOptions, Box<EvalAltResult>> {
+        let base = rtlab_core::Workspace::of(&ctx).base_dir();
+        Ok(SlurmOptions::from_map(&options, &base)?)
     }
 
     /// `slurm(#{})`: the cluster's default partition, one task per 64 rows (at most 32), 2 retries.

@@ -34,6 +34,7 @@ use generate::{GenOptions, LocalModel};
 use model::{load_weights, CausalLm, LoraSpec, ALL_TARGETS};
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
+use rtlab_core::Workspace;
 use rtlab_data::Frame;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -183,17 +184,17 @@ fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
 }
 
 /// The rows under option `key`: a DataFrame, or the path of a JSONL file (noted as an input).
-fn frame_option(o: &Map, key: &str) -> Result<Frame, TrainError> {
+fn frame_option(ws: &Workspace, o: &Map, key: &str) -> Result<Frame, TrainError> {
     match o.get(key) {
         None => Err(bad(format!(
             "pass {key}: a DataFrame or the path of a JSONL file"
         ))),
         Some(d) if d.is::<Frame>() => Ok(d.clone_cast::<Frame>()),
         Some(d) if d.is_string() => {
-            let path = rtlab_core::workspace::resolve_path(&d.to_string());
+            let path = ws.resolve(&d.to_string());
             let loaded = rtlab_data::load_jsonl(&path, &Default::default())
                 .map_err(|e| bad(format!("{key}: {e}")))?;
-            rtlab_core::workspace::note_input(&path);
+            ws.note_input(&path);
             Ok(loaded.frame)
         }
         Some(d) => Err(bad(format!(
@@ -204,7 +205,7 @@ fn frame_option(o: &Map, key: &str) -> Result<Frame, TrainError> {
 }
 
 /// `train_lora`'s options.
-fn parse_sft(o: &Map) -> Result<TrainRequest, TrainError> {
+fn parse_sft(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
     let known: Vec<&str> = OPTIONS
         .iter()
         .chain(&SFT_OPTIONS)
@@ -213,15 +214,15 @@ fn parse_sft(o: &Map) -> Result<TrainRequest, TrainError> {
         .collect();
     rtlab_core::options::Options::new("train_lora", o, &known).map_err(bad)?;
     let task = Task::Sft {
-        data: frame_option(o, "data")?,
+        data: frame_option(ws, o, "data")?,
         prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
         response_col: text(o, "response_col")?.unwrap_or_else(|| "output".into()),
     };
-    parse_common(o, task)
+    parse_common(ws, o, task)
 }
 
 /// `train_dpo`'s options; beta, loss and reference are checked before the pairs are read.
-fn parse_dpo(o: &Map) -> Result<TrainRequest, TrainError> {
+fn parse_dpo(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
     let known: Vec<&str> = OPTIONS
         .iter()
         .chain(&DPO_OPTIONS)
@@ -248,7 +249,7 @@ fn parse_dpo(o: &Map) -> Result<TrainRequest, TrainError> {
                     "{k} comes from the starting adapter {a:?}; drop it (the adapter's adapter_config.json says the shape)"
                 )));
             }
-            let dir = rtlab_core::workspace::resolve_path(&a);
+            let dir = ws.resolve(&a);
             if !dir.join(peft::WEIGHTS_FILE).exists() {
                 return Err(bad(format!(
                     "adapter {}: no {} there; pass the `adapter` path a train_lora run returned",
@@ -260,11 +261,11 @@ fn parse_dpo(o: &Map) -> Result<TrainRequest, TrainError> {
         }
     };
     let task = Task::Dpo {
-        pairs: frame_option(o, "pairs")?,
+        pairs: frame_option(ws, o, "pairs")?,
         settings,
         adapter,
     };
-    parse_common(o, task)
+    parse_common(ws, o, task)
 }
 
 /// The options both trainers share: base, LoRA shape, optimizer, lengths, device, output.
@@ -320,10 +321,13 @@ fn parse_lora_spec(o: &Map, task: &Task) -> Result<LoraSpec, TrainError> {
 }
 
 /// Validation: `eval_data` (rows), `eval_every` (steps) and `keep` ("last" or "best").
-fn parse_validation(o: &Map) -> Result<(Option<Frame>, Option<usize>, bool), TrainError> {
+fn parse_validation(
+    ws: &Workspace,
+    o: &Map,
+) -> Result<(Option<Frame>, Option<usize>, bool), TrainError> {
     let eval_data = match o.get("eval_data").filter(|v| !v.is_unit()) {
         None => None,
-        Some(_) => Some(frame_option(o, "eval_data")?),
+        Some(_) => Some(frame_option(ws, o, "eval_data")?),
     };
     let eval_every = match o.get("eval_every") {
         None => None,
@@ -351,7 +355,7 @@ fn parse_validation(o: &Map) -> Result<(Option<Frame>, Option<usize>, bool), Tra
     Ok((eval_data, eval_every, keep_best))
 }
 
-fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
+fn parse_common(ws: &Workspace, o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
     let base =
         text(o, "base")?.ok_or_else(|| bad("pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
     let spec = parse_lora_spec(o, &task)?;
@@ -401,12 +405,12 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
             "the template {template:?} has no {{prompt}}: where should the prompt go?"
         )));
     }
-    let (eval_data, eval_every, keep_best) = parse_validation(o)?;
+    let (eval_data, eval_every, keep_best) = parse_validation(ws, o)?;
     let out = text(o, "out")?.ok_or_else(|| {
         bad("pass out: \"runs/my-adapter\" (where the adapter, checkpoints and curve go)")
     })?;
     Ok(TrainRequest {
-        base: models::locate(&base)?,
+        base: models::locate(&base, &ws.base_dir())?,
         task,
         template,
         spec,
@@ -425,9 +429,9 @@ fn parse_common(o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
         },
         warmup: num(o, "warmup", 0.03)?,
         max_len: count(o, "max_len", 1024, 2)?,
-        out: rtlab_core::workspace::resolve_path(&out),
+        out: ws.resolve(&out),
         resume: flag(o, "resume", true)?,
-        fresh: flag(o, "fresh", false)? || rtlab_core::workspace::fresh_requested(),
+        fresh: flag(o, "fresh", false)? || ws.fresh(),
         on_too_long,
         device,
         quantized_base: flag(o, "quantized_base", false)?,
@@ -499,7 +503,7 @@ struct Base {
 }
 
 /// Opens the base's config and tokenizer (not its weights) and checks the quantized-base options.
-fn open_base(req: &TrainRequest) -> Result<Base, TrainError> {
+fn open_base(ws: &Workspace, req: &TrainRequest) -> Result<Base, TrainError> {
     // A GGUF base (llama.cpp, Ollama) is one file: its metadata is read now, its tensors with the
     // weights, after every other input is checked.
     let gguf_base = if req.base.is_file() && gguf::is_gguf(&req.base) {
@@ -523,7 +527,7 @@ fn open_base(req: &TrainRequest) -> Result<Base, TrainError> {
     }
     let (cfg, tokenizer) = match &gguf_base {
         Some(g) => {
-            rtlab_core::workspace::note_input(&req.base);
+            ws.note_input(&req.base);
             (g.cfg.clone(), g.tokenizer.clone())
         }
         None => {
@@ -531,8 +535,8 @@ fn open_base(req: &TrainRequest) -> Result<Base, TrainError> {
             // A cached cell that trained reruns when the base's config or tokenizer changes (the
             // weights are not hashed on every restore; the run's own fingerprint covers their size
             // and mtime).
-            rtlab_core::workspace::note_input(&req.base.join("config.json"));
-            rtlab_core::workspace::note_input(&req.base.join("tokenizer.json"));
+            ws.note_input(&req.base.join("config.json"));
+            ws.note_input(&req.base.join("tokenizer.json"));
             (cfg, examples::load_tokenizer(&req.base)?)
         }
     };
@@ -553,7 +557,7 @@ fn open_base(req: &TrainRequest) -> Result<Base, TrainError> {
                 eos_token: g.eos_token.clone().unwrap_or_default(),
             }),
         None => {
-            rtlab_core::workspace::note_input(&req.base.join("tokenizer_config.json"));
+            ws.note_input(&req.base.join("tokenizer_config.json"));
             generate::ChatTemplate::from_hf_dir(&req.base)?
         }
     };
@@ -955,8 +959,8 @@ fn write_run(req: &TrainRequest, record: &RunRecord) -> Result<(), TrainError> {
 }
 
 /// Trains (or returns the finished run in `out`); the heart of `train_lora` and `train_dpo`.
-fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
-    let base = open_base(&req)?;
+fn train(ws: &Workspace, req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
+    let base = open_base(ws, &req)?;
     let eos = examples::eos_id(&base.tokenizer, base.cfg.eos_token_id)?;
     let (rows, skipped) = tokenize_rows(&req, &base, eos, None)?;
     let eval_rows = match &req.eval_data {
@@ -1050,9 +1054,10 @@ fn train(req: TrainRequest) -> Result<(RunRecord, bool), TrainError> {
 /// Parses the options (errors name the function), trains or finds the finished run, and returns its
 /// record as a map.
 fn run_trainer(
+    ws: &Workspace,
     options: &Map,
     function: &str,
-    parse: fn(&Map) -> Result<TrainRequest, TrainError>,
+    parse: fn(&Workspace, &Map) -> Result<TrainRequest, TrainError>,
 ) -> Result<Map, Box<EvalAltResult>> {
     let named = |e: TrainError| -> Box<EvalAltResult> {
         match e {
@@ -1060,9 +1065,11 @@ fn run_trainer(
             e => e.into(),
         }
     };
-    let (rec, cached) = parse(options).and_then(train).map_err(named)?;
+    let (rec, cached) = parse(ws, options)
+        .and_then(|req| train(ws, req))
+        .map_err(named)?;
     if cached {
-        rtlab_core::emit_line(&format!(
+        ws.emit_line(&format!(
             "{function}: {} already holds this run (same base, data and options); pass fresh: true to train again",
             rec.out
         ));
@@ -1228,12 +1235,13 @@ pub struct Local(pub Arc<LocalModel>);
 /// Writes `out`: the GGUF `base` (a path or a model's name) with the PEFT `adapter` merged in, its
 /// matrices as `quant`. The typed core of `export_gguf` and `rtlab export`.
 pub fn export_merged_gguf(
+    ws: &Workspace,
     base: &str,
     adapter: &Path,
     out: &Path,
     quant: gguf::Quant,
 ) -> Result<usize, TrainError> {
-    let base = models::locate(base)?;
+    let base = models::locate(base, &ws.base_dir())?;
     if !(base.is_file() && gguf::is_gguf(&base)) {
         return Err(bad(format!(
             "export_gguf: {} is not a GGUF file; export from a GGUF base (a Hugging Face directory goes through merge(), then llama.cpp's convert_hf_to_gguf.py)",
@@ -1476,8 +1484,8 @@ mod train_functions {
     /// assert(run.final_loss < run.first_loss, "the loss went down");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn train_lora(options: Map) -> Result<Map, Box<EvalAltResult>> {
-        run_trainer(&options, "train_lora", parse_sft)
+    pub fn train_lora(ctx: NativeCallContext, options: Map) -> Result<Map, Box<EvalAltResult>> {
+        run_trainer(&Workspace::of(&ctx), &options, "train_lora", parse_sft)
     }
 
     /// Direct Preference Optimization of LoRA adapters on (prompt, chosen, rejected) pairs, TRL's
@@ -1512,8 +1520,8 @@ mod train_functions {
     /// assert(run.reward_margin[2] > 0.0, "the chosen answers gained on the rejected ones");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn train_dpo(options: Map) -> Result<Map, Box<EvalAltResult>> {
-        run_trainer(&options, "train_dpo", parse_dpo)
+    pub fn train_dpo(ctx: NativeCallContext, options: Map) -> Result<Map, Box<EvalAltResult>> {
+        run_trainer(&Workspace::of(&ctx), &options, "train_dpo", parse_dpo)
     }
 
     /// Writes a tiny seeded Llama-architecture model (config.json, model.safetensors, a byte-level
@@ -1526,7 +1534,11 @@ mod train_functions {
     /// assert(file_exists("/tmp/rtlab-doc-tiny2/config.json"), "made");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn create_tiny_model(dir: &str, options: Map) -> Result<(), Box<EvalAltResult>> {
+    pub fn create_tiny_model(
+        ctx: NativeCallContext,
+        dir: &str,
+        options: Map,
+    ) -> Result<(), Box<EvalAltResult>> {
         let o = rtlab_core::options::Options::new(
             "create_tiny_model",
             &options,
@@ -1567,10 +1579,7 @@ mod train_functions {
                 _ => {}
             }
         }
-        Ok(tiny::create(
-            &rtlab_core::workspace::resolve_path(dir),
-            &spec,
-        )?)
+        Ok(tiny::create(&Workspace::of(&ctx).resolve(dir), &spec)?)
     }
 
     /// Loads a model for local generation: a Hugging Face directory, a GGUF file, a model rtlab knows
@@ -1597,14 +1606,19 @@ mod train_functions {
     /// assert(p > 1.0, "an untrained model is unsure");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn perplexity(model: &mut Local, data: Dynamic) -> Result<f64, Box<EvalAltResult>> {
-        perplexity_with(model, data, Map::new())
+    pub fn perplexity(
+        ctx: NativeCallContext,
+        model: &mut Local,
+        data: Dynamic,
+    ) -> Result<f64, Box<EvalAltResult>> {
+        perplexity_with(ctx, model, data, Map::new())
     }
 
     /// `perplexity` with options: `prompt_col` ("instruction"), `response_col` ("output"),
     /// `max_len` (the model's context), `batch_size` (8).
     #[rhai_fn(name = "perplexity", return_raw)]
     pub fn perplexity_with(
+        ctx: NativeCallContext,
         model: &mut Local,
         data: Dynamic,
         options: Map,
@@ -1624,7 +1638,7 @@ mod train_functions {
         )?;
         let mut wrapped = Map::new();
         wrapped.insert("data".into(), data);
-        let frame = frame_option(&wrapped, "data").map_err(named)?;
+        let frame = frame_option(&Workspace::of(&ctx), &wrapped, "data").map_err(named)?;
         let rows = pairs_of(
             &frame,
             &o.string("prompt_col")?
@@ -1652,15 +1666,20 @@ mod train_functions {
     }
 
     #[rhai_fn(return_raw)]
-    pub fn load_model(dir: &str, options: Map) -> Result<Local, Box<EvalAltResult>> {
+    pub fn load_model(
+        ctx: NativeCallContext,
+        dir: &str,
+        options: Map,
+    ) -> Result<Local, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
         let o = rtlab_core::options::Options::new(
             "load_model",
             &options,
             &["adapter", "template", "dequantize"],
         )?;
-        let adapter = text(&options, "adapter")?.map(|a| rtlab_core::workspace::resolve_path(&a));
+        let adapter = text(&options, "adapter")?.map(|a| ws.resolve(&a));
         let m = load_local(
-            &models::locate(dir)?,
+            &models::locate(dir, &ws.base_dir())?,
             adapter.as_deref(),
             text(&options, "template")?,
             o.bool("dequantize")?.unwrap_or(false),
@@ -1748,6 +1767,7 @@ mod train_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn export_gguf(
+        ctx: NativeCallContext,
         base: &str,
         adapter: &str,
         out: &str,
@@ -1756,13 +1776,9 @@ mod train_functions {
         let o = rtlab_core::options::Options::new("export_gguf", &options, &["quant"])?;
         let quant = gguf::Quant::parse(&o.string("quant")?.unwrap_or_else(|| "q8_0".into()))
             .map_err(|e| format!("export_gguf: {e}"))?;
-        let out = rtlab_core::workspace::resolve_path(out);
-        export_merged_gguf(
-            base,
-            &rtlab_core::workspace::resolve_path(adapter),
-            &out,
-            quant,
-        )?;
+        let ws = Workspace::of(&ctx);
+        let out = ws.resolve(out);
+        export_merged_gguf(&ws, base, &ws.resolve(adapter), &out, quant)?;
         Ok(out.display().to_string())
     }
 
@@ -1777,7 +1793,10 @@ mod train_functions {
     /// assert_eq(read_text(path), "FROM ./rtl-v5.gguf\nSYSTEM \"\"\"You write synthesizable Verilog.\"\"\"\nPARAMETER temperature 0.2\n");
     /// ```
     #[rhai_fn(return_raw)]
-    pub fn ollama_modelfile(options: Map) -> Result<String, Box<EvalAltResult>> {
+    pub fn ollama_modelfile(
+        ctx: NativeCallContext,
+        options: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
         let o = rtlab_core::options::Options::new(
             "ollama_modelfile",
             &options,
@@ -1799,9 +1818,8 @@ mod train_functions {
             o.string("template")?.as_deref(),
             &parameters,
         )?;
-        let out = rtlab_core::workspace::resolve_path(
-            &o.string("out")?.unwrap_or_else(|| "Modelfile".into()),
-        );
+        let out =
+            Workspace::of(&ctx).resolve(&o.string("out")?.unwrap_or_else(|| "Modelfile".into()));
         rtlab_core::workspace::write_atomic(&out, text.as_bytes())
             .map_err(|e| format!("ollama_modelfile: cannot write {}: {e}", out.display()))?;
         Ok(out.display().to_string())
@@ -1843,8 +1861,13 @@ mod train_functions {
     /// assert_eq(merge("/tmp/rtlab-doc-tiny5", run.adapter, "/tmp/rtlab-doc-merged5"), 14);
     /// ```
     #[rhai_fn(name = "merge", return_raw)]
-    pub fn merge_adapter(base: &str, adapter: &str, out: &str) -> Result<i64, Box<EvalAltResult>> {
-        let r = rtlab_core::workspace::resolve_path;
-        Ok(super::merge(&r(base), &r(adapter), &r(out))? as i64)
+    pub fn merge_adapter(
+        ctx: NativeCallContext,
+        base: &str,
+        adapter: &str,
+        out: &str,
+    ) -> Result<i64, Box<EvalAltResult>> {
+        let ws = Workspace::of(&ctx);
+        Ok(super::merge(&ws.resolve(base), &ws.resolve(adapter), &ws.resolve(out))? as i64)
     }
 }

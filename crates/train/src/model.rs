@@ -591,6 +591,12 @@ impl KvCache {
         Ok(KvCache { layers })
     }
 
+    /// True before the first token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many positions are cached.
     pub fn len(&self) -> usize {
         self.layers
             .first()

@@ -53,12 +53,12 @@ pub fn cached_path(k: &Known) -> PathBuf {
 }
 
 /// What a model argument names: a known model's cached GGUF (pulled now if missing), else a path
-/// resolved against the script's directory.
-pub fn locate(spec: &str) -> Result<PathBuf, TrainError> {
+/// resolved against `base_dir` (the script's directory).
+pub fn locate(spec: &str, base_dir: &Path) -> Result<PathBuf, TrainError> {
     if let Some(name) = spec.strip_prefix("ollama:") {
         return ollama_model(name);
     }
-    let path = rtlab_core::workspace::resolve_path(spec);
+    let path = rtlab_core::workspace::resolve_against(base_dir, spec);
     match known(spec) {
         Some(k) if !path.exists() => {
             let cached = cached_path(k);

@@ -65,6 +65,7 @@ pub struct FrameInputs<'a> {
 /// Verifies every row of `frame` on all cores, through the workspace store, and returns the frame
 /// with the result columns ([`RESULT_COLUMNS`]). The typed core of `df.verify` and `rtlab verify`.
 pub fn verify_rows(
+    ws: &rtlab_core::Workspace,
     frame: &Frame,
     inputs: &FrameInputs,
     opts: &VerifyOptions,
@@ -91,10 +92,10 @@ pub fn verify_rows(
             top: tops[i].clone(),
         })
         .collect();
-    let shared = rtlab_core::store::open_workspace();
+    let shared = ws.store();
     let store = shared.as_ref().map(rtlab_core::store::lock);
     let start = std::time::Instant::now();
-    let (reports, stats) = verify_all(&jobs, opts, store.as_deref(), executor)?;
+    let (reports, stats) = verify_all(ws, &jobs, opts, store.as_deref(), executor)?;
     if let Some(warning) = stats.store_warning(store.as_deref()) {
         eprintln!("{warning}");
     }
@@ -136,10 +137,10 @@ pub fn verify_rows(
 
 /// One warning line when any row skipped a stage it was asked for, with counts per stage and reason.
 fn warn_skipped(reports: &[super::Report]) {
-    let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    let mut counts: std::collections::BTreeMap<(super::Stage, String), usize> = Default::default();
     for r in reports {
         for (stage, why) in &r.skipped {
-            *counts.entry((stage.clone(), why.clone())).or_default() += 1;
+            *counts.entry((*stage, why.clone())).or_default() += 1;
         }
     }
     if counts.is_empty() {
@@ -221,7 +222,11 @@ mod verify_functions {
     /// assert_eq(v.row(0).syntax_ok, true);
     /// ```
     #[rhai_fn(name = "verify", return_raw)]
-    pub fn verify_frame(frame: &mut Frame, options: Map) -> Result<Frame, Box<EvalAltResult>> {
+    pub fn verify_frame(
+        ctx: NativeCallContext,
+        frame: &mut Frame,
+        options: Map,
+    ) -> Result<Frame, Box<EvalAltResult>> {
         let opts = VerifyOptions::from_map("df.verify", &options, &["code", "executor"])?;
         let executor = rtlab_slurm::Executor::from_options(&rtlab_core::options::Options::new(
             "df.verify",
@@ -245,7 +250,8 @@ mod verify_functions {
             reference: reference.as_deref(),
             top: top.as_deref(),
         };
-        Ok(verify_rows(frame, &inputs, &opts, &executor)?)
+        let ws = rtlab_core::Workspace::of(&ctx);
+        Ok(verify_rows(&ws, frame, &inputs, &opts, &executor)?)
     }
 
     /// Renames the declaration `module NAME` to `module NEW_NAME`, and nothing else: an instance or

@@ -86,8 +86,10 @@ impl BatchStats {
 }
 
 /// Verifies every job, here on every core or on Slurm as `executor` says. Results come back in job
-/// order. Checks the chosen stages' tools first: a missing one is an error before any work.
+/// order. Checks the chosen stages' tools first: a missing one is an error before any work. `ws`
+/// says whether to read `store` (not during `--fresh`) and where Slurm job directories go.
 pub fn verify_all(
+    ws: &rtlab_core::Workspace,
     jobs: &[Job],
     opts: &VerifyOptions,
     store: Option<&Store>,
@@ -99,7 +101,7 @@ pub fn verify_all(
             .iter()
             .any(|j| j.testbench.is_some() || j.reference.is_some());
     opts.check_tools(simulates)?;
-    verify_checked(jobs, opts, store, executor)
+    verify_checked(ws, jobs, opts, store, executor)
 }
 
 /// One job with the batch's options: its own testbench, reference and top where it has them.
@@ -164,6 +166,7 @@ impl Sink<'_> {
 }
 
 fn verify_checked(
+    ws: &rtlab_core::Workspace,
     jobs: &[Job],
     opts: &VerifyOptions,
     store: Option<&Store>,
@@ -182,7 +185,7 @@ fn verify_checked(
         bar: None,
     };
     // `--fresh` recomputes every verdict (and stores the new ones).
-    let read_store = store.filter(|_| !rtlab_core::workspace::fresh_requested());
+    let read_store = store.filter(|_| !ws.fresh());
     if let Some(store) = read_store {
         for (i, key) in keys.iter().enumerate() {
             if let Ok(Some(json)) = store.get_verify(key) {
@@ -214,7 +217,7 @@ fn verify_checked(
             Ok(())
         }
         Executor::Slurm(slurm) if !todo.is_empty() => {
-            run_on_slurm(jobs, &todo, &keys, opts, slurm, &mut sink).map(|run| {
+            run_on_slurm(ws, jobs, &todo, &keys, opts, slurm, &mut sink).map(|run| {
                 eprintln!("{}", run.summary());
                 sink.stats.slurm = Some(run);
             })
@@ -298,6 +301,7 @@ fn driver_tool_versions() -> std::collections::BTreeMap<String, Option<String>> 
 /// Runs `todo` as a Slurm job array: each distinct row once, every finished shard merged into the
 /// store in one transaction as it lands.
 fn run_on_slurm(
+    ws: &rtlab_core::Workspace,
     jobs: &[Job],
     todo: &[usize],
     keys: &[String],
@@ -324,7 +328,7 @@ fn run_on_slurm(
         context: serde_json::to_value(&context).map_err(|e| e.to_string())?,
         items,
         batch_key: batch_key(keys),
-        workspace: rtlab_core::workspace::workspace_dir(&rtlab_core::workspace::resolve_path(".")),
+        workspace: ws.dir(),
     };
     let mut bad: Option<String> = None;
     let run = rtlab_slurm::run(&batch, slurm, &mut |part| {

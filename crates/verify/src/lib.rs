@@ -82,12 +82,76 @@ pub enum Simulator {
     Auto,
 }
 
-/// Every stage the verifier knows, in the order it runs them.
-pub const ALL_STAGES: &[&str] = &["syntax", "synth", "lint", "sim", "synth_full", "equiv"];
+/// A stage of the verifier. Scripts and reports name it (`"synth_full"`): the name is its serde form,
+/// so stored reports and cache keys read the same as when stages were strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// iverilog compiles the design.
+    Syntax,
+    /// The light Yosys pass: synthesizable, and which inputs and outputs are used.
+    Synth,
+    /// `verilator --lint-only -Wall`.
+    Lint,
+    /// Simulation against a testbench, or a differential one against a reference.
+    Sim,
+    /// Yosys' full `synth`, on request.
+    SynthFull,
+    /// Formal equivalence against a reference, on request.
+    Equiv,
+}
 
-/// The stages run when no `stages` option is given (`sim` only where there is a testbench or a
-/// reference to run against).
-pub const DEFAULT_STAGES: &[&str] = &["syntax", "synth", "lint", "sim"];
+impl Stage {
+    /// Every stage, in the order the verifier runs them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Syntax,
+        Stage::Synth,
+        Stage::Lint,
+        Stage::Sim,
+        Stage::SynthFull,
+        Stage::Equiv,
+    ];
+
+    /// The stages run when no `stages` option is given (`sim` only where there is a testbench or a
+    /// reference to run against).
+    pub const DEFAULT: [Stage; 4] = [Stage::Syntax, Stage::Synth, Stage::Lint, Stage::Sim];
+
+    /// The name scripts write and reports show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Syntax => "syntax",
+            Stage::Synth => "synth",
+            Stage::Lint => "lint",
+            Stage::Sim => "sim",
+            Stage::SynthFull => "synth_full",
+            Stage::Equiv => "equiv",
+        }
+    }
+
+    /// The stage named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Ordered by name, so maps keyed by stage (`skipped`, `stage_ms`) list them as they always have.
+impl Ord for Stage {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+impl PartialOrd for Stage {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// What to verify against and how.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -99,7 +163,7 @@ pub struct VerifyOptions {
     pub timeouts: Timeouts,
     pub simulator: Simulator,
     /// Stages to run: syntax, synth, lint, sim (the default set), and synth_full and equiv on request.
-    pub stages: Vec<String>,
+    pub stages: Vec<Stage>,
     pub weights: Weights,
     /// Random cycles of a differential testbench.
     pub diff_cycles: usize,
@@ -115,7 +179,7 @@ impl Default for VerifyOptions {
             spec: None,
             timeouts: Timeouts::default(),
             simulator: Simulator::Auto,
-            stages: DEFAULT_STAGES.iter().map(|s| s.to_string()).collect(),
+            stages: Stage::DEFAULT.to_vec(),
             weights: Weights::default(),
             diff_cycles: 2000,
             seed: 1,
@@ -140,8 +204,8 @@ pub const VERIFY_KEYS: &[&str] = &[
 ];
 
 impl VerifyOptions {
-    pub fn wants(&self, stage: &str) -> bool {
-        self.stages.iter().any(|s| s == stage)
+    pub fn wants(&self, stage: Stage) -> bool {
+        self.stages.contains(&stage)
     }
 
     /// From a Rhai options map; `extra` are keys the caller reads itself (`code` for `df.verify`).
@@ -242,16 +306,19 @@ impl VerifyOptions {
 
     /// `stages`: known names only, and always `syntax`.
     fn read_stages(&mut self, function: &str, opts: &rtlab_core::Options) -> Result<(), String> {
-        if let Some(stages) = opts.strings("stages")? {
-            for s in &stages {
-                if !ALL_STAGES.contains(&s.as_str()) {
+        if let Some(names) = opts.strings("stages")? {
+            let mut stages = Vec::new();
+            for s in &names {
+                let Some(stage) = Stage::parse(s) else {
+                    let all: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
                     return Err(format!(
                         "{function}: unknown stage {s:?}; stages are {}",
-                        ALL_STAGES.join(", ")
+                        all.join(", ")
                     ));
-                }
+                };
+                stages.push(stage);
             }
-            if !stages.iter().any(|s| s == "syntax") {
+            if !stages.contains(&Stage::Syntax) {
                 return Err(format!(
                     "{function}: `stages` must include \"syntax\": every other stage needs a design that compiles"
                 ));
@@ -284,33 +351,33 @@ impl VerifyOptions {
 
     /// The tools the chosen stages need, with the stage that needs each. `simulates`: some example has
     /// a testbench or a reference, so `sim` runs (and a differential testbench needs Yosys for ports).
-    fn needed_tools(&self, simulates: bool) -> Vec<(&'static Tool, &'static str)> {
+    fn needed_tools(&self, simulates: bool) -> Vec<(&'static Tool, Stage)> {
         let mut out = Vec::new();
-        if self.wants("syntax") {
-            out.push((&IVERILOG, "syntax"));
+        if self.wants(Stage::Syntax) {
+            out.push((&IVERILOG, Stage::Syntax));
         }
-        if self.wants("synth") {
-            out.push((&YOSYS, "synth"));
+        if self.wants(Stage::Synth) {
+            out.push((&YOSYS, Stage::Synth));
         }
-        if self.wants("lint") {
-            out.push((&VERILATOR, "lint"));
+        if self.wants(Stage::Lint) {
+            out.push((&VERILATOR, Stage::Lint));
         }
-        if self.wants("sim") && simulates {
+        if self.wants(Stage::Sim) && simulates {
             if self.simulator == Simulator::Verilator {
-                out.push((&VERILATOR, "sim"));
+                out.push((&VERILATOR, Stage::Sim));
             } else {
-                out.push((&IVERILOG, "sim"));
-                out.push((&VVP, "sim"));
+                out.push((&IVERILOG, Stage::Sim));
+                out.push((&VVP, Stage::Sim));
             }
             if self.testbench.is_none() && self.reference.is_some() {
-                out.push((&YOSYS, "sim"));
+                out.push((&YOSYS, Stage::Sim));
             }
         }
-        if self.wants("synth_full") {
-            out.push((&YOSYS, "synth_full"));
+        if self.wants(Stage::SynthFull) {
+            out.push((&YOSYS, Stage::SynthFull));
         }
-        if self.wants("equiv") {
-            out.push((&YOSYS, "equiv"));
+        if self.wants(Stage::Equiv) {
+            out.push((&YOSYS, Stage::Equiv));
         }
         out
     }
@@ -319,7 +386,7 @@ impl VerifyOptions {
     /// from the score in silence. The error names the tool, the install command and the way to
     /// leave the stage out on purpose.
     pub fn check_tools(&self, simulates: bool) -> Result<(), String> {
-        let mut missing: Vec<(&Tool, &str)> = Vec::new();
+        let mut missing: Vec<(&Tool, Stage)> = Vec::new();
         for (tool, stage) in self.needed_tools(simulates) {
             if tool_versions()
                 .get(tool.program)
@@ -337,8 +404,8 @@ impl VerifyOptions {
         let without: Vec<&str> = self
             .stages
             .iter()
-            .map(String::as_str)
-            .filter(|s| !missing.iter().any(|(_, m)| m == s))
+            .filter(|s| !missing.iter().any(|(_, m)| m == *s))
+            .map(|s| s.name())
             .collect();
         Err(format!(
             "verify: the {stage} stage needs {}, which is not installed (run `rtlab doctor`); install it with `sudo {}`, or leave the stage out on purpose with stages: [{}]",
@@ -472,13 +539,13 @@ pub struct Report {
     /// The weighted mean over exactly the stages in `stages` (see [`Weights`]).
     pub score: f64,
     /// The stages that ran, in order; the score's weights cover exactly these.
-    pub stages: Vec<String>,
+    pub stages: Vec<Stage>,
     /// Stages that ran past their timeout (they score 0).
-    pub timed_out: Vec<String>,
-    pub stage_ms: BTreeMap<String, f64>,
+    pub timed_out: Vec<Stage>,
+    pub stage_ms: BTreeMap<Stage, f64>,
     pub tools: BTreeMap<String, String>,
     /// Stages that did not run, with why (a missing tool and its install command, say).
-    pub skipped: BTreeMap<String, String>,
+    pub skipped: BTreeMap<Stage, String>,
     /// Formal equivalence with the reference (the `equiv` stage): "equivalent", "different" or
     /// "unknown" (the induction did not close), or None when not run.
     pub equiv: Option<String>,
@@ -538,4 +605,37 @@ pub fn tool_versions() -> &'static BTreeMap<&'static str, Option<String>> {
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_serialize_as_the_names_scripts_write_so_stored_verdicts_keep_their_keys() {
+        // The verifier's cache key hashes the options' JSON, and the store keeps reports as JSON:
+        // a stage must serialize exactly as the string it replaced.
+        assert_eq!(
+            serde_json::to_string(&VerifyOptions::default().stages).unwrap(),
+            r#"["syntax","synth","lint","sim"]"#
+        );
+        for stage in Stage::ALL {
+            assert_eq!(
+                serde_json::to_string(&stage).unwrap(),
+                format!("\"{}\"", stage.name())
+            );
+            assert_eq!(Stage::parse(stage.name()), Some(stage));
+        }
+        assert_eq!(Stage::parse("simulate"), None);
+    }
+
+    #[test]
+    fn maps_keyed_by_stage_list_them_by_name() {
+        let mut skipped = BTreeMap::new();
+        skipped.insert(Stage::Synth, "a");
+        skipped.insert(Stage::Equiv, "b");
+        skipped.insert(Stage::Lint, "c");
+        let order: Vec<&str> = skipped.keys().map(|s| s.name()).collect();
+        assert_eq!(order, ["equiv", "lint", "synth"]);
+    }
 }

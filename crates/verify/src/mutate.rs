@@ -76,6 +76,10 @@ fn replace(code: &str, at: usize, len: usize, with: &str) -> String {
 /// A mutant at one position: what changed, and the whole mutated code.
 type Change = (String, String);
 
+/// One kind of mutation: given the code, the comment-blanked text and a byte offset, the change it
+/// makes there, if any.
+type Mutator = fn(&str, &str, usize) -> Option<Change>;
+
 /// Every single-change mutant of `code`, in source order. `text` is `code` with comments blanked (same
 /// byte offsets), so a mutation never lands in a comment; only module bodies are mutated. Each mutator
 /// sees every byte offset and must look at the byte before slicing there (it may be mid-character).
@@ -83,7 +87,7 @@ pub fn mutants(code: &str) -> Vec<Mutant> {
     let text = blank_comments(code);
     let ranges = body_ranges(&text);
     let line = |pos: usize| text[..pos].matches('\n').count() + 1;
-    let mutators: [fn(&str, &str, usize) -> Option<Change>; 5] = [
+    let mutators: [Mutator; 5] = [
         swapped_operator,
         inverted_if,
         flipped_constant,

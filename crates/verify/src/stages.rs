@@ -4,7 +4,7 @@
 use super::process::{run_tool, Ended, Limits, Outcome};
 use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, FailureClass, Report, SimStatus,
-    Simulator, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
+    Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +18,7 @@ const LINT_NOT_PENALIZED: &[&str] = &[
     "EOFNEWLINE",
 ];
 
-fn available(tool: &Tool, report: &mut Report, stage: &str) -> bool {
+fn available(tool: &Tool, report: &mut Report, stage: Stage) -> bool {
     match tool_versions().get(tool.program).cloned().flatten() {
         Some(v) => {
             report.tools.insert(tool.program.to_string(), v);
@@ -32,7 +32,7 @@ fn available(tool: &Tool, report: &mut Report, stage: &str) -> bool {
                 tool.program, tool.install
             );
             report.errors.push(format!("{stage}: {why}"));
-            report.skipped.insert(stage.to_string(), why);
+            report.skipped.insert(stage, why);
             false
         }
     }
@@ -230,7 +230,7 @@ fn prepare_scratch(code: &str, opts: &VerifyOptions) -> Result<tempfile::TempDir
 fn run_stages(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path) {
     syntax_stage(r, opts, dir);
     if !r.syntax_ok {
-        if opts.wants("sim") && simulates(opts) {
+        if opts.wants(Stage::Sim) && simulates(opts) {
             // The sample does not compile: for a benchmark that is a failed simulation, with its class.
             r.sim_status = SimStatus::CompileErr;
             r.functional = Some(false);
@@ -238,7 +238,7 @@ fn run_stages(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path) {
         }
         return;
     }
-    let netlist = if opts.wants("synth") {
+    let netlist = if opts.wants(Stage::Synth) {
         synth_stage(r, opts, dir)
     } else {
         None
@@ -252,17 +252,17 @@ fn run_stages(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path) {
             [only] => Some(only.clone()),
             _ => None,
         });
-    if opts.wants("lint") {
+    if opts.wants(Stage::Lint) {
         lint_stage(r, opts, dir, top.as_deref());
     }
-    if opts.wants("synth_full") {
+    if opts.wants(Stage::SynthFull) {
         synth_full_stage(r, opts, dir, top.as_deref());
     }
-    if opts.wants("sim") && simulates(opts) {
-        r.stages.push("sim".into());
+    if opts.wants(Stage::Sim) && simulates(opts) {
+        r.stages.push(Stage::Sim);
         simulate(r, code, opts, dir, top.as_deref());
     }
-    if opts.wants("equiv") {
+    if opts.wants(Stage::Equiv) {
         equiv_stage(r, code, opts, dir, top.as_deref());
     }
 }
@@ -270,11 +270,11 @@ fn run_stages(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path) {
 fn equiv_stage(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
     let Some(reference) = &opts.reference else {
         r.skipped
-            .insert("equiv".into(), "needs a reference module".into());
+            .insert(Stage::Equiv, "needs a reference module".into());
         return;
     };
-    if available(&YOSYS, r, "equiv") {
-        r.stages.push("equiv".into());
+    if available(&YOSYS, r, Stage::Equiv) {
+        r.stages.push(Stage::Equiv);
         equivalence(r, code, reference, opts, dir, top);
     }
 }
@@ -337,8 +337,8 @@ fn limits(ms: u64) -> Limits {
 }
 
 /// Records a stage that ran past its limit: it fails, and says so.
-fn timed_out(r: &mut Report, stage: &str, tool: &str, ms: u64) {
-    r.timed_out.push(stage.to_string());
+fn timed_out(r: &mut Report, stage: Stage, tool: &str, ms: u64) {
+    r.timed_out.push(stage);
     r.errors.push(format!(
         "{stage}: {tool} did not finish in {ms} ms (raise timeouts.{stage})"
     ));
@@ -346,20 +346,20 @@ fn timed_out(r: &mut Report, stage: &str, tool: &str, ms: u64) {
 
 /// Syntax and elaboration with iverilog.
 fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
-    if !available(&IVERILOG, r, "syntax") {
+    if !available(&IVERILOG, r, Stage::Syntax) {
         return;
     }
-    r.stages.push("syntax".into());
+    r.stages.push(Stage::Syntax);
     let mut args = vec!["-g2012", "-Wall", "-o", "design.vvp"];
     if let Some(t) = &opts.top {
         args.extend(["-s", t.as_str()]);
     }
     args.push("design.sv");
     let o = run_tool("iverilog", &args, dir, limits(opts.timeouts.syntax));
-    r.stage_ms.insert("syntax".into(), ms(&o));
+    r.stage_ms.insert(Stage::Syntax, ms(&o));
     r.syntax_ok = o.ok();
     if o.ended == Ended::TimedOut {
-        timed_out(r, "syntax", "iverilog", opts.timeouts.syntax);
+        timed_out(r, Stage::Syntax, "iverilog", opts.timeouts.syntax);
         return;
     }
     // iverilog says "sorry" for constructs it does not support (casts in iverilog 11). Unless told to
@@ -367,7 +367,7 @@ fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
     if !r.syntax_ok
         && opts.simulator != Simulator::Iverilog
         && only_unsupported(&o.output)
-        && available(&VERILATOR, r, "syntax")
+        && available(&VERILATOR, r, Stage::Syntax)
     {
         let mut args = vec!["--lint-only", "-Wno-fatal", "-Wno-lint", "-Wno-style"];
         if let Some(t) = &opts.top {
@@ -399,10 +399,10 @@ fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
 
 /// The light Yosys pass: synthesizable structure, ports, I/O use. Returns the netlist it read.
 fn synth_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) -> Option<yosys::Netlist> {
-    if !available(&YOSYS, r, "synth") {
+    if !available(&YOSYS, r, Stage::Synth) {
         return None;
     }
-    r.stages.push("synth".into());
+    r.stages.push(Stage::Synth);
     let script = yosys::light_script("design_yosys.sv", opts.top.as_deref(), "design.json");
     let o = run_tool(
         "yosys",
@@ -410,7 +410,7 @@ fn synth_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) -> Option<yosys
         dir,
         limits(opts.timeouts.synth),
     );
-    r.stage_ms.insert("synth".into(), ms(&o));
+    r.stage_ms.insert(Stage::Synth, ms(&o));
     r.warnings.extend(
         lines_matching(&o.output, &["warning"])
             .into_iter()
@@ -418,7 +418,7 @@ fn synth_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) -> Option<yosys
     );
     if o.ended == Ended::TimedOut {
         r.synth_ok = Some(false);
-        timed_out(r, "synth", "yosys", opts.timeouts.synth);
+        timed_out(r, Stage::Synth, "yosys", opts.timeouts.synth);
         return None;
     }
     let parsed = if o.ok() {
@@ -455,10 +455,10 @@ fn synth_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) -> Option<yosys
 
 /// Verilator's lint (-Wall): the warning codes it reports.
 fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
-    if !available(&VERILATOR, r, "lint") {
+    if !available(&VERILATOR, r, Stage::Lint) {
         return;
     }
-    r.stages.push("lint".into());
+    r.stages.push(Stage::Lint);
     let mut args = vec![
         "--lint-only",
         "-Wall",
@@ -471,9 +471,9 @@ fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str
     }
     args.push("design.sv");
     let o = run_tool("verilator", &args, dir, limits(opts.timeouts.lint));
-    r.stage_ms.insert("lint".into(), ms(&o));
+    r.stage_ms.insert(Stage::Lint, ms(&o));
     if o.ended == Ended::TimedOut {
-        timed_out(r, "lint", "verilator", opts.timeouts.lint);
+        timed_out(r, Stage::Lint, "verilator", opts.timeouts.lint);
         return;
     }
     let mut codes: Vec<String> = o
@@ -502,10 +502,10 @@ fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str
 
 /// Full synthesis (`synth`), only when asked: some designs take many seconds.
 fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
-    if !available(&YOSYS, r, "synth_full") {
+    if !available(&YOSYS, r, Stage::SynthFull) {
         return;
     }
-    r.stages.push("synth_full".into());
+    r.stages.push(Stage::SynthFull);
     let script = match top {
         Some(t) => format!("read_verilog -sv design_yosys.sv; synth -top {t}"),
         None => "read_verilog -sv design_yosys.sv; synth -auto-top".to_string(),
@@ -516,10 +516,10 @@ fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Optio
         dir,
         limits(opts.timeouts.synth_full),
     );
-    r.stage_ms.insert("synth_full".into(), ms(&o));
+    r.stage_ms.insert(Stage::SynthFull, ms(&o));
     if o.ended == Ended::TimedOut {
         r.synth_ok = Some(false);
-        timed_out(r, "synth_full", "yosys synth", opts.timeouts.synth_full);
+        timed_out(r, Stage::SynthFull, "yosys synth", opts.timeouts.synth_full);
     } else if !o.ok() {
         r.synth_ok = Some(false);
         r.errors.push(format!(
@@ -533,8 +533,8 @@ fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Optio
 /// reference), build and run it, and read the verdict.
 fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: Option<&str>) {
     let ready = match opts.simulator {
-        Simulator::Verilator => available(&VERILATOR, r, "sim"),
-        _ => available(&IVERILOG, r, "sim") && available(&VVP, r, "sim"),
+        Simulator::Verilator => available(&VERILATOR, r, Stage::Sim),
+        _ => available(&IVERILOG, r, Stage::Sim) && available(&VVP, r, Stage::Sim),
     };
     if !ready {
         r.sim_status = SimStatus::Error;
@@ -554,7 +554,7 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
         compile_failed(r, &build);
         return;
     };
-    r.stage_ms.insert("sim".into(), ms(&build) + ms(&o));
+    r.stage_ms.insert(Stage::Sim, ms(&build) + ms(&o));
     r.sim_log = o.output.chars().take(4000).collect();
     read_verdict(r, &o, opts);
 }
@@ -690,7 +690,7 @@ fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
             r.sim_status = SimStatus::Timeout;
             r.failure_class = Some(FailureClass::Timeout);
             r.functional = Some(false);
-            timed_out(r, "sim", "the simulation", opts.timeouts.sim);
+            timed_out(r, Stage::Sim, "the simulation", opts.timeouts.sim);
             return;
         }
         Ended::OutputLimit => Some("simulation printed more than 1 MiB; stopped".to_string()),
@@ -800,13 +800,13 @@ fn verilator_sim(
 
 /// The testbench did not compile (or did not build in time): a failed simulation, with its class.
 fn compile_failed(r: &mut Report, build: &Outcome) {
-    r.stage_ms.insert("sim".into(), ms(build));
+    r.stage_ms.insert(Stage::Sim, ms(build));
     r.functional = Some(false);
     r.sim_log = build.output.chars().take(4000).collect();
     if build.ended == Ended::TimedOut {
         r.sim_status = SimStatus::Timeout;
         r.failure_class = Some(FailureClass::Timeout);
-        r.timed_out.push("sim".into());
+        r.timed_out.push(Stage::Sim);
         r.errors
             .push("sim: the testbench did not compile in time (raise timeouts.sim)".into());
         return;
@@ -909,7 +909,7 @@ fn equivalence(
         dir,
         limits(opts.timeouts.synth_full),
     );
-    r.stage_ms.insert("equiv".into(), ms(&o));
+    r.stage_ms.insert(Stage::Equiv, ms(&o));
     let verdict = if o.ok() {
         "equivalent"
     } else if o.ended == Ended::TimedOut {
@@ -981,9 +981,9 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
         r.score = 0.0;
         return r;
     }
-    let ran_past_limit = |stage: &str| r.timed_out.iter().any(|s| s == stage);
+    let ran_past_limit = |stage: Stage| r.timed_out.contains(&stage);
     let mut parts: Vec<(f64, f64)> = vec![(w.syntax, 1.0)];
-    if opts.wants("synth") {
+    if opts.wants(Stage::Synth) {
         parts.push((w.synth, if r.synth_ok == Some(true) { 1.0 } else { 0.0 }));
         // I/O use is read from the light pass's netlist: a penalty, not a fail (correct designs can
         // leave an input unused); no netlist, no credit.
@@ -996,8 +996,8 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
         };
         parts.push((w.io, io));
     }
-    if opts.wants("lint") {
-        let ran = r.stages.iter().any(|s| s == "lint") && !ran_past_limit("lint");
+    if opts.wants(Stage::Lint) {
+        let ran = r.stages.contains(&Stage::Lint) && !ran_past_limit(Stage::Lint);
         let value = if ran {
             let penalized = r
                 .lint
@@ -1010,7 +1010,7 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
         };
         parts.push((w.lint, value));
     }
-    if opts.wants("sim") && simulates(opts) {
+    if opts.wants(Stage::Sim) && simulates(opts) {
         parts.push((
             w.functional,
             if r.functional == Some(true) { 1.0 } else { 0.0 },
