@@ -117,16 +117,17 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
         }
     });
 
-    rtlab_data::register(&mut engine);
-    rtlab_data::plot::register(&mut engine);
-    rtlab_phase::register(&mut engine);
-    rtlab_verify::register(&mut engine);
-    rtlab_slurm::register(&mut engine);
-    rtlab_llm::register(&mut engine);
-    rtlab_bench::register(&mut engine);
-    rtlab_bench::testbench::register(&mut engine);
-    rtlab_train::register(&mut engine);
-    rtlab_core::api::register(&mut engine);
+    // One Rhai package per capability (`def_package!`), in this order (the order the functions are
+    // searched in is part of the behaviour).
+    use rhai::packages::Package;
+    rtlab_data::DataPackage::new().register_into_engine(&mut engine);
+    rtlab_phase::PhasePackage::new().register_into_engine(&mut engine);
+    rtlab_verify::VerifyPackage::new().register_into_engine(&mut engine);
+    rtlab_slurm::SlurmPackage::new().register_into_engine(&mut engine);
+    rtlab_llm::LlmPackage::new().register_into_engine(&mut engine);
+    rtlab_bench::BenchPackage::new().register_into_engine(&mut engine);
+    rtlab_train::TrainPackage::new().register_into_engine(&mut engine);
+    rtlab_core::CorePackage::new().register_into_engine(&mut engine);
     stdlib_modules::install_resolver(&mut engine, script_dir);
     engine
 }

@@ -442,8 +442,8 @@ fn column_texts(
     Ok((h, r))
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine.register_global_module(exported_module!(bench_functions).into());
+pub fn register(module: &mut Module) {
+    combine_with_exported_module!(module, "bench_functions", bench_functions);
 }
 
 #[export_module]
@@ -944,6 +944,15 @@ mod bench_functions {
             return Ok(Frame::new(DataFrame::empty()));
         }
         Ok(rtlab_data::from_records(&rows, "pairs")?)
+    }
+}
+
+rhai::def_package! {
+    /// Benchmarks and testbenches: `benchmark`, pass@k, `compare`, `expect`, metrics, `judge`, `sweep`,
+    /// preference pairs, A7 testbenches and `generate_verified`.
+    pub BenchPackage(module) {
+        register(module);
+        testbench::register(module);
     }
 }
 

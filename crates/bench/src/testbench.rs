@@ -268,8 +268,8 @@ fn model_opt(options: &Map, key: &str) -> Result<Model, String> {
         .ok_or_else(|| format!("pass `{key}`: a model from llm(#{{...}})"))
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine.register_global_module(exported_module!(testbench_functions).into());
+pub fn register(module: &mut Module) {
+    combine_with_exported_module!(module, "testbench_functions", testbench_functions);
 }
 
 #[export_module]

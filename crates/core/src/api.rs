@@ -4,8 +4,8 @@
 use crate::workspace::{write_atomic, Workspace};
 use rhai::plugin::*;
 
-pub fn register(engine: &mut Engine) {
-    engine.register_global_module(exported_module!(runtime_functions).into());
+pub fn register(module: &mut Module) {
+    combine_with_exported_module!(module, "runtime_functions", runtime_functions);
 }
 
 #[export_module]

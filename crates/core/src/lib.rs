@@ -30,3 +30,11 @@ pub use display::display_value;
 pub use options::Options;
 pub use output::OutputSink;
 pub use workspace::Workspace;
+
+rhai::def_package! {
+    /// The package every script gets: files relative to the script, sleeping that Ctrl-C interrupts,
+    /// JSON, environment lookups (recorded as cell inputs) and assertions.
+    pub CorePackage(module) {
+        api::register(module);
+    }
+}

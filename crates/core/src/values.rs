@@ -3,7 +3,7 @@
 //! report and the notebook cache ask the registry, so none of them switches on stdlib types.
 //!
 //! The registry is process-wide because a type's behaviour is a fact about the type, the same for every
-//! engine; capabilities fill it from their `register` functions, and registering a tag again replaces it.
+//! engine; capabilities fill it when their packages are built, and registering a tag again replaces it.
 
 use rhai::Dynamic;
 use serde_json::{Map, Value};

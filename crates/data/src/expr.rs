@@ -6,7 +6,7 @@
 use super::convert::dynamic_to_series;
 use polars::prelude::{self as pl, col as pl_col, lit as pl_lit, Expr as PlExpr, LiteralValue};
 use rhai::plugin::*;
-use rhai::{Array, Dynamic, Engine, ImmutableString};
+use rhai::{Array, Dynamic, ImmutableString};
 
 /// The Rhai `Expr`.
 #[derive(Clone, Debug)]
@@ -48,27 +48,35 @@ fn to_expr(value: &Dynamic) -> Result<PlExpr, Box<EvalAltResult>> {
     .into())
 }
 
-pub fn register(engine: &mut Engine) {
-    engine.register_type_with_name::<Expr>("Expr");
-    engine.register_fn("to_string", |e: &mut Expr| format!("{:?}", e.0));
-    engine.register_fn("to_debug", |e: &mut Expr| format!("{:?}", e.0));
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<Expr>("Expr");
+    FuncRegistration::new("to_string").set_into_module(module, |e: &mut Expr| format!("{:?}", e.0));
+    FuncRegistration::new("to_debug").set_into_module(module, |e: &mut Expr| format!("{:?}", e.0));
 
     // Binary operators: Expr op Expr, Expr op value, value op Expr.
     macro_rules! binary {
         ($op:literal, $f:expr) => {{
             let f: fn(PlExpr, PlExpr) -> PlExpr = $f;
-            engine.register_fn($op, move |a: Expr, b: Expr| Expr(f(a.0, b.0)));
-            engine.register_fn($op, move |a: Expr, b: i64| Expr(f(a.0, pl_lit(b))));
-            engine.register_fn($op, move |a: Expr, b: f64| Expr(f(a.0, pl_lit(b))));
-            engine.register_fn($op, move |a: Expr, b: bool| Expr(f(a.0, pl_lit(b))));
-            engine.register_fn($op, move |a: Expr, b: ImmutableString| {
-                Expr(f(a.0, pl_lit(b.to_string())))
-            });
-            engine.register_fn($op, move |a: i64, b: Expr| Expr(f(pl_lit(a), b.0)));
-            engine.register_fn($op, move |a: f64, b: Expr| Expr(f(pl_lit(a), b.0)));
-            engine.register_fn($op, move |a: ImmutableString, b: Expr| {
-                Expr(f(pl_lit(a.to_string()), b.0))
-            });
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: Expr, b: Expr| Expr(f(a.0, b.0)));
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: Expr, b: i64| Expr(f(a.0, pl_lit(b))));
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: Expr, b: f64| Expr(f(a.0, pl_lit(b))));
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: Expr, b: bool| Expr(f(a.0, pl_lit(b))));
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: Expr, b: ImmutableString| {
+                    Expr(f(a.0, pl_lit(b.to_string())))
+                });
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: i64, b: Expr| Expr(f(pl_lit(a), b.0)));
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: f64, b: Expr| Expr(f(pl_lit(a), b.0)));
+            FuncRegistration::new($op)
+                .set_into_module(module, move |a: ImmutableString, b: Expr| {
+                    Expr(f(pl_lit(a.to_string()), b.0))
+                });
         }};
     }
     binary!("==", |a, b| a.eq(b));
@@ -84,10 +92,10 @@ pub fn register(engine: &mut Engine) {
     binary!("%", |a, b| a % b);
     binary!("&", |a, b| a.and(b));
     binary!("|", |a, b| a.or(b));
-    engine.register_fn("!", |a: Expr| Expr(a.0.not()));
-    engine.register_fn("-", |a: Expr| Expr(a.0 * pl_lit(-1)));
+    FuncRegistration::new("!").set_into_module(module, |a: Expr| Expr(a.0.not()));
+    FuncRegistration::new("-").set_into_module(module, |a: Expr| Expr(a.0 * pl_lit(-1)));
 
-    engine.register_global_module(exported_module!(expr_functions).into());
+    combine_with_exported_module!(module, "expr_functions", expr_functions);
 }
 
 #[export_module]

@@ -46,9 +46,9 @@ fn key_name(path: &str) -> String {
     path.rsplit('.').next().unwrap_or(path).to_string()
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine.register_type_with_name::<GroupBy>("GroupBy");
-    engine.register_global_module(exported_module!(frame_functions).into());
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<GroupBy>("GroupBy");
+    combine_with_exported_module!(module, "frame_functions", frame_functions);
 }
 
 #[export_module]

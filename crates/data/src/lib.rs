@@ -151,12 +151,13 @@ pub fn load_verilog_eval_dir(
     })?))
 }
 
-pub fn register(engine: &mut Engine) {
-    engine.register_type_with_name::<LazyJsonl>("LazyFrame");
-    engine.register_fn("to_string", |l: &mut LazyJsonl| describe_lazy(l));
-    engine.register_fn("to_debug", |l: &mut LazyJsonl| describe_lazy(l));
-    engine.register_global_module(exported_module!(scan_functions).into());
-    engine.register_type_with_name::<Frame>("DataFrame");
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<LazyJsonl>("LazyFrame");
+    FuncRegistration::new("to_string")
+        .set_into_module(module, |l: &mut LazyJsonl| describe_lazy(l));
+    FuncRegistration::new("to_debug").set_into_module(module, |l: &mut LazyJsonl| describe_lazy(l));
+    combine_with_exported_module!(module, "scan_functions", scan_functions);
+    module.set_custom_type::<Frame>("DataFrame");
     rtlab_core::values::register(RichType {
         tag: "frame",
         is: |v| v.is::<Frame>(),
@@ -173,11 +174,11 @@ pub fn register(engine: &mut Engine) {
         // The notebook cache stores frames itself, as Parquet files beside the entry's manifest.
         persist: None,
     });
-    engine.register_fn("to_string", |f: &mut Frame| format!("{}", f.df));
-    engine.register_fn("to_debug", |f: &mut Frame| format!("{}", f.df));
-    expr::register(engine);
-    frame_fns::register(engine);
-    engine.register_global_module(exported_module!(io_functions).into());
+    FuncRegistration::new("to_string").set_into_module(module, |f: &mut Frame| format!("{}", f.df));
+    FuncRegistration::new("to_debug").set_into_module(module, |f: &mut Frame| format!("{}", f.df));
+    expr::register(module);
+    frame_fns::register(module);
+    combine_with_exported_module!(module, "io_functions", io_functions);
 }
 
 /// `path` resolved against the calling script's workspace.
@@ -446,5 +447,14 @@ mod io_functions {
     #[rhai_fn(name = "head", pure)]
     pub fn head(frame: &mut Frame, n: i64) -> Frame {
         Frame::new(frame.df.head(Some(n.max(0) as usize)))
+    }
+}
+
+rhai::def_package! {
+    /// Datasets: `DataFrame` (polars), `LazyFrame` (`scan_jsonl`), expressions (`col`), `GroupBy`,
+    /// plots, and JSONL, Parquet and CSV readers and writers.
+    pub DataPackage(module) {
+        register(module);
+        plot::register(module);
     }
 }

@@ -282,8 +282,8 @@ fn xy(frame: &Frame, x: &str, y: &str) -> Result<(Vec<String>, Vec<f64>), Box<Ev
     Ok((labels, values))
 }
 
-pub fn register(engine: &mut Engine) {
-    engine.register_type_with_name::<Plot>("Plot");
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<Plot>("Plot");
     rtlab_core::values::register(RichType {
         tag: "plot",
         is: |v| v.is::<Plot>(),
@@ -306,9 +306,9 @@ pub fn register(engine: &mut Engine) {
             load: |fields, _| Ok(Dynamic::from(Plot::from_json(fields))),
         }),
     });
-    engine.register_fn("to_string", |p: &mut Plot| p.unicode());
-    engine.register_fn("to_debug", |p: &mut Plot| p.unicode());
-    engine.register_global_module(exported_module!(plot_functions).into());
+    FuncRegistration::new("to_string").set_into_module(module, |p: &mut Plot| p.unicode());
+    FuncRegistration::new("to_debug").set_into_module(module, |p: &mut Plot| p.unicode());
+    combine_with_exported_module!(module, "plot_functions", plot_functions);
 }
 
 #[export_module]

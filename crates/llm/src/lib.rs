@@ -607,10 +607,10 @@ pub fn extract_code(answer: &str) -> String {
     answer.trim().to_string()
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine.register_type_with_name::<Model>("Model");
-    engine.register_fn("to_string", |m: &mut Model| m.describe());
-    engine.register_fn("to_debug", |m: &mut Model| m.describe());
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<Model>("Model");
+    FuncRegistration::new("to_string").set_into_module(module, |m: &mut Model| m.describe());
+    FuncRegistration::new("to_debug").set_into_module(module, |m: &mut Model| m.describe());
     rtlab_core::values::register(rtlab_core::values::RichType {
         tag: "model",
         is: |v| v.is::<Model>(),
@@ -644,7 +644,7 @@ pub fn register(engine: &mut rhai::Engine) {
             },
         }),
     });
-    engine.register_global_module(exported_module!(llm_functions).into());
+    combine_with_exported_module!(module, "llm_functions", llm_functions);
 }
 
 #[export_module]
@@ -880,6 +880,13 @@ mod llm_functions {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+rhai::def_package! {
+    /// Model clients with record and replay: `llm`, `complete`, `chat`, `complete_many`, cassettes.
+    pub LlmPackage(module) {
+        register(module);
     }
 }
 

@@ -186,9 +186,9 @@ pub struct Router {
     stats: Rc<RefCell<BTreeMap<String, (i64, i64)>>>,
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine.register_type_with_name::<Router>("Router");
-    engine.register_global_module(exported_module!(phase_functions).into());
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<Router>("Router");
+    combine_with_exported_module!(module, "phase_functions", phase_functions);
 }
 
 #[export_module]
@@ -402,6 +402,13 @@ mod phase_functions {
         )
         .map_err(|e| format!("stats: {e}"))?;
         Ok(Frame::new(df))
+    }
+}
+
+rhai::def_package! {
+    /// Phase specialists: `classify_phase`, `with_phase`, `split_by_phase` and the `Router`.
+    pub PhasePackage(module) {
+        register(module);
     }
 }
 

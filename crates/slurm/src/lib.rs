@@ -285,11 +285,10 @@ impl Executor {
     }
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine
-        .register_type_with_name::<SlurmOptions>("SlurmExecutor")
-        .register_fn("to_string", |s: &mut SlurmOptions| s.describe())
-        .register_fn("to_debug", |s: &mut SlurmOptions| s.describe());
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<SlurmOptions>("SlurmExecutor");
+    FuncRegistration::new("to_string").set_into_module(module, |s: &mut SlurmOptions| s.describe());
+    FuncRegistration::new("to_debug").set_into_module(module, |s: &mut SlurmOptions| s.describe());
     rtlab_core::values::register(rtlab_core::values::RichType {
         tag: "slurm",
         is: |v| v.is::<SlurmOptions>(),
@@ -327,7 +326,7 @@ pub fn register(engine: &mut rhai::Engine) {
             },
         }),
     });
-    engine.register_global_module(exported_module!(slurm_functions).into());
+    combine_with_exported_module!(module, "slurm_functions", slurm_functions);
 }
 
 #[export_module]
@@ -361,5 +360,13 @@ mod slurm_functions {
     #[rhai_fn(name = "slurm")]
     pub fn slurm_default() -> SlurmOptions {
         SlurmOptions::default()
+    }
+}
+
+rhai::def_package! {
+    /// Running batches on Slurm: `slurm(#{...})`, the executor `df.verify`, `benchmark` and
+    /// `a7_testbench` take.
+    pub SlurmPackage(module) {
+        register(module);
     }
 }

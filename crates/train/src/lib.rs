@@ -22,6 +22,15 @@ pub mod model;
 pub mod models;
 pub mod peft;
 pub mod q8;
+
+rhai::def_package! {
+    /// Training and local models: `train_lora`, `train_dpo`, `load_model`, `generate`, `perplexity`,
+    /// merging and GGUF export.
+    pub TrainPackage(module) {
+        register(module);
+    }
+}
+
 #[cfg(test)]
 mod tests;
 pub mod tiny;
@@ -1353,10 +1362,10 @@ fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
     })
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine.register_type_with_name::<Local>("LocalModel");
-    engine.register_fn("to_string", |m: &mut Local| describe(m));
-    engine.register_fn("to_debug", |m: &mut Local| describe(m));
+pub fn register(module: &mut Module) {
+    module.set_custom_type::<Local>("LocalModel");
+    FuncRegistration::new("to_string").set_into_module(module, |m: &mut Local| describe(m));
+    FuncRegistration::new("to_debug").set_into_module(module, |m: &mut Local| describe(m));
     rtlab_core::values::register(rtlab_core::values::RichType {
         tag: "local_model",
         is: |v| v.is::<Local>(),
@@ -1375,7 +1384,7 @@ pub fn register(engine: &mut rhai::Engine) {
             load: |fields, _| Local::load_persisted(fields),
         }),
     });
-    engine.register_global_module(exported_module!(train_functions).into());
+    combine_with_exported_module!(module, "train_functions", train_functions);
 }
 
 impl Local {

@@ -158,8 +158,8 @@ fn warn_skipped(reports: &[super::Report]) {
     );
 }
 
-pub fn register(engine: &mut rhai::Engine) {
-    engine.register_global_module(exported_module!(verify_functions).into());
+pub fn register(module: &mut Module) {
+    combine_with_exported_module!(module, "verify_functions", verify_functions);
 }
 
 #[export_module]

@@ -16,7 +16,7 @@ pub mod stages;
 mod verilator_ports;
 mod yosys;
 
-pub use api::{register, verify_rows, FrameInputs};
+pub use api::{verify_rows, FrameInputs};
 pub use stages::verify;
 
 use rhai::Map;
@@ -605,6 +605,13 @@ pub fn tool_versions() -> &'static BTreeMap<&'static str, Option<String>> {
             })
             .collect()
     })
+}
+
+rhai::def_package! {
+    /// The Verilog verifier: `verify`, `df.verify`, `rename_module` and the mutation tools.
+    pub VerifyPackage(module) {
+        api::register(module);
+    }
 }
 
 #[cfg(test)]
