@@ -570,7 +570,86 @@ pub fn target_log_prob(logits: &Tensor, targets: &Tensor) -> candle_core::Result
 /// Keys and values of the tokens seen so far, per layer, for generation.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
+}
+
+/// Positions a layer's key and value buffers grow by: a new token is written in place, and the
+/// buffers are copied into bigger ones once every this many tokens (concatenating copied the whole
+/// cache on every token).
+const KV_CHUNK: usize = 128;
+
+/// One layer's cached keys and values, in buffers whose first `len` positions hold the tokens seen
+/// so far. The keys are kept transposed, [batch, kv_heads, head_dim, capacity], the layout the
+/// attention product reads: repeating them for the query heads is then a copy of contiguous runs,
+/// where transposing them on every token copied element by element.
+pub struct LayerKv {
+    keys_t: Tensor,
+    /// [batch, kv_heads, capacity, head_dim].
+    values: Tensor,
+    len: usize,
+}
+
+impl LayerKv {
+    fn empty(like: &Tensor) -> candle_core::Result<LayerKv> {
+        let (b, h, _, d) = like.dims4()?;
+        Ok(LayerKv {
+            keys_t: Tensor::zeros((b, h, d, 0), like.dtype(), like.device())?,
+            values: Tensor::zeros((b, h, 0, d), like.dtype(), like.device())?,
+            len: 0,
+        })
+    }
+
+    /// A cache holding `k` and `v` [batch, kv_heads, seq, head_dim].
+    fn new(k: &Tensor, v: &Tensor) -> candle_core::Result<LayerKv> {
+        let mut kv = LayerKv::empty(v)?;
+        kv.append(k, v)?;
+        Ok(kv)
+    }
+
+    /// Writes the keys and values [batch, kv_heads, t, head_dim] of new tokens after the cached ones.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
+        self.append_transposed(&k.t()?, v)
+    }
+
+    /// `append` with the keys already transposed, [batch, kv_heads, head_dim, t]. The buffers grow
+    /// by whole chunks when full.
+    fn append_transposed(&mut self, k_t: &Tensor, v: &Tensor) -> candle_core::Result<()> {
+        let t = v.dim(2)?;
+        if self.len + t > self.values.dim(2)? {
+            let capacity = (self.len + t).div_ceil(KV_CHUNK) * KV_CHUNK;
+            let grow = |buf: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+                let mut dims = buf.dims().to_vec();
+                dims[dim] = capacity;
+                let bigger = Tensor::zeros(dims, buf.dtype(), buf.device())?;
+                bigger.slice_set(&buf.narrow(dim, 0, self.len)?.contiguous()?, dim, 0)?;
+                Ok(bigger)
+            };
+            self.keys_t = grow(&self.keys_t, 3)?;
+            self.values = grow(&self.values, 2)?;
+        }
+        self.keys_t.slice_set(&k_t.contiguous()?, 3, self.len)?;
+        self.values.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += t;
+        Ok(())
+    }
+
+    /// The cached keys, transposed ([batch, kv_heads, head_dim, len]), and values ([batch,
+    /// kv_heads, len, head_dim]): views of the buffers.
+    fn views(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.keys_t.narrow(3, 0, self.len)?,
+            self.values.narrow(2, 0, self.len)?,
+        ))
+    }
+
+    /// The same cache for `n` copies of each sequence.
+    fn repeat(&self, n: usize) -> candle_core::Result<LayerKv> {
+        let (k_t, v) = self.views()?;
+        let (k_t, v) = (k_t.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?);
+        let mut out = LayerKv::empty(&v)?;
+        out.append_transposed(&k_t, &v)?;
+        Ok(out)
+    }
 }
 
 impl KvCache {
@@ -581,10 +660,7 @@ impl KvCache {
             .layers
             .iter()
             .map(|l| match l {
-                Some((k, v)) => Ok(Some((
-                    k.repeat((n, 1, 1, 1))?.contiguous()?,
-                    v.repeat((n, 1, 1, 1))?.contiguous()?,
-                ))),
+                Some(kv) => Ok(Some(kv.repeat(n)?)),
                 None => Ok(None),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -601,7 +677,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .map(|kv| kv.len)
             .unwrap_or(0)
     }
 }
@@ -629,7 +705,7 @@ impl Attention {
         &self,
         x: &Tensor,
         at: &Positions,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerKv>>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
         let (rope, offset) = (at.rope, at.offset);
@@ -640,17 +716,27 @@ impl Attention {
                 .contiguous()
         };
         let q = rope.apply(&split(self.q.forward(x, pass)?, self.heads)?, offset)?;
-        let mut k = rope.apply(&split(self.k.forward(x, pass)?, self.kv_heads)?, offset)?;
-        let mut v = split(self.v.forward(x, pass)?, self.kv_heads)?;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+        let k = rope.apply(&split(self.k.forward(x, pass)?, self.kv_heads)?, offset)?;
+        let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
+        // The keys transposed, [b, kv_heads, head_dim, seq]: a cache keeps them so.
+        let (k_t, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some(mut kv) => {
+                        kv.append(&k, &v)?;
+                        kv
+                    }
+                    None => LayerKv::new(&k, &v)?,
+                };
+                let views = kv.views()?;
+                *slot = Some(kv);
+                views
             }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
+            None => (k.t()?, v),
+        };
+        let rep = self.heads / self.kv_heads;
+        let (keys_t, v) = (repeat_heads(&k_t, rep)?, repeat_heads(&v, rep)?);
+        let scores = (q.matmul(&keys_t)? / (self.head_dim as f64).sqrt())?;
         let scores = match &at.mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
@@ -661,18 +747,20 @@ impl Attention {
             .reshape((b, t, self.heads * self.head_dim))?;
         self.o.forward(&y, pass)
     }
+}
 
-    /// Grouped-query attention: each key/value head serves `heads / kv_heads` query heads.
-    fn repeat_kv(&self, x: Tensor) -> candle_core::Result<Tensor> {
-        let rep = self.heads / self.kv_heads;
-        if rep == 1 {
-            return Ok(x);
-        }
-        let (b, kvh, t, hd) = x.dims4()?;
-        x.unsqueeze(2)?
-            .broadcast_as((b, kvh, rep, t, hd))?
-            .reshape((b, kvh * rep, t, hd))
+/// Grouped-query attention: each key/value head serves `rep` query heads. `x` is [batch, kv_heads,
+/// d1, d2] (keys transposed, or values), any layout; the result is a contiguous [batch, kv_heads ·
+/// rep, d1, d2], in one copy (the attention products read it contiguous, as they always have: a
+/// strided operand takes another path in the matmul and changes the bits).
+pub(crate) fn repeat_heads(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    if rep == 1 {
+        return x.contiguous();
     }
+    let (b, kvh, d1, d2) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kvh, rep, d1, d2))?
+        .reshape((b, kvh * rep, d1, d2))
 }
 
 /// `-inf` where query `i` (the last `t` of `kv_len` positions) would see a later key.
@@ -710,7 +798,7 @@ impl Layer {
         &self,
         x: &Tensor,
         at: &Positions,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerKv>>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
         let h = self

@@ -599,3 +599,56 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients_to_the_bit() {
         }
     }
 }
+
+/// Attention repeats the keys, transposed, for its query heads in one copy, not two (repeating,
+/// then `.t().contiguous()`, copied every cached key twice per layer per decoded token, the second
+/// time element by element: a fifth of a batch's decoding). The product and its gradients must be the same to the bit, or
+/// sampled answers would change.
+#[test]
+fn keys_repeated_and_transposed_in_one_copy_give_the_same_scores_and_gradients() {
+    let dev = Device::Cpu;
+    for (b, kvh, rep, t, kv_len, hd) in [
+        (20, 3, 3, 1, 37, 64),
+        (2, 3, 3, 7, 7, 64),
+        (4, 2, 1, 5, 5, 16),
+    ] {
+        let heads = kvh * rep;
+        let q =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, heads, t, hd), &dev).unwrap()).unwrap();
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kvh, kv_len, hd), &dev).unwrap())
+            .unwrap();
+        // Before: repeat the heads, then a contiguous copy of the transpose.
+        let repeated = k
+            .unsqueeze(2)
+            .unwrap()
+            .broadcast_as((b, kvh, rep, kv_len, hd))
+            .unwrap()
+            .reshape((b, heads, kv_len, hd))
+            .unwrap();
+        let two_copies = q
+            .matmul(&repeated.t().unwrap().contiguous().unwrap())
+            .unwrap();
+        let one_copy = q
+            .matmul(&super::model::repeat_heads(&k.as_tensor().t().unwrap(), rep).unwrap())
+            .unwrap();
+        let shape = format!("{b}x{kvh}x{rep}x{t}x{kv_len}");
+        assert_eq!(max_abs_diff(&two_copies, &one_copy), 0.0, "scores, {shape}");
+        let weights = Tensor::randn(0f32, 1.0, two_copies.shape(), &dev).unwrap();
+        let before = (&two_copies * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let after = (&one_copy * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for var in [&q, &k] {
+            let (x, y) = (before.get(var).unwrap(), after.get(var).unwrap());
+            assert_eq!(max_abs_diff(x, y), 0.0, "gradient, {shape}");
+        }
+    }
+}
