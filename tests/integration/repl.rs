@@ -230,3 +230,44 @@ fn completion_after_a_dataframe_dot_offers_its_methods_not_global_functions() {
     s.expect("1007").unwrap();
     quit(&mut s);
 }
+
+#[test]
+fn native_values_show_what_they_are_not_a_rust_path() {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let data = crate::common::repo_root().join("data/v2_sample.jsonl");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtlab"))
+        .env("XDG_DATA_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!(
+        "col(\"metadata.category\") == \"fsm\"\nscan_jsonl({data:?}).filter(col(\"id\") > 3)\nload_jsonl({data:?}).group_by([\"metadata.category\"])\n"
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // An expression shows what it computes, a scan its file and filters, a grouping its type name.
+    assert!(
+        stdout.contains(r#"col("metadata").struct.field_by_name(category)"#)
+            && stdout.contains(r#"== ("fsm")"#),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stdout.contains("LazyFrame(scan ") && stdout.contains("1 filter(s)"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stdout.contains("<GroupBy>"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(!stdout.contains("rtlab_data::"), "stdout: {stdout}");
+}

@@ -69,6 +69,12 @@ fn inline(value: &Dynamic) -> String {
             .unwrap_or_default()
             .to_string();
     }
+    if value.is_variant() {
+        // A native value with no registered display: its type's name, as a script's `type_of` has
+        // it, not the Rust path (`GroupBy`, not `rtlab_data::frame_fns::GroupBy`).
+        let path = value.type_name();
+        return format!("<{}>", path.rsplit("::").next().unwrap_or(path));
+    }
     value.to_string()
 }
 

@@ -50,6 +50,18 @@ fn to_expr(value: &Dynamic) -> Result<PlExpr, Box<EvalAltResult>> {
 
 pub fn register(module: &mut Module) {
     module.set_custom_type::<Expr>("Expr");
+    // Shown at the REPL as what it computes; an expression is not data, so it does not persist.
+    rtlab_core::values::register(rtlab_core::values::RichType {
+        tag: "expr",
+        is: |v| v.is::<Expr>(),
+        text: |v| {
+            v.read_lock::<Expr>()
+                .map(|e| format!("{:?}", e.0))
+                .unwrap_or_default()
+        },
+        html: None,
+        persist: None,
+    });
     FuncRegistration::new("to_string").set_into_module(module, |e: &mut Expr| format!("{:?}", e.0));
     FuncRegistration::new("to_debug").set_into_module(module, |e: &mut Expr| format!("{:?}", e.0));
 

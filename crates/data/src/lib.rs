@@ -153,6 +153,18 @@ pub fn load_verilog_eval_dir(
 
 pub fn register(module: &mut Module) {
     module.set_custom_type::<LazyJsonl>("LazyFrame");
+    // Shown at the REPL as its scan; a scan is a plan over a file, not data, so it does not persist.
+    rtlab_core::values::register(RichType {
+        tag: "lazy_frame",
+        is: |v| v.is::<LazyJsonl>(),
+        text: |v| {
+            v.read_lock::<LazyJsonl>()
+                .map(|l| describe_lazy(&l))
+                .unwrap_or_default()
+        },
+        html: None,
+        persist: None,
+    });
     FuncRegistration::new("to_string")
         .set_into_module(module, |l: &mut LazyJsonl| describe_lazy(l));
     FuncRegistration::new("to_debug").set_into_module(module, |l: &mut LazyJsonl| describe_lazy(l));
