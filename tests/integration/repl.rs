@@ -185,24 +185,8 @@ fn a_function_defined_at_the_prompt_is_callable_on_the_next_line() {
 
 #[test]
 fn piped_input_keeps_functions_between_lines() {
-    use std::io::Write;
-    let home = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtlab"))
-        .env("XDG_DATA_HOME", home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"fn f(x) { x + 1000 }\nf(234)\nlet h = |x| f(x) * 2;\nh.call(1)\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout, stderr) =
+        piped("fn f(x) { x + 1000 }\nf(234)\nlet h = |x| f(x) * 2;\nh.call(1)\n");
     assert!(
         stdout.contains("1234"),
         "stdout: {stdout}\nstderr: {stderr}"
@@ -233,28 +217,10 @@ fn completion_after_a_dataframe_dot_offers_its_methods_not_global_functions() {
 
 #[test]
 fn native_values_show_what_they_are_not_a_rust_path() {
-    use std::io::Write;
-    let home = tempfile::tempdir().unwrap();
     let data = crate::common::repo_root().join("data/v2_sample.jsonl");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtlab"))
-        .env("XDG_DATA_HOME", home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = format!(
+    let (stdout, stderr) = piped(&format!(
         "col(\"metadata.category\") == \"fsm\"\nscan_jsonl({data:?}).filter(col(\"id\") > 3)\nload_jsonl({data:?}).group_by([\"metadata.category\"])\n"
-    );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    ));
     // An expression shows what it computes, a scan its file and filters, a grouping its type name.
     assert!(
         stdout.contains(r#"col("metadata").struct.field_by_name(category)"#)
@@ -270,4 +236,28 @@ fn native_values_show_what_they_are_not_a_rust_path() {
         "stdout: {stdout}\nstderr: {stderr}"
     );
     assert!(!stdout.contains("rtlab_data::"), "stdout: {stdout}");
+}
+
+/// Runs the REPL with `input` on a pipe (as `printf ... | rtlab` does); returns stdout and stderr.
+fn piped(input: &str) -> (String, String) {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtlab"))
+        .env("XDG_DATA_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -45,9 +45,7 @@ mod runtime_functions {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn read_text(ctx: NativeCallContext, path: &str) -> Result<String, Box<EvalAltResult>> {
-        let ws = Workspace::of(&ctx);
-        let full = ws.resolve(path);
-        ws.note_input(&full);
+        let full = Workspace::of(&ctx).resolve_input(path);
         std::fs::read_to_string(&full)
             .map_err(|e| format!("cannot read {}: {e}", full.display()).into())
     }

@@ -98,6 +98,13 @@ impl Workspace {
         resolve_against(&self.base_dir.borrow(), path)
     }
 
+    /// `path` resolved, and noted as read: for a function about to read the file.
+    pub fn resolve_input(&self, path: &str) -> PathBuf {
+        let full = self.resolve(path);
+        self.note_input(&full);
+        full
+    }
+
     /// Where this workspace keeps its state (`.rtlab/`, see [`workspace_dir`]).
     pub fn dir(&self) -> PathBuf {
         workspace_dir(&self.base_dir.borrow())
@@ -147,11 +154,6 @@ impl Workspace {
     /// replays it.
     pub fn emit_line(&self, text: &str) {
         self.output.line(text);
-    }
-
-    /// The sink the script's `print` writes to.
-    pub fn output(&self) -> &OutputSink {
-        &self.output
     }
 }
 

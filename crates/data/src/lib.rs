@@ -198,14 +198,6 @@ fn path_of(ctx: &NativeCallContext, path: &str) -> std::path::PathBuf {
     Workspace::of(ctx).resolve(path)
 }
 
-/// `path` resolved against the calling script's workspace and noted as a cell input.
-fn input_path(ctx: &NativeCallContext, path: &str) -> std::path::PathBuf {
-    let ws = Workspace::of(ctx);
-    let full = ws.resolve(path);
-    ws.note_input(&full);
-    full
-}
-
 fn describe_lazy(l: &LazyJsonl) -> String {
     format!(
         "LazyFrame(scan {}, {} filter(s){})",
@@ -322,7 +314,11 @@ mod io_functions {
         ctx: NativeCallContext,
         path: &str,
     ) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(load_jsonl(&input_path(&ctx, path), &LoadOptions::default())?.frame)
+        Ok(load_jsonl(
+            &Workspace::of(&ctx).resolve_input(path),
+            &LoadOptions::default(),
+        )?
+        .frame)
     }
 
     /// Loads a JSONL file with options. `#{on_bad_line: "skip"}` skips lines that are not JSON objects
@@ -346,7 +342,7 @@ mod io_functions {
             }
         };
         let loaded = load_jsonl(
-            &input_path(&ctx, path),
+            &Workspace::of(&ctx).resolve_input(path),
             &LoadOptions {
                 skip_bad_lines: skip,
             },
@@ -402,13 +398,17 @@ mod io_functions {
     /// Loads a Parquet file.
     #[rhai_fn(return_raw)]
     pub fn load_parquet(ctx: NativeCallContext, path: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(Frame::new(io::load_parquet(&input_path(&ctx, path))?))
+        Ok(Frame::new(io::load_parquet(
+            &Workspace::of(&ctx).resolve_input(path),
+        )?))
     }
 
     /// Loads a CSV file with a header row.
     #[rhai_fn(return_raw)]
     pub fn load_csv(ctx: NativeCallContext, path: &str) -> Result<Frame, Box<EvalAltResult>> {
-        Ok(Frame::new(io::load_csv(&input_path(&ctx, path))?))
+        Ok(Frame::new(io::load_csv(
+            &Workspace::of(&ctx).resolve_input(path),
+        )?))
     }
 
     /// Every `*.md` file under `dir` (recursively, sorted by path) as rows `{content, source}`.

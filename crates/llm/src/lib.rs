@@ -860,8 +860,7 @@ mod llm_functions {
     #[rhai_fn(return_raw)]
     pub fn import_cassette(ctx: NativeCallContext, path: &str) -> Result<i64, Box<EvalAltResult>> {
         let ws = rtlab_core::Workspace::of(&ctx);
-        let full = ws.resolve(path);
-        ws.note_input(&full);
+        let full = ws.resolve_input(path);
         let text = std::fs::read_to_string(&full)
             .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
         let store = ws

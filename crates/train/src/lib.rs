@@ -200,10 +200,9 @@ fn frame_option(ws: &Workspace, o: &Map, key: &str) -> Result<Frame, TrainError>
         ))),
         Some(d) if d.is::<Frame>() => Ok(d.clone_cast::<Frame>()),
         Some(d) if d.is_string() => {
-            let path = ws.resolve(&d.to_string());
+            let path = ws.resolve_input(&d.to_string());
             let loaded = rtlab_data::load_jsonl(&path, &Default::default())
                 .map_err(|e| bad(format!("{key}: {e}")))?;
-            ws.note_input(&path);
             Ok(loaded.frame)
         }
         Some(d) => Err(bad(format!(
