@@ -10,6 +10,7 @@
 mod python;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -70,61 +71,26 @@ fn measure_once(cmd: &mut Command) -> (f64, f64, String) {
     (secs, peak, stdout)
 }
 
-fn main() {
-    let rows: usize = std::env::var("RTLAB_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.jsonl");
-    generate(&data, rows);
-    let size_mb = std::fs::metadata(&data).unwrap().len() as f64 / (1024.0 * 1024.0);
-    println!("{rows} rows, {size_mb:.1} MiB of JSONL");
-
-    let script = dir.path().join("job.rhai");
-    std::fs::write(
-        &script,
-        r#"let df = load_jsonl(ARGS[0]);
+/// The job, in rtlab with the eager reader: load, filter, count, save.
+const RTLAB_EAGER: &str = r#"let df = load_jsonl(ARGS[0]);
 let kept = df.filter(col("metadata.category").is_in(["fsm", "alu", "counter", "uart"]) & (col("metadata.score") >= 0.7));
 let counts = kept.value_counts("metadata.category");
 kept.save_jsonl(ARGS[1]);
 print(`kept=${kept.len()}`);
 print(`peak_mb=${peak_rss_mb()}`);
-"#,
-    )
-    .unwrap();
-    let mut rt = Command::new(env!("CARGO_BIN_EXE_rtlab"));
-    rt.args([
-        "run",
-        script.to_str().unwrap(),
-        data.to_str().unwrap(),
-        dir.path().join("rt_out.jsonl").to_str().unwrap(),
-    ]);
-    let (rt_s, rt_peak, rt_out) = measure(rt);
+"#;
 
-    // The same job as a lazy scan: the filter is pushed into the reader, the kept lines are copied to
-    // the output untouched, and only the category of kept rows is parsed for the counts.
-    let lazy_script = dir.path().join("lazy.rhai");
-    std::fs::write(
-        &lazy_script,
-        r#"let kept = scan_jsonl(ARGS[0]).filter(col("metadata.category").is_in(["fsm", "alu", "counter", "uart"]) & (col("metadata.score") >= 0.7));
+/// The same job as a lazy scan: the filter is pushed into the reader, the kept lines are copied to
+/// the output untouched, and only the category of kept rows is parsed for the counts.
+const RTLAB_LAZY: &str = r#"let kept = scan_jsonl(ARGS[0]).filter(col("metadata.category").is_in(["fsm", "alu", "counter", "uart"]) & (col("metadata.score") >= 0.7));
 let n = kept.sink_jsonl(ARGS[1]);
 let counts = kept.select(["metadata.category"]).collect().value_counts("category");
 print(`kept=${n}`);
 print(`peak_mb=${peak_rss_mb()}`);
-"#,
-    )
-    .unwrap();
-    let mut lazy = Command::new(env!("CARGO_BIN_EXE_rtlab"));
-    lazy.args([
-        "run",
-        lazy_script.to_str().unwrap(),
-        data.to_str().unwrap(),
-        dir.path().join("lazy_out.jsonl").to_str().unwrap(),
-    ]);
-    let (lz_s, lz_peak, lz_out) = measure(lazy);
+"#;
 
-    let py_loop = r#"
+/// The same job as a plain Python loop over json.loads.
+const PYTHON_LOOP: &str = r#"
 import json, sys, resource
 from collections import Counter
 keep_cats = {"fsm", "alu", "counter", "uart"}
@@ -142,18 +108,9 @@ with open(sys.argv[2], "w") as f:
 print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
-    let python = python::interpreter();
-    println!("Python: {python}");
-    let mut py = Command::new(&python);
-    py.args([
-        "-c",
-        py_loop,
-        data.to_str().unwrap(),
-        dir.path().join("py_out.jsonl").to_str().unwrap(),
-    ]);
-    let (py_s, py_peak, py_out) = measure(py);
 
-    let pandas = r#"
+/// The same job in pandas.
+const PANDAS: &str = r#"
 import sys, resource
 import pandas as pd
 df = pd.read_json(sys.argv[1], lines=True)
@@ -165,31 +122,69 @@ kept.to_json(sys.argv[2], orient="records", lines=True)
 print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
-    let mut pd = Command::new(&python);
-    pd.args([
-        "-c",
-        pandas,
-        data.to_str().unwrap(),
-        dir.path().join("pd_out.jsonl").to_str().unwrap(),
-    ]);
-    let pandas_result = if Command::new(&python)
+
+/// Time (median of 5), peak memory and stdout of one job.
+type Measured = (f64, f64, String);
+
+/// Runs `source` as an rtlab script on `data`, writing `<name>_out.jsonl`.
+fn rtlab_job(dir: &Path, name: &str, source: &str, data: &Path) -> Measured {
+    let script = dir.join(format!("{name}.rhai"));
+    std::fs::write(&script, source).unwrap();
+    let mut rt = Command::new(env!("CARGO_BIN_EXE_rtlab"));
+    rt.arg("run")
+        .arg(&script)
+        .arg(data)
+        .arg(dir.join(format!("{name}_out.jsonl")));
+    measure(rt)
+}
+
+/// Runs `source` with Python on `data`, writing `<name>_out.jsonl`.
+fn python_job(python: &str, dir: &Path, name: &str, source: &str, data: &Path) -> Measured {
+    let mut py = Command::new(python);
+    py.arg("-c")
+        .arg(source)
+        .arg(data)
+        .arg(dir.join(format!("{name}_out.jsonl")));
+    measure(py)
+}
+
+/// The `kept=N` line of a job's output.
+fn kept(out: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("kept="))
+        .unwrap_or("kept=?")
+        .to_string()
+}
+
+fn main() {
+    let rows: usize = std::env::var("RTLAB_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let data = dir.join("data.jsonl");
+    generate(&data, rows);
+    let size_mb = std::fs::metadata(&data).unwrap().len() as f64 / (1024.0 * 1024.0);
+    println!("{rows} rows, {size_mb:.1} MiB of JSONL");
+
+    let (rt_s, rt_peak, rt_out) = rtlab_job(dir, "rt", RTLAB_EAGER, &data);
+    let (lz_s, lz_peak, lz_out) = rtlab_job(dir, "lazy", RTLAB_LAZY, &data);
+    let python = python::interpreter();
+    println!("Python: {python}");
+    let (py_s, py_peak, py_out) = python_job(&python, dir, "py", PYTHON_LOOP, &data);
+    let has_pandas = Command::new(&python)
         .args(["-c", "import pandas"])
         .output()
         .map(|o| o.status.success())
-        .unwrap_or(false)
-    {
-        Some(measure(pd))
+        .unwrap_or(false);
+    let pandas_result = if has_pandas {
+        Some(python_job(&python, dir, "pd", PANDAS, &data))
     } else {
         println!("pandas is not installed (pip install pandas): its column is missing");
         None
     };
 
-    let kept = |out: &str| {
-        out.lines()
-            .find(|l| l.starts_with("kept="))
-            .unwrap_or("kept=?")
-            .to_string()
-    };
     assert_eq!(
         kept(&rt_out),
         kept(&py_out),

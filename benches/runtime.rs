@@ -40,9 +40,16 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    let exe = env!("CARGO_BIN_EXE_rtlab");
     let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("empty.rhai");
+    let baseline = start_times(dir.path());
+    repl_start(dir.path(), baseline);
+    cached_rerun(dir.path());
+}
+
+/// `rtlab run` of an empty script against `python3 -c pass`; returns the baseline.
+fn start_times(dir: &std::path::Path) -> Duration {
+    let exe = env!("CARGO_BIN_EXE_rtlab");
+    let empty = dir.join("empty.rhai");
     std::fs::write(&empty, "").unwrap();
 
     let python = python::interpreter();
@@ -57,14 +64,18 @@ fn main() {
         c
     });
     println!("rtlab run (empty script): {} median of {RUNS}; baseline `python3 -c pass`: {} (ratio {:.2})", ms(run_empty), ms(baseline), run_empty.as_secs_f64() / baseline.as_secs_f64());
+    baseline
+}
 
-    // REPL start to prompt, through a pseudo-terminal as a user sees it.
+/// REPL start to prompt, through a pseudo-terminal as a user sees it.
+fn repl_start(dir: &std::path::Path, baseline: Duration) {
     use expectrl::Expect;
+    let exe = env!("CARGO_BIN_EXE_rtlab");
     let repl = median(
         (0..RUNS)
             .map(|_| {
                 let mut cmd = Command::new(exe);
-                cmd.env("XDG_DATA_HOME", dir.path()).env("TERM", "xterm");
+                cmd.env("XDG_DATA_HOME", dir).env("TERM", "xterm");
                 let start = Instant::now();
                 let mut s = expectrl::Session::spawn(cmd).unwrap();
                 s.expect("rtlab> ").unwrap();
@@ -80,13 +91,16 @@ fn main() {
         ms(repl),
         repl.as_secs_f64() / baseline.as_secs_f64()
     );
+}
 
-    // A 5-cell script whose first cell is slow: the first run pays, the rerun restores.
+/// A 5-cell script whose first cell is slow: the first run pays, the rerun restores.
+fn cached_rerun(dir: &std::path::Path) {
+    let exe = env!("CARGO_BIN_EXE_rtlab");
     let slow: f64 = std::env::var("RTLAB_BENCH_SLOW_CELL_S")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20.0);
-    let script = dir.path().join("five.rhai");
+    let script = dir.join("five.rhai");
     std::fs::write(
         &script,
         format!(

@@ -32,7 +32,16 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     println!("{cores} cores");
-    // VerilogEval: each reference (as TopModule) against its own testbench, all stages.
+    let home = tempfile::tempdir().unwrap();
+    verilog_eval(&data, home.path(), cores);
+    if std::env::var_os("RTLAB_BENCH_VERILOG_EVAL_ONLY").is_some() {
+        return;
+    }
+    dataset_rows(&data, home.path(), cores);
+}
+
+/// VerilogEval: each reference (as TopModule) against its own testbench, all stages.
+fn verilog_eval(data: &std::path::Path, home: &std::path::Path, cores: usize) {
     let problems = data.join("verilog-eval-v2");
     let parallel_script = format!(
         r#"let p = load_verilog_eval("{}");
@@ -46,17 +55,15 @@ print(v.filter(col("sim_status") == "pass").len());"#,
         r#"let p = load_verilog_eval("{}");
 let passed = 0;
 for r in p.to_records() {{
-    let code = r.ref;
-    code.replace("module RefModule", "module TopModule");
+    let code = rename_module(r.ref, "RefModule", "TopModule");
     if verify(code, #{{testbench: r.test, reference: r.ref}}).sim_status == "pass" {{ passed += 1; }}
 }}
 print(passed);"#,
         problems.display()
     );
-    let home = tempfile::tempdir().unwrap();
-    let (seq_s, seq_out) = run(&sequential_script, &home.path().join("seq"));
-    let (par_s, par_out) = run(&parallel_script, &home.path().join("par"));
-    let (cached_s, cached_out) = run(&parallel_script, &home.path().join("par"));
+    let (seq_s, seq_out) = run(&sequential_script, &home.join("seq"));
+    let (par_s, par_out) = run(&parallel_script, &home.join("par"));
+    let (cached_s, cached_out) = run(&parallel_script, &home.join("par"));
     assert_eq!(seq_out, par_out);
     assert_eq!(par_out, cached_out);
     println!("VerilogEval 156 problems ({} pass):", par_out.trim());
@@ -71,12 +78,11 @@ print(passed);"#,
         seq_s / par_s / cores as f64
     );
     println!("  cached rerun        {cached_s:.2} s ({:.0}x faster than verifying; includes process start and loading)", par_s / cached_s);
+}
 
-    if std::env::var_os("RTLAB_BENCH_VERILOG_EVAL_ONLY").is_some() {
-        return;
-    }
-    // A 2,000-row dataset shaped like the plans' data: the bundled RTLCoder sample repeated with a
-    // row number in a comment, so every row is a distinct example.
+/// A 2,000-row dataset shaped like the plans' data: the bundled RTLCoder sample repeated with a
+/// row number in a comment, so every row is a distinct example.
+fn dataset_rows(data: &std::path::Path, home: &std::path::Path, cores: usize) {
     let rows = format!(
         r#"let base = load_jsonl("{}").to_records();
 let rows = [];
@@ -99,9 +105,9 @@ for i in 0..2000 {{
 print(ok);"#,
         data.join("rtlcoder_sample.jsonl").display()
     );
-    let (seq_s, seq_out) = run(&rows_seq, &home.path().join("rows_seq"));
-    let (par_s, par_out) = run(&rows, &home.path().join("rows"));
-    let (cached_s, _) = run(&rows, &home.path().join("rows"));
+    let (seq_s, seq_out) = run(&rows_seq, &home.join("rows_seq"));
+    let (par_s, par_out) = run(&rows, &home.join("rows"));
+    let (cached_s, _) = run(&rows, &home.join("rows"));
     assert_eq!(seq_out, par_out);
     println!("2,000-row dataset ({} compile):", par_out.trim());
     println!(

@@ -65,37 +65,54 @@ fn main() {
         "shape n={} d_in={} d_out={} r={} (RoPE {HEADS}x{HEAD_DIM}, vocab {}), {iters} runs, device {:?}",
         D.n, D.d_in, D.d_out, D.r, D.d_out, gpu
     );
-    let mut rng = StdRng::seed_from_u64(0);
-    let mut rand_vec =
-        |len: usize, s: f32| -> Vec<f32> { (0..len).map(|_| rng.random_range(-s..s)).collect() };
-    let x = rand_vec(D.n * D.d_in, 1.0);
-    let nw = rand_vec(D.d_in, 1.0);
-    let w = rand_vec(D.d_out * D.d_in, 0.05);
-    let a = rand_vec(D.r * D.d_in, 0.05);
-    let b = rand_vec(D.d_out * D.r, 0.05);
-    let dy = rand_vec(D.n * D.d_out, 1.0);
-    let targets: Vec<u32> = (0..D.n as u32)
-        .map(|i| (i * 7919) % D.d_out as u32)
-        .collect();
-    let mask: Vec<u32> = (0..D.n).map(|i| u32::from(i % 8 != 0)).collect();
-    let positions: Vec<u32> = (0..D.n as u32).collect();
-    let cfg = AdamWConfig::default();
+    let inputs = Inputs::seeded(0);
+    lora_linear(&gpu, &inputs, iters);
+    full_step(&gpu, &inputs, iters);
+}
 
-    // device copies
-    let xd = gpu.upload(&x, &[D.n, D.d_in]).unwrap();
-    let nwd = gpu.upload(&nw, &[D.d_in]).unwrap();
-    let wd = gpu.upload(&w, &[D.d_out, D.d_in]).unwrap();
-    let ad = gpu.upload(&a, &[D.r, D.d_in]).unwrap();
-    let bd = gpu.upload(&b, &[D.d_out, D.r]).unwrap();
-    let dyd = gpu.upload(&dy, &[D.n, D.d_out]).unwrap();
-    let (td, md) = (gpu.upload_indices(&targets), gpu.upload_indices(&mask));
-    let (cos_d, sin_d) = gpu.rope_tables(&positions, HEAD_DIM, 10_000.0).unwrap();
-    let (cos, sin) = rope_tables(&positions, HEAD_DIM, 10_000.0);
-    let zeros = |shape: &[usize]| gpu.full(shape, 0.0);
-    let (ma, va) = (zeros(&[D.r, D.d_in]), zeros(&[D.r, D.d_in]));
-    let (mb, vb) = (zeros(&[D.d_out, D.r]), zeros(&[D.d_out, D.r]));
+/// The seeded host inputs both measurements share.
+struct Inputs {
+    x: Vec<f32>,
+    nw: Vec<f32>,
+    w: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+    targets: Vec<u32>,
+    mask: Vec<u32>,
+    positions: Vec<u32>,
+}
 
-    // 1. LoRA forward + backward
+impl Inputs {
+    fn seeded(seed: u64) -> Inputs {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rand_vec = |len: usize, s: f32| -> Vec<f32> {
+            (0..len).map(|_| rng.random_range(-s..s)).collect()
+        };
+        Inputs {
+            x: rand_vec(D.n * D.d_in, 1.0),
+            nw: rand_vec(D.d_in, 1.0),
+            w: rand_vec(D.d_out * D.d_in, 0.05),
+            a: rand_vec(D.r * D.d_in, 0.05),
+            b: rand_vec(D.d_out * D.r, 0.05),
+            dy: rand_vec(D.n * D.d_out, 1.0),
+            targets: (0..D.n as u32)
+                .map(|i| (i * 7919) % D.d_out as u32)
+                .collect(),
+            mask: (0..D.n).map(|i| u32::from(i % 8 != 0)).collect(),
+            positions: (0..D.n as u32).collect(),
+        }
+    }
+}
+
+/// 1. LoRA forward + backward of one linear layer.
+fn lora_linear(gpu: &Gpu, inputs: &Inputs, iters: usize) {
+    let Inputs { x, w, a, b, dy, .. } = inputs;
+    let xd = gpu.upload(x, &[D.n, D.d_in]).unwrap();
+    let wd = gpu.upload(w, &[D.d_out, D.d_in]).unwrap();
+    let ad = gpu.upload(a, &[D.r, D.d_in]).unwrap();
+    let bd = gpu.upload(b, &[D.d_out, D.r]).unwrap();
+    let dyd = gpu.upload(dy, &[D.n, D.d_out]).unwrap();
     let g = time(iters, || {
         let f = gpu.lora_forward(&xd, &wd, &ad, &bd, SCALE).unwrap();
         let _g = gpu
@@ -104,13 +121,42 @@ fn main() {
         gpu.sync().unwrap();
     });
     let c = time(iters, || {
-        let (y, xa) = lora_forward_reference(&x, &w, &a, &b, D, SCALE);
-        let g = lora_backward_reference(&x, &w, &a, &b, &xa, &dy, D, SCALE);
+        let (y, xa) = lora_forward_reference(x, w, a, b, D, SCALE);
+        let g = lora_backward_reference(x, w, a, b, &xa, dy, D, SCALE);
         std::hint::black_box((y, g));
     });
     report("LoRA linear fwd+bwd", g, c);
+}
 
-    // 2. full step
+/// 2. A whole training step: norm, LoRA, RoPE, cross-entropy, their backward, AdamW.
+fn full_step(gpu: &Gpu, inputs: &Inputs, iters: usize) {
+    let Inputs {
+        x,
+        nw,
+        w,
+        a,
+        b,
+        targets,
+        mask,
+        positions,
+        ..
+    } = inputs;
+    let cfg = AdamWConfig::default();
+    let xd = gpu.upload(x, &[D.n, D.d_in]).unwrap();
+    let nwd = gpu.upload(nw, &[D.d_in]).unwrap();
+    let wd = gpu.upload(w, &[D.d_out, D.d_in]).unwrap();
+    let ad = gpu.upload(a, &[D.r, D.d_in]).unwrap();
+    let bd = gpu.upload(b, &[D.d_out, D.r]).unwrap();
+    let mask_f32: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
+    let (td, md) = (
+        gpu.upload_indices(targets),
+        gpu.upload(&mask_f32, &[mask_f32.len()]).unwrap(),
+    );
+    let (cos_d, sin_d) = gpu.rope_tables(positions, HEAD_DIM, 10_000.0).unwrap();
+    let (cos, sin) = rope_tables(positions, HEAD_DIM, 10_000.0);
+    let zeros = |shape: &[usize]| gpu.full(shape, 0.0);
+    let (ma, va) = (zeros(&[D.r, D.d_in]), zeros(&[D.r, D.d_in]));
+    let (mb, vb) = (zeros(&[D.d_out, D.r]), zeros(&[D.d_out, D.r]));
     let mut step = 0u32;
     let g = time(iters, || {
         step += 1;
@@ -144,13 +190,13 @@ fn main() {
     let mut step_c = 0u32;
     let c = time(iters, || {
         step_c += 1;
-        let (h, rstd) = rmsnorm_forward_reference(&x, &nw, D.n, D.d_in, EPS);
-        let (y, xa) = lora_forward_reference(&h, &w, &a_c, &b_c, D, SCALE);
+        let (h, rstd) = rmsnorm_forward_reference(x, nw, D.n, D.d_in, EPS);
+        let (y, xa) = lora_forward_reference(&h, w, &a_c, &b_c, D, SCALE);
         let logits = rope_forward_reference(&y, &cos, &sin, D.n, HEADS, HEAD_DIM);
-        let (loss, dl) = cross_entropy_reference(&logits, &targets, &mask, D.n, D.d_out);
+        let (loss, dl) = cross_entropy_reference(&logits, targets, mask, D.n, D.d_out);
         let dyy = rope_backward_reference(&dl, &cos, &sin, D.n, HEADS, HEAD_DIM);
-        let g = lora_backward_reference(&h, &w, &a_c, &b_c, &xa, &dyy, D, SCALE);
-        let (dx, dnw) = rmsnorm_backward_reference(&x, &nw, &rstd, &g.dx, D.n, D.d_in);
+        let g = lora_backward_reference(&h, w, &a_c, &b_c, &xa, &dyy, D, SCALE);
+        let (dx, dnw) = rmsnorm_backward_reference(x, nw, &rstd, &g.dx, D.n, D.d_in);
         adamw_reference(&mut a_c, &g.da, &mut ma_c, &mut va_c, &cfg, step_c);
         adamw_reference(&mut b_c, &g.db, &mut mb_c, &mut vb_c, &cfg, step_c);
         std::hint::black_box((loss, dx, dnw));

@@ -38,7 +38,6 @@ mod norm;
 pub mod reference;
 pub mod reference_llama;
 mod rope;
-mod wloss;
 
 pub use attention::AttentionDims;
 pub use bgemm::{BatchedGemm, Operand};

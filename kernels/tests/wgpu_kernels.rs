@@ -247,7 +247,11 @@ fn training_step_on_device_matches_reference() {
     let wd = gpu.upload(&w, &[d.d_out, d.d_in]).unwrap();
     let ad = gpu.upload(&a, &[d.r, d.d_in]).unwrap();
     let bd = gpu.upload(&b, &[d.d_out, d.r]).unwrap();
-    let (td, md) = (gpu.upload_indices(&targets), gpu.upload_indices(&mask));
+    let mask_f32: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
+    let (td, md) = (
+        gpu.upload_indices(&targets),
+        gpu.upload(&mask_f32, &[mask_f32.len()]).unwrap(),
+    );
     let (h, rstd) = gpu.rmsnorm_forward(&xd, &nwd, eps).unwrap();
     let fwd = gpu.lora_forward(&h, &wd, &ad, &bd, scale).unwrap();
     let (loss, dlogits) = gpu.cross_entropy(&fwd.y, &td, &md).unwrap();

@@ -33,8 +33,9 @@ impl Runtime {
     pub fn new(script_dir: &Path) -> Runtime {
         let sink = OutputSink::new();
         let workspace = Workspace::new(script_dir, sink.clone());
-        let mut engine = build_engine(sink.clone(), script_dir);
+        let mut engine = build_engine(sink.clone());
         workspace.install(&mut engine);
+        stdlib_modules::install_resolver(&mut engine, Rc::clone(&workspace));
         Runtime {
             engine,
             sink,
@@ -91,7 +92,7 @@ impl Runtime {
 }
 
 /// Builds the Rhai engine with rtlab's stdlib registered as packages, one per capability.
-pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
+pub fn build_engine(sink: OutputSink) -> Engine {
     let mut engine = Engine::new();
     // Scripts work on real datasets: raise Rhai's defaults that are sized for embedded configs.
     engine.set_max_expr_depths(256, 256);
@@ -128,6 +129,5 @@ pub fn build_engine(sink: OutputSink, script_dir: &Path) -> Engine {
     rtlab_bench::BenchPackage::new().register_into_engine(&mut engine);
     rtlab_train::TrainPackage::new().register_into_engine(&mut engine);
     rtlab_core::CorePackage::new().register_into_engine(&mut engine);
-    stdlib_modules::install_resolver(&mut engine, script_dir);
     engine
 }

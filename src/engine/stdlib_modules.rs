@@ -1,9 +1,16 @@
 //! Rhai-source parts of the stdlib (`stdlib/*.rhai`), embedded in the binary and importable as
-//! `import "rtlab/NAME" as NAME;`. Any other import path resolves as a file relative to the script.
+//! `import "rtlab/NAME" as NAME;`. Any other import path resolves as a file relative to the
+//! workspace's base directory when the `import` runs: the script's directory, also for a script the
+//! REPL `:run`s from another directory. An imported file is noted as an input of the cell, so a cached
+//! cell reruns when the file it imports changes.
 
-use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection, StaticModuleResolver};
-use rhai::{Engine, Module, Scope};
-use std::path::Path;
+use rhai::module_resolvers::{FileModuleResolver, StaticModuleResolver};
+use rhai::{Engine, EvalAltResult, Module, ModuleResolver, Position, Scope, Shared};
+use rtlab_core::Workspace;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
 
 /// The embedded modules: import name and source.
 pub const MODULES: &[(&str, &str)] = &[
@@ -11,7 +18,40 @@ pub const MODULES: &[(&str, &str)] = &[
     ("rtlab/criteria", include_str!("../../stdlib/criteria.rhai")),
 ];
 
-pub fn install_resolver(engine: &mut Engine, script_dir: &Path) {
+/// The embedded modules first, then files relative to the workspace's base directory.
+struct ImportResolver {
+    embedded: StaticModuleResolver,
+    workspace: Rc<Workspace>,
+    /// One file resolver per base directory, so each keeps its cache of loaded modules.
+    files: RefCell<HashMap<PathBuf, Rc<FileModuleResolver>>>,
+}
+
+impl ModuleResolver for ImportResolver {
+    fn resolve(
+        &self,
+        engine: &Engine,
+        source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Result<Shared<Module>, Box<EvalAltResult>> {
+        if self.embedded.contains_path(path) {
+            return self.embedded.resolve(engine, source, path, pos);
+        }
+        let dir = self.workspace.base_dir();
+        // Cloned out of the map before resolving: the imported file may import another.
+        let files = Rc::clone(
+            self.files
+                .borrow_mut()
+                .entry(dir.clone())
+                .or_insert_with(|| Rc::new(FileModuleResolver::new_with_path(dir))),
+        );
+        self.workspace.note_input(&files.get_file_path(path, None));
+        files.resolve(engine, source, path, pos)
+    }
+}
+
+/// Installs the import resolver of `workspace` on `engine`.
+pub fn install_resolver(engine: &mut Engine, workspace: Rc<Workspace>) {
     let mut embedded = StaticModuleResolver::new();
     for (name, source) in MODULES {
         // The sources are part of the binary and tested; a failure here is a bug in rtlab itself.
@@ -22,8 +62,9 @@ pub fn install_resolver(engine: &mut Engine, script_dir: &Path) {
             .unwrap_or_else(|e| panic!("stdlib module {name} does not load: {e}"));
         embedded.insert(*name, module);
     }
-    let mut resolvers = ModuleResolversCollection::new();
-    resolvers.push(embedded);
-    resolvers.push(FileModuleResolver::new_with_path(script_dir));
-    engine.set_module_resolver(resolvers);
+    engine.set_module_resolver(ImportResolver {
+        embedded,
+        workspace,
+        files: RefCell::new(HashMap::new()),
+    });
 }

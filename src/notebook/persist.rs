@@ -182,10 +182,7 @@ mod tests {
 
     /// The capabilities register their types when an engine is built, as every run does first.
     fn register_rich_types() {
-        let _ = crate::engine::build_engine(
-            crate::engine::OutputSink::new(),
-            std::path::Path::new("."),
-        );
+        let _ = crate::engine::build_engine(crate::engine::OutputSink::new());
     }
 
     fn round_trip(v: Dynamic) -> Dynamic {

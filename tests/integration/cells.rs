@@ -323,6 +323,27 @@ fn imports_and_functions_of_earlier_cells_are_visible_later() {
 }
 
 #[test]
+fn a_cached_cell_reruns_when_a_file_it_imports_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lib.rhai"), "fn size() { 8 }\n").unwrap();
+    std::fs::write(
+        dir.path().join("nb.rhai"),
+        "// %% setup\nimport \"lib\" as lib;\nlet n = lib::size();\n// %% show\nprint(n);\n",
+    )
+    .unwrap();
+    assert_eq!(run(dir.path(), &[]).stdout, "8\n");
+    assert_eq!(run(dir.path(), &[]).cached_cells().len(), 2);
+    std::fs::write(dir.path().join("lib.rhai"), "fn size() { 16 }\n").unwrap();
+    let r = run(dir.path(), &[]);
+    assert!(
+        r.stderr.contains("lib.rhai changed since the cached run"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "16\n");
+}
+
+#[test]
 fn a_bare_file_name_finds_the_workspace_of_a_parent_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join(".rtlab")).unwrap();

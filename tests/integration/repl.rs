@@ -239,6 +239,23 @@ fn native_values_show_what_they_are_not_a_rust_path() {
 }
 
 /// Runs the REPL with `input` on a pipe (as `printf ... | rtlab` does); returns stdout and stderr.
+#[test]
+fn run_of_a_script_in_another_directory_imports_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lib.rhai"), "fn double(x) { x * 2 }\n").unwrap();
+    let script = dir.path().join("main.rhai");
+    std::fs::write(
+        &script,
+        "import \"lib\" as lib;\nprint(lib::double(2100));\n",
+    )
+    .unwrap();
+    let (stdout, stderr) = piped(&format!(":run {}\n", script.display()));
+    assert!(
+        stdout.contains("4200"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}
+
 fn piped(input: &str) -> (String, String) {
     use std::io::Write;
     let home = tempfile::tempdir().unwrap();

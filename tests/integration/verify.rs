@@ -96,8 +96,7 @@ fn the_differential_testbench_catches_mutants_the_upstream_testbench_catches() {
         for r in p.to_records() {
             i += 1;
             if i % 4 != 1 || r.task_id.contains("Prob099") || r.task_id.contains("Prob151") || r.task_id.contains("Prob156") { continue; }
-            let code = r.ref;
-            code.replace("module RefModule", "module TopModule");
+            let code = rename_module(r.ref, "RefModule", "TopModule");
             rows.push(#{task_id: r.task_id, kind: "reference", code: code, test: r.test, ref: r.ref});
             for m in mutants(code, 4) {
                 rows.push(#{task_id: r.task_id, kind: m.description, code: m.code, test: r.test, ref: r.ref});

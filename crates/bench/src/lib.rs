@@ -531,78 +531,13 @@ mod bench_functions {
         options: Map,
     ) -> Result<Frame, Box<EvalAltResult>> {
         let ws = Workspace::of(&ctx);
-        let o = rtlab_core::options::Options::new(
-            "judge",
-            &options,
-            &[
-                "rubric",
-                "scale",
-                "prompt_col",
-                "response_col",
-                "reference_col",
-                "retries",
-            ],
-        )?;
-        let rubric = o
-            .string("rubric")?
-            .filter(|r| !r.trim().is_empty())
-            .ok_or("judge: pass rubric: what a good response does, in words the judge can apply")?;
-        let scale = match options.get("scale") {
-            None => (1, 5),
-            Some(v) => {
-                let pair: Vec<i64> = v
-                    .clone()
-                    .into_array()
-                    .ok()
-                    .map(|a| a.iter().filter_map(|x| x.as_int().ok()).collect())
-                    .unwrap_or_default();
-                match pair[..] {
-                    [lo, hi] if lo < hi => (lo, hi),
-                    _ => {
-                        return Err(format!(
-                        "judge: scale must be two integers [low, high] with low < high, got {v}"
-                    )
-                        .into())
-                    }
-                }
-            }
-        };
-        let spec = judge::JudgeSpec {
-            rubric,
-            scale,
-            prompt_col: o.string("prompt_col")?.unwrap_or_else(|| "prompt".into()),
-            response_col: o
-                .string("response_col")?
-                .unwrap_or_else(|| "completion".into()),
-            reference_col: o.string("reference_col")?,
-            retries: o.int_at_least("retries", 0)?.unwrap_or(2) as usize,
-        };
+        let spec = judge::JudgeSpec::from_options(&options)?;
         let items = judge::items_of(&data, &spec)?;
         if items.is_empty() {
             return Err("judge: the data has no rows".into());
         }
         let verdicts = judge::judge_rows(&ws, &model, &spec, &items)?;
-        let scored: Vec<f64> = verdicts.iter().filter_map(|v| v.score).collect();
-        let failed = verdicts.len() - scored.len();
-        // No verdict, no mean: "mean 0.00" would read as a score.
-        let mean = match scored.len() {
-            0 => "no mean".to_string(),
-            n => format!("mean {:.2}", scored.iter().sum::<f64>() / n as f64),
-        };
-        let mut line = format!(
-            "judge: {} rows, {} scored ({mean} on {}..{})",
-            verdicts.len(),
-            scored.len(),
-            scale.0,
-            scale.1
-        );
-        if failed > 0 {
-            line.push_str(&format!(
-                "; {failed} without a valid verdict after {} attempts: their judge_score is null, judge_error says why",
-                spec.retries + 1
-            ));
-        }
-        ws.emit_line(&line);
+        ws.emit_line(&judge::summary_line(&spec, &verdicts));
         Ok(judge::with_verdicts(&data, &verdicts)?)
     }
 

@@ -4,7 +4,8 @@
 //! [`Options::new`] refuses a key the function does not know, listing the ones it does; each typed
 //! getter refuses a value of the wrong type, naming the key, the value and the type it wants. Nothing
 //! is coerced: `n: 2.5` is an error, not 2, and `k: "5"` is an error, not dropped. The one widening is
-//! an integer where a float is wanted (`temperature: 1`), which loses nothing.
+//! an integer where a float is wanted (`temperature: 1`), and a whole float where a count is
+//! wanted (`epochs: 3.0`, [`Options::whole_at_least`]): neither loses anything.
 
 use rhai::{Array, Dynamic, Map};
 
@@ -104,6 +105,23 @@ impl<'a> Options<'a> {
             )),
             other => Ok(other),
         }
+    }
+
+    /// A count of at least `min`: an integer, or a float with no fraction (`epochs: 3.0`, as configs
+    /// copied from Python often write counts), which loses nothing; `2.5` is refused, never truncated.
+    pub fn whole_at_least(&self, key: &str, min: u64) -> Result<Option<u64>, String> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let x = v
+            .as_int()
+            .map(|i| i as f64)
+            .or_else(|_| v.as_float())
+            .map_err(|_| self.wrong(key, v, &format!("a whole number ≥ {min}")))?;
+        if x.fract() != 0.0 || x < min as f64 || !x.is_finite() {
+            return Err(self.wrong(key, v, &format!("a whole number ≥ {min}")));
+        }
+        Ok(Some(x as u64))
     }
 
     /// A number option: a float, or an integer (widened, nothing lost).

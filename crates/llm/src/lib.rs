@@ -63,6 +63,25 @@ pub struct Usage {
     pub record_error: Option<String>,
 }
 
+/// The store's row for one answer to `messages`: the request is kept as its JSON, so a replay can
+/// show what was asked.
+fn recorded(
+    key: String,
+    model: String,
+    messages: &[Message],
+    response: &str,
+    (prompt_tokens, completion_tokens): (i64, i64),
+) -> Recorded {
+    Recorded {
+        key,
+        model,
+        request: serde_json::to_string(messages).unwrap_or_default(),
+        response: response.to_string(),
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
 /// One answer that arrived, from a server or the local model: counted in `usage` (a request and its
 /// tokens) and recorded in the store when there is one.
 fn account(rec: &Recorded, store: Option<&Mutex<Store>>, usage: &Mutex<Usage>) {
@@ -431,14 +450,13 @@ impl Request {
         if let Ok(mut u) = usage.lock() {
             u.retries += reply.retries as i64;
         }
-        let rec = Recorded {
-            key: self.key,
-            model: self.model,
-            request: serde_json::to_string(&self.messages).unwrap_or_default(),
-            response: reply.text.clone(),
-            prompt_tokens: reply.prompt_tokens,
-            completion_tokens: reply.completion_tokens,
-        };
+        let rec = recorded(
+            self.key,
+            self.model,
+            &self.messages,
+            &reply.text,
+            (reply.prompt_tokens, reply.completion_tokens),
+        );
         account(&rec, store, usage);
         Ok(reply.text)
     }
@@ -519,14 +537,14 @@ impl Model {
         messages: &[Message],
         store: Option<&Mutex<Store>>,
     ) {
-        let rec = Recorded {
-            key: key.to_string(),
-            model: self.cfg.model.clone(),
-            request: serde_json::to_string(messages).unwrap_or_default(),
-            response: answer.text.clone(),
-            prompt_tokens: answer.prompt_tokens as i64,
-            completion_tokens: answer.completion_tokens as i64,
-        };
+        let tokens = (answer.prompt_tokens as i64, answer.completion_tokens as i64);
+        let rec = recorded(
+            key.to_string(),
+            self.cfg.model.clone(),
+            messages,
+            &answer.text,
+            tokens,
+        );
         account(&rec, store, &self.usage);
     }
 }
@@ -793,14 +811,13 @@ mod llm_functions {
             .ok_or("record: the workspace store cannot be opened")?;
         let store = rtlab_core::store::lock(&store);
         let messages = user(prompt);
-        let rec = Recorded {
-            key: model.request_key(&messages, 0),
-            model: model.cfg.model.clone(),
-            request: serde_json::to_string(&messages).unwrap_or_default(),
-            response: answer.to_string(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-        };
+        let rec = recorded(
+            model.request_key(&messages, 0),
+            model.cfg.model.clone(),
+            &messages,
+            answer,
+            (0, 0),
+        );
         store.put_response(&rec).map_err(|e| e.to_string().into())
     }
 

@@ -43,6 +43,7 @@ use generate::{GenOptions, LocalModel};
 use model::{load_weights, CausalLm, LoraSpec, ALL_TARGETS};
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
+use rtlab_core::options::Options;
 use rtlab_core::Workspace;
 use rtlab_data::Frame;
 use std::collections::HashMap;
@@ -154,47 +155,32 @@ const DPO_OPTIONS: [&str; 5] = ["pairs", "beta", "loss", "reference", "adapter"]
 /// The LoRA shape: with `train_dpo`'s `adapter`, the adapter's own.
 const SHAPE_OPTIONS: [&str; 4] = ["r", "alpha", "target_modules", "rslora"];
 
-fn num(o: &Map, k: &str, default: f64) -> Result<f64, TrainError> {
-    match o.get(k) {
-        None => Ok(default),
-        Some(v) => v
-            .as_float()
-            .or_else(|_| v.as_int().map(|i| i as f64))
-            .map_err(|_| bad(format!("{k} must be a number, got {v}"))),
-    }
+// The trainers' options go through rtlab_core's one option reader; these add the default.
+fn num(o: &Options, k: &str, default: f64) -> Result<f64, TrainError> {
+    Ok(o.float(k).map_err(bad)?.unwrap_or(default))
 }
 
-fn count(o: &Map, k: &str, default: usize, min: usize) -> Result<usize, TrainError> {
-    let v = num(o, k, default as f64)?;
-    if v.fract() != 0.0 || v < min as f64 {
-        return Err(bad(format!("{k} must be a whole number ≥ {min}, got {v}")));
-    }
-    Ok(v as usize)
+fn count(o: &Options, k: &str, default: usize, min: usize) -> Result<usize, TrainError> {
+    let v = o.whole_at_least(k, min as u64).map_err(bad)?;
+    Ok(v.map_or(default, |v| v as usize))
 }
 
-fn text(o: &Map, k: &str) -> Result<Option<String>, TrainError> {
-    match o.get(k).filter(|v| !v.is_unit()) {
-        None => Ok(None),
-        Some(v) if v.is_string() => Ok(Some(v.to_string())),
-        Some(v) => Err(bad(format!(
-            "option `{k}` must be a string, not {v} ({})",
-            v.type_name()
-        ))),
-    }
+fn text(o: &Options, k: &str) -> Result<Option<String>, TrainError> {
+    o.string(k).map_err(bad)
 }
 
-fn flag(o: &Map, k: &str, default: bool) -> Result<bool, TrainError> {
-    match o.get(k) {
-        None => Ok(default),
-        Some(v) => v
-            .as_bool()
-            .map_err(|_| bad(format!("{k} must be true or false"))),
-    }
+fn flag(o: &Options, k: &str, default: bool) -> Result<bool, TrainError> {
+    Ok(o.bool(k).map_err(bad)?.unwrap_or(default))
 }
 
 /// The rows under option `key`: a DataFrame, or the path of a JSONL file (noted as an input).
-fn frame_option(ws: &Workspace, o: &Map, key: &str) -> Result<Frame, TrainError> {
-    match o.get(key) {
+fn frame_option(ws: &Workspace, o: &Options, key: &str) -> Result<Frame, TrainError> {
+    frame_value(ws, key, o.get(key))
+}
+
+/// The rows `value` names: a DataFrame, or the path of a JSONL file (noted as an input).
+fn frame_value(ws: &Workspace, key: &str, value: Option<&Dynamic>) -> Result<Frame, TrainError> {
+    match value {
         None => Err(bad(format!(
             "pass {key}: a DataFrame or the path of a JSONL file"
         ))),
@@ -220,7 +206,7 @@ fn parse_sft(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
         .chain(&SHAPE_OPTIONS)
         .copied()
         .collect();
-    rtlab_core::options::Options::new("train_lora", o, &known).map_err(bad)?;
+    let o = &Options::new("train_lora", o, &known).map_err(bad)?;
     let task = Task::Sft {
         data: frame_option(ws, o, "data")?,
         prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
@@ -237,7 +223,7 @@ fn parse_dpo(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
         .chain(&SHAPE_OPTIONS)
         .copied()
         .collect();
-    rtlab_core::options::Options::new("train_dpo", o, &known).map_err(bad)?;
+    let o = &Options::new("train_dpo", o, &known).map_err(bad)?;
     let beta = num(o, "beta", 0.1)?;
     if beta <= 0.0 || !beta.is_finite() {
         return Err(bad(format!(
@@ -252,7 +238,7 @@ fn parse_dpo(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
     let adapter = match text(o, "adapter")? {
         None => None,
         Some(a) => {
-            if let Some(k) = SHAPE_OPTIONS.iter().find(|k| o.contains_key(**k)) {
+            if let Some(k) = SHAPE_OPTIONS.iter().find(|k| o.has(k)) {
                 return Err(bad(format!(
                     "{k} comes from the starting adapter {a:?}; drop it (the adapter's adapter_config.json says the shape)"
                 )));
@@ -278,7 +264,7 @@ fn parse_dpo(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
 
 /// The options both trainers share: base, LoRA shape, optimizer, lengths, device, output.
 /// The LoRA shape and dropout: `r`, `alpha`, `dropout`, `target_modules`, `rslora`.
-fn parse_lora_spec(o: &Map, task: &Task) -> Result<LoraSpec, TrainError> {
+fn parse_lora_spec(o: &Options, task: &Task) -> Result<LoraSpec, TrainError> {
     let r = num(o, "r", 64.0)?;
     if r < 1.0 || r.fract() != 0.0 {
         return Err(bad(format!(
@@ -299,14 +285,9 @@ fn parse_lora_spec(o: &Map, task: &Task) -> Result<LoraSpec, TrainError> {
     if !(0.0..1.0).contains(&dropout) {
         return Err(bad(format!("dropout must be in [0, 1), got {dropout}")));
     }
-    let target_modules: Vec<String> = match o.get("target_modules") {
+    let target_modules: Vec<String> = match o.strings("target_modules").map_err(bad)? {
         None => ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
-        Some(v) => {
-            let arr = v
-                .clone()
-                .into_array()
-                .map_err(|_| bad("target_modules must be an array of names"))?;
-            let names: Vec<String> = arr.iter().map(|x| x.to_string()).collect();
+        Some(names) => {
             if let Some(n) = names.iter().find(|n| !ALL_TARGETS.contains(&n.as_str())) {
                 return Err(bad(format!(
                     "unknown target module {n:?}; choose from {}",
@@ -331,16 +312,16 @@ fn parse_lora_spec(o: &Map, task: &Task) -> Result<LoraSpec, TrainError> {
 /// Validation: `eval_data` (rows), `eval_every` (steps) and `keep` ("last" or "best").
 fn parse_validation(
     ws: &Workspace,
-    o: &Map,
+    o: &Options,
 ) -> Result<(Option<Frame>, Option<usize>, bool), TrainError> {
-    let eval_data = match o.get("eval_data").filter(|v| !v.is_unit()) {
+    let eval_data = match o.get("eval_data") {
         None => None,
         Some(_) => Some(frame_option(ws, o, "eval_data")?),
     };
-    let eval_every = match o.get("eval_every") {
-        None => None,
-        Some(_) => Some(count(o, "eval_every", 1, 1)?),
-    };
+    let eval_every = o
+        .whole_at_least("eval_every", 1)
+        .map_err(bad)?
+        .map(|n| n as usize);
     let keep_best = match text(o, "keep")?.as_deref().unwrap_or("last") {
         "last" => false,
         "best" => true,
@@ -363,7 +344,7 @@ fn parse_validation(
     Ok((eval_data, eval_every, keep_best))
 }
 
-fn parse_common(ws: &Workspace, o: &Map, task: Task) -> Result<TrainRequest, TrainError> {
+fn parse_common(ws: &Workspace, o: &Options, task: Task) -> Result<TrainRequest, TrainError> {
     let base =
         text(o, "base")?.ok_or_else(|| bad("pass base: a Hugging Face model dir, a .gguf file or a model name such as \"smollm2-135m\""))?;
     let spec = parse_lora_spec(o, &task)?;
@@ -403,10 +384,10 @@ fn parse_common(ws: &Workspace, o: &Map, task: Task) -> Result<TrainRequest, Tra
             )))
         }
     };
-    let max_steps = match o.get("max_steps") {
-        None => None,
-        Some(_) => Some(count(o, "max_steps", 1, 1)?),
-    };
+    let max_steps = o
+        .whole_at_least("max_steps", 1)
+        .map_err(bad)?
+        .map(|n| n as usize);
     let template = text(o, "template")?;
     if let Some(template) = template.as_ref().filter(|t| !t.contains("{prompt}")) {
         return Err(bad(format!(
@@ -1334,7 +1315,7 @@ pub fn load_local(
 }
 
 fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
-    let o = rtlab_core::options::Options::new(
+    let o = Options::new(
         "generate",
         o,
         &["max_tokens", "temperature", "top_p", "seed"],
@@ -1547,7 +1528,7 @@ mod train_functions {
         dir: &str,
         options: Map,
     ) -> Result<(), Box<EvalAltResult>> {
-        let o = rtlab_core::options::Options::new(
+        let o = Options::new(
             "create_tiny_model",
             &options,
             &[
@@ -1639,14 +1620,12 @@ mod train_functions {
                 e => e.into(),
             }
         };
-        let o = rtlab_core::options::Options::new(
+        let o = Options::new(
             "perplexity",
             &options,
             &["prompt_col", "response_col", "max_len", "batch_size"],
         )?;
-        let mut wrapped = Map::new();
-        wrapped.insert("data".into(), data);
-        let frame = frame_option(&Workspace::of(&ctx), &wrapped, "data").map_err(named)?;
+        let frame = frame_value(&Workspace::of(&ctx), "data", Some(&data)).map_err(named)?;
         let rows = pairs_of(
             &frame,
             &o.string("prompt_col")?
@@ -1680,16 +1659,16 @@ mod train_functions {
         options: Map,
     ) -> Result<Local, Box<EvalAltResult>> {
         let ws = Workspace::of(&ctx);
-        let o = rtlab_core::options::Options::new(
+        let o = Options::new(
             "load_model",
             &options,
             &["adapter", "template", "dequantize"],
         )?;
-        let adapter = text(&options, "adapter")?.map(|a| ws.resolve(&a));
+        let adapter = o.string("adapter")?.map(|a| ws.resolve(&a));
         let m = load_local(
             &models::locate(dir, &ws.base_dir())?,
             adapter.as_deref(),
-            text(&options, "template")?,
+            o.string("template")?,
             o.bool("dequantize")?.unwrap_or(false),
         )?;
         Ok(Local(m))
@@ -1781,7 +1760,7 @@ mod train_functions {
         out: &str,
         options: Map,
     ) -> Result<String, Box<EvalAltResult>> {
-        let o = rtlab_core::options::Options::new("export_gguf", &options, &["quant"])?;
+        let o = Options::new("export_gguf", &options, &["quant"])?;
         let quant = gguf::Quant::parse(&o.string("quant")?.unwrap_or_else(|| "q8_0".into()))
             .map_err(|e| format!("export_gguf: {e}"))?;
         let ws = Workspace::of(&ctx);
@@ -1805,7 +1784,7 @@ mod train_functions {
         ctx: NativeCallContext,
         options: Map,
     ) -> Result<String, Box<EvalAltResult>> {
-        let o = rtlab_core::options::Options::new(
+        let o = Options::new(
             "ollama_modelfile",
             &options,
             &["from", "adapter", "system", "template", "parameters", "out"],

@@ -413,27 +413,14 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let h = job.hyper;
     let n = job.objective.rows();
     let per_epoch = steps_per_epoch(n, h);
-    let mut total = per_epoch * h.epochs;
-    if let Some(m) = h.max_steps {
-        total = total.min(m);
-    }
+    let total = h
+        .max_steps
+        .map_or(per_epoch * h.epochs, |m| m.min(per_epoch * h.epochs));
     let vars = vars_of(job.model);
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let trainable: usize = plain.iter().map(|v| v.elem_count()).sum();
     let mut adam = AdamW::new(&plain)?;
-    // With `resume`, the last checkpoint's adapters, moments and curve, if there is one.
-    let restored = if job.resume {
-        restore(&job, &vars, &mut adam)?
-    } else {
-        None
-    };
-    let resumed_from = restored.as_ref().map(|s| s.step);
-    let mut state = restored.unwrap_or(TrainerState {
-        step: 0,
-        curve: Vec::new(),
-        tokens: 0,
-        best: None,
-    });
+    let (resumed_from, mut state) = resume_or_start(&job, &vars, &mut adam)?;
     let mut on_gpu = start_on_gpu(&job, &vars, &adam)?;
     let bar = progress_bar(total as u64, state.step as u64);
     let started = Instant::now();
@@ -490,6 +477,28 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         best_eval_loss: state.best.map(|b| b.1),
         kept_step,
     })
+}
+
+/// With `resume`, the step and state of the last checkpoint (its adapters and moments loaded into
+/// `vars` and `adam`), if there is one; otherwise a fresh state at step 0.
+fn resume_or_start(
+    job: &Job,
+    vars: &[(String, Var)],
+    adam: &mut AdamW,
+) -> Result<(Option<usize>, TrainerState), TrainError> {
+    let restored = if job.resume {
+        restore(job, vars, adam)?
+    } else {
+        None
+    };
+    let resumed_from = restored.as_ref().map(|s| s.step);
+    let state = restored.unwrap_or(TrainerState {
+        step: 0,
+        curve: Vec::new(),
+        tokens: 0,
+        best: None,
+    });
+    Ok((resumed_from, state))
 }
 
 /// Where the best-validated adapter is kept while training goes on.

@@ -82,6 +82,16 @@ pub enum Simulator {
     Auto,
 }
 
+impl std::fmt::Display for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Simulator::Iverilog => "iverilog",
+            Simulator::Verilator => "verilator",
+            Simulator::Auto => "auto",
+        })
+    }
+}
+
 /// A stage of the verifier. Scripts and reports name it (`"synth_full"`): the name is its serde form,
 /// so stored reports and cache keys read the same as when stages were strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -429,6 +439,20 @@ pub fn is_module_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
+/// The verdict of the `equiv` stage. Scripts and stored reports see it as a string
+/// (`"equivalent"`, `"different"`, `"unknown"`), the names serde writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Equivalence {
+    /// The induction closed: no input sequence makes the outputs differ.
+    Equivalent,
+    /// The base case failed: Yosys found an input sequence on which the outputs differ.
+    Different,
+    /// Nothing proven: the induction did not close within its steps, the proof ran past its
+    /// limit, or the miter could not be built.
+    Unknown,
+}
+
 /// How the simulation of an example ended. Scripts and stored reports see it as a string (`"pass"`,
 /// `"mismatch"`, `"compile_err"`, `"timeout"`, `"error"`, `"skipped"`), the names serde writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -546,13 +570,12 @@ pub struct Report {
     pub tools: BTreeMap<String, String>,
     /// Stages that did not run, with why (a missing tool and its install command, say).
     pub skipped: BTreeMap<Stage, String>,
-    /// Formal equivalence with the reference (the `equiv` stage): "equivalent", "different" or
-    /// "unknown" (the induction did not close), or None when not run.
-    pub equiv: Option<String>,
+    /// Formal equivalence with the reference (the `equiv` stage), or None when not run.
+    pub equiv: Option<Equivalence>,
     /// The log of the simulation (capped), for reading why it failed.
     pub sim_log: String,
-    /// The simulator that ran the testbench ("iverilog" or "verilator"), or None when none ran.
-    pub simulator: Option<String>,
+    /// The simulator that ran the testbench (never `Auto`), or None when none ran.
+    pub simulator: Option<Simulator>,
 }
 
 impl Report {

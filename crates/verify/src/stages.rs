@@ -3,8 +3,8 @@
 
 use super::process::{run_tool, Ended, Limits, Outcome};
 use super::{
-    difftb, sandbox, tool_versions, verilator_ports, yosys, FailureClass, Report, SimStatus,
-    Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
+    difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
+    SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -377,7 +377,7 @@ fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
         let v = run_tool("verilator", &args, dir, limits(opts.timeouts.syntax));
         if v.ok() {
             r.syntax_ok = true;
-            r.simulator = Some("verilator".into());
+            r.simulator = Some(Simulator::Verilator);
             r.warnings.push(format!(
                 "iverilog does not support this design ({}); its syntax was checked, and it is simulated, with verilator",
                 lines_matching(&o.output, &["sorry"]).first().cloned().unwrap_or_default()
@@ -651,7 +651,7 @@ fn build_and_run(
         Simulator::Verilator => true,
         Simulator::Iverilog => false,
         // The syntax stage already found that iverilog does not support this design.
-        Simulator::Auto => r.simulator.as_deref() == Some("verilator"),
+        Simulator::Auto => r.simulator == Some(Simulator::Verilator),
     };
     if verilator_first {
         return verilator_sim(r, files, dir, opts);
@@ -754,7 +754,7 @@ fn iverilog_sim(
         "sim.vvp",
     ];
     args.extend(files.iter().map(String::as_str));
-    r.simulator = Some("iverilog".into());
+    r.simulator = Some(Simulator::Iverilog);
     let compile = run_tool("iverilog", &args, dir, limits(opts.timeouts.sim));
     if !compile.ok() {
         return Err(compile);
@@ -776,7 +776,7 @@ fn verilator_sim(
     dir: &Path,
     opts: &VerifyOptions,
 ) -> (Outcome, Option<Outcome>) {
-    r.simulator = Some("verilator".into());
+    r.simulator = Some(Simulator::Verilator);
     let mut args: Vec<&str> = vec![
         "--binary",
         "--timing",
@@ -813,7 +813,7 @@ fn compile_failed(r: &mut Report, build: &Outcome) {
     }
     r.sim_status = SimStatus::CompileErr;
     r.failure_class = Some(compile_failure_class(&build.output));
-    let tool = r.simulator.clone().unwrap_or_else(|| "iverilog".into());
+    let tool = r.simulator.unwrap_or(Simulator::Iverilog);
     r.errors.extend(
         lines_matching(&build.output, &["error", "sorry"])
             .into_iter()
@@ -896,7 +896,7 @@ fn equivalence(
     top: Option<&str>,
 ) {
     if let Err(e) = write_miter_inputs(code, reference, opts, dir, top) {
-        r.equiv = Some("unknown".into());
+        r.equiv = Some(Equivalence::Unknown);
         r.warnings.push(format!("equiv: {e}"));
         return;
     }
@@ -911,9 +911,9 @@ fn equivalence(
     );
     r.stage_ms.insert(Stage::Equiv, ms(&o));
     let verdict = if o.ok() {
-        "equivalent"
+        Equivalence::Equivalent
     } else if o.ended == Ended::TimedOut {
-        "unknown"
+        Equivalence::Unknown
     } else {
         // The last phase Yosys was in when the proof failed tells a counterexample from a weak induction.
         let last_phase = o
@@ -923,7 +923,7 @@ fn equivalence(
             .find(|l| l.trim_start().starts_with('['))
             .unwrap_or("");
         if last_phase.contains("base case") {
-            "different"
+            Equivalence::Different
         } else {
             let errors: Vec<String> = lines_matching(&o.output, &["error"])
                 .into_iter()
@@ -932,16 +932,16 @@ fn equivalence(
             if !errors.is_empty() {
                 r.warnings.push(format!("equiv: {}", errors.join("; ")));
             }
-            "unknown"
+            Equivalence::Unknown
         }
     };
-    if verdict == "different" {
+    if verdict == Equivalence::Different {
         r.errors.push(
             "equiv: Yosys found an input sequence on which the design and the reference differ"
                 .into(),
         );
     }
-    r.equiv = Some(verdict.into());
+    r.equiv = Some(verdict);
 }
 
 /// (passed, mismatches, samples) from a testbench log: VerilogEval, A7 or RTLLM style.
