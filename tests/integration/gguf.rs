@@ -263,7 +263,7 @@ where
         .unwrap();
     assert!(
         out.status.success(),
-        "{script} failed; it needs numpy, gguf and sentencepiece (pip install numpy gguf sentencepiece; .ci/run does): {}",
+        "{script} failed; it needs numpy, gguf, sentencepiece and llama-cpp-python (pip install numpy gguf sentencepiece llama-cpp-python; .ci/run does): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
@@ -343,6 +343,74 @@ fn an_exported_gguf_with_the_adapter_merged_reads_back_the_same_in_the_gguf_pack
         e.contains("is not a GGUF file; export from a GGUF base"),
         "{e}"
     );
+}
+
+/// llama.cpp itself, the runtime Ollama embeds, loads what `export_gguf` wrote in each quantization
+/// (through llama-cpp-python: `tests/python/llama_cpp_logits.py`). It tokenizes the prompt into
+/// rtlab's ids and, on those ids, picks the same next token with scores close to rtlab's. On the
+/// quantized files llama.cpp multiplies quantized weights by quantized activations, rtlab here by f32
+/// ones (`dequantize`), so the scores differ by more than the numpy check's 1e-2; each bound is the
+/// measured gap with room.
+#[test]
+fn llama_cpp_loads_an_exported_gguf_with_the_same_tokens_and_next_token() {
+    smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = ok(&format!(
+        r#"let rows = [#{{instruction: "Write inv.", output: "module inv(input a, output y); assign y = ~a; endmodule"}}];
+        let run = train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "{d}/run", r: 2,
+                               target_modules: ["q_proj", "v_proj"], epochs: 1, batch_size: 1,
+                               grad_accum: 1, lr: 1e-2, max_len: 48}});
+        for quant in ["f16", "q8_0", "q4_k"] {{
+            print(export_gguf("smollm2-135m", run.adapter, `{d}/merged-${{quant}}.gguf`, #{{quant: quant}}));
+        }}"#,
+        d = dir.path().display()
+    ));
+    for exported in paths.lines() {
+        let out = ok(&format!(
+            r#"let m = load_model("{exported}", #{{dequantize: true}});
+            let l = m.logits("{PROMPT}");
+            print(json(m.tokens("{PROMPT}")));
+            print(json(l[l.len() - 1]));"#
+        ));
+        let mut lines = out.lines();
+        let ids: Vec<u32> = serde_json::from_str(lines.next().unwrap()).unwrap();
+        let ours: Vec<f64> = serde_json::from_str(lines.next().unwrap()).unwrap();
+        let id_list: Vec<String> = ids.iter().map(u32::to_string).collect();
+        let theirs: serde_json::Value = serde_json::from_slice(&python(
+            "llama_cpp_logits.py",
+            [exported, PROMPT, &id_list.join(",")],
+        ))
+        .unwrap();
+        let their_ids: Vec<u32> = serde_json::from_value(theirs["ids"].clone()).unwrap();
+        let their_logits: Vec<f64> = serde_json::from_value(theirs["logits"].clone()).unwrap();
+        assert_eq!(
+            their_ids, ids,
+            "{exported}: llama.cpp tokenizes the prompt otherwise"
+        );
+        let top = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+        let max_diff = ours
+            .iter()
+            .zip(&their_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{exported}: rtlab vs llama.cpp, max |Δ| = {max_diff:.3}");
+        assert_eq!(
+            top(&ours),
+            top(&their_logits),
+            "{exported}: the next token differs"
+        );
+        // Measured: 0.02 on f16, where both sides multiply f32 activations; 0.82 on q4_k and 0.88
+        // on q8_0, where llama.cpp rounds the activations to 8 bits first.
+        let bound = if exported.ends_with("f16.gguf") {
+            0.1
+        } else {
+            1.5
+        };
+        assert!(
+            max_diff <= bound,
+            "{exported}: max |Δ| = {max_diff} > {bound}"
+        );
+    }
 }
 
 #[test]
