@@ -5,7 +5,8 @@
 //! The model is SmolLM2-135M-Instruct from its GGUF (`rtlab models pull smollm2-135m`), dequantized
 //! to f32 on both sides (transformers reads the GGUF with `gguf_file=`). The recipe is the same on
 //! both: sigmoid loss, β 0.1, LoRA r 16 / alpha 32 on all seven projections, no dropout, AdamW
-//! lr 5e-4, batch 4 pairs, the reference (the base, adapters off) computed before the timed steps.
+//! lr 5e-4, batch 4 pairs, the reference (the base, adapters off) computed before the timed steps,
+//! the whole graph kept for the backward (rtlab's default checkpoints; TRL's does not).
 //! The prompt goes in raw on both sides (`template: "{prompt}"`; TRL applies no template to
 //! standard-format pairs). TRL needs `RTLAB_PYTHON` (or `python3`) with torch, transformers, peft,
 //! trl, datasets and gguf; without them the table says the baseline was not run.
@@ -50,7 +51,8 @@ fn rtlab_run(dir: &Path, pairs: &Path) -> f64 {
     let script = format!(
         r#"let run = train_dpo(#{{base: "smollm2-135m", pairs: "{pairs}", out: "{out}", template: "{{prompt}}",
     beta: 0.1, r: 16, alpha: 32, dropout: 0.0, lr: 5e-4, schedule: "constant", warmup: 0,
-    batch_size: {BATCH}, grad_accum: 1, epochs: 1, max_steps: {STEPS}, fresh: true, device: "cpu"}});
+    batch_size: {BATCH}, grad_accum: 1, epochs: 1, max_steps: {STEPS}, fresh: true, device: "cpu",
+    gradient_checkpointing: false}});
 print(`tokens_per_s=${{run.tokens_per_s}}`);"#,
         pairs = pairs.display(),
         out = dir.join("run").display()

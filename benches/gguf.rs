@@ -11,9 +11,13 @@
 //!
 //! Parts 1 and 2 also run rtlab on candle's Q8_0 kernel (`RTLAB_Q8_KERNEL=candle`), the baseline
 //! of rtlab's own (`crates/train/src/q8.rs`, the same numbers).
-//! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of 128 tokens, batch 4):
+//! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of about 120 tokens, batch 4):
 //!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
-//!    gradient checkpointing (the default) and with the whole graph kept (the baseline).
+//!    gradient checkpointing (the default) and with the whole graph kept (the baseline), beside
+//!    PyTorch + PEFT on the same GGUF dequantized to f32, the same rows and recipe, with and without
+//!    its gradient checkpointing (`tests/python/peft_gguf_train.py`, run by the Python in
+//!    `RTLAB_PYTHON`, default `python3`; without torch, transformers, peft and gguf it says it was
+//!    NOT run). Goal (issue 13): rtlab at least 1.0× PEFT's tokens/s.
 //!
 //! `cargo bench --bench gguf -- decode` runs parts 1 and 2 only, `-- train` part 3 only.
 
@@ -139,22 +143,55 @@ print("seconds", s)
     Some(field(&text, "tokens") / field(&text, "seconds"))
 }
 
-/// One LoRA run in its own process: (tokens/s, peak RSS MiB).
-fn train(quantized: bool, checkpoint: bool) -> (f64, f64) {
+/// The 16 rows every training configuration learns from: modules of ten XOR assigns.
+fn write_rows(path: &Path) {
+    let mut text = String::new();
+    for i in 0..16 {
+        let body: String = (0..10)
+            .map(|j| format!("  assign y{j} = a{j} ^ b{j};\n"))
+            .collect();
+        let row = serde_json::json!({
+            "instruction": format!("Write module m{i}"),
+            "output": format!("module m{i}(input [9:0] a, input [9:0] b, output [9:0] y);\n{body}endmodule"),
+        });
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// One LoRA run of rtlab in its own process: (tokens/s, peak RSS MiB).
+fn train(rows: &Path, quantized: bool, checkpoint: bool) -> (f64, f64) {
     let out = script(&format!(
-        r#"let rows = [];
-for i in 0..16 {{
-    let body = "";
-    for j in 0..10 {{ body += `  assign y${{j}} = a${{j}} ^ b${{j}};\n`; }}
-    rows.push(#{{instruction: `Write module m${{i}}`, output: `module m${{i}}(input [9:0] a, input [9:0] b, output [9:0] y);\n${{body}}endmodule`}});
-}}
-let run = train_lora(#{{base: "smollm2-135m", data: from_records(rows), out: "run", r: 8, alpha: 16,
+        r#"let run = train_lora(#{{base: "smollm2-135m", data: "{rows}", out: "run", r: 8, alpha: 16,
     target_modules: ["q_proj", "v_proj"], epochs: 1, batch_size: 4, grad_accum: 1, max_len: 256,
     quantized_base: {quantized}, gradient_checkpointing: {checkpoint}}});
 print(`tokens_per_s ${{run.tokens_per_s}}`);
-print(`peak_rss_mb ${{run.peak_rss_mb}}`);"#
+print(`peak_rss_mb ${{run.peak_rss_mb}}`);"#,
+        rows = rows.display()
     ));
     (field(&out, "tokens_per_s"), field(&out, "peak_rss_mb"))
+}
+
+/// The same run in PyTorch + PEFT on the same GGUF, dequantized to f32 by transformers
+/// (`tests/python/peft_gguf_train.py`): (tokens/s, peak RSS MiB), or None without the Python packages.
+fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> Option<(f64, f64)> {
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/peft_gguf_train.py"
+        ))
+        .arg(model.parent().unwrap())
+        .arg(model.file_name().unwrap())
+        .arg(rows)
+        .args(["4", "256", if checkpoint { "1" } else { "0" }])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).replace('=', " ");
+    Some((field(&text, "tokens_per_s"), field(&text, "peak_rss_mb")))
 }
 
 fn main() {
@@ -183,7 +220,7 @@ fn main() {
         decode(&model, runs);
     }
     if part.as_deref().is_none_or(|p| p == "train") {
-        training(runs);
+        training(&model, runs);
     }
 }
 
@@ -233,29 +270,62 @@ fn decode(model: &Path, runs: usize) {
     );
 }
 
+/// Who trains in a configuration of part 3.
+#[derive(Clone, Copy)]
+enum Trainer {
+    Rtlab { quantized: bool },
+    Peft,
+}
+
 /// Part 3: each configuration's runs interleaved, so that a noisy minute hits them all.
-fn training(runs: usize) {
+fn training(model: &Path, runs: usize) {
+    let python = std::env::var("RTLAB_PYTHON").unwrap_or_else(|_| "python3".into());
     let configs = [
-        ("LoRA, f32 base", false, true),
-        ("LoRA, f32 base, whole graph", false, false),
-        ("QLoRA, quantized base", true, true),
-        ("QLoRA, quantized base, whole graph", true, false),
+        ("LoRA, f32 base", Trainer::Rtlab { quantized: false }, true),
+        ("LoRA, f32 base, whole graph", Trainer::Rtlab { quantized: false }, false),
+        ("QLoRA, quantized base", Trainer::Rtlab { quantized: true }, true),
+        ("QLoRA, quantized base, whole graph", Trainer::Rtlab { quantized: true }, false),
+        ("PyTorch + PEFT, f32 base", Trainer::Peft, true),
+        ("PyTorch + PEFT, f32 base, whole graph", Trainer::Peft, false),
     ];
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.jsonl");
+    write_rows(&rows);
     let mut results = vec![(vec![], vec![]); configs.len()];
+    let mut peft_missing = false;
     for _ in 0..runs {
-        for (c, (_, quantized, checkpoint)) in configs.iter().enumerate() {
-            let (tps, rss) = train(*quantized, *checkpoint);
-            results[c].0.push(tps);
-            results[c].1.push(rss);
+        for (c, (_, trainer, checkpoint)) in configs.iter().enumerate() {
+            let measured = match trainer {
+                Trainer::Rtlab { quantized } => Some(train(&rows, *quantized, *checkpoint)),
+                Trainer::Peft => peft_train(&python, model, &rows, *checkpoint),
+            };
+            match measured {
+                Some((tps, rss)) => {
+                    results[c].0.push(tps);
+                    results[c].1.push(rss);
+                }
+                None => peft_missing = true,
+            }
         }
     }
-    println!("LoRA training, 16 examples of 128 tokens, median of {runs} runs:");
+    if peft_missing {
+        println!("PyTorch + PEFT NOT run: `{python} tests/python/peft_gguf_train.py` fails (set RTLAB_PYTHON to a Python with torch, transformers, peft and gguf)");
+    }
+    println!("LoRA training, 16 examples (about 120 tokens each), median of {runs} runs:");
     let medians: Vec<(f64, f64)> = results
         .into_iter()
         .map(|(t, r)| (median(t), median(r)))
         .collect();
     for ((name, _, _), (tps, rss)) in configs.iter().zip(&medians) {
-        println!("{name:36} {tps:7.1} tok/s  peak RSS {rss:6.0} MiB");
+        println!("{name:38} {tps:7.1} tok/s  peak RSS {rss:6.0} MiB");
+    }
+    for (ours, name) in [(0, "checkpointing"), (1, "whole graph")] {
+        let (rt, pt) = (medians[ours], medians[ours + 4]);
+        println!(
+            "rtlab / PyTorch + PEFT, f32 base, {name:13} {:5.2}x tok/s (goal: at least 1.0x), {:5.2}x peak RSS",
+            rt.0 / pt.0,
+            rt.1 / pt.1
+        );
     }
     for (pair, name) in [(0, "f32 base"), (2, "quantized base")] {
         let (ckpt, whole) = (medians[pair], medians[pair + 1]);
