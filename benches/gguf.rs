@@ -282,11 +282,27 @@ fn training(model: &Path, runs: usize) {
     let python = std::env::var("RTLAB_PYTHON").unwrap_or_else(|_| "python3".into());
     let configs = [
         ("LoRA, f32 base", Trainer::Rtlab { quantized: false }, true),
-        ("LoRA, f32 base, whole graph", Trainer::Rtlab { quantized: false }, false),
-        ("QLoRA, quantized base", Trainer::Rtlab { quantized: true }, true),
-        ("QLoRA, quantized base, whole graph", Trainer::Rtlab { quantized: true }, false),
+        (
+            "LoRA, f32 base, whole graph",
+            Trainer::Rtlab { quantized: false },
+            false,
+        ),
+        (
+            "QLoRA, quantized base",
+            Trainer::Rtlab { quantized: true },
+            true,
+        ),
+        (
+            "QLoRA, quantized base, whole graph",
+            Trainer::Rtlab { quantized: true },
+            false,
+        ),
         ("PyTorch + PEFT, f32 base", Trainer::Peft, true),
-        ("PyTorch + PEFT, f32 base, whole graph", Trainer::Peft, false),
+        (
+            "PyTorch + PEFT, f32 base, whole graph",
+            Trainer::Peft,
+            false,
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let rows = dir.path().join("rows.jsonl");
