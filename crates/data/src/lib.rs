@@ -37,22 +37,17 @@ impl Frame {
     }
 
     /// A content hash of the frame (schema and values), stable across processes: the cell cache keys on it.
-    /// The frame's Arrow IPC encoding streams into the hasher, in a canonical layout: as the cache's
-    /// Parquet round trip leaves it, one chunk, and strings as offsets plus bytes
-    /// (`CompatLevel::oldest`). Polars' string views point into whatever buffers a filter or sort
-    /// left behind, and every chunk is a record batch, so the same values hashed differently in
-    /// memory and after a restore, and a cell that read a restored frame reran.
+    /// It hashes the frame's Parquet encoding, one chunk, the form the cache stores it in. Parquet
+    /// writes logical values (definition levels, not validity buffers; string bytes, not Polars'
+    /// string views into whatever buffers a filter or sort left behind), so the same values hash
+    /// the same in memory and after a restore, and a cell that read a restored frame does not rerun.
+    /// (Before, the frame went through a whole Parquet round trip, then Arrow IPC, into the hasher:
+    /// on a 57 MB, 200,000-row JSONL file that took 0.75 s, as long as loading it, at twice the
+    /// peak memory; the encode alone takes 0.42 s.)
     pub fn content_hash(&self) -> Result<blake3::Hash, DataError> {
-        use polars::prelude::{CompatLevel, IpcWriter, SerWriter};
-        let mut hasher = blake3::Hasher::new();
-        // Through the cache's own Parquet round trip first: a restored frame must hash as the frame
-        // it was (validity buffers and nested layouts otherwise differ between the two).
-        let mut df = io::frame_from_parquet_bytes(&io::frame_to_parquet_bytes(&self.df)?)?;
+        let mut df = self.df.clone();
         df.rechunk_mut();
-        IpcWriter::new(&mut hasher)
-            .with_compat_level(CompatLevel::oldest())
-            .finish(&mut df)?;
-        Ok(hasher.finalize())
+        Ok(blake3::hash(&io::frame_to_parquet_bytes(&df)?))
     }
 }
 
