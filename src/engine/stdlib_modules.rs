@@ -7,9 +7,6 @@
 use rhai::module_resolvers::{FileModuleResolver, StaticModuleResolver};
 use rhai::{Engine, EvalAltResult, Module, ModuleResolver, Position, Scope, Shared};
 use rtlab_core::Workspace;
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::rc::Rc;
 
 /// The embedded modules: import name and source.
@@ -22,8 +19,6 @@ pub const MODULES: &[(&str, &str)] = &[
 struct ImportResolver {
     embedded: StaticModuleResolver,
     workspace: Rc<Workspace>,
-    /// One file resolver per base directory, so each keeps its cache of loaded modules.
-    files: RefCell<HashMap<PathBuf, Rc<FileModuleResolver>>>,
 }
 
 impl ModuleResolver for ImportResolver {
@@ -37,14 +32,10 @@ impl ModuleResolver for ImportResolver {
         if self.embedded.contains_path(path) {
             return self.embedded.resolve(engine, source, path, pos);
         }
-        let dir = self.workspace.base_dir();
-        // Cloned out of the map before resolving: the imported file may import another.
-        let files = Rc::clone(
-            self.files
-                .borrow_mut()
-                .entry(dir.clone())
-                .or_insert_with(|| Rc::new(FileModuleResolver::new_with_path(dir))),
-        );
+        // A file is read at each import, never from a cache: `:watch` and the REPL rerun a cell
+        // because the file it imports changed, and must then see the change.
+        let mut files = FileModuleResolver::new_with_path(self.workspace.base_dir());
+        files.enable_cache(false);
         self.workspace.note_input(&files.get_file_path(path, None));
         files.resolve(engine, source, path, pos)
     }
@@ -65,6 +56,5 @@ pub fn install_resolver(engine: &mut Engine, workspace: Rc<Workspace>) {
     engine.set_module_resolver(ImportResolver {
         embedded,
         workspace,
-        files: RefCell::new(HashMap::new()),
     });
 }

@@ -256,6 +256,23 @@ fn run_of_a_script_in_another_directory_imports_its_neighbours() {
     );
 }
 
+#[test]
+fn an_import_reads_the_file_as_it_is_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib.rhai");
+    let (stdout, stderr) = piped(&format!(
+        "write_text(\"{lib}\", \"fn size() {{ 8000 }}\");\nimport \"{stem}\" as a; print(a::size());\nwrite_text(\"{lib}\", \"fn size() {{ 16000 }}\");\nimport \"{stem}\" as b; print(b::size());\n",
+        lib = lib.display(),
+        stem = dir.path().join("lib").display()
+    ));
+    let printed: Vec<&str> = stdout.lines().filter(|l| l.ends_with("000")).collect();
+    assert_eq!(
+        printed,
+        ["8000", "16000"],
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}
+
 fn piped(input: &str) -> (String, String) {
     use std::io::Write;
     let home = tempfile::tempdir().unwrap();
