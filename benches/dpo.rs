@@ -11,6 +11,9 @@
 //! standard-format pairs). TRL needs `RTLAB_PYTHON` (or `python3`) with torch, transformers, peft,
 //! trl, datasets and gguf; without them the table says the baseline was not run.
 
+#[path = "common/output.rs"]
+mod output;
+use output::value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,13 +41,6 @@ fn write_pairs(path: &Path) {
         text.push('\n');
     }
     std::fs::write(path, text).unwrap();
-}
-
-fn value(out: &str, key: &str) -> f64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn rtlab_run(dir: &Path, pairs: &Path) -> f64 {

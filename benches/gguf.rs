@@ -21,6 +21,8 @@
 //!
 //! `cargo bench --bench gguf -- decode` runs parts 1 and 2 only, `-- train` part 3 only.
 
+#[path = "common/output.rs"]
+mod output;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -174,8 +176,9 @@ print(`peak_rss_mb ${{run.peak_rss_mb}}`);"#,
 }
 
 /// The same run in PyTorch + PEFT on the same GGUF, dequantized to f32 by transformers
-/// (`tests/python/peft_gguf_train.py`): (tokens/s, peak RSS MiB), or None without the Python packages.
-fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> Option<(f64, f64)> {
+/// (`tests/python/peft_gguf_train.py`): (tokens/s, peak RSS MiB). A failure of a Python that has
+/// the packages is a failed benchmark, not a missing baseline.
+fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> (f64, f64) {
     let out = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -186,12 +189,17 @@ fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> Opti
         .arg(rows)
         .args(["4", "256", if checkpoint { "1" } else { "0" }])
         .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout).replace('=', " ");
-    Some((field(&text, "tokens_per_s"), field(&text, "peak_rss_mb")))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the PyTorch + PEFT baseline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    (
+        output::value(&text, "tokens_per_s"),
+        output::value(&text, "peak_rss_mb"),
+    )
 }
 
 fn main() {
@@ -307,25 +315,24 @@ fn training(model: &Path, runs: usize) {
     let dir = tempfile::tempdir().unwrap();
     let rows = dir.path().join("rows.jsonl");
     write_rows(&rows);
+    let has_peft = Command::new(&python)
+        .args(["-c", "import torch, transformers, peft, gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     let mut results = vec![(vec![], vec![]); configs.len()];
-    let mut peft_missing = false;
     for _ in 0..runs {
         for (c, (_, trainer, checkpoint)) in configs.iter().enumerate() {
-            let measured = match trainer {
-                Trainer::Rtlab { quantized } => Some(train(&rows, *quantized, *checkpoint)),
-                Trainer::Peft => peft_train(&python, model, &rows, *checkpoint),
+            let (tps, rss) = match trainer {
+                Trainer::Rtlab { quantized } => train(&rows, *quantized, *checkpoint),
+                Trainer::Peft if has_peft => peft_train(&python, model, &rows, *checkpoint),
+                Trainer::Peft => continue,
             };
-            match measured {
-                Some((tps, rss)) => {
-                    results[c].0.push(tps);
-                    results[c].1.push(rss);
-                }
-                None => peft_missing = true,
-            }
+            results[c].0.push(tps);
+            results[c].1.push(rss);
         }
     }
-    if peft_missing {
-        println!("PyTorch + PEFT NOT run: `{python} tests/python/peft_gguf_train.py` fails (set RTLAB_PYTHON to a Python with torch, transformers, peft and gguf)");
+    if !has_peft {
+        println!("PyTorch + PEFT NOT run: {python} lacks torch/transformers/peft/gguf (set RTLAB_PYTHON)");
     }
     println!("LoRA training, 16 examples (about 120 tokens each), median of {runs} runs:");
     let medians: Vec<(f64, f64)> = results

@@ -9,6 +9,9 @@
 //! (`tests/python/peft_train_step.py`); without it the table says it was not run.
 //! `RTLAB_BENCH_SHAPES=tiny` runs only the tiny model.
 
+#[path = "common/output.rs"]
+mod output;
+use output::value;
 use std::process::Command;
 use std::time::Instant;
 
@@ -128,13 +131,6 @@ fn make_model(s: &Shape, dir: &std::path::Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn value(out: &str, key: &str) -> f64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn main() {

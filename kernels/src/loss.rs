@@ -137,6 +137,7 @@ pub(crate) fn sum_kernel(values: &[f32], out: &mut [f32], #[comptime] block: usi
 
 const OP: &str = "cross_entropy";
 const WEIGHTED: &str = "weighted_cross_entropy";
+const TOKEN_NLL: &str = "token_nll";
 
 /// `(n, vocab)` of `logits`, after checking that `targets` has n entries and neither is empty.
 fn rows_and_vocab(
@@ -158,8 +159,8 @@ fn rows_and_vocab(
 }
 
 impl Gpu {
-    /// Launches the row kernel, then sums its per-row losses into `loss` [1]; `dlogits` gets the
-    /// gradient when given.
+    /// Launches the row kernel: each row's scaled loss into `row_loss` [n] and, when `dlogits` is
+    /// given, its gradient there.
     #[allow(clippy::too_many_arguments)]
     fn cross_entropy_rows(
         &self,
@@ -295,11 +296,11 @@ impl Gpu {
     /// The negative log-likelihood of each row's target [n] (0 where the target is `≥ vocab`),
     /// without a gradient: per-token log-probs for DPO, which sums them per sequence on the host.
     pub fn token_nll(&self, logits: &GpuTensor, targets: &GpuIndices) -> Result<GpuTensor> {
-        let (n, _) = rows_and_vocab(WEIGHTED, logits, targets)?;
+        let (n, _) = rows_and_vocab(TOKEN_NLL, logits, targets)?;
         let row_loss = self.uninit(&[n]);
         let ones = self.full(&[n], 1.0);
         let inv = self.full(&[1], 1.0);
-        self.cross_entropy_rows(WEIGHTED, logits, targets, &ones, &inv, &row_loss, None)?;
+        self.cross_entropy_rows(TOKEN_NLL, logits, targets, &ones, &inv, &row_loss, None)?;
         Ok(row_loss)
     }
 
@@ -322,14 +323,15 @@ impl Gpu {
                 what: format!("row {i} has target {} but vocab is {vocab}", targets[i]),
             });
         }
-        let ld = self.upload(logits, &[n, vocab])?;
-        let td = self.upload_indices(targets);
-        let mask: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m != 0))).collect();
-        let md = self.upload(&mask, &[mask.len()])?;
-        let loss = self.full(&[1], f32::NAN);
-        let dl = self.full(&[n, vocab], f32::NAN);
-        self.cross_entropy_into(&ld, &td, &md, &loss, Some(&dl))?;
-        Ok((self.download(&loss)?[0], self.download(&dl)?))
+        let weights: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m != 0))).collect();
+        self.on_host(
+            logits,
+            targets,
+            &weights,
+            n,
+            vocab,
+            |ld, td, md, loss, dl| self.cross_entropy_into(ld, td, md, loss, Some(dl)),
+        )
     }
 
     /// Host convenience: `(loss, dlogits)` computed into NaN-filled outputs.
@@ -342,12 +344,35 @@ impl Gpu {
         vocab: usize,
         denominator: f32,
     ) -> Result<(f32, Vec<f32>)> {
+        self.on_host(
+            logits,
+            targets,
+            weights,
+            n,
+            vocab,
+            |ld, td, wd, loss, dl| {
+                self.weighted_cross_entropy_into(ld, td, wd, denominator, loss, dl)
+            },
+        )
+    }
+
+    /// The host conveniences' common part: uploads the inputs, runs `op` into NaN-filled outputs
+    /// (so a test sees any element left unwritten) and downloads `(loss, dlogits)`.
+    fn on_host(
+        &self,
+        logits: &[f32],
+        targets: &[u32],
+        weights: &[f32],
+        n: usize,
+        vocab: usize,
+        op: impl FnOnce(&GpuTensor, &GpuIndices, &GpuTensor, &GpuTensor, &GpuTensor) -> Result<()>,
+    ) -> Result<(f32, Vec<f32>)> {
         let ld = self.upload(logits, &[n, vocab])?;
         let td = self.upload_indices(targets);
         let wd = self.upload(weights, &[weights.len()])?;
         let loss = self.full(&[1], f32::NAN);
         let dl = self.full(&[n, vocab], f32::NAN);
-        self.weighted_cross_entropy_into(&ld, &td, &wd, denominator, &loss, &dl)?;
+        op(&ld, &td, &wd, &loss, &dl)?;
         Ok((self.download(&loss)?[0], self.download(&dl)?))
     }
 }

@@ -16,21 +16,13 @@ import time
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gguf_f32 import load_f32
 
 model_dir, gguf, rows_path = sys.argv[1], sys.argv[2], sys.argv[3]
 batch, max_len, checkpoint = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 torch.manual_seed(0)
-marked = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf, dtype=torch.float32)
-# transformers marks a model read from GGUF as quantized, which PEFT training refuses: the same
-# weights go into a plain f32 model.
-config = marked.config
-if hasattr(config, "quantization_config"):
-    del config.quantization_config
-model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-model.load_state_dict(marked.state_dict())
-del marked
-tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf)
+model, tok = load_f32(model_dir, gguf)
 if checkpoint:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()

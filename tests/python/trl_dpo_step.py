@@ -14,24 +14,17 @@ import time
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 from trl import DPOConfig, DPOTrainer
+
+from gguf_f32 import load_f32
 
 model_dir, pairs_path, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 gguf = sys.argv[5] if len(sys.argv) > 5 else None
 torch.manual_seed(0)
 rows = [json.loads(line) for line in open(pairs_path, encoding="utf-8")]
 if gguf:
-    # transformers dequantizes the GGUF to f32 but marks the model GGUF-quantized, which Trainer
-    # refuses to train and save_pretrained to write: the same weights go into a plain f32 model.
-    marked = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf, dtype=torch.float32)
-    config = marked.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(marked.state_dict())
-    del marked
-    tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf)
+    model, tok = load_f32(model_dir, gguf)
 else:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tok = PreTrainedTokenizerFast(tokenizer_file=f"{model_dir}/tokenizer.json", eos_token="<|endoftext|>")

@@ -292,6 +292,36 @@ mod tests {
     }
 
     #[test]
+    fn a_count_takes_a_whole_float_but_never_truncates_one() {
+        let m = map(&[
+            ("epochs", Dynamic::from(3.0_f64)),
+            ("batch_size", Dynamic::from(2.5_f64)),
+            ("seed", Dynamic::from(-1_i64)),
+            ("steps", Dynamic::from("4")),
+        ]);
+        let o = Options::new(
+            "train_lora",
+            &m,
+            &["epochs", "batch_size", "seed", "steps", "r"],
+        )
+        .unwrap();
+        assert_eq!(o.whole_at_least("epochs", 1).unwrap(), Some(3));
+        assert_eq!(o.whole_at_least("r", 1).unwrap(), None);
+        assert_eq!(
+            o.whole_at_least("batch_size", 1).unwrap_err(),
+            "train_lora: option `batch_size` must be a whole number ≥ 1, not 2.5 (f64)"
+        );
+        assert_eq!(
+            o.whole_at_least("seed", 0).unwrap_err(),
+            "train_lora: option `seed` must be a whole number ≥ 0, not -1 (i64)"
+        );
+        assert_eq!(
+            o.whole_at_least("steps", 1).unwrap_err(),
+            "train_lora: option `steps` must be a whole number ≥ 1, not \"4\" (string)"
+        );
+    }
+
+    #[test]
     fn a_string_is_not_an_integer_list() {
         let m = map(&[("k", Dynamic::from("5"))]);
         let o = Options::new("benchmark", &m, &["k"]).unwrap();
