@@ -245,12 +245,15 @@ impl GgufFile {
 }
 
 /// candle's CPU kernels are vectorized for Q4_0, Q8_0 and the k-quants; Q4_1, Q5_0 and Q5_1 run a
-/// scalar dot product, several times slower. Those are requantized to Q8_0 at load: 8 bits per
-/// value where the file has 4 or 5 plus a block offset, so nothing the file holds is lost beyond
-/// Q8_0's rounding (a quarter of a 4-bit step), at 1.7× Q4_1's size.
+/// scalar dot product, several times slower. rtlab's own Q4_1 kernel ([`crate::q4_1`]) runs the
+/// file's Q4_1 as it is, where it runs (x86 with AVX2, FMA and F16C). Elsewhere, and for Q5_0 and
+/// Q5_1, the weights are requantized to Q8_0 at load: 8 bits per value where the file has 4 or 5
+/// plus a block offset, so nothing the file holds is lost beyond Q8_0's rounding (a quarter of a
+/// 4-bit step), at 1.7× Q4_1's size.
 fn with_fast_kernel(q: QTensor, dev: &Device) -> candle_core::Result<QTensor> {
     use candle_core::quantized::GgmlDType;
     match q.dtype() {
+        GgmlDType::Q4_1 if crate::q4_1::runs_here() => Ok(q),
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
             QTensor::quantize(&q.dequantize(dev)?, GgmlDType::Q8_0)
         }

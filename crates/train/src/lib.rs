@@ -13,6 +13,7 @@
 //! newest checkpoint.
 
 pub mod config;
+mod decode_attention;
 pub mod dpo;
 pub mod examples;
 pub mod generate;
@@ -21,6 +22,7 @@ pub mod gpu;
 pub mod model;
 pub mod models;
 pub mod peft;
+pub mod q4_1;
 pub mod q8;
 
 rhai::def_package! {

@@ -642,6 +642,54 @@ impl LayerKv {
         ))
     }
 
+    /// The attention of one new token per sequence (`q` [batch, heads, 1, head_dim], its key and
+    /// value already appended) over the cache, read in place ([`crate::decode_attention`]): [batch,
+    /// heads, head_dim]. None off the CPU or outside f32, where the general path runs.
+    fn attend_one_token(&self, q: &Tensor, heads: usize) -> candle_core::Result<Option<Tensor>> {
+        use candle_core::{CpuStorage, Storage};
+        let (batch, kv_heads, head_dim, capacity) = self.keys_t.dims4()?;
+        if !q.device().is_cpu()
+            || q.dtype() != DType::F32
+            || q.dims4()? != (batch, heads, 1, head_dim)
+        {
+            return Ok(None);
+        }
+        let q = q.contiguous()?;
+        let (q_store, q_layout) = q.storage_and_layout();
+        let (k_store, k_layout) = self.keys_t.storage_and_layout();
+        let (v_store, v_layout) = self.values.storage_and_layout();
+        let (
+            Storage::Cpu(CpuStorage::F32(q_all)),
+            Storage::Cpu(CpuStorage::F32(k_all)),
+            Storage::Cpu(CpuStorage::F32(v_all)),
+        ) = (&*q_store, &*k_store, &*v_store)
+        else {
+            return Ok(None);
+        };
+        let (Some((q0, q1)), Some((k0, k1)), Some((v0, v1))) = (
+            q_layout.contiguous_offsets(),
+            k_layout.contiguous_offsets(),
+            v_layout.contiguous_offsets(),
+        ) else {
+            return Ok(None);
+        };
+        let shape = crate::decode_attention::Shape {
+            batch,
+            heads,
+            kv_heads,
+            head_dim,
+            capacity,
+            len: self.len,
+        };
+        let y =
+            crate::decode_attention::attend(&q_all[q0..q1], &k_all[k0..k1], &v_all[v0..v1], shape);
+        Ok(Some(Tensor::from_vec(
+            y,
+            (batch, heads, head_dim),
+            q.device(),
+        )?))
+    }
+
     /// The same cache for `n` copies of each sequence.
     fn repeat(&self, n: usize) -> candle_core::Result<LayerKv> {
         let (k_t, v) = self.views()?;
@@ -728,8 +776,19 @@ impl Attention {
                     }
                     None => LayerKv::new(&k, &v)?,
                 };
+                // Decoding's step: one new token, nothing tracked, on the CPU in f32.
+                let one_token = t == 1 && !pass.track_gradients;
+                let fast = match one_token {
+                    true => kv.attend_one_token(&q, self.heads)?,
+                    false => None,
+                };
                 let views = kv.views()?;
                 *slot = Some(kv);
+                if let Some(y) = fast {
+                    return self
+                        .o
+                        .forward(&y.reshape((b, t, self.heads * self.head_dim))?, pass);
+                }
                 views
             }
             None => (k.t()?, v),

@@ -42,13 +42,22 @@ impl QuantizedWeight {
 
     /// `x Wᵀ` for `x` [m, k] (row-major), as [m, n]; None where candle's own kernel must run.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
-        let (n, k) = self.tensor.shape().dims2()?;
-        if !applies(self.tensor.dtype(), n, k) || x.len() != m * k {
-            return Ok(None);
+        self.matmul_t_with(x, m, cpu().vnni)
+    }
+
+    /// [`Self::matmul_t`] with the dot products' instructions chosen: AVX-VNNI's (`vnni`, on a CPU
+    /// that has them) or AVX2's. Both give the same bits; the tests check each.
+    fn matmul_t_with(
+        &self,
+        x: &[f32],
+        m: usize,
+        vnni: bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        if self.tensor.dtype() == GgmlDType::Q4_1 {
+            return crate::q4_1::matmul_t(&self.tensor, x, m, vnni);
         }
-        // One row reuses nothing: candle's GEMV is as fast there (this kernel measured 0.92× on
-        // SmolLM2's single stream), so a single stream decodes on candle's.
-        if m <= 1 {
+        let (n, k) = self.tensor.shape().dims2()?;
+        if !applies(self.tensor.dtype(), n, k) || m == 0 || x.len() != m * k {
             return Ok(None);
         }
         let data = self.tensor.data()?;
@@ -58,6 +67,7 @@ impl QuantizedWeight {
         let act_bytes = block_bytes(&act_blocks);
         let act_scales = block_scales(act_bytes);
         Ok(Some(matmul(
+            vnni && cpu().vnni,
             Operand {
                 blocks: weights,
                 scales,
@@ -81,16 +91,21 @@ fn applies(dtype: GgmlDType, n: usize, k: usize) -> bool {
 }
 
 /// What the CPU (and the environment) decide, read once as candle reads them once.
-struct Cpu {
-    /// This kernel can run: AVX2 and FMA, and `RTLAB_Q8_KERNEL` is not `candle` (which runs
-    /// candle's kernel everywhere: the baseline of `cargo bench --bench gguf`).
-    avx2_fma: bool,
+pub(crate) struct Cpu {
+    /// rtlab's kernels can run: AVX2 and FMA, and `RTLAB_QMATMUL` is not `candle` (which runs
+    /// candle's kernels everywhere, with Q4_1 requantized to Q8_0 for them: the baseline of
+    /// `cargo bench --bench gguf`).
+    pub(crate) avx2_fma: bool,
     /// candle's repacked kernel (`quantized::repack_x86::select`) takes Q8_0 on a VNNI CPU when k
     /// is a multiple of 256 and n of 16: its choice of CPU level, with its override variables.
     candle_repacks_q8_0: bool,
+    /// AVX-VNNI's `vpdpbusd` computes the dot products' lanes (the same bits, fewer instructions).
+    pub(crate) vnni: bool,
+    /// F16C: the Q4_1 kernel converts its blocks' f16 scale and offset with it.
+    pub(crate) f16c: bool,
 }
 
-fn cpu() -> &'static Cpu {
+pub(crate) fn cpu() -> &'static Cpu {
     static CPU: OnceLock<Cpu> = OnceLock::new();
     CPU.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -110,14 +125,18 @@ fn cpu() -> &'static Cpu {
             Cpu {
                 avx2_fma: is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
-                    && !env_is("RTLAB_Q8_KERNEL", "candle"),
+                    && !env_is("RTLAB_QMATMUL", "candle"),
                 candle_repacks_q8_0: vnni512 || vnni256,
+                vnni: is_x86_feature_detected!("avxvnni"),
+                f16c: is_x86_feature_detected!("f16c"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         Cpu {
             avx2_fma: false,
             candle_repacks_q8_0: false,
+            vnni: false,
+            f16c: false,
         }
     })
 }
@@ -140,13 +159,19 @@ fn quantize_rows(
     let kb = k / QK;
     let mut blocks = vec![BlockQ8_0::zeros(); m * kb];
     let out = SharedOut(blocks.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
+    let quantize = |rows: std::ops::Range<usize>| {
         for r in rows {
             // SAFETY: each row's blocks are written by exactly one work item.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.at(r * kb), kb) };
             BlockQ8_0::from_float(&x[r * k..(r + 1) * k], dst);
         }
-    });
+    };
+    // A few rows (decoding) quantize faster here than the pool can wake its threads.
+    if m <= 4 {
+        quantize(0..m);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(m, quantize);
+    }
     blocks
 }
 
@@ -167,46 +192,49 @@ struct Operand<'a> {
 }
 
 /// Columns per parallel task: enough work to pay for the task, small enough to balance two cores.
-const COLUMNS_PER_TASK: usize = 32;
+pub(crate) const COLUMNS_PER_TASK: usize = 32;
 
 /// A buffer that the pool's work items write disjoint parts of.
-struct SharedOut<T>(*mut T);
+pub(crate) struct SharedOut<T>(pub(crate) *mut T);
 // SAFETY: every use writes elements no other work item touches.
 unsafe impl<T> Sync for SharedOut<T> {}
 impl<T> SharedOut<T> {
-    fn at(&self, i: usize) -> *mut T {
+    pub(crate) fn at(&self, i: usize) -> *mut T {
         // SAFETY: callers index within the buffer.
         unsafe { self.0.add(i) }
     }
 }
 
-/// `a Wᵀ` [m, n] for Q8_0 weights `w` [n, k] and activations `a` [m, k]. The work runs on candle's
-/// own thread pool, as its other ops do: a second pool (rayon's) beside it fought it for the cores,
-/// each spinning while the other worked.
-fn matmul(w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
-    let kb = k / QK;
+/// The [m, n] result of a product computed tile by tile: `tile(col, columns, row, rows, put)`
+/// computes `columns × rows` values and hands each to `put(column, row, value)`. A tile is up to
+/// four columns of one row (one row reuses each activation block across four columns), or up to two
+/// columns of up to four rows (several rows reuse each weight block four times). The work runs on
+/// candle's own thread pool, as its other ops do: a second pool (rayon's) beside it fought it for
+/// the cores, each spinning while the other worked.
+pub(crate) fn tiled_product(
+    (m, n): (usize, usize),
+    tile: impl Fn((usize, usize), (usize, usize), &mut dyn FnMut(usize, usize, f32)) + Sync,
+) -> Vec<f32> {
     // Each work item owns whole columns of the row-major result.
     let mut result = vec![0f32; m * n];
     let out = SharedOut(result.as_mut_ptr());
     let tasks = n.div_ceil(COLUMNS_PER_TASK);
+    let width = if m == 1 { 4 } else { 2 };
     candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
         for task in range {
             let first = task * COLUMNS_PER_TASK;
             let columns = (n - first).min(COLUMNS_PER_TASK);
             let mut c = 0;
             while c < columns {
-                let take = (columns - c).min(2);
+                let take = (columns - c).min(width);
                 let mut r = 0;
                 while r < m {
                     let rows = (m - r).min(4);
-                    // SAFETY: `applies` checked AVX2 and FMA; every block index is in bounds
-                    // (columns < n, rows < m, kb blocks per row). Column first + c + dc belongs
-                    // to this work item alone.
-                    unsafe {
-                        block(w, a, kb, (first + c, take), (r, rows), |dc, dr, v| {
-                            *out.at((r + dr) * n + first + c + dc) = v
-                        })
-                    };
+                    tile((first + c, take), (r, rows), &mut |dc, dr, v| {
+                        // SAFETY: column first + c + dc < n belongs to this work item alone, and
+                        // row r + dr < m.
+                        unsafe { *out.at((r + dr) * n + first + c + dc) = v }
+                    });
                     r += rows;
                 }
                 c += take;
@@ -216,16 +244,71 @@ fn matmul(w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> 
     result
 }
 
+/// `a Wᵀ` [m, n] for Q8_0 weights `w` [n, k] and activations `a` [m, k].
+fn matmul(vnni: bool, w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    let kb = k / QK;
+    tiled_product((m, n), |columns, rows, put| {
+        // SAFETY: `applies` checked AVX2 and FMA (and `vnni` AVX-VNNI); the tile's columns and
+        // rows exist, kb blocks each.
+        unsafe { block(vnni, w, a, kb, columns, rows, put) }
+    })
+}
+
+/// The integer part of candle's `mul_sum_i8_pairs_float(w, a)`: `|w| · sign(a, w)` summed in eight
+/// i32 lanes of four adjacent products each. AVX2 needs two instructions (pairs to i16, then pairs of
+/// those to i32); AVX-VNNI's `vpdpbusd` sums the same four products per lane in one. The sums are
+/// exact integers either way (no i16 saturates: |w| ≤ 128 and |a| ≤ 127), so the lanes are the
+/// same bits.
+#[cfg(target_arch = "x86_64")]
+pub(crate) trait LaneDot {
+    /// # Safety
+    /// The CPU must have the instructions the implementation uses.
+    unsafe fn lanes(
+        w_abs: std::arch::x86_64::__m256i,
+        signed: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i;
+}
+
+/// Dot products with AVX2: candle's instructions.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2Dot;
+#[cfg(target_arch = "x86_64")]
+impl LaneDot for Avx2Dot {
+    #[inline(always)]
+    unsafe fn lanes(
+        w_abs: std::arch::x86_64::__m256i,
+        signed: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        unsafe { _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(w_abs, signed)) }
+    }
+}
+
+/// Dot products with AVX-VNNI's `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct VnniDot;
+#[cfg(target_arch = "x86_64")]
+impl LaneDot for VnniDot {
+    #[inline(always)]
+    unsafe fn lanes(
+        w_abs: std::arch::x86_64::__m256i,
+        signed: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w_abs, signed) }
+    }
+}
+
 /// Dot products of `C` weight columns from `col` with `R` activation rows from `row`:
 /// `[column][row]`. Constant sizes, so that the `C × R` accumulators live in registers.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA, and the columns and rows must exist.
+/// The CPU must have AVX2 and FMA, and what `D` uses; the columns and rows must exist.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 // Index loops over constant bounds: each `acc[c][r]` is its own register once unrolled.
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile<const C: usize, const R: usize>(
+unsafe fn tile<D: LaneDot, const C: usize, const R: usize>(
     w: Operand,
     a: Operand,
     kb: usize,
@@ -233,62 +316,101 @@ unsafe fn tile<const C: usize, const R: usize>(
     row: usize,
 ) -> [[f32; R]; C] {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); R]; C];
-    let ones = _mm256_set1_epi16(1);
-    let quants = |blocks: &[u8], i: usize| unsafe {
-        _mm256_loadu_si256(blocks.as_ptr().add(i * BLOCK_BYTES + 2) as *const __m256i)
-    };
-    for b in 0..kb {
-        let mut aq = [_mm256_setzero_si256(); R];
-        let mut a_scale = [0f32; R];
-        for r in 0..R {
-            let ai = (row + r) * kb + b;
-            aq[r] = quants(a.blocks, ai);
-            a_scale[r] = unsafe { *a.scales.get_unchecked(ai) };
-        }
-        for c in 0..C {
-            let wi = (col + c) * kb + b;
-            let wq = quants(w.blocks, wi);
-            let w_abs = _mm256_sign_epi8(wq, wq);
-            let w_scale = unsafe { *w.scales.get_unchecked(wi) };
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); R]; C];
+        let quants = |blocks: &[u8], i: usize| {
+            _mm256_loadu_si256(blocks.as_ptr().add(i * BLOCK_BYTES + 2) as *const __m256i)
+        };
+        for b in 0..kb {
+            let mut aq = [_mm256_setzero_si256(); R];
+            let mut a_scale = [0f32; R];
             for r in 0..R {
-                // candle's `mul_sum_i8_pairs_float(w, a)`: |w| · sign(a, w), pairs summed to i16,
-                // then to i32 in eight lanes of four products each, as f32; then its
-                // `fmadd(f16→f32(w.d) · f16→f32(a.d), q, acc)`.
-                let signed = _mm256_sign_epi8(aq[r], wq);
-                let dot = _mm256_maddubs_epi16(w_abs, signed);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                let d = _mm256_set1_ps(w_scale * a_scale[r]);
-                acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);
+                let ai = (row + r) * kb + b;
+                aq[r] = quants(a.blocks, ai);
+                a_scale[r] = *a.scales.get_unchecked(ai);
+            }
+            for c in 0..C {
+                let wi = (col + c) * kb + b;
+                let wq = quants(w.blocks, wi);
+                let w_abs = _mm256_sign_epi8(wq, wq);
+                let w_scale = *w.scales.get_unchecked(wi);
+                for r in 0..R {
+                    // candle's `mul_sum_i8_pairs_float(w, a)` as f32, then its
+                    // `fmadd(f16→f32(w.d) · f16→f32(a.d), q, acc)`.
+                    let signed = _mm256_sign_epi8(aq[r], wq);
+                    let q = _mm256_cvtepi32_ps(D::lanes(w_abs, signed));
+                    let d = _mm256_set1_ps(w_scale * a_scale[r]);
+                    acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);
+                }
             }
         }
-    }
-    let mut out = [[0f32; R]; C];
-    for c in 0..C {
-        for r in 0..R {
-            out[c][r] = unsafe { hsum(acc[c][r]) };
+        let mut out = [[0f32; R]; C];
+        for c in 0..C {
+            for r in 0..R {
+                out[c][r] = hsum(acc[c][r]);
+            }
         }
+        out
     }
-    out
+}
+
+/// [`tile`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// As [`tile`], on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const C: usize, const R: usize>(
+    w: Operand,
+    a: Operand,
+    kb: usize,
+    col: usize,
+    row: usize,
+) -> [[f32; R]; C] {
+    unsafe { tile::<Avx2Dot, C, R>(w, a, kb, col, row) }
+}
+
+/// [`tile`] compiled for AVX2, FMA and AVX-VNNI.
+///
+/// # Safety
+/// As [`tile`], on a CPU with AVX2, FMA and AVX-VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn tile_vnni<const C: usize, const R: usize>(
+    w: Operand,
+    a: Operand,
+    kb: usize,
+    col: usize,
+    row: usize,
+) -> [[f32; R]; C] {
+    unsafe { tile::<VnniDot, C, R>(w, a, kb, col, row) }
 }
 
 /// Computes the `columns × rows` block at (`col`, `row`) with the tile of that size and hands each
-/// value to `put(column, row, value)`. Sizes: 1 or 2 columns, 1 to 4 rows.
+/// value to `put(column, row, value)`. Sizes: 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4
+/// rows.
 ///
 /// # Safety
-/// As [`tile`].
+/// As [`tile`]; `vnni` only on a CPU with AVX-VNNI.
 #[cfg(target_arch = "x86_64")]
 unsafe fn block(
+    vnni: bool,
     w: Operand,
     a: Operand,
     kb: usize,
     (col, columns): (usize, usize),
     (row, rows): (usize, usize),
-    mut put: impl FnMut(usize, usize, f32),
+    put: &mut dyn FnMut(usize, usize, f32),
 ) {
     macro_rules! run {
         ($c:literal, $r:literal) => {{
-            let t = unsafe { tile::<$c, $r>(w, a, kb, col, row) };
+            let t = unsafe {
+                if vnni {
+                    tile_vnni::<$c, $r>(w, a, kb, col, row)
+                } else {
+                    tile_avx2::<$c, $r>(w, a, kb, col, row)
+                }
+            };
             for (c, column) in t.iter().enumerate() {
                 for (r, v) in column.iter().enumerate() {
                     put(c, r, *v);
@@ -297,6 +419,8 @@ unsafe fn block(
         }};
     }
     match (columns, rows) {
+        (4, 1) => run!(4, 1),
+        (3, 1) => run!(3, 1),
         (2, 1) => run!(2, 1),
         (2, 2) => run!(2, 2),
         (2, 3) => run!(2, 3),
@@ -310,12 +434,13 @@ unsafe fn block(
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block(
+    _: bool,
     _: Operand,
     _: Operand,
     _: usize,
     _: (usize, usize),
     _: (usize, usize),
-    _: impl FnMut(usize, usize, f32),
+    _: &mut dyn FnMut(usize, usize, f32),
 ) {
     unreachable!("the Q8_0 kernel applies on x86_64 only")
 }
@@ -323,7 +448,7 @@ unsafe fn block(
 /// candle's `hsum_float_8`: the high half added to the low, then pairs, then the last two.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(x: std::arch::x86_64::__m256) -> f32 {
+pub(crate) unsafe fn hsum(x: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let res = _mm256_extractf128_ps(x, 1);
     let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
@@ -353,29 +478,30 @@ mod tests {
     #[test]
     fn the_q8_0_kernel_gives_candles_numbers_to_the_bit() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        // SmolLM2's inner dimension (576 = 18 blocks), a small one, odd column and row counts.
-        for (n, k) in [(72, 576), (5, 64), (33, 96), (1536, 576)] {
+        // SmolLM2's inner dimension (576 = 18 blocks), small ones, and column counts that leave
+        // every remainder of the one-row tile (four columns) and the several-row tile (two).
+        for (n, k) in [(72, 576), (5, 64), (6, 64), (7, 64), (33, 96), (1536, 576)] {
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
             let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
             let weight = QuantizedWeight::new(q.clone());
             for m in [1, 2, 3, 4, 5, 9, 20] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
-                let ours = weight.matmul_t(&x, m).unwrap();
-                // k = 576 and the others are no multiple of 256: only a single row, or a CPU
-                // without AVX2 and FMA (or RTLAB_Q8_KERNEL=candle), is left to candle.
-                if cpu().avx2_fma && m > 1 {
-                    assert!(
-                        ours.is_some(),
-                        "({m}, {k}, {n}): the kernel must run on this CPU"
-                    );
-                }
-                let Some(ours) = ours else {
-                    continue;
-                };
                 let theirs = candle_product(&q, &x, m, k);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&ours), bits(&theirs), "({m}, {k}, {n})");
+                // Both instruction sets where the CPU has AVX-VNNI; AVX2's alone where not.
+                for vnni in [false, true] {
+                    let ours = weight.matmul_t_with(&x, m, vnni).unwrap();
+                    // No k here is a multiple of 256: only a CPU without AVX2 and FMA (or
+                    // RTLAB_QMATMUL=candle) leaves the product to candle.
+                    if cpu().avx2_fma {
+                        assert!(ours.is_some(), "({m}, {k}, {n}): the kernel must run here");
+                    }
+                    let Some(ours) = ours else {
+                        continue;
+                    };
+                    assert_eq!(bits(&ours), bits(&theirs), "({m}, {k}, {n}), vnni {vnni}");
+                }
             }
         }
     }

@@ -183,6 +183,8 @@ fn every_lora_parameter_gets_a_gradient_matching_finite_differences() {
 
 #[test]
 fn the_kv_cache_gives_the_logits_of_a_full_forward() {
+    // Through the general attention (a tracked pass) and decoding's one-token kernel, which reads
+    // the cache in place (`decode_attention`).
     let dir = tiny_dir(super::config::Arch::Qwen2);
     let m = model(dir.path(), DType::F32);
     randomize_b(&m);
@@ -197,26 +199,30 @@ fn the_kv_cache_gives_the_logits_of_a_full_forward() {
             &mut Pass::inference(),
         )
         .unwrap();
-    let mut cache = KvCache::default();
-    let prefix = Tensor::new(&ids[..4], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    m.forward(&prefix, Some(&mut cache), &mut Pass::inference())
-        .unwrap();
-    for (k, &id) in ids.iter().enumerate().skip(4) {
-        let step = m
-            .forward(
-                &Tensor::new(&[[id]], &Device::Cpu).unwrap(),
-                Some(&mut cache),
-                &mut Pass::inference(),
-            )
+    for (name, pass) in [
+        ("tracked", Pass::inference as fn() -> Pass),
+        ("decoding", Pass::decoding),
+    ] {
+        let mut cache = KvCache::default();
+        let prefix = Tensor::new(&ids[..4], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
             .unwrap();
-        let worst = max_abs_diff(&step, &full.narrow(1, k, 1).unwrap());
-        assert!(
-            worst < 1e-4,
-            "position {k}: cached logits differ by {worst}"
-        );
+        m.forward(&prefix, Some(&mut cache), &mut pass()).unwrap();
+        for (k, &id) in ids.iter().enumerate().skip(4) {
+            let step = m
+                .forward(
+                    &Tensor::new(&[[id]], &Device::Cpu).unwrap(),
+                    Some(&mut cache),
+                    &mut pass(),
+                )
+                .unwrap();
+            let worst = max_abs_diff(&step, &full.narrow(1, k, 1).unwrap());
+            assert!(
+                worst < 1e-4,
+                "{name}, position {k}: cached logits differ by {worst}"
+            );
+        }
     }
 }
 

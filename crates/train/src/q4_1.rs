@@ -1,0 +1,366 @@
+//! Decoding's Q4_1 matrix product on x86: the GGUF's 4-bit weights as the file holds them, against
+//! activations quantized as llama.cpp quantizes them (Q8_1), in llama.cpp's arithmetic.
+//!
+//! candle's Q4_1 dot product is scalar, so rtlab used to requantize Q4_1 weights to Q8_0 at load:
+//! 1.7× the bytes, and a second rounding of every weight. Decoding one stream reads every weight
+//! once per token and waits on memory (a profile puts the stalls on the weight loads), so the bytes
+//! are the time. This kernel reads the file's 20-byte blocks (an f16 scale `d`, an f16 offset `m`,
+//! 32 four-bit values) directly.
+//!
+//! The arithmetic is llama.cpp's `ggml_vec_dot_q4_1_q8_1` (its AVX2 form): each activation block
+//! of 32 is quantized to i8 with an f16 scale `d` and an f16 `s = d · Σq` (`quantize_row_q8_1`);
+//! per block, the integer dot product of the nibbles with the i8 values, in eight lanes of four
+//! products, is scaled by `d_w · d_x` and added into eight f32 lanes, and `m_w · s_x` into a
+//! scalar; the result is the lanes' sum plus the scalar. So rtlab decodes a Q4_1 file as the
+//! runtime it is deployed on does (a test measures how close the logits are).
+//!
+//! Every (row, column) is computed the same way whatever the tile around it, so n samples decoded
+//! as a batch get the bits each gets alone. A scalar form of the same arithmetic (the tests') gives
+//! the same bits as the vector kernels, with AVX2's instructions and with AVX-VNNI's.
+
+use crate::q8::{cpu, tiled_product};
+use candle_core::quantized::{GgmlDType, QTensor};
+
+/// Values per block.
+const QK: usize = 32;
+/// Bytes per Q4_1 block: f16 `d`, f16 `m`, then 16 bytes of nibbles (value `i` in the low nibble of
+/// byte `i`, value `i + 16` in its high nibble), candle's `#[repr(C)] BlockQ4_1` and GGML's layout.
+const BLOCK_BYTES: usize = 20;
+
+/// Rows of activations quantized per block of 32 as llama.cpp's `quantize_row_q8_1` does.
+pub(crate) struct Q8_1Rows {
+    quants: Vec<i8>,
+    /// Per block: the scale, `max |x| / 127`, rounded to f16 (GGML stores it so).
+    d: Vec<f32>,
+    /// Per block: `d · Σq` with the unrounded `d`, rounded to f16.
+    s: Vec<f32>,
+}
+
+/// llama.cpp's `quantize_row_q8_1` (its AVX2 form: `q = round_half_even(x · 127 / max|x|)`).
+pub(crate) fn quantize_q8_1(x: &[f32]) -> Q8_1Rows {
+    let blocks = x.len() / QK;
+    let mut rows = Q8_1Rows {
+        quants: vec![0; blocks * QK],
+        d: Vec::with_capacity(blocks),
+        s: Vec::with_capacity(blocks),
+    };
+    for (block, out) in x.chunks_exact(QK).zip(rows.quants.chunks_exact_mut(QK)) {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max / 127.0;
+        let id = if max != 0.0 { 127.0 / max } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in out.iter_mut().zip(block) {
+            let r = (v * id).round_ties_even() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        rows.d.push(half::f16::from_f32(d).to_f32());
+        rows.s.push(half::f16::from_f32(d * sum as f32).to_f32());
+    }
+    rows
+}
+
+/// True where this kernel runs: a Q4_1 weight whose rows are whole blocks, on an x86 CPU with
+/// AVX2, FMA and F16C, unless `RTLAB_QMATMUL=candle` asks for candle's kernels.
+pub(crate) fn applies(dtype: GgmlDType, k: usize) -> bool {
+    dtype == GgmlDType::Q4_1 && k > 0 && k.is_multiple_of(QK) && runs_here()
+}
+
+/// True on a CPU this kernel runs on (and when not switched off): a GGUF loader keeps Q4_1
+/// weights as they are then, and requantizes them to Q8_0 for candle's kernels otherwise.
+pub(crate) fn runs_here() -> bool {
+    let cpu = cpu();
+    cpu.avx2_fma && cpu.f16c
+}
+
+/// `x Wᵀ` [m, n] for Q4_1 `weight` [n, k] and `x` [m, k] (row-major); None where [`applies`] does not.
+pub(crate) fn matmul_t(
+    weight: &QTensor,
+    x: &[f32],
+    m: usize,
+    vnni: bool,
+) -> candle_core::Result<Option<Vec<f32>>> {
+    let (n, k) = weight.shape().dims2()?;
+    if !applies(weight.dtype(), k) || m == 0 || x.len() != m * k {
+        return Ok(None);
+    }
+    let data = weight.data()?;
+    let w: &[u8] = &data;
+    let a = quantize_q8_1(x);
+    let vnni = vnni && cpu().vnni;
+    let kb = k / QK;
+    Ok(Some(tiled_product((m, n), |columns, rows, put| {
+        // SAFETY: `applies` checked AVX2, FMA and F16C (and `vnni` AVX-VNNI); the tile's columns
+        // and rows exist, kb blocks each.
+        unsafe { block(vnni, w, &a, kb, columns, rows, put) }
+    })))
+}
+
+/// Dot products of `C` weight columns from `col` with `R` activation rows from `row`:
+/// `[column][row]`, llama.cpp's arithmetic (see the module's doc).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C and what `D` uses; the columns and rows must exist.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+// Index loops over constant bounds: each `acc[c][r]` is its own register once unrolled.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile<D: crate::q8::LaneDot, const C: usize, const R: usize>(
+    w: &[u8],
+    a: &Q8_1Rows,
+    kb: usize,
+    col: usize,
+    row: usize,
+) -> [[f32; R]; C] {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); R]; C];
+        let mut offsets = [[0f32; R]; C];
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        for b in 0..kb {
+            let mut aq = [_mm256_setzero_si256(); R];
+            let (mut a_d, mut a_s) = ([0f32; R], [0f32; R]);
+            for r in 0..R {
+                let ai = (row + r) * kb + b;
+                aq[r] = _mm256_loadu_si256(a.quants.as_ptr().add(ai * QK) as *const __m256i);
+                a_d[r] = *a.d.get_unchecked(ai);
+                a_s[r] = *a.s.get_unchecked(ai);
+            }
+            for c in 0..C {
+                let blk = w.as_ptr().add(((col + c) * kb + b) * BLOCK_BYTES);
+                // d and m, two f16s, converted together.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                let w_d = _mm_cvtss_f32(dm);
+                let w_m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                // llama.cpp's `bytes_from_nibbles_32`: low nibbles are values 0..16, high 16..32.
+                let packed = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                let wq = _mm256_and_si256(
+                    _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
+                    low_nibbles,
+                );
+                for r in 0..R {
+                    let q = _mm256_cvtepi32_ps(D::lanes(wq, aq[r]));
+                    let d = _mm256_set1_ps(w_d * a_d[r]);
+                    acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);
+                    offsets[c][r] += w_m * a_s[r];
+                }
+            }
+        }
+        let mut out = [[0f32; R]; C];
+        for c in 0..C {
+            for r in 0..R {
+                out[c][r] = crate::q8::hsum(acc[c][r]) + offsets[c][r];
+            }
+        }
+        out
+    }
+}
+
+/// [`tile`] compiled for AVX2, FMA and F16C.
+///
+/// # Safety
+/// As [`tile`], on a CPU with AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<const C: usize, const R: usize>(
+    w: &[u8],
+    a: &Q8_1Rows,
+    kb: usize,
+    col: usize,
+    row: usize,
+) -> [[f32; R]; C] {
+    unsafe { tile::<crate::q8::Avx2Dot, C, R>(w, a, kb, col, row) }
+}
+
+/// [`tile`] compiled for AVX2, FMA, F16C and AVX-VNNI.
+///
+/// # Safety
+/// As [`tile`], on a CPU with AVX2, FMA, F16C and AVX-VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn tile_vnni<const C: usize, const R: usize>(
+    w: &[u8],
+    a: &Q8_1Rows,
+    kb: usize,
+    col: usize,
+    row: usize,
+) -> [[f32; R]; C] {
+    unsafe { tile::<crate::q8::VnniDot, C, R>(w, a, kb, col, row) }
+}
+
+/// Computes the `columns × rows` block at (`col`, `row`) with the tile of that size and hands each
+/// value to `put(column, row, value)`: 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4 rows.
+///
+/// # Safety
+/// As [`tile`]; `vnni` only on a CPU with AVX-VNNI.
+#[cfg(target_arch = "x86_64")]
+unsafe fn block(
+    vnni: bool,
+    w: &[u8],
+    a: &Q8_1Rows,
+    kb: usize,
+    (col, columns): (usize, usize),
+    (row, rows): (usize, usize),
+    put: &mut dyn FnMut(usize, usize, f32),
+) {
+    macro_rules! run {
+        ($c:literal, $r:literal) => {{
+            let t = unsafe {
+                if vnni {
+                    tile_vnni::<$c, $r>(w, a, kb, col, row)
+                } else {
+                    tile_avx2::<$c, $r>(w, a, kb, col, row)
+                }
+            };
+            for (c, column) in t.iter().enumerate() {
+                for (r, v) in column.iter().enumerate() {
+                    put(c, r, *v);
+                }
+            }
+        }};
+    }
+    match (columns, rows) {
+        (4, 1) => run!(4, 1),
+        (3, 1) => run!(3, 1),
+        (2, 1) => run!(2, 1),
+        (2, 2) => run!(2, 2),
+        (2, 3) => run!(2, 3),
+        (2, _) => run!(2, 4),
+        (_, 1) => run!(1, 1),
+        (_, 2) => run!(1, 2),
+        (_, 3) => run!(1, 3),
+        _ => run!(1, 4),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block(
+    _: bool,
+    _: &[u8],
+    _: &Q8_1Rows,
+    _: usize,
+    _: (usize, usize),
+    _: (usize, usize),
+    _: &mut dyn FnMut(usize, usize, f32),
+) {
+    unreachable!("the Q4_1 kernel applies on x86_64 only")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// The module's arithmetic written out one value at a time: eight lanes of four products per
+    /// block, each lane's `fma(d_w · d_x, lane, acc)`, the offsets' running sum, then candle's and
+    /// llama.cpp's horizontal sum (halves, pairs, the last two).
+    fn scalar_dot(w: &[u8], a: &Q8_1Rows, row: usize, kb: usize, col: usize) -> f32 {
+        let mut acc = [0f32; 8];
+        let mut offsets = 0f32;
+        for b in 0..kb {
+            let blk = &w[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+            let w_d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            let w_m = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+            let value = |i: usize| -> i32 {
+                let byte = blk[4 + i % 16];
+                (if i < 16 { byte & 0x0F } else { byte >> 4 }) as i32
+            };
+            let ai = row * kb + b;
+            let aq = &a.quants[ai * QK..][..QK];
+            for (lane, slot) in acc.iter_mut().enumerate() {
+                let dot: i32 = (0..4)
+                    .map(|t| value(4 * lane + t) * aq[4 * lane + t] as i32)
+                    .sum();
+                *slot = (w_d * a.d[ai]).mul_add(dot as f32, *slot);
+            }
+            offsets += w_m * a.s[ai];
+        }
+        let quarter = [
+            acc[0] + acc[4],
+            acc[1] + acc[5],
+            acc[2] + acc[6],
+            acc[3] + acc[7],
+        ];
+        let pair = [quarter[0] + quarter[2], quarter[1] + quarter[3]];
+        (pair[0] + pair[1]) + offsets
+    }
+
+    #[test]
+    fn the_q4_1_kernel_computes_llama_cpps_arithmetic_to_the_bit() {
+        if !runs_here() {
+            panic!("this test needs an x86 CPU with AVX2, FMA and F16C (the kernel's only target)");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // SmolLM2's inner dimensions (576 and 1536), a small one, and column counts that leave
+        // every remainder of the one-row tile (four columns) and the several-row tile (two).
+        for (n, k) in [(72, 576), (7, 64), (6, 64), (5, 1536), (33, 96)] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+            let bytes = q.data().unwrap().to_vec();
+            for m in [1, 2, 3, 4, 5, 9] {
+                let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+                let a = quantize_q8_1(&x);
+                let expected: Vec<u32> = (0..m)
+                    .flat_map(|r| (0..n).map(move |c| (r, c)))
+                    .map(|(r, c)| scalar_dot(&bytes, &a, r, k / QK, c).to_bits())
+                    .collect();
+                for vnni in [false, true] {
+                    let ours = matmul_t(&q, &x, m, vnni)
+                        .unwrap()
+                        .expect("the kernel runs here");
+                    let ours: Vec<u32> = ours.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(ours, expected, "({m}, {k}, {n}), vnni {vnni}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_q4_1_product_is_the_dequantized_product_up_to_the_activations_rounding() {
+        if !runs_here() {
+            panic!("this test needs an x86 CPU with AVX2, FMA and F16C (the kernel's only target)");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let (n, k, m) = (40, 576, 3);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let q = QTensor::quantize(
+            &Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(),
+            GgmlDType::Q4_1,
+        )
+        .unwrap();
+        let dense: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let ours = matmul_t(&q, &x, m, true).unwrap().unwrap();
+        for r in 0..m {
+            for c in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|i| dense[c * k + i] as f64 * x[r * k + i] as f64)
+                    .sum();
+                // The activations' 8-bit rounding: half a step of max|x|/127 per value, over 576
+                // values of weights below 1, is at most 576 · 0.5 · (1/127) ≈ 2.3; in practice the
+                // errors cancel to a few hundredths.
+                let err = (ours[r * n + c] as f64 - exact).abs();
+                assert!(err < 0.1, "({r}, {c}): {} vs {exact}", ours[r * n + c]);
+            }
+        }
+    }
+
+    #[test]
+    fn activations_quantize_as_llama_cpps_quantize_row_q8_1() {
+        // One block with max |x| = 127, so d = 1 and x · 127 / 127 = x: halves round to even
+        // (0.5 → 0, 1.5 → 2, 2.5 → 2, -0.5 → 0), and s = d · Σq = -123.
+        let mut x = vec![0f32; 32];
+        x[..5].copy_from_slice(&[0.5, 1.5, 2.5, -127.0, -0.5]);
+        let a = quantize_q8_1(&x);
+        assert_eq!(&a.quants[..5], &[0, 2, 2, -127, 0]);
+        assert_eq!((a.d[0], a.s[0]), (1.0, -123.0));
+    }
+}
