@@ -413,6 +413,84 @@ fn llama_cpp_loads_an_exported_gguf_with_the_same_tokens_and_next_token() {
     }
 }
 
+/// rtlab decodes the Q4_1 file as llama.cpp does: its own Q4_1 kernel in llama.cpp's arithmetic
+/// (`crates/train/src/q4_1.rs`) on the file's weights as they are. Before it, rtlab requantized Q4_1
+/// to Q8_0 at load for candle's kernels (`RTLAB_QMATMUL=candle` still does, the bench's baseline): a
+/// second rounding of every weight, which took its logits further from llama.cpp's.
+#[test]
+fn the_q4_1_file_decodes_closer_to_llama_cpp_than_its_q8_0_requantization() {
+    let model = smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.rhai"),
+        format!(
+            r#"let m = load_model("{}", #{{}});
+            let l = m.logits("{PROMPT}");
+            print(json(m.tokens("{PROMPT}")));
+            print(json(l[l.len() - 1]));"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    let logits = |kernels: &str| -> (Vec<u32>, Vec<f64>) {
+        let mut cmd = rtlab();
+        if kernels == "candle" {
+            cmd.env("RTLAB_QMATMUL", "candle");
+        }
+        let r = common::Run::from(
+            cmd.current_dir(dir.path())
+                .env("RTLAB_HOME", dir.path().join(".rtlab"))
+                .args(["run", "--no-cache", "t.rhai"])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let mut lines = r.stdout.lines();
+        (
+            serde_json::from_str(lines.next().unwrap()).unwrap(),
+            serde_json::from_str(lines.next().unwrap()).unwrap(),
+        )
+    };
+    let (ids, native) = logits("rtlab");
+    let (_, requantized) = logits("candle");
+    let id_list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let theirs: serde_json::Value = serde_json::from_slice(&python(
+        "llama_cpp_logits.py",
+        [model.to_str().unwrap(), PROMPT, &id_list.join(",")],
+    ))
+    .unwrap();
+    let llama: Vec<f64> = serde_json::from_value(theirs["logits"].clone()).unwrap();
+    let gap = |ours: &[f64]| {
+        ours.iter()
+            .zip(&llama)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let (native_gap, requantized_gap) = (gap(&native), gap(&requantized));
+    eprintln!(
+        "Q4_1 file, rtlab vs llama.cpp: max |Δ| = {native_gap:.3} on rtlab's Q4_1 kernel, \
+         {requantized_gap:.3} requantized to Q8_0"
+    );
+    let top = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    assert_eq!(
+        top(&native),
+        top(&llama),
+        "the next token differs from llama.cpp's"
+    );
+    assert!(
+        native_gap < requantized_gap,
+        "rtlab's Q4_1 kernel ({native_gap}) should be closer to llama.cpp than the Q8_0 \
+         requantization ({requantized_gap}); on a CPU without AVX2, FMA and F16C both are the latter"
+    );
+    assert!(
+        native_gap <= BOUND_Q4_1,
+        "max |Δ| = {native_gap} > {BOUND_Q4_1}"
+    );
+}
+
+/// The measured gap with room (see the test above).
+const BOUND_Q4_1: f64 = 1.0;
+
 #[test]
 fn rtlab_export_writes_the_gguf_and_its_modelfile_and_prints_the_ollama_command() {
     smollm2();

@@ -412,6 +412,49 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// [`Rope::apply`] in one pass over `x` when nothing is tracked (decoding), on the CPU in f32:
+    /// the same operations on each value (`x · cos + (±x') · sin`, each rounded as the tensor ops
+    /// round them), so the same bits, without the eight intermediate tensors a step of the general
+    /// form allocates per layer. Elsewhere, the general form.
+    fn apply_untracked(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        use candle_core::{CpuStorage, Storage};
+        let (b, h, t, d) = x.dims4()?;
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || !d.is_multiple_of(2) {
+            return self.apply(x, offset);
+        }
+        let x = x.contiguous()?;
+        let cos = self.cos.narrow(0, offset, t)?.contiguous()?;
+        let sin = self.sin.narrow(0, offset, t)?.contiguous()?;
+        let (cos, sin) = (
+            cos.flatten_all()?.to_vec1::<f32>()?,
+            sin.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let (store, layout) = x.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(all)), Some((start, end))) =
+            (&*store, layout.contiguous_offsets())
+        else {
+            drop(store);
+            return self.apply(&x, offset);
+        };
+        let half = d / 2;
+        let mut out = vec![0f32; b * h * t * d];
+        for (row, (src, dst)) in all[start..end]
+            .chunks_exact(d)
+            .zip(out.chunks_exact_mut(d))
+            .enumerate()
+        {
+            let at = (row % t) * d;
+            let (c, s) = (&cos[at..at + d], &sin[at..at + d]);
+            for i in 0..half {
+                dst[i] = src[i] * c[i] + (-src[i + half]) * s[i];
+                dst[i + half] = src[i + half] * c[i + half] + src[i] * s[i + half];
+            }
+        }
+        Tensor::from_vec(out, (b, h, t, d), x.device())
+    }
+}
+
 /// Softmax over the last dim from exp/sum; the max is detached (softmax does not depend on it).
 pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
@@ -763,8 +806,13 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = rope.apply(&split(self.q.forward(x, pass)?, self.heads)?, offset)?;
-        let k = rope.apply(&split(self.k.forward(x, pass)?, self.kv_heads)?, offset)?;
+        let tracked = pass.track_gradients;
+        let rotate = |x: Tensor| match tracked {
+            true => rope.apply(&x, offset),
+            false => rope.apply_untracked(&x, offset),
+        };
+        let q = rotate(split(self.q.forward(x, pass)?, self.heads)?)?;
+        let k = rotate(split(self.k.forward(x, pass)?, self.kv_heads)?)?;
         let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
         // The keys transposed, [b, kv_heads, head_dim, seq]: a cache keeps them so.
         let (k_t, v) = match cache {
