@@ -336,10 +336,7 @@ impl LocalModel {
             let logits = self
                 .model
                 .forward(&input, Some(&mut cache), &mut Pass::decoding())?;
-            for (i, rng) in rngs.iter_mut().enumerate() {
-                let row = logits.get(i)?.flatten_all()?;
-                next[i] = pick(&row, o, rng)?;
-            }
+            pick_rows(&logits, o, &mut rngs, &done, &mut next)?;
         }
         for out in outs.iter_mut() {
             out.truncate(o.max_tokens);
@@ -448,6 +445,42 @@ fn total_order_bits(p: f32) -> u32 {
     let bits = p.to_bits() as i32;
     let ordered = bits ^ (((bits >> 31) as u32) >> 1) as i32;
     (ordered as u32) ^ 0x8000_0000
+}
+
+/// `next[i] = pick(logits[i], o, rngs[i])` for every sample not `done`, the rows on candle's thread
+/// pool: each row has its own generator, so the draws are the ones a loop makes, and sampling (a
+/// softmax over the vocabulary, then the nucleus) no longer runs one row after another on one core.
+fn pick_rows(
+    logits: &Tensor,
+    o: &GenOptions,
+    rngs: &mut [StdRng],
+    done: &[bool],
+    next: &mut [u32],
+) -> candle_core::Result<()> {
+    let n = next.len();
+    let rows: Vec<Tensor> = (0..n)
+        .map(|i| logits.get(i)?.flatten_all())
+        .collect::<candle_core::Result<_>>()?;
+    let mut picked: Vec<Option<candle_core::Result<u32>>> = (0..n).map(|_| None).collect();
+    let (out, gens) = (
+        crate::q8::SharedOut(picked.as_mut_ptr()),
+        crate::q8::SharedOut(rngs.as_mut_ptr()),
+    );
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+        for i in range {
+            if done[i] {
+                continue;
+            }
+            // SAFETY: row i's slot and generator are touched by this work item alone.
+            unsafe { *out.at(i) = Some(pick(&rows[i], o, &mut *gens.at(i))) };
+        }
+    });
+    for (slot, value) in next.iter_mut().zip(picked) {
+        if let Some(value) = value {
+            *slot = value?;
+        }
+    }
+    Ok(())
 }
 
 /// Greedy at temperature 0; otherwise softmax(logits / T), keep the smallest set of tokens whose

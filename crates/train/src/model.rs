@@ -1453,3 +1453,51 @@ pub fn masked_nll(
     let nll = (picked.neg()? * mask)?;
     nll.sum_all()? / denominator
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn rope_in_one_pass_gives_the_tensor_ops_bits_at_every_offset() {
+        let cfg = ModelConfig {
+            arch: super::super::config::Arch::Llama,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 1,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            vocab_size: 32,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            eos_token_id: None,
+        };
+        let rope = Rope::new(&cfg, 64, DType::F32, &Device::Cpu).unwrap();
+        let mut rng = StdRng::seed_from_u64(4);
+        for (t, offset) in [(1, 0), (1, 37), (5, 0), (3, 60)] {
+            let x: Vec<f32> = (0..2 * 4 * t * 16)
+                .map(|_| rng.random_range(-4.0..4.0))
+                .collect();
+            let x = Tensor::from_vec(x, (2, 4, t, 16), &Device::Cpu).unwrap();
+            let bits = |y: Tensor| -> Vec<u32> {
+                y.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(
+                bits(rope.apply(&x, offset).unwrap()),
+                bits(rope.apply_untracked(&x, offset).unwrap()),
+                "t {t}, offset {offset}"
+            );
+        }
+    }
+}
