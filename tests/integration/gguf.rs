@@ -563,6 +563,22 @@ fn the_samples_of_one_prompt_decode_as_a_batch_and_each_is_the_sample_decoded_al
         out,
         "T=0.0: 3 of 3 as decoded alone, 1 distinct\nT=0.9: 3 of 3 as decoded alone, 3 distinct\n"
     );
+    // Samples that end early leave the batch (the rest decode on without them): each is still the
+    // sample decoded alone. These four end after 3, 11, 24 and 24 tokens.
+    let out = ok(r#"
+        let prompt = "Answer in one word: is a flip-flop sequential or combinational?";
+        let m = load_model("smollm2-135m", #{});
+        let batch = complete_many(llm(#{provider: "local", model: "smollm2-135m", max_tokens: 24, temperature: 0.9, top_p: 0.95}),
+                                  from_records([#{p: prompt}]), "p", #{n: 4});
+        let same = 0;
+        let lengths = [];
+        for r in batch.to_records() {
+            if r.completion == m.generate(prompt, #{max_tokens: 24, temperature: 0.9, top_p: 0.95, seed: r.sample}) { same += 1; }
+            lengths.push(m.tokens(r.completion).len());
+        }
+        print(`${same} of 4 as decoded alone, lengths ${lengths}`);
+    "#);
+    assert_eq!(out, "4 of 4 as decoded alone, lengths [3, 11, 24, 24]\n");
 }
 
 #[test]

@@ -317,26 +317,32 @@ impl LocalModel {
             .map(|rng| pick(&last, o, rng))
             .collect::<candle_core::Result<_>>()?;
         let mut cache = prefill.repeat(n)?;
+        // The sample each row of the batch decodes: finished samples leave the batch, so a step
+        // costs what the unfinished ones need (a benchmark's answers end at different lengths).
+        let mut rows: Vec<usize> = (0..n).collect();
         for _ in 0..o.max_tokens {
-            for i in 0..n {
-                if !done[i] {
-                    if next[i] == self.eos {
-                        done[i] = true;
-                    } else {
-                        outs[i].push(next[i]);
-                    }
+            for &i in &rows {
+                if next[i] == self.eos {
+                    done[i] = true;
+                } else {
+                    outs[i].push(next[i]);
                 }
             }
             let full = cache.len() + 1 > self.model.cfg.max_position_embeddings;
             if done.iter().all(|d| *d) || full || rtlab_core::cancel_requested() {
                 break;
             }
-            // Finished samples keep stepping (their tokens are dropped): the batch stays rectangular.
-            let input = Tensor::from_vec(next.clone(), (n, 1), dev)?;
+            if rows.iter().any(|&i| done[i]) {
+                let keep: Vec<usize> = (0..rows.len()).filter(|&r| !done[rows[r]]).collect();
+                cache = cache.select_rows(&keep)?;
+                rows = keep.iter().map(|&r| rows[r]).collect();
+            }
+            let input: Vec<u32> = rows.iter().map(|&i| next[i]).collect();
+            let input = Tensor::from_vec(input, (rows.len(), 1), dev)?;
             let logits = self
                 .model
                 .forward(&input, Some(&mut cache), &mut Pass::decoding())?;
-            pick_rows(&logits, o, &mut rngs, &done, &mut next)?;
+            pick_rows(&logits, o, &rows, &mut rngs, &mut next)?;
         }
         for out in outs.iter_mut() {
             out.truncate(o.max_tokens);
@@ -447,37 +453,35 @@ fn total_order_bits(p: f32) -> u32 {
     (ordered as u32) ^ 0x8000_0000
 }
 
-/// `next[i] = pick(logits[i], o, rngs[i])` for every sample not `done`, the rows on candle's thread
-/// pool: each row has its own generator, so the draws are the ones a loop makes, and sampling (a
-/// softmax over the vocabulary, then the nucleus) no longer runs one row after another on one core.
+/// `next[rows[r]] = pick(logits[r], o, rngs[rows[r]])` for every row `r` of the batch, the rows on
+/// candle's thread pool: each sample has its own generator, so the draws are the ones a loop makes,
+/// and sampling (a softmax over the vocabulary, then the nucleus) no longer runs one row after
+/// another on one core.
 fn pick_rows(
     logits: &Tensor,
     o: &GenOptions,
+    rows: &[usize],
     rngs: &mut [StdRng],
-    done: &[bool],
     next: &mut [u32],
 ) -> candle_core::Result<()> {
-    let n = next.len();
-    let rows: Vec<Tensor> = (0..n)
-        .map(|i| logits.get(i)?.flatten_all())
+    let logits: Vec<Tensor> = (0..rows.len())
+        .map(|r| logits.get(r)?.flatten_all())
         .collect::<candle_core::Result<_>>()?;
-    let mut picked: Vec<Option<candle_core::Result<u32>>> = (0..n).map(|_| None).collect();
+    let mut picked: Vec<Option<candle_core::Result<u32>>> = (0..rows.len()).map(|_| None).collect();
     let (out, gens) = (
         crate::q8::SharedOut(picked.as_mut_ptr()),
         crate::q8::SharedOut(rngs.as_mut_ptr()),
     );
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
-        for i in range {
-            if done[i] {
-                continue;
-            }
-            // SAFETY: row i's slot and generator are touched by this work item alone.
-            unsafe { *out.at(i) = Some(pick(&rows[i], o, &mut *gens.at(i))) };
+    candle_core::utils::barrier_pool().execute_chunked(rows.len(), |range| {
+        for r in range {
+            // SAFETY: row r's slot and its sample's generator (rows holds distinct samples) are
+            // touched by this work item alone.
+            unsafe { *out.at(r) = Some(pick(&logits[r], o, &mut *gens.at(rows[r]))) };
         }
     });
-    for (slot, value) in next.iter_mut().zip(picked) {
+    for (&i, value) in rows.iter().zip(picked) {
         if let Some(value) = value {
-            *slot = value?;
+            next[i] = value?;
         }
     }
     Ok(())

@@ -733,6 +733,17 @@ impl LayerKv {
         )?))
     }
 
+    /// The cache of the batch rows `keep`, with the same capacity.
+    fn select_rows(&self, keep: &[usize]) -> candle_core::Result<LayerKv> {
+        let ids: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), self.values.device())?;
+        Ok(LayerKv {
+            keys_t: self.keys_t.index_select(&ids, 0)?,
+            values: self.values.index_select(&ids, 0)?,
+            len: self.len,
+        })
+    }
+
     /// The same cache for `n` copies of each sequence.
     fn repeat(&self, n: usize) -> candle_core::Result<LayerKv> {
         let (k_t, v) = self.views()?;
@@ -752,6 +763,19 @@ impl KvCache {
             .iter()
             .map(|l| match l {
                 Some(kv) => Ok(Some(kv.repeat(n)?)),
+                None => Ok(None),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
+    /// The cache of the batch rows `keep` (in that order): finished samples leave a batch.
+    pub fn select_rows(&self, keep: &[usize]) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some(kv) => Ok(Some(kv.select_rows(keep)?)),
                 None => Ok(None),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
