@@ -1,17 +1,21 @@
 //! Decoding's quantized matrix product on x86: Q8_0 weights against Q8_0-quantized activations,
-//! the same numbers as candle's AVX2 kernel to the bit, computed faster.
+//! the same numbers as candle's AVX2 kernel to the bit, computed faster; and what rtlab's quantized
+//! kernels share (the tiles' scheduling, the CPU's features). [`QuantizedWeight::matmul_t`] sends
+//! Q4_1 weights to [`crate::q4_1`].
 //!
 //! candle computes `x Wᵀ` for a Q8_0 `W` as one dot product per (row, column), and each dot product
 //! converts two f16 block scales per block. Sampling 20 answers to one prompt decodes 20 rows per
 //! step, so that work is repeated for every row. Here the weights' scales are converted once per
 //! weight, and a tile of two columns and up to four rows is computed together: each weight block is
 //! loaded once for four rows, each activation block once for two columns. A single row (one stream)
-//! reuses nothing, and stays on candle's kernel.
+//! takes four columns at a time, each activation block loaded once for the four.
 //!
 //! The result is bit-identical to candle's: every (row, column) runs the same per-block integer dot
-//! product (exact), scaled by the same f32 product of the two scales, accumulated into the same
-//! eight lanes in the same block order and summed across lanes the same way. So switching kernels
-//! changes no sample and no snapshot; a test checks it against candle on random weights.
+//! product (exact; AVX-VNNI's `vpdpbusd` where the CPU has it, AVX2's two instructions otherwise,
+//! the same lanes either way), scaled by the same f32 product of the two scales, accumulated into
+//! the same eight lanes in the same block order and summed across lanes the same way. So switching
+//! kernels changes no sample and no snapshot; a test checks both instruction sets against candle on
+//! random weights.
 //!
 //! Where candle runs another kernel (its repacked VNNI kernel for Q8_0 when the inner dimension is a
 //! multiple of 256, or its portable one without AVX2 and FMA), candle's runs: [`QuantizedWeight::matmul_t`]
