@@ -147,7 +147,7 @@ pub fn build(
     ))
 }
 
-/// The log-probs of each row's scored tokens [batch]: summed, or averaged over the row's scored
+/// The log-probs of each row's scored tokens, `[batch]`: summed, or averaged over the row's scored
 /// tokens when `average` (IPO).
 pub fn sequence_logps(
     logits: &Tensor,
@@ -164,7 +164,7 @@ pub fn sequence_logps(
     }
 }
 
-/// The (chosen, rejected) log-probs [k], [k] of `pairs` under the model in `pass`: one forward over
+/// The (chosen, rejected) log-probs, `[k]` and `[k]`, of `pairs` under the model in `pass`: one forward over
 /// the 2k sequences, chosen first, as TRL's concatenated forward does.
 pub fn pair_logps(
     model: &CausalLm,
@@ -196,7 +196,7 @@ pub fn pair_batch(
     examples::batch(&seqs, pad, model.dtype, &model.device)
 }
 
-/// The (chosen, rejected) log-probs [k], [k] from the logits of [`pair_batch`]'s sequences.
+/// The (chosen, rejected) log-probs, `[k]` and `[k]`, from the logits of [`pair_batch`]'s sequences.
 pub fn pair_logps_of(
     logits: &Tensor,
     b: &examples::Batch,

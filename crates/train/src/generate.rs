@@ -274,7 +274,7 @@ impl LocalModel {
         Ok((nll.exp(), scored))
     }
 
-    /// The logits at every position of `text` (no template), [tokens][vocab]: for checking against
+    /// The logits at every position of `text` (no template), `[tokens][vocab]`: for checking against
     /// another implementation, e.g. transformers + peft on the same dir and adapter.
     pub fn logits(&self, text: &str) -> Result<Vec<Vec<f32>>, TrainError> {
         let ids = examples::encode(&self.tokenizer, text)?;
