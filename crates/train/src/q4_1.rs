@@ -268,18 +268,7 @@ unsafe fn block(
             }
         }};
     }
-    match (columns, rows) {
-        (4, 1) => run!(4, 1),
-        (3, 1) => run!(3, 1),
-        (2, 1) => run!(2, 1),
-        (2, 2) => run!(2, 2),
-        (2, 3) => run!(2, 3),
-        (2, _) => run!(2, 4),
-        (_, 1) => run!(1, 1),
-        (_, 2) => run!(1, 2),
-        (_, 3) => run!(1, 3),
-        _ => run!(1, 4),
-    }
+    crate::q8::with_tile_size!(columns, rows, run)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

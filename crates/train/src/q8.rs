@@ -390,6 +390,26 @@ unsafe fn tile_vnni<const C: usize, const R: usize>(
     unsafe { tile::<VnniDot, C, R>(w, a, kb, col, row) }
 }
 
+/// `$run!(C, R)` for the tile of `$columns × $rows`, with constant sizes the tiles are compiled for:
+/// 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4 rows (what [`tiled_product`] hands out).
+macro_rules! with_tile_size {
+    ($columns:expr, $rows:expr, $run:ident) => {
+        match ($columns, $rows) {
+            (4, 1) => $run!(4, 1),
+            (3, 1) => $run!(3, 1),
+            (2, 1) => $run!(2, 1),
+            (2, 2) => $run!(2, 2),
+            (2, 3) => $run!(2, 3),
+            (2, _) => $run!(2, 4),
+            (_, 1) => $run!(1, 1),
+            (_, 2) => $run!(1, 2),
+            (_, 3) => $run!(1, 3),
+            _ => $run!(1, 4),
+        }
+    };
+}
+pub(crate) use with_tile_size;
+
 /// Computes the `columns × rows` block at (`col`, `row`) with the tile of that size and hands each
 /// value to `put(column, row, value)`. Sizes: 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4
 /// rows.
@@ -422,18 +442,7 @@ unsafe fn block(
             }
         }};
     }
-    match (columns, rows) {
-        (4, 1) => run!(4, 1),
-        (3, 1) => run!(3, 1),
-        (2, 1) => run!(2, 1),
-        (2, 2) => run!(2, 2),
-        (2, 3) => run!(2, 3),
-        (2, _) => run!(2, 4),
-        (_, 1) => run!(1, 1),
-        (_, 2) => run!(1, 2),
-        (_, 3) => run!(1, 3),
-        _ => run!(1, 4),
-    }
+    with_tile_size!(columns, rows, run)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
