@@ -252,23 +252,8 @@ unsafe fn block(
     (row, rows): (usize, usize),
     put: &mut dyn FnMut(usize, usize, f32),
 ) {
-    macro_rules! run {
-        ($c:literal, $r:literal) => {{
-            let t = unsafe {
-                if vnni {
-                    tile_vnni::<$c, $r>(w, a, kb, col, row)
-                } else {
-                    tile_avx2::<$c, $r>(w, a, kb, col, row)
-                }
-            };
-            for (c, column) in t.iter().enumerate() {
-                for (r, v) in column.iter().enumerate() {
-                    put(c, r, *v);
-                }
-            }
-        }};
-    }
-    crate::q8::with_tile_size!(columns, rows, run)
+    use crate::q8::{run_tile, with_tile_size};
+    with_tile_size!(columns, rows, run_tile, vnni, (w, a, kb, col, row), put)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

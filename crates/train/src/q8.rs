@@ -390,25 +390,47 @@ unsafe fn tile_vnni<const C: usize, const R: usize>(
     unsafe { tile::<VnniDot, C, R>(w, a, kb, col, row) }
 }
 
-/// `$run!(C, R)` for the tile of `$columns × $rows`, with constant sizes the tiles are compiled for:
-/// 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4 rows (what [`tiled_product`] hands out).
+/// `$run!(C, R, extra...)` for the tile of `$columns × $rows`, with constant sizes the tiles are
+/// compiled for: 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4 rows (what [`tiled_product`]
+/// hands out).
 macro_rules! with_tile_size {
-    ($columns:expr, $rows:expr, $run:ident) => {
+    ($columns:expr, $rows:expr, $run:ident $(, $extra:tt)*) => {
         match ($columns, $rows) {
-            (4, 1) => $run!(4, 1),
-            (3, 1) => $run!(3, 1),
-            (2, 1) => $run!(2, 1),
-            (2, 2) => $run!(2, 2),
-            (2, 3) => $run!(2, 3),
-            (2, _) => $run!(2, 4),
-            (_, 1) => $run!(1, 1),
-            (_, 2) => $run!(1, 2),
-            (_, 3) => $run!(1, 3),
-            _ => $run!(1, 4),
+            (4, 1) => $run!(4, 1 $(, $extra)*),
+            (3, 1) => $run!(3, 1 $(, $extra)*),
+            (2, 1) => $run!(2, 1 $(, $extra)*),
+            (2, 2) => $run!(2, 2 $(, $extra)*),
+            (2, 3) => $run!(2, 3 $(, $extra)*),
+            (2, _) => $run!(2, 4 $(, $extra)*),
+            (_, 1) => $run!(1, 1 $(, $extra)*),
+            (_, 2) => $run!(1, 2 $(, $extra)*),
+            (_, 3) => $run!(1, 3 $(, $extra)*),
+            _ => $run!(1, 4 $(, $extra)*),
         }
     };
 }
 pub(crate) use with_tile_size;
+
+/// One `C × R` tile computed by the calling module's `tile_vnni` where `$vnni` holds, else its
+/// `tile_avx2`, on `$args`, each value handed to `$put(column, row, value)`. Both kernels' `block`
+/// run it through [`with_tile_size`]: `with_tile_size!(columns, rows, run_tile, vnni, (args), put)`.
+macro_rules! run_tile {
+    ($c:literal, $r:literal, $vnni:tt, $args:tt, $put:tt) => {{
+        let t = unsafe {
+            if $vnni {
+                tile_vnni::<$c, $r> $args
+            } else {
+                tile_avx2::<$c, $r> $args
+            }
+        };
+        for (c, column) in t.iter().enumerate() {
+            for (r, v) in column.iter().enumerate() {
+                $put(c, r, *v);
+            }
+        }
+    }};
+}
+pub(crate) use run_tile;
 
 /// Computes the `columns × rows` block at (`col`, `row`) with the tile of that size and hands each
 /// value to `put(column, row, value)`. Sizes: 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4
@@ -426,23 +448,7 @@ unsafe fn block(
     (row, rows): (usize, usize),
     put: &mut dyn FnMut(usize, usize, f32),
 ) {
-    macro_rules! run {
-        ($c:literal, $r:literal) => {{
-            let t = unsafe {
-                if vnni {
-                    tile_vnni::<$c, $r>(w, a, kb, col, row)
-                } else {
-                    tile_avx2::<$c, $r>(w, a, kb, col, row)
-                }
-            };
-            for (c, column) in t.iter().enumerate() {
-                for (r, v) in column.iter().enumerate() {
-                    put(c, r, *v);
-                }
-            }
-        }};
-    }
-    with_tile_size!(columns, rows, run)
+    with_tile_size!(columns, rows, run_tile, vnni, (w, a, kb, col, row), put)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
