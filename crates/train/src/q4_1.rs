@@ -252,8 +252,7 @@ unsafe fn block(
     (row, rows): (usize, usize),
     put: &mut dyn FnMut(usize, usize, f32),
 ) {
-    use crate::q8::{run_tile, with_tile_size};
-    with_tile_size!(columns, rows, run_tile, vnni, (w, a, kb, col, row), put)
+    crate::q8::run_tile!(columns, rows, vnni, (w, a, kb, col, row), put)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

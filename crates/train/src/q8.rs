@@ -390,32 +390,26 @@ unsafe fn tile_vnni<const C: usize, const R: usize>(
     unsafe { tile::<VnniDot, C, R>(w, a, kb, col, row) }
 }
 
-/// `$run!(C, R, extra...)` for the tile of `$columns × $rows`, with constant sizes the tiles are
-/// compiled for: 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4 rows (what [`tiled_product`]
-/// hands out).
-macro_rules! with_tile_size {
-    ($columns:expr, $rows:expr, $run:ident $(, $extra:tt)*) => {
+/// Computes one tile of `$columns × $rows` with the calling module's `tile_vnni` where `$vnni` holds,
+/// else its `tile_avx2`, on `$args`, and hands each value to `$put(column, row, value)`. The sizes are
+/// the constant ones the tiles are compiled for: 1 to 4 columns of one row, or 1 or 2 columns of 1 to
+/// 4 rows (what [`tiled_product`] hands out). Both quantized kernels' `block` is this one line.
+macro_rules! run_tile {
+    ($columns:expr, $rows:expr, $vnni:expr, $args:tt, $put:expr) => {
         match ($columns, $rows) {
-            (4, 1) => $run!(4, 1 $(, $extra)*),
-            (3, 1) => $run!(3, 1 $(, $extra)*),
-            (2, 1) => $run!(2, 1 $(, $extra)*),
-            (2, 2) => $run!(2, 2 $(, $extra)*),
-            (2, 3) => $run!(2, 3 $(, $extra)*),
-            (2, _) => $run!(2, 4 $(, $extra)*),
-            (_, 1) => $run!(1, 1 $(, $extra)*),
-            (_, 2) => $run!(1, 2 $(, $extra)*),
-            (_, 3) => $run!(1, 3 $(, $extra)*),
-            _ => $run!(1, 4 $(, $extra)*),
+            (4, 1) => $crate::q8::run_tile!(@size 4, 1, $vnni, $args, $put),
+            (3, 1) => $crate::q8::run_tile!(@size 3, 1, $vnni, $args, $put),
+            (2, 1) => $crate::q8::run_tile!(@size 2, 1, $vnni, $args, $put),
+            (2, 2) => $crate::q8::run_tile!(@size 2, 2, $vnni, $args, $put),
+            (2, 3) => $crate::q8::run_tile!(@size 2, 3, $vnni, $args, $put),
+            (2, _) => $crate::q8::run_tile!(@size 2, 4, $vnni, $args, $put),
+            (_, 1) => $crate::q8::run_tile!(@size 1, 1, $vnni, $args, $put),
+            (_, 2) => $crate::q8::run_tile!(@size 1, 2, $vnni, $args, $put),
+            (_, 3) => $crate::q8::run_tile!(@size 1, 3, $vnni, $args, $put),
+            _ => $crate::q8::run_tile!(@size 1, 4, $vnni, $args, $put),
         }
     };
-}
-pub(crate) use with_tile_size;
-
-/// One `C × R` tile computed by the calling module's `tile_vnni` where `$vnni` holds, else its
-/// `tile_avx2`, on `$args`, each value handed to `$put(column, row, value)`. Both kernels' `block`
-/// run it through [`with_tile_size`]: `with_tile_size!(columns, rows, run_tile, vnni, (args), put)`.
-macro_rules! run_tile {
-    ($c:literal, $r:literal, $vnni:tt, $args:tt, $put:tt) => {{
+    (@size $c:literal, $r:literal, $vnni:expr, $args:tt, $put:expr) => {{
         let t = unsafe {
             if $vnni {
                 tile_vnni::<$c, $r> $args
@@ -448,7 +442,7 @@ unsafe fn block(
     (row, rows): (usize, usize),
     put: &mut dyn FnMut(usize, usize, f32),
 ) {
-    with_tile_size!(columns, rows, run_tile, vnni, (w, a, kb, col, row), put)
+    run_tile!(columns, rows, vnni, (w, a, kb, col, row), put)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
