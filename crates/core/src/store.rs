@@ -137,6 +137,31 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
+/// How long an opener or a writer waits for another process's lock on the store.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `step` again while SQLite says the database is busy or locked, for up to `BUSY_TIMEOUT`.
+fn retry_while_busy(
+    mut step: impl FnMut() -> Result<(), rusqlite::Error>,
+) -> Result<(), rusqlite::Error> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating and migrating as needed) the store of a workspace directory.
     pub fn open(workspace: &Path) -> Result<Store, StoreError> {
@@ -151,24 +176,24 @@ impl Store {
             source,
         };
         let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        // Two processes may open a new store at once: the schema is created and migrated inside one
-        // IMMEDIATE transaction (a write lock taken up front, waited for under the busy timeout), so
-        // exactly one of them runs each migration.
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
-        let migrated = migrate(&conn);
-        match migrated {
-            Ok(()) => conn.execute_batch("COMMIT").map_err(err)?,
-            Err(e) => {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // Two processes may open a new store at once. Each step below can meet a lock SQLite will
+        // not wait for under the busy timeout (both hold the new file's read lock and ask to switch
+        // it to WAL: one is told "database is locked" at once, to break the deadlock), so the steps
+        // are retried until the same timeout runs out.
+        retry_while_busy(|| {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            // The schema is created and migrated inside one IMMEDIATE transaction (a write lock
+            // taken up front), so exactly one opener runs each migration.
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let migrated = migrate(&conn).and_then(|()| conn.execute_batch("COMMIT"));
+            if migrated.is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
-                return Err(err(e));
             }
-        }
+            migrated
+        })
+        .map_err(err)?;
         Ok(Store { conn, path })
     }
 
@@ -330,5 +355,34 @@ mod tests {
         );
         assert_eq!(s.get_verify("missing").unwrap(), None);
         assert_eq!(s.count_verify().unwrap(), 1);
+    }
+
+    /// Two `rtlab run`s started together both create the store: SQLite answers a lock it cannot wait
+    /// for (both readers of a new file asking to switch it to WAL) with "database is locked" at once,
+    /// without the busy timeout. Every opener must still get the store, and the schema once.
+    #[test]
+    fn many_openers_of_a_new_store_at_once_all_get_it() {
+        for _ in 0..30 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (dir, start) = (dir.path().to_path_buf(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Store::open(&dir).map(|_| ()).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().unwrap();
+            }
+            let s = Store::open(dir.path()).unwrap();
+            let versions: i64 = s
+                .conn
+                .query_row("SELECT COUNT(*) FROM meta", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(versions, 1);
+        }
     }
 }
