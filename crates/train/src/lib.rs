@@ -16,6 +16,7 @@ pub mod config;
 mod decode_attention;
 pub mod dpo;
 pub mod examples;
+mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;

@@ -10,6 +10,7 @@
 //! init (A Kaiming-uniform with a=√5, B zero) and `s = alpha / r` (or `alpha / √r` with rsLoRA).
 
 use super::config::ModelConfig;
+use super::fused;
 use super::TrainError;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -356,7 +357,12 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// One fused pass on the CPU in f32 (the same bits as the tensor ops below, which run elsewhere
+    /// and for a weight being trained, which the fused backward does not differentiate).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if fused::applies(x) && fused::applies(&self.weight) && !self.weight.is_variable() {
+            return fused::rms_norm(x, &self.weight, self.eps);
+        }
         let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
             .recip()?;
@@ -400,8 +406,20 @@ impl Rope {
         })
     }
 
-    /// `x` is [batch, heads, seq, head_dim]; positions start at `offset`.
+    /// `x` is [batch, heads, seq, head_dim]; positions start at `offset`. One fused pass on the CPU
+    /// in f32 (the same bits as the tensor ops), the tensor ops elsewhere.
     fn apply(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        let t = x.dim(2)?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        if fused::applies(x) && x.dim(3)?.is_multiple_of(2) {
+            return fused::rope(x, &cos, &sin);
+        }
+        self.apply_tensor_ops(x, offset)
+    }
+
+    /// [`Rope::apply`] as tensor ops: `x · cos + rotate_half(x) · sin`.
+    fn apply_tensor_ops(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
         let (_, _, t, hd) = x.dims4()?;
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
@@ -409,49 +427,6 @@ impl Rope {
         let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-    }
-}
-
-impl Rope {
-    /// [`Rope::apply`] in one pass over `x` when nothing is tracked (decoding), on the CPU in f32:
-    /// the same operations on each value (`x · cos + (±x') · sin`, each rounded as the tensor ops
-    /// round them), so the same bits, without the eight intermediate tensors a step of the general
-    /// form allocates per layer. Elsewhere, the general form.
-    fn apply_untracked(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
-        use candle_core::{CpuStorage, Storage};
-        let (b, h, t, d) = x.dims4()?;
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || !d.is_multiple_of(2) {
-            return self.apply(x, offset);
-        }
-        let x = x.contiguous()?;
-        let cos = self.cos.narrow(0, offset, t)?.contiguous()?;
-        let sin = self.sin.narrow(0, offset, t)?.contiguous()?;
-        let (cos, sin) = (
-            cos.flatten_all()?.to_vec1::<f32>()?,
-            sin.flatten_all()?.to_vec1::<f32>()?,
-        );
-        let (store, layout) = x.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(all)), Some((start, end))) =
-            (&*store, layout.contiguous_offsets())
-        else {
-            drop(store);
-            return self.apply(&x, offset);
-        };
-        let half = d / 2;
-        let mut out = vec![0f32; b * h * t * d];
-        for (row, (src, dst)) in all[start..end]
-            .chunks_exact(d)
-            .zip(out.chunks_exact_mut(d))
-            .enumerate()
-        {
-            let at = (row % t) * d;
-            let (c, s) = (&cos[at..at + d], &sin[at..at + d]);
-            for i in 0..half {
-                dst[i] = src[i] * c[i] + (-src[i + half]) * s[i];
-                dst[i + half] = src[i + half] * c[i + half] + src[i] * s[i + half];
-            }
-        }
-        Tensor::from_vec(out, (b, h, t, d), x.device())
     }
 }
 
@@ -830,11 +805,7 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let tracked = pass.track_gradients;
-        let rotate = |x: Tensor| match tracked {
-            true => rope.apply(&x, offset),
-            false => rope.apply_untracked(&x, offset),
-        };
+        let rotate = |x: Tensor| rope.apply(&x, offset);
         let q = rotate(split(self.q.forward(x, pass)?, self.heads)?)?;
         let k = rotate(split(self.k.forward(x, pass)?, self.kv_heads)?)?;
         let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
@@ -867,12 +838,18 @@ impl Attention {
         };
         let rep = self.heads / self.kv_heads;
         let (keys_t, v) = (repeat_heads(&k_t, rep)?, repeat_heads(&v, rep)?);
-        let scores = (q.matmul(&keys_t)? / (self.head_dim as f64).sqrt())?;
-        let scores = match &at.mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let scores = q.matmul(&keys_t)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let weights = if fused::applies(&scores) {
+            fused::masked_softmax(&scores, scale, at.mask.as_ref())?
+        } else {
+            let scores = (scores * scale)?;
+            softmax_last(&match &at.mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            })?
         };
-        let y = softmax_last(&scores)?.matmul(&v)?;
+        let y = weights.matmul(&v)?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;
@@ -911,7 +888,11 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
-        let h = (self.gate.forward(x, pass)?.silu()? * self.up.forward(x, pass)?)?;
+        let (gate, up) = (self.gate.forward(x, pass)?, self.up.forward(x, pass)?);
+        let h = match fused::applies(&gate) {
+            true => fused::silu_mul(&gate, &up)?,
+            false => (gate.silu()? * up)?,
+        };
         self.down.forward(&h, pass)
     }
 }
@@ -1484,7 +1465,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     #[test]
-    fn rope_in_one_pass_gives_the_tensor_ops_bits_at_every_offset() {
+    fn fused_rope_gives_the_tensor_ops_bits_at_every_offset() {
         let cfg = ModelConfig {
             arch: super::super::config::Arch::Llama,
             hidden_size: 64,
@@ -1519,7 +1500,7 @@ mod tests {
             };
             assert_eq!(
                 bits(rope.apply(&x, offset).unwrap()),
-                bits(rope.apply_untracked(&x, offset).unwrap()),
+                bits(rope.apply_tensor_ops(&x, offset).unwrap()),
                 "t {t}, offset {offset}"
             );
         }
