@@ -41,15 +41,27 @@ fn row_sum(row: &[f32]) -> f32 {
 /// Below this many values a pass runs on the calling thread: waking the pool costs more.
 const VALUES_WORTH_THE_POOL: usize = 1 << 14;
 
-/// `outputs` buffers of `rows × width` values, row `i` of each written by `fill(i, [rows of each])`,
-/// rows spread over candle's thread pool (the one its own ops use).
-fn map_rows<const N: usize>(
+/// `N` buffers of `rows × width` values, row `i` of each written by `fill(i, [rows of each])`,
+/// rows spread over candle's thread pool (the one its own ops use; a second pool beside it, such as
+/// rayon's, fights it for the cores).
+pub(crate) fn map_rows<T: Copy + Default, const N: usize>(
     rows: usize,
     width: usize,
-    fill: impl Fn(usize, [&mut [f32]; N]) + Sync,
-) -> [Vec<f32>; N] {
-    let mut out: [Vec<f32>; N] = std::array::from_fn(|_| vec![0f32; rows * width]);
-    let shared: [SharedOut<f32>; N] = std::array::from_fn(|o| SharedOut(out[o].as_mut_ptr()));
+    fill: impl Fn(usize, [&mut [T]; N]) + Sync,
+) -> [Vec<T>; N] {
+    map_rows_reading(rows, width, width, fill)
+}
+
+/// [`map_rows`] where each row reads `read_per_row` values (more than it writes: a row's loss reads
+/// a row of logits and writes one value), which decides whether waking the pool pays.
+pub(crate) fn map_rows_reading<T: Copy + Default, const N: usize>(
+    rows: usize,
+    width: usize,
+    read_per_row: usize,
+    fill: impl Fn(usize, [&mut [T]; N]) + Sync,
+) -> [Vec<T>; N] {
+    let mut out: [Vec<T>; N] = std::array::from_fn(|_| vec![T::default(); rows * width]);
+    let shared: [SharedOut<T>; N] = std::array::from_fn(|o| SharedOut(out[o].as_mut_ptr()));
     let work = |range: std::ops::Range<usize>| {
         for i in range {
             // SAFETY: row i of each output is written by this work item alone.
@@ -59,7 +71,7 @@ fn map_rows<const N: usize>(
             fill(i, dst);
         }
     };
-    if rows * width < VALUES_WORTH_THE_POOL {
+    if rows * read_per_row.max(width) < VALUES_WORTH_THE_POOL {
         work(0..rows);
     } else {
         candle_core::utils::barrier_pool().execute_chunked(rows, work);

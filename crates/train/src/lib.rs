@@ -23,6 +23,7 @@ pub mod gpu;
 pub mod model;
 pub mod models;
 pub mod peft;
+mod pool_gemm;
 pub mod q4_1;
 pub mod q8;
 

@@ -11,6 +11,7 @@
 
 use super::config::ModelConfig;
 use super::fused;
+use super::pool_gemm::{self, Operand};
 use super::TrainError;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -205,6 +206,33 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (out, input) = self.weight.dims2()?;
+        if let (candle_core::CpuStorage::F32(x), Some((start, end))) = (s, l.contiguous_offsets()) {
+            // `x Wᵀ` on candle's pool (the same bits as its matmul, without a second pool).
+            let y = with_f32_values(&self.weight, |w| {
+                let rows = (end - start) / input.max(1);
+                pool_gemm::matmul(
+                    Operand {
+                        data: &x[start..end],
+                        row_stride: input,
+                        col_stride: 1,
+                    },
+                    Operand {
+                        data: w,
+                        row_stride: 1,
+                        col_stride: input,
+                    },
+                    (rows, input, out),
+                )
+            });
+            if let Some(y) = y {
+                let mut dims = l.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = out;
+                }
+                return Ok((candle_core::CpuStorage::F32(y), dims.into()));
+            }
+        }
         cpu_result(&tensor_from_storage(s, l)?.matmul(&self.weight.t()?)?)
     }
 
@@ -214,7 +242,45 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        let (out, input) = self.weight.dims2()?;
+        if grad.device().is_cpu() && grad.dtype() == DType::F32 && grad.rank() == 2 {
+            // `dy W` on candle's pool.
+            let grad = grad.contiguous()?;
+            let rows = grad.dim(0)?;
+            let dx = with_f32_values(&grad, |dy| {
+                with_f32_values(&self.weight, |w| {
+                    pool_gemm::matmul(
+                        Operand {
+                            data: dy,
+                            row_stride: out,
+                            col_stride: 1,
+                        },
+                        Operand {
+                            data: w,
+                            row_stride: input,
+                            col_stride: 1,
+                        },
+                        (rows, out, input),
+                    )
+                })
+            })
+            .flatten();
+            if let Some(dx) = dx {
+                return Ok(Some(Tensor::from_vec(dx, (rows, input), grad.device())?));
+            }
+        }
         Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// `f` of a contiguous f32 CPU tensor's values, or None for any other tensor.
+fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((start, end))) => {
+            Some(f(&v[start..end]))
+        }
+        _ => None,
     }
 }
 
@@ -464,43 +530,38 @@ fn log_sum_exp<T: candle_core::WithDType>(row: &[T]) -> f64 {
         .ln()
 }
 
-fn target_log_probs<T: candle_core::WithDType>(
+fn target_log_probs<T: candle_core::WithDType + Default>(
     logits: &[T],
     targets: &[u32],
     vocab: usize,
 ) -> Vec<T> {
-    use rayon::prelude::*;
-    logits
-        .par_chunks(vocab)
-        .zip(targets.par_iter())
-        .map(|(row, &t)| match row.get(t as usize) {
+    let [out] = fused::map_rows_reading(targets.len(), 1, vocab, |i, [out]| {
+        let row = &logits[i * vocab..(i + 1) * vocab];
+        out[0] = match row.get(targets[i] as usize) {
             Some(x) => T::from_f64(x.to_f64() - log_sum_exp(row)),
             None => T::from_f64(0.0),
-        })
-        .collect()
+        };
+    });
+    out
 }
 
-fn target_log_prob_grads<T: candle_core::WithDType>(
+fn target_log_prob_grads<T: candle_core::WithDType + Default>(
     logits: &[T],
     targets: &[u32],
     grads: &[T],
     vocab: usize,
 ) -> Vec<T> {
-    use rayon::prelude::*;
-    let mut out = vec![T::from_f64(0.0); logits.len()];
-    out.par_chunks_mut(vocab)
-        .zip(logits.par_chunks(vocab))
-        .zip(targets.par_iter().zip(grads.par_iter()))
-        .for_each(|((d, row), (&t, g))| {
-            if (t as usize) >= vocab {
-                return;
-            }
-            let (lse, g) = (log_sum_exp(row), g.to_f64());
-            for (dj, x) in d.iter_mut().zip(row) {
-                *dj = T::from_f64(-g * (x.to_f64() - lse).exp());
-            }
-            d[t as usize] = T::from_f64(d[t as usize].to_f64() + g);
-        });
+    let [out] = fused::map_rows(targets.len(), vocab, |i, [d]| {
+        let (row, t) = (&logits[i * vocab..(i + 1) * vocab], targets[i] as usize);
+        if t >= vocab {
+            return;
+        }
+        let (lse, g) = (log_sum_exp(row), grads[i].to_f64());
+        for (dj, x) in d.iter_mut().zip(row) {
+            *dj = T::from_f64(-g * (x.to_f64() - lse).exp());
+        }
+        d[t] = T::from_f64(d[t].to_f64() + g);
+    });
     out
 }
 
@@ -838,7 +899,8 @@ impl Attention {
         };
         let rep = self.heads / self.kv_heads;
         let (keys_t, v) = (repeat_heads(&k_t, rep)?, repeat_heads(&v, rep)?);
-        let scores = q.matmul(&keys_t)?;
+        // The products on candle's pool (its matmul's bits; see `pool_gemm`).
+        let scores = pool_gemm::batched_matmul(&q, &keys_t)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let weights = if fused::applies(&scores) {
             fused::masked_softmax(&scores, scale, at.mask.as_ref())?
@@ -849,7 +911,7 @@ impl Attention {
                 None => scores,
             })?
         };
-        let y = weights.matmul(&v)?;
+        let y = pool_gemm::batched_matmul(&weights, &v)?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;

@@ -1,0 +1,399 @@
+//! The frozen base's f32 products on candle's thread pool: `gemm` (the crate candle's matmul calls)
+//! on column blocks of the result, one single-threaded call per block.
+//!
+//! candle runs `gemm` on rayon's pool and its own ops on its barrier pool. On a 2-core machine both
+//! pools' workers are awake in a training step: after each elementwise op candle's worker spins
+//! (about a millisecond) waiting for the next, while rayon's two threads run the product, so three
+//! threads share two cores, and a profile put a tenth of the CPU time in that spinning. Here the
+//! products run on the barrier pool too, whose worker is then the one doing the work.
+//!
+//! Invariant: the same bits as candle's matmul. `gemm` blocks `k` by a size that depends on `k` and
+//! the caches only, never on `m` or `n`, so each value sums its products in the same order whatever
+//! block of columns it is computed in (tests check it at the model's shapes).
+
+use crate::q8::SharedOut;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+
+/// Output columns per block: a multiple of 16 (one AVX-512 register of f32).
+const COLUMN_ALIGN: usize = 16;
+
+/// Below this many multiply-adds, one call on this thread (waking the pool costs more).
+const WORK_WORTH_THE_POOL: usize = 1 << 20;
+
+/// A matrix operand in row-major memory: element `(i, j)` at `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `lhs [m, k] · rhs [k, n]` as a new row-major [m, n].
+pub(crate) fn matmul(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    let dst = SharedOut(out.as_mut_ptr());
+    let columns = |cols: std::ops::Range<usize>| {
+        let rhs = Operand {
+            data: &rhs.data[cols.start * rhs.col_stride..],
+            ..rhs
+        };
+        // SAFETY: `dst` holds m × n values and this call writes columns `cols` of every row, which
+        // no other call writes; the operands fit their shapes (checked below).
+        unsafe { product(dst.at(cols.start), n, lhs, rhs, (m, k, cols.len())) }
+    };
+    assert!(
+        fits(&lhs, m, k) && fits(&rhs, k, n),
+        "pool_gemm: an operand is smaller than its shape"
+    );
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
+    if threads == 1 || m * k * n < WORK_WORTH_THE_POOL {
+        columns(0..n);
+        return out;
+    }
+    // Two blocks per thread, of equal width: a thread slowed by another process leaves the other
+    // threads its second block (with one block each, the pool waits on the slowest).
+    let blocks = n.div_ceil(COLUMN_ALIGN).min(2 * threads).max(1);
+    let width = n.div_ceil(blocks).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN;
+    pool.execute_chunked(n.div_ceil(width), |items| {
+        for b in items {
+            columns(b * width..((b + 1) * width).min(n));
+        }
+    });
+    out
+}
+
+/// `lhs_b · rhs_b` for each of `batches` pairs of [m, k] and [k, n] operands, into one row-major
+/// [batches, m, n]: the batches spread over candle's pool, one single-threaded `gemm` each (the
+/// attention's products: 36 of 256 × 64 × 256 in a step of SmolLM2, each too small to split).
+pub(crate) fn batched<'a>(
+    batches: usize,
+    (m, k, n): (usize, usize, usize),
+    lhs_of: impl Fn(usize) -> Operand<'a> + Sync,
+    rhs_of: impl Fn(usize) -> Operand<'a> + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; batches * m * n];
+    let dst = SharedOut(out.as_mut_ptr());
+    let one = |b: usize| {
+        let (lhs, rhs) = (lhs_of(b), rhs_of(b));
+        assert!(
+            fits(&lhs, m, k) && fits(&rhs, k, n),
+            "pool_gemm: an operand is smaller than its shape"
+        );
+        // SAFETY: batch b's m × n values are written by this call alone; the operands' reads are
+        // within their slices (checked above).
+        unsafe { product(dst.at(b * m * n), n, lhs, rhs, (m, k, n)) }
+    };
+    if batches * m * k * n < WORK_WORTH_THE_POOL || m * n == 0 {
+        (0..batches).for_each(one);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(batches, |items| items.for_each(one));
+    }
+    out
+}
+
+/// True when `o` holds a `rows × cols` matrix at its strides.
+fn fits(o: &Operand, rows: usize, cols: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * o.row_stride + (cols - 1) * o.col_stride < o.data.len()
+}
+
+/// One single-threaded `gemm`: `lhs [m, k] · rhs [k, n]` into `dst`, rows `dst_row_stride` apart,
+/// as candle calls it (no read of `dst`, product scale 1).
+///
+/// # Safety
+/// `dst` must hold the m × n result at that row stride; the operands must fit their shapes.
+unsafe fn product(
+    dst: *mut f32,
+    dst_row_stride: usize,
+    lhs: Operand,
+    rhs: Operand,
+    (m, k, n): (usize, usize, usize),
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `a · b` for `a` [.., m, k] and `b` [.., k, n] with the same leading (batch) dims, f32 on the CPU,
+/// recorded for backprop with a backward of the same kind (`da = dc · bᵀ`, `db = aᵀ · dc`, as
+/// candle's matmul computes them). Elsewhere candle's matmul.
+pub(crate) fn batched_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() >= 3;
+    if !(on_cpu_f32(a) && on_cpu_f32(b)) {
+        return a.matmul(b);
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, BatchedMatmul)
+}
+
+/// The batch count and (m, k, n) of `a · b`, or an error naming the shapes.
+fn batched_dims(a: &[usize], b: &[usize]) -> candle_core::Result<(usize, (usize, usize, usize))> {
+    let (ra, rb) = (a.len(), b.len());
+    if ra < 2 || ra != rb || a[..ra - 2] != b[..rb - 2] || a[ra - 1] != b[rb - 2] {
+        candle_core::bail!("batched matmul: shapes {a:?} and {b:?} do not multiply");
+    }
+    let batches = a[..ra - 2].iter().product();
+    Ok((batches, (a[ra - 2], a[ra - 1], b[rb - 1])))
+}
+
+fn f32_values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("batched matmul: expects contiguous f32 tensors on the CPU"),
+    }
+}
+
+fn dense(data: &[f32], cols: usize) -> Operand<'_> {
+    Operand {
+        data,
+        row_stride: cols,
+        col_stride: 1,
+    }
+}
+
+fn transposed(data: &[f32], cols: usize) -> Operand<'_> {
+    Operand {
+        data,
+        row_stride: 1,
+        col_stride: cols,
+    }
+}
+
+struct BatchedMatmul;
+
+impl CustomOp2 for BatchedMatmul {
+    fn name(&self) -> &'static str {
+        "pool-batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (f32_values(s1, l1)?, f32_values(s2, l2)?);
+        let (batches, (m, k, n)) = batched_dims(l1.dims(), l2.dims())?;
+        let c = batched(
+            batches,
+            (m, k, n),
+            |i| dense(&a[i * m * k..(i + 1) * m * k], k),
+            |i| dense(&b[i * k * n..(i + 1) * k * n], n),
+        );
+        let mut dims = l1.dims().to_vec();
+        let last = dims.len() - 1;
+        dims[last] = n;
+        Ok((CpuStorage::F32(c), dims.into()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _c: &Tensor,
+        dc: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = a.apply_op3_no_bwd(b, &dc.contiguous()?, &BatchedMatmulBackward)?;
+        let (na, nb) = (a.elem_count(), b.elem_count());
+        let da = both.narrow(0, 0, na)?.reshape(a.shape())?;
+        let db = both.narrow(0, na, nb)?.reshape(b.shape())?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// `da = dc · bᵀ` and `db = aᵀ · dc`, per batch, as one flat result (`da`'s values, then `db`'s).
+struct BatchedMatmulBackward;
+
+impl CustomOp3 for BatchedMatmulBackward {
+    fn name(&self) -> &'static str {
+        "pool-batched-matmul-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b, dc) = (
+            f32_values(s1, l1)?,
+            f32_values(s2, l2)?,
+            f32_values(s3, l3)?,
+        );
+        let (batches, (m, k, n)) = batched_dims(l1.dims(), l2.dims())?;
+        if dc.len() != batches * m * n {
+            candle_core::bail!(
+                "batched matmul: a gradient of {} values for {:?}",
+                dc.len(),
+                l3.dims()
+            );
+        }
+        let mut both = batched(
+            batches,
+            (m, n, k),
+            |i| dense(&dc[i * m * n..(i + 1) * m * n], n),
+            |i| transposed(&b[i * k * n..(i + 1) * k * n], n),
+        );
+        both.extend(batched(
+            batches,
+            (k, m, n),
+            |i| transposed(&a[i * m * k..(i + 1) * m * k], k),
+            |i| dense(&dc[i * m * n..(i + 1) * m * n], n),
+        ));
+        let len = both.len();
+        Ok((CpuStorage::F32(both), Shape::from(len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// `x Wᵀ` (a frozen linear's forward) and `dy W` (its backward) at the model's shapes (SmolLM2's
+    /// projections and output head, a Qwen2.5-0.5B projection, odd sizes), against candle's matmul.
+    #[test]
+    fn the_same_bits_as_candles_matmul() {
+        let dev = &Device::Cpu;
+        for (m, input, output) in [
+            (1024, 576, 576),
+            (1024, 576, 192),
+            (1024, 576, 1536),
+            (1024, 1536, 576),
+            (256, 576, 49152),
+            (300, 896, 4864),
+            (7, 64, 33),
+            (65, 130, 250),
+        ] {
+            let x = random(m * input, 1);
+            let w = random(output * input, 2);
+            let dy = random(m * output, 3);
+            let (xt, wt) = (
+                Tensor::from_slice(&x, (m, input), dev).unwrap(),
+                Tensor::from_slice(&w, (output, input), dev).unwrap(),
+            );
+            let want = xt
+                .matmul(&wt.t().unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = matmul(
+                Operand {
+                    data: &x,
+                    row_stride: input,
+                    col_stride: 1,
+                },
+                Operand {
+                    data: &w,
+                    row_stride: 1,
+                    col_stride: input,
+                },
+                (m, input, output),
+            );
+            assert_eq!(bits(&got), bits(&want), "x Wᵀ, {m} × {input} × {output}");
+
+            let dyt = Tensor::from_slice(&dy, (m, output), dev).unwrap();
+            let want = dyt
+                .matmul(&wt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = matmul(
+                Operand {
+                    data: &dy,
+                    row_stride: output,
+                    col_stride: 1,
+                },
+                Operand {
+                    data: &w,
+                    row_stride: input,
+                    col_stride: 1,
+                },
+                (m, output, input),
+            );
+            assert_eq!(bits(&got), bits(&want), "dy W, {m} × {output} × {input}");
+        }
+    }
+
+    /// The attention's products (`q · kᵀ`, then the weights · `v`) forward and backward, against
+    /// candle's matmul and its autograd, to the bit.
+    #[test]
+    fn batched_products_and_their_gradients_are_candles_bits() {
+        let dev = &Device::Cpu;
+        for (batch, heads, t, hd) in [(4, 9, 256, 64), (1, 2, 5, 8), (2, 3, 33, 16)] {
+            let tensor = |dims: &[usize], seed| {
+                Tensor::from_vec(random(dims.iter().product(), seed), dims, dev).unwrap()
+            };
+            let a = Var::from_tensor(&tensor(&[batch, heads, t, hd], 4)).unwrap();
+            let b = Var::from_tensor(&tensor(&[batch, heads, hd, t], 5)).unwrap();
+            let r = tensor(&[batch, heads, t, t], 6);
+            let flat = |t: &Tensor| bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let mut results = Vec::new();
+            for product in [
+                |a: &Tensor, b: &Tensor| a.matmul(b).unwrap(),
+                |a: &Tensor, b: &Tensor| batched_matmul(a, b).unwrap(),
+            ] {
+                let c = product(a.as_tensor(), b.as_tensor());
+                let g = (&c * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                results.push([
+                    flat(&c),
+                    flat(g.get(a.as_tensor()).unwrap()),
+                    flat(g.get(b.as_tensor()).unwrap()),
+                ]);
+            }
+            assert!(results[0] == results[1], "{batch} × {heads} × {t} × {hd}");
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_multiply_are_an_error() {
+        let dev = &Device::Cpu;
+        let a = Tensor::zeros((2, 3, 4), DType::F32, dev).unwrap();
+        let b = Tensor::zeros((2, 5, 4), DType::F32, dev).unwrap();
+        let err = batched_matmul(&a, &b).unwrap_err().to_string();
+        assert!(
+            err.contains("shapes [2, 3, 4] and [2, 5, 4] do not multiply"),
+            "{err}"
+        );
+    }
+}
