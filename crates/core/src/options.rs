@@ -43,8 +43,11 @@ impl<'a> Options<'a> {
             .collect();
         if !unknown.is_empty() {
             unknown.sort();
+            // Callers build `valid` from shared lists (train_dpo's are train_lora's and its own),
+            // which may name a key twice; the user sees each once.
             let mut listed: Vec<&str> = valid.to_vec();
             listed.sort();
+            listed.dedup();
             let plural = if unknown.len() == 1 { "" } else { "s" };
             return Err(format!(
                 "{function}: unknown option{plural} {}; valid options: {}",
@@ -279,6 +282,18 @@ mod tests {
         let m = map(&[("sead", Dynamic::from(1_i64))]);
         let err = Options::new("bench", &m, &["seed", "k"]).err().unwrap();
         assert_eq!(err, "bench: unknown option `sead`; valid options: k, seed");
+    }
+
+    #[test]
+    fn a_key_named_twice_in_the_valid_list_is_listed_once() {
+        let m = map(&[("lora_dropout", Dynamic::from(0.1_f64))]);
+        let err = Options::new("train_lora", &m, &["r", "dropout", "r"])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            "train_lora: unknown option `lora_dropout`; valid options: dropout, r"
+        );
     }
 
     #[test]

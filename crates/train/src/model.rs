@@ -364,7 +364,8 @@ impl Linear {
             } else {
                 (l.a.as_tensor().detach(), l.b.as_tensor().detach())
             };
-            let low = xd.matmul(&a.t()?)?.matmul(&b.t()?)?;
+            // On candle's pool, the bits of `xd.matmul(&a.t()?)?.matmul(&b.t()?)`.
+            let low = pool_gemm::matmul_t(&pool_gemm::matmul_t(&xd, &a)?, &b)?;
             y = (y + (low * l.scale)?)?;
         }
         let mut out = dims;

@@ -17,6 +17,13 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 /// Output columns per block: a multiple of 16 (one AVX-512 register of f32).
 const COLUMN_ALIGN: usize = 16;
 
+/// Output rows per block where rows are split: a multiple of `gemm`'s f32 micro-tile height on
+/// AVX-512 (4 registers of 16).
+const ROW_ALIGN: usize = 64;
+
+/// `gemm` takes a product whose sides are both at most this as small (`k` in blocks of 512).
+const SMALL_SIDE: usize = 64;
+
 /// Below this many multiply-adds, one call on this thread (waking the pool costs more).
 const WORK_WORTH_THE_POOL: usize = 1 << 20;
 
@@ -28,23 +35,31 @@ pub(crate) struct Operand<'a> {
     pub col_stride: usize,
 }
 
-/// `lhs [m, k] · rhs [k, n]` as a new row-major [m, n].
+/// `lhs [m, k] · rhs [k, n]` as a new row-major [m, n]: blocks of columns, or of rows where the
+/// columns are too few to share (a LoRA product's `r` columns).
 pub(crate) fn matmul(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    assert!(
+        fits(&lhs, m, k) && fits(&rhs, k, n),
+        "pool_gemm: an operand is smaller than its shape"
+    );
     let mut out = vec![0f32; m * n];
     let dst = SharedOut(out.as_mut_ptr());
+    // SAFETY (both closures): `dst` holds m × n values; each call writes its own block of them,
+    // which no other call writes; the operands fit their shapes (checked above).
     let columns = |cols: std::ops::Range<usize>| {
         let rhs = Operand {
             data: &rhs.data[cols.start * rhs.col_stride..],
             ..rhs
         };
-        // SAFETY: `dst` holds m × n values and this call writes columns `cols` of every row, which
-        // no other call writes; the operands fit their shapes (checked below).
         unsafe { product(dst.at(cols.start), n, lhs, rhs, (m, k, cols.len())) }
     };
-    assert!(
-        fits(&lhs, m, k) && fits(&rhs, k, n),
-        "pool_gemm: an operand is smaller than its shape"
-    );
+    let rows = |rows: std::ops::Range<usize>| {
+        let lhs = Operand {
+            data: &lhs.data[rows.start * lhs.row_stride..],
+            ..lhs
+        };
+        unsafe { product(dst.at(rows.start * n), n, lhs, rhs, (rows.len(), k, n)) }
+    };
     if m == 0 || n == 0 {
         return out;
     }
@@ -54,15 +69,35 @@ pub(crate) fn matmul(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize
         columns(0..n);
         return out;
     }
-    // Two blocks per thread, of equal width: a thread slowed by another process leaves the other
+    // Two blocks per thread, of equal size: a thread slowed by another process leaves the other
     // threads its second block (with one block each, the pool waits on the slowest).
-    let blocks = n.div_ceil(COLUMN_ALIGN).min(2 * threads).max(1);
-    let width = n.div_ceil(blocks).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN;
-    pool.execute_chunked(n.div_ceil(width), |items| {
-        for b in items {
-            columns(b * width..((b + 1) * width).min(n));
-        }
-    });
+    let split = |len: usize, size: usize, run: &(dyn Fn(std::ops::Range<usize>) + Sync)| {
+        pool.execute_chunked(len.div_ceil(size), |items| {
+            for b in items {
+                run(b * size..((b + 1) * size).min(len));
+            }
+        });
+    };
+    // A block is blocked as the whole product would be (see the module's doc): `gemm` sums `k` in
+    // blocks of at most 512 when both sides are at most 64, and by its cache model otherwise, so a
+    // block may only be cut from a product where that choice stays the same.
+    let blocked_as_large = |rows: usize, cols: usize| rows > SMALL_SIDE || cols > SMALL_SIDE;
+    if !blocked_as_large(m, n) {
+        columns(0..n);
+        return out;
+    }
+    let pieces = |len: usize, align: usize| {
+        let blocks = len.div_ceil(align).min(2 * threads).max(1);
+        len.div_ceil(blocks).div_ceil(align) * align
+    };
+    let (width, height) = (pieces(n, COLUMN_ALIGN), pieces(m, ROW_ALIGN));
+    if width < n && blocked_as_large(m, width) {
+        split(n, width, &columns);
+    } else if height < m && blocked_as_large(height, n) {
+        split(m, height, &rows);
+    } else {
+        columns(0..n);
+    }
     out
 }
 
@@ -271,6 +306,103 @@ impl CustomOp3 for BatchedMatmulBackward {
     }
 }
 
+/// `x · wᵀ` for `x` [m, k] and `w` [n, k], f32 on the CPU, recorded for backprop with a gradient
+/// for both (LoRA's `x Aᵀ` and `(x Aᵀ) Bᵀ`, whose `A` and `B` train). The bits of candle's
+/// `x.matmul(&w.t())` and of its autograd (`dx = g · w`; `dw` as the transpose of `xᵀ · g`).
+/// Elsewhere candle's matmul.
+pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() == 2;
+    if !(on_cpu_f32(x) && on_cpu_f32(w)) {
+        return x.matmul(&w.t()?);
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, MatmulT)
+}
+
+/// The (m, k, n) of `x · wᵀ`, or an error naming the shapes.
+fn matmul_t_dims(x: &[usize], w: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+    match (x, w) {
+        ([m, k], [n, k2]) if k == k2 => Ok((*m, *k, *n)),
+        _ => candle_core::bail!("matmul_t: shapes {x:?} and {w:?} do not multiply as x · wᵀ"),
+    }
+}
+
+struct MatmulT;
+
+impl CustomOp2 for MatmulT {
+    fn name(&self) -> &'static str {
+        "pool-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_values(s1, l1)?, f32_values(s2, l2)?);
+        let (m, k, n) = matmul_t_dims(l1.dims(), l2.dims())?;
+        let y = matmul(dense(x, k), transposed(w, k), (m, k, n));
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = x.apply_op3_no_bwd(w, &g.contiguous()?, &MatmulTBackward)?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        let dx = both.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = both.narrow(0, nx, nw)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `dx = g · w` and `dw = (xᵀ · g)ᵀ`, as one flat result (`dx`'s values, then `dw`'s).
+struct MatmulTBackward;
+
+impl CustomOp3 for MatmulTBackward {
+    fn name(&self) -> &'static str {
+        "pool-matmul-t-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (
+            f32_values(s1, l1)?,
+            f32_values(s2, l2)?,
+            f32_values(s3, l3)?,
+        );
+        let (m, k, n) = matmul_t_dims(l1.dims(), l2.dims())?;
+        if g.len() != m * n {
+            candle_core::bail!(
+                "matmul_t: a gradient of {} values for {:?}",
+                g.len(),
+                l3.dims()
+            );
+        }
+        let mut both = matmul(dense(g, n), dense(w, k), (m, n, k));
+        // candle computes `xᵀ · g` [k, n] and hands `w` its transpose.
+        let xt_g = matmul(transposed(x, k), dense(g, n), (k, m, n));
+        both.reserve(n * k);
+        for j in 0..n {
+            both.extend((0..k).map(|i| xt_g[i * n + j]));
+        }
+        let len = both.len();
+        Ok((CpuStorage::F32(both), Shape::from(len)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +432,14 @@ mod tests {
             (300, 896, 4864),
             (7, 64, 33),
             (65, 130, 250),
+            // LoRA's products: x Aᵀ (r columns), then its result times Bᵀ.
+            (1024, 576, 16),
+            (1000, 576, 8),
+            (1024, 16, 192),
+            // Small on one side, large on the other: blocks must stay large for gemm.
+            (8, 1000, 192),
+            (100, 1000, 40),
+            (64, 700, 130),
         ] {
             let x = random(m * input, 1);
             let w = random(output * input, 2);
@@ -395,5 +535,47 @@ mod tests {
             err.contains("shapes [2, 3, 4] and [2, 5, 4] do not multiply"),
             "{err}"
         );
+    }
+
+    /// LoRA's two products, `(x Aᵀ) Bᵀ`, forward and backward (to `x`, `A` and `B`), against
+    /// candle's `matmul(&w.t())` and its autograd, to the bit.
+    #[test]
+    fn lora_products_and_their_gradients_are_candles_bits() {
+        let dev = &Device::Cpu;
+        for (m, input, r, output) in [(1024, 576, 16, 576), (1000, 576, 8, 192), (5, 64, 4, 33)] {
+            let tensor = |dims: &[usize], seed| {
+                Tensor::from_vec(random(dims.iter().product(), seed), dims, dev).unwrap()
+            };
+            let x = Var::from_tensor(&tensor(&[m, input], 7)).unwrap();
+            let a = Var::from_tensor(&tensor(&[r, input], 8)).unwrap();
+            let b = Var::from_tensor(&tensor(&[output, r], 9)).unwrap();
+            let weights = tensor(&[m, output], 10);
+            let flat = |t: &Tensor| bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let mut results = Vec::new();
+            for product in [
+                |x: &Tensor, w: &Tensor| x.matmul(&w.t().unwrap()).unwrap(),
+                |x: &Tensor, w: &Tensor| matmul_t(x, w).unwrap(),
+            ] {
+                let y = product(&product(x.as_tensor(), a.as_tensor()), b.as_tensor());
+                let g = (&y * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                results.push(
+                    [x.as_tensor(), a.as_tensor(), b.as_tensor()].map(|v| flat(g.get(v).unwrap())),
+                );
+                results.push([flat(&y), vec![], vec![]]);
+            }
+            assert!(
+                results[0] == results[2],
+                "gradients, {m} × {input} × {r} × {output}"
+            );
+            assert!(
+                results[1] == results[3],
+                "product, {m} × {input} × {r} × {output}"
+            );
+        }
     }
 }
