@@ -436,6 +436,9 @@ mod tests {
             (1024, 576, 16),
             (1000, 576, 8),
             (1024, 16, 192),
+            // One row (a dense model decoding one token): gemm's matrix-vector path, per block.
+            (1, 576, 49152),
+            (1, 576, 1536),
             // Small on one side, large on the other: blocks must stay large for gemm.
             (8, 1000, 192),
             (100, 1000, 40),
