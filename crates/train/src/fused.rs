@@ -23,7 +23,11 @@ pub(crate) fn applies(x: &Tensor) -> bool {
 }
 
 /// The values of a contiguous f32 CPU tensor, as a custom op receives it.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn values<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
         _ => candle_core::bail!("{op}: expects a contiguous f32 tensor on the CPU"),
@@ -77,6 +81,19 @@ pub(crate) fn map_rows_reading<T: Copy + Default, const N: usize>(
         candle_core::utils::barrier_pool().execute_chunked(rows, work);
     }
     out
+}
+
+/// The gradients of `a` and `b` from a backward op that computes both in one pass and returns them
+/// as one flat tensor, `a`'s values then `b`'s.
+pub(crate) fn split_gradients(
+    both: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let (na, nb) = (a.elem_count(), b.elem_count());
+    let da = both.narrow(0, 0, na)?.reshape(a.shape())?;
+    let db = both.narrow(0, na, nb)?.reshape(b.shape())?;
+    Ok((Some(da), Some(db)))
 }
 
 fn to_storage(values: Vec<f32>, shape: &Shape) -> (CpuStorage, Shape) {
@@ -340,17 +357,13 @@ impl CustomOp2 for SiluMul {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // Both gradients in one pass, as the two halves of one [2, n] result.
         let both = g.apply_op3_no_bwd(u, &dy.contiguous()?, &SiluMulBackward)?;
-        let (dg, du) = (
-            both.get(0)?.reshape(g.shape())?,
-            both.get(1)?.reshape(u.shape())?,
-        );
-        Ok((Some(dg), Some(du)))
+        split_gradients(&both, g, u)
     }
 }
 
-/// With `σ = 1/(1 + e^-g)`: `dg = dy · u · σ · (1 + g · (1 − σ))`, `du = dy · silu(g)`.
+/// With `σ = 1/(1 + e^-g)`: `dg = dy · u · σ · (1 + g · (1 − σ))`, `du = dy · silu(g)`, as one flat
+/// result (see [`split_gradients`]).
 struct SiluMulBackward;
 
 impl CustomOp3 for SiluMulBackward {
@@ -385,7 +398,8 @@ impl CustomOp3 for SiluMulBackward {
         });
         let mut both = dg;
         both.extend_from_slice(&du);
-        Ok((CpuStorage::F32(both), Shape::from((2, g.len()))))
+        let len = both.len();
+        Ok((CpuStorage::F32(both), Shape::from(len)))
     }
 }
 

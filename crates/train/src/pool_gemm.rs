@@ -11,6 +11,7 @@
 //! the caches only, never on `m` or `n`, so each value sums its products in the same order whatever
 //! block of columns it is computed in (tests check it at the model's shapes).
 
+use crate::fused::{split_gradients, values};
 use crate::q8::SharedOut;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -193,13 +194,6 @@ fn batched_dims(a: &[usize], b: &[usize]) -> candle_core::Result<(usize, (usize,
     Ok((batches, (a[ra - 2], a[ra - 1], b[rb - 1])))
 }
 
-fn f32_values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("batched matmul: expects contiguous f32 tensors on the CPU"),
-    }
-}
-
 fn dense(data: &[f32], cols: usize) -> Operand<'_> {
     Operand {
         data,
@@ -230,7 +224,7 @@ impl CustomOp2 for BatchedMatmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_values(s1, l1)?, f32_values(s2, l2)?);
+        let (a, b) = (values(s1, l1, self.name())?, values(s2, l2, self.name())?);
         let (batches, (m, k, n)) = batched_dims(l1.dims(), l2.dims())?;
         let c = batched(
             batches,
@@ -252,10 +246,7 @@ impl CustomOp2 for BatchedMatmul {
         dc: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let both = a.apply_op3_no_bwd(b, &dc.contiguous()?, &BatchedMatmulBackward)?;
-        let (na, nb) = (a.elem_count(), b.elem_count());
-        let da = both.narrow(0, 0, na)?.reshape(a.shape())?;
-        let db = both.narrow(0, na, nb)?.reshape(b.shape())?;
-        Ok((Some(da), Some(db)))
+        split_gradients(&both, a, b)
     }
 }
 
@@ -277,9 +268,9 @@ impl CustomOp3 for BatchedMatmulBackward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b, dc) = (
-            f32_values(s1, l1)?,
-            f32_values(s2, l2)?,
-            f32_values(s3, l3)?,
+            values(s1, l1, self.name())?,
+            values(s2, l2, self.name())?,
+            values(s3, l3, self.name())?,
         );
         let (batches, (m, k, n)) = batched_dims(l1.dims(), l2.dims())?;
         if dc.len() != batches * m * n {
@@ -340,7 +331,7 @@ impl CustomOp2 for MatmulT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32_values(s1, l1)?, f32_values(s2, l2)?);
+        let (x, w) = (values(s1, l1, self.name())?, values(s2, l2, self.name())?);
         let (m, k, n) = matmul_t_dims(l1.dims(), l2.dims())?;
         let y = matmul(dense(x, k), transposed(w, k), (m, k, n));
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
@@ -354,10 +345,7 @@ impl CustomOp2 for MatmulT {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let both = x.apply_op3_no_bwd(w, &g.contiguous()?, &MatmulTBackward)?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
-        let dx = both.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = both.narrow(0, nx, nw)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        split_gradients(&both, x, w)
     }
 }
 
@@ -379,9 +367,9 @@ impl CustomOp3 for MatmulTBackward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, g) = (
-            f32_values(s1, l1)?,
-            f32_values(s2, l2)?,
-            f32_values(s3, l3)?,
+            values(s1, l1, self.name())?,
+            values(s2, l2, self.name())?,
+            values(s3, l3, self.name())?,
         );
         let (m, k, n) = matmul_t_dims(l1.dims(), l2.dims())?;
         if g.len() != m * n {
