@@ -147,15 +147,13 @@ pub fn build(
     ))
 }
 
-/// The log-probs of each row's scored tokens, `[batch]`: summed, or averaged over the row's scored
-/// tokens when `average` (IPO).
+/// The log-probs of each row's scored tokens, `[batch]`, from each position's target log-prob
+/// `picked` [batch, seq]: summed, or averaged over the row's scored tokens when `average` (IPO).
 pub fn sequence_logps(
-    logits: &Tensor,
-    targets: &Tensor,
+    picked: &Tensor,
     mask: &Tensor,
     average: bool,
 ) -> candle_core::Result<Tensor> {
-    let picked = super::model::target_log_prob(logits, targets)?;
     let summed = (picked * mask)?.sum(1)?;
     if average {
         summed / mask.sum(1)?.clamp(1.0, f64::MAX)?
@@ -175,7 +173,7 @@ pub fn pair_logps(
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let b = pair_batch(model, pairs, pad)?;
     pair_logps_of(
-        &model.forward(&b.inputs, None, pass)?,
+        &model.target_log_probs(&b.inputs, &b.targets, pass)?,
         &b,
         pairs.len(),
         loss,
@@ -196,14 +194,15 @@ pub fn pair_batch(
     examples::batch(&seqs, pad, model.dtype, &model.device)
 }
 
-/// The (chosen, rejected) log-probs, `[k]` and `[k]`, from the logits of [`pair_batch`]'s sequences.
+/// The (chosen, rejected) log-probs, `[k]` and `[k]`, from the target log-probs of
+/// [`pair_batch`]'s sequences.
 pub fn pair_logps_of(
-    logits: &Tensor,
+    picked: &Tensor,
     b: &examples::Batch,
     k: usize,
     loss: Loss,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let logps = sequence_logps(logits, &b.targets, &b.mask, loss == Loss::Ipo)?;
+    let logps = sequence_logps(picked, &b.mask, loss == Loss::Ipo)?;
     Ok((logps.narrow(0, 0, k)?, logps.narrow(0, k, k)?))
 }
 

@@ -83,6 +83,29 @@ pub(crate) fn map_rows_reading<T: Copy + Default, const N: usize>(
     out
 }
 
+/// Each `width`-value row of `data` rewritten in place by `update(i, row)`, rows spread over
+/// candle's thread pool as in [`map_rows`] (a gradient written over the values it is computed from).
+pub(crate) fn update_rows<T: Send>(
+    data: &mut [T],
+    width: usize,
+    update: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let rows = data.len() / width.max(1);
+    let shared = SharedOut(data.as_mut_ptr());
+    let work = |range: std::ops::Range<usize>| {
+        for i in range {
+            // SAFETY: row i lies within `data` and is rewritten by this work item alone.
+            let row = unsafe { std::slice::from_raw_parts_mut(shared.at(i * width), width) };
+            update(i, row);
+        }
+    };
+    if rows * width < VALUES_WORTH_THE_POOL {
+        work(0..rows);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(rows, work);
+    }
+}
+
 /// The gradients of `a` and `b` from a backward op that computes both in one pass and returns them
 /// as one flat tensor, `a`'s values then `b`'s.
 pub(crate) fn split_gradients(

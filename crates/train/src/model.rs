@@ -11,7 +11,9 @@
 
 use super::config::ModelConfig;
 use super::fused;
-use super::pool_gemm::{self, Operand};
+use super::lora_linear::LoraLinear;
+use super::output_head::HeadLogProb;
+use super::pool_gemm;
 use super::TrainError;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -212,16 +214,8 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             let y = with_f32_values(&self.weight, |w| {
                 let rows = (end - start) / input.max(1);
                 pool_gemm::matmul(
-                    Operand {
-                        data: &x[start..end],
-                        row_stride: input,
-                        col_stride: 1,
-                    },
-                    Operand {
-                        data: w,
-                        row_stride: 1,
-                        col_stride: input,
-                    },
+                    pool_gemm::dense(&x[start..end], input),
+                    pool_gemm::transposed(w, input),
                     (rows, input, out),
                 )
             });
@@ -250,16 +244,8 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             let dx = with_f32_values(&grad, |dy| {
                 with_f32_values(&self.weight, |w| {
                     pool_gemm::matmul(
-                        Operand {
-                            data: dy,
-                            row_stride: out,
-                            col_stride: 1,
-                        },
-                        Operand {
-                            data: w,
-                            row_stride: input,
-                            col_stride: 1,
-                        },
+                        pool_gemm::dense(dy, out),
+                        pool_gemm::dense(w, input),
                         (rows, out, input),
                     )
                 })
@@ -338,7 +324,7 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
 }
 
 /// `x Wᵀ` for a frozen `W`, gradient to `x` only.
-fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(FrozenMatmul {
         weight: weight.clone(),
     })
@@ -346,6 +332,25 @@ fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
 
 impl Linear {
     fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
+        if let Some(l) = self.lora.as_ref().filter(|_| pass.adapters) {
+            // A training step's adapted linear: one graph node (see lora_linear.rs), the same bits.
+            let exact_base = matches!(self.weight, BaseWeight::Dense(_)) || pass.training;
+            if pass.track_gradients && exact_base && fused::applies(x) {
+                let dropout_mask = match pass.dropout_rng.as_mut() {
+                    Some(rng) if l.dropout > 0.0 => {
+                        Some(dropout_mask(x.elem_count(), l.dropout, rng))
+                    }
+                    _ => None,
+                };
+                let op = LoraLinear::new(
+                    self.weight.clone(),
+                    self.bias.clone(),
+                    l.scale,
+                    dropout_mask,
+                );
+                return op.forward(x, l.a.as_tensor(), l.b.as_tensor());
+            }
+        }
         let dims = x.dims().to_vec();
         let d_in = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -519,7 +524,7 @@ pub fn log_softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 struct TargetLogProb;
 
 /// The row's log-sum-exp, in f64.
-fn log_sum_exp<T: candle_core::WithDType>(row: &[T]) -> f64 {
+pub(crate) fn log_sum_exp<T: candle_core::WithDType>(row: &[T]) -> f64 {
     let max = row
         .iter()
         .map(|x| x.to_f64())
@@ -531,7 +536,7 @@ fn log_sum_exp<T: candle_core::WithDType>(row: &[T]) -> f64 {
         .ln()
 }
 
-fn target_log_probs<T: candle_core::WithDType + Default>(
+pub(crate) fn target_log_probs<T: candle_core::WithDType + Default>(
     logits: &[T],
     targets: &[u32],
     vocab: usize,
@@ -1276,6 +1281,38 @@ impl CausalLm {
         self.logits(&x, pass)
     }
 
+    /// The log-prob of each position's target token, [batch, seq], for token ids and targets
+    /// [batch, seq]: what every loss reads (SFT's NLL, DPO's sequence log-probs, perplexity).
+    pub fn target_log_probs(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        pass: &mut Pass,
+    ) -> candle_core::Result<Tensor> {
+        let at = self.positions(ids.dims2()?.1, 0)?;
+        let mut x = self.embed_tokens(ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &at, None, pass)?;
+        }
+        self.head_log_probs(&x, targets, pass)
+    }
+
+    /// The final norm, the output head and each target's log-softmax, from the last residual
+    /// stream: as one op where it applies (the logits are then never a graph node; see
+    /// output_head.rs), else through [`CausalLm::logits`] and [`target_log_prob`].
+    fn head_log_probs(
+        &self,
+        x: &Tensor,
+        targets: &Tensor,
+        pass: &Pass,
+    ) -> candle_core::Result<Tensor> {
+        let exact_head = matches!(self.lm_head, BaseWeight::Dense(_)) || pass.training;
+        if exact_head && fused::applies(x) {
+            return HeadLogProb::forward(&self.lm_head, &self.norm.forward(x)?, targets);
+        }
+        target_log_prob(&self.logits(x, pass)?, targets)
+    }
+
     /// `t` new tokens after `offset` cached ones, refused when the model has no position for them.
     fn positions(&self, t: usize, offset: usize) -> candle_core::Result<Positions<'_>> {
         if offset + t > self.rope.cos.dim(0)? {
@@ -1313,7 +1350,8 @@ impl CausalLm {
             .reshape((b, t, self.cfg.vocab_size))
     }
 
-    /// `loss_of(logits)` for token ids [batch, seq], and its gradient with respect to every adapter:
+    /// `loss_of(target log-probs)` for token ids and targets [batch, seq] (the log-probs as
+    /// [`CausalLm::target_log_probs`] gives them), and its gradient with respect to every adapter:
     /// one training step's forward and backward.
     ///
     /// With `checkpoint` (gradient checkpointing), the forward keeps only each layer's input, not its
@@ -1325,12 +1363,13 @@ impl CausalLm {
     pub fn loss_and_grads(
         &self,
         ids: &Tensor,
+        targets: &Tensor,
         pass: &mut Pass,
         checkpoint: bool,
         loss_of: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> candle_core::Result<(Tensor, candle_core::backprop::GradStore)> {
         if !checkpoint {
-            let loss = loss_of(&self.forward(ids, None, pass)?)?;
+            let loss = loss_of(&self.target_log_probs(ids, targets, pass)?)?;
             let grads = loss.backward()?;
             return Ok((loss, grads));
         }
@@ -1346,7 +1385,7 @@ impl CausalLm {
         }
         pass.track_gradients = tracked;
         let top = Var::from_tensor(&x)?;
-        let loss = loss_of(&self.logits(top.as_tensor(), pass)?)?;
+        let loss = loss_of(&self.head_log_probs(top.as_tensor(), targets, pass)?)?;
         let mut grads = loss.backward()?;
         let mut upstream = grads.remove(top.as_tensor()).ok_or_else(|| {
             candle_core::Error::Msg("the loss does not depend on the model's last layer".into())
@@ -1500,24 +1539,19 @@ pub fn mean_nll(
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&super::examples::Example> = chunk.iter().collect();
         let b = super::examples::batch(&refs, pad, model.dtype, &model.device)?;
-        let logits = model.forward(&b.inputs, None, &mut pass())?;
-        let sum = masked_nll(&logits, &b.targets, &b.mask, 1.0)?.detach();
+        let picked = model.target_log_probs(&b.inputs, &b.targets, &mut pass())?;
+        let sum = masked_nll(&picked, &b.mask, 1.0)?.detach();
         nll += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         scored += b.scored;
     }
     Ok((nll / scored.max(1) as f64, scored))
 }
 
-/// Mean negative log-likelihood of `targets` over the positions where `mask` is 1, divided by
+/// Mean negative log-likelihood of the targets, from their log-probs `picked` [batch, seq] (as
+/// [`CausalLm::target_log_probs`] gives them), over the positions where `mask` is 1, divided by
 /// `denominator` tokens (the whole optimizer step's count, so accumulated micro-batches add up to the
 /// big batch's mean). Returns the summed NLL / denominator.
-pub fn masked_nll(
-    logits: &Tensor,
-    targets: &Tensor,
-    mask: &Tensor,
-    denominator: f64,
-) -> candle_core::Result<Tensor> {
-    let picked = target_log_prob(logits, targets)?;
+pub fn masked_nll(picked: &Tensor, mask: &Tensor, denominator: f64) -> candle_core::Result<Tensor> {
     let nll = (picked.neg()? * mask)?;
     nll.sum_all()? / denominator
 }

@@ -194,7 +194,8 @@ fn batched_dims(a: &[usize], b: &[usize]) -> candle_core::Result<(usize, (usize,
     Ok((batches, (a[ra - 2], a[ra - 1], b[rb - 1])))
 }
 
-fn dense(data: &[f32], cols: usize) -> Operand<'_> {
+/// A row-major matrix of `cols` columns.
+pub(crate) fn dense(data: &[f32], cols: usize) -> Operand<'_> {
     Operand {
         data,
         row_stride: cols,
@@ -202,7 +203,8 @@ fn dense(data: &[f32], cols: usize) -> Operand<'_> {
     }
 }
 
-fn transposed(data: &[f32], cols: usize) -> Operand<'_> {
+/// The transpose of a row-major matrix of `cols` columns.
+pub(crate) fn transposed(data: &[f32], cols: usize) -> Operand<'_> {
     Operand {
         data,
         row_stride: 1,
@@ -379,16 +381,29 @@ impl CustomOp3 for MatmulTBackward {
                 l3.dims()
             );
         }
-        let mut both = matmul(dense(g, n), dense(w, k), (m, n, k));
-        // candle computes `xᵀ · g` [k, n] and hands `w` its transpose.
-        let xt_g = matmul(transposed(x, k), dense(g, n), (k, m, n));
-        both.reserve(n * k);
-        for j in 0..n {
-            both.extend((0..k).map(|i| xt_g[i * n + j]));
-        }
+        let (mut both, dw) = matmul_t_gradients(x, w, g, (m, k, n));
+        both.extend(dw);
         let len = both.len();
         Ok((CpuStorage::F32(both), Shape::from(len)))
     }
+}
+
+/// The gradients of `y = x · wᵀ` (`x` [m, k], `w` [n, k]) for `g = dy`: `dx = g · w` [m, k] and
+/// `dw = (xᵀ · g)ᵀ` [n, k], the bits of candle's matmul autograd.
+pub(crate) fn matmul_t_gradients(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let dx = matmul(dense(g, n), dense(w, k), (m, n, k));
+    // candle computes `xᵀ · g` [k, n] and hands `w` its transpose.
+    let xt_g = matmul(transposed(x, k), dense(g, n), (k, m, n));
+    let mut dw = Vec::with_capacity(n * k);
+    for j in 0..n {
+        dw.extend((0..k).map(|i| xt_g[i * n + j]));
+    }
+    (dx, dw)
 }
 
 #[cfg(test)]

@@ -711,9 +711,10 @@ fn optimizer_step(
             let mut pass = Pass::training(dropout_seed(h, step, k));
             Ok(job.model.loss_and_grads(
                 &b.inputs,
+                &b.targets,
                 &mut pass,
                 job.gradient_checkpointing,
-                |logits| masked_nll(logits, &b.targets, &b.mask, scored as f64),
+                |picked| masked_nll(picked, &b.mask, scored as f64),
             )?)
         })?;
         return Ok(StepDone {
@@ -781,10 +782,11 @@ fn dpo_step(
         let b = dpo::pair_batch(job.model, &batch, job.pad)?;
         Ok(job.model.loss_and_grads(
             &b.inputs,
+            &b.targets,
             &mut pass,
             job.gradient_checkpointing,
-            |logits| {
-                let (pc, pr) = dpo::pair_logps_of(logits, &b, batch.len(), settings.loss)?;
+            |picked| {
+                let (pc, pr) = dpo::pair_logps_of(picked, &b, batch.len(), settings.loss)?;
                 let out = dpo::loss(&pc, &pr, (&rc, &rr), settings)?;
                 chosen.extend(out.chosen_rewards);
                 rejected.extend(out.rejected_rewards);
