@@ -196,7 +196,7 @@ impl CustomOp3 for LoraLinear {
     }
 
     /// `dx = dy W + (s·dy B A) ⊙ mask` (none where `x` is untracked: the first layer's input),
-    /// `dA = (dy B)ᵀ dropout(x)` and `dB = (s·dy)ᵀ (x Aᵀ)`, each as the tensor-op form's autograd
+    /// `dA = (s·dy B)ᵀ dropout(x)` and `dB = (s·dy)ᵀ (dropout(x) Aᵀ)`, each as the tensor-op form's autograd
     /// computes it.
     fn bwd(
         &self,
