@@ -504,22 +504,11 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
 
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::test_values::tensor_bits as bits;
 
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let v = crate::test_values::uniform(shape.iter().product(), seed, 2.0);
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
     /// The tensor-op forms the model used before (and uses off the CPU or in f64).

@@ -38,6 +38,8 @@ rhai::def_package! {
 }
 
 #[cfg(test)]
+mod test_values;
+#[cfg(test)]
 mod tests;
 pub mod tiny;
 pub mod trainer;

@@ -274,20 +274,10 @@ mod tests {
     use crate::model::frozen_matmul;
     use candle_core::{Device, Var};
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-    }
+    use crate::test_values::tensor_bits as bits;
 
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        crate::test_values::uniform(n, seed, 1.0)
     }
 
     /// The tensor-op form the op replaces (model.rs's `Linear::forward` before it).

@@ -536,7 +536,7 @@ pub(crate) fn log_sum_exp<T: candle_core::WithDType>(row: &[T]) -> f64 {
         .ln()
 }
 
-pub(crate) fn target_log_probs<T: candle_core::WithDType + Default>(
+fn target_log_probs<T: candle_core::WithDType + Default>(
     logits: &[T],
     targets: &[u32],
     vocab: usize,
@@ -1586,15 +1586,7 @@ mod tests {
                 .map(|_| rng.random_range(-4.0..4.0))
                 .collect();
             let x = Tensor::from_vec(x, (2, 4, t, 16), &Device::Cpu).unwrap();
-            let bits = |y: Tensor| -> Vec<u32> {
-                y.flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            };
+            let bits = |y: Tensor| crate::test_values::tensor_bits(&y);
             assert_eq!(
                 bits(rope.apply(&x, offset).unwrap()),
                 bits(rope.apply_tensor_ops(&x, offset).unwrap()),

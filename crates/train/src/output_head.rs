@@ -5,24 +5,31 @@
 //! reads only the targets' log-probs. Through tensor ops, the logits ([rows, vocab]: 110 MB for a
 //! DPO step of 4 pairs on SmolLM2's 49,152 tokens) were a graph node behind a reshape: the backward
 //! copied them to compute their gradient, then gave that gradient a zeroed tensor and an add, twice
-//! (the reshape, then the product), before the head's product read it. Here the op keeps the logits
-//! it computed, overwrites them with their gradient in place, and multiplies: one buffer, two passes.
+//! (the reshape, then the product), before the head's product read it; and each row's log-sum-exp
+//! (an exp per logit) was summed again. Here the op keeps the logits and the rows' log-sum-exps it
+//! computed, overwrites the logits with their gradient in place, and multiplies: one buffer.
 //!
 //! Invariant: the same bits as the tensor-op form (the head's `FrozenMatmul`, then
 //! `model::target_log_prob`), forward and backward (tests). CPU f32 only; elsewhere the model keeps
 //! the tensor ops.
 
-use crate::fused::{update_rows, values};
+use crate::fused::{map_rows_reading, update_rows, values};
 use crate::lora_linear::with_weight_values;
-use crate::model::{log_sum_exp, target_log_probs, BaseWeight};
+use crate::model::{log_sum_exp, BaseWeight};
 use crate::pool_gemm::{self, dense, transposed};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::sync::Mutex;
 
 pub(crate) struct HeadLogProb {
     weight: BaseWeight,
-    /// The forward's logits, taken (and overwritten with their gradient) by the backward.
-    logits: Mutex<Option<Vec<f32>>>,
+    /// The forward's logits and rows' log-sum-exps, taken by the backward (which overwrites the
+    /// logits with their gradient and reads each row's log-sum-exp instead of summing it again).
+    kept: Mutex<Option<Kept>>,
+}
+
+struct Kept {
+    logits: Vec<f32>,
+    log_sum_exps: Vec<f64>,
 }
 
 impl HeadLogProb {
@@ -34,7 +41,7 @@ impl HeadLogProb {
     ) -> candle_core::Result<Tensor> {
         let op = HeadLogProb {
             weight: weight.clone(),
-            logits: Mutex::new(None),
+            kept: Mutex::new(None),
         };
         x.contiguous()?.apply_op2(&targets.contiguous()?, op)
     }
@@ -51,17 +58,25 @@ impl HeadLogProb {
         Ok((rows, hidden, vocab))
     }
 
-    fn logits(
+    /// The logits of `x` and each row's log-sum-exp.
+    fn kept(
         &self,
         x: &[f32],
         (rows, hidden, vocab): (usize, usize, usize),
-    ) -> candle_core::Result<Vec<f32>> {
-        with_weight_values(&self.weight, |w| {
+    ) -> candle_core::Result<Kept> {
+        let logits = with_weight_values(&self.weight, |w| {
             pool_gemm::matmul(
                 dense(x, hidden),
                 transposed(w, hidden),
                 (rows, hidden, vocab),
             )
+        })?;
+        let [log_sum_exps] = map_rows_reading(rows, 1, vocab, |i, [out]| {
+            out[0] = log_sum_exp(&logits[i * vocab..(i + 1) * vocab]);
+        });
+        Ok(Kept {
+            logits,
+            log_sum_exps,
         })
     }
 }
@@ -87,9 +102,19 @@ impl CustomOp2 for HeadLogProb {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, targets) = (values(s1, l1, self.name())?, targets_of(s2, l2)?);
         let sizes = self.sizes(l1.dims(), l2.dims())?;
-        let logits = self.logits(x, sizes)?;
-        let out = target_log_probs(&logits, targets, sizes.2);
-        *self.logits.lock().map_err(|_| poisoned())? = Some(logits);
+        let (kept, vocab) = (self.kept(x, sizes)?, sizes.2);
+        // `model::target_log_prob`'s value: the target's logit less the row's log-sum-exp, in f64.
+        let out = targets
+            .iter()
+            .enumerate()
+            .map(
+                |(i, &t)| match kept.logits[i * vocab..(i + 1) * vocab].get(t as usize) {
+                    Some(x) => (*x as f64 - kept.log_sum_exps[i]) as f32,
+                    None => 0.0,
+                },
+            )
+            .collect();
+        *self.kept.lock().map_err(|_| poisoned())? = Some(kept);
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 
@@ -105,17 +130,18 @@ impl CustomOp2 for HeadLogProb {
             return Ok((None, None));
         }
         let sizes @ (rows, hidden, vocab) = self.sizes(x.dims(), targets.dims())?;
-        let kept = self.logits.lock().map_err(|_| poisoned())?.take();
-        let mut logits = match kept {
-            Some(logits) => logits,
+        let kept = self.kept.lock().map_err(|_| poisoned())?.take();
+        let Kept {
+            mut logits,
+            log_sum_exps,
+        } = match kept {
+            Some(kept) => kept,
             // A second backward through the same graph: compute them again.
             None => {
                 let x = x.contiguous()?;
                 let (s, l) = x.storage_and_layout();
                 match &*s {
-                    candle_core::Storage::Cpu(c) => {
-                        self.logits(values(c, l, self.name())?, sizes)?
-                    }
+                    candle_core::Storage::Cpu(c) => self.kept(values(c, l, self.name())?, sizes)?,
                     _ => candle_core::bail!("output head: CPU only"),
                 }
             }
@@ -136,7 +162,7 @@ impl CustomOp2 for HeadLogProb {
                 row.fill(0.0);
                 return;
             }
-            let (lse, g) = (log_sum_exp(row), g[i] as f64);
+            let (lse, g) = (log_sum_exps[i], g[i] as f64);
             for x in row.iter_mut() {
                 *x = (-g * (*x as f64 - lse).exp()) as f32;
             }
@@ -163,15 +189,10 @@ mod tests {
     use crate::model::{frozen_matmul, target_log_prob};
     use candle_core::{Device, Var};
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-    }
+    use crate::test_values::tensor_bits as bits;
 
-    fn bits(t: &Tensor) -> Vec<u32> {
-        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        v.iter().map(|x| x.to_bits()).collect()
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        crate::test_values::uniform(n, seed, 1.0)
     }
 
     /// The log-probs and `dx` under a random linear loss, bit for bit against the head's product

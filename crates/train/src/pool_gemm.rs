@@ -411,14 +411,10 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-    }
+    use crate::test_values::{tensor_bits, value_bits as bits};
 
-    fn bits(v: &[f32]) -> Vec<u32> {
-        v.iter().map(|x| x.to_bits()).collect()
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        crate::test_values::uniform(n, seed, 1.0)
     }
 
     /// `x Wᵀ` (a frozen linear's forward) and `dy W` (its backward) at the model's shapes (SmolLM2's
@@ -513,7 +509,7 @@ mod tests {
             let a = Var::from_tensor(&tensor(&[batch, heads, t, hd], 4)).unwrap();
             let b = Var::from_tensor(&tensor(&[batch, heads, hd, t], 5)).unwrap();
             let r = tensor(&[batch, heads, t, t], 6);
-            let flat = |t: &Tensor| bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let flat = tensor_bits;
             let mut results = Vec::new();
             for product in [
                 |a: &Tensor, b: &Tensor| a.matmul(b).unwrap(),
@@ -556,7 +552,7 @@ mod tests {
             let a = Var::from_tensor(&tensor(&[r, input], 8)).unwrap();
             let b = Var::from_tensor(&tensor(&[output, r], 9)).unwrap();
             let weights = tensor(&[m, output], 10);
-            let flat = |t: &Tensor| bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let flat = tensor_bits;
             let mut results = Vec::new();
             for product in [
                 |x: &Tensor, w: &Tensor| x.matmul(&w.t().unwrap()).unwrap(),
