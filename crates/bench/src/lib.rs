@@ -149,13 +149,25 @@ fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, String> {
     Err("expect: pass the map benchmark() returns".into())
 }
 
-/// Per problem: task_id → (passing samples c, samples n), from a run map's `problems` frame or a
-/// recorded run's metrics.
+/// One problem's result in a run: passing samples `c` of `n`, and the shares of its samples that
+/// compile, synthesize and use every port (None in runs recorded before rtlab kept them).
+#[derive(Clone, Copy)]
+struct ProblemResult {
+    c: f64,
+    n: f64,
+    stages: Option<[f64; 3]>,
+}
+
+/// The per-problem stage metrics a paired test can take besides pass@k.
+const STAGE_METRICS: [&str; 3] = ["syntax", "synth", "all_io_used"];
+
+/// Per problem: task_id → its result, from a run map's `problems` frame or a recorded run's
+/// metrics.
 fn problems_of(
     ws: &Workspace,
     run: &Dynamic,
     which: &str,
-) -> Result<BTreeMap<String, (f64, f64)>, String> {
+) -> Result<BTreeMap<String, ProblemResult>, String> {
     let json: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
         let frame = m
             .get("problems")
@@ -169,7 +181,9 @@ fn problems_of(
                 row["c"].as_f64(),
                 row["n"].as_f64(),
             ) {
-                out.insert(id.to_string(), serde_json::json!([c, n]));
+                let mut v = vec![serde_json::json!(c), serde_json::json!(n)];
+                v.extend(STAGE_METRICS.iter().filter_map(|m| row.get(*m).cloned()));
+                out.insert(id.to_string(), serde_json::Value::Array(v));
             }
         }
         serde_json::Value::Object(out)
@@ -196,7 +210,19 @@ fn problems_of(
         .as_object()
         .map(|o| {
             o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), (v[0].as_f64()?, v[1].as_f64()?))))
+                .filter_map(|(k, v)| {
+                    let stage = |i: usize| v.get(2 + i).and_then(|x| x.as_f64());
+                    let stages = match (stage(0), stage(1), stage(2)) {
+                        (Some(a), Some(b), Some(c)) => Some([a, b, c]),
+                        _ => None,
+                    };
+                    let result = ProblemResult {
+                        c: v[0].as_f64()?,
+                        n: v[1].as_f64()?,
+                        stages,
+                    };
+                    Some((k.clone(), result))
+                })
                 .collect()
         })
         .unwrap_or_default())
@@ -230,9 +256,10 @@ fn paired_options(options: &Map) -> Result<PairedOptions, String> {
     let metric = o.string("metric")?.unwrap_or_else(|| "pass@1".into());
     let k: usize = match metric.strip_prefix("pass@").map(str::parse) {
         Some(Ok(k)) if k >= 1 => k,
+        _ if STAGE_METRICS.contains(&metric.as_str()) => 0,
         _ => {
             return Err(format!(
-                "compare: metric {metric:?}: use \"pass@K\", as \"pass@1\""
+                "compare: metric {metric:?}: use \"pass@K\" (as \"pass@1\"), \"syntax\", \"synth\" or \"all_io_used\""
             ))
         }
     };
@@ -274,20 +301,30 @@ fn paired_test(
             a.len(), b.len(), shared.len()
         ));
     }
-    let value = |(c, n): (f64, f64)| pass_at_k(n as usize, c as usize, o.k);
+    let stage = STAGE_METRICS.iter().position(|m| *m == o.metric);
+    let value = |r: ProblemResult| match stage {
+        Some(i) => r.stages.map_or(f64::NAN, |s| s[i]),
+        None => pass_at_k(r.n as usize, r.c as usize, o.k),
+    };
     if let Some(id) = shared
         .iter()
         .find(|id| value(a[**id]).is_nan() || value(b[**id]).is_nan())
     {
-        return Err(format!(
-            "compare: {} needs at least {} samples per problem; {id} has fewer",
-            o.metric, o.k
-        ));
+        return Err(match stage {
+            Some(_) => format!(
+                "compare: {id} has no per-problem {} in one of the runs (recorded before rtlab kept it); benchmark it again",
+                o.metric
+            ),
+            None => format!(
+                "compare: {} needs at least {} samples per problem; {id} has fewer",
+                o.metric, o.k
+            ),
+        });
     }
     let result = if o.test == "mcnemar" {
         // Pass/fail per problem: the one sample when n = 1, else "solved" (some sample passes).
-        let solved = |run: &BTreeMap<String, (f64, f64)>| -> Vec<bool> {
-            shared.iter().map(|id| run[*id].0 > 0.0).collect()
+        let solved = |run: &BTreeMap<String, ProblemResult>| -> Vec<bool> {
+            shared.iter().map(|id| run[*id].c > 0.0).collect()
         };
         stats::mcnemar(&solved(&a), &solved(&b), o.confidence)
     } else {
@@ -626,7 +663,12 @@ mod bench_functions {
     /// Benchmarks a model on problems (`load_verilog_eval`'s frame: task_id, prompt, ref, test,
     /// category). Options: `n` samples per problem (1), `temperature` (0.85 when n > 1, else 0), `top_p`
     /// (0.95), `k` ([1, 5, 10], those ≤ n), `name`, `template` (with `{prompt}`), `executor` (where the
-    /// samples are verified: `slurm(#{...})` for a Slurm job array). Returns a run map:
+    /// samples are verified: `slurm(#{...})` for a Slurm job array), `stop` (where an answer ends: the
+    /// model's own `stop`, else `["endmodule"]`, which ends it at its first complete module as
+    /// VerilogEval's harness cuts a response, the `endmodule` put back; `[]` for none),
+    /// `allow_overlap` (false: a local model whose adapter records training data that holds any of
+    /// these problems is refused, naming them; true scores them anyway and the summary lists them
+    /// in `trained_on`). Returns a run map:
     /// `id`, `name`, `model`, `summary` (pass@k, score, syntax, synth, all_io_used, functional,
     /// failure_classes), and frames `problems` (c, n, pass@k), `categories` and `samples`. The run is
     /// recorded in the workspace store.
@@ -733,7 +775,8 @@ mod bench_functions {
 
     /// A paired A/B test of run B against run A on the same problems (runs as `benchmark()` returns
     /// them, or run ids). Options: `test`: "paired_bootstrap" (default; resamples problems, on the
-    /// per-problem `metric`, "pass@1" by default) or "mcnemar" (McNemar's exact test on solved /
+    /// per-problem `metric`: "pass@1" by default, any "pass@K", or a problem's share of samples that
+    /// pass a stage, "syntax", "synth" or "all_io_used") or "mcnemar" (McNemar's exact test on solved /
     /// unsolved per problem: the sample when n = 1, any sample when n > 1); `confidence` (0.95),
     /// `resamples` (10000), `seed` (0). Returns `#{test, metric, problems, a, b, delta, relative,
     /// ci_low, ci_high, confidence, p_value}`, and `a_only`, `b_only` (discordant problems) for
@@ -785,7 +828,7 @@ mod bench_functions {
                 Some(a) if a >= target => format!("✅ {key}: {a:.3} ≥ {target}"),
                 Some(a) => {
                     all = false;
-                    format!("❌ {key}: {a:.3} < {target}")
+                    format!("❌ {key}: {a:.3} < {target} (short by {:.3})", target - a)
                 }
                 None => {
                     all = false;

@@ -21,7 +21,14 @@ struct Settings {
     template: String,
     name: String,
     executor: rtlab_slurm::Executor,
+    /// Where an answer ends (by default at its first `endmodule`, as VerilogEval's harness cuts one).
+    stop: Vec<String>,
+    /// Score problems the adapter was trained on anyway (the run says so).
+    allow_overlap: bool,
 }
+
+/// The stop a benchmark puts on a model that has none: the end of the first complete module.
+const END_OF_MODULE: &str = "endmodule";
 
 impl Settings {
     fn parse(ws: &rtlab_core::Workspace, model: &Model, options: &Map) -> Result<Settings, String> {
@@ -33,6 +40,8 @@ impl Settings {
             "template",
             "name",
             "executor",
+            "stop",
+            "allow_overlap",
         ];
         let o = rtlab_core::options::Options::new("benchmark", options, &valid)?;
         let executor = rtlab_slurm::Executor::from_options(&o)?;
@@ -53,7 +62,16 @@ impl Settings {
             .collect();
         let template = crate::testbench::template(ws, options, "template", DEFAULT_TEMPLATE)?;
         let name = o.string("name")?.unwrap_or_else(|| model.cfg.model.clone());
+        let stop = match o.get("stop") {
+            Some(v) if v.is_string() => vec![v.to_string()],
+            Some(_) => o.strings("stop")?.unwrap_or_default(),
+            None if !model.cfg.stop.is_empty() => model.cfg.stop.clone(),
+            None => vec![END_OF_MODULE.to_string()],
+        };
+        let allow_overlap = o.bool("allow_overlap")?.unwrap_or(false);
         Ok(Settings {
+            stop,
+            allow_overlap,
             n,
             temperature,
             top_p,
@@ -120,11 +138,30 @@ pub fn run_benchmark(
 ) -> Result<Map, String> {
     let settings = Settings::parse(ws, model, options)?;
     let problems = Problems::from_frame(problems)?;
+    let trained_on = problems_trained_on(model, &problems)?;
+    if !trained_on.is_empty() && !settings.allow_overlap {
+        return Err(format!(
+            "benchmark: the adapter {} was trained on {} of these problems ({}): their scores would measure memory, not skill. Benchmark on problems outside its training data (df.split, df.decontaminate), or pass allow_overlap: true to score them anyway",
+            model.cfg.adapter.as_deref().unwrap_or_default(),
+            trained_on.len(),
+            trained_on.join(", ")
+        ));
+    }
     // One store for the whole run: the answers, the verdicts and the run record.
     let store = ws.store();
     let completions = sample(model, &settings, &problems, &store)?;
     let reports = verify_samples(ws, &completions, &settings, &problems, &store)?;
-    let scores = Scores::new(&reports, &settings, &problems)?;
+    let mut scores = Scores::new(&reports, &settings, &problems)?;
+    if !trained_on.is_empty() {
+        eprintln!(
+            "warning: benchmark {}: allow_overlap: the adapter was trained on {} (its summary lists them in trained_on)",
+            settings.name,
+            trained_on.join(", ")
+        );
+        scores
+            .summary
+            .insert("trained_on".into(), serde_json::json!(trained_on));
+    }
     let id = record(&store, model, &settings, &problems, &scores);
     let samples = samples_frame(&completions, &reports, &settings, &problems)?;
 
@@ -155,7 +192,9 @@ fn sample(
     problems: &Problems,
     store: &Option<SharedStore>,
 ) -> Result<Vec<String>, String> {
-    let sampled = model.with_sampling(settings.temperature, settings.top_p);
+    let sampled = model
+        .with_sampling(settings.temperature, settings.top_p)
+        .with_stop(settings.stop.clone());
     let requests: Vec<(Vec<Message>, usize)> = problems
         .prompts
         .iter()
@@ -180,7 +219,40 @@ fn sample(
             .unwrap_or_default();
         return Err(format!("benchmark: {failed} of {} requests failed (answers so far are recorded: rerun to resume); first error: {first}", answers.len()));
     }
-    Ok(answers.into_iter().map(|a| a.unwrap_or_default()).collect())
+    let ends_modules = settings.stop.iter().any(|s| s == END_OF_MODULE);
+    Ok(answers
+        .into_iter()
+        .map(|a| {
+            let text = a.unwrap_or_default();
+            // The answer stops before its `endmodule`: put it back, as VerilogEval's harness does.
+            if ends_modules && text.contains("module") {
+                format!("{text}{END_OF_MODULE}")
+            } else {
+                text
+            }
+        })
+        .collect())
+}
+
+/// The problems (task ids) that a local model's adapter was trained on, from the training data it
+/// records beside it; none for a server, a base model, or an adapter trained elsewhere.
+fn problems_trained_on(model: &Model, problems: &Problems) -> Result<Vec<String>, String> {
+    let Some(adapter) = model.cfg.adapter.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let Some(sketch) =
+        rtlab_data::hygiene::read_training_sketch(std::path::Path::new(adapter))?
+    else {
+        return Ok(Vec::new());
+    };
+    let texts: Vec<Vec<String>> = (0..problems.ids.len())
+        .map(|p| vec![problems.prompts[p].clone(), problems.refs[p].clone()])
+        .collect();
+    Ok(sketch
+        .leaked(&texts)
+        .into_iter()
+        .map(|(p, _)| problems.ids[p].clone())
+        .collect())
 }
 
 /// Step 2: each completion's code against its problem's testbench and reference.
@@ -273,6 +345,21 @@ impl Scores {
                     .count()
             })
             .collect();
+        // Per problem, the share of its samples that compile, synthesize and use every port: the
+        // unit a paired test resamples (the samples of one problem are not independent).
+        let share_of = |flag: fn(&Report) -> bool| -> Vec<f64> {
+            (0..problems.ids.len())
+                .map(|p| {
+                    let rs = &reports[p * n..(p + 1) * n];
+                    rs.iter().filter(|r| flag(r)).count() as f64 / n as f64
+                })
+                .collect()
+        };
+        let stage_shares: Vec<(&str, Vec<f64>)> = vec![
+            ("syntax", share_of(|r| r.syntax_ok)),
+            ("synth", share_of(|r| r.synth_ok == Some(true))),
+            ("all_io_used", share_of(|r| r.all_io_used == Some(true))),
+        ];
         let pass_at: Vec<Vec<f64>> = settings
             .ks
             .iter()
@@ -294,6 +381,9 @@ impl Scores {
             "solvable".into(),
             passing.iter().map(|c| *c > 0).collect::<Vec<_>>(),
         ));
+        for (name, shares) in &stage_shares {
+            columns.push(Column::new((*name).into(), shares.clone()));
+        }
         let problems_df = DataFrame::new(passing.len(), columns).map_err(|e| e.to_string())?;
 
         let mut by_category: BTreeMap<String, Vec<&Report>> = BTreeMap::new();
@@ -319,16 +409,25 @@ impl Scores {
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect();
         add_problem_statistics(&mut summary, settings, &pass_at, &passing, reports);
+        for (name, shares) in &stage_shares {
+            let (lo, hi) = super::stats::bootstrap_ci(shares, &super::stats::Resampling::default());
+            summary.insert(format!("{name}_ci"), serde_json::json!([round4(lo), round4(hi)]));
+        }
         summary.insert("failure_classes".into(), serde_json::json!(classes));
         let categories_json = category_rates
             .iter()
             .map(|(c, m)| (c.clone(), serde_json::json!(m)))
             .collect();
+        // [c, n, syntax, synth, all_io_used]: passing samples, samples, and the three shares.
         let problems_json = problems
             .ids
             .iter()
-            .zip(&passing)
-            .map(|(id, c)| (id.clone(), serde_json::json!([c, n])))
+            .enumerate()
+            .map(|(p, id)| {
+                let mut v = vec![serde_json::json!(passing[p]), serde_json::json!(n)];
+                v.extend(stage_shares.iter().map(|(_, s)| serde_json::json!(s[p])));
+                (id.clone(), serde_json::Value::Array(v))
+            })
             .collect();
         Ok(Scores {
             problems: problems_df,

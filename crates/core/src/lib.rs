@@ -10,6 +10,7 @@
 //! - [`store`]: the workspace's SQLite store (verification results, recorded model answers, runs);
 //! - [`values`]: the registry of rich values (how each capability's types display, render and
 //!   persist), and [`display`], how any value is shown;
+//! - [`progress`]: progress of long work on stderr, as a bar or, in a log, a line every 30 s or 10%;
 //! - [`json`]: between JSON and Rhai values;
 //! - [`api`]: the Rhai package every script gets (files, JSON, environment, assertions).
 //!
@@ -21,6 +22,7 @@ pub mod display;
 pub mod json;
 pub mod options;
 pub mod output;
+pub mod progress;
 pub mod store;
 pub mod values;
 pub mod workspace;

@@ -7,6 +7,8 @@
 mod convert;
 mod expr;
 mod frame_fns;
+pub mod hygiene;
+mod hygiene_fns;
 pub mod io;
 pub mod plot;
 mod scan;
@@ -185,6 +187,7 @@ pub fn register(module: &mut Module) {
     FuncRegistration::new("to_debug").set_into_module(module, |f: &mut Frame| format!("{}", f.df));
     expr::register(module);
     frame_fns::register(module);
+    hygiene_fns::register(module);
     combine_with_exported_module!(module, "io_functions", io_functions);
 }
 

@@ -42,6 +42,9 @@ pub struct ModelConfig {
     pub temperature: f64,
     pub top_p: f64,
     pub max_tokens: i64,
+    /// Strings that end an answer before the first of them (OpenAI's `stop`): sent to the server and
+    /// applied by the client to every answer, recorded or fresh.
+    pub stop: Vec<String>,
     pub concurrency: usize,
     pub timeout_s: f64,
     pub retries: u32,
@@ -132,6 +135,7 @@ impl Model {
                 "temperature",
                 "top_p",
                 "max_tokens",
+                "stop",
                 "concurrency",
                 "timeout_s",
                 "retries",
@@ -178,6 +182,7 @@ impl Model {
             temperature: number("temperature", 0.0)?,
             top_p: number("top_p", 1.0)?,
             max_tokens: count("max_tokens", 2048, 1)?,
+            stop: stop_strings(&o)?,
             concurrency: count("concurrency", 4, 1)? as usize,
             timeout_s: match number("timeout_s", 120.0)? {
                 t if t > 0.0 && t.is_finite() => t,
@@ -219,6 +224,12 @@ impl Model {
         m.insert("temperature".into(), Dynamic::from(c.temperature));
         m.insert("top_p".into(), Dynamic::from(c.top_p));
         m.insert("max_tokens".into(), Dynamic::from(c.max_tokens));
+        if !c.stop.is_empty() {
+            m.insert(
+                "stop".into(),
+                Dynamic::from_array(c.stop.iter().map(|s| s.clone().into()).collect()),
+            );
+        }
         m.insert("concurrency".into(), Dynamic::from(c.concurrency as i64));
         m.insert("timeout_s".into(), Dynamic::from(c.timeout_s));
         m.insert("retries".into(), Dynamic::from(c.retries as i64));
@@ -247,6 +258,7 @@ impl Model {
             temperature: self.cfg.temperature,
             top_p: self.cfg.top_p,
             max_tokens: self.cfg.max_tokens,
+            stop: self.cfg.stop.clone(),
         }
     }
 
@@ -281,6 +293,16 @@ impl Model {
         }
     }
 
+    /// The same model ending its answers at `stop` (a benchmark's end of module).
+    pub fn with_stop(&self, stop: Vec<String>) -> Model {
+        let mut cfg = (*self.cfg).clone();
+        cfg.stop = stop;
+        Model {
+            cfg: Arc::new(cfg),
+            usage: self.usage.clone(),
+        }
+    }
+
     pub fn usage(&self) -> Usage {
         self.usage.lock().map(|u| u.clone()).unwrap_or_default()
     }
@@ -300,7 +322,13 @@ impl Model {
         let path = store
             .as_ref()
             .and_then(|s| s.lock().ok().map(|s| s.path().display().to_string()));
-        let answers = self.answer_and_record(requests, store);
+        // The stop strings cut every answer here, recorded or fresh, whether or not the server
+        // honoured them: so the same request gives the same text, and `stop` need not be in its key.
+        let answers = self
+            .answer_and_record(requests, store)
+            .into_iter()
+            .map(|a| a.map(|text| providers::cut_at_stop(&text, &self.cfg.stop).to_string()))
+            .collect();
         let after = self.usage();
         if after.not_recorded > before {
             eprintln!(
@@ -486,7 +514,9 @@ impl Model {
                 return todo.iter().map(|&i| (i, Err(e.clone()))).collect();
             }
         };
-        let bar = progress_bar(todo.len() as u64);
+        let mut progress = rtlab_core::progress::Progress::new("decode", todo.len() as u64, 0);
+        let started = std::time::Instant::now();
+        let mut tokens = 0usize;
         let mut out = Vec::new();
         // The samples of one prompt decode as one batch (prefilled once); prompts go one after another.
         let groups = group_by_prompt(requests, todo);
@@ -495,6 +525,7 @@ impl Model {
             temperature: self.cfg.temperature,
             top_p: self.cfg.top_p,
             seed: 0,
+            stop: self.cfg.stop.clone(),
         };
         for (messages, members) in groups {
             if rtlab_core::cancel_requested() {
@@ -514,17 +545,17 @@ impl Model {
                 };
             for (&i, answer) in members.iter().zip(answers) {
                 if let Ok(a) = &answer {
+                    tokens += a.completion_tokens;
                     self.count_and_record(a, &keys[i], messages, store.map(|s| s.as_ref()));
                 }
                 out.push((i, answer.map(|a| a.text)));
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
             }
+            progress.set(out.len() as u64, || {
+                let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                format!("samples  {rate:.0} tok/s")
+            });
         }
-        if let Some(b) = &bar {
-            b.finish_and_clear();
-        }
+        progress.finish();
         out
     }
 
@@ -579,6 +610,21 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
         bar.set_style(style);
     }
     Some(bar)
+}
+
+/// The `stop` option: one string or a list of strings, none empty.
+fn stop_strings(o: &rtlab_core::options::Options) -> Result<Vec<String>, String> {
+    let stop = match o.get("stop") {
+        None => return Ok(Vec::new()),
+        Some(v) if v.is_string() => vec![v.to_string()],
+        Some(_) => o.strings("stop")?.unwrap_or_default(),
+    };
+    if let Some(i) = stop.iter().position(String::is_empty) {
+        return Err(format!(
+            "llm: stop[{i}] is empty; a stop string must have at least one character"
+        ));
+    }
+    Ok(stop)
 }
 
 fn user(prompt: &str) -> Vec<Message> {
@@ -674,8 +720,10 @@ mod llm_functions {
     /// for a model dir run in this process, `model` being its path, with `adapter` (a PEFT dir) and
     /// `template` (the trainer's prompt template)),
     /// `model`, `base_url`, `api_key_env` (the name of the variable holding the key; keys are read from
-    /// the environment only), `temperature` (0), `top_p` (1), `max_tokens` (2048), `concurrency` (4),
-    /// `timeout_s` (120), `retries` (4).
+    /// the environment only), `temperature` (0), `top_p` (1), `max_tokens` (2048), `stop` (a string or
+    /// a list: each answer ends before the first of them, as OpenAI's `stop`; sent as OpenAI's `stop`,
+    /// Anthropic's `stop_sequences`, Ollama's `options.stop`, and the local decoder stops there),
+    /// `concurrency` (4), `timeout_s` (120), `retries` (4).
     ///
     /// ```rhai
     /// let m = llm(#{provider: "replay", model: "qwen2.5-coder-7b"});

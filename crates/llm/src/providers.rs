@@ -72,6 +72,23 @@ pub struct Sampling {
     pub temperature: f64,
     pub top_p: f64,
     pub max_tokens: i64,
+    /// Strings that end an answer (the answer stops before the first one). Sent so that a server
+    /// stops early; the client cuts every answer at them too ([`cut_at_stop`]), so an answer is the
+    /// same whether or not the server honoured them, and they are not part of a request's store key.
+    #[serde(skip)]
+    pub stop: Vec<String>,
+}
+
+/// `text` up to (not including) the earliest of the `stop` strings, as OpenAI's `stop` returns it;
+/// the whole text when none occurs.
+pub fn cut_at_stop<'a>(text: &'a str, stop: &[String]) -> &'a str {
+    let end = stop
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+        .unwrap_or(text.len());
+    &text[..end]
 }
 
 /// (url path, JSON body) of a chat request.
@@ -93,16 +110,25 @@ pub fn request(
             if !system.is_empty() {
                 body["system"] = json!(system.join("\n\n"));
             }
+            if !s.stop.is_empty() {
+                body["stop_sequences"] = json!(s.stop);
+            }
             ("/v1/messages".to_string(), body)
         }
-        Provider::Ollama => (
-            "/api/chat".to_string(),
-            json!({"model": model, "messages": messages, "stream": false, "options": {"temperature": s.temperature, "top_p": s.top_p, "num_predict": s.max_tokens}}),
-        ),
-        _ => (
-            "/chat/completions".to_string(),
-            json!({"model": model, "messages": messages, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}),
-        ),
+        Provider::Ollama => {
+            let mut body = json!({"model": model, "messages": messages, "stream": false, "options": {"temperature": s.temperature, "top_p": s.top_p, "num_predict": s.max_tokens}});
+            if !s.stop.is_empty() {
+                body["options"]["stop"] = json!(s.stop);
+            }
+            ("/api/chat".to_string(), body)
+        }
+        _ => {
+            let mut body = json!({"model": model, "messages": messages, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens});
+            if !s.stop.is_empty() {
+                body["stop"] = json!(s.stop);
+            }
+            ("/chat/completions".to_string(), body)
+        }
     }
 }
 
@@ -176,11 +202,36 @@ mod tests {
                 temperature: 0.2,
                 top_p: 0.9,
                 max_tokens: 100,
+                stop: vec![],
             },
         );
         assert_eq!(path, "/v1/messages");
         assert_eq!(body["system"], "be brief");
         assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+        assert!(body.get("stop_sequences").is_none(), "no stop, no field");
+    }
+
+    #[test]
+    fn each_provider_sends_stop_in_its_own_field() {
+        let s = Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 10,
+            stop: vec!["endmodule".into()],
+        };
+        let field = |p: Provider, pointer: &str| request(p, "m", &msgs(), &s).1.pointer(pointer).cloned();
+        assert_eq!(field(Provider::OpenAi, "/stop"), Some(json!(["endmodule"])));
+        assert_eq!(field(Provider::Anthropic, "/stop_sequences"), Some(json!(["endmodule"])));
+        assert_eq!(field(Provider::Ollama, "/options/stop"), Some(json!(["endmodule"])));
+    }
+
+    #[test]
+    fn an_answer_is_cut_before_its_earliest_stop_string() {
+        let stop = vec!["endmodule".to_string(), "```".to_string()];
+        assert_eq!(cut_at_stop("module m; endmodule ```", &stop), "module m; ");
+        assert_eq!(cut_at_stop("a ``` endmodule", &stop), "a ");
+        assert_eq!(cut_at_stop("no stop here", &stop), "no stop here");
+        assert_eq!(cut_at_stop("kept", &[String::new()]), "kept", "an empty stop string stops nothing");
     }
 
     #[test]

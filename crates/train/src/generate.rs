@@ -118,6 +118,9 @@ pub struct GenOptions {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
+    /// Strings that end a sample: decoding stops once one appears in its text, and the answer is cut
+    /// before it (OpenAI's `stop`).
+    pub stop: Vec<String>,
 }
 
 impl Default for GenOptions {
@@ -127,6 +130,7 @@ impl Default for GenOptions {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            stop: Vec::new(),
         }
     }
 }
@@ -226,9 +230,25 @@ impl LocalModel {
     pub fn continue_text(&self, text: &str, o: &GenOptions) -> Result<String, TrainError> {
         let ids = examples::encode(&self.tokenizer, text)?;
         let out = self.generate_ids(&ids, o)?;
+        Ok(cut_at_stop(self.decode(&out)?, &o.stop))
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, TrainError> {
         self.tokenizer
-            .decode(&out, true)
+            .decode(ids, true)
             .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
+    }
+
+    /// Whether the text of `out` ends in one of the `stop` strings. Only the last tokens are decoded:
+    /// enough of them to hold the longest stop string (every token is at least one character of it,
+    /// or a byte of a character), so a step costs the same however long the answer is.
+    fn reached_stop(&self, out: &[u32], stop: &[String]) -> Result<bool, TrainError> {
+        let Some(longest) = stop.iter().map(|s| s.len()).max() else {
+            return Ok(false);
+        };
+        let tail = &out[out.len().saturating_sub(longest + 2)..];
+        let text = self.decode(tail)?;
+        Ok(stop.iter().any(|s| !s.is_empty() && text.contains(s.as_str())))
     }
 
     /// `prompt` as the model is asked it: through its chat template when it has one and no
@@ -326,6 +346,7 @@ impl LocalModel {
                     done[i] = true;
                 } else {
                     outs[i].push(next[i]);
+                    done[i] = self.reached_stop(&outs[i], &o.stop)?;
                 }
             }
             let full = cache.len() + 1 > self.model.cfg.max_position_embeddings;
@@ -361,10 +382,7 @@ impl LocalModel {
         self.generate_batch(&ids, o, seeds)?
             .into_iter()
             .map(|out| {
-                let text = self
-                    .tokenizer
-                    .decode(&out, true)
-                    .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))?;
+                let text = cut_at_stop(self.decode(&out)?, &o.stop);
                 Ok(Answer {
                     text,
                     prompt_tokens: ids.len(),
@@ -396,13 +414,28 @@ impl LocalModel {
                 break;
             }
             out.push(next);
-            if cache.len() + 1 > self.model.cfg.max_position_embeddings {
+            if cache.len() + 1 > self.model.cfg.max_position_embeddings
+                || self.reached_stop(&out, &o.stop)?
+            {
                 break;
             }
             input = Tensor::from_vec(vec![next], (1, 1), dev)?;
         }
         Ok(out)
     }
+}
+
+/// `text` before the earliest of the `stop` strings (all of it when none occurs).
+fn cut_at_stop(mut text: String, stop: &[String]) -> String {
+    let end = stop
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min();
+    if let Some(end) = end {
+        text.truncate(end);
+    }
+    text
 }
 
 /// The smallest set of tokens, most probable first, whose probability reaches `top_p` (ties broken by

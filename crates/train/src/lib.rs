@@ -53,6 +53,7 @@ use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
 use rtlab_core::options::Options;
 use rtlab_core::Workspace;
+use rtlab_data::hygiene::TRAINING_DATA_FILE;
 use rtlab_data::Frame;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,8 @@ enum Task {
         data: Frame,
         prompt_col: String,
         response_col: String,
+        /// An adapter to go on training (rejection-sampling SFT on top of an SFT run).
+        adapter: Option<PathBuf>,
     },
     /// `train_dpo`: preference optimization on (prompt, chosen, rejected) rows.
     Dpo {
@@ -98,6 +101,15 @@ enum Task {
         /// against).
         adapter: Option<PathBuf>,
     },
+}
+
+impl Task {
+    /// The adapter the run starts from, when it does not start from fresh adapters.
+    fn start_adapter(&self) -> Option<&Path> {
+        match self {
+            Task::Sft { adapter, .. } | Task::Dpo { adapter, .. } => adapter.as_deref(),
+        }
+    }
 }
 
 /// Every option `train_lora` and `train_dpo` take, with its parsed value.
@@ -158,7 +170,7 @@ const OPTIONS: [&str; 29] = [
     "quantized_base",
     "gradient_checkpointing",
 ];
-const SFT_OPTIONS: [&str; 3] = ["data", "prompt_col", "response_col"];
+const SFT_OPTIONS: [&str; 4] = ["data", "prompt_col", "response_col", "adapter"];
 const DPO_OPTIONS: [&str; 5] = ["pairs", "beta", "loss", "reference", "adapter"];
 /// The LoRA shape: with `train_dpo`'s `adapter`, the adapter's own.
 const SHAPE_OPTIONS: [&str; 4] = ["r", "alpha", "target_modules", "rslora"];
@@ -219,8 +231,30 @@ fn parse_sft(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
         data: frame_option(ws, o, "data")?,
         prompt_col: text(o, "prompt_col")?.unwrap_or_else(|| "instruction".into()),
         response_col: text(o, "response_col")?.unwrap_or_else(|| "output".into()),
+        adapter: start_adapter(ws, o)?,
     };
     parse_common(ws, o, task)
+}
+
+/// The `adapter` option: a finished run's adapter dir, whose shape the run keeps.
+fn start_adapter(ws: &Workspace, o: &Options) -> Result<Option<PathBuf>, TrainError> {
+    let Some(a) = text(o, "adapter")? else {
+        return Ok(None);
+    };
+    if let Some(k) = SHAPE_OPTIONS.iter().find(|k| o.has(k)) {
+        return Err(bad(format!(
+            "{k} comes from the starting adapter {a:?}; drop it (the adapter's adapter_config.json says the shape)"
+        )));
+    }
+    let dir = ws.resolve(&a);
+    if !dir.join(peft::WEIGHTS_FILE).exists() {
+        return Err(bad(format!(
+            "adapter {}: no {} there; pass the `adapter` path a train_lora run returned",
+            dir.display(),
+            peft::WEIGHTS_FILE
+        )));
+    }
+    Ok(Some(dir))
 }
 
 /// `train_dpo`'s options; beta, loss and reference are checked before the pairs are read.
@@ -243,25 +277,7 @@ fn parse_dpo(ws: &Workspace, o: &Map) -> Result<TrainRequest, TrainError> {
         loss: dpo::Loss::parse(text(o, "loss")?.as_deref().unwrap_or("sigmoid"))?,
         reference: dpo::Reference::parse(text(o, "reference")?.as_deref().unwrap_or("base"))?,
     };
-    let adapter = match text(o, "adapter")? {
-        None => None,
-        Some(a) => {
-            if let Some(k) = SHAPE_OPTIONS.iter().find(|k| o.has(k)) {
-                return Err(bad(format!(
-                    "{k} comes from the starting adapter {a:?}; drop it (the adapter's adapter_config.json says the shape)"
-                )));
-            }
-            let dir = ws.resolve(&a);
-            if !dir.join(peft::WEIGHTS_FILE).exists() {
-                return Err(bad(format!(
-                    "adapter {}: no {} there; pass the `adapter` path a train_lora run returned",
-                    dir.display(),
-                    peft::WEIGHTS_FILE
-                )));
-            }
-            Some(dir)
-        }
-    };
+    let adapter = start_adapter(ws, o)?;
     let task = Task::Dpo {
         pairs: frame_option(ws, o, "pairs")?,
         settings,
@@ -723,6 +739,7 @@ fn tokenize_rows(
             data,
             prompt_col,
             response_col,
+            ..
         } => {
             let pairs = pairs_of(eval.unwrap_or(data), prompt_col, response_col)
                 .map_err(named)?
@@ -805,6 +822,13 @@ fn fingerprint(
             h.update(&std::fs::read(a.join(peft::WEIGHTS_FILE))?);
         }
     }
+    if let Task::Sft {
+        adapter: Some(a), ..
+    } = &req.task
+    {
+        h.update(b"starting adapter");
+        h.update(&std::fs::read(a.join(peft::WEIGHTS_FILE))?);
+    }
     rows.hash_into(&mut h);
     if let Some((eval_rows, every)) = validation {
         h.update(format!("validation every {every} keep_best {}", req.keep_best).as_bytes());
@@ -842,11 +866,9 @@ fn build_model(
     };
     // The GPU path uploads the base weights itself; candle's copies share their storage.
     let gpu_weights = (req.device != "cpu").then(|| weights.clone());
-    let start = match &req.task {
-        Task::Dpo {
-            adapter: Some(a), ..
-        } => Some(peft::load(a, &dev)?),
-        _ => None,
+    let start = match req.task.start_adapter() {
+        Some(a) => Some(peft::load(a, &dev)?),
+        None => None,
     };
     let fresh_spec = start.is_none().then_some(&req.spec);
     let mut model = CausalLm::with_quantized(
@@ -935,8 +957,57 @@ fn continues_the_job_in_out(req: &TrainRequest, fingerprint: &str) -> bool {
     same_job
 }
 
+
+/// Each training row's texts: (prompt, response), or (prompt, chosen, rejected).
+fn training_texts(task: &Task) -> Result<Vec<Vec<String>>, TrainError> {
+    Ok(match task {
+        Task::Sft {
+            data,
+            prompt_col,
+            response_col,
+            ..
+        } => pairs_of(data, prompt_col, response_col)?
+            .into_iter()
+            .map(|(p, r)| vec![p, r])
+            .collect(),
+        Task::Dpo { pairs, .. } => preference_rows(pairs)?
+            .into_iter()
+            .map(|(prompt, chosen, rejected)| {
+                let prompt = match prompt {
+                    PairPrompt::Text(t) => t,
+                    PairPrompt::Messages(m) => m
+                        .into_iter()
+                        .map(|(_, content)| content)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                vec![prompt, chosen, rejected]
+            })
+            .collect(),
+    })
+}
+
+/// Records what the adapter in `out` was trained on (see [`TRAINING_DATA_FILE`]).
+fn write_training_sketch(req: &TrainRequest) -> Result<(), TrainError> {
+    let mut sketch = rtlab_data::hygiene::Sketch::of_rows(
+        &training_texts(&req.task)?,
+        rtlab_data::hygiene::DEFAULT_N,
+    );
+    if let Some(start) = req.task.start_adapter() {
+        if let Some(before) = rtlab_data::hygiene::read_training_sketch(start).map_err(bad)? {
+            sketch = sketch.merge(&before);
+        }
+    }
+    rtlab_core::workspace::write_atomic(
+        &req.out.join(TRAINING_DATA_FILE),
+        serde_json::to_string(&sketch)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
 /// Writes the finished run's loss plot and, last, its `run.json` (the sign that `out` is whole).
 fn write_run(req: &TrainRequest, record: &RunRecord) -> Result<(), TrainError> {
+    write_training_sketch(req)?;
     let run_json = req.out.join("run.json");
     let plot = rtlab_data::plot::Plot::new(
         rtlab_data::plot::Kind::Line,
@@ -981,6 +1052,10 @@ fn train(ws: &Workspace, req: TrainRequest) -> Result<(RunRecord, bool), TrainEr
         eval_rows.as_ref().map(|e| (e, eval_every)),
     )?;
     if let Some(rec) = finished_run(&req, &fingerprint) {
+        // A run finished before adapters recorded their training data gets its record now.
+        if !req.out.join(TRAINING_DATA_FILE).exists() {
+            write_training_sketch(&req)?;
+        }
         return Ok((rec, true));
     }
     let same_job = continues_the_job_in_out(&req, &fingerprint);
@@ -1326,7 +1401,7 @@ fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
     let o = Options::new(
         "generate",
         o,
-        &["max_tokens", "temperature", "top_p", "seed"],
+        &["max_tokens", "temperature", "top_p", "seed", "stop"],
     )
     .map_err(bad)?;
     let d = GenOptions::default();
@@ -1347,6 +1422,10 @@ fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
             .unwrap_or(d.temperature),
         top_p,
         seed: o.int_at_least("seed", 0).map_err(bad)?.unwrap_or(0) as u64,
+        stop: match o.get("stop") {
+            Some(v) if v.is_string() => vec![v.to_string()],
+            _ => o.strings("stop").map_err(bad)?.unwrap_or_default(),
+        },
     })
 }
 
@@ -1452,7 +1531,9 @@ mod train_functions {
     ///
     /// Options: `base` (a Hugging Face Llama/Qwen2 dir, a GGUF file, or a model name such as
     /// `smollm2-135m`), `data` (DataFrame or JSONL path), `out`;
-    /// `prompt_col` ("instruction"), `response_col` ("output"), `template` (`{prompt}` marks the
+    /// `prompt_col` ("instruction"), `response_col` ("output"), `adapter` (a finished run's adapter
+    /// to go on training, e.g. rejection-sampling SFT after SFT; its shape is kept, so no `r`,
+    /// `alpha`, `target_modules` or `rslora`), `template` (`{prompt}` marks the
     /// prompt; by default the base's own chat template, from a GGUF's metadata or a Hugging Face
     /// dir's `tokenizer_config.json`, as `generate` asks, else Alpaca style), `r` (64), `alpha`
     /// (2·r), `dropout` (0.05), `target_modules` (all seven projections), `rslora` (false), `lr` (2e-4), `epochs` (3), `batch_size` (4), `grad_accum` (4),
@@ -1472,6 +1553,9 @@ mod train_functions {
     /// with the lowest one is kept in `out/best`, and `keep: "best"` leaves it in `out` (the record's
     /// `best_step`, `best_eval_loss`, `kept_step` say which), `keep: "last"` (default) the last one.
     /// Loss counts response tokens only. Ctrl-C stops after the current step and checkpoints.
+    /// The adapter dir also gets `training_data.json`: a content hash of each training row and
+    /// their n-gram sketch (a starting adapter's included), which `benchmark` checks its problems
+    /// against. Progress goes to stderr: a bar on a terminal, else a line every 30 s or 10%.
     ///
     /// ```rhai
     /// create_tiny_model("/tmp/rtlab-doc-tiny", #{seed: 1});
@@ -1683,7 +1767,7 @@ mod train_functions {
     }
 
     /// Generates the answer to `prompt` (put through the model's template) with a KV cache. Options:
-    /// `max_tokens` (256), `temperature` (0 = greedy), `top_p` (1), `seed` (0).
+    /// `max_tokens` (256), `temperature` (0 = greedy), `top_p` (1), `seed` (0), `stop` (a string or a list: the answer ends before the first of them).
     ///
     /// ```rhai
     /// create_tiny_model("/tmp/rtlab-doc-tiny4", #{});

@@ -422,7 +422,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let mut adam = AdamW::new(&plain)?;
     let (resumed_from, mut state) = resume_or_start(&job, &vars, &mut adam)?;
     let mut on_gpu = start_on_gpu(&job, &vars, &adam)?;
-    let bar = progress_bar(total as u64, state.step as u64);
+    let mut progress = rtlab_core::progress::Progress::new("train", total as u64, state.step as u64);
     let started = Instant::now();
     let mut tokens_this_run = 0usize;
     let mut cancelled = false;
@@ -439,16 +439,13 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         let loss_sum = done.loss;
         tokens_this_run += tokens;
         state.log(step / per_epoch, done, lr, tokens);
-        if let Some(b) = &bar {
+        progress.set(state.step as u64, || {
             let rate = tokens_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            b.set_message(format!("loss {loss_sum:.4}  {rate:.0} tok/s"));
-            b.set_position(state.step as u64);
-        }
+            format!("loss {loss_sum:.4}  {rate:.0} tok/s")
+        });
         after_step(&job, &mut state, total, &vars, &on_gpu, &mut adam)?;
     }
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
     let kept_step = if cancelled {
@@ -916,18 +913,3 @@ fn cpu_step(
     Ok((loss_sum, grad_norm))
 }
 
-/// A bar with loss, tokens/s and ETA on stderr when it is a terminal.
-fn progress_bar(len: u64, start: u64) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_position(start);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "train {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    Some(bar)
-}

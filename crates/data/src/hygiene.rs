@@ -1,0 +1,500 @@
+//! Experimental hygiene: keep a benchmark's problems out of the data that trains what it scores.
+//!
+//! - [`split_by_group`]: a seeded split in which every row of one group (a task id, a category)
+//!   lands on the same side.
+//! - [`find_overlaps`]: which rows of a dataset share a normalized token n-gram with which rows of
+//!   another (a benchmark), what `df.decontaminate(against)` drops and `overlap(df, against)` lists.
+//! - [`Sketch`]: the n-grams of a training set with the number of rows holding each, kept beside an
+//!   adapter so that a benchmark can refuse to score problems its training data contained
+//!   ([`Sketch::leaked`]).
+//!
+//! **The n-grams.** Text is cut into tokens as a Verilog lexer would (identifiers, keywords, numbers,
+//! operators; comments and whitespace dropped), so reformatting changes nothing. A window of `n`
+//! tokens in which at most half are identifiers reads as code: its identifiers are renamed by order
+//! of first appearance (`q <= q + 1` and `count <= count + 1` are the same 5 tokens), so renaming
+//! signals changes nothing either. A window with more identifiers than that reads as prose and is
+//! compared word for word. The default `n` is 13, the n-gram length of GPT-3's contamination study
+//! (Brown et al. 2020, appendix C), also used by later model reports.
+//!
+//! **Copying is containment.** A training row copies a benchmark row when it holds at least half
+//! ([`LEAK_CONTAINMENT`]) of the specific n-grams of the benchmark row's prompt or of its reference:
+//! one shared window is not enough, since two unrelated designs often share a port list or a reset
+//! branch, while a copy holds most of the original.
+//!
+//! **Boilerplate does not count.** An n-gram is boilerplate when it appears in at least
+//! [`BOILERPLATE_AGAINST_ROWS`] rows of the benchmark side (the port-list sentence every VerilogEval
+//! v2 prompt starts with, a synchronous reset) or in at least [`boilerplate_rows`] of the training
+//! side's rows (1%, at least 10). Only the other n-grams are evidence that a row copies a problem.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// GPT-3's n-gram length for contamination (Brown et al. 2020).
+pub const DEFAULT_N: usize = 13;
+
+/// An n-gram in this many rows of the benchmark side is shared structure, not one problem's.
+pub const BOILERPLATE_AGAINST_ROWS: usize = 3;
+
+/// A training row that holds at least this share of a benchmark text's specific n-grams copies it;
+/// a problem whose specific n-grams are at least this share in a training set was trained on.
+pub const LEAK_CONTAINMENT: f64 = 0.5;
+
+/// An n-gram in this many of `rows` training rows (1%, at least 10) is the corpus's boilerplate.
+pub fn boilerplate_rows(rows: usize) -> usize {
+    (rows / 100).max(10)
+}
+
+/// Verilog and SystemVerilog keywords: kept as they are when a window's identifiers are renamed.
+const KEYWORDS: &[&str] = &[
+    "always", "always_comb", "always_ff", "always_latch", "and", "assign", "automatic", "begin",
+    "bit", "buf", "byte", "case", "casex", "casez", "default", "defparam", "else", "end",
+    "endcase", "endfunction", "endgenerate", "endmodule", "endtask", "enum", "for", "forever",
+    "function", "generate", "genvar", "if", "initial", "inout", "input", "int", "integer", "localparam",
+    "logic", "module", "nand", "negedge", "nor", "not", "or", "output", "parameter", "posedge",
+    "real", "reg", "repeat", "signed", "struct", "task", "typedef", "unique", "unsigned", "while",
+    "wire", "xnor", "xor",
+];
+
+/// Operators of more than one character, longest first.
+const OPERATORS: &[&str] = &[
+    "<<<", ">>>", "===", "!==", "<=", ">=", "==", "!=", "&&", "||", "<<", ">>", "**", "~&", "~|",
+    "~^", "^~", "+:", "-:", "->", "::",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Identifier,
+    /// Keywords, numbers, operators, strings, system tasks: kept as they are.
+    Literal,
+}
+
+/// The tokens of `text`, comments and whitespace dropped.
+fn tokens(text: &str) -> Vec<(Kind, &str)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    while i < bytes.len() {
+        let b = bytes[i];
+        let rest = &text[i..];
+        let start = i;
+        if b.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if rest.starts_with("//") {
+            i += rest.find('\n').unwrap_or(rest.len());
+            continue;
+        }
+        if rest.starts_with("/*") {
+            i += rest[2..].find("*/").map_or(rest.len(), |e| e + 4);
+            continue;
+        }
+        let kind = if b.is_ascii_alphabetic() || b == b'_' {
+            while i < bytes.len() && ident(bytes[i]) {
+                i += 1;
+            }
+            if KEYWORDS.contains(&&text[start..i]) {
+                Kind::Literal
+            } else {
+                Kind::Identifier
+            }
+        } else if b == b'$' {
+            // A system task (`$display`): part of the language, not a name.
+            i += 1;
+            while i < bytes.len() && ident(bytes[i]) {
+                i += 1;
+            }
+            Kind::Literal
+        } else if b.is_ascii_digit() || (b == b'\'' && bytes.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric())) {
+            // A number with its size and base: 8'hFF, 'b0, 3.5, 1_000.
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'\'' | b'.' | b'?')) {
+                i += 1;
+            }
+            Kind::Literal
+        } else if b == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(bytes.len());
+            Kind::Literal
+        } else {
+            let op = OPERATORS.iter().find(|op| rest.starts_with(**op));
+            // One character, whole: text that is not ASCII is cut at character boundaries.
+            i += op.map_or_else(|| rest.chars().next().map_or(1, char::len_utf8), |op| op.len());
+            Kind::Literal
+        };
+        out.push((kind, &text[start..i]));
+    }
+    out
+}
+
+/// One window as it is compared: identifiers renamed by first appearance when the window reads as
+/// code, word for word when it reads as prose.
+fn normalized(window: &[(Kind, &str)]) -> String {
+    let identifiers = window.iter().filter(|(k, _)| *k == Kind::Identifier).count();
+    let code = identifiers * 2 <= window.len();
+    let mut names: Vec<&str> = Vec::new();
+    let mut text = String::new();
+    for (kind, token) in window {
+        if code && *kind == Kind::Identifier {
+            let index = names.iter().position(|n| n == token).unwrap_or_else(|| {
+                names.push(token);
+                names.len() - 1
+            });
+            text.push_str(&format!("${index}"));
+        } else {
+            text.push_str(token);
+        }
+        text.push(' ');
+    }
+    text.pop();
+    text
+}
+
+fn hash(window: &str) -> u64 {
+    let digest = blake3::hash(window.as_bytes());
+    u64::from_le_bytes(digest.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// The n-grams of `text`, hashed: a text of fewer than `n` tokens is one n-gram of all of them.
+pub fn ngrams(text: &str, n: usize) -> HashSet<u64> {
+    windows(text, n).into_iter().map(|w| hash(&w)).collect()
+}
+
+/// The normalized windows of `text` (see [`ngrams`]), for showing which one two texts share.
+fn windows(text: &str, n: usize) -> Vec<String> {
+    let t = tokens(text);
+    if t.is_empty() {
+        return Vec::new();
+    }
+    if t.len() < n {
+        return vec![normalized(&t)];
+    }
+    t.windows(n).map(normalized).collect()
+}
+
+/// The n-grams of a row: the union over its texts (one per column).
+fn row_ngrams(texts: &[String], n: usize) -> HashSet<u64> {
+    texts.iter().flat_map(|t| ngrams(t, n)).collect()
+}
+
+/// One row of the training side that copies one row of the benchmark side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Overlap {
+    /// The row of the training side (0-based).
+    pub row: usize,
+    /// The row of the benchmark side (0-based).
+    pub against_row: usize,
+    /// How many of the benchmark row's specific n-grams the training row holds.
+    pub shared: usize,
+    /// Their share of that text's specific n-grams (the text of the benchmark row it copies most).
+    pub containment: f64,
+    /// One shared n-gram as it is compared (identifiers renamed `$0`, `$1`, ...).
+    pub example: String,
+}
+
+/// Every (training row, benchmark row) pair in which the training row holds at least
+/// [`LEAK_CONTAINMENT`] of the specific n-grams of one of the benchmark row's texts (its prompt, its
+/// reference): the same rule by which [`Sketch::leaked`] finds a problem in a training set.
+/// Specific means not boilerplate (module doc). `rows` and `against` hold each row's texts, one per
+/// column.
+pub fn find_overlaps(rows: &[Vec<String>], against: &[Vec<String>], n: usize) -> Vec<Overlap> {
+    use rayon::prelude::*;
+    let against_grams: Vec<Vec<HashSet<u64>>> = against
+        .iter()
+        .map(|texts| texts.iter().map(|t| ngrams(t, n)).collect())
+        .collect();
+    // n-gram → the benchmark rows that hold it.
+    let mut owners: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (a, texts) in against_grams.iter().enumerate() {
+        let row: HashSet<u64> = texts.iter().flatten().copied().collect();
+        for g in row {
+            owners.entry(g).or_default().push(a);
+        }
+    }
+    owners.retain(|_, rows| rows.len() < BOILERPLATE_AGAINST_ROWS);
+    // Each training row's n-grams that some benchmark row holds.
+    let matched: Vec<HashSet<u64>> = rows
+        .par_iter()
+        .map(|texts| {
+            row_ngrams(texts, n)
+                .into_iter()
+                .filter(|g| owners.contains_key(g))
+                .collect()
+        })
+        .collect();
+    let mut frequency: HashMap<u64, usize> = HashMap::new();
+    for g in matched.iter().flatten() {
+        *frequency.entry(*g).or_default() += 1;
+    }
+    let common = boilerplate_rows(rows.len());
+    let specific = |g: &u64| owners.contains_key(g) && frequency.get(g).copied().unwrap_or(0) < common;
+    // Each benchmark text's specific n-grams.
+    let specific_texts: Vec<Vec<HashSet<u64>>> = against_grams
+        .iter()
+        .map(|texts| {
+            texts
+                .iter()
+                .map(|grams| grams.iter().copied().filter(|g| specific(g)).collect())
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (row, grams) in matched.iter().enumerate() {
+        let mut candidates: BTreeSet<usize> = BTreeSet::new();
+        for g in grams.iter().filter(|g| specific(g)) {
+            candidates.extend(owners[g].iter().copied());
+        }
+        for a in candidates {
+            let (shared, containment) = specific_texts[a]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    let shared = s.iter().filter(|g| grams.contains(g)).count();
+                    (shared, shared as f64 / s.len() as f64)
+                })
+                .fold((0, 0.0), |best, x| if x.1 > best.1 { x } else { best });
+            if containment < LEAK_CONTAINMENT {
+                continue;
+            }
+            let example = rows[row]
+                .iter()
+                .flat_map(|t| windows(t, n))
+                .find(|w| {
+                    let h = hash(w);
+                    specific_texts[a].iter().any(|s| s.contains(&h))
+                })
+                .unwrap_or_default();
+            out.push(Overlap {
+                row,
+                against_row: a,
+                shared,
+                containment,
+                example,
+            });
+        }
+    }
+    out
+}
+
+/// Which group each row's group is on: true for the test side. The groups are ordered by a hash of
+/// the seed and the group's name (a seeded random order that does not depend on the rows' order),
+/// and the first `test_groups` of them are the test side, so every row of a group is on one side.
+pub fn split_by_group(groups: &[String], test: TestSize, seed: u64) -> Result<Vec<bool>, String> {
+    let distinct: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
+    let count = match test {
+        TestSize::Fraction(f) => (f * distinct.len() as f64).round() as usize,
+        TestSize::Groups(g) => g,
+    };
+    if count > distinct.len() {
+        return Err(format!(
+            "test asks for {count} groups but there are {}",
+            distinct.len()
+        ));
+    }
+    let mut order: Vec<(blake3::Hash, &str)> = distinct
+        .into_iter()
+        .map(|g| {
+            let mut h = blake3::Hasher::new();
+            h.update(&seed.to_le_bytes());
+            h.update(g.as_bytes());
+            (h.finalize(), g)
+        })
+        .collect();
+    order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
+    let test_side: HashSet<&str> = order.iter().take(count).map(|(_, g)| *g).collect();
+    Ok(groups.iter().map(|g| test_side.contains(g.as_str())).collect())
+}
+
+/// How large the test side of a split is.
+#[derive(Clone, Copy, Debug)]
+pub enum TestSize {
+    /// This share of the groups, rounded.
+    Fraction(f64),
+    /// This many groups.
+    Groups(usize),
+}
+
+/// The file an adapter dir keeps its training data's [`Sketch`] in (written by `train_lora` and
+/// `train_dpo`, a starting adapter's sketch included); `benchmark` reads it to refuse problems the
+/// adapter was trained on.
+pub const TRAINING_DATA_FILE: &str = "training_data.json";
+
+/// The sketch an adapter dir records, if it records one (adapters trained elsewhere don't).
+pub fn read_training_sketch(adapter_dir: &std::path::Path) -> Result<Option<Sketch>, String> {
+    let path = adapter_dir.join(TRAINING_DATA_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            format!(
+                "{}: {e}; delete the file and retrain the adapter to record its training data again",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The n-grams of a training set, each with the number of rows that hold it, and a content hash of
+/// each row: what an adapter keeps of the data that made it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sketch {
+    pub n: usize,
+    pub rows: usize,
+    /// blake3 of each row's texts (joined by NUL), 16 hex digits.
+    pub row_hashes: Vec<String>,
+    /// (n-gram, rows holding it), sorted by n-gram.
+    pub grams: Vec<(u64, u32)>,
+}
+
+impl Sketch {
+    pub fn of_rows(rows: &[Vec<String>], n: usize) -> Sketch {
+        let mut counts: HashMap<u64, u32> = HashMap::new();
+        for texts in rows {
+            for g in row_ngrams(texts, n) {
+                *counts.entry(g).or_default() += 1;
+            }
+        }
+        let mut grams: Vec<(u64, u32)> = counts.into_iter().collect();
+        grams.sort_unstable();
+        Sketch {
+            n,
+            rows: rows.len(),
+            row_hashes: rows
+                .iter()
+                .map(|texts| blake3::hash(texts.join("\0").as_bytes()).to_hex()[..16].to_string())
+                .collect(),
+            grams,
+        }
+    }
+
+    /// The union of two training sets' sketches (an adapter trained on top of another's).
+    pub fn merge(&self, other: &Sketch) -> Sketch {
+        let mut counts: HashMap<u64, u32> = self.grams.iter().copied().collect();
+        for (g, c) in &other.grams {
+            *counts.entry(*g).or_default() += c;
+        }
+        let mut grams: Vec<(u64, u32)> = counts.into_iter().collect();
+        grams.sort_unstable();
+        let mut row_hashes = self.row_hashes.clone();
+        row_hashes.extend(other.row_hashes.iter().cloned());
+        Sketch {
+            n: self.n,
+            rows: self.rows + other.rows,
+            row_hashes,
+            grams,
+        }
+    }
+
+    fn count(&self, g: u64) -> u32 {
+        self.grams
+            .binary_search_by_key(&g, |(x, _)| *x)
+            .map_or(0, |i| self.grams[i].1)
+    }
+
+    /// The problems (each its texts: prompt, reference) whose specific n-grams are at least
+    /// [`LEAK_CONTAINMENT`] in this training set: (problem index, share). Specific means not
+    /// boilerplate: not in [`BOILERPLATE_AGAINST_ROWS`] of the problems, nor in
+    /// [`boilerplate_rows`] of the training rows. Each text is judged alone, so a copied reference
+    /// counts however long the prompt is.
+    pub fn leaked(&self, problems: &[Vec<String>]) -> Vec<(usize, f64)> {
+        let per_text: Vec<Vec<HashSet<u64>>> = problems
+            .iter()
+            .map(|texts| texts.iter().map(|t| ngrams(t, self.n)).collect())
+            .collect();
+        let mut problems_holding: HashMap<u64, usize> = HashMap::new();
+        for texts in &per_text {
+            let row: HashSet<u64> = texts.iter().flatten().copied().collect();
+            for g in row {
+                *problems_holding.entry(g).or_default() += 1;
+            }
+        }
+        let common = boilerplate_rows(self.rows) as u32;
+        let mut out = Vec::new();
+        for (p, texts) in per_text.iter().enumerate() {
+            let worst = texts
+                .iter()
+                .filter_map(|grams| {
+                    let specific: Vec<u64> = grams
+                        .iter()
+                        .copied()
+                        .filter(|g| problems_holding[g] < BOILERPLATE_AGAINST_ROWS && self.count(*g) < common)
+                        .collect();
+                    let seen = specific.iter().filter(|g| self.count(**g) > 0).count();
+                    (!specific.is_empty()).then(|| seen as f64 / specific.len() as f64)
+                })
+                .fold(0.0, f64::max);
+            if worst >= LEAK_CONTAINMENT {
+                out.push((p, worst));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COUNTER: &str = "module TopModule(input clk, input reset, output reg [3:0] q);
+  always @(posedge clk)
+    if (reset) q <= 4'd0;
+    else if (q == 4'd9) q <= 4'd0;
+    else q <= q + 4'd1;
+endmodule";
+
+    /// The counter above, its signals renamed, its comments and layout changed.
+    const COUNTER_RENAMED: &str = "// a decade counter
+module dec_cnt (input wire ck, input wire rst, output reg [3:0] value);
+always @(posedge ck) if (rst) value <= 4'd0; else if (value == 4'd9) value <= 4'd0; /* wrap */ else value <= value + 4'd1;
+endmodule";
+
+    #[test]
+    fn renaming_and_reformatting_leave_the_ngrams_of_code_unchanged() {
+        let a = ngrams(COUNTER, DEFAULT_N);
+        let b = ngrams(COUNTER_RENAMED, DEFAULT_N);
+        let shared = a.intersection(&b).count();
+        assert!(shared * 2 >= a.len(), "{shared} of {} n-grams shared", a.len());
+    }
+
+    #[test]
+    fn prose_is_compared_word_for_word() {
+        let a = ngrams("the module should count from zero to nine and then wrap around to zero again on the next clock", 5);
+        let b = ngrams("every output is driven low when the reset input is asserted at the rising edge of a clock", 5);
+        assert!(a.is_disjoint(&b), "different sentences of distinct words share no n-gram");
+    }
+
+    #[test]
+    fn a_split_keeps_each_group_on_one_side_and_repeats_for_a_seed() {
+        let groups: Vec<String> = (0..40).map(|i| format!("task{}", i % 10)).collect();
+        let side = split_by_group(&groups, TestSize::Fraction(0.5), 7).unwrap();
+        for (g, s) in groups.iter().zip(&side) {
+            let same: Vec<bool> = groups.iter().zip(&side).filter(|(h, _)| *h == g).map(|(_, s)| *s).collect();
+            assert!(same.iter().all(|x| x == s), "{g} is on both sides");
+        }
+        assert_eq!(side.iter().filter(|s| **s).count(), 20, "5 of 10 groups, 4 rows each");
+        assert_eq!(side, split_by_group(&groups, TestSize::Fraction(0.5), 7).unwrap());
+        assert_ne!(side, split_by_group(&groups, TestSize::Fraction(0.5), 8).unwrap());
+        assert!(split_by_group(&groups, TestSize::Groups(11), 7).is_err());
+    }
+
+    #[test]
+    fn a_pasted_design_is_found_and_a_keyword_neighbour_is_not() {
+        let against = vec![vec![COUNTER.to_string()]];
+        let rows = vec![
+            vec!["write a counter".to_string(), COUNTER_RENAMED.to_string()],
+            vec![
+                "an and gate".to_string(),
+                "module and_gate(input a, input b, output y); assign y = a & b; endmodule".to_string(),
+            ],
+        ];
+        let found = find_overlaps(&rows, &against, DEFAULT_N);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].row, found[0].against_row), (0, 0));
+        let sketch = Sketch::of_rows(&rows, DEFAULT_N);
+        assert_eq!(sketch.leaked(&against).len(), 1);
+        let clean = Sketch::of_rows(&rows[1..], DEFAULT_N);
+        assert!(clean.leaked(&against).is_empty());
+    }
+}
