@@ -30,6 +30,39 @@ fn the_three_wire_shapes_answer_and_count_tokens() {
 }
 
 #[test]
+fn stop_goes_to_each_provider_in_its_own_field_and_every_answer_is_cut_at_it() {
+    // The server ignores `stop` (as a server may): the client cuts the answer all the same.
+    let s = MockServer::start(|p| format!("module m; // {p}\nendmodule\nand then a testbench"));
+    let out = ok(&format!(
+        r#"
+        let a = llm(#{{provider: "openai", base_url: "{o}", model: "stop-openai", stop: ["endmodule"]}});
+        let b = llm(#{{provider: "anthropic", base_url: "{u}", model: "stop-anthropic", stop: "endmodule"}});
+        let c = llm(#{{provider: "ollama", base_url: "{u}", model: "stop-ollama", stop: ["endmodule", "never"]}});
+        print(a.complete("one"));
+        print(b.complete("two"));
+        print(c.complete("three"));
+        print(a.complete("one"));
+        "#,
+        o = s.openai_url(),
+        u = s.url()
+    ));
+    assert_eq!(
+        out,
+        "module m; // one\n\nmodule m; // two\n\nmodule m; // three\n\nmodule m; // one\n\n",
+        "cut before the stop string, the recorded answer too"
+    );
+    let bodies = s.bodies();
+    assert_eq!(bodies.len(), 3, "the fourth answer came from the store");
+    assert_eq!(bodies[0]["stop"], serde_json::json!(["endmodule"]));
+    assert_eq!(bodies[1]["stop_sequences"], serde_json::json!(["endmodule"]));
+    assert_eq!(bodies[2]["options"]["stop"], serde_json::json!(["endmodule", "never"]));
+    let e = err(r#"llm(#{provider: "openai", model: "m", stop: ["endmodule", ""]})"#);
+    assert!(e.contains("stop[1] is empty"), "{e}");
+    let e = err(r#"llm(#{provider: "openai", model: "m", stop: 3})"#);
+    assert!(e.contains("stop"), "{e}");
+}
+
+#[test]
 fn transient_faults_are_retried() {
     let s = echo();
     s.push_fault(Fault::TooMany { retry_after_s: 0 });

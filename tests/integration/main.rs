@@ -14,6 +14,7 @@ mod data;
 mod docs;
 mod dpo;
 mod gguf;
+mod hygiene;
 mod llm;
 mod metrics;
 mod repl;

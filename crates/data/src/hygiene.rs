@@ -23,8 +23,10 @@
 //!
 //! **Boilerplate does not count.** An n-gram is boilerplate when it appears in at least
 //! [`BOILERPLATE_AGAINST_ROWS`] rows of the benchmark side (the port-list sentence every VerilogEval
-//! v2 prompt starts with, a synchronous reset) or in at least [`boilerplate_rows`] of the training
-//! side's rows (1%, at least 10). Only the other n-grams are evidence that a row copies a problem.
+//! v2 prompt starts with, a synchronous reset), in at least [`boilerplate_rows`] of the training
+//! side's rows (1%, at least 10), or, for the default n, in 3 or more of VerilogEval v2's 156
+//! problems ([`verilog_eval_boilerplate`], so that a benchmark of two of them still knows the
+//! sentence all of them share). Only the other n-grams are evidence that a row copies a problem.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -37,6 +39,39 @@ pub const BOILERPLATE_AGAINST_ROWS: usize = 3;
 /// A training row that holds at least this share of a benchmark text's specific n-grams copies it;
 /// a problem whose specific n-grams are at least this share in a training set was trained on.
 pub const LEAK_CONTAINMENT: f64 = 0.5;
+
+/// The 13-grams found in 3 or more of VerilogEval v2's 156 problems (prompt and reference), kept in
+/// `verilog_eval_boilerplate.txt` (one hex hash a line). A unit test recomputes them from
+/// `data/verilog-eval-v2` and fails when the file is stale (`UPDATE_BOILERPLATE=1` rewrites it).
+pub fn verilog_eval_boilerplate() -> &'static HashSet<u64> {
+    static SET: std::sync::OnceLock<HashSet<u64>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        include_str!("verilog_eval_boilerplate.txt")
+            .lines()
+            .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok())
+            .collect()
+    })
+}
+
+/// Whether `g` (an n-gram of length `n`) is boilerplate everywhere: shared by VerilogEval's problems.
+fn known_boilerplate(g: u64, n: usize) -> bool {
+    n == DEFAULT_N && verilog_eval_boilerplate().contains(&g)
+}
+
+/// The n-grams that `at_least` of the rows (each its texts) hold.
+pub fn shared_ngrams(rows: &[Vec<String>], n: usize, at_least: usize) -> BTreeSet<u64> {
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for texts in rows {
+        for g in row_ngrams(texts, n) {
+            *counts.entry(g).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(_, c)| *c >= at_least)
+        .map(|(g, _)| g)
+        .collect()
+}
 
 /// An n-gram in this many of `rows` training rows (1%, at least 10) is the corpus's boilerplate.
 pub fn boilerplate_rows(rows: usize) -> usize {
@@ -213,7 +248,7 @@ pub fn find_overlaps(rows: &[Vec<String>], against: &[Vec<String>], n: usize) ->
             owners.entry(g).or_default().push(a);
         }
     }
-    owners.retain(|_, rows| rows.len() < BOILERPLATE_AGAINST_ROWS);
+    owners.retain(|g, rows| rows.len() < BOILERPLATE_AGAINST_ROWS && !known_boilerplate(*g, n));
     // Each training row's n-grams that some benchmark row holds.
     let matched: Vec<HashSet<u64>> = rows
         .par_iter()
@@ -336,69 +371,63 @@ pub fn read_training_sketch(adapter_dir: &std::path::Path) -> Result<Option<Sket
     }
 }
 
-/// The n-grams of a training set, each with the number of rows that hold it, and a content hash of
-/// each row: what an adapter keeps of the data that made it.
+/// The n-grams of each row of a training set and a content hash of each row: what an adapter keeps
+/// of the data that made it, enough to tell whether one of its rows copies a benchmark problem.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sketch {
     pub n: usize,
-    pub rows: usize,
     /// blake3 of each row's texts (joined by NUL), 16 hex digits.
     pub row_hashes: Vec<String>,
-    /// (n-gram, rows holding it), sorted by n-gram.
-    pub grams: Vec<(u64, u32)>,
+    /// Each row's n-grams, sorted; those VerilogEval's problems share ([`verilog_eval_boilerplate`])
+    /// are left out, as they never count.
+    pub rows: Vec<Vec<u64>>,
 }
 
 impl Sketch {
     pub fn of_rows(rows: &[Vec<String>], n: usize) -> Sketch {
-        let mut counts: HashMap<u64, u32> = HashMap::new();
-        for texts in rows {
-            for g in row_ngrams(texts, n) {
-                *counts.entry(g).or_default() += 1;
-            }
-        }
-        let mut grams: Vec<(u64, u32)> = counts.into_iter().collect();
-        grams.sort_unstable();
         Sketch {
             n,
-            rows: rows.len(),
             row_hashes: rows
                 .iter()
                 .map(|texts| blake3::hash(texts.join("\0").as_bytes()).to_hex()[..16].to_string())
                 .collect(),
-            grams,
+            rows: rows
+                .iter()
+                .map(|texts| {
+                    let mut grams: Vec<u64> = row_ngrams(texts, n)
+                        .into_iter()
+                        .filter(|g| !known_boilerplate(*g, n))
+                        .collect();
+                    grams.sort_unstable();
+                    grams
+                })
+                .collect(),
         }
     }
 
-    /// The union of two training sets' sketches (an adapter trained on top of another's).
+    /// The rows of two training sets (an adapter trained on top of another's).
     pub fn merge(&self, other: &Sketch) -> Sketch {
-        let mut counts: HashMap<u64, u32> = self.grams.iter().copied().collect();
-        for (g, c) in &other.grams {
-            *counts.entry(*g).or_default() += c;
-        }
-        let mut grams: Vec<(u64, u32)> = counts.into_iter().collect();
-        grams.sort_unstable();
-        let mut row_hashes = self.row_hashes.clone();
-        row_hashes.extend(other.row_hashes.iter().cloned());
-        Sketch {
-            n: self.n,
-            rows: self.rows + other.rows,
-            row_hashes,
-            grams,
-        }
+        let mut merged = self.clone();
+        merged.row_hashes.extend(other.row_hashes.iter().cloned());
+        merged.rows.extend(other.rows.iter().cloned());
+        merged
     }
 
-    fn count(&self, g: u64) -> u32 {
-        self.grams
-            .binary_search_by_key(&g, |(x, _)| *x)
-            .map_or(0, |i| self.grams[i].1)
-    }
-
-    /// The problems (each its texts: prompt, reference) whose specific n-grams are at least
-    /// [`LEAK_CONTAINMENT`] in this training set: (problem index, share). Specific means not
-    /// boilerplate: not in [`BOILERPLATE_AGAINST_ROWS`] of the problems, nor in
-    /// [`boilerplate_rows`] of the training rows. Each text is judged alone, so a copied reference
-    /// counts however long the prompt is.
+    /// The problems (each its texts: prompt, reference) that some training row copies, by the rule
+    /// `decontaminate` drops rows by ([`find_overlaps`]): the row holds at least
+    /// [`LEAK_CONTAINMENT`] of the specific n-grams of one of the problem's texts. Specific means
+    /// not boilerplate: not in [`BOILERPLATE_AGAINST_ROWS`] of the problems, not shared by
+    /// VerilogEval's problems, not in [`boilerplate_rows`] of the training rows. Returns (problem
+    /// index, the highest share).
     pub fn leaked(&self, problems: &[Vec<String>]) -> Vec<(usize, f64)> {
+        // n-gram → the training rows that hold it.
+        let mut holders: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (r, grams) in self.rows.iter().enumerate() {
+            for g in grams {
+                holders.entry(*g).or_default().push(r);
+            }
+        }
+        let common = boilerplate_rows(self.rows.len());
         let per_text: Vec<Vec<HashSet<u64>>> = problems
             .iter()
             .map(|texts| texts.iter().map(|t| ngrams(t, self.n)).collect())
@@ -410,21 +439,31 @@ impl Sketch {
                 *problems_holding.entry(g).or_default() += 1;
             }
         }
-        let common = boilerplate_rows(self.rows) as u32;
         let mut out = Vec::new();
         for (p, texts) in per_text.iter().enumerate() {
-            let worst = texts
-                .iter()
-                .filter_map(|grams| {
-                    let specific: Vec<u64> = grams
-                        .iter()
-                        .copied()
-                        .filter(|g| problems_holding[g] < BOILERPLATE_AGAINST_ROWS && self.count(*g) < common)
-                        .collect();
-                    let seen = specific.iter().filter(|g| self.count(**g) > 0).count();
-                    (!specific.is_empty()).then(|| seen as f64 / specific.len() as f64)
-                })
-                .fold(0.0, f64::max);
+            let mut worst: f64 = 0.0;
+            for grams in texts {
+                let specific: Vec<u64> = grams
+                    .iter()
+                    .copied()
+                    .filter(|g| {
+                        problems_holding[g] < BOILERPLATE_AGAINST_ROWS
+                            && !known_boilerplate(*g, self.n)
+                            && holders.get(g).map_or(0, Vec::len) < common
+                    })
+                    .collect();
+                if specific.is_empty() {
+                    continue;
+                }
+                let mut hits: HashMap<usize, usize> = HashMap::new();
+                for g in &specific {
+                    for r in holders.get(g).into_iter().flatten() {
+                        *hits.entry(*r).or_default() += 1;
+                    }
+                }
+                let best = hits.values().copied().max().unwrap_or(0);
+                worst = worst.max(best as f64 / specific.len() as f64);
+            }
             if worst >= LEAK_CONTAINMENT {
                 out.push((p, worst));
             }
@@ -436,6 +475,31 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verilog_eval_boilerplate_file_is_what_the_bundled_problems_give() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/verilog-eval-v2");
+        let df = crate::io::load_verilog_eval(&dir, &mut |_| {}).unwrap();
+        let text = |c: &str| -> Vec<String> {
+            df.column(c).unwrap().str().unwrap().iter().map(|v| v.unwrap_or("").to_string()).collect()
+        };
+        let (prompts, refs) = (text("prompt"), text("ref"));
+        let rows: Vec<Vec<String>> = prompts.into_iter().zip(refs).map(|(p, r)| vec![p, r]).collect();
+        let expected: String = shared_ngrams(&rows, DEFAULT_N, BOILERPLATE_AGAINST_ROWS)
+            .iter()
+            .map(|g| format!("{g:016x}\n"))
+            .collect();
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/verilog_eval_boilerplate.txt");
+        if std::env::var_os("UPDATE_BOILERPLATE").is_some() {
+            std::fs::write(&file, &expected).unwrap();
+        }
+        assert!(
+            include_str!("verilog_eval_boilerplate.txt") == expected,
+            "{} is stale: rerun with UPDATE_BOILERPLATE=1 (and rebuild)",
+            file.display()
+        );
+        assert!(expected.lines().count() > 100, "the prompts' shared sentence alone is dozens of 13-grams");
+    }
 
     const COUNTER: &str = "module TopModule(input clk, input reset, output reg [3:0] q);
   always @(posedge clk)

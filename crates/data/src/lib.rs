@@ -428,6 +428,20 @@ mod io_functions {
         )?))
     }
 
+    /// The category of a design from keywords in its name or description, as `load_verilog_eval`
+    /// names its problems' categories (fsm, arithmetic, counter, shift_register, edge_detect, mux,
+    /// gates, other): the first whose keyword the lower-cased text contains. Keywords, not a
+    /// classifier: "state" in any sentence makes an fsm.
+    ///
+    /// ```rhai
+    /// assert_eq(problem_category("Prob035_count1to10"), "counter");
+    /// assert_eq(problem_category("A 4-bit shift register with a load input"), "shift_register");
+    /// assert_eq(problem_category("a priority encoder"), "other");
+    /// ```
+    pub fn problem_category(text: &str) -> String {
+        io::problem_category(text).to_string()
+    }
+
     /// VerilogEval v2 spec-to-rtl problems from a directory of `ProbNNN_name_{prompt.txt,ref.sv,test.sv}`:
     /// rows `{task_id, prompt, ref, test, category}`, sorted by task id. VerilogEval has no categories;
     /// `category` comes from keywords in the problem name (fsm, counter, shift_register, edge_detect,

@@ -1052,10 +1052,9 @@ fn train(ws: &Workspace, req: TrainRequest) -> Result<(RunRecord, bool), TrainEr
         eval_rows.as_ref().map(|e| (e, eval_every)),
     )?;
     if let Some(rec) = finished_run(&req, &fingerprint) {
-        // A run finished before adapters recorded their training data gets its record now.
-        if !req.out.join(TRAINING_DATA_FILE).exists() {
-            write_training_sketch(&req)?;
-        }
+        // Written again (it is cheap): a run finished before adapters recorded their training data,
+        // or in an older format, gets its record now.
+        write_training_sketch(&req)?;
         return Ok((rec, true));
     }
     let same_job = continues_the_job_in_out(&req, &fingerprint);

@@ -28,6 +28,8 @@ pub struct MockServer {
     faults: Arc<Mutex<VecDeque<Fault>>>,
     /// Prompts that always get a 400 (a request that can never succeed), until cleared.
     pub poison: Arc<Mutex<Vec<String>>>,
+    /// Every request body received, in order.
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl MockServer {
@@ -37,13 +39,14 @@ impl MockServer {
         let hits = Arc::new(AtomicUsize::new(0));
         let faults = Arc::new(Mutex::new(VecDeque::new()));
         let poison = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let answer: Arc<Answer> = Arc::new(answer);
-        let (h, f, p) = (hits.clone(), faults.clone(), poison.clone());
+        let (h, f, p, b) = (hits.clone(), faults.clone(), poison.clone(), bodies.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (h, f, p, a) = (h.clone(), f.clone(), p.clone(), answer.clone());
+                let (h, f, p, b, a) = (h.clone(), f.clone(), p.clone(), b.clone(), answer.clone());
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &h, &f, &p, &*a);
+                    let _ = handle(stream, &h, &f, &p, &b, &*a);
                 });
             }
         });
@@ -52,7 +55,13 @@ impl MockServer {
             hits,
             faults,
             poison,
+            bodies,
         }
+    }
+
+    /// The request bodies received so far, in order.
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
     }
 
     pub fn openai_url(&self) -> String {
@@ -77,6 +86,7 @@ fn handle(
     hits: &AtomicUsize,
     faults: &Mutex<VecDeque<Fault>>,
     poison: &Mutex<Vec<String>>,
+    bodies: &Mutex<Vec<serde_json::Value>>,
     answer: &Answer,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
@@ -107,6 +117,7 @@ fn handle(
         reader.read_exact(&mut body)?;
         hits.fetch_add(1, Ordering::SeqCst);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        bodies.lock().unwrap().push(json.clone());
         let prompt = json["messages"]
             .as_array()
             .and_then(|m| m.last())
