@@ -88,7 +88,7 @@ fn overlap_frame(sides: &NgramSides, found: &[hygiene::Overlap]) -> RhaiResult<F
     let df = df!(
         "row" => found.iter().map(|o| o.row as i64).collect::<Vec<_>>(),
         "task_id" => found.iter().map(|o| sides.against_ids[o.against_row].clone()).collect::<Vec<_>>(),
-        "shared" => found.iter().map(|o| o.shared as i64).collect::<Vec<_>>(),
+        "ngrams" => found.iter().map(|o| o.shared as i64).collect::<Vec<_>>(),
         "containment" => found.iter().map(|o| (o.containment * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
         "example" => found.iter().map(|o| o.example.clone()).collect::<Vec<_>>(),
     )
@@ -219,7 +219,7 @@ mod hygiene_functions {
     }
 
     /// Which rows of `train` copy which rows of `against` (the rows `decontaminate` drops, and why):
-    /// `row` (0-based, in `train`), `task_id` (of `against`, else its row), `shared` (the specific
+    /// `row` (0-based, in `train`), `task_id` (of `against`, else its row), `ngrams` (the specific
     /// n-grams of the problem's prompt or reference that the row holds), `containment` (their share)
     /// and `example` (one of them, signals renamed `$0`, `$1`...). Options as `decontaminate`'s.
     ///
