@@ -60,8 +60,8 @@ fn decontaminate_drops_a_renamed_copy_of_a_reference_and_keeps_rows_that_share_k
         let bench = load_verilog_eval("verilog-eval-v2");
         let rows = from_records([
             #{{instruction: "A decade counter.", output: `{COPIED_PROB035}`}},
+            #{{instruction: "Add 3 to a 4-bit input, saturating at 15.", output: "module sat3(input [3:0] x, output [3:0] y);\n  assign y = (x > 4'd12) ? 4'd15 : x + 4'd3;\nendmodule"}},
             #{{instruction: "A 2-to-1 multiplexer.", output: "module mux(input a, input b, input s, output y);\n  assign y = s ? b : a;\nendmodule"}},
-            #{{instruction: "An 8-bit register with a synchronous reset.", output: "module r8(input clk, input reset, input [7:0] d, output reg [7:0] q);\n  always @(posedge clk) if (reset) q <= 8'd0; else q <= d;\nendmodule"}},
         ]);
         let kept = rows.decontaminate(bench);
         print(kept.column("instruction"));
@@ -70,16 +70,17 @@ fn decontaminate_drops_a_renamed_copy_of_a_reference_and_keeps_rows_that_share_k
         "#
     ));
     let lines: Vec<&str> = out.lines().collect();
+    // The multiplexer is dropped too: it is Prob022_mux2to1's design, whatever its names.
     assert!(
-        lines[0].starts_with("decontaminate: dropped 1 of 3 rows"),
+        lines[0].starts_with("decontaminate: dropped 2 of 3 rows"),
         "{out}"
     );
-    assert!(lines[0].contains("Prob035_count1to10: 1"), "{out}");
-    assert_eq!(
-        lines[1],
-        r#"["A 2-to-1 multiplexer.", "An 8-bit register with a synchronous reset."]"#
+    assert!(
+        lines[0].contains("Prob022_mux2to1: 1, Prob035_count1to10: 1"),
+        "{out}"
     );
-    assert_eq!(lines[2], "1 0 Prob035_count1to10");
+    assert_eq!(lines[1], r#"["Add 3 to a 4-bit input, saturating at 15."]"#);
+    assert_eq!(lines[2], "2 0 Prob035_count1to10");
 }
 
 #[test]
@@ -146,7 +147,11 @@ fn a_benchmark_refuses_an_adapter_trained_on_one_of_its_problems() {
         try {{ benchmark(after, problems, #{{n: 1}}); print("scored"); }} catch (e) {{ print(e.contains("Prob035_count1to10")); }}
         "#
     ));
-    assert_eq!(out, "[\"Prob035_count1to10\"]\n2\ntrue\n", "{out}");
+    // (Its first line says the leaky run was found finished: the refused benchmark above trained it.)
+    assert!(
+        out.ends_with("[\"Prob035_count1to10\"]\n2\ntrue\n"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -187,14 +187,75 @@ fn normalized(window: &[(Kind, &str)]) -> String {
     text
 }
 
+/// FNV-1a (64 bits): stable across versions and machines (the hashes are stored beside adapters and
+/// in `verilog_eval_boilerplate.txt`), and cheap for a 13-token window.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(mut self, bytes: &[u8]) -> Fnv {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+}
+
+/// The hash of a window's normalized text, as [`normalized`] writes it.
 fn hash(window: &str) -> u64 {
-    let digest = blake3::hash(window.as_bytes());
-    u64::from_le_bytes(digest.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    Fnv::new().bytes(window.as_bytes()).0
+}
+
+/// `hash(&normalized(window))` without building the text: the n-grams of a 1,310-row dataset are
+/// half a million windows.
+fn window_hash(window: &[(Kind, &str)]) -> u64 {
+    let identifiers = window.iter().filter(|(k, _)| *k == Kind::Identifier).count();
+    let code = identifiers * 2 <= window.len();
+    let mut names: Vec<&str> = Vec::with_capacity(window.len());
+    let mut h = Fnv::new();
+    for (i, (kind, token)) in window.iter().enumerate() {
+        if i > 0 {
+            h = h.bytes(b" ");
+        }
+        if code && *kind == Kind::Identifier {
+            let index = names.iter().position(|n| n == token).unwrap_or_else(|| {
+                names.push(token);
+                names.len() - 1
+            });
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut k = index;
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (k % 10) as u8;
+                k /= 10;
+                if k == 0 {
+                    break;
+                }
+            }
+            h = h.bytes(b"$").bytes(&digits[at..]);
+        } else {
+            h = h.bytes(token.as_bytes());
+        }
+    }
+    h.0
 }
 
 /// The n-grams of `text`, hashed: a text of fewer than `n` tokens is one n-gram of all of them.
 pub fn ngrams(text: &str, n: usize) -> HashSet<u64> {
-    windows(text, n).into_iter().map(|w| hash(&w)).collect()
+    let t = tokens(text);
+    if t.is_empty() {
+        return HashSet::new();
+    }
+    if t.len() < n {
+        return HashSet::from([window_hash(&t)]);
+    }
+    t.windows(n).map(window_hash).collect()
 }
 
 /// The normalized windows of `text` (see [`ngrams`]), for showing which one two texts share.
@@ -351,6 +412,9 @@ pub enum TestSize {
     Groups(usize),
 }
 
+/// The n-gram format of this rtlab's sketches: bump it when tokens, normalization or the hash change.
+pub const SKETCH_FORMAT: u32 = 1;
+
 /// The file an adapter dir keeps its training data's [`Sketch`] in (written by `train_lora` and
 /// `train_dpo`, a starting adapter's sketch included); `benchmark` reads it to refuse problems the
 /// adapter was trained on.
@@ -360,12 +424,22 @@ pub const TRAINING_DATA_FILE: &str = "training_data.json";
 pub fn read_training_sketch(adapter_dir: &std::path::Path) -> Result<Option<Sketch>, String> {
     let path = adapter_dir.join(TRAINING_DATA_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            format!(
-                "{}: {e}; delete the file and retrain the adapter to record its training data again",
-                path.display()
-            )
-        }),
+        Ok(text) => {
+            let sketch: Sketch = serde_json::from_str(&text).map_err(|e| {
+                format!(
+                    "{}: {e}; run the adapter's train_lora or train_dpo again to write it anew (a finished run is not retrained)",
+                    path.display()
+                )
+            })?;
+            if sketch.format != SKETCH_FORMAT {
+                return Err(format!(
+                    "{}: written by another rtlab (n-gram format {}, this one reads {SKETCH_FORMAT}); run the adapter's train_lora or train_dpo again to write it anew (a finished run is not retrained)",
+                    path.display(),
+                    sketch.format
+                ));
+            }
+            Ok(Some(sketch))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -375,6 +449,10 @@ pub fn read_training_sketch(adapter_dir: &std::path::Path) -> Result<Option<Sket
 /// of the data that made it, enough to tell whether one of its rows copies a benchmark problem.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sketch {
+    /// How the n-grams were cut and hashed ([`SKETCH_FORMAT`]); a sketch of another format cannot
+    /// be compared with this rtlab's n-grams.
+    #[serde(default)]
+    pub format: u32,
     pub n: usize,
     /// blake3 of each row's texts (joined by NUL), 16 hex digits.
     pub row_hashes: Vec<String>,
@@ -386,6 +464,7 @@ pub struct Sketch {
 impl Sketch {
     pub fn of_rows(rows: &[Vec<String>], n: usize) -> Sketch {
         Sketch {
+            format: SKETCH_FORMAT,
             n,
             row_hashes: rows
                 .iter()
@@ -520,6 +599,14 @@ endmodule";
         let b = ngrams(COUNTER_RENAMED, DEFAULT_N);
         let shared = a.intersection(&b).count();
         assert!(shared * 2 >= a.len(), "{shared} of {} n-grams shared", a.len());
+    }
+
+    #[test]
+    fn a_window_hashes_as_its_normalized_text() {
+        let t = tokens("module m(input a, output y); assign y = ~a; // not\nendmodule the end of it all");
+        for w in t.windows(5).chain(t.windows(13)) {
+            assert_eq!(window_hash(w), hash(&normalized(w)), "{}", normalized(w));
+        }
     }
 
     #[test]

@@ -178,6 +178,10 @@ mod hygiene_functions {
         against: Frame,
         options: Map,
     ) -> RhaiResult<Frame> {
+        if frame.df.height() == 0 {
+            // Nothing to drop (and an empty frame's columns may have no type to compare).
+            return Ok(frame.clone());
+        }
         let sides = sides("decontaminate", frame, &against, &options)?;
         let found = hygiene::find_overlaps(&sides.rows, &sides.against, sides.n);
         let mut keep = vec![true; frame.df.height()];
