@@ -47,9 +47,13 @@ fn a_split_with_bad_options_says_what_to_pass() {
     assert!(e.contains("test = 1.5"), "{e}");
     let e = err(&format!("{df} df.split(#{{by: \"task_id\", test: 1}})"));
     assert!(e.contains("row 2 has no \"task_id\""), "{e}");
-    let e = err(&format!("{df} df.head(2).split(#{{by: \"task_id\", test: 3}})"));
+    let e = err(&format!(
+        "{df} df.head(2).split(#{{by: \"task_id\", test: 3}})"
+    ));
     assert!(e.contains("3 groups but there are 2"), "{e}");
-    let e = err(&format!("{df} df.split(#{{by: \"task_id\", test: 1, sed: 2}})"));
+    let e = err(&format!(
+        "{df} df.split(#{{by: \"task_id\", test: 1, sed: 2}})"
+    ));
     assert!(e.contains("sed"), "{e}");
 }
 
@@ -98,7 +102,9 @@ fn the_bundled_rtlcoder_rows_lose_only_the_designs_that_are_a_held_out_problem()
 
 #[test]
 fn decontaminate_with_bad_options_names_them() {
-    let e = err(r#"from_records([#{x: "a"}]).decontaminate(from_records([#{y: "b"}]), #{cols: ["nope"]})"#);
+    let e = err(
+        r#"from_records([#{x: "a"}]).decontaminate(from_records([#{y: "b"}]), #{cols: ["nope"]})"#,
+    );
     assert!(e.contains("no column \"nope\""), "{e}");
     let e = err(r#"from_records([#{x: "a"}]).decontaminate(from_records([#{y: "b"}]), #{n: 0})"#);
     assert!(e.contains("`n`") || e.contains(" n "), "{e}");
@@ -122,7 +128,8 @@ fn a_benchmark_refuses_an_adapter_trained_on_one_of_its_problems() {
     let d = tmp.path().display();
     let problems = r#"let problems = load_verilog_eval("verilog-eval-v2").filter(col("task_id").is_in(["Prob001_zero", "Prob035_count1to10", "Prob050_kmap1"]));"#;
     // The training row is Prob035's reference with its signals renamed.
-    let rows = format!(r#"from_records([#{{instruction: "a counter", output: `{COPIED_PROB035}`}}])"#);
+    let rows =
+        format!(r#"from_records([#{{instruction: "a counter", output: `{COPIED_PROB035}`}}])"#);
     let script = format!(
         r#"{problems}
         {train}
@@ -131,7 +138,8 @@ fn a_benchmark_refuses_an_adapter_trained_on_one_of_its_problems() {
     );
     let e = err(&format!("{script} benchmark(model, problems, #{{n: 1}})"));
     assert!(
-        e.contains("trained on 1 of these problems (Prob035_count1to10)") && e.contains("allow_overlap: true"),
+        e.contains("trained on 1 of these problems (Prob035_count1to10)")
+            && e.contains("allow_overlap: true"),
         "{e}"
     );
     let out = ok(&format!(
@@ -190,7 +198,13 @@ fn a_training_run_in_a_log_prints_progress_lines() {
     )
     .unwrap();
     // stderr is a pipe here, as in CI, a Slurm job or nohup: no bar, but a line per 10%.
-    let r = Run::from(rtlab().args(["run", "--no-cache"]).arg(&script).output().unwrap());
+    let r = Run::from(
+        rtlab()
+            .args(["run", "--no-cache"])
+            .arg(&script)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<&str> = r
         .stderr
@@ -198,15 +212,25 @@ fn a_training_run_in_a_log_prints_progress_lines() {
         .filter(|l| l.starts_with("progress: train "))
         .collect();
     assert_eq!(lines.len(), 10, "{}", r.stderr);
-    assert!(lines[9].starts_with("progress: train 20/20  loss "), "{}", lines[9]);
-    assert!(lines[9].contains(" tok/s  elapsed ") && lines[9].ends_with(" s"), "{}", lines[9]);
+    assert!(
+        lines[9].starts_with("progress: train 20/20  loss "),
+        "{}",
+        lines[9]
+    );
+    assert!(
+        lines[9].contains(" tok/s  elapsed ") && lines[9].ends_with(" s"),
+        "{}",
+        lines[9]
+    );
 }
 
 #[test]
 fn benchmark_options_for_stop_and_overlap_are_checked_before_any_work() {
     let setup = r#"let m = llm(#{provider: "replay", model: "nobody"});
         let p = load_verilog_eval("verilog-eval-v2").head(1);"#;
-    let e = err(&format!("{setup} benchmark(m, p, #{{allow_overlap: \"yes\"}})"));
+    let e = err(&format!(
+        "{setup} benchmark(m, p, #{{allow_overlap: \"yes\"}})"
+    ));
     assert!(e.contains("allow_overlap"), "{e}");
     let e = err(&format!("{setup} benchmark(m, p, #{{stop: 5}})"));
     assert!(e.contains("stop"), "{e}");

@@ -47,15 +47,20 @@ fn stop_goes_to_each_provider_in_its_own_field_and_every_answer_is_cut_at_it() {
         u = s.url()
     ));
     assert_eq!(
-        out,
-        "module m; // one\n\nmodule m; // two\n\nmodule m; // three\n\nmodule m; // one\n\n",
+        out, "module m; // one\n\nmodule m; // two\n\nmodule m; // three\n\nmodule m; // one\n\n",
         "cut before the stop string, the recorded answer too"
     );
     let bodies = s.bodies();
     assert_eq!(bodies.len(), 3, "the fourth answer came from the store");
     assert_eq!(bodies[0]["stop"], serde_json::json!(["endmodule"]));
-    assert_eq!(bodies[1]["stop_sequences"], serde_json::json!(["endmodule"]));
-    assert_eq!(bodies[2]["options"]["stop"], serde_json::json!(["endmodule", "never"]));
+    assert_eq!(
+        bodies[1]["stop_sequences"],
+        serde_json::json!(["endmodule"])
+    );
+    assert_eq!(
+        bodies[2]["options"]["stop"],
+        serde_json::json!(["endmodule", "never"])
+    );
     let e = err(r#"llm(#{provider: "openai", model: "m", stop: ["endmodule", ""]})"#);
     assert!(e.contains("stop[1] is empty"), "{e}");
     let e = err(r#"llm(#{provider: "openai", model: "m", stop: 3})"#);

@@ -107,15 +107,26 @@ fn run_script_and_match_snapshot(name: &str) {
 /// The learning experiment's results file: the split is disjoint and covers VerilogEval v2, the
 /// evaluated problems are held out, and every stage has its numbers in [0, 1].
 fn check_learning_json(out: &std::path::Path) {
-    let text = std::fs::read_to_string(out.join("learning.json")).expect("learning.json is written");
+    let text =
+        std::fs::read_to_string(out.join("learning.json")).expect("learning.json is written");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ids = |k: &str| -> Vec<String> {
-        v[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
     };
     let (train, heldout, eval) = (ids("train_tasks"), ids("heldout_tasks"), ids("eval_tasks"));
     assert_eq!(train.len() + heldout.len(), 156);
-    assert!(train.iter().all(|t| !heldout.contains(t)), "a task on both sides");
-    assert!(eval.iter().all(|t| heldout.contains(t)), "an evaluated task that is not held out");
+    assert!(
+        train.iter().all(|t| !heldout.contains(t)),
+        "a task on both sides"
+    );
+    assert!(
+        eval.iter().all(|t| heldout.contains(t)),
+        "an evaluated task that is not held out"
+    );
     let stages = v["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["base", "sft", "rs_sft", "dpo"]);
@@ -227,7 +238,13 @@ fn the_readme_learning_table_is_its_results_file() {
             .unwrap_or_else(|| panic!("no README row for stage {name}"));
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         // | stage | syntax (ci) | synth | all I/O | pass@1 (ci) | pass@4 | p (syntax) | p (pass@1) |
-        for (cell, key) in [(2, "syntax"), (3, "synth"), (4, "all_io"), (5, "pass@1"), (6, "pass@k")] {
+        for (cell, key) in [
+            (2, "syntax"),
+            (3, "synth"),
+            (4, "all_io"),
+            (5, "pass@1"),
+            (6, "pass@k"),
+        ] {
             let expected = r3(stage[key].as_f64().unwrap());
             assert!(
                 cells[cell].starts_with(&expected),
@@ -236,9 +253,17 @@ fn the_readme_learning_table_is_its_results_file() {
             );
         }
         if let Some(p) = stage["p_value_syntax"].as_f64() {
-            let shown = if p < 0.001 { "< 0.001".to_string() } else { r3(p) };
+            let shown = if p < 0.001 {
+                "< 0.001".to_string()
+            } else {
+                r3(p)
+            };
             assert_eq!(cells[7], shown, "README, stage {name}, p (syntax)");
-            assert_eq!(cells[8], r3(stage["p_value"].as_f64().unwrap()), "README, stage {name}, p (pass@1)");
+            assert_eq!(
+                cells[8],
+                r3(stage["p_value"].as_f64().unwrap()),
+                "README, stage {name}, p (pass@1)"
+            );
         }
     }
 }

@@ -240,8 +240,7 @@ fn problems_trained_on(model: &Model, problems: &Problems) -> Result<Vec<String>
     let Some(adapter) = model.cfg.adapter.as_deref() else {
         return Ok(Vec::new());
     };
-    let Some(sketch) =
-        rtlab_data::hygiene::read_training_sketch(std::path::Path::new(adapter))?
+    let Some(sketch) = rtlab_data::hygiene::read_training_sketch(std::path::Path::new(adapter))?
     else {
         return Ok(Vec::new());
     };
@@ -411,7 +410,10 @@ impl Scores {
         add_problem_statistics(&mut summary, settings, &pass_at, &passing, reports);
         for (name, shares) in &stage_shares {
             let (lo, hi) = super::stats::bootstrap_ci(shares, &super::stats::Resampling::default());
-            summary.insert(format!("{name}_ci"), serde_json::json!([round4(lo), round4(hi)]));
+            summary.insert(
+                format!("{name}_ci"),
+                serde_json::json!([round4(lo), round4(hi)]),
+            );
         }
         summary.insert("failure_classes".into(), serde_json::json!(classes));
         let categories_json = category_rates

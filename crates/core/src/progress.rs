@@ -145,6 +145,9 @@ mod tests {
     fn the_line_names_the_work_the_step_and_an_eta() {
         let p = plain(10);
         let line = p.line(5, "loss 1.2345", p.started + Duration::from_secs(10));
-        assert_eq!(line, "progress: train 5/10  loss 1.2345  elapsed 10 s  ETA 10 s");
+        assert_eq!(
+            line,
+            "progress: train 5/10  loss 1.2345  elapsed 10 s  ETA 10 s"
+        );
     }
 }

@@ -80,13 +80,65 @@ pub fn boilerplate_rows(rows: usize) -> usize {
 
 /// Verilog and SystemVerilog keywords: kept as they are when a window's identifiers are renamed.
 const KEYWORDS: &[&str] = &[
-    "always", "always_comb", "always_ff", "always_latch", "and", "assign", "automatic", "begin",
-    "bit", "buf", "byte", "case", "casex", "casez", "default", "defparam", "else", "end",
-    "endcase", "endfunction", "endgenerate", "endmodule", "endtask", "enum", "for", "forever",
-    "function", "generate", "genvar", "if", "initial", "inout", "input", "int", "integer", "localparam",
-    "logic", "module", "nand", "negedge", "nor", "not", "or", "output", "parameter", "posedge",
-    "real", "reg", "repeat", "signed", "struct", "task", "typedef", "unique", "unsigned", "while",
-    "wire", "xnor", "xor",
+    "always",
+    "always_comb",
+    "always_ff",
+    "always_latch",
+    "and",
+    "assign",
+    "automatic",
+    "begin",
+    "bit",
+    "buf",
+    "byte",
+    "case",
+    "casex",
+    "casez",
+    "default",
+    "defparam",
+    "else",
+    "end",
+    "endcase",
+    "endfunction",
+    "endgenerate",
+    "endmodule",
+    "endtask",
+    "enum",
+    "for",
+    "forever",
+    "function",
+    "generate",
+    "genvar",
+    "if",
+    "initial",
+    "inout",
+    "input",
+    "int",
+    "integer",
+    "localparam",
+    "logic",
+    "module",
+    "nand",
+    "negedge",
+    "nor",
+    "not",
+    "or",
+    "output",
+    "parameter",
+    "posedge",
+    "real",
+    "reg",
+    "repeat",
+    "signed",
+    "struct",
+    "task",
+    "typedef",
+    "unique",
+    "unsigned",
+    "while",
+    "wire",
+    "xnor",
+    "xor",
 ];
 
 /// Operators of more than one character, longest first.
@@ -140,9 +192,14 @@ fn tokens(text: &str) -> Vec<(Kind, &str)> {
                 i += 1;
             }
             Kind::Literal
-        } else if b.is_ascii_digit() || (b == b'\'' && bytes.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric())) {
+        } else if b.is_ascii_digit()
+            || (b == b'\'' && bytes.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric()))
+        {
             // A number with its size and base: 8'hFF, 'b0, 3.5, 1_000.
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'\'' | b'.' | b'?')) {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric()
+                    || matches!(bytes[i], b'_' | b'\'' | b'.' | b'?'))
+            {
                 i += 1;
             }
             Kind::Literal
@@ -156,7 +213,10 @@ fn tokens(text: &str) -> Vec<(Kind, &str)> {
         } else {
             let op = OPERATORS.iter().find(|op| rest.starts_with(**op));
             // One character, whole: text that is not ASCII is cut at character boundaries.
-            i += op.map_or_else(|| rest.chars().next().map_or(1, char::len_utf8), |op| op.len());
+            i += op.map_or_else(
+                || rest.chars().next().map_or(1, char::len_utf8),
+                |op| op.len(),
+            );
             Kind::Literal
         };
         out.push((kind, &text[start..i]));
@@ -167,7 +227,10 @@ fn tokens(text: &str) -> Vec<(Kind, &str)> {
 /// One window as it is compared: identifiers renamed by first appearance when the window reads as
 /// code, word for word when it reads as prose.
 fn normalized(window: &[(Kind, &str)]) -> String {
-    let identifiers = window.iter().filter(|(k, _)| *k == Kind::Identifier).count();
+    let identifiers = window
+        .iter()
+        .filter(|(k, _)| *k == Kind::Identifier)
+        .count();
     let code = identifiers * 2 <= window.len();
     let mut names: Vec<&str> = Vec::new();
     let mut text = String::new();
@@ -214,7 +277,10 @@ fn hash(window: &str) -> u64 {
 /// `hash(&normalized(window))` without building the text: the n-grams of a 1,310-row dataset are
 /// half a million windows.
 fn window_hash(window: &[(Kind, &str)]) -> u64 {
-    let identifiers = window.iter().filter(|(k, _)| *k == Kind::Identifier).count();
+    let identifiers = window
+        .iter()
+        .filter(|(k, _)| *k == Kind::Identifier)
+        .count();
     let code = identifiers * 2 <= window.len();
     let mut names: Vec<&str> = Vec::with_capacity(window.len());
     let mut h = Fnv::new();
@@ -325,7 +391,8 @@ pub fn find_overlaps(rows: &[Vec<String>], against: &[Vec<String>], n: usize) ->
         *frequency.entry(*g).or_default() += 1;
     }
     let common = boilerplate_rows(rows.len());
-    let specific = |g: &u64| owners.contains_key(g) && frequency.get(g).copied().unwrap_or(0) < common;
+    let specific =
+        |g: &u64| owners.contains_key(g) && frequency.get(g).copied().unwrap_or(0) < common;
     // Each benchmark text's specific n-grams.
     let specific_texts: Vec<Vec<HashSet<u64>>> = against_grams
         .iter()
@@ -400,7 +467,10 @@ pub fn split_by_group(groups: &[String], test: TestSize, seed: u64) -> Result<Ve
         .collect();
     order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
     let test_side: HashSet<&str> = order.iter().take(count).map(|(_, g)| *g).collect();
-    Ok(groups.iter().map(|g| test_side.contains(g.as_str())).collect())
+    Ok(groups
+        .iter()
+        .map(|g| test_side.contains(g.as_str()))
+        .collect())
 }
 
 /// How large the test side of a split is.
@@ -557,18 +627,30 @@ mod tests {
 
     #[test]
     fn the_verilog_eval_boilerplate_file_is_what_the_bundled_problems_give() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/verilog-eval-v2");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/verilog-eval-v2");
         let df = crate::io::load_verilog_eval(&dir, &mut |_| {}).unwrap();
         let text = |c: &str| -> Vec<String> {
-            df.column(c).unwrap().str().unwrap().iter().map(|v| v.unwrap_or("").to_string()).collect()
+            df.column(c)
+                .unwrap()
+                .str()
+                .unwrap()
+                .iter()
+                .map(|v| v.unwrap_or("").to_string())
+                .collect()
         };
         let (prompts, refs) = (text("prompt"), text("ref"));
-        let rows: Vec<Vec<String>> = prompts.into_iter().zip(refs).map(|(p, r)| vec![p, r]).collect();
+        let rows: Vec<Vec<String>> = prompts
+            .into_iter()
+            .zip(refs)
+            .map(|(p, r)| vec![p, r])
+            .collect();
         let expected: String = shared_ngrams(&rows, DEFAULT_N, BOILERPLATE_AGAINST_ROWS)
             .iter()
             .map(|g| format!("{g:016x}\n"))
             .collect();
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/verilog_eval_boilerplate.txt");
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/verilog_eval_boilerplate.txt");
         if std::env::var_os("UPDATE_BOILERPLATE").is_some() {
             std::fs::write(&file, &expected).unwrap();
         }
@@ -577,7 +659,10 @@ mod tests {
             "{} is stale: rerun with UPDATE_BOILERPLATE=1 (and rebuild)",
             file.display()
         );
-        assert!(expected.lines().count() > 100, "the prompts' shared sentence alone is dozens of 13-grams");
+        assert!(
+            expected.lines().count() > 100,
+            "the prompts' shared sentence alone is dozens of 13-grams"
+        );
     }
 
     const COUNTER: &str = "module TopModule(input clk, input reset, output reg [3:0] q);
@@ -598,12 +683,18 @@ endmodule";
         let a = ngrams(COUNTER, DEFAULT_N);
         let b = ngrams(COUNTER_RENAMED, DEFAULT_N);
         let shared = a.intersection(&b).count();
-        assert!(shared * 2 >= a.len(), "{shared} of {} n-grams shared", a.len());
+        assert!(
+            shared * 2 >= a.len(),
+            "{shared} of {} n-grams shared",
+            a.len()
+        );
     }
 
     #[test]
     fn a_window_hashes_as_its_normalized_text() {
-        let t = tokens("module m(input a, output y); assign y = ~a; // not\nendmodule the end of it all");
+        let t = tokens(
+            "module m(input a, output y); assign y = ~a; // not\nendmodule the end of it all",
+        );
         for w in t.windows(5).chain(t.windows(13)) {
             assert_eq!(window_hash(w), hash(&normalized(w)), "{}", normalized(w));
         }
@@ -613,7 +704,10 @@ endmodule";
     fn prose_is_compared_word_for_word() {
         let a = ngrams("the module should count from zero to nine and then wrap around to zero again on the next clock", 5);
         let b = ngrams("every output is driven low when the reset input is asserted at the rising edge of a clock", 5);
-        assert!(a.is_disjoint(&b), "different sentences of distinct words share no n-gram");
+        assert!(
+            a.is_disjoint(&b),
+            "different sentences of distinct words share no n-gram"
+        );
     }
 
     #[test]
@@ -621,12 +715,27 @@ endmodule";
         let groups: Vec<String> = (0..40).map(|i| format!("task{}", i % 10)).collect();
         let side = split_by_group(&groups, TestSize::Fraction(0.5), 7).unwrap();
         for (g, s) in groups.iter().zip(&side) {
-            let same: Vec<bool> = groups.iter().zip(&side).filter(|(h, _)| *h == g).map(|(_, s)| *s).collect();
+            let same: Vec<bool> = groups
+                .iter()
+                .zip(&side)
+                .filter(|(h, _)| *h == g)
+                .map(|(_, s)| *s)
+                .collect();
             assert!(same.iter().all(|x| x == s), "{g} is on both sides");
         }
-        assert_eq!(side.iter().filter(|s| **s).count(), 20, "5 of 10 groups, 4 rows each");
-        assert_eq!(side, split_by_group(&groups, TestSize::Fraction(0.5), 7).unwrap());
-        assert_ne!(side, split_by_group(&groups, TestSize::Fraction(0.5), 8).unwrap());
+        assert_eq!(
+            side.iter().filter(|s| **s).count(),
+            20,
+            "5 of 10 groups, 4 rows each"
+        );
+        assert_eq!(
+            side,
+            split_by_group(&groups, TestSize::Fraction(0.5), 7).unwrap()
+        );
+        assert_ne!(
+            side,
+            split_by_group(&groups, TestSize::Fraction(0.5), 8).unwrap()
+        );
         assert!(split_by_group(&groups, TestSize::Groups(11), 7).is_err());
     }
 
@@ -637,7 +746,8 @@ endmodule";
             vec!["write a counter".to_string(), COUNTER_RENAMED.to_string()],
             vec![
                 "an and gate".to_string(),
-                "module and_gate(input a, input b, output y); assign y = a & b; endmodule".to_string(),
+                "module and_gate(input a, input b, output y); assign y = a & b; endmodule"
+                    .to_string(),
             ],
         ];
         let found = find_overlaps(&rows, &against, DEFAULT_N);

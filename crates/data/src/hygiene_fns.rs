@@ -22,7 +22,12 @@ fn string_columns(frame: &Frame) -> Vec<String> {
 
 /// Each row's texts in `cols` (nulls as empty text).
 fn row_texts(frame: &Frame, cols: &[String], op: &str) -> RhaiResult<Vec<Vec<String>>> {
-    let names: Vec<String> = frame.df.get_column_names().iter().map(|c| c.to_string()).collect();
+    let names: Vec<String> = frame
+        .df
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let mut per_column = Vec::new();
     for c in cols {
         if !names.contains(c) && !c.contains('.') {
@@ -35,7 +40,12 @@ fn row_texts(frame: &Frame, cols: &[String], op: &str) -> RhaiResult<Vec<Vec<Str
         per_column.push(string_values(frame, c).map_err(|e| format!("{op}: {e}"))?);
     }
     Ok((0..frame.df.height())
-        .map(|r| per_column.iter().map(|col| col[r].clone().unwrap_or_default()).collect())
+        .map(|r| {
+            per_column
+                .iter()
+                .map(|col| col[r].clone().unwrap_or_default())
+                .collect()
+        })
         .collect())
 }
 
@@ -47,15 +57,29 @@ struct NgramSides {
     against_ids: Vec<String>,
 }
 
-fn sides(op: &'static str, frame: &Frame, against: &Frame, options: &Map) -> RhaiResult<NgramSides> {
+fn sides(
+    op: &'static str,
+    frame: &Frame,
+    against: &Frame,
+    options: &Map,
+) -> RhaiResult<NgramSides> {
     let o = Options::new(op, options, &["n", "cols", "against_cols"])?;
-    let n = o.int_at_least("n", 1)?.map_or(hygiene::DEFAULT_N, |n| n as usize);
+    let n = o
+        .int_at_least("n", 1)?
+        .map_or(hygiene::DEFAULT_N, |n| n as usize);
     let cols = o.strings("cols")?.unwrap_or_else(|| string_columns(frame));
-    let against_names: Vec<String> =
-        against.df.get_column_names().iter().map(|c| c.to_string()).collect();
+    let against_names: Vec<String> = against
+        .df
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let against_cols = match o.strings("against_cols")? {
         Some(c) => c,
-        None if ["prompt", "ref"].iter().all(|c| against_names.iter().any(|n| n == c)) => {
+        None if ["prompt", "ref"]
+            .iter()
+            .all(|c| against_names.iter().any(|n| n == c)) =>
+        {
             vec!["prompt".to_string(), "ref".to_string()]
         }
         None => string_columns(against),
@@ -74,7 +98,9 @@ fn sides(op: &'static str, frame: &Frame, against: &Frame, options: &Map) -> Rha
             .map(|(i, id)| id.unwrap_or_else(|| format!("row {i}")))
             .collect()
     } else {
-        (0..against.df.height()).map(|i| format!("row {i}")).collect()
+        (0..against.df.height())
+            .map(|i| format!("row {i}"))
+            .collect()
     };
     Ok(NgramSides {
         n,
@@ -120,11 +146,16 @@ mod hygiene_functions {
     #[rhai_fn(return_raw)]
     pub fn split(frame: &mut Frame, options: Map) -> RhaiResult<Map> {
         let o = Options::new("split", &options, &["by", "test", "seed"])?;
-        let by = o
-            .string("by")?
-            .ok_or("split: pass #{by: \"task_id\"} (the column whose groups must stay on one side)")?;
+        let by = o.string("by")?.ok_or(
+            "split: pass #{by: \"task_id\"} (the column whose groups must stay on one side)",
+        )?;
         let test = match o.get("test") {
-            None => return Err("split: pass test (a share of the groups, e.g. 0.5, or a number of groups)".into()),
+            None => {
+                return Err(
+                    "split: pass test (a share of the groups, e.g. 0.5, or a number of groups)"
+                        .into(),
+                )
+            }
             Some(v) if v.is_float() => {
                 let f = v.as_float().unwrap_or(f64::NAN);
                 if !(0.0..=1.0).contains(&f) {
@@ -140,10 +171,18 @@ mod hygiene_functions {
             return Err(format!("split: row {row} has no {by:?}; every row needs a group").into());
         }
         let groups: Vec<String> = groups.into_iter().map(Option::unwrap_or_default).collect();
-        let side = hygiene::split_by_group(&groups, test, seed).map_err(|e| format!("split: {e}"))?;
-        let mask = |want: bool| BooleanChunked::from_iter_values("side".into(), side.iter().map(|s| *s == want));
+        let side =
+            hygiene::split_by_group(&groups, test, seed).map_err(|e| format!("split: {e}"))?;
+        let mask = |want: bool| {
+            BooleanChunked::from_iter_values("side".into(), side.iter().map(|s| *s == want))
+        };
         let pick = |want: bool| -> RhaiResult<Frame> {
-            Ok(Frame::new(frame.df.filter(&mask(want)).map_err(|e| format!("split: {e}"))?))
+            Ok(Frame::new(
+                frame
+                    .df
+                    .filter(&mask(want))
+                    .map_err(|e| format!("split: {e}"))?,
+            ))
         };
         let mut out = Map::new();
         out.insert("train".into(), Dynamic::from(pick(false)?));
@@ -188,12 +227,18 @@ mod hygiene_functions {
         let mut rows_per_task: std::collections::BTreeMap<&str, usize> = Default::default();
         for o in &found {
             keep[o.row] = false;
-            *rows_per_task.entry(&sides.against_ids[o.against_row]).or_default() += 1;
+            *rows_per_task
+                .entry(&sides.against_ids[o.against_row])
+                .or_default() += 1;
         }
         let dropped = keep.iter().filter(|k| !**k).count();
         let mut tasks: Vec<(&str, usize)> = rows_per_task.into_iter().collect();
         tasks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let named: Vec<String> = tasks.iter().take(5).map(|(t, c)| format!("{t}: {c}")).collect();
+        let named: Vec<String> = tasks
+            .iter()
+            .take(5)
+            .map(|(t, c)| format!("{t}: {c}"))
+            .collect();
         let more = tasks.len().saturating_sub(5);
         rtlab_core::Workspace::of(&ctx).emit_line(&format!(
             "decontaminate: dropped {dropped} of {} rows that hold half or more of the specific {}-grams (signals renamed, boilerplate left out) of {} of {} rows of against{}{}",
@@ -209,7 +254,12 @@ mod hygiene_functions {
             }
         ));
         let mask = BooleanChunked::from_iter_values("keep".into(), keep.into_iter());
-        Ok(Frame::new(frame.df.filter(&mask).map_err(|e| format!("decontaminate: {e}"))?))
+        Ok(Frame::new(
+            frame
+                .df
+                .filter(&mask)
+                .map_err(|e| format!("decontaminate: {e}"))?,
+        ))
     }
 
     /// `decontaminate` with the default options.

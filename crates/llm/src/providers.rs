@@ -219,10 +219,17 @@ mod tests {
             max_tokens: 10,
             stop: vec!["endmodule".into()],
         };
-        let field = |p: Provider, pointer: &str| request(p, "m", &msgs(), &s).1.pointer(pointer).cloned();
+        let field =
+            |p: Provider, pointer: &str| request(p, "m", &msgs(), &s).1.pointer(pointer).cloned();
         assert_eq!(field(Provider::OpenAi, "/stop"), Some(json!(["endmodule"])));
-        assert_eq!(field(Provider::Anthropic, "/stop_sequences"), Some(json!(["endmodule"])));
-        assert_eq!(field(Provider::Ollama, "/options/stop"), Some(json!(["endmodule"])));
+        assert_eq!(
+            field(Provider::Anthropic, "/stop_sequences"),
+            Some(json!(["endmodule"]))
+        );
+        assert_eq!(
+            field(Provider::Ollama, "/options/stop"),
+            Some(json!(["endmodule"]))
+        );
     }
 
     #[test]
@@ -231,7 +238,11 @@ mod tests {
         assert_eq!(cut_at_stop("module m; endmodule ```", &stop), "module m; ");
         assert_eq!(cut_at_stop("a ``` endmodule", &stop), "a ");
         assert_eq!(cut_at_stop("no stop here", &stop), "no stop here");
-        assert_eq!(cut_at_stop("kept", &[String::new()]), "kept", "an empty stop string stops nothing");
+        assert_eq!(
+            cut_at_stop("kept", &[String::new()]),
+            "kept",
+            "an empty stop string stops nothing"
+        );
     }
 
     #[test]

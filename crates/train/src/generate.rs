@@ -248,7 +248,9 @@ impl LocalModel {
         };
         let tail = &out[out.len().saturating_sub(longest + 2)..];
         let text = self.decode(tail)?;
-        Ok(stop.iter().any(|s| !s.is_empty() && text.contains(s.as_str())))
+        Ok(stop
+            .iter()
+            .any(|s| !s.is_empty() && text.contains(s.as_str())))
     }
 
     /// `prompt` as the model is asked it: through its chat template when it has one and no

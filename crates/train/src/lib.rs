@@ -957,7 +957,6 @@ fn continues_the_job_in_out(req: &TrainRequest, fingerprint: &str) -> bool {
     same_job
 }
 
-
 /// Each training row's texts: (prompt, response), or (prompt, chosen, rejected).
 fn training_texts(task: &Task) -> Result<Vec<Vec<String>>, TrainError> {
     Ok(match task {

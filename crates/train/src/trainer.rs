@@ -422,7 +422,8 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let mut adam = AdamW::new(&plain)?;
     let (resumed_from, mut state) = resume_or_start(&job, &vars, &mut adam)?;
     let mut on_gpu = start_on_gpu(&job, &vars, &adam)?;
-    let mut progress = rtlab_core::progress::Progress::new("train", total as u64, state.step as u64);
+    let mut progress =
+        rtlab_core::progress::Progress::new("train", total as u64, state.step as u64);
     let started = Instant::now();
     let mut tokens_this_run = 0usize;
     let mut cancelled = false;
@@ -912,4 +913,3 @@ fn cpu_step(
     adam.step(plain, &grads, lr, h.weight_decay, step + 1)?;
     Ok((loss_sum, grad_norm))
 }
-
