@@ -459,7 +459,7 @@ fn local_models_merge_and_tiny_models_refuse_bad_input_with_what_to_do() {
     ));
     assert!(
         e.contains(
-            "unknown option `max_token`; valid options: max_tokens, seed, temperature, top_p"
+            "unknown option `max_token`; valid options: max_tokens, seed, stop, temperature, top_p"
         ),
         "{e}"
     );

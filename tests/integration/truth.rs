@@ -159,7 +159,7 @@ fn options_are_never_coerced_and_unknown_keys_name_the_valid_ones() {
         ),
         (
             format!(r#"{model} benchmark(m, load_verilog_eval("verilog-eval-v2").head(1), #{{smaples: 5}})"#),
-            "benchmark: unknown option `smaples`; valid options: executor, k, n, name, temperature, template, top_p",
+            "benchmark: unknown option `smaples`; valid options: allow_overlap, executor, k, n, name, stop, temperature, template, top_p",
         ),
         (
             format!(r#"{model} a7_testbench("spec", "module m; endmodule", #{{model: m, min_kill: 2}})"#),
