@@ -172,8 +172,8 @@ fn tokens(text: &str) -> Vec<(Kind, &str)> {
             i += rest.find('\n').unwrap_or(rest.len());
             continue;
         }
-        if rest.starts_with("/*") {
-            i += rest[2..].find("*/").map_or(rest.len(), |e| e + 4);
+        if let Some(comment) = rest.strip_prefix("/*") {
+            i += comment.find("*/").map_or(rest.len(), |e| e + 4);
             continue;
         }
         let kind = if b.is_ascii_alphabetic() || b == b'_' {
