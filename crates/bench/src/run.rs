@@ -62,9 +62,8 @@ impl Settings {
             .collect();
         let template = crate::testbench::template(ws, options, "template", DEFAULT_TEMPLATE)?;
         let name = o.string("name")?.unwrap_or_else(|| model.cfg.model.clone());
-        let stop = match o.get("stop") {
-            Some(v) if v.is_string() => vec![v.to_string()],
-            Some(_) => o.strings("stop")?.unwrap_or_default(),
+        let stop = match o.stop_strings("stop")? {
+            Some(stop) => stop,
             None if !model.cfg.stop.is_empty() => model.cfg.stop.clone(),
             None => vec![END_OF_MODULE.to_string()],
         };

@@ -186,6 +186,22 @@ impl<'a> Options<'a> {
         }
     }
 
+    /// Stop strings (`stop`): one string or an array of them, none empty; None when absent.
+    pub fn stop_strings(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+        let stop = match self.get(key) {
+            None => return Ok(None),
+            Some(v) if v.is_string() => vec![v.to_string()],
+            Some(_) => self.strings(key)?.unwrap_or_default(),
+        };
+        if let Some(i) = stop.iter().position(String::is_empty) {
+            return Err(format!(
+                "{}: {key}[{i}] is empty; a stop string must have at least one character",
+                self.function
+            ));
+        }
+        Ok(Some(stop))
+    }
+
     /// An array of strings.
     pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, String> {
         let Some(items) = self.array(key)? else {

@@ -2,11 +2,10 @@
 //!
 //! - [`split_by_group`]: a seeded split in which every row of one group (a task id, a category)
 //!   lands on the same side.
-//! - [`find_overlaps`]: which rows of a dataset share a normalized token n-gram with which rows of
-//!   another (a benchmark), what `df.decontaminate(against)` drops and `overlap(df, against)` lists.
-//! - [`Sketch`]: the n-grams of a training set with the number of rows holding each, kept beside an
-//!   adapter so that a benchmark can refuse to score problems its training data contained
-//!   ([`Sketch::leaked`]).
+//! - [`Sketch`]: each training row's n-grams and content hash, kept beside an adapter;
+//!   [`Sketch::copies`] is the one rule for "this row copies that problem", by which
+//!   `df.decontaminate(against)` drops rows, `overlap(df, against)` lists them ([`find_overlaps`])
+//!   and a benchmark refuses an adapter ([`Sketch::leaked`]).
 //!
 //! **The n-grams.** Text is cut into tokens as a Verilog lexer would (identifiers, keywords, numbers,
 //! operators; comments and whitespace dropped), so reformatting changes nothing. A window of `n`
@@ -29,6 +28,7 @@
 //! sentence all of them share). Only the other n-grams are evidence that a row copies a problem.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write;
 
 /// GPT-3's n-gram length for contamination (Brown et al. 2020).
 pub const DEFAULT_N: usize = 13;
@@ -224,30 +224,40 @@ fn tokens(text: &str) -> Vec<(Kind, &str)> {
     out
 }
 
-/// One window as it is compared: identifiers renamed by first appearance when the window reads as
-/// code, word for word when it reads as prose.
-fn normalized(window: &[(Kind, &str)]) -> String {
+/// One window as it is compared, piece by piece into `emit`: identifiers renamed by first appearance
+/// (`$0`, `$1`, ...) when the window reads as code, word for word when it reads as prose; tokens
+/// separated by one space. [`normalized`] collects the pieces into text, [`window_hash`] hashes them
+/// without building it (the n-grams of a 1,310-row dataset are half a million windows).
+fn normalize(window: &[(Kind, &str)], mut emit: impl FnMut(&[u8])) {
     let identifiers = window
         .iter()
         .filter(|(k, _)| *k == Kind::Identifier)
         .count();
     let code = identifiers * 2 <= window.len();
-    let mut names: Vec<&str> = Vec::new();
-    let mut text = String::new();
-    for (kind, token) in window {
+    let mut names: Vec<&str> = Vec::with_capacity(window.len());
+    let mut digits = String::with_capacity(4);
+    for (i, (kind, token)) in window.iter().enumerate() {
+        if i > 0 {
+            emit(b" ");
+        }
         if code && *kind == Kind::Identifier {
             let index = names.iter().position(|n| n == token).unwrap_or_else(|| {
                 names.push(token);
                 names.len() - 1
             });
-            text.push_str(&format!("${index}"));
+            digits.clear();
+            let _ = write!(digits, "${index}");
+            emit(digits.as_bytes());
         } else {
-            text.push_str(token);
+            emit(token.as_bytes());
         }
-        text.push(' ');
     }
-    text.pop();
-    text
+}
+
+fn normalized(window: &[(Kind, &str)]) -> String {
+    let mut text = Vec::new();
+    normalize(window, |piece| text.extend_from_slice(piece));
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// FNV-1a (64 bits): stable across versions and machines (the hashes are stored beside adapters and
@@ -260,55 +270,25 @@ impl Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
 
-    fn bytes(mut self, bytes: &[u8]) -> Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        self
     }
 }
 
 /// The hash of a window's normalized text, as [`normalized`] writes it.
 fn hash(window: &str) -> u64 {
-    Fnv::new().bytes(window.as_bytes()).0
+    let mut h = Fnv::new();
+    h.bytes(window.as_bytes());
+    h.0
 }
 
-/// `hash(&normalized(window))` without building the text: the n-grams of a 1,310-row dataset are
-/// half a million windows.
+/// `hash(&normalized(window))`, without the text.
 fn window_hash(window: &[(Kind, &str)]) -> u64 {
-    let identifiers = window
-        .iter()
-        .filter(|(k, _)| *k == Kind::Identifier)
-        .count();
-    let code = identifiers * 2 <= window.len();
-    let mut names: Vec<&str> = Vec::with_capacity(window.len());
     let mut h = Fnv::new();
-    for (i, (kind, token)) in window.iter().enumerate() {
-        if i > 0 {
-            h = h.bytes(b" ");
-        }
-        if code && *kind == Kind::Identifier {
-            let index = names.iter().position(|n| n == token).unwrap_or_else(|| {
-                names.push(token);
-                names.len() - 1
-            });
-            let mut digits = [0u8; 20];
-            let mut at = digits.len();
-            let mut k = index;
-            loop {
-                at -= 1;
-                digits[at] = b'0' + (k % 10) as u8;
-                k /= 10;
-                if k == 0 {
-                    break;
-                }
-            }
-            h = h.bytes(b"$").bytes(&digits[at..]);
-        } else {
-            h = h.bytes(token.as_bytes());
-        }
-    }
+    normalize(window, |piece| h.bytes(piece));
     h.0
 }
 
@@ -342,7 +322,7 @@ fn row_ngrams(texts: &[String], n: usize) -> HashSet<u64> {
 }
 
 /// One row of the training side that copies one row of the benchmark side.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Overlap {
     /// The row of the training side (0-based).
     pub row: usize,
@@ -352,93 +332,27 @@ pub struct Overlap {
     pub shared: usize,
     /// Their share of that text's specific n-grams (the text of the benchmark row it copies most).
     pub containment: f64,
-    /// One shared n-gram as it is compared (identifiers renamed `$0`, `$1`, ...).
+    /// One shared n-gram as it is compared (identifiers renamed `$0`, `$1`, ...); filled by
+    /// [`find_overlaps`].
     pub example: String,
+    /// The specific n-grams of the benchmark text the row copies.
+    specific: HashSet<u64>,
 }
 
-/// Every (training row, benchmark row) pair in which the training row holds at least
-/// [`LEAK_CONTAINMENT`] of the specific n-grams of one of the benchmark row's texts (its prompt, its
-/// reference): the same rule by which [`Sketch::leaked`] finds a problem in a training set.
-/// Specific means not boilerplate (module doc). `rows` and `against` hold each row's texts, one per
-/// column.
+/// Every (training row, benchmark row) pair in which the training row copies the benchmark row:
+/// [`Sketch::copies`] on the training rows' sketch, with one shared n-gram of each pair as text.
+/// `rows` and `against` hold each row's texts, one per column.
 pub fn find_overlaps(rows: &[Vec<String>], against: &[Vec<String>], n: usize) -> Vec<Overlap> {
-    use rayon::prelude::*;
-    let against_grams: Vec<Vec<HashSet<u64>>> = against
-        .iter()
-        .map(|texts| texts.iter().map(|t| ngrams(t, n)).collect())
-        .collect();
-    // n-gram → the benchmark rows that hold it.
-    let mut owners: HashMap<u64, Vec<usize>> = HashMap::new();
-    for (a, texts) in against_grams.iter().enumerate() {
-        let row: HashSet<u64> = texts.iter().flatten().copied().collect();
-        for g in row {
-            owners.entry(g).or_default().push(a);
-        }
+    let mut found = Sketch::of_rows(rows, n).copies(against);
+    for o in &mut found {
+        let specific = &o.specific;
+        o.example = rows[o.row]
+            .iter()
+            .flat_map(|t| windows(t, n))
+            .find(|w| specific.contains(&hash(w)))
+            .unwrap_or_default();
     }
-    owners.retain(|g, rows| rows.len() < BOILERPLATE_AGAINST_ROWS && !known_boilerplate(*g, n));
-    // Each training row's n-grams that some benchmark row holds.
-    let matched: Vec<HashSet<u64>> = rows
-        .par_iter()
-        .map(|texts| {
-            row_ngrams(texts, n)
-                .into_iter()
-                .filter(|g| owners.contains_key(g))
-                .collect()
-        })
-        .collect();
-    let mut frequency: HashMap<u64, usize> = HashMap::new();
-    for g in matched.iter().flatten() {
-        *frequency.entry(*g).or_default() += 1;
-    }
-    let common = boilerplate_rows(rows.len());
-    let specific =
-        |g: &u64| owners.contains_key(g) && frequency.get(g).copied().unwrap_or(0) < common;
-    // Each benchmark text's specific n-grams.
-    let specific_texts: Vec<Vec<HashSet<u64>>> = against_grams
-        .iter()
-        .map(|texts| {
-            texts
-                .iter()
-                .map(|grams| grams.iter().copied().filter(|g| specific(g)).collect())
-                .collect()
-        })
-        .collect();
-    let mut out = Vec::new();
-    for (row, grams) in matched.iter().enumerate() {
-        let mut candidates: BTreeSet<usize> = BTreeSet::new();
-        for g in grams.iter().filter(|g| specific(g)) {
-            candidates.extend(owners[g].iter().copied());
-        }
-        for a in candidates {
-            let (shared, containment) = specific_texts[a]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    let shared = s.iter().filter(|g| grams.contains(g)).count();
-                    (shared, shared as f64 / s.len() as f64)
-                })
-                .fold((0, 0.0), |best, x| if x.1 > best.1 { x } else { best });
-            if containment < LEAK_CONTAINMENT {
-                continue;
-            }
-            let example = rows[row]
-                .iter()
-                .flat_map(|t| windows(t, n))
-                .find(|w| {
-                    let h = hash(w);
-                    specific_texts[a].iter().any(|s| s.contains(&h))
-                })
-                .unwrap_or_default();
-            out.push(Overlap {
-                row,
-                against_row: a,
-                shared,
-                containment,
-                example,
-            });
-        }
-    }
-    out
+    found
 }
 
 /// Which group each row's group is on: true for the test side. The groups are ordered by a hash of
@@ -533,6 +447,7 @@ pub struct Sketch {
 
 impl Sketch {
     pub fn of_rows(rows: &[Vec<String>], n: usize) -> Sketch {
+        use rayon::prelude::*;
         Sketch {
             format: SKETCH_FORMAT,
             n,
@@ -541,7 +456,7 @@ impl Sketch {
                 .map(|texts| blake3::hash(texts.join("\0").as_bytes()).to_hex()[..16].to_string())
                 .collect(),
             rows: rows
-                .iter()
+                .par_iter()
                 .map(|texts| {
                     let mut grams: Vec<u64> = row_ngrams(texts, n)
                         .into_iter()
@@ -562,13 +477,23 @@ impl Sketch {
         merged
     }
 
-    /// The problems (each its texts: prompt, reference) that some training row copies, by the rule
-    /// `decontaminate` drops rows by ([`find_overlaps`]): the row holds at least
-    /// [`LEAK_CONTAINMENT`] of the specific n-grams of one of the problem's texts. Specific means
-    /// not boilerplate: not in [`BOILERPLATE_AGAINST_ROWS`] of the problems, not shared by
-    /// VerilogEval's problems, not in [`boilerplate_rows`] of the training rows. Returns (problem
-    /// index, the highest share).
+    /// The problems (each its texts: prompt, reference) that some training row copies
+    /// ([`Sketch::copies`]), each once, with the highest share.
     pub fn leaked(&self, problems: &[Vec<String>]) -> Vec<(usize, f64)> {
+        let mut worst: std::collections::BTreeMap<usize, f64> = Default::default();
+        for c in self.copies(problems) {
+            let w = worst.entry(c.against_row).or_default();
+            *w = w.max(c.containment);
+        }
+        worst.into_iter().collect()
+    }
+
+    /// Every (training row, problem) pair in which the row holds at least [`LEAK_CONTAINMENT`] of
+    /// the specific n-grams of one of the problem's texts (its prompt, its reference): the rule by
+    /// which `decontaminate` drops rows and `benchmark` refuses an adapter. Specific means not
+    /// boilerplate: not in [`BOILERPLATE_AGAINST_ROWS`] of the problems, not shared by VerilogEval's
+    /// problems, not in [`boilerplate_rows`] of the training rows.
+    pub fn copies(&self, problems: &[Vec<String>]) -> Vec<Overlap> {
         // n-gram → the training rows that hold it.
         let mut holders: HashMap<u64, Vec<usize>> = HashMap::new();
         for (r, grams) in self.rows.iter().enumerate() {
@@ -588,11 +513,13 @@ impl Sketch {
                 *problems_holding.entry(g).or_default() += 1;
             }
         }
-        let mut out = Vec::new();
+        // (training row, problem) → (shared, containment, that text's specific n-grams), the text
+        // the row copies most.
+        let mut best: std::collections::BTreeMap<(usize, usize), (usize, f64, HashSet<u64>)> =
+            Default::default();
         for (p, texts) in per_text.iter().enumerate() {
-            let mut worst: f64 = 0.0;
             for grams in texts {
-                let specific: Vec<u64> = grams
+                let specific: HashSet<u64> = grams
                     .iter()
                     .copied()
                     .filter(|g| {
@@ -601,23 +528,34 @@ impl Sketch {
                             && holders.get(g).map_or(0, Vec::len) < common
                     })
                     .collect();
-                if specific.is_empty() {
-                    continue;
-                }
                 let mut hits: HashMap<usize, usize> = HashMap::new();
                 for g in &specific {
                     for r in holders.get(g).into_iter().flatten() {
                         *hits.entry(*r).or_default() += 1;
                     }
                 }
-                let best = hits.values().copied().max().unwrap_or(0);
-                worst = worst.max(best as f64 / specific.len() as f64);
-            }
-            if worst >= LEAK_CONTAINMENT {
-                out.push((p, worst));
+                for (r, shared) in hits {
+                    let share = shared as f64 / specific.len() as f64;
+                    let entry = best.entry((r, p)).or_insert((0, 0.0, HashSet::new()));
+                    if share > entry.1 {
+                        *entry = (shared, share, specific.clone());
+                    }
+                }
             }
         }
-        out
+        best.into_iter()
+            .filter(|(_, (_, share, _))| *share >= LEAK_CONTAINMENT)
+            .map(
+                |((row, against_row), (shared, containment, specific))| Overlap {
+                    row,
+                    against_row,
+                    shared,
+                    containment,
+                    specific,
+                    example: String::new(),
+                },
+            )
+            .collect()
     }
 }
 

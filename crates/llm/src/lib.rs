@@ -182,7 +182,7 @@ impl Model {
             temperature: number("temperature", 0.0)?,
             top_p: number("top_p", 1.0)?,
             max_tokens: count("max_tokens", 2048, 1)?,
-            stop: stop_strings(&o)?,
+            stop: o.stop_strings("stop")?.unwrap_or_default(),
             concurrency: count("concurrency", 4, 1)? as usize,
             timeout_s: match number("timeout_s", 120.0)? {
                 t if t > 0.0 && t.is_finite() => t,
@@ -422,7 +422,7 @@ impl Model {
         let ep = self.endpoint();
         let sampling = self.sampling();
         let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency));
-        let bar = progress_bar(todo.len() as u64);
+        let mut progress = rtlab_core::progress::Progress::new("llm", todo.len() as u64, 0);
         runtime().block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for &i in todo {
@@ -441,17 +441,15 @@ impl Model {
                 });
             }
             let mut out = Vec::new();
+            let mut finished = 0;
             while let Some(done) = set.join_next().await {
                 if let Ok(pair) = done {
                     out.push(pair);
                 }
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
+                finished += 1;
+                progress.set(finished, || "requests".to_string());
             }
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
+            progress.finish();
             out
         })
     }
@@ -595,36 +593,6 @@ fn group_by_prompt<'a>(
         }
     }
     groups
-}
-
-/// A progress bar (rate, ETA) on stderr when it is a terminal; none in pipes, logs and tests.
-fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if len < 2 || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("llm {bar:30} {pos}/{len} {per_sec} ETA {eta}")
-    {
-        bar.set_style(style);
-    }
-    Some(bar)
-}
-
-/// The `stop` option: one string or a list of strings, none empty.
-fn stop_strings(o: &rtlab_core::options::Options) -> Result<Vec<String>, String> {
-    let stop = match o.get("stop") {
-        None => return Ok(Vec::new()),
-        Some(v) if v.is_string() => vec![v.to_string()],
-        Some(_) => o.strings("stop")?.unwrap_or_default(),
-    };
-    if let Some(i) = stop.iter().position(String::is_empty) {
-        return Err(format!(
-            "llm: stop[{i}] is empty; a stop string must have at least one character"
-        ));
-    }
-    Ok(stop)
 }
 
 fn user(prompt: &str) -> Vec<Message> {

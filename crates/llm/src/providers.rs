@@ -2,6 +2,7 @@
 //! Anthropic's Messages API and Ollama's native chat API. Building a request and reading a response
 //! are pure functions, tested without a network.
 
+pub use rtlab_train::generate::cut_at_stop;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -77,18 +78,6 @@ pub struct Sampling {
     /// same whether or not the server honoured them, and they are not part of a request's store key.
     #[serde(skip)]
     pub stop: Vec<String>,
-}
-
-/// `text` up to (not including) the earliest of the `stop` strings, as OpenAI's `stop` returns it;
-/// the whole text when none occurs.
-pub fn cut_at_stop<'a>(text: &'a str, stop: &[String]) -> &'a str {
-    let end = stop
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-        .unwrap_or(text.len());
-    &text[..end]
 }
 
 /// (url path, JSON body) of a chat request.

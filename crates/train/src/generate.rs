@@ -230,7 +230,7 @@ impl LocalModel {
     pub fn continue_text(&self, text: &str, o: &GenOptions) -> Result<String, TrainError> {
         let ids = examples::encode(&self.tokenizer, text)?;
         let out = self.generate_ids(&ids, o)?;
-        Ok(cut_at_stop(self.decode(&out)?, &o.stop))
+        Ok(cut_at_stop(&self.decode(&out)?, &o.stop).to_string())
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, TrainError> {
@@ -384,7 +384,7 @@ impl LocalModel {
         self.generate_batch(&ids, o, seeds)?
             .into_iter()
             .map(|out| {
-                let text = cut_at_stop(self.decode(&out)?, &o.stop);
+                let text = cut_at_stop(&self.decode(&out)?, &o.stop).to_string();
                 Ok(Answer {
                     text,
                     prompt_tokens: ids.len(),
@@ -428,16 +428,16 @@ impl LocalModel {
 }
 
 /// `text` before the earliest of the `stop` strings (all of it when none occurs).
-fn cut_at_stop(mut text: String, stop: &[String]) -> String {
+/// (OpenAI's `stop`: the stop string itself is not part of the answer.) The one cut for every
+/// answer: the local decoder's here, and `rtlab-llm`'s client applies it to every provider's.
+pub fn cut_at_stop<'a>(text: &'a str, stop: &[String]) -> &'a str {
     let end = stop
         .iter()
         .filter(|s| !s.is_empty())
         .filter_map(|s| text.find(s.as_str()))
-        .min();
-    if let Some(end) = end {
-        text.truncate(end);
-    }
-    text
+        .min()
+        .unwrap_or(text.len());
+    &text[..end]
 }
 
 /// The smallest set of tokens, most probable first, whose probability reaches `top_p` (ties broken by

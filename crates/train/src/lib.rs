@@ -1420,10 +1420,7 @@ fn gen_options(o: &Map) -> Result<GenOptions, TrainError> {
             .unwrap_or(d.temperature),
         top_p,
         seed: o.int_at_least("seed", 0).map_err(bad)?.unwrap_or(0) as u64,
-        stop: match o.get("stop") {
-            Some(v) if v.is_string() => vec![v.to_string()],
-            _ => o.strings("stop").map_err(bad)?.unwrap_or_default(),
-        },
+        stop: o.stop_strings("stop").map_err(bad)?.unwrap_or_default(),
     })
 }
 
