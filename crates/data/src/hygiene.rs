@@ -494,13 +494,6 @@ impl Sketch {
     /// boilerplate: not in [`BOILERPLATE_AGAINST_ROWS`] of the problems, not shared by VerilogEval's
     /// problems, not in [`boilerplate_rows`] of the training rows.
     pub fn copies(&self, problems: &[Vec<String>]) -> Vec<Overlap> {
-        // n-gram → the training rows that hold it.
-        let mut holders: HashMap<u64, Vec<usize>> = HashMap::new();
-        for (r, grams) in self.rows.iter().enumerate() {
-            for g in grams {
-                holders.entry(*g).or_default().push(r);
-            }
-        }
         let common = boilerplate_rows(self.rows.len());
         let per_text: Vec<Vec<HashSet<u64>>> = problems
             .iter()
@@ -511,6 +504,14 @@ impl Sketch {
             let row: HashSet<u64> = texts.iter().flatten().copied().collect();
             for g in row {
                 *problems_holding.entry(g).or_default() += 1;
+            }
+        }
+        // n-gram → the training rows that hold it, for the problems' n-grams only (a training set's
+        // own n-grams are a hundred times more).
+        let mut holders: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (r, grams) in self.rows.iter().enumerate() {
+            for g in grams.iter().filter(|g| problems_holding.contains_key(g)) {
+                holders.entry(*g).or_default().push(r);
             }
         }
         // (training row, problem) → (shared, containment, that text's specific n-grams), the text
