@@ -89,6 +89,10 @@ enum Cmd {
     Run {
         #[command(flatten)]
         cache: CacheArgs,
+        /// Also write the run's provenance manifest (JSON): rtlab's version and commit, tools,
+        /// models' hashes, the machine, each cell's status, seeds and wall time
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
         /// The .rhai script
         file: PathBuf,
         /// Arguments, visible to the script as the array ARGS
@@ -191,6 +195,10 @@ struct CacheArgs {
     /// Persist a cell's outputs only when it took at least this many seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     cache_min: f64,
+    /// Serve cells and stored results made by another build of rtlab (marked in the output);
+    /// by default they are recomputed
+    #[arg(long, conflicts_with_all = ["fresh", "no_cache"])]
+    trust_cache: bool,
 }
 
 impl CacheArgs {
@@ -206,6 +214,7 @@ impl CacheArgs {
             mode,
             cache_min_s: self.cache_min.max(0.0),
             status_lines: true,
+            trust_cache: self.trust_cache,
         }
     }
 }
@@ -230,7 +239,12 @@ pub fn main() -> ExitCode {
     match cli.command {
         None => repl(NotebookOptions::default()),
         Some(Cmd::Repl(c)) => repl(c.options()),
-        Some(Cmd::Run { cache, file, args }) => run(&file, &args, &cache.options()),
+        Some(Cmd::Run {
+            cache,
+            manifest,
+            file,
+            args,
+        }) => run(&file, &args, &cache.options(), manifest.as_deref()),
         Some(Cmd::Watch { cache, file, args }) => watch(&file, &args, &cache.options()),
         Some(Cmd::Report {
             cache,
@@ -305,7 +319,7 @@ fn prepare(file: &Path) -> Result<Runtime, ExitCode> {
     Ok(Runtime::new(&dir))
 }
 
-fn run(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
+fn run(file: &Path, args: &[String], opts: &NotebookOptions, manifest: Option<&Path>) -> ExitCode {
     let rt = match prepare(file) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -313,8 +327,25 @@ fn run(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
     let mut scope = Scope::new();
     seed(args)(&mut scope);
     let mut notebook = Notebook::new(file);
-    match notebook.run(&rt, &mut scope, opts) {
-        Ok(()) => ExitCode::SUCCESS,
+    let start = std::time::Instant::now();
+    let result = notebook.run(&rt, &mut scope, opts);
+    // The manifest is written for a failed run too: it says which cells ran before the error.
+    let manifest_written = manifest.map(|path| {
+        let m = crate::provenance::manifest(
+            &rt,
+            file,
+            &notebook.last_run,
+            start.elapsed().as_secs_f64(),
+            opts.trust_cache,
+        );
+        crate::provenance::write_manifest(path, &m)
+    });
+    if let Some(Err(e)) = &manifest_written {
+        eprintln!("error: {e}");
+    }
+    match result {
+        Ok(()) if !matches!(manifest_written, Some(Err(_))) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("{}", render_error(&e));
             ExitCode::FAILURE
@@ -354,7 +385,15 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
     let mut scope = Scope::new();
     seed(&[])(&mut scope);
     let mut notebook = Notebook::new(file);
+    let start = std::time::Instant::now();
     let result = notebook.run(&rt, &mut scope, opts);
+    let manifest = crate::provenance::manifest(
+        &rt,
+        file,
+        &notebook.last_run,
+        start.elapsed().as_secs_f64(),
+        opts.trust_cache,
+    );
     let title = file
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -382,7 +421,13 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
         eprintln!("error: cannot write {}: {e}", output.display());
         return ExitCode::FAILURE;
     }
-    eprintln!("wrote {}", output.display());
+    // The provenance manifest goes beside the report: plan.html → plan.manifest.json.
+    let manifest_path = output.with_extension("manifest.json");
+    if let Err(e) = crate::provenance::write_manifest(&manifest_path, &manifest) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("wrote {} and {}", output.display(), manifest_path.display());
     if failed.is_some() {
         ExitCode::FAILURE
     } else {
@@ -675,8 +720,13 @@ fn cache(action: CacheCmd) -> ExitCode {
                     Some(n) => format!("{} {n}", m.cell_index),
                     None => m.cell_index.to_string(),
                 };
+                // What made the entry: this build, or one whose code differs (rerun unless trusted).
+                let made_by = match crate::provenance::changed_code(&m.code) {
+                    None => "this rtlab".to_string(),
+                    Some(why) => format!("another rtlab ({why})"),
+                };
                 println!(
-                    "{}  [{cell}]  saves {:.1} s  {:.1} KiB  {}",
+                    "{}  [{cell}]  saves {:.1} s  {:.1} KiB  {}  made by {made_by}",
                     &key[..12],
                     m.elapsed_s,
                     size as f64 / 1024.0,

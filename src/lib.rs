@@ -9,6 +9,7 @@ mod cli;
 mod doctor;
 mod engine;
 mod notebook;
+mod provenance;
 mod repl;
 
 #[cfg(test)]

@@ -40,6 +40,10 @@ pub struct Manifest {
     /// variables it read (`env:NAME` → [`rtlab_core::workspace::env_stamp`]).
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
+    /// The code identity of each rtlab subsystem that made the entry
+    /// ([`crate::provenance::code_identities`]); empty in entries from before identities.
+    #[serde(default)]
+    pub code: BTreeMap<String, String>,
 }
 
 /// The key under which an input is recorded: a file's absolute path, or `env:NAME` (paths are

@@ -19,6 +19,9 @@ pub struct CellDeps {
     pub called: BTreeSet<String>,
     /// Script functions the cell defines (`fn name(...)`).
     pub functions: BTreeSet<String>,
+    /// The `seed:` entries of the option maps the cell writes (`#{seed: 7}` → "7", `#{seed: s}` →
+    /// "s"), for the provenance manifest.
+    pub seeds: Vec<String>,
 }
 
 pub fn analyze(ast: &AST) -> CellDeps {
@@ -40,6 +43,20 @@ pub fn analyze(ast: &AST) -> CellDeps {
                 Expr::FnCall(call, ..) if call.namespace.is_empty() => {
                     deps.called.insert(call.name.to_string());
                 }
+                // A map of constants is folded into one constant value by Rhai's optimizer.
+                Expr::DynamicConstant(value, ..) => constant_seeds(value, &mut deps.seeds),
+                Expr::Map(map, ..) => {
+                    for (key, value) in &map.0 {
+                        if key.name == "seed" {
+                            deps.seeds.push(match value {
+                                Expr::IntegerConstant(i, ..) => i.to_string(),
+                                Expr::Variable(x, ..) => x.1.to_string(),
+                                Expr::DynamicConstant(v, ..) => v.to_string(),
+                                _ => "(computed)".to_string(),
+                            });
+                        }
+                    }
+                }
                 Expr::Dot(bin, ..) | Expr::Index(bin, ..) => {
                     if let Some(name) = root_variable(&bin.lhs) {
                         // `x.push(1)`, `x.field = 1`, `x[0] = 1`: the receiver may change in place.
@@ -60,6 +77,23 @@ pub fn analyze(ast: &AST) -> CellDeps {
         true
     });
     deps
+}
+
+/// The `seed` entries of a constant map (and the maps and arrays inside it).
+fn constant_seeds(value: &rhai::Dynamic, seeds: &mut Vec<String>) {
+    if let Some(map) = value.read_lock::<rhai::Map>() {
+        for (key, v) in map.iter() {
+            if key.as_str() == "seed" {
+                seeds.push(v.to_string());
+            } else {
+                constant_seeds(v, seeds);
+            }
+        }
+    } else if let Some(array) = value.read_lock::<rhai::Array>() {
+        for v in array.iter() {
+            constant_seeds(v, seeds);
+        }
+    }
 }
 
 /// The variable at the root of `a`, `a.b.c` or `a[0].b`.
@@ -114,6 +148,12 @@ mod tests {
         assert!(d.functions.contains("double"));
         assert!(d.called.contains("double"));
         assert!(d.mentioned.contains("w"));
+    }
+
+    #[test]
+    fn seeds_in_option_maps_are_found() {
+        let d = deps("let a = f(#{n: 4, seed: 7}); let b = g(#{seed: s, x: #{seed: 1 + 2}});");
+        assert_eq!(d.seeds, ["7", "s", "3"]);
     }
 
     #[test]

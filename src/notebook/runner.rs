@@ -35,6 +35,8 @@ pub struct NotebookOptions {
     pub cache_min_s: f64,
     /// Print one status line per cell on stderr.
     pub status_lines: bool,
+    /// Serve cells (and the stdlib's stores) cached by another build of rtlab (`--trust-cache`).
+    pub trust_cache: bool,
 }
 
 impl Default for NotebookOptions {
@@ -43,6 +45,7 @@ impl Default for NotebookOptions {
             mode: CacheMode::Normal,
             cache_min_s: 1.0,
             status_lines: true,
+            trust_cache: false,
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct CellReport {
     pub note: Option<String>,
     /// Files the cell read through the stdlib, with their content hashes.
     pub inputs: BTreeMap<String, String>,
+    /// Restored under `--trust-cache` from an entry another build of rtlab made: what changed.
+    pub made_by_other_code: Option<String>,
 }
 
 /// A cell's outputs kept in memory between runs of the same notebook.
@@ -124,8 +129,10 @@ impl Notebook {
     ) -> Result<(), ScriptError> {
         // `--fresh` reaches the stdlib's own caches too (training runs, the verifier's store).
         rt.workspace.set_fresh(opts.mode == CacheMode::Fresh);
+        rt.workspace.set_trust_cache(opts.trust_cache);
         let result = self.run_cells(rt, scope, opts);
         rt.workspace.set_fresh(false);
+        rt.workspace.set_trust_cache(false);
         result
     }
 
@@ -182,7 +189,7 @@ impl Notebook {
             return Some(restore_memory(rt, scope, &mut state.hashes, ctx, mem));
         }
         if opts.mode == CacheMode::Normal {
-            return self.restore_disk(rt, scope, state, ctx);
+            return self.restore_disk(rt, scope, state, ctx, opts.trust_cache);
         }
         None
     }
@@ -281,6 +288,7 @@ impl Notebook {
             result_html,
             note,
             inputs,
+            made_by_other_code: None,
         })
     }
 
@@ -290,6 +298,7 @@ impl Notebook {
         scope: &mut Scope<'static>,
         state: &mut RunState,
         ctx: &CellContext,
+        trust_cache: bool,
     ) -> Option<CellReport> {
         let label = ctx.cell.label();
         let cache = &state.cache;
@@ -310,6 +319,14 @@ impl Notebook {
                 return None;
             }
         };
+        // A result made by other code may not be what this code gives: rerun, unless trusted.
+        let other_code = crate::provenance::changed_code(&manifest.code);
+        if let Some(why) = &other_code {
+            if !trust_cache {
+                eprintln!("[{label}] {why} since the cached run: rerunning");
+                return None;
+            }
+        }
         let mut restored = Vec::new();
         for (name, stored) in &manifest.outputs {
             let mut load = |hash: &str| {
@@ -343,18 +360,16 @@ impl Notebook {
             inputs: manifest.inputs,
         };
         self.memory.insert(ctx.key.clone(), mem.clone());
-        Some(restore_remembered(
-            rt,
-            scope,
-            ctx,
-            mem,
-            CellStatus::Cached { saved_s },
-        ))
+        let mut report = restore_remembered(rt, scope, ctx, mem, CellStatus::Cached { saved_s });
+        report.made_by_other_code = other_code;
+        Some(report)
     }
 }
 
-/// A cell's cache key: the blake3 of the rtlab version, the cell's normalized code, the content hash
-/// of every value it reads, and the code of the cells that define the functions it calls.
+/// A cell's cache key: the blake3 of the cell's normalized code, the content hash of every value it
+/// reads, and the code of the cells that define the functions it calls. Not rtlab's own code: the
+/// entry records each subsystem's identity, so a changed rtlab is recognised, said, and (under
+/// `--trust-cache` only) still served.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CellKey(String);
 
@@ -464,7 +479,7 @@ impl RunState {
         deps: &CellDeps,
         reads: &[String],
     ) -> (CellKey, Option<String>) {
-        let mut key_input = format!("rtlab {} cell\n{normalized}\n", env!("CARGO_PKG_VERSION"));
+        let mut key_input = format!("rtlab cell\n{normalized}\n");
         let mut uncacheable: Option<String> = None;
         for name in reads {
             let h = self
@@ -557,6 +572,7 @@ fn restore_remembered(
         result_html: mem.result_html,
         note: None,
         inputs: mem.inputs,
+        made_by_other_code: None,
     }
 }
 
@@ -608,6 +624,7 @@ fn persist(
         result_html: r.result_html.clone(),
         frames: BTreeMap::new(),
         inputs: content_hashes(&r.inputs),
+        code: crate::provenance::code_identities(),
     };
     cache.store(&key.0, manifest, &frames)
 }
@@ -648,6 +665,11 @@ pub fn status_line(r: &CellReport) -> String {
     };
     if let Some(note) = &r.note {
         line.push_str(&format!(" (not cached: {note})"));
+    }
+    if let Some(why) = &r.made_by_other_code {
+        line.push_str(&format!(
+            " (made before {why}; served because of --trust-cache)"
+        ));
     }
     line
 }

@@ -17,6 +17,7 @@ mod gguf;
 mod hygiene;
 mod llm;
 mod metrics;
+mod provenance;
 mod repl;
 mod scripts;
 mod slurm;

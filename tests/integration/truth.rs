@@ -545,14 +545,36 @@ fn a_full_disk_is_a_clear_error_and_the_previous_good_state_stays() {
             .unwrap()
     };
     assert_eq!(count(), 3);
+    let keys = || -> std::collections::BTreeSet<String> {
+        let db = rusqlite::Connection::open(&store).unwrap();
+        let mut stmt = db.prepare("SELECT key FROM verify_results").unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let before = keys();
     let r = run_limited(dir.path(), &designs(400), 256, &["--no-cache"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "400\n"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("verdicts were not saved to the store"),
-        "{}",
-        r.stderr
+    // "warning: N of 397 verdicts were not saved to the store ...": the first 3 came from the store.
+    let warning = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("verdicts were not saved to the store"))
+        .unwrap_or_else(|| panic!("no warning about unsaved verdicts: {}", r.stderr));
+    let numbers: Vec<usize> = warning
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (not_saved, verified) = (numbers[0], numbers[1]);
+    assert_eq!(verified, 397, "{warning}");
+    assert!(not_saved > 0 && not_saved <= verified, "{warning}");
+    let after = keys();
+    assert!(before.is_subset(&after), "what was saved before stays");
+    assert_eq!(
+        after.len(),
+        before.len() + verified - not_saved,
+        "exactly the verdicts not reported as unsaved were kept: {warning}"
     );
-    assert!(count() >= 3, "what was saved before stays");
+    assert_eq!(count() as usize, after.len());
     // No temp file is left behind by the failed writes.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -573,9 +595,24 @@ fn a_kill_9_during_a_save_leaves_the_old_file_or_the_whole_new_one() {
         for k in 0..20 { df.save_jsonl("out.jsonl"); }"#;
     std::fs::write(dir.path().join("t.rhai"), script).unwrap();
     let mut outcomes = std::collections::BTreeSet::new();
-    // Killed at several moments after the frame is built: before, during and between saves.
-    for delay_ms in [0u64, 20, 60, 150, 400] {
+    // The temp file a save writes before renaming it over `out.jsonl`: while one exists with some
+    // bytes in it, a save is in the middle of its write.
+    let partial_temp = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with(".tmp")
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    };
+    let mut landed_mid_write = 0;
+    // Killed the moment a save has written part of its temp file (a kill that certainly lands
+    // mid-write), then at several moments after the frame is built: before, during, between saves.
+    for delay_ms in [None, None, None, Some(0u64), Some(20), Some(60), Some(150), Some(400)] {
         use std::io::BufRead;
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
         std::fs::write(dir.path().join("out.jsonl"), old).unwrap();
         let mut child = rtlab()
             .current_dir(dir.path())
@@ -590,9 +627,21 @@ fn a_kill_9_during_a_save_leaves_the_old_file_or_the_whole_new_one() {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line, "ready\n");
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        match delay_ms {
+            Some(ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+            None => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while !partial_temp(dir.path()) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        // A temp file the kill left half written proves the kill landed inside a write.
+        if partial_temp(dir.path()) {
+            landed_mid_write += 1;
+        }
         let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
         if text == old {
             outcomes.insert("old");
@@ -606,7 +655,11 @@ fn a_kill_9_during_a_save_leaves_the_old_file_or_the_whole_new_one() {
             outcomes.insert("new");
         }
     }
-    eprintln!("kill -9 during save_jsonl left: {outcomes:?}");
+    eprintln!("kill -9 during save_jsonl left: {outcomes:?}; {landed_mid_write} kills landed mid-write");
+    assert!(
+        landed_mid_write >= 1,
+        "no kill landed while a save was writing: the test proved nothing"
+    );
     // The next run recovers: it saves over whatever the kill left.
     let r = Run::from(
         rtlab()

@@ -6,6 +6,12 @@
 //! The crate also holds [`testbench`]: A7 testbenches a model writes, accepted only if they kill
 //! mutants. Both are "ask a model, verify what it wrote", so they share the crate and its prompts.
 
+/// The identity of this crate's code (the hash of its sources and `Cargo.lock`): every result the
+/// benchmark caches is keyed on it, so a changed build never serves an old answer.
+pub fn code_identity() -> String {
+    rtlab_core::provenance::code_identity("benchmark", env!("RTLAB_CODE_IDENTITY"))
+}
+
 pub mod judge;
 pub mod metrics;
 mod run;
@@ -386,6 +392,10 @@ fn expect_comparison(ws: &Workspace, comparison: &Map, criteria: &Map) -> Result
                 .or_else(|| v.as_int().ok().map(|i| i as f64))
         });
         let (holds, line) = match actual {
+            Some(a) if a.is_nan() => (
+                false,
+                format!("❌ {key}: NaN is not a number (target {target})"),
+            ),
             None => (
                 false,
                 format!("❌ {key}: not in this comparison (target {target})"),
@@ -825,6 +835,10 @@ mod bench_functions {
                     .copied()
             });
             let line = match actual {
+                Some(a) if a.is_nan() => {
+                    all = false;
+                    format!("❌ {key}: NaN is not a number (target {target}): the run produced no value")
+                }
                 Some(a) if a >= target => format!("✅ {key}: {a:.3} ≥ {target}"),
                 Some(a) => {
                     all = false;

@@ -11,6 +11,8 @@
 //! - [`values`]: the registry of rich values (how each capability's types display, render and
 //!   persist), and [`display`], how any value is shown;
 //! - [`progress`]: progress of long work on stderr, as a bar or, in a log, a line every 30 s or 10%;
+//! - [`provenance`]: code identities, content hashes of models and adapters, the machine: what made
+//!   a cached or reported result;
 //! - [`json`]: between JSON and Rhai values;
 //! - [`api`]: the Rhai package every script gets (files, JSON, environment, assertions).
 //!
@@ -23,6 +25,7 @@ pub mod json;
 pub mod options;
 pub mod output;
 pub mod progress;
+pub mod provenance;
 pub mod store;
 pub mod values;
 pub mod workspace;

@@ -13,7 +13,28 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE verify_results (key TEXT PRIMARY KEY, report TEXT NOT NULL, created INTEGER NOT NULL)",
     "CREATE TABLE llm_responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created INTEGER NOT NULL)",
     "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, model TEXT NOT NULL, options TEXT NOT NULL, dataset_hash TEXT NOT NULL, metrics TEXT NOT NULL, created INTEGER NOT NULL)",
+    // Which verifier made a verdict (rows from before have ''), and whether it is final: a timeout or
+    // a killed tool is provisional until the same verdict is reached twice.
+    "ALTER TABLE verify_results ADD COLUMN code TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE verify_results ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE verify_results ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE verify_results ADD COLUMN limits TEXT NOT NULL DEFAULT ''",
 ];
+
+/// A verdict as stored, with what made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredVerdict {
+    /// The verifier's report, as JSON.
+    pub report: String,
+    /// The code identity of the verifier that made it ('' for verdicts stored before identities).
+    pub code: String,
+    /// How many runs in a row reached this verdict.
+    pub attempts: i64,
+    /// A transient verdict (a timeout, a killed tool) not yet reached twice: tried again next run.
+    pub provisional: bool,
+    /// The time limits it ran under (JSON), so a timeout is not served to a run with longer ones.
+    pub limits: String,
+}
 
 /// A recorded model response (one row of the cassette).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -209,23 +230,31 @@ impl Store {
         }
     }
 
-    /// A cached verifier report (JSON), by key.
-    pub fn get_verify(&self, key: &str) -> Result<Option<String>, StoreError> {
+    /// A cached verdict, by key.
+    pub fn get_verify(&self, key: &str) -> Result<Option<StoredVerdict>, StoreError> {
         self.conn
             .query_row(
-                "SELECT report FROM verify_results WHERE key = ?1",
+                "SELECT report, code, attempts, provisional, limits FROM verify_results WHERE key = ?1",
                 params![key],
-                |r| r.get(0),
+                |r| {
+                    Ok(StoredVerdict {
+                        report: r.get(0)?,
+                        code: r.get(1)?,
+                        attempts: r.get(2)?,
+                        provisional: r.get::<_, i64>(3)? != 0,
+                        limits: r.get(4)?,
+                    })
+                },
             )
             .optional()
             .map_err(|e| self.err(e))
     }
 
-    pub fn put_verify(&self, key: &str, report_json: &str) -> Result<(), StoreError> {
+    pub fn put_verify(&self, key: &str, v: &StoredVerdict) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO verify_results (key, report, created) VALUES (?1, ?2, ?3)",
-                params![key, report_json, now()],
+                "INSERT OR REPLACE INTO verify_results (key, report, created, code, attempts, provisional, limits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![key, v.report, now(), v.code, v.attempts, v.provisional as i64, v.limits],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -346,15 +375,44 @@ mod tests {
     fn reopening_keeps_rows_and_does_not_rerun_migrations() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.put_verify("k", "{\"score\":1.0}").unwrap();
+        let verdict = StoredVerdict {
+            report: "{\"score\":1.0}".into(),
+            code: "v2".into(),
+            attempts: 1,
+            provisional: true,
+            limits: "{}".into(),
+        };
+        s.put_verify("k", &verdict).unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            s.get_verify("k").unwrap().as_deref(),
-            Some("{\"score\":1.0}")
-        );
+        assert_eq!(s.get_verify("k").unwrap(), Some(verdict));
         assert_eq!(s.get_verify("missing").unwrap(), None);
         assert_eq!(s.count_verify().unwrap(), 1);
+    }
+
+    /// A store written before verdicts named their verifier keeps its rows, marked as made by an
+    /// unknown verifier (code ''), so they are verified again rather than served.
+    #[test]
+    fn verdicts_from_before_code_identities_read_back_as_made_by_an_unknown_verifier() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("store.sqlite")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (version INTEGER NOT NULL); INSERT INTO meta VALUES (3);",
+            )
+            .unwrap();
+            for m in &MIGRATIONS[..3] {
+                conn.execute(m, []).unwrap();
+            }
+            conn.execute(
+                "INSERT INTO verify_results (key, report, created) VALUES ('old', '{}', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let old = s.get_verify("old").unwrap().unwrap();
+        assert_eq!((old.code.as_str(), old.attempts, old.provisional), ("", 1, false));
     }
 
     /// Two `rtlab run`s started together both create the store: SQLite answers a lock it cannot wait

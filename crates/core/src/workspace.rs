@@ -34,6 +34,8 @@ pub struct Workspace {
     inputs: RefCell<Vec<Input>>,
     /// `rtlab run --fresh`.
     fresh: Cell<bool>,
+    /// `rtlab run --trust-cache`.
+    trust_cache: Cell<bool>,
     output: OutputSink,
 }
 
@@ -45,6 +47,7 @@ impl Workspace {
             base_dir: RefCell::new(PathBuf::new()),
             inputs: RefCell::new(Vec::new()),
             fresh: Cell::new(false),
+            trust_cache: Cell::new(false),
             output,
         };
         ws.set_base_dir(base_dir);
@@ -150,6 +153,18 @@ impl Workspace {
         self.fresh.get()
     }
 
+    /// `rtlab run --trust-cache`: results cached by another build of rtlab (another verifier, trainer
+    /// or runtime) are served instead of recomputed, and marked where they are reported. Never the
+    /// default: a result made by other code may not be what this code gives.
+    pub fn set_trust_cache(&self, trust: bool) {
+        self.trust_cache.set(trust);
+    }
+
+    /// True during a `--trust-cache` run.
+    pub fn trust_cache(&self) -> bool {
+        self.trust_cache.get()
+    }
+
     /// Prints a progress note through the same sink as the script's `print`, so a cached cell
     /// replays it.
     pub fn emit_line(&self, text: &str) {
@@ -210,15 +225,18 @@ pub fn resolve_against(base: &Path, path: &str) -> PathBuf {
 pub fn file_stamp(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(path) {
+        // The inode's change time too: `touch -d` can set the mtime back, never the ctime.
         Ok(m) => format!(
-            "stamp:{}:{}:{}",
+            "stamp:{}:{}:{}:{}.{}",
             m.len(),
             m.modified()
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos())
                 .unwrap_or(0),
-            m.ino()
+            m.ino(),
+            m.ctime(),
+            m.ctime_nsec()
         ),
         Err(_) => "missing".to_string(),
     }

@@ -4,6 +4,12 @@
 //! Main types: [`Frame`] (the Rhai `DataFrame`, cheap to clone: polars columns are Arc'd), `Expr`
 //! (a polars expression), [`DataError`]. Relative paths resolve against the script's directory.
 
+/// The identity of this crate's code (the hash of its sources and `Cargo.lock`): every result the
+/// data caches is keyed on it, so a changed build never serves an old answer.
+pub fn code_identity() -> String {
+    rtlab_core::provenance::code_identity("data", env!("RTLAB_CODE_IDENTITY"))
+}
+
 mod convert;
 mod expr;
 mod frame_fns;

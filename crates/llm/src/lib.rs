@@ -6,6 +6,12 @@
 //! Main types: [`Model`], [`ModelConfig`]. One tokio runtime per process runs the requests, `concurrency`
 //! at a time.
 
+/// The identity of this crate's code (the hash of its sources and `Cargo.lock`): every result the
+/// LLM client caches is keyed on it, so a changed build never serves an old answer.
+pub fn code_identity() -> String {
+    rtlab_core::provenance::code_identity("LLM client", env!("RTLAB_CODE_IDENTITY"))
+}
+
 mod client;
 pub mod providers;
 
@@ -267,15 +273,22 @@ impl Model {
     pub fn request_key(&self, messages: &[Message], sample: usize) -> String {
         let mut canonical = serde_json::json!({"model": self.cfg.model, "messages": messages, "sampling": self.sampling(), "sample": sample});
         if self.cfg.provider == Provider::Local {
-            // A retrained adapter at the same path is another model: key on its file's size and mtime.
-            let stamp = |dir: &str| {
-                std::fs::metadata(std::path::Path::new(dir).join("adapter_model.safetensors"))
-                    .ok()
-                    .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+            // A local model is its content, not its path or file stamps: a copy elsewhere is the
+            // same model, and a rewritten file (even with its mtime put back) is another. The
+            // decoder's code is part of the answer too (a kernel change moves greedy answers).
+            let content = |p: &str| {
+                rtlab_core::provenance::path_content_hash(std::path::Path::new(p))
+                    .unwrap_or_else(|e| format!("unreadable {p}: {e}"))
             };
-            canonical["adapter"] =
-                serde_json::json!(self.cfg.adapter.as_deref().map(|a| (a, stamp(a))));
+            // An adapter is its weights and config; its run's logs and records do not change answers.
+            let adapter = |dir: &str| {
+                ["adapter_config.json", "adapter_model.safetensors"]
+                    .map(|f| content(&std::path::Path::new(dir).join(f).display().to_string()))
+            };
+            canonical["model"] = serde_json::json!(content(&self.cfg.model));
+            canonical["adapter"] = serde_json::json!(self.cfg.adapter.as_deref().map(adapter));
             canonical["template"] = serde_json::json!(self.cfg.template);
+            canonical["decoder"] = serde_json::json!(rtlab_train::code_identity());
         }
         blake3::hash(canonical.to_string().as_bytes())
             .to_hex()
@@ -941,6 +954,61 @@ mod tests {
             "module c; endmodule"
         );
         assert_eq!(extract_code("module d; endmodule"), "module d; endmodule");
+    }
+
+    /// A local model is keyed on what its files hold: answers recorded for it are recomputed after
+    /// its content changes even when the file keeps its size and modification time, and served for a
+    /// copy at another path.
+    #[test]
+    fn a_local_models_answers_are_keyed_on_its_content_not_its_path_or_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("model.gguf");
+        std::fs::write(&gguf, b"weights, version A").unwrap();
+        let adapter = dir.path().join("adapter");
+        std::fs::create_dir(&adapter).unwrap();
+        std::fs::write(adapter.join("adapter_model.safetensors"), b"lora A").unwrap();
+        std::fs::write(adapter.join("adapter_config.json"), b"{}").unwrap();
+        let model = |path: &std::path::Path| {
+            let mut o = Map::new();
+            o.insert("provider".into(), "local".into());
+            o.insert("model".into(), path.display().to_string().into());
+            o.insert("adapter".into(), adapter.display().to_string().into());
+            Model::from_options(&o, dir.path()).unwrap()
+        };
+        let messages = vec![Message {
+            role: "user".into(),
+            content: "write a mux".into(),
+        }];
+        let key = |path: &std::path::Path| model(path).request_key(&messages, 0);
+        let first = key(&gguf);
+
+        // Rewritten with the same size, its modification time put back: another model.
+        let restore_mtime = |p: &std::path::Path, write: &[u8]| {
+            let mtime = std::fs::metadata(p).unwrap().modified().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::fs::write(p, write).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        };
+        restore_mtime(&gguf, b"weights, version B");
+        let rewritten = key(&gguf);
+        assert_ne!(first, rewritten, "a rewritten model was served old answers");
+
+        // The same bytes at another path: the same model.
+        let copy = dir.path().join("copy.gguf");
+        std::fs::copy(&gguf, &copy).unwrap();
+        assert_eq!(key(&copy), rewritten, "a copied model missed its answers");
+
+        // The adapter too; its run's other files (logs, records) do not count.
+        restore_mtime(&adapter.join("adapter_model.safetensors"), b"lora B");
+        let retrained = key(&gguf);
+        assert_ne!(retrained, rewritten);
+        std::fs::write(adapter.join("run.json"), b"{\"seconds\": 3}").unwrap();
+        assert_eq!(key(&gguf), retrained);
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! gives `general`. Substring matching is why "sta" fires on "state" and "via" on "deviation":
 //! `#{matching: "word"}` matches whole words instead, the smarter option.
 
+/// The identity of this crate's code (the hash of its sources and `Cargo.lock`): every result the
+/// phase caches is keyed on it, so a changed build never serves an old answer.
+pub fn code_identity() -> String {
+    rtlab_core::provenance::code_identity("phase", env!("RTLAB_CODE_IDENTITY"))
+}
+
 use polars::prelude::*;
 use rhai::plugin::*;
 use rhai::{Array, Map};

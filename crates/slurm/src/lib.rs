@@ -13,6 +13,12 @@
 //! items, each with its cache key. `verify::batch` is its one user today; the CLI's `worker`
 //! command dispatches a shard back to it by kind.
 
+/// The identity of this crate's code (the hash of its sources and `Cargo.lock`): every result the
+/// Slurm executor caches is keyed on it, so a changed build never serves an old answer.
+pub fn code_identity() -> String {
+    rtlab_core::provenance::code_identity("Slurm executor", env!("RTLAB_CODE_IDENTITY"))
+}
+
 mod cluster;
 mod driver;
 mod worker;

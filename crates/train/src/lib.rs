@@ -12,6 +12,12 @@
 //! options is returned from its `run.json` instead of retraining; an interrupted one resumes from its
 //! newest checkpoint.
 
+/// The identity of this crate's code (the hash of its sources and `Cargo.lock`): every result the
+/// trainer caches is keyed on it, so a changed build never serves an old answer.
+pub fn code_identity() -> String {
+    rtlab_core::provenance::code_identity("trainer", env!("RTLAB_CODE_IDENTITY"))
+}
+
 pub mod config;
 mod decode_attention;
 pub mod dpo;
@@ -125,6 +131,8 @@ struct TrainRequest {
     out: PathBuf,
     resume: bool,
     fresh: bool,
+    /// `--trust-cache`: a finished run made by another trainer is served, not retrained.
+    trust_cache: bool,
     on_too_long: TooLong,
     device: String,
     /// QLoRA: the frozen base stays in its GGUF quantization.
@@ -445,6 +453,7 @@ fn parse_common(ws: &Workspace, o: &Options, task: Task) -> Result<TrainRequest,
         out: ws.resolve(&out),
         resume: flag(o, "resume", true)?,
         fresh: flag(o, "fresh", false)? || ws.fresh(),
+        trust_cache: ws.trust_cache(),
         on_too_long,
         device,
         quantized_base: flag(o, "quantized_base", false)?,
@@ -482,26 +491,11 @@ fn pairs_of(
 /// Files a fingerprint must cover: config, tokenizer and weights (by size and mtime, not content: a
 /// 15 GB base is not hashed on every run). A GGUF base is one file.
 fn base_identity(dir: &Path) -> Result<String, TrainError> {
-    let stamp = |f: &Path| -> Result<String, TrainError> {
-        let m = std::fs::metadata(f)?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        Ok(format!("{}:{}:{mtime}", f.display(), m.len()))
-    };
-    if dir.is_file() {
-        return Ok(format!("gguf {}", stamp(dir)?));
-    }
-    let mut parts = vec![std::fs::read_to_string(dir.join("config.json"))?];
-    let mut files = config::weight_files(dir)?;
-    files.push(dir.join("tokenizer.json"));
-    for f in files {
-        parts.push(stamp(&f)?);
-    }
-    Ok(parts.join("\n"))
+    // The content, not the path or stamps: a copy elsewhere is the same base, a rewrite another.
+    Ok(format!(
+        "base {}",
+        rtlab_core::provenance::path_content_hash(dir)?
+    ))
 }
 
 /// The base model's files as a run reads them: a GGUF file (metadata now, tensors later) or a
@@ -844,8 +838,25 @@ fn finished_run(req: &TrainRequest, fingerprint: &str) -> Option<RunRecord> {
     }
     let text = std::fs::read_to_string(req.out.join("run.json")).ok()?;
     let rec = serde_json::from_str::<RunRecord>(&text).ok()?;
-    (rec.fingerprint == fingerprint && !rec.cancelled && req.out.join(peft::WEIGHTS_FILE).exists())
-        .then_some(rec)
+    let finished =
+        rec.fingerprint == fingerprint && !rec.cancelled && req.out.join(peft::WEIGHTS_FILE).exists();
+    if !finished {
+        return None;
+    }
+    if rec.code != code_identity() {
+        if !req.trust_cache {
+            eprintln!(
+                "train: rtlab's trainer changed since the finished run in {}: training again",
+                req.out.display()
+            );
+            return None;
+        }
+        eprintln!(
+            "train: the finished run in {} was made by another trainer; served because of --trust-cache",
+            req.out.display()
+        );
+    }
+    Some(rec)
 }
 
 /// The model to train: base weights (dense, or quantized for QLoRA) with fresh adapters, or with

@@ -179,6 +179,10 @@ pub struct RunRecord {
     /// The step whose adapter `out` holds: the last, or the best with `keep: "best"`.
     #[serde(default)]
     pub kept_step: Option<usize>,
+    /// The trainer's code identity when the run was made ('' before identities): a finished run
+    /// from another trainer is trained again unless `--trust-cache`.
+    #[serde(default)]
+    pub code: String,
 }
 
 pub fn peak_rss_mb() -> f64 {
@@ -458,6 +462,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     let peak_rss_mb = peak_rss_mb();
     release_freed_memory();
     Ok(RunRecord {
+        code: crate::code_identity(),
         out: job.out.display().to_string(),
         steps: state.step,
         total_steps: total,

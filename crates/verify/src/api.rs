@@ -104,11 +104,12 @@ pub fn verify_rows(
     }
     warn_skipped(&reports);
     eprintln!(
-        "verify: {} rows, {} from the store, {} verified in {:.1} s",
+        "verify: {} rows, {} from the store, {} verified in {:.1} s{}",
         stats.total,
         stats.cached,
         stats.verified,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        stats.store_notes()
     );
     let records: Array = reports
         .iter()

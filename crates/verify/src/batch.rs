@@ -4,7 +4,7 @@
 //! finish: an interrupted batch keeps what it did.
 
 use super::{tool_versions, verify, Report, VerifyOptions};
-use rtlab_core::store::Store;
+use rtlab_core::store::{Store, StoredVerdict};
 use rtlab_slurm::Executor;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -18,10 +18,13 @@ pub struct Job {
     pub top: Option<String>,
 }
 
-/// The cache key: everything that can change the verdict.
+/// The cache key: everything in the job and options that can change the verdict. Not the verifier's
+/// code identity (the stored row names it, so a stale verdict is recognised and reported, and
+/// `--trust-cache` can still serve it) and not the time limits: a verdict reached in time is the
+/// same under any limit, and a timeout is stored with its limits (see [`Sink::stored`]).
 pub fn cache_key(job: &Job, opts: &VerifyOptions) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(b"rtlab-verify-v1\0");
+    h.update(b"rtlab-verify-v2\0");
     for part in [
         Some(&job.code),
         job.testbench.as_ref(),
@@ -42,6 +45,7 @@ pub fn cache_key(job: &Job, opts: &VerifyOptions) -> String {
     o.testbench = None;
     o.reference = None;
     o.top = None;
+    o.timeouts = crate::Timeouts::default();
     h.update(serde_json::to_string(&o).unwrap_or_default().as_bytes());
     h.update(format!("{:?}", tool_versions()).as_bytes());
     h.finalize().to_hex().to_string()
@@ -69,6 +73,50 @@ pub struct BatchStats {
     pub store_error: Option<String>,
     /// What the Slurm executor did, when the batch ran there.
     pub slurm: Option<rtlab_slurm::SlurmRun>,
+    /// Stored verdicts made by another verifier (another build of rtlab), verified again.
+    pub stale: usize,
+    /// Stored verdicts made by another verifier, served because of `--trust-cache`.
+    pub trusted_stale: usize,
+    /// Provisional verdicts (a timeout, a killed tool) verified again.
+    pub retried: usize,
+}
+
+impl BatchStats {
+    /// What the store did besides serving final verdicts, for the batch's closing line: empty, or
+    /// `; 3 provisional verdicts (timeouts, killed tools) verified again`.
+    pub fn store_notes(&self) -> String {
+        let mut notes = String::new();
+        if self.retried > 0 {
+            notes.push_str(&format!(
+                "; {} provisional verdict{} (timeouts, killed tools) verified again",
+                self.retried,
+                plural(self.retried)
+            ));
+        }
+        if self.stale > 0 {
+            notes.push_str(&format!(
+                "; {} verdict{} made by another version of the verifier verified again",
+                self.stale,
+                plural(self.stale)
+            ));
+        }
+        if self.trusted_stale > 0 {
+            notes.push_str(&format!(
+                "; {} verdict{} made by another version of the verifier served (--trust-cache)",
+                self.trusted_stale,
+                plural(self.trusted_stale)
+            ));
+        }
+        notes
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 impl BatchStats {
@@ -120,7 +168,12 @@ struct Sink<'a> {
     store: Option<&'a Store>,
     keys: &'a [String],
     results: Vec<Option<Report>>,
-    pending: Vec<(usize, String)>,
+    pending: Vec<(usize, StoredVerdict)>,
+    /// The verifier's code identity and the batch's time limits (JSON), stored with each verdict.
+    code: String,
+    limits: String,
+    /// Provisional verdicts being tried again, by row: a transient verdict reached twice is final.
+    previous: std::collections::HashMap<usize, StoredVerdict>,
     stats: BatchStats,
     bar: Option<indicatif::ProgressBar>,
 }
@@ -133,8 +186,8 @@ impl Sink<'_> {
             .iter()
             .any(|e| e.contains("cancelled by Ctrl-C"))
         {
-            self.pending
-                .push((i, serde_json::to_string(&report).unwrap_or_default()));
+            let stored = self.stored(i, &report);
+            self.pending.push((i, stored));
         }
         self.results[i] = Some(report);
         self.stats.verified += 1;
@@ -146,13 +199,42 @@ impl Sink<'_> {
         }
     }
 
+    /// The row to store for a fresh verdict. A transient one (a timeout, a killed tool) is final only
+    /// when the run before reached the same verdict under the same limits; until then it is
+    /// provisional and tried again.
+    fn stored(&self, i: usize, report: &Report) -> StoredVerdict {
+        let transient = report.is_transient();
+        let attempts = match self.previous.get(&i) {
+            Some(prev) if transient && prev.code == self.code && prev.limits == self.limits => {
+                let same = serde_json::from_str::<Report>(&prev.report).is_ok_and(|p| {
+                    p.is_transient()
+                        && p.sim_status == report.sim_status
+                        && p.timed_out == report.timed_out
+                });
+                if same {
+                    prev.attempts + 1
+                } else {
+                    1
+                }
+            }
+            _ => 1,
+        };
+        StoredVerdict {
+            report: serde_json::to_string(report).unwrap_or_default(),
+            code: self.code.clone(),
+            attempts,
+            provisional: transient && attempts < 2,
+            limits: self.limits.clone(),
+        }
+    }
+
     fn flush(&mut self) {
         if let Some(store) = self.store {
             let keys = self.keys;
             let pending = &self.pending;
             let written = store.transaction(|s| {
-                for (i, json) in pending.iter() {
-                    s.put_verify(&keys[*i], json)?;
+                for (i, verdict) in pending.iter() {
+                    s.put_verify(&keys[*i], verdict)?;
                 }
                 Ok(())
             });
@@ -183,17 +265,36 @@ fn verify_checked(
             ..BatchStats::default()
         },
         bar: None,
+        code: crate::code_identity(),
+        limits: serde_json::to_string(&opts.timeouts).unwrap_or_default(),
+        previous: Default::default(),
     };
     // `--fresh` recomputes every verdict (and stores the new ones).
     let read_store = store.filter(|_| !ws.fresh());
     if let Some(store) = read_store {
         for (i, key) in keys.iter().enumerate() {
-            if let Ok(Some(json)) = store.get_verify(key) {
-                if let Ok(r) = serde_json::from_str::<Report>(&json) {
-                    sink.results[i] = Some(r);
-                    sink.stats.cached += 1;
+            let Ok(Some(stored)) = store.get_verify(key) else {
+                continue;
+            };
+            let Ok(report) = serde_json::from_str::<Report>(&stored.report) else {
+                continue;
+            };
+            if stored.code != sink.code {
+                if ws.trust_cache() {
+                    sink.stats.trusted_stale += 1;
+                } else {
+                    sink.stats.stale += 1;
+                    continue;
                 }
+            } else if stored.provisional
+                || (report.is_transient() && stored.limits != sink.limits)
+            {
+                sink.stats.retried += 1;
+                sink.previous.insert(i, stored);
+                continue;
             }
+            sink.results[i] = Some(report);
+            sink.stats.cached += 1;
         }
     }
     let mut todo: Vec<usize> = (0..jobs.len())

@@ -6,6 +6,12 @@
 //! runs in a private scratch directory under rlimits ([`process`]). Batches run on every core and are
 //! cached in the workspace store ([`batch`]).
 
+/// The identity of this crate's code (the hash of its sources and `Cargo.lock`): every result the
+/// verifier caches is keyed on it, so a changed build never serves an old answer.
+pub fn code_identity() -> String {
+    rtlab_core::provenance::code_identity("verifier", env!("RTLAB_CODE_IDENTITY"))
+}
+
 mod api;
 pub mod batch;
 mod difftb;
@@ -576,9 +582,19 @@ pub struct Report {
     pub sim_log: String,
     /// The simulator that ran the testbench (never `Auto`), or None when none ran.
     pub simulator: Option<Simulator>,
+    /// A tool was killed by a signal (out of memory, a CPU limit): like a timeout, this verdict may
+    /// not be what a quieter machine gives, so the store keeps it as provisional.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
 }
 
 impl Report {
+    /// A verdict the machine's load may have decided (a stage timed out, a tool was killed), not the
+    /// design: stored as provisional and verified again on the next run.
+    pub fn is_transient(&self) -> bool {
+        !self.timed_out.is_empty() || self.killed
+    }
+
     pub fn to_map(&self) -> Map {
         let v = serde_json::to_value(self).unwrap_or_default();
         rtlab_data::json_to_dynamic(v)

@@ -521,6 +521,7 @@ fn synth_full_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Optio
         r.synth_ok = Some(false);
         timed_out(r, Stage::SynthFull, "yosys synth", opts.timeouts.synth_full);
     } else if !o.ok() {
+        r.killed |= o.ended == Ended::Signaled;
         r.synth_ok = Some(false);
         r.errors.push(format!(
             "yosys synth failed: {}",
@@ -696,10 +697,13 @@ fn read_verdict(r: &mut Report, o: &Outcome, opts: &VerifyOptions) {
         Ended::OutputLimit => Some("simulation printed more than 1 MiB; stopped".to_string()),
         Ended::Cancelled => Some("cancelled by Ctrl-C".to_string()),
         Ended::NotStarted(e) => Some(format!("the simulation did not start: {e}")),
-        Ended::Signaled => Some(
-            "the simulation was killed by a limit: a file past 64 MiB, memory past 4 GiB or CPU time"
-                .to_string(),
-        ),
+        Ended::Signaled => {
+            r.killed = true;
+            Some(
+                "the simulation was killed by a limit: a file past 64 MiB, memory past 4 GiB or CPU time"
+                    .to_string(),
+            )
+        }
     };
     let verdict = parse_verdict(&o.output);
     match (error, verdict) {
