@@ -158,3 +158,46 @@ pub fn write_manifest(path: &std::path::Path, manifest: &serde_json::Value) -> R
     rtlab_core::workspace::write_atomic(path, text.as_bytes())
         .map_err(|e| format!("cannot write the manifest {}: {e}", path.display()))
 }
+
+/// The Rhai surface: `provenance()`, what this rtlab is and runs on.
+#[rhai::export_module]
+pub mod provenance_functions {
+    use rhai::Map;
+
+    /// What made this run's results: `#{version, commit, code, tools, machine, models}`. `code` maps
+    /// each subsystem ("verifier", "trainer", ...) to its code identity, the hash of its sources that
+    /// every cache entry records (a result made by other code is recomputed, unless `rtlab run
+    /// --trust-cache`); `tools` gives the EDA tools' version lines (`()` for a missing one);
+    /// `machine` the CPU, its SIMD extensions, cores and memory; `models` the content hash of each
+    /// model and adapter file read so far. `rtlab run --manifest FILE` writes this and more as JSON.
+    ///
+    /// ```rhai
+    /// let p = provenance();
+    /// assert(p.code.keys().contains("verifier"), "the verifier has a code identity");
+    /// assert(p.machine.cores >= 1, "a machine has a core");
+    /// print(`rtlab ${p.version} on ${p.machine.cores} cores`);
+    /// ```
+    pub fn provenance() -> Map {
+        let build = super::build();
+        let tools: serde_json::Map<String, serde_json::Value> = rtlab_verify::tool_versions()
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        let models: serde_json::Map<String, serde_json::Value> =
+            rtlab_core::provenance::hashed_files()
+                .into_iter()
+                .map(|(p, h)| (p.display().to_string(), serde_json::Value::String(h)))
+                .collect();
+        let value = serde_json::json!({
+            "version": build["version"],
+            "commit": build["commit"],
+            "code": build["code"],
+            "tools": tools,
+            "machine": rtlab_core::provenance::machine(),
+            "models": models,
+        });
+        rtlab_core::json::json_to_dynamic(value)
+            .try_cast::<Map>()
+            .unwrap_or_default()
+    }
+}

@@ -129,5 +129,9 @@ pub fn build_engine(sink: OutputSink) -> Engine {
     rtlab_bench::BenchPackage::new().register_into_engine(&mut engine);
     rtlab_train::TrainPackage::new().register_into_engine(&mut engine);
     rtlab_core::CorePackage::new().register_into_engine(&mut engine);
+    // `provenance()` needs every crate's code identity, so it lives here, above them all.
+    engine.register_global_module(
+        rhai::exported_module!(crate::provenance::provenance_functions).into(),
+    );
     engine
 }

@@ -39,11 +39,23 @@ fn run_script_and_match_snapshot(name: &str) {
         if !is_plan {
             cmd.arg("--no-cache");
         }
+        // The main job's run records its provenance (the first run's overwritten by the rerun's).
+        if name == "learning" {
+            cmd.arg("--manifest").arg(out_dir.path().join("manifest.json"));
+        }
         // Relative to the repo root, as the README runs them.
         Run::from(cmd.arg(format!("scripts/{name}.rhai")).output().unwrap())
     };
     let r = run();
     assert_eq!(r.code, 0, "{name} failed:\n{}\n{}", r.stdout, r.stderr);
+    if name == "learning" {
+        let manifest = std::fs::read_to_string(out_dir.path().join("manifest.json"))
+            .expect("rtlab run --manifest writes the manifest");
+        insta::assert_snapshot!(
+            "learning_manifest",
+            manifest_shape(&serde_json::from_str(&manifest).unwrap(), out_dir.path())
+        );
+    }
     // A plan's snapshot ends with its unchanged rerun's status lines: what the README shows.
     let mut rerun_status = String::new();
     if is_plan {
@@ -138,6 +150,52 @@ fn check_learning_json(out: &std::path::Path) {
     }
 }
 
+/// The provenance manifest with what varies between machines and runs scrubbed: hashes, times,
+/// versions, the machine's values and the Python packages present. What stays is its shape: every
+/// field, the subsystems, the tools, which models and adapters were read (by their place in the run's
+/// output directory), and each cell's name, status and seeds.
+fn manifest_shape(m: &serde_json::Value, out: &std::path::Path) -> String {
+    use serde_json::{json, Value};
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let out = out.display().to_string();
+    let models: Vec<String> = keys(&m["models"])
+        .into_iter()
+        .map(|p| match p.strip_prefix(&out) {
+            Some(rest) => format!("[OUT]{rest}"),
+            // The base model, wherever the model cache is.
+            None => format!(
+                "[MODELS]/{}",
+                std::path::Path::new(&p).file_name().unwrap().to_string_lossy()
+            ),
+        })
+        .collect();
+    let cells: Vec<Value> = m["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(c["seconds"].as_f64().is_some(), "{c}");
+            assert_eq!(c["code_blake3"].as_str().map(str::len), Some(64), "{c}");
+            json!({"name": c["name"], "status": c["status"], "seeds": c["seeds"], "inputs": c["inputs"].as_object().map(|o| o.len())})
+        })
+        .collect();
+    assert!(m["wall_s"].as_f64().is_some_and(|w| w > 0.0));
+    assert!(m["machine"]["cores"].as_u64().is_some_and(|c| c >= 1));
+    let shape = json!({
+        "fields": keys(m),
+        "rtlab": {"version": m["rtlab"]["version"], "code": keys(&m["rtlab"]["code"])},
+        "tools": keys(&m["tools"]),
+        "machine": keys(&m["machine"]),
+        "models": models,
+        "cells": cells,
+    });
+    serde_json::to_string_pretty(&shape).unwrap() + "\n"
+}
+
 /// Decimals (`0.3125`, `1.806`) → `[D]`: the learning experiment's rates and losses depend on the
 /// CPU's float summation order (AVX2 and AVX-512 machines decode different tokens from the same
 /// seed), so its snapshot keeps the steps, the counts and the split, and `check_learning_json`
@@ -208,6 +266,7 @@ script_tests!(
     learning,
     local_model,
     phase_specialists,
+    provenance,
     reality_check,
     separate_by_phase,
     slurm_verify,
