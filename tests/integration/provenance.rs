@@ -205,3 +205,46 @@ fn a_nan_fails_a_criterion_and_says_why() {
         "❌ functional: NaN is not a number (target 0.5): the run produced no value\nfalse\n"
     );
 }
+
+/// The real model, decoding: its answers are recorded under its content. Rewritten in place with its
+/// modification time put back, it is another model (answers recomputed); copied to another path, it
+/// is the same one (answers served).
+#[test]
+fn a_local_models_answers_follow_its_content_not_its_path_or_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("m.gguf");
+    std::fs::copy(smollm2(), &gguf).unwrap();
+    let ask = |model: &str| {
+        let script = format!(
+            r#"let m = llm(#{{provider: "local", model: "{model}", max_tokens: 2}});
+complete_many(m, from_records([#{{p: "Write a Verilog inverter."}}]), "p");
+print(m.usage().from_store);"#
+        );
+        let r = run(dir.path(), &script, &[], &["--no-cache"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout
+    };
+    assert_eq!(ask("m.gguf"), "0\n", "a new model decodes");
+    assert_eq!(ask("m.gguf"), "1\n", "the same model is served its recorded answer");
+
+    // One bit of the last tensor flipped, the size and mtime kept.
+    let mtime = std::fs::metadata(&gguf).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let at = bytes.len() - 4;
+    bytes[at] ^= 1;
+    std::fs::write(&gguf, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&gguf)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&gguf).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert_eq!(ask("m.gguf"), "0\n", "changed weights were served old answers");
+
+    std::fs::copy(&gguf, dir.path().join("copy.gguf")).unwrap();
+    assert_eq!(ask("copy.gguf"), "1\n", "a copy missed the answers of its original");
+}
