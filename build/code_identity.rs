@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 
 pub fn main() {
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let mut parts: Vec<PathBuf> = vec![dir.join("src"), dir.join("Cargo.toml")];
     // The root package also carries the stdlib's Rhai modules.
     if dir.join("stdlib").is_dir() {
@@ -34,7 +35,11 @@ pub fn main() {
     for f in &files {
         let rel = f.strip_prefix(&dir).unwrap_or(f);
         // The lock file sits outside the crate: name it the same wherever the checkout is.
-        let name = if f.ends_with("Cargo.lock") { Path::new("Cargo.lock") } else { rel };
+        let name = if f.ends_with("Cargo.lock") {
+            Path::new("Cargo.lock")
+        } else {
+            rel
+        };
         feed(name.to_string_lossy().as_bytes());
         feed(&[0]);
         feed(&std::fs::read(f).unwrap_or_default());
@@ -44,7 +49,9 @@ pub fn main() {
 }
 
 fn find_lock(dir: &Path) -> Option<PathBuf> {
-    dir.ancestors().map(|d| d.join("Cargo.lock")).find(|p| p.is_file())
+    dir.ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|p| p.is_file())
 }
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) {

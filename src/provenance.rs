@@ -26,6 +26,12 @@ pub fn code_identities() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// One hash of every subsystem's identity: for results that may depend on any of rtlab.
+pub fn whole_identity() -> String {
+    let all = serde_json::to_string(&code_identities()).unwrap_or_default();
+    blake3::hash(all.as_bytes()).to_hex()[..16].to_string()
+}
+
 /// The subsystems whose code differs between a cache entry's record and this build, or None when
 /// none does. An entry that records no identities (written before they existed) differs as a whole.
 pub fn changed_code(recorded: &BTreeMap<String, String>) -> Option<String> {

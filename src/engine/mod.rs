@@ -33,6 +33,7 @@ impl Runtime {
     pub fn new(script_dir: &Path) -> Runtime {
         let sink = OutputSink::new();
         let workspace = Workspace::new(script_dir, sink.clone());
+        workspace.set_rtlab_code(crate::provenance::whole_identity());
         let mut engine = build_engine(sink.clone());
         workspace.install(&mut engine);
         stdlib_modules::install_resolver(&mut engine, Rc::clone(&workspace));

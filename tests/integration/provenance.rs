@@ -34,7 +34,12 @@ print(checked.filter(col("syntax_ok")).len());
 fn a_changed_verifier_recomputes_its_verdicts_and_the_cells_that_used_them_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let first = run(dir.path(), VERIFY_TWO, &[], &[]);
-    assert_eq!((first.code, first.stdout.as_str()), (0, "2\n"), "{}", first.stderr);
+    assert_eq!(
+        (first.code, first.stdout.as_str()),
+        (0, "2\n"),
+        "{}",
+        first.stderr
+    );
     let same = run(dir.path(), VERIFY_TWO, &[], &[]);
     assert_eq!(same.cached_cells(), ["1 verify"], "{}", same.stderr);
 
@@ -49,11 +54,10 @@ fn a_changed_verifier_recomputes_its_verdicts_and_the_cells_that_used_them_and_s
         r.stderr
     );
     assert!(
-        r.stderr.contains(
-            "verify: 2 rows, 0 from the store, 2 verified in"
-        ) && r
-            .stderr
-            .contains("; 2 verdicts made by another version of the verifier verified again"),
+        r.stderr
+            .contains("verify: 2 rows, 0 from the store, 2 verified in")
+            && r.stderr
+                .contains("; 2 verdicts made by another version of the verifier verified again"),
         "{}",
         r.stderr
     );
@@ -69,9 +73,8 @@ fn a_changed_verifier_recomputes_its_verdicts_and_the_cells_that_used_them_and_s
         .find(|l| l.starts_with("[1 verify] cached (saved "))
         .unwrap_or_else(|| panic!("not restored: {}", trusted.stderr));
     assert!(
-        status.ends_with(
-            " (made before rtlab's verifier changed; served because of --trust-cache)"
-        ),
+        status
+            .ends_with(" (made before rtlab's verifier changed; served because of --trust-cache)"),
         "{status}"
     );
     assert_eq!(trusted.cached_cells(), ["1 verify"], "{}", trusted.stderr);
@@ -82,7 +85,8 @@ fn a_changed_verifier_recomputes_its_verdicts_and_the_cells_that_used_them_and_s
     let r = run(dir.path(), &edited, &[], &["--trust-cache"]);
     assert_eq!(r.stdout, "n=2\n", "{}", r.stderr);
     assert!(
-        r.stderr.contains("verify: 2 rows, 2 from the store, 0 verified in")
+        r.stderr
+            .contains("verify: 2 rows, 2 from the store, 0 verified in")
             && r.stderr.contains(
                 "; 2 verdicts made by another version of the verifier served (--trust-cache)"
             ),
@@ -92,7 +96,8 @@ fn a_changed_verifier_recomputes_its_verdicts_and_the_cells_that_used_them_and_s
     // Without it, they are verified again.
     let r = run(dir.path(), &edited, &[], &["--no-cache"]);
     assert!(
-        r.stderr.contains("verify: 2 rows, 0 from the store, 2 verified in"),
+        r.stderr
+            .contains("verify: 2 rows, 0 from the store, 2 verified in"),
         "{}",
         r.stderr
     );
@@ -119,7 +124,11 @@ fn a_timeout_is_provisional_until_reached_twice_and_a_longer_limit_tries_it_agai
     let tiny = simulate(", timeouts: #{sim: 1}");
     let r = run(dir.path(), &tiny, &[], &["--no-cache"]);
     assert_eq!(r.stdout, "timeout\n", "{}", r.stderr);
-    assert!(r.stderr.contains("0 from the store, 1 verified"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("0 from the store, 1 verified"),
+        "{}",
+        r.stderr
+    );
     // The next run does not take the timeout as final: it tries again (and times out again).
     let r = run(dir.path(), &tiny, &[], &["--no-cache"]);
     assert_eq!(r.stdout, "timeout\n", "{}", r.stderr);
@@ -133,7 +142,11 @@ fn a_timeout_is_provisional_until_reached_twice_and_a_longer_limit_tries_it_agai
     // Reached twice under the same limits: now final, served from the store.
     let r = run(dir.path(), &tiny, &[], &["--no-cache"]);
     assert_eq!(r.stdout, "timeout\n", "{}", r.stderr);
-    assert!(r.stderr.contains("1 from the store, 0 verified"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 from the store, 0 verified"),
+        "{}",
+        r.stderr
+    );
     // A run with the normal limit does not take a timeout reached under a shorter one: it passes.
     let r = run(dir.path(), &simulate(""), &[], &["--no-cache"]);
     assert_eq!(r.stdout, "pass\n", "{}", r.stderr);
@@ -147,7 +160,11 @@ fn a_timeout_is_provisional_until_reached_twice_and_a_longer_limit_tries_it_agai
     // A pass is final at once.
     let r = run(dir.path(), &simulate(""), &[], &["--no-cache"]);
     assert_eq!(r.stdout, "pass\n", "{}", r.stderr);
-    assert!(r.stderr.contains("1 from the store, 0 verified"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 from the store, 0 verified"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -157,8 +174,7 @@ fn a_manifest_records_the_build_the_tools_the_machine_and_each_cell() {
     let r = run(dir.path(), script, &[], &["--manifest", "m.json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json")).unwrap()).unwrap();
     assert_eq!(m["rtlab"]["version"], env!("CARGO_PKG_VERSION"));
     assert!(m["rtlab"]["commit"].as_str().is_some_and(|c| !c.is_empty()));
     for subsystem in ["runtime", "verifier", "trainer", "LLM client", "data"] {
@@ -189,7 +205,8 @@ fn a_manifest_records_the_build_the_tools_the_machine_and_each_cell() {
     let r = run(dir.path(), script, &[], &["--manifest", "nb.rhai/m.json"]);
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr.contains("cannot write the manifest nb.rhai/m.json"),
+        r.stderr
+            .contains("cannot write the manifest nb.rhai/m.json"),
         "{}",
         r.stderr
     );
@@ -225,7 +242,11 @@ print(m.usage().from_store);"#
         r.stdout
     };
     assert_eq!(ask("m.gguf"), "0\n", "a new model decodes");
-    assert_eq!(ask("m.gguf"), "1\n", "the same model is served its recorded answer");
+    assert_eq!(
+        ask("m.gguf"),
+        "1\n",
+        "the same model is served its recorded answer"
+    );
 
     // One bit of the last tensor flipped, the size and mtime kept.
     let mtime = std::fs::metadata(&gguf).unwrap().modified().unwrap();
@@ -239,12 +260,17 @@ print(m.usage().from_store);"#
         .unwrap()
         .set_modified(mtime)
         .unwrap();
+    assert_eq!(std::fs::metadata(&gguf).unwrap().modified().unwrap(), mtime);
     assert_eq!(
-        std::fs::metadata(&gguf).unwrap().modified().unwrap(),
-        mtime
+        ask("m.gguf"),
+        "0\n",
+        "changed weights were served old answers"
     );
-    assert_eq!(ask("m.gguf"), "0\n", "changed weights were served old answers");
 
     std::fs::copy(&gguf, dir.path().join("copy.gguf")).unwrap();
-    assert_eq!(ask("copy.gguf"), "1\n", "a copy missed the answers of its original");
+    assert_eq!(
+        ask("copy.gguf"),
+        "1\n",
+        "a copy missed the answers of its original"
+    );
 }

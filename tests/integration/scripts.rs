@@ -41,7 +41,8 @@ fn run_script_and_match_snapshot(name: &str) {
         }
         // The main job's run records its provenance (the first run's overwritten by the rerun's).
         if name == "learning" {
-            cmd.arg("--manifest").arg(out_dir.path().join("manifest.json"));
+            cmd.arg("--manifest")
+                .arg(out_dir.path().join("manifest.json"));
         }
         // Relative to the repo root, as the README runs them.
         Run::from(cmd.arg(format!("scripts/{name}.rhai")).output().unwrap())
@@ -169,7 +170,10 @@ fn manifest_shape(m: &serde_json::Value, out: &std::path::Path) -> String {
             // The base model, wherever the model cache is.
             None => format!(
                 "[MODELS]/{}",
-                std::path::Path::new(&p).file_name().unwrap().to_string_lossy()
+                std::path::Path::new(&p)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
             ),
         })
         .collect();

@@ -5,9 +5,10 @@ use crate::common::{err, rtlab, Run};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A grid of four training trials on the tiny model; the trial with lr 3e-2 hangs when `hang` is set
-/// (after saying so in a marker file), so that the test can kill the process inside it.
-fn sweep_script(dir: &Path, hang: bool) -> String {
+/// A grid of four training trials on the tiny model; the trial with lr 3e-2 hangs when the
+/// environment says so (after saying so in a marker file), so that the test can kill the process
+/// inside it. The hang is not in the script's text: the resumed run runs the same code.
+fn sweep_script(dir: &Path, objective: &str) -> String {
     format!(
         r#"create_tiny_model("{dir}/tiny", #{{seed: 1}});
         let rows = [];
@@ -18,10 +19,10 @@ fn sweep_script(dir: &Path, hang: bool) -> String {
         let s = sweep(#{{params: #{{lr: [1e-3, 1e-2, 3e-2, 1e-1]}}, objective: "best_eval_loss", out: "{dir}/sweep",
             trial: |p| {{
                 write_text(`{dir}/started-${{p.lr}}`, "");
-                if {hang} && p.lr == 3e-2 {{ sleep(60); }}
+                if env("SWEEP_TEST_HANG") == "1" && p.lr == 3e-2 {{ sleep(60); }}
                 let run = train_lora(#{{base: "{dir}/tiny", data: data.head(4), eval_data: data.tail(2),
                     out: `{dir}/runs/lr-${{p.lr}}`, lr: p.lr, r: 4, epochs: 2, batch_size: 2, grad_accum: 1}});
-                #{{best_eval_loss: run.best_eval_loss}}
+                #{{best_eval_loss: {objective}}}
             }}}});
         print(s.trials.column("cached"));
         print(s.trials.len());
@@ -30,10 +31,11 @@ fn sweep_script(dir: &Path, hang: bool) -> String {
     )
 }
 
-fn run_script(dir: &Path, code: &str) -> std::process::Child {
+fn run_script(dir: &Path, code: &str, hang: bool) -> std::process::Child {
     let script = dir.join("sweep.rhai");
     std::fs::write(&script, code).unwrap();
     rtlab()
+        .env("SWEEP_TEST_HANG", if hang { "1" } else { "0" })
         .arg("run")
         .arg("--no-cache")
         .arg(&script)
@@ -48,7 +50,8 @@ fn run_script(dir: &Path, code: &str) -> std::process::Child {
 fn a_sweep_killed_inside_a_trial_resumes_with_the_finished_trials_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut child = run_script(dir, &sweep_script(dir, true));
+    let objective = "run.best_eval_loss";
+    let mut child = run_script(dir, &sweep_script(dir, objective), true);
     let started = Instant::now();
     while !dir.join("started-0.03").exists() {
         assert!(
@@ -73,7 +76,7 @@ fn a_sweep_killed_inside_a_trial_resumes_with_the_finished_trials_kept() {
     std::fs::remove_file(dir.join("started-0.001")).unwrap();
 
     let resumed = Run::from(
-        run_script(dir, &sweep_script(dir, false))
+        run_script(dir, &sweep_script(dir, objective), false)
             .wait_with_output()
             .unwrap(),
     );
@@ -94,6 +97,28 @@ fn a_sweep_killed_inside_a_trial_resumes_with_the_finished_trials_kept() {
         "a finished trial does not run again"
     );
     assert!(dir.join("sweep/sweep.svg").exists());
+
+    // An edited trial function is other code: its trials run again, and the run says why.
+    let edited = Run::from(
+        run_script(dir, &sweep_script(dir, "run.best_eval_loss * 1.0"), false)
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(edited.code, 0, "{}", edited.stderr);
+    assert!(
+        edited.stdout.contains(
+            "sweep: trial 0 ran with other code (rtlab or the script's functions changed): running it again"
+        ),
+        "{}",
+        edited.stdout
+    );
+    assert!(
+        edited
+            .stdout
+            .contains("[false, false, false, false]\n4\ntrue\n"),
+        "{}",
+        edited.stdout
+    );
 }
 
 #[test]

@@ -606,7 +606,16 @@ fn a_kill_9_during_a_save_leaves_the_old_file_or_the_whole_new_one() {
     let mut landed_mid_write = 0;
     // Killed the moment a save has written part of its temp file (a kill that certainly lands
     // mid-write), then at several moments after the frame is built: before, during, between saves.
-    for delay_ms in [None, None, None, Some(0u64), Some(20), Some(60), Some(150), Some(400)] {
+    for delay_ms in [
+        None,
+        None,
+        None,
+        Some(0u64),
+        Some(20),
+        Some(60),
+        Some(150),
+        Some(400),
+    ] {
         use std::io::BufRead;
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
             if e.file_name().to_string_lossy().starts_with(".tmp") {
@@ -655,7 +664,9 @@ fn a_kill_9_during_a_save_leaves_the_old_file_or_the_whole_new_one() {
             outcomes.insert("new");
         }
     }
-    eprintln!("kill -9 during save_jsonl left: {outcomes:?}; {landed_mid_write} kills landed mid-write");
+    eprintln!(
+        "kill -9 during save_jsonl left: {outcomes:?}; {landed_mid_write} kills landed mid-write"
+    );
     assert!(
         landed_mid_write >= 1,
         "no kill landed while a save was writing: the test proved nothing"

@@ -256,22 +256,86 @@ fn trial_file(out: &Path, index: usize, params: &serde_json::Value) -> PathBuf {
 }
 
 /// Runs (or reads back) every planned trial, in order.
+/// What a trial's result depends on besides its parameters: rtlab's code, and the script's
+/// functions (the trial function and whatever it calls). Conservative: the functions' definitions
+/// include their positions, so moving one reruns the trials, never serves a stale objective.
+fn trial_code(ctx: &NativeCallContext) -> String {
+    let ws = rtlab_core::Workspace::of(ctx);
+    let mut h = blake3::Hasher::new();
+    h.update(ws.rtlab_code().as_bytes());
+    let mut defs: Vec<String> = ctx
+        .iter_namespaces()
+        .flat_map(|m| m.iter_script_fn_info())
+        .map(|(_, _, name, arity, def)| {
+            without_long_numbers(&format!("{name}/{arity} {:?}", def.body))
+        })
+        .collect();
+    defs.sort();
+    for d in defs {
+        h.update(d.as_bytes());
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+/// A function definition's debug text without what Rhai makes differently in each process: its call
+/// hashes (runs of 10 or more digits; positions and ordinary constants are shorter) and the names it
+/// gives closures (`anon$` and a hash).
+fn without_long_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("anon$") {
+            out.push_str(&digits);
+            digits.clear();
+            out.push_str("anon$");
+            rest = after.trim_start_matches(|c: char| c.is_ascii_hexdigit());
+            continue;
+        }
+        rest = &rest[c.len_utf8()..];
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if digits.len() < 10 {
+            out.push_str(&digits);
+        }
+        digits.clear();
+        out.push(c);
+    }
+    if digits.len() < 10 {
+        out.push_str(&digits);
+    }
+    out
+}
+
 pub fn run(ctx: &NativeCallContext, spec: &SweepSpec, trial: &FnPtr) -> Result<Vec<Trial>, String> {
     std::fs::create_dir_all(&spec.out).map_err(|e| bad(format!("{}: {e}", spec.out.display())))?;
+    let ws = rtlab_core::Workspace::of(ctx);
+    let code = trial_code(ctx);
     let mut done = Vec::new();
     for (index, params) in plan(spec).into_iter().enumerate() {
         let params_json = rtlab_core::json::dynamic_to_json(&Dynamic::from_map(params.clone()))?;
         let file = trial_file(&spec.out, index, &params_json);
-        if let Some(objective) = std::fs::read_to_string(&file)
+        let recorded = std::fs::read_to_string(&file)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                Some((
-                    v["objective"].as_f64()?,
-                    v["seconds"].as_f64().unwrap_or(0.0),
-                ))
-            })
-        {
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        // A trial run by other code (another rtlab, an edited trial function) is run again.
+        let recorded = recorded.filter(|v| {
+            let same = v["code"].as_str() == Some(code.as_str());
+            if !same && !ws.trust_cache() {
+                ws.emit_line(&format!(
+                    "sweep: trial {index} ran with other code (rtlab or the script's functions changed): running it again"
+                ));
+            }
+            same || ws.trust_cache()
+        });
+        if let Some(objective) = recorded.and_then(|v| {
+            Some((
+                v["objective"].as_f64()?,
+                v["seconds"].as_f64().unwrap_or(0.0),
+            ))
+        }) {
             done.push(Trial {
                 index,
                 params,
@@ -304,8 +368,7 @@ pub fn run(ctx: &NativeCallContext, spec: &SweepSpec, trial: &FnPtr) -> Result<V
                     spec.objective, spec.objective
                 ))
             })?;
-        let record =
-            serde_json::json!({"params": params_json, "objective": objective, "seconds": seconds});
+        let record = serde_json::json!({"params": params_json, "objective": objective, "seconds": seconds, "code": code});
         rtlab_core::workspace::write_atomic(&file, record.to_string().as_bytes())
             .map_err(|e| bad(format!("{}: {e}", file.display())))?;
         done.push(Trial {
@@ -317,4 +380,15 @@ pub fn run(ctx: &NativeCallContext, spec: &SweepSpec, trial: &FnPtr) -> Result<V
         });
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn per_process_hashes_and_closure_names_are_dropped_and_the_code_kept() {
+        assert_eq!(
+            super::without_long_numbers("anon$4ef85ac1f2cf85cb/1 hash: 12345678901234 @ 1:76 x 42"),
+            "anon$/1 hash:  @ 1:76 x 42"
+        );
+    }
 }

@@ -142,12 +142,21 @@ pub fn machine() -> Machine {
     let cpu = field("model name")
         .or_else(|| field("Model"))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let flags = field("flags").or_else(|| field("Features")).unwrap_or_default();
-    let simd = ["avx2", "avx512f", "avx512_bf16", "amx_tile", "neon", "asimd"]
-        .iter()
-        .filter(|f| flags.split_whitespace().any(|x| x == **f))
-        .map(|f| f.to_string())
-        .collect();
+    let flags = field("flags")
+        .or_else(|| field("Features"))
+        .unwrap_or_default();
+    let simd = [
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "amx_tile",
+        "neon",
+        "asimd",
+    ]
+    .iter()
+    .filter(|f| flags.split_whitespace().any(|x| x == **f))
+    .map(|f| f.to_string())
+    .collect();
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -189,7 +198,10 @@ mod tests {
         drop(f);
         assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), mtime);
         let second = file_content_hash(&p).unwrap();
-        assert_ne!(first, second, "the same stamp served the old content's hash");
+        assert_ne!(
+            first, second,
+            "the same stamp served the old content's hash"
+        );
     }
 
     #[test]
@@ -199,7 +211,10 @@ mod tests {
         std::fs::write(&a, b"the same weights").unwrap();
         let b = dir.path().join("b.gguf");
         std::fs::copy(&a, &b).unwrap();
-        assert_eq!(file_content_hash(&a).unwrap(), file_content_hash(&b).unwrap());
+        assert_eq!(
+            file_content_hash(&a).unwrap(),
+            file_content_hash(&b).unwrap()
+        );
     }
 
     #[test]

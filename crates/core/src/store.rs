@@ -412,7 +412,10 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         let old = s.get_verify("old").unwrap().unwrap();
-        assert_eq!((old.code.as_str(), old.attempts, old.provisional), ("", 1, false));
+        assert_eq!(
+            (old.code.as_str(), old.attempts, old.provisional),
+            ("", 1, false)
+        );
     }
 
     /// Two `rtlab run`s started together both create the store: SQLite answers a lock it cannot wait

@@ -36,6 +36,9 @@ pub struct Workspace {
     fresh: Cell<bool>,
     /// `rtlab run --trust-cache`.
     trust_cache: Cell<bool>,
+    /// One hash of every subsystem's code identity, set by the runtime that owns the workspace:
+    /// what a result that may use any of rtlab (a sweep's trial) records.
+    rtlab_code: RefCell<String>,
     output: OutputSink,
 }
 
@@ -48,6 +51,7 @@ impl Workspace {
             inputs: RefCell::new(Vec::new()),
             fresh: Cell::new(false),
             trust_cache: Cell::new(false),
+            rtlab_code: RefCell::new(String::new()),
             output,
         };
         ws.set_base_dir(base_dir);
@@ -163,6 +167,17 @@ impl Workspace {
     /// True during a `--trust-cache` run.
     pub fn trust_cache(&self) -> bool {
         self.trust_cache.get()
+    }
+
+    /// Sets the identity of the whole rtlab this workspace runs in (the runtime does, from every
+    /// subsystem's code identity).
+    pub fn set_rtlab_code(&self, identity: String) {
+        *self.rtlab_code.borrow_mut() = identity;
+    }
+
+    /// The identity of the whole rtlab this workspace runs in ('' when no runtime set one).
+    pub fn rtlab_code(&self) -> String {
+        self.rtlab_code.borrow().clone()
     }
 
     /// Prints a progress note through the same sink as the script's `print`, so a cached cell

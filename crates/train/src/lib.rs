@@ -838,8 +838,9 @@ fn finished_run(req: &TrainRequest, fingerprint: &str) -> Option<RunRecord> {
     }
     let text = std::fs::read_to_string(req.out.join("run.json")).ok()?;
     let rec = serde_json::from_str::<RunRecord>(&text).ok()?;
-    let finished =
-        rec.fingerprint == fingerprint && !rec.cancelled && req.out.join(peft::WEIGHTS_FILE).exists();
+    let finished = rec.fingerprint == fingerprint
+        && !rec.cancelled
+        && req.out.join(peft::WEIGHTS_FILE).exists();
     if !finished {
         return None;
     }

@@ -286,8 +286,7 @@ fn verify_checked(
                     sink.stats.stale += 1;
                     continue;
                 }
-            } else if stored.provisional
-                || (report.is_transient() && stored.limits != sink.limits)
+            } else if stored.provisional || (report.is_transient() && stored.limits != sink.limits)
             {
                 sink.stats.retried += 1;
                 sink.previous.insert(i, stored);
