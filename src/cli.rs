@@ -162,6 +162,47 @@ enum Cmd {
         #[command(subcommand)]
         action: ModelsCmd,
     },
+    /// rtlab as a Jupyter kernel: `rtlab kernel install`, then pick "rtlab (Rhai)" in JupyterLab,
+    /// VS Code or Quarto (Jupyter runs `rtlab kernel -f CONNECTION_FILE` itself)
+    Kernel {
+        /// The connection file Jupyter wrote (ports and key)
+        #[arg(short = 'f', value_name = "CONNECTION_FILE")]
+        connection_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<KernelCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelCmd {
+    /// Write the `rtlab` kernelspec where `jupyter kernelspec list` finds it (default: --user)
+    Install(KernelPlace),
+    /// Remove the `rtlab` kernelspec (default: --user)
+    Uninstall(KernelPlace),
+}
+
+#[derive(Args, Clone)]
+struct KernelPlace {
+    /// The user's Jupyter data directory (~/.local/share/jupyter/kernels/rtlab)
+    #[arg(long, conflicts_with_all = ["prefix", "sys_prefix"])]
+    user: bool,
+    /// Under DIR/share/jupyter/kernels/rtlab, as `jupyter kernelspec install --prefix` does
+    #[arg(long, value_name = "DIR")]
+    prefix: Option<PathBuf>,
+    /// In the environment `python3` runs in (a virtualenv or conda env)
+    #[arg(long, conflicts_with = "prefix")]
+    sys_prefix: bool,
+}
+
+impl KernelPlace {
+    fn place(&self) -> crate::kernel::InstallPlace {
+        use crate::kernel::InstallPlace;
+        match (&self.prefix, self.sys_prefix) {
+            (Some(p), _) => InstallPlace::Prefix(p.clone()),
+            (None, true) => InstallPlace::SysPrefix,
+            _ => InstallPlace::User,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -256,6 +297,10 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Cmd::Cache { action }) => cache(action),
+        Some(Cmd::Kernel {
+            connection_file,
+            action,
+        }) => kernel(connection_file.as_deref(), action),
         Some(Cmd::Models { action }) => models(action),
         Some(Cmd::Export {
             base,
@@ -701,6 +746,30 @@ fn models(action: ModelsCmd) -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn kernel(connection_file: Option<&Path>, action: Option<KernelCmd>) -> ExitCode {
+    let outcome = match (connection_file, action) {
+        (Some(file), None) => crate::kernel::run(file),
+        (None, Some(KernelCmd::Install(place))) => crate::kernel::install(&place.place()).map(|dir| {
+            println!("installed the rtlab kernelspec in {}", dir.display());
+        }),
+        (None, Some(KernelCmd::Uninstall(place))) => {
+            crate::kernel::uninstall(&place.place()).map(|dir| match dir {
+                Some(dir) => println!("removed {}", dir.display()),
+                None => println!("no rtlab kernelspec there; nothing to remove"),
+            })
+        }
+        (Some(_), Some(_)) => Err("pass either -f CONNECTION_FILE (run the kernel) or install/uninstall, not both".to_string()),
+        (None, None) => Err("rtlab kernel: pass -f CONNECTION_FILE (what Jupyter does), or run `rtlab kernel install` once so Jupyter can start rtlab".to_string()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

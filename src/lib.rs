@@ -8,6 +8,7 @@
 mod cli;
 mod doctor;
 mod engine;
+mod kernel;
 mod notebook;
 mod provenance;
 mod repl;

@@ -178,12 +178,7 @@ impl Completer for ReplHelper {
             let (start, pairs) = self.files.complete_path(&line[quote..pos], pos - quote)?;
             return Ok((quote + start, pairs));
         }
-        let word_start = last_word_start(before);
-        let word = &before[word_start..];
-        if let Some(receiver) = before[..word_start].strip_suffix('.') {
-            return Ok((word_start, self.methods_of(receiver, word)));
-        }
-        Ok((word_start, self.matching(word)))
+        Ok(self.code_completions(before))
     }
 }
 
@@ -197,6 +192,18 @@ fn last_word_start(text: &str) -> usize {
 }
 
 impl ReplHelper {
+    /// Completions of the code before the cursor (`before`): methods after `value.`, else variables,
+    /// keywords and functions; with the byte offset where the completed word starts. What the REPL's
+    /// Tab and the Jupyter kernel's `complete_request` give.
+    pub fn code_completions(&self, before: &str) -> (usize, Vec<Pair>) {
+        let word_start = last_word_start(before);
+        let word = &before[word_start..];
+        if let Some(receiver) = before[..word_start].strip_suffix('.') {
+            return (word_start, self.methods_of(receiver, word));
+        }
+        (word_start, self.matching(word))
+    }
+
     /// Methods after `receiver.`: when the receiver is a variable in scope, the functions whose first
     /// parameter takes its type (or any value); otherwise every function that takes a parameter.
     fn methods_of(&self, receiver: &str, word: &str) -> Vec<Pair> {

@@ -3,13 +3,13 @@
 
 mod helper;
 
+pub(crate) use helper::ReplHelper;
 pub use helper::{is_incomplete, COMMANDS};
 
 use crate::engine::{
     display_value, install_ctrl_c_handler, render_error, script_type_name, HelpIndex, Runtime,
 };
 use crate::notebook::{status_line, Notebook, NotebookOptions};
-use helper::ReplHelper;
 use rhai::{Dynamic, Scope, AST};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;

@@ -15,6 +15,7 @@ mod docs;
 mod dpo;
 mod gguf;
 mod hygiene;
+mod kernel;
 mod llm;
 mod metrics;
 mod provenance;

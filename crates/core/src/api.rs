@@ -105,6 +105,17 @@ mod runtime_functions {
             .to_string())
     }
 
+    /// Shows a value now, in the middle of a cell: in Jupyter as rich output (a DataFrame as a
+    /// table, a plot as SVG), elsewhere as its text on a line of its own. A cell's last value is
+    /// shown anyway; `display` is for the values before it.
+    ///
+    /// ```rhai
+    /// display(#{step: 1, loss: 0.5});
+    /// ```
+    pub fn display(ctx: NativeCallContext, value: Dynamic) {
+        crate::Workspace::of(&ctx).display(&value);
+    }
+
     /// The value of an environment variable, or `()` when unset. A cached cell that read it reruns
     /// when the value changes.
     ///

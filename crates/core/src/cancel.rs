@@ -12,6 +12,12 @@ pub fn cancel_requested() -> bool {
     CANCEL.load(Ordering::Relaxed)
 }
 
+/// Sets the flag as Ctrl-C does: what a Jupyter `interrupt_request` calls. The running script stops
+/// at its next step; its scope stays.
+pub fn request_cancel() {
+    CANCEL.store(true, Ordering::Relaxed);
+}
+
 /// Resets the flag before a new evaluation.
 pub fn clear_cancel() {
     CANCEL.store(false, Ordering::Relaxed);

@@ -30,7 +30,7 @@ pub mod store;
 pub mod values;
 pub mod workspace;
 
-pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler};
+pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler, request_cancel};
 pub use display::display_value;
 pub use options::Options;
 pub use output::OutputSink;

@@ -17,6 +17,10 @@ struct SinkState {
     captured: String,
     /// When false, lines are only captured (used by `rtlab report`, which prints nothing itself).
     quiet: bool,
+    /// Called with each line as it is printed (the Jupyter kernel streams them to the notebook).
+    listener: Option<Rc<dyn Fn(&str)>>,
+    /// Shows a value mid-cell (`display(value)`): the Jupyter kernel sends it as rich output.
+    display: Option<Rc<dyn Fn(&rhai::Dynamic)>>,
 }
 
 impl OutputSink {
@@ -35,6 +39,31 @@ impl OutputSink {
         }
         state.captured.push_str(text);
         state.captured.push('\n');
+        let listener = state.listener.clone();
+        drop(state);
+        if let Some(listen) = listener {
+            listen(text);
+        }
+    }
+
+    /// Shows a value now, mid-cell: as rich output where a host installed a display (the Jupyter
+    /// kernel), else as the value's text on a line of its own.
+    pub fn display(&self, value: &rhai::Dynamic) {
+        let display = self.inner.borrow().display.clone();
+        match display {
+            Some(show) => show(value),
+            None => self.line(&crate::display::display_value(value)),
+        }
+    }
+
+    /// Installs how `display(value)` shows a value (None: as text).
+    pub fn set_display(&self, display: Option<Rc<dyn Fn(&rhai::Dynamic)>>) {
+        self.inner.borrow_mut().display = display;
+    }
+
+    /// Calls `listener` with every line printed from now on, as it is printed.
+    pub fn set_listener(&self, listener: Option<Rc<dyn Fn(&str)>>) {
+        self.inner.borrow_mut().listener = listener;
     }
 
     /// Replays text captured earlier (a cached cell's output) as if it were printed now.

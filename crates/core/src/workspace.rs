@@ -180,6 +180,11 @@ impl Workspace {
         self.rtlab_code.borrow().clone()
     }
 
+    /// Shows a value mid-cell (`display(value)`), through the same sink as `print`.
+    pub fn display(&self, value: &rhai::Dynamic) {
+        self.output.display(value);
+    }
+
     /// Prints a progress note through the same sink as the script's `print`, so a cached cell
     /// replays it.
     pub fn emit_line(&self, text: &str) {

@@ -1,0 +1,729 @@
+//! `rtlab kernel`: rtlab as a Jupyter kernel, for JupyterLab, VS Code's notebooks, Quarto and
+//! nbclient. The wire protocol is `jupyter-protocol`'s messages on `jupyter-zmq-client`'s sockets
+//! (HMAC-SHA256 signed, verified on every message read; the pure-Rust `zeromq`, no libzmq).
+//!
+//! Two threads. The sockets live on a tokio runtime (heartbeat, control, shell, iopub, stdin); the
+//! session (one [`Runtime`] and one scope, as in the REPL) lives on the main thread, because a Rhai
+//! engine is not `Send`. Shell requests go to the session through a channel; replies and outputs come
+//! back through another. Control is answered on the socket thread, so an `interrupt_request` lands
+//! while a cell runs: it sets the stdlib's cancel flag (what Ctrl-C sets in the REPL), Rhai's progress
+//! hook stops the script at its next step, child tools are killed by their runner, and every
+//! variable defined before stays.
+//!
+//! Invariant: every shell request gets `busy`, then its reply, then `idle`, all with the request as
+//! parent; a message with a bad signature is refused (logged on the kernel's stderr) and never
+//! reaches the session.
+
+use crate::engine::{display_value, render_error, script_type_name, HelpIndex, Runtime};
+use crate::repl::{is_incomplete, ReplHelper};
+use jupyter_protocol::{
+    CodeMirrorMode, CommInfoReply, CompleteReply, ConnectionInfo, DisplayData, ErrorOutput,
+    ExecuteInput, ExecuteReply, ExecuteResult, ExecutionCount, HelpLink, HistoryReply,
+    InspectReply, InterruptReply, IsCompleteReply, IsCompleteReplyStatus, JupyterMessage,
+    JupyterMessageContent, KernelInfoReply, LanguageInfo, Media, MediaType, ReplyError,
+    ReplyStatus, ShutdownReply, Status, StreamContent,
+};
+use jupyter_zmq_client::{
+    create_kernel_control_connection, create_kernel_heartbeat_connection,
+    create_kernel_iopub_xpub_connection, create_kernel_shell_connection,
+    create_kernel_stdin_connection, RuntimeError, SubscriptionEvent,
+};
+use rhai::{Dynamic, Scope, AST};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+/// What the socket thread hands the session.
+enum ToSession {
+    Shell(Box<JupyterMessage>),
+    Shutdown,
+}
+
+/// What the session hands the socket thread to send.
+enum ToWire {
+    Shell(Box<JupyterMessage>),
+    IoPub(Box<JupyterMessage>),
+}
+
+type WireSender = tokio::sync::mpsc::UnboundedSender<ToWire>;
+
+/// The request being handled, shared with the stderr reader so that warnings written while a cell
+/// runs reach that cell's output.
+type CurrentParent = Arc<Mutex<Option<JupyterMessage>>>;
+
+/// Runs the kernel described by `connection_file` until a `shutdown_request`.
+pub fn run(connection_file: &Path) -> Result<(), String> {
+    let shown = connection_file.display().to_string();
+    let text = std::fs::read_to_string(connection_file)
+        .map_err(|e| format!("cannot read the connection file {shown}: {e}"))?;
+    let info: ConnectionInfo = serde_json::from_str(&text).map_err(|e| {
+        format!("{shown} is not a Jupyter connection file (ip, transport, the five ports, key, signature_scheme): {e}")
+    })?;
+    if !info.key.is_empty() && info.signature_scheme != "hmac-sha256" {
+        return Err(format!(
+            "{shown}: signature_scheme {:?} is not supported; rtlab signs with hmac-sha256",
+            info.signature_scheme
+        ));
+    }
+    let (to_session, from_wire) = std::sync::mpsc::channel::<ToSession>();
+    let (to_wire, from_session) = tokio::sync::mpsc::unbounded_channel::<ToWire>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let parent: CurrentParent = Arc::new(Mutex::new(None));
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(format!("cannot start the socket thread: {e}")));
+                return;
+            }
+        };
+        runtime.block_on(serve(info, to_session, from_session, ready_tx));
+    });
+    ready_rx
+        .recv()
+        .map_err(|_| "the socket thread ended before binding".to_string())?
+        .map_err(|e| format!("{shown}: {e}"))?;
+    // A SIGINT (a client in signal mode, a terminal) interrupts the cell, as a message does.
+    crate::engine::install_ctrl_c_handler();
+    let stderr_forwarding = forward_stderr(to_wire.clone(), parent.clone());
+    if let Err(e) = &stderr_forwarding {
+        eprintln!("rtlab kernel: warnings stay on the kernel's stderr: {e}");
+    }
+    let mut session = Session::new(to_wire, parent);
+    while let Ok(msg) = from_wire.recv() {
+        match msg {
+            ToSession::Shell(m) => session.handle(&m),
+            ToSession::Shutdown => break,
+        }
+    }
+    Ok(())
+}
+
+/// Binds every socket (a port that is taken fails here, before the session starts), then serves
+/// them until the session ends.
+async fn serve(
+    info: ConnectionInfo,
+    to_session: std::sync::mpsc::Sender<ToSession>,
+    mut from_session: tokio::sync::mpsc::UnboundedReceiver<ToWire>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let bound = async {
+        Ok::<_, RuntimeError>((
+            create_kernel_heartbeat_connection(&info).await?,
+            create_kernel_shell_connection(&info, &session_id).await?,
+            create_kernel_control_connection(&info, &session_id).await?,
+            create_kernel_stdin_connection(&info, &session_id).await?,
+            create_kernel_iopub_xpub_connection(&info, &session_id).await?,
+        ))
+    }
+    .await;
+    let (mut heartbeat, shell, mut control, _stdin, mut iopub) = match bound {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "cannot bind the kernel's sockets on {} (ports shell {}, iopub {}, stdin {}, control {}, heartbeat {}): {e}; is another kernel using them?",
+                info.ip, info.shell_port, info.iopub_port, info.stdin_port, info.control_port, info.hb_port
+            )));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let (mut shell_out, mut shell_in) = shell.split();
+
+    tokio::spawn(async move { while heartbeat.single_heartbeat().await.is_ok() {} });
+
+    let control_to_session = to_session.clone();
+    tokio::spawn(async move {
+        loop {
+            let message = match control.read().await {
+                Ok(m) => m,
+                Err(e) if is_socket_gone(&e) => break,
+                Err(e) => {
+                    eprintln!("rtlab kernel: refused a control message: {e}");
+                    continue;
+                }
+            };
+            let reply = match &message.content {
+                JupyterMessageContent::KernelInfoRequest(_) => {
+                    Some(kernel_info().as_child_of(&message))
+                }
+                JupyterMessageContent::InterruptRequest(_) => {
+                    rtlab_core::request_cancel();
+                    Some(InterruptReply::new().as_child_of(&message))
+                }
+                JupyterMessageContent::ShutdownRequest(req) => {
+                    let reply = ShutdownReply {
+                        restart: req.restart,
+                        status: ReplyStatus::Ok,
+                        error: None,
+                    }
+                    .as_child_of(&message);
+                    let _ = control.send(reply).await;
+                    // A running cell stops; then the session ends.
+                    rtlab_core::request_cancel();
+                    let _ = control_to_session.send(ToSession::Shutdown);
+                    break;
+                }
+                _ => None,
+            };
+            if let Some(reply) = reply {
+                let _ = control.send(reply).await;
+            }
+        }
+    });
+
+    tokio::spawn(async move {
+        loop {
+            match shell_in.read().await {
+                Ok(m) => {
+                    if to_session.send(ToSession::Shell(Box::new(m))).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if is_socket_gone(&e) => break,
+                // A bad signature, a malformed message: refused and logged, the kernel goes on.
+                Err(e) => eprintln!("rtlab kernel: refused a shell message: {e}"),
+            }
+        }
+    });
+
+    loop {
+        tokio::select! {
+            out = from_session.recv() => match out {
+                Some(ToWire::Shell(m)) => { let _ = shell_out.send(*m).await; }
+                Some(ToWire::IoPub(m)) => { let _ = iopub.send(*m).await; }
+                None => break,
+            },
+            sub = iopub.recv_subscription() => {
+                // JEP 65: a new subscriber learns that iopub is live.
+                if let Ok(SubscriptionEvent::Subscribe(topic)) = sub {
+                    let _ = iopub.send(jupyter_protocol::IoPubWelcome::new(topic).into()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a read error means the socket is closed (stop reading), not a bad message (go on).
+fn is_socket_gone(e: &RuntimeError) -> bool {
+    matches!(e, RuntimeError::ZmqError(_) | RuntimeError::IoError(_))
+}
+
+fn kernel_info() -> KernelInfoReply {
+    KernelInfoReply {
+        status: ReplyStatus::Ok,
+        protocol_version: "5.3".to_string(),
+        implementation: "rtlab".to_string(),
+        implementation_version: env!("CARGO_PKG_VERSION").to_string(),
+        language_info: LanguageInfo {
+            name: "rhai".to_string(),
+            version: "1".to_string(),
+            mimetype: Some("text/x-rhai".to_string()),
+            file_extension: Some(".rhai".to_string()),
+            // Rhai reads like Rust to a highlighter.
+            pygments_lexer: Some("rust".to_string()),
+            codemirror_mode: Some(CodeMirrorMode::Simple("rust".to_string())),
+            nbconvert_exporter: None,
+        },
+        banner: format!(
+            "rtlab {} (Rhai): datasets, Verilog verification, models and training in one notebook",
+            env!("CARGO_PKG_VERSION")
+        ),
+        help_links: vec![HelpLink {
+            text: "rtlab book".to_string(),
+            url: "https://github.com/rtlab/rtlab/tree/main/book/src".to_string(),
+        }],
+        debugger: false,
+        error: None,
+    }
+}
+
+/// One notebook's session: the REPL's rules (one scope; functions and closures of a cell are there
+/// in the next), paths relative to the notebook's directory (Jupyter starts a kernel there).
+struct Session {
+    rt: Runtime,
+    scope: Scope<'static>,
+    functions: AST,
+    help: HelpIndex,
+    completer: ReplHelper,
+    variables: Rc<RefCell<Vec<(String, String)>>>,
+    count: usize,
+    out: WireSender,
+    parent: CurrentParent,
+}
+
+impl Session {
+    fn new(out: WireSender, parent: CurrentParent) -> Session {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let rt = Runtime::new(&cwd);
+        // Lines go to the notebook as they are printed, not to the kernel's stdout.
+        rt.sink.set_quiet(true);
+        let (line_out, line_parent) = (out.clone(), parent.clone());
+        rt.sink.set_listener(Some(Rc::new(move |line: &str| {
+            if let Some(p) = line_parent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                let text = format!("{line}\n");
+                let _ = line_out.send(ToWire::IoPub(Box::new(
+                    StreamContent::stdout(&text).as_child_of(p),
+                )));
+            }
+        })));
+        let (display_out, display_parent) = (out.clone(), parent.clone());
+        rt.sink.set_display(Some(Rc::new(move |value: &Dynamic| {
+            if let Some(p) = display_parent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                let _ = display_out.send(ToWire::IoPub(Box::new(
+                    DisplayData::new(media_of(value)).as_child_of(p),
+                )));
+            }
+        })));
+        let help = rt.help_index();
+        let variables = Rc::new(RefCell::new(Vec::new()));
+        let completer = ReplHelper::new(
+            help.names().map(str::to_string).collect(),
+            help.methods(),
+            variables.clone(),
+        );
+        Session {
+            rt,
+            scope: Scope::new(),
+            functions: AST::empty(),
+            help,
+            completer,
+            variables,
+            count: 0,
+            out,
+            parent,
+        }
+    }
+
+    fn iopub(&self, m: JupyterMessage) {
+        let _ = self.out.send(ToWire::IoPub(Box::new(m)));
+    }
+
+    fn reply(&self, m: JupyterMessage) {
+        let _ = self.out.send(ToWire::Shell(Box::new(m)));
+    }
+
+    /// One shell request: busy, the reply (and outputs), idle.
+    fn handle(&mut self, request: &JupyterMessage) {
+        *self.parent.lock().unwrap_or_else(|e| e.into_inner()) = Some(request.clone());
+        self.iopub(Status::busy().as_child_of(request));
+        match &request.content {
+            JupyterMessageContent::KernelInfoRequest(_) => {
+                self.reply(kernel_info().as_child_of(request))
+            }
+            JupyterMessageContent::ExecuteRequest(req) => {
+                self.execute(request, &req.code, req.silent, req.store_history)
+            }
+            JupyterMessageContent::CompleteRequest(req) => {
+                let reply = self.complete(&req.code, req.cursor_pos);
+                self.reply(reply.as_child_of(request))
+            }
+            JupyterMessageContent::InspectRequest(req) => {
+                let reply = self.inspect(&req.code, req.cursor_pos);
+                self.reply(reply.as_child_of(request))
+            }
+            JupyterMessageContent::IsCompleteRequest(req) => {
+                let status = if is_incomplete(&req.code) {
+                    IsCompleteReplyStatus::Incomplete
+                } else {
+                    IsCompleteReplyStatus::Complete
+                };
+                let indent = if status == IsCompleteReplyStatus::Incomplete {
+                    "    "
+                } else {
+                    ""
+                };
+                self.reply(
+                    IsCompleteReply {
+                        status,
+                        indent: indent.to_string(),
+                    }
+                    .as_child_of(request),
+                )
+            }
+            JupyterMessageContent::HistoryRequest(_) => self.reply(
+                HistoryReply {
+                    history: vec![],
+                    status: ReplyStatus::Ok,
+                    error: None,
+                }
+                .as_child_of(request),
+            ),
+            JupyterMessageContent::CommInfoRequest(_) => self.reply(
+                CommInfoReply {
+                    status: ReplyStatus::Ok,
+                    comms: Default::default(),
+                    error: None,
+                }
+                .as_child_of(request),
+            ),
+            other => {
+                // An unknown request gets an error reply of its kind, never silence or a crash.
+                let kind = other.message_type().to_string();
+                let reply_type = kind
+                    .strip_suffix("_request")
+                    .map(|k| format!("{k}_reply"))
+                    .unwrap_or_else(|| format!("{kind}_reply"));
+                let content = serde_json::json!({
+                    "status": "error",
+                    "ename": "UnknownRequest",
+                    "evalue": format!("rtlab's kernel does not handle {kind}"),
+                    "traceback": [],
+                });
+                if let Ok(content) =
+                    JupyterMessageContent::from_type_and_content(&reply_type, content)
+                {
+                    self.reply(JupyterMessage::new(content, Some(request)));
+                }
+            }
+        }
+        self.iopub(Status::idle().as_child_of(request));
+        *self.parent.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn execute(&mut self, request: &JupyterMessage, code: &str, silent: bool, store: bool) {
+        if store && !silent {
+            self.count += 1;
+        }
+        let count = ExecutionCount::new(self.count);
+        if !silent {
+            self.iopub(
+                ExecuteInput {
+                    code: code.to_string(),
+                    execution_count: count,
+                }
+                .as_child_of(request),
+            );
+        }
+        let origin = format!("cell[{}]", self.count);
+        let result = self.eval_keeping_functions(&origin, code);
+        self.rt.sink.take_capture();
+        self.refresh_variables();
+        match result {
+            Ok(value) => {
+                if !value.is_unit() && !silent {
+                    self.iopub(
+                        ExecuteResult {
+                            execution_count: count,
+                            data: media_of(&value),
+                            metadata: Default::default(),
+                            transient: None,
+                        }
+                        .as_child_of(request),
+                    );
+                }
+                self.reply(
+                    ExecuteReply {
+                        status: ReplyStatus::Ok,
+                        execution_count: count,
+                        payload: vec![],
+                        user_expressions: None,
+                        error: None,
+                    }
+                    .as_child_of(request),
+                );
+            }
+            Err(e) => {
+                let (ename, evalue) = if e.cancelled {
+                    (
+                        "Interrupted".to_string(),
+                        "interrupted; every variable defined before is kept".to_string(),
+                    )
+                } else {
+                    ("ScriptError".to_string(), e.message.clone())
+                };
+                let traceback = vec![render_error(&e)];
+                self.iopub(
+                    ErrorOutput {
+                        ename: ename.clone(),
+                        evalue: evalue.clone(),
+                        traceback: traceback.clone(),
+                    }
+                    .as_child_of(request),
+                );
+                self.reply(
+                    ExecuteReply {
+                        status: ReplyStatus::Error,
+                        execution_count: count,
+                        payload: vec![],
+                        user_expressions: None,
+                        error: Some(Box::new(ReplyError {
+                            ename,
+                            evalue,
+                            traceback,
+                        })),
+                    }
+                    .as_child_of(request),
+                );
+            }
+        }
+    }
+
+    /// The REPL's rule: the cell runs with the functions of every earlier cell, and keeps its own. A
+    /// panic inside a stdlib function is an error of this cell, not the kernel's end.
+    fn eval_keeping_functions(
+        &mut self,
+        origin: &str,
+        code: &str,
+    ) -> Result<Dynamic, crate::ScriptError> {
+        let ast = self.rt.compile(origin, code)?;
+        let combined = self.functions.merge(&ast);
+        let (rt, scope) = (&self.rt, &mut self.scope);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.eval(origin, code, scope, &combined)
+        }));
+        self.functions = self.functions.merge(&ast.clone_functions_only());
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".to_string());
+                Err(crate::ScriptError::plain(
+                    origin,
+                    format!("rtlab failed inside a stdlib function ({why}); the kernel and its variables are intact, please report this"),
+                ))
+            }
+        }
+    }
+
+    fn refresh_variables(&self) {
+        let mut names: Vec<(String, String)> = Vec::new();
+        for (n, _, v) in self.scope.iter_raw() {
+            names.retain(|(m, _)| m != n);
+            names.push((n.to_string(), script_type_name(&self.rt.engine, v)));
+        }
+        names.sort();
+        *self.variables.borrow_mut() = names;
+    }
+
+    /// What the REPL's Tab gives, with Jupyter's cursor positions in Unicode code points.
+    fn complete(&self, code: &str, cursor_pos: usize) -> CompleteReply {
+        let byte = byte_offset(code, cursor_pos);
+        let (start, pairs) = self.completer.code_completions(&code[..byte]);
+        CompleteReply {
+            matches: pairs.into_iter().map(|p| p.replacement).collect(),
+            cursor_start: code[..start].chars().count(),
+            cursor_end: cursor_pos,
+            metadata: Default::default(),
+            status: ReplyStatus::Ok,
+            error: None,
+        }
+    }
+
+    /// `:help NAME` for the name under (or just before) the cursor.
+    fn inspect(&self, code: &str, cursor_pos: usize) -> InspectReply {
+        let byte = byte_offset(code, cursor_pos);
+        let is_word = |c: char| c.is_alphanumeric() || c == '_';
+        let start = code[..byte]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| is_word(*c))
+            .last()
+            .map_or(byte, |(i, _)| i);
+        let end = code[byte..]
+            .char_indices()
+            .find(|(_, c)| !is_word(*c))
+            .map_or(code.len(), |(i, _)| byte + i);
+        let name = &code[start..end];
+        match self.help.render(name) {
+            Some(text) => InspectReply {
+                found: true,
+                data: Media::new(vec![MediaType::Plain(text)]),
+                metadata: Default::default(),
+                status: ReplyStatus::Ok,
+                error: None,
+            },
+            None => InspectReply {
+                found: false,
+                data: Media::default(),
+                metadata: Default::default(),
+                status: ReplyStatus::Ok,
+                error: None,
+            },
+        }
+    }
+}
+
+/// The byte offset of code point `pos` in `code` (Jupyter counts code points).
+fn byte_offset(code: &str, pos: usize) -> usize {
+    code.char_indices().nth(pos).map_or(code.len(), |(i, _)| i)
+}
+
+/// A value as a MIME bundle, always with `text/plain`: a DataFrame adds the report's HTML table, a
+/// plot its SVG, anything else the report's HTML (a map as a `<pre>`).
+fn media_of(value: &Dynamic) -> Media {
+    let plain = MediaType::Plain(display_value(value));
+    let rich = rtlab_core::values::rich_type_of(value);
+    let html = crate::notebook::report::value_html(value);
+    let mut content = vec![plain];
+    match rich.map(|r| r.tag) {
+        Some("plot") => {
+            let svg = html
+                .find("<svg")
+                .and_then(|start| html.rfind("</svg>").map(|end| &html[start..end + 6]))
+                .unwrap_or(&html)
+                .to_string();
+            content.push(MediaType::Svg(svg));
+        }
+        _ => content.push(MediaType::Html(html)),
+    }
+    Media::new(content)
+}
+
+/// Sends what the process writes on stderr (the stdlib's warnings and summaries) to the cell that
+/// is running, as its `stderr` stream, and still to the kernel's own stderr (Jupyter's log). Lines
+/// of long work's progress (`progress: ...`) update one display in place instead of piling up.
+fn forward_stderr(out: WireSender, parent: CurrentParent) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two descriptors it opens; dup/dup2 only duplicate descriptors we own.
+    let original = unsafe {
+        if libc::pipe(fds.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let original = libc::dup(2);
+        if original < 0 || libc::dup2(fds[1], 2) < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        libc::close(fds[1]);
+        original
+    };
+    // SAFETY: both descriptors are ours alone from here on.
+    let (reader, mut log) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(original),
+        )
+    };
+    std::thread::spawn(move || {
+        let mut progress: Option<(String, String)> = None;
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            let guard = parent.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(p) = guard.as_ref() else { continue };
+            let message = if let Some(rest) = line.strip_prefix("progress: ") {
+                let data = Media::new(vec![MediaType::Plain(rest.to_string())]);
+                let msg_id = p.header.msg_id.clone();
+                match &progress {
+                    Some((for_msg, id)) if *for_msg == msg_id => {
+                        let mut d = DisplayData::new(data);
+                        d.transient = Some(jupyter_protocol::Transient {
+                            display_id: Some(id.clone()),
+                        });
+                        jupyter_protocol::UpdateDisplayData {
+                            data: d.data,
+                            metadata: d.metadata,
+                            transient: d.transient.unwrap_or_default(),
+                        }
+                        .as_child_of(p)
+                    }
+                    _ => {
+                        let id = format!("rtlab-progress-{msg_id}");
+                        progress = Some((msg_id, id.clone()));
+                        let mut d = DisplayData::new(data);
+                        d.transient = Some(jupyter_protocol::Transient {
+                            display_id: Some(id),
+                        });
+                        d.as_child_of(p)
+                    }
+                }
+            } else {
+                StreamContent::stderr(&format!("{line}\n")).as_child_of(p)
+            };
+            let _ = out.send(ToWire::IoPub(Box::new(message)));
+        }
+    });
+    Ok(())
+}
+
+/// Where `rtlab kernel install` writes the kernelspec.
+#[derive(Debug, Clone)]
+pub enum InstallPlace {
+    /// The user's Jupyter data directory (`~/.local/share/jupyter`).
+    User,
+    /// `PREFIX/share/jupyter`, as `jupyter kernelspec install --prefix` lays it out.
+    Prefix(PathBuf),
+    /// The `share/jupyter` of the Python environment `python3` runs in (a virtualenv, conda).
+    SysPrefix,
+}
+
+/// The `kernels/` directory of a place.
+fn kernels_dir(place: &InstallPlace) -> Result<PathBuf, String> {
+    Ok(match place {
+        InstallPlace::User => jupyter_zmq_client::dirs::user_data_dir()
+            .map_err(|e| format!("cannot find the user's Jupyter data directory: {e}"))?
+            .join("kernels"),
+        InstallPlace::Prefix(p) => p.join("share/jupyter/kernels"),
+        InstallPlace::SysPrefix => {
+            let out = std::process::Command::new("python3")
+                .args(["-c", "import sys; print(sys.prefix)"])
+                .output()
+                .map_err(|e| {
+                    format!("--sys-prefix asks python3 for its prefix, but it cannot run: {e}")
+                })?;
+            let prefix = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !out.status.success() || prefix.is_empty() {
+                return Err("--sys-prefix: python3 did not print its sys.prefix".to_string());
+            }
+            PathBuf::from(prefix).join("share/jupyter/kernels")
+        }
+    })
+}
+
+/// The logo JupyterLab shows in its launcher.
+const LOGO_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" rx="10" fill="#2d6a4f"/><path d="M14 46V18h12a8 8 0 0 1 0 16h-12M26 34l10 12M40 18v28h12" fill="none" stroke="#fff" stroke-width="5" stroke-linecap="round" stroke-linejoin="round"/></svg>"##;
+
+/// Writes the `rtlab` kernelspec (`kernel.json` and a logo) and returns its directory.
+pub fn install(place: &InstallPlace) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("cannot find rtlab's own path for the kernelspec: {e}"))?;
+    let dir = kernels_dir(place)?.join("rtlab");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let spec = serde_json::json!({
+        "argv": [exe.display().to_string(), "kernel", "-f", "{connection_file}"],
+        "display_name": "rtlab (Rhai)",
+        "language": "rhai",
+        "interrupt_mode": "message",
+        "metadata": {"debugger": false},
+    });
+    let write = |name: &str, text: &str| {
+        rtlab_core::workspace::write_atomic(&dir.join(name), text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
+    };
+    write(
+        "kernel.json",
+        &(serde_json::to_string_pretty(&spec).unwrap_or_default() + "\n"),
+    )?;
+    write("logo-svg.svg", LOGO_SVG)?;
+    Ok(dir)
+}
+
+/// Removes the `rtlab` kernelspec from a place; returns the directory removed, or None if absent.
+pub fn uninstall(place: &InstallPlace) -> Result<Option<PathBuf>, String> {
+    let dir = kernels_dir(place)?.join("rtlab");
+    if !dir.exists() {
+        return Ok(None);
+    }
+    std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    Ok(Some(dir))
+}
