@@ -107,12 +107,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Render a script as a notebook (code and output of each cell) to .html or .md
+    /// Render a script as a notebook (code and output of each cell) to .html, .md or .ipynb
     Report {
         #[command(flatten)]
         cache: CacheArgs,
         file: PathBuf,
-        /// Output file; its extension (.html or .md) picks the format
+        /// Output file; its extension picks the format: .html, .md, .ipynb (a Jupyter notebook), or
+        /// .rhai (the cells as a script, e.g. from a notebook)
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -411,17 +412,15 @@ fn watch(file: &Path, args: &[String], opts: &NotebookOptions) -> ExitCode {
 }
 
 fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
-    let markdown = match output.extension().and_then(|e| e.to_str()) {
-        Some("md") => true,
-        Some("html") | Some("htm") => false,
-        _ => {
-            eprintln!(
-                "error: {}: the report's extension must be .html or .md",
-                output.display()
-            );
-            return ExitCode::from(2);
-        }
-    };
+    let format = output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !["md", "html", "htm", "ipynb", "rhai"].contains(&format) {
+        eprintln!(
+            "error: {}: the report's extension must be .html, .md, .ipynb (a Jupyter notebook) or .rhai (the cells as a script)",
+            output.display()
+        );
+        return ExitCode::from(2);
+    }
+    let markdown = format == "md";
     let rt = match prepare(file) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -443,13 +442,20 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let mut text = if markdown {
+    let mut text = if format == "ipynb" {
+        crate::notebook::ipynb::render_ipynb(&notebook.last_run)
+    } else if format == "rhai" {
+        crate::notebook::ipynb::render_script(&notebook.last_run)
+    } else if markdown {
         crate::notebook::report::render_markdown(&title, &notebook.last_run)
     } else {
         crate::notebook::report::render_html(&title, &notebook.last_run)
     };
     let failed = result.err();
-    if let Some(e) = &failed {
+    if let (Some(e), "ipynb" | "rhai") = (&failed, format) {
+        // A notebook or a script has no place for a run's error: it is said here, not written.
+        eprintln!("{}", render_error(e));
+    } else if let Some(e) = &failed {
         // The report still shows the cells that ran, then the error.
         let msg = render_error(e);
         text.push_str(&if markdown {

@@ -421,7 +421,8 @@ impl Session {
                             execution_count: count,
                             data: media_of(&value),
                             metadata: Default::default(),
-                            transient: None,
+                            // The message spec wants an object here, never null.
+                            transient: Some(Default::default()),
                         }
                         .as_child_of(request),
                     );
@@ -431,7 +432,7 @@ impl Session {
                         status: ReplyStatus::Ok,
                         execution_count: count,
                         payload: vec![],
-                        user_expressions: None,
+                        user_expressions: Some(Default::default()),
                         error: None,
                     }
                     .as_child_of(request),
@@ -460,7 +461,7 @@ impl Session {
                         status: ReplyStatus::Error,
                         execution_count: count,
                         payload: vec![],
-                        user_expressions: None,
+                        user_expressions: Some(Default::default()),
                         error: Some(Box::new(ReplyError {
                             ename,
                             evalue,
@@ -672,7 +673,9 @@ fn kernels_dir(place: &InstallPlace) -> Result<PathBuf, String> {
         InstallPlace::User => jupyter_zmq_client::dirs::user_data_dir()
             .map_err(|e| format!("cannot find the user's Jupyter data directory: {e}"))?
             .join("kernels"),
-        InstallPlace::Prefix(p) => p.join("share/jupyter/kernels"),
+        InstallPlace::Prefix(p) => std::path::absolute(p)
+            .unwrap_or_else(|_| p.clone())
+            .join("share/jupyter/kernels"),
         InstallPlace::SysPrefix => {
             let out = std::process::Command::new("python3")
                 .args(["-c", "import sys; print(sys.prefix)"])

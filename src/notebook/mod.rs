@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod cells;
 pub(crate) mod deps;
+pub mod ipynb;
 mod persist;
 pub mod report;
 mod runner;

@@ -143,8 +143,9 @@ impl Notebook {
         opts: &NotebookOptions,
     ) -> Result<(), ScriptError> {
         let origin = self.origin();
-        let source = std::fs::read_to_string(&self.path)
-            .map_err(|e| ScriptError::plain(&origin, format!("cannot read the script: {e}")))?;
+        // A Jupyter notebook runs as the script of its code cells.
+        let source =
+            super::ipynb::read_script(&self.path).map_err(|e| ScriptError::plain(&origin, e))?;
         let notebook_mode = has_markers(&source);
         let mut state = RunState::new(&self.path, origin);
         self.last_run.clear();

@@ -274,7 +274,9 @@ fn a_notebook_session_over_real_sockets() {
         };
         assert_eq!(r.cursor_start, code.chars().count() - 2, "{r:?}");
         assert!(r.matches.iter().any(|m| m == "print"), "{:?}", r.matches);
-        let code = "let df = load_jsonl(\"rows.jsonl\"); df.fil";
+        // Method-aware, as the REPL's Tab: a frame in scope gets frame methods only.
+        c.execute("let df = load_jsonl(\"rows.jsonl\");").await;
+        let code = "df.fil";
         let a = c
             .request(CompleteRequest {
                 code: code.into(),
@@ -285,6 +287,7 @@ fn a_notebook_session_over_real_sockets() {
             panic!()
         };
         assert!(r.matches.iter().any(|m| m == "filter"), "{:?}", r.matches);
+        assert!(!r.matches.iter().any(|m| m == "file_exists"), "{:?}", r.matches);
 
         // Inspect gives :help's text; is_complete follows open brackets.
         let a = c
@@ -308,6 +311,20 @@ fn a_notebook_session_over_real_sockets() {
             };
             assert_eq!(r.status, want, "{code}");
         }
+
+        // A request the kernel does not know gets an error reply of its kind, and the kernel goes on.
+        let unknown = JupyterMessage::new(
+            JupyterMessageContent::UnknownMessage(jupyter_protocol::UnknownMessage {
+                msg_type: "frobnicate_request".into(),
+                content: serde_json::json!({}),
+            }),
+            None,
+        );
+        let a = c.request(unknown).await;
+        assert_eq!(a.reply.message_type(), "frobnicate_reply");
+        let reply_json = serde_json::to_value(&a.reply).unwrap();
+        assert_eq!(reply_json["status"], "error", "{reply_json}");
+        assert_eq!(a.statuses, ["busy", "idle"]);
 
         // Interrupt keeps state: `loop {}` stops within a second, `x` is still 41.
         let looping: JupyterMessage = ExecuteRequest::new("loop {}".to_string()).into();
@@ -477,4 +494,37 @@ fn install_writes_a_kernelspec_that_starts_this_rtlab() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!spec_dir.exists());
+}
+
+/// The real Jupyter stack: `jupyter_kernel_test`'s conformance suite, `jupyter execute` (nbclient) on
+/// the committed scripts/jupyter_tour.ipynb, and nbformat's validation of what `rtlab report -o
+/// x.ipynb` writes (tests/python/jupyter_conformance.py). `.ci/run` installs the packages; without
+/// them this fails saying what to install.
+#[test]
+fn the_real_jupyter_stack_accepts_the_kernel_and_its_notebooks() {
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/python/jupyter_conformance.py"))
+        .arg(env!("CARGO_BIN_EXE_rtlab"))
+        .arg(repo_root())
+        .output()
+        .expect("python3 runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("ModuleNotFoundError"),
+        "the Jupyter conformance test needs `python3 -m pip install jupyter_client jupyter_kernel_test nbclient nbformat` (.ci/run installs them):\n{text}"
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("OK"), "{text}");
+    assert!(
+        text.contains("jupyter execute: scripts/jupyter_tour.ipynb ran"),
+        "{text}"
+    );
+    assert!(
+        text.contains(".rhai -> .ipynb -> .rhai keeps the code"),
+        "{text}"
+    );
 }

@@ -267,6 +267,7 @@ script_tests!(
     benchmark_compare,
     dataset_tour,
     dpo_loop,
+    jupyter_tour,
     learning,
     local_model,
     phase_specialists,
