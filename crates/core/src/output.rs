@@ -11,6 +11,11 @@ pub struct OutputSink {
     inner: Rc<RefCell<SinkState>>,
 }
 
+/// Called with each printed line.
+pub type LineListener = Rc<dyn Fn(&str)>;
+/// Shows a value mid-cell.
+pub type ValueDisplay = Rc<dyn Fn(&rhai::Dynamic)>;
+
 #[derive(Default)]
 struct SinkState {
     /// Text captured since the last [`OutputSink::take_capture`].
@@ -18,9 +23,9 @@ struct SinkState {
     /// When false, lines are only captured (used by `rtlab report`, which prints nothing itself).
     quiet: bool,
     /// Called with each line as it is printed (the Jupyter kernel streams them to the notebook).
-    listener: Option<Rc<dyn Fn(&str)>>,
+    listener: Option<LineListener>,
     /// Shows a value mid-cell (`display(value)`): the Jupyter kernel sends it as rich output.
-    display: Option<Rc<dyn Fn(&rhai::Dynamic)>>,
+    display: Option<ValueDisplay>,
 }
 
 impl OutputSink {
@@ -57,12 +62,12 @@ impl OutputSink {
     }
 
     /// Installs how `display(value)` shows a value (None: as text).
-    pub fn set_display(&self, display: Option<Rc<dyn Fn(&rhai::Dynamic)>>) {
+    pub fn set_display(&self, display: Option<ValueDisplay>) {
         self.inner.borrow_mut().display = display;
     }
 
     /// Calls `listener` with every line printed from now on, as it is printed.
-    pub fn set_listener(&self, listener: Option<Rc<dyn Fn(&str)>>) {
+    pub fn set_listener(&self, listener: Option<LineListener>) {
         self.inner.borrow_mut().listener = listener;
     }
 
