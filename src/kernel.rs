@@ -583,6 +583,21 @@ fn media_of(value: &Dynamic) -> Media {
                 .to_string();
             content.push(MediaType::Svg(svg));
         }
+        // A map (a benchmark's summary, a training run): a two-column table of its entries.
+        _ if value.is_map() => {
+            let map = value.clone().cast::<rhai::Map>();
+            let rows: String = map
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "<tr><th style=\"text-align:left\">{}</th><td><pre style=\"margin:0\">{}</pre></td></tr>",
+                        rtlab_core::display::escape_html(k),
+                        rtlab_core::display::escape_html(&display_value(v))
+                    )
+                })
+                .collect();
+            content.push(MediaType::Html(format!("<table>{rows}</table>")));
+        }
         _ => content.push(MediaType::Html(html)),
     }
     Media::new(content)

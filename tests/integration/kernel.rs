@@ -230,6 +230,11 @@ fn a_notebook_session_over_real_sockets() {
         let svg = a.text("image/svg+xml").expect("a plot has image/svg+xml");
         assert!(svg.starts_with("<svg"), "{svg}");
 
+        // A map (a benchmark summary, a run) is a table of its entries.
+        let a = c.execute("#{pass_at_1: 0.25, model: \"sft\"}").await;
+        let html = a.text("text/html").unwrap();
+        assert!(html.contains("<th style=\"text-align:left\">pass_at_1</th>"), "{html}");
+
         // display() sends a value mid-cell.
         let a = c.execute("display(#{a: 1}); 5").await;
         assert_eq!(
@@ -311,6 +316,43 @@ fn a_notebook_session_over_real_sockets() {
             };
             assert_eq!(r.status, want, "{code}");
         }
+
+        // Progress of long work updates one display in place: no flood of stream lines.
+        let a = c
+            .execute(
+                r#"create_tiny_model("tiny", #{seed: 1});
+let rows = [];
+for g in ["and", "or", "xor", "nand"] { rows.push(#{instruction: "Write " + g, output: "module " + g + "2(input a, b, output y); endmodule"}); }
+let run = train_lora(#{base: "tiny", data: from_records(rows), out: "run", r: 4, epochs: 10, batch_size: 1, grad_accum: 1});
+run.steps"#,
+            )
+            .await;
+        let result = a.outputs.iter().find_map(|o| match o {
+            JupyterMessageContent::ExecuteResult(r) => Some(format!("{:?}", r.data)),
+            _ => None,
+        });
+        assert!(result.is_some_and(|r| r.contains("Plain(\"40\")")), "{:?}", a.outputs);
+        let display_ids: Vec<String> = a
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                JupyterMessageContent::DisplayData(d) => {
+                    d.transient.as_ref().and_then(|t| t.display_id.clone())
+                }
+                JupyterMessageContent::UpdateDisplayData(u) => u.transient.display_id.clone(),
+                _ => None,
+            })
+            .collect();
+        assert!(display_ids.len() >= 2, "{:?}", a.outputs);
+        assert!(
+            display_ids.iter().all(|id| *id == display_ids[0]),
+            "one display, updated: {display_ids:?}"
+        );
+        assert!(
+            !a.stdout().contains("progress:"),
+            "progress lines came as a stream: {}",
+            a.stdout()
+        );
 
         // A request the kernel does not know gets an error reply of its kind, and the kernel goes on.
         let unknown = JupyterMessage::new(
