@@ -257,6 +257,7 @@ impl CacheArgs {
             cache_min_s: self.cache_min.max(0.0),
             status_lines: true,
             trust_cache: self.trust_cache,
+            once: false,
         }
     }
 }
@@ -374,7 +375,11 @@ fn run(file: &Path, args: &[String], opts: &NotebookOptions, manifest: Option<&P
     seed(args)(&mut scope);
     let mut notebook = Notebook::new(file);
     let start = std::time::Instant::now();
-    let result = notebook.run(&rt, &mut scope, opts);
+    let opts = NotebookOptions {
+        once: true,
+        ..opts.clone()
+    };
+    let result = notebook.run(&rt, &mut scope, &opts);
     // The manifest is written for a failed run too: it says which cells ran before the error.
     let manifest_written = manifest.map(|path| {
         let m = crate::provenance::manifest(
@@ -430,7 +435,11 @@ fn report(file: &Path, output: &Path, opts: &NotebookOptions) -> ExitCode {
     seed(&[])(&mut scope);
     let mut notebook = Notebook::new(file);
     let start = std::time::Instant::now();
-    let result = notebook.run(&rt, &mut scope, opts);
+    let opts = NotebookOptions {
+        once: true,
+        ..opts.clone()
+    };
+    let result = notebook.run(&rt, &mut scope, &opts);
     let manifest = crate::provenance::manifest(
         &rt,
         file,

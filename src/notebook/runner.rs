@@ -37,6 +37,10 @@ pub struct NotebookOptions {
     pub status_lines: bool,
     /// Serve cells (and the stdlib's stores) cached by another build of rtlab (`--trust-cache`).
     pub trust_cache: bool,
+    /// The notebook runs once in this process (`rtlab run`, `rtlab report`): nothing is remembered
+    /// for a rerun, so under `--no-cache` nothing needs a hash. `watch` and the REPL rerun, and keep
+    /// hashing to restore unchanged cells from memory.
+    pub once: bool,
 }
 
 impl Default for NotebookOptions {
@@ -46,6 +50,7 @@ impl Default for NotebookOptions {
             cache_min_s: 1.0,
             status_lines: true,
             trust_cache: false,
+            once: false,
         }
     }
 }
@@ -151,8 +156,12 @@ impl Notebook {
         self.last_run.clear();
         rt.sink.take_capture();
         for cell in split_cells(&source) {
-            let ctx = state.prepare(rt, scope, cell)?;
-            let restored = if ctx.uncacheable.is_none() && opts.mode != CacheMode::Fresh {
+            // A run that caches nothing and will not be rerun hashes nothing: no key from the values
+            // a cell reads, no content hash of what it defines (a 200k-row frame costs 0.4 s).
+            let hashing = !(opts.mode == CacheMode::Off && opts.once);
+            let ctx = state.prepare(rt, scope, cell, hashing)?;
+            let restored = if hashing && ctx.uncacheable.is_none() && opts.mode != CacheMode::Fresh
+            {
                 self.restore(rt, scope, &mut state, &ctx, opts)
             } else {
                 None
@@ -204,7 +213,8 @@ impl Notebook {
         ctx: &CellContext,
         opts: &NotebookOptions,
     ) -> Result<CellReport, ScriptError> {
-        let mut r = self.run_cell(rt, scope, &mut state.hashes, &state.origin, ctx)?;
+        let hashing = !(opts.mode == CacheMode::Off && opts.once);
+        let mut r = self.run_cell(rt, scope, &mut state.hashes, &state.origin, ctx, hashing)?;
         let CellStatus::Ran { elapsed_s, .. } = r.status else {
             return Ok(r);
         };
@@ -235,6 +245,7 @@ impl Notebook {
         hashes: &mut HashMap<String, ValueHash>,
         origin: &str,
         ctx: &CellContext,
+        hashing: bool,
     ) -> Result<CellReport, ScriptError> {
         rt.workspace.take_inputs();
         let start = Instant::now();
@@ -249,15 +260,28 @@ impl Notebook {
         let result_html = (!value.is_unit()).then(|| crate::notebook::report::value_html(&value));
         let printed = rt.sink.take_capture();
 
-        let defines = defined_names(scope, hashes, &ctx.deps);
+        let defines = if hashing {
+            defined_names(scope, hashes, &ctx.deps)
+        } else {
+            // Without hashes, every name the cell may have changed counts as defined.
+            ctx.deps
+                .declared
+                .iter()
+                .chain(&ctx.deps.mutated)
+                .filter(|n| scope.contains(n))
+                .cloned()
+                .collect()
+        };
         let mut note = None;
         let mut outputs = Vec::new();
         for name in &defines {
-            let h = hash_scope_value(scope, name);
-            if let Err(why) = &h {
-                note.get_or_insert(format!("`{name}` is {why}, which cannot be cached"));
+            if hashing {
+                let h = hash_scope_value(scope, name);
+                if let Err(why) = &h {
+                    note.get_or_insert(format!("`{name}` is {why}, which cannot be cached"));
+                }
+                hashes.insert(name.clone(), h);
             }
-            hashes.insert(name.clone(), h);
             let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
             outputs.push((
                 name.clone(),
@@ -265,17 +289,19 @@ impl Notebook {
                 scope.is_constant(name).unwrap_or(false),
             ));
         }
-        self.memory.insert(
-            ctx.key.clone(),
-            Remembered {
-                outputs,
-                printed: printed.clone(),
-                result_text: result_text.clone(),
-                result_html: result_html.clone(),
-                elapsed_s,
-                inputs: inputs.clone(),
-            },
-        );
+        if hashing {
+            self.memory.insert(
+                ctx.key.clone(),
+                Remembered {
+                    outputs,
+                    printed: printed.clone(),
+                    result_text: result_text.clone(),
+                    result_html: result_html.clone(),
+                    elapsed_s,
+                    inputs: inputs.clone(),
+                },
+            );
+        }
         Ok(CellReport {
             cell: ctx.cell.clone(),
             status: CellStatus::Ran {
@@ -433,6 +459,7 @@ impl RunState {
         rt: &Runtime,
         scope: &Scope<'static>,
         cell: Cell,
+        hashing: bool,
     ) -> Result<CellContext, ScriptError> {
         let mut code = cell.code_at_file_lines();
         if cell.first_line > 1 && !self.imports.is_empty() {
@@ -453,7 +480,11 @@ impl RunState {
             .filter(|n| scope.contains(n))
             .cloned()
             .collect();
-        let (key, uncacheable) = self.key(scope, &normalized, &deps, &reads);
+        let (key, uncacheable) = if hashing {
+            self.key(scope, &normalized, &deps, &reads)
+        } else {
+            (CellKey(String::new()), None)
+        };
 
         let combined = self.fn_lib.merge(&ast);
         self.fn_lib = self.fn_lib.merge(&ast.clone_functions_only());
