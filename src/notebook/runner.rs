@@ -214,7 +214,18 @@ impl Notebook {
         opts: &NotebookOptions,
     ) -> Result<CellReport, ScriptError> {
         let hashing = !(opts.mode == CacheMode::Off && opts.once);
-        let mut r = self.run_cell(rt, scope, &mut state.hashes, &state.origin, ctx, hashing)?;
+        // Run once, a cell too quick to persist needs no hash of what it defines: a later cell that
+        // reads a value hashes it then (its key), and nothing is remembered for a rerun.
+        let hash_below = opts.once.then_some(opts.cache_min_s);
+        let mut r = self.run_cell(
+            rt,
+            scope,
+            &mut state.hashes,
+            &state.origin,
+            ctx,
+            hashing,
+            hash_below,
+        )?;
         let CellStatus::Ran { elapsed_s, .. } = r.status else {
             return Ok(r);
         };
@@ -246,11 +257,13 @@ impl Notebook {
         origin: &str,
         ctx: &CellContext,
         hashing: bool,
+        skip_hashes_below_s: Option<f64>,
     ) -> Result<CellReport, ScriptError> {
         rt.workspace.take_inputs();
         let start = Instant::now();
         let result = rt.eval(origin, &ctx.code, scope, &ctx.ast);
         let elapsed_s = start.elapsed().as_secs_f64();
+        let hashing = hashing && skip_hashes_below_s.is_none_or(|min| elapsed_s >= min);
         let inputs = stamp_inputs(&rt.workspace.take_inputs());
         let value = result?;
         let result_text = (!value.is_unit()).then(|| display_value(&value));
@@ -281,6 +294,9 @@ impl Notebook {
                     note.get_or_insert(format!("`{name}` is {why}, which cannot be cached"));
                 }
                 hashes.insert(name.clone(), h);
+            } else {
+                // Its old hash is stale: a later reader hashes the new value.
+                hashes.remove(name);
             }
             let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
             outputs.push((

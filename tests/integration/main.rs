@@ -23,6 +23,7 @@ mod repl;
 mod scripts;
 mod slurm;
 mod sweep;
+mod tidy;
 mod train;
 mod truth;
 mod verify;

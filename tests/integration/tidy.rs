@@ -1,0 +1,291 @@
+//! The architecture's rules, checked (rust-analyzer's `tidy` tests are the model). Each rule is a
+//! function from the repository's files to the violations it finds, named by the rule; each runs on
+//! the repository (no violation allowed) and on a planted violation (it must find it), so a rule
+//! cannot quietly stop checking. ARCHITECTURE.md states the same rules.
+//!
+//! Where the code does not meet a rule yet (issue 31: files over 1,000 lines, `rtlab-llm` compiling
+//! the trainer), the rule holds a ratchet: the known exceptions, each with its size or edge today. A
+//! new exception fails, and so does a known one that grows.
+
+use crate::common::repo_root;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, PartialEq)]
+struct Violation {
+    rule: &'static str,
+    what: String,
+}
+
+/// A Rust source file of the product (tests, benches and vendored code are not).
+struct Source {
+    path: String,
+    text: String,
+}
+
+fn collect(dir: &Path, root: &Path, out: &mut Vec<Source>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, root, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(Source {
+                path: p.strip_prefix(root).unwrap().display().to_string(),
+                text: std::fs::read_to_string(&p).unwrap(),
+            });
+        }
+    }
+}
+
+fn product_sources() -> Vec<Source> {
+    let root = repo_root();
+    let mut out = Vec::new();
+    collect(&root.join("src"), &root, &mut out);
+    collect(&root.join("kernels/src"), &root, &mut out);
+    for e in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+        collect(&e.path().join("src"), &root, &mut out);
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Each workspace crate's rtlab dependencies, from its Cargo.toml's `[dependencies]`.
+fn crate_edges() -> BTreeMap<String, BTreeSet<String>> {
+    let root = repo_root();
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("Cargo.toml"))
+        .collect();
+    manifests.push(root.join("kernels/Cargo.toml"));
+    manifests
+        .iter()
+        .map(|m| {
+            let text = std::fs::read_to_string(m).unwrap();
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("name = "))
+                .unwrap()
+                .trim_matches('"')
+                .to_string();
+            let deps = text
+                .split("\n[")
+                .find(|section| section.starts_with("dependencies]"))
+                .unwrap_or("")
+                .lines()
+                .filter_map(|l| l.split(['.', ' ', '=']).next())
+                .filter(|d| d.starts_with("rtlab"))
+                .map(str::to_string)
+                .collect();
+            (name, deps)
+        })
+        .collect()
+}
+
+/// The crate graph, one job per crate: capabilities sit on `rtlab-core` and never on the notebook
+/// (the `rtlab` crate); the trainer and the HTTP client stay apart from each other's stacks.
+const ALLOWED_EDGES: &[(&str, &[&str])] = &[
+    ("rtlab-core", &[]),
+    ("rtlab-kernels", &[]),
+    ("rtlab-data", &["rtlab-core"]),
+    ("rtlab-slurm", &["rtlab-core"]),
+    ("rtlab-phase", &["rtlab-core", "rtlab-data"]),
+    ("rtlab-verify", &["rtlab-core", "rtlab-data", "rtlab-slurm"]),
+    (
+        "rtlab-train",
+        &["rtlab-core", "rtlab-data", "rtlab-kernels"],
+    ),
+    // Ratchet (issue 31): local decoding lives in rtlab-train until rtlab-model exists.
+    ("rtlab-llm", &["rtlab-core", "rtlab-data", "rtlab-train"]),
+    (
+        "rtlab-bench",
+        &[
+            "rtlab-core",
+            "rtlab-data",
+            "rtlab-llm",
+            "rtlab-slurm",
+            "rtlab-verify",
+        ],
+    ),
+];
+
+fn rule_crate_edges(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Violation> {
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED_EDGES.iter().copied().collect();
+    let mut out = Vec::new();
+    for (name, deps) in edges {
+        let Some(ok) = allowed.get(name.as_str()) else {
+            out.push(Violation {
+                rule: "crate-edges",
+                what: format!("{name} is a new crate: add its allowed dependencies to ALLOWED_EDGES and ARCHITECTURE.md"),
+            });
+            continue;
+        };
+        for d in deps {
+            if !ok.contains(&d.as_str()) {
+                out.push(Violation {
+                    rule: "crate-edges",
+                    what: format!("{name} depends on {d}, which the crate graph does not allow"),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The only files that start processes, each for a reason. Everything else asks one of them.
+const SPAWNERS: &[(&str, &str)] = &[
+    (
+        "crates/verify/src/process.rs",
+        "EDA tools, sandboxed: own process group, rlimits, timeout",
+    ),
+    (
+        "crates/slurm/src/cluster.rs",
+        "sbatch, squeue, scontrol, scancel",
+    ),
+    (
+        "crates/train/src/models.rs",
+        "`pip download` of a known model's wheel",
+    ),
+    ("src/doctor.rs", "tool and driver versions"),
+    (
+        "src/kernel.rs",
+        "`python3` for `kernel install --sys-prefix`",
+    ),
+    (
+        "src/provenance.rs",
+        "`python3` for the manifest's package versions",
+    ),
+];
+
+fn rule_spawn_sites(files: &[Source]) -> Vec<Violation> {
+    files
+        .iter()
+        .filter(|f| f.text.contains("Command::new("))
+        .filter(|f| !SPAWNERS.iter().any(|(p, _)| *p == f.path))
+        .map(|f| Violation {
+            rule: "spawn-sites",
+            what: format!(
+                "{} starts a process; only the files in SPAWNERS may (ask one of them)",
+                f.path
+            ),
+        })
+        .collect()
+}
+
+fn rule_no_thread_local(files: &[Source]) -> Vec<Violation> {
+    files
+        .iter()
+        .filter(|f| f.text.contains("thread_local!"))
+        .map(|f| Violation {
+            rule: "no-thread-local",
+            what: format!(
+                "{} uses thread_local!: state belongs to the Runtime or the Workspace",
+                f.path
+            ),
+        })
+        .collect()
+}
+
+/// Files over 1,000 lines today, with their length: none may grow, and no other may join them.
+const LONG_FILES: &[(&str, usize)] = &[
+    ("crates/train/src/lib.rs", 1959),
+    ("crates/train/src/model.rs", 1597),
+    ("crates/verify/src/stages.rs", 1094),
+    ("crates/llm/src/lib.rs", 1027),
+];
+
+fn rule_file_size(files: &[Source]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for f in files {
+        let lines = f.text.lines().count();
+        if lines <= 1000 {
+            continue;
+        }
+        match LONG_FILES.iter().find(|(p, _)| *p == f.path) {
+            Some((_, max)) if lines <= *max => {}
+            Some((_, max)) => out.push(Violation {
+                rule: "file-size",
+                what: format!(
+                    "{} grew to {lines} lines (at most {max} until it is split)",
+                    f.path
+                ),
+            }),
+            None => out.push(Violation {
+                rule: "file-size",
+                what: format!("{} has {lines} lines: split it (at most 1,000)", f.path),
+            }),
+        }
+    }
+    out
+}
+
+fn report(violations: Vec<Violation>) {
+    assert!(
+        violations.is_empty(),
+        "architecture rules broken:\n{}",
+        violations
+            .iter()
+            .map(|v| format!("  [{}] {}", v.rule, v.what))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn the_crate_graph_has_only_the_allowed_edges() {
+    report(rule_crate_edges(&crate_edges()));
+    // Planted: the verifier reaching up to the notebook.
+    let mut planted = crate_edges();
+    planted
+        .get_mut("rtlab-verify")
+        .unwrap()
+        .insert("rtlab".into());
+    assert_eq!(
+        rule_crate_edges(&planted),
+        [Violation {
+            rule: "crate-edges",
+            what: "rtlab-verify depends on rtlab, which the crate graph does not allow".into()
+        }]
+    );
+}
+
+#[test]
+fn only_the_listed_modules_start_processes() {
+    report(rule_spawn_sites(&product_sources()));
+    let planted = [Source {
+        path: "crates/data/src/io.rs".into(),
+        text: "let out = std::process::Command::new(\"gzip\").output();".into(),
+    }];
+    assert_eq!(rule_spawn_sites(&planted)[0].rule, "spawn-sites");
+}
+
+#[test]
+fn no_thread_locals() {
+    report(rule_no_thread_local(&product_sources()));
+    let planted = [Source {
+        path: "src/engine/mod.rs".into(),
+        text: "thread_local! { static X: u8 = 0; }".into(),
+    }];
+    assert_eq!(rule_no_thread_local(&planted).len(), 1);
+}
+
+#[test]
+fn no_file_grows_past_a_thousand_lines() {
+    report(rule_file_size(&product_sources()));
+    let planted = [
+        Source {
+            path: "crates/data/src/new.rs".into(),
+            text: "x\n".repeat(1001),
+        },
+        Source {
+            path: "crates/train/src/lib.rs".into(),
+            text: "x\n".repeat(2500),
+        },
+    ];
+    let found = rule_file_size(&planted);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[1].what.contains("grew to 2500 lines"));
+}
