@@ -274,3 +274,40 @@ print(m.usage().from_store);"#
         "a copy missed the answers of its original"
     );
 }
+
+/// A server model is keyed on what the server says it is: Ollama's digest. Answers recorded from one
+/// version of a model are asked again once the server reports another (the model was pulled again).
+#[test]
+fn an_ollama_model_pulled_again_is_asked_again() {
+    let server = common::mock_llm::MockServer::start(|p| format!("echo: {p}"));
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"let m = llm(#{{provider: "ollama", base_url: "{}", model: "m"}});
+complete_many(m, from_records([#{{p: "a mux"}}, #{{p: "an fsm"}}]), "p");
+print(m.usage().from_store);"#,
+        server.url()
+    );
+    let r = run(dir.path(), &script, &[], &["--no-cache"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "0\n"), "{}", r.stderr);
+    let r = run(dir.path(), &script, &[], &["--no-cache"]);
+    assert_eq!(
+        r.stdout, "2\n",
+        "the same model's answers are served: {}",
+        r.stderr
+    );
+    assert_eq!(server.hits(), 2);
+
+    *server.ollama_digest.lock().unwrap() = "sha256:second".into();
+    let r = run(dir.path(), &script, &[], &["--no-cache"]);
+    assert_eq!(r.stdout, "0\n", "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "llm: 2 recorded answers came from another version of m (the server's digest is now sha256:second): asking again"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(server.hits(), 4);
+    let r = run(dir.path(), &script, &[], &["--no-cache"]);
+    assert_eq!(r.stdout, "2\n", "{}", r.stderr);
+}

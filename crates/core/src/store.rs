@@ -19,6 +19,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE verify_results ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
     "ALTER TABLE verify_results ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE verify_results ADD COLUMN limits TEXT NOT NULL DEFAULT ''",
+    // What the server said it was when it answered (Ollama's model digest); '' when it says nothing.
+    "ALTER TABLE llm_responses ADD COLUMN served_by TEXT NOT NULL DEFAULT ''",
 ];
 
 /// A verdict as stored, with what made it.
@@ -45,6 +47,9 @@ pub struct Recorded {
     pub response: String,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// The server's identity for the model when it answered (Ollama's digest), or ''.
+    #[serde(default)]
+    pub served_by: String,
 }
 
 /// A benchmark run as recorded.
@@ -263,9 +268,9 @@ impl Store {
     pub fn get_response(&self, key: &str) -> Result<Option<Recorded>, StoreError> {
         self.conn
             .query_row(
-                "SELECT key, model, request, response, prompt_tokens, completion_tokens FROM llm_responses WHERE key = ?1",
+                "SELECT key, model, request, response, prompt_tokens, completion_tokens, served_by FROM llm_responses WHERE key = ?1",
                 params![key],
-                |r| Ok(Recorded { key: r.get(0)?, model: r.get(1)?, request: r.get(2)?, response: r.get(3)?, prompt_tokens: r.get(4)?, completion_tokens: r.get(5)? }),
+                |r| Ok(Recorded { key: r.get(0)?, model: r.get(1)?, request: r.get(2)?, response: r.get(3)?, prompt_tokens: r.get(4)?, completion_tokens: r.get(5)?, served_by: r.get(6)? }),
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -274,8 +279,8 @@ impl Store {
     pub fn put_response(&self, rec: &Recorded) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO llm_responses (key, model, request, response, prompt_tokens, completion_tokens, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![rec.key, rec.model, rec.request, rec.response, rec.prompt_tokens, rec.completion_tokens, now()],
+                "INSERT OR REPLACE INTO llm_responses (key, model, request, response, prompt_tokens, completion_tokens, created, served_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![rec.key, rec.model, rec.request, rec.response, rec.prompt_tokens, rec.completion_tokens, now(), rec.served_by],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -285,7 +290,7 @@ impl Store {
     pub fn all_responses(&self) -> Result<Vec<Recorded>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT key, model, request, response, prompt_tokens, completion_tokens FROM llm_responses ORDER BY key")
+            .prepare("SELECT key, model, request, response, prompt_tokens, completion_tokens, served_by FROM llm_responses ORDER BY key")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -296,6 +301,7 @@ impl Store {
                     response: r.get(3)?,
                     prompt_tokens: r.get(4)?,
                     completion_tokens: r.get(5)?,
+                    served_by: r.get(6)?,
                 })
             })
             .map_err(|e| self.err(e))?;

@@ -88,6 +88,7 @@ fn recorded(
         response: response.to_string(),
         prompt_tokens,
         completion_tokens,
+        served_by: String::new(),
     }
 }
 
@@ -365,12 +366,14 @@ impl Model {
             .map(|(m, s)| self.request_key(m, *s))
             .collect();
         let mut results: Vec<Option<Result<String, String>>> = vec![None; requests.len()];
-        let todo = self.recorded_answers(&keys, store.as_ref(), &mut results);
+        let served_by = self.server_identity();
+        let todo = self.recorded_answers(&keys, store.as_ref(), &mut results, served_by.as_deref());
         if !todo.is_empty() {
             let answered = if self.cfg.provider == Provider::Local {
                 self.answer_locally(requests, &todo, &keys, store.as_ref())
             } else {
-                self.answer_over_http(requests, &todo, &keys, store.as_ref())
+                let served_by = served_by.unwrap_or_default();
+                self.answer_over_http(requests, &todo, &keys, store.as_ref(), &served_by)
             };
             for (i, answer) in answered {
                 results[i] = Some(answer);
@@ -389,13 +392,23 @@ impl Model {
         keys: &[String],
         store: Option<&Arc<Mutex<Store>>>,
         results: &mut [Option<Result<String, String>>],
+        served_by: Option<&str>,
     ) -> Vec<usize> {
         let mut todo = Vec::new();
+        let mut other_version = 0;
         for (i, key) in keys.iter().enumerate() {
             let recorded = store.and_then(|s| {
                 s.lock()
                     .ok()
                     .and_then(|s| s.get_response(key).ok().flatten())
+            });
+            // An answer the server gave as another version of the model (Ollama's digest changed:
+            // the model was pulled again or replaced) is asked again.
+            let recorded = recorded.filter(|r| {
+                let stale =
+                    matches!(served_by, Some(now) if !r.served_by.is_empty() && r.served_by != now);
+                other_version += usize::from(stale);
+                !stale
             });
             match recorded {
                 Some(r) => {
@@ -413,7 +426,45 @@ impl Model {
                 None => todo.push(i),
             }
         }
+        if other_version > 0 {
+            eprintln!(
+                "llm: {other_version} recorded answer{} came from another version of {} (the server's digest is now {}): asking again",
+                if other_version == 1 { "" } else { "s" },
+                self.cfg.model,
+                served_by.unwrap_or_default()
+            );
+        }
         todo
+    }
+
+    /// What the server says the model is, where its API tells: Ollama's digest of the model (from
+    /// `/api/tags`), which changes when the model is pulled again or replaced. None for servers
+    /// that give no identity before answering, and when the server cannot be asked.
+    fn server_identity(&self) -> Option<String> {
+        if self.cfg.provider != Provider::Ollama {
+            return None;
+        }
+        let url = format!("{}/api/tags", self.cfg.base_url.trim_end_matches('/'));
+        let model = self.cfg.model.clone();
+        runtime().block_on(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .ok()?;
+            let tags: serde_json::Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            // Ollama names a model `name:tag`; a bare name means `:latest`.
+            let wanted = if model.contains(':') {
+                model.clone()
+            } else {
+                format!("{model}:latest")
+            };
+            tags["models"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == model.as_str() || m["name"] == wanted.as_str())
+                .and_then(|m| m["digest"].as_str())
+                .map(str::to_string)
+        })
     }
 
     /// Sends the `todo` requests to the server, `concurrency` at a time, recording each answer in the
@@ -424,6 +475,7 @@ impl Model {
         todo: &[usize],
         keys: &[String],
         store: Option<&Arc<Mutex<Store>>>,
+        served_by: &str,
     ) -> Vec<(usize, Result<String, String>)> {
         let client = match reqwest::Client::builder().build() {
             Ok(c) => c,
@@ -446,6 +498,7 @@ impl Model {
                     messages: requests[i].0.clone(),
                     key: keys[i].clone(),
                     model: self.cfg.model.clone(),
+                    served_by: served_by.to_string(),
                 };
                 let (sem, store, usage) = (sem.clone(), store.cloned(), self.usage.clone());
                 set.spawn(async move {
@@ -476,6 +529,8 @@ struct Request {
     messages: Vec<Message>,
     key: String,
     model: String,
+    /// The server's identity for the model, recorded with the answer.
+    served_by: String,
 }
 
 impl Request {
@@ -489,13 +544,14 @@ impl Request {
         if let Ok(mut u) = usage.lock() {
             u.retries += reply.retries as i64;
         }
-        let rec = recorded(
+        let mut rec = recorded(
             self.key,
             self.model,
             &self.messages,
             &reply.text,
             (reply.prompt_tokens, reply.completion_tokens),
         );
+        rec.served_by = self.served_by;
         account(&rec, store, usage);
         Ok(reply.text)
     }

@@ -30,6 +30,8 @@ pub struct MockServer {
     pub poison: Arc<Mutex<Vec<String>>>,
     /// Every request body received, in order.
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The digest Ollama's `/api/tags` reports for every model (change it to "pull" a new version).
+    pub ollama_digest: Arc<Mutex<String>>,
 }
 
 impl MockServer {
@@ -40,13 +42,27 @@ impl MockServer {
         let faults = Arc::new(Mutex::new(VecDeque::new()));
         let poison = Arc::new(Mutex::new(Vec::new()));
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let ollama_digest = Arc::new(Mutex::new("sha256:first".to_string()));
         let answer: Arc<Answer> = Arc::new(answer);
-        let (h, f, p, b) = (hits.clone(), faults.clone(), poison.clone(), bodies.clone());
+        let (h, f, p, b, d) = (
+            hits.clone(),
+            faults.clone(),
+            poison.clone(),
+            bodies.clone(),
+            ollama_digest.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (h, f, p, b, a) = (h.clone(), f.clone(), p.clone(), b.clone(), answer.clone());
+                let (h, f, p, b, d, a) = (
+                    h.clone(),
+                    f.clone(),
+                    p.clone(),
+                    b.clone(),
+                    d.clone(),
+                    answer.clone(),
+                );
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &h, &f, &p, &b, &*a);
+                    let _ = handle(stream, &h, &f, &p, &b, &d, &*a);
                 });
             }
         });
@@ -56,6 +72,7 @@ impl MockServer {
             faults,
             poison,
             bodies,
+            ollama_digest,
         }
     }
 
@@ -87,6 +104,7 @@ fn handle(
     faults: &Mutex<VecDeque<Fault>>,
     poison: &Mutex<Vec<String>>,
     bodies: &Mutex<Vec<serde_json::Value>>,
+    ollama_digest: &Mutex<String>,
     answer: &Answer,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
@@ -115,6 +133,16 @@ fn handle(
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
+        // Ollama's model list, as `ollama list` sees it: not a model request, so not counted.
+        if path.ends_with("/api/tags") {
+            let digest = ollama_digest.lock().unwrap().clone();
+            let tags = serde_json::json!({"models": [{"name": "m:latest", "model": "m:latest", "digest": digest}]});
+            let body = tags.to_string();
+            let response = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            stream.write_all(response.as_bytes())?;
+            stream.flush()?;
+            continue;
+        }
         hits.fetch_add(1, Ordering::SeqCst);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         bodies.lock().unwrap().push(json.clone());
