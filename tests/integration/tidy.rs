@@ -190,11 +190,11 @@ fn rule_no_thread_local(files: &[Source]) -> Vec<Violation> {
 }
 
 /// Files over 1,000 lines today, with their length: none may grow, and no other may join them.
+/// (`crates/llm/src/lib.rs` left the list when its unit tests moved to `tests.rs`.)
 const LONG_FILES: &[(&str, usize)] = &[
     ("crates/train/src/lib.rs", 1959),
     ("crates/train/src/model.rs", 1597),
     ("crates/verify/src/stages.rs", 1094),
-    ("crates/llm/src/lib.rs", 1027),
 ];
 
 fn rule_file_size(files: &[Source]) -> Vec<Violation> {
