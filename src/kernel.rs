@@ -572,7 +572,7 @@ fn byte_offset(code: &str, pos: usize) -> usize {
 fn media_of(value: &Dynamic) -> Media {
     let plain = MediaType::Plain(display_value(value));
     let rich = rtlab_core::values::rich_type_of(value);
-    let html = crate::notebook::report::value_html(value);
+    let html = rtlab_core::display::value_html(value);
     let mut content = vec![plain];
     match rich.map(|r| r.tag) {
         Some("plot") => {

@@ -11,6 +11,7 @@ pub mod ipynb;
 mod persist;
 pub mod report;
 mod runner;
+pub mod source;
 mod watch;
 
 pub use runner::{status_line, CacheMode, CellReport, CellStatus, Notebook, NotebookOptions};

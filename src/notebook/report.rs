@@ -2,20 +2,7 @@
 //! self-contained HTML or Markdown, readable without rtlab. Tables render as tables, SVG plots inline.
 
 use super::runner::CellReport;
-use rhai::Dynamic;
 use rtlab_core::display::escape_html as escape;
-
-/// The HTML of a cell's value: as its type registered it (a DataFrame as a table, a plot as SVG), anything
-/// else as text.
-pub fn value_html(value: &Dynamic) -> String {
-    if let Some(html) = rtlab_core::values::rich_type_of(value).and_then(|rich| rich.html) {
-        return html(value);
-    }
-    format!(
-        "<pre>{}</pre>",
-        escape(&crate::engine::display_value(value))
-    )
-}
 
 fn status_text(r: &CellReport) -> String {
     super::runner::status_line(r)

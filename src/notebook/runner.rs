@@ -150,7 +150,7 @@ impl Notebook {
         let origin = self.origin();
         // A Jupyter notebook runs as the script of its code cells.
         let source =
-            super::ipynb::read_script(&self.path).map_err(|e| ScriptError::plain(&origin, e))?;
+            super::source::read_script(&self.path).map_err(|e| ScriptError::plain(&origin, e))?;
         let notebook_mode = has_markers(&source);
         let mut state = RunState::new(&self.path, origin);
         self.last_run.clear();
@@ -213,18 +213,21 @@ impl Notebook {
         ctx: &CellContext,
         opts: &NotebookOptions,
     ) -> Result<CellReport, ScriptError> {
-        let hashing = !(opts.mode == CacheMode::Off && opts.once);
-        // Run once, a cell too quick to persist needs no hash of what it defines: a later cell that
-        // reads a value hashes it then (its key), and nothing is remembered for a rerun.
-        let hash_below = opts.once.then_some(opts.cache_min_s);
+        // Hash what a cell defines when it ran at least this long: always (0) where the notebook may
+        // be rerun in this process; run once, only a cell slow enough to persist (a later cell that
+        // reads a value hashes it then, for its key); never under `--no-cache` run once.
+        let hash_outputs_from_s = match (opts.mode, opts.once) {
+            (CacheMode::Off, true) => None,
+            (_, true) => Some(opts.cache_min_s),
+            (_, false) => Some(0.0),
+        };
         let mut r = self.run_cell(
             rt,
             scope,
             &mut state.hashes,
             &state.origin,
             ctx,
-            hashing,
-            hash_below,
+            hash_outputs_from_s,
         )?;
         let CellStatus::Ran { elapsed_s, .. } = r.status else {
             return Ok(r);
@@ -256,21 +259,20 @@ impl Notebook {
         hashes: &mut HashMap<String, ValueHash>,
         origin: &str,
         ctx: &CellContext,
-        hashing: bool,
-        skip_hashes_below_s: Option<f64>,
+        hash_outputs_from_s: Option<f64>,
     ) -> Result<CellReport, ScriptError> {
         rt.workspace.take_inputs();
         let start = Instant::now();
         let result = rt.eval(origin, &ctx.code, scope, &ctx.ast);
         let elapsed_s = start.elapsed().as_secs_f64();
-        let hashing = hashing && skip_hashes_below_s.is_none_or(|min| elapsed_s >= min);
+        let hashing = hash_outputs_from_s.is_some_and(|min| elapsed_s >= min);
         let inputs = stamp_inputs(&rt.workspace.take_inputs());
         let value = result?;
         let result_text = (!value.is_unit()).then(|| display_value(&value));
         if let Some(text) = &result_text {
             rt.sink.line(text);
         }
-        let result_html = (!value.is_unit()).then(|| crate::notebook::report::value_html(&value));
+        let result_html = (!value.is_unit()).then(|| rtlab_core::display::value_html(&value));
         let printed = rt.sink.take_capture();
 
         let defines = if hashing {

@@ -96,3 +96,12 @@ pub fn escape_html(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// The HTML of a cell's value: as its type registered it (a DataFrame as a table, a plot as SVG), anything
+/// else as text.
+pub fn value_html(value: &Dynamic) -> String {
+    if let Some(html) = crate::values::rich_type_of(value).and_then(|rich| rich.html) {
+        return html(value);
+    }
+    format!("<pre>{}</pre>", escape_html(&display_value(value)))
+}

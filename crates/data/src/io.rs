@@ -164,7 +164,7 @@ fn load_typed(path: &Path) -> Option<DataFrame> {
     // SAFETY: a read-only map of a regular file (see `LazyJsonl::scan`).
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
     let _ = map.advise(memmap2::Advice::Sequential);
-    let pieces = super::scan::cut_at_line_ends(&map, super::scan::PIECE_BYTES);
+    let pieces = cut_at_line_ends(&map, PIECE_BYTES);
     // A parsed piece's pages are given back at once: the frame holds its own copy of the values, and
     // the file's pages and the frame together would double the memory a load needs.
     let release = |piece: &[u8]| {
@@ -469,6 +469,25 @@ pub fn frame_from_parquet_bytes(bytes: &[u8]) -> Result<DataFrame, DataError> {
         |fields| fields.len() == 1 && fields[0].name().as_str() == EMPTY_STRUCT_FIELD,
         |_| Vec::new(),
     )
+}
+
+/// The size of the pieces the workers take: small enough to balance the cores, big enough that
+/// polars' per-piece work (one filter evaluation) costs nothing.
+pub(super) const PIECE_BYTES: usize = 4 << 20;
+
+/// Cuts `bytes` into pieces of about `size` bytes, each ending at a line end (or the end of the file).
+pub(super) fn cut_at_line_ends(bytes: &[u8], size: usize) -> Vec<&[u8]> {
+    let mut pieces = Vec::with_capacity(bytes.len() / size + 1);
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + size).min(bytes.len());
+        if end < bytes.len() {
+            end = memchr::memchr(b'\n', &bytes[end..]).map_or(bytes.len(), |i| end + i + 1);
+        }
+        pieces.push(&bytes[start..end]);
+        start = end;
+    }
+    pieces
 }
 
 #[cfg(test)]

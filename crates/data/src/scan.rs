@@ -26,9 +26,6 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The size of the pieces the workers take: small enough to balance the cores, big enough that
-/// polars' per-piece work (one filter evaluation) costs nothing.
-pub(super) const PIECE_BYTES: usize = 4 << 20;
 /// Kept lines up to this size are remembered for the next call on the same scan.
 const REMEMBER_BYTES: usize = 256 << 20;
 
@@ -148,7 +145,7 @@ impl LazyJsonl {
         let predicate = self.filters.iter().cloned().reduce(|a, b| a.and(b));
         let filter_paths = paths_read(&self.filters);
         let filter_keys = Keys::Only(&filter_paths).top_level();
-        let pieces = cut_at_line_ends(bytes, PIECE_BYTES);
+        let pieces = super::io::cut_at_line_ends(bytes, super::io::PIECE_BYTES);
         let mut parsed: Vec<Parsed> = pieces
             .par_iter()
             .map(|p| parse_piece(p, &filter_paths, &filter_keys, predicate.is_some()))
@@ -293,21 +290,6 @@ fn is_row_by_row(e: &Expr) -> bool {
                 | Expr::Function { .. }
         ),
     })
-}
-
-/// Cuts `bytes` into pieces of about `size` bytes, each ending at a line end (or the end of the file).
-pub(super) fn cut_at_line_ends(bytes: &[u8], size: usize) -> Vec<&[u8]> {
-    let mut pieces = Vec::with_capacity(bytes.len() / size + 1);
-    let mut start = 0;
-    while start < bytes.len() {
-        let mut end = (start + size).min(bytes.len());
-        if end < bytes.len() {
-            end = memchr::memchr(b'\n', &bytes[end..]).map_or(bytes.len(), |i| end + i + 1);
-        }
-        pieces.push(&bytes[start..end]);
-        start = end;
-    }
-    pieces
 }
 
 /// The paths of the values the expressions read: `col("metadata.category")` reads

@@ -524,7 +524,7 @@ mod tests {
 
     fn masked_softmax_ops(x: &Tensor, scale: f64, mask: &Tensor) -> Tensor {
         let s = ((x * scale).unwrap()).broadcast_add(mask).unwrap();
-        crate::model::softmax_last(&s).unwrap()
+        crate::layers::softmax_last(&s).unwrap()
     }
 
     fn causal(t: usize) -> Tensor {

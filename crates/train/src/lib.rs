@@ -26,6 +26,7 @@ mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+mod layers;
 mod lora_linear;
 pub mod model;
 pub mod models;
@@ -34,6 +35,7 @@ pub mod peft;
 mod pool_gemm;
 pub mod q4_1;
 pub mod q8;
+pub mod quantized;
 
 rhai::def_package! {
     /// Training and local models: `train_lora`, `train_dpo`, `load_model`, `generate`, `perplexity`,
@@ -488,16 +490,6 @@ fn pairs_of(
         .collect())
 }
 
-/// Files a fingerprint must cover: config, tokenizer and weights (by size and mtime, not content: a
-/// 15 GB base is not hashed on every run). A GGUF base is one file.
-fn base_identity(dir: &Path) -> Result<String, TrainError> {
-    // The content, not the path or stamps: a copy elsewhere is the same base, a rewrite another.
-    Ok(format!(
-        "base {}",
-        rtlab_core::provenance::path_content_hash(dir)?
-    ))
-}
-
 /// The base model's files as a run reads them: a GGUF file (metadata now, tensors later) or a
 /// Hugging Face directory.
 struct Base {
@@ -805,7 +797,8 @@ fn fingerprint(
     if req.quantized_base {
         h.update(b"quantized_base");
     }
-    h.update(base_identity(&req.base)?.as_bytes());
+    // The base's content, not its path or stamps: a copy elsewhere is the same base, a rewrite another.
+    h.update(rtlab_core::provenance::path_content_hash(&req.base)?.as_bytes());
     if let Task::Dpo {
         settings, adapter, ..
     } = &req.task

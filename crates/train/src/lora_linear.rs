@@ -13,7 +13,7 @@
 //! training numbers do not change with it. CPU f32 only; elsewhere the model keeps the tensor ops.
 
 use crate::fused::values;
-use crate::model::BaseWeight;
+use crate::layers::BaseWeight;
 use crate::pool_gemm::{self, dense, matmul_t_gradients, transposed};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use std::sync::OnceLock;
@@ -271,7 +271,7 @@ impl CustomOp3 for LoraLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::frozen_matmul;
+    use crate::layers::frozen_matmul;
     use candle_core::{Device, Var};
 
     use crate::test_values::tensor_bits as bits;

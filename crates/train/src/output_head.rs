@@ -14,8 +14,8 @@
 //! the tensor ops.
 
 use crate::fused::{map_rows_reading, update_rows, values};
+use crate::layers::{log_sum_exp, BaseWeight};
 use crate::lora_linear::with_weight_values;
-use crate::model::{log_sum_exp, BaseWeight};
 use crate::pool_gemm::{self, dense, transposed};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::sync::Mutex;
@@ -186,7 +186,7 @@ fn poisoned() -> candle_core::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{frozen_matmul, target_log_prob};
+    use crate::layers::{frozen_matmul, target_log_prob};
     use candle_core::{Device, Var};
 
     use crate::test_values::tensor_bits as bits;

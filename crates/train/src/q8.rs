@@ -1,6 +1,6 @@
 //! Decoding's quantized matrix product on x86: Q8_0 weights against Q8_0-quantized activations,
 //! the same numbers as candle's AVX2 kernel to the bit, computed faster; and what rtlab's quantized
-//! kernels share (the tiles' scheduling, the CPU's features). [`QuantizedWeight::matmul_t`] sends
+//! kernels share (the tiles' scheduling, the CPU's features). [`crate::quantized::QuantizedWeight::matmul_t`] sends
 //! Q4_1 weights to [`crate::q4_1`].
 //!
 //! candle computes `x Wᵀ` for a Q8_0 `W` as one dot product per (row, column), and each dot product
@@ -18,71 +18,49 @@
 //! random weights.
 //!
 //! Where candle runs another kernel (its repacked VNNI kernel for Q8_0 when the inner dimension is a
-//! multiple of 256, or its portable one without AVX2 and FMA), candle's runs: [`QuantizedWeight::matmul_t`]
+//! multiple of 256, or its portable one without AVX2 and FMA), candle's runs: [`crate::quantized::QuantizedWeight::matmul_t`]
 //! returns `None`.
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// Values per Q8_0 block.
 const QK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale, then 32 i8 quants (candle's `#[repr(C)] BlockQ8_0`).
 const BLOCK_BYTES: usize = 34;
 
-/// A frozen weight kept in its GGUF quantization, with what the Q8_0 kernel needs precomputed.
-pub struct QuantizedWeight {
-    pub tensor: Arc<QTensor>,
-    /// The blocks' scales as f32, converted on first use: `n × k/32` floats, an eighth of the weight.
-    scales: OnceLock<Vec<f32>>,
-}
-
-impl QuantizedWeight {
-    pub fn new(tensor: Arc<QTensor>) -> QuantizedWeight {
-        QuantizedWeight {
-            tensor,
-            scales: OnceLock::new(),
-        }
+/// `x Wᵀ` for `x` [m, k] (row-major) and a Q8_0 weight, as [m, n]; None where candle's own kernel
+/// must run. `scales` caches the blocks' scales as f32 (`n × k/32` floats, an eighth of the weight),
+/// converted on first use; `vnni` picks AVX-VNNI's dot products (same bits) on a CPU that has them.
+pub(crate) fn matmul_t(
+    tensor: &QTensor,
+    scales: &OnceLock<Vec<f32>>,
+    x: &[f32],
+    m: usize,
+    vnni: bool,
+) -> candle_core::Result<Option<Vec<f32>>> {
+    let (n, k) = tensor.shape().dims2()?;
+    if !applies(tensor.dtype(), n, k) || m == 0 || x.len() != m * k {
+        return Ok(None);
     }
-
-    /// `x Wᵀ` for `x` [m, k] (row-major), as [m, n]; None where candle's own kernel must run.
-    pub fn matmul_t(&self, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
-        self.matmul_t_with(x, m, cpu().vnni)
-    }
-
-    /// [`Self::matmul_t`] with the dot products' instructions chosen: AVX-VNNI's (`vnni`, on a CPU
-    /// that has them) or AVX2's. Both give the same bits; the tests check each.
-    fn matmul_t_with(
-        &self,
-        x: &[f32],
-        m: usize,
-        vnni: bool,
-    ) -> candle_core::Result<Option<Vec<f32>>> {
-        if self.tensor.dtype() == GgmlDType::Q4_1 {
-            return crate::q4_1::matmul_t(&self.tensor, x, m, vnni);
-        }
-        let (n, k) = self.tensor.shape().dims2()?;
-        if !applies(self.tensor.dtype(), n, k) || m == 0 || x.len() != m * k {
-            return Ok(None);
-        }
-        let data = self.tensor.data()?;
-        let weights: &[u8] = &data;
-        let scales = self.scales.get_or_init(|| block_scales(weights));
-        let act_blocks = quantize_rows(x, m, k);
-        let act_bytes = block_bytes(&act_blocks);
-        let act_scales = block_scales(act_bytes);
-        Ok(Some(matmul(
-            vnni && cpu().vnni,
-            Operand {
-                blocks: weights,
-                scales,
-            },
-            Operand {
-                blocks: act_bytes,
-                scales: &act_scales,
-            },
-            (m, k, n),
-        )))
-    }
+    let data = tensor.data()?;
+    let weights: &[u8] = &data;
+    let scales = scales.get_or_init(|| block_scales(weights));
+    let act_blocks = quantize_rows(x, m, k);
+    let act_bytes = block_bytes(&act_blocks);
+    let act_scales = block_scales(act_bytes);
+    Ok(Some(matmul(
+        vnni && cpu().vnni,
+        Operand {
+            blocks: weights,
+            scales,
+        },
+        Operand {
+            blocks: act_bytes,
+            scales: &act_scales,
+        },
+        (m, k, n),
+    )))
 }
 
 /// True where this kernel computes what candle would with its AVX2 kernel.
@@ -475,6 +453,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Module, Tensor};
     use rand::{Rng, SeedableRng};
+    use std::sync::Arc;
 
     /// The product candle computes, through the same `QMatMul` decoding used before this kernel.
     fn candle_product(q: &Arc<QTensor>, x: &[f32], m: usize, k: usize) -> Vec<f32> {
@@ -497,7 +476,7 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
             let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
-            let weight = QuantizedWeight::new(q.clone());
+            let weight = crate::quantized::QuantizedWeight::new(q.clone());
             for m in [1, 2, 3, 4, 5, 9, 20] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
                 let theirs = candle_product(&q, &x, m, k);

@@ -1,0 +1,42 @@
+//! A frozen weight kept in its GGUF quantization: what decoding's and QLoRA's products take, and the
+//! dispatch to rtlab's kernel for its block format (Q8_0 in `q8.rs`, Q4_1 in `q4_1.rs`), or None where
+//! candle's own kernel must run. Both kernel modules sit below this one, so neither imports the other
+//! back.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use std::sync::{Arc, OnceLock};
+
+/// A frozen weight kept in its GGUF quantization, with what the Q8_0 kernel needs precomputed.
+pub struct QuantizedWeight {
+    pub tensor: Arc<QTensor>,
+    /// The blocks' scales as f32, converted on first use (the Q8_0 kernel's).
+    scales: OnceLock<Vec<f32>>,
+}
+
+impl QuantizedWeight {
+    pub fn new(tensor: Arc<QTensor>) -> QuantizedWeight {
+        QuantizedWeight {
+            tensor,
+            scales: OnceLock::new(),
+        }
+    }
+
+    /// `x Wᵀ` for `x` [m, k] (row-major), as [m, n]; None where candle's own kernel must run.
+    pub fn matmul_t(&self, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
+        self.matmul_t_with(x, m, crate::q8::cpu().vnni)
+    }
+
+    /// [`Self::matmul_t`] with the dot products' instructions chosen: AVX-VNNI's (`vnni`, on a CPU
+    /// that has them) or AVX2's. Both give the same bits; the tests check each.
+    pub(crate) fn matmul_t_with(
+        &self,
+        x: &[f32],
+        m: usize,
+        vnni: bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        if self.tensor.dtype() == GgmlDType::Q4_1 {
+            return crate::q4_1::matmul_t(&self.tensor, x, m, vnni);
+        }
+        crate::q8::matmul_t(&self.tensor, &self.scales, x, m, vnni)
+    }
+}
