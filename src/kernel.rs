@@ -96,9 +96,25 @@ pub fn run(connection_file: &Path) -> Result<(), String> {
     }
     let mut session = Session::new(to_wire, parent);
     while let Ok(msg) = from_wire.recv() {
-        match msg {
-            ToSession::Shell(m) => session.handle(&m),
-            ToSession::Shutdown => break,
+        let ToSession::Shell(m) = msg else { break };
+        if !session.handle(&m) {
+            continue;
+        }
+        // A cell failed with `stop_on_error` (Run All): the cells already queued behind it are
+        // aborted, as ipykernel does (its `stop_on_error_timeout` is 0), not run on a state the
+        // failure left half made. A request sent after the failure is not queued behind it.
+        loop {
+            match from_wire.try_recv() {
+                Ok(ToSession::Shell(next)) => {
+                    if matches!(next.content, JupyterMessageContent::ExecuteRequest(_)) {
+                        session.abort(&next);
+                    } else {
+                        session.handle(&next);
+                    }
+                }
+                Ok(ToSession::Shutdown) => return Ok(()),
+                Err(_) => break,
+            }
         }
     }
     Ok(())
@@ -317,8 +333,26 @@ impl Session {
         let _ = self.out.send(ToWire::Shell(Box::new(m)));
     }
 
-    /// One shell request: busy, the reply (and outputs), idle.
-    fn handle(&mut self, request: &JupyterMessage) {
+    /// An execute request queued behind a failed cell: busy, an `aborted` reply, idle.
+    fn abort(&mut self, request: &JupyterMessage) {
+        self.iopub(Status::busy().as_child_of(request));
+        self.reply(
+            ExecuteReply {
+                status: ReplyStatus::Aborted,
+                execution_count: ExecutionCount::new(self.count),
+                payload: vec![],
+                user_expressions: Some(Default::default()),
+                error: None,
+            }
+            .as_child_of(request),
+        );
+        self.iopub(Status::idle().as_child_of(request));
+    }
+
+    /// One shell request: busy, the reply (and outputs), idle. True when it was a cell that failed
+    /// and asked to stop on error.
+    fn handle(&mut self, request: &JupyterMessage) -> bool {
+        let mut stop = false;
         *self.parent.lock().unwrap_or_else(|e| e.into_inner()) = Some(request.clone());
         self.iopub(Status::busy().as_child_of(request));
         match &request.content {
@@ -326,7 +360,8 @@ impl Session {
                 self.reply(kernel_info().as_child_of(request))
             }
             JupyterMessageContent::ExecuteRequest(req) => {
-                self.execute(request, &req.code, req.silent, req.store_history)
+                let ok = self.execute(request, &req.code, req.silent, req.store_history);
+                stop = !ok && req.stop_on_error;
             }
             JupyterMessageContent::CompleteRequest(req) => {
                 let reply = self.complete(&req.code, req.cursor_pos);
@@ -393,9 +428,11 @@ impl Session {
         }
         self.iopub(Status::idle().as_child_of(request));
         *self.parent.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        stop
     }
 
-    fn execute(&mut self, request: &JupyterMessage, code: &str, silent: bool, store: bool) {
+    /// Runs a cell; false when it failed.
+    fn execute(&mut self, request: &JupyterMessage, code: &str, silent: bool, store: bool) -> bool {
         if store && !silent {
             self.count += 1;
         }
@@ -437,6 +474,7 @@ impl Session {
                     }
                     .as_child_of(request),
                 );
+                true
             }
             Err(e) => {
                 let (ename, evalue) = if e.cancelled {
@@ -470,6 +508,7 @@ impl Session {
                     }
                     .as_child_of(request),
                 );
+                false
             }
         }
     }

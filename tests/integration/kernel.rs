@@ -354,6 +354,36 @@ run.steps"#,
             a.stdout()
         );
 
+        // Run All after an error: a cell that fails with stop_on_error aborts the ones queued
+        // behind it, which never run.
+        // The failing cell takes a moment, so the next is queued behind it when it fails.
+        let failing: JupyterMessage =
+            ExecuteRequest::new("sleep(0.5); throw \"boom\"".to_string()).into();
+        let queued: JupyterMessage = ExecuteRequest::new("let after = 1;".to_string()).into();
+        let (failing_id, queued_id) = (failing.header.msg_id.clone(), queued.header.msg_id.clone());
+        c.shell.send(failing).await.unwrap();
+        c.shell.send(queued).await.unwrap();
+        let mut statuses = std::collections::BTreeMap::new();
+        for _ in 0..2 {
+            let reply = tokio::time::timeout(Duration::from_secs(30), c.shell.read())
+                .await
+                .unwrap()
+                .unwrap();
+            let JupyterMessageContent::ExecuteReply(r) = &reply.content else {
+                panic!("{:?}", reply.content)
+            };
+            statuses.insert(reply.parent_header.unwrap().msg_id, r.status.clone());
+        }
+        assert_eq!(statuses[&failing_id], ReplyStatus::Error);
+        assert_eq!(statuses[&queued_id], ReplyStatus::Aborted);
+        c.outputs_of(&failing_id).await;
+        c.outputs_of(&queued_id).await;
+        let a = c.execute("after").await;
+        assert!(
+            matches!(&a.reply, JupyterMessageContent::ExecuteReply(r) if r.status == ReplyStatus::Error),
+            "an aborted cell ran"
+        );
+
         // A request the kernel does not know gets an error reply of its kind, and the kernel goes on.
         let unknown = JupyterMessage::new(
             JupyterMessageContent::UnknownMessage(jupyter_protocol::UnknownMessage {
