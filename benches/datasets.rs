@@ -8,6 +8,8 @@
 
 #[path = "common/python.rs"]
 mod python;
+#[path = "common/results.rs"]
+mod results;
 
 use std::io::Write;
 use std::path::Path;
@@ -224,4 +226,16 @@ fn main() {
         );
     }
     println!("({}, {} rows)", kept(&rt_out), rows);
+    results::write(
+        "datasets",
+        serde_json::json!({
+            "rows": rows,
+            "load_jsonl_s": rt_s,
+            "scan_jsonl_s": lz_s,
+            "python_loop_s": py_s,
+            "load_jsonl_vs_python_loop": py_s / rt_s,
+            "scan_jsonl_vs_python_loop": py_s / lz_s,
+        }),
+        5,
+    );
 }

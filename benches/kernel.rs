@@ -4,7 +4,10 @@
 //! (ipykernel takes about a second); an `execute_request` of `1 + 1` answered, outputs and `idle`
 //! included, under 5 ms. Medians over runs (these machines are shared and noisy); when Python has
 //! ipykernel, its start is measured in the same run as the peer. Results go to
-//! `target/bench-results/kernel.json`.
+//! `target/bench-results/kernel.json` (`common/results.rs`).
+
+#[path = "common/results.rs"]
+mod results;
 
 use jupyter_protocol::{
     ConnectionInfo, ExecuteRequest, JupyterMessage, JupyterMessageContent, KernelInfoRequest,
@@ -116,16 +119,6 @@ async fn round_trip(shell: &mut ClientShellConnection, iopub: &mut ClientIoPubCo
     }
 }
 
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let rtlab = vec![
@@ -180,7 +173,7 @@ fn main() {
         }
         let start_ms = ms(median(rtlab_starts));
         let trip_ms = ms(median(trips));
-        println!("machine: {} ({} cores)", cpu(), std::thread::available_parallelism().map_or(1, |n| n.get()));
+        println!("machine: {}", results::machine());
         println!(
             "rtlab kernel: start to kernel_info_reply {start_ms:.1} ms (median of {STARTS}; goal < 100 ms)"
         );
@@ -202,16 +195,6 @@ fn main() {
         } else {
             println!("ipykernel: not installed here (pip install ipykernel to measure the peer)");
         }
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
-        let _ = std::fs::create_dir_all(&out);
-        let record = serde_json::json!({
-            "figures": figures,
-            "runs": STARTS,
-            "machine": cpu(),
-        });
-        let _ = std::fs::write(
-            out.join("kernel.json"),
-            serde_json::to_string_pretty(&record).unwrap(),
-        );
+        results::write("kernel", figures, STARTS);
     });
 }
