@@ -14,7 +14,7 @@
 //! parent; a message with a bad signature is refused (logged on the kernel's stderr) and never
 //! reaches the session.
 
-use crate::engine::{display_value, render_error, script_type_name, HelpIndex, Runtime};
+use crate::engine::{display_value, render_error, HelpIndex, Runtime};
 use crate::repl::{is_incomplete, ReplHelper};
 use jupyter_protocol::{
     CodeMirrorMode, CommInfoReply, CompleteReply, ConnectionInfo, DisplayData, ErrorOutput,
@@ -544,13 +544,7 @@ impl Session {
     }
 
     fn refresh_variables(&self) {
-        let mut names: Vec<(String, String)> = Vec::new();
-        for (n, _, v) in self.scope.iter_raw() {
-            names.retain(|(m, _)| m != n);
-            names.push((n.to_string(), script_type_name(&self.rt.engine, v)));
-        }
-        names.sort();
-        *self.variables.borrow_mut() = names;
+        *self.variables.borrow_mut() = crate::repl::variables_in(&self.scope, &self.rt.engine);
     }
 
     /// What the REPL's Tab gives, with Jupyter's cursor positions in Unicode code points.

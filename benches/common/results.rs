@@ -4,26 +4,10 @@
 
 use std::path::PathBuf;
 
-/// The CPU model and the SIMD extensions that decide kernel speed, and the core count.
+/// The CPU model, its SIMD extensions, cores and memory: rtlab's own reading
+/// (`rtlab_core::provenance::machine`, what run manifests record).
 pub fn machine() -> serde_json::Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        cpuinfo
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let flags = field("flags").unwrap_or_default();
-    let simd: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_tile"]
-        .into_iter()
-        .filter(|f| flags.split_whitespace().any(|x| x == *f))
-        .collect();
-    serde_json::json!({
-        "cpu": field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string()),
-        "simd": simd,
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-    })
+    serde_json::to_value(rtlab_core::provenance::machine()).unwrap_or_default()
 }
 
 /// Writes `target/bench-results/NAME.json` and returns its path.

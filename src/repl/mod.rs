@@ -19,6 +19,18 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
+/// The variables in `scope` with their types, sorted, for completion: later entries shadow earlier
+/// ones of the same name, so the last is kept. The REPL and the Jupyter kernel complete from it.
+pub(crate) fn variables_in(scope: &Scope<'static>, engine: &rhai::Engine) -> Vec<(String, String)> {
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (n, _, v) in scope.iter_raw() {
+        names.retain(|(m, _)| m != n);
+        names.push((n.to_string(), script_type_name(engine, v)));
+    }
+    names.sort();
+    names
+}
+
 /// Where history lives: `$XDG_DATA_HOME/rtlab/history` (`~/.local/share/rtlab/history`).
 pub fn history_path() -> Option<PathBuf> {
     dirs::data_dir().map(|d| d.join("rtlab").join("history"))
@@ -180,14 +192,7 @@ impl Repl {
     }
 
     fn refresh_variables(&self) {
-        // Later entries shadow earlier ones of the same name: keep the last, with its type.
-        let mut names: Vec<(String, String)> = Vec::new();
-        for (n, _, v) in self.scope.iter_raw() {
-            names.retain(|(m, _)| m != n);
-            names.push((n.to_string(), script_type_name(&self.rt.engine, v)));
-        }
-        names.sort();
-        *self.variables.borrow_mut() = names;
+        *self.variables.borrow_mut() = variables_in(&self.scope, &self.rt.engine);
     }
 
     fn help_command(&self, name: &str) {
