@@ -605,10 +605,10 @@ fn byte_offset(code: &str, pos: usize) -> usize {
 fn media_of(value: &Dynamic) -> Media {
     let plain = MediaType::Plain(display_value(value));
     let rich = rtlab_core::values::rich_type_of(value);
-    let html = rtlab_core::display::value_html(value);
     let mut content = vec![plain];
     match rich.map(|r| r.tag) {
         Some("plot") => {
+            let html = rtlab_core::display::value_html(value);
             let svg = html
                 .find("<svg")
                 .and_then(|start| html.rfind("</svg>").map(|end| &html[start..end + 6]))
@@ -631,7 +631,7 @@ fn media_of(value: &Dynamic) -> Media {
                 .collect();
             content.push(MediaType::Html(format!("<table>{rows}</table>")));
         }
-        _ => content.push(MediaType::Html(html)),
+        _ => content.push(MediaType::Html(rtlab_core::display::value_html(value))),
     }
     Media::new(content)
 }

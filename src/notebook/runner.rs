@@ -43,6 +43,21 @@ pub struct NotebookOptions {
     pub once: bool,
 }
 
+impl NotebookOptions {
+    /// How long a cell must have run for its outputs to be hashed, or None for a run that hashes
+    /// nothing (no keys from the values a cell reads either). Always (0 s) where the notebook may be
+    /// rerun in this process; run once, only a cell slow enough to persist (a later cell that reads a
+    /// value hashes it then, for its key); never under `--no-cache` run once (a 200k-row frame costs
+    /// 0.1 to 0.4 s to hash).
+    fn hash_output_from_s(&self) -> Option<f64> {
+        match (self.mode, self.once) {
+            (CacheMode::Off, true) => None,
+            (_, true) => Some(self.cache_min_s),
+            (_, false) => Some(0.0),
+        }
+    }
+}
+
 impl Default for NotebookOptions {
     fn default() -> Self {
         NotebookOptions {
@@ -156,9 +171,7 @@ impl Notebook {
         self.last_run.clear();
         rt.sink.take_capture();
         for cell in split_cells(&source) {
-            // A run that caches nothing and will not be rerun hashes nothing: no key from the values
-            // a cell reads, no content hash of what it defines (a 200k-row frame costs 0.4 s).
-            let hashing = !(opts.mode == CacheMode::Off && opts.once);
+            let hashing = opts.hash_output_from_s().is_some();
             let ctx = state.prepare(rt, scope, cell, hashing)?;
             let restored = if hashing && ctx.uncacheable.is_none() && opts.mode != CacheMode::Fresh
             {
@@ -213,14 +226,7 @@ impl Notebook {
         ctx: &CellContext,
         opts: &NotebookOptions,
     ) -> Result<CellReport, ScriptError> {
-        // Hash what a cell defines when it ran at least this long: always (0) where the notebook may
-        // be rerun in this process; run once, only a cell slow enough to persist (a later cell that
-        // reads a value hashes it then, for its key); never under `--no-cache` run once.
-        let hash_outputs_from_s = match (opts.mode, opts.once) {
-            (CacheMode::Off, true) => None,
-            (_, true) => Some(opts.cache_min_s),
-            (_, false) => Some(0.0),
-        };
+        let hash_outputs_from_s = opts.hash_output_from_s();
         let mut r = self.run_cell(
             rt,
             scope,
