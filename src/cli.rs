@@ -685,7 +685,7 @@ fn export(
     system: Option<&str>,
     name: Option<&str>,
 ) -> ExitCode {
-    let quant = match rtlab_train::gguf::Quant::parse(quant) {
+    let quant = match rtlab_model::gguf::Quant::parse(quant) {
         Ok(q) => q,
         Err(e) => {
             eprintln!("error: --quant: {e}");
@@ -694,14 +694,14 @@ fn export(
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let ws = rtlab_core::Workspace::new(&cwd, rtlab_core::OutputSink::new());
-    let written = rtlab_train::export_merged_gguf(&ws, base, adapter, out, quant)
+    let written = rtlab_model::export_merged_gguf(&ws.base_dir(), base, adapter, out, quant)
         .map_err(|e| e.to_string())
         .and_then(|_| {
             let file = out
                 .file_name()
                 .map(|f| format!("./{}", f.to_string_lossy()))
                 .unwrap_or_default();
-            let text = rtlab_train::modelfile(&file, None, system, None, &[])?;
+            let text = rtlab_model::modelfile(&file, None, system, None, &[])?;
             let path = out.with_file_name("Modelfile");
             rtlab_core::workspace::write_atomic(&path, text.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -726,7 +726,7 @@ fn export(
 }
 
 fn models(action: ModelsCmd) -> ExitCode {
-    use rtlab_train::models;
+    use rtlab_model::models;
     match action {
         ModelsCmd::Pull { name } => match models::pull(&name) {
             Ok(path) => {

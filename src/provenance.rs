@@ -16,6 +16,7 @@ pub fn code_identities() -> BTreeMap<String, String> {
         ("data", rtlab_data::code_identity()),
         ("verifier", rtlab_verify::code_identity()),
         ("LLM client", rtlab_llm::code_identity()),
+        ("model", code_identity("model", rtlab_model::CODE_IDENTITY)),
         ("trainer", rtlab_train::code_identity()),
         ("benchmark", rtlab_bench::code_identity()),
         ("phase", rtlab_phase::code_identity()),

@@ -195,10 +195,10 @@ mod tests {
     fn a_local_model_is_cached_as_what_it_was_loaded_from_and_its_files_stamps() {
         register_rich_types();
         let dir = tempfile::tempdir().unwrap();
-        let spec = rtlab_train::tiny::TinySpec::default();
-        rtlab_train::tiny::create(dir.path(), &spec).unwrap();
+        let spec = rtlab_model::tiny::TinySpec::default();
+        rtlab_model::tiny::create(dir.path(), &spec).unwrap();
         let model =
-            rtlab_train::load_local(dir.path(), None, Some("{prompt}".into()), true).unwrap();
+            rtlab_model::load_local(dir.path(), None, Some("{prompt}".into()), true).unwrap();
         let value = Dynamic::from(rtlab_train::Local(model));
         let enc = encode(&value).expect("persistable");
         let back = decode(&enc.json, &mut |_| Err("no frames".into())).unwrap();

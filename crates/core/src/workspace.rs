@@ -15,6 +15,9 @@ use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+// The file services moved below this crate (rtlab-files); every caller keeps naming them here.
+pub use rtlab_files::{resolve_against, write_atomic, write_atomic_parts};
+
 /// Something outside the script that a cell read through the stdlib.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Input {
@@ -219,27 +222,6 @@ pub fn workspace_dir(script_dir: &Path) -> PathBuf {
     start.join(".rtlab")
 }
 
-/// `path` resolved against the absolute directory `base` (see [`Workspace::resolve`]).
-pub fn resolve_against(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    let mut base = base.to_path_buf();
-    let mut rest = p.components().peekable();
-    while let Some(c) = rest.peek() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir if base.parent().is_some() => {
-                base.pop();
-            }
-            _ => break,
-        }
-        rest.next();
-    }
-    base.join(rest.collect::<PathBuf>())
-}
-
 /// What identifies a file's version cheaply: `stamp:<len>:<mtime ns>:<inode>`, or "missing". The
 /// cell cache records it for inputs; a scan keys its remembered lines on it.
 pub fn file_stamp(path: &Path) -> String {
@@ -260,54 +242,4 @@ pub fn file_stamp(path: &Path) -> String {
         ),
         Err(_) => "missing".to_string(),
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a reader
-/// (or a crash) never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_parts(path, &[bytes])
-}
-
-/// [`write_atomic`] of the concatenation of `parts`, without concatenating them first.
-pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    // Temp files are private (0600); the result should have the mode a plain write would give it.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0o644);
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    }
-    let mut written = 0;
-    for part in parts {
-        tmp.write_all(part)?;
-        // Start writing back what is written while the rest is copied in, so that the sync below
-        // waits for the last part only.
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain syscall on an open file descriptor; a failure only loses the overlap.
-            unsafe {
-                libc::sync_file_range(
-                    tmp.as_file().as_raw_fd(),
-                    written as libc::off64_t,
-                    part.len() as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-        }
-        written += part.len();
-    }
-    // Durable before it is visible: after a power cut the file is the old one or the whole new one.
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

@@ -167,7 +167,7 @@ impl Model {
         };
         let (model, adapter) = if provider == Provider::Local {
             // A model rtlab knows by name (`smollm2-135m`) is found in, or pulled to, its cache.
-            let located = rtlab_train::models::locate(&model, base_dir)
+            let located = rtlab_model::models::locate(&model, base_dir)
                 .map_err(|e| format!("llm: {e}"))?
                 .display()
                 .to_string();
@@ -289,7 +289,10 @@ impl Model {
             canonical["model"] = serde_json::json!(content(&self.cfg.model));
             canonical["adapter"] = serde_json::json!(self.cfg.adapter.as_deref().map(adapter));
             canonical["template"] = serde_json::json!(self.cfg.template);
-            canonical["decoder"] = serde_json::json!(rtlab_train::code_identity());
+            canonical["decoder"] = serde_json::json!(rtlab_core::provenance::code_identity(
+                "model",
+                rtlab_model::CODE_IDENTITY
+            ));
         }
         blake3::hash(canonical.to_string().as_bytes())
             .to_hex()
@@ -569,7 +572,7 @@ impl Model {
         store: Option<&Arc<Mutex<Store>>>,
     ) -> Vec<(usize, Result<String, String>)> {
         let adapter = self.cfg.adapter.as_ref().map(std::path::PathBuf::from);
-        let model = match rtlab_train::load_local(
+        let model = match rtlab_model::load_local(
             std::path::Path::new(&self.cfg.model),
             adapter.as_deref(),
             self.cfg.template.clone(),
@@ -587,12 +590,13 @@ impl Model {
         let mut out = Vec::new();
         // The samples of one prompt decode as one batch (prefilled once); prompts go one after another.
         let groups = group_by_prompt(requests, todo);
-        let options = rtlab_train::generate::GenOptions {
+        let options = rtlab_model::generate::GenOptions {
             max_tokens: self.cfg.max_tokens.max(0) as usize,
             temperature: self.cfg.temperature,
             top_p: self.cfg.top_p,
             seed: 0,
             stop: self.cfg.stop.clone(),
+            interrupted: rtlab_core::cancel_requested,
         };
         for (messages, members) in groups {
             if rtlab_core::cancel_requested() {
@@ -605,7 +609,7 @@ impl Model {
                 .join("\n\n");
             // The sample index seeds each sample's sampler, so a rerun repeats it.
             let seeds: Vec<u64> = members.iter().map(|&i| requests[i].1 as u64).collect();
-            let answers: Vec<Result<rtlab_train::generate::Answer, String>> =
+            let answers: Vec<Result<rtlab_model::generate::Answer, String>> =
                 match model.answer_batch(&prompt, &options, &seeds) {
                     Ok(answers) => answers.into_iter().map(Ok).collect(),
                     Err(e) => vec![Err(e.to_string()); members.len()],
@@ -630,7 +634,7 @@ impl Model {
     /// sample is billed its prompt, as n requests would be.
     fn count_and_record(
         &self,
-        answer: &rtlab_train::generate::Answer,
+        answer: &rtlab_model::generate::Answer,
         key: &str,
         messages: &[Message],
         store: Option<&Mutex<Store>>,

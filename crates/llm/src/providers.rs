@@ -2,7 +2,7 @@
 //! Anthropic's Messages API and Ollama's native chat API. Building a request and reading a response
 //! are pure functions, tested without a network.
 
-pub use rtlab_train::generate::cut_at_stop;
+pub use rtlab_model::generate::cut_at_stop;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -17,10 +17,10 @@
 //! with the adapters switched off, and `adapter` (the SFT start, frozen) is the policy before its
 //! first step.
 
-use super::examples::{self, Example};
-use super::model::{CausalLm, Pass};
 use super::TrainError;
 use candle_core::{DType, Tensor};
+use rtlab_model::examples::{self, Example};
+use rtlab_model::model::{CausalLm, Pass};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

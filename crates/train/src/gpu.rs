@@ -4,13 +4,13 @@
 //! adapters and AdamW's moments into the candle model, so every file a run writes has the same
 //! format whichever device trained it, and a run can resume on the other device.
 
-use super::config::ModelConfig;
-use super::examples::Batch;
-use super::model::{dropout_mask, CausalLm, LoraSpec, Weights};
 use super::TrainError;
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rtlab_kernels::{AdamWConfig, Gpu, GpuLlama, LlamaShape};
+use rtlab_model::config::ModelConfig;
+use rtlab_model::examples::Batch;
+use rtlab_model::model::{dropout_mask, CausalLm, LoraSpec, Weights};
 use std::collections::HashMap;
 
 impl From<rtlab_kernels::KernelError> for TrainError {

@@ -6,13 +6,13 @@
 //! curve bit for bit; so a resumed run reproduces the uninterrupted run's curve exactly on the CPU.
 
 use super::dpo::{self, PairExample, PairLogps};
-use super::examples::{self, Batch, Example};
-use super::model::{masked_nll, CausalLm, LoraSpec, Pass};
 use super::{peft, TrainError};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rtlab_model::examples::{self, Batch, Example};
+use rtlab_model::model::{masked_nll, CausalLm, LoraSpec, Pass};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -223,8 +223,8 @@ fn vars_of(model: &CausalLm) -> Vec<(String, Var)> {
 /// The GPU a job's steps run on, with the base weights to upload.
 pub struct GpuSetup<'a> {
     pub gpu: rtlab_kernels::Gpu,
-    pub weights: &'a super::model::Weights,
-    pub cfg: &'a super::config::ModelConfig,
+    pub weights: &'a rtlab_model::model::Weights,
+    pub cfg: &'a rtlab_model::config::ModelConfig,
 }
 
 /// What the adapters are trained to do.
@@ -327,7 +327,7 @@ fn write_checkpoint(
             );
         }
     }
-    super::tiny::write_f32_safetensors(&tmp.path().join("optimizer.safetensors"), &moments)?;
+    rtlab_model::tiny::write_f32_safetensors(&tmp.path().join("optimizer.safetensors"), &moments)?;
     rtlab_core::workspace::write_atomic(
         &tmp.path().join("trainer_state.json"),
         serde_json::to_string(state)?.as_bytes(),
@@ -531,9 +531,10 @@ fn validation_loss(job: &Job, objective: &Objective) -> Result<f64, TrainError> 
     let batch = job.hyper.batch_size.max(1);
     match objective {
         Objective::Sft(examples) => {
-            let (nll, _) = super::model::mean_nll(job.model, examples, job.pad, batch, || {
-                Pass::reference(true).without_graph()
-            })?;
+            let (nll, _) =
+                rtlab_model::model::mean_nll(job.model, examples, job.pad, batch, || {
+                    Pass::reference(true).without_graph()
+                })?;
             Ok(nll)
         }
         Objective::Dpo {

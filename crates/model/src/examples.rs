@@ -2,7 +2,7 @@
 //! then the end-of-sequence token; loss is counted on response tokens only. Batches are padded on the
 //! right, which a causal mask makes invisible to the real tokens.
 
-use super::TrainError;
+use super::ModelError;
 use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
@@ -16,16 +16,16 @@ pub struct Example {
     pub prompt_len: usize,
 }
 
-pub fn load_tokenizer(dir: &std::path::Path) -> Result<Tokenizer, TrainError> {
+pub fn load_tokenizer(dir: &std::path::Path) -> Result<Tokenizer, ModelError> {
     let path = dir.join("tokenizer.json");
     if !path.exists() {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "{}: missing tokenizer.json (rtlab reads the fast-tokenizer file that `transformers` saves with the model)",
             dir.display()
         )));
     }
     Tokenizer::from_file(&path).map_err(|e| {
-        TrainError::Input(format!(
+        ModelError::Input(format!(
             "{}: cannot read the tokenizer: {e}",
             path.display()
         ))
@@ -33,7 +33,7 @@ pub fn load_tokenizer(dir: &std::path::Path) -> Result<Tokenizer, TrainError> {
 }
 
 /// The end-of-sequence id: config.json's `eos_token_id`, else the tokenizer's usual names.
-pub fn eos_id(tok: &Tokenizer, from_config: Option<u32>) -> Result<u32, TrainError> {
+pub fn eos_id(tok: &Tokenizer, from_config: Option<u32>) -> Result<u32, ModelError> {
     if let Some(id) = from_config {
         return Ok(id);
     }
@@ -48,15 +48,15 @@ pub fn eos_id(tok: &Tokenizer, from_config: Option<u32>) -> Result<u32, TrainErr
             return Ok(id);
         }
     }
-    Err(TrainError::Input(
+    Err(ModelError::Input(
         "cannot tell the end-of-sequence token: config.json has no eos_token_id and the tokenizer has none of </s>, <|endoftext|>, <|im_end|>".into(),
     ))
 }
 
-pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, TrainError> {
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ModelError> {
     tok.encode(text, false)
         .map(|e| e.get_ids().to_vec())
-        .map_err(|e| TrainError::Input(format!("tokenizer failed: {e}")))
+        .map_err(|e| ModelError::Input(format!("tokenizer failed: {e}")))
 }
 
 pub fn apply_template(template: &str, prompt: &str) -> String {
@@ -79,7 +79,7 @@ pub fn build(
     max_len: usize,
     eos: u32,
     too_long: TooLong,
-) -> Result<(Vec<Example>, Vec<usize>), TrainError> {
+) -> Result<(Vec<Example>, Vec<usize>), ModelError> {
     let mut out = Vec::with_capacity(pairs.len());
     let mut skipped = Vec::new();
     for (row, (prompt, response)) in pairs.iter().enumerate() {
@@ -91,7 +91,7 @@ pub fn build(
                     continue;
                 }
                 TooLong::Error => {
-                    return Err(TrainError::Input(format!(
+                    return Err(ModelError::Input(format!(
                         "row {row}: the prompt is {} tokens with the template, max_len is {max_len}, so no response token would be trained; raise max_len or pass on_too_long: \"skip\"",
                         p.len()
                     )))

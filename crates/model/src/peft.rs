@@ -3,7 +3,7 @@
 //! keys `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, A [r, in], B [out, r].
 
 use super::model::{CausalLm, LoraSpec};
-use super::TrainError;
+use super::ModelError;
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -47,10 +47,10 @@ pub fn adapter_tensors(model: &CausalLm) -> candle_core::Result<super::tiny::Hos
 }
 
 /// Writes the adapter into `dir` (created), each file atomically.
-pub fn save(dir: &Path, model: &CausalLm, spec: &LoraSpec, base: &str) -> Result<(), TrainError> {
+pub fn save(dir: &Path, model: &CausalLm, spec: &LoraSpec, base: &str) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir)?;
     super::tiny::write_f32_safetensors(&dir.join(WEIGHTS_FILE), &adapter_tensors(model)?)?;
-    rtlab_core::workspace::write_atomic(
+    rtlab_files::write_atomic(
         &dir.join(CONFIG_FILE),
         serde_json::to_string_pretty(&config_json(spec, base))?.as_bytes(),
     )?;
@@ -61,18 +61,18 @@ pub fn save(dir: &Path, model: &CausalLm, spec: &LoraSpec, base: &str) -> Result
 /// (A, B) per module path.
 pub type AdapterPairs = HashMap<String, (Tensor, Tensor)>;
 
-pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, AdapterPairs), TrainError> {
+pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, AdapterPairs), ModelError> {
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|_| {
-        TrainError::Input(format!(
+        ModelError::Input(format!(
             "{}: missing {CONFIG_FILE}; an adapter is a directory with {CONFIG_FILE} and {WEIGHTS_FILE}",
             dir.display()
         ))
     })?;
     let v: Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Input(format!("{}: not valid JSON: {e}", cfg_path.display())))?;
+        .map_err(|e| ModelError::Input(format!("{}: not valid JSON: {e}", cfg_path.display())))?;
     if v["peft_type"].as_str() != Some("LORA") {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "{}: peft_type is {}, rtlab reads LORA adapters",
             cfg_path.display(),
             v["peft_type"]
@@ -96,7 +96,7 @@ pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, AdapterPairs), TrainE
     };
     let weights = dir.join(WEIGHTS_FILE);
     let tensors = candle_core::safetensors::load(&weights, dev)
-        .map_err(|e| TrainError::Input(format!("{}: cannot read: {e}", weights.display())))?;
+        .map_err(|e| ModelError::Input(format!("{}: cannot read: {e}", weights.display())))?;
     let mut halves: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
     for (key, t) in tensors {
         let rest = key.strip_prefix("base_model.model.").unwrap_or(&key);
@@ -107,7 +107,7 @@ pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, AdapterPairs), TrainE
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
             (m.to_string(), 1)
         } else {
-            return Err(TrainError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "{}: tensor {key:?} is not a LoRA A/B weight (rtlab reads plain LoRA adapters: no bias, DoRA or modules_to_save)",
                 weights.display()
             )));
@@ -126,7 +126,7 @@ pub fn load(dir: &Path, dev: &Device) -> Result<(LoraSpec, AdapterPairs), TrainE
                 out.insert(module, (a, b));
             }
             _ => {
-                return Err(TrainError::Input(format!(
+                return Err(ModelError::Input(format!(
                     "{}: {module} has only one of lora_A and lora_B",
                     weights.display()
                 )))

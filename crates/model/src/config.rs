@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`) and `tokenizer.json`. Reads the config of the Llama and Qwen2
 //! families into one [`ModelConfig`]; every other architecture is refused with its name.
 
-use super::TrainError;
+use super::ModelError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -33,24 +33,24 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    pub fn from_dir(dir: &Path) -> Result<ModelConfig, TrainError> {
+    pub fn from_dir(dir: &Path) -> Result<ModelConfig, ModelError> {
         if !dir.is_dir() {
-            return Err(TrainError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "{}: no such model directory (a Hugging Face model dir with config.json, *.safetensors and tokenizer.json)",
                 dir.display()
             )));
         }
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|_| {
-            TrainError::Input(format!(
+            ModelError::Input(format!(
                 "{}: missing config.json; a base model is a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)",
                 dir.display()
             ))
         })?;
         let v: Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Input(format!("{}: not valid JSON: {e}", path.display())))?;
+            .map_err(|e| ModelError::Input(format!("{}: not valid JSON: {e}", path.display())))?;
         ModelConfig::from_json(&v)
-            .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))
+            .map_err(|e| ModelError::Input(format!("{}: {e}", path.display())))
     }
 
     pub fn from_json(v: &Value) -> Result<ModelConfig, String> {
@@ -117,14 +117,14 @@ impl ModelConfig {
 
 /// The safetensors files of a model dir: the shards named by `model.safetensors.index.json`, else every
 /// `*.safetensors` file.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index)?;
         let v: Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Input(format!("{}: not valid JSON: {e}", index.display())))?;
+            .map_err(|e| ModelError::Input(format!("{}: not valid JSON: {e}", index.display())))?;
         let map = v["weight_map"].as_object().ok_or_else(|| {
-            TrainError::Input(format!("{}: no \"weight_map\" object", index.display()))
+            ModelError::Input(format!("{}: no \"weight_map\" object", index.display()))
         })?;
         let mut files: Vec<String> = map
             .values()
@@ -145,7 +145,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "{}: no *.safetensors weights (PyTorch .bin checkpoints are not read; convert them with `transformers` save_pretrained(safe_serialization=True))",
             dir.display()
         )));

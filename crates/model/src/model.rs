@@ -14,7 +14,7 @@ use super::fused;
 use super::lora_linear::LoraLinear;
 use super::output_head::HeadLogProb;
 use super::pool_gemm;
-use super::TrainError;
+use super::ModelError;
 pub use crate::layers::{log_softmax_last, softmax_last, target_log_prob, BaseWeight};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -656,12 +656,12 @@ pub type Weights = HashMap<String, Tensor>;
 /// Base weights kept quantized (from a GGUF file), by HF name: the projections and the output head.
 pub type QuantizedWeights = HashMap<String, Arc<QTensor>>;
 
-pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, TrainError> {
+pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, ModelError> {
     let mut all = HashMap::new();
     for file in super::config::weight_files(dir)? {
         read_safetensors(&file, dtype, dev, &mut all).map_err(|e| match e {
-            TrainError::Input(m) => TrainError::Input(m),
-            other => TrainError::Input(format!(
+            ModelError::Input(m) => ModelError::Input(m),
+            other => ModelError::Input(format!(
                 "{}: cannot read safetensors: {other}",
                 file.display()
             )),
@@ -678,14 +678,14 @@ fn read_safetensors(
     dtype: DType,
     dev: &Device,
     into: &mut Weights,
-) -> Result<(), TrainError> {
+) -> Result<(), ModelError> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)?;
     let header_len = u64::from_le_bytes(len) as usize;
     if header_len > 100 << 20 {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "{}: not a safetensors file (header of {header_len} bytes)",
             path.display()
         )));
@@ -694,7 +694,7 @@ fn read_safetensors(
     f.read_exact(&mut header)?;
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
         .map_err(|e| {
-            TrainError::Input(format!("{}: bad safetensors header: {e}", path.display()))
+            ModelError::Input(format!("{}: bad safetensors header: {e}", path.display()))
         })?;
     let data_start = 8 + header_len as u64;
     for (name, info) in header {
@@ -702,7 +702,7 @@ fn read_safetensors(
             continue;
         }
         let bad =
-            |what: &str| TrainError::Input(format!("{}: tensor {name}: {what}", path.display()));
+            |what: &str| ModelError::Input(format!("{}: tensor {name}: {what}", path.display()));
         let shape: Vec<usize> = info["shape"]
             .as_array()
             .ok_or_else(|| bad("no shape"))?
@@ -761,9 +761,9 @@ struct WeightSource<'a> {
 }
 
 impl WeightSource<'_> {
-    fn take(&mut self, name: &str) -> Result<Tensor, TrainError> {
+    fn take(&mut self, name: &str) -> Result<Tensor, ModelError> {
         self.dense.remove(name).ok_or_else(|| {
-            TrainError::Input(format!(
+            ModelError::Input(format!(
                 "the model's safetensors have no tensor {name:?}: is config.json's architecture ({:?}) the one the weights were saved with?",
                 self.cfg.arch
             ))
@@ -778,7 +778,7 @@ impl WeightSource<'_> {
         module: &str,
         path: &str,
         bias: bool,
-    ) -> Result<Linear, TrainError> {
+    ) -> Result<Linear, ModelError> {
         let name = format!("{prefix}.{path}.weight");
         let weight = match self.quantized.remove(&name) {
             Some(q) => BaseWeight::Quantized(Arc::new(super::quantized::QuantizedWeight::new(q))),
@@ -807,7 +807,7 @@ impl WeightSource<'_> {
     }
 
     /// Decoder layer `i`.
-    fn layer(&mut self, i: usize) -> Result<Layer, TrainError> {
+    fn layer(&mut self, i: usize) -> Result<Layer, ModelError> {
         let p = format!("model.layers.{i}");
         let (cfg, qkv_bias) = (self.cfg, self.cfg.qkv_bias);
         let attn = Attention {
@@ -848,7 +848,7 @@ impl CausalLm {
         seed: u64,
         dtype: DType,
         dev: &Device,
-    ) -> Result<CausalLm, TrainError> {
+    ) -> Result<CausalLm, ModelError> {
         Self::with_quantized(cfg, w, QuantizedWeights::new(), lora, seed, dtype, dev)
     }
 
@@ -862,9 +862,9 @@ impl CausalLm {
         seed: u64,
         dtype: DType,
         dev: &Device,
-    ) -> Result<CausalLm, TrainError> {
+    ) -> Result<CausalLm, ModelError> {
         if !quantized.is_empty() && dtype != DType::F32 {
-            return Err(TrainError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "a quantized base computes in f32, not {dtype:?}"
             )));
         }
@@ -1108,7 +1108,7 @@ impl CausalLm {
         &mut self,
         spec: &LoraSpec,
         mut tensors: HashMap<String, (Tensor, Tensor)>,
-    ) -> Result<(), TrainError> {
+    ) -> Result<(), ModelError> {
         let scale = spec.scale();
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let lins: [(&str, &mut Linear); 7] = [
@@ -1127,7 +1127,7 @@ impl CausalLm {
                     Some((a, b)) => {
                         let (d_out, d_in) = lin.weight.dims2()?;
                         if a.dims() != [spec.r, d_in] || b.dims() != [d_out, spec.r] {
-                            return Err(TrainError::Input(format!(
+                            return Err(ModelError::Input(format!(
                                 "adapter {key}: A is {:?} and B {:?}, the model needs A [{}, {d_in}] and B [{d_out}, {}]",
                                 a.dims(), b.dims(), spec.r, spec.r
                             )));
@@ -1143,7 +1143,7 @@ impl CausalLm {
             }
         }
         if let Some(k) = tensors.keys().next() {
-            return Err(TrainError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "the adapter has weights for {k}, which this model does not have (another base model?)"
             )));
         }
@@ -1213,7 +1213,7 @@ mod tests {
     #[test]
     fn fused_rope_gives_the_tensor_ops_bits_at_every_offset() {
         let cfg = ModelConfig {
-            arch: super::super::config::Arch::Llama,
+            arch: crate::config::Arch::Llama,
             hidden_size: 64,
             intermediate_size: 128,
             num_hidden_layers: 1,

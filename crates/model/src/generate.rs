@@ -4,7 +4,7 @@
 use super::config::ModelConfig;
 use super::examples::{self, DEFAULT_TEMPLATE};
 use super::model::{load_weights, softmax_last, CausalLm, KvCache, Pass};
-use super::{peft, TrainError};
+use super::{peft, ModelError};
 use candle_core::{DType, Device, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,13 +45,13 @@ impl ChatTemplate {
     /// A Hugging Face directory's chat template, from `tokenizer_config.json` (`chat_template` as a
     /// string, or the "default" of a list of named ones), with its `bos_token` and `eos_token`
     /// (strings, or `{content}` objects). None when the directory has none.
-    pub fn from_hf_dir(dir: &Path) -> Result<Option<ChatTemplate>, TrainError> {
+    pub fn from_hf_dir(dir: &Path) -> Result<Option<ChatTemplate>, ModelError> {
         let path = dir.join("tokenizer_config.json");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(None);
         };
         let config: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Input(format!("{}: not JSON: {e}", path.display())))?;
+            .map_err(|e| ModelError::Input(format!("{}: not JSON: {e}", path.display())))?;
         let source = match &config["chat_template"] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Array(named) => match named
@@ -78,15 +78,15 @@ impl ChatTemplate {
     }
 
     /// One user message, rendered with `add_generation_prompt`, as llama.cpp and transformers do.
-    pub fn render(&self, prompt: &str) -> Result<String, TrainError> {
+    pub fn render(&self, prompt: &str) -> Result<String, ModelError> {
         self.render_messages(&[("user".to_string(), prompt.to_string())])
     }
 
     /// A conversation of (role, content) messages, rendered with `add_generation_prompt`.
-    pub fn render_messages(&self, messages: &[(String, String)]) -> Result<String, TrainError> {
+    pub fn render_messages(&self, messages: &[(String, String)]) -> Result<String, ModelError> {
         let mut env = minijinja::Environment::new();
         env.add_template("chat", &self.source).map_err(|e| {
-            TrainError::Input(format!("the model's chat template does not parse: {e}"))
+            ModelError::Input(format!("the model's chat template does not parse: {e}"))
         })?;
         let ctx = minijinja::context! {
             messages => messages
@@ -99,7 +99,7 @@ impl ChatTemplate {
         };
         env.get_template("chat")
             .and_then(|t| t.render(ctx))
-            .map_err(|e| TrainError::Input(format!("the model's chat template fails: {e}")))
+            .map_err(|e| ModelError::Input(format!("the model's chat template fails: {e}")))
     }
 }
 
@@ -121,6 +121,9 @@ pub struct GenOptions {
     /// Strings that end a sample: decoding stops once one appears in its text, and the answer is cut
     /// before it (OpenAI's `stop`).
     pub stop: Vec<String>,
+    /// Asked once a token: true ends decoding early with what was decoded so far. The library knows
+    /// no process-wide Ctrl-C; the caller passes its own flag (rtlab passes `cancel_requested`).
+    pub interrupted: fn() -> bool,
 }
 
 impl Default for GenOptions {
@@ -131,6 +134,7 @@ impl Default for GenOptions {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            interrupted: || false,
         }
     }
 }
@@ -143,7 +147,7 @@ impl LocalModel {
         adapter: Option<&Path>,
         template: Option<String>,
         dequantize: bool,
-    ) -> Result<LocalModel, TrainError> {
+    ) -> Result<LocalModel, ModelError> {
         let source = LoadSpec {
             path: dir.to_path_buf(),
             adapter: adapter.map(Path::to_path_buf),
@@ -186,7 +190,7 @@ impl LocalModel {
         adapter: Option<&Path>,
         template: Option<String>,
         dequantize: bool,
-    ) -> Result<LocalModel, TrainError> {
+    ) -> Result<LocalModel, ModelError> {
         let path = source.path.clone();
         let path = path.as_path();
         let dev = Device::Cpu;
@@ -222,27 +226,27 @@ impl LocalModel {
     }
 
     /// The token ids of `text` (no template).
-    pub fn tokens(&self, text: &str) -> Result<Vec<u32>, TrainError> {
+    pub fn tokens(&self, text: &str) -> Result<Vec<u32>, ModelError> {
         examples::encode(&self.tokenizer, text)
     }
 
     /// The continuation of `text` as it is (no template).
-    pub fn continue_text(&self, text: &str, o: &GenOptions) -> Result<String, TrainError> {
+    pub fn continue_text(&self, text: &str, o: &GenOptions) -> Result<String, ModelError> {
         let ids = examples::encode(&self.tokenizer, text)?;
         let out = self.generate_ids(&ids, o)?;
         Ok(cut_at_stop(&self.decode(&out)?, &o.stop).to_string())
     }
 
-    fn decode(&self, ids: &[u32]) -> Result<String, TrainError> {
+    fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         self.tokenizer
             .decode(ids, true)
-            .map_err(|e| TrainError::Input(format!("cannot decode: {e}")))
+            .map_err(|e| ModelError::Input(format!("cannot decode: {e}")))
     }
 
     /// Whether the text of `out` ends in one of the `stop` strings. Only the last tokens are decoded:
     /// enough of them to hold the longest stop string (every token is at least one character of it,
     /// or a byte of a character), so a step costs the same however long the answer is.
-    fn reached_stop(&self, out: &[u32], stop: &[String]) -> Result<bool, TrainError> {
+    fn reached_stop(&self, out: &[u32], stop: &[String]) -> Result<bool, ModelError> {
         let Some(longest) = stop.iter().map(|s| s.len()).max() else {
             return Ok(false);
         };
@@ -255,7 +259,7 @@ impl LocalModel {
 
     /// `prompt` as the model is asked it: through its chat template when it has one and no
     /// `template` was given, else through the training template.
-    pub fn prompt_text(&self, prompt: &str) -> Result<String, TrainError> {
+    pub fn prompt_text(&self, prompt: &str) -> Result<String, ModelError> {
         match &self.chat {
             Some(chat) => chat.render(prompt),
             None => Ok(examples::apply_template(&self.template, prompt)),
@@ -263,7 +267,7 @@ impl LocalModel {
     }
 
     /// The answer to `prompt` put through the training template.
-    pub fn answer(&self, prompt: &str, o: &GenOptions) -> Result<String, TrainError> {
+    pub fn answer(&self, prompt: &str, o: &GenOptions) -> Result<String, ModelError> {
         self.continue_text(&self.prompt_text(prompt)?, o)
     }
 
@@ -276,13 +280,13 @@ impl LocalModel {
         rows: &[(String, String)],
         max_len: usize,
         batch_size: usize,
-    ) -> Result<(f64, usize), TrainError> {
+    ) -> Result<(f64, usize), ModelError> {
         let mut examples = Vec::with_capacity(rows.len());
         for (row, (prompt, response)) in rows.iter().enumerate() {
             let mut ids = examples::encode(&self.tokenizer, &self.prompt_text(prompt)?)?;
             let prompt_len = ids.len();
             if prompt_len + 1 >= max_len {
-                return Err(TrainError::Input(format!(
+                return Err(ModelError::Input(format!(
                     "perplexity: row {row}: the prompt is {prompt_len} tokens, max_len is {max_len}, so no response token would be scored; raise max_len"
                 )));
             }
@@ -298,10 +302,10 @@ impl LocalModel {
 
     /// The logits at every position of `text` (no template), `[tokens][vocab]`: for checking against
     /// another implementation, e.g. transformers + peft on the same dir and adapter.
-    pub fn logits(&self, text: &str) -> Result<Vec<Vec<f32>>, TrainError> {
+    pub fn logits(&self, text: &str) -> Result<Vec<Vec<f32>>, ModelError> {
         let ids = examples::encode(&self.tokenizer, text)?;
         if ids.is_empty() {
-            return Err(TrainError::Input("logits: the text is empty".into()));
+            return Err(ModelError::Input("logits: the text is empty".into()));
         }
         let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &self.model.device)?;
         let logits = self.model.forward(&input, None, &mut Pass::decoding())?;
@@ -316,9 +320,9 @@ impl LocalModel {
         prompt: &[u32],
         o: &GenOptions,
         seeds: &[u64],
-    ) -> Result<Vec<Vec<u32>>, TrainError> {
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
         if prompt.is_empty() {
-            return Err(TrainError::Input("generate: the prompt is empty".into()));
+            return Err(ModelError::Input("generate: the prompt is empty".into()));
         }
         let n = seeds.len();
         let dev = &self.model.device;
@@ -352,7 +356,7 @@ impl LocalModel {
                 }
             }
             let full = cache.len() + 1 > self.model.cfg.max_position_embeddings;
-            if done.iter().all(|d| *d) || full || rtlab_core::cancel_requested() {
+            if done.iter().all(|d| *d) || full || (o.interrupted)() {
                 break;
             }
             if rows.iter().any(|&i| done[i]) {
@@ -379,7 +383,7 @@ impl LocalModel {
         prompt: &str,
         o: &GenOptions,
         seeds: &[u64],
-    ) -> Result<Vec<Answer>, TrainError> {
+    ) -> Result<Vec<Answer>, ModelError> {
         let ids = examples::encode(&self.tokenizer, &self.prompt_text(prompt)?)?;
         self.generate_batch(&ids, o, seeds)?
             .into_iter()
@@ -394,9 +398,9 @@ impl LocalModel {
             .collect()
     }
 
-    pub fn generate_ids(&self, prompt: &[u32], o: &GenOptions) -> Result<Vec<u32>, TrainError> {
+    pub fn generate_ids(&self, prompt: &[u32], o: &GenOptions) -> Result<Vec<u32>, ModelError> {
         if prompt.is_empty() {
-            return Err(TrainError::Input("generate: the prompt is empty".into()));
+            return Err(ModelError::Input("generate: the prompt is empty".into()));
         }
         let dev = &self.model.device;
         let mut cache = KvCache::default();
@@ -404,7 +408,7 @@ impl LocalModel {
         let mut out = Vec::new();
         let mut input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
         for _ in 0..o.max_tokens {
-            if rtlab_core::cancel_requested() {
+            if (o.interrupted)() {
                 break;
             }
             let logits = self

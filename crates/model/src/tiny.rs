@@ -4,7 +4,7 @@
 //! with no merges (one token per byte) plus three special tokens, a `tokenizer.json` that both the
 //! `tokenizers` crate and Python's `transformers` load.
 
-use super::TrainError;
+use super::ModelError;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -98,12 +98,12 @@ pub fn tokenizer_json() -> serde_json::Value {
 
 /// Writes `config.json`, `model.safetensors` (f32, seeded, norms at one),
 /// `tokenizer.json` and `tokenizer_config.json` into `dir`.
-pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), TrainError> {
+pub fn create(dir: &Path, spec: &TinySpec) -> Result<(), ModelError> {
     if !spec.hidden.is_multiple_of(spec.heads)
         || !spec.heads.is_multiple_of(spec.kv_heads.max(1))
         || !(spec.hidden / spec.heads).is_multiple_of(2)
     {
-        return Err(TrainError::Input(format!(
+        return Err(ModelError::Input(format!(
             "tiny model: hidden {} must split into {} heads of even size, and heads into {} kv_heads",
             spec.hidden, spec.heads, spec.kv_heads
         )));
@@ -226,11 +226,11 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
-    rtlab_core::workspace::write_atomic(path, bytes)
+    rtlab_files::write_atomic(path, bytes)
 }
 
 /// Writes f32 tensors as one safetensors file, atomically (unchanged files are not rewritten).
-pub fn write_f32_safetensors(path: &Path, tensors: &HostTensors) -> Result<(), TrainError> {
+pub fn write_f32_safetensors(path: &Path, tensors: &HostTensors) -> Result<(), ModelError> {
     let bytes: BTreeMap<&String, Vec<u8>> = tensors
         .iter()
         .map(|(k, (_, v))| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -240,10 +240,10 @@ pub fn write_f32_safetensors(path: &Path, tensors: &HostTensors) -> Result<(), T
         .map(|(k, (shape, _))| {
             TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes[k])
                 .map(|v| (k.clone(), v))
-                .map_err(|e| TrainError::Input(format!("{k}: {e}")))
+                .map_err(|e| ModelError::Input(format!("{k}: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    let data = safetensors::serialize(views, None).map_err(|e| TrainError::Input(e.to_string()))?;
+    let data = safetensors::serialize(views, None).map_err(|e| ModelError::Input(e.to_string()))?;
     write_if_changed(path, &data)?;
     Ok(())
 }
