@@ -11,7 +11,7 @@
 //!
 //! Parts 1 and 2 also run rtlab on candle's quantized kernels (`RTLAB_QMATMUL=candle`: the Q4_1
 //! weights requantized to Q8_0 at load, as rtlab ran before its own Q4_1 kernel), the baseline of
-//! rtlab's kernels (`crates/train/src/q4_1.rs` and `q8.rs`).
+//! rtlab's kernels (`crates/model/src/q4_1.rs` and `q8.rs`).
 //! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of about 120 tokens, batch 4):
 //!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
 //!    gradient checkpointing (the default) and with the whole graph kept (the baseline), beside

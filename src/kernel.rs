@@ -36,7 +36,9 @@ use std::sync::{Arc, Mutex};
 
 /// What the socket thread hands the session.
 enum ToSession {
-    Shell(Box<JupyterMessage>),
+    /// A shell request, with when it came off the socket (a request queued behind a failed cell
+    /// is one that came before the failure was answered).
+    Shell(Box<JupyterMessage>, std::time::Instant),
     Shutdown,
 }
 
@@ -95,26 +97,21 @@ pub fn run(connection_file: &Path) -> Result<(), String> {
         eprintln!("rtlab kernel: warnings stay on the kernel's stderr: {e}");
     }
     let mut session = Session::new(to_wire, parent);
+    // When a cell last failed with `stop_on_error` (Run All): the execute requests queued behind it,
+    // those that arrived before its failure was answered, are aborted, as ipykernel does (its
+    // `stop_on_error_timeout` is 0), not run on a state the failure left half made. A request that
+    // arrived after the answer runs, however late this thread gets to it on a busy machine.
+    let mut failed_at: Option<std::time::Instant> = None;
     while let Ok(msg) = from_wire.recv() {
-        let ToSession::Shell(m) = msg else { break };
-        if !session.handle(&m) {
-            continue;
-        }
-        // A cell failed with `stop_on_error` (Run All): the cells already queued behind it are
-        // aborted, as ipykernel does (its `stop_on_error_timeout` is 0), not run on a state the
-        // failure left half made. A request sent after the failure is not queued behind it.
-        loop {
-            match from_wire.try_recv() {
-                Ok(ToSession::Shell(next)) => {
-                    if matches!(next.content, JupyterMessageContent::ExecuteRequest(_)) {
-                        session.abort(&next);
-                    } else {
-                        session.handle(&next);
-                    }
-                }
-                Ok(ToSession::Shutdown) => return Ok(()),
-                Err(_) => break,
-            }
+        let ToSession::Shell(m, arrived) = msg else {
+            break;
+        };
+        let queued_behind_a_failure = failed_at.is_some_and(|t| arrived < t);
+        if queued_behind_a_failure && matches!(m.content, JupyterMessageContent::ExecuteRequest(_))
+        {
+            session.abort(&m);
+        } else if session.handle(&m) {
+            failed_at = session.last_reply.get();
         }
     }
     Ok(())
@@ -198,7 +195,10 @@ async fn serve(
         loop {
             match shell_in.read().await {
                 Ok(m) => {
-                    if to_session.send(ToSession::Shell(Box::new(m))).is_err() {
+                    if to_session
+                        .send(ToSession::Shell(Box::new(m), std::time::Instant::now()))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -272,6 +272,9 @@ struct Session {
     count: usize,
     out: WireSender,
     parent: CurrentParent,
+    /// When the last shell reply went out: a failed cell's requests queued behind it are those that
+    /// arrived before its reply.
+    last_reply: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 impl Session {
@@ -322,6 +325,7 @@ impl Session {
             count: 0,
             out,
             parent,
+            last_reply: std::cell::Cell::new(None),
         }
     }
 
@@ -330,6 +334,7 @@ impl Session {
     }
 
     fn reply(&self, m: JupyterMessage) {
+        self.last_reply.set(Some(std::time::Instant::now()));
         let _ = self.out.send(ToWire::Shell(Box::new(m)));
     }
 

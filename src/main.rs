@@ -15,10 +15,17 @@ fn main() -> std::process::ExitCode {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
     // A write past the file-size limit (`ulimit -f`, a quota) should fail with "File too large" that
-    // rtlab reports, leaving the previous file in place, not kill the process with SIGXFSZ.
-    // SAFETY: setting a signal to SIG_IGN before any other thread exists.
+    // rtlab reports, leaving the previous file in place, not kill the process with SIGXFSZ. Caught by
+    // a handler that does nothing, not ignored: exec resets a caught signal to its default and keeps
+    // an ignored one ignored, so every tool rtlab starts still dies at its own file limit (the
+    // verifier sets one, and starts tools with posix_spawn, where nothing runs before exec).
+    extern "C" fn file_too_large(_: libc::c_int) {}
+    // SAFETY: installing an empty handler before any other thread exists.
     unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        libc::signal(
+            libc::SIGXFSZ,
+            file_too_large as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
     rtlab::cli_main()
 }

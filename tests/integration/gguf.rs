@@ -394,7 +394,7 @@ fn llama_cpp_loads_an_exported_gguf_with_the_same_tokens_and_next_token() {
 }
 
 /// rtlab decodes the Q4_1 file as llama.cpp does: its own Q4_1 kernel in llama.cpp's arithmetic
-/// (`crates/train/src/q4_1.rs`) on the file's weights as they are, with llama.cpp's next token and
+/// (`crates/model/src/q4_1.rs`) on the file's weights as they are, with llama.cpp's next token and
 /// within a bound of its logits. The Q8_0 requantization rtlab used before (`RTLAB_QMATMUL=candle`,
 /// the bench's baseline) is measured beside it and printed, not ranked: which of the two lands
 /// nearer llama.cpp depends on the machine (max |Δ| 0.699 vs 1.124 on an AVX-512 machine; 0.649 vs

@@ -451,6 +451,48 @@ fn rule_no_module_cycles(files: &[Source]) -> Vec<Violation> {
     out
 }
 
+/// The names of the rules this file checks, as ARCHITECTURE.md cites them (`[tidy: NAME]`).
+const RULES: &[&str] = &[
+    "crate-edges",
+    "rhai-at-the-edge",
+    "spawn-sites",
+    "no-thread-local",
+    "no-module-cycles",
+    "file-size",
+];
+
+/// ARCHITECTURE.md stays a map one reads in a sitting (at most 250 lines), names every crate, and
+/// cites every rule checked here.
+fn rule_architecture_doc(doc: &str, crates: &BTreeSet<String>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let lines = doc.lines().count();
+    if lines > 250 {
+        out.push(Violation {
+            rule: "architecture-doc",
+            what: format!("ARCHITECTURE.md has {lines} lines: keep it to 250 (details go in each crate's //! docs)"),
+        });
+    }
+    for c in crates {
+        if !doc.contains(&format!("`{c}`")) {
+            out.push(Violation {
+                rule: "architecture-doc",
+                what: format!(
+                    "ARCHITECTURE.md does not name the crate `{c}`: add it to the crate table"
+                ),
+            });
+        }
+    }
+    for r in RULES {
+        if !doc.contains(&format!("[tidy: {r}]")) {
+            out.push(Violation {
+                rule: "architecture-doc",
+                what: format!("ARCHITECTURE.md does not state the rule [tidy: {r}]"),
+            });
+        }
+    }
+    out
+}
+
 fn report(violations: Vec<Violation>) {
     assert!(
         violations.is_empty(),
@@ -531,6 +573,18 @@ fn rhai_stays_at_the_edge() {
     assert!(found[1]
         .what
         .starts_with("crates/verify/src/stages.rs names rhai: read options"));
+}
+
+#[test]
+fn the_architecture_doc_is_short_and_names_every_crate_and_rule() {
+    let doc = std::fs::read_to_string(repo_root().join("ARCHITECTURE.md")).unwrap();
+    let crates: BTreeSet<String> = crate_edges().into_keys().collect();
+    report(rule_architecture_doc(&doc, &crates));
+    let planted = format!("{}\n", "a line".repeat(1)).repeat(251);
+    let found = rule_architecture_doc(&planted, &["rtlab-model".to_string()].into());
+    assert_eq!(found.len(), 2 + RULES.len(), "{found:?}");
+    assert!(found[0].what.contains("251 lines"));
+    assert!(found[1].what.contains("`rtlab-model`"));
 }
 
 #[test]

@@ -31,7 +31,7 @@ model = get_peft_model(model, cfg)
 model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
 
-# rtlab's default prompt template (crates/train/src/examples.rs, DEFAULT_TEMPLATE).
+# rtlab's default prompt template (crates/model/src/examples.rs, DEFAULT_TEMPLATE).
 TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 rows = [json.loads(line) for line in open(rows_path, encoding="utf-8")]
 examples = []

@@ -56,27 +56,35 @@ impl Outcome {
     }
 }
 
-fn set_limits(limits: Limits) -> std::io::Result<()> {
-    // SAFETY: called in the child between fork and exec; only async-signal-safe libc calls.
-    unsafe {
-        if libc::setpgid(0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let cpu = limits.timeout.as_secs() + 2;
-        let set = |res, value: u64| {
-            let lim = libc::rlimit {
-                rlim_cur: value as libc::rlim_t,
-                rlim_max: value as libc::rlim_t,
-            };
-            libc::setrlimit(res, &lim);
+/// Puts `limits` on the running process `pid` (prlimit(2)), never above what rtlab itself runs under
+/// (a `ulimit -f` around rtlab binds its tools too, and raising a hard limit needs a privilege rtlab
+/// should not use). A tool that already exited (ESRCH) needs none.
+fn set_limits(pid: i32, limits: Limits) -> std::io::Result<()> {
+    let cpu = limits.timeout.as_secs() + 2;
+    for (resource, value) in [
+        (libc::RLIMIT_CPU, cpu),
+        (libc::RLIMIT_AS, limits.max_memory_bytes),
+        (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+        (libc::RLIMIT_CORE, 0),
+    ] {
+        let mut own = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
         };
-        set(libc::RLIMIT_CPU, cpu);
-        set(libc::RLIMIT_AS, limits.max_memory_bytes);
-        set(libc::RLIMIT_FSIZE, limits.max_file_bytes);
-        set(libc::RLIMIT_CORE, 0);
-        // rtlab itself ignores SIGXFSZ (it reports "File too large"); a tool past its file limit
-        // must die of it, as the limit intends.
-        libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+        // SAFETY: getrlimit fills the struct it is given.
+        unsafe { libc::getrlimit(resource, &mut own) };
+        let value = (value as libc::rlim_t).min(own.rlim_max);
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: a plain syscall on our own unreaped child, with a valid pointer to a limit.
+        if unsafe { libc::prlimit(pid, resource, &lim, std::ptr::null_mut()) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
@@ -89,11 +97,16 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: set_limits only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || set_limits(limits));
-    }
+        .stderr(Stdio::piped())
+        // Its own process group, so that a timeout kills everything the tool started.
+        .process_group(0);
+    // Nothing runs in the child before exec: with a `pre_exec` closure std forks rtlab's whole
+    // address space for every tool (page tables of gigabytes when a dataset or a model is loaded,
+    // then a copy-on-write fault on every page rtlab's threads write next); without one it uses
+    // posix_spawn (vfork + exec), whose cost does not grow with rtlab's memory. The limits go on
+    // the tool from here the moment it exists, microseconds after its exec. SIGXFSZ needs no reset:
+    // rtlab catches it (never ignores it), so every exec starts with the default, which kills a tool
+    // past its file limit.
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -105,6 +118,15 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
         }
     };
     let pgid = child.id() as i32;
+    if let Err(e) = set_limits(pgid, limits) {
+        kill_group(pgid);
+        let _ = child.wait();
+        return Outcome {
+            ended: Ended::NotStarted(format!("{program}: cannot set its limits: {e}")),
+            output: String::new(),
+            elapsed: start.elapsed(),
+        };
+    }
     let (chunks, readers) = read_streams(&mut child);
     let (outputs, stopped) = collect_output(&chunks, pgid, start, limits);
     let status = child.wait();
