@@ -123,7 +123,11 @@ fn measure(w: &Workload, home: &std::path::Path, runs: usize, cores: usize) -> s
     println!("| run | wall | rows/s | system time | vs the sequential baseline |");
     println!("| --- | --- | --- | --- | --- |");
     for (k, (kind, _, _)) in kinds.iter().enumerate() {
-        let base = if kind.ends_with("1gib") { wall[2] } else { wall[0] };
+        let base = if kind.ends_with("1gib") {
+            wall[2]
+        } else {
+            wall[0]
+        };
         println!(
             "| {kind} | {:.2} s | {:.1} | {:.2} s | {:.2}x = {:.2} × cores |",
             wall[k],

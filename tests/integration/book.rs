@@ -668,3 +668,51 @@ fn the_output_check_fails_on_a_wrong_number_and_allows_elision() {
         "[1 load] ran in [T] s; key [HEX] at /home/me/exp/nb.rhai; [HEX]/m"
     );
 }
+
+/// The performance chapter's speed tables are what the committed bench results render
+/// (`book/src/results/bench/NAME.json`, copied from a bench run by `cargo run -p xtask --
+/// bench-tables`), so no number in them was typed by hand or outlived its run.
+#[test]
+fn every_speed_table_in_the_book_is_what_its_bench_results_render() {
+    let root = common::repo_root();
+    let chapter = std::fs::read_to_string(root.join(xtask::CHAPTER)).unwrap();
+    let read = |name: &str| -> Result<serde_json::Value, String> {
+        let path = root.join(xtask::RESULTS_DIR).join(format!("{name}.json"));
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    };
+    let tables = xtask::tables_in(&chapter);
+    assert!(!tables.is_empty(), "the chapter has no rendered tables");
+    let rendered = xtask::render_chapter(&chapter, read).unwrap();
+    assert!(
+        rendered == chapter,
+        "{}: a speed table differs from what its results render; run `cargo run -p xtask -- bench-tables`",
+        xtask::CHAPTER
+    );
+    // Every results file names the machine and the commit it was measured on.
+    for name in &tables {
+        let r = read(name).unwrap();
+        assert!(
+            r["machine"]["cpu"].is_string() && r["machine"]["cores"].is_number(),
+            "{name}: {r}"
+        );
+        assert!(
+            r["commit"].as_str().is_some_and(|c| c.len() >= 7),
+            "{name}: {r}"
+        );
+    }
+    // Planted: a figure typed over a rendered one is caught.
+    let first = tables[0].clone();
+    let table_start = chapter
+        .find(&format!("<!-- bench-table {first} -->"))
+        .unwrap();
+    let digit = table_start
+        + chapter[table_start..]
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap();
+    let mut edited = chapter.clone();
+    let old = edited.as_bytes()[digit];
+    edited.replace_range(digit..digit + 1, if old == b'9' { "8" } else { "9" });
+    assert_ne!(xtask::render_chapter(&edited, read).unwrap(), edited);
+}

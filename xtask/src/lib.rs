@@ -1,0 +1,232 @@
+//! The book's speed tables, rendered from the benches' results so that a number in the book is
+//! always one a bench printed.
+//!
+//! A bench writes `target/bench-results/NAME.json` (`{"figures", "runs", "machine", "commit"}`,
+//! `benches/common/results.rs`). `cargo run -p xtask -- bench-tables` copies each into
+//! `book/src/results/bench/NAME.json` (committed: the record of the run the book quotes) and
+//! rewrites every table of `book/src/performance.md` between `<!-- bench-table NAME -->` and
+//! `<!-- /bench-table -->` with [`render`]. A test (`tests/integration/book.rs`) renders the same
+//! from the committed files and fails when the book differs.
+
+use serde_json::Value;
+
+/// Where the committed results live, relative to the repository root.
+pub const RESULTS_DIR: &str = "book/src/results/bench";
+/// The chapter whose tables are rendered.
+pub const CHAPTER: &str = "book/src/performance.md";
+
+const OPEN: &str = "<!-- bench-table ";
+const CLOSE: &str = "<!-- /bench-table -->";
+
+/// The table (and the line naming the machine and commit) for bench `name` from its results.
+pub fn render(name: &str, results: &Value) -> Result<String, String> {
+    let f = &results["figures"];
+    let num = |v: &Value, key: &str| -> Result<f64, String> {
+        v[key].as_f64().ok_or_else(|| {
+            format!("{name}.json: no number at figures.{key}: rerun `cargo bench --bench {name}`")
+        })
+    };
+    let mut out = String::new();
+    match name {
+        "kernel" => {
+            out.push_str("| what | goal | rtlab (median) | ipykernel, same run |\n");
+            out.push_str("| --- | --- | --- | --- |\n");
+            out.push_str(&format!(
+                "| process start to the first `kernel_info_reply` | < 100 ms | **{:.1} ms** | {:.1} ms ({:.1}× slower) |\n",
+                num(f, "kernel_start_ms")?,
+                num(f, "ipykernel_start_ms")?,
+                num(f, "kernel_start_vs_ipykernel")?
+            ));
+            out.push_str(&format!(
+                "| `execute_request` of `1 + 1`, reply and outputs through `idle` | < 5 ms | **{:.2} ms** | |\n",
+                num(f, "kernel_execute_round_trip_ms")?
+            ));
+        }
+        "datasets" => {
+            out.push_str(&format!(
+                "| job ({} rows) | time | the Python loop, same run | ratio |\n",
+                group_thousands(num(f, "rows")? as u64)
+            ));
+            out.push_str("| --- | --- | --- | --- |\n");
+            let py = num(f, "python_loop_s")?;
+            for (job, key, ratio) in [
+                ("rtlab `load_jsonl` → `filter` → `value_counts` → `save_jsonl`", "load_jsonl_s", "load_jsonl_vs_python_loop"),
+                ("rtlab `scan_jsonl` → `filter` → `sink_jsonl` + `select` → `collect` → `value_counts`", "scan_jsonl_s", "scan_jsonl_vs_python_loop"),
+            ] {
+                out.push_str(&format!(
+                    "| {job} | **{:.3} s** | {py:.2} s | **{:.1}×** |\n",
+                    num(f, key)?,
+                    num(f, ratio)?
+                ));
+            }
+        }
+        "verify" => {
+            out.push_str(
+                "| workload | run | wall | rows/s | system time | vs its sequential baseline |\n",
+            );
+            out.push_str("| --- | --- | --- | --- | --- | --- |\n");
+            let cores = results["machine"]["cores"].as_f64().unwrap_or(1.0);
+            for (workload, title) in [
+                ("verilog_eval", "156 VerilogEval problems, all stages"),
+                (
+                    "dataset_rows",
+                    "2,000 RTLCoder rows, all stages but simulation",
+                ),
+            ] {
+                let w = &f[workload];
+                if w.is_null() {
+                    out.push_str(&format!(
+                        "| {title} | not run (`RTLAB_BENCH_VERILOG_EVAL_ONLY`) | | | | |\n"
+                    ));
+                    continue;
+                }
+                let rows = num(w, "rows")?;
+                for (run, key, base) in [
+                    ("sequential baseline", "sequential", "sequential"),
+                    ("`df.verify`", "parallel", "sequential"),
+                    (
+                        "sequential, rtlab holding a 1 GiB array",
+                        "sequential_1gib",
+                        "sequential_1gib",
+                    ),
+                    (
+                        "`df.verify`, rtlab holding a 1 GiB array",
+                        "parallel_1gib",
+                        "sequential_1gib",
+                    ),
+                ] {
+                    let wall = num(w, &format!("{key}_s"))?;
+                    let ratio = num(w, &format!("{base}_s"))? / wall;
+                    out.push_str(&format!(
+                        "| {title} | {run} | {wall:.2} s | {:.1} | {:.2} s | {ratio:.2}× = {:.2} × cores |\n",
+                        rows / wall,
+                        num(w, &format!("{key}_sys_s"))?,
+                        ratio / cores
+                    ));
+                }
+                out.push_str(&format!(
+                    "| {title} | cached rerun | {:.2} s | | | |\n",
+                    num(w, "cached_s")?
+                ));
+            }
+        }
+        other => {
+            return Err(format!(
+                "no table is defined for the bench {other:?}: add it to xtask's render()"
+            ))
+        }
+    }
+    let m = &results["machine"];
+    let simd: Vec<&str> = m["simd"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let commit = results["commit"].as_str().unwrap_or("unknown");
+    out.push_str(&format!(
+        "\n`cargo bench --bench {name}`: medians of {} runs, on {} ({}), {} cores; commit `{}`.\n",
+        results["runs"],
+        m["cpu"].as_str().unwrap_or("an unknown CPU"),
+        if simd.is_empty() {
+            "no SIMD listed".to_string()
+        } else {
+            simd.join(", ")
+        },
+        m["cores"],
+        &commit[..commit.len().min(12)]
+    ));
+    Ok(out)
+}
+
+fn group_thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The bench names whose tables the chapter holds, in order.
+pub fn tables_in(chapter: &str) -> Vec<String> {
+    chapter
+        .lines()
+        .filter_map(|l| l.strip_prefix(OPEN))
+        .filter_map(|rest| rest.strip_suffix(" -->"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The chapter with every bench table rendered from `results(name)`.
+pub fn render_chapter(
+    chapter: &str,
+    results: impl Fn(&str) -> Result<Value, String>,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut lines = chapter.lines();
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        out.push('\n');
+        let Some(name) = line.strip_prefix(OPEN).and_then(|r| r.strip_suffix(" -->")) else {
+            continue;
+        };
+        out.push_str(&render(name, &results(name)?)?);
+        // Skip the old table up to its closing marker.
+        loop {
+            match lines.next() {
+                Some(l) if l.trim() == CLOSE => {
+                    out.push_str(CLOSE);
+                    out.push('\n');
+                    break;
+                }
+                Some(_) => {}
+                None => return Err(format!("{CHAPTER}: the table {name:?} has no {CLOSE}")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_between_markers_is_replaced_and_the_rest_kept() {
+        let results = serde_json::json!({
+            "figures": {"kernel_start_ms": 50.0, "ipykernel_start_ms": 400.0,
+                        "kernel_start_vs_ipykernel": 8.0, "kernel_execute_round_trip_ms": 0.1},
+            "runs": 15, "machine": {"cpu": "Xeon", "simd": ["avx2"], "cores": 2}, "commit": "abc"
+        });
+        let chapter =
+            "# Speed\n<!-- bench-table kernel -->\n| stale |\n<!-- /bench-table -->\nafter\n";
+        let out = render_chapter(chapter, |_| Ok(results.clone())).unwrap();
+        assert!(out.starts_with("# Speed\n<!-- bench-table kernel -->\n| what |"));
+        assert!(out.contains("**50.0 ms** | 400.0 ms (8.0× slower)"));
+        assert!(out.contains("on Xeon (avx2), 2 cores; commit `abc`"));
+        assert!(out.ends_with("<!-- /bench-table -->\nafter\n"));
+        assert!(!out.contains("stale"));
+        assert_eq!(tables_in(chapter), ["kernel"]);
+    }
+
+    #[test]
+    fn a_missing_figure_or_marker_is_an_error_that_says_what_to_do() {
+        let empty = serde_json::json!({"figures": {}});
+        let e = render("kernel", &empty).unwrap_err();
+        assert!(
+            e.contains("figures.kernel_start_ms") && e.contains("cargo bench --bench kernel"),
+            "{e}"
+        );
+        let e = render_chapter(
+            "<!-- bench-table kernel -->\n| x |\n",
+            |_| Ok(empty.clone()),
+        )
+        .unwrap_err();
+        assert!(e.contains("figures.kernel_start_ms"), "{e}");
+        assert!(render("nope", &empty)
+            .unwrap_err()
+            .contains("no table is defined"));
+    }
+}
