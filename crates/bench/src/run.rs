@@ -44,7 +44,7 @@ impl Settings {
             "allow_overlap",
         ];
         let o = rtlab_core::options::Options::new("benchmark", options, &valid)?;
-        let executor = rtlab_slurm::Executor::from_options(&o)?;
+        let executor = rtlab_slurm::executor_option(&o)?;
         let n = o.int_at_least("n", 1)?.unwrap_or(1) as usize;
         let temperature = o
             .float("temperature")?

@@ -132,7 +132,7 @@ pub fn a7_testbench_impl(
     let n_mutants = o.int_at_least("mutants", 0)?.unwrap_or(8) as usize;
     let min_killed = o.int_at_least("min_killed", 0)?.unwrap_or(2) as usize;
     let tpl = template(ws, options, "template", A7_TEMPLATE)?;
-    let executor = rtlab_slurm::Executor::from_options(&o)?;
+    let executor = rtlab_slurm::executor_option(&o)?;
     let answer = ask(ws, model, &a7_prompt(&tpl, spec, rtl, &category))?;
     let tb = extract_code(&answer);
     let sim = VerifyOptions {

@@ -26,8 +26,9 @@ mod worker;
 pub use driver::{run, ShardedBatch, SlurmRun};
 pub use worker::{worker_main, ShardRunner};
 
-use rhai::plugin::*;
-use rhai::Map;
+mod api;
+
+pub use api::{executor_option, SlurmPackage};
 
 /// How a batch runs on Slurm: `slurm(#{partition, tasks, cpus_per_task, mem, time, account,
 /// max_running, retries, extra, dir})`.
@@ -97,143 +98,138 @@ fn is_slurm_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// One option's value as the user gave it, before it is checked: from a script's map (read by
+/// [`api`]'s option reader, which checks the type) or from the CLI's `--slurm KEY=VALUE,...`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    Int(i64),
+    Text(String),
+    Texts(Vec<String>),
+}
+
 impl SlurmOptions {
-    /// From `slurm(#{...})`'s map. Values are checked here, before any work: a wrong one is an error
-    /// naming the key and what it must be. A relative `dir` resolves against `base_dir` (the
-    /// script's directory).
-    pub fn from_map(map: &Map, base_dir: &std::path::Path) -> Result<SlurmOptions, String> {
-        let o = rtlab_core::options::Options::new("slurm", map, SLURM_KEYS)?;
-        let mut s = SlurmOptions::default();
-        let name = |key: &str| -> Result<Option<String>, String> {
-            match o.string(key)? {
-                Some(v) if !is_slurm_name(&v) => Err(format!(
-                    "slurm: `{key}` must be a Slurm name (letters, digits, _ - .), not {v:?}"
-                )),
-                v => Ok(v),
+    /// Checks one option's value and sets it: a wrong one is an error naming `function` (`slurm` or
+    /// `--slurm`), the key and what it must be. A relative `dir` resolves against `base_dir` (the
+    /// script's directory, or the shell's).
+    pub fn set(
+        &mut self,
+        function: &str,
+        key: &str,
+        value: OptionValue,
+        base_dir: &std::path::Path,
+    ) -> Result<(), String> {
+        use OptionValue::{Int, Text, Texts};
+        let at_least = |v: i64, min: i64| -> Result<usize, String> {
+            if v < min {
+                Err(format!(
+                    "{function}: option `{key}` must be at least {min}, not {v}"
+                ))
+            } else {
+                Ok(v as usize)
             }
         };
-        s.partition = name("partition")?;
-        s.account = name("account")?;
-        if let Some(t) = o.int("tasks")? {
-            if !(1..=MAX_TASKS).contains(&t) {
+        match (key, value) {
+            ("partition" | "account", Text(v)) => {
+                if !is_slurm_name(&v) {
+                    return Err(format!(
+                        "{function}: `{key}` must be a Slurm name (letters, digits, _ - .), not {v:?}"
+                    ));
+                }
+                if key == "partition" {
+                    self.partition = Some(v);
+                } else {
+                    self.account = Some(v);
+                }
+            }
+            ("tasks", Int(t)) => {
+                if !(1..=MAX_TASKS).contains(&t) {
+                    return Err(format!(
+                        "{function}: `tasks` must be between 1 and {MAX_TASKS} (one array element per task), not {t}"
+                    ));
+                }
+                self.tasks = Some(t as usize);
+            }
+            ("cpus_per_task", Int(c)) => self.cpus_per_task = at_least(c, 1)?,
+            ("max_running", Int(m)) => self.max_running = Some(at_least(m, 1)?),
+            ("retries", Int(r)) => self.retries = at_least(r, 0)?,
+            ("mem", Text(mem)) => {
+                let digits = mem.trim_end_matches(['K', 'M', 'G', 'T']);
+                if digits.is_empty()
+                    || !digits.chars().all(|c| c.is_ascii_digit())
+                    || mem.len() - digits.len() > 1
+                {
+                    return Err(format!(
+                        "{function}: `mem` is memory per task as Slurm writes it (2G, 500M, 4096), not {mem:?}"
+                    ));
+                }
+                self.mem = Some(mem);
+            }
+            ("time", Text(time)) => {
+                if time.is_empty()
+                    || !time
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
+                    || time.starts_with('-')
+                {
+                    return Err(format!(
+                        "{function}: `time` is a Slurm time limit (30, 1:30:00, 2-00), not {time:?}"
+                    ));
+                }
+                self.time = Some(time);
+            }
+            ("extra", Texts(extra)) => {
+                if let Some(bad) = extra.iter().find(|e| !e.starts_with("--") || e.len() < 3) {
+                    return Err(format!(
+                        "{function}: each of `extra` is one sbatch option written `--name=value`, not {bad:?}"
+                    ));
+                }
+                self.extra = extra;
+            }
+            ("dir", Text(d)) => {
+                self.dir = Some(rtlab_core::workspace::resolve_against(base_dir, &d))
+            }
+            (key, value) if SLURM_KEYS.contains(&key) => {
+                return Err(format!("{function}: `{key}` cannot be {value:?}"))
+            }
+            (key, _) => {
+                let mut valid = SLURM_KEYS.to_vec();
+                valid.sort_unstable();
                 return Err(format!(
-                    "slurm: `tasks` must be between 1 and {MAX_TASKS} (one array element per task), not {t}"
+                    "{function}: unknown option `{key}`; valid options: {}",
+                    valid.join(", ")
                 ));
             }
-            s.tasks = Some(t as usize);
         }
-        if let Some(c) = o.int_at_least("cpus_per_task", 1)? {
-            s.cpus_per_task = c as usize;
-        }
-        if let Some(m) = o.int_at_least("max_running", 1)? {
-            s.max_running = Some(m as usize);
-        }
-        if let Some(r) = o.int_at_least("retries", 0)? {
-            s.retries = r as usize;
-        }
-        if let Some(mem) = o.string("mem")? {
-            let digits = mem.trim_end_matches(['K', 'M', 'G', 'T']);
-            if digits.is_empty()
-                || !digits.chars().all(|c| c.is_ascii_digit())
-                || mem.len() - digits.len() > 1
-            {
-                return Err(format!(
-                    "slurm: `mem` is memory per task as Slurm writes it (2G, 500M, 4096), not {mem:?}"
-                ));
-            }
-            s.mem = Some(mem);
-        }
-        if let Some(time) = o.string("time")? {
-            if time.is_empty()
-                || !time
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
-                || time.starts_with('-')
-            {
-                return Err(format!(
-                    "slurm: `time` is a Slurm time limit (30, 1:30:00, 2-00), not {time:?}"
-                ));
-            }
-            s.time = Some(time);
-        }
-        if let Some(extra) = o.strings("extra")? {
-            if let Some(bad) = extra.iter().find(|e| !e.starts_with("--") || e.len() < 3) {
-                return Err(format!(
-                    "slurm: each of `extra` is one sbatch option written `--name=value`, not {bad:?}"
-                ));
-            }
-            s.extra = extra;
-        }
-        s.dir = o
-            .string("dir")?
-            .map(|d| rtlab_core::workspace::resolve_against(base_dir, &d));
-        Ok(s)
+        Ok(())
     }
 
     /// From the shell's `--slurm tasks=64,partition=cpu,mem=2G`: the same keys as `slurm(#{...})`,
     /// checked the same way (`extra` may repeat). A relative `dir` resolves against `base_dir`.
     pub fn from_spec(spec: &str, base_dir: &std::path::Path) -> Result<SlurmOptions, String> {
-        let mut map = Map::new();
-        let mut extra = rhai::Array::new();
+        let mut s = SlurmOptions::default();
+        let mut extra = Vec::new();
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').ok_or_else(|| {
                 format!("--slurm: {pair:?} is not KEY=VALUE (for example tasks=64,partition=cpu)")
             })?;
-            let value: Dynamic = match key {
-                "tasks" | "cpus_per_task" | "max_running" | "retries" => value
-                    .parse::<i64>()
-                    .map_err(|_| format!("--slurm: {key} must be a whole number, not {value:?}"))?
-                    .into(),
+            let value = match key {
+                "tasks" | "cpus_per_task" | "max_running" | "retries" => {
+                    OptionValue::Int(value.parse::<i64>().map_err(|_| {
+                        format!("--slurm: {key} must be a whole number, not {value:?}")
+                    })?)
+                }
                 "extra" => {
-                    extra.push(value.into());
+                    extra.push(value.to_string());
                     continue;
                 }
-                _ => value.into(),
+                _ => OptionValue::Text(value.to_string()),
             };
-            map.insert(key.into(), value);
+            s.set("--slurm", key, value, base_dir)?;
         }
         if !extra.is_empty() {
-            map.insert("extra".into(), extra.into());
+            s.set("--slurm", "extra", OptionValue::Texts(extra), base_dir)?;
         }
-        Self::from_map(&map, base_dir).map_err(|e| e.replacen("slurm:", "--slurm:", 1))
-    }
-
-    /// The map `from_map` reads back (how the notebook caches an executor).
-    pub fn to_map(&self) -> Map {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: Dynamic| {
-            m.insert(k.into(), v);
-        };
-        if let Some(p) = &self.partition {
-            put("partition", p.clone().into());
-        }
-        if let Some(t) = self.tasks {
-            put("tasks", (t as i64).into());
-        }
-        put("cpus_per_task", (self.cpus_per_task as i64).into());
-        for (k, v) in [
-            ("mem", &self.mem),
-            ("time", &self.time),
-            ("account", &self.account),
-        ] {
-            if let Some(v) = v {
-                put(k, v.clone().into());
-            }
-        }
-        if let Some(r) = self.max_running {
-            put("max_running", (r as i64).into());
-        }
-        put("retries", (self.retries as i64).into());
-        if !self.extra.is_empty() {
-            put(
-                "extra",
-                Dynamic::from_array(self.extra.iter().map(|e| e.clone().into()).collect()),
-            );
-        }
-        if let Some(d) = &self.dir {
-            put("dir", d.display().to_string().into());
-        }
-        m
+        Ok(s)
     }
 
     /// One line, for display and logs.
@@ -273,106 +269,4 @@ pub enum Executor {
     #[default]
     Local,
     Slurm(SlurmOptions),
-}
-
-impl Executor {
-    /// The `executor` option of `df.verify`, `benchmark` and `a7_testbench`: `slurm(#{...})` or
-    /// `"local"`.
-    pub fn from_options(o: &rtlab_core::options::Options) -> Result<Executor, String> {
-        if let Some(v) = o.get("executor") {
-            if v.is_string() && v.to_string() == "local" {
-                return Ok(Executor::Local);
-            }
-        }
-        Ok(
-            o.custom::<SlurmOptions>("executor", "slurm(#{...}) or \"local\"")?
-                .map_or(Executor::Local, Executor::Slurm),
-        )
-    }
-}
-
-pub fn register(module: &mut Module) {
-    module.set_custom_type::<SlurmOptions>("SlurmExecutor");
-    FuncRegistration::new("to_string").set_into_module(module, |s: &mut SlurmOptions| s.describe());
-    FuncRegistration::new("to_debug").set_into_module(module, |s: &mut SlurmOptions| s.describe());
-    rtlab_core::values::register(rtlab_core::values::RichType {
-        tag: "slurm",
-        is: |v| v.is::<SlurmOptions>(),
-        text: |v| {
-            v.read_lock::<SlurmOptions>()
-                .map(|s| s.describe())
-                .unwrap_or_default()
-        },
-        html: None,
-        // An executor is its options: the same map rebuilds it.
-        persist: Some(rtlab_core::values::Persist {
-            save: |v, nested| {
-                let options = v
-                    .read_lock::<SlurmOptions>()
-                    .ok_or("an executor that is locked")?
-                    .to_map();
-                let mut fields = serde_json::Map::new();
-                fields.insert("options".into(), nested(&rhai::Dynamic::from_map(options))?);
-                Ok(fields)
-            },
-            load: |fields, nested| {
-                let options = nested(
-                    fields
-                        .get("options")
-                        .ok_or("slurm executor without options")?,
-                )?;
-                let map = options
-                    .try_cast::<Map>()
-                    .ok_or("slurm executor options are not a map")?;
-                // `to_map` saved `dir` resolved (absolute), so no base directory is needed.
-                Ok(rhai::Dynamic::from(SlurmOptions::from_map(
-                    &map,
-                    std::path::Path::new("/"),
-                )?))
-            },
-        }),
-    });
-    combine_with_exported_module!(module, "slurm_functions", slurm_functions);
-}
-
-#[export_module]
-mod slurm_functions {
-    use super::*;
-
-    /// An executor that runs a batch as a Slurm job array, for the `executor` option of `df.verify`,
-    /// `benchmark` and `a7_testbench`. Options: `partition`, `tasks` (array elements, one shard each;
-    /// default one per 64 rows, at most 32), `cpus_per_task` (default 1), `mem` ("2G"), `time`
-    /// ("00:30:00"), `account`, `max_running` (the array's throttle), `retries` (resubmissions of a
-    /// failed or cancelled element, default 2), `extra` (more sbatch options, `["--qos=high"]`) and
-    /// `dir` (job directories, default `.rtlab/slurm` in the workspace: it must be on a filesystem the
-    /// nodes share). The results go to the workspace store as shards finish; a rerun after the
-    /// driver died reattaches to the job. `.ci/start-slurm` starts a one-node cluster to try it.
-    ///
-    /// ```rhai
-    /// let ex = slurm(#{partition: "cpu", tasks: 4, retries: 1});
-    /// assert_eq(`${ex}`, "slurm(#{partition: \"cpu\", tasks: 4, cpus_per_task: 1, retries: 1})");
-    /// // df.verify(#{code: "output", executor: ex}) runs the rows on the cluster.
-    /// ```
-    #[rhai_fn(name = "slurm", return_raw)]
-    pub fn slurm_with(
-        ctx: NativeCallContext,
-        options: Map,
-    ) -> Result<SlurmOptions, Box<EvalAltResult>> {
-        let base = rtlab_core::Workspace::of(&ctx).base_dir();
-        Ok(SlurmOptions::from_map(&options, &base)?)
-    }
-
-    /// `slurm(#{})`: the cluster's default partition, one task per 64 rows (at most 32), 2 retries.
-    #[rhai_fn(name = "slurm")]
-    pub fn slurm_default() -> SlurmOptions {
-        SlurmOptions::default()
-    }
-}
-
-rhai::def_package! {
-    /// Running batches on Slurm: `slurm(#{...})`, the executor `df.verify`, `benchmark` and
-    /// `a7_testbench` take.
-    pub SlurmPackage(module) {
-        register(module);
-    }
 }

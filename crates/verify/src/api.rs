@@ -2,10 +2,50 @@
 //! `mutants(code, n)`.
 
 use super::batch::{verify_all, Job};
-use super::{mutate, verify, VerifyOptions};
+use super::{is_module_name, mutate, verify, Report, VerifyOptions, VERIFY_KEYS};
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
 use rtlab_data::Frame;
+
+/// From a Rhai options map; `extra` are keys the caller reads itself (`code` for `df.verify`).
+/// Unknown keys and values of the wrong type are errors naming them.
+pub(crate) fn verify_options(
+    function: &'static str,
+    map: &Map,
+    extra: &[&str],
+) -> Result<VerifyOptions, String> {
+    let valid: Vec<&str> = VERIFY_KEYS.iter().chain(extra).copied().collect();
+    let opts = rtlab_core::options::Options::new(function, map, &valid)?;
+    let top = opts.string("top")?;
+    // The top is passed to the tools as an argument: only a module name, never a flag.
+    if let Some(t) = &top {
+        if !is_module_name(t) {
+            return Err(format!(
+                "{function}: option `top` must be a module name (a Verilog identifier), not {t:?}"
+            ));
+        }
+    }
+    let mut o = VerifyOptions {
+        top,
+        testbench: opts.string("testbench")?,
+        reference: opts.string("reference")?,
+        spec: opts.string("spec")?,
+        ..VerifyOptions::default()
+    };
+    o.read_timeouts(function, &opts)?;
+    o.read_simulation(function, &opts)?;
+    o.read_stages(function, &opts)?;
+    o.read_weights(function, &opts)?;
+    Ok(o)
+}
+
+/// A report as the map scripts read (`verify(...)`'s value, a row of `df.verify`).
+pub(crate) fn report_map(report: &Report) -> Map {
+    let v = serde_json::to_value(report).unwrap_or_default();
+    rtlab_data::json_to_dynamic(v)
+        .try_cast::<Map>()
+        .unwrap_or_default()
+}
 
 /// The result columns `df.verify` adds, in order.
 pub const RESULT_COLUMNS: &[&str] = &[
@@ -30,7 +70,7 @@ pub const RESULT_COLUMNS: &[&str] = &[
 /// Verifies one design after checking the chosen stages' tools.
 fn verify_one(code: &str, opts: &VerifyOptions) -> Result<Map, String> {
     opts.check_tools(opts.testbench.is_some() || opts.reference.is_some())?;
-    Ok(verify(code, opts).to_map())
+    Ok(report_map(&verify(code, opts)))
 }
 
 /// Per-row values of an option: a column if the frame has one by that name, else the literal for all.
@@ -114,7 +154,7 @@ pub fn verify_rows(
     let records: Array = reports
         .iter()
         .map(|r| {
-            let full = r.to_map();
+            let full = report_map(r);
             let mut m = Map::new();
             for c in RESULT_COLUMNS {
                 m.insert((*c).into(), full.get(*c).cloned().unwrap_or(Dynamic::UNIT));
@@ -203,7 +243,7 @@ mod verify_functions {
     /// ```
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_with(code: &str, options: Map) -> Result<Map, Box<EvalAltResult>> {
-        let opts = VerifyOptions::from_map("verify", &options, &[])?;
+        let opts = verify_options("verify", &options, &[])?;
         Ok(verify_one(code, &opts)?)
     }
 
@@ -228,8 +268,8 @@ mod verify_functions {
         frame: &mut Frame,
         options: Map,
     ) -> Result<Frame, Box<EvalAltResult>> {
-        let opts = VerifyOptions::from_map("df.verify", &options, &["code", "executor"])?;
-        let executor = rtlab_slurm::Executor::from_options(&rtlab_core::options::Options::new(
+        let opts = verify_options("df.verify", &options, &["code", "executor"])?;
+        let executor = rtlab_slurm::executor_option(&rtlab_core::options::Options::new(
             "df.verify",
             &options,
             &[crate::VERIFY_KEYS, &["code", "executor"]].concat(),

@@ -25,7 +25,6 @@ mod yosys;
 pub use api::{verify_rows, FrameInputs};
 pub use stages::verify;
 
-use rhai::Map;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -222,38 +221,6 @@ pub const VERIFY_KEYS: &[&str] = &[
 impl VerifyOptions {
     pub fn wants(&self, stage: Stage) -> bool {
         self.stages.contains(&stage)
-    }
-
-    /// From a Rhai options map; `extra` are keys the caller reads itself (`code` for `df.verify`).
-    /// Unknown keys and values of the wrong type are errors naming them.
-    pub fn from_map(
-        function: &'static str,
-        map: &Map,
-        extra: &[&str],
-    ) -> Result<VerifyOptions, String> {
-        let valid: Vec<&str> = VERIFY_KEYS.iter().chain(extra).copied().collect();
-        let opts = rtlab_core::options::Options::new(function, map, &valid)?;
-        let top = opts.string("top")?;
-        // The top is passed to the tools as an argument: only a module name, never a flag.
-        if let Some(t) = &top {
-            if !is_module_name(t) {
-                return Err(format!(
-                    "{function}: option `top` must be a module name (a Verilog identifier), not {t:?}"
-                ));
-            }
-        }
-        let mut o = VerifyOptions {
-            top,
-            testbench: opts.string("testbench")?,
-            reference: opts.string("reference")?,
-            spec: opts.string("spec")?,
-            ..VerifyOptions::default()
-        };
-        o.read_timeouts(function, &opts)?;
-        o.read_simulation(function, &opts)?;
-        o.read_stages(function, &opts)?;
-        o.read_weights(function, &opts)?;
-        Ok(o)
     }
 
     /// `timeout_ms`, `synth_timeout_ms` and the per-stage `timeouts` map, in milliseconds.
@@ -593,13 +560,6 @@ impl Report {
     /// design: stored as provisional and verified again on the next run.
     pub fn is_transient(&self) -> bool {
         !self.timed_out.is_empty() || self.killed
-    }
-
-    pub fn to_map(&self) -> Map {
-        let v = serde_json::to_value(self).unwrap_or_default();
-        rtlab_data::json_to_dynamic(v)
-            .try_cast::<Map>()
-            .unwrap_or_default()
     }
 }
 
