@@ -518,7 +518,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
     let rt = crate::engine::Runtime::new(&cwd);
     let ws = &rt.workspace;
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
-    let run = rtlab_llm::Model::from_options(&bench_model_options(args), &cwd).and_then(|m| {
+    let run = rtlab_llm::api::model_from_options(&bench_model_options(args), &cwd).and_then(|m| {
         let problems =
             rtlab_data::load_verilog_eval_dir(ws, &args.problems).map_err(|e| e.to_string())?;
         rtlab_bench::run_benchmark(ws, &m, &problems, &options)

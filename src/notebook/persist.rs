@@ -215,16 +215,11 @@ mod tests {
 
     #[test]
     fn a_slurm_executor_is_cached_as_its_options() {
-        let mut map = Map::new();
-        map.insert("partition".into(), "cpu".into());
-        map.insert("tasks".into(), Dynamic::from(8_i64));
-        map.insert("mem".into(), "2G".into());
-        map.insert("max_running".into(), Dynamic::from(2_i64));
-        map.insert(
-            "extra".into(),
-            Dynamic::from_array(vec!["--qos=high".into()]),
-        );
-        let slurm = rtlab_slurm::SlurmOptions::from_map(&map, std::path::Path::new("/")).unwrap();
+        let slurm = rtlab_slurm::SlurmOptions::from_spec(
+            "partition=cpu,tasks=8,mem=2G,max_running=2,extra=--qos=high",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
         let back = round_trip(Dynamic::from(slurm.clone()));
         assert_eq!(back.cast::<rtlab_slurm::SlurmOptions>(), slurm);
     }

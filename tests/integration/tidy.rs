@@ -198,7 +198,6 @@ const RHAI_OUTSIDE_THE_EDGE: &[&str] = &[
     "crates/data/src/io.rs",
     "crates/data/src/lib.rs",
     "crates/data/src/plot.rs",
-    "crates/llm/src/lib.rs",
     // Reads a pairs frame's cells as Rhai values (rtlab-data's row API).
     "crates/train/src/pairs.rs",
 ];

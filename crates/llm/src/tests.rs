@@ -1,6 +1,7 @@
 //! rtlab-llm's unit tests: code extraction, request keys, local models keyed on content.
 
 use super::*;
+use rhai::Map;
 
 #[test]
 fn code_blocks_are_extracted_in_the_plans_order() {
@@ -36,7 +37,7 @@ fn a_local_models_answers_are_keyed_on_its_content_not_its_path_or_stamps() {
         o.insert("provider".into(), "local".into());
         o.insert("model".into(), path.display().to_string().into());
         o.insert("adapter".into(), adapter.display().to_string().into());
-        Model::from_options(&o, dir.path()).unwrap()
+        crate::api::model_from_options(&o, dir.path()).unwrap()
     };
     let messages = vec![Message {
         role: "user".into(),
@@ -80,9 +81,9 @@ fn request_keys_ignore_the_provider_but_not_the_sample() {
     o.insert("model".into(), "m".into());
     o.insert("provider".into(), "replay".into());
     let here = std::path::Path::new("/");
-    let replay = Model::from_options(&o, here).unwrap();
+    let replay = crate::api::model_from_options(&o, here).unwrap();
     o.insert("provider".into(), "openai".into());
-    let live = Model::from_options(&o, here).unwrap();
+    let live = crate::api::model_from_options(&o, here).unwrap();
     let msgs = user("hi");
     assert_eq!(replay.request_key(&msgs, 0), live.request_key(&msgs, 0));
     assert_ne!(live.request_key(&msgs, 0), live.request_key(&msgs, 1));
