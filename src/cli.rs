@@ -264,6 +264,9 @@ impl CacheArgs {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
+    // How stdlib values show (a frame as a table, not `rtlab_data::Frame`), for every command,
+    // whether or not it builds an engine.
+    crate::engine::install_rich_types();
     // Tables show a little more of each string than polars' default 32 characters.
     if std::env::var_os("POLARS_FMT_STR_LEN").is_none() {
         std::env::set_var("POLARS_FMT_STR_LEN", "48");
@@ -513,10 +516,9 @@ fn bench(args: &BenchArgs) -> ExitCode {
     };
     install_ctrl_c_handler();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    // The runtime's workspace is the shell's directory; building its engine also registers how
-    // stdlib values display (without it the category table printed as `rtlab_data::Frame`).
-    let rt = crate::engine::Runtime::new(&cwd);
-    let ws = &rt.workspace;
+    // The workspace is the shell's directory; no engine is needed (the value registry was installed
+    // when the CLI started).
+    let ws = &rtlab_core::Workspace::new(&cwd, rtlab_core::OutputSink::new());
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
     let run = rtlab_llm::api::model_from_options(&bench_model_options(args), &cwd).and_then(|m| {
         let problems =

@@ -93,7 +93,25 @@ impl Runtime {
 }
 
 /// Builds the Rhai engine with rtlab's stdlib registered as packages, one per capability.
+/// Every capability's rich types (how frames, plots, models, executors show and persist), in one
+/// registry, installed once for the process: before the first engine is built, and by the CLI before
+/// it prints anything. No package registers a type when it is built, so no engine, and no order of
+/// building them, changes how a value shows.
+pub fn install_rich_types() {
+    rtlab_core::values::install(|| {
+        let types = [
+            rtlab_data::rich_types(),
+            rtlab_slurm::rich_types(),
+            rtlab_llm::api::rich_types(),
+            rtlab_train::rich_types(),
+        ]
+        .concat();
+        rtlab_core::values::Registry::new(types).expect("each capability tags its types uniquely")
+    });
+}
+
 pub fn build_engine(sink: OutputSink) -> Engine {
+    install_rich_types();
     let mut engine = Engine::new();
     // Scripts work on real datasets: raise Rhai's defaults that are sized for embedded configs.
     engine.set_max_expr_depths(256, 256);
@@ -135,4 +153,33 @@ pub fn build_engine(sink: OutputSink) -> Engine {
         rhai::exported_module!(crate::provenance::provenance_functions).into(),
     );
     engine
+}
+
+#[cfg(test)]
+mod tests {
+    use rhai::packages::Package;
+    use rhai::Dynamic;
+
+    fn a_frame() -> Dynamic {
+        let df = polars::df!("task" => ["mux", "fsm"], "ok" => [true, false]).unwrap();
+        Dynamic::from(rtlab_data::Frame::new(df))
+    }
+
+    /// How a value shows is installed once, not registered by whichever package is built first: a
+    /// frame shows as the same table before any engine exists, and after packages are built in any
+    /// order.
+    #[test]
+    fn a_frame_shows_the_same_without_an_engine_and_whatever_packages_were_built() {
+        super::install_rich_types();
+        let before = crate::engine::display_value(&a_frame());
+        assert!(before.contains("task") && before.contains("mux"), "{before}");
+        assert!(!before.contains("rtlab_data"), "{before}");
+        let mut reversed = rhai::Engine::new();
+        rtlab_train::TrainPackage::new().register_into_engine(&mut reversed);
+        rtlab_slurm::SlurmPackage::new().register_into_engine(&mut reversed);
+        rtlab_data::DataPackage::new().register_into_engine(&mut reversed);
+        assert_eq!(crate::engine::display_value(&a_frame()), before);
+        let _ = super::build_engine(super::OutputSink::new());
+        assert_eq!(crate::engine::display_value(&a_frame()), before);
+    }
 }

@@ -180,20 +180,15 @@ pub fn decode(
 mod tests {
     use super::*;
 
-    /// The capabilities register their types when an engine is built, as every run does first.
-    fn register_rich_types() {
-        let _ = crate::engine::build_engine(crate::engine::OutputSink::new());
-    }
-
     fn round_trip(v: Dynamic) -> Dynamic {
-        register_rich_types();
+        crate::engine::install_rich_types();
         let enc = encode(&v).expect("persistable");
         decode(&enc.json, &mut |_| Err("no frames".into())).expect("decodes")
     }
 
     #[test]
     fn a_local_model_is_cached_as_what_it_was_loaded_from_and_its_files_stamps() {
-        register_rich_types();
+        crate::engine::install_rich_types();
         let dir = tempfile::tempdir().unwrap();
         let spec = rtlab_model::tiny::TinySpec::default();
         rtlab_model::tiny::create(dir.path(), &spec).unwrap();

@@ -1,13 +1,17 @@
-//! The registry of rich values: each capability registers how its own Rhai types (a DataFrame, a plot,
-//! a model, an executor) show as text and HTML, and how they persist as JSON. The display code, the
-//! report and the notebook cache ask the registry, so none of them switches on stdlib types.
+//! The registry of rich values: how each capability's Rhai types (a DataFrame, a plot, a model, an
+//! executor) show as text and HTML, and how they persist as JSON. The display code, the report and the
+//! notebook cache ask the registry, so none of them switches on stdlib types.
 //!
-//! The registry is process-wide because a type's behaviour is a fact about the type, the same for every
-//! engine; capabilities fill it when their packages are built, and registering a tag again replaces it.
+//! Each capability crate lists its types in a pure `rich_types()`; the program that assembles the
+//! stdlib (`rtlab::engine::rich_types`) puts them in one [`Registry`] and [`install`]s it once, before
+//! it builds an engine or prints a value. Nothing is registered as a side effect of building a
+//! package, so every engine, the CLI and the kernel show a value the same way whatever was built
+//! first. The installed registry is process-wide because a type's behaviour is a fact about the type;
+//! it never changes once installed.
 
 use rhai::Dynamic;
 use serde_json::{Map, Value};
-use std::sync::RwLock;
+use std::sync::OnceLock;
 
 /// Encodes a nested plain value (the options map of a model, say) the way the cache encodes any value.
 pub type EncodeNested<'a> = &'a mut dyn FnMut(&Dynamic) -> Result<Value, String>;
@@ -41,28 +45,53 @@ pub struct RichType {
     pub persist: Option<Persist>,
 }
 
-static REGISTRY: RwLock<Vec<RichType>> = RwLock::new(Vec::new());
-
-/// Adds a type, replacing one registered earlier under the same tag.
-pub fn register(rich: RichType) {
-    let mut types = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-    types.retain(|t| t.tag != rich.tag);
-    types.push(rich);
+/// A set of rich types, one per tag.
+#[derive(Clone, Default)]
+pub struct Registry {
+    types: Vec<RichType>,
 }
 
-/// The registered type a value is of, if it is one of rtlab's own.
-pub fn rich_type_of(value: &Dynamic) -> Option<RichType> {
-    if !(value.is_variant() || value.is_shared()) {
-        return None;
+impl Registry {
+    /// The types, checked: two types under one tag are a programming error, named.
+    pub fn new(types: Vec<RichType>) -> Result<Registry, String> {
+        let mut tags: Vec<&str> = types.iter().map(|t| t.tag).collect();
+        tags.sort_unstable();
+        if let Some(w) = tags.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("two rich types are tagged {:?}", w[0]));
+        }
+        Ok(Registry { types })
     }
-    let types = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    types.iter().find(|t| (t.is)(value)).copied()
+
+    /// The type a value is of, if it is one of these.
+    pub fn type_of(&self, value: &Dynamic) -> Option<RichType> {
+        if !(value.is_variant() || value.is_shared()) {
+            return None;
+        }
+        self.types.iter().find(|t| (t.is)(value)).copied()
+    }
+
+    /// The type under a persisted tag.
+    pub fn tagged(&self, tag: &str) -> Option<RichType> {
+        self.types.iter().find(|t| t.tag == tag).copied()
+    }
 }
 
-/// The type registered under a persisted tag.
+static INSTALLED: OnceLock<Registry> = OnceLock::new();
+
+/// Makes `registry` the process's; the first install wins and later ones are ignored (every caller
+/// installs the same list: `rtlab::engine::rich_types`). Before any install, no value is rich.
+pub fn install(registry: impl FnOnce() -> Registry) {
+    INSTALLED.get_or_init(registry);
+}
+
+/// The installed type a value is of, if it is one of rtlab's own.
+pub fn rich_type_of(value: &Dynamic) -> Option<RichType> {
+    INSTALLED.get()?.type_of(value)
+}
+
+/// The installed type under a persisted tag.
 pub fn rich_type_tagged(tag: &str) -> Option<RichType> {
-    let types = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    types.iter().find(|t| t.tag == tag).copied()
+    INSTALLED.get()?.tagged(tag)
 }
 
 #[cfg(test)]
@@ -72,7 +101,6 @@ mod tests {
     #[derive(Clone)]
     struct Meters(f64);
 
-    // Tests run in parallel threads and share the registry: each uses its own type and tag.
     fn meters(tag: &'static str, text: fn(&Dynamic) -> String) -> RichType {
         RichType {
             tag,
@@ -84,34 +112,26 @@ mod tests {
     }
 
     #[test]
-    fn a_registered_type_is_found_by_value_and_by_tag_and_plain_values_are_not_rich() {
-        register(meters("test_meters", |v| {
+    fn a_type_is_found_by_value_and_by_tag_and_plain_values_are_not_rich() {
+        let registry = Registry::new(vec![meters("test_meters", |v| {
             format!("{} m", v.clone_cast::<Meters>().0)
-        }));
+        })])
+        .unwrap();
         let value = Dynamic::from(Meters(2.5));
-        assert_eq!((rich_type_of(&value).unwrap().text)(&value), "2.5 m");
-        assert_eq!(crate::display_value(&value), "2.5 m");
-        assert!(rich_type_tagged("test_meters").is_some());
-        assert!(rich_type_of(&Dynamic::from(1_i64)).is_none());
-        assert!(rich_type_tagged("no_such_tag").is_none());
+        assert_eq!((registry.type_of(&value).unwrap().text)(&value), "2.5 m");
+        assert!(registry.tagged("test_meters").is_some());
+        assert!(registry.type_of(&Dynamic::from(1_i64)).is_none());
+        assert!(registry.tagged("no_such_tag").is_none());
     }
 
     #[test]
-    fn registering_a_tag_again_replaces_it() {
-        #[derive(Clone)]
-        struct Feet;
-        let feet = |text: fn(&Dynamic) -> String| RichType {
-            tag: "test_feet",
-            is: |v| v.is::<Feet>(),
-            text,
-            html: None,
-            persist: None,
-        };
-        register(feet(|_| "first".into()));
-        register(feet(|_| "second".into()));
-        let value = Dynamic::from(Feet);
-        assert_eq!((rich_type_of(&value).unwrap().text)(&value), "second");
-        let types = REGISTRY.read().unwrap();
-        assert_eq!(types.iter().filter(|t| t.tag == "test_feet").count(), 1);
+    fn two_types_under_one_tag_are_refused() {
+        let err = Registry::new(vec![
+            meters("test_feet", |_| "first".into()),
+            meters("test_feet", |_| "second".into()),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(err, "two rich types are tagged \"test_feet\"");
     }
 }

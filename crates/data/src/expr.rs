@@ -51,17 +51,6 @@ fn to_expr(value: &Dynamic) -> Result<PlExpr, Box<EvalAltResult>> {
 pub fn register(module: &mut Module) {
     module.set_custom_type::<Expr>("Expr");
     // Shown at the REPL as what it computes; an expression is not data, so it does not persist.
-    rtlab_core::values::register(rtlab_core::values::RichType {
-        tag: "expr",
-        is: |v| v.is::<Expr>(),
-        text: |v| {
-            v.read_lock::<Expr>()
-                .map(|e| format!("{:?}", e.0))
-                .unwrap_or_default()
-        },
-        html: None,
-        persist: None,
-    });
     FuncRegistration::new("to_string").set_into_module(module, |e: &mut Expr| format!("{:?}", e.0));
     FuncRegistration::new("to_debug").set_into_module(module, |e: &mut Expr| format!("{:?}", e.0));
 
@@ -263,4 +252,19 @@ pub fn expr_from(value: &Dynamic) -> Result<PlExpr, Box<EvalAltResult>> {
         return Ok(column(&value.to_string()));
     }
     to_expr(value)
+}
+
+/// How an expression shows; it does not persist.
+pub(crate) fn rich_type() -> rtlab_core::values::RichType {
+    rtlab_core::values::RichType {
+        tag: "expr",
+        is: |v| v.is::<Expr>(),
+        text: |v| {
+            v.read_lock::<Expr>()
+                .map(|e| format!("{:?}", e.0))
+                .unwrap_or_default()
+        },
+        html: None,
+        persist: None,
+    }
 }

@@ -157,38 +157,11 @@ pub fn load_verilog_eval_dir(
 pub fn register(module: &mut Module) {
     module.set_custom_type::<LazyJsonl>("LazyFrame");
     // Shown at the REPL as its scan; a scan is a plan over a file, not data, so it does not persist.
-    rtlab_core::values::register(RichType {
-        tag: "lazy_frame",
-        is: |v| v.is::<LazyJsonl>(),
-        text: |v| {
-            v.read_lock::<LazyJsonl>()
-                .map(|l| describe_lazy(&l))
-                .unwrap_or_default()
-        },
-        html: None,
-        persist: None,
-    });
     FuncRegistration::new("to_string")
         .set_into_module(module, |l: &mut LazyJsonl| describe_lazy(l));
     FuncRegistration::new("to_debug").set_into_module(module, |l: &mut LazyJsonl| describe_lazy(l));
     combine_with_exported_module!(module, "scan_functions", scan_functions);
     module.set_custom_type::<Frame>("DataFrame");
-    rtlab_core::values::register(RichType {
-        tag: "frame",
-        is: |v| v.is::<Frame>(),
-        text: |v| {
-            v.read_lock::<Frame>()
-                .map(|f| f.df.to_string())
-                .unwrap_or_default()
-        },
-        html: Some(|v| {
-            v.read_lock::<Frame>()
-                .map(|f| frame_html(&f, 50))
-                .unwrap_or_default()
-        }),
-        // The notebook cache stores frames itself, as Parquet files beside the entry's manifest.
-        persist: None,
-    });
     FuncRegistration::new("to_string").set_into_module(module, |f: &mut Frame| format!("{}", f.df));
     FuncRegistration::new("to_debug").set_into_module(module, |f: &mut Frame| format!("{}", f.df));
     expr::register(module);
@@ -487,4 +460,39 @@ rhai::def_package! {
         register(module);
         plot::register(module);
     }
+}
+
+/// How the data crate's values show and persist: frames, lazy frames, expressions, plots.
+pub fn rich_types() -> Vec<RichType> {
+    vec![
+        RichType {
+            tag: "frame",
+            is: |v| v.is::<Frame>(),
+            text: |v| {
+                v.read_lock::<Frame>()
+                    .map(|f| f.df.to_string())
+                    .unwrap_or_default()
+            },
+            html: Some(|v| {
+                v.read_lock::<Frame>()
+                    .map(|f| frame_html(&f, 50))
+                    .unwrap_or_default()
+            }),
+            // The notebook cache stores frames itself, as Parquet files beside the entry's manifest.
+            persist: None,
+        },
+        RichType {
+            tag: "lazy_frame",
+            is: |v| v.is::<LazyJsonl>(),
+            text: |v| {
+                v.read_lock::<LazyJsonl>()
+                    .map(|l| describe_lazy(&l))
+                    .unwrap_or_default()
+            },
+            html: None,
+            persist: None,
+        },
+        expr::rich_type(),
+        plot::rich_type(),
+    ]
 }

@@ -284,28 +284,6 @@ fn xy(frame: &Frame, x: &str, y: &str) -> Result<(Vec<String>, Vec<f64>), Box<Ev
 
 pub fn register(module: &mut Module) {
     module.set_custom_type::<Plot>("Plot");
-    rtlab_core::values::register(RichType {
-        tag: "plot",
-        is: |v| v.is::<Plot>(),
-        text: |v| {
-            v.read_lock::<Plot>()
-                .map(|p| p.unicode())
-                .unwrap_or_default()
-        },
-        html: Some(|v| {
-            v.read_lock::<Plot>()
-                .map(|p| p.svg.clone())
-                .unwrap_or_default()
-        }),
-        persist: Some(Persist {
-            save: |v, _| {
-                v.read_lock::<Plot>()
-                    .map(|p| p.to_json())
-                    .ok_or_else(|| "a plot that is locked".into())
-            },
-            load: |fields, _| Ok(Dynamic::from(Plot::from_json(fields))),
-        }),
-    });
     FuncRegistration::new("to_string").set_into_module(module, |p: &mut Plot| p.unicode());
     FuncRegistration::new("to_debug").set_into_module(module, |p: &mut Plot| p.unicode());
     combine_with_exported_module!(module, "plot_functions", plot_functions);
@@ -355,5 +333,31 @@ mod plot_functions {
         let full = rtlab_core::Workspace::of(&ctx).resolve(path);
         rtlab_core::workspace::write_atomic(&full, plot.svg.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", full.display()).into())
+    }
+}
+
+/// How a plot shows (SVG in reports) and persists.
+pub(crate) fn rich_type() -> RichType {
+    RichType {
+        tag: "plot",
+        is: |v| v.is::<Plot>(),
+        text: |v| {
+            v.read_lock::<Plot>()
+                .map(|p| p.unicode())
+                .unwrap_or_default()
+        },
+        html: Some(|v| {
+            v.read_lock::<Plot>()
+                .map(|p| p.svg.clone())
+                .unwrap_or_default()
+        }),
+        persist: Some(Persist {
+            save: |v, _| {
+                v.read_lock::<Plot>()
+                    .map(|p| p.to_json())
+                    .ok_or_else(|| "a plot that is locked".into())
+            },
+            load: |fields, _| Ok(Dynamic::from(Plot::from_json(fields))),
+        }),
     }
 }

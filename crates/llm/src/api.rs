@@ -146,37 +146,6 @@ pub fn register(module: &mut Module) {
     module.set_custom_type::<Model>("Model");
     FuncRegistration::new("to_string").set_into_module(module, |m: &mut Model| m.describe());
     FuncRegistration::new("to_debug").set_into_module(module, |m: &mut Model| m.describe());
-    rtlab_core::values::register(rtlab_core::values::RichType {
-        tag: "model",
-        is: |v| v.is::<Model>(),
-        text: |v| {
-            v.read_lock::<Model>()
-                .map(|m| m.describe())
-                .unwrap_or_default()
-        },
-        html: None,
-        // A model is its configuration (the key stays in the environment); usage counters restart.
-        persist: Some(rtlab_core::values::Persist {
-            save: |v, nested| {
-                let options =
-                    model_options(&*v.read_lock::<Model>().ok_or("a model that is locked")?);
-                let mut fields = serde_json::Map::new();
-                fields.insert("options".into(), nested(&Dynamic::from_map(options))?);
-                Ok(fields)
-            },
-            load: |fields, nested| {
-                let options = nested(fields.get("options").ok_or("model without options")?)?;
-                let map = options
-                    .try_cast::<Map>()
-                    .ok_or("model options are not a map")?;
-                // `model_options` saved a local model's paths resolved, so no base directory is needed.
-                Ok(Dynamic::from(model_from_options(
-                    &map,
-                    std::path::Path::new("/"),
-                )?))
-            },
-        }),
-    });
     combine_with_exported_module!(module, "llm_functions", llm_functions);
 }
 
@@ -421,4 +390,39 @@ rhai::def_package! {
     pub LlmPackage(module) {
         register(module);
     }
+}
+
+/// How a model shows and persists (a model is its configuration; usage counters restart).
+pub fn rich_types() -> Vec<rtlab_core::values::RichType> {
+    vec![rtlab_core::values::RichType {
+        tag: "model",
+        is: |v| v.is::<Model>(),
+        text: |v| {
+            v.read_lock::<Model>()
+                .map(|m| m.describe())
+                .unwrap_or_default()
+        },
+        html: None,
+        // A model is its configuration (the key stays in the environment); usage counters restart.
+        persist: Some(rtlab_core::values::Persist {
+            save: |v, nested| {
+                let options =
+                    model_options(&*v.read_lock::<Model>().ok_or("a model that is locked")?);
+                let mut fields = serde_json::Map::new();
+                fields.insert("options".into(), nested(&Dynamic::from_map(options))?);
+                Ok(fields)
+            },
+            load: |fields, nested| {
+                let options = nested(fields.get("options").ok_or("model without options")?)?;
+                let map = options
+                    .try_cast::<Map>()
+                    .ok_or("model options are not a map")?;
+                // `model_options` saved a local model's paths resolved, so no base directory is needed.
+                Ok(Dynamic::from(model_from_options(
+                    &map,
+                    std::path::Path::new("/"),
+                )?))
+            },
+        }),
+    }]
 }

@@ -88,43 +88,6 @@ pub fn register(module: &mut Module) {
     module.set_custom_type::<SlurmOptions>("SlurmExecutor");
     FuncRegistration::new("to_string").set_into_module(module, |s: &mut SlurmOptions| s.describe());
     FuncRegistration::new("to_debug").set_into_module(module, |s: &mut SlurmOptions| s.describe());
-    rtlab_core::values::register(rtlab_core::values::RichType {
-        tag: "slurm",
-        is: |v| v.is::<SlurmOptions>(),
-        text: |v| {
-            v.read_lock::<SlurmOptions>()
-                .map(|s| s.describe())
-                .unwrap_or_default()
-        },
-        html: None,
-        // An executor is its options: the same map rebuilds it.
-        persist: Some(rtlab_core::values::Persist {
-            save: |v, nested| {
-                let options = v
-                    .read_lock::<SlurmOptions>()
-                    .ok_or("an executor that is locked")?;
-                let options = options_map(&options);
-                let mut fields = serde_json::Map::new();
-                fields.insert("options".into(), nested(&rhai::Dynamic::from_map(options))?);
-                Ok(fields)
-            },
-            load: |fields, nested| {
-                let options = nested(
-                    fields
-                        .get("options")
-                        .ok_or("slurm executor without options")?,
-                )?;
-                let map = options
-                    .try_cast::<Map>()
-                    .ok_or("slurm executor options are not a map")?;
-                // `to_map` saved `dir` resolved (absolute), so no base directory is needed.
-                Ok(rhai::Dynamic::from(slurm_options(
-                    &map,
-                    std::path::Path::new("/"),
-                )?))
-            },
-        }),
-    });
     combine_with_exported_module!(module, "slurm_functions", slurm_functions);
 }
 
@@ -168,4 +131,45 @@ rhai::def_package! {
     pub SlurmPackage(module) {
         register(module);
     }
+}
+
+/// How a Slurm executor shows and persists (an executor is its options: the same map rebuilds it).
+pub fn rich_types() -> Vec<rtlab_core::values::RichType> {
+    vec![rtlab_core::values::RichType {
+        tag: "slurm",
+        is: |v| v.is::<SlurmOptions>(),
+        text: |v| {
+            v.read_lock::<SlurmOptions>()
+                .map(|s| s.describe())
+                .unwrap_or_default()
+        },
+        html: None,
+        // An executor is its options: the same map rebuilds it.
+        persist: Some(rtlab_core::values::Persist {
+            save: |v, nested| {
+                let options = v
+                    .read_lock::<SlurmOptions>()
+                    .ok_or("an executor that is locked")?;
+                let options = options_map(&options);
+                let mut fields = serde_json::Map::new();
+                fields.insert("options".into(), nested(&rhai::Dynamic::from_map(options))?);
+                Ok(fields)
+            },
+            load: |fields, nested| {
+                let options = nested(
+                    fields
+                        .get("options")
+                        .ok_or("slurm executor without options")?,
+                )?;
+                let map = options
+                    .try_cast::<Map>()
+                    .ok_or("slurm executor options are not a map")?;
+                // `to_map` saved `dir` resolved (absolute), so no base directory is needed.
+                Ok(rhai::Dynamic::from(slurm_options(
+                    &map,
+                    std::path::Path::new("/"),
+                )?))
+            },
+        }),
+    }]
 }

@@ -28,7 +28,7 @@ pub use worker::{worker_main, ShardRunner};
 
 mod api;
 
-pub use api::{executor_option, SlurmPackage};
+pub use api::{executor_option, rich_types, SlurmPackage};
 
 /// How a batch runs on Slurm: `slurm(#{partition, tasks, cpus_per_task, mem, time, account,
 /// max_running, retries, extra, dir})`.

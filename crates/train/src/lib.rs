@@ -33,7 +33,7 @@ mod error;
 mod pairs;
 mod request;
 
-pub use api::{Local, TrainPackage};
+pub use api::{rich_types, Local, TrainPackage};
 use error::bad;
 pub use error::TrainError;
 use pairs::{preference_rows, PairPrompt};

@@ -205,24 +205,6 @@ pub fn register(module: &mut Module) {
     module.set_custom_type::<Local>("LocalModel");
     FuncRegistration::new("to_string").set_into_module(module, |m: &mut Local| describe(m));
     FuncRegistration::new("to_debug").set_into_module(module, |m: &mut Local| describe(m));
-    rtlab_core::values::register(rtlab_core::values::RichType {
-        tag: "local_model",
-        is: |v| v.is::<Local>(),
-        text: |v| {
-            v.read_lock::<Local>()
-                .map(|m| describe(&m))
-                .unwrap_or_default()
-        },
-        html: None,
-        persist: Some(rtlab_core::values::Persist {
-            save: |v, _| {
-                Ok(v.read_lock::<Local>()
-                    .ok_or("a local model that is locked")?
-                    .persisted())
-            },
-            load: |fields, _| Local::load_persisted(fields),
-        }),
-    });
     combine_with_exported_module!(module, "train_functions", train_functions);
 }
 
@@ -737,4 +719,26 @@ mod train_functions {
                 .map_err(TrainError::from)? as i64,
         )
     }
+}
+
+/// How a local model shows and persists (as what it was loaded from, with the files' stamps).
+pub fn rich_types() -> Vec<rtlab_core::values::RichType> {
+    vec![rtlab_core::values::RichType {
+        tag: "local_model",
+        is: |v| v.is::<Local>(),
+        text: |v| {
+            v.read_lock::<Local>()
+                .map(|m| describe(&m))
+                .unwrap_or_default()
+        },
+        html: None,
+        persist: Some(rtlab_core::values::Persist {
+            save: |v, _| {
+                Ok(v.read_lock::<Local>()
+                    .ok_or("a local model that is locked")?
+                    .persisted())
+            },
+            load: |fields, _| Local::load_persisted(fields),
+        }),
+    }]
 }
