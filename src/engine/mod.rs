@@ -172,7 +172,10 @@ mod tests {
     fn a_frame_shows_the_same_without_an_engine_and_whatever_packages_were_built() {
         super::install_rich_types();
         let before = crate::engine::display_value(&a_frame());
-        assert!(before.contains("task") && before.contains("mux"), "{before}");
+        assert!(
+            before.contains("task") && before.contains("mux"),
+            "{before}"
+        );
         assert!(!before.contains("rtlab_data"), "{before}");
         let mut reversed = rhai::Engine::new();
         rtlab_train::TrainPackage::new().register_into_engine(&mut reversed);

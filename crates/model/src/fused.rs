@@ -13,6 +13,7 @@
 //! The ops take contiguous f32 tensors on the CPU ([`applies`]); elsewhere the callers keep the
 //! tensor-op form.
 
+use crate::custom_op::{split_gradients, to_storage, values};
 use crate::q8::SharedOut;
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -20,18 +21,6 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 /// True where the fused ops run: an f32 tensor on the CPU.
 pub(crate) fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
-}
-
-/// The values of a contiguous f32 CPU tensor, as a custom op receives it.
-pub(crate) fn values<'a>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor on the CPU"),
-    }
 }
 
 /// candle's sum of a row (its vectorized reduction), so a fused forward sums as `sum_keepdim` does.
@@ -104,23 +93,6 @@ pub(crate) fn update_rows<T: Send>(
     } else {
         candle_core::utils::barrier_pool().execute_chunked(rows, work);
     }
-}
-
-/// The gradients of `a` and `b` from a backward op that computes both in one pass and returns them
-/// as one flat tensor, `a`'s values then `b`'s.
-pub(crate) fn split_gradients(
-    both: &Tensor,
-    a: &Tensor,
-    b: &Tensor,
-) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-    let (na, nb) = (a.elem_count(), b.elem_count());
-    let da = both.narrow(0, 0, na)?.reshape(a.shape())?;
-    let db = both.narrow(0, na, nb)?.reshape(b.shape())?;
-    Ok((Some(da), Some(db)))
-}
-
-fn to_storage(values: Vec<f32>, shape: &Shape) -> (CpuStorage, Shape) {
-    (CpuStorage::F32(values), shape.clone())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,7 +394,7 @@ impl CustomOp3 for SiluMulBackward {
         let mut both = dg;
         both.extend_from_slice(&du);
         let len = both.len();
-        Ok((CpuStorage::F32(both), Shape::from(len)))
+        Ok(to_storage(both, len))
     }
 }
 

@@ -103,7 +103,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
                 if let Some(last) = dims.last_mut() {
                     *last = out;
                 }
-                return Ok((candle_core::CpuStorage::F32(y), dims.into()));
+                return Ok(crate::custom_op::to_storage(y, dims));
             }
         }
         cpu_result(&tensor_from_storage(s, l)?.matmul(&self.weight.t()?)?)
@@ -182,7 +182,7 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
                     if let Some(last) = dims.last_mut() {
                         *last = self.weight.tensor.shape().dims2()?.0;
                     }
-                    return Ok((candle_core::CpuStorage::F32(y), dims.into()));
+                    return Ok(crate::custom_op::to_storage(y, dims));
                 }
             }
             return candle_core::CustomOp1::cpu_fwd(self.weight.tensor.as_ref(), s, l);

@@ -10,6 +10,7 @@
 //! [`ModelError`]; a bad file or option is `ModelError::Input` with a message that names it.
 
 pub mod config;
+mod custom_op;
 mod decode_attention;
 mod error;
 pub mod examples;

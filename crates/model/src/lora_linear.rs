@@ -12,7 +12,7 @@
 //! `* s`, `+`), forward and backward, `dx`, `dA` and `dB` (tests, with and without dropout and bias):
 //! training numbers do not change with it. CPU f32 only; elsewhere the model keeps the tensor ops.
 
-use crate::fused::values;
+use crate::custom_op::{to_storage, values};
 use crate::layers::BaseWeight;
 use crate::pool_gemm::{self, dense, matmul_t_gradients, transposed};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -192,7 +192,7 @@ impl CustomOp3 for LoraLinear {
         if let Some(last) = dims.last_mut() {
             *last = n.out;
         }
-        Ok((CpuStorage::F32(y), dims.into()))
+        Ok(to_storage(y, dims))
     }
 
     /// `dx = dy W + (s·dy B A) ⊙ mask` (none where `x` is untracked: the first layer's input),

@@ -13,7 +13,8 @@
 //! `model::target_log_prob`), forward and backward (tests). CPU f32 only; elsewhere the model keeps
 //! the tensor ops.
 
-use crate::fused::{map_rows_reading, update_rows, values};
+use crate::custom_op::{ids, to_storage, values};
+use crate::fused::{map_rows_reading, update_rows};
 use crate::layers::{log_sum_exp, BaseWeight};
 use crate::lora_linear::with_weight_values;
 use crate::pool_gemm::{self, dense, transposed};
@@ -81,13 +82,6 @@ impl HeadLogProb {
     }
 }
 
-fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::U32(t), Some((start, end))) => Ok(&t[start..end]),
-        _ => candle_core::bail!("output head: targets must be contiguous u32"),
-    }
-}
-
 impl CustomOp2 for HeadLogProb {
     fn name(&self) -> &'static str {
         "output-head-log-prob"
@@ -100,7 +94,7 @@ impl CustomOp2 for HeadLogProb {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, targets) = (values(s1, l1, self.name())?, targets_of(s2, l2)?);
+        let (x, targets) = (values(s1, l1, self.name())?, ids(s2, l2, self.name())?);
         let sizes = self.sizes(l1.dims(), l2.dims())?;
         let (kept, vocab) = (self.kept(x, sizes)?, sizes.2);
         // `model::target_log_prob`'s value: the target's logit less the row's log-sum-exp, in f64.
@@ -115,7 +109,7 @@ impl CustomOp2 for HeadLogProb {
             )
             .collect();
         *self.kept.lock().map_err(|_| poisoned())? = Some(kept);
-        Ok((CpuStorage::F32(out), l2.shape().clone()))
+        Ok(to_storage(out, l2.shape()))
     }
 
     /// `dlogits = g · (onehot − softmax)` per row, written over the kept logits, then `dx = dlogits W`.

@@ -11,7 +11,7 @@
 //! the caches only, never on `m` or `n`, so each value sums its products in the same order whatever
 //! block of columns it is computed in (tests check it at the model's shapes).
 
-use crate::fused::{split_gradients, values};
+use crate::custom_op::{split_gradients, to_storage, values};
 use crate::q8::SharedOut;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -237,7 +237,7 @@ impl CustomOp2 for BatchedMatmul {
         let mut dims = l1.dims().to_vec();
         let last = dims.len() - 1;
         dims[last] = n;
-        Ok((CpuStorage::F32(c), dims.into()))
+        Ok(to_storage(c, dims))
     }
 
     fn bwd(
@@ -295,7 +295,7 @@ impl CustomOp3 for BatchedMatmulBackward {
             |i| dense(&dc[i * m * n..(i + 1) * m * n], n),
         ));
         let len = both.len();
-        Ok((CpuStorage::F32(both), Shape::from(len)))
+        Ok(to_storage(both, len))
     }
 }
 
@@ -336,7 +336,7 @@ impl CustomOp2 for MatmulT {
         let (x, w) = (values(s1, l1, self.name())?, values(s2, l2, self.name())?);
         let (m, k, n) = matmul_t_dims(l1.dims(), l2.dims())?;
         let y = matmul(dense(x, k), transposed(w, k), (m, k, n));
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        Ok(to_storage(y, (m, n)))
     }
 
     fn bwd(
@@ -384,7 +384,7 @@ impl CustomOp3 for MatmulTBackward {
         let (mut both, dw) = matmul_t_gradients(x, w, g, (m, k, n));
         both.extend(dw);
         let len = both.len();
-        Ok((CpuStorage::F32(both), Shape::from(len)))
+        Ok(to_storage(both, len))
     }
 }
 
