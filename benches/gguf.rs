@@ -24,6 +24,8 @@
 
 #[path = "common/output.rs"]
 mod output;
+#[path = "common/results.rs"]
+mod results;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -276,6 +278,22 @@ fn decode(model: &Path, runs: usize) {
     println!(
         "batch / single stream            {:7.2}x (goal: at least 8x)",
         b / q
+    );
+    let llama_single = (!llama.is_empty()).then(|| median(llama.clone()));
+    results::write(
+        "gguf_decode",
+        serde_json::json!({
+            "tokens": TOKENS,
+            "single_tok_s": q,
+            "single_candle_tok_s": cq,
+            "single_f32_tok_s": median(f32s.clone()),
+            "batch20_tok_s": b,
+            "batch20_candle_tok_s": cb,
+            "llama_cpp_single_tok_s": llama_single,
+            "decode_batch20_vs_single": b / q,
+            "decode_single_vs_llama_cpp": llama_single.map(|l| q / l),
+        }),
+        runs,
     );
 }
 

@@ -18,12 +18,21 @@ pub const CHAPTER: &str = "book/src/performance.md";
 const OPEN: &str = "<!-- bench-table ";
 const CLOSE: &str = "<!-- /bench-table -->";
 
+/// The command that writes results file `name` (a bench may write several, one per part).
+fn command_of(name: &str) -> String {
+    match name.split_once('_') {
+        Some(("gguf", part)) => format!("cargo bench --bench gguf -- {part}"),
+        _ => format!("cargo bench --bench {name}"),
+    }
+}
+
 /// The table (and the line naming the machine and commit) for bench `name` from its results.
 pub fn render(name: &str, results: &Value) -> Result<String, String> {
+    let command = command_of(name);
     let f = &results["figures"];
     let num = |v: &Value, key: &str| -> Result<f64, String> {
         v[key].as_f64().ok_or_else(|| {
-            format!("{name}.json: no number at figures.{key}: rerun `cargo bench --bench {name}`")
+            format!("{name}.json: no number at figures.{key}: rerun `{command}`")
         })
     };
     let mut out = String::new();
@@ -110,6 +119,40 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 ));
             }
         }
+        "gguf_decode" => {
+            let tokens = num(f, "tokens")?;
+            out.push_str(&format!(
+                "| decoding ({tokens:.0} new tokens) | rtlab's kernels | candle's kernels, same run |\n"
+            ));
+            out.push_str("| --- | --- | --- |\n");
+            out.push_str(&format!(
+                "| one stream, Q4_1 | **{:.1} tok/s** | {:.1} tok/s |\n",
+                num(f, "single_tok_s")?,
+                num(f, "single_candle_tok_s")?
+            ));
+            out.push_str(&format!(
+                "| one stream, dequantized to f32 | {:.1} tok/s | |\n",
+                num(f, "single_f32_tok_s")?
+            ));
+            out.push_str(&format!(
+                "| 20 samples of one prompt as a batch (aggregate) | **{:.1} tok/s** | {:.1} tok/s |\n",
+                num(f, "batch20_tok_s")?,
+                num(f, "batch20_candle_tok_s")?
+            ));
+            out.push_str(&format!(
+                "| `decode_batch20_vs_single` (goal ≥ 8×) | **{:.2}×** | |\n",
+                num(f, "decode_batch20_vs_single")?
+            ));
+            match f["decode_single_vs_llama_cpp"].as_f64() {
+                Some(r) => out.push_str(&format!(
+                    "| `decode_single_vs_llama_cpp` (goal ≥ 1.0×) | **{r:.2}×** (llama.cpp {:.1} tok/s) | |\n",
+                    num(f, "llama_cpp_single_tok_s")?
+                )),
+                None => out.push_str(
+                    "| `decode_single_vs_llama_cpp` (goal ≥ 1.0×) | not measured: `llama_cpp` was not importable | |\n",
+                ),
+            }
+        }
         other => {
             return Err(format!(
                 "no table is defined for the bench {other:?}: add it to xtask's render()"
@@ -123,7 +166,7 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
         .unwrap_or_default();
     let commit = results["commit"].as_str().unwrap_or("unknown");
     out.push_str(&format!(
-        "\n`cargo bench --bench {name}`: medians of {} runs, on {} ({}), {} cores; commit `{}`.\n",
+        "\n`{command}`: medians of {} runs, on {} ({}), {} cores; commit `{}`.\n",
         results["runs"],
         m["cpu"].as_str().unwrap_or("an unknown CPU"),
         if simd.is_empty() {
