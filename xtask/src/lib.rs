@@ -31,9 +31,9 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
     let command = command_of(name);
     let f = &results["figures"];
     let num = |v: &Value, key: &str| -> Result<f64, String> {
-        v[key].as_f64().ok_or_else(|| {
-            format!("{name}.json: no number at figures.{key}: rerun `{command}`")
-        })
+        v[key]
+            .as_f64()
+            .ok_or_else(|| format!("{name}.json: no number at figures.{key}: rerun `{command}`"))
     };
     let mut out = String::new();
     match name {

@@ -17,7 +17,7 @@ pub(crate) fn slurm_options(map: &Map, base_dir: &std::path::Path) -> Result<Slu
             s.set("slurm", key, OptionValue::Text(v), base_dir)?;
         }
     }
-    for key in ["tasks", "cpus_per_task", "max_running", "retries"] {
+    for &key in crate::INT_KEYS {
         if let Some(v) = o.int(key)? {
             s.set("slurm", key, OptionValue::Int(v), base_dir)?;
         }

@@ -87,6 +87,10 @@ pub const SLURM_KEYS: &[&str] = &[
     "dir",
 ];
 
+/// The keys whose values are whole numbers (the rest are texts, and `extra` a list of texts): what
+/// both readers, the script's map and the shell's `--slurm`, parse them as.
+pub(crate) const INT_KEYS: &[&str] = &["tasks", "cpus_per_task", "max_running", "retries"];
+
 /// Slurm's array indices run from 0 to MaxArraySize - 1 (1001 by default).
 const MAX_TASKS: i64 = 1000;
 
@@ -212,18 +216,17 @@ impl SlurmOptions {
             let (key, value) = pair.split_once('=').ok_or_else(|| {
                 format!("--slurm: {pair:?} is not KEY=VALUE (for example tasks=64,partition=cpu)")
             })?;
-            let value = match key {
-                "tasks" | "cpus_per_task" | "max_running" | "retries" => {
+            let value =
+                if INT_KEYS.contains(&key) {
                     OptionValue::Int(value.parse::<i64>().map_err(|_| {
                         format!("--slurm: {key} must be a whole number, not {value:?}")
                     })?)
-                }
-                "extra" => {
+                } else if key == "extra" {
                     extra.push(value.to_string());
                     continue;
-                }
-                _ => OptionValue::Text(value.to_string()),
-            };
+                } else {
+                    OptionValue::Text(value.to_string())
+                };
             s.set("--slurm", key, value, base_dir)?;
         }
         if !extra.is_empty() {
