@@ -520,11 +520,11 @@ fn bench(args: &BenchArgs) -> ExitCode {
     // when the CLI started).
     let ws = &rtlab_core::Workspace::new(&cwd, rtlab_core::OutputSink::new());
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
-    let run = rtlab_llm::api::model_from_options(&bench_model_options(args), &cwd).and_then(|m| {
-        let problems =
-            rtlab_data::load_verilog_eval_dir(ws, &args.problems).map_err(|e| e.to_string())?;
-        rtlab_bench::run_benchmark(ws, &m, &problems, &options)
-    });
+    let run = (|| -> Result<rhai::Map, Box<dyn std::error::Error>> {
+        let model = rtlab_llm::api::model_from_options(&bench_model_options(args), &cwd)?;
+        let problems = rtlab_data::load_verilog_eval_dir(ws, &args.problems)?;
+        Ok(rtlab_bench::run_benchmark(ws, &model, &problems, &options)?)
+    })();
     match run {
         Ok(run) => {
             let field = |k: &str| run.get(k).cloned().unwrap_or(rhai::Dynamic::UNIT);
@@ -623,15 +623,12 @@ fn verify_file(args: &VerifyArgs) -> ExitCode {
         top,
     };
     // The same typed calls as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.
-    let verified = rtlab_data::load_jsonl(input, &rtlab_data::LoadOptions::default())
-        .map_err(|e| e.to_string())
-        .and_then(|loaded| {
-            rtlab_verify::verify_rows(&rt.workspace, &loaded.frame, &inputs, &opts, &executor)
-        })
-        .and_then(|v| {
-            rtlab_data::save_jsonl(&v.df, output).map_err(|e| e.to_string())?;
-            Ok(v)
-        });
+    let verified = (|| -> Result<rtlab_data::Frame, Box<dyn std::error::Error>> {
+        let loaded = rtlab_data::load_jsonl(input, &rtlab_data::LoadOptions::default())?;
+        let v = rtlab_verify::verify_rows(&rt.workspace, &loaded.frame, &inputs, &opts, &executor)?;
+        rtlab_data::save_jsonl(&v.df, output)?;
+        Ok(v)
+    })();
     match verified {
         Ok(v) => {
             let pass =
@@ -662,7 +659,9 @@ fn worker(dir: &Path, task: usize) -> ExitCode {
     install_ctrl_c_handler();
     let runner = |kind: &str| -> Option<rtlab_slurm::ShardRunner> {
         match kind {
-            "verify" => Some(rtlab_verify::batch::run_shard),
+            "verify" => Some(|context, items, cpus| {
+                Ok(rtlab_verify::batch::run_shard(context, items, cpus)?)
+            }),
             _ => None,
         }
     };

@@ -3,6 +3,8 @@
 //! and hands typed values to the benchmark ([`crate::run`]), the statistics ([`crate::stats`]) and
 //! the metrics ([`crate::metrics`]).
 
+use crate::BenchError;
+
 use crate::*;
 use polars::prelude::*;
 use rhai::plugin::*;
@@ -13,13 +15,13 @@ use rtlab_llm::Model;
 use std::collections::BTreeMap;
 
 /// Category → functional rate, from a run map or a recorded run id.
-fn categories_of(ws: &Workspace, run: &Dynamic) -> Result<(String, CategoryMetrics), String> {
+fn categories_of(ws: &Workspace, run: &Dynamic) -> Result<(String, CategoryMetrics), BenchError> {
     let metrics: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
         let frame = m
             .get("categories")
             .and_then(|c| c.read_lock::<Frame>().map(|f| f.clone()))
-            .ok_or("a run map must hold `categories`")?;
-        let recs = rtlab_data::to_records(&frame).map_err(|e| e.to_string())?;
+            .ok_or_else(|| BenchError::Input("a run map must hold `categories`".into()))?;
+        let recs = rtlab_data::to_records(&frame)?;
         let mut cats = serde_json::Map::new();
         for r in recs {
             let json = rtlab_data::dynamic_to_json(&r)?;
@@ -46,22 +48,22 @@ fn categories_of(ws: &Workspace, run: &Dynamic) -> Result<(String, CategoryMetri
                 .collect(),
         ));
     } else if let Ok(id) = run.as_int() {
-        let store = ws.store().ok_or("the workspace store cannot be opened")?;
+        let store = ws
+            .store()
+            .ok_or_else(|| BenchError::Input("the workspace store cannot be opened".into()))?;
         let store = rtlab_core::store::lock(&store);
         let row = store
-            .runs()
-            .map_err(|e| e.to_string())?
+            .runs()?
             .into_iter()
             .find(|r| r.id == id)
-            .ok_or_else(|| format!("no run with id {id}; runs() lists them"))?;
-        let mut v: serde_json::Value =
-            serde_json::from_str(&row.metrics).map_err(|e| e.to_string())?;
+            .ok_or_else(|| BenchError::Input(format!("no run with id {id}; runs() lists them")))?;
+        let mut v: serde_json::Value = serde_json::from_str(&row.metrics)?;
         v["name"] = serde_json::json!(row.name);
         v
     } else {
-        return Err(
+        return Err(BenchError::Input(
             "compare: a run is the map benchmark() returns, or a run id from runs()".into(),
-        );
+        ));
     };
     let name = metrics
         .get("name")
@@ -91,9 +93,11 @@ fn categories_of(ws: &Workspace, run: &Dynamic) -> Result<(String, CategoryMetri
     Ok((name, cats))
 }
 
-fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, String> {
+fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, BenchError> {
     if let Some(m) = run.read_lock::<Map>() {
-        let s = m.get("summary").ok_or("a run map must hold `summary`")?;
+        let s = m
+            .get("summary")
+            .ok_or_else(|| BenchError::Input("a run map must hold `summary`".into()))?;
         let json = rtlab_data::dynamic_to_json(s)?;
         return Ok(json
             .as_object()
@@ -104,7 +108,9 @@ fn summary_of(run: &Dynamic) -> Result<BTreeMap<String, f64>, String> {
             })
             .unwrap_or_default());
     }
-    Err("expect: pass the map benchmark() returns".into())
+    Err(BenchError::Input(
+        "expect: pass the map benchmark() returns".into(),
+    ))
 }
 
 /// One problem's result in a run: passing samples `c` of `n`, and the shares of its samples that
@@ -125,14 +131,14 @@ fn problems_of(
     ws: &Workspace,
     run: &Dynamic,
     which: &str,
-) -> Result<BTreeMap<String, ProblemResult>, String> {
+) -> Result<BTreeMap<String, ProblemResult>, BenchError> {
     let json: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
         let frame = m
             .get("problems")
             .and_then(|c| c.read_lock::<Frame>().map(|f| f.clone()))
-            .ok_or_else(|| format!("compare: run {which} has no `problems` frame; pass the map benchmark() returns, or a run id"))?;
+            .ok_or_else(|| BenchError::Input(format!("compare: run {which} has no `problems` frame; pass the map benchmark() returns, or a run id")))?;
         let mut out = serde_json::Map::new();
-        for r in rtlab_data::to_records(&frame).map_err(|e| e.to_string())? {
+        for r in rtlab_data::to_records(&frame)? {
             let row = rtlab_data::dynamic_to_json(&r)?;
             if let (Some(id), Some(c), Some(n)) = (
                 row["task_id"].as_str(),
@@ -146,23 +152,25 @@ fn problems_of(
         }
         serde_json::Value::Object(out)
     } else if let Ok(id) = run.as_int() {
-        let store = ws.store().ok_or("the workspace store cannot be opened")?;
+        let store = ws
+            .store()
+            .ok_or_else(|| BenchError::Input("the workspace store cannot be opened".into()))?;
         let store = rtlab_core::store::lock(&store);
         let row = store
-            .runs()
-            .map_err(|e| e.to_string())?
+            .runs()?
             .into_iter()
             .find(|r| r.id == id)
-            .ok_or_else(|| format!("compare: no run with id {id}; runs() lists them"))?;
-        let metrics: serde_json::Value =
-            serde_json::from_str(&row.metrics).map_err(|e| e.to_string())?;
+            .ok_or_else(|| {
+                BenchError::Input(format!("compare: no run with id {id}; runs() lists them"))
+            })?;
+        let metrics: serde_json::Value = serde_json::from_str(&row.metrics)?;
         metrics.get("problems").cloned().ok_or_else(|| {
-            format!("compare: run {id} was recorded before rtlab kept per-problem results; benchmark it again for a paired test")
+            BenchError::Input(format!("compare: run {id} was recorded before rtlab kept per-problem results; benchmark it again for a paired test"))
         })?
     } else {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "compare: run {which} is the map benchmark() returns, or a run id from runs()"
-        ));
+        )));
     };
     Ok(json
         .as_object()
@@ -197,7 +205,7 @@ struct PairedOptions {
     seed: u64,
 }
 
-fn paired_options(options: &Map) -> Result<PairedOptions, String> {
+fn paired_options(options: &Map) -> Result<PairedOptions, BenchError> {
     let o = rtlab_core::options::Options::new(
         "compare",
         options,
@@ -207,31 +215,31 @@ fn paired_options(options: &Map) -> Result<PairedOptions, String> {
         .string("test")?
         .unwrap_or_else(|| "paired_bootstrap".into());
     if test != "paired_bootstrap" && test != "mcnemar" {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "compare: test {test:?}: use \"paired_bootstrap\" or \"mcnemar\""
-        ));
+        )));
     }
     let metric = o.string("metric")?.unwrap_or_else(|| "pass@1".into());
     let k: usize = match metric.strip_prefix("pass@").map(str::parse) {
         Some(Ok(k)) if k >= 1 => k,
         _ if STAGE_METRICS.contains(&metric.as_str()) => 0,
         _ => {
-            return Err(format!(
+            return Err(BenchError::Input(format!(
                 "compare: metric {metric:?}: use \"pass@K\" (as \"pass@1\"), \"syntax\", \"synth\" or \"all_io_used\""
-            ))
+            )))
         }
     };
     let confidence = o.float("confidence")?.unwrap_or(0.95);
     if !(0.5..1.0).contains(&confidence) {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "compare: confidence must be in [0.5, 1), got {confidence}"
-        ));
+        )));
     }
     let resamples = o.float("resamples")?.unwrap_or(10_000.0);
     if resamples < 100.0 || resamples.fract() != 0.0 {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "compare: resamples must be a whole number ≥ 100, got {resamples}"
-        ));
+        )));
     }
     Ok(PairedOptions {
         test,
@@ -249,15 +257,15 @@ fn paired_test(
     run_a: &Dynamic,
     run_b: &Dynamic,
     options: &Map,
-) -> Result<Map, String> {
+) -> Result<Map, BenchError> {
     let o = paired_options(options)?;
     let (a, b) = (problems_of(ws, run_a, "A")?, problems_of(ws, run_b, "B")?);
     let shared: Vec<&String> = a.keys().filter(|id| b.contains_key(*id)).collect();
     if shared.len() != a.len() || shared.len() != b.len() || shared.is_empty() {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "compare: a paired test needs the same problems in both runs: A has {}, B has {}, {} shared; benchmark both on the same frame",
             a.len(), b.len(), shared.len()
-        ));
+        )));
     }
     let stage = STAGE_METRICS.iter().position(|m| *m == o.metric);
     let value = |r: ProblemResult| match stage {
@@ -268,7 +276,7 @@ fn paired_test(
         .iter()
         .find(|id| value(a[**id]).is_nan() || value(b[**id]).is_nan())
     {
-        return Err(match stage {
+        return Err(BenchError::Input(match stage {
             Some(_) => format!(
                 "compare: {id} has no per-problem {} in one of the runs (recorded before rtlab kept it); benchmark it again",
                 o.metric
@@ -277,7 +285,7 @@ fn paired_test(
                 "compare: {} needs at least {} samples per problem; {id} has fewer",
                 o.metric, o.k
             ),
-        });
+        }));
     }
     let result = if o.test == "mcnemar" {
         // Pass/fail per problem: the one sample when n = 1, else "solved" (some sample passes).
@@ -331,13 +339,13 @@ fn paired_map(o: &PairedOptions, problems: usize, result: &stats::Paired) -> Map
 
 /// `expect` on what `compare(a, b, #{test})` returned: `p_value` is a ceiling (p < target), every
 /// other key (`delta`, `relative`, `b`, ...) a floor.
-fn expect_comparison(ws: &Workspace, comparison: &Map, criteria: &Map) -> Result<bool, String> {
+fn expect_comparison(ws: &Workspace, comparison: &Map, criteria: &Map) -> Result<bool, BenchError> {
     let mut all = true;
     for (key, target) in criteria.iter() {
         let target = target
             .as_float()
             .or_else(|_| target.as_int().map(|i| i as f64))
-            .map_err(|_| format!("expect: target of {key} must be a number"))?;
+            .map_err(|_| BenchError::Input(format!("expect: target of {key} must be a number")))?;
         let actual = comparison.get(key.as_str()).and_then(|v| {
             v.as_float()
                 .ok()
@@ -376,7 +384,7 @@ fn expect_comparison(ws: &Workspace, comparison: &Map, criteria: &Map) -> Result
 }
 
 /// The strings of an array, for a metric; an element that is not a string is named by its index.
-fn texts(function: &str, what: &str, values: &Array) -> Result<Vec<String>, String> {
+fn texts(function: &str, what: &str, values: &Array) -> Result<Vec<String>, BenchError> {
     values
         .iter()
         .enumerate()
@@ -384,7 +392,9 @@ fn texts(function: &str, what: &str, values: &Array) -> Result<Vec<String>, Stri
             v.clone()
                 .into_immutable_string()
                 .map(|s| s.to_string())
-                .map_err(|t| format!("{function}: {what}[{i}] is {t}, not a string"))
+                .map_err(|t| {
+                    BenchError::Input(format!("{function}: {what}[{i}] is {t}, not a string"))
+                })
         })
         .collect()
 }
@@ -394,22 +404,22 @@ fn paired_texts(
     function: &str,
     hypotheses: &Array,
     references: &Array,
-) -> Result<(Vec<String>, Vec<String>), String> {
+) -> Result<(Vec<String>, Vec<String>), BenchError> {
     let (h, r) = (
         texts(function, "hypotheses", hypotheses)?,
         texts(function, "references", references)?,
     );
     if h.len() != r.len() {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "{function}: {} hypotheses but {} references; pass one reference per hypothesis, in the same order",
             h.len(),
             r.len()
-        ));
+        )));
     }
     if h.is_empty() {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "{function}: no hypotheses: a corpus score needs at least one pair"
-        ));
+        )));
     }
     Ok((h, r))
 }
@@ -420,25 +430,34 @@ fn column_texts(
     frame: &Frame,
     hyp_col: &str,
     ref_col: &str,
-) -> Result<(Vec<String>, Vec<String>), String> {
-    let column = |name: &str| -> Result<Vec<String>, String> {
+) -> Result<(Vec<String>, Vec<String>), BenchError> {
+    let column = |name: &str| -> Result<Vec<String>, BenchError> {
         let values = rtlab_data::string_values(frame, name)
-            .map_err(|e| format!("{function}: column {name:?}: {e}"))?;
+            .map_err(|e| BenchError::Input(format!("{function}: column {name:?}: {e}")))?;
         values
             .into_iter()
             .enumerate()
             .map(|(row, v)| {
-                v.ok_or_else(|| format!("{function}: column {name:?} is null at row {row}"))
+                v.ok_or_else(|| {
+                    BenchError::Input(format!("{function}: column {name:?} is null at row {row}"))
+                })
             })
             .collect()
     };
     let (h, r) = (column(hyp_col)?, column(ref_col)?);
     if h.is_empty() {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "{function}: the frame has no rows: a corpus score needs at least one pair"
-        ));
+        )));
     }
     Ok((h, r))
+}
+
+/// A script sees a benchmark error as a runtime error with the error's message.
+impl From<BenchError> for Box<EvalAltResult> {
+    fn from(e: BenchError) -> Self {
+        e.to_string().into()
+    }
 }
 
 pub fn register(module: &mut Module) {
@@ -533,7 +552,7 @@ mod bench_functions {
         let spec = judge::JudgeSpec::from_options(&options)?;
         let items = judge::items_of(&data, &spec)?;
         if items.is_empty() {
-            return Err("judge: the data has no rows".into());
+            return Err(BenchError::Input("judge: the data has no rows".into()).into());
         }
         let verdicts = judge::judge_rows(&ws, &model, &spec, &items)?;
         ws.emit_line(&judge::summary_line(&spec, &verdicts));
@@ -584,7 +603,10 @@ mod bench_functions {
                 o.reverse()
             }
         };
-        let best = trials.iter().max_by(better).ok_or("sweep: no trial ran")?;
+        let best = trials
+            .iter()
+            .max_by(better)
+            .ok_or_else(|| BenchError::Input("sweep: no trial ran".into()))?;
         let mut best_map = Map::new();
         best_map.insert("trial".into(), Dynamic::from(best.index as i64));
         for (k, v) in &best.params {
@@ -600,8 +622,9 @@ mod bench_functions {
             trials.iter().map(|t| t.index.to_string()).collect(),
             trials.iter().map(|t| t.objective).collect(),
         );
-        rtlab_core::workspace::write_atomic(&spec.out.join("sweep.svg"), plot.svg.as_bytes())
-            .map_err(|e| e.to_string())?;
+        let svg = spec.out.join("sweep.svg");
+        rtlab_core::workspace::write_atomic(&svg, plot.svg.as_bytes())
+            .map_err(|e| format!("sweep: cannot write {}: {e}", svg.display()))?;
         let ran = trials.iter().filter(|t| !t.cached).count();
         ws.emit_line(&format!(
             "sweep: {} trials ({ran} run, {} kept from {}); best {} = {:.4} (trial {})",
@@ -659,11 +682,11 @@ mod bench_functions {
     /// metrics.
     #[rhai_fn(return_raw)]
     pub fn runs(ctx: NativeCallContext) -> Result<Frame, Box<EvalAltResult>> {
-        let store = Workspace::of(&ctx)
-            .store()
-            .ok_or("runs: the workspace store cannot be opened")?;
+        let store = Workspace::of(&ctx).store().ok_or_else(|| {
+            BenchError::Input("runs: the workspace store cannot be opened".into())
+        })?;
         let store = rtlab_core::store::lock(&store);
-        let rows = store.runs().map_err(|e| e.to_string())?;
+        let rows = store.runs().map_err(BenchError::from)?;
         let records: Array = rows
             .iter()
             .map(|r| {
@@ -780,7 +803,9 @@ mod bench_functions {
             let target = target
                 .as_float()
                 .or_else(|_| target.as_int().map(|i| i as f64))
-                .map_err(|_| format!("expect: target of {key} must be a number"))?;
+                .map_err(|_| {
+                    BenchError::Input(format!("expect: target of {key} must be a number"))
+                })?;
             let actual = summary.get(key.as_str()).copied().or_else(|| {
                 cats.get(key.as_str())
                     .and_then(|c| c.get("functional"))
@@ -834,21 +859,21 @@ mod bench_functions {
             &options,
             &["prompt", "response", "score", "margin"],
         )?;
-        let column = |k: &str, d: &str| -> Result<String, String> {
+        let column = |k: &str, d: &str| -> Result<String, BenchError> {
             Ok(o.string(k)?.unwrap_or_else(|| d.to_string()))
         };
         let margin = o.float("margin")?.unwrap_or(0.0);
-        let prompts = strings(&samples, &column("prompt", "prompt")?).map_err(|e| e.to_string())?;
-        let responses =
-            strings(&samples, &column("response", "completion")?).map_err(|e| e.to_string())?;
+        let prompts = strings(&samples, &column("prompt", "prompt")?)?;
+        let responses = strings(&samples, &column("response", "completion")?)?;
         let score_col = column("score", "score")?;
-        let scores: Vec<f64> = strings(&samples, &score_col)
-            .map_err(|e| e.to_string())?
+        let scores: Vec<f64> = strings(&samples, &score_col)?
             .iter()
             .enumerate()
             .map(|(row, s)| {
                 s.parse::<f64>().map_err(|_| {
-                    format!("preference_pairs: row {row}: `{score_col}` is {s:?}, not a number")
+                    BenchError::Input(format!(
+                        "preference_pairs: row {row}: `{score_col}` is {s:?}, not a number"
+                    ))
                 })
             })
             .collect::<Result<_, _>>()?;

@@ -7,6 +7,8 @@
 //! complaint, is a new request, so the retry is recorded too). A row still without a valid verdict
 //! after the retries has a null score and its last complaint in `judge_error`: it is never scored 0.
 
+use crate::BenchError;
+
 use polars::prelude::*;
 use rtlab_data::Frame;
 use rtlab_llm::{Message, Model};
@@ -24,7 +26,7 @@ pub struct JudgeSpec {
 impl JudgeSpec {
     /// `judge`'s options: `rubric` (required), `scale` ([1, 5]), `prompt_col`, `response_col`,
     /// `reference_col`, `retries` (2).
-    pub fn from_options(options: &rhai::Map) -> Result<JudgeSpec, String> {
+    pub fn from_options(options: &rhai::Map) -> Result<JudgeSpec, BenchError> {
         let o = rtlab_core::options::Options::new(
             "judge",
             options,
@@ -40,18 +42,23 @@ impl JudgeSpec {
         let rubric = o
             .string("rubric")?
             .filter(|r| !r.trim().is_empty())
-            .ok_or("judge: pass rubric: what a good response does, in words the judge can apply")?;
+            .ok_or_else(|| {
+                BenchError::Judge(
+                    "judge: pass rubric: what a good response does, in words the judge can apply"
+                        .into(),
+                )
+            })?;
         let scale = match o.ints("scale") {
             Ok(None) => (1, 5),
             Ok(Some(pair)) if pair.len() == 2 && pair[0] < pair[1] => (pair[0], pair[1]),
             _ => {
-                return Err(format!(
+                return Err(BenchError::Judge(format!(
                     "judge: scale must be two integers [low, high] with low < high, got {}",
                     options
                         .get("scale")
                         .map(|v| v.to_string())
                         .unwrap_or_default()
-                ))
+                )))
             }
         };
         Ok(JudgeSpec {
@@ -122,30 +129,34 @@ impl JudgeSpec {
     }
 
     /// The score and reason of an answer, or why it is not a valid verdict.
-    pub fn parse(&self, answer: &str) -> Result<(f64, String), String> {
+    pub fn parse(&self, answer: &str) -> Result<(f64, String), BenchError> {
         let (lo, hi) = self.scale;
         let start = answer.find('{');
         let end = answer.rfind('}');
         let json = match (start, end) {
             (Some(s), Some(e)) if s < e => &answer[s..=e],
-            _ => return Err("the answer holds no JSON object".into()),
+            _ => return Err(BenchError::Judge("the answer holds no JSON object".into())),
         };
-        let v: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| format!("the JSON does not parse: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| BenchError::Judge(format!("the JSON does not parse: {e}")))?;
         let score = match &v["score"] {
-            serde_json::Value::Null => return Err("the JSON has no \"score\"".into()),
+            serde_json::Value::Null => {
+                return Err(BenchError::Judge("the JSON has no \"score\"".into()))
+            }
             s => s
                 .as_f64()
                 .or_else(|| s.as_str().and_then(|t| t.trim().parse().ok()))
-                .ok_or_else(|| format!("\"score\" is {s}, not a number"))?,
+                .ok_or_else(|| BenchError::Judge(format!("\"score\" is {s}, not a number")))?,
         };
         if !(lo as f64..=hi as f64).contains(&score) {
-            return Err(format!("score {score} is outside the scale {lo} to {hi}"));
+            return Err(BenchError::Judge(format!(
+                "score {score} is outside the scale {lo} to {hi}"
+            )));
         }
         let reason = v["reason"]
             .as_str()
             .filter(|r| !r.trim().is_empty())
-            .ok_or("the JSON has no \"reason\"")?;
+            .ok_or_else(|| BenchError::Judge("the JSON has no \"reason\"".into()))?;
         Ok((score, reason.to_string()))
     }
 }
@@ -157,7 +168,7 @@ pub fn judge_rows(
     model: &Model,
     spec: &JudgeSpec,
     items: &[String],
-) -> Result<Vec<Verdict>, String> {
+) -> Result<Vec<Verdict>, BenchError> {
     let store = ws.store();
     let mut conversations: Vec<Vec<Message>> = items
         .iter()
@@ -195,8 +206,9 @@ pub fn judge_rows(
         let answers = model.answer_all(&requests, store.clone());
         let mut still = Vec::new();
         for (&i, answer) in pending.iter().zip(answers) {
-            let answer =
-                answer.map_err(|e| format!("judge: row {i}: the judge model failed: {e}"))?;
+            let answer = answer.map_err(|e| {
+                BenchError::Judge(format!("judge: row {i}: the judge model failed: {e}"))
+            })?;
             let v = &mut verdicts[i];
             v.attempts += 1;
             match spec.parse(&answer) {
@@ -206,6 +218,7 @@ pub fn judge_rows(
                     v.error = None;
                 }
                 Err(why) => {
+                    let why = why.to_string();
                     v.error = Some(why.clone());
                     let (lo, hi) = spec.scale;
                     conversations[i].push(Message {
@@ -228,9 +241,9 @@ pub fn judge_rows(
 }
 
 /// The rows' items (rubric, prompt, response, reference) from the frame's columns.
-pub fn items_of(frame: &Frame, spec: &JudgeSpec) -> Result<Vec<String>, String> {
-    let column = |name: &str| -> Result<Vec<String>, String> {
-        rtlab_data::strings(frame, name).map_err(|e| format!("judge: {e}"))
+pub fn items_of(frame: &Frame, spec: &JudgeSpec) -> Result<Vec<String>, BenchError> {
+    let column = |name: &str| -> Result<Vec<String>, BenchError> {
+        rtlab_data::strings(frame, name).map_err(|e| BenchError::Judge(format!("judge: {e}")))
     };
     let prompts = column(&spec.prompt_col)?;
     let responses = column(&spec.response_col)?;
@@ -250,7 +263,7 @@ pub fn items_of(frame: &Frame, spec: &JudgeSpec) -> Result<Vec<String>, String> 
 }
 
 /// The frame with `judge_score`, `judge_reason`, `judge_error` and `judge_attempts` added.
-pub fn with_verdicts(frame: &Frame, verdicts: &[Verdict]) -> Result<Frame, String> {
+pub fn with_verdicts(frame: &Frame, verdicts: &[Verdict]) -> Result<Frame, BenchError> {
     let mut df = frame.df.clone();
     let columns = [
         Column::new(
@@ -277,7 +290,7 @@ pub fn with_verdicts(frame: &Frame, verdicts: &[Verdict]) -> Result<Frame, Strin
         ),
     ];
     for c in columns {
-        df.with_column(c).map_err(|e| e.to_string())?;
+        df.with_column(c)?;
     }
     Ok(Frame::new(df))
 }
@@ -301,37 +314,48 @@ mod tests {
     fn a_verdict_is_a_json_score_in_the_scale_with_a_reason_and_nothing_else_counts() {
         let s = spec();
         assert_eq!(
-            s.parse("Sure! {\"score\": 4, \"reason\": \"good\"} hope this helps"),
-            Ok((4.0, "good".into()))
+            s.parse("Sure! {\"score\": 4, \"reason\": \"good\"} hope this helps")
+                .unwrap(),
+            (4.0, "good".into())
         );
         assert_eq!(
-            s.parse("{\"score\": \"3\", \"reason\": \"ok\"}"),
-            Ok((3.0, "ok".into()))
+            s.parse("{\"score\": \"3\", \"reason\": \"ok\"}").unwrap(),
+            (3.0, "ok".into())
         );
-        assert!(s.parse("4/5, nice").unwrap_err().contains("no JSON object"));
+        assert!(s
+            .parse("4/5, nice")
+            .unwrap_err()
+            .to_string()
+            .contains("no JSON object"));
         assert!(s
             .parse("{score: 4}")
             .unwrap_err()
+            .to_string()
             .contains("does not parse"));
         assert!(s
             .parse("{\"reason\": \"x\"}")
             .unwrap_err()
+            .to_string()
             .contains("no \"score\""));
         assert!(s
             .parse("{\"score\": 9, \"reason\": \"x\"}")
             .unwrap_err()
+            .to_string()
             .contains("outside the scale 1 to 5"));
         assert!(s
             .parse("{\"score\": 0, \"reason\": \"x\"}")
             .unwrap_err()
+            .to_string()
             .contains("outside"));
         assert!(s
             .parse("{\"score\": 3}")
             .unwrap_err()
+            .to_string()
             .contains("no \"reason\""));
         assert!(s
             .parse("{\"score\": \"high\", \"reason\": \"x\"}")
             .unwrap_err()
+            .to_string()
             .contains("not a number"));
     }
 }

@@ -13,6 +13,7 @@ pub fn code_identity() -> String {
 }
 
 pub mod api;
+mod error;
 pub mod judge;
 pub mod metrics;
 mod run;
@@ -21,6 +22,7 @@ pub mod sweep;
 pub mod testbench;
 
 pub use api::BenchPackage;
+pub use error::BenchError;
 
 const DEFAULT_TEMPLATE: &str = include_str!("../prompts/verilog_eval.md");
 

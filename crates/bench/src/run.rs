@@ -1,6 +1,8 @@
 //! `benchmark(model, problems, #{...})` as four named steps: sample the model, verify the samples,
 //! score them (pass@k per problem, rates per category, failure classes), record the run in the store.
 
+use crate::BenchError;
+
 use super::{pass_at_k, rate, round4, DEFAULT_TEMPLATE};
 use polars::prelude::*;
 use rhai::{Dynamic, Map};
@@ -31,7 +33,11 @@ struct Settings {
 const END_OF_MODULE: &str = "endmodule";
 
 impl Settings {
-    fn parse(ws: &rtlab_core::Workspace, model: &Model, options: &Map) -> Result<Settings, String> {
+    fn parse(
+        ws: &rtlab_core::Workspace,
+        model: &Model,
+        options: &Map,
+    ) -> Result<Settings, BenchError> {
         let valid = [
             "n",
             "temperature",
@@ -52,7 +58,9 @@ impl Settings {
         let top_p = o.float("top_p")?.unwrap_or(0.95);
         let ks = o.ints("k")?.unwrap_or_else(|| vec![1, 5, 10]);
         if let Some(bad) = ks.iter().find(|k| **k < 1) {
-            return Err(format!("benchmark: every k must be at least 1, not {bad}"));
+            return Err(BenchError::Input(format!(
+                "benchmark: every k must be at least 1, not {bad}"
+            )));
         }
         // pass@k needs k ≤ n samples: larger k are left out (the result's `pass_at_k` says which ran).
         let ks = ks
@@ -97,8 +105,8 @@ struct Problems {
 }
 
 impl Problems {
-    fn from_frame(problems: &Frame) -> Result<Problems, String> {
-        let column = |name: &str| strings(problems, name).map_err(|e| e.to_string());
+    fn from_frame(problems: &Frame) -> Result<Problems, BenchError> {
+        let column = |name: &str| strings(problems, name);
         let ids = column("task_id")?;
         let categories = column("category").unwrap_or_else(|_| vec!["all".to_string(); ids.len()]);
         Ok(Problems {
@@ -134,17 +142,17 @@ pub fn run_benchmark(
     model: &Model,
     problems: &Frame,
     options: &Map,
-) -> Result<Map, String> {
+) -> Result<Map, BenchError> {
     let settings = Settings::parse(ws, model, options)?;
     let problems = Problems::from_frame(problems)?;
     let trained_on = problems_trained_on(model, &problems)?;
     if !trained_on.is_empty() && !settings.allow_overlap {
-        return Err(format!(
+        return Err(BenchError::Input(format!(
             "benchmark: the adapter {} was trained on {} of these problems ({}): their scores would measure memory, not skill. Benchmark on problems outside its training data (df.split, df.decontaminate), or pass allow_overlap: true to score them anyway",
             model.cfg.adapter.as_deref().unwrap_or_default(),
             trained_on.len(),
             trained_on.join(", ")
-        ));
+        )));
     }
     // One store for the whole run: the answers, the verdicts and the run record.
     let store = ws.store();
@@ -190,7 +198,7 @@ fn sample(
     settings: &Settings,
     problems: &Problems,
     store: &Option<SharedStore>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, BenchError> {
     let sampled = model
         .with_sampling(settings.temperature, settings.top_p)
         .with_stop(settings.stop.clone());
@@ -214,9 +222,9 @@ fn sample(
         let first = answers
             .iter()
             .find_map(|a| a.as_ref().err())
-            .cloned()
+            .map(|e| e.to_string())
             .unwrap_or_default();
-        return Err(format!("benchmark: {failed} of {} requests failed (answers so far are recorded: rerun to resume); first error: {first}", answers.len()));
+        return Err(BenchError::Input(format!("benchmark: {failed} of {} requests failed (answers so far are recorded: rerun to resume); first error: {first}", answers.len())));
     }
     let ends_modules = settings.stop.iter().any(|s| s == END_OF_MODULE);
     Ok(answers
@@ -235,7 +243,7 @@ fn sample(
 
 /// The problems (task ids) that a local model's adapter was trained on, from the training data it
 /// records beside it; none for a server, a base model, or an adapter trained elsewhere.
-fn problems_trained_on(model: &Model, problems: &Problems) -> Result<Vec<String>, String> {
+fn problems_trained_on(model: &Model, problems: &Problems) -> Result<Vec<String>, BenchError> {
     let Some(adapter) = model.cfg.adapter.as_deref() else {
         return Ok(Vec::new());
     };
@@ -260,7 +268,7 @@ fn verify_samples(
     settings: &Settings,
     problems: &Problems,
     store: &Option<SharedStore>,
-) -> Result<Vec<Report>, String> {
+) -> Result<Vec<Report>, BenchError> {
     let jobs: Vec<Job> = completions
         .iter()
         .enumerate()
@@ -281,9 +289,9 @@ fn verify_samples(
         eprintln!("{warning}");
     }
     if rtlab_core::cancel_requested() {
-        return Err(
+        return Err(BenchError::Input(
             "benchmark: cancelled by Ctrl-C (verified samples are cached; rerun to resume)".into(),
-        );
+        ));
     }
     Ok(reports)
 }
@@ -333,7 +341,11 @@ fn rates(reports: &[&Report]) -> BTreeMap<&'static str, f64> {
 }
 
 impl Scores {
-    fn new(reports: &[Report], settings: &Settings, problems: &Problems) -> Result<Scores, String> {
+    fn new(
+        reports: &[Report],
+        settings: &Settings,
+        problems: &Problems,
+    ) -> Result<Scores, BenchError> {
         let n = settings.n;
         let passing: Vec<usize> = (0..problems.ids.len())
             .map(|p| {
@@ -382,7 +394,7 @@ impl Scores {
         for (name, shares) in &stage_shares {
             columns.push(Column::new((*name).into(), shares.clone()));
         }
-        let problems_df = DataFrame::new(passing.len(), columns).map_err(|e| e.to_string())?;
+        let problems_df = DataFrame::new(passing.len(), columns)?;
 
         let mut by_category: BTreeMap<String, Vec<&Report>> = BTreeMap::new();
         for (j, r) in reports.iter().enumerate() {
@@ -477,7 +489,7 @@ fn add_problem_statistics(
     summary.insert("failure_kinds".into(), serde_json::json!(kinds));
 }
 
-fn categories_frame(rows: &[(String, BTreeMap<&str, f64>)]) -> Result<DataFrame, String> {
+fn categories_frame(rows: &[(String, BTreeMap<&str, f64>)]) -> Result<DataFrame, BenchError> {
     let column = |key: &str| rows.iter().map(|(_, m)| m[key]).collect::<Vec<f64>>();
     let samples: Vec<i64> = column("samples").iter().map(|x| *x as i64).collect();
     let mut columns = vec![
@@ -490,7 +502,7 @@ fn categories_frame(rows: &[(String, BTreeMap<&str, f64>)]) -> Result<DataFrame,
     for key in ["score", "syntax", "synth", "all_io_used", "functional"] {
         columns.push(Column::new(key.into(), column(key)));
     }
-    DataFrame::new(rows.len(), columns).map_err(|e| e.to_string())
+    Ok(DataFrame::new(rows.len(), columns)?)
 }
 
 /// Step 4: the run in the store, for `runs()`, `compare()` and `expect()`; its id, or -1 uncached.
@@ -537,7 +549,7 @@ fn samples_frame(
     reports: &[Report],
     settings: &Settings,
     problems: &Problems,
-) -> Result<DataFrame, String> {
+) -> Result<DataFrame, BenchError> {
     let n = settings.n;
     let per_sample = |values: &[String]| -> Vec<String> {
         (0..completions.len())
@@ -549,7 +561,7 @@ fn samples_frame(
         .iter()
         .map(|spec| settings.prompt(spec))
         .collect();
-    DataFrame::new(
+    Ok(DataFrame::new(
         completions.len(),
         vec![
             Column::new("task_id".into(), per_sample(&problems.ids)),
@@ -578,6 +590,5 @@ fn samples_frame(
                 reports.iter().map(failure_kind).collect::<Vec<_>>(),
             ),
         ],
-    )
-    .map_err(|e| e.to_string())
+    )?)
 }

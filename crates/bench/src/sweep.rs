@@ -6,6 +6,8 @@
 //! running them again, so an interrupted sweep (Ctrl-C, a kill, a crash) resumes where it stopped,
 //! and a sweep whose parameters changed reruns only the trials that changed.
 
+use crate::BenchError;
+
 use rand::{Rng, SeedableRng};
 use rhai::{Dynamic, FnPtr, Map, NativeCallContext};
 use std::path::{Path, PathBuf};
@@ -30,12 +32,12 @@ pub struct SweepSpec {
     pub out: PathBuf,
 }
 
-fn bad(msg: impl Into<String>) -> String {
-    format!("sweep: {}", msg.into())
+fn bad(msg: impl Into<String>) -> BenchError {
+    BenchError::Sweep(format!("sweep: {}", msg.into()))
 }
 
 /// One option's search space: an array of values, or a range `#{low, high, log}`.
-fn parse_space(name: &str, v: &Dynamic) -> Result<Space, String> {
+fn parse_space(name: &str, v: &Dynamic) -> Result<Space, BenchError> {
     if let Some(values) = v.read_lock::<rhai::Array>() {
         if values.is_empty() {
             return Err(bad(format!(
@@ -77,7 +79,7 @@ fn parse_space(name: &str, v: &Dynamic) -> Result<Space, String> {
 fn parse_strategy(
     options: &Map,
     params: &[(String, Space)],
-) -> Result<(bool, Option<usize>), String> {
+) -> Result<(bool, Option<usize>), BenchError> {
     let random = match options.get("strategy").map(|s| s.to_string()).as_deref() {
         None | Some("grid") => false,
         Some("random") => true,
@@ -113,7 +115,7 @@ fn parse_strategy(
 
 /// Reads the options; a value that cannot be searched is named.
 /// A relative `out` resolves against `base_dir` (the script's directory).
-pub fn parse(options: &Map, base_dir: &Path) -> Result<(SweepSpec, FnPtr), String> {
+pub fn parse(options: &Map, base_dir: &Path) -> Result<(SweepSpec, FnPtr), BenchError> {
     rtlab_core::options::Options::new(
         "sweep",
         options,
@@ -138,7 +140,7 @@ pub fn parse(options: &Map, base_dir: &Path) -> Result<(SweepSpec, FnPtr), Strin
     let params = params_map
         .iter()
         .map(|(name, v)| Ok((name.to_string(), parse_space(name, v)?)))
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, BenchError>>()?;
     let (random, trials) = parse_strategy(options, &params)?;
     let objective = options
         .get("objective")
@@ -309,7 +311,11 @@ fn without_long_numbers(text: &str) -> String {
     out
 }
 
-pub fn run(ctx: &NativeCallContext, spec: &SweepSpec, trial: &FnPtr) -> Result<Vec<Trial>, String> {
+pub fn run(
+    ctx: &NativeCallContext,
+    spec: &SweepSpec,
+    trial: &FnPtr,
+) -> Result<Vec<Trial>, BenchError> {
     std::fs::create_dir_all(&spec.out).map_err(|e| bad(format!("{}: {e}", spec.out.display())))?;
     let ws = rtlab_core::Workspace::of(ctx);
     let code = trial_code(ctx);

@@ -5,6 +5,8 @@
 //!
 //! `generate_verified` is the plan's Task 3.1 loop: spec → RTL → A7 testbench → keep what verifies.
 
+use crate::BenchError;
+
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
 use rtlab_data::Frame;
@@ -38,20 +40,21 @@ pub fn template(
     options: &Map,
     key: &str,
     default: &str,
-) -> Result<String, String> {
+) -> Result<String, BenchError> {
     match options.get(key).filter(|t| !t.is_unit()) {
         None => Ok(default.to_string()),
-        Some(t) if !t.is_string() => Err(format!(
+        Some(t) if !t.is_string() => Err(BenchError::Testbench(format!(
             "option `{key}` must be a template: a path or the text itself (a string), not {t}"
-        )),
+        ))),
         Some(t) => {
             let t = t.to_string();
             // A path to a template file, or the template text itself.
             let path = ws.resolve(&t);
             if !t.contains('\n') && path.is_file() {
                 ws.note_input(&path);
-                std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                std::fs::read_to_string(&path).map_err(|e| {
+                    BenchError::Testbench(format!("cannot read {}: {e}", path.display()))
+                })
             } else {
                 Ok(t)
             }
@@ -77,9 +80,9 @@ pub struct A7Result {
     pub reason: String,
 }
 
-fn ask(ws: &rtlab_core::Workspace, model: &Model, prompt: &str) -> Result<String, String> {
+fn ask(ws: &rtlab_core::Workspace, model: &Model, prompt: &str) -> Result<String, BenchError> {
     let store = ws.store();
-    model
+    Ok(model
         .answer_all(
             &[(
                 vec![Message {
@@ -90,7 +93,7 @@ fn ask(ws: &rtlab_core::Workspace, model: &Model, prompt: &str) -> Result<String
             )],
             store,
         )
-        .remove(0)
+        .remove(0)?)
 }
 
 /// The options of `a7_testbench`.
@@ -121,7 +124,7 @@ pub fn a7_testbench_impl(
     rtl: &str,
     model: &Model,
     options: &Map,
-) -> Result<A7Result, String> {
+) -> Result<A7Result, BenchError> {
     // The callers (`a7_testbench`, `generate_verified`) checked the keys against their own lists.
     let o = rtlab_core::options::Options::new(
         "a7_testbench",
@@ -179,20 +182,20 @@ fn a7_attempt(
     attempt: usize,
     (spec_model, rtl_model, tb_model): (&Model, &Model, &Model),
     options: &Map,
-) -> Result<(String, String, A7Result), String> {
+) -> Result<(String, String, A7Result), BenchError> {
     let spec = ask(
         ws,
         spec_model,
         &testbench_functions::spec_prompt(category, attempt as i64),
     )
-    .map_err(|e| format!("spec generation failed: {e}"))?;
+    .map_err(|e| BenchError::Testbench(format!("spec generation failed: {e}")))?;
     let rtl = ask(ws, rtl_model, &testbench_functions::rtl_prompt(&spec))
         .map(|r| extract_code(&r))
-        .map_err(|e| format!("RTL generation failed: {e}"))?;
+        .map_err(|e| BenchError::Testbench(format!("RTL generation failed: {e}")))?;
     let mut tb_opts = options.clone();
     tb_opts.insert("category".into(), category.to_string().into());
     let verdict = a7_testbench_impl(ws, &spec, &rtl, tb_model, &tb_opts)
-        .map_err(|e| format!("A7 generation failed: {e}"))?;
+        .map_err(|e| BenchError::Testbench(format!("A7 generation failed: {e}")))?;
     Ok((spec, rtl, verdict))
 }
 
@@ -226,7 +229,7 @@ fn kill_mutants(
     tb: &str,
     n_mutants: usize,
     executor: &rtlab_slurm::Executor,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), BenchError> {
     let mutants = if n_mutants == 0 {
         Vec::new()
     } else {
@@ -261,11 +264,11 @@ fn kill_mutants(
     Ok((compiled.len(), killed))
 }
 
-fn model_opt(options: &Map, key: &str) -> Result<Model, String> {
+fn model_opt(options: &Map, key: &str) -> Result<Model, BenchError> {
     options
         .get(key)
         .and_then(|m| m.read_lock::<Model>().map(|m| m.clone()))
-        .ok_or_else(|| format!("pass `{key}`: a model from llm(#{{...}})"))
+        .ok_or_else(|| BenchError::Testbench(format!("pass `{key}`: a model from llm(#{{...}})")))
 }
 
 pub fn register(module: &mut Module) {
@@ -343,16 +346,22 @@ mod testbench_functions {
         let spec_model = model_opt(&options, "spec_model")?;
         let rtl_model = model_opt(&options, "rtl_model")?;
         let tb_model = model_opt(&options, "tb_model")?;
-        let categories = o
-            .map("categories")?
-            .ok_or("generate_verified: pass categories: #{fsm_2state: 35, ...}")?;
+        let categories = o.map("categories")?.ok_or_else(|| {
+            BenchError::Testbench(
+                "generate_verified: pass categories: #{fsm_2state: 35, ...}".into(),
+            )
+        })?;
         let max_attempts = o.int_at_least("max_attempts", 1)?.unwrap_or(400) as usize;
         let per_cat = (max_attempts / categories.len().max(1)).max(1);
         let mut rows = Array::new();
         for (category, target) in categories.iter() {
             let target = target
                 .as_int()
-                .map_err(|_| format!("generate_verified: the target of {category} must be an int"))?
+                .map_err(|_| {
+                    BenchError::Testbench(format!(
+                        "generate_verified: the target of {category} must be an int"
+                    ))
+                })?
                 .max(0) as usize;
             ws.emit_line(&format!(
                 "{category} (target {target}, at most {per_cat} attempts)"
@@ -360,7 +369,7 @@ mod testbench_functions {
             let (mut passed, mut attempts) = (0usize, 0usize);
             while passed < target && attempts < per_cat {
                 if rtlab_core::cancel_requested() {
-                    return Err("generate_verified: cancelled by Ctrl-C (model answers so far are recorded)".into());
+                    return Err(BenchError::Testbench("generate_verified: cancelled by Ctrl-C (model answers so far are recorded)".into()).into());
                 }
                 attempts += 1;
                 let models = (&spec_model, &rtl_model, &tb_model);

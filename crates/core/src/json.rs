@@ -24,8 +24,21 @@ pub fn json_to_dynamic(value: serde_json::Value) -> Dynamic {
     }
 }
 
+/// A value that has no JSON form: a native handle (a closure, a model), named by its type.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("a value of type `{type_name}` cannot go in a DataFrame")]
+pub struct NotJson {
+    pub type_name: String,
+}
+
+impl From<NotJson> for String {
+    fn from(e: NotJson) -> String {
+        e.to_string()
+    }
+}
+
 /// A Rhai value as JSON; a native handle (a closure, a model) is an error naming its type.
-pub fn dynamic_to_json(value: &Dynamic) -> Result<serde_json::Value, String> {
+pub fn dynamic_to_json(value: &Dynamic) -> Result<serde_json::Value, NotJson> {
     if value.is_unit() {
         return Ok(serde_json::Value::Null);
     }
@@ -57,8 +70,7 @@ pub fn dynamic_to_json(value: &Dynamic) -> Result<serde_json::Value, String> {
         }
         return Ok(serde_json::Value::Object(obj));
     }
-    Err(format!(
-        "a value of type `{}` cannot go in a DataFrame",
-        value.type_name()
-    ))
+    Err(NotJson {
+        type_name: value.type_name().to_string(),
+    })
 }

@@ -32,7 +32,7 @@ pub mod workspace;
 
 pub use cancel::{cancel_requested, clear_cancel, install_ctrl_c_handler, request_cancel};
 pub use display::display_value;
-pub use options::Options;
+pub use options::{OptionError, Options};
 pub use output::OutputSink;
 pub use workspace::Workspace;
 

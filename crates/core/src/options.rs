@@ -9,6 +9,94 @@
 
 use rhai::{Array, Dynamic, Map};
 
+/// Why an option map was refused. Each variant's text is the message the user sees, naming the
+/// function, the key and the value; the fields let a caller (or a test) tell the cases apart.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptionError {
+    #[error("{function}: unknown option{} {}; valid options: {}", plural(unknown), ticked(unknown), valid.join(", "))]
+    UnknownKeys {
+        function: String,
+        unknown: Vec<String>,
+        valid: Vec<String>,
+    },
+    /// A value of the wrong type or outside what the key takes; `wanted` says what it takes.
+    #[error("{function}: option `{key}` must be {wanted}, not {shown}")]
+    Wrong {
+        function: String,
+        key: String,
+        wanted: String,
+        shown: String,
+    },
+    #[error("{function}: option `{key}` must be at least {min}, not {value}")]
+    TooSmall {
+        function: String,
+        key: String,
+        min: i64,
+        value: i64,
+    },
+    /// An element of an array option of the wrong type.
+    #[error("{function}: option `{key}` must hold {wanted}, not {shown}")]
+    WrongElement {
+        function: String,
+        key: String,
+        wanted: String,
+        shown: String,
+    },
+    #[error("{function}: {key}[{index}] is empty; a stop string must have at least one character")]
+    EmptyStopString {
+        function: String,
+        key: String,
+        index: usize,
+    },
+    #[error("{function}: unknown key `{entry}` in `{key}`; valid keys: {}", valid.join(", "))]
+    UnknownEntry {
+        function: String,
+        key: String,
+        entry: String,
+        valid: Vec<String>,
+    },
+    #[error("{function}: `{key}.{entry}` must be a number, not {shown}")]
+    EntryNotANumber {
+        function: String,
+        key: String,
+        entry: String,
+        shown: String,
+    },
+    /// A function's own rule about its options (`df.verify: pass #{code: ...}`), in its words.
+    #[error("{function}: {rule}")]
+    Rule { function: String, rule: String },
+}
+
+fn plural(items: &[String]) -> &'static str {
+    if items.len() == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn ticked(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Callers that still report errors as text take an option error's message unchanged.
+impl From<OptionError> for String {
+    fn from(e: OptionError) -> String {
+        e.to_string()
+    }
+}
+
+/// A script sees an option error as the runtime error it always saw: its message, unchanged.
+impl From<OptionError> for Box<rhai::EvalAltResult> {
+    fn from(e: OptionError) -> Self {
+        e.to_string().into()
+    }
+}
+
 /// A function's option map, checked against the keys it accepts.
 pub struct Options<'a> {
     function: &'static str,
@@ -35,29 +123,24 @@ impl<'a> Options<'a> {
         function: &'static str,
         map: &'a Map,
         valid: &[&str],
-    ) -> Result<Options<'a>, String> {
-        let mut unknown: Vec<&str> = map
+    ) -> Result<Options<'a>, OptionError> {
+        let mut unknown: Vec<String> = map
             .keys()
-            .map(|k| k.as_str())
-            .filter(|k| !valid.contains(k))
+            .map(|k| k.to_string())
+            .filter(|k| !valid.contains(&k.as_str()))
             .collect();
         if !unknown.is_empty() {
             unknown.sort();
             // Callers build `valid` from shared lists (train_dpo's are train_lora's and its own),
             // which may name a key twice; the user sees each once.
-            let mut listed: Vec<&str> = valid.to_vec();
+            let mut listed: Vec<String> = valid.iter().map(|k| k.to_string()).collect();
             listed.sort();
             listed.dedup();
-            let plural = if unknown.len() == 1 { "" } else { "s" };
-            return Err(format!(
-                "{function}: unknown option{plural} {}; valid options: {}",
-                unknown
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                listed.join(", ")
-            ));
+            return Err(OptionError::UnknownKeys {
+                function: function.to_string(),
+                unknown,
+                valid: listed,
+            });
         }
         Ok(Options { function, map })
     }
@@ -71,16 +154,30 @@ impl<'a> Options<'a> {
         self.get(key).is_some()
     }
 
-    fn wrong(&self, key: &str, value: &Dynamic, wanted: &str) -> String {
-        format!(
-            "{}: option `{key}` must be {wanted}, not {}",
-            self.function,
-            shown(value)
-        )
+    fn wrong(&self, key: &str, value: &Dynamic, wanted: &str) -> OptionError {
+        OptionError::Wrong {
+            function: self.function.to_string(),
+            key: key.to_string(),
+            wanted: wanted.to_string(),
+            shown: shown(value),
+        }
+    }
+
+    /// A function's own rule about its options, as an error naming the function.
+    pub fn rule(&self, rule: impl Into<String>) -> OptionError {
+        OptionError::Rule {
+            function: self.function.to_string(),
+            rule: rule.into(),
+        }
+    }
+
+    /// The function these options are for, as errors name it.
+    pub fn function(&self) -> &'static str {
+        self.function
     }
 
     /// A string option.
-    pub fn string(&self, key: &str) -> Result<Option<String>, String> {
+    pub fn string(&self, key: &str) -> Result<Option<String>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) if v.is_string() => Ok(Some(v.to_string())),
@@ -89,7 +186,7 @@ impl<'a> Options<'a> {
     }
 
     /// An integer option (a float is refused, never truncated).
-    pub fn int(&self, key: &str) -> Result<Option<i64>, String> {
+    pub fn int(&self, key: &str) -> Result<Option<i64>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -100,19 +197,21 @@ impl<'a> Options<'a> {
     }
 
     /// An integer option that must be at least `min`.
-    pub fn int_at_least(&self, key: &str, min: i64) -> Result<Option<i64>, String> {
+    pub fn int_at_least(&self, key: &str, min: i64) -> Result<Option<i64>, OptionError> {
         match self.int(key)? {
-            Some(i) if i < min => Err(format!(
-                "{}: option `{key}` must be at least {min}, not {i}",
-                self.function
-            )),
+            Some(i) if i < min => Err(OptionError::TooSmall {
+                function: self.function.to_string(),
+                key: key.to_string(),
+                min,
+                value: i,
+            }),
             other => Ok(other),
         }
     }
 
     /// A count of at least `min`: an integer, or a float with no fraction (`epochs: 3.0`, as configs
     /// copied from Python often write counts), which loses nothing; `2.5` is refused, never truncated.
-    pub fn whole_at_least(&self, key: &str, min: u64) -> Result<Option<u64>, String> {
+    pub fn whole_at_least(&self, key: &str, min: u64) -> Result<Option<u64>, OptionError> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
@@ -128,7 +227,7 @@ impl<'a> Options<'a> {
     }
 
     /// A number option: a float, or an integer (widened, nothing lost).
-    pub fn float(&self, key: &str) -> Result<Option<f64>, String> {
+    pub fn float(&self, key: &str) -> Result<Option<f64>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -139,7 +238,7 @@ impl<'a> Options<'a> {
         }
     }
 
-    pub fn bool(&self, key: &str) -> Result<Option<bool>, String> {
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -154,7 +253,7 @@ impl<'a> Options<'a> {
         &self,
         key: &str,
         wanted: &str,
-    ) -> Result<Option<T>, String> {
+    ) -> Result<Option<T>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -165,7 +264,7 @@ impl<'a> Options<'a> {
     }
 
     /// A map option.
-    pub fn map(&self, key: &str) -> Result<Option<Map>, String> {
+    pub fn map(&self, key: &str) -> Result<Option<Map>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -176,7 +275,7 @@ impl<'a> Options<'a> {
     }
 
     /// An array option.
-    pub fn array(&self, key: &str) -> Result<Option<Array>, String> {
+    pub fn array(&self, key: &str) -> Result<Option<Array>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -187,23 +286,24 @@ impl<'a> Options<'a> {
     }
 
     /// Stop strings (`stop`): one string or an array of them, none empty; None when absent.
-    pub fn stop_strings(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+    pub fn stop_strings(&self, key: &str) -> Result<Option<Vec<String>>, OptionError> {
         let stop = match self.get(key) {
             None => return Ok(None),
             Some(v) if v.is_string() => vec![v.to_string()],
             Some(_) => self.strings(key)?.unwrap_or_default(),
         };
         if let Some(i) = stop.iter().position(String::is_empty) {
-            return Err(format!(
-                "{}: {key}[{i}] is empty; a stop string must have at least one character",
-                self.function
-            ));
+            return Err(OptionError::EmptyStopString {
+                function: self.function.to_string(),
+                key: key.to_string(),
+                index: i,
+            });
         }
         Ok(Some(stop))
     }
 
     /// An array of strings.
-    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, OptionError> {
         let Some(items) = self.array(key)? else {
             return Ok(None);
         };
@@ -213,11 +313,12 @@ impl<'a> Options<'a> {
                 if v.is_string() {
                     Ok(v.to_string())
                 } else {
-                    Err(format!(
-                        "{}: option `{key}` must hold strings, not {}",
-                        self.function,
-                        shown(v)
-                    ))
+                    Err(OptionError::WrongElement {
+                        function: self.function.to_string(),
+                        key: key.to_string(),
+                        wanted: "strings".to_string(),
+                        shown: shown(v),
+                    })
                 }
             })
             .collect::<Result<Vec<_>, _>>()
@@ -225,7 +326,7 @@ impl<'a> Options<'a> {
     }
 
     /// One integer or an array of integers (`k: 5` or `k: [1, 5]`).
-    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>, String> {
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>, OptionError> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
@@ -239,12 +340,11 @@ impl<'a> Options<'a> {
         items
             .iter()
             .map(|x| {
-                x.as_int().map_err(|_| {
-                    format!(
-                        "{}: option `{key}` must hold integers, not {}",
-                        self.function,
-                        shown(x)
-                    )
+                x.as_int().map_err(|_| OptionError::WrongElement {
+                    function: self.function.to_string(),
+                    key: key.to_string(),
+                    wanted: "integers".to_string(),
+                    shown: shown(x),
                 })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -253,28 +353,28 @@ impl<'a> Options<'a> {
 
     /// The name of a map's numeric entries, for options like `weights: #{functional: 0.5}`: each key
     /// must be one of `valid` and each value a number.
-    pub fn numbers(&self, key: &str, valid: &[&str]) -> Result<Vec<(String, f64)>, String> {
+    pub fn numbers(&self, key: &str, valid: &[&str]) -> Result<Vec<(String, f64)>, OptionError> {
         let Some(m) = self.map(key)? else {
             return Ok(vec![]);
         };
         let mut out = Vec::new();
         for (name, value) in m.iter() {
             if !valid.contains(&name.as_str()) {
-                return Err(format!(
-                    "{}: unknown key `{name}` in `{key}`; valid keys: {}",
-                    self.function,
-                    valid.join(", ")
-                ));
+                return Err(OptionError::UnknownEntry {
+                    function: self.function.to_string(),
+                    key: key.to_string(),
+                    entry: name.to_string(),
+                    valid: valid.iter().map(|k| k.to_string()).collect(),
+                });
             }
             let x = value
                 .as_float()
                 .or_else(|_| value.as_int().map(|i| i as f64))
-                .map_err(|_| {
-                    format!(
-                        "{}: `{key}.{name}` must be a number, not {}",
-                        self.function,
-                        shown(value)
-                    )
+                .map_err(|_| OptionError::EntryNotANumber {
+                    function: self.function.to_string(),
+                    key: key.to_string(),
+                    entry: name.to_string(),
+                    shown: shown(value),
                 })?;
             out.push((name.to_string(), x));
         }
@@ -296,7 +396,10 @@ mod tests {
     #[test]
     fn an_unknown_key_lists_the_valid_ones() {
         let m = map(&[("sead", Dynamic::from(1_i64))]);
-        let err = Options::new("bench", &m, &["seed", "k"]).err().unwrap();
+        let err = Options::new("bench", &m, &["seed", "k"])
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(err, "bench: unknown option `sead`; valid options: k, seed");
     }
 
@@ -305,7 +408,8 @@ mod tests {
         let m = map(&[("lora_dropout", Dynamic::from(0.1_f64))]);
         let err = Options::new("train_lora", &m, &["r", "dropout", "r"])
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert_eq!(
             err,
             "train_lora: unknown option `lora_dropout`; valid options: dropout, r"
@@ -317,7 +421,7 @@ mod tests {
         let m = map(&[("n", Dynamic::from(2.5_f64))]);
         let o = Options::new("complete_many", &m, &["n"]).unwrap();
         assert_eq!(
-            o.int("n").unwrap_err(),
+            o.int("n").unwrap_err().to_string(),
             "complete_many: option `n` must be an integer, not 2.5 (f64)"
         );
     }
@@ -339,15 +443,15 @@ mod tests {
         assert_eq!(o.whole_at_least("epochs", 1).unwrap(), Some(3));
         assert_eq!(o.whole_at_least("r", 1).unwrap(), None);
         assert_eq!(
-            o.whole_at_least("batch_size", 1).unwrap_err(),
+            o.whole_at_least("batch_size", 1).unwrap_err().to_string(),
             "train_lora: option `batch_size` must be a whole number ≥ 1, not 2.5 (f64)"
         );
         assert_eq!(
-            o.whole_at_least("seed", 0).unwrap_err(),
+            o.whole_at_least("seed", 0).unwrap_err().to_string(),
             "train_lora: option `seed` must be a whole number ≥ 0, not -1 (i64)"
         );
         assert_eq!(
-            o.whole_at_least("steps", 1).unwrap_err(),
+            o.whole_at_least("steps", 1).unwrap_err().to_string(),
             "train_lora: option `steps` must be a whole number ≥ 1, not \"4\" (string)"
         );
     }
@@ -357,7 +461,7 @@ mod tests {
         let m = map(&[("k", Dynamic::from("5"))]);
         let o = Options::new("benchmark", &m, &["k"]).unwrap();
         assert_eq!(
-            o.ints("k").unwrap_err(),
+            o.ints("k").unwrap_err().to_string(),
             "benchmark: option `k` must be an integer or an array of integers, not \"5\" (string)"
         );
         let m = map(&[(
@@ -368,6 +472,7 @@ mod tests {
         assert!(o
             .ints("k")
             .unwrap_err()
+            .to_string()
             .contains("must hold integers, not 1.5"));
     }
 

@@ -62,7 +62,7 @@ pub fn from_records(records: &Array, what: &str) -> Result<Frame, DataError> {
 pub use rtlab_core::json::{dynamic_to_json, json_to_dynamic};
 
 /// A Rhai value as a polars literal expression (for `lit`, comparisons, `is_in`).
-pub fn dynamic_to_series(name: &str, values: &Array) -> Result<Series, String> {
+pub fn dynamic_to_series(name: &str, values: &Array) -> Result<Series, DataError> {
     let name = PlSmallStr::from_str(name);
     if values.iter().all(|v| v.is_string()) {
         let v: Vec<String> = values.iter().map(|v| v.to_string()).collect();
@@ -93,5 +93,7 @@ pub fn dynamic_to_series(name: &str, values: &Array) -> Result<Series, String> {
             .collect();
         return Ok(Series::new(name, v));
     }
-    Err("a list for is_in must hold only strings, only numbers or only booleans".to_string())
+    Err(DataError::Invalid(
+        "a list for is_in must hold only strings, only numbers or only booleans".to_string(),
+    ))
 }

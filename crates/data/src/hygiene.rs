@@ -27,6 +27,7 @@
 //! problems ([`verilog_eval_boilerplate`], so that a benchmark of two of them still knows the
 //! sentence all of them share). Only the other n-grams are evidence that a row copies a problem.
 
+use crate::DataError;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
@@ -358,17 +359,21 @@ pub fn find_overlaps(rows: &[Vec<String>], against: &[Vec<String>], n: usize) ->
 /// Which group each row's group is on: true for the test side. The groups are ordered by a hash of
 /// the seed and the group's name (a seeded random order that does not depend on the rows' order),
 /// and the first `test_groups` of them are the test side, so every row of a group is on one side.
-pub fn split_by_group(groups: &[String], test: TestSize, seed: u64) -> Result<Vec<bool>, String> {
+pub fn split_by_group(
+    groups: &[String],
+    test: TestSize,
+    seed: u64,
+) -> Result<Vec<bool>, DataError> {
     let distinct: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
     let count = match test {
         TestSize::Fraction(f) => (f * distinct.len() as f64).round() as usize,
         TestSize::Groups(g) => g,
     };
     if count > distinct.len() {
-        return Err(format!(
+        return Err(DataError::Invalid(format!(
             "test asks for {count} groups but there are {}",
             distinct.len()
-        ));
+        )));
     }
     let mut order: Vec<(blake3::Hash, &str)> = distinct
         .into_iter()
@@ -405,27 +410,30 @@ pub const SKETCH_FORMAT: u32 = 1;
 pub const TRAINING_DATA_FILE: &str = "training_data.json";
 
 /// The sketch an adapter dir records, if it records one (adapters trained elsewhere don't).
-pub fn read_training_sketch(adapter_dir: &std::path::Path) -> Result<Option<Sketch>, String> {
+pub fn read_training_sketch(adapter_dir: &std::path::Path) -> Result<Option<Sketch>, DataError> {
     let path = adapter_dir.join(TRAINING_DATA_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let sketch: Sketch = serde_json::from_str(&text).map_err(|e| {
-                format!(
+                DataError::Invalid(format!(
                     "{}: {e}; run the adapter's train_lora or train_dpo again to write it anew (a finished run is not retrained)",
                     path.display()
-                )
+                ))
             })?;
             if sketch.format != SKETCH_FORMAT {
-                return Err(format!(
+                return Err(DataError::Invalid(format!(
                     "{}: written by another rtlab (n-gram format {}, this one reads {SKETCH_FORMAT}); run the adapter's train_lora or train_dpo again to write it anew (a finished run is not retrained)",
                     path.display(),
                     sketch.format
-                ));
+                )));
             }
             Ok(Some(sketch))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(DataError::Read {
+            path: path.display().to_string(),
+            source: e,
+        }),
     }
 }
 

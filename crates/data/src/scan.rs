@@ -483,7 +483,8 @@ fn parse_piece<'a>(
     // Every line is checked to be a JSON object, filtered or not.
     let mut columns = Columns::new(Keys::Only(filter_paths));
     for &(index, s, e) in &parsed.spans {
-        if let Err(reason) = columns.read_line(&text[s..e]) {
+        if let Err(why) = columns.read_line(&text[s..e]) {
+            let reason = crate::typed::line_problem(&why);
             parsed.problem = Some(Problem::line(index, reason, &piece[s..e]));
             return parsed;
         }
@@ -669,11 +670,10 @@ impl<'de> Visitor<'de> for Projector<'_> {
     }
 }
 
-fn project_line(line: &[u8], keys: &[String], out: &mut Vec<u8>) -> Result<(), String> {
+fn project_line(line: &[u8], keys: &[String], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(line);
-    de.deserialize_map(Projector { keys, out })
-        .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())
+    de.deserialize_map(Projector { keys, out })?;
+    de.end()
 }
 
 #[cfg(test)]

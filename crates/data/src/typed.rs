@@ -168,18 +168,15 @@ impl<'k, 'a> Columns<'k, 'a> {
     /// Parses one line (which must be a JSON object), recording the values asked for. The line is
     /// `str`, checked for UTF-8 by the caller a piece at a time (faster than serde_json string by
     /// string).
-    pub fn read_line(&mut self, line: &'a str) -> Result<(), String> {
+    /// A line's error reads as [`line_problem`] says.
+    pub fn read_line(&mut self, line: &'a str) -> Result<(), serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(line);
         ValueAt {
             columns: self,
             node: 0,
         }
-        .deserialize(&mut de)
-        .map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => e.to_string(),
-            _ => format!("invalid JSON ({e})"),
-        })?;
-        de.end().map_err(|e| format!("invalid JSON ({e})"))?;
+        .deserialize(&mut de)?;
+        de.end()?;
         self.row += 1;
         Ok(())
     }
@@ -479,6 +476,15 @@ impl<'de> Visitor<'de> for KeyAt<'_, '_, '_> {
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
         Ok(self.columns.child(self.parent, key))
+    }
+}
+
+/// What is wrong with a line, as a bad-line error says it: a value of the wrong type in the
+/// parser's words, anything else as invalid JSON.
+pub fn line_problem(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => e.to_string(),
+        _ => format!("invalid JSON ({e})"),
     }
 }
 

@@ -5,10 +5,11 @@
 use super::*;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
+use rtlab_core::OptionError;
 
 /// The model `llm(#{...})` describes; a local model's path and adapter resolve against
 /// `base_dir` (the script's directory).
-pub fn model_from_options(options: &Map, base_dir: &std::path::Path) -> Result<Model, String> {
+pub fn model_from_options(options: &Map, base_dir: &std::path::Path) -> Result<Model, LlmError> {
     let o = rtlab_core::options::Options::new(
         "llm",
         options,
@@ -30,13 +31,13 @@ pub fn model_from_options(options: &Map, base_dir: &std::path::Path) -> Result<M
     )?;
     let text = |k: &str| o.string(k);
     let number =
-        |k: &str, default: f64| -> Result<f64, String> { Ok(o.float(k)?.unwrap_or(default)) };
-    let count = |k: &str, default: i64, min: i64| -> Result<i64, String> {
+        |k: &str, default: f64| -> Result<f64, OptionError> { Ok(o.float(k)?.unwrap_or(default)) };
+    let count = |k: &str, default: i64, min: i64| -> Result<i64, OptionError> {
         Ok(o.int_at_least(k, min)?.unwrap_or(default))
     };
     let provider = Provider::parse(&text("provider")?.unwrap_or_else(|| "openai".to_string()))?;
-    let model =
-        text("model")?.ok_or("llm: pass #{model: \"...\"} (the model name the server knows)")?;
+    let model = text("model")?
+        .ok_or_else(|| o.rule("pass #{model: \"...\"} (the model name the server knows)"))?;
     // A local model is a directory: resolve it against the script like every other path.
     let local_path = |p: String| {
         rtlab_core::workspace::resolve_against(base_dir, &p)
@@ -46,15 +47,15 @@ pub fn model_from_options(options: &Map, base_dir: &std::path::Path) -> Result<M
     let (model, adapter) = if provider == Provider::Local {
         // A model rtlab knows by name (`smollm2-135m`) is found in, or pulled to, its cache.
         let located = rtlab_model::models::locate(&model, base_dir)
-            .map_err(|e| format!("llm: {e}"))?
+            .map_err(|e| LlmError::Locate(e.to_string()))?
             .display()
             .to_string();
         (located, text("adapter")?.map(local_path))
     } else {
         if o.has("adapter") {
-            return Err(
-                "llm: adapter is for provider \"local\"; a server loads its own adapters".into(),
-            );
+            return Err(o
+                .rule("adapter is for provider \"local\"; a server loads its own adapters")
+                .into());
         }
         (model, None)
     };
@@ -71,9 +72,11 @@ pub fn model_from_options(options: &Map, base_dir: &std::path::Path) -> Result<M
         timeout_s: match number("timeout_s", 120.0)? {
             t if t > 0.0 && t.is_finite() => t,
             t => {
-                return Err(format!(
-                    "llm: option `timeout_s` must be a number of seconds above 0, not {t}"
-                ))
+                return Err(o
+                    .rule(format!(
+                        "option `timeout_s` must be a number of seconds above 0, not {t}"
+                    ))
+                    .into())
             }
         },
         retries: count("retries", 4, 0)? as u32,
@@ -121,25 +124,36 @@ pub fn model_options(model: &Model) -> Map {
     m
 }
 
-fn messages_from(array: &Array) -> Result<Vec<Message>, String> {
+fn messages_from(array: &Array) -> Result<Vec<Message>, LlmError> {
+    let bad = |index: usize, problem: &str| LlmError::BadMessage {
+        index,
+        problem: problem.to_string(),
+    };
     array
         .iter()
         .enumerate()
         .map(|(i, m)| {
             let map = m
                 .read_lock::<Map>()
-                .ok_or_else(|| format!("chat: messages[{i}] must be a map #{{role, content}}"))?;
+                .ok_or_else(|| bad(i, "must be a map #{role, content}"))?;
             let role = map
                 .get("role")
                 .map(|r| r.to_string())
-                .ok_or_else(|| format!("chat: messages[{i}] has no role"))?;
+                .ok_or_else(|| bad(i, "has no role"))?;
             let content = map
                 .get("content")
                 .map(|c| c.to_string())
-                .ok_or_else(|| format!("chat: messages[{i}] has no content"))?;
+                .ok_or_else(|| bad(i, "has no content"))?;
             Ok(Message { role, content })
         })
         .collect()
+}
+
+/// A script sees a client error as a runtime error with the error's message.
+impl From<LlmError> for Box<EvalAltResult> {
+    fn from(e: LlmError) -> Self {
+        e.to_string().into()
+    }
 }
 
 pub fn register(module: &mut Module) {
@@ -238,7 +252,7 @@ mod llm_functions {
         let start = std::time::Instant::now();
         let answers = model.answer_all(&requests, rtlab_core::Workspace::of(&ctx).store());
         let after = model.usage();
-        let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        let failed: Vec<&LlmError> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
         eprintln!(
             "complete_many: {} requests, {} from the store, {} sent ({} prompt + {} completion tokens) in {:.1} s",
             requests.len(),
@@ -418,10 +432,10 @@ pub fn rich_types() -> Vec<rtlab_core::values::RichType> {
                     .try_cast::<Map>()
                     .ok_or("model options are not a map")?;
                 // `model_options` saved a local model's paths resolved, so no base directory is needed.
-                Ok(Dynamic::from(model_from_options(
-                    &map,
-                    std::path::Path::new("/"),
-                )?))
+                Ok(Dynamic::from(
+                    model_from_options(&map, std::path::Path::new("/"))
+                        .map_err(|e| e.to_string())?,
+                ))
             },
         }),
     }]

@@ -2,6 +2,8 @@
 //! connections, honouring `Retry-After`; any other 4xx fails at once with the server's message.
 //! API keys come from environment variables only and never appear in errors or logs.
 
+use crate::LlmError;
+
 use super::providers::{parse_response, request, Message, Provider, Sampling};
 use std::time::Duration;
 
@@ -172,18 +174,18 @@ pub async fn send(
     ep: &Endpoint,
     messages: &[Message],
     s: &Sampling,
-) -> Result<Reply, String> {
+) -> Result<Reply, LlmError> {
     let mut last = String::new();
     for i in 0..=ep.retries {
         if rtlab_core::cancel_requested() {
-            return Err("cancelled by Ctrl-C".to_string());
+            return Err(LlmError::Cancelled);
         }
         match attempt(client, ep, messages, s).await {
             Attempt::Done(mut r) => {
                 r.retries = i;
                 return Ok(r);
             }
-            Attempt::Fail(e) => return Err(e),
+            Attempt::Fail(e) => return Err(LlmError::Request(e)),
             Attempt::Retry(e, after) => {
                 last = e;
                 if i < ep.retries {
@@ -192,5 +194,8 @@ pub async fn send(
             }
         }
     }
-    Err(format!("{last} (gave up after {} tries)", ep.retries + 1))
+    Err(LlmError::Request(format!(
+        "{last} (gave up after {} tries)",
+        ep.retries + 1
+    )))
 }

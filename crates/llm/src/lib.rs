@@ -14,9 +14,11 @@ pub fn code_identity() -> String {
 
 pub mod api;
 mod client;
+mod error;
 pub mod providers;
 
 pub use api::LlmPackage;
+pub use error::LlmError;
 pub use providers::{Message, Provider};
 
 use client::{send, Endpoint};
@@ -219,7 +221,7 @@ impl Model {
         &self,
         requests: &[(Vec<Message>, usize)],
         store: Option<Arc<Mutex<Store>>>,
-    ) -> Vec<Result<String, String>> {
+    ) -> Vec<Result<String, LlmError>> {
         let before = self.usage().not_recorded;
         let path = store
             .as_ref()
@@ -248,12 +250,12 @@ impl Model {
         &self,
         requests: &[(Vec<Message>, usize)],
         store: Option<Arc<Mutex<Store>>>,
-    ) -> Vec<Result<String, String>> {
+    ) -> Vec<Result<String, LlmError>> {
         let keys: Vec<String> = requests
             .iter()
             .map(|(m, s)| self.request_key(m, *s))
             .collect();
-        let mut results: Vec<Option<Result<String, String>>> = vec![None; requests.len()];
+        let mut results: Vec<Option<Result<String, LlmError>>> = vec![None; requests.len()];
         let served_by = self.server_identity();
         let todo = self.recorded_answers(&keys, store.as_ref(), &mut results, served_by.as_deref());
         if !todo.is_empty() {
@@ -269,7 +271,7 @@ impl Model {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err("the request task failed".into())))
+            .map(|r| r.unwrap_or(Err(LlmError::TaskFailed)))
             .collect()
     }
 
@@ -279,7 +281,7 @@ impl Model {
         &self,
         keys: &[String],
         store: Option<&Arc<Mutex<Store>>>,
-        results: &mut [Option<Result<String, String>>],
+        results: &mut [Option<Result<String, LlmError>>],
         served_by: Option<&str>,
     ) -> Vec<usize> {
         let mut todo = Vec::new();
@@ -306,10 +308,9 @@ impl Model {
                     }
                 }
                 None if self.cfg.provider == Provider::Replay => {
-                    results[i] = Some(Err(format!(
-                        "replay: no recorded response for this request to {} (record it with a live provider first, or import_cassette the file that has it)",
-                        self.cfg.model
-                    )));
+                    results[i] = Some(Err(LlmError::NotRecorded {
+                        model: self.cfg.model.clone(),
+                    }));
                 }
                 None => todo.push(i),
             }
@@ -364,11 +365,11 @@ impl Model {
         keys: &[String],
         store: Option<&Arc<Mutex<Store>>>,
         served_by: &str,
-    ) -> Vec<(usize, Result<String, String>)> {
+    ) -> Vec<(usize, Result<String, LlmError>)> {
         let client = match reqwest::Client::builder().build() {
             Ok(c) => c,
             Err(e) => {
-                let error = format!("cannot build an HTTP client: {e}");
+                let error = LlmError::Request(format!("cannot build an HTTP client: {e}"));
                 return todo.iter().map(|&i| (i, Err(error.clone()))).collect();
             }
         };
@@ -427,7 +428,7 @@ impl Request {
         self,
         store: Option<&Mutex<Store>>,
         usage: &Mutex<Usage>,
-    ) -> Result<String, String> {
+    ) -> Result<String, LlmError> {
         let reply = send(&self.client, &self.endpoint, &self.messages, &self.sampling).await?;
         if let Ok(mut u) = usage.lock() {
             u.retries += reply.retries as i64;
@@ -455,7 +456,7 @@ impl Model {
         todo: &[usize],
         keys: &[String],
         store: Option<&Arc<Mutex<Store>>>,
-    ) -> Vec<(usize, Result<String, String>)> {
+    ) -> Vec<(usize, Result<String, LlmError>)> {
         let adapter = self.cfg.adapter.as_ref().map(std::path::PathBuf::from);
         let model = match rtlab_model::load_local(
             std::path::Path::new(&self.cfg.model),
@@ -465,7 +466,10 @@ impl Model {
         ) {
             Ok(m) => m,
             Err(e) => {
-                let e = format!("local model {}: {e}", self.cfg.model);
+                let e = LlmError::Local {
+                    model: self.cfg.model.clone(),
+                    message: e.to_string(),
+                };
                 return todo.iter().map(|&i| (i, Err(e.clone()))).collect();
             }
         };
@@ -494,10 +498,16 @@ impl Model {
                 .join("\n\n");
             // The sample index seeds each sample's sampler, so a rerun repeats it.
             let seeds: Vec<u64> = members.iter().map(|&i| requests[i].1 as u64).collect();
-            let answers: Vec<Result<rtlab_model::generate::Answer, String>> =
+            let answers: Vec<Result<rtlab_model::generate::Answer, LlmError>> =
                 match model.answer_batch(&prompt, &options, &seeds) {
                     Ok(answers) => answers.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e.to_string()); members.len()],
+                    Err(e) => {
+                        let e = LlmError::Local {
+                            model: self.cfg.model.clone(),
+                            message: e.to_string(),
+                        };
+                        vec![Err(e); members.len()]
+                    }
                 };
             for (&i, answer) in members.iter().zip(answers) {
                 if let Ok(a) = &answer {

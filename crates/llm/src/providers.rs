@@ -2,6 +2,9 @@
 //! Anthropic's Messages API and Ollama's native chat API. Building a request and reading a response
 //! are pure functions, tested without a network.
 
+use crate::LlmError;
+use rtlab_core::OptionError;
+
 pub use rtlab_model::generate::cut_at_stop;
 use serde_json::{json, Value};
 
@@ -17,7 +20,7 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub fn parse(name: &str) -> Result<Provider, String> {
+    pub fn parse(name: &str) -> Result<Provider, OptionError> {
         Ok(match name {
             "openai" => Provider::OpenAi,
             "anthropic" => Provider::Anthropic,
@@ -25,9 +28,12 @@ impl Provider {
             "replay" => Provider::Replay,
             "local" => Provider::Local,
             other => {
-                return Err(format!(
-                "llm: unknown provider {other:?}; use openai, anthropic, ollama, replay or local"
-            ))
+                return Err(OptionError::Rule {
+                    function: "llm".into(),
+                    rule: format!(
+                        "unknown provider {other:?}; use openai, anthropic, ollama, replay or local"
+                    ),
+                })
             }
         })
     }
@@ -122,14 +128,15 @@ pub fn request(
 }
 
 /// The completion text and (prompt, completion) token counts of a response body.
-pub fn parse_response(provider: Provider, body: &Value) -> Result<(String, i64, i64), String> {
+pub fn parse_response(provider: Provider, body: &Value) -> Result<(String, i64, i64), LlmError> {
+    let missing = |what: &str| LlmError::Response(format!("no {what} in the response"));
     let int = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or(0);
     match provider {
         Provider::Anthropic => {
             let text: String = body
                 .get("content")
                 .and_then(Value::as_array)
-                .ok_or("no `content` array in the response")?
+                .ok_or_else(|| missing("`content` array"))?
                 .iter()
                 .filter_map(|c| c.get("text").and_then(Value::as_str))
                 .collect();
@@ -143,7 +150,7 @@ pub fn parse_response(provider: Provider, body: &Value) -> Result<(String, i64, 
             let text = body
                 .pointer("/message/content")
                 .and_then(Value::as_str)
-                .ok_or("no `message.content` in the response")?;
+                .ok_or_else(|| missing("`message.content`"))?;
             Ok((
                 text.to_string(),
                 int(body.get("prompt_eval_count")),
@@ -154,7 +161,7 @@ pub fn parse_response(provider: Provider, body: &Value) -> Result<(String, i64, 
             let text = body
                 .pointer("/choices/0/message/content")
                 .and_then(Value::as_str)
-                .ok_or("no `choices[0].message.content` in the response")?;
+                .ok_or_else(|| missing("`choices[0].message.content`"))?;
             Ok((
                 text.to_string(),
                 int(body.pointer("/usage/prompt_tokens")),

@@ -9,7 +9,10 @@ use rhai::Map;
 
 /// `slurm(#{...})`'s map as options, checked in a fixed order (the first wrong key is reported). A
 /// relative `dir` resolves against `base_dir` (the script's directory).
-pub(crate) fn slurm_options(map: &Map, base_dir: &std::path::Path) -> Result<SlurmOptions, String> {
+pub(crate) fn slurm_options(
+    map: &Map,
+    base_dir: &std::path::Path,
+) -> Result<SlurmOptions, rtlab_core::OptionError> {
     let o = rtlab_core::options::Options::new("slurm", map, SLURM_KEYS)?;
     let mut s = SlurmOptions::default();
     for key in ["partition", "account"] {
@@ -72,7 +75,9 @@ fn options_map(s: &SlurmOptions) -> Map {
 
 /// The `executor` option of `df.verify`, `benchmark` and `a7_testbench`: `slurm(#{...})` or
 /// `"local"`.
-pub fn executor_option(o: &rtlab_core::options::Options) -> Result<Executor, String> {
+pub fn executor_option(
+    o: &rtlab_core::options::Options,
+) -> Result<Executor, rtlab_core::OptionError> {
     if let Some(v) = o.get("executor") {
         if v.is_string() && v.to_string() == "local" {
             return Ok(Executor::Local);
@@ -82,6 +87,13 @@ pub fn executor_option(o: &rtlab_core::options::Options) -> Result<Executor, Str
         o.custom::<SlurmOptions>("executor", "slurm(#{...}) or \"local\"")?
             .map_or(Executor::Local, Executor::Slurm),
     )
+}
+
+/// A script sees a Slurm error as a runtime error with the error's message.
+impl From<crate::SlurmError> for Box<EvalAltResult> {
+    fn from(e: crate::SlurmError) -> Self {
+        e.to_string().into()
+    }
 }
 
 pub fn register(module: &mut Module) {

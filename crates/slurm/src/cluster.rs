@@ -1,24 +1,37 @@
 //! The Slurm commands rtlab runs (`sinfo`, `sbatch`, `squeue`, `scontrol`, `scancel`), each as a
 //! typed call whose error says what Slurm said and what to do next.
 
+use crate::SlurmError;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
 /// How to get a cluster when there is none.
-const START_HINT: &str =
+pub(crate) const START_HINT: &str =
     "install Slurm's client commands (Debian: `apt-get install slurm-client`) \
      and point them at your cluster, or start a one-node cluster here with `bash .ci/start-slurm` \
      (from rtlab's repository; it needs root)";
 
-fn run(program: &str, args: &[&str]) -> Result<Output, String> {
+fn run(program: &str, args: &[&str]) -> Result<Output, SlurmError> {
     Command::new(program).args(args).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            format!("Slurm is not installed here: `{program}` is not on PATH; {START_HINT}")
+            SlurmError::NotInstalled {
+                program: program.to_string(),
+            }
         } else {
-            format!("could not run `{program}`: {e}")
+            SlurmError::CannotRun {
+                program: program.to_string(),
+                source: e,
+            }
         }
     })
+}
+
+fn command_failed(command: &str, out: &Output) -> SlurmError {
+    SlurmError::Command {
+        command: command.to_string(),
+        stderr: stderr_of(out),
+    }
 }
 
 fn stderr_of(out: &Output) -> String {
@@ -31,13 +44,12 @@ fn stderr_of(out: &Output) -> String {
 }
 
 /// The partitions the controller knows (`sinfo`), which also proves it answers.
-pub fn partitions() -> Result<Vec<String>, String> {
+pub fn partitions() -> Result<Vec<String>, SlurmError> {
     let out = run("sinfo", &["-h", "-o", "%P"])?;
     if !out.status.success() {
-        return Err(format!(
-            "the Slurm controller does not answer (`sinfo`: {}); is slurmctld running? {START_HINT}",
-            stderr_of(&out)
-        ));
+        return Err(SlurmError::NoController {
+            stderr: stderr_of(&out),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -48,14 +60,14 @@ pub fn partitions() -> Result<Vec<String>, String> {
 }
 
 /// The node names of a partition (the default one when None), as `sinfo` lists them.
-pub fn nodes(partition: Option<&str>) -> Result<Vec<String>, String> {
+pub fn nodes(partition: Option<&str>) -> Result<Vec<String>, SlurmError> {
     let mut args = vec!["-h", "-N", "-o", "%N"];
     if let Some(p) = partition {
         args.extend(["-p", p]);
     }
     let out = run("sinfo", &args)?;
     if !out.status.success() {
-        return Err(format!("`sinfo -N`: {}", stderr_of(&out)));
+        return Err(command_failed("sinfo -N", &out));
     }
     let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -67,14 +79,16 @@ pub fn nodes(partition: Option<&str>) -> Result<Vec<String>, String> {
 }
 
 /// Submits `script` as an array job; returns its job id. A refusal carries Slurm's own message.
-pub fn sbatch(args: &[String], script: &Path) -> Result<u64, String> {
+pub fn sbatch(args: &[String], script: &Path) -> Result<u64, SlurmError> {
     let mut all: Vec<&str> = vec!["--parsable"];
     all.extend(args.iter().map(String::as_str));
     let script = script.to_string_lossy();
     all.push(&script);
     let out = run("sbatch", &all)?;
     if !out.status.success() {
-        return Err(format!("sbatch refused the job: {}", stderr_of(&out)));
+        return Err(SlurmError::SbatchRefused {
+            stderr: stderr_of(&out),
+        });
     }
     // `--parsable` prints `JOBID` or `JOBID;CLUSTER`.
     let text = String::from_utf8_lossy(&out.stdout);
@@ -82,11 +96,11 @@ pub fn sbatch(args: &[String], script: &Path) -> Result<u64, String> {
         .split(';')
         .next()
         .and_then(|id| id.parse().ok())
-        .ok_or_else(|| format!("sbatch printed {:?}, not a job id", text.trim()))
+        .ok_or_else(|| SlurmError::Job(format!("sbatch printed {:?}, not a job id", text.trim())))
 }
 
 /// The array elements of `jobs` still in the queue, `"JOBID_TASK"` → state (PENDING, RUNNING, ...).
-pub fn queued(jobs: &[u64]) -> Result<HashMap<String, String>, String> {
+pub fn queued(jobs: &[u64]) -> Result<HashMap<String, String>, SlurmError> {
     if jobs.is_empty() {
         return Ok(HashMap::new());
     }
@@ -99,7 +113,10 @@ pub fn queued(jobs: &[u64]) -> Result<HashMap<String, String>, String> {
         if why.contains("Invalid job id") {
             return Ok(HashMap::new());
         }
-        return Err(format!("`squeue`: {why}"));
+        return Err(SlurmError::Command {
+            command: "squeue".into(),
+            stderr: why,
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -129,7 +146,7 @@ pub fn ended(job: u64, task: usize) -> Option<(String, String)> {
 }
 
 /// Cancels jobs (all their elements).
-pub fn scancel(jobs: &[u64]) -> Result<(), String> {
+pub fn scancel(jobs: &[u64]) -> Result<(), SlurmError> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -137,7 +154,7 @@ pub fn scancel(jobs: &[u64]) -> Result<(), String> {
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let out = run("scancel", &refs)?;
     if !out.status.success() {
-        return Err(format!("`scancel {}`: {}", ids.join(" "), stderr_of(&out)));
+        return Err(command_failed(&format!("scancel {}", ids.join(" ")), &out));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@
 //!
 //! It is removed when every shard has been merged, and kept (with its logs) when a shard failed.
 
-use super::{cluster, SlurmOptions};
+use super::{cluster, SlurmError, SlurmOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -83,11 +83,15 @@ const POLL: Duration = Duration::from_millis(300);
 /// (network filesystems show a new file late).
 const PART_GRACE: Duration = Duration::from_secs(30);
 
-fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
-    format!("slurm: {what} {}: {e}", path.display())
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> SlurmError {
+    SlurmError::JobFile {
+        doing: what.to_string(),
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), SlurmError> {
     let bytes = serde_json::to_vec(value).map_err(|e| io_err("cannot encode", path, e))?;
     rtlab_core::workspace::write_atomic(path, &bytes).map_err(|e| io_err("cannot write", path, e))
 }
@@ -124,7 +128,7 @@ fn this_host() -> String {
 
 /// The job directory must be readable by every node of the partition. A cluster of this machine
 /// alone needs nothing; otherwise a directory on a local filesystem is refused before any work.
-fn check_shared(dir: &Path, partition: Option<&str>) -> Result<(), String> {
+fn check_shared(dir: &Path, partition: Option<&str>) -> Result<(), SlurmError> {
     let nodes = cluster::nodes(partition)?;
     let here = this_host();
     if nodes.iter().all(|n| n == "localhost" || *n == here) {
@@ -143,27 +147,27 @@ fn check_shared(dir: &Path, partition: Option<&str>) -> Result<(), String> {
         "vfat",
     ];
     if LOCAL.contains(&fs.as_str()) {
-        return Err(format!(
+        return Err(SlurmError::Job(format!(
             "slurm: the job directory {} is on a local filesystem ({fs}), which the nodes of the partition ({}) cannot read; \
              put the workspace on a shared filesystem (NFS, Lustre, GPFS, BeeGFS, CephFS) with RTLAB_HOME, or pass slurm(#{{dir: \"/shared/...\"}})",
             dir.display(),
             nodes.join(", ")
-        ));
+        )));
     }
     Ok(())
 }
 
 /// The batch's job directory under the Slurm root (`dir`, or `.rtlab/slurm`), named by the batch's
 /// key, after checking that the cluster answers, the partition exists and the root is shared.
-fn job_dir(batch: &ShardedBatch, opts: &SlurmOptions) -> Result<PathBuf, String> {
+fn job_dir(batch: &ShardedBatch, opts: &SlurmOptions) -> Result<PathBuf, SlurmError> {
     // The cluster answers and the partition exists: checked before anything is written.
     let partitions = cluster::partitions()?;
     if let Some(p) = &opts.partition {
         if !partitions.contains(p) {
-            return Err(format!(
+            return Err(SlurmError::Job(format!(
                 "slurm: unknown partition {p:?}; this cluster has: {}",
                 partitions.join(", ")
-            ));
+            )));
         }
     }
     let root = opts
@@ -186,7 +190,7 @@ pub fn run(
     batch: &ShardedBatch,
     opts: &SlurmOptions,
     on_results: &mut dyn FnMut(Vec<(String, Value)>),
-) -> Result<SlurmRun, String> {
+) -> Result<SlurmRun, SlurmError> {
     let dir = job_dir(batch, opts)?;
     let (mut job, reattached) = match reattach(&dir, batch)? {
         Some(job) => (job, true),
@@ -216,7 +220,7 @@ pub fn run(
     };
     if !follow.failed.is_empty() {
         let done = follow.merged.iter().filter(|m| **m).count();
-        return Err(format!(
+        return Err(SlurmError::Job(format!(
             "slurm: {} of {} shards failed ({done} finished and are saved; a rerun submits only the rest; the job directory {} keeps the logs):\n  {}",
             follow.failed.len(),
             job.shards,
@@ -227,7 +231,7 @@ pub fn run(
                 .map(|(_, why)| why.as_str())
                 .collect::<Vec<_>>()
                 .join("\n  ")
-        ));
+        )));
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(run)
@@ -240,7 +244,7 @@ fn job_ids(job: &JobRecord) -> Vec<u64> {
 /// The job an earlier driver submitted for this batch, if its directory is there and covers the
 /// batch's items. A directory that does not (the store was cleared in between, say) is cancelled
 /// and replaced.
-fn reattach(dir: &Path, batch: &ShardedBatch) -> Result<Option<JobRecord>, String> {
+fn reattach(dir: &Path, batch: &ShardedBatch) -> Result<Option<JobRecord>, SlurmError> {
     let path = dir.join("job.json");
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
@@ -274,7 +278,7 @@ fn reattach(dir: &Path, batch: &ShardedBatch) -> Result<Option<JobRecord>, Strin
 }
 
 /// A new job directory: shards, the batch script and `job.json` (no submission yet).
-fn create(dir: &Path, batch: &ShardedBatch, opts: &SlurmOptions) -> Result<JobRecord, String> {
+fn create(dir: &Path, batch: &ShardedBatch, opts: &SlurmOptions) -> Result<JobRecord, SlurmError> {
     let n = batch.items.len().max(1);
     let shards = opts
         .tasks
@@ -313,21 +317,24 @@ fn create(dir: &Path, batch: &ShardedBatch, opts: &SlurmOptions) -> Result<JobRe
 
 /// The rtlab binary the array tasks run: `RTLAB_WORKER_BIN` when set (a cluster whose nodes see the
 /// binary at another path; an embedding whose own executable is not rtlab), else this one.
-fn worker_binary() -> Result<PathBuf, String> {
+fn worker_binary() -> Result<PathBuf, SlurmError> {
     match std::env::var_os("RTLAB_WORKER_BIN") {
         Some(bin) => {
             let bin = PathBuf::from(bin);
             if bin.is_file() {
                 Ok(bin)
             } else {
-                Err(format!(
+                Err(SlurmError::Job(format!(
                     "slurm: RTLAB_WORKER_BIN={} is not a file; point it at the rtlab binary the nodes run",
                     bin.display()
-                ))
+                )))
             }
         }
-        None => std::env::current_exe()
-            .map_err(|e| format!("slurm: cannot find the rtlab binary to run as the worker: {e}")),
+        None => std::env::current_exe().map_err(|e| {
+            SlurmError::Job(format!(
+                "slurm: cannot find the rtlab binary to run as the worker: {e}"
+            ))
+        }),
     }
 }
 
@@ -352,7 +359,7 @@ impl<'a> Follow<'a> {
         self.failed.iter().any(|(shard, _)| *shard == k)
     }
 
-    fn submit(&mut self, job: &mut JobRecord, shards: &[usize]) -> Result<(), String> {
+    fn submit(&mut self, job: &mut JobRecord, shards: &[usize]) -> Result<(), SlurmError> {
         let mut args = vec![
             format!("--job-name=rtlab-{}", job.kind),
             format!(
@@ -440,7 +447,7 @@ impl<'a> Follow<'a> {
         &mut self,
         job: &mut JobRecord,
         on_results: &mut dyn FnMut(Vec<(String, Value)>),
-    ) -> Result<(), String> {
+    ) -> Result<(), SlurmError> {
         let bar = progress_bar(job.shards as u64);
         let result = self.follow_inner(job, on_results, bar.as_ref());
         if let Some(b) = bar {
@@ -456,7 +463,7 @@ impl<'a> Follow<'a> {
         job: &mut JobRecord,
         on_results: &mut dyn FnMut(Vec<(String, Value)>),
         bar: Option<&indicatif::ProgressBar>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SlurmError> {
         loop {
             self.merge_parts(on_results);
             if let Some(b) = bar {
@@ -475,7 +482,7 @@ impl<'a> Follow<'a> {
                 ids
             };
             if rtlab_core::cancel_requested() {
-                return Err(cancel_by_ctrl_c(&active));
+                return Err(SlurmError::Job(cancel_by_ctrl_c(&active)));
             }
             let ended = self.ended_without_part(&open, &active)?;
             // Every open shard cancelled at once: someone cancelled the job. Stop, do not resubmit.
@@ -484,12 +491,12 @@ impl<'a> Follow<'a> {
                 .filter(|(_, s, _)| s.starts_with("CANCELLED"))
                 .count();
             if open.len() > 1 && cancelled == open.len() {
-                return Err(format!(
+                return Err(SlurmError::Job(format!(
                     "slurm: job {} was cancelled outside rtlab (scancel?); {} of {} shards finished and are saved; rerun to submit the rest",
                     joined(&active),
                     self.merged.iter().filter(|m| **m).count(),
                     job.shards
-                ));
+                )));
             }
             let again: Vec<usize> = ended
                 .into_iter()
@@ -508,7 +515,7 @@ impl<'a> Follow<'a> {
         &self,
         open: &[usize],
         active: &[u64],
-    ) -> Result<Vec<(usize, String, String)>, String> {
+    ) -> Result<Vec<(usize, String, String)>, SlurmError> {
         let queue = cluster::queued(active)?;
         let mut ended = Vec::new();
         for &k in open {

@@ -19,12 +19,16 @@ pub fn code_identity() -> String {
     rtlab_core::provenance::code_identity("Slurm executor", env!("RTLAB_CODE_IDENTITY"))
 }
 
+use rtlab_core::OptionError;
+
 mod cluster;
 mod driver;
+mod error;
 mod worker;
 
 pub use driver::{run, ShardedBatch, SlurmRun};
-pub use worker::{worker_main, ShardRunner};
+pub use error::SlurmError;
+pub use worker::{worker_main, ShardError, ShardRunner};
 
 mod api;
 
@@ -121,23 +125,30 @@ impl SlurmOptions {
         key: &str,
         value: OptionValue,
         base_dir: &std::path::Path,
-    ) -> Result<(), String> {
+    ) -> Result<(), OptionError> {
         use OptionValue::{Int, Text, Texts};
-        let at_least = |v: i64, min: i64| -> Result<usize, String> {
+        let at_least = |v: i64, min: i64| -> Result<usize, OptionError> {
             if v < min {
-                Err(format!(
-                    "{function}: option `{key}` must be at least {min}, not {v}"
-                ))
+                Err(OptionError::TooSmall {
+                    function: function.to_string(),
+                    key: key.to_string(),
+                    min,
+                    value: v,
+                })
             } else {
                 Ok(v as usize)
             }
         };
+        let rule = |rule: String| OptionError::Rule {
+            function: function.to_string(),
+            rule,
+        };
         match (key, value) {
             ("partition" | "account", Text(v)) => {
                 if !is_slurm_name(&v) {
-                    return Err(format!(
-                        "{function}: `{key}` must be a Slurm name (letters, digits, _ - .), not {v:?}"
-                    ));
+                    return Err(rule(format!(
+                        "`{key}` must be a Slurm name (letters, digits, _ - .), not {v:?}"
+                    )));
                 }
                 if key == "partition" {
                     self.partition = Some(v);
@@ -147,9 +158,9 @@ impl SlurmOptions {
             }
             ("tasks", Int(t)) => {
                 if !(1..=MAX_TASKS).contains(&t) {
-                    return Err(format!(
-                        "{function}: `tasks` must be between 1 and {MAX_TASKS} (one array element per task), not {t}"
-                    ));
+                    return Err(rule(format!(
+                        "`tasks` must be between 1 and {MAX_TASKS} (one array element per task), not {t}"
+                    )));
                 }
                 self.tasks = Some(t as usize);
             }
@@ -162,9 +173,9 @@ impl SlurmOptions {
                     || !digits.chars().all(|c| c.is_ascii_digit())
                     || mem.len() - digits.len() > 1
                 {
-                    return Err(format!(
-                        "{function}: `mem` is memory per task as Slurm writes it (2G, 500M, 4096), not {mem:?}"
-                    ));
+                    return Err(rule(format!(
+                        "`mem` is memory per task as Slurm writes it (2G, 500M, 4096), not {mem:?}"
+                    )));
                 }
                 self.mem = Some(mem);
             }
@@ -175,17 +186,17 @@ impl SlurmOptions {
                         .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
                     || time.starts_with('-')
                 {
-                    return Err(format!(
-                        "{function}: `time` is a Slurm time limit (30, 1:30:00, 2-00), not {time:?}"
-                    ));
+                    return Err(rule(format!(
+                        "`time` is a Slurm time limit (30, 1:30:00, 2-00), not {time:?}"
+                    )));
                 }
                 self.time = Some(time);
             }
             ("extra", Texts(extra)) => {
                 if let Some(bad) = extra.iter().find(|e| !e.starts_with("--") || e.len() < 3) {
-                    return Err(format!(
-                        "{function}: each of `extra` is one sbatch option written `--name=value`, not {bad:?}"
-                    ));
+                    return Err(rule(format!(
+                        "each of `extra` is one sbatch option written `--name=value`, not {bad:?}"
+                    )));
                 }
                 self.extra = extra;
             }
@@ -193,15 +204,16 @@ impl SlurmOptions {
                 self.dir = Some(rtlab_core::workspace::resolve_against(base_dir, &d))
             }
             (key, value) if SLURM_KEYS.contains(&key) => {
-                return Err(format!("{function}: `{key}` cannot be {value:?}"))
+                return Err(rule(format!("`{key}` cannot be {value:?}")))
             }
             (key, _) => {
                 let mut valid = SLURM_KEYS.to_vec();
                 valid.sort_unstable();
-                return Err(format!(
-                    "{function}: unknown option `{key}`; valid options: {}",
-                    valid.join(", ")
-                ));
+                return Err(OptionError::UnknownKeys {
+                    function: function.to_string(),
+                    unknown: vec![key.to_string()],
+                    valid: valid.iter().map(|k| k.to_string()).collect(),
+                });
             }
         }
         Ok(())
@@ -209,24 +221,25 @@ impl SlurmOptions {
 
     /// From the shell's `--slurm tasks=64,partition=cpu,mem=2G`: the same keys as `slurm(#{...})`,
     /// checked the same way (`extra` may repeat). A relative `dir` resolves against `base_dir`.
-    pub fn from_spec(spec: &str, base_dir: &std::path::Path) -> Result<SlurmOptions, String> {
+    pub fn from_spec(spec: &str, base_dir: &std::path::Path) -> Result<SlurmOptions, OptionError> {
         let mut s = SlurmOptions::default();
         let mut extra = Vec::new();
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').ok_or_else(|| {
-                format!("--slurm: {pair:?} is not KEY=VALUE (for example tasks=64,partition=cpu)")
+            let (key, value) = pair.split_once('=').ok_or_else(|| OptionError::Rule {
+                function: "--slurm".into(),
+                rule: format!("{pair:?} is not KEY=VALUE (for example tasks=64,partition=cpu)"),
             })?;
-            let value =
-                if INT_KEYS.contains(&key) {
-                    OptionValue::Int(value.parse::<i64>().map_err(|_| {
-                        format!("--slurm: {key} must be a whole number, not {value:?}")
-                    })?)
-                } else if key == "extra" {
-                    extra.push(value.to_string());
-                    continue;
-                } else {
-                    OptionValue::Text(value.to_string())
-                };
+            let value = if INT_KEYS.contains(&key) {
+                OptionValue::Int(value.parse::<i64>().map_err(|_| OptionError::Rule {
+                    function: "--slurm".into(),
+                    rule: format!("{key} must be a whole number, not {value:?}"),
+                })?)
+            } else if key == "extra" {
+                extra.push(value.to_string());
+                continue;
+            } else {
+                OptionValue::Text(value.to_string())
+            };
             s.set("--slurm", key, value, base_dir)?;
         }
         if !extra.is_empty() {

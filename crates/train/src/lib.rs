@@ -494,7 +494,9 @@ fn write_training_sketch(req: &TrainRequest) -> Result<(), TrainError> {
         rtlab_data::hygiene::DEFAULT_N,
     );
     if let Some(start) = req.task.start_adapter() {
-        if let Some(before) = rtlab_data::hygiene::read_training_sketch(start).map_err(bad)? {
+        if let Some(before) =
+            rtlab_data::hygiene::read_training_sketch(start).map_err(|e| bad(e.to_string()))?
+        {
             sketch = sketch.merge(&before);
         }
     }

@@ -3,8 +3,10 @@
 
 use super::batch::{verify_all, Job};
 use super::{is_module_name, mutate, verify, Report, VerifyOptions, VERIFY_KEYS};
+use crate::VerifyError;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Map};
+use rtlab_core::OptionError;
 use rtlab_data::Frame;
 
 /// From a Rhai options map; `extra` are keys the caller reads itself (`code` for `df.verify`).
@@ -13,16 +15,16 @@ pub(crate) fn verify_options(
     function: &'static str,
     map: &Map,
     extra: &[&str],
-) -> Result<VerifyOptions, String> {
+) -> Result<VerifyOptions, OptionError> {
     let valid: Vec<&str> = VERIFY_KEYS.iter().chain(extra).copied().collect();
     let opts = rtlab_core::options::Options::new(function, map, &valid)?;
     let top = opts.string("top")?;
     // The top is passed to the tools as an argument: only a module name, never a flag.
     if let Some(t) = &top {
         if !is_module_name(t) {
-            return Err(format!(
-                "{function}: option `top` must be a module name (a Verilog identifier), not {t:?}"
-            ));
+            return Err(opts.rule(format!(
+                "option `top` must be a module name (a Verilog identifier), not {t:?}"
+            )));
         }
     }
     let mut o = VerifyOptions {
@@ -32,10 +34,10 @@ pub(crate) fn verify_options(
         spec: opts.string("spec")?,
         ..VerifyOptions::default()
     };
-    o.read_timeouts(function, &opts)?;
-    o.read_simulation(function, &opts)?;
-    o.read_stages(function, &opts)?;
-    o.read_weights(function, &opts)?;
+    o.read_timeouts(&opts)?;
+    o.read_simulation(&opts)?;
+    o.read_stages(&opts)?;
+    o.read_weights(&opts)?;
     Ok(o)
 }
 
@@ -68,13 +70,13 @@ pub const RESULT_COLUMNS: &[&str] = &[
 ];
 
 /// Verifies one design after checking the chosen stages' tools.
-fn verify_one(code: &str, opts: &VerifyOptions) -> Result<Map, String> {
+fn verify_one(code: &str, opts: &VerifyOptions) -> Result<Map, VerifyError> {
     opts.check_tools(opts.testbench.is_some() || opts.reference.is_some())?;
     Ok(report_map(&verify(code, opts)))
 }
 
 /// Per-row values of an option: a column if the frame has one by that name, else the literal for all.
-fn per_row(frame: &Frame, value: Option<&str>) -> Result<Vec<Option<String>>, String> {
+fn per_row(frame: &Frame, value: Option<&str>) -> Result<Vec<Option<String>>, VerifyError> {
     let n = frame.df.height();
     match value {
         None => Ok(vec![None; n]),
@@ -85,7 +87,7 @@ fn per_row(frame: &Frame, value: Option<&str>) -> Result<Vec<Option<String>>, St
                 .iter()
                 .any(|c| c.as_str() == s.split('.').next().unwrap_or(s))
             {
-                rtlab_data::string_values(frame, s).map_err(|e| format!("verify: {e}"))
+                Ok(rtlab_data::string_values(frame, s)?)
             } else {
                 Ok(vec![Some(s.to_string()); n])
             }
@@ -110,8 +112,8 @@ pub fn verify_rows(
     inputs: &FrameInputs,
     opts: &VerifyOptions,
     executor: &rtlab_slurm::Executor,
-) -> Result<Frame, String> {
-    let code = rtlab_data::string_values(frame, inputs.code).map_err(|e| format!("verify: {e}"))?;
+) -> Result<Frame, VerifyError> {
+    let code = rtlab_data::string_values(frame, inputs.code)?;
     let tbs = per_row(frame, inputs.testbench)?;
     let refs = per_row(frame, inputs.reference)?;
     let tops = per_row(frame, inputs.top)?;
@@ -120,9 +122,11 @@ pub fn verify_rows(
             .filter(|t| !crate::is_module_name(t))
             .map(|t| (i, t))
     }) {
-        return Err(format!(
-            "df.verify: row {row}: `top` must be a module name (a Verilog identifier), not {t:?}"
-        ));
+        return Err(VerifyError::BadRow {
+            function: "df.verify".into(),
+            row,
+            problem: format!("`top` must be a module name (a Verilog identifier), not {t:?}"),
+        });
     }
     let jobs: Vec<Job> = (0..code.len())
         .map(|i| Job {
@@ -140,7 +144,7 @@ pub fn verify_rows(
         eprintln!("{warning}");
     }
     if rtlab_core::cancel_requested() {
-        return Err("cancelled by Ctrl-C (finished rows are cached; rerun to continue)".into());
+        return Err(VerifyError::Cancelled);
     }
     warn_skipped(&reports);
     eprintln!(
@@ -163,16 +167,16 @@ pub fn verify_rows(
         })
         .collect();
     let results =
-        rtlab_data::from_records(&records, "verify results").map_err(|e| e.to_string())?;
+        rtlab_data::from_records(&records, "verify results").map_err(VerifyError::Results)?;
     let mut df = frame.df.clone();
     for c in RESULT_COLUMNS {
         if df.get_column_names().iter().any(|n| n.as_str() == *c) {
-            df = df.drop(c).map_err(|e| format!("verify: {e}"))?;
+            df = df.drop(c).map_err(rtlab_data::DataError::from)?;
         }
     }
     let out = df
         .hstack(results.df.columns())
-        .map_err(|e| format!("verify: {e}"))?;
+        .map_err(rtlab_data::DataError::from)?;
     Ok(Frame::new(out))
 }
 
@@ -197,6 +201,13 @@ fn warn_skipped(reports: &[super::Report]) {
         reports.len(),
         parts.join("; ")
     );
+}
+
+/// A script sees a verifier error as a runtime error with the error's message.
+impl From<VerifyError> for Box<EvalAltResult> {
+    fn from(e: VerifyError) -> Self {
+        e.to_string().into()
+    }
 }
 
 pub fn register(module: &mut Module) {
@@ -274,16 +285,21 @@ mod verify_functions {
             &options,
             &[crate::VERIFY_KEYS, &["code", "executor"]].concat(),
         )?)?;
-        let text = |key: &str| -> Result<Option<String>, String> {
+        let rule = |rule: String| OptionError::Rule {
+            function: "df.verify".into(),
+            rule,
+        };
+        let text = |key: &str| -> Result<Option<String>, OptionError> {
             match options.get(key).filter(|v| !v.is_unit()) {
                 None => Ok(None),
                 Some(v) if v.is_string() => Ok(Some(v.to_string())),
-                Some(v) => Err(format!(
-                    "df.verify: option `{key}` must name a column or give a value (a string), not {v}"
-                )),
+                Some(v) => Err(rule(format!(
+                    "option `{key}` must name a column or give a value (a string), not {v}"
+                ))),
             }
         };
-        let code = text("code")?.ok_or("df.verify: pass #{code: \"<column with the Verilog>\"}")?;
+        let code = text("code")?
+            .ok_or_else(|| rule("pass #{code: \"<column with the Verilog>\"}".into()))?;
         let (testbench, reference, top) = (text("testbench")?, text("reference")?, text("top")?);
         let inputs = FrameInputs {
             code: &code,

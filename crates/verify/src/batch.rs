@@ -4,6 +4,7 @@
 //! finish: an interrupted batch keeps what it did.
 
 use super::{tool_versions, verify, Report, VerifyOptions};
+use crate::VerifyError;
 use rtlab_core::store::{Store, StoredVerdict};
 use rtlab_slurm::Executor;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,7 +143,7 @@ pub fn verify_all(
     opts: &VerifyOptions,
     store: Option<&Store>,
     executor: &Executor,
-) -> Result<(Vec<Report>, BatchStats), String> {
+) -> Result<(Vec<Report>, BatchStats), VerifyError> {
     let simulates = opts.testbench.is_some()
         || opts.reference.is_some()
         || jobs
@@ -253,7 +254,7 @@ fn verify_checked(
     opts: &VerifyOptions,
     store: Option<&Store>,
     executor: &Executor,
-) -> Result<(Vec<Report>, BatchStats), String> {
+) -> Result<(Vec<Report>, BatchStats), VerifyError> {
     let keys: Vec<String> = jobs.iter().map(|j| cache_key(j, opts)).collect();
     let mut sink = Sink {
         store,
@@ -408,13 +409,13 @@ fn run_on_slurm(
     opts: &VerifyOptions,
     slurm: &rtlab_slurm::SlurmOptions,
     sink: &mut Sink,
-) -> Result<rtlab_slurm::SlurmRun, String> {
+) -> Result<rtlab_slurm::SlurmRun, VerifyError> {
     let mut rows_of: std::collections::HashMap<&str, Vec<usize>> = Default::default();
     let mut items = Vec::new();
     for &i in todo {
         let rows = rows_of.entry(keys[i].as_str()).or_default();
         if rows.is_empty() {
-            let job = serde_json::to_value(&jobs[i]).map_err(|e| e.to_string())?;
+            let job = serde_json::to_value(&jobs[i])?;
             items.push((keys[i].clone(), job));
         }
         rows.push(i);
@@ -425,12 +426,12 @@ fn run_on_slurm(
     };
     let batch = rtlab_slurm::ShardedBatch {
         kind: "verify",
-        context: serde_json::to_value(&context).map_err(|e| e.to_string())?,
+        context: serde_json::to_value(&context)?,
         items,
         batch_key: batch_key(keys),
         workspace: ws.dir(),
     };
-    let mut bad: Option<String> = None;
+    let mut bad: Option<VerifyError> = None;
     let run = rtlab_slurm::run(&batch, slurm, &mut |part| {
         for (key, value) in part {
             let Some(rows) = rows_of.get(key.as_str()) else {
@@ -445,14 +446,17 @@ fn run_on_slurm(
                     }
                 }
                 Err(e) => {
-                    bad.get_or_insert(format!("a worker's verdict for {key} is not a report: {e}"));
+                    bad.get_or_insert(VerifyError::BadVerdict {
+                        key: key.clone(),
+                        message: e.to_string(),
+                    });
                 }
             }
         }
         sink.flush();
     })?;
     match bad {
-        Some(e) => Err(format!("slurm: {e}")),
+        Some(e) => Err(e),
         None => Ok(run),
     }
 }
@@ -462,21 +466,21 @@ pub fn run_shard(
     context: &serde_json::Value,
     items: Vec<serde_json::Value>,
     cpus: usize,
-) -> Result<Vec<serde_json::Value>, String> {
+) -> Result<Vec<serde_json::Value>, VerifyError> {
     let context: ShardContext = serde_json::from_value(context.clone())
-        .map_err(|e| format!("rtlab worker: the job's verify options do not parse: {e}"))?;
+        .map_err(|e| VerifyError::Worker(format!("the job's verify options do not parse: {e}")))?;
     let here = driver_tool_versions();
     if here != context.tool_versions {
-        return Err(format!(
-            "rtlab worker: this node's tools differ from the driver's: here {here:?}, the driver {:?}; install the same versions on every node (a verdict is cached under the tool versions)",
+        return Err(VerifyError::Worker(format!(
+            "this node's tools differ from the driver's: here {here:?}, the driver {:?}; install the same versions on every node (a verdict is cached under the tool versions)",
             context.tool_versions
-        ));
+        )));
     }
     let jobs: Vec<Job> = items
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("rtlab worker: a shard item is not a verify job: {e}"))?;
+        .map_err(|e| VerifyError::Worker(format!("a shard item is not a verify job: {e}")))?;
     let todo: Vec<usize> = (0..jobs.len()).collect();
     let mut results: Vec<Option<Report>> = vec![None; jobs.len()];
     run_local(&jobs, &todo, &context.options, cpus.max(1), &mut |i, r| {
@@ -485,8 +489,9 @@ pub fn run_shard(
     results
         .into_iter()
         .map(|r| {
-            let r = r.ok_or("rtlab worker: cancelled before every job ran")?;
-            serde_json::to_value(&r).map_err(|e| e.to_string())
+            let r =
+                r.ok_or_else(|| VerifyError::Worker("cancelled before every job ran".into()))?;
+            Ok(serde_json::to_value(&r)?)
         })
         .collect()
 }

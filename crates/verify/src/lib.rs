@@ -15,6 +15,7 @@ pub fn code_identity() -> String {
 mod api;
 pub mod batch;
 mod difftb;
+mod error;
 pub mod mutate;
 pub mod process;
 pub mod sandbox;
@@ -23,8 +24,10 @@ mod verilator_ports;
 mod yosys;
 
 pub use api::{verify_rows, FrameInputs};
+pub use error::{Refusal, VerifyError};
 pub use stages::verify;
 
+use rtlab_core::OptionError;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -224,8 +227,8 @@ impl VerifyOptions {
     }
 
     /// `timeout_ms`, `synth_timeout_ms` and the per-stage `timeouts` map, in milliseconds.
-    fn read_timeouts(&mut self, function: &str, opts: &rtlab_core::Options) -> Result<(), String> {
-        let ms = |key: &str| -> Result<Option<u64>, String> {
+    fn read_timeouts(&mut self, opts: &rtlab_core::Options) -> Result<(), OptionError> {
+        let ms = |key: &str| -> Result<Option<u64>, OptionError> {
             Ok(opts.int_at_least(key, 1)?.map(|v| v as u64))
         };
         if let Some(t) = ms("timeout_ms")? {
@@ -239,9 +242,9 @@ impl VerifyOptions {
             &["syntax", "synth", "lint", "sim", "synth_full"],
         )? {
             if t < 1.0 || t.fract() != 0.0 {
-                return Err(format!(
-                    "{function}: `timeouts.{stage}` must be a whole number of milliseconds of at least 1, not {t}"
-                ));
+                return Err(opts.rule(format!(
+                    "`timeouts.{stage}` must be a whole number of milliseconds of at least 1, not {t}"
+                )));
             }
             let slot = match stage.as_str() {
                 "syntax" => &mut self.timeouts.syntax,
@@ -256,20 +259,16 @@ impl VerifyOptions {
     }
 
     /// `simulator`, `diff_cycles` and `seed` (of the differential testbench).
-    fn read_simulation(
-        &mut self,
-        function: &str,
-        opts: &rtlab_core::Options,
-    ) -> Result<(), String> {
+    fn read_simulation(&mut self, opts: &rtlab_core::Options) -> Result<(), OptionError> {
         if let Some(sim) = opts.string("simulator")? {
             self.simulator = match sim.as_str() {
                 "iverilog" => Simulator::Iverilog,
                 "verilator" => Simulator::Verilator,
                 "auto" => Simulator::Auto,
                 other => {
-                    return Err(format!(
-                    "{function}: simulator {other:?}: use \"iverilog\", \"verilator\" or \"auto\""
-                ))
+                    return Err(opts.rule(format!(
+                        "simulator {other:?}: use \"iverilog\", \"verilator\" or \"auto\""
+                    )))
                 }
             };
         }
@@ -278,32 +277,32 @@ impl VerifyOptions {
         }
         if let Some(seed) = opts.int("seed")? {
             self.seed = u32::try_from(seed).map_err(|_| {
-                format!(
-                    "{function}: option `seed` must be between 0 and {}, not {seed}",
+                opts.rule(format!(
+                    "option `seed` must be between 0 and {}, not {seed}",
                     u32::MAX
-                )
+                ))
             })?;
         }
         Ok(())
     }
 
     /// `stages`: known names only, and always `syntax`.
-    fn read_stages(&mut self, function: &str, opts: &rtlab_core::Options) -> Result<(), String> {
+    fn read_stages(&mut self, opts: &rtlab_core::Options) -> Result<(), OptionError> {
         if let Some(names) = opts.strings("stages")? {
             let mut stages = Vec::new();
             for s in &names {
                 let Some(stage) = Stage::parse(s) else {
                     let all: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
-                    return Err(format!(
-                        "{function}: unknown stage {s:?}; stages are {}",
+                    return Err(opts.rule(format!(
+                        "unknown stage {s:?}; stages are {}",
                         all.join(", ")
-                    ));
+                    )));
                 };
                 stages.push(stage);
             }
             if !stages.contains(&Stage::Syntax) {
-                return Err(format!(
-                    "{function}: `stages` must include \"syntax\": every other stage needs a design that compiles"
+                return Err(opts.rule(
+                    "`stages` must include \"syntax\": every other stage needs a design that compiles",
                 ));
             }
             self.stages = stages;
@@ -312,14 +311,14 @@ impl VerifyOptions {
     }
 
     /// `weights` of the score, each at least 0.
-    fn read_weights(&mut self, function: &str, opts: &rtlab_core::Options) -> Result<(), String> {
+    fn read_weights(&mut self, opts: &rtlab_core::Options) -> Result<(), OptionError> {
         for (name, x) in
             opts.numbers("weights", &["syntax", "synth", "io", "lint", "functional"])?
         {
             if x < 0.0 || !x.is_finite() {
-                return Err(format!(
-                    "{function}: `weights.{name}` must be a number of at least 0, not {x}"
-                ));
+                return Err(opts.rule(format!(
+                    "`weights.{name}` must be a number of at least 0, not {x}"
+                )));
             }
             match name.as_str() {
                 "syntax" => self.weights.syntax = x,
@@ -368,7 +367,7 @@ impl VerifyOptions {
     /// Refuses to start when a chosen stage's tool is missing: a stage that cannot run is never dropped
     /// from the score in silence. The error names the tool, the install command and the way to
     /// leave the stage out on purpose.
-    pub fn check_tools(&self, simulates: bool) -> Result<(), String> {
+    pub fn check_tools(&self, simulates: bool) -> Result<(), VerifyError> {
         let mut missing: Vec<(&Tool, Stage)> = Vec::new();
         for (tool, stage) in self.needed_tools(simulates) {
             if tool_versions()
@@ -390,16 +389,12 @@ impl VerifyOptions {
             .filter(|s| !missing.iter().any(|(_, m)| m == *s))
             .map(|s| s.name())
             .collect();
-        Err(format!(
-            "verify: the {stage} stage needs {}, which is not installed (run `rtlab doctor`); install it with `sudo {}`, or leave the stage out on purpose with stages: [{}]",
-            tool.program,
-            tool.install,
-            without
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+        Err(VerifyError::ToolMissing {
+            stage: stage.to_string(),
+            program: tool.program.to_string(),
+            install: tool.install.to_string(),
+            without: without.iter().map(|s| s.to_string()).collect(),
+        })
     }
 }
 

@@ -2,6 +2,8 @@
 //! are refused with a reason. `$system` runs a shell; `$fopen`, `$readmem*`, `$writemem*`, `$dumpfile`
 //! and `` `include `` may only name plain files inside the scratch directory.
 
+use crate::Refusal;
+
 /// Tasks that take a file name as their first argument.
 const FILE_TASKS: &[&str] = &[
     "$fopen",
@@ -80,15 +82,20 @@ fn first_literal_argument(text: &str, at: usize) -> Option<String> {
 }
 
 /// Ok, or why the code is refused. `what` names the file in the message ("design", "testbench").
-pub fn screen(code: &str, what: &str) -> Result<(), String> {
+pub fn screen(code: &str, what: &str) -> Result<(), Refusal> {
+    let refuse = |pos_line: usize, reason: String| Refusal {
+        what: what.to_string(),
+        line: Some(pos_line),
+        reason,
+    };
     let text = strip_comments(code);
     let line_of = |pos: usize| text[..pos].matches('\n').count() + 1;
     for (pos, _) in text.match_indices("$system") {
         let next = text[pos + 7..].chars().next();
         if !next.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            return Err(format!(
-                "{what} line {}: `$system` runs a shell command; refused",
-                line_of(pos)
+            return Err(refuse(
+                line_of(pos),
+                "`$system` runs a shell command; refused".into(),
             ));
         }
     }
@@ -105,12 +112,12 @@ pub fn screen(code: &str, what: &str) -> Result<(), String> {
             match first_literal_argument(&text, after) {
                 Some(name) if is_local_name(&name) => {}
                 Some(name) => {
-                    return Err(format!("{what} line {}: `{task}(\"{name}\")` reaches outside the scratch directory; refused", line_of(pos)))
+                    return Err(refuse(line_of(pos), format!("`{task}(\"{name}\")` reaches outside the scratch directory; refused")))
                 }
                 None => {
-                    return Err(format!(
-                        "{what} line {}: `{task}` with a computed file name cannot be checked; pass a plain file name literal",
-                        line_of(pos)
+                    return Err(refuse(
+                        line_of(pos),
+                        format!("`{task}` with a computed file name cannot be checked; pass a plain file name literal"),
                     ))
                 }
             }
@@ -123,7 +130,10 @@ pub fn screen(code: &str, what: &str) -> Result<(), String> {
             .and_then(|r| r.split('"').next())
             .unwrap_or("");
         if !is_local_name(name) {
-            return Err(format!("{what} line {}: `include \"{name}\"` reaches outside the scratch directory; refused", line_of(pos)));
+            return Err(refuse(
+                line_of(pos),
+                format!("`include \"{name}\"` reaches outside the scratch directory; refused"),
+            ));
         }
     }
     Ok(())
@@ -140,7 +150,11 @@ mod tests {
             "design",
         )
         .unwrap_err();
-        assert_eq!(e, "design line 2: `$system` runs a shell command; refused");
+        assert_eq!(
+            e.to_string(),
+            "design line 2: `$system` runs a shell command; refused"
+        );
+        assert_eq!((e.what.as_str(), e.line), ("design", Some(2)));
     }
 
     #[test]
@@ -149,10 +163,12 @@ mod tests {
         assert!(screen("initial $dumpfile(\"wave.vcd\");", "d").is_ok());
         assert!(screen("initial $readmemh(\"/etc/passwd\", mem);", "d")
             .unwrap_err()
+            .to_string()
             .contains("outside the scratch directory"));
         assert!(screen("initial f = $fopen(\"../../x\", \"w\");", "d").is_err());
         assert!(screen("initial f = $fopen(name, \"w\");", "d")
             .unwrap_err()
+            .to_string()
             .contains("computed file name"));
         assert!(screen("`include \"/etc/shadow\"", "d").is_err());
     }

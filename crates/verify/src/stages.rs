@@ -6,6 +6,7 @@ use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
     SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
+use crate::{Refusal, VerifyError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -197,7 +198,7 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
     let scratch = match prepare_scratch(code, opts) {
         Ok(scratch) => scratch,
         Err(why) => {
-            r.errors.push(why);
+            r.errors.push(why.to_string());
             r.sim_status = SimStatus::Error;
             return finish(r, opts);
         }
@@ -208,19 +209,19 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
 
 /// Screens the untrusted texts and writes the design into a fresh scratch directory (removed when
 /// the returned handle drops).
-fn prepare_scratch(code: &str, opts: &VerifyOptions) -> Result<tempfile::TempDir, String> {
+fn prepare_scratch(code: &str, opts: &VerifyOptions) -> Result<tempfile::TempDir, VerifyError> {
     screen_inputs(code, opts)?;
     let scratch = tempfile::Builder::new()
         .prefix("rtlab-verify-")
         .tempdir()
-        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+        .map_err(|e| VerifyError::io("create a scratch directory", e))?;
     let dir = scratch.path();
     // Yosys reads a copy where the `always_comb` keyword is `always @*`: Yosys rejects some
     // always_comb blocks that simulators and synthesis tools accept (`default: next = 'x;` "infers a
     // latch").
     std::fs::write(dir.join("design.sv"), code)
         .and_then(|_| std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code)))
-        .map_err(|e| format!("cannot write the design: {e}"))?;
+        .map_err(|e| VerifyError::io("write the design", e))?;
     screen_expanded(code, opts, dir)?;
     Ok(scratch)
 }
@@ -299,18 +300,18 @@ fn untrusted<'a>(
 }
 
 /// Untrusted text is screened before any tool sees it.
-fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), String> {
-    untrusted(code, opts).try_for_each(|(what, text)| sandbox::screen(text, what))
+fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), VerifyError> {
+    untrusted(code, opts).try_for_each(|(what, text)| Ok(sandbox::screen(text, what)?))
 }
 
 /// Screens the text that macros expand to: `` `define SYS(x) $sys``x `` builds `$system` out of
 /// pieces the plain screen cannot see. Each input that defines a macro is run through iverilog's
 /// preprocessor (`-E`, which runs nothing) and the expansion is screened again.
-fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), String> {
+fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), VerifyError> {
     for (what, text) in untrusted(code, opts).filter(|(_, t)| t.contains("`define")) {
         let input = format!("pp_{what}.sv");
         std::fs::write(dir.join(&input), text)
-            .map_err(|e| format!("cannot write the {what}: {e}"))?;
+            .map_err(|e| VerifyError::io(format!("write the {what}"), e))?;
         let output = format!("pp_{what}.out");
         let o = run_tool(
             "iverilog",
@@ -318,11 +319,13 @@ fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), S
             dir,
             limits(opts.timeouts.syntax),
         );
-        let expanded = std::fs::read_to_string(dir.join(&output)).map_err(|_| {
-            format!(
-                "{what}: its macros could not be expanded to be checked ({}); refused",
+        let expanded = std::fs::read_to_string(dir.join(&output)).map_err(|_| Refusal {
+            what: what.to_string(),
+            line: None,
+            reason: format!(
+                "its macros could not be expanded to be checked ({}); refused",
                 lines_matching(&o.output, &["error"]).join("; ")
-            )
+            ),
         })?;
         sandbox::screen(&expanded, &format!("{what} (macros expanded)"))?;
     }
@@ -424,7 +427,7 @@ fn synth_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) -> Option<yosys
     let parsed = if o.ok() {
         std::fs::read_to_string(dir.join("design.json"))
             .map_err(|e| e.to_string())
-            .and_then(|j| yosys::analyze(&j))
+            .and_then(|j| yosys::analyze(&j).map_err(|e| e.to_string()))
     } else {
         Err(String::new())
     };
@@ -546,7 +549,7 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
         Ok(files) => files,
         Err(e) => {
             r.sim_status = SimStatus::Error;
-            r.errors.push(e);
+            r.errors.push(e.to_string());
             return;
         }
     };
@@ -560,8 +563,8 @@ fn simulate(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top: O
     read_verdict(r, &o, opts);
 }
 
-fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), String> {
-    std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), VerifyError> {
+    std::fs::write(dir.join(name), text).map_err(|e| VerifyError::io(format!("write {name}"), e))
 }
 
 /// Writes what the simulator compiles besides `design.sv`, and returns every file, design first.
@@ -571,7 +574,7 @@ fn write_sim_files(
     opts: &VerifyOptions,
     dir: &Path,
     top: Option<&str>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, VerifyError> {
     let mut files = vec!["design.sv".to_string()];
     match (&opts.testbench, &opts.reference) {
         (Some(tb), reference) => {
@@ -601,7 +604,7 @@ fn write_differential(
     opts: &VerifyOptions,
     dir: &Path,
     top: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), VerifyError> {
     let ref_net = reference_ports(r, reference, dir, limits(opts.timeouts.sim))?;
     let dut_code = design_as_top_module(code, top)?;
     let ref_code = rename_module(reference, &ref_net.top, "RefModule");
@@ -617,7 +620,7 @@ fn reference_ports(
     reference: &str,
     dir: &Path,
     quick: Limits,
-) -> Result<yosys::Netlist, String> {
+) -> Result<yosys::Netlist, VerifyError> {
     write_file(dir, "ref_orig.sv", &yosys_friendly(reference))?;
     // Ports only: no flatten or checks, so little the reference does inside can stop us.
     let script = "read_verilog -sv ref_orig.sv; hierarchy -auto-top; proc; write_json ref.json";
@@ -628,8 +631,12 @@ fn reference_ports(
     // Yosys 0.2x rejects some SystemVerilog (enum casts) that Verilator reads.
     let yosys_error = lines_matching(&o.output, &["error"]).join("; ");
     write_file(dir, "ref_ports.sv", reference)?;
-    let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick)
-        .map_err(|e| format!("the reference does not elaborate in Yosys ({yosys_error}); {e}"))?;
+    let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick).map_err(|e| {
+        VerifyError::ReferenceUnreadable {
+            yosys: yosys_error.clone(),
+            verilator: Some(Box::new(e)),
+        }
+    })?;
     r.warnings.push(format!(
         "Yosys cannot read the reference ({yosys_error}); its ports were read with Verilator"
     ));
@@ -847,7 +854,7 @@ fn write_miter_inputs(
     opts: &VerifyOptions,
     dir: &Path,
     top: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), VerifyError> {
     let quick = limits(opts.timeouts.synth);
     write_file(dir, "eq_ref_orig.sv", &yosys_friendly(reference))?;
     let o = run_tool(
@@ -861,10 +868,10 @@ fn write_miter_inputs(
         quick,
     );
     let json = std::fs::read_to_string(dir.join("eq_ref.json")).map_err(|_| {
-        format!(
-            "the reference does not elaborate in Yosys: {}",
-            lines_matching(&o.output, &["error"]).join("; ")
-        )
+        VerifyError::ReferenceUnreadable {
+            yosys: lines_matching(&o.output, &["error"]).join("; "),
+            verilator: None,
+        }
     })?;
     let ref_top = yosys::analyze(&json)?.top;
     let dut = design_as_top_module(&yosys_friendly(code), top)?;
@@ -878,8 +885,8 @@ fn write_miter_inputs(
 
 /// The design with its top module named `TopModule`, as the differential testbench and the
 /// equivalence miter instantiate it.
-fn design_as_top_module(code: &str, top: Option<&str>) -> Result<String, String> {
-    let top = top.ok_or("cannot tell the design's top module; pass top")?;
+fn design_as_top_module(code: &str, top: Option<&str>) -> Result<String, VerifyError> {
+    let top = top.ok_or(VerifyError::NoTop)?;
     Ok(if top == "TopModule" {
         code.to_string()
     } else {

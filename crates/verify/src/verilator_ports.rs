@@ -4,12 +4,13 @@
 
 use super::process::{run_tool, Limits};
 use super::yosys::Port;
+use crate::VerifyError;
 use quick_xml::events::Event;
 use std::collections::HashMap;
 use std::path::Path;
 
 /// The top module's name and ports, in declaration order, from Verilator's XML of `file` in `dir`.
-pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>), String> {
+pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>), VerifyError> {
     let o = run_tool(
         "verilator",
         &[
@@ -27,7 +28,7 @@ pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>
         limits,
     );
     let xml = std::fs::read_to_string(dir.join("ports.xml")).map_err(|_| {
-        format!(
+        VerifyError::ToolOutput(format!(
             "Verilator cannot read it either: {}",
             o.output
                 .lines()
@@ -35,7 +36,7 @@ pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>
                 .take(3)
                 .collect::<Vec<_>>()
                 .join("; ")
-        )
+        ))
     })?;
     parse(&xml)
 }
@@ -45,32 +46,36 @@ pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>
 type XmlModule = (String, bool, Vec<(String, String, String)>);
 
 /// The first `topModule` (else the first module) of Verilator's XML, with its ports.
-fn parse(xml: &str) -> Result<(String, Vec<Port>), String> {
+fn parse(xml: &str) -> Result<(String, Vec<Port>), VerifyError> {
     let (modules, widths) = read_xml(xml)?;
     let module = modules
         .iter()
         .find(|m| m.1)
         .or(modules.first())
-        .ok_or("Verilator's XML names no module")?;
+        .ok_or_else(|| VerifyError::ToolOutput("Verilator's XML names no module".into()))?;
     let ports = module
         .2
         .iter()
         .map(|(name, dir, dtype)| {
-            let width = *widths.get(dtype).ok_or_else(|| {
-                format!("port {name} has a type the differential testbench cannot drive")
+            let width = *widths.get(dtype).ok_or_else(|| VerifyError::Port {
+                port: name.clone(),
+                problem: "has a type the differential testbench cannot drive".into(),
             })?;
             match dir.as_str() {
                 "input" => Ok(Port { name: name.clone(), input: true, width }),
                 "output" => Ok(Port { name: name.clone(), input: false, width }),
-                other => Err(format!("port {name} is {other}: the differential testbench drives inputs and reads outputs only")),
+                other => Err(VerifyError::Port {
+                    port: name.clone(),
+                    problem: format!("is {other}: the differential testbench drives inputs and reads outputs only"),
+                }),
             }
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, VerifyError>>()?;
     Ok((module.0.clone(), ports))
 }
 
 /// The modules of Verilator's XML with their ports, and the width of every basic dtype by id.
-fn read_xml(xml: &str) -> Result<(Vec<XmlModule>, HashMap<String, usize>), String> {
+fn read_xml(xml: &str) -> Result<(Vec<XmlModule>, HashMap<String, usize>), VerifyError> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut modules: Vec<XmlModule> = Vec::new();
     // dtype id → width.
@@ -80,7 +85,7 @@ fn read_xml(xml: &str) -> Result<(Vec<XmlModule>, HashMap<String, usize>), Strin
     loop {
         let event = reader
             .read_event()
-            .map_err(|e| format!("Verilator's XML: {e}"))?;
+            .map_err(|e| VerifyError::ToolOutput(format!("Verilator's XML: {e}")))?;
         let (start, empty) = match &event {
             Event::Start(e) => (Some(e.clone()), false),
             Event::Empty(e) => (Some(e.clone()), true),

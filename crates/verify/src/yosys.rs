@@ -4,6 +4,7 @@
 //! Reading the netlist in Rust, rather than grepping Yosys' log, makes the walk exact: backward from the
 //! output bits and the state elements through every cell (after `flatten` and `memory_collect`).
 
+use crate::VerifyError;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -39,13 +40,13 @@ fn bit_key(v: &Value) -> Option<i64> {
 }
 
 /// Reads Yosys' `write_json` output.
-pub fn analyze(json: &str) -> Result<Netlist, String> {
-    let root: Value =
-        serde_json::from_str(json).map_err(|e| format!("unreadable Yosys JSON: {e}"))?;
+pub fn analyze(json: &str) -> Result<Netlist, VerifyError> {
+    let root: Value = serde_json::from_str(json)
+        .map_err(|e| VerifyError::ToolOutput(format!("unreadable Yosys JSON: {e}")))?;
     let modules = root
         .get("modules")
         .and_then(Value::as_object)
-        .ok_or("Yosys JSON has no modules")?;
+        .ok_or_else(|| VerifyError::ToolOutput("Yosys JSON has no modules".into()))?;
     let (top, module) = modules
         .iter()
         .find(|(_, m)| {
@@ -54,7 +55,7 @@ pub fn analyze(json: &str) -> Result<Netlist, String> {
                 .is_some_and(|t| t.trim_start_matches('0') == "1")
         })
         .or_else(|| modules.iter().next())
-        .ok_or("Yosys JSON has no modules")?;
+        .ok_or_else(|| VerifyError::ToolOutput("Yosys JSON has no modules".into()))?;
     let (ports, port_bits) = read_ports(module);
     let graph = CellGraph::of(module);
     let undriven_outputs = undriven_outputs(&port_bits, &graph);
