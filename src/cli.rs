@@ -559,7 +559,7 @@ fn bench_model_options(args: &BenchArgs) -> rhai::Map {
 }
 
 /// `benchmark`'s options for `rtlab bench`: pass@k for k in 1, 5, 10, 20, 50, 100 up to n, and n.
-fn bench_options(args: &BenchArgs) -> Result<rhai::Map, String> {
+fn bench_options(args: &BenchArgs) -> Result<rhai::Map, rtlab_core::OptionError> {
     let n = args.n.max(1);
     let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100]
         .into_iter()
@@ -580,7 +580,7 @@ fn bench_options(args: &BenchArgs) -> Result<rhai::Map, String> {
     }
     if let Some(spec) = &args.slurm {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let slurm = rtlab_slurm::SlurmOptions::from_spec(spec, &cwd).map_err(|e| e.to_string())?;
+        let slurm = rtlab_slurm::SlurmOptions::from_spec(spec, &cwd)?;
         options.insert("executor".into(), rhai::Dynamic::from(slurm));
     }
     Ok(options)
@@ -695,19 +695,19 @@ fn export(
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let ws = rtlab_core::Workspace::new(&cwd, rtlab_core::OutputSink::new());
-    let written = rtlab_model::export_merged_gguf(&ws.base_dir(), base, adapter, out, quant)
-        .map_err(|e| e.to_string())
-        .and_then(|_| {
-            let file = out
-                .file_name()
-                .map(|f| format!("./{}", f.to_string_lossy()))
-                .unwrap_or_default();
-            let text = rtlab_model::modelfile(&file, None, system, None, &[])?;
-            let path = out.with_file_name("Modelfile");
-            rtlab_core::workspace::write_atomic(&path, text.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            Ok(path)
-        });
+    let written = (|| -> Result<PathBuf, rtlab_model::ModelError> {
+        rtlab_model::export_merged_gguf(&ws.base_dir(), base, adapter, out, quant)?;
+        let file = out
+            .file_name()
+            .map(|f| format!("./{}", f.to_string_lossy()))
+            .unwrap_or_default();
+        let text = rtlab_model::modelfile(&file, None, system, None, &[])?;
+        let path = out.with_file_name("Modelfile");
+        rtlab_core::workspace::write_atomic(&path, text.as_bytes()).map_err(|e| {
+            rtlab_model::ModelError::Input(format!("cannot write {}: {e}", path.display()))
+        })?;
+        Ok(path)
+    })();
     match written {
         Ok(modelfile) => {
             let name = name.map(str::to_string).unwrap_or_else(|| {
@@ -778,8 +778,8 @@ fn kernel(connection_file: Option<&Path>, action: Option<KernelCmd>) -> ExitCode
                 None => println!("no rtlab kernelspec there; nothing to remove"),
             })
         }
-        (Some(_), Some(_)) => Err("pass either -f CONNECTION_FILE (run the kernel) or install/uninstall, not both".to_string()),
-        (None, None) => Err("rtlab kernel: pass -f CONNECTION_FILE (what Jupyter does), or run `rtlab kernel install` once so Jupyter can start rtlab".to_string()),
+        (Some(_), Some(_)) => Err(crate::kernel::KernelError::Connection("pass either -f CONNECTION_FILE (run the kernel) or install/uninstall, not both".to_string())),
+        (None, None) => Err(crate::kernel::KernelError::Connection("rtlab kernel: pass -f CONNECTION_FILE (what Jupyter does), or run `rtlab kernel install` once so Jupyter can start rtlab".to_string())),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,23 +54,42 @@ type WireSender = tokio::sync::mpsc::UnboundedSender<ToWire>;
 /// runs reach that cell's output.
 type CurrentParent = Arc<Mutex<Option<JupyterMessage>>>;
 
+/// Why the kernel could not start, or its kernelspec could not be installed or removed. Once the
+/// kernel runs, a cell's error is a reply to the client, never one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The connection file Jupyter wrote is missing, unreadable or asks for what rtlab cannot do.
+    #[error("{0}")]
+    Connection(String),
+    /// The sockets could not be bound (a port in use) or their thread could not start.
+    #[error("{0}")]
+    Sockets(String),
+    /// Where kernelspecs go could not be found, or the kernelspec could not be written or removed.
+    #[error("{0}")]
+    Kernelspec(String),
+    /// The kernel's stderr could not be redirected to the client.
+    #[error("{0}")]
+    Stderr(#[from] std::io::Error),
+}
+
 /// Runs the kernel described by `connection_file` until a `shutdown_request`.
-pub fn run(connection_file: &Path) -> Result<(), String> {
+pub fn run(connection_file: &Path) -> Result<(), KernelError> {
     let shown = connection_file.display().to_string();
-    let text = std::fs::read_to_string(connection_file)
-        .map_err(|e| format!("cannot read the connection file {shown}: {e}"))?;
+    let text = std::fs::read_to_string(connection_file).map_err(|e| {
+        KernelError::Connection(format!("cannot read the connection file {shown}: {e}"))
+    })?;
     let info: ConnectionInfo = serde_json::from_str(&text).map_err(|e| {
-        format!("{shown} is not a Jupyter connection file (ip, transport, the five ports, key, signature_scheme): {e}")
+        KernelError::Connection(format!("{shown} is not a Jupyter connection file (ip, transport, the five ports, key, signature_scheme): {e}"))
     })?;
     if !info.key.is_empty() && info.signature_scheme != "hmac-sha256" {
-        return Err(format!(
+        return Err(KernelError::Connection(format!(
             "{shown}: signature_scheme {:?} is not supported; rtlab signs with hmac-sha256",
             info.signature_scheme
-        ));
+        )));
     }
     let (to_session, from_wire) = std::sync::mpsc::channel::<ToSession>();
     let (to_wire, from_session) = tokio::sync::mpsc::unbounded_channel::<ToWire>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), KernelError>>();
     let parent: CurrentParent = Arc::new(Mutex::new(None));
     std::thread::spawn(move || {
         let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +99,9 @@ pub fn run(connection_file: &Path) -> Result<(), String> {
         {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = ready_tx.send(Err(format!("cannot start the socket thread: {e}")));
+                let _ = ready_tx.send(Err(KernelError::Sockets(format!(
+                    "cannot start the socket thread: {e}"
+                ))));
                 return;
             }
         };
@@ -88,8 +109,8 @@ pub fn run(connection_file: &Path) -> Result<(), String> {
     });
     ready_rx
         .recv()
-        .map_err(|_| "the socket thread ended before binding".to_string())?
-        .map_err(|e| format!("{shown}: {e}"))?;
+        .map_err(|_| KernelError::Sockets("the socket thread ended before binding".to_string()))?
+        .map_err(|e| KernelError::Sockets(format!("{shown}: {e}")))?;
     // A SIGINT (a client in signal mode, a terminal) interrupts the cell, as a message does.
     crate::engine::install_ctrl_c_handler();
     let stderr_forwarding = forward_stderr(to_wire.clone(), parent.clone());
@@ -123,7 +144,7 @@ async fn serve(
     info: ConnectionInfo,
     to_session: std::sync::mpsc::Sender<ToSession>,
     mut from_session: tokio::sync::mpsc::UnboundedReceiver<ToWire>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<(), KernelError>>,
 ) {
     let session_id = uuid::Uuid::new_v4().to_string();
     let bound = async {
@@ -139,10 +160,10 @@ async fn serve(
     let (mut heartbeat, shell, mut control, _stdin, mut iopub) = match bound {
         Ok(sockets) => sockets,
         Err(e) => {
-            let _ = ready.send(Err(format!(
+            let _ = ready.send(Err(KernelError::Sockets(format!(
                 "cannot bind the kernel's sockets on {} (ports shell {}, iopub {}, stdin {}, control {}, heartbeat {}): {e}; is another kernel using them?",
                 info.ip, info.shell_port, info.iopub_port, info.stdin_port, info.control_port, info.hb_port
-            )));
+            ))));
             return;
         }
     };
@@ -644,18 +665,18 @@ fn media_of(value: &Dynamic) -> Media {
 /// Sends what the process writes on stderr (the stdlib's warnings and summaries) to the cell that
 /// is running, as its `stderr` stream, and still to the kernel's own stderr (Jupyter's log). Lines
 /// of long work's progress (`progress: ...`) update one display in place instead of piling up.
-fn forward_stderr(out: WireSender, parent: CurrentParent) -> Result<(), String> {
+fn forward_stderr(out: WireSender, parent: CurrentParent) -> Result<(), std::io::Error> {
     use std::io::{BufRead, Write};
     use std::os::fd::FromRawFd;
     let mut fds = [0; 2];
     // SAFETY: pipe fills two descriptors it opens; dup/dup2 only duplicate descriptors we own.
     let original = unsafe {
         if libc::pipe(fds.as_mut_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error().to_string());
+            return Err(std::io::Error::last_os_error());
         }
         let original = libc::dup(2);
         if original < 0 || libc::dup2(fds[1], 2) < 0 {
-            return Err(std::io::Error::last_os_error().to_string());
+            return Err(std::io::Error::last_os_error());
         }
         libc::close(fds[1]);
         original
@@ -721,10 +742,14 @@ pub enum InstallPlace {
 }
 
 /// The `kernels/` directory of a place.
-fn kernels_dir(place: &InstallPlace) -> Result<PathBuf, String> {
+fn kernels_dir(place: &InstallPlace) -> Result<PathBuf, KernelError> {
     Ok(match place {
         InstallPlace::User => jupyter_zmq_client::dirs::user_data_dir()
-            .map_err(|e| format!("cannot find the user's Jupyter data directory: {e}"))?
+            .map_err(|e| {
+                KernelError::Kernelspec(format!(
+                    "cannot find the user's Jupyter data directory: {e}"
+                ))
+            })?
             .join("kernels"),
         InstallPlace::Prefix(p) => std::path::absolute(p)
             .unwrap_or_else(|_| p.clone())
@@ -734,11 +759,15 @@ fn kernels_dir(place: &InstallPlace) -> Result<PathBuf, String> {
                 .args(["-c", "import sys; print(sys.prefix)"])
                 .output()
                 .map_err(|e| {
-                    format!("--sys-prefix asks python3 for its prefix, but it cannot run: {e}")
+                    KernelError::Kernelspec(format!(
+                        "--sys-prefix asks python3 for its prefix, but it cannot run: {e}"
+                    ))
                 })?;
             let prefix = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if !out.status.success() || prefix.is_empty() {
-                return Err("--sys-prefix: python3 did not print its sys.prefix".to_string());
+                return Err(KernelError::Kernelspec(
+                    "--sys-prefix: python3 did not print its sys.prefix".into(),
+                ));
             }
             PathBuf::from(prefix).join("share/jupyter/kernels")
         }
@@ -749,12 +778,17 @@ fn kernels_dir(place: &InstallPlace) -> Result<PathBuf, String> {
 const LOGO_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" rx="10" fill="#2d6a4f"/><path d="M14 46V18h12a8 8 0 0 1 0 16h-12M26 34l10 12M40 18v28h12" fill="none" stroke="#fff" stroke-width="5" stroke-linecap="round" stroke-linejoin="round"/></svg>"##;
 
 /// Writes the `rtlab` kernelspec (`kernel.json` and a logo) and returns its directory.
-pub fn install(place: &InstallPlace) -> Result<PathBuf, String> {
+pub fn install(place: &InstallPlace) -> Result<PathBuf, KernelError> {
     let exe = std::env::current_exe()
         .and_then(std::fs::canonicalize)
-        .map_err(|e| format!("cannot find rtlab's own path for the kernelspec: {e}"))?;
+        .map_err(|e| {
+            KernelError::Kernelspec(format!(
+                "cannot find rtlab's own path for the kernelspec: {e}"
+            ))
+        })?;
     let dir = kernels_dir(place)?.join("rtlab");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| KernelError::Kernelspec(format!("cannot create {}: {e}", dir.display())))?;
     let spec = serde_json::json!({
         "argv": [exe.display().to_string(), "kernel", "-f", "{connection_file}"],
         "display_name": "rtlab (Rhai)",
@@ -763,8 +797,9 @@ pub fn install(place: &InstallPlace) -> Result<PathBuf, String> {
         "metadata": {"debugger": false},
     });
     let write = |name: &str, text: &str| {
-        rtlab_core::workspace::write_atomic(&dir.join(name), text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
+        rtlab_core::workspace::write_atomic(&dir.join(name), text.as_bytes()).map_err(|e| {
+            KernelError::Kernelspec(format!("cannot write {}: {e}", dir.join(name).display()))
+        })
     };
     write(
         "kernel.json",
@@ -775,11 +810,12 @@ pub fn install(place: &InstallPlace) -> Result<PathBuf, String> {
 }
 
 /// Removes the `rtlab` kernelspec from a place; returns the directory removed, or None if absent.
-pub fn uninstall(place: &InstallPlace) -> Result<Option<PathBuf>, String> {
+pub fn uninstall(place: &InstallPlace) -> Result<Option<PathBuf>, KernelError> {
     let dir = kernels_dir(place)?.join("rtlab");
     if !dir.exists() {
         return Ok(None);
     }
-    std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| KernelError::Kernelspec(format!("cannot remove {}: {e}", dir.display())))?;
     Ok(Some(dir))
 }

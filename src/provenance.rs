@@ -160,10 +160,18 @@ pub fn manifest(
 }
 
 /// Writes the manifest as pretty JSON (atomically), or says why not.
-pub fn write_manifest(path: &std::path::Path, manifest: &serde_json::Value) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(manifest).map_err(|e| e.to_string())? + "\n";
-    rtlab_core::workspace::write_atomic(path, text.as_bytes())
-        .map_err(|e| format!("cannot write the manifest {}: {e}", path.display()))
+pub fn write_manifest(
+    path: &std::path::Path,
+    manifest: &serde_json::Value,
+) -> Result<(), crate::notebook::NotebookError> {
+    let text = serde_json::to_string_pretty(manifest)? + "\n";
+    rtlab_core::workspace::write_atomic(path, text.as_bytes()).map_err(|e| {
+        crate::notebook::NotebookError::Io {
+            doing: "write the manifest",
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
 }
 
 /// The Rhai surface: `provenance()`, what this rtlab is and runs on.

@@ -5,6 +5,7 @@
 //! hash. Frames are written first and the manifest last, each by temp file + rename, so a kill mid-write
 //! leaves the previous entry (or none), never a half one. A corrupt entry is dropped, not trusted.
 
+use super::NotebookError;
 use rtlab_core::workspace::write_atomic;
 use rtlab_core::workspace::Input;
 use rtlab_data::{frame_from_parquet_bytes, frame_to_parquet_bytes, Frame};
@@ -247,16 +248,22 @@ impl CellCache {
         key: &str,
         mut manifest: Manifest,
         frames: &BTreeMap<String, Frame>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotebookError> {
         let dir = self.entry_dir(key);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| NotebookError::Io {
+            doing: "create",
+            path: dir.clone(),
+            source: e,
+        })?;
         manifest.frames.clear();
         for (hash, frame) in frames {
-            let bytes = frame_to_parquet_bytes(&frame.df).map_err(|e| e.to_string())?;
+            let bytes = frame_to_parquet_bytes(&frame.df)?;
             let path = dir.join(format!("{hash}.parquet"));
-            write_atomic(&path, &bytes)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            write_atomic(&path, &bytes).map_err(|e| NotebookError::Io {
+                doing: "write",
+                path: path.clone(),
+                source: e,
+            })?;
             manifest
                 .frames
                 .insert(hash.clone(), blake3::hash(&bytes).to_hex().to_string());
@@ -269,9 +276,13 @@ impl CellCache {
             eprintln!("(test hook) pausing {ms} ms before the manifest of {key}");
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&manifest)?;
         let path = dir.join("manifest.json");
-        write_atomic(&path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_atomic(&path, &json).map_err(|e| NotebookError::Io {
+            doing: "write",
+            path: path.clone(),
+            source: e,
+        })?;
         // Files an older manifest of this key referred to are garbage now.
         if let Ok(read) = std::fs::read_dir(&dir) {
             for entry in read.flatten() {

@@ -164,8 +164,8 @@ impl Notebook {
     ) -> Result<(), ScriptError> {
         let origin = self.origin();
         // A Jupyter notebook runs as the script of its code cells.
-        let source =
-            super::source::read_script(&self.path).map_err(|e| ScriptError::plain(&origin, e))?;
+        let source = super::source::read_script(&self.path)
+            .map_err(|e| ScriptError::plain(&origin, e.to_string()))?;
         let notebook_mode = has_markers(&source);
         let mut state = RunState::new(&self.path, origin);
         self.last_run.clear();
@@ -639,13 +639,14 @@ fn persist(
     script: &str,
     r: &CellReport,
     scope: &Scope<'static>,
-) -> Result<(), String> {
+) -> Result<(), super::NotebookError> {
     let mut outputs = BTreeMap::new();
     let mut frames = BTreeMap::new();
     let mut constants = Vec::new();
     for name in &r.defines {
         let value = scope.get_value::<Dynamic>(name).unwrap_or_default();
-        let enc = encode(&value).map_err(|e| format!("`{name}` is {}", e.0))?;
+        let enc = encode(&value)
+            .map_err(|e| super::NotebookError::Persist(format!("`{name}` is {}", e.0)))?;
         let hash = enc.content_hash();
         frames.extend(enc.frames);
         outputs.insert(

@@ -46,6 +46,11 @@ pub struct RichType {
 }
 
 /// A set of rich types, one per tag.
+/// Two rich types under one persisted tag: a programming error, named.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("two rich types are tagged {0:?}")]
+pub struct DuplicateTag(pub String);
+
 #[derive(Clone, Default)]
 pub struct Registry {
     types: Vec<RichType>,
@@ -53,11 +58,11 @@ pub struct Registry {
 
 impl Registry {
     /// The types, checked: two types under one tag are a programming error, named.
-    pub fn new(types: Vec<RichType>) -> Result<Registry, String> {
+    pub fn new(types: Vec<RichType>) -> Result<Registry, DuplicateTag> {
         let mut tags: Vec<&str> = types.iter().map(|t| t.tag).collect();
         tags.sort_unstable();
         if let Some(w) = tags.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("two rich types are tagged {:?}", w[0]));
+            return Err(DuplicateTag(w[0].to_string()));
         }
         Ok(Registry { types })
     }
@@ -132,6 +137,6 @@ mod tests {
         ])
         .err()
         .unwrap();
-        assert_eq!(err, "two rich types are tagged \"test_feet\"");
+        assert_eq!(err.to_string(), "two rich types are tagged \"test_feet\"");
     }
 }

@@ -53,7 +53,7 @@ impl ModelConfig {
             .map_err(|e| ModelError::Input(format!("{}: {e}", path.display())))
     }
 
-    pub fn from_json(v: &Value) -> Result<ModelConfig, String> {
+    pub fn from_json(v: &Value) -> Result<ModelConfig, ModelError> {
         let arch_name = v["architectures"][0]
             .as_str()
             .map(str::to_string)
@@ -63,15 +63,15 @@ impl ModelConfig {
             "LlamaForCausalLM" | "llama" => Arch::Llama,
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
             other => {
-                return Err(format!(
+                return Err(ModelError::Input(format!(
                     "unsupported architecture {other:?}: rtlab trains LlamaForCausalLM and Qwen2ForCausalLM (Llama 2/3, CodeLlama, Qwen2/2.5, Qwen2.5-Coder)"
-                ))
+                )))
             }
         };
-        let int = |k: &str| -> Result<usize, String> {
+        let int = |k: &str| -> Result<usize, ModelError> {
             v[k].as_u64()
                 .map(|n| n as usize)
-                .ok_or_else(|| format!("config.json has no integer {k:?}"))
+                .ok_or_else(|| ModelError::Input(format!("config.json has no integer {k:?}")))
         };
         let hidden_size = int("hidden_size")?;
         let num_attention_heads = int("num_attention_heads")?;
@@ -80,12 +80,12 @@ impl ModelConfig {
             .map(|n| n as usize)
             .unwrap_or(num_attention_heads);
         if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
-            return Err(format!(
+            return Err(ModelError::Input(format!(
                 "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
-            ));
+            )));
         }
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(format!("num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"));
+            return Err(ModelError::Input(format!("num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}")));
         }
         let head_dim = v["head_dim"]
             .as_u64()
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn other_architectures_are_named_in_the_error() {
         let v = serde_json::json!({"architectures": ["MistralForCausalLM"]});
-        let e = ModelConfig::from_json(&v).unwrap_err();
+        let e = ModelConfig::from_json(&v).unwrap_err().to_string();
         assert!(e.contains("MistralForCausalLM"), "{e}");
     }
 }

@@ -300,14 +300,14 @@ pub enum Quant {
 }
 
 impl Quant {
-    pub fn parse(name: &str) -> Result<Quant, String> {
+    pub fn parse(name: &str) -> Result<Quant, ModelError> {
         match name {
             "f16" => Ok(Quant::F16),
             "q8_0" => Ok(Quant::Q8_0),
             "q4_k" => Ok(Quant::Q4K),
-            other => Err(format!(
+            other => Err(ModelError::Input(format!(
                 "quant {other:?}: use \"f16\", \"q8_0\" or \"q4_k\""
-            )),
+            ))),
         }
     }
 

@@ -131,12 +131,12 @@ pub fn modelfile(
     system: Option<&str>,
     template: Option<&str>,
     parameters: &[(String, String)],
-) -> Result<String, String> {
+) -> Result<String, ModelError> {
     let quoted = |what: &str, text: &str| {
         if text.contains("\"\"\"") {
-            Err(format!(
+            Err(ModelError::Input(format!(
                 "ollama_modelfile: `{what}` contains \"\"\", which a Modelfile cannot quote"
-            ))
+            )))
         } else {
             Ok(format!("\"\"\"{text}\"\"\""))
         }
@@ -155,9 +155,9 @@ pub fn modelfile(
     params.sort();
     for (k, v) in params {
         if k.contains(char::is_whitespace) || v.contains('\n') {
-            return Err(format!(
+            return Err(ModelError::Input(format!(
                 "ollama_modelfile: parameter {k:?} = {v:?} does not fit on one PARAMETER line"
-            ));
+            )));
         }
         out.push_str(&format!("PARAMETER {k} {v}\n"));
     }

@@ -6,6 +6,7 @@ use crate::{PhaseTable, Router};
 use polars::prelude::*;
 use rhai::plugin::*;
 use rhai::{Array, Map};
+use rtlab_core::OptionError;
 use rtlab_data::Frame;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,7 +19,12 @@ pub(crate) fn table_from_options(
     function: &'static str,
     options: &Map,
     extra: &[&str],
-) -> Result<PhaseTable, String> {
+) -> Result<PhaseTable, OptionError> {
+    // The messages name `classify_phase`, whose options `router` shares.
+    let rule = |rule: String| OptionError::Rule {
+        function: "classify_phase".into(),
+        rule,
+    };
     let valid: Vec<&str> = ["keywords", "matching"]
         .iter()
         .chain(extra)
@@ -27,13 +33,13 @@ pub(crate) fn table_from_options(
     let o = rtlab_core::options::Options::new(function, options, &valid)?;
     let mut table = PhaseTable::default_table();
     if let Some(k) = options.get("keywords") {
-        let map = k
-            .read_lock::<Map>()
-            .ok_or("classify_phase: `keywords` must be a map like #{synthesis: [\"yosys\"]}")?;
+        let map = k.read_lock::<Map>().ok_or_else(|| {
+            rule("`keywords` must be a map like #{synthesis: [\"yosys\"]}".into())
+        })?;
         table.phases.clear();
         for (phase, words) in map.iter() {
             let arr = words.read_lock::<Array>().ok_or_else(|| {
-                format!("classify_phase: keywords of `{phase}` must be an array of strings")
+                rule(format!("keywords of `{phase}` must be an array of strings"))
             })?;
             table.phases.push((
                 phase.to_string(),
@@ -46,9 +52,9 @@ pub(crate) fn table_from_options(
         Some(m) if m == "substring" => table.whole_words = false,
         Some(m) if m == "word" => table.whole_words = true,
         Some(other) => {
-            return Err(format!(
-                "classify_phase: `matching` must be \"substring\" or \"word\", not {other:?}"
-            ))
+            return Err(rule(format!(
+                "`matching` must be \"substring\" or \"word\", not {other:?}"
+            )))
         }
     }
     Ok(table)

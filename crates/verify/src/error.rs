@@ -99,6 +99,14 @@ fn quoted(names: &[String]) -> String {
 }
 
 impl VerifyError {
+    /// The reference's ports could not be read: Yosys' errors, and Verilator's where it was tried.
+    pub(crate) fn reference_unreadable(yosys: String, verilator: Option<VerifyError>) -> Self {
+        VerifyError::ReferenceUnreadable {
+            yosys,
+            verilator: verilator.map(Box::new),
+        }
+    }
+
     pub(crate) fn io(doing: impl Into<String>, source: std::io::Error) -> VerifyError {
         VerifyError::Io {
             doing: doing.into(),

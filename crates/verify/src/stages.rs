@@ -631,12 +631,8 @@ fn reference_ports(
     // Yosys 0.2x rejects some SystemVerilog (enum casts) that Verilator reads.
     let yosys_error = lines_matching(&o.output, &["error"]).join("; ");
     write_file(dir, "ref_ports.sv", reference)?;
-    let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick).map_err(|e| {
-        VerifyError::ReferenceUnreadable {
-            yosys: yosys_error.clone(),
-            verilator: Some(Box::new(e)),
-        }
-    })?;
+    let (top, ports) = verilator_ports::read(dir, "ref_ports.sv", quick)
+        .map_err(|e| VerifyError::reference_unreadable(yosys_error.clone(), Some(e)))?;
     r.warnings.push(format!(
         "Yosys cannot read the reference ({yosys_error}); its ports were read with Verilator"
     ));
@@ -868,10 +864,7 @@ fn write_miter_inputs(
         quick,
     );
     let json = std::fs::read_to_string(dir.join("eq_ref.json")).map_err(|_| {
-        VerifyError::ReferenceUnreadable {
-            yosys: lines_matching(&o.output, &["error"]).join("; "),
-            verilator: None,
-        }
+        VerifyError::reference_unreadable(lines_matching(&o.output, &["error"]).join("; "), None)
     })?;
     let ref_top = yosys::analyze(&json)?.top;
     let dut = design_as_top_module(&yosys_friendly(code), top)?;

@@ -390,7 +390,9 @@ mod train_functions {
         )?;
         let mut spec = tiny::TinySpec::default();
         for k in options.keys() {
-            let n = || -> Result<usize, String> { Ok(o.int_at_least(k, 1)?.unwrap_or(1) as usize) };
+            let n = || -> Result<usize, rtlab_core::OptionError> {
+                Ok(o.int_at_least(k, 1)?.unwrap_or(1) as usize)
+            };
             match k.as_str() {
                 "arch" => {
                     spec.arch = match o.string("arch")?.unwrap_or_default().as_str() {
@@ -663,7 +665,8 @@ mod train_functions {
             o.string("system")?.as_deref(),
             o.string("template")?.as_deref(),
             &parameters,
-        )?;
+        )
+        .map_err(TrainError::from)?;
         let out =
             Workspace::of(&ctx).resolve(&o.string("out")?.unwrap_or_else(|| "Modelfile".into()));
         rtlab_core::workspace::write_atomic(&out, text.as_bytes())
