@@ -507,7 +507,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let options = match bench_options(args) {
+    let options = match bench_options(args).and_then(|o| Ok((o, bench_model_config(args)?))) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
@@ -520,10 +520,13 @@ fn bench(args: &BenchArgs) -> ExitCode {
     // when the CLI started).
     let ws = &rtlab_core::Workspace::new(&cwd, rtlab_core::OutputSink::new());
     // The same typed calls as `benchmark(llm(#{...}), load_verilog_eval(DIR), #{...})` in a script.
+    let (options, model_config) = options;
     let run = (|| -> Result<rhai::Map, Box<dyn std::error::Error>> {
-        let model = rtlab_llm::api::model_from_options(&bench_model_options(args), &cwd)?;
+        let model = rtlab_llm::Model::from_config(model_config, &cwd)?;
         let problems = rtlab_data::load_verilog_eval_dir(ws, &args.problems)?;
-        Ok(rtlab_bench::run_benchmark(ws, &model, &problems, &options)?)
+        let run = rtlab_bench::run_benchmark(ws, &model, &problems, &options)?;
+        // Shown as a script shows the run `benchmark` returns.
+        Ok(rtlab_bench::api::run::run_map(run))
     })();
     match run {
         Ok(run) => {
@@ -542,24 +545,38 @@ fn bench(args: &BenchArgs) -> ExitCode {
 
 /// `llm(#{...})`'s options for `rtlab bench`: a URL is an OpenAI-compatible server with
 /// `--model-name`, anything else a model name for `--provider`.
-fn bench_model_options(args: &BenchArgs) -> rhai::Map {
-    let mut options = rhai::Map::new();
+/// The model `rtlab bench` asks: a URL is an OpenAI-compatible server serving `--model-name`; anything
+/// else is a model name for `--provider`.
+fn bench_model_config(args: &BenchArgs) -> Result<rtlab_llm::ModelConfig, rtlab_core::OptionError> {
     let is_url = args.model.starts_with("http://") || args.model.starts_with("https://");
-    let (provider, name) = if is_url {
-        options.insert("base_url".into(), args.model.as_str().into());
-        ("openai", args.model_name.as_str())
+    let mut cfg = if is_url {
+        let mut cfg =
+            rtlab_llm::ModelConfig::new(rtlab_llm::Provider::OpenAi, args.model_name.as_str());
+        cfg.base_url = args.model.clone();
+        cfg
     } else {
-        (args.provider.as_str(), args.model.as_str())
+        let provider = rtlab_llm::Provider::parse(&args.provider)?;
+        rtlab_llm::ModelConfig::new(provider, args.model.as_str())
     };
-    options.insert("provider".into(), provider.into());
-    options.insert("model".into(), name.into());
-    options.insert("concurrency".into(), args.concurrency.into());
-    options.insert("max_tokens".into(), args.max_tokens.into());
-    options
+    let at_least_one = |key: &str, value: i64| {
+        if value < 1 {
+            Err(rtlab_core::OptionError::TooSmall {
+                function: "rtlab bench".into(),
+                key: key.into(),
+                min: 1,
+                value,
+            })
+        } else {
+            Ok(value)
+        }
+    };
+    cfg.concurrency = at_least_one("--concurrency", args.concurrency)? as usize;
+    cfg.max_tokens = at_least_one("--max-tokens", args.max_tokens)?;
+    Ok(cfg)
 }
 
 /// `benchmark`'s options for `rtlab bench`: pass@k for k in 1, 5, 10, 20, 50, 100 up to n, and n.
-fn bench_options(args: &BenchArgs) -> Result<rhai::Map, rtlab_core::OptionError> {
+fn bench_options(args: &BenchArgs) -> Result<rtlab_bench::BenchOptions, rtlab_core::OptionError> {
     let n = args.n.max(1);
     let mut ks: Vec<i64> = [1, 5, 10, 20, 50, 100]
         .into_iter()
@@ -568,22 +585,21 @@ fn bench_options(args: &BenchArgs) -> Result<rhai::Map, rtlab_core::OptionError>
     if !ks.contains(&n) {
         ks.push(n);
     }
-    let mut options = rhai::Map::new();
-    options.insert("n".into(), args.n.into());
-    options.insert("top_p".into(), args.top_p.into());
-    options.insert(
-        "k".into(),
-        rhai::Dynamic::from_array(ks.into_iter().map(rhai::Dynamic::from).collect()),
-    );
-    if let Some(t) = args.temperature {
-        options.insert("temperature".into(), t.into());
-    }
-    if let Some(spec) = &args.slurm {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let slurm = rtlab_slurm::SlurmOptions::from_spec(spec, &cwd)?;
-        options.insert("executor".into(), rhai::Dynamic::from(slurm));
-    }
-    Ok(options)
+    let executor = match &args.slurm {
+        Some(spec) => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            rtlab_slurm::Executor::Slurm(rtlab_slurm::SlurmOptions::from_spec(spec, &cwd)?)
+        }
+        None => rtlab_slurm::Executor::Local,
+    };
+    Ok(rtlab_bench::BenchOptions {
+        n: Some(n as usize),
+        temperature: args.temperature,
+        top_p: Some(args.top_p),
+        k: Some(ks),
+        executor,
+        ..Default::default()
+    })
 }
 
 /// `rtlab verify`: the same as `load_jsonl(IN).verify(#{...}).save_jsonl(OUT)` in a script.

@@ -52,7 +52,7 @@ fn round4(x: f64) -> f64 {
     (x * 10000.0).round() / 10000.0
 }
 
-pub use run::run_benchmark;
+pub use run::{run_benchmark, BenchOptions, BenchRun};
 
 /// Category → metric name → value.
 type CategoryMetrics = std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>;

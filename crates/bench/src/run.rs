@@ -5,7 +5,6 @@ use crate::BenchError;
 
 use super::{pass_at_k, rate, round4, DEFAULT_TEMPLATE};
 use polars::prelude::*;
-use rhai::{Dynamic, Map};
 use rtlab_core::store::SharedStore;
 use rtlab_data::{strings, Frame};
 use rtlab_llm::{extract_code, Message, Model};
@@ -13,7 +12,44 @@ use rtlab_verify::batch::{verify_all, Job};
 use rtlab_verify::{Report, SimStatus, VerifyOptions};
 use std::collections::BTreeMap;
 
-/// The benchmark's options, checked before any work.
+/// What `benchmark` is asked to do, as a script's map or `rtlab bench`'s flags give it. `None` is
+/// the default `benchmark`'s documentation states.
+#[derive(Clone, Debug, Default)]
+pub struct BenchOptions {
+    /// Samples per problem, at least 1 (default 1).
+    pub n: Option<usize>,
+    /// Default 0.85 when n > 1, else 0.
+    pub temperature: Option<f64>,
+    /// Default 0.95.
+    pub top_p: Option<f64>,
+    /// The k of pass@k (default 1, 5 and 10); those above n are left out.
+    pub k: Option<Vec<i64>>,
+    /// The prompt template's text, with `{prompt}` (default `prompts/verilog_eval.md`).
+    pub template: Option<String>,
+    /// The run's name (default the model's).
+    pub name: Option<String>,
+    /// Where the samples are verified.
+    pub executor: rtlab_slurm::Executor,
+    /// Where an answer ends (default the model's own `stop`, else `endmodule`).
+    pub stop: Option<Vec<String>>,
+    /// Score problems the adapter was trained on anyway (the run says so).
+    pub allow_overlap: bool,
+}
+
+/// A finished run: what `benchmark` returns (as a map, at the Rhai edge) and `rtlab bench` prints.
+pub struct BenchRun {
+    /// The run's id in the workspace store (-1 when there is no store).
+    pub id: i64,
+    pub name: String,
+    pub model: String,
+    /// pass@k, score, syntax, synth, all_io_used, functional, failure_classes (and `trained_on`).
+    pub summary: serde_json::Map<String, serde_json::Value>,
+    pub problems: DataFrame,
+    pub categories: DataFrame,
+    pub samples: DataFrame,
+}
+
+/// The benchmark's options with every default applied, checked before any work.
 struct Settings {
     n: usize,
     temperature: f64,
@@ -33,30 +69,18 @@ struct Settings {
 const END_OF_MODULE: &str = "endmodule";
 
 impl Settings {
-    fn parse(
-        ws: &rtlab_core::Workspace,
-        model: &Model,
-        options: &Map,
-    ) -> Result<Settings, BenchError> {
-        let valid = [
-            "n",
-            "temperature",
-            "top_p",
-            "k",
-            "template",
-            "name",
-            "executor",
-            "stop",
-            "allow_overlap",
-        ];
-        let o = rtlab_core::options::Options::new("benchmark", options, &valid)?;
-        let executor = rtlab_slurm::executor_option(&o)?;
-        let n = o.int_at_least("n", 1)?.unwrap_or(1) as usize;
-        let temperature = o
-            .float("temperature")?
+    fn new(model: &Model, options: &BenchOptions) -> Result<Settings, BenchError> {
+        let n = options.n.unwrap_or(1);
+        if n < 1 {
+            return Err(BenchError::Input(
+                "benchmark: option `n` must be at least 1, not 0".into(),
+            ));
+        }
+        let temperature = options
+            .temperature
             .unwrap_or(if n > 1 { 0.85 } else { 0.0 });
-        let top_p = o.float("top_p")?.unwrap_or(0.95);
-        let ks = o.ints("k")?.unwrap_or_else(|| vec![1, 5, 10]);
+        let top_p = options.top_p.unwrap_or(0.95);
+        let ks = options.k.clone().unwrap_or_else(|| vec![1, 5, 10]);
         if let Some(bad) = ks.iter().find(|k| **k < 1) {
             return Err(BenchError::Input(format!(
                 "benchmark: every k must be at least 1, not {bad}"
@@ -68,24 +92,27 @@ impl Settings {
             .map(|k| k as usize)
             .filter(|k| *k <= n)
             .collect();
-        let template = crate::testbench::template(ws, options, "template", DEFAULT_TEMPLATE)?;
-        let name = o.string("name")?.unwrap_or_else(|| model.cfg.model.clone());
-        let stop = match o.stop_strings("stop")? {
-            Some(stop) => stop,
+        let stop = match &options.stop {
+            Some(stop) => stop.clone(),
             None if !model.cfg.stop.is_empty() => model.cfg.stop.clone(),
             None => vec![END_OF_MODULE.to_string()],
         };
-        let allow_overlap = o.bool("allow_overlap")?.unwrap_or(false);
         Ok(Settings {
             stop,
-            allow_overlap,
+            allow_overlap: options.allow_overlap,
             n,
             temperature,
             top_p,
             ks,
-            template,
-            name,
-            executor,
+            template: options
+                .template
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+            name: options
+                .name
+                .clone()
+                .unwrap_or_else(|| model.cfg.model.clone()),
+            executor: options.executor.clone(),
         })
     }
 
@@ -136,14 +163,14 @@ impl Problems {
     }
 }
 
-/// Runs the benchmark; returns the run as a Rhai map.
+/// Runs the benchmark: samples, verdicts, scores, and the run recorded in the workspace store.
 pub fn run_benchmark(
     ws: &rtlab_core::Workspace,
     model: &Model,
     problems: &Frame,
-    options: &Map,
-) -> Result<Map, BenchError> {
-    let settings = Settings::parse(ws, model, options)?;
+    options: &BenchOptions,
+) -> Result<BenchRun, BenchError> {
+    let settings = Settings::new(model, options)?;
     let problems = Problems::from_frame(problems)?;
     let trained_on = problems_trained_on(model, &problems)?;
     if !trained_on.is_empty() && !settings.allow_overlap {
@@ -172,24 +199,15 @@ pub fn run_benchmark(
     let id = record(&store, model, &settings, &problems, &scores);
     let samples = samples_frame(&completions, &reports, &settings, &problems)?;
 
-    let mut run = Map::new();
-    run.insert("id".into(), Dynamic::from(id));
-    run.insert("name".into(), settings.name.clone().into());
-    run.insert("model".into(), model.cfg.model.clone().into());
-    run.insert(
-        "summary".into(),
-        rtlab_data::json_to_dynamic(serde_json::Value::Object(scores.summary)),
-    );
-    run.insert(
-        "problems".into(),
-        Dynamic::from(Frame::new(scores.problems)),
-    );
-    run.insert(
-        "categories".into(),
-        Dynamic::from(Frame::new(scores.categories)),
-    );
-    run.insert("samples".into(), Dynamic::from(Frame::new(samples)));
-    Ok(run)
+    Ok(BenchRun {
+        id,
+        name: settings.name.clone(),
+        model: model.cfg.model.clone(),
+        summary: scores.summary,
+        problems: scores.problems,
+        categories: scores.categories,
+        samples,
+    })
 }
 
 /// Step 1: n completions per problem, from the store when recorded, else from the model.
@@ -591,4 +609,52 @@ fn samples_frame(
             ),
         ],
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(stop: &[&str]) -> Model {
+        let mut cfg = rtlab_llm::ModelConfig::new(rtlab_llm::Provider::Replay, "m");
+        cfg.stop = stop.iter().map(|s| s.to_string()).collect();
+        Model::from_config(cfg, std::path::Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let s = Settings::new(&model(&[]), &BenchOptions::default()).unwrap();
+        assert_eq!((s.n, s.temperature, s.top_p), (1, 0.0, 0.95));
+        assert_eq!(s.ks, [1], "k 5 and 10 need 5 and 10 samples");
+        assert_eq!(s.stop, ["endmodule"]);
+        assert_eq!(
+            (s.name.as_str(), s.template.as_str()),
+            ("m", DEFAULT_TEMPLATE)
+        );
+        let n20 = BenchOptions {
+            n: Some(20),
+            ..Default::default()
+        };
+        let s = Settings::new(&model(&["\n\n"]), &n20).unwrap();
+        assert_eq!((s.temperature, s.ks.clone()), (0.85, vec![1, 5, 10]));
+        assert_eq!(s.stop, ["\n\n"], "the model's own stop wins over endmodule");
+    }
+
+    #[test]
+    fn a_k_below_one_or_no_samples_is_refused() {
+        let k0 = BenchOptions {
+            k: Some(vec![1, 0]),
+            ..Default::default()
+        };
+        let e = Settings::new(&model(&[]), &k0).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "benchmark: every k must be at least 1, not 0"
+        );
+        let n0 = BenchOptions {
+            n: Some(0),
+            ..Default::default()
+        };
+        assert!(Settings::new(&model(&[]), &n0).is_err());
+    }
 }

@@ -9,14 +9,14 @@
 use crate::BenchError;
 
 use rand::{Rng, SeedableRng};
-use rhai::{Dynamic, FnPtr, Map, NativeCallContext};
+use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
 /// How one option is searched.
 #[derive(Debug, Clone)]
 pub enum Space {
     /// One of these values (grid: each in turn; random: uniformly).
-    Choice(Vec<Dynamic>),
+    Choice(Vec<Value>),
     /// A float in [low, high], uniform or log-uniform (random search only).
     Range { low: f64, high: f64, log: bool },
 }
@@ -32,165 +32,13 @@ pub struct SweepSpec {
     pub out: PathBuf,
 }
 
-fn bad(msg: impl Into<String>) -> BenchError {
+pub(crate) fn bad(msg: impl Into<String>) -> BenchError {
     BenchError::Sweep(format!("sweep: {}", msg.into()))
-}
-
-/// One option's search space: an array of values, or a range `#{low, high, log}`.
-fn parse_space(name: &str, v: &Dynamic) -> Result<Space, BenchError> {
-    if let Some(values) = v.read_lock::<rhai::Array>() {
-        if values.is_empty() {
-            return Err(bad(format!(
-                "params.{name} is an empty array: give at least one value"
-            )));
-        }
-        return Ok(Space::Choice(values.clone()));
-    }
-    let Some(m) = v.read_lock::<Map>() else {
-        return Err(bad(format!(
-            "params.{name} is {}: give an array of values, or a range #{{low, high, log}}",
-            v.type_name()
-        )));
-    };
-    let num = |k: &str| {
-        m.get(k).and_then(|x| {
-            x.as_float()
-                .ok()
-                .or_else(|| x.as_int().ok().map(|i| i as f64))
-        })
-    };
-    let (Some(low), Some(high)) = (num("low"), num("high")) else {
-        return Err(bad(format!(
-            "params.{name}: a range is #{{low: ..., high: ..., log: true}}"
-        )));
-    };
-    let log = m.get("log").and_then(|x| x.as_bool().ok()).unwrap_or(false);
-    if low >= high || (log && low <= 0.0) {
-        return Err(bad(format!(
-            "params.{name}: the range needs low < high{}, got low {low}, high {high}",
-            if log { " and low > 0 (log scale)" } else { "" }
-        )));
-    }
-    Ok(Space::Range { low, high, log })
-}
-
-/// `strategy` ("grid" or "random") and `trials`: a random search needs a count; a grid cannot
-/// enumerate a range.
-fn parse_strategy(
-    options: &Map,
-    params: &[(String, Space)],
-) -> Result<(bool, Option<usize>), BenchError> {
-    let random = match options.get("strategy").map(|s| s.to_string()).as_deref() {
-        None | Some("grid") => false,
-        Some("random") => true,
-        Some(other) => {
-            return Err(bad(format!(
-                "strategy {other:?}: use \"grid\" or \"random\""
-            )))
-        }
-    };
-    let trials = match options.get("trials") {
-        None => None,
-        Some(t) => Some(
-            t.as_int()
-                .ok()
-                .filter(|t| *t >= 1)
-                .ok_or_else(|| bad(format!("trials must be a whole number ≥ 1, got {t}")))?
-                as usize,
-        ),
-    };
-    if random && trials.is_none() {
-        return Err(bad("a random search needs trials: how many to run"));
-    }
-    if !random {
-        if let Some((name, _)) = params
-            .iter()
-            .find(|(_, s)| matches!(s, Space::Range { .. }))
-        {
-            return Err(bad(format!("params.{name} is a range, which a grid cannot enumerate: give values, or strategy: \"random\"")));
-        }
-    }
-    Ok((random, trials))
-}
-
-/// Reads the options; a value that cannot be searched is named.
-/// A relative `out` resolves against `base_dir` (the script's directory).
-pub fn parse(options: &Map, base_dir: &Path) -> Result<(SweepSpec, FnPtr), BenchError> {
-    rtlab_core::options::Options::new(
-        "sweep",
-        options,
-        &[
-            "params",
-            "strategy",
-            "trials",
-            "objective",
-            "direction",
-            "seed",
-            "out",
-            "trial",
-        ],
-    )?;
-    let params_map = options
-        .get("params")
-        .and_then(|p| p.read_lock::<Map>().map(|m| m.clone()))
-        .ok_or_else(|| bad("pass params: a map of option name to the values to try, e.g. #{lr: [1e-3, 3e-3], r: [8, 16]}"))?;
-    if params_map.is_empty() {
-        return Err(bad("params is empty: nothing to search"));
-    }
-    let params = params_map
-        .iter()
-        .map(|(name, v)| Ok((name.to_string(), parse_space(name, v)?)))
-        .collect::<Result<Vec<_>, BenchError>>()?;
-    let (random, trials) = parse_strategy(options, &params)?;
-    let objective = options
-        .get("objective")
-        .filter(|o| o.is_string())
-        .map(|o| o.to_string())
-        .ok_or_else(|| bad("pass objective: the key of the map each trial returns to optimize, e.g. \"eval_loss\""))?;
-    let maximize = match options.get("direction").map(|s| s.to_string()).as_deref() {
-        None | Some("minimize") => false,
-        Some("maximize") => true,
-        Some(other) => {
-            return Err(bad(format!(
-                "direction {other:?}: use \"minimize\" or \"maximize\""
-            )))
-        }
-    };
-    let seed = options
-        .get("seed")
-        .and_then(|s| s.as_int().ok())
-        .unwrap_or(0)
-        .max(0) as u64;
-    let out = options
-        .get("out")
-        .filter(|o| o.is_string())
-        .map(|o| rtlab_core::workspace::resolve_against(base_dir, &o.to_string()))
-        .ok_or_else(|| {
-            bad("pass out: the directory that keeps each finished trial (so a rerun resumes)")
-        })?;
-    let trial = options
-        .get("trial")
-        .and_then(|t| t.read_lock::<FnPtr>().map(|f| f.clone()))
-        .ok_or_else(|| {
-            bad("pass trial: a function |params| { ...; #{eval_loss: ...} } that runs one trial")
-        })?;
-    Ok((
-        SweepSpec {
-            params,
-            random,
-            trials,
-            objective,
-            maximize,
-            seed,
-            out,
-        },
-        trial,
-    ))
 }
 
 /// The trials' parameter maps, in order: the grid's cartesian product (keys in sorted order, the
 /// last varying fastest), or seeded random draws.
-pub fn plan(spec: &SweepSpec) -> Vec<Map> {
+pub fn plan(spec: &SweepSpec) -> Vec<Map<String, Value>> {
     if spec.random {
         let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
         return (0..spec.trials.unwrap_or(1))
@@ -206,20 +54,20 @@ pub fn plan(spec: &SweepSpec) -> Vec<Map> {
                                 low,
                                 high,
                                 log: false,
-                            } => Dynamic::from(rng.random_range(*low..*high)),
+                            } => number(rng.random_range(*low..*high)),
                             Space::Range {
                                 low,
                                 high,
                                 log: true,
-                            } => Dynamic::from(rng.random_range(low.ln()..high.ln()).exp()),
+                            } => number(rng.random_range(low.ln()..high.ln()).exp()),
                         };
-                        (name.as_str().into(), v)
+                        (name.clone(), v)
                     })
                     .collect()
             })
             .collect();
     }
-    let mut grid: Vec<Map> = vec![Map::new()];
+    let mut grid: Vec<Map<String, Value>> = vec![Map::new()];
     for (name, space) in &spec.params {
         let Space::Choice(values) = space else {
             continue;
@@ -229,7 +77,7 @@ pub fn plan(spec: &SweepSpec) -> Vec<Map> {
             .flat_map(|m| {
                 values.iter().map(move |v| {
                     let mut m = m.clone();
-                    m.insert(name.as_str().into(), v.clone());
+                    m.insert(name.clone(), v.clone());
                     m
                 })
             })
@@ -245,44 +93,22 @@ pub fn plan(spec: &SweepSpec) -> Vec<Map> {
 #[derive(Debug, Clone)]
 pub struct Trial {
     pub index: usize,
-    pub params: Map,
+    pub params: Map<String, Value>,
     pub objective: f64,
     pub seconds: f64,
     pub cached: bool,
 }
 
 /// The file that keeps trial `index` with these parameters.
-fn trial_file(out: &Path, index: usize, params: &serde_json::Value) -> PathBuf {
+fn trial_file(out: &Path, index: usize, params: &Value) -> PathBuf {
     let hash = blake3::hash(params.to_string().as_bytes()).to_hex();
     out.join(format!("trial-{index:03}-{}.json", &hash[..12]))
-}
-
-/// Runs (or reads back) every planned trial, in order.
-/// What a trial's result depends on besides its parameters: rtlab's code, and the script's
-/// functions (the trial function and whatever it calls). Conservative: the functions' definitions
-/// include their positions, so moving one reruns the trials, never serves a stale objective.
-fn trial_code(ctx: &NativeCallContext) -> String {
-    let ws = rtlab_core::Workspace::of(ctx);
-    let mut h = blake3::Hasher::new();
-    h.update(ws.rtlab_code().as_bytes());
-    let mut defs: Vec<String> = ctx
-        .iter_namespaces()
-        .flat_map(|m| m.iter_script_fn_info())
-        .map(|(_, _, name, arity, def)| {
-            without_long_numbers(&format!("{name}/{arity} {:?}", def.body))
-        })
-        .collect();
-    defs.sort();
-    for d in defs {
-        h.update(d.as_bytes());
-    }
-    h.finalize().to_hex()[..16].to_string()
 }
 
 /// A function definition's debug text without what Rhai makes differently in each process: its call
 /// hashes (runs of 10 or more digits; positions and ordinary constants are shorter) and the names it
 /// gives closures (`anon$` and a hash).
-fn without_long_numbers(text: &str) -> String {
+pub(crate) fn without_long_numbers(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut digits = String::new();
     let mut rest = text;
@@ -311,24 +137,26 @@ fn without_long_numbers(text: &str) -> String {
     out
 }
 
+/// Runs (or reads back) every planned trial, in order. `code` is what a trial's result depends on
+/// besides its parameters (rtlab's code and the trial function's); `trial` runs one trial and
+/// returns its objective. A trial kept in `spec.out` under the same parameters and code is read back.
 pub fn run(
-    ctx: &NativeCallContext,
+    ws: &rtlab_core::Workspace,
     spec: &SweepSpec,
-    trial: &FnPtr,
+    code: &str,
+    trial: &mut dyn FnMut(usize, &Map<String, Value>) -> Result<f64, BenchError>,
 ) -> Result<Vec<Trial>, BenchError> {
     std::fs::create_dir_all(&spec.out).map_err(|e| bad(format!("{}: {e}", spec.out.display())))?;
-    let ws = rtlab_core::Workspace::of(ctx);
-    let code = trial_code(ctx);
     let mut done = Vec::new();
     for (index, params) in plan(spec).into_iter().enumerate() {
-        let params_json = rtlab_core::json::dynamic_to_json(&Dynamic::from_map(params.clone()))?;
+        let params_json = Value::Object(params.clone());
         let file = trial_file(&spec.out, index, &params_json);
         let recorded = std::fs::read_to_string(&file)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
         // A trial run by other code (another rtlab, an edited trial function) is run again.
         let recorded = recorded.filter(|v| {
-            let same = v["code"].as_str() == Some(code.as_str());
+            let same = v["code"].as_str() == Some(code);
             if !same && !ws.trust_cache() {
                 ws.emit_line(&format!(
                     "sweep: trial {index} ran with other code (rtlab or the script's functions changed): running it again"
@@ -355,25 +183,8 @@ pub fn run(
             return Err(bad(format!("cancelled by Ctrl-C before trial {index}; the {index} finished trials are kept: rerun to resume")));
         }
         let started = std::time::Instant::now();
-        let result: Dynamic = trial
-            .call_within_context(ctx, (Dynamic::from_map(params.clone()),))
-            .map_err(|e| {
-                bad(format!(
-                    "trial {index} ({params_json}) failed: {e}; the finished trials are kept"
-                ))
-            })?;
+        let objective = trial(index, &params)?;
         let seconds = started.elapsed().as_secs_f64();
-        let objective = result
-            .read_lock::<Map>()
-            .and_then(|m| m.get(spec.objective.as_str()).cloned())
-            .and_then(|v| v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64)))
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| {
-                bad(format!(
-                    "trial {index} returned {result}, which has no finite number `{}`: return a map such as #{{{}: run.best_eval_loss}}",
-                    spec.objective, spec.objective
-                ))
-            })?;
         let record = serde_json::json!({"params": params_json, "objective": objective, "seconds": seconds, "code": code});
         rtlab_core::workspace::write_atomic(&file, record.to_string().as_bytes())
             .map_err(|e| bad(format!("{}: {e}", file.display())))?;
@@ -388,8 +199,124 @@ pub fn run(
     Ok(done)
 }
 
+/// A float as JSON (a draw is always finite).
+fn number(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(out: &Path) -> SweepSpec {
+        SweepSpec {
+            params: vec![
+                ("lr".into(), Space::Choice(vec![json!(0.001), json!(0.003)])),
+                ("r".into(), Space::Choice(vec![json!(8), json!(16)])),
+            ],
+            random: false,
+            trials: None,
+            objective: "loss".into(),
+            maximize: false,
+            seed: 0,
+            out: out.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn a_grid_is_the_cartesian_product_with_the_last_key_fastest() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(&spec(dir.path()));
+        let shown: Vec<String> = plan
+            .iter()
+            .map(|p| Value::Object(p.clone()).to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                r#"{"lr":0.001,"r":8}"#,
+                r#"{"lr":0.001,"r":16}"#,
+                r#"{"lr":0.003,"r":8}"#,
+                r#"{"lr":0.003,"r":16}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn random_draws_repeat_for_a_seed_and_stay_in_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.random = true;
+        s.trials = Some(5);
+        s.params = vec![(
+            "lr".into(),
+            Space::Range {
+                low: 1e-4,
+                high: 1e-2,
+                log: true,
+            },
+        )];
+        let a = plan(&s);
+        assert_eq!(a, plan(&s), "the same seed draws the same trials");
+        for p in &a {
+            let lr = p["lr"].as_f64().unwrap();
+            assert!((1e-4..1e-2).contains(&lr), "{lr}");
+        }
+        s.seed = 1;
+        assert_ne!(a, plan(&s), "another seed draws others");
+    }
+
+    /// A finished trial is kept on disk: a rerun with the same code reads it back instead of running
+    /// it, and a rerun with other code runs it again.
+    #[test]
+    fn a_rerun_reads_finished_trials_back_and_other_code_reruns_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = rtlab_core::Workspace::new(dir.path(), rtlab_core::OutputSink::new());
+        let s = spec(&dir.path().join("trials"));
+        let mut calls = 0;
+        let mut trial = |_: usize, p: &Map<String, Value>| {
+            calls += 1;
+            Ok(p["lr"].as_f64().unwrap() * p["r"].as_f64().unwrap())
+        };
+        let first = run(&ws, &s, "code-a", &mut trial).unwrap();
+        assert_eq!(first.len(), 4);
+        assert!(first.iter().all(|t| !t.cached));
+        let again = run(&ws, &s, "code-a", &mut trial).unwrap();
+        assert!(again.iter().all(|t| t.cached));
+        assert_eq!(
+            again.iter().map(|t| t.objective).collect::<Vec<_>>(),
+            first.iter().map(|t| t.objective).collect::<Vec<_>>()
+        );
+        run(&ws, &s, "code-b", &mut trial).unwrap();
+        assert_eq!(
+            calls, 8,
+            "4 trials, then 0 read back, then 4 rerun under other code"
+        );
+    }
+
+    /// A trial's error stops the sweep with the trials before it kept.
+    #[test]
+    fn a_failed_trial_keeps_the_finished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = rtlab_core::Workspace::new(dir.path(), rtlab_core::OutputSink::new());
+        let s = spec(&dir.path().join("trials"));
+        let err = run(&ws, &s, "c", &mut |i, _| {
+            if i == 2 {
+                Err(bad("trial 2 failed"))
+            } else {
+                Ok(1.0)
+            }
+        })
+        .err()
+        .unwrap();
+        assert_eq!(err.to_string(), "sweep: trial 2 failed");
+        let kept = std::fs::read_dir(dir.path().join("trials"))
+            .unwrap()
+            .count();
+        assert_eq!(kept, 2);
+    }
+
     #[test]
     fn per_process_hashes_and_closure_names_are_dropped_and_the_code_kept() {
         assert_eq!(

@@ -7,16 +7,13 @@
 
 use crate::BenchError;
 
-use rhai::plugin::*;
-use rhai::{Array, Dynamic, Map};
-use rtlab_data::Frame;
 use rtlab_llm::{extract_code, Message, Model};
 use rtlab_verify::batch::{verify_all, Job};
 use rtlab_verify::{mutate, verify, SimStatus, Stage, VerifyOptions};
 
-const A7_TEMPLATE: &str = include_str!("../prompts/a7_testbench.md");
-const SPEC_TEMPLATE: &str = include_str!("../prompts/spec.md");
-const RTL_TEMPLATE: &str = include_str!("../prompts/rtl.md");
+pub(crate) const A7_TEMPLATE: &str = include_str!("../prompts/a7_testbench.md");
+pub(crate) const SPEC_TEMPLATE: &str = include_str!("../prompts/spec.md");
+pub(crate) const RTL_TEMPLATE: &str = include_str!("../prompts/rtl.md");
 
 /// The first module name declared in `rtl`.
 fn module_name(rtl: &str) -> String {
@@ -31,35 +28,6 @@ fn module_name(rtl: &str) -> String {
             (!name.is_empty() && rest.starts_with(char::is_whitespace)).then_some(name)
         })
         .unwrap_or_else(|| "dut".to_string())
-}
-
-/// A prompt template from options: a path to a file, or the text itself; `default` when absent.
-/// A file is resolved against `ws` and noted as an input.
-pub fn template(
-    ws: &rtlab_core::Workspace,
-    options: &Map,
-    key: &str,
-    default: &str,
-) -> Result<String, BenchError> {
-    match options.get(key).filter(|t| !t.is_unit()) {
-        None => Ok(default.to_string()),
-        Some(t) if !t.is_string() => Err(BenchError::Testbench(format!(
-            "option `{key}` must be a template: a path or the text itself (a string), not {t}"
-        ))),
-        Some(t) => {
-            let t = t.to_string();
-            // A path to a template file, or the template text itself.
-            let path = ws.resolve(&t);
-            if !t.contains('\n') && path.is_file() {
-                ws.note_input(&path);
-                std::fs::read_to_string(&path).map_err(|e| {
-                    BenchError::Testbench(format!("cannot read {}: {e}", path.display()))
-                })
-            } else {
-                Ok(t)
-            }
-        }
-    }
 }
 
 pub fn a7_prompt(tpl: &str, spec: &str, rtl: &str, category: &str) -> String {
@@ -96,47 +64,90 @@ fn ask(ws: &rtlab_core::Workspace, model: &Model, prompt: &str) -> Result<String
         .remove(0)?)
 }
 
-/// The options of `a7_testbench`.
-const A7_KEYS: &[&str] = &[
-    "model",
-    "category",
-    "mutants",
-    "min_killed",
-    "template",
-    "executor",
-];
-/// The options of `generate_verified` (the last three are passed on to `a7_testbench`).
-const GENERATE_KEYS: &[&str] = &[
-    "categories",
-    "max_attempts",
-    "spec_model",
-    "rtl_model",
-    "tb_model",
-    "mutants",
-    "min_killed",
-    "template",
-    "executor",
-];
+/// What `a7_testbench` is asked to do besides the spec, the RTL and the model.
+#[derive(Clone, Debug)]
+pub struct A7Options {
+    /// The category the prompt names (default "FSM").
+    pub category: String,
+    /// How many mutants of the RTL the testbench must face (default 8).
+    pub mutants: usize,
+    /// How many of them it must fail to be accepted (default 2).
+    pub min_killed: usize,
+    /// The prompt template's text (default `prompts/a7_testbench.md`).
+    pub template: String,
+    /// Where the mutants are simulated.
+    pub executor: rtlab_slurm::Executor,
+}
 
-pub fn a7_testbench_impl(
+impl Default for A7Options {
+    fn default() -> Self {
+        A7Options {
+            category: "FSM".to_string(),
+            mutants: 8,
+            min_killed: 2,
+            template: A7_TEMPLATE.to_string(),
+            executor: rtlab_slurm::Executor::Local,
+        }
+    }
+}
+
+/// What `generate_verified` is asked to do: the V5 plan's Task 3.1 loop.
+pub struct GenerateOptions {
+    /// Each category and how many accepted rows it wants.
+    pub categories: Vec<(String, usize)>,
+    /// Attempts in all, shared evenly by the categories.
+    pub max_attempts: usize,
+    pub spec_model: Model,
+    pub rtl_model: Model,
+    pub tb_model: Model,
+    /// The testbench step's options (its category is each category's in turn).
+    pub a7: A7Options,
+}
+
+/// An accepted attempt as a dataset row, in the V5 plan's format.
+pub struct VerifiedRow {
+    pub instruction: String,
+    pub output: String,
+    pub testbench: String,
+    /// source, category, functional, testbench_type, sim_passed, compile_success, a7_model,
+    /// mutation_score.
+    pub metadata: serde_json::Value,
+}
+
+impl A7Result {
+    /// The share of the compiled mutants the testbench kills (0 with none).
+    pub fn mutation_score(&self) -> f64 {
+        if self.mutants > 0 {
+            self.killed as f64 / self.mutants as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The prompt `generate_verified` sends the spec model for a category and attempt.
+pub fn spec_prompt(category: &str, attempt: i64) -> String {
+    SPEC_TEMPLATE
+        .replace("{category}", category)
+        .replace("{attempt}", &attempt.to_string())
+}
+
+/// The prompt `generate_verified` sends the RTL model for a spec.
+pub fn rtl_prompt(spec: &str) -> String {
+    RTL_TEMPLATE.replace("{spec}", spec.trim())
+}
+
+/// Asks `model` for a testbench of `rtl`, and judges it by running it on the RTL and its mutants.
+pub fn a7_testbench(
     ws: &rtlab_core::Workspace,
     spec: &str,
     rtl: &str,
     model: &Model,
-    options: &Map,
+    options: &A7Options,
 ) -> Result<A7Result, BenchError> {
-    // The callers (`a7_testbench`, `generate_verified`) checked the keys against their own lists.
-    let o = rtlab_core::options::Options::new(
-        "a7_testbench",
-        options,
-        &[A7_KEYS, GENERATE_KEYS].concat(),
-    )?;
-    let category = o.string("category")?.unwrap_or_else(|| "FSM".to_string());
-    let n_mutants = o.int_at_least("mutants", 0)?.unwrap_or(8) as usize;
-    let min_killed = o.int_at_least("min_killed", 0)?.unwrap_or(2) as usize;
-    let tpl = template(ws, options, "template", A7_TEMPLATE)?;
-    let executor = rtlab_slurm::executor_option(&o)?;
-    let answer = ask(ws, model, &a7_prompt(&tpl, spec, rtl, &category))?;
+    let (n_mutants, min_killed) = (options.mutants, options.min_killed);
+    let prompt = a7_prompt(&options.template, spec, rtl, &options.category);
+    let answer = ask(ws, model, &prompt)?;
     let tb = extract_code(&answer);
     let sim = VerifyOptions {
         testbench: Some(tb.clone()),
@@ -150,7 +161,7 @@ pub fn a7_testbench_impl(
     if !on_rtl.errors.is_empty() {
         log.push_str(&on_rtl.errors.join("\n"));
     }
-    let (compiled, killed) = kill_mutants(ws, rtl, &tb, n_mutants, &executor)?;
+    let (compiled, killed) = kill_mutants(ws, rtl, &tb, n_mutants, &options.executor)?;
     let accepted = passed && killed >= min_killed.min(compiled.max(1));
     let reason = if !passed {
         format!(
@@ -180,29 +191,87 @@ fn a7_attempt(
     ws: &rtlab_core::Workspace,
     category: &str,
     attempt: usize,
-    (spec_model, rtl_model, tb_model): (&Model, &Model, &Model),
-    options: &Map,
+    options: &GenerateOptions,
 ) -> Result<(String, String, A7Result), BenchError> {
     let spec = ask(
         ws,
-        spec_model,
-        &testbench_functions::spec_prompt(category, attempt as i64),
+        &options.spec_model,
+        &spec_prompt(category, attempt as i64),
     )
     .map_err(|e| BenchError::Testbench(format!("spec generation failed: {e}")))?;
-    let rtl = ask(ws, rtl_model, &testbench_functions::rtl_prompt(&spec))
+    let rtl = ask(ws, &options.rtl_model, &rtl_prompt(&spec))
         .map(|r| extract_code(&r))
         .map_err(|e| BenchError::Testbench(format!("RTL generation failed: {e}")))?;
-    let mut tb_opts = options.clone();
-    tb_opts.insert("category".into(), category.to_string().into());
-    let verdict = a7_testbench_impl(ws, &spec, &rtl, tb_model, &tb_opts)
+    let a7 = A7Options {
+        category: category.to_string(),
+        ..options.a7.clone()
+    };
+    let verdict = a7_testbench(ws, &spec, &rtl, &options.tb_model, &a7)
         .map_err(|e| BenchError::Testbench(format!("A7 generation failed: {e}")))?;
     Ok((spec, rtl, verdict))
 }
 
+/// The V5 plan's Task 3.1 loop: for each category, attempts until its target is accepted or its
+/// share of `max_attempts` is spent, printing each attempt and each category's pass rate.
+pub fn generate_verified(
+    ws: &rtlab_core::Workspace,
+    options: &GenerateOptions,
+) -> Result<Vec<VerifiedRow>, BenchError> {
+    let per_cat = (options.max_attempts / options.categories.len().max(1)).max(1);
+    let mut rows = Vec::new();
+    for (category, target) in &options.categories {
+        let target = *target;
+        ws.emit_line(&format!(
+            "{category} (target {target}, at most {per_cat} attempts)"
+        ));
+        let (mut passed, mut attempts) = (0usize, 0usize);
+        while passed < target && attempts < per_cat {
+            if rtlab_core::cancel_requested() {
+                return Err(BenchError::Testbench(
+                    "generate_verified: cancelled by Ctrl-C (model answers so far are recorded)"
+                        .into(),
+                ));
+            }
+            attempts += 1;
+            match a7_attempt(ws, category, attempts, options) {
+                Err(step_failed) => {
+                    ws.emit_line(&format!("  [{attempts}] {step_failed}"));
+                }
+                Ok((spec, rtl, r)) if r.accepted => {
+                    passed += 1;
+                    ws.emit_line(&format!(
+                        "  [{attempts}] ✅ accepted ({passed}/{target}): {}",
+                        r.reason
+                    ));
+                    rows.push(verified_row(category, &spec, rtl, r, &options.tb_model));
+                }
+                Ok((_, _, r)) => {
+                    ws.emit_line(&format!("  [{attempts}] ❌ rejected: {}", r.reason));
+                }
+            }
+        }
+        let pct = if attempts > 0 {
+            100.0 * passed as f64 / attempts as f64
+        } else {
+            0.0
+        };
+        ws.emit_line(&format!(
+            "{category}: {passed}/{target} accepted in {attempts} attempts (pass rate {pct:.0}%)"
+        ));
+    }
+    Ok(rows)
+}
+
 /// An accepted attempt as a dataset row, with the V5 plan's metadata; `a7_model` is the model that
 /// really wrote the testbench.
-fn verified_row(category: &str, spec: &str, rtl: String, r: A7Result, tb_model: &Model) -> Dynamic {
-    let meta = serde_json::json!({
+fn verified_row(
+    category: &str,
+    spec: &str,
+    rtl: String,
+    r: A7Result,
+    tb_model: &Model,
+) -> VerifiedRow {
+    let metadata = serde_json::json!({
         "source": "v5_a7_verified",
         "category": category,
         "functional": "verified",
@@ -210,15 +279,14 @@ fn verified_row(category: &str, spec: &str, rtl: String, r: A7Result, tb_model: 
         "sim_passed": true,
         "compile_success": true,
         "a7_model": tb_model.cfg.model,
-        "mutation_score": if r.mutants > 0 { r.killed as f64 / r.mutants as f64 } else { 0.0 },
+        "mutation_score": r.mutation_score(),
     });
-    let mut row = Map::new();
-    row.insert("instruction".into(), spec.trim().to_string().into());
-    row.insert("input".into(), "".into());
-    row.insert("output".into(), rtl.into());
-    row.insert("testbench".into(), r.testbench.into());
-    row.insert("metadata".into(), rtlab_data::json_to_dynamic(meta));
-    Dynamic::from_map(row)
+    VerifiedRow {
+        instruction: spec.trim().to_string(),
+        output: rtl,
+        testbench: r.testbench,
+        metadata,
+    }
 }
 
 /// Runs the testbench `tb` against up to `n_mutants` mutants of `rtl`: how many mutants compiled, and
@@ -262,146 +330,6 @@ fn kill_mutants(
         .filter(|r| r.sim_status != SimStatus::Pass)
         .count();
     Ok((compiled.len(), killed))
-}
-
-fn model_opt(options: &Map, key: &str) -> Result<Model, BenchError> {
-    options
-        .get(key)
-        .and_then(|m| m.read_lock::<Model>().map(|m| m.clone()))
-        .ok_or_else(|| BenchError::Testbench(format!("pass `{key}`: a model from llm(#{{...}})")))
-}
-
-pub fn register(module: &mut Module) {
-    combine_with_exported_module!(module, "testbench_functions", testbench_functions);
-}
-
-#[export_module]
-mod testbench_functions {
-    use super::*;
-
-    /// The A7 prompt for a spec and its RTL, from the editable template `crates/bench/prompts/a7_testbench.md`
-    /// (or `template`, a path or the text, in the options of `a7_testbench`).
-    pub fn a7_prompt(spec: &str, rtl: &str, category: &str) -> String {
-        super::a7_prompt(A7_TEMPLATE, spec, rtl, category)
-    }
-
-    /// The prompt `generate_verified` sends the spec model for a category and attempt.
-    pub fn spec_prompt(category: &str, attempt: i64) -> String {
-        SPEC_TEMPLATE
-            .replace("{category}", category)
-            .replace("{attempt}", &attempt.to_string())
-    }
-
-    /// The prompt `generate_verified` sends the RTL model for a spec.
-    pub fn rtl_prompt(spec: &str) -> String {
-        RTL_TEMPLATE.replace("{spec}", spec.trim())
-    }
-
-    /// Asks `model` for a testbench of `rtl` (the V5 plan's A7 prompt), extracts its code block, runs it
-    /// on the RTL and on mutants of it. Options: `model` (required), `category`, `mutants` (8),
-    /// `min_killed` (2), `template`, `executor` (where the mutants run: `slurm(#{...})`). Returns `{testbench, passed, log, mutants, killed, mutation_score,
-    /// accepted, reason}`: accepted only when the testbench passes the RTL and fails at least
-    /// `min_killed` mutants.
-    #[rhai_fn(return_raw)]
-    pub fn a7_testbench(
-        ctx: NativeCallContext,
-        spec: &str,
-        rtl: &str,
-        options: Map,
-    ) -> Result<Map, Box<EvalAltResult>> {
-        rtlab_core::options::Options::new("a7_testbench", &options, A7_KEYS)?;
-        let model = model_opt(&options, "model")?;
-        let ws = rtlab_core::Workspace::of(&ctx);
-        let r = a7_testbench_impl(&ws, spec, rtl, &model, &options)?;
-        let mut m = Map::new();
-        m.insert("testbench".into(), r.testbench.into());
-        m.insert("passed".into(), r.passed.into());
-        m.insert("log".into(), r.log.into());
-        m.insert("mutants".into(), Dynamic::from(r.mutants as i64));
-        m.insert("killed".into(), Dynamic::from(r.killed as i64));
-        m.insert(
-            "mutation_score".into(),
-            Dynamic::from(if r.mutants > 0 {
-                r.killed as f64 / r.mutants as f64
-            } else {
-                0.0
-            }),
-        );
-        m.insert("accepted".into(), r.accepted.into());
-        m.insert("reason".into(), r.reason.into());
-        Ok(m)
-    }
-
-    /// The V5 plan's Task 3.1 loop. Options: `categories` (a map category → target count),
-    /// `max_attempts` (total, shared evenly by the categories), `spec_model`, `rtl_model`, `tb_model`,
-    /// and `a7_testbench`'s `mutants`/`min_killed`. Prints per-category progress and pass rates; returns
-    /// the accepted rows `{instruction, input, output, testbench, metadata: {...}}` in the plan's format.
-    #[rhai_fn(return_raw)]
-    pub fn generate_verified(
-        ctx: NativeCallContext,
-        options: Map,
-    ) -> Result<Frame, Box<EvalAltResult>> {
-        let o = rtlab_core::options::Options::new("generate_verified", &options, GENERATE_KEYS)?;
-        let ws = rtlab_core::Workspace::of(&ctx);
-        let spec_model = model_opt(&options, "spec_model")?;
-        let rtl_model = model_opt(&options, "rtl_model")?;
-        let tb_model = model_opt(&options, "tb_model")?;
-        let categories = o.map("categories")?.ok_or_else(|| {
-            BenchError::Testbench(
-                "generate_verified: pass categories: #{fsm_2state: 35, ...}".into(),
-            )
-        })?;
-        let max_attempts = o.int_at_least("max_attempts", 1)?.unwrap_or(400) as usize;
-        let per_cat = (max_attempts / categories.len().max(1)).max(1);
-        let mut rows = Array::new();
-        for (category, target) in categories.iter() {
-            let target = target
-                .as_int()
-                .map_err(|_| {
-                    BenchError::Testbench(format!(
-                        "generate_verified: the target of {category} must be an int"
-                    ))
-                })?
-                .max(0) as usize;
-            ws.emit_line(&format!(
-                "{category} (target {target}, at most {per_cat} attempts)"
-            ));
-            let (mut passed, mut attempts) = (0usize, 0usize);
-            while passed < target && attempts < per_cat {
-                if rtlab_core::cancel_requested() {
-                    return Err(BenchError::Testbench("generate_verified: cancelled by Ctrl-C (model answers so far are recorded)".into()).into());
-                }
-                attempts += 1;
-                let models = (&spec_model, &rtl_model, &tb_model);
-                match a7_attempt(&ws, category.as_str(), attempts, models, &options) {
-                    Err(step_failed) => {
-                        ws.emit_line(&format!("  [{attempts}] {step_failed}"));
-                    }
-                    Ok((spec, rtl, r)) if r.accepted => {
-                        passed += 1;
-                        ws.emit_line(&format!(
-                            "  [{attempts}] ✅ accepted ({passed}/{target}): {}",
-                            r.reason
-                        ));
-                        rows.push(verified_row(category.as_str(), &spec, rtl, r, &tb_model));
-                    }
-                    Ok((_, _, r)) => {
-                        ws.emit_line(&format!("  [{attempts}] ❌ rejected: {}", r.reason));
-                    }
-                }
-            }
-            let pct = if attempts > 0 {
-                100.0 * passed as f64 / attempts as f64
-            } else {
-                0.0
-            };
-            ws.emit_line(&format!("{category}: {passed}/{target} accepted in {attempts} attempts (pass rate {pct:.0}%)"));
-        }
-        if rows.is_empty() {
-            return Ok(Frame::new(polars::prelude::DataFrame::empty()));
-        }
-        Ok(rtlab_data::from_records(&rows, "generated rows")?)
-    }
 }
 
 #[cfg(test)]

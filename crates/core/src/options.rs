@@ -393,6 +393,38 @@ mod tests {
             .collect()
     }
 
+    /// Callers can tell the cases apart without reading the message.
+    #[test]
+    fn each_refusal_is_its_own_variant() {
+        let m = map(&[
+            ("n", Dynamic::from(0_i64)),
+            ("stop", Dynamic::from_array(vec!["".into()])),
+        ]);
+        let o = Options::new("f", &m, &["n", "stop"]).unwrap();
+        assert!(matches!(
+            o.int_at_least("n", 1),
+            Err(OptionError::TooSmall {
+                min: 1,
+                value: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            o.stop_strings("stop"),
+            Err(OptionError::EmptyStopString { index: 0, .. })
+        ));
+        assert!(matches!(o.string("n"), Err(OptionError::Wrong { .. })));
+        assert!(matches!(
+            Options::new("f", &m, &["n"]).err().unwrap(),
+            OptionError::UnknownKeys { unknown, .. } if unknown == ["stop"]
+        ));
+        assert_eq!(
+            o.rule("pass #{x: 1}").to_string(),
+            "f: pass #{x: 1}",
+            "a function's own rule reads like the others"
+        );
+    }
+
     #[test]
     fn an_unknown_key_lists_the_valid_ones() {
         let m = map(&[("sead", Dynamic::from(1_i64))]);

@@ -1,9 +1,8 @@
-//! Between frames and Rhai values. Rows go through JSON (polars' writer, then serde): one well-tested
-//! path for nested structs and lists, used by the row-wise slow paths (`to_records`, `row`, `map_rows`).
+//! Frames as JSON lines and back (polars' writer and reader): one well-tested path for nested
+//! structs and lists, which the row-wise slow paths (`to_records`, `row`, `map_rows`) take.
 
-use super::{DataError, Frame};
+use super::DataError;
 use polars::prelude::*;
-use rhai::Array;
 use std::io::Cursor;
 use std::num::NonZeroUsize;
 
@@ -28,72 +27,15 @@ pub fn jsonl_to_frame(bytes: &[u8]) -> Result<DataFrame, DataError> {
         .finish()?)
 }
 
-/// Every row as a Rhai map.
-pub fn to_records(frame: &Frame) -> Result<Array, DataError> {
-    let bytes = frame_to_jsonl(&frame.df)?;
-    let mut rows = Array::with_capacity(frame.df.height());
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let value: serde_json::Value = serde_json::from_slice(line)
-            .map_err(|e| DataError::Invalid(format!("internal JSON round trip failed: {e}")))?;
-        rows.push(json_to_dynamic(value));
-    }
-    Ok(rows)
-}
-
-/// Maps (or anything JSON-like) to a frame; `what` names the argument in errors.
-pub fn from_records(records: &Array, what: &str) -> Result<Frame, DataError> {
-    let mut buf = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        if !record.is_map() {
-            return Err(DataError::Invalid(format!(
-                "{what}[{i}] is a {}, expected a map like #{{instruction: \"...\"}}",
-                record.type_name()
-            )));
-        }
-        let json =
-            dynamic_to_json(record).map_err(|e| DataError::Invalid(format!("{what}[{i}]: {e}")))?;
-        serde_json::to_writer(&mut buf, &json)
-            .map_err(|e| DataError::Invalid(format!("{what}[{i}]: {e}")))?;
-        buf.push(b'\n');
-    }
-    Ok(Frame::new(jsonl_to_frame(&buf)?))
-}
-
-pub use rtlab_core::json::{dynamic_to_json, json_to_dynamic};
-
-/// A Rhai value as a polars literal expression (for `lit`, comparisons, `is_in`).
-pub fn dynamic_to_series(name: &str, values: &Array) -> Result<Series, DataError> {
-    let name = PlSmallStr::from_str(name);
-    if values.iter().all(|v| v.is_string()) {
-        let v: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        return Ok(Series::new(name, v));
-    }
-    if values.iter().all(|v| v.is_int()) {
-        let v: Vec<i64> = values
-            .iter()
-            .map(|v| v.as_int().unwrap_or_default())
-            .collect();
-        return Ok(Series::new(name, v));
-    }
-    if values.iter().all(|v| v.is_int() || v.is_float()) {
-        let v: Vec<f64> = values
-            .iter()
-            .map(|v| {
-                v.as_float()
-                    .or_else(|_| v.as_int().map(|i| i as f64))
-                    .unwrap_or_default()
-            })
-            .collect();
-        return Ok(Series::new(name, v));
-    }
-    if values.iter().all(|v| v.is_bool()) {
-        let v: Vec<bool> = values
-            .iter()
-            .map(|v| v.as_bool().unwrap_or_default())
-            .collect();
-        return Ok(Series::new(name, v));
-    }
-    Err(DataError::Invalid(
-        "a list for is_in must hold only strings, only numbers or only booleans".to_string(),
-    ))
+/// Every row as a JSON object (nested structs as objects, lists as arrays): the typed row API for
+/// code beneath the Rhai surface.
+pub fn json_rows(df: &DataFrame) -> Result<Vec<serde_json::Value>, DataError> {
+    frame_to_jsonl(df)?
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line)
+                .map_err(|e| DataError::Invalid(format!("internal JSON round trip failed: {e}")))
+        })
+        .collect()
 }

@@ -494,22 +494,21 @@ pub(super) fn cut_at_line_ends(bytes: &[u8], size: usize) -> Vec<&[u8]> {
 mod tests {
     use super::*;
 
+    /// A frame of JSON rows, as a JSONL file of them reads.
+    fn frame_of(rows: &[serde_json::Value]) -> crate::Frame {
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        crate::Frame::new(crate::convert::jsonl_to_frame(text.as_bytes()).unwrap())
+    }
+
     /// `df.verify` gives a `skipped` column of `#{}` maps when no row skipped a stage: a struct without
     /// fields, which Parquet cannot hold. The notebook's cache and `save_parquet` must still round-trip
     /// it, with the frame's other columns untouched.
     #[test]
     fn a_column_of_empty_maps_survives_parquet() {
-        let records: rhai::Array = (0..100)
-            .map(|i| {
-                let mut m = rhai::Map::new();
-                m.insert("skipped".into(), rhai::Dynamic::from_map(rhai::Map::new()));
-                let mut meta = rhai::Map::new();
-                meta.insert("id".into(), rhai::Dynamic::from(i as i64));
-                m.insert("metadata".into(), rhai::Dynamic::from_map(meta));
-                rhai::Dynamic::from_map(m)
-            })
+        let lines: Vec<serde_json::Value> = (0..100)
+            .map(|i| serde_json::json!({"skipped": {}, "metadata": {"id": i}}))
             .collect();
-        let frame = crate::from_records(&records, "test").unwrap();
+        let frame = frame_of(&lines);
         assert_eq!(
             frame.df.column("skipped").unwrap().dtype(),
             &DataType::Struct(vec![])
@@ -526,27 +525,21 @@ mod tests {
     /// unchanged rerun of a plan script retrained.
     #[test]
     fn a_frame_hashes_the_same_after_filter_sort_and_a_parquet_round_trip() {
-        let records: rhai::Array = (0..200)
+        let lines: Vec<serde_json::Value> = (0..200)
             .map(|i| {
-                let mut m = rhai::Map::new();
-                m.insert(
-                    "text".into(),
-                    format!("row {i} {}", "x".repeat(i % 17)).into(),
-                );
-                m.insert("n".into(), rhai::Dynamic::from((i * 7 % 13) as i64));
                 // What `df.verify` gives: a struct with a null field, a list, a struct of no fields.
-                let mut meta = rhai::Map::new();
-                meta.insert("mutation".into(), rhai::Dynamic::UNIT);
-                meta.insert("id".into(), format!("t{i}").into());
-                m.insert("metadata".into(), rhai::Dynamic::from_map(meta));
-                let lint: rhai::Array = (0..(i % 3)).map(|k| format!("w{k}").into()).collect();
-                m.insert("lint".into(), rhai::Dynamic::from_array(lint));
-                m.insert("skipped".into(), rhai::Dynamic::from_map(rhai::Map::new()));
-                rhai::Dynamic::from_map(m)
+                let lint: Vec<String> = (0..(i % 3)).map(|k| format!("w{k}")).collect();
+                serde_json::json!({
+                    "text": format!("row {i} {}", "x".repeat(i % 17)),
+                    "n": i * 7 % 13,
+                    "metadata": {"mutation": null, "id": format!("t{i}")},
+                    "lint": lint,
+                    "skipped": {},
+                })
             })
             .collect();
-        let frame = crate::from_records(&records, "test").unwrap();
-        let other = crate::from_records(&records, "test").unwrap();
+        let frame = frame_of(&lines);
+        let other = frame_of(&lines);
         let mut df = frame.df.vstack(&other.df).unwrap();
         df = df
             .filter(

@@ -19,7 +19,8 @@ pub mod plot;
 mod scan;
 mod typed;
 
-pub use convert::{dynamic_to_json, from_records, json_to_dynamic, to_records};
+pub use api::convert::{dynamic_to_json, from_records, json_to_dynamic, to_records};
+pub use convert::json_rows;
 pub use expr::column;
 pub use io::{
     frame_from_parquet_bytes, frame_to_parquet_bytes, load_jsonl, save_jsonl, LoadOptions,

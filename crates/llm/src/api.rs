@@ -38,55 +38,37 @@ pub fn model_from_options(options: &Map, base_dir: &std::path::Path) -> Result<M
     let provider = Provider::parse(&text("provider")?.unwrap_or_else(|| "openai".to_string()))?;
     let model = text("model")?
         .ok_or_else(|| o.rule("pass #{model: \"...\"} (the model name the server knows)"))?;
-    // A local model is a directory: resolve it against the script like every other path.
-    let local_path = |p: String| {
-        rtlab_core::workspace::resolve_against(base_dir, &p)
-            .display()
-            .to_string()
-    };
-    let (model, adapter) = if provider == Provider::Local {
-        // A model rtlab knows by name (`smollm2-135m`) is found in, or pulled to, its cache.
-        let located = rtlab_model::models::locate(&model, base_dir)
-            .map_err(|e| LlmError::Locate(e.to_string()))?
-            .display()
-            .to_string();
-        (located, text("adapter")?.map(local_path))
-    } else {
-        if o.has("adapter") {
+    if provider != Provider::Local && o.has("adapter") {
+        return Err(o
+            .rule("adapter is for provider \"local\"; a server loads its own adapters")
+            .into());
+    }
+    let mut cfg = ModelConfig::new(provider, model);
+    if let Some(url) = text("base_url")? {
+        cfg.base_url = url;
+    }
+    if let Some(env) = text("api_key_env")? {
+        cfg.api_key_env = Some(env);
+    }
+    cfg.temperature = number("temperature", cfg.temperature)?;
+    cfg.top_p = number("top_p", cfg.top_p)?;
+    cfg.max_tokens = count("max_tokens", cfg.max_tokens, 1)?;
+    cfg.stop = o.stop_strings("stop")?.unwrap_or_default();
+    cfg.concurrency = count("concurrency", cfg.concurrency as i64, 1)? as usize;
+    cfg.timeout_s = match number("timeout_s", cfg.timeout_s)? {
+        t if t > 0.0 && t.is_finite() => t,
+        t => {
             return Err(o
-                .rule("adapter is for provider \"local\"; a server loads its own adapters")
-                .into());
+                .rule(format!(
+                    "option `timeout_s` must be a number of seconds above 0, not {t}"
+                ))
+                .into())
         }
-        (model, None)
     };
-    let cfg = ModelConfig {
-        provider,
-        base_url: text("base_url")?.unwrap_or_else(|| provider.default_base_url().to_string()),
-        model,
-        api_key_env: text("api_key_env")?.or(provider.default_key_env().map(str::to_string)),
-        temperature: number("temperature", 0.0)?,
-        top_p: number("top_p", 1.0)?,
-        max_tokens: count("max_tokens", 2048, 1)?,
-        stop: o.stop_strings("stop")?.unwrap_or_default(),
-        concurrency: count("concurrency", 4, 1)? as usize,
-        timeout_s: match number("timeout_s", 120.0)? {
-            t if t > 0.0 && t.is_finite() => t,
-            t => {
-                return Err(o
-                    .rule(format!(
-                        "option `timeout_s` must be a number of seconds above 0, not {t}"
-                    ))
-                    .into())
-            }
-        },
-        retries: count("retries", 4, 0)? as u32,
-        adapter,
-        template: text("template")?,
-    };
-    Ok(Model {
-        cfg: Arc::new(cfg),
-        usage: Arc::new(Mutex::new(Usage::default())),
-    })
+    cfg.retries = count("retries", cfg.retries as i64, 0)? as u32;
+    cfg.adapter = text("adapter")?;
+    cfg.template = text("template")?;
+    Model::from_config(cfg, base_dir)
 }
 
 /// The map [`model_from_options`] reads back (how the notebook caches a model).

@@ -61,6 +61,29 @@ pub struct ModelConfig {
     pub template: Option<String>,
 }
 
+impl ModelConfig {
+    /// A model `provider` serves under `model`, with the defaults `llm(#{...})` documents: the
+    /// provider's URL and key variable, temperature 0, top_p 1, 2048 tokens, 4 requests at once,
+    /// 120 s per request, 4 retries.
+    pub fn new(provider: Provider, model: impl Into<String>) -> ModelConfig {
+        ModelConfig {
+            provider,
+            base_url: provider.default_base_url().to_string(),
+            model: model.into(),
+            api_key_env: provider.default_key_env().map(str::to_string),
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 2048,
+            stop: Vec::new(),
+            concurrency: 4,
+            timeout_s: 120.0,
+            retries: 4,
+            adapter: None,
+            template: None,
+        }
+    }
+}
+
 /// Token and request counts, for one model over its life.
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
@@ -130,6 +153,30 @@ pub struct Model {
 }
 
 impl Model {
+    /// The model `cfg` describes. A local model (`provider: Local`) is a directory or a name rtlab
+    /// knows (`smollm2-135m`, found in or pulled to its cache); it and its adapter resolve against
+    /// `base_dir` (the script's directory, or the shell's).
+    pub fn from_config(
+        mut cfg: ModelConfig,
+        base_dir: &std::path::Path,
+    ) -> Result<Model, LlmError> {
+        if cfg.provider == Provider::Local {
+            cfg.model = rtlab_model::models::locate(&cfg.model, base_dir)
+                .map_err(|e| LlmError::Locate(e.to_string()))?
+                .display()
+                .to_string();
+            cfg.adapter = cfg.adapter.map(|a| {
+                rtlab_core::workspace::resolve_against(base_dir, &a)
+                    .display()
+                    .to_string()
+            });
+        }
+        Ok(Model {
+            cfg: Arc::new(cfg),
+            usage: Arc::new(Mutex::new(Usage::default())),
+        })
+    }
+
     /// The options that rebuild this model with `from_options` (how the cell cache persists a model).
     /// How the model shows at the REPL: its provider and name.
     pub fn describe(&self) -> String {

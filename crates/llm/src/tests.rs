@@ -88,3 +88,37 @@ fn request_keys_ignore_the_provider_but_not_the_sample() {
     assert_eq!(replay.request_key(&msgs, 0), live.request_key(&msgs, 0));
     assert_ne!(live.request_key(&msgs, 0), live.request_key(&msgs, 1));
 }
+
+/// The CLI builds a `ModelConfig` where a script writes `llm(#{...})`: the two must agree on every
+/// default, or `rtlab bench` and `benchmark(llm(...))` would ask differently.
+#[test]
+fn a_typed_config_has_the_defaults_of_the_option_map() {
+    let mut options = rhai::Map::new();
+    options.insert("provider".into(), "ollama".into());
+    options.insert("model".into(), "qwen".into());
+    let from_map = api::model_from_options(&options, std::path::Path::new(".")).unwrap();
+    let typed = Model::from_config(
+        ModelConfig::new(Provider::Ollama, "qwen"),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(format!("{:?}", from_map.cfg), format!("{:?}", typed.cfg));
+}
+
+#[test]
+fn a_bad_option_is_an_option_error_with_the_message_users_saw() {
+    let mut options = rhai::Map::new();
+    options.insert("model".into(), "m".into());
+    options.insert("timeout_s".into(), rhai::Dynamic::from(0.0_f64));
+    let e = api::model_from_options(&options, std::path::Path::new("."))
+        .err()
+        .unwrap();
+    assert!(matches!(
+        e,
+        LlmError::Option(rtlab_core::OptionError::Rule { .. })
+    ));
+    assert_eq!(
+        e.to_string(),
+        "llm: option `timeout_s` must be a number of seconds above 0, not 0"
+    );
+}

@@ -1,11 +1,10 @@
 //! Preference pairs out of a frame, in TRL's two formats (standard and conversational).
 //!
-//! This module reads a frame's cells as Rhai values (`rtlab-data`'s row API), the one place below
-//! the Rhai surface that does (a ratchet in the tidy tests until the frame offers typed rows).
+//! The frame's rows are read as JSON (`rtlab_data::json_rows`), as a JSONL file of pairs holds them.
 
 use crate::{bad, dpo, TrainError};
-use rhai::Map;
 use rtlab_data::Frame;
+use serde_json::Value;
 
 /// A preference pair's prompt, in TRL's standard format (text, put through the template) or its
 /// conversational one (messages, put through the model's chat template).
@@ -18,15 +17,20 @@ pub(crate) enum PairPrompt {
 fn pair_cell(
     row: usize,
     column: &str,
-    value: &rhai::Dynamic,
+    value: &Value,
 ) -> Result<Result<String, Vec<(String, String)>>, TrainError> {
-    if value.is_string() {
-        return Ok(Ok(value.to_string()));
+    if let Value::String(text) = value {
+        return Ok(Ok(text.clone()));
     }
-    let Some(messages) = value.read_lock::<rhai::Array>().map(|a| a.clone()) else {
+    let Value::Array(messages) = value else {
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a bool",
+            Value::Number(_) => "a number",
+            _ => "a map",
+        };
         return Err(bad(format!(
-            "row {row}: {column} is {}, not a string or a list of {{role, content}} messages",
-            value.type_name()
+            "row {row}: {column} is {kind}, not a string or a list of {{role, content}} messages"
         )));
     };
     messages
@@ -34,8 +38,9 @@ fn pair_cell(
         .enumerate()
         .map(|(i, m)| {
             let field = |k: &str| {
-                m.read_lock::<Map>()
-                    .and_then(|m| m.get(k).filter(|v| v.is_string()).map(|v| v.to_string()))
+                m.get(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
                     .ok_or_else(|| {
                         bad(format!(
                             "row {row}: {column} message {i} has no string {k:?} (a message is #{{role: \"user\", content: \"...\"}})"
@@ -67,14 +72,10 @@ pub(crate) fn preference_rows(
             )));
         }
     }
-    let records = rtlab_data::to_records(frame).map_err(|e| bad(e.to_string()))?;
+    let records = rtlab_data::json_rows(&frame.df).map_err(|e| bad(e.to_string()))?;
     let mut rows = Vec::with_capacity(records.len());
     for (row, record) in records.iter().enumerate() {
-        let record = record
-            .read_lock::<Map>()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        let cell = |k: &str| pair_cell(row, k, record.get(k).unwrap_or(&rhai::Dynamic::UNIT));
+        let cell = |k: &str| pair_cell(row, k, record.get(k).unwrap_or(&Value::Null));
         let prompt = match cell("prompt")? {
             Ok(text) => PairPrompt::Text(text),
             Err(messages) => PairPrompt::Messages(messages),

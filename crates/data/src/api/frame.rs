@@ -2,8 +2,9 @@
 //! Lazy plans run on polars' thread pool; results are sorted where polars leaves order open, so output
 //! is deterministic.
 
-use crate::convert::{from_records, to_records};
-use crate::expr::{column, expr_from, exprs_from, Expr};
+use super::convert::{from_records, to_records};
+use super::expr::{expr_from, exprs_from, Expr};
+use crate::expr::column;
 use crate::{DataError, Frame};
 use polars::prelude::*;
 use rhai::plugin::*;

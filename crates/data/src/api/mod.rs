@@ -3,8 +3,11 @@
 //! and how frames show and persist. Options are read here through rtlab-core's option reader; the
 //! readers, scans and hygiene below take typed arguments.
 
+pub(crate) mod convert;
+pub(crate) mod expr;
 mod frame;
 mod hygiene;
+mod plot;
 
 use crate::*;
 use rhai::plugin::*;
@@ -52,8 +55,8 @@ fn describe_lazy(l: &LazyJsonl) -> String {
 
 #[export_module]
 mod scan_functions {
+    use super::expr::Expr;
     use super::*;
-    use crate::expr::Expr;
     use rhai::Array;
 
     /// A lazy scan of a JSONL file: nothing is read until `collect`, `sink_jsonl` or `len`. Filters are

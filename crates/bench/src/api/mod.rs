@@ -14,6 +14,11 @@ use rtlab_data::{strings, Frame};
 use rtlab_llm::Model;
 use std::collections::BTreeMap;
 
+mod judge_options;
+pub mod run;
+mod sweep;
+mod testbench;
+
 /// Category → functional rate, from a run map or a recorded run id.
 fn categories_of(ws: &Workspace, run: &Dynamic) -> Result<(String, CategoryMetrics), BenchError> {
     let metrics: serde_json::Value = if let Some(m) = run.read_lock::<Map>() {
@@ -549,7 +554,7 @@ mod bench_functions {
         options: Map,
     ) -> Result<Frame, Box<EvalAltResult>> {
         let ws = Workspace::of(&ctx);
-        let spec = judge::JudgeSpec::from_options(&options)?;
+        let spec = judge_options::judge_spec(&options)?;
         let items = judge::items_of(&data, &spec)?;
         if items.is_empty() {
             return Err(BenchError::Input("judge: the data has no rows".into()).into());
@@ -587,7 +592,7 @@ mod bench_functions {
                 let mut m = Map::new();
                 m.insert("trial".into(), Dynamic::from(t.index as i64));
                 for (k, v) in &t.params {
-                    m.insert(k.clone(), v.clone());
+                    m.insert(k.into(), rtlab_data::json_to_dynamic(v.clone()));
                 }
                 m.insert(spec.objective.as_str().into(), Dynamic::from(t.objective));
                 m.insert("seconds".into(), Dynamic::from(t.seconds));
@@ -595,7 +600,7 @@ mod bench_functions {
                 Dynamic::from_map(m)
             })
             .collect();
-        let better = |a: &&sweep::Trial, b: &&sweep::Trial| {
+        let better = |a: &&crate::sweep::Trial, b: &&crate::sweep::Trial| {
             let o = a.objective.total_cmp(&b.objective);
             if spec.maximize {
                 o
@@ -610,7 +615,7 @@ mod bench_functions {
         let mut best_map = Map::new();
         best_map.insert("trial".into(), Dynamic::from(best.index as i64));
         for (k, v) in &best.params {
-            best_map.insert(k.clone(), v.clone());
+            best_map.insert(k.into(), rtlab_data::json_to_dynamic(v.clone()));
         }
         best_map.insert(
             spec.objective.as_str().into(),
@@ -664,12 +669,11 @@ mod bench_functions {
         problems: Frame,
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        Ok(run_benchmark(
-            &Workspace::of(&ctx),
-            &model,
-            &problems,
-            &options,
-        )?)
+        let ws = Workspace::of(&ctx);
+        let options = run::bench_options(&ws, &options)?;
+        Ok(run::run_map(run_benchmark(
+            &ws, &model, &problems, &options,
+        )?))
     }
 
     /// The prompt `benchmark` sends for a problem's spec (the default template,
@@ -921,6 +925,6 @@ rhai::def_package! {
     /// preference pairs, A7 testbenches and `generate_verified`.
     pub BenchPackage(module) {
         register(module);
-        testbench::register(module);
+        self::testbench::register(module);
     }
 }
