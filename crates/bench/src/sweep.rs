@@ -137,6 +137,9 @@ pub(crate) fn without_long_numbers(text: &str) -> String {
     out
 }
 
+/// Runs one trial with its parameters (by index): its objective, or why it failed.
+pub type TrialFn<'a> = dyn FnMut(usize, &Map<String, Value>) -> Result<f64, BenchError> + 'a;
+
 /// Runs (or reads back) every planned trial, in order. `code` is what a trial's result depends on
 /// besides its parameters (rtlab's code and the trial function's); `trial` runs one trial and
 /// returns its objective. A trial kept in `spec.out` under the same parameters and code is read back.
@@ -144,7 +147,7 @@ pub fn run(
     ws: &rtlab_core::Workspace,
     spec: &SweepSpec,
     code: &str,
-    trial: &mut dyn FnMut(usize, &Map<String, Value>) -> Result<f64, BenchError>,
+    trial: &mut TrialFn,
 ) -> Result<Vec<Trial>, BenchError> {
     std::fs::create_dir_all(&spec.out).map_err(|e| bad(format!("{}: {e}", spec.out.display())))?;
     let mut done = Vec::new();
