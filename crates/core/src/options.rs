@@ -90,12 +90,21 @@ impl From<OptionError> for String {
     }
 }
 
-/// A script sees an option error as the runtime error it always saw: its message, unchanged.
-impl From<OptionError> for Box<rhai::EvalAltResult> {
-    fn from(e: OptionError) -> Self {
-        e.to_string().into()
-    }
+/// `impl From<$error> for Box<rhai::EvalAltResult>`: a crate's error reaches a script as a runtime
+/// error whose text is the error's message, the message users saw when errors were strings. Each
+/// capability's `api.rs` says this once for its enum.
+#[macro_export]
+macro_rules! script_error {
+    ($error:ty) => {
+        impl From<$error> for Box<rhai::EvalAltResult> {
+            fn from(e: $error) -> Self {
+                e.to_string().into()
+            }
+        }
+    };
 }
+
+script_error!(OptionError);
 
 /// A function's option map, checked against the keys it accepts.
 pub struct Options<'a> {

@@ -131,12 +131,7 @@ fn messages_from(array: &Array) -> Result<Vec<Message>, LlmError> {
         .collect()
 }
 
-/// A script sees a client error as a runtime error with the error's message.
-impl From<LlmError> for Box<EvalAltResult> {
-    fn from(e: LlmError) -> Self {
-        e.to_string().into()
-    }
-}
+rtlab_core::script_error!(LlmError);
 
 pub fn register(module: &mut Module) {
     module.set_custom_type::<Model>("Model");

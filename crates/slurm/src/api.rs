@@ -89,12 +89,7 @@ pub fn executor_option(
     )
 }
 
-/// A script sees a Slurm error as a runtime error with the error's message.
-impl From<crate::SlurmError> for Box<EvalAltResult> {
-    fn from(e: crate::SlurmError) -> Self {
-        e.to_string().into()
-    }
-}
+rtlab_core::script_error!(crate::SlurmError);
 
 pub fn register(module: &mut Module) {
     module.set_custom_type::<SlurmOptions>("SlurmExecutor");

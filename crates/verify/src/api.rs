@@ -203,12 +203,7 @@ fn warn_skipped(reports: &[super::Report]) {
     );
 }
 
-/// A script sees a verifier error as a runtime error with the error's message.
-impl From<VerifyError> for Box<EvalAltResult> {
-    fn from(e: VerifyError) -> Self {
-        e.to_string().into()
-    }
-}
+rtlab_core::script_error!(VerifyError);
 
 pub fn register(module: &mut Module) {
     combine_with_exported_module!(module, "verify_functions", verify_functions);

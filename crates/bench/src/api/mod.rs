@@ -458,12 +458,7 @@ fn column_texts(
     Ok((h, r))
 }
 
-/// A script sees a benchmark error as a runtime error with the error's message.
-impl From<BenchError> for Box<EvalAltResult> {
-    fn from(e: BenchError) -> Self {
-        e.to_string().into()
-    }
-}
+rtlab_core::script_error!(BenchError);
 
 pub fn register(module: &mut Module) {
     combine_with_exported_module!(module, "bench_functions", bench_functions);

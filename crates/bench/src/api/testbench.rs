@@ -39,14 +39,13 @@ fn model_opt(options: &Map, key: &str) -> Result<Model, BenchError> {
         .ok_or_else(|| BenchError::Testbench(format!("pass `{key}`: a model from llm(#{{...}})")))
 }
 
-/// The testbench step's options, from `function`'s map (its keys checked against `keys`).
+/// The testbench step's options, from the caller's checked map `o` (`options` is its raw map, for
+/// the template, which may name a file).
 fn a7_options(
     ws: &rtlab_core::Workspace,
-    function: &'static str,
+    o: &rtlab_core::options::Options,
     options: &Map,
-    keys: &[&str],
 ) -> Result<A7Options, BenchError> {
-    let o = rtlab_core::options::Options::new(function, options, keys)?;
     let default = A7Options::default();
     Ok(A7Options {
         category: o.string("category")?.unwrap_or(default.category),
@@ -57,7 +56,7 @@ fn a7_options(
             .int_at_least("min_killed", 0)?
             .map_or(default.min_killed, |n| n as usize),
         template: template_option(ws, options, "template")?.unwrap_or(default.template),
-        executor: rtlab_slurm::executor_option(&o)?,
+        executor: rtlab_slurm::executor_option(o)?,
     })
 }
 
@@ -112,7 +111,8 @@ mod testbench_functions {
         options: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
         let ws = rtlab_core::Workspace::of(&ctx);
-        let a7 = a7_options(&ws, "a7_testbench", &options, A7_KEYS)?;
+        let o = rtlab_core::options::Options::new("a7_testbench", &options, A7_KEYS)?;
+        let a7 = a7_options(&ws, &o, &options)?;
         let model = model_opt(&options, "model")?;
         Ok(result_map(testbench::a7_testbench(
             &ws, spec, rtl, &model, &a7,
@@ -129,8 +129,8 @@ mod testbench_functions {
         options: Map,
     ) -> Result<Frame, Box<EvalAltResult>> {
         let ws = rtlab_core::Workspace::of(&ctx);
-        let a7 = a7_options(&ws, "generate_verified", &options, GENERATE_KEYS)?;
         let o = rtlab_core::options::Options::new("generate_verified", &options, GENERATE_KEYS)?;
+        let a7 = a7_options(&ws, &o, &options)?;
         let spec_model = model_opt(&options, "spec_model")?;
         let rtl_model = model_opt(&options, "rtl_model")?;
         let tb_model = model_opt(&options, "tb_model")?;

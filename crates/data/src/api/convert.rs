@@ -1,21 +1,17 @@
 //! Between frames and Rhai values: rows as maps (through JSON, [`crate::convert`]) and arrays as
 //! polars literals.
 
-use crate::convert::{frame_to_jsonl, jsonl_to_frame};
+use crate::convert::{json_rows, jsonl_to_frame};
 use crate::{DataError, Frame};
 use polars::prelude::*;
 use rhai::Array;
 
 /// Every row as a Rhai map.
 pub fn to_records(frame: &Frame) -> Result<Array, DataError> {
-    let bytes = frame_to_jsonl(&frame.df)?;
-    let mut rows = Array::with_capacity(frame.df.height());
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let value: serde_json::Value = serde_json::from_slice(line)
-            .map_err(|e| DataError::Invalid(format!("internal JSON round trip failed: {e}")))?;
-        rows.push(json_to_dynamic(value));
-    }
-    Ok(rows)
+    Ok(json_rows(&frame.df)?
+        .into_iter()
+        .map(json_to_dynamic)
+        .collect())
 }
 
 /// Maps (or anything JSON-like) to a frame; `what` names the argument in errors.

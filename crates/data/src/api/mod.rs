@@ -14,11 +14,7 @@ use rhai::plugin::*;
 use rhai::Map;
 use rtlab_core::values::RichType;
 
-impl From<DataError> for Box<EvalAltResult> {
-    fn from(e: DataError) -> Self {
-        e.to_string().into()
-    }
-}
+rtlab_core::script_error!(DataError);
 
 pub fn register(module: &mut Module) {
     module.set_custom_type::<LazyJsonl>("LazyFrame");

@@ -28,11 +28,7 @@ rhai::def_package! {
     }
 }
 
-impl From<TrainError> for Box<EvalAltResult> {
-    fn from(e: TrainError) -> Self {
-        e.to_string().into()
-    }
-}
+rtlab_core::script_error!(TrainError);
 
 /// Parses the options (errors name the function), trains or finds the finished run, and returns its
 /// record as a map.
