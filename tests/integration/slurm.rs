@@ -338,7 +338,13 @@ fn a_failing_task_is_named_with_its_stderr_and_the_other_shards_are_kept() {
 fn a_job_cancelled_from_outside_stops_the_batch_with_a_clear_error() {
     require_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let (child, _, id) = start_on_slurm(dir.path(), "tasks=4", "slow=5000");
+    // On two cores two of the four elements run, and take 3 s to stop after SIGTERM; the pending
+    // ones leave the queue at once. A driver that judged the job while its
+    // running elements were still COMPLETING resubmitted the pending ones (seen in CI).
+    let (child, job_dir, id) = start_on_slurm(dir.path(), "tasks=4", "slow=20000,linger=3000");
+    wait_for("two elements running", Duration::from_secs(60), || {
+        std::fs::read_dir(job_dir.join("runs")).map_or(0, |d| d.count()) >= 2
+    });
     scancel(&id.to_string());
     let run = finish(child);
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -348,6 +354,9 @@ fn a_job_cancelled_from_outside_stops_the_batch_with_a_clear_error() {
         "{}",
         run.stderr
     );
+    // Nothing was resubmitted: the job directory holds one submission.
+    let record = std::fs::read_to_string(job_dir.join("job.json")).unwrap();
+    assert_eq!(record.matches("\"job_id\"").count(), 1, "{record}");
 }
 
 #[test]

@@ -484,7 +484,10 @@ impl<'a> Follow<'a> {
             if rtlab_core::cancel_requested() {
                 return Err(SlurmError::Job(cancel_by_ctrl_c(&active)));
             }
-            let ended = self.ended_without_part(&open, &active)?;
+            let Some(ended) = self.ended_without_part(&open, &active)? else {
+                std::thread::sleep(POLL);
+                continue;
+            };
             // Every open shard cancelled at once: someone cancelled the job. Stop, do not resubmit.
             let cancelled = ended
                 .iter()
@@ -511,12 +514,19 @@ impl<'a> Follow<'a> {
     }
 
     /// The open shards that left the queue without a part file: `(shard, Slurm state, exit code)`.
+    ///
+    /// None while an open shard is still COMPLETING: `scancel JOB` takes a job's pending elements
+    /// out of the queue at once but its running ones only after they stop, so judging in between
+    /// would see part of a cancelled job and resubmit it as if one element had been cancelled.
     fn ended_without_part(
         &self,
         open: &[usize],
         active: &[u64],
-    ) -> Result<Vec<(usize, String, String)>, SlurmError> {
+    ) -> Result<Option<Vec<(usize, String, String)>>, SlurmError> {
         let queue = cluster::queued(active)?;
+        if queue.values().any(|state| state == "COMPLETING") {
+            return Ok(None);
+        }
         let mut ended = Vec::new();
         for &k in open {
             let Some(id) = self.current[k] else { continue };
@@ -531,7 +541,7 @@ impl<'a> Follow<'a> {
                 cluster::ended(id, k).unwrap_or_else(|| ("UNKNOWN".into(), String::new()));
             ended.push((k, state, exit));
         }
-        Ok(ended)
+        Ok(Some(ended))
     }
 
     /// What to do with a shard that ended without a part: `Some(k)` to resubmit it, or `None` when it

@@ -114,11 +114,19 @@ fn read_job(dir: &Path, task: usize, host: &str) -> Result<JobRecord, SlurmError
 }
 
 /// `RTLAB_SLURM_FAULT` (rtlab's own tests of the driver): `fail=K` fails shard K before any work,
-/// `slow=MS` sleeps before each shard.
+/// `slow=MS` sleeps before each shard, `linger=MS` takes MS milliseconds to stop after Slurm's
+/// SIGTERM (as a worker flushing its files would), which keeps a cancelled job's running elements
+/// COMPLETING while its pending ones are already gone.
 fn inject_test_faults(task: usize) -> Result<(), SlurmError> {
     let Ok(fault) = std::env::var("RTLAB_SLURM_FAULT") else {
         return Ok(());
     };
+    if let Some(ms) = fault
+        .split(',')
+        .find_map(|f| f.strip_prefix("linger=")?.parse::<u64>().ok())
+    {
+        linger_after_sigterm(ms);
+    }
     for f in fault.split(',') {
         if f.strip_prefix("fail=")
             .and_then(|k| k.parse::<usize>().ok())
@@ -133,4 +141,28 @@ fn inject_test_faults(task: usize) -> Result<(), SlurmError> {
         }
     }
     Ok(())
+}
+
+static LINGER_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Installs a SIGTERM handler that sleeps `ms` and then exits as SIGTERM would have (143).
+fn linger_after_sigterm(ms: u64) {
+    extern "C" fn on_sigterm(_: libc::c_int) {
+        let ms = LINGER_MS.load(std::sync::atomic::Ordering::Relaxed);
+        let pause = libc::timespec {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+        };
+        // Only async-signal-safe calls here: nanosleep and _exit.
+        unsafe {
+            libc::nanosleep(&pause, std::ptr::null_mut());
+            libc::_exit(143);
+        }
+    }
+    LINGER_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+    let handler: extern "C" fn(libc::c_int) = on_sigterm;
+    // SAFETY: the handler makes only async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
 }
