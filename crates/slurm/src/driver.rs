@@ -513,7 +513,7 @@ impl<'a> Follow<'a> {
         }
     }
 
-    /// The open shards that left the queue without a part file: `(shard, Slurm state, exit code)`.
+    /// The open shards that left the queue without a part file.
     ///
     /// None while an open shard is still COMPLETING: `scancel JOB` takes a job's pending elements
     /// out of the queue at once but its running ones only after they stop, so judging in between
@@ -522,7 +522,7 @@ impl<'a> Follow<'a> {
         &self,
         open: &[usize],
         active: &[u64],
-    ) -> Result<Option<Vec<(usize, String, String)>>, SlurmError> {
+    ) -> Result<Option<Vec<EndedShard>>, SlurmError> {
         let queue = cluster::queued(active)?;
         if queue.values().any(|state| state == "COMPLETING") {
             return Ok(None);
@@ -592,6 +592,9 @@ impl<'a> Follow<'a> {
         None
     }
 }
+
+/// A shard that left the queue without a part file: `(shard, Slurm state, exit code)`.
+type EndedShard = (usize, String, String);
 
 fn joined(ids: &[u64]) -> String {
     ids.iter()
