@@ -18,7 +18,7 @@
 //! as a batch get the bits each gets alone. A scalar form of the same arithmetic (the tests') gives
 //! the same bits as the vector kernels, with AVX2's instructions and with AVX-VNNI's.
 
-use crate::q8::{cpu, tiled_product};
+use crate::q8::{cpu, tiled_product, Dots};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 /// Values per block.
@@ -123,11 +123,12 @@ pub(crate) fn runs_here() -> bool {
 }
 
 /// `x Wᵀ` [m, n] for Q4_1 `weight` [n, k] and `x` [m, k] (row-major); None where [`applies`] does not.
+/// Several rows on a CPU with AVX-512 VNNI take [`pairs::product`]; `dots` picks the instructions.
 pub(crate) fn matmul_t(
     weight: &QTensor,
     x: &[f32],
     m: usize,
-    vnni: bool,
+    dots: Dots,
 ) -> candle_core::Result<Option<Vec<f32>>> {
     let (n, k) = weight.shape().dims2()?;
     if !applies(weight.dtype(), k) || m == 0 || x.len() != m * k {
@@ -136,8 +137,13 @@ pub(crate) fn matmul_t(
     let data = weight.data()?;
     let w: &[u8] = &data;
     let a = quantize_q8_1(x);
-    let vnni = vnni && cpu().vnni;
     let kb = k / QK;
+    #[cfg(target_arch = "x86_64")]
+    if dots == Dots::Avx512Vnni && m > 1 && cpu().avx512_vnni {
+        // SAFETY: the CPU has AVX-512 F and VNNI (and `applies` checked AVX2, FMA and F16C).
+        return Ok(Some(unsafe { pairs::product(w, &a, (m, kb, n)) }));
+    }
+    let vnni = dots.vnni256();
     Ok(Some(tiled_product((m, n), |columns, rows, put| {
         // SAFETY: `applies` checked AVX2, FMA and F16C (and `vnni` AVX-VNNI); the tile's columns
         // and rows exist, kb blocks each.
@@ -268,6 +274,194 @@ unsafe fn block(
     unreachable!("the Q4_1 kernel applies on x86_64 only")
 }
 
+/// The product of several activation rows on AVX-512: two rows share each 512-bit register (the
+/// low half row `2p`, the high half row `2p + 1`), so one `vpdpbusd`, one conversion, one scale and
+/// one FMA do what the 256-bit kernel does with two of each. Every lane still computes llama.cpp's
+/// arithmetic for its own (row, column), in the same order, so the bits are the 256-bit kernel's
+/// and a batch's rows are what each row gets alone. The offsets (`m_w · s_x`) of sixteen rows are
+/// summed in one register, lane by lane as the scalar sum runs (a multiply, then an add).
+///
+/// A tile is up to two columns by five pairs of rows: ten accumulators, with the weights' blocks
+/// unpacked once per tile and reused by every pair.
+#[cfg(target_arch = "x86_64")]
+mod pairs {
+    use super::{Q8_1Rows, BLOCK_BYTES, QK};
+    use crate::q8::{hsum, SharedOut, COLUMNS_PER_TASK};
+    use std::arch::x86_64::*;
+
+    /// Pairs of rows per tile.
+    const PAIRS: usize = 5;
+    /// Rows whose offsets one register holds.
+    const LANES: usize = 16;
+
+    /// The activations laid out for the tile: per pair and block, 64 quants (both rows) and 16
+    /// scales (eight of each row's); per block, every row's `s` (padded so a tile's 16 always load).
+    struct PairRows {
+        quants: Vec<i8>,
+        scales: Vec<f32>,
+        sums: Vec<f32>,
+        /// Rows per block in `sums`: m rounded up, plus a register's worth.
+        stride: usize,
+    }
+
+    fn pair_rows(a: &Q8_1Rows, m: usize, kb: usize) -> PairRows {
+        let pairs = m.div_ceil(2);
+        let stride = pairs * 2 + LANES;
+        let mut rows = PairRows {
+            quants: vec![0; pairs * kb * 2 * QK],
+            scales: vec![0.0; pairs * kb * LANES],
+            sums: vec![0.0; kb * stride],
+            stride,
+        };
+        for r in 0..m {
+            let (p, half) = (r / 2, r % 2);
+            for b in 0..kb {
+                let from = r * kb + b;
+                let at = (p * kb + b) * 2 * QK + half * QK;
+                rows.quants[at..at + QK].copy_from_slice(&a.quants[from * QK..][..QK]);
+                let at = (p * kb + b) * LANES + half * 8;
+                rows.scales[at..at + 8].fill(a.d[from]);
+                rows.sums[b * stride + r] = a.s[from];
+            }
+        }
+        rows
+    }
+
+    /// `x Wᵀ` [m, n] from the quantized activations: the tiles on candle's thread pool, each work
+    /// item owning whole columns of the result.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and VNNI, AVX2, FMA and F16C; `w` holds n columns of kb blocks.
+    pub(super) unsafe fn product(
+        w: &[u8],
+        a: &Q8_1Rows,
+        (m, kb, n): (usize, usize, usize),
+    ) -> Vec<f32> {
+        let rows = pair_rows(a, m, kb);
+        let mut result = vec![0f32; m * n];
+        let out = SharedOut(result.as_mut_ptr());
+        let pairs = m.div_ceil(2);
+        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COLUMNS_PER_TASK), |range| {
+            for task in range {
+                let first = task * COLUMNS_PER_TASK;
+                let last = (first + COLUMNS_PER_TASK).min(n);
+                let mut col = first;
+                while col < last {
+                    let columns = (last - col).min(2);
+                    let mut pair = 0;
+                    while pair < pairs {
+                        let take = (pairs - pair).min(PAIRS);
+                        let put = &mut |c: usize, r: usize, v: f32| {
+                            let row = pair * 2 + r;
+                            if row < m {
+                                // SAFETY: column col + c belongs to this work item alone; row < m.
+                                unsafe { *out.at(row * n + col + c) = v }
+                            }
+                        };
+                        // SAFETY: as this function's; the tile's columns and pairs exist.
+                        unsafe { tile_of(columns, take, w, &rows, kb, col, pair, put) };
+                        pair += take;
+                    }
+                    col += columns;
+                }
+            }
+        });
+        result
+    }
+
+    /// Runs the tile of `columns` (1 or 2) by `pairs` (1 to 5).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_of(
+        columns: usize,
+        pairs: usize,
+        w: &[u8],
+        a: &PairRows,
+        kb: usize,
+        col: usize,
+        pair: usize,
+        put: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        macro_rules! sizes {
+            ($($c:literal, $p:literal);*) => {
+                match (columns, pairs) {
+                    $(($c, $p) => unsafe { tile::<$c, $p>(w, a, kb, col, pair, put) },)*
+                    _ => unreachable!("a tile is 1 or 2 columns by 1 to 5 pairs"),
+                }
+            };
+        }
+        sizes!(2, 5; 2, 4; 2, 3; 2, 2; 2, 1; 1, 5; 1, 4; 1, 3; 1, 2; 1, 1)
+    }
+
+    /// `C` columns from `col` by `P` pairs of rows from `pair`, each value handed to
+    /// `put(column, row within the tile, value)`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and VNNI, AVX2, FMA and F16C; the columns and pairs must exist.
+    #[target_feature(enable = "avx512f,avx512vnni,avx2,fma,f16c")]
+    // Index loops over constant bounds: each `acc[c][p]` is its own register once unrolled.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<const C: usize, const P: usize>(
+        w: &[u8],
+        a: &PairRows,
+        kb: usize,
+        col: usize,
+        pair: usize,
+        put: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); P]; C];
+            let mut offsets = [_mm512_setzero_ps(); C];
+            let low_nibbles = _mm256_set1_epi8(0x0F);
+            for b in 0..kb {
+                let mut wq = [_mm512_setzero_si512(); C];
+                let mut w_d = [_mm512_setzero_ps(); C];
+                let sums = _mm512_loadu_ps(a.sums.as_ptr().add(b * a.stride + pair * 2));
+                for c in 0..C {
+                    let blk = w.as_ptr().add(((col + c) * kb + b) * BLOCK_BYTES);
+                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                    w_d[c] = _mm512_set1_ps(_mm_cvtss_f32(dm));
+                    let w_m = _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm)));
+                    let packed = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                    let nibbles = _mm256_and_si256(
+                        _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
+                        low_nibbles,
+                    );
+                    wq[c] = _mm512_broadcast_i64x4(nibbles);
+                    // The scalar kernel's `offsets += w_m * s_x`: a rounded product, then the add.
+                    offsets[c] = _mm512_add_ps(offsets[c], _mm512_mul_ps(w_m, sums));
+                }
+                for p in 0..P {
+                    let at = (pair + p) * kb + b;
+                    let aq = _mm512_loadu_si512(a.quants.as_ptr().add(at * 2 * QK) as *const _);
+                    let a_d = _mm512_loadu_ps(a.scales.as_ptr().add(at * LANES));
+                    for c in 0..C {
+                        let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
+                            _mm512_setzero_si512(),
+                            wq[c],
+                            aq,
+                        ));
+                        acc[c][p] = _mm512_fmadd_ps(_mm512_mul_ps(w_d[c], a_d), q, acc[c][p]);
+                    }
+                }
+            }
+            for c in 0..C {
+                let mut offset = [0f32; LANES];
+                _mm512_storeu_ps(offset.as_mut_ptr(), offsets[c]);
+                for p in 0..P {
+                    let low = _mm512_castps512_ps256(acc[c][p]);
+                    let high =
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[c][p]), 1));
+                    put(c, 2 * p, hsum(low) + offset[2 * p]);
+                    put(c, 2 * p + 1, hsum(high) + offset[2 * p + 1]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,19 +515,20 @@ mod tests {
             let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
             let bytes = q.data().unwrap().to_vec();
-            for m in [1, 2, 3, 4, 5, 9] {
+            // Row counts that leave every remainder of the AVX-512 tile (five pairs of rows) too.
+            for m in [1, 2, 3, 4, 5, 9, 10, 11, 20, 23] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
                 let a = quantize_q8_1(&x);
                 let expected: Vec<u32> = (0..m)
                     .flat_map(|r| (0..n).map(move |c| (r, c)))
                     .map(|(r, c)| scalar_dot(&bytes, &a, r, k / QK, c).to_bits())
                     .collect();
-                for vnni in [false, true] {
-                    let ours = matmul_t(&q, &x, m, vnni)
+                for dots in Dots::on_this_cpu() {
+                    let ours = matmul_t(&q, &x, m, dots)
                         .unwrap()
                         .expect("the kernel runs here");
                     let ours: Vec<u32> = ours.iter().map(|v| v.to_bits()).collect();
-                    assert_eq!(ours, expected, "({m}, {k}, {n}), vnni {vnni}");
+                    assert_eq!(ours, expected, "({m}, {k}, {n}), {dots:?}");
                 }
             }
         }
@@ -360,7 +555,7 @@ mod tests {
             .to_vec1()
             .unwrap();
         let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let ours = matmul_t(&q, &x, m, true).unwrap().unwrap();
+        let ours = matmul_t(&q, &x, m, Dots::best()).unwrap().unwrap();
         for r in 0..m {
             for c in 0..n {
                 let exact: f64 = (0..k)

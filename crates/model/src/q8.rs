@@ -31,13 +31,13 @@ const BLOCK_BYTES: usize = 34;
 
 /// `x Wᵀ` for `x` [m, k] (row-major) and a Q8_0 weight, as [m, n]; None where candle's own kernel
 /// must run. `scales` caches the blocks' scales as f32 (`n × k/32` floats, an eighth of the weight),
-/// converted on first use; `vnni` picks AVX-VNNI's dot products (same bits) on a CPU that has them.
+/// converted on first use; `dots` picks the dot products' instructions (the same bits).
 pub(crate) fn matmul_t(
     tensor: &QTensor,
     scales: &OnceLock<Vec<f32>>,
     x: &[f32],
     m: usize,
-    vnni: bool,
+    dots: Dots,
 ) -> candle_core::Result<Option<Vec<f32>>> {
     let (n, k) = tensor.shape().dims2()?;
     if !applies(tensor.dtype(), n, k) || m == 0 || x.len() != m * k {
@@ -50,7 +50,7 @@ pub(crate) fn matmul_t(
     let act_bytes = block_bytes(&act_blocks);
     let act_scales = block_scales(act_bytes);
     Ok(Some(matmul(
-        vnni && cpu().vnni,
+        dots.vnni256(),
         Operand {
             blocks: weights,
             scales,
@@ -85,6 +85,55 @@ pub(crate) struct Cpu {
     pub(crate) vnni: bool,
     /// F16C: the Q4_1 kernel converts its blocks' f16 scale and offset with it.
     pub(crate) f16c: bool,
+    /// AVX-512 F and VNNI: the Q4_1 kernel computes two activation rows per instruction.
+    pub(crate) avx512_vnni: bool,
+}
+
+/// The instructions that compute a kernel's dot products. Every choice gives the same bits: each
+/// lane does the same integer sums and the same float operations in the same order (the tests
+/// compare each one this CPU has with a scalar form of the arithmetic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dots {
+    /// AVX2's `vpmaddubsw` then `vpmaddwd`: every CPU the kernels run on.
+    Avx2,
+    /// AVX-VNNI's `vpdpbusd` on 256-bit registers.
+    AvxVnni,
+    /// AVX-512's `vpdpbusd` on 512-bit registers, two activation rows side by side, for products of
+    /// several rows (a batch, a prompt); the Q8_0 kernel uses the 256-bit instructions beside it.
+    Avx512Vnni,
+}
+
+impl Dots {
+    /// The fastest this CPU has.
+    pub(crate) fn best() -> Dots {
+        let cpu = cpu();
+        if cpu.avx512_vnni {
+            Dots::Avx512Vnni
+        } else if cpu.vnni {
+            Dots::AvxVnni
+        } else {
+            Dots::Avx2
+        }
+    }
+
+    /// Every choice this CPU can run (the tests check each).
+    #[cfg(test)]
+    pub(crate) fn on_this_cpu() -> Vec<Dots> {
+        let cpu = cpu();
+        let mut all = vec![Dots::Avx2];
+        if cpu.vnni {
+            all.push(Dots::AvxVnni);
+        }
+        if cpu.avx512_vnni {
+            all.push(Dots::Avx512Vnni);
+        }
+        all
+    }
+
+    /// True where the 256-bit kernels may use AVX-VNNI.
+    pub(crate) fn vnni256(self) -> bool {
+        self != Dots::Avx2 && cpu().vnni
+    }
 }
 
 pub(crate) fn cpu() -> &'static Cpu {
@@ -111,6 +160,9 @@ pub(crate) fn cpu() -> &'static Cpu {
                 candle_repacks_q8_0: vnni512 || vnni256,
                 vnni: is_x86_feature_detected!("avxvnni"),
                 f16c: is_x86_feature_detected!("f16c"),
+                avx512_vnni: is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && !env_is("RTLAB_QMATMUL", "avx2"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -119,6 +171,7 @@ pub(crate) fn cpu() -> &'static Cpu {
             candle_repacks_q8_0: false,
             vnni: false,
             f16c: false,
+            avx512_vnni: false,
         }
     })
 }
@@ -482,8 +535,8 @@ mod tests {
                 let theirs = candle_product(&q, &x, m, k);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 // Both instruction sets where the CPU has AVX-VNNI; AVX2's alone where not.
-                for vnni in [false, true] {
-                    let ours = weight.matmul_t_with(&x, m, vnni).unwrap();
+                for dots in Dots::on_this_cpu() {
+                    let ours = weight.matmul_t_with(&x, m, dots).unwrap();
                     // No k here is a multiple of 256: only a CPU without AVX2 and FMA (or
                     // RTLAB_QMATMUL=candle) leaves the product to candle.
                     if cpu().avx2_fma {
@@ -492,7 +545,7 @@ mod tests {
                     let Some(ours) = ours else {
                         continue;
                     };
-                    assert_eq!(bits(&ours), bits(&theirs), "({m}, {k}, {n}), vnni {vnni}");
+                    assert_eq!(bits(&ours), bits(&theirs), "({m}, {k}, {n}), {dots:?}");
                 }
             }
         }

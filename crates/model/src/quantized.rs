@@ -23,20 +23,20 @@ impl QuantizedWeight {
 
     /// `x Wᵀ` for `x` [m, k] (row-major), as [m, n]; None where candle's own kernel must run.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
-        self.matmul_t_with(x, m, crate::q8::cpu().vnni)
+        self.matmul_t_with(x, m, crate::q8::Dots::best())
     }
 
-    /// [`Self::matmul_t`] with the dot products' instructions chosen: AVX-VNNI's (`vnni`, on a CPU
-    /// that has them) or AVX2's. Both give the same bits; the tests check each.
+    /// [`Self::matmul_t`] with the dot products' instructions chosen (on a CPU that has them). All
+    /// give the same bits; the tests check each.
     pub(crate) fn matmul_t_with(
         &self,
         x: &[f32],
         m: usize,
-        vnni: bool,
+        dots: crate::q8::Dots,
     ) -> candle_core::Result<Option<Vec<f32>>> {
         if self.tensor.dtype() == GgmlDType::Q4_1 {
-            return crate::q4_1::matmul_t(&self.tensor, x, m, vnni);
+            return crate::q4_1::matmul_t(&self.tensor, x, m, dots);
         }
-        crate::q8::matmul_t(&self.tensor, &self.scales, x, m, vnni)
+        crate::q8::matmul_t(&self.tensor, &self.scales, x, m, dots)
     }
 }
