@@ -448,28 +448,17 @@ pub fn cut_at_stop<'a>(text: &'a str, stop: &[String]) -> &'a str {
 /// token id). Exact, without sorting the whole vocabulary: the top `k` are selected (`k` = 64, then
 /// 4× more until their mass reaches `top_p`) and only they are sorted.
 fn nucleus(probs: &[f32], top_p: f64) -> Vec<usize> {
-    // One u64 per token that orders as (probability descending, id ascending): integer compares on
-    // a contiguous array, instead of two lookups into `probs` per compare. With `top_p` 1 the whole
-    // vocabulary is sorted at every step, and that sort was 12% of a batch's decoding time.
-    let keys: Vec<u64> = probs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (u64::from(!total_order_bits(*p)) << 32) | i as u64)
-        .collect();
-    // A mass of 1 is rarely reached before the last token (rounding), so top_p 1 sorts all at once.
+    // Integer compares on a contiguous array, instead of two lookups into `probs` per compare.
+    let keys = ranking_keys(probs);
+    // A mass of 1 is rarely reached before the last token (rounding), so top_p 1 sorts all at once
+    // (sampling draws from the whole vocabulary with `draw_from_all`, which does not).
     let mut k = if top_p >= 1.0 {
         probs.len()
     } else {
         64.min(probs.len())
     };
     loop {
-        let mut top = keys.clone();
-        if k < top.len() {
-            top.select_nth_unstable(k - 1);
-            top.truncate(k);
-        }
-        top.sort_unstable();
-        let mut idx: Vec<usize> = top.iter().map(|key| (key & 0xffff_ffff) as usize).collect();
+        let mut idx = most_probable(&keys, k);
         let mut mass = 0.0f64;
         for (n, &i) in idx.iter().enumerate() {
             mass += probs[i] as f64;
@@ -483,6 +472,77 @@ fn nucleus(probs: &[f32], top_p: f64) -> Vec<usize> {
         }
         k = (k * 4).min(probs.len());
     }
+}
+
+/// One u64 per token that orders as (probability descending, id ascending).
+fn ranking_keys(probs: &[f32]) -> Vec<u64> {
+    probs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (u64::from(!total_order_bits(*p)) << 32) | i as u64)
+        .collect()
+}
+
+/// The `k` most probable tokens, most probable first: the top `k` selected, then only they sorted.
+fn most_probable(keys: &[u64], k: usize) -> Vec<usize> {
+    let mut top = keys.to_vec();
+    if k < top.len() {
+        top.select_nth_unstable(k - 1);
+        top.truncate(k);
+    }
+    top.sort_unstable();
+    top.iter().map(|key| (key & 0xffff_ffff) as usize).collect()
+}
+
+/// What `top_p` 1 draws at `u` in [0, 1), to the bit what it always drew: the nucleus of mass 1
+/// (tokens most probable first until their f64 sum reaches 1; the f32 softmax sums to a hair over
+/// 1, so the last ten thousand or so tokens fall out), then `u · mass` walked down it. Sorting the
+/// whole vocabulary at every step for that was a twelfth of a batch's decoding, and the walk almost
+/// always ends within the first 64 tokens; only its `mass` needs the deep tail. So the top 64 are
+/// sorted, and the mass bounded instead: the index-order sum is within `n · ε` of the sorted one,
+/// and a nucleus that closes past the 64th token closes within one 64th-token probability of 1.
+/// Walks are monotone in their start, so when walks from both bounds end at the same token, so does
+/// the walk from the mass itself; otherwise (a draw that lands within that distance of a boundary,
+/// or past the top 64) the whole vocabulary is sorted as before.
+fn draw_from_all(probs: &[f32], u: f64) -> usize {
+    let keys = ranking_keys(probs);
+    let k = 64.min(probs.len());
+    let top = most_probable(&keys, k);
+    let mut mass = 0.0f64;
+    for (n, &i) in top.iter().enumerate() {
+        mass += probs[i] as f64;
+        if mass >= 1.0 {
+            return walk(&top[..=n], probs, u * mass).unwrap_or(i);
+        }
+    }
+    if k == probs.len() {
+        return walk(&top, probs, u * mass).unwrap_or(*top.last().unwrap_or(&0));
+    }
+    let sum: f64 = probs.iter().map(|&p| p as f64).sum();
+    let error = probs.len() as f64 * f64::EPSILON * sum.max(1.0);
+    let kth = probs[top[k - 1]] as f64;
+    let low = (sum - error).min(1.0);
+    let high = if sum + error < 1.0 {
+        sum + error
+    } else {
+        (1.0 + kth).max(sum + error)
+    };
+    if let (Some(a), Some(b)) = (walk(&top, probs, u * low), walk(&top, probs, u * high)) {
+        if a == b {
+            return a;
+        }
+    }
+    let kept = nucleus(probs, 1.0);
+    let mass: f64 = kept.iter().map(|&i| probs[i] as f64).sum();
+    walk(&kept, probs, u * mass).unwrap_or(*kept.last().unwrap_or(&0))
+}
+
+/// The token where `x` runs out, walking `order` and subtracting each token's probability.
+fn walk(order: &[usize], probs: &[f32], mut x: f64) -> Option<usize> {
+    order.iter().copied().find(|&i| {
+        x -= probs[i] as f64;
+        x <= 0.0
+    })
 }
 
 /// `p`'s bits as a u32 that orders as `f32::total_cmp` orders the floats (the transform it uses).
@@ -534,16 +594,13 @@ fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Resul
     }
     let probs: Vec<f32> =
         softmax_last(&(logits.to_dtype(DType::F32)? / o.temperature)?)?.to_vec1()?;
+    if o.top_p >= 1.0 {
+        return Ok(draw_from_all(&probs, rng.random::<f64>()) as u32);
+    }
     let kept = nucleus(&probs, o.top_p);
     let mass: f64 = kept.iter().map(|&i| probs[i] as f64).sum();
-    let mut x = rng.random::<f64>() * mass;
-    for &i in &kept {
-        x -= probs[i] as f64;
-        if x <= 0.0 {
-            return Ok(i as u32);
-        }
-    }
-    Ok(*kept.last().unwrap_or(&0) as u32)
+    let picked = walk(&kept, &probs, rng.random::<f64>() * mass);
+    Ok(picked.unwrap_or(*kept.last().unwrap_or(&0)) as u32)
 }
 
 #[cfg(test)]
@@ -564,6 +621,48 @@ mod tests {
             }
         }
         kept
+    }
+
+    #[test]
+    fn a_draw_from_the_whole_vocabulary_is_the_one_the_sorted_nucleus_makes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        // What `top_p` 1 drew before: the nucleus of mass 1 from a full sort, then the walk.
+        let sorted_draw = |probs: &[f32], u: f64| {
+            let kept = naive(probs, 1.0);
+            let mass: f64 = kept.iter().map(|&i| probs[i] as f64).sum();
+            super::walk(&kept, probs, u * mass).unwrap_or(*kept.last().unwrap())
+        };
+        for case in 0..400 {
+            let n = 1 + case * 131 % 20_000;
+            // Peaked (the walk ends early), flat (it runs long) and tied distributions, normalized
+            // in f32 as a softmax is: their sums land a little over or under 1.
+            let raw: Vec<f32> = (0..n)
+                .map(|i| match case % 3 {
+                    0 => rng.random::<f32>().powi(24),
+                    1 => rng.random::<f32>(),
+                    _ => ((i % 4) + 1) as f32,
+                })
+                .collect();
+            let sum: f32 = raw.iter().sum();
+            let probs: Vec<f32> = raw.iter().map(|p| p / sum).collect();
+            // Draws near 1 walk into the tail, where the nucleus's edge decides the token.
+            for u in [
+                0.0,
+                0.3,
+                0.9,
+                0.99,
+                0.999_99,
+                0.999_999_9,
+                rng.random::<f64>(),
+            ] {
+                assert_eq!(
+                    super::draw_from_all(&probs, u),
+                    sorted_draw(&probs, u),
+                    "case {case}, u {u}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -84,12 +84,55 @@ fn quantize_block(block: &[f32], out: &mut [i8]) -> (f32, f32) {
     quantize_block_portable(block, out)
 }
 
-/// [`quantize_block_portable`] compiled for AVX2: the rounding becomes one instruction, where the
-/// baseline x86-64 target calls libm's `rintf` for every value.
+/// [`quantize_block_portable`] in AVX2's instructions, as llama.cpp's `quantize_row_q8_1` writes
+/// it: the same maximum, the same `x · id` products rounded half to even by `vroundps`, the same
+/// integer sum, so the same bits (a test compares the two on random blocks); the compiler left the
+/// portable form's loop a value at a time, and it was a twelfth of a batch's decoding.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_block_avx2(block: &[f32], out: &mut [i8]) -> (f32, f32) {
-    quantize_block_portable(block, out)
+    use std::arch::x86_64::*;
+    debug_assert!(block.len() == QK && out.len() == QK);
+    unsafe {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(block.as_ptr().add(8 * i)));
+        let sign_bit = _mm256_set1_ps(-0.0);
+        let abs = |x| _mm256_andnot_ps(sign_bit, x);
+        let max4 = _mm256_max_ps(
+            _mm256_max_ps(abs(v[0]), abs(v[1])),
+            _mm256_max_ps(abs(v[2]), abs(v[3])),
+        );
+        let max2 = _mm_max_ps(_mm256_extractf128_ps(max4, 1), _mm256_castps256_ps128(max4));
+        let max2 = _mm_max_ps(max2, _mm_movehl_ps(max2, max2));
+        let max = _mm_cvtss_f32(_mm_max_ss(max2, _mm_movehdup_ps(max2)));
+        let d = max / 127.0;
+        let id = _mm256_set1_ps(if max != 0.0 { 127.0 / max } else { 0.0 });
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(v[i], id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        // Σq: every |q| ≤ 127, so the i32 lanes cannot overflow and any order gives the same sum.
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let sum = _mm_add_epi32(
+            _mm256_extracti128_si256(sum, 1),
+            _mm256_castsi256_si128(sum),
+        );
+        let sum = _mm_hadd_epi32(sum, sum);
+        let sum = _mm_cvtsi128_si32(_mm_hadd_epi32(sum, sum));
+        // i32 → i16 → i8 (saturating, never reached), then undo the packs' lane interleave.
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let ordered =
+            _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ordered);
+        (
+            half::f16::from_f32(d).to_f32(),
+            half::f16::from_f32(d * sum as f32).to_f32(),
+        )
+    }
 }
 
 #[inline(always)]
@@ -281,16 +324,14 @@ unsafe fn block(
 /// and a batch's rows are what each row gets alone. The offsets (`m_w · s_x`) of sixteen rows are
 /// summed in one register, lane by lane as the scalar sum runs (a multiply, then an add).
 ///
-/// A tile is up to two columns by five pairs of rows: ten accumulators, with the weights' blocks
-/// unpacked once per tile and reused by every pair.
+/// A tile is up to two columns by five pairs of rows ([`crate::q8::pair_product`]): ten
+/// accumulators, with the weights' blocks unpacked once per tile and reused by every pair.
 #[cfg(target_arch = "x86_64")]
 mod pairs {
     use super::{Q8_1Rows, BLOCK_BYTES, QK};
-    use crate::q8::{hsum, SharedOut, COLUMNS_PER_TASK};
+    use crate::q8::hsum;
     use std::arch::x86_64::*;
 
-    /// Pairs of rows per tile.
-    const PAIRS: usize = 5;
     /// Rows whose offsets one register holds.
     const LANES: usize = 16;
 
@@ -327,8 +368,7 @@ mod pairs {
         rows
     }
 
-    /// `x Wᵀ` [m, n] from the quantized activations: the tiles on candle's thread pool, each work
-    /// item owning whole columns of the result.
+    /// `x Wᵀ` [m, n] from the quantized activations.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F and VNNI, AVX2, FMA and F16C; `w` holds n columns of kb blocks.
@@ -338,35 +378,10 @@ mod pairs {
         (m, kb, n): (usize, usize, usize),
     ) -> Vec<f32> {
         let rows = pair_rows(a, m, kb);
-        let mut result = vec![0f32; m * n];
-        let out = SharedOut(result.as_mut_ptr());
-        let pairs = m.div_ceil(2);
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COLUMNS_PER_TASK), |range| {
-            for task in range {
-                let first = task * COLUMNS_PER_TASK;
-                let last = (first + COLUMNS_PER_TASK).min(n);
-                let mut col = first;
-                while col < last {
-                    let columns = (last - col).min(2);
-                    let mut pair = 0;
-                    while pair < pairs {
-                        let take = (pairs - pair).min(PAIRS);
-                        let put = &mut |c: usize, r: usize, v: f32| {
-                            let row = pair * 2 + r;
-                            if row < m {
-                                // SAFETY: column col + c belongs to this work item alone; row < m.
-                                unsafe { *out.at(row * n + col + c) = v }
-                            }
-                        };
-                        // SAFETY: as this function's; the tile's columns and pairs exist.
-                        unsafe { tile_of(columns, take, w, &rows, kb, col, pair, put) };
-                        pair += take;
-                    }
-                    col += columns;
-                }
-            }
-        });
-        result
+        crate::q8::pair_product((m, n), |columns, pairs, col, pair, put| {
+            // SAFETY: as this function's; the tile's columns and pairs exist.
+            unsafe { tile_of(columns, pairs, w, &rows, kb, col, pair, put) }
+        })
     }
 
     /// Runs the tile of `columns` (1 or 2) by `pairs` (1 to 5).
@@ -567,6 +582,35 @@ mod tests {
                 let err = (ours[r * n + c] as f64 - exact).abs();
                 assert!(err < 0.1, "({r}, {c}): {} vs {exact}", ours[r * n + c]);
             }
+        }
+    }
+
+    #[test]
+    fn the_avx2_rounding_gives_the_portable_forms_bits() {
+        if !is_x86_feature_detected!("avx2") {
+            panic!("this test needs an x86 CPU with AVX2 (the kernel's only target)");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        for case in 0..2000 {
+            let scale = [1e-6f32, 0.5, 3.0, 1e4][case % 4];
+            let mut block: Vec<f32> = (0..QK).map(|_| rng.random_range(-scale..scale)).collect();
+            // Halves that round to even, an all-zero block, a negative maximum.
+            match case % 5 {
+                0 => block.iter_mut().for_each(|v| *v = 0.0),
+                1 => block[3] = -2.0 * scale,
+                2 => (0..QK).for_each(|i| block[i] = (i as f32 - 15.5) * 127.0 / 31.0),
+                _ => {}
+            }
+            let (mut fast, mut plain) = ([0i8; QK], [0i8; QK]);
+            // SAFETY: checked above.
+            let ours = unsafe { quantize_block_avx2(&block, &mut fast) };
+            let theirs = quantize_block_portable(&block, &mut plain);
+            assert_eq!(fast, plain, "case {case}");
+            assert_eq!(
+                (ours.0.to_bits(), ours.1.to_bits()),
+                (theirs.0.to_bits(), theirs.1.to_bits()),
+                "case {case}"
+            );
         }
     }
 

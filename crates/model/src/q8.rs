@@ -49,6 +49,19 @@ pub(crate) fn matmul_t(
     let act_blocks = quantize_rows(x, m, k);
     let act_bytes = block_bytes(&act_blocks);
     let act_scales = block_scales(act_bytes);
+    #[cfg(target_arch = "x86_64")]
+    if dots == Dots::Avx512Vnni && m > 1 && cpu().avx512_vnni {
+        let w = Operand {
+            blocks: weights,
+            scales,
+        };
+        let a = Operand {
+            blocks: act_bytes,
+            scales: &act_scales,
+        };
+        // SAFETY: the CPU has AVX-512 F, BW and VNNI (`avx512_vnni` checks all three).
+        return Ok(Some(unsafe { pairs::product(w, a, (m, k / QK, n)) }));
+    }
     Ok(Some(matmul(
         dots.vnni256(),
         Operand {
@@ -85,7 +98,7 @@ pub(crate) struct Cpu {
     pub(crate) vnni: bool,
     /// F16C: the Q4_1 kernel converts its blocks' f16 scale and offset with it.
     pub(crate) f16c: bool,
-    /// AVX-512 F and VNNI: the Q4_1 kernel computes two activation rows per instruction.
+    /// AVX-512 F, BW and VNNI: the kernels compute two activation rows per instruction.
     pub(crate) avx512_vnni: bool,
 }
 
@@ -99,7 +112,7 @@ pub(crate) enum Dots {
     /// AVX-VNNI's `vpdpbusd` on 256-bit registers.
     AvxVnni,
     /// AVX-512's `vpdpbusd` on 512-bit registers, two activation rows side by side, for products of
-    /// several rows (a batch, a prompt); the Q8_0 kernel uses the 256-bit instructions beside it.
+    /// several rows (a batch, a prompt); one row takes the 256-bit instructions.
     Avx512Vnni,
 }
 
@@ -161,6 +174,7 @@ pub(crate) fn cpu() -> &'static Cpu {
                 vnni: is_x86_feature_detected!("avxvnni"),
                 f16c: is_x86_feature_detected!("f16c"),
                 avx512_vnni: is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
                     && !env_is("RTLAB_QMATMUL", "avx2"),
             }
@@ -273,6 +287,47 @@ pub(crate) fn tiled_product(
                     r += rows;
                 }
                 c += take;
+            }
+        }
+    });
+    result
+}
+
+/// Pairs of rows per tile of the AVX-512 kernels.
+pub(crate) const PAIRS_PER_TILE: usize = 5;
+
+/// The [m, n] result of an AVX-512 product computed tile by tile, two rows to a register:
+/// `tile(columns, pairs, col, pair, put)` computes 1 or 2 columns from `col` by 1 to
+/// [`PAIRS_PER_TILE`] pairs of rows from pair `pair`, handing each value to `put(column, row within
+/// the tile, value)`; an odd m's last pair has a second row of zeros, whose values are dropped. The
+/// work runs on candle's pool, each work item owning whole columns.
+pub(crate) fn pair_product(
+    (m, n): (usize, usize),
+    tile: impl Fn(usize, usize, usize, usize, &mut dyn FnMut(usize, usize, f32)) + Sync,
+) -> Vec<f32> {
+    let mut result = vec![0f32; m * n];
+    let out = SharedOut(result.as_mut_ptr());
+    let pairs = m.div_ceil(2);
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COLUMNS_PER_TASK), |range| {
+        for task in range {
+            let first = task * COLUMNS_PER_TASK;
+            let last = (first + COLUMNS_PER_TASK).min(n);
+            let mut col = first;
+            while col < last {
+                let columns = (last - col).min(2);
+                let mut pair = 0;
+                while pair < pairs {
+                    let take = (pairs - pair).min(PAIRS_PER_TILE);
+                    tile(columns, take, col, pair, &mut |c, r, v| {
+                        let row = pair * 2 + r;
+                        if row < m {
+                            // SAFETY: column col + c belongs to this work item alone; row < m.
+                            unsafe { *out.at(row * n + col + c) = v }
+                        }
+                    });
+                    pair += take;
+                }
+                col += columns;
             }
         }
     });
@@ -489,6 +544,126 @@ unsafe fn block(
     unreachable!("the Q8_0 kernel applies on x86_64 only")
 }
 
+/// The Q8_0 product of several rows on AVX-512, two rows to a register as in the Q4_1 kernel. AVX-512
+/// has no `vpsignb`, so candle's `sign(a, w)` becomes a masked negation (`a` where `w ≥ 0`, `-a`
+/// where `w < 0`; where `w` is 0 the product is 0 either way) and `|w|` is `vpabsb`: the same
+/// integers into the same `vpdpbusd` sums, the same float operations after, so the bits of the 256-bit
+/// kernels.
+#[cfg(target_arch = "x86_64")]
+mod pairs {
+    use super::{hsum, Operand, BLOCK_BYTES, QK};
+    use std::arch::x86_64::*;
+
+    /// Per pair and block, the two rows' 32 quants (64 bytes) and 16 scales (eight of each row's).
+    struct PairRows {
+        quants: Vec<i8>,
+        scales: Vec<f32>,
+    }
+
+    fn pair_rows(a: Operand, m: usize, kb: usize) -> PairRows {
+        let pairs = m.div_ceil(2);
+        let mut rows = PairRows {
+            quants: vec![0; pairs * kb * 2 * QK],
+            scales: vec![0.0; pairs * kb * 16],
+        };
+        for r in 0..m {
+            let (p, half) = (r / 2, r % 2);
+            for b in 0..kb {
+                let from = r * kb + b;
+                let at = (p * kb + b) * 2 * QK + half * QK;
+                let block = &a.blocks[from * BLOCK_BYTES + 2..][..QK];
+                for (q, byte) in rows.quants[at..at + QK].iter_mut().zip(block) {
+                    *q = *byte as i8;
+                }
+                let at = (p * kb + b) * 16 + half * 8;
+                rows.scales[at..at + 8].fill(a.scales[from]);
+            }
+        }
+        rows
+    }
+
+    /// `a Wᵀ` [m, n].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2 and FMA; `w` holds n columns of kb blocks.
+    pub(super) unsafe fn product(
+        w: Operand,
+        a: Operand,
+        (m, kb, n): (usize, usize, usize),
+    ) -> Vec<f32> {
+        let rows = pair_rows(a, m, kb);
+        super::pair_product((m, n), |columns, pairs, col, pair, put| {
+            macro_rules! sizes {
+                ($($c:literal, $p:literal);*) => {
+                    match (columns, pairs) {
+                        // SAFETY: as this function's; the tile's columns and pairs exist.
+                        $(($c, $p) => unsafe { tile::<$c, $p>(w, &rows, kb, col, pair, put) },)*
+                        _ => unreachable!("a tile is 1 or 2 columns by 1 to 5 pairs"),
+                    }
+                };
+            }
+            sizes!(2, 5; 2, 4; 2, 3; 2, 2; 2, 1; 1, 5; 1, 4; 1, 3; 1, 2; 1, 1)
+        })
+    }
+
+    /// `C` columns from `col` by `P` pairs of rows from `pair`.
+    ///
+    /// # Safety
+    /// As [`product`]; the columns and pairs must exist.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<const C: usize, const P: usize>(
+        w: Operand,
+        a: &PairRows,
+        kb: usize,
+        col: usize,
+        pair: usize,
+        put: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); P]; C];
+            for b in 0..kb {
+                let mut w_abs = [_mm512_setzero_si512(); C];
+                let mut negative = [0u64; C];
+                let mut w_d = [_mm512_setzero_ps(); C];
+                for c in 0..C {
+                    let wi = (col + c) * kb + b;
+                    let wq = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        w.blocks.as_ptr().add(wi * BLOCK_BYTES + 2) as *const __m256i,
+                    ));
+                    w_abs[c] = _mm512_abs_epi8(wq);
+                    negative[c] = _mm512_movepi8_mask(wq);
+                    w_d[c] = _mm512_set1_ps(*w.scales.get_unchecked(wi));
+                }
+                for p in 0..P {
+                    let at = (pair + p) * kb + b;
+                    let aq = _mm512_loadu_si512(a.quants.as_ptr().add(at * 2 * QK) as *const _);
+                    let a_d = _mm512_loadu_ps(a.scales.as_ptr().add(at * 16));
+                    for c in 0..C {
+                        let signed =
+                            _mm512_mask_sub_epi8(aq, negative[c], _mm512_setzero_si512(), aq);
+                        let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
+                            _mm512_setzero_si512(),
+                            w_abs[c],
+                            signed,
+                        ));
+                        acc[c][p] = _mm512_fmadd_ps(_mm512_mul_ps(w_d[c], a_d), q, acc[c][p]);
+                    }
+                }
+            }
+            for c in 0..C {
+                for p in 0..P {
+                    let low = _mm512_castps512_ps256(acc[c][p]);
+                    let high =
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[c][p]), 1));
+                    put(c, 2 * p, hsum(low));
+                    put(c, 2 * p + 1, hsum(high));
+                }
+            }
+        }
+    }
+}
+
 /// candle's `hsum_float_8`: the high half added to the low, then pairs, then the last two.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -530,7 +705,7 @@ mod tests {
             let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
             let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
             let weight = crate::quantized::QuantizedWeight::new(q.clone());
-            for m in [1, 2, 3, 4, 5, 9, 20] {
+            for m in [1, 2, 3, 4, 5, 9, 10, 11, 20, 23] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
                 let theirs = candle_product(&q, &x, m, k);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
