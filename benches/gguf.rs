@@ -11,7 +11,8 @@
 //!
 //! Parts 1 and 2 also run rtlab on candle's quantized kernels (`RTLAB_QMATMUL=candle`: the Q4_1
 //! weights requantized to Q8_0 at load, as rtlab ran before its own Q4_1 kernel), the baseline of
-//! rtlab's kernels (`crates/model/src/q4_1.rs` and `q8.rs`).
+//! rtlab's kernels (`crates/model/src/q4_1.rs` and `q8.rs`); part 2 also runs them with the AVX-512
+//! tiles switched off (`RTLAB_QMATMUL=avx2`), the same bits on 256-bit registers.
 //! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of about 120 tokens, batch 4):
 //!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
 //!    gradient checkpointing (the default) and with the whole graph kept (the baseline), beside
@@ -41,11 +42,13 @@ fn script(code: &str) -> String {
     script_with(code, Kernel::Rtlab)
 }
 
-/// Which quantized matmul decodes: rtlab's (the default: the file's Q4_1 as it is) or candle's
-/// (`RTLAB_QMATMUL=candle`: Q4_1 requantized to Q8_0 at load), the baseline they replaced.
+/// Which quantized matmul decodes: rtlab's (the default: the file's Q4_1 as it is), rtlab's with
+/// its AVX-512 kernels switched off (`RTLAB_QMATMUL=avx2`: the 256-bit ones, the same bits), or
+/// candle's (`RTLAB_QMATMUL=candle`: Q4_1 requantized to Q8_0 at load), the baseline they replaced.
 #[derive(Clone, Copy)]
 enum Kernel {
     Rtlab,
+    Avx2,
     Candle,
 }
 
@@ -54,8 +57,14 @@ fn script_with(code: &str, kernel: Kernel) -> String {
     let path = dir.path().join("bench.rhai");
     std::fs::write(&path, code).unwrap();
     let mut cmd = rtlab();
-    if let Kernel::Candle = kernel {
-        cmd.env("RTLAB_QMATMUL", "candle");
+    match kernel {
+        Kernel::Rtlab => {}
+        Kernel::Avx2 => {
+            cmd.env("RTLAB_QMATMUL", "avx2");
+        }
+        Kernel::Candle => {
+            cmd.env("RTLAB_QMATMUL", "candle");
+        }
     }
     let out = cmd
         .current_dir(dir.path())
@@ -242,7 +251,7 @@ fn decode(model: &Path, runs: usize) {
     println!("SmolLM2-135M-Instruct Q4_1, {TOKENS} new tokens, median of {runs} runs");
 
     let (mut quant, mut f32s, mut llama, mut batch) = (vec![], vec![], vec![], vec![]);
-    let (mut candle_quant, mut candle_batch) = (vec![], vec![]);
+    let (mut candle_quant, mut candle_batch, mut avx2_batch) = (vec![], vec![], vec![]);
     for _ in 0..runs {
         quant.push(rtlab_single(model, false, Kernel::Rtlab));
         candle_quant.push(rtlab_single(model, false, Kernel::Candle));
@@ -252,6 +261,7 @@ fn decode(model: &Path, runs: usize) {
         }
         batch.push(rtlab_batch(model, 20, Kernel::Rtlab));
         candle_batch.push(rtlab_batch(model, 20, Kernel::Candle));
+        avx2_batch.push(rtlab_batch(model, 20, Kernel::Avx2));
     }
     let q = median(quant.clone());
     let cq = median(candle_quant.clone());
@@ -277,6 +287,8 @@ fn decode(model: &Path, runs: usize) {
     println!("20 samples as one batch, rtlab   {b:7.1} tok/s  runs {batch:.1?}");
     println!("  the same on candle's kernels   {cb:5.1} tok/s  runs {candle_batch:.1?}");
     println!("  rtlab's kernels / candle's      {:7.2}x", b / cb);
+    let ab = median(avx2_batch.clone());
+    println!("  the same on AVX2 kernels only  {ab:5.1} tok/s  runs {avx2_batch:.1?}");
     println!(
         "batch / single stream            {:7.2}x (goal: at least 8x)",
         b / q
@@ -291,6 +303,7 @@ fn decode(model: &Path, runs: usize) {
             "single_f32_tok_s": median(f32s.clone()),
             "batch20_tok_s": b,
             "batch20_candle_tok_s": cb,
+            "batch20_avx2_tok_s": ab,
             "llama_cpp_single_tok_s": llama_single,
             "decode_batch20_vs_single": b / q,
             "decode_single_vs_llama_cpp": llama_single.map(|l| q / l),

@@ -139,6 +139,11 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 num(f, "batch20_tok_s")?,
                 num(f, "batch20_candle_tok_s")?
             ));
+            if let Some(avx2) = f["batch20_avx2_tok_s"].as_f64() {
+                out.push_str(&format!(
+                    "| the same batch, AVX-512 tiles off (`RTLAB_QMATMUL=avx2`) | {avx2:.1} tok/s | |\n"
+                ));
+            }
             out.push_str(&format!(
                 "| `decode_batch20_vs_single` (goal ≥ 8×) | **{:.2}×** | |\n",
                 num(f, "decode_batch20_vs_single")?
