@@ -568,6 +568,41 @@ fn the_samples_of_one_prompt_decode_as_a_batch_and_each_is_the_sample_decoded_al
 }
 
 #[test]
+fn several_prompts_decode_as_one_batch_and_each_sample_is_the_one_decoded_alone() {
+    smollm2();
+    // Three prompts of different lengths, two samples each: one batch of six sequences, each
+    // after its own padding and rotated at its own positions. Each sample is still the one
+    // generate makes alone with the same seed, greedy and sampled, ending early or not.
+    let out = ok(r#"
+        let prompts = ["Write a Verilog module for a 2-input AND gate.",
+                       "Answer in one word: is a flip-flop sequential or combinational?",
+                       "Write a synthesizable Verilog module named counter with a clock, an active-high synchronous reset and a 4-bit output that counts up on every rising edge."];
+        let m = load_model("smollm2-135m", #{});
+        for t in [0.0, 0.9] {
+            let batch = complete_many(llm(#{provider: "local", model: "smollm2-135m", max_tokens: 20, temperature: t, top_p: 0.95}),
+                                      from_records(prompts.map(|p| #{p: p})), "p", #{n: 2});
+            let same = 0;
+            let lengths = [];
+            for r in batch.to_records() {
+                if r.completion == m.generate(r.p, #{max_tokens: 20, temperature: t, top_p: 0.95, seed: r.sample}) { same += 1; }
+                lengths.push(m.tokens(r.completion).len());
+            }
+            print(`T=${t}: ${same} of 6 as decoded alone, lengths ${lengths}`);
+        }
+    "#);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for line in &lines {
+        assert!(line.contains(": 6 of 6 as decoded alone"), "{out}");
+    }
+    // At T=0.9 some samples end before 20 tokens, so rows leave the ragged batch mid-way.
+    assert!(
+        lines[1].contains("lengths [") && !lines[1].ends_with("[20, 20, 20, 20, 20, 20]"),
+        "{out}"
+    );
+}
+
+#[test]
 fn an_ollama_model_is_found_through_its_manifest_and_a_missing_tag_names_the_ones_there() {
     let model = smollm2();
     let dir = tempfile::tempdir().unwrap();

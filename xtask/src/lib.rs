@@ -148,6 +148,15 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 "| `decode_batch20_vs_single` (goal ≥ 8×) | **{:.2}×** | |\n",
                 num(f, "decode_batch20_vs_single")?
             ));
+            if let Some(tok_s) = f["prompts20_tok_s"].as_f64() {
+                out.push_str(&format!(
+                    "| 20 different prompts, one sample each, as a batch (aggregate) | **{tok_s:.1} tok/s** | |\n"
+                ));
+                out.push_str(&format!(
+                    "| `decode_prompts20_vs_single` (goal ≥ 6×) | **{:.2}×** | |\n",
+                    num(f, "decode_prompts20_vs_single")?
+                ));
+            }
             match f["decode_single_vs_llama_cpp"].as_f64() {
                 Some(r) => out.push_str(&format!(
                     "| `decode_single_vs_llama_cpp` (goal ≥ 1.0×) | **{r:.2}×** (llama.cpp {:.1} tok/s) | |\n",

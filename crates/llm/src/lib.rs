@@ -494,9 +494,9 @@ impl Request {
 }
 
 impl Model {
-    /// Generates the `todo` requests in this process with the trainer's model (one at a time: the
-    /// matrix products already use every core), recording each answer like a server's. The sample index
-    /// seeds the sampler, so n samples at temperature > 0 differ and a rerun repeats them.
+    /// Generates the `todo` requests in this process with the trainer's model, in batches of up to
+    /// [`BATCH_ROWS`] samples across prompts, recording each answer like a server's. The sample
+    /// index seeds the sampler, so n samples at temperature > 0 differ and a rerun repeats them.
     fn answer_locally(
         &self,
         requests: &[(Vec<Message>, usize)],
@@ -524,7 +524,8 @@ impl Model {
         let started = std::time::Instant::now();
         let mut tokens = 0usize;
         let mut out = Vec::new();
-        // The samples of one prompt decode as one batch (prefilled once); prompts go one after another.
+        // Several prompts' samples decode as one batch (each prompt prefilled once), up to
+        // BATCH_ROWS samples, so a benchmark's problems share the matrix products too.
         let groups = group_by_prompt(requests, todo);
         let options = rtlab_model::generate::GenOptions {
             max_tokens: self.cfg.max_tokens.max(0) as usize,
@@ -534,34 +535,55 @@ impl Model {
             stop: self.cfg.stop.clone(),
             interrupted: rtlab_core::cancel_requested,
         };
-        for (messages, members) in groups {
+        for batch in batches_of_groups(&groups, BATCH_ROWS) {
             if rtlab_core::cancel_requested() {
                 break;
             }
-            let prompt = messages
+            let prompts: Vec<String> = batch
                 .iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n");
+                .map(|(messages, _)| {
+                    messages
+                        .iter()
+                        .map(|m| m.content.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n\n")
+                })
+                .collect();
             // The sample index seeds each sample's sampler, so a rerun repeats it.
-            let seeds: Vec<u64> = members.iter().map(|&i| requests[i].1 as u64).collect();
-            let answers: Vec<Result<rtlab_model::generate::Answer, LlmError>> =
-                match model.answer_batch(&prompt, &options, &seeds) {
-                    Ok(answers) => answers.into_iter().map(Ok).collect(),
+            let seeds: Vec<Vec<u64>> = batch
+                .iter()
+                .map(|(_, members)| members.iter().map(|&i| requests[i].1 as u64).collect())
+                .collect();
+            let asked: Vec<(&str, &[u64])> = prompts
+                .iter()
+                .zip(&seeds)
+                .map(|(p, s)| (p.as_str(), s.as_slice()))
+                .collect();
+            let answers: Vec<Vec<Result<rtlab_model::generate::Answer, LlmError>>> =
+                match model.answer_batches(&asked, &options) {
+                    Ok(answers) => answers
+                        .into_iter()
+                        .map(|a| a.into_iter().map(Ok).collect())
+                        .collect(),
                     Err(e) => {
                         let e = LlmError::Local {
                             model: self.cfg.model.clone(),
                             message: e.to_string(),
                         };
-                        vec![Err(e); members.len()]
+                        batch
+                            .iter()
+                            .map(|(_, members)| vec![Err(e.clone()); members.len()])
+                            .collect()
                     }
                 };
-            for (&i, answer) in members.iter().zip(answers) {
-                if let Ok(a) = &answer {
-                    tokens += a.completion_tokens;
-                    self.count_and_record(a, &keys[i], messages, store.map(|s| s.as_ref()));
+            for ((messages, members), answers) in batch.iter().zip(answers) {
+                for (&i, answer) in members.iter().zip(answers) {
+                    if let Ok(a) = &answer {
+                        tokens += a.completion_tokens;
+                        self.count_and_record(a, &keys[i], messages, store.map(|s| s.as_ref()));
+                    }
+                    out.push((i, answer.map(|a| a.text)));
                 }
-                out.push((i, answer.map(|a| a.text)));
             }
             progress.set(out.len() as u64, || {
                 let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -591,6 +613,29 @@ impl Model {
         );
         account(&rec, store, &self.usage);
     }
+}
+
+/// Samples a local batch decodes at once. Twenty rows already keep the matrix products busy on a
+/// CPU (each weight block is reused across them); more mostly grow the KV cache held in memory.
+const BATCH_ROWS: usize = 24;
+
+/// Consecutive groups (prompts with their samples) cut into batches of at most `rows` samples; a
+/// group with more samples than that is a batch of its own (the samples of one prompt always decode
+/// together, as they did before prompts shared batches).
+fn batches_of_groups<T>(groups: &[(T, Vec<usize>)], rows: usize) -> Vec<&[(T, Vec<usize>)]> {
+    let mut batches = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, (_, members)) in groups.iter().enumerate() {
+        if size > 0 && size + members.len() > rows {
+            batches.push(&groups[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += members.len();
+    }
+    if start < groups.len() {
+        batches.push(&groups[start..]);
+    }
+    batches
 }
 
 /// The requests in `todo` grouped by their messages, in first-seen order: each group is the samples

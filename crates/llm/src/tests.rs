@@ -122,3 +122,28 @@ fn a_bad_option_is_an_option_error_with_the_message_users_saw() {
         "llm: option `timeout_s` must be a number of seconds above 0, not 0"
     );
 }
+
+#[test]
+fn prompts_share_batches_up_to_the_row_limit_and_one_prompts_samples_never_split() {
+    let group = |name: &'static str, samples: usize| (name, (0..samples).collect::<Vec<usize>>());
+    let groups = vec![
+        group("a", 4),
+        group("b", 4),
+        group("c", 30),
+        group("d", 1),
+        group("e", 3),
+    ];
+    let names = |rows| -> Vec<Vec<&str>> {
+        super::batches_of_groups(&groups, rows)
+            .iter()
+            .map(|b| b.iter().map(|(n, _)| *n).collect())
+            .collect()
+    };
+    assert_eq!(names(24), [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+    assert_eq!(names(8), [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+    assert_eq!(
+        names(1),
+        [vec!["a"], vec!["b"], vec!["c"], vec!["d"], vec!["e"]]
+    );
+    assert!(super::batches_of_groups::<&str>(&[], 24).is_empty());
+}

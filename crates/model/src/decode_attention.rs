@@ -31,10 +31,18 @@ pub(crate) struct Shape {
 /// - `q`: [batch, heads, head_dim];
 /// - `keys_t`: [batch, kv_heads, head_dim, capacity], the cache's keys transposed;
 /// - `values`: [batch, kv_heads, capacity, head_dim];
+/// - `starts`: per sequence, its first cached position (empty: 0 for all). Sequences of different
+///   lengths share a cache right-aligned, each after its own padding (see `KvCache::stack`).
 ///
 /// and the result is [batch, heads, head_dim]. Query head `h` reads key/value head
 /// `h / (heads / kv_heads)`, as `repeat_heads` lays them out.
-pub(crate) fn attend(q: &[f32], keys_t: &[f32], values: &[f32], s: Shape) -> Vec<f32> {
+pub(crate) fn attend(
+    q: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    s: Shape,
+    starts: &[usize],
+) -> Vec<f32> {
     let Shape {
         batch,
         heads,
@@ -48,8 +56,9 @@ pub(crate) fn attend(q: &[f32], keys_t: &[f32], values: &[f32], s: Shape) -> Vec
             && keys_t.len() == batch * kv_heads * d * capacity
             && values.len() == batch * kv_heads * capacity * d
             && len <= capacity
-            && heads.is_multiple_of(kv_heads),
-        "decode attention: inconsistent shapes {s:?}"
+            && heads.is_multiple_of(kv_heads)
+            && (starts.is_empty() || (starts.len() == batch && starts.iter().all(|&f| f < len))),
+        "decode attention: inconsistent shapes {s:?}, starts {starts:?}"
     );
     let rep = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
@@ -60,12 +69,23 @@ pub(crate) fn attend(q: &[f32], keys_t: &[f32], values: &[f32], s: Shape) -> Vec
         for item in items {
             let (b, h) = (item / heads, item % heads);
             let kv = b * kv_heads + h / rep;
+            let start = starts.get(b).copied().unwrap_or(0);
             let q = &q[item * d..(item + 1) * d];
-            let keys_t = &keys_t[kv * d * capacity..(kv + 1) * d * capacity];
-            let values = &values[kv * capacity * d..(kv + 1) * capacity * d];
+            // The sequence's own positions: its keys from `start` in each dimension's row, its
+            // values from row `start`.
+            let keys_t = &keys_t[kv * d * capacity + start..(kv + 1) * d * capacity];
+            let values = &values[(kv * capacity + start) * d..(kv + 1) * capacity * d];
             // SAFETY: item's d outputs are written by this work item alone.
             let y = unsafe { std::slice::from_raw_parts_mut(shared.at(item * d), d) };
-            one_head(q, keys_t, values, (capacity, len), scale, &mut scores, y);
+            one_head(
+                q,
+                keys_t,
+                values,
+                (capacity, len - start),
+                scale,
+                &mut scores,
+                y,
+            );
         }
     });
     out
@@ -302,8 +322,16 @@ mod tests {
         let q = random(s.batch * s.heads * s.head_dim);
         let keys_t = random(s.batch * s.kv_heads * s.head_dim * s.capacity);
         let values = random(s.batch * s.kv_heads * s.capacity * s.head_dim);
-        let ours = attend(&q, &keys_t, &values, s);
+        // Both sequences from position 0, then the first after four positions of padding.
+        for starts in [vec![], vec![4, 0]] {
+            check_textbook(&q, &keys_t, &values, s, &starts);
+        }
+    }
+
+    fn check_textbook(q: &[f32], keys_t: &[f32], values: &[f32], s: Shape, starts: &[usize]) {
+        let ours = attend(q, keys_t, values, s, starts);
         for b in 0..s.batch {
+            let start = starts.get(b).copied().unwrap_or(0);
             for h in 0..s.heads {
                 let kv = b * s.kv_heads + h / (s.heads / s.kv_heads);
                 let qv = |i: usize| q[(b * s.heads + h) * s.head_dim + i] as f64;
@@ -311,7 +339,7 @@ mod tests {
                     |j: usize, i: usize| keys_t[(kv * s.head_dim + i) * s.capacity + j] as f64;
                 let value =
                     |j: usize, i: usize| values[(kv * s.capacity + j) * s.head_dim + i] as f64;
-                let logits: Vec<f64> = (0..s.len)
+                let logits: Vec<f64> = (start..s.len)
                     .map(|j| {
                         (0..s.head_dim).map(|i| qv(i) * key(j, i)).sum::<f64>()
                             / (s.head_dim as f64).sqrt()
@@ -321,11 +349,13 @@ mod tests {
                 let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
                 let total: f64 = e.iter().sum();
                 for i in 0..s.head_dim {
-                    let expected: f64 = (0..s.len).map(|j| e[j] / total * value(j, i)).sum();
+                    let expected: f64 = (start..s.len)
+                        .map(|j| e[j - start] / total * value(j, i))
+                        .sum();
                     let got = ours[(b * s.heads + h) * s.head_dim + i] as f64;
                     assert!(
                         (got - expected).abs() < 1e-5,
-                        "b {b} h {h} i {i}: {got} vs {expected}"
+                        "b {b} h {h} i {i}, starts {starts:?}: {got} vs {expected}"
                     );
                 }
             }

@@ -409,9 +409,11 @@ pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor
 /// Rotary embeddings in HF's `rotate_half` layout on `x` [batch, heads, seq, head_dim]:
 /// `y = x · cos + rotate_half(x) · sin`, with the tables' rows for the sequence's positions.
 struct Rope {
-    /// `[seq, head_dim]` each.
+    /// `[seq, head_dim]` each, or `[batch, seq, head_dim]` where `per_sequence` (each sequence of a
+    /// batch at its own positions).
     cos: Vec<f32>,
     sin: Vec<f32>,
+    per_sequence: bool,
     /// True for the backward: the transposed rotation (`sin` negated), `dx = Rᵀ dy`.
     inverse: bool,
 }
@@ -423,8 +425,9 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = values(s, l, self.name())?;
-        let (_, _, t, d) = l.shape().dims4()?;
-        if self.cos.len() != t * d || !d.is_multiple_of(2) {
+        let (b, h, t, d) = l.shape().dims4()?;
+        let table_rows = if self.per_sequence { b * t } else { t };
+        if self.cos.len() != table_rows * d || !d.is_multiple_of(2) {
             candle_core::bail!(
                 "{}: tables of {} for {t} positions of {d}",
                 self.name(),
@@ -435,7 +438,11 @@ impl CustomOp1 for Rope {
         let (cos, sin, inverse) = (&self.cos, &self.sin, self.inverse);
         let [y] = map_rows(x.len() / d, d, |row, [y]| {
             let src = &x[row * d..(row + 1) * d];
-            let at = (row % t) * d;
+            let at = match self.per_sequence {
+                // Row (sequence, head, position): the sequence's table row for the position.
+                true => ((row / (h * t)) * t + row % t) * d,
+                false => (row % t) * d,
+            };
             let (c, s) = (&cos[at..at + d], &sin[at..at + d]);
             for i in 0..half {
                 if inverse {
@@ -455,18 +462,22 @@ impl CustomOp1 for Rope {
         let inverse = Rope {
             cos: self.cos.clone(),
             sin: self.sin.clone(),
+            per_sequence: self.per_sequence,
             inverse: !self.inverse,
         };
         Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&inverse)?))
     }
 }
 
-/// RoPE on `x` [batch, heads, seq, head_dim] with `cos` and `sin` [seq, head_dim] (see [`applies`]).
+/// RoPE on `x` [batch, heads, seq, head_dim] with `cos` and `sin` [seq, head_dim], or [batch, seq,
+/// head_dim] for sequences at positions of their own (see [`applies`]).
 pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let per_sequence = cos.rank() == 3;
     let table = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
     x.contiguous()?.apply_op1(Rope {
         cos: table(cos)?,
         sin: table(sin)?,
+        per_sequence,
         inverse: false,
     })
 }

@@ -321,28 +321,69 @@ impl LocalModel {
         o: &GenOptions,
         seeds: &[u64],
     ) -> Result<Vec<Vec<u32>>, ModelError> {
-        if prompt.is_empty() {
+        let mut outs = self.generate_batches(&[(prompt, seeds)], o)?;
+        Ok(outs.pop().unwrap_or_default())
+    }
+
+    /// The samples of several prompts decoded as one batch: each prompt is prefilled alone and its
+    /// KV cache copied to its samples, the caches are stacked right-aligned (each sequence attends
+    /// to its own positions and is rotated at its own), then each step feeds every unfinished
+    /// sample's last token at once. Sample `j` of prompt `i` draws from a generator seeded with
+    /// `prompts[i].1[j]`, so each sample is the one `generate_ids` makes alone (the tests compare).
+    /// A benchmark's problems decode together this way, where one prompt's few samples left the
+    /// batch small.
+    pub fn generate_batches(
+        &self,
+        prompts: &[(&[u32], &[u64])],
+        o: &GenOptions,
+    ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {
+        if prompts.iter().any(|(p, _)| p.is_empty()) {
             return Err(ModelError::Input("generate: the prompt is empty".into()));
         }
-        let n = seeds.len();
         let dev = &self.model.device;
+        // Samples flattened: sample `k` is prompt `owner[k].0`'s sample `owner[k].1`.
+        let owner: Vec<(usize, usize)> = prompts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, seeds))| (0..seeds.len()).map(move |j| (i, j)))
+            .collect();
+        let n = owner.len();
         let mut outs: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let regroup = |outs: Vec<Vec<u32>>| {
+            let mut grouped: Vec<Vec<Vec<u32>>> = prompts.iter().map(|_| Vec::new()).collect();
+            for (k, out) in outs.into_iter().enumerate() {
+                grouped[owner[k].0].push(out);
+            }
+            grouped
+        };
         if n == 0 || o.max_tokens == 0 {
-            return Ok(outs);
+            return Ok(regroup(outs));
         }
-        let mut rngs: Vec<StdRng> = seeds.iter().map(|s| StdRng::seed_from_u64(*s)).collect();
+        let mut rngs: Vec<StdRng> = owner
+            .iter()
+            .map(|&(i, j)| StdRng::seed_from_u64(prompts[i].1[j]))
+            .collect();
         let mut done = vec![false; n];
-        let mut prefill = KvCache::default();
-        let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
-        let logits = self
-            .model
-            .forward(&input, Some(&mut prefill), &mut Pass::decoding())?;
-        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
-        let mut next: Vec<u32> = rngs
-            .iter_mut()
-            .map(|rng| pick(&last, o, rng))
-            .collect::<candle_core::Result<_>>()?;
-        let mut cache = prefill.repeat(n)?;
+        let mut next: Vec<u32> = Vec::with_capacity(n);
+        let mut caches = Vec::new();
+        for (prompt, seeds) in prompts.iter().filter(|(_, seeds)| !seeds.is_empty()) {
+            let mut prefill = KvCache::default();
+            let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), dev)?;
+            let logits = self
+                .model
+                .forward(&input, Some(&mut prefill), &mut Pass::decoding())?;
+            let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.flatten_all()?;
+            let first = next.len();
+            for rng in &mut rngs[first..first + seeds.len()] {
+                next.push(pick(&last, o, rng)?);
+            }
+            caches.push(prefill.repeat(seeds.len())?);
+        }
+        let mut cache = match caches.len() {
+            1 => caches.pop().unwrap_or_default(),
+            _ => KvCache::stack(&caches)?,
+        };
+        drop(caches);
         // The sample each row of the batch decodes: finished samples leave the batch, so a step
         // costs what the unfinished ones need (a benchmark's answers end at different lengths).
         let mut rows: Vec<usize> = (0..n).collect();
@@ -355,6 +396,7 @@ impl LocalModel {
                     done[i] = self.reached_stop(&outs[i], &o.stop)?;
                 }
             }
+            // The cache's length is the longest sequence's.
             let full = cache.len() + 1 > self.model.cfg.max_position_embeddings;
             if done.iter().all(|d| *d) || full || (o.interrupted)() {
                 break;
@@ -374,7 +416,7 @@ impl LocalModel {
         for out in outs.iter_mut() {
             out.truncate(o.max_tokens);
         }
-        Ok(outs)
+        Ok(regroup(outs))
     }
 
     /// `seeds.len()` answers to `prompt` (through the template), decoded as one batch.
@@ -384,16 +426,40 @@ impl LocalModel {
         o: &GenOptions,
         seeds: &[u64],
     ) -> Result<Vec<Answer>, ModelError> {
-        let ids = examples::encode(&self.tokenizer, &self.prompt_text(prompt)?)?;
-        self.generate_batch(&ids, o, seeds)?
+        let mut answers = self.answer_batches(&[(prompt, seeds)], o)?;
+        Ok(answers.pop().unwrap_or_default())
+    }
+
+    /// The answers to several prompts (through the template), `seeds.len()` each, decoded as one
+    /// batch ([`Self::generate_batches`]).
+    pub fn answer_batches(
+        &self,
+        prompts: &[(&str, &[u64])],
+        o: &GenOptions,
+    ) -> Result<Vec<Vec<Answer>>, ModelError> {
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|(p, _)| examples::encode(&self.tokenizer, &self.prompt_text(p)?))
+            .collect::<Result<_, _>>()?;
+        let batch: Vec<(&[u32], &[u64])> = ids
+            .iter()
+            .zip(prompts)
+            .map(|(ids, (_, seeds))| (ids.as_slice(), *seeds))
+            .collect();
+        self.generate_batches(&batch, o)?
             .into_iter()
-            .map(|out| {
-                let text = cut_at_stop(&self.decode(&out)?, &o.stop).to_string();
-                Ok(Answer {
-                    text,
-                    prompt_tokens: ids.len(),
-                    completion_tokens: out.len(),
-                })
+            .zip(&ids)
+            .map(|(outs, ids)| {
+                outs.into_iter()
+                    .map(|out| {
+                        let text = cut_at_stop(&self.decode(&out)?, &o.stop).to_string();
+                        Ok(Answer {
+                            text,
+                            prompt_tokens: ids.len(),
+                            completion_tokens: out.len(),
+                        })
+                    })
+                    .collect()
             })
             .collect()
     }

@@ -289,6 +289,30 @@ impl Rope {
         self.apply_tensor_ops(x, offset)
     }
 
+    /// [`Rope::apply`] for one new token per sequence, each at its own position (`positions[b]`
+    /// for sequence b): sequences of different lengths decoding as one batch.
+    fn apply_per_sequence(&self, x: &Tensor, positions: &[usize]) -> candle_core::Result<Tensor> {
+        let (b, _, t, hd) = x.dims4()?;
+        if t != 1 || positions.len() != b {
+            candle_core::bail!(
+                "rope: sequences at their own positions take one new token each ({b} sequences, {t} tokens, {} positions)",
+                positions.len()
+            );
+        }
+        let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), x.device())?;
+        let cos = self.cos.index_select(&ids, 0)?.reshape((b, 1, hd))?;
+        let sin = self.sin.index_select(&ids, 0)?.reshape((b, 1, hd))?;
+        if fused::applies(x) && hd.is_multiple_of(2) {
+            return fused::rope(x, &cos, &sin);
+        }
+        let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
+        let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    }
+
     /// [`Rope::apply`] as tensor ops: `x · cos + rotate_half(x) · sin`.
     fn apply_tensor_ops(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
         let (_, _, t, hd) = x.dims4()?;
@@ -321,6 +345,10 @@ pub struct LayerKv {
     /// [batch, kv_heads, capacity, head_dim].
     values: Tensor,
     len: usize,
+    /// Per sequence, its first position, where sequences of different lengths share the buffers
+    /// right-aligned (each after its own padding; see [`KvCache::stack`]); empty when every
+    /// sequence starts at 0.
+    starts: Vec<usize>,
 }
 
 impl LayerKv {
@@ -330,6 +358,7 @@ impl LayerKv {
             keys_t: Tensor::zeros((b, h, d, 0), like.dtype(), like.device())?,
             values: Tensor::zeros((b, h, 0, d), like.dtype(), like.device())?,
             len: 0,
+            starts: Vec::new(),
         })
     }
 
@@ -415,8 +444,13 @@ impl LayerKv {
             capacity,
             len: self.len,
         };
-        let y =
-            crate::decode_attention::attend(&q_all[q0..q1], &k_all[k0..k1], &v_all[v0..v1], shape);
+        let y = crate::decode_attention::attend(
+            &q_all[q0..q1],
+            &k_all[k0..k1],
+            &v_all[v0..v1],
+            shape,
+            &self.starts,
+        );
         Ok(Some(Tensor::from_vec(
             y,
             (batch, heads, head_dim),
@@ -432,6 +466,10 @@ impl LayerKv {
             keys_t: self.keys_t.index_select(&ids, 0)?,
             values: self.values.index_select(&ids, 0)?,
             len: self.len,
+            starts: match self.starts.is_empty() {
+                true => Vec::new(),
+                false => keep.iter().map(|&r| self.starts[r]).collect(),
+            },
         })
     }
 
@@ -441,6 +479,37 @@ impl LayerKv {
         let (k_t, v) = (k_t.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?);
         let mut out = LayerKv::empty(&v)?;
         out.append_transposed(&k_t, &v)?;
+        // `repeat` tiles the batch: sequences 0..b, then 0..b again.
+        let b = self.starts.len();
+        out.starts = self.starts.iter().copied().cycle().take(n * b).collect();
+        Ok(out)
+    }
+
+    /// The layers of several caches as one batch, right-aligned: each cache's sequences after
+    /// padding up to the longest (zeros that no sequence attends to).
+    fn stack(parts: &[&LayerKv]) -> candle_core::Result<LayerKv> {
+        let longest = parts.iter().map(|p| p.len).max().unwrap_or(0);
+        let (mut keys, mut values, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+        for part in parts {
+            let (k_t, v) = part.views()?;
+            let pad = longest - part.len;
+            let (b, h, d, _) = k_t.dims4()?;
+            let padded = |x: Tensor, dim: usize, shape: (usize, usize, usize, usize)| match pad {
+                0 => Ok(x),
+                _ => Tensor::cat(&[&Tensor::zeros(shape, x.dtype(), x.device())?, &x], dim),
+            };
+            keys.push(padded(k_t, 3, (b, h, d, pad))?);
+            values.push(padded(v, 2, (b, h, pad, d))?);
+            for row in 0..b {
+                starts.push(pad + part.starts.get(row).copied().unwrap_or(0));
+            }
+        }
+        let (k_t, v) = (Tensor::cat(&keys, 0)?, Tensor::cat(&values, 0)?);
+        let mut out = LayerKv::empty(&v)?;
+        out.append_transposed(&k_t, &v)?;
+        if starts.iter().any(|&s| s > 0) {
+            out.starts = starts;
+        }
         Ok(out)
     }
 }
@@ -471,6 +540,33 @@ impl KvCache {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(KvCache { layers })
+    }
+
+    /// Several caches as one batch: their sequences in order, right-aligned to the longest, each
+    /// attending only to its own positions and rotated at its own ([`KvCache::sequence_positions`]).
+    /// Every cache must come from the same model.
+    pub fn stack(caches: &[KvCache]) -> candle_core::Result<KvCache> {
+        let layers = caches.iter().map(|c| c.layers.len()).max().unwrap_or(0);
+        let layers = (0..layers)
+            .map(|i| {
+                let parts: Vec<&LayerKv> = caches
+                    .iter()
+                    .filter_map(|c| c.layers.get(i).and_then(|l| l.as_ref()))
+                    .collect();
+                match parts.len() == caches.len() {
+                    true => Ok(Some(LayerKv::stack(&parts)?)),
+                    false => candle_core::bail!("KvCache::stack: cache {i} of a part is empty"),
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
+    /// Where each sequence's next token sits, when the sequences have different lengths (a
+    /// [`KvCache::stack`] of them); None when all sit at [`KvCache::len`].
+    pub fn sequence_positions(&self) -> Option<Vec<usize>> {
+        let kv = self.layers.first()?.as_ref()?;
+        (!kv.starts.is_empty()).then(|| kv.starts.iter().map(|s| kv.len - s).collect())
     }
 
     /// True before the first token is cached.
@@ -504,6 +600,8 @@ struct Positions<'a> {
     rope: &'a Rope,
     offset: usize,
     mask: Option<Tensor>,
+    /// Per sequence, its new token's position, where the sequences have different lengths.
+    per_sequence: Option<Vec<usize>>,
 }
 
 impl Attention {
@@ -521,7 +619,10 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let rotate = |x: Tensor| rope.apply(&x, offset);
+        let rotate = |x: Tensor| match &at.per_sequence {
+            Some(positions) => rope.apply_per_sequence(&x, positions),
+            None => rope.apply(&x, offset),
+        };
         let q = rotate(split(self.q.forward(x, pass)?, self.heads)?)?;
         let k = rotate(split(self.k.forward(x, pass)?, self.kv_heads)?)?;
         let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
@@ -541,6 +642,11 @@ impl Attention {
                     true => kv.attend_one_token(&q, self.heads)?,
                     false => None,
                 };
+                if fast.is_none() && !kv.starts.is_empty() {
+                    candle_core::bail!(
+                        "sequences of different lengths decode as one batch only on the CPU in f32, one token at a time"
+                    );
+                }
                 let views = kv.views()?;
                 *slot = Some(kv);
                 if let Some(y) = fast {
@@ -916,7 +1022,8 @@ impl CausalLm {
     ) -> candle_core::Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let at = self.positions(t, offset)?;
+        let mut at = self.positions(t, offset)?;
+        at.per_sequence = cache.as_ref().and_then(|c| c.sequence_positions());
         if let Some(c) = cache.as_mut() {
             if c.layers.is_empty() {
                 c.layers = (0..self.layers.len()).map(|_| None).collect();
@@ -979,6 +1086,7 @@ impl CausalLm {
             rope: &self.rope,
             offset,
             mask,
+            per_sequence: None,
         })
     }
 
