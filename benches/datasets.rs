@@ -3,7 +3,8 @@
 //!
 //! The job: load a JSONL file of `{instruction, output, metadata: {category, source, score}}`, keep rows
 //! of some categories with score ≥ 0.7, count by category, save the kept rows. Goals (issue 3): at least
-//! 10× a plain Python `json` loop, 3× pandas, peak memory under 2× the file size.
+//! 10× a plain Python `json` loop, 3× pandas, peak memory under 2× the file size; (issue 34) 2× polars
+//! for Python, eager against eager and lazy against lazy, when the Python has `polars`.
 //! `RTLAB_BENCH_ROWS` changes the row count.
 
 #[path = "common/python.rs"]
@@ -125,6 +126,32 @@ print(f"kept={len(kept)}")
 print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
 "#;
 
+/// The same job in polars for Python, eagerly (`read_ndjson`), as rtlab's `load_jsonl` does it.
+const POLARS_EAGER: &str = r#"
+import sys, resource
+import polars as pl
+df = pl.read_ndjson(sys.argv[1])
+meta = pl.col("metadata").struct
+kept = df.filter(meta.field("category").is_in(["fsm", "alu", "counter", "uart"]) & (meta.field("score") >= 0.7))
+counts = kept.select(meta.field("category")).to_series().value_counts()
+kept.write_ndjson(sys.argv[2])
+print(f"kept={kept.height}")
+print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+"#;
+
+/// The same job in polars for Python as a lazy scan (`scan_ndjson`, the filter pushed down), as
+/// rtlab's `scan_jsonl` does it.
+const POLARS_LAZY: &str = r#"
+import sys, resource
+import polars as pl
+meta = pl.col("metadata").struct
+kept = pl.scan_ndjson(sys.argv[1]).filter(meta.field("category").is_in(["fsm", "alu", "counter", "uart"]) & (meta.field("score") >= 0.7))
+kept.sink_ndjson(sys.argv[2])
+counts = kept.select(meta.field("category")).collect().to_series().value_counts()
+print(f"kept={sum(1 for _ in open(sys.argv[2]))}")
+print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+"#;
+
 /// Time (median of 5), peak memory and stdout of one job.
 type Measured = (f64, f64, String);
 
@@ -187,6 +214,20 @@ fn main() {
         None
     };
 
+    let has_polars = Command::new(&python)
+        .args(["-c", "import polars"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let polars_result = if has_polars {
+        let eager = python_job(&python, dir, "pl", POLARS_EAGER, &data);
+        let lazy = python_job(&python, dir, "pl_lazy", POLARS_LAZY, &data);
+        Some((eager, lazy))
+    } else {
+        println!("polars for Python is NOT installed (pip install polars): its rows are missing");
+        None
+    };
+
     assert_eq!(
         kept(&rt_out),
         kept(&py_out),
@@ -225,7 +266,32 @@ fn main() {
             pd_s / lz_s
         );
     }
+    if let Some(((pl_s, pl_peak, pl_out), (pll_s, pll_peak, pll_out))) = &polars_result {
+        for out in [pl_out, pll_out] {
+            assert_eq!(
+                kept(&rt_out),
+                kept(out),
+                "rtlab and polars must keep the same rows"
+            );
+        }
+        println!(
+            "| polars for Python, read_ndjson | {pl_s:.3} s | {pl_peak:.0} MiB | {:.2}x | |",
+            pl_s / rt_s
+        );
+        println!(
+            "| polars for Python, scan_ndjson | {pll_s:.3} s | {pll_peak:.0} MiB | | {:.2}x |",
+            pll_s / lz_s
+        );
+    }
     println!("({}, {} rows)", kept(&rt_out), rows);
+    let polars = polars_result.map(|((pl_s, ..), (pll_s, ..))| {
+        serde_json::json!({
+            "polars_eager_s": pl_s,
+            "polars_lazy_s": pll_s,
+            "load_jsonl_vs_polars_eager": pl_s / rt_s,
+            "scan_jsonl_vs_polars_lazy": pll_s / lz_s,
+        })
+    });
     results::write(
         "datasets",
         serde_json::json!({
@@ -235,6 +301,7 @@ fn main() {
             "python_loop_s": py_s,
             "load_jsonl_vs_python_loop": py_s / rt_s,
             "scan_jsonl_vs_python_loop": py_s / lz_s,
+            "polars_python": polars,
         }),
         5,
     );

@@ -68,6 +68,34 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                     num(f, ratio)?
                 ));
             }
+            let polars = &f["polars_python"];
+            if polars.is_object() {
+                out.push_str("\n| the same job | rtlab | polars for Python, same run | rtlab's speedup (goal ≥ 2×) |\n");
+                out.push_str("| --- | --- | --- | --- |\n");
+                for (job, ours, theirs, ratio) in [
+                    (
+                        "eager: `load_jsonl` / `read_ndjson`",
+                        "load_jsonl_s",
+                        "polars_eager_s",
+                        "load_jsonl_vs_polars_eager",
+                    ),
+                    (
+                        "lazy: `scan_jsonl` / `scan_ndjson`",
+                        "scan_jsonl_s",
+                        "polars_lazy_s",
+                        "scan_jsonl_vs_polars_lazy",
+                    ),
+                ] {
+                    out.push_str(&format!(
+                        "| {job} | {:.3} s | {:.3} s | **{:.2}×** |\n",
+                        num(f, ours)?,
+                        num(polars, theirs)?,
+                        num(polars, ratio)?
+                    ));
+                }
+            } else {
+                out.push_str("\npolars for Python: not measured (its Python had no `polars`).\n");
+            }
         }
         "verify" => {
             out.push_str(

@@ -341,6 +341,19 @@ impl LocalModel {
             return Err(ModelError::Input("generate: the prompt is empty".into()));
         }
         let dev = &self.model.device;
+        // Sequences of different lengths share a batch through the CPU's f32 attention only;
+        // elsewhere each prompt's samples are a batch of their own.
+        if prompts.len() > 1 && !(dev.is_cpu() && self.model.dtype == DType::F32) {
+            return prompts
+                .iter()
+                .map(|prompt| {
+                    Ok(self
+                        .generate_batches(&[*prompt], o)?
+                        .pop()
+                        .unwrap_or_default())
+                })
+                .collect();
+        }
         // Samples flattened: sample `k` is prompt `owner[k].0`'s sample `owner[k].1`.
         let owner: Vec<(usize, usize)> = prompts
             .iter()
@@ -672,6 +685,45 @@ fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Resul
 #[cfg(test)]
 mod tests {
     use super::nucleus;
+
+    /// Several prompts of different lengths decoded as one batch: each sample is what
+    /// `generate_ids` decodes alone with its seed, in f32 (the ragged batch) and in f64 (where each
+    /// prompt's samples decode as a batch of their own).
+    #[test]
+    fn prompts_of_different_lengths_batch_and_each_sample_is_the_one_decoded_alone() {
+        use super::{GenOptions, LocalModel};
+        use crate::config::{Arch, ModelConfig};
+        use crate::model::{load_weights, CausalLm};
+        use candle_core::{DType, Device};
+        let dir = crate::testing::tiny_dir(Arch::Llama);
+        let mut lm = LocalModel::load(dir.path(), None, None, false).unwrap();
+        let prompts: [&[u32]; 3] = [&[5, 9, 31], &[7, 7, 2, 40, 41, 42, 3, 9], &[100, 3]];
+        let seeds: [&[u64]; 3] = [&[0, 1], &[2], &[3, 4, 5]];
+        for dtype in [DType::F32, DType::F64] {
+            let cfg = ModelConfig::from_dir(dir.path()).unwrap();
+            let weights = load_weights(dir.path(), dtype, &Device::Cpu).unwrap();
+            lm.model = CausalLm::new(cfg, weights, None, 0, dtype, &Device::Cpu).unwrap();
+            for temperature in [0.0, 1.0] {
+                let o = GenOptions {
+                    max_tokens: 12,
+                    temperature,
+                    ..GenOptions::default()
+                };
+                let batch: Vec<(&[u32], &[u64])> = prompts.iter().copied().zip(seeds).collect();
+                let outs = lm.generate_batches(&batch, &o).unwrap();
+                for (i, (prompt, seeds)) in batch.iter().enumerate() {
+                    for (j, &seed) in seeds.iter().enumerate() {
+                        let alone = lm.generate_ids(prompt, &GenOptions { seed, ..o.clone() });
+                        assert_eq!(
+                            outs[i][j],
+                            alone.unwrap(),
+                            "{dtype:?}, T {temperature}, prompt {i}, sample {j}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// The nucleus as a full sort finds it.
     fn naive(probs: &[f32], top_p: f64) -> Vec<usize> {
