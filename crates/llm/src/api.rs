@@ -207,7 +207,9 @@ mod llm_functions {
     /// `complete_many` with options: `n` samples per row (rows repeat, with a `sample` column) and
     /// `out`, the column name. Requests run `concurrency` at a time with a progress bar; answers are
     /// recorded as they arrive, so when some fail the error says how many, and a rerun asks only for
-    /// the missing ones.
+    /// the missing ones. With the `local` provider, the requests decode in batches of up to 24
+    /// samples across rows (one row's samples stay together); sample `i` is still exactly what
+    /// `generate(prompt, #{seed: i})` decodes alone.
     #[rhai_fn(name = "complete_many", return_raw)]
     pub fn complete_many_with(
         ctx: NativeCallContext,

@@ -17,6 +17,7 @@ pub mod examples;
 mod fused;
 pub mod generate;
 pub mod gguf;
+mod kv_cache;
 mod layers;
 mod lora_linear;
 pub mod model;
