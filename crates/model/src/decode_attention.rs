@@ -149,16 +149,7 @@ unsafe fn one_head_avx2(
             *s += qi * keys_t[i * capacity + t];
         }
     }
-    let mut max = f32::NEG_INFINITY;
-    for s in scores.iter_mut() {
-        *s *= scale;
-        max = max.max(*s);
-    }
-    let mut total = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
-    }
+    let total = softmax_numerators(scores, scale);
     // Σ p v with the output's d values in d / 8 registers.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); MAX_REGISTERS];
@@ -175,6 +166,23 @@ unsafe fn one_head_avx2(
             _mm256_storeu_ps(y.as_mut_ptr().add(8 * r), _mm256_mul_ps(*a, inv));
         }
     }
+}
+
+/// Scales the scores, replaces each by `exp(score - max)` and returns their sum: the softmax but for
+/// its division, which the caller applies to the weighted sum instead.
+#[inline(always)]
+fn softmax_numerators(scores: &mut [f32], scale: f32) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    for s in scores.iter_mut() {
+        *s *= scale;
+        max = max.max(*s);
+    }
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    total
 }
 
 /// Registers for a head's output: head dimensions up to 128.
@@ -228,16 +236,7 @@ fn one_head_portable(
             *s += qi * k;
         }
     }
-    let mut max = f32::NEG_INFINITY;
-    for s in scores.iter_mut() {
-        *s *= scale;
-        max = max.max(*s);
-    }
-    let mut total = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
-    }
+    let total = softmax_numerators(scores, scale);
     y.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
         let v = &values[j * d..(j + 1) * d];

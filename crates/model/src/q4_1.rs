@@ -329,7 +329,7 @@ unsafe fn block(
 #[cfg(target_arch = "x86_64")]
 mod pairs {
     use super::{Q8_1Rows, BLOCK_BYTES, QK};
-    use crate::q8::hsum;
+    use crate::q8::{pair_block, pair_sums};
     use std::arch::x86_64::*;
 
     /// Rows whose offsets one register holds.
@@ -380,34 +380,8 @@ mod pairs {
         let rows = pair_rows(a, m, kb);
         crate::q8::pair_product((m, n), |columns, pairs, col, pair, put| {
             // SAFETY: as this function's; the tile's columns and pairs exist.
-            unsafe { tile_of(columns, pairs, w, &rows, kb, col, pair, put) }
+            unsafe { crate::q8::run_pair_tile!(columns, pairs, (w, &rows, kb, col, pair, put)) }
         })
-    }
-
-    /// Runs the tile of `columns` (1 or 2) by `pairs` (1 to 5).
-    ///
-    /// # Safety
-    /// As [`tile`].
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_of(
-        columns: usize,
-        pairs: usize,
-        w: &[u8],
-        a: &PairRows,
-        kb: usize,
-        col: usize,
-        pair: usize,
-        put: &mut dyn FnMut(usize, usize, f32),
-    ) {
-        macro_rules! sizes {
-            ($($c:literal, $p:literal);*) => {
-                match (columns, pairs) {
-                    $(($c, $p) => unsafe { tile::<$c, $p>(w, a, kb, col, pair, put) },)*
-                    _ => unreachable!("a tile is 1 or 2 columns by 1 to 5 pairs"),
-                }
-            };
-        }
-        sizes!(2, 5; 2, 4; 2, 3; 2, 2; 2, 1; 1, 5; 1, 4; 1, 3; 1, 2; 1, 1)
     }
 
     /// `C` columns from `col` by `P` pairs of rows from `pair`, each value handed to
@@ -453,12 +427,7 @@ mod pairs {
                     let aq = _mm512_loadu_si512(a.quants.as_ptr().add(at * 2 * QK) as *const _);
                     let a_d = _mm512_loadu_ps(a.scales.as_ptr().add(at * LANES));
                     for c in 0..C {
-                        let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
-                            _mm512_setzero_si512(),
-                            wq[c],
-                            aq,
-                        ));
-                        acc[c][p] = _mm512_fmadd_ps(_mm512_mul_ps(w_d[c], a_d), q, acc[c][p]);
+                        acc[c][p] = pair_block(acc[c][p], wq[c], aq, w_d[c], a_d);
                     }
                 }
             }
@@ -466,11 +435,9 @@ mod pairs {
                 let mut offset = [0f32; LANES];
                 _mm512_storeu_ps(offset.as_mut_ptr(), offsets[c]);
                 for p in 0..P {
-                    let low = _mm512_castps512_ps256(acc[c][p]);
-                    let high =
-                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[c][p]), 1));
-                    put(c, 2 * p, hsum(low) + offset[2 * p]);
-                    put(c, 2 * p + 1, hsum(high) + offset[2 * p + 1]);
+                    let (low, high) = pair_sums(acc[c][p]);
+                    put(c, 2 * p, low + offset[2 * p]);
+                    put(c, 2 * p + 1, high + offset[2 * p + 1]);
                 }
             }
         }

@@ -334,6 +334,58 @@ pub(crate) fn pair_product(
     result
 }
 
+/// Runs the calling module's `tile::<C, P>` for `$columns` (1 or 2) by `$pairs` (1 to
+/// [`PAIRS_PER_TILE`]), with `$args`: the AVX-512 kernels' tile sizes, as constants.
+macro_rules! run_pair_tile {
+    ($columns:expr, $pairs:expr, $args:tt) => {
+        $crate::q8::run_pair_tile!(@sizes $columns, $pairs, $args;
+            2, 5; 2, 4; 2, 3; 2, 2; 2, 1; 1, 5; 1, 4; 1, 3; 1, 2; 1, 1)
+    };
+    (@sizes $columns:expr, $pairs:expr, $args:tt; $($c:literal, $p:literal);*) => {
+        match ($columns, $pairs) {
+            $(($c, $p) => tile::<$c, $p> $args,)*
+            _ => unreachable!("a tile is 1 or 2 columns by 1 to 5 pairs"),
+        }
+    };
+}
+pub(crate) use run_pair_tile;
+
+/// One block of a pair of rows into its accumulator: per lane, the four-product integer dot of
+/// `w` (unsigned) with `a` (signed), converted, then `fma(w_d · a_d, dot, acc)`: the 256-bit
+/// kernels' operations, in their order.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and VNNI (the caller's target features).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn pair_block(
+    acc: std::arch::x86_64::__m512,
+    w: std::arch::x86_64::__m512i,
+    a: std::arch::x86_64::__m512i,
+    w_d: std::arch::x86_64::__m512,
+    a_d: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    unsafe {
+        let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a));
+        _mm512_fmadd_ps(_mm512_mul_ps(w_d, a_d), dot, acc)
+    }
+}
+
+/// A pair's two values: each half of its accumulator summed as [`hsum`] sums a 256-bit one.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and AVX2 (the caller's target features).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn pair_sums(acc: std::arch::x86_64::__m512) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+        (hsum(_mm512_castps512_ps256(acc)), hsum(high))
+    }
+}
+
 /// `a Wᵀ` [m, n] for Q8_0 weights `w` [n, k] and activations `a` [m, k].
 fn matmul(vnni: bool, w: Operand, a: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
     let kb = k / QK;
@@ -551,7 +603,7 @@ unsafe fn block(
 /// kernels.
 #[cfg(target_arch = "x86_64")]
 mod pairs {
-    use super::{hsum, Operand, BLOCK_BYTES, QK};
+    use super::{pair_block, pair_sums, Operand, BLOCK_BYTES, QK};
     use std::arch::x86_64::*;
 
     /// Per pair and block, the two rows' 32 quants (64 bytes) and 16 scales (eight of each row's).
@@ -593,16 +645,8 @@ mod pairs {
     ) -> Vec<f32> {
         let rows = pair_rows(a, m, kb);
         super::pair_product((m, n), |columns, pairs, col, pair, put| {
-            macro_rules! sizes {
-                ($($c:literal, $p:literal);*) => {
-                    match (columns, pairs) {
-                        // SAFETY: as this function's; the tile's columns and pairs exist.
-                        $(($c, $p) => unsafe { tile::<$c, $p>(w, &rows, kb, col, pair, put) },)*
-                        _ => unreachable!("a tile is 1 or 2 columns by 1 to 5 pairs"),
-                    }
-                };
-            }
-            sizes!(2, 5; 2, 4; 2, 3; 2, 2; 2, 1; 1, 5; 1, 4; 1, 3; 1, 2; 1, 1)
+            // SAFETY: as this function's; the tile's columns and pairs exist.
+            unsafe { super::run_pair_tile!(columns, pairs, (w, &rows, kb, col, pair, put)) }
         })
     }
 
@@ -642,22 +686,15 @@ mod pairs {
                     for c in 0..C {
                         let signed =
                             _mm512_mask_sub_epi8(aq, negative[c], _mm512_setzero_si512(), aq);
-                        let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
-                            _mm512_setzero_si512(),
-                            w_abs[c],
-                            signed,
-                        ));
-                        acc[c][p] = _mm512_fmadd_ps(_mm512_mul_ps(w_d[c], a_d), q, acc[c][p]);
+                        acc[c][p] = pair_block(acc[c][p], w_abs[c], signed, w_d[c], a_d);
                     }
                 }
             }
             for c in 0..C {
                 for p in 0..P {
-                    let low = _mm512_castps512_ps256(acc[c][p]);
-                    let high =
-                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[c][p]), 1));
-                    put(c, 2 * p, hsum(low));
-                    put(c, 2 * p + 1, hsum(high));
+                    let (low, high) = pair_sums(acc[c][p]);
+                    put(c, 2 * p, low);
+                    put(c, 2 * p + 1, high);
                 }
             }
         }
