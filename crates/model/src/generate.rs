@@ -341,9 +341,7 @@ impl LocalModel {
             return Err(ModelError::Input("generate: the prompt is empty".into()));
         }
         let dev = &self.model.device;
-        // Sequences of different lengths share a batch through the CPU's f32 attention only;
-        // elsewhere each prompt's samples are a batch of their own.
-        if prompts.len() > 1 && !(dev.is_cpu() && self.model.dtype == DType::F32) {
+        if prompts.len() > 1 && !self.prompts_share_batches() {
             return prompts
                 .iter()
                 .map(|prompt| {
@@ -430,6 +428,17 @@ impl LocalModel {
             out.truncate(o.max_tokens);
         }
         Ok(regroup(outs))
+    }
+
+    /// True where several prompts may share a batch: sequences of different lengths share one
+    /// through the CPU's f32 attention only, and a LoRA adapter's product runs through gemm, whose
+    /// bits depend on the row count, so prompts sharing a batch would change each other's samples
+    /// (until that product is row-independent). Elsewhere each prompt's samples are a batch of
+    /// their own, as before prompts shared batches.
+    fn prompts_share_batches(&self) -> bool {
+        self.model.device.is_cpu()
+            && self.model.dtype == DType::F32
+            && self.model.adapters().is_empty()
     }
 
     /// `seeds.len()` answers to `prompt` (through the template), decoded as one batch.
@@ -739,6 +748,25 @@ mod tests {
             }
         }
         kept
+    }
+
+    /// Prompts share batches on the base model in f32 only: not with a LoRA adapter (whose gemm
+    /// product depends on the row count, so a shared batch would change samples), not in f64.
+    #[test]
+    fn prompts_share_batches_only_without_an_adapter_in_f32() {
+        use super::LocalModel;
+        use crate::config::{Arch, ModelConfig};
+        use crate::model::{load_weights, CausalLm};
+        use candle_core::{DType, Device};
+        let dir = crate::testing::tiny_dir(Arch::Llama);
+        let mut lm = LocalModel::load(dir.path(), None, None, false).unwrap();
+        assert!(lm.prompts_share_batches());
+        lm.model = crate::testing::lora_model(dir.path(), DType::F32);
+        assert!(!lm.prompts_share_batches());
+        let cfg = ModelConfig::from_dir(dir.path()).unwrap();
+        let weights = load_weights(dir.path(), DType::F64, &Device::Cpu).unwrap();
+        lm.model = CausalLm::new(cfg, weights, None, 0, DType::F64, &Device::Cpu).unwrap();
+        assert!(!lm.prompts_share_batches());
     }
 
     #[test]
