@@ -14,15 +14,19 @@
 //! weights requantized to Q8_0 at load, as rtlab ran before its own Q4_1 kernel), the baseline of
 //! rtlab's kernels (`crates/model/src/q4_1.rs` and `q8.rs`); part 2 also runs them with the AVX-512
 //! tiles switched off (`RTLAB_QMATMUL=avx2`), the same bits on 256-bit registers.
-//! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, 16 examples of about 120 tokens, batch 4):
-//!    tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
-//!    gradient checkpointing (the default) and with the whole graph kept (the baseline), beside
-//!    PyTorch + PEFT on the same GGUF dequantized to f32, the same rows and recipe, with and without
-//!    its gradient checkpointing (`tests/python/peft_gguf_train.py`, run by the Python in
-//!    `RTLAB_PYTHON`, default `python3`; without torch, transformers, peft and gguf it says it was
-//!    NOT run). Goal (issue 13): rtlab at least 1.0× PEFT's tokens/s.
+//! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, batch 4, 17 steps of 4 rows of about 120
+//!    tokens): tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
+//!    gradient checkpointing (the default) and with the whole graph kept, beside PyTorch + PEFT on the
+//!    same GGUF dequantized to f32, with and without its gradient checkpointing
+//!    (`tests/python/peft_gguf_train.py`, run by the Python in `RTLAB_PYTHON`, default `python3`;
+//!    without torch, transformers, peft and gguf it says it was NOT run). Like for like (issue 34):
+//!    both sides use the same (Alpaca) template on the same rows, each prints the tokens it trained
+//!    on and the bench fails when they differ, and each side's rate leaves out its first step
+//!    (warm-up), so 16 steps are timed. Goal: rtlab at least 1.1× PEFT's tokens/s (`lora_vs_peft`,
+//!    f32 base, checkpointing on both sides).
 //!
-//! `cargo bench --bench gguf -- decode` runs parts 1 and 2 only, `-- train` part 3 only.
+//! `cargo bench --bench gguf -- decode` runs parts 1 and 2 only, `-- train` part 3 only;
+//! `RTLAB_BENCH_TRAIN=f32` leaves the quantized base's two configurations out of part 3.
 
 #[path = "common/output.rs"]
 mod output;
@@ -89,9 +93,10 @@ fn field(out: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
 }
 
+/// The median, or NaN for a configuration that did not run.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// rtlab's single-stream decode: tokens/s of `generate` after the model is loaded and has answered a
@@ -190,10 +195,18 @@ print("seconds", s)
     Some(field(&text, "tokens") / field(&text, "seconds"))
 }
 
-/// The 16 rows every training configuration learns from: modules of ten XOR assigns.
+/// Steps of every training run; the first is warm-up on both sides, so 16 are timed.
+const TRAIN_STEPS: usize = 17;
+/// Rows a step.
+const TRAIN_BATCH: usize = 4;
+/// The template both sides format each row's instruction with (rtlab's Alpaca-style fallback; the
+/// GGUF's chat template is rtlab's default, which the Python side would have to reproduce).
+const TRAIN_TEMPLATE: &str = "### Instruction:\n{prompt}\n\n### Response:\n";
+
+/// The rows every training configuration learns from: modules of ten XOR assigns.
 fn write_rows(path: &Path) {
     let mut text = String::new();
-    for i in 0..16 {
+    for i in 0..TRAIN_STEPS * TRAIN_BATCH {
         let body: String = (0..10)
             .map(|j| format!("  assign y{j} = a{j} ^ b{j};\n"))
             .collect();
@@ -207,23 +220,39 @@ fn write_rows(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
-/// One LoRA run of rtlab in its own process: (tokens/s, peak RSS MiB).
-fn train(rows: &Path, quantized: bool, checkpoint: bool) -> (f64, f64) {
+/// One training run's figures: steady tokens/s (first step left out), peak RSS MiB, tokens trained.
+struct TrainRun {
+    tokens_per_s: f64,
+    peak_rss_mb: f64,
+    tokens: f64,
+}
+
+/// One LoRA run of rtlab in its own process.
+fn train(rows: &Path, quantized: bool, checkpoint: bool) -> TrainRun {
     let out = script(&format!(
         r#"let run = train_lora(#{{base: "smollm2-135m", data: "{rows}", out: "run", r: 8, alpha: 16,
-    target_modules: ["q_proj", "v_proj"], epochs: 1, batch_size: 4, grad_accum: 1, max_len: 256,
-    quantized_base: {quantized}, gradient_checkpointing: {checkpoint}}});
-print(`tokens_per_s ${{run.tokens_per_s}}`);
-print(`peak_rss_mb ${{run.peak_rss_mb}}`);"#,
-        rows = rows.display()
+    target_modules: ["q_proj", "v_proj"], epochs: 1, batch_size: {TRAIN_BATCH}, grad_accum: 1, max_len: 256,
+    template: {template:?}, quantized_base: {quantized}, gradient_checkpointing: {checkpoint}}});
+let record = parse_json(read_text(`${{run.adapter}}/run.json`));
+print(`steady_tokens_per_s ${{run.steady_tokens_per_s}}`);
+print(`peak_rss_mb ${{run.peak_rss_mb}}`);
+print(`tokens ${{record.curve[record.curve.len() - 1].tokens}}`);
+print(`steps ${{run.steps}}`);"#,
+        rows = rows.display(),
+        template = TRAIN_TEMPLATE,
     ));
-    (field(&out, "tokens_per_s"), field(&out, "peak_rss_mb"))
+    assert_eq!(field(&out, "steps") as usize, TRAIN_STEPS, "{out}");
+    TrainRun {
+        tokens_per_s: field(&out, "steady_tokens_per_s"),
+        peak_rss_mb: field(&out, "peak_rss_mb"),
+        tokens: field(&out, "tokens"),
+    }
 }
 
 /// The same run in PyTorch + PEFT on the same GGUF, dequantized to f32 by transformers
-/// (`tests/python/peft_gguf_train.py`): (tokens/s, peak RSS MiB). A failure of a Python that has
-/// the packages is a failed benchmark, not a missing baseline.
-fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> (f64, f64) {
+/// (`tests/python/peft_gguf_train.py`). A failure of a Python that has the packages is a failed
+/// benchmark, not a missing baseline.
+fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> TrainRun {
     let out = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -232,7 +261,12 @@ fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> (f64
         .arg(model.parent().unwrap())
         .arg(model.file_name().unwrap())
         .arg(rows)
-        .args(["4", "256", if checkpoint { "1" } else { "0" }])
+        .args([
+            TRAIN_BATCH.to_string().as_str(),
+            "256",
+            if checkpoint { "1" } else { "0" },
+        ])
+        .arg(TRAIN_TEMPLATE)
         .output()
         .unwrap();
     assert!(
@@ -241,10 +275,16 @@ fn peft_train(python: &str, model: &Path, rows: &Path, checkpoint: bool) -> (f64
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    (
-        output::value(&text, "tokens_per_s"),
-        output::value(&text, "peak_rss_mb"),
-    )
+    assert_eq!(
+        output::value(&text, "steps") as usize,
+        TRAIN_STEPS,
+        "{text}"
+    );
+    TrainRun {
+        tokens_per_s: output::value(&text, "steady_tokens_per_s"),
+        peak_rss_mb: output::value(&text, "peak_rss_mb"),
+        tokens: output::value(&text, "tokens"),
+    }
 }
 
 fn main() {
@@ -394,22 +434,41 @@ fn training(model: &Path, runs: usize) {
         .args(["-c", "import torch, transformers, peft, gguf"])
         .output()
         .is_ok_and(|o| o.status.success());
+    let mut tokens: Vec<(&str, f64)> = vec![];
     let mut results = vec![(vec![], vec![]); configs.len()];
+    let f32_only = std::env::var("RTLAB_BENCH_TRAIN").is_ok_and(|v| v == "f32");
     for _ in 0..runs {
-        for (c, (_, trainer, checkpoint)) in configs.iter().enumerate() {
-            let (tps, rss) = match trainer {
+        for (c, (name, trainer, checkpoint)) in configs.iter().enumerate() {
+            let run = match trainer {
+                Trainer::Rtlab { quantized: true } if f32_only => continue,
                 Trainer::Rtlab { quantized } => train(&rows, *quantized, *checkpoint),
                 Trainer::Peft if has_peft => peft_train(&python, model, &rows, *checkpoint),
                 Trainer::Peft => continue,
             };
-            results[c].0.push(tps);
-            results[c].1.push(rss);
+            println!(
+                "{name}: {} tokens, {:.1} tok/s after the first step",
+                run.tokens, run.tokens_per_s
+            );
+            tokens.push((name, run.tokens));
+            results[c].0.push(run.tokens_per_s);
+            results[c].1.push(run.peak_rss_mb);
         }
+    }
+    // Like for like: every configuration trained on the same tokens.
+    let first_count = tokens[0].1;
+    for (name, count) in &tokens {
+        assert_eq!(
+            *count, first_count,
+            "{name} trained on {count} tokens, {} on {first_count}: the sides are not like for like",
+            tokens[0].0
+        );
     }
     if !has_peft {
         println!("PyTorch + PEFT NOT run: {python} lacks torch/transformers/peft/gguf (set RTLAB_PYTHON)");
     }
-    println!("LoRA training, 16 examples (about 120 tokens each), median of {runs} runs:");
+    println!(
+        "LoRA training, {TRAIN_STEPS} steps of {TRAIN_BATCH} rows ({first_count} tokens), the first left out, median of {runs} runs:"
+    );
     let medians: Vec<(f64, f64)> = results
         .into_iter()
         .map(|(t, r)| (median(t), median(r)))
@@ -420,7 +479,7 @@ fn training(model: &Path, runs: usize) {
     for (ours, name) in [(0, "checkpointing"), (1, "whole graph")] {
         let (rt, pt) = (medians[ours], medians[ours + 4]);
         println!(
-            "rtlab / PyTorch + PEFT, f32 base, {name:13} {:5.2}x tok/s (goal: at least 1.0x), {:5.2}x peak RSS",
+            "rtlab / PyTorch + PEFT, f32 base, {name:13} {:5.2}x tok/s (goal: at least 1.1x), {:5.2}x peak RSS",
             rt.0 / pt.0,
             rt.1 / pt.1
         );
@@ -433,4 +492,27 @@ fn training(model: &Path, runs: usize) {
             ckpt.1 / whole.1
         );
     }
+    let figure = |i: usize| {
+        (medians[i].0.is_finite())
+            .then(|| serde_json::json!({"tok_s": medians[i].0, "peak_rss_mb": medians[i].1}))
+    };
+    let peft = |i: usize| has_peft.then(|| figure(i)).flatten();
+    let ratio = |ours: usize| has_peft.then(|| medians[ours].0 / medians[ours + 4].0);
+    results::write(
+        "gguf_train",
+        serde_json::json!({
+            "steps_timed": TRAIN_STEPS - 1,
+            "batch": TRAIN_BATCH,
+            "tokens": first_count,
+            "lora_f32": figure(0),
+            "lora_f32_whole_graph": figure(1),
+            "qlora": figure(2),
+            "qlora_whole_graph": figure(3),
+            "peft_f32": peft(4),
+            "peft_f32_whole_graph": peft(5),
+            "lora_vs_peft": ratio(0),
+            "lora_vs_peft_whole_graph": ratio(1),
+        }),
+        runs,
+    );
 }

@@ -603,6 +603,40 @@ fn several_prompts_decode_as_one_batch_and_each_sample_is_the_one_decoded_alone(
 }
 
 #[test]
+fn with_a_trained_adapter_each_sample_of_a_batch_of_prompts_is_the_one_decoded_alone() {
+    smollm2();
+    // One step at a high rate gives B values far from PEFT's zeros. With the adapter's product in
+    // gemm (whose summation order depends on the row count), 4 of 6 greedy samples matched.
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&format!(
+        r#"
+        let data = from_records([#{{instruction: "Write a Verilog AND gate.", output: "module and2(input a, b, output y); assign y = a & b; endmodule"}},
+                                 #{{instruction: "Write a Verilog OR gate.", output: "module or2(input a, b, output y); assign y = a | b; endmodule"}}]);
+        let run = train_lora(#{{base: "smollm2-135m", data: data, out: "{run}", r: 8, epochs: 1, batch_size: 2,
+                                grad_accum: 1, lr: 1e-2, warmup: 0, max_len: 64}});
+        let prompts = ["Write a Verilog module for a 2-input AND gate.",
+                       "Answer in one word: is a flip-flop sequential or combinational?",
+                       "Write a synthesizable Verilog module named counter with a clock, an active-high synchronous reset and a 4-bit output that counts up on every rising edge."];
+        let m = load_model("smollm2-135m", #{{adapter: run.adapter}});
+        for t in [0.0, 0.9] {{
+            let batch = complete_many(llm(#{{provider: "local", model: "smollm2-135m", adapter: run.adapter, max_tokens: 20, temperature: t, top_p: 0.95}}),
+                                      from_records(prompts.map(|p| #{{p: p}})), "p", #{{n: 2}});
+            let same = 0;
+            for r in batch.to_records() {{
+                if r.completion == m.generate(r.p, #{{max_tokens: 20, temperature: t, top_p: 0.95, seed: r.sample}}) {{ same += 1; }}
+            }}
+            print(`T=${{t}}: ${{same}} of 6 as decoded alone`);
+        }}
+    "#,
+        run = dir.path().join("run").display()
+    ));
+    assert_eq!(
+        out,
+        "T=0.0: 6 of 6 as decoded alone\nT=0.9: 6 of 6 as decoded alone\n"
+    );
+}
+
+#[test]
 fn an_ollama_model_is_found_through_its_manifest_and_a_missing_tag_names_the_ones_there() {
     let model = smollm2();
     let dir = tempfile::tempdir().unwrap();

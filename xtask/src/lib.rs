@@ -195,6 +195,61 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 ),
             }
         }
+        "gguf_train" => {
+            out.push_str(&format!(
+                "| LoRA on SmolLM2-135M ({:.0} steps of {:.0} rows timed, {:.0} tokens in all, the first step left out) | tok/s | peak RSS |\n",
+                num(f, "steps_timed")?,
+                num(f, "batch")?,
+                num(f, "tokens")?
+            ));
+            out.push_str("| --- | --- | --- |\n");
+            for (key, what) in [
+                (
+                    "lora_f32",
+                    "rtlab, f32 base, gradient checkpointing (the default)",
+                ),
+                ("lora_f32_whole_graph", "rtlab, f32 base, whole graph kept"),
+                ("qlora", "rtlab, quantized base (QLoRA), checkpointing"),
+                (
+                    "qlora_whole_graph",
+                    "rtlab, quantized base, whole graph kept",
+                ),
+                (
+                    "peft_f32",
+                    "PyTorch + PEFT, f32 base, gradient checkpointing",
+                ),
+                (
+                    "peft_f32_whole_graph",
+                    "PyTorch + PEFT, f32 base, whole graph kept",
+                ),
+            ] {
+                match f[key].as_object() {
+                    Some(_) => out.push_str(&format!(
+                        "| {what} | {:.1} | {:.0} MiB |\n",
+                        num(&f[key], "tok_s")?,
+                        num(&f[key], "peak_rss_mb")?
+                    )),
+                    None => out.push_str(&format!("| {what} | not run | |\n")),
+                }
+            }
+            for (key, what) in [
+                (
+                    "lora_vs_peft",
+                    "`lora_vs_peft`, checkpointing on both sides (goal ≥ 1.1×)",
+                ),
+                (
+                    "lora_vs_peft_whole_graph",
+                    "the same, whole graph on both sides",
+                ),
+            ] {
+                match f[key].as_f64() {
+                    Some(r) => out.push_str(&format!("| {what} | **{r:.2}×** | |\n")),
+                    None => out.push_str(&format!(
+                        "| {what} | not measured: PyTorch + PEFT were not importable | |\n"
+                    )),
+                }
+            }
+        }
         other => {
             return Err(format!(
                 "no table is defined for the bench {other:?}: add it to xtask's render()"

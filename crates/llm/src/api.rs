@@ -208,10 +208,8 @@ mod llm_functions {
     /// `out`, the column name. Requests run `concurrency` at a time with a progress bar; answers are
     /// recorded as they arrive, so when some fail the error says how many, and a rerun asks only for
     /// the missing ones. With the `local` provider, the requests decode in batches of up to 24
-    /// samples across rows (one row's samples stay together); on the base model sample `i` is
-    /// exactly what `generate(prompt, #{seed: i})` decodes alone. With a LoRA `adapter`, each row's
-    /// samples are a batch of their own, and may differ from the ones decoded alone (the adapter's
-    /// product is not yet independent of the batch's row count).
+    /// samples across rows (one row's samples stay together), with or without a LoRA `adapter`;
+    /// sample `i` is exactly what `generate(prompt, #{seed: i})` decodes alone.
     #[rhai_fn(name = "complete_many", return_raw)]
     pub fn complete_many_with(
         ctx: NativeCallContext,

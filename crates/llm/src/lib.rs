@@ -495,8 +495,8 @@ impl Request {
 
 impl Model {
     /// Generates the `todo` requests in this process with the trainer's model, in batches of up to
-    /// [`BATCH_ROWS`] samples across prompts (one prompt's samples with an adapter: see
-    /// `generate_batches`), recording each answer like a server's. The sample
+    /// [`BATCH_ROWS`] samples across prompts (`generate_batches`), recording each answer like a
+    /// server's. The sample
     /// index seeds the sampler, so n samples at temperature > 0 differ and a rerun repeats them.
     fn answer_locally(
         &self,
@@ -536,7 +536,6 @@ impl Model {
             stop: self.cfg.stop.clone(),
             interrupted: rtlab_core::cancel_requested,
         };
-        // (With an adapter, `answer_batches` decodes each prompt's samples as their own batch.)
         for batch in batches_of_groups(&groups, BATCH_ROWS) {
             if rtlab_core::cancel_requested() {
                 break;

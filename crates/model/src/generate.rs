@@ -431,14 +431,11 @@ impl LocalModel {
     }
 
     /// True where several prompts may share a batch: sequences of different lengths share one
-    /// through the CPU's f32 attention only, and a LoRA adapter's product runs through gemm, whose
-    /// bits depend on the row count, so prompts sharing a batch would change each other's samples
-    /// (until that product is row-independent). Elsewhere each prompt's samples are a batch of
-    /// their own, as before prompts shared batches.
+    /// through the CPU's f32 attention only. Elsewhere each prompt's samples are a batch of their
+    /// own, as before prompts shared batches. (A LoRA adapter shares too: its decoding product
+    /// gives each row its bits alone, `low_rank.rs`.)
     fn prompts_share_batches(&self) -> bool {
-        self.model.device.is_cpu()
-            && self.model.dtype == DType::F32
-            && self.model.adapters().is_empty()
+        self.model.device.is_cpu() && self.model.dtype == DType::F32
     }
 
     /// `seeds.len()` answers to `prompt` (through the template), decoded as one batch.
@@ -753,7 +750,7 @@ mod tests {
     /// Prompts share batches on the base model in f32 only: not with a LoRA adapter (whose gemm
     /// product depends on the row count, so a shared batch would change samples), not in f64.
     #[test]
-    fn prompts_share_batches_only_without_an_adapter_in_f32() {
+    fn prompts_share_batches_in_f32_on_the_cpu_with_or_without_an_adapter() {
         use super::LocalModel;
         use crate::config::{Arch, ModelConfig};
         use crate::model::{load_weights, CausalLm};
@@ -762,7 +759,7 @@ mod tests {
         let mut lm = LocalModel::load(dir.path(), None, None, false).unwrap();
         assert!(lm.prompts_share_batches());
         lm.model = crate::testing::lora_model(dir.path(), DType::F32);
-        assert!(!lm.prompts_share_batches());
+        assert!(lm.prompts_share_batches());
         let cfg = ModelConfig::from_dir(dir.path()).unwrap();
         let weights = load_weights(dir.path(), DType::F64, &Device::Cpu).unwrap();
         lm.model = CausalLm::new(cfg, weights, None, 0, DType::F64, &Device::Cpu).unwrap();

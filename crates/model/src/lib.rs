@@ -20,6 +20,7 @@ pub mod gguf;
 mod kv_cache;
 mod layers;
 mod lora_linear;
+mod low_rank;
 pub mod model;
 pub mod models;
 mod output_head;

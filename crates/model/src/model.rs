@@ -14,6 +14,7 @@ use super::fused;
 pub use super::kv_cache::KvCache;
 use super::kv_cache::LayerKv;
 use super::lora_linear::LoraLinear;
+use super::low_rank;
 use super::output_head::HeadLogProb;
 use super::pool_gemm;
 use super::ModelError;
@@ -84,6 +85,10 @@ pub struct Pass {
     /// built from tracked tensors keeps every step's autograd graph alive (16 GB after 128 tokens of a
     /// benchmark batch on the 135M model).
     pub track_gradients: bool,
+    /// True for decoding: the adapter's product gives each row the bits it gets alone
+    /// (`low_rank`), so a batch never changes a sample's tokens. Other passes keep `gemm`, whose
+    /// bits the training and log-prob checks are made on.
+    pub rows_alone: bool,
 }
 
 impl Pass {
@@ -93,12 +98,15 @@ impl Pass {
             training: false,
             adapters: true,
             track_gradients: true,
+            rows_alone: false,
         }
     }
-    /// Generation: no dropout, the quantized kernels, and nothing kept for a backward pass.
+    /// Generation: no dropout, the quantized kernels, nothing kept for a backward pass, and each
+    /// row of a batch computed as if alone.
     pub fn decoding() -> Pass {
         Pass {
             track_gradients: false,
+            rows_alone: true,
             ..Pass::inference()
         }
     }
@@ -108,6 +116,7 @@ impl Pass {
             training: true,
             adapters: true,
             track_gradients: true,
+            rows_alone: false,
         }
     }
     /// A frozen reference pass: no dropout, the training pass's exact matmuls (so that at step 0 the
@@ -118,6 +127,7 @@ impl Pass {
             training: true,
             adapters,
             track_gradients: true,
+            rows_alone: false,
         }
     }
     /// The same pass, keeping no autograd graph: for log-probs and losses that are only read
@@ -170,8 +180,13 @@ impl Linear {
             } else {
                 (l.a.as_tensor().detach(), l.b.as_tensor().detach())
             };
-            // On candle's pool, the bits of `xd.matmul(&a.t()?)?.matmul(&b.t()?)`.
-            let low = pool_gemm::matmul_t(&pool_gemm::matmul_t(&xd, &a)?, &b)?;
+            let low = if pass.rows_alone {
+                // Each row's bits whatever the batch (decoding's promise; see low_rank.rs).
+                low_rank::product(&xd, &a, &b)?
+            } else {
+                // On candle's pool, the bits of `xd.matmul(&a.t()?)?.matmul(&b.t()?)`.
+                pool_gemm::matmul_t(&pool_gemm::matmul_t(&xd, &a)?, &b)?
+            };
             y = (y + (low * l.scale)?)?;
         }
         let mut out = dims;

@@ -360,7 +360,9 @@ fn a_quantized_base_trains_exactly_as_its_dequantized_copy() {
 #[test]
 fn decoding_keeps_no_autograd_graph_yet_computes_what_a_tracked_pass_does() {
     // A KV cache built from tracked tensors held every decoded step's graph: 16 GB after a benchmark
-    // batch of 128 tokens on the 135M model. Decoding must give untracked logits, and the same ones.
+    // batch of 128 tokens on the 135M model. Decoding must give untracked logits, and the same ones
+    // up to f32 rounding: its adapter product sums in its own fixed order (low_rank.rs), gemm in
+    // another.
     let dir = tiny_dir(crate::config::Arch::Llama);
     let m = model(dir.path(), DType::F32);
     randomize_b(&m);
@@ -369,7 +371,12 @@ fn decoding_keeps_no_autograd_graph_yet_computes_what_a_tracked_pass_does() {
     let decoded = m.forward(&ids, None, &mut Pass::decoding()).unwrap();
     assert!(tracked.track_op(), "a gradient pass tracks the adapters");
     assert!(!decoded.track_op(), "decoding must not track the adapters");
-    assert_eq!(max_abs_diff(&tracked, &decoded), 0.0);
+    let scale = scalar(&tracked.abs().unwrap().max_all().unwrap());
+    let diff = max_abs_diff(&tracked, &decoded) as f64;
+    assert!(
+        diff <= 1e-5 * scale,
+        "decoding's logits are {diff} from the tracked pass's (largest {scale})"
+    );
 }
 
 #[test]

@@ -165,6 +165,11 @@ pub struct RunRecord {
     pub skipped_rows: Vec<usize>,
     pub curve: Vec<StepLog>,
     pub tokens_per_s: f64,
+    /// Tokens/s over this run's steps after its first (which pages the weights in and sizes every
+    /// buffer): the rate benchmarks compare, warm-up excluded as a peer's timing loop excludes it.
+    /// None when the run made one step or none.
+    #[serde(default)]
+    pub steady_tokens_per_s: Option<f64>,
     pub seconds: f64,
     pub peak_rss_mb: f64,
     pub trainable_params: usize,
@@ -430,6 +435,8 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         rtlab_core::progress::Progress::new("train", total as u64, state.step as u64);
     let started = Instant::now();
     let mut tokens_this_run = 0usize;
+    // When this run's first step ended, and the tokens it took.
+    let mut after_first: Option<(Instant, usize)> = None;
     let mut cancelled = false;
     while state.step < total {
         if rtlab_core::cancel_requested() {
@@ -443,6 +450,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
             objective_step(&job, on_gpu.as_mut(), &rows, &plain, &mut adam, lr, step)?;
         let loss_sum = done.loss;
         tokens_this_run += tokens;
+        after_first.get_or_insert((Instant::now(), tokens_this_run));
         state.log(step / per_epoch, done, lr, tokens);
         progress.set(state.step as u64, || {
             let rate = tokens_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -452,6 +460,9 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
     }
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
+    let steady_tokens_per_s = after_first
+        .filter(|&(_, first)| tokens_this_run > first)
+        .map(|(at, first)| (tokens_this_run - first) as f64 / at.elapsed().as_secs_f64().max(1e-9));
     sync_from_gpu(&job, &vars, &on_gpu, &mut adam)?;
     let kept_step = if cancelled {
         write_checkpoint(&job, &adam, &vars, &state)?;
@@ -470,6 +481,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         skipped_rows: job.skipped_rows,
         curve: state.curve,
         tokens_per_s: tokens_this_run as f64 / seconds.max(1e-9),
+        steady_tokens_per_s,
         seconds,
         peak_rss_mb,
         trainable_params: trainable,

@@ -138,6 +138,12 @@ fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
     m.insert("final_loss".into(), last.into());
     m.insert("curve".into(), Dynamic::from(curve));
     m.insert("tokens_per_s".into(), rec.tokens_per_s.into());
+    m.insert(
+        "steady_tokens_per_s".into(),
+        rec.steady_tokens_per_s
+            .map(Dynamic::from)
+            .unwrap_or(Dynamic::UNIT),
+    );
     m.insert("seconds".into(), rec.seconds.into());
     m.insert("peak_rss_mb".into(), rec.peak_rss_mb.into());
     m.insert(
@@ -276,8 +282,9 @@ mod train_functions {
     use super::*;
 
     /// Trains LoRA adapters and returns the run record: `#{adapter, steps, first_loss, final_loss,
-    /// curve (a DataFrame of step, epoch, loss, lr, grad_norm), tokens_per_s, seconds, peak_rss_mb,
-    /// trainable_params, resumed_from, cancelled, cached, loss_svg}`.
+    /// curve (a DataFrame of step, epoch, loss, lr, grad_norm), tokens_per_s, steady_tokens_per_s
+    /// (the rate after the run's first step, which pages the weights in; `()` with one step),
+    /// seconds, peak_rss_mb, trainable_params, resumed_from, cancelled, cached, loss_svg}`.
     ///
     /// Options: `base` (a Hugging Face Llama/Qwen2 dir, a GGUF file, or a model name such as
     /// `smollm2-135m`), `data` (DataFrame or JSONL path), `out`;
