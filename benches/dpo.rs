@@ -8,17 +8,30 @@
 //! lr 5e-4, batch 4 pairs, the reference (the base, adapters off) computed before the timed steps,
 //! the whole graph kept for the backward (rtlab's default checkpoints; TRL's does not).
 //! The prompt goes in raw on both sides (`template: "{prompt}"`; TRL applies no template to
-//! standard-format pairs). TRL needs `RTLAB_PYTHON` (or `python3`) with torch, transformers, peft,
-//! trl, datasets and gguf; without them the table says the baseline was not run.
+//! standard-format pairs). Like for like (issue 34): 17 steps on each side, the first (warm-up) left
+//! out of the rate (rtlab's `steady_tokens_per_s`, TRL's step timer from step 2), so 16 are timed;
+//! each side prints the tokens it trained on and the bench fails when they differ. Goal: rtlab at
+//! least 1.1× TRL (`dpo_vs_trl` in `target/bench-results/dpo.json`).
+//! TRL needs `RTLAB_PYTHON` (or `python3`) with torch, transformers, peft, trl, datasets and gguf;
+//! without them the table says the baseline was not run.
 
 #[path = "common/output.rs"]
 mod output;
+#[path = "common/results.rs"]
+mod results;
 use output::value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BATCH: usize = 4;
-const STEPS: usize = 4;
+/// Steps on each side; the first is warm-up, so `STEPS - 1` are timed.
+const STEPS: usize = 17;
+
+/// One side's run: tokens/s after the first step, and the tokens of all its steps.
+struct DpoRun {
+    tokens_per_s: f64,
+    tokens: f64,
+}
 
 fn rtlab() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rtlab"))
@@ -27,7 +40,7 @@ fn rtlab() -> Command {
 /// Pairs whose sides have equal lengths: a prompt, and a chosen and a rejected module body.
 fn write_pairs(path: &Path) {
     let mut text = String::new();
-    for i in 0..BATCH * (STEPS + 1) {
+    for i in 0..BATCH * STEPS {
         let body = |op: &str| {
             format!("module gate{i:03}(input a, b, output y);\n  assign y = a {op} b;\nendmodule\n")
                 .repeat(3)
@@ -43,13 +56,16 @@ fn write_pairs(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
-fn rtlab_run(dir: &Path, pairs: &Path) -> f64 {
+fn rtlab_run(dir: &Path, pairs: &Path) -> DpoRun {
     let script = format!(
         r#"let run = train_dpo(#{{base: "smollm2-135m", pairs: "{pairs}", out: "{out}", template: "{{prompt}}",
     beta: 0.1, r: 16, alpha: 32, dropout: 0.0, lr: 5e-4, schedule: "constant", warmup: 0,
     batch_size: {BATCH}, grad_accum: 1, epochs: 1, max_steps: {STEPS}, fresh: true, device: "cpu",
     gradient_checkpointing: false}});
-print(`tokens_per_s=${{run.tokens_per_s}}`);"#,
+let record = parse_json(read_text(`${{run.adapter}}/run.json`));
+print(`steady_tokens_per_s=${{run.steady_tokens_per_s}}`);
+print(`tokens=${{record.curve[record.curve.len() - 1].tokens}}`);
+print(`steps=${{run.steps}}`);"#,
         pairs = pairs.display(),
         out = dir.join("run").display()
     );
@@ -66,10 +82,14 @@ print(`tokens_per_s=${{run.tokens_per_s}}`);"#,
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    value(&stdout, "tokens_per_s")
+    assert_eq!(value(&stdout, "steps") as usize, STEPS, "{stdout}");
+    DpoRun {
+        tokens_per_s: value(&stdout, "steady_tokens_per_s"),
+        tokens: value(&stdout, "tokens"),
+    }
 }
 
-fn trl_run(python: &str, model: &Path, pairs: &Path) -> Option<f64> {
+fn trl_run(python: &str, model: &Path, pairs: &Path) -> Option<DpoRun> {
     let out = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -86,7 +106,12 @@ fn trl_run(python: &str, model: &Path, pairs: &Path) -> Option<f64> {
         "the TRL baseline failed (it needs torch, transformers, peft, trl, datasets and gguf): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(value(&String::from_utf8_lossy(&out.stdout), "tokens_per_s"))
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(value(&stdout, "steps") as usize, STEPS, "{stdout}");
+    Some(DpoRun {
+        tokens_per_s: value(&stdout, "steady_tokens_per_s"),
+        tokens: value(&stdout, "tokens"),
+    })
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -132,26 +157,65 @@ fn main() {
         .is_ok_and(|o| o.status.success());
     let (mut ours, mut theirs) = (vec![], vec![]);
     for _ in 0..runs {
-        ours.push(rtlab_run(dir.path(), &pairs));
+        let run = rtlab_run(dir.path(), &pairs);
+        println!(
+            "rtlab: {} tokens, {:.1} tokens/s after the first step",
+            run.tokens, run.tokens_per_s
+        );
+        ours.push(run);
         if has_trl {
-            theirs.extend(trl_run(&python, &model, &pairs));
+            if let Some(run) = trl_run(&python, &model, &pairs) {
+                println!(
+                    "TRL:   {} tokens, {:.1} tokens/s after the first step",
+                    run.tokens, run.tokens_per_s
+                );
+                theirs.push(run);
+            }
         }
     }
-    println!("DPO on SmolLM2-135M-Instruct (f32, CPU), batch {BATCH} pairs, {STEPS} steps, median of {runs} runs");
-    println!(
-        "rtlab train_dpo       {:8.1} tokens/s  runs {ours:.1?}",
-        median(ours.clone())
-    );
-    if theirs.is_empty() {
-        println!("TRL DPOTrainer        NOT run: {python} lacks torch/transformers/peft/trl/datasets/gguf");
-    } else {
-        println!(
-            "TRL DPOTrainer        {:8.1} tokens/s  runs {theirs:.1?}",
-            median(theirs.clone())
-        );
-        println!(
-            "rtlab / TRL           {:8.2}×  (goal ≥ 1.0×)",
-            median(ours) / median(theirs)
+    // Like for like: both sides trained on the same tokens in every run.
+    for run in ours.iter().chain(&theirs) {
+        assert_eq!(
+            run.tokens, ours[0].tokens,
+            "one run trained on {} tokens, rtlab's first on {}: the sides are not like for like",
+            run.tokens, ours[0].tokens
         );
     }
+    let rates = |runs: &[DpoRun]| runs.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>();
+    let (ours_s, theirs_s) = (median(rates(&ours)), median(rates(&theirs)));
+    println!(
+        "DPO on SmolLM2-135M-Instruct (f32, CPU), batch {BATCH} pairs, {} steps timed after a warm-up step ({} tokens), median of {runs} runs",
+        STEPS - 1,
+        ours[0].tokens
+    );
+    println!(
+        "rtlab train_dpo       {ours_s:8.1} tokens/s  runs {:.1?}",
+        rates(&ours)
+    );
+    let ratio = if theirs.is_empty() {
+        println!("TRL DPOTrainer        NOT run: {python} lacks torch/transformers/peft/trl/datasets/gguf");
+        None
+    } else {
+        println!(
+            "TRL DPOTrainer        {theirs_s:8.1} tokens/s  runs {:.1?}",
+            rates(&theirs)
+        );
+        println!(
+            "rtlab / TRL           {:8.2}×  (goal ≥ 1.1×)",
+            ours_s / theirs_s
+        );
+        Some(ours_s / theirs_s)
+    };
+    results::write(
+        "dpo",
+        serde_json::json!({
+            "batch": BATCH,
+            "steps_timed": STEPS - 1,
+            "tokens": ours[0].tokens,
+            "rtlab_tok_s": ours_s,
+            "trl_tok_s": (!theirs.is_empty()).then_some(theirs_s),
+            "dpo_vs_trl": ratio,
+        }),
+        runs,
+    );
 }

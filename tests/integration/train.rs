@@ -319,6 +319,25 @@ fn python(args: &[&str]) -> String {
 }
 
 #[test]
+fn the_steady_rate_leaves_out_the_first_step_and_a_one_step_run_has_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    let printed = ok(&format!(
+        r#"{tiny}
+        {GATES}
+        for steps in [1, 3] {{
+            let run = train_lora(#{{base: "{base}", data: data, out: "{out}/${{steps}}", r: 4, epochs: 1,
+                batch_size: 1, grad_accum: 1, max_steps: steps, fresh: true}});
+            print(`${{run.steps}} ${{type_of(run.steady_tokens_per_s)}} ${{run.tokens_per_s > 0.0}}`);
+        }}"#,
+        tiny = tiny(&base),
+        base = base.display(),
+        out = tmp.path().display()
+    ));
+    assert_eq!(printed, "1 () true\n3 f64 true\n");
+}
+
+#[test]
 #[ignore = "needs Python with torch, transformers and peft (5 GB): RTLAB_PYTHON=/path/to/python cargo test --test integration train:: -- --ignored"]
 fn peft_reads_rtlab_adapters_and_rtlab_reads_peft_adapters_with_the_same_logits() {
     for arch in ["llama", "qwen2"] {

@@ -1,6 +1,7 @@
 """TRL baseline for benches/dpo.rs: tokens/s of DPO steps (LoRA, CPU, f32) with TRL's DPOTrainer.
 
-  trl_dpo_step.py MODEL PAIRS.jsonl BATCH STEPS [GGUF_FILE]  -> prints tokens_per_s=X, steps=N
+  trl_dpo_step.py MODEL PAIRS.jsonl BATCH STEPS [GGUF_FILE]
+      -> prints steps=N, tokens=T (all steps'), steady_tokens_per_s=X (steps after the first)
 MODEL is a Hugging Face dir (or the dir of GGUF_FILE, which transformers dequantizes to f32).
 The recipe is the rtlab side's: sigmoid loss, beta 0.1, r 16, alpha 32, no dropout, all seven
 projections, AdamW lr 5e-4, reference = the base with the adapters off, its log-probs computed
@@ -53,7 +54,7 @@ class StepTimer(TrainerCallback):
 
 timer = StepTimer()
 config = DPOConfig(output_dir="/tmp/rtlab-trl-dpo", per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-                   max_steps=steps + 1, learning_rate=5e-4, beta=0.1, loss_type="sigmoid", precompute_ref_log_probs=True,
+                   max_steps=steps, learning_rate=5e-4, beta=0.1, loss_type="sigmoid", precompute_ref_log_probs=True,
                    max_length=1024, report_to="none", use_cpu=True, logging_steps=1000, save_strategy="no",
                    disable_dropout=True, bf16=False, fp16=False, seed=0, dataloader_num_workers=0, lr_scheduler_type="constant")
 peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -65,5 +66,6 @@ trainer.train()
 # in the dataset's order (TRL shuffles; every pair here has the same length on both sides).
 timed = timer.durations[1:]
 per_step = sum(tokens(r) for r in rows) / len(rows) * batch
-print(f"tokens_per_s={per_step * len(timed) / sum(timed)}")
-print(f"steps={len(timed)}")
+print(f"steps={len(timer.durations)}")
+print(f"tokens={round(per_step * len(timer.durations))}")
+print(f"steady_tokens_per_s={per_step * len(timed) / sum(timed)}")

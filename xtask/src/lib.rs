@@ -195,6 +195,28 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 ),
             }
         }
+        "dpo" => {
+            out.push_str(&format!(
+                "| DPO on SmolLM2-135M ({:.0} steps of {:.0} pairs timed, {:.0} tokens in all, the first step left out) | tokens/s |\n",
+                num(f, "steps_timed")?,
+                num(f, "batch")?,
+                num(f, "tokens")?
+            ));
+            out.push_str("| --- | --- |\n");
+            out.push_str(&format!(
+                "| rtlab `train_dpo` | **{:.1}** |\n",
+                num(f, "rtlab_tok_s")?
+            ));
+            match (f["trl_tok_s"].as_f64(), f["dpo_vs_trl"].as_f64()) {
+                (Some(trl), Some(r)) => {
+                    out.push_str(&format!("| TRL `DPOTrainer` | {trl:.1} |\n"));
+                    out.push_str(&format!("| `dpo_vs_trl` (goal ≥ 1.1×) | **{r:.2}×** |\n"));
+                }
+                _ => out.push_str(
+                    "| TRL `DPOTrainer` | not run: torch, transformers, peft, trl, datasets or gguf were not importable |\n",
+                ),
+            }
+        }
         "gguf_train" => {
             out.push_str(&format!(
                 "| LoRA on SmolLM2-135M ({:.0} steps of {:.0} rows timed, {:.0} tokens in all, the first step left out) | tok/s | peak RSS |\n",
@@ -263,7 +285,7 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
         .unwrap_or_default();
     let commit = results["commit"].as_str().unwrap_or("unknown");
     out.push_str(&format!(
-        "\n`{command}`: medians of {} runs, on {} ({}), {} cores; commit `{}`.\n",
+        "\n`{command}`: medians of {} runs, on {} ({}), {} cores; {}.\n",
         results["runs"],
         m["cpu"].as_str().unwrap_or("an unknown CPU"),
         if simd.is_empty() {
@@ -272,7 +294,13 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
             simd.join(", ")
         },
         m["cores"],
-        &commit[..commit.len().min(12)]
+        match commit.strip_suffix("-dirty") {
+            Some(c) => format!(
+                "commit `{}` with uncommitted changes",
+                &c[..c.len().min(12)]
+            ),
+            None => format!("commit `{}`", &commit[..commit.len().min(12)]),
+        }
     ));
     Ok(out)
 }
@@ -349,6 +377,25 @@ mod tests {
         assert!(out.ends_with("<!-- /bench-table -->\nafter\n"));
         assert!(!out.contains("stale"));
         assert_eq!(tables_in(chapter), ["kernel"]);
+    }
+
+    #[test]
+    fn a_run_from_uncommitted_changes_says_so_under_its_table() {
+        let results = |commit: &str| {
+            serde_json::json!({
+                "figures": {"kernel_start_ms": 1.0, "ipykernel_start_ms": 2.0,
+                            "kernel_start_vs_ipykernel": 2.0, "kernel_execute_round_trip_ms": 0.5},
+                "runs": 3, "machine": {"cpu": "c", "simd": ["avx2"], "cores": 2},
+                "commit": commit,
+            })
+        };
+        let clean = render("kernel", &results("0123456789abcdef")).unwrap();
+        assert!(clean.contains("commit `0123456789ab`."), "{clean}");
+        let dirty = render("kernel", &results("0123456789abcdef-dirty")).unwrap();
+        assert!(
+            dirty.contains("commit `0123456789ab` with uncommitted changes."),
+            "{dirty}"
+        );
     }
 
     #[test]
