@@ -25,6 +25,9 @@
 //!    (warm-up), so 16 steps are timed. Goal: rtlab at least 1.1× PEFT's tokens/s (`lora_vs_peft`,
 //!    f32 base, checkpointing on both sides).
 //!
+//! 2b. With a LoRA adapter (r 16 on all seven projections): one stream and 20 different prompts as
+//!    one batch, beside the base model's same two figures (`-- adapter`).
+//!
 //! `cargo bench --bench gguf -- decode` runs parts 1 and 2 only, `-- train` part 3 only;
 //! `RTLAB_BENCH_TRAIN=f32` leaves the quantized base's two configurations out of part 3.
 
@@ -102,16 +105,27 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// rtlab's single-stream decode: tokens/s of `generate` after the model is loaded and has answered a
 /// short warm-up request (prompt included), as llama.cpp's side is measured.
 fn rtlab_single(model: &Path, dequantize: bool, kernel: Kernel) -> f64 {
+    rtlab_single_with(model, dequantize, kernel, None)
+}
+
+/// [`rtlab_single`], with a LoRA adapter on the model when one is given.
+fn rtlab_single_with(
+    model: &Path,
+    dequantize: bool,
+    kernel: Kernel,
+    adapter: Option<&Path>,
+) -> f64 {
     let out = script_with(
         &format!(
-            r#"let m = load_model("{}", #{{dequantize: {dequantize}}});
+            r#"let m = load_model("{}", #{{dequantize: {dequantize}{}}});
 m.generate("warm up", #{{max_tokens: 4}});
 let t = timestamp();
 let text = m.generate("{PROMPT}", #{{max_tokens: {TOKENS}}});
 let s = t.elapsed;
 print(`tokens ${{m.tokens(text).len()}}`);
 print(`seconds ${{s}}`);"#,
-            model.display()
+            model.display(),
+            adapter_option(adapter)
         ),
         kernel,
     );
@@ -143,7 +157,7 @@ print(`seconds ${{s}}`);"#,
 /// rtlab's 20 different prompts, one sample each, as one batch (a benchmark's problems): aggregate
 /// tokens/s. The prompts differ in length, so the batch is ragged (each sequence after its own
 /// padding).
-fn rtlab_prompts_batch(model: &Path, n: usize) -> f64 {
+fn rtlab_prompts_batch(model: &Path, n: usize, adapter: Option<&Path>) -> f64 {
     let prompts: Vec<String> = (0..n)
         .map(|i| {
             format!(
@@ -154,7 +168,7 @@ fn rtlab_prompts_batch(model: &Path, n: usize) -> f64 {
         .collect();
     let out = script(&format!(
         r#"let m = load_model("{path}", #{{}});
-let llm_model = llm(#{{provider: "local", model: "{path}", max_tokens: {TOKENS}, temperature: 0.8}});
+let llm_model = llm(#{{provider: "local", model: "{path}", max_tokens: {TOKENS}, temperature: 0.8{adapter}}});
 llm_model.complete("warm up the loaded model");
 let prompts = from_records([{prompts}]);
 let t = timestamp();
@@ -165,9 +179,17 @@ for a in answers.column("completion") {{ tokens += m.tokens(a).len(); }}
 print(`tokens ${{tokens}}`);
 print(`seconds ${{s}}`);"#,
         path = model.display(),
-        prompts = prompts.join(", ")
+        prompts = prompts.join(", "),
+        adapter = adapter_option(adapter)
     ));
     field(&out, "tokens") / field(&out, "seconds")
+}
+
+/// `, adapter: "DIR"` for a script's options map, or nothing.
+fn adapter_option(adapter: Option<&Path>) -> String {
+    adapter
+        .map(|a| format!(", adapter: {:?}", a.display().to_string()))
+        .unwrap_or_default()
 }
 
 /// llama.cpp's single stream on the same file and prompt (its chat template, greedy), or None when
@@ -312,6 +334,9 @@ fn main() {
     if part.as_deref().is_none_or(|p| p == "decode") {
         decode(&model, runs);
     }
+    if part.as_deref().is_none_or(|p| p == "adapter") {
+        adapter_decode(&model, runs);
+    }
     if part.as_deref().is_none_or(|p| p == "train") {
         training(&model, runs);
     }
@@ -334,7 +359,7 @@ fn decode(model: &Path, runs: usize) {
         batch.push(rtlab_batch(model, 20, Kernel::Rtlab));
         candle_batch.push(rtlab_batch(model, 20, Kernel::Candle));
         avx2_batch.push(rtlab_batch(model, 20, Kernel::Avx2));
-        prompts_batch.push(rtlab_prompts_batch(model, 20));
+        prompts_batch.push(rtlab_prompts_batch(model, 20, None));
     }
     let q = median(quant.clone());
     let cq = median(candle_quant.clone());
@@ -388,6 +413,61 @@ fn decode(model: &Path, runs: usize) {
             "prompts20_tok_s": pb,
             "decode_prompts20_vs_single": pb / q,
             "decode_single_vs_llama_cpp": llama_single.map(|l| q / l),
+        }),
+        runs,
+    );
+}
+
+/// Part 2b: decoding with a LoRA adapter (r 16 on all seven projections, as the learning script's
+/// stages train), one stream and 20 different prompts as one batch, beside the base model's same
+/// two figures in the same runs. Its product is computed row by row (`low_rank.rs`), so prompts
+/// share a batch with an adapter too.
+fn adapter_decode(model: &Path, runs: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.jsonl");
+    write_rows(&rows);
+    let adapter = dir.path().join("adapter");
+    // Two steps at the usual rate: the adapter's cost does not depend on its values, and a small
+    // change leaves the answers as long as the base model's.
+    script(&format!(
+        r#"train_lora(#{{base: "smollm2-135m", data: "{rows}", out: "{out}", r: 16, alpha: 32,
+    epochs: 1, max_steps: 2, batch_size: 4, grad_accum: 1, max_len: 256}});"#,
+        rows = rows.display(),
+        out = adapter.display()
+    ));
+    let (mut single, mut prompts, mut base_single, mut base_prompts) =
+        (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        single.push(rtlab_single_with(
+            model,
+            false,
+            Kernel::Rtlab,
+            Some(&adapter),
+        ));
+        prompts.push(rtlab_prompts_batch(model, 20, Some(&adapter)));
+        base_single.push(rtlab_single(model, false, Kernel::Rtlab));
+        base_prompts.push(rtlab_prompts_batch(model, 20, None));
+    }
+    let (s, p) = (median(single.clone()), median(prompts.clone()));
+    let (bs, bp) = (median(base_single.clone()), median(base_prompts.clone()));
+    println!("with a LoRA adapter (r 16, seven projections), median of {runs} runs:");
+    println!("one stream                       {s:7.1} tok/s  runs {single:.1?}");
+    println!("20 prompts as one batch          {p:7.1} tok/s  runs {prompts:.1?}");
+    println!("prompts batch / single stream    {:7.2}x", p / s);
+    println!(
+        "the base model, same runs: one stream {bs:.1} tok/s, 20 prompts {bp:.1} tok/s ({:.2}x)",
+        bp / bs
+    );
+    results::write(
+        "gguf_adapter",
+        serde_json::json!({
+            "tokens": TOKENS,
+            "adapter_single_tok_s": s,
+            "adapter_prompts20_tok_s": p,
+            "decode_prompts20_adapter_vs_single": p / s,
+            "base_single_tok_s": bs,
+            "base_prompts20_tok_s": bp,
+            "decode_prompts20_vs_single": bp / bs,
         }),
         runs,
     );

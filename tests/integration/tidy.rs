@@ -268,7 +268,7 @@ fn rule_no_thread_local(files: &[Source]) -> Vec<Violation> {
 /// (`crates/llm/src/lib.rs` left the list when its unit tests moved to `tests.rs`; the trainer's
 /// `lib.rs` when the model moved to rtlab-model and its Rhai surface to `api/`.)
 const LONG_FILES: &[(&str, usize)] = &[
-    ("crates/model/src/model.rs", 1097),
+    ("crates/model/src/model.rs", 1014),
     ("crates/verify/src/stages.rs", 1094),
 ];
 

@@ -217,6 +217,28 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 ),
             }
         }
+        "gguf_adapter" => {
+            let tokens = num(f, "tokens")?;
+            out.push_str(&format!(
+                "| decoding ({tokens:.0} new tokens) | with a LoRA adapter | the base model, same runs |\n"
+            ));
+            out.push_str("| --- | --- | --- |\n");
+            out.push_str(&format!(
+                "| one stream | {:.1} tok/s | {:.1} tok/s |\n",
+                num(f, "adapter_single_tok_s")?,
+                num(f, "base_single_tok_s")?
+            ));
+            out.push_str(&format!(
+                "| 20 different prompts as one batch (aggregate) | **{:.1} tok/s** | {:.1} tok/s |\n",
+                num(f, "adapter_prompts20_tok_s")?,
+                num(f, "base_prompts20_tok_s")?
+            ));
+            out.push_str(&format!(
+                "| batch / one stream | **{:.2}×** | {:.2}× |\n",
+                num(f, "decode_prompts20_adapter_vs_single")?,
+                num(f, "decode_prompts20_vs_single")?
+            ));
+        }
         "gguf_train" => {
             out.push_str(&format!(
                 "| LoRA on SmolLM2-135M ({:.0} steps of {:.0} rows timed, {:.0} tokens in all, the first step left out) | tok/s | peak RSS |\n",

@@ -24,6 +24,7 @@ mod low_rank;
 pub mod model;
 pub mod models;
 mod output_head;
+mod pass;
 pub mod peft;
 mod pool_gemm;
 pub mod q4_1;

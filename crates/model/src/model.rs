@@ -16,6 +16,8 @@ use super::kv_cache::LayerKv;
 use super::lora_linear::LoraLinear;
 use super::low_rank;
 use super::output_head::HeadLogProb;
+use super::pass::dropout;
+pub use super::pass::{dropout_mask, Pass};
 use super::pool_gemm;
 use super::ModelError;
 pub use crate::layers::{log_softmax_last, softmax_last, target_log_prob, BaseWeight};
@@ -70,75 +72,6 @@ pub struct Linear {
     weight: BaseWeight,
     bias: Option<Tensor>,
     pub lora: Option<Lora>,
-}
-
-/// What a forward pass needs besides its input: dropout's seeded generator when training.
-pub struct Pass {
-    pub dropout_rng: Option<StdRng>,
-    /// A training pass computes a quantized base's matmuls exactly, on the dequantized weight (as
-    /// QLoRA does); inference uses the quantized kernel, as llama.cpp does.
-    pub training: bool,
-    /// False computes the base alone, as if no adapter were attached: DPO's `reference: "base"`,
-    /// which LoRA gives for free (no second copy of the model).
-    pub adapters: bool,
-    /// False for decoding: the adapters enter as plain tensors, not as tracked variables. A KV cache
-    /// built from tracked tensors keeps every step's autograd graph alive (16 GB after 128 tokens of a
-    /// benchmark batch on the 135M model).
-    pub track_gradients: bool,
-    /// True for decoding: the adapter's product gives each row the bits it gets alone
-    /// (`low_rank`), so a batch never changes a sample's tokens. Other passes keep `gemm`, whose
-    /// bits the training and log-prob checks are made on.
-    pub rows_alone: bool,
-}
-
-impl Pass {
-    pub fn inference() -> Pass {
-        Pass {
-            dropout_rng: None,
-            training: false,
-            adapters: true,
-            track_gradients: true,
-            rows_alone: false,
-        }
-    }
-    /// Generation: no dropout, the quantized kernels, nothing kept for a backward pass, and each
-    /// row of a batch computed as if alone.
-    pub fn decoding() -> Pass {
-        Pass {
-            track_gradients: false,
-            rows_alone: true,
-            ..Pass::inference()
-        }
-    }
-    pub fn training(seed: u64) -> Pass {
-        Pass {
-            dropout_rng: Some(StdRng::seed_from_u64(seed)),
-            training: true,
-            adapters: true,
-            track_gradients: true,
-            rows_alone: false,
-        }
-    }
-    /// A frozen reference pass: no dropout, the training pass's exact matmuls (so that at step 0 the
-    /// policy's and the reference's log-probs agree to the bit), with or without the adapters.
-    pub fn reference(adapters: bool) -> Pass {
-        Pass {
-            dropout_rng: None,
-            training: true,
-            adapters,
-            track_gradients: true,
-            rows_alone: false,
-        }
-    }
-    /// The same pass, keeping no autograd graph: for log-probs and losses that are only read
-    /// (validation, DPO's reference), whose graph would hold every layer's activations until the
-    /// result is dropped.
-    pub fn without_graph(self) -> Pass {
-        Pass {
-            track_gradients: false,
-            ..self
-        }
-    }
 }
 
 impl Linear {
@@ -205,37 +138,6 @@ impl Linear {
             ),
         }
     }
-}
-
-/// An inverted-dropout mask of `n` values (0 or 1/keep). The CPU and GPU paths draw the same masks
-/// in forward order, so they train alike. One u64 from the seeded generator seeds a SplitMix64
-/// stream for the mask: a ChaCha draw per element cost more than the tiny model's whole step.
-pub fn dropout_mask(n: usize, p: f64, rng: &mut StdRng) -> Vec<f32> {
-    let keep = 1.0 - p;
-    let threshold = (keep * (1u64 << 53) as f64) as u64;
-    let scaled = (1.0 / keep) as f32;
-    let mut state: u64 = rng.random();
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            if (z >> 11) < threshold {
-                scaled
-            } else {
-                0.0
-            }
-        })
-        .collect()
-}
-
-/// Inverted dropout (candle's own RNG cannot be seeded on CPU).
-fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
-    let mask = dropout_mask(x.elem_count(), p, rng);
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x.mul(&mask)
 }
 
 /// RMSNorm as `x / sqrt(mean(x²) + eps) · w`, from differentiable ops.
