@@ -267,10 +267,7 @@ fn rule_no_thread_local(files: &[Source]) -> Vec<Violation> {
 /// Files over 1,000 lines today, with their length: none may grow, and no other may join them.
 /// (`crates/llm/src/lib.rs` left the list when its unit tests moved to `tests.rs`; the trainer's
 /// `lib.rs` when the model moved to rtlab-model and its Rhai surface to `api/`.)
-const LONG_FILES: &[(&str, usize)] = &[
-    ("crates/model/src/model.rs", 1014),
-    ("crates/verify/src/stages.rs", 1094),
-];
+const LONG_FILES: &[(&str, usize)] = &[("crates/verify/src/stages.rs", 1094)];
 
 fn rule_file_size(files: &[Source]) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -710,7 +707,7 @@ fn no_file_grows_past_a_thousand_lines() {
             text: "x\n".repeat(1001),
         },
         Source {
-            path: "crates/model/src/model.rs".into(),
+            path: "crates/verify/src/stages.rs".into(),
             text: "x\n".repeat(2500),
         },
     ];

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod gguf;
 mod kv_cache;
 mod layers;
+mod lora;
 mod lora_linear;
 mod low_rank;
 pub mod model;

@@ -8,34 +8,98 @@
 //! computed row by row:
 //! - `x · Aᵀ` (`A` [r, k]): each value a dot product over `k` in 16 lanes (lane `l` sums the products
 //!   at `l`, `l + 16`, …, in order), the lanes added in a fixed tree, the `k % 16` tail added last;
-//! - `· Bᵀ` (`B` [n, r]): each value the sum over `t = 0..r` in order of `low[t] · B[j, t]`.
+//! - `· Bᵀ` (`B` [n, r]): each value the sum over `t = 0..r` in order of `low[t] · B[j, t]`, read
+//!   from `Bᵀ` ([r, n]) so that the sum runs along contiguous rows of outputs.
 //!
 //! Multiplies and adds stay separate (Rust never fuses them), so the bits are the same whatever
 //! vector width the compiler or the CPU gives the loops: AVX-512, AVX2 or none. The weights are the
 //! outer loop and the rows the inner one, so each adapter row is read once per step for the whole
-//! batch. Training keeps `gemm` (its gradients and its bits are PEFT-checked); this is decoding only.
+//! batch. `Bᵀ` is kept between calls ([`TransposedB`]): making it costs about as much as a one-row
+//! product. Training keeps `gemm` (its gradients and its bits are PEFT-checked); this is decoding
+//! only.
 
 use crate::custom_op::{to_storage, values};
 use crate::q8::SharedOut;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+use std::sync::{Arc, Mutex};
 
 /// Lanes of the dot product: one AVX-512 register of f32, two AVX2 ones.
 const LANES: usize = 16;
 
+/// `B` transposed ([r, n]) as decoding's product reads it, kept with the `B` it was made from. A
+/// call whose `B` has other bits (an adapter trained since) transposes it again, so a kept copy is
+/// never stale; the check reads `B` once, where transposing it writes across the whole copy.
+#[derive(Default)]
+pub struct TransposedB(Mutex<Option<(Vec<f32>, Arc<Vec<f32>>)>>);
+
+impl TransposedB {
+    /// `b` ([n, r]) transposed: the kept copy when it was made from these bits, else a new one.
+    fn of(&self, b: &[f32], r: usize, n: usize) -> Arc<Vec<f32>> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((from, b_t)) = kept.as_ref() {
+            if bits(from) == bits(b) {
+                return b_t.clone();
+            }
+        }
+        let b_t = Arc::new(transpose(b, r, n));
+        *kept = Some((b.to_vec(), b_t.clone()));
+        b_t
+    }
+}
+
+/// The bits of `values`, compared as integers (so -0.0 differs from 0.0 and NaN equals itself)
+/// and in one `memcmp`.
+fn bits(values: &[f32]) -> &[u32] {
+    // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u32>(), values.len()) }
+}
+
+/// `b` [n, r] as [r, n].
+fn transpose(b: &[f32], r: usize, n: usize) -> Vec<f32> {
+    let mut b_t = vec![0f32; r * n];
+    for (j, row) in b.chunks_exact(r.max(1)).take(n).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            b_t[t * n + j] = v;
+        }
+    }
+    b_t
+}
+
 /// `(x · aᵀ) · bᵀ` for `x` [m, k], `a` [r, k], `b` [n, r], each row's values independent of `m`
-/// (f32 on the CPU); elsewhere the same product through candle's matmul.
-pub(crate) fn product(x: &Tensor, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+/// (f32 on the CPU, `Bᵀ` kept in `kept`); elsewhere the same product through candle's matmul.
+pub(crate) fn product(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    kept: &TransposedB,
+) -> candle_core::Result<Tensor> {
     let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() == 2;
     if !(on_cpu_f32(x) && on_cpu_f32(a) && on_cpu_f32(b)) {
         return x.matmul(&a.t()?)?.matmul(&b.t()?);
     }
+    let b = b.contiguous()?;
+    let (n, r) = b.dims2()?;
+    let b_t = {
+        let (storage, layout) = b.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => kept.of(&v[start..end], r, n),
+            _ => candle_core::bail!("lora-low-rank-rows: B is not a contiguous f32 CPU tensor"),
+        }
+    };
     x.contiguous()?
-        .apply_op3_no_bwd(&a.contiguous()?, &b.contiguous()?, &LowRank)
+        .apply_op2_no_bwd(&a.contiguous()?, &LowRank { b_t, n })
 }
 
-struct LowRank;
+/// The op, holding `Bᵀ` ([r, n]).
+struct LowRank {
+    b_t: Arc<Vec<f32>>,
+    n: usize,
+}
 
-impl CustomOp3 for LowRank {
+impl CustomOp2 for LowRank {
     fn name(&self) -> &'static str {
         "lora-low-rank-rows"
     }
@@ -46,27 +110,25 @@ impl CustomOp3 for LowRank {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let (x, a, b) = (
-            values(s1, l1, name)?,
-            values(s2, l2, name)?,
-            values(s3, l3, name)?,
-        );
-        let (m, k, r, n) = match (l1.dims(), l2.dims(), l3.dims()) {
-            ([m, k], [r, k2], [n, r2]) if k == k2 && r == r2 => (*m, *k, *r, *n),
-            (x, a, b) => candle_core::bail!(
-                "{name}: shapes x {x:?}, A {a:?}, B {b:?} do not multiply as (x · Aᵀ) · Bᵀ"
+        let (x, a) = (values(s1, l1, name)?, values(s2, l2, name)?);
+        let n = self.n;
+        let (m, k, r) = match (l1.dims(), l2.dims()) {
+            ([m, k], [r, k2]) if k == k2 && r * n == self.b_t.len() => (*m, *k, *r),
+            (x, a) => candle_core::bail!(
+                "{name}: shapes x {x:?}, A {a:?} and Bᵀ of {} values for {n} outputs do not multiply as (x · Aᵀ) · Bᵀ",
+                self.b_t.len()
             ),
         };
-        Ok(to_storage(rows_product(x, a, b, (m, k, r, n)), (m, n)))
+        let y = rows_product_transposed(Width::detect(), x, a, &self.b_t, (m, k, r, n));
+        Ok(to_storage(y, (m, n)))
     }
 }
 
-/// Below this many multiply-adds in a product, one thread does it (waking the pool costs more).
-const WORK_WORTH_THE_POOL: usize = 1 << 16;
+/// Below this many multiply-adds in a product, one thread does it (waking the pool costs more;
+/// in decoding its worker is awake between ops, so even a one-row product is worth sharing).
+const WORK_WORTH_THE_POOL: usize = 1 << 12;
 
 /// Output columns per work item of `· Bᵀ`: a multiple of 16 (one AVX-512 register of f32).
 const COLUMNS_PER_TASK: usize = 128;
@@ -97,27 +159,36 @@ impl Width {
     }
 }
 
-/// The product on slices, on candle's pool, with the widest vector unit this CPU has.
-pub(crate) fn rows_product(
-    x: &[f32],
-    a: &[f32],
-    b: &[f32],
-    shape: (usize, usize, usize, usize),
-) -> Vec<f32> {
+/// The product on slices, on candle's pool, with the widest vector unit this CPU has (tests).
+#[cfg(test)]
+fn rows_product(x: &[f32], a: &[f32], b: &[f32], shape: (usize, usize, usize, usize)) -> Vec<f32> {
     rows_product_with(Width::detect(), x, a, b, shape)
 }
 
-/// The product with the loops compiled for `width`. The work is split by adapter rows (`x · Aᵀ`)
-/// and by output columns (`· Bᵀ`), never by the rows of `x`, and no value's sum is split.
-pub(crate) fn rows_product_with(
+/// The product with the loops compiled for `width`, `B` transposed for this call (tests).
+#[cfg(test)]
+fn rows_product_with(
     width: Width,
     x: &[f32],
     a: &[f32],
     b: &[f32],
     (m, k, r, n): (usize, usize, usize, usize),
 ) -> Vec<f32> {
+    assert!(b.len() >= n * r, "low_rank: B is smaller than its shape");
+    rows_product_transposed(width, x, a, &transpose(b, r, n), (m, k, r, n))
+}
+
+/// The product from `Bᵀ` ([r, n]). The work is split by adapter rows (`x · Aᵀ`) and by output
+/// columns (`· Bᵀ`), never by the rows of `x`, and no value's sum is split.
+fn rows_product_transposed(
+    width: Width,
+    x: &[f32],
+    a: &[f32],
+    b_t: &[f32],
+    (m, k, r, n): (usize, usize, usize, usize),
+) -> Vec<f32> {
     assert!(
-        x.len() >= m * k && a.len() >= r * k && b.len() >= n * r,
+        x.len() >= m * k && a.len() >= r * k && b_t.len() >= r * n,
         "low_rank: an operand is smaller than its shape"
     );
     let pool = candle_core::utils::barrier_pool();
@@ -148,16 +219,7 @@ pub(crate) fn rows_product_with(
         let cols = task * COLUMNS_PER_TASK..((task + 1) * COLUMNS_PER_TASK).min(n);
         // SAFETY: item `task` writes columns `cols` of every row, which no other item writes;
         // `out` holds m × n values; the CPU has `width`'s instructions.
-        unsafe {
-            up(
-                width,
-                low,
-                &b[cols.start * r..cols.end * r],
-                (m, r, n),
-                cols.start,
-                &dst,
-            )
-        }
+        unsafe { up(width, low, b_t, (m, r, n), cols, &dst) }
     });
     out
 }
@@ -200,64 +262,62 @@ unsafe fn down(
     }
 }
 
-/// Columns `first..first + b_cols.len() / r` of `low · Bᵀ` for every row, into `dst` ([m, n]).
+/// Columns `cols` of `low · Bᵀ` for every row, from `b_t` ([r, n]), into `dst` ([m, n]).
 ///
 /// # Safety
 /// The CPU must have `width`'s instructions; `dst` must hold m × n values.
 unsafe fn up(
     width: Width,
     low: &[f32],
-    b_cols: &[f32],
+    b_t: &[f32],
     shape: (usize, usize, usize),
-    first: usize,
+    cols: std::ops::Range<usize>,
     dst: &SharedOut<f32>,
 ) {
+    type Cols = std::ops::Range<usize>;
     #[inline(always)]
     fn body(
         low: &[f32],
-        b_cols: &[f32],
+        b_t: &[f32],
         (m, r, n): (usize, usize, usize),
-        first: usize,
+        cols: Cols,
         dst: &SharedOut<f32>,
     ) {
-        let cols = b_cols.len() / r.max(1);
-        // This block of B transposed, [r, cols], so that the sum over t runs along a row of outputs.
-        let mut b_t = vec![0f32; r * cols];
-        for j in 0..cols {
-            for t in 0..r {
-                b_t[t * cols + j] = b_cols[j * r + t];
-            }
-        }
-        let mut row = vec![0f32; cols];
+        let mut row = vec![0f32; cols.len()];
         for i in 0..m {
             row.fill(0.0);
             for t in 0..r {
                 let s = low[i * r + t];
-                for (o, w) in row.iter_mut().zip(&b_t[t * cols..(t + 1) * cols]) {
+                for (o, w) in row
+                    .iter_mut()
+                    .zip(&b_t[t * n + cols.start..t * n + cols.end])
+                {
                     *o += s * w;
                 }
             }
-            // SAFETY: the caller's contract; row i's columns first..first + cols are this item's.
-            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(i * n + first), cols) };
+            // SAFETY: the caller's contract; row i's columns `cols` are this item's.
+            unsafe {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(i * n + cols.start), cols.len())
+            };
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512(l: &[f32], b: &[f32], s: (usize, usize, usize), f: usize, d: &SharedOut<f32>) {
-        body(l, b, s, f, d)
+    unsafe fn avx512(l: &[f32], b: &[f32], s: (usize, usize, usize), c: Cols, d: &SharedOut<f32>) {
+        body(l, b, s, c, d)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn avx2(l: &[f32], b: &[f32], s: (usize, usize, usize), f: usize, d: &SharedOut<f32>) {
-        body(l, b, s, f, d)
+    unsafe fn avx2(l: &[f32], b: &[f32], s: (usize, usize, usize), c: Cols, d: &SharedOut<f32>) {
+        body(l, b, s, c, d)
     }
     match width {
-        Width::Portable => body(low, b_cols, shape, first, dst),
+        Width::Portable => body(low, b_t, shape, cols, dst),
         // SAFETY: the caller's contract (the CPU has the instructions).
         #[cfg(target_arch = "x86_64")]
-        Width::Avx2 => unsafe { avx2(low, b_cols, shape, first, dst) },
+        Width::Avx2 => unsafe { avx2(low, b_t, shape, cols, dst) },
         #[cfg(target_arch = "x86_64")]
-        Width::Avx512 => unsafe { avx512(low, b_cols, shape, first, dst) },
+        Width::Avx512 => unsafe { avx512(low, b_t, shape, cols, dst) },
     }
 }
 
@@ -355,6 +415,37 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_kept_b_transposed_is_reused_for_the_same_bits_and_made_again_when_b_changes() {
+        let (m, k, r, n) = (3, 40, 16, 40);
+        let dev = candle_core::Device::Cpu;
+        let (x, a, b) = (random(m * k, 1), random(r * k, 2), random(n * r, 3));
+        let kept = TransposedB::default();
+        let first = kept.of(&b, r, n);
+        assert!(
+            Arc::ptr_eq(&first, &kept.of(&b.clone(), r, n)),
+            "the same bits reuse the copy"
+        );
+        // One value of B trained a little: the copy is made again.
+        let mut trained = b.clone();
+        trained[5] += 1e-6;
+        assert_eq!(*kept.of(&trained, r, n), transpose(&trained, r, n));
+        // Through the op, twice (the second from the kept copy): the slices' product's bits.
+        let tensor =
+            |v: &[f32], rows, cols| Tensor::from_vec(v.to_vec(), (rows, cols), &dev).unwrap();
+        for _ in 0..2 {
+            let y = product(
+                &tensor(&x, m, k),
+                &tensor(&a, r, k),
+                &tensor(&trained, n, r),
+                &kept,
+            )
+            .unwrap();
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(y, rows_product(&x, &a, &trained, (m, k, r, n)));
         }
     }
 

@@ -13,6 +13,8 @@ use super::config::ModelConfig;
 use super::fused;
 pub use super::kv_cache::KvCache;
 use super::kv_cache::LayerKv;
+use super::lora::fresh_lora;
+pub use super::lora::{Lora, LoraSpec};
 use super::lora_linear::LoraLinear;
 use super::low_rank;
 use super::output_head::HeadLogProb;
@@ -24,7 +26,7 @@ pub use crate::layers::{log_softmax_last, softmax_last, target_log_prob, BaseWei
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,33 +41,6 @@ pub const ALL_TARGETS: [&str; 7] = [
     "up_proj",
     "down_proj",
 ];
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct LoraSpec {
-    pub r: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    pub target_modules: Vec<String>,
-    pub use_rslora: bool,
-}
-
-impl LoraSpec {
-    pub fn scale(&self) -> f64 {
-        if self.use_rslora {
-            self.alpha / (self.r as f64).sqrt()
-        } else {
-            self.alpha / self.r as f64
-        }
-    }
-}
-
-/// One adapter: `a` [r, in], `b` [out, r].
-pub struct Lora {
-    pub a: Var,
-    pub b: Var,
-    scale: f64,
-    dropout: f64,
-}
 
 /// A linear layer (`weight` [out, in] as stored by HF), optionally adapted.
 pub struct Linear {
@@ -115,7 +90,7 @@ impl Linear {
             };
             let low = if pass.rows_alone {
                 // Each row's bits whatever the batch (decoding's promise; see low_rank.rs).
-                low_rank::product(&xd, &a, &b)?
+                low_rank::product(&xd, &a, &b, &l.decode_b_t)?
             } else {
                 // On candle's pool, the bits of `xd.matmul(&a.t()?)?.matmul(&b.t()?)`.
                 pool_gemm::matmul_t(&pool_gemm::matmul_t(&xd, &a)?, &b)?
@@ -900,12 +875,12 @@ impl CausalLm {
                                 a.dims(), b.dims(), spec.r, spec.r
                             )));
                         }
-                        Some(Lora {
-                            a: Var::from_tensor(&a.to_dtype(self.dtype)?)?,
-                            b: Var::from_tensor(&b.to_dtype(self.dtype)?)?,
+                        Some(Lora::new(
+                            Var::from_tensor(&a.to_dtype(self.dtype)?)?,
+                            Var::from_tensor(&b.to_dtype(self.dtype)?)?,
                             scale,
-                            dropout: spec.dropout,
-                        })
+                            spec.dropout,
+                        ))
                     }
                 };
             }
@@ -917,29 +892,6 @@ impl CausalLm {
         }
         Ok(())
     }
-}
-
-/// PEFT's init: A ~ Kaiming-uniform(a = √5) = U(−1/√in, 1/√in), B = 0 (so a fresh adapter changes nothing).
-fn fresh_lora(
-    spec: &LoraSpec,
-    d_in: usize,
-    d_out: usize,
-    rng: &mut StdRng,
-    dtype: DType,
-    dev: &Device,
-) -> candle_core::Result<Lora> {
-    let bound = 1.0 / (d_in as f64).sqrt();
-    let a: Vec<f32> = (0..spec.r * d_in)
-        .map(|_| rng.random_range(-bound..bound) as f32)
-        .collect();
-    let a = Tensor::from_vec(a, (spec.r, d_in), dev)?.to_dtype(dtype)?;
-    let b = Tensor::zeros((d_out, spec.r), dtype, dev)?;
-    Ok(Lora {
-        a: Var::from_tensor(&a)?,
-        b: Var::from_tensor(&b)?,
-        scale: spec.scale(),
-        dropout: spec.dropout,
-    })
 }
 
 /// The mean negative log-likelihood per scored token of `examples` under `model`, without a graph:
