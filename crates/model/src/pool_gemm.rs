@@ -43,10 +43,13 @@ pub(crate) fn matmul(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize
         fits(&lhs, m, k) && fits(&rhs, k, n),
         "pool_gemm: an operand is smaller than its shape"
     );
-    let mut out = vec![0f32; m * n];
+    // Not zeroed first: `gemm` writes every value of its block whatever `k` (with `k` 0 it writes
+    // zeros), and the blocks cover the result. Zeroing it cost a fill per product and, for a fresh
+    // allocation, the page faults of touching it twice.
+    let mut out = Vec::with_capacity(m * n);
     let dst = SharedOut(out.as_mut_ptr());
-    // SAFETY (both closures): `dst` holds m × n values; each call writes its own block of them,
-    // which no other call writes; the operands fit their shapes (checked above).
+    // SAFETY (both closures): `dst` has room for m × n values; each call writes its own block of
+    // them, which no other call writes; the operands fit their shapes (checked above).
     let columns = |cols: std::ops::Range<usize>| {
         let rhs = Operand {
             data: &rhs.data[cols.start * rhs.col_stride..],
@@ -64,11 +67,16 @@ pub(crate) fn matmul(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize
     if m == 0 || n == 0 {
         return out;
     }
+    // SAFETY: called once all m × n values are written (each path below writes them all).
+    let done = |mut out: Vec<f32>| {
+        unsafe { out.set_len(m * n) };
+        out
+    };
     let pool = candle_core::utils::barrier_pool();
     let threads = pool.n_workers() + 1;
     if threads == 1 || m * k * n < WORK_WORTH_THE_POOL {
         columns(0..n);
-        return out;
+        return done(out);
     }
     // Two blocks per thread, of equal size: a thread slowed by another process leaves the other
     // threads its second block (with one block each, the pool waits on the slowest).
@@ -85,7 +93,7 @@ pub(crate) fn matmul(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize
     let blocked_as_large = |rows: usize, cols: usize| rows > SMALL_SIDE || cols > SMALL_SIDE;
     if !blocked_as_large(m, n) {
         columns(0..n);
-        return out;
+        return done(out);
     }
     let pieces = |len: usize, align: usize| {
         let blocks = len.div_ceil(align).min(2 * threads).max(1);
@@ -99,7 +107,7 @@ pub(crate) fn matmul(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize
     } else {
         columns(0..n);
     }
-    out
+    done(out)
 }
 
 /// `lhs_b · rhs_b` for each of `batches` pairs of [m, k] and [k, n] operands, into one row-major
@@ -111,7 +119,8 @@ pub(crate) fn batched<'a>(
     lhs_of: impl Fn(usize) -> Operand<'a> + Sync,
     rhs_of: impl Fn(usize) -> Operand<'a> + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; batches * m * n];
+    // Not zeroed first, as in `matmul`: each batch's call writes all its m × n values.
+    let mut out = Vec::with_capacity(batches * m * n);
     let dst = SharedOut(out.as_mut_ptr());
     let one = |b: usize| {
         let (lhs, rhs) = (lhs_of(b), rhs_of(b));
@@ -128,6 +137,8 @@ pub(crate) fn batched<'a>(
     } else {
         candle_core::utils::barrier_pool().execute_chunked(batches, |items| items.for_each(one));
     }
+    // SAFETY: every batch's m × n values are written above.
+    unsafe { out.set_len(batches * m * n) };
     out
 }
 
