@@ -550,6 +550,26 @@ mod tests {
         }
     }
 
+    /// The results are not zeroed before `gemm` writes them, so an empty inner dimension must still
+    /// give zeros (`gemm` writes them), on one thread and through the pool, and so must batches.
+    #[test]
+    fn an_empty_inner_dimension_gives_zeros_not_the_allocators_leftovers() {
+        // Leave non-zero values in freed memory of the sizes asked for next.
+        for _ in 0..4 {
+            drop(std::hint::black_box(vec![7f32; 1024 * 576]));
+            drop(std::hint::black_box(vec![7f32; 8 * 64 * 64]));
+        }
+        let empty: [f32; 0] = [];
+        for (m, n) in [(3, 5), (1024, 576)] {
+            let out = matmul(dense(&empty, 0), dense(&empty, n), (m, 0, n));
+            assert_eq!(out.len(), m * n);
+            assert!(out.iter().all(|v| v.to_bits() == 0), "m {m}, n {n}");
+        }
+        let out = batched(8, (64, 0, 64), |_| dense(&empty, 0), |_| dense(&empty, 64));
+        assert_eq!(out.len(), 8 * 64 * 64);
+        assert!(out.iter().all(|v| v.to_bits() == 0));
+    }
+
     #[test]
     fn shapes_that_do_not_multiply_are_an_error() {
         let dev = &Device::Cpu;
