@@ -1,7 +1,7 @@
 //! The verifier's stages, run in order in one scratch directory: syntax (iverilog), the light Yosys
 //! pass (synthesizability, ports, I/O use), lint (Verilator), optional full synthesis, simulation.
 
-use super::process::{run_tool, Ended, Limits, Outcome};
+use super::process::{run_tool, verilator_front_end, Ended, Limits, Outcome};
 use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
     SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
@@ -307,8 +307,24 @@ fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), VerifyError> {
 /// Screens the text that macros expand to: `` `define SYS(x) $sys``x `` builds `$system` out of
 /// pieces the plain screen cannot see. Each input that defines a macro is run through iverilog's
 /// preprocessor (`-E`, which runs nothing) and the expansion is screened again.
-fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), VerifyError> {
+///
+/// A text that passed is remembered (by its blake3 hash) for the rest of the process, so a
+/// benchmark's n samples of one problem, which share one testbench, expand it once instead of n
+/// times. Not a text that could include a file (its expansion would depend on the files beside it,
+/// the row's design among them): one that says `include` anywhere or pastes tokens (`` `` ``), the
+/// ways to spell the directive.
+/// Returns how many texts it expanded.
+fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<usize, VerifyError> {
+    static PASSED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
+        std::sync::OnceLock::new();
+    let passed = PASSED.get_or_init(Default::default);
+    let mut expanded_texts = 0;
     for (what, text) in untrusted(code, opts).filter(|(_, t)| t.contains("`define")) {
+        let memo = (!text.contains("include") && !text.contains("``"))
+            .then(|| *blake3::hash(text.as_bytes()).as_bytes());
+        if memo.is_some_and(|key| passed.lock().is_ok_and(|set| set.contains(&key))) {
+            continue;
+        }
         let input = format!("pp_{what}.sv");
         std::fs::write(dir.join(&input), text)
             .map_err(|e| VerifyError::io(format!("write the {what}"), e))?;
@@ -328,14 +344,26 @@ fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<(), V
             ),
         })?;
         sandbox::screen(&expanded, &format!("{what} (macros expanded)"))?;
+        expanded_texts += 1;
+        if let (Some(key), Ok(mut set)) = (memo, passed.lock()) {
+            set.insert(key);
+        }
     }
-    Ok(())
+    Ok(expanded_texts)
 }
 
 fn limits(ms: u64) -> Limits {
     Limits {
         timeout: Duration::from_millis(ms),
         ..Limits::default()
+    }
+}
+
+/// Limits for `verilator_bin` run directly: its stack raised, as Verilator's script does.
+fn analysis_limits(ms: u64) -> Limits {
+    Limits {
+        raise_stack: true,
+        ..limits(ms)
     }
 }
 
@@ -377,7 +405,12 @@ fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
             args.extend(["--top-module", t.as_str()]);
         }
         args.push("design.sv");
-        let v = run_tool("verilator", &args, dir, limits(opts.timeouts.syntax));
+        let v = run_tool(
+            verilator_front_end(),
+            &args,
+            dir,
+            analysis_limits(opts.timeouts.syntax),
+        );
         if v.ok() {
             r.syntax_ok = true;
             r.simulator = Some(Simulator::Verilator);
@@ -473,7 +506,12 @@ fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str
         args.extend(["--top-module", t]);
     }
     args.push("design.sv");
-    let o = run_tool("verilator", &args, dir, limits(opts.timeouts.lint));
+    let o = run_tool(
+        verilator_front_end(),
+        &args,
+        dir,
+        analysis_limits(opts.timeouts.lint),
+    );
     r.stage_ms.insert(Stage::Lint, ms(&o));
     if o.ended == Ended::TimedOut {
         timed_out(r, Stage::Lint, "verilator", opts.timeouts.lint);
@@ -1033,6 +1071,37 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_testbench_whose_macros_passed_is_not_expanded_again_unless_it_could_include_a_file() {
+        // A text unique to this test (the memo lives for the process, which other tests share).
+        let tag = format!("{:?}", std::time::SystemTime::now());
+        let plain =
+            format!("// {tag}\n`define OK 12\nmodule tb; initial $display(`OK); endmodule\n");
+        let includes =
+            format!("// {tag}\n`define OK 12\n`include \"design.sv\"\nmodule tb; endmodule\n");
+        let pastes = format!("// {tag}\n`define CAT(a, b) a``b\nmodule tb; endmodule\n");
+        let design = "module top; endmodule\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("design.sv"), design).unwrap();
+        let with = |testbench: &str| VerifyOptions {
+            testbench: Some(testbench.to_string()),
+            ..VerifyOptions::default()
+        };
+        let expanded =
+            |testbench: &str| screen_expanded(design, &with(testbench), dir.path()).unwrap();
+        assert_eq!(expanded(&plain), 1, "the first row expands its testbench");
+        assert_eq!(expanded(&plain), 0, "the next rows reuse the verdict");
+        for could_include in [&includes, &pastes] {
+            assert_eq!(expanded(could_include), 1);
+            assert_eq!(expanded(could_include), 1, "{could_include}");
+        }
+        // A refused text is never remembered as passed.
+        let hidden = format!("// {tag}\n`define F \"/etc/passwd\"\nmodule tb; integer f; initial f = $fopen(`F); endmodule\n");
+        for _ in 0..2 {
+            assert!(screen_expanded(design, &with(&hidden), dir.path()).is_err());
+        }
+    }
 
     #[test]
     fn module_renaming_touches_declarations_only() {

@@ -2,7 +2,7 @@
 //! cannot read the reference (Yosys 0.2x rejects the enum casts of VerilogEval's Prob151 and Prob156,
 //! which Verilator and simulators accept).
 
-use super::process::{run_tool, Limits};
+use super::process::{run_tool, verilator_front_end, Limits};
 use super::yosys::Port;
 use crate::VerifyError;
 use quick_xml::events::Event;
@@ -12,7 +12,7 @@ use std::path::Path;
 /// The top module's name and ports, in declaration order, from Verilator's XML of `file` in `dir`.
 pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>), VerifyError> {
     let o = run_tool(
-        "verilator",
+        verilator_front_end(),
         &[
             "--xml-only",
             "-Wno-fatal",
@@ -25,7 +25,10 @@ pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>
             file,
         ],
         dir,
-        limits,
+        Limits {
+            raise_stack: true,
+            ..limits
+        },
     );
     let xml = std::fs::read_to_string(dir.join("ports.xml")).map_err(|_| {
         VerifyError::ToolOutput(format!(
