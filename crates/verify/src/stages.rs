@@ -6,7 +6,7 @@ use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
     SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
-use crate::{Refusal, VerifyError};
+use crate::VerifyError;
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ fn available(tool: &Tool, report: &mut Report, stage: Stage) -> bool {
     }
 }
 
-fn lines_matching(output: &str, needles: &[&str]) -> Vec<String> {
+pub(crate) fn lines_matching(output: &str, needles: &[&str]) -> Vec<String> {
     output
         .lines()
         .map(str::trim)
@@ -210,7 +210,7 @@ pub fn verify(code: &str, opts: &VerifyOptions) -> Report {
 /// Screens the untrusted texts and writes the design into a fresh scratch directory (removed when
 /// the returned handle drops).
 fn prepare_scratch(code: &str, opts: &VerifyOptions) -> Result<tempfile::TempDir, VerifyError> {
-    screen_inputs(code, opts)?;
+    sandbox::screen_inputs(code, opts)?;
     let scratch = tempfile::Builder::new()
         .prefix("rtlab-verify-")
         .tempdir()
@@ -222,7 +222,7 @@ fn prepare_scratch(code: &str, opts: &VerifyOptions) -> Result<tempfile::TempDir
     std::fs::write(dir.join("design.sv"), code)
         .and_then(|_| std::fs::write(dir.join("design_yosys.sv"), yosys_friendly(code)))
         .map_err(|e| VerifyError::io("write the design", e))?;
-    screen_expanded(code, opts, dir)?;
+    sandbox::screen_expanded(code, opts, dir)?;
     Ok(scratch)
 }
 
@@ -283,73 +283,6 @@ fn equiv_stage(r: &mut Report, code: &str, opts: &VerifyOptions, dir: &Path, top
 /// True when there is something to simulate against: a testbench or a reference.
 fn simulates(opts: &VerifyOptions) -> bool {
     opts.testbench.is_some() || opts.reference.is_some()
-}
-
-/// The untrusted texts of one example, by what they are.
-fn untrusted<'a>(
-    code: &'a str,
-    opts: &'a VerifyOptions,
-) -> impl Iterator<Item = (&'static str, &'a str)> {
-    [
-        ("design", Some(code)),
-        ("testbench", opts.testbench.as_deref()),
-        ("reference", opts.reference.as_deref()),
-    ]
-    .into_iter()
-    .filter_map(|(what, text)| text.map(|t| (what, t)))
-}
-
-/// Untrusted text is screened before any tool sees it.
-fn screen_inputs(code: &str, opts: &VerifyOptions) -> Result<(), VerifyError> {
-    untrusted(code, opts).try_for_each(|(what, text)| Ok(sandbox::screen(text, what)?))
-}
-
-/// Screens the text that macros expand to: `` `define SYS(x) $sys``x `` builds `$system` out of
-/// pieces the plain screen cannot see. Each input that defines a macro is run through iverilog's
-/// preprocessor (`-E`, which runs nothing) and the expansion is screened again.
-///
-/// A text that passed is remembered (by its blake3 hash) for the rest of the process, so a
-/// benchmark's n samples of one problem, which share one testbench, expand it once instead of n
-/// times. Not a text that could include a file (its expansion would depend on the files beside it,
-/// the row's design among them): one that says `include` anywhere or pastes tokens (`` `` ``), the
-/// ways to spell the directive.
-/// Returns how many texts it expanded.
-fn screen_expanded(code: &str, opts: &VerifyOptions, dir: &Path) -> Result<usize, VerifyError> {
-    static PASSED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
-        std::sync::OnceLock::new();
-    let passed = PASSED.get_or_init(Default::default);
-    let mut expanded_texts = 0;
-    for (what, text) in untrusted(code, opts).filter(|(_, t)| t.contains("`define")) {
-        let memo = (!text.contains("include") && !text.contains("``"))
-            .then(|| *blake3::hash(text.as_bytes()).as_bytes());
-        if memo.is_some_and(|key| passed.lock().is_ok_and(|set| set.contains(&key))) {
-            continue;
-        }
-        let input = format!("pp_{what}.sv");
-        std::fs::write(dir.join(&input), text)
-            .map_err(|e| VerifyError::io(format!("write the {what}"), e))?;
-        let output = format!("pp_{what}.out");
-        let o = run_tool(
-            "iverilog",
-            &["-E", "-o", &output, &input],
-            dir,
-            limits(opts.timeouts.syntax),
-        );
-        let expanded = std::fs::read_to_string(dir.join(&output)).map_err(|_| Refusal {
-            what: what.to_string(),
-            line: None,
-            reason: format!(
-                "its macros could not be expanded to be checked ({}); refused",
-                lines_matching(&o.output, &["error"]).join("; ")
-            ),
-        })?;
-        sandbox::screen(&expanded, &format!("{what} (macros expanded)"))?;
-        expanded_texts += 1;
-        if let (Some(key), Ok(mut set)) = (memo, passed.lock()) {
-            set.insert(key);
-        }
-    }
-    Ok(expanded_texts)
 }
 
 fn limits(ms: u64) -> Limits {
@@ -1071,37 +1004,6 @@ fn finish(mut r: Report, opts: &VerifyOptions) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_testbench_whose_macros_passed_is_not_expanded_again_unless_it_could_include_a_file() {
-        // A text unique to this test (the memo lives for the process, which other tests share).
-        let tag = format!("{:?}", std::time::SystemTime::now());
-        let plain =
-            format!("// {tag}\n`define OK 12\nmodule tb; initial $display(`OK); endmodule\n");
-        let includes =
-            format!("// {tag}\n`define OK 12\n`include \"design.sv\"\nmodule tb; endmodule\n");
-        let pastes = format!("// {tag}\n`define CAT(a, b) a``b\nmodule tb; endmodule\n");
-        let design = "module top; endmodule\n";
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("design.sv"), design).unwrap();
-        let with = |testbench: &str| VerifyOptions {
-            testbench: Some(testbench.to_string()),
-            ..VerifyOptions::default()
-        };
-        let expanded =
-            |testbench: &str| screen_expanded(design, &with(testbench), dir.path()).unwrap();
-        assert_eq!(expanded(&plain), 1, "the first row expands its testbench");
-        assert_eq!(expanded(&plain), 0, "the next rows reuse the verdict");
-        for could_include in [&includes, &pastes] {
-            assert_eq!(expanded(could_include), 1);
-            assert_eq!(expanded(could_include), 1, "{could_include}");
-        }
-        // A refused text is never remembered as passed.
-        let hidden = format!("// {tag}\n`define F \"/etc/passwd\"\nmodule tb; integer f; initial f = $fopen(`F); endmodule\n");
-        for _ in 0..2 {
-            assert!(screen_expanded(design, &with(&hidden), dir.path()).is_err());
-        }
-    }
 
     #[test]
     fn module_renaming_touches_declarations_only() {
