@@ -314,6 +314,18 @@ fn kill_group(pgid: i32) {
     }
 }
 
+/// The lines of a tool's output that mention one of `needles` (lowercase), trimmed: at most 20
+/// lines of 300 characters, enough to say what went wrong without carrying a flood.
+pub fn lines_matching(output: &str, needles: &[&str]) -> Vec<String> {
+    output
+        .lines()
+        .map(str::trim)
+        .filter(|l| needles.iter().any(|n| l.to_lowercase().contains(n)))
+        .map(|l| l.chars().take(300).collect())
+        .take(20)
+        .collect()
+}
+
 /// The first line of `program --version`-style output, if the tool runs. It goes through
 /// [`run_tool`] like every other tool call: own process group, rlimits, a 10 s timeout.
 pub fn tool_version(program: &str, args: &[&str]) -> Option<String> {

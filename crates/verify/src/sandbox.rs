@@ -3,8 +3,7 @@
 //! and `` `include `` may only name plain files inside the scratch directory. A text with macros is
 //! screened again as `iverilog -E` expands it.
 
-use crate::process::{run_tool, Limits};
-use crate::stages::lines_matching;
+use crate::process::{lines_matching, run_tool, Limits};
 use crate::{Refusal, VerifyError, VerifyOptions};
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! The verifier's stages, run in order in one scratch directory: syntax (iverilog), the light Yosys
 //! pass (synthesizability, ports, I/O use), lint (Verilator), optional full synthesis, simulation.
 
-use super::process::{run_tool, verilator_front_end, Ended, Limits, Outcome};
+use super::process::{lines_matching, run_tool, verilator_front_end, Ended, Limits, Outcome};
 use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
     SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
@@ -37,16 +37,6 @@ fn available(tool: &Tool, report: &mut Report, stage: Stage) -> bool {
             false
         }
     }
-}
-
-pub(crate) fn lines_matching(output: &str, needles: &[&str]) -> Vec<String> {
-    output
-        .lines()
-        .map(str::trim)
-        .filter(|l| needles.iter().any(|n| l.to_lowercase().contains(n)))
-        .map(|l| l.chars().take(300).collect())
-        .take(20)
-        .collect()
 }
 
 fn ms(o: &Outcome) -> f64 {
