@@ -65,12 +65,22 @@ impl Outcome {
 /// should not use). A tool that already exited (ESRCH) needs none.
 fn set_limits(pid: i32, limits: Limits) -> std::io::Result<()> {
     let cpu = limits.timeout.as_secs() + 2;
+    // Each limit is capped at rtlab's own hard limit: the stack's "as high as allowed" (what
+    // Verilator's script asks for with `ulimit -s unlimited`) is that hard limit. The stack grows on
+    // demand and each growth is checked against the limit in force then, so a limit raised just
+    // after exec covers all of the tool's recursion.
+    let stack = limits
+        .raise_stack
+        .then_some((libc::RLIMIT_STACK, libc::RLIM_INFINITY as u64));
     for (resource, value) in [
         (libc::RLIMIT_CPU, cpu),
         (libc::RLIMIT_AS, limits.max_memory_bytes),
         (libc::RLIMIT_FSIZE, limits.max_file_bytes),
         (libc::RLIMIT_CORE, 0),
-    ] {
+    ]
+    .into_iter()
+    .chain(stack)
+    {
         let mut own = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
             rlim_max: libc::RLIM_INFINITY,
@@ -84,26 +94,6 @@ fn set_limits(pid: i32, limits: Limits) -> std::io::Result<()> {
         };
         // SAFETY: a plain syscall on our own unreaped child, with a valid pointer to a limit.
         if unsafe { libc::prlimit(pid, resource, &lim, std::ptr::null_mut()) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(e);
-            }
-        }
-    }
-    if limits.raise_stack {
-        let mut own = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        // SAFETY: getrlimit fills the struct it is given.
-        unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut own) };
-        let lim = libc::rlimit {
-            rlim_cur: own.rlim_max,
-            rlim_max: own.rlim_max,
-        };
-        // SAFETY: as above. The stack grows on demand and each growth is checked against the limit
-        // in force then, so a limit raised just after exec applies to all of the tool's recursion.
-        if unsafe { libc::prlimit(pid, libc::RLIMIT_STACK, &lim, std::ptr::null_mut()) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ESRCH) {
                 return Err(e);
@@ -401,6 +391,36 @@ mod tests {
         touch(&kit.join("bin/verilator_bin"), 0o644);
         assert_eq!(locate_verilator_bin(None, None, Some(&on_path)), None);
         assert_eq!(locate_verilator_bin(None, None, None), None);
+    }
+
+    #[test]
+    fn a_tool_asked_to_raise_its_stack_gets_rtlabs_hard_limit_and_others_keep_the_soft_one() {
+        let mut own = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct it is given.
+        unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut own) };
+        let shown = |v: libc::rlim_t| match v {
+            libc::RLIM_INFINITY => "unlimited".to_string(),
+            kib => (kib / 1024).to_string(),
+        };
+        // The shell waits before it asks, so the limit (set just after exec) is in place.
+        let stack_of_a_tool = |raise_stack| {
+            let limits = Limits {
+                raise_stack,
+                ..Limits::default()
+            };
+            let out = run_tool(
+                "sh",
+                &["-c", "sleep 0.3; ulimit -s"],
+                &std::env::temp_dir(),
+                limits,
+            );
+            out.output.trim().to_string()
+        };
+        assert_eq!(stack_of_a_tool(true), shown(own.rlim_max));
+        assert_eq!(stack_of_a_tool(false), shown(own.rlim_cur));
     }
 
     /// Verilator's lint through `verilator_bin` directly and through Verilator's script: the same
