@@ -17,9 +17,6 @@ pub struct Limits {
     pub max_output: usize,
     pub max_memory_bytes: u64,
     pub max_file_bytes: u64,
-    /// Raise the stack's soft limit to its hard limit, as Verilator's `verilator` script does
-    /// (`ulimit -s unlimited`) before it runs `verilator_bin`: deep expressions recurse deeply.
-    pub raise_stack: bool,
 }
 
 impl Default for Limits {
@@ -29,7 +26,6 @@ impl Default for Limits {
             max_output: 1 << 20,
             max_memory_bytes: 4 << 30,
             max_file_bytes: 64 << 20,
-            raise_stack: false,
         }
     }
 }
@@ -65,22 +61,12 @@ impl Outcome {
 /// should not use). A tool that already exited (ESRCH) needs none.
 fn set_limits(pid: i32, limits: Limits) -> std::io::Result<()> {
     let cpu = limits.timeout.as_secs() + 2;
-    // Each limit is capped at rtlab's own hard limit: the stack's "as high as allowed" (what
-    // Verilator's script asks for with `ulimit -s unlimited`) is that hard limit. The stack grows on
-    // demand and each growth is checked against the limit in force then, so a limit raised just
-    // after exec covers all of the tool's recursion.
-    let stack = limits
-        .raise_stack
-        .then_some((libc::RLIMIT_STACK, libc::RLIM_INFINITY as u64));
     for (resource, value) in [
         (libc::RLIMIT_CPU, cpu),
         (libc::RLIMIT_AS, limits.max_memory_bytes),
         (libc::RLIMIT_FSIZE, limits.max_file_bytes),
         (libc::RLIMIT_CORE, 0),
-    ]
-    .into_iter()
-    .chain(stack)
-    {
+    ] {
         let mut own = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
             rlim_max: libc::RLIM_INFINITY,
@@ -121,6 +107,32 @@ pub fn verilator_front_end() -> &'static str {
         .and_then(|p| p.into_os_string().into_string().ok())
         .unwrap_or_else(|| "verilator".into())
     })
+}
+
+/// The program and arguments that run Verilator's analysis modes with `args`: `verilator_bin` when
+/// [`verilator_front_end`] found it, under the stack limit the script gives it; else the script.
+pub fn verilator_command<'a>(args: &[&'a str]) -> (&'static str, Vec<&'a str>) {
+    match verilator_front_end() {
+        "verilator" => ("verilator", args.to_vec()),
+        front_end => with_unlimited_stack(front_end, args),
+    }
+}
+
+/// `program args` run as Verilator's script runs `verilator_bin`: `ulimit -s unlimited; exec ...`
+/// through `sh` (about a millisecond), as deep expressions recurse deeply. The limit cannot be set from
+/// here after the spawn: the kernel pins a process's stack limit during its exec and writes it back
+/// at the end, over a `prlimit` that lands in between (a test that tried it failed one run in two).
+pub fn with_unlimited_stack<'a>(
+    program: &'a str,
+    args: &[&'a str],
+) -> (&'static str, Vec<&'a str>) {
+    let mut sh_args = vec![
+        "-c",
+        "ulimit -s unlimited 2>/dev/null; exec \"$0\" \"$@\"",
+        program,
+    ];
+    sh_args.extend_from_slice(args);
+    ("sh", sh_args)
 }
 
 /// Where Verilator's `verilator` script would run `verilator_bin` from (its `verilator_bin` sub):
@@ -394,33 +406,26 @@ mod tests {
     }
 
     #[test]
-    fn a_tool_asked_to_raise_its_stack_gets_rtlabs_hard_limit_and_others_keep_the_soft_one() {
+    fn verilators_command_raises_the_stack_limit_as_verilators_script_does() {
         let mut own = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
         // SAFETY: getrlimit fills the struct it is given.
         unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut own) };
-        let shown = |v: libc::rlim_t| match v {
-            libc::RLIM_INFINITY => "unlimited".to_string(),
-            kib => (kib / 1024).to_string(),
+        // `ulimit -s unlimited` succeeds when the hard limit allows it, and changes nothing otherwise.
+        let expected = match (own.rlim_max, own.rlim_cur) {
+            (libc::RLIM_INFINITY, _) => "unlimited".to_string(),
+            (_, libc::RLIM_INFINITY) => "unlimited".to_string(),
+            (_, soft) => (soft / 1024).to_string(),
         };
-        // The shell waits before it asks, so the limit (set just after exec) is in place.
-        let stack_of_a_tool = |raise_stack| {
-            let limits = Limits {
-                raise_stack,
-                ..Limits::default()
-            };
-            let out = run_tool(
-                "sh",
-                &["-c", "sleep 0.3; ulimit -s"],
-                &std::env::temp_dir(),
-                limits,
-            );
-            out.output.trim().to_string()
-        };
-        assert_eq!(stack_of_a_tool(true), shown(own.rlim_max));
-        assert_eq!(stack_of_a_tool(false), shown(own.rlim_cur));
+        let (program, args) = with_unlimited_stack("sh", &["-c", "ulimit -s"]);
+        let out = run_tool(program, &args, &std::env::temp_dir(), Limits::default());
+        assert_eq!(out.output.trim(), expected);
+        // Arguments reach the program as they were, spaces and quotes included.
+        let (program, args) = with_unlimited_stack("printf", &["%s|", "a b", "'c'", "$HOME"]);
+        let out = run_tool(program, &args, &std::env::temp_dir(), Limits::default());
+        assert_eq!(out.output, "a b|'c'|$HOME|");
     }
 
     /// Verilator's lint through `verilator_bin` directly and through Verilator's script: the same
@@ -453,11 +458,8 @@ mod tests {
                 "--no-timing",
                 "design.sv",
             ];
-            let limits = Limits {
-                raise_stack: true,
-                ..Limits::default()
-            };
-            let direct = run_tool(front_end, &args, dir.path(), limits);
+            let (program, direct_args) = verilator_command(&args);
+            let direct = run_tool(program, &direct_args, dir.path(), Limits::default());
             let script = run_tool("verilator", &args, dir.path(), Limits::default());
             assert_eq!(direct.ended, script.ended, "{design}");
             assert_eq!(direct.output, script.output, "{design}");

@@ -1,7 +1,7 @@
 //! The verifier's stages, run in order in one scratch directory: syntax (iverilog), the light Yosys
 //! pass (synthesizability, ports, I/O use), lint (Verilator), optional full synthesis, simulation.
 
-use super::process::{lines_matching, run_tool, verilator_front_end, Ended, Limits, Outcome};
+use super::process::{lines_matching, run_tool, verilator_command, Ended, Limits, Outcome};
 use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
     SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
@@ -282,14 +282,6 @@ fn limits(ms: u64) -> Limits {
     }
 }
 
-/// Limits for `verilator_bin` run directly: its stack raised, as Verilator's script does.
-fn analysis_limits(ms: u64) -> Limits {
-    Limits {
-        raise_stack: true,
-        ..limits(ms)
-    }
-}
-
 /// Records a stage that ran past its limit: it fails, and says so.
 fn timed_out(r: &mut Report, stage: Stage, tool: &str, ms: u64) {
     r.timed_out.push(stage);
@@ -328,12 +320,8 @@ fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
             args.extend(["--top-module", t.as_str()]);
         }
         args.push("design.sv");
-        let v = run_tool(
-            verilator_front_end(),
-            &args,
-            dir,
-            analysis_limits(opts.timeouts.syntax),
-        );
+        let (program, args) = verilator_command(&args);
+        let v = run_tool(program, &args, dir, limits(opts.timeouts.syntax));
         if v.ok() {
             r.syntax_ok = true;
             r.simulator = Some(Simulator::Verilator);
@@ -429,12 +417,8 @@ fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str
         args.extend(["--top-module", t]);
     }
     args.push("design.sv");
-    let o = run_tool(
-        verilator_front_end(),
-        &args,
-        dir,
-        analysis_limits(opts.timeouts.lint),
-    );
+    let (program, args) = verilator_command(&args);
+    let o = run_tool(program, &args, dir, limits(opts.timeouts.lint));
     r.stage_ms.insert(Stage::Lint, ms(&o));
     if o.ended == Ended::TimedOut {
         timed_out(r, Stage::Lint, "verilator", opts.timeouts.lint);

@@ -2,7 +2,7 @@
 //! cannot read the reference (Yosys 0.2x rejects the enum casts of VerilogEval's Prob151 and Prob156,
 //! which Verilator and simulators accept).
 
-use super::process::{run_tool, verilator_front_end, Limits};
+use super::process::{run_tool, verilator_command, Limits};
 use super::yosys::Port;
 use crate::VerifyError;
 use quick_xml::events::Event;
@@ -11,25 +11,18 @@ use std::path::Path;
 
 /// The top module's name and ports, in declaration order, from Verilator's XML of `file` in `dir`.
 pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>), VerifyError> {
-    let o = run_tool(
-        verilator_front_end(),
-        &[
-            "--xml-only",
-            "-Wno-fatal",
-            "-Wno-lint",
-            "-Wno-style",
-            "--Mdir",
-            "ports_xml",
-            "--xml-output",
-            "ports.xml",
-            file,
-        ],
-        dir,
-        Limits {
-            raise_stack: true,
-            ..limits
-        },
-    );
+    let (program, args) = verilator_command(&[
+        "--xml-only",
+        "-Wno-fatal",
+        "-Wno-lint",
+        "-Wno-style",
+        "--Mdir",
+        "ports_xml",
+        "--xml-output",
+        "ports.xml",
+        file,
+    ]);
+    let o = run_tool(program, &args, dir, limits);
     let xml = std::fs::read_to_string(dir.join("ports.xml")).map_err(|_| {
         VerifyError::ToolOutput(format!(
             "Verilator cannot read it either: {}",
