@@ -266,8 +266,9 @@ fn rule_no_thread_local(files: &[Source]) -> Vec<Violation> {
 
 /// Files over 1,000 lines today, with their length: none may grow, and no other may join them.
 /// (`crates/llm/src/lib.rs` left the list when its unit tests moved to `tests.rs`; the trainer's
-/// `lib.rs` when the model moved to rtlab-model and its Rhai surface to `api/`.)
-const LONG_FILES: &[(&str, usize)] = &[("crates/verify/src/stages.rs", 1094)];
+/// `lib.rs` when the model moved to rtlab-model and its Rhai surface to `api/`; the verifier's
+/// `stages.rs` is held at 1,039 lines since its screening moved to `sandbox.rs`.)
+const LONG_FILES: &[(&str, usize)] = &[("crates/verify/src/stages.rs", 1039)];
 
 fn rule_file_size(files: &[Source]) -> Vec<Violation> {
     let mut out = Vec::new();
