@@ -95,7 +95,7 @@ fn set_limits(pid: i32, limits: Limits) -> std::io::Result<()> {
 /// `verilator_bin` with the same arguments, and starting Perl cost 40 ms of a 50 ms lint (measured:
 /// 43% of all CPU time in a VerilogEval `df.verify`, against 4% in `verilator_bin`). Builds
 /// (`--binary`) still go through the script.
-pub fn verilator_front_end() -> &'static str {
+fn verilator_front_end() -> &'static str {
     static FRONT_END: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     FRONT_END.get_or_init(|| {
         let script = which::which("verilator").ok();
@@ -110,7 +110,7 @@ pub fn verilator_front_end() -> &'static str {
 }
 
 /// The program and arguments that run Verilator's analysis modes with `args`: `verilator_bin` when
-/// [`verilator_front_end`] found it, under the stack limit the script gives it; else the script.
+/// `verilator_front_end` found it, under the stack limit the script gives it; else the script.
 pub fn verilator_command<'a>(args: &[&'a str]) -> (&'static str, Vec<&'a str>) {
     match verilator_front_end() {
         "verilator" => ("verilator", args.to_vec()),
@@ -122,10 +122,7 @@ pub fn verilator_command<'a>(args: &[&'a str]) -> (&'static str, Vec<&'a str>) {
 /// through `sh` (about a millisecond), as deep expressions recurse deeply. The limit cannot be set from
 /// here after the spawn: the kernel pins a process's stack limit during its exec and writes it back
 /// at the end, over a `prlimit` that lands in between (a test that tried it failed one run in two).
-pub fn with_unlimited_stack<'a>(
-    program: &'a str,
-    args: &[&'a str],
-) -> (&'static str, Vec<&'a str>) {
+fn with_unlimited_stack<'a>(program: &'a str, args: &[&'a str]) -> (&'static str, Vec<&'a str>) {
     let mut sh_args = vec![
         "-c",
         "ulimit -s unlimited 2>/dev/null; exec \"$0\" \"$@\"",
@@ -139,7 +136,7 @@ pub fn with_unlimited_stack<'a>(
 /// `$VERILATOR_BIN` names the binary (default `verilator_bin`); under `$VERILATOR_ROOT` it is
 /// `bin/NAME` or `NAME`; otherwise it sits beside the script's real path (symlinks resolved). `None`
 /// when that file is not an executable: the caller runs the script, which decides.
-pub fn locate_verilator_bin(
+fn locate_verilator_bin(
     root: Option<&std::ffi::OsStr>,
     bin_name: Option<&std::ffi::OsStr>,
     script: Option<&Path>,
