@@ -6,6 +6,7 @@ use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
     SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
+use crate::verilator_build;
 use crate::VerifyError;
 use std::path::Path;
 use std::time::Duration;
@@ -720,8 +721,9 @@ fn iverilog_sim(
     Ok((compile, Some(run)))
 }
 
-/// Builds the testbench with Verilator (`--binary --timing`: delays and all) and runs it. The run
-/// is `None` when it did not build.
+/// Builds the testbench with Verilator (`--binary --timing`: delays and all; its runtime library
+/// compiled once and shared, see [`verilator_build`]) and runs it. The run is `None` when it did not
+/// build.
 fn verilator_sim(
     r: &mut Report,
     files: &[String],
@@ -729,23 +731,24 @@ fn verilator_sim(
     opts: &VerifyOptions,
 ) -> (Outcome, Option<Outcome>) {
     r.simulator = Some(Simulator::Verilator);
-    let mut args: Vec<&str> = vec![
-        "--binary",
-        "--timing",
-        "-Wno-fatal",
-        "-Wno-lint",
-        "-Wno-style",
-        "--Mdir",
-        "verilated",
-        "-o",
-        "sim",
-    ];
-    args.extend(files.iter().map(String::as_str));
-    let build = run_tool("verilator", &args, dir, limits(opts.timeouts.sim));
+    let verilator_build::Build {
+        outcome: build,
+        rebuilt,
+    } = verilator_build::build(files, dir, limits(opts.timeouts.sim));
+    if rebuilt {
+        r.warnings.push(
+            "verilator: the shared runtime objects did not link; built without them (they are rebuilt next run)"
+                .into(),
+        );
+    }
     if !build.ok() {
         return (build, None);
     }
-    let program = dir.join("verilated").join("sim").display().to_string();
+    let program = dir
+        .join(verilator_build::MDIR)
+        .join(verilator_build::PROGRAM)
+        .display()
+        .to_string();
     let run = run_tool(&program, &[], dir, limits(time_left(opts, &build)));
     (build, Some(run))
 }
