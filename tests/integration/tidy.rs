@@ -268,7 +268,7 @@ fn rule_no_thread_local(files: &[Source]) -> Vec<Violation> {
 /// (`crates/llm/src/lib.rs` left the list when its unit tests moved to `tests.rs`; the trainer's
 /// `lib.rs` when the model moved to rtlab-model and its Rhai surface to `api/`; the verifier's
 /// `stages.rs` is held at 1,039 lines since its screening moved to `sandbox.rs`.)
-const LONG_FILES: &[(&str, usize)] = &[("crates/verify/src/stages.rs", 1039)];
+const LONG_FILES: &[(&str, usize)] = &[("crates/verify/src/stages.rs", 1035)];
 
 fn rule_file_size(files: &[Source]) -> Vec<Violation> {
     let mut out = Vec::new();

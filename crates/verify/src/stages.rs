@@ -736,19 +736,12 @@ fn verilator_sim(
         rebuilt,
     } = verilator_build::build(files, dir, limits(opts.timeouts.sim));
     if rebuilt {
-        r.warnings.push(
-            "verilator: the shared runtime objects did not link; built without them (they are rebuilt next run)"
-                .into(),
-        );
+        r.warnings.push(verilator_build::REBUILT.into());
     }
     if !build.ok() {
         return (build, None);
     }
-    let program = dir
-        .join(verilator_build::MDIR)
-        .join(verilator_build::PROGRAM)
-        .display()
-        .to_string();
+    let program = verilator_build::program(dir).display().to_string();
     let run = run_tool(&program, &[], dir, limits(time_left(opts, &build)));
     (build, Some(run))
 }

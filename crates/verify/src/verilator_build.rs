@@ -19,6 +19,7 @@
 //! cannot write into the cache.
 
 use super::process::{run_tool, tool_version, Ended, Limits, Outcome};
+use crate::VerifyError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -35,8 +36,17 @@ const BUILD_OPTIONS: &[&str] = &[
 ];
 
 /// The build's directory under the scratch directory, and the program it builds there.
-pub const MDIR: &str = "verilated";
-pub const PROGRAM: &str = "sim";
+const MDIR: &str = "verilated";
+const PROGRAM: &str = "sim";
+
+/// The program a build in `dir` made.
+pub fn program(dir: &Path) -> PathBuf {
+    dir.join(MDIR).join(PROGRAM)
+}
+
+/// The row's warning when the build with the shared runtime failed and one without it was made.
+pub const REBUILT: &str = "verilator: the shared runtime objects did not link; built without them \
+    (they are rebuilt next run)";
 
 /// How long the one-off runtime build may take (three C++ files; about 6 s of CPU on a 2-core EPYC).
 const RUNTIME_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -184,45 +194,51 @@ fn runtime_key() -> Option<String> {
 /// The runtime under `root/key`, built there first when it is not. Processes that build it at once
 /// each build in their own directory and rename it into place; the first rename wins and the others
 /// use the winner's.
-pub fn prepare(root: &Path, key: &str) -> Result<Runtime, String> {
+pub fn prepare(root: &Path, key: &str) -> Result<Runtime, VerifyError> {
     let dir = root.join(key);
     if let Some(rt) = Runtime::read(&dir) {
         return Ok(rt);
     }
-    std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
+    let io = |doing: String| move |e| VerifyError::io(doing, e);
+    std::fs::create_dir_all(root).map_err(io(format!("create {}", root.display())))?;
     let staging = tempfile::Builder::new()
         .prefix(".building-")
         .tempdir_in(root)
-        .map_err(|e| format!("create a directory in {}: {e}", root.display()))?;
+        .map_err(io(format!("create a directory in {}", root.display())))?;
     let work = staging.path();
     std::fs::write(
         work.join("rtlab_runtime.sv"),
         // A delay, so that the timing support (`--timing`) is part of the runtime.
         "module rtlab_runtime; initial begin #1; $finish; end endmodule\n",
     )
-    .map_err(|e| format!("write in {}: {e}", work.display()))?;
+    .map_err(io(format!("write in {}", work.display())))?;
     let limits = Limits {
         timeout: RUNTIME_BUILD_TIMEOUT,
         ..Limits::default()
     };
     let built = run_build(&["rtlab_runtime.sv".into()], work, &[], limits);
     if !built.ok() {
-        return Err(format!(
+        return Err(VerifyError::ToolOutput(format!(
             "Verilator's runtime did not build ({:?}): {}",
             built.ended,
             built.output.chars().take(2000).collect::<String>()
-        ));
+        )));
     }
     let objects = work.join("objects");
-    std::fs::create_dir(&objects).map_err(|e| e.to_string())?;
-    let made = Runtime::read(&work.join(MDIR)).ok_or("the runtime build left no verilated*.o")?;
+    std::fs::create_dir(&objects).map_err(io(format!("create {}", objects.display())))?;
+    let made = Runtime::read(&work.join(MDIR)).ok_or_else(|| {
+        VerifyError::ToolOutput("Verilator's runtime build left no verilated*.o".into())
+    })?;
     for name in &made.objects {
-        std::fs::rename(made.dir.join(name), objects.join(name)).map_err(|e| e.to_string())?;
+        std::fs::rename(made.dir.join(name), objects.join(name))
+            .map_err(io(format!("move {name} into {}", objects.display())))?;
     }
     // A directory renames onto a missing name or fails; when another process got there first, its
     // objects (built the same way) are the ones used.
     let _ = std::fs::rename(&objects, &dir);
-    Runtime::read(&dir).ok_or_else(|| format!("no runtime objects in {}", dir.display()))
+    Runtime::read(&dir).ok_or_else(|| {
+        VerifyError::ToolOutput(format!("no Verilator runtime objects in {}", dir.display()))
+    })
 }
 
 #[cfg(test)]
@@ -246,8 +262,7 @@ mod tests {
     }
 
     fn simulate(dir: &Path) -> String {
-        let program = dir.join(MDIR).join(PROGRAM);
-        run_tool(program.to_str().unwrap(), &[], dir, limits()).output
+        run_tool(program(dir).to_str().unwrap(), &[], dir, limits()).output
     }
 
     /// The lines make printed for compiling one of Verilator's runtime sources.
