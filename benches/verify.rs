@@ -9,6 +9,10 @@
 //! case: the same work after the script fills a 1 GiB array. Every run reports the system time of
 //! rtlab and its tools (`getrusage` of the waited-for children), where spawning costs show.
 //!
+//! The machine's own ceiling is measured in the same run: one CPU-bound tool process alone against
+//! one per core at once (a VM's virtual CPUs need not give `cores` × one), the most "× cores" any
+//! parallel run can reach there.
+//!
 //! Results: `target/bench-results/verify.json` (medians over `RTLAB_BENCH_RUNS`, default 3, runs
 //! interleaved with their baseline).
 
@@ -176,6 +180,10 @@ fn main() {
     let home = tempfile::tempdir().unwrap();
     let mut figures = serde_json::Map::new();
     figures.insert(
+        "machine_ceiling".into(),
+        machine_ceiling(&data, home.path(), runs, cores),
+    );
+    figures.insert(
         "verilog_eval".into(),
         measure(&verilog_eval(&data), home.path(), runs, cores),
     );
@@ -245,4 +253,66 @@ print(`${{ok}} compile`);"#,
             sample.display()
         ),
     }
+}
+
+/// What this machine gives `cores` CPU-bound tool processes at once, against one alone: a VerilogEval
+/// simulation (Prob144's testbench in vvp, the slowest of the 156, about 4 s) run alone, then
+/// `cores` copies at once, interleaved `runs` times. One alone over all at once (medians) is the
+/// most any parallel run can reach here in "× cores": a VM's virtual CPUs may share a physical core,
+/// its caches or its memory bandwidth with each other or with other tenants.
+fn machine_ceiling(
+    data: &std::path::Path,
+    home: &std::path::Path,
+    runs: usize,
+    cores: usize,
+) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let problem = data.join("verilog-eval-v2").join("Prob144_conwaylife");
+    // rtlab renames the reference's module for the design side, as the workloads do.
+    let prepare = format!(
+        r#"let r = read_text("{p}_ref.sv");
+write_text("{d}/ref.sv", r);
+write_text("{d}/top.sv", rename_module(r, "RefModule", "TopModule"));
+write_text("{d}/tb.sv", read_text("{p}_test.sv"));"#,
+        p = problem.display(),
+        d = dir.path().display()
+    );
+    run(&prepare, &home.join("ceiling"));
+    let compiled = Command::new("iverilog")
+        .args(["-g2012", "-o", "sim.vvp", "tb.sv", "ref.sv", "top.sv"])
+        .current_dir(dir.path())
+        .status()
+        .expect("iverilog runs");
+    assert!(compiled.success(), "Prob144 compiles");
+    let simulate = || {
+        Command::new("vvp")
+            .args(["-n", "sim.vvp"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("vvp runs")
+    };
+    let (mut alone, mut together) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let start = Instant::now();
+        assert!(simulate().wait().unwrap().success());
+        alone.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let children: Vec<_> = (0..cores).map(|_| simulate()).collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        together.push(start.elapsed().as_secs_f64());
+    }
+    let (alone, together) = (median(alone), median(together));
+    println!(
+        "machine ceiling: one vvp alone {alone:.2} s, {cores} at once {together:.2} s: at most {:.2} × cores",
+        alone / together
+    );
+    serde_json::json!({
+        "alone_s": alone,
+        "together_s": together,
+        "processes": cores,
+        "per_core": alone / together,
+    })
 }

@@ -146,6 +146,18 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                     num(w, "cached_s")?
                 ));
             }
+            let ceiling = &f["machine_ceiling"];
+            if ceiling.is_object() {
+                out.push_str(&format!(
+                    "\nThe machine's own ceiling, same run: one VerilogEval simulation (Prob144 in `vvp`) \
+                     alone took {:.2} s, {:.0} copies at once {:.2} s, so no parallel run here can pass \
+                     **{:.2} × cores**.\n",
+                    num(ceiling, "alone_s")?,
+                    num(ceiling, "processes")?,
+                    num(ceiling, "together_s")?,
+                    num(ceiling, "per_core")?
+                ));
+            }
         }
         "gguf_decode" => {
             let tokens = num(f, "tokens")?;
@@ -418,6 +430,30 @@ mod tests {
             dirty.contains("commit `0123456789ab` with uncommitted changes."),
             "{dirty}"
         );
+    }
+
+    #[test]
+    fn the_verify_table_states_the_machines_own_parallel_ceiling_when_it_was_measured() {
+        let workload = serde_json::json!({
+            "rows": 10, "sequential_s": 4.0, "parallel_s": 2.5, "sequential_1gib_s": 4.0,
+            "parallel_1gib_s": 2.5, "sequential_sys_s": 1.0, "parallel_sys_s": 1.0,
+            "sequential_1gib_sys_s": 1.0, "parallel_1gib_sys_s": 1.0, "cached_s": 0.1
+        });
+        let results = |ceiling: serde_json::Value| {
+            serde_json::json!({
+                "figures": {"verilog_eval": workload, "dataset_rows": null, "machine_ceiling": ceiling},
+                "runs": 3, "machine": {"cpu": "c", "simd": ["avx2"], "cores": 2}, "commit": "abc"
+            })
+        };
+        let ceiling = serde_json::json!({"alone_s": 4.0, "together_s": 4.4, "processes": 2, "per_core": 4.0 / 4.4});
+        let with = render("verify", &results(ceiling)).unwrap();
+        assert!(with.contains("| 1.60× = 0.80 × cores |"), "{with}");
+        assert!(
+            with.contains("alone took 4.00 s, 2 copies at once 4.40 s, so no parallel run here can pass **0.91 × cores**"),
+            "{with}"
+        );
+        let without = render("verify", &results(serde_json::Value::Null)).unwrap();
+        assert!(!without.contains("ceiling"), "{without}");
     }
 
     #[test]
