@@ -9,9 +9,9 @@
 //! case: the same work after the script fills a 1 GiB array. Every run reports the system time of
 //! rtlab and its tools (`getrusage` of the waited-for children), where spawning costs show.
 //!
-//! The machine's own ceiling is measured in the same run: one CPU-bound tool process alone against
-//! one per core at once (a VM's virtual CPUs need not give `cores` × one), the most "× cores" any
-//! parallel run can reach there.
+//! The machine itself is measured in the same run: one CPU-bound tool process alone against one per
+//! core at once. A VM's virtual CPUs need not give `cores` × one core's work, and where they do not,
+//! "× cores" against a one-process baseline says as much about the machine as about rtlab.
 //!
 //! Results: `target/bench-results/verify.json` (medians over `RTLAB_BENCH_RUNS`, default 3, runs
 //! interleaved with their baseline).
@@ -258,8 +258,10 @@ print(`${{ok}} compile`);"#,
 /// What this machine gives `cores` CPU-bound tool processes at once, against one alone: a VerilogEval
 /// simulation (Prob144's testbench in vvp, the slowest of the 156, about 4 s) run alone, then
 /// `cores` copies at once, interleaved `runs` times. One alone over all at once (medians) is the
-/// most any parallel run can reach here in "× cores": a VM's virtual CPUs may share a physical core,
-/// its caches or its memory bandwidth with each other or with other tenants.
+/// "× cores" the machine gives purely CPU-bound work: a VM's virtual CPUs may share a physical core,
+/// its caches or its memory bandwidth with each other or with other tenants. (Not a strict bound for
+/// the workloads: their sequential baseline leaves the other cores some of its work, rtlab's own
+/// threads and the kernel's.)
 fn machine_ceiling(
     data: &std::path::Path,
     home: &std::path::Path,
@@ -306,7 +308,7 @@ write_text("{d}/tb.sv", read_text("{p}_test.sv"));"#,
     }
     let (alone, together) = (median(alone), median(together));
     println!(
-        "machine ceiling: one vvp alone {alone:.2} s, {cores} at once {together:.2} s: at most {:.2} × cores",
+        "the machine: one vvp alone {alone:.2} s, {cores} at once {together:.2} s: {:.2} × cores for CPU-bound work",
         alone / together
     );
     serde_json::json!({

@@ -22,7 +22,7 @@ use super::process::{run_tool, tool_version, Ended, Limits, Outcome};
 use crate::VerifyError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The options of every Verilator simulation build, and of the shared runtime's: the objects are
@@ -52,7 +52,7 @@ pub const REBUILT: &str = "verilator: the shared runtime objects did not link; b
 const RUNTIME_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A directory of prebuilt runtime objects (`verilated*.o`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Runtime {
     dir: PathBuf,
     objects: Vec<String>,
@@ -95,7 +95,7 @@ pub struct Build {
 
 /// Builds `files` with Verilator into `dir/verilated/sim`, with the shared runtime when there is one.
 pub fn build(files: &[String], dir: &Path, limits: Limits) -> Build {
-    build_with(shared_runtime(), files, dir, limits)
+    build_with(shared_runtime().as_ref(), files, dir, limits)
 }
 
 fn build_with(runtime: Option<&Runtime>, files: &[String], dir: &Path, limits: Limits) -> Build {
@@ -160,18 +160,26 @@ fn distrust(rt: &Runtime) {
 
 /// The shared runtime, built on first use (other builds wait for it: they would spend the same time
 /// compiling it themselves). `None` when it cannot be built or turned out bad: builds then compile
-/// their own, exactly as Verilator does by itself.
-fn shared_runtime() -> Option<&'static Runtime> {
-    static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
+/// their own, exactly as Verilator does by itself. A build stopped by Ctrl-C is not remembered as a
+/// failure: the REPL or kernel session goes on, and its next Verilator build tries again.
+fn shared_runtime() -> Option<Runtime> {
+    // None: not tried yet; Some(None): cannot be built in this process.
+    static RUNTIME: Mutex<Option<Option<Runtime>>> = Mutex::new(None);
     if DISTRUSTED.load(Ordering::Relaxed) {
         return None;
     }
-    RUNTIME
-        .get_or_init(|| {
-            let root = dirs::cache_dir()?.join("rtlab").join("verilator-runtime");
-            prepare(&root, &runtime_key()?).ok()
-        })
-        .as_ref()
+    let mut state = RUNTIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(known) = state.as_ref() {
+        return known.clone();
+    }
+    let root = dirs::cache_dir()?.join("rtlab").join("verilator-runtime");
+    let built = prepare(&root, &runtime_key()?).ok();
+    if built.is_some() || !rtlab_core::cancel_requested() {
+        *state = Some(built.clone());
+    }
+    built
 }
 
 /// What the objects depend on: Verilator's version, the compiler's, the options and the machine.
