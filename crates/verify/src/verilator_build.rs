@@ -315,14 +315,18 @@ mod tests {
         assert_eq!(simulate(warm_dir.path()), simulate(cold_dir.path()));
     }
 
+    /// A cached runtime in `cache/k` whose `verilated.o` is no object file: a link with it fails.
+    fn broken_runtime(cache: &Path) -> (Runtime, PathBuf) {
+        let dir = cache.join("k");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("verilated.o"), "garbage").unwrap();
+        (Runtime::read(&dir).unwrap(), dir)
+    }
+
     #[test]
     fn bad_shared_objects_cost_a_rebuild_never_a_verdict() {
         let cache = tempfile::tempdir().unwrap();
-        let dir = cache.path().join("k");
-        std::fs::create_dir_all(&dir).unwrap();
-        // Not an object file: the link fails with it.
-        std::fs::write(dir.join("verilated.o"), "garbage").unwrap();
-        let rt = Runtime::read(&dir).unwrap();
+        let (rt, dir) = broken_runtime(cache.path());
         let scratch = scratch_with_design();
         let built = build_with(Some(&rt), &["tb.sv".into()], scratch.path(), limits());
         assert!(built.rebuilt);
@@ -335,10 +339,7 @@ mod tests {
     #[test]
     fn a_design_verilator_rejects_is_not_built_twice() {
         let cache = tempfile::tempdir().unwrap();
-        let dir = cache.path().join("k");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("verilated.o"), "garbage").unwrap();
-        let rt = Runtime::read(&dir).unwrap();
+        let (rt, dir) = broken_runtime(cache.path());
         let scratch = tempfile::tempdir().unwrap();
         std::fs::write(
             scratch.path().join("tb.sv"),
