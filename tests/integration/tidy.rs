@@ -267,7 +267,8 @@ fn rule_no_thread_local(files: &[Source]) -> Vec<Violation> {
 /// Files over 1,000 lines today, with their length: none may grow, and no other may join them.
 /// (`crates/llm/src/lib.rs` left the list when its unit tests moved to `tests.rs`; the trainer's
 /// `lib.rs` when the model moved to rtlab-model and its Rhai surface to `api/`; the verifier's
-/// `stages.rs` is held at 1,039 lines since its screening moved to `sandbox.rs`.)
+/// `stages.rs` is held at 1,035 lines since its screening moved to `sandbox.rs` and its Verilator
+/// build to `verilator_build.rs`.)
 const LONG_FILES: &[(&str, usize)] = &[("crates/verify/src/stages.rs", 1035)];
 
 fn rule_file_size(files: &[Source]) -> Vec<Violation> {
