@@ -433,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn the_verify_table_states_the_machines_own_parallel_ceiling_when_it_was_measured() {
+    fn the_verify_table_states_how_the_machine_scales_cpu_bound_work_when_it_was_measured() {
         let workload = serde_json::json!({
             "rows": 10, "sequential_s": 4.0, "parallel_s": 2.5, "sequential_1gib_s": 4.0,
             "parallel_1gib_s": 2.5, "sequential_sys_s": 1.0, "parallel_sys_s": 1.0,
