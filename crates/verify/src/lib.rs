@@ -20,7 +20,7 @@ pub mod mutate;
 pub mod process;
 pub mod sandbox;
 pub mod stages;
-pub mod verilator_build;
+mod verilator_build;
 mod verilator_ports;
 mod yosys;
 
