@@ -180,8 +180,8 @@ fn main() {
     let home = tempfile::tempdir().unwrap();
     let mut figures = serde_json::Map::new();
     figures.insert(
-        "machine_ceiling".into(),
-        machine_ceiling(&data, home.path(), runs, cores),
+        "machine_scaling".into(),
+        machine_scaling(&data, home.path(), runs, cores),
     );
     figures.insert(
         "verilog_eval".into(),
@@ -262,7 +262,7 @@ print(`${{ok}} compile`);"#,
 /// its caches or its memory bandwidth with each other or with other tenants. (Not a strict bound for
 /// the workloads: their sequential baseline leaves the other cores some of its work, rtlab's own
 /// threads and the kernel's.)
-fn machine_ceiling(
+fn machine_scaling(
     data: &std::path::Path,
     home: &std::path::Path,
     runs: usize,
@@ -279,7 +279,7 @@ write_text("{d}/tb.sv", read_text("{p}_test.sv"));"#,
         p = problem.display(),
         d = dir.path().display()
     );
-    run(&prepare, &home.join("ceiling"));
+    run(&prepare, &home.join("scaling"));
     let compiled = Command::new("iverilog")
         .args(["-g2012", "-o", "sim.vvp", "tb.sv", "ref.sv", "top.sv"])
         .current_dir(dir.path())

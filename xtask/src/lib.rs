@@ -146,16 +146,16 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                     num(w, "cached_s")?
                 ));
             }
-            let ceiling = &f["machine_ceiling"];
-            if ceiling.is_object() {
+            let scaling = &f["machine_scaling"];
+            if scaling.is_object() {
                 out.push_str(&format!(
                     "\nThe machine itself, same run: one VerilogEval simulation (Prob144 in `vvp`) \
                      alone took {:.2} s, {:.0} copies at once {:.2} s to the last, so its cores gave purely \
                      CPU-bound work **{:.2} × cores**.\n",
-                    num(ceiling, "alone_s")?,
-                    num(ceiling, "processes")?,
-                    num(ceiling, "together_s")?,
-                    num(ceiling, "per_core")?
+                    num(scaling, "alone_s")?,
+                    num(scaling, "processes")?,
+                    num(scaling, "together_s")?,
+                    num(scaling, "per_core")?
                 ));
             }
         }
@@ -439,14 +439,14 @@ mod tests {
             "parallel_1gib_s": 2.5, "sequential_sys_s": 1.0, "parallel_sys_s": 1.0,
             "sequential_1gib_sys_s": 1.0, "parallel_1gib_sys_s": 1.0, "cached_s": 0.1
         });
-        let results = |ceiling: serde_json::Value| {
+        let results = |scaling: serde_json::Value| {
             serde_json::json!({
-                "figures": {"verilog_eval": workload, "dataset_rows": null, "machine_ceiling": ceiling},
+                "figures": {"verilog_eval": workload, "dataset_rows": null, "machine_scaling": scaling},
                 "runs": 3, "machine": {"cpu": "c", "simd": ["avx2"], "cores": 2}, "commit": "abc"
             })
         };
-        let ceiling = serde_json::json!({"alone_s": 4.0, "together_s": 4.4, "processes": 2, "per_core": 4.0 / 4.4});
-        let with = render("verify", &results(ceiling)).unwrap();
+        let scaling = serde_json::json!({"alone_s": 4.0, "together_s": 4.4, "processes": 2, "per_core": 4.0 / 4.4});
+        let with = render("verify", &results(scaling)).unwrap();
         assert!(with.contains("| 1.60× = 0.80 × cores |"), "{with}");
         assert!(
             with.contains("alone took 4.00 s, 2 copies at once 4.40 s to the last, so its cores gave purely CPU-bound work **0.91 × cores**"),

@@ -21,7 +21,6 @@
 use super::process::{run_tool, tool_version, Ended, Limits, Outcome};
 use crate::VerifyError;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -150,11 +149,19 @@ fn failed_after_front_end(o: &Outcome, mdir: &Path) -> bool {
     matches!(o.ended, Ended::Exited(code) if code != 0) && wrote_makefiles
 }
 
-/// Set when the shared runtime turned out bad in this process: later builds compile their own.
-static DISTRUSTED: AtomicBool = AtomicBool::new(false);
+/// The process's shared runtime. None: not tried yet; Some(None): it cannot be built here, or it
+/// turned out bad, and builds compile their own.
+static RUNTIME: Mutex<Option<Option<Runtime>>> = Mutex::new(None);
 
+fn runtime_state() -> std::sync::MutexGuard<'static, Option<Option<Runtime>>> {
+    RUNTIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The objects turned out bad: they are deleted, and this process stops using them.
 fn distrust(rt: &Runtime) {
-    DISTRUSTED.store(true, Ordering::Relaxed);
+    *runtime_state() = Some(None);
     let _ = std::fs::remove_dir_all(&rt.dir);
 }
 
@@ -163,14 +170,7 @@ fn distrust(rt: &Runtime) {
 /// their own, exactly as Verilator does by itself. A build stopped by Ctrl-C is not remembered as a
 /// failure: the REPL or kernel session goes on, and its next Verilator build tries again.
 fn shared_runtime() -> Option<Runtime> {
-    // None: not tried yet; Some(None): cannot be built in this process.
-    static RUNTIME: Mutex<Option<Option<Runtime>>> = Mutex::new(None);
-    if DISTRUSTED.load(Ordering::Relaxed) {
-        return None;
-    }
-    let mut state = RUNTIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut state = runtime_state();
     if let Some(known) = state.as_ref() {
         return known.clone();
     }
@@ -182,9 +182,10 @@ fn shared_runtime() -> Option<Runtime> {
     built
 }
 
-/// What the objects depend on: Verilator's version, the compiler's, the options and the machine.
+/// What the objects depend on: Verilator's version (as the verifier probed it), the compiler's, the
+/// options and the machine.
 fn runtime_key() -> Option<String> {
-    let verilator = tool_version("verilator", &["--version"])?;
+    let verilator = crate::tool_versions().get("verilator").cloned().flatten()?;
     let compiler = tool_version("g++", &["--version"])?;
     let mut h = blake3::Hasher::new();
     for part in [
@@ -333,7 +334,12 @@ mod tests {
         assert!(built.outcome.ok(), "{}", built.outcome.output);
         assert!(simulate(scratch.path()).contains("count="));
         assert!(!dir.exists(), "the bad objects were thrown away");
-        DISTRUSTED.store(false, Ordering::Relaxed);
+        assert!(
+            shared_runtime().is_none(),
+            "this process stopped using them"
+        );
+        // Other tests in this process may use the real cache again.
+        *runtime_state() = None;
     }
 
     #[test]
