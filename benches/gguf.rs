@@ -52,12 +52,14 @@ fn script(code: &str) -> String {
 
 /// Which quantized matmul decodes: rtlab's (the default: the file's Q4_1 as it is), rtlab's with
 /// its AVX-512 kernels switched off (`RTLAB_QMATMUL=avx2`: the 256-bit ones, the same bits), or
-/// candle's (`RTLAB_QMATMUL=candle`: Q4_1 requantized to Q8_0 at load), the baseline they replaced.
+/// candle's (`RTLAB_QMATMUL=candle`: Q4_1 requantized to Q8_0 at load), the baseline they replaced;
+/// or rtlab's with the weights left on the allocator's 4 KiB pages (`RTLAB_HUGE_PAGES=off`).
 #[derive(Clone, Copy)]
 enum Kernel {
     Rtlab,
     Avx2,
     Candle,
+    SmallPages,
 }
 
 fn script_with(code: &str, kernel: Kernel) -> String {
@@ -72,6 +74,9 @@ fn script_with(code: &str, kernel: Kernel) -> String {
         }
         Kernel::Candle => {
             cmd.env("RTLAB_QMATMUL", "candle");
+        }
+        Kernel::SmallPages => {
+            cmd.env("RTLAB_HUGE_PAGES", "off");
         }
     }
     let out = cmd
@@ -348,9 +353,10 @@ fn decode(model: &Path, runs: usize) {
 
     let (mut quant, mut f32s, mut llama, mut batch) = (vec![], vec![], vec![], vec![]);
     let (mut candle_quant, mut candle_batch, mut avx2_batch) = (vec![], vec![], vec![]);
-    let mut prompts_batch = vec![];
+    let (mut prompts_batch, mut small_pages) = (vec![], vec![]);
     for _ in 0..runs {
         quant.push(rtlab_single(model, false, Kernel::Rtlab));
+        small_pages.push(rtlab_single(model, false, Kernel::SmallPages));
         candle_quant.push(rtlab_single(model, false, Kernel::Candle));
         f32s.push(rtlab_single(model, true, Kernel::Rtlab));
         if let Some(t) = llama_cpp_single(&python, model) {
@@ -366,6 +372,9 @@ fn decode(model: &Path, runs: usize) {
     println!("single stream, rtlab quantized   {q:7.1} tok/s  runs {quant:.1?}");
     println!("  the same on candle's kernels   {cq:5.1} tok/s  runs {candle_quant:.1?}");
     println!("  rtlab's kernels / candle's      {:7.2}x", q / cq);
+    let sp = median(small_pages.clone());
+    println!("  the weights on 4 KiB pages     {sp:5.1} tok/s  runs {small_pages:.1?}");
+    println!("  huge pages / 4 KiB pages        {:7.2}x", q / sp);
     println!(
         "single stream, rtlab f32         {:7.1} tok/s  runs {f32s:.1?}",
         median(f32s.clone())
@@ -404,6 +413,7 @@ fn decode(model: &Path, runs: usize) {
             "tokens": TOKENS,
             "single_tok_s": q,
             "single_candle_tok_s": cq,
+            "single_small_pages_tok_s": sp,
             "single_f32_tok_s": median(f32s.clone()),
             "batch20_tok_s": b,
             "batch20_candle_tok_s": cb,

@@ -170,6 +170,11 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 num(f, "single_tok_s")?,
                 num(f, "single_candle_tok_s")?
             ));
+            if let Some(small) = f["single_small_pages_tok_s"].as_f64() {
+                out.push_str(&format!(
+                    "| one stream, Q4_1, the weights on 4 KiB pages (`RTLAB_HUGE_PAGES=off`) | {small:.1} tok/s | |\n"
+                ));
+            }
             out.push_str(&format!(
                 "| one stream, dequantized to f32 | {:.1} tok/s | |\n",
                 num(f, "single_f32_tok_s")?
@@ -454,6 +459,32 @@ mod tests {
         );
         let without = render("verify", &results(serde_json::Value::Null)).unwrap();
         assert!(!without.contains("The machine itself"), "{without}");
+    }
+
+    #[test]
+    fn the_decode_table_shows_the_small_pages_run_where_it_was_measured() {
+        let results = |small: Option<f64>| {
+            let mut figures = serde_json::json!({
+                "tokens": 128, "single_tok_s": 80.0, "single_candle_tok_s": 60.0,
+                "single_f32_tok_s": 30.0, "batch20_tok_s": 300.0, "batch20_candle_tok_s": 100.0,
+                "decode_batch20_vs_single": 3.75, "decode_single_vs_llama_cpp": 0.9,
+                "llama_cpp_single_tok_s": 88.9
+            });
+            if let Some(small) = small {
+                figures["single_small_pages_tok_s"] = small.into();
+            }
+            serde_json::json!({
+                "figures": figures, "runs": 3,
+                "machine": {"cpu": "c", "simd": ["avx2"], "cores": 2}, "commit": "abc"
+            })
+        };
+        let with = render("gguf_decode", &results(Some(74.5))).unwrap();
+        assert!(
+            with.contains("| one stream, Q4_1, the weights on 4 KiB pages (`RTLAB_HUGE_PAGES=off`) | 74.5 tok/s | |"),
+            "{with}"
+        );
+        let without = render("gguf_decode", &results(None)).unwrap();
+        assert!(!without.contains("4 KiB pages"), "{without}");
     }
 
     #[test]

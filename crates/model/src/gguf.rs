@@ -240,6 +240,9 @@ impl GgufFile {
                 quantized.insert(hf, Arc::new(q));
             }
         }
+        if dev.is_cpu() {
+            crate::huge_pages::advise_weights(quantized.values().map(|q| q.as_ref()));
+        }
         Ok((dense, quantized))
     }
 }

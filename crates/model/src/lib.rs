@@ -17,6 +17,7 @@ pub mod examples;
 mod fused;
 pub mod generate;
 pub mod gguf;
+mod huge_pages;
 mod kv_cache;
 mod layers;
 mod lora;
