@@ -473,6 +473,7 @@ unsafe fn tile<D: LaneDot, const C: usize, const R: usize>(
             }
             for c in 0..C {
                 let wi = (col + c) * kb + b;
+                prefetch_ahead(w.blocks, wi + C * kb * TILES_AHEAD, BLOCK_BYTES);
                 let wq = quants(w.blocks, wi);
                 let w_abs = _mm256_sign_epi8(wq, wq);
                 let w_scale = *w.scales.get_unchecked(wi);
@@ -493,6 +494,26 @@ unsafe fn tile<D: LaneDot, const C: usize, const R: usize>(
             }
         }
         out
+    }
+}
+
+/// How far ahead of the tile a 256-bit tile asks for its weights, in tiles: one stream decodes one
+/// row, whose product waits on the weights' loads (a profile put three quarters of the Q8_0 tile's
+/// time on the instructions right after them). Each column's block is asked for the same block of
+/// the tile `TILES_AHEAD` tiles on, so the memory is read while this tile computes.
+pub(crate) const TILES_AHEAD: usize = 2;
+
+/// Asks the CPU to fetch block `block` of `blocks` (`block_bytes` each) into its caches; nothing
+/// where that block is past the end. It never changes a result.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_ahead(blocks: &[u8], block: usize, block_bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let at = block * block_bytes;
+    if at < blocks.len() {
+        // SAFETY: a prefetch reads nothing architecturally and never faults; the address is in
+        // `blocks`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(blocks.as_ptr().add(at) as *const i8) };
     }
 }
 
@@ -672,6 +693,7 @@ mod pairs {
                 let mut w_d = [_mm512_setzero_ps(); C];
                 for c in 0..C {
                     let wi = (col + c) * kb + b;
+                    super::prefetch_ahead(w.blocks, wi + C * kb * super::TILES_AHEAD, BLOCK_BYTES);
                     let wq = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                         w.blocks.as_ptr().add(wi * BLOCK_BYTES + 2) as *const __m256i,
                     ));
