@@ -226,7 +226,13 @@ unsafe fn tile<D: crate::q8::LaneDot, const C: usize, const R: usize>(
             }
             for c in 0..C {
                 let block = (col + c) * kb + b;
-                crate::q8::prefetch_ahead(w, block + C * kb * crate::q8::TILES_AHEAD, BLOCK_BYTES);
+                if row == 0 {
+                    crate::q8::prefetch_ahead(
+                        w,
+                        block + C * kb * crate::q8::TILES_AHEAD,
+                        BLOCK_BYTES,
+                    );
+                }
                 let blk = w.as_ptr().add(block * BLOCK_BYTES);
                 // d and m, two f16s, converted together.
                 let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
@@ -412,11 +418,13 @@ mod pairs {
                 let sums = _mm512_loadu_ps(a.sums.as_ptr().add(b * a.stride + pair * 2));
                 for c in 0..C {
                     let block = (col + c) * kb + b;
-                    crate::q8::prefetch_ahead(
-                        w,
-                        block + C * kb * crate::q8::TILES_AHEAD,
-                        BLOCK_BYTES,
-                    );
+                    if pair == 0 {
+                        crate::q8::prefetch_ahead(
+                            w,
+                            block + C * kb * crate::q8::TILES_AHEAD,
+                            BLOCK_BYTES,
+                        );
+                    }
                     let blk = w.as_ptr().add(block * BLOCK_BYTES);
                     let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
                     w_d[c] = _mm512_set1_ps(_mm_cvtss_f32(dm));

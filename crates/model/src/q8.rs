@@ -473,7 +473,9 @@ unsafe fn tile<D: LaneDot, const C: usize, const R: usize>(
             }
             for c in 0..C {
                 let wi = (col + c) * kb + b;
-                prefetch_ahead(w.blocks, wi + C * kb * TILES_AHEAD, BLOCK_BYTES);
+                if row == 0 {
+                    prefetch_ahead(w.blocks, wi + C * kb * TILES_AHEAD, BLOCK_BYTES);
+                }
                 let wq = quants(w.blocks, wi);
                 let w_abs = _mm256_sign_epi8(wq, wq);
                 let w_scale = *w.scales.get_unchecked(wi);
@@ -693,7 +695,13 @@ mod pairs {
                 let mut w_d = [_mm512_setzero_ps(); C];
                 for c in 0..C {
                     let wi = (col + c) * kb + b;
-                    super::prefetch_ahead(w.blocks, wi + C * kb * super::TILES_AHEAD, BLOCK_BYTES);
+                    if pair == 0 {
+                        super::prefetch_ahead(
+                            w.blocks,
+                            wi + C * kb * super::TILES_AHEAD,
+                            BLOCK_BYTES,
+                        );
+                    }
                     let wq = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                         w.blocks.as_ptr().add(wi * BLOCK_BYTES + 2) as *const __m256i,
                     ));
