@@ -30,7 +30,10 @@ const LANES: usize = 16;
 /// call whose `B` has other bits (an adapter trained since) transposes it again, so a kept copy is
 /// never stale; the check reads `B` once, where transposing it writes across the whole copy.
 #[derive(Default)]
-pub struct TransposedB(Mutex<Option<(Vec<f32>, Arc<Vec<f32>>)>>);
+pub struct TransposedB(Mutex<Option<KeptTranspose>>);
+
+/// The `B` a transpose was made from (its bits, to compare), and the transpose.
+type KeptTranspose = (Vec<f32>, Arc<Vec<f32>>);
 
 impl TransposedB {
     /// `b` ([n, r]) transposed: the kept copy when it was made from these bits, else a new one.
