@@ -113,11 +113,14 @@ pub fn run(connection_file: &Path) -> Result<(), KernelError> {
         .map_err(|e| KernelError::Sockets(format!("{shown}: {e}")))?;
     // A SIGINT (a client in signal mode, a terminal) interrupts the cell, as a message does.
     crate::engine::install_ctrl_c_handler();
-    let stderr_forwarding = forward_stderr(to_wire.clone(), parent.clone());
-    if let Err(e) = &stderr_forwarding {
-        eprintln!("rtlab kernel: warnings stay on the kernel's stderr: {e}");
-    }
-    let mut session = Session::new(to_wire, parent);
+    let stderr_flush = match forward_stderr(to_wire.clone(), parent.clone()) {
+        Ok(flush) => Some(flush),
+        Err(e) => {
+            eprintln!("rtlab kernel: warnings stay on the kernel's stderr: {e}");
+            None
+        }
+    };
+    let mut session = Session::new(to_wire, parent, stderr_flush);
     // When a cell last failed with `stop_on_error` (Run All): the execute requests queued behind it,
     // those that arrived before its failure was answered, are aborted, as ipykernel does (its
     // `stop_on_error_timeout` is 0), not run on a state the failure left half made. A request that
@@ -296,10 +299,13 @@ struct Session {
     /// When the last shell reply went out: a failed cell's requests queued behind it are those that
     /// arrived before its reply.
     last_reply: std::cell::Cell<Option<std::time::Instant>>,
+    /// Waits until what a request wrote on stderr has gone out as its output (None: stderr is not
+    /// forwarded).
+    stderr_flush: Option<StderrFlush>,
 }
 
 impl Session {
-    fn new(out: WireSender, parent: CurrentParent) -> Session {
+    fn new(out: WireSender, parent: CurrentParent, stderr_flush: Option<StderrFlush>) -> Session {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let rt = Runtime::new(&cwd);
         // Lines go to the notebook as they are printed, not to the kernel's stdout.
@@ -347,6 +353,7 @@ impl Session {
             out,
             parent,
             last_reply: std::cell::Cell::new(None),
+            stderr_flush,
         }
     }
 
@@ -451,6 +458,11 @@ impl Session {
                     self.reply(JupyterMessage::new(content, Some(request)));
                 }
             }
+        }
+        // A cell's last warnings may still be in the stderr pipe: they go out before `idle`, which
+        // tells the client that the cell's output is complete.
+        if let Some(flush) = &mut self.stderr_flush {
+            flush.wait();
         }
         self.iopub(Status::idle().as_child_of(request));
         *self.parent.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -662,11 +674,47 @@ fn media_of(value: &Dynamic) -> Media {
     Media::new(content)
 }
 
+/// Starts a line [`forward_stderr`]'s reader takes as "everything before me is sent", never as
+/// output: an escape character no warning begins with, then a name.
+const STDERR_FLUSH_MARK: &str = "\u{1b}rtlab-stderr-flush ";
+
+/// The session's end of the stderr reader: [`StderrFlush::wait`] returns once every line written on
+/// stderr before it has gone to the client. The pipe keeps order, so a marker written now reaches the
+/// reader after them; the reader answers with the marker's number.
+struct StderrFlush {
+    /// Where the marks are written: the process's stderr (the pipe's writing end).
+    marks: Box<dyn std::io::Write + Send>,
+    answered: std::sync::mpsc::Receiver<u64>,
+    asked: u64,
+}
+
+impl StderrFlush {
+    /// How long a flush waits for the reader (a stuck reader must not hang the kernel).
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn wait(&mut self) {
+        use std::io::Write;
+        self.asked += 1;
+        let mark = format!("{STDERR_FLUSH_MARK}{}\n", self.asked);
+        if self.marks.write_all(mark.as_bytes()).is_err() || self.marks.flush().is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Self::PATIENCE;
+        while let Ok(n) = self
+            .answered
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            if n >= self.asked {
+                return;
+            }
+        }
+    }
+}
+
 /// Sends what the process writes on stderr (the stdlib's warnings and summaries) to the cell that
 /// is running, as its `stderr` stream, and still to the kernel's own stderr (Jupyter's log). Lines
 /// of long work's progress (`progress: ...`) update one display in place instead of piling up.
-fn forward_stderr(out: WireSender, parent: CurrentParent) -> Result<(), std::io::Error> {
-    use std::io::{BufRead, Write};
+fn forward_stderr(out: WireSender, parent: CurrentParent) -> Result<StderrFlush, std::io::Error> {
     use std::os::fd::FromRawFd;
     let mut fds = [0; 2];
     // SAFETY: pipe fills two descriptors it opens; dup/dup2 only duplicate descriptors we own.
@@ -688,46 +736,91 @@ fn forward_stderr(out: WireSender, parent: CurrentParent) -> Result<(), std::io:
             std::fs::File::from_raw_fd(original),
         )
     };
+    let (answer, answered) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut progress: Option<(String, String)> = None;
-        for line in std::io::BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(log, "{line}");
-            let guard = parent.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(p) = guard.as_ref() else { continue };
-            let message = if let Some(rest) = line.strip_prefix("progress: ") {
-                let data = Media::new(vec![MediaType::Plain(rest.to_string())]);
-                let msg_id = p.header.msg_id.clone();
-                match &progress {
-                    Some((for_msg, id)) if *for_msg == msg_id => {
-                        let mut d = DisplayData::new(data);
-                        d.transient = Some(jupyter_protocol::Transient {
-                            display_id: Some(id.clone()),
-                        });
-                        jupyter_protocol::UpdateDisplayData {
-                            data: d.data,
-                            metadata: d.metadata,
-                            transient: d.transient.unwrap_or_default(),
-                        }
-                        .as_child_of(p)
-                    }
-                    _ => {
-                        let id = format!("rtlab-progress-{msg_id}");
-                        progress = Some((msg_id, id.clone()));
-                        let mut d = DisplayData::new(data);
-                        d.transient = Some(jupyter_protocol::Transient {
-                            display_id: Some(id),
-                        });
-                        d.as_child_of(p)
-                    }
-                }
-            } else {
-                StreamContent::stderr(&format!("{line}\n")).as_child_of(p)
-            };
-            let _ = out.send(ToWire::IoPub(Box::new(message)));
-        }
+        forward_lines(reader, answer, |line| {
+            forward_line(line, &mut log, &parent, &out, &mut progress)
+        });
     });
-    Ok(())
+    Ok(StderrFlush {
+        marks: Box::new(std::io::stderr()),
+        answered,
+        asked: 0,
+    })
+}
+
+/// The stderr reader's loop: each line to `forward`, and each flush mark's number to `answer` once
+/// every line before it has been forwarded (a mark appended to an unfinished line forwards that
+/// line's text first).
+fn forward_lines(
+    reader: impl std::io::Read,
+    answer: std::sync::mpsc::Sender<u64>,
+    mut forward: impl FnMut(&str),
+) {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(reader).lines() {
+        let Ok(mut line) = line else { break };
+        let mut flushed = None;
+        if let Some(at) = line.find(STDERR_FLUSH_MARK) {
+            flushed = line[at + STDERR_FLUSH_MARK.len()..]
+                .trim()
+                .parse::<u64>()
+                .ok();
+            line.truncate(at);
+        }
+        if !line.is_empty() || flushed.is_none() {
+            forward(&line);
+        }
+        if let Some(n) = flushed {
+            let _ = answer.send(n);
+        }
+    }
+}
+
+/// One line of stderr to the kernel's log and, while a request runs, to its client (see
+/// [`forward_stderr`]).
+fn forward_line(
+    line: &str,
+    log: &mut std::fs::File,
+    parent: &CurrentParent,
+    out: &WireSender,
+    progress: &mut Option<(String, String)>,
+) {
+    use std::io::Write;
+    let _ = writeln!(log, "{line}");
+    let guard = parent.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = guard.as_ref() else { return };
+    let message = if let Some(rest) = line.strip_prefix("progress: ") {
+        let data = Media::new(vec![MediaType::Plain(rest.to_string())]);
+        let msg_id = p.header.msg_id.clone();
+        match &*progress {
+            Some((for_msg, id)) if *for_msg == msg_id => {
+                let mut d = DisplayData::new(data);
+                d.transient = Some(jupyter_protocol::Transient {
+                    display_id: Some(id.clone()),
+                });
+                jupyter_protocol::UpdateDisplayData {
+                    data: d.data,
+                    metadata: d.metadata,
+                    transient: d.transient.unwrap_or_default(),
+                }
+                .as_child_of(p)
+            }
+            _ => {
+                let id = format!("rtlab-progress-{msg_id}");
+                *progress = Some((msg_id, id.clone()));
+                let mut d = DisplayData::new(data);
+                d.transient = Some(jupyter_protocol::Transient {
+                    display_id: Some(id),
+                });
+                d.as_child_of(p)
+            }
+        }
+    } else {
+        StreamContent::stderr(&format!("{line}\n")).as_child_of(p)
+    };
+    let _ = out.send(ToWire::IoPub(Box::new(message)));
 }
 
 /// Where `rtlab kernel install` writes the kernelspec.
@@ -818,4 +911,44 @@ pub fn uninstall(place: &InstallPlace) -> Result<Option<PathBuf>, KernelError> {
     std::fs::remove_dir_all(&dir)
         .map_err(|e| KernelError::Kernelspec(format!("cannot remove {}: {e}", dir.display())))?;
     Ok(Some(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wait` returns only once every line written before it has been forwarded, however slow the
+    /// forwarding; a line a mark was appended to is forwarded whole, and the mark never is.
+    #[test]
+    fn a_flush_waits_for_every_line_written_before_it() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let (answer, answered) = std::sync::mpsc::channel();
+        let forwarded = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = forwarded.clone();
+        let reading = std::thread::spawn(move || {
+            forward_lines(reader, answer, |line| {
+                // A busy machine: the forwarding thread runs late.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                seen.lock().unwrap().push(line.to_string());
+            })
+        });
+        let mut flush = StderrFlush {
+            marks: Box::new(writer.try_clone().unwrap()),
+            answered,
+            asked: 0,
+        };
+        let mut cell = writer;
+        use std::io::Write;
+        write!(cell, "verify: 1 rows\nwarning: one\nunfinished").unwrap();
+        flush.wait();
+        assert_eq!(
+            *forwarded.lock().unwrap(),
+            ["verify: 1 rows", "warning: one", "unfinished"]
+        );
+        writeln!(cell, "next cell").unwrap();
+        flush.wait();
+        assert_eq!(forwarded.lock().unwrap().last().unwrap(), "next cell");
+        drop((cell, flush));
+        reading.join().unwrap();
+    }
 }
