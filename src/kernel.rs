@@ -11,8 +11,9 @@
 //! variable defined before stays.
 //!
 //! Invariant: every shell request gets `busy`, then its reply, then `idle`, all with the request as
-//! parent; a message with a bad signature is refused (logged on the kernel's stderr) and never
-//! reaches the session.
+//! parent, and what the process wrote on stderr while it ran goes out as its output before that
+//! `idle` ([`StderrFlush`]); a message with a bad signature is refused (logged on the kernel's
+//! stderr) and never reaches the session.
 
 use crate::engine::{display_value, render_error, HelpIndex, Runtime};
 use crate::repl::{is_incomplete, ReplHelper};
