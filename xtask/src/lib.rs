@@ -311,6 +311,59 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                 }
             }
         }
+        "train" => {
+            out.push_str(&format!(
+                "| model (batch × tokens a step; {:.0} steps timed after a warm-up step) | device | rtlab train tok/s | rtlab forward tok/s | train / forward | rtlab peak RSS | PyTorch + PEFT tok/s | PEFT peak RSS | `lora_vs_peft` (goal ≥ 1.1×) |\n",
+                num(f, "steps_timed")?
+            ));
+            out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+            for (key, what, device) in [
+                ("tiny_cpu", "tiny (64 hidden, 2 layers)", "CPU"),
+                ("tiny_wgpu", "the same", "wgpu on lavapipe"),
+                ("qwen2_5_0_5b_cpu", "Qwen2.5-0.5B-shaped", "CPU"),
+            ] {
+                let row = &f[key];
+                if !row.is_object() {
+                    out.push_str(&format!("| {what} | {device} | not run | | | | | | |\n"));
+                    continue;
+                }
+                let rate = |v: f64| group_thousands(v.round() as u64);
+                let train = num(row, "rtlab_tok_s")?;
+                let shape = format!(
+                    "{what}, {:.0} × {:.0}",
+                    num(row, "batch")?,
+                    num(row, "seq")?
+                );
+                // The forward pass is `generate`'s prefill, which runs on the CPU whatever device
+                // trained: it is no yardstick for a device's training step.
+                let (forward, per_forward) = if device == "CPU" {
+                    let forward = num(row, "rtlab_forward_tok_s")?;
+                    (rate(forward), format!("{:.2}", train / forward))
+                } else {
+                    ("(CPU)".to_string(), String::new())
+                };
+                let (peft, peft_peak, ratio) = match (
+                    row["peft_tok_s"].as_f64(),
+                    row["peft_peak_rss_mb"].as_f64(),
+                    row["lora_vs_peft"].as_f64(),
+                ) {
+                    (Some(p), Some(m), Some(r)) => {
+                        (rate(p), format!("{m:.0} MiB"), format!("**{r:.2}×**"))
+                    }
+                    _ if device != "CPU" => (String::new(), String::new(), String::new()),
+                    _ => (
+                        "not run: torch, transformers or peft were not importable".to_string(),
+                        String::new(),
+                        String::new(),
+                    ),
+                };
+                out.push_str(&format!(
+                    "| {shape} | {device} | {} | {forward} | {per_forward} | {:.0} MiB | {peft} | {peft_peak} | {ratio} |\n",
+                    rate(train),
+                    num(row, "rtlab_peak_rss_mb")?
+                ));
+            }
+        }
         other => {
             return Err(format!(
                 "no table is defined for the bench {other:?}: add it to xtask's render()"
@@ -416,6 +469,49 @@ mod tests {
         assert!(out.ends_with("<!-- /bench-table -->\nafter\n"));
         assert!(!out.contains("stale"));
         assert_eq!(tables_in(chapter), ["kernel"]);
+    }
+
+    #[test]
+    fn the_train_table_says_which_side_did_not_run_and_gives_wgpu_no_cpu_yardstick() {
+        let shape = |peft: serde_json::Value| {
+            serde_json::json!({
+                "batch": 4, "seq": 256, "tokens": 17408, "rtlab_tok_s": 30000.0,
+                "rtlab_forward_tok_s": 60000.0, "rtlab_peak_rss_mb": 89.0,
+                "peft_tok_s": peft, "peft_peak_rss_mb": peft.as_f64().map(|_| 800.0),
+                "lora_vs_peft": peft.as_f64().map(|p| 30000.0 / p),
+            })
+        };
+        let results = serde_json::json!({
+            "figures": {"steps_timed": 16, "tiny_cpu": shape(serde_json::json!(25000.0)),
+                        "tiny_wgpu": shape(serde_json::Value::Null)},
+            "runs": 3, "machine": {"cpu": "c", "simd": ["avx2"], "cores": 2}, "commit": "abc"
+        });
+        let table = render("train", &results).unwrap();
+        assert!(
+            table.contains("16 steps timed after a warm-up step"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| tiny (64 hidden, 2 layers), 4 × 256 | CPU | 30,000 | 60,000 | 0.50 | 89 MiB | 25,000 | 800 MiB | **1.20×** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| the same, 4 × 256 | wgpu on lavapipe | 30,000 | (CPU) |  | 89 MiB |  |  |  |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| Qwen2.5-0.5B-shaped | CPU | not run |"),
+            "{table}"
+        );
+        let mut no_peft = results.clone();
+        no_peft["figures"]["tiny_cpu"] = shape(serde_json::Value::Null);
+        let table = render("train", &no_peft).unwrap();
+        assert!(
+            table.contains("| 89 MiB | not run: torch, transformers or peft were not importable |"),
+            "{table}"
+        );
     }
 
     #[test]
