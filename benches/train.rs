@@ -3,8 +3,10 @@
 //! over the same number of tokens (the prefill of `generate`), and beside PyTorch + PEFT on the same
 //! model directory with the same recipe (`tests/python/peft_train_step.py`), in the same run.
 //!
-//! A training step of a LoRA model costs about 3 forwards (forward, then the backward through the frozen
-//! weights for dx and through the adapters): the train / forward ratio says how close the step gets.
+//! The forward beside it is `generate`'s prefill of one row at a time, on the decoding path (its KV
+//! cache and kernels, not the training forward's), so train / forward is a rough guide to a step's
+//! cost, not a bound: a LoRA step is about three training forwards (the forward, then the backward
+//! through the frozen weights for dx and through the adapters), but the two forwards differ.
 //!
 //! Like for like: both sides train the same shapes (batch × sequence tokens a step, r 64, alpha 128,
 //! dropout 0.05 on all seven projections, AdamW, f32, the whole graph kept for the backward: PEFT's
@@ -300,7 +302,7 @@ fn main() {
         );
         let (peft, peft_peak) = (of(theirs, |r| r.tok_s), of(theirs, |r| r.peak_mb));
         println!(
-            "| {} (batch {} × {} tokens, r 64, {STEPS_TIMED} steps timed) | {} | {train:.0} | {fwd:.0} | {:.2} (ideal ≈ 0.33) | {peak:.0} MiB | {peft:.0} | {:.2}× | {peft_peak:.0} MiB |",
+            "| {} (batch {} × {} tokens, r 64, {STEPS_TIMED} steps timed) | {} | {train:.0} | {fwd:.0} | {:.2} | {peak:.0} MiB | {peft:.0} | {:.2}× | {peft_peak:.0} MiB |",
             s.name,
             s.batch,
             s.seq,

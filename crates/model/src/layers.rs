@@ -46,6 +46,39 @@ impl BaseWeight {
     }
 }
 
+/// Decoding's `x Wᵀ` for several frozen weights of the same `x` [rows, in] (a layer's q, k and v;
+/// its gate and up), nothing tracked: the quantized kernel's products of them all from one
+/// quantization of `x` and one wake of the pool, each the bits it gets alone. None unless every
+/// weight is quantized in a format that kernel shares (then the caller multiplies one by one).
+pub(crate) fn decoding_matmuls_t(
+    weights: &[&BaseWeight],
+    x: &Tensor,
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    let quantized: Option<Vec<&crate::quantized::QuantizedWeight>> = weights
+        .iter()
+        .map(|w| match w {
+            BaseWeight::Quantized(q) => Some(q.as_ref()),
+            BaseWeight::Dense(_) => None,
+        })
+        .collect();
+    let Some(quantized) = quantized else {
+        return Ok(None);
+    };
+    let (rows, _) = x.dims2()?;
+    let products = with_f32_values(x, |v| {
+        crate::quantized::QuantizedWeight::matmul_t_shared(&quantized, v, rows)
+    });
+    let Some(products) = products.transpose()?.flatten() else {
+        return Ok(None);
+    };
+    products
+        .into_iter()
+        .zip(weights)
+        .map(|(y, w)| Tensor::from_vec(y, (rows, w.dims2()?.0), x.device()))
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map(Some)
+}
+
 /// `x Wᵀ` for a frozen `W` [out, in] whose backward computes only `dx = dy W`. candle's own matmul
 /// backward also computes `dW = dyᵀ x` for every operand, wanted or not: for a frozen base that is a
 /// third of the backward's FLOPs, and a full-size gradient of every base weight held until the step ends.

@@ -20,6 +20,7 @@ pub mod gguf;
 mod huge_pages;
 mod kv_cache;
 mod layers;
+mod linear;
 mod lora;
 mod lora_linear;
 mod low_rank;

@@ -13,12 +13,10 @@ use super::config::ModelConfig;
 use super::fused;
 pub use super::kv_cache::KvCache;
 use super::kv_cache::LayerKv;
+pub use super::linear::Linear;
 use super::lora::fresh_lora;
 pub use super::lora::{Lora, LoraSpec};
-use super::lora_linear::LoraLinear;
-use super::low_rank;
 use super::output_head::HeadLogProb;
-use super::pass::dropout;
 pub use super::pass::{dropout_mask, Pass};
 use super::pool_gemm;
 use super::ModelError;
@@ -41,79 +39,6 @@ pub const ALL_TARGETS: [&str; 7] = [
     "up_proj",
     "down_proj",
 ];
-
-/// A linear layer (`weight` [out, in] as stored by HF), optionally adapted.
-pub struct Linear {
-    weight: BaseWeight,
-    bias: Option<Tensor>,
-    pub lora: Option<Lora>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
-        if let Some(l) = self.lora.as_ref().filter(|_| pass.adapters) {
-            // A training step's adapted linear: one graph node (see lora_linear.rs), the same bits.
-            let exact_base = matches!(self.weight, BaseWeight::Dense(_)) || pass.training;
-            if pass.track_gradients && exact_base && fused::applies(x) {
-                let dropout_mask = match pass.dropout_rng.as_mut() {
-                    Some(rng) if l.dropout > 0.0 => {
-                        Some(dropout_mask(x.elem_count(), l.dropout, rng))
-                    }
-                    _ => None,
-                };
-                let op = LoraLinear::new(
-                    self.weight.clone(),
-                    self.bias.clone(),
-                    l.scale,
-                    dropout_mask,
-                );
-                return op.forward(x, l.a.as_tensor(), l.b.as_tensor());
-            }
-        }
-        let dims = x.dims().to_vec();
-        let d_in = *dims.last().unwrap_or(&0);
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, d_in))?;
-        let mut y = self.weight.matmul_t(&x2, pass.training)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        if let Some(l) = self.lora.as_ref().filter(|_| pass.adapters) {
-            let xd = match pass.dropout_rng.as_mut() {
-                Some(rng) if l.dropout > 0.0 => dropout(&x2, l.dropout, rng)?,
-                _ => x2,
-            };
-            let (a, b) = if pass.track_gradients {
-                (l.a.as_tensor().clone(), l.b.as_tensor().clone())
-            } else {
-                (l.a.as_tensor().detach(), l.b.as_tensor().detach())
-            };
-            let low = if pass.rows_alone {
-                // Each row's bits whatever the batch (decoding's promise; see low_rank.rs).
-                low_rank::product(&xd, &a, &b, &l.decode_b_t)?
-            } else {
-                // On candle's pool, the bits of `xd.matmul(&a.t()?)?.matmul(&b.t()?)`.
-                pool_gemm::matmul_t(&pool_gemm::matmul_t(&xd, &a)?, &b)?
-            };
-            y = (y + (low * l.scale)?)?;
-        }
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = y.dim(1)?;
-        y.reshape(out)
-    }
-
-    /// `W + s·B·A`, the weight a merged model stores.
-    pub fn merged_weight(&self) -> candle_core::Result<Tensor> {
-        let weight = self.weight.dense()?;
-        match &self.lora {
-            None => Ok(weight),
-            Some(l) => weight.add(
-                &(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?.to_dtype(weight.dtype())?,
-            ),
-        }
-    }
-}
 
 /// RMSNorm as `x / sqrt(mean(x²) + eps) · w`, from differentiable ops.
 struct RmsNorm {
@@ -258,9 +183,10 @@ impl Attention {
             Some(positions) => rope.apply_per_sequence(&x, positions),
             None => rope.apply(&x, offset),
         };
-        let q = rotate(split(self.q.forward(x, pass)?, self.heads)?)?;
-        let k = rotate(split(self.k.forward(x, pass)?, self.kv_heads)?)?;
-        let v = split(self.v.forward(x, pass)?, self.kv_heads)?;
+        let [q, k, v] = Linear::forward_shared([&self.q, &self.k, &self.v], x, pass)?;
+        let q = rotate(split(q, self.heads)?)?;
+        let k = rotate(split(k, self.kv_heads)?)?;
+        let v = split(v, self.kv_heads)?;
         // The keys transposed, [b, kv_heads, head_dim, seq]: a cache keeps them so.
         let (k_t, v) = match cache {
             Some(slot) => {
@@ -346,7 +272,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
-        let (gate, up) = (self.gate.forward(x, pass)?, self.up.forward(x, pass)?);
+        let [gate, up] = Linear::forward_shared([&self.gate, &self.up], x, pass)?;
         let h = match fused::applies(&gate) {
             true => fused::silu_mul(&gate, &up)?,
             false => (gate.silu()? * up)?,

@@ -18,7 +18,7 @@
 //! as a batch get the bits each gets alone. A scalar form of the same arithmetic (the tests') gives
 //! the same bits as the vector kernels, with AVX2's instructions and with AVX-VNNI's.
 
-use crate::q8::{cpu, tiled_product, Dots};
+use crate::q8::{cpu, tiled_products, Dots};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 /// Values per block.
@@ -166,31 +166,56 @@ pub(crate) fn runs_here() -> bool {
 }
 
 /// `x Wᵀ` [m, n] for Q4_1 `weight` [n, k] and `x` [m, k] (row-major); None where [`applies`] does not.
-/// Several rows on a CPU with AVX-512 VNNI take [`pairs::product`]; `dots` picks the instructions.
+/// Several rows on a CPU with AVX-512 VNNI take [`pairs::products`]; `dots` picks the instructions.
 pub(crate) fn matmul_t(
     weight: &QTensor,
     x: &[f32],
     m: usize,
     dots: Dots,
 ) -> candle_core::Result<Option<Vec<f32>>> {
-    let (n, k) = weight.shape().dims2()?;
-    if !applies(weight.dtype(), k) || m == 0 || x.len() != m * k {
+    Ok(matmul_t_shared(&[weight], x, m, dots)?.and_then(|mut ys| ys.pop()))
+}
+
+/// `x Wᵀ` for each of several Q4_1 weights [n_s, k] of the same `x` [m, k] (a layer's q, k and v):
+/// `x` quantized once and every product's tiles in one wake of the pool; each result the bits of
+/// [`matmul_t`] on its weight alone. None unless [`applies`] holds for every weight.
+pub(crate) fn matmul_t_shared(
+    weights: &[&QTensor],
+    x: &[f32],
+    m: usize,
+    dots: Dots,
+) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+    let mut columns = Vec::with_capacity(weights.len());
+    let mut k = None;
+    for weight in weights {
+        let (n, kw) = weight.shape().dims2()?;
+        if !applies(weight.dtype(), kw) || k.is_some_and(|k| k != kw) {
+            return Ok(None);
+        }
+        columns.push(n);
+        k = Some(kw);
+    }
+    let Some(k) = k else { return Ok(None) };
+    if m == 0 || x.len() != m * k {
         return Ok(None);
     }
-    let data = weight.data()?;
-    let w: &[u8] = &data;
+    let data = weights
+        .iter()
+        .map(|w| w.data())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let w: Vec<&[u8]> = data.iter().map(|d| -> &[u8] { d }).collect();
     let a = quantize_q8_1(x);
     let kb = k / QK;
     #[cfg(target_arch = "x86_64")]
     if dots == Dots::Avx512Vnni && m > 1 && cpu().avx512_vnni {
         // SAFETY: the CPU has AVX-512 F and VNNI (and `applies` checked AVX2, FMA and F16C).
-        return Ok(Some(unsafe { pairs::product(w, &a, (m, kb, n)) }));
+        return Ok(Some(unsafe { pairs::products(&w, &a, (m, kb), &columns) }));
     }
     let vnni = dots.vnni256();
-    Ok(Some(tiled_product((m, n), |columns, rows, put| {
+    Ok(Some(tiled_products(m, &columns, |s, cols, rows, put| {
         // SAFETY: `applies` checked AVX2, FMA and F16C (and `vnni` AVX-VNNI); the tile's columns
-        // and rows exist, kb blocks each.
-        unsafe { block(vnni, w, &a, kb, columns, rows, put) }
+        // and rows exist in weight s, kb blocks each.
+        unsafe { block(vnni, w[s], &a, kb, cols, rows, put) }
     })))
 }
 
@@ -332,7 +357,7 @@ unsafe fn block(
 /// and a batch's rows are what each row gets alone. The offsets (`m_w · s_x`) of sixteen rows are
 /// summed in one register, lane by lane as the scalar sum runs (a multiply, then an add).
 ///
-/// A tile is up to two columns by five pairs of rows ([`crate::q8::pair_product`]): ten
+/// A tile is up to two columns by five pairs of rows ([`crate::q8::pair_products`]): ten
 /// accumulators, with the weights' blocks unpacked once per tile and reused by every pair.
 #[cfg(target_arch = "x86_64")]
 mod pairs {
@@ -376,19 +401,22 @@ mod pairs {
         rows
     }
 
-    /// `x Wᵀ` [m, n] from the quantized activations.
+    /// `x Wᵀ` [m, n_s] for each weight `w[s]` of `columns[s]` columns, from the quantized
+    /// activations, the products' tiles in one wake of the pool.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F and VNNI, AVX2, FMA and F16C; `w` holds n columns of kb blocks.
-    pub(super) unsafe fn product(
-        w: &[u8],
+    /// The CPU must have AVX-512 F and VNNI, AVX2, FMA and F16C; `w[s]` holds `columns[s]` columns
+    /// of kb blocks.
+    pub(super) unsafe fn products(
+        w: &[&[u8]],
         a: &Q8_1Rows,
-        (m, kb, n): (usize, usize, usize),
-    ) -> Vec<f32> {
+        (m, kb): (usize, usize),
+        columns: &[usize],
+    ) -> Vec<Vec<f32>> {
         let rows = pair_rows(a, m, kb);
-        crate::q8::pair_product((m, n), |columns, pairs, col, pair, put| {
-            // SAFETY: as this function's; the tile's columns and pairs exist.
-            unsafe { crate::q8::run_pair_tile!(columns, pairs, (w, &rows, kb, col, pair, put)) }
+        crate::q8::pair_products(m, columns, |s, columns, pairs, col, pair, put| {
+            // SAFETY: as this function's; the tile's columns and pairs exist in weight s.
+            unsafe { crate::q8::run_pair_tile!(columns, pairs, (w[s], &rows, kb, col, pair, put)) }
         })
     }
 
@@ -530,6 +558,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn weights_sharing_an_input_get_the_bits_each_gets_alone() {
+        if !runs_here() {
+            panic!("this test needs an x86 CPU with AVX2, FMA and F16C (the kernel's only target)");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let k = 96;
+        // A layer's q, k and v in miniature: column counts that end mid-task (a work item owns 32
+        // columns) and mid-tile, so a task that straddled two weights would show.
+        let weights: Vec<QTensor> = [70, 33, 5]
+            .iter()
+            .map(|&n| {
+                let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+                QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()
+            })
+            .collect();
+        let shared: Vec<&QTensor> = weights.iter().collect();
+        for m in [1, 2, 7, 20] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+            for dots in Dots::on_this_cpu() {
+                let together = matmul_t_shared(&shared, &x, m, dots)
+                    .unwrap()
+                    .expect("the kernel runs here");
+                assert_eq!(together.len(), weights.len());
+                for (s, (w, y)) in weights.iter().zip(&together).enumerate() {
+                    let alone = matmul_t(w, &x, m, dots).unwrap().expect("the kernel runs here");
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(y), bits(&alone), "weight {s}, {m} rows, {dots:?}");
+                }
+            }
+        }
+        // Weights of different inner dimensions cannot share an input: the caller multiplies alone.
+        let other = QTensor::quantize(
+            &Tensor::zeros((8, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::Q4_1,
+        )
+        .unwrap();
+        let x = vec![0.5f32; k];
+        assert!(matmul_t_shared(&[&weights[0], &other], &x, 1, Dots::best())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -254,6 +254,46 @@ impl<T> SharedOut<T> {
     }
 }
 
+/// Where one product's work items are: several weights that multiply the same activations (a
+/// layer's q, k and v; its gate and up) are computed as one product whose columns are theirs one
+/// after the other, so the pool is woken once for all of them. `segments[s]` is weight `s`'s column
+/// count; each work item owns [`COLUMNS_PER_TASK`] columns (fewer at a weight's end) of one weight,
+/// never columns of two, so every (row, column) is computed by the same tile it gets alone.
+struct Segments {
+    /// Per weight, its first work item; then the total.
+    first_task: Vec<usize>,
+}
+
+impl Segments {
+    fn new(segments: &[usize]) -> Segments {
+        let mut first_task = Vec::with_capacity(segments.len() + 1);
+        let mut tasks = 0;
+        for &n in segments {
+            first_task.push(tasks);
+            tasks += n.div_ceil(COLUMNS_PER_TASK);
+        }
+        first_task.push(tasks);
+        Segments { first_task }
+    }
+
+    fn tasks(&self) -> usize {
+        self.first_task.last().copied().unwrap_or(0)
+    }
+
+    /// Work item `task`'s weight and its first column in that weight.
+    fn locate(&self, task: usize) -> (usize, usize) {
+        let s = self.first_task.partition_point(|&first| first <= task) - 1;
+        (s, (task - self.first_task[s]) * COLUMNS_PER_TASK)
+    }
+}
+
+/// One [m, n] result per weight, the buffers the pool's work items write.
+fn result_buffers(m: usize, segments: &[usize]) -> (Vec<Vec<f32>>, Vec<SharedOut<f32>>) {
+    let mut results: Vec<Vec<f32>> = segments.iter().map(|&n| vec![0f32; m * n]).collect();
+    let outs = results.iter_mut().map(|r| SharedOut(r.as_mut_ptr())).collect();
+    (results, outs)
+}
+
 /// The [m, n] result of a product computed tile by tile: `tile(col, columns, row, rows, put)`
 /// computes `columns × rows` values and hands each to `put(column, row, value)`. A tile is up to
 /// four columns of one row (one row reuses each activation block across four columns), or up to two
@@ -264,14 +304,26 @@ pub(crate) fn tiled_product(
     (m, n): (usize, usize),
     tile: impl Fn((usize, usize), (usize, usize), &mut dyn FnMut(usize, usize, f32)) + Sync,
 ) -> Vec<f32> {
-    // Each work item owns whole columns of the row-major result.
-    let mut result = vec![0f32; m * n];
-    let out = SharedOut(result.as_mut_ptr());
-    let tasks = n.div_ceil(COLUMNS_PER_TASK);
+    let mut results = tiled_products(m, &[n], |_, columns, rows, put| tile(columns, rows, put));
+    results.pop().unwrap_or_default()
+}
+
+/// [`tiled_product`] for several weights of the same input at once, one [m, `segments[s]`] result
+/// per weight: `tile(s, (col, columns), (row, rows), put)` computes a tile of weight `s`. Each (row,
+/// column) gets the tile it gets in a product of its weight alone, so the same bits.
+pub(crate) fn tiled_products(
+    m: usize,
+    segments: &[usize],
+    tile: impl Fn(usize, (usize, usize), (usize, usize), &mut dyn FnMut(usize, usize, f32)) + Sync,
+) -> Vec<Vec<f32>> {
+    // Each work item owns whole columns of one row-major result.
+    let (results, outs) = result_buffers(m, segments);
+    let layout = Segments::new(segments);
     let width = if m == 1 { 4 } else { 2 };
-    candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
+    candle_core::utils::barrier_pool().execute_chunked(layout.tasks(), |range| {
         for task in range {
-            let first = task * COLUMNS_PER_TASK;
+            let (s, first) = layout.locate(task);
+            let (n, out) = (segments[s], &outs[s]);
             let columns = (n - first).min(COLUMNS_PER_TASK);
             let mut c = 0;
             while c < columns {
@@ -279,9 +331,9 @@ pub(crate) fn tiled_product(
                 let mut r = 0;
                 while r < m {
                     let rows = (m - r).min(4);
-                    tile((first + c, take), (r, rows), &mut |dc, dr, v| {
-                        // SAFETY: column first + c + dc < n belongs to this work item alone, and
-                        // row r + dr < m.
+                    tile(s, (first + c, take), (r, rows), &mut |dc, dr, v| {
+                        // SAFETY: column first + c + dc < n of weight s belongs to this work item
+                        // alone, and row r + dr < m.
                         unsafe { *out.at((r + dr) * n + first + c + dc) = v }
                     });
                     r += rows;
@@ -290,7 +342,7 @@ pub(crate) fn tiled_product(
             }
         }
     });
-    result
+    results
 }
 
 /// Pairs of rows per tile of the AVX-512 kernels.
@@ -305,12 +357,26 @@ pub(crate) fn pair_product(
     (m, n): (usize, usize),
     tile: impl Fn(usize, usize, usize, usize, &mut dyn FnMut(usize, usize, f32)) + Sync,
 ) -> Vec<f32> {
-    let mut result = vec![0f32; m * n];
-    let out = SharedOut(result.as_mut_ptr());
+    let mut results = pair_products(m, &[n], |_, columns, pairs, col, pair, put| {
+        tile(columns, pairs, col, pair, put)
+    });
+    results.pop().unwrap_or_default()
+}
+
+/// [`pair_product`] for several weights of the same input at once (see [`tiled_products`]):
+/// `tile(s, columns, pairs, col, pair, put)` computes a tile of weight `s`.
+pub(crate) fn pair_products(
+    m: usize,
+    segments: &[usize],
+    tile: impl Fn(usize, usize, usize, usize, usize, &mut dyn FnMut(usize, usize, f32)) + Sync,
+) -> Vec<Vec<f32>> {
+    let (results, outs) = result_buffers(m, segments);
+    let layout = Segments::new(segments);
     let pairs = m.div_ceil(2);
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(COLUMNS_PER_TASK), |range| {
+    candle_core::utils::barrier_pool().execute_chunked(layout.tasks(), |range| {
         for task in range {
-            let first = task * COLUMNS_PER_TASK;
+            let (s, first) = layout.locate(task);
+            let (n, out) = (segments[s], &outs[s]);
             let last = (first + COLUMNS_PER_TASK).min(n);
             let mut col = first;
             while col < last {
@@ -318,10 +384,11 @@ pub(crate) fn pair_product(
                 let mut pair = 0;
                 while pair < pairs {
                     let take = (pairs - pair).min(PAIRS_PER_TILE);
-                    tile(columns, take, col, pair, &mut |c, r, v| {
+                    tile(s, columns, take, col, pair, &mut |c, r, v| {
                         let row = pair * 2 + r;
                         if row < m {
-                            // SAFETY: column col + c belongs to this work item alone; row < m.
+                            // SAFETY: column col + c of weight s belongs to this work item alone;
+                            // row < m.
                             unsafe { *out.at(row * n + col + c) = v }
                         }
                     });
@@ -331,7 +398,7 @@ pub(crate) fn pair_product(
             }
         }
     });
-    result
+    results
 }
 
 /// Runs the calling module's `tile::<C, P>` for `$columns` (1 or 2) by `$pairs` (1 to

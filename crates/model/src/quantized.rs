@@ -39,4 +39,21 @@ impl QuantizedWeight {
         }
         crate::q8::matmul_t(&self.tensor, &self.scales, x, m, dots)
     }
+
+    /// `x Wᵀ` for each of several weights of the same `x` [m, k] (a layer's q, k and v; its gate
+    /// and up): `x` quantized once and the products computed in one wake of the thread pool, each the
+    /// bits of [`Self::matmul_t`] on its weight alone. None unless rtlab's Q4_1 kernel takes every
+    /// one (the format SmolLM2's file and most 4-bit files use for a layer's products); the caller
+    /// then runs them one by one.
+    pub fn matmul_t_shared(
+        weights: &[&QuantizedWeight],
+        x: &[f32],
+        m: usize,
+    ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+        if weights.iter().any(|w| w.tensor.dtype() != GgmlDType::Q4_1) {
+            return Ok(None);
+        }
+        let tensors: Vec<&QTensor> = weights.iter().map(|w| w.tensor.as_ref()).collect();
+        crate::q4_1::matmul_t_shared(&tensors, x, m, crate::q8::Dots::best())
+    }
 }
