@@ -62,9 +62,9 @@ impl Linear {
                 for (l, y) in linears.iter().zip(ys) {
                     out.push(l.finish(y, x2.clone(), dims.clone(), pass)?);
                 }
-                return out
-                    .try_into()
-                    .map_err(|_| candle_core::Error::Msg("forward_shared: a product is missing".into()));
+                return out.try_into().map_err(|_| {
+                    candle_core::Error::Msg("forward_shared: a product is missing".into())
+                });
             }
         }
         let mut out = Vec::with_capacity(N);

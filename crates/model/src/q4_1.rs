@@ -586,7 +586,9 @@ mod tests {
                     .expect("the kernel runs here");
                 assert_eq!(together.len(), weights.len());
                 for (s, (w, y)) in weights.iter().zip(&together).enumerate() {
-                    let alone = matmul_t(w, &x, m, dots).unwrap().expect("the kernel runs here");
+                    let alone = matmul_t(w, &x, m, dots)
+                        .unwrap()
+                        .expect("the kernel runs here");
                     let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(y), bits(&alone), "weight {s}, {m} rows, {dots:?}");
                 }

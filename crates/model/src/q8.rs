@@ -290,7 +290,10 @@ impl Segments {
 /// One [m, n] result per weight, the buffers the pool's work items write.
 fn result_buffers(m: usize, segments: &[usize]) -> (Vec<Vec<f32>>, Vec<SharedOut<f32>>) {
     let mut results: Vec<Vec<f32>> = segments.iter().map(|&n| vec![0f32; m * n]).collect();
-    let outs = results.iter_mut().map(|r| SharedOut(r.as_mut_ptr())).collect();
+    let outs = results
+        .iter_mut()
+        .map(|r| SharedOut(r.as_mut_ptr()))
+        .collect();
     (results, outs)
 }
 
