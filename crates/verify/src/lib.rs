@@ -15,6 +15,7 @@ pub fn code_identity() -> String {
 mod api;
 pub mod batch;
 mod difftb;
+mod equiv_proof;
 mod error;
 pub mod mutate;
 pub mod process;

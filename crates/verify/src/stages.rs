@@ -6,6 +6,7 @@ use super::{
     difftb, sandbox, tool_versions, verilator_ports, yosys, Equivalence, FailureClass, Report,
     SimStatus, Simulator, Stage, Tool, VerifyOptions, IVERILOG, VERILATOR, VVP, YOSYS,
 };
+use crate::equiv_proof;
 use crate::verilator_build;
 use crate::VerifyError;
 use std::path::Path;
@@ -828,10 +829,10 @@ fn design_as_top_module(code: &str, top: Option<&str>) -> Result<String, VerifyE
     })
 }
 
-/// Proves the design equivalent to the reference with Yosys: a miter of the two (outputs compared,
-/// `x` in the reference a don't-care), then `sat -tempinduct` from an all-zero initial state. A failed
-/// base case is a real counterexample ("different"); an induction that does not close within 20 steps
-/// proves nothing ("unknown").
+/// Proves the design equivalent to the reference with Yosys: the quick proof first (`equiv_proof`),
+/// else a miter of the two (outputs compared, `x` in the reference a don't-care), then `sat
+/// -tempinduct` from an all-zero initial state. A failed base case is a real counterexample
+/// ("different"); an induction that does not close within 20 steps proves nothing ("unknown").
 fn equivalence(
     r: &mut Report,
     code: &str,
@@ -845,15 +846,14 @@ fn equivalence(
         r.warnings.push(format!("equiv: {e}"));
         return;
     }
-    let script = "read_verilog -sv eq_ref.sv eq_dut.sv; proc; opt_clean; \
-                  miter -equiv -flatten -make_outputs -ignore_gold_x RefModule TopModule miter; hierarchy -top miter; flatten; opt; \
-                  sat -verify -prove trigger 0 -set-init-zero -tempinduct -maxsteps 20 miter";
-    let o = run_tool(
-        "yosys",
-        &["-p", script],
-        dir,
-        limits(opts.timeouts.synth_full),
-    );
+    let limit = limits(opts.timeouts.synth_full);
+    if let Some(took) = equiv_proof::prove(dir, limit) {
+        r.stage_ms.insert(Stage::Equiv, took);
+        r.equiv = Some(Equivalence::Equivalent);
+        return;
+    }
+    let script = equiv_proof::sat_on_miter("-tempinduct -maxsteps 20");
+    let o = run_tool("yosys", &["-p", &script], dir, limit);
     r.stage_ms.insert(Stage::Equiv, ms(&o));
     let verdict = if o.ok() {
         Equivalence::Equivalent
