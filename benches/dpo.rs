@@ -71,17 +71,7 @@ print(`steps=${{run.steps}}`);"#,
     );
     let path = dir.join("dpo.rhai");
     std::fs::write(&path, script).unwrap();
-    let out = rtlab()
-        .args(["run", "--no-cache", path.to_str().unwrap()])
-        .env("RTLAB_HOME", dir.join(".rtlab"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = output::run_script(&path, &dir.join(".rtlab"));
     assert_eq!(value(&stdout, "steps") as usize, STEPS, "{stdout}");
     DpoRun {
         tokens_per_s: value(&stdout, "steady_tokens_per_s"),

@@ -166,17 +166,7 @@ fn rtlab_run(s: &Shape) -> Run {
     make_model(s, dir.path());
     let path = dir.path().join("bench.rhai");
     std::fs::write(&path, script(s, dir.path())).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rtlab"))
-        .args(["run", "--no-cache", path.to_str().unwrap()])
-        .env("RTLAB_HOME", dir.path().join(".rtlab"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = output::run_script(&path, &dir.path().join(".rtlab"));
     assert_eq!(
         value(&stdout, "steps") as usize,
         STEPS_TIMED + 1,

@@ -54,22 +54,24 @@ impl Linear {
         x: &Tensor,
         pass: &mut Pass,
     ) -> candle_core::Result<[Tensor; N]> {
-        if !pass.training && !pass.track_gradients {
-            let (x2, dims) = as_rows(x)?;
-            let weights = linears.map(|l| &l.weight);
-            if let Some(ys) = layers::decoding_matmuls_t(&weights, &x2)? {
-                let mut out = Vec::with_capacity(N);
+        let mut out = Vec::with_capacity(N);
+        let (x2, dims) = as_rows(x)?;
+        let decoding = !pass.training && !pass.track_gradients;
+        let grouped = match decoding {
+            true => layers::decoding_matmuls_t(&linears.map(|l| &l.weight), &x2)?,
+            false => None,
+        };
+        match grouped {
+            Some(ys) => {
                 for (l, y) in linears.iter().zip(ys) {
                     out.push(l.finish(y, x2.clone(), dims.clone(), pass)?);
                 }
-                return out.try_into().map_err(|_| {
-                    candle_core::Error::Msg("forward_shared: a product is missing".into())
-                });
             }
-        }
-        let mut out = Vec::with_capacity(N);
-        for l in linears {
-            out.push(l.forward(x, pass)?);
+            None => {
+                for l in linears {
+                    out.push(l.forward(x, pass)?);
+                }
+            }
         }
         out.try_into()
             .map_err(|_| candle_core::Error::Msg("forward_shared: a product is missing".into()))
