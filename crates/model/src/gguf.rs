@@ -235,9 +235,12 @@ impl GgufFile {
                     .dequantize(dev)
                     .map_err(|e| bad(path, format!("tensor {name} ({:?}): {e}", q.dtype())))?;
                 dense.insert(hf, t);
-                quantized.insert("lm_head.weight".to_string(), Arc::new(q));
+                quantized.insert(
+                    "lm_head.weight".to_string(),
+                    decoding_weight(q, path, name)?,
+                );
             } else {
-                quantized.insert(hf, Arc::new(q));
+                quantized.insert(hf, decoding_weight(q, path, name)?);
             }
         }
         if dev.is_cpu() {
@@ -245,6 +248,18 @@ impl GgufFile {
         }
         Ok((dense, quantized))
     }
+}
+
+/// `q` kept for decoding (repacked where rtlab's kernel takes it), its errors naming the file and
+/// tensor.
+fn decoding_weight(
+    q: QTensor,
+    path: &Path,
+    name: &str,
+) -> Result<Arc<crate::quantized::QuantizedWeight>, ModelError> {
+    crate::quantized::QuantizedWeight::new(q)
+        .map(Arc::new)
+        .map_err(|e| bad(path, format!("tensor {name}: {e}")))
 }
 
 /// candle's CPU kernels are vectorized for Q4_0, Q8_0 and the k-quants; Q4_1, Q5_0 and Q5_1 run a

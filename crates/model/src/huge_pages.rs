@@ -30,13 +30,13 @@ pub(crate) fn advise(buffers: &[&[u8]]) -> usize {
 /// [`advise`] over a model's quantized weights (their CPU buffers), unless `RTLAB_HUGE_PAGES=off`
 /// asks for the allocator's pages as they come (to measure the difference).
 pub(crate) fn advise_weights<'w>(
-    weights: impl IntoIterator<Item = &'w candle_core::quantized::QTensor>,
+    weights: impl IntoIterator<Item = &'w crate::quantized::QuantizedWeight>,
 ) -> usize {
     if std::env::var("RTLAB_HUGE_PAGES").as_deref() == Ok("off") {
         return 0;
     }
     let data: Vec<std::borrow::Cow<'_, [u8]>> =
-        weights.into_iter().filter_map(|q| q.data().ok()).collect();
+        weights.into_iter().filter_map(|q| q.buffer()).collect();
     // A CPU tensor lends its buffer; a copy (another device's) is not the weights' memory.
     let buffers: Vec<&[u8]> = data
         .iter()

@@ -20,7 +20,7 @@ impl BaseWeight {
     pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
         match self {
             BaseWeight::Dense(t) => t.dims2(),
-            BaseWeight::Quantized(q) => q.tensor.shape().dims2(),
+            BaseWeight::Quantized(q) => q.dims2(),
         }
     }
 
@@ -28,7 +28,7 @@ impl BaseWeight {
     pub fn dense(&self) -> candle_core::Result<Tensor> {
         match self {
             BaseWeight::Dense(t) => Ok(t.clone()),
-            BaseWeight::Quantized(q) => q.tensor.dequantize(&Device::Cpu),
+            BaseWeight::Quantized(q) => q.dequantize(&Device::Cpu),
         }
     }
 
@@ -215,16 +215,16 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
                 let k = dims.last().copied().unwrap_or(0).max(1);
                 if let Some(y) = self.weight.matmul_t(&v[start..end], (end - start) / k)? {
                     if let Some(last) = dims.last_mut() {
-                        *last = self.weight.tensor.shape().dims2()?.0;
+                        *last = self.weight.dims2()?.0;
                     }
                     return Ok(crate::custom_op::to_storage(y, dims));
                 }
             }
-            return candle_core::CustomOp1::cpu_fwd(self.weight.tensor.as_ref(), s, l);
+            return candle_core::CustomOp1::cpu_fwd(self.weight.qtensor()?.as_ref(), s, l);
         }
         // QLoRA's forward: W dequantized for this product only, then the dense frozen product (on
         // candle's pool, as the f32 base's).
-        let weight = self.weight.tensor.dequantize(&Device::Cpu)?;
+        let weight = self.weight.dequantize(&Device::Cpu)?;
         candle_core::CustomOp1::cpu_fwd(&FrozenMatmul { weight }, s, l)
     }
 
@@ -234,7 +234,7 @@ impl candle_core::CustomOp1 for FrozenQuantMatmul {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let weight = self.weight.tensor.dequantize(grad.device())?;
+        let weight = self.weight.dequantize(grad.device())?;
         FrozenMatmul { weight }.bwd(arg, res, grad)
     }
 }

@@ -21,7 +21,6 @@ pub use super::pass::{dropout_mask, Pass};
 use super::pool_gemm;
 use super::ModelError;
 pub use crate::layers::{log_softmax_last, softmax_last, target_log_prob, BaseWeight};
-use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -321,7 +320,7 @@ pub struct CausalLm {
 pub type Weights = HashMap<String, Tensor>;
 
 /// Base weights kept quantized (from a GGUF file), by HF name: the projections and the output head.
-pub type QuantizedWeights = HashMap<String, Arc<QTensor>>;
+pub type QuantizedWeights = HashMap<String, Arc<super::quantized::QuantizedWeight>>;
 
 pub fn load_weights(dir: &Path, dtype: DType, dev: &Device) -> Result<Weights, ModelError> {
     let mut all = HashMap::new();
@@ -448,7 +447,7 @@ impl WeightSource<'_> {
     ) -> Result<Linear, ModelError> {
         let name = format!("{prefix}.{path}.weight");
         let weight = match self.quantized.remove(&name) {
-            Some(q) => BaseWeight::Quantized(Arc::new(super::quantized::QuantizedWeight::new(q))),
+            Some(q) => BaseWeight::Quantized(q),
             None => BaseWeight::Dense(self.take(&name)?),
         };
         let bias = if bias {
@@ -549,7 +548,7 @@ impl CausalLm {
             .collect::<Result<Vec<_>, _>>()?;
         let embed = source.take("model.embed_tokens.weight")?;
         let lm_head = match source.quantized.remove("lm_head.weight") {
-            Some(q) => BaseWeight::Quantized(Arc::new(super::quantized::QuantizedWeight::new(q))),
+            Some(q) => BaseWeight::Quantized(q),
             None if cfg.tie_word_embeddings => BaseWeight::Dense(embed.clone()),
             None => BaseWeight::Dense(
                 source

@@ -18,7 +18,7 @@
 //! as a batch get the bits each gets alone. A scalar form of the same arithmetic (the tests') gives
 //! the same bits as the vector kernels, with AVX2's instructions and with AVX-VNNI's.
 
-use crate::q8::{cpu, tiled_products, Dots};
+use crate::q8::{cpu, Dots};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 /// Values per block.
@@ -165,10 +165,100 @@ pub(crate) fn runs_here() -> bool {
     cpu.avx2_fma && cpu.f16c
 }
 
-/// `x Wᵀ` [m, n] for Q4_1 `weight` [n, k] and `x` [m, k] (row-major); None where [`applies`] does not.
-/// Several rows on a CPU with AVX-512 VNNI take [`pairs::products`]; `dots` picks the instructions.
+/// Columns per group of the packed layout: one 512-bit register holds a 32-bit lane per column.
+pub(crate) const GROUP: usize = 16;
+/// Bytes of one block of one group: 16 f16 scales `d`, 16 f16 offsets `m`, then four 64-byte
+/// chunks of nibbles. Chunk `j` holds, in column `c`'s 32-bit lane, that column's nibble bytes
+/// `4j..4j + 4`: values `4j..4j + 4` in the low nibbles, `16 + 4j..16 + 4j + 4` in the high ones.
+/// The same bytes as sixteen GGML blocks, in another order.
+const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK_BYTES;
+
+/// A Q4_1 weight [n, k] repacked for the kernels: its columns in groups of [`GROUP`] (the last
+/// padded with zero blocks), each group's blocks one after another, each block laid out as
+/// [`GROUP_BLOCK_BYTES`] says. The same bytes as the file's (plus the padding), so the same memory;
+/// [`PackedQ4_1::to_qtensor`] gives the GGML tensor back for what needs it (dequantizing for
+/// QLoRA's products, candle's kernels).
+pub(crate) struct PackedQ4_1 {
+    bytes: Vec<u8>,
+    n: usize,
+    k: usize,
+}
+
+impl PackedQ4_1 {
+    /// `q` repacked, or None where the kernel does not run it (another format, rows not whole
+    /// blocks, a CPU without AVX2, FMA and F16C).
+    pub(crate) fn pack(q: &QTensor) -> candle_core::Result<Option<PackedQ4_1>> {
+        let (n, k) = q.shape().dims2()?;
+        if !applies(q.dtype(), k) {
+            return Ok(None);
+        }
+        let data = q.data()?;
+        let kb = k / QK;
+        if data.len() != n * kb * BLOCK_BYTES {
+            candle_core::bail!("a Q4_1 tensor [{n}, {k}] of {} bytes", data.len());
+        }
+        let mut bytes = vec![0u8; n.div_ceil(GROUP) * kb * GROUP_BLOCK_BYTES];
+        for col in 0..n {
+            for b in 0..kb {
+                let from = &data[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+                let at = group_block(col / GROUP, b, kb);
+                for (to, from) in byte_places(col % GROUP).zip(from) {
+                    bytes[at + to] = *from;
+                }
+            }
+        }
+        Ok(Some(PackedQ4_1 { bytes, n, k }))
+    }
+
+    /// [n, k].
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// The packed bytes (where the weights' memory is: the huge pages' advice).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The GGML tensor these bytes were packed from, bit for bit.
+    pub(crate) fn to_qtensor(&self) -> candle_core::Result<QTensor> {
+        let kb = self.k / QK;
+        let mut data = vec![0u8; self.n * kb * BLOCK_BYTES];
+        for col in 0..self.n {
+            for b in 0..kb {
+                let to = &mut data[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+                let at = group_block(col / GROUP, b, kb);
+                for (from, to) in byte_places(col % GROUP).zip(to) {
+                    *to = self.bytes[at + from];
+                }
+            }
+        }
+        candle_core::quantized::ggml_file::qtensor_from_ggml(
+            GgmlDType::Q4_1,
+            &data,
+            vec![self.n, self.k],
+            &candle_core::Device::Cpu,
+        )
+    }
+}
+
+/// Where block `b` of group `g` starts in the packed bytes.
+fn group_block(g: usize, b: usize, kb: usize) -> usize {
+    (g * kb + b) * GROUP_BLOCK_BYTES
+}
+
+/// Where each of a GGML block's 20 bytes goes in its group's block, for the group's column `c`:
+/// `d`, `m`, then the nibble bytes four at a time into the chunks' lanes.
+fn byte_places(c: usize) -> impl Iterator<Item = usize> {
+    let scales = [2 * c, 2 * c + 1, 32 + 2 * c, 33 + 2 * c];
+    let nibbles = (0..16).map(move |i| 64 + 64 * (i / 4) + 4 * c + i % 4);
+    scales.into_iter().chain(nibbles)
+}
+
+/// `x Wᵀ` [m, n] for a packed Q4_1 `weight` [n, k] and `x` [m, k] (row-major); None where `x` does
+/// not fit it. `dots` picks the instructions (the same bits).
 pub(crate) fn matmul_t(
-    weight: &QTensor,
+    weight: &PackedQ4_1,
     x: &[f32],
     m: usize,
     dots: Dots,
@@ -176,314 +266,197 @@ pub(crate) fn matmul_t(
     Ok(matmul_t_shared(&[weight], x, m, dots)?.and_then(|mut ys| ys.pop()))
 }
 
-/// `x Wᵀ` for each of several Q4_1 weights [n_s, k] of the same `x` [m, k] (a layer's q, k and v):
-/// `x` quantized once and every product's tiles in one wake of the pool; each result the bits of
-/// [`matmul_t`] on its weight alone. None unless [`applies`] holds for every weight.
+/// `x Wᵀ` for each of several packed Q4_1 weights [n_s, k] of the same `x` [m, k] (a layer's q, k
+/// and v): `x` quantized once and every product's tiles in one wake of the pool; each result the
+/// bits of [`matmul_t`] on its weight alone. None unless every weight's k is `x`'s.
 pub(crate) fn matmul_t_shared(
-    weights: &[&QTensor],
+    weights: &[&PackedQ4_1],
     x: &[f32],
     m: usize,
     dots: Dots,
 ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
-    let mut columns = Vec::with_capacity(weights.len());
-    let mut k = None;
-    for weight in weights {
-        let (n, kw) = weight.shape().dims2()?;
-        if !applies(weight.dtype(), kw) || k.is_some_and(|k| k != kw) {
-            return Ok(None);
-        }
-        columns.push(n);
-        k = Some(kw);
-    }
-    let Some(k) = k else { return Ok(None) };
-    if m == 0 || x.len() != m * k {
+    let Some(k) = weights.first().map(|w| w.k) else {
+        return Ok(None);
+    };
+    if weights.iter().any(|w| w.k != k) || m == 0 || x.len() != m * k {
         return Ok(None);
     }
-    let data = weights
-        .iter()
-        .map(|w| w.data())
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let w: Vec<&[u8]> = data.iter().map(|d| -> &[u8] { d }).collect();
     let a = quantize_q8_1(x);
     let kb = k / QK;
-    #[cfg(target_arch = "x86_64")]
-    if dots == Dots::Avx512Vnni && m > 1 && cpu().avx512_vnni {
-        // SAFETY: the CPU has AVX-512 F and VNNI (and `applies` checked AVX2, FMA and F16C).
-        return Ok(Some(unsafe { pairs::products(&w, &a, (m, kb), &columns) }));
-    }
-    let vnni = dots.vnni256();
-    Ok(Some(tiled_products(m, &columns, |s, cols, rows, put| {
-        // SAFETY: `applies` checked AVX2, FMA and F16C (and `vnni` AVX-VNNI); the tile's columns
-        // and rows exist in weight s, kb blocks each.
-        unsafe { block(vnni, w[s], &a, kb, cols, rows, put) }
-    })))
+    let columns: Vec<usize> = weights.iter().map(|w| w.n).collect();
+    let wide = dots == Dots::Avx512Vnni && cpu().avx512_vnni;
+    Ok(Some(crate::q8::group_products(
+        m,
+        &columns,
+        GROUP,
+        |s, group, (row, rows), out| {
+            let w = &weights[s].bytes[group_block(group, 0, kb)..][..kb * GROUP_BLOCK_BYTES];
+            // SAFETY: `applies` held when the weight was packed (AVX2, FMA, F16C), `wide` checked
+            // AVX-512 F, BW and VNNI; the group's kb blocks and the rows exist.
+            unsafe { group_tile(wide, w, &a, kb, (row, rows), out) }
+        },
+    )))
 }
 
-/// Dot products of `C` weight columns from `col` with `R` activation rows from `row`:
-/// `[column][row]`, llama.cpp's arithmetic (see the module's doc).
+/// Rows per tile of the AVX-512 kernel (one accumulator each) and of the 256-bit one (which takes a
+/// group's two halves one after the other).
+const TILE_ROWS_WIDE: usize = 8;
+const TILE_ROWS: usize = 4;
+
+/// Computes rows `row..row + rows` of one group's 16 columns into `out` (`rows × 16`, row-major).
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA, F16C and what `D` uses; the columns and rows must exist.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-// Index loops over constant bounds: each `acc[c][r]` is its own register once unrolled.
-#[allow(clippy::needless_range_loop)]
-unsafe fn tile<D: crate::q8::LaneDot, const C: usize, const R: usize>(
+/// The CPU must have AVX2, FMA and F16C (and AVX-512 F, BW and VNNI when `wide`); `w` holds the
+/// group's `kb` blocks and the rows exist in `a`.
+unsafe fn group_tile(
+    wide: bool,
     w: &[u8],
     a: &Q8_1Rows,
     kb: usize,
-    col: usize,
+    (row, rows): (usize, usize),
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        macro_rules! run {
+            ($tile:ident, $most:expr, $half:expr, [$($r:literal)+]) => {{
+                let mut done = 0;
+                while done < rows {
+                    let here = (rows - done).min($most);
+                    let out = &mut out[done * GROUP..(done + here) * GROUP];
+                    match here {
+                        $($r => $tile::<$r>(w, a, kb, row + done, $half, out),)+
+                        _ => unreachable!("a tile has 1 to {} rows", $most),
+                    }
+                    done += here;
+                }
+            }};
+        }
+        if wide {
+            run!(tile_wide, TILE_ROWS_WIDE, 0, [1 2 3 4 5 6 7 8]);
+        } else {
+            for half in 0..2 {
+                run!(tile_256, TILE_ROWS, half, [1 2 3 4]);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (wide, w, a, kb, row, rows, out);
+        unreachable!("the Q4_1 kernel applies on x86_64 only")
+    }
+}
+
+/// One group's 16 columns by `R` rows on AVX-512: per block, the nibbles unpacked into eight
+/// registers once (the 64-byte chunks' low and high nibbles), then per row eight `vpdpbusd` of them
+/// against the row's activations four at a time (broadcast), which leave in column `c`'s lane the
+/// block's exact integer dot product; then `acc = fma(d_w · d_x, dot, acc)` and
+/// `acc = fma(m_w, s_x, acc)`, lane by lane.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI and F16C; `w` holds `kb` group blocks, `a` the rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+// Index loops over constant bounds: each `acc[r]` is its own register once unrolled.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile_wide<const R: usize>(
+    w: &[u8],
+    a: &Q8_1Rows,
+    kb: usize,
     row: usize,
-) -> [[f32; R]; C] {
+    _half: usize,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); R]; C];
-        let mut offsets = [[0f32; R]; C];
-        let low_nibbles = _mm256_set1_epi8(0x0F);
+        let low_nibbles = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..kb {
-            let mut aq = [_mm256_setzero_si256(); R];
-            let (mut a_d, mut a_s) = ([0f32; R], [0f32; R]);
+            let blk = w.as_ptr().add(b * GROUP_BLOCK_BYTES);
+            let w_d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+            let w_m = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
+            let mut low = [_mm512_setzero_si512(); 4];
+            let mut high = [_mm512_setzero_si512(); 4];
+            for j in 0..4 {
+                let chunk = _mm512_loadu_si512(blk.add(64 + 64 * j) as *const _);
+                low[j] = _mm512_and_si512(chunk, low_nibbles);
+                high[j] = _mm512_and_si512(_mm512_srli_epi16(chunk, 4), low_nibbles);
+            }
             for r in 0..R {
                 let ai = (row + r) * kb + b;
-                aq[r] = _mm256_loadu_si256(a.quants.as_ptr().add(ai * QK) as *const __m256i);
-                a_d[r] = *a.d.get_unchecked(ai);
-                a_s[r] = *a.s.get_unchecked(ai);
-            }
-            for c in 0..C {
-                let block = (col + c) * kb + b;
-                if row == 0 {
-                    crate::q8::prefetch_ahead(
-                        w,
-                        block + C * kb * crate::q8::TILES_AHEAD,
-                        BLOCK_BYTES,
-                    );
+                let q = a.quants.as_ptr().add(ai * QK) as *const i32;
+                // Two chains of four, so one row's products do not wait on each other.
+                let (mut first, mut second) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for j in 0..4 {
+                    let lo = _mm512_set1_epi32(q.add(j).read_unaligned());
+                    let hi = _mm512_set1_epi32(q.add(4 + j).read_unaligned());
+                    first = _mm512_dpbusd_epi32(first, low[j], lo);
+                    second = _mm512_dpbusd_epi32(second, high[j], hi);
                 }
-                let blk = w.as_ptr().add(block * BLOCK_BYTES);
-                // d and m, two f16s, converted together.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                let w_d = _mm_cvtss_f32(dm);
-                let w_m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                // llama.cpp's `bytes_from_nibbles_32`: low nibbles are values 0..16, high 16..32.
-                let packed = _mm_loadu_si128(blk.add(4) as *const __m128i);
-                let wq = _mm256_and_si256(
-                    _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
-                    low_nibbles,
-                );
-                for r in 0..R {
-                    let q = _mm256_cvtepi32_ps(D::lanes(wq, aq[r]));
-                    let d = _mm256_set1_ps(w_d * a_d[r]);
-                    acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);
-                    offsets[c][r] += w_m * a_s[r];
-                }
+                let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(first, second));
+                let scale = _mm512_mul_ps(w_d, _mm512_set1_ps(*a.d.get_unchecked(ai)));
+                acc[r] = _mm512_fmadd_ps(scale, dot, acc[r]);
+                acc[r] = _mm512_fmadd_ps(w_m, _mm512_set1_ps(*a.s.get_unchecked(ai)), acc[r]);
             }
         }
-        let mut out = [[0f32; R]; C];
-        for c in 0..C {
-            for r in 0..R {
-                out[c][r] = crate::q8::hsum(acc[c][r]) + offsets[c][r];
-            }
+        for r in 0..R {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * GROUP), acc[r]);
         }
-        out
     }
 }
 
-/// [`tile`] compiled for AVX2, FMA and F16C.
+/// [`tile_wide`]'s arithmetic on 256-bit registers, for half a group (8 columns): the nibbles times
+/// the activations by `vpmaddubsw` (pairs into 16 bits: at most 2 · 15 · 127, and eight of them
+/// summed at most 30,480, so never saturated), summed into 32 bits by `vpmaddwd`: the same exact
+/// integer dot product, then the same two FMAs per lane, so the same bits.
 ///
 /// # Safety
-/// As [`tile`], on a CPU with AVX2, FMA and F16C.
+/// The CPU must have AVX2, FMA and F16C; `w` holds `kb` group blocks, `a` the rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const C: usize, const R: usize>(
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile_256<const R: usize>(
     w: &[u8],
     a: &Q8_1Rows,
     kb: usize,
-    col: usize,
     row: usize,
-) -> [[f32; R]; C] {
-    unsafe { tile::<crate::q8::Avx2Dot, C, R>(w, a, kb, col, row) }
-}
-
-/// [`tile`] compiled for AVX2, FMA, F16C and AVX-VNNI.
-///
-/// # Safety
-/// As [`tile`], on a CPU with AVX2, FMA, F16C and AVX-VNNI.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn tile_vnni<const C: usize, const R: usize>(
-    w: &[u8],
-    a: &Q8_1Rows,
-    kb: usize,
-    col: usize,
-    row: usize,
-) -> [[f32; R]; C] {
-    unsafe { tile::<crate::q8::VnniDot, C, R>(w, a, kb, col, row) }
-}
-
-/// Computes the `columns × rows` block at (`col`, `row`) with the tile of that size and hands each
-/// value to `put(column, row, value)`: 1 to 4 columns of one row, or 1 or 2 columns of 1 to 4 rows.
-///
-/// # Safety
-/// As [`tile`]; `vnni` only on a CPU with AVX-VNNI.
-#[cfg(target_arch = "x86_64")]
-unsafe fn block(
-    vnni: bool,
-    w: &[u8],
-    a: &Q8_1Rows,
-    kb: usize,
-    (col, columns): (usize, usize),
-    (row, rows): (usize, usize),
-    put: &mut dyn FnMut(usize, usize, f32),
+    half: usize,
+    out: &mut [f32],
 ) {
-    crate::q8::run_tile!(columns, rows, vnni, (w, a, kb, col, row), put)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn block(
-    _: bool,
-    _: &[u8],
-    _: &Q8_1Rows,
-    _: usize,
-    _: (usize, usize),
-    _: (usize, usize),
-    _: &mut dyn FnMut(usize, usize, f32),
-) {
-    unreachable!("the Q4_1 kernel applies on x86_64 only")
-}
-
-/// The product of several activation rows on AVX-512: two rows share each 512-bit register (the
-/// low half row `2p`, the high half row `2p + 1`), so one `vpdpbusd`, one conversion, one scale and
-/// one FMA do what the 256-bit kernel does with two of each. Every lane still computes llama.cpp's
-/// arithmetic for its own (row, column), in the same order, so the bits are the 256-bit kernel's
-/// and a batch's rows are what each row gets alone. The offsets (`m_w · s_x`) of sixteen rows are
-/// summed in one register, lane by lane as the scalar sum runs (a multiply, then an add).
-///
-/// A tile is up to two columns by five pairs of rows ([`crate::q8::pair_products`]): ten
-/// accumulators, with the weights' blocks unpacked once per tile and reused by every pair.
-#[cfg(target_arch = "x86_64")]
-mod pairs {
-    use super::{Q8_1Rows, BLOCK_BYTES, QK};
-    use crate::q8::{pair_block, pair_sums};
     use std::arch::x86_64::*;
-
-    /// Rows whose offsets one register holds.
-    const LANES: usize = 16;
-
-    /// The activations laid out for the tile: per pair and block, 64 quants (both rows) and 16
-    /// scales (eight of each row's); per block, every row's `s` (padded so a tile's 16 always load).
-    struct PairRows {
-        quants: Vec<i8>,
-        scales: Vec<f32>,
-        sums: Vec<f32>,
-        /// Rows per block in `sums`: m rounded up, plus a register's worth.
-        stride: usize,
-    }
-
-    fn pair_rows(a: &Q8_1Rows, m: usize, kb: usize) -> PairRows {
-        let pairs = m.div_ceil(2);
-        let stride = pairs * 2 + LANES;
-        let mut rows = PairRows {
-            quants: vec![0; pairs * kb * 2 * QK],
-            scales: vec![0.0; pairs * kb * LANES],
-            sums: vec![0.0; kb * stride],
-            stride,
-        };
-        for r in 0..m {
-            let (p, half) = (r / 2, r % 2);
-            for b in 0..kb {
-                let from = r * kb + b;
-                let at = (p * kb + b) * 2 * QK + half * QK;
-                rows.quants[at..at + QK].copy_from_slice(&a.quants[from * QK..][..QK]);
-                let at = (p * kb + b) * LANES + half * 8;
-                rows.scales[at..at + 8].fill(a.d[from]);
-                rows.sums[b * stride + r] = a.s[from];
+    unsafe {
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..kb {
+            let blk = w.as_ptr().add(b * GROUP_BLOCK_BYTES);
+            let w_d = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16 * half) as *const __m128i));
+            let w_m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(32 + 16 * half) as *const __m128i));
+            let mut low = [_mm256_setzero_si256(); 4];
+            let mut high = [_mm256_setzero_si256(); 4];
+            for j in 0..4 {
+                let chunk = _mm256_loadu_si256(blk.add(64 + 64 * j + 32 * half) as *const __m256i);
+                low[j] = _mm256_and_si256(chunk, low_nibbles);
+                high[j] = _mm256_and_si256(_mm256_srli_epi16(chunk, 4), low_nibbles);
+            }
+            for r in 0..R {
+                let ai = (row + r) * kb + b;
+                let q = a.quants.as_ptr().add(ai * QK) as *const i32;
+                let mut pairs = _mm256_setzero_si256();
+                for j in 0..4 {
+                    let lo = _mm256_set1_epi32(q.add(j).read_unaligned());
+                    let hi = _mm256_set1_epi32(q.add(4 + j).read_unaligned());
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(low[j], lo));
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(high[j], hi));
+                }
+                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                let scale = _mm256_mul_ps(w_d, _mm256_set1_ps(*a.d.get_unchecked(ai)));
+                acc[r] = _mm256_fmadd_ps(scale, dot, acc[r]);
+                acc[r] = _mm256_fmadd_ps(w_m, _mm256_set1_ps(*a.s.get_unchecked(ai)), acc[r]);
             }
         }
-        rows
-    }
-
-    /// `x Wᵀ` [m, n_s] for each weight `w[s]` of `columns[s]` columns, from the quantized
-    /// activations, the products' tiles in one wake of the pool.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F and VNNI, AVX2, FMA and F16C; `w[s]` holds `columns[s]` columns
-    /// of kb blocks.
-    pub(super) unsafe fn products(
-        w: &[&[u8]],
-        a: &Q8_1Rows,
-        (m, kb): (usize, usize),
-        columns: &[usize],
-    ) -> Vec<Vec<f32>> {
-        let rows = pair_rows(a, m, kb);
-        crate::q8::pair_products(m, columns, |s, columns, pairs, col, pair, put| {
-            // SAFETY: as this function's; the tile's columns and pairs exist in weight s.
-            unsafe { crate::q8::run_pair_tile!(columns, pairs, (w[s], &rows, kb, col, pair, put)) }
-        })
-    }
-
-    /// `C` columns from `col` by `P` pairs of rows from `pair`, each value handed to
-    /// `put(column, row within the tile, value)`.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F and VNNI, AVX2, FMA and F16C; the columns and pairs must exist.
-    #[target_feature(enable = "avx512f,avx512vnni,avx2,fma,f16c")]
-    // Index loops over constant bounds: each `acc[c][p]` is its own register once unrolled.
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile<const C: usize, const P: usize>(
-        w: &[u8],
-        a: &PairRows,
-        kb: usize,
-        col: usize,
-        pair: usize,
-        put: &mut dyn FnMut(usize, usize, f32),
-    ) {
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); P]; C];
-            let mut offsets = [_mm512_setzero_ps(); C];
-            let low_nibbles = _mm256_set1_epi8(0x0F);
-            for b in 0..kb {
-                let mut wq = [_mm512_setzero_si512(); C];
-                let mut w_d = [_mm512_setzero_ps(); C];
-                let sums = _mm512_loadu_ps(a.sums.as_ptr().add(b * a.stride + pair * 2));
-                for c in 0..C {
-                    let block = (col + c) * kb + b;
-                    if pair == 0 {
-                        crate::q8::prefetch_ahead(
-                            w,
-                            block + C * kb * crate::q8::TILES_AHEAD,
-                            BLOCK_BYTES,
-                        );
-                    }
-                    let blk = w.as_ptr().add(block * BLOCK_BYTES);
-                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                    w_d[c] = _mm512_set1_ps(_mm_cvtss_f32(dm));
-                    let w_m = _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm)));
-                    let packed = _mm_loadu_si128(blk.add(4) as *const __m128i);
-                    let nibbles = _mm256_and_si256(
-                        _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
-                        low_nibbles,
-                    );
-                    wq[c] = _mm512_broadcast_i64x4(nibbles);
-                    // The scalar kernel's `offsets += w_m * s_x`: a rounded product, then the add.
-                    offsets[c] = _mm512_add_ps(offsets[c], _mm512_mul_ps(w_m, sums));
-                }
-                for p in 0..P {
-                    let at = (pair + p) * kb + b;
-                    let aq = _mm512_loadu_si512(a.quants.as_ptr().add(at * 2 * QK) as *const _);
-                    let a_d = _mm512_loadu_ps(a.scales.as_ptr().add(at * LANES));
-                    for c in 0..C {
-                        acc[c][p] = pair_block(acc[c][p], wq[c], aq, w_d[c], a_d);
-                    }
-                }
-            }
-            for c in 0..C {
-                let mut offset = [0f32; LANES];
-                _mm512_storeu_ps(offset.as_mut_ptr(), offsets[c]);
-                for p in 0..P {
-                    let (low, high) = pair_sums(acc[c][p]);
-                    put(c, 2 * p, low + offset[2 * p]);
-                    put(c, 2 * p + 1, high + offset[2 * p + 1]);
-                }
-            }
+        for r in 0..R {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * GROUP + 8 * half), acc[r]);
         }
     }
 }
@@ -494,12 +467,11 @@ mod tests {
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
 
-    /// The module's arithmetic written out one value at a time: eight lanes of four products per
-    /// block, each lane's `fma(d_w · d_x, lane, acc)`, the offsets' running sum, then candle's and
-    /// llama.cpp's horizontal sum (halves, pairs, the last two).
+    /// The module's arithmetic written out one value at a time: per block the exact integer dot
+    /// product of the 32 nibbles with the 32 activations, then `acc = fma(d_w · d_x, dot, acc)` and
+    /// `acc = fma(m_w, s_x, acc)`; `w` is the file's GGML bytes.
     fn scalar_dot(w: &[u8], a: &Q8_1Rows, row: usize, kb: usize, col: usize) -> f32 {
-        let mut acc = [0f32; 8];
-        let mut offsets = 0f32;
+        let mut acc = 0f32;
         for b in 0..kb {
             let blk = &w[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
             let w_d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
@@ -510,39 +482,33 @@ mod tests {
             };
             let ai = row * kb + b;
             let aq = &a.quants[ai * QK..][..QK];
-            for (lane, slot) in acc.iter_mut().enumerate() {
-                let dot: i32 = (0..4)
-                    .map(|t| value(4 * lane + t) * aq[4 * lane + t] as i32)
-                    .sum();
-                *slot = (w_d * a.d[ai]).mul_add(dot as f32, *slot);
-            }
-            offsets += w_m * a.s[ai];
+            let dot: i32 = (0..QK).map(|i| value(i) * aq[i] as i32).sum();
+            acc = (w_d * a.d[ai]).mul_add(dot as f32, acc);
+            acc = w_m.mul_add(a.s[ai], acc);
         }
-        let quarter = [
-            acc[0] + acc[4],
-            acc[1] + acc[5],
-            acc[2] + acc[6],
-            acc[3] + acc[7],
-        ];
-        let pair = [quarter[0] + quarter[2], quarter[1] + quarter[3]];
-        (pair[0] + pair[1]) + offsets
+        acc
+    }
+
+    fn random_q4_1(rng: &mut rand::rngs::StdRng, n: usize, k: usize) -> QTensor {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()
     }
 
     #[test]
-    fn the_q4_1_kernel_computes_llama_cpps_arithmetic_to_the_bit() {
+    fn the_q4_1_kernel_computes_its_arithmetic_to_the_bit_with_every_instruction_set() {
         if !runs_here() {
             panic!("this test needs an x86 CPU with AVX2, FMA and F16C (the kernel's only target)");
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        // SmolLM2's inner dimensions (576 and 1536), a small one, and column counts that leave
-        // every remainder of the one-row tile (four columns) and the several-row tile (two).
-        for (n, k) in [(72, 576), (7, 64), (6, 64), (5, 1536), (33, 96)] {
-            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        // SmolLM2's inner dimensions (576 and 1536), a small one, and column counts that end a
+        // group (16 columns) and a work item (32) at every kind of place.
+        for (n, k) in [(72, 576), (7, 64), (16, 64), (5, 1536), (33, 96)] {
+            let q = random_q4_1(&mut rng, n, k);
             let bytes = q.data().unwrap().to_vec();
-            // Row counts that leave every remainder of the AVX-512 tile (five pairs of rows) too.
-            for m in [1, 2, 3, 4, 5, 9, 10, 11, 20, 23] {
+            let packed = PackedQ4_1::pack(&q).unwrap().expect("the kernel runs here");
+            // Row counts that leave every remainder of both tiles (eight rows, four rows).
+            for m in [1, 2, 3, 4, 5, 8, 9, 10, 11, 17, 20, 23] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
                 let a = quantize_q8_1(&x);
                 let expected: Vec<u32> = (0..m)
@@ -550,7 +516,7 @@ mod tests {
                     .map(|(r, c)| scalar_dot(&bytes, &a, r, k / QK, c).to_bits())
                     .collect();
                 for dots in Dots::on_this_cpu() {
-                    let ours = matmul_t(&q, &x, m, dots)
+                    let ours = matmul_t(&packed, &x, m, dots)
                         .unwrap()
                         .expect("the kernel runs here");
                     let ours: Vec<u32> = ours.iter().map(|v| v.to_bits()).collect();
@@ -561,6 +527,31 @@ mod tests {
     }
 
     #[test]
+    fn packing_keeps_every_byte_of_the_files_blocks() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for (n, k) in [(16, 32), (37, 96), (1, 64)] {
+            let q = random_q4_1(&mut rng, n, k);
+            let packed = PackedQ4_1::pack(&q).unwrap().expect("the kernel runs here");
+            assert_eq!(packed.dims(), (n, k));
+            assert_eq!(
+                packed.bytes().len(),
+                n.div_ceil(GROUP) * k / QK * GROUP_BLOCK_BYTES
+            );
+            let back = packed.to_qtensor().unwrap();
+            assert_eq!(back.dtype(), GgmlDType::Q4_1);
+            assert_eq!(back.shape().dims2().unwrap(), (n, k));
+            assert_eq!(back.data().unwrap(), q.data().unwrap(), "({n}, {k})");
+        }
+        // Another format, or rows that are not whole blocks, stay as they are.
+        let q8 = QTensor::quantize(
+            &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
+        assert!(PackedQ4_1::pack(&q8).unwrap().is_none());
+    }
+
+    #[test]
     fn weights_sharing_an_input_get_the_bits_each_gets_alone() {
         if !runs_here() {
             panic!("this test needs an x86 CPU with AVX2, FMA and F16C (the kernel's only target)");
@@ -568,16 +559,16 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let k = 96;
         // A layer's q, k and v in miniature: column counts that end mid-task (a work item owns 32
-        // columns) and mid-tile, so a task that straddled two weights would show.
-        let weights: Vec<QTensor> = [70, 33, 5]
+        // columns) and mid-group, so a task that straddled two weights would show.
+        let weights: Vec<PackedQ4_1> = [70, 33, 5]
             .iter()
             .map(|&n| {
-                let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-                QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()
+                PackedQ4_1::pack(&random_q4_1(&mut rng, n, k))
+                    .unwrap()
+                    .unwrap()
             })
             .collect();
-        let shared: Vec<&QTensor> = weights.iter().collect();
+        let shared: Vec<&PackedQ4_1> = weights.iter().collect();
         for m in [1, 2, 7, 20] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
             for dots in Dots::on_this_cpu() {
@@ -595,11 +586,9 @@ mod tests {
             }
         }
         // Weights of different inner dimensions cannot share an input: the caller multiplies alone.
-        let other = QTensor::quantize(
-            &Tensor::zeros((8, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
-            GgmlDType::Q4_1,
-        )
-        .unwrap();
+        let other = PackedQ4_1::pack(&random_q4_1(&mut rng, 8, 64))
+            .unwrap()
+            .unwrap();
         let x = vec![0.5f32; k];
         assert!(matmul_t_shared(&[&weights[0], &other], &x, 1, Dots::best())
             .unwrap()
@@ -613,12 +602,7 @@ mod tests {
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(6);
         let (n, k, m) = (40, 576, 3);
-        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let q = QTensor::quantize(
-            &Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(),
-            GgmlDType::Q4_1,
-        )
-        .unwrap();
+        let q = random_q4_1(&mut rng, n, k);
         let dense: Vec<f32> = q
             .dequantize(&Device::Cpu)
             .unwrap()
@@ -627,7 +611,8 @@ mod tests {
             .to_vec1()
             .unwrap();
         let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let ours = matmul_t(&q, &x, m, Dots::best()).unwrap().unwrap();
+        let packed = PackedQ4_1::pack(&q).unwrap().unwrap();
+        let ours = matmul_t(&packed, &x, m, Dots::best()).unwrap().unwrap();
         for r in 0..m {
             for c in 0..n {
                 let exact: f64 = (0..k)

@@ -404,6 +404,43 @@ pub(crate) fn pair_products(
     results
 }
 
+/// The [m, n_s] results of products whose weights are packed in groups of `group` columns (the Q4_1
+/// kernel's layout): `tile(s, g, (row, rows), out)` computes rows `row..row + rows` of weight `s`'s
+/// group `g` into `out` (`rows × group`, row-major), and the columns that exist are copied into the
+/// result. Every row of a group is computed by one call, so each (row, column) is what its weight
+/// alone gives. Work items own [`COLUMNS_PER_TASK`] columns of one weight, as in
+/// [`tiled_products`].
+pub(crate) fn group_products(
+    m: usize,
+    segments: &[usize],
+    group: usize,
+    tile: impl Fn(usize, usize, (usize, usize), &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
+    debug_assert!(COLUMNS_PER_TASK.is_multiple_of(group));
+    let (results, outs) = result_buffers(m, segments);
+    let layout = Segments::new(segments);
+    candle_core::utils::barrier_pool().execute_chunked(layout.tasks(), |range| {
+        let mut values = vec![0f32; m * group];
+        for task in range {
+            let (s, first) = layout.locate(task);
+            let (n, out) = (segments[s], &outs[s]);
+            let last = (first + COLUMNS_PER_TASK).min(n);
+            for col in (first..last).step_by(group) {
+                tile(s, col / group, (0, m), &mut values);
+                let width = (last - col).min(group);
+                for row in 0..m {
+                    // SAFETY: columns col..col + width of weight s belong to this work item alone;
+                    // row < m.
+                    let to =
+                        unsafe { std::slice::from_raw_parts_mut(out.at(row * n + col), width) };
+                    to.copy_from_slice(&values[row * group..][..width]);
+                }
+            }
+        }
+    });
+    results
+}
+
 /// Runs the calling module's `tile::<C, P>` for `$columns` (1 or 2) by `$pairs` (1 to
 /// [`PAIRS_PER_TILE`]), with `$args`: the AVX-512 kernels' tile sizes, as constants.
 macro_rules! run_pair_tile {
@@ -843,7 +880,10 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
             let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
-            let weight = crate::quantized::QuantizedWeight::new(q.clone());
+            let weight = crate::quantized::QuantizedWeight::new(
+                QTensor::quantize(&w, GgmlDType::Q8_0).unwrap(),
+            )
+            .unwrap();
             for m in [1, 2, 3, 4, 5, 9, 10, 11, 20, 23] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
                 let theirs = candle_product(&q, &x, m, k);

@@ -4,20 +4,64 @@
 //! back.
 
 use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
 use std::sync::{Arc, OnceLock};
 
-/// A frozen weight kept in its GGUF quantization, with what the Q8_0 kernel needs precomputed.
+/// A frozen weight kept in its GGUF quantization, in the layout its kernel reads.
 pub struct QuantizedWeight {
-    pub tensor: Arc<QTensor>,
+    blocks: Blocks,
     /// The blocks' scales as f32, converted on first use (the Q8_0 kernel's).
     scales: OnceLock<Vec<f32>>,
 }
 
+/// The weight's bytes: as the file holds them (candle's tensor), or repacked for rtlab's Q4_1
+/// kernel (the same bytes in another order; the file's tensor is not kept beside them).
+enum Blocks {
+    Ggml(Arc<QTensor>),
+    Q4_1(crate::q4_1::PackedQ4_1),
+}
+
 impl QuantizedWeight {
-    pub fn new(tensor: Arc<QTensor>) -> QuantizedWeight {
-        QuantizedWeight {
-            tensor,
+    /// `tensor` as decoding reads it: a Q4_1 tensor that rtlab's kernel takes (on x86 with AVX2, FMA
+    /// and F16C) is repacked for it; any other is kept as it is.
+    pub fn new(tensor: QTensor) -> candle_core::Result<QuantizedWeight> {
+        let blocks = match crate::q4_1::PackedQ4_1::pack(&tensor)? {
+            Some(packed) => Blocks::Q4_1(packed),
+            None => Blocks::Ggml(Arc::new(tensor)),
+        };
+        Ok(QuantizedWeight {
+            blocks,
             scales: OnceLock::new(),
+        })
+    }
+
+    /// [out, in].
+    pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
+        match &self.blocks {
+            Blocks::Ggml(q) => q.shape().dims2(),
+            Blocks::Q4_1(p) => Ok(p.dims()),
+        }
+    }
+
+    /// The weight as GGML blocks: candle's tensor (a packed weight is unpacked, bit for bit).
+    pub fn qtensor(&self) -> candle_core::Result<Arc<QTensor>> {
+        match &self.blocks {
+            Blocks::Ggml(q) => Ok(q.clone()),
+            Blocks::Q4_1(p) => Ok(Arc::new(p.to_qtensor()?)),
+        }
+    }
+
+    /// The weight dequantized to f32 (a copy), as candle dequantizes its blocks.
+    pub fn dequantize(&self, dev: &Device) -> candle_core::Result<Tensor> {
+        self.qtensor()?.dequantize(dev)
+    }
+
+    /// The weight's bytes where they lie in this process's memory (a CPU tensor's buffer or the
+    /// packed bytes); None for a copy (another device's).
+    pub(crate) fn buffer(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match &self.blocks {
+            Blocks::Ggml(q) => q.data().ok(),
+            Blocks::Q4_1(p) => Some(std::borrow::Cow::Borrowed(p.bytes())),
         }
     }
 
@@ -34,10 +78,11 @@ impl QuantizedWeight {
         m: usize,
         dots: crate::q8::Dots,
     ) -> candle_core::Result<Option<Vec<f32>>> {
-        if self.tensor.dtype() == GgmlDType::Q4_1 {
-            return crate::q4_1::matmul_t(&self.tensor, x, m, dots);
+        match &self.blocks {
+            Blocks::Q4_1(p) => crate::q4_1::matmul_t(p, x, m, dots),
+            Blocks::Ggml(q) if q.dtype() == GgmlDType::Q4_1 => Ok(None),
+            Blocks::Ggml(q) => crate::q8::matmul_t(q, &self.scales, x, m, dots),
         }
-        crate::q8::matmul_t(&self.tensor, &self.scales, x, m, dots)
     }
 
     /// `x Wᵀ` for each of several weights of the same `x` [m, k] (a layer's q, k and v; its gate
@@ -50,10 +95,16 @@ impl QuantizedWeight {
         x: &[f32],
         m: usize,
     ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
-        if weights.iter().any(|w| w.tensor.dtype() != GgmlDType::Q4_1) {
-            return Ok(None);
+        let packed: Option<Vec<&crate::q4_1::PackedQ4_1>> = weights
+            .iter()
+            .map(|w| match &w.blocks {
+                Blocks::Q4_1(p) => Some(p),
+                Blocks::Ggml(_) => None,
+            })
+            .collect();
+        match packed {
+            Some(packed) => crate::q4_1::matmul_t_shared(&packed, x, m, crate::q8::Dots::best()),
+            None => Ok(None),
         }
-        let tensors: Vec<&QTensor> = weights.iter().map(|w| w.tensor.as_ref()).collect();
-        crate::q4_1::matmul_t_shared(&tensors, x, m, crate::q8::Dots::best())
     }
 }

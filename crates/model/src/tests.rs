@@ -319,7 +319,10 @@ fn a_quantized_base_trains_exactly_as_its_dequantized_copy() {
         let q = QTensor::quantize(&dense[&name], GgmlDType::Q8_0).unwrap();
         // The dequantized copy is what the f32 model holds.
         dense.insert(name.clone(), q.dequantize(&Device::Cpu).unwrap());
-        quantized.insert(name, std::sync::Arc::new(q));
+        quantized.insert(
+            name,
+            std::sync::Arc::new(crate::quantized::QuantizedWeight::new(q).unwrap()),
+        );
     }
     let lora = spec(4);
     let q_model = CausalLm::with_quantized(
