@@ -12,8 +12,8 @@
 //!
 //! Parts 1 and 2 also run rtlab on candle's quantized kernels (`RTLAB_QMATMUL=candle`: the Q4_1
 //! weights requantized to Q8_0 at load, as rtlab ran before its own Q4_1 kernel), the baseline of
-//! rtlab's kernels (`crates/model/src/q4_1.rs` and `q8.rs`); part 2 also runs them with the AVX-512
-//! tiles switched off (`RTLAB_QMATMUL=avx2`), the same bits on 256-bit registers.
+//! rtlab's kernels (`crates/model/src/q4_1.rs` and `q8_0.rs`); part 2 also runs them with the
+//! AVX-512 kernels switched off (`RTLAB_QMATMUL=avx2`), the same bits on 256-bit registers.
 //! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, batch 4, 17 steps of 4 rows of about 120
 //!    tokens): tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
 //!    gradient checkpointing (the default) and with the whole graph kept, beside PyTorch + PEFT on the

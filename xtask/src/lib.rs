@@ -186,7 +186,7 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
             ));
             if let Some(avx2) = f["batch20_avx2_tok_s"].as_f64() {
                 out.push_str(&format!(
-                    "| the same batch, AVX-512 tiles off (`RTLAB_QMATMUL=avx2`) | {avx2:.1} tok/s | |\n"
+                    "| the same batch, AVX-512 kernels off (`RTLAB_QMATMUL=avx2`) | {avx2:.1} tok/s | |\n"
                 ));
             }
             out.push_str(&format!(

@@ -11,7 +11,7 @@
 //! softmax with the max subtracted, then `Σ p v` in position order); it differs from the general
 //! path's in the last bits only, which a test bounds against it.
 
-use crate::q8::SharedOut;
+use crate::cpu_kernels::SharedOut;
 
 /// The shapes of a decoding step's attention.
 #[derive(Clone, Copy, Debug)]

@@ -13,8 +13,8 @@
 //! The ops take contiguous f32 tensors on the CPU ([`applies`]); elsewhere the callers keep the
 //! tensor-op form.
 
+use crate::cpu_kernels::SharedOut;
 use crate::custom_op::{split_gradients, to_storage, values};
-use crate::q8::SharedOut;
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 

@@ -653,8 +653,8 @@ fn pick_rows(
         .collect::<candle_core::Result<_>>()?;
     let mut picked: Vec<Option<candle_core::Result<u32>>> = (0..rows.len()).map(|_| None).collect();
     let (out, gens) = (
-        crate::q8::SharedOut(picked.as_mut_ptr()),
-        crate::q8::SharedOut(rngs.as_mut_ptr()),
+        crate::cpu_kernels::SharedOut(picked.as_mut_ptr()),
+        crate::cpu_kernels::SharedOut(rngs.as_mut_ptr()),
     );
     candle_core::utils::barrier_pool().execute_chunked(rows.len(), |range| {
         for r in range {

@@ -10,6 +10,7 @@
 //! [`ModelError`]; a bad file or option is `ModelError::Input` with a message that names it.
 
 pub mod config;
+mod cpu_kernels;
 mod custom_op;
 mod decode_attention;
 mod error;
@@ -31,7 +32,7 @@ mod pass;
 pub mod peft;
 mod pool_gemm;
 pub mod q4_1;
-pub mod q8;
+mod q8_0;
 pub mod quantized;
 #[cfg(test)]
 mod test_values;

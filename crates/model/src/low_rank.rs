@@ -18,8 +18,8 @@
 //! product. Training keeps `gemm` (its gradients and its bits are PEFT-checked); this is decoding
 //! only.
 
+use crate::cpu_kernels::SharedOut;
 use crate::custom_op::{to_storage, values};
-use crate::q8::SharedOut;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex};
 

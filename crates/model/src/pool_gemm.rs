@@ -11,8 +11,8 @@
 //! the caches only, never on `m` or `n`, so each value sums its products in the same order whatever
 //! block of columns it is computed in (tests check it at the model's shapes).
 
+use crate::cpu_kernels::SharedOut;
 use crate::custom_op::{split_gradients, to_storage, values};
-use crate::q8::SharedOut;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 /// Output columns per block: a multiple of 16 (one AVX-512 register of f32).

@@ -1,24 +1,34 @@
-//! Decoding's Q4_1 matrix product on x86: the GGUF's 4-bit weights as the file holds them, against
-//! activations quantized as llama.cpp quantizes them (Q8_1), in llama.cpp's arithmetic.
+//! Decoding's Q4_1 matrix product on x86: the GGUF's 4-bit weights, repacked at load, against
+//! activations quantized as llama.cpp quantizes them (Q8_1).
 //!
 //! candle's Q4_1 dot product is scalar, so rtlab used to requantize Q4_1 weights to Q8_0 at load:
-//! 1.7× the bytes, and a second rounding of every weight. Decoding one stream reads every weight
-//! once per token and waits on memory (a profile puts the stalls on the weight loads), so the bytes
-//! are the time. This kernel reads the file's 20-byte blocks (an f16 scale `d`, an f16 offset `m`,
-//! 32 four-bit values) directly.
+//! 1.7× the bytes, and a second rounding of every weight. Here the file's 20-byte blocks (an f16
+//! scale `d`, an f16 offset `m`, 32 four-bit values) are kept, in another order: at load each
+//! weight is repacked in groups of 16 columns ([`PackedQ4_1`]), so that one 512-bit register holds
+//! four values of each of 16 columns, a 32-bit lane per column. The same bytes, so the same memory,
+//! and the file's tensor is not kept beside them.
 //!
-//! The arithmetic is llama.cpp's `ggml_vec_dot_q4_1_q8_1` (its AVX2 form): each activation block
-//! of 32 is quantized to i8 with an f16 scale `d` and an f16 `s = d · Σq` (`quantize_row_q8_1`);
-//! per block, the integer dot product of the nibbles with the i8 values, in eight lanes of four
-//! products, is scaled by `d_w · d_x` and added into eight f32 lanes, and `m_w · s_x` into a
-//! scalar; the result is the lanes' sum plus the scalar. So rtlab decodes a Q4_1 file as the
-//! runtime it is deployed on does (a test measures how close the logits are).
+//! The arithmetic: each activation block of 32 is quantized to i8 with an f16 scale `d` and an f16
+//! `s = d · Σq` (llama.cpp's `quantize_row_q8_1`). Per block and column, the 32 products of nibbles
+//! and activations are summed exactly in integers (eight `vpdpbusd` into the column's lane, each
+//! activation quad broadcast to all 16 columns), then `acc = fma(d_w · d_x, dot, acc)` and
+//! `acc = fma(m_w, s_x, acc)` in that lane. Both products of two f16 values are exact in f32, so
+//! the roundings are the two FMAs' alone.
+//!
+//! Why not llama.cpp's `ggml_vec_dot_q4_1_q8_1`, which rtlab computed to the bit until December
+//! 2026: it scales eight partial sums of four products per block, so every 32 products cost a
+//! conversion, a scale and an FMA per eight lanes, and a horizontal sum per value. Decoding a batch
+//! spent most of its time there. Scaling once per block (as llama.cpp's own repacked kernels for
+//! Q4_0 do) made 20 samples 1.5× faster and one stream 1.3×; the values differ from llama.cpp's in
+//! the last bits (the exact integer sum is, if anything, the closer one), so sampled tokens differ
+//! from before after a while; a test still measures how close the logits are to llama.cpp's.
 //!
 //! Every (row, column) is computed the same way whatever the tile around it, so n samples decoded
-//! as a batch get the bits each gets alone. A scalar form of the same arithmetic (the tests') gives
-//! the same bits as the vector kernels, with AVX2's instructions and with AVX-VNNI's.
+//! as a batch get the bits each gets alone; a scalar form of the arithmetic (the tests') gives the
+//! same bits as both vector kernels (AVX-512 VNNI, and AVX2's `vpmaddubsw`, which cannot saturate on
+//! 4-bit weights).
 
-use crate::q8::{cpu, Dots};
+use crate::cpu_kernels::{cpu, Dots};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 /// Values per block.
@@ -29,11 +39,11 @@ const BLOCK_BYTES: usize = 20;
 
 /// Rows of activations quantized per block of 32 as llama.cpp's `quantize_row_q8_1` does.
 pub(crate) struct Q8_1Rows {
-    quants: Vec<i8>,
+    pub(crate) quants: Vec<i8>,
     /// Per block: the scale, `max |x| / 127`, rounded to f16 (GGML stores it so).
-    d: Vec<f32>,
+    pub(crate) d: Vec<f32>,
     /// Per block: `d · Σq` with the unrounded `d`, rounded to f16.
-    s: Vec<f32>,
+    pub(crate) s: Vec<f32>,
 }
 
 /// llama.cpp's `quantize_row_q8_1` (its AVX2 form: `q = round_half_even(x · 127 / max|x|)`), for
@@ -47,9 +57,9 @@ pub(crate) fn quantize_q8_1(x: &[f32]) -> Q8_1Rows {
         s: vec![0.0; blocks],
     };
     let (quants, d, s) = (
-        crate::q8::SharedOut(rows.quants.as_mut_ptr()),
-        crate::q8::SharedOut(rows.d.as_mut_ptr()),
-        crate::q8::SharedOut(rows.s.as_mut_ptr()),
+        crate::cpu_kernels::SharedOut(rows.quants.as_mut_ptr()),
+        crate::cpu_kernels::SharedOut(rows.d.as_mut_ptr()),
+        crate::cpu_kernels::SharedOut(rows.s.as_mut_ptr()),
     );
     let quantize = |range: std::ops::Range<usize>| {
         for b in range {
@@ -285,7 +295,7 @@ pub(crate) fn matmul_t_shared(
     let kb = k / QK;
     let columns: Vec<usize> = weights.iter().map(|w| w.n).collect();
     let wide = dots == Dots::Avx512Vnni && cpu().avx512_vnni;
-    Ok(Some(crate::q8::group_products(
+    Ok(Some(crate::cpu_kernels::group_products(
         m,
         &columns,
         GROUP,

@@ -1,17 +1,15 @@
 //! A frozen weight kept in its GGUF quantization: what decoding's and QLoRA's products take, and the
-//! dispatch to rtlab's kernel for its block format (Q8_0 in `q8.rs`, Q4_1 in `q4_1.rs`), or None where
-//! candle's own kernel must run. Both kernel modules sit below this one, so neither imports the other
-//! back.
+//! dispatch to rtlab's kernel for its block format (Q4_1 in `q4_1.rs`, Q8_0 in `q8_0.rs`, each
+//! repacked at load for its kernel), or None where candle's own kernel must run (other formats,
+//! CPUs without AVX2, FMA and F16C). The kernel modules sit below this one, so none imports it back.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// A frozen weight kept in its GGUF quantization, in the layout its kernel reads.
 pub struct QuantizedWeight {
     blocks: Blocks,
-    /// The blocks' scales as f32, converted on first use (the Q8_0 kernel's).
-    scales: OnceLock<Vec<f32>>,
 }
 
 /// The weight's bytes: as the file holds them (candle's tensor), or repacked for rtlab's Q4_1
@@ -19,20 +17,21 @@ pub struct QuantizedWeight {
 enum Blocks {
     Ggml(Arc<QTensor>),
     Q4_1(crate::q4_1::PackedQ4_1),
+    Q8_0(crate::q8_0::PackedQ8_0),
 }
 
 impl QuantizedWeight {
-    /// `tensor` as decoding reads it: a Q4_1 tensor that rtlab's kernel takes (on x86 with AVX2, FMA
-    /// and F16C) is repacked for it; any other is kept as it is.
+    /// `tensor` as decoding reads it: a Q4_1 or Q8_0 tensor that rtlab's kernels take (on x86 with
+    /// AVX2, FMA and F16C) is repacked for them; any other is kept as it is.
     pub fn new(tensor: QTensor) -> candle_core::Result<QuantizedWeight> {
-        let blocks = match crate::q4_1::PackedQ4_1::pack(&tensor)? {
-            Some(packed) => Blocks::Q4_1(packed),
-            None => Blocks::Ggml(Arc::new(tensor)),
+        let blocks = if let Some(packed) = crate::q4_1::PackedQ4_1::pack(&tensor)? {
+            Blocks::Q4_1(packed)
+        } else if let Some(packed) = crate::q8_0::PackedQ8_0::pack(&tensor)? {
+            Blocks::Q8_0(packed)
+        } else {
+            Blocks::Ggml(Arc::new(tensor))
         };
-        Ok(QuantizedWeight {
-            blocks,
-            scales: OnceLock::new(),
-        })
+        Ok(QuantizedWeight { blocks })
     }
 
     /// [out, in].
@@ -40,6 +39,7 @@ impl QuantizedWeight {
         match &self.blocks {
             Blocks::Ggml(q) => q.shape().dims2(),
             Blocks::Q4_1(p) => Ok(p.dims()),
+            Blocks::Q8_0(p) => Ok(p.dims()),
         }
     }
 
@@ -48,6 +48,7 @@ impl QuantizedWeight {
         match &self.blocks {
             Blocks::Ggml(q) => Ok(q.clone()),
             Blocks::Q4_1(p) => Ok(Arc::new(p.to_qtensor()?)),
+            Blocks::Q8_0(p) => Ok(Arc::new(p.to_qtensor()?)),
         }
     }
 
@@ -62,12 +63,13 @@ impl QuantizedWeight {
         match &self.blocks {
             Blocks::Ggml(q) => q.data().ok(),
             Blocks::Q4_1(p) => Some(std::borrow::Cow::Borrowed(p.bytes())),
+            Blocks::Q8_0(p) => Some(std::borrow::Cow::Borrowed(p.bytes())),
         }
     }
 
     /// `x Wᵀ` for `x` [m, k] (row-major), as [m, n]; None where candle's own kernel must run.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
-        self.matmul_t_with(x, m, crate::q8::Dots::best())
+        self.matmul_t_with(x, m, crate::cpu_kernels::Dots::best())
     }
 
     /// [`Self::matmul_t`] with the dot products' instructions chosen (on a CPU that has them). All
@@ -76,12 +78,12 @@ impl QuantizedWeight {
         &self,
         x: &[f32],
         m: usize,
-        dots: crate::q8::Dots,
+        dots: crate::cpu_kernels::Dots,
     ) -> candle_core::Result<Option<Vec<f32>>> {
         match &self.blocks {
             Blocks::Q4_1(p) => crate::q4_1::matmul_t(p, x, m, dots),
-            Blocks::Ggml(q) if q.dtype() == GgmlDType::Q4_1 => Ok(None),
-            Blocks::Ggml(q) => crate::q8::matmul_t(q, &self.scales, x, m, dots),
+            Blocks::Q8_0(p) => crate::q8_0::matmul_t(p, x, m, dots),
+            Blocks::Ggml(_) => Ok(None),
         }
     }
 
@@ -99,11 +101,13 @@ impl QuantizedWeight {
             .iter()
             .map(|w| match &w.blocks {
                 Blocks::Q4_1(p) => Some(p),
-                Blocks::Ggml(_) => None,
+                Blocks::Ggml(_) | Blocks::Q8_0(_) => None,
             })
             .collect();
         match packed {
-            Some(packed) => crate::q4_1::matmul_t_shared(&packed, x, m, crate::q8::Dots::best()),
+            Some(packed) => {
+                crate::q4_1::matmul_t_shared(&packed, x, m, crate::cpu_kernels::Dots::best())
+            }
             None => Ok(None),
         }
     }
