@@ -230,6 +230,28 @@ impl PackedQ4_1 {
         &self.bytes
     }
 
+    /// The weight in f32 [n, k], as candle dequantizes the file's blocks (`q · d + m`), read
+    /// from the packed bytes without unpacking them first: QLoRA's products dequantize on every
+    /// step.
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        let kb = self.k / QK;
+        let mut out = vec![0f32; self.n * self.k];
+        for (col, row) in out.chunks_exact_mut(self.k).enumerate() {
+            let (g, c) = (col / GROUP, col % GROUP);
+            for (b, values) in row.chunks_exact_mut(QK).enumerate() {
+                let blk = &self.bytes[group_block(g, b, kb)..][..GROUP_BLOCK_BYTES];
+                let d = half::f16::from_le_bytes([blk[2 * c], blk[2 * c + 1]]).to_f32();
+                let m = half::f16::from_le_bytes([blk[32 + 2 * c], blk[33 + 2 * c]]).to_f32();
+                for i in 0..QK / 2 {
+                    let byte = blk[64 + 64 * (i / 4) + 4 * c + i % 4];
+                    values[i] = ((byte & 0x0F) as f32) * d + m;
+                    values[i + QK / 2] = ((byte >> 4) as f32) * d + m;
+                }
+            }
+        }
+        out
+    }
+
     /// The GGML tensor these bytes were packed from, bit for bit.
     pub(crate) fn to_qtensor(&self) -> candle_core::Result<QTensor> {
         let kb = self.k / QK;
@@ -551,6 +573,16 @@ mod tests {
             assert_eq!(back.dtype(), GgmlDType::Q4_1);
             assert_eq!(back.shape().dims2().unwrap(), (n, k));
             assert_eq!(back.data().unwrap(), q.data().unwrap(), "({n}, {k})");
+            // Dequantized from the packed bytes: candle's values of the file's blocks, to the bit.
+            let theirs: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&packed.dequantize()), bits(&theirs), "({n}, {k})");
         }
         // Another format, or rows that are not whole blocks, stay as they are.
         let q8 = QTensor::quantize(

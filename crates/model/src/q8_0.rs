@@ -83,6 +83,25 @@ impl PackedQ8_0 {
         &self.bytes
     }
 
+    /// The weight in f32 [n, k], as candle dequantizes the file's blocks (`q · d`), read from the
+    /// packed bytes (QLoRA's products dequantize on every step).
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        let kb = self.k / QK;
+        let mut out = vec![0f32; self.n * self.k];
+        for (col, row) in out.chunks_exact_mut(self.k).enumerate() {
+            let (g, c) = (col / GROUP, col % GROUP);
+            for (b, values) in row.chunks_exact_mut(QK).enumerate() {
+                let blk = &self.bytes[(g * kb + b) * GROUP_BLOCK_BYTES..][..GROUP_BLOCK_BYTES];
+                let d = half::f16::from_le_bytes([blk[2 * c], blk[2 * c + 1]]).to_f32();
+                for (i, v) in values.iter_mut().enumerate() {
+                    let q = (blk[2 * GROUP + 64 * (i / 4) + 4 * c + i % 4] ^ 0x80) as i8;
+                    *v = q as f32 * d;
+                }
+            }
+        }
+        out
+    }
+
     /// The GGML tensor these bytes were packed from, bit for bit.
     pub(crate) fn to_qtensor(&self) -> candle_core::Result<QTensor> {
         let kb = self.k / QK;
@@ -377,6 +396,15 @@ mod tests {
             assert_eq!(packed.dims(), (n, k));
             let back = packed.to_qtensor().unwrap();
             assert_eq!(back.data().unwrap(), q.data().unwrap(), "({n}, {k})");
+            let theirs: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&packed.dequantize()), bits(&theirs), "({n}, {k})");
         }
     }
 

@@ -52,9 +52,13 @@ impl QuantizedWeight {
         }
     }
 
-    /// The weight dequantized to f32 (a copy), as candle dequantizes its blocks.
+    /// The weight dequantized to f32 (a copy), as candle dequantizes its blocks (to the bit).
     pub fn dequantize(&self, dev: &Device) -> candle_core::Result<Tensor> {
-        self.qtensor()?.dequantize(dev)
+        match &self.blocks {
+            Blocks::Ggml(q) => q.dequantize(dev),
+            Blocks::Q4_1(p) => Tensor::from_vec(p.dequantize(), p.dims(), dev),
+            Blocks::Q8_0(p) => Tensor::from_vec(p.dequantize(), p.dims(), dev),
+        }
     }
 
     /// The weight's bytes where they lie in this process's memory (a CPU tensor's buffer or the
