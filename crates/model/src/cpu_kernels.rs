@@ -167,3 +167,35 @@ pub(crate) fn group_products(
     });
     results
 }
+
+/// Runs a packed kernel's tiles over rows `row..row + rows` of one group of 16 columns into `out`
+/// (`rows × 16`): the AVX-512 tile `$wide::<R>` (up to 8 rows, one register each) where `$is_wide`,
+/// else the 256-bit tile `$narrow::<R>` (up to 4 rows) on each half of the group. `$args` are the
+/// tiles' leading arguments; each tile takes then its first row, the half, and its rows of `out`.
+macro_rules! run_group_tiles {
+    (@call $tile:ident, $r:literal, ($($arg:expr),*), $($rest:expr),*) => {
+        $tile::<$r>($($arg,)* $($rest),*)
+    };
+    (@rows $tile:ident, $most:literal, $half:expr, ($row:expr, $rows:expr), $out:expr, $args:tt, [$($r:literal)+]) => {{
+        let mut done = 0;
+        while done < $rows {
+            let here = ($rows - done).min($most);
+            let out = &mut $out[done * 16..(done + here) * 16];
+            match here {
+                $($r => $crate::cpu_kernels::run_group_tiles!(@call $tile, $r, $args, $row + done, $half, out),)+
+                _ => unreachable!("a tile has 1 to {} rows", $most),
+            }
+            done += here;
+        }
+    }};
+    ($is_wide:expr, $rows:tt, $out:expr, $wide:ident, $narrow:ident, $args:tt) => {{
+        if $is_wide {
+            $crate::cpu_kernels::run_group_tiles!(@rows $wide, 8, 0, $rows, $out, $args, [1 2 3 4 5 6 7 8]);
+        } else {
+            for half in 0..2 {
+                $crate::cpu_kernels::run_group_tiles!(@rows $narrow, 4, half, $rows, $out, $args, [1 2 3 4]);
+            }
+        }
+    }};
+}
+pub(crate) use run_group_tiles;

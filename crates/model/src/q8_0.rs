@@ -163,10 +163,6 @@ pub(crate) fn matmul_t(
     Ok(results.pop())
 }
 
-/// Rows per tile: of the AVX-512 kernel, and of the 256-bit one (half a group at a time).
-const TILE_ROWS_WIDE: usize = 8;
-const TILE_ROWS: usize = 4;
-
 /// Computes rows `row..row + rows` of one group's 16 columns into `out` (`rows × 16`, row-major).
 ///
 /// # Safety
@@ -182,27 +178,14 @@ unsafe fn group_tile(
 ) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        macro_rules! run {
-            ($tile:ident, $most:expr, $half:expr, [$($r:literal)+]) => {{
-                let mut done = 0;
-                while done < rows {
-                    let here = (rows - done).min($most);
-                    let out = &mut out[done * GROUP..(done + here) * GROUP];
-                    match here {
-                        $($r => $tile::<$r>(w, a, kb, row + done, $half, out),)+
-                        _ => unreachable!("a tile has 1 to {} rows", $most),
-                    }
-                    done += here;
-                }
-            }};
-        }
-        if wide {
-            run!(tile_wide, TILE_ROWS_WIDE, 0, [1 2 3 4 5 6 7 8]);
-        } else {
-            for half in 0..2 {
-                run!(tile_256, TILE_ROWS, half, [1 2 3 4]);
-            }
-        }
+        crate::cpu_kernels::run_group_tiles!(
+            wide,
+            (row, rows),
+            out,
+            tile_wide,
+            tile_256,
+            (w, a, kb)
+        );
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
