@@ -132,14 +132,15 @@ fn find_run(lines: &[&str], chunk: &[String], from: usize) -> Option<usize> {
     })
 }
 
-/// The script a block shows running from the repository root (`$ rtlab run scripts/NAME.rhai`).
+/// The script a block shows running from the repository root (`$ rtlab run scripts/NAME.rhai`,
+/// options allowed before the path: `$ rtlab run --cache-min 0 scripts/NAME.rhai`).
 fn script_run(block: &Block) -> Option<&str> {
     block
         .body
         .first()?
-        .strip_prefix("$ rtlab run scripts/")?
+        .strip_prefix("$ rtlab run ")?
         .split_whitespace()
-        .next()?
+        .find_map(|word| word.strip_prefix("scripts/"))?
         .strip_suffix(".rhai")
 }
 
