@@ -199,3 +199,55 @@ macro_rules! run_group_tiles {
     }};
 }
 pub(crate) use run_group_tiles;
+
+/// Columns per group of the packed layouts: a 512-bit register's 32-bit lanes.
+pub(crate) const GROUP: usize = 16;
+
+/// How a GGML block format is repacked: a block of `block_bytes`, byte `i` of a group's column `c`
+/// going to `place(c, i)` within the group's block (`GROUP · block_bytes` bytes), stored as
+/// `stored(i, byte)`; `stored` is its own inverse, so unpacking applies it again.
+pub(crate) struct GroupLayout {
+    pub(crate) block_bytes: usize,
+    pub(crate) place: fn(usize, usize) -> usize,
+    pub(crate) stored: fn(usize, u8) -> u8,
+}
+
+impl GroupLayout {
+    /// `data` ([n, kb] GGML blocks) in groups of [`GROUP`] columns; the last group's missing columns
+    /// are packed from all-zero blocks (zero scales, so their products are 0 and are dropped).
+    pub(crate) fn pack(&self, data: &[u8], n: usize, kb: usize) -> Vec<u8> {
+        let group_block = GROUP * self.block_bytes;
+        let zero = vec![0u8; self.block_bytes];
+        let columns = n.div_ceil(GROUP) * GROUP;
+        let mut bytes = vec![0u8; columns / GROUP * kb * group_block];
+        for col in 0..columns {
+            for b in 0..kb {
+                let from = match col < n {
+                    true => &data[(col * kb + b) * self.block_bytes..][..self.block_bytes],
+                    false => &zero[..],
+                };
+                let at = (col / GROUP * kb + b) * group_block;
+                for (i, &byte) in from.iter().enumerate() {
+                    bytes[at + (self.place)(col % GROUP, i)] = (self.stored)(i, byte);
+                }
+            }
+        }
+        bytes
+    }
+
+    /// The GGML blocks [n, kb] that [`GroupLayout::pack`] packed into `bytes`, bit for bit.
+    pub(crate) fn unpack(&self, bytes: &[u8], n: usize, kb: usize) -> Vec<u8> {
+        let group_block = GROUP * self.block_bytes;
+        let mut data = vec![0u8; n * kb * self.block_bytes];
+        for col in 0..n {
+            for b in 0..kb {
+                let at = (col / GROUP * kb + b) * group_block;
+                let to = &mut data[(col * kb + b) * self.block_bytes..][..self.block_bytes];
+                for (i, byte) in to.iter_mut().enumerate() {
+                    *byte = (self.stored)(i, bytes[at + (self.place)(col % GROUP, i)]);
+                }
+            }
+        }
+        data
+    }
+}

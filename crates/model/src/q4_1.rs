@@ -29,7 +29,7 @@
 //! same bits as both vector kernels (AVX-512 VNNI, and AVX2's `vpmaddubsw`, which cannot saturate on
 //! 4-bit weights).
 
-use crate::cpu_kernels::{cpu, Dots};
+use crate::cpu_kernels::{cpu, Dots, GroupLayout, GROUP};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 /// Values per block.
@@ -176,8 +176,6 @@ pub(crate) fn runs_here() -> bool {
     cpu.avx2_fma && cpu.f16c
 }
 
-/// Columns per group of the packed layout: one 512-bit register holds a 32-bit lane per column.
-pub(crate) const GROUP: usize = 16;
 /// Bytes of one block of one group: 16 f16 scales `d`, 16 f16 offsets `m`, then four 64-byte
 /// chunks of nibbles. Chunk `j` holds, in column `c`'s 32-bit lane, that column's nibble bytes
 /// `4j..4j + 4`: values `4j..4j + 4` in the low nibbles, `16 + 4j..16 + 4j + 4` in the high ones.
@@ -208,16 +206,7 @@ impl PackedQ4_1 {
         if data.len() != n * kb * BLOCK_BYTES {
             candle_core::bail!("a Q4_1 tensor [{n}, {k}] of {} bytes", data.len());
         }
-        let mut bytes = vec![0u8; n.div_ceil(GROUP) * kb * GROUP_BLOCK_BYTES];
-        for col in 0..n {
-            for b in 0..kb {
-                let from = &data[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-                let at = group_block(col / GROUP, b, kb);
-                for (to, from) in byte_places(col % GROUP).zip(from) {
-                    bytes[at + to] = *from;
-                }
-            }
-        }
+        let bytes = LAYOUT.pack(&data, n, kb);
         Ok(Some(PackedQ4_1 { bytes, n, k }))
     }
 
@@ -255,17 +244,7 @@ impl PackedQ4_1 {
 
     /// The GGML tensor these bytes were packed from, bit for bit.
     pub(crate) fn to_qtensor(&self) -> candle_core::Result<QTensor> {
-        let kb = self.k / QK;
-        let mut data = vec![0u8; self.n * kb * BLOCK_BYTES];
-        for col in 0..self.n {
-            for b in 0..kb {
-                let to = &mut data[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-                let at = group_block(col / GROUP, b, kb);
-                for (from, to) in byte_places(col % GROUP).zip(to) {
-                    *to = self.bytes[at + from];
-                }
-            }
-        }
+        let data = LAYOUT.unpack(&self.bytes, self.n, self.k / QK);
         candle_core::quantized::ggml_file::qtensor_from_ggml(
             GgmlDType::Q4_1,
             &data,
@@ -281,12 +260,16 @@ fn group_block(g: usize, b: usize, kb: usize) -> usize {
 }
 
 /// Where each of a GGML block's 20 bytes goes in its group's block, for the group's column `c`:
-/// `d`, `m`, then the nibble bytes four at a time into the chunks' lanes.
-fn byte_places(c: usize) -> impl Iterator<Item = usize> {
-    let scales = [2 * c, 2 * c + 1, 32 + 2 * c, 33 + 2 * c];
-    let nibbles = (0..16).map(move |i| 64 + 64 * (i / 4) + 4 * c + i % 4);
-    scales.into_iter().chain(nibbles)
-}
+/// `d`, `m`, then the nibble bytes four at a time into the chunks' lanes; stored as they are.
+const LAYOUT: GroupLayout = GroupLayout {
+    block_bytes: BLOCK_BYTES,
+    place: |c, i| match i {
+        0 | 1 => 2 * c + i,
+        2 | 3 => 32 + 2 * c + i - 2,
+        _ => 64 + 64 * ((i - 4) / 4) + 4 * c + (i - 4) % 4,
+    },
+    stored: |_, byte| byte,
+};
 
 /// `x Wᵀ` [m, n] for a packed Q4_1 `weight` [n, k] and `x` [m, k] (row-major); None where `x` does
 /// not fit it. `dots` picks the instructions (the same bits).

@@ -13,7 +13,7 @@
 //! The activations are quantized as for Q4_1 (llama.cpp's `quantize_row_q8_1`: the same 8-bit values
 //! and scale as its Q8_0 rounding up to the last bit of `1/d`).
 
-use crate::cpu_kernels::{cpu, Dots};
+use crate::cpu_kernels::{cpu, Dots, GroupLayout, GROUP};
 use crate::q4_1::{quantize_q8_1, Q8_1Rows};
 use candle_core::quantized::{GgmlDType, QTensor};
 
@@ -21,8 +21,6 @@ use candle_core::quantized::{GgmlDType, QTensor};
 const QK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale, then 32 i8 quants (candle's `#[repr(C)] BlockQ8_0`).
 const BLOCK_BYTES: usize = 34;
-/// Columns per group: a 512-bit register's 32-bit lanes.
-const GROUP: usize = 16;
 /// Bytes of one block of one group: 16 f16 scales, then eight 64-byte chunks; chunk `j` holds, in
 /// column `c`'s lane, that column's quants `4j..4j + 4`, each plus 128.
 const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK_BYTES;
@@ -54,22 +52,7 @@ impl PackedQ8_0 {
         if data.len() != n * kb * BLOCK_BYTES {
             candle_core::bail!("a Q8_0 tensor [{n}, {k}] of {} bytes", data.len());
         }
-        let mut bytes = vec![0u8; n.div_ceil(GROUP) * kb * GROUP_BLOCK_BYTES];
-        // Padding columns: scale 0, quants 0 (stored as 128).
-        for (i, b) in bytes.iter_mut().enumerate() {
-            if i % GROUP_BLOCK_BYTES >= 2 * GROUP {
-                *b = 0x80;
-            }
-        }
-        for col in 0..n {
-            for b in 0..kb {
-                let from = &data[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-                let at = (col / GROUP * kb + b) * GROUP_BLOCK_BYTES;
-                for (i, place) in byte_places(col % GROUP).enumerate() {
-                    bytes[at + place] = if i < 2 { from[i] } else { from[i] ^ 0x80 };
-                }
-            }
-        }
+        let bytes = LAYOUT.pack(&data, n, kb);
         Ok(Some(PackedQ8_0 { bytes, n, k }))
     }
 
@@ -104,18 +87,7 @@ impl PackedQ8_0 {
 
     /// The GGML tensor these bytes were packed from, bit for bit.
     pub(crate) fn to_qtensor(&self) -> candle_core::Result<QTensor> {
-        let kb = self.k / QK;
-        let mut data = vec![0u8; self.n * kb * BLOCK_BYTES];
-        for col in 0..self.n {
-            for b in 0..kb {
-                let to = &mut data[(col * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-                let at = (col / GROUP * kb + b) * GROUP_BLOCK_BYTES;
-                for (i, (place, to)) in byte_places(col % GROUP).zip(to).enumerate() {
-                    let byte = self.bytes[at + place];
-                    *to = if i < 2 { byte } else { byte ^ 0x80 };
-                }
-            }
-        }
+        let data = LAYOUT.unpack(&self.bytes, self.n, self.k / QK);
         candle_core::quantized::ggml_file::qtensor_from_ggml(
             GgmlDType::Q8_0,
             &data,
@@ -125,12 +97,16 @@ impl PackedQ8_0 {
     }
 }
 
-/// Where each of a GGML Q8_0 block's 34 bytes goes in its group's block, for the group's column
-/// `c`: the scale, then the quants four at a time into the chunks' lanes.
-fn byte_places(c: usize) -> impl Iterator<Item = usize> {
-    let quants = (0..QK).map(move |i| 2 * GROUP + 64 * (i / 4) + 4 * c + i % 4);
-    [2 * c, 2 * c + 1].into_iter().chain(quants)
-}
+/// Where each of a GGML Q8_0 block's 34 bytes goes in its group's block: the scale at `2c`, the
+/// quants four at a time into the chunks' lanes, each plus 128 (its sign bit flipped).
+const LAYOUT: GroupLayout = GroupLayout {
+    block_bytes: BLOCK_BYTES,
+    place: |c, i| match i {
+        0 | 1 => 2 * c + i,
+        _ => 2 * GROUP + 64 * ((i - 2) / 4) + 4 * c + (i - 2) % 4,
+    },
+    stored: |i, byte| if i < 2 { byte } else { byte ^ 0x80 },
+};
 
 /// `x Wᵀ` [m, n] for a packed Q8_0 `weight` [n, k] and `x` [m, k]; None where `x` does not fit it.
 /// `dots` picks the instructions (the same bits).
