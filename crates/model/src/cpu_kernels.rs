@@ -15,6 +15,9 @@ pub(crate) struct Cpu {
     /// AVX-512 F, BW and VNNI (and `RTLAB_QMATMUL` is not `avx2`): the kernels take 16 columns per
     /// register and `vpdpbusd`.
     pub(crate) avx512_vnni: bool,
+    /// AVX-512 F (and `RTLAB_QMATMUL` is not `avx2`): decoding's attention takes 16 positions or
+    /// dimensions per register.
+    pub(crate) avx512f: bool,
 }
 
 /// The instructions that compute a kernel's dot products. Every choice gives the same bits: the
@@ -64,6 +67,7 @@ pub(crate) fn cpu() -> &'static Cpu {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
                     && !env_is("RTLAB_QMATMUL", "avx2"),
+                avx512f: is_x86_feature_detected!("avx512f") && !env_is("RTLAB_QMATMUL", "avx2"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -71,6 +75,7 @@ pub(crate) fn cpu() -> &'static Cpu {
             avx2_fma: false,
             f16c: false,
             avx512_vnni: false,
+            avx512f: false,
         }
     })
 }

@@ -1,7 +1,13 @@
 //! The KV cache of generation: per layer, the keys (transposed) and values of the tokens seen so
 //! far, in buffers that grow by chunks, with the batch operations decoding needs (a prompt's cache
-//! copied to its samples, finished samples dropped, several prompts' caches stacked right-aligned)
-//! and decoding's one-token attention read in place ([`crate::decode_attention`]).
+//! shared by its samples, finished samples dropped, several prompts' caches stacked) and decoding's
+//! one-token attention read in place ([`crate::decode_attention`]).
+//!
+//! Invariant: a prompt prefilled once and sampled n times is kept once. Each sample's row holds
+//! only its own positions and reads the prompt's from the one shared copy (on the CPU in f32, where
+//! decoding's attention reads the two in order; elsewhere the prompt is copied to each row as
+//! before). A step then reads the prompt's keys and values from memory once, not n times, and the
+//! attention's arithmetic is the same as over one copy per row (tests).
 
 use candle_core::{DType, Tensor};
 
@@ -29,6 +35,25 @@ pub struct LayerKv {
     /// right-aligned (each after its own padding; see [`KvCache::stack`]); empty when every
     /// sequence starts at 0.
     pub(crate) starts: Vec<usize>,
+    /// Prompts whose positions come before the rows' own, kept once however many rows read them;
+    /// None where each row holds all its positions. When set, `starts` is empty.
+    prompts: Option<SharedPrompts>,
+}
+
+/// Row `r` reads `parts[of_row[r]]`'s positions, then its own.
+#[derive(Clone)]
+struct SharedPrompts {
+    parts: Vec<Prompt>,
+    of_row: Vec<usize>,
+}
+
+/// One prompt's cached positions, contiguous f32 on the CPU: keys transposed [kv_heads, head_dim,
+/// len] and values [kv_heads, len, head_dim].
+#[derive(Clone)]
+struct Prompt {
+    keys_t: Tensor,
+    values: Tensor,
+    len: usize,
 }
 
 impl LayerKv {
@@ -39,7 +64,32 @@ impl LayerKv {
             values: Tensor::zeros((b, h, 0, d), like.dtype(), like.device())?,
             len: 0,
             starts: Vec::new(),
+            prompts: None,
         })
+    }
+
+    /// Rows of the batch.
+    fn rows(&self) -> usize {
+        self.values.dims()[0]
+    }
+
+    /// Positions row `r` has cached: its shared prompt's, then its own.
+    fn row_len(&self, r: usize) -> usize {
+        match &self.prompts {
+            Some(p) => p.parts[p.of_row[r]].len + self.len,
+            None => self.len - self.starts.get(r).copied().unwrap_or(0),
+        }
+    }
+
+    /// Positions the longest row has cached.
+    fn longest(&self) -> usize {
+        match &self.prompts {
+            Some(_) => (0..self.rows())
+                .map(|r| self.row_len(r))
+                .max()
+                .unwrap_or(self.len),
+            None => self.len,
+        }
     }
 
     /// A cache holding `k` and `v` [batch, kv_heads, seq, head_dim].
@@ -77,12 +127,46 @@ impl LayerKv {
     }
 
     /// The cached keys, transposed ([batch, kv_heads, head_dim, len]), and values ([batch,
-    /// kv_heads, len, head_dim]): views of the buffers.
-    pub(crate) fn views(&self) -> candle_core::Result<(Tensor, Tensor)> {
+    /// kv_heads, len, head_dim]), for the general attention: views of the buffers, once shared
+    /// prompts are copied into every row that reads them (see [`Self::materialized`]).
+    pub(crate) fn views(&mut self) -> candle_core::Result<(Tensor, Tensor)> {
+        if self.prompts.is_some() {
+            *self = self.materialized()?;
+        }
+        self.own_views()
+    }
+
+    /// The rows' own positions: views of the buffers.
+    fn own_views(&self) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
             self.keys_t.narrow(3, 0, self.len)?,
             self.values.narrow(2, 0, self.len)?,
         ))
+    }
+
+    /// The same cache with every row holding all its positions (its shared prompt's copied in
+    /// front of its own), right-aligned as [`Self::stack`] aligns rows of different lengths. Only
+    /// the general attention needs it (a pass of several tokens after sampling began).
+    fn materialized(&self) -> candle_core::Result<LayerKv> {
+        let Some(prompts) = &self.prompts else {
+            let (k_t, v) = self.own_views()?;
+            let mut out = LayerKv::empty(&v)?;
+            out.append_transposed(&k_t, &v)?;
+            out.starts = self.starts.clone();
+            return Ok(out);
+        };
+        let (own_k, own_v) = self.own_views()?;
+        let rows = (0..self.rows())
+            .map(|r| {
+                let prompt = &prompts.parts[prompts.of_row[r]];
+                let k_t = Tensor::cat(&[&prompt.keys_t.unsqueeze(0)?, &own_k.narrow(0, r, 1)?], 3)?;
+                let v = Tensor::cat(&[&prompt.values.unsqueeze(0)?, &own_v.narrow(0, r, 1)?], 2)?;
+                let mut row = LayerKv::empty(&v)?;
+                row.append_transposed(&k_t, &v)?;
+                Ok(row)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        LayerKv::stack(&rows.iter().collect::<Vec<_>>())
     }
 
     /// The attention of one new token per sequence (`q` [batch, heads, 1, head_dim], its key and
@@ -93,7 +177,7 @@ impl LayerKv {
         q: &Tensor,
         heads: usize,
     ) -> candle_core::Result<Option<Tensor>> {
-        use candle_core::{CpuStorage, Storage};
+        use crate::decode_attention::{Run, Runs};
         let (batch, kv_heads, head_dim, capacity) = self.keys_t.dims4()?;
         if !q.device().is_cpu()
             || q.dtype() != DType::F32
@@ -102,39 +186,62 @@ impl LayerKv {
             return Ok(None);
         }
         let q = q.contiguous()?;
-        let (q_store, q_layout) = q.storage_and_layout();
-        let (k_store, k_layout) = self.keys_t.storage_and_layout();
-        let (v_store, v_layout) = self.values.storage_and_layout();
-        let (
-            Storage::Cpu(CpuStorage::F32(q_all)),
-            Storage::Cpu(CpuStorage::F32(k_all)),
-            Storage::Cpu(CpuStorage::F32(v_all)),
-        ) = (&*q_store, &*k_store, &*v_store)
-        else {
-            return Ok(None);
-        };
-        let (Some((q0, q1)), Some((k0, k1)), Some((v0, v1))) = (
-            q_layout.contiguous_offsets(),
-            k_layout.contiguous_offsets(),
-            v_layout.contiguous_offsets(),
+        let (Some(q_all), Some(k_all), Some(v_all)) = (
+            f32_slice(&q),
+            f32_slice(&self.keys_t),
+            f32_slice(&self.values),
         ) else {
             return Ok(None);
+        };
+        let parts = match &self.prompts {
+            Some(p) => p.parts.as_slice(),
+            None => &[],
+        };
+        let prompts: Vec<_> = parts
+            .iter()
+            .map(|p| (f32_slice(&p.keys_t), f32_slice(&p.values), p.len))
+            .collect();
+        let mut prompt_runs = Vec::with_capacity(prompts.len());
+        for (k, v, len) in &prompts {
+            let (Some(k), Some(v)) = (k, v) else {
+                return Ok(None);
+            };
+            prompt_runs.push((k.get(), v.get(), *len));
+        }
+        let (q_all, k_all, v_all) = (q_all.get(), k_all.get(), v_all.get());
+        let d = head_dim;
+        let runs = |b: usize, kv: usize| -> Runs<'_> {
+            let item = b * kv_heads + kv;
+            let start = self.starts.get(b).copied().unwrap_or(0);
+            // The row's own positions: its keys from `start` in each dimension's row, its values
+            // from row `start`.
+            let own = Run {
+                keys_t: &k_all[item * d * capacity + start..(item + 1) * d * capacity],
+                values: &v_all[(item * capacity + start) * d..(item + 1) * capacity * d],
+                capacity,
+                len: self.len - start,
+            };
+            match &self.prompts {
+                Some(p) => {
+                    let (keys_t, values, len) = prompt_runs[p.of_row[b]];
+                    let prompt = Run {
+                        keys_t: &keys_t[kv * d * len..(kv + 1) * d * len],
+                        values: &values[kv * len * d..(kv + 1) * len * d],
+                        capacity: len,
+                        len,
+                    };
+                    ([prompt, own], 2)
+                }
+                None => ([own, own], 1),
+            }
         };
         let shape = crate::decode_attention::Shape {
             batch,
             heads,
             kv_heads,
             head_dim,
-            capacity,
-            len: self.len,
         };
-        let y = crate::decode_attention::attend(
-            &q_all[q0..q1],
-            &k_all[k0..k1],
-            &v_all[v0..v1],
-            shape,
-            &self.starts,
-        );
+        let y = crate::decode_attention::attend(q_all, shape, runs);
         Ok(Some(Tensor::from_vec(
             y,
             (batch, heads, head_dim),
@@ -154,12 +261,56 @@ impl LayerKv {
                 true => Vec::new(),
                 false => keep.iter().map(|&r| self.starts[r]).collect(),
             },
+            // The prompts the kept rows read, renumbered; a prompt no row reads any more is freed.
+            prompts: self.prompts.as_ref().map(|p| {
+                let mut parts = Vec::new();
+                let mut renumbered = vec![None; p.parts.len()];
+                let of_row = keep
+                    .iter()
+                    .map(|&r| {
+                        let old = p.of_row[r];
+                        *renumbered[old].get_or_insert_with(|| {
+                            parts.push(p.parts[old].clone());
+                            parts.len() - 1
+                        })
+                    })
+                    .collect();
+                SharedPrompts { parts, of_row }
+            }),
         })
     }
 
-    /// The same cache for `n` copies of each sequence.
+    /// The same cache for `n` copies of each sequence. One sequence on the CPU in f32 (a prompt
+    /// prefilled for its samples) is kept once and shared by the n rows, which start with no
+    /// positions of their own.
     fn repeat(&self, n: usize) -> candle_core::Result<LayerKv> {
-        let (k_t, v) = self.views()?;
+        let (k_t, v) = self.own_views()?;
+        let (rows, kv_heads, head_dim, _) = k_t.dims4()?;
+        if rows == 1
+            && self.starts.is_empty()
+            && self.prompts.is_none()
+            && v.device().is_cpu()
+            && v.dtype() == DType::F32
+        {
+            let prompt = Prompt {
+                keys_t: k_t.squeeze(0)?.contiguous()?,
+                values: v.squeeze(0)?.contiguous()?,
+                len: self.len,
+            };
+            return Ok(LayerKv {
+                keys_t: Tensor::zeros((n, kv_heads, head_dim, 0), v.dtype(), v.device())?,
+                values: Tensor::zeros((n, kv_heads, 0, head_dim), v.dtype(), v.device())?,
+                len: 0,
+                starts: Vec::new(),
+                prompts: Some(SharedPrompts {
+                    parts: vec![prompt],
+                    of_row: vec![0; n],
+                }),
+            });
+        }
+        if self.prompts.is_some() {
+            return self.materialized()?.repeat(n);
+        }
         let (k_t, v) = (k_t.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?);
         let mut out = LayerKv::empty(&v)?;
         out.append_transposed(&k_t, &v)?;
@@ -169,13 +320,25 @@ impl LayerKv {
         Ok(out)
     }
 
-    /// The layers of several caches as one batch, right-aligned: each cache's sequences after
-    /// padding up to the longest (zeros that no sequence attends to).
+    /// The layers of several caches as one batch. Caches whose rows read shared prompts and hold
+    /// as many positions of their own (each prompt's samples, before their first step) keep their
+    /// prompts shared; otherwise every row holds all its positions, right-aligned: each cache's
+    /// sequences after padding up to the longest (zeros that no sequence attends to).
     fn stack(parts: &[&LayerKv]) -> candle_core::Result<LayerKv> {
+        if let Some(shared) = LayerKv::stack_shared(parts)? {
+            return Ok(shared);
+        }
+        if parts.iter().any(|p| p.prompts.is_some()) {
+            let whole = parts
+                .iter()
+                .map(|p| p.materialized())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return LayerKv::stack(&whole.iter().collect::<Vec<_>>());
+        }
         let longest = parts.iter().map(|p| p.len).max().unwrap_or(0);
         let (mut keys, mut values, mut starts) = (Vec::new(), Vec::new(), Vec::new());
         for part in parts {
-            let (k_t, v) = part.views()?;
+            let (k_t, v) = part.own_views()?;
             let pad = longest - part.len;
             let (b, h, d, _) = k_t.dims4()?;
             let padded = |x: Tensor, dim: usize, shape: (usize, usize, usize, usize)| match pad {
@@ -195,6 +358,86 @@ impl LayerKv {
             out.starts = starts;
         }
         Ok(out)
+    }
+}
+
+impl LayerKv {
+    /// [`LayerKv::stack`] of caches that all read shared prompts, hold the same number of positions
+    /// of their own and agree on their buffers' shapes: their rows in order, every prompt still
+    /// kept once. None when they do not.
+    fn stack_shared(parts: &[&LayerKv]) -> candle_core::Result<Option<LayerKv>> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let (_, kv_heads, head_dim, _) = first.keys_t.dims4()?;
+        for p in parts {
+            let (_, h, d, _) = p.keys_t.dims4()?;
+            if p.prompts.is_none() || p.len != first.len || (h, d) != (kv_heads, head_dim) {
+                return Ok(None);
+            }
+        }
+        let (mut prompt_parts, mut of_row) = (Vec::new(), Vec::new());
+        for p in parts {
+            let Some(shared) = &p.prompts else {
+                return Ok(None);
+            };
+            let offset = prompt_parts.len();
+            prompt_parts.extend(shared.parts.iter().cloned());
+            of_row.extend(shared.of_row.iter().map(|i| i + offset));
+        }
+        let rows = of_row.len();
+        let (dtype, device) = (first.values.dtype(), first.values.device());
+        let mut out = LayerKv {
+            keys_t: Tensor::zeros((rows, kv_heads, head_dim, 0), dtype, device)?,
+            values: Tensor::zeros((rows, kv_heads, 0, head_dim), dtype, device)?,
+            len: 0,
+            starts: Vec::new(),
+            prompts: Some(SharedPrompts {
+                parts: prompt_parts,
+                of_row,
+            }),
+        };
+        if first.len > 0 {
+            let views = parts
+                .iter()
+                .map(|p| p.own_views())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let keys: Vec<&Tensor> = views.iter().map(|(k, _)| k).collect();
+            let values: Vec<&Tensor> = views.iter().map(|(_, v)| v).collect();
+            out.append_transposed(&Tensor::cat(&keys, 0)?, &Tensor::cat(&values, 0)?)?;
+        }
+        Ok(Some(out))
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor, held for reading; None for any other tensor.
+fn f32_slice(t: &Tensor) -> Option<F32View<'_>> {
+    use candle_core::{CpuStorage, Storage};
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(_)) => Some(F32View {
+            storage,
+            range: start..end,
+        }),
+        _ => None,
+    }
+}
+
+/// A tensor's f32 values on the CPU, its storage's read lock held while they are read.
+struct F32View<'a> {
+    storage: candle_core::StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl F32View<'_> {
+    fn get(&self) -> &[f32] {
+        match &*self.storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)) => {
+                &all[self.range.clone()]
+            }
+            _ => unreachable!("checked by f32_slice"),
+        }
     }
 }
 
@@ -250,7 +493,12 @@ impl KvCache {
     /// [`KvCache::stack`] of them); None when all sit at [`KvCache::len`].
     pub fn sequence_positions(&self) -> Option<Vec<usize>> {
         let kv = self.layers.first()?.as_ref()?;
-        (!kv.starts.is_empty()).then(|| kv.starts.iter().map(|s| kv.len - s).collect())
+        let positions: Vec<usize> = (0..kv.rows()).map(|r| kv.row_len(r)).collect();
+        let varies = match &kv.prompts {
+            Some(_) => positions.iter().any(|&p| p != kv.longest()),
+            None => !kv.starts.is_empty(),
+        };
+        varies.then_some(positions)
     }
 
     /// True before the first token is cached.
@@ -263,7 +511,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map(|kv| kv.len)
+            .map(|kv| kv.longest())
             .unwrap_or(0)
     }
 }

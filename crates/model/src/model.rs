@@ -189,7 +189,7 @@ impl Attention {
         // The keys transposed, [b, kv_heads, head_dim, seq]: a cache keeps them so.
         let (k_t, v) = match cache {
             Some(slot) => {
-                let kv = match slot.take() {
+                let mut kv = match slot.take() {
                     Some(mut kv) => {
                         kv.append(&k, &v)?;
                         kv
@@ -202,18 +202,20 @@ impl Attention {
                     true => kv.attend_one_token(&q, self.heads)?,
                     false => None,
                 };
-                if fast.is_none() && !kv.starts.is_empty() {
-                    candle_core::bail!(
-                        "sequences of different lengths decode as one batch only on the CPU in f32, one token at a time"
-                    );
-                }
-                let views = kv.views()?;
-                *slot = Some(kv);
                 if let Some(y) = fast {
+                    *slot = Some(kv);
                     return self
                         .o
                         .forward(&y.reshape((b, t, self.heads * self.head_dim))?, pass);
                 }
+                // The general attention reads every row's positions from its own buffers.
+                let views = kv.views()?;
+                if !kv.starts.is_empty() {
+                    candle_core::bail!(
+                        "sequences of different lengths decode as one batch only on the CPU in f32, one token at a time"
+                    );
+                }
+                *slot = Some(kv);
                 views
             }
             None => (k.t()?, v),

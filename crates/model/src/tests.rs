@@ -171,6 +171,70 @@ fn the_kv_cache_gives_the_logits_of_a_full_forward() {
     }
 }
 
+/// A prompt prefilled once and shared by its samples (`KvCache::repeat`, then `stack` with another
+/// prompt's) gives every row the logits of its own sequence, through decoding's kernel (which reads
+/// the shared prompt, then the row's own positions) and through the general attention after it
+/// (which copies the prompt into each row first).
+#[test]
+fn a_prompt_shared_by_its_samples_gives_each_row_the_logits_of_its_own_sequence() {
+    let dir = tiny_dir(crate::config::Arch::Qwen2);
+    let m = model(dir.path(), DType::F32);
+    randomize_b(&m);
+    let row = |ids: &[u32]| {
+        Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+    };
+    let prefill = |ids: &[u32]| {
+        let mut cache = KvCache::default();
+        m.forward(&row(ids), Some(&mut cache), &mut Pass::decoding())
+            .unwrap();
+        cache
+    };
+    let last_logits = |ids: &[u32]| {
+        let full = m.forward(&row(ids), None, &mut Pass::inference()).unwrap();
+        full.narrow(1, ids.len() - 1, 1).unwrap()
+    };
+    let (a, b): (&[u32], &[u32]) = (&[5, 17, 99, 3], &[250, 8]);
+    // One prompt's three samples, then two prompts' (two samples and one) stacked.
+    let cases: [(Vec<&[u32]>, KvCache); 2] = [
+        (vec![a, a, a], prefill(a).repeat(3).unwrap()),
+        (
+            vec![a, a, b],
+            KvCache::stack(&[prefill(a).repeat(2).unwrap(), prefill(b).repeat(1).unwrap()])
+                .unwrap(),
+        ),
+    ];
+    for (case, (prompts, mut cache)) in cases.into_iter().enumerate() {
+        let mut seqs: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        // Two decoding steps, each row its own token; then, where the rows are as long as each
+        // other, a tracked step through the general attention.
+        let mut passes: Vec<fn() -> Pass> = vec![Pass::decoding, Pass::decoding];
+        if case == 0 {
+            passes.push(Pass::inference);
+        }
+        for (step, pass) in passes.into_iter().enumerate() {
+            let next: Vec<u32> = (0..seqs.len())
+                .map(|r| (40 + 13 * r + step) as u32)
+                .collect();
+            let input = Tensor::new(next.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap();
+            let logits = m.forward(&input, Some(&mut cache), &mut pass()).unwrap();
+            for (r, seq) in seqs.iter_mut().enumerate() {
+                seq.push(next[r]);
+                let worst = max_abs_diff(&logits.narrow(0, r, 1).unwrap(), &last_logits(seq));
+                assert!(
+                    worst < 1e-4,
+                    "case {case}, step {step}, row {r}: logits differ by {worst}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_saved_adapter_reloads_bit_identically_with_peft_names_and_shapes() {
     let dir = tiny_dir(crate::config::Arch::Llama);
