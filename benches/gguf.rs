@@ -8,7 +8,10 @@
 //!    was NOT run. Goal (issue 34): rtlab at least 1.0× llama.cpp.
 //! 2. 20 samples of one prompt decoded as one batch: aggregate tokens/s against rtlab's single
 //!    stream. Goal: at least 8×. And 20 different prompts, one sample each, as one batch (a
-//!    benchmark's problems; their lengths differ). Goal: at least 6×.
+//!    benchmark's problems; their lengths differ). Goal: at least 6×. Both beside llama.cpp's own
+//!    batched decoding of the same file, the same prompts and sampling, in the same runs
+//!    (`tests/python/llama_cpp_batch.py`: one `llama_decode` per step for every unfinished
+//!    sequence, one prompt's cells shared by its 20 sequences), when `llama_cpp` imports.
 //!
 //! Parts 1 and 2 also run rtlab on candle's quantized kernels (`RTLAB_QMATMUL=candle`: the Q4_1
 //! weights requantized to Q8_0 at load, as rtlab ran before its own Q4_1 kernel), the baseline of
@@ -163,13 +166,9 @@ print(`seconds ${{s}}`);"#,
 /// tokens/s. The prompts differ in length, so the batch is ragged (each sequence after its own
 /// padding).
 fn rtlab_prompts_batch(model: &Path, n: usize, adapter: Option<&Path>) -> f64 {
-    let prompts: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                "#{{p: \"{PROMPT} Name the module fifo_{i}{}.\"}}",
-                " and give it a depth of 16 entries".repeat(i % 4)
-            )
-        })
+    let prompts: Vec<String> = different_prompts(n)
+        .iter()
+        .map(|p| format!("#{{p: {p:?}}}"))
         .collect();
     let out = script(&format!(
         r#"let m = load_model("{path}", #{{}});
@@ -188,6 +187,19 @@ print(`seconds ${{s}}`);"#,
         adapter = adapter_option(adapter)
     ));
     field(&out, "tokens") / field(&out, "seconds")
+}
+
+/// The 20-prompts batch's prompts: the FIFO prompt with a module name and 0 to 3 extra clauses, so
+/// four lengths.
+fn different_prompts(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{PROMPT} Name the module fifo_{i}{}.",
+                " and give it a depth of 16 entries".repeat(i % 4)
+            )
+        })
+        .collect()
 }
 
 /// `, adapter: "DIR"` for a script's options map, or nothing.
@@ -219,6 +231,32 @@ print("seconds", s)
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout);
+    Some(field(&text, "tokens") / field(&text, "seconds"))
+}
+
+/// llama.cpp's batched decoding of the same file: 20 samples of `prompts[0]`, or one sample of each
+/// of 20 prompts, through `tests/python/llama_cpp_batch.py` (sampled at temperature 0.8 from the
+/// whole vocabulary, as rtlab's batch); aggregate tokens/s, or None when `llama_cpp` cannot run.
+fn llama_cpp_batch(python: &str, model: &Path, prompts: &[String], n: usize) -> Option<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/llama_cpp_batch.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(model)
+        .args(prompts)
+        .args([n.to_string(), TOKENS.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "llama.cpp's batch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).replace('=', " ");
     Some(field(&text, "tokens") / field(&text, "seconds"))
 }
 
@@ -354,6 +392,7 @@ fn decode(model: &Path, runs: usize) {
     let (mut quant, mut f32s, mut llama, mut batch) = (vec![], vec![], vec![], vec![]);
     let (mut candle_quant, mut candle_batch, mut avx2_batch) = (vec![], vec![], vec![]);
     let (mut prompts_batch, mut small_pages) = (vec![], vec![]);
+    let (mut llama_batch, mut llama_prompts) = (vec![], vec![]);
     for _ in 0..runs {
         quant.push(rtlab_single(model, false, Kernel::Rtlab));
         small_pages.push(rtlab_single(model, false, Kernel::SmallPages));
@@ -366,6 +405,10 @@ fn decode(model: &Path, runs: usize) {
         candle_batch.push(rtlab_batch(model, 20, Kernel::Candle));
         avx2_batch.push(rtlab_batch(model, 20, Kernel::Avx2));
         prompts_batch.push(rtlab_prompts_batch(model, 20, None));
+        if !llama.is_empty() {
+            llama_batch.extend(llama_cpp_batch(&python, model, &[PROMPT.to_string()], 20));
+            llama_prompts.extend(llama_cpp_batch(&python, model, &different_prompts(20), 20));
+        }
     }
     let q = median(quant.clone());
     let cq = median(candle_quant.clone());
@@ -407,6 +450,17 @@ fn decode(model: &Path, runs: usize) {
         pb / q
     );
     let llama_single = (!llama.is_empty()).then(|| median(llama.clone()));
+    let llama_b = (!llama_batch.is_empty()).then(|| median(llama_batch.clone()));
+    let llama_p = (!llama_prompts.is_empty()).then(|| median(llama_prompts.clone()));
+    match (llama_b, llama_p) {
+        (Some(lb), Some(lp)) => {
+            println!("20 samples as one batch, llama.cpp {lb:5.1} tok/s  runs {llama_batch:.1?}");
+            println!("rtlab batch / llama.cpp batch    {:7.2}x", b / lb);
+            println!("20 prompts as one batch, llama.cpp {lp:5.1} tok/s  runs {llama_prompts:.1?}");
+            println!("rtlab prompts / llama.cpp        {:7.2}x", pb / lp);
+        }
+        _ => println!("batches, llama.cpp              NOT run (see the single stream's line)"),
+    }
     results::write(
         "gguf_decode",
         serde_json::json!({
@@ -423,6 +477,10 @@ fn decode(model: &Path, runs: usize) {
             "prompts20_tok_s": pb,
             "decode_prompts20_vs_single": pb / q,
             "decode_single_vs_llama_cpp": llama_single.map(|l| q / l),
+            "llama_cpp_batch20_tok_s": llama_b,
+            "decode_batch20_vs_llama_cpp": llama_b.map(|l| b / l),
+            "llama_cpp_prompts20_tok_s": llama_p,
+            "decode_prompts20_vs_llama_cpp": llama_p.map(|l| pb / l),
         }),
         runs,
     );

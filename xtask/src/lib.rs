@@ -211,6 +211,30 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
                     "| `decode_single_vs_llama_cpp` (goal ≥ 1.0×) | not measured: `llama_cpp` was not importable | |\n",
                 ),
             }
+            // llama.cpp's own batches of the same file, where the results have them.
+            for (what, ratio, peer) in [
+                (
+                    "20 samples of one prompt",
+                    "decode_batch20_vs_llama_cpp",
+                    "llama_cpp_batch20_tok_s",
+                ),
+                (
+                    "20 different prompts",
+                    "decode_prompts20_vs_llama_cpp",
+                    "llama_cpp_prompts20_tok_s",
+                ),
+            ] {
+                match (f.get(ratio), f[ratio].as_f64()) {
+                    (None, _) => {}
+                    (Some(_), Some(r)) => out.push_str(&format!(
+                        "| {what} against llama.cpp's batch, `{ratio}` | **{r:.2}×** (llama.cpp {:.1} tok/s) | |\n",
+                        num(f, peer)?
+                    )),
+                    (Some(_), None) => out.push_str(&format!(
+                        "| {what} against llama.cpp's batch, `{ratio}` | not measured: `llama_cpp` was not importable | |\n"
+                    )),
+                }
+            }
         }
         "dpo" => {
             out.push_str(&format!(
@@ -581,6 +605,55 @@ mod tests {
         );
         let without = render("gguf_decode", &results(None)).unwrap();
         assert!(!without.contains("4 KiB pages"), "{without}");
+    }
+
+    #[test]
+    fn the_decode_table_sets_rtlabs_batches_beside_llama_cpps_where_they_ran() {
+        let results = |llama: serde_json::Value| {
+            let mut figures = serde_json::json!({
+                "tokens": 128, "single_tok_s": 80.0, "single_candle_tok_s": 60.0,
+                "single_f32_tok_s": 30.0, "batch20_tok_s": 300.0, "batch20_candle_tok_s": 100.0,
+                "decode_batch20_vs_single": 3.75, "decode_single_vs_llama_cpp": null,
+                "prompts20_tok_s": 200.0, "decode_prompts20_vs_single": 2.5
+            });
+            for (key, value) in llama.as_object().unwrap() {
+                figures[key] = value.clone();
+            }
+            serde_json::json!({
+                "figures": figures, "runs": 3,
+                "machine": {"cpu": "c", "simd": ["avx2"], "cores": 2}, "commit": "abc"
+            })
+        };
+        let ran = render(
+            "gguf_decode",
+            &results(serde_json::json!({
+                "llama_cpp_batch20_tok_s": 150.0, "decode_batch20_vs_llama_cpp": 2.0,
+                "llama_cpp_prompts20_tok_s": 125.0, "decode_prompts20_vs_llama_cpp": 1.6
+            })),
+        )
+        .unwrap();
+        assert!(
+            ran.contains("| 20 samples of one prompt against llama.cpp's batch, `decode_batch20_vs_llama_cpp` | **2.00×** (llama.cpp 150.0 tok/s) | |"),
+            "{ran}"
+        );
+        assert!(ran.contains("**1.60×** (llama.cpp 125.0 tok/s)"), "{ran}");
+        let not_run = render(
+            "gguf_decode",
+            &results(serde_json::json!({
+                "llama_cpp_batch20_tok_s": null, "decode_batch20_vs_llama_cpp": null,
+                "llama_cpp_prompts20_tok_s": null, "decode_prompts20_vs_llama_cpp": null
+            })),
+        )
+        .unwrap();
+        assert_eq!(
+            not_run.matches("against llama.cpp's batch").count(),
+            2,
+            "{not_run}"
+        );
+        assert!(not_run.contains("not measured"), "{not_run}");
+        // Results from before the peer was measured render as they did.
+        let older = render("gguf_decode", &results(serde_json::json!({}))).unwrap();
+        assert!(!older.contains("llama.cpp's batch"), "{older}");
     }
 
     #[test]
