@@ -362,9 +362,9 @@ impl LayerKv {
 }
 
 impl LayerKv {
-    /// [`LayerKv::stack`] of caches that all read shared prompts, hold the same number of positions
-    /// of their own and agree on their buffers' shapes: their rows in order, every prompt still
-    /// kept once. None when they do not.
+    /// [`LayerKv::stack`] of caches that all read shared prompts, hold no positions of their own yet
+    /// (each prompt's samples before their first step, as `generate_batches` stacks them) and agree
+    /// on their heads' shapes: their rows in order, every prompt still kept once. None otherwise.
     fn stack_shared(parts: &[&LayerKv]) -> candle_core::Result<Option<LayerKv>> {
         let Some(first) = parts.first() else {
             return Ok(None);
@@ -372,7 +372,7 @@ impl LayerKv {
         let (_, kv_heads, head_dim, _) = first.keys_t.dims4()?;
         for p in parts {
             let (_, h, d, _) = p.keys_t.dims4()?;
-            if p.prompts.is_none() || p.len != first.len || (h, d) != (kv_heads, head_dim) {
+            if p.prompts.is_none() || p.len != 0 || (h, d) != (kv_heads, head_dim) {
                 return Ok(None);
             }
         }
@@ -387,7 +387,7 @@ impl LayerKv {
         }
         let rows = of_row.len();
         let (dtype, device) = (first.values.dtype(), first.values.device());
-        let mut out = LayerKv {
+        Ok(Some(LayerKv {
             keys_t: Tensor::zeros((rows, kv_heads, head_dim, 0), dtype, device)?,
             values: Tensor::zeros((rows, kv_heads, 0, head_dim), dtype, device)?,
             len: 0,
@@ -396,17 +396,7 @@ impl LayerKv {
                 parts: prompt_parts,
                 of_row,
             }),
-        };
-        if first.len > 0 {
-            let views = parts
-                .iter()
-                .map(|p| p.own_views())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let keys: Vec<&Tensor> = views.iter().map(|(k, _)| k).collect();
-            let values: Vec<&Tensor> = views.iter().map(|(_, v)| v).collect();
-            out.append_transposed(&Tensor::cat(&keys, 0)?, &Tensor::cat(&values, 0)?)?;
-        }
-        Ok(Some(out))
+        }))
     }
 }
 
