@@ -75,12 +75,20 @@ pub(crate) fn attend<'a>(
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; batch * heads * d];
     let shared = SharedOut(out.as_mut_ptr());
-    // One work item per (sequence, key/value head): the query heads that read one key/value head
-    // are computed together, so its keys and values are read once for all of them.
-    candle_core::utils::barrier_pool().execute_chunked(batch * kv_heads, |items| {
+    // A work item is the query heads that read one key/value head, computed together so that its
+    // keys and values are read once for all of them; where that leaves too few items to share
+    // between the pool's threads (one stream: SmolLM2's 3 key/value heads on 2 threads), a work item
+    // is one query head. Either way each head gets the same bits.
+    let threads = candle_core::utils::barrier_pool().n_workers() + 1;
+    let together = match batch * kv_heads >= 4 * threads {
+        true => rep,
+        false => 1,
+    };
+    candle_core::utils::barrier_pool().execute_chunked(batch * heads / together, |items| {
         let mut scores = Vec::new();
         for item in items {
-            let (b, kv) = (item / kv_heads, item % kv_heads);
+            let first_head = item * together;
+            let (b, kv) = (first_head / heads, (first_head % heads) / rep);
             let (runs, n) = runs(b, kv);
             let runs = &runs[..n];
             assert!(
@@ -88,11 +96,11 @@ pub(crate) fn attend<'a>(
                 "decode attention: a run of sequence {b} is shorter than it says"
             );
             let len: usize = runs.iter().map(|r| r.len).sum();
-            scores.resize(rep * len, 0.0);
-            let first_head = b * heads + kv * rep;
-            let q = &q[first_head * d..(first_head + rep) * d];
-            // SAFETY: the rep heads' outputs are written by this work item alone.
-            let y = unsafe { std::slice::from_raw_parts_mut(shared.at(first_head * d), rep * d) };
+            scores.resize(together * len, 0.0);
+            let q = &q[first_head * d..(first_head + together) * d];
+            // SAFETY: these heads' outputs are written by this work item alone.
+            let y =
+                unsafe { std::slice::from_raw_parts_mut(shared.at(first_head * d), together * d) };
             kv_group(q, runs, d, scale, &mut scores, y);
         }
     });
@@ -571,11 +579,19 @@ mod tests {
         }
     }
 
+    /// Whichever the work items (one query head, or the heads of a key/value head together, which
+    /// `attend` picks by the batch's size), each head is the textbook formula.
     #[test]
     fn one_token_attention_is_the_textbook_formula() {
+        for batch in [2, 9] {
+            textbook(batch);
+        }
+    }
+
+    fn textbook(batch: usize) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let s = Shape {
-            batch: 2,
+            batch,
             heads: 6,
             kv_heads: 2,
             head_dim: 8,
@@ -584,8 +600,9 @@ mod tests {
         let q = random(&mut rng, s.batch * s.heads * s.head_dim);
         let keys_t = random(&mut rng, s.batch * s.kv_heads * s.head_dim * capacity);
         let values = random(&mut rng, s.batch * s.kv_heads * capacity * s.head_dim);
-        // Both sequences from position 0, then the first after four positions of padding.
-        for starts in [[0, 0], [4, 0]] {
+        // Every sequence from position 0, then the first after four positions of padding.
+        let padded: Vec<usize> = (0..batch).map(|b| if b == 0 { 4 } else { 0 }).collect();
+        for starts in [vec![0; batch], padded] {
             let d = s.head_dim;
             let ours = attend(&q, s, |b, kv| {
                 let (item, start) = (b * s.kv_heads + kv, starts[b]);
