@@ -359,9 +359,7 @@ impl LayerKv {
         }
         Ok(out)
     }
-}
 
-impl LayerKv {
     /// [`LayerKv::stack`] of caches that all read shared prompts, hold no positions of their own yet
     /// (each prompt's samples before their first step, as `generate_batches` stacks them) and agree
     /// on their heads' shapes: their rows in order, every prompt still kept once. None otherwise.
