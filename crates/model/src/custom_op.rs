@@ -17,6 +17,37 @@ pub(crate) fn values<'a>(
     }
 }
 
+/// The f32 values of a contiguous CPU tensor, held for reading; None for any other tensor.
+pub(crate) fn f32_view(t: &Tensor) -> Option<F32View<'_>> {
+    use candle_core::{CpuStorage, Storage};
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(_)) => Some(F32View {
+            storage,
+            range: start..end,
+        }),
+        _ => None,
+    }
+}
+
+/// A tensor's f32 values on the CPU, its storage's read lock held while they are read.
+pub(crate) struct F32View<'a> {
+    storage: candle_core::StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl F32View<'_> {
+    pub(crate) fn get(&self) -> &[f32] {
+        match &*self.storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)) => {
+                &all[self.range.clone()]
+            }
+            _ => unreachable!("checked by f32_view"),
+        }
+    }
+}
+
 /// The ids of a contiguous u32 CPU tensor (a batch's targets), as a custom op receives it.
 pub(crate) fn ids<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
     match (s, l.contiguous_offsets()) {

@@ -9,6 +9,7 @@
 //! before). A step then reads the prompt's keys and values from memory once, not n times, and the
 //! attention's arithmetic is the same as over one copy per row (tests).
 
+use crate::custom_op::f32_view;
 use candle_core::{DType, Tensor};
 
 /// Keys and values of the tokens seen so far, per layer, for generation.
@@ -186,11 +187,9 @@ impl LayerKv {
             return Ok(None);
         }
         let q = q.contiguous()?;
-        let (Some(q_all), Some(k_all), Some(v_all)) = (
-            f32_slice(&q),
-            f32_slice(&self.keys_t),
-            f32_slice(&self.values),
-        ) else {
+        let (Some(q_all), Some(k_all), Some(v_all)) =
+            (f32_view(&q), f32_view(&self.keys_t), f32_view(&self.values))
+        else {
             return Ok(None);
         };
         let parts = match &self.prompts {
@@ -199,7 +198,7 @@ impl LayerKv {
         };
         let prompts: Vec<_> = parts
             .iter()
-            .map(|p| (f32_slice(&p.keys_t), f32_slice(&p.values), p.len))
+            .map(|p| (f32_view(&p.keys_t), f32_view(&p.values), p.len))
             .collect();
         let mut prompt_runs = Vec::with_capacity(prompts.len());
         for (k, v, len) in &prompts {
@@ -395,37 +394,6 @@ impl LayerKv {
                 of_row,
             }),
         }))
-    }
-}
-
-/// The f32 values of a contiguous CPU tensor, held for reading; None for any other tensor.
-fn f32_slice(t: &Tensor) -> Option<F32View<'_>> {
-    use candle_core::{CpuStorage, Storage};
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(_)) => Some(F32View {
-            storage,
-            range: start..end,
-        }),
-        _ => None,
-    }
-}
-
-/// A tensor's f32 values on the CPU, its storage's read lock held while they are read.
-struct F32View<'a> {
-    storage: candle_core::StorageRef<'a>,
-    range: std::ops::Range<usize>,
-}
-
-impl F32View<'_> {
-    fn get(&self) -> &[f32] {
-        match &*self.storage {
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)) => {
-                &all[self.range.clone()]
-            }
-            _ => unreachable!("checked by f32_slice"),
-        }
     }
 }
 

@@ -173,13 +173,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
 
 /// `f` of a contiguous f32 CPU tensor's values, or None for any other tensor.
 fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((start, end))) => {
-            Some(f(&v[start..end]))
-        }
-        _ => None,
-    }
+    crate::custom_op::f32_view(t).map(|v| f(v.get()))
 }
 
 /// `x Wᵀ` for a frozen quantized `W`: in inference, the quantized kernels (the activations quantized
