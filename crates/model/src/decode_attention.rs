@@ -19,6 +19,7 @@
 //! portable form's bits (tests).
 
 use crate::cpu_kernels::SharedOut;
+use crate::exp::exp_in_place;
 
 /// The shapes of a decoding step's attention.
 #[derive(Clone, Copy, Debug)]
@@ -336,12 +337,11 @@ fn softmax_numerators(scores: &mut [f32], scale: f32) -> f32 {
         *s *= scale;
         max = max.max(*s);
     }
-    let mut total = 0f32;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
+        *s -= max;
     }
-    total
+    exp_in_place(scores);
+    scores.iter().fold(0f32, |total, s| total + s)
 }
 
 /// Registers for a head's output: head dimensions up to 128.

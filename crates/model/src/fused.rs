@@ -15,6 +15,7 @@
 
 use crate::cpu_kernels::SharedOut;
 use crate::custom_op::{split_gradients, to_storage, values};
+use crate::exp::exp_in_place;
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -243,8 +244,9 @@ impl CustomOp1 for MaskedSoftmax {
             // `max_keepdim`'s fold, `broadcast_sub`, `exp`, candle's row sum, `broadcast_div`.
             let max = y[1..].iter().fold(y[0], |m, &v| if m < v { v } else { m });
             for v in y.iter_mut() {
-                *v = (*v - max).exp();
+                *v -= max;
             }
+            exp_in_place(y);
             let sum = row_sum(y);
             for v in y.iter_mut() {
                 *v /= sum;
@@ -310,10 +312,6 @@ pub(crate) fn masked_softmax(
 /// The MLP's `silu(gate) · up`, SiLU as candle computes it: `g / (1 + exp(-g))`.
 struct SiluMul;
 
-fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
-}
-
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "fused-silu-mul"
@@ -338,8 +336,13 @@ impl CustomOp2 for SiluMul {
         let n = gl.dims().last().copied().unwrap_or(1).max(1);
         let [y] = map_rows(g.len() / n, n, |i, [y]| {
             let (g, u) = (&g[i * n..(i + 1) * n], &u[i * n..(i + 1) * n]);
+            // `silu(g) · u`, its `exp(-g)` for the whole row at once.
+            for (y, g) in y.iter_mut().zip(g) {
+                *y = -g;
+            }
+            exp_in_place(y);
             for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                *y = silu(*g) * u;
+                *y = g / (1.0 + *y) * u;
             }
         });
         Ok(to_storage(y, gl.shape()))
@@ -385,8 +388,13 @@ impl CustomOp3 for SiluMulBackward {
         let [dg, du] = map_rows(g.len() / n, n, |i, [dg, du]| {
             let at = i * n..(i + 1) * n;
             let (g, u, dy) = (&g[at.clone()], &u[at.clone()], &dy[at]);
+            // `exp(-g)` for the whole row at once, in `dg` until each is read.
+            for (e, g) in dg.iter_mut().zip(g) {
+                *e = -g;
+            }
+            exp_in_place(dg);
             for j in 0..n {
-                let sigmoid = 1.0 / (1.0 + (-g[j]).exp());
+                let sigmoid = 1.0 / (1.0 + dg[j]);
                 dg[j] = dy[j] * u[j] * sigmoid * (1.0 + g[j] * (1.0 - sigmoid));
                 du[j] = dy[j] * g[j] * sigmoid;
             }

@@ -267,11 +267,14 @@ pub(crate) fn log_sum_exp<T: candle_core::WithDType>(row: &[T]) -> f64 {
         .iter()
         .map(|x| x.to_f64())
         .fold(f64::NEG_INFINITY, f64::max);
-    max + row
-        .iter()
-        .map(|x| (x.to_f64() - max).exp())
-        .sum::<f64>()
-        .ln()
+    // Summed in order, as `Iterator::sum` would; the exps a block at a time.
+    let mut sum = -0.0;
+    crate::exp::shifted_exps(row, max, |_, exps| {
+        for e in exps {
+            sum += e;
+        }
+    });
+    max + sum.ln()
 }
 
 fn target_log_probs<T: candle_core::WithDType + Default>(
@@ -301,9 +304,11 @@ fn target_log_prob_grads<T: candle_core::WithDType + Default>(
             return;
         }
         let (lse, g) = (log_sum_exp(row), grads[i].to_f64());
-        for (dj, x) in d.iter_mut().zip(row) {
-            *dj = T::from_f64(-g * (x.to_f64() - lse).exp());
-        }
+        crate::exp::shifted_exps(row, lse, |at, exps| {
+            for (dj, e) in d[at..at + exps.len()].iter_mut().zip(exps) {
+                *dj = T::from_f64(-g * e);
+            }
+        });
         d[t] = T::from_f64(d[t].to_f64() + g);
     });
     out

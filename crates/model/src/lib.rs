@@ -15,6 +15,7 @@ mod custom_op;
 mod decode_attention;
 mod error;
 pub mod examples;
+mod exp;
 mod fused;
 pub mod generate;
 pub mod gguf;
