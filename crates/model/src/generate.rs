@@ -677,8 +677,12 @@ fn pick(logits: &Tensor, o: &GenOptions, rng: &mut StdRng) -> candle_core::Resul
     if o.temperature <= 0.0 {
         return logits.argmax(D::Minus1)?.to_scalar::<u32>();
     }
-    let probs: Vec<f32> =
-        softmax_last(&(logits.to_dtype(DType::F32)? / o.temperature)?)?.to_vec1()?;
+    let logits = logits.to_dtype(DType::F32)?;
+    let probs: Vec<f32> = match logits.device() {
+        // The same bits as the tensor ops below, in one buffer with the vector `exp`.
+        Device::Cpu => crate::fused::softmax_at_temperature(logits.to_vec1()?, o.temperature),
+        _ => softmax_last(&(logits / o.temperature)?)?.to_vec1()?,
+    };
     if o.top_p >= 1.0 {
         return Ok(draw_from_all(&probs, rng.random::<f64>()) as u32);
     }
