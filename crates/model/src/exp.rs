@@ -14,11 +14,13 @@
 //! the same order, so each lane rounds as the scalar call does. Its `exp` is the same scheme in f64
 //! with a 128-entry table (`exp_table.rs`) and a quartic.
 //!
-//! Invariant: the same bits as `f32::exp` / `f64::exp` for every input, or this module is not used. That is
-//! not taken on trust: a different C library (or one built with other contractions) would round
-//! differently, so the first call compares the vector form with the scalar call on 2^18 inputs
-//! spread over every exponent and the edges of the fast range ([`vector_form_matches`]), and where
-//! one differs every call takes the scalar call. Lanes outside the fast range (f32: |x| ≥ 88, NaN;
+//! Invariant: the same bits as `f32::exp` / `f64::exp` for every input, by construction (the C
+//! library's operations, read off its x86-64 code, in its order), or this module is not used. A
+//! different C library (or one built with other contractions) would round differently, so the first
+//! call compares the vector form with the scalar call on 2^18 inputs spread over every exponent and
+//! the edges of the fast range ([`vector_form_matches`]), and where one differs every call takes
+//! the scalar call. That check is a sample, not a proof: a contraction that differs only in the
+//! polynomial's small terms moves a result's last bit on rare inputs alone. Lanes outside the fast range (f32: |x| ≥ 88, NaN;
 //! f64: |x| < 2^-54, |x| ≥ 512, NaN) take the scalar call; f32's −∞, which a causal mask gives, is 0
 //! in the vector form too.
 
