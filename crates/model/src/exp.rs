@@ -53,6 +53,22 @@ pub(crate) fn shifted_exps<T: candle_core::WithDType>(
     }
 }
 
+/// `xs[i] = f(exp(xs[i] - shift))`, the exps in f64 a block at a time: [`shifted_exps`] where the
+/// result goes back into the values it came from.
+pub(crate) fn map_shifted_exps(xs: &mut [f32], shift: f64, f: impl Fn(f64) -> f32) {
+    let mut buffer = [0f64; BLOCK];
+    for block in xs.chunks_mut(BLOCK) {
+        let exps = &mut buffer[..block.len()];
+        for (e, x) in exps.iter_mut().zip(block.iter()) {
+            *e = *x as f64 - shift;
+        }
+        exp_in_place(exps);
+        for (x, e) in block.iter_mut().zip(exps.iter()) {
+            *x = f(*e);
+        }
+    }
+}
+
 /// The two precisions, each with its scalar call, its vector forms and the inputs that check them.
 pub(crate) trait Exp: Copy + Sized + 'static {
     fn scalar_exp(self) -> Self;
@@ -289,7 +305,8 @@ mod x86 {
     use super::{expf_table, scalar, Exp};
     use std::arch::x86_64::*;
 
-    /// The scalar call for the lanes in `needs_scalar` (a bit per lane), from their inputs.
+    /// The scalar call for the lanes in `needs_scalar` (a bit per lane), from their inputs (spilled
+    /// from the register only for a chunk that has such a lane).
     #[inline(always)]
     fn patch<T: Exp>(chunk: &mut [T], original: &[T], needs_scalar: u32) {
         let mut m = needs_scalar;
@@ -338,9 +355,13 @@ mod x86 {
                 _mm256_castps_pd(yh),
             ));
             let y = _mm512_maskz_mov_ps(!minus_inf, y);
-            let original: [f32; 16] = chunk.try_into().unwrap_or([0.0; 16]);
             _mm512_storeu_ps(chunk.as_mut_ptr(), y);
-            patch(chunk, &original, (!(fast | minus_inf)) as u32 & 0xffff);
+            let needs_scalar = (!(fast | minus_inf)) as u32 & 0xffff;
+            if needs_scalar != 0 {
+                let mut input = [0f32; 16];
+                _mm512_storeu_ps(input.as_mut_ptr(), x);
+                patch(chunk, &input, needs_scalar);
+            }
         }
         scalar(chunks.into_remainder());
     }
@@ -379,11 +400,15 @@ mod x86 {
             let (yl, yh) = (expf_lanes_256(low, table), expf_lanes_256(high, table));
             let y = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(yl), yh);
             let y = _mm256_andnot_ps(minus_inf, y);
-            let original: [f32; 8] = chunk.try_into().unwrap_or([0.0; 8]);
             _mm256_storeu_ps(chunk.as_mut_ptr(), y);
             let fast_mask = _mm256_movemask_ps(_mm256_castsi256_ps(fast)) as u32;
             let inf_mask = _mm256_movemask_ps(minus_inf) as u32;
-            patch(chunk, &original, !(fast_mask | inf_mask) & 0xff);
+            let needs_scalar = !(fast_mask | inf_mask) & 0xff;
+            if needs_scalar != 0 {
+                let mut input = [0f32; 8];
+                _mm256_storeu_ps(input.as_mut_ptr(), x);
+                patch(chunk, &input, needs_scalar);
+            }
         }
         scalar(chunks.into_remainder());
     }
@@ -429,9 +454,13 @@ mod x86 {
                 _mm512_sub_epi64(abstop, _mm512_set1_epi64(0x3c9)),
                 _mm512_set1_epi64(0x3e),
             );
-            let original: [f64; 8] = chunk.try_into().unwrap_or([0.0; 8]);
             _mm512_storeu_pd(chunk.as_mut_ptr(), exp_lanes_512(x));
-            patch(chunk, &original, !fast as u32 & 0xff);
+            let needs_scalar = !fast as u32 & 0xff;
+            if needs_scalar != 0 {
+                let mut input = [0f64; 8];
+                _mm512_storeu_pd(input.as_mut_ptr(), x);
+                patch(chunk, &input, needs_scalar);
+            }
         }
         scalar(chunks.into_remainder());
     }
@@ -476,10 +505,14 @@ mod x86 {
                 _mm256_cmpgt_epi64(abstop, _mm256_set1_epi64x(0x3c8)),
                 _mm256_cmpgt_epi64(_mm256_set1_epi64x(0x408), abstop),
             );
-            let original: [f64; 4] = chunk.try_into().unwrap_or([0.0; 4]);
             _mm256_storeu_pd(chunk.as_mut_ptr(), exp_lanes_256(x));
             let fast_mask = _mm256_movemask_pd(_mm256_castsi256_pd(fast)) as u32;
-            patch(chunk, &original, !fast_mask & 0xf);
+            let needs_scalar = !fast_mask & 0xf;
+            if needs_scalar != 0 {
+                let mut input = [0f64; 4];
+                _mm256_storeu_pd(input.as_mut_ptr(), x);
+                patch(chunk, &input, needs_scalar);
+            }
         }
         scalar(chunks.into_remainder());
     }

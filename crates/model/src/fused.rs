@@ -44,18 +44,24 @@ pub(crate) fn softmax_at_temperature(mut row: Vec<f32>, temperature: f64) -> Vec
     for v in row.iter_mut() {
         *v = *v * mul + 0.0;
     }
+    softmax_in_place(&mut row);
+    row
+}
+
+/// A non-empty row's softmax in place, as candle's ops compute it: `max_keepdim`'s fold,
+/// `broadcast_sub`, `exp`, its vectorized row sum, `broadcast_div`.
+fn softmax_in_place(row: &mut [f32]) {
     let max = row[1..]
         .iter()
         .fold(row[0], |m, &v| if m < v { v } else { m });
     for v in row.iter_mut() {
         *v -= max;
     }
-    exp_in_place(&mut row);
-    let sum = row_sum(&row);
+    exp_in_place(row);
+    let sum = row_sum(row);
     for v in row.iter_mut() {
         *v /= sum;
     }
-    row
 }
 
 /// Below this many values a pass runs on the calling thread: waking the pool costs more.
@@ -267,16 +273,7 @@ impl CustomOp1 for MaskedSoftmax {
                     *y += m;
                 }
             }
-            // `max_keepdim`'s fold, `broadcast_sub`, `exp`, candle's row sum, `broadcast_div`.
-            let max = y[1..].iter().fold(y[0], |m, &v| if m < v { v } else { m });
-            for v in y.iter_mut() {
-                *v -= max;
-            }
-            exp_in_place(y);
-            let sum = row_sum(y);
-            for v in y.iter_mut() {
-                *v /= sum;
-            }
+            softmax_in_place(y);
         });
         Ok(to_storage(y, l.shape()))
     }

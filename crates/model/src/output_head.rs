@@ -14,7 +14,7 @@
 //! the tensor ops.
 
 use crate::custom_op::{ids, to_storage, values};
-use crate::exp::{exp_in_place, BLOCK};
+use crate::exp::map_shifted_exps;
 use crate::fused::{map_rows_reading, update_rows};
 use crate::layers::{log_sum_exp, BaseWeight};
 use crate::lora_linear::with_weight_values;
@@ -158,17 +158,7 @@ impl CustomOp2 for HeadLogProb {
                 return;
             }
             let (lse, g) = (log_sum_exps[i], g[i] as f64);
-            for block in row.chunks_mut(BLOCK) {
-                let mut exps = [0f64; BLOCK];
-                let exps = &mut exps[..block.len()];
-                for (e, x) in exps.iter_mut().zip(block.iter()) {
-                    *e = *x as f64 - lse;
-                }
-                exp_in_place(exps);
-                for (x, e) in block.iter_mut().zip(exps.iter()) {
-                    *x = (-g * e) as f32;
-                }
-            }
+            map_shifted_exps(row, lse, |e| (-g * e) as f32);
             row[target] = (row[target] as f64 + g) as f32;
         });
         let dx = with_weight_values(&self.weight, |w| {
