@@ -19,10 +19,10 @@
 //! AVX-512 kernels switched off (`RTLAB_QMATMUL=avx2`), the same bits on 256-bit registers.
 //! 3. LoRA training on SmolLM2 (r 8 on q_proj and v_proj, batch 4, 17 steps of 4 rows of about 120
 //!    tokens): tokens/s and peak RSS with the f32 base and with the quantized base (QLoRA), each with
-//!    gradient checkpointing (the default) and with the whole graph kept, beside PyTorch + PEFT on the
-//!    same GGUF dequantized to f32, with and without its gradient checkpointing
-//!    (`tests/python/peft_gguf_train.py`, run by the Python in `RTLAB_PYTHON`, default `python3`;
-//!    without torch, transformers, peft and gguf it says it was NOT run). Like for like (issue 34):
+//!    gradient checkpointing on every layer and with the whole graph kept (what `"auto"`, the
+//!    default, takes where it fits in memory), beside PyTorch + PEFT on the same GGUF dequantized
+//!    to f32, with and without its gradient checkpointing (`tests/python/peft_gguf_train.py`, run
+//!    by the Python in `RTLAB_PYTHON`, default `python3`; without torch, transformers, peft and gguf it says it was NOT run). Like for like (issue 34):
 //!    both sides use the same (Alpaca) template on the same rows, each prints the tokens it trained
 //!    on and the bench fails when they differ, and each side's rate leaves out its first step
 //!    (warm-up), so 16 steps are timed. Goal: rtlab at least 1.1× PEFT's tokens/s (`lora_vs_peft`,

@@ -289,11 +289,11 @@ pub fn render(name: &str, results: &Value) -> Result<String, String> {
             ));
             out.push_str("| --- | --- | --- |\n");
             for (key, what) in [
+                ("lora_f32", "rtlab, f32 base, gradient checkpointing"),
                 (
-                    "lora_f32",
-                    "rtlab, f32 base, gradient checkpointing (the default)",
+                    "lora_f32_whole_graph",
+                    "rtlab, f32 base, whole graph kept (`\"auto\"`'s choice when it fits)",
                 ),
-                ("lora_f32_whole_graph", "rtlab, f32 base, whole graph kept"),
                 ("qlora", "rtlab, quantized base (QLoRA), checkpointing"),
                 (
                     "qlora_whole_graph",

@@ -9,6 +9,7 @@
 //! (`rtlab-llm`) sit above this crate, and its types are what they pass around. Errors are one
 //! [`ModelError`]; a bad file or option is `ModelError::Input` with a message that names it.
 
+pub mod checkpointing;
 pub mod config;
 mod cpu_kernels;
 mod custom_op;

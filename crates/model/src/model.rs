@@ -673,43 +673,55 @@ impl CausalLm {
     /// [`CausalLm::target_log_probs`] gives them), and its gradient with respect to every adapter:
     /// one training step's forward and backward.
     ///
-    /// With `checkpoint` (gradient checkpointing), the forward keeps only each layer's input, not its
-    /// activations; the backward then goes layer by layer from the top, recomputing one layer's
-    /// activations (with the same dropout masks) and backpropagating the gradient of its output
-    /// through them. Memory holds one layer's graph instead of every layer's, for one more forward.
-    /// The gradients are the same numbers: each layer's backward receives exactly the gradient the
-    /// whole-graph backward gives its output, and runs the same ops on it.
+    /// `recomputed` is how many of the bottom layers are checkpointed (gradient checkpointing): the
+    /// forward keeps only such a layer's input, not its activations, and the backward recomputes one
+    /// such layer at a time, with the same dropout masks, and backpropagates the gradient of its
+    /// output through it. The layers above them keep their whole graph. 0 keeps every layer's graph
+    /// (the fastest, the most memory); the layer count (or more) checkpoints them all (the least
+    /// memory, for one more forward of every layer). See [`Checkpointing`] for choosing it.
+    ///
+    /// The gradients are the same numbers whatever `recomputed` is: each recomputed layer's backward
+    /// receives exactly the gradient the whole-graph backward gives its output, and runs the same ops
+    /// on it.
     pub fn loss_and_grads(
         &self,
         ids: &Tensor,
         targets: &Tensor,
         pass: &mut Pass,
-        checkpoint: bool,
+        recomputed: usize,
         loss_of: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> candle_core::Result<(Tensor, candle_core::backprop::GradStore)> {
-        if !checkpoint {
+        let recomputed = recomputed.min(self.layers.len());
+        if recomputed == 0 {
             let loss = loss_of(&self.target_log_probs(ids, targets, pass)?)?;
             let grads = loss.backward()?;
             return Ok((loss, grads));
         }
         let at = self.positions(ids.dims2()?.1, 0)?;
-        // Forward without a graph, keeping each layer's input and the dropout generator's state
-        // there, so that the recomputation draws the same masks.
+        let (bottom, top_layers) = self.layers.split_at(recomputed);
+        // Forward through the bottom layers without a graph, keeping each layer's input and the
+        // dropout generator's state there, so that the recomputation draws the same masks.
         let tracked = std::mem::replace(&mut pass.track_gradients, false);
         let mut x = self.embed_tokens(ids)?;
-        let mut saved = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        let mut saved = Vec::with_capacity(bottom.len());
+        for layer in bottom {
             saved.push((x.clone(), pass.dropout_rng.clone()));
             x = layer.forward(&x, &at, None, pass)?;
         }
         pass.track_gradients = tracked;
-        let top = Var::from_tensor(&x)?;
-        let loss = loss_of(&self.head_log_probs(top.as_tensor(), targets, pass)?)?;
+        // The layers above keep their graph: the loss's backward reaches their adapters and, through
+        // them, the bottom layers' output.
+        let boundary = Var::from_tensor(&x)?;
+        let mut x = boundary.as_tensor().clone();
+        for layer in top_layers {
+            x = layer.forward(&x, &at, None, pass)?;
+        }
+        let loss = loss_of(&self.head_log_probs(&x, targets, pass)?)?;
         let mut grads = loss.backward()?;
-        let mut upstream = grads.remove(top.as_tensor()).ok_or_else(|| {
-            candle_core::Error::Msg("the loss does not depend on the model's last layer".into())
+        let mut upstream = grads.remove(boundary.as_tensor()).ok_or_else(|| {
+            candle_core::Error::Msg("the loss does not depend on the model's layers".into())
         })?;
-        for (layer, (input, rng)) in self.layers.iter().zip(saved).rev() {
+        for (layer, (input, rng)) in bottom.iter().zip(saved).rev() {
             let input = Var::from_tensor(&input)?;
             pass.dropout_rng = rng;
             let output = layer.forward(input.as_tensor(), &at, None, pass)?;

@@ -448,7 +448,7 @@ fn decoding_keeps_no_autograd_graph_yet_computes_what_a_tracked_pass_does() {
 
 #[test]
 fn gradient_checkpointing_gives_the_same_loss_and_gradients_to_the_bit() {
-    // Recomputing each layer in the backward must change what is kept, not what is computed: the
+    // Recomputing some or all layers in the backward must change what is kept, not what is computed: the
     // same dropout masks, the same loss, every adapter's gradient equal bit for bit, in f32 and f64.
     for dtype in [DType::F32, DType::F64] {
         let dir = tiny_dir(crate::config::Arch::Llama);
@@ -461,36 +461,43 @@ fn gradient_checkpointing_gives_the_same_loss_and_gradients_to_the_bit() {
         let m = CausalLm::new(cfg, w, Some(&lora), 7, dtype, &Device::Cpu).unwrap();
         randomize_b(&m);
         let (ids, targets, mask) = tiny_batch(dtype);
-        let run = |checkpoint: bool| {
+        let run = |recomputed: usize| {
             m.loss_and_grads(
                 &ids,
                 &targets,
                 &mut Pass::training(9),
-                checkpoint,
+                recomputed,
                 |picked| masked_nll(picked, &mask, 8.0),
             )
             .unwrap()
         };
-        let (whole_loss, whole) = run(false);
-        let (ckpt_loss, ckpt) = run(true);
-        assert_eq!(
-            scalar(&whole_loss),
-            scalar(&ckpt_loss),
-            "{dtype:?}: the loss"
-        );
-        for (path, l) in m.adapters() {
-            for (which, var) in [("A", &l.a), ("B", &l.b)] {
-                let bits = |g: &candle_core::backprop::GradStore| -> Vec<f64> {
-                    g.get(var.as_tensor())
-                        .unwrap_or_else(|| panic!("{path}.{which}: no gradient"))
-                        .to_dtype(DType::F64)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap()
-                };
-                assert_eq!(bits(&whole), bits(&ckpt), "{dtype:?} {path}.{which}");
+        let (whole_loss, whole) = run(0);
+        // The bottom layer recomputed and the top one kept, then both recomputed.
+        for recomputed in [1, 2] {
+            let (ckpt_loss, ckpt) = run(recomputed);
+            assert_eq!(
+                scalar(&whole_loss),
+                scalar(&ckpt_loss),
+                "{dtype:?}, {recomputed} recomputed: the loss"
+            );
+            for (path, l) in m.adapters() {
+                for (which, var) in [("A", &l.a), ("B", &l.b)] {
+                    let bits = |g: &candle_core::backprop::GradStore| -> Vec<f64> {
+                        g.get(var.as_tensor())
+                            .unwrap_or_else(|| panic!("{path}.{which}: no gradient"))
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap()
+                    };
+                    assert_eq!(
+                        bits(&whole),
+                        bits(&ckpt),
+                        "{dtype:?}, {recomputed} recomputed: {path}.{which}"
+                    );
+                }
             }
         }
     }

@@ -619,6 +619,7 @@ pub(crate) fn train(ws: &Workspace, req: TrainRequest) -> Result<(RunRecord, boo
         fingerprint: &fingerprint,
         skipped_rows: skipped,
         gradient_checkpointing: req.gradient_checkpointing,
+        most_recomputed: Default::default(),
     })?;
     write_run(&req, &record)?;
     Ok((record, false))

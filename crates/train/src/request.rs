@@ -4,6 +4,7 @@
 use crate::dpo;
 use crate::trainer::Hyper;
 use rtlab_data::Frame;
+use rtlab_model::checkpointing::Checkpointing;
 use rtlab_model::examples::TooLong;
 use rtlab_model::model::LoraSpec;
 use std::path::{Path, PathBuf};
@@ -56,9 +57,9 @@ pub struct TrainRequest {
     pub device: String,
     /// QLoRA: the frozen base stays in its GGUF quantization.
     pub quantized_base: bool,
-    /// Recompute each layer's activations in the backward instead of keeping them all (CPU only;
-    /// the gradients are the same numbers, so not part of the run's fingerprint).
-    pub gradient_checkpointing: bool,
+    /// Which layers' activations the backward recomputes instead of keeping (CPU only; the
+    /// gradients are the same numbers, so not part of the run's fingerprint).
+    pub gradient_checkpointing: Checkpointing,
     /// Validation rows (the training rows' kind), how often to measure, which adapter to keep.
     pub eval_data: Option<Frame>,
     pub eval_every: Option<usize>,

@@ -11,6 +11,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rtlab_model::checkpointing::Checkpointing;
 use rtlab_model::examples::{self, Batch, Example};
 use rtlab_model::model::{masked_nll, CausalLm, LoraSpec, Pass};
 use serde::{Deserialize, Serialize};
@@ -188,6 +189,10 @@ pub struct RunRecord {
     /// from another trainer is trained again unless `--trust-cache`.
     #[serde(default)]
     pub code: String,
+    /// The most layers a micro-batch recomputed in its backward (gradient checkpointing): 0 when
+    /// every layer's graph was kept; 0 on a GPU, which keeps them all.
+    #[serde(default)]
+    pub recomputed_layers: usize,
 }
 
 pub fn peak_rss_mb() -> f64 {
@@ -287,8 +292,22 @@ pub struct Job<'a> {
     pub resume: bool,
     pub fingerprint: &'a str,
     pub skipped_rows: Vec<usize>,
-    /// Keep one layer's activations at a time on the CPU (see [`CausalLm::loss_and_grads`]).
-    pub gradient_checkpointing: bool,
+    /// Which layers' activations the CPU backward recomputes (see [`CausalLm::loss_and_grads`]).
+    pub gradient_checkpointing: Checkpointing,
+    /// The most layers a micro-batch of this run recomputed, for the record.
+    pub most_recomputed: std::cell::Cell<usize>,
+}
+
+impl Job<'_> {
+    /// The bottom layers to recompute for a micro-batch of token ids `inputs` [rows, width].
+    fn recomputed_layers(&self, inputs: &Tensor) -> candle_core::Result<usize> {
+        let (rows, width) = inputs.dims2()?;
+        let n = self
+            .gradient_checkpointing
+            .recomputed_layers(self.model, rows, width);
+        self.most_recomputed.set(self.most_recomputed.get().max(n));
+        Ok(n)
+    }
 }
 
 fn checkpoints_dir(out: &Path) -> PathBuf {
@@ -491,6 +510,7 @@ pub fn run(job: Job) -> Result<RunRecord, TrainError> {
         best_step: state.best.map(|b| b.0),
         best_eval_loss: state.best.map(|b| b.1),
         kept_step,
+        recomputed_layers: job.most_recomputed.get(),
     })
 }
 
@@ -729,7 +749,7 @@ fn optimizer_step(
                 &b.inputs,
                 &b.targets,
                 &mut pass,
-                job.gradient_checkpointing,
+                job.recomputed_layers(&b.inputs)?,
                 |picked| masked_nll(picked, &b.mask, scored as f64),
             )?)
         })?;
@@ -800,7 +820,7 @@ fn dpo_step(
             &b.inputs,
             &b.targets,
             &mut pass,
-            job.gradient_checkpointing,
+            job.recomputed_layers(&b.inputs)?,
             |picked| {
                 let (pc, pr) = dpo::pair_logps_of(picked, &b, batch.len(), settings.loss)?;
                 let out = dpo::loss(&pc, &pr, (&rc, &rr), settings)?;

@@ -157,6 +157,10 @@ fn record_to_map(rec: &RunRecord, cached: bool) -> Result<Map, TrainError> {
             .unwrap_or(Dynamic::UNIT),
     );
     m.insert("cancelled".into(), rec.cancelled.into());
+    m.insert(
+        "recomputed_layers".into(),
+        (rec.recomputed_layers as i64).into(),
+    );
     m.insert("cached".into(), cached.into());
     m.insert(
         "loss_svg".into(),
@@ -284,7 +288,8 @@ mod train_functions {
     /// Trains LoRA adapters and returns the run record: `#{adapter, steps, first_loss, final_loss,
     /// curve (a DataFrame of step, epoch, loss, lr, grad_norm), tokens_per_s, steady_tokens_per_s
     /// (the rate after the run's first step, which pages the weights in; `()` with one step),
-    /// seconds, peak_rss_mb, trainable_params, resumed_from, cancelled, cached, loss_svg}`.
+    /// seconds, peak_rss_mb, recomputed_layers, trainable_params, resumed_from, cancelled, cached,
+    /// loss_svg}`.
     ///
     /// Options: `base` (a Hugging Face Llama/Qwen2 dir, a GGUF file, or a model name such as
     /// `smollm2-135m`), `data` (DataFrame or JSONL path), `out`;
@@ -302,9 +307,12 @@ mod train_functions {
     /// whole step on rtlab's cubecl kernels through Vulkan/Metal/DX12; "cuda" with the `cuda` build;
     /// "auto" = "cuda" in a CUDA build on a machine whose driver and NVRTC load, else "cpu"),
     /// `quantized_base` (false; true is QLoRA on a GGUF base: the frozen projections stay in the
-    /// file's quantization and only the adapters are f32; CPU only), `gradient_checkpointing` (true:
-    /// the CPU path keeps each layer's input and recomputes its activations in the backward, one
-    /// layer at a time: the same numbers in a fraction of the memory; false keeps the whole graph).
+    /// file's quantization and only the adapters are f32; CPU only), `gradient_checkpointing`
+    /// ("auto", the default: the CPU path keeps the top layers' activations while they fit in half
+    /// the memory available at the start, and recomputes the rest in the backward; true recomputes
+    /// every layer, one at a time: the least memory, one more forward; false keeps every layer's:
+    /// the fastest; the same numbers whichever; the record's `recomputed_layers` says how many a
+    /// step recomputed at most).
     /// Validation: `eval_data` (rows like `data`) is measured every `eval_every` steps (once an
     /// epoch) and after the last, without dropout, into the curve's `eval_loss` column; the adapter
     /// with the lowest one is kept in `out/best`, and `keep: "best"` leaves it in `out` (the record's

@@ -10,6 +10,7 @@ use rhai::{Dynamic, Map};
 use rtlab_core::options::Options;
 use rtlab_core::Workspace;
 use rtlab_data::Frame;
+use rtlab_model::checkpointing::Checkpointing;
 use rtlab_model::examples::TooLong;
 use rtlab_model::model::{LoraSpec, ALL_TARGETS};
 use rtlab_model::{models, peft};
@@ -68,6 +69,30 @@ fn text(o: &Options, k: &str) -> Result<Option<String>, TrainError> {
 
 fn flag(o: &Options, k: &str, default: bool) -> Result<bool, TrainError> {
     Ok(o.bool(k).map_err(bad)?.unwrap_or(default))
+}
+
+/// `gradient_checkpointing`: true (every layer recomputed), false (none), or "auto" (the default:
+/// the top layers' graphs kept while they fit half the available memory).
+fn checkpointing(o: &Options) -> Result<Checkpointing, TrainError> {
+    const KEY: &str = "gradient_checkpointing";
+    let Some(value) = o.get(KEY) else {
+        return Ok(Checkpointing::auto());
+    };
+    if let Some(on) = value.clone().try_cast::<bool>() {
+        return Ok(if on {
+            Checkpointing::Every
+        } else {
+            Checkpointing::Never
+        });
+    }
+    match value.clone().into_immutable_string().ok().as_deref() {
+        Some("auto") => Ok(Checkpointing::auto()),
+        _ => Err(bad(format!(
+            "{KEY} {value:?}: use true (recompute every layer: the least memory), false (keep every \
+             layer's activations: the fastest) or \"auto\" (the default: keep what fits in half the \
+             available memory)"
+        ))),
+    }
 }
 
 /// The rows under option `key`: a DataFrame, or the path of a JSONL file (noted as an input).
@@ -330,7 +355,7 @@ fn parse_common(ws: &Workspace, o: &Options, task: Task) -> Result<TrainRequest,
         on_too_long,
         device,
         quantized_base: flag(o, "quantized_base", false)?,
-        gradient_checkpointing: flag(o, "gradient_checkpointing", true)?,
+        gradient_checkpointing: checkpointing(o)?,
         eval_data,
         eval_every,
         keep_best,

@@ -1,0 +1,144 @@
+//! How many layers a training step recomputes in its backward (gradient checkpointing), chosen from
+//! what the layers' graphs would hold.
+//!
+//! Keeping a layer's graph costs memory (its activations, until the backward has used them);
+//! recomputing it costs one more forward of that layer. The gradients are the same numbers either way
+//! ([`CausalLm::loss_and_grads`]), so the choice is only speed against memory, and it can be made
+//! per micro-batch: [`Checkpointing::Within`] keeps the top layers' graphs while they fit a byte
+//! budget and recomputes the rest, so a short batch runs at the whole graph's speed and a long one
+//! stays inside the budget.
+
+use crate::model::CausalLm;
+use candle_core::DType;
+
+/// Which layers' activations a training step keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Checkpointing {
+    /// Recompute every layer (Hugging Face's `gradient_checkpointing_enable()`): the least memory.
+    Every,
+    /// Keep every layer's graph: the fastest, the most memory.
+    Never,
+    /// Keep the graphs of as many layers as fit in `bytes` (counted from the top), recompute the
+    /// others.
+    Within { bytes: u64 },
+}
+
+impl Checkpointing {
+    /// The default: keep layers' graphs in at most half the memory available now (Linux's
+    /// `MemAvailable`), so the rest of the process and the machine keep theirs; recompute every layer
+    /// where the available memory cannot be read.
+    pub fn auto() -> Checkpointing {
+        match available_memory_bytes() {
+            Some(available) => Checkpointing::Within {
+                bytes: available / 2,
+            },
+            None => Checkpointing::Every,
+        }
+    }
+
+    /// The bottom layers to recompute for a micro-batch of `batch` sequences of `width` tokens (the
+    /// `recomputed` argument of [`CausalLm::loss_and_grads`]).
+    pub fn recomputed_layers(&self, model: &CausalLm, batch: usize, width: usize) -> usize {
+        let layers = model.cfg.num_hidden_layers;
+        match *self {
+            Checkpointing::Every => layers,
+            Checkpointing::Never => 0,
+            Checkpointing::Within { bytes } => {
+                let per_layer = model.graph_bytes_per_layer(batch, width).max(1);
+                let kept = usize::try_from(bytes / per_layer).unwrap_or(usize::MAX);
+                layers - kept.min(layers)
+            }
+        }
+    }
+}
+
+impl CausalLm {
+    /// An upper bound on the bytes one layer's graph holds in a training forward of `batch`
+    /// sequences of `width` tokens: what its backward needs (the residual stream and its norms, q, k
+    /// and v with their rotations and the heads repeated, attention's two `width × width` matrices per
+    /// head, the MLP's gate, up and their product, each adapter's rank-wide product and, with
+    /// dropout, its mask and dropped input), plus a tenth for what the count misses.
+    ///
+    /// The coefficients were fitted to what a forward keeps, counted by the allocator in
+    /// `tests/activation_memory.rs`, which checks that this stays above the count and within a third
+    /// of it over shapes, ranks, dropout, targets, both architectures and both precisions: a change
+    /// to what the forward keeps fails that test until the coefficients follow.
+    pub fn graph_bytes_per_layer(&self, batch: usize, width: usize) -> u64 {
+        let c = &self.cfg;
+        let kv_dim = c.num_key_value_heads * c.head_dim;
+        let mut per_token = 15 * c.hidden_size
+            + 3 * kv_dim
+            + 3 * c.intermediate_size
+            + 2 * c.num_attention_heads * width
+            + 96;
+        for (path, lora) in self.adapters() {
+            if !path.starts_with("model.layers.0.") {
+                continue;
+            }
+            let (rank, inputs) = lora.a.dims2().unwrap_or((0, 0));
+            per_token += rank;
+            if lora.dropout > 0.0 {
+                per_token += 2 * inputs;
+            }
+        }
+        // The fused nodes (f32 on the CPU) keep only what their backward needs; candle's ops, which
+        // the other precisions take, keep every intermediate: about twice as much.
+        let unfused = if self.dtype == DType::F32 { 1.0 } else { 2.2 };
+        let bytes = (batch * width * per_token * self.dtype.size_in_bytes()) as f64;
+        (bytes * 1.1 * unfused) as u64
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Arch;
+    use crate::testing::{lora_model, tiny_dir};
+
+    #[test]
+    fn a_budget_keeps_the_top_layers_that_fit_and_recomputes_the_rest() {
+        let dir = tiny_dir(Arch::Llama);
+        let m = lora_model(dir.path(), DType::F32);
+        let layers = m.cfg.num_hidden_layers;
+        assert_eq!(layers, 2);
+        let per_layer = m.graph_bytes_per_layer(4, 30);
+        let within = |bytes| Checkpointing::Within { bytes }.recomputed_layers(&m, 4, 30);
+        assert_eq!(within(0), 2, "nothing fits: every layer recomputed");
+        assert_eq!(within(per_layer - 1), 2);
+        assert_eq!(
+            within(per_layer),
+            1,
+            "one layer's graph fits: the top one kept"
+        );
+        assert_eq!(within(2 * per_layer - 1), 1);
+        assert_eq!(within(2 * per_layer), 0, "both fit: the whole graph");
+        assert_eq!(within(u64::MAX), 0);
+        assert_eq!(Checkpointing::Every.recomputed_layers(&m, 4, 30), 2);
+        assert_eq!(Checkpointing::Never.recomputed_layers(&m, 4, 30), 0);
+    }
+
+    #[test]
+    fn a_longer_batch_needs_more_than_in_proportion_to_its_tokens() {
+        // Attention keeps width × width per head: twice the width, more than twice the bytes.
+        let dir = tiny_dir(Arch::Llama);
+        let m = lora_model(dir.path(), DType::F32);
+        let (short, long) = (
+            m.graph_bytes_per_layer(2, 32),
+            m.graph_bytes_per_layer(2, 64),
+        );
+        assert!(long > 2 * short, "{long} ≤ 2 × {short}");
+        let twice_the_rows = m.graph_bytes_per_layer(4, 32);
+        assert!(
+            twice_the_rows.abs_diff(2 * short) <= 1,
+            "{twice_the_rows} against 2 × {short}"
+        );
+    }
+}
