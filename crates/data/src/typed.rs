@@ -1,6 +1,7 @@
 //! JSON lines into typed polars columns, fast: serde_json walks each line once, skipping the keys
 //! nobody asked for without building them, and puts the values asked for straight into per-key
-//! vectors, which become polars columns (nested objects become struct columns). Asked for by path,
+//! columns (strings into Arrow string views, one copy from the line; numbers and booleans into
+//! vectors), which become polars columns (nested objects become struct columns). Asked for by path,
 //! `metadata.category` reads that one field of `metadata`: its other fields are skipped too.
 //!
 //! It covers what datasets are made of: objects, strings, numbers, booleans and nulls. Anything else
@@ -9,9 +10,9 @@
 //! own JSON reader, which is slower and decides such cases by its supertype rules.
 
 use polars::prelude::*;
+use polars_core::utils::arrow::array::MutableBinaryViewArray;
 use rayon::prelude::*;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use std::borrow::Cow;
 
 /// Distinct keys past which the lines go to polars' reader (a JSON object used as a map, with a new
 /// key per row, is no struct).
@@ -61,7 +62,6 @@ pub fn frame_of_pieces(
                 columns.read_line(line).ok()?;
                 rows += 1;
             }
-            // The columns borrow the piece's strings until they are built.
             let frame = columns.into_frame(rows);
             done(piece.as_bytes());
             frame
@@ -96,13 +96,138 @@ pub fn stack(frames: Vec<DataFrame>) -> PolarsResult<DataFrame> {
     concat(lazy, union)?.collect()
 }
 
-/// One value read.
-enum Leaf<'a> {
+/// One value read, on its way into its column.
+enum Leaf<'s> {
     Null,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(Cow<'a, str>),
+    Str(&'s str),
+}
+
+/// One leaf key's column as it is read, typed by the values met so far: strings go straight into
+/// an Arrow string-view array (one copy from the line, none from serde_json's unescaping buffer),
+/// numbers and booleans into vectors. A column of integers that meets a float becomes floats (the
+/// integers cast), as polars' supertype rules say.
+enum Builder {
+    /// Only nulls so far: how many.
+    Nulls(usize),
+    /// The strings, and the rows whose value a repeated key replaced (rare: applied once, at the end,
+    /// since a string-view array cannot take a value back).
+    Strings(MutableBinaryViewArray<str>, Vec<(usize, Option<String>)>),
+    Ints(Vec<Option<i64>>),
+    Floats(Vec<Option<f64>>),
+    Bools(Vec<Option<bool>>),
+}
+
+impl Builder {
+    fn len(&self) -> usize {
+        match self {
+            Builder::Nulls(n) => *n,
+            Builder::Strings(a, _) => a.len(),
+            Builder::Ints(v) => v.len(),
+            Builder::Floats(v) => v.len(),
+            Builder::Bools(v) => v.len(),
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            Builder::Nulls(n) => *n += 1,
+            Builder::Strings(a, _) => a.push_null(),
+            Builder::Ints(v) => v.push(None),
+            Builder::Floats(v) => v.push(None),
+            Builder::Bools(v) => v.push(None),
+        }
+    }
+
+    /// Appends `leaf`; false when its type cannot join the column's (a string among numbers, say):
+    /// polars' reader decides such columns.
+    fn push(&mut self, leaf: Leaf) -> bool {
+        if let Builder::Nulls(n) = *self {
+            *self = match leaf {
+                Leaf::Null => Builder::Nulls(n + 1),
+                Leaf::Str(_) => Builder::Strings(nulls_then(n), Vec::new()),
+                Leaf::Int(_) => Builder::Ints(vec![None; n]),
+                Leaf::Float(_) => Builder::Floats(vec![None; n]),
+                Leaf::Bool(_) => Builder::Bools(vec![None; n]),
+            };
+            if let Builder::Nulls(_) = self {
+                return true;
+            }
+        }
+        if let (Builder::Ints(ints), Leaf::Float(_)) = (&*self, &leaf) {
+            *self = Builder::Floats(ints.iter().map(|v| v.map(|i| i as f64)).collect());
+        }
+        match (self, leaf) {
+            (column, Leaf::Null) => column.push_null(),
+            (Builder::Strings(a, _), Leaf::Str(v)) => a.push_value(v),
+            (Builder::Ints(v), Leaf::Int(i)) => v.push(Some(i)),
+            (Builder::Floats(v), Leaf::Float(f)) => v.push(Some(f)),
+            (Builder::Floats(v), Leaf::Int(i)) => v.push(Some(i as f64)),
+            (Builder::Bools(v), Leaf::Bool(b)) => v.push(Some(b)),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Replaces the last value with `leaf` (a key repeated in one object: the last one wins, as in
+    /// serde_json); false when its type cannot join the column's.
+    fn replace_last(&mut self, leaf: Leaf) -> bool {
+        match self {
+            Builder::Nulls(n) => *n -= 1,
+            Builder::Ints(v) => drop(v.pop()),
+            Builder::Floats(v) => drop(v.pop()),
+            Builder::Bools(v) => drop(v.pop()),
+            Builder::Strings(a, replaced) => {
+                let value = match leaf {
+                    Leaf::Null => None,
+                    Leaf::Str(v) => Some(v.to_string()),
+                    _ => return false,
+                };
+                replaced.push((a.len() - 1, value));
+                return true;
+            }
+        }
+        self.push(leaf)
+    }
+
+    /// The column of `rows` rows (nulls after the last value met).
+    fn into_series(mut self, name: PlSmallStr, rows: usize) -> Series {
+        while self.len() < rows {
+            self.push_null();
+        }
+        match self {
+            Builder::Nulls(_) => Series::full_null(name, rows, &DataType::Null),
+            Builder::Strings(a, replaced) if replaced.is_empty() => {
+                StringChunked::with_chunk(name, a.freeze()).into_series()
+            }
+            Builder::Strings(a, replaced) => {
+                let a = a.freeze();
+                let mut values: Vec<Option<&str>> = a.iter().collect();
+                for (row, value) in &replaced {
+                    values[*row] = value.as_deref();
+                }
+                StringChunked::from_iter_options(name, values.into_iter()).into_series()
+            }
+            Builder::Ints(v) => Int64Chunked::from_iter_options(name, v.into_iter()).into_series(),
+            Builder::Floats(v) => {
+                Float64Chunked::from_iter_options(name, v.into_iter()).into_series()
+            }
+            Builder::Bools(v) => {
+                BooleanChunked::from_iter_options(name, v.into_iter()).into_series()
+            }
+        }
+    }
+}
+
+/// A string column that starts with `n` nulls.
+fn nulls_then(n: usize) -> MutableBinaryViewArray<str> {
+    let mut a = MutableBinaryViewArray::<str>::new();
+    for _ in 0..n {
+        a.push_null();
+    }
+    a
 }
 
 /// A key under the filtered columns: an object (with child nodes) or a leaf (with values).
@@ -132,17 +257,17 @@ enum Wants {
 
 /// Typed columns of the values read, filled while serde_json walks each line. Node 0 is the line
 /// itself; its children are the top-level keys read.
-pub struct Columns<'k, 'a> {
+pub struct Columns<'k> {
     keys: Keys<'k>,
     nodes: Vec<Node>,
-    /// Per node, one value per row so far (padded with nulls lazily).
-    values: Vec<Vec<Leaf<'a>>>,
+    /// Per node, its column so far (padded with nulls lazily).
+    values: Vec<Builder>,
     row: usize,
     /// Set when a value does not fit typed columns (an array, too many keys): polars' reader decides.
     unsupported: bool,
 }
 
-impl<'k, 'a> Columns<'k, 'a> {
+impl<'k> Columns<'k> {
     pub fn new(keys: Keys<'k>) -> Self {
         let wants = match keys {
             Keys::All => Wants::Everything,
@@ -159,7 +284,7 @@ impl<'k, 'a> Columns<'k, 'a> {
                 met: Vec::new(),
                 cursor: 0,
             }],
-            values: vec![Vec::new()],
+            values: vec![Builder::Nulls(0)],
             row: 0,
             unsupported: false,
         }
@@ -169,7 +294,7 @@ impl<'k, 'a> Columns<'k, 'a> {
     /// `str`, checked for UTF-8 by the caller a piece at a time (faster than serde_json string by
     /// string).
     /// A line's error reads as [`line_problem`] says.
-    pub fn read_line(&mut self, line: &'a str) -> Result<(), serde_json::Error> {
+    pub fn read_line(&mut self, line: &str) -> Result<(), serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(line);
         ValueAt {
             columns: self,
@@ -242,20 +367,23 @@ impl<'k, 'a> Columns<'k, 'a> {
             met: Vec::new(),
             cursor: 0,
         });
-        self.values.push(Vec::new());
+        self.values.push(Builder::Nulls(0));
         Some(self.nodes.len() - 1)
     }
 
-    fn set(&mut self, node: usize, leaf: Leaf<'a>) {
-        let values = &mut self.values[node];
-        while values.len() < self.row {
-            values.push(Leaf::Null);
+    fn set(&mut self, node: usize, leaf: Leaf) {
+        let column = &mut self.values[node];
+        while column.len() < self.row {
+            column.push_null();
         }
-        if values.len() == self.row {
-            values.push(leaf);
-        } else {
-            // A key repeated in one object: the last one wins, as in serde_json and polars.
-            values[self.row] = leaf;
+        let fits = match column.len() > self.row {
+            // A key repeated in one object: its column already has this row's value.
+            true => column.replace_last(leaf),
+            false => column.push(leaf),
+        };
+        // A value whose type the column cannot take: polars' reader decides.
+        if !fits {
+            self.unsupported = true;
         }
     }
 
@@ -286,82 +414,34 @@ impl<'k, 'a> Columns<'k, 'a> {
 
     fn series(&mut self, node: usize, rows: usize) -> Option<Series> {
         let name = PlSmallStr::from(self.nodes[node].name.as_str());
-        let values = std::mem::take(&mut self.values[node]);
-        if self.nodes[node].is_object {
-            // An object that is a scalar in some rows is no struct.
-            if values.iter().any(|v| !matches!(v, Leaf::Null)) {
-                return None;
-            }
-            let children: Vec<usize> = (1..self.nodes.len())
-                .filter(|&i| self.nodes[i].parent == node)
-                .collect();
-            let mut fields = Vec::with_capacity(children.len());
-            for child in children {
-                fields.push(self.series(child, rows)?);
-            }
-            return StructChunked::from_series(name, rows, fields.iter())
-                .ok()
-                .map(|s| s.into_series());
+        let column = std::mem::replace(&mut self.values[node], Builder::Nulls(0));
+        if !self.nodes[node].is_object {
+            return Some(column.into_series(name, rows));
         }
-        let (mut strings, mut ints, mut floats, mut bools) = (false, false, false, false);
-        for v in &values {
-            match v {
-                Leaf::Null => {}
-                Leaf::Bool(_) => bools = true,
-                Leaf::Int(_) => ints = true,
-                Leaf::Float(_) => floats = true,
-                Leaf::Str(_) => strings = true,
-            }
+        // An object that is a scalar in some rows is no struct.
+        if !matches!(column, Builder::Nulls(_)) {
+            return None;
         }
-        let at = |i: usize| values.get(i).unwrap_or(&Leaf::Null);
-        Some(match (strings, ints || floats, bools) {
-            (false, false, false) => Series::full_null(name, rows, &DataType::Null),
-            (true, false, false) => StringChunked::from_iter_options(
-                name,
-                (0..rows).map(|i| match at(i) {
-                    Leaf::Str(s) => Some(s.as_ref()),
-                    _ => None,
-                }),
-            )
-            .into_series(),
-            (false, true, false) if !floats => Int64Chunked::from_iter_options(
-                name,
-                (0..rows).map(|i| match at(i) {
-                    Leaf::Int(v) => Some(*v),
-                    _ => None,
-                }),
-            )
-            .into_series(),
-            (false, true, false) => Float64Chunked::from_iter_options(
-                name,
-                (0..rows).map(|i| match at(i) {
-                    Leaf::Int(v) => Some(*v as f64),
-                    Leaf::Float(v) => Some(*v),
-                    _ => None,
-                }),
-            )
-            .into_series(),
-            (false, false, true) => BooleanChunked::from_iter_options(
-                name,
-                (0..rows).map(|i| match at(i) {
-                    Leaf::Bool(v) => Some(*v),
-                    _ => None,
-                }),
-            )
-            .into_series(),
-            // Mixed types in one column: polars' reader applies its supertype rules.
-            _ => return None,
-        })
+        let children: Vec<usize> = (1..self.nodes.len())
+            .filter(|&i| self.nodes[i].parent == node)
+            .collect();
+        let mut fields = Vec::with_capacity(children.len());
+        for child in children {
+            fields.push(self.series(child, rows)?);
+        }
+        StructChunked::from_series(name, rows, fields.iter())
+            .ok()
+            .map(|s| s.into_series())
     }
 }
 
 /// Reads the value at `node`, recording scalars and walking into objects.
-struct ValueAt<'c, 'k, 'a> {
-    columns: &'c mut Columns<'k, 'a>,
+struct ValueAt<'c, 'k> {
+    columns: &'c mut Columns<'k>,
     node: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for ValueAt<'_, '_, 'de> {
+impl<'de> DeserializeSeed<'de> for ValueAt<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -380,7 +460,7 @@ macro_rules! record {
     }};
 }
 
-impl<'de> Visitor<'de> for ValueAt<'_, '_, 'de> {
+impl<'de> Visitor<'de> for ValueAt<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -406,12 +486,8 @@ impl<'de> Visitor<'de> for ValueAt<'_, '_, 'de> {
         record!(self, Leaf::Float(v))
     }
 
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<(), E> {
-        record!(self, Leaf::Str(Cow::Borrowed(v)))
-    }
-
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        record!(self, Leaf::Str(Cow::Owned(v.to_string())))
+        record!(self, Leaf::Str(v))
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
@@ -454,12 +530,12 @@ impl<'de> Visitor<'de> for ValueAt<'_, '_, 'de> {
 }
 
 /// Reads a key without allocating: the node it names, or `None` for a key nobody asked for.
-struct KeyAt<'c, 'k, 'a> {
-    columns: &'c mut Columns<'k, 'a>,
+struct KeyAt<'c, 'k> {
+    columns: &'c mut Columns<'k>,
     parent: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for KeyAt<'_, '_, '_> {
+impl<'de> DeserializeSeed<'de> for KeyAt<'_, '_> {
     type Value = Option<usize>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
@@ -467,7 +543,7 @@ impl<'de> DeserializeSeed<'de> for KeyAt<'_, '_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for KeyAt<'_, '_, '_> {
+impl<'de> Visitor<'de> for KeyAt<'_, '_> {
     type Value = Option<usize>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -559,5 +635,53 @@ mod tests {
         let df = frame(&LINES, Keys::Only(&paths(&["missing.deep"])));
         assert_eq!(df.get_column_names(), ["missing"]);
         assert_eq!(df.column("missing").unwrap().null_count(), 2);
+    }
+
+    #[test]
+    fn a_key_repeated_in_one_object_keeps_its_last_value() {
+        let lines = [
+            r#"{"s": "first", "n": 1, "s": "last", "n": 2.5, "z": null, "z": "now"}"#,
+            r#"{"s": "only", "n": 3, "s": null, "z": "x", "z": null}"#,
+        ];
+        let df = frame(&lines, Keys::All);
+        let s: Vec<Option<&str>> = df.column("s").unwrap().str().unwrap().iter().collect();
+        assert_eq!(s, [Some("last"), None]);
+        let n: Vec<Option<f64>> = df.column("n").unwrap().f64().unwrap().iter().collect();
+        assert_eq!(
+            n,
+            [Some(2.5), Some(3.0)],
+            "an int then a float: a float column"
+        );
+        let z: Vec<Option<&str>> = df.column("z").unwrap().str().unwrap().iter().collect();
+        assert_eq!(z, [Some("now"), None]);
+    }
+
+    #[test]
+    fn escaped_strings_are_read_unescaped_beside_plain_ones() {
+        let lines = [
+            r#"{"code": "module m;\n  assign y = \"a\";\nendmodule", "tab": "a\tb \u00e9"}"#,
+            r#"{"code": "plain, longer than twelve bytes", "tab": "x"}"#,
+        ];
+        let df = frame(&lines, Keys::All);
+        let code = df.column("code").unwrap().str().unwrap();
+        assert_eq!(
+            code.get(0),
+            Some("module m;\n  assign y = \"a\";\nendmodule")
+        );
+        assert_eq!(code.get(1), Some("plain, longer than twelve bytes"));
+        assert_eq!(
+            df.column("tab").unwrap().str().unwrap().get(0),
+            Some("a\tb é")
+        );
+    }
+
+    #[test]
+    fn a_value_of_another_type_leaves_the_column_to_polars_reader() {
+        let lines = [r#"{"v": "text"}"#, r#"{"v": 3}"#];
+        let mut columns = Columns::new(Keys::All);
+        for line in lines {
+            columns.read_line(line).unwrap();
+        }
+        assert!(columns.into_frame(2).is_none());
     }
 }
