@@ -10,6 +10,7 @@
 
 use crate::model::CausalLm;
 use candle_core::DType;
+use std::path::{Path, PathBuf};
 
 /// Which layers' activations a training step keeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,8 +26,9 @@ pub enum Checkpointing {
 
 impl Checkpointing {
     /// The default: keep layers' graphs in at most half the memory available now (Linux's
-    /// `MemAvailable`), so the rest of the process and the machine keep theirs; recompute every layer
-    /// where the available memory cannot be read.
+    /// `MemAvailable`, or the room under the process's control group's limit where that is less),
+    /// so the rest of the process and the machine keep theirs; recompute every layer where the
+    /// available memory cannot be read.
     pub fn auto() -> Checkpointing {
         match available_memory_bytes() {
             Some(available) => Checkpointing::Within {
@@ -89,12 +91,68 @@ impl CausalLm {
     }
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
+/// The memory this process may still take: Linux's `MemAvailable`, or less where the process's
+/// control group (a container's `--memory`, a Slurm job's `ConstrainRAMSpace`) leaves less, since
+/// going past a group's limit kills the process whatever the machine has free.
 fn available_memory_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let machine = kib * 1024;
+    let groups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    Some(
+        match cgroup_headroom(Path::new("/sys/fs/cgroup"), &groups) {
+            Some(group) => machine.min(group),
+            None => machine,
+        },
+    )
+}
+
+/// The least room left under a memory limit of the process's control group or of any group above
+/// it, read under `root` (where cgroup file systems are mounted) for the groups `proc_self_cgroup`
+/// (the text of `/proc/self/cgroup`) names, in cgroup v2 (`memory.max`, `memory.current`) or v1
+/// (`memory.limit_in_bytes`, `memory.usage_in_bytes`); `None` where no limit applies.
+fn cgroup_headroom(root: &Path, proc_self_cgroup: &str) -> Option<u64> {
+    // v1's "no limit" is a page-rounded i64::MAX; any limit past 2^62 bytes is none.
+    const UNLIMITED: u64 = 1 << 62;
+    let read = |path: PathBuf| -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.trim().parse().ok().filter(|&v| v < UNLIMITED)
+    };
+    let mut least: Option<u64> = None;
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (mount, limit_file, usage_file) = if id == "0" && controllers.is_empty() {
+            (root.to_path_buf(), "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                root.join("memory"),
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        // The group's own directory, then each one above it up to the mount.
+        let mut dir = mount.join(path.trim_start_matches('/'));
+        loop {
+            if let (Some(limit), Some(usage)) =
+                (read(dir.join(limit_file)), read(dir.join(usage_file)))
+            {
+                let room = limit.saturating_sub(usage);
+                least = Some(least.map_or(room, |l| l.min(room)));
+            }
+            if dir == mount || !dir.pop() {
+                break;
+            }
+        }
+    }
+    least
 }
 
 #[cfg(test)]
@@ -140,5 +198,44 @@ mod tests {
             twice_the_rows.abs_diff(2 * short) <= 1,
             "{twice_the_rows} against 2 × {short}"
         );
+    }
+
+    #[test]
+    fn a_control_groups_limit_bounds_the_memory_available() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = root.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        // cgroup v2: the job's group has 8 GiB with 3 used; its parent 6 GiB with 5 used (1 left).
+        write("job/step/memory.max", "8589934592\n");
+        write("job/step/memory.current", "3221225472\n");
+        write("job/memory.max", "6442450944\n");
+        write("job/memory.current", "5368709120\n");
+        assert_eq!(
+            cgroup_headroom(root.path(), "0::/job/step\n"),
+            Some(1 << 30),
+            "the tightest group up the tree"
+        );
+        write("job/memory.max", "max\n");
+        assert_eq!(
+            cgroup_headroom(root.path(), "0::/job/step\n"),
+            Some(5 << 30)
+        );
+        // cgroup v1, unlimited (a page-rounded i64::MAX), as on this project's CI machines.
+        write("memory/ci/memory.limit_in_bytes", "9223372036854771712\n");
+        write("memory/ci/memory.usage_in_bytes", "7960424448\n");
+        assert_eq!(
+            cgroup_headroom(root.path(), "4:memory:/ci\n3:cpuset:/\n"),
+            None
+        );
+        write("memory/ci/memory.limit_in_bytes", "4294967296\n");
+        assert_eq!(
+            cgroup_headroom(root.path(), "4:memory:/ci\n3:cpuset:/\n"),
+            Some(0),
+            "a group past its limit has no room"
+        );
+        assert_eq!(cgroup_headroom(root.path(), "0::/nowhere\n"), None);
     }
 }
