@@ -963,6 +963,14 @@ fn copy2d_<T: Copy>(
         dst[dst_start..dst_start + d1 * d2].copy_from_slice(&src[src_start..src_start + d1 * d2]);
         return;
     }
+    // rtlab: one element a row (a KV cache appending one token to its transposed keys): a strided
+    // copy, not one `memcpy` call per element (see RTLAB.md).
+    if d2 == 1 {
+        for i in 0..d1 {
+            dst[dst_offset + i * dst_stride1] = src[src_offset + i * src_stride1];
+        }
+        return;
+    }
     let mut src_idx = src_offset;
     let mut dst_idx = dst_offset;
     for _ in 0..d1 {
