@@ -73,10 +73,7 @@ impl CausalLm {
             + 3 * c.intermediate_size
             + 2 * c.num_attention_heads * width
             + 96;
-        for (path, lora) in self.adapters() {
-            if !path.starts_with("model.layers.0.") {
-                continue;
-            }
+        for lora in self.layer_adapters(0) {
             let (rank, inputs) = lora.a.dims2().unwrap_or((0, 0));
             per_token += rank;
             if lora.dropout > 0.0 {

@@ -757,6 +757,15 @@ impl CausalLm {
         out
     }
 
+    /// The adapters of one layer (every layer has the same ones), without their paths.
+    pub(crate) fn layer_adapters(&self, layer: usize) -> impl Iterator<Item = &Lora> {
+        self.layers
+            .get(layer)
+            .into_iter()
+            .flat_map(|l| self.linears_of(l))
+            .filter_map(|(_, lin)| lin.lora.as_ref())
+    }
+
     fn linears_of<'a>(&self, l: &'a Layer) -> [(&'static str, &'a Linear); 7] {
         [
             ("self_attn.q_proj", &l.attn.q),
