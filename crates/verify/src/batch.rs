@@ -344,7 +344,8 @@ fn verify_checked(
     Ok((reports, sink.stats))
 }
 
-/// Verifies `todo` (indices into `jobs`) on `workers` threads (0: one per core), handing each
+/// Verifies `todo` (indices into `jobs`) on `workers` threads (0: one more than the cores, see
+/// [`crate::scratch::workers_for`]), handing each
 /// verdict to `on_result` on this thread as it finishes.
 fn run_local(
     jobs: &[Job],
@@ -354,9 +355,11 @@ fn run_local(
     on_result: &mut dyn FnMut(usize, Report),
 ) {
     let workers = if workers == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        crate::scratch::workers_for(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        )
     } else {
         workers
     };
@@ -461,7 +464,8 @@ fn run_on_slurm(
     }
 }
 
-/// The `verify` kind's shard runner, for `rtlab worker`: the shard's jobs on `cpus` threads.
+/// The `verify` kind's shard runner, for `rtlab worker`: the shard's jobs on its `cpus`, one
+/// worker more than them as on a local run.
 pub fn run_shard(
     context: &serde_json::Value,
     items: Vec<serde_json::Value>,
@@ -483,7 +487,8 @@ pub fn run_shard(
         .map_err(|e| VerifyError::Worker(format!("a shard item is not a verify job: {e}")))?;
     let todo: Vec<usize> = (0..jobs.len()).collect();
     let mut results: Vec<Option<Report>> = vec![None; jobs.len()];
-    run_local(&jobs, &todo, &context.options, cpus.max(1), &mut |i, r| {
+    let workers = crate::scratch::workers_for(cpus);
+    run_local(&jobs, &todo, &context.options, workers, &mut |i, r| {
         results[i] = Some(r)
     });
     results

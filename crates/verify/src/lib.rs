@@ -20,6 +20,7 @@ mod error;
 pub mod mutate;
 pub mod process;
 pub mod sandbox;
+pub mod scratch;
 pub mod stages;
 mod verilator_build;
 mod verilator_ports;

@@ -173,6 +173,11 @@ pub fn run_tool(program: &str, args: &[&str], dir: &Path, limits: Limits) -> Out
         .stderr(Stdio::piped())
         // Its own process group, so that a timeout kills everything the tool started.
         .process_group(0);
+    if dir.is_absolute() {
+        // What a tool makes for itself (iverilog's preprocessed text and its compiler's settings,
+        // g++'s assembly) goes in the row's scratch directory, on its filesystem, and goes with it.
+        cmd.env("TMPDIR", dir);
+    }
     // Nothing runs in the child before exec: with a `pre_exec` closure std forks rtlab's whole
     // address space for every tool (page tables of gigabytes when a dataset or a model is loaded,
     // then a copy-on-write fault on every page rtlab's threads write next); without one it uses
@@ -462,5 +467,23 @@ mod tests {
             assert_eq!(direct.output, script.output, "{design}");
             assert!(!direct.output.is_empty() || design.starts_with("module clean"));
         }
+    }
+
+    #[test]
+    fn a_tools_temporary_files_go_in_its_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_tool(
+            "sh",
+            &["-c", "printf %s \"$TMPDIR\"; mktemp"],
+            dir.path(),
+            Limits::default(),
+        );
+        assert!(out.ok(), "{out:?}");
+        let (tmpdir, made) = out.output.split_at(dir.path().as_os_str().len());
+        assert_eq!(Path::new(tmpdir), dir.path());
+        assert!(
+            Path::new(made.trim()).starts_with(dir.path()),
+            "mktemp made {made}"
+        );
     }
 }

@@ -205,7 +205,7 @@ fn prepare_scratch(code: &str, opts: &VerifyOptions) -> Result<tempfile::TempDir
     sandbox::screen_inputs(code, opts)?;
     let scratch = tempfile::Builder::new()
         .prefix("rtlab-verify-")
-        .tempdir()
+        .tempdir_in(crate::scratch::scratch_root())
         .map_err(|e| VerifyError::io("create a scratch directory", e))?;
     let dir = scratch.path();
     // Yosys reads a copy where the `always_comb` keyword is `always @*`: Yosys rejects some
