@@ -322,8 +322,8 @@ fn syntax_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path) {
             args.extend(["--top-module", t.as_str()]);
         }
         args.push("design.sv");
-        let (program, args) = verilator_command(&args);
-        let v = run_tool(program, &args, dir, limits(opts.timeouts.syntax));
+        let (program, limits) = verilator_command(limits(opts.timeouts.syntax));
+        let v = run_tool(program, &args, dir, limits);
         if v.ok() {
             r.syntax_ok = true;
             r.simulator = Some(Simulator::Verilator);
@@ -419,8 +419,8 @@ fn lint_stage(r: &mut Report, opts: &VerifyOptions, dir: &Path, top: Option<&str
         args.extend(["--top-module", t]);
     }
     args.push("design.sv");
-    let (program, args) = verilator_command(&args);
-    let o = run_tool(program, &args, dir, limits(opts.timeouts.lint));
+    let (program, limits) = verilator_command(limits(opts.timeouts.lint));
+    let o = run_tool(program, &args, dir, limits);
     r.stage_ms.insert(Stage::Lint, ms(&o));
     if o.ended == Ended::TimedOut {
         timed_out(r, Stage::Lint, "verilator", opts.timeouts.lint);

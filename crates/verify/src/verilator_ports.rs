@@ -11,7 +11,8 @@ use std::path::Path;
 
 /// The top module's name and ports, in declaration order, from Verilator's XML of `file` in `dir`.
 pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>), VerifyError> {
-    let (program, args) = verilator_command(&[
+    let (program, limits) = verilator_command(limits);
+    let args = [
         "--xml-only",
         "-Wno-fatal",
         "-Wno-lint",
@@ -21,7 +22,7 @@ pub fn read(dir: &Path, file: &str, limits: Limits) -> Result<(String, Vec<Port>
         "--xml-output",
         "ports.xml",
         file,
-    ]);
+    ];
     let o = run_tool(program, &args, dir, limits);
     let xml = std::fs::read_to_string(dir.join("ports.xml")).map_err(|_| {
         VerifyError::ToolOutput(format!(
