@@ -235,6 +235,35 @@ fn a_missing_tool_is_an_error_with_the_install_command() {
 }
 
 #[test]
+fn a_tmpdir_that_names_no_directory_is_said_before_any_tool_runs_not_taken_for_a_missing_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("no-such-dir");
+    std::fs::write(
+        dir.path().join("v.rhai"),
+        "let df = from_records([#{c: \"module m(input a, output y); assign y = a; endmodule\"}]);\nprint(df.verify(#{code: \"c\"}).len());",
+    )
+    .unwrap();
+    let out = common::rtlab()
+        .current_dir(dir.path())
+        .env("TMPDIR", &gone)
+        .args(["run", "v.rhai"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing was verified");
+    let expected = format!(
+        "v.rhai:2:10: verify: cannot make a scratch directory in {} (TMPDIR names it): No such file or directory",
+        gone.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains("set TMPDIR to a directory you can write, or unset it"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_verified_frame_is_cached_and_reverifies_near_instantly() {
     let out = ok(r#"
         let df = from_records([

@@ -24,6 +24,15 @@ pub enum VerifyError {
     #[error(transparent)]
     Refused(#[from] Refusal),
 
+    /// The directory the rows' scratch directories go in cannot take one (a `TMPDIR` that names no
+    /// directory, a full or read-only disk): said before any tool runs, not as a missing tool.
+    #[error("verify: cannot make a scratch directory in {dir}{}: {source}; {}", if *from_tmpdir { " (TMPDIR names it)" } else { "" }, if *from_tmpdir { "set TMPDIR to a directory you can write, or unset it" } else { "make room there, or set TMPDIR to a directory you can write" })]
+    ScratchUnusable {
+        dir: String,
+        from_tmpdir: bool,
+        source: std::io::Error,
+    },
+
     #[error("cannot {doing}: {source}")]
     Io {
         doing: String,

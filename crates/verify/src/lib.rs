@@ -371,6 +371,7 @@ impl VerifyOptions {
     /// from the score in silence. The error names the tool, the install command and the way to
     /// leave the stage out on purpose.
     pub fn check_tools(&self, simulates: bool) -> Result<(), VerifyError> {
+        scratch::check_root()?;
         let mut missing: Vec<(&Tool, Stage)> = Vec::new();
         for (tool, stage) in self.needed_tools(simulates) {
             if tool_versions()

@@ -376,7 +376,8 @@ pub fn tool_version(program: &str, args: &[&str]) -> Option<String> {
         max_output: 64 << 10,
         ..Limits::default()
     };
-    let out = run_tool(program, args, &std::env::temp_dir(), limits);
+    // In the directory the rows' scratch directories go in: where the verifier's tools will run.
+    let out = run_tool(program, args, crate::scratch::scratch_root(), limits);
     // Some tools print their version and exit non-zero (`iverilog -V` without a file does); a tool
     // that did not start, hung or was killed has no version.
     match out.ended {

@@ -34,6 +34,30 @@ pub fn scratch_root() -> &'static Path {
     })
 }
 
+/// Refuses, before any tool runs, a scratch root that cannot take a directory. The tool probes run
+/// there too (a tool's `TMPDIR` is its working directory), so without this check a `TMPDIR` naming
+/// no directory read as "iverilog is not installed".
+pub fn check_root() -> Result<(), crate::VerifyError> {
+    // Checked until it first succeeds: a verify() call in a loop pays for it once.
+    static USABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if USABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    let root = scratch_root();
+    if let Err(source) = tempfile::Builder::new()
+        .prefix(".rtlab-probe-")
+        .tempdir_in(root)
+    {
+        return Err(crate::VerifyError::ScratchUnusable {
+            dir: root.display().to_string(),
+            from_tmpdir: std::env::var_os("TMPDIR").is_some_and(|v| !v.is_empty()),
+            source,
+        });
+    }
+    USABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 fn choose_root(tmpdir_set: bool, temp_dir: &Path, shm: &Path) -> PathBuf {
     if tmpdir_set || is_memory_fs(temp_dir).is_some() {
         return temp_dir.to_path_buf();
