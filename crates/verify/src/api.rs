@@ -253,7 +253,9 @@ mod verify_functions {
         Ok(verify_one(code, &opts)?)
     }
 
-    /// Verifies every row on all cores and adds the result columns (score, syntax_ok, synth_ok,
+    /// Verifies every row on all cores (one row more at once than the cores; each row's scratch
+    /// directory in memory where `/dev/shm` has room and `TMPDIR` is unset) and adds the result
+    /// columns (score, syntax_ok, synth_ok,
     /// all_io_used, unused_inputs, undriven_outputs, lint, sim_status, mismatches, samples, functional,
     /// failure_class, errors, stages, skipped, simulator). `code` names the code column; `testbench`, `reference` and `top` name a
     /// column when the frame has one, else they are one value for every row. Results are cached in the
