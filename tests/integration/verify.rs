@@ -215,19 +215,30 @@ fn file_reaching_system_tasks_are_refused() {
     );
 }
 
-#[test]
-fn a_missing_tool_is_an_error_with_the_install_command() {
+/// Runs `script` as `v.rhai` with `var` set to `value`: it must stop with status 1 before printing
+/// anything; its stderr is returned.
+fn refused_before_any_work(script: &str, var: &str, value: &std::ffi::OsStr) -> String {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("v.rhai"), "let r = verify(\"module m(input a, output y); assign y = a; endmodule\");\nprint(r.syntax_ok);").unwrap();
+    std::fs::write(dir.path().join("v.rhai"), script).unwrap();
     let out = common::rtlab()
         .current_dir(dir.path())
-        .env("PATH", "/nonexistent")
+        .env(var, value)
         .args(["run", "v.rhai"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing was verified");
+    stderr
+}
+
+#[test]
+fn a_missing_tool_is_an_error_with_the_install_command() {
+    let stderr = refused_before_any_work(
+        "let r = verify(\"module m(input a, output y); assign y = a; endmodule\");\nprint(r.syntax_ok);",
+        "PATH",
+        "/nonexistent".as_ref(),
+    );
     assert!(
         stderr.contains("verify: the syntax stage needs iverilog, which is not installed (run `rtlab doctor`); install it with `sudo apt-get install -y iverilog`"),
         "{stderr}"
@@ -236,22 +247,12 @@ fn a_missing_tool_is_an_error_with_the_install_command() {
 
 #[test]
 fn a_tmpdir_that_names_no_directory_is_said_before_any_tool_runs_not_taken_for_a_missing_tool() {
-    let dir = tempfile::tempdir().unwrap();
-    let gone = dir.path().join("no-such-dir");
-    std::fs::write(
-        dir.path().join("v.rhai"),
+    let gone = tempfile::tempdir().unwrap().path().join("no-such-dir");
+    let stderr = refused_before_any_work(
         "let df = from_records([#{c: \"module m(input a, output y); assign y = a; endmodule\"}]);\nprint(df.verify(#{code: \"c\"}).len());",
-    )
-    .unwrap();
-    let out = common::rtlab()
-        .current_dir(dir.path())
-        .env("TMPDIR", &gone)
-        .args(["run", "v.rhai"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(out.stdout.is_empty(), "nothing was verified");
+        "TMPDIR",
+        gone.as_os_str(),
+    );
     let expected = format!(
         "v.rhai:2:10: verify: cannot make a scratch directory in {} (TMPDIR names it): No such file or directory",
         gone.display()
