@@ -134,7 +134,8 @@ pub fn verilator_command(limits: Limits) -> (&'static str, Limits) {
 /// needs an unlimited stack is spawned while rtlab's own soft limit is raised, under this lock, and
 /// every other tool is spawned under it too, so that none inherits the raised limit. The lock is
 /// held for the spawn only (microseconds: posix_spawn returns once the child has exec'd), not while
-/// tools run. This replaced a `sh -c 'ulimit -s unlimited; exec ...'` around each lint: one process
+/// tools run. rtlab's other spawners (sbatch, `pip download`) do not take it: one that starts in
+/// those microseconds gets the raised stack limit, which changes nothing for it. This replaced a `sh -c 'ulimit -s unlimited; exec ...'` around each lint: one process
 /// start (about a millisecond) less for every row verified.
 static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
