@@ -447,7 +447,11 @@ mod tests {
         assert_eq!(locate_verilator_bin(None, None, None), None);
     }
 
+    /// rtlab's own stack limit, read under the spawn lock: other tests in this binary spawn
+    /// Verilator with the limit raised for a moment (reading it outside the lock failed one run of
+    /// seven).
     fn own_stack_limit() -> libc::rlimit {
+        let _held = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut own = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
