@@ -25,13 +25,7 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// 4. else the system's temporary directory.
 pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        choose_root(
-            std::env::var_os("TMPDIR").is_some_and(|v| !v.is_empty()),
-            &std::env::temp_dir(),
-            Path::new("/dev/shm"),
-        )
-    })
+    ROOT.get_or_init(|| choose_root(tmpdir_set(), &std::env::temp_dir(), Path::new("/dev/shm")))
 }
 
 /// Refuses, before any tool runs, a scratch root that cannot take a directory. The tool probes run
@@ -44,13 +38,10 @@ pub fn check_root() -> Result<(), crate::VerifyError> {
         return Ok(());
     }
     let root = scratch_root();
-    if let Err(source) = tempfile::Builder::new()
-        .prefix(".rtlab-probe-")
-        .tempdir_in(root)
-    {
+    if let Err(source) = probe(root) {
         return Err(crate::VerifyError::ScratchUnusable {
             dir: root.display().to_string(),
-            from_tmpdir: std::env::var_os("TMPDIR").is_some_and(|v| !v.is_empty()),
+            from_tmpdir: tmpdir_set(),
             source,
         });
     }
@@ -84,11 +75,19 @@ fn is_memory_fs(dir: &Path) -> Option<u64> {
     (fs.f_type as i64 == TMPFS_MAGIC).then(|| fs.f_bavail as u64 * fs.f_bsize as u64)
 }
 
-fn writable(dir: &Path) -> bool {
+fn tmpdir_set() -> bool {
+    std::env::var_os("TMPDIR").is_some_and(|v| !v.is_empty())
+}
+
+/// Makes (and removes) a directory in `dir`: whether a row's scratch directory can go there.
+fn probe(dir: &Path) -> std::io::Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(".rtlab-probe-")
         .tempdir_in(dir)
-        .is_ok()
+}
+
+fn writable(dir: &Path) -> bool {
+    probe(dir).is_ok()
 }
 
 /// How many rows `df.verify` verifies at once on `cores` cores: one more than the cores. A row is a
